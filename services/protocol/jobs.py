@@ -1,0 +1,147 @@
+"""Jobs as they travel between participants, the queue manager and workers.
+
+One id end to end: a job's id is the ComfyUI ``prompt_id`` (a UUID string).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+UI_FORMAT_HINT = (
+    "this looks like a workflow in ComfyUI's UI (graph) format, with 'nodes' and 'links'. "
+    "Submit the API format instead: in ComfyUI open the workflow menu and choose "
+    "'Export (API)' (or enable 'Dev mode' in the settings and use 'Save (API Format)')."
+)
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    LEASED = "leased"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class FileRef(BaseModel):
+    """A user file as ComfyUI names it: ``filename`` inside ``subfolder`` of folder ``type``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filename: str = Field(min_length=1, max_length=255)
+    subfolder: str = Field(default="", max_length=255)
+    type: Literal["input", "output", "temp"] = "input"
+
+    @field_validator("filename", "subfolder")
+    @classmethod
+    def _no_traversal(cls, value: str) -> str:
+        parts = value.replace("\\", "/").split("/")
+        if any(part in ("..",) for part in parts) or value.startswith("/"):
+            raise ValueError(f"{value!r} must be a relative name without '..'")
+        return value
+
+
+class NodeSpec(BaseModel):
+    """One node of an API-format graph: ``{"class_type": ..., "inputs": {...}}``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    class_type: str = Field(min_length=1)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+def validate_api_workflow(prompt: Any) -> dict[str, NodeSpec]:
+    """Return the graph as NodeSpecs or raise ValueError with a message a participant can act on."""
+    if not isinstance(prompt, dict) or not prompt:
+        raise ValueError("the workflow must be a non-empty JSON object of node id -> node")
+    if "nodes" in prompt and "links" in prompt:
+        raise ValueError(UI_FORMAT_HINT)
+    graph: dict[str, NodeSpec] = {}
+    for node_id, node in prompt.items():
+        if not isinstance(node, dict) or "class_type" not in node:
+            raise ValueError(
+                f"node {node_id!r} has no 'class_type'; every node of an API-format workflow is "
+                '{"class_type": "...", "inputs": {...}}'
+            )
+        graph[str(node_id)] = NodeSpec.model_validate(node)
+    return graph
+
+
+class JobSubmit(BaseModel):
+    """What a participant (or the workspace's ``POST /prompt``) sends to queue a job."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: dict[str, NodeSpec]
+    prompt_id: uuid.UUID | None = None
+    client_id: str | None = Field(default=None, max_length=128)
+    inputs: list[FileRef] = Field(default_factory=list, max_length=64)
+    extra_data: dict[str, Any] = Field(default_factory=dict)
+    pool: str | None = Field(default=None, description="only run on this pool (admin choice)")
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _api_format(cls, value: Any) -> dict[str, NodeSpec]:
+        return validate_api_workflow(value)
+
+
+class JobError(BaseModel):
+    """Why a job failed, in ComfyUI's terms where ComfyUI said so."""
+
+    type: str = Field(description="exception type or ComfyUI error type")
+    message: str
+    node_id: str | None = None
+    node_type: str | None = None
+    details: str | None = None
+    retryable: bool = False
+
+
+class OutputFile(BaseModel):
+    """One output a job produced, stored in user-file storage under its owner's prefix."""
+
+    node_id: str
+    kind: str = Field(description="the key in ComfyUI's history outputs: images, gifs, videos, audio, ...")
+    filename: str
+    subfolder: str = ""
+    type: Literal["output", "temp"] = "output"
+    size: int = 0
+    content_type: str = "application/octet-stream"
+
+
+class Job(BaseModel):
+    """A job record as the queue manager stores and shows it."""
+
+    id: str
+    user: str
+    prompt: dict[str, Any]
+    inputs: list[FileRef] = Field(default_factory=list)
+    client_id: str | None = None
+    extra_data: dict[str, Any] = Field(default_factory=dict)
+    pool: str | None = None
+    priority: int = 0
+    state: JobState = JobState.QUEUED
+    attempts: int = 0
+    max_attempts: int = 3
+    queued_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    worker_id: str | None = None
+    outputs: list[OutputFile] = Field(default_factory=list)
+    error: JobError | None = None
+    position: int | None = Field(default=None, description="0-based place in the queue while queued")
+    cancel_requested: bool = False
+
+
+def storage_key(user: str, ref: FileRef | OutputFile) -> str:
+    """Where a user's file lives in user-file storage: one prefix per participant."""
+    sub = f"{ref.subfolder.strip('/')}/" if ref.subfolder else ""
+    return f"users/{user}/{ref.type}/{sub}{ref.filename}"

@@ -1,0 +1,100 @@
+"""The worker API: registration, claim, lease heartbeats, events and results.
+
+Routes (all under the queue manager's base URL, all with ``Authorization: Bearer <pool token>``):
+
+| route | body | answer |
+|---|---|---|
+| ``POST /api/workers/register`` | ``WorkerRegistration`` | ``RegisterReply`` |
+| ``POST /api/workers/{worker_id}/claim?wait=25`` | none | 200 ``Lease`` or 204 |
+| ``POST /api/leases/{job_id}/heartbeat`` | ``LeaseCall`` | ``HeartbeatReply``; 409 when the lease is not held |
+| ``POST /api/leases/{job_id}/events`` | ``EventBatch`` | 204; 409 when the lease is not held |
+| ``POST /api/leases/{job_id}/complete`` | ``Completion`` | 204; 409 when the lease is not held |
+| ``POST /api/leases/{job_id}/fail`` | ``Failure`` | 204; 409 when the lease is not held |
+| ``POST /api/leases/{job_id}/release`` | ``LeaseCall`` | 204 (graceful shutdown: job requeued, attempt not counted) |
+
+Completion and failure are idempotent for the lease holder: repeating the same call after a
+network error answers 204 again and changes nothing, so a retry never completes a job twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from services.protocol.jobs import Job, JobError, OutputFile
+
+
+class WorkerState(StrEnum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    DRAINING = "draining"
+    GONE = "gone"
+
+
+class WorkerCapabilities(BaseModel):
+    pool: str = Field(min_length=1, max_length=64)
+    provider: str = Field(min_length=1, max_length=64)
+    gpu: str = ""
+    vram_mb: int = 0
+    comfyui_version: str = ""
+    catalogue_hash: str = ""
+    models: list[str] = Field(default_factory=list)
+
+
+class WorkerRegistration(BaseModel):
+    worker_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+    capabilities: WorkerCapabilities
+    catalogue: dict[str, Any] | None = Field(
+        default=None, description="ComfyUI /object_info, sent when the server lacks this catalogue_hash"
+    )
+
+
+class RegisterReply(BaseModel):
+    worker_id: str
+    lease_seconds: float
+    heartbeat_seconds: float
+    claim_wait_seconds: float
+    catalogue_known: bool = True
+
+
+class Lease(BaseModel):
+    """A job leased to one worker. Only the holder of ``token`` may report on it."""
+
+    job: Job
+    token: str
+    expires_at: datetime
+    lease_seconds: float
+    reply_url: str | None = Field(default=None, description="push pools: queue manager base URL")
+    reply_token: str | None = Field(default=None, description="push pools: bearer token for reporting")
+
+
+class LeaseCall(BaseModel):
+    token: str = Field(min_length=1)
+
+
+class HeartbeatReply(BaseModel):
+    expires_at: datetime
+    cancel: bool = False
+
+
+class JobEvent(BaseModel):
+    """A ComfyUI-style event a worker forwards: ``type`` and ``data`` as ComfyUI sent them."""
+
+    type: str = Field(min_length=1, max_length=64)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventBatch(LeaseCall):
+    events: list[JobEvent] = Field(max_length=256)
+
+
+class Completion(LeaseCall):
+    outputs: list[OutputFile] = Field(default_factory=list)
+
+
+class Failure(LeaseCall):
+    error: JobError

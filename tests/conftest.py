@@ -1,0 +1,36 @@
+"""Fixtures every test tree shares. Servers are real and bound to loopback on free ports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.support.servers import RedisServer, redis_server
+
+
+@pytest.fixture(scope="session")
+def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the whole test session."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_proc: RedisServer) -> Iterator[str]:
+    """A clean database on the session's redis-server for each test."""
+    client = redis.Redis(port=redis_proc.port)
+    client.flushall()
+    yield redis_proc.url
+    client.flushall()
+    client.close()
+
+
+@pytest.fixture
+def artifacts_dir() -> Path:
+    """Where tests write what a person may want to look at (screenshots, generated files)."""
+    path = Path(__file__).resolve().parent.parent / "artifacts"
+    path.mkdir(exist_ok=True)
+    return path
