@@ -1,0 +1,64 @@
+"""The storage contract both implementations honour, and the key rules they share."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Protocol, runtime_checkable
+
+CHUNK_SIZE = 1024 * 1024
+
+
+class StorageError(Exception):
+    """A storage call failed in a way the caller should report (bad key, missing file, no access)."""
+
+
+class FileMissingError(StorageError, FileNotFoundError):
+    """The key names no stored file."""
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Keys are relative POSIX paths such as ``users/ada/output/cat_00001_.png``."""
+
+    url: str
+
+    async def put(
+        self, key: str, chunks: AsyncIterable[bytes], content_type: str = "application/octet-stream"
+    ) -> int:
+        """Store the chunks under ``key`` (replacing any file there); return the byte count."""
+        ...
+
+    def get(self, key: str, start: int = 0) -> AsyncIterator[bytes]:
+        """Stream the file from byte ``start`` on; raise ``FileMissingError`` when absent."""
+        ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def size(self, key: str) -> int | None:
+        """The stored size in bytes, or ``None`` when there is no such file."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove the file; removing a missing file is not an error."""
+        ...
+
+    async def list(self, prefix: str = "") -> list[str]:
+        """Every key that starts with ``prefix``, sorted."""
+        ...
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could leave the storage root or name a folder."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in parts):
+        raise StorageError(
+            f"invalid storage key {key!r}: use a relative path like 'users/<name>/input/x.png' "
+            "without '..', '.', empty parts or a leading '/'"
+        )
+    return key
+
+
+async def aiter_chunks(data: bytes, size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+    """Turn bytes already in memory into the chunk stream ``put`` takes."""
+    for offset in range(0, len(data), size):
+        yield data[offset : offset + size]

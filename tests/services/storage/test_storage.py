@@ -1,0 +1,105 @@
+"""Both storage implementations behave the same: a local directory and an S3 bucket (moto server)."""
+
+from __future__ import annotations
+
+import hashlib
+import tracemalloc
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from services.storage import S3Settings, Storage, StorageError, aiter_chunks, open_storage
+from services.storage.base import FileMissingError
+from tests.support.s3 import make_bucket, moto_server
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """moto in server mode, in its own process so that its memory is not counted as ours."""
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+def s3_settings(endpoint: str) -> S3Settings:
+    return S3Settings(
+        endpoint_url=endpoint, access_key_id="test", secret_access_key="test", region="us-east-1"
+    )
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    if request.param == "local":
+        return open_storage(f"file://{tmp_path}/files")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    bucket = f"files-{tmp_path.name.lower().replace('_', '-')}"[:60]
+    make_bucket(endpoint, bucket)
+    return open_storage(f"s3://{bucket}/workshop", s3_settings(endpoint))
+
+
+async def read_all(stream: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in stream])
+
+
+async def test_a_stored_file_reads_back_with_its_size(storage: Storage) -> None:
+    written = await storage.put("users/ada/output/cat.png", aiter_chunks(b"meow" * 1000), "image/png")
+    assert written == 4000
+    assert await storage.exists("users/ada/output/cat.png")
+    assert await storage.size("users/ada/output/cat.png") == 4000
+    assert await read_all(storage.get("users/ada/output/cat.png")) == b"meow" * 1000
+
+
+async def test_reading_from_an_offset_resumes_a_download(storage: Storage) -> None:
+    await storage.put("models/x.bin", aiter_chunks(bytes(range(256)) * 4))
+    assert await read_all(storage.get("models/x.bin", start=1000)) == (bytes(range(256)) * 4)[1000:]
+
+
+async def test_missing_files_are_reported_not_invented(storage: Storage) -> None:
+    assert not await storage.exists("users/ada/input/none.png")
+    assert await storage.size("users/ada/input/none.png") is None
+    with pytest.raises(FileMissingError, match=r"none\.png"):
+        await read_all(storage.get("users/ada/input/none.png"))
+    await storage.delete("users/ada/input/none.png")
+
+
+async def test_list_is_per_prefix_and_delete_removes(storage: Storage) -> None:
+    for key in ("users/ada/output/a.png", "users/ada/input/b.png", "users/bob/output/c.png"):
+        await storage.put(key, aiter_chunks(b"x"))
+    assert await storage.list("users/ada/") == ["users/ada/input/b.png", "users/ada/output/a.png"]
+    await storage.delete("users/ada/output/a.png")
+    assert await storage.list("users/ada/") == ["users/ada/input/b.png"]
+    assert await storage.list("users/bob/") == ["users/bob/output/c.png"]
+
+
+@pytest.mark.parametrize("key", ["../etc/passwd", "/abs/x", "users/../x", "users//x", ""])
+async def test_keys_that_escape_the_root_are_refused(storage: Storage, key: str) -> None:
+    with pytest.raises(StorageError, match="invalid storage key"):
+        await storage.put(key, aiter_chunks(b"x"))
+
+
+async def test_a_large_file_is_streamed_not_held_in_memory(storage: Storage) -> None:
+    size, chunk = 40 * 1024 * 1024, 256 * 1024
+    digest = hashlib.sha256()
+
+    async def produce() -> AsyncIterator[bytes]:
+        for index in range(size // chunk):
+            data = bytes([index % 251]) * chunk
+            digest.update(data)
+            yield data
+
+    tracemalloc.start()
+    try:
+        assert await storage.put("users/ada/output/film.mp4", produce(), "video/mp4") == size
+        check = hashlib.sha256()
+        async for part in storage.get("users/ada/output/film.mp4"):
+            check.update(part)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert check.hexdigest() == digest.hexdigest()
+    assert peak < size / 2, f"peak {peak} bytes: the file was held in memory"
+
+
+def test_an_unknown_url_names_the_accepted_forms() -> None:
+    with pytest.raises(StorageError, match=r"file:///absolute/path.*s3://bucket"):
+        open_storage("ftp://host/x")
