@@ -1,0 +1,194 @@
+"""The life cycle every dynamic provider here shares, written once.
+
+A cloud call can fail after the cloud already acted (a 5xx or a timeout on a create that went
+through). So every remote object has a deterministic name, and creating always means: look the
+name up, adopt what is there if it matches, otherwise make it; retry transient failures the same
+way; and when creating finally fails, delete whatever carries the name and confirm it is gone.
+After any error nothing billable is left that Pulumi does not know about.
+
+Subclasses provide the remote verbs (``find``, ``make``, ``settle``, ``remove``, ``fetch``,
+``change``) and ``describe``; this class turns them into Pulumi's check/diff/create/read/update/delete.
+The provider object is pickled into another process, so it holds no clients: ``connect`` builds one
+inside each method from the resource's own (secret) inputs or the environment.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    ResourceProvider,
+    UpdateResult,
+)
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from infra.providers.timing import Timing
+
+T = TypeVar("T")
+
+# Inputs that tune how we talk to the API, not what exists: never a reason to update or replace.
+CONNECTION_KEYS = frozenset({"client_id", "client_secret", "api_key", "api_url", "timing", "__provider"})
+
+
+class ProviderError(Exception):
+    """A failure explained for the organizer: what went wrong and what to do about it."""
+
+
+class LifecycleProvider(ResourceProvider):
+    """check/diff/create/read/update/delete over a few remote verbs, idempotent and orphan-free."""
+
+    serialize_as_secret_always = True
+    kind: ClassVar[str] = "resource"
+    required: ClassVar[tuple[str, ...]] = ("name",)
+    replace_keys: ClassVar[frozenset[str]] = frozenset({"name"})
+    # False where a leftover is cheap and precious (a models volume): the next create adopts it.
+    discard_on_failure: ClassVar[bool] = True
+
+    # --- remote verbs, provided by each resource kind -------------------------------------
+    def connect(self, props: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def is_transient(self, exc: BaseException) -> bool:
+        raise NotImplementedError
+
+    def explain(self, exc: BaseException, props: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def find(self, api: Any, props: dict[str, Any]) -> Any | None:
+        raise NotImplementedError
+
+    def make(self, api: Any, props: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def matches(self, obj: Any, props: dict[str, Any]) -> bool:
+        return True
+
+    def settle(self, api: Any, props: dict[str, Any], obj: Any) -> Any:
+        return obj
+
+    def remove(self, api: Any, props: dict[str, Any], obj: Any) -> None:
+        """Delete ``obj`` and return only once the provider confirms it is gone."""
+        raise NotImplementedError
+
+    def fetch(self, api: Any, id_: str, props: dict[str, Any]) -> Any | None:
+        raise NotImplementedError
+
+    def change(self, api: Any, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> Any:
+        raise ProviderError(f"{self.kind} {news.get('name')!r} cannot be changed in place")
+
+    def describe(self, obj: Any, props: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        raise NotImplementedError
+
+    # --- Pulumi's verbs ---------------------------------------------------------------------
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures = [
+            CheckFailure(key, f"{self.kind} needs '{key}'")
+            for key in self.required
+            if news.get(key) in (None, "")
+        ]
+        return CheckResult(news, failures)
+
+    def diff(self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]) -> DiffResult:
+        keys = (set(_olds) | set(_news)) - CONNECTION_KEYS
+        changed = sorted(k for k in keys if _olds.get(k) != _news.get(k))
+        replaces = [k for k in changed if k in self.replace_keys]
+        # Names are deterministic, so the old object must go before its successor takes the name.
+        return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        api = self.guarded(props, lambda: self.connect(props))
+        try:
+            obj = self.retrying(props, lambda: self.settle(api, props, self._adopt_or_make(api, props)))
+        except Exception as exc:
+            if not self.discard_on_failure:
+                raise ProviderError(self.explain(exc, props)) from exc
+            self._clean_up(api, props)
+            raise ProviderError(f"{self.explain(exc, props)} Nothing was left behind.") from exc
+        id_, outs = self.describe(obj, props)
+        return CreateResult(id_, {**props, **outs})
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        api = self.guarded(props, lambda: self.connect(props))
+        obj = self.guarded(props, lambda: self.fetch(api, id_, props))
+        if obj is None:
+            return ReadResult(None, {})
+        new_id, outs = self.describe(obj, props)
+        return ReadResult(new_id, {**props, **outs})
+
+    def update(self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]) -> UpdateResult:
+        api = self.guarded(_news, lambda: self.connect(_news))
+        obj = self.guarded(_news, lambda: self.change(api, _id, _olds, _news))
+        _, outs = self.describe(obj, _news)
+        return UpdateResult({**_news, **outs})
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        api = self.guarded(_props, lambda: self.connect(_props))
+        self.guarded(_props, lambda: self._remove_if_there(api, _id, _props))
+
+    # --- the shared mechanics ---------------------------------------------------------------
+    def _adopt_or_make(self, api: Any, props: dict[str, Any]) -> Any:
+        found = self.find(api, props)
+        if found is not None and self.matches(found, props):
+            return found
+        if found is not None:
+            self.remove(api, props, found)
+        return self.make(api, props)
+
+    def _remove_if_there(self, api: Any, id_: str, props: dict[str, Any]) -> None:
+        obj = self.fetch(api, id_, props)
+        if obj is not None:
+            self.remove(api, props, obj)
+
+    def _clean_up(self, api: Any, props: dict[str, Any]) -> None:
+        """After a failed create: delete whatever carries our name, confirmed, or say so loudly."""
+        try:
+            self.retrying(props, lambda: self._remove_found(api, props))
+        except Exception as exc:
+            raise ProviderError(
+                f"{self.kind} {props.get('name')!r} failed to create AND the clean-up failed: "
+                f"{self.explain(exc, props)} Delete it in the provider's console before retrying."
+            ) from exc
+
+    def _remove_found(self, api: Any, props: dict[str, Any]) -> None:
+        found = self.find(api, props)
+        if found is not None:
+            self.remove(api, props, found)
+
+    def retrying(self, props: dict[str, Any], call: Callable[[], T]) -> T:
+        """Run ``call``, retrying transient failures with backoff (the call must be idempotent)."""
+        timing = Timing.of(props)
+        retryer = Retrying(
+            stop=stop_after_attempt(timing.attempts),
+            wait=wait_exponential(multiplier=timing.retry_wait_s, max=timing.retry_wait_s * 8),
+            retry=retry_if_exception(self.is_transient),
+            reraise=True,
+        )
+        return retryer(call)
+
+    def guarded(self, props: dict[str, Any], call: Callable[[], T]) -> T:
+        """``retrying``, with any final failure explained."""
+        try:
+            return self.retrying(props, call)
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise ProviderError(self.explain(exc, props)) from exc
+
+
+def poll(what: str, check: Callable[[], T | None], timeout_s: float, interval_s: float) -> T:
+    """Call ``check`` until it returns something other than None; TimeoutError names ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result is not None:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout_s:g} s")
+        time.sleep(interval_s)

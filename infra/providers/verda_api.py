@@ -1,0 +1,121 @@
+"""Talking to Verda's API through its SDK (``verda``): credentials, time limits and error meaning.
+
+Credentials come from the resource's secret inputs ``client_id``/``client_secret`` or from the
+environment (``VERDA_CLIENT_ID``/``VERDA_CLIENT_SECRET``); ``api_url`` or ``VERDA_API_URL`` points at
+another API base (the tests' loopback double).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import requests
+from verda import VerdaClient
+from verda.exceptions import APIException
+
+from infra.providers.lifecycle import LifecycleProvider, poll
+from infra.providers.timing import Timing
+
+DEFAULT_API_URL = "https://api.verda.com/v1"
+TRANSIENT_CODES = frozenset({"server_error", "service_unavailable"})
+
+ADVICE = {
+    "insufficient_funds": "Top up the Verda account balance (or pick a cheaper or spot type), then run "
+    "`pulumi up` again.",
+    "unauthorized_request": "Check the Verda client id and secret: `pulumi config set --secret "
+    "verda:clientSecret ...` or VERDA_CLIENT_ID/VERDA_CLIENT_SECRET.",
+    "forbidden_action": "The account may not do this (often a quota): ask Verda support to raise it, "
+    "or lower the pool's size.",
+    "invalid_request": "A value in the pool's config is not accepted by Verda: fix it in the stack config.",
+}
+
+
+def verda_client(props: dict[str, Any]) -> Any:
+    """A client built here, in the provider's own process, never at import time."""
+    client_id = props.get("client_id") or os.environ.get("VERDA_CLIENT_ID")
+    secret = props.get("client_secret") or os.environ.get("VERDA_CLIENT_SECRET")
+    if not client_id or not secret:
+        raise ValueError(
+            "Verda credentials are missing: set `verda:clientId` and `verda:clientSecret` (secret) in "
+            "the stack config, or VERDA_CLIENT_ID and VERDA_CLIENT_SECRET in the environment"
+        )
+    url = props.get("api_url") or os.environ.get("VERDA_API_URL") or DEFAULT_API_URL
+    client = VerdaClient(client_id, secret, base_url=url)
+    _bound_request_time(client._http_client, Timing.of(props).request_timeout_s)
+    return client
+
+
+def _bound_request_time(http: Any, seconds: float) -> None:
+    """The SDK sends requests without a timeout; a hung API call must not hang `pulumi up`."""
+    unbounded = http._request
+
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("timeout", seconds)
+        return unbounded(*args, **kwargs)
+
+    http._request = bounded
+
+
+def api_code(exc: BaseException) -> str | None:
+    return exc.code if isinstance(exc, APIException) else None
+
+
+def is_not_found(exc: BaseException) -> bool:
+    return api_code(exc) == "not_found"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """5xx, an unparseable gateway page, a dropped connection or a timeout: worth trying again."""
+    if isinstance(exc, APIException):
+        return exc.code in TRANSIENT_CODES
+    return isinstance(exc, requests.ConnectionError | requests.Timeout | json.JSONDecodeError)
+
+
+def explain(exc: BaseException, kind: str, props: dict[str, Any]) -> str:
+    name = props.get("name")
+    if is_transient(exc):
+        return f"Verda kept failing for {kind} {name!r} ({exc}); try `pulumi up` again later."
+    if isinstance(exc, APIException):
+        advice = ADVICE.get(exc.code or "", "")
+        return f"Verda refused {kind} {name!r}: {exc.message} ({exc.code}). {advice}".strip()
+    return f"{kind} {name!r}: {exc}"
+
+
+class VerdaProvider(LifecycleProvider):
+    """A dynamic provider over the Verda SDK."""
+
+    def connect(self, props: dict[str, Any]) -> Any:
+        return verda_client(props)
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return is_transient(exc)
+
+    def explain(self, exc: BaseException, props: dict[str, Any]) -> str:
+        return explain(exc, self.kind, props)
+
+
+def fetch_or_none(call: Any, *args: Any) -> Any | None:
+    """``call(*args)``, or None when Verda answers not_found."""
+    try:
+        return call(*args)
+    except APIException as exc:
+        if is_not_found(exc):
+            return None
+        raise
+
+
+def delete_confirmed(what: str, delete: Any, fetch: Any, timing: Timing) -> None:
+    """Ask Verda to delete (already gone is fine), then poll ``fetch()`` until it returns None."""
+    try:
+        delete()
+    except APIException as exc:
+        if not is_not_found(exc):
+            raise
+    poll(
+        f"deletion of {what}",
+        lambda: True if fetch() is None else None,
+        timing.delete_timeout_s,
+        timing.poll_interval_s,
+    )

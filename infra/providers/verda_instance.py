@@ -1,0 +1,124 @@
+"""Verda GPU instances (H100 and friends): the billable resource, handled with the most care.
+
+The hostname is the deterministic name: before creating, an instance of that hostname is looked up
+and adopted when it matches (a create that went through although the call failed), or deleted when
+it does not. A create that ends in an error, an ``error`` status or a boot that never finishes
+deletes the instance and its OS volume and waits for Verda to confirm. Deleting keeps the shared
+filesystem: only the OS volume is passed for permanent deletion.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from verda.constants import Actions
+
+from infra.providers.lifecycle import ProviderError, poll
+from infra.providers.timing import Timing
+from infra.providers.verda_api import VerdaProvider, delete_confirmed, fetch_or_none
+
+GONE = frozenset({"deleting", "deleted", "discontinued"})
+DEFAULT_IMAGE = "ubuntu-24.04-cuda-12.8-open-docker"
+SPEC_KEYS = (
+    "name", "instance_type", "image", "location", "is_spot", "ssh_key_ids", "startup_script_id",
+    "existing_volumes", "os_volume_size", "description",
+)  # fmt: skip
+
+
+class InstanceProvider(VerdaProvider):
+    """``name`` (hostname), ``instance_type``, ``location``, ``is_spot``, ``ssh_key_ids``,
+    ``startup_script_id``, ``existing_volumes`` (shared filesystems), ``os_volume_size`` (GB)."""
+
+    kind = "Verda instance"
+    required = ("name", "instance_type", "location")
+    replace_keys = frozenset(SPEC_KEYS)
+
+    def find(self, api: Any, props: dict[str, Any]) -> Any | None:
+        mine = [i for i in api.instances.get() if i.hostname == props["name"] and i.status not in GONE]
+        return mine[0] if mine else None
+
+    def matches(self, obj: Any, props: dict[str, Any]) -> bool:
+        wanted = (props["instance_type"], props["location"], bool(props.get("is_spot")))
+        return (obj.instance_type, obj.location, bool(obj.is_spot)) == wanted and obj.status != "error"
+
+    def make(self, api: Any, props: dict[str, Any]) -> Any:
+        self._require_capacity(api, props)
+        return api.instances.create(
+            instance_type=props["instance_type"],
+            image=props.get("image") or DEFAULT_IMAGE,
+            hostname=props["name"],
+            description=props.get("description") or f"comfy-workshop {props['name']}",
+            ssh_key_ids=list(props.get("ssh_key_ids") or []),
+            location=props["location"],
+            startup_script_id=props.get("startup_script_id") or None,
+            existing_volumes=list(props.get("existing_volumes") or []),
+            os_volume={"name": _os_volume_name(props), "size": int(props.get("os_volume_size") or 100)},
+            is_spot=bool(props.get("is_spot")),
+            wait_for_status=None,
+        )
+
+    def _require_capacity(self, api: Any, props: dict[str, Any]) -> None:
+        spot = bool(props.get("is_spot"))
+        if not api.instances.is_available(props["instance_type"], spot, props["location"]):
+            kind = "spot" if spot else "on-demand"
+            raise ProviderError(
+                f"Verda has no {kind} {props['instance_type']} free in {props['location']} right now: "
+                "try another location, the other of spot/on-demand, or later."
+            )
+
+    def settle(self, api: Any, props: dict[str, Any], obj: Any) -> Any:
+        timing = Timing.of(props)
+        return poll(
+            f"{self.kind} {props['name']!r} reaching 'running'",
+            lambda: self._running(api, obj.id, props),
+            timing.ready_timeout_s,
+            timing.poll_interval_s,
+        )
+
+    def _running(self, api: Any, id_: str, props: dict[str, Any]) -> Any | None:
+        instance = api.instances.get_by_id(id_)
+        if instance.status == "error" or instance.status in GONE:
+            raise ProviderError(f"{self.kind} {props['name']!r} ended in status {instance.status!r}.")
+        return instance if instance.status == "running" else None
+
+    def fetch(self, api: Any, id_: str, props: dict[str, Any]) -> Any | None:
+        instance = fetch_or_none(api.instances.get_by_id, id_)
+        return None if instance is None or instance.status in GONE else instance
+
+    def remove(self, api: Any, props: dict[str, Any], obj: Any) -> None:
+        os_volumes = [obj.os_volume_id] if obj.os_volume_id else None
+        delete_confirmed(
+            f"{self.kind} {obj.hostname!r}",
+            lambda: api.instances.action(obj.id, Actions.DELETE, os_volumes, bool(os_volumes)),
+            lambda: self.fetch(api, obj.id, props),
+            Timing.of(props),
+        )
+        for volume in api.volumes.get():
+            if volume.name == _os_volume_name(props) and volume.is_os_volume and _alive(volume):
+                self._remove_os_volume(api, props, volume)
+
+    def _remove_os_volume(self, api: Any, props: dict[str, Any], volume: Any) -> None:
+        """An instance deleted before it had an OS volume id may leave that volume behind."""
+        delete_confirmed(
+            f"OS volume {volume.name!r}",
+            lambda: api.volumes.delete_by_id(volume.id, True),
+            lambda: _alive(fetch_or_none(api.volumes.get_by_id, volume.id)),
+            Timing.of(props),
+        )
+
+    def describe(self, obj: Any, props: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return str(obj.id), {
+            "instance_id": str(obj.id),
+            "ip": obj.ip or "",
+            "status": obj.status,
+            "os_volume_id": obj.os_volume_id or "",
+            "price_per_hour": float(obj.price_per_hour or 0.0),
+        }
+
+
+def _os_volume_name(props: dict[str, Any]) -> str:
+    return f"{props['name']}-os"
+
+
+def _alive(volume: Any | None) -> Any | None:
+    return None if volume is None or volume.status in GONE else volume

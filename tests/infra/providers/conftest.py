@@ -1,0 +1,31 @@
+"""Fixtures for the dynamic providers: API doubles on loopback and fast timing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.infra.providers.verda_double import VerdaDouble
+
+FAST = {
+    "request_timeout_s": 0.5,
+    "attempts": 3,
+    "retry_wait_s": 0.01,
+    "poll_interval_s": 0.0,
+    "ready_timeout_s": 2.0,
+    "delete_timeout_s": 2.0,
+}
+
+
+@pytest.fixture
+def verda() -> Iterator[VerdaDouble]:
+    with VerdaDouble().running() as double:
+        yield double
+
+
+@pytest.fixture
+def creds(verda: VerdaDouble) -> dict[str, Any]:
+    """Connection inputs as the pools pass them (client secret as a Pulumi secret)."""
+    return {"client_id": "cid", "client_secret": verda.client_secret, "api_url": verda.url, "timing": FAST}

@@ -1,0 +1,216 @@
+"""The Verda instance provider: idempotent, and never leaves a billable instance Pulumi does not know."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dill
+import pytest
+
+from infra.providers.lifecycle import ProviderError
+from infra.providers.verda_instance import InstanceProvider
+from tests.infra.providers.verda_double import VerdaDouble
+
+
+@pytest.fixture
+def props(creds: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **creds,
+        "name": "cw-workshop-h100-0",
+        "instance_type": "1H100.80S.30V",
+        "location": "FIN-03",
+        "is_spot": False,
+        "ssh_key_ids": ["key-1"],
+        "startup_script_id": "script-1",
+        "existing_volumes": ["sfs-1"],
+        "os_volume_size": 100,
+    }
+
+
+def test_create_waits_until_running_and_reports_ip(verda: VerdaDouble, props: dict[str, Any]) -> None:
+    result = InstanceProvider().create(props)
+
+    assert result.outs["status"] == "running"
+    assert result.outs["ip"] == "203.0.113.7"
+    [instance] = verda.billable_instances()
+    assert instance["id"] == result.id and instance["hostname"] == "cw-workshop-h100-0"
+    assert instance["_volumes"] == ["sfs-1"]
+
+
+def test_create_twice_adopts_instead_of_buying_a_second(verda: VerdaDouble, props: dict[str, Any]) -> None:
+    first = InstanceProvider().create(props)
+    second = InstanceProvider().create(props)
+
+    assert second.id == first.id
+    assert len(verda.billable_instances()) == 1
+
+
+def test_5xx_after_the_cloud_acted_then_success_yields_one_instance(
+    verda: VerdaDouble, props: dict[str, Any]
+) -> None:
+    verda.fail("POST", "/instances", status=503, code="service_unavailable", when="after")
+
+    result = InstanceProvider().create(props)
+
+    assert [i["id"] for i in verda.billable_instances()] == [result.id]
+    assert verda.log.count(("POST", "/instances")) == 1
+
+
+def test_5xx_before_acting_is_retried(verda: VerdaDouble, props: dict[str, Any]) -> None:
+    verda.fail("POST", "/instances", status=500, code="server_error", when="before")
+
+    result = InstanceProvider().create(props)
+
+    assert [i["id"] for i in verda.billable_instances()] == [result.id]
+
+
+def test_a_timeout_after_the_cloud_acted_leaves_one_instance(
+    verda: VerdaDouble, props: dict[str, Any]
+) -> None:
+    verda.fail("POST", "/instances", when="hang")
+
+    result = InstanceProvider().create(props)
+
+    assert [i["id"] for i in verda.billable_instances()] == [result.id]
+
+
+def test_insufficient_funds_says_what_to_do_and_leaves_nothing(
+    verda: VerdaDouble, props: dict[str, Any]
+) -> None:
+    verda.fail("POST", "/instances", status=400, code="insufficient_funds", message="Not enough balance")
+
+    with pytest.raises(ProviderError, match=r"insufficient_funds.*Top up the Verda account") as err:
+        InstanceProvider().create(props)
+
+    assert "Nothing was left behind" in str(err.value)
+    assert verda.billable_instances() == []
+
+
+def test_quota_refusal_after_the_instance_was_made_deletes_it(
+    verda: VerdaDouble, props: dict[str, Any]
+) -> None:
+    verda.fail("POST", "/instances", status=403, code="forbidden_action", message="Quota", when="after")
+
+    with pytest.raises(ProviderError, match="quota"):
+        InstanceProvider().create(props)
+
+    assert verda.billable_instances() == []
+    assert [v for v in verda.live_volumes() if v["is_os_volume"]] == []
+
+
+def test_persistent_5xx_on_the_create_gives_up_cleanly(verda: VerdaDouble, props: dict[str, Any]) -> None:
+    verda.fail("POST", "/instances", status=502, code="server_error", times=3)
+
+    with pytest.raises(ProviderError, match="kept failing"):
+        InstanceProvider().create(props)
+
+    assert verda.billable_instances() == []
+
+
+def test_persistent_5xx_while_booting_gives_up_and_deletes_what_was_made(
+    verda: VerdaDouble, props: dict[str, Any]
+) -> None:
+    verda.fail("GET", "/instances/inst-.*", status=502, code="server_error", times=3)
+
+    with pytest.raises(ProviderError, match="kept failing"):
+        InstanceProvider().create(props)
+
+    assert verda.billable_instances() == []
+
+
+def test_a_boot_that_never_finishes_is_deleted_with_its_os_volume(
+    verda: VerdaDouble, props: dict[str, Any]
+) -> None:
+    verda.boot = ["ordered", "provisioning"]
+
+    with pytest.raises(ProviderError, match="reaching 'running' did not happen"):
+        InstanceProvider().create({**props, "timing": {**props["timing"], "ready_timeout_s": 0.05}})
+
+    assert verda.billable_instances() == []
+    assert verda.live_volumes() == []
+
+
+def test_an_instance_in_error_is_deleted(verda: VerdaDouble, props: dict[str, Any]) -> None:
+    verda.boot = ["ordered", "error"]
+
+    with pytest.raises(ProviderError, match="status 'error'"):
+        InstanceProvider().create(props)
+
+    assert verda.billable_instances() == []
+
+
+def test_no_capacity_fails_before_buying_anything(verda: VerdaDouble, props: dict[str, Any]) -> None:
+    verda.unavailable.add("1H100.80S.30V")
+
+    with pytest.raises(ProviderError, match=r"no on-demand 1H100\.80S\.30V free in FIN-03"):
+        InstanceProvider().create(props)
+
+    assert ("POST", "/instances") not in verda.log
+
+
+def test_a_leftover_of_another_spec_is_replaced_not_adopted(
+    verda: VerdaDouble, props: dict[str, Any]
+) -> None:
+    InstanceProvider().create({**props, "instance_type": "1A100.22V"})
+
+    result = InstanceProvider().create(props)
+
+    [instance] = verda.billable_instances()
+    assert instance["id"] == result.id and instance["instance_type"] == "1H100.80S.30V"
+
+
+def test_delete_removes_instance_and_os_volume_but_keeps_the_shared_filesystem(
+    verda: VerdaDouble, props: dict[str, Any]
+) -> None:
+    result = InstanceProvider().create(props)
+
+    InstanceProvider().delete(result.id, result.outs)
+
+    assert verda.billable_instances() == []
+    assert verda.live_volumes() == []
+    deleted_at = verda.log.index(("PUT", "/instances"))
+    assert ("GET", f"/instances/{result.id}") in verda.log[deleted_at:]  # deletion confirmed by a read
+
+
+def test_delete_is_idempotent_and_survives_a_5xx(verda: VerdaDouble, props: dict[str, Any]) -> None:
+    result = InstanceProvider().create(props)
+    verda.fail("PUT", "/instances", status=500, code="server_error")
+
+    InstanceProvider().delete(result.id, result.outs)
+    InstanceProvider().delete(result.id, result.outs)
+
+    assert verda.billable_instances() == []
+
+
+def test_read_of_a_vanished_instance_tells_pulumi_it_is_gone(
+    verda: VerdaDouble, props: dict[str, Any]
+) -> None:
+    result = InstanceProvider().create(props)
+    verda.instances[result.id]["status"] = "discontinued"
+
+    assert InstanceProvider().read(result.id, result.outs).id is None
+
+
+def test_changing_the_type_replaces_but_credentials_and_timing_never_do(props: dict[str, Any]) -> None:
+    provider = InstanceProvider()
+    rotated = {**props, "client_secret": "new", "timing": {}}
+
+    assert provider.diff("i", props, rotated).changes is False
+    bigger = provider.diff("i", props, {**props, "instance_type": "2H100.80S.60V"})
+    assert bigger.replaces == ["instance_type"] and bigger.delete_before_replace
+
+
+def test_missing_credentials_name_the_config_keys(
+    props: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VERDA_CLIENT_ID", raising=False)
+    monkeypatch.delenv("VERDA_CLIENT_SECRET", raising=False)
+
+    with pytest.raises(ProviderError, match="verda:clientSecret"):
+        InstanceProvider().create({**props, "client_id": "", "client_secret": ""})
+
+
+def test_the_provider_survives_pickling_as_pulumi_does(verda: VerdaDouble, props: dict[str, Any]) -> None:
+    provider = dill.loads(dill.dumps(InstanceProvider(), recurse=True))
+
+    assert provider.create(props).outs["status"] == "running"

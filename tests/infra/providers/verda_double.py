@@ -1,0 +1,144 @@
+"""A loopback HTTP double of Verda's public API, shaped as the ``verda`` SDK reads it.
+
+The SDK speaks ``requests`` to ``<base_url>/...``, so the providers under test run unchanged against
+``VerdaDouble.url``. State is in memory; ``fail()`` scripts faults: an error answered before the API
+acts, after it acted (the create went through, the caller hears 5xx), or a hang past the client's
+timeout after acting. Instances boot one step per status read, so no test waits on a clock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+Answer = tuple[int, Any]
+
+
+@dataclass
+class Fault:
+    method: str
+    path: str
+    status: int = 500
+    code: str | None = "server_error"
+    message: str = "internal error"
+    when: str = "before"  # before | after | hang
+    times: int = 1
+
+
+@dataclass
+class VerdaDouble:
+    client_secret: str = "s3cret"
+    boot: list[str] = field(default_factory=lambda: ["ordered", "provisioning", "running"])
+    unavailable: set[str] = field(default_factory=set)
+    instances: dict[str, dict[str, Any]] = field(default_factory=dict)
+    volumes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ssh_keys: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scripts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    secrets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    registry_credentials: dict[str, dict[str, Any]] = field(default_factory=dict)
+    faults: list[Fault] = field(default_factory=list)
+    log: list[tuple[str, str]] = field(default_factory=list)
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def fail(self, method: str, path: str, **kwargs: Any) -> None:
+        self.faults.append(Fault(method, path, **kwargs))
+
+    def billable_instances(self) -> list[dict[str, Any]]:
+        return [i for i in self.instances.values() if i["status"] != "deleted"]
+
+    def live_volumes(self) -> list[dict[str, Any]]:
+        return [v for v in self.volumes.values() if v["status"] != "deleted"]
+
+    def new_id(self, prefix: str) -> str:
+        return f"{prefix}-{next(self._ids):04d}"
+
+    # --- serving ---------------------------------------------------------------------------
+    def answer(self, method: str, path: str, body: Any, query: dict[str, list[str]]) -> Answer:
+        with self._lock:
+            self.log.append((method, path))
+            fault = self._take_fault(method, path)
+            if fault and fault.when == "before":
+                return fault.status, {"code": fault.code, "message": fault.message}
+            status, payload = self._route(method, path, body, query)
+        if fault and fault.when == "after":
+            return fault.status, {"code": fault.code, "message": fault.message}
+        if fault and fault.when == "hang":
+            self._stopping.wait(10)
+        return status, payload
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.method == method and re.fullmatch(fault.path, path) and fault.times > 0:
+                fault.times -= 1
+                return fault
+        return None
+
+    def _route(self, method: str, path: str, body: Any, query: dict[str, list[str]]) -> Answer:
+        from tests.infra.providers import verda_routes
+
+        for verb, pattern, handler in verda_routes.ROUTES:
+            match = re.fullmatch(pattern, path)
+            if verb == method and match:
+                return handler(self, body, query, *match.groups())
+        return 404, {"code": "not_found", "message": f"no route {method} {path}"}
+
+    @contextmanager
+    def running(self) -> Iterator[VerdaDouble]:
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler_for(self.answer))
+        server.daemon_threads = True
+        self.port = server.server_address[1]
+        thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stopping.set()
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+
+def _handler_for(answer: Callable[..., Answer]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def _serve(self) -> None:
+            parts = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            body = json.loads(raw) if raw else None
+            path = parts.path.removeprefix("/v1")
+            status, payload = answer(self.command, path, body, parse_qs(parts.query))
+            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+            try:
+                self.send_response(status)
+                kind = "text/plain" if isinstance(payload, str) else "application/json"
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                return
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+    return Handler
