@@ -1,0 +1,122 @@
+"""Verda serverless container deployments: the push pool's replicas and their autoscaler.
+
+The deployment's name is its id. Everything but the name changes in place (``update_deployment``);
+a deployment found under our name is adopted and brought to the wanted spec. The autoscaler scales
+on the requests sent to the deployment's own endpoint (``endpoint_base_url``), which is what the
+queue manager's push dispatcher calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from verda.containers import (
+    ComputeResource,
+    Container,
+    ContainerRegistryCredentials,
+    ContainerRegistrySettings,
+    Deployment,
+    EnvVar,
+    EnvVarType,
+    HealthcheckSettings,
+    QueueLoadScalingTrigger,
+    ScalingOptions,
+    ScalingPolicy,
+    ScalingTriggers,
+    SharedFileSystemMount,
+)
+
+from infra.providers.timing import Timing
+from infra.providers.verda_api import VerdaProvider, delete_confirmed, fetch_or_none
+
+SCALING_DEFAULTS = {
+    "min_replica_count": 0,
+    "max_replica_count": 1,
+    "scale_up_delay_s": 0,
+    "scale_down_delay_s": 300,
+    "queue_message_ttl_s": 3600,
+    "concurrent_requests_per_replica": 1,
+    "queue_load_threshold": 1.0,
+}
+
+
+class DeploymentProvider(VerdaProvider):
+    """``name``, ``image``, ``port``, ``health_path``, ``env`` (plain), ``secret_env`` (env name ->
+    Verda secret name), ``mounts`` ([{mount_path, volume_id}]), ``compute`` ({name, size}),
+    ``scaling`` (see SCALING_DEFAULTS), ``registry_credentials`` (name or empty), ``is_spot``."""
+
+    kind = "Verda container deployment"
+    required = ("name", "image", "compute")
+    replace_keys = frozenset({"name"})
+
+    def find(self, api: Any, props: dict[str, Any]) -> Any | None:
+        return fetch_or_none(api.containers.get_deployment_by_name, props["name"])
+
+    def make(self, api: Any, props: dict[str, Any]) -> Any:
+        return api.containers.create_deployment(deployment_for(props))
+
+    def settle(self, api: Any, props: dict[str, Any], obj: Any) -> Any:
+        """An adopted deployment may carry an older spec: bring it to ours (idempotent)."""
+        return api.containers.update_deployment(props["name"], deployment_for(props))
+
+    def fetch(self, api: Any, id_: str, props: dict[str, Any]) -> Any | None:
+        return fetch_or_none(api.containers.get_deployment_by_name, id_)
+
+    def change(self, api: Any, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> Any:
+        return api.containers.update_deployment(id_, deployment_for(news))
+
+    def remove(self, api: Any, props: dict[str, Any], obj: Any) -> None:
+        delete_confirmed(
+            f"{self.kind} {obj.name!r}",
+            lambda: api.containers.delete_deployment(obj.name),
+            lambda: self.fetch(api, obj.name, props),
+            Timing.of(props),
+        )
+
+    def describe(self, obj: Any, props: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return str(obj.name), {"endpoint_base_url": obj.endpoint_base_url or ""}
+
+
+def deployment_for(props: dict[str, Any]) -> Deployment:
+    """The SDK's Deployment for our inputs."""
+    credentials = props.get("registry_credentials") or ""
+    return Deployment(
+        name=props["name"],
+        containers=[container_for(props)],
+        compute=ComputeResource(name=props["compute"]["name"], size=int(props["compute"].get("size", 1))),
+        container_registry_settings=ContainerRegistrySettings(
+            is_private=bool(credentials),
+            credentials=ContainerRegistryCredentials(name=credentials) if credentials else None,
+        ),
+        is_spot=bool(props.get("is_spot")),
+        scaling=scaling_for(props.get("scaling") or {}),
+    )
+
+
+def container_for(props: dict[str, Any]) -> Container:
+    port = int(props.get("port") or 8000)
+    plain = [EnvVar(k, str(v), EnvVarType.PLAIN) for k, v in sorted((props.get("env") or {}).items())]
+    secret = [EnvVar(k, v, EnvVarType.SECRET) for k, v in sorted((props.get("secret_env") or {}).items())]
+    mounts = [SharedFileSystemMount(m["mount_path"], m["volume_id"]) for m in props.get("mounts") or []]
+    return Container(
+        image=props["image"],
+        exposed_port=port,
+        healthcheck=HealthcheckSettings(enabled=True, port=port, path=props.get("health_path") or "/health"),
+        env=plain + secret,
+        volume_mounts=list(mounts) or None,
+    )
+
+
+def scaling_for(given: dict[str, Any]) -> ScalingOptions:
+    s = {**SCALING_DEFAULTS, **given}
+    return ScalingOptions(
+        min_replica_count=int(s["min_replica_count"]),
+        max_replica_count=int(s["max_replica_count"]),
+        scale_down_policy=ScalingPolicy(delay_seconds=int(s["scale_down_delay_s"])),
+        scale_up_policy=ScalingPolicy(delay_seconds=int(s["scale_up_delay_s"])),
+        queue_message_ttl_seconds=int(s["queue_message_ttl_s"]),
+        concurrent_requests_per_replica=int(s["concurrent_requests_per_replica"]),
+        scaling_triggers=ScalingTriggers(
+            queue_load=QueueLoadScalingTrigger(threshold=float(s["queue_load_threshold"]))
+        ),
+    )
