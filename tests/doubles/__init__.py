@@ -1,0 +1,1 @@
+"""Test doubles for servers that cannot run on the development machines (ComfyUI)."""

@@ -1,0 +1,413 @@
+"""The ComfyUI double's node catalogue, prompt validation and node behaviours.
+
+A small but realistic slice of ComfyUI v0.3.64's nodes, none of which needs model weights.
+Images are not pixels here: an IMAGE is a dict (width, height, batch, color) and a saved PNG is
+the PNG signature, that dict as JSON, and padding up to the requested size.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MP4_MAGIC = b"\x00\x00\x00\x18ftypmp42"
+FLAC_MAGIC = b"fLaC"
+
+
+def _int(default: int, low: int, high: int) -> list[Any]:
+    return ["INT", {"default": default, "min": low, "max": high, "step": 1}]
+
+
+def _node(
+    name: str,
+    required: dict[str, Any],
+    output: list[str],
+    category: str,
+    output_node: bool = False,
+    display: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "input": {"required": required, "optional": {}},
+        "input_order": {"required": list(required)},
+        "output": output,
+        "output_is_list": [False] * len(output),
+        "output_name": output,
+        "name": name,
+        "display_name": display or name,
+        "description": "",
+        "python_module": "nodes",
+        "category": category,
+        "output_node": output_node,
+        "deprecated": False,
+        "experimental": False,
+    }
+
+
+def catalogue(input_files: list[str]) -> dict[str, dict[str, Any]]:
+    """``/object_info``: LoadImage's choices are the files in the input folder, as in ComfyUI."""
+    images = sorted(f for f in input_files if not f.endswith((".flac", ".wav", ".mp3")))
+    audio = sorted(f for f in input_files if f.endswith((".flac", ".wav", ".mp3")))
+    prefix = ["STRING", {"default": "ComfyUI", "tooltip": "The prefix for the file to save."}]
+    nodes = [
+        _node(
+            "EmptyImage",
+            {
+                "width": _int(512, 1, 16384),
+                "height": _int(512, 1, 16384),
+                "batch_size": _int(1, 1, 4096),
+                "color": _int(0, 0, 0xFFFFFF),
+            },
+            ["IMAGE"],
+            "image",
+        ),
+        _node("ImageInvert", {"image": ["IMAGE"]}, ["IMAGE"], "image"),
+        _node(
+            "ImageScale",
+            {
+                "image": ["IMAGE"],
+                "upscale_method": [["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]],
+                "width": _int(512, 0, 16384),
+                "height": _int(512, 0, 16384),
+                "crop": [["disabled", "center"]],
+            },
+            ["IMAGE"],
+            "image/upscaling",
+            display="Upscale Image",
+        ),
+        _node(
+            "LoadImage",
+            {"image": [images, {"image_upload": True}]},
+            ["IMAGE", "MASK"],
+            "image",
+            display="Load Image",
+        ),
+        _node(
+            "SaveImage",
+            {"images": ["IMAGE"], "filename_prefix": prefix},
+            [],
+            "image",
+            True,
+            display="Save Image",
+        ),
+        _node("PreviewImage", {"images": ["IMAGE"]}, [], "image", True, display="Preview Image"),
+        _node("SaveImageWebsocket", {"images": ["IMAGE"]}, [], "api node/image", True),
+        _node(
+            "CreateVideo",
+            {"images": ["IMAGE"], "fps": ["FLOAT", {"default": 30.0, "min": 1.0, "max": 120.0, "step": 1.0}]},
+            ["VIDEO"],
+            "image/video",
+            display="Create Video",
+        ),
+        _node(
+            "SaveVideo",
+            {
+                "video": ["VIDEO"],
+                "filename_prefix": ["STRING", {"default": "video/ComfyUI"}],
+                "format": [["auto", "mp4"]],
+                "codec": [["auto", "h264"]],
+            },
+            [],
+            "image/video",
+            True,
+            display="Save Video",
+        ),
+        _node("LoadAudio", {"audio": [audio, {"audio_upload": True}]}, ["AUDIO"], "audio"),
+        _node(
+            "SaveAudio",
+            {"audio": ["AUDIO"], "filename_prefix": ["STRING", {"default": "audio/ComfyUI"}]},
+            [],
+            "audio",
+            True,
+            display="Save Audio (FLAC)",
+        ),
+    ]
+    return {node["name"]: node for node in nodes}
+
+
+OUTPUT_NODES = {"SaveImage", "PreviewImage", "SaveImageWebsocket", "SaveVideo", "SaveAudio"}
+
+
+def _error(kind: str, message: str, details: str = "", **extra: Any) -> dict[str, Any]:
+    return {"type": kind, "message": message, "details": details, "extra_info": extra}
+
+
+class PromptRejected(Exception):
+    """The 400 answer of ``POST /prompt``: ``body`` is exactly what ComfyUI sends."""
+
+    def __init__(self, error: dict[str, Any], node_errors: dict[str, Any] | None = None) -> None:
+        super().__init__(error["message"])
+        self.body = {"error": error, "node_errors": node_errors or {}}
+
+
+def validate(prompt: Any, known: dict[str, dict[str, Any]]) -> list[str]:
+    """Return the output node ids to execute, or raise ``PromptRejected`` as ComfyUI would."""
+    if not isinstance(prompt, dict):
+        raise PromptRejected(_error("invalid_prompt", "Invalid prompt: the prompt must be an object"))
+    for node_id, node in prompt.items():
+        if not isinstance(node, dict) or "class_type" not in node:
+            raise PromptRejected(
+                _error(
+                    "invalid_prompt",
+                    "Cannot execute because a node is missing the class_type property.",
+                    f"Node ID '#{node_id}'",
+                )
+            )
+        if node["class_type"] not in known:
+            raise PromptRejected(
+                _error(
+                    "invalid_prompt",
+                    f"Cannot execute because node {node['class_type']} does not exist.",
+                    f"Node ID '#{node_id}'",
+                )
+            )
+    outputs = [nid for nid, node in prompt.items() if known[node["class_type"]]["output_node"]]
+    if not outputs:
+        raise PromptRejected(_error("prompt_no_outputs", "Prompt has no outputs"))
+    node_errors: dict[str, Any] = {}
+    for output in outputs:
+        for nid in ancestors(prompt, output):
+            errors = _node_errors(prompt, nid, known)
+            if errors:
+                entry = node_errors.setdefault(
+                    nid, {"errors": errors, "dependent_outputs": [], "class_type": prompt[nid]["class_type"]}
+                )
+                entry["dependent_outputs"].append(output)
+    if node_errors:
+        raise PromptRejected(
+            _error("prompt_outputs_failed_validation", "Prompt outputs failed validation"), node_errors
+        )
+    return outputs
+
+
+def ancestors(prompt: dict[str, Any], node_id: str, seen: list[str] | None = None) -> list[str]:
+    """``node_id`` and every node it depends on, dependencies first."""
+    seen = [] if seen is None else seen
+    for value in prompt.get(node_id, {}).get("inputs", {}).values():
+        if is_link(value) and str(value[0]) not in seen and str(value[0]) in prompt:
+            ancestors(prompt, str(value[0]), seen)
+    if node_id not in seen:
+        seen.append(node_id)
+    return seen
+
+
+def is_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
+
+
+def _node_errors(prompt: dict[str, Any], nid: str, known: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    spec = known[prompt[nid]["class_type"]]["input"]["required"]
+    inputs = prompt[nid].get("inputs", {})
+    errors = []
+    for name, declared in spec.items():
+        if name not in inputs:
+            errors.append(
+                _error("required_input_missing", "Required input is missing", name, input_name=name)
+            )
+        elif is_link(inputs[name]):
+            errors.extend(_link_errors(prompt, name, inputs[name], declared[0], known))
+        else:
+            errors.extend(_value_errors(prompt[nid]["class_type"], name, inputs[name], declared))
+    return errors
+
+
+def _link_errors(
+    prompt: dict[str, Any], name: str, link: list[Any], wanted: Any, known: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    source = prompt.get(str(link[0]))
+    outputs = known[source["class_type"]]["output"] if source else []
+    if link[1] >= len(outputs) or outputs[link[1]] != wanted:
+        got = outputs[link[1]] if link[1] < len(outputs) else "nothing"
+        return [
+            _error(
+                "return_type_mismatch",
+                "Return type mismatch between linked nodes",
+                f"{name}, received_type({got}) mismatch input_type({wanted})",
+                input_name=name,
+            )
+        ]
+    return []
+
+
+def _value_errors(class_type: str, name: str, value: Any, declared: list[Any]) -> list[dict[str, Any]]:
+    kind, options = declared[0], (declared[1] if len(declared) > 1 else {})
+    if isinstance(kind, list):
+        if value not in kind:
+            if class_type in ("LoadImage", "LoadAudio"):
+                return [
+                    _error(
+                        "custom_validation_failed",
+                        "Custom validation failed for node",
+                        f"{name} - Invalid image file: {value}",
+                        input_name=name,
+                    )
+                ]
+            return [
+                _error(
+                    "value_not_in_list",
+                    "Value not in list",
+                    f"{name}: '{value}' not in {kind}",
+                    input_name=name,
+                )
+            ]
+        return []
+    if kind in ("INT", "FLOAT"):
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return [
+                _error(
+                    "invalid_input_type",
+                    f"Failed to convert an input value to a {kind} value",
+                    f"{name}, {value}",
+                    input_name=name,
+                )
+            ]
+        if value < options.get("min", value):
+            return [
+                _error(
+                    "value_smaller_than_min",
+                    f"Value {value} smaller than min of {options['min']}",
+                    f"{name}",
+                    input_name=name,
+                )
+            ]
+        if value > options.get("max", value):
+            return [
+                _error(
+                    "value_bigger_than_max",
+                    f"Value {value} bigger than max of {options['max']}",
+                    f"{name}",
+                    input_name=name,
+                )
+            ]
+    return []
+
+
+class NodeFailure(Exception):
+    """A node raised during execution: becomes ``execution_error``."""
+
+    def __init__(self, exception_type: str, message: str) -> None:
+        super().__init__(message)
+        self.exception_type = exception_type
+
+
+@dataclass
+class Folders:
+    input: Path
+    output: Path
+    temp: Path
+    output_bytes: int = 0
+    previews: list[bytes] = field(default_factory=list)
+
+
+def _image_bytes(image: dict[str, Any], index: int) -> bytes:
+    return PNG_MAGIC + json.dumps({**image, "index": index}).encode()
+
+
+def write_file(path: Path, header: bytes, size: int) -> None:
+    """Write ``header`` padded with zeros up to ``size`` bytes, a megabyte at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        handle.write(header)
+        remaining = max(0, size - len(header))
+        while remaining:
+            block = min(remaining, 1 << 20)
+            handle.write(b"\0" * block)
+            remaining -= block
+
+
+def _save(
+    folders: Folders, base: Path, kind: str, prefix: str, ext: str, headers: list[bytes]
+) -> list[dict[str, str]]:
+    subfolder, _, stem = prefix.rpartition("/")
+    if ".." in subfolder.split("/"):
+        raise NodeFailure("Exception", "Saving image outside the output folder is not allowed.")
+    folder = base / subfolder
+    pattern = re.compile(rf"^{re.escape(stem)}_(\d+)_\.")
+    taken = [int(m.group(1)) for p in folder.glob(f"{stem}_*") if (m := pattern.match(p.name))]
+    counter = max(taken, default=0) + 1
+    results = []
+    for offset, header in enumerate(headers):
+        name = f"{stem}_{counter + offset:05}_.{ext}"
+        write_file(folder / name, header, folders.output_bytes)
+        results.append({"filename": name, "subfolder": subfolder, "type": kind})
+    return results
+
+
+def _load_image(folders: Folders, name: str) -> dict[str, Any]:
+    data = (folders.input / name).read_bytes()[:4096]
+    if not data.startswith(PNG_MAGIC):
+        raise NodeFailure(
+            "PIL.UnidentifiedImageError", f"cannot identify image file '{folders.input / name}'"
+        )
+    try:
+        meta = json.loads(data[len(PNG_MAGIC) :].rstrip(b"\0"))
+    except ValueError:
+        meta = {"width": 64, "height": 64, "color": 0}
+    return {
+        "width": meta.get("width", 64),
+        "height": meta.get("height", 64),
+        "batch": 1,
+        "color": meta.get("color", 0),
+    }
+
+
+Runner = Callable[[Folders, dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any] | None]]
+
+
+def _save_image(f: Folders, i: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    headers = [_image_bytes(i["images"], n) for n in range(i["images"]["batch"])]
+    return (), {"images": _save(f, f.output, "output", i["filename_prefix"], "png", headers)}
+
+
+def _preview(f: Folders, i: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    headers = [_image_bytes(i["images"], n) for n in range(i["images"]["batch"])]
+    return (), {"images": _save(f, f.temp, "temp", "ComfyUI_temp_preview", "png", headers)}
+
+
+def _websocket(f: Folders, i: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
+    f.previews.extend(_image_bytes(i["images"], n) for n in range(i["images"]["batch"]))
+    return (), None
+
+
+def _save_video(f: Folders, i: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    header = MP4_MAGIC + json.dumps(i["video"]).encode()
+    return (), {
+        "images": _save(f, f.output, "output", i["filename_prefix"], "mp4", [header]),
+        "animated": [True],
+    }
+
+
+def _save_audio(f: Folders, i: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    header = FLAC_MAGIC + json.dumps(i["audio"]).encode()
+    return (), {"audio": _save(f, f.output, "output", i["filename_prefix"], "flac", [header])}
+
+
+RUNNERS: dict[str, Runner] = {
+    "EmptyImage": lambda f, i: (
+        ({"width": i["width"], "height": i["height"], "batch": i["batch_size"], "color": i["color"]},),
+        None,
+    ),
+    "ImageInvert": lambda f, i: (({**i["image"], "color": 0xFFFFFF - i["image"]["color"]},), None),
+    "ImageScale": lambda f, i: (
+        (
+            {
+                **i["image"],
+                "width": i["width"] or i["image"]["width"],
+                "height": i["height"] or i["image"]["height"],
+            },
+        ),
+        None,
+    ),
+    "LoadImage": lambda f, i: ((_load_image(f, i["image"]), {"mask": True}), None),
+    "LoadAudio": lambda f, i: (({"audio": i["audio"], "sample_rate": 44100},), None),
+    "CreateVideo": lambda f, i: (({"frames": i["images"]["batch"], "fps": i["fps"]},), None),
+    "SaveImage": _save_image,
+    "PreviewImage": _preview,
+    "SaveImageWebsocket": _websocket,
+    "SaveVideo": _save_video,
+    "SaveAudio": _save_audio,
+}
