@@ -1,0 +1,131 @@
+"""RunPod serverless: template, endpoint and network volume as dynamic providers over REST.
+
+Each is a named object in a collection (``/templates``, ``/endpoints``, ``/networkvolumes``): found
+by name before creating, changed in place with PATCH, deleted with the deletion confirmed by a 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from infra.providers.lifecycle import ProviderError, poll
+from infra.providers.runpod_api import RunPodApi, RunPodError, RunPodProvider
+from infra.providers.timing import Timing
+
+
+class _Collection(RunPodProvider):
+    collection: ClassVar[str]
+
+    def body(self, props: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def find(self, api: RunPodApi, props: dict[str, Any]) -> Any | None:
+        named = [obj for obj in api.call("GET", self.collection) if obj.get("name") == props["name"]]
+        return named[0] if named else None
+
+    def make(self, api: RunPodApi, props: dict[str, Any]) -> Any:
+        return api.call("POST", self.collection, self.body(props))
+
+    def fetch(self, api: RunPodApi, id_: str, props: dict[str, Any]) -> Any | None:
+        return api.get_or_none(f"{self.collection}/{id_}")
+
+    def change(self, api: RunPodApi, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> Any:
+        return api.call("PATCH", f"{self.collection}/{id_}", self.body(news))
+
+    def remove(self, api: RunPodApi, props: dict[str, Any], obj: Any) -> None:
+        path = f"{self.collection}/{obj['id']}"
+        try:
+            api.call("DELETE", path)
+        except RunPodError as exc:
+            if exc.status != 404:
+                raise
+        timing = Timing.of(props)
+        poll(
+            f"deletion of {self.kind} {obj.get('name')!r}",
+            lambda: True if api.get_or_none(path) is None else None,
+            timing.delete_timeout_s,
+            timing.poll_interval_s,
+        )
+
+    def describe(self, obj: Any, props: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return str(obj["id"]), {"remote_id": str(obj["id"])}
+
+
+class NetworkVolumeProvider(_Collection):
+    """``name``, ``size`` (GB), ``data_center`` -> a network volume (kept across workshops)."""
+
+    kind = "RunPod network volume"
+    collection = "/networkvolumes"
+    required = ("name", "size", "data_center")
+    replace_keys = frozenset({"data_center"})
+    discard_on_failure = False
+
+    def body(self, props: dict[str, Any]) -> dict[str, Any]:
+        return {"name": props["name"], "size": int(props["size"]), "dataCenterId": props["data_center"]}
+
+    def change(self, api: RunPodApi, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> Any:
+        if int(news["size"]) < int(olds["size"]):
+            raise ProviderError(
+                f"{self.kind} {news['name']!r} cannot shrink from {olds['size']} GB to {news['size']} GB: "
+                f"set its size back to at least {olds['size']} in the stack config"
+            )
+        return api.call(
+            "PATCH", f"{self.collection}/{id_}", {"name": news["name"], "size": int(news["size"])}
+        )
+
+
+class TemplateProvider(_Collection):
+    """``name``, ``image``, ``env``, ``container_disk_gb``, ``registry_auth_id`` -> a serverless template."""
+
+    kind = "RunPod template"
+    collection = "/templates"
+    required = ("name", "image")
+
+    def body(self, props: dict[str, Any]) -> dict[str, Any]:
+        body = {
+            "name": props["name"],
+            "imageName": props["image"],
+            "isServerless": True,
+            "containerDiskInGb": int(props.get("container_disk_gb") or 20),
+            "volumeInGb": 0,
+            "env": {k: str(v) for k, v in (props.get("env") or {}).items()},
+        }
+        if props.get("registry_auth_id"):
+            body["containerRegistryAuthId"] = props["registry_auth_id"]
+        return body
+
+
+class EndpointProvider(_Collection):
+    """``name``, ``template_id``, ``gpu_type_ids``, ``gpu_count``, ``workers_min``/``workers_max``,
+    ``idle_timeout_s``, ``scaler_type``/``scaler_value``, ``network_volume_id``, ``flashboot``,
+    ``execution_timeout_s``, ``data_center_ids`` -> a serverless endpoint taking ``/run`` jobs."""
+
+    kind = "RunPod endpoint"
+    collection = "/endpoints"
+    required = ("name", "template_id", "gpu_type_ids")
+
+    def body(self, props: dict[str, Any]) -> dict[str, Any]:
+        body = {
+            "name": props["name"],
+            "templateId": props["template_id"],
+            "gpuTypeIds": list(props["gpu_type_ids"]),
+            "gpuCount": int(props.get("gpu_count") or 1),
+            "workersMin": int(props.get("workers_min") or 0),
+            "workersMax": int(props.get("workers_max") or 1),
+            "idleTimeout": int(props.get("idle_timeout_s") or 5),
+            "scalerType": props.get("scaler_type") or "QUEUE_DELAY",
+            "scalerValue": int(props.get("scaler_value") or 4),
+            "flashboot": bool(props.get("flashboot", True)),
+            "executionTimeoutMs": int(float(props.get("execution_timeout_s") or 3600) * 1000),
+        }
+        if props.get("network_volume_id"):
+            body["networkVolumeId"] = props["network_volume_id"]
+        if props.get("data_center_ids"):
+            body["dataCenterIds"] = list(props["data_center_ids"])
+        return body
+
+    def describe(self, obj: Any, props: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return str(obj["id"]), {
+            "remote_id": str(obj["id"]),
+            "endpoint_url": f"https://api.runpod.ai/v2/{obj['id']}",
+        }

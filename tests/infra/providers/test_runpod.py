@@ -1,0 +1,149 @@
+"""RunPod template, endpoint and network volume providers against a transport-level REST double."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dill
+import httpx
+import pytest
+
+from infra.providers.lifecycle import ProviderError
+from infra.providers.runpod import EndpointProvider, NetworkVolumeProvider, TemplateProvider
+from tests.infra.providers.conftest import FAST
+from tests.infra.providers.runpod_double import RunPodDouble
+
+
+@pytest.fixture
+def runpod() -> RunPodDouble:
+    return RunPodDouble()
+
+
+@pytest.fixture
+def creds(runpod: RunPodDouble) -> dict[str, Any]:
+    return {"api_key": runpod.api_key, "api_url": "https://rest.runpod.io/v1", "timing": FAST}
+
+
+@pytest.fixture
+def endpoint(creds: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **creds,
+        "name": "cw-workshop-runpod",
+        "template_id": "te00000001",
+        "gpu_type_ids": ["NVIDIA H100 80GB HBM3"],
+        "gpu_count": 1,
+        "workers_min": 0,
+        "workers_max": 40,
+        "idle_timeout_s": 60,
+        "network_volume_id": "ne00000002",
+    }
+
+
+def test_endpoint_body_uses_rest_field_names(runpod: RunPodDouble, endpoint: dict[str, Any]) -> None:
+    made = EndpointProvider(runpod.transport).create(endpoint)
+
+    stored = runpod.store["endpoints"][made.id]
+    assert stored["templateId"] == "te00000001" and stored["workersMax"] == 40
+    assert stored["gpuTypeIds"] == ["NVIDIA H100 80GB HBM3"] and stored["networkVolumeId"] == "ne00000002"
+    assert stored["flashboot"] is True and stored["idleTimeout"] == 60
+    assert made.outs["endpoint_url"] == f"https://api.runpod.ai/v2/{made.id}"
+
+
+def test_a_5xx_then_success_creates_one_endpoint(runpod: RunPodDouble, endpoint: dict[str, Any]) -> None:
+    runpod.fail("POST", "/endpoints", status=502)
+
+    EndpointProvider(runpod.transport).create(endpoint)
+
+    assert len(runpod.store["endpoints"]) == 1
+
+
+def test_a_timeout_after_creating_adopts_the_endpoint(runpod: RunPodDouble, endpoint: dict[str, Any]) -> None:
+    runpod.fail("POST", "/endpoints", when="timeout")
+
+    made = EndpointProvider(runpod.transport).create(endpoint)
+
+    assert list(runpod.store["endpoints"]) == [made.id]
+    assert runpod.log.count(("POST", "/endpoints")) == 1
+
+
+def test_insufficient_funds_after_creating_leaves_no_endpoint(
+    runpod: RunPodDouble, endpoint: dict[str, Any]
+) -> None:
+    runpod.fail("POST", "/endpoints", status=400, message="Insufficient balance", when="after")
+
+    with pytest.raises(ProviderError, match="Add credit to the RunPod account"):
+        EndpointProvider(runpod.transport).create(endpoint)
+
+    assert runpod.store["endpoints"] == {}
+
+
+def test_quota_is_explained_and_nothing_is_made(runpod: RunPodDouble, endpoint: dict[str, Any]) -> None:
+    runpod.fail("POST", "/endpoints", status=403, message="max workers quota exceeded")
+
+    with pytest.raises(ProviderError, match="lower the pool's max workers"):
+        EndpointProvider(runpod.transport).create(endpoint)
+
+    assert runpod.store["endpoints"] == {}
+
+
+def test_timeouts_that_never_end_give_up_and_clean_up(runpod: RunPodDouble, endpoint: dict[str, Any]) -> None:
+    runpod.fail("POST", "/endpoints", when="timeout", times=3)
+
+    with pytest.raises(ProviderError, match="kept failing"):
+        EndpointProvider(runpod.transport).create({**endpoint, "timing": {**FAST, "attempts": 1}})
+
+    assert runpod.store["endpoints"] == {}
+
+
+def test_scaling_changes_in_place_and_delete_is_confirmed(
+    runpod: RunPodDouble, endpoint: dict[str, Any]
+) -> None:
+    provider = EndpointProvider(runpod.transport)
+    made = provider.create(endpoint)
+    news = {**endpoint, "workers_max": 10}
+
+    assert provider.diff(made.id, made.outs, news).replaces == []
+    provider.update(made.id, made.outs, news)
+    assert runpod.store["endpoints"][made.id]["workersMax"] == 10
+    provider.delete(made.id, made.outs)
+    provider.delete(made.id, made.outs)
+    assert runpod.store["endpoints"] == {}
+    assert runpod.log[-1] == ("GET", f"/endpoints/{made.id}")
+
+
+def test_template_of_our_name_is_adopted_not_refused(runpod: RunPodDouble, creds: dict[str, Any]) -> None:
+    props = {**creds, "name": "cw-worker", "image": "ghcr.io/org/comfy-worker@sha256:abc", "env": {"A": 1}}
+    first = TemplateProvider(runpod.transport).create(props)
+
+    second = TemplateProvider(runpod.transport).create(props)
+
+    assert first.id == second.id
+    assert runpod.store["templates"][first.id]["isServerless"] is True
+    assert runpod.store["templates"][first.id]["env"] == {"A": "1"}
+
+
+def test_network_volume_is_kept_after_a_failure_and_never_shrinks(
+    runpod: RunPodDouble, creds: dict[str, Any]
+) -> None:
+    props = {**creds, "name": "cw-models", "size": 200, "data_center": "EU-RO-1"}
+    runpod.fail("POST", "/networkvolumes", status=400, message="bad", when="after")
+
+    with pytest.raises(ProviderError):
+        NetworkVolumeProvider(runpod.transport).create(props)
+    made = NetworkVolumeProvider(runpod.transport).create(props)
+
+    assert list(runpod.store["networkvolumes"]) == [made.id]
+    with pytest.raises(ProviderError, match="cannot shrink"):
+        NetworkVolumeProvider(runpod.transport).update(made.id, made.outs, {**props, "size": 100})
+
+
+def test_a_wrong_key_names_the_config_key(runpod: RunPodDouble, endpoint: dict[str, Any]) -> None:
+    with pytest.raises(ProviderError, match="runpod:apiKey"):
+        EndpointProvider(runpod.transport).create({**endpoint, "api_key": "wrong"})
+
+
+def test_the_provider_pickles_without_a_transport() -> None:
+    provider = dill.loads(dill.dumps(EndpointProvider(), recurse=True))
+
+    assert provider.transport is None
+    assert isinstance(provider.connect({"api_key": "k"}).http, httpx.Client)
