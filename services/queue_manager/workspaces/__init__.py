@@ -1,0 +1,57 @@
+"""Participant workspaces: the stock ComfyUI frontend per participant on one shared, per-user API.
+
+Decision 3 of DESIGN.md: instead of one ComfyUI server per participant, the queue manager serves
+``comfyui-frontend-package`` (pinned to 1.27.10, the version ComfyUI v0.3.64's requirements.txt
+names) at ``/w/<user>/`` and implements the ComfyUI server routes that frontend calls, per user.
+
+What the frontend 1.27.10 requests (from its bundled sources, ``src/scripts/api.ts`` and callers;
+``api_base`` is the page path's folder, here ``/w/<user>``; ``fetchApi(r)`` is ``api_base + "/api" + r``):
+
+- ``routes_user``: ``GET/POST /users`` (single-user mode, so ComfyUI shows no user picker);
+  ``GET/POST /settings``, ``GET/POST /settings/{id}`` (``settings``: per user, Redis);
+  ``GET /userdata?dir=&recurse=&split=&full_info=``, ``GET/POST/DELETE /userdata/{file}``,
+  ``POST /userdata/{file}/move/{dest}`` (``userdata``: per user, Redis), ``api/userdata/user.css``.
+- ``routes_info``: ``GET /object_info``, ``/object_info/{class}`` (the workers' catalogue, upload
+  lists per user); ``GET /extensions`` then ``import(api_base + ext)`` for each non-core one;
+  ``/system_stats``, ``/features``, ``/embeddings``, ``/models``, ``/experiment/models[/{folder}]``,
+  ``/view_metadata/{folder}``, ``/i18n``, ``/workflow_templates``, ``api_base/templates/index.json``,
+  ``api_base/internal/folder_paths``, ``/internal/logs[/raw]``, ``PATCH /internal/logs/subscribe``.
+- ``routes_jobs``: ``GET/POST /prompt``, ``GET/POST /queue``, ``GET/POST /history``,
+  ``GET /history/{id}``, ``POST /interrupt``, ``POST /free``, on the shared queue.
+- ``routes_files``: ``POST /upload/image``, ``POST /upload/mask``, ``GET /view?filename=&subfolder=&type=``
+  on user-file storage.
+- ``socket``: ``api_base/ws?clientId=``.
+- ``pages``: ``api_base/`` (the page), ``./assets/*`` and the other static files, ``user.css``.
+
+Not served (404, the frontend copes): ``/viewvideo``, ``/api/v2/...`` (ComfyUI-Manager), ``/docs/...``
+(embedded node docs package), ``/workflow_templates/{module}/{file}``.
+
+WebSocket messages the frontend handles: text ``status`` (``{status: {exec_info: {queue_remaining}},
+sid}``), ``executing``, ``execution_start``, ``execution_error``, ``execution_interrupted``,
+``execution_cached``, ``execution_success``, ``progress``, ``progress_state``, ``executed``,
+``feature_flags`` (reply to its own first message), ``logs``, ``b_preview``; binary frames type 1
+(preview image: 4-byte format 1 JPEG / 2 PNG + bytes), 3 (progress text), 4 (preview with metadata).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from services.queue_manager.workspaces import (
+    pages,
+    routes_files,
+    routes_info,
+    routes_jobs,
+    routes_user,
+    socket,
+)
+
+PREFIX = "/w/{user}"
+
+router = APIRouter(tags=["workspaces"])
+router.include_router(pages.pages)
+for part in (routes_user.router, routes_jobs.router, routes_files.router, routes_info.router, socket.router):
+    router.include_router(part, prefix=PREFIX, include_in_schema=False)
+router.include_router(pages.assets, prefix=PREFIX, include_in_schema=False)
+
+__all__ = ["router"]

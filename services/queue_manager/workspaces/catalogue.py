@@ -1,0 +1,119 @@
+"""The node catalogue: the workers' ComfyUI ``/object_info``, served to every workspace.
+
+A worker sends its ``/object_info`` with its registration when the queue manager does not know its
+``capabilities.catalogue_hash`` yet; the registry stores it under ``{p}:catalogue:{hash}`` (one key
+per version, see ``services/queue_manager/keys.py``). The version served is the one of the most
+recently seen live worker; it is remembered in ``{p}:catalogue_current``, so the workspaces keep
+offering the GPUs' nodes while no GPU is up (overnight, or before the first worker of the day).
+
+Custom nodes' web extensions (design; workers do not publish them yet): a worker puts its custom
+nodes' ``WEB_DIRECTORY`` files with :func:`store_extensions` under ``{p}:catalogue_ext:{hash}``
+(hash of ``<pack>/<file>.js`` -> source). ``/extensions`` then lists ``/extensions/<pack>/<file>.js``
+and the workspace serves them from there; with none stored the list is empty and the frontend runs
+its core extensions only.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from redis.asyncio import Redis
+
+from services.protocol.workers import WorkerState
+from services.queue_manager.keys import Keys
+from services.queue_manager.store import Store
+
+REFRESH_SECONDS = 2.0
+
+
+def current_key(keys: Keys) -> str:
+    return f"{keys.prefix}:catalogue_current"
+
+
+def extensions_key(keys: Keys, digest: str) -> str:
+    return f"{keys.prefix}:catalogue_ext:{digest}"
+
+
+async def store_extensions(redis: Redis, keys: Keys, digest: str, files: dict[str, str]) -> None:
+    """Keep a catalogue version's web extension files (``<pack>/<file>.js`` -> JavaScript)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(extensions_key(keys, digest))
+        if files:
+            pipe.hset(extensions_key(keys, digest), mapping={k: v.encode() for k, v in files.items()})
+        await pipe.execute()
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """One catalogue version as served; parsed once and shared by every workspace."""
+
+    digest: str
+    raw: bytes
+    extensions: dict[str, bytes] = field(default_factory=dict)
+
+    @cached_property
+    def nodes(self) -> dict[str, Any]:
+        """Node class -> its ``/object_info`` entry."""
+        body = gzip.decompress(self.raw) if self.raw[:2] == b"\x1f\x8b" else self.raw
+        parsed: dict[str, Any] = json.loads(body)
+        return parsed
+
+    def node(self, name: str) -> dict[str, Any]:
+        """``/object_info/<Class>``: that node only, or ``{}`` when unknown (as ComfyUI answers)."""
+        return {name: self.nodes[name]} if name in self.nodes else {}
+
+
+EMPTY = Catalogue(digest="", raw=b"{}")
+
+
+class CatalogueCache:
+    """The current catalogue, looked up at most every ``REFRESH_SECONDS`` and loaded once per version."""
+
+    def __init__(self, redis: Redis, store: Store, refresh_seconds: float = REFRESH_SECONDS) -> None:
+        self._redis = redis
+        self._store = store
+        self._keys = store.keys
+        self._refresh = refresh_seconds
+        self._checked = -refresh_seconds
+        self._loaded = EMPTY
+
+    async def current(self) -> Catalogue:
+        if time.monotonic() - self._checked >= self._refresh:
+            self._checked = time.monotonic()
+            digest = await self._current_digest()
+            if digest and digest != self._loaded.digest:
+                self._loaded = await self._load(digest) or self._loaded
+        return self._loaded
+
+    async def _current_digest(self) -> str:
+        """The newest-seen live worker's version; else the one served last; else any worker's."""
+        workers = await self._store.list_workers()
+        live = [w.capabilities.catalogue_hash for w in workers if w.state is not WorkerState.GONE]
+        remembered = _text(await self._redis.get(current_key(self._keys)) or b"")
+        others = [w.capabilities.catalogue_hash for w in workers]
+        for digest in [*live, remembered, *others]:
+            if digest and await self._redis.exists(self._keys.catalogue(digest)):
+                if digest != remembered:
+                    await self._redis.set(current_key(self._keys), digest)
+                return digest
+        return ""
+
+    async def _load(self, digest: str) -> Catalogue | None:
+        body = await self._redis.get(self._keys.catalogue(digest))
+        if body is None:
+            return None
+        extensions = await self._redis.hgetall(extensions_key(self._keys, digest))
+        return Catalogue(digest, _bytes(body), {_text(k): _bytes(v) for k, v in extensions.items()})
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value

@@ -1,0 +1,97 @@
+"""Dependencies of the workspace routes: who is asking, and the per-process workspace context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.asyncio import Redis
+from starlette.requests import HTTPConnection
+
+from services.queue_manager.api.deps import principal_of
+from services.queue_manager.store import Store
+from services.queue_manager.workspaces.catalogue import CatalogueCache
+from services.queue_manager.workspaces.files import UserFiles
+from services.queue_manager.workspaces.settings import UserSettings
+from services.queue_manager.workspaces.userdata import UserData
+from services.storage import Storage, open_storage
+
+
+class WorkspaceSettings(BaseSettings):
+    """The workspaces' own settings (env ``QM_*``, beside the core's ``Settings``)."""
+
+    model_config = SettingsConfigDict(env_prefix="QM_", extra="ignore")
+
+    files_url: str = Field(
+        default="file:///var/lib/comfy-workshop/files",
+        description="QM_FILES_URL: user-file storage (file:///dir or s3://bucket/prefix), as workers use",
+    )
+
+
+@dataclass
+class WorkspaceContext:
+    """One per process: the job store, a bytes Redis client, the catalogue cache, user-file storage."""
+
+    store: Store
+    redis: Redis
+    catalogue: CatalogueCache
+    storage: Storage
+
+    @property
+    def prefix(self) -> str:
+        return self.store.keys.prefix
+
+
+def build_context(connection: HTTPConnection) -> WorkspaceContext:
+    """Made on first use from the core's ``app.state`` (``store``, ``settings``, optional ``storage``)."""
+    state = connection.app.state
+    context: WorkspaceContext | None = getattr(state, "workspace_context", None)
+    if context is None:
+        store: Store = state.store
+        redis = Redis.from_url(store.settings.redis_url)  # bytes: catalogues and saved files
+        storage: Storage = getattr(state, "storage", None) or open_storage(WorkspaceSettings().files_url)
+        context = WorkspaceContext(store, redis, CatalogueCache(redis, store), storage)
+        state.workspace_context = context
+    return context
+
+
+Context = Annotated[WorkspaceContext, Depends(build_context)]
+
+
+def session_user(connection: HTTPConnection) -> str | None:
+    """Who is logged in on this request or socket (session cookie or HTTP Basic), or None."""
+    principal = principal_of(connection.app.state.auth, connection)  # type: ignore[arg-type]
+    return principal.user if principal is not None else None
+
+
+def participant(connection: HTTPConnection, user: str) -> str:
+    """The logged-in participant, who must own the ``/w/<user>/`` path."""
+    who = session_user(connection)
+    if who is None:
+        raise HTTPException(401, "log in first: open /w/login")
+    if who != user:
+        raise HTTPException(403, f"this is {user}'s workspace; yours is /w/{who}/")
+    return who
+
+
+Participant = Annotated[str, Depends(participant)]
+
+
+def user_data(ctx: Context, user: Participant) -> UserData:
+    return UserData(ctx.redis, user, ctx.prefix)
+
+
+def user_settings(ctx: Context, user: Participant) -> UserSettings:
+    return UserSettings(ctx.redis, user, ctx.prefix)
+
+
+def user_files(ctx: Context, user: Participant) -> UserFiles:
+    return UserFiles(ctx.storage, user)
+
+
+UserDataDep = Annotated[UserData, Depends(user_data)]
+UserSettingsDep = Annotated[UserSettings, Depends(user_settings)]
+UserFilesDep = Annotated[UserFiles, Depends(user_files)]

@@ -1,0 +1,110 @@
+"""A participant's inputs and outputs in user-file storage: ``/upload/image``, ``/upload/mask``, ``/view``.
+
+Every key is built by ``services.protocol.jobs.storage_key`` from the logged-in participant's name,
+so one participant's request can never name another's files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from fastapi import UploadFile
+from pydantic import ValidationError
+
+from services.protocol.jobs import FileRef, storage_key
+from services.storage import Storage, aiter_chunks
+from services.storage.base import StorageError
+
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+UNSAFE_TYPES = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}
+FileType = Literal["input", "output", "temp"]
+
+
+class FileProblem(ValueError):
+    """A file request a participant can fix; ``status`` is the HTTP answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def file_ref(filename: str, subfolder: str, kind: str) -> FileRef:
+    if kind not in ("input", "output", "temp"):
+        raise FileProblem(400, f"type must be input, output or temp, not {kind!r}")
+    try:
+        return FileRef(filename=filename, subfolder=subfolder.strip("/"), type=kind)
+    except ValidationError as exc:
+        raise FileProblem(400, f"invalid file name: {exc.errors()[0]['msg']}") from None
+
+
+def content_type(filename: str) -> str:
+    guessed = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    return "application/octet-stream" if guessed in UNSAFE_TYPES else guessed
+
+
+class UserFiles:
+    def __init__(self, storage: Storage, user: str) -> None:
+        self.storage = storage
+        self.user = user
+
+    def key(self, ref: FileRef) -> str:
+        return storage_key(self.user, ref)
+
+    async def open(self, ref: FileRef) -> tuple[int, AsyncIterator[bytes]]:
+        """The size and a stream of a stored file; 404 when this participant has no such file."""
+        size = await self.storage.size(self.key(ref))
+        if size is None:
+            raise FileProblem(
+                404, f"you have no {ref.type} file {ref.subfolder}/{ref.filename}".replace(" /", " ")
+            )
+        return size, self.storage.get(self.key(ref))
+
+    async def inputs(self) -> list[str]:
+        """Names of this participant's uploads, relative to their input folder."""
+        prefix = f"users/{self.user}/input/"
+        return [key.removeprefix(prefix) for key in await self.storage.list(prefix)]
+
+    async def save_upload(self, upload: UploadFile, ref: FileRef, overwrite: bool) -> FileRef:
+        """Store an upload; without ``overwrite`` a different file of that name gets ``name (1).ext``."""
+        data = await read_limited(upload)
+        if not overwrite:
+            ref = await self._free_name(ref, data)
+        try:
+            await self.storage.put(self.key(ref), aiter_chunks(data), content_type(ref.filename))
+        except StorageError as exc:
+            raise FileProblem(502, f"the file store refused the upload: {exc}") from None
+        return ref
+
+    async def _free_name(self, ref: FileRef, data: bytes) -> FileRef:
+        stem, dot, ext = ref.filename.rpartition(".")
+        stem, ext = (stem, f".{ext}") if dot else (ext, "")
+        candidate, number = ref, 1
+        while await self.storage.exists(self.key(candidate)):
+            if await self._same_content(candidate, data):
+                return candidate
+            candidate = ref.model_copy(update={"filename": f"{stem} ({number}){ext}"})
+            number += 1
+        return candidate
+
+    async def _same_content(self, ref: FileRef, data: bytes) -> bool:
+        if await self.storage.size(self.key(ref)) != len(data):
+            return False
+        digest = hashlib.sha256()
+        async for chunk in self.storage.get(self.key(ref)):
+            digest.update(chunk)
+        return digest.digest() == hashlib.sha256(data).digest()
+
+
+async def read_limited(upload: UploadFile) -> bytes:
+    """The upload's bytes, refusing files over ``MAX_UPLOAD_BYTES`` with a message that says so."""
+    data = await upload.read(MAX_UPLOAD_BYTES + 1)
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise FileProblem(
+            413,
+            f"{upload.filename!r} is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB: "
+            "scale it down or export it at a lower resolution",
+        )
+    return data

@@ -1,0 +1,57 @@
+"""The stock ComfyUI web frontend (PyPI ``comfyui-frontend-package``), served at ``/w/<user>/``.
+
+The frontend derives every URL from the page location (``api_base`` is the page path without its
+last segment), so ``/w/alice/`` makes it call ``/w/alice/api/...`` and ``/w/alice/ws``: the
+per-user API lives under the same prefix and no path of the queue manager's own ``/api`` is shadowed.
+Static assets are the public package and need no login; only the page itself and the API do.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from functools import cache
+from pathlib import Path
+
+import comfyui_frontend_package
+from fastapi import HTTPException
+from fastapi.responses import FileResponse, Response
+
+INDEX_HEADERS = {"Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "0"}
+ASSET_HEADERS = {"Cache-Control": "public, max-age=86400"}
+
+mimetypes.add_type("text/javascript", ".js")
+mimetypes.add_type("text/javascript", ".mjs")
+mimetypes.add_type("application/json", ".map")
+
+
+@cache
+def static_root() -> Path:
+    """The folder of the installed frontend package's built files."""
+    root = Path(comfyui_frontend_package.__file__).resolve().parent / "static"
+    if not (root / "index.html").is_file():
+        raise RuntimeError(
+            f"the ComfyUI frontend is missing at {root}: install the queue-manager dependency group "
+            "(`uv sync --group queue-manager`)"
+        )
+    return root
+
+
+def frontend_version() -> str:
+    """The installed frontend's version (shown in ``/system_stats``)."""
+    from importlib.metadata import version
+
+    return version("comfyui-frontend-package")
+
+
+def index_response() -> FileResponse:
+    """The workspace page; never cached, so a new frontend version is picked up on reload."""
+    return FileResponse(static_root() / "index.html", headers=INDEX_HEADERS, media_type="text/html")
+
+
+def asset_response(path: str) -> Response:
+    """One static file of the frontend, refusing anything outside the package folder."""
+    root = static_root()
+    target = (root / path).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        raise HTTPException(404, f"no frontend file {path!r}")
+    return FileResponse(target, headers=ASSET_HEADERS)

@@ -1,0 +1,55 @@
+"""The workspace pages: ``/w/login``, ``/w/`` (to your own workspace) and ``/w/<user>/`` with its assets."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from services.queue_manager.workspaces.deps import session_user
+from services.queue_manager.workspaces.frontend import asset_response, index_response
+
+pages = APIRouter()
+assets = APIRouter()
+LOGIN_PAGE = files("services.queue_manager.workspaces").joinpath("login.html")
+
+
+@pages.get("/w/login", response_class=HTMLResponse)
+async def login_page() -> HTMLResponse:
+    """A small form that logs in through ``POST /api/auth/login`` and opens the workspace."""
+    return HTMLResponse(LOGIN_PAGE.read_text(), headers={"Cache-Control": "no-store"})
+
+
+@pages.get("/w/")
+@pages.get("/w")
+async def own_workspace(request: Request) -> RedirectResponse:
+    who = session_user(request)
+    return RedirectResponse(f"/w/{who}/" if who else "/w/login", status_code=303)
+
+
+@pages.get("/w/{user}")
+async def without_slash(user: str) -> RedirectResponse:
+    """The frontend needs the trailing slash: its API base is the page path's folder."""
+    return RedirectResponse(f"/w/{user}/", status_code=308)
+
+
+@assets.get("/")
+async def workspace(request: Request, user: str) -> Response:
+    """The ComfyUI frontend, for its owner only; anyone else is sent to log in."""
+    who = session_user(request)
+    if who != user:
+        target = f"/w/{who}/" if who else f"/w/login?next=/w/{user}/"
+        return RedirectResponse(target, status_code=303)
+    return index_response()
+
+
+@assets.get("/user.css")
+async def user_css(user: str) -> Response:
+    return Response("", media_type="text/css")
+
+
+@assets.get("/{path:path}")
+async def asset(path: str, user: str) -> Response:
+    """The frontend's static files (the public package: no login needed)."""
+    return asset_response(path)

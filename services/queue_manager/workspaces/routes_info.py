@@ -1,0 +1,170 @@
+"""What the frontend reads to start: the node catalogue, extensions, system and feature facts.
+
+``/object_info`` is the workers' catalogue with one change per participant: the file lists of
+upload inputs (``LoadImage.image`` and the like) show that participant's uploads, never the worker's
+input folder, which may hold other participants' files.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from services.queue_manager.workspaces.deps import Context, Participant, UserFilesDep
+from services.queue_manager.workspaces.frontend import frontend_version
+
+router = APIRouter()
+UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload", "audio_upload", "upload")
+SERVER_FEATURES = {"supports_preview_metadata": False, "max_upload_size": 64 * 1024 * 1024}
+JSON_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def is_upload_input(spec: Any) -> bool:
+    options = spec[1] if isinstance(spec, list) and len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return any(options.get(flag) for flag in UPLOAD_FLAGS)
+
+
+def with_files(spec: list[Any], files: list[str]) -> list[Any]:
+    """An upload input's spec listing ``files``: ``[[names], opts]`` or ``["COMBO", {"options"}]``."""
+    if spec[0] == "COMBO":
+        return ["COMBO", {**spec[1], "options": files}]
+    return [files, *spec[1:]]
+
+
+def personal(nodes: dict[str, Any], files: list[str]) -> dict[str, Any]:
+    """The catalogue with every upload input listing only this participant's files."""
+    result = dict(nodes)
+    for name, node in nodes.items():
+        required = node.get("input", {}).get("required", {})
+        uploads = [key for key, spec in required.items() if is_upload_input(spec)]
+        if uploads:
+            patched = copy.copy(node)
+            patched["input"] = {**node["input"], "required": dict(required)}
+            for key in uploads:
+                patched["input"]["required"][key] = with_files(required[key], files)
+            result[name] = patched
+    return result
+
+
+@router.get("/api/object_info")
+async def object_info(ctx: Context, files: UserFilesDep) -> Response:
+    catalogue = await ctx.catalogue.current()
+    body = json.dumps(personal(catalogue.nodes, sorted(await files.inputs())), separators=(",", ":"))
+    return Response(body, media_type="application/json", headers=JSON_NO_STORE)
+
+
+@router.get("/api/object_info/{node_class}")
+async def object_info_node(node_class: str, ctx: Context, files: UserFilesDep) -> dict[str, Any]:
+    catalogue = await ctx.catalogue.current()
+    return personal(catalogue.node(node_class), sorted(await files.inputs()))
+
+
+@router.get("/api/extensions")
+async def extensions(ctx: Context, user: Participant) -> list[str]:
+    """Web extensions of the workers' custom nodes; the frontend's core ones it loads by itself."""
+    catalogue = await ctx.catalogue.current()
+    return [f"/extensions/{path}" for path in sorted(catalogue.extensions)]
+
+
+@router.get("/extensions/{path:path}")
+async def extension_file(path: str, ctx: Context, user: Participant) -> Response:
+    catalogue = await ctx.catalogue.current()
+    source = catalogue.extensions.get(path)
+    if source is None:
+        return Response(f"no web extension {path!r} on the workers", status_code=404)
+    return Response(source, media_type="text/javascript")
+
+
+@router.get("/api/system_stats")
+async def system_stats(ctx: Context, user: Participant) -> dict[str, Any]:
+    """This server's facts; the GPUs are the workers', shown on the admin page."""
+    return {
+        "system": {
+            "os": "posix",
+            "ram_total": 0,
+            "ram_free": 0,
+            "comfyui_version": "comfy-workshop",
+            "required_frontend_version": frontend_version(),
+            "python_version": platform.python_version(),
+            "pytorch_version": "",
+            "embedded_python": False,
+            "argv": ["comfy-workshop"],
+        },
+        "devices": [],
+    }
+
+
+@router.get("/api/features")
+async def features(user: Participant) -> dict[str, Any]:
+    return SERVER_FEATURES
+
+
+@router.get("/api/embeddings")
+async def embeddings(user: Participant) -> list[str]:
+    return []
+
+
+@router.get("/api/models")
+async def model_types(user: Participant) -> list[str]:
+    return []
+
+
+@router.get("/api/models/{folder}")
+async def models_in(folder: str, user: Participant) -> Response:
+    return Response(status_code=404)
+
+
+@router.get("/api/experiment/models")
+async def model_folders(user: Participant) -> list[dict[str, Any]]:
+    """No model library browser: the models are the workers' (listed in the node inputs)."""
+    return []
+
+
+@router.get("/api/experiment/models/{folder}")
+async def model_files(folder: str, user: Participant) -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/api/view_metadata/{folder}")
+async def view_metadata(folder: str, user: Participant) -> Response:
+    return Response(status_code=404)
+
+
+@router.get("/api/i18n")
+async def i18n(user: Participant) -> dict[str, Any]:
+    return {}
+
+
+@router.get("/api/workflow_templates")
+async def workflow_templates(user: Participant) -> dict[str, list[str]]:
+    return {}
+
+
+@router.get("/templates/index.json")
+async def core_templates(user: Participant) -> list[Any]:
+    return []
+
+
+@router.get("/internal/folder_paths")
+async def folder_paths(user: Participant) -> dict[str, list[str]]:
+    return {}
+
+
+@router.get("/internal/logs")
+async def logs(user: Participant) -> str:
+    return ""
+
+
+@router.get("/internal/logs/raw")
+async def raw_logs(user: Participant) -> dict[str, Any]:
+    return {"size": {"cols": 80, "row": 24}, "entries": []}
+
+
+@router.patch("/internal/logs/subscribe")
+async def subscribe_logs(request: Request, user: Participant) -> Response:
+    return Response(status_code=200)

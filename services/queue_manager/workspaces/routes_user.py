@@ -1,0 +1,146 @@
+"""``/users``, ``/settings`` and ``/userdata``: each participant's own profile, settings and saved workflows.
+
+The workspace runs the frontend in ComfyUI's single-user mode (``/users`` has no ``users`` list), so
+it never shows ComfyUI's user picker: the participant is whoever logged in to the queue manager.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import unquote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from services.queue_manager.workspaces.deps import Participant, UserDataDep, UserSettingsDep
+from services.queue_manager.workspaces.settings import SettingsError
+from services.queue_manager.workspaces.userdata import FileInfo, UserDataError
+
+router = APIRouter()
+PREFIX = "/userdata/"
+
+
+def flag(request: Request, name: str) -> bool:
+    """ComfyUI's query flags: only ``true`` is true (the frontend also sends ``undefined``)."""
+    return request.query_params.get(name, "").lower() == "true"
+
+
+def overwrite_flag(request: Request) -> bool:
+    """``overwrite`` is on unless it is exactly ``false``, as in ComfyUI."""
+    return request.query_params.get("overwrite", "true").lower() != "false"
+
+
+def problem(exc: UserDataError | SettingsError) -> Response:
+    status = exc.status if isinstance(exc, UserDataError) else 400
+    return JSONResponse({"error": str(exc)}, status_code=status)
+
+
+def file_answer(info: FileInfo, full_info: bool) -> dict[str, Any] | str:
+    return info.as_json() if full_info else info.path
+
+
+def raw_userdata_path(request: Request) -> str:
+    """The still-encoded part after ``/userdata/``: ``%2F`` inside a name must not split it."""
+    raw: str = request.scope.get("raw_path", request.url.path.encode()).decode()
+    return raw.split("/api" + PREFIX, 1)[-1]
+
+
+@router.get("/api/users")
+async def users(user: Participant) -> dict[str, Any]:
+    """Single-user mode: the frontend keeps everything on the server, for this participant."""
+    return {"storage": "server", "migrated": True}
+
+
+@router.post("/api/users")
+async def create_user(user: Participant) -> Response:
+    return JSONResponse({"error": "participants are created by the organizer"}, status_code=400)
+
+
+@router.get("/api/settings")
+async def all_settings(settings: UserSettingsDep) -> dict[str, Any]:
+    return await settings.all()
+
+
+@router.post("/api/settings")
+async def store_settings(request: Request, settings: UserSettingsDep) -> Response:
+    try:
+        values = json.loads(await request.body() or b"{}")
+        if not isinstance(values, dict):
+            raise SettingsError("settings must be a JSON object of id -> value")
+        await settings.update(values)
+    except (SettingsError, json.JSONDecodeError) as exc:
+        return JSONResponse({"error": f"cannot store settings: {exc}"}, status_code=400)
+    return Response(status_code=200)
+
+
+@router.get("/api/settings/{setting}")
+async def one_setting(setting: str, settings: UserSettingsDep) -> Any:
+    return await settings.get(setting)
+
+
+@router.post("/api/settings/{setting}")
+async def store_setting(setting: str, request: Request, settings: UserSettingsDep) -> Response:
+    try:
+        await settings.update({setting: json.loads(await request.body())})
+    except (SettingsError, json.JSONDecodeError) as exc:
+        return JSONResponse({"error": f"cannot store setting {setting!r}: {exc}"}, status_code=400)
+    return Response(status_code=200)
+
+
+@router.get("/api/userdata")
+async def list_userdata(request: Request, data: UserDataDep) -> Response:
+    """Files under ``dir``: names, ``[name, *parts]`` (``split``) or full info objects."""
+    directory = request.query_params.get("dir", "")
+    if not directory:
+        return Response("Directory not provided", status_code=400)
+    try:
+        found = await data.listing(directory, recurse=flag(request, "recurse"))
+    except UserDataError as exc:
+        return Response(str(exc), status_code=exc.status)
+    if flag(request, "full_info"):
+        return JSONResponse([f.as_json() for f in found])
+    if flag(request, "split"):
+        return JSONResponse([[f.path, *f.path.split("/")] for f in found])
+    return JSONResponse([f.path for f in found])
+
+
+@router.get("/api/userdata/{path:path}")
+async def read_userdata(request: Request, data: UserDataDep) -> Response:
+    path = unquote(raw_userdata_path(request))
+    try:
+        body = await data.read(path)
+    except UserDataError as exc:
+        return problem(exc)
+    if body is None:
+        return Response(f"no file {path!r}", status_code=404)
+    css = path == "user.css"
+    headers = {"X-Content-Type-Options": "nosniff", "Content-Disposition": "inline" if css else "attachment"}
+    media = (
+        "text/css" if css else ("application/json" if path.endswith(".json") else "application/octet-stream")
+    )
+    return Response(body, media_type=media, headers=headers)
+
+
+@router.post("/api/userdata/{path:path}")
+async def write_userdata(request: Request, data: UserDataDep) -> Response:
+    """Save a file (``overwrite=false``: 409 when it exists) or move one (``<src>/move/<dest>``)."""
+    source, _, dest = raw_userdata_path(request).partition("/move/")
+    overwrite = overwrite_flag(request)
+    try:
+        if dest:
+            info = await data.move(unquote(source), unquote(dest), overwrite=overwrite)
+        else:
+            info = await data.write(unquote(source), await request.body(), overwrite=overwrite)
+    except UserDataError as exc:
+        return problem(exc)
+    return JSONResponse(file_answer(info, flag(request, "full_info")))
+
+
+@router.delete("/api/userdata/{path:path}")
+async def delete_userdata(request: Request, data: UserDataDep) -> Response:
+    try:
+        await data.delete(unquote(raw_userdata_path(request)))
+    except UserDataError as exc:
+        return problem(exc)
+    return Response(status_code=204)

@@ -1,0 +1,125 @@
+"""Each participant's ComfyUI user data (saved workflows, templates, settings), kept in Redis.
+
+ComfyUI keeps these as files under ``user/<user>/``; here each participant has two Redis hashes, so
+the data survives restarts (AOF) and travels with the queue snapshot, and no participant's key can
+name another's. Workflows are small JSON documents; a size cap keeps one user from filling Redis.
+
+| key | type | holds |
+|---|---|---|
+| ``{p}:ws:ud:{user}`` | hash | relative path -> file bytes |
+| ``{p}:ws:udmeta:{user}`` | hash | relative path -> ``"<size> <modified ms>"`` |
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+MAX_FILE_BYTES = 8 * 1024 * 1024
+MAX_FILES_PER_USER = 2000
+SETTINGS_FILE = "comfy.settings.json"
+
+
+class UserDataError(ValueError):
+    """A request a participant can fix: ``status`` is the HTTP answer ComfyUI would give."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    size: int
+    modified: int
+
+    def relative_to(self, directory: str) -> FileInfo:
+        prefix = f"{directory.rstrip('/')}/" if directory else ""
+        return FileInfo(self.path.removeprefix(prefix), self.size, self.modified)
+
+    def as_json(self) -> dict[str, object]:
+        return {"path": self.path, "size": self.size, "modified": self.modified, "created": self.modified}
+
+
+def clean_path(path: str) -> str:
+    """A user-data path as stored: relative, ``/``-separated, without ``..`` or empty parts."""
+    parts = path.replace("\\", "/").strip("/").split("/")
+    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise UserDataError(403, f"{path!r} is not a valid file name: use a relative path without '..'")
+    if len(path) > 512 or any(ord(ch) < 32 for ch in path):
+        raise UserDataError(400, f"{path[:60]!r} is too long or has control characters")
+    return "/".join(parts)
+
+
+class UserData:
+    """One participant's files. Every method takes paths relative to that participant's root."""
+
+    def __init__(self, redis: Redis, user: str, prefix: str = "qm") -> None:
+        self._redis = redis
+        self._files = f"{prefix}:ws:ud:{user}"
+        self._meta = f"{prefix}:ws:udmeta:{user}"
+
+    async def read(self, path: str) -> bytes | None:
+        value = await self._redis.hget(self._files, clean_path(path))
+        return _bytes(value) if value is not None else None
+
+    async def info(self, path: str) -> FileInfo | None:
+        path = clean_path(path)
+        raw = await self._redis.hget(self._meta, path)
+        return _parse_meta(path, raw) if raw is not None else None
+
+    async def write(self, path: str, body: bytes, overwrite: bool = True) -> FileInfo:
+        path = clean_path(path)
+        if len(body) > MAX_FILE_BYTES:
+            raise UserDataError(413, f"{path!r} is {len(body)} bytes; at most {MAX_FILE_BYTES} are kept")
+        if not overwrite and await self._redis.hexists(self._files, path):
+            raise UserDataError(409, "File already exists")
+        if await self._redis.hlen(self._files) >= MAX_FILES_PER_USER and not await self.info(path):
+            raise UserDataError(413, f"you have {MAX_FILES_PER_USER} saved files: delete some first")
+        info = FileInfo(path, len(body), int(time.time() * 1000))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._files, path, body)
+            pipe.hset(self._meta, path, f"{info.size} {info.modified}")
+            await pipe.execute()
+        return info
+
+    async def delete(self, path: str) -> None:
+        path = clean_path(path)
+        if not await self._redis.hdel(self._files, path):
+            raise UserDataError(404, f"no file {path!r}")
+        await self._redis.hdel(self._meta, path)
+
+    async def move(self, source: str, dest: str, overwrite: bool = True) -> FileInfo:
+        body = await self.read(source)
+        if body is None:
+            raise UserDataError(404, f"no file {source!r}")
+        info = await self.write(dest, body, overwrite=overwrite)
+        if clean_path(source) != info.path:
+            await self.delete(source)
+        return info
+
+    async def listing(self, directory: str, recurse: bool) -> list[FileInfo]:
+        """Files under ``directory`` (paths relative to it); raises 404 when it holds nothing."""
+        prefix = f"{clean_path(directory)}/"
+        entries = await self._redis.hgetall(self._meta)
+        found = [_parse_meta(_text(k), v) for k, v in entries.items() if _text(k).startswith(prefix)]
+        if not found:
+            raise UserDataError(404, "Directory not found")
+        relative = [f.relative_to(directory) for f in found]
+        return sorted((f for f in relative if recurse or "/" not in f.path), key=lambda f: f.path)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _parse_meta(path: str, raw: bytes | str) -> FileInfo:
+    size, modified = _text(raw).split()
+    return FileInfo(path, int(size), int(modified))
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value

@@ -1,0 +1,57 @@
+"""A real queue manager (real Redis, local user files) and logged-in participants, per test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.doubles.comfyui_nodes import catalogue
+from tests.support.queue_manager_app import LiveServer, live_server, login, register_worker, settings_for
+
+GRAPH: dict[str, Any] = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inverted"}},
+}
+
+
+@pytest.fixture
+def server(redis_url: str, tmp_path: Path) -> Iterator[LiveServer]:
+    with live_server(settings_for(redis_url), tmp_path / "files") as running:
+        yield running
+
+
+@pytest.fixture
+def app_factory(server: LiveServer) -> Iterator[Callable[[], httpx.Client]]:
+    """New clients of one running app; each logs in separately, like separate browsers."""
+    clients: list[httpx.Client] = []
+
+    def client() -> httpx.Client:
+        clients.append(httpx.Client(base_url=server.url, timeout=10))
+        return clients[-1]
+
+    yield client
+    for each in clients:
+        each.close()
+
+
+@pytest.fixture
+def alice(app_factory: Callable[[], httpx.Client]) -> httpx.Client:
+    return login(app_factory(), "alice")
+
+
+@pytest.fixture
+def bob(app_factory: Callable[[], httpx.Client]) -> httpx.Client:
+    return login(app_factory(), "bob")
+
+
+@pytest.fixture
+def worker(app_factory: Callable[[], httpx.Client]) -> httpx.Client:
+    """A client that registered a worker whose ComfyUI has a leftover input of someone else's."""
+    client = app_factory()
+    register_worker(client, catalogue(["someone-elses-upload.png"]))
+    return client

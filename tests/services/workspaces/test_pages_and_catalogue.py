@@ -1,0 +1,87 @@
+"""The workspace page, its assets and the node catalogue published by workers."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from tests.doubles.comfyui_nodes import catalogue
+from tests.support.queue_manager_app import register_worker
+from tests.support.servers import wait_until
+
+
+def test_the_workspace_page_needs_a_login(app_factory) -> None:  # type: ignore[no-untyped-def]
+    anonymous = app_factory()
+    reply = anonymous.get("/w/alice/", follow_redirects=False)
+    assert reply.status_code == 303
+    assert reply.headers["location"].startswith("/w/login")
+    assert "Log in" in anonymous.get("/w/login").text
+
+
+def test_a_participant_gets_the_stock_frontend_and_its_assets(alice: httpx.Client) -> None:
+    page = alice.get("/w/alice/")
+    assert page.status_code == 200 and '<div id="vue-app">' in page.text
+    script = re.search(r'src="\./(assets/index-[^"]+\.js)"', page.text)
+    assert script is not None
+    asset = alice.get(f"/w/alice/{script.group(1)}")
+    assert asset.status_code == 200 and asset.headers["content-type"].startswith("text/javascript")
+
+
+def test_w_redirects_to_your_own_workspace_and_not_someone_elses(alice: httpx.Client) -> None:
+    assert alice.get("/w/", follow_redirects=False).headers["location"] == "/w/alice/"
+    assert alice.get("/w/bob/", follow_redirects=False).headers["location"] == "/w/alice/"
+    refused = alice.get("/w/bob/api/settings")
+    assert refused.status_code == 403 and "/w/alice/" in refused.json()["detail"]
+
+
+def test_assets_outside_the_package_are_not_served(alice: httpx.Client) -> None:
+    assert alice.get("/w/alice/..%2F..%2F__init__.py").status_code == 404
+    assert alice.get("/w/alice/assets/../../../../etc/passwd").status_code == 404
+
+
+def test_object_info_is_empty_until_a_worker_publishes_its_catalogue(alice: httpx.Client) -> None:
+    assert alice.get("/w/alice/api/object_info").json() == {}
+
+
+def test_the_catalogue_a_worker_published_is_served_to_everyone(
+    alice: httpx.Client, bob: httpx.Client, worker: httpx.Client
+) -> None:
+    for client, user in ((alice, "alice"), (bob, "bob")):
+        nodes = client.get(f"/w/{user}/api/object_info").json()
+        assert {"EmptyImage", "ImageInvert", "SaveImage", "LoadImage"} <= set(nodes)
+    one = alice.get("/w/alice/api/object_info/SaveImage").json()
+    assert list(one) == ["SaveImage"] and one["SaveImage"]["output_node"] is True
+    assert alice.get("/w/alice/api/object_info/NoSuchNode").json() == {}
+
+
+def test_upload_lists_show_only_your_own_files_never_the_workers_input_folder(
+    alice: httpx.Client, bob: httpx.Client, worker: httpx.Client
+) -> None:
+    alice.post("/w/alice/api/upload/image", files={"image": ("cat.png", b"\x89PNG cat", "image/png")})
+    alice_choices = alice.get("/w/alice/api/object_info").json()["LoadImage"]["input"]["required"]["image"]
+    bob_choices = bob.get("/w/bob/api/object_info").json()["LoadImage"]["input"]["required"]["image"]
+    assert alice_choices[0] == ["cat.png"] and alice_choices[1]["image_upload"] is True
+    assert bob_choices[0] == []
+
+
+def test_a_newer_worker_catalogue_replaces_the_old_one(alice: httpx.Client, worker: httpx.Client) -> None:
+    newer = catalogue([])
+    newer["MyCustomNode"] = {**newer["ImageInvert"], "name": "MyCustomNode", "display_name": "My node"}
+    register_worker(worker, newer, worker_id="w2", digest="cat-v2")
+    wait_until(
+        lambda: "MyCustomNode" in alice.get("/w/alice/api/object_info").json(),
+        timeout=5,
+        what="the newer catalogue to be served",
+    )
+
+
+def test_startup_facts_the_frontend_reads_answer_in_comfyui_shapes(alice: httpx.Client) -> None:
+    stats = alice.get("/w/alice/api/system_stats").json()
+    assert stats["system"]["required_frontend_version"] == "1.27.10"
+    assert alice.get("/w/alice/api/users").json() == {"storage": "server", "migrated": True}
+    assert alice.get("/w/alice/api/extensions").json() == []
+    assert alice.get("/w/alice/api/embeddings").json() == []
+    assert alice.get("/w/alice/api/experiment/models").json() == []
+    assert alice.get("/w/alice/templates/index.json").json() == []
+    assert isinstance(alice.get("/w/alice/api/features").json(), dict)

@@ -1,0 +1,103 @@
+"""The real queue manager app for tests: on a free loopback port (uvicorn, own thread) or in a TestClient.
+
+Participants ``alice``/``bob`` (passwords ``<name>-pw``), admin ``admin``/``admin-pw`` and worker
+pool ``gpu`` (token ``gpu-token``); user files in a local directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+from pydantic import SecretStr
+
+from services.protocol.workers import WorkerCapabilities, WorkerRegistration
+from services.queue_manager.main import create_app
+from services.queue_manager.settings import Settings
+from services.storage.local import LocalStorage
+from tests.support.servers import free_port, wait_until
+
+PARTICIPANTS = ("alice", "bob")
+POOL, POOL_TOKEN = "gpu", "gpu-token"
+ADMIN, ADMIN_PASSWORD = "admin", "admin-pw"
+
+
+def password(user: str) -> str:
+    return f"{user}-pw"
+
+
+def settings_for(redis_url: str, participants: tuple[str, ...] = PARTICIPANTS, **extra: Any) -> Settings:
+    return Settings(
+        env="development",
+        redis_url=redis_url,
+        admin_user=ADMIN,
+        admin_password=SecretStr(ADMIN_PASSWORD),
+        session_secret=SecretStr("test-session-secret-0123456789"),
+        participants={user: SecretStr(password(user)) for user in participants},
+        worker_tokens={POOL: SecretStr(POOL_TOKEN)},
+        **extra,
+    )
+
+
+def build_app(settings: Settings, files: Path) -> FastAPI:
+    app = create_app(settings)
+    app.state.storage = LocalStorage(files)
+    return app
+
+
+class LiveServer:
+    """uvicorn serving the app on ``url`` from its own thread (for browsers and WebSocket clients)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", ws="websockets-sansio"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        wait_until(lambda: self.server.started, timeout=30, what=f"queue manager on {self.url}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+@contextlib.contextmanager
+def live_server(settings: Settings, files: Path) -> Iterator[LiveServer]:
+    with LiveServer(build_app(settings, files)) as server:
+        yield server
+
+
+def login(client: httpx.Client, user: str, secret: str | None = None) -> httpx.Client:
+    """Log ``client`` in through the real login route; it keeps the session cookie."""
+    reply = client.post("/api/auth/login", json={"user": user, "password": secret or password(user)})
+    reply.raise_for_status()
+    return client
+
+
+def register_worker(
+    client: httpx.Client, catalogue: dict[str, Any], worker_id: str = "w1", digest: str = "cat-v1"
+) -> dict[str, Any]:
+    """Register a worker of pool ``gpu`` that publishes ``catalogue`` (as a worker does on start)."""
+    caps = WorkerCapabilities(pool=POOL, provider="local", gpu="test", catalogue_hash=digest)
+    body = WorkerRegistration(worker_id=worker_id, capabilities=caps, catalogue=catalogue)
+    reply = client.post(
+        "/api/workers/register",
+        content=body.model_dump_json(),
+        headers={"Authorization": f"Bearer {POOL_TOKEN}", "Content-Type": "application/json"},
+    )
+    reply.raise_for_status()
+    result: dict[str, Any] = reply.json()
+    return result
