@@ -6,11 +6,11 @@ Routes (all under the queue manager's base URL, all with ``Authorization: Bearer
 |---|---|---|
 | ``POST /api/workers/register`` | ``WorkerRegistration`` | ``RegisterReply`` |
 | ``POST /api/workers/{worker_id}/claim?wait=25`` | none | 200 ``Lease`` or 204 |
-| ``POST /api/leases/{job_id}/heartbeat`` | ``LeaseCall`` | ``HeartbeatReply``; 409 when the lease is not held |
+| ``POST /api/leases/{job_id}/heartbeat`` | ``LeaseCall`` | ``HeartbeatReply``; 409 when not held |
 | ``POST /api/leases/{job_id}/events`` | ``EventBatch`` | 204; 409 when the lease is not held |
 | ``POST /api/leases/{job_id}/complete`` | ``Completion`` | 204; 409 when the lease is not held |
 | ``POST /api/leases/{job_id}/fail`` | ``Failure`` | 204; 409 when the lease is not held |
-| ``POST /api/leases/{job_id}/release`` | ``LeaseCall`` | 204 (graceful shutdown: job requeued, attempt not counted) |
+| ``POST /api/leases/{job_id}/release`` | ``LeaseCall`` | 204 (shutdown: requeued, attempt not counted) |
 
 Completion and failure are idempotent for the lease holder: repeating the same call after a
 network error answers 204 again and changes nothing, so a retry never completes a job twice.

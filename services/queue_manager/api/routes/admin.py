@@ -1,0 +1,110 @@
+"""The organizer's API: queue, workers, users, pause/resume, priorities, cancel, dead letters,
+drain, snapshot and restore. Every route needs the admin login."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response, status
+from pydantic import BaseModel, Field
+
+from services.protocol.jobs import Job
+from services.queue_manager.api.deps import AdminUser, StoreDep
+from services.queue_manager.api.routes.jobs import CancelReply
+from services.queue_manager.queue_admin import DrainResult, QueueOverview, UserSummary
+from services.queue_manager.registry import WorkerInfo
+from services.queue_manager.snapshot import RestoreResult, Snapshot, restore_snapshot, take_snapshot
+
+router = APIRouter(prefix="/api/admin", tags=["admin"])
+JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+UserName = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")]
+
+
+class PriorityChange(BaseModel):
+    priority: int = Field(ge=-100, le=100, description="higher runs first under 'priority' scheduling")
+
+
+class UserPriorityReply(BaseModel):
+    user: str
+    priority: int
+    moved: int
+
+
+@router.get("/queue")
+async def queue(_: AdminUser, store: StoreDep) -> QueueOverview:
+    """Every waiting, running, backing-off and dead-lettered job, in dispatch order."""
+    return await store.overview()
+
+
+@router.get("/workers")
+async def workers(_: AdminUser, store: StoreDep) -> list[WorkerInfo]:
+    """Registered workers with their state, current job and last-seen time."""
+    return await store.list_workers()
+
+
+@router.get("/users")
+async def users(_: AdminUser, store: StoreDep) -> list[UserSummary]:
+    """Users who submitted, with priority and queued/running counts."""
+    return await store.users()
+
+
+@router.post("/pause", status_code=status.HTTP_204_NO_CONTENT)
+async def pause(_: AdminUser, store: StoreDep) -> Response:
+    """Stop handing out jobs (running ones continue)."""
+    await store.pause()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/resume", status_code=status.HTTP_204_NO_CONTENT)
+async def resume(_: AdminUser, store: StoreDep) -> Response:
+    """Hand out jobs again."""
+    await store.resume()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/jobs/{job_id}/priority")
+async def job_priority(job_id: JobId, change: PriorityChange, _: AdminUser, store: StoreDep) -> Job:
+    """Set one job's priority."""
+    return await store.set_job_priority(job_id, change.priority)
+
+
+@router.post("/users/{user}/priority")
+async def user_priority(
+    user: UserName, change: PriorityChange, _: AdminUser, store: StoreDep
+) -> UserPriorityReply:
+    """Set a user's priority bonus for their waiting and future jobs."""
+    moved = await store.set_user_priority(user, change.priority)
+    return UserPriorityReply(user=user, priority=change.priority, moved=moved)
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel(job_id: JobId, _: AdminUser, store: StoreDep) -> CancelReply:
+    """Cancel anyone's job."""
+    outcome = await store.cancel(job_id)
+    return CancelReply(job_id=job_id, outcome=outcome)
+
+
+@router.post("/dead/{job_id}/requeue")
+async def requeue_dead(job_id: JobId, _: AdminUser, store: StoreDep) -> Job:
+    """Put a dead-lettered job back in line with fresh attempts."""
+    return await store.requeue_dead(job_id)
+
+
+@router.post("/drain")
+async def drain(
+    _: AdminUser, store: StoreDep, seconds: Annotated[float, Query(ge=0, le=3600)] = 60
+) -> DrainResult:
+    """Pause dispatch and wait (up to ``seconds``) until no job is running."""
+    return await store.drain(seconds)
+
+
+@router.get("/snapshot")
+async def snapshot(_: AdminUser, store: StoreDep) -> Snapshot:
+    """The whole queue as JSON (waiting, running, finished and dead-lettered jobs)."""
+    return await take_snapshot(store)
+
+
+@router.post("/restore")
+async def restore(body: Snapshot, _: AdminUser, store: StoreDep) -> RestoreResult:
+    """Load a snapshot; jobs that already exist are skipped."""
+    return await restore_snapshot(store, body)

@@ -1,0 +1,42 @@
+"""A participant's live event stream: ``GET /api/events`` upgraded to a WebSocket.
+
+Text frames are ``UserEvent`` JSON (queued, position, started, progress, node, outputs, finished)
+for the logged-in user's jobs only. Log in with the session cookie or HTTP Basic on the upgrade
+request; without either the socket is closed with code 1008 (policy violation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
+
+from services.queue_manager.api.deps import principal_of
+from services.queue_manager.auth import Authenticator
+from services.queue_manager.store import Store
+
+router = APIRouter(tags=["events"])
+
+
+@router.websocket("/api/events")
+async def events(websocket: WebSocket) -> None:
+    """Stream the caller's job events until they disconnect."""
+    auth: Authenticator = websocket.app.state.auth
+    store: Store = websocket.app.state.store
+    principal = principal_of(auth, websocket)
+    if principal is None:
+        await websocket.close(status.WS_1008_POLICY_VIOLATION, "log in first (session cookie or HTTP Basic)")
+        return
+    await websocket.accept()
+    async with store.events.subscribe(principal.user) as stream:
+        sender = asyncio.create_task(_forward(websocket, stream))
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:  # only to notice the disconnect; clients have nothing to say
+                await websocket.receive_text()
+        sender.cancel()
+
+
+async def _forward(websocket: WebSocket, stream: object) -> None:
+    async for event in stream:  # type: ignore[attr-defined]
+        await websocket.send_text(event.model_dump_json())

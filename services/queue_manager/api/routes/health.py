@@ -1,0 +1,36 @@
+"""Liveness, readiness and Prometheus metrics (no auth: they reveal counts, never content)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Response, status
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from services.queue_manager.api.deps import StoreDep
+from services.queue_manager.metrics import METRICS
+from services.queue_manager.scrape import refresh_gauges
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """The process answers (liveness)."""
+    return {"status": "ok"}
+
+
+@router.get("/ready", responses={503: {"description": "Redis is not reachable"}})
+async def ready(store: StoreDep) -> dict[str, str]:
+    """Redis answers, so the queue can take jobs (readiness)."""
+    try:
+        await store.redis.ping()
+    except (RedisError, OSError) as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"Redis is not reachable: {exc}") from None
+    return {"status": "ready"}
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(store: StoreDep) -> Response:
+    """Prometheus text format: queue depth per pool and user, leases, latencies, workers by state."""
+    await refresh_gauges(store, METRICS)
+    return Response(generate_latest(METRICS.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,52 @@
+"""What a lease holder reports: heartbeats, events, completion, failure, release.
+
+Each call carries the lease token; anyone else's call is refused with 409 (``StaleLease``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Response, status
+
+from services.protocol.workers import Completion, EventBatch, Failure, HeartbeatReply, LeaseCall
+from services.queue_manager.api.deps import StoreDep, WorkerPool
+
+router = APIRouter(prefix="/api/leases/{job_id}", tags=["leases"])
+JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+NO_CONTENT = status.HTTP_204_NO_CONTENT
+STALE: dict[int | str, dict[str, Any]] = {409: {"description": "the lease is not held with this token"}}
+
+
+@router.post("/heartbeat", responses=STALE)
+async def heartbeat(job_id: JobId, call: LeaseCall, _: WorkerPool, store: StoreDep) -> HeartbeatReply:
+    """Renew the lease; ``cancel`` says the owner wants the job interrupted."""
+    return await store.heartbeat(job_id, call.token)
+
+
+@router.post("/events", status_code=NO_CONTENT, responses=STALE)
+async def events(job_id: JobId, batch: EventBatch, _: WorkerPool, store: StoreDep) -> Response:
+    """Forward ComfyUI events to the job's owner (also renews the lease)."""
+    await store.record_events(job_id, batch)
+    return Response(status_code=NO_CONTENT)
+
+
+@router.post("/complete", status_code=NO_CONTENT, responses=STALE)
+async def complete(job_id: JobId, completion: Completion, _: WorkerPool, store: StoreDep) -> Response:
+    """The job succeeded with these outputs (a repeat by the holder is a no-op)."""
+    await store.complete(job_id, completion)
+    return Response(status_code=NO_CONTENT)
+
+
+@router.post("/fail", status_code=NO_CONTENT, responses=STALE)
+async def fail(job_id: JobId, failure: Failure, _: WorkerPool, store: StoreDep) -> Response:
+    """The job failed; retryable failures are requeued until the attempts run out."""
+    await store.fail(job_id, failure)
+    return Response(status_code=NO_CONTENT)
+
+
+@router.post("/release", status_code=NO_CONTENT, responses=STALE)
+async def release(job_id: JobId, call: LeaseCall, _: WorkerPool, store: StoreDep) -> Response:
+    """Give the job back unfinished (graceful shutdown); the attempt does not count."""
+    await store.release(job_id, call.token)
+    return Response(status_code=NO_CONTENT)

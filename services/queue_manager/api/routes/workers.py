@@ -1,0 +1,48 @@
+"""Worker registration and long-poll claim (route table: ``services/protocol/workers.py``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+
+from services.protocol.workers import Lease, RegisterReply, WorkerRegistration
+from services.queue_manager.api.deps import StoreDep, WorkerPool
+
+router = APIRouter(prefix="/api/workers", tags=["workers"])
+WORKER_ID_PATH = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+
+
+@router.post("/register")
+async def register(registration: WorkerRegistration, pool: WorkerPool, store: StoreDep) -> RegisterReply:
+    """Register (or re-register) a worker of the caller's pool."""
+    if registration.capabilities.pool != pool:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"this token belongs to pool {pool!r}, but the worker says it is in pool "
+            f"{registration.capabilities.pool!r}: fix the worker's pool or its token",
+        )
+    return await store.register(registration)
+
+
+@router.post(
+    "/{worker_id}/claim", response_model=Lease, responses={204: {"description": "no job within wait"}}
+)
+async def claim(
+    worker_id: Annotated[str, WORKER_ID_PATH],
+    request: Request,
+    pool: WorkerPool,
+    store: StoreDep,
+    wait: Annotated[float, Query(ge=0, le=60, description="seconds to wait for a job")] = 0,
+) -> Response | Lease:
+    """Lease the next job for this worker, waiting up to ``wait`` seconds; 204 when none came."""
+    registered_pool = await store.worker_pool(worker_id)
+    if registered_pool != pool:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"worker {worker_id} is registered in another pool")
+    lease = await store.claim(worker_id, pool, wait=min(wait, store.settings.claim_wait_max_seconds))
+    if lease is None:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    if await request.is_disconnected():
+        await store.release(lease.job.id, lease.token)  # the worker gave up waiting: nobody holds it
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return lease

@@ -1,0 +1,74 @@
+"""The queue manager's background tasks: wake and event listeners, the lease reaper, and position
+updates for this process's connected participants."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from redis.exceptions import RedisError
+
+from services.queue_manager import notices
+from services.queue_manager.store import Store
+
+log = logging.getLogger(__name__)
+POSITION_INTERVAL = 1.0
+RETRY_SECONDS = 1.0
+
+
+async def _forever(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """Run ``run`` again whenever it stops (Redis restarts, connection drops)."""
+    while True:
+        try:
+            await run()
+        except (RedisError, OSError) as exc:
+            log.warning("background task lost Redis, retrying", extra={"task": name, "error": str(exc)})
+        except Exception:
+            log.exception("background task failed, restarting", extra={"task": name})
+        await asyncio.sleep(RETRY_SECONDS)
+
+
+async def reap_loop(store: Store) -> None:
+    while True:
+        await store.reap()
+        await asyncio.sleep(store.settings.reap_interval_seconds)
+
+
+async def position_loop(store: Store) -> None:
+    """Tell connected participants when their waiting jobs move up."""
+    sent: dict[str, int] = {}
+    while True:
+        current: dict[str, int] = {}
+        for user in store.events.local_users():
+            for job_id in await store.redis.smembers(store.keys.user_queued(user)):
+                place = await store.position(job_id)
+                if place is not None:
+                    current[job_id] = place
+                    if sent.get(job_id) != place:
+                        store.events.deliver_local(user, notices.position(job_id, place))
+        sent = current
+        await asyncio.sleep(POSITION_INTERVAL)
+
+
+@contextlib.asynccontextmanager
+async def running(store: Store) -> AsyncIterator[None]:
+    """Start every background task, wait until the listeners are subscribed, stop them on exit."""
+    wake_ready, events_ready = asyncio.Event(), asyncio.Event()
+    tasks = [
+        asyncio.create_task(
+            _forever("wake", lambda: store.wakeups.listen(store.redis, store.keys.wake, wake_ready))
+        ),
+        asyncio.create_task(_forever("events", lambda: store.events.listen(events_ready))),
+        asyncio.create_task(_forever("reaper", lambda: reap_loop(store))),
+        asyncio.create_task(_forever("positions", lambda: position_loop(store))),
+    ]
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(wake_ready.wait(), events_ready.wait()), 10)
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

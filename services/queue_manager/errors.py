@@ -1,0 +1,53 @@
+"""What the store refuses, as exceptions the API turns into 4xx answers with the same message."""
+
+from __future__ import annotations
+
+
+class QueueError(Exception):
+    """Base of every refusal a caller can cause; ``status`` is the HTTP status it maps to."""
+
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class JobNotFound(QueueError):
+    status = 404
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} does not exist (or belongs to someone else, or has expired)")
+
+
+class JobExists(QueueError):
+    status = 409
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"a job with prompt_id {job_id} already exists: omit prompt_id or use a new UUID")
+
+
+class QueueLimit(QueueError):
+    status = 429
+
+    def __init__(self, user: str, limit: int) -> None:
+        super().__init__(
+            f"{user} already has {limit} queued jobs, the most allowed: wait for some to start or cancel some"
+        )
+
+
+class StaleLease(QueueError):
+    status = 409
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"the lease on job {job_id} is not held with this token (it expired, was released or the job "
+            "ended): stop working on it and claim again"
+        )
+
+
+class UnknownWorker(QueueError):
+    status = 404
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__(f"worker {worker_id} is not registered: POST /api/workers/register first")

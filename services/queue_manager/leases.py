@@ -1,0 +1,181 @@
+"""The worker side of the store: claim, heartbeat, events, complete, fail, release, reap.
+
+A lease is a random token plus an expiry in ``{p}:leases``. Every call from a worker names the
+token; the Lua scripts accept it only from the current holder, so a worker whose lease expired
+(and whose job went to someone else) gets ``StaleLease`` (HTTP 409) and can never overwrite the
+job. HTTP routes and the push dispatcher call these same methods.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+
+from services.protocol.jobs import Job, JobError, JobState
+from services.protocol.workers import Completion, EventBatch, Failure, HeartbeatReply, Lease
+from services.queue_manager import notices
+from services.queue_manager.errors import StaleLease
+from services.queue_manager.keys import ANY_POOL
+from services.queue_manager.metrics import METRICS
+from services.queue_manager.records import job_from_hash, ms_to_datetime, now_ms, pairs_to_dict
+from services.queue_manager.store_base import StoreBase
+
+log = logging.getLogger(__name__)
+CLAIM_SCAN_LIMIT = 1000
+RECHECK_SECONDS = 1.0
+LEASE_LOST = JobError(
+    type="LeaseExpired", message="the worker stopped renewing its lease (crashed or lost)", retryable=True
+)
+
+
+class LeaseOps(StoreBase):
+    async def claim(self, worker_id: str, pool: str, wait: float = 0.0) -> Lease | None:
+        """Lease the next job a worker of ``pool`` may run, waiting up to ``wait`` seconds for one."""
+        deadline = time.monotonic() + wait
+        while True:
+            with self.wakeups.ticket(pool) as ticket:
+                lease = await self._claim_now(worker_id, pool)
+                remaining = deadline - time.monotonic()
+                if lease is not None or remaining <= 0:
+                    return lease
+                await ticket.wait(min(remaining, RECHECK_SECONDS))
+
+    async def _claim_now(self, worker_id: str, pool: str) -> Lease | None:
+        token = secrets.token_urlsafe(24)
+        lease_ms = int(self.settings.lease_seconds * 1000)
+        reply = await self.scripts.claim(
+            args=[
+                self.prefix,
+                pool,
+                worker_id,
+                token,
+                now_ms(),
+                lease_ms,
+                self.settings.max_running_per_user,
+                CLAIM_SCAN_LIMIT,
+            ]
+        )
+        if not reply:
+            return None
+        job_id, left, flat = reply
+        fields = pairs_to_dict(flat)
+        if int(left) > 0:
+            await self.redis.publish(self.keys.wake, fields.get("scope", ANY_POOL))
+        job = job_from_hash(fields)
+        METRICS.observe_dispatch(job)
+        log.info("job leased", extra={"job_id": job_id, "worker_id": worker_id, "attempt": job.attempts})
+        await self.events.publish(job.user, notices.started(job))
+        return self._lease(job, token, fields["lease_expires"])
+
+    def _lease(self, job: Job, token: str, expires_ms: str) -> Lease:
+        expires = ms_to_datetime(expires_ms)
+        assert expires is not None
+        return Lease(job=job, token=token, expires_at=expires, lease_seconds=self.settings.lease_seconds)
+
+    async def _touch(self, job_id: str, token: str, running: bool) -> list[str]:
+        lease_ms = int(self.settings.lease_seconds * 1000)
+        reply = await self.scripts.touch(
+            args=[self.prefix, job_id, token, now_ms(), lease_ms, "1" if running else "0"]
+        )
+        if reply[0] != "ok":
+            raise StaleLease(job_id)
+        return [str(part) for part in reply]
+
+    async def heartbeat(self, job_id: str, token: str) -> HeartbeatReply:
+        """Renew a lease; the reply tells the worker whether the job's owner asked to cancel it."""
+        _, expires, cancel, _, _ = await self._touch(job_id, token, running=False)
+        expires_at = ms_to_datetime(expires)
+        assert expires_at is not None
+        return HeartbeatReply(expires_at=expires_at, cancel=cancel == "1")
+
+    async def record_events(self, job_id: str, batch: EventBatch) -> None:
+        """Forward a worker's ComfyUI events to the job's owner; they also renew the lease."""
+        _, _, _, user, _ = await self._touch(job_id, batch.token, running=True)
+        forwarded = [notices.from_worker(job_id, event) for event in batch.events]
+        await self.events.publish_many((user, event) for event in forwarded if event is not None)
+
+    async def complete(self, job_id: str, completion: Completion) -> None:
+        """Mark a job succeeded with its outputs (idempotent for the lease holder)."""
+        outputs = json.dumps([o.model_dump(mode="json") for o in completion.outputs])
+        await self._finish(job_id, completion.token, "succeeded", outputs=outputs)
+
+    async def fail(self, job_id: str, failure: Failure) -> None:
+        """Record a failure: retryable ones are requeued until attempts run out, then dead-lettered."""
+        outcome = "retry" if failure.error.retryable else "failed"
+        await self._finish(job_id, failure.token, outcome, error=failure.error)
+
+    async def release(self, job_id: str, token: str) -> None:
+        """Give a job back unfinished (graceful shutdown): requeued, the attempt not counted."""
+        await self._finish(job_id, token, "release")
+
+    async def _finish(
+        self, job_id: str, token: str, outcome: str, *, outputs: str = "[]", error: JobError | None = None
+    ) -> None:
+        error_json = error.model_dump_json() if error else ""
+        reply = await self.scripts.finish(
+            args=[
+                self.prefix,
+                job_id,
+                token,
+                now_ms(),
+                outcome,
+                outputs,
+                error_json,
+                self.retention_ms,
+                int(self.settings.retry_backoff_seconds * 1000),
+                int(self.settings.retry_backoff_max_seconds * 1000),
+            ]
+        )
+        if reply[0] == "stale":
+            raise StaleLease(job_id)
+        if reply[0] == "again":
+            return
+        _, state, user = reply
+        log.info("lease ended", extra={"job_id": job_id, "outcome": outcome, "state": state})
+        await self._announce(job_id, user, state, error)
+
+    async def _announce(self, job_id: str, user: str, state: str, error: JobError | None) -> None:
+        if JobState(state).finished:
+            job = await self.get(job_id)
+            if job is not None:
+                METRICS.observe_finished(job)
+            await self.events.publish(user, notices.finished(job_id, state, error))
+        else:
+            place = await self.position(job_id)
+            await self.events.publish(user, notices.position(job_id, place if place is not None else -1))
+
+    async def reap(self, now: int | None = None, batch: int = 200) -> list[tuple[str, str, str]]:
+        """Requeue (after a backoff) or dead-letter jobs whose lease expired; promote due backoffs.
+
+        Returns ``(job_id, user, outcome)`` per job touched; ``now`` (ms) lets tests look ahead.
+        """
+        reply = await self.scripts.reap(
+            args=[
+                self.prefix,
+                now if now is not None else now_ms(),
+                self.retention_ms,
+                int(self.settings.retry_backoff_seconds * 1000),
+                int(self.settings.retry_backoff_max_seconds * 1000),
+                batch,
+                LEASE_LOST.model_dump_json(),
+            ]
+        )
+        touched = [(str(reply[i]), str(reply[i + 1]), str(reply[i + 2])) for i in range(0, len(reply), 3)]
+        for job_id, user, outcome in touched:
+            log.warning(
+                "lease expired" if outcome != "requeued" else "job requeued",
+                extra={"job_id": job_id, "outcome": outcome},
+            )
+            await self._announce_reaped(job_id, user, outcome)
+        return touched
+
+    async def _announce_reaped(self, job_id: str, user: str, outcome: str) -> None:
+        if outcome == "dead":
+            await self.events.publish(user, notices.finished(job_id, JobState.FAILED, LEASE_LOST))
+        elif outcome == "cancelled":
+            await self.events.publish(user, notices.finished(job_id, JobState.CANCELLED))
+        else:
+            place = await self.position(job_id)
+            await self.events.publish(user, notices.position(job_id, place if place is not None else -1))

@@ -1,0 +1,38 @@
+-- End a lease as its holder: outcome 'succeeded' | 'failed' | 'retry' | 'release'.
+-- ARGV: prefix, id, token, now_ms, outcome, outputs_json, error_json, retention_ms,
+-- backoff_base_ms, backoff_max_ms.
+-- Returns {'ok', new_state, user} | {'again', state, user} (repeat of the holder's last call) | {'stale'}.
+local id, token, now, outcome = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local retention_ms = tonumber(ARGV[8])
+local key = k('job', id)
+local f = redis.call('HMGET', key, 'state', 'token', 'done_token', 'attempts', 'max_attempts',
+  'cancel', 'user', 'scope', 'score', 'worker_id')
+local state, user = f[1], f[7]
+if state and token ~= '' and f[3] == token then
+  return {'again', state, user}
+end
+if (state ~= 'leased' and state ~= 'running') or f[2] ~= token then
+  return {'stale'}
+end
+end_lease(id, user, f[10])
+redis.call('HSET', key, 'token', '', 'done_token', token)
+if f[6] == '1' and outcome ~= 'succeeded' then
+  outcome = 'cancelled'
+end
+if outcome == 'succeeded' then
+  redis.call('HSET', key, 'outputs', ARGV[6], 'error', '')
+  finish(id, 'succeeded', now, retention_ms)
+elseif outcome == 'failed' or outcome == 'cancelled' then
+  redis.call('HSET', key, 'error', ARGV[7])
+  finish(id, outcome, now, retention_ms)
+elseif outcome == 'release' then
+  redis.call('HINCRBY', key, 'attempts', -1)
+  enqueue(id, user, f[8], f[9])
+elseif tonumber(f[4]) >= tonumber(f[5]) then
+  dead_letter(id, now, retention_ms, ARGV[7])
+else
+  redis.call('HSET', key, 'error', ARGV[7])
+  local due = now + backoff_ms(tonumber(f[4]), tonumber(ARGV[9]), tonumber(ARGV[10]))
+  retry_later(id, user, f[8], f[9], due, now)
+end
+return {'ok', redis.call('HGET', key, 'state'), user}

@@ -1,0 +1,37 @@
+-- Queue a new job. ARGV: prefix, id, user, scope, pool, priority, mode, max_queued, now_ms,
+-- max_attempts, spec_json.
+-- Returns {'ok', position, user's unfinished jobs} | {'exists'} | {'limit', queued}.
+local id, user, scope, pool = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local priority, mode = tonumber(ARGV[6]), ARGV[7]
+local max_queued, now = tonumber(ARGV[8]), ARGV[9]
+local key = k('job', id)
+if redis.call('EXISTS', key) == 1 then
+  return {'exists'}
+end
+local queued = redis.call('SCARD', k('user', user, 'queued'))
+if queued >= max_queued then
+  return {'limit', queued}
+end
+local seq = redis.call('INCR', k('seq')) % ROUND
+local round = 0
+if mode ~= 'fifo' then
+  -- Start-time fair queueing: a user's next job goes one round after their previous one, but
+  -- never before the round being dispatched now, so newcomers do not jump or lag the ring.
+  local current = tonumber(redis.call('GET', k('fair:round')) or '0')
+  local last = tonumber(redis.call('HGET', k('fair:user_round'), user) or '-1')
+  round = math.min(9999, math.max(last + 1, current))
+  redis.call('HSET', k('fair:user_round'), user, round)
+end
+local level = 0
+if mode == 'priority' then
+  level = clamp_priority(priority + tonumber(redis.call('HGET', k('user_priority'), user) or '0'))
+end
+local score = (100 - level) * SEGMENT + round * ROUND + seq
+redis.call('HSET', key, 'id', id, 'user', user, 'scope', scope, 'pool', pool, 'priority', priority,
+  'state', 'queued', 'attempts', 0, 'max_attempts', ARGV[10], 'queued_at', now, 'score', fmt(score),
+  'spec', ARGV[11], 'cancel', '0', 'dead', '0', 'token', '', 'done_token', '')
+redis.call('ZADD', k('user', user, 'jobs'), now, id)
+redis.call('SADD', k('users'), user)
+enqueue(id, user, scope, fmt(score))
+local unfinished = queued + 1 + redis.call('SCARD', k('user', user, 'running'))
+return {'ok', position(scope, score), unfinished}

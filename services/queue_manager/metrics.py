@@ -1,0 +1,52 @@
+"""Prometheus metrics: latency histograms observed as jobs move, gauges read from Redis per scrape."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+
+from services.protocol.jobs import Job
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.dispatch_seconds = Histogram(
+            "qm_dispatch_seconds",
+            "queued to leased, per lease",
+            ["pool"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.job_seconds = Histogram(
+            "qm_job_seconds",
+            "queued to finished, per job",
+            ["state"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "qm_queue_depth",
+            "queued jobs per scope (pool or *) and user",
+            ["pool", "user"],
+            registry=self.registry,
+        )
+        self.leases = Gauge("qm_leases", "jobs currently leased to workers", registry=self.registry)
+        self.delayed = Gauge("qm_delayed", "jobs waiting out a retry backoff", registry=self.registry)
+        self.dead = Gauge("qm_dead_letters", "dead-lettered jobs", registry=self.registry)
+        self.workers = Gauge("qm_workers", "registered workers by state", ["state"], registry=self.registry)
+        self.paused = Gauge("qm_dispatch_paused", "1 while dispatch is paused", registry=self.registry)
+
+    def observe_dispatch(self, job: Job) -> None:
+        if job.started_at is not None:
+            seconds = (job.started_at - job.queued_at).total_seconds()
+            self.dispatch_seconds.labels(pool=job.pool or "*").observe(max(seconds, 0.0))
+
+    def observe_finished(self, job: Job) -> None:
+        if job.finished_at is not None:
+            seconds = (job.finished_at - job.queued_at).total_seconds()
+            self.job_seconds.labels(state=job.state.value).observe(max(seconds, 0.0))
+
+
+METRICS = Metrics()

@@ -1,0 +1,136 @@
+"""The organizer's levers on the queue: pause, priorities, dead letters, overview, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from pydantic import BaseModel
+
+from services.protocol.jobs import Job
+from services.queue_manager.errors import JobNotFound
+from services.queue_manager.keys import ANY_POOL
+from services.queue_manager.records import job_from_hash
+from services.queue_manager.store_base import StoreBase
+
+
+class QueueOverview(BaseModel):
+    paused: bool
+    queued: list[Job]
+    running: list[Job]
+    delayed: list[Job]
+    dead: list[Job]
+
+
+class UserSummary(BaseModel):
+    user: str
+    priority: int
+    queued: int
+    running: int
+
+
+class DrainResult(BaseModel):
+    drained: bool
+    running: int
+    queued: int
+
+
+class AdminOps(StoreBase):
+    async def pause(self) -> None:
+        """Stop handing out jobs; running jobs carry on."""
+        await self.redis.set(self.keys.paused, "1")
+
+    async def resume(self) -> None:
+        await self.redis.delete(self.keys.paused)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for scope in await self.redis.smembers(self.keys.scopes) | {ANY_POOL}:
+                pipe.publish(self.keys.wake, scope)
+            await pipe.execute()
+
+    async def paused(self) -> bool:
+        return bool(await self.redis.exists(self.keys.paused))
+
+    async def set_job_priority(self, job_id: str, priority: int) -> Job:
+        """Give one job a priority (-100..100; only ``priority`` scheduling orders by it)."""
+        key = self.keys.job(job_id)
+        if not await self.redis.exists(key):
+            raise JobNotFound(job_id)
+        await self.redis.hset(key, "priority", priority)
+        await self.scripts.rescore(args=[self.prefix, self.settings.scheduling.value, job_id])
+        job = await self.get(job_id)
+        assert job is not None
+        return job
+
+    async def set_user_priority(self, user: str, priority: int) -> int:
+        """Give every job of ``user`` (waiting and future) a priority bonus; returns jobs moved."""
+        await self.redis.hset(self.keys.user_priority, user, priority)
+        queued = await self.redis.smembers(self.keys.user_queued(user))
+        if not queued:
+            return 0
+        return int(await self.scripts.rescore(args=[self.prefix, self.settings.scheduling.value, *queued]))
+
+    async def requeue_dead(self, job_id: str) -> Job:
+        """Put a dead-lettered job back in line with fresh attempts."""
+        reply = await self.scripts.requeue_dead(args=[self.prefix, job_id])
+        if reply[0] != "ok":
+            raise JobNotFound(job_id)
+        job = await self.get(job_id)
+        assert job is not None
+        return job
+
+    async def _jobs(self, ids: list[str]) -> list[Job]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(self.keys.job(job_id))
+            records = await pipe.execute()
+        return [job_from_hash(fields) for fields in records if fields]
+
+    async def queued_ids(self) -> list[str]:
+        """Every waiting job id in dispatch order (across scopes, by schedule score)."""
+        scored: list[tuple[float, str]] = []
+        for scope in await self.redis.smembers(self.keys.scopes):
+            entries = await self.redis.zrange(self.keys.queue(scope), 0, -1, withscores=True)
+            scored.extend((score, job_id) for job_id, score in entries)
+        return [job_id for _, job_id in sorted(scored)]
+
+    async def overview(self, limit: int = 500) -> QueueOverview:
+        queued = await self._jobs((await self.queued_ids())[:limit])
+        for place, job in enumerate(queued):
+            job.position = place
+        return QueueOverview(
+            paused=await self.paused(),
+            queued=queued,
+            running=await self._jobs(await self.redis.zrange(self.keys.leases, 0, limit - 1)),
+            delayed=await self._jobs(await self.redis.zrange(self.keys.delayed, 0, limit - 1)),
+            dead=await self._jobs(await self.redis.zrevrange(self.keys.dead, 0, limit - 1)),
+        )
+
+    async def users(self) -> list[UserSummary]:
+        names = sorted(await self.redis.smembers(self.keys.users))
+        priorities = await self.redis.hgetall(self.keys.user_priority)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user in names:
+                pipe.scard(self.keys.user_queued(user))
+                pipe.scard(self.keys.user_running(user))
+            counts = await pipe.execute()
+        return [
+            UserSummary(
+                user=user,
+                priority=int(priorities.get(user, 0)),
+                queued=counts[2 * i],
+                running=counts[2 * i + 1],
+            )
+            for i, user in enumerate(names)
+        ]
+
+    async def drain(self, seconds: float, poll: float = 0.25) -> DrainResult:
+        """Pause dispatch and wait up to ``seconds`` for leased jobs to end (queued ones stay)."""
+        await self.pause()
+        deadline = time.monotonic() + seconds
+        while True:
+            running = int(await self.redis.zcard(self.keys.leases))
+            if running == 0 or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(poll)  # polling Redis: the leases may end in another process
+        queued = len(await self.queued_ids()) + await self.redis.zcard(self.keys.delayed)
+        return DrainResult(drained=running == 0, running=running, queued=queued)

@@ -1,0 +1,70 @@
+"""Job records as Redis stores them (a hash of strings) and as the API shows them (``Job``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from services.protocol.jobs import Job, JobError, JobSubmit, OutputFile
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def ms_to_datetime(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromtimestamp(int(float(value)) / 1000, tz=UTC)
+
+
+def datetime_to_ms(value: datetime | None) -> str:
+    return str(int(value.timestamp() * 1000)) if value else ""
+
+
+def spec_json(submit: JobSubmit) -> str:
+    """The part of a job Lua never reads, kept as one opaque JSON string."""
+    prompt = {node_id: node.model_dump(mode="json") for node_id, node in submit.prompt.items()}
+    return json.dumps(
+        {
+            "prompt": prompt,
+            "inputs": [ref.model_dump(mode="json") for ref in submit.inputs],
+            "client_id": submit.client_id,
+            "extra_data": submit.extra_data,
+        },
+        separators=(",", ":"),
+    )
+
+
+def pairs_to_dict(flat: list[Any]) -> dict[str, str]:
+    """An HGETALL answer that came back through Lua as a flat list."""
+    return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def job_from_hash(fields: dict[str, str], position: int | None = None) -> Job:
+    spec = json.loads(fields.get("spec") or "{}")
+    outputs = json.loads(fields["outputs"]) if fields.get("outputs") else []
+    error = fields.get("error")
+    return Job(
+        id=fields["id"],
+        user=fields["user"],
+        prompt=spec.get("prompt", {}),
+        inputs=spec.get("inputs", []),
+        client_id=spec.get("client_id"),
+        extra_data=spec.get("extra_data", {}),
+        pool=fields.get("pool") or None,
+        priority=int(fields.get("priority") or 0),
+        state=fields["state"],
+        attempts=int(fields.get("attempts") or 0),
+        max_attempts=int(fields.get("max_attempts") or 1),
+        queued_at=ms_to_datetime(fields.get("queued_at")) or datetime.now(UTC),
+        started_at=ms_to_datetime(fields.get("started_at")),
+        finished_at=ms_to_datetime(fields.get("finished_at")),
+        worker_id=fields.get("worker_id") or None,
+        outputs=[OutputFile.model_validate(o) for o in outputs],
+        error=JobError.model_validate_json(error) if error else None,
+        position=position,
+        cancel_requested=fields.get("cancel") == "1",
+    )

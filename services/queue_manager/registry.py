@@ -1,0 +1,102 @@
+"""The worker registry: who is connected, with what, doing what, last seen when."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from services.protocol.workers import RegisterReply, WorkerCapabilities, WorkerRegistration, WorkerState
+from services.queue_manager.errors import UnknownWorker
+from services.queue_manager.keys import WORKER_TTL_SECONDS
+from services.queue_manager.records import ms_to_datetime, now_ms
+from services.queue_manager.store_base import StoreBase
+
+
+class WorkerInfo(BaseModel):
+    worker_id: str
+    state: WorkerState
+    job_id: str | None
+    last_seen: datetime | None
+    registered_at: datetime | None
+    capabilities: WorkerCapabilities
+
+
+class WorkerOps(StoreBase):
+    async def register(self, registration: WorkerRegistration) -> RegisterReply:
+        """Record a worker (again, after a restart) and its node catalogue if it sent one."""
+        caps = registration.capabilities
+        key = self.keys.worker(registration.worker_id)
+        now = now_ms()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                key,
+                mapping={
+                    "pool": caps.pool,
+                    "capabilities": caps.model_dump_json(),
+                    "state": WorkerState.IDLE.value,
+                    "job_id": "",
+                    "registered_at": now,
+                    "last_seen": now,
+                },
+            )
+            pipe.expire(key, WORKER_TTL_SECONDS)
+            pipe.zadd(self.keys.workers, {registration.worker_id: now})
+            pipe.zremrangebyscore(self.keys.workers, "-inf", now - WORKER_TTL_SECONDS * 1000)
+            if registration.catalogue is not None and caps.catalogue_hash:
+                pipe.set(self.keys.catalogue(caps.catalogue_hash), json.dumps(registration.catalogue))
+            pipe.exists(self.keys.catalogue(caps.catalogue_hash or "-"))
+            known = (await pipe.execute())[-1]
+        settings = self.settings
+        return RegisterReply(
+            worker_id=registration.worker_id,
+            lease_seconds=settings.lease_seconds,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            claim_wait_seconds=settings.claim_wait_max_seconds,
+            catalogue_known=bool(known),
+        )
+
+    async def worker_pool(self, worker_id: str) -> str:
+        """The pool a worker registered with; refreshes its last-seen time."""
+        key = self.keys.worker(worker_id)
+        pool = await self.redis.hget(key, "pool")
+        if pool is None:
+            raise UnknownWorker(worker_id)
+        now = now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, "last_seen", now)
+            pipe.expire(key, WORKER_TTL_SECONDS)
+            pipe.zadd(self.keys.workers, {worker_id: now})
+            await pipe.execute()
+        return str(pool)
+
+    async def catalogue(self, catalogue_hash: str) -> dict[str, Any] | None:
+        """A node catalogue (ComfyUI ``/object_info``) some worker sent, by its hash."""
+        text = await self.redis.get(self.keys.catalogue(catalogue_hash))
+        return json.loads(text) if text else None
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        ids = await self.redis.zrevrange(self.keys.workers, 0, -1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for worker_id in ids:
+                pipe.hgetall(self.keys.worker(worker_id))
+            records = await pipe.execute()
+        return [self._info(wid, fields) for wid, fields in zip(ids, records, strict=True) if fields]
+
+    def _info(self, worker_id: str, fields: dict[str, str]) -> WorkerInfo:
+        last_seen = ms_to_datetime(fields.get("last_seen"))
+        state = WorkerState(fields.get("state") or WorkerState.IDLE.value)
+        silent_ms = now_ms() - int(fields.get("last_seen") or 0)
+        patience = (self.settings.claim_wait_max_seconds + self.settings.lease_seconds) * 1000
+        if silent_ms > patience:
+            state = WorkerState.GONE
+        return WorkerInfo(
+            worker_id=worker_id,
+            state=state,
+            job_id=fields.get("job_id") or None,
+            last_seen=last_seen,
+            registered_at=ms_to_datetime(fields.get("registered_at")),
+            capabilities=WorkerCapabilities.model_validate_json(fields["capabilities"]),
+        )

@@ -1,0 +1,33 @@
+"""The Lua scripts that make every queue state change atomic, loaded once per Redis client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+LUA_DIR = Path(__file__).with_name("lua")
+LIB = (LUA_DIR / "lib.lua").read_text()
+
+
+def _load(redis: Redis, name: str) -> AsyncScript:
+    return redis.register_script(LIB + "\n" + (LUA_DIR / f"{name}.lua").read_text())
+
+
+@dataclass(frozen=True)
+class Scripts:
+    submit: AsyncScript
+    claim: AsyncScript
+    touch: AsyncScript
+    finish: AsyncScript
+    reap: AsyncScript
+    cancel: AsyncScript
+    requeue_dead: AsyncScript
+    rescore: AsyncScript
+
+    @classmethod
+    def load(cls, redis: Redis) -> Scripts:
+        names = ("submit", "claim", "touch", "finish", "reap", "cancel", "requeue_dead", "rescore")
+        return cls(**{name: _load(redis, name) for name in names})

@@ -1,0 +1,159 @@
+"""The queue manager's configuration: one ``Settings`` read from ``QM_*`` environment variables.
+
+Every field's description is the documentation of its environment variable (``QM_`` + upper-case
+field name). Outside ``QM_ENV=development`` the settings refuse to start without an admin password
+and a session secret, so a forgotten secret is a failed start, not an open door.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEV_SECRET = "development-only-secret"  # noqa: S105 - used only when QM_ENV=development
+
+
+class Scheduling(StrEnum):
+    FIFO = "fifo"
+    FAIR = "fair"
+    PRIORITY = "priority"
+
+
+class Settings(BaseSettings):
+    """Queue manager settings; each field is the env var ``QM_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="QM_", extra="ignore")
+
+    env: str = Field(
+        default="production",
+        description="QM_ENV: 'development' allows missing secrets (insecure); else required",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="QM_REDIS_URL: the Redis the queue lives in (run it with AOF and appendfsync always)",
+    )
+    key_prefix: str = Field(default="qm", description="QM_KEY_PREFIX: prefix of every Redis key")
+    admin_user: str = Field(default="admin", description="QM_ADMIN_USER: the admin's login name")
+    admin_password: SecretStr | None = Field(
+        default=None, description="QM_ADMIN_PASSWORD: the admin's password (required outside development)"
+    )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="QM_SESSION_SECRET: signs login cookies; 16+ characters (required outside development)",
+    )
+    session_hours: float = Field(default=12.0, gt=0, description="QM_SESSION_HOURS: login cookie lifetime")
+    worker_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict,
+        description='QM_WORKER_TOKENS: JSON object pool -> bearer token, e.g. {"h100": "..."}',
+    )
+    participants: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict,
+        description="QM_PARTICIPANTS: JSON object user -> password; hashed with argon2 at startup",
+    )
+    participants_file: Path | None = Field(
+        default=None,
+        description="QM_PARTICIPANTS_FILE: path to a JSON file user -> password (a Docker secret); merged "
+        "with QM_PARTICIPANTS",
+    )
+    scheduling: Scheduling = Field(
+        default=Scheduling.FAIR,
+        description="QM_SCHEDULING: fifo | fair (round-robin over users) | priority (admin-set priorities)",
+    )
+    max_queued_per_user: int = Field(
+        default=50, ge=1, description="QM_MAX_QUEUED_PER_USER: queued jobs one participant may have"
+    )
+    max_running_per_user: int = Field(
+        default=0,
+        ge=0,
+        description="QM_MAX_RUNNING_PER_USER: leased/running jobs per participant; 0 = no limit",
+    )
+    lease_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description="QM_LEASE_SECONDS: a lease lasts this long unless a heartbeat renews it",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="QM_MAX_ATTEMPTS: leases a job may use before it is dead-lettered"
+    )
+    retry_backoff_seconds: float = Field(
+        default=1.0, ge=0, description="QM_RETRY_BACKOFF_SECONDS: first requeue delay; doubles per attempt"
+    )
+    retry_backoff_max_seconds: float = Field(
+        default=10.0, ge=0, description="QM_RETRY_BACKOFF_MAX_SECONDS: upper bound of the requeue delay"
+    )
+    reap_interval_seconds: float = Field(
+        default=0.5, gt=0, description="QM_REAP_INTERVAL_SECONDS: how often expired leases are looked for"
+    )
+    claim_wait_max_seconds: float = Field(
+        default=25.0,
+        gt=0,
+        le=60,
+        description="QM_CLAIM_WAIT_MAX_SECONDS: longest long-poll a claim may ask for",
+    )
+    retention_hours: float = Field(
+        default=72.0, gt=0, description="QM_RETENTION_HOURS: finished job records expire after this"
+    )
+    max_body_bytes: int = Field(
+        default=2_000_000,
+        ge=1024,
+        description="QM_MAX_BODY_BYTES: larger request bodies are refused with 413",
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="QM_PUBLIC_URL: base URL workers and push pools use to reach the queue manager",
+    )
+    log_level: str = Field(default="INFO", description="QM_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR")
+
+    @field_validator("worker_tokens", "participants", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return _parse_json_object(value, "a JSON object")
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_defaults(self) -> Settings:
+        if self.participants_file is not None:
+            self.participants = {**_read_participants(self.participants_file), **self.participants}
+        if self.development:
+            self.admin_password = self.admin_password or SecretStr(DEV_SECRET)
+            self.session_secret = self.session_secret or SecretStr(DEV_SECRET)
+            return self
+        if self.admin_password is None or not self.admin_password.get_secret_value():
+            raise ValueError("QM_ADMIN_PASSWORD is not set: set it (or QM_ENV=development for a local try)")
+        secret = self.session_secret.get_secret_value() if self.session_secret else ""
+        if len(secret) < 16:
+            raise ValueError("QM_SESSION_SECRET must be set to at least 16 random characters")
+        return self
+
+    @property
+    def development(self) -> bool:
+        return self.env == "development"
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often workers should renew their lease: three chances before it expires."""
+        return self.lease_seconds / 3
+
+
+def _parse_json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f'must be {what} like {{"name": "secret"}}: {exc.msg}') from None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError(f"must be {what} of name -> string")
+    return value
+
+
+def _read_participants(path: Path) -> dict[str, SecretStr]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"QM_PARTICIPANTS_FILE {path} cannot be read: {exc.strerror}") from None
+    return {user: SecretStr(pw) for user, pw in _parse_json_object(text, "a JSON object").items()}

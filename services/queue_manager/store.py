@@ -1,0 +1,104 @@
+"""The queue: every job state change goes through one Lua script, so none is ever half done.
+
+``Store`` is the one object the API, the push dispatcher, the workspace API and the CLI use::
+
+    store = Store(redis, settings)
+    job = await store.submit("ada", JobSubmit(prompt=...))       # QueueLimit, JobExists
+    await store.list_jobs("ada"); await store.get(job.id); await store.position(job.id)
+    await store.cancel(job.id, user="ada")                          # JobNotFound
+    lease = await store.claim("worker-1", "h100", wait=25)          # Lease | None
+    await store.heartbeat(job.id, lease.token)                      # StaleLease
+    await store.complete(job.id, Completion(token=lease.token, outputs=[...]))
+    async with store.events.subscribe("ada") as stream: ...         # UserEvent
+
+The key schema and each key's lifetime are in ``keys.py``; the scripts in ``lua/``. Scheduling
+(``Settings.scheduling``) lives in the schedule score a job gets at submit: ``fifo`` = submit order;
+``fair`` = start-time fair queueing (a user's n-th waiting job is in round n, so everyone's first job
+runs before anyone's second); ``priority`` = admin-set job + user priority, fair inside a level.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from services.protocol.jobs import Job, JobState, JobSubmit
+from services.queue_manager import notices
+from services.queue_manager.errors import JobExists, JobNotFound, QueueLimit
+from services.queue_manager.keys import ANY_POOL
+from services.queue_manager.leases import LeaseOps
+from services.queue_manager.queue_admin import AdminOps
+from services.queue_manager.records import job_from_hash, now_ms, spec_json
+from services.queue_manager.registry import WorkerOps
+
+log = logging.getLogger(__name__)
+
+
+class Store(LeaseOps, WorkerOps, AdminOps):
+    async def submit(
+        self, user: str, submit: JobSubmit, *, priority: int = 0, pool: str | None = None
+    ) -> Job:
+        """Queue a job for ``user``. Priority and pool are the caller's (admin) choice, not the user's."""
+        job_id = str(submit.prompt_id or uuid.uuid4())
+        scope = pool or ANY_POOL
+        reply = await self.scripts.submit(
+            args=[
+                self.prefix,
+                job_id,
+                user,
+                scope,
+                pool or "",
+                priority,
+                self.settings.scheduling.value,
+                self.settings.max_queued_per_user,
+                now_ms(),
+                self.settings.max_attempts,
+                spec_json(submit),
+            ]
+        )
+        if reply[0] == "exists":
+            raise JobExists(job_id)
+        if reply[0] == "limit":
+            raise QueueLimit(user, int(reply[1]))
+        place, unfinished = int(reply[1]), int(reply[2])
+        log.info("job queued", extra={"job_id": job_id, "user": user, "pool": scope})
+        await self.events.publish(user, notices.queued(job_id, place, unfinished))
+        job = await self.get(job_id)
+        assert job is not None
+        job.position = place
+        return job
+
+    async def get_for(self, job_id: str, user: str) -> Job:
+        """A job as its owner sees it (with queue position); JobNotFound for anyone else's."""
+        job = await self.get(job_id)
+        if job is None or job.user != user:
+            raise JobNotFound(job_id)
+        if job.state == JobState.QUEUED:
+            job.position = await self.position(job_id)
+        return job
+
+    async def list_jobs(self, user: str, limit: int = 200) -> list[Job]:
+        """A user's jobs, newest first; records past their retention are dropped from the index."""
+        key = self.keys.user_jobs(user)
+        ids = await self.redis.zrevrange(key, 0, limit - 1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(self.keys.job(job_id))
+            records = await pipe.execute()
+        expired = [job_id for job_id, fields in zip(ids, records, strict=True) if not fields]
+        if expired:
+            await self.redis.zrem(key, *expired)
+        return [job_from_hash(fields) for fields in records if fields]
+
+    async def cancel(self, job_id: str, *, user: str | None = None) -> str:
+        """Cancel a job: a waiting one is removed at once ('cancelled'); a running one's worker is
+        told at its next heartbeat ('requested'); 'finished' if it already ended. ``user`` limits
+        the call to that owner's jobs (None: admin)."""
+        reply = await self.scripts.cancel(args=[self.prefix, job_id, user or "", now_ms(), self.retention_ms])
+        if reply[0] == "missing":
+            raise JobNotFound(job_id)
+        outcome, owner = str(reply[0]), str(reply[1])
+        log.info("job cancel", extra={"job_id": job_id, "outcome": outcome})
+        if outcome == "cancelled":
+            await self.events.publish(owner, notices.finished(job_id, JobState.CANCELLED))
+        return outcome

@@ -1,0 +1,127 @@
+"""Leases: only the holder reports on a job; lost workers' jobs come back; bounded attempts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from services.protocol.jobs import JobError, JobState
+from services.protocol.workers import Completion, Failure, OutputFile
+from services.queue_manager import leases
+from services.queue_manager.errors import StaleLease
+from services.queue_manager.records import now_ms
+from services.queue_manager.store import Store
+from tests.services.queue_manager.conftest import job
+
+LATER = 3_600_000  # an hour in ms: every lease granted now has expired by then
+OUTPUT = OutputFile(node_id="2", kind="images", filename="t_00001_.png")
+
+
+def error(retryable: bool) -> JobError:
+    where = {"node_id": "2", "node_type": "SaveImage"}
+    return JobError(type="RuntimeError", message="boom", retryable=retryable, **where)
+
+
+async def test_a_completed_job_keeps_its_outputs_and_a_repeat_changes_nothing(store: Store) -> None:
+    queued = await store.submit("ada", job())
+    lease = await store.claim("w1", "gpu")
+    assert lease is not None and lease.job.id == queued.id and lease.job.state == JobState.LEASED
+    await store.complete(queued.id, Completion(token=lease.token, outputs=[OUTPUT]))
+    await store.complete(queued.id, Completion(token=lease.token, outputs=[]))
+    done = await store.get(queued.id)
+    assert done is not None and done.state == JobState.SUCCEEDED and done.outputs == [OUTPUT]
+
+
+async def test_a_worker_whose_lease_expired_can_never_complete_the_job(store: Store) -> None:
+    queued = await store.submit("ada", job())
+    stale = await store.claim("w1", "gpu")
+    assert stale is not None
+    # When the lease runs out and another worker takes the job over
+    assert await store.reap(now=now_ms() + LATER) == [(queued.id, "ada", "delayed")]
+    await store.reap(now=now_ms() + LATER)
+    fresh = await store.claim("w2", "gpu")
+    assert fresh is not None and fresh.job.id == queued.id and fresh.job.attempts == 2
+    # Then the first worker is refused on every call
+    with pytest.raises(StaleLease):
+        await store.heartbeat(queued.id, stale.token)
+    with pytest.raises(StaleLease):
+        await store.complete(queued.id, Completion(token=stale.token))
+    await store.complete(queued.id, Completion(token=fresh.token))
+    done = await store.get(queued.id)
+    assert done is not None and done.state == JobState.SUCCEEDED and done.worker_id == "w2"
+
+
+async def test_a_job_whose_workers_keep_dying_goes_to_the_dead_letters(store: Store) -> None:
+    queued = await store.submit("ada", job())
+    for attempt in range(store.settings.max_attempts):
+        assert await store.claim(f"w{attempt}", "gpu") is not None
+        await store.reap(now=now_ms() + LATER)
+        await store.reap(now=now_ms() + LATER)
+    dead = await store.get(queued.id)
+    assert dead is not None and dead.state == JobState.FAILED and dead.error is not None
+    assert "lease" in dead.error.message
+    assert [j.id for j in (await store.overview()).dead] == [queued.id]
+    # And the admin can give it a fresh start
+    again = await store.requeue_dead(queued.id)
+    assert again.state == JobState.QUEUED and again.attempts == 0
+    assert (await store.claim("w9", "gpu")) is not None
+
+
+async def test_a_retryable_failure_runs_again_and_a_final_one_does_not(store: Store) -> None:
+    queued = await store.submit("ada", job())
+    lease = await store.claim("w1", "gpu")
+    assert lease is not None
+    await store.fail(queued.id, Failure(token=lease.token, error=error(retryable=True)))
+    retry = await store.claim("w2", "gpu")
+    assert retry is not None and retry.job.id == queued.id
+    await store.fail(queued.id, Failure(token=retry.token, error=error(retryable=False)))
+    failed = await store.get(queued.id)
+    assert failed is not None and failed.state == JobState.FAILED
+    assert failed.error is not None and failed.error.node_id == "2"
+
+
+async def test_a_released_job_is_requeued_without_using_an_attempt(store: Store) -> None:
+    queued = await store.submit("ada", job())
+    lease = await store.claim("w1", "gpu")
+    assert lease is not None
+    await store.release(queued.id, lease.token)
+    again = await store.claim("w2", "gpu")
+    assert again is not None and again.job.attempts == 1
+
+
+async def test_cancelling_a_running_job_tells_its_worker_at_the_next_heartbeat(store: Store) -> None:
+    queued = await store.submit("ada", job())
+    lease = await store.claim("w1", "gpu")
+    assert lease is not None
+    assert await store.cancel(queued.id, user="ada") == "requested"
+    assert (await store.heartbeat(queued.id, lease.token)).cancel is True
+    await store.fail(queued.id, Failure(token=lease.token, error=error(retryable=True)))
+    cancelled = await store.get(queued.id)
+    assert cancelled is not None and cancelled.state == JobState.CANCELLED
+
+
+async def test_cancelling_a_waiting_job_removes_it_from_the_queue(store: Store) -> None:
+    queued = await store.submit("ada", job())
+    assert await store.cancel(queued.id, user="ada") == "cancelled"
+    assert await store.claim("w1", "gpu") is None
+
+
+async def test_a_long_polling_claim_wakes_as_soon_as_a_job_is_queued(
+    store_with: Callable[..., Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(leases, "RECHECK_SECONDS", 60.0)  # only the wake can deliver in time
+    store = store_with()
+    listener = asyncio.create_task(store.wakeups.listen(store.redis, store.keys.wake))
+    waiting = asyncio.create_task(store.claim("w1", "gpu", wait=30))
+    while store.wakeups.waiting == 0:
+        await asyncio.sleep(0.01)  # until the claim is parked
+    queued = await store.submit("ada", job())
+    lease = await asyncio.wait_for(waiting, timeout=10)
+    assert lease is not None and lease.job.id == queued.id
+    listener.cancel()
+
+
+async def test_a_claim_with_nothing_to_do_returns_nothing_after_its_wait(store: Store) -> None:
+    assert await store.claim("w1", "gpu", wait=0.2) is None

@@ -1,0 +1,87 @@
+"""The worker API over HTTP, exactly as the route table in services/protocol/workers.py says."""
+
+from __future__ import annotations
+
+import httpx
+
+from services.protocol.workers import Lease, RegisterReply
+from tests.services.queue_manager.conftest import CPU, GPU, PROMPT, registration, user_auth
+
+
+async def register(client: httpx.AsyncClient, worker_id: str = "w1") -> None:
+    reply = await client.post("/api/workers/register", json=registration(worker_id).model_dump(), headers=GPU)
+    assert reply.status_code == 200, reply.text
+    RegisterReply.model_validate(reply.json())
+
+
+async def submit(client: httpx.AsyncClient, user: str = "ada") -> str:
+    reply = await client.post("/api/jobs", json={"prompt": PROMPT}, headers=user_auth(user))
+    assert reply.status_code == 201, reply.text
+    return str(reply.json()["id"])
+
+
+async def claim(client: httpx.AsyncClient, worker_id: str = "w1", wait: float = 0) -> httpx.Response:
+    return await client.post(f"/api/workers/{worker_id}/claim", params={"wait": wait}, headers=GPU)
+
+
+async def test_a_worker_runs_a_job_from_claim_to_completion(client: httpx.AsyncClient) -> None:
+    await register(client)
+    job_id = await submit(client)
+    reply = await claim(client)
+    assert reply.status_code == 200, reply.text
+    lease = Lease.model_validate(reply.json())
+    assert lease.job.id == job_id and lease.job.prompt == PROMPT
+    base = f"/api/leases/{job_id}"
+    beat = await client.post(f"{base}/heartbeat", json={"token": lease.token}, headers=GPU)
+    assert beat.status_code == 200 and beat.json()["cancel"] is False
+    events = {"token": lease.token, "events": [{"type": "progress", "data": {"value": 1, "max": 3}}]}
+    assert (await client.post(f"{base}/events", json=events, headers=GPU)).status_code == 204
+    done = {"token": lease.token, "outputs": [{"node_id": "2", "kind": "images", "filename": "a.png"}]}
+    assert (await client.post(f"{base}/complete", json=done, headers=GPU)).status_code == 204
+    assert (await client.post(f"{base}/complete", json=done, headers=GPU)).status_code == 204
+    mine = await client.get(f"/api/jobs/{job_id}", headers=user_auth("ada"))
+    assert mine.json()["state"] == "succeeded" and mine.json()["outputs"][0]["filename"] == "a.png"
+
+
+async def test_an_idle_claim_answers_204_after_its_wait(client: httpx.AsyncClient) -> None:
+    await register(client)
+    assert (await claim(client, wait=0.1)).status_code == 204
+
+
+async def test_a_wrong_token_is_refused_with_401(client: httpx.AsyncClient) -> None:
+    body = registration("w1").model_dump()
+    reply = await client.post("/api/workers/register", json=body, headers={"Authorization": "Bearer nope"})
+    assert reply.status_code == 401 and "Bearer" in reply.json()["detail"]
+
+
+async def test_a_token_of_another_pool_cannot_register_or_claim(client: httpx.AsyncClient) -> None:
+    reply = await client.post("/api/workers/register", json=registration("w1").model_dump(), headers=CPU)
+    assert reply.status_code == 403 and "pool" in reply.json()["detail"]
+    await register(client)
+    reply = await client.post("/api/workers/w1/claim", headers=CPU)
+    assert reply.status_code == 403
+
+
+async def test_an_unregistered_worker_is_told_to_register(client: httpx.AsyncClient) -> None:
+    reply = await claim(client, worker_id="stranger")
+    assert reply.status_code == 404 and "register" in reply.json()["detail"]
+
+
+async def test_a_stale_lease_gets_409_on_every_call(client: httpx.AsyncClient) -> None:
+    await register(client)
+    job_id = await submit(client)
+    assert (await claim(client)).status_code == 200
+    for call in ("heartbeat", "release", "complete"):
+        stale = {"token": "not-the-token"}
+        reply = await client.post(f"/api/leases/{job_id}/{call}", json=stale, headers=GPU)
+        assert reply.status_code == 409 and "claim again" in reply.json()["detail"], call
+    events = {"token": "not-the-token", "events": []}
+    assert (await client.post(f"/api/leases/{job_id}/events", json=events, headers=GPU)).status_code == 409
+    failure = {"token": "x", "error": {"type": "E", "message": "m"}}
+    assert (await client.post(f"/api/leases/{job_id}/fail", json=failure, headers=GPU)).status_code == 409
+
+
+async def test_participants_cannot_use_the_worker_api(client: httpx.AsyncClient) -> None:
+    body = registration("w1").model_dump()
+    reply = await client.post("/api/workers/register", json=body, headers=user_auth("ada"))
+    assert reply.status_code == 401
