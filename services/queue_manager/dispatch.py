@@ -1,0 +1,299 @@
+"""Push dispatch: the queue manager hands jobs to serverless pools as requests to their endpoints.
+
+Serverless autoscalers (RunPod, Verda containers) count the requests sent to their own endpoint;
+workers that only poll our queue would make them scale to zero under load. So for each push pool
+(``QM_PUSH_POOLS``) this module claims jobs from the store exactly as a worker would (fairness
+and priority stay in our queue), keeps at most the pool's ``capacity`` in flight, and sends each
+lease as an async request. The container's worker reports progress and results to the lease routes
+itself (``reply_url``/``reply_token`` in the lease). Meanwhile the dispatcher heartbeats the lease
+(a request can wait in the provider's queue through a cold start), polls the provider's status,
+turns provider failures and timeouts into retryable failures (the store's lease rules requeue or
+dead-letter them) and cancels through the provider when the job's owner cancels.
+
+Styles: ``runpod`` (``POST {url}/run`` -> ``id``, ``GET {url}/status/{id}``, ``POST {url}/cancel/{id}``)
+and ``verda`` (``POST {url}{path}`` with ``Prefer: respond-async`` -> ``Id``; ``GET
+{base}/status/{deployment}`` with ``X-Inference-Id``). Verda has no cancel call: a cancelled
+request that starts later finds its lease stale at the first heartbeat and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import httpx
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.exceptions import RedisError
+
+from services.protocol.jobs import JobError
+from services.protocol.workers import Failure, Lease
+from services.queue_manager.errors import StaleLease
+from services.queue_manager.settings import Settings
+from services.queue_manager.store import Store
+
+log = logging.getLogger(__name__)
+CLAIM_WAIT_SECONDS = 5.0
+
+
+class PushPool(BaseModel):
+    """One serverless pool the queue manager pushes jobs to."""
+
+    name: str = Field(min_length=1, max_length=64)
+    style: Literal["runpod", "verda"]
+    url: str = Field(description="runpod: https://api.runpod.ai/v2/<endpoint id>; verda: endpoint_base_url")
+    api_key: SecretStr
+    capacity: int = Field(ge=1, le=1000, description="requests in flight at most (the pool's max replicas)")
+    path: str = Field(default="/lease", description="verda: the container route that takes a lease")
+    poll_seconds: float = Field(default=2.0, gt=0)
+    job_timeout_seconds: float = Field(default=3600.0, gt=0)
+    request_timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class DispatchSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QM_", extra="ignore")
+
+    push_pools: Annotated[list[PushPool], NoDecode] = Field(
+        default_factory=list,
+        description='QM_PUSH_POOLS: JSON list of push pools, e.g. [{"name": "runpod", "style": "runpod", '
+        '"url": "https://api.runpod.ai/v2/abc", "api_key": "...", "capacity": 40}]',
+    )
+
+    @field_validator("push_pools", mode="before")
+    @classmethod
+    def _json_list(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"QM_PUSH_POOLS must be a JSON list of pools: {exc.msg}") from None
+
+
+class Remote(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+RUNPOD_STATES = {
+    "IN_QUEUE": Remote.QUEUED, "IN_PROGRESS": Remote.RUNNING, "COMPLETED": Remote.DONE,
+    "FAILED": Remote.FAILED, "CANCELLED": Remote.FAILED, "TIMED_OUT": Remote.FAILED,
+}  # fmt: skip
+VERDA_STATES = {
+    "Initialized": Remote.QUEUED, "Queue": Remote.QUEUED, "Inference": Remote.RUNNING,
+    "Completed": Remote.DONE, "Failed": Remote.FAILED, "Error": Remote.FAILED,
+}  # fmt: skip
+
+
+class Endpoint:
+    """A pool's endpoint: submit a lease, ask how the request is doing, cancel it."""
+
+    def __init__(self, pool: PushPool, http: httpx.AsyncClient) -> None:
+        self.pool, self.http = pool, http
+        self.url = pool.url.rstrip("/")
+        self.auth = {"Authorization": f"Bearer {pool.api_key.get_secret_value()}"}
+
+    async def submit(self, lease: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    async def status(self, remote_id: str) -> Remote:
+        raise NotImplementedError
+
+    async def cancel(self, remote_id: str) -> None:
+        raise NotImplementedError
+
+
+class RunPodEndpoint(Endpoint):
+    async def submit(self, lease: dict[str, Any]) -> str:
+        response = await self.http.post(f"{self.url}/run", json={"input": lease}, headers=self.auth)
+        response.raise_for_status()
+        return str(response.json()["id"])
+
+    async def status(self, remote_id: str) -> Remote:
+        response = await self.http.get(f"{self.url}/status/{remote_id}", headers=self.auth)
+        response.raise_for_status()
+        return RUNPOD_STATES.get(str(response.json().get("status")), Remote.UNKNOWN)
+
+    async def cancel(self, remote_id: str) -> None:
+        await self.http.post(f"{self.url}/cancel/{remote_id}", headers=self.auth)
+
+
+class VerdaEndpoint(Endpoint):
+    async def submit(self, lease: dict[str, Any]) -> str:
+        headers = {**self.auth, "Prefer": "respond-async"}
+        response = await self.http.post(f"{self.url}{self.pool.path}", json=lease, headers=headers)
+        response.raise_for_status()
+        return str(response.json()["Id"])
+
+    async def status(self, remote_id: str) -> Remote:
+        base, deployment = self.url.rsplit("/", 1)
+        headers = {**self.auth, "X-Inference-Id": remote_id}
+        response = await self.http.get(f"{base}/status/{deployment}", headers=headers)
+        response.raise_for_status()
+        return VERDA_STATES.get(str(response.json().get("Status")), Remote.UNKNOWN)
+
+    async def cancel(self, remote_id: str) -> None:
+        return  # no cancel call: the lease goes stale and the worker stops at its next heartbeat
+
+
+ENDPOINTS: dict[str, type[Endpoint]] = {"runpod": RunPodEndpoint, "verda": VerdaEndpoint}
+
+
+@dataclass
+class Flight:
+    lease: Lease
+    remote_id: str
+    deadline: float
+
+    @property
+    def job_id(self) -> str:
+        return self.lease.job.id
+
+
+class PoolDispatcher:
+    """Keeps up to ``capacity`` of one pool's jobs in flight at its endpoint."""
+
+    def __init__(self, store: Store, pool: PushPool, endpoint: Endpoint, reply_url: str, reply_token: str):
+        self.store, self.pool, self.endpoint = store, pool, endpoint
+        self.reply = {"reply_url": reply_url, "reply_token": reply_token}
+        self.in_flight: dict[str, str] = {}  # job id -> provider request id
+        self._free = list(range(pool.capacity))
+        self._slots = asyncio.Semaphore(pool.capacity)
+
+    async def run(self) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await self._slots.acquire()
+                slot = self._free.pop()
+                lease = await self._next_lease(slot)
+                task = asyncio.create_task(self._carry(lease, slot))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _next_lease(self, slot: int) -> Lease:
+        while True:
+            try:
+                lease = await self.store.claim(
+                    f"push-{self.pool.name}-{slot}", self.pool.name, CLAIM_WAIT_SECONDS
+                )
+            except (RedisError, OSError) as exc:
+                log.warning("claim failed, retrying", extra={"pool": self.pool.name, "error": repr(exc)})
+                await asyncio.sleep(1.0)
+                continue
+            if lease is not None:
+                return lease
+
+    async def _carry(self, lease: Lease, slot: int) -> None:
+        try:
+            flight = await self._submit(lease)
+            if flight is not None:
+                await self._track(flight)
+        except Exception:
+            log.exception("push dispatch failed", extra={"job_id": lease.job.id, "pool": self.pool.name})
+            await self._requeue(lease, "DispatchError", "the dispatcher failed while carrying the job")
+        finally:
+            self.in_flight.pop(lease.job.id, None)
+            self._free.append(slot)
+            self._slots.release()
+
+    async def _submit(self, lease: Lease) -> Flight | None:
+        payload = lease.model_copy(update=self.reply).model_dump(mode="json")
+        try:
+            remote_id = await self.endpoint.submit(payload)
+        except (httpx.HTTPError, KeyError, ValueError) as exc:
+            await self._requeue(lease, "ProviderRefused", f"{self.pool.name} did not take the job: {exc!r}")
+            return None
+        self.in_flight[lease.job.id] = remote_id
+        log.info("job pushed", extra={"job_id": lease.job.id, "pool": self.pool.name, "remote_id": remote_id})
+        return Flight(lease, remote_id, time.monotonic() + self.pool.job_timeout_seconds)
+
+    async def _track(self, flight: Flight) -> None:
+        while True:
+            await asyncio.sleep(self.pool.poll_seconds)
+            if not await self._still_ours(flight):
+                return
+            remote = await self._remote(flight)
+            if remote in (Remote.DONE, Remote.FAILED):
+                why = "finished without reporting" if remote is Remote.DONE else "reported a failure"
+                await self._requeue(flight.lease, "ProviderFailed", f"{self.pool.name} {why}")
+                return
+            if time.monotonic() > flight.deadline:
+                await self.endpoint.cancel(flight.remote_id)
+                await self._requeue(
+                    flight.lease, "Timeout", f"no result within {self.pool.job_timeout_seconds:g} s"
+                )
+                return
+
+    async def _still_ours(self, flight: Flight) -> bool:
+        """Heartbeat the lease; False once the job ended, moved on, or its owner cancelled it."""
+        try:
+            reply = await self.store.heartbeat(flight.job_id, flight.lease.token)
+        except StaleLease:
+            job = await self.store.get(flight.job_id)
+            if job is None or not job.state.finished:
+                await self.endpoint.cancel(flight.remote_id)  # requeued elsewhere: do not run it twice
+            return False
+        if reply.cancel:
+            await self.endpoint.cancel(flight.remote_id)
+            error = JobError(type="Cancelled", message="cancelled by its owner")
+            await self._report(flight.lease, error)
+            return False
+        return True
+
+    async def _remote(self, flight: Flight) -> Remote:
+        try:
+            return await self.endpoint.status(flight.remote_id)
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("provider status failed", extra={"job_id": flight.job_id, "error": repr(exc)})
+            return Remote.UNKNOWN
+
+    async def _requeue(self, lease: Lease, kind: str, message: str) -> None:
+        await self._report(lease, JobError(type=kind, message=message, retryable=True))
+
+    async def _report(self, lease: Lease, error: JobError) -> None:
+        with contextlib.suppress(StaleLease):
+            await self.store.fail(lease.job.id, Failure(token=lease.token, error=error))
+
+
+def dispatcher_for(
+    store: Store, settings: Settings, pool: PushPool, http: httpx.AsyncClient
+) -> PoolDispatcher:
+    token = settings.worker_tokens.get(pool.name)
+    if token is None:
+        raise ValueError(
+            f"push pool {pool.name!r} has no worker token: add it to QM_WORKER_TOKENS so its containers "
+            "can report back"
+        )
+    endpoint = ENDPOINTS[pool.style](pool, http)
+    return PoolDispatcher(store, pool, endpoint, settings.public_url, token.get_secret_value())
+
+
+@contextlib.asynccontextmanager
+async def dispatching(
+    store: Store, settings: Settings, pools: list[PushPool] | None = None
+) -> AsyncIterator[list[PoolDispatcher]]:
+    """Run one dispatcher per push pool (from ``QM_PUSH_POOLS`` unless given) while inside."""
+    pools = DispatchSettings().push_pools if pools is None else pools
+    async with httpx.AsyncClient(timeout=max([p.request_timeout_seconds for p in pools], default=30)) as http:
+        dispatchers = [dispatcher_for(store, settings, pool, http) for pool in pools]
+        tasks = [asyncio.create_task(d.run(), name=f"dispatch-{d.pool.name}") for d in dispatchers]
+        try:
+            yield dispatchers
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,57 @@
+"""The real queue manager (uvicorn on loopback, real Redis), a serverless platform double and the
+push dispatcher between them."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from services.queue_manager.dispatch import PoolDispatcher, PushPool, dispatching
+from services.queue_manager.main import create_app
+from services.queue_manager.settings import Settings
+from services.queue_manager.store import Store
+from tests.support.push_platform import Platform, serving, simulated_worker
+from tests.support.servers import free_port
+
+POOL = "serverless"
+
+
+@dataclass
+class Rig:
+    store: Store
+    platform: Platform
+    dispatcher: PoolDispatcher
+
+
+def qm_settings(redis_url: str, port: int, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "env": "development", "redis_url": redis_url, "worker_tokens": {POOL: "pool-token"},
+        "public_url": f"http://127.0.0.1:{port}", "lease_seconds": 1.0, "reap_interval_seconds": 0.05,
+        "retry_backoff_seconds": 0.05, "retry_backoff_max_seconds": 0.1, "log_level": "WARNING",
+    }  # fmt: skip
+    return Settings(**(values | overrides))
+
+
+@contextlib.asynccontextmanager
+async def rig(redis_url: str, style: str, platform: Platform, **pool: Any) -> AsyncIterator[Rig]:
+    port = free_port()
+    app = create_app(qm_settings(redis_url, port))
+    async with serving(app, port), serving(platform.app()) as platform_url:
+        url = f"{platform_url}/{platform.deployment}" if style == "verda" else platform_url
+        spec = {"name": POOL, "style": style, "url": url, "api_key": platform.api_key, "capacity": 2,
+                "poll_seconds": 0.05} | pool  # fmt: skip
+        store: Store = app.state.store
+        async with dispatching(store, app.state.settings, [PushPool(**spec)]) as [dispatcher]:
+            yield Rig(store, platform, dispatcher)
+
+
+@pytest.fixture
+def make_platform() -> Callable[..., Platform]:
+    def make(job_seconds: float = 0.1, **kwargs: Any) -> Platform:
+        return Platform(runner=simulated_worker(job_seconds, heartbeat_seconds=0.2), **kwargs)
+
+    return make

@@ -1,0 +1,127 @@
+"""Push dispatch end to end: real queue manager and Redis, platform doubles, simulated worker core."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from services.protocol.jobs import Job, JobState, JobSubmit
+from services.queue_manager.store import Store
+from tests.services.dispatch.conftest import Platform, rig
+
+PROMPT = {"1": {"class_type": "KSampler", "inputs": {}}}
+
+
+async def submit(store: Store, user: str) -> Job:
+    return await store.submit(user, JobSubmit.model_validate({"prompt": PROMPT}))
+
+
+async def finished(store: Store, job_ids: list[str], timeout: float = 15.0) -> list[Job]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = [await store.get(job_id) for job_id in job_ids]
+        if all(job is not None and job.state.finished for job in jobs):
+            return [job for job in jobs if job is not None]
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"jobs not finished: {[(j.id, j.state) for j in jobs if j]}")
+
+
+@pytest.mark.parametrize("style", ["runpod", "verda"])
+async def test_every_job_runs_and_never_more_than_capacity_in_flight(
+    redis_url: str, make_platform: Callable[..., Platform], style: str
+) -> None:
+    platform = make_platform(max_replicas=4)
+    async with rig(redis_url, style, platform, capacity=2) as r:
+        jobs = [await submit(r.store, user) for user in ("ada", "bo", "cy") for _ in range(2)]
+
+        done = await finished(r.store, [j.id for j in jobs])
+
+    assert {job.state for job in done} == {JobState.SUCCEEDED}
+    assert platform.peak_outstanding <= 2
+    assert len(platform.requests) == 6
+
+
+async def test_fairness_stays_in_our_queue(redis_url: str, make_platform: Callable[..., Platform]) -> None:
+    platform = make_platform(max_replicas=1)
+    async with rig(redis_url, "runpod", platform, capacity=1) as r:
+        ada = [await submit(r.store, "ada") for _ in range(3)]
+        bo = await submit(r.store, "bo")
+
+        await finished(r.store, [j.id for j in [*ada, bo]])
+
+    order = [req.lease["job"]["user"] for req in platform.requests.values()]
+    assert order.index("bo") <= 1  # bo's first job runs before ada's second
+
+
+async def test_a_refused_submit_is_requeued_and_runs_later(
+    redis_url: str, make_platform: Callable[..., Platform]
+) -> None:
+    platform = make_platform(refuse_next=1)
+    async with rig(redis_url, "runpod", platform) as r:
+        job = await submit(r.store, "ada")
+
+        [done] = await finished(r.store, [job.id])
+
+    assert done.state == JobState.SUCCEEDED and done.attempts == 2
+
+
+async def test_a_replica_that_dies_mid_job_is_requeued(
+    redis_url: str, make_platform: Callable[..., Platform]
+) -> None:
+    platform = make_platform(crash_next=1)
+    async with rig(redis_url, "verda", platform) as r:
+        job = await submit(r.store, "ada")
+
+        [done] = await finished(r.store, [job.id])
+
+    assert done.state == JobState.SUCCEEDED and done.attempts == 2
+
+
+async def test_a_job_past_its_timeout_is_cancelled_at_the_provider_and_requeued(
+    redis_url: str, make_platform: Callable[..., Platform]
+) -> None:
+    platform = make_platform(job_seconds=30.0, max_replicas=1)
+    async with rig(redis_url, "runpod", platform, capacity=1, job_timeout_seconds=0.3) as r:
+        job = await submit(r.store, "ada")
+
+        [done] = await finished(r.store, [job.id])
+
+    assert done.state == JobState.FAILED and done.error is not None and done.error.type == "Timeout"
+    assert done.attempts == 3  # the store's max_attempts, then dead-lettered
+
+
+async def test_cancel_while_waiting_at_the_provider_cancels_there(
+    redis_url: str, make_platform: Callable[..., Platform]
+) -> None:
+    platform = make_platform(cold_start_s=30.0)
+    async with rig(redis_url, "runpod", platform) as r:
+        job = await submit(r.store, "ada")
+        await _until(lambda: len(platform.requests) == 1)
+
+        await r.store.cancel(job.id, user="ada")
+        [done] = await finished(r.store, [job.id])
+
+    assert done.state == JobState.CANCELLED
+    assert [req.status for req in platform.requests.values()] == ["CANCELLED"]
+
+
+async def test_provider_ids_are_mapped_while_in_flight(
+    redis_url: str, make_platform: Callable[..., Platform]
+) -> None:
+    platform = make_platform(cold_start_s=30.0)
+    async with rig(redis_url, "runpod", platform) as r:
+        job = await submit(r.store, "ada")
+        await _until(lambda: job.id in r.dispatcher.in_flight)
+
+        assert r.dispatcher.in_flight[job.id] in platform.requests
+
+
+async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        await asyncio.sleep(0.02)

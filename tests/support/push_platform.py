@@ -1,0 +1,248 @@
+"""A serverless GPU platform double: RunPod-style and Verda-style async endpoints over loopback HTTP.
+
+It behaves as the providers do for what our dispatcher relies on: requests queue at the endpoint;
+the autoscaler starts replicas (after a cold start) while requests wait, up to ``max_replicas``;
+an idle replica stops after ``idle_timeout_s``; each replica bills its whole life rounded up to the
+provider's billing increment. A replica runs a request by handing the lease to ``runner`` (the
+worker core in the container; ``simulated_worker`` speaks the worker API to the queue manager).
+
+RunPod: ``POST /run`` {"input": lease} -> {"id", "status"}; ``GET /status/{id}``; ``POST /cancel/{id}``.
+Verda: ``POST /{deployment}/lease`` with ``Prefer: respond-async`` -> {"Id"};
+``GET /status/{deployment}`` with ``X-Inference-Id`` -> {"Status"}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Header, HTTPException, Request
+
+from tests.support.servers import free_port
+
+Runner = Callable[[dict[str, Any]], Awaitable[bool]]
+RUNPOD_TO_VERDA = {"IN_QUEUE": "Queue", "IN_PROGRESS": "Inference", "COMPLETED": "Completed",
+                   "FAILED": "Failed", "CANCELLED": "Failed"}  # fmt: skip
+
+
+@dataclass
+class Request_:
+    id: str
+    lease: dict[str, Any]
+    status: str = "IN_QUEUE"
+    queued_at: float = 0.0
+    started_at: float | None = None
+
+
+@dataclass
+class Replica:
+    started: float
+    stopped: float | None = None
+    busy_s: float = 0.0
+
+
+@dataclass
+class Platform:
+    runner: Runner
+    max_replicas: int = 4
+    cold_start_s: float = 0.0
+    idle_timeout_s: float = 0.5
+    billing_increment_s: float = 0.0
+    api_key: str = "push-key"
+    deployment: str = "cw-serverless"
+    refuse_next: int = 0
+    crash_next: int = 0
+    requests: dict[str, Request_] = field(default_factory=dict)
+    peak_outstanding: int = 0
+    replicas: list[Replica] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._queue: asyncio.Queue[Request_] = asyncio.Queue()
+        self._starting = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- the endpoint ------------------------------------------------------------------------
+    def accept(self, lease: dict[str, Any]) -> Request_:
+        if self.refuse_next > 0:
+            self.refuse_next -= 1
+            raise HTTPException(500, "worker pool unavailable")
+        req = Request_(f"req-{next(self._ids):05d}", lease, queued_at=time.monotonic())
+        self.requests[req.id] = req
+        self.peak_outstanding = max(self.peak_outstanding, len(self.outstanding()))
+        self._queue.put_nowait(req)
+        self._scale()
+        return req
+
+    def cancel(self, req_id: str) -> Request_:
+        req = self._get(req_id)
+        if req.status == "IN_QUEUE":
+            req.status = "CANCELLED"
+        return req
+
+    def _get(self, req_id: str) -> Request_:
+        if req_id not in self.requests:
+            raise HTTPException(404, f"request {req_id} not found")
+        return self.requests[req_id]
+
+    # --- the autoscaler and replicas ---------------------------------------------------------
+    def _scale(self) -> None:
+        busy_or_idle = sum(1 for r in self.replicas if r.stopped is None)
+        wanted = min(self.max_replicas, busy_or_idle + self._queue.qsize()) - busy_or_idle - self._starting
+        wanted = min(wanted, self._queue.qsize() - self._starting)
+        for _ in range(max(0, wanted)):
+            self._starting += 1
+            task = asyncio.create_task(self._replica())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _replica(self) -> None:
+        replica = Replica(started=time.monotonic())
+        self.replicas.append(replica)
+        try:
+            await asyncio.sleep(self.cold_start_s)
+        finally:
+            self._starting -= 1
+        try:
+            while True:
+                try:
+                    req = await asyncio.wait_for(self._queue.get(), self.idle_timeout_s)
+                except TimeoutError:
+                    return
+                await self._run(replica, req)
+        finally:
+            replica.stopped = time.monotonic()
+
+    async def _run(self, replica: Replica, req: Request_) -> None:
+        if req.status != "IN_QUEUE":
+            return
+        req.status, req.started_at = "IN_PROGRESS", time.monotonic()
+        if self.crash_next > 0:
+            self.crash_next -= 1
+            req.status = "FAILED"
+            return
+        ok = await self.runner(req.lease)
+        req.status = "COMPLETED" if ok else "FAILED"
+        replica.busy_s += time.monotonic() - req.started_at
+
+    # --- figures -------------------------------------------------------------------------------
+    def billed_seconds(self) -> float:
+        total = 0.0
+        for r in self.replicas:
+            life = (r.stopped or time.monotonic()) - r.started
+            step = self.billing_increment_s
+            total += -(-life // step) * step if step > 0 else life
+        return total
+
+    def busy_seconds(self) -> float:
+        return sum(r.busy_s for r in self.replicas)
+
+    def outstanding(self) -> list[Request_]:
+        return [r for r in self.requests.values() if r.status in ("IN_QUEUE", "IN_PROGRESS")]
+
+    def live_replicas(self) -> int:
+        return sum(1 for r in self.replicas if r.stopped is None)
+
+    def app(self) -> FastAPI:
+        return _app(self)
+
+
+def _app(platform: Platform) -> FastAPI:
+    app = FastAPI()
+
+    def authorised(authorization: str | None) -> None:
+        if authorization != f"Bearer {platform.api_key}":
+            raise HTTPException(401, "bad key")
+
+    @app.post("/run")
+    async def run(request: Request, authorization: str = Header(None)) -> dict[str, str]:
+        authorised(authorization)
+        req = platform.accept((await request.json())["input"])
+        return {"id": req.id, "status": req.status}
+
+    @app.get("/status/{key}")
+    async def status(
+        key: str, authorization: str = Header(None), x_inference_id: str = Header("")
+    ) -> dict[str, str]:
+        """RunPod: /status/<request id>; Verda: /status/<deployment> with X-Inference-Id."""
+        authorised(authorization)
+        if x_inference_id:
+            return {"Id": x_inference_id, "Status": RUNPOD_TO_VERDA[platform._get(x_inference_id).status]}
+        return {"id": key, "status": platform._get(key).status}
+
+    @app.post("/cancel/{req_id}")
+    async def cancel(req_id: str, authorization: str = Header(None)) -> dict[str, str]:
+        authorised(authorization)
+        return {"id": req_id, "status": platform.cancel(req_id).status}
+
+    @app.post("/{deployment}/lease")
+    async def verda_run(
+        request: Request, authorization: str = Header(None), prefer: str = Header("")
+    ) -> dict[str, str]:
+        authorised(authorization)
+        if prefer != "respond-async":
+            raise HTTPException(400, "only async requests in this double")
+        return {"Id": platform.accept(await request.json()).id}
+
+    return app
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any, port: int | None = None) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn on a free loopback port inside the running event loop."""
+    port = port or free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+def simulated_worker(
+    job_seconds: float, heartbeat_seconds: float, fail_users: frozenset[str] = frozenset()
+) -> Runner:
+    """The worker core's reporting, without ComfyUI: started event, heartbeats, then complete or fail."""
+
+    async def run(lease: dict[str, Any]) -> bool:
+        base = f"{lease['reply_url']}/api/leases/{lease['job']['id']}"
+        headers = {"Authorization": f"Bearer {lease['reply_token']}"}
+        token = lease["token"]
+        async with httpx.AsyncClient(headers=headers, timeout=10) as http:
+            started = await http.post(
+                f"{base}/events",
+                json={
+                    "token": token,
+                    "events": [{"type": "execution_start", "data": {"prompt_id": lease["job"]["id"]}}],
+                },
+            )
+            if started.status_code == 409:
+                return False
+            deadline = time.monotonic() + job_seconds
+            while (left := deadline - time.monotonic()) > 0:
+                await asyncio.sleep(min(left, heartbeat_seconds))
+                beat = await http.post(f"{base}/heartbeat", json={"token": token})
+                if beat.status_code == 409 or beat.json().get("cancel"):
+                    return False
+            if lease["job"]["user"] in fail_users:
+                error = {"type": "OOM", "message": "out of memory", "retryable": False}
+                await http.post(f"{base}/fail", json={"token": token, "error": error})
+                return True
+            done = await http.post(f"{base}/complete", json={"token": token, "outputs": []})
+            return done.status_code == 204
+
+    return run
