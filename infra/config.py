@@ -1,0 +1,203 @@
+"""The stack configuration as typed models, one per stack role, validated before any resource exists.
+
+`load_config()` reads every `comfy-workshop:*` key, picks the role (`comfy-workshop:role` or the
+stack name), validates with pydantic and checks required secrets are set. Every problem found is
+reported at once as a `ConfigError` naming the key, the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from ipaddress import IPv4Network, IPv6Network
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from infra.pools import KINDS, LOCAL_KINDS, PoolConfig, kind_of
+from infra.pools.base import RegistryConfig
+from infra.schema import BucketName, Domain, Label, Model, TailscaleTag, one_of, unique_names
+
+HETZNER_LOCATIONS = ("fsn1", "nbg1", "hel1", "ash", "hil", "sin")
+SERVER_IMAGES = ("ubuntu-24.04", "ubuntu-22.04", "debian-12")
+R2_LOCATION_HINTS = ("apac", "eeur", "enam", "weur", "wnam", "oc")
+MAX_PARTICIPANTS = 200
+
+
+class Role(StrEnum):
+    VAULT = "vault"
+    WORKSHOP = "workshop"
+    LOCAL = "local"
+
+
+def _participant_names(value: object) -> object:
+    """`participants: 20` means user01..user20; a list gives the names themselves."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return value
+    if not 1 <= value <= MAX_PARTICIPANTS:
+        raise ValueError(
+            f"a workshop has 1 to {MAX_PARTICIPANTS} participants; fix: set a count in that range "
+            "or list the participants' names"
+        )
+    width = max(2, len(str(value)))
+    return [f"user{index:0{width}d}" for index in range(1, value + 1)]
+
+
+Participants = Annotated[
+    list[Label], BeforeValidator(_participant_names), Field(min_length=1, max_length=MAX_PARTICIPANTS)
+]
+
+
+class QueuePolicy(Model):
+    """How jobs are ordered and limited (passed to the queue manager as `QM_*` settings)."""
+
+    scheduling: Literal["fifo", "fair", "priority"] = "fair"
+    max_queued_per_user: int = Field(default=20, ge=1, le=1000)
+    max_running_per_user: int = Field(default=0, ge=0, le=64, description="0 = no limit")
+    lease_seconds: int = Field(default=20, ge=5, le=600)
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    retention_hours: int = Field(default=72, ge=1, le=24 * 90)
+    max_upload_mb: int = Field(default=100, ge=1, le=2048)
+
+
+class VpsConfig(Model):
+    """The Hetzner server that runs nginx, the queue manager and Redis."""
+
+    server_type: str = Field(default="cx33", pattern=r"^(cx|cpx|cax|ccx)\d{2}$")
+    location: str = "fsn1"
+    image: str = "ubuntu-24.04"
+    hostname: Label = "comfy-workshop"
+    data_volume_gb: int | None = Field(default=None, ge=10, le=10_240)
+    ssh_allow_list: list[IPv4Network | IPv6Network] = Field(default_factory=list)
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, value: str) -> str:
+        return one_of(value, HETZNER_LOCATIONS, "Hetzner location")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        return one_of(value, SERVER_IMAGES, "server image")
+
+
+class TailscaleConfig(Model):
+    """Tags of the VPS and the GPU nodes, and who owns them in the tailnet policy."""
+
+    vps_tag: TailscaleTag = "tag:comfy-vps"
+    gpu_tag: TailscaleTag = "tag:comfy-gpu"
+    tag_owners: list[str] = Field(default_factory=lambda: ["autogroup:admin"], min_length=1)
+    manage_policy: bool = Field(default=True, description="the policy resource replaces the whole file")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> TailscaleConfig:
+        if self.vps_tag == self.gpu_tag:
+            raise ValueError(
+                f"vpsTag and gpuTag are both {self.vps_tag!r}: GPU nodes would be the VPS; "
+                "fix: give them different tags"
+            )
+        return self
+
+
+class Bucket(Model):
+    name: BucketName
+    location_hint: str | None = None
+    jurisdiction: Literal["default", "eu"] = "default"
+
+    @field_validator("location_hint")
+    @classmethod
+    def _hint(cls, value: str | None) -> str | None:
+        return None if value is None else one_of(value, R2_LOCATION_HINTS, "R2 location hint")
+
+
+class R2Config(Model):
+    models: Bucket = Bucket(name="comfy-models", location_hint="oc")
+    cache: Bucket = Bucket(name="comfy-cache", jurisdiction="eu")
+    user_files: Bucket = Bucket(name="comfy-user-files", jurisdiction="eu")
+    abort_multipart_days: int = Field(default=7, ge=1, le=30)
+    cache_expiry_days: int = Field(default=30, ge=1, le=365)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> R2Config:
+        unique_names([self.models.name, self.cache.name, self.user_files.name], "bucket name")
+        return self
+
+
+class VaultConfig(Model):
+    role: Literal["vault"] = "vault"
+    domain: Domain
+    cloudflare_account_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    participants: Participants
+    admin_user: Label = "admin"
+    r2: R2Config = R2Config()
+    certificate_days: Literal[7, 30, 90, 365, 730, 1095, 5475] = 5475
+
+    @field_validator("participants")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        unique_names(value, "participant")
+        return value
+
+
+class _WithPools(Model):
+    pools: list[PoolConfig] = Field(min_length=1)
+
+    @field_validator("pools")
+    @classmethod
+    def _unique_pools(cls, value: list[PoolConfig]) -> list[PoolConfig]:
+        unique_names([pool.name for pool in value], "pool name")
+        return value
+
+
+class WorkshopConfig(_WithPools):
+    role: Literal["workshop"] = "workshop"
+    domain: Domain
+    vault_stack: str = Field(pattern=r"^([A-Za-z0-9_.-]+/){0,2}[A-Za-z0-9_.-]+$")
+    cloudflare_zone: Domain | None = None
+    vps: VpsConfig = VpsConfig()
+    queue: QueuePolicy = QueuePolicy()
+    tailscale: TailscaleConfig = TailscaleConfig()
+    registry: RegistryConfig | None = None
+
+    @model_validator(mode="after")
+    def _registry_when_needed(self) -> WorkshopConfig:
+        needing = [pool.name for pool in self.pools if kind_of(pool).needs_registry(pool)]
+        if needing and self.registry is None:
+            raise ValueError(
+                f"pools {', '.join(needing)} pull the worker image from a registry but `registry` is not "
+                "set; fix: add registry: {server, repository, username} and "
+                "`pulumi config set --secret comfy-workshop:registryPassword <token>`"
+            )
+        return self
+
+    @property
+    def zone(self) -> str:
+        return self.cloudflare_zone or ".".join(self.domain.split(".")[-2:])
+
+
+class LocalConfig(_WithPools):
+    role: Literal["local"] = "local"
+    participants: Participants = Field(default_factory=lambda: ["alice", "bob"])
+    admin_user: Label = "admin"
+    queue: QueuePolicy = QueuePolicy()
+    http_port: int = Field(default=8080, ge=1024, le=65535)
+
+    @field_validator("pools")
+    @classmethod
+    def _local_only(cls, value: list[PoolConfig]) -> list[PoolConfig]:
+        remote = [f"{pool.name} ({pool.kind})" for pool in value if pool.kind not in LOCAL_KINDS]
+        if remote:
+            raise ValueError(
+                f"the local stack runs only on this machine's Docker, but {', '.join(remote)} is a cloud "
+                f"pool; fix: use kind {' or '.join(LOCAL_KINDS)} here, cloud pools in the workshop stack"
+            )
+        return value
+
+
+StackConfig = VaultConfig | WorkshopConfig | LocalConfig
+MODELS: dict[Role, type[VaultConfig] | type[WorkshopConfig] | type[LocalConfig]] = {
+    Role.VAULT: VaultConfig,
+    Role.WORKSHOP: WorkshopConfig,
+    Role.LOCAL: LocalConfig,
+}
+
+__all__ = ["KINDS", "MODELS", "Role", "StackConfig"]

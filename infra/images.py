@@ -1,0 +1,113 @@
+"""Container images built by the program from `images/<name>/` on the target Docker daemon.
+
+An image's tag is a hash of exactly the files it is built from, so `pulumi up` rebuilds (and
+replaces the containers running) an image only when one of those files changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import pulumi
+import pulumi_docker as docker
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SKIPPED_PARTS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "node_modules"}
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """An image folder under `images/` and the repository paths its Dockerfile copies."""
+
+    name: str
+    inputs: tuple[str, ...]
+    variant: str | None = None
+
+    @property
+    def dockerfile(self) -> str:
+        return f"images/{self.name}/Dockerfile"
+
+    @property
+    def repository(self) -> str:
+        suffix = f"-{self.variant}" if self.variant else ""
+        return f"comfy-workshop/{self.name}{suffix}"
+
+    @property
+    def build_args(self) -> dict[str, str]:
+        return {"VARIANT": self.variant} if self.variant else {}
+
+
+QUEUE_MANAGER = ImageSource(
+    "queue-manager",
+    (
+        "images/queue-manager",
+        "services/protocol",
+        "services/storage",
+        "services/queue_manager",
+        "services/__init__.py",
+        "pyproject.toml",
+        "uv.lock",
+    ),
+)
+
+
+def worker_source(variant: str) -> ImageSource:
+    """The worker image; build argument ``VARIANT=cpu`` selects the CPU build the local stack runs."""
+    return ImageSource(
+        "worker",
+        (
+            "images/worker",
+            "services/protocol",
+            "services/storage",
+            "services/worker",
+            "services/__init__.py",
+            "pyproject.toml",
+            "uv.lock",
+        ),
+        variant=variant,
+    )
+
+
+def _files(root: Path, relative: str) -> list[Path]:
+    path = root / relative
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and not SKIPPED_PARTS & set(p.parts))
+
+
+@lru_cache(maxsize=32)
+def context_hash(source: ImageSource, root: Path = REPO_ROOT) -> str:
+    """SHA-256 over the relative path and bytes of every input file (missing inputs hash as absent)."""
+    digest = hashlib.sha256(repr(sorted(source.build_args.items())).encode())
+    for relative in source.inputs:
+        for file in _files(root, relative):
+            digest.update(str(file.relative_to(root)).encode() + b"\0")
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def image_ref(source: ImageSource) -> str:
+    return f"{source.repository}:{context_hash(source)[:16]}"
+
+
+def build_image(
+    name: str, source: ImageSource, opts: pulumi.ResourceOptions | None = None
+) -> docker.RemoteImage:
+    """Build ``source`` on the provider's daemon (local, or the VPS over SSH); no registry involved."""
+    digest = context_hash(source)
+    return docker.RemoteImage(
+        name,
+        name=image_ref(source),
+        build=docker.RemoteImageBuildArgs(
+            context=str(REPO_ROOT),
+            dockerfile=source.dockerfile,
+            build_args=source.build_args,
+            platform="linux/amd64",
+        ),
+        triggers={"context": digest},
+        keep_locally=True,
+        opts=opts,
+    )

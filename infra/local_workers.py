@@ -1,0 +1,63 @@
+"""Worker containers on a Docker daemon the program drives directly (the local stack, local GPUs).
+
+They join the platform's private network and claim jobs from the queue manager by its network
+alias, so nothing of the worker API is published on a host port.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_docker as docker
+
+from infra.images import build_image, worker_source
+from infra.pools.base import PoolContext
+
+
+@dataclass(frozen=True)
+class LocalWorkers:
+    """What to run: ``count`` containers of the ``variant`` ("cpu" or "gpu") worker image."""
+
+    pool: str
+    provider_name: str
+    count: int
+    variant: str
+    gpus: str | None = None
+
+
+def worker_env(spec: LocalWorkers, ctx: PoolContext, index: int) -> list[pulumi.Output[str]]:
+    """The worker's `WORKER_*` settings; the token is secret, so the whole list is."""
+    plain = {
+        "WORKER_QUEUE_URL": ctx.queue_url,
+        "WORKER_POOL": spec.pool,
+        "WORKER_PROVIDER": spec.provider_name,
+        "WORKER_ID": f"{spec.pool}-{index}",
+        "WORKER_DEVICE": spec.variant,
+    }
+    env = [pulumi.Output.concat(key, "=", value) for key, value in plain.items()]
+    env.append(pulumi.Output.secret(pulumi.Output.concat("WORKER_TOKEN=", ctx.worker_token)))
+    return env
+
+
+def local_worker_containers(
+    spec: LocalWorkers, ctx: PoolContext, parent: pulumi.Resource
+) -> list[docker.Container]:
+    """Build the worker image on the pool's daemon and start ``spec.count`` containers from it."""
+    on_daemon = pulumi.ResourceOptions(parent=parent, provider=ctx.docker_provider)
+    image = build_image(f"{spec.pool}-image", worker_source(spec.variant), on_daemon)
+    networks = [docker.ContainerNetworksAdvancedArgs(name=ctx.docker_network)] if ctx.docker_network else None
+    return [
+        docker.Container(
+            f"{spec.pool}-worker-{index}",
+            name=f"comfy-{ctx.stack}-{spec.pool}-{index}",
+            image=image.image_id,
+            envs=worker_env(spec, ctx, index),
+            networks_advanced=networks,
+            gpus=spec.gpus,
+            restart="unless-stopped",
+            labels=[docker.ContainerLabelArgs(label="comfy-workshop.pool", value=spec.pool)],
+            opts=on_daemon,
+        )
+        for index in range(spec.count)
+    ]

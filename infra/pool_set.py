@@ -1,0 +1,56 @@
+"""Every configured GPU pool, each with its own worker token, built through the kind registry."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pulumi
+import pulumi_random as random
+
+from infra.pools import PoolComponent, PoolConfig, PoolContext, kind_of
+
+
+class PoolSet(pulumi.ComponentResource):
+    """Builds the pools; ``tokens`` (pool -> bearer token) and ``summaries`` feed the queue manager."""
+
+    pools: dict[str, PoolComponent]
+    tokens: dict[str, pulumi.Output[str]]
+
+    def __init__(
+        self,
+        name: str,
+        configs: Sequence[PoolConfig],
+        context_for: Callable[[PoolConfig, pulumi.Output[str]], PoolContext],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("comfy-workshop:pools:PoolSet", name, None, opts)
+        self.pools = {}
+        self.tokens = {}
+        for config in configs:
+            token = random.RandomPassword(
+                f"{name}-{config.name}-token",
+                length=40,
+                special=False,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            self.tokens[config.name] = pulumi.Output.secret(token.result)
+            context = context_for(config, self.tokens[config.name])
+            self.pools[config.name] = kind_of(config).build(
+                config, context, pulumi.ResourceOptions(parent=self)
+            )
+        self.register_outputs({"summaries": self.summaries()})
+
+    def summaries(self) -> pulumi.Output[list[dict[str, Any]]]:
+        return pulumi.Output.all(*[pool.summary for pool in self.pools.values()]).apply(list)
+
+    def tokens_json(self) -> pulumi.Output[str]:
+        """`QM_WORKER_TOKENS`: JSON pool -> token, secret."""
+        return pulumi.Output.secret(pulumi.Output.all(**self.tokens).apply(json.dumps))
+
+    def queue_manager_env(self) -> dict[str, pulumi.Input[str]]:
+        env: dict[str, pulumi.Input[str]] = {}
+        for pool in self.pools.values():
+            env.update(pool.queue_manager_env)
+        return env

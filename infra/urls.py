@@ -1,0 +1,32 @@
+"""The addresses participants and the admin use; one place so outputs and nginx agree."""
+
+from __future__ import annotations
+
+import operator
+
+import pulumi
+
+URL_KEYS = ("platformUrl", "adminUrl", "participantUrls")
+
+
+def participant_path(user: str) -> str:
+    return f"/u/{user}/"
+
+
+def urls(base: str, users: list[str]) -> dict[str, object]:
+    """Platform, admin and per-participant URLs under ``base`` (no trailing slash)."""
+    return {
+        "platformUrl": f"{base}/",
+        "adminUrl": f"{base}/admin/",
+        "participantUrls": {user: f"{base}{participant_path(user)}" for user in users},
+    }
+
+
+def url_outputs(base: pulumi.Input[str], users: pulumi.Input[list[str]]) -> dict[str, pulumi.Output[object]]:
+    """The same URLs as stack outputs, for a base or user list only known at deploy time."""
+
+    def compute(args: list[object]) -> dict[str, object]:
+        return urls(str(args[0]), [str(user) for user in args[1]])  # type: ignore[attr-defined]
+
+    computed = pulumi.Output.all(base, users).apply(compute)
+    return {key: computed.apply(operator.itemgetter(key)) for key in URL_KEYS}

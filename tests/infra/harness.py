@@ -1,0 +1,293 @@
+"""Run the Pulumi program under mocks for a committed `Pulumi.<stack>.yaml`, recording every resource.
+
+    run = run_stack("workshop")
+    run.one("hcloud:index/server:Server").inputs["serverType"]
+    run.resources_of("docker:index/container:Container")
+    run.outputs["platformUrl"]; "credentials" in run.secret_outputs
+
+The stack file is read as committed; tests may override keys (`overrides={"queue": {...}}`) or leave
+secrets out (`without={"hcloud:token"}`) to check how the program reacts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from google.protobuf import json_format
+from pulumi.runtime import mocks, rpc
+
+from infra.loading import load_config
+from infra.program import build
+
+REPO = Path(__file__).resolve().parents[2]
+PROJECT = "comfy-workshop"
+SECRET_SIG = rpc._special_secret_sig  # the marker a serialized secret value carries
+TEST_SECRETS = {
+    "cloudflare:apiToken": "test-cloudflare-token",
+    "hcloud:token": "test-hcloud-token",
+    "tailscale:apiKey": "tskey-api-test",
+    "comfy-workshop:verdaClientSecret": "test-verda-secret",
+    "comfy-workshop:runpodApiKey": "test-runpod-key",
+    "comfy-workshop:registryPassword": "test-registry-token",
+}
+ENV_SECRETS = (
+    "CLOUDFLARE_API_TOKEN",
+    "HCLOUD_TOKEN",
+    "TAILSCALE_API_KEY",
+    "VERDA_CLIENT_SECRET",
+    "RUNPOD_API_KEY",
+    "REGISTRY_PASSWORD",
+)
+
+
+def stack_names() -> list[str]:
+    """The committed stacks, from the `Pulumi.<stack>.yaml` files beside `Pulumi.yaml`."""
+    return sorted(path.name.split(".")[1] for path in REPO.glob("Pulumi.*.yaml"))
+
+
+def stack_file(stack: str) -> dict[str, Any]:
+    """The `config:` of a committed stack file, keys without the project prefix."""
+    data = yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())
+    prefix = f"{PROJECT}:"
+    return {
+        key.removeprefix(prefix): value for key, value in data["config"].items() if key.startswith(prefix)
+    }
+
+
+def _wire(value: Any) -> str:
+    """Pulumi hands the program every config value as text; structured values as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def vault_outputs(participants: Iterable[str] = ("user01", "user02")) -> dict[str, Any]:
+    """What the vault stack exports, as the workshop's StackReference sees it in tests."""
+    names = list(participants)
+    return {
+        "domain": "workshop.example.org",
+        "adminUser": "admin",
+        "participantNames": names,
+        "participantPasswords": {name: f"pw-{name}" for name in names},
+        "adminPassword": "vault-admin-password",
+        "sessionSecret": "vault-session-secret-0123456789",
+        "r2": {
+            "models": {"bucket": "comfy-models", "endpoint": "https://acct.r2.cloudflarestorage.com"},
+            "cache": {"bucket": "comfy-cache", "endpoint": "https://acct.eu.r2.cloudflarestorage.com"},
+            "userFiles": {
+                "bucket": "comfy-user-files",
+                "endpoint": "https://acct.eu.r2.cloudflarestorage.com",
+            },
+        },
+        "modelsReadCredentials": {"accessKeyId": "models-key-id", "secretAccessKey": "models-secret"},
+        "userFilesCredentials": {"accessKeyId": "files-key-id", "secretAccessKey": "files-secret"},
+        "originCertificate": "-----BEGIN CERTIFICATE-----\nvault\n-----END CERTIFICATE-----\n",
+        "originPrivateKey": "-----BEGIN PRIVATE KEY-----\nvault\n-----END PRIVATE KEY-----\n",
+        "deployPublicKey": "ssh-ed25519 AAAAvault deploy",
+        "deployPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----\nvault\n-----END OPENSSH PRIVATE KEY-----\n",
+    }
+
+
+VAULT_SECRET_OUTPUTS = [
+    "participantPasswords",
+    "adminPassword",
+    "sessionSecret",
+    "modelsReadCredentials",
+    "userFilesCredentials",
+    "originPrivateKey",
+    "deployPrivateKey",
+]
+
+
+@dataclass
+class Resource:
+    """One registered resource: type token, logical name, inputs (camelCase wire names) and options."""
+
+    type: str
+    name: str
+    urn: str
+    inputs: dict[str, Any]
+    parent: str
+    depends_on: list[str]
+    secret_inputs: set[str]
+    ignore_changes: list[str]
+    protect: bool
+    custom: bool
+    provider: str
+
+
+@dataclass
+class StackRun:
+    stack: str
+    resources: list[Resource]
+    outputs: dict[str, Any]
+    secret_outputs: set[str]
+    invokes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def resources_of(self, type_: str) -> list[Resource]:
+        return [r for r in self.resources if r.type == type_]
+
+    def one(self, type_: str, name: str | None = None) -> Resource:
+        found = [r for r in self.resources_of(type_) if name is None or r.name == name]
+        assert len(found) == 1, f"expected one {type_} {name or ''}, found {[r.name for r in found]}"
+        return found[0]
+
+    def by_urn(self, urn: str) -> Resource:
+        return next(r for r in self.resources if r.urn == urn)
+
+    def named(self, name: str) -> Resource:
+        found = [r for r in self.resources if r.name == name]
+        assert len(found) == 1, f"expected one resource named {name}, found {len(found)}"
+        return found[0]
+
+    def types(self) -> set[str]:
+        return {r.type for r in self.resources}
+
+    def depends_transitively(self, resource: Resource, target: Resource) -> bool:
+        """Whether ``resource`` waits for ``target`` (directly, or through what it depends on)."""
+        seen: set[str] = set()
+        todo = list(resource.depends_on)
+        while todo:
+            urn = todo.pop()
+            if urn == target.urn:
+                return True
+            if urn not in seen:
+                seen.add(urn)
+                todo += next((r.depends_on for r in self.resources if r.urn == urn), [])
+        return False
+
+
+def _secret_keys(struct: Any) -> set[str]:
+    """Top-level input keys whose value holds a secret anywhere inside it."""
+    as_dict = json_format.MessageToDict(struct)
+    return {key for key, value in as_dict.items() if SECRET_SIG in json.dumps(value)}
+
+
+class Recorder(mocks.Mocks):
+    """Answers registrations with plausible provider outputs and invokes with canned data."""
+
+    def __init__(self, vault: dict[str, Any]) -> None:
+        self.vault = vault
+        self.invokes: list[tuple[str, dict[str, Any]]] = []
+
+    def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        if args.typ == "pulumi:pulumi:StackReference":
+            state = {"name": args.name, "outputs": self.vault, "secretOutputNames": VAULT_SECRET_OUTPUTS}
+            return args.resource_id or args.name, state
+        return f"{args.name}-id", {**args.inputs, **OUTPUTS.get(args.typ, {})}
+
+    def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        self.invokes.append((args.token, dict(args.args)))
+        if args.token == "cloudflare:index/getZone:getZone":
+            return {"id": "zone-id", "zoneId": "zone-id", "name": "example.org"}, []
+        if args.token == "cloudflare:index/getApiTokenPermissionGroupsList:getApiTokenPermissionGroupsList":
+            name = args.args.get("name", "")
+            return {
+                "results": [
+                    {
+                        "id": f"pg-{name}",
+                        "name": name,
+                        "category": "r2",
+                        "isSelectable": True,
+                        "scopes": ["com.cloudflare.edge.r2.bucket"],
+                    }
+                ]
+            }, []
+        return {}, []
+
+
+OUTPUTS: dict[str, dict[str, Any]] = {
+    "hcloud:index/server:Server": {"ipv4Address": "203.0.113.10", "ipv6Address": "2001:db8::1"},
+    "random:index/randomPassword:RandomPassword": {"result": "generated-password"},
+    "tls:index/privateKey:PrivateKey": {
+        "privateKeyPem": "-----BEGIN PRIVATE KEY-----\nk\n-----END PRIVATE KEY-----\n",
+        "privateKeyOpenssh": "-----BEGIN OPENSSH PRIVATE KEY-----\nk\n-----END OPENSSH PRIVATE KEY-----\n",
+        "publicKeyOpenssh": "ssh-ed25519 AAAAtest",
+    },
+    "tls:index/certRequest:CertRequest": {"certRequestPem": "-----BEGIN CERTIFICATE REQUEST-----\n"},
+    "cloudflare:index/apiToken:ApiToken": {"value": "token-value"},
+    "cloudflare:index/originCaCertificate:OriginCaCertificate": {
+        "certificate": "-----BEGIN CERTIFICATE-----\n"
+    },
+    "tailscale:index/tailnetKey:TailnetKey": {"key": "tskey-auth-test"},
+    "docker:index/remoteImage:RemoteImage": {"imageId": "sha256:0123456789abcdef"},
+    "command:remote:Command": {"stdout": "ready\n100.64.0.10\n"},
+}
+
+
+class RecordingMonitor(mocks.MockMonitor):
+    """The SDK's mock monitor, keeping what `Mocks.new_resource` is not told: parent, options, secrets."""
+
+    def __init__(self, mock: mocks.Mocks) -> None:
+        super().__init__(mock)
+        self.recorded: list[Resource] = []
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
+        if request.type != "pulumi:pulumi:Stack":
+            self.recorded.append(
+                Resource(
+                    type=request.type,
+                    name=request.name,
+                    urn=response.urn,
+                    inputs=rpc.deserialize_properties(request.object),
+                    parent=request.parent,
+                    depends_on=list(request.dependencies),
+                    secret_inputs=_secret_keys(request.object),
+                    ignore_changes=list(request.ignoreChanges),
+                    protect=request.protect,
+                    custom=request.custom,
+                    provider=request.provider,
+                )
+            )
+        return response
+
+
+def stack_values(
+    stack: str, overrides: Mapping[str, Any] | None = None, drop: Iterable[str] = ()
+) -> dict[str, Any]:
+    values = {**stack_file(stack), **(overrides or {})}
+    return {key: value for key, value in values.items() if key not in set(drop)}
+
+
+def set_config(values: Mapping[str, Any], without: Iterable[str] = ()) -> None:
+    """Configure the runtime as `pulumi up -s <stack>` would, test secrets included."""
+    secrets = {key: value for key, value in TEST_SECRETS.items() if key not in set(without)}
+    config = {f"{PROJECT}:{key}": _wire(value) for key, value in values.items()} | secrets
+    pulumi.runtime.set_all_config(config, list(secrets))
+
+
+def run_stack(
+    stack: str,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    drop: Iterable[str] = (),
+    without: Iterable[str] = (),
+    vault: dict[str, Any] | None = None,
+    stack_name: str | None = None,
+) -> StackRun:
+    """Evaluate the program for ``stack`` under mocks and return what it declared and exported."""
+    recorder = Recorder(vault or vault_outputs())
+    monitor = RecordingMonitor(recorder)
+    name = stack_name or stack
+    pulumi.runtime.set_mocks(recorder, project=PROJECT, stack=name, preview=False, monitor=monitor)
+    set_config(stack_values(stack, overrides, drop), without)
+    captured: dict[str, Any] = {}
+
+    def program() -> pulumi.Output[Any]:
+        outputs = {key: pulumi.Output.from_input(value) for key, value in build(load_config(name)).items()}
+        secrets: dict[str, pulumi.Output[bool]] = {
+            key: pulumi.Output.from_input(out.is_secret()) for key, out in outputs.items()
+        }
+        return pulumi.Output.all(
+            values=pulumi.Output.all(**outputs),
+            secrets=pulumi.Output.all(**secrets),
+        ).apply(captured.update)
+
+    pulumi.runtime.test(program)()  # type: ignore[no-untyped-call]
+    secret_outputs = {key for key, secret in captured["secrets"].items() if secret}
+    return StackRun(name, list(monitor.recorded), dict(captured["values"]), secret_outputs, recorder.invokes)

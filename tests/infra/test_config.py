@@ -1,0 +1,157 @@
+"""Bad stack configurations fail before any resource exists, naming the key, the value and the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pytest
+
+from infra.errors import ConfigError
+from infra.loading import load_config
+from tests.infra.harness import TEST_SECRETS, set_config, stack_values
+
+
+def problems(stack: str, overrides: dict[str, Any] | None = None, **kwargs: Any) -> str:
+    """The rendered ConfigError for ``stack`` with ``overrides`` applied (fails if none is raised)."""
+    set_config(stack_values(stack, overrides, kwargs.get("drop", ())), kwargs.get("without", ()))
+    with pytest.raises(ConfigError) as raised:
+        load_config(kwargs.get("stack_name", stack))
+    return str(raised.value)
+
+
+def workshop_pool(**fields: Any) -> dict[str, Any]:
+    return {"kind": "verda-serverless", "name": "burst", "maxReplicas": 4, **fields}
+
+
+@pytest.mark.parametrize("stack", ["vault", "workshop", "local"])
+def test_every_committed_stack_file_is_valid(stack: str) -> None:
+    set_config(stack_values(stack))
+    assert load_config(stack).role == stack
+
+
+def test_an_unknown_pool_kind_lists_the_known_kinds() -> None:
+    text = problems("workshop", {"pools": [{"kind": "verda-instanse", "name": "gpu"}]})
+    assert "comfy-workshop:pools[0].kind = 'verda-instanse'" in text
+    assert "local-gpu, runpod-serverless, verda-instance, verda-serverless" in text
+
+
+def test_min_replicas_above_max_says_so() -> None:
+    text = problems("workshop", {"pools": [workshop_pool(minReplicas=5, maxReplicas=2)]})
+    assert "comfy-workshop:pools[0]" in text
+    assert "minReplicas (5) is greater than maxReplicas (2)" in text
+    assert "fix: lower minReplicas or raise maxReplicas" in text
+
+
+def test_a_domain_with_a_scheme_is_refused() -> None:
+    text = problems("workshop", {"domain": "https://workshop.example.org/"})
+    assert "comfy-workshop:domain = 'https://workshop.example.org/'" in text
+    assert "no scheme, no path" in text
+
+
+def test_a_participant_count_out_of_range_names_the_range() -> None:
+    text = problems("vault", {"participants": 500})
+    assert "comfy-workshop:participants = 500" in text
+    assert "1 to 200 participants" in text
+
+
+def test_duplicate_pool_names_are_refused() -> None:
+    text = problems("workshop", {"pools": [workshop_pool(), workshop_pool(kind="runpod-serverless")]})
+    assert "comfy-workshop:pools" in text
+    assert "duplicate pool name burst" in text
+    assert "give every pool name a distinct name" in text
+
+
+def test_an_unknown_vps_location_lists_the_locations() -> None:
+    text = problems("workshop", {"vps": {"location": "fra1"}})
+    assert "comfy-workshop:vps.location = 'fra1'" in text
+    assert "fsn1, nbg1, hel1" in text
+
+
+def test_a_missing_provider_secret_names_the_exact_command() -> None:
+    text = problems("workshop", without={"hcloud:token"})
+    assert "hcloud:token = (not set)" in text
+    assert "pulumi config set --secret 'hcloud:token' <Hetzner Cloud API token>" in text
+    assert "export HCLOUD_TOKEN" in text
+
+
+def test_a_pool_kind_brings_its_own_required_secret() -> None:
+    pool = {"kind": "runpod-serverless", "name": "rp", "maxReplicas": 2}
+    text = problems("workshop", {"pools": [pool]}, without={"comfy-workshop:runpodApiKey"})
+    assert "pulumi config set --secret 'comfy-workshop:runpodApiKey'" in text
+
+
+def test_an_unknown_scheduling_policy_is_refused_with_the_choices() -> None:
+    text = problems("workshop", {"queue": {"scheduling": "random"}})
+    assert "comfy-workshop:queue.scheduling = 'random'" in text
+    assert "'fifo', 'fair' or 'priority'" in text
+    assert "pulumi config set --path 'comfy-workshop:queue.scheduling'" in text
+
+
+def test_a_tailscale_tag_without_prefix_is_refused() -> None:
+    text = problems("workshop", {"tailscale": {"gpuTag": "comfy-gpu"}})
+    assert "comfy-workshop:tailscale.gpuTag = 'comfy-gpu'" in text
+    assert "'tag:<name>'" in text
+
+
+def test_a_misspelt_top_level_key_suggests_the_right_one() -> None:
+    text = problems("workshop", {"pool": []})
+    assert "comfy-workshop:pool = []: unknown key" in text
+    assert "did you mean 'pools'?" in text
+
+
+def test_serverless_pools_without_a_registry_say_what_to_add() -> None:
+    text = problems("workshop", drop={"registry"})
+    assert "pools baseline, burst pull the worker image from a registry" in text
+    assert "registryPassword" in text
+
+
+def test_duplicate_participants_are_refused() -> None:
+    text = problems("vault", {"participants": ["anna", "ben", "anna"]})
+    assert "duplicate participant anna" in text
+
+
+def test_an_invalid_participant_name_is_refused() -> None:
+    text = problems("vault", {"participants": ["Anna Smith"]})
+    assert "comfy-workshop:participants[0] = 'Anna Smith'" in text
+    assert "lower-case letters" in text
+
+
+def test_cloud_pools_are_refused_in_the_local_stack() -> None:
+    text = problems("local", {"pools": [workshop_pool()]})
+    assert "burst (verda-serverless) is a cloud pool" in text
+    assert "use kind local-cpu or local-gpu" in text
+
+
+def test_an_unknown_role_names_the_roles() -> None:
+    text = problems("local", {"role": "staging"})
+    assert "comfy-workshop:role = 'staging'" in text
+    assert "vault, workshop, local" in text
+
+
+def test_a_missing_vault_stack_name_is_required() -> None:
+    text = problems("workshop", drop={"vaultStack"})
+    assert "comfy-workshop:vaultStack = (not set): required key is not set" in text
+    assert "pulumi config set 'comfy-workshop:vaultStack' <value>" in text
+
+
+def test_a_bad_ssh_allow_list_entry_is_refused() -> None:
+    text = problems("workshop", {"vps": {"sshAllowList": ["203.0.113.300/32"]}})
+    assert "comfy-workshop:vps.sshAllowList[0]" in text
+
+
+def test_the_same_r2_bucket_twice_is_refused() -> None:
+    r2 = {"models": {"name": "data"}, "cache": {"name": "data"}, "userFiles": {"name": "files"}}
+    text = problems("vault", {"r2": r2})
+    assert "duplicate bucket name data" in text
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    text = problems("workshop", {"domain": "bad", "vps": {"location": "mars"}})
+    assert "2 configuration problems" in text
+
+
+def test_the_error_prints_cleanly_in_pulumi_output() -> None:
+    # RunError is what the Pulumi language host prints as a message, without a Python traceback.
+    assert issubclass(ConfigError, pulumi.RunError)
+    assert set(TEST_SECRETS)  # the harness provides every secret a committed stack needs
