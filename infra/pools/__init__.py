@@ -1,4 +1,13 @@
-"""The registry of GPU pool kinds. Adding a provider: one new module, then one line in each list below."""
+"""The registry of GPU pool kinds. Adding a provider: one new module, then one line in each list below.
+
+A kind module holds its config schema (``kind: Literal[...]`` is the discriminator; validators end
+their messages with "; fix: ...") and a ``GpuPool`` subclass whose ``build`` declares the pool under
+one ``PoolComponent``. The program calls ``build`` once per configured pool with a ``PoolContext``
+(queue URL for pull workers, public callback URL for push workers, the pool's worker token, the GPU
+tailnet key, R2 access, registry, Docker provider for local kinds) and reads back ``summary``
+(exported, shown on the admin page) and ``queue_manager_env`` (extra `QM_*` settings, e.g. push
+endpoints and provider API keys).
+"""
 
 from __future__ import annotations
 
