@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.protocol.jobs import FileRef
+from services.protocol.jobs import FileRef, validate_api_workflow
 from services.queue_manager.workspaces.comfy_format import node_error
 
 ANNOTATIONS = {" [input]": "input", " [output]": "output", " [temp]": "temp"}
@@ -24,11 +24,15 @@ class PromptProblem(Exception):
     node_errors: dict[str, Any] = field(default_factory=dict)
 
 
-def check_against(prompt: dict[str, Any], nodes: dict[str, Any]) -> None:
-    """Raise ``PromptProblem`` when the graph cannot run on the catalogue's nodes."""
+def check_against(prompt: Any, nodes: dict[str, Any]) -> None:
+    """Raise ``PromptProblem`` when the graph is no API-format graph or cannot run on these nodes."""
+    try:
+        graph = validate_api_workflow(prompt)
+    except ValueError as exc:
+        raise PromptProblem("invalid_prompt", str(exc)) from None
     if not nodes:
         return  # no worker has published a catalogue yet: let the worker's ComfyUI judge
-    unknown = {nid: n["class_type"] for nid, n in prompt.items() if n["class_type"] not in nodes}
+    unknown = {nid: n.class_type for nid, n in graph.items() if n.class_type not in nodes}
     if unknown:
         names = ", ".join(sorted(set(unknown.values())))
         errors = {
@@ -38,7 +42,7 @@ def check_against(prompt: dict[str, Any], nodes: dict[str, Any]) -> None:
         raise PromptProblem(
             "invalid_prompt", f"Cannot execute because a node type is missing: {names}", errors
         )
-    if not any(nodes[n["class_type"]].get("output_node") for n in prompt.values()):
+    if not any(nodes[n.class_type].get("output_node") for n in graph.values()):
         raise PromptProblem("prompt_no_outputs", "Prompt has no outputs: add a Save Image or Preview node")
 
 

@@ -1,0 +1,106 @@
+"""``/w/<user>/ws``: the participant's job events, as ComfyUI's own WebSocket messages."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from services.protocol.jobs import OutputFile
+from services.protocol.workers import Completion, EventBatch, JobEvent, Lease
+from tests.services.workspaces.conftest import GRAPH
+from tests.support.queue_manager_app import POOL_TOKEN, LiveServer
+
+WORKER_AUTH = {"Authorization": f"Bearer {POOL_TOKEN}"}
+
+
+def open_socket(server: LiveServer, client: httpx.Client, user: str, client_id: str) -> ClientConnection:
+    cookie = f"qm_session={client.cookies['qm_session']}"
+    url = f"ws://127.0.0.1:{server.port}/w/{user}/ws?clientId={client_id}"
+    return connect(url, additional_headers={"Cookie": cookie}, open_timeout=5)
+
+
+def next_text(socket: ClientConnection) -> dict[str, Any]:
+    message = socket.recv(timeout=5)
+    assert isinstance(message, str), f"expected a text frame, got {message!r}"
+    parsed: dict[str, Any] = json.loads(message)
+    return parsed
+
+
+def until_type(socket: ClientConnection, kind: str) -> dict[str, Any]:
+    """Messages up to the first of ``kind`` (bounded: a stream that never sends it fails the test)."""
+    for _ in range(50):
+        message = next_text(socket)
+        if message["type"] == kind:
+            return message
+    raise AssertionError(f"no {kind} message among the next 50")
+
+
+def post_as_worker(worker: httpx.Client, path: str, body: Any) -> None:
+    worker.post(path, json=body.model_dump(mode="json"), headers=WORKER_AUTH).raise_for_status()
+
+
+def test_the_socket_greets_with_status_and_answers_feature_flags(
+    server: LiveServer, alice: httpx.Client
+) -> None:
+    with open_socket(server, alice, "alice", "tab-1") as socket:
+        hello = next_text(socket)
+        assert hello == {
+            "type": "status",
+            "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "tab-1"},
+        }
+        socket.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
+        assert next_text(socket)["type"] == "feature_flags"
+
+
+def test_a_socket_without_login_or_for_someone_else_is_refused(
+    server: LiveServer, alice: httpx.Client
+) -> None:
+    with pytest.raises(InvalidStatus):
+        connect(f"ws://127.0.0.1:{server.port}/w/alice/ws", open_timeout=5)
+    with pytest.raises(InvalidStatus):
+        open_socket(server, alice, "bob", "tab-x")
+
+
+def test_a_job_streams_comfyui_messages_to_its_owner_only(
+    server: LiveServer, alice: httpx.Client, bob: httpx.Client, worker: httpx.Client
+) -> None:
+    with (
+        open_socket(server, alice, "alice", "tab-a") as mine,
+        open_socket(server, bob, "bob", "tab-b") as theirs,
+    ):
+        next_text(mine), next_text(theirs)
+        alice.post("/w/alice/api/prompt", json={"prompt": GRAPH, "client_id": "tab-a"}).raise_for_status()
+        assert until_type(mine, "status")["data"]["status"]["exec_info"]["queue_remaining"] == 1
+        lease = Lease.model_validate(
+            worker.post("/api/workers/w1/claim", params={"wait": 5}, headers=WORKER_AUTH).json()
+        )
+        job_id = lease.job.id
+        events = [
+            JobEvent(type="execution_start", data={"prompt_id": job_id, "timestamp": 1}),
+            JobEvent(type="executing", data={"node": "3", "display_node": "3", "prompt_id": job_id}),
+            JobEvent(type="progress", data={"value": 1, "max": 2, "node": "3", "prompt_id": job_id}),
+            JobEvent(
+                type="b_preview", data={"image": base64.b64encode(b"PNGDATA").decode(), "format": "png"}
+            ),
+            JobEvent(type="executed", data={"node": "3", "output": {"images": []}, "prompt_id": job_id}),
+        ]
+        post_as_worker(worker, f"/api/leases/{job_id}/events", EventBatch(token=lease.token, events=events))
+        assert until_type(mine, "execution_start")["data"]["prompt_id"] == job_id
+        assert next_text(mine)["type"] == "executing"
+        assert next_text(mine)["data"] == {"value": 1, "max": 2, "node": "3", "prompt_id": job_id}
+        assert mine.recv(timeout=5) == struct.pack(">II", 1, 2) + b"PNGDATA"
+        assert next_text(mine)["type"] == "executed"
+        output = OutputFile(node_id="3", kind="images", filename="x.png")
+        post_as_worker(
+            worker, f"/api/leases/{job_id}/complete", Completion(token=lease.token, outputs=[output])
+        )
+        assert until_type(mine, "execution_success")["data"]["prompt_id"] == job_id
+        theirs.send(json.dumps({"type": "feature_flags", "data": {}}))
+        assert next_text(theirs)["type"] == "feature_flags", "bob's socket got something of alice's"

@@ -1,0 +1,115 @@
+"""Saved workflows, settings, uploads and outputs: each participant's own, with ComfyUI's semantics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from services.storage import aiter_chunks
+from services.storage.local import LocalStorage
+
+WORKFLOW = b'{"nodes": [], "links": [], "version": 0.4}'
+
+
+def save(client: httpx.Client, user: str, name: str, body: bytes, overwrite: bool = True) -> httpx.Response:
+    path = name.replace("/", "%2F")
+    return client.post(
+        f"/w/{user}/api/userdata/{path}?overwrite={str(overwrite).lower()}&full_info=true", content=body
+    )
+
+
+def test_saved_workflows_are_listed_read_moved_and_deleted_like_comfyui(alice: httpx.Client) -> None:
+    saved = save(alice, "alice", "workflows/portrait.json", WORKFLOW)
+    assert saved.status_code == 200 and saved.json()["path"] == "workflows/portrait.json"
+    listing = alice.get(
+        "/w/alice/api/userdata", params={"dir": "workflows", "recurse": "true", "full_info": "true"}
+    )
+    assert [(f["path"], f["size"]) for f in listing.json()] == [("portrait.json", len(WORKFLOW))]
+    assert alice.get("/w/alice/api/userdata/workflows%2Fportrait.json").content == WORKFLOW
+    moved = alice.post("/w/alice/api/userdata/workflows%2Fportrait.json/move/workflows%2Fhero.json")
+    assert moved.status_code == 200 and moved.json() == "workflows/hero.json"
+    assert alice.get("/w/alice/api/userdata/workflows%2Fportrait.json").status_code == 404
+    assert alice.delete("/w/alice/api/userdata/workflows%2Fhero.json").status_code == 204
+    assert alice.get("/w/alice/api/userdata", params={"dir": "workflows"}).status_code == 404
+
+
+def test_saving_over_an_existing_workflow_needs_overwrite(alice: httpx.Client) -> None:
+    save(alice, "alice", "workflows/a.json", WORKFLOW)
+    refused = save(alice, "alice", "workflows/a.json", b"{}", overwrite=False)
+    assert refused.status_code == 409
+    assert save(alice, "alice", "workflows/a.json", b"{}", overwrite=True).status_code == 200
+    assert alice.get("/w/alice/api/userdata/workflows%2Fa.json").content == b"{}"
+
+
+def test_no_participant_sees_anothers_workflows_or_settings(alice: httpx.Client, bob: httpx.Client) -> None:
+    save(alice, "alice", "workflows/secret.json", WORKFLOW)
+    alice.post("/w/alice/api/settings/Comfy.ColorPalette", json="light")
+    assert bob.get("/w/bob/api/userdata", params={"dir": "workflows"}).status_code == 404
+    assert bob.get("/w/bob/api/userdata/workflows%2Fsecret.json").status_code == 404
+    assert bob.get("/w/alice/api/userdata/workflows%2Fsecret.json").status_code == 403
+    assert bob.get("/w/bob/api/settings").json() == {}
+    assert alice.get("/w/alice/api/settings").json() == {"Comfy.ColorPalette": "light"}
+
+
+def test_userdata_paths_cannot_leave_the_participants_folder(alice: httpx.Client) -> None:
+    reply = alice.post("/w/alice/api/userdata/..%2F..%2Fbob%2Fx.json", content=b"{}")
+    assert reply.status_code == 403 and "'..'" in reply.json()["error"]
+
+
+def test_settings_are_stored_one_by_one_and_in_bulk(alice: httpx.Client) -> None:
+    alice.post("/w/alice/api/settings", json={"Comfy.Locale": "de", "Comfy.TutorialCompleted": True})
+    alice.post("/w/alice/api/settings/Comfy.Locale", json="fr")
+    assert alice.get("/w/alice/api/settings/Comfy.Locale").json() == "fr"
+    assert alice.get("/w/alice/api/settings").json() == {
+        "Comfy.Locale": "fr",
+        "Comfy.TutorialCompleted": True,
+    }
+    assert alice.post("/w/alice/api/settings", content=b"[1, 2]").status_code == 400
+
+
+def test_uploads_are_viewable_by_their_owner_only(alice: httpx.Client, bob: httpx.Client) -> None:
+    reply = alice.post("/w/alice/api/upload/image", files={"image": ("cat.png", b"\x89PNG cat", "image/png")})
+    assert reply.json() == {"name": "cat.png", "subfolder": "", "type": "input"}
+    view = alice.get("/w/alice/api/view", params={"filename": "cat.png", "type": "input"})
+    assert view.content == b"\x89PNG cat" and view.headers["content-type"] == "image/png"
+    assert bob.get("/w/bob/api/view", params={"filename": "cat.png", "type": "input"}).status_code == 404
+    assert bob.get("/w/alice/api/view", params={"filename": "cat.png", "type": "input"}).status_code == 403
+
+
+def test_an_upload_with_a_taken_name_gets_a_new_one_unless_it_is_the_same_file(alice: httpx.Client) -> None:
+    url = "/w/alice/api/upload/image"
+    alice.post(url, files={"image": ("cat.png", b"one", "image/png")})
+    assert alice.post(url, files={"image": ("cat.png", b"one", "image/png")}).json()["name"] == "cat.png"
+    assert alice.post(url, files={"image": ("cat.png", b"two", "image/png")}).json()["name"] == "cat (1).png"
+    replaced = alice.post(
+        url, files={"image": ("cat.png", b"three", "image/png")}, data={"overwrite": "true"}
+    )
+    assert replaced.json()["name"] == "cat.png"
+
+
+def test_view_refuses_traversal_and_names_the_missing_file(alice: httpx.Client) -> None:
+    bad = alice.get("/w/alice/api/view", params={"filename": "../bob/input/cat.png", "type": "input"})
+    assert bad.status_code == 400
+    missing = alice.get("/w/alice/api/view", params={"filename": "nope.png"})
+    assert missing.status_code == 404 and "nope.png" in missing.json()["error"]
+
+
+async def test_outputs_a_worker_stored_are_served_to_their_owner(alice: httpx.Client, tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "files")
+    await storage.put("users/alice/output/inverted_00001_.png", aiter_chunks(b"\x89PNG out"))
+    view = alice.get("/w/alice/api/view", params={"filename": "inverted_00001_.png", "type": "output"})
+    assert view.status_code == 200 and view.content == b"\x89PNG out"
+    annotated = alice.get("/w/alice/api/view", params={"filename": "inverted_00001_.png [output]"})
+    assert annotated.content == b"\x89PNG out"
+
+
+def test_a_graph_naming_an_upload_carries_it_to_the_worker(alice: httpx.Client, worker: httpx.Client) -> None:
+    alice.post("/w/alice/api/upload/image", files={"image": ("cat.png", b"\x89PNG cat", "image/png")})
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "cat.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+    }
+    job_id = alice.post("/w/alice/api/prompt", json={"prompt": graph, "client_id": "c"}).json()["prompt_id"]
+    inputs = alice.get(f"/api/jobs/{job_id}").json()["inputs"]
+    assert inputs == [{"filename": "cat.png", "subfolder": "", "type": "input"}]
