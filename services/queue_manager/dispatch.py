@@ -33,9 +33,11 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.exceptions import RedisError
 
+from services.protocol.events import EventType
 from services.protocol.jobs import JobError
 from services.protocol.workers import Failure, Lease
 from services.queue_manager.errors import StaleLease
+from services.queue_manager.events import Subscription
 from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
 
@@ -222,21 +224,27 @@ class PoolDispatcher:
         return Flight(lease, remote_id, time.monotonic() + self.pool.job_timeout_seconds)
 
     async def _track(self, flight: Flight) -> None:
-        while True:
-            await asyncio.sleep(self.pool.poll_seconds)
-            if not await self._still_ours(flight):
-                return
-            remote = await self._remote(flight)
-            if remote in (Remote.DONE, Remote.FAILED):
-                why = "finished without reporting" if remote is Remote.DONE else "reported a failure"
-                await self._requeue(flight.lease, "ProviderFailed", f"{self.pool.name} {why}")
-                return
-            if time.monotonic() > flight.deadline:
-                await self.endpoint.cancel(flight.remote_id)
-                await self._requeue(
-                    flight.lease, "Timeout", f"no result within {self.pool.job_timeout_seconds:g} s"
-                )
-                return
+        # The job's own "finished" event frees the slot at once; polling covers everything else.
+        async with self.store.events.subscribe(flight.lease.job.user) as stream:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(_until_finished(stream, flight.job_id), self.pool.poll_seconds)
+                if not await self._still_ours(flight) or await self._ended_remotely(flight):
+                    return
+
+    async def _ended_remotely(self, flight: Flight) -> bool:
+        remote = await self._remote(flight)
+        if remote in (Remote.DONE, Remote.FAILED):
+            why = "finished without reporting" if remote is Remote.DONE else "reported a failure"
+            await self._requeue(flight.lease, "ProviderFailed", f"{self.pool.name} {why}")
+            return True
+        if time.monotonic() > flight.deadline:
+            await self.endpoint.cancel(flight.remote_id)
+            await self._requeue(
+                flight.lease, "Timeout", f"no result within {self.pool.job_timeout_seconds:g} s"
+            )
+            return True
+        return False
 
     async def _still_ours(self, flight: Flight) -> bool:
         """Heartbeat the lease; False once the job ended, moved on, or its owner cancelled it."""
@@ -267,6 +275,12 @@ class PoolDispatcher:
     async def _report(self, lease: Lease, error: JobError) -> None:
         with contextlib.suppress(StaleLease):
             await self.store.fail(lease.job.id, Failure(token=lease.token, error=error))
+
+
+async def _until_finished(stream: Subscription, job_id: str) -> None:
+    async for event in stream:
+        if event.type == EventType.FINISHED and event.job_id == job_id:
+            return
 
 
 def dispatcher_for(

@@ -125,3 +125,15 @@ async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("condition not reached")
         await asyncio.sleep(0.02)
+
+
+async def test_a_finished_job_frees_its_slot_without_waiting_for_the_next_poll(
+    redis_url: str, make_platform: Callable[..., Platform]
+) -> None:
+    platform = make_platform(max_replicas=1)
+    async with rig(redis_url, "runpod", platform, capacity=1, poll_seconds=60.0) as r:
+        jobs = [await submit(r.store, "ada") for _ in range(3)]
+
+        done = await finished(r.store, [j.id for j in jobs], timeout=10.0)
+
+    assert {job.state for job in done} == {JobState.SUCCEEDED}
