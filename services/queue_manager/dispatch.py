@@ -156,6 +156,7 @@ class Flight:
     lease: Lease
     remote_id: str
     deadline: float
+    next_poll: float = 0.0
 
     @property
     def job_id(self) -> str:
@@ -167,6 +168,8 @@ class PoolDispatcher:
 
     def __init__(self, store: Store, pool: PushPool, endpoint: Endpoint, reply_url: str, reply_token: str):
         self.store, self.pool, self.endpoint = store, pool, endpoint
+        # The lease must outlive a cold start, so it is renewed more often than the status is polled.
+        self.tick = min(pool.poll_seconds, store.settings.heartbeat_seconds)
         self.reply = {"reply_url": reply_url, "reply_token": reply_token}
         self.in_flight: dict[str, str] = {}  # job id -> provider request id
         self._free = list(range(pool.capacity))
@@ -228,11 +231,14 @@ class PoolDispatcher:
         async with self.store.events.subscribe(flight.lease.job.user) as stream:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(_until_finished(stream, flight.job_id), self.pool.poll_seconds)
+                    await asyncio.wait_for(_until_finished(stream, flight.job_id), self.tick)
                 if not await self._still_ours(flight) or await self._ended_remotely(flight):
                     return
 
     async def _ended_remotely(self, flight: Flight) -> bool:
+        if time.monotonic() < flight.next_poll:
+            return False
+        flight.next_poll = time.monotonic() + self.pool.poll_seconds
         remote = await self._remote(flight)
         if remote in (Remote.DONE, Remote.FAILED):
             why = "finished without reporting" if remote is Remote.DONE else "reported a failure"

@@ -137,3 +137,15 @@ async def test_a_finished_job_frees_its_slot_without_waiting_for_the_next_poll(
         done = await finished(r.store, [j.id for j in jobs], timeout=10.0)
 
     assert {job.state for job in done} == {JobState.SUCCEEDED}
+
+
+async def test_the_lease_outlives_a_cold_start_longer_than_the_lease(
+    redis_url: str, make_platform: Callable[..., Platform]
+) -> None:
+    platform = make_platform(cold_start_s=2.5)  # the lease is 1 s
+    async with rig(redis_url, "runpod", platform, poll_seconds=60.0) as r:
+        job = await submit(r.store, "ada")
+
+        [done] = await finished(r.store, [job.id], timeout=10.0)
+
+    assert done.state == JobState.SUCCEEDED and done.attempts == 1
