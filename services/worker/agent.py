@@ -1,0 +1,156 @@
+"""The agent: one ComfyUI, one socket, one job runner and user-file storage, shared by the front doors.
+
+``start`` brings ComfyUI up (or attaches to it), makes sure the manifest's models are present,
+connects the socket and runs a warmup workflow; only then is the worker ready. ``run_lease`` runs
+one leased job with heartbeats and reports the outcome on the lease; the pull and push front
+doors differ only in how leases arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from services.protocol.jobs import Job
+from services.protocol.workers import Lease, WorkerCapabilities
+from services.storage import Storage, open_storage
+from services.worker.comfy_client import ComfyClient
+from services.worker.comfy_events import EventStream
+from services.worker.forwarder import EventForwarder
+from services.worker.lease import LeaseKeeper
+from services.worker.models import ensure_models
+from services.worker.queue_client import LeaseLostError, QueueClient
+from services.worker.runner import JobRunner, Outcome
+from services.worker.settings import WorkerSettings
+from services.worker.supervisor import AttachedComfy, ComfyProcess
+
+log = logging.getLogger(__name__)
+WARMUP = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+}
+
+
+class WarmupFailedError(Exception):
+    """The warmup workflow did not succeed: the worker must not report ready."""
+
+
+def catalogue_hash(catalogue: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(catalogue, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class Agent:
+    def __init__(self, settings: WorkerSettings, storage: Storage | None = None) -> None:
+        self.settings = settings
+        self.comfy_server = (
+            AttachedComfy(settings.comfyui_url) if settings.comfyui_url else ComfyProcess(settings)
+        )
+        self.comfy = ComfyClient(self.comfy_server.url)
+        self.events = EventStream(self.comfy.ws_url, f"{settings.worker_id}-{uuid.uuid4().hex[:8]}")
+        self.storage = storage or open_storage(settings.storage_url)
+        self.runner = JobRunner(
+            self.comfy, self.events, self.storage, settings.ws_silence_seconds, settings.poll_seconds
+        )
+        self.models: list[str] = []
+        self.catalogue: dict[str, Any] = {}
+
+    async def start(self) -> None:
+        if self.settings.models_manifest is not None:
+            self.models = await ensure_models(self.settings)
+        await self.comfy_server.start(self.comfy, self.settings.ready_timeout)
+        self.events.start()
+        await asyncio.wait_for(self.events.connected.wait(), timeout=self.settings.ready_timeout)
+        if self.settings.warmup:
+            await self.warmup()
+        self.catalogue = await self.comfy.object_info()
+
+    async def stop(self) -> None:
+        await self.events.stop()
+        await self.comfy_server.stop()
+        await self.comfy.aclose()
+
+    async def warmup(self) -> None:
+        """Run a tiny no-model workflow: the first participant's job should not pay ComfyUI's first run."""
+        job = Job(id=str(uuid.uuid4()), user="warmup", prompt=WARMUP, queued_at=datetime.now(UTC))
+
+        async def discard(_: object) -> None:
+            return None
+
+        forwarder = EventForwarder(discard)
+        outcome = await self.runner.run(job, forwarder, asyncio.Event(), self.comfy_server.death, store=False)
+        await forwarder.close()
+        if outcome.error is not None:
+            raise WarmupFailedError(
+                f"the warmup workflow failed: {outcome.error.type}: {outcome.error.message}"
+            )
+
+    async def capabilities(self) -> WorkerCapabilities:
+        stats = await self.comfy.system_stats()
+        device = (stats.get("devices") or [{}])[0]
+        return WorkerCapabilities(
+            pool=self.settings.pool,
+            provider=self.settings.provider,
+            gpu=str(device.get("name", "")),
+            vram_mb=int(device.get("vram_total", 0)) // (1 << 20),
+            comfyui_version=str(stats.get("system", {}).get("comfyui_version", "")),
+            catalogue_hash=catalogue_hash(self.catalogue),
+            models=self.models,
+        )
+
+    async def run_lease(self, lease: Lease, queue: QueueClient, heartbeat_seconds: float) -> str:
+        """Run the leased job and report it; returns what happened: succeeded, failed, lost, released."""
+        job = lease.job
+
+        async def sink(events: list[Any]) -> None:
+            await queue.events(job.id, lease.token, events)
+
+        forwarder = EventForwarder(sink, self.settings.progress_per_second)
+        try:
+            async with LeaseKeeper(queue, job.id, lease.token, heartbeat_seconds) as keeper:
+                outcome = await self._run_while_held(job, forwarder, keeper)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release(lease, queue, forwarder))
+            raise
+        await forwarder.close()
+        if outcome is None:
+            return "lost"
+        return await self._report(lease, queue, outcome)
+
+    async def _run_while_held(
+        self, job: Job, forwarder: EventForwarder, keeper: LeaseKeeper
+    ) -> Outcome | None:
+        run = asyncio.create_task(self.runner.run(job, forwarder, keeper.cancel, self.comfy_server.death))
+        lost = asyncio.create_task(keeper.lost.wait())
+        done, _ = await asyncio.wait({run, lost}, return_when=asyncio.FIRST_COMPLETED)
+        if run in done:
+            lost.cancel()
+            return run.result()
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        return None
+
+    async def _report(self, lease: Lease, queue: QueueClient, outcome: Outcome) -> str:
+        job_id = lease.job.id
+        try:
+            if outcome.error is None:
+                await queue.complete(job_id, lease.token, outcome.outputs)
+                return "succeeded"
+            await queue.fail(job_id, lease.token, outcome.error)
+            return "failed"
+        except LeaseLostError:
+            log.warning("job %s: the lease was lost before the outcome could be reported", job_id)
+            return "lost"
+
+    async def _release(self, lease: Lease, queue: QueueClient, forwarder: EventForwarder) -> None:
+        await forwarder.close()
+        with contextlib.suppress(Exception):
+            await queue.release(lease.job.id, lease.token)
+        log.info("job %s released", lease.job.id)

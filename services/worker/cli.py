@@ -1,0 +1,77 @@
+"""``python -m services.worker``: the worker agent's commands (settings from ``WORKER_*``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import typer
+import uvicorn
+from pydantic import ValidationError
+
+from services.worker.settings import WorkerSettings
+
+app = typer.Typer(
+    help="comfy-workshop worker agent: runs participants' jobs on ComfyUI.", no_args_is_help=True
+)
+
+
+def _settings() -> WorkerSettings:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return WorkerSettings()
+    except ValidationError as exc:
+        typer.echo(f"invalid worker settings (WORKER_* environment variables):\n{exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def pull() -> None:
+    """Register with the queue manager and run jobs claimed from it until SIGTERM (instances, local GPUs)."""
+    from services.worker.agent import Agent
+    from services.worker.pull import run_pull
+    from services.worker.queue_client import QueueClient
+
+    settings = _settings()
+    queue = QueueClient(settings.queue_url, settings.token.get_secret_value(), settings.retry_seconds)
+    asyncio.run(run_pull(Agent(settings), queue))
+
+
+@app.command("serve-push")
+def serve_push() -> None:
+    """Serve the push handler for Verda serverless containers: POST /lease, GET /health."""
+    from services.worker.push import verda_app
+
+    settings = _settings()
+    uvicorn.run(verda_app(settings), host="0.0.0.0", port=settings.push_port, log_level="info")
+
+
+@app.command()
+def runpod() -> None:
+    """Run as a RunPod serverless worker (handler gets the lease in event["input"])."""
+    from services.worker.push import start_runpod
+
+    _settings()
+    start_runpod()
+
+
+@app.command("sync-models")
+def sync_models() -> None:
+    """Make the manifest's models present and verified, then exit (image build or pre-warm)."""
+    from services.worker.models import ModelError, ensure_models
+
+    settings = _settings()
+    if settings.models_manifest is None:
+        typer.echo("WORKER_MODELS_MANIFEST is not set: nothing to sync", err=True)
+        raise typer.Exit(2)
+    try:
+        held = asyncio.run(ensure_models(settings))
+    except ModelError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"{len(held)} model files ready")
+
+
+if __name__ == "__main__":
+    sys.exit(app())

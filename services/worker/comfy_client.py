@@ -1,0 +1,117 @@
+"""HTTP calls to one ComfyUI server, as ``comfyui-protocol.md`` describes them.
+
+No ``Origin`` header is ever sent (ComfyUI answers 403 to a foreign Origin on loopback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import IO, Any
+
+import httpx
+
+VIEW_CHUNK = 1024 * 1024
+
+
+class ComfyUnavailableError(Exception):
+    """ComfyUI did not answer (down, restarting, or crashed)."""
+
+
+class PromptRejectedError(Exception):
+    """``POST /prompt`` answered 400: ``body`` holds ComfyUI's ``error`` and ``node_errors``."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        error = body.get("error", {})
+        super().__init__(f"{error.get('type', 'invalid_prompt')}: {error.get('message', 'rejected')}")
+
+
+class ComfyClient:
+    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    @property
+    def ws_url(self) -> str:
+        return self.base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/ws"
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            reply = await self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ComfyUnavailableError(f"ComfyUI at {self.base_url} does not answer: {exc!r}") from exc
+        if reply.status_code >= 500:
+            raise ComfyUnavailableError(f"ComfyUI at {self.base_url} answered {reply.status_code} to {path}")
+        return reply
+
+    async def system_stats(self) -> dict[str, Any]:
+        reply = await self._call("GET", "/system_stats", timeout=5.0)
+        reply.raise_for_status()
+        return dict(reply.json())
+
+    async def object_info(self) -> dict[str, Any]:
+        reply = await self._call("GET", "/object_info", timeout=120.0)
+        reply.raise_for_status()
+        return dict(reply.json())
+
+    async def submit(
+        self, prompt: dict[str, Any], prompt_id: str, client_id: str, extra_data: dict[str, Any] | None = None
+    ) -> None:
+        body = {
+            "prompt": prompt,
+            "prompt_id": prompt_id,
+            "client_id": client_id,
+            "extra_data": extra_data or {},
+        }
+        reply = await self._call("POST", "/prompt", json=body)
+        if reply.status_code == 400:
+            raise PromptRejectedError(reply.json())
+        reply.raise_for_status()
+
+    async def history(self, prompt_id: str) -> dict[str, Any] | None:
+        """The job's history entry, or None while it is queued, running or unknown."""
+        reply = await self._call("GET", f"/history/{prompt_id}")
+        reply.raise_for_status()
+        entry = reply.json().get(prompt_id)
+        return dict(entry) if entry else None
+
+    async def queue(self) -> tuple[list[str], list[str]]:
+        """Prompt ids running and pending."""
+        reply = await self._call("GET", "/queue")
+        reply.raise_for_status()
+        body = reply.json()
+        return [row[1] for row in body.get("queue_running", [])], [
+            row[1] for row in body.get("queue_pending", [])
+        ]
+
+    async def interrupt(self, prompt_id: str) -> None:
+        (await self._call("POST", "/interrupt", json={"prompt_id": prompt_id})).raise_for_status()
+
+    async def delete_queued(self, prompt_id: str) -> None:
+        (await self._call("POST", "/queue", json={"delete": [prompt_id]})).raise_for_status()
+
+    async def free(self) -> None:
+        body = {"unload_models": True, "free_memory": True}
+        (await self._call("POST", "/free", json=body)).raise_for_status()
+
+    async def upload_input(self, name: str, subfolder: str, handle: IO[bytes]) -> str:
+        """Upload one input file for ``LoadImage`` and friends; returns the name ComfyUI gave it."""
+        data = {"type": "input", "subfolder": subfolder, "overwrite": "true"}
+        reply = await self._call("POST", "/upload/image", files={"image": (name, handle)}, data=data)
+        reply.raise_for_status()
+        return str(reply.json()["name"])
+
+    @contextlib.asynccontextmanager
+    async def view(self, filename: str, subfolder: str, kind: str) -> AsyncIterator[httpx.Response]:
+        """Stream one file from ``/view``; the caller reads ``aiter_bytes`` chunk by chunk."""
+        params = {"filename": filename, "subfolder": subfolder, "type": kind}
+        try:
+            async with self.http.stream("GET", "/view", params=params, timeout=300.0) as reply:
+                reply.raise_for_status()
+                yield reply
+        except httpx.TransportError as exc:
+            raise ComfyUnavailableError(f"ComfyUI at {self.base_url} dropped /view of {filename}") from exc

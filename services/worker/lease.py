@@ -1,0 +1,50 @@
+"""Keep a lease alive while its job runs, and carry the owner's cancel request back to the runner.
+
+Heartbeats go every ``heartbeat_seconds`` (a third of the lease by default). A reply with
+``cancel: true`` sets ``cancel``; a 409 (the lease expired and the job moved on) sets ``lost``,
+after which the worker must stop the job and report nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from services.worker.queue_client import LeaseLostError, QueueClient
+
+log = logging.getLogger(__name__)
+
+
+class LeaseKeeper:
+    def __init__(self, queue: QueueClient, job_id: str, token: str, every: float) -> None:
+        self.queue, self.job_id, self.token, self.every = queue, job_id, token, every
+        self.cancel = asyncio.Event()
+        self.lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LeaseKeeper:
+        self._task = asyncio.create_task(self._beat(), name=f"lease-{self.job_id}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            try:
+                reply = await self.queue.heartbeat(self.job_id, self.token)
+            except LeaseLostError:
+                log.warning("lease on job %s lost: stopping it", self.job_id)
+                self.lost.set()
+                return
+            except Exception as exc:  # retries are exhausted: keep trying while the job runs
+                log.warning("heartbeat for job %s failed: %s", self.job_id, exc)
+                continue
+            if reply.cancel and not self.cancel.is_set():
+                log.info("job %s: cancel requested", self.job_id)
+                self.cancel.set()

@@ -1,0 +1,49 @@
+"""Every output a finished job has, of any kind, streamed from ComfyUI's ``/view`` to user-file storage.
+
+ComfyUI's history names outputs per node under keys such as ``images``, ``gifs``, ``videos`` or
+``audio`` (and sometimes non-file lists like ``animated: [true]``): any list of objects with a
+``filename`` is a file. Each is stored as ``storage_key(owner, OutputFile)``, keeping ComfyUI's own
+name, so the owner's workspace finds it where ComfyUI's ``/view`` would.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from typing import Any
+
+from services.protocol.jobs import OutputFile, storage_key
+from services.storage import Storage
+from services.worker.comfy_client import VIEW_CHUNK, ComfyClient
+
+
+def output_files(entry: dict[str, Any]) -> list[OutputFile]:
+    """The files a history entry names, in node order, without duplicates."""
+    files: dict[tuple[str, str, str], OutputFile] = {}
+    for node_id, ui in (entry.get("outputs") or {}).items():
+        for kind, items in (ui or {}).items():
+            for item in items if isinstance(items, list) else []:
+                if isinstance(item, dict) and item.get("filename"):
+                    ref = OutputFile(
+                        node_id=str(node_id),
+                        kind=kind,
+                        filename=item["filename"],
+                        subfolder=item.get("subfolder", ""),
+                        type="temp" if item.get("type") == "temp" else "output",
+                    )
+                    files.setdefault((ref.type, ref.subfolder, ref.filename), ref)
+    return list(files.values())
+
+
+async def store_output(comfy: ComfyClient, storage: Storage, user: str, ref: OutputFile) -> OutputFile:
+    """Stream one output to storage chunk by chunk; return it with its size and content type."""
+    async with comfy.view(ref.filename, ref.subfolder, ref.type) as reply:
+        guessed = mimetypes.guess_type(ref.filename)[0]
+        content_type = guessed or reply.headers.get("content-type", "application/octet-stream")
+        size = await storage.put(storage_key(user, ref), reply.aiter_bytes(VIEW_CHUNK), content_type)
+    return ref.model_copy(update={"size": size, "content_type": content_type})
+
+
+async def store_outputs(
+    comfy: ComfyClient, storage: Storage, user: str, entry: dict[str, Any]
+) -> list[OutputFile]:
+    return [await store_output(comfy, storage, user, ref) for ref in output_files(entry)]

@@ -1,0 +1,98 @@
+"""The pull front door (Verda instances, local GPUs): register, long-poll claim, run, repeat.
+
+SIGTERM (or SIGINT) stops claiming at once; a running job gets ``shutdown_grace_seconds`` to
+finish, and is otherwise interrupted and released (requeued without counting an attempt). The
+loop then returns, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+from services.protocol.workers import Lease, RegisterReply, WorkerRegistration
+from services.worker.agent import Agent
+from services.worker.queue_client import QueueClient
+
+log = logging.getLogger(__name__)
+
+
+class PullWorker:
+    def __init__(self, agent: Agent, queue: QueueClient) -> None:
+        self.agent, self.queue = agent, queue
+        self.settings = agent.settings
+        self.stopping = asyncio.Event()
+        self.jobs_done = 0
+        self.first_claim_at: float | None = None
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+
+    def stop(self) -> None:
+        if not self.stopping.is_set():
+            log.info(
+                "stopping: no more claims; the current job gets %.0fs", self.settings.shutdown_grace_seconds
+            )
+        self.stopping.set()
+
+    async def register(self) -> RegisterReply:
+        capabilities = await self.agent.capabilities()
+        registration = WorkerRegistration(worker_id=self.settings.worker_id, capabilities=capabilities)
+        reply = await self.queue.register(registration)
+        if not reply.catalogue_known:
+            registration.catalogue = self.agent.catalogue
+            reply = await self.queue.register(registration)
+        log.info("registered as %s in pool %s", reply.worker_id, self.settings.pool)
+        return reply
+
+    async def run(self, max_jobs: int | None = None) -> None:
+        """Claim and run jobs until stopped (or ``max_jobs`` are done, for tests and benchmarks)."""
+        reply = await self.register()
+        while not self.stopping.is_set() and (max_jobs is None or self.jobs_done < max_jobs):
+            lease = await self._claim(reply)
+            if lease is not None:
+                await self._run(lease, reply.heartbeat_seconds)
+                self.jobs_done += 1
+
+    async def _claim(self, reply: RegisterReply) -> Lease | None:
+        if self.first_claim_at is None:
+            self.first_claim_at = time.monotonic()
+        claim = asyncio.create_task(self.queue.claim(reply.worker_id, reply.claim_wait_seconds))
+        stop = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait({claim, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if claim.done():
+            return claim.result()
+        claim.cancel()  # a lease granted in this instant expires and is requeued by the queue manager
+        with contextlib.suppress(asyncio.CancelledError):
+            await claim
+        return None
+
+    async def _run(self, lease: Lease, heartbeat_seconds: float) -> None:
+        job = asyncio.create_task(self.agent.run_lease(lease, self.queue, heartbeat_seconds))
+        stop = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait({job, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not job.done():
+            await asyncio.wait({job}, timeout=self.settings.shutdown_grace_seconds)
+        if not job.done():
+            log.warning("job %s did not finish within the grace period: releasing it", lease.job.id)
+            job.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            log.info("job %s: %s", lease.job.id, await job)
+
+
+async def run_pull(agent: Agent, queue: QueueClient) -> None:
+    worker = PullWorker(agent, queue)
+    worker.install_signal_handlers()
+    await agent.start()
+    try:
+        await worker.run()
+    finally:
+        await agent.stop()
+        await queue.aclose()

@@ -1,0 +1,118 @@
+"""Push front doors (serverless): one lease arrives per request, the agent runs it and reports back.
+
+The queue manager's dispatcher sends each job to the pool's endpoint as an async request carrying
+the ``Lease``; ``reply_url``/``reply_token`` in it say where to report (the same lease routes the
+pull worker uses). Two shapes:
+
+* Verda serverless containers: ``POST /lease`` with the Lease as JSON body; ``GET /health`` for the
+  container's health check (503 until ComfyUI is up and warmed).
+* RunPod serverless: ``handler(event)`` with the Lease in ``event["input"]``, started by
+  ``runpod.serverless.start`` (the ``runpod`` package is imported only there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Response
+from pydantic import ValidationError
+
+from services.protocol.workers import Lease
+from services.worker.agent import Agent
+from services.worker.queue_client import QueueClient
+from services.worker.settings import WorkerSettings
+
+
+class PushError(Exception):
+    """A pushed request that cannot be run as sent."""
+
+
+async def run_pushed(agent: Agent, lease: Lease) -> dict[str, Any]:
+    """Run one pushed lease, reporting to the queue manager named in it."""
+    if not lease.reply_url or not lease.reply_token:
+        raise PushError(
+            f"lease for job {lease.job.id} has no reply_url/reply_token: the dispatcher must fill them in "
+            "for push pools, otherwise the outcome has nowhere to go"
+        )
+    queue = QueueClient(lease.reply_url, lease.reply_token, agent.settings.retry_seconds)
+    try:
+        outcome = await agent.run_lease(lease, queue, max(lease.lease_seconds / 3, 0.5))
+    finally:
+        await queue.aclose()
+    return {"job_id": lease.job.id, "outcome": outcome}
+
+
+def verda_app(settings: WorkerSettings, agent: Agent | None = None) -> FastAPI:
+    """The HTTP handler a Verda serverless container runs (``python -m services.worker serve-push``)."""
+    worker = agent or Agent(settings)
+    ready = asyncio.Event()
+    one_at_a_time = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await worker.start()
+        ready.set()
+        try:
+            yield
+        finally:
+            await worker.stop()
+
+    app = FastAPI(title="comfy-workshop worker (push)", lifespan=lifespan)
+
+    @app.get("/health")
+    async def health(response: Response) -> dict[str, bool]:
+        """200 once ComfyUI is up and warmed, 503 before."""
+        response.status_code = 200 if ready.is_set() else 503
+        return {"ready": ready.is_set()}
+
+    @app.post("/lease")
+    async def run_lease(lease: Lease) -> dict[str, Any]:
+        """Run one leased job to its end; the outcome also goes to the queue manager."""
+        async with one_at_a_time:
+            try:
+                return await run_pushed(worker, lease)
+            except PushError as exc:
+                raise HTTPException(status_code=422, detail=str(exc)) from exc
+
+    return app
+
+
+_runpod_agent: Agent | None = None
+_runpod_lock = asyncio.Lock()
+
+
+async def _shared_agent() -> Agent:
+    global _runpod_agent
+    async with _runpod_lock:
+        if _runpod_agent is None:
+            agent = Agent(WorkerSettings())
+            await agent.start()
+            _runpod_agent = agent
+    return _runpod_agent
+
+
+async def handler(event: dict[str, Any]) -> dict[str, Any]:
+    """RunPod serverless handler: ``event["input"]`` is the Lease; a returned ``error`` fails the request."""
+    try:
+        lease = Lease.model_validate(event.get("input") or {})
+    except ValidationError as exc:
+        return {"error": f"the request input is not a lease from the comfy-workshop queue manager: {exc}"}
+    try:
+        return await run_pushed(await _shared_agent(), lease)
+    except PushError as exc:
+        return {"error": str(exc)}
+
+
+def start_runpod() -> None:
+    """Hand ``handler`` to RunPod's serverless worker loop (inside the RunPod image only)."""
+    try:
+        import runpod
+    except ImportError as exc:
+        raise SystemExit(
+            "the runpod package is not installed: the worker image installs it (build arg "
+            "PROVIDER=runpod); to try locally run `uv pip install runpod`"
+        ) from exc
+    runpod.serverless.start({"handler": handler})

@@ -1,0 +1,118 @@
+"""The queue manager's worker API (``services/protocol/workers.py``), with retries.
+
+Network errors, 5xx and 429 are retried with exponential backoff and jitter for up to
+``retry_seconds``; completion and failure are idempotent for the lease holder on the server, so a
+retried call after a lost reply never completes a job twice. 409 means the lease is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    before_sleep_log,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from services.protocol.jobs import JobError, OutputFile
+from services.protocol.workers import (
+    Completion,
+    EventBatch,
+    Failure,
+    HeartbeatReply,
+    JobEvent,
+    Lease,
+    LeaseCall,
+    RegisterReply,
+    WorkerRegistration,
+)
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLostError(Exception):
+    """409: this worker no longer holds the lease (it expired and the job moved on)."""
+
+
+class QueueRefusedError(Exception):
+    """The queue manager refused the call for a reason retrying cannot fix."""
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return isinstance(exc, httpx.HTTPStatusError) and (
+        exc.response.status_code >= 500 or exc.response.status_code == 429
+    )
+
+
+class QueueClient:
+    def __init__(self, base_url: str, token: str, retry_seconds: float = 120.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=30.0)
+        self.retry_seconds = retry_seconds
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def _post(self, path: str, body: Any = None, read_seconds: float = 30.0) -> httpx.Response:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_transient),
+            stop=stop_after_delay(self.retry_seconds),
+            wait=wait_exponential_jitter(multiplier=0.05, max=5.0),
+            reraise=True,
+            before_sleep=before_sleep_log(log, logging.WARNING),
+        )
+        async for attempt in retrying:
+            with attempt:
+                reply = await self.http.post(
+                    path, content=body, timeout=read_seconds, headers={"Content-Type": "application/json"}
+                )
+                return self._check(reply, path)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check(self, reply: httpx.Response, path: str) -> httpx.Response:
+        if reply.status_code == 409:
+            raise LeaseLostError(f"{path}: the lease is no longer held by this worker")
+        if reply.status_code in (401, 403):
+            raise QueueRefusedError(
+                f"the queue manager at {self.base_url} refused the worker token ({reply.status_code}): set "
+                "WORKER_TOKEN to the token of this worker's pool (WORKER_POOL)"
+            )
+        if 400 <= reply.status_code < 500 and reply.status_code != 429:
+            raise QueueRefusedError(f"{path} answered {reply.status_code}: {reply.text[:500]}")
+        reply.raise_for_status()
+        return reply
+
+    async def register(self, registration: WorkerRegistration) -> RegisterReply:
+        reply = await self._post("/api/workers/register", registration.model_dump_json())
+        return RegisterReply.model_validate_json(reply.content)
+
+    async def claim(self, worker_id: str, wait: float) -> Lease | None:
+        reply = await self._post(f"/api/workers/{worker_id}/claim?wait={wait:g}", read_seconds=wait + 15.0)
+        return None if reply.status_code == 204 else Lease.model_validate_json(reply.content)
+
+    async def heartbeat(self, job_id: str, token: str) -> HeartbeatReply:
+        reply = await self._post(f"/api/leases/{job_id}/heartbeat", LeaseCall(token=token).model_dump_json())
+        return HeartbeatReply.model_validate_json(reply.content)
+
+    async def events(self, job_id: str, token: str, events: list[JobEvent]) -> None:
+        await self._post(
+            f"/api/leases/{job_id}/events", EventBatch(token=token, events=events).model_dump_json()
+        )
+
+    async def complete(self, job_id: str, token: str, outputs: list[OutputFile]) -> None:
+        body = Completion(token=token, outputs=outputs).model_dump_json()
+        await self._post(f"/api/leases/{job_id}/complete", body)
+
+    async def fail(self, job_id: str, token: str, error: JobError) -> None:
+        await self._post(f"/api/leases/{job_id}/fail", Failure(token=token, error=error).model_dump_json())
+
+    async def release(self, job_id: str, token: str) -> None:
+        await self._post(f"/api/leases/{job_id}/release", LeaseCall(token=token).model_dump_json())

@@ -1,0 +1,294 @@
+"""One job on ComfyUI, from its inputs to an outcome the front door reports.
+
+Inputs are fetched from user-file storage and uploaded through ``/upload/image``; the graph is
+submitted with ``prompt_id`` = job id and the agent's ``client_id``; the job is followed on the
+agent's socket (``/history`` polled when the socket goes silent); on success every output is
+streamed to storage. Cancel is a targeted interrupt, or a queue delete when the job has not
+started. A ComfyUI death or restart makes the job ``lost``: failed, retryable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.protocol.jobs import FileRef, Job, JobError, OutputFile, storage_key
+from services.storage import Storage, StorageError
+from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, PromptRejectedError
+from services.worker.comfy_events import Event, EventStream
+from services.worker.forwarder import EventForwarder
+from services.worker.outputs import output_files, store_outputs
+
+log = logging.getLogger(__name__)
+SPOOL_BYTES = 8 * 1024 * 1024
+CANCELLED = JobError(type="Cancelled", message="the job was cancelled before it finished")
+
+
+@dataclass
+class Outcome:
+    outputs: list[OutputFile] = field(default_factory=list)
+    error: JobError | None = None
+
+
+@dataclass
+class Ending:
+    """How following a job ended: ``success`` (with its history entry), ``error``, ``cancelled``, ``lost``."""
+
+    kind: str
+    entry: dict[str, Any] | None = None
+    error: JobError | None = None
+
+
+def lost(reason: str) -> Ending:
+    return Ending("lost", error=JobError(type="ComfyUILost", message=reason, retryable=True))
+
+
+def rejected(exc: PromptRejectedError) -> JobError:
+    """ComfyUI's 400 as a participant-readable error naming the first failing node."""
+    error, node_errors = exc.body.get("error", {}), exc.body.get("node_errors") or {}
+    node_id, node = next(iter(node_errors.items()), (None, {}))
+    node = node if isinstance(node, dict) else {}
+    problems = [f"{p.get('message')}: {p.get('details')}" for p in node.get("errors", [])]
+    message = error.get("message", "ComfyUI rejected the workflow")
+    if problems:
+        message = f"{message}: node {node_id} ({node.get('class_type')}): {'; '.join(problems)}"
+    return JobError(
+        type=error.get("type", "invalid_prompt"),
+        message=message,
+        node_id=node_id,
+        node_type=node.get("class_type"),
+        details=json.dumps(node_errors)[:4000] or None,
+    )
+
+
+def from_history(entry: dict[str, Any]) -> Ending:
+    """An ending read from ``/history`` (the silent-socket path)."""
+    status = entry.get("status") or {}
+    if status.get("status_str") == "success":
+        return Ending("success", entry=entry)
+    for kind, data in status.get("messages", []):
+        if kind in ("execution_error", "execution_interrupted"):
+            return Follower.terminal(kind, data) or Ending("error")
+    return Ending("error", error=JobError(type="ExecutionFailed", message="ComfyUI reported an error"))
+
+
+class Follower:
+    """Turns one job's socket events into forwarded events and, at the end, an ``Ending``."""
+
+    def __init__(self, forwarder: EventForwarder) -> None:
+        self.forwarder = forwarder
+        self.succeeded = False
+        self.executed: list[dict[str, Any]] = []
+
+    @staticmethod
+    def terminal(kind: str, data: dict[str, Any]) -> Ending | None:
+        if kind == "execution_error":
+            trace = "".join(data.get("traceback") or [])[-4000:] or None
+            return Ending(
+                "error",
+                error=JobError(
+                    type=str(data.get("exception_type") or "ExecutionError"),
+                    message=str(data.get("exception_message") or "the node failed").strip(),
+                    node_id=data.get("node_id"),
+                    node_type=data.get("node_type"),
+                    details=trace,
+                ),
+            )
+        if kind == "execution_interrupted":
+            return Ending(
+                "cancelled",
+                error=CANCELLED.model_copy(
+                    update={"node_id": data.get("node_id"), "node_type": data.get("node_type")}
+                ),
+            )
+        return None
+
+    def handle(self, kind: str, data: dict[str, Any]) -> Ending | None:
+        if kind == "execution_success":
+            self.succeeded = True
+        elif kind == "executing" and data.get("node") is None:
+            return Ending("success") if self.succeeded else Ending("ended")
+        elif kind == "executed":
+            self.executed.append(data)  # sent once the outputs are stored
+        elif ending := self.terminal(kind, data):
+            return ending
+        else:
+            self.forwarder.add(kind, data)
+        return None
+
+
+class JobRunner:
+    def __init__(
+        self,
+        comfy: ComfyClient,
+        events: EventStream,
+        storage: Storage,
+        silence: float = 5.0,
+        poll: float = 1.0,
+    ) -> None:
+        self.comfy, self.events, self.storage = comfy, events, storage
+        self.silence, self.poll = silence, poll
+
+    async def run(
+        self,
+        job: Job,
+        forwarder: EventForwarder,
+        cancel: asyncio.Event,
+        death: asyncio.Event,
+        store: bool = True,
+    ) -> Outcome:
+        """Run ``job``; ``store=False`` (warmup) names the outputs without copying them to storage."""
+        try:
+            await self._upload_inputs(job)
+        except StorageError as exc:
+            return Outcome(error=JobError(type="InputMissing", message=str(exc)))
+        except ComfyUnavailableError as exc:
+            return Outcome(error=lost(str(exc)).error)
+        queue = self.events.subscribe(job.id)
+        try:
+            return await self._submit_and_follow(job, queue, forwarder, cancel, death, store)
+        finally:
+            self.events.unsubscribe(job.id)
+
+    async def _submit_and_follow(
+        self,
+        job: Job,
+        queue: asyncio.Queue[Event],
+        forwarder: EventForwarder,
+        cancel: asyncio.Event,
+        death: asyncio.Event,
+        store: bool,
+    ) -> Outcome:
+        try:
+            await self.comfy.submit(job.prompt, job.id, self.events.client_id, job.extra_data)
+        except PromptRejectedError as exc:
+            return Outcome(error=rejected(exc))
+        except ComfyUnavailableError as exc:
+            return Outcome(error=lost(str(exc)).error)
+        follower = Follower(forwarder)
+        try:
+            ending = await self._follow(job.id, queue, follower, cancel, death)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._abandon(job.id))
+            raise
+        return await self._conclude(job, ending, follower, store)
+
+    async def _conclude(self, job: Job, ending: Ending, follower: Follower, store: bool) -> Outcome:
+        if ending.kind in ("success", "ended") and ending.entry is None:
+            entry = await self.comfy.history(job.id)
+            ending = (
+                from_history(entry) if entry else lost("ComfyUI finished the job but has no history of it")
+            )
+        if ending.kind != "success" or ending.entry is None:
+            return Outcome(error=ending.error or CANCELLED)
+        if not store:
+            return Outcome(outputs=output_files(ending.entry))
+        try:
+            outputs = await store_outputs(self.comfy, self.storage, job.user, ending.entry)
+        except ComfyUnavailableError as exc:
+            return Outcome(error=lost(f"could not fetch the outputs: {exc}").error)
+        for data in follower.executed:
+            follower.forwarder.add("executed", data)
+        return Outcome(outputs=outputs)
+
+    async def _follow(
+        self,
+        job_id: str,
+        queue: asyncio.Queue[Event],
+        follower: Follower,
+        cancel: asyncio.Event,
+        death: asyncio.Event,
+    ) -> Ending:
+        timeout, cancelling = self.silence, False
+        while True:
+            event = await self._next(queue, death, None if cancelling else cancel, timeout)
+            if event == "died":
+                return lost("ComfyUI exited while running the job")
+            if event == "cancel":
+                cancelling = True
+                if await self._cancel(job_id):
+                    return Ending("cancelled", error=CANCELLED)
+            elif event == "silent":
+                timeout = self.poll
+                if ending := await self._check(job_id):
+                    return ending
+            elif isinstance(event, tuple):
+                timeout = self.silence
+                if ending := follower.handle(*event):
+                    return ending
+
+    async def _next(
+        self, queue: asyncio.Queue[Event], death: asyncio.Event, cancel: asyncio.Event | None, wait: float
+    ) -> Event | str:
+        if death.is_set():
+            return "died"
+        if cancel is not None and cancel.is_set():
+            return "cancel"
+        if not queue.empty():
+            return queue.get_nowait()
+        waiters: dict[asyncio.Future[Any], str] = {
+            asyncio.ensure_future(queue.get()): "event",
+            asyncio.ensure_future(death.wait()): "died",
+        }
+        if cancel is not None:
+            waiters[asyncio.ensure_future(cancel.wait())] = "cancel"
+        done, pending = await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        for task in done:
+            if waiters[task] == "event":
+                result: Event = task.result()
+                return result
+        return waiters[next(iter(done))] if done else "silent"
+
+    async def _check(self, job_id: str) -> Ending | None:
+        """The silent-socket fallback: ask ``/history``, and ``/queue`` whether ComfyUI still knows it."""
+        try:
+            entry = await self.comfy.history(job_id)
+            if entry is not None:
+                return from_history(entry)
+            running, pending = await self.comfy.queue()
+        except ComfyUnavailableError as exc:
+            return lost(str(exc))
+        if job_id in running or job_id in pending:
+            return None
+        return lost("ComfyUI no longer knows the job (it restarted and lost its queue)")
+
+    async def _cancel(self, job_id: str) -> bool:
+        """Stop the job in ComfyUI; True when it is confirmed gone without an event to wait for."""
+        running, pending = await self.comfy.queue()
+        if job_id in pending:
+            await self.comfy.delete_queued(job_id)
+            running, pending = await self.comfy.queue()
+            if job_id not in running:
+                return True
+        if job_id in running:
+            await self.comfy.interrupt(job_id)
+        return False
+
+    async def _abandon(self, job_id: str) -> None:
+        with contextlib.suppress(Exception):
+            await self._cancel(job_id)
+
+    async def _upload_inputs(self, job: Job) -> None:
+        for ref in job.inputs:
+            await self._upload_input(job.user, ref)
+
+    async def _upload_input(self, user: str, ref: FileRef) -> None:
+        key = storage_key(user, ref)
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
+            try:
+                async for chunk in self.storage.get(key):
+                    spool.write(chunk)
+            except FileNotFoundError as exc:
+                raise StorageError(
+                    f"input file {ref.filename!r} is not among your files (looked for {key}): upload it "
+                    "again and resubmit"
+                ) from exc
+            spool.seek(0)
+            await self.comfy.upload_input(ref.filename, ref.subfolder, spool)

@@ -1,0 +1,118 @@
+"""The worker's configuration: one ``WorkerSettings`` read from ``WORKER_*`` environment variables.
+
+Every field's description documents its variable (``WORKER_`` + upper-case field name). List
+values (``WORKER_COMFYUI_COMMAND``, ``WORKER_COMFYUI_ARGS``) are JSON arrays.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_worker_id() -> str:
+    return socket.gethostname().replace("_", "-")[:100] or "worker"
+
+
+class WorkerSettings(BaseSettings):
+    """Worker agent settings; each field is the env var ``WORKER_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="WORKER_", extra="ignore", populate_by_name=True)
+
+    queue_url: str = Field(
+        default="http://127.0.0.1:8000", description="WORKER_QUEUE_URL: the queue manager's base URL"
+    )
+    token: SecretStr = Field(
+        default=SecretStr(""), description="WORKER_TOKEN: this pool's bearer token for the worker API"
+    )
+    pool: str = Field(default="local", description="WORKER_POOL: the pool this worker serves")
+    provider: str = Field(
+        default="local", description="WORKER_PROVIDER: verda | verda-serverless | runpod | local"
+    )
+    worker_id: str = Field(
+        default_factory=_default_worker_id,
+        validation_alias=AliasChoices("WORKER_ID", "worker_id"),
+        description="WORKER_ID: this worker's unique name (default: the hostname)",
+    )
+    device: str = Field(default="gpu", description="WORKER_DEVICE: gpu | cpu (cpu adds ComfyUI's --cpu)")
+    comfyui_url: str | None = Field(
+        default=None, description="WORKER_COMFYUI_URL: attach to a running ComfyUI instead of starting one"
+    )
+    comfyui_dir: Path = Field(
+        default=Path("/opt/ComfyUI"), description="WORKER_COMFYUI_DIR: ComfyUI checkout (holds main.py)"
+    )
+    comfyui_command: list[str] = Field(
+        default_factory=list,
+        description='WORKER_COMFYUI_COMMAND: JSON launcher replacing ["python", "<dir>/main.py"]',
+    )
+    comfyui_args: list[str] = Field(
+        default_factory=list, description='WORKER_COMFYUI_ARGS: extra ComfyUI flags, e.g. ["--cpu"]'
+    )
+    comfyui_port: int = Field(default=8188, description="WORKER_COMFYUI_PORT: port of the child ComfyUI")
+    data_dir: Path = Field(
+        default=Path("/var/lib/comfy-worker"),
+        description="WORKER_DATA_DIR: ComfyUI's input/, output/ and temp/ folders live here",
+    )
+    storage_url: str = Field(
+        default="file:///var/lib/comfy-workshop/files",
+        description="WORKER_STORAGE_URL: user-file storage, file:///path or s3://bucket[/prefix] "
+        "(S3 endpoint and keys in S3_ENDPOINT_URL, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY)",
+    )
+    models_manifest: Path | None = Field(
+        default=None, description="WORKER_MODELS_MANIFEST: YAML/JSON list of model files to hold"
+    )
+    models_url: str | None = Field(
+        default=None, description="WORKER_MODELS_URL: the models vault, e.g. s3://comfy-models"
+    )
+    models_dir: Path = Field(
+        default=Path("/var/lib/comfy-worker/models"),
+        description="WORKER_MODELS_DIR: local disk the models are synced to",
+    )
+    shared_models_dir: Path | None = Field(
+        default=None,
+        description="WORKER_SHARED_MODELS_DIR: shared filesystem / network volume holding models "
+        "(wired into ComfyUI through extra_model_paths.yaml, never copied)",
+    )
+    warmup: bool = Field(
+        default=True, description="WORKER_WARMUP: run a tiny workflow before reporting ready"
+    )
+    ready_timeout: float = Field(
+        default=300.0, gt=0, description="WORKER_READY_TIMEOUT: seconds ComfyUI may take to answer"
+    )
+    ws_silence_seconds: float = Field(
+        default=5.0, gt=0, description="WORKER_WS_SILENCE_SECONDS: socket silence before polling /history"
+    )
+    poll_seconds: float = Field(default=1.0, gt=0, description="WORKER_POLL_SECONDS: /history poll period")
+    progress_per_second: float = Field(
+        default=10.0, gt=0, description="WORKER_PROGRESS_PER_SECOND: progress events forwarded per job"
+    )
+    shutdown_grace_seconds: float = Field(
+        default=60.0, ge=0, description="WORKER_SHUTDOWN_GRACE_SECONDS: time to finish a job on SIGTERM"
+    )
+    retry_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="WORKER_RETRY_SECONDS: how long calls to the queue manager are retried",
+    )
+    push_port: int = Field(default=8080, description="WORKER_PUSH_PORT: port of the push HTTP handler")
+
+    @model_validator(mode="after")
+    def _check(self) -> WorkerSettings:
+        if self.models_manifest is not None and self.models_url is None and self.shared_models_dir is None:
+            raise ValueError(
+                "WORKER_MODELS_MANIFEST is set but there is nowhere to get models from: set "
+                "WORKER_MODELS_URL (s3://bucket of the models vault) or WORKER_SHARED_MODELS_DIR"
+            )
+        return self
+
+    @property
+    def launcher(self) -> list[str]:
+        return self.comfyui_command or ["python", str(self.comfyui_dir / "main.py")]
+
+    @property
+    def comfyui_flags(self) -> list[str]:
+        cpu = ["--cpu"] if self.device == "cpu" and "--cpu" not in self.comfyui_args else []
+        return [*cpu, *self.comfyui_args]
