@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +80,27 @@ def comfy(tmp_path: Path) -> Iterator[ComfyUIDouble]:
 
 
 @pytest.fixture
-def qm(redis_url: str, files: Path) -> Iterator[QueueManagerServer]:
-    settings = settings_for(redis_url, lease_seconds=3.0, reap_interval_seconds=0.1, retry_backoff_seconds=0)
-    server = QueueManagerServer(build_app(settings, files))
-    server.start()
-    yield server
-    server.stop()
+def qm_factory(redis_url: str, files: Path) -> Iterator[Callable[..., QueueManagerServer]]:
+    """Start the real queue manager with a given lease term (seconds)."""
+    servers: list[QueueManagerServer] = []
+
+    def start(lease_seconds: float = 3.0) -> QueueManagerServer:
+        settings = settings_for(
+            redis_url, lease_seconds=lease_seconds, reap_interval_seconds=0.1, retry_backoff_seconds=0
+        )
+        server = QueueManagerServer(build_app(settings, files))
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def qm(qm_factory: Callable[..., QueueManagerServer]) -> QueueManagerServer:
+    return qm_factory()
 
 
 def worker_settings(comfy: ComfyUIDouble, qm_url: str, tmp_path: Path, **extra: Any) -> WorkerSettings:
@@ -129,10 +144,21 @@ async def pull_worker(settings: WorkerSettings) -> AsyncIterator[RunningWorker]:
         await queue.aclose()
 
 
+def participant(qm: QueueManagerServer, user: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=qm.url, auth=(user, password(user)), timeout=10)
+
+
 @pytest.fixture
 async def alice(qm: QueueManagerServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=qm.url, auth=("alice", password("alice")), timeout=10) as client:
+    async with participant(qm, "alice") as client:
         yield client
+
+
+def put_input(files: Path, user: str, name: str, data: bytes) -> None:
+    """A participant's uploaded input file, as the queue manager stores it."""
+    path = files / "users" / user / "input" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 async def submit(client: httpx.AsyncClient, prompt: dict[str, Any], **extra: Any) -> str:
