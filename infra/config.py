@@ -57,6 +57,7 @@ class QueuePolicy(Model):
     max_attempts: int = Field(default=3, ge=1, le=10)
     retention_hours: int = Field(default=72, ge=1, le=24 * 90)
     max_upload_mb: int = Field(default=100, ge=1, le=2048)
+    drain_timeout_seconds: int = Field(default=600, ge=0, le=3600, description="evening destroy waits")
 
 
 class VpsConfig(Model):

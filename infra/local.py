@@ -1,24 +1,36 @@
-"""The local stack: the same platform on this machine's Docker, a CPU worker, no cloud account."""
+"""The local stack: the same platform on this machine's Docker, a CPU worker, no cloud account.
+
+nginx listens on 127.0.0.1 only; workers reach the queue manager on the private network; files
+and Redis's data are Docker volumes kept by `pulumi destroy`, and the queue keeper snapshots the
+queue into the files volume, so the next `make local` resumes where the last one stopped.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pulumi
-import pulumi_docker as docker
 
 from infra.config import LocalConfig
 from infra.credentials import Credentials
+from infra.platform import FILES_DIR, QM_PORT, Platform, PlatformArgs, Publish, data_volume, platform_network
 from infra.pool_set import PoolSet
 from infra.pools import PoolConfig, PoolContext
+from infra.qm_settings import queue_manager_settings
+from infra.queue_keeper import QueueKeeper
+from infra.secret import secret
+from infra.templates.nginx import NginxSpec, nginx_site
 from infra.urls import urls
 
-QUEUE_MANAGER_URL = "http://queue-manager:8000"
+QUEUE_MANAGER_URL = f"http://queue-manager:{QM_PORT}"
+NGINX_PORT = 8080
 
 
 def build_local(config: LocalConfig, stack: str) -> dict[str, Any]:
     """Declare the local platform and return its stack outputs."""
-    network = docker.Network("network", name=f"comfy-{stack}", internal=False)
+    network = platform_network("network", stack)
+    files = data_volume("files", stack, "files", keep=True)
     credentials = Credentials("credentials", config.participants)
     base_url = f"http://localhost:{config.http_port}"
 
@@ -29,12 +41,33 @@ def build_local(config: LocalConfig, stack: str) -> dict[str, Any]:
             callback_url=QUEUE_MANAGER_URL,
             worker_token=token,
             docker_network=network.name,
+            extra={"files_volume": files.name},
         )
 
     pools = PoolSet("pools", config.pools, context_for)
+    settings = queue_manager_settings(
+        config.queue, base_url, config.admin_user, credentials.admin_password, credentials.session_secret,
+        pools.tokens_json(), f"file://{FILES_DIR}",
+    )  # fmt: skip
+    site = NginxSpec("localhost", http_port=NGINX_PORT, max_upload_mb=config.queue.max_upload_mb)
+    platform = Platform(
+        "platform",
+        PlatformArgs(
+            stack=stack,
+            network=network,
+            files_volume=files,
+            nginx_site=nginx_site(site),
+            publish=[Publish(NGINX_PORT, config.http_port, "127.0.0.1")],
+            nginx_health_url=f"http://127.0.0.1:{NGINX_PORT}/health",
+            settings={**settings, **pools.queue_manager_env()},
+            participants_json=secret(credentials.participants.apply(json.dumps)),
+            keep_volumes=True,
+        ),
+    )
+    QueueKeeper("queue", platform.queue_manager_name, 60, platform.queue_manager)
     return {
         **urls(base_url, list(config.participants)),
-        "credentials": pulumi.Output.secret(
+        "credentials": secret(
             pulumi.Output.all(
                 admin={"user": config.admin_user, "password": credentials.admin_password},
                 participants=credentials.participants,

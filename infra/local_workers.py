@@ -1,7 +1,9 @@
 """Worker containers on a Docker daemon the program drives directly (the local stack, local GPUs).
 
 They join the platform's private network and claim jobs from the queue manager by its network
-alias, so nothing of the worker API is published on a host port.
+alias, so nothing of the worker API is published on a host port. On the local stack they share the
+queue manager's files volume (``ctx.extra["files_volume"]``), so outputs land where the workspace
+reads them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import pulumi
 import pulumi_docker as docker
 
 from infra.images import build_image, worker_source
+from infra.platform import FILES_DIR
 from infra.pools.base import PoolContext
 
 
@@ -34,6 +37,7 @@ def worker_env(spec: LocalWorkers, ctx: PoolContext, index: int) -> list[pulumi.
         "WORKER_PROVIDER": spec.provider_name,
         "WORKER_ID": f"{spec.pool}-{index}",
         "WORKER_DEVICE": spec.variant,
+        "WORKER_STORAGE_URL": f"file://{FILES_DIR}",
     }
     env = [pulumi.Output.concat(key, "=", value) for key, value in plain.items()]
     env.append(pulumi.Output.secret(pulumi.Output.concat("WORKER_TOKEN=", ctx.worker_token)))
@@ -47,6 +51,8 @@ def local_worker_containers(
     on_daemon = pulumi.ResourceOptions(parent=parent, provider=ctx.docker_provider)
     image = build_image(f"{spec.pool}-image", worker_source(spec.variant), on_daemon)
     networks = [docker.ContainerNetworksAdvancedArgs(name=ctx.docker_network)] if ctx.docker_network else None
+    files = ctx.extra.get("files_volume")
+    volumes = [docker.ContainerVolumeArgs(volume_name=files, container_path=FILES_DIR)] if files else None
     return [
         docker.Container(
             f"{spec.pool}-worker-{index}",
@@ -54,6 +60,7 @@ def local_worker_containers(
             image=image.image_id,
             envs=worker_env(spec, ctx, index),
             networks_advanced=networks,
+            volumes=volumes,
             gpus=spec.gpus,
             restart="unless-stopped",
             labels=[docker.ContainerLabelArgs(label="comfy-workshop.pool", value=spec.pool)],

@@ -1,38 +1,127 @@
-"""The workshop stack: the day's CPU tier and GPU pools, wired to the vault it reads."""
+"""The workshop stack: the day's CPU tier and GPU pools, wired to the vault it reads.
+
+Order: tailnet keys and policy -> VPS (cloud-init joins the tailnet) -> DNS -> Docker over SSH
+once cloud-init is done -> pools (their tokens feed the queue manager) -> Redis, queue manager,
+nginx -> the queue keeper, whose delete drains and snapshots before anything else goes.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pulumi
 
 from infra.config import WorkshopConfig
+from infra.dns import dns_record
+from infra.platform import Platform, PlatformArgs, Publish, data_volume, platform_network
 from infra.pool_set import PoolSet
 from infra.pools import PoolConfig, PoolContext
+from infra.pools.base import StorageAccess
+from infra.qm_settings import queue_manager_settings, s3_settings
+from infra.queue_keeper import QueueKeeper
+from infra.remote_docker import RemoteDocker
+from infra.secret import secret
+from infra.tailnet import Tailnet
+from infra.templates.nginx import NginxSpec, Tls, nginx_site
 from infra.urls import url_outputs
 from infra.vault_ref import VaultOutputs
+from infra.vps import Vps, VpsArgs
 
 WORKER_API_PORT = 8081
+
+
+def _storage(vault: VaultOutputs, role: str, credentials: pulumi.Output[dict[str, str]]) -> StorageAccess:
+    bucket = vault.r2.apply(lambda r2: r2[role])
+    return StorageAccess(
+        endpoint=bucket.apply(lambda b: b["endpoint"]),
+        bucket=bucket.apply(lambda b: b["bucket"]),
+        access_key_id=secret(credentials.apply(lambda c: c["accessKeyId"])),
+        secret_access_key=secret(credentials.apply(lambda c: c["secretAccessKey"])),
+    )
 
 
 def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
     """Declare the workshop in dependency order and return its stack outputs."""
     vault = VaultOutputs(config.vault_stack)
     base_url = f"https://{config.domain}"
-    queue_url = f"http://{config.vps.hostname}:{WORKER_API_PORT}"
+    tailnet = Tailnet("tailnet", config.tailscale, WORKER_API_PORT)
+    vps_args = VpsArgs(
+        config.vps, stack, vault.deploy_public_key, vault.deploy_private_key, tailnet.vps_key,
+        (config.tailscale.vps_tag,),
+    )  # fmt: skip
+    vps = Vps("vps", vps_args)
+    dns_record("dns", config.zone, config.domain, vps.server.ipv4_address)
+    remote = RemoteDocker(
+        "docker", stack, vps.ssh_host, vps.host_public_key, vault.deploy_private_key, vps.ready
+    )
+    on_vps = pulumi.ResourceOptions(provider=remote.provider)
+    network = platform_network("network", stack, on_vps)
+    models = _storage(vault, "models", vault.models_read)
+    files = _storage(vault, "userFiles", vault.user_files)
 
     def context_for(pool: PoolConfig, token: pulumi.Output[str]) -> PoolContext:
-        return PoolContext(stack=stack, queue_url=queue_url, callback_url=base_url, worker_token=token)
+        return PoolContext(
+            stack=stack,
+            queue_url=f"http://{config.vps.hostname}:{WORKER_API_PORT}",
+            callback_url=base_url,
+            worker_token=token,
+            tailnet_auth_key=tailnet.gpu_key,
+            models=models,
+            user_files=files,
+            registry=config.registry,
+        )
 
     pools = PoolSet("pools", config.pools, context_for)
+    files_url = pulumi.Output.concat("s3://", files.bucket, "/files")
+    settings = {
+        **queue_manager_settings(
+            config.queue, base_url, vault.admin_user, vault.admin_password, vault.session_secret,
+            pools.tokens_json(), files_url,
+        ),
+        **s3_settings(files.endpoint, vault.user_files),
+        **pools.queue_manager_env(),
+    }  # fmt: skip
+    site = NginxSpec(
+        config.domain, tls=Tls(), http_port=80, https_port=443, worker_port=WORKER_API_PORT,
+        max_upload_mb=config.queue.max_upload_mb,
+    )  # fmt: skip
+    platform = Platform(
+        "platform",
+        PlatformArgs(
+            stack=stack,
+            network=network,
+            files_volume=data_volume("files", stack, "files", keep=False, opts=on_vps),
+            nginx_site=nginx_site(site),
+            publish=[
+                Publish(80, 80, "0.0.0.0"),
+                Publish(443, 443, "0.0.0.0"),
+                # The worker API only on the tailnet address: the tailnet policy decides who reaches it.
+                Publish(WORKER_API_PORT, WORKER_API_PORT, vps.tailnet_ip),
+            ],
+            nginx_health_url=f"http://127.0.0.1:{WORKER_API_PORT}/health",
+            settings=settings,
+            participants_json=secret(vault.participant_passwords.apply(json.dumps)),
+            tls=(vault.origin_certificate, vault.origin_private_key),
+        ),
+        on_vps,
+    )
+    QueueKeeper(
+        "queue", platform.queue_manager_name, config.queue.drain_timeout_seconds, platform.queue_manager,
+        connection=vps.connection,
+    )  # fmt: skip
     return {
         **url_outputs(base_url, vault.participant_names),
-        "credentials": pulumi.Output.secret(
+        "credentials": secret(
             pulumi.Output.all(
                 admin={"user": vault.admin_user, "password": vault.admin_password},
                 participants=vault.participant_passwords,
             )
         ),
-        "tailnetNames": {"vps": config.vps.hostname},
+        "vpsAddress": vps.server.ipv4_address,
+        "tailnetNames": {"vps": config.vps.hostname, "vpsTag": config.tailscale.vps_tag,
+                         "gpuTag": config.tailscale.gpu_tag},
+        "tailnetAddress": vps.tailnet_ip,
+        "workerApiUrl": f"http://{config.vps.hostname}:{WORKER_API_PORT}",
         "pools": pools.summaries(),
-    }
+    }  # fmt: skip

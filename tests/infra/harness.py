@@ -173,12 +173,16 @@ class Recorder(mocks.Mocks):
     def __init__(self, vault: dict[str, Any]) -> None:
         self.vault = vault
         self.invokes: list[tuple[str, dict[str, Any]]] = []
+        self.count = 0
 
     def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         if args.typ == "pulumi:pulumi:StackReference":
             state = {"name": args.name, "outputs": self.vault, "secretOutputNames": VAULT_SECRET_OUTPUTS}
             return args.resource_id or args.name, state
-        return f"{args.name}-id", {**args.inputs, **OUTPUTS.get(args.typ, {})}
+        self.count += 1
+        # Hetzner ids are integers, and the program converts them (`firewall_ids` takes ints).
+        resource_id = str(1000 + self.count) if args.typ.startswith("hcloud:") else f"{args.name}-id"
+        return resource_id, {**args.inputs, **OUTPUTS.get(args.typ, {})}
 
     def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         self.invokes.append((args.token, dict(args.args)))
