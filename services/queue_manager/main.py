@@ -18,6 +18,7 @@ from services.queue_manager.api.errors import BodyLimit, install_error_handlers
 from services.queue_manager.api.main import api_router
 from services.queue_manager.auth import Authenticator
 from services.queue_manager.background import running
+from services.queue_manager.dispatch import dispatching
 from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
 
@@ -42,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = Store(redis, config)
         app.state.settings, app.state.store, app.state.auth = config, store, Authenticator(config)
         try:
-            async with running(store):
+            async with running(store), dispatching(store, config):
                 yield
         finally:
             await redis.aclose()
