@@ -30,7 +30,7 @@ class Rig:
 def qm_settings(redis_url: str, port: int, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "env": "development", "redis_url": redis_url, "worker_tokens": {POOL: "pool-token"},
-        "public_url": f"http://127.0.0.1:{port}", "lease_seconds": 1.0, "reap_interval_seconds": 0.05,
+        "public_url": f"http://127.0.0.1:{port}", "lease_seconds": 2.0, "reap_interval_seconds": 0.05,
         "retry_backoff_seconds": 0.05, "retry_backoff_max_seconds": 0.1, "log_level": "WARNING",
     }  # fmt: skip
     return Settings(**(values | overrides))

@@ -142,7 +142,7 @@ async def test_a_finished_job_frees_its_slot_without_waiting_for_the_next_poll(
 async def test_the_lease_outlives_a_cold_start_longer_than_the_lease(
     redis_url: str, make_platform: Callable[..., Platform]
 ) -> None:
-    platform = make_platform(cold_start_s=2.5)  # the lease is 1 s
+    platform = make_platform(cold_start_s=3.0)  # the lease is 2 s
     async with rig(redis_url, "runpod", platform, poll_seconds=60.0) as r:
         job = await submit(r.store, "ada")
 
