@@ -18,20 +18,28 @@ POSITION_INTERVAL = 1.0
 RETRY_SECONDS = 1.0
 
 
+def _stopping() -> bool:
+    """True once this task was cancelled, even if a client library swallowed the CancelledError
+    (redis-py's asyncio client can, while it waits for a connection)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def _forever(name: str, run: Callable[[], Awaitable[None]]) -> None:
-    """Run ``run`` again whenever it stops (Redis restarts, connection drops)."""
-    while True:
+    """Run ``run`` again whenever it stops (Redis restarts, connection drops), until cancelled."""
+    while not _stopping():
         try:
             await run()
         except (RedisError, OSError) as exc:
             log.warning("background task lost Redis, retrying", extra={"task": name, "error": str(exc)})
         except Exception:
             log.exception("background task failed, restarting", extra={"task": name})
-        await asyncio.sleep(RETRY_SECONDS)
+        if not _stopping():
+            await asyncio.sleep(RETRY_SECONDS)
 
 
 async def reap_loop(store: Store) -> None:
-    while True:
+    while not _stopping():
         await store.reap()
         await asyncio.sleep(store.settings.reap_interval_seconds)
 
@@ -39,7 +47,7 @@ async def reap_loop(store: Store) -> None:
 async def position_loop(store: Store) -> None:
     """Tell connected participants when their waiting jobs move up."""
     sent: dict[str, int] = {}
-    while True:
+    while not _stopping():
         current: dict[str, int] = {}
         for user in store.events.local_users():
             for job_id in await store.redis.smembers(store.keys.user_queued(user)):
@@ -71,4 +79,4 @@ async def running(store: Store) -> AsyncIterator[None]:
     finally:
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.wait(tasks, timeout=5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -32,8 +32,15 @@ def install_error_handlers(app: FastAPI) -> None:
 DEFAULT_MAX_BYTES = 2_000_000
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """Raised while the body streams in; an HTTPException so FastAPI's body parsing passes it on."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, too_large(limit))
+
+
+def too_large(limit: int) -> str:
+    return f"request body larger than {limit} bytes (QM_MAX_BODY_BYTES)"
 
 
 class BodyLimit:
@@ -73,13 +80,13 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise BodyTooLarge
+                raise BodyTooLarge(limit)
             return message
 
         return counted
 
     async def _refuse(self, send: Send, limit: int) -> None:
-        body = json.dumps({"detail": f"request body larger than {limit} bytes (QM_MAX_BODY_BYTES)"})
+        body = json.dumps({"detail": too_large(limit)})
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body.encode()})
