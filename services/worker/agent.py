@@ -126,16 +126,18 @@ class Agent:
     async def _run_while_held(
         self, job: Job, forwarder: EventForwarder, keeper: LeaseKeeper
     ) -> Outcome | None:
+        """The job's outcome, or None when the lease was lost first (the job is then stopped)."""
         run = asyncio.create_task(self.runner.run(job, forwarder, keeper.cancel, self.comfy_server.death))
         lost = asyncio.create_task(keeper.lost.wait())
-        done, _ = await asyncio.wait({run, lost}, return_when=asyncio.FIRST_COMPLETED)
-        if run in done:
+        try:
+            await asyncio.wait({run, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
             lost.cancel()
-            return run.result()
-        run.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await run
-        return None
+            if not run.done():
+                run.cancel()  # lease lost, or we are being cancelled (shutdown): the runner stops ComfyUI
+                with contextlib.suppress(asyncio.CancelledError):
+                    await run
+        return None if keeper.lost.is_set() and run.cancelled() else run.result()
 
     async def _report(self, lease: Lease, queue: QueueClient, outcome: Outcome) -> str:
         job_id = lease.job.id

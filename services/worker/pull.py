@@ -55,11 +55,14 @@ class PullWorker:
         reply = await self.register()
         while not self.stopping.is_set() and (max_jobs is None or self.jobs_done < max_jobs):
             lease = await self._claim(reply)
+            if self.stopping.is_set() and lease is None:
+                break
             if lease is not None:
                 await self._run(lease, reply.heartbeat_seconds)
                 self.jobs_done += 1
 
     async def _claim(self, reply: RegisterReply) -> Lease | None:
+        await self._until_comfyui_up()
         if self.first_claim_at is None:
             self.first_claim_at = time.monotonic()
         claim = asyncio.create_task(self.queue.claim(reply.worker_id, reply.claim_wait_seconds))
@@ -72,6 +75,15 @@ class PullWorker:
         with contextlib.suppress(asyncio.CancelledError):
             await claim
         return None
+
+    async def _until_comfyui_up(self) -> None:
+        """Never claim a job while ComfyUI is restarting: it would only be lost again."""
+        up = self.agent.comfy_server.up
+        if not up.is_set():
+            log.info("waiting for ComfyUI to come back before claiming")
+            stop = asyncio.create_task(self.stopping.wait())
+            await asyncio.wait({asyncio.create_task(up.wait()), stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
 
     async def _run(self, lease: Lease, heartbeat_seconds: float) -> None:
         job = asyncio.create_task(self.agent.run_lease(lease, self.queue, heartbeat_seconds))

@@ -77,9 +77,11 @@ class AttachedComfy:
     def __init__(self, url: str) -> None:
         self.url = url
         self.death = asyncio.Event()
+        self.up = asyncio.Event()
 
     async def start(self, client: ComfyClient, limit: float) -> None:
         await wait_ready(client, limit)
+        self.up.set()
 
     async def stop(self) -> None:
         return None
@@ -92,6 +94,7 @@ class ComfyProcess:
         self.settings = settings
         self.url = f"http://127.0.0.1:{settings.comfyui_port}"
         self.death = asyncio.Event()
+        self.up = asyncio.Event()  # set while a started process answers; cleared when it dies
         self.restarts = 0
         self._process: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -126,6 +129,7 @@ class ComfyProcess:
         self._stopping = False
         await self._spawn()
         await wait_ready(client, limit, self.death)
+        self.up.set()
         self._watch = asyncio.create_task(self._supervise(client), name="comfyui-supervisor")
 
     async def _spawn(self) -> None:
@@ -134,9 +138,9 @@ class ComfyProcess:
         log.info("ComfyUI started (pid %s)", self._process.pid)
         asyncio.get_running_loop().create_task(self._notice_exit(self._process, self.death))
 
-    @staticmethod
-    async def _notice_exit(process: asyncio.subprocess.Process, death: asyncio.Event) -> None:
+    async def _notice_exit(self, process: asyncio.subprocess.Process, death: asyncio.Event) -> None:
         await process.wait()
+        self.up.clear()
         death.set()
 
     async def _supervise(self, client: ComfyClient) -> None:
@@ -149,6 +153,7 @@ class ComfyProcess:
             try:
                 await self._spawn()
                 await wait_ready(client, self.settings.ready_timeout, self.death)
+                self.up.set()
             except ComfyNotReadyError as exc:
                 log.error("%s", exc)
                 await asyncio.sleep(min(30.0, 2.0**self.restarts))

@@ -1,0 +1,155 @@
+"""Faults the worker survives: ComfyUI crashing mid-job, the queue manager going away and coming
+back, a huge output, and SIGTERM in the middle of a job."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from services.protocol.jobs import JobState
+from tests.doubles.comfyui import ComfyUIDouble
+from tests.services.worker.conftest import (
+    QueueManagerServer,
+    finished,
+    graph,
+    participant,
+    pull_worker,
+    submit,
+    worker_settings,
+)
+from tests.services.worker.test_pull_jobs import until
+from tests.support.queue_manager_app import POOL, POOL_TOKEN
+from tests.support.servers import free_port
+
+
+async def test_comfyui_crashing_mid_job_restarts_it_and_the_job_is_retried(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "tests.doubles.comfyui",
+        "--node-seconds",
+        "0.3",
+        "--progress-steps",
+        "3",
+    ]
+    settings = worker_settings(
+        comfy,
+        qm.url,
+        tmp_path,
+        comfyui_url=None,
+        comfyui_command=command,
+        comfyui_port=free_port(),
+        warmup=False,
+        ready_timeout=30,
+    )
+    async with pull_worker(settings) as running:
+        comfyui = running.agent.comfy
+        job_id = await submit(alice, graph(color=11))
+        async with asyncio.timeout(10):
+            while job_id not in (await comfyui.queue())[0]:
+                await asyncio.sleep(0.02)  # polling the child ComfyUI's /queue
+        process = running.agent.comfy_server._process
+        assert process is not None
+        os.kill(process.pid, signal.SIGKILL)
+        job = await finished(alice, job_id)
+        restarts = running.agent.comfy_server.restarts
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert job.attempts == 2 and restarts == 1
+    assert (tmp_path / "data" / "output" / "t_00001_.png").is_file()
+
+
+async def test_the_queue_manager_away_and_back_gets_exactly_one_completion(
+    comfy: ComfyUIDouble, qm_factory: Callable[..., QueueManagerServer], tmp_path: Path
+) -> None:
+    qm = qm_factory(lease_seconds=20.0)
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)), participant(qm, "alice") as alice:
+        comfy.knobs.node_seconds = 0.2
+        job_id = await submit(alice, graph(color=12))
+        await until(lambda: comfy.state.running is not None, "job running")
+        qm.stop()
+        await until(
+            lambda: job_id in comfy.state.history, "job done in ComfyUI while the queue manager is away"
+        )
+        qm.start()
+        job = await finished(alice, job_id)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert job.attempts == 1 and [o.filename for o in job.outputs] == ["t_00001_.png"]
+
+
+async def test_a_large_output_is_streamed_to_storage_not_held_in_memory(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
+) -> None:
+    size = 48 * 1024 * 1024
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+        comfy.knobs.output_bytes = size
+        tracemalloc.start()
+        try:
+            job = await finished(alice, await submit(alice, graph(color=13)), timeout=60)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert job.outputs[0].size == size == (files / "users/alice/output/t_00001_.png").stat().st_size
+    assert peak < 12 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB while moving a 48 MiB output"
+
+
+def worker_process(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path, grace: float
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "WORKER_QUEUE_URL": qm.url,
+        "WORKER_TOKEN": POOL_TOKEN,
+        "WORKER_POOL": POOL,
+        "WORKER_ID": "w-sigterm",
+        "WORKER_COMFYUI_URL": comfy.url,
+        "WORKER_DATA_DIR": str(tmp_path / "data"),
+        "WORKER_STORAGE_URL": f"file://{tmp_path}/files",
+        "WORKER_SHUTDOWN_GRACE_SECONDS": str(grace),
+        "WORKER_WARMUP": "false",
+    }
+    return subprocess.Popen([sys.executable, "-m", "services.worker", "pull"], env=env)
+
+
+async def test_sigterm_mid_job_finishes_it_within_the_grace_period_and_exits_0(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    comfy.knobs.node_seconds = 0.3
+    process = worker_process(comfy, qm, tmp_path, grace=20)
+    try:
+        job_id = await submit(alice, graph(color=14))
+        await until(lambda: comfy.state.running is not None, "job running", timeout=20)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 20) == 0
+    finally:
+        process.kill()
+    job = await finished(alice, job_id)
+    assert job.state == JobState.SUCCEEDED, job.error
+
+
+async def test_sigterm_with_a_job_too_long_for_the_grace_period_releases_it_and_exits_0(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    comfy.knobs.node_seconds, comfy.knobs.progress_steps = 30.0, 300
+    process = worker_process(comfy, qm, tmp_path, grace=0.2)
+    try:
+        job_id = await submit(alice, graph(color=15))
+        await until(lambda: comfy.state.running is not None, "job running", timeout=20)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 20) == 0
+    finally:
+        process.kill()
+    reply = (await alice.get(f"/api/jobs/{job_id}")).json()
+    assert reply["state"] == JobState.QUEUED and reply["attempts"] == 0
+    await until(lambda: job_id in comfy.state.history, "ComfyUI told to stop the released job")
+    assert comfy.state.history[job_id]["status"]["messages"][-1][0] == "execution_interrupted"
