@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from services.protocol.jobs import JobState
+from services.worker.supervisor import ComfyProcess
 from tests.doubles.comfyui import ComfyUIDouble
 from tests.services.worker.conftest import (
     QueueManagerServer,
@@ -58,11 +59,11 @@ async def test_comfyui_crashing_mid_job_restarts_it_and_the_job_is_retried(
         async with asyncio.timeout(10):
             while job_id not in (await comfyui.queue())[0]:
                 await asyncio.sleep(0.02)  # polling the child ComfyUI's /queue
-        process = running.agent.comfy_server._process
-        assert process is not None
-        os.kill(process.pid, signal.SIGKILL)
+        supervisor = running.agent.comfy_server
+        assert isinstance(supervisor, ComfyProcess) and supervisor._process is not None
+        os.kill(supervisor._process.pid, signal.SIGKILL)
         job = await finished(alice, job_id)
-        restarts = running.agent.comfy_server.restarts
+        restarts = supervisor.restarts
     assert job.state == JobState.SUCCEEDED, job.error
     assert job.attempts == 2 and restarts == 1
     assert (tmp_path / "data" / "output" / "t_00001_.png").is_file()
