@@ -70,7 +70,7 @@ class LiveServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
+        self.server.should_exit = self.server.force_exit = True  # open sockets must not hold it up
         self.thread.join(timeout=15)
 
 

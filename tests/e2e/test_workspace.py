@@ -1,0 +1,117 @@
+"""A participant's day in the real browser: log in, find the GPUs' nodes, queue, watch, get the image."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, WebSocket
+
+from tests.doubles.comfyui import ComfyUIDouble
+from tests.doubles.comfyui_nodes import catalogue
+from tests.e2e.conftest import logged_in_page
+from tests.services.worker.conftest import pull_worker, worker_settings
+from tests.support.queue_manager_app import LiveServer, register_worker
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+GRAPH: dict[str, Any] = {
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 96, "height": 64, "batch_size": 1, "color": 3381759},
+    },
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "e2e"}},
+}
+
+
+class SocketLog:
+    """Every text message the page's ``/ws`` received, parsed."""
+
+    def __init__(self, page: Page) -> None:
+        self.messages: list[dict[str, Any]] = []
+        page.on("websocket", self._attach)
+
+    def _attach(self, socket: WebSocket) -> None:
+        socket.on("framereceived", self._frame)
+
+    def _frame(self, payload: str | bytes) -> None:
+        if isinstance(payload, str):
+            self.messages.append(json.loads(payload))
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] == kind]
+
+
+async def open_node_library(page: Page) -> None:
+    await page.click(".node-library-tab-button")
+    await page.wait_for_selector(".node-lib-tree-explorer, .comfy-vue-side-bar-body", timeout=10_000)
+
+
+async def test_the_workspace_loads_with_the_nodes_a_worker_published(
+    browser: Browser, server: LiveServer, artifacts_dir: Path
+) -> None:
+    with httpx.Client(base_url=server.url) as worker:
+        register_worker(worker, catalogue([]))
+    context, page = await logged_in_page(browser, server, "alice")
+    known = await page.evaluate("Object.keys(window.LiteGraph.registered_node_types)")
+    assert {"EmptyImage", "ImageInvert", "SaveImage", "LoadImage"} <= set(known)
+    await open_node_library(page)
+    await page.get_by_text("image", exact=True).first.click()
+    await page.get_by_text("Save Image", exact=True).first.wait_for(timeout=10_000)
+    await page.screenshot(path=artifacts_dir / "workspace-node-library.png")
+    await context.close()
+
+
+async def until(page: Page, check: Any, what: str, timeout_ms: int = 20_000) -> None:
+    """Wait (bounded) for a condition on what the page received, letting the page run meanwhile."""
+    for _ in range(timeout_ms // 50):
+        if check():
+            return
+        await page.wait_for_timeout(50)
+    raise AssertionError(f"{what} did not happen within {timeout_ms} ms")
+
+
+async def test_a_queued_workflow_runs_on_a_worker_and_only_its_owner_sees_it(
+    browser: Browser, server: LiveServer, artifacts_dir: Path, tmp_path: Path
+) -> None:
+    with ComfyUIDouble(tmp_path / "comfy") as comfy:
+        comfy.knobs.progress_steps, comfy.knobs.node_seconds = 4, 0.15
+        settings = worker_settings(comfy, server.url, tmp_path, storage_url=f"file://{tmp_path}/files")
+        async with pull_worker(settings):
+            log: list[SocketLog] = []
+            context, page = await logged_in_page(browser, server, "alice", lambda p: log.append(SocketLog(p)))
+            await page.evaluate("graph => window.app.loadApiJson(graph, 'e2e')", GRAPH)
+            await page.locator("button:has-text('Run')").first.click()
+            await until(page, lambda: log[0].of_type("execution_success"), "the job's execution_success")
+            job_id = log[0].of_type("execution_success")[0]["data"]["prompt_id"]
+            progress = [m["data"] for m in log[0].of_type("progress") if m["data"]["prompt_id"] == job_id]
+            assert len(progress) >= 2 and progress[-1]["value"] > progress[0]["value"], progress
+            await page.screenshot(path=artifacts_dir / "workspace-after-run.png")
+            executed = [m["data"] for m in log[0].of_type("executed") if m["data"]["prompt_id"] == job_id]
+            shown = executed[0]["output"]["images"][0]
+            assert shown["filename"].startswith("e2e_") and shown["type"] == "output"
+            await page.click(".queue-tab-button")
+            await page.locator(".task-item .task-time").first.wait_for(timeout=10_000)  # the finished task
+            source = (
+                f"/w/alice/api/view?filename={shown['filename']}&type=output&subfolder={shown['subfolder']}"
+            )
+            fetched = await page.request.get(f"{server.url}{source}")
+            assert fetched.status == 200 and fetched.headers["content-type"] == "image/png"
+            assert (await fetched.body()).startswith(b"\x89PNG")
+            await page.screenshot(path=artifacts_dir / "workspace-queue-output.png")
+
+            other, theirs = await logged_in_page(browser, server, "bob")
+            assert (await (await theirs.request.get(f"{server.url}/w/bob/api/history")).json()) == {}
+            assert (await theirs.request.get(f"{server.url}{source}")).status == 403
+            stolen = source.replace("/w/alice/", "/w/bob/")
+            assert (await theirs.request.get(f"{server.url}{stolen}")).status == 404
+            await theirs.click(".queue-tab-button")
+            await theirs.get_by_text("No Tasks Found").wait_for(timeout=10_000)
+            assert await theirs.locator(".task-item").count() == 0
+            await theirs.screenshot(path=artifacts_dir / "workspace-second-participant.png")
+            await other.close()
+            await context.close()
