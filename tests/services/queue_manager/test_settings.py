@@ -1,0 +1,67 @@
+"""Settings refuse unsafe defaults and explain bad values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from services.queue_manager.auth import Authenticator
+from services.queue_manager.settings import Settings
+
+
+def test_production_refuses_to_start_without_an_admin_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QM_SESSION_SECRET", "x" * 32)
+    with pytest.raises(ValidationError, match="QM_ADMIN_PASSWORD"):
+        Settings()
+
+
+def test_production_refuses_a_short_session_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QM_ADMIN_PASSWORD", "pw")
+    monkeypatch.setenv("QM_SESSION_SECRET", "short")
+    with pytest.raises(ValidationError, match="QM_SESSION_SECRET"):
+        Settings()
+
+
+def test_development_runs_without_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QM_ENV", "development")
+    assert Settings().admin_password is not None
+
+
+def test_json_settings_come_from_env_and_a_participants_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    people = tmp_path / "participants.json"
+    people.write_text(json.dumps({"ada": "from-file", "bob": "bob-pw"}))
+    monkeypatch.setenv("QM_ENV", "development")
+    monkeypatch.setenv("QM_WORKER_TOKENS", '{"h100": "tok"}')
+    monkeypatch.setenv("QM_PARTICIPANTS", '{"ada": "from-env"}')
+    monkeypatch.setenv("QM_PARTICIPANTS_FILE", str(people))
+    monkeypatch.setenv("QM_SCHEDULING", "priority")
+    settings = Settings()
+    assert settings.worker_tokens["h100"].get_secret_value() == "tok"
+    auth = Authenticator(settings)
+    assert auth.login("ada", "from-env") is not None and auth.login("bob", "bob-pw") is not None
+    assert auth.login("ada", "from-file") is None
+
+
+def test_a_malformed_json_setting_names_what_is_expected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QM_ENV", "development")
+    monkeypatch.setenv("QM_WORKER_TOKENS", "h100=tok")
+    with pytest.raises(ValidationError, match="JSON object"):
+        Settings()
+
+
+def test_a_missing_participants_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("QM_ENV", "development")
+    monkeypatch.setenv("QM_PARTICIPANTS_FILE", str(tmp_path / "nope.json"))
+    with pytest.raises(ValidationError, match="QM_PARTICIPANTS_FILE"):
+        Settings()
+
+
+def test_passwords_are_kept_only_hashed() -> None:
+    settings = Settings(env="development", participants={"ada": "secret-pw"})
+    auth = Authenticator(settings)
+    assert "secret-pw" not in repr(vars(auth.participants))

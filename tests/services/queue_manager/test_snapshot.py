@@ -1,0 +1,84 @@
+"""Snapshot in the evening, restore in the morning: nothing queued is lost, order is kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from services.protocol.jobs import JobState
+from services.protocol.workers import Completion
+from services.queue_manager.snapshot import restore_snapshot, take_snapshot
+from services.queue_manager.store import Store
+from tests.services.queue_manager.conftest import ADMIN, PROMPT, job, user_auth
+
+
+async def test_a_restored_queue_runs_the_same_jobs_in_the_same_order(
+    store_with: Callable[..., Store],
+) -> None:
+    evening = store_with()
+    done = await evening.submit("ada", job())
+    running = await evening.submit("bob", job())
+    waiting = [await evening.submit(user, job()) for user in ("ada", "bob", "ada")]
+    lease = await evening.claim("w1", "gpu")
+    assert lease is not None
+    await evening.complete(done.id, Completion(token=lease.token))
+    assert await evening.claim("w2", "gpu") is not None  # bob's job is running at snapshot time
+    snapshot = await take_snapshot(evening)
+    await evening.redis.flushall()  # the evening destroy
+
+    morning = store_with()
+    result = await restore_snapshot(morning, snapshot)
+    assert (result.restored, result.requeued) == (5, 4)
+    order = [lease.job.id for lease in [await morning.claim("w", "gpu") for _ in range(4)] if lease]
+    assert order == [running.id, *(j.id for j in waiting)]
+    finished = await morning.get(done.id)
+    assert finished is not None and finished.state == JobState.SUCCEEDED
+    again = await restore_snapshot(morning, snapshot)
+    assert again.restored == 0 and again.skipped == 5
+
+
+async def test_snapshot_and_restore_over_http(client: httpx.AsyncClient) -> None:
+    await client.post("/api/jobs", json={"prompt": PROMPT}, headers=user_auth("ada"))
+    snapshot = (await client.get("/api/admin/snapshot", headers=ADMIN)).json()
+    assert len(snapshot["jobs"]) == 1
+    reply = await client.post("/api/admin/restore", json=snapshot, headers=ADMIN)
+    assert reply.json() == {"restored": 0, "requeued": 0, "skipped": 1}
+    assert (await client.post("/api/admin/restore", json={"jobs": "x"}, headers=ADMIN)).status_code == 422
+
+
+def run_cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "QM_REDIS_URL": redis_url, "QM_ENV": "development"}
+    return subprocess.run(
+        [sys.executable, "-m", "services.queue_manager.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_the_cli_snapshots_drains_and_restores(store: Store, redis_url: str, tmp_path: Path) -> None:
+    queued = await store.submit("ada", job())
+    out = tmp_path / "queue.json"
+    assert run_cli(redis_url, "drain", "--timeout", "0").returncode == 0
+    snap = run_cli(redis_url, "snapshot", "--out", str(out))
+    assert snap.returncode == 0, snap.stderr
+    assert [j["id"] for j in json.loads(out.read_text())["jobs"]] == [queued.id]
+    await store.redis.flushall()
+    restored = run_cli(redis_url, "restore", "--in", str(out))
+    assert restored.returncode == 0 and "restored 1 jobs" in restored.stdout
+    assert await store.position(queued.id) == 0
+
+
+def test_the_cli_explains_a_bad_snapshot_file(redis_url: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    reply = run_cli(redis_url, "restore", "--in", str(bad))
+    assert reply.returncode == 2 and "not a readable queue snapshot" in reply.stderr
