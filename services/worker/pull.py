@@ -15,7 +15,7 @@ import time
 
 from services.protocol.workers import Lease, RegisterReply, WorkerRegistration
 from services.worker.agent import Agent
-from services.worker.queue_client import QueueClient
+from services.worker.queue_client import QueueClient, QueueRefusedError
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,21 @@ class PullWorker:
         await asyncio.wait({claim, stop}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
         if claim.done():
-            return claim.result()
+            return await self._lease_or_reregister(claim)
         claim.cancel()  # a lease granted in this instant expires and is requeued by the queue manager
         with contextlib.suppress(asyncio.CancelledError):
             await claim
         return None
+
+    async def _lease_or_reregister(self, claim: asyncio.Task[Lease | None]) -> Lease | None:
+        try:
+            return claim.result()
+        except QueueRefusedError as exc:  # e.g. the queue manager forgot this worker: register again
+            log.warning("claim refused (%s): registering again", exc)
+            await self.register()
+            with contextlib.suppress(TimeoutError):  # do not spin if the refusal persists
+                await asyncio.wait_for(self.stopping.wait(), timeout=1.0)
+            return None
 
     async def _until_comfyui_up(self) -> None:
         """Never claim a job while ComfyUI is restarting: it would only be lost again."""

@@ -80,10 +80,10 @@ class QueueClient:
     def _check(self, reply: httpx.Response, path: str) -> httpx.Response:
         if reply.status_code == 409:
             raise LeaseLostError(f"{path}: the lease is no longer held by this worker")
-        if reply.status_code in (401, 403):
+        if reply.status_code == 401:
             raise QueueRefusedError(
-                f"the queue manager at {self.base_url} refused the worker token ({reply.status_code}): set "
-                "WORKER_TOKEN to the token of this worker's pool (WORKER_POOL)"
+                f"the queue manager at {self.base_url} refused the worker token: set WORKER_TOKEN to the "
+                "token of this worker's pool (WORKER_POOL)"
             )
         if 400 <= reply.status_code < 500 and reply.status_code != 429:
             raise QueueRefusedError(f"{path} answered {reply.status_code}: {reply.text[:500]}")

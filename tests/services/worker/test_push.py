@@ -1,0 +1,80 @@
+"""Push front doors: a Verda-style HTTP handler and a RunPod-style handler each run one leased job
+and report it to the real queue manager named in the lease."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from services.protocol.jobs import JobState
+from services.protocol.workers import Lease, WorkerCapabilities, WorkerRegistration
+from services.storage.local import LocalStorage
+from services.worker import push
+from services.worker.agent import Agent
+from services.worker.push import verda_app
+from services.worker.queue_client import QueueClient
+from tests.doubles.comfyui import ComfyUIDouble
+from tests.services.worker.conftest import QueueManagerServer, finished, graph, submit, worker_settings
+from tests.support.queue_manager_app import POOL, POOL_TOKEN
+
+
+async def lease_for(qm: QueueManagerServer, alice: httpx.AsyncClient, color: int) -> Lease:
+    """What the dispatcher sends a push pool: a claimed lease plus where and how to report."""
+    job_id = await submit(alice, graph(color=color))
+    queue = QueueClient(qm.url, POOL_TOKEN)
+    caps = WorkerCapabilities(pool=POOL, provider="runpod")
+    await queue.register(WorkerRegistration(worker_id="dispatcher", capabilities=caps))
+    lease = await queue.claim("dispatcher", wait=5)
+    await queue.aclose()
+    assert lease is not None and lease.job.id == job_id
+    return lease.model_copy(update={"reply_url": qm.url, "reply_token": POOL_TOKEN})
+
+
+@pytest.fixture
+async def agent(comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path) -> AsyncIterator[Agent]:
+    worker = Agent(worker_settings(comfy, qm.url, tmp_path), LocalStorage(tmp_path / "files"))
+    yield worker
+
+
+async def test_the_verda_handler_runs_a_pushed_lease_and_reports_it(
+    agent: Agent, qm: QueueManagerServer, alice: httpx.AsyncClient
+) -> None:
+    server = QueueManagerServer(verda_app(agent.settings, agent))  # any ASGI app on a loopback port
+    server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as container:
+            assert (await container.get("/health")).json() == {"ready": True}
+            lease = await lease_for(qm, alice, color=21)
+            reply = await container.post(
+                "/lease", content=lease.model_dump_json(), headers={"Content-Type": "application/json"}
+            )
+            assert reply.json() == {"job_id": lease.job.id, "outcome": "succeeded"}
+            orphan = lease.model_copy(update={"reply_url": None})
+            refused = await container.post(
+                "/lease", content=orphan.model_dump_json(), headers={"Content-Type": "application/json"}
+            )
+            assert refused.status_code == 422 and "reply_url" in refused.text
+    finally:
+        server.stop()
+    job = await finished(alice, lease.job.id)
+    assert job.state == JobState.SUCCEEDED and job.outputs[0].filename == "t_00001_.png"
+
+
+async def test_the_runpod_handler_takes_the_lease_from_the_event_input(
+    agent: Agent, qm: QueueManagerServer, alice: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await agent.start()
+    monkeypatch.setattr(push, "_runpod_agent", agent)
+    try:
+        lease = await lease_for(qm, alice, color=22)
+        event: dict[str, Any] = {"id": "rp-1", "input": lease.model_dump(mode="json")}
+        assert await push.handler(event) == {"job_id": lease.job.id, "outcome": "succeeded"}
+        bad = await push.handler({"id": "rp-2", "input": {"prompt": {}}})
+        assert "not a lease" in bad["error"]
+    finally:
+        await agent.stop()
+    assert (await finished(alice, lease.job.id)).state == JobState.SUCCEEDED
