@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from services.queue_manager.api.routes import admin, auth, events, health, jobs, leases, workers
+from services.queue_manager.admin import router as admin_page_router
 from services.queue_manager.workspaces import router as workspaces_router
 
 api_router = APIRouter()
@@ -16,3 +17,4 @@ api_router.include_router(workers.router)
 api_router.include_router(leases.router)
 api_router.include_router(admin.router)
 api_router.include_router(workspaces_router)
+api_router.include_router(admin_page_router)

@@ -1,0 +1,56 @@
+"""Schemathesis fuzzes every documented route of a real queue manager process: bad input must
+always get a 4xx (or a success), never a 5xx. Bounded: a few examples per operation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+
+from tests.services.queue_manager.conftest import ADMIN, GPU, PASSWORDS, TOKENS
+from tests.support.qm_server import QueueManagerProcess, qm_env
+from tests.support.servers import RedisServer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def qm_url(redis_proc: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    env = qm_env(redis_proc.url, PASSWORDS, TOKENS, QM_CLAIM_WAIT_MAX_SECONDS="0.2")
+    log = tmp_path_factory.mktemp("qm") / "qm.log"
+    server = QueueManagerProcess(env, log_path=log).start()
+    yield server.url
+    server.stop()
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def api_schema(qm_url: str) -> schemathesis.BaseSchema:
+    schema = schemathesis.openapi.from_url(f"{qm_url}/openapi.json")
+    return schema.exclude(path="/api/admin/drain")  # waits by design; tested in test_admin_api
+
+
+def credentials_for(path: str) -> dict[str, str]:
+    return GPU if path.startswith(("/api/workers", "/api/leases")) else ADMIN
+
+
+def fuzz(operation: schemathesis.APIOperation) -> None:
+    @given(case=operation.as_strategy())
+    @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def run(case: schemathesis.Case) -> None:
+        case.call_and_validate(headers=credentials_for(case.path), checks=[not_a_server_error], timeout=10)
+
+    run()
+
+
+def test_no_input_makes_the_queue_manager_fail_with_a_server_error(
+    api_schema: schemathesis.BaseSchema,
+) -> None:
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    paths = {operation.path for operation in operations}
+    assert {"/api/jobs", "/api/workers/{worker_id}/claim", "/api/leases/{job_id}/complete"} <= paths
+    for operation in operations:
+        fuzz(operation)
