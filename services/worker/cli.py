@@ -56,6 +56,20 @@ def runpod() -> None:
     start_runpod()
 
 
+@app.command()
+def health() -> None:
+    """Exit 0 when this worker's ComfyUI answers (the image's HEALTHCHECK)."""
+    import httpx
+
+    settings = WorkerSettings()
+    url = settings.comfyui_url or f"http://127.0.0.1:{settings.comfyui_port}"
+    try:
+        httpx.get(f"{url}/system_stats", timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        typer.echo(f"ComfyUI at {url} is not healthy: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
 @app.command("sync-models")
 def sync_models() -> None:
     """Make the manifest's models present and verified, then exit (image build or pre-warm)."""
