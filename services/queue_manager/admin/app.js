@@ -1,0 +1,152 @@
+// The admin page: polls the queue manager's admin API every two seconds and draws what it gets.
+// No framework, nothing from the internet: plain DOM and inline SVG charts.
+"use strict";
+
+const POLL_MS = 2000;
+const $ = (id) => document.getElementById(id);
+const esc = (value) => String(value ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+const short = (id) => esc(String(id ?? "").split("-")[0]);
+const ago = (iso) => (iso ? `${Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000))} s ago` : "–");
+const state = (name) => `<span class="state ${esc(name)}">${esc(name)}</span>`;
+
+async function call(method, path, body) {
+  const reply = await fetch(path, {
+    method,
+    credentials: "same-origin",
+    headers: body ? { "Content-Type": "application/json" } : {},
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  if (reply.status === 401 || reply.status === 403) {
+    location.href = "/w/login?next=/admin/";
+    throw new Error("not logged in as admin");
+  }
+  if (!reply.ok) {
+    const detail = await reply.json().catch(() => ({}));
+    throw new Error(detail.detail || `${method} ${path}: ${reply.status}`);
+  }
+  return reply.status === 204 ? null : reply.json();
+}
+
+function table(headers, rows, empty) {
+  if (!rows.length) return `<p class="empty">${esc(empty)}</p>`;
+  const head = headers.map((h) => `<th>${esc(h)}</th>`).join("");
+  return `<table><thead><tr>${head}</tr></thead><tbody>${rows.map((r) => `<tr>${r}</tr>`).join("")}</tbody></table>`;
+}
+
+function line(svg, series, max) {
+  const values = series.length === 1 ? [series[0], series[0]] : series;
+  const top = Math.max(max ?? Math.max(...values, 1), 1e-9);
+  const step = values.length > 1 ? 300 / (values.length - 1) : 300;
+  const points = values.map((v, i) => `${(i * step).toFixed(1)},${(78 - (v / top) * 74).toFixed(1)}`).join(" ");
+  svg.innerHTML = values.length
+    ? `<polyline fill="none" stroke="#4f9cf7" stroke-width="2" points="${points}"/>`
+    : `<text x="4" y="44" fill="#9aa0a6" font-size="12">no samples yet</text>`;
+}
+
+function bars(svg, values) {
+  const top = Math.max(...values, 1);
+  const width = 300 / values.length;
+  svg.innerHTML = values
+    .map((v, i) => {
+      const height = (v / top) * 74;
+      return `<rect x="${(i * width).toFixed(1)}" y="${(78 - height).toFixed(1)}" width="${(width - 1).toFixed(1)}" height="${height.toFixed(1)}" fill="#57c26b"/>`;
+    })
+    .join("");
+}
+
+function jobRow(job, actions) {
+  return `<td>${job.position != null ? job.position + 1 : ""}</td><td><code title="${esc(job.id)}">${short(job.id)}</code></td>` +
+    `<td>${esc(job.user)}</td><td>${state(job.state)}</td><td>${esc(job.worker_id ?? job.pool ?? "any pool")}</td>` +
+    `<td>${ago(job.queued_at)}</td><td>${actions}</td>`;
+}
+
+function queueActions(job) {
+  const priority = `<input type="number" min="-100" max="100" value="${job.priority}" data-priority="${esc(job.id)}">`;
+  return `${priority} <button data-action="priority" data-job="${esc(job.id)}">Set priority</button> ` +
+    `<button class="danger" data-action="cancel" data-job="${esc(job.id)}">Cancel</button>`;
+}
+
+function drawQueue(overview) {
+  $("banner").textContent = overview.paused ? "Dispatch is paused" : "";
+  const running = overview.running.map((j) => jobRow(j, `<button class="danger" data-action="cancel" data-job="${esc(j.id)}">Cancel</button>`));
+  const waiting = [...overview.queued, ...overview.delayed].map((j) => jobRow(j, queueActions(j)));
+  $("queue").innerHTML = table(["#", "job", "user", "state", "worker / pool", "queued", ""], [...running, ...waiting], "The queue is empty.");
+  const dead = overview.dead.map((j) => jobRow(j, `<span title="${esc(j.error?.message)}">${esc(j.error?.type ?? "")}</span> <button data-action="requeue" data-job="${esc(j.id)}">Requeue</button>`));
+  $("dead").innerHTML = table(["#", "job", "user", "state", "last worker", "queued", "error"], dead, "No dead letters.");
+}
+
+function drawWorkers(workers) {
+  const sorted = [...workers].sort((a, b) => `${a.capabilities.pool}/${a.capabilities.provider}`.localeCompare(`${b.capabilities.pool}/${b.capabilities.provider}`));
+  const rows = sorted.map((w) =>
+    `<td>${esc(w.capabilities.pool)}</td><td>${esc(w.capabilities.provider)}</td><td>${esc(w.worker_id)}</td>` +
+    `<td>${state(w.state)}</td><td><code>${short(w.job_id)}</code></td><td>${esc(w.capabilities.gpu)}</td><td>${ago(w.last_seen)}</td>`);
+  $("workers").innerHTML = table(["pool", "provider", "worker", "state", "job", "GPU", "seen"], rows, "No worker has registered.");
+}
+
+function drawStats(stats) {
+  const queued = stats.samples.map((s) => s.queued);
+  const busy = stats.samples.map((s) => (s.workers ? s.busy / s.workers : 0));
+  $("depth-now").textContent = queued.length ? queued[queued.length - 1] : "–";
+  line($("chart-depth"), queued);
+  $("jpm-now").textContent = stats.jobs_per_minute[stats.jobs_per_minute.length - 1];
+  bars($("chart-jpm"), stats.jobs_per_minute);
+  $("busy-now").textContent = `${Math.round(stats.busy_share * 100)} %`;
+  line($("chart-busy"), busy, 1);
+  $("cost-now").textContent = stats.cost_so_far.toFixed(2);
+  const pools = Object.entries(stats.cost_by_pool);
+  $("cost-pools").textContent = pools.length ? pools.map(([p, c]) => `${p}: ${c.toFixed(2)}`).join(" · ") : "no GPU time yet";
+  const rows = stats.participants.map((p) =>
+    `<td>${esc(p.user)}</td><td>${p.online ? "online" : ""}</td><td>${p.queued}</td><td>${p.running}</td>` +
+    `<td><input type="number" min="-100" max="100" value="${p.priority}" data-user-priority="${esc(p.user)}"> ` +
+    `<button data-action="user-priority" data-user="${esc(p.user)}">Set</button></td>`);
+  $("participants").innerHTML = table(["participant", "", "queued", "running", "priority"], rows, "No participants.");
+}
+
+async function refresh() {
+  if (document.activeElement?.tagName === "INPUT") return; // do not redraw under the admin's typing
+  try {
+    const [overview, workers, stats] = await Promise.all([
+      call("GET", "/api/admin/queue"), call("GET", "/api/admin/workers"), call("GET", "/admin/api/stats"),
+    ]);
+    drawQueue(overview);
+    drawWorkers(workers);
+    drawStats(stats);
+    $("error").textContent = "";
+  } catch (error) {
+    $("error").textContent = error.message;
+  }
+}
+
+async function act(target) {
+  const job = target.dataset.job;
+  const user = target.dataset.user;
+  switch (target.dataset.action) {
+    case "cancel": return call("POST", `/api/admin/jobs/${job}/cancel`);
+    case "requeue": return call("POST", `/api/admin/dead/${job}/requeue`);
+    case "priority": {
+      const input = document.querySelector(`[data-priority="${job}"]`);
+      return call("POST", `/api/admin/jobs/${job}/priority`, { priority: Number(input.value) });
+    }
+    case "user-priority": {
+      const input = document.querySelector(`[data-user-priority="${user}"]`);
+      return call("POST", `/api/admin/users/${encodeURIComponent(user)}/priority`, { priority: Number(input.value) });
+    }
+  }
+}
+
+document.addEventListener("click", async (event) => {
+  const target = event.target.closest("button[data-action]");
+  if (!target) return;
+  try { await act(target); await refresh(); } catch (error) { $("error").textContent = error.message; }
+});
+$("pause").addEventListener("click", () => call("POST", "/api/admin/pause").then(refresh, (e) => ($("error").textContent = e.message)));
+$("resume").addEventListener("click", () => call("POST", "/api/admin/resume").then(refresh, (e) => ($("error").textContent = e.message)));
+$("drain").addEventListener("click", async () => {
+  try {
+    const result = await call("POST", "/api/admin/drain?timeout=0");
+    $("banner").textContent = `Draining: dispatch paused, ${result.running} running, ${result.queued} waiting`;
+  } catch (error) { $("error").textContent = error.message; }
+});
+
+refresh();
+setInterval(refresh, POLL_MS);

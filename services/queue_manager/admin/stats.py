@@ -1,0 +1,153 @@
+"""The admin page's figures: queue depth and GPU use over time, jobs per minute, cost so far.
+
+Jobs per minute come straight from the store's ``{p}:finished`` index (exact, for the retention
+time). Queue depth and GPU busy share are sampled: each stats request adds a sample when the last
+one is older than ``SAMPLE_SECONDS``, into a capped Redis list, so every admin tab (and a restart)
+sees the same history while anybody watches. Cost so far is each worker's registered time (up to
+its last sign of life) times its pool's hourly price from ``QM_GPU_PRICES``.
+
+| key | type | holds |
+|---|---|---|
+| ``{p}:admin:samples`` | list | JSON ``{"t", "queued", "running", "workers", "busy"}``, newest last, capped |
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from services.protocol.workers import WorkerState
+from services.queue_manager.registry import WorkerInfo
+from services.queue_manager.store import Store
+
+SAMPLE_SECONDS = 5.0
+MAX_SAMPLES = 4 * 3600 // 5
+MINUTES = 60
+
+
+class AdminSettings(BaseSettings):
+    """The admin page's own setting (env ``QM_GPU_PRICES``)."""
+
+    model_config = SettingsConfigDict(env_prefix="QM_", extra="ignore")
+
+    gpu_prices: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description='QM_GPU_PRICES: JSON pool -> price per GPU hour, e.g. {"h100": 2.29}; others cost 0',
+    )
+
+    @field_validator("gpu_prices", mode="before")
+    @classmethod
+    def _json_prices(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f'must be a JSON object of pool -> price like {{"h100": 2.29}}: {exc.msg}'
+            ) from None
+
+
+class Sample(BaseModel):
+    t: float
+    queued: int
+    running: int
+    workers: int
+    busy: int
+
+
+class Stats(BaseModel):
+    samples: list[Sample]
+    jobs_per_minute: list[int] = Field(
+        description="finished jobs in each of the last 60 minutes, oldest first"
+    )
+    busy_share: float = Field(description="busy workers / live workers now (0 when none is up)")
+    cost_so_far: float
+    cost_by_pool: dict[str, float]
+    participants: list[dict[str, Any]]
+
+
+def samples_key(store: Store) -> str:
+    return f"{store.keys.prefix}:admin:samples"
+
+
+def live(workers: list[WorkerInfo]) -> list[WorkerInfo]:
+    return [w for w in workers if w.state is not WorkerState.GONE]
+
+
+async def take_sample(store: Store, workers: list[WorkerInfo], now: float) -> None:
+    """Record one sample unless the newest is younger than ``SAMPLE_SECONDS``."""
+    newest = await store.redis.lindex(samples_key(store), -1)
+    if newest is not None and now - Sample.model_validate_json(newest).t < SAMPLE_SECONDS:
+        return
+    up = live(workers)
+    sample = Sample(
+        t=now,
+        queued=len(await store.queued_ids()),
+        running=int(await store.redis.zcard(store.keys.leases)),
+        workers=len(up),
+        busy=sum(1 for w in up if w.state is WorkerState.BUSY),
+    )
+    async with store.redis.pipeline(transaction=False) as pipe:
+        pipe.rpush(samples_key(store), sample.model_dump_json())
+        pipe.ltrim(samples_key(store), -MAX_SAMPLES, -1)
+        await pipe.execute()
+
+
+async def jobs_per_minute(store: Store, now: float) -> list[int]:
+    start_ms = int((now - MINUTES * 60) * 1000)
+    stamps = await store.redis.zrangebyscore(store.keys.finished, start_ms, "+inf", withscores=True)
+    counts = [0] * MINUTES
+    for _, finished_ms in stamps:
+        counts[min(int((finished_ms - start_ms) // 60_000), MINUTES - 1)] += 1
+    return counts
+
+
+def costs(workers: list[WorkerInfo], prices: dict[str, float]) -> dict[str, float]:
+    """Money spent per pool: registered-to-last-seen hours of each known worker times its price."""
+    spent: dict[str, float] = {}
+    for worker in workers:
+        if worker.registered_at is None:
+            continue
+        end = worker.last_seen or datetime.now(UTC)
+        hours = max((end - worker.registered_at).total_seconds(), 0.0) / 3600
+        pool = worker.capabilities.pool
+        spent[pool] = spent.get(pool, 0.0) + hours * prices.get(pool, 0.0)
+    return {pool: round(amount, 2) for pool, amount in spent.items()}
+
+
+async def participants(store: Store, configured: list[str]) -> list[dict[str, Any]]:
+    summaries = {s.user: s for s in await store.users()}
+    online = set(store.events.local_users())
+    return [
+        {
+            "user": user,
+            "online": user in online,
+            "queued": summaries[user].queued if user in summaries else 0,
+            "running": summaries[user].running if user in summaries else 0,
+            "priority": summaries[user].priority if user in summaries else 0,
+        }
+        for user in sorted(set(configured) | set(summaries))
+    ]
+
+
+async def collect(store: Store, configured: list[str], prices: dict[str, float]) -> Stats:
+    now = time.time()
+    workers = await store.list_workers()
+    await take_sample(store, workers, now)
+    raw = await store.redis.lrange(samples_key(store), 0, -1)
+    up = live(workers)
+    by_pool = costs(workers, prices)
+    return Stats(
+        samples=[Sample.model_validate_json(item) for item in raw],
+        jobs_per_minute=await jobs_per_minute(store, now),
+        busy_share=(sum(1 for w in up if w.state is WorkerState.BUSY) / len(up)) if up else 0.0,
+        cost_so_far=round(sum(by_pool.values()), 2),
+        cost_by_pool=by_pool,
+        participants=await participants(store, configured),
+    )

@@ -1,0 +1,45 @@
+"""The organizer's admin page in the real browser: it shows the job and the worker, and its buttons act."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.async_api import Browser
+
+from tests.doubles.comfyui_nodes import catalogue
+from tests.services.workspaces.conftest import GRAPH
+from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, LiveServer, login, register_worker
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+async def test_the_admin_sees_the_job_and_the_worker_and_can_cancel(
+    browser: Browser, server: LiveServer, artifacts_dir: Path
+) -> None:
+    with httpx.Client(base_url=server.url) as client:
+        register_worker(client, catalogue([]), worker_id="verda-h100-1")
+        reply = login(client, "alice").post("/w/alice/api/prompt", json={"prompt": GRAPH, "client_id": "c"})
+        job_id = reply.json()["prompt_id"]
+    context = await browser.new_context(viewport={"width": 1400, "height": 900})
+    page = await context.new_page()
+    await page.goto(f"{server.url}/admin/")
+    await page.fill("#username", ADMIN)
+    await page.fill("#password", ADMIN_PASSWORD)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{server.url}/admin/")
+    queue = page.locator("#queue")
+    await queue.get_by_text(job_id.split("-")[0]).wait_for(timeout=10_000)
+    assert "alice" in await queue.inner_text()
+    await page.locator("#workers").get_by_text("verda-h100-1").wait_for(timeout=10_000)
+    await page.locator("#participants").get_by_text("alice").wait_for()
+    await page.locator("#chart-depth polyline").wait_for(state="attached")
+    await page.screenshot(path=artifacts_dir / "admin-page.png")
+    await queue.get_by_role("button", name="Cancel").click()
+    await queue.get_by_text("The queue is empty.").wait_for(timeout=10_000)
+    with httpx.Client(base_url=server.url) as client:
+        assert login(client, "alice").get(f"/api/jobs/{job_id}").json()["state"] == "cancelled"
+    await page.click("#pause")
+    await page.get_by_text("Dispatch is paused").wait_for(timeout=10_000)
+    await context.close()
