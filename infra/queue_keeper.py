@@ -32,16 +32,18 @@ class QueueKeeper(pulumi.ComponentResource):
         drain_timeout: int,
         queue_manager: pulumi.Resource,
         connection: command.remote.ConnectionArgs | None = None,
+        after: list[pulumi.Resource] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("comfy-workshop:queue:QueueKeeper", name, None, opts)
         create = script_command("restore.sh", container)
         delete = script_command("drain.sh", container, str(drain_timeout))
-        after = pulumi.ResourceOptions(parent=self, depends_on=[queue_manager])
+        # Depending on the host's readiness step too makes "before the server goes" explicit.
+        after_all = pulumi.ResourceOptions(parent=self, depends_on=[queue_manager, *(after or [])])
         if connection is None:
-            self.step = command.local.Command(f"{name}-step", create=create, delete=delete, opts=after)
+            self.step = command.local.Command(f"{name}-step", create=create, delete=delete, opts=after_all)
         else:
             self.step = command.remote.Command(
-                f"{name}-step", connection=connection, create=create, delete=delete, opts=after
+                f"{name}-step", connection=connection, create=create, delete=delete, opts=after_all
             )
         self.register_outputs({"restored": self.step.stdout})

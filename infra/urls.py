@@ -10,7 +10,7 @@ URL_KEYS = ("platformUrl", "adminUrl", "participantUrls")
 
 
 def participant_path(user: str) -> str:
-    return f"/u/{user}/"
+    return f"/w/{user}/"
 
 
 def urls(base: str, users: list[str]) -> dict[str, object]:

@@ -108,7 +108,7 @@ def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
     )
     QueueKeeper(
         "queue", platform.queue_manager_name, config.queue.drain_timeout_seconds, platform.queue_manager,
-        connection=vps.connection,
+        connection=vps.connection, after=[vps.ready],
     )  # fmt: skip
     return {
         **url_outputs(base_url, vault.participant_names),

@@ -118,6 +118,8 @@ class Resource:
     protect: bool
     custom: bool
     provider: str
+    retain_on_delete: bool = False
+    id: str = ""
 
 
 @dataclass
@@ -148,17 +150,35 @@ class StackRun:
         return {r.type for r in self.resources}
 
     def depends_transitively(self, resource: Resource, target: Resource) -> bool:
-        """Whether ``resource`` waits for ``target`` (directly, or through what it depends on)."""
+        """Whether ``resource`` waits for ``target``: directly, through what it depends on, or through
+        its provider (Pulumi deletes a resource before its provider, and a provider before its
+        dependencies)."""
         seen: set[str] = set()
-        todo = list(resource.depends_on)
+        todo = [*resource.depends_on, *_provider_urn(resource)]
         while todo:
             urn = todo.pop()
             if urn == target.urn:
                 return True
             if urn not in seen:
                 seen.add(urn)
-                todo += next((r.depends_on for r in self.resources if r.urn == urn), [])
+                found = next((r for r in self.resources if r.urn == urn), None)
+                todo += [*found.depends_on, *_provider_urn(found)] if found else []
         return False
+
+
+def _provider_urn(resource: Resource) -> list[str]:
+    return [resource.provider.rsplit("::", 1)[0]] if resource.provider else []
+
+
+def _plain(value: Any) -> Any:
+    """Inputs without the secret wrappers (which inputs were secret is kept in ``secret_inputs``)."""
+    if isinstance(value, dict):
+        if value.get(rpc._special_sig_key) == SECRET_SIG:
+            return _plain(value.get("value"))
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
 
 
 def _secret_keys(struct: Any) -> set[str]:
@@ -238,7 +258,7 @@ class RecordingMonitor(mocks.MockMonitor):
                     type=request.type,
                     name=request.name,
                     urn=response.urn,
-                    inputs=rpc.deserialize_properties(request.object),
+                    inputs=_plain(rpc.deserialize_properties(request.object)),
                     parent=request.parent,
                     depends_on=list(request.dependencies),
                     secret_inputs=_secret_keys(request.object),
@@ -246,6 +266,8 @@ class RecordingMonitor(mocks.MockMonitor):
                     protect=request.protect,
                     custom=request.custom,
                     provider=request.provider,
+                    retain_on_delete=request.retainOnDelete,
+                    id=response.id,
                 )
             )
         return response

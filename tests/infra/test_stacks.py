@@ -26,7 +26,7 @@ def test_platform_stacks_export_urls_credentials_and_pools(stack: str) -> None:
     assert run.outputs["platformUrl"] == f"{base}/"
     assert run.outputs["adminUrl"] == f"{base}/admin/"
     users = ["user01", "user02"] if stack == "workshop" else ["alice", "bob"]
-    assert run.outputs["participantUrls"] == {user: f"{base}/u/{user}/" for user in users}
+    assert run.outputs["participantUrls"] == {user: f"{base}/w/{user}/" for user in users}
     assert "credentials" in run.secret_outputs
     assert set(run.outputs["credentials"]["participants"]) == set(users)
     assert [pool["name"] for pool in run.outputs["pools"]] == (

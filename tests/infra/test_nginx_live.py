@@ -1,0 +1,158 @@
+"""The generated nginx config, run by real nginx on loopback in front of a real queue manager:
+routing, TLS redirect, security headers, WebSocket upgrade, upload limit, the worker-only port."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from infra.templates.nginx import NginxSpec, Tls, nginx_site
+from tests.support.nginx import nginx_test, running_nginx, self_signed
+from tests.support.servers import RedisServer, free_port, wait_until
+
+pytest.importorskip("services.queue_manager.main")
+pytestmark = pytest.mark.slow
+PASSWORD = "pw-ada-0123456789"
+WORKER_TOKEN = "worker-token-0123456789"
+
+
+@dataclass
+class Site:
+    https: str
+    http: str
+    workers: str
+
+
+@pytest.fixture(scope="module")
+def queue_manager(redis_proc: RedisServer) -> Iterator[str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "QM_ENV": "development",
+        "QM_REDIS_URL": redis_proc.url,
+        "QM_PARTICIPANTS": json.dumps({"ada": PASSWORD}),
+        "QM_WORKER_TOKENS": json.dumps({"gpu": WORKER_TOKEN}),
+        "QM_MAX_BODY_BYTES": str(100 * 1024 * 1024),  # so any 413 below is nginx's
+        "QM_PUBLIC_URL": "https://localhost",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "services.queue_manager.main:app", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_until(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200, 30, "queue manager"
+        )
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def site(queue_manager: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    directory = tmp_path_factory.mktemp("nginx")
+    cert, key = self_signed(directory)
+    http, https, workers = free_port(), free_port(), free_port()
+    spec = NginxSpec(
+        "localhost", upstream=queue_manager, tls=Tls(str(cert), str(key)), http_port=http, https_port=https,
+        worker_port=workers, max_upload_mb=1,
+    )  # fmt: skip
+    config = nginx_site(spec)
+    assert nginx_test(directory / "check", config).returncode == 0
+    with running_nginx(directory / "run", config):
+        urls = Site(f"https://127.0.0.1:{https}", f"http://127.0.0.1:{http}", f"http://127.0.0.1:{workers}")
+        wait_until(lambda: _client().get(f"{urls.https}/health").status_code == 200, 15, "nginx")
+        yield urls
+
+
+def _client() -> httpx.Client:
+    return httpx.Client(verify=False, timeout=10)
+
+
+def test_the_site_answers_through_tls_with_security_headers(site: Site) -> None:
+    response = _client().get(f"{site.https}/health")
+    assert response.json() == {"status": "ok"}
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["x-frame-options"] == "SAMEORIGIN"
+    assert response.headers["strict-transport-security"].startswith("max-age=")
+
+
+def test_plain_http_redirects_to_https(site: Site) -> None:
+    response = _client().get(f"{site.http}/w/ada/")
+    assert response.status_code == 301
+    assert response.headers["location"].startswith("https://") and response.headers["location"].endswith(
+        "/w/ada/"
+    )
+
+
+def test_login_and_the_api_reach_the_queue_manager(site: Site) -> None:
+    client = _client()
+    login = client.post(f"{site.https}/api/auth/login", json={"user": "ada", "password": PASSWORD})
+    assert login.status_code == 200 and login.json()["user"] == "ada"
+    assert (
+        client.post(f"{site.https}/api/auth/login", json={"user": "ada", "password": "no"}).status_code == 401
+    )
+
+
+def test_the_event_websocket_upgrades_through_nginx(site: Site) -> None:
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    basic = base64.b64encode(f"ada:{PASSWORD}".encode()).decode()
+    uri = site.https.replace("https://", "wss://") + "/api/events"
+    with connect(
+        uri, ssl=context, additional_headers={"Authorization": f"Basic {basic}"}, open_timeout=10
+    ) as ws:
+        assert ws.response is not None and ws.response.status_code == 101
+        ws.ping().wait(5)
+
+
+def test_uploads_over_the_limit_are_refused_by_nginx(site: Site) -> None:
+    client = _client()
+    too_big = client.post(f"{site.https}/api/jobs", content=b"x" * (2 * 1024 * 1024))
+    assert too_big.status_code == 413 and too_big.headers["server"] == "nginx"
+    small = client.post(f"{site.https}/api/jobs", content=b"{}", headers={"content-type": "application/json"})
+    assert small.status_code != 413
+
+
+def test_metrics_are_not_public(site: Site) -> None:
+    assert _client().get(f"{site.https}/metrics").status_code == 404
+
+
+def test_the_worker_port_serves_only_the_worker_api(site: Site) -> None:
+    client = _client()
+    assert client.get(f"{site.workers}/health").status_code == 200
+    assert client.get(f"{site.workers}/api/admin/queue").status_code == 404
+    assert client.get(f"{site.workers}/w/ada/").status_code == 404
+    register = client.post(
+        f"{site.workers}/api/workers/register", headers={"Authorization": f"Bearer {WORKER_TOKEN}"}, json={}
+    )
+    assert register.status_code not in (404, 413)  # reached the queue manager (which validates the body)
+
+
+def test_a_websocket_without_login_is_refused_by_the_queue_manager(site: Site) -> None:
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    uri = site.https.replace("https://", "wss://") + "/api/events"
+    with (
+        pytest.raises((InvalidStatus, ConnectionClosed)) as raised,
+        connect(uri, ssl=context, open_timeout=10) as ws,
+    ):
+        ws.recv(timeout=5)
+    if isinstance(raised.value, InvalidStatus):
+        assert raised.value.response.status_code == 403
+    else:
+        assert isinstance(raised.value, ConnectionClosed)
+        assert raised.value.rcvd is not None and raised.value.rcvd.code == 1008

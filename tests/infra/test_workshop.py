@@ -1,0 +1,186 @@
+"""The workshop stack under mocks: what is reachable from where, what is secret, what goes first."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.infra.harness import Resource, StackRun, run_stack
+
+CONTAINER = "docker:index/container:Container"
+
+
+@pytest.fixture(scope="module")
+def workshop() -> StackRun:
+    return run_stack("workshop")
+
+
+def container(run: StackRun, role: str) -> Resource:
+    return run.one(CONTAINER, f"platform-{role}")
+
+
+def env(resource: Resource) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in resource.inputs["envs"])
+
+
+def test_the_firewall_opens_only_the_site_and_tailscale(workshop: StackRun) -> None:
+    rules = workshop.one("hcloud:index/firewall:Firewall").inputs["rules"]
+    opened = {(rule["protocol"], rule.get("port")) for rule in rules}
+    assert opened == {("tcp", "80"), ("tcp", "443"), ("udp", "41641"), ("icmp", None)}
+    firewall_id = int(workshop.one("hcloud:index/firewall:Firewall").id)
+    assert workshop.one("hcloud:index/server:Server").inputs["firewallIds"] == [firewall_id]
+
+
+def test_ssh_opens_only_to_the_allow_list_and_then_uses_the_public_address() -> None:
+    run = run_stack("workshop", overrides={"vps": {"sshAllowList": ["198.51.100.0/24"]}})
+    rules = run.one("hcloud:index/firewall:Firewall").inputs["rules"]
+    assert [r["sourceIps"] for r in rules if r.get("port") == "22"] == [["198.51.100.0/24"]]
+    assert run.one("command:remote:Command", "vps-ready").inputs["connection"]["host"] == "203.0.113.10"
+
+
+def test_the_server_takes_type_and_location_from_config_and_is_never_replaced_by_accident(
+    workshop: StackRun,
+) -> None:
+    server = workshop.one("hcloud:index/server:Server")
+    assert (server.inputs["serverType"], server.inputs["location"]) == ("cx33", "fsn1")
+    assert {"userData", "sshKeys", "image"} <= set(server.ignore_changes)
+    assert "userData" in server.secret_inputs, "cloud-init carries the tailnet key and the host key"
+    assert "tailscale up" in server.inputs["userData"] or "join-tailnet.sh" in server.inputs["userData"]
+
+
+def test_the_data_volume_is_created_and_attached_when_configured(workshop: StackRun) -> None:
+    volume = workshop.one("hcloud:index/volume:Volume")
+    assert (volume.inputs["size"], volume.inputs["location"], volume.inputs["format"]) == (20, "fsn1", "ext4")
+    assert workshop.one("hcloud:index/volumeAttachment:VolumeAttachment")
+    assert "mount-data.sh" in workshop.one("hcloud:index/server:Server").inputs["userData"]
+    without = run_stack("workshop", overrides={"vps": {"dataVolumeGb": None}})
+    assert not without.resources_of("hcloud:index/volume:Volume")
+
+
+def test_nginx_publishes_the_site_publicly_and_the_worker_api_only_on_the_tailnet(workshop: StackRun) -> None:
+    ports = {(p["internal"], p["external"], p["ip"]) for p in container(workshop, "nginx").inputs["ports"]}
+    assert ports == {(80, 80, "0.0.0.0"), (443, 443, "0.0.0.0"), (8081, 8081, "100.64.0.10")}
+
+
+def test_redis_and_the_queue_manager_publish_no_port(workshop: StackRun) -> None:
+    for role in ("redis", "queue-manager"):
+        assert not container(workshop, role).inputs.get("ports"), f"{role} must stay on the private network"
+    networks = container(workshop, "redis").inputs["networksAdvanced"]
+    assert [(n["name"], n["aliases"]) for n in networks] == [("comfy-workshop", ["redis"])]
+
+
+def test_redis_keeps_an_aof_on_a_volume_behind_a_password(workshop: StackRun) -> None:
+    redis = container(workshop, "redis")
+    conf = redis.inputs["uploads"][0]["content"]
+    assert "appendonly yes" in conf and "requirepass generated-password" in conf
+    assert "uploads" in redis.secret_inputs
+    assert redis.inputs["volumes"][0]["containerPath"] == "/data"
+    assert (
+        env(container(workshop, "queue-manager"))["QM_REDIS_URL"]
+        == "redis://:generated-password@redis:6379/0"
+    )
+
+
+def test_every_container_has_a_healthcheck_and_a_restart_policy(workshop: StackRun) -> None:
+    for resource in workshop.resources_of(CONTAINER):
+        assert resource.inputs["restart"] == "unless-stopped", resource.name
+        assert resource.inputs["healthcheck"]["tests"], resource.name
+
+
+def test_every_credential_reaches_the_containers_as_a_secret(workshop: StackRun) -> None:
+    qm = container(workshop, "queue-manager")
+    assert {"envs", "uploads"} <= qm.secret_inputs
+    settings = env(qm)
+    assert settings["QM_ADMIN_PASSWORD"] == "vault-admin-password"
+    assert settings["QM_SESSION_SECRET"] == "vault-session-secret-0123456789"
+    assert set(json.loads(settings["QM_WORKER_TOKENS"])) == {"baseline", "burst"}
+    assert settings["S3_SECRET_ACCESS_KEY"] == "files-secret"
+    assert json.loads(qm.inputs["uploads"][0]["content"]) == {"user01": "pw-user01", "user02": "pw-user02"}
+    assert "uploads" in container(workshop, "nginx").secret_inputs, "the origin certificate's key"
+    assert "stdin" in workshop.one("command:local:Command").secret_inputs, "the SSH deploy key"
+    for step in workshop.resources_of("command:remote:Command"):
+        assert "connection" in step.secret_inputs, step.name
+
+
+def test_the_queue_manager_gets_the_queue_policy_and_its_public_url(workshop: StackRun) -> None:
+    settings = env(container(workshop, "queue-manager"))
+    assert settings["QM_SCHEDULING"] == "fair"
+    assert settings["QM_MAX_RUNNING_PER_USER"] == "2"
+    assert settings["QM_MAX_BODY_BYTES"] == str(100 * 1024 * 1024)
+    assert settings["QM_PUBLIC_URL"] == "https://workshop.example.org"
+    assert settings["QM_FILES_URL"] == "s3://comfy-user-files/files"
+    assert settings["S3_ENDPOINT_URL"] == "https://acct.eu.r2.cloudflarestorage.com"
+
+
+def test_the_queue_manager_image_is_built_on_the_vps_from_images(workshop: StackRun) -> None:
+    image = workshop.one("docker:index/remoteImage:RemoteImage", "platform-queue-manager-image")
+    assert image.inputs["build"]["dockerfile"] == "images/queue-manager/Dockerfile"
+    assert image.inputs["name"].startswith("comfy-workshop/queue-manager:")
+    assert (
+        image.inputs["triggers"]["context"] in image.inputs["name"]
+        or len(image.inputs["triggers"]["context"]) == 64
+    )
+    provider = workshop.one("pulumi:providers:docker", "docker-provider")
+    assert image.provider.startswith(provider.urn)
+    assert provider.inputs["host"] == "ssh://root@comfy-workshop"
+
+
+def test_docker_is_used_only_after_cloud_init_finished(workshop: StackRun) -> None:
+    provider = workshop.one("pulumi:providers:docker", "docker-provider")
+    ready = workshop.one("command:remote:Command", "vps-ready")
+    assert ready.urn in provider.depends_on
+    assert workshop.depends_transitively(ready, workshop.one("hcloud:index/server:Server"))
+    assert "cloud-init status --wait" in ready.inputs["stdin"]
+
+
+def test_destroy_drains_and_snapshots_before_the_queue_manager_and_server_go(workshop: StackRun) -> None:
+    step = workshop.one("command:remote:Command", "queue-step")
+    assert "cli drain --timeout" in step.inputs["delete"] and "cli snapshot" in step.inputs["delete"]
+    assert "cli restore" in step.inputs["create"]
+    # Pulumi deletes dependents first: the step's delete runs while these still exist.
+    assert workshop.depends_transitively(step, container(workshop, "queue-manager"))
+    assert workshop.depends_transitively(step, container(workshop, "redis"))
+    assert workshop.depends_transitively(step, workshop.one("hcloud:index/server:Server"))
+
+
+def test_tailscale_keys_are_tagged_preauthorized_and_the_gpu_key_is_ephemeral(workshop: StackRun) -> None:
+    keys = {r.name: r.inputs for r in workshop.resources_of("tailscale:index/tailnetKey:TailnetKey")}
+    vps, gpu = keys["tailnet-vps-key"], keys["tailnet-gpu-key"]
+    assert (vps["reusable"], vps["preauthorized"], vps["tags"]) == (False, True, ["tag:comfy-vps"])
+    assert (gpu["reusable"], gpu["ephemeral"], gpu["preauthorized"], gpu["tags"]) == (
+        True, True, True, ["tag:comfy-gpu"],
+    )  # fmt: skip
+    policy = json.loads(workshop.one("tailscale:index/acl:Acl").inputs["acl"])
+    assert {"action": "accept", "src": ["tag:comfy-gpu"], "dst": ["tag:comfy-vps:8081"]} in policy["acls"]
+
+
+def test_the_dns_record_is_proxied_and_points_at_the_vps(workshop: StackRun) -> None:
+    record = workshop.one("cloudflare:index/dnsRecord:DnsRecord").inputs
+    assert (record["name"], record["type"], record["content"], record["proxied"]) == (
+        "workshop.example.org", "A", "203.0.113.10", True,
+    )  # fmt: skip
+    assert record["zoneId"] == "zone-id"
+
+
+def test_nothing_of_the_vault_is_declared_by_the_workshop(workshop: StackRun) -> None:
+    vault_types = {
+        "cloudflare:index/r2Bucket:R2Bucket", "cloudflare:index/apiToken:ApiToken",
+        "cloudflare:index/originCaCertificate:OriginCaCertificate", "comfy-workshop:credentials:Credentials",
+    }  # fmt: skip
+    assert not vault_types & workshop.types()
+    passwords = [r.name for r in workshop.resources_of("random:index/randomPassword:RandomPassword")]
+    assert all(name.startswith(("pools-", "platform-redis")) for name in passwords), passwords
+
+
+def test_outputs_give_urls_addresses_and_secret_credentials(workshop: StackRun) -> None:
+    assert workshop.outputs["vpsAddress"] == "203.0.113.10"
+    assert workshop.outputs["tailnetNames"]["vps"] == "comfy-workshop"
+    assert workshop.outputs["credentials"]["admin"] == {"user": "admin", "password": "vault-admin-password"}
+    assert "credentials" in workshop.secret_outputs
+    assert "vpsAddress" not in workshop.secret_outputs
+
+
+def test_pull_pools_get_the_tailnet_queue_url_and_the_gpu_key() -> None:
+    run = run_stack("workshop")
+    assert run.outputs["workerApiUrl"] == "http://comfy-workshop:8081"
