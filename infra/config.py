@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from infra.pools import KINDS, LOCAL_KINDS, PoolConfig, kind_of
+from infra.pools import LOCAL_KINDS, PoolConfig, kind_of
 from infra.pools.base import RegistryConfig
 from infra.schema import BucketName, Domain, Label, Model, TailscaleTag, one_of, unique_names
 
@@ -200,5 +200,3 @@ MODELS: dict[Role, type[VaultConfig] | type[WorkshopConfig] | type[LocalConfig]]
     Role.WORKSHOP: WorkshopConfig,
     Role.LOCAL: LocalConfig,
 }
-
-__all__ = ["KINDS", "MODELS", "Role", "StackConfig"]

@@ -14,7 +14,11 @@ from infra.loading import load_config
 
 
 def build(config: StackConfig) -> dict[str, Any]:
-    """Declare the stack ``config`` describes; the role picks which tier is built."""
+    """Declare the stack ``config`` describes; the role picks which tier is built.
+
+    Each tier is imported only when built: the local stack never pays for importing the
+    Cloudflare SDK (seconds), which only the vault and the workshop use.
+    """
     if isinstance(config, VaultConfig):
         from infra.vault import build_vault
 

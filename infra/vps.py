@@ -132,7 +132,7 @@ class Vps(pulumi.ComponentResource):
         user_data = pulumi.Output.secret(user_data)  # it holds the tailnet key and the host key
         return hcloud.Server(
             f"{name}-server",
-            name=f"{config.hostname}-{args.stack}",
+            name=config.hostname,
             server_type=config.server_type,
             image=config.image,
             location=config.location,

@@ -295,12 +295,13 @@ def run_stack(
     without: Iterable[str] = (),
     vault: dict[str, Any] | None = None,
     stack_name: str | None = None,
+    preview: bool = False,
 ) -> StackRun:
     """Evaluate the program for ``stack`` under mocks and return what it declared and exported."""
     recorder = Recorder(vault or vault_outputs())
     monitor = RecordingMonitor(recorder)
     name = stack_name or stack
-    pulumi.runtime.set_mocks(recorder, project=PROJECT, stack=name, preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(recorder, project=PROJECT, stack=name, preview=preview, monitor=monitor)
     set_config(stack_values(stack, overrides, drop), without)
     captured: dict[str, Any] = {}
 
@@ -315,5 +316,7 @@ def run_stack(
         ).apply(captured.update)
 
     pulumi.runtime.test(program)()  # type: ignore[no-untyped-call]
-    secret_outputs = {key for key, secret in captured["secrets"].items() if secret}
-    return StackRun(name, list(monitor.recorded), dict(captured["values"]), secret_outputs, recorder.invokes)
+    # In a preview, outputs that depend on what providers return stay unknown: nothing is captured.
+    secret_outputs = {key for key, secret in captured.get("secrets", {}).items() if secret}
+    values = dict(captured.get("values", {}))
+    return StackRun(name, list(monitor.recorded), values, secret_outputs, recorder.invokes)

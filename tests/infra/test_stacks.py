@@ -55,3 +55,11 @@ def test_vault_secrets_are_exported_as_secrets() -> None:
     assert secret <= run.secret_outputs
     assert "participantNames" not in run.secret_outputs
     assert len(run.outputs["participantNames"]) == 20
+
+
+@pytest.mark.parametrize("stack", ["vault", "workshop", "local"])
+def test_each_stack_previews_with_unknown_provider_outputs(stack: str) -> None:
+    # What the pull-request workflow's `pulumi preview` does: no apply on unknown values may fail.
+    planned = run_stack(stack, preview=True)
+    deployed = run_stack(stack)
+    assert {r.urn for r in planned.resources} == {r.urn for r in deployed.resources}
