@@ -2,7 +2,8 @@
 
 ``progress`` is limited to ``rate`` events per second per job (the latest value wins: a value held
 back is sent when its window opens, unless a newer node event made it stale). Other events pass
-in order. Sending happens on a background task, so a slow queue manager never slows the job.
+in order. Sending happens on a background task, so a slow queue manager never slows the job;
+events are gathered for ``linger`` seconds into one batch, so a short job costs one round trip.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ MAX_BATCH = 256
 
 
 class EventForwarder:
-    def __init__(self, sink: Sink, rate: float = 10.0) -> None:
+    def __init__(self, sink: Sink, rate: float = 10.0, linger: float = 0.05) -> None:
         self.sink = sink
         self.interval = 1.0 / rate
+        self.linger = linger
+        self._closed = asyncio.Event()
         self._buffer: list[JobEvent] = []
         self._held: JobEvent | None = None
         self._last_progress = -1e9
@@ -67,6 +70,9 @@ class EventForwarder:
     async def _send_loop(self) -> None:
         while not (self._closing and not self._buffer):
             await self._wake.wait()
+            if not self._closing:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), timeout=self.linger)
             self._wake.clear()
             while self._buffer:
                 batch, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
@@ -81,6 +87,7 @@ class EventForwarder:
             self._release.cancel()
         self._drop_held()
         self._closing = True
+        self._closed.set()
         self._wake.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self._sender

@@ -98,6 +98,7 @@ class State:
     sockets: dict[str, WebSocket] = field(default_factory=dict)
     interrupt: bool = False
     number: int = 0
+    timings: dict[str, tuple[float, float]] = field(default_factory=dict)  # perf_counter start, end
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -264,6 +265,7 @@ class ComfyUIDouble:
     async def _execute(self, item: Item) -> None:
         sid, pid = item.client_id, item.prompt_id
         messages: list[list[Any]] = []
+        self.state.timings[pid] = (time.perf_counter(), 0.0)
 
         async def job_event(event: str, data: dict[str, Any], record: bool = False) -> None:
             data = {"prompt_id": pid, **data}
@@ -325,6 +327,7 @@ class ComfyUIDouble:
             "status": {"status_str": status, "completed": status == "success", "messages": messages},
             "meta": {nid: {"node_id": nid, "display_node": nid} for nid in outputs},
         }
+        self.state.timings[item.prompt_id] = (self.state.timings[item.prompt_id][0], time.perf_counter())
         if item.client_id is not None:
             await self.send("executing", {"node": None, "prompt_id": item.prompt_id}, item.client_id)
 
