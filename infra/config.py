@@ -69,6 +69,9 @@ class VpsConfig(Model):
     hostname: Label = "comfy-workshop"
     data_volume_gb: int | None = Field(default=None, ge=10, le=10_240)
     ssh_allow_list: list[IPv4Network | IPv6Network] = Field(default_factory=list)
+    web_from_cloudflare_only: bool = Field(
+        default=True, description="ports 80/443 accept only Cloudflare's address ranges"
+    )
 
     @field_validator("location")
     @classmethod

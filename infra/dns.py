@@ -22,3 +22,12 @@ def dns_record(
         comment="comfy-workshop: managed by Pulumi (workshop stack)",
         opts=opts,
     )
+
+
+def web_sources(cloudflare_only: bool) -> pulumi.Output[list[str]]:
+    """Who may open the site's ports: Cloudflare's published ranges (every request is proxied through
+    it, so nobody bypasses Cloudflare to reach the origin), or anyone."""
+    if not cloudflare_only:
+        return pulumi.Output.from_input(["0.0.0.0/0", "::/0"])
+    ranges = cloudflare.get_ip_ranges_output()
+    return ranges.apply(lambda found: [*found.ipv4_cidrs, *found.ipv6_cidrs])

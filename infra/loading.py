@@ -31,6 +31,8 @@ ROLE_SECRETS: dict[Role, tuple[RequiredSecret, ...]] = {
 # Keys of our namespace that hold provider credentials rather than platform settings: they are not
 # validated as settings (any key set with --secret is skipped too).
 CREDENTIAL_KEYS = frozenset({"verdaClientId", "verdaClientSecret", "runpodApiKey", "registryPassword"})
+# A secret that another set key can stand in for (Tailscale takes an API key or an OAuth client).
+ALTERNATIVES = {"tailscale:apiKey": ("tailscale:oauthClientSecret", "TAILSCALE_OAUTH_CLIENT_SECRET")}
 REGISTRY_PASSWORD = RequiredSecret("comfy-workshop:registryPassword", "registry token", "REGISTRY_PASSWORD")
 
 
@@ -142,9 +144,10 @@ def required_secrets(config: StackConfig) -> list[RequiredSecret]:
 
 
 def _is_set(secret: RequiredSecret) -> bool:
-    if runtime_config.get_config(secret.key) is not None:
+    if runtime_config.get_config(secret.key) is not None or (secret.env and os.environ.get(secret.env)):
         return True
-    return bool(secret.env and os.environ.get(secret.env))
+    key, env = ALTERNATIVES.get(secret.key, (None, None))
+    return bool(key and runtime_config.get_config(key) is not None) or bool(env and os.environ.get(env))
 
 
 def _missing(secret: RequiredSecret) -> Problem:

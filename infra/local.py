@@ -64,7 +64,9 @@ def build_local(config: LocalConfig, stack: str) -> dict[str, Any]:
             keep_volumes=True,
         ),
     )
-    QueueKeeper("queue", platform.queue_manager_name, 60, platform.queue_manager)
+    QueueKeeper(
+        "queue", platform.queue_manager_name, config.queue.drain_timeout_seconds, platform.queue_manager
+    )
     return {
         **urls(base_url, list(config.participants)),
         "credentials": secret(

@@ -22,11 +22,12 @@ ANYWHERE = ["0.0.0.0/0", "::/0"]
 TAILSCALE_PORT = "41641"
 
 
-def firewall_rules(config: VpsConfig) -> list[hcloud.FirewallRuleArgsDict]:
-    """Inbound: the site (Cloudflare proxies to it), Tailscale's direct UDP, SSH only if allow-listed."""
+def firewall_rules(config: VpsConfig, web_sources: list[str]) -> list[hcloud.FirewallRuleArgsDict]:
+    """Inbound: the site from ``web_sources`` (Cloudflare's ranges: it proxies every request),
+    Tailscale's direct UDP from anywhere, SSH only from the allow-list (else over the tailnet)."""
     rules: list[hcloud.FirewallRuleArgsDict] = [
-        {"direction": "in", "protocol": "tcp", "port": "80", "source_ips": ANYWHERE},
-        {"direction": "in", "protocol": "tcp", "port": "443", "source_ips": ANYWHERE},
+        {"direction": "in", "protocol": "tcp", "port": "80", "source_ips": web_sources},
+        {"direction": "in", "protocol": "tcp", "port": "443", "source_ips": web_sources},
         {"direction": "in", "protocol": "udp", "port": TAILSCALE_PORT, "source_ips": ANYWHERE},
         {"direction": "in", "protocol": "icmp", "source_ips": ANYWHERE},
     ]
@@ -44,6 +45,7 @@ class VpsArgs:
     deploy_private_key: pulumi.Input[str]
     tailscale_auth_key: pulumi.Output[str]
     tailscale_tags: tuple[str, ...]
+    web_sources: pulumi.Output[list[str]]
 
 
 class Vps(pulumi.ComponentResource):
@@ -66,9 +68,8 @@ class Vps(pulumi.ComponentResource):
         ssh_key = hcloud.SshKey(
             f"{name}-ssh-key", public_key=args.deploy_public_key, labels=labels, opts=child
         )
-        self.firewall = hcloud.Firewall(
-            f"{name}-firewall", rules=firewall_rules(config), labels=labels, opts=child
-        )
+        rules = args.web_sources.apply(lambda sources: firewall_rules(config, sources))
+        self.firewall = hcloud.Firewall(f"{name}-firewall", rules=rules, labels=labels, opts=child)
         host_key = tls.PrivateKey(f"{name}-host-key", algorithm="ED25519", opts=child)
         self.host_public_key = host_key.public_key_openssh
         self.volume = self._volume(name, config, labels)

@@ -13,7 +13,7 @@ from typing import Any
 import pulumi
 
 from infra.config import WorkshopConfig
-from infra.dns import dns_record
+from infra.dns import dns_record, web_sources
 from infra.platform import Platform, PlatformArgs, Publish, data_volume, platform_network
 from infra.pool_set import PoolSet
 from infra.pools import PoolConfig, PoolContext
@@ -48,7 +48,7 @@ def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
     tailnet = Tailnet("tailnet", config.tailscale, WORKER_API_PORT)
     vps_args = VpsArgs(
         config.vps, stack, vault.deploy_public_key, vault.deploy_private_key, tailnet.vps_key,
-        (config.tailscale.vps_tag,),
+        (config.tailscale.vps_tag,), web_sources(config.vps.web_from_cloudflare_only),
     )  # fmt: skip
     vps = Vps("vps", vps_args)
     dns_record("dns", config.zone, config.domain, vps.server.ipv4_address)

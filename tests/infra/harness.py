@@ -92,6 +92,8 @@ def vault_outputs(participants: Iterable[str] = ("user01", "user02")) -> dict[st
     }
 
 
+CLOUDFLARE_V4 = ["173.245.48.0/20", "103.21.244.0/22"]
+CLOUDFLARE_V6 = ["2400:cb00::/32"]
 VAULT_SECRET_OUTPUTS = [
     "participantPasswords",
     "adminPassword",
@@ -206,6 +208,8 @@ class Recorder(mocks.Mocks):
 
     def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         self.invokes.append((args.token, dict(args.args)))
+        if args.token == "cloudflare:index/getIpRanges:getIpRanges":
+            return {"ipv4Cidrs": CLOUDFLARE_V4, "ipv6Cidrs": CLOUDFLARE_V6}, []
         if args.token == "cloudflare:index/getZone:getZone":
             return {"id": "zone-id", "zoneId": "zone-id", "name": "example.org"}, []
         if args.token == "cloudflare:index/getApiTokenPermissionGroupsList:getApiTokenPermissionGroupsList":

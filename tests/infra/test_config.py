@@ -155,3 +155,10 @@ def test_the_error_prints_cleanly_in_pulumi_output() -> None:
     # RunError is what the Pulumi language host prints as a message, without a Python traceback.
     assert issubclass(ConfigError, pulumi.RunError)
     assert set(TEST_SECRETS)  # the harness provides every secret a committed stack needs
+
+
+def test_a_tailscale_oauth_client_stands_in_for_the_api_key() -> None:
+    set_config(stack_values("workshop"), without={"tailscale:apiKey"})
+    config = dict(pulumi.runtime.config.CONFIG.get())
+    pulumi.runtime.set_all_config({**config, "tailscale:oauthClientSecret": "tskey-client-x"})
+    assert load_config("workshop").role == "workshop"

@@ -127,9 +127,12 @@ def test_the_tailnet_policy_lets_only_gpu_nodes_reach_the_worker_api() -> None:
 
 
 def test_ssh_is_closed_unless_an_allow_list_is_set() -> None:
-    ports = {(rule["protocol"], rule.get("port")) for rule in firewall_rules(VpsConfig())}
+    rules = firewall_rules(VpsConfig(), ["198.51.100.0/24"])
+    ports = {(rule["protocol"], rule.get("port")) for rule in rules}
     assert ports == {("tcp", "80"), ("tcp", "443"), ("udp", "41641"), ("icmp", None)}
-    listed = firewall_rules(VpsConfig.model_validate({"sshAllowList": ["203.0.113.7/32"]}))
+    web = [rule["source_ips"] for rule in rules if rule.get("port") in ("80", "443")]
+    assert web == [["198.51.100.0/24"], ["198.51.100.0/24"]]
+    listed = firewall_rules(VpsConfig.model_validate({"sshAllowList": ["203.0.113.7/32"]}), [])
     ssh = [rule for rule in listed if rule.get("port") == "22"]
     assert ssh == [{"direction": "in", "protocol": "tcp", "port": "22", "source_ips": ["203.0.113.7/32"]}]
 

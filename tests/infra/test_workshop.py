@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.infra.harness import Resource, StackRun, run_stack
+from tests.infra.harness import CLOUDFLARE_V4, CLOUDFLARE_V6, Resource, StackRun, run_stack
 
 CONTAINER = "docker:index/container:Container"
 
@@ -28,8 +28,19 @@ def test_the_firewall_opens_only_the_site_and_tailscale(workshop: StackRun) -> N
     rules = workshop.one("hcloud:index/firewall:Firewall").inputs["rules"]
     opened = {(rule["protocol"], rule.get("port")) for rule in rules}
     assert opened == {("tcp", "80"), ("tcp", "443"), ("udp", "41641"), ("icmp", None)}
+    sources = {rule.get("port"): rule["sourceIps"] for rule in rules}
+    assert sources["80"] == sources["443"] == CLOUDFLARE_V4 + CLOUDFLARE_V6, (
+        "only Cloudflare reaches the site"
+    )
+    assert sources["41641"] == ["0.0.0.0/0", "::/0"]
     firewall_id = int(workshop.one("hcloud:index/firewall:Firewall").id)
     assert workshop.one("hcloud:index/server:Server").inputs["firewallIds"] == [firewall_id]
+
+
+def test_the_site_can_be_opened_to_everyone_by_config() -> None:
+    run = run_stack("workshop", overrides={"vps": {"webFromCloudflareOnly": False}})
+    rules = run.one("hcloud:index/firewall:Firewall").inputs["rules"]
+    assert [r["sourceIps"] for r in rules if r.get("port") == "443"] == [["0.0.0.0/0", "::/0"]]
 
 
 def test_ssh_opens_only_to_the_allow_list_and_then_uses_the_public_address() -> None:
