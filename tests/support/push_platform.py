@@ -66,7 +66,8 @@ class Platform:
     def __post_init__(self) -> None:
         self._ids = itertools.count(1)
         self._queue: asyncio.Queue[Request_] = asyncio.Queue()
-        self._starting = 0
+        self._alive = 0  # replicas starting or up
+        self._busy = 0  # replicas running a request
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- the endpoint ------------------------------------------------------------------------
@@ -94,11 +95,10 @@ class Platform:
 
     # --- the autoscaler and replicas ---------------------------------------------------------
     def _scale(self) -> None:
-        busy_or_idle = sum(1 for r in self.replicas if r.stopped is None)
-        wanted = min(self.max_replicas, busy_or_idle + self._queue.qsize()) - busy_or_idle - self._starting
-        wanted = min(wanted, self._queue.qsize() - self._starting)
-        for _ in range(max(0, wanted)):
-            self._starting += 1
+        """As the providers' queue-based autoscalers: enough replicas for running plus waiting work."""
+        wanted = min(self.max_replicas, self._busy + self._queue.qsize())
+        for _ in range(wanted - self._alive):
+            self._alive += 1
             task = asyncio.create_task(self._replica())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -108,9 +108,6 @@ class Platform:
         self.replicas.append(replica)
         try:
             await asyncio.sleep(self.cold_start_s)
-        finally:
-            self._starting -= 1
-        try:
             while True:
                 try:
                     req = await asyncio.wait_for(self._queue.get(), self.idle_timeout_s)
@@ -118,6 +115,7 @@ class Platform:
                     return
                 await self._run(replica, req)
         finally:
+            self._alive -= 1
             replica.stopped = time.monotonic()
 
     async def _run(self, replica: Replica, req: Request_) -> None:
@@ -128,7 +126,11 @@ class Platform:
             self.crash_next -= 1
             req.status = "FAILED"
             return
-        ok = await self.runner(req.lease)
+        self._busy += 1
+        try:
+            ok = await self.runner(req.lease)
+        finally:
+            self._busy -= 1
         req.status = "COMPLETED" if ok else "FAILED"
         replica.busy_s += time.monotonic() - req.started_at
 
@@ -217,32 +219,28 @@ def simulated_worker(
     job_seconds: float, heartbeat_seconds: float, fail_users: frozenset[str] = frozenset()
 ) -> Runner:
     """The worker core's reporting, without ComfyUI: started event, heartbeats, then complete or fail."""
+    clients: list[httpx.AsyncClient] = []  # one per runner: TLS set-up per job would dominate the bench
 
     async def run(lease: dict[str, Any]) -> bool:
+        if not clients:
+            clients.append(httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=200)))
+        http, token, deadline = clients[0], lease["token"], time.monotonic() + job_seconds
         base = f"{lease['reply_url']}/api/leases/{lease['job']['id']}"
         headers = {"Authorization": f"Bearer {lease['reply_token']}"}
-        token = lease["token"]
-        async with httpx.AsyncClient(headers=headers, timeout=10) as http:
-            started = await http.post(
-                f"{base}/events",
-                json={
-                    "token": token,
-                    "events": [{"type": "execution_start", "data": {"prompt_id": lease["job"]["id"]}}],
-                },
-            )
-            if started.status_code == 409:
+        start = {"type": "execution_start", "data": {"prompt_id": lease["job"]["id"]}}
+        started = await http.post(f"{base}/events", json={"token": token, "events": [start]}, headers=headers)
+        if started.status_code == 409:
+            return False
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, heartbeat_seconds))
+            beat = await http.post(f"{base}/heartbeat", json={"token": token}, headers=headers)
+            if beat.status_code == 409 or beat.json().get("cancel"):
                 return False
-            deadline = time.monotonic() + job_seconds
-            while (left := deadline - time.monotonic()) > 0:
-                await asyncio.sleep(min(left, heartbeat_seconds))
-                beat = await http.post(f"{base}/heartbeat", json={"token": token})
-                if beat.status_code == 409 or beat.json().get("cancel"):
-                    return False
-            if lease["job"]["user"] in fail_users:
-                error = {"type": "OOM", "message": "out of memory", "retryable": False}
-                await http.post(f"{base}/fail", json={"token": token, "error": error})
-                return True
-            done = await http.post(f"{base}/complete", json={"token": token, "outputs": []})
-            return done.status_code == 204
+        if lease["job"]["user"] in fail_users:
+            error = {"type": "OOM", "message": "out of memory", "retryable": False}
+            await http.post(f"{base}/fail", json={"token": token, "error": error}, headers=headers)
+            return True
+        done = await http.post(f"{base}/complete", json={"token": token, "outputs": []}, headers=headers)
+        return done.status_code == 204
 
     return run
