@@ -1,0 +1,79 @@
+"""What the queue manager learns from the worker: the participant's live events, the node catalogue,
+and nothing at all from a worker whose lease went stale."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from services.protocol.jobs import JobState
+from services.worker.lease import LeaseKeeper
+from tests.doubles.comfyui import ComfyUIDouble
+from tests.services.worker.conftest import (
+    QueueManagerServer,
+    finished,
+    graph,
+    pull_worker,
+    submit,
+    worker_settings,
+)
+from tests.support.queue_manager_app import password
+
+
+async def test_the_participant_sees_node_events_throttled_progress_then_outputs_then_finished(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    basic = base64.b64encode(f"alice:{password('alice')}".encode()).decode()
+    url = qm.url.replace("http://", "ws://") + "/api/events"
+    async with (
+        pull_worker(worker_settings(comfy, qm.url, tmp_path)),
+        websockets.connect(url, additional_headers={"Authorization": f"Basic {basic}"}) as stream,
+    ):
+        comfy.knobs.node_seconds, comfy.knobs.progress_steps = 0.4, 40  # 120 progress events in 1.2 s
+        job_id = await submit(alice, graph(color=31))
+        seen: list[dict[str, Any]] = []
+        while not seen or seen[-1]["type"] != "finished":
+            event = json.loads(await stream.recv())
+            if event["job_id"] == job_id:
+                seen.append(event)
+    comfy_types = [e["comfy"]["type"] for e in seen if e.get("comfy")]
+    assert comfy_types.count("executing") == 3
+    progress = [e for e in seen if e["type"] == "progress"]
+    assert 3 <= len(progress) <= 20, f"{len(progress)} progress events for a 1.2 s job"
+    assert comfy_types.index("executed") > max(i for i, t in enumerate(comfy_types) if t == "executing")
+    assert seen[-1]["data"]["state"] == JobState.SUCCEEDED
+
+
+async def test_the_workers_node_catalogue_reaches_the_participants_workspace(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+        reply = await alice.get("/w/alice/api/object_info")
+    assert reply.status_code == 200, reply.text
+    assert {"EmptyImage", "SaveImage", "SaveVideo"} <= set(reply.json())
+
+
+async def test_a_worker_whose_lease_went_stale_never_reports_and_the_job_runs_again(
+    comfy: ComfyUIDouble, qm_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    qm = qm_factory(lease_seconds=0.5)
+    original = LeaseKeeper.__init__
+
+    def slow_heartbeats(self: LeaseKeeper, queue: Any, job_id: str, token: str, every: float) -> None:
+        original(self, queue, job_id, token, every if hasattr(slow_heartbeats, "done") else 30.0)
+        slow_heartbeats.done = True  # type: ignore[attr-defined]  # only the first lease misses its heartbeats
+
+    monkeypatch.setattr(LeaseKeeper, "__init__", slow_heartbeats)
+    async with (
+        pull_worker(worker_settings(comfy, qm.url, tmp_path)),
+        httpx.AsyncClient(base_url=qm.url, auth=("alice", password("alice"))) as alice,
+    ):
+        comfy.knobs.node_seconds = 0.5
+        job = await finished(alice, await submit(alice, graph(color=32)), timeout=30)
+    assert job.state == JobState.SUCCEEDED and job.attempts == 2
