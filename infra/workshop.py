@@ -41,22 +41,30 @@ def _storage(vault: VaultOutputs, role: str, credentials: pulumi.Output[dict[str
     )
 
 
-def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
-    """Declare the workshop in dependency order and return its stack outputs."""
-    vault = VaultOutputs(config.vault_stack)
-    base_url = f"https://{config.domain}"
-    tailnet = Tailnet("tailnet", config.tailscale, WORKER_API_PORT)
+def _nginx(config: WorkshopConfig, sources: list[str]) -> str:
+    # Behind Cloudflare, nginx logs and the queue manager see the participant's own address.
+    proxies = tuple(sources) if config.vps.web_from_cloudflare_only else ()
+    spec = NginxSpec(
+        config.domain, tls=Tls(), http_port=80, https_port=443, worker_port=WORKER_API_PORT,
+        max_upload_mb=config.queue.max_upload_mb, trusted_proxies=proxies,
+    )  # fmt: skip
+    return nginx_site(spec)
+
+
+def _host(
+    config: WorkshopConfig, stack: str, vault: VaultOutputs, tailnet: Tailnet, web: pulumi.Output[list[str]]
+) -> Vps:
+    """The VPS and its public name."""
     vps_args = VpsArgs(
         config.vps, stack, vault.deploy_public_key, vault.deploy_private_key, tailnet.vps_key,
-        (config.tailscale.vps_tag,), web_sources(config.vps.web_from_cloudflare_only),
+        (config.tailscale.vps_tag,), web,
     )  # fmt: skip
     vps = Vps("vps", vps_args)
     dns_record("dns", config.zone, config.domain, vps.server.ipv4_address)
-    remote = RemoteDocker(
-        "docker", stack, vps.ssh_host, vps.host_public_key, vault.deploy_private_key, vps.ready
-    )
-    on_vps = pulumi.ResourceOptions(provider=remote.provider)
-    network = platform_network("network", stack, on_vps)
+    return vps
+
+
+def _pools(config: WorkshopConfig, stack: str, vault: VaultOutputs, tailnet: Tailnet) -> PoolSet:
     models = _storage(vault, "models", vault.models_read)
     files = _storage(vault, "userFiles", vault.user_files)
 
@@ -64,7 +72,7 @@ def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
         return PoolContext(
             stack=stack,
             queue_url=f"http://{config.vps.hostname}:{WORKER_API_PORT}",
-            callback_url=base_url,
+            callback_url=f"https://{config.domain}",
             worker_token=token,
             tailnet_auth_key=tailnet.gpu_key,
             models=models,
@@ -72,27 +80,41 @@ def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
             registry=config.registry,
         )
 
-    pools = PoolSet("pools", config.pools, context_for)
+    return PoolSet("pools", config.pools, context_for)
+
+
+def _settings(config: WorkshopConfig, vault: VaultOutputs, pools: PoolSet) -> dict[str, pulumi.Input[str]]:
+    """The queue manager's settings: policy, vault credentials, user files in R2, pool tokens."""
+    files = _storage(vault, "userFiles", vault.user_files)
     files_url = pulumi.Output.concat("s3://", files.bucket, "/files")
-    settings = {
+    return {
         **queue_manager_settings(
-            config.queue, base_url, vault.admin_user, vault.admin_password, vault.session_secret,
-            pools.tokens_json(), files_url,
+            config.queue, f"https://{config.domain}", vault.admin_user, vault.admin_password,
+            vault.session_secret, pools.tokens_json(), files_url,
         ),
         **s3_settings(files.endpoint, vault.user_files),
         **pools.queue_manager_env(),
     }  # fmt: skip
-    site = NginxSpec(
-        config.domain, tls=Tls(), http_port=80, https_port=443, worker_port=WORKER_API_PORT,
-        max_upload_mb=config.queue.max_upload_mb,
-    )  # fmt: skip
+
+
+def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
+    """Declare the workshop in dependency order and return its stack outputs."""
+    vault = VaultOutputs(config.vault_stack)
+    tailnet = Tailnet("tailnet", config.tailscale, WORKER_API_PORT)
+    web = web_sources(config.vps.web_from_cloudflare_only)
+    vps = _host(config, stack, vault, tailnet, web)
+    remote = RemoteDocker(
+        "docker", stack, vps.ssh_host, vps.host_public_key, vault.deploy_private_key, vps.ready
+    )
+    on_vps = pulumi.ResourceOptions(provider=remote.provider)
+    pools = _pools(config, stack, vault, tailnet)
     platform = Platform(
         "platform",
         PlatformArgs(
             stack=stack,
-            network=network,
+            network=platform_network("network", stack, on_vps),
             files_volume=data_volume("files", stack, "files", keep=False, opts=on_vps),
-            nginx_site=nginx_site(site),
+            nginx_site=web.apply(lambda sources: _nginx(config, sources)),
             publish=[
                 Publish(80, 80, "0.0.0.0"),
                 Publish(443, 443, "0.0.0.0"),
@@ -100,7 +122,7 @@ def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
                 Publish(WORKER_API_PORT, WORKER_API_PORT, vps.tailnet_ip),
             ],
             nginx_health_url=f"http://127.0.0.1:{WORKER_API_PORT}/health",
-            settings=settings,
+            settings=_settings(config, vault, pools),
             participants_json=secret(vault.participant_passwords.apply(json.dumps)),
             tls=(vault.origin_certificate, vault.origin_private_key),
         ),
@@ -110,8 +132,12 @@ def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
         "queue", platform.queue_manager_name, config.queue.drain_timeout_seconds, platform.queue_manager,
         connection=vps.connection, after=[vps.ready],
     )  # fmt: skip
+    return _outputs(config, vault, vps, pools)
+
+
+def _outputs(config: WorkshopConfig, vault: VaultOutputs, vps: Vps, pools: PoolSet) -> dict[str, Any]:
     return {
-        **url_outputs(base_url, vault.participant_names),
+        **url_outputs(f"https://{config.domain}", vault.participant_names),
         "credentials": secret(
             pulumi.Output.all(
                 admin={"user": vault.admin_user, "password": vault.admin_password},
@@ -119,8 +145,11 @@ def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
             )
         ),
         "vpsAddress": vps.server.ipv4_address,
-        "tailnetNames": {"vps": config.vps.hostname, "vpsTag": config.tailscale.vps_tag,
-                         "gpuTag": config.tailscale.gpu_tag},
+        "tailnetNames": {
+            "vps": config.vps.hostname,
+            "vpsTag": config.tailscale.vps_tag,
+            "gpuTag": config.tailscale.gpu_tag,
+        },
         "tailnetAddress": vps.tailnet_ip,
         "workerApiUrl": f"http://{config.vps.hostname}:{WORKER_API_PORT}",
         "pools": pools.summaries(),

@@ -17,7 +17,8 @@ class Tls:
 
 @dataclass(frozen=True)
 class NginxSpec:
-    """``tls`` None serves plain HTTP on ``http_port`` (the local stack); else HTTPS plus a redirect."""
+    """``tls`` None serves plain HTTP on ``http_port`` (the local stack); else HTTPS plus a redirect.
+    ``trusted_proxies`` (Cloudflare's ranges) may name the client in `CF-Connecting-IP`."""
 
     server_name: str
     upstream: str = "queue-manager:8000"
@@ -26,6 +27,7 @@ class NginxSpec:
     http_port: int = 8080
     https_port: int = 443
     worker_port: int | None = None
+    trusted_proxies: tuple[str, ...] = ()
 
 
 def _public(spec: NginxSpec) -> str:
@@ -39,8 +41,12 @@ def _public(spec: NginxSpec) -> str:
             "    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache shared:SSL:10m;"
         )
         hsts = 'add_header Strict-Transport-Security "max-age=31536000" always;'
+    real_ip = "".join(f"set_real_ip_from {source};\n    " for source in spec.trusted_proxies)
+    if real_ip:
+        real_ip += "real_ip_header CF-Connecting-IP;"
     return render(
         "nginx-public.conf",
+        real_ip=real_ip,
         listen=listen,
         server_name=spec.server_name,
         max_upload_mb=spec.max_upload_mb,

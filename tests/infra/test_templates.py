@@ -90,6 +90,7 @@ def test_the_workshop_nginx_config_passes_nginx_t(tmp_path: Path) -> None:
     spec = NginxSpec(
         "workshop.example.org", upstream="127.0.0.1:9", tls=Tls(str(cert), str(key)),
         http_port=18080, https_port=18443, worker_port=18081,
+        trusted_proxies=("173.245.48.0/20", "2400:cb00::/32"),
     )  # fmt: skip
     result = nginx_test(tmp_path / "prefix", nginx_site(spec))
     assert result.returncode == 0, result.stderr

@@ -195,3 +195,10 @@ def test_outputs_give_urls_addresses_and_secret_credentials(workshop: StackRun) 
 def test_pull_pools_get_the_tailnet_queue_url_and_the_gpu_key() -> None:
     run = run_stack("workshop")
     assert run.outputs["workerApiUrl"] == "http://comfy-workshop:8081"
+
+
+def test_nginx_trusts_the_client_address_cloudflare_forwards(workshop: StackRun) -> None:
+    site = workshop.one(CONTAINER, "platform-nginx").inputs["uploads"][0]["content"]
+    assert "real_ip_header CF-Connecting-IP;" in site
+    assert all(f"set_real_ip_from {cidr};" in site for cidr in CLOUDFLARE_V4 + CLOUDFLARE_V6)
+    assert "listen 443 ssl" in site and "client_max_body_size 100m;" in site
