@@ -12,6 +12,17 @@ from pydantic import ValidationError
 
 from services.worker.settings import WorkerSettings
 
+
+def _startup_errors() -> tuple[type[Exception], ...]:
+    from services.storage import StorageError
+    from services.worker.agent import WarmupFailedError
+    from services.worker.models import ModelError
+    from services.worker.queue_client import QueueRefusedError
+    from services.worker.supervisor import ComfyNotReadyError
+
+    return (QueueRefusedError, ComfyNotReadyError, ModelError, WarmupFailedError, StorageError)
+
+
 app = typer.Typer(
     help="comfy-workshop worker agent: runs participants' jobs on ComfyUI.", no_args_is_help=True
 )
@@ -35,7 +46,11 @@ def pull() -> None:
 
     settings = _settings()
     queue = QueueClient(settings.queue_url, settings.token.get_secret_value(), settings.retry_seconds)
-    asyncio.run(run_pull(Agent(settings), queue))
+    try:
+        asyncio.run(run_pull(Agent(settings), queue))
+    except _startup_errors() as exc:
+        typer.echo(f"worker stopped: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @app.command("serve-push")

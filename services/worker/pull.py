@@ -13,6 +13,8 @@ import logging
 import signal
 import time
 
+import httpx
+
 from services.protocol.workers import Lease, RegisterReply, WorkerRegistration
 from services.worker.agent import Agent
 from services.worker.queue_client import QueueClient, QueueRefusedError
@@ -82,9 +84,14 @@ class PullWorker:
         except QueueRefusedError as exc:  # e.g. the queue manager forgot this worker: register again
             log.warning("claim refused (%s): registering again", exc)
             await self.register()
-            with contextlib.suppress(TimeoutError):  # do not spin if the refusal persists
-                await asyncio.wait_for(self.stopping.wait(), timeout=1.0)
-            return None
+        except httpx.HTTPError as exc:  # retries exhausted: the queue manager is away for long; keep waiting
+            log.warning("cannot reach the queue manager at %s: %s", self.queue.base_url, exc)
+        await self._pause(1.0)  # do not spin while the trouble lasts
+        return None
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
     async def _until_comfyui_up(self) -> None:
         """Never claim a job while ComfyUI is restarting: it would only be lost again."""
@@ -105,8 +112,12 @@ class PullWorker:
         if not job.done():
             log.warning("job %s did not finish within the grace period: releasing it", lease.job.id)
             job.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             log.info("job %s: %s", lease.job.id, await job)
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # the outcome could not be reported: the lease expires and the job is requeued
+            log.exception("job %s: could not be run or reported", lease.job.id)
 
 
 async def run_pull(agent: Agent, queue: QueueClient) -> None:

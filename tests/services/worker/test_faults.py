@@ -9,12 +9,19 @@ import signal
 import subprocess
 import sys
 import tracemalloc
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from services.protocol.jobs import JobState
+from services.protocol.jobs import Job, JobState
+from services.protocol.workers import Lease
+from services.storage.local import LocalStorage
+from services.worker.agent import Agent
+from services.worker.queue_client import LeaseLostError, QueueClient
 from services.worker.supervisor import ComfyProcess
 from tests.doubles.comfyui import ComfyUIDouble
 from tests.services.worker.conftest import (
@@ -154,3 +161,73 @@ async def test_sigterm_with_a_job_too_long_for_the_grace_period_releases_it_and_
     assert reply["state"] == JobState.QUEUED and reply["attempts"] == 0
     await until(lambda: job_id in comfy.state.history, "ComfyUI told to stop the released job")
     assert comfy.state.history[job_id]["status"]["messages"][-1][0] == "execution_interrupted"
+
+
+async def test_sigterm_while_waiting_for_work_exits_0_at_once(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path
+) -> None:
+    process = worker_process(comfy, qm, tmp_path, grace=20)
+    try:
+        await until(lambda: len(comfy.state.sockets) == 1, "worker connected to ComfyUI", timeout=20)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 10) == 0
+    finally:
+        process.kill()
+
+
+async def test_a_wrong_pool_token_stops_the_worker_with_a_message_naming_the_setting(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "WORKER_QUEUE_URL": qm.url,
+        "WORKER_TOKEN": "wrong",
+        "WORKER_POOL": POOL,
+        "WORKER_COMFYUI_URL": comfy.url,
+        "WORKER_DATA_DIR": str(tmp_path),
+        "WORKER_WARMUP": "false",
+        "WORKER_STORAGE_URL": f"file://{tmp_path}/files",
+    }
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "services.worker", "pull"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "WORKER_TOKEN" in result.stderr and "wrong" not in result.stderr.replace("WORKER_TOKEN", "")
+
+
+async def test_a_lease_lost_at_a_heartbeat_stops_the_job_in_comfyui_without_reporting(
+    comfy: ComfyUIDouble, tmp_path: Path
+) -> None:
+    class StaleQueue(QueueClient):
+        reported: list[str] = []
+
+        async def heartbeat(self, job_id: str, token: str) -> Any:
+            raise LeaseLostError("409")
+
+        async def events(self, job_id: str, token: str, events: list[Any]) -> None:
+            return None
+
+        async def complete(self, *args: Any) -> None:
+            self.reported.append("complete")
+
+        async def fail(self, *args: Any) -> None:
+            self.reported.append("fail")
+
+    agent = Agent(worker_settings(comfy, "http://127.0.0.1:9", tmp_path), LocalStorage(tmp_path / "files"))
+    await agent.start()
+    comfy.knobs.node_seconds, comfy.knobs.progress_steps = 10.0, 100
+    job = Job(id=str(uuid.uuid4()), user="alice", prompt=graph(color=41), queued_at=datetime.now(UTC))
+    lease = Lease(job=job, token="t", expires_at=datetime.now(UTC), lease_seconds=1.0)
+    queue = StaleQueue("http://127.0.0.1:9", "token")
+    try:
+        assert await agent.run_lease(lease, queue, heartbeat_seconds=0.1) == "lost"
+        await until(lambda: job.id in comfy.state.history, "ComfyUI stopped the job")
+    finally:
+        await agent.stop()
+    assert queue.reported == []
+    assert comfy.state.history[job.id]["status"]["messages"][-1][0] == "execution_interrupted"
