@@ -17,6 +17,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from services.protocol.jobs import FileRef, Job, JobError, OutputFile, storage_key
 from services.storage import Storage, StorageError
 from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, PromptRejectedError
@@ -146,7 +148,10 @@ class JobRunner:
         try:
             await self._upload_inputs(job)
         except StorageError as exc:
-            return Outcome(error=JobError(type="InputMissing", message=str(exc)))
+            return Outcome(error=JobError(type="InputUnavailable", message=str(exc)))
+        except httpx.HTTPStatusError as exc:
+            message = f"ComfyUI refused an input file ({exc.response.status_code}): {exc.response.text[:300]}"
+            return Outcome(error=JobError(type="InputRejected", message=message))
         except ComfyUnavailableError as exc:
             return Outcome(error=lost(str(exc)).error)
         queue = self.events.subscribe(job.id)
@@ -180,21 +185,25 @@ class JobRunner:
 
     async def _conclude(self, job: Job, ending: Ending, follower: Follower, store: bool) -> Outcome:
         if ending.kind in ("success", "ended") and ending.entry is None:
-            entry = await self.comfy.history(job.id)
-            ending = (
-                from_history(entry) if entry else lost("ComfyUI finished the job but has no history of it")
-            )
+            ending = await self._ending_from_history(job.id)
         if ending.kind != "success" or ending.entry is None:
             return Outcome(error=ending.error or CANCELLED)
         if not store:
             return Outcome(outputs=output_files(ending.entry))
         try:
             outputs = await store_outputs(self.comfy, self.storage, job.user, ending.entry)
-        except ComfyUnavailableError as exc:
-            return Outcome(error=lost(f"could not fetch the outputs: {exc}").error)
+        except (ComfyUnavailableError, httpx.HTTPStatusError, StorageError) as exc:
+            return Outcome(error=lost(f"could not move the outputs to storage: {exc}").error)
         for data in follower.executed:
             follower.forwarder.add("executed", data)
         return Outcome(outputs=outputs)
+
+    async def _ending_from_history(self, job_id: str) -> Ending:
+        try:
+            entry = await self.comfy.history(job_id)
+        except ComfyUnavailableError as exc:
+            return lost(str(exc))
+        return from_history(entry) if entry else lost("ComfyUI finished the job but has no history of it")
 
     async def _follow(
         self,
@@ -261,6 +270,12 @@ class JobRunner:
 
     async def _cancel(self, job_id: str) -> bool:
         """Stop the job in ComfyUI; True when it is confirmed gone without an event to wait for."""
+        try:
+            return await self._stop_in_comfyui(job_id)
+        except ComfyUnavailableError:
+            return True  # ComfyUI is down: the job is not running anywhere
+
+    async def _stop_in_comfyui(self, job_id: str) -> bool:
         running, pending = await self.comfy.queue()
         if job_id in pending:
             await self.comfy.delete_queued(job_id)
