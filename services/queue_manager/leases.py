@@ -74,25 +74,23 @@ class LeaseOps(StoreBase):
         assert expires is not None
         return Lease(job=job, token=token, expires_at=expires, lease_seconds=self.settings.lease_seconds)
 
-    async def _touch(self, job_id: str, token: str, running: bool) -> list[str]:
+    async def _touch(self, job_id: str, token: str, mode: str) -> list[str]:
         lease_ms = int(self.settings.lease_seconds * 1000)
-        reply = await self.scripts.touch(
-            args=[self.prefix, job_id, token, now_ms(), lease_ms, "1" if running else "0"]
-        )
+        reply = await self.scripts.touch(args=[self.prefix, job_id, token, now_ms(), lease_ms, mode])
         if reply[0] != "ok":
             raise StaleLease(job_id)
         return [str(part) for part in reply]
 
     async def heartbeat(self, job_id: str, token: str) -> HeartbeatReply:
         """Renew a lease; the reply tells the worker whether the job's owner asked to cancel it."""
-        _, expires, cancel, _, _ = await self._touch(job_id, token, running=False)
+        _, expires, cancel, _, _ = await self._touch(job_id, token, "heartbeat")
         expires_at = ms_to_datetime(expires)
         assert expires_at is not None
         return HeartbeatReply(expires_at=expires_at, cancel=cancel == "1")
 
     async def record_events(self, job_id: str, batch: EventBatch) -> None:
-        """Forward a worker's ComfyUI events to the job's owner; they also renew the lease."""
-        _, _, _, user, _ = await self._touch(job_id, batch.token, running=True)
+        """Forward a worker's ComfyUI events to the job's owner (the first marks the job running)."""
+        _, _, _, user, _ = await self._touch(job_id, batch.token, "events")
         forwarded = [notices.from_worker(job_id, event) for event in batch.events]
         await self.events.publish_many((user, event) for event in forwarded if event is not None)
 

@@ -14,6 +14,8 @@ from services.queue_manager.keys import WORKER_TTL_SECONDS
 from services.queue_manager.records import ms_to_datetime, now_ms
 from services.queue_manager.store_base import StoreBase
 
+SEEN_WRITE_MS = 5000
+
 
 class WorkerInfo(BaseModel):
     worker_id: str
@@ -25,6 +27,8 @@ class WorkerInfo(BaseModel):
 
 
 class WorkerOps(StoreBase):
+    _seen_written: dict[str, int]
+
     async def register(self, registration: WorkerRegistration) -> RegisterReply:
         """Record a worker (again, after a restart) and its node catalogue if it sent one."""
         caps = registration.capabilities
@@ -59,12 +63,16 @@ class WorkerOps(StoreBase):
         )
 
     async def worker_pool(self, worker_id: str) -> str:
-        """The pool a worker registered with; refreshes its last-seen time."""
+        """The pool a worker registered with; refreshes its last-seen time (every few seconds:
+        each write to Redis costs an fsync, and a long-polling worker claims often)."""
         key = self.keys.worker(worker_id)
         pool = await self.redis.hget(key, "pool")
         if pool is None:
             raise UnknownWorker(worker_id)
         now = now_ms()
+        if now - self._seen_written.get(worker_id, 0) < SEEN_WRITE_MS:
+            return str(pool)
+        self._seen_written[worker_id] = now
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(key, "last_seen", now)
             pipe.expire(key, WORKER_TTL_SECONDS)

@@ -14,17 +14,17 @@ from services.queue_manager.store import Store
 BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="comfy-workshop"'}
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_auth(request: Request) -> Authenticator:
+async def get_auth(request: Request) -> Authenticator:
     auth: Authenticator = request.app.state.auth
     return auth
 
@@ -34,7 +34,7 @@ def principal_of(auth: Authenticator, connection: Request | WebSocket) -> Princi
     return auth.principal(connection.headers.get("authorization"), connection.cookies.get(SESSION_COOKIE))
 
 
-def current_principal(request: Request, auth: Annotated[Authenticator, Depends(get_auth)]) -> Principal:
+async def current_principal(request: Request, auth: Annotated[Authenticator, Depends(get_auth)]) -> Principal:
     principal = principal_of(auth, request)
     if principal is None:
         raise HTTPException(
@@ -45,17 +45,17 @@ def current_principal(request: Request, auth: Annotated[Authenticator, Depends(g
     return principal
 
 
-def admin_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+async def admin_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
     if not principal.admin:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this needs the admin login")
     return principal
 
 
-def current_user(principal: Annotated[Principal, Depends(current_principal)]) -> str:
+async def current_user(principal: Annotated[Principal, Depends(current_principal)]) -> str:
     return principal.user
 
 
-def worker_pool(request: Request, auth: Annotated[Authenticator, Depends(get_auth)]) -> str:
+async def worker_pool(request: Request, auth: Annotated[Authenticator, Depends(get_auth)]) -> str:
     pool = auth.worker_pool(request.headers.get("authorization", ""))
     if pool is None:
         raise HTTPException(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from services.queue_manager.api.routes import admin, auth, events, health, jobs, leases, workers
 from services.queue_manager.admin import router as admin_page_router
+from services.queue_manager.api.routes import admin, auth, events, health, jobs, leases, workers
 from services.queue_manager.workspaces import router as workspaces_router
 
 api_router = APIRouter()
