@@ -4,12 +4,14 @@
     {"stacks": [{"stack": "workshop", "resources": N, "seconds": S}, ...]}
 
 The program's modules are imported before timing: what is measured is one evaluation of the
-program, as `pulumi preview` would run it, not Python importing the provider SDKs.
+program, as `pulumi preview` would run it, not Python importing the provider SDKs. Each entry is
+the median of ``RUNS`` evaluations, so a neighbour's burst on a shared machine does not decide it.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from typing import Any
 
@@ -22,11 +24,16 @@ THREE_POOLS = [
 ]
 
 
+RUNS = 3
+
+
 def measure(label: str, stack: str, **kwargs: Any) -> dict[str, Any]:
-    started = time.perf_counter()
-    run = run_stack(stack, **kwargs)
-    seconds = time.perf_counter() - started
-    return {"stack": label, "resources": len(run.resources), "seconds": round(seconds, 3)}
+    timings = []
+    for _ in range(RUNS):
+        started = time.perf_counter()
+        run = run_stack(stack, **kwargs)
+        timings.append(time.perf_counter() - started)
+    return {"stack": label, "resources": len(run.resources), "seconds": round(statistics.median(timings), 3)}
 
 
 def main() -> None:

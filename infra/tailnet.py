@@ -65,6 +65,8 @@ class Tailnet(pulumi.ComponentResource):
             tags=[config.vps_tag],
             expiry=DAY,
             description="comfy-workshop VPS",
+            # Spent at first boot; a new key would only matter to a new server (cloud-init is ignored).
+            recreate_if_invalid="never",
             opts=after_policy,
         )
         gpu = tailscale.TailnetKey(
