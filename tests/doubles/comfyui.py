@@ -28,6 +28,11 @@ checked between steps), ``silent`` (the socket stays open but sends nothing), ``
 (pad every saved file to this size: large outputs), ``history_lag_seconds`` (delay between
 ``execution_success`` and the history write), ``startup_seconds`` (``/system_stats`` answers 503
 until then). ``POST /__double__/crash`` ends the process at once, like a segfault.
+``state.timings`` holds each prompt's execution span (``time.perf_counter`` at dequeue and before
+the final ``executing``).
+
+Modules: this one (server, lifecycle, HTTP routes), ``comfyui_engine`` (queue, execution, events),
+``comfyui_nodes`` (catalogue, validation, node behaviours).
 """
 
 from __future__ import annotations
@@ -35,13 +40,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import struct
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -55,55 +58,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tests.doubles import comfyui_nodes as nodes
+from tests.doubles.comfyui_engine import Executor, Item, Knobs, State
 from tests.support.servers import free_port, wait_until
-
-
-@dataclass
-class Knobs:
-    node_seconds: float = 0.0
-    progress_steps: int = 0
-    silent: bool = False
-    output_bytes: int = 0
-    history_lag_seconds: float = 0.0
-    startup_seconds: float = 0.0
-
-
-class Interrupted(Exception):
-    def __init__(self, node_id: str, node_type: str) -> None:
-        super().__init__(node_id)
-        self.node_id, self.node_type = node_id, node_type
-
-
-@dataclass
-class Item:
-    number: int
-    prompt_id: str
-    prompt: dict[str, Any]
-    extra_data: dict[str, Any]
-    outputs: list[str]
-    client_id: str | None
-
-    def row(self) -> list[Any]:
-        return [self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs]
-
-
-@dataclass
-class State:
-    """Everything ComfyUI keeps in memory: lost on restart."""
-
-    pending: list[Item] = field(default_factory=list)
-    running: Item | None = None
-    history: dict[str, Any] = field(default_factory=dict)
-    cache: dict[str, tuple[tuple[Any, ...], dict[str, Any] | None]] = field(default_factory=dict)
-    sockets: dict[str, WebSocket] = field(default_factory=dict)
-    interrupt: bool = False
-    number: int = 0
-    timings: dict[str, tuple[float, float]] = field(default_factory=dict)  # perf_counter start, end
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class OriginCheck:
@@ -129,7 +85,7 @@ class OriginCheck:
         await self.app(scope, receive, send)
 
 
-class ComfyUIDouble:
+class ComfyUIDouble(Executor):
     def __init__(
         self,
         root: Path,
@@ -210,30 +166,6 @@ class ComfyUIDouble:
         self.stop()
 
     # ---------- websocket ----------
-    async def send(self, event: str, data: dict[str, Any], sid: str | None) -> None:
-        """To one client id, or to every socket when ``sid`` is None."""
-        if self.knobs.silent:
-            return
-        text = json.dumps({"type": event, "data": data})
-        targets = [self.state.sockets.get(sid)] if sid else list(self.state.sockets.values())
-        for socket in targets:
-            if socket is not None:
-                with contextlib.suppress(Exception):
-                    await socket.send_text(text)
-
-    async def send_preview(self, image: bytes, sid: str | None) -> None:
-        socket = self.state.sockets.get(sid or "")
-        if socket is not None and not self.knobs.silent:
-            with contextlib.suppress(Exception):
-                await socket.send_bytes(struct.pack(">II", 1, 2) + image)
-
-    async def _status(self, sid: str | None = None) -> None:
-        remaining = len(self.state.pending) + (1 if self.state.running else 0)
-        data: dict[str, Any] = {"status": {"exec_info": {"queue_remaining": remaining}}}
-        if sid:
-            data["sid"] = sid
-        await self.send("status", data, sid)
-
     async def ws(self, socket: WebSocket) -> None:
         sid = socket.query_params.get("clientId") or uuid.uuid4().hex
         await socket.accept()
@@ -249,170 +181,6 @@ class ComfyUIDouble:
                 del self.state.sockets[sid]
 
     # ---------- execution ----------
-    async def _execute_loop(self) -> None:
-        while True:
-            while not self.state.pending:
-                self.state.wake.clear()
-                await self.state.wake.wait()
-            item = self.state.pending.pop(0)
-            self.state.running, self.state.interrupt = item, False
-            try:
-                await self._execute(item)
-            finally:
-                self.state.running = None
-                await self._status()
-
-    async def _execute(self, item: Item) -> None:
-        sid, pid = item.client_id, item.prompt_id
-        messages: list[list[Any]] = []
-        self.state.timings[pid] = (time.perf_counter(), 0.0)
-
-        async def job_event(event: str, data: dict[str, Any], record: bool = False) -> None:
-            data = {"prompt_id": pid, **data}
-            if record:
-                messages.append([event, {**data, "timestamp": _now_ms()}])
-                data = messages[-1][1]
-            if sid is not None:
-                await self.send(event, data, sid)
-
-        await job_event("execution_start", {}, record=True)
-        order = self._order(item)
-        signatures = {nid: self._signature(item.prompt, nid) for nid in order}
-        cached = [nid for nid in order if signatures[nid] in self.state.cache]
-        await job_event("execution_cached", {"nodes": cached}, record=True)
-        outputs: dict[str, Any] = {}
-        values: dict[str, tuple[Any, ...]] = {}
-        executed: list[str] = []
-        try:
-            for nid in order:
-                ui = await self._run_node(item, nid, signatures[nid], values, nid in cached, job_event)
-                executed.append(nid)
-                if ui is not None:
-                    outputs[nid] = ui
-        except nodes.NodeFailure as exc:
-            node = item.prompt[nid]
-            await job_event(
-                "execution_error",
-                {
-                    "node_id": nid,
-                    "node_type": node["class_type"],
-                    "executed": executed,
-                    "exception_message": str(exc),
-                    "exception_type": exc.exception_type,
-                    "traceback": [f'  File "nodes.py", in {node["class_type"]}\n'],
-                    "current_inputs": {},
-                    "current_outputs": {},
-                },
-                record=True,
-            )
-            return await self._finish(item, outputs, messages, "error")
-        except Interrupted as exc:
-            await job_event(
-                "execution_interrupted",
-                {"node_id": exc.node_id, "node_type": exc.node_type, "executed": executed},
-                record=True,
-            )
-            return await self._finish(item, outputs, messages, "error")
-        await job_event("execution_success", {}, record=True)
-        await self._finish(item, outputs, messages, "success")
-
-    async def _finish(
-        self, item: Item, outputs: dict[str, Any], messages: list[list[Any]], status: str
-    ) -> None:
-        if self.knobs.history_lag_seconds:
-            await asyncio.sleep(self.knobs.history_lag_seconds)
-        self.state.history[item.prompt_id] = {
-            "prompt": item.row(),
-            "outputs": outputs,
-            "status": {"status_str": status, "completed": status == "success", "messages": messages},
-            "meta": {nid: {"node_id": nid, "display_node": nid} for nid in outputs},
-        }
-        self.state.timings[item.prompt_id] = (self.state.timings[item.prompt_id][0], time.perf_counter())
-        if item.client_id is not None:
-            await self.send("executing", {"node": None, "prompt_id": item.prompt_id}, item.client_id)
-
-    def _order(self, item: Item) -> list[str]:
-        order: list[str] = []
-        for output in item.outputs:
-            nodes.ancestors(item.prompt, output, order)
-        return order
-
-    def _signature(self, prompt: dict[str, Any], nid: str) -> str:
-        node = prompt[nid]
-        inputs = {
-            k: [self._signature(prompt, str(v[0])), v[1]] if nodes.is_link(v) else v
-            for k, v in sorted(node.get("inputs", {}).items())
-        }
-        return json.dumps([node["class_type"], inputs], sort_keys=True)
-
-    async def _run_node(
-        self,
-        item: Item,
-        nid: str,
-        signature: str,
-        values: dict[str, tuple[Any, ...]],
-        cached: bool,
-        job_event: Any,
-    ) -> dict[str, Any] | None:
-        node = item.prompt[nid]
-        if self.state.interrupt:
-            raise Interrupted(nid, node["class_type"])
-        if cached:
-            values[nid], ui = self.state.cache[signature]
-            if ui is not None:
-                await job_event("executed", {"node": nid, "display_node": nid, "output": ui})
-            return ui
-        await job_event(
-            "progress_state",
-            {
-                "nodes": {
-                    nid: {
-                        "value": 0,
-                        "max": 1,
-                        "state": "running",
-                        "node_id": nid,
-                        "prompt_id": item.prompt_id,
-                    }
-                }
-            },
-        )
-        await job_event("executing", {"node": nid, "display_node": nid})
-        await self._work(item, nid, node["class_type"])
-        inputs = {k: values[str(v[0])][v[1]] if nodes.is_link(v) else v for k, v in node["inputs"].items()}
-        self.folders.output_bytes = self.knobs.output_bytes
-        values[nid], ui = await asyncio.to_thread(nodes.RUNNERS[node["class_type"]], self.folders, inputs)
-        await self._flush_previews(item, nid)
-        self.state.cache[signature] = (values[nid], ui)
-        if ui is not None:
-            await job_event("executed", {"node": nid, "display_node": nid, "output": ui})
-        return ui
-
-    async def _work(self, item: Item, nid: str, class_type: str) -> None:
-        steps = self.knobs.progress_steps
-        if not steps:
-            await asyncio.sleep(self.knobs.node_seconds)
-            return
-        for step in range(1, steps + 1):
-            await asyncio.sleep(self.knobs.node_seconds / steps)
-            if item.client_id is not None:
-                await self.send(
-                    "progress",
-                    {"value": step, "max": steps, "prompt_id": item.prompt_id, "node": nid},
-                    item.client_id,
-                )
-            if self.state.interrupt:
-                raise Interrupted(nid, class_type)
-
-    async def _flush_previews(self, item: Item, nid: str) -> None:
-        previews, self.folders.previews = self.folders.previews, []
-        for index, image in enumerate(previews, 1):
-            await self.send(
-                "progress",
-                {"value": index, "max": len(previews), "prompt_id": item.prompt_id, "node": nid},
-                item.client_id,
-            )
-            await self.send_preview(image, item.client_id)
-
     # ---------- HTTP ----------
     def _build_app(self) -> Starlette:
         routes = [
