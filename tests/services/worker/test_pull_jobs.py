@@ -185,3 +185,13 @@ async def until(check: Any, what: str, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not check():
             await asyncio.sleep(0.01)  # polling a condition in the double's state
+
+
+async def test_outputs_are_read_only_once_history_is_written(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+        comfy.knobs.history_lag_seconds = 0.3  # execution_success long before the history write
+        job = await finished(alice, await submit(alice, graph(color=6)))
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert [o.filename for o in job.outputs] == ["t_00001_.png"]
