@@ -72,6 +72,7 @@ class Agent:
         self.catalogue = await self.comfy.object_info()
 
     async def stop(self) -> None:
+        """Close the socket and stop a ComfyUI this agent started (safe after a failed start)."""
         await self.events.stop()
         await self.comfy_server.stop()
         await self.comfy.aclose()

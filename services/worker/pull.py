@@ -123,8 +123,8 @@ class PullWorker:
 async def run_pull(agent: Agent, queue: QueueClient) -> None:
     worker = PullWorker(agent, queue)
     worker.install_signal_handlers()
-    await agent.start()
     try:
+        await agent.start()
         await worker.run()
     finally:
         await agent.stop()
