@@ -9,6 +9,7 @@ Static assets are the public package and need no login; only the page itself and
 from __future__ import annotations
 
 import mimetypes
+import re
 from functools import cache
 from pathlib import Path
 
@@ -17,7 +18,11 @@ from fastapi import HTTPException
 from fastapi.responses import FileResponse, Response
 
 INDEX_HEADERS = {"Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "0"}
+# Built files carry a content hash in their name: a browser never needs to ask for them twice.
+HASHED_HEADERS = {"Cache-Control": "public, max-age=31536000, immutable"}
+# The rest (vendored libraries of the import map, fonts) change only with the package version.
 ASSET_HEADERS = {"Cache-Control": "public, max-age=86400"}
+HASHED_NAME = re.compile(r"-[A-Za-z0-9_-]{8}\.(js|css|svg|woff2?|ttf|eot|json|png)$")
 
 mimetypes.add_type("text/javascript", ".js")
 mimetypes.add_type("text/javascript", ".mjs")
@@ -54,4 +59,5 @@ def asset_response(path: str) -> Response:
     target = (root / path).resolve()
     if not target.is_relative_to(root) or not target.is_file():
         raise HTTPException(404, f"no frontend file {path!r}")
-    return FileResponse(target, headers=ASSET_HEADERS)
+    hashed = path.startswith("assets/") and HASHED_NAME.search(path) is not None
+    return FileResponse(target, headers=HASHED_HEADERS if hashed else ASSET_HEADERS)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 
 import httpx
+from redis.asyncio import Redis
 
+from services.queue_manager.keys import Keys
+from services.queue_manager.workspaces.catalogue import store_extensions
 from tests.doubles.comfyui_nodes import catalogue
 from tests.support.queue_manager_app import register_worker
 from tests.support.servers import wait_until
@@ -85,3 +88,21 @@ def test_startup_facts_the_frontend_reads_answer_in_comfyui_shapes(alice: httpx.
     assert alice.get("/w/alice/api/experiment/models").json() == []
     assert alice.get("/w/alice/templates/index.json").json() == []
     assert isinstance(alice.get("/w/alice/api/features").json(), dict)
+
+
+async def test_custom_node_web_extensions_stored_for_the_catalogue_are_listed_and_served(
+    alice: httpx.Client, worker: httpx.Client, redis_url: str
+) -> None:
+    redis = Redis.from_url(redis_url)
+    await store_extensions(redis, Keys(), "cat-v1", {"my-pack/widgets.js": "export const x = 1;"})
+    await redis.aclose()
+    wait_until(
+        lambda: alice.get("/w/alice/api/extensions").json() == ["/extensions/my-pack/widgets.js"],
+        timeout=5,
+        what="the extension to be listed",
+    )
+    script = alice.get("/w/alice/extensions/my-pack/widgets.js")
+    assert script.text == "export const x = 1;" and script.headers["content-type"].startswith(
+        "text/javascript"
+    )
+    assert alice.get("/w/alice/extensions/other/nope.js").status_code == 404

@@ -1,0 +1,191 @@
+"""Workspaces at workshop scale: ``python -m bench.workspaces [--users 100] [--loads 7]``.
+
+Prints one JSON object:
+
+- ``rss_mb_100_users``: resident memory of the queue manager process (uvicorn, its own process) with
+  ``--users`` logged-in participants who each loaded their node catalogue and hold the workspace
+  WebSocket open (target <= 250 MB);
+- ``ready_ms_p50``: median time, in real headless Chromium on loopback, from opening ``/w/<user>/``
+  to the ComfyUI frontend being usable (its graph is up and the workers' nodes are registered), over
+  ``--loads`` openings in one browser profile, as a participant opens and reopens the page during a
+  day (target <= 2000 ms);
+- ``ready_ms_first_load``: the first of those openings, with an empty browser cache.
+
+The catalogue is a realistic ~500-node ``/object_info`` (ComfyUI v0.3.64 sends ~0.5 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+from playwright.async_api import async_playwright
+
+from services.protocol.workers import WorkerCapabilities, WorkerRegistration
+from tests.doubles.comfyui_nodes import catalogue
+from tests.support.servers import free_port, redis_server, wait_until
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+TOKEN = "bench-token"
+READY = "!!(window.app && window.app.graph && window.LiteGraph.registered_node_types['EmptyImage'])"
+
+
+def big_catalogue(size: int = 500) -> dict[str, Any]:
+    """The double's nodes plus look-alikes up to ``size`` nodes, as many as a real ComfyUI has."""
+    nodes = catalogue([f"input_{i}.png" for i in range(20)])
+    originals = list(nodes.values())
+    for i in range(size - len(nodes)):
+        node = json.loads(json.dumps(originals[i % len(originals)]))
+        node["name"] = node["display_name"] = f"{node['name']}Variant{i}"
+        node["description"] = "A node of a custom node pack, described at some length. " * 3
+        nodes[node["name"]] = node
+    return nodes
+
+
+@contextlib.contextmanager
+def queue_manager(redis_url: str, users: list[str], files: Path) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "QM_ENV": "development",
+        "QM_REDIS_URL": redis_url,
+        "QM_PARTICIPANTS": json.dumps({user: f"{user}-pw" for user in users}),
+        "QM_WORKER_TOKENS": json.dumps({"gpu": TOKEN}),
+        "QM_FILES_URL": files.as_uri(),
+        "QM_LOG_LEVEL": "WARNING",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "services.queue_manager.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--ws",
+        "websockets-sansio",
+    ]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{url}/health").status_code == 200, timeout=60, what="queue manager")
+        yield url, process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def register(url: str) -> None:
+    caps = WorkerCapabilities(pool="gpu", provider="bench", catalogue_hash="bench-catalogue")
+    body = WorkerRegistration(worker_id="bench-worker", capabilities=caps, catalogue=big_catalogue())
+    reply = httpx.post(
+        f"{url}/api/workers/register",
+        content=body.model_dump_json(),
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    reply.raise_for_status()
+
+
+async def participant(client: httpx.AsyncClient, url: str, user: str) -> websockets.ClientConnection:
+    """Log in, load the catalogue as the page does, and open the workspace socket."""
+    reply = await client.post(f"{url}/api/auth/login", json={"user": user, "password": f"{user}-pw"})
+    reply.raise_for_status()
+    cookie = reply.cookies["qm_session"]
+    headers = {"Cookie": f"qm_session={cookie}"}
+    (await client.get(f"{url}/w/{user}/api/object_info", headers=headers)).raise_for_status()
+    socket = await websockets.connect(f"ws{url[4:]}/w/{user}/ws", additional_headers=headers)
+    await socket.recv()  # the greeting status
+    return socket
+
+
+async def hold_sockets(url: str, users: list[str], pid: int) -> float:
+    async with httpx.AsyncClient(timeout=60) as client:
+        sockets = []
+        for start in range(0, len(users), 10):  # ten at a time, as a room of people would log in
+            batch = users[start : start + 10]
+            sockets += await asyncio.gather(*(participant(client, url, user) for user in batch))
+        measured = rss_mb(pid)
+        await asyncio.gather(*(socket.close() for socket in sockets))
+    return measured
+
+
+async def ready_times(url: str, user: str, loads: int) -> list[float]:
+    times = []
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        for _ in range(loads):
+            context = await browser.new_context()
+            page = await context.new_page()
+            await page.goto(f"{url}/w/login")
+            reply = await page.request.post(
+                f"{url}/api/auth/login", data={"user": user, "password": f"{user}-pw"}
+            )
+            assert reply.ok, await reply.text()
+            started = time.perf_counter()
+            await page.goto(f"{url}/w/{user}/")
+            await page.wait_for_function(READY, timeout=60_000)
+            times.append((time.perf_counter() - started) * 1000)
+            await context.close()
+        await browser.close()
+    return times
+
+
+async def prepare_quiet_start(url: str, user: str) -> None:
+    async with httpx.AsyncClient(base_url=url) as client:
+        await client.post("/api/auth/login", json={"user": user, "password": f"{user}-pw"})
+        await client.post(f"/w/{user}/api/settings", json={"Comfy.TutorialCompleted": True})
+
+
+def run(users: int, loads: int) -> dict[str, float]:
+    names = [f"p{i:03d}" for i in range(users)]
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        redis_server(Path(scratch) / "redis") as redis,
+        queue_manager(redis.url, names, Path(scratch) / "files") as (url, pid),
+    ):
+        register(url)
+        rss = asyncio.run(hold_sockets(url, names, pid))
+        asyncio.run(prepare_quiet_start(url, names[0]))
+        times = asyncio.run(ready_times(url, names[0], loads))
+    return {
+        "rss_mb_100_users": rss,
+        "ready_ms_p50": round(statistics.median(times), 1),
+        "ready_ms_first_load": round(times[0], 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=100, help="participants holding a workspace socket")
+    parser.add_argument("--loads", type=int, default=7, help="workspace page loads timed in Chromium")
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.users, args.loads)))
+
+
+if __name__ == "__main__":
+    main()
