@@ -1,0 +1,56 @@
+"""In the cloud the worker writes user files to an S3-compatible bucket (R2): moto stands in for it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import httpx
+import pytest
+
+from services.protocol.jobs import JobState
+from services.storage import S3Settings, open_storage
+from services.worker.agent import Agent
+from services.worker.pull import PullWorker
+from services.worker.queue_client import QueueClient
+from tests.doubles.comfyui import ComfyUIDouble
+from tests.services.worker.conftest import QueueManagerServer, finished, graph, submit, worker_settings
+from tests.support.s3 import make_bucket, moto_server
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+async def test_outputs_go_to_the_bucket_under_the_owners_prefix(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path, s3_endpoint: str
+) -> None:
+    make_bucket(s3_endpoint, "workshop-files")
+    s3 = S3Settings(
+        endpoint_url=s3_endpoint, access_key_id="test", secret_access_key="test", region="us-east-1"
+    )
+    settings = worker_settings(comfy, qm.url, tmp_path, storage_url="s3://workshop-files/files")
+    agent = Agent(settings, open_storage(settings.storage_url, s3))
+    queue = QueueClient(qm.url, settings.token.get_secret_value())
+    await agent.start()
+    worker = PullWorker(agent, queue)
+    try:
+        job_id = await submit(alice, graph(color=51))
+        await worker.run(max_jobs=1)
+    finally:
+        await agent.stop()
+        await queue.aclose()
+    job = await finished(alice, job_id)
+    assert job.state == JobState.SUCCEEDED, job.error
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+    )
+    stored = client.get_object(Bucket="workshop-files", Key="files/users/alice/output/t_00001_.png")
+    assert stored["ContentType"] == "image/png" and stored["Body"].read().startswith(b"\x89PNG")
