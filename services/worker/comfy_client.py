@@ -94,6 +94,10 @@ class ComfyClient:
     async def delete_queued(self, prompt_id: str) -> None:
         (await self._call("POST", "/queue", json={"delete": [prompt_id]})).raise_for_status()
 
+    async def forget(self, prompt_id: str) -> None:
+        """Drop an earlier attempt's history entry, so an old ending is never mistaken for this run's."""
+        (await self._call("POST", "/history", json={"delete": [prompt_id]})).raise_for_status()
+
     async def free(self) -> None:
         body = {"unload_models": True, "free_memory": True}
         (await self._call("POST", "/free", json=body)).raise_for_status()

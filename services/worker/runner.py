@@ -170,6 +170,8 @@ class JobRunner:
         store: bool,
     ) -> Outcome:
         try:
+            if job.attempts > 1:
+                await self.comfy.forget(job.id)
             await self.comfy.submit(job.prompt, job.id, self.events.client_id, job.extra_data)
         except PromptRejectedError as exc:
             return Outcome(error=rejected(exc))
