@@ -45,6 +45,8 @@ class PlatformArgs:
     participants_json: pulumi.Input[str]
     tls: tuple[pulumi.Input[str], pulumi.Input[str]] | None = None
     keep_volumes: bool = False
+    # On the VPS: the containers go with the server, so destroying needs no SSH to Docker.
+    deleted_with: pulumi.Resource | None = None
     nginx_uploads: dict[str, pulumi.Input[str]] = field(default_factory=dict)
 
 
@@ -90,7 +92,7 @@ class Platform(pulumi.ComponentResource):
         super().__init__("comfy-workshop:platform:Platform", name, None, opts)
         self.args = args
         self.prefix = f"comfy-{args.stack}"
-        self.child = pulumi.ResourceOptions(parent=self)
+        self.child = pulumi.ResourceOptions(parent=self, deleted_with=args.deleted_with)
         self.network = args.network
         password = random.RandomPassword(f"{name}-redis-password", length=40, special=False, opts=self.child)
         self.redis = self._redis(name, password.result)
@@ -159,7 +161,7 @@ class Platform(pulumi.ComponentResource):
             healthcheck=_health(["CMD", "python", "-c", probe]),
             restart="unless-stopped",
             wait=True,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.redis]),
+            opts=pulumi.ResourceOptions.merge(self.child, pulumi.ResourceOptions(depends_on=[self.redis])),
         )
 
     def _nginx(self, name: str) -> docker.Container:
@@ -189,7 +191,9 @@ class Platform(pulumi.ComponentResource):
             ),
             restart="unless-stopped",
             wait=True,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.queue_manager]),
+            opts=pulumi.ResourceOptions.merge(
+                self.child, pulumi.ResourceOptions(depends_on=[self.queue_manager])
+            ),
         )
 
 

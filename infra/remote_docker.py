@@ -63,6 +63,8 @@ class RemoteDocker(pulumi.ComponentResource):
             f"{name}-provider",
             host=pulumi.Output.concat("ssh://root@", host),
             ssh_opts=ssh_options(stack),
+            # Configuring the provider (e.g. in a CI preview) must not need SSH to the VPS.
+            disable_docker_daemon_check=True,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[identity, ready]),
         )
         self.register_outputs({"host": host})

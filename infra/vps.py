@@ -165,7 +165,8 @@ class Vps(pulumi.ComponentResource):
             connection=self.connection,
             create="sh -s",
             stdin=read("wait-ready.sh"),
-            delete="tailscale logout || true",
+            # Detached and delayed: logging out cuts the tailnet this very SSH session may run over.
+            delete="nohup sh -c 'sleep 3; tailscale logout' >/dev/null 2>&1 &",
             triggers=[self.server.id],
             opts=pulumi.ResourceOptions(parent=self, depends_on=waits_for),
         )

@@ -106,7 +106,9 @@ def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
     remote = RemoteDocker(
         "docker", stack, vps.ssh_host, vps.host_public_key, vault.deploy_private_key, vps.ready
     )
-    on_vps = pulumi.ResourceOptions(provider=remote.provider)
+    # Everything on the VPS's Docker goes when the server goes: `pulumi destroy` skips deleting it
+    # one by one, so the evening needs SSH only for the drain step (whose key is in the state).
+    on_vps = pulumi.ResourceOptions(provider=remote.provider, deleted_with=vps.server)
     pools = _pools(config, stack, vault, tailnet)
     platform = Platform(
         "platform",
@@ -125,6 +127,7 @@ def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
             settings=_settings(config, vault, pools),
             participants_json=secret(vault.participant_passwords.apply(json.dumps)),
             tls=(vault.origin_certificate, vault.origin_private_key),
+            deleted_with=vps.server,
         ),
         on_vps,
     )

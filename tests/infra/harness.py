@@ -122,6 +122,7 @@ class Resource:
     provider: str
     retain_on_delete: bool = False
     id: str = ""
+    deleted_with: str = ""
 
 
 @dataclass
@@ -272,6 +273,7 @@ class RecordingMonitor(mocks.MockMonitor):
                     provider=request.provider,
                     retain_on_delete=request.retainOnDelete,
                     id=response.id,
+                    deleted_with=request.deletedWith,
                 )
             )
         return response

@@ -202,3 +202,20 @@ def test_nginx_trusts_the_client_address_cloudflare_forwards(workshop: StackRun)
     assert "real_ip_header CF-Connecting-IP;" in site
     assert all(f"set_real_ip_from {cidr};" in site for cidr in CLOUDFLARE_V4 + CLOUDFLARE_V6)
     assert "listen 443 ssl" in site and "client_max_body_size 100m;" in site
+
+
+def test_containers_go_with_the_server_so_destroy_needs_no_ssh_to_docker(workshop: StackRun) -> None:
+    server = workshop.one("hcloud:index/server:Server")
+    on_docker = [r for r in workshop.resources if r.type.startswith("docker:")]
+    assert len(on_docker) >= 8
+    assert {r.name for r in on_docker if r.deleted_with != server.urn} == set()
+    assert workshop.one("command:remote:Command", "queue-step").deleted_with == "", "the drain must run"
+    assert (
+        workshop.one("pulumi:providers:docker").inputs["disableDockerDaemonCheck"] == "true"
+    )  # provider config is text
+
+
+def test_the_vps_leaves_the_tailnet_on_destroy_without_cutting_its_own_session(workshop: StackRun) -> None:
+    ready = workshop.one("command:remote:Command", "vps-ready")
+    assert "tailscale logout" in ready.inputs["delete"]
+    assert ready.inputs["delete"].startswith("nohup ") and ready.inputs["delete"].endswith("&")
