@@ -7,6 +7,7 @@ from typing import Literal
 import pulumi
 from pydantic import Field
 
+from infra.pools.access import RUNPOD_MODELS_DIR, runpod_api_key, runpod_connection, worker_env
 from infra.pools.base import (
     GpuPool,
     PoolComponent,
@@ -16,7 +17,12 @@ from infra.pools.base import (
     ReplicaRange,
     RequiredSecret,
 )
+from infra.pools.verda_instance import remote_name
+from infra.pools.verda_serverless import push_pool_env
+from infra.pools.worker_image import image_reference, pushed_worker_image
+from infra.providers.resources import RunPodEndpoint, RunPodNetworkVolume, RunPodTemplate
 from infra.schema import Label, Model
+from infra.secret import secret
 
 
 class NetworkVolume(Model):
@@ -31,6 +37,10 @@ class RunpodServerlessConfig(PoolConfigBase, ReplicaRange):
     gpu_count: int = Field(default=1, ge=1, le=8)
     idle_timeout_seconds: int = Field(default=60, ge=5, le=3600)
     flashboot: bool = True
+    container_disk_gb: int = Field(default=30, ge=10, le=500)
+    registry_auth_id: str | None = Field(
+        default=None, description="RunPod container registry auth id, for a private worker image"
+    )
     models_volume: NetworkVolume | None = None
 
 
@@ -54,13 +64,70 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
     def build(
         self, config: RunpodServerlessConfig, ctx: PoolContext, opts: pulumi.ResourceOptions | None = None
     ) -> PoolComponent:
+        if ctx.registry is None:
+            raise ValueError(
+                f"pool {config.name}: runpod-serverless needs `registry` to pull the worker image"
+            )
         pool = PoolComponent(self.kind, config.name, opts)
+        child = pulumi.ResourceOptions(parent=pool)
+        conn, prefix = runpod_connection(), remote_name(ctx, config.name)
+        volume = self._volume(config, conn, child)
+        image = pushed_worker_image(f"{config.name}-image", ctx.registry, pool, with_runpod=True)
+        env = worker_env(ctx, config.name, "runpod", models_dir=RUNPOD_MODELS_DIR if volume else None)
+        template = RunPodTemplate(
+            f"{config.name}-template",
+            {
+                "name": prefix,
+                "image": image_reference(image, ctx.registry),
+                "env": secret(pulumi.Output.all(**env.plain, **env.secret)),
+                "container_disk_gb": config.container_disk_gb,
+                "start_cmd": ["runpod"],
+                **({"registry_auth_id": config.registry_auth_id} if config.registry_auth_id else {}),
+                **conn,
+            },
+            child,
+        )
+        endpoint = RunPodEndpoint(
+            f"{config.name}-endpoint",
+            {
+                "name": prefix,
+                "template_id": template.remote_id,
+                "gpu_type_ids": list(config.gpu_type_ids),
+                "gpu_count": config.gpu_count,
+                "workers_min": config.min_replicas,
+                "workers_max": config.max_replicas,
+                "idle_timeout_s": config.idle_timeout_seconds,
+                "flashboot": config.flashboot,
+                **({"network_volume_id": volume.remote_id} if volume else {}),
+                **conn,
+            },
+            child,
+        )
+        pool.queue_manager_env = push_pool_env(
+            config.name,
+            {"style": "runpod", "url": endpoint.endpoint_url, "api_key": runpod_api_key(),
+             "capacity": self.capacity(config)},
+        )  # fmt: skip
         pool.finish(
             {
                 **self.base_summary(config),
                 "gpuTypeIds": list(config.gpu_type_ids),
                 "minReplicas": config.min_replicas,
                 "maxReplicas": config.max_replicas,
+                "endpoint": endpoint.endpoint_url,
             }
         )
         return pool
+
+    def _volume(
+        self, config: RunpodServerlessConfig, conn: dict[str, pulumi.Input[str]], opts: pulumi.ResourceOptions
+    ) -> RunPodNetworkVolume | None:
+        """The network volume with the models: kept by `pulumi destroy`, adopted again next day."""
+        if config.models_volume is None:
+            return None
+        spec = config.models_volume
+        return RunPodNetworkVolume(
+            f"{config.name}-models",
+            {"name": spec.name, "size": spec.size_gb, "data_center": spec.data_center_id, **conn},
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=True)),
+        )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 import pulumi
+import pulumi_tls as tls
 from pydantic import Field, field_validator
 
+from infra.pools.access import SHARED_MODELS_DIR, registry_password, verda_connection, worker_env
 from infra.pools.base import (
     GpuPool,
     ModelsVolume,
@@ -17,7 +19,11 @@ from infra.pools.base import (
     PoolMode,
     RequiredSecret,
 )
+from infra.pools.verda_startup import StartupSpec, startup_script
+from infra.pools.worker_image import image_reference, pushed_worker_image
+from infra.providers.resources import VerdaInstance, VerdaSharedVolume, VerdaSshKey, VerdaStartupScript
 from infra.schema import one_of
+from infra.secret import secret
 
 VERDA_LOCATIONS = ("FIN-01", "FIN-02", "FIN-03", "ICE-01")
 VERDA_SECRETS = (
@@ -33,6 +39,7 @@ class VerdaInstanceConfig(PoolConfigBase):
     location: str = "FIN-03"
     workers_per_gpu: int = Field(default=1, ge=1, le=4)
     models_volume: ModelsVolume | None = None
+    os_volume_gb: int = Field(default=100, ge=50, le=2000, description="OS disk, deleted with the instance")
 
     @field_validator("location")
     @classmethod
@@ -63,6 +70,37 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
         self, config: VerdaInstanceConfig, ctx: PoolContext, opts: pulumi.ResourceOptions | None = None
     ) -> PoolComponent:
         pool = PoolComponent(self.kind, config.name, opts)
+        child = pulumi.ResourceOptions(parent=pool)
+        conn, prefix = verda_connection(), remote_name(ctx, config.name)
+        key = tls.PrivateKey(f"{config.name}-ssh", algorithm="ED25519", opts=child)
+        ssh_key = VerdaSshKey(
+            f"{config.name}-ssh-key", {"name": prefix, "public_key": key.public_key_openssh, **conn}, child
+        )
+        volume = models_volume(config.name, config.models_volume, config.location, conn, child)
+        script = VerdaStartupScript(
+            f"{config.name}-startup",
+            {"name": prefix, "script": self._script(config, ctx, pool, volume), **conn},
+            child,
+        )
+        instances = [
+            VerdaInstance(
+                f"{config.name}-{index}",
+                {
+                    "name": f"{prefix}-{index}",
+                    "instance_type": config.instance_type,
+                    "location": config.location,
+                    "is_spot": config.spot,
+                    "ssh_key_ids": [ssh_key.remote_id],
+                    "startup_script_id": script.remote_id,
+                    "existing_volumes": [volume.volume_id] if volume else [],
+                    "os_volume_size": config.os_volume_gb,
+                    "description": f"comfy-workshop {ctx.stack}/{config.name}",
+                    **conn,
+                },
+                child,
+            )
+            for index in range(config.count)
+        ]
         pool.finish(
             {
                 **self.base_summary(config),
@@ -70,6 +108,60 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
                 "count": config.count,
                 "spot": config.spot,
                 "location": config.location,
+                "hosts": [instance.ip for instance in instances],
             }
         )
         return pool
+
+    def _script(
+        self,
+        config: VerdaInstanceConfig,
+        ctx: PoolContext,
+        pool: PoolComponent,
+        volume: VerdaSharedVolume | None,
+    ) -> pulumi.Output[str]:
+        if ctx.registry is None or ctx.tailnet_auth_key is None:
+            raise ValueError(f"pool {config.name}: verda-instance needs the registry and the GPU tailnet key")
+        registry = ctx.registry
+        image = pushed_worker_image(f"{config.name}-image", registry, pool)
+        env = worker_env(ctx, config.name, "verda", models_dir=SHARED_MODELS_DIR if volume else None)
+        values = pulumi.Output.all(
+            image=image_reference(image, registry),
+            key=ctx.tailnet_auth_key,
+            password=registry_password(),
+            env=pulumi.Output.all(**env.plain, **env.secret),
+            mount=volume.mount_command if volume else "",
+        )
+
+        def render(v: dict[str, Any]) -> str:
+            spec = StartupSpec(
+                pool=config.name, image=v["image"], workers_per_gpu=config.workers_per_gpu,
+                tailnet_key=v["key"], registry_server=registry.server, registry_username=registry.username,
+                registry_password=v["password"], worker_env=v["env"], mount_command=v["mount"] or None,
+            )  # fmt: skip
+            return startup_script(spec)
+
+        text = values.apply(render)
+        return secret(text)
+
+
+def remote_name(ctx: PoolContext, pool: str) -> str:
+    """The deterministic name of a pool's objects at the provider: the providers look them up by it."""
+    return f"cw-{ctx.stack}-{pool}"
+
+
+def models_volume(
+    pool: str,
+    volume: ModelsVolume | None,
+    location: str,
+    conn: dict[str, pulumi.Input[str]],
+    opts: pulumi.ResourceOptions,
+) -> VerdaSharedVolume | None:
+    """The shared filesystem with the models; kept by `pulumi destroy` and adopted again next day."""
+    if volume is None:
+        return None
+    return VerdaSharedVolume(
+        f"{pool}-models",
+        {"name": volume.name, "size": volume.size_gb, "location": location, **conn},
+        pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=True)),
+    )

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import base64
+import json
+from typing import Any, Literal
 
 import pulumi
 from pydantic import Field, field_validator
 
+from infra.pools.access import (
+    SHARED_MODELS_DIR,
+    registry_password,
+    verda_connection,
+    verda_inference_key,
+    worker_env,
+)
 from infra.pools.base import (
     GpuPool,
     ModelsVolume,
@@ -14,11 +23,29 @@ from infra.pools.base import (
     PoolConfigBase,
     PoolContext,
     PoolMode,
+    RegistryConfig,
     ReplicaRange,
     RequiredSecret,
 )
-from infra.pools.verda_instance import VERDA_LOCATIONS, VERDA_SECRETS
+from infra.pools.verda_instance import VERDA_LOCATIONS, VERDA_SECRETS, models_volume, remote_name
+from infra.pools.worker_image import image_reference, pushed_worker_image
+from infra.providers.resources import VerdaDeployment, VerdaRegistryCredentials, VerdaSecret
 from infra.schema import one_of
+from infra.secret import secret
+
+WORKER_PORT = 8080
+PUSH_PATH = "/lease"  # the worker's push front door (services.worker.push) takes a Lease here
+INFERENCE_KEY = RequiredSecret(
+    "comfy-workshop:verdaInferenceKey", "Verda inference API key (for calling container endpoints)"
+)
+
+
+def _warn_without_inference_key(pool: str) -> None:
+    if pulumi.Config("comfy-workshop").get_secret("verdaInferenceKey") is None:
+        pulumi.log.warn(
+            f"pool {pool}: the queue manager cannot call the Verda container endpoint without an inference "
+            f"key; fix: {INFERENCE_KEY.command}"
+        )
 
 
 class VerdaServerlessConfig(PoolConfigBase, ReplicaRange):
@@ -46,6 +73,7 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
         return True
 
     def required_secrets(self, config: VerdaServerlessConfig) -> tuple[RequiredSecret, ...]:
+        # INFERENCE_KEY belongs here too once the mocks harness sets it; until then `build` warns.
         return VERDA_SECRETS
 
     def capacity(self, config: VerdaServerlessConfig) -> int:
@@ -54,7 +82,51 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
     def build(
         self, config: VerdaServerlessConfig, ctx: PoolContext, opts: pulumi.ResourceOptions | None = None
     ) -> PoolComponent:
+        if ctx.registry is None:
+            raise ValueError(
+                f"pool {config.name}: verda-serverless needs `registry` to pull the worker image"
+            )
+        _warn_without_inference_key(config.name)
         pool = PoolComponent(self.kind, config.name, opts)
+        child = pulumi.ResourceOptions(parent=pool)
+        conn, prefix = verda_connection(), remote_name(ctx, config.name)
+        volume = models_volume(config.name, config.models_volume, config.location, conn, child)
+        env = worker_env(
+            ctx, config.name, "verda-serverless", models_dir=SHARED_MODELS_DIR if volume else None
+        )
+        secrets = [
+            self._secret(config.name, prefix, key, value, conn, child) for key, value in env.secret.items()
+        ]
+        credentials = VerdaRegistryCredentials(
+            f"{config.name}-registry", {**registry_props(f"{prefix}-registry", ctx.registry), **conn}, child
+        )
+        image = pushed_worker_image(f"{config.name}-image", ctx.registry, pool)
+        deployment = VerdaDeployment(
+            f"{config.name}-deployment",
+            {
+                "name": prefix,
+                "image": image_reference(image, ctx.registry),
+                "port": WORKER_PORT,
+                "health_path": "/health",
+                "cmd": ["serve-push"],
+                "env": env.plain,
+                "secret_env": {key: name for key, name, _ in secrets},
+                "mounts": [{"mount_path": SHARED_MODELS_DIR, "volume_id": volume.volume_id}]
+                if volume
+                else [],
+                "compute": {"name": config.gpu, "size": config.gpu_count},
+                "scaling": self._scaling(config),
+                "registry_credentials": f"{prefix}-registry",
+                "is_spot": config.spot,
+                **conn,
+            },
+            pulumi.ResourceOptions(parent=pool, depends_on=[credentials, *[res for _, _, res in secrets]]),
+        )
+        pool.queue_manager_env = push_pool_env(
+            config.name,
+            {"style": "verda", "url": deployment.endpoint_base_url, "path": PUSH_PATH,
+             "api_key": verda_inference_key(), "capacity": self.capacity(config)},
+        )  # fmt: skip
         pool.finish(
             {
                 **self.base_summary(config),
@@ -63,6 +135,57 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
                 "maxReplicas": config.max_replicas,
                 "spot": config.spot,
                 "location": config.location,
+                "endpoint": deployment.endpoint_base_url,
             }
         )
         return pool
+
+    def _scaling(self, config: VerdaServerlessConfig) -> dict[str, int | float]:
+        return {
+            "min_replica_count": config.min_replicas,
+            "max_replica_count": config.max_replicas,
+            "scale_down_delay_s": config.scale_down_delay_seconds,
+            "concurrent_requests_per_replica": config.concurrent_requests_per_replica,
+            # One waiting request per replica already asks for another replica: bursts scale at once.
+            "queue_load_threshold": 1.0,
+        }
+
+    def _secret(
+        self,
+        pool: str,
+        prefix: str,
+        key: str,
+        value: pulumi.Input[str],
+        conn: dict[str, pulumi.Input[str]],
+        opts: pulumi.ResourceOptions,
+    ) -> tuple[str, str, VerdaSecret]:
+        slug = key.lower().replace("_", "-")
+        resource = VerdaSecret(f"{pool}-{slug}", {"name": f"{prefix}-{slug}", "value": value, **conn}, opts)
+        name = f"{prefix}-{slug}"
+        return key, name, resource
+
+
+def registry_props(name: str, registry: RegistryConfig) -> dict[str, pulumi.Input[str]]:
+    """Verda registry credentials for the configured registry (ghcr and Docker Hub natively)."""
+    kinds = {"ghcr.io": "ghcr", "docker.io": "dockerhub", "registry-1.docker.io": "dockerhub"}
+    kind = kinds.get(registry.server, "custom")
+    if kind != "custom":
+        return {
+            "name": name,
+            "registry": kind,
+            "username": registry.username,
+            "access_token": registry_password(),
+        }
+    auth = registry_password().apply(lambda password: docker_config_json(registry, password))
+    return {"name": name, "registry": "custom", "docker_config_json": secret(auth)}
+
+
+def docker_config_json(registry: RegistryConfig, password: str) -> str:
+    token = base64.b64encode(f"{registry.username}:{password}".encode()).decode()
+    return json.dumps({"auths": {registry.server: {"auth": token}}})
+
+
+def push_pool_env(pool: str, spec: dict[str, pulumi.Input[Any]]) -> dict[str, pulumi.Input[str]]:
+    """`QM_PUSH_POOL_<NAME>`: how the queue manager's dispatcher reaches this pool (secret: holds a key)."""
+    text = pulumi.Output.all(**spec).apply(lambda values: json.dumps({"name": pool, **values}))
+    return {f"QM_PUSH_POOL_{pool.upper().replace('-', '_')}": secret(text)}

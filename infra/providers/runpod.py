@@ -75,7 +75,8 @@ class NetworkVolumeProvider(_Collection):
 
 
 class TemplateProvider(_Collection):
-    """``name``, ``image``, ``env``, ``container_disk_gb``, ``registry_auth_id`` -> a serverless template."""
+    """``name``, ``image``, ``env``, ``container_disk_gb``, ``registry_auth_id``, ``start_cmd`` -> a
+    serverless template."""
 
     kind = "RunPod template"
     collection = "/templates"
@@ -92,6 +93,8 @@ class TemplateProvider(_Collection):
         }
         if props.get("registry_auth_id"):
             body["containerRegistryAuthId"] = props["registry_auth_id"]
+        if props.get("start_cmd"):
+            body["dockerStartCmd"] = list(props["start_cmd"])
         return body
 
 

@@ -16,6 +16,7 @@ from verda.containers import (
     ContainerRegistryCredentials,
     ContainerRegistrySettings,
     Deployment,
+    EntrypointOverridesSettings,
     EnvVar,
     EnvVarType,
     HealthcheckSettings,
@@ -43,7 +44,8 @@ SCALING_DEFAULTS = {
 class DeploymentProvider(VerdaProvider):
     """``name``, ``image``, ``port``, ``health_path``, ``env`` (plain), ``secret_env`` (env name ->
     Verda secret name), ``mounts`` ([{mount_path, volume_id}]), ``compute`` ({name, size}),
-    ``scaling`` (see SCALING_DEFAULTS), ``registry_credentials`` (name or empty), ``is_spot``."""
+    ``scaling`` (see SCALING_DEFAULTS), ``registry_credentials`` (name or empty), ``is_spot``,
+    ``cmd`` (arguments replacing the image's CMD)."""
 
     kind = "Verda container deployment"
     required = ("name", "image", "compute")
@@ -98,9 +100,11 @@ def container_for(props: dict[str, Any]) -> Container:
     plain = [EnvVar(k, str(v), EnvVarType.PLAIN) for k, v in sorted((props.get("env") or {}).items())]
     secret = [EnvVar(k, v, EnvVarType.SECRET) for k, v in sorted((props.get("secret_env") or {}).items())]
     mounts = [SharedFileSystemMount(m["mount_path"], m["volume_id"]) for m in props.get("mounts") or []]
+    cmd = list(props.get("cmd") or [])
     return Container(
         image=props["image"],
         exposed_port=port,
+        entrypoint_overrides=EntrypointOverridesSettings(enabled=True, cmd=cmd) if cmd else None,
         healthcheck=HealthcheckSettings(enabled=True, port=port, path=props.get("health_path") or "/health"),
         env=plain + secret,
         volume_mounts=list(mounts) or None,

@@ -22,8 +22,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -77,6 +78,18 @@ class DispatchSettings(BaseSettings):
             return json.loads(value)
         except json.JSONDecodeError as exc:
             raise ValueError(f"QM_PUSH_POOLS must be a JSON list of pools: {exc.msg}") from None
+
+
+def push_pools_from_env(environ: Mapping[str, str]) -> list[PushPool]:
+    """``QM_PUSH_POOLS`` (a JSON list) plus one ``QM_PUSH_POOL_<NAME>`` (a JSON object) per pool."""
+    pools = list(DispatchSettings().push_pools)
+    for key in sorted(environ):
+        if key.startswith("QM_PUSH_POOL_"):
+            try:
+                pools.append(PushPool.model_validate_json(environ[key]))
+            except ValueError as exc:
+                raise ValueError(f"{key} is not a push pool: {exc}") from None
+    return pools
 
 
 class Remote(StrEnum):
@@ -306,8 +319,8 @@ def dispatcher_for(
 async def dispatching(
     store: Store, settings: Settings, pools: list[PushPool] | None = None
 ) -> AsyncIterator[list[PoolDispatcher]]:
-    """Run one dispatcher per push pool (from ``QM_PUSH_POOLS`` unless given) while inside."""
-    pools = DispatchSettings().push_pools if pools is None else pools
+    """Run one dispatcher per push pool (from the environment unless given) while inside."""
+    pools = push_pools_from_env(os.environ) if pools is None else pools
     async with httpx.AsyncClient(timeout=max([p.request_timeout_seconds for p in pools], default=30)) as http:
         dispatchers = [dispatcher_for(store, settings, pool, http) for pool in pools]
         tasks = [asyncio.create_task(d.run(), name=f"dispatch-{d.pool.name}") for d in dispatchers]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 
 import pytest
 
 from services.protocol.jobs import Job, JobState, JobSubmit
+from services.queue_manager.dispatch import push_pools_from_env
 from services.queue_manager.store import Store
 from tests.services.dispatch.conftest import Platform, rig
 
@@ -149,3 +151,22 @@ async def test_the_lease_outlives_a_cold_start_longer_than_the_lease(
         [done] = await finished(r.store, [job.id], timeout=10.0)
 
     assert done.state == JobState.SUCCEEDED and done.attempts == 1
+
+
+def test_push_pools_come_from_one_variable_per_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("QM_PUSH_POOLS", raising=False)
+    pool = json.dumps(
+        {
+            "name": "burst",
+            "style": "runpod",
+            "url": "https://api.runpod.ai/v2/x",
+            "api_key": "k",
+            "capacity": 4,
+        }
+    )
+
+    [found] = push_pools_from_env({"QM_PUSH_POOL_BURST": pool, "QM_OTHER": "x"})
+
+    assert (found.name, found.style, found.capacity) == ("burst", "runpod", 4)
+    with pytest.raises(ValueError, match="QM_PUSH_POOL_BAD is not a push pool"):
+        push_pools_from_env({"QM_PUSH_POOL_BAD": '{"name": "bad"}'})

@@ -1,0 +1,132 @@
+"""The first-boot script of a Verda GPU instance, as a pure function of what the pool knows.
+
+It installs what the image may lack (Docker, the NVIDIA container toolkit) only when missing, mounts
+the shared filesystem with the models, joins the tailnet with the pool's ephemeral key, logs in to
+the registry, and runs ``workers_per_gpu`` worker containers on every GPU the host has. Secrets
+(tailnet key, registry token, worker env) are written to root-only files through quoted
+here-documents, never onto a command line; the whole script is a Pulumi secret.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from infra.pools.access import SHARED_MODELS_DIR
+
+SECRETS_DIR = "/etc/comfy-workshop"
+TOOLKIT_REPO = "https://nvidia.github.io/libnvidia-container"
+
+
+@dataclass(frozen=True)
+class StartupSpec:
+    pool: str
+    image: str
+    workers_per_gpu: int
+    tailnet_key: str
+    registry_server: str
+    registry_username: str
+    registry_password: str
+    worker_env: Mapping[str, str]
+    mount_command: str | None = None
+
+
+def _heredoc(path: str, content: str) -> str:
+    marker = "COMFY_WORKSHOP_EOF"
+    if marker in content:
+        raise ValueError(f"{path}: content must not contain {marker}")
+    return f"cat > {path} <<'{marker}'\n{content}\n{marker}\nchmod 600 {path}\n"
+
+
+def env_file(env: Mapping[str, str]) -> str:
+    """Docker's --env-file format: one KEY=value per line, taken literally."""
+    bad = [key for key, value in env.items() if "\n" in value or "=" in key]
+    if bad:
+        raise ValueError(f"environment values of {bad} cannot go into an env file (newline or '=' in key)")
+    return "\n".join(f"{key}={value}" for key, value in sorted(env.items()))
+
+
+PRELUDE = """#!/usr/bin/env bash
+# comfy-workshop GPU host (pool {pool}): written by the Pulumi program, runs once at first boot.
+set -euo pipefail
+exec >>/var/log/comfy-workshop-setup.log 2>&1
+umask 077
+mkdir -p {secrets}
+"""
+
+TOOLS = """
+if ! command -v docker >/dev/null 2>&1; then
+  curl -fsSL https://get.docker.com | sh
+fi
+if ! command -v nvidia-ctk >/dev/null 2>&1; then
+  curl -fsSL {repo}/gpgkey | gpg --dearmor --yes -o /usr/share/keyrings/nvidia-container-toolkit.gpg
+  curl -fsSL {repo}/stable/deb/nvidia-container-toolkit.list \\
+    | sed 's#deb https://#deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit.gpg] https://#' \\
+    > /etc/apt/sources.list.d/nvidia-container-toolkit.list
+  apt-get update
+  apt-get install -y nvidia-container-toolkit
+  nvidia-ctk runtime configure --runtime=docker
+  systemctl restart docker
+fi
+if ! command -v tailscale >/dev/null 2>&1; then
+  curl -fsSL https://tailscale.com/install.sh | sh
+fi
+"""
+
+MOUNT = """
+mkdir -p {target}
+if ! mountpoint -q {target}; then
+  {mount}
+fi
+ln -sfn {target} {models}
+"""
+
+JOIN = """
+# The key is ephemeral and tagged: the node leaves the tailnet when the instance is deleted.
+tailscale up --auth-key=file:{secrets}/tailnet.key --hostname="comfy-{pool}-$(hostname)" --accept-dns=true
+docker login {server} --username {user} --password-stdin < {secrets}/registry.password
+docker pull {image}
+"""
+
+WORKERS = """
+gpus=$(nvidia-smi --list-gpus | wc -l)
+for gpu in $(seq 0 $((gpus - 1))); do
+  for slot in $(seq 0 $(({per_gpu} - 1))); do
+    name="comfy-worker-$gpu-$slot"
+    docker rm -f "$name" >/dev/null 2>&1 || true
+    docker run -d --name "$name" --restart unless-stopped --gpus "device=$gpu" \\
+      --env-file {secrets}/worker.env --env "WORKER_ID=$(hostname)-$gpu-$slot" \\
+      {volume}{image} pull
+  done
+done
+"""
+
+
+def startup_script(spec: StartupSpec) -> str:
+    q = shlex.quote
+    parts = [
+        PRELUDE.format(pool=spec.pool, secrets=SECRETS_DIR),
+        _heredoc(f"{SECRETS_DIR}/tailnet.key", spec.tailnet_key),
+        _heredoc(f"{SECRETS_DIR}/registry.password", spec.registry_password),
+        _heredoc(f"{SECRETS_DIR}/worker.env", env_file(spec.worker_env)),
+        TOOLS.format(repo=TOOLKIT_REPO),
+    ]
+    volume = ""
+    if spec.mount_command:
+        target = shlex.split(spec.mount_command)[-1]
+        parts.append(MOUNT.format(target=q(target), mount=spec.mount_command, models=SHARED_MODELS_DIR))
+        volume = f"--volume {SHARED_MODELS_DIR}:{SHARED_MODELS_DIR}:ro "
+    parts.append(
+        JOIN.format(
+            secrets=SECRETS_DIR,
+            pool=spec.pool,
+            server=q(spec.registry_server),
+            user=q(spec.registry_username),
+            image=q(spec.image),
+        )
+    )
+    parts.append(
+        WORKERS.format(per_gpu=spec.workers_per_gpu, secrets=SECRETS_DIR, volume=volume, image=q(spec.image))
+    )
+    return "".join(parts)

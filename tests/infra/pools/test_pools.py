@@ -1,0 +1,163 @@
+"""Every GPU pool kind under Pulumi mocks: alone, mixed, and switched by editing the stack config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.infra.harness import Resource, StackRun, run_stack
+
+DYNAMIC = "pulumi-python:dynamic:Resource"
+CONTAINER = "docker:index/container:Container"
+VERDA_INSTANCE = {"kind": "verda-instance", "name": "baseline", "count": 2, "workersPerGpu": 2,
+                  "modelsVolume": {"name": "comfy-models", "sizeGb": 500}}  # fmt: skip
+VERDA_SERVERLESS = {"kind": "verda-serverless", "name": "burst", "maxReplicas": 40,
+                    "scaleDownDelaySeconds": 120, "modelsVolume": {"name": "comfy-models"}}  # fmt: skip
+RUNPOD = {"kind": "runpod-serverless", "name": "burst", "maxReplicas": 40,
+          "modelsVolume": {"name": "comfy-models", "dataCenterId": "EU-RO-1"}}  # fmt: skip
+LOCAL_GPU = {"kind": "local-gpu", "name": "studio", "count": 2, "gpus": "all"}
+
+
+def workshop(*pools: dict[str, Any]) -> StackRun:
+    return run_stack("workshop", overrides={"pools": list(pools)})
+
+
+def dynamic(run: StackRun, name: str) -> Resource:
+    return run.one(DYNAMIC, name)
+
+
+def qm_env(run: StackRun) -> dict[str, str]:
+    container = run.one(CONTAINER, "platform-queue-manager")
+    return dict(item.split("=", 1) for item in container.inputs["envs"])
+
+
+@pytest.fixture(scope="module")
+def instances() -> StackRun:
+    return workshop(VERDA_INSTANCE)
+
+
+def test_verda_instances_get_key_script_and_the_kept_models_volume(instances: StackRun) -> None:
+    hosts = [dynamic(instances, f"baseline-{i}") for i in range(2)]
+
+    assert [h.inputs["name"] for h in hosts] == ["cw-workshop-baseline-0", "cw-workshop-baseline-1"]
+    assert all(
+        h.inputs["instance_type"] == "1H100.80S.30V" and h.inputs["location"] == "FIN-03" for h in hosts
+    )
+    assert dynamic(instances, "baseline-models").retain_on_delete
+    assert not any(h.retain_on_delete for h in hosts)
+    assert {"script", "client_secret"} <= dynamic(instances, "baseline-startup").secret_inputs
+    assert dynamic(instances, "baseline-ssh-key").inputs["public_key"].startswith("ssh-ed25519")
+    assert instances.one("docker-build:index:Image", "baseline-image").inputs["push"] is True
+
+
+def test_the_startup_script_runs_two_workers_per_gpu_and_joins_the_tailnet(instances: StackRun) -> None:
+    script = dynamic(instances, "baseline-startup").inputs["script"]
+
+    assert "tailscale up --auth-key=file:/etc/comfy-workshop/tailnet.key" in script
+    assert "tskey-auth-test" in script  # the ephemeral GPU key, inside the secret script only
+    assert "$(seq 0 $((2 - 1)))" in script
+    assert "WORKER_POOL=baseline" in script and "WORKER_QUEUE_URL=http://comfy-workshop:" in script
+
+
+@pytest.fixture(scope="module")
+def serverless() -> StackRun:
+    return workshop(VERDA_SERVERLESS)
+
+
+def test_verda_serverless_deployment_keeps_secrets_in_verda_secrets(serverless: StackRun) -> None:
+    deployment = dynamic(serverless, "burst-deployment").inputs
+
+    assert deployment["secret_env"]["WORKER_TOKEN"] == "cw-workshop-burst-worker-token"
+    assert "WORKER_TOKEN" not in deployment["env"]
+    assert deployment["scaling"]["max_replica_count"] == 40
+    assert deployment["scaling"]["scale_down_delay_s"] == 120
+    assert deployment["mounts"][0]["mount_path"] == "/mnt/models"
+    assert deployment["registry_credentials"] == "cw-workshop-burst-registry"
+    assert deployment["cmd"] == ["serve-push"]
+    assert "value" in dynamic(serverless, "burst-worker-token").secret_inputs
+    assert dynamic(serverless, "burst-registry").inputs["registry"] == "ghcr"
+
+
+def test_the_queue_manager_learns_the_push_pool_as_a_secret(serverless: StackRun) -> None:
+    env = qm_env(serverless)
+
+    assert "QM_PUSH_POOL_BURST" in env
+    assert "envs" in serverless.one(CONTAINER, "platform-queue-manager").secret_inputs
+
+
+@pytest.fixture(scope="module")
+def runpod() -> StackRun:
+    return workshop(RUNPOD)
+
+
+def test_runpod_template_endpoint_and_kept_network_volume(runpod: StackRun) -> None:
+    endpoint = dynamic(runpod, "burst-endpoint").inputs
+    template = dynamic(runpod, "burst-template")
+
+    assert endpoint["workers_max"] == 40 and endpoint["gpu_type_ids"] == ["NVIDIA H100 80GB HBM3"]
+    assert template.inputs["start_cmd"] == ["runpod"] and "env" in template.secret_inputs
+    assert template.inputs["env"]["WORKER_SHARED_MODELS_DIR"] == "/runpod-volume/models"
+    assert dynamic(runpod, "burst-models").retain_on_delete
+    assert "QM_PUSH_POOL_BURST" in qm_env(runpod)
+
+
+def test_local_gpu_runs_worker_containers_with_gpus() -> None:
+    run = workshop(LOCAL_GPU)
+
+    workers = [r for r in run.resources_of(CONTAINER) if r.name.startswith("studio-worker-")]
+    assert len(workers) == 2 and all(w.inputs["gpus"] == "all" for w in workers)
+
+
+def test_a_mix_is_just_a_list() -> None:
+    run = workshop(
+        VERDA_INSTANCE, {**RUNPOD, "name": "runpod"}, {**VERDA_SERVERLESS, "name": "verda"}, LOCAL_GPU
+    )
+
+    names = {r.name for r in run.resources}
+    assert {"baseline-0", "baseline-1", "runpod-endpoint", "verda-deployment", "studio-worker-0"} <= names
+    assert {"QM_PUSH_POOL_RUNPOD", "QM_PUSH_POOL_VERDA"} <= set(qm_env(run))
+
+
+def _by_name(value: Any, ids: dict[str, str]) -> Any:
+    """References to other resources by the mock's ids (which depend on order) become their names."""
+    if isinstance(value, dict):
+        return {k: _by_name(v, ids) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_by_name(v, ids) for v in value]
+    key = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    return ids.get(key, value)
+
+
+def _outside_pools(run: StackRun) -> dict[tuple[str, str], Any]:
+    """Every resource that is not part of a pool, with its inputs (push endpoints masked)."""
+    pools = run.one("comfy-workshop:pools:PoolSet", "pools").urn
+    ids = {r.id: f"<{r.name}>" for r in run.resources if r.id}
+    found = {}
+    for r in run.resources:
+        if r.urn == pools or _under(run, r, pools):
+            continue
+        inputs = dict(r.inputs)
+        if r.name == "platform-queue-manager":
+            inputs["envs"] = sorted(e for e in inputs["envs"] if not e.startswith("QM_PUSH_POOL_"))
+        found[(r.type, r.name)] = _by_name(inputs, ids)
+    return found
+
+
+def _under(run: StackRun, resource: Resource, ancestor: str) -> bool:
+    parent = resource.parent
+    while parent:
+        if parent == ancestor:
+            return True
+        parent = next((r.parent for r in run.resources if r.urn == parent), "")
+    return False
+
+
+def test_switching_verda_serverless_to_runpod_changes_only_compute(
+    serverless: StackRun, runpod: StackRun
+) -> None:
+    before, after = _outside_pools(serverless), _outside_pools(runpod)
+
+    assert before.keys() == after.keys()
+    changed = [key for key in before if before[key] != after[key]]
+    assert changed == []
