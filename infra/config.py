@@ -7,6 +7,7 @@ reported at once as a `ConfigError` naming the key, the bad value and the fix.
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from ipaddress import IPv4Network, IPv6Network
 from typing import Annotated, Literal
@@ -45,6 +46,31 @@ def _participant_names(value: object) -> object:
 Participants = Annotated[
     list[Label], BeforeValidator(_participant_names), Field(min_length=1, max_length=MAX_PARTICIPANTS)
 ]
+
+
+class ModelFile(Model):
+    """One model file workers must hold (the worker's manifest format: services/worker/models.py)."""
+
+    path: str = Field(min_length=1, examples=["checkpoints/sdxl.safetensors"])
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    source: str | None = Field(default=None, description="key in the models bucket (default: path)")
+
+    @field_validator("path", "source")
+    @classmethod
+    def _relative(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("/") or ".." in value.split("/")):
+            raise ValueError(
+                "must be a relative path without '..'; fix: write it as e.g. checkpoints/x.safetensors"
+            )
+        return value
+
+
+def manifest_json(models: list[ModelFile]) -> str | None:
+    """The manifest workers read from `WORKER_MODELS_MANIFEST`, or None when no model is listed."""
+    if not models:
+        return None
+    return json.dumps({"models": [model.model_dump(exclude_none=True) for model in models]})
 
 
 class QueuePolicy(Model):
@@ -144,6 +170,7 @@ class VaultConfig(Model):
 
 class _WithPools(Model):
     pools: list[PoolConfig] = Field(min_length=1)
+    models: list[ModelFile] = Field(default_factory=list, max_length=500)
 
     @field_validator("pools")
     @classmethod
@@ -184,6 +211,18 @@ class LocalConfig(_WithPools):
     admin_user: Label = "admin"
     queue: QueuePolicy = QueuePolicy()
     http_port: int = Field(default=8080, ge=1024, le=65535)
+    models_dir: str | None = Field(
+        default=None, pattern=r"^/", description="host folder with ComfyUI model folders, mounted read-only"
+    )
+
+    @model_validator(mode="after")
+    def _models_have_a_source(self) -> LocalConfig:
+        if self.models and self.models_dir is None:
+            raise ValueError(
+                "models are listed but the local stack has no models bucket; fix: set modelsDir to the "
+                "folder that holds them (ComfyUI's layout: checkpoints/, loras/, ...)"
+            )
+        return self
 
     @field_validator("pools")
     @classmethod

@@ -12,7 +12,7 @@ from typing import Any
 
 import pulumi
 
-from infra.config import LocalConfig
+from infra.config import LocalConfig, manifest_json
 from infra.credentials import Credentials
 from infra.platform import FILES_DIR, QM_PORT, Platform, PlatformArgs, Publish, data_volume, platform_network
 from infra.pool_set import PoolSet
@@ -25,6 +25,17 @@ from infra.urls import urls
 
 QUEUE_MANAGER_URL = f"http://queue-manager:{QM_PORT}"
 NGINX_PORT = 8080
+
+
+def _extra(config: LocalConfig, files_volume: pulumi.Output[str]) -> dict[str, Any]:
+    """What local workers need beyond the context: the files volume, and models when configured."""
+    extra: dict[str, Any] = {"files_volume": files_volume}
+    manifest = manifest_json(config.models)
+    if manifest:
+        extra["models_manifest"] = manifest
+    if config.models_dir:
+        extra["models_dir"] = config.models_dir
+    return extra
 
 
 def build_local(config: LocalConfig, stack: str) -> dict[str, Any]:
@@ -41,7 +52,7 @@ def build_local(config: LocalConfig, stack: str) -> dict[str, Any]:
             callback_url=QUEUE_MANAGER_URL,
             worker_token=token,
             docker_network=network.name,
-            extra={"files_volume": files.name},
+            extra=_extra(config, files.name),
         )
 
     pools = PoolSet("pools", config.pools, context_for)

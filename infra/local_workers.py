@@ -29,9 +29,13 @@ class LocalWorkers:
     gpus: str | None = None
 
 
+MODELS_DIR = "/models"
+MANIFEST_FILE = "/etc/comfy-worker/models.json"
+
+
 def worker_env(spec: LocalWorkers, ctx: PoolContext, index: int) -> list[pulumi.Output[str]]:
     """The worker's `WORKER_*` settings; the token is secret, so the whole list is."""
-    plain = {
+    plain: dict[str, pulumi.Input[str]] = {
         "WORKER_QUEUE_URL": ctx.queue_url,
         "WORKER_POOL": spec.pool,
         "WORKER_PROVIDER": spec.provider_name,
@@ -39,6 +43,10 @@ def worker_env(spec: LocalWorkers, ctx: PoolContext, index: int) -> list[pulumi.
         "WORKER_DEVICE": spec.variant,
         "WORKER_STORAGE_URL": f"file://{FILES_DIR}",
     }
+    if ctx.extra.get("models_dir"):
+        plain["WORKER_SHARED_MODELS_DIR"] = MODELS_DIR
+    if ctx.extra.get("models_manifest"):
+        plain["WORKER_MODELS_MANIFEST"] = MANIFEST_FILE
     env = [pulumi.Output.concat(key, "=", value) for key, value in plain.items()]
     env.append(pulumi.Output.secret(pulumi.Output.concat("WORKER_TOKEN=", ctx.worker_token)))
     return env
@@ -51,8 +59,8 @@ def local_worker_containers(
     on_daemon = pulumi.ResourceOptions(parent=parent, provider=ctx.docker_provider)
     image = build_image(f"{spec.pool}-image", worker_source(spec.variant), on_daemon)
     networks = [docker.ContainerNetworksAdvancedArgs(name=ctx.docker_network)] if ctx.docker_network else None
-    files = ctx.extra.get("files_volume")
-    volumes = [docker.ContainerVolumeArgs(volume_name=files, container_path=FILES_DIR)] if files else None
+    manifest = ctx.extra.get("models_manifest")
+    uploads = [docker.ContainerUploadArgs(file=MANIFEST_FILE, content=manifest)] if manifest else None
     return [
         docker.Container(
             f"{spec.pool}-worker-{index}",
@@ -60,7 +68,8 @@ def local_worker_containers(
             image=image.image_id,
             envs=worker_env(spec, ctx, index),
             networks_advanced=networks,
-            volumes=volumes,
+            volumes=_volumes(ctx),
+            uploads=uploads,
             gpus=spec.gpus,
             restart="unless-stopped",
             labels=[docker.ContainerLabelArgs(label="comfy-workshop.pool", value=spec.pool)],
@@ -68,3 +77,19 @@ def local_worker_containers(
         )
         for index in range(spec.count)
     ]
+
+
+def _volumes(ctx: PoolContext) -> list[docker.ContainerVolumeArgs] | None:
+    """The files volume shared with the queue manager; the host's models folder, read-only."""
+    volumes = []
+    if ctx.extra.get("files_volume"):
+        volumes.append(
+            docker.ContainerVolumeArgs(volume_name=ctx.extra["files_volume"], container_path=FILES_DIR)
+        )
+    if ctx.extra.get("models_dir"):
+        volumes.append(
+            docker.ContainerVolumeArgs(
+                host_path=ctx.extra["models_dir"], container_path=MODELS_DIR, read_only=True
+            )
+        )
+    return volumes or None

@@ -12,7 +12,7 @@ from typing import Any
 
 import pulumi
 
-from infra.config import WorkshopConfig
+from infra.config import WorkshopConfig, manifest_json
 from infra.dns import dns_record, web_sources
 from infra.platform import Platform, PlatformArgs, Publish, data_volume, platform_network
 from infra.pool_set import PoolSet
@@ -78,9 +78,16 @@ def _pools(config: WorkshopConfig, stack: str, vault: VaultOutputs, tailnet: Tai
             models=models,
             user_files=files,
             registry=config.registry,
+            extra=_extra(config),
         )
 
     return PoolSet("pools", config.pools, context_for)
+
+
+def _extra(config: WorkshopConfig) -> dict[str, Any]:
+    """Optional context for pools: the models manifest (JSON, `WORKER_MODELS_MANIFEST` content)."""
+    manifest = manifest_json(config.models)
+    return {"models_manifest": manifest} if manifest else {}
 
 
 def _settings(config: WorkshopConfig, vault: VaultOutputs, pools: PoolSet) -> dict[str, pulumi.Input[str]]:

@@ -162,3 +162,16 @@ def test_a_tailscale_oauth_client_stands_in_for_the_api_key() -> None:
     config = dict(pulumi.runtime.config.CONFIG.get())
     pulumi.runtime.set_all_config({**config, "tailscale:oauthClientSecret": "tskey-client-x"})
     assert load_config("workshop").role == "workshop"
+
+
+def test_a_model_with_a_bad_checksum_names_the_entry() -> None:
+    text = problems(
+        "workshop", {"models": [{"path": "checkpoints/a.safetensors", "size": 1, "sha256": "abc"}]}
+    )
+    assert "comfy-workshop:models[0].sha256 = 'abc'" in text
+
+
+def test_local_models_need_a_folder_to_come_from() -> None:
+    model = {"path": "checkpoints/a.safetensors", "size": 1, "sha256": "0" * 64}
+    text = problems("local", {"models": [model]})
+    assert "fix: set modelsDir" in text

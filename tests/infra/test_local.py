@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.infra.harness import StackRun, run_stack
@@ -61,3 +63,16 @@ def test_a_local_gpu_pool_is_just_config() -> None:
     run = run_stack("local", overrides={"pools": pools})
     gpu_workers = [r for r in run.resources_of(CONTAINER) if r.name.startswith("gpu-worker")]
     assert [r.inputs["gpus"] for r in gpu_workers] == ["all", "all"]
+
+
+def test_a_models_folder_is_mounted_read_only_with_the_manifest() -> None:
+    model = {"path": "checkpoints/tiny.safetensors", "size": 12, "sha256": "a" * 64}
+    run = run_stack("local", overrides={"modelsDir": "/srv/models", "models": [model]})
+    worker = run.one(CONTAINER, "cpu-worker-0")
+    mounts = {v["containerPath"]: v for v in worker.inputs["volumes"]}
+    assert mounts["/models"]["hostPath"] == "/srv/models" and mounts["/models"]["readOnly"] is True
+    env = dict(item.split("=", 1) for item in worker.inputs["envs"])
+    assert env["WORKER_SHARED_MODELS_DIR"] == "/models"
+    manifest = json.loads(worker.inputs["uploads"][0]["content"])
+    assert manifest == {"models": [model]}
+    assert worker.inputs["uploads"][0]["file"] == env["WORKER_MODELS_MANIFEST"]
