@@ -45,17 +45,19 @@ async def reap_loop(store: Store) -> None:
 
 
 async def position_loop(store: Store) -> None:
-    """Tell connected participants when their waiting jobs move up."""
+    """Tell this process's connected participants when their waiting jobs move up."""
     sent: dict[str, int] = {}
     while not _stopping():
-        current: dict[str, int] = {}
-        for user in store.events.local_users():
-            for job_id in await store.redis.smembers(store.keys.user_queued(user)):
-                place = await store.position(job_id)
-                if place is not None:
-                    current[job_id] = place
-                    if sent.get(job_id) != place:
-                        store.events.deliver_local(user, notices.position(job_id, place))
+        users = store.events.local_users()
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for user in users:
+                pipe.smembers(store.keys.user_queued(user))
+            queued = await pipe.execute()
+        owners = {job_id: user for user, ids in zip(users, queued, strict=True) for job_id in ids}
+        current = await store.positions(list(owners))
+        for job_id, place in current.items():
+            if sent.get(job_id) != place:
+                store.events.deliver_local(owners[job_id], notices.position(job_id, place))
         sent = current
         await asyncio.sleep(POSITION_INTERVAL)
 

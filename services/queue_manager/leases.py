@@ -17,7 +17,6 @@ from services.protocol.jobs import Job, JobError, JobState
 from services.protocol.workers import Completion, EventBatch, Failure, HeartbeatReply, Lease
 from services.queue_manager import notices
 from services.queue_manager.errors import StaleLease
-from services.queue_manager.keys import ANY_POOL
 from services.queue_manager.metrics import METRICS
 from services.queue_manager.records import job_from_hash, ms_to_datetime, now_ms, pairs_to_dict
 from services.queue_manager.store_base import StoreBase
@@ -59,10 +58,8 @@ class LeaseOps(StoreBase):
         )
         if not reply:
             return None
-        job_id, left, flat = reply
+        job_id, _, flat = reply
         fields = pairs_to_dict(flat)
-        if int(left) > 0:
-            await self.redis.publish(self.keys.wake, fields.get("scope", ANY_POOL))
         job = job_from_hash(fields)
         METRICS.observe_dispatch(job)
         log.info("job leased", extra={"job_id": job_id, "worker_id": worker_id, "attempt": job.attempts})
@@ -74,9 +71,10 @@ class LeaseOps(StoreBase):
         assert expires is not None
         return Lease(job=job, token=token, expires_at=expires, lease_seconds=self.settings.lease_seconds)
 
-    async def _touch(self, job_id: str, token: str, mode: str) -> list[str]:
+    async def _touch(self, job_id: str, token: str, mode: str, publish: list[str] | None = None) -> list[str]:
         lease_ms = int(self.settings.lease_seconds * 1000)
-        reply = await self.scripts.touch(args=[self.prefix, job_id, token, now_ms(), lease_ms, mode])
+        args: list[str | int] = [self.prefix, job_id, token, now_ms(), lease_ms, mode, *(publish or [])]
+        reply = await self.scripts.touch(args=args)
         if reply[0] != "ok":
             raise StaleLease(job_id)
         return [str(part) for part in reply]
@@ -90,9 +88,9 @@ class LeaseOps(StoreBase):
 
     async def record_events(self, job_id: str, batch: EventBatch) -> None:
         """Forward a worker's ComfyUI events to the job's owner (the first marks the job running)."""
-        _, _, _, user, _ = await self._touch(job_id, batch.token, "events")
         forwarded = [notices.from_worker(job_id, event) for event in batch.events]
-        await self.events.publish_many((user, event) for event in forwarded if event is not None)
+        payloads = [event.model_dump_json() for event in forwarded if event is not None]
+        await self._touch(job_id, batch.token, "events", payloads)  # publishes only for the holder
 
     async def complete(self, job_id: str, completion: Completion) -> None:
         """Mark a job succeeded with its outputs (idempotent for the lease holder)."""
@@ -130,15 +128,14 @@ class LeaseOps(StoreBase):
             raise StaleLease(job_id)
         if reply[0] == "again":
             return
-        _, state, user = reply
+        _, state, user, queued_at = reply
         log.info("lease ended", extra={"job_id": job_id, "outcome": outcome, "state": state})
+        if JobState(state).finished:
+            METRICS.observe_finished(state, (now_ms() - int(queued_at)) / 1000)
         await self._announce(job_id, user, state, error)
 
     async def _announce(self, job_id: str, user: str, state: str, error: JobError | None) -> None:
         if JobState(state).finished:
-            job = await self.get(job_id)
-            if job is not None:
-                METRICS.observe_finished(job)
             await self.events.publish(user, notices.finished(job_id, state, error))
         else:
             place = await self.position(job_id)

@@ -43,10 +43,8 @@ class Metrics:
             seconds = (job.started_at - job.queued_at).total_seconds()
             self.dispatch_seconds.labels(pool=job.pool or "*").observe(max(seconds, 0.0))
 
-    def observe_finished(self, job: Job) -> None:
-        if job.finished_at is not None:
-            seconds = (job.finished_at - job.queued_at).total_seconds()
-            self.job_seconds.labels(state=job.state.value).observe(max(seconds, 0.0))
+    def observe_finished(self, state: str, seconds: float) -> None:
+        self.job_seconds.labels(state=state).observe(max(seconds, 0.0))
 
 
 METRICS = Metrics()

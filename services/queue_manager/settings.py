@@ -8,6 +8,7 @@ and a session secret, so a forgotten secret is a failed start, not an open door.
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+USER_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 DEV_SECRET = "development-only-secret"  # noqa: S105 - used only when QM_ENV=development
 
 
@@ -120,6 +122,7 @@ class Settings(BaseSettings):
     def _refuse_unsafe_defaults(self) -> Settings:
         if self.participants_file is not None:
             self.participants = {**_read_participants(self.participants_file), **self.participants}
+        _check_user_names(self.participants, self.admin_user)
         if self.development:
             self.admin_password = self.admin_password or SecretStr(DEV_SECRET)
             self.session_secret = self.session_secret or SecretStr(DEV_SECRET)
@@ -139,6 +142,14 @@ class Settings(BaseSettings):
     def heartbeat_seconds(self) -> float:
         """How often workers should renew their lease: three chances before it expires."""
         return self.lease_seconds / 3
+
+
+def _check_user_names(participants: dict[str, SecretStr], admin_user: str) -> None:
+    bad = [name for name in participants if not USER_NAME.fullmatch(name)]
+    if bad:
+        raise ValueError(f"participant names {bad} must be 1-64 letters, digits, '.', '_', '@' or '-'")
+    if admin_user in participants:
+        raise ValueError(f"{admin_user!r} is the admin's name (QM_ADMIN_USER): rename that participant")
 
 
 def _parse_json_object(text: str, what: str) -> dict[str, Any]:

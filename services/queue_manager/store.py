@@ -28,7 +28,7 @@ from services.queue_manager.errors import JobExists, JobNotFound, QueueLimit
 from services.queue_manager.keys import ANY_POOL
 from services.queue_manager.leases import LeaseOps
 from services.queue_manager.queue_admin import AdminOps
-from services.queue_manager.records import job_from_hash, now_ms, spec_json
+from services.queue_manager.records import job_from_hash, now_ms, pairs_to_dict, spec_json
 from services.queue_manager.registry import WorkerOps
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,7 @@ class Store(LeaseOps, WorkerOps, AdminOps):
         place, unfinished = int(reply[1]), int(reply[2])
         log.info("job queued", extra={"job_id": job_id, "user": user, "pool": scope})
         await self.events.publish(user, notices.queued(job_id, place, unfinished))
-        job = await self.get(job_id)
-        assert job is not None
-        job.position = place
-        return job
+        return job_from_hash(pairs_to_dict(reply[3]), position=place)
 
     async def get_for(self, job_id: str, user: str) -> Job:
         """A job as its owner sees it (with queue position); JobNotFound for anyone else's."""

@@ -62,4 +62,7 @@ if round > tonumber(redis.call('GET', k('fair:round')) or '0') then
   redis.call('SET', k('fair:round'), round)
 end
 local left = redis.call('ZCARD', k('queue', best_scope))
+if left > 0 then
+  wake(best_scope)  -- more work: wake the next waiting claim too
+end
 return {best, left, redis.call('HGETALL', key)}

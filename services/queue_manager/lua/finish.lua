@@ -1,12 +1,13 @@
 -- End a lease as its holder: outcome 'succeeded' | 'failed' | 'retry' | 'release'.
 -- ARGV: prefix, id, token, now_ms, outcome, outputs_json, error_json, retention_ms,
 -- backoff_base_ms, backoff_max_ms.
--- Returns {'ok', new_state, user} | {'again', state, user} (repeat of the holder's last call) | {'stale'}.
+-- Returns {'ok', new_state, user, queued_at} | {'again', state, user} (a repeat of the holder's
+-- last call) | {'stale'}.
 local id, token, now, outcome = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local retention_ms = tonumber(ARGV[8])
 local key = k('job', id)
 local f = redis.call('HMGET', key, 'state', 'token', 'done_token', 'attempts', 'max_attempts',
-  'cancel', 'user', 'scope', 'score', 'worker_id')
+  'cancel', 'user', 'scope', 'score', 'worker_id', 'queued_at')
 local state, user = f[1], f[7]
 if state and token ~= '' and f[3] == token then
   return {'again', state, user}
@@ -35,4 +36,4 @@ else
   local due = now + backoff_ms(tonumber(f[4]), tonumber(ARGV[9]), tonumber(ARGV[10]))
   retry_later(id, user, f[8], f[9], due, now)
 end
-return {'ok', redis.call('HGET', key, 'state'), user}
+return {'ok', redis.call('HGET', key, 'state'), user, f[11]}

@@ -1,6 +1,6 @@
 -- Queue a new job. ARGV: prefix, id, user, scope, pool, priority, mode, max_queued, now_ms,
 -- max_attempts, spec_json.
--- Returns {'ok', position, user's unfinished jobs} | {'exists'} | {'limit', queued}.
+-- Returns {'ok', position, user's unfinished jobs, HGETALL} | {'exists'} | {'limit', queued}.
 local id, user, scope, pool = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local priority, mode = tonumber(ARGV[6]), ARGV[7]
 local max_queued, now = tonumber(ARGV[8]), ARGV[9]
@@ -34,4 +34,4 @@ redis.call('ZADD', k('user', user, 'jobs'), now, id)
 redis.call('SADD', k('users'), user)
 enqueue(id, user, scope, fmt(score))
 local unfinished = queued + 1 + redis.call('SCARD', k('user', user, 'running'))
-return {'ok', position(scope, score), unfinished}
+return {'ok', position(scope, score), unfinished, redis.call('HGETALL', key)}

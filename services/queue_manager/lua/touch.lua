@@ -1,4 +1,5 @@
--- Check (and for heartbeats renew) a lease. ARGV: prefix, id, token, now_ms, lease_ms, mode.
+-- Check (and for heartbeats renew) a lease. ARGV: prefix, id, token, now_ms, lease_ms, mode,
+-- then UserEvent JSON payloads to publish to the job's owner.
 -- mode 'heartbeat' renews the lease; mode 'events' only marks a leased job running, so the
 -- common case (progress of a running job) writes nothing and costs no AOF fsync.
 -- Returns {'ok', expires_ms, cancel, user, became_running} | {'stale'}.
@@ -22,5 +23,9 @@ end
 if state == 'leased' then
   redis.call('HSET', key, 'state', 'running')
   became_running = 1
+end
+local owner = cjson.encode(f[4])
+for i = 7, #ARGV do
+  redis.call('PUBLISH', k('events'), '{"user":' .. owner .. ',"event":' .. ARGV[i] .. '}')
 end
 return {'ok', expires, f[3], f[4], became_running}

@@ -50,3 +50,22 @@ async def test_a_socket_without_credentials_is_refused(live_url: str) -> None:
     with pytest.raises((InvalidStatus, Exception)):
         async with connect(ws_url) as socket:
             await socket.recv()
+
+
+async def test_a_waiting_participant_hears_their_job_move_up(live_url: str) -> None:
+    ws_url = live_url.replace("http", "ws") + "/api/events"
+    async with (
+        httpx.AsyncClient(base_url=live_url) as http,
+        connect(ws_url, additional_headers=user_auth("ada")) as ada,
+    ):
+        await http.post("/api/jobs", json={"prompt": PROMPT}, headers=user_auth("bob"))
+        mine = (await http.post("/api/jobs", json={"prompt": PROMPT}, headers=user_auth("ada"))).json()
+        assert mine["position"] == 1
+        await http.post("/api/workers/register", json=registration("w1").model_dump(), headers=GPU)
+        assert (await http.post("/api/workers/w1/claim", headers=GPU)).json()["job"]["user"] == "bob"
+        places = []
+        while 0 not in places:
+            event = await next_event(ada)
+            if event["type"] == "position":
+                places.append(event["data"]["position"])
+        assert event["job_id"] == mine["id"]

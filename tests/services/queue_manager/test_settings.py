@@ -65,3 +65,10 @@ def test_passwords_are_kept_only_hashed() -> None:
     settings = Settings(env="development", participants={"ada": "secret-pw"})
     auth = Authenticator(settings)
     assert "secret-pw" not in repr(vars(auth.participants))
+
+
+def test_participant_names_that_cannot_be_keys_or_urls_are_refused() -> None:
+    with pytest.raises(ValidationError, match="participant names"):
+        Settings(env="development", participants={"ada lovelace": "pw"})
+    with pytest.raises(ValidationError, match="admin"):
+        Settings(env="development", participants={"admin": "pw"})
