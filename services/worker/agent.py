@@ -28,7 +28,7 @@ from services.worker.models import ensure_models
 from services.worker.queue_client import LeaseLostError, QueueClient
 from services.worker.runner import JobRunner, Outcome
 from services.worker.settings import WorkerSettings
-from services.worker.supervisor import AttachedComfy, ComfyProcess
+from services.worker.supervisor import AttachedComfy, ComfyNotReadyError, ComfyProcess
 
 log = logging.getLogger(__name__)
 WARMUP = {
@@ -66,7 +66,13 @@ class Agent:
             self.models = await ensure_models(self.settings)
         await self.comfy_server.start(self.comfy, self.settings.ready_timeout)
         self.events.start()
-        await asyncio.wait_for(self.events.connected.wait(), timeout=self.settings.ready_timeout)
+        try:
+            await asyncio.wait_for(self.events.connected.wait(), timeout=self.settings.ready_timeout)
+        except TimeoutError as exc:
+            raise ComfyNotReadyError(
+                f"ComfyUI answers HTTP but its WebSocket {self.events.url} does not: is a proxy in between "
+                "dropping upgrades?"
+            ) from exc
         if self.settings.warmup:
             await self.warmup()
         self.catalogue = await self.comfy.object_info()
