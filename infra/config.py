@@ -117,6 +117,9 @@ class TailscaleConfig(Model):
     gpu_tag: TailscaleTag = "tag:comfy-gpu"
     tag_owners: list[str] = Field(default_factory=lambda: ["autogroup:admin"], min_length=1)
     manage_policy: bool = Field(default=True, description="the policy resource replaces the whole file")
+    ssh_from: list[str] = Field(
+        default_factory=list, description="more tailnet sources allowed to SSH to the VPS, e.g. tag:ci"
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> TailscaleConfig:

@@ -20,17 +20,23 @@ DAY = 86_400
 def tailnet_policy(config: TailscaleConfig, worker_port: int) -> dict[str, Any]:
     """The whole policy file (the `Acl` resource replaces it): tag owners and the allowed flows."""
     owners = list(config.tag_owners)
-    return {
-        "tagOwners": {config.vps_tag: owners, config.gpu_tag: owners},
-        "acls": [
-            {"action": "accept", "src": [config.gpu_tag], "dst": [f"{config.vps_tag}:{worker_port}"]},
-            {
-                "action": "accept",
-                "src": owners,
-                "dst": [f"{config.vps_tag}:22", f"{config.vps_tag}:{worker_port}", f"{config.gpu_tag}:*"],
-            },
-        ],
-    }
+    tags = [
+        config.vps_tag,
+        config.gpu_tag,
+        *(source for source in config.ssh_from if source.startswith("tag:")),
+    ]
+    acls = [
+        {"action": "accept", "src": [config.gpu_tag], "dst": [f"{config.vps_tag}:{worker_port}"]},
+        {
+            "action": "accept",
+            "src": owners,
+            "dst": [f"{config.vps_tag}:22", f"{config.vps_tag}:{worker_port}", f"{config.gpu_tag}:*"],
+        },
+    ]
+    if config.ssh_from:
+        # e.g. the deploy workflow's runner, so `pulumi up`/`destroy` can reach Docker and the drain step.
+        acls.append({"action": "accept", "src": list(config.ssh_from), "dst": [f"{config.vps_tag}:22"]})
+    return {"tagOwners": {tag: owners for tag in tags}, "acls": acls}
 
 
 class Tailnet(pulumi.ComponentResource):

@@ -142,3 +142,10 @@ def test_redis_runs_with_aof_and_a_password() -> None:
     conf = redis_conf("s3cret")
     assert "requirepass s3cret" in conf
     assert "appendonly yes" in conf
+
+
+def test_a_deploying_ci_runner_may_be_allowed_ssh_to_the_vps_and_nothing_else() -> None:
+    policy = tailnet_policy(TailscaleConfig(ssh_from=["tag:ci"]), worker_port=8081)
+    assert "tag:ci" in policy["tagOwners"]
+    ci_rules = [rule for rule in policy["acls"] if "tag:ci" in rule["src"]]
+    assert ci_rules == [{"action": "accept", "src": ["tag:ci"], "dst": ["tag:comfy-vps:22"]}]
