@@ -33,21 +33,15 @@ from services.queue_manager.store import Store
 from tests.support.push_platform import Platform, serving, simulated_worker
 from tests.support.servers import free_port, redis_server
 
-# Simulated seconds. Verda containers bill in 10-minute increments; RunPod per second.
+# Simulated seconds. Verda containers bill in 10-minute increments, RunPod per second. Assumed:
+# Verda starts billing a replica once its container runs (image pull not billed), RunPod at start.
+# Scale-down delays are what the pools configure by default (verda-serverless: 60 s).
 PROVIDERS: dict[str, dict[str, Any]] = {
-    "verda-serverless": {
-        "style": "verda",
-        "cold_start_s": 90,
-        "billing_increment_s": 600,
-        "scale_down_s": 30,
-    },
-    "runpod-serverless": {
-        "style": "runpod",
-        "cold_start_s": 20,
-        "billing_increment_s": 1,
-        "scale_down_s": 10,
-    },
-}
+    "verda-serverless": {"style": "verda", "cold_start_s": 90, "billing_increment_s": 600,
+                         "scale_down_s": 60, "bill_cold_start": False},
+    "runpod-serverless": {"style": "runpod", "cold_start_s": 20, "billing_increment_s": 1,
+                          "scale_down_s": 60, "bill_cold_start": True},
+}  # fmt: skip
 POOL = "burst"
 PROMPT = {"3": {"class_type": "KSampler", "inputs": {"seed": 1}}}
 
@@ -60,11 +54,17 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--jobs-each", type=int, default=15)
     parser.add_argument("--job-minutes", type=float, default=4.0)
     parser.add_argument("--compression", type=float, default=30.0, help="simulated seconds per real second")
+    parser.add_argument("--cold-start-s", type=float, help="override the provider's cold start")
+    parser.add_argument("--scale-down-s", type=float, help="override the pool's scale-down delay")
+    parser.add_argument("--bill-cold-start", action=argparse.BooleanOptionalAction, default=None)
     return parser.parse_args()
 
 
 def platform_for(args: argparse.Namespace) -> Platform:
-    model, sim = PROVIDERS[args.provider], 1.0 / args.compression
+    model, sim = dict(PROVIDERS[args.provider]), 1.0 / args.compression
+    overrides = {"cold_start_s": args.cold_start_s, "scale_down_s": args.scale_down_s,
+                 "bill_cold_start": args.bill_cold_start}  # fmt: skip
+    model.update({key: value for key, value in overrides.items() if value is not None})
     job_s = args.job_minutes * 60 * sim
     return Platform(
         runner=simulated_worker(job_s, heartbeat_seconds=1.0),
@@ -72,6 +72,7 @@ def platform_for(args: argparse.Namespace) -> Platform:
         cold_start_s=model["cold_start_s"] * sim,
         idle_timeout_s=model["scale_down_s"] * sim,
         billing_increment_s=model["billing_increment_s"] * sim,
+        bill_cold_start=model["bill_cold_start"],
     )
 
 

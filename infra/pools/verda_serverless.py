@@ -55,7 +55,8 @@ class VerdaServerlessConfig(PoolConfigBase, ReplicaRange):
     spot: bool = False
     location: str = "FIN-03"
     concurrent_requests_per_replica: int = Field(default=1, ge=1, le=8)
-    scale_down_delay_seconds: int = Field(default=300, ge=0, le=3600)
+    # Short: containers bill in 10-minute increments, so idling past a burst mostly buys nothing.
+    scale_down_delay_seconds: int = Field(default=60, ge=0, le=3600)
     models_volume: ModelsVolume | None = None
 
     @field_validator("location")

@@ -44,6 +44,7 @@ class Request_:
 @dataclass
 class Replica:
     started: float
+    ready: float | None = None
     stopped: float | None = None
     busy_s: float = 0.0
 
@@ -55,6 +56,7 @@ class Platform:
     cold_start_s: float = 0.0
     idle_timeout_s: float = 0.5
     billing_increment_s: float = 0.0
+    bill_cold_start: bool = True
     api_key: str = "push-key"
     deployment: str = "cw-serverless"
     refuse_next: int = 0
@@ -108,6 +110,7 @@ class Platform:
         self.replicas.append(replica)
         try:
             await asyncio.sleep(self.cold_start_s)
+            replica.ready = time.monotonic()
             while True:
                 try:
                     req = await asyncio.wait_for(self._queue.get(), self.idle_timeout_s)
@@ -138,7 +141,8 @@ class Platform:
     def billed_seconds(self) -> float:
         total = 0.0
         for r in self.replicas:
-            life = (r.stopped or time.monotonic()) - r.started
+            start = r.started if self.bill_cold_start else (r.ready or r.stopped or r.started)
+            life = (r.stopped or time.monotonic()) - start
             step = self.billing_increment_s
             total += -(-life // step) * step if step > 0 else life
         return total
@@ -231,11 +235,12 @@ def simulated_worker(
         started = await http.post(f"{base}/events", json={"token": token, "events": [start]}, headers=headers)
         if started.status_code == 409:
             return False
-        while (left := deadline - time.monotonic()) > 0:
-            await asyncio.sleep(min(left, heartbeat_seconds))
+        while (left := deadline - time.monotonic()) > heartbeat_seconds:
+            await asyncio.sleep(heartbeat_seconds)
             beat = await http.post(f"{base}/heartbeat", json={"token": token}, headers=headers)
             if beat.status_code == 409 or beat.json().get("cancel"):
                 return False
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
         if lease["job"]["user"] in fail_users:
             error = {"type": "OOM", "message": "out of memory", "retryable": False}
             await http.post(f"{base}/fail", json={"token": token, "error": error}, headers=headers)

@@ -3,13 +3,16 @@ push dispatcher between them."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from services.protocol.jobs import Job
 from services.queue_manager.dispatch import PoolDispatcher, PushPool, dispatching
 from services.queue_manager.main import create_app
 from services.queue_manager.settings import Settings
@@ -47,6 +50,16 @@ async def rig(redis_url: str, style: str, platform: Platform, **pool: Any) -> As
         store: Store = app.state.store
         async with dispatching(store, app.state.settings, [PushPool(**spec)]) as [dispatcher]:
             yield Rig(store, platform, dispatcher)
+
+
+async def finished(store: Store, job_ids: list[str], timeout: float = 15.0) -> list[Job]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = [await store.get(job_id) for job_id in job_ids]
+        if all(job is not None and job.state.finished for job in jobs):
+            return [job for job in jobs if job is not None]
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"jobs not finished: {[(j.id, j.state) for j in jobs if j]}")
 
 
 @pytest.fixture

@@ -12,23 +12,13 @@ import pytest
 from services.protocol.jobs import Job, JobState, JobSubmit
 from services.queue_manager.dispatch import push_pools_from_env
 from services.queue_manager.store import Store
-from tests.services.dispatch.conftest import Platform, rig
+from tests.services.dispatch.conftest import Platform, finished, rig
 
 PROMPT = {"1": {"class_type": "KSampler", "inputs": {}}}
 
 
 async def submit(store: Store, user: str) -> Job:
     return await store.submit(user, JobSubmit.model_validate({"prompt": PROMPT}))
-
-
-async def finished(store: Store, job_ids: list[str], timeout: float = 15.0) -> list[Job]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        jobs = [await store.get(job_id) for job_id in job_ids]
-        if all(job is not None and job.state.finished for job in jobs):
-            return [job for job in jobs if job is not None]
-        await asyncio.sleep(0.02)
-    raise TimeoutError(f"jobs not finished: {[(j.id, j.state) for j in jobs if j]}")
 
 
 @pytest.mark.parametrize("style", ["runpod", "verda"])
