@@ -128,9 +128,9 @@ def test_the_queue_manager_image_is_built_on_the_vps_from_images(workshop: Stack
     image = workshop.one("docker:index/remoteImage:RemoteImage", "platform-queue-manager-image")
     assert image.inputs["build"]["dockerfile"] == "images/queue-manager/Dockerfile"
     assert image.inputs["name"].startswith("comfy-workshop/queue-manager:")
-    assert (
-        image.inputs["triggers"]["context"] in image.inputs["name"]
-        or len(image.inputs["triggers"]["context"]) == 64
+    digest = image.inputs["triggers"]["context"]
+    assert image.inputs["name"] == f"comfy-workshop/queue-manager:{digest[:16]}", (
+        "the tag is the sources' hash"
     )
     provider = workshop.one("pulumi:providers:docker", "docker-provider")
     assert image.provider.startswith(provider.urn)
