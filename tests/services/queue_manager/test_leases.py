@@ -125,3 +125,14 @@ async def test_a_long_polling_claim_wakes_as_soon_as_a_job_is_queued(
 
 async def test_a_claim_with_nothing_to_do_returns_nothing_after_its_wait(store: Store) -> None:
     assert await store.claim("w1", "gpu", wait=0.2) is None
+
+
+async def test_a_finished_job_expires_after_the_retention_but_a_waiting_one_never_does(store: Store) -> None:
+    done = await store.submit("ada", job())
+    waiting = await store.submit("bob", job())
+    lease = await store.claim("w1", "gpu")
+    assert lease is not None
+    await store.complete(done.id, Completion(token=lease.token))
+    retention_ms = store.settings.retention_hours * 3600 * 1000
+    assert 0.99 * retention_ms < await store.redis.pttl(store.keys.job(done.id)) <= retention_ms
+    assert await store.redis.pttl(store.keys.job(waiting.id)) == -1
