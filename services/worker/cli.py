@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 
 import typer
@@ -59,7 +60,16 @@ def serve_push() -> None:
     from services.worker.push import verda_app
 
     settings = _settings()
-    uvicorn.run(verda_app(settings), host="0.0.0.0", port=settings.push_port, log_level="info")
+    # uvicorn finishes the running request (the job) within the grace period, else cancels it, which
+    # releases the lease; it then re-raises SIGTERM to the handler below, so the container exits 0.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    uvicorn.run(
+        verda_app(settings),
+        host="0.0.0.0",
+        port=settings.push_port,
+        log_level="info",
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+    )
 
 
 @app.command()

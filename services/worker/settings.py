@@ -98,6 +98,9 @@ class WorkerSettings(BaseSettings):
         description="WORKER_RETRY_SECONDS: how long calls to the queue manager are retried",
     )
     push_port: int = Field(default=8080, description="WORKER_PUSH_PORT: port of the push HTTP handler")
+    push_host: str = Field(
+        default="0.0.0.0", description="WORKER_PUSH_HOST: address the push HTTP handler listens on"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> WorkerSettings:

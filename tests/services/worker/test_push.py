@@ -3,6 +3,10 @@ and report it to the real queue manager named in the lease."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from services.worker.queue_client import QueueClient
 from tests.doubles.comfyui import ComfyUIDouble
 from tests.services.worker.conftest import QueueManagerServer, finished, graph, submit, worker_settings
 from tests.support.queue_manager_app import POOL, POOL_TOKEN
+from tests.support.servers import free_port, wait_until
 
 
 async def lease_for(qm: QueueManagerServer, alice: httpx.AsyncClient, color: int) -> Lease:
@@ -78,3 +83,28 @@ async def test_the_runpod_handler_takes_the_lease_from_the_event_input(
     finally:
         await agent.stop()
     assert (await finished(alice, lease.job.id)).state == JobState.SUCCEEDED
+
+
+def test_the_push_container_reports_healthy_and_exits_0_on_sigterm(
+    comfy: ComfyUIDouble, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "WORKER_COMFYUI_URL": comfy.url,
+        "WORKER_PUSH_HOST": "127.0.0.1",
+        "WORKER_PUSH_PORT": str(port),
+        "WORKER_DATA_DIR": str(tmp_path),
+        "WORKER_STORAGE_URL": f"file://{tmp_path}",
+    }
+    process = subprocess.Popen([sys.executable, "-m", "services.worker", "serve-push"], env=env)
+    try:
+        wait_until(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/health").json()["ready"],
+            timeout=30,
+            what="push handler ready",
+        )
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        process.kill()
