@@ -65,7 +65,7 @@ def serve_push() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         verda_app(settings),
-        host="0.0.0.0",
+        host=settings.push_host,
         port=settings.push_port,
         log_level="info",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
