@@ -77,6 +77,7 @@ async def upload_mask(
 
 
 @router.get("/api/view")
+@router.get("/api/viewvideo")
 async def view(request: Request, files: UserFilesDep) -> Response:
     """A file of the participant: ``filename`` (``"x.png [output]"`` allowed), ``subfolder``, ``type``."""
     query = request.query_params

@@ -112,9 +112,11 @@ async def read_userdata(request: Request, data: UserDataDep) -> Response:
         body = await data.read(path)
     except UserDataError as exc:
         return problem(exc)
+    css = path == "user.css"
+    if body is None and css:
+        return Response("", media_type="text/css")  # the page always asks for it; none is fine
     if body is None:
         return Response(f"no file {path!r}", status_code=404)
-    css = path == "user.css"
     headers = {"X-Content-Type-Options": "nosniff", "Content-Disposition": "inline" if css else "attachment"}
     media = (
         "text/css" if css else ("application/json" if path.endswith(".json") else "application/octet-stream")

@@ -12,6 +12,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 MAX_SETTING_BYTES = 1024 * 1024
+# No workflow templates are installed on the queue manager, so ComfyUI's first-visit template
+# gallery would open empty: a new participant starts on the default graph instead.
+DEFAULTS: dict[str, Any] = {"Comfy.TutorialCompleted": True}
 
 
 class SettingsError(ValueError):
@@ -25,11 +28,11 @@ class UserSettings:
 
     async def all(self) -> dict[str, Any]:
         raw = await self._redis.hgetall(self._key)
-        return {_text(k): json.loads(v) for k, v in raw.items()}
+        return {**DEFAULTS, **{_text(k): json.loads(v) for k, v in raw.items()}}
 
     async def get(self, setting: str) -> Any:
         raw = await self._redis.hget(self._key, setting)
-        return json.loads(raw) if raw is not None else None
+        return json.loads(raw) if raw is not None else DEFAULTS.get(setting)
 
     async def update(self, values: dict[str, Any]) -> None:
         if not values:

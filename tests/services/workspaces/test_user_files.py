@@ -48,8 +48,8 @@ def test_no_participant_sees_anothers_workflows_or_settings(alice: httpx.Client,
     assert bob.get("/w/bob/api/userdata", params={"dir": "workflows"}).status_code == 404
     assert bob.get("/w/bob/api/userdata/workflows%2Fsecret.json").status_code == 404
     assert bob.get("/w/alice/api/userdata/workflows%2Fsecret.json").status_code == 403
-    assert bob.get("/w/bob/api/settings").json() == {}
-    assert alice.get("/w/alice/api/settings").json() == {"Comfy.ColorPalette": "light"}
+    assert "Comfy.ColorPalette" not in bob.get("/w/bob/api/settings").json()
+    assert alice.get("/w/alice/api/settings").json()["Comfy.ColorPalette"] == "light"
 
 
 def test_userdata_paths_cannot_leave_the_participants_folder(alice: httpx.Client) -> None:
@@ -113,3 +113,15 @@ def test_a_graph_naming_an_upload_carries_it_to_the_worker(alice: httpx.Client, 
     job_id = alice.post("/w/alice/api/prompt", json={"prompt": graph, "client_id": "c"}).json()["prompt_id"]
     inputs = alice.get(f"/api/jobs/{job_id}").json()["inputs"]
     assert inputs == [{"filename": "cat.png", "subfolder": "", "type": "input"}]
+
+
+def test_a_new_participant_skips_the_empty_template_gallery(bob: httpx.Client) -> None:
+    assert bob.get("/w/bob/api/settings").json() == {"Comfy.TutorialCompleted": True}
+    assert bob.get("/w/bob/api/settings/Comfy.TutorialCompleted").json() is True
+
+
+def test_user_css_is_empty_until_the_participant_saves_one(alice: httpx.Client) -> None:
+    assert alice.get("/w/alice/api/userdata/user.css").text == ""
+    save(alice, "alice", "user.css", b"body { color: red }")
+    styled = alice.get("/w/alice/api/userdata/user.css")
+    assert styled.text == "body { color: red }" and styled.headers["content-type"].startswith("text/css")
