@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from services.protocol.jobs import JobError, JobState
-from services.protocol.workers import Completion, Failure, OutputFile
+from services.protocol.jobs import JobError, JobState, OutputFile
+from services.protocol.workers import Completion, Failure
 from services.queue_manager import leases
 from services.queue_manager.errors import StaleLease
 from services.queue_manager.records import now_ms

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 
 from services.protocol.jobs import UI_FORMAT_HINT
@@ -57,7 +59,7 @@ async def test_an_oversize_body_is_refused_with_413_naming_the_limit(client: htt
 
 
 async def test_a_chunked_oversize_body_is_refused_too(client: httpx.AsyncClient) -> None:
-    async def chunks():  # no content-length: the limit must count the stream
+    async def chunks() -> AsyncIterator[bytes]:  # no content-length: the limit must count the stream
         for _ in range(30):
             yield b"x" * 100_000
 

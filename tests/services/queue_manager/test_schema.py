@@ -4,6 +4,7 @@ always get a 4xx (or a success), never a 5xx. Bounded: a few examples per operat
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
@@ -37,10 +38,10 @@ def credentials_for(path: str) -> dict[str, str]:
     return GPU if path.startswith(("/api/workers", "/api/leases")) else ADMIN
 
 
-def fuzz(operation: schemathesis.APIOperation) -> None:
+def fuzz(operation: schemathesis.APIOperation[Any, Any, Any, Any]) -> None:
     @given(case=operation.as_strategy())
     @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    def run(case: schemathesis.Case) -> None:
+    def run(case: schemathesis.Case[Any]) -> None:
         case.call_and_validate(headers=credentials_for(case.path), checks=[not_a_server_error], timeout=10)
 
     run()
@@ -49,7 +50,7 @@ def fuzz(operation: schemathesis.APIOperation) -> None:
 def test_no_input_makes_the_queue_manager_fail_with_a_server_error(
     api_schema: schemathesis.BaseSchema,
 ) -> None:
-    operations = [result.ok() for result in api_schema.get_all_operations()]
+    operations = [result.ok() for result in api_schema.get_all_operations()]  # type: ignore[union-attr]
     paths = {operation.path for operation in operations}
     assert {"/api/jobs", "/api/workers/{worker_id}/claim", "/api/leases/{job_id}/complete"} <= paths
     for operation in operations:
