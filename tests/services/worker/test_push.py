@@ -3,6 +3,8 @@ and report it to the real queue manager named in the lease."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,6 +25,7 @@ from services.worker.push import verda_app
 from services.worker.queue_client import QueueClient
 from tests.doubles.comfyui import ComfyUIDouble
 from tests.services.worker.conftest import QueueManagerServer, finished, graph, submit, worker_settings
+from tests.services.worker.test_pull_jobs import until
 from tests.support.queue_manager_app import POOL, POOL_TOKEN
 from tests.support.servers import free_port, wait_until
 
@@ -108,3 +111,45 @@ def test_the_push_container_reports_healthy_and_exits_0_on_sigterm(
         assert process.wait(timeout=20) == 0
     finally:
         process.kill()
+
+
+async def test_sigterm_during_a_pushed_job_longer_than_the_grace_releases_it(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "WORKER_COMFYUI_URL": comfy.url,
+        "WORKER_PUSH_HOST": "127.0.0.1",
+        "WORKER_PUSH_PORT": str(port),
+        "WORKER_DATA_DIR": str(tmp_path),
+        "WORKER_WARMUP": "false",
+        "WORKER_STORAGE_URL": f"file://{tmp_path}",
+        "WORKER_SHUTDOWN_GRACE_SECONDS": "1",
+    }
+    process = subprocess.Popen([sys.executable, "-m", "services.worker", "serve-push"], env=env)
+    try:
+        wait_until(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/health").json()["ready"],
+            timeout=30,
+            what="push handler ready",
+        )
+        comfy.knobs.node_seconds, comfy.knobs.progress_steps = 30.0, 300
+        lease = await lease_for(qm, alice, color=23)
+        async with httpx.AsyncClient(timeout=60) as dispatcher:
+            request = asyncio.create_task(
+                dispatcher.post(
+                    f"http://127.0.0.1:{port}/lease",
+                    content=lease.model_dump_json(),
+                    headers={"Content-Type": "application/json"},
+                )
+            )
+            await until(lambda: comfy.state.running is not None, "pushed job running")
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(process.wait, 30) == 0
+            with contextlib.suppress(httpx.HTTPError):
+                await request
+    finally:
+        process.kill()
+    assert (await alice.get(f"/api/jobs/{lease.job.id}")).json()["state"] == JobState.QUEUED
+    await until(lambda: lease.job.id in comfy.state.history, "ComfyUI told to stop the released job")
