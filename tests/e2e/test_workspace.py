@@ -115,3 +115,24 @@ async def test_a_queued_workflow_runs_on_a_worker_and_only_its_owner_sees_it(
             await theirs.screenshot(path=artifacts_dir / "workspace-second-participant.png")
             await other.close()
             await context.close()
+
+
+async def test_cancel_current_run_interrupts_the_job_on_the_worker(
+    browser: Browser, server: LiveServer, tmp_path: Path
+) -> None:
+    with ComfyUIDouble(tmp_path / "comfy") as comfy:
+        comfy.knobs.progress_steps, comfy.knobs.node_seconds = 20, 3.0
+        settings = worker_settings(comfy, server.url, tmp_path, storage_url=f"file://{tmp_path}/files")
+        async with pull_worker(settings):
+            log: list[SocketLog] = []
+            context, page = await logged_in_page(browser, server, "alice", lambda p: log.append(SocketLog(p)))
+            await page.evaluate("graph => window.app.loadApiJson(graph, 'long')", GRAPH)
+            await page.locator("button:has-text('Run')").first.click()
+            await until(page, lambda: log[0].of_type("progress"), "the job to run")
+            await page.get_by_role("button", name="Cancel current run").click()
+            await until(page, lambda: log[0].of_type("execution_interrupted"), "the interruption", 20_000)
+            job_id = log[0].of_type("execution_interrupted")[0]["data"]["prompt_id"]
+            reply = await page.request.get(f"{server.url}/w/alice/api/history/{job_id}")
+            assert (await reply.json())[job_id]["status"]["status_str"] == "error"
+            assert not log[0].of_type("execution_success")
+            await context.close()
