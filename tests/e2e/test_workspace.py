@@ -84,6 +84,10 @@ async def test_a_queued_workflow_runs_on_a_worker_and_only_its_owner_sees_it(
         async with pull_worker(settings):
             log: list[SocketLog] = []
             context, page = await logged_in_page(browser, server, "alice", lambda p: log.append(SocketLog(p)))
+            known = await page.evaluate("Object.keys(window.LiteGraph.registered_node_types)")
+            assert {"EmptyImage", "ImageInvert", "SaveImage"} <= set(known), (
+                "the worker's catalogue is missing"
+            )
             await page.evaluate("graph => window.app.loadApiJson(graph, 'e2e')", GRAPH)
             await page.locator("button:has-text('Run')").first.click()
             await until(page, lambda: log[0].of_type("execution_success"), "the job's execution_success")

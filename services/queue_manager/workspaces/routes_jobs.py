@@ -55,11 +55,18 @@ def remaining(jobs: list[Job]) -> int:
     return sum(1 for job in jobs if not job.state.finished)
 
 
-async def read_json(request: Request) -> Any:
+async def read_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object; ``{}`` for an empty, malformed or non-object body."""
     try:
-        return json.loads(await request.body() or b"{}")
-    except json.JSONDecodeError as exc:
-        return {"__invalid__": exc.msg}
+        body = json.loads(await request.body() or b"{}")
+    except json.JSONDecodeError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def ids(value: Any) -> set[str]:
+    """``delete`` lists as ComfyUI takes them: a list of ids (anything else deletes nothing)."""
+    return {str(item) for item in value} if isinstance(value, list) else set()
 
 
 @router.get("/api/prompt")
@@ -71,8 +78,8 @@ async def queue_status(ctx: Context, user: Participant) -> dict[str, Any]:
 @router.post("/api/prompt")
 async def queue_prompt(request: Request, ctx: Context, user: Participant, files: UserFilesDep) -> Response:
     """Check the API-format graph against the workers' nodes and put it on the shared queue."""
-    body = await read_json(request)
-    if not isinstance(body, dict) or "__invalid__" in body or not body.get("prompt"):
+    body = await read_object(request)
+    if not body.get("prompt"):
         return JSONResponse(comfy_format.prompt_error("no_prompt", "No prompt provided"), status_code=400)
     try:
         catalogue = await ctx.catalogue.current()
@@ -107,18 +114,17 @@ async def queue(ctx: Context, user: Participant) -> dict[str, Any]:
 @router.post("/api/queue")
 async def edit_queue(request: Request, ctx: Context, user: Participant) -> Response:
     """``{"delete": [ids]}`` cancels those of the participant's queued jobs; ``{"clear": true}`` all."""
-    body = await read_json(request)
+    body = await read_object(request)
     jobs = await ctx.store.list_jobs(user)
     queued = {job.id for job in jobs if job.state is JobState.QUEUED}
-    await cancel_own(ctx, user, queued if body.get("clear") else queued & set(body.get("delete") or []))
+    await cancel_own(ctx, user, queued if body.get("clear") else queued & ids(body.get("delete")))
     return Response(status_code=200)
 
 
 @router.post("/api/interrupt")
 async def interrupt(request: Request, ctx: Context, user: Participant) -> Response:
     """Cancel the participant's running job (the given ``prompt_id``, or all of theirs that run)."""
-    body = await read_json(request)
-    wanted = body.get("prompt_id") if isinstance(body, dict) else None
+    wanted = (await read_object(request)).get("prompt_id")
     running = {
         j.id for j in await ctx.store.list_jobs(user) if j.state in (JobState.LEASED, JobState.RUNNING)
     }
@@ -150,9 +156,9 @@ async def history_of(prompt_id: str, ctx: Context, user: Participant) -> dict[st
 
 @router.post("/api/history")
 async def edit_history(request: Request, ctx: Context, user: Participant) -> Response:
-    body = await read_json(request)
+    body = await read_object(request)
     finished = {job.id for job in await ctx.store.list_jobs(user) if job.state.finished}
-    targets = finished if body.get("clear") else finished & set(body.get("delete") or [])
+    targets = finished if body.get("clear") else finished & ids(body.get("delete"))
     if targets:
         await ctx.redis.sadd(hidden_key(ctx, user), *targets)
     return Response(status_code=200)

@@ -121,3 +121,14 @@ def test_account_tokens_in_extra_data_are_not_kept(alice: httpx.Client, worker: 
     body = {"prompt": GRAPH, "client_id": "c", "extra_data": {"api_key_comfy_org": "secret-key"}}
     job_id = alice.post("/w/alice/api/prompt", json=body).json()["prompt_id"]
     assert "api_key_comfy_org" not in alice.get(f"/api/jobs/{job_id}").json()["extra_data"]
+
+
+def test_malformed_queue_edits_change_nothing_and_do_not_fail(
+    alice: httpx.Client, worker: httpx.Client
+) -> None:
+    job_id = queue_prompt(alice, "alice").json()["prompt_id"]
+    for body in (b"[1, 2]", b"not json", b'{"delete": "' + job_id.encode() + b'"}'):
+        for route in ("queue", "history", "interrupt"):
+            assert alice.post(f"/w/alice/api/{route}", content=body).status_code == 200
+    assert alice.get(f"/api/jobs/{job_id}").json()["state"] == "queued"
+    assert alice.post("/w/alice/api/prompt", content=b"[]").json()["error"]["type"] == "no_prompt"
