@@ -215,47 +215,49 @@ class JobRunner:
         cancel: asyncio.Event,
         death: asyncio.Event,
     ) -> Ending:
-        timeout, cancelling = self.silence, False
-        while True:
-            event = await self._next(queue, death, None if cancelling else cancel, timeout)
-            if event == "died":
-                return lost("ComfyUI exited while running the job")
-            if event == "cancel":
-                cancelling = True
-                if await self._cancel(job_id):
-                    return Ending("cancelled", error=CANCELLED)
-            elif event == "silent":
-                timeout = self.poll
-                if ending := await self._check(job_id):
-                    return ending
-            elif isinstance(event, tuple):
-                timeout = self.silence
-                if ending := follower.handle(*event):
-                    return ending
+        signals: dict[asyncio.Future[Any], str] = {
+            asyncio.ensure_future(death.wait()): "died",
+            asyncio.ensure_future(cancel.wait()): "cancel",
+        }
+        timeout = self.silence
+        try:
+            while True:
+                event = await self._next(queue, signals, timeout)
+                if event == "died":
+                    return lost("ComfyUI exited while running the job")
+                if event == "cancel":
+                    signals = {task: name for task, name in signals.items() if name != "cancel"}
+                    if await self._cancel(job_id):
+                        return Ending("cancelled", error=CANCELLED)
+                elif event == "silent":
+                    timeout = self.poll
+                    if ending := await self._check(job_id):
+                        return ending
+                elif isinstance(event, tuple):
+                    timeout = self.silence
+                    if ending := follower.handle(*event):
+                        return ending
+        finally:
+            for task in signals:
+                task.cancel()
 
+    @staticmethod
     async def _next(
-        self, queue: asyncio.Queue[Event], death: asyncio.Event, cancel: asyncio.Event | None, wait: float
+        queue: asyncio.Queue[Event], signals: dict[asyncio.Future[Any], str], wait: float
     ) -> Event | str:
-        if death.is_set():
-            return "died"
-        if cancel is not None and cancel.is_set():
-            return "cancel"
+        """The next socket event, or which of ``signals`` fired, or ``silent`` after ``wait`` seconds."""
+        for task, name in signals.items():
+            if task.done():
+                return name
         if not queue.empty():
             return queue.get_nowait()
-        waiters: dict[asyncio.Future[Any], str] = {
-            asyncio.ensure_future(queue.get()): "event",
-            asyncio.ensure_future(death.wait()): "died",
-        }
-        if cancel is not None:
-            waiters[asyncio.ensure_future(cancel.wait())] = "cancel"
-        done, pending = await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        for task in done:
-            if waiters[task] == "event":
-                result: Event = task.result()
-                return result
-        return waiters[next(iter(done))] if done else "silent"
+        getter = asyncio.ensure_future(queue.get())
+        done, _ = await asyncio.wait({getter, *signals}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            result: Event = getter.result()
+            return result
+        getter.cancel()
+        return next((signals[task] for task in done), "silent")
 
     async def _check(self, job_id: str) -> Ending | None:
         """The silent-socket fallback: ask ``/history``, and ``/queue`` whether ComfyUI still knows it."""
