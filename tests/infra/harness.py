@@ -11,6 +11,7 @@ secrets out (`without={"hcloud:token"}`) to check how the program reacts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ TEST_SECRETS = {
     "comfy-workshop:verdaClientSecret": "test-verda-secret",
     "comfy-workshop:runpodApiKey": "test-runpod-key",
     "comfy-workshop:registryPassword": "test-registry-token",
+    "comfy-workshop:verdaInferenceKey": "test-verda-inference-key",
 }
 ENV_SECRETS = (
     "CLOUDFLARE_API_TOKEN",
@@ -196,15 +198,15 @@ class Recorder(mocks.Mocks):
     def __init__(self, vault: dict[str, Any]) -> None:
         self.vault = vault
         self.invokes: list[tuple[str, dict[str, Any]]] = []
-        self.count = 0
 
     def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         if args.typ == "pulumi:pulumi:StackReference":
             state = {"name": args.name, "outputs": self.vault, "secretOutputNames": VAULT_SECRET_OUTPUTS}
             return args.resource_id or args.name, state
-        self.count += 1
-        # Hetzner ids are integers, and the program converts them (`firewall_ids` takes ints).
-        resource_id = str(1000 + self.count) if args.typ.startswith("hcloud:") else f"{args.name}-id"
+        # Hetzner ids are integers (the program converts them: `firewall_ids` takes ints); derived from
+        # the name, so the same resource has the same id in every run, whatever else is declared.
+        numeric = str(int(hashlib.sha256(args.name.encode()).hexdigest()[:8], 16))
+        resource_id = numeric if args.typ.startswith("hcloud:") else f"{args.name}-id"
         return resource_id, {**args.inputs, **OUTPUTS.get(args.typ, {})}
 
     def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
