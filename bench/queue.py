@@ -21,6 +21,7 @@ import asyncio
 import base64
 import json
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -166,6 +167,9 @@ def main() -> None:
         server = QueueManagerProcess(env, log_path=Path(tmp) / "qm.log").start()
         try:
             result = asyncio.run(run(server.url, args.jobs, args.workers, users))
+        except Exception:
+            print((Path(tmp) / "qm.log").read_text()[-5000:], file=sys.stderr)  # why the server failed
+            raise
         finally:
             server.stop()
             redis.stop()

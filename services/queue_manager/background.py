@@ -62,9 +62,23 @@ async def position_loop(store: Store) -> None:
         await asyncio.sleep(POSITION_INTERVAL)
 
 
+async def check_durability(store: Store) -> None:
+    """Warn when Redis would not keep an acknowledged job across a crash."""
+    try:
+        config = await store.redis.config_get("append*")
+    except RedisError:
+        return  # CONFIG may be disabled on a managed Redis, or Redis is not up yet
+    if config.get("appendonly") != "yes" or config.get("appendfsync") != "always":
+        log.warning(
+            "Redis runs without 'appendonly yes' and 'appendfsync always': a crash can lose accepted jobs",
+            extra={"appendonly": config.get("appendonly"), "appendfsync": config.get("appendfsync")},
+        )
+
+
 @contextlib.asynccontextmanager
 async def running(store: Store) -> AsyncIterator[None]:
     """Start every background task, wait until the listeners are subscribed, stop them on exit."""
+    await check_durability(store)
     wake_ready, events_ready = asyncio.Event(), asyncio.Event()
     tasks = [
         asyncio.create_task(

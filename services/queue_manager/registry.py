@@ -27,13 +27,12 @@ class WorkerInfo(BaseModel):
 
 
 class WorkerOps(StoreBase):
-    _seen_written: dict[str, int]
-
     async def register(self, registration: WorkerRegistration) -> RegisterReply:
         """Record a worker (again, after a restart) and its node catalogue if it sent one."""
         caps = registration.capabilities
         key = self.keys.worker(registration.worker_id)
         now = now_ms()
+        self._known_workers.pop(registration.worker_id, None)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(
                 key,
@@ -63,16 +62,17 @@ class WorkerOps(StoreBase):
         )
 
     async def worker_pool(self, worker_id: str) -> str:
-        """The pool a worker registered with; refreshes its last-seen time (every few seconds:
-        each write to Redis costs an fsync, and a long-polling worker claims often)."""
+        """The pool a worker registered with; refreshes its last-seen time. Both are cached for
+        a few seconds: a long-polling worker claims often, and each Redis write costs an fsync."""
+        now = now_ms()
+        pool, checked = self._known_workers.get(worker_id, ("", 0))
+        if now - checked < SEEN_WRITE_MS:
+            return pool
         key = self.keys.worker(worker_id)
         pool = await self.redis.hget(key, "pool")
         if pool is None:
             raise UnknownWorker(worker_id)
-        now = now_ms()
-        if now - self._seen_written.get(worker_id, 0) < SEEN_WRITE_MS:
-            return str(pool)
-        self._seen_written[worker_id] = now
+        self._known_workers[worker_id] = (str(pool), now)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(key, "last_seen", now)
             pipe.expire(key, WORKER_TTL_SECONDS)

@@ -24,7 +24,7 @@ class StoreBase:
         self.scripts = Scripts.load(redis)
         self.events = EventBus(redis, self.keys.events)
         self.wakeups = wakeups or Wakeups()
-        self._seen_written: dict[str, int] = {}  # worker id -> when its last-seen was last stored
+        self._known_workers: dict[str, tuple[str, int]] = {}  # worker id -> (pool, when last stored)
 
     @property
     def prefix(self) -> str:

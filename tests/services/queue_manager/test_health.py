@@ -8,7 +8,9 @@ import logging
 import httpx
 import pytest
 
+from services.queue_manager.background import check_durability
 from services.queue_manager.logs import JsonFormatter
+from services.queue_manager.store import Store
 from tests.services.queue_manager.conftest import GPU, PROMPT, registration, user_auth
 
 
@@ -37,3 +39,18 @@ def test_log_lines_are_json_with_the_job_and_worker_ids(caplog: pytest.LogCaptur
     record.job_id, record.worker_id = "j1", "w1"
     line = json.loads(JsonFormatter().format(record))
     assert line["msg"] == "job leased" and line["job_id"] == "j1" and line["worker_id"] == "w1"
+
+
+async def test_a_redis_that_could_lose_jobs_is_reported_at_startup(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    await store.redis.config_set("appendfsync", "everysec")
+    try:
+        with caplog.at_level(logging.WARNING, logger="services.queue_manager.background"):
+            await check_durability(store)
+    finally:
+        await store.redis.config_set("appendfsync", "always")
+    assert "appendfsync always" in caplog.text
+    caplog.clear()
+    await check_durability(store)
+    assert caplog.text == ""

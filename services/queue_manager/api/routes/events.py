@@ -14,6 +14,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
 
 from services.queue_manager.api.deps import principal_of
 from services.queue_manager.auth import Authenticator
+from services.queue_manager.events import Subscription
 from services.queue_manager.store import Store
 
 router = APIRouter(tags=["events"])
@@ -37,6 +38,6 @@ async def events(websocket: WebSocket) -> None:
         sender.cancel()
 
 
-async def _forward(websocket: WebSocket, stream: object) -> None:
-    async for event in stream:  # type: ignore[attr-defined]
+async def _forward(websocket: WebSocket, stream: Subscription) -> None:
+    async for event in stream:
         await websocket.send_text(event.model_dump_json())
