@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pulumi
 import pulumi_docker as docker
+import pulumi_docker_build as docker_build
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SKIPPED_PARTS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "node_modules"}
@@ -94,20 +95,45 @@ def image_ref(source: ImageSource) -> str:
 
 
 def build_image(
-    name: str, source: ImageSource, opts: pulumi.ResourceOptions | None = None
-) -> docker.RemoteImage:
-    """Build ``source`` on the provider's daemon (local, or the VPS over SSH); no registry involved."""
-    digest = context_hash(source)
-    return docker.RemoteImage(
+    name: str,
+    source: ImageSource,
+    provider: pulumi.ProviderResource | None,
+    opts: pulumi.ResourceOptions | None = None,
+) -> pulumi.Output[str]:
+    """Build ``source`` where its containers run and return the reference a container can use.
+
+    On a remote daemon (``provider``: the VPS over SSH) the daemon builds it from the sent context;
+    cloud-init turned its containerd image store off, which that build needs. On this machine
+    (``provider`` None) BuildKit builds it and loads it into the local daemon, which works whatever
+    image store the organizer's Docker uses.
+    """
+    if provider is None:
+        return _build_here(name, source, opts)
+    image = docker.RemoteImage(
         name,
         name=image_ref(source),
         build=docker.RemoteImageBuildArgs(
-            context=str(REPO_ROOT),
-            dockerfile=source.dockerfile,
-            build_args=source.build_args,
-            platform="linux/amd64",
+            context=str(REPO_ROOT), dockerfile=source.dockerfile, build_args=source.build_args
         ),
-        triggers={"context": digest},
+        triggers={"context": context_hash(source)},
         keep_locally=True,
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=provider)),
+    )
+    return image.image_id
+
+
+def _build_here(name: str, source: ImageSource, opts: pulumi.ResourceOptions | None) -> pulumi.Output[str]:
+    ref = image_ref(source)
+    image = docker_build.Image(
+        name,
+        tags=[ref],
+        context=docker_build.BuildContextArgs(location=str(REPO_ROOT)),
+        dockerfile=docker_build.DockerfileArgs(location=str(REPO_ROOT / source.dockerfile)),
+        build_args=source.build_args,
+        push=False,
+        load=True,
+        build_on_preview=False,
         opts=opts,
     )
+    # The tag is known before the build; going through the image's id makes containers wait for it.
+    return image.id.apply(lambda _: ref)

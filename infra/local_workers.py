@@ -57,7 +57,7 @@ def local_worker_containers(
 ) -> list[docker.Container]:
     """Build the worker image on the pool's daemon and start ``spec.count`` containers from it."""
     on_daemon = pulumi.ResourceOptions(parent=parent, provider=ctx.docker_provider)
-    image = build_image(f"{spec.pool}-image", worker_source(spec.variant), on_daemon)
+    image = build_image(f"{spec.pool}-image", worker_source(spec.variant), ctx.docker_provider, on_daemon)
     networks = [docker.ContainerNetworksAdvancedArgs(name=ctx.docker_network)] if ctx.docker_network else None
     manifest = ctx.extra.get("models_manifest")
     uploads = [docker.ContainerUploadArgs(file=MANIFEST_FILE, content=manifest)] if manifest else None
@@ -65,7 +65,7 @@ def local_worker_containers(
         docker.Container(
             f"{spec.pool}-worker-{index}",
             name=f"comfy-{ctx.stack}-{spec.pool}-{index}",
-            image=image.image_id,
+            image=image,
             envs=worker_env(spec, ctx, index),
             networks_advanced=networks,
             volumes=_volumes(ctx),

@@ -47,6 +47,8 @@ class PlatformArgs:
     keep_volumes: bool = False
     # On the VPS: the containers go with the server, so destroying needs no SSH to Docker.
     deleted_with: pulumi.Resource | None = None
+    # The daemon the containers run on (None: this machine's); images are built for it.
+    docker_provider: pulumi.ProviderResource | None = None
     nginx_uploads: dict[str, pulumi.Input[str]] = field(default_factory=dict)
 
 
@@ -147,7 +149,9 @@ class Platform(pulumi.ComponentResource):
         return docker.Container(
             f"{name}-queue-manager",
             name=self.queue_manager_name,
-            image=build_image(f"{name}-queue-manager-image", QUEUE_MANAGER, self.child).image_id,
+            image=build_image(
+                f"{name}-queue-manager-image", QUEUE_MANAGER, self.args.docker_provider, self.child
+            ),
             envs=env_list(settings),
             uploads=[
                 docker.ContainerUploadArgs(

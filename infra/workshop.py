@@ -135,6 +135,7 @@ def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
             participants_json=secret(vault.participant_passwords.apply(json.dumps)),
             tls=(vault.origin_certificate, vault.origin_private_key),
             deleted_with=vps.server,
+            docker_provider=remote.provider,
         ),
         on_vps,
     )

@@ -18,7 +18,7 @@ def local() -> StackRun:
 
 def test_nothing_needs_a_cloud_account_or_tailscale(local: StackRun) -> None:
     providers = {t.split(":")[0] for t in local.types()}
-    assert providers <= {"docker", "random", "command", "comfy-workshop"}, providers
+    assert providers <= {"docker", "docker-build", "random", "command", "comfy-workshop"}, providers
 
 
 def test_nginx_is_reachable_on_localhost_only(local: StackRun) -> None:
@@ -35,9 +35,18 @@ def test_a_cpu_worker_claims_jobs_on_the_private_network(local: StackRun) -> Non
     assert env["WORKER_DEVICE"] == "cpu" and env["WORKER_POOL"] == "cpu"
     assert env["WORKER_TOKEN"] == "generated-password" and "envs" in worker.secret_inputs
     assert env["WORKER_STORAGE_URL"] == "file:///var/lib/comfy-workshop/files"
-    image = local.one("docker:index/remoteImage:RemoteImage", "cpu-image").inputs
-    assert image["build"]["dockerfile"] == "images/worker/Dockerfile"
-    assert image["build"]["buildArgs"] == {"VARIANT": "cpu"}
+    # Built by BuildKit here and loaded into the local daemon (works with either image store).
+    image = local.one("docker-build:index:Image", "cpu-image").inputs
+    assert image["dockerfile"]["location"].endswith("/images/worker/Dockerfile")
+    assert (image["buildArgs"], image["load"], image["push"]) == ({"VARIANT": "cpu"}, True, False)
+    assert worker.inputs["image"] == image["tags"][0]
+
+
+def test_the_queue_manager_image_is_built_from_images_and_tagged_by_its_sources(local: StackRun) -> None:
+    image = local.one("docker-build:index:Image", "platform-queue-manager-image").inputs
+    assert image["dockerfile"]["location"].endswith("/images/queue-manager/Dockerfile")
+    assert image["tags"][0].startswith("comfy-workshop/queue-manager:")
+    assert local.one(CONTAINER, "platform-queue-manager").inputs["image"] == image["tags"][0]
 
 
 def test_user_files_and_redis_data_survive_a_destroy(local: StackRun) -> None:
