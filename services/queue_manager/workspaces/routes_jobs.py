@@ -85,7 +85,7 @@ async def queue_prompt(request: Request, ctx: Context, user: Participant, files:
         catalogue = await ctx.catalogue.current()
         check_against(body["prompt"], catalogue.nodes)
         body["inputs"] = referenced_inputs(body["prompt"], set(await files.inputs()))
-        body["extra_data"] = _kept_extra(body.get("extra_data"))
+        body["extra_data"] = _kept_extra(body.get("extra_data"), body.get("partial_execution_targets"))
         job = await ctx.store.submit(user, JobSubmit.model_validate(body))
     except PromptProblem as exc:
         error = comfy_format.prompt_error(exc.kind, exc.message, exc.node_errors)
@@ -99,11 +99,17 @@ async def queue_prompt(request: Request, ctx: Context, user: Participant, files:
     return JSONResponse({"prompt_id": job.id, "number": number, "node_errors": {}})
 
 
-def _kept_extra(extra: Any) -> dict[str, Any]:
-    """``extra_data`` without the participant's Comfy account tokens, which must never be stored."""
-    if not isinstance(extra, dict):
-        return {}
-    return {k: v for k, v in extra.items() if k not in comfy_format.DROPPED_EXTRA and v is not None}
+def _kept_extra(extra: Any, targets: Any) -> dict[str, Any]:
+    """``extra_data`` without the participant's Comfy account tokens, which must never be stored.
+
+    "Run selected nodes" (``partial_execution_targets``) travels in ``extra_data`` under that key:
+    the worker hands it to its ComfyUI's ``POST /prompt`` at the top level, where ComfyUI reads it.
+    """
+    given = extra if isinstance(extra, dict) else {}
+    kept = {k: v for k, v in given.items() if k not in comfy_format.DROPPED_EXTRA and v is not None}
+    if isinstance(targets, list) and targets:
+        kept["partial_execution_targets"] = [str(t) for t in targets]
+    return kept
 
 
 @router.get("/api/queue")

@@ -117,10 +117,14 @@ def test_history_shows_your_finished_jobs_outputs_and_hides_them_on_request(
     assert alice.get("/w/alice/api/history").json() == {}
 
 
-def test_account_tokens_in_extra_data_are_not_kept(alice: httpx.Client, worker: httpx.Client) -> None:
-    body = {"prompt": GRAPH, "client_id": "c", "extra_data": {"api_key_comfy_org": "secret-key"}}
+def test_account_tokens_are_not_kept_and_run_selected_nodes_is(
+    alice: httpx.Client, worker: httpx.Client
+) -> None:
+    extra = {"api_key_comfy_org": "secret-key", "extra_pnginfo": {"workflow": {}}}
+    body = {"prompt": GRAPH, "client_id": "c", "extra_data": extra, "partial_execution_targets": ["3"]}
     job_id = alice.post("/w/alice/api/prompt", json=body).json()["prompt_id"]
-    assert "api_key_comfy_org" not in alice.get(f"/api/jobs/{job_id}").json()["extra_data"]
+    kept = alice.get(f"/api/jobs/{job_id}").json()["extra_data"]
+    assert "api_key_comfy_org" not in kept and kept["partial_execution_targets"] == ["3"]
 
 
 def test_malformed_queue_edits_change_nothing_and_do_not_fail(
