@@ -27,25 +27,26 @@ THREE_POOLS = [
 RUNS = 3
 
 
-def measure(label: str, stack: str, **kwargs: Any) -> dict[str, Any]:
+def measure(label: str, stack: str, runs: int, **kwargs: Any) -> dict[str, Any]:
     timings = []
-    for _ in range(RUNS):
+    for _ in range(runs):
         started = time.perf_counter()
         run = run_stack(stack, **kwargs)
         timings.append(time.perf_counter() - started)
     return {"stack": label, "resources": len(run.resources), "seconds": round(statistics.median(timings), 3)}
 
 
-def main() -> None:
+def main(runs: int = RUNS) -> None:
     for stack in stack_names():
         run_stack(stack)  # warm-up: imports every provider SDK once (pulumi_cloudflare alone takes seconds)
-    results = [measure(stack, stack) for stack in stack_names()]
+    results = [measure(stack, stack, runs) for stack in stack_names()]
     participants = [f"user{index:03d}" for index in range(1, 101)]
     workshop = stack_file("workshop")
     results.append(
         measure(
             "workshop-100",
             "workshop",
+            runs,
             overrides={"pools": THREE_POOLS, "registry": workshop["registry"]},
             vault=vault_outputs(participants),
         )
