@@ -6,30 +6,32 @@
 * ``ready_s``: agent start (ComfyUI already up) to its first claim: attach, socket, warmup
   workflow, catalogue, registration.
 
-Everything is real except ComfyUI (the double, in-process, no node delay): the queue manager under
-uvicorn on loopback, a real redis-server, local-directory storage.
+Everything is real except ComfyUI: the queue manager (``uvicorn services.queue_manager.main:app``)
+and the ComfyUI double run as their own processes, as in production; a real redis-server;
+local-directory storage. The agent runs in this process.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
-import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
 import httpx
-import uvicorn
 from pydantic import SecretStr
 
 from services.protocol.workers import Lease
-from services.queue_manager.main import create_app
-from services.queue_manager.settings import Settings
 from services.storage.local import LocalStorage
 from services.worker import runner as runner_module
 from services.worker.agent import Agent
@@ -37,10 +39,10 @@ from services.worker.outputs import store_outputs
 from services.worker.pull import PullWorker
 from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
-from tests.doubles.comfyui import ComfyUIDouble
 from tests.support.servers import free_port, redis_server, wait_until
 
 TOKEN = "bench-token-0123456789"
+USER, PASSWORD = "bench", "bench-password"
 
 
 def graph(index: int) -> dict[str, Any]:
@@ -54,12 +56,57 @@ def graph(index: int) -> dict[str, Any]:
     }
 
 
-def serve(app: Any, port: int) -> tuple[uvicorn.Server, threading.Thread]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, timeout=30, what="queue manager")
-    return server, thread
+@contextlib.contextmanager
+def process(command: list[str], url: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A server process answering ``url`` (its readiness probe); yields the base URL, stops it after."""
+    child = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: httpx.get(url).status_code == 200, timeout=60, what=" ".join(command[:3]))
+        yield url.rsplit("/", 1)[0] if url.endswith(("/health", "/system_stats")) else url
+    finally:
+        child.terminate()
+        child.wait(timeout=15)
+
+
+def queue_manager(redis_url: str, jobs: int) -> contextlib.AbstractContextManager[str]:
+    port = free_port()
+    env = {
+        "QM_ENV": "development",
+        "QM_REDIS_URL": redis_url,
+        "QM_WORKER_TOKENS": json.dumps({"gpu": TOKEN}),
+        "QM_PARTICIPANTS": json.dumps({USER: PASSWORD}),
+        "QM_ADMIN_PASSWORD": "admin-password",
+        "QM_SESSION_SECRET": "s" * 32,
+        "QM_MAX_QUEUED_PER_USER": str(jobs + 10),
+        "QM_LOG_LEVEL": "WARNING",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "services.queue_manager.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    return process(command, f"http://127.0.0.1:{port}/health", env)
+
+
+def comfyui(root: Path) -> contextlib.AbstractContextManager[str]:
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "tests.doubles.comfyui",
+        "--port",
+        str(port),
+        "--base-directory",
+        str(root),
+    ]
+    return process(command, f"http://127.0.0.1:{port}/system_stats")
 
 
 class Meter:
@@ -97,7 +144,7 @@ class Meter:
 
 
 async def submit_all(url: str, jobs: int) -> list[str]:
-    async with httpx.AsyncClient(base_url=url, auth=("bench", "bench-password")) as client:
+    async with httpx.AsyncClient(base_url=url, auth=(USER, PASSWORD)) as client:
         ids = []
         for index in range(jobs):
             reply = await client.post("/api/jobs", json={"prompt": graph(index)})
@@ -106,37 +153,14 @@ async def submit_all(url: str, jobs: int) -> list[str]:
         return ids
 
 
-async def measure(root: Path, redis_url: str, jobs: int) -> dict[str, float]:
-    settings = Settings(
-        env="development",
-        redis_url=redis_url,
-        admin_password=SecretStr("admin-password"),
-        session_secret=SecretStr("s" * 32),
-        participants={"bench": SecretStr("bench-password")},
-        worker_tokens={"gpu": SecretStr(TOKEN)},
-        max_queued_per_user=jobs + 10,
-    )
-    app = create_app(settings)
-    app.state.storage = LocalStorage(root / "files")
-    qm_port = free_port()
-    server, thread = serve(app, qm_port)
-    qm_url = f"http://127.0.0.1:{qm_port}"
-    try:
-        with ComfyUIDouble(root / "comfy") as comfy:
-            return await run_worker(root, qm_url, comfy, jobs)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-
-
-async def run_worker(root: Path, qm_url: str, comfy: ComfyUIDouble, jobs: int) -> dict[str, float]:
+async def run_worker(root: Path, qm_url: str, comfy_url: str, jobs: int) -> dict[str, float]:
     ids = await submit_all(qm_url, jobs)
     config = WorkerSettings(
         queue_url=qm_url,
         token=SecretStr(TOKEN),
         pool="gpu",
         worker_id="bench",
-        comfyui_url=comfy.url,
+        comfyui_url=comfy_url,
         data_dir=root / "data",
         storage_url=f"file://{root}/files",
     )
@@ -152,13 +176,17 @@ async def run_worker(root: Path, qm_url: str, comfy: ComfyUIDouble, jobs: int) -
     await agent.stop()
     await queue.aclose()
     meter.stop()
-    return summarize(ids, meter, comfy, ready)
+    async with httpx.AsyncClient() as client:
+        timings = (await client.get(f"{comfy_url}/__double__/timings")).json()
+    return summarize(ids, meter, timings, ready)
 
 
-def summarize(ids: list[str], meter: Meter, comfy: ComfyUIDouble, ready: float) -> dict[str, float]:
+def summarize(
+    ids: list[str], meter: Meter, timings: dict[str, list[float]], ready: float
+) -> dict[str, float]:
     overheads = []
     for job_id in ids:
-        start, end = comfy.state.timings[job_id]
+        start, end = timings[job_id]
         overheads.append((meter.leases[job_id] - (end - start) - meter.uploads.get(job_id, 0.0)) * 1000)
     cuts = statistics.quantiles(overheads, n=100, method="inclusive")
     return {
@@ -169,13 +197,18 @@ def summarize(ids: list[str], meter: Meter, comfy: ComfyUIDouble, ready: float) 
 
 
 def run(jobs: int = 200) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp) / "redis") as redis:
-        result = asyncio.run(measure(Path(tmp), redis.url, jobs))
-    return result
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        with (
+            redis_server(root / "redis") as redis,
+            queue_manager(redis.url, jobs) as qm_url,
+            comfyui(root / "comfy") as comfy_url,
+        ):
+            return asyncio.run(run_worker(root, qm_url, comfy_url, jobs))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description="worker agent overhead per job and readiness")
     parser.add_argument("--jobs", type=int, default=200)
     print(json.dumps(run(parser.parse_args().jobs)))
 

@@ -28,8 +28,8 @@ checked between steps), ``silent`` (the socket stays open but sends nothing), ``
 (pad every saved file to this size: large outputs), ``history_lag_seconds`` (delay between
 ``execution_success`` and the history write), ``startup_seconds`` (``/system_stats`` answers 503
 until then). ``POST /__double__/crash`` ends the process at once, like a segfault.
-``state.timings`` holds each prompt's execution span (``time.perf_counter`` at dequeue and before
-the final ``executing``).
+``state.timings`` (``GET /__double__/timings``) holds each prompt's execution span
+(``time.perf_counter`` at dequeue and before the final ``executing``).
 
 Modules: this one (server, lifecycle, HTTP routes), ``comfyui_engine`` (queue, execution, events),
 ``comfyui_nodes`` (catalogue, validation, node behaviours).
@@ -203,6 +203,7 @@ class ComfyUIDouble(Executor):
         table += [
             Route("/__double__/knobs", self.set_knobs, methods=["POST"]),
             Route("/__double__/crash", self.crash, methods=["POST"]),
+            Route("/__double__/timings", self.get_timings, methods=["GET"]),
         ]
         return Starlette(routes=table)
 
@@ -374,6 +375,10 @@ class ComfyUIDouble(Executor):
         for name, value in body.items():
             setattr(self.knobs, name, value)
         return JSONResponse(self.knobs.__dict__)
+
+    async def get_timings(self, request: Request) -> Response:
+        """Each prompt's execution span in ``time.perf_counter`` (CLOCK_MONOTONIC: same across processes)."""
+        return JSONResponse(self.state.timings)
 
     async def crash(self, request: Request) -> Response:
         os._exit(1)
