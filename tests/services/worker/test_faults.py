@@ -231,3 +231,16 @@ async def test_a_lease_lost_at_a_heartbeat_stops_the_job_in_comfyui_without_repo
         await agent.stop()
     assert queue.reported == []
     assert comfy.state.history[job.id]["status"]["messages"][-1][0] == "execution_interrupted"
+
+
+async def test_an_attached_comfyui_restarting_mid_job_loses_it_and_the_job_is_retried(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+        comfy.knobs.node_seconds, comfy.knobs.progress_steps = 1.0, 10
+        job_id = await submit(alice, graph(color=16))
+        await until(lambda: comfy.state.running is not None, "job running")
+        await asyncio.to_thread(comfy.restart)  # someone else's ComfyUI: queue and history are gone
+        job = await finished(alice, job_id, timeout=30)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert job.attempts == 2
