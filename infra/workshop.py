@@ -104,6 +104,39 @@ def _settings(config: WorkshopConfig, vault: VaultOutputs, pools: PoolSet) -> di
     }  # fmt: skip
 
 
+def _platform(
+    config: WorkshopConfig,
+    stack: str,
+    vault: VaultOutputs,
+    vps: Vps,
+    pools: PoolSet,
+    provider: RemoteDocker,
+    web: pulumi.Output[list[str]],
+) -> Platform:
+    # Everything on the VPS's Docker goes when the server goes: `pulumi destroy` skips deleting it
+    # one by one, so the evening needs SSH only for the drain step (whose key is in the state).
+    on_vps = pulumi.ResourceOptions(provider=provider.provider, deleted_with=vps.server)
+    args = PlatformArgs(
+        stack=stack,
+        network=platform_network("network", stack, on_vps),
+        files_volume=data_volume("files", stack, "files", keep=False, opts=on_vps),
+        nginx_site=web.apply(lambda sources: _nginx(config, sources)),
+        publish=[
+            Publish(80, 80, "0.0.0.0"),
+            Publish(443, 443, "0.0.0.0"),
+            # The worker API only on the tailnet address: the tailnet policy decides who reaches it.
+            Publish(WORKER_API_PORT, WORKER_API_PORT, vps.tailnet_ip),
+        ],
+        nginx_health_url=f"http://127.0.0.1:{WORKER_API_PORT}/health",
+        settings=_settings(config, vault, pools),
+        participants_json=secret(vault.participant_passwords.apply(json.dumps)),
+        tls=(vault.origin_certificate, vault.origin_private_key),
+        deleted_with=vps.server,
+        docker_provider=provider.provider,
+    )
+    return Platform("platform", args, on_vps)
+
+
 def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
     """Declare the workshop in dependency order and return its stack outputs."""
     vault = VaultOutputs(config.vault_stack)
@@ -113,32 +146,8 @@ def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
     remote = RemoteDocker(
         "docker", stack, vps.ssh_host, vps.host_public_key, vault.deploy_private_key, vps.ready
     )
-    # Everything on the VPS's Docker goes when the server goes: `pulumi destroy` skips deleting it
-    # one by one, so the evening needs SSH only for the drain step (whose key is in the state).
-    on_vps = pulumi.ResourceOptions(provider=remote.provider, deleted_with=vps.server)
     pools = _pools(config, stack, vault, tailnet)
-    platform = Platform(
-        "platform",
-        PlatformArgs(
-            stack=stack,
-            network=platform_network("network", stack, on_vps),
-            files_volume=data_volume("files", stack, "files", keep=False, opts=on_vps),
-            nginx_site=web.apply(lambda sources: _nginx(config, sources)),
-            publish=[
-                Publish(80, 80, "0.0.0.0"),
-                Publish(443, 443, "0.0.0.0"),
-                # The worker API only on the tailnet address: the tailnet policy decides who reaches it.
-                Publish(WORKER_API_PORT, WORKER_API_PORT, vps.tailnet_ip),
-            ],
-            nginx_health_url=f"http://127.0.0.1:{WORKER_API_PORT}/health",
-            settings=_settings(config, vault, pools),
-            participants_json=secret(vault.participant_passwords.apply(json.dumps)),
-            tls=(vault.origin_certificate, vault.origin_private_key),
-            deleted_with=vps.server,
-            docker_provider=remote.provider,
-        ),
-        on_vps,
-    )
+    platform = _platform(config, stack, vault, vps, pools, remote, web)
     QueueKeeper(
         "queue", platform.queue_manager_name, config.queue.drain_timeout_seconds, platform.queue_manager,
         connection=vps.connection, after=[vps.ready],
