@@ -4,7 +4,8 @@ On connect the socket gets ``status`` (with ``sid``, the client id the frontend 
 prompt); a first ``feature_flags`` message from the frontend is answered with the server's flags.
 Then every event of this participant's jobs arrives as ComfyUI sends it (``execution_start``,
 ``executing``, ``progress``, ``progress_state``, ``executed``, ``execution_success`` /
-``execution_error`` / ``execution_interrupted``), and a fresh ``status`` (``queue_remaining`` = the
+``execution_error`` / ``execution_interrupted``, then ``executing`` with ``node: null``, which is
+what makes the frontend end the run), and a fresh ``status`` (``queue_remaining`` = the
 participant's unfinished jobs) whenever one of their jobs is queued, starts or ends. Binary preview
 frames (``b_preview`` events whose data carries base64 ``image`` and ``format``) are re-encoded as
 ComfyUI's binary frame: 4-byte type 1, 4-byte format (1 JPEG, 2 PNG), image bytes.
@@ -43,6 +44,11 @@ async def status_message(ctx: Context, user: str, sid: str | None = None) -> dic
     return {"type": "status", "data": data}
 
 
+def idle_message(job_id: str) -> dict[str, Any]:
+    """ComfyUI's last word on every job, success or not: the frontend ends the run on it."""
+    return {"type": "executing", "data": {"node": None, "display_node": None, "prompt_id": job_id}}
+
+
 def preview_frame(data: dict[str, Any]) -> bytes | None:
     """ComfyUI's binary preview frame from a forwarded ``b_preview`` event, or None if malformed."""
     try:
@@ -61,6 +67,8 @@ async def forward(websocket: WebSocket, ctx: Context, user: str, event: UserEven
             await websocket.send_bytes(frame)
     elif comfy:
         await websocket.send_text(json.dumps(comfy))
+    if event.type is EventType.FINISHED:
+        await websocket.send_text(json.dumps(idle_message(event.job_id)))
     if event.type in STATUS_EVENTS:
         await websocket.send_text(json.dumps(await status_message(ctx, user)))
 

@@ -102,5 +102,9 @@ def test_a_job_streams_comfyui_messages_to_its_owner_only(
             worker, f"/api/leases/{job_id}/complete", Completion(token=lease.token, outputs=[output])
         )
         assert until_type(mine, "execution_success")["data"]["prompt_id"] == job_id
+        assert next_text(mine) == {
+            "type": "executing",
+            "data": {"node": None, "display_node": None, "prompt_id": job_id},
+        }
         theirs.send(json.dumps({"type": "feature_flags", "data": {}}))
         assert next_text(theirs)["type"] == "feature_flags", "bob's socket got something of alice's"
