@@ -156,3 +156,13 @@ def test_a_websocket_without_login_is_refused_by_the_queue_manager(site: Site) -
     else:
         assert isinstance(raised.value, ConnectionClosed)
         assert raised.value.rcvd is not None and raised.value.rcvd.code == 1008
+
+
+def test_workspace_and_admin_pages_route_to_the_queue_manager(site: Site) -> None:
+    client = _client()
+    login = client.get(f"{site.https}/w/login")
+    assert login.status_code == 200 and "text/html" in login.headers["content-type"]
+    # Not logged in: the queue manager sends the browser to its login page, keeping where it was going.
+    for path in ("/w/ada/", "/admin/"):
+        response = client.get(f"{site.https}{path}")
+        assert (response.status_code, response.headers["location"]) == (303, f"/w/login?next={path}")
