@@ -3,7 +3,7 @@
 A worker sends its ``/object_info`` with its registration when the queue manager does not know its
 ``capabilities.catalogue_hash`` yet; the registry stores it under ``{p}:catalogue:{hash}`` (one key
 per version, see ``services/queue_manager/keys.py``). The version served is the one of the most
-recently seen live worker; it is remembered in ``{p}:catalogue_current``, so the workspaces keep
+recently registered live worker; it is remembered in ``{p}:catalogue_current``, so the workspaces keep
 offering the GPUs' nodes while no GPU is up (overnight, or before the first worker of the day).
 
 Custom nodes' web extensions (design; workers do not publish them yet): a worker puts its custom
@@ -19,6 +19,7 @@ import gzip
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
@@ -91,9 +92,15 @@ class CatalogueCache:
         return self._loaded
 
     async def _current_digest(self) -> str:
-        """The newest-seen live worker's version; else the one served last; else any worker's."""
+        """The newest-registered live worker's version; else the one served last; else any worker's.
+
+        By registration, not by last sign of life: with two pools up, the served version stays put
+        instead of flipping with whichever worker polled last.
+        """
         workers = await self._store.list_workers()
-        live = [w.capabilities.catalogue_hash for w in workers if w.state is not WorkerState.GONE]
+        up = [w for w in workers if w.state is not WorkerState.GONE]
+        up.sort(key=lambda w: w.registered_at or datetime.min.replace(tzinfo=UTC), reverse=True)
+        live = [w.capabilities.catalogue_hash for w in up]
         remembered = _text(await self._redis.get(current_key(self._keys)) or b"")
         others = [w.capabilities.catalogue_hash for w in workers]
         for digest in [*live, remembered, *others]:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
+from services.protocol.workers import WorkerCapabilities, WorkerRegistration
 from services.queue_manager.keys import Keys
-from services.queue_manager.workspaces.catalogue import store_extensions
+from services.queue_manager.store import Store
+from services.queue_manager.workspaces.catalogue import CatalogueCache, store_extensions
 from tests.doubles.comfyui_nodes import catalogue
-from tests.support.queue_manager_app import register_worker
+from tests.support.queue_manager_app import register_worker, settings_for
 from tests.support.servers import wait_until
 
 
@@ -106,3 +111,39 @@ async def test_custom_node_web_extensions_stored_for_the_catalogue_are_listed_an
         "text/javascript"
     )
     assert alice.get("/w/alice/extensions/other/nope.js").status_code == 404
+
+
+def registration(worker_id: str, digest: str, nodes: dict[str, Any]) -> WorkerRegistration:
+    caps = WorkerCapabilities(pool="gpu", provider="local", catalogue_hash=digest)
+    return WorkerRegistration(worker_id=worker_id, capabilities=caps, catalogue=nodes)
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[Store]:
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    yield Store(redis, settings_for(redis_url))
+    await redis.aclose()
+
+
+async def test_with_two_pools_up_the_newest_registration_is_served_and_stays(
+    store: Store, redis_url: str
+) -> None:
+    newer = {**catalogue([]), "OnlyInV2": catalogue([])["ImageInvert"]}
+    await store.register(registration("w1", "cat-v1", catalogue([])))
+    await store.register(registration("w2", "cat-v2", newer))
+    await store.worker_pool("w1")  # w1 polls after w2 registered: seen last, registered first
+    cache = CatalogueCache(Redis.from_url(redis_url), store, refresh_seconds=0)
+    assert (await cache.current()).digest == "cat-v2"
+    assert "OnlyInV2" in (await cache.current()).nodes
+
+
+async def test_after_a_restart_with_no_worker_left_the_last_catalogue_is_still_served(
+    store: Store, redis_url: str
+) -> None:
+    await store.register(registration("w1", "cat-v1", catalogue([])))
+    first = CatalogueCache(Redis.from_url(redis_url), store, refresh_seconds=0)
+    assert (await first.current()).digest == "cat-v1"
+    await store.redis.delete(store.keys.worker("w1"), store.keys.workers)  # the registry forgot it
+    restarted = CatalogueCache(Redis.from_url(redis_url), store, refresh_seconds=0)
+    served = await restarted.current()
+    assert served.digest == "cat-v1" and "SaveImage" in served.nodes
