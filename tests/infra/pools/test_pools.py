@@ -161,3 +161,12 @@ def test_switching_verda_serverless_to_runpod_changes_only_compute(
     assert before.keys() == after.keys()
     changed = [key for key in before if before[key] != after[key]]
     assert changed == []
+
+
+def test_local_gpu_on_another_docker_host_reaches_the_queue_by_url() -> None:
+    run = workshop({**LOCAL_GPU, "dockerHost": "ssh://root@gpu-box.example.org"})
+
+    host = run.one("pulumi:providers:docker", "studio-docker")
+    workers = [r for r in run.resources_of(CONTAINER) if r.name.startswith("studio-worker-")]
+    assert host.inputs["host"] == "ssh://root@gpu-box.example.org"
+    assert all(w.provider.startswith(host.urn) and not w.inputs.get("networksAdvanced") for w in workers)
