@@ -142,6 +142,8 @@ class Platform(pulumi.ComponentResource):
             **self.args.settings,
             "QM_REDIS_URL": redis_url,
             "QM_PARTICIPANTS_FILE": PARTICIPANTS_FILE,
+            # uvicorn's --proxy-headers: only nginx can reach the queue manager on the private network.
+            "FORWARDED_ALLOW_IPS": "*",
         }
         probe = (
             f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{QM_PORT}/ready', timeout=4)"
