@@ -35,7 +35,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.exceptions import RedisError
 
 from services.protocol.events import EventType
-from services.protocol.jobs import JobError
+from services.protocol.jobs import JobError, JobState
 from services.protocol.workers import Failure, Lease
 from services.queue_manager.errors import StaleLease
 from services.queue_manager.events import Subscription
@@ -170,6 +170,7 @@ class Flight:
     remote_id: str
     deadline: float
     next_poll: float = 0.0
+    running: bool = False  # the provider says a replica runs it: its worker keeps the lease now
 
     @property
     def job_id(self) -> str:
@@ -248,11 +249,23 @@ class PoolDispatcher:
                 if not await self._still_ours(flight) or await self._ended_remotely(flight):
                     return
 
+    async def _unchanged(self, flight: Flight) -> bool:
+        job = await self.store.get(flight.job_id)
+        if job is None or job.state.finished:
+            return False
+        if job.attempts != flight.lease.job.attempts or job.state == JobState.QUEUED:
+            await self.endpoint.cancel(flight.remote_id)  # requeued: do not let it run twice
+            return False
+        if job.cancel_requested:
+            await self.endpoint.cancel(flight.remote_id)  # the worker also hears it at its heartbeat
+        return True
+
     async def _ended_remotely(self, flight: Flight) -> bool:
         if time.monotonic() < flight.next_poll:
             return False
         flight.next_poll = time.monotonic() + self.pool.poll_seconds
         remote = await self._remote(flight)
+        flight.running = flight.running or remote is Remote.RUNNING
         if remote in (Remote.DONE, Remote.FAILED):
             why = "finished without reporting" if remote is Remote.DONE else "reported a failure"
             await self._requeue(flight.lease, "ProviderFailed", f"{self.pool.name} {why}")
@@ -266,7 +279,14 @@ class PoolDispatcher:
         return False
 
     async def _still_ours(self, flight: Flight) -> bool:
-        """Heartbeat the lease; False once the job ended, moved on, or its owner cancelled it."""
+        """False once the job ended, moved on, or its owner cancelled it.
+
+        While the request waits at the provider (a cold start can outlast a lease) the dispatcher
+        renews the lease. Once a replica runs it, the worker renews it, so a replica that dies lets
+        the lease expire and the usual lease rules requeue the job.
+        """
+        if flight.running:
+            return await self._unchanged(flight)
         try:
             reply = await self.store.heartbeat(flight.job_id, flight.lease.token)
         except StaleLease:

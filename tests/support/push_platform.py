@@ -61,6 +61,7 @@ class Platform:
     deployment: str = "cw-serverless"
     refuse_next: int = 0
     crash_next: int = 0
+    stall_next: int = 0
     requests: dict[str, Request_] = field(default_factory=dict)
     peak_outstanding: int = 0
     replicas: list[Replica] = field(default_factory=list)
@@ -131,7 +132,12 @@ class Platform:
             return
         self._busy += 1
         try:
+            if self.stall_next > 0:
+                self.stall_next -= 1
+                await asyncio.Event().wait()  # the worker died; the provider still says IN_PROGRESS
             ok = await self.runner(req.lease)
+        except Exception:
+            ok = False  # the container crashed: the provider reports the request failed
         finally:
             self._busy -= 1
         req.status = "COMPLETED" if ok else "FAILED"
@@ -225,27 +231,35 @@ def simulated_worker(
     """The worker core's reporting, without ComfyUI: started event, heartbeats, then complete or fail."""
     clients: list[httpx.AsyncClient] = []  # one per runner: TLS set-up per job would dominate the bench
 
+    async def post(url: str, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+        for _ in range(2):  # a keep-alive connection the server just closed: send again, as the worker does
+            try:
+                return await clients[0].post(url, json=body, headers=headers)
+            except httpx.TransportError:
+                continue
+        return await clients[0].post(url, json=body, headers=headers)
+
     async def run(lease: dict[str, Any]) -> bool:
         if not clients:
             clients.append(httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=200)))
-        http, token, deadline = clients[0], lease["token"], time.monotonic() + job_seconds
+        token, deadline = lease["token"], time.monotonic() + job_seconds
         base = f"{lease['reply_url']}/api/leases/{lease['job']['id']}"
         headers = {"Authorization": f"Bearer {lease['reply_token']}"}
         start = {"type": "execution_start", "data": {"prompt_id": lease["job"]["id"]}}
-        started = await http.post(f"{base}/events", json={"token": token, "events": [start]}, headers=headers)
+        started = await post(f"{base}/events", {"token": token, "events": [start]}, headers)
         if started.status_code == 409:
             return False
-        while (left := deadline - time.monotonic()) > heartbeat_seconds:
+        while deadline - time.monotonic() > heartbeat_seconds:
             await asyncio.sleep(heartbeat_seconds)
-            beat = await http.post(f"{base}/heartbeat", json={"token": token}, headers=headers)
+            beat = await post(f"{base}/heartbeat", {"token": token}, headers)
             if beat.status_code == 409 or beat.json().get("cancel"):
                 return False
         await asyncio.sleep(max(0.0, deadline - time.monotonic()))
         if lease["job"]["user"] in fail_users:
             error = {"type": "OOM", "message": "out of memory", "retryable": False}
-            await http.post(f"{base}/fail", json={"token": token, "error": error}, headers=headers)
+            await post(f"{base}/fail", {"token": token, "error": error}, headers)
             return True
-        done = await http.post(f"{base}/complete", json={"token": token, "outputs": []}, headers=headers)
+        done = await post(f"{base}/complete", {"token": token, "outputs": []}, headers)
         return done.status_code == 204
 
     return run

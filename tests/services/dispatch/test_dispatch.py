@@ -160,3 +160,16 @@ def test_push_pools_come_from_one_variable_per_pool(monkeypatch: pytest.MonkeyPa
     assert (found.name, found.style, found.capacity) == ("burst", "runpod", 4)
     with pytest.raises(ValueError, match="QM_PUSH_POOL_BAD is not a push pool"):
         push_pools_from_env({"QM_PUSH_POOL_BAD": '{"name": "bad"}'})
+
+
+async def test_a_worker_dead_while_the_provider_says_running_loses_its_lease_and_the_job_is_rerun(
+    redis_url: str, make_platform: Callable[..., Platform]
+) -> None:
+    platform = make_platform(stall_next=1, max_replicas=2)
+    async with rig(redis_url, "runpod", platform, capacity=2) as r:
+        job = await submit(r.store, "ada")
+
+        [done] = await finished(r.store, [job.id], timeout=20.0)
+
+    assert done.state == JobState.SUCCEEDED and done.attempts == 2
+    assert [req.status for req in platform.requests.values()].count("COMPLETED") == 1
