@@ -17,7 +17,9 @@ help: ## list the targets
 
 local: ## run the whole platform on this machine's Docker (the `local` stack, no cloud account)
 	$(MAKE) --no-print-directory deps-python
-	$(PY) -m infra.prereqs local
+	port=$$(sed -n 's/^ *comfy-workshop:httpPort: *\([0-9]*\).*/\1/p' Pulumi.local.yaml); port=$${port:-8080}
+	running=--no-running; [ -f .pulumi-local/.pulumi/stacks/comfy-workshop/local.json ] && running=--running
+	$(PY) -m infra.prereqs local --port "$$port" "$$running"
 	mkdir -p .pulumi-local
 	export PULUMI_BACKEND_URL=$(LOCAL_BACKEND) PULUMI_CONFIG_PASSPHRASE="$${PULUMI_CONFIG_PASSPHRASE-local}"
 	pulumi stack select --create local

@@ -71,7 +71,7 @@ def _port_free(port: int) -> Callable[[], str | None]:
             except OSError:
                 return (
                     f"port {port} on localhost is taken, and the local platform publishes there. "
-                    f"Stop what uses it (`sudo lsof -i :{port}`) or set `comfy-workshop:localPort` "
+                    f"Stop what uses it (`sudo lsof -i :{port}`) or set `comfy-workshop:httpPort` "
                     "in Pulumi.local.yaml to another port."
                 )
         return None
@@ -83,10 +83,12 @@ PULUMI_FIX = "curl -fsSL https://get.pulumi.com | sh  (then open a new shell)"
 UV_FIX = "python3 -m pip install --user uv  (or: curl -LsSf https://astral.sh/uv/install.sh | sh)"
 
 
-def checks_for(target: Target, port: int) -> list[Check]:
+def checks_for(target: Target, port: int | None) -> list[Check]:
+    """The checks for ``target``; ``port`` None skips the free-port check (the stack already runs)."""
     common = [Check("pulumi CLI", _binary("pulumi", PULUMI_FIX)), Check("uv", _binary("uv", UV_FIX))]
     if target is Target.LOCAL:
-        return [*common, Check("docker daemon", _docker_daemon), Check(f"port {port}", _port_free(port))]
+        local = [*common, Check("docker daemon", _docker_daemon)]
+        return local if port is None else [*local, Check(f"port {port}", _port_free(port))]
     return [
         *common,
         Check("ssh client", _binary("ssh", "sudo apt-get install openssh-client")),
@@ -103,9 +105,12 @@ def failures(checks: list[Check]) -> list[tuple[str, str]]:
 def main(
     target: Annotated[Target, typer.Argument()] = Target.LOCAL,
     port: Annotated[int, typer.Option(help="localhost port the local stack publishes")] = 8080,
+    running: Annotated[
+        bool, typer.Option(help="the stack is already up: its own port is not a conflict")
+    ] = False,
 ) -> None:
     """Check prerequisites for TARGET and explain how to fix anything missing."""
-    problems = failures(checks_for(target, port))
+    problems = failures(checks_for(target, None if running else port))
     for name, problem in problems:
         console.print(f"[red]✗ {name}[/red]: {problem}")
     if problems:
