@@ -43,6 +43,13 @@ from tests.support.servers import free_port, redis_server, wait_until
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 TOKEN = "bench-token"
+DEFAULT_GRAPH_NODES = (
+    "CheckpointLoaderSimple",
+    "CLIPTextEncode",
+    "KSampler",
+    "EmptyLatentImage",
+    "VAEDecode",
+)
 READY = "!!(window.app && window.app.graph && window.LiteGraph.registered_node_types['EmptyImage'])"
 
 
@@ -50,6 +57,8 @@ def big_catalogue(size: int = 500) -> dict[str, Any]:
     """The double's nodes plus look-alikes up to ``size`` nodes, as many as a real ComfyUI has."""
     nodes = catalogue([f"input_{i}.png" for i in range(20)])
     originals = list(nodes.values())
+    for name in DEFAULT_GRAPH_NODES:  # every real ComfyUI has the nodes of its own default graph
+        nodes.setdefault(name, {**originals[0], "name": name, "display_name": name})
     for i in range(size - len(nodes)):
         node = json.loads(json.dumps(originals[i % len(originals)]))
         node["name"] = node["display_name"] = f"{node['name']}Variant{i}"
@@ -163,12 +172,6 @@ async def ready_times(url: str, user: str, loads: int) -> list[tuple[float, floa
     return times
 
 
-async def prepare_quiet_start(url: str, user: str) -> None:
-    async with httpx.AsyncClient(base_url=url) as client:
-        await client.post("/api/auth/login", json={"user": user, "password": f"{user}-pw"})
-        await client.post(f"/w/{user}/api/settings", json={"Comfy.TutorialCompleted": True})
-
-
 def run(users: int, loads: int) -> dict[str, float]:
     names = [f"p{i:03d}" for i in range(users)]
     with (
@@ -178,7 +181,6 @@ def run(users: int, loads: int) -> dict[str, float]:
     ):
         register(url)
         rss = asyncio.run(hold_sockets(url, names, pid))
-        asyncio.run(prepare_quiet_start(url, names[0]))
         times = asyncio.run(ready_times(url, names[0], loads))
     return {
         "rss_mb_100_users": rss,
