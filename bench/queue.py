@@ -10,6 +10,8 @@
   while the throughput run saturates server and benchmark client alike).
 - ``jobs_per_s``: ``--jobs`` more jobs submitted by 10 concurrent clients, each run through the
   full lifecycle (submit, claim, three progress events, complete); jobs over wall time.
+  ``server_cpu_ms_per_job`` is the queue manager's CPU time per job in that run: on a shared
+  machine it tells what one free core would sustain (1000 / it), whatever the neighbours do.
 
 The queue manager runs as its own process (uvicorn + uvloop + httptools), as in production.
 """
@@ -20,6 +22,7 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -53,6 +56,7 @@ class Measures:
     all_done: asyncio.Event = field(default_factory=asyncio.Event)
     expected: int = 0
     measuring_dispatch: bool = True
+    server_cpu_ms_per_job: float = 0.0
 
 
 async def worker(http: httpx.AsyncClient, worker_id: str, measures: Measures) -> None:
@@ -103,7 +107,13 @@ async def wait_until_idle(measures: Measures, count: int) -> None:
         await asyncio.wait_for(measures.all_done.wait(), timeout=600)
 
 
-async def run(url: str, jobs: int, workers: int, users: list[str]) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run(url: str, jobs: int, workers: int, users: list[str], pid: int) -> dict[str, Any]:
     measures = Measures(expected=jobs)
     limits = httpx.Limits(max_connections=workers + 20, max_keepalive_connections=workers + 20)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
@@ -118,12 +128,13 @@ async def run(url: str, jobs: int, workers: int, users: list[str]) -> dict[str, 
         await wait_until_idle(measures, jobs)
         # Throughput: the same number of jobs from 10 concurrent clients, full lifecycle.
         measures.measuring_dispatch = False
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), cpu_seconds(pid)
         per_client = [users[i % len(users)] for i in range(jobs)]
         for chunk in range(0, jobs, 10):
             await asyncio.gather(*(submit(http, user, measures) for user in per_client[chunk : chunk + 10]))
         await wait_until_idle(measures, 2 * jobs)
         elapsed = time.perf_counter() - started
+        measures.server_cpu_ms_per_job = (cpu_seconds(pid) - cpu_before) * 1000 / jobs
         for task in pool + listeners:
             task.cancel()
         await asyncio.gather(*pool, *listeners, return_exceptions=True)
@@ -143,6 +154,7 @@ def summary(measures: Measures, jobs: int, workers: int, elapsed: float) -> dict
         "dispatch_ms_p50": percentile(dispatch_ms, 50),
         "dispatch_ms_p99": percentile(dispatch_ms, 99),
         "jobs_per_s": round(jobs / elapsed, 1),
+        "server_cpu_ms_per_job": round(measures.server_cpu_ms_per_job, 2),
         "event_ms_p99": percentile(measures.event_ms, 99),
         "event_ms_p50": percentile(measures.event_ms, 50),
         "event_ms_p99_throughput_phase": percentile(measures.event_ms_loaded, 99),
@@ -166,7 +178,8 @@ def main() -> None:
         )
         server = QueueManagerProcess(env, log_path=Path(tmp) / "qm.log").start()
         try:
-            result = asyncio.run(run(server.url, args.jobs, args.workers, users))
+            assert server.process is not None
+            result = asyncio.run(run(server.url, args.jobs, args.workers, users, server.process.pid))
         except Exception:
             print((Path(tmp) / "qm.log").read_text()[-5000:], file=sys.stderr)  # why the server failed
             raise

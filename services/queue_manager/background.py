@@ -45,8 +45,12 @@ async def reap_loop(store: Store) -> None:
 
 
 async def position_loop(store: Store) -> None:
-    """Tell this process's connected participants when their waiting jobs move up."""
-    sent: dict[str, int] = {}
+    """Tell this process's connected participants when their next waiting job moves up.
+
+    One event per user (for the job that runs next) keeps this O(users) per second even when
+    hundreds of jobs wait; ``data.waiting`` says how many of theirs wait in all.
+    """
+    sent: dict[str, tuple[str, int]] = {}
     while not _stopping():
         users = store.events.local_users()
         async with store.redis.pipeline(transaction=False) as pipe:
@@ -54,10 +58,16 @@ async def position_loop(store: Store) -> None:
                 pipe.smembers(store.keys.user_queued(user))
             queued = await pipe.execute()
         owners = {job_id: user for user, ids in zip(users, queued, strict=True) for job_id in ids}
-        current = await store.positions(list(owners))
-        for job_id, place in current.items():
-            if sent.get(job_id) != place:
-                store.events.deliver_local(owners[job_id], notices.position(job_id, place))
+        places = await store.positions(list(owners))
+        current: dict[str, tuple[str, int]] = {}
+        for job_id, place in places.items():
+            user = owners[job_id]
+            if user not in current or place < current[user][1]:
+                current[user] = (job_id, place)
+        for user, (job_id, place) in current.items():
+            if sent.get(user) != (job_id, place):
+                waiting = sum(1 for owner in owners.values() if owner == user)
+                store.events.deliver_local(user, notices.position(job_id, place, waiting))
         sent = current
         await asyncio.sleep(POSITION_INTERVAL)
 

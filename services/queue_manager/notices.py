@@ -31,8 +31,9 @@ def queued(job_id: str, position: int, queue_remaining: int) -> UserEvent:
     )
 
 
-def position(job_id: str, place: int) -> UserEvent:
-    return UserEvent(type=EventType.POSITION, job_id=job_id, data={"position": place})
+def position(job_id: str, place: int, waiting: int | None = None) -> UserEvent:
+    data = {"position": place} if waiting is None else {"position": place, "waiting": waiting}
+    return UserEvent(type=EventType.POSITION, job_id=job_id, data=data)
 
 
 def started(job: Job) -> UserEvent:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -26,8 +26,10 @@ class Scripts:
     cancel: AsyncScript
     requeue_dead: AsyncScript
     rescore: AsyncScript
+    positions: AsyncScript
 
     @classmethod
     def load(cls, redis: Redis) -> Scripts:
-        names = ("submit", "claim", "touch", "finish", "reap", "cancel", "requeue_dead", "rescore")
+        """Register every script named by a field (``lua/<field>.lua``) with this client."""
+        names = [spec.name for spec in fields(cls)]
         return cls(**{name: _load(redis, name) for name in names})

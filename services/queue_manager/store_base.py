@@ -8,7 +8,7 @@ from redis.asyncio import Redis
 
 from services.protocol.jobs import Job
 from services.queue_manager.events import EventBus
-from services.queue_manager.keys import ANY_POOL, Keys
+from services.queue_manager.keys import Keys
 from services.queue_manager.records import job_from_hash
 from services.queue_manager.scripts import Scripts
 from services.queue_manager.settings import Settings
@@ -44,29 +44,12 @@ class StoreBase:
         return (await self.positions([job_id])).get(job_id)
 
     async def positions(self, job_ids: list[str]) -> dict[str, int]:
-        """Places of many jobs in two round trips; jobs not waiting in a queue are left out.
+        """Places of many jobs in one Redis call; jobs not waiting in a queue are left out.
 
         A place counts the jobs ahead in the job's own queue, plus unpinned work for a pinned
-        job: O(log n) per job, never a scan of the queue.
+        job: O(log n) per job inside Redis, never a scan of the queue.
         """
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hmget(self.keys.job(job_id), ["scope", "score", "state"])
-            rows = await pipe.execute()
-        waiting = [
-            (job_id, scope, score)
-            for job_id, (scope, score, state) in zip(job_ids, rows, strict=True)
-            if state == "queued" and score
-        ]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id, scope, score in waiting:
-                pipe.zscore(self.keys.queue(scope), job_id)
-                pipe.zcount(self.keys.queue(scope), "-inf", f"({score}")
-                pipe.zcount(self.keys.queue(ANY_POOL), "-inf", f"({score}")
-            counts = await pipe.execute()
-        places = {}
-        for n, (job_id, scope, _) in enumerate(waiting):
-            in_queue, own, unpinned = counts[3 * n : 3 * n + 3]
-            if in_queue is not None:  # else it waits out a retry backoff
-                places[job_id] = int(own) + (int(unpinned) if scope != ANY_POOL else 0)
-        return places
+        if not job_ids:
+            return {}
+        flat = await self.scripts.positions(args=[self.prefix, *job_ids])
+        return {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
