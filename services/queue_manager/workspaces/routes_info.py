@@ -15,6 +15,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from services.protocol.workers import WorkerState
+from services.queue_manager.registry import WorkerInfo
 from services.queue_manager.workspaces.deps import Context, Participant, UserFilesDep
 from services.queue_manager.workspaces.frontend import frontend_version
 
@@ -80,22 +82,38 @@ async def extension_file(path: str, ctx: Context, user: Participant) -> Response
     return Response(source, media_type="text/javascript")
 
 
+def device(index: int, worker: WorkerInfo) -> dict[str, Any]:
+    vram = worker.capabilities.vram_mb * 1024 * 1024
+    name = f"{worker.capabilities.gpu or 'GPU'} ({worker.capabilities.pool}: {worker.worker_id})"
+    return {
+        "name": name,
+        "type": "cuda",
+        "index": index,
+        "vram_total": vram,
+        "vram_free": vram,
+        "torch_vram_total": 0,
+        "torch_vram_free": 0,
+    }
+
+
 @router.get("/api/system_stats")
 async def system_stats(ctx: Context, user: Participant) -> dict[str, Any]:
-    """This server's facts; the GPUs are the workers', shown on the admin page."""
+    """The GPU workers up now as the devices, and their ComfyUI version (the About panel shows both)."""
+    workers = [w for w in await ctx.store.list_workers() if w.state is not WorkerState.GONE]
+    versions = [w.capabilities.comfyui_version for w in workers if w.capabilities.comfyui_version]
     return {
         "system": {
             "os": "posix",
             "ram_total": 0,
             "ram_free": 0,
-            "comfyui_version": "comfy-workshop",
+            "comfyui_version": versions[0] if versions else "no GPU worker is up",
             "required_frontend_version": frontend_version(),
             "python_version": platform.python_version(),
             "pytorch_version": "",
             "embedded_python": False,
             "argv": ["comfy-workshop"],
         },
-        "devices": [],
+        "devices": [device(index, worker) for index, worker in enumerate(workers)],
     }
 
 

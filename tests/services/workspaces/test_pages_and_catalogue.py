@@ -86,7 +86,7 @@ def test_a_newer_worker_catalogue_replaces_the_old_one(alice: httpx.Client, work
 
 def test_startup_facts_the_frontend_reads_answer_in_comfyui_shapes(alice: httpx.Client) -> None:
     stats = alice.get("/w/alice/api/system_stats").json()
-    assert stats["system"]["required_frontend_version"] == "1.27.10"
+    assert stats["system"]["required_frontend_version"] == "1.27.10" and stats["devices"] == []
     assert alice.get("/w/alice/api/users").json() == {"storage": "server", "migrated": True}
     assert alice.get("/w/alice/api/extensions").json() == []
     assert alice.get("/w/alice/api/embeddings").json() == []
@@ -147,3 +147,8 @@ async def test_after_a_restart_with_no_worker_left_the_last_catalogue_is_still_s
     restarted = CatalogueCache(Redis.from_url(redis_url), store, refresh_seconds=0)
     served = await restarted.current()
     assert served.digest == "cat-v1" and "SaveImage" in served.nodes
+
+
+def test_system_stats_shows_the_gpu_workers_that_are_up(alice: httpx.Client, worker: httpx.Client) -> None:
+    stats = alice.get("/w/alice/api/system_stats").json()
+    assert [d["name"] for d in stats["devices"]] == ["test (gpu: w1)"]
