@@ -58,6 +58,11 @@ def verda_app(settings: WorkerSettings, agent: Agent | None = None) -> FastAPI:
         try:
             yield
         finally:
+            # uvicorn cancels a job still running after the grace period and goes on at once: let
+            # that job stop ComfyUI and release its lease before the agent's clients close.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(30), one_at_a_time:
+                    pass
             await worker.stop()
 
     app = FastAPI(title="comfy-workshop worker (push)", lifespan=lifespan)

@@ -169,21 +169,23 @@ class JobRunner:
         death: asyncio.Event,
         store: bool,
     ) -> Outcome:
+        follower = Follower(forwarder)
         try:
-            if job.attempts > 1:
-                await self.comfy.forget(job.id)
-            await self.comfy.submit(job.prompt, job.id, self.events.client_id, job.extra_data)
+            await self._submit(job)
+            ending = await self._follow(job.id, queue, follower, cancel, death)
         except PromptRejectedError as exc:
             return Outcome(error=rejected(exc))
         except ComfyUnavailableError as exc:
             return Outcome(error=lost(str(exc)).error)
-        follower = Follower(forwarder)
-        try:
-            ending = await self._follow(job.id, queue, follower, cancel, death)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # even mid-submit: the prompt may already be queued in ComfyUI
             await asyncio.shield(self._abandon(job.id))
             raise
         return await self._conclude(job, ending, follower, store)
+
+    async def _submit(self, job: Job) -> None:
+        if job.attempts > 1:
+            await self.comfy.forget(job.id)
+        await self.comfy.submit(job.prompt, job.id, self.events.client_id, job.extra_data)
 
     async def _conclude(self, job: Job, ending: Ending, follower: Follower, store: bool) -> Outcome:
         if ending.kind in ("success", "ended") and ending.entry is None:
