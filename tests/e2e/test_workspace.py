@@ -51,6 +51,15 @@ async def open_node_library(page: Page) -> None:
     await page.wait_for_selector(".node-lib-tree-explorer, .comfy-vue-side-bar-body", timeout=10_000)
 
 
+async def test_before_any_gpu_is_up_the_participant_is_told_why_nodes_are_missing(
+    browser: Browser, server: LiveServer, artifacts_dir: Path
+) -> None:
+    context, page = await logged_in_page(browser, server, "alice")
+    await page.get_by_text("The GPUs are still starting").wait_for(timeout=15_000)
+    await page.screenshot(path=artifacts_dir / "workspace-no-gpu-yet.png")
+    await context.close()
+
+
 async def test_the_workspace_loads_with_the_nodes_a_worker_published(
     browser: Browser, server: LiveServer, artifacts_dir: Path
 ) -> None:

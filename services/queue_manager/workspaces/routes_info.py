@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import platform
+from importlib.resources import files
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -24,6 +25,8 @@ router = APIRouter()
 UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload", "audio_upload", "upload")
 SERVER_FEATURES = {"supports_preview_metadata": False, "max_upload_size": 64 * 1024 * 1024}
 JSON_NO_STORE = {"Cache-Control": "no-store"}
+OWN_EXTENSION = "comfy-workshop/notice.js"
+NOTICE = files("services.queue_manager.workspaces").joinpath("notice.js")
 
 
 def is_upload_input(spec: Any) -> bool:
@@ -68,18 +71,28 @@ async def object_info_node(node_class: str, ctx: Context, files: UserFilesDep) -
 
 @router.get("/api/extensions")
 async def extensions(ctx: Context, user: Participant) -> list[str]:
-    """Web extensions of the workers' custom nodes; the frontend's core ones it loads by itself."""
+    """Our notice, then the workers' custom nodes' web extensions (the frontend has its core ones)."""
     catalogue = await ctx.catalogue.current()
-    return [f"/extensions/{path}" for path in sorted(catalogue.extensions)]
+    return [f"/extensions/{OWN_EXTENSION}", *(f"/extensions/{path}" for path in sorted(catalogue.extensions))]
 
 
 @router.get("/extensions/{path:path}")
 async def extension_file(path: str, ctx: Context, user: Participant) -> Response:
+    if path == OWN_EXTENSION:
+        return Response(NOTICE.read_text(), media_type="text/javascript")
     catalogue = await ctx.catalogue.current()
     source = catalogue.extensions.get(path)
     if source is None:
         return Response(f"no web extension {path!r} on the workers", status_code=404)
     return Response(source, media_type="text/javascript")
+
+
+@router.get("/api/workshop")
+async def workshop(ctx: Context, user: Participant) -> dict[str, Any]:
+    """What the notice extension tells the participant about: a catalogue yet, GPUs up now."""
+    catalogue = await ctx.catalogue.current()
+    up = [w for w in await ctx.store.list_workers() if w.state is not WorkerState.GONE]
+    return {"catalogue_version": catalogue.digest, "gpus_up": len(up)}
 
 
 def device(index: int, worker: WorkerInfo) -> dict[str, Any]:

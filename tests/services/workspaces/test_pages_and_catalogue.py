@@ -88,7 +88,8 @@ def test_startup_facts_the_frontend_reads_answer_in_comfyui_shapes(alice: httpx.
     stats = alice.get("/w/alice/api/system_stats").json()
     assert stats["system"]["required_frontend_version"] == "1.27.10" and stats["devices"] == []
     assert alice.get("/w/alice/api/users").json() == {"storage": "server", "migrated": True}
-    assert alice.get("/w/alice/api/extensions").json() == []
+    assert alice.get("/w/alice/api/extensions").json() == ["/extensions/comfy-workshop/notice.js"]
+    assert alice.get("/w/alice/api/workshop").json() == {"catalogue_version": "", "gpus_up": 0}
     assert alice.get("/w/alice/api/embeddings").json() == []
     assert alice.get("/w/alice/api/experiment/models").json() == []
     assert alice.get("/w/alice/templates/index.json").json() == []
@@ -102,7 +103,7 @@ async def test_custom_node_web_extensions_stored_for_the_catalogue_are_listed_an
     await store_extensions(redis, Keys(), "cat-v1", {"my-pack/widgets.js": "export const x = 1;"})
     await redis.aclose()
     wait_until(
-        lambda: alice.get("/w/alice/api/extensions").json() == ["/extensions/my-pack/widgets.js"],
+        lambda: "/extensions/my-pack/widgets.js" in alice.get("/w/alice/api/extensions").json(),
         timeout=5,
         what="the extension to be listed",
     )
@@ -152,3 +153,11 @@ async def test_after_a_restart_with_no_worker_left_the_last_catalogue_is_still_s
 def test_system_stats_shows_the_gpu_workers_that_are_up(alice: httpx.Client, worker: httpx.Client) -> None:
     stats = alice.get("/w/alice/api/system_stats").json()
     assert [d["name"] for d in stats["devices"]] == ["test (gpu: w1)"]
+
+
+def test_the_notice_knows_when_a_catalogue_exists_and_how_many_gpus_are_up(
+    alice: httpx.Client, worker: httpx.Client
+) -> None:
+    assert alice.get("/w/alice/api/workshop").json() == {"catalogue_version": "cat-v1", "gpus_up": 1}
+    script = alice.get("/w/alice/extensions/comfy-workshop/notice.js")
+    assert "registerExtension" in script.text and script.headers["content-type"].startswith("text/javascript")
