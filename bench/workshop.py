@@ -53,7 +53,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--participants", type=int, default=20)
     parser.add_argument("--jobs-each", type=int, default=15)
     parser.add_argument("--job-minutes", type=float, default=4.0)
-    parser.add_argument("--compression", type=float, default=30.0, help="simulated seconds per real second")
+    parser.add_argument("--compression", type=float, default=20.0, help="simulated seconds per real second")
     parser.add_argument("--cold-start-s", type=float, help="override the provider's cold start")
     parser.add_argument("--scale-down-s", type=float, help="override the pool's scale-down delay")
     parser.add_argument("--bill-cold-start", action=argparse.BooleanOptionalAction, default=None)
@@ -67,7 +67,7 @@ def platform_for(args: argparse.Namespace) -> Platform:
     model.update({key: value for key, value in overrides.items() if value is not None})
     job_s = args.job_minutes * 60 * sim
     return Platform(
-        runner=simulated_worker(job_s, heartbeat_seconds=1.0),
+        runner=simulated_worker(job_s, heartbeat_seconds=3.0),
         max_replicas=args.capacity,
         cold_start_s=model["cold_start_s"] * sim,
         idle_timeout_s=model["scale_down_s"] * sim,
@@ -79,7 +79,7 @@ def platform_for(args: argparse.Namespace) -> Platform:
 def qm_settings(redis_url: str, port: int) -> Settings:
     return Settings(
         env="development", redis_url=redis_url, worker_tokens={POOL: "bench-token"},
-        public_url=f"http://127.0.0.1:{port}", lease_seconds=4.0, reap_interval_seconds=0.2,
+        public_url=f"http://127.0.0.1:{port}", lease_seconds=12.0, reap_interval_seconds=0.2,
         max_queued_per_user=100, log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
     )  # fmt: skip
 
