@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from redis.exceptions import RedisError
@@ -59,6 +60,7 @@ async def position_loop(store: Store) -> None:
             queued = await pipe.execute()
         owners = {job_id: user for user, ids in zip(users, queued, strict=True) for job_id in ids}
         places = await store.positions(list(owners))
+        waiting = Counter(owners.values())
         current: dict[str, tuple[str, int]] = {}
         for job_id, place in places.items():
             user = owners[job_id]
@@ -66,8 +68,7 @@ async def position_loop(store: Store) -> None:
                 current[user] = (job_id, place)
         for user, (job_id, place) in current.items():
             if sent.get(user) != (job_id, place):
-                waiting = sum(1 for owner in owners.values() if owner == user)
-                store.events.deliver_local(user, notices.position(job_id, place, waiting))
+                store.events.deliver_local(user, notices.position(job_id, place, waiting[user]))
         sent = current
         await asyncio.sleep(POSITION_INTERVAL)
 

@@ -69,7 +69,7 @@ class QueueManagerProcess:
         self.process = subprocess.Popen(
             command, cwd=ROOT, env={**os.environ, **self.env}, stdout=log, stderr=log
         )
-        wait_until(self._ready, timeout=30, what=f"queue manager on port {self.port}")
+        wait_until(self._ready, timeout=90, what=f"queue manager on port {self.port}")
         return self
 
     def _ready(self) -> bool:
