@@ -14,7 +14,7 @@ from tests.doubles.comfyui import ComfyUIDouble
 from tests.doubles.comfyui_nodes import catalogue
 from tests.e2e.conftest import logged_in_page
 from tests.services.worker.conftest import pull_worker, worker_settings
-from tests.support.queue_manager_app import LiveServer, register_worker
+from tests.support.queue_manager_app import LiveServer, login, register_worker
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -149,3 +149,20 @@ async def test_cancel_current_run_interrupts_the_job_on_the_worker(
             assert (await reply.json())[job_id]["status"]["status_str"] == "error"
             assert not log[0].of_type("execution_success")
             await context.close()
+
+
+async def test_my_place_in_line_shows_where_a_waiting_job_stands(
+    browser: Browser, server: LiveServer, artifacts_dir: Path
+) -> None:
+    with httpx.Client(base_url=server.url) as client:
+        register_worker(client, catalogue([]))
+        bob_job = {"prompt": GRAPH, "client_id": "b"}
+        login(client, "bob").post("/w/bob/api/prompt", json=bob_job).raise_for_status()
+    context, page = await logged_in_page(browser, server, "alice")
+    await page.evaluate("graph => window.app.loadApiJson(graph, 'wait')", GRAPH)
+    await page.locator("button:has-text('Run')").first.click()
+    await page.click(".workshop-place-tab-button")
+    await page.locator(".workshop-place").get_by_text("#2").wait_for(timeout=10_000)
+    assert "in line" in await page.locator(".workshop-place").inner_text()
+    await page.screenshot(path=artifacts_dir / "workspace-place-in-line.png")
+    await context.close()

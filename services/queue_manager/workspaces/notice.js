@@ -1,4 +1,6 @@
-// comfy-workshop's one web extension: tells a participant when no GPU is up, and why nodes may be missing.
+// comfy-workshop's one web extension: tells a participant when no GPU is up (and why nodes may be
+// missing), and adds a "My place in line" sidebar tab: the shared queue is everyone's, so ComfyUI's
+// own queue panel cannot say how many jobs run before yours.
 // Served at /w/<user>/extensions/comfy-workshop/notice.js; the frontend imports it like any custom node's JS.
 import { app } from "../../scripts/app.js";
 
@@ -13,9 +15,40 @@ const NO_GPU = {
   detail: "You can build and queue workflows: they run as soon as a GPU worker starts.",
 };
 
+const esc = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
+async function drawPlaces(box) {
+  const queue = await (await app.api.fetchApi("/queue")).json();
+  const running = queue.queue_running.map((item) => `<li>${esc(item[1].split("-")[0])}: running on a GPU</li>`);
+  const waiting = queue.queue_pending.map((item) => `<li>${esc(item[1].split("-")[0])}: <b>#${item[0]}</b> in line</li>`);
+  const rows = [...running, ...waiting];
+  const list = rows.length ? `<ul style="padding-left:1.2rem">${rows.join("")}</ul>` : "<p>You have no job waiting or running.</p>";
+  box.innerHTML = `<h3 style="margin:0 0 .5rem">My place in line</h3>${list}`;
+}
+
+function placeTab() {
+  let box = null;
+  app.api.addEventListener("status", () => box?.isConnected && drawPlaces(box));
+  app.extensionManager.registerSidebarTab({
+    id: "workshop-place",
+    icon: "pi pi-users",
+    title: "My place in line",
+    tooltip: "Where your jobs are in the shared queue",
+    type: "custom",
+    render: (element) => {
+      box = document.createElement("div");
+      box.className = "workshop-place";
+      box.style.padding = "0.8rem";
+      element.replaceChildren(box);
+      drawPlaces(box);
+    },
+  });
+}
+
 app.registerExtension({
   name: "comfy-workshop.GpuNotice",
   async setup() {
+    placeTab();
     const reply = await app.api.fetchApi("/workshop");
     if (!reply.ok) return;
     const state = await reply.json();
