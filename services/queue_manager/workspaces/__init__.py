@@ -13,7 +13,8 @@ What the frontend 1.27.10 requests (from its bundled sources, ``src/scripts/api.
   ``POST /userdata/{file}/move/{dest}`` (``userdata``: per user, Redis), ``api/userdata/user.css``.
 - ``routes_info``: ``GET /object_info``, ``/object_info/{class}`` (the workers' catalogue, upload
   lists per user); ``GET /extensions`` then ``import(api_base + ext)`` for each non-core one (ours,
-  ``notice.js``, tells the participant when no GPU is up, from ``GET /workshop``; then the workers');
+  ``notice.js``, tells the participant when no GPU is up, from ``GET /workshop``, and adds a
+  "My place in line" sidebar tab; then the workers');
   ``/system_stats``, ``/features``, ``/embeddings``, ``/models``, ``/experiment/models[/{folder}]``,
   ``/view_metadata/{folder}``, ``/i18n``, ``/workflow_templates``, ``api_base/templates/index.json``,
   ``api_base/internal/folder_paths``, ``/internal/logs[/raw]``, ``PATCH /internal/logs/subscribe``.
