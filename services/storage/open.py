@@ -54,5 +54,11 @@ def _s3_client(settings: S3Settings):  # type: ignore[no-untyped-def]
         aws_access_key_id=secret(settings.access_key_id),
         aws_secret_access_key=secret(settings.secret_access_key),
         region_name=settings.region,
-        config=Config(retries={"max_attempts": 5, "mode": "standard"}, signature_version="s3v4"),
+        # R2 does not take botocore's default aws-chunked CRC uploads; checksums only where required.
+        config=Config(
+            retries={"max_attempts": 5, "mode": "standard"},
+            signature_version="s3v4",
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
     )

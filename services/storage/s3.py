@@ -1,14 +1,17 @@
 """User files in an S3-compatible bucket (Cloudflare R2 in the cloud, moto in the tests).
 
-boto3 is synchronous, so every call runs in a thread. Uploads go up as a multipart upload in
-parts of ``PART_SIZE``: at most one part is held in memory, whatever the file's size.
+boto3 is synchronous, so every call runs in a thread. A file goes up as one ``put_object`` when
+it is smaller than ``PART_SIZE``, else as a multipart upload; each part is spooled to a temporary
+file (only its first ``SPOOL_MEMORY`` bytes stay in memory), so memory stays small whatever the
+file's size.
 """
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -18,6 +21,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 PART_SIZE = 8 * 1024 * 1024  # S3 wants >= 5 MiB for every part but the last
+SPOOL_MEMORY = 1024 * 1024
 
 
 class S3Storage:
@@ -42,40 +46,22 @@ class S3Storage:
     async def put(
         self, key: str, chunks: AsyncIterable[bytes], content_type: str = "application/octet-stream"
     ) -> int:
-        full = self._key(key)
-        parts: list[dict[str, Any]] = []
-        upload_id: str | None = None
-        buffer = bytearray()
-        total = 0
+        upload = _Upload(self, self._key(key), content_type)
+        stream = aiter(chunks)
         try:
-            async for chunk in chunks:
-                buffer += chunk
-                total += len(chunk)
-                if len(buffer) >= PART_SIZE:
-                    upload_id = upload_id or await self._start_multipart(full, content_type)
-                    parts.append(await self._upload_part(full, upload_id, len(parts) + 1, bytes(buffer)))
-                    buffer.clear()
-            if upload_id is None:
-                await self._call("put_object", Key=full, Body=bytes(buffer), ContentType=content_type)
-                return total
-            if buffer or not parts:
-                parts.append(await self._upload_part(full, upload_id, len(parts) + 1, bytes(buffer)))
-            await self._call(
-                "complete_multipart_upload", Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}
-            )
+            more = True
+            while more:
+                with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY) as part:
+                    more = await _fill(part, stream)
+                    await upload.send(part, last=not more)
         except BaseException:
-            if upload_id is not None:
-                await self._call("abort_multipart_upload", Key=full, UploadId=upload_id)
+            await upload.abort()
             raise
-        return total
+        return upload.total
 
     async def _start_multipart(self, key: str, content_type: str) -> str:
         reply = await self._call("create_multipart_upload", Key=key, ContentType=content_type)
         return str(reply["UploadId"])
-
-    async def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
-        reply = await self._call("upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=data)
-        return {"ETag": reply["ETag"], "PartNumber": number}
 
     async def get(self, key: str, start: int = 0) -> AsyncIterator[bytes]:
         extra = {"Range": f"bytes={start}-"} if start else {}
@@ -109,3 +95,52 @@ class S3Storage:
             if not reply.get("IsTruncated"):
                 return sorted(keys)
             token = {"ContinuationToken": reply["NextContinuationToken"]}
+
+
+async def _fill(part: IO[bytes], stream: AsyncIterator[bytes]) -> bool:
+    """Write the stream into ``part`` up to ``PART_SIZE``; False once the stream has ended."""
+    async for chunk in stream:
+        part.write(chunk)
+        if part.tell() >= PART_SIZE:
+            return True
+    return False
+
+
+class _Upload:
+    """One file on its way into the bucket: a single put, or a multipart upload part by part."""
+
+    def __init__(self, storage: S3Storage, key: str, content_type: str) -> None:
+        self.storage, self.key, self.content_type = storage, key, content_type
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+        self.total = 0
+
+    async def send(self, part: IO[bytes], last: bool) -> None:
+        size = part.tell()
+        self.total += size
+        part.seek(0)
+        if last and self.upload_id is None:
+            await self.storage._call("put_object", Key=self.key, Body=part, ContentType=self.content_type)
+            return
+        if self.upload_id is None:
+            self.upload_id = await self.storage._start_multipart(self.key, self.content_type)
+        if size or not self.parts:
+            await self._upload_part(part)
+        if last:
+            await self.storage._call(
+                "complete_multipart_upload",
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": self.parts},
+            )
+
+    async def _upload_part(self, part: IO[bytes]) -> None:
+        number = len(self.parts) + 1
+        reply = await self.storage._call(
+            "upload_part", Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=part
+        )
+        self.parts.append({"ETag": reply["ETag"], "PartNumber": number})
+
+    async def abort(self) -> None:
+        if self.upload_id is not None:
+            await self.storage._call("abort_multipart_upload", Key=self.key, UploadId=self.upload_id)
