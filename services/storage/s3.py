@@ -1,9 +1,9 @@
 """User files in an S3-compatible bucket (Cloudflare R2 in the cloud, moto in the tests).
 
 boto3 is synchronous, so every call runs in a thread. A file goes up as one ``put_object`` when
-it is smaller than ``PART_SIZE``, else as a multipart upload; each part is spooled to a temporary
-file (only its first ``SPOOL_MEMORY`` bytes stay in memory), so memory stays small whatever the
-file's size.
+it is smaller than ``PART_SIZE``, else as a multipart upload of equal parts; each part is spooled
+to a temporary file (only its first ``SPOOL_MEMORY`` bytes stay in memory), so memory stays small
+whatever the file's size.
 """
 
 from __future__ import annotations
@@ -47,12 +47,12 @@ class S3Storage:
         self, key: str, chunks: AsyncIterable[bytes], content_type: str = "application/octet-stream"
     ) -> int:
         upload = _Upload(self, self._key(key), content_type)
-        stream = aiter(chunks)
+        stream, carry = aiter(chunks), list[bytes]()
         try:
             more = True
             while more:
                 with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY) as part:
-                    more = await _fill(part, stream)
+                    more = await _fill(part, stream, carry)
                     await upload.send(part, last=not more)
         except BaseException:
             await upload.abort()
@@ -97,13 +97,21 @@ class S3Storage:
             token = {"ContinuationToken": reply["NextContinuationToken"]}
 
 
-async def _fill(part: IO[bytes], stream: AsyncIterator[bytes]) -> bool:
-    """Write the stream into ``part`` up to ``PART_SIZE``; False once the stream has ended."""
-    async for chunk in stream:
-        part.write(chunk)
-        if part.tell() >= PART_SIZE:
+async def _fill(part: IO[bytes], stream: AsyncIterator[bytes], carry: list[bytes]) -> bool:
+    """Write exactly ``PART_SIZE`` bytes into ``part`` (R2 wants every part but the last the same
+    size); the excess of the last chunk waits in ``carry``. False once the stream has ended."""
+    pending = carry.pop() if carry else b""
+    while True:
+        room = PART_SIZE - part.tell()
+        part.write(pending[:room])
+        if len(pending) >= room:
+            if len(pending) > room:
+                carry.append(pending[room:])
             return True
-    return False
+        try:
+            pending = await anext(stream)
+        except StopAsyncIteration:
+            return False
 
 
 class _Upload:

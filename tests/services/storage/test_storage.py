@@ -6,12 +6,13 @@ import hashlib
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from services.storage import S3Settings, Storage, StorageError, aiter_chunks, open_storage
 from services.storage.base import FileMissingError
-from services.storage.s3 import PART_SIZE
+from services.storage.s3 import PART_SIZE, S3Storage
 from tests.support.s3 import make_bucket, moto_server
 
 
@@ -114,3 +115,24 @@ async def test_files_at_and_around_the_part_size_arrive_whole(storage: Storage, 
 def test_an_unknown_url_names_the_accepted_forms() -> None:
     with pytest.raises(StorageError, match=r"file:///absolute/path.*s3://bucket"):
         open_storage("ftp://host/x")
+
+
+async def test_multipart_uploads_use_equal_parts_whatever_the_chunk_sizes(
+    s3_endpoint: str, tmp_path: Path
+) -> None:
+    make_bucket(s3_endpoint, "parts-bucket")
+    storage = open_storage("s3://parts-bucket", s3_settings(s3_endpoint))
+    assert isinstance(storage, S3Storage)
+    sizes: list[int] = []
+    call = storage._call
+
+    async def spy(method: str, **kwargs: Any) -> Any:
+        if method == "upload_part":
+            body = kwargs["Body"]
+            sizes.append(body.seek(0, 2))
+            body.seek(0)
+        return await call(method, **kwargs)
+
+    storage._call = spy  # type: ignore[method-assign]
+    await storage.put("big.bin", aiter_chunks(b"z" * (2 * PART_SIZE + 3), 300_007))
+    assert sizes == [PART_SIZE, PART_SIZE, 3]
