@@ -39,9 +39,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         config = settings or Settings()
         logs.configure(config.log_level)
+        auth = Authenticator(config)
+        config = config.model_copy(update={"participants": {}})  # from here on only hashes exist
         redis = connect(config)
         store = Store(redis, config)
-        app.state.settings, app.state.store, app.state.auth = config, store, Authenticator(config)
+        app.state.settings, app.state.store, app.state.auth = config, store, auth
         try:
             async with running(store), dispatching(store, config):
                 yield

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from pydantic import ValidationError
 
 from services.queue_manager.auth import Authenticator
 from services.queue_manager.settings import Settings
+from tests.services.queue_manager.conftest import user_auth
 
 
 def test_production_refuses_to_start_without_an_admin_password(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,3 +75,10 @@ def test_participant_names_that_cannot_be_keys_or_urls_are_refused() -> None:
         Settings(env="development", participants={"ada lovelace": "pw"})
     with pytest.raises(ValidationError, match="admin"):
         Settings(env="development", participants={"admin": "pw"})
+
+
+async def test_the_running_app_keeps_no_participant_password_in_its_settings(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    assert app.state.settings.participants == {}
+    assert (await client.get("/api/auth/me", headers=user_auth("ada"))).status_code == 200
