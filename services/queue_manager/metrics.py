@@ -36,6 +36,9 @@ class Metrics:
         self.delayed = Gauge("qm_delayed", "jobs waiting out a retry backoff", registry=self.registry)
         self.dead = Gauge("qm_dead_letters", "dead-lettered jobs", registry=self.registry)
         self.workers = Gauge("qm_workers", "registered workers by state", ["state"], registry=self.registry)
+        self.claims_waiting = Gauge(
+            "qm_claims_waiting", "long-polling claims parked in this process", registry=self.registry
+        )
         self.paused = Gauge("qm_dispatch_paused", "1 while dispatch is paused", registry=self.registry)
 
     def observe_dispatch(self, job: Job) -> None:

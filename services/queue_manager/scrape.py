@@ -21,6 +21,7 @@ async def refresh_gauges(store: Store, metrics: Metrics) -> None:
     metrics.delayed.set(await store.redis.zcard(keys.delayed))
     metrics.dead.set(await store.redis.zcard(keys.dead))
     metrics.paused.set(1 if await store.paused() else 0)
+    metrics.claims_waiting.set(store.wakeups.waiting)
     states = Counter(worker.state for worker in await store.list_workers())
     for state in WorkerState:
         metrics.workers.labels(state=state.value).set(states.get(state, 0))
