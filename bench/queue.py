@@ -107,13 +107,16 @@ async def wait_until_idle(measures: Measures, count: int) -> None:
         await asyncio.wait_for(measures.all_done.wait(), timeout=600)
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a process has used so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) the server processes have used so far, from /proc."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
-async def run(url: str, jobs: int, workers: int, users: list[str], pid: int) -> dict[str, Any]:
+async def run(url: str, jobs: int, workers: int, users: list[str], pids: list[int]) -> dict[str, Any]:
     measures = Measures(expected=jobs)
     limits = httpx.Limits(max_connections=workers + 20, max_keepalive_connections=workers + 20)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
@@ -128,13 +131,13 @@ async def run(url: str, jobs: int, workers: int, users: list[str], pid: int) -> 
         await wait_until_idle(measures, jobs)
         # Throughput: the same number of jobs from 10 concurrent clients, full lifecycle.
         measures.measuring_dispatch = False
-        started, cpu_before = time.perf_counter(), cpu_seconds(pid)
+        started, cpu_before = time.perf_counter(), cpu_seconds(pids)
         per_client = [users[i % len(users)] for i in range(jobs)]
         for chunk in range(0, jobs, 10):
             await asyncio.gather(*(submit(http, user, measures) for user in per_client[chunk : chunk + 10]))
         await wait_until_idle(measures, 2 * jobs)
         elapsed = time.perf_counter() - started
-        measures.server_cpu_ms_per_job = (cpu_seconds(pid) - cpu_before) * 1000 / jobs
+        measures.server_cpu_ms_per_job = (cpu_seconds(pids) - cpu_before) * 1000 / jobs
         for task in pool + listeners:
             task.cancel()
         await asyncio.gather(*pool, *listeners, return_exceptions=True)
@@ -169,6 +172,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=20)
     parser.add_argument("--users", type=int, default=20)
+    parser.add_argument(
+        "--processes", type=int, default=1, help="queue manager processes (uvicorn --workers)"
+    )
     args = parser.parse_args()
     users = [f"bench{n:02d}" for n in range(args.users)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -176,10 +182,9 @@ def main() -> None:
         env = qm_env(
             redis.url, {u: f"pw-{u}" for u in users}, {"bench": TOKEN}, QM_MAX_QUEUED_PER_USER=str(args.jobs)
         )
-        server = QueueManagerProcess(env, log_path=Path(tmp) / "qm.log").start()
+        server = QueueManagerProcess(env, log_path=Path(tmp) / "qm.log", processes=args.processes).start()
         try:
-            assert server.process is not None
-            result = asyncio.run(run(server.url, args.jobs, args.workers, users, server.process.pid))
+            result = asyncio.run(run(server.url, args.jobs, args.workers, users, server.pids()))
         except Exception:
             print((Path(tmp) / "qm.log").read_text()[-5000:], file=sys.stderr)  # why the server failed
             raise

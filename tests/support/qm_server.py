@@ -40,6 +40,7 @@ class QueueManagerProcess:
     env: dict[str, str]
     port: int = 0
     log_path: Path | None = None
+    processes: int = 1
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -64,6 +65,8 @@ class QueueManagerProcess:
             "--no-access-log",
             "--log-level",
             "warning",
+            "--workers",
+            str(self.processes),
         ]
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
@@ -76,6 +79,13 @@ class QueueManagerProcess:
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError(f"queue manager exited with {self.process.returncode} (log: {self.log_path})")
         return httpx.get(f"{self.url}/ready", timeout=1).status_code == 200
+
+    def pids(self) -> list[int]:
+        """The server process and, with several ``processes``, its workers."""
+        if self.process is None:
+            return []
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [self.process.pid, *(int(pid) for pid in children.read_text().split())]
 
     def kill(self) -> None:
         """SIGKILL: no shutdown handlers run, as in a crash."""
