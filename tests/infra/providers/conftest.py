@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,12 @@ FAST = {
     "ready_timeout_s": 2.0,
     "delete_timeout_s": 2.0,
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _event_loop_for_pulumi() -> None:
+    """Pulumi's mocks run on the thread's current loop; async tests elsewhere leave none behind."""
+    asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 @pytest.fixture
