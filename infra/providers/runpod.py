@@ -127,6 +127,15 @@ class EndpointProvider(_Collection):
             body["dataCenterIds"] = list(props["data_center_ids"])
         return body
 
+    def remove(self, api: RunPodApi, props: dict[str, Any], obj: Any) -> None:
+        """RunPod deletes only an endpoint scaled to zero workers: scale it down first."""
+        try:
+            api.call("PATCH", f"{self.collection}/{obj['id']}", {"workersMin": 0, "workersMax": 0})
+        except RunPodError as exc:
+            if exc.status != 404:
+                raise
+        super().remove(api, props, obj)
+
     def describe(self, obj: Any, props: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return str(obj["id"]), {
             "remote_id": str(obj["id"]),

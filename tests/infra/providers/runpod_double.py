@@ -75,6 +75,10 @@ class RunPodDouble:
         if id_ not in items:
             return httpx.Response(404, json={"error": f"{id_} not found", "status": 404})
         if method == "DELETE":
+            if items[id_].get("workersMax", 0) > 0:
+                return httpx.Response(
+                    400, json={"error": "scale workers to 0 before deleting", "status": 400}
+                )
             del items[id_]
             return httpx.Response(204)
         if method == "PATCH":
