@@ -52,7 +52,7 @@ class InstanceProvider(VerdaProvider):
             location=props["location"],
             startup_script_id=props.get("startup_script_id") or None,
             existing_volumes=list(props.get("existing_volumes") or []),
-            os_volume={"name": _os_volume_name(props), "size": int(props.get("os_volume_size") or 100)},
+            os_volume=_os_volume(props),
             is_spot=bool(props.get("is_spot")),
             wait_for_status=None,
         )
@@ -114,6 +114,14 @@ class InstanceProvider(VerdaProvider):
             "os_volume_id": obj.os_volume_id or "",
             "price_per_hour": float(obj.price_per_hour or 0.0),
         }
+
+
+def _os_volume(props: dict[str, Any]) -> dict[str, Any]:
+    """The OS disk; a reclaimed spot instance takes it along instead of leaving a billed volume."""
+    volume: dict[str, Any] = {"name": _os_volume_name(props), "size": int(props.get("os_volume_size") or 100)}
+    if props.get("is_spot"):
+        volume["on_spot_discontinue"] = "delete_permanently"
+    return volume
 
 
 def _os_volume_name(props: dict[str, Any]) -> str:

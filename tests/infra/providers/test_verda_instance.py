@@ -214,3 +214,12 @@ def test_the_provider_survives_pickling_as_pulumi_does(verda: VerdaDouble, props
     provider = dill.loads(dill.dumps(InstanceProvider(), recurse=True))
 
     assert provider.create(props).outs["status"] == "running"
+
+
+def test_a_spot_instance_takes_its_os_volume_along_when_reclaimed(
+    verda: VerdaDouble, props: dict[str, Any]
+) -> None:
+    result = InstanceProvider().create({**props, "is_spot": True})
+
+    assert verda.instances[result.id]["_os_volume"]["on_spot_discontinue"] == "delete_permanently"
+    assert verda.instances[result.id]["is_spot"] is True
