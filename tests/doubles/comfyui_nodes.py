@@ -1,20 +1,24 @@
 """The ComfyUI double's node catalogue, prompt validation and node behaviours.
 
 A small but realistic slice of ComfyUI v0.3.64's nodes, none of which needs model weights.
-Images are not pixels here: an IMAGE is a dict (width, height, batch, color) and a saved PNG is
-the PNG signature, that dict as JSON, and padding up to the requested size.
+Images are not pixels here: an IMAGE is a dict (width, height, batch, color) and a saved PNG is a
+real one-colour PNG (at most 256x256, so browsers show it) whose tEXt chunk carries that dict,
+padded with zeros after IEND up to the requested size (decoders ignore trailing bytes).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PNG_META_KEY = b"comfy-double"
 MP4_MAGIC = b"\x00\x00\x00\x18ftypmp42"
 FLAC_MAGIC = b"fLaC"
 
@@ -303,8 +307,35 @@ class Folders:
     previews: list[bytes] = field(default_factory=list)
 
 
-def _image_bytes(image: dict[str, Any], index: int) -> bytes:
-    return PNG_MAGIC + json.dumps({**image, "index": index}).encode()
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def image_bytes(image: dict[str, Any], index: int) -> bytes:
+    """A real, decodable PNG of one solid colour (browsers show it), its metadata in a tEXt chunk."""
+    width, height = max(1, min(int(image["width"]), 256)), max(1, min(int(image["height"]), 256))
+    color = int(image.get("color", 0)) & 0xFFFFFF
+    row = b"\0" + bytes((color >> 16, (color >> 8) & 0xFF, color & 0xFF)) * width
+    meta = json.dumps({**image, "index": index}).encode()
+    return b"".join(
+        (
+            PNG_MAGIC,
+            _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)),
+            _png_chunk(b"tEXt", PNG_META_KEY + b"\0" + meta),
+            _png_chunk(b"IDAT", zlib.compress(row * height)),
+            _png_chunk(b"IEND", b""),
+        )
+    )
+
+
+def png_meta(data: bytes) -> dict[str, Any]:
+    """The double's metadata from a PNG it wrote; older test inputs carry JSON right after the magic."""
+    start = data.find(b"tEXt" + PNG_META_KEY + b"\0")
+    if start < 0:
+        return dict(json.loads(data[len(PNG_MAGIC) :].rstrip(b"\0")))
+    (length,) = struct.unpack(">I", data[start - 4 : start])
+    body = data[start + 4 : start + 4 + length]
+    return dict(json.loads(body[len(PNG_META_KEY) + 1 :]))
 
 
 def write_file(path: Path, header: bytes, size: int) -> None:
@@ -344,7 +375,7 @@ def _load_image(folders: Folders, name: str) -> dict[str, Any]:
             "PIL.UnidentifiedImageError", f"cannot identify image file '{folders.input / name}'"
         )
     try:
-        meta = json.loads(data[len(PNG_MAGIC) :].rstrip(b"\0"))
+        meta = png_meta(data)
     except ValueError:
         meta = {"width": 64, "height": 64, "color": 0}
     return {
@@ -359,17 +390,17 @@ Runner = Callable[[Folders, dict[str, Any]], tuple[tuple[Any, ...], dict[str, An
 
 
 def _save_image(f: Folders, i: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    headers = [_image_bytes(i["images"], n) for n in range(i["images"]["batch"])]
+    headers = [image_bytes(i["images"], n) for n in range(i["images"]["batch"])]
     return (), {"images": _save(f, f.output, "output", i["filename_prefix"], "png", headers)}
 
 
 def _preview(f: Folders, i: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    headers = [_image_bytes(i["images"], n) for n in range(i["images"]["batch"])]
+    headers = [image_bytes(i["images"], n) for n in range(i["images"]["batch"])]
     return (), {"images": _save(f, f.temp, "temp", "ComfyUI_temp_preview", "png", headers)}
 
 
 def _websocket(f: Folders, i: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
-    f.previews.extend(_image_bytes(i["images"], n) for n in range(i["images"]["batch"]))
+    f.previews.extend(image_bytes(i["images"], n) for n in range(i["images"]["batch"]))
     return (), None
 
 

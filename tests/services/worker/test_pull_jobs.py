@@ -12,6 +12,7 @@ import httpx
 
 from services.protocol.jobs import JobState
 from tests.doubles.comfyui import ComfyUIDouble
+from tests.doubles.comfyui_nodes import png_meta
 from tests.services.worker.conftest import (
     QueueManagerServer,
     finished,
@@ -57,7 +58,7 @@ async def test_input_files_are_fetched_from_storage_and_uploaded_to_comfyui(
     assert job.state == JobState.SUCCEEDED, job.error
     assert (comfy.folders.input / "cat.png").read_bytes() == PNG
     saved = (files / "users/alice/output/out_00001_.png").read_bytes()
-    assert json.loads(saved[8:].rstrip(b"\0"))["color"] == 7
+    assert png_meta(saved)["color"] == 7
 
 
 async def test_an_execution_error_fails_the_job_naming_node_type_and_message(
