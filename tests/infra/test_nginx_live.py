@@ -166,3 +166,13 @@ def test_workspace_and_admin_pages_route_to_the_queue_manager(site: Site) -> Non
     for path in ("/w/ada/", "/admin/"):
         response = client.get(f"{site.https}{path}")
         assert (response.status_code, response.headers["location"]) == (303, f"/w/login?next={path}")
+
+
+def test_the_frontend_bundle_is_sent_compressed(site: Site) -> None:
+    from services.queue_manager.workspaces.frontend import static_root
+
+    bundle = max((static_root() / "assets").glob("*.js"), key=lambda p: p.stat().st_size)
+    response = _client().get(f"{site.https}/w/ada/assets/{bundle.name}", headers={"Accept-Encoding": "gzip"})
+    assert response.status_code == 200 and response.headers["content-encoding"] == "gzip"
+    assert len(response.content) == bundle.stat().st_size
+    assert response.num_bytes_downloaded < bundle.stat().st_size / 2
