@@ -84,6 +84,15 @@ async def until(page: Page, check: Any, what: str, timeout_ms: int = 20_000) -> 
     raise AssertionError(f"{what} did not happen within {timeout_ms} ms")
 
 
+# The width the browser decodes an image at, or 0 when it cannot show it.
+DECODED_WIDTH = """src => new Promise(done => {
+    const image = new Image();
+    image.onload = () => done(image.naturalWidth);
+    image.onerror = () => done(0);
+    image.src = src;
+})"""
+
+
 async def test_a_queued_workflow_runs_on_a_worker_and_only_its_owner_sees_it(
     browser: Browser, server: LiveServer, artifacts_dir: Path, tmp_path: Path
 ) -> None:
@@ -115,7 +124,12 @@ async def test_a_queued_workflow_runs_on_a_worker_and_only_its_owner_sees_it(
             fetched = await page.request.get(f"{server.url}{source}")
             assert fetched.status == 200 and fetched.headers["content-type"] == "image/png"
             assert (await fetched.body()).startswith(b"\x89PNG")
+            decoded = await page.evaluate(DECODED_WIDTH, source)
+            assert decoded == GRAPH["1"]["inputs"]["width"], (
+                "the browser could not decode the participant's output image"
+            )
             await page.screenshot(path=artifacts_dir / "workspace-queue-output.png")
+            assert await page.locator("text=Image failed to load").count() == 0
 
             other, theirs = await logged_in_page(browser, server, "bob")
             assert (await (await theirs.request.get(f"{server.url}/w/bob/api/history")).json()) == {}
