@@ -15,7 +15,9 @@ import pulumi_docker as docker
 
 from infra.images import build_image, worker_source
 from infra.platform import FILES_DIR
+from infra.pools.access import worker_env as pool_worker_env
 from infra.pools.base import PoolContext
+from infra.secret import secret
 
 
 @dataclass(frozen=True)
@@ -34,22 +36,17 @@ MANIFEST_FILE = "/etc/comfy-worker/models.json"
 
 
 def worker_env(spec: LocalWorkers, ctx: PoolContext, index: int) -> list[pulumi.Output[str]]:
-    """The worker's `WORKER_*` settings; the token is secret, so the whole list is."""
-    plain: dict[str, pulumi.Input[str]] = {
-        "WORKER_QUEUE_URL": ctx.queue_url,
-        "WORKER_POOL": spec.pool,
-        "WORKER_PROVIDER": spec.provider_name,
-        "WORKER_ID": f"{spec.pool}-{index}",
-        "WORKER_DEVICE": spec.variant,
-        "WORKER_STORAGE_URL": f"file://{FILES_DIR}",
-    }
-    if ctx.extra.get("models_dir"):
-        plain["WORKER_SHARED_MODELS_DIR"] = MODELS_DIR
+    """The worker's `WORKER_*` (and, off the local stack, `S3_*`) settings; credentials stay secret."""
+    models_dir = MODELS_DIR if ctx.extra.get("models_dir") else None
+    env = pool_worker_env(ctx, spec.pool, spec.provider_name, models_dir)
+    plain = {**env.plain, "WORKER_ID": f"{spec.pool}-{index}", "WORKER_DEVICE": spec.variant}
+    if ctx.user_files is None:  # the local stack: files on the volume shared with the queue manager
+        plain["WORKER_STORAGE_URL"] = f"file://{FILES_DIR}"
     if ctx.extra.get("models_manifest"):
         plain["WORKER_MODELS_MANIFEST"] = MANIFEST_FILE
-    env = [pulumi.Output.concat(key, "=", value) for key, value in plain.items()]
-    env.append(pulumi.Output.secret(pulumi.Output.concat("WORKER_TOKEN=", ctx.worker_token)))
-    return env
+    shown = [pulumi.Output.concat(key, "=", value) for key, value in plain.items()]
+    hidden = [secret(pulumi.Output.concat(key, "=", value)) for key, value in env.secret.items()]
+    return shown + hidden
 
 
 def local_worker_containers(

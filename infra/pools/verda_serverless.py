@@ -40,14 +40,6 @@ INFERENCE_KEY = RequiredSecret(
 )
 
 
-def _warn_without_inference_key(pool: str) -> None:
-    if pulumi.Config("comfy-workshop").get_secret("verdaInferenceKey") is None:
-        pulumi.log.warn(
-            f"pool {pool}: the queue manager cannot call the Verda container endpoint without an inference "
-            f"key; fix: {INFERENCE_KEY.command}"
-        )
-
-
 class VerdaServerlessConfig(PoolConfigBase, ReplicaRange):
     kind: Literal["verda-serverless"] = "verda-serverless"
     gpu: str = Field(default="H100", min_length=2, description="compute resource name, e.g. H100")
@@ -74,8 +66,8 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
         return True
 
     def required_secrets(self, config: VerdaServerlessConfig) -> tuple[RequiredSecret, ...]:
-        # INFERENCE_KEY belongs here too once the mocks harness sets it; until then `build` warns.
-        return VERDA_SECRETS
+        # The queue manager calls the deployment's endpoint with the inference key (push dispatch).
+        return (*VERDA_SECRETS, INFERENCE_KEY)
 
     def capacity(self, config: VerdaServerlessConfig) -> int:
         return config.max_replicas * config.concurrent_requests_per_replica
@@ -87,7 +79,6 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
             raise ValueError(
                 f"pool {config.name}: verda-serverless needs `registry` to pull the worker image"
             )
-        _warn_without_inference_key(config.name)
         pool = PoolComponent(self.kind, config.name, opts)
         child = pulumi.ResourceOptions(parent=pool)
         conn, prefix = verda_connection(), remote_name(ctx, config.name)

@@ -118,6 +118,6 @@ def start_runpod() -> None:
     except ImportError as exc:
         raise SystemExit(
             "the runpod package is not installed: the worker image installs it (build arg "
-            "PROVIDER=runpod); to try locally run `uv pip install runpod`"
+            "WITH_RUNPOD=true); to try locally run `uv pip install runpod`"
         ) from exc
     runpod.serverless.start({"handler": handler})

@@ -81,6 +81,11 @@ def test_a_pool_kind_brings_its_own_required_secret() -> None:
     assert "pulumi config set --secret 'comfy-workshop:runpodApiKey'" in text
 
 
+def test_a_verda_serverless_pool_needs_the_inference_key_the_dispatcher_calls_with() -> None:
+    text = problems("workshop", without={"comfy-workshop:verdaInferenceKey"})
+    assert "pulumi config set --secret 'comfy-workshop:verdaInferenceKey'" in text
+
+
 def test_an_unknown_scheduling_policy_is_refused_with_the_choices() -> None:
     text = problems("workshop", {"queue": {"scheduling": "random"}})
     assert "comfy-workshop:queue.scheduling = 'random'" in text

@@ -170,3 +170,13 @@ def test_local_gpu_on_another_docker_host_reaches_the_queue_by_url() -> None:
     workers = [r for r in run.resources_of(CONTAINER) if r.name.startswith("studio-worker-")]
     assert host.inputs["host"] == "ssh://root@gpu-box.example.org"
     assert all(w.provider.startswith(host.urn) and not w.inputs.get("networksAdvanced") for w in workers)
+
+
+def test_a_workshop_gpu_box_stores_outputs_in_the_vault_not_on_its_own_disk() -> None:
+    run = workshop({**LOCAL_GPU, "dockerHost": "ssh://root@gpu-box.example.org"})
+
+    worker = run.one(CONTAINER, "studio-worker-0")
+    env = dict(item.split("=", 1) for item in worker.inputs["envs"])
+    assert env["WORKER_STORAGE_URL"].startswith("s3://") and env["S3_ENDPOINT_URL"].startswith("https://")
+    assert {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "WORKER_TOKEN"} <= set(env)
+    assert "envs" in worker.secret_inputs
