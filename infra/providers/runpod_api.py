@@ -28,7 +28,10 @@ class RunPodError(Exception):
 def advice(error: RunPodError) -> str:
     text = error.message.lower()
     if error.status == 401:
-        return "Check the RunPod API key: `pulumi config set --secret runpod:apiKey ...` or RUNPOD_API_KEY."
+        return (
+            "Check the RunPod API key: `pulumi config set --secret comfy-workshop:runpodApiKey ...` "
+            "or RUNPOD_API_KEY."
+        )
     if error.status == 402 or "balance" in text or "insufficient" in text:
         return "Add credit to the RunPod account, then run `pulumi up` again."
     if error.status == 403 or "quota" in text or "limit" in text:
@@ -43,8 +46,8 @@ class RunPodApi:
         key = props.get("api_key") or os.environ.get("RUNPOD_API_KEY")
         if not key:
             raise ValueError(
-                "the RunPod API key is missing: set `runpod:apiKey` (secret) in the stack config "
-                "or RUNPOD_API_KEY in the environment"
+                "the RunPod API key is missing: set `comfy-workshop:runpodApiKey` (secret) in the stack "
+                "config or RUNPOD_API_KEY in the environment"
             )
         self.http = httpx.Client(
             base_url=props.get("api_url") or os.environ.get("RUNPOD_API_URL") or DEFAULT_API_URL,

@@ -25,7 +25,8 @@ ADVICE = {
     "insufficient_funds": "Top up the Verda account balance (or pick a cheaper or spot type), then run "
     "`pulumi up` again.",
     "unauthorized_request": "Check the Verda client id and secret: `pulumi config set --secret "
-    "verda:clientSecret ...` or VERDA_CLIENT_ID/VERDA_CLIENT_SECRET.",
+    "comfy-workshop:verdaClientSecret ...` (and comfy-workshop:verdaClientId) or "
+    "VERDA_CLIENT_ID/VERDA_CLIENT_SECRET.",
     "forbidden_action": "The account may not do this (often a quota): ask Verda support to raise it, "
     "or lower the pool's size.",
     "invalid_request": "A value in the pool's config is not accepted by Verda: fix it in the stack config.",
@@ -38,8 +39,9 @@ def verda_client(props: dict[str, Any]) -> Any:
     secret = props.get("client_secret") or os.environ.get("VERDA_CLIENT_SECRET")
     if not client_id or not secret:
         raise ValueError(
-            "Verda credentials are missing: set `verda:clientId` and `verda:clientSecret` (secret) in "
-            "the stack config, or VERDA_CLIENT_ID and VERDA_CLIENT_SECRET in the environment"
+            "Verda credentials are missing: set `comfy-workshop:verdaClientId` and "
+            "`comfy-workshop:verdaClientSecret` (secret) in the stack config, or VERDA_CLIENT_ID and "
+            "VERDA_CLIENT_SECRET in the environment"
         )
     url = props.get("api_url") or os.environ.get("VERDA_API_URL") or DEFAULT_API_URL
     client = VerdaClient(client_id, secret, base_url=url)

@@ -138,7 +138,7 @@ def test_network_volume_is_kept_after_a_failure_and_never_shrinks(
 
 
 def test_a_wrong_key_names_the_config_key(runpod: RunPodDouble, endpoint: dict[str, Any]) -> None:
-    with pytest.raises(ProviderError, match="runpod:apiKey"):
+    with pytest.raises(ProviderError, match="comfy-workshop:runpodApiKey"):
         EndpointProvider(runpod.transport).create({**endpoint, "api_key": "wrong"})
 
 

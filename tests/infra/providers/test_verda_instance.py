@@ -206,7 +206,7 @@ def test_missing_credentials_name_the_config_keys(
     monkeypatch.delenv("VERDA_CLIENT_ID", raising=False)
     monkeypatch.delenv("VERDA_CLIENT_SECRET", raising=False)
 
-    with pytest.raises(ProviderError, match="verda:clientSecret"):
+    with pytest.raises(ProviderError, match="comfy-workshop:verdaClientSecret"):
         InstanceProvider().create({**props, "client_id": "", "client_secret": ""})
 
 
