@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from pathlib import Path
 
 from services.storage.base import CHUNK_SIZE, FileMissingError, check_key
@@ -60,9 +60,42 @@ class LocalStorage:
         self._path(key).unlink(missing_ok=True)
 
     async def list(self, prefix: str = "") -> list[str]:
-        keys = (
-            path.relative_to(self.root).as_posix()
-            for path in self.root.rglob("*")
-            if path.is_file() and not path.name.endswith(".part")
-        )
-        return sorted(key for key in keys if key.startswith(prefix))
+        """Walks only the folder that ``prefix`` names (``users/ada/in`` walks ``users/ada``)."""
+        folder, _, _ = prefix.rpartition("/")
+        start = self._folder(folder)
+        if start is None:
+            return []
+        base = f"{folder}/" if folder else ""
+        return sorted(key for key in _walk(start, base) if key.startswith(prefix))
+
+    def _folder(self, folder: str) -> Path | None:
+        """The real folder under the root for ``folder``, or None when no stored key can lie in it.
+
+        Like the whole-root walk it replaces, it never enters a symlinked folder.
+        """
+        if not folder:
+            return self.root
+        parts = folder.split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            return None
+        path = self.root
+        for part in parts:
+            path = path / part
+            if path.is_symlink() or not path.is_dir():
+                return None
+        return path
+
+
+def _walk(folder: Path | str, base: str) -> Iterator[str]:
+    """Keys of the finished files below ``folder`` (partial uploads and unreadable folders skipped)."""
+    try:
+        with os.scandir(folder) as scan:
+            entries = list(scan)
+    except OSError:
+        return
+    for entry in entries:
+        key = base + entry.name
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(entry.path, f"{key}/")
+        elif entry.is_file() and not entry.name.endswith(".part"):
+            yield key
