@@ -39,6 +39,8 @@ from services.worker.outputs import store_outputs
 from services.worker.pull import PullWorker
 from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
+from tests.support.qm_server import qm_env
+from tests.support.qm_server import queue_manager as qm_process
 from tests.support.servers import free_port, redis_server, wait_until
 
 TOKEN = "bench-token-0123456789"
@@ -68,31 +70,11 @@ def process(command: list[str], url: str, env: dict[str, str] | None = None) -> 
         child.wait(timeout=15)
 
 
-def queue_manager(redis_url: str, jobs: int) -> contextlib.AbstractContextManager[str]:
-    port = free_port()
-    env = {
-        "QM_ENV": "development",
-        "QM_REDIS_URL": redis_url,
-        "QM_WORKER_TOKENS": json.dumps({"gpu": TOKEN}),
-        "QM_PARTICIPANTS": json.dumps({USER: PASSWORD}),
-        "QM_ADMIN_PASSWORD": "admin-password",
-        "QM_SESSION_SECRET": "s" * 32,
-        "QM_MAX_QUEUED_PER_USER": str(jobs + 10),
-        "QM_LOG_LEVEL": "WARNING",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "services.queue_manager.main:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    return process(command, f"http://127.0.0.1:{port}/health", env)
+@contextlib.contextmanager
+def queue_manager(redis_url: str, jobs: int) -> Iterator[str]:
+    env = qm_env(redis_url, {USER: PASSWORD}, {"gpu": TOKEN}, QM_MAX_QUEUED_PER_USER=str(jobs + 10))
+    with qm_process(env) as server:
+        yield server.url
 
 
 def comfyui(root: Path) -> contextlib.AbstractContextManager[str]:

@@ -22,10 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -38,7 +35,8 @@ from playwright.async_api import async_playwright
 
 from services.protocol.workers import WorkerCapabilities, WorkerRegistration
 from tests.doubles.comfyui_nodes import catalogue
-from tests.support.servers import free_port, redis_server, wait_until
+from tests.support.qm_server import QueueManagerProcess, qm_env
+from tests.support.servers import redis_server
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
@@ -69,38 +67,16 @@ def big_catalogue(size: int = 500) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def queue_manager(redis_url: str, users: list[str], files: Path) -> Iterator[tuple[str, int]]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "QM_ENV": "development",
-        "QM_REDIS_URL": redis_url,
-        "QM_PARTICIPANTS": json.dumps({user: f"{user}-pw" for user in users}),
-        "QM_WORKER_TOKENS": json.dumps({"gpu": TOKEN}),
-        "QM_FILES_URL": files.as_uri(),
-        "QM_LOG_LEVEL": "WARNING",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "services.queue_manager.main:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--ws",
-        "websockets-sansio",
-    ]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    """The queue manager as its own process (its RSS is what is measured), one uvicorn worker."""
+    env = qm_env(
+        redis_url, {user: f"{user}-pw" for user in users}, {"gpu": TOKEN}, QM_FILES_URL=files.as_uri()
+    )
+    server = QueueManagerProcess(env, extra_args=("--ws", "websockets-sansio")).start()
     try:
-        wait_until(lambda: httpx.get(f"{url}/health").status_code == 200, timeout=60, what="queue manager")
-        yield url, process.pid
+        assert server.process is not None
+        yield server.url, server.process.pid
     finally:
-        process.terminate()
-        process.wait(timeout=15)
+        server.stop()
 
 
 def rss_mb(pid: int) -> float:

@@ -9,12 +9,12 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from tests.support.servers import free_port, wait_until
+from tests.support.servers import ManagedProcess, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,12 +36,12 @@ def qm_env(
 
 
 @dataclass
-class QueueManagerProcess:
+class QueueManagerProcess(ManagedProcess):
     env: dict[str, str]
     port: int = 0
     log_path: Path | None = None
     processes: int = 1
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -67,6 +67,7 @@ class QueueManagerProcess:
             "warning",
             "--workers",
             str(self.processes),
+            *self.extra_args,
         ]
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
@@ -86,20 +87,6 @@ class QueueManagerProcess:
             return []
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         return [self.process.pid, *(int(pid) for pid in children.read_text().split())]
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown handlers run, as in a crash."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=10)
-            self.kill()
 
 
 @contextlib.contextmanager

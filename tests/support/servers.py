@@ -8,7 +8,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
@@ -35,12 +35,33 @@ def wait_until(check, timeout: float = 15.0, what: str = "condition") -> None:  
 
 
 @dataclass
-class RedisServer:
+class ManagedProcess:
+    """A server child process that a test can stop politely or SIGKILL like a crash."""
+
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False, kw_only=True)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handlers run, as in a crash."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def stop(self, grace: float = 10) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds."""
+        if self.process is not None:
+            self.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=grace)
+            self.kill()
+
+
+@dataclass
+class RedisServer(ManagedProcess):
     """A real ``redis-server`` with AOF and ``appendfsync always``, as production runs it."""
 
     directory: Path
     port: int = 0
-    process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -53,29 +74,32 @@ class RedisServer:
         self.port = self.port or free_port()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
-             "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port)
         wait_until(lambda: client.ping(), what=f"redis-server on port {self.port}")
         client.close()
         return self
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would: only what AOF already holds survives."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=5)
-            self.kill()
 
 
 @contextlib.contextmanager
