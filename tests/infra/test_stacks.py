@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.infra.harness import run_stack, stack_names
+from tests.infra.harness import VAULT_SECRET_OUTPUTS, run_stack, stack_names
 
 
 def test_the_three_stacks_are_committed() -> None:
@@ -43,16 +43,7 @@ def test_the_workshop_shows_a_hybrid_of_pull_and_push_pools() -> None:
 
 def test_vault_secrets_are_exported_as_secrets() -> None:
     run = run_stack("vault")
-    secret = {
-        "participantPasswords",
-        "adminPassword",
-        "sessionSecret",
-        "modelsReadCredentials",
-        "userFilesCredentials",
-        "originPrivateKey",
-        "deployPrivateKey",
-    }
-    assert secret <= run.secret_outputs
+    assert set(VAULT_SECRET_OUTPUTS) <= run.secret_outputs
     assert "participantNames" not in run.secret_outputs
     assert len(run.outputs["participantNames"]) == 20
 
