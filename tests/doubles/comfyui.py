@@ -1,8 +1,9 @@
 """A ComfyUI double: a real HTTP + WebSocket server on loopback that behaves like ComfyUI v0.3.64.
 
 It follows ``/work/shared/reference/comfyui-protocol.md``: every route also under ``/api``;
-``POST /prompt`` honours a client-chosen ``prompt_id`` and rejects bad graphs with ComfyUI's 400
-shape; job events reach only the socket whose ``clientId`` submitted the job (a second socket with
+``POST /prompt`` honours a client-chosen ``prompt_id`` and a top-level ``partial_execution_targets``
+("Run selected nodes": only those output nodes and their inputs are validated and run) and rejects
+bad graphs with ComfyUI's 400 shape; job events reach only the socket whose ``clientId`` submitted the job (a second socket with
 the same id replaces the first); events come in ComfyUI's order, and ``/history`` is written after
 ``execution_success`` but before the final ``executing {node: null}``; identical graphs are replayed
 from the cache (same filenames, no new files); ``/interrupt`` is targeted and acts between progress
@@ -83,6 +84,12 @@ class OriginCheck:
                     await send({"type": "websocket.close", "code": 1008})
                 return
         await self.app(scope, receive, send)
+
+
+def partial_targets(body: dict[str, Any]) -> list[str] | None:
+    """``partial_execution_targets`` from the top level of a ``POST /prompt`` body, as ComfyUI reads it."""
+    targets = body.get("partial_execution_targets")
+    return None if targets is None else [str(target) for target in targets]
 
 
 class ComfyUIDouble(Executor):
@@ -265,7 +272,7 @@ class ComfyUIDouble(Executor):
             }
             return JSONResponse({"error": error, "node_errors": {}}, status_code=400)
         try:
-            outputs = nodes.validate(body["prompt"], self.catalogue())
+            outputs = nodes.validate(body["prompt"], self.catalogue(), partial_targets(body))
         except nodes.PromptRejected as exc:
             return JSONResponse(exc.body, status_code=400)
         self.state.number += 1

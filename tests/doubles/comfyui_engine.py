@@ -4,6 +4,12 @@
 prompt at a time, in ComfyUI's event order, caches node results by their inputs (identical graphs
 replay their outputs without new files), honours interrupts between progress steps or nodes, and
 writes history after ``execution_success`` and before the final ``executing {node: null}``.
+
+``progress_state`` is ComfyUI's progress registry as it sends it: every node of the prompt started so
+far with its ``value``, ``max`` and ``state``, sent when a node starts (``running``), at each step
+and when it finishes (``finished``, also for a cached node), so the last one before
+``execution_success`` shows every executed node ``finished``. A ``SaveImageWebsocket`` image goes
+out as ``progress_state``, ``progress``, then a binary preview frame (type 1, format 2 = PNG).
 """
 
 from __future__ import annotations
@@ -45,6 +51,21 @@ class Item:
     extra_data: dict[str, Any]
     outputs: list[str]
     client_id: str | None
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # ComfyUI's progress registry
+
+    def node_state(self, nid: str, state: str, value: float, maximum: float) -> dict[str, Any]:
+        """Record one node's progress; the ``progress_state`` data: every node started so far."""
+        self.nodes[nid] = {
+            "value": value,
+            "max": maximum,
+            "state": state,
+            "node_id": nid,
+            "prompt_id": self.prompt_id,
+            "display_node_id": nid,
+            "parent_node_id": None,
+            "real_node_id": nid,
+        }
+        return {"prompt_id": self.prompt_id, "nodes": {k: dict(v) for k, v in self.nodes.items()}}
 
     def row(self) -> list[Any]:
         return [self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs]
@@ -92,6 +113,12 @@ class Executor:
         if socket is not None and not self.knobs.silent:
             with contextlib.suppress(Exception):
                 await socket.send_bytes(struct.pack(">II", 1, 2) + image)
+
+    async def _progress_state(self, item: Item, nid: str, state: str, value: float, maximum: float) -> None:
+        """ComfyUI's ``progress_state``: sent when a node starts, at each step and when it finishes."""
+        data = item.node_state(nid, state, value, maximum)
+        if item.client_id is not None:
+            await self.send("progress_state", data, item.client_id)
 
     async def _status(self, sid: str | None = None) -> None:
         remaining = len(self.state.pending) + (1 if self.state.running else 0)
@@ -212,21 +239,9 @@ class Executor:
             values[nid], ui = self.state.cache[signature]
             if ui is not None:
                 await job_event("executed", {"node": nid, "display_node": nid, "output": ui})
+            await self._progress_state(item, nid, "finished", 1, 1)
             return ui
-        await job_event(
-            "progress_state",
-            {
-                "nodes": {
-                    nid: {
-                        "value": 0,
-                        "max": 1,
-                        "state": "running",
-                        "node_id": nid,
-                        "prompt_id": item.prompt_id,
-                    }
-                }
-            },
-        )
+        await self._progress_state(item, nid, "running", 0, 1)
         await job_event("executing", {"node": nid, "display_node": nid})
         await self._work(item, nid, node["class_type"])
         inputs = {k: values[str(v[0])][v[1]] if nodes.is_link(v) else v for k, v in node["inputs"].items()}
@@ -236,6 +251,8 @@ class Executor:
         self.state.cache[signature] = (values[nid], ui)
         if ui is not None:
             await job_event("executed", {"node": nid, "display_node": nid, "output": ui})
+        maximum = item.nodes[nid]["max"]
+        await self._progress_state(item, nid, "finished", maximum, maximum)
         return ui
 
     async def _work(self, item: Item, nid: str, class_type: str) -> None:
@@ -245,6 +262,7 @@ class Executor:
             return
         for step in range(1, steps + 1):
             await asyncio.sleep(self.knobs.node_seconds / steps)
+            await self._progress_state(item, nid, "running", step, steps)
             if item.client_id is not None:
                 await self.send(
                     "progress",
@@ -257,6 +275,7 @@ class Executor:
     async def _flush_previews(self, item: Item, nid: str) -> None:
         previews, self.folders.previews = self.folders.previews, []
         for index, image in enumerate(previews, 1):
+            await self._progress_state(item, nid, "running", index, len(previews))
             await self.send(
                 "progress",
                 {"value": index, "max": len(previews), "prompt_id": item.prompt_id, "node": nid},

@@ -148,8 +148,12 @@ class PromptRejected(Exception):
         self.body = {"error": error, "node_errors": node_errors or {}}
 
 
-def validate(prompt: Any, known: dict[str, dict[str, Any]]) -> list[str]:
-    """Return the output node ids to execute, or raise ``PromptRejected`` as ComfyUI would."""
+def validate(prompt: Any, known: dict[str, dict[str, Any]], targets: list[str] | None = None) -> list[str]:
+    """Return the output node ids to execute, or raise ``PromptRejected`` as ComfyUI would.
+
+    ``targets`` (``partial_execution_targets``, "Run selected nodes") keeps only those output nodes:
+    the others are neither validated nor run.
+    """
     if not isinstance(prompt, dict):
         raise PromptRejected(_error("invalid_prompt", "Invalid prompt: the prompt must be an object"))
     for node_id, node in prompt.items():
@@ -169,7 +173,7 @@ def validate(prompt: Any, known: dict[str, dict[str, Any]]) -> list[str]:
                     f"Node ID '#{node_id}'",
                 )
             )
-    outputs = [nid for nid, node in prompt.items() if known[node["class_type"]]["output_node"]]
+    outputs = output_nodes(prompt, known, targets)
     if not outputs:
         raise PromptRejected(_error("prompt_no_outputs", "Prompt has no outputs"))
     node_errors: dict[str, Any] = {}
@@ -186,6 +190,14 @@ def validate(prompt: Any, known: dict[str, dict[str, Any]]) -> list[str]:
             _error("prompt_outputs_failed_validation", "Prompt outputs failed validation"), node_errors
         )
     return outputs
+
+
+def output_nodes(
+    prompt: dict[str, Any], known: dict[str, dict[str, Any]], targets: list[str] | None
+) -> list[str]:
+    """The output nodes to run: all of them, or only the ``targets`` among them."""
+    outputs = [nid for nid, node in prompt.items() if known[node["class_type"]]["output_node"]]
+    return outputs if targets is None else [nid for nid in outputs if nid in targets]
 
 
 def ancestors(prompt: dict[str, Any], node_id: str, seen: list[str] | None = None) -> list[str]:

@@ -67,12 +67,21 @@ async def test_events_come_in_comfyui_order_to_the_submitting_client_only(
         await other.recv()
         reply = await http.post("/api/prompt", json={"prompt": GRAPH, "client_id": "me", "prompt_id": "p-1"})
         assert reply.json() == {"prompt_id": "p-1", "number": 1, "node_errors": {}}
-        kinds = [e["type"] for e in await until_done(mine, "p-1") if e["type"] != "status"]
-        assert kinds == ["execution_start", "execution_cached"] + ["progress_state", "executing"] * 3 + [
-            "executed",
+        events = [e for e in await until_done(mine, "p-1") if e["type"] != "status"]
+        kinds = [e["type"] for e in events]
+        node = ["progress_state", "executing", "progress_state"]  # started, then finished
+        last = ["progress_state", "executing", "executed", "progress_state"]
+        assert kinds == [
+            "execution_start",
+            "execution_cached",
+            *node,
+            *node,
+            *last,
             "execution_success",
             "executing",
         ]
+        final = [e["data"] for e in events if e["type"] == "progress_state"][-1]
+        assert {nid: n["state"] for nid, n in final["nodes"].items()} == dict.fromkeys("123", "finished")
         others = [json.loads(await other.recv()) for _ in range(2)]
         assert {e["type"] for e in others} == {"status"}
 
@@ -237,3 +246,39 @@ def test_the_double_runs_as_a_subprocess_with_comfyui_flags(tmp_path: Path) -> N
     finally:
         process.kill()
         process.wait()
+
+
+async def test_run_selected_nodes_executes_only_the_target_outputs_and_their_inputs(
+    comfy: ComfyUIDouble, http: httpx.AsyncClient
+) -> None:
+    graph = {
+        **GRAPH,
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "other"}},
+        "5": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "broken"}},
+    }
+    async with websockets.connect(ws_url(comfy, "c")) as socket:
+        body = {"prompt": graph, "client_id": "c", "prompt_id": "p-part", "partial_execution_targets": ["3"]}
+        assert (
+            await http.post("/prompt", json=body)
+        ).status_code == 200  # node 5's broken link is not checked
+        events = await until_done(socket, "p-part")
+    ran = {e["data"]["node"] for e in events if e["type"] == "executing" and e["data"]["node"]}
+    assert ran == {"1", "2", "3"}
+    entry = (await http.get("/history/p-part")).json()["p-part"]
+    assert set(entry["outputs"]) == {"3"}
+    assert not list(comfy.folders.output.glob("other*"))
+
+
+async def test_save_image_websocket_sends_its_images_as_png_preview_frames(
+    comfy: ComfyUIDouble, http: httpx.AsyncClient
+) -> None:
+    graph = {**GRAPH, "3": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["2", 0]}}}
+    graph["1"] = {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 8, "height": 8, "batch_size": 2, "color": 0},
+    }
+    async with websockets.connect(ws_url(comfy, "c")) as socket:
+        await http.post("/prompt", json={"prompt": graph, "client_id": "c", "prompt_id": "p-ws"})
+        events = await until_done(socket, "p-ws")
+    frames = [e["data"]["head"] for e in events if e["type"] == "binary"]
+    assert frames == [bytes([0, 0, 0, 1, 0, 0, 0, 2])] * 2
