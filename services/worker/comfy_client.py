@@ -27,6 +27,19 @@ class PromptRejectedError(Exception):
         super().__init__(f"{error.get('type', 'invalid_prompt')}: {error.get('message', 'rejected')}")
 
 
+def prompt_body(
+    prompt: dict[str, Any], prompt_id: str, client_id: str, extra_data: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``POST /prompt``'s body: "Run selected nodes" (``partial_execution_targets``, which the job
+    carries in ``extra_data``) goes to the top level, where ComfyUI reads it."""
+    extra = dict(extra_data or {})
+    body: dict[str, Any] = {"prompt": prompt, "prompt_id": prompt_id, "client_id": client_id}
+    targets = extra.pop("partial_execution_targets", None)
+    if targets is not None:
+        body["partial_execution_targets"] = targets
+    return {**body, "extra_data": extra}
+
+
 class ComfyClient:
     def __init__(self, base_url: str, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
@@ -61,13 +74,9 @@ class ComfyClient:
     async def submit(
         self, prompt: dict[str, Any], prompt_id: str, client_id: str, extra_data: dict[str, Any] | None = None
     ) -> None:
-        body = {
-            "prompt": prompt,
-            "prompt_id": prompt_id,
-            "client_id": client_id,
-            "extra_data": extra_data or {},
-        }
-        reply = await self._call("POST", "/prompt", json=body)
+        reply = await self._call(
+            "POST", "/prompt", json=prompt_body(prompt, prompt_id, client_id, extra_data)
+        )
         if reply.status_code == 400:
             raise PromptRejectedError(reply.json())
         reply.raise_for_status()
