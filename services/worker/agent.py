@@ -118,7 +118,9 @@ class Agent:
         async def sink(events: list[Any]) -> None:
             await queue.events(job.id, lease.token, events)
 
-        forwarder = EventForwarder(sink, self.settings.progress_per_second)
+        forwarder = EventForwarder(
+            sink, self.settings.progress_per_second, preview_rate=self.settings.previews_per_second
+        )
         try:
             async with LeaseKeeper(queue, job.id, lease.token, heartbeat_seconds) as keeper:
                 outcome = await self._run_while_held(job, forwarder, keeper)

@@ -3,6 +3,8 @@
 Job events reach only the socket whose ``clientId`` submitted the job, so the agent keeps exactly
 one socket under its own client id (a second one would replace the first) and reconnects it
 whenever it drops. A runner subscribes to its ``prompt_id`` *before* submitting, so no event is lost.
+Binary preview frames carry no ``prompt_id``; they go to the job ComfyUI last sent an event about
+(until its final ``executing {node: null}``) as ``b_preview`` events (``previews``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 import websockets
 
+from services.worker.previews import preview_data
+
 log = logging.getLogger(__name__)
 Event = tuple[str, dict[str, Any]]
 
@@ -26,6 +30,7 @@ class EventStream:
         self.connected = asyncio.Event()
         self._queues: dict[str, asyncio.Queue[Event]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._running: str | None = None  # the prompt ComfyUI last reported working on
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="comfyui-events")
@@ -59,9 +64,20 @@ class EventStream:
 
     def _route(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
-            return  # preview frames: not forwarded (participants see the outputs)
+            self._route_preview(message)
+            return
         event = json.loads(message)
-        data = event.get("data") or {}
-        queue = self._queues.get(str(data.get("prompt_id", "")))
+        kind, data = str(event.get("type")), event.get("data") or {}
+        prompt_id = str(data.get("prompt_id") or "")
+        if prompt_id:
+            self._running = None if kind == "executing" and data.get("node") is None else prompt_id
+        queue = self._queues.get(prompt_id)
         if queue is not None:
-            queue.put_nowait((str(event.get("type")), data))
+            queue.put_nowait((kind, data))
+
+    def _route_preview(self, frame: bytes) -> None:
+        """A preview frame names no job: it belongs to the one running (ComfyUI runs one at a time)."""
+        queue = self._queues.get(self._running or "")
+        data = preview_data(frame) if queue is not None else None
+        if queue is not None and data is not None:
+            queue.put_nowait(("b_preview", {**data, "prompt_id": self._running}))

@@ -1,8 +1,12 @@
-"""Forward a job's ComfyUI events to the queue manager: progress throttled, everything batched.
+"""Forward a job's ComfyUI events to the queue manager: frequent ones throttled, everything batched.
 
-``progress`` is limited to ``rate`` events per second per job (the latest value wins: a value held
-back is sent when its window opens, unless a newer node event made it stale). Other events pass
-in order. Sending happens on a background task, so a slow queue manager never slows the job;
+``progress`` and ``progress_state`` share one limit of ``rate`` releases per second per job, and
+``b_preview`` (preview images) has its own of ``preview_rate``; within a window the latest value
+of each kind wins and is sent when the window opens. Other events pass in order. A node event makes
+a held ``progress`` or preview stale (dropped), but a held ``progress_state`` is sent before it: each
+one is ComfyUI's whole picture of the job's nodes, and the last one (every node ``finished``) is
+what lets the participant's page stop showing the job as running, so it is never dropped, not even
+at ``close``. Sending happens on a background task, so a slow queue manager never slows the job;
 events are gathered for ``linger`` seconds into one batch, so a short job costs one round trip.
 """
 
@@ -11,57 +15,50 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from services.protocol.workers import JobEvent
+from services.worker.throttle import Throttle
 
 log = logging.getLogger(__name__)
 Sink = Callable[[list[JobEvent]], Awaitable[None]]
 MAX_BATCH = 256
+LANES = {"progress": "progress", "progress_state": "progress", "b_preview": "preview"}
+KEPT = frozenset({"progress_state"})
 
 
 class EventForwarder:
-    def __init__(self, sink: Sink, rate: float = 10.0, linger: float = 0.05) -> None:
+    def __init__(
+        self, sink: Sink, rate: float = 10.0, linger: float = 0.05, preview_rate: float = 2.0
+    ) -> None:
         self.sink = sink
-        self.interval = 1.0 / rate
         self.linger = linger
         self._closed = asyncio.Event()
         self._buffer: list[JobEvent] = []
-        self._held: JobEvent | None = None
-        self._last_progress = -1e9
+        self._lanes = {
+            "progress": Throttle(1.0 / rate, self._push),
+            "preview": Throttle(1.0 / preview_rate, self._push),
+        }
         self._wake = asyncio.Event()
         self._closing = False
         self._sender = asyncio.create_task(self._send_loop(), name="event-forwarder")
-        self._release: asyncio.TimerHandle | None = None
 
     def add(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "progress":
-            self._progress(JobEvent(type=kind, data=data))
+        event = JobEvent(type=kind, data=data)
+        lane = self._lanes.get(LANES.get(kind, ""))
+        if lane is not None:
+            lane.offer(event)
             return
-        self._drop_held()
-        self._push(JobEvent(type=kind, data=data))
+        self._settle()
+        self._push(event)
 
-    def _progress(self, event: JobEvent) -> None:
-        wait = self._last_progress + self.interval - time.monotonic()
-        if wait <= 0 and self._held is None:
-            self._last_progress = time.monotonic()
-            self._push(event)
-            return
-        self._held = event
-        if self._release is None:
-            self._release = asyncio.get_running_loop().call_later(max(wait, 0), self._let_held_go)
-
-    def _let_held_go(self) -> None:
-        self._release = None
-        held, self._held = self._held, None
-        if held is not None:
-            self._last_progress = time.monotonic()
-            self._push(held)
-
-    def _drop_held(self) -> None:
-        self._held = None
+    def _settle(self) -> None:
+        """Before a node event or the end: held states go out first, held progress and previews are stale."""
+        for lane in self._lanes.values():
+            for event in lane.take():
+                if event.type in KEPT:
+                    self._push(event)
 
     def _push(self, event: JobEvent) -> None:
         self._buffer.append(event)
@@ -82,10 +79,10 @@ class EventForwarder:
                     log.warning("could not forward %d events: %s", len(batch), exc)
 
     async def close(self) -> None:
-        """Send what is buffered (a held progress value is dropped) and stop."""
-        if self._release is not None:
-            self._release.cancel()
-        self._drop_held()
+        """Send what is buffered and the last held ``progress_state`` (held progress is dropped), and stop."""
+        for lane in self._lanes.values():
+            lane.stop()
+        self._settle()
         self._closing = True
         self._closed.set()
         self._wake.set()

@@ -89,6 +89,9 @@ class WorkerSettings(BaseSettings):
     progress_per_second: float = Field(
         default=10.0, gt=0, description="WORKER_PROGRESS_PER_SECOND: progress events forwarded per job"
     )
+    previews_per_second: float = Field(
+        default=2.0, gt=0, description="WORKER_PREVIEWS_PER_SECOND: preview images forwarded per job"
+    )
     shutdown_grace_seconds: float = Field(
         default=60.0, ge=0, description="WORKER_SHUTDOWN_GRACE_SECONDS: time to finish a job on SIGTERM"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from services.protocol.workers import JobEvent
 from services.worker.forwarder import EventForwarder
@@ -61,3 +62,55 @@ async def test_a_failing_sink_does_not_break_the_job() -> None:
     forwarder.add("executing", {"node": "1", "prompt_id": "p"})
     await forwarder.close()
     assert calls == 1
+
+
+def node_states(prompt_id: str, step: int, steps: int) -> dict[str, Any]:
+    state = "finished" if step == steps else "running"
+    return {"prompt_id": prompt_id, "nodes": {"3": {"value": step, "max": steps, "state": state}}}
+
+
+async def test_progress_state_is_throttled_but_the_last_one_is_always_delivered() -> None:
+    sink = Sink()
+    forwarder = EventForwarder(sink, rate=10.0)
+    started = time.monotonic()
+    for step in range(1, 101):  # a sampler's state after each of 100 steps in about half a second
+        forwarder.add("progress_state", node_states("p", step, 100))
+        await asyncio.sleep(0.005)
+    elapsed = time.monotonic() - started
+    await forwarder.close()  # the job ended: the final state was still held back
+    states = [event.data for _, event in sink.sent if event.type == "progress_state"]
+    assert 2 <= len(states) <= int(elapsed * 10) + 2
+    assert states[-1]["nodes"]["3"]["state"] == "finished"
+
+
+async def test_a_held_progress_state_goes_out_before_the_next_node_event() -> None:
+    sink = Sink()
+    forwarder = EventForwarder(sink, rate=10.0)
+    forwarder.add("progress_state", node_states("p", 1, 2))
+    forwarder.add("progress", {"value": 1, "max": 2, "node": "3", "prompt_id": "p"})  # held back
+    forwarder.add("progress_state", node_states("p", 2, 2))  # held back
+    forwarder.add("executed", {"node": "3", "output": {}, "prompt_id": "p"})
+    await forwarder.close()
+    assert [(e.type, e.data.get("nodes", {}).get("3", {}).get("value")) for _, e in sink.sent] == [
+        ("progress_state", 1),
+        ("progress_state", 2),
+        ("executed", None),
+    ]
+
+
+async def test_previews_reach_the_participant_at_most_twice_a_second_newest_first() -> None:
+    sink = Sink()
+    forwarder = EventForwarder(sink, rate=10.0, preview_rate=2.0)
+    started = time.monotonic()
+    for index in range(60):  # a sampler sending a preview image each step, 40 a second
+        forwarder.add("b_preview", {"image": f"img{index}", "format": "jpeg", "prompt_id": "p"})
+        forwarder.add("progress", {"value": index, "max": 60, "node": "3", "prompt_id": "p"})
+        await asyncio.sleep(0.025)
+    elapsed = time.monotonic() - started
+    await forwarder.close()
+    previews = [event.data["image"] for _, event in sink.sent if event.type == "b_preview"]
+    assert 2 <= len(previews) <= int(elapsed * 2) + 1
+    numbers = [int(image.removeprefix("img")) for image in previews]
+    assert numbers[0] == 0 and numbers[1] > 1  # the first at once, then the newest one held back
+    progress = [event for _, event in sink.sent if event.type == "progress"]
+    assert len(progress) > len(previews)  # previews have their own, slower limit
