@@ -13,7 +13,9 @@
   ``server_cpu_ms_per_job`` is the queue manager's CPU time per job in that run: on a shared
   machine it tells what one free core would sustain (1000 / it), whatever the neighbours do.
 
-The queue manager runs as its own process (uvicorn + uvloop + httptools), as in production.
+The queue manager runs as its own process (uvicorn + uvloop + httptools), as in production. The
+client side shares the machine, so it is kept lean: uvloop, and one pool of keep-alive HTTP/1.1
+connections (``bench/client.py``) instead of httpx, whose per-request CPU cost rivalled the server's.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import uvloop
 from websockets.asyncio.client import connect
 
+from bench.client import Client
 from tests.support.qm_server import QueueManagerProcess, qm_env
 from tests.support.servers import RedisServer
 
@@ -59,10 +62,10 @@ class Measures:
     server_cpu_ms_per_job: float = 0.0
 
 
-async def worker(http: httpx.AsyncClient, worker_id: str, measures: Measures) -> None:
+async def worker(http: Client, worker_id: str, measures: Measures) -> None:
     """A worker that runs every job it gets: claim, three progress events, complete."""
     registration = {"worker_id": worker_id, "capabilities": {"pool": "bench", "provider": "bench"}}
-    await http.post("/api/workers/register", json=registration, headers=BEARER)
+    await http.post("/api/workers/register", registration, headers=BEARER)
     while True:
         reply = await http.post(f"/api/workers/{worker_id}/claim", params={"wait": 25}, headers=BEARER)
         if reply.status_code != 200:
@@ -75,8 +78,8 @@ async def worker(http: httpx.AsyncClient, worker_id: str, measures: Measures) ->
         for step in range(3):
             data = {"value": step + 1, "max": 3, "prompt_id": job_id, "sent": time.perf_counter()}
             batch = {"token": token, "events": [{"type": "progress", "data": data}]}
-            await http.post(f"/api/leases/{job_id}/events", json=batch, headers=BEARER)
-        await http.post(f"/api/leases/{job_id}/complete", json={"token": token}, headers=BEARER)
+            await http.post(f"/api/leases/{job_id}/events", batch, headers=BEARER)
+        await http.post(f"/api/leases/{job_id}/complete", {"token": token}, headers=BEARER)
         measures.completed.add(job_id)
         if len(measures.completed) >= measures.expected:
             measures.all_done.set()
@@ -93,9 +96,9 @@ async def listen(url: str, user: str, measures: Measures, ready: asyncio.Event) 
                 into.append((time.perf_counter() - event["data"]["sent"]) * 1000)
 
 
-async def submit(http: httpx.AsyncClient, user: str, measures: Measures) -> None:
+async def submit(http: Client, user: str, measures: Measures) -> None:
     started = time.perf_counter()
-    reply = await http.post("/api/jobs", json={"prompt": PROMPT}, headers=basic(user))
+    reply = await http.post("/api/jobs", {"prompt": PROMPT}, headers=basic(user))
     reply.raise_for_status()
     measures.submitted_at[reply.json()["id"]] = started
 
@@ -118,8 +121,7 @@ def cpu_seconds(pids: list[int]) -> float:
 
 async def run(url: str, jobs: int, workers: int, users: list[str], pids: list[int]) -> dict[str, Any]:
     measures = Measures(expected=jobs)
-    limits = httpx.Limits(max_connections=workers + 20, max_keepalive_connections=workers + 20)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
+    async with Client(url, connections=workers + 20) as http:
         ready = [asyncio.Event() for _ in users]
         pairs = zip(users, ready, strict=True)
         listeners = [asyncio.create_task(listen(url, user, measures, up)) for user, up in pairs]
@@ -184,7 +186,8 @@ def main() -> None:
         )
         server = QueueManagerProcess(env, log_path=Path(tmp) / "qm.log", processes=args.processes).start()
         try:
-            result = asyncio.run(run(server.url, args.jobs, args.workers, users, server.pids()))
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                result = runner.run(run(server.url, args.jobs, args.workers, users, server.pids()))
         except Exception:
             print((Path(tmp) / "qm.log").read_text()[-5000:], file=sys.stderr)  # why the server failed
             raise
