@@ -3,11 +3,16 @@
 ``create_app(settings)`` builds an app for given settings (tests, benchmarks); without settings
 they are read from the environment when the app starts, so a missing secret stops the start with
 a message naming the variable, rather than failing at import.
+
+The lifespan opens the user-file storage (``QM_FILES_URL``) once as ``app.state.storage``, shared
+by the workspaces and everything else; a test may set ``app.state.storage`` before the app starts
+to use its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -21,6 +26,10 @@ from services.queue_manager.background import running
 from services.queue_manager.dispatch import dispatching
 from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
+from services.queue_manager.workspaces import UPLOAD_PATH
+from services.storage import Storage, StorageError, open_storage
+
+log = logging.getLogger(__name__)
 
 
 def connect(settings: Settings) -> Redis:
@@ -34,6 +43,17 @@ def connect(settings: Settings) -> Redis:
     )
 
 
+def open_files(settings: Settings) -> Storage | None:
+    """The user-file storage, or None (logged) when it cannot be opened: the queue keeps working and
+    the workspaces answer 503 with the reason until the organizer fixes ``QM_FILES_URL``."""
+    try:
+        return open_storage(settings.files_url)
+    except (StorageError, OSError) as exc:
+        detail = {"files_url": settings.files_url, "error": str(exc)}
+        log.error("user-file storage cannot be opened: set QM_FILES_URL to a usable place", extra=detail)
+        return None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -44,6 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redis = connect(config)
         store = Store(redis, config)
         app.state.settings, app.state.store, app.state.auth = config, store, auth
+        if getattr(app.state, "storage", None) is None:
+            app.state.storage = open_files(config)
         try:
             async with running(store), dispatching(store, config):
                 yield
@@ -58,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(api_router)
-    app.add_middleware(BodyLimit)
+    app.add_middleware(BodyLimit, uploads=UPLOAD_PATH)
     return app
 
 

@@ -103,7 +103,24 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=2_000_000,
         ge=1024,
-        description="QM_MAX_BODY_BYTES: larger request bodies are refused with 413",
+        description="QM_MAX_BODY_BYTES: larger request bodies are refused with 413 (all but uploads)",
+    )
+    max_upload_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="QM_MAX_UPLOAD_BYTES: largest file a participant may upload to their workspace "
+        "(/w/<user>/api/upload/...); bigger ones are refused with 413",
+    )
+    files_url: str = Field(
+        default="file:///var/lib/comfy-workshop/files",
+        description="QM_FILES_URL: user-file storage (file:///dir or s3://bucket/prefix, S3_* for its "
+        "endpoint and keys), the same the workers use",
+    )
+    stats_interval_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="QM_STATS_INTERVAL_SECONDS: how often the admin charts' queue and GPU figures are "
+        "sampled (one sample per interval, however many queue managers share the Redis)",
     )
     public_url: str = Field(
         default="http://127.0.0.1:8000",

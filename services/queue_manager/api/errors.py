@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -30,33 +32,61 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 DEFAULT_MAX_BYTES = 2_000_000
+UPLOAD_FORM_BYTES = 64 * 1024  # room for the multipart envelope around a file of the largest size
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limit:
+    """How many bytes a request body may have, and what to tell a client that sends more."""
+
+    bytes: int
+    message: str
+
+
+def body_limit(limit: int) -> Limit:
+    return Limit(limit, f"request body larger than {limit} bytes (QM_MAX_BODY_BYTES)")
+
+
+def upload_limit(limit: int) -> Limit:
+    size = f"{limit / MIB:g} MiB" if limit >= MIB else f"{limit} bytes"
+    message = (
+        f"the upload is larger than {size} (QM_MAX_UPLOAD_BYTES): send a smaller file, "
+        "e.g. scale the image down or export it at a lower resolution"
+    )
+    return Limit(limit + UPLOAD_FORM_BYTES, message)
 
 
 class BodyTooLarge(HTTPException):
     """Raised while the body streams in; an HTTPException so FastAPI's body parsing passes it on."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, too_large(limit))
-
-
-def too_large(limit: int) -> str:
-    return f"request body larger than {limit} bytes (QM_MAX_BODY_BYTES)"
+    def __init__(self, limit: Limit) -> None:
+        super().__init__(413, limit.message)
 
 
 class BodyLimit:
-    """Refuse request bodies above ``Settings.max_body_bytes`` (declared or streamed) with 413."""
+    """Refuse request bodies above ``Settings.max_body_bytes`` (declared or streamed) with 413;
+    paths matching ``uploads`` (participants' file uploads) may be up to ``max_upload_bytes``."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, uploads: re.Pattern[str] | None = None) -> None:
         self.app = app
+        self.uploads = uploads
+
+    def limit(self, scope: Scope) -> Limit:
+        settings = getattr(scope["app"].state, "settings", None)
+        if settings is None:  # not started yet: the smallest limit
+            return body_limit(DEFAULT_MAX_BYTES)
+        if self.uploads is not None and self.uploads.match(scope["path"]):
+            return upload_limit(settings.max_upload_bytes)
+        return body_limit(settings.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        settings = getattr(scope["app"].state, "settings", None)
-        limit: int = settings.max_body_bytes if settings is not None else DEFAULT_MAX_BYTES
+        limit = self.limit(scope)
         declared = dict(scope["headers"]).get(b"content-length", b"0")
-        if declared.isdigit() and int(declared) > limit:
+        if declared.isdigit() and int(declared) > limit.bytes:
             await self._refuse(send, limit)
             return
         started = False
@@ -72,21 +102,21 @@ class BodyLimit:
             if not started:
                 await self._refuse(send, limit)
 
-    def _counting(self, receive: Receive, limit: int) -> Receive:
+    def _counting(self, receive: Receive, limit: Limit) -> Receive:
         seen = 0
 
         async def counted() -> Message:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > limit:
+            if seen > limit.bytes:
                 raise BodyTooLarge(limit)
             return message
 
         return counted
 
-    async def _refuse(self, send: Send, limit: int) -> None:
-        body = json.dumps({"detail": too_large(limit)})
+    async def _refuse(self, send: Send, limit: Limit) -> None:
+        body = json.dumps({"detail": limit.message})
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body.encode()})

@@ -37,6 +37,8 @@ sid}``), ``executing``, ``execution_start``, ``execution_error``, ``execution_in
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter
 
 from services.queue_manager.workspaces import (
@@ -49,6 +51,8 @@ from services.queue_manager.workspaces import (
 )
 
 PREFIX = "/w/{user}"
+UPLOAD_PATH = re.compile(rf"/w/[^/]+{re.escape(routes_files.UPLOADS)}")
+"""The paths of every upload route, for ``BodyLimit``'s larger limit (``QM_MAX_UPLOAD_BYTES``)."""
 
 router = APIRouter(tags=["workspaces"])
 router.include_router(pages.pages)
@@ -56,4 +60,4 @@ for part in (routes_user.router, routes_jobs.router, routes_files.router, routes
     router.include_router(part, prefix=PREFIX, include_in_schema=False)
 router.include_router(pages.assets, prefix=PREFIX, include_in_schema=False)
 
-__all__ = ["router"]
+__all__ = ["UPLOAD_PATH", "router"]

@@ -6,8 +6,6 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio import Redis
 from starlette.requests import HTTPConnection
 
@@ -17,18 +15,7 @@ from services.queue_manager.workspaces.catalogue import CatalogueCache
 from services.queue_manager.workspaces.files import UserFiles
 from services.queue_manager.workspaces.settings import UserSettings
 from services.queue_manager.workspaces.userdata import UserData
-from services.storage import Storage, open_storage
-
-
-class WorkspaceSettings(BaseSettings):
-    """The workspaces' own settings (env ``QM_*``, beside the core's ``Settings``)."""
-
-    model_config = SettingsConfigDict(env_prefix="QM_", extra="ignore")
-
-    files_url: str = Field(
-        default="file:///var/lib/comfy-workshop/files",
-        description="QM_FILES_URL: user-file storage (file:///dir or s3://bucket/prefix), as workers use",
-    )
+from services.storage import Storage
 
 
 @dataclass
@@ -46,13 +33,19 @@ class WorkspaceContext:
 
 
 def build_context(connection: HTTPConnection) -> WorkspaceContext:
-    """Made on first use from the core's ``app.state`` (``store``, ``settings``, optional ``storage``)."""
+    """Made on first use from the core's ``app.state``: ``store`` and the app's one ``storage``."""
     state = connection.app.state
     context: WorkspaceContext | None = getattr(state, "workspace_context", None)
     if context is None:
         store: Store = state.store
+        storage: Storage | None = getattr(state, "storage", None)
+        if storage is None:
+            raise HTTPException(
+                503,
+                f"user-file storage {store.settings.files_url!r} could not be opened (see the queue "
+                "manager's log): the organizer must fix QM_FILES_URL",
+            )
         redis = Redis.from_url(store.settings.redis_url)  # bytes: catalogues and saved files
-        storage: Storage = getattr(state, "storage", None) or open_storage(WorkspaceSettings().files_url)
         context = WorkspaceContext(store, redis, CatalogueCache(redis, store), storage)
         state.workspace_context = context
     return context
@@ -89,7 +82,7 @@ def user_settings(ctx: Context, user: Participant) -> UserSettings:
 
 
 def user_files(ctx: Context, user: Participant) -> UserFiles:
-    return UserFiles(ctx.storage, user)
+    return UserFiles(ctx.storage, user, ctx.store.settings.max_upload_bytes)
 
 
 UserDataDep = Annotated[UserData, Depends(user_data)]

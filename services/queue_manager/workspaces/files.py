@@ -15,10 +15,10 @@ from fastapi import UploadFile
 from pydantic import ValidationError
 
 from services.protocol.jobs import FileRef, storage_key
+from services.queue_manager.api.errors import upload_limit
 from services.storage import Storage, aiter_chunks
 from services.storage.base import StorageError
 
-MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 UNSAFE_TYPES = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}
 FileType = Literal["input", "output", "temp"]
 
@@ -46,9 +46,10 @@ def content_type(filename: str) -> str:
 
 
 class UserFiles:
-    def __init__(self, storage: Storage, user: str) -> None:
+    def __init__(self, storage: Storage, user: str, max_upload_bytes: int) -> None:
         self.storage = storage
         self.user = user
+        self.max_upload_bytes = max_upload_bytes
 
     def key(self, ref: FileRef) -> str:
         return storage_key(self.user, ref)
@@ -69,7 +70,7 @@ class UserFiles:
 
     async def save_upload(self, upload: UploadFile, ref: FileRef, overwrite: bool) -> FileRef:
         """Store an upload; without ``overwrite`` a different file of that name gets ``name (1).ext``."""
-        data = await read_limited(upload)
+        data = await read_limited(upload, self.max_upload_bytes)
         if not overwrite:
             ref = await self._free_name(ref, data)
         try:
@@ -98,13 +99,10 @@ class UserFiles:
         return digest.digest() == hashlib.sha256(data).digest()
 
 
-async def read_limited(upload: UploadFile) -> bytes:
-    """The upload's bytes, refusing files over ``MAX_UPLOAD_BYTES`` with a message that says so."""
-    data = await upload.read(MAX_UPLOAD_BYTES + 1)
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise FileProblem(
-            413,
-            f"{upload.filename!r} is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB: "
-            "scale it down or export it at a lower resolution",
-        )
+async def read_limited(upload: UploadFile, limit: int) -> bytes:
+    """The upload's bytes, refusing files over ``limit`` (``QM_MAX_UPLOAD_BYTES``) with a message
+    that says so (the request's size was checked by ``BodyLimit``; this is the file's own)."""
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise FileProblem(413, f"{upload.filename!r}: {upload_limit(limit).message}")
     return data

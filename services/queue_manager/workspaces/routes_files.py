@@ -9,31 +9,19 @@ from fastapi import APIRouter, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from services.queue_manager.workspaces.deps import UserFilesDep
-from services.queue_manager.workspaces.files import (
-    MAX_UPLOAD_BYTES,
-    FileProblem,
-    content_type,
-    file_ref,
-)
+from services.queue_manager.workspaces.files import FileProblem, content_type, file_ref
 from services.queue_manager.workspaces.prompts import split_annotation
 
 router = APIRouter()
-
-
-def refuse_large(request: Request) -> None:
-    """Refuse an upload by its announced size before reading it."""
-    announced = request.headers.get("content-length", "")
-    if announced.isdigit() and int(announced) > MAX_UPLOAD_BYTES + 64 * 1024:
-        raise FileProblem(
-            413, f"uploads are limited to {MAX_UPLOAD_BYTES // (1024 * 1024)} MB: scale the image down first"
-        )
+UPLOADS = "/api/upload/"
+"""Every upload route is under this path: ``BodyLimit`` gives those ``QM_MAX_UPLOAD_BYTES``, not
+``QM_MAX_BODY_BYTES`` (``workspaces.UPLOAD_PATH``), declared or streamed, before any is read."""
 
 
 async def upload(
-    request: Request, files: UserFilesDep, image: UploadFile, kind: str, subfolder: str, overwrite: str
+    files: UserFilesDep, image: UploadFile, kind: str, subfolder: str, overwrite: str
 ) -> Response:
     try:
-        refuse_large(request)
         ref = file_ref(image.filename or "", subfolder, kind or "input")
         saved = await files.save_upload(image, ref, overwrite in ("true", "1"))
     except FileProblem as exc:
@@ -41,9 +29,8 @@ async def upload(
     return JSONResponse({"name": saved.filename, "subfolder": saved.subfolder, "type": saved.type})
 
 
-@router.post("/api/upload/image")
+@router.post(UPLOADS + "image")
 async def upload_image(
-    request: Request,
     files: UserFilesDep,
     image: UploadFile,
     type: Annotated[str, Form()] = "input",
@@ -51,12 +38,11 @@ async def upload_image(
     overwrite: Annotated[str, Form()] = "",
 ) -> Response:
     """Store an image (or audio, video, 3D file) in the participant's input folder."""
-    return await upload(request, files, image, type, subfolder, overwrite)
+    return await upload(files, image, type, subfolder, overwrite)
 
 
-@router.post("/api/upload/mask")
+@router.post(UPLOADS + "mask")
 async def upload_mask(
-    request: Request,
     files: UserFilesDep,
     image: UploadFile,
     original_ref: Annotated[str, Form()] = "{}",
@@ -73,7 +59,7 @@ async def upload_mask(
         json.loads(original_ref)
     except json.JSONDecodeError:
         return JSONResponse({"error": "original_ref must be JSON"}, status_code=400)
-    return await upload(request, files, image, type, subfolder, overwrite)
+    return await upload(files, image, type, subfolder, overwrite)
 
 
 @router.get("/api/view")

@@ -18,12 +18,12 @@ from fastapi.responses import Response
 
 from services.protocol.workers import WorkerState
 from services.queue_manager.registry import WorkerInfo
+from services.queue_manager.settings import Settings
 from services.queue_manager.workspaces.deps import Context, Participant, UserFilesDep
 from services.queue_manager.workspaces.frontend import frontend_version
 
 router = APIRouter()
 UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload", "audio_upload", "upload")
-SERVER_FEATURES = {"supports_preview_metadata": False, "max_upload_size": 64 * 1024 * 1024}
 JSON_NO_STORE = {"Cache-Control": "no-store"}
 OWN_EXTENSION = "comfy-workshop/notice.js"
 NOTICE = files("services.queue_manager.workspaces").joinpath("notice.js")
@@ -130,9 +130,14 @@ async def system_stats(ctx: Context, user: Participant) -> dict[str, Any]:
     }
 
 
+def server_features(settings: Settings) -> dict[str, Any]:
+    """What ComfyUI tells the frontend it supports; the frontend refuses bigger files before sending."""
+    return {"supports_preview_metadata": False, "max_upload_size": settings.max_upload_bytes}
+
+
 @router.get("/api/features")
-async def features(user: Participant) -> dict[str, Any]:
-    return SERVER_FEATURES
+async def features(ctx: Context, user: Participant) -> dict[str, Any]:
+    return server_features(ctx.store.settings)
 
 
 @router.get("/api/embeddings")

@@ -28,7 +28,7 @@ from fastapi.websockets import WebSocketState
 
 from services.protocol.events import EventType, UserEvent
 from services.queue_manager.workspaces.deps import Context, session_user
-from services.queue_manager.workspaces.routes_info import SERVER_FEATURES
+from services.queue_manager.workspaces.routes_info import server_features
 
 router = APIRouter()
 STATUS_EVENTS = {EventType.STARTED, EventType.FINISHED, EventType.POSITION}  # QUEUED carries its own
@@ -80,14 +80,15 @@ async def pump_events(
         await forward(websocket, ctx, user, event)
 
 
-async def read_client(websocket: WebSocket) -> None:
+async def read_client(websocket: WebSocket, ctx: Context) -> None:
     """Answer the frontend's ``feature_flags``; ignore anything else it says."""
+    flags = json.dumps({"type": "feature_flags", "data": server_features(ctx.store.settings)})
     with contextlib.suppress(WebSocketDisconnect):
         while True:
             text = await websocket.receive_text()
             with contextlib.suppress(json.JSONDecodeError, AttributeError):
                 if json.loads(text).get("type") == "feature_flags":
-                    await websocket.send_text(json.dumps({"type": "feature_flags", "data": SERVER_FEATURES}))
+                    await websocket.send_text(flags)
 
 
 @router.websocket("/ws")
@@ -100,7 +101,7 @@ async def workspace_socket(websocket: WebSocket, user: str, ctx: Context) -> Non
     async with ctx.store.events.subscribe(user) as stream:
         await websocket.send_text(json.dumps(await status_message(ctx, user, sid)))
         tasks = {
-            asyncio.create_task(read_client(websocket)),
+            asyncio.create_task(read_client(websocket, ctx)),
             asyncio.create_task(pump_events(websocket, ctx, user, stream)),
         }
         try:

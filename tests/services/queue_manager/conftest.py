@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import tempfile
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +26,7 @@ from tests.support.servers import free_port
 PASSWORDS = {"ada": "ada-password", "bob": "bob-password"}
 ADMIN_PASSWORD = "admin-password"
 TOKENS = {"gpu": "gpu-token-0123456789", "cpu": "cpu-token-0123456789"}
+FILES_URL = (Path(tempfile.gettempdir()) / "comfy-workshop-test-files").as_uri()  # not /var/lib's default
 PROMPT = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
     "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}},
@@ -41,6 +44,7 @@ def make_settings(redis_url: str, **overrides: Any) -> Settings:
         "lease_seconds": 5,
         "retry_backoff_seconds": 0,
         "reap_interval_seconds": 0.1,
+        "files_url": FILES_URL,
     }
     return Settings(**{**values, **overrides})
 

@@ -1,0 +1,94 @@
+"""Uploads have their own size limit (``QM_MAX_UPLOAD_BYTES``); every other body keeps
+``QM_MAX_BODY_BYTES``. Both small here, so the test sends kilobytes, not megabytes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+
+from services.queue_manager.workspaces import PREFIX, UPLOAD_PATH, routes_files
+from tests.support.queue_manager_app import live_server, login, settings_for
+
+BODY_LIMIT = 4096
+UPLOAD_LIMIT = 64 * 1024
+UPLOAD = "/w/alice/api/upload/image"
+
+
+@pytest.fixture
+def alice(redis_url: str, tmp_path: Path) -> Iterator[httpx.Client]:
+    settings = settings_for(redis_url, max_body_bytes=BODY_LIMIT, max_upload_bytes=UPLOAD_LIMIT)
+    with (
+        live_server(settings, tmp_path / "files") as server,
+        httpx.Client(base_url=server.url, timeout=10) as c,
+    ):
+        yield login(c, "alice")
+
+
+def image(size: int) -> dict[str, tuple[str, bytes, str]]:
+    return {"image": ("big.png", b"\x89PNG" + b"x" * (size - 4), "image/png")}
+
+
+def says_the_upload_limit(reply: httpx.Response) -> bool:
+    return reply.status_code == 413 and "QM_MAX_UPLOAD_BYTES" in reply.text and "smaller file" in reply.text
+
+
+def test_an_upload_above_the_body_limit_but_within_the_upload_limit_is_stored(alice: httpx.Client) -> None:
+    reply = alice.post(UPLOAD, files=image(20 * 1024))
+    assert reply.status_code == 200, reply.text
+    mask = alice.post("/w/alice/api/upload/mask", files=image(20 * 1024), data={"original_ref": "{}"})
+    assert mask.status_code == 200, mask.text
+    assert (
+        len(alice.get("/w/alice/api/view", params={"filename": "big.png", "type": "input"}).content)
+        == 20 * 1024
+    )
+
+
+def test_a_file_one_byte_over_the_upload_limit_is_refused_naming_the_limit(alice: httpx.Client) -> None:
+    reply = alice.post(UPLOAD, files=image(UPLOAD_LIMIT + 1))
+    assert says_the_upload_limit(reply), reply.text
+    assert f"larger than {UPLOAD_LIMIT} bytes" in reply.json()["error"]
+    assert alice.post(UPLOAD, files=image(UPLOAD_LIMIT)).status_code == 200
+
+
+def test_a_declared_oversize_upload_is_refused_before_it_is_read(alice: httpx.Client) -> None:
+    reply = alice.post(UPLOAD, files=image(4 * UPLOAD_LIMIT))
+    assert says_the_upload_limit(reply), reply.text
+    assert f"larger than {UPLOAD_LIMIT} bytes" in reply.json()["detail"]
+
+
+def test_a_streamed_oversize_upload_is_refused_too(alice: httpx.Client) -> None:
+    request = httpx.Request("POST", "http://x", files=image(4 * UPLOAD_LIMIT))
+    body, content_type = request.read(), request.headers["content-type"]
+
+    def chunks() -> Iterator[bytes]:  # no content-length: the limit must count the stream
+        for start in range(0, len(body), 8192):
+            yield body[start : start + 8192]
+
+    reply = alice.post(UPLOAD, content=chunks(), headers={"content-type": content_type})
+    assert "content-length" not in reply.request.headers
+    assert says_the_upload_limit(reply), reply.text
+
+
+def test_other_workspace_routes_keep_the_body_limit(alice: httpx.Client) -> None:
+    reply = alice.post("/w/alice/api/userdata/workflows%2Fbig.json", content=b"x" * (BODY_LIMIT + 1))
+    assert reply.status_code == 413 and "QM_MAX_BODY_BYTES" in reply.text
+    assert alice.post("/api/jobs", content=b"x" * (BODY_LIMIT + 1)).status_code == 413
+
+
+def test_the_frontend_is_told_the_upload_limit(alice: httpx.Client) -> None:
+    assert alice.get("/w/alice/api/features").json()["max_upload_size"] == UPLOAD_LIMIT
+
+
+def test_every_upload_route_gets_the_upload_limit() -> None:
+    posts = [
+        r.path for r in routes_files.router.routes if isinstance(r, APIRoute) and "POST" in (r.methods or ())
+    ]
+    assert posts, "routes_files has upload routes"
+    for path in posts:
+        assert UPLOAD_PATH.match(PREFIX.replace("{user}", "alice") + path), path
+    assert not UPLOAD_PATH.match("/w/alice/api/userdata/upload/x.json")
+    assert not UPLOAD_PATH.match("/api/jobs")
