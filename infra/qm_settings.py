@@ -1,6 +1,6 @@
 """The queue manager's `QM_*` (and its storage's `S3_*`) environment, from the stack config.
 
-The names are the fields of `services.queue_manager.settings.Settings` (and `WorkspaceSettings`,
+The names are the fields of `services.queue_manager.settings.Settings` (and
 `services.storage.open.S3Settings`); a test checks every name here is one the service reads.
 """
 
@@ -23,7 +23,8 @@ def policy_settings(policy: QueuePolicy) -> dict[str, str]:
         "QM_LEASE_SECONDS": str(policy.lease_seconds),
         "QM_MAX_ATTEMPTS": str(policy.max_attempts),
         "QM_RETENTION_HOURS": str(policy.retention_hours),
-        "QM_MAX_BODY_BYTES": str(policy.max_upload_mb * MB),
+        # Uploads only, as nginx's client_max_body_size; JSON bodies keep QM_MAX_BODY_BYTES's 2 MB.
+        "QM_MAX_UPLOAD_BYTES": str(policy.max_upload_mb * MB),
     }
 
 

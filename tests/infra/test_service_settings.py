@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.infra.harness import StackRun, run_stack
+from tests.infra.harness import StackRun, run_stack, stack_file
 
 settings_module = pytest.importorskip("services.queue_manager.settings")
 storage_module = pytest.importorskip("services.storage.open")
@@ -23,11 +23,8 @@ def _env_names(model: type, prefix: str) -> set[str]:
 
 def _known_qm_names() -> set[str]:
     names = _env_names(settings_module.Settings, "QM_") | _env_names(storage_module.S3Settings, "S3_")
-    for module, model in (("services.queue_manager.workspaces.deps", "WorkspaceSettings"),
-                          ("services.queue_manager.dispatch", "DispatchSettings")):  # fmt: skip
-        loaded = pytest.importorskip(module)
-        names |= _env_names(getattr(loaded, model), "QM_")
-    return names
+    dispatch = pytest.importorskip("services.queue_manager.dispatch")
+    return names | _env_names(dispatch.DispatchSettings, "QM_")
 
 
 def _env(run: StackRun, name: str) -> dict[str, str]:
@@ -47,6 +44,10 @@ def test_queue_manager_settings_are_all_read_and_valid(stack: str, tmp_path) -> 
         | {"participants_file": participants}
     )
     assert parsed.scheduling == "fair"
+    upload_mb = stack_file(stack)["queue"]["maxUploadMb"]
+    assert parsed.max_upload_bytes == upload_mb * 1024 * 1024, "queue.maxUploadMb, as nginx's limit"
+    assert parsed.max_body_bytes == settings_module.Settings.model_fields["max_body_bytes"].default
+    assert parsed.files_url == env["QM_FILES_URL"]
     assert parsed.participants["ada"].get_secret_value() == "pw"
 
 
