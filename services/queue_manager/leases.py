@@ -24,6 +24,8 @@ from services.queue_manager.store_base import StoreBase
 log = logging.getLogger(__name__)
 CLAIM_SCAN_LIMIT = 1000
 RECHECK_SECONDS = 1.0
+# The state a worker's report usually ends a job in; finish.lua announces that end itself.
+EXPECTED_STATE = {"succeeded": JobState.SUCCEEDED, "failed": JobState.FAILED, "retry": JobState.FAILED}
 LEASE_LOST = JobError(
     type="LeaseExpired", message="the worker stopped renewing its lease (crashed or lost)", retryable=True
 )
@@ -63,7 +65,6 @@ class LeaseOps(StoreBase):
         job = job_from_hash(fields)
         METRICS.observe_dispatch(job)
         log.info("job leased", extra={"job_id": job_id, "worker_id": worker_id, "attempt": job.attempts})
-        await self.events.publish(job.user, notices.started(job))
         return self._lease(job, token, fields["lease_expires"])
 
     def _lease(self, job: Job, token: str, expires_ms: str) -> Lease:
@@ -110,6 +111,8 @@ class LeaseOps(StoreBase):
         self, job_id: str, token: str, outcome: str, *, outputs: str = "[]", error: JobError | None = None
     ) -> None:
         error_json = error.model_dump_json() if error else ""
+        expected = EXPECTED_STATE.get(outcome)  # the end the Lua script announces itself
+        event = notices.finished(job_id, expected, error).model_dump_json() if expected else ""
         reply = await self.scripts.finish(
             args=[
                 self.prefix,
@@ -122,17 +125,20 @@ class LeaseOps(StoreBase):
                 self.retention_ms,
                 int(self.settings.retry_backoff_seconds * 1000),
                 int(self.settings.retry_backoff_max_seconds * 1000),
+                expected.value if expected else "",
+                event,
             ]
         )
         if reply[0] == "stale":
             raise StaleLease(job_id)
         if reply[0] == "again":
             return
-        _, state, user, queued_at = reply
+        _, state, user, queued_at, published = reply
         log.info("lease ended", extra={"job_id": job_id, "outcome": outcome, "state": state})
         if JobState(state).finished:
             METRICS.observe_finished(state, (now_ms() - int(queued_at)) / 1000)
-        await self._announce(job_id, user, state, error)
+        if not int(published):
+            await self._announce(job_id, user, state, error)
 
     async def _announce(self, job_id: str, user: str, state: str, error: JobError | None) -> None:
         if JobState(state).finished:

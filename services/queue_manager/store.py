@@ -60,10 +60,8 @@ class Store(LeaseOps, WorkerOps, AdminOps):
             raise JobExists(job_id)
         if reply[0] == "limit":
             raise QueueLimit(user, int(reply[1]))
-        place, unfinished = int(reply[1]), int(reply[2])
         log.info("job queued", extra={"job_id": job_id, "user": user, "pool": scope})
-        await self.events.publish(user, notices.queued(job_id, place, unfinished))
-        return job_from_hash(pairs_to_dict(reply[3]), position=place)
+        return job_from_hash(pairs_to_dict(reply[3]), position=int(reply[1]))  # 'queued' went out in Lua
 
     async def get_for(self, job_id: str, user: str) -> Job:
         """A job as its owner sees it (with queue position); JobNotFound for anyone else's."""

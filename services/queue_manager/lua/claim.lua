@@ -1,6 +1,7 @@
 -- Lease the next job for a worker of `pool`. ARGV: prefix, pool, worker_id, token, now_ms,
 -- lease_ms, max_running_per_user (0 = none), scan_limit.
--- Returns {} when nothing is eligible, else {id, queued_left, HGETALL of the job}.
+-- Returns {} when nothing is eligible, else {id, queued_left, HGETALL of the job}; the owner's
+-- 'started' event is published here, in the same step.
 local pool, worker_id, token = ARGV[2], ARGV[3], ARGV[4]
 local now, lease_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
 local max_running, scan_limit = tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -51,7 +52,7 @@ local user = redis.call('HGET', key, 'user')
 dequeue(best, user, best_scope)
 redis.call('SADD', k('user', user, 'running'), best)
 local expires = now + lease_ms
-redis.call('HINCRBY', key, 'attempts', 1)
+local attempt = redis.call('HINCRBY', key, 'attempts', 1)
 redis.call('HSET', key, 'state', 'leased', 'token', token, 'worker_id', worker_id,
   'started_at', now, 'lease_expires', expires)
 redis.call('ZADD', k('leases'), expires, best)
@@ -65,4 +66,10 @@ local left = redis.call('ZCARD', k('queue', best_scope))
 if left > 0 then
   wake(best_scope)  -- more work: wake the next waiting claim too
 end
+local job_pool = redis.call('HGET', key, 'pool')
+if not job_pool or job_pool == '' then
+  job_pool = cjson.null
+end
+publish_event(user, {type = 'started', job_id = best,
+  data = {worker_id = worker_id, attempt = attempt, pool = job_pool}})
 return {best, left, redis.call('HGETALL', key)}

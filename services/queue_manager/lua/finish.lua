@@ -1,8 +1,9 @@
 -- End a lease as its holder: outcome 'succeeded' | 'failed' | 'retry' | 'release'.
 -- ARGV: prefix, id, token, now_ms, outcome, outputs_json, error_json, retention_ms,
--- backoff_base_ms, backoff_max_ms.
--- Returns {'ok', new_state, user, queued_at} | {'again', state, user} (a repeat of the holder's
--- last call) | {'stale'}.
+-- backoff_base_ms, backoff_max_ms, expected_state, event_json: the owner's 'finished' event for
+-- that state, published here when the job ends in it ('' = none expected).
+-- Returns {'ok', new_state, user, queued_at, published (1|0)} | {'again', state, user} (a repeat
+-- of the holder's last call) | {'stale'}.
 local id, token, now, outcome = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local retention_ms = tonumber(ARGV[8])
 local key = k('job', id)
@@ -36,4 +37,10 @@ else
   local due = now + backoff_ms(tonumber(f[4]), tonumber(ARGV[9]), tonumber(ARGV[10]))
   retry_later(id, user, f[8], f[9], due, now)
 end
-return {'ok', redis.call('HGET', key, 'state'), user, f[11]}
+local new_state = redis.call('HGET', key, 'state')
+local published = 0
+if ARGV[11] ~= '' and new_state == ARGV[11] then
+  publish_event(user, ARGV[12])
+  published = 1
+end
+return {'ok', new_state, user, f[11], published}

@@ -19,6 +19,15 @@ local function wake(scope)
   redis.call('PUBLISH', k('wake'), scope)
 end
 
+-- Tell a job's owner (every process's ``EventBus`` listens): ``event`` is a UserEvent as a table
+-- or, already encoded, as a JSON string. Publishing writes nothing to the AOF.
+local function publish_event(user, event)
+  if type(event) == 'table' then
+    event = cjson.encode(event)
+  end
+  redis.call('PUBLISH', k('events'), '{"user":' .. cjson.encode(user) .. ',"event":' .. event .. '}')
+end
+
 local function clamp_priority(p)
   return math.max(-100, math.min(100, p))
 end

@@ -1,6 +1,7 @@
 -- Queue a new job. ARGV: prefix, id, user, scope, pool, priority, mode, max_queued, now_ms,
 -- max_attempts, spec_json.
--- Returns {'ok', position, user's unfinished jobs, HGETALL} | {'exists'} | {'limit', queued}.
+-- Returns {'ok', position, user's unfinished jobs, HGETALL} | {'exists'} | {'limit', queued}; on
+-- 'ok' the owner's 'queued' event is already published (before any claim can say 'started').
 local id, user, scope, pool = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local priority, mode = tonumber(ARGV[6]), ARGV[7]
 local max_queued, now = tonumber(ARGV[8]), ARGV[9]
@@ -34,4 +35,8 @@ redis.call('ZADD', k('user', user, 'jobs'), now, id)
 redis.call('SADD', k('users'), user)
 enqueue(id, user, scope, fmt(score))
 local unfinished = queued + 1 + redis.call('SCARD', k('user', user, 'running'))
-return {'ok', position(scope, score), unfinished, redis.call('HGETALL', key)}
+local place = position(scope, score)
+local status = {status = {exec_info = {queue_remaining = unfinished}}}
+publish_event(user, {type = 'queued', job_id = id, data = {position = place},
+  comfy = {type = 'status', data = status}})
+return {'ok', place, unfinished, redis.call('HGETALL', key)}
