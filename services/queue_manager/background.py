@@ -1,22 +1,25 @@
-"""The queue manager's background tasks: wake and event listeners, the lease reaper, and position
-updates for this process's connected participants."""
+"""The queue manager's background tasks: wake and event listeners, the lease reaper, position
+updates for this process's connected participants, and the admin charts' samples."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from redis.exceptions import RedisError
 
 from services.queue_manager import notices
+from services.queue_manager.admin.stats import take_sample
 from services.queue_manager.store import Store
 
 log = logging.getLogger(__name__)
 POSITION_INTERVAL = 1.0
 RETRY_SECONDS = 1.0
+TASK_PREFIX = "qm-background-"
 
 
 def _stopping() -> bool:
@@ -73,6 +76,18 @@ async def position_loop(store: Store) -> None:
         await asyncio.sleep(POSITION_INTERVAL)
 
 
+async def stats_loop(store: Store) -> None:
+    """One admin-chart sample per ``QM_STATS_INTERVAL_SECONDS``, whether or not anybody watches.
+
+    Every process wakes at the start of each interval; the first one there takes its sample
+    (``take_sample``'s ``SET NX`` mark), so several processes on one Redis record it once.
+    """
+    interval = store.settings.stats_interval_seconds
+    while not _stopping():
+        await take_sample(store, interval, time.time())
+        await asyncio.sleep(interval - time.time() % interval)
+
+
 async def check_durability(store: Store) -> None:
     """Warn when Redis would not keep an acknowledged job across a crash."""
     try:
@@ -91,13 +106,15 @@ async def running(store: Store) -> AsyncIterator[None]:
     """Start every background task, wait until the listeners are subscribed, stop them on exit."""
     await check_durability(store)
     wake_ready, events_ready = asyncio.Event(), asyncio.Event()
+    loops: dict[str, Callable[[], Awaitable[None]]] = {
+        "wake": lambda: store.wakeups.listen(store.redis, store.keys.wake, wake_ready),
+        "events": lambda: store.events.listen(events_ready),
+        "reaper": lambda: reap_loop(store),
+        "positions": lambda: position_loop(store),
+        "stats": lambda: stats_loop(store),
+    }
     tasks = [
-        asyncio.create_task(
-            _forever("wake", lambda: store.wakeups.listen(store.redis, store.keys.wake, wake_ready))
-        ),
-        asyncio.create_task(_forever("events", lambda: store.events.listen(events_ready))),
-        asyncio.create_task(_forever("reaper", lambda: reap_loop(store))),
-        asyncio.create_task(_forever("positions", lambda: position_loop(store))),
+        asyncio.create_task(_forever(name, run), name=f"{TASK_PREFIX}{name}") for name, run in loops.items()
     ]
     try:
         with contextlib.suppress(TimeoutError):

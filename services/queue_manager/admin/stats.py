@@ -1,14 +1,17 @@
 """The admin page's figures: queue depth and GPU use over time, jobs per minute, cost so far.
 
 Jobs per minute come straight from the store's ``{p}:finished`` index (exact, for the retention
-time). Queue depth and GPU busy share are sampled: each stats request adds a sample when the last
-one is older than ``SAMPLE_SECONDS``, into a capped Redis list, so every admin tab (and a restart)
-sees the same history while anybody watches. Cost so far is each worker's registered time (up to
-its last sign of life) times its pool's hourly price from ``QM_GPU_PRICES``.
+time). Queue depth and GPU busy share are sampled by a background task of every queue manager
+(``background.stats_loop``) once per ``QM_STATS_INTERVAL_SECONDS``, whether or not anybody watches,
+into a capped Redis list, so every admin tab (and a restart) sees the same history; a ``SET NX``
+mark per interval lets only one of several processes sharing the Redis take each sample. A stats
+request adds the current figures as a last, unstored point. Cost so far is each worker's registered
+time (up to its last sign of life) times its pool's hourly price from ``QM_GPU_PRICES``.
 
 | key | type | holds |
 |---|---|---|
 | ``{p}:admin:samples`` | list | JSON ``{"t", "queued", "running", "workers", "busy"}``, newest last, capped |
+| ``{p}:admin:sampled:<n>`` | string | set (NX) by the process that takes interval ``n``'s sample; expires |
 """
 
 from __future__ import annotations
@@ -25,8 +28,7 @@ from services.protocol.workers import WorkerState
 from services.queue_manager.registry import WorkerInfo
 from services.queue_manager.store import Store
 
-SAMPLE_SECONDS = 5.0
-MAX_SAMPLES = 4 * 3600 // 5
+MAX_SAMPLES = 2880  # a day at the default 30 s interval
 MINUTES = 60
 
 
@@ -62,7 +64,7 @@ class Sample(BaseModel):
 
 
 class Stats(BaseModel):
-    samples: list[Sample]
+    samples: list[Sample] = Field(description="stored samples, oldest first, then the figures right now")
     jobs_per_minute: list[int] = Field(
         description="finished jobs in each of the last 60 minutes, oldest first"
     )
@@ -80,23 +82,34 @@ def live(workers: list[WorkerInfo]) -> list[WorkerInfo]:
     return [w for w in workers if w.state is not WorkerState.GONE]
 
 
-async def take_sample(store: Store, workers: list[WorkerInfo], now: float) -> None:
-    """Record one sample unless the newest is younger than ``SAMPLE_SECONDS``."""
-    newest = await store.redis.lindex(samples_key(store), -1)
-    if newest is not None and now - Sample.model_validate_json(newest).t < SAMPLE_SECONDS:
-        return
+def sampled_key(store: Store, interval: int) -> str:
+    return f"{store.keys.prefix}:admin:sampled:{interval}"
+
+
+async def current_sample(store: Store, workers: list[WorkerInfo], now: float) -> Sample:
     up = live(workers)
-    sample = Sample(
+    return Sample(
         t=now,
         queued=len(await store.queued_ids()),
         running=int(await store.redis.zcard(store.keys.leases)),
         workers=len(up),
         busy=sum(1 for w in up if w.state is WorkerState.BUSY),
     )
+
+
+async def take_sample(store: Store, interval: float, now: float) -> bool:
+    """Record the sample of the interval ``now`` falls in, unless this or another process sharing
+    the Redis already did; True when this call took it."""
+    number = int(now // interval)
+    mark_ms = int(interval * 2000) + 1000  # outlives the interval, so a late process finds the mark
+    if not await store.redis.set(sampled_key(store, number), "1", nx=True, px=mark_ms):
+        return False
+    sample = await current_sample(store, await store.list_workers(), now)
     async with store.redis.pipeline(transaction=False) as pipe:
         pipe.rpush(samples_key(store), sample.model_dump_json())
         pipe.ltrim(samples_key(store), -MAX_SAMPLES, -1)
         await pipe.execute()
+    return True
 
 
 async def jobs_per_minute(store: Store, now: float) -> list[int]:
@@ -139,12 +152,14 @@ async def participants(store: Store, configured: list[str]) -> list[dict[str, An
 async def collect(store: Store, configured: list[str], prices: dict[str, float]) -> Stats:
     now = time.time()
     workers = await store.list_workers()
-    await take_sample(store, workers, now)
     raw = await store.redis.lrange(samples_key(store), 0, -1)
     up = live(workers)
     by_pool = costs(workers, prices)
     return Stats(
-        samples=[Sample.model_validate_json(item) for item in raw],
+        samples=[
+            *(Sample.model_validate_json(item) for item in raw),
+            await current_sample(store, workers, now),
+        ],
         jobs_per_minute=await jobs_per_minute(store, now),
         busy_share=(sum(1 for w in up if w.state is WorkerState.BUSY) / len(up)) if up else 0.0,
         cost_so_far=round(sum(by_pool.values()), 2),
