@@ -34,8 +34,10 @@ def principal_of(auth: Authenticator, connection: Request | WebSocket) -> Princi
     return auth.principal(connection.headers.get("authorization"), connection.cookies.get(SESSION_COOKIE))
 
 
-async def current_principal(request: Request, auth: Annotated[Authenticator, Depends(get_auth)]) -> Principal:
-    principal = principal_of(auth, request)
+# The per-request dependencies read app state directly instead of depending on ``get_auth``:
+# every nested ``Depends`` costs a resolution step on each request of the hot worker routes.
+async def current_principal(request: Request) -> Principal:
+    principal = principal_of(request.app.state.auth, request)
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -55,7 +57,8 @@ async def current_user(principal: Annotated[Principal, Depends(current_principal
     return principal.user
 
 
-async def worker_pool(request: Request, auth: Annotated[Authenticator, Depends(get_auth)]) -> str:
+async def worker_pool(request: Request) -> str:
+    auth: Authenticator = request.app.state.auth
     pool = auth.worker_pool(request.headers.get("authorization", ""))
     if pool is None:
         raise HTTPException(

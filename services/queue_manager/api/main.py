@@ -9,12 +9,13 @@ from services.queue_manager.api.routes import admin, auth, events, health, jobs,
 from services.queue_manager.workspaces import router as workspaces_router
 
 api_router = APIRouter()
-api_router.include_router(health.router)
-api_router.include_router(auth.router)
+# Routes are matched in this order on every request: the busiest (worker calls, submits) first.
+api_router.include_router(leases.router)
+api_router.include_router(workers.router)
 api_router.include_router(jobs.router)
 api_router.include_router(events.router)
-api_router.include_router(workers.router)
-api_router.include_router(leases.router)
+api_router.include_router(health.router)
+api_router.include_router(auth.router)
 api_router.include_router(admin.router)
 api_router.include_router(workspaces_router)
 api_router.include_router(admin_page_router)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, HTTPException, Path, Response, status
 from pydantic import BaseModel
 
 from services.protocol.jobs import Job, JobSubmit
@@ -19,12 +19,19 @@ class CancelReply(BaseModel):
     outcome: Literal["cancelled", "requested", "finished"]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses={429: {"description": "queued limit"}})
-async def submit(body: JobSubmit, principal: CurrentPrincipal, store: StoreDep) -> Job:
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=Job,
+    responses={429: {"description": "queued limit"}},
+)
+async def submit(body: JobSubmit, principal: CurrentPrincipal, store: StoreDep) -> Response:
     """Queue an API-format ComfyUI workflow; the answer carries the job id and queue position."""
     if body.pool is not None and not principal.admin:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "only the admin may pin a job to a pool: drop 'pool'")
-    return await store.submit(principal.user, body, pool=body.pool)
+    job = await store.submit(principal.user, body, pool=body.pool)
+    # Serialised once: the response_model path would dump, re-validate and dump the graph again.
+    return Response(job.model_dump_json(), status_code=status.HTTP_201_CREATED, media_type="application/json")
 
 
 @router.get("")

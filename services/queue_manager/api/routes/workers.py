@@ -34,7 +34,7 @@ async def claim(
     pool: WorkerPool,
     store: StoreDep,
     wait: Annotated[float, Query(ge=0, le=60, description="seconds to wait for a job")] = 0,
-) -> Response | Lease:
+) -> Response:
     """Lease the next job for this worker, waiting up to ``wait`` seconds; 204 when none came."""
     registered_pool = await store.worker_pool(worker_id)
     if registered_pool != pool:
@@ -45,4 +45,6 @@ async def claim(
     if await request.is_disconnected():
         await store.release(lease.job.id, lease.token)  # the worker gave up waiting: nobody holds it
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return lease
+    # Serialised once here: FastAPI's response_model path would dump, re-validate and dump again
+    # the whole workflow graph (the schema still says Lease).
+    return Response(lease.model_dump_json(), media_type="application/json")
