@@ -3,12 +3,12 @@
 It follows ``/work/shared/reference/comfyui-protocol.md``: every route also under ``/api``;
 ``POST /prompt`` honours a client-chosen ``prompt_id`` and a top-level ``partial_execution_targets``
 ("Run selected nodes": only those output nodes and their inputs are validated and run) and rejects
-bad graphs with ComfyUI's 400 shape; job events reach only the socket whose ``clientId`` submitted the job (a second socket with
-the same id replaces the first); events come in ComfyUI's order, and ``/history`` is written after
-``execution_success`` but before the final ``executing {node: null}``; identical graphs are replayed
-from the cache (same filenames, no new files); ``/interrupt`` is targeted and acts between progress
-steps or after the running node; a restart loses history and queue; a loopback Host with a foreign
-``Origin`` gets 403. The node catalogue is in ``comfyui_nodes``.
+bad graphs with ComfyUI's 400 shape; job events reach only the socket whose ``clientId`` submitted
+the job (a second socket with the same id replaces the first); events come in ComfyUI's order, and
+``/history`` is written after ``execution_success`` but before the final ``executing {node: null}``;
+identical graphs are replayed from the cache (same filenames, no new files); ``/interrupt`` is
+targeted and acts between progress steps or after the running node; a restart loses history and
+queue; a loopback Host with a foreign ``Origin`` gets 403. The node catalogue is in ``comfyui_nodes``.
 
 Two ways to run it:
 
