@@ -11,7 +11,9 @@
 - ``jobs_per_s``: ``--jobs`` more jobs submitted by 10 concurrent clients, each run through the
   full lifecycle (submit, claim, three progress events, complete); jobs over wall time.
   ``server_cpu_ms_per_job`` is the queue manager's CPU time per job in that run: on a shared
-  machine it tells what one free core would sustain (1000 / it), whatever the neighbours do.
+  machine it tells what one free core would sustain (1000 / it), whatever the neighbours do;
+  ``client_cpu_ms_per_job`` is the same for this benchmark's own client (workers, submitters,
+  listeners), which shares the two cores with the server and Redis.
 
 The queue manager runs as its own process (uvicorn + uvloop + httptools), as in production. The
 client side shares the machine, so it is kept lean: uvloop, and one pool of keep-alive HTTP/1.1
@@ -60,6 +62,7 @@ class Measures:
     expected: int = 0
     measuring_dispatch: bool = True
     server_cpu_ms_per_job: float = 0.0
+    client_cpu_ms_per_job: float = 0.0
 
 
 async def worker(http: Client, worker_id: str, measures: Measures) -> None:
@@ -133,13 +136,14 @@ async def run(url: str, jobs: int, workers: int, users: list[str], pids: list[in
         await wait_until_idle(measures, jobs)
         # Throughput: the same number of jobs from 10 concurrent clients, full lifecycle.
         measures.measuring_dispatch = False
-        started, cpu_before = time.perf_counter(), cpu_seconds(pids)
+        started, cpu_before, client_before = time.perf_counter(), cpu_seconds(pids), time.process_time()
         per_client = [users[i % len(users)] for i in range(jobs)]
         for chunk in range(0, jobs, 10):
             await asyncio.gather(*(submit(http, user, measures) for user in per_client[chunk : chunk + 10]))
         await wait_until_idle(measures, 2 * jobs)
         elapsed = time.perf_counter() - started
         measures.server_cpu_ms_per_job = (cpu_seconds(pids) - cpu_before) * 1000 / jobs
+        measures.client_cpu_ms_per_job = (time.process_time() - client_before) * 1000 / jobs
         for task in pool + listeners:
             task.cancel()
         await asyncio.gather(*pool, *listeners, return_exceptions=True)
@@ -160,6 +164,7 @@ def summary(measures: Measures, jobs: int, workers: int, elapsed: float) -> dict
         "dispatch_ms_p99": percentile(dispatch_ms, 99),
         "jobs_per_s": round(jobs / elapsed, 1),
         "server_cpu_ms_per_job": round(measures.server_cpu_ms_per_job, 2),
+        "client_cpu_ms_per_job": round(measures.client_cpu_ms_per_job, 2),
         "event_ms_p99": percentile(measures.event_ms, 99),
         "event_ms_p50": percentile(measures.event_ms, 50),
         "event_ms_p99_throughput_phase": percentile(measures.event_ms_loaded, 99),

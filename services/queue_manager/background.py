@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import Counter
@@ -119,6 +120,10 @@ async def running(store: Store) -> AsyncIterator[None]:
     try:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(wake_ready.wait(), events_ready.wait()), 10)
+        # Everything built so far (app, routes, models, clients) lives as long as the process: keep
+        # it out of the cyclic GC, whose full passes over it (~50 ms) were the requests' slowest 1%.
+        gc.collect()
+        gc.freeze()
         yield
     finally:
         for task in tasks:
