@@ -23,7 +23,7 @@ RETRY_SECONDS = 1.0
 TASK_PREFIX = "qm-background-"
 
 
-def _stopping() -> bool:
+def stopping() -> bool:
     """True once this task was cancelled, even if a client library swallowed the CancelledError
     (redis-py's asyncio client can, while it waits for a connection)."""
     task = asyncio.current_task()
@@ -32,19 +32,19 @@ def _stopping() -> bool:
 
 async def _forever(name: str, run: Callable[[], Awaitable[None]]) -> None:
     """Run ``run`` again whenever it stops (Redis restarts, connection drops), until cancelled."""
-    while not _stopping():
+    while not stopping():
         try:
             await run()
         except (RedisError, OSError) as exc:
             log.warning("background task lost Redis, retrying", extra={"task": name, "error": str(exc)})
         except Exception:
             log.exception("background task failed, restarting", extra={"task": name})
-        if not _stopping():
+        if not stopping():
             await asyncio.sleep(RETRY_SECONDS)
 
 
 async def reap_loop(store: Store) -> None:
-    while not _stopping():
+    while not stopping():
         await store.reap()
         await asyncio.sleep(store.settings.reap_interval_seconds)
 
@@ -56,7 +56,7 @@ async def position_loop(store: Store) -> None:
     hundreds of jobs wait; ``data.waiting`` says how many of theirs wait in all.
     """
     sent: dict[str, tuple[str, int]] = {}
-    while not _stopping():
+    while not stopping():
         users = store.events.local_users()
         async with store.redis.pipeline(transaction=False) as pipe:
             for user in users:
@@ -84,7 +84,7 @@ async def stats_loop(store: Store) -> None:
     (``take_sample``'s ``SET NX`` mark), so several processes on one Redis record it once.
     """
     interval = store.settings.stats_interval_seconds
-    while not _stopping():
+    while not stopping():
         await take_sample(store, interval, time.time())
         await asyncio.sleep(interval - time.time() % interval)
 

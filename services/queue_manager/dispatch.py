@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 from services.protocol.events import EventType
 from services.protocol.jobs import JobError, JobState
 from services.protocol.workers import Failure, Lease
+from services.queue_manager.background import stopping
 from services.queue_manager.errors import StaleLease
 from services.queue_manager.events import Subscription
 from services.queue_manager.settings import Settings
@@ -192,7 +193,7 @@ class PoolDispatcher:
     async def run(self) -> None:
         tasks: set[asyncio.Task[None]] = set()
         try:
-            while True:
+            while not stopping():
                 await self._slots.acquire()
                 slot = self._free.pop()
                 lease = await self._next_lease(slot)
@@ -215,6 +216,8 @@ class PoolDispatcher:
                 continue
             if lease is not None:
                 return lease
+            if stopping():  # redis-py may have swallowed the cancel while it waited
+                raise asyncio.CancelledError
 
     async def _carry(self, lease: Lease, slot: int) -> None:
         try:
