@@ -12,6 +12,7 @@ import json
 import logging
 import secrets
 import time
+from typing import Any
 
 from services.protocol.jobs import Job, JobError, JobState
 from services.protocol.workers import Completion, EventBatch, Failure, HeartbeatReply, Lease
@@ -20,6 +21,7 @@ from services.queue_manager.errors import StaleLease
 from services.queue_manager.metrics import METRICS
 from services.queue_manager.records import job_from_hash, ms_to_datetime, now_ms, pairs_to_dict
 from services.queue_manager.store_base import StoreBase
+from services.queue_manager.wakeups import Ticket
 
 log = logging.getLogger(__name__)
 CLAIM_SCAN_LIMIT = 1000
@@ -36,28 +38,30 @@ class LeaseOps(StoreBase):
         """Lease the next job a worker of ``pool`` may run, waiting up to ``wait`` seconds for one."""
         deadline = time.monotonic() + wait
         while True:
-            with self.wakeups.ticket(pool) as ticket:
+            with self.wakeups.ticket(pool, worker_id) as ticket:
                 lease = await self._claim_now(worker_id, pool)
                 remaining = deadline - time.monotonic()
                 if lease is not None or remaining <= 0:
                     return lease
-                await ticket.wait(min(remaining, RECHECK_SECONDS))
+                handed = await ticket.wait(min(remaining, RECHECK_SECONDS))
+                if handed is not None:
+                    return handed
+
+    def claim_args(self, worker_id: str, pool: str, token: str) -> list[str | int]:
+        """claim.lua's arguments after prefix and time (submit.lua takes them for a parked claim)."""
+        lease_ms = int(self.settings.lease_seconds * 1000)
+        return [worker_id, pool, token, lease_ms, self.settings.max_running_per_user, CLAIM_SCAN_LIMIT]
 
     async def _claim_now(self, worker_id: str, pool: str) -> Lease | None:
         token = secrets.token_urlsafe(24)
-        lease_ms = int(self.settings.lease_seconds * 1000)
+        _, _, _, lease_ms, max_running, scan = self.claim_args(worker_id, pool, token)
         reply = await self.scripts.claim(
-            args=[
-                self.prefix,
-                pool,
-                worker_id,
-                token,
-                now_ms(),
-                lease_ms,
-                self.settings.max_running_per_user,
-                CLAIM_SCAN_LIMIT,
-            ]
+            args=[self.prefix, pool, worker_id, token, now_ms(), lease_ms, max_running, scan]
         )
+        return self._leased(worker_id, token, reply)
+
+    def _leased(self, worker_id: str, token: str, reply: list[Any]) -> Lease | None:
+        """The lease in claim.lua's answer (None when it found nothing)."""
         if not reply:
             return None
         job_id, _, flat = reply
@@ -66,6 +70,13 @@ class LeaseOps(StoreBase):
         METRICS.observe_dispatch(job)
         log.info("job leased", extra={"job_id": job_id, "worker_id": worker_id, "attempt": job.attempts})
         return self._lease(job, token, fields["lease_expires"])
+
+    async def hand_over(self, ticket: Ticket, token: str, reply: list[Any]) -> None:
+        """Deliver what submit.lua leased to a parked claim; if that claim has gone meanwhile,
+        give the job back (requeued, the attempt not counted) so it cannot sit leased to nobody."""
+        lease = self._leased(ticket.worker_id, token, reply)
+        if not ticket.deliver(lease) and lease is not None:
+            await self.release(lease.job.id, token)
 
     def _lease(self, job: Job, token: str, expires_ms: str) -> Lease:
         expires = ms_to_datetime(expires_ms)

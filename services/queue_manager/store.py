@@ -20,7 +20,9 @@ runs before anyone's second); ``priority`` = admin-set job + user priority, fair
 from __future__ import annotations
 
 import logging
+import secrets
 import uuid
+from typing import Any
 
 from services.protocol.jobs import Job, JobState, JobSubmit
 from services.queue_manager import notices
@@ -30,6 +32,7 @@ from services.queue_manager.leases import LeaseOps
 from services.queue_manager.queue_admin import AdminOps
 from services.queue_manager.records import job_from_hash, now_ms, pairs_to_dict, spec_json
 from services.queue_manager.registry import WorkerOps
+from services.queue_manager.wakeups import Ticket
 
 log = logging.getLogger(__name__)
 
@@ -41,26 +44,43 @@ class Store(LeaseOps, WorkerOps, AdminOps):
         """Queue a job for ``user``. Priority and pool are the caller's (admin) choice, not the user's."""
         job_id = str(submit.prompt_id or uuid.uuid4())
         scope = pool or ANY_POOL
-        reply = await self.scripts.submit(
-            args=[
-                self.prefix,
-                job_id,
-                user,
-                scope,
-                pool or "",
-                priority,
-                self.settings.scheduling.value,
-                self.settings.max_queued_per_user,
-                now_ms(),
-                self.settings.max_attempts,
-                spec_json(submit),
-            ]
-        )
+        args: list[str | int] = [
+            self.prefix,
+            job_id,
+            user,
+            scope,
+            pool or "",
+            priority,
+            self.settings.scheduling.value,
+            self.settings.max_queued_per_user,
+            now_ms(),
+            self.settings.max_attempts,
+            spec_json(submit),
+        ]
+        # A claim parked in this process gets the next job from the submit's own script.
+        ticket, token = self.wakeups.reserve(scope), secrets.token_urlsafe(24)
+        if ticket is not None:
+            args += self.claim_args(ticket.worker_id, ticket.pool, token)
+        try:
+            reply = await self.scripts.submit(args=args)
+        except BaseException:
+            if ticket is not None:
+                ticket.deliver(None)  # the parked claim goes on waiting
+            raise
+        if ticket is not None and reply[0] != "ok":
+            ticket.deliver(None)
+        return await self._submitted(reply, job_id, user, scope, ticket, token)
+
+    async def _submitted(
+        self, reply: list[Any], job_id: str, user: str, scope: str, ticket: Ticket | None, token: str
+    ) -> Job:
         if reply[0] == "exists":
             raise JobExists(job_id)
         if reply[0] == "limit":
             raise QueueLimit(user, int(reply[1]))
         log.info("job queued", extra={"job_id": job_id, "user": user, "pool": scope})
+        if ticket is not None:
+            await self.hand_over(ticket, token, reply[4])
         return job_from_hash(pairs_to_dict(reply[3]), position=int(reply[1]))  # 'queued' went out in Lua
 
     async def get_for(self, job_id: str, user: str) -> Job:

@@ -5,6 +5,10 @@ Every state change that makes a job claimable publishes its scope (a pool or ``*
 there and wakes one waiting claim that can take work of that scope. A claim registers its ticket
 *before* it looks at the queue, so a wake that arrives while it looks is never missed; and a
 claim that leaves work behind wakes the next waiter, so one lost wake delays nobody for long.
+
+A submit in this process does better than a wake: it ``reserve``s a parked claim and leases it the
+next job inside the submit's own Lua script (one AOF fsync instead of two in a row), then
+``deliver``s that lease; the claim returns it without asking Redis again.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Iterator
 
 from redis.asyncio import Redis
 
+from services.protocol.workers import Lease
 from services.queue_manager.keys import ANY_POOL
 
 log = logging.getLogger(__name__)
@@ -24,13 +29,32 @@ log = logging.getLogger(__name__)
 class Ticket:
     """One claim waiting for work of its pool."""
 
-    def __init__(self, pool: str) -> None:
+    def __init__(self, pool: str, worker_id: str = "") -> None:
         self.pool = pool
+        self.worker_id = worker_id
         self.woken = asyncio.Event()
+        self.parked = False  # inside wait(): may be handed a lease
+        self.handover: asyncio.Future[Lease | None] | None = None
 
-    async def wait(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.woken.wait(), seconds)
+    async def wait(self, seconds: float) -> Lease | None:
+        """Wait for a wake (None: look again) or a lease a submit handed over."""
+        self.parked = True
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.woken.wait(), seconds)
+        finally:
+            self.parked = False
+        if self.handover is None:
+            return None
+        return await self.handover  # reserved: the submit always delivers, lease or None
+
+    def deliver(self, lease: Lease | None) -> bool:
+        """Give a reserved claim its outcome; False when the claim is gone (the lease is nobody's)."""
+        assert self.handover is not None
+        if self.handover.done():
+            return False
+        self.handover.set_result(lease)
+        return True
 
 
 class Wakeups:
@@ -38,8 +62,8 @@ class Wakeups:
         self._tickets: list[Ticket] = []
 
     @contextlib.contextmanager
-    def ticket(self, pool: str) -> Iterator[Ticket]:
-        ticket = Ticket(pool)
+    def ticket(self, pool: str, worker_id: str = "") -> Iterator[Ticket]:
+        ticket = Ticket(pool, worker_id)
         self._tickets.append(ticket)
         try:
             yield ticket
@@ -50,12 +74,30 @@ class Wakeups:
     def waiting(self) -> int:
         return len(self._tickets)
 
+    @property
+    def parked(self) -> int:
+        """Claims parked in ``wait`` (the ones a submit can hand its job to)."""
+        return sum(ticket.parked for ticket in self._tickets)
+
     def wake(self, scope: str) -> None:
         """Wake the longest-waiting claim that can run work of ``scope``."""
         for ticket in self._tickets:
             if not ticket.woken.is_set() and (scope == ANY_POOL or ticket.pool == scope):
                 ticket.woken.set()
                 return
+
+    def reserve(self, scope: str) -> Ticket | None:
+        """Take the longest-parked claim that can run work of ``scope`` for a submit to lease to."""
+        for ticket in self._tickets:
+            if ticket.parked and ticket.handover is None and ticket.worker_id and self._fits(ticket, scope):
+                ticket.handover = asyncio.get_running_loop().create_future()
+                ticket.woken.set()
+                return ticket
+        return None
+
+    @staticmethod
+    def _fits(ticket: Ticket, scope: str) -> bool:
+        return scope == ANY_POOL or ticket.pool == scope
 
     def wake_all(self) -> None:
         for ticket in self._tickets:

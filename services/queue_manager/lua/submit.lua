@@ -1,7 +1,10 @@
 -- Queue a new job. ARGV: prefix, id, user, scope, pool, priority, mode, max_queued, now_ms,
--- max_attempts, spec_json.
--- Returns {'ok', position, user's unfinished jobs, HGETALL} | {'exists'} | {'limit', queued}; on
--- 'ok' the owner's 'queued' event is already published (before any claim can say 'started').
+-- max_attempts, spec_json, and optionally a claim parked in this queue manager: worker_id,
+-- worker_pool, token, lease_ms, max_running_per_user, scan_limit.
+-- Returns {'ok', position, user's unfinished jobs, HGETALL, claimed} | {'exists'} | {'limit', queued};
+-- on 'ok' the owner's 'queued' event is already published (before any claim can say 'started').
+-- With a parked claim, its worker is leased the next job in the same step (one AOF fsync for
+-- submit and dispatch instead of two in a row): ``claimed`` is claim.lua's answer ({} = none).
 local id, user, scope, pool = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local priority, mode = tonumber(ARGV[6]), ARGV[7]
 local max_queued, now = tonumber(ARGV[8]), ARGV[9]
@@ -33,10 +36,22 @@ redis.call('HSET', key, 'id', id, 'user', user, 'scope', scope, 'pool', pool, 'p
   'spec', ARGV[11], 'cancel', '0', 'dead', '0', 'token', '', 'done_token', '')
 redis.call('ZADD', k('user', user, 'jobs'), now, id)
 redis.call('SADD', k('users'), user)
+local handing_over = ARGV[12] ~= nil and ARGV[12] ~= ''
+quiet_wakes = handing_over
 enqueue(id, user, scope, fmt(score))
+quiet_wakes = false
 local unfinished = queued + 1 + redis.call('SCARD', k('user', user, 'running'))
 local place = position(scope, score)
 local status = {status = {exec_info = {queue_remaining = unfinished}}}
 publish_event(user, {type = 'queued', job_id = id, data = {position = place},
   comfy = {type = 'status', data = status}})
-return {'ok', place, unfinished, redis.call('HGETALL', key)}
+local record = redis.call('HGETALL', key)
+local claimed = {}
+if handing_over then
+  claimed = claim_next(ARGV[13], ARGV[12], ARGV[14], tonumber(now), tonumber(ARGV[15]), tonumber(ARGV[16]),
+    tonumber(ARGV[17]))
+  if redis.call('ZCARD', k('queue', scope)) > 0 then
+    wake(scope)  -- the new job still waits (another was due first, or nothing was eligible)
+  end
+end
+return {'ok', place, unfinished, record, claimed}
