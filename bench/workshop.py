@@ -31,7 +31,7 @@ from services.queue_manager.main import create_app
 from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
 from tests.support.push_platform import Platform, serving, simulated_worker
-from tests.support.servers import free_port, redis_server
+from tests.support.servers import TEST_FILES_URL, free_port, redis_server
 
 # Simulated seconds. Verda containers bill in 10-minute increments, RunPod per second. Assumed:
 # Verda starts billing a replica once its container runs (image pull not billed), RunPod at start.
@@ -81,6 +81,7 @@ def qm_settings(redis_url: str, port: int) -> Settings:
         env="development", redis_url=redis_url, worker_tokens={POOL: "bench-token"},
         public_url=f"http://127.0.0.1:{port}", lease_seconds=12.0, reap_interval_seconds=0.2,
         max_queued_per_user=100, log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        files_url=TEST_FILES_URL,
     )  # fmt: skip
 
 

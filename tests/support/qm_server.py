@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.servers import ManagedProcess, free_port, wait_until
+from tests.support.servers import TEST_FILES_URL, ManagedProcess, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,6 +31,7 @@ def qm_env(
         "QM_PARTICIPANTS": json.dumps(dict(participants)),
         "QM_WORKER_TOKENS": json.dumps(dict(tokens)),
         "QM_LOG_LEVEL": "WARNING",
+        "QM_FILES_URL": TEST_FILES_URL,
         **extra,
     }
 

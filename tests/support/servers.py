@@ -6,12 +6,17 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+
+# Where queue managers started by tests and benches keep user files unless a test chooses a folder:
+# never the production default under /var/lib.
+TEST_FILES_URL = (Path(tempfile.gettempdir()) / "comfy-workshop-test-files").as_uri()
 
 
 def free_port() -> int:

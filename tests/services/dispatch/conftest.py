@@ -18,7 +18,7 @@ from services.queue_manager.main import create_app
 from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
 from tests.support.push_platform import Platform, serving, simulated_worker
-from tests.support.servers import free_port
+from tests.support.servers import TEST_FILES_URL, free_port
 
 POOL = "serverless"
 
@@ -35,6 +35,7 @@ def qm_settings(redis_url: str, port: int, **overrides: Any) -> Settings:
         "env": "development", "redis_url": redis_url, "worker_tokens": {POOL: "pool-token"},
         "public_url": f"http://127.0.0.1:{port}", "lease_seconds": 2.0, "reap_interval_seconds": 0.05,
         "retry_backoff_seconds": 0.05, "retry_backoff_max_seconds": 0.1, "log_level": "WARNING",
+        "files_url": TEST_FILES_URL,
     }  # fmt: skip
     return Settings(**(values | overrides))
 
