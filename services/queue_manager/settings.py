@@ -111,6 +111,12 @@ class Settings(BaseSettings):
         description="QM_MAX_UPLOAD_BYTES: largest file a participant may upload to their workspace "
         "(/w/<user>/api/upload/...); bigger ones are refused with 413",
     )
+    max_catalogue_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="QM_MAX_CATALOGUE_BYTES: largest worker registration; it carries ComfyUI's node "
+        "catalogue (/object_info), ~0.5 MB stock, several MB with many custom node packs",
+    )
     files_url: str = Field(
         default="file:///var/lib/comfy-workshop/files",
         description="QM_FILES_URL: user-file storage (file:///dir or s3://bucket/prefix, S3_* for its "

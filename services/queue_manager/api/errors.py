@@ -48,6 +48,14 @@ def body_limit(limit: int) -> Limit:
     return Limit(limit, f"request body larger than {limit} bytes (QM_MAX_BODY_BYTES)")
 
 
+def catalogue_limit(limit: int) -> Limit:
+    message = (
+        f"worker registration larger than {limit} bytes (QM_MAX_CATALOGUE_BYTES): its node catalogue "
+        "is unusually big; raise QM_MAX_CATALOGUE_BYTES on the queue manager"
+    )
+    return Limit(limit, message)
+
+
 def upload_limit(limit: int) -> Limit:
     size = f"{limit / MIB:g} MiB" if limit >= MIB else f"{limit} bytes"
     message = (
@@ -64,9 +72,13 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, limit.message)
 
 
+REGISTER_PATH = "/api/workers/register"
+
+
 class BodyLimit:
     """Refuse request bodies above ``Settings.max_body_bytes`` (declared or streamed) with 413;
-    paths matching ``uploads`` (participants' file uploads) may be up to ``max_upload_bytes``."""
+    paths matching ``uploads`` (participants' file uploads) may be up to ``max_upload_bytes``, and a
+    worker's registration (which carries its node catalogue) up to ``max_catalogue_bytes``."""
 
     def __init__(self, app: ASGIApp, uploads: re.Pattern[str] | None = None) -> None:
         self.app = app
@@ -78,6 +90,8 @@ class BodyLimit:
             return body_limit(DEFAULT_MAX_BYTES)
         if self.uploads is not None and self.uploads.match(scope["path"]):
             return upload_limit(settings.max_upload_bytes)
+        if scope["path"] == REGISTER_PATH:
+            return catalogue_limit(settings.max_catalogue_bytes)
         return body_limit(settings.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

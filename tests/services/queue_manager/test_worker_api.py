@@ -85,3 +85,19 @@ async def test_participants_cannot_use_the_worker_api(client: httpx.AsyncClient)
     body = registration("w1").model_dump()
     reply = await client.post("/api/workers/register", json=body, headers=user_auth("ada"))
     assert reply.status_code == 401
+
+
+async def test_a_registration_with_a_big_custom_node_catalogue_is_accepted(client: httpx.AsyncClient) -> None:
+    big = registration("w-big")
+    nodes = {f"CustomNode{i}": {"input": {"required": {}}, "description": "x" * 600} for i in range(5000)}
+    big.capabilities.catalogue_hash, big.catalogue = "big-catalogue", nodes
+    body = big.model_dump_json()
+    assert len(body) > 3_000_000  # well over the 2 MB limit every other JSON body has
+    reply = await client.post(
+        "/api/workers/register", content=body, headers={**GPU, "content-type": "application/json"}
+    )
+    assert reply.status_code == 200, reply.text[:300]
+    too_big = await client.post(
+        "/api/jobs", content=body, headers={**user_auth("ada"), "content-type": "application/json"}
+    )
+    assert too_big.status_code == 413
