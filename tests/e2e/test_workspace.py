@@ -65,7 +65,10 @@ async def test_the_workspace_loads_with_the_nodes_a_worker_published(
 ) -> None:
     with httpx.Client(base_url=server.url) as worker:
         register_worker(worker, catalogue([]))
-    context, page = await logged_in_page(browser, server, "alice")
+    requested: list[str] = []
+    context, page = await logged_in_page(
+        browser, server, "alice", lambda p: p.on("request", lambda r: requested.append(r.url))
+    )
     known = await page.evaluate("Object.keys(window.LiteGraph.registered_node_types)")
     assert {"EmptyImage", "ImageInvert", "SaveImage", "LoadImage"} <= set(known)
     await open_node_library(page)
@@ -73,6 +76,8 @@ async def test_the_workspace_loads_with_the_nodes_a_worker_published(
     await page.get_by_text("Save Image", exact=True).first.wait_for(timeout=10_000)
     await page.screenshot(path=artifacts_dir / "workspace-node-library.png")
     await context.close()
+    elsewhere = [url for url in requested if not url.startswith((server.url, "data:", "blob:"))]
+    assert elsewhere == [], "the workspace must not call hosts other than the platform"
 
 
 async def until(page: Page, check: Any, what: str, timeout_ms: int = 20_000) -> None:

@@ -14,7 +14,8 @@ from redis.asyncio import Redis
 MAX_SETTING_BYTES = 1024 * 1024
 # No workflow templates are installed on the queue manager, so ComfyUI's first-visit template
 # gallery would open empty: a new participant starts on the default graph instead.
-DEFAULTS: dict[str, Any] = {"Comfy.TutorialCompleted": True}
+# Participants cannot update the workshop's ComfyUI: no release checks against api.comfy.org.
+DEFAULTS: dict[str, Any] = {"Comfy.TutorialCompleted": True, "Comfy.Notification.ShowVersionUpdates": False}
 
 
 class SettingsError(ValueError):

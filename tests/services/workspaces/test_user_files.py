@@ -64,6 +64,7 @@ def test_settings_are_stored_one_by_one_and_in_bulk(alice: httpx.Client) -> None
     assert alice.get("/w/alice/api/settings").json() == {
         "Comfy.Locale": "fr",
         "Comfy.TutorialCompleted": True,
+        "Comfy.Notification.ShowVersionUpdates": False,
     }
     assert alice.post("/w/alice/api/settings", content=b"[1, 2]").status_code == 400
 
@@ -116,7 +117,10 @@ def test_a_graph_naming_an_upload_carries_it_to_the_worker(alice: httpx.Client, 
 
 
 def test_a_new_participant_skips_the_empty_template_gallery(bob: httpx.Client) -> None:
-    assert bob.get("/w/bob/api/settings").json() == {"Comfy.TutorialCompleted": True}
+    assert bob.get("/w/bob/api/settings").json() == {
+        "Comfy.TutorialCompleted": True,
+        "Comfy.Notification.ShowVersionUpdates": False,
+    }
     assert bob.get("/w/bob/api/settings/Comfy.TutorialCompleted").json() is True
 
 
