@@ -102,6 +102,12 @@ class PoolContext:
     docker_network: pulumi.Input[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def registry_for(self, pool: str, kind: str) -> RegistryConfig:
+        """The registry a pool pulls its worker image from (config validation requires it)."""
+        if self.registry is None:
+            raise ValueError(f"pool {pool}: {kind} needs `registry` to pull the worker image")
+        return self.registry
+
 
 class PoolComponent(pulumi.ComponentResource):
     """A built pool. ``summary`` is exported and shown on the admin page; ``queue_manager_env``

@@ -64,21 +64,18 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
     def build(
         self, config: RunpodServerlessConfig, ctx: PoolContext, opts: pulumi.ResourceOptions | None = None
     ) -> PoolComponent:
-        if ctx.registry is None:
-            raise ValueError(
-                f"pool {config.name}: runpod-serverless needs `registry` to pull the worker image"
-            )
+        registry = ctx.registry_for(config.name, self.kind)
         pool = PoolComponent(self.kind, config.name, opts)
         child = pulumi.ResourceOptions(parent=pool)
         conn, prefix = runpod_connection(), remote_name(ctx, config.name)
         volume = self._volume(config, conn, child)
-        image = pushed_worker_image(f"{config.name}-image", ctx.registry, pool, with_runpod=True)
+        image = pushed_worker_image(f"{config.name}-image", registry, pool, with_runpod=True)
         env = worker_env(ctx, config.name, "runpod", models_dir=RUNPOD_MODELS_DIR if volume else None)
         template = RunPodTemplate(
             f"{config.name}-template",
             {
                 "name": prefix,
-                "image": image_reference(image, ctx.registry),
+                "image": image_reference(image, registry),
                 "env": secret(pulumi.Output.all(**env.plain, **env.secret)),
                 "container_disk_gb": config.container_disk_gb,
                 "start_cmd": ["runpod"],

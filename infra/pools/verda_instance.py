@@ -120,9 +120,9 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
         pool: PoolComponent,
         volume: VerdaSharedVolume | None,
     ) -> pulumi.Output[str]:
-        if ctx.registry is None or ctx.tailnet_auth_key is None:
-            raise ValueError(f"pool {config.name}: verda-instance needs the registry and the GPU tailnet key")
-        registry = ctx.registry
+        registry = ctx.registry_for(config.name, self.kind)
+        if ctx.tailnet_auth_key is None:
+            raise ValueError(f"pool {config.name}: verda-instance needs the GPU tailnet key")
         image = pushed_worker_image(f"{config.name}-image", registry, pool)
         env = worker_env(ctx, config.name, "verda", models_dir=SHARED_MODELS_DIR if volume else None)
         values = pulumi.Output.all(

@@ -75,10 +75,7 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
     def build(
         self, config: VerdaServerlessConfig, ctx: PoolContext, opts: pulumi.ResourceOptions | None = None
     ) -> PoolComponent:
-        if ctx.registry is None:
-            raise ValueError(
-                f"pool {config.name}: verda-serverless needs `registry` to pull the worker image"
-            )
+        registry = ctx.registry_for(config.name, self.kind)
         pool = PoolComponent(self.kind, config.name, opts)
         child = pulumi.ResourceOptions(parent=pool)
         conn, prefix = verda_connection(), remote_name(ctx, config.name)
@@ -90,14 +87,14 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
             self._secret(config.name, prefix, key, value, conn, child) for key, value in env.secret.items()
         ]
         credentials = VerdaRegistryCredentials(
-            f"{config.name}-registry", {**registry_props(f"{prefix}-registry", ctx.registry), **conn}, child
+            f"{config.name}-registry", {**registry_props(f"{prefix}-registry", registry), **conn}, child
         )
-        image = pushed_worker_image(f"{config.name}-image", ctx.registry, pool)
+        image = pushed_worker_image(f"{config.name}-image", registry, pool)
         deployment = VerdaDeployment(
             f"{config.name}-deployment",
             {
                 "name": prefix,
-                "image": image_reference(image, ctx.registry),
+                "image": image_reference(image, registry),
                 "port": WORKER_PORT,
                 "health_path": "/health",
                 "cmd": ["serve-push"],
