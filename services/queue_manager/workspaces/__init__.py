@@ -23,7 +23,8 @@ What the frontend 1.27.10 requests (from its bundled sources, ``src/scripts/api.
 - ``routes_files``: ``POST /upload/image``, ``POST /upload/mask``, ``GET /view?filename=&subfolder=&type=``
   on user-file storage.
 - ``socket``: ``api_base/ws?clientId=``.
-- ``pages``: ``api_base/`` (the page), ``./assets/*`` and the other static files, ``user.css``.
+- ``pages``: ``api_base/`` (the page), ``./assets/*`` and the other static files, ``user.css``;
+  ``/assets/*`` at the site root too (the progress favicon and default avatar are named from there).
 
 Not served (404, the frontend copes): ``/viewvideo``, ``/api/v2/...`` (ComfyUI-Manager), ``/docs/...``
 (embedded node docs package), ``/workflow_templates/{module}/{file}``.
@@ -59,5 +60,6 @@ router.include_router(pages.pages)
 for part in (routes_user.router, routes_jobs.router, routes_files.router, routes_info.router, socket.router):
     router.include_router(part, prefix=PREFIX, include_in_schema=False)
 router.include_router(pages.assets, prefix=PREFIX, include_in_schema=False)
+router.include_router(pages.root_assets, include_in_schema=False)
 
 __all__ = ["UPLOAD_PATH", "router"]

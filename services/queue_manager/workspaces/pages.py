@@ -12,6 +12,7 @@ from services.queue_manager.workspaces.frontend import asset_response, index_res
 
 pages = APIRouter()
 assets = APIRouter()
+root_assets = APIRouter()
 LOGIN_PAGE = files("services.queue_manager.workspaces").joinpath("login.html")
 
 
@@ -53,3 +54,11 @@ async def user_css(user: str) -> Response:
 async def asset(path: str, user: str) -> Response:
     """The frontend's static files (the public package: no login needed)."""
     return asset_response(path)
+
+
+@root_assets.get("/assets/{path:path}")
+async def root_asset(path: str) -> Response:
+    """The frontend names a few of its files from the site root, as stock ComfyUI serves it there:
+    the progress favicon frames (``/assets/images/favicon_progress_16x16/frame_N.png``), the default
+    avatar and ``/assets/favicon.ico``. The same public files as under ``/w/<user>/assets/``."""
+    return asset_response(f"assets/{path}")
