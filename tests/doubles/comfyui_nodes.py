@@ -27,7 +27,7 @@ def _int(default: int, low: int, high: int) -> list[Any]:
     return ["INT", {"default": default, "min": low, "max": high, "step": 1}]
 
 
-def _node(
+def node(
     name: str,
     required: dict[str, Any],
     output: list[str],
@@ -58,7 +58,7 @@ def catalogue(input_files: list[str]) -> dict[str, dict[str, Any]]:
     audio = sorted(f for f in input_files if f.endswith((".flac", ".wav", ".mp3")))
     prefix = ["STRING", {"default": "ComfyUI", "tooltip": "The prefix for the file to save."}]
     nodes = [
-        _node(
+        node(
             "EmptyImage",
             {
                 "width": _int(512, 1, 16384),
@@ -69,8 +69,8 @@ def catalogue(input_files: list[str]) -> dict[str, dict[str, Any]]:
             ["IMAGE"],
             "image",
         ),
-        _node("ImageInvert", {"image": ["IMAGE"]}, ["IMAGE"], "image"),
-        _node(
+        node("ImageInvert", {"image": ["IMAGE"]}, ["IMAGE"], "image"),
+        node(
             "ImageScale",
             {
                 "image": ["IMAGE"],
@@ -83,14 +83,14 @@ def catalogue(input_files: list[str]) -> dict[str, dict[str, Any]]:
             "image/upscaling",
             display="Upscale Image",
         ),
-        _node(
+        node(
             "LoadImage",
             {"image": [images, {"image_upload": True}]},
             ["IMAGE", "MASK"],
             "image",
             display="Load Image",
         ),
-        _node(
+        node(
             "SaveImage",
             {"images": ["IMAGE"], "filename_prefix": prefix},
             [],
@@ -98,16 +98,16 @@ def catalogue(input_files: list[str]) -> dict[str, dict[str, Any]]:
             True,
             display="Save Image",
         ),
-        _node("PreviewImage", {"images": ["IMAGE"]}, [], "image", True, display="Preview Image"),
-        _node("SaveImageWebsocket", {"images": ["IMAGE"]}, [], "api node/image", True),
-        _node(
+        node("PreviewImage", {"images": ["IMAGE"]}, [], "image", True, display="Preview Image"),
+        node("SaveImageWebsocket", {"images": ["IMAGE"]}, [], "api node/image", True),
+        node(
             "CreateVideo",
             {"images": ["IMAGE"], "fps": ["FLOAT", {"default": 30.0, "min": 1.0, "max": 120.0, "step": 1.0}]},
             ["VIDEO"],
             "image/video",
             display="Create Video",
         ),
-        _node(
+        node(
             "SaveVideo",
             {
                 "video": ["VIDEO"],
@@ -120,8 +120,8 @@ def catalogue(input_files: list[str]) -> dict[str, dict[str, Any]]:
             True,
             display="Save Video",
         ),
-        _node("LoadAudio", {"audio": [audio, {"audio_upload": True}]}, ["AUDIO"], "audio"),
-        _node(
+        node("LoadAudio", {"audio": [audio, {"audio_upload": True}]}, ["AUDIO"], "audio"),
+        node(
             "SaveAudio",
             {"audio": ["AUDIO"], "filename_prefix": ["STRING", {"default": "audio/ComfyUI"}]},
             [],
