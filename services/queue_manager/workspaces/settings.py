@@ -15,7 +15,15 @@ MAX_SETTING_BYTES = 1024 * 1024
 # No workflow templates are installed on the queue manager, so ComfyUI's first-visit template
 # gallery would open empty: a new participant starts on the default graph instead.
 # Participants cannot update the workshop's ComfyUI: no release checks against api.comfy.org.
-DEFAULTS: dict[str, Any] = {"Comfy.TutorialCompleted": True, "Comfy.Notification.ShowVersionUpdates": False}
+# Frontend 1.27.10 registers "Comfy.Canvas.NavigationMode" (new installs: "legacy") before the two
+# settings its onChange then sets, and throws on a participant's first visit unless those already
+# hold the values "legacy" gives them.
+DEFAULTS: dict[str, Any] = {
+    "Comfy.TutorialCompleted": True,
+    "Comfy.Notification.ShowVersionUpdates": False,
+    "Comfy.Canvas.LeftMouseClickBehavior": "panning",
+    "Comfy.Canvas.MouseWheelScroll": "zoom",
+}
 
 
 class SettingsError(ValueError):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 
+from services.queue_manager.workspaces.settings import DEFAULTS
 from services.storage import aiter_chunks
 from services.storage.local import LocalStorage
 
@@ -61,11 +62,7 @@ def test_settings_are_stored_one_by_one_and_in_bulk(alice: httpx.Client) -> None
     alice.post("/w/alice/api/settings", json={"Comfy.Locale": "de", "Comfy.TutorialCompleted": True})
     alice.post("/w/alice/api/settings/Comfy.Locale", json="fr")
     assert alice.get("/w/alice/api/settings/Comfy.Locale").json() == "fr"
-    assert alice.get("/w/alice/api/settings").json() == {
-        "Comfy.Locale": "fr",
-        "Comfy.TutorialCompleted": True,
-        "Comfy.Notification.ShowVersionUpdates": False,
-    }
+    assert alice.get("/w/alice/api/settings").json() == {**DEFAULTS, "Comfy.Locale": "fr"}
     assert alice.post("/w/alice/api/settings", content=b"[1, 2]").status_code == 400
 
 
@@ -117,10 +114,9 @@ def test_a_graph_naming_an_upload_carries_it_to_the_worker(alice: httpx.Client, 
 
 
 def test_a_new_participant_skips_the_empty_template_gallery(bob: httpx.Client) -> None:
-    assert bob.get("/w/bob/api/settings").json() == {
-        "Comfy.TutorialCompleted": True,
-        "Comfy.Notification.ShowVersionUpdates": False,
-    }
+    settings = bob.get("/w/bob/api/settings").json()
+    assert settings["Comfy.TutorialCompleted"] is True
+    assert settings["Comfy.Notification.ShowVersionUpdates"] is False
     assert bob.get("/w/bob/api/settings/Comfy.TutorialCompleted").json() is True
 
 
