@@ -22,7 +22,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from services.protocol.jobs import Job, JobError, OutputFile
 
@@ -50,6 +50,34 @@ class WorkerRegistration(BaseModel):
     capabilities: WorkerCapabilities
     catalogue: dict[str, Any] | None = Field(
         default=None, description="ComfyUI /object_info, sent when the server lacks this catalogue_hash"
+    )
+    extensions: dict[str, str] = Field(
+        default_factory=dict,
+        description="custom nodes' web extension files, sent with the catalogue: the path ComfyUI "
+        "serves each under /extensions/ (``<pack>/<file>.js``) -> its JavaScript source",
+    )
+
+    @field_validator("extensions")
+    @classmethod
+    def _extension_paths(cls, files: dict[str, str]) -> dict[str, str]:
+        for path in files:
+            if not is_extension_path(path):
+                raise ValueError(
+                    f"web extension path {path[:200]!r} is not '<pack>/<file>.js' under /extensions/ "
+                    "(no empty, '.' or '..' parts, no backslashes, at most 512 characters)"
+                )
+        return files
+
+
+def is_extension_path(path: str) -> bool:
+    """A relative ``<pack>/.../<file>.js`` path that stays inside the extensions folder."""
+    parts = path.split("/")
+    return (
+        0 < len(path) <= 512
+        and len(parts) >= 2
+        and path.endswith(".js")
+        and "\\" not in path
+        and all(part not in ("", ".", "..") and part.isprintable() for part in parts)
     )
 
 

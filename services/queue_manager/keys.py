@@ -23,6 +23,8 @@
 | ``{p}:worker:{id}`` | hash | registration, state, current job, last seen | 1 day after last seen |
 | ``{p}:workers`` | zset | worker ids by last seen (ms) | pruned after 1 day |
 | ``{p}:catalogue:{hash}`` | string | a worker's ComfyUI ``/object_info`` by catalogue hash | forever |
+| ``{p}:catalogue_ext:{hash}`` | hash | its web extensions: ``<pack>/<file>.js`` -> source | forever |
+| ``{p}:catalogue_current`` | string | the catalogue hash the workspaces serve | forever |
 | ``{p}:events`` | pub/sub | ``{"user", "event"}`` for every participant event | - |
 | ``{p}:wake`` | pub/sub | a scope that has new work, to wake long-polling claims | - |
 
@@ -67,6 +69,13 @@ class Keys:
 
     def catalogue(self, catalogue_hash: str) -> str:
         return f"{self.prefix}:catalogue:{catalogue_hash}"
+
+    def catalogue_extensions(self, catalogue_hash: str) -> str:
+        return f"{self.prefix}:catalogue_ext:{catalogue_hash}"
+
+    @property
+    def catalogue_current(self) -> str:
+        return f"{self.prefix}:catalogue_current"
 
     @property
     def scopes(self) -> str:

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
+from redis.asyncio.client import Pipeline
 
 from services.protocol.workers import RegisterReply, WorkerCapabilities, WorkerRegistration, WorkerState
 from services.queue_manager.errors import UnknownWorker
@@ -49,7 +50,7 @@ class WorkerOps(StoreBase):
             pipe.zadd(self.keys.workers, {registration.worker_id: now})
             pipe.zremrangebyscore(self.keys.workers, "-inf", now - WORKER_TTL_SECONDS * 1000)
             if registration.catalogue is not None and caps.catalogue_hash:
-                pipe.set(self.keys.catalogue(caps.catalogue_hash), json.dumps(registration.catalogue))
+                self._store_catalogue(pipe, caps.catalogue_hash, registration)
             pipe.exists(self.keys.catalogue(caps.catalogue_hash or "-"))
             known = (await pipe.execute())[-1]
         settings = self.settings
@@ -60,6 +61,14 @@ class WorkerOps(StoreBase):
             claim_wait_seconds=settings.claim_wait_max_seconds,
             catalogue_known=bool(known),
         )
+
+    def _store_catalogue(self, pipe: Pipeline, digest: str, registration: WorkerRegistration) -> None:
+        """One catalogue version: its ``/object_info`` and its custom nodes' web extension files."""
+        pipe.set(self.keys.catalogue(digest), json.dumps(registration.catalogue))
+        pipe.delete(self.keys.catalogue_extensions(digest))
+        if registration.extensions:
+            files = {path: source.encode() for path, source in registration.extensions.items()}
+            pipe.hset(self.keys.catalogue_extensions(digest), mapping=files)  # type: ignore[arg-type]
 
     async def worker_pool(self, worker_id: str) -> str:
         """The pool a worker registered with; refreshes its last-seen time. Both are cached for

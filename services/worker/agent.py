@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.protocol.jobs import Job
-from services.protocol.workers import Lease, WorkerCapabilities
+from services.protocol.workers import Lease, RegisterReply, WorkerCapabilities, WorkerRegistration
 from services.storage import Storage, open_storage
 from services.worker.comfy_client import ComfyClient
 from services.worker.comfy_events import EventStream
@@ -42,8 +42,10 @@ class WarmupFailedError(Exception):
     """The warmup workflow did not succeed: the worker must not report ready."""
 
 
-def catalogue_hash(catalogue: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(catalogue, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def catalogue_hash(catalogue: dict[str, Any], extensions: dict[str, str] | None = None) -> str:
+    """The catalogue version: its ``/object_info`` and its web extension files together."""
+    versioned = {"object_info": catalogue, "extensions": extensions or {}}
+    return hashlib.sha256(json.dumps(versioned, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class Agent:
@@ -60,6 +62,8 @@ class Agent:
         )
         self.models: list[str] = []
         self.catalogue: dict[str, Any] = {}
+        self.extensions: dict[str, str] = {}
+        self.published_to: set[str] = set()
 
     async def start(self) -> None:
         if self.settings.models_manifest is not None:
@@ -76,6 +80,7 @@ class Agent:
         if self.settings.warmup:
             await self.warmup()
         self.catalogue = await self.comfy.object_info()
+        self.extensions = await self.comfy.web_extensions()
 
     async def stop(self) -> None:
         """Close the socket and stop a ComfyUI this agent started (safe after a failed start)."""
@@ -107,9 +112,21 @@ class Agent:
             gpu=str(device.get("name", "")),
             vram_mb=int(device.get("vram_total", 0)) // (1 << 20),
             comfyui_version=str(stats.get("system", {}).get("comfyui_version", "")),
-            catalogue_hash=catalogue_hash(self.catalogue),
+            catalogue_hash=catalogue_hash(self.catalogue, self.extensions),
             models=self.models,
         )
+
+    async def register(self, queue: QueueClient) -> RegisterReply:
+        """Register with the queue manager, sending the node catalogue and its web extensions when
+        it does not have this version yet: the workspaces offer exactly what this ComfyUI runs."""
+        capabilities = await self.capabilities()
+        registration = WorkerRegistration(worker_id=self.settings.worker_id, capabilities=capabilities)
+        reply = await queue.register(registration)
+        if not reply.catalogue_known:
+            registration.catalogue, registration.extensions = self.catalogue, self.extensions
+            reply = await queue.register(registration)
+        self.published_to.add(queue.base_url)
+        return reply
 
     async def run_lease(self, lease: Lease, queue: QueueClient, heartbeat_seconds: float) -> str:
         """Run the leased job and report it; returns what happened: succeeded, failed, lost, released."""

@@ -8,8 +8,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from typing import IO, Any
+from urllib.parse import quote, unquote
 
 import httpx
+
+from services.protocol.workers import is_extension_path
 
 VIEW_CHUNK = 1024 * 1024
 
@@ -70,6 +73,21 @@ class ComfyClient:
         reply = await self._call("GET", "/object_info", timeout=120.0)
         reply.raise_for_status()
         return dict(reply.json())
+
+    async def web_extensions(self) -> dict[str, str]:
+        """Custom nodes' web extension files: ``<pack>/<file>.js`` -> source. ComfyUI lists them under
+        ``/extensions`` with the frontend's own ``core/`` shims, which every workspace has already."""
+        reply = await self._call("GET", "/extensions", timeout=30.0)
+        reply.raise_for_status()
+        files: dict[str, str] = {}
+        for url in reply.json():
+            path = unquote(str(url).removeprefix("/extensions/"))
+            if path.startswith("core/") or not is_extension_path(path):
+                continue
+            source = await self._call("GET", f"/extensions/{quote(path)}", timeout=30.0)
+            source.raise_for_status()
+            files[path] = source.text
+        return files
 
     async def submit(
         self, prompt: dict[str, Any], prompt_id: str, client_id: str, extra_data: dict[str, Any] | None = None

@@ -15,7 +15,7 @@ import time
 
 import httpx
 
-from services.protocol.workers import Lease, RegisterReply, WorkerRegistration
+from services.protocol.workers import Lease, RegisterReply
 from services.worker.agent import Agent
 from services.worker.queue_client import QueueClient, QueueRefusedError
 
@@ -43,12 +43,7 @@ class PullWorker:
         self.stopping.set()
 
     async def register(self) -> RegisterReply:
-        capabilities = await self.agent.capabilities()
-        registration = WorkerRegistration(worker_id=self.settings.worker_id, capabilities=capabilities)
-        reply = await self.queue.register(registration)
-        if not reply.catalogue_known:
-            registration.catalogue = self.agent.catalogue
-            reply = await self.queue.register(registration)
+        reply = await self.agent.register(self.queue)
         log.info("registered as %s in pool %s", reply.worker_id, self.settings.pool)
         return reply
 

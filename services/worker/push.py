@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, HTTPException, Response
 from pydantic import ValidationError
 
 from services.protocol.workers import Lease
 from services.worker.agent import Agent
-from services.worker.queue_client import QueueClient
+from services.worker.queue_client import QueueClient, QueueRefusedError
 from services.worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
 
 
 class PushError(Exception):
@@ -39,10 +43,22 @@ async def run_pushed(agent: Agent, lease: Lease) -> dict[str, Any]:
         )
     queue = QueueClient(lease.reply_url, lease.reply_token, agent.settings.retry_seconds)
     try:
+        if queue.base_url not in agent.published_to:
+            await publish(agent, queue)
         outcome = await agent.run_lease(lease, queue, max(lease.lease_seconds / 3, 0.5))
     finally:
         await queue.aclose()
     return {"job_id": lease.job.id, "outcome": outcome}
+
+
+async def publish(agent: Agent, queue: QueueClient) -> None:
+    """A serverless container never claims, so its first lease is when it tells the queue manager
+    what it runs: a workshop of push pools only still gets its node catalogue. The job matters more:
+    a refused registration is logged and the job runs anyway (the next lease tries again)."""
+    try:
+        await agent.register(queue)
+    except (httpx.HTTPError, QueueRefusedError) as exc:
+        log.warning("could not publish this worker's catalogue to %s: %s", queue.base_url, exc)
 
 
 def verda_app(settings: WorkerSettings, agent: Agent | None = None) -> FastAPI:

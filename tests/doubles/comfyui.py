@@ -8,7 +8,9 @@ the job (a second socket with the same id replaces the first); events come in Co
 ``/history`` is written after ``execution_success`` but before the final ``executing {node: null}``;
 identical graphs are replayed from the cache (same filenames, no new files); ``/interrupt`` is
 targeted and acts between progress steps or after the running node; a restart loses history and
-queue; a loopback Host with a foreign ``Origin`` gets 403. The node catalogue is in ``comfyui_nodes``.
+queue; a loopback Host with a foreign ``Origin`` gets 403; ``/extensions`` lists the frontend's
+``core/`` shims and the custom packs' ``web_extensions`` (``<pack>/<file>.js`` -> source, given to
+the constructor), each served under ``/extensions/``. The node catalogue is in ``comfyui_nodes``.
 
 Two ways to run it:
 
@@ -48,7 +50,7 @@ import uuid
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 import uvicorn
 from starlette.applications import Starlette
@@ -61,6 +63,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from tests.doubles import comfyui_nodes as nodes
 from tests.doubles.comfyui_engine import Executor, Item, Knobs, State
 from tests.support.servers import free_port, wait_until
+
+# ComfyUI lists the frontend package's own ``extensions/core`` shims in ``/extensions`` too.
+CORE_EXTENSIONS = ("/extensions/core/clipspace.js", "/extensions/core/groupNode.js")
 
 
 class OriginCheck:
@@ -101,8 +106,11 @@ class ComfyUIDouble(Executor):
         input_dir: Path | None = None,
         output_dir: Path | None = None,
         temp_dir: Path | None = None,
+        web_extensions: dict[str, str] | None = None,
     ):
         self.port = port or free_port()
+        # Custom nodes' WEB_DIRECTORY files, ``<pack>/<file>.js`` -> source (none unless given).
+        self.web_extensions = dict(web_extensions or {})
         self.knobs = knobs or Knobs()
         self.folders = nodes.Folders(
             input_dir or root / "input", output_dir or root / "output", temp_dir or root / "temp"
@@ -202,12 +210,14 @@ class ComfyUIDouble(Executor):
             ("/view", self.view, ["GET"]),
             ("/upload/image", self.upload_image, ["POST"]),
             ("/free", self.free, ["POST"]),
+            ("/extensions", self.extensions, ["GET"]),
         ]
         table: list[Any] = []
         for prefix in ("", "/api"):
             table += [Route(prefix + path, handler, methods=methods) for path, handler, methods in routes]
             table.append(WebSocketRoute(prefix + "/ws", self.ws))
         table += [
+            Route("/extensions/{path:path}", self.extension_file, methods=["GET"]),
             Route("/__double__/knobs", self.set_knobs, methods=["POST"]),
             Route("/__double__/crash", self.crash, methods=["POST"]),
             Route("/__double__/timings", self.get_timings, methods=["GET"]),
@@ -257,6 +267,20 @@ class ComfyUIDouble(Executor):
         name = request.path_params["node_class"]
         known = self.catalogue()
         return JSONResponse({name: known[name]} if name in known else {})
+
+    async def extensions(self, request: Request) -> Response:
+        """As ComfyUI: the web root's ``extensions/core`` shims, then every custom pack's ``.js``
+        files as ``/extensions/<quoted pack>/<path>``."""
+        packs = [f"/extensions/{quote(p.split('/')[0])}/{p.split('/', 1)[1]}" for p in self.web_extensions]
+        return JSONResponse([*CORE_EXTENSIONS, *packs])
+
+    async def extension_file(self, request: Request) -> Response:
+        path = request.path_params["path"]
+        if path in self.web_extensions:
+            return Response(self.web_extensions[path], media_type="application/javascript")
+        if f"/extensions/{path}" in CORE_EXTENSIONS:
+            return Response("// a frontend core shim\n", media_type="application/javascript")
+        return Response(status_code=404)
 
     async def prompt(self, request: Request) -> Response:
         if request.method == "GET":

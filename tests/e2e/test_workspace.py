@@ -80,6 +80,37 @@ async def test_the_workspace_loads_with_the_nodes_a_worker_published(
     assert elsewhere == [], "the workspace must not call hosts other than the platform"
 
 
+# A custom node pack's web extension, as packs write them: it imports the frontend's app shim
+# relative to where ComfyUI serves it (``/extensions/<pack>/hello.js``) and registers itself.
+PACK_EXTENSION = """import { app } from "../../scripts/app.js";
+app.registerExtension({
+    name: "double.pack.hello",
+    async setup() { window.doublePackSetUp = Object.keys(LiteGraph.registered_node_types).length; },
+});
+"""
+
+
+async def test_a_custom_node_packs_web_extension_from_the_worker_runs_in_the_workspace(
+    browser: Browser, server: LiveServer, tmp_path: Path
+) -> None:
+    """The pack's name has a space: ComfyUI lists it URL-quoted and the page must import it so."""
+    files = {"double pack/hello.js": PACK_EXTENSION}
+    with ComfyUIDouble(tmp_path / "comfy", web_extensions=files) as comfy:
+        settings = worker_settings(comfy, server.url, tmp_path)
+        async with pull_worker(settings):
+            failed: list[str] = []
+            context, page = await logged_in_page(
+                browser, server, "alice", lambda p: p.on("pageerror", lambda e: failed.append(str(e)))
+            )
+            await page.wait_for_function("window.doublePackSetUp !== undefined", timeout=15_000)
+            assert await page.evaluate("window.doublePackSetUp") > 0, "set up before the nodes were known"
+            listed = await page.request.get(f"{server.url}/w/alice/api/extensions")
+            assert "/extensions/double%20pack/hello.js" in await listed.json()
+            assert all("extensions/core" not in url for url in await listed.json())
+            assert failed == []
+            await context.close()
+
+
 async def until(page: Page, check: Any, what: str, timeout_ms: int = 20_000) -> None:
     """Wait (bounded) for a condition on what the page received, letting the page run meanwhile."""
     for _ in range(timeout_ms // 50):

@@ -88,11 +88,18 @@ def login(client: httpx.Client, user: str, secret: str | None = None) -> httpx.C
 
 
 def register_worker(
-    client: httpx.Client, catalogue: dict[str, Any], worker_id: str = "w1", digest: str = "cat-v1"
+    client: httpx.Client,
+    catalogue: dict[str, Any],
+    worker_id: str = "w1",
+    digest: str = "cat-v1",
+    extensions: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Register a worker of pool ``gpu`` that publishes ``catalogue`` (as a worker does on start)."""
+    """Register a worker of pool ``gpu`` that publishes ``catalogue`` and its web ``extensions`` (as
+    a worker does on start)."""
     caps = WorkerCapabilities(pool=POOL, provider="local", gpu="test", catalogue_hash=digest)
-    body = WorkerRegistration(worker_id=worker_id, capabilities=caps, catalogue=catalogue)
+    body = WorkerRegistration(
+        worker_id=worker_id, capabilities=caps, catalogue=catalogue, extensions=extensions or {}
+    )
     reply = client.post(
         "/api/workers/register",
         content=body.model_dump_json(),

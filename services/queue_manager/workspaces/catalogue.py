@@ -6,11 +6,11 @@ per version, see ``services/queue_manager/keys.py``). The version served is the 
 recently registered live worker; it is remembered in ``{p}:catalogue_current``, so the workspaces keep
 offering the GPUs' nodes while no GPU is up (overnight, or before the first worker of the day).
 
-Custom nodes' web extensions (design; workers do not publish them yet): a worker puts its custom
-nodes' ``WEB_DIRECTORY`` files with :func:`store_extensions` under ``{p}:catalogue_ext:{hash}``
-(hash of ``<pack>/<file>.js`` -> source). ``/extensions`` then lists ``/extensions/<pack>/<file>.js``
-and the workspace serves them from there; with none stored the list is empty and the frontend runs
-its core extensions only.
+Custom nodes' web extensions come with the catalogue: a worker sends the JavaScript files its
+ComfyUI lists under ``/extensions`` (``<pack>/<file>.js``, the custom nodes' ``WEB_DIRECTORY``) in
+the same registration, and the registry keeps them under ``{p}:catalogue_ext:{hash}``; they are
+part of the version (the worker's hash covers them). ``/extensions`` then lists them for the
+frontend to import and the workspace serves them; with none the frontend runs its core ones only.
 """
 
 from __future__ import annotations
@@ -26,27 +26,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.protocol.workers import WorkerState
-from services.queue_manager.keys import Keys
 from services.queue_manager.store import Store
 
 REFRESH_SECONDS = 2.0
-
-
-def current_key(keys: Keys) -> str:
-    return f"{keys.prefix}:catalogue_current"
-
-
-def extensions_key(keys: Keys, digest: str) -> str:
-    return f"{keys.prefix}:catalogue_ext:{digest}"
-
-
-async def store_extensions(redis: Redis, keys: Keys, digest: str, files: dict[str, str]) -> None:
-    """Keep a catalogue version's web extension files (``<pack>/<file>.js`` -> JavaScript)."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.delete(extensions_key(keys, digest))
-        if files:
-            pipe.hset(extensions_key(keys, digest), mapping={k: v.encode() for k, v in files.items()})
-        await pipe.execute()
 
 
 @dataclass(frozen=True)
@@ -101,12 +83,12 @@ class CatalogueCache:
         up = [w for w in workers if w.state is not WorkerState.GONE]
         up.sort(key=lambda w: w.registered_at or datetime.min.replace(tzinfo=UTC), reverse=True)
         live = [w.capabilities.catalogue_hash for w in up]
-        remembered = _text(await self._redis.get(current_key(self._keys)) or b"")
+        remembered = _text(await self._redis.get(self._keys.catalogue_current) or b"")
         others = [w.capabilities.catalogue_hash for w in workers]
         for digest in [*live, remembered, *others]:
             if digest and await self._redis.exists(self._keys.catalogue(digest)):
                 if digest != remembered:
-                    await self._redis.set(current_key(self._keys), digest)
+                    await self._redis.set(self._keys.catalogue_current, digest)
                 return digest
         return ""
 
@@ -114,7 +96,7 @@ class CatalogueCache:
         body = await self._redis.get(self._keys.catalogue(digest))
         if body is None:
             return None
-        extensions = await self._redis.hgetall(extensions_key(self._keys, digest))
+        extensions = await self._redis.hgetall(self._keys.catalogue_extensions(digest))
         return Catalogue(digest, _bytes(body), {_text(k): _bytes(v) for k, v in extensions.items()})
 
 

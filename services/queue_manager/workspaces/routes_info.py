@@ -12,6 +12,7 @@ import json
 import platform
 from importlib.resources import files
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -73,7 +74,8 @@ async def object_info_node(node_class: str, ctx: Context, files: UserFilesDep) -
 async def extensions(ctx: Context, user: Participant) -> list[str]:
     """Our notice, then the workers' custom nodes' web extensions (the frontend has its core ones)."""
     catalogue = await ctx.catalogue.current()
-    return [f"/extensions/{OWN_EXTENSION}", *(f"/extensions/{path}" for path in sorted(catalogue.extensions))]
+    published = (f"/extensions/{quote(path)}" for path in sorted(catalogue.extensions))
+    return [f"/extensions/{OWN_EXTENSION}", *published]
 
 
 @router.get("/extensions/{path:path}")

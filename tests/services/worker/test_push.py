@@ -61,6 +61,9 @@ async def test_the_verda_handler_runs_a_pushed_lease_and_reports_it(
                 "/lease", content=lease.model_dump_json(), headers={"Content-Type": "application/json"}
             )
             assert reply.json() == {"job_id": lease.job.id, "outcome": "succeeded"}
+            # No pull worker ever registered: the container's first lease published the catalogue.
+            nodes = (await alice.get("/w/alice/api/object_info")).json()
+            assert {"EmptyImage", "SaveImage"} <= set(nodes)
             orphan = lease.model_copy(update={"reply_url": None})
             refused = await container.post(
                 "/lease", content=orphan.model_dump_json(), headers={"Content-Type": "application/json"}
@@ -70,6 +73,22 @@ async def test_the_verda_handler_runs_a_pushed_lease_and_reports_it(
         server.stop()
     job = await finished(alice, lease.job.id)
     assert job.state == JobState.SUCCEEDED and job.outputs[0].filename == "t_00001_.png"
+
+
+async def test_a_refused_catalogue_publication_does_not_stop_the_pushed_job(
+    agent: Agent, qm: QueueManagerServer, alice: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    await agent.start()
+    try:
+        wrong = QueueClient(qm.url, "not-the-pool-token", retry_seconds=1)
+        await push.publish(agent, wrong)
+        await wrong.aclose()
+        assert agent.published_to == set()
+        assert "could not publish this worker's catalogue" in caplog.text
+        lease = await lease_for(qm, alice, color=23)
+        assert (await push.run_pushed(agent, lease))["outcome"] == "succeeded"
+    finally:
+        await agent.stop()
 
 
 async def test_the_runpod_handler_takes_the_lease_from_the_event_input(

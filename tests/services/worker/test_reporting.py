@@ -13,8 +13,10 @@ import pytest
 import websockets
 
 from services.protocol.jobs import JobState
+from services.worker.agent import catalogue_hash
 from services.worker.lease import LeaseKeeper
 from tests.doubles.comfyui import ComfyUIDouble
+from tests.doubles.comfyui_nodes import catalogue
 from tests.services.worker.conftest import (
     QueueManagerServer,
     finished,
@@ -57,6 +59,26 @@ async def test_the_workers_node_catalogue_reaches_the_participants_workspace(
         reply = await alice.get("/w/alice/api/object_info")
     assert reply.status_code == 200, reply.text
     assert {"EmptyImage", "SaveImage", "SaveVideo"} <= set(reply.json())
+
+
+async def test_the_workers_custom_node_web_extensions_reach_the_workspace_with_the_catalogue(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    comfy.web_extensions["rgthree comfy/rgthree.js"] = "export const version = 1;"
+    comfy.web_extensions["rgthree comfy/lib/util.js"] = "export const util = 1;"
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+        listed = (await alice.get("/w/alice/api/extensions")).json()
+        served = await alice.get("/w/alice/extensions/rgthree%20comfy/lib/util.js")
+    assert "/extensions/rgthree%20comfy/rgthree.js" in listed
+    assert "/extensions/rgthree%20comfy/lib/util.js" in listed
+    assert not [url for url in listed if "/core/" in url], "the frontend's own core shims are not republished"
+    assert served.status_code == 200 and served.text == "export const util = 1;"
+
+
+def test_a_changed_web_extension_is_a_new_catalogue_version() -> None:
+    nodes = catalogue([])
+    assert catalogue_hash(nodes, {"pack/a.js": "1"}) != catalogue_hash(nodes, {"pack/a.js": "2"})
+    assert catalogue_hash(nodes, {}) == catalogue_hash(nodes)
 
 
 async def test_a_worker_whose_lease_went_stale_never_reports_and_the_job_runs_again(

@@ -11,11 +11,10 @@ import pytest
 from redis.asyncio import Redis
 
 from services.protocol.workers import WorkerCapabilities, WorkerRegistration
-from services.queue_manager.keys import Keys
 from services.queue_manager.store import Store
-from services.queue_manager.workspaces.catalogue import CatalogueCache, store_extensions
+from services.queue_manager.workspaces.catalogue import CatalogueCache
 from tests.doubles.comfyui_nodes import catalogue
-from tests.support.queue_manager_app import register_worker, settings_for
+from tests.support.queue_manager_app import POOL, POOL_TOKEN, register_worker, settings_for
 from tests.support.servers import wait_until
 
 
@@ -108,12 +107,14 @@ def test_startup_facts_the_frontend_reads_answer_in_comfyui_shapes(alice: httpx.
     assert isinstance(alice.get("/w/alice/api/features").json(), dict)
 
 
-async def test_custom_node_web_extensions_stored_for_the_catalogue_are_listed_and_served(
-    alice: httpx.Client, worker: httpx.Client, redis_url: str
+def test_the_web_extensions_a_worker_publishes_with_its_catalogue_are_listed_and_served(
+    alice: httpx.Client,
+    app_factory,  # type: ignore[no-untyped-def]
 ) -> None:
-    redis = Redis.from_url(redis_url)
-    await store_extensions(redis, Keys(), "cat-v1", {"my-pack/widgets.js": "export const x = 1;"})
-    await redis.aclose()
+    worker = app_factory()
+    register_worker(
+        worker, catalogue([]), digest="cat-ext-1", extensions={"my-pack/widgets.js": "export const x = 1;"}
+    )
     wait_until(
         lambda: "/extensions/my-pack/widgets.js" in alice.get("/w/alice/api/extensions").json(),
         timeout=5,
@@ -124,6 +125,27 @@ async def test_custom_node_web_extensions_stored_for_the_catalogue_are_listed_an
         "text/javascript"
     )
     assert alice.get("/w/alice/extensions/other/nope.js").status_code == 404
+
+    # A new version of the pack is a new catalogue version: the new file replaces the old one.
+    register_worker(worker, catalogue([]), "w2", "cat-ext-2", {"my-pack/widgets.js": "export const x = 2;"})
+    wait_until(
+        lambda: alice.get("/w/alice/extensions/my-pack/widgets.js").text == "export const x = 2;",
+        timeout=5,
+        what="the new extension version to be served",
+    )
+
+
+@pytest.mark.parametrize("path", ["../../etc/passwd.js", "/abs/x.js", "pack/x.css", "nopack.js", "a//b.js"])
+def test_a_web_extension_path_outside_the_extensions_folder_is_refused(
+    app_factory,
+    path: str,  # type: ignore[no-untyped-def]
+) -> None:
+    caps = {"pool": POOL, "provider": "local", "catalogue_hash": "cat-bad"}
+    body = {"worker_id": "w1", "capabilities": caps, "catalogue": {}, "extensions": {path: "x"}}
+    refused = app_factory().post(
+        "/api/workers/register", json=body, headers={"Authorization": f"Bearer {POOL_TOKEN}"}
+    )
+    assert refused.status_code == 422 and "<pack>/<file>.js" in refused.text
 
 
 def registration(worker_id: str, digest: str, nodes: dict[str, Any]) -> WorkerRegistration:
