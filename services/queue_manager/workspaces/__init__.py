@@ -21,7 +21,7 @@ What the frontend 1.27.10 requests (from its bundled sources, ``src/scripts/api.
 - ``routes_jobs``: ``GET/POST /prompt``, ``GET/POST /queue``, ``GET/POST /history``,
   ``GET /history/{id}``, ``POST /interrupt``, ``POST /free``, on the shared queue.
 - ``routes_files``: ``POST /upload/image``, ``POST /upload/mask``, ``GET /view?filename=&subfolder=&type=``
-  on user-file storage.
+  (``&channel=rgb|a``, ``&preview=webp;90``: ``images``) on user-file storage.
 - ``socket``: ``api_base/ws?clientId=``.
 - ``pages``: ``api_base/`` (the page), ``./assets/*`` and the other static files, ``user.css``;
   ``/assets/*`` at the site root too (the progress favicon and default avatar are named from there).

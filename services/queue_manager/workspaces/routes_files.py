@@ -1,8 +1,10 @@
-"""``/upload/image``, ``/upload/mask`` and ``/view`` on the participant's own files."""
+"""``/upload/image``, ``/upload/mask`` and ``/view`` (with ComfyUI's ``channel`` and ``preview``
+conversions, see ``images``) on the participant's own files."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, UploadFile
@@ -10,6 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from services.queue_manager.workspaces.deps import UserFilesDep
 from services.queue_manager.workspaces.files import FileProblem, content_type, file_ref
+from services.queue_manager.workspaces.images import MAX_IMAGE_BYTES, ImageProblem, convert, wants_conversion
 from services.queue_manager.workspaces.prompts import split_annotation
 
 router = APIRouter()
@@ -73,5 +76,31 @@ async def view(request: Request, files: UserFilesDep) -> Response:
         size, chunks = await files.open(ref)
     except FileProblem as exc:
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
-    headers = {"Content-Disposition": f'filename="{ref.filename}"', "Content-Length": str(size)}
+    disposition = {"Content-Disposition": f'filename="{ref.filename}"'}
+    channel, preview = query.get("channel", ""), query.get("preview", "")
+    if wants_conversion(channel, preview):
+        return await converted(ref.filename, size, chunks, channel, preview, disposition)
+    headers = {**disposition, "Content-Length": str(size)}
     return StreamingResponse(chunks, media_type=content_type(ref.filename), headers=headers)
+
+
+async def converted(
+    filename: str,
+    size: int,
+    chunks: AsyncIterator[bytes],
+    channel: str,
+    preview: str,
+    headers: dict[str, str],
+) -> Response:
+    """The image with only some channels, or as a smaller preview (ComfyUI's ``channel``/``preview``)."""
+    if size > MAX_IMAGE_BYTES:
+        message = (
+            f"{filename} is {size} bytes, too large to convert: ask for it without 'channel' or 'preview'"
+        )
+        return JSONResponse({"error": message}, status_code=413)
+    data = b"".join([chunk async for chunk in chunks])
+    try:
+        body, media_type = await convert(data, filename, channel, preview)
+    except ImageProblem as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    return Response(body, media_type=media_type, headers=headers)

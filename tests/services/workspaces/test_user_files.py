@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import httpx
+from PIL import Image
 
 from services.queue_manager.workspaces.settings import DEFAULTS
 from services.storage import aiter_chunks
@@ -125,3 +127,49 @@ def test_user_css_is_empty_until_the_participant_saves_one(alice: httpx.Client) 
     save(alice, "alice", "user.css", b"body { color: red }")
     styled = alice.get("/w/alice/api/userdata/user.css")
     assert styled.text == "body { color: red }" and styled.headers["content-type"].startswith("text/css")
+
+
+def rgba_png() -> tuple[bytes, Image.Image]:
+    """A 4x3 image whose alpha differs per pixel, as the mask editor saves it."""
+    image = Image.new("RGBA", (4, 3))
+    image.putdata([(10 * i, 20, 30, 255 - 20 * i) for i in range(12)])
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue(), image
+
+
+def view(client: httpx.Client, **params: str) -> httpx.Response:
+    return client.get("/w/alice/api/view", params={"filename": "masked.png", "type": "input", **params})
+
+
+def test_the_mask_editor_gets_the_rgb_and_the_alpha_of_an_image_apart(alice: httpx.Client) -> None:
+    data, original = rgba_png()
+    alice.post("/w/alice/api/upload/image", files={"image": ("masked.png", data, "image/png")})
+    assert view(alice).content == data, "without channel or preview the file comes as stored"
+
+    rgb = Image.open(io.BytesIO(view(alice, channel="rgb").content))
+    assert rgb.mode == "RGB" and rgb.tobytes() == original.convert("RGB").tobytes()
+
+    mask = view(alice, channel="a")
+    alpha = Image.open(io.BytesIO(mask.content))
+    assert mask.headers["content-type"] == "image/png" and alpha.mode == "RGBA"
+    assert alpha.getchannel("A").tobytes() == original.getchannel("A").tobytes()
+
+
+def test_previews_come_in_the_format_and_quality_asked_for(alice: httpx.Client) -> None:
+    data, _ = rgba_png()
+    alice.post("/w/alice/api/upload/image", files={"image": ("masked.png", data, "image/png")})
+    jpeg = view(alice, preview="jpeg;80")
+    assert jpeg.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(jpeg.content)).size == (4, 3)
+    assert view(alice, preview="webp;50").headers["content-type"] == "image/webp"
+    # The alpha asked for keeps the preview in webp, which has one; an unknown format is webp too.
+    assert view(alice, preview="jpeg;80", channel="a").headers["content-type"] == "image/webp"
+    assert view(alice, preview="gif").headers["content-type"] == "image/webp"
+
+
+def test_converting_a_file_that_is_no_image_says_so(alice: httpx.Client) -> None:
+    alice.post("/w/alice/api/upload/image", files={"image": ("masked.png", b"not a png", "image/png")})
+    refused = view(alice, channel="rgb")
+    assert refused.status_code == 400 and "masked.png" in refused.json()["error"]
+    assert view(alice).content == b"not a png"

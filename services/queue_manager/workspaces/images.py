@@ -1,0 +1,82 @@
+"""``/view``'s image conversions, as ComfyUI's ``view_image`` does them.
+
+- ``channel=rgb``: the image without its alpha, as PNG (the mask editor's base image);
+- ``channel=a``: only the alpha, as a transparent PNG carrying it (the mask editor's mask; opaque
+  when the image has none);
+- ``preview=webp;90`` / ``preview=jpeg;80``: a smaller copy for the queue and history panels
+  (``Comfy.PreviewFormat``); webp whenever the alpha is asked for or the format is unknown.
+
+Decoding runs in a worker thread; an image past Pillow's decompression-bomb limit is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+
+MAX_IMAGE_BYTES = 128 * 1024 * 1024
+"""Larger files are only served as stored: a conversion holds the whole file in memory."""
+
+
+class ImageProblem(ValueError):
+    """A conversion that cannot be made; the message says why."""
+
+
+def wants_conversion(channel: str, preview: str) -> bool:
+    return bool(preview) or channel in ("rgb", "a")
+
+
+async def convert(data: bytes, filename: str, channel: str, preview: str) -> tuple[bytes, str]:
+    """The converted image and its media type."""
+    return await asyncio.to_thread(_convert, data, filename, channel, preview)
+
+
+def _convert(data: bytes, filename: str, channel: str, preview: str) -> tuple[bytes, str]:
+    with _opened(data, filename) as image:
+        if preview:
+            return _preview(image, channel, preview)
+        if channel == "rgb":
+            return _png(image.convert("RGB")), "image/png"
+        alpha = image.getchannel("A") if "A" in image.getbands() else Image.new("L", image.size, 255)
+        mask = Image.new("RGBA", image.size)
+        mask.putalpha(alpha)
+        return _png(mask), "image/png"
+
+
+def _preview(image: Image.Image, channel: str, preview: str) -> tuple[bytes, str]:
+    kind, _, rest = preview.partition(";")
+    quality = int(rest) if rest.isdigit() else 90
+    if kind not in ("webp", "jpeg") or "a" in channel:
+        kind = "webp"
+    if kind == "jpeg" or channel == "rgb":
+        image = image.convert("RGB")
+    elif image.mode not in ("RGB", "RGBA"):
+        image = image.convert("RGBA")
+    buffer = io.BytesIO()
+    image.save(buffer, format=kind.upper(), quality=min(max(quality, 1), 100))
+    return buffer.getvalue(), f"image/{kind}"
+
+
+def _opened(data: bytes, filename: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image.load()
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageProblem(
+            f"{filename} cannot be converted ({exc.__class__.__name__}): ask for it without "
+            "'channel' or 'preview' to get the file as stored"
+        ) from exc
+    except OSError as exc:
+        raise ImageProblem(f"{filename} is not a readable image: {exc}") from exc
+    return image
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
