@@ -13,7 +13,10 @@ Prints one JSON object:
 - ``ready_ms_first_load``: the first of those openings, with an empty browser cache;
 - ``ready_cpu_ms_p50``: the page's main-thread busy time until ready (Chromium's ``TaskDuration``);
 - ``ready_ms_p50_playwright``: the same median under Playwright in an incognito context, as the
-  browser tests drive the page: its instrumentation of every request costs ~10% on 2 cores.
+  browser tests drive the page: its instrumentation of every request costs ~10% on 2 cores;
+- ``ready_ms_p50_static_floor``: the same median with no server work at all, nginx serving the
+  package and the queue manager's start-up answers as files (``bench/floor.py``): the stock
+  frontend's own start-up on this machine, which no server can go below.
 
 Chromium's BackgroundResourceFetch (on by default) never consumes V8's code cache for module
 scripts, so every load compiles the frontend's ~450 modules afresh; the frontend's own start-up, not
@@ -40,6 +43,7 @@ import websockets
 from playwright.async_api import async_playwright
 
 from bench.cdp import chromium
+from bench.floor import can_answers, static_workspace
 from services.protocol.workers import WorkerCapabilities, WorkerRegistration
 from tests.doubles.comfyui_nodes import catalogue, node
 from tests.support.qm_server import QueueManagerProcess, qm_env
@@ -184,13 +188,16 @@ async def session_cookie(url: str, user: str) -> str:
         return str(reply.cookies["qm_session"])
 
 
-async def ready_times(url: str, user: str, loads: int, profile: Path) -> list[tuple[float, float]]:
+async def ready_times(
+    url: str, user: str, loads: int, profile: Path, cookie: str = ""
+) -> list[tuple[float, float]]:
     """Open the workspace ``loads`` times in one on-disk browser profile (logged in once), each in a
     new tab, as a participant's own browser would; each time (wall ms, main-thread busy ms)."""
-    cookie = {"name": "qm_session", "value": await session_cookie(url, user), "url": url, "httpOnly": True}
     times = []
     async with chromium(CHROMIUM, FLAGS, profile) as browser:
-        await browser.send("Storage.setCookies", {"cookies": [cookie]})
+        if cookie:
+            session = {"name": "qm_session", "value": cookie, "url": url, "httpOnly": True}
+            await browser.send("Storage.setCookies", {"cookies": [session]})
         for _ in range(loads):
             target, tab = await browser.open_tab()
             await browser.send("Performance.enable", session=tab)
@@ -223,21 +230,27 @@ async def ready_times_playwright(url: str, user: str, loads: int) -> list[float]
 
 def run(users: int, loads: int) -> dict[str, float]:
     names = [f"p{i:03d}" for i in range(users)]
-    with (
-        tempfile.TemporaryDirectory() as scratch,
-        redis_server(Path(scratch) / "redis") as redis,
-        queue_manager(redis.url, names, Path(scratch) / "files") as (url, pid),
-    ):
-        register(url)
-        rss = asyncio.run(hold_sockets(url, names, pid))
-        times = asyncio.run(ready_times(url, names[0], loads, Path(scratch) / "profile"))
-        instrumented = asyncio.run(ready_times_playwright(url, names[0], loads))
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        with (
+            redis_server(scratch / "redis") as redis,
+            queue_manager(redis.url, names, scratch / "files") as (url, pid),
+        ):
+            register(url)
+            rss = asyncio.run(hold_sockets(url, names, pid))
+            cookie = asyncio.run(session_cookie(url, names[0]))
+            times = asyncio.run(ready_times(url, names[0], loads, scratch / "profile", cookie))
+            instrumented = asyncio.run(ready_times_playwright(url, names[0], loads))
+            can_answers(url, names[0], cookie, scratch / "canned")
+        with static_workspace(names[0], scratch / "canned", scratch / "nginx") as static_url:
+            floor = asyncio.run(ready_times(static_url, names[0], loads, scratch / "profile-floor"))
     return {
         "rss_mb_100_users": rss,
         "ready_ms_p50": round(statistics.median(wall for wall, _ in times), 1),
         "ready_ms_first_load": round(times[0][0], 1),
         "ready_cpu_ms_p50": round(statistics.median(busy for _, busy in times), 1),
         "ready_ms_p50_playwright": round(statistics.median(instrumented), 1),
+        "ready_ms_p50_static_floor": round(statistics.median(wall for wall, _ in floor), 1),
     }
 
 

@@ -26,6 +26,8 @@ def test_the_workspaces_bench_prints_memory_and_ready_time() -> None:
         "ready_ms_first_load",
         "ready_cpu_ms_p50",
         "ready_ms_p50_playwright",
+        "ready_ms_p50_static_floor",
     }
     assert 20 < figures["rss_mb_100_users"] < 2000
     assert figures["ready_ms_p50"] > 0 and figures["ready_ms_p50_playwright"] > 0
+    assert figures["ready_ms_p50_static_floor"] > 0
