@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -10,10 +11,12 @@ import pulumi
 import pulumi_random as random
 
 from infra.pools import PoolComponent, PoolConfig, PoolContext, kind_of
+from infra.pools.base import WorkerImages
 
 
 class PoolSet(pulumi.ComponentResource):
-    """Builds the pools; ``tokens`` (pool -> bearer token) and ``summaries`` feed the queue manager."""
+    """Builds the pools; ``tokens`` (pool -> bearer token) and ``summaries`` feed the queue manager.
+    The worker image is declared here once for all the pools that pull it."""
 
     pools: dict[str, PoolComponent]
     tokens: dict[str, pulumi.Output[str]]
@@ -28,6 +31,7 @@ class PoolSet(pulumi.ComponentResource):
         super().__init__("comfy-workshop:pools:PoolSet", name, None, opts)
         self.pools = {}
         self.tokens = {}
+        images = WorkerImages(parent=self)  # pools pulling the same worker image share its build
         for config in configs:
             token = random.RandomPassword(
                 f"{name}-{config.name}-token",
@@ -36,7 +40,7 @@ class PoolSet(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self),
             )
             self.tokens[config.name] = pulumi.Output.secret(token.result)
-            context = context_for(config, self.tokens[config.name])
+            context = dataclasses.replace(context_for(config, self.tokens[config.name]), images=images)
             self.pools[config.name] = kind_of(config).build(
                 config, context, pulumi.ResourceOptions(parent=self)
             )

@@ -101,12 +101,37 @@ class PoolContext:
     docker_provider: pulumi.ProviderResource | None = None
     docker_network: pulumi.Input[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    images: WorkerImages = field(default_factory=lambda: WorkerImages())
 
     def registry_for(self, pool: str, kind: str) -> RegistryConfig:
         """The registry a pool pulls its worker image from (config validation requires it)."""
         if self.registry is None:
             raise ValueError(f"pool {pool}: {kind} needs `registry` to pull the worker image")
         return self.registry
+
+    def worker_image(self, pool: str, kind: str, *, with_runpod: bool = False) -> pulumi.Output[str]:
+        """The pushed GPU worker image a pool's hosts pull (``repository@digest``), built once per
+        stack for every pool that asks for the same variant."""
+        return self.images.reference(self.registry_for(pool, kind), with_runpod=with_runpod)
+
+
+class WorkerImages:
+    """The stack's pushed GPU worker images: one build and push per variant (plain, with the RunPod
+    handler), however many pools pull it. ``PoolSet`` shares one among its pools' contexts."""
+
+    def __init__(self, parent: pulumi.Resource | None = None) -> None:
+        self._parent = parent
+        self._pushed: dict[tuple[str, bool], pulumi.Output[str]] = {}
+
+    def reference(self, registry: RegistryConfig, *, with_runpod: bool = False) -> pulumi.Output[str]:
+        from infra.pools.worker_image import image_reference, pushed_worker_image  # it needs this module
+
+        key = (registry.repository, with_runpod)
+        if key not in self._pushed:
+            name = "worker-image-runpod" if with_runpod else "worker-image"
+            image = pushed_worker_image(name, registry, self._parent, with_runpod=with_runpod)
+            self._pushed[key] = image_reference(image, registry)
+        return self._pushed[key]
 
 
 class PoolComponent(pulumi.ComponentResource):

@@ -19,7 +19,6 @@ from infra.pools.base import (
 )
 from infra.pools.verda_instance import remote_name
 from infra.pools.verda_serverless import push_pool_env
-from infra.pools.worker_image import image_reference, pushed_worker_image
 from infra.providers.resources import RunPodEndpoint, RunPodNetworkVolume, RunPodTemplate
 from infra.schema import Label, Model
 from infra.secret import secret
@@ -64,18 +63,16 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
     def build(
         self, config: RunpodServerlessConfig, ctx: PoolContext, opts: pulumi.ResourceOptions | None = None
     ) -> PoolComponent:
-        registry = ctx.registry_for(config.name, self.kind)
         pool = PoolComponent(self.kind, config.name, opts)
         child = pulumi.ResourceOptions(parent=pool)
         conn, prefix = runpod_connection(), remote_name(ctx, config.name)
         volume = self._volume(config, conn, child)
-        image = pushed_worker_image(f"{config.name}-image", registry, pool, with_runpod=True)
         env = worker_env(ctx, config.name, "runpod", models_dir=RUNPOD_MODELS_DIR if volume else None)
         template = RunPodTemplate(
             f"{config.name}-template",
             {
                 "name": prefix,
-                "image": image_reference(image, registry),
+                "image": ctx.worker_image(config.name, self.kind, with_runpod=True),
                 "env": secret(pulumi.Output.all(**env.plain, **env.secret)),
                 "container_disk_gb": config.container_disk_gb,
                 "start_cmd": ["runpod"],

@@ -20,7 +20,6 @@ from infra.pools.base import (
     RequiredSecret,
 )
 from infra.pools.verda_startup import StartupSpec, startup_script
-from infra.pools.worker_image import image_reference, pushed_worker_image
 from infra.providers.resources import VerdaInstance, VerdaSharedVolume, VerdaSshKey, VerdaStartupScript
 from infra.schema import one_of
 from infra.secret import secret
@@ -123,10 +122,9 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
         registry = ctx.registry_for(config.name, self.kind)
         if ctx.tailnet_auth_key is None:
             raise ValueError(f"pool {config.name}: verda-instance needs the GPU tailnet key")
-        image = pushed_worker_image(f"{config.name}-image", registry, pool)
         env = worker_env(ctx, config.name, "verda", models_dir=SHARED_MODELS_DIR if volume else None)
         values = pulumi.Output.all(
-            image=image_reference(image, registry),
+            image=ctx.worker_image(config.name, self.kind),
             key=ctx.tailnet_auth_key,
             password=registry_password(),
             env=pulumi.Output.all(**env.plain, **env.secret),

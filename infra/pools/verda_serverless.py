@@ -28,7 +28,6 @@ from infra.pools.base import (
     RequiredSecret,
 )
 from infra.pools.verda_instance import VERDA_LOCATIONS, VERDA_SECRETS, models_volume, remote_name
-from infra.pools.worker_image import image_reference, pushed_worker_image
 from infra.providers.resources import VerdaDeployment, VerdaRegistryCredentials, VerdaSecret
 from infra.schema import one_of
 from infra.secret import secret
@@ -89,12 +88,11 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
         credentials = VerdaRegistryCredentials(
             f"{config.name}-registry", {**registry_props(f"{prefix}-registry", registry), **conn}, child
         )
-        image = pushed_worker_image(f"{config.name}-image", registry, pool)
         deployment = VerdaDeployment(
             f"{config.name}-deployment",
             {
                 "name": prefix,
-                "image": image_reference(image, registry),
+                "image": ctx.worker_image(config.name, self.kind),
                 "port": WORKER_PORT,
                 "health_path": "/health",
                 "cmd": ["serve-push"],

@@ -1,6 +1,7 @@
 """The GPU worker image, built by the program and pushed to the configured registry.
 
-Pools whose hosts pull the image (Verda instances and containers, RunPod) call this. The tag is the
+Pools whose hosts pull the image (Verda instances and containers, RunPod) ask their context for it
+(``PoolContext.worker_image``), which declares each variant once per stack. The tag is the
 hash of the files the image is built from, so an unchanged worker is neither rebuilt nor re-pulled;
 the pools use the pushed ``repo@digest`` reference, so a new push rolls out exactly that build.
 """
@@ -16,7 +17,7 @@ from infra.pools.base import RegistryConfig
 
 
 def pushed_worker_image(
-    name: str, registry: RegistryConfig, parent: pulumi.Resource, *, with_runpod: bool = False
+    name: str, registry: RegistryConfig, parent: pulumi.Resource | None = None, *, with_runpod: bool = False
 ) -> docker_build.Image:
     """Build the GPU worker (with the RunPod handler when ``with_runpod``) and push it."""
     source = worker_source("gpu")

@@ -48,7 +48,7 @@ def test_verda_instances_get_key_script_and_the_kept_models_volume(instances: St
     assert not any(h.retain_on_delete for h in hosts)
     assert {"script", "client_secret"} <= dynamic(instances, "baseline-startup").secret_inputs
     assert dynamic(instances, "baseline-ssh-key").inputs["public_key"].startswith("ssh-ed25519")
-    assert instances.one("docker-build:index:Image", "baseline-image").inputs["push"] is True
+    assert instances.one("docker-build:index:Image", "worker-image").inputs["push"] is True
 
 
 def test_the_startup_script_runs_two_workers_per_gpu_and_joins_the_tailnet(instances: StackRun) -> None:
@@ -117,6 +117,16 @@ def test_a_mix_is_just_a_list() -> None:
     names = {r.name for r in run.resources}
     assert {"baseline-0", "baseline-1", "runpod-endpoint", "verda-deployment", "studio-worker-0"} <= names
     assert {"QM_PUSH_POOL_RUNPOD", "QM_PUSH_POOL_VERDA"} <= set(qm_env(run))
+
+
+def test_pools_pulling_the_same_worker_image_share_one_build() -> None:
+    run = workshop(VERDA_INSTANCE, {**VERDA_SERVERLESS, "name": "verda"}, {**RUNPOD, "name": "runpod"})
+
+    builds = sorted(r.name for r in run.resources if r.type == "docker-build:index:Image")
+    assert builds == ["worker-image", "worker-image-runpod"], "one build per variant, not one per pool"
+    verda_image = dynamic(run, "verda-deployment").inputs["image"]
+    assert verda_image in dynamic(run, "baseline-startup").inputs["script"]
+    assert dynamic(run, "runpod-template").inputs["image"] != verda_image
 
 
 def _by_name(value: Any, ids: dict[str, str]) -> Any:
