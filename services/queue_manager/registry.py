@@ -89,6 +89,14 @@ class WorkerOps(StoreBase):
             await pipe.execute()
         return str(pool)
 
+    async def mark_draining(self, worker_id: str) -> None:
+        """The worker is shutting down: it claims no more and finishes or releases its job; it shows
+        as draining (also once that job has ended) until it is gone."""
+        key = self.keys.worker(worker_id)
+        if not await self.redis.hexists(key, "pool"):
+            raise UnknownWorker(worker_id)
+        await self.redis.hset(key, mapping={"state": WorkerState.DRAINING.value, "last_seen": now_ms()})
+
     async def catalogue(self, catalogue_hash: str) -> dict[str, Any] | None:
         """A node catalogue (ComfyUI ``/object_info``) some worker sent, by its hash."""
         text = await self.redis.get(self.keys.catalogue(catalogue_hash))

@@ -50,13 +50,27 @@ class PullWorker:
     async def run(self, max_jobs: int | None = None) -> None:
         """Claim and run jobs until stopped (or ``max_jobs`` are done, for tests and benchmarks)."""
         reply = await self.register()
-        while not self.stopping.is_set() and (max_jobs is None or self.jobs_done < max_jobs):
-            lease = await self._claim(reply)
-            if self.stopping.is_set() and lease is None:
-                break
-            if lease is not None:
-                await self._run(lease, reply.heartbeat_seconds)
-                self.jobs_done += 1
+        announce = asyncio.create_task(self._announce_draining(reply.worker_id))
+        try:
+            while not self.stopping.is_set() and (max_jobs is None or self.jobs_done < max_jobs):
+                lease = await self._claim(reply)
+                if self.stopping.is_set() and lease is None:
+                    break
+                if lease is not None:
+                    await self._run(lease, reply.heartbeat_seconds)
+                    self.jobs_done += 1
+        finally:
+            if self.stopping.is_set():
+                await asyncio.wait({announce}, timeout=6.0)
+            announce.cancel()
+
+    async def _announce_draining(self, worker_id: str) -> None:
+        """As soon as a stop is asked for, the admin page shows this worker as draining."""
+        await self.stopping.wait()
+        try:
+            await self.queue.drain(worker_id)
+        except (httpx.HTTPError, QueueRefusedError) as exc:
+            log.warning("could not tell the queue manager this worker is draining: %s", exc)
 
     async def _claim(self, reply: RegisterReply) -> Lease | None:
         await self._until_comfyui_up()

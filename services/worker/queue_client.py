@@ -94,6 +94,11 @@ class QueueClient:
         reply = await self._post("/api/workers/register", registration.model_dump_json())
         return RegisterReply.model_validate_json(reply.content)
 
+    async def drain(self, worker_id: str) -> None:
+        """Tell the queue manager this worker is shutting down: one try, as it is leaving anyway."""
+        path = f"/api/workers/{worker_id}/drain"
+        self._check(await self.http.post(path, timeout=5.0), path)
+
     async def claim(self, worker_id: str, wait: float) -> Lease | None:
         reply = await self._post(f"/api/workers/{worker_id}/claim?wait={wait:g}", read_seconds=wait + 15.0)
         return None if reply.status_code == 204 else Lease.model_validate_json(reply.content)

@@ -53,14 +53,15 @@ local function dequeue(id, user, scope)
   redis.call('SREM', k('user', user, 'queued'), id)
 end
 
--- End whatever lease a job holds; the worker goes back to idle.
+-- End whatever lease a job holds; the worker goes back to idle (a draining one stays draining).
 local function end_lease(id, user, worker_id)
   redis.call('ZREM', k('leases'), id)
   redis.call('SREM', k('user', user, 'running'), id)
   if worker_id and worker_id ~= '' then
     local wkey = k('worker', worker_id)
-    if redis.call('HGET', wkey, 'job_id') == id then
-      redis.call('HSET', wkey, 'state', 'idle', 'job_id', '')
+    local f = redis.call('HMGET', wkey, 'job_id', 'state')
+    if f[1] == id then
+      redis.call('HSET', wkey, 'state', f[2] == 'draining' and 'draining' or 'idle', 'job_id', '')
     end
   end
 end

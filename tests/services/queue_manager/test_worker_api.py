@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from services.protocol.workers import Lease, RegisterReply
-from tests.services.queue_manager.conftest import CPU, GPU, PROMPT, registration, user_auth
+from tests.services.queue_manager.conftest import ADMIN, CPU, GPU, PROMPT, registration, user_auth
 
 
 async def register(client: httpx.AsyncClient, worker_id: str = "w1") -> None:
@@ -101,3 +101,32 @@ async def test_a_registration_with_a_big_custom_node_catalogue_is_accepted(clien
         "/api/jobs", content=body, headers={**user_auth("ada"), "content-type": "application/json"}
     )
     assert too_big.status_code == 413
+
+
+async def worker_state(client: httpx.AsyncClient, worker_id: str = "w1") -> dict[str, object]:
+    workers = (await client.get("/api/admin/workers", headers=ADMIN)).json()
+    return next(w for w in workers if w["worker_id"] == worker_id)
+
+
+async def test_a_worker_shutting_down_shows_as_draining_until_it_is_gone(client: httpx.AsyncClient) -> None:
+    await register(client)
+    job_id = await submit(client)
+    lease = Lease.model_validate((await claim(client)).json())
+    assert (await client.post("/api/workers/w1/drain", headers=GPU)).status_code == 204
+    state = await worker_state(client)
+    assert state["state"] == "draining" and state["job_id"] == job_id, "its job is still shown"
+
+    done = {"token": lease.token, "outputs": []}
+    assert (await client.post(f"/api/leases/{job_id}/complete", json=done, headers=GPU)).status_code == 204
+    state = await worker_state(client)
+    assert state["state"] == "draining" and state["job_id"] is None, "finishing its job does not make it idle"
+    await register(client)  # the same worker back after a restart
+    assert (await worker_state(client))["state"] == "idle"
+
+
+async def test_only_a_registered_worker_of_the_pool_can_announce_draining(client: httpx.AsyncClient) -> None:
+    unknown = await client.post("/api/workers/nobody/drain", headers=GPU)
+    assert unknown.status_code == 404 and "register" in unknown.json()["detail"]
+    await register(client)
+    assert (await client.post("/api/workers/w1/drain", headers=CPU)).status_code == 403
+    assert (await worker_state(client))["state"] == "idle"

@@ -34,7 +34,7 @@ from tests.services.worker.conftest import (
     worker_settings,
 )
 from tests.services.worker.test_pull_jobs import until
-from tests.support.queue_manager_app import POOL, POOL_TOKEN
+from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, POOL_TOKEN
 from tests.support.servers import free_port
 
 
@@ -143,6 +143,9 @@ async def test_sigterm_mid_job_finishes_it_within_the_grace_period_and_exits_0(
         process.kill()
     job = await finished(alice, job_id)
     assert job.state == JobState.SUCCEEDED, job.error
+    async with httpx.AsyncClient(base_url=qm.url, auth=(ADMIN, ADMIN_PASSWORD)) as admin:
+        workers = (await admin.get("/api/admin/workers")).json()
+    assert [w["state"] for w in workers if w["worker_id"] == "w-sigterm"] == ["draining"]
 
 
 async def test_sigterm_with_a_job_too_long_for_the_grace_period_releases_it_and_exits_0(

@@ -48,3 +48,12 @@ async def claim(
     # Serialised once here: FastAPI's response_model path would dump, re-validate and dump again
     # the whole workflow graph (the schema still says Lease).
     return Response(lease.model_dump_json(), media_type="application/json")
+
+
+@router.post("/{worker_id}/drain", status_code=status.HTTP_204_NO_CONTENT)
+async def drain(worker_id: Annotated[str, WORKER_ID_PATH], pool: WorkerPool, store: StoreDep) -> Response:
+    """The worker is shutting down: it claims no more, finishes or releases its job, then leaves."""
+    if await store.worker_pool(worker_id) != pool:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"worker {worker_id} is registered in another pool")
+    await store.mark_draining(worker_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
