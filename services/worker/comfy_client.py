@@ -6,6 +6,7 @@ No ``Origin`` header is ever sent (ComfyUI answers 403 to a foreign Origin on lo
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import IO, Any
 from urllib.parse import quote, unquote
@@ -14,6 +15,7 @@ import httpx
 
 from services.protocol.workers import is_extension_path
 
+log = logging.getLogger(__name__)
 VIEW_CHUNK = 1024 * 1024
 
 
@@ -76,16 +78,21 @@ class ComfyClient:
 
     async def web_extensions(self) -> dict[str, str]:
         """Custom nodes' web extension files: ``<pack>/<file>.js`` -> source. ComfyUI lists them under
-        ``/extensions`` with the frontend's own ``core/`` shims, which every workspace has already."""
+        ``/extensions`` with the frontend's own ``core/`` shims, which every workspace has already.
+        A file ComfyUI cannot serve is left out with a warning: the GPU still works without it."""
         reply = await self._call("GET", "/extensions", timeout=30.0)
-        reply.raise_for_status()
+        if reply.status_code != 200:
+            log.warning("ComfyUI answered %s to /extensions: no web extensions published", reply.status_code)
+            return {}
         files: dict[str, str] = {}
         for url in reply.json():
             path = unquote(str(url).removeprefix("/extensions/"))
             if path.startswith("core/") or not is_extension_path(path):
                 continue
             source = await self._call("GET", f"/extensions/{quote(path)}", timeout=30.0)
-            source.raise_for_status()
+            if source.status_code != 200:
+                log.warning("ComfyUI answered %s to /extensions/%s: left out", source.status_code, path)
+                continue
             files[path] = source.text
         return files
 

@@ -11,9 +11,12 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from starlette.requests import Request
+from starlette.responses import Response
 
 from services.protocol.jobs import JobState
 from services.worker.agent import catalogue_hash
+from services.worker.comfy_client import ComfyClient
 from services.worker.lease import LeaseKeeper
 from tests.doubles.comfyui import ComfyUIDouble
 from tests.doubles.comfyui_nodes import catalogue
@@ -73,6 +76,27 @@ async def test_the_workers_custom_node_web_extensions_reach_the_workspace_with_t
     assert "/extensions/rgthree%20comfy/lib/util.js" in listed
     assert not [url for url in listed if "/core/" in url], "the frontend's own core shims are not republished"
     assert served.status_code == 200 and served.text == "export const util = 1;"
+
+
+async def test_a_web_extension_comfyui_cannot_serve_is_left_out_and_the_others_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    original = ComfyUIDouble.extension_file
+
+    async def broken_one(self: ComfyUIDouble, request: Request) -> Response:
+        if request.path_params["path"] == "pack/broken.js":
+            return Response(status_code=404)
+        return await original(self, request)
+
+    monkeypatch.setattr(ComfyUIDouble, "extension_file", broken_one)
+    files = {"pack/ok.js": "export const ok = 1;", "pack/broken.js": "export const no = 1;"}
+    with ComfyUIDouble(tmp_path / "comfy", web_extensions=files) as comfy:
+        client = ComfyClient(comfy.url)
+        try:
+            assert await client.web_extensions() == {"pack/ok.js": "export const ok = 1;"}
+        finally:
+            await client.aclose()
+    assert "pack/broken.js" in caplog.text
 
 
 def test_a_changed_web_extension_is_a_new_catalogue_version() -> None:
