@@ -67,11 +67,6 @@ def static_workspace(user: str, canned: Path, prefix: Path) -> Iterator[str]:
     site = SITE.format(port=port, user=user, static=static_root(), canned=canned)
     with running_nginx(prefix, site):
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _answers(f"{url}/w/{user}/"), timeout=10, what="nginx to serve the page")
+        page = f"{url}/w/{user}/"
+        wait_until(lambda: httpx.get(page).status_code == 200, timeout=10, what="nginx to serve the page")
         yield url
-
-
-def _answers(url: str) -> bool:
-    with contextlib.suppress(httpx.TransportError):
-        return httpx.get(url).status_code == 200
-    return False

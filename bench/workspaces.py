@@ -158,11 +158,16 @@ def register(url: str) -> None:
     reply.raise_for_status()
 
 
-async def participant(client: httpx.AsyncClient, url: str, user: str) -> websockets.ClientConnection:
-    """Log in, load the catalogue as the page does, and open the workspace socket."""
+async def login_cookie(client: httpx.AsyncClient, url: str, user: str) -> str:
+    """Log in through the real route; the session cookie's value."""
     reply = await client.post(f"{url}/api/auth/login", json={"user": user, "password": f"{user}-pw"})
     reply.raise_for_status()
-    cookie = reply.cookies["qm_session"]
+    return str(reply.cookies["qm_session"])
+
+
+async def participant(client: httpx.AsyncClient, url: str, user: str) -> websockets.ClientConnection:
+    """Log in, load the catalogue as the page does, and open the workspace socket."""
+    cookie = await login_cookie(client, url, user)
     headers = {"Cookie": f"qm_session={cookie}"}
     (await client.get(f"{url}/w/{user}/api/object_info", headers=headers)).raise_for_status()
     socket = await websockets.connect(f"ws{url[4:]}/w/{user}/ws", additional_headers=headers)
@@ -183,9 +188,7 @@ async def hold_sockets(url: str, users: list[str], pid: int) -> float:
 
 async def session_cookie(url: str, user: str) -> str:
     async with httpx.AsyncClient(timeout=30) as client:
-        reply = await client.post(f"{url}/api/auth/login", json={"user": user, "password": f"{user}-pw"})
-        reply.raise_for_status()
-        return str(reply.cookies["qm_session"])
+        return await login_cookie(client, url, user)
 
 
 async def ready_times(

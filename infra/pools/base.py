@@ -86,35 +86,6 @@ class StorageAccess:
     secret_access_key: pulumi.Input[str]
 
 
-@dataclass(frozen=True)
-class PoolContext:
-    """What the program hands every pool: where the queue is, its token, storage and network."""
-
-    stack: str
-    queue_url: pulumi.Input[str]
-    callback_url: pulumi.Input[str]
-    worker_token: pulumi.Input[str]
-    tailnet_auth_key: pulumi.Input[str] | None = None
-    models: StorageAccess | None = None
-    user_files: StorageAccess | None = None
-    registry: RegistryConfig | None = None
-    docker_provider: pulumi.ProviderResource | None = None
-    docker_network: pulumi.Input[str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    images: WorkerImages = field(default_factory=lambda: WorkerImages())
-
-    def registry_for(self, pool: str, kind: str) -> RegistryConfig:
-        """The registry a pool pulls its worker image from (config validation requires it)."""
-        if self.registry is None:
-            raise ValueError(f"pool {pool}: {kind} needs `registry` to pull the worker image")
-        return self.registry
-
-    def worker_image(self, pool: str, kind: str, *, with_runpod: bool = False) -> pulumi.Output[str]:
-        """The pushed GPU worker image a pool's hosts pull (``repository@digest``), built once per
-        stack for every pool that asks for the same variant."""
-        return self.images.reference(self.registry_for(pool, kind), with_runpod=with_runpod)
-
-
 class WorkerImages:
     """The stack's pushed GPU worker images: one build and push per variant (plain, with the RunPod
     handler), however many pools pull it. ``PoolSet`` shares one among its pools' contexts."""
@@ -132,6 +103,35 @@ class WorkerImages:
             image = pushed_worker_image(name, registry, self._parent, with_runpod=with_runpod)
             self._pushed[key] = image_reference(image, registry)
         return self._pushed[key]
+
+
+@dataclass(frozen=True)
+class PoolContext:
+    """What the program hands every pool: where the queue is, its token, storage and network."""
+
+    stack: str
+    queue_url: pulumi.Input[str]
+    callback_url: pulumi.Input[str]
+    worker_token: pulumi.Input[str]
+    tailnet_auth_key: pulumi.Input[str] | None = None
+    models: StorageAccess | None = None
+    user_files: StorageAccess | None = None
+    registry: RegistryConfig | None = None
+    docker_provider: pulumi.ProviderResource | None = None
+    docker_network: pulumi.Input[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    images: WorkerImages = field(default_factory=WorkerImages)
+
+    def registry_for(self, pool: str, kind: str) -> RegistryConfig:
+        """The registry a pool pulls its worker image from (config validation requires it)."""
+        if self.registry is None:
+            raise ValueError(f"pool {pool}: {kind} needs `registry` to pull the worker image")
+        return self.registry
+
+    def worker_image(self, pool: str, kind: str, *, with_runpod: bool = False) -> pulumi.Output[str]:
+        """The pushed GPU worker image a pool's hosts pull (``repository@digest``), built once per
+        stack for every pool that asks for the same variant."""
+        return self.images.reference(self.registry_for(pool, kind), with_runpod=with_runpod)
 
 
 class PoolComponent(pulumi.ComponentResource):
