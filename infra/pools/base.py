@@ -1,4 +1,4 @@
-"""The one interface every GPU pool kind implements (decision 6).
+"""The one interface every GPU pool kind implements (decision 6 in docs/decisions.md).
 
 A kind is a config schema (a pydantic model whose ``kind`` literal is the discriminator) plus a
 ``GpuPool`` that turns one validated config into a ``PoolComponent``. The program knows nothing

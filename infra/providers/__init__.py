@@ -1,4 +1,4 @@
-"""Pulumi dynamic providers for clouds without a usable Pulumi package (decision 4).
+"""Pulumi dynamic providers for clouds without a usable Pulumi package (decision 4 in docs/decisions.md).
 
 Verda (through its SDK): ``verda_host`` (SSH keys, startup scripts), ``verda_volume`` (shared
 filesystem), ``verda_instance`` (GPU instances), ``verda_containers`` (serverless deployments),

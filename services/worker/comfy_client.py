@@ -1,4 +1,4 @@
-"""HTTP calls to one ComfyUI server, as ``comfyui-protocol.md`` describes them.
+"""HTTP calls to one ComfyUI server, as ``docs/comfyui-protocol.md`` describes them.
 
 No ``Origin`` header is ever sent (ComfyUI answers 403 to a foreign Origin on loopback).
 """

@@ -1,6 +1,6 @@
 """A ComfyUI double: a real HTTP + WebSocket server on loopback that behaves like ComfyUI v0.3.64.
 
-It follows ``/work/shared/reference/comfyui-protocol.md``: every route also under ``/api``;
+It follows ``docs/comfyui-protocol.md``: every route also under ``/api``;
 ``POST /prompt`` honours a client-chosen ``prompt_id`` and a top-level ``partial_execution_targets``
 ("Run selected nodes": only those output nodes and their inputs are validated and run) and rejects
 bad graphs with ComfyUI's 400 shape; job events reach only the socket whose ``clientId`` submitted

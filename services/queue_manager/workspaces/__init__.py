@@ -1,6 +1,6 @@
 """Participant workspaces: the stock ComfyUI frontend per participant on one shared, per-user API.
 
-Decision 3 of DESIGN.md: instead of one ComfyUI server per participant, the queue manager serves
+Decision 3 in docs/decisions.md: instead of one ComfyUI server per participant, the queue manager serves
 ``comfyui-frontend-package`` (pinned to 1.27.10, the version ComfyUI v0.3.64's requirements.txt
 names) at ``/w/<user>/`` and implements the ComfyUI server routes that frontend calls, per user.
 
