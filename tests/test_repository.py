@@ -24,14 +24,16 @@ def test_no_file_names_a_path_outside_the_repository() -> None:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             continue
-        offenders += [f"{path.relative_to(ROOT)}:{n}" for n, line in enumerate(text.splitlines(), 1) if OUTSIDE.search(line)]
-    assert offenders == [], "write it into docs/ in the repository's own words instead: " + ", ".join(offenders)
+        lines = enumerate(text.splitlines(), 1)
+        offenders += [f"{path.relative_to(ROOT)}:{n}" for n, line in lines if OUTSIDE.search(line)]
+    assert offenders == [], "write it into docs/ in the repository's own words: " + ", ".join(offenders)
 
 
 def test_the_readme_layout_names_folders_that_exist() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     layout = readme[readme.index("Repository layout") :].split("\n\n", 2)[1]
     named = set(re.findall(r"`((?:infra|services|images|tests|bench|docs)(?:/[a-z_]+)*)/`", layout))
-    named |= {f"tests/{sub}" for sub in re.findall(r"`([a-z_]+)/` \(", layout.split("| `tests/` |")[1].split("\n")[0])}
+    tests_row = layout.split("| `tests/` |")[1].split("\n")[0]
+    named |= {f"tests/{sub}" for sub in re.findall(r"`([a-z_]+)/` \(", tests_row)}
     missing = sorted(p for p in named if not (ROOT / p).is_dir())
-    assert len(named) > 10 and missing == [], f"the README's layout names folders that do not exist: {missing}"
+    assert len(named) > 10 and missing == [], f"the README's layout names missing folders: {missing}"
