@@ -103,6 +103,13 @@ class Lease(BaseModel):
 
 class LeaseCall(BaseModel):
     token: str = Field(min_length=1)
+    worker_id: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="push containers: their own registered id, so the admin page shows them busy while "
+        "they run a lease the dispatcher claimed (pull workers hold their leases under their own id)",
+    )
 
 
 class HeartbeatReply(BaseModel):

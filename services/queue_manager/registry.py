@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from redis.asyncio.client import Pipeline
 
 from services.protocol.workers import RegisterReply, WorkerCapabilities, WorkerRegistration, WorkerState
@@ -15,6 +16,7 @@ from services.queue_manager.keys import WORKER_TTL_SECONDS
 from services.queue_manager.records import ms_to_datetime, now_ms
 from services.queue_manager.store_base import StoreBase
 
+log = logging.getLogger(__name__)
 SEEN_WRITE_MS = 5000
 
 
@@ -102,17 +104,50 @@ class WorkerOps(StoreBase):
         text = await self.redis.get(self.keys.catalogue(catalogue_hash))
         return json.loads(text) if text else None
 
+    async def holder_report(self, worker_id: str | None, pool: str, job_id: str, *, busy: bool) -> None:
+        """A push container names itself in its lease calls (``LeaseCall.worker_id``): its own record
+        shows it busy with the job while it heartbeats, idle once it reported the end. The leases
+        themselves belong to the dispatcher's slots; a name that is not a registered worker of the
+        caller's pool changes nothing (a pool token speaks only for its own pool's workers)."""
+        if not worker_id:
+            return
+        key = self.keys.worker(worker_id)
+        registered_pool, state, current = await self.redis.hmget(key, ["pool", "state", "job_id"])
+        if registered_pool != pool or (not busy and current != job_id):
+            return
+        if state != WorkerState.DRAINING.value:
+            state = WorkerState.BUSY.value if busy else WorkerState.IDLE.value
+        now = now_ms()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"state": state, "job_id": job_id if busy else "", "last_seen": now})
+            pipe.expire(key, WORKER_TTL_SECONDS)
+            pipe.zadd(self.keys.workers, {worker_id: now})
+            await pipe.execute()
+
     async def list_workers(self) -> list[WorkerInfo]:
+        """Every registered worker, most recently seen first. Records that are not a registration
+        (a push dispatcher slot holds leases under its own id but never registers) are left out:
+        one odd record never breaks the listing."""
         ids = await self.redis.zrevrange(self.keys.workers, 0, -1)
         async with self.redis.pipeline(transaction=False) as pipe:
             for worker_id in ids:
                 pipe.hgetall(self.keys.worker(worker_id))
             records = await pipe.execute()
-        return [self._info(wid, fields) for wid, fields in zip(ids, records, strict=True) if fields]
+        infos = (self._info(wid, fields) for wid, fields in zip(ids, records, strict=True) if fields)
+        return [info for info in infos if info is not None]
 
-    def _info(self, worker_id: str, fields: dict[str, str]) -> WorkerInfo:
+    def _info(self, worker_id: str, fields: dict[str, str]) -> WorkerInfo | None:
+        try:
+            capabilities = WorkerCapabilities.model_validate_json(fields.get("capabilities") or "")
+        except ValidationError:
+            if "capabilities" in fields:
+                log.warning("worker %s has an unreadable registration; left out of the listing", worker_id)
+            return None
         last_seen = ms_to_datetime(fields.get("last_seen"))
-        state = WorkerState(fields.get("state") or WorkerState.IDLE.value)
+        try:
+            state = WorkerState(fields.get("state") or WorkerState.IDLE.value)
+        except ValueError:
+            state = WorkerState.IDLE
         silent_ms = now_ms() - int(fields.get("last_seen") or 0)
         patience = (self.settings.claim_wait_max_seconds + self.settings.lease_seconds) * 1000
         if silent_ms > patience:
@@ -123,5 +158,5 @@ class WorkerOps(StoreBase):
             job_id=fields.get("job_id") or None,
             last_seen=last_seen,
             registered_at=ms_to_datetime(fields.get("registered_at")),
-            capabilities=WorkerCapabilities.model_validate_json(fields["capabilities"]),
+            capabilities=capabilities,
         )

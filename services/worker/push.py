@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from services.protocol.workers import Lease
 from services.worker.agent import Agent
-from services.worker.queue_client import QueueClient, QueueRefusedError
+from services.worker.queue_client import LeaseLostError, QueueClient, QueueRefusedError
 from services.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,13 @@ async def run_pushed(agent: Agent, lease: Lease) -> dict[str, Any]:
             f"lease for job {lease.job.id} has no reply_url/reply_token: the dispatcher must fill them in "
             "for push pools, otherwise the outcome has nowhere to go"
         )
-    queue = QueueClient(lease.reply_url, lease.reply_token, agent.settings.retry_seconds)
+    queue = QueueClient(
+        lease.reply_url, lease.reply_token, agent.settings.retry_seconds, holder=agent.settings.worker_id
+    )
     try:
         if queue.base_url not in agent.published_to:
             await publish(agent, queue)
+        await announce(queue, lease)
         outcome = await agent.run_lease(lease, queue, max(lease.lease_seconds / 3, 0.5))
     finally:
         await queue.aclose()
@@ -59,6 +62,16 @@ async def publish(agent: Agent, queue: QueueClient) -> None:
         await agent.register(queue)
     except (httpx.HTTPError, QueueRefusedError) as exc:
         log.warning("could not publish this worker's catalogue to %s: %s", queue.base_url, exc)
+
+
+async def announce(queue: QueueClient, lease: Lease) -> None:
+    """A first heartbeat as soon as the container has the lease: the admin page shows this
+    container busy with the job from its start, not only from its first periodic heartbeat. The
+    lease keeper's own heartbeats (and the job's end) follow; a failure here is theirs to handle."""
+    try:
+        await queue.heartbeat(lease.job.id, lease.token)
+    except (httpx.HTTPError, QueueRefusedError, LeaseLostError) as exc:
+        log.warning("first heartbeat for job %s failed: %s", lease.job.id, exc)
 
 
 def verda_app(settings: WorkerSettings, agent: Agent | None = None) -> FastAPI:

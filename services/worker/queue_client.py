@@ -52,8 +52,13 @@ def _transient(exc: BaseException) -> bool:
 
 
 class QueueClient:
-    def __init__(self, base_url: str, token: str, retry_seconds: float = 120.0) -> None:
+    def __init__(
+        self, base_url: str, token: str, retry_seconds: float = 120.0, holder: str | None = None
+    ) -> None:
+        """``holder``: a push container's own worker id, sent with each lease call so its registry
+        record shows it busy (pull workers claim under their own id and need not send it)."""
         self.base_url = base_url.rstrip("/")
+        self.holder = holder
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=30.0)
         self.retry_seconds = retry_seconds
@@ -104,7 +109,9 @@ class QueueClient:
         return None if reply.status_code == 204 else Lease.model_validate_json(reply.content)
 
     async def heartbeat(self, job_id: str, token: str) -> HeartbeatReply:
-        reply = await self._post(f"/api/leases/{job_id}/heartbeat", LeaseCall(token=token).model_dump_json())
+        reply = await self._post(
+            f"/api/leases/{job_id}/heartbeat", LeaseCall(token=token, worker_id=self.holder).model_dump_json()
+        )
         return HeartbeatReply.model_validate_json(reply.content)
 
     async def events(self, job_id: str, token: str, events: list[JobEvent]) -> None:
@@ -113,11 +120,16 @@ class QueueClient:
         )
 
     async def complete(self, job_id: str, token: str, outputs: list[OutputFile]) -> None:
-        body = Completion(token=token, outputs=outputs).model_dump_json()
+        body = Completion(token=token, worker_id=self.holder, outputs=outputs).model_dump_json()
         await self._post(f"/api/leases/{job_id}/complete", body)
 
     async def fail(self, job_id: str, token: str, error: JobError) -> None:
-        await self._post(f"/api/leases/{job_id}/fail", Failure(token=token, error=error).model_dump_json())
+        await self._post(
+            f"/api/leases/{job_id}/fail",
+            Failure(token=token, worker_id=self.holder, error=error).model_dump_json(),
+        )
 
     async def release(self, job_id: str, token: str) -> None:
-        await self._post(f"/api/leases/{job_id}/release", LeaseCall(token=token).model_dump_json())
+        await self._post(
+            f"/api/leases/{job_id}/release", LeaseCall(token=token, worker_id=self.holder).model_dump_json()
+        )

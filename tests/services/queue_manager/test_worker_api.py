@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
 from services.protocol.workers import Lease, RegisterReply
+from services.queue_manager.store import Store
 from tests.services.queue_manager.conftest import ADMIN, CPU, GPU, PROMPT, registration, user_auth
 
 
@@ -130,3 +133,59 @@ async def test_only_a_registered_worker_of_the_pool_can_announce_draining(client
     await register(client)
     assert (await client.post("/api/workers/w1/drain", headers=CPU)).status_code == 403
     assert (await worker_state(client))["state"] == "idle"
+
+
+async def admin_workers(client: httpx.AsyncClient) -> dict[str, dict[str, Any]]:
+    reply = await client.get("/api/admin/workers", headers=ADMIN)
+    assert reply.status_code == 200, reply.text
+    return {worker["worker_id"]: worker for worker in reply.json()}
+
+
+async def test_a_lease_holder_that_never_registered_does_not_break_the_worker_list(
+    client: httpx.AsyncClient, store: Store
+) -> None:
+    """The push dispatcher claims under slot ids that never register; its record has no
+    capabilities and once made the admin listing fail with KeyError."""
+    await register(client)
+    job_id = await submit(client)
+    lease = await store.claim("push-gpu-0", "gpu")
+    assert lease is not None and lease.job.id == job_id
+    await store.heartbeat(job_id, lease.token)
+    await store.redis.hset(store.keys.worker("broken"), mapping={"capabilities": "{not json", "pool": "gpu"})
+    await store.redis.zadd(store.keys.workers, {"broken": 1})
+    assert set(await admin_workers(client)) == {"w1"}
+
+
+async def test_a_push_container_shows_busy_while_it_runs_a_pushed_lease(
+    client: httpx.AsyncClient, store: Store
+) -> None:
+    await register(client, "container-1")
+    registered_long_ago = store.keys.worker("container-1")
+    await store.redis.hset(registered_long_ago, "last_seen", 1)  # its first lease came after a cold start
+    assert (await admin_workers(client))["container-1"]["state"] == "gone"
+    job_id = await submit(client)
+    lease = await store.claim("push-gpu-0", "gpu")  # the dispatcher's slot holds the lease
+    assert lease is not None
+    call = {"token": lease.token, "worker_id": "container-1"}
+    assert (await client.post(f"/api/leases/{job_id}/heartbeat", json=call, headers=GPU)).status_code == 200
+    shown = (await admin_workers(client))["container-1"]
+    assert shown["state"] == "busy" and shown["job_id"] == job_id
+    done = {**call, "outputs": []}
+    assert (await client.post(f"/api/leases/{job_id}/complete", json=done, headers=GPU)).status_code == 204
+    shown = (await admin_workers(client))["container-1"]
+    assert shown["state"] == "idle" and shown["job_id"] is None
+
+
+async def test_a_pool_token_cannot_make_another_pools_worker_look_busy(
+    client: httpx.AsyncClient, store: Store
+) -> None:
+    reply = await client.post(
+        "/api/workers/register", json=registration("cpu-1", "cpu").model_dump(), headers=CPU
+    )
+    assert reply.status_code == 200
+    job_id = await submit(client)
+    lease = await store.claim("push-gpu-0", "gpu")
+    assert lease is not None
+    call = {"token": lease.token, "worker_id": "cpu-1"}
+    assert (await client.post(f"/api/leases/{job_id}/heartbeat", json=call, headers=GPU)).status_code == 200
+    assert (await admin_workers(client))["cpu-1"]["state"] == "idle"

@@ -19,9 +19,11 @@ STALE: dict[int | str, dict[str, Any]] = {409: {"description": "the lease is not
 
 
 @router.post("/heartbeat", responses=STALE)
-async def heartbeat(job_id: JobId, call: LeaseCall, _: WorkerPool, store: StoreDep) -> HeartbeatReply:
+async def heartbeat(job_id: JobId, call: LeaseCall, pool: WorkerPool, store: StoreDep) -> HeartbeatReply:
     """Renew the lease; ``cancel`` says the owner wants the job interrupted."""
-    return await store.heartbeat(job_id, call.token)
+    reply = await store.heartbeat(job_id, call.token)
+    await store.holder_report(call.worker_id, pool, job_id, busy=True)
+    return reply
 
 
 @router.post("/events", status_code=NO_CONTENT, responses=STALE)
@@ -32,21 +34,24 @@ async def events(job_id: JobId, batch: EventBatch, _: WorkerPool, store: StoreDe
 
 
 @router.post("/complete", status_code=NO_CONTENT, responses=STALE)
-async def complete(job_id: JobId, completion: Completion, _: WorkerPool, store: StoreDep) -> Response:
+async def complete(job_id: JobId, completion: Completion, pool: WorkerPool, store: StoreDep) -> Response:
     """The job succeeded with these outputs (a repeat by the holder is a no-op)."""
     await store.complete(job_id, completion)
+    await store.holder_report(completion.worker_id, pool, job_id, busy=False)
     return Response(status_code=NO_CONTENT)
 
 
 @router.post("/fail", status_code=NO_CONTENT, responses=STALE)
-async def fail(job_id: JobId, failure: Failure, _: WorkerPool, store: StoreDep) -> Response:
+async def fail(job_id: JobId, failure: Failure, pool: WorkerPool, store: StoreDep) -> Response:
     """The job failed; retryable failures are requeued until the attempts run out."""
     await store.fail(job_id, failure)
+    await store.holder_report(failure.worker_id, pool, job_id, busy=False)
     return Response(status_code=NO_CONTENT)
 
 
 @router.post("/release", status_code=NO_CONTENT, responses=STALE)
-async def release(job_id: JobId, call: LeaseCall, _: WorkerPool, store: StoreDep) -> Response:
+async def release(job_id: JobId, call: LeaseCall, pool: WorkerPool, store: StoreDep) -> Response:
     """Give the job back unfinished (graceful shutdown); the attempt does not count."""
     await store.release(job_id, call.token)
+    await store.holder_report(call.worker_id, pool, job_id, busy=False)
     return Response(status_code=NO_CONTENT)
