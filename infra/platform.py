@@ -7,7 +7,7 @@ Settings are environment variables, and the whole list is secret because some en
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_docker as docker
@@ -49,7 +49,6 @@ class PlatformArgs:
     deleted_with: pulumi.Resource | None = None
     # The daemon the containers run on (None: this machine's); images are built for it.
     docker_provider: pulumi.ProviderResource | None = None
-    nginx_uploads: dict[str, pulumi.Input[str]] = field(default_factory=dict)
 
 
 def data_volume(

@@ -6,7 +6,7 @@ the resource's ``timing`` input so that failure paths run in milliseconds.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 
@@ -27,6 +27,3 @@ class Timing:
         if unknown:
             raise ValueError(f"unknown timing keys {unknown}; known: {sorted(known)}")
         return cls(**given)
-
-    def as_input(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items()}

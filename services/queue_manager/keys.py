@@ -106,14 +106,6 @@ class Keys:
         return f"{self.prefix}:user_priority"
 
     @property
-    def fair_round(self) -> str:
-        return f"{self.prefix}:fair:round"
-
-    @property
-    def fair_user_round(self) -> str:
-        return f"{self.prefix}:fair:user_round"
-
-    @property
     def seq(self) -> str:
         return f"{self.prefix}:seq"
 

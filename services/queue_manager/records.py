@@ -20,10 +20,6 @@ def ms_to_datetime(value: str | None) -> datetime | None:
     return datetime.fromtimestamp(int(float(value)) / 1000, tz=UTC)
 
 
-def datetime_to_ms(value: datetime | None) -> str:
-    return str(int(value.timestamp() * 1000)) if value else ""
-
-
 def spec_json(submit: JobSubmit) -> str:
     """The part of a job Lua never reads, kept as one opaque JSON string."""
     prompt = {node_id: node.model_dump(mode="json") for node_id, node in submit.prompt.items()}

@@ -99,10 +99,6 @@ class Wakeups:
     def _fits(ticket: Ticket, scope: str) -> bool:
         return scope == ANY_POOL or ticket.pool == scope
 
-    def wake_all(self) -> None:
-        for ticket in self._tickets:
-            ticket.woken.set()
-
     async def listen(self, redis: Redis, channel: str, ready: asyncio.Event | None = None) -> None:
         """Forward wakes published by any process to this process's waiting claims."""
         async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 from collections.abc import AsyncIterator
-from typing import Literal
 
 from fastapi import UploadFile
 from pydantic import ValidationError
@@ -20,7 +19,6 @@ from services.storage import Storage, aiter_chunks
 from services.storage.base import StorageError
 
 UNSAFE_TYPES = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}
-FileType = Literal["input", "output", "temp"]
 
 
 class FileProblem(ValueError):

@@ -19,7 +19,6 @@ from redis.asyncio import Redis
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_FILES_PER_USER = 2000
-SETTINGS_FILE = "comfy.settings.json"
 
 
 class UserDataError(ValueError):
