@@ -10,10 +10,14 @@ PY        := .venv/bin/python
 LOCAL_BACKEND := file://$(CURDIR)/.pulumi-local
 APT_PACKAGES  := redis-server nginx-light shellcheck cloud-init chromium
 
-.PHONY: help local local-down test deps deps-python system-deps lint typecheck unit bench preview-workshop
+.PHONY: help dev local local-down test deps deps-python system-deps lint typecheck unit bench preview-workshop
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+dev: ## run the platform from this checkout as processes (no Docker): Redis, queue manager, a worker; Ctrl-C stops
+	$(MAKE) --no-print-directory deps-python
+	$(PY) -m devkit.dev $(if $(COMFYUI_URL),--comfyui-url $(COMFYUI_URL)) $(if $(PORT),--port $(PORT))
 
 local: ## run the whole platform on this machine's Docker (the `local` stack, no cloud account)
 	$(MAKE) --no-print-directory deps-python
@@ -52,7 +56,7 @@ lint: ## ruff lint and format check
 	$(UV) run --frozen ruff format --check .
 
 typecheck: ## mypy (strict on infra/ and services/protocol/)
-	$(UV) run --frozen mypy infra services bench
+	$(UV) run --frozen mypy infra services bench devkit
 
 unit: ## the test suite only (assumes `make deps` ran)
 	$(UV) run --frozen pytest
