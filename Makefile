@@ -55,7 +55,7 @@ lint: ## ruff lint and format check
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
 
-typecheck: ## mypy (strict on infra/ and services/protocol/)
+typecheck: ## mypy (strict on infra/, services/ and devkit/)
 	$(UV) run --frozen mypy infra services bench devkit
 
 unit: ## the test suite only (assumes `make deps` ran)
