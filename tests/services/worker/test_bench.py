@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bench import gpu
+from bench.gpu import NOOP, VIDEO, Phase
 from bench.worker import run
 
 
@@ -9,3 +11,14 @@ def test_the_benchmark_reports_overhead_and_readiness() -> None:
     result = run(jobs=5)
     assert set(result) == {"overhead_ms_p50", "overhead_ms_p99", "ready_s"}
     assert 0 < result["overhead_ms_p50"] <= result["overhead_ms_p99"] and result["ready_s"] > 0
+
+
+def test_the_gpu_benchmark_compares_direct_and_platform_runs() -> None:
+    small = [
+        Phase(NOOP.name, 6, NOOP.node_seconds, NOOP.output_bytes, NOOP.first_color),
+        Phase(VIDEO.name, 2, 0.1, 2_000_000, VIDEO.first_color),
+    ]
+    result = gpu.run(small)
+    assert set(result) == {"noop_makespan_ratio", "video_makespan_ratio", "gap_ms_p50", "gap_ms_p99"}
+    assert result["noop_makespan_ratio"] > 0 and result["video_makespan_ratio"] > 0
+    assert 0 <= result["gap_ms_p50"] <= result["gap_ms_p99"]
