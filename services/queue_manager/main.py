@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from services.queue_manager import logs
+from services.queue_manager.api.crosssite import CrossSite
 from services.queue_manager.api.errors import BodyLimit, install_error_handlers
 from services.queue_manager.api.main import api_router
 from services.queue_manager.auth import Authenticator
@@ -80,7 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(api_router)
-    app.add_middleware(BodyLimit, uploads=UPLOAD_PATH)
+    app.add_middleware(CrossSite)  # a cross-site request is refused before any route runs
+    app.add_middleware(BodyLimit, uploads=UPLOAD_PATH)  # outermost: an oversized body is never read
     return app
 
 

@@ -176,3 +176,22 @@ def test_the_frontend_bundle_is_sent_compressed(site: Site) -> None:
     assert response.status_code == 200 and response.headers["content-encoding"] == "gzip"
     assert len(response.content) == bundle.stat().st_size
     assert response.num_bytes_downloaded < bundle.stat().st_size / 2
+
+
+def test_the_sites_own_pages_pass_the_cross_site_check_through_nginx(site: Site) -> None:
+    """nginx hands the queue manager ``Host`` without the port; the browser's Origin carries it."""
+    client = _client()
+    body = {"user": "ada", "password": PASSWORD}
+    own = client.post(f"{site.https}/api/auth/login", json=body, headers={"Origin": site.https})
+    assert own.status_code == 200
+    foreign = client.post(
+        f"{site.https}/api/auth/login", json=body, headers={"Origin": "https://evil.example"}
+    )
+    assert foreign.status_code == 403
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    uri = site.https.replace("https://", "wss://") + "/api/events"
+    basic = base64.b64encode(f"ada:{PASSWORD}".encode()).decode()
+    headers = {"Authorization": f"Basic {basic}", "Origin": site.https, "Sec-Fetch-Site": "same-origin"}
+    with connect(uri, ssl=context, additional_headers=headers, open_timeout=10) as ws:
+        assert ws.response is not None and ws.response.status_code == 101

@@ -130,7 +130,13 @@ class BodyLimit:
         return counted
 
     async def _refuse(self, send: Send, limit: Limit) -> None:
-        body = json.dumps({"detail": limit.message})
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body.encode()})
+        await send_refusal(send, 413, limit.message)
+
+
+async def send_refusal(send: Send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    """Answer ``{"detail": message}`` with ``status`` from ASGI middleware (before any route runs)."""
+    body = json.dumps({"detail": message}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})

@@ -12,6 +12,7 @@ from tests.services.workspaces.conftest import GRAPH
 from tests.support.queue_manager_app import POOL_TOKEN
 
 WORKER_AUTH = {"Authorization": f"Bearer {POOL_TOKEN}"}
+JSON = {"Content-Type": "application/json"}  # as the frontend labels every queue edit
 
 
 def queue_prompt(client: httpx.Client, user: str, prompt: dict[str, Any] | None = None) -> httpx.Response:
@@ -133,6 +134,7 @@ def test_malformed_queue_edits_change_nothing_and_do_not_fail(
     job_id = queue_prompt(alice, "alice").json()["prompt_id"]
     for body in (b"[1, 2]", b"not json", b'{"delete": "' + job_id.encode() + b'"}'):
         for route in ("queue", "history", "interrupt"):
-            assert alice.post(f"/w/alice/api/{route}", content=body).status_code == 200
+            assert alice.post(f"/w/alice/api/{route}", content=body, headers=JSON).status_code == 200
     assert alice.get(f"/api/jobs/{job_id}").json()["state"] == "queued"
-    assert alice.post("/w/alice/api/prompt", content=b"[]").json()["error"]["type"] == "no_prompt"
+    reply = alice.post("/w/alice/api/prompt", content=b"[]", headers=JSON)
+    assert reply.json()["error"]["type"] == "no_prompt"

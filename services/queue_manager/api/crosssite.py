@@ -1,0 +1,103 @@
+"""Only the workshop's own pages may change anything: cross-site requests and sockets are refused.
+
+A browser attaches the session cookie (and cached HTTP Basic credentials) to requests another site
+makes it send, so every state-changing request (POST, PUT, PATCH, DELETE) and every WebSocket
+upgrade is checked, as ComfyUI's own origin-only middleware does, but on every host name:
+
+- ``Sec-Fetch-Site`` (sent by every current browser) must be ``same-origin`` or ``none`` (typed by
+  the user), never ``cross-site`` or ``same-site`` (another port or subdomain);
+- ``Origin``, when sent, must name the host the request came to (``Host``, or ``X-Forwarded-Host``
+  behind a proxy; ports compared when both sides carry one, as nginx's ``$host`` drops it).
+
+Clients that are no browser (workers, the CLI, curl) send neither header and are unaffected.
+
+A body of a JSON route must be declared ``application/json``: a ``text/plain``, form or unlabelled
+body is what a page on another site can send without asking (no CORS preflight), so it gets 415.
+The routes that take other bodies are named in ``OTHER_BODIES``: the login form, uploads, and
+the two routes the stock ComfyUI frontend posts without a content type (settings, user data files).
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from services.queue_manager.api.errors import send_refusal
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+ALLOWED_SITES = frozenset({b"same-origin", b"none"})
+OTHER_BODIES = re.compile(r"^(/api/auth/login|/w/[^/]+/(api/)?(upload/|settings|userdata))")
+"""Paths whose bodies are not JSON: the login form, uploads (multipart), and settings and user data
+files, which the stock frontend posts as ``text/plain`` (``fetch`` with a string body)."""
+JSON_TYPE = re.compile(r"^application/([\w.+-]+\+)?json\s*(;|$)", re.IGNORECASE)
+
+
+def _host_matches(origin: str, host: str) -> bool:
+    """Whether ``origin`` (``scheme://host[:port]``) names ``host`` (``host[:port]``)."""
+    try:
+        left, right = urlsplit(origin), urlsplit(f"//{host}")
+        if left.port is None or right.port is None:
+            return bool(left.hostname) and left.hostname == right.hostname
+        return left.hostname == right.hostname and left.port == right.port
+    except ValueError:  # a port that is no number
+        return False
+
+
+def cross_site_problem(headers: dict[bytes, bytes]) -> str | None:
+    """Why a request or socket with these headers comes from another site, or None when it does not."""
+    site = headers.get(b"sec-fetch-site")
+    if site is not None and site not in ALLOWED_SITES:
+        return (
+            f"cross-site request refused (Sec-Fetch-Site: {site.decode('latin-1')}): "
+            "use the workshop's own pages for this"
+        )
+    origin = headers.get(b"origin")
+    if origin is None:
+        return None
+    hosts = [headers[name].decode("latin-1") for name in (b"host", b"x-forwarded-host") if name in headers]
+    text = origin.decode("latin-1")
+    if not any(_host_matches(text, host) for host in hosts):
+        here = ", ".join(hosts) or "no Host"
+        return f"cross-site request refused: Origin {text!r} is not this site ({here})"
+    return None
+
+
+def content_problem(path: str, headers: dict[bytes, bytes]) -> str | None:
+    """Why a state-changing request's body is refused on a JSON route, or None."""
+    if OTHER_BODIES.match(path):
+        return None
+    declared = headers.get(b"content-type")
+    if declared is None:
+        has_body = headers.get(b"content-length", b"0") not in (b"0", b"") or b"transfer-encoding" in headers
+        return "send the body as JSON with 'Content-Type: application/json'" if has_body else None
+    if JSON_TYPE.match(declared.decode("latin-1")):
+        return None
+    return f"send the body as JSON with 'Content-Type: application/json', not {declared.decode('latin-1')!r}"
+
+
+class CrossSite:
+    """ASGI middleware: 403 for a cross-site state change, 415 for a JSON route's non-JSON body,
+    a refused handshake (closed before accept, HTTP 403) for a cross-site WebSocket."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "websocket":
+            problem = cross_site_problem(dict(scope["headers"]))
+            if problem is not None:
+                await send({"type": "websocket.close", "code": 1008, "reason": problem[:120]})
+                return
+        elif kind == "http" and scope["method"] in UNSAFE_METHODS:
+            headers = dict(scope["headers"])
+            problem = cross_site_problem(headers)
+            status = 403
+            if problem is None:
+                problem, status = content_problem(scope["path"], headers), 415
+            if problem is not None:
+                await send_refusal(send, status, problem)
+                return
+        await self.app(scope, receive, send)

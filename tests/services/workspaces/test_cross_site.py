@@ -1,0 +1,96 @@
+"""A page on another site cannot make a participant's (or the admin's) browser change anything:
+cross-site state changes and socket upgrades are refused, JSON routes take only JSON, and the
+workshop's own pages keep working (same origin, directly and behind a proxy that drops the port)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from tests.services.workspaces.conftest import GRAPH
+from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, LiveServer
+
+EVIL = "https://evil.example"
+
+
+def own_origin(server: LiveServer) -> str:
+    return f"http://127.0.0.1:{server.port}"
+
+
+def test_a_foreign_origin_cannot_queue_a_prompt_even_as_text_plain(alice: httpx.Client) -> None:
+    body = json.dumps({"prompt": GRAPH})
+    reply = alice.post(
+        "/w/alice/api/prompt", content=body, headers={"Content-Type": "text/plain", "Origin": EVIL}
+    )
+    assert reply.status_code == 403
+    assert "evil.example" in reply.json()["detail"]
+    assert alice.get("/w/alice/api/queue").json() == {"queue_running": [], "queue_pending": []}
+
+
+@pytest.mark.parametrize("site", ["cross-site", "same-site"])
+def test_sec_fetch_site_from_another_site_is_refused(alice: httpx.Client, site: str) -> None:
+    reply = alice.post("/w/alice/api/interrupt", json={}, headers={"Sec-Fetch-Site": site})
+    assert reply.status_code == 403
+    assert site in reply.json()["detail"]
+
+
+def test_a_json_route_refuses_text_plain_with_415_naming_the_fix(
+    server: LiveServer, alice: httpx.Client
+) -> None:
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; b=x"):
+        own = {"Origin": own_origin(server), "Sec-Fetch-Site": "same-origin"}
+        headers = {"Content-Type": content_type, **own}
+        reply = alice.post("/w/alice/api/prompt", content=json.dumps({"prompt": GRAPH}), headers=headers)
+        assert reply.status_code == 415, content_type
+        assert "application/json" in reply.json()["detail"]
+    unlabelled = alice.post("/w/alice/api/queue", content=b'{"clear": true}')
+    assert unlabelled.status_code == 415
+
+
+def test_the_own_pages_requests_pass(server: LiveServer, alice: httpx.Client) -> None:
+    same = {"Origin": own_origin(server), "Sec-Fetch-Site": "same-origin"}
+    assert alice.post("/w/alice/api/interrupt", json={}, headers=same).status_code == 200
+    # The stock frontend posts settings and user data with fetch's default text/plain.
+    settings = alice.post(
+        "/w/alice/api/settings/Comfy.Locale", content=b'"en"', headers={**same, "Content-Type": "text/plain"}
+    )
+    assert settings.status_code == 200
+    assert alice.get("/w/alice/api/settings/Comfy.Locale").json() == "en"
+    # nginx passes Host without the port ($host): the host names still agree.
+    proxied = {"Origin": own_origin(server), "Host": "127.0.0.1"}
+    assert alice.post("/w/alice/api/interrupt", json={}, headers=proxied).status_code == 200
+    forwarded = {"Origin": "https://workshop.example", "X-Forwarded-Host": "workshop.example"}
+    assert alice.post("/w/alice/api/interrupt", json={}, headers=forwarded).status_code == 200
+
+
+def test_login_logout_and_admin_routes_refuse_a_foreign_origin(
+    app_factory: Callable[[], httpx.Client], alice: httpx.Client
+) -> None:
+    client = app_factory()
+    body = {"user": "alice", "password": "alice-pw"}
+    login = client.post("/api/auth/login", json=body, headers={"Origin": EVIL})
+    assert login.status_code == 403
+    assert "qm_session" not in client.cookies
+    assert alice.post("/api/auth/logout", headers={"Origin": EVIL}).status_code == 403
+    assert alice.get("/api/auth/me").status_code == 200
+    basic = "Basic " + base64.b64encode(f"{ADMIN}:{ADMIN_PASSWORD}".encode()).decode()
+    pause = client.post("/api/admin/pause", headers={"Authorization": basic, "Origin": EVIL})
+    assert pause.status_code == 403
+    assert client.post("/api/admin/pause", headers={"Authorization": basic}).status_code == 204
+
+
+def test_a_socket_from_a_foreign_origin_is_refused(server: LiveServer, alice: httpx.Client) -> None:
+    cookie = {"Cookie": f"qm_session={alice.cookies['qm_session']}"}
+    url = f"ws://127.0.0.1:{server.port}/w/alice/ws?clientId=x"
+    for headers in ({"Origin": EVIL}, {"Sec-Fetch-Site": "cross-site"}):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(url, additional_headers={**cookie, **headers}, open_timeout=5)
+        assert refused.value.response.status_code == 403
+    with connect(url, additional_headers={**cookie, "Origin": own_origin(server)}, open_timeout=5) as socket:
+        assert json.loads(socket.recv(timeout=5))["type"] == "status"
