@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -14,26 +13,23 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from infra.config import MODELS, Role, StackConfig, WorkshopConfig
+from infra.credential_registry import (
+    CLOUDFLARE_TOKEN,
+    HCLOUD_TOKEN,
+    OWN_KEYS,
+    REGISTRY_PASSWORD,
+    TAILSCALE_API_KEY,
+    Credential,
+    satisfied,
+)
 from infra.errors import PROJECT, ConfigError, Problem, config_key, set_command
 from infra.pools import KINDS, kind_of
-from infra.pools.base import RequiredSecret
 
-CLOUDFLARE_TOKEN = RequiredSecret("cloudflare:apiToken", "Cloudflare API token", "CLOUDFLARE_API_TOKEN")
-ROLE_SECRETS: dict[Role, tuple[RequiredSecret, ...]] = {
+ROLE_CREDENTIALS: dict[Role, tuple[Credential, ...]] = {
     Role.VAULT: (CLOUDFLARE_TOKEN,),
-    Role.WORKSHOP: (
-        RequiredSecret("hcloud:token", "Hetzner Cloud API token", "HCLOUD_TOKEN"),
-        CLOUDFLARE_TOKEN,
-        RequiredSecret("tailscale:apiKey", "Tailscale API key", "TAILSCALE_API_KEY"),
-    ),
+    Role.WORKSHOP: (HCLOUD_TOKEN, CLOUDFLARE_TOKEN, TAILSCALE_API_KEY),
     Role.LOCAL: (),
 }
-# Keys of our namespace that hold provider credentials rather than platform settings: they are not
-# validated as settings (any key set with --secret is skipped too).
-CREDENTIAL_KEYS = frozenset({"verdaClientId", "verdaClientSecret", "runpodApiKey", "registryPassword"})
-# A secret that another set key can stand in for (Tailscale takes an API key or an OAuth client).
-ALTERNATIVES = {"tailscale:apiKey": ("tailscale:oauthClientSecret", "TAILSCALE_OAUTH_CLIENT_SECRET")}
-REGISTRY_PASSWORD = RequiredSecret("comfy-workshop:registryPassword", "registry token", "REGISTRY_PASSWORD")
 
 
 def raw_config() -> dict[str, Any]:
@@ -44,7 +40,7 @@ def raw_config() -> dict[str, Any]:
         key[len(prefix) :]: _decode(value)
         for key, value in merged.items()
         if key.startswith(prefix)
-        and key[len(prefix) :] not in CREDENTIAL_KEYS
+        and key[len(prefix) :] not in OWN_KEYS
         and not runtime_config.is_config_secret(key)
     }
 
@@ -72,7 +68,7 @@ def load_config(stack: str | None = None, raw: Mapping[str, Any] | None = None) 
         except ValidationError as exc:
             problems += [_problem(error, MODELS[role]) for error in exc.errors()]
     if config is not None:
-        problems += [_missing(secret) for secret in required_secrets(config) if not _is_set(secret)]
+        problems += [_missing(needed) for needed in required_credentials(config) if not satisfied(needed)]
     if problems or config is None:
         raise ConfigError(stack, problems)
     return config
@@ -132,26 +128,17 @@ def _unknown_key_fix(path: list[str | int], model: type[Any]) -> str:
     return "remove it; the commented stack files list every key this section takes"
 
 
-def required_secrets(config: StackConfig) -> list[RequiredSecret]:
-    """Secrets this stack needs before `pulumi up`: the role's providers, its pools, the registry."""
-    secrets = list(ROLE_SECRETS[Role(config.role)])
+def required_credentials(config: StackConfig) -> list[Credential]:
+    """Credentials this stack needs before `pulumi up`: the role's providers, its pools, the registry."""
+    needed = list(ROLE_CREDENTIALS[Role(config.role)])
     if isinstance(config, WorkshopConfig):
         for pool in config.pools:
-            secrets += [s for s in kind_of(pool).required_secrets(pool) if s not in secrets]
+            needed += [c for c in kind_of(pool).credentials(pool) if c not in needed]
         if config.registry is not None:
-            secrets.append(REGISTRY_PASSWORD)
-    return secrets
+            needed.append(REGISTRY_PASSWORD)
+    return needed
 
 
-def _is_set(secret: RequiredSecret) -> bool:
-    if runtime_config.get_config(secret.key) is not None or (secret.env and os.environ.get(secret.env)):
-        return True
-    key, env = ALTERNATIVES.get(secret.key, (None, None))
-    return bool(key and runtime_config.get_config(key) is not None) or bool(env and os.environ.get(env))
-
-
-def _missing(secret: RequiredSecret) -> Problem:
-    alternative = f" (or export {secret.env})" if secret.env else ""
-    return Problem(
-        secret.key, None, f"required secret ({secret.what}) is not set", secret.command + alternative
-    )
+def _missing(credential: Credential) -> Problem:
+    what = "required secret" if credential.is_secret else "required setting"
+    return Problem(credential.key, None, f"{what} ({credential.what}) is not set", credential.fix)

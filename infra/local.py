@@ -27,17 +27,6 @@ QUEUE_MANAGER_URL = f"http://queue-manager:{QM_PORT}"
 NGINX_PORT = 8080
 
 
-def _extra(config: LocalConfig, files_volume: pulumi.Output[str]) -> dict[str, Any]:
-    """What local workers need beyond the context: the files volume, and models when configured."""
-    extra: dict[str, Any] = {"files_volume": files_volume}
-    manifest = manifest_json(config.models)
-    if manifest:
-        extra["models_manifest"] = manifest
-    if config.models_dir:
-        extra["models_dir"] = config.models_dir
-    return extra
-
-
 def build_local(config: LocalConfig, stack: str) -> dict[str, Any]:
     """Declare the local platform and return its stack outputs."""
     network = platform_network("network", stack)
@@ -49,10 +38,11 @@ def build_local(config: LocalConfig, stack: str) -> dict[str, Any]:
         return PoolContext(
             stack=stack,
             queue_url=QUEUE_MANAGER_URL,
-            callback_url=QUEUE_MANAGER_URL,
             worker_token=token,
             docker_network=network.name,
-            extra=_extra(config, files.name),
+            files_volume=files.name,
+            models_dir=config.models_dir,
+            models_manifest=manifest_json(config.models),
         )
 
     pools = PoolSet("pools", config.pools, context_for)

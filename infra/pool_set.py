@@ -11,12 +11,13 @@ import pulumi
 import pulumi_random as random
 
 from infra.pools import PoolComponent, PoolConfig, PoolContext, kind_of
-from infra.pools.base import WorkerImages
+from infra.pools.context import SharedVolumes
+from infra.pools.worker_image import WorkerImages
 
 
 class PoolSet(pulumi.ComponentResource):
     """Builds the pools; ``tokens`` (pool -> bearer token) and ``summaries`` feed the queue manager.
-    The worker image is declared here once for all the pools that pull it."""
+    The worker image and each models volume are declared here once for all the pools that use them."""
 
     pools: dict[str, PoolComponent]
     tokens: dict[str, pulumi.Output[str]]
@@ -32,6 +33,7 @@ class PoolSet(pulumi.ComponentResource):
         self.pools = {}
         self.tokens = {}
         images = WorkerImages(parent=self)  # pools pulling the same worker image share its build
+        volumes = SharedVolumes(parent=self)  # pools naming the same models volume share it
         for config in configs:
             token = random.RandomPassword(
                 f"{name}-{config.name}-token",
@@ -40,7 +42,9 @@ class PoolSet(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self),
             )
             self.tokens[config.name] = pulumi.Output.secret(token.result)
-            context = dataclasses.replace(context_for(config, self.tokens[config.name]), images=images)
+            context = dataclasses.replace(
+                context_for(config, self.tokens[config.name]), images=images, shared=volumes
+            )
             self.pools[config.name] = kind_of(config).build(
                 config, context, pulumi.ResourceOptions(parent=self)
             )

@@ -72,22 +72,15 @@ def _pools(config: WorkshopConfig, stack: str, vault: VaultOutputs, tailnet: Tai
         return PoolContext(
             stack=stack,
             queue_url=f"http://{config.vps.hostname}:{WORKER_API_PORT}",
-            callback_url=f"https://{config.domain}",
             worker_token=token,
             tailnet_auth_key=tailnet.gpu_key,
             models=models,
             user_files=files,
             registry=config.registry,
-            extra=_extra(config),
+            models_manifest=manifest_json(config.models),
         )
 
     return PoolSet("pools", config.pools, context_for)
-
-
-def _extra(config: WorkshopConfig) -> dict[str, Any]:
-    """Optional context for pools: the models manifest (JSON, `WORKER_MODELS_MANIFEST` content)."""
-    manifest = manifest_json(config.models)
-    return {"models_manifest": manifest} if manifest else {}
 
 
 def _settings(config: WorkshopConfig, vault: VaultOutputs, pools: PoolSet) -> dict[str, pulumi.Input[str]]:

@@ -1,12 +1,14 @@
 """The registry of GPU pool kinds. Adding a provider: one new module, then one line in each list below.
 
-A kind module holds its config schema (``kind: Literal[...]`` is the discriminator; validators end
-their messages with "; fix: ...") and a ``GpuPool`` subclass whose ``build`` declares the pool under
-one ``PoolComponent``. The program calls ``build`` once per configured pool with a ``PoolContext``
-(queue URL for pull workers, public callback URL for push workers, the pool's worker token, the GPU
-tailnet key, R2 access, registry, Docker provider for local kinds) and reads back ``summary``
-(exported, shown on the admin page) and ``queue_manager_env`` (extra `QM_*` settings, e.g. push
-endpoints and provider API keys).
+A kind module holds its config schema (``kind: Literal[...]`` is the discriminator, the one place
+the kind's name is written; validators end their messages with "; fix: ...") and a ``GpuPool``
+subclass whose ``build`` declares the pool under one ``PoolComponent``. Kind modules never import
+each other: what several share lives in ``access`` (credentials, worker env, push settings),
+``verda`` (Verda locations, models filesystem, registry credentials) and ``local_workers``. The
+program calls ``build`` once per configured pool with a ``PoolContext`` (queue URL, the pool's
+worker token, the GPU tailnet key, R2 access, registry, Docker provider and volumes for local kinds)
+and reads back ``summary`` (exported, shown on the admin page) and ``queue_manager_env`` (extra
+`QM_*` settings, e.g. push endpoints and provider API keys).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from infra.pools.base import GpuPool, PoolComponent, PoolConfigBase, PoolContext, PoolMode
+from infra.pools.base import PoolConfigBase, PoolMode
+from infra.pools.context import PoolContext
+from infra.pools.kind import GpuPool, PoolComponent
 from infra.pools.local_cpu import LocalCpuConfig, LocalCpuPool
 from infra.pools.local_gpu import LocalGpuConfig, LocalGpuPool
 from infra.pools.runpod_serverless import RunpodServerlessConfig, RunpodServerlessPool

@@ -1,58 +1,39 @@
-"""What cloud pools share: provider credentials from the stack config and the worker's environment.
+"""What cloud pools share: provider credentials, the worker's environment, the push dispatch setting.
 
-Credentials are read from `comfy-workshop:*` config (secrets stay Pulumi secrets); a key that is not
-set is left out, and the dynamic provider then reads the matching environment variable when it runs.
-The worker environment is split into plain values and secrets, so each kind can put the secrets
-where its provider keeps them (an env file on the instance, Verda secrets, RunPod template env).
+Credentials come from the registry (`infra.credential_registry`): the stack config, or else the
+environment variable named there, as Pulumi secrets either way. The worker environment is split into
+plain values and secrets, so each kind can put the secrets where its provider keeps them (an env
+file on the instance, Verda secrets, RunPod template env).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 
-from infra.pools.base import PoolContext
+from infra.credential_registry import RUNPOD_API_KEY, VERDA_CLIENT_ID, VERDA_CLIENT_SECRET, Credential
+from infra.pools.context import PoolContext
 from infra.secret import secret
 
-PROJECT = "comfy-workshop"
 SHARED_MODELS_DIR = "/mnt/models"
 RUNPOD_MODELS_DIR = "/runpod-volume/models"  # RunPod mounts a network volume at /runpod-volume
 
 
-def _config() -> pulumi.Config:
-    return pulumi.Config(PROJECT)
+def connection(**props: Credential) -> dict[str, pulumi.Input[str]]:
+    """Provider inputs ``prop -> credential`` for those given; the provider reports any missing one."""
+    found = {prop: credential.value() for prop, credential in props.items()}
+    return {prop: value for prop, value in found.items() if value is not None}
 
 
 def verda_connection() -> dict[str, pulumi.Input[str]]:
-    """`verdaClientId` / `verdaClientSecret` (else VERDA_CLIENT_ID / VERDA_CLIENT_SECRET at run time)."""
-    found: dict[str, pulumi.Input[str]] = {}
-    client_id = _config().get("verdaClientId")
-    client_secret = _config().get_secret("verdaClientSecret")
-    if client_id:
-        found["client_id"] = client_id
-    if client_secret is not None:
-        found["client_secret"] = client_secret
-    return found
-
-
-def verda_inference_key() -> pulumi.Output[str]:
-    """The key the dispatcher calls Verda container endpoints with (`verdaInferenceKey`)."""
-    return secret(_config().get_secret("verdaInferenceKey") or "")
+    return connection(client_id=VERDA_CLIENT_ID, client_secret=VERDA_CLIENT_SECRET)
 
 
 def runpod_connection() -> dict[str, pulumi.Input[str]]:
-    """`runpodApiKey` (else RUNPOD_API_KEY at run time)."""
-    key = _config().get_secret("runpodApiKey")
-    return {"api_key": key} if key is not None else {}
-
-
-def runpod_api_key() -> pulumi.Output[str]:
-    return secret(_config().get_secret("runpodApiKey") or "")
-
-
-def registry_password() -> pulumi.Output[str]:
-    return secret(_config().get_secret("registryPassword") or "")
+    return connection(api_key=RUNPOD_API_KEY)
 
 
 @dataclass(frozen=True)
@@ -85,3 +66,9 @@ def worker_env(ctx: PoolContext, pool: str, provider: str, models_dir: str | Non
         secrets["S3_ACCESS_KEY_ID"] = files.access_key_id
         secrets["S3_SECRET_ACCESS_KEY"] = files.secret_access_key
     return WorkerEnv(plain, secrets)
+
+
+def push_pool_env(pool: str, spec: dict[str, pulumi.Input[Any]]) -> dict[str, pulumi.Input[str]]:
+    """`QM_PUSH_POOL_<NAME>`: how the queue manager's dispatcher reaches this pool (secret: holds a key)."""
+    text = pulumi.Output.all(**spec).apply(lambda values: json.dumps({"name": pool, **values}))
+    return {f"QM_PUSH_POOL_{pool.upper().replace('-', '_')}": secret(text)}

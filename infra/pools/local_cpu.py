@@ -7,8 +7,10 @@ from typing import Literal
 import pulumi
 from pydantic import Field
 
-from infra.local_workers import LocalWorkers, local_worker_containers
-from infra.pools.base import GpuPool, PoolComponent, PoolConfigBase, PoolContext, PoolMode
+from infra.pools.base import PoolConfigBase, PoolMode
+from infra.pools.context import PoolContext
+from infra.pools.kind import GpuPool, PoolComponent
+from infra.pools.local_workers import LocalWorkers, local_worker_containers
 
 
 class LocalCpuConfig(PoolConfigBase):
@@ -17,7 +19,6 @@ class LocalCpuConfig(PoolConfigBase):
 
 
 class LocalCpuPool(GpuPool[LocalCpuConfig]):
-    kind = "local-cpu"
     mode = PoolMode.PULL
     config_model = LocalCpuConfig
 
@@ -27,7 +28,7 @@ class LocalCpuPool(GpuPool[LocalCpuConfig]):
     def build(
         self, config: LocalCpuConfig, ctx: PoolContext, opts: pulumi.ResourceOptions | None = None
     ) -> PoolComponent:
-        pool = PoolComponent(self.kind, config.name, opts)
+        pool = self.component(config, opts)
         local_worker_containers(LocalWorkers(config.name, self.kind, config.count, "cpu"), ctx, pool)
         pool.finish(self.base_summary(config))
         return pool

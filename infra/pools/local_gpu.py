@@ -9,8 +9,10 @@ import pulumi
 import pulumi_docker as docker
 from pydantic import Field
 
-from infra.local_workers import LocalWorkers, local_worker_containers
-from infra.pools.base import GpuPool, PoolComponent, PoolConfigBase, PoolContext, PoolMode
+from infra.pools.base import PoolConfigBase, PoolMode
+from infra.pools.context import PoolContext
+from infra.pools.kind import GpuPool, PoolComponent
+from infra.pools.local_workers import LocalWorkers, local_worker_containers
 
 
 class LocalGpuConfig(PoolConfigBase):
@@ -25,7 +27,6 @@ class LocalGpuConfig(PoolConfigBase):
 
 
 class LocalGpuPool(GpuPool[LocalGpuConfig]):
-    kind = "local-gpu"
     mode = PoolMode.PULL
     config_model = LocalGpuConfig
 
@@ -35,7 +36,7 @@ class LocalGpuPool(GpuPool[LocalGpuConfig]):
     def build(
         self, config: LocalGpuConfig, ctx: PoolContext, opts: pulumi.ResourceOptions | None = None
     ) -> PoolComponent:
-        pool = PoolComponent(self.kind, config.name, opts)
+        pool = self.component(config, opts)
         spec = LocalWorkers(config.name, self.kind, config.count, "gpu", gpus=config.gpus)
         local_worker_containers(spec, self._on_host(config, ctx, pool), pool)
         pool.finish(
@@ -50,4 +51,11 @@ class LocalGpuPool(GpuPool[LocalGpuConfig]):
         host = docker.Provider(
             f"{config.name}-docker", host=config.docker_host, opts=pulumi.ResourceOptions(parent=pool)
         )
-        return replace(ctx, docker_provider=host, docker_network=None, extra={})
+        return replace(
+            ctx,
+            docker_provider=host,
+            docker_network=None,
+            files_volume=None,
+            models_dir=None,
+            models_manifest=None,
+        )

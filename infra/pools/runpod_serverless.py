@@ -7,18 +7,11 @@ from typing import Literal
 import pulumi
 from pydantic import Field
 
-from infra.pools.access import RUNPOD_MODELS_DIR, runpod_api_key, runpod_connection, worker_env
-from infra.pools.base import (
-    GpuPool,
-    PoolComponent,
-    PoolConfigBase,
-    PoolContext,
-    PoolMode,
-    ReplicaRange,
-    RequiredSecret,
-)
-from infra.pools.verda_instance import remote_name
-from infra.pools.verda_serverless import push_pool_env
+from infra.credential_registry import RUNPOD_API_KEY, Credential
+from infra.pools.access import RUNPOD_MODELS_DIR, push_pool_env, runpod_connection, worker_env
+from infra.pools.base import PoolConfigBase, PoolMode, ReplicaRange
+from infra.pools.context import PoolContext
+from infra.pools.kind import GpuPool, PoolComponent
 from infra.providers.resources import RunPodEndpoint, RunPodNetworkVolume, RunPodTemplate
 from infra.schema import Label, Model
 from infra.secret import secret
@@ -43,19 +36,15 @@ class RunpodServerlessConfig(PoolConfigBase, ReplicaRange):
     models_volume: NetworkVolume | None = None
 
 
-RUNPOD_SECRETS = (RequiredSecret("comfy-workshop:runpodApiKey", "RunPod API key", "RUNPOD_API_KEY"),)
-
-
 class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
-    kind = "runpod-serverless"
     mode = PoolMode.PUSH
     config_model = RunpodServerlessConfig
 
     def needs_registry(self, config: RunpodServerlessConfig) -> bool:
         return True
 
-    def required_secrets(self, config: RunpodServerlessConfig) -> tuple[RequiredSecret, ...]:
-        return RUNPOD_SECRETS
+    def credentials(self, config: RunpodServerlessConfig) -> tuple[Credential, ...]:
+        return (RUNPOD_API_KEY,)
 
     def capacity(self, config: RunpodServerlessConfig) -> int:
         return config.max_replicas
@@ -63,10 +52,10 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
     def build(
         self, config: RunpodServerlessConfig, ctx: PoolContext, opts: pulumi.ResourceOptions | None = None
     ) -> PoolComponent:
-        pool = PoolComponent(self.kind, config.name, opts)
+        pool = self.component(config, opts)
         child = pulumi.ResourceOptions(parent=pool)
-        conn, prefix = runpod_connection(), remote_name(ctx, config.name)
-        volume = self._volume(config, conn, child)
+        conn, prefix = runpod_connection(), ctx.remote_name(config.name)
+        volume = self._volume(config, ctx, pool, conn)
         env = worker_env(ctx, config.name, "runpod", models_dir=RUNPOD_MODELS_DIR if volume else None)
         template = RunPodTemplate(
             f"{config.name}-template",
@@ -99,7 +88,7 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
         )
         pool.queue_manager_env = push_pool_env(
             config.name,
-            {"style": "runpod", "url": endpoint.endpoint_url, "api_key": runpod_api_key(),
+            {"style": "runpod", "url": endpoint.endpoint_url, "api_key": RUNPOD_API_KEY.required(),
              "capacity": self.capacity(config)},
         )  # fmt: skip
         pool.finish(
@@ -114,14 +103,21 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
         return pool
 
     def _volume(
-        self, config: RunpodServerlessConfig, conn: dict[str, pulumi.Input[str]], opts: pulumi.ResourceOptions
+        self,
+        config: RunpodServerlessConfig,
+        ctx: PoolContext,
+        pool: PoolComponent,
+        conn: dict[str, pulumi.Input[str]],
     ) -> RunPodNetworkVolume | None:
-        """The network volume with the models: kept by `pulumi destroy`, adopted again next day."""
+        """The network volume with the models: one per name and data center however many pools mount
+        it, kept by `pulumi destroy` and adopted again the next day."""
         if config.models_volume is None:
             return None
         spec = config.models_volume
-        return RunPodNetworkVolume(
-            f"{config.name}-models",
-            {"name": spec.name, "size": spec.size_gb, "data_center": spec.data_center_id, **conn},
-            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=True)),
-        )
+
+        def declare(opts: pulumi.ResourceOptions) -> RunPodNetworkVolume:
+            props = {"name": spec.name, "size": spec.size_gb, "data_center": spec.data_center_id, **conn}
+            return RunPodNetworkVolume(f"models-{spec.name}-{spec.data_center_id.lower()}", props, opts)
+
+        key = ("runpod-volume", spec.name, spec.data_center_id)
+        return ctx.shared.once(key, spec.size_gb, (config.name, pool), declare)

@@ -9,25 +9,16 @@ import pulumi
 import pulumi_tls as tls
 from pydantic import Field, field_validator
 
-from infra.pools.access import SHARED_MODELS_DIR, registry_password, verda_connection, worker_env
-from infra.pools.base import (
-    GpuPool,
-    ModelsVolume,
-    PoolComponent,
-    PoolConfigBase,
-    PoolContext,
-    PoolMode,
-    RequiredSecret,
-)
+from infra.credential_registry import REGISTRY_PASSWORD, Credential
+from infra.pools.access import SHARED_MODELS_DIR, verda_connection, worker_env
+from infra.pools.base import ModelsVolume, PoolConfigBase, PoolMode
+from infra.pools.context import PoolContext
+from infra.pools.kind import GpuPool, PoolComponent
+from infra.pools.verda import CREDENTIALS, LOCATIONS, models_volume
 from infra.pools.verda_startup import StartupSpec, startup_script
 from infra.providers.resources import VerdaInstance, VerdaSharedVolume, VerdaSshKey, VerdaStartupScript
 from infra.schema import one_of
 from infra.secret import secret
-
-VERDA_LOCATIONS = ("FIN-01", "FIN-02", "FIN-03", "ICE-01")
-VERDA_SECRETS = (
-    RequiredSecret("comfy-workshop:verdaClientSecret", "Verda API client secret", "VERDA_CLIENT_SECRET"),
-)
 
 
 class VerdaInstanceConfig(PoolConfigBase):
@@ -43,7 +34,7 @@ class VerdaInstanceConfig(PoolConfigBase):
     @field_validator("location")
     @classmethod
     def _known_location(cls, value: str) -> str:
-        return one_of(value, VERDA_LOCATIONS, "Verda location")
+        return one_of(value, LOCATIONS, "Verda location")
 
     @property
     def gpus_per_instance(self) -> int:
@@ -52,15 +43,14 @@ class VerdaInstanceConfig(PoolConfigBase):
 
 
 class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
-    kind = "verda-instance"
     mode = PoolMode.PULL
     config_model = VerdaInstanceConfig
 
     def needs_registry(self, config: VerdaInstanceConfig) -> bool:
         return True
 
-    def required_secrets(self, config: VerdaInstanceConfig) -> tuple[RequiredSecret, ...]:
-        return VERDA_SECRETS
+    def credentials(self, config: VerdaInstanceConfig) -> tuple[Credential, ...]:
+        return CREDENTIALS
 
     def capacity(self, config: VerdaInstanceConfig) -> int:
         return config.count * config.gpus_per_instance * config.workers_per_gpu
@@ -68,14 +58,14 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
     def build(
         self, config: VerdaInstanceConfig, ctx: PoolContext, opts: pulumi.ResourceOptions | None = None
     ) -> PoolComponent:
-        pool = PoolComponent(self.kind, config.name, opts)
+        pool = self.component(config, opts)
         child = pulumi.ResourceOptions(parent=pool)
-        conn, prefix = verda_connection(), remote_name(ctx, config.name)
+        conn, prefix = verda_connection(), ctx.remote_name(config.name)
         key = tls.PrivateKey(f"{config.name}-ssh", algorithm="ED25519", opts=child)
         ssh_key = VerdaSshKey(
             f"{config.name}-ssh-key", {"name": prefix, "public_key": key.public_key_openssh, **conn}, child
         )
-        volume = models_volume(config.name, config.models_volume, config.location, conn, child)
+        volume = models_volume(ctx, (config.name, pool), config.models_volume, config.location, conn)
         script = VerdaStartupScript(
             f"{config.name}-startup",
             {"name": prefix, "script": self._script(config, ctx, pool, volume), **conn},
@@ -126,7 +116,7 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
         values = pulumi.Output.all(
             image=ctx.worker_image(config.name, self.kind),
             key=ctx.tailnet_auth_key,
-            password=registry_password(),
+            password=REGISTRY_PASSWORD.required(),
             env=pulumi.Output.all(**env.plain, **env.secret),
             mount=volume.mount_command if volume else "",
         )
@@ -141,25 +131,3 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
 
         text = values.apply(render)
         return secret(text)
-
-
-def remote_name(ctx: PoolContext, pool: str) -> str:
-    """The deterministic name of a pool's objects at the provider: the providers look them up by it."""
-    return f"cw-{ctx.stack}-{pool}"
-
-
-def models_volume(
-    pool: str,
-    volume: ModelsVolume | None,
-    location: str,
-    conn: dict[str, pulumi.Input[str]],
-    opts: pulumi.ResourceOptions,
-) -> VerdaSharedVolume | None:
-    """The shared filesystem with the models; kept by `pulumi destroy` and adopted again next day."""
-    if volume is None:
-        return None
-    return VerdaSharedVolume(
-        f"{pool}-models",
-        {"name": volume.name, "size": volume.size_gb, "location": location, **conn},
-        pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=True)),
-    )

@@ -2,41 +2,22 @@
 
 from __future__ import annotations
 
-import base64
-import json
-from typing import Any, Literal
+from typing import Literal
 
 import pulumi
 from pydantic import Field, field_validator
 
-from infra.pools.access import (
-    SHARED_MODELS_DIR,
-    registry_password,
-    verda_connection,
-    verda_inference_key,
-    worker_env,
-)
-from infra.pools.base import (
-    GpuPool,
-    ModelsVolume,
-    PoolComponent,
-    PoolConfigBase,
-    PoolContext,
-    PoolMode,
-    RegistryConfig,
-    ReplicaRange,
-    RequiredSecret,
-)
-from infra.pools.verda_instance import VERDA_LOCATIONS, VERDA_SECRETS, models_volume, remote_name
+from infra.credential_registry import VERDA_INFERENCE_KEY, Credential
+from infra.pools.access import SHARED_MODELS_DIR, push_pool_env, verda_connection, worker_env
+from infra.pools.base import ModelsVolume, PoolConfigBase, PoolMode, ReplicaRange
+from infra.pools.context import PoolContext
+from infra.pools.kind import GpuPool, PoolComponent
+from infra.pools.verda import CREDENTIALS, LOCATIONS, models_volume, registry_props
 from infra.providers.resources import VerdaDeployment, VerdaRegistryCredentials, VerdaSecret
 from infra.schema import one_of
-from infra.secret import secret
 
 WORKER_PORT = 8080
 PUSH_PATH = "/lease"  # the worker's push front door (services.worker.push) takes a Lease here
-INFERENCE_KEY = RequiredSecret(
-    "comfy-workshop:verdaInferenceKey", "Verda inference API key (for calling container endpoints)"
-)
 
 
 class VerdaServerlessConfig(PoolConfigBase, ReplicaRange):
@@ -53,20 +34,19 @@ class VerdaServerlessConfig(PoolConfigBase, ReplicaRange):
     @field_validator("location")
     @classmethod
     def _known_location(cls, value: str) -> str:
-        return one_of(value, VERDA_LOCATIONS, "Verda location")
+        return one_of(value, LOCATIONS, "Verda location")
 
 
 class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
-    kind = "verda-serverless"
     mode = PoolMode.PUSH
     config_model = VerdaServerlessConfig
 
     def needs_registry(self, config: VerdaServerlessConfig) -> bool:
         return True
 
-    def required_secrets(self, config: VerdaServerlessConfig) -> tuple[RequiredSecret, ...]:
+    def credentials(self, config: VerdaServerlessConfig) -> tuple[Credential, ...]:
         # The queue manager calls the deployment's endpoint with the inference key (push dispatch).
-        return (*VERDA_SECRETS, INFERENCE_KEY)
+        return (*CREDENTIALS, VERDA_INFERENCE_KEY)
 
     def capacity(self, config: VerdaServerlessConfig) -> int:
         return config.max_replicas * config.concurrent_requests_per_replica
@@ -75,10 +55,10 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
         self, config: VerdaServerlessConfig, ctx: PoolContext, opts: pulumi.ResourceOptions | None = None
     ) -> PoolComponent:
         registry = ctx.registry_for(config.name, self.kind)
-        pool = PoolComponent(self.kind, config.name, opts)
+        pool = self.component(config, opts)
         child = pulumi.ResourceOptions(parent=pool)
-        conn, prefix = verda_connection(), remote_name(ctx, config.name)
-        volume = models_volume(config.name, config.models_volume, config.location, conn, child)
+        conn, prefix = verda_connection(), ctx.remote_name(config.name)
+        volume = models_volume(ctx, (config.name, pool), config.models_volume, config.location, conn)
         env = worker_env(
             ctx, config.name, "verda-serverless", models_dir=SHARED_MODELS_DIR if volume else None
         )
@@ -112,7 +92,7 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
         pool.queue_manager_env = push_pool_env(
             config.name,
             {"style": "verda", "url": deployment.endpoint_base_url, "path": PUSH_PATH,
-             "api_key": verda_inference_key(), "capacity": self.capacity(config)},
+             "api_key": VERDA_INFERENCE_KEY.required(), "capacity": self.capacity(config)},
         )  # fmt: skip
         pool.finish(
             {
@@ -150,29 +130,3 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
         resource = VerdaSecret(f"{pool}-{slug}", {"name": f"{prefix}-{slug}", "value": value, **conn}, opts)
         name = f"{prefix}-{slug}"
         return key, name, resource
-
-
-def registry_props(name: str, registry: RegistryConfig) -> dict[str, pulumi.Input[str]]:
-    """Verda registry credentials for the configured registry (ghcr and Docker Hub natively)."""
-    kinds = {"ghcr.io": "ghcr", "docker.io": "dockerhub", "registry-1.docker.io": "dockerhub"}
-    kind = kinds.get(registry.server, "custom")
-    if kind != "custom":
-        return {
-            "name": name,
-            "registry": kind,
-            "username": registry.username,
-            "access_token": registry_password(),
-        }
-    auth = registry_password().apply(lambda password: docker_config_json(registry, password))
-    return {"name": name, "registry": "custom", "docker_config_json": secret(auth)}
-
-
-def docker_config_json(registry: RegistryConfig, password: str) -> str:
-    token = base64.b64encode(f"{registry.username}:{password}".encode()).decode()
-    return json.dumps({"auths": {registry.server: {"auth": token}}})
-
-
-def push_pool_env(pool: str, spec: dict[str, pulumi.Input[Any]]) -> dict[str, pulumi.Input[str]]:
-    """`QM_PUSH_POOL_<NAME>`: how the queue manager's dispatcher reaches this pool (secret: holds a key)."""
-    text = pulumi.Output.all(**spec).apply(lambda values: json.dumps({"name": pool, **values}))
-    return {f"QM_PUSH_POOL_{pool.upper().replace('-', '_')}": secret(text)}

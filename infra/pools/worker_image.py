@@ -11,9 +11,26 @@ from __future__ import annotations
 import pulumi
 import pulumi_docker_build as docker_build
 
+from infra.credential_registry import REGISTRY_PASSWORD
 from infra.images import REPO_ROOT, context_hash, worker_source
-from infra.pools.access import registry_password
 from infra.pools.base import RegistryConfig
+
+
+class WorkerImages:
+    """The stack's pushed GPU worker images: one build and push per variant (plain, with the RunPod
+    handler), however many pools pull it. ``PoolSet`` shares one among its pools' contexts."""
+
+    def __init__(self, parent: pulumi.Resource | None = None) -> None:
+        self._parent = parent
+        self._pushed: dict[tuple[str, bool], pulumi.Output[str]] = {}
+
+    def reference(self, registry: RegistryConfig, *, with_runpod: bool = False) -> pulumi.Output[str]:
+        key = (registry.repository, with_runpod)
+        if key not in self._pushed:
+            name = "worker-image-runpod" if with_runpod else "worker-image"
+            image = pushed_worker_image(name, registry, self._parent, with_runpod=with_runpod)
+            self._pushed[key] = image_reference(image, registry)
+        return self._pushed[key]
 
 
 def pushed_worker_image(
@@ -32,7 +49,7 @@ def pushed_worker_image(
         tags=[f"{registry.repository}:{tag}"],
         registries=[
             docker_build.RegistryArgs(
-                address=registry.server, username=registry.username, password=registry_password()
+                address=registry.server, username=registry.username, password=REGISTRY_PASSWORD.required()
             )
         ],
         opts=pulumi.ResourceOptions(parent=parent),

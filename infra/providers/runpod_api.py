@@ -2,7 +2,7 @@
 
 The ``runpod`` SDK speaks GraphQL and cannot delete endpoints, templates or network volumes, and
 the ``runpodinfra`` Pulumi package lacks GPU count and flashboot, so the providers use REST directly.
-The key comes from the resource's secret input ``api_key`` or ``RUNPOD_API_KEY``.
+The key comes from the resource's secret input ``api_key`` or the registry's variable (RUNPOD_API_KEY).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from infra.credential_registry import RUNPOD_API_KEY, from_props
 from infra.providers.lifecycle import LifecycleProvider
 from infra.providers.timing import Timing
 
@@ -28,10 +29,7 @@ class RunPodError(Exception):
 def advice(error: RunPodError) -> str:
     text = error.message.lower()
     if error.status == 401:
-        return (
-            "Check the RunPod API key: `pulumi config set --secret comfy-workshop:runpodApiKey ...` "
-            "or RUNPOD_API_KEY."
-        )
+        return f"Check the RunPod API key: {RUNPOD_API_KEY.fix}."
     if error.status == 402 or "balance" in text or "insufficient" in text:
         return "Add credit to the RunPod account, then run `pulumi up` again."
     if error.status == 403 or "quota" in text or "limit" in text:
@@ -43,12 +41,7 @@ class RunPodApi:
     """A thin JSON client: raises RunPodError for any answer >= 400."""
 
     def __init__(self, props: dict[str, Any], transport: httpx.BaseTransport | None) -> None:
-        key = props.get("api_key") or os.environ.get("RUNPOD_API_KEY")
-        if not key:
-            raise ValueError(
-                "the RunPod API key is missing: set `comfy-workshop:runpodApiKey` (secret) in the stack "
-                "config or RUNPOD_API_KEY in the environment"
-            )
+        key = from_props(props, api_key=RUNPOD_API_KEY)["api_key"]
         self.http = httpx.Client(
             base_url=props.get("api_url") or os.environ.get("RUNPOD_API_URL") or DEFAULT_API_URL,
             headers={"Authorization": f"Bearer {key}"},

@@ -1,7 +1,7 @@
 """Talking to Verda's API through its SDK (``verda``): credentials, time limits and error meaning.
 
 Credentials come from the resource's secret inputs ``client_id``/``client_secret`` or from the
-environment (``VERDA_CLIENT_ID``/``VERDA_CLIENT_SECRET``); ``api_url`` or ``VERDA_API_URL`` points at
+environment variables the credential registry names for them; ``api_url`` or ``VERDA_API_URL`` points at
 another API base (the tests' loopback double).
 """
 
@@ -15,6 +15,7 @@ import requests
 from verda import VerdaClient
 from verda.exceptions import APIException
 
+from infra.credential_registry import VERDA_CLIENT_ID, VERDA_CLIENT_SECRET, from_props
 from infra.providers.lifecycle import LifecycleProvider, poll
 from infra.providers.timing import Timing
 
@@ -24,9 +25,8 @@ TRANSIENT_CODES = frozenset({"server_error", "service_unavailable"})
 ADVICE = {
     "insufficient_funds": "Top up the Verda account balance (or pick a cheaper or spot type), then run "
     "`pulumi up` again.",
-    "unauthorized_request": "Check the Verda client id and secret: `pulumi config set --secret "
-    "comfy-workshop:verdaClientSecret ...` (and comfy-workshop:verdaClientId) or "
-    "VERDA_CLIENT_ID/VERDA_CLIENT_SECRET.",
+    "unauthorized_request": f"Check the Verda client id and secret: {VERDA_CLIENT_SECRET.fix}; "
+    f"and {VERDA_CLIENT_ID.fix}.",
     "forbidden_action": "The account may not do this (often a quota): ask Verda support to raise it, "
     "or lower the pool's size.",
     "invalid_request": "A value in the pool's config is not accepted by Verda: fix it in the stack config.",
@@ -35,16 +35,9 @@ ADVICE = {
 
 def verda_client(props: dict[str, Any]) -> Any:
     """A client built here, in the provider's own process, never at import time."""
-    client_id = props.get("client_id") or os.environ.get("VERDA_CLIENT_ID")
-    secret = props.get("client_secret") or os.environ.get("VERDA_CLIENT_SECRET")
-    if not client_id or not secret:
-        raise ValueError(
-            "Verda credentials are missing: set `comfy-workshop:verdaClientId` and "
-            "`comfy-workshop:verdaClientSecret` (secret) in the stack config, or VERDA_CLIENT_ID and "
-            "VERDA_CLIENT_SECRET in the environment"
-        )
+    found = from_props(props, client_id=VERDA_CLIENT_ID, client_secret=VERDA_CLIENT_SECRET)
     url = props.get("api_url") or os.environ.get("VERDA_API_URL") or DEFAULT_API_URL
-    client = VerdaClient(client_id, secret, base_url=url)
+    client = VerdaClient(found["client_id"], found["client_secret"], base_url=url)
     _bound_request_time(client._http_client, Timing.of(props).request_timeout_s)
     return client
 

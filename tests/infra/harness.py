@@ -23,6 +23,7 @@ import yaml
 from google.protobuf import json_format
 from pulumi.runtime import mocks, rpc
 
+from infra import credential_registry
 from infra.loading import load_config
 from infra.program import build
 
@@ -38,14 +39,10 @@ TEST_SECRETS = {
     "comfy-workshop:registryPassword": "test-registry-token",
     "comfy-workshop:verdaInferenceKey": "test-verda-inference-key",
 }
-ENV_SECRETS = (
-    "CLOUDFLARE_API_TOKEN",
-    "HCLOUD_TOKEN",
-    "TAILSCALE_API_KEY",
-    "VERDA_CLIENT_SECRET",
-    "RUNPOD_API_KEY",
-    "REGISTRY_PASSWORD",
-)
+# Credentials that are ids rather than secrets (set in the stack config without --secret).
+TEST_SETTINGS = {"comfy-workshop:verdaClientId": "test-verda-client"}
+# Every credential's environment variable (a credential there would hide a missing-secret error).
+ENV_SECRETS = tuple(credential.env for credential in credential_registry.ALL if credential.env)
 
 
 def stack_names() -> list[str]:
@@ -291,7 +288,8 @@ def stack_values(
 def set_config(values: Mapping[str, Any], without: Iterable[str] = ()) -> None:
     """Configure the runtime as `pulumi up -s <stack>` would, test secrets included."""
     secrets = {key: value for key, value in TEST_SECRETS.items() if key not in set(without)}
-    config = {f"{PROJECT}:{key}": _wire(value) for key, value in values.items()} | secrets
+    settings = {key: value for key, value in TEST_SETTINGS.items() if key not in set(without)}
+    config = {f"{PROJECT}:{key}": _wire(value) for key, value in values.items()} | settings | secrets
     pulumi.runtime.set_all_config(config, list(secrets))
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from infra.pools import KINDS
 from tests.infra.harness import Resource, StackRun, run_stack
 
 DYNAMIC = "pulumi-python:dynamic:Resource"
@@ -44,7 +48,7 @@ def test_verda_instances_get_key_script_and_the_kept_models_volume(instances: St
     assert all(
         h.inputs["instance_type"] == "1H100.80S.30V" and h.inputs["location"] == "FIN-03" for h in hosts
     )
-    assert dynamic(instances, "baseline-models").retain_on_delete
+    assert dynamic(instances, "models-comfy-models-fin-03").retain_on_delete
     assert not any(h.retain_on_delete for h in hosts)
     assert {"script", "client_secret"} <= dynamic(instances, "baseline-startup").secret_inputs
     assert dynamic(instances, "baseline-ssh-key").inputs["public_key"].startswith("ssh-ed25519")
@@ -98,7 +102,7 @@ def test_runpod_template_endpoint_and_kept_network_volume(runpod: StackRun) -> N
     assert endpoint["workers_max"] == 40 and endpoint["gpu_type_ids"] == ["NVIDIA H100 80GB HBM3"]
     assert template.inputs["start_cmd"] == ["runpod"] and "env" in template.secret_inputs
     assert template.inputs["env"]["WORKER_SHARED_MODELS_DIR"] == "/runpod-volume/models"
-    assert dynamic(runpod, "burst-models").retain_on_delete
+    assert dynamic(runpod, "models-comfy-models-eu-ro-1").retain_on_delete
     assert "QM_PUSH_POOL_BURST" in qm_env(runpod)
 
 
@@ -190,3 +194,77 @@ def test_a_workshop_gpu_box_stores_outputs_in_the_vault_not_on_its_own_disk() ->
     assert env["WORKER_STORAGE_URL"].startswith("s3://") and env["S3_ENDPOINT_URL"].startswith("https://")
     assert {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "WORKER_TOKEN"} <= set(env)
     assert "envs" in worker.secret_inputs
+
+
+def test_two_pools_naming_one_models_volume_declare_it_once() -> None:
+    run = workshop(
+        VERDA_INSTANCE, {**VERDA_SERVERLESS, "name": "burst", "modelsVolume": VERDA_INSTANCE["modelsVolume"]}
+    )
+
+    volumes = [r for r in run.resources_of(DYNAMIC) if "size" in r.inputs and "location" in r.inputs]
+    assert [v.inputs["name"] for v in volumes] == ["comfy-models"], "the engine would create two at once"
+    assert volumes[0].retain_on_delete
+    [deployment] = [r for r in run.resources_of(DYNAMIC) if r.name == "burst-deployment"]
+    assert deployment.inputs["mounts"][0]["mount_path"] == "/mnt/models"
+    assert volumes[0].urn in deployment.depends_on
+
+
+def test_two_pools_sharing_a_models_volume_with_different_sizes_are_refused() -> None:
+    other = {**VERDA_SERVERLESS, "modelsVolume": {"name": "comfy-models", "sizeGb": 800}}
+
+    with pytest.raises(Exception, match=r"baseline and burst share the models volume .* fix: give both"):
+        workshop(VERDA_INSTANCE, other)
+
+
+def test_a_credential_given_as_an_environment_variable_reaches_the_pools(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RUNPOD_API_KEY", "rp-from-env")
+    monkeypatch.setenv("REGISTRY_PASSWORD", "registry-from-env")
+    without = {"comfy-workshop:runpodApiKey", "comfy-workshop:registryPassword"}
+
+    run = run_stack("workshop", overrides={"pools": [RUNPOD]}, without=without)
+
+    dispatch = json.loads(qm_env(run)["QM_PUSH_POOL_BURST"])
+    assert dispatch["api_key"] == "rp-from-env"
+    [image] = run.resources_of("docker-build:index:Image")
+    assert image.inputs["registries"][0]["password"] == "registry-from-env"
+    assert dynamic(run, "burst-endpoint").inputs["api_key"] == "rp-from-env"
+    assert "api_key" in dynamic(run, "burst-endpoint").secret_inputs
+
+
+POOLS = Path(__file__).resolve().parents[3] / "infra" / "pools"
+KIND_MODULES = ("local_cpu", "local_gpu", "runpod_serverless", "verda_instance", "verda_serverless")
+
+
+def _imports(module: str) -> set[str]:
+    tree = ast.parse((POOLS / f"{module}.py").read_text())
+    return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+
+
+def test_pool_kinds_do_not_import_each_other() -> None:
+    for module in KIND_MODULES:
+        others = {f"infra.pools.{other}" for other in KIND_MODULES if other != module}
+        assert not _imports(module) & others, module
+
+
+def test_the_pools_package_has_no_import_cycle() -> None:
+    graph = {path.stem: _imports(path.stem) for path in POOLS.glob("*.py")}
+    edges = {
+        name: {m.rsplit(".", 1)[-1] for m in found if m.startswith("infra.pools.")}
+        for name, found in graph.items()
+    }
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        for nxt in edges.get(start, set()) - seen:
+            if nxt == target or reaches(nxt, target, seen | {nxt}):
+                return True
+        return False
+
+    assert [name for name in edges if reaches(name, name, set())] == []
+
+
+def test_each_kind_is_named_once_in_its_config_model() -> None:
+    for pool in KINDS.values():
+        assert pool.kind == pool.config_model.model_fields["kind"].default
+        assert "kind" not in vars(type(pool))

@@ -2,7 +2,7 @@
 
 They join the platform's private network and claim jobs from the queue manager by its network
 alias, so nothing of the worker API is published on a host port. On the local stack they share the
-queue manager's files volume (``ctx.extra["files_volume"]``), so outputs land where the workspace
+queue manager's files volume (``ctx.files_volume``), so outputs land where the workspace
 reads them.
 """
 
@@ -16,7 +16,7 @@ import pulumi_docker as docker
 from infra.images import build_image, worker_source
 from infra.platform import FILES_DIR
 from infra.pools.access import worker_env as pool_worker_env
-from infra.pools.base import PoolContext
+from infra.pools.context import PoolContext
 from infra.secret import secret
 
 
@@ -37,12 +37,12 @@ MANIFEST_FILE = "/etc/comfy-worker/models.json"
 
 def worker_env(spec: LocalWorkers, ctx: PoolContext, index: int) -> list[pulumi.Output[str]]:
     """The worker's `WORKER_*` (and, off the local stack, `S3_*`) settings; credentials stay secret."""
-    models_dir = MODELS_DIR if ctx.extra.get("models_dir") else None
+    models_dir = MODELS_DIR if ctx.models_dir else None
     env = pool_worker_env(ctx, spec.pool, spec.provider_name, models_dir)
     plain = {**env.plain, "WORKER_ID": f"{spec.pool}-{index}", "WORKER_DEVICE": spec.variant}
     if ctx.user_files is None:  # the local stack: files on the volume shared with the queue manager
         plain["WORKER_STORAGE_URL"] = f"file://{FILES_DIR}"
-    if ctx.extra.get("models_manifest"):
+    if ctx.models_manifest:
         plain["WORKER_MODELS_MANIFEST"] = MANIFEST_FILE
     shown = [pulumi.Output.concat(key, "=", value) for key, value in plain.items()]
     hidden = [secret(pulumi.Output.concat(key, "=", value)) for key, value in env.secret.items()]
@@ -56,7 +56,7 @@ def local_worker_containers(
     on_daemon = pulumi.ResourceOptions(parent=parent, provider=ctx.docker_provider)
     image = build_image(f"{spec.pool}-image", worker_source(spec.variant), ctx.docker_provider, on_daemon)
     networks = [docker.ContainerNetworksAdvancedArgs(name=ctx.docker_network)] if ctx.docker_network else None
-    manifest = ctx.extra.get("models_manifest")
+    manifest = ctx.models_manifest
     uploads = [docker.ContainerUploadArgs(file=MANIFEST_FILE, content=manifest)] if manifest else None
     return [
         docker.Container(
@@ -79,14 +79,10 @@ def local_worker_containers(
 def _volumes(ctx: PoolContext) -> list[docker.ContainerVolumeArgs] | None:
     """The files volume shared with the queue manager; the host's models folder, read-only."""
     volumes = []
-    if ctx.extra.get("files_volume"):
+    if ctx.files_volume is not None:
+        volumes.append(docker.ContainerVolumeArgs(volume_name=ctx.files_volume, container_path=FILES_DIR))
+    if ctx.models_dir:
         volumes.append(
-            docker.ContainerVolumeArgs(volume_name=ctx.extra["files_volume"], container_path=FILES_DIR)
-        )
-    if ctx.extra.get("models_dir"):
-        volumes.append(
-            docker.ContainerVolumeArgs(
-                host_path=ctx.extra["models_dir"], container_path=MODELS_DIR, read_only=True
-            )
+            docker.ContainerVolumeArgs(host_path=ctx.models_dir, container_path=MODELS_DIR, read_only=True)
         )
     return volumes or None

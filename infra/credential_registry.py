@@ -1,0 +1,135 @@
+"""Every credential the program and its providers use, each declared once: its stack config key, the
+environment variable that may stand in for it, what it is, and where to get it.
+
+The pre-flight check (`infra.loading`) asks `satisfied()`, the pools read `value()`, the dynamic
+providers read `from_props()` in their own process, and every message about a missing or refused
+credential is written from the same object, so the key and the variable are spelled in one place.
+A credential given only as an environment variable reaches the program as a Pulumi secret.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+from pulumi.runtime import config as runtime_config
+
+from infra.secret import secret
+
+
+@dataclass(frozen=True)
+class Credential:
+    """One secret (or id) the organizer provides; ``key`` is the full config key (`ns:name`)."""
+
+    key: str
+    env: str | None
+    what: str
+    how: str
+    is_secret: bool = True
+
+    @property
+    def namespace(self) -> str:
+        return self.key.split(":", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.key.split(":", 1)[1]
+
+    @property
+    def command(self) -> str:
+        """The command that sets it in the stack config."""
+        flag = " --secret" if self.is_secret else ""
+        return f"pulumi config set{flag} '{self.key}' <{self.what}>"
+
+    @property
+    def fix(self) -> str:
+        """How to provide it, in one line: the command, the variable, where to get the value."""
+        alternative = f" (or export {self.env})" if self.env else ""
+        return f"{self.command}{alternative}; {self.how}"
+
+    def is_set(self) -> bool:
+        return runtime_config.get_config(self.key) is not None or bool(self.env and os.environ.get(self.env))
+
+    def value(self) -> pulumi.Output[str] | None:
+        """The value for a resource input, kept secret when it is one; None when not given at all."""
+        config = pulumi.Config(self.namespace)
+        configured = config.get_secret(self.name) if self.is_secret else config.get(self.name)
+        if configured is not None:
+            return secret(configured) if self.is_secret else pulumi.Output.from_input(configured)
+        from_env = os.environ.get(self.env) if self.env else None
+        if not from_env:
+            return None
+        return secret(from_env) if self.is_secret else pulumi.Output.from_input(from_env)
+
+    def required(self) -> pulumi.Output[str]:
+        """``value()`` where the pre-flight check has already required it."""
+        found = self.value()
+        if found is None:
+            raise pulumi.RunError(f"{self.what} ({self.key}) is not set: {self.fix}")
+        return found
+
+
+HCLOUD_TOKEN = Credential(
+    "hcloud:token", "HCLOUD_TOKEN", "Hetzner Cloud API token",
+    "Hetzner Cloud console > your project > Security > API tokens (read & write)",
+)  # fmt: skip
+CLOUDFLARE_TOKEN = Credential(
+    "cloudflare:apiToken", "CLOUDFLARE_API_TOKEN", "Cloudflare API token",
+    "Cloudflare dashboard > My Profile > API Tokens (see the README for the permissions)",
+)  # fmt: skip
+TAILSCALE_API_KEY = Credential(
+    "tailscale:apiKey", "TAILSCALE_API_KEY", "Tailscale API key",
+    "Tailscale admin console > Settings > Keys > API access token",
+)  # fmt: skip
+TAILSCALE_OAUTH_SECRET = Credential(
+    "tailscale:oauthClientSecret", "TAILSCALE_OAUTH_CLIENT_SECRET", "Tailscale OAuth client secret",
+    "Tailscale admin console > Settings > OAuth clients (scopes auth_keys and policy_file)",
+)  # fmt: skip
+VERDA_CLIENT_ID = Credential(
+    "comfy-workshop:verdaClientId", "VERDA_CLIENT_ID", "Verda API client id",
+    "Verda cloud console > Keys > Cloud API credentials", is_secret=False,
+)  # fmt: skip
+VERDA_CLIENT_SECRET = Credential(
+    "comfy-workshop:verdaClientSecret", "VERDA_CLIENT_SECRET", "Verda API client secret",
+    "Verda cloud console > Keys > Cloud API credentials",
+)  # fmt: skip
+VERDA_INFERENCE_KEY = Credential(
+    "comfy-workshop:verdaInferenceKey", "VERDA_INFERENCE_KEY", "Verda inference API key",
+    "Verda cloud console > Keys > Inference API keys (the queue manager calls container endpoints with it)",
+)  # fmt: skip
+RUNPOD_API_KEY = Credential(
+    "comfy-workshop:runpodApiKey", "RUNPOD_API_KEY", "RunPod API key",
+    "RunPod console > Settings > API Keys (read/write)",
+)  # fmt: skip
+REGISTRY_PASSWORD = Credential(
+    "comfy-workshop:registryPassword", "REGISTRY_PASSWORD", "container registry token",
+    "a token of `registry.username` that may push to `registry.repository` (ghcr: a PAT with write:packages)",
+)  # fmt: skip
+
+# A credential another one can stand in for (Tailscale takes an API key or an OAuth client).
+ALTERNATIVES: dict[Credential, Credential] = {TAILSCALE_API_KEY: TAILSCALE_OAUTH_SECRET}
+ALL = (
+    HCLOUD_TOKEN, CLOUDFLARE_TOKEN, TAILSCALE_API_KEY, TAILSCALE_OAUTH_SECRET, VERDA_CLIENT_ID,
+    VERDA_CLIENT_SECRET, VERDA_INFERENCE_KEY, RUNPOD_API_KEY, REGISTRY_PASSWORD,
+)  # fmt: skip
+# Keys of our namespace that hold credentials rather than platform settings (not validated as settings).
+OWN_KEYS = frozenset(c.name for c in ALL if c.namespace == "comfy-workshop")
+
+
+def satisfied(credential: Credential) -> bool:
+    """Set itself, or through the credential that may stand in for it."""
+    alternative = ALTERNATIVES.get(credential)
+    return credential.is_set() or (alternative is not None and alternative.is_set())
+
+
+def from_props(props: Mapping[str, Any], **wanted: Credential) -> dict[str, str]:
+    """In a dynamic provider: each ``prop -> credential`` from the resource's own (secret) input, else
+    from the credential's environment variable; every missing one is named with its fix at once."""
+    found = {prop: props.get(prop) or (c.env and os.environ.get(c.env)) for prop, c in wanted.items()}
+    missing = [credential for prop, credential in wanted.items() if not found[prop]]
+    if missing:
+        raise ValueError("missing " + "; ".join(f"{c.what}: {c.fix}" for c in missing))
+    return {prop: str(value) for prop, value in found.items()}

@@ -1,0 +1,84 @@
+"""What the program hands every pool: where the queue is, the pool's token, storage and network."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pulumi
+
+from infra.pools.base import RegistryConfig, StorageAccess
+from infra.pools.worker_image import WorkerImages
+
+R = TypeVar("R", bound=pulumi.Resource)
+
+
+class SharedVolumes:
+    """Models volumes declared once per stack: pools naming the same volume share one resource (the
+    engine would otherwise create two at once, both kept by ``retain_on_delete``)."""
+
+    def __init__(self, parent: pulumi.Resource | None = None) -> None:
+        self._parent = parent
+        self._declared: dict[Hashable, tuple[Any, str, pulumi.Resource]] = {}
+
+    def once(
+        self,
+        key: Hashable,
+        size: Any,
+        pool: tuple[str, pulumi.Resource],
+        declare: Callable[[pulumi.ResourceOptions], R],
+    ) -> R:
+        """The volume ``key`` (declared by ``declare`` the first time); the same size is required.
+        ``pool`` is the asking pool's name and component."""
+        name, component = pool
+        if key in self._declared:
+            first_size, first_pool, resource = self._declared[key]
+            if first_size != size:
+                raise pulumi.RunError(
+                    f"pools {first_pool} and {name} share the models volume {key!r} with different "
+                    f"sizes ({first_size} and {size} GB); fix: give both the same sizeGb"
+                )
+            return resource  # type: ignore[return-value]
+        # Its first pool declared it as `<pool>-models` before volumes were shared: same resource.
+        old = pulumi.Alias(name=f"{name}-models", parent=component)
+        opts = pulumi.ResourceOptions(parent=self._parent, retain_on_delete=True, aliases=[old])
+        resource = declare(opts)
+        self._declared[key] = (size, name, resource)
+        return resource
+
+
+@dataclass(frozen=True)
+class PoolContext:
+    """``files_volume``, ``models_dir`` exist on the local stack only (workers on its own Docker);
+    ``models_manifest`` is the JSON workers read from `WORKER_MODELS_MANIFEST` when models are listed."""
+
+    stack: str
+    queue_url: pulumi.Input[str]
+    worker_token: pulumi.Input[str]
+    tailnet_auth_key: pulumi.Input[str] | None = None
+    models: StorageAccess | None = None
+    user_files: StorageAccess | None = None
+    registry: RegistryConfig | None = None
+    docker_provider: pulumi.ProviderResource | None = None
+    docker_network: pulumi.Input[str] | None = None
+    files_volume: pulumi.Input[str] | None = None
+    models_dir: str | None = None
+    models_manifest: str | None = None
+    images: WorkerImages = field(default_factory=WorkerImages)
+    shared: SharedVolumes = field(default_factory=SharedVolumes)
+
+    def registry_for(self, pool: str, kind: str) -> RegistryConfig:
+        """The registry a pool pulls its worker image from (config validation requires it)."""
+        if self.registry is None:
+            raise ValueError(f"pool {pool}: {kind} needs `registry` to pull the worker image")
+        return self.registry
+
+    def worker_image(self, pool: str, kind: str, *, with_runpod: bool = False) -> pulumi.Output[str]:
+        """The pushed GPU worker image a pool's hosts pull (``repository@digest``), built once per
+        stack for every pool that asks for the same variant."""
+        return self.images.reference(self.registry_for(pool, kind), with_runpod=with_runpod)
+
+    def remote_name(self, pool: str) -> str:
+        """The deterministic name of a pool's objects at the provider: the providers look them up by it."""
+        return f"cw-{self.stack}-{pool}"
