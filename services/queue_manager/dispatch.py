@@ -20,18 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import httpx
-from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.exceptions import RedisError
 
 from services.protocol.events import EventType
@@ -40,57 +36,11 @@ from services.protocol.workers import Failure, Lease
 from services.queue_manager.background import stopping
 from services.queue_manager.errors import StaleLease
 from services.queue_manager.events import Subscription
-from services.queue_manager.settings import Settings
+from services.queue_manager.settings import PushPool, Settings
 from services.queue_manager.store import Store
 
 log = logging.getLogger(__name__)
 CLAIM_WAIT_SECONDS = 5.0
-
-
-class PushPool(BaseModel):
-    """One serverless pool the queue manager pushes jobs to."""
-
-    name: str = Field(min_length=1, max_length=64)
-    style: Literal["runpod", "verda"]
-    url: str = Field(description="runpod: https://api.runpod.ai/v2/<endpoint id>; verda: endpoint_base_url")
-    api_key: SecretStr
-    capacity: int = Field(ge=1, le=1000, description="requests in flight at most (the pool's max replicas)")
-    path: str = Field(default="/lease", description="verda: the container route that takes a lease")
-    poll_seconds: float = Field(default=2.0, gt=0)
-    job_timeout_seconds: float = Field(default=3600.0, gt=0)
-    request_timeout_seconds: float = Field(default=30.0, gt=0)
-
-
-class DispatchSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="QM_", extra="ignore")
-
-    push_pools: Annotated[list[PushPool], NoDecode] = Field(
-        default_factory=list,
-        description='QM_PUSH_POOLS: JSON list of push pools, e.g. [{"name": "runpod", "style": "runpod", '
-        '"url": "https://api.runpod.ai/v2/abc", "api_key": "...", "capacity": 40}]',
-    )
-
-    @field_validator("push_pools", mode="before")
-    @classmethod
-    def _json_list(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"QM_PUSH_POOLS must be a JSON list of pools: {exc.msg}") from None
-
-
-def push_pools_from_env(environ: Mapping[str, str]) -> list[PushPool]:
-    """``QM_PUSH_POOLS`` (a JSON list) plus one ``QM_PUSH_POOL_<NAME>`` (a JSON object) per pool."""
-    pools = list(DispatchSettings().push_pools)
-    for key in sorted(environ):
-        if key.startswith("QM_PUSH_POOL_"):
-            try:
-                pools.append(PushPool.model_validate_json(environ[key]))
-            except ValueError as exc:
-                raise ValueError(f"{key} is not a push pool: {exc}") from None
-    return pools
 
 
 class Remote(StrEnum):
@@ -342,8 +292,8 @@ def dispatcher_for(
 async def dispatching(
     store: Store, settings: Settings, pools: list[PushPool] | None = None
 ) -> AsyncIterator[list[PoolDispatcher]]:
-    """Run one dispatcher per push pool (from the environment unless given) while inside."""
-    pools = push_pools_from_env(os.environ) if pools is None else pools
+    """Run one dispatcher per push pool (the settings' unless given) while inside."""
+    pools = settings.push_pools if pools is None else pools
     async with httpx.AsyncClient(timeout=max([p.request_timeout_seconds for p in pools], default=30)) as http:
         dispatchers = [dispatcher_for(store, settings, pool, http) for pool in pools]
         tasks = [asyncio.create_task(d.run(), name=f"dispatch-{d.pool.name}") for d in dispatchers]

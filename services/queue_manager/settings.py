@@ -11,13 +11,36 @@ import json
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 USER_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 DEV_SECRET = "development-only-secret"  # noqa: S105 - used only when QM_ENV=development
+
+
+PUSH_POOL_PREFIX = "QM_PUSH_POOL_"
+
+
+class PushPool(BaseModel):
+    """One serverless pool the queue manager pushes jobs to."""
+
+    name: str = Field(min_length=1, max_length=64)
+    style: Literal["runpod", "verda"]
+    url: str = Field(description="runpod: https://api.runpod.ai/v2/<endpoint id>; verda: endpoint_base_url")
+    api_key: SecretStr
+    capacity: int = Field(ge=1, le=1000, description="requests in flight at most (the pool's max replicas)")
+    path: str = Field(default="/lease", description="verda: the container route that takes a lease")
+    poll_seconds: float = Field(default=2.0, gt=0)
+    job_timeout_seconds: float = Field(default=3600.0, gt=0)
+    request_timeout_seconds: float = Field(default=30.0, gt=0)
 
 
 class Scheduling(StrEnum):
@@ -67,7 +90,7 @@ class Settings(BaseSettings):
         description="QM_SCHEDULING: fifo | fair (round-robin over users) | priority (admin-set priorities)",
     )
     max_queued_per_user: int = Field(
-        default=50, ge=1, description="QM_MAX_QUEUED_PER_USER: queued jobs one participant may have"
+        default=20, ge=1, description="QM_MAX_QUEUED_PER_USER: queued jobs one participant may have"
     )
     max_running_per_user: int = Field(
         default=0,
@@ -106,7 +129,7 @@ class Settings(BaseSettings):
         description="QM_MAX_BODY_BYTES: larger request bodies are refused with 413 (all but uploads)",
     )
     max_upload_bytes: int = Field(
-        default=64 * 1024 * 1024,
+        default=100 * 1024 * 1024,
         ge=1024,
         description="QM_MAX_UPLOAD_BYTES: largest file a participant may upload to their workspace "
         "(/w/<user>/api/upload/...); bigger ones are refused with 413",
@@ -133,6 +156,56 @@ class Settings(BaseSettings):
         description="QM_PUBLIC_URL: base URL workers and push pools use to reach the queue manager",
     )
     log_level: str = Field(default="INFO", description="QM_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR")
+    push_pools: Annotated[list[PushPool], NoDecode] = Field(
+        default_factory=list,
+        description='QM_PUSH_POOLS: JSON list of push pools, e.g. [{"name": "runpod", "style": "runpod", '
+        '"url": "https://api.runpod.ai/v2/abc", "api_key": "...", "capacity": 40}]; each '
+        "QM_PUSH_POOL_<NAME> adds one pool as a JSON object (the program writes one per pool)",
+    )
+    gpu_prices: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description='QM_GPU_PRICES: JSON pool -> price per GPU hour, e.g. {"h100": 2.29}; others cost 0',
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """``QM_PUSH_POOL_<NAME>`` variables join ``QM_PUSH_POOLS`` (init arguments still win)."""
+        return (
+            init_settings,
+            PushPoolVariables(settings_cls),
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+        )
+
+    @field_validator("push_pools", mode="before")
+    @classmethod
+    def _json_list(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"QM_PUSH_POOLS must be a JSON list of pools: {exc.msg}") from None
+
+    @field_validator("gpu_prices", mode="before")
+    @classmethod
+    def _json_prices(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f'must be a JSON object of pool -> price like {{"h100": 2.29}}: {exc.msg}'
+            ) from None
 
     @field_validator("worker_tokens", "participants", mode="before")
     @classmethod
@@ -191,3 +264,23 @@ def _read_participants(path: Path) -> dict[str, SecretStr]:
     except OSError as exc:
         raise ValueError(f"QM_PARTICIPANTS_FILE {path} cannot be read: {exc.strerror}") from None
     return {user: SecretStr(pw) for user, pw in _parse_json_object(text, "a JSON object").items()}
+
+
+class PushPoolVariables(EnvSettingsSource):
+    """``QM_PUSH_POOLS`` plus every ``QM_PUSH_POOL_<NAME>`` (each pool's API key is its own secret, so
+    the program writes one variable per pool), as one ``push_pools`` list."""
+
+    def __call__(self) -> dict[str, Any]:
+        extra = {k: v for k, v in self.env_vars.items() if k.upper().startswith(PUSH_POOL_PREFIX) and v}
+        if not extra:
+            return {}
+        listed = self.env_vars.get("qm_push_pools") or "[]"
+        pools = Settings._json_list(listed)
+        return {"push_pools": [*pools, *(_push_pool(k.upper(), v) for k, v in sorted(extra.items()))]}
+
+
+def _push_pool(name: str, text: str) -> PushPool:
+    try:
+        return PushPool.model_validate_json(text)
+    except ValueError as exc:
+        raise ValueError(f"{name} is not a push pool: {exc}") from None

@@ -189,6 +189,13 @@ def _secret_keys(struct: Any) -> set[str]:
     return {key for key, value in as_dict.items() if SECRET_SIG in json.dumps(value)}
 
 
+def dynamic_outputs(args: mocks.MockResourceArgs) -> dict[str, Any]:
+    """What our dynamic providers' ``create`` adds to their inputs (all share one resource type)."""
+    if args.typ == "pulumi-python:dynamic:Resource" and {"compute", "scaling"} <= set(args.inputs):
+        return {"endpoint_base_url": f"https://containers.datacrunch.io/{args.inputs['name']}"}
+    return {}
+
+
 class Recorder(mocks.Mocks):
     """Answers registrations with plausible provider outputs and invokes with canned data."""
 
@@ -204,7 +211,7 @@ class Recorder(mocks.Mocks):
         # the name, so the same resource has the same id in every run, whatever else is declared.
         numeric = str(int(hashlib.sha256(args.name.encode()).hexdigest()[:8], 16))
         resource_id = numeric if args.typ.startswith("hcloud:") else f"{args.name}-id"
-        return resource_id, {**args.inputs, **OUTPUTS.get(args.typ, {})}
+        return resource_id, {**args.inputs, **OUTPUTS.get(args.typ, {}), **dynamic_outputs(args)}
 
     def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         self.invokes.append((args.token, dict(args.args)))

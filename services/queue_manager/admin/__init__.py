@@ -14,7 +14,7 @@ from importlib.resources import files
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from services.queue_manager.admin.stats import AdminSettings, Stats, collect
+from services.queue_manager.admin.stats import Stats, collect
 from services.queue_manager.api.deps import AdminUser, StoreDep, principal_of
 
 router = APIRouter(tags=["admin page"])
@@ -44,8 +44,5 @@ async def script() -> Response:
 @router.get("/admin/api/stats")
 async def stats(request: Request, _: AdminUser, store: StoreDep) -> Stats:
     """Samples of queue depth and GPU use, jobs per minute for the last hour, cost so far, participants."""
-    settings: AdminSettings | None = getattr(request.app.state, "admin_settings", None)
-    if settings is None:
-        settings = request.app.state.admin_settings = AdminSettings()
     configured = request.app.state.auth.participants.users
-    return await collect(store, configured, settings.gpu_prices)
+    return await collect(store, configured, request.app.state.settings.gpu_prices)

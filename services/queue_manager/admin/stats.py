@@ -16,13 +16,11 @@ time (up to its last sign of life) times its pool's hourly price from ``QM_GPU_P
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, Field
 
 from services.protocol.workers import WorkerState
 from services.queue_manager.registry import WorkerInfo
@@ -30,29 +28,6 @@ from services.queue_manager.store import Store
 
 MAX_SAMPLES = 2880  # a day at the default 30 s interval
 MINUTES = 60
-
-
-class AdminSettings(BaseSettings):
-    """The admin page's own setting (env ``QM_GPU_PRICES``)."""
-
-    model_config = SettingsConfigDict(env_prefix="QM_", extra="ignore")
-
-    gpu_prices: Annotated[dict[str, float], NoDecode] = Field(
-        default_factory=dict,
-        description='QM_GPU_PRICES: JSON pool -> price per GPU hour, e.g. {"h100": 2.29}; others cost 0',
-    )
-
-    @field_validator("gpu_prices", mode="before")
-    @classmethod
-    def _json_prices(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(
-                f'must be a JSON object of pool -> price like {{"h100": 2.29}}: {exc.msg}'
-            ) from None
 
 
 class Sample(BaseModel):

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from services.protocol.jobs import Job, JobState, JobSubmit
-from services.queue_manager.dispatch import push_pools_from_env
+from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
 from tests.services.dispatch.conftest import Platform, finished, rig
 
@@ -155,11 +155,14 @@ def test_push_pools_come_from_one_variable_per_pool(monkeypatch: pytest.MonkeyPa
         }
     )
 
-    [found] = push_pools_from_env({"QM_PUSH_POOL_BURST": pool, "QM_OTHER": "x"})
+    monkeypatch.setenv("QM_PUSH_POOL_BURST", pool)
+    monkeypatch.setenv("QM_OTHER", "x")
+    [found] = Settings(env="development").push_pools
 
     assert (found.name, found.style, found.capacity) == ("burst", "runpod", 4)
+    monkeypatch.setenv("QM_PUSH_POOL_BAD", '{"name": "bad"}')
     with pytest.raises(ValueError, match="QM_PUSH_POOL_BAD is not a push pool"):
-        push_pools_from_env({"QM_PUSH_POOL_BAD": '{"name": "bad"}'})
+        Settings(env="development")
 
 
 async def test_a_worker_dead_while_the_provider_says_running_loses_its_lease_and_the_job_is_rerun(

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from services.protocol.jobs import UI_FORMAT_HINT
+from services.queue_manager.settings import Settings
 from tests.services.queue_manager.conftest import ADMIN, PROMPT, basic, user_auth
 
 ADA, BOB = user_auth("ada"), user_auth("bob")
@@ -89,7 +90,7 @@ async def test_a_duplicate_prompt_id_is_refused_with_409(client: httpx.AsyncClie
 
 
 async def test_the_queued_limit_is_a_429_with_advice(client: httpx.AsyncClient) -> None:
-    for _ in range(50):
+    for _ in range(Settings.model_fields["max_queued_per_user"].default):
         await submit(client)
     reply = await client.post("/api/jobs", json={"prompt": PROMPT}, headers=ADA)
     assert reply.status_code == 429 and "cancel" in reply.json()["detail"]

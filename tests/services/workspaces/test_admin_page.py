@@ -50,11 +50,11 @@ def test_stats_count_finished_jobs_busy_gpus_and_cost(
 def test_a_bad_price_setting_names_the_variable_and_the_fix(
     admin: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from services.queue_manager.admin.stats import AdminSettings
+    from services.queue_manager.settings import Settings
 
     monkeypatch.setenv("QM_GPU_PRICES", "h100=2")
     with pytest.raises(ValueError, match=r'\{"h100": 2.29\}'):
-        AdminSettings()
+        Settings(env="development")
 
 
 def test_cost_is_each_workers_registered_hours_times_its_pools_price() -> None:
