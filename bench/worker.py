@@ -143,7 +143,7 @@ async def run_worker(root: Path, qm_url: str, comfy_url: str, jobs: int) -> dict
         pool="gpu",
         worker_id="bench",
         comfyui_url=comfy_url,
-        data_dir=root / "data",
+        data_dir=root / "comfy",  # the folders the ComfyUI double was started with
         storage_url=f"file://{root}/files",
     )
     started = time.monotonic()

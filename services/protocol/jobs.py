@@ -19,6 +19,17 @@ UI_FORMAT_HINT = (
 )
 
 
+ANNOTATIONS = {" [input]": "input", " [output]": "output", " [temp]": "temp"}
+
+
+def split_annotation(name: str, default: str = "input") -> tuple[str, str]:
+    """``"cat.png [output]"`` -> ``("cat.png", "output")``: ComfyUI's annotated file names."""
+    for suffix, kind in ANNOTATIONS.items():
+        if name.endswith(suffix):
+            return name.removesuffix(suffix), kind
+    return name, default
+
+
 class JobState(StrEnum):
     QUEUED = "queued"
     LEASED = "leased"

@@ -23,6 +23,7 @@ from services.storage import Storage, open_storage
 from services.worker.comfy_client import ComfyClient
 from services.worker.comfy_events import EventStream
 from services.worker.forwarder import EventForwarder
+from services.worker.job_files import ComfyFolders, FoldersMismatchError, JobFiles
 from services.worker.lease import LeaseKeeper
 from services.worker.models import ensure_models
 from services.worker.queue_client import LeaseLostError, QueueClient
@@ -57,8 +58,14 @@ class Agent:
         self.comfy = ComfyClient(self.comfy_server.url)
         self.events = EventStream(self.comfy.ws_url, f"{settings.worker_id}-{uuid.uuid4().hex[:8]}")
         self.storage = storage or open_storage(settings.storage_url)
+        self.files = JobFiles(ComfyFolders.under(settings.data_dir), self.storage)
         self.runner = JobRunner(
-            self.comfy, self.events, self.storage, settings.ws_silence_seconds, settings.poll_seconds
+            self.comfy,
+            self.events,
+            self.storage,
+            self.files,
+            settings.ws_silence_seconds,
+            settings.poll_seconds,
         )
         self.models: list[str] = []
         self.catalogue: dict[str, Any] = {}
@@ -69,6 +76,10 @@ class Agent:
         if self.settings.models_manifest is not None:
             self.models = await ensure_models(self.settings)
         await self.comfy_server.start(self.comfy, self.settings.ready_timeout)
+        try:
+            await self.files.verify(self.comfy)
+        except FoldersMismatchError as exc:
+            raise ComfyNotReadyError(str(exc)) from exc
         self.events.start()
         try:
             await asyncio.wait_for(self.events.connected.wait(), timeout=self.settings.ready_timeout)

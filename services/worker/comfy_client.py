@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import IO, Any
+from typing import Any
 from urllib.parse import quote, unquote
 
 import httpx
@@ -135,13 +135,6 @@ class ComfyClient:
     async def free(self) -> None:
         body = {"unload_models": True, "free_memory": True}
         (await self._call("POST", "/free", json=body)).raise_for_status()
-
-    async def upload_input(self, name: str, subfolder: str, handle: IO[bytes]) -> str:
-        """Upload one input file for ``LoadImage`` and friends; returns the name ComfyUI gave it."""
-        data = {"type": "input", "subfolder": subfolder, "overwrite": "true"}
-        reply = await self._call("POST", "/upload/image", files={"image": (name, handle)}, data=data)
-        reply.raise_for_status()
-        return str(reply.json()["name"])
 
     @contextlib.asynccontextmanager
     async def view(self, filename: str, subfolder: str, kind: str) -> AsyncIterator[httpx.Response]:

@@ -1,6 +1,6 @@
 """One job on ComfyUI, from its inputs to an outcome the front door reports.
 
-Inputs are fetched from user-file storage and uploaded through ``/upload/image``; the graph is
+Only the job owner's files are in ComfyUI's folders while it runs (``job_files``); the graph is
 submitted with ``prompt_id`` = job id and the agent's ``client_id``; the job is followed on the
 agent's socket (``/history`` polled when the socket goes silent); on success every output is
 streamed to storage. Cancel is a targeted interrupt, or a queue delete when the job has not
@@ -13,21 +13,20 @@ import asyncio
 import contextlib
 import json
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from services.protocol.jobs import FileRef, Job, JobError, OutputFile, storage_key
+from services.protocol.jobs import Job, JobError, OutputFile
 from services.storage import Storage, StorageError
 from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, PromptRejectedError
 from services.worker.comfy_events import Event, EventStream
 from services.worker.forwarder import EventForwarder
+from services.worker.job_files import JobFiles
 from services.worker.outputs import output_files, store_outputs
 
 log = logging.getLogger(__name__)
-SPOOL_BYTES = 8 * 1024 * 1024
 CANCELLED = JobError(type="Cancelled", message="the job was cancelled before it finished")
 
 
@@ -130,10 +129,11 @@ class JobRunner:
         comfy: ComfyClient,
         events: EventStream,
         storage: Storage,
+        files: JobFiles,
         silence: float = 5.0,
         poll: float = 1.0,
     ) -> None:
-        self.comfy, self.events, self.storage = comfy, events, storage
+        self.comfy, self.events, self.storage, self.files = comfy, events, storage, files
         self.silence, self.poll = silence, poll
 
     async def run(
@@ -144,25 +144,26 @@ class JobRunner:
         death: asyncio.Event,
         store: bool = True,
     ) -> Outcome:
-        """Run ``job``; ``store=False`` (warmup) names the outputs without copying them to storage."""
+        """Run ``job`` with only its owner's files in ComfyUI's folders (``JobFiles``); ``store=False``
+        (warmup) names the outputs without copying them to storage."""
         try:
-            await self._upload_inputs(job)
+            async with self.files.staged(job) as prompt:
+                queue = self.events.subscribe(job.id)
+                try:
+                    return await self._submit_and_follow(job, prompt, queue, forwarder, cancel, death, store)
+                finally:
+                    self.events.unsubscribe(job.id)
         except StorageError as exc:
             return Outcome(error=JobError(type="InputUnavailable", message=str(exc)))
-        except httpx.HTTPStatusError as exc:
-            message = f"ComfyUI refused an input file ({exc.response.status_code}): {exc.response.text[:300]}"
-            return Outcome(error=JobError(type="InputRejected", message=message))
-        except ComfyUnavailableError as exc:
-            return Outcome(error=lost(str(exc)).error)
-        queue = self.events.subscribe(job.id)
-        try:
-            return await self._submit_and_follow(job, queue, forwarder, cancel, death, store)
-        finally:
-            self.events.unsubscribe(job.id)
+        except PromptRejectedError as exc:
+            return Outcome(error=rejected(exc))
+        except OSError as exc:  # the worker's own disk: another worker may do better
+            return Outcome(error=lost(f"the worker could not stage the job's files: {exc}").error)
 
     async def _submit_and_follow(
         self,
         job: Job,
+        prompt: dict[str, Any],
         queue: asyncio.Queue[Event],
         forwarder: EventForwarder,
         cancel: asyncio.Event,
@@ -171,7 +172,7 @@ class JobRunner:
     ) -> Outcome:
         follower = Follower(forwarder)
         try:
-            await self._submit(job)
+            await self._submit(job, prompt)
             ending = await self._follow(job.id, queue, follower, cancel, death)
         except PromptRejectedError as exc:
             return Outcome(error=rejected(exc))
@@ -182,10 +183,10 @@ class JobRunner:
             raise
         return await self._conclude(job, ending, follower, store)
 
-    async def _submit(self, job: Job) -> None:
+    async def _submit(self, job: Job, prompt: dict[str, Any]) -> None:
         if job.attempts > 1:
             await self.comfy.forget(job.id)
-        await self.comfy.submit(job.prompt, job.id, self.events.client_id, job.extra_data)
+        await self.comfy.submit(prompt, job.id, self.events.client_id, job.extra_data)
 
     async def _conclude(self, job: Job, ending: Ending, follower: Follower, store: bool) -> Outcome:
         if ending.kind in ("success", "ended") and ending.entry is None:
@@ -295,21 +296,3 @@ class JobRunner:
     async def _abandon(self, job_id: str) -> None:
         with contextlib.suppress(Exception):
             await self._cancel(job_id)
-
-    async def _upload_inputs(self, job: Job) -> None:
-        for ref in job.inputs:
-            await self._upload_input(job.user, ref)
-
-    async def _upload_input(self, user: str, ref: FileRef) -> None:
-        key = storage_key(user, ref)
-        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
-            try:
-                async for chunk in self.storage.get(key):
-                    spool.write(chunk)
-            except FileNotFoundError as exc:
-                raise StorageError(
-                    f"input file {ref.filename!r} is not among your files (looked for {key}): upload it "
-                    "again and resubmit"
-                ) from exc
-            spool.seek(0)
-            await self.comfy.upload_input(ref.filename, ref.subfolder, spool)

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from services.worker.comfy_client import ComfyClient, ComfyUnavailableError
+from services.worker.job_files import ComfyFolders
 from services.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,9 @@ class ComfyProcess:
         data = self.settings.data_dir
         config = data / "extra_model_paths.yaml"
         bases = [p for p in (self.settings.shared_models_dir, self.settings.models_dir) if p is not None]
-        for folder in ("input", "output", "temp"):
-            (data / folder).mkdir(parents=True, exist_ok=True)
+        folders = ComfyFolders.under(data)
+        for folder in (folders.input, folders.output, folders.temp):
+            folder.mkdir(parents=True, exist_ok=True)
         config.write_text(extra_model_paths(bases))
         return [
             *self.settings.launcher,
@@ -113,12 +115,7 @@ class ComfyProcess:
             "127.0.0.1",
             "--port",
             str(self.settings.comfyui_port),
-            "--input-directory",
-            str(data / "input"),
-            "--output-directory",
-            str(data / "output"),
-            "--temp-directory",
-            str(data / "temp"),
+            *folders.flags(),
             "--extra-model-paths-config",
             str(config),
             "--disable-auto-launch",

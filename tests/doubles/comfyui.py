@@ -10,7 +10,11 @@ identical graphs are replayed from the cache (same filenames, no new files); ``/
 targeted and acts between progress steps or after the running node; a restart loses history and
 queue; a loopback Host with a foreign ``Origin`` gets 403; ``/extensions`` lists the frontend's
 ``core/`` shims and the custom packs' ``web_extensions`` (``<pack>/<file>.js`` -> source, given to
-the constructor), each served under ``/extensions/``. The node catalogue is in ``comfyui_nodes``.
+the constructor), each served under ``/extensions/``. ``LoadImage``/``LoadAudio`` take any name
+whose (annotated: ``[input]``, ``[output]``, ``[temp]``) file exists, joined to the folder without a
+check as ComfyUI does, and the file's content is part of their cache key (``IS_CHANGED``); an input
+a node does not declare is not passed to it but is part of its cache key. The node catalogue is in
+``comfyui_nodes``.
 
 Two ways to run it:
 
@@ -296,7 +300,7 @@ class ComfyUIDouble(Executor):
             }
             return JSONResponse({"error": error, "node_errors": {}}, status_code=400)
         try:
-            outputs = nodes.validate(body["prompt"], self.catalogue(), partial_targets(body))
+            outputs = nodes.validate(body["prompt"], self.catalogue(), partial_targets(body), self.folders)
         except nodes.PromptRejected as exc:
             return JSONResponse(exc.body, status_code=400)
         self.state.number += 1

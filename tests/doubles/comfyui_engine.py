@@ -221,7 +221,8 @@ class Executor:
             k: [self._signature(prompt, str(v[0])), v[1]] if nodes.is_link(v) else v
             for k, v in sorted(node.get("inputs", {}).items())
         }
-        return json.dumps([node["class_type"], inputs], sort_keys=True)
+        changed = nodes.is_changed(self.folders, node["class_type"], node.get("inputs", {}))
+        return json.dumps([node["class_type"], inputs, changed], sort_keys=True)
 
     async def _run_node(
         self,

@@ -8,7 +8,9 @@ padded with zeros after IEND up to the requested size (decoders ignore trailing 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import struct
 import zlib
@@ -133,6 +135,7 @@ def catalogue(input_files: list[str]) -> dict[str, dict[str, Any]]:
     return {node["name"]: node for node in nodes}
 
 
+FILE_LOADERS = ("LoadImage", "LoadAudio")
 OUTPUT_NODES = {"SaveImage", "PreviewImage", "SaveImageWebsocket", "SaveVideo", "SaveAudio"}
 
 
@@ -148,11 +151,17 @@ class PromptRejected(Exception):
         self.body = {"error": error, "node_errors": node_errors or {}}
 
 
-def validate(prompt: Any, known: dict[str, dict[str, Any]], targets: list[str] | None = None) -> list[str]:
+def validate(
+    prompt: Any,
+    known: dict[str, dict[str, Any]],
+    targets: list[str] | None = None,
+    folders: Folders | None = None,
+) -> list[str]:
     """Return the output node ids to execute, or raise ``PromptRejected`` as ComfyUI would.
 
     ``targets`` (``partial_execution_targets``, "Run selected nodes") keeps only those output nodes:
-    the others are neither validated nor run.
+    the others are neither validated nor run. With ``folders``, a file loader's value is checked as
+    ComfyUI's ``VALIDATE_INPUTS`` does: the (annotated) file exists, wherever the name points.
     """
     if not isinstance(prompt, dict):
         raise PromptRejected(_error("invalid_prompt", "Invalid prompt: the prompt must be an object"))
@@ -179,7 +188,7 @@ def validate(prompt: Any, known: dict[str, dict[str, Any]], targets: list[str] |
     node_errors: dict[str, Any] = {}
     for output in outputs:
         for nid in ancestors(prompt, output):
-            errors = _node_errors(prompt, nid, known)
+            errors = _node_errors(prompt, nid, known, folders)
             if errors:
                 entry = node_errors.setdefault(
                     nid, {"errors": errors, "dependent_outputs": [], "class_type": prompt[nid]["class_type"]}
@@ -215,7 +224,9 @@ def is_link(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
 
 
-def _node_errors(prompt: dict[str, Any], nid: str, known: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def _node_errors(
+    prompt: dict[str, Any], nid: str, known: dict[str, dict[str, Any]], folders: Folders | None = None
+) -> list[dict[str, Any]]:
     spec = known[prompt[nid]["class_type"]]["input"]["required"]
     inputs = prompt[nid].get("inputs", {})
     errors = []
@@ -227,7 +238,7 @@ def _node_errors(prompt: dict[str, Any], nid: str, known: dict[str, dict[str, An
         elif is_link(inputs[name]):
             errors.extend(_link_errors(prompt, name, inputs[name], declared[0], known))
         else:
-            errors.extend(_value_errors(prompt[nid]["class_type"], name, inputs[name], declared))
+            errors.extend(_value_errors(prompt[nid]["class_type"], name, inputs[name], declared, folders))
     return errors
 
 
@@ -249,11 +260,15 @@ def _link_errors(
     return []
 
 
-def _value_errors(class_type: str, name: str, value: Any, declared: list[Any]) -> list[dict[str, Any]]:
+def _value_errors(
+    class_type: str, name: str, value: Any, declared: list[Any], folders: Folders | None = None
+) -> list[dict[str, Any]]:
     kind, options = declared[0], (declared[1] if len(declared) > 1 else {})
     if isinstance(kind, list):
+        if folders is not None and class_type in FILE_LOADERS and isinstance(value, str):
+            kind = [value] if annotated_path(folders, value).exists() else []
         if value not in kind:
-            if class_type in ("LoadImage", "LoadAudio"):
+            if class_type in FILE_LOADERS:
                 return [
                     _error(
                         "custom_validation_failed",
@@ -380,12 +395,29 @@ def _save(
     return results
 
 
+def annotated_path(folders: Folders, name: str) -> Path:
+    """ComfyUI's ``folder_paths.get_annotated_filepath``: ``name [output]`` / ``[temp]`` / ``[input]``
+    in that folder, else the input folder; joined with ``os.path.join`` and no check, as ComfyUI does
+    (an absolute name, or one with ``..``, points anywhere)."""
+    for suffix, kind in ((" [output]", "output"), (" [input]", "input"), (" [temp]", "temp")):
+        if name.endswith(suffix):
+            return Path(os.path.join(getattr(folders, kind), name.removesuffix(suffix)))
+    return Path(os.path.join(folders.input, name))
+
+
+def is_changed(folders: Folders, class_type: str, inputs: dict[str, Any]) -> str | None:
+    """``IS_CHANGED`` of the file loaders: the file's content hash, part of the cache key."""
+    if class_type not in FILE_LOADERS:
+        return None
+    path = annotated_path(folders, str(inputs.get("image", inputs.get("audio", ""))))
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def _load_image(folders: Folders, name: str) -> dict[str, Any]:
-    data = (folders.input / name).read_bytes()[:4096]
+    path = annotated_path(folders, name)
+    data = path.read_bytes()[:4096]
     if not data.startswith(PNG_MAGIC):
-        raise NodeFailure(
-            "PIL.UnidentifiedImageError", f"cannot identify image file '{folders.input / name}'"
-        )
+        raise NodeFailure("PIL.UnidentifiedImageError", f"cannot identify image file '{path}'")
     try:
         meta = png_meta(data)
     except ValueError:

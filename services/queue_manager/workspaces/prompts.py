@@ -11,10 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.protocol.jobs import FileRef, validate_api_workflow
+from services.protocol.jobs import FileRef, split_annotation, validate_api_workflow
 from services.queue_manager.workspaces.comfy_format import node_error
-
-ANNOTATIONS = {" [input]": "input", " [output]": "output", " [temp]": "temp"}
 
 
 @dataclass
@@ -44,14 +42,6 @@ def check_against(prompt: Any, nodes: dict[str, Any]) -> None:
         )
     if not any(nodes[n.class_type].get("output_node") for n in graph.values()):
         raise PromptProblem("prompt_no_outputs", "Prompt has no outputs: add a Save Image or Preview node")
-
-
-def split_annotation(name: str, default: str = "input") -> tuple[str, str]:
-    """``"cat.png [output]"`` -> ``("cat.png", "output")``: ComfyUI's annotated file names."""
-    for suffix, kind in ANNOTATIONS.items():
-        if name.endswith(suffix):
-            return name.removesuffix(suffix), kind
-    return name, default
 
 
 def referenced_inputs(prompt: dict[str, Any], available: set[str]) -> list[FileRef]:

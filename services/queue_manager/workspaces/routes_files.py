@@ -10,10 +10,10 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from services.protocol.jobs import split_annotation
 from services.queue_manager.workspaces.deps import UserFilesDep
 from services.queue_manager.workspaces.files import FileProblem, content_type, file_ref
 from services.queue_manager.workspaces.images import MAX_IMAGE_BYTES, ImageProblem, convert, wants_conversion
-from services.queue_manager.workspaces.prompts import split_annotation
 
 router = APIRouter()
 UPLOADS = "/api/upload/"

@@ -54,7 +54,7 @@ def worker_core(agent: Agent) -> Runner:
 async def agent_on(comfy: ComfyUIDouble, files: Path, tmp_path: Path) -> AsyncIterator[Agent]:
     settings = WorkerSettings(
         queue_url="http://unused", token="", pool=POOL, provider="runpod", worker_id="replica",
-        comfyui_url=comfy.url, data_dir=tmp_path / "data", storage_url=f"file://{files}",
+        comfyui_url=comfy.url, data_dir=comfy.folders.input.parent, storage_url=f"file://{files}",
         ws_silence_seconds=0.5, poll_seconds=0.1, retry_seconds=10.0, warmup=False,
     )  # fmt: skip
     agent = Agent(settings, LocalStorage(files))

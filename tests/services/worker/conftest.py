@@ -111,7 +111,7 @@ def worker_settings(comfy: ComfyUIDouble, qm_url: str, tmp_path: Path, **extra: 
         "provider": "local",
         "worker_id": "w-test",
         "comfyui_url": comfy.url,
-        "data_dir": tmp_path / "data",
+        "data_dir": comfy.folders.input.parent,  # the folders ComfyUI uses
         "storage_url": f"file://{tmp_path}/files",
         "ws_silence_seconds": 0.5,
         "poll_seconds": 0.1,

@@ -73,7 +73,8 @@ async def test_comfyui_crashing_mid_job_restarts_it_and_the_job_is_retried(
         restarts = supervisor.restarts
     assert job.state == JobState.SUCCEEDED, job.error
     assert job.attempts == 2 and restarts == 1
-    assert (tmp_path / "data" / "output" / "t_00001_.png").is_file()
+    assert (tmp_path / "files" / "users/alice/output/t_00001_.png").is_file()
+    assert list(settings.data_dir.joinpath("output").iterdir()) == []  # moved to storage, none left
 
 
 async def test_the_queue_manager_away_and_back_gets_exactly_one_completion(
@@ -121,7 +122,7 @@ def worker_process(
         "WORKER_POOL": POOL,
         "WORKER_ID": "w-sigterm",
         "WORKER_COMFYUI_URL": comfy.url,
-        "WORKER_DATA_DIR": str(tmp_path / "data"),
+        "WORKER_DATA_DIR": str(comfy.folders.input.parent),
         "WORKER_STORAGE_URL": f"file://{tmp_path}/files",
         "WORKER_SHUTDOWN_GRACE_SECONDS": str(grace),
         "WORKER_WARMUP": "false",
@@ -187,7 +188,7 @@ async def test_a_wrong_pool_token_stops_the_worker_with_a_message_naming_the_set
         "WORKER_TOKEN": "wrong",
         "WORKER_POOL": POOL,
         "WORKER_COMFYUI_URL": comfy.url,
-        "WORKER_DATA_DIR": str(tmp_path),
+        "WORKER_DATA_DIR": str(comfy.folders.input.parent),
         "WORKER_WARMUP": "false",
         "WORKER_STORAGE_URL": f"file://{tmp_path}/files",
     }

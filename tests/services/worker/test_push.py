@@ -116,7 +116,7 @@ def test_the_push_container_reports_healthy_and_exits_0_on_sigterm(
         "WORKER_COMFYUI_URL": comfy.url,
         "WORKER_PUSH_HOST": "127.0.0.1",
         "WORKER_PUSH_PORT": str(port),
-        "WORKER_DATA_DIR": str(tmp_path),
+        "WORKER_DATA_DIR": str(comfy.folders.input.parent),
         "WORKER_STORAGE_URL": f"file://{tmp_path}",
     }
     process = subprocess.Popen([sys.executable, "-m", "services.worker", "serve-push"], env=env)
@@ -141,7 +141,7 @@ async def test_sigterm_during_a_pushed_job_longer_than_the_grace_releases_it(
         "WORKER_COMFYUI_URL": comfy.url,
         "WORKER_PUSH_HOST": "127.0.0.1",
         "WORKER_PUSH_PORT": str(port),
-        "WORKER_DATA_DIR": str(tmp_path),
+        "WORKER_DATA_DIR": str(comfy.folders.input.parent),
         "WORKER_WARMUP": "false",
         "WORKER_STORAGE_URL": f"file://{tmp_path}",
         "WORKER_SHUTDOWN_GRACE_SECONDS": "1",

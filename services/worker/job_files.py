@@ -1,0 +1,212 @@
+"""One job's files on the GPU: ComfyUI's input, output and temp folders hold one owner's files at a time.
+
+ComfyUI resolves every file name a node is given inside its own three folders: ``LoadImage``
+reads ``name`` from the input folder and ``name [output]`` / ``[temp]`` / ``[input]`` from that
+folder, and it joins the name to the folder without any check, so an absolute name, or one that
+climbs with ``..``, reads any file the ComfyUI process can read. A worker serves many participants,
+so for each job it:
+
+* empties the three folders before the job (a killed run's leftovers too) and again once the
+  job's outputs are in storage: no job can name a file another participant's job put there;
+* stages only the owner's files: the inputs the job names (each ``FileRef`` is read from the
+  owner's prefix of user-file storage, so whatever the job says it can name nothing else), each
+  in the folder of its type, so ``name [output]`` finds the owner's own output; and the owner's
+  earlier output names as empty files, so ``SaveImage`` numbers on from the owner's last file
+  instead of writing ``ComfyUI_00001_.png`` over it;
+* refuses, before ComfyUI sees the graph, a value that names an existing file outside the folders
+  (absolute, or with ``..``), with ComfyUI's own validation error;
+* gives every output node (a node nothing links from) an input unique to the job, which ComfyUI
+  keeps in the node's cache key but does not pass to the node: another participant's identical
+  graph re-runs its output nodes, so a cached result never names a file of an earlier job.
+
+The folders must be the ones ComfyUI uses: ``verify`` writes a file into each and reads it back
+through ComfyUI's ``/view`` when the worker starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from services.protocol.jobs import FileRef, Job, split_annotation, storage_key
+from services.storage import Storage, StorageError
+from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, PromptRejectedError
+
+SALT_INPUT = "workshop_job"
+KINDS = ("input", "output", "temp")
+
+
+class FoldersMismatchError(Exception):
+    """ComfyUI does not use the worker's folders: the worker cannot keep participants' files apart."""
+
+
+@dataclass(frozen=True)
+class ComfyFolders:
+    """ComfyUI's ``--input-directory``, ``--output-directory`` and ``--temp-directory``."""
+
+    input: Path
+    output: Path
+    temp: Path
+
+    @classmethod
+    def under(cls, data_dir: Path) -> ComfyFolders:
+        return cls(data_dir / "input", data_dir / "output", data_dir / "temp")
+
+    def of(self, kind: str) -> Path:
+        folder: Path = getattr(self, kind)
+        return folder
+
+    def flags(self) -> list[str]:
+        return [arg for kind in KINDS for arg in (f"--{kind}-directory", str(self.of(kind)))]
+
+    def clear(self) -> None:
+        """Empty the three folders (they stay, empty)."""
+        for kind in KINDS:
+            folder = self.of(kind)
+            folder.mkdir(parents=True, exist_ok=True)
+            for entry in os.scandir(folder):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+
+    def path(self, ref: FileRef) -> Path:
+        return self.of(ref.type) / ref.subfolder.strip("/") / ref.filename
+
+    def inside(self, name: str) -> bool:
+        """Whether ``name`` (as a node gets it, maybe annotated) resolves inside ComfyUI's folders,
+        or names no existing file at all (text, a model name: nothing to read)."""
+        bare, kind = split_annotation(name)
+        target = os.path.join(self.of(kind), bare)
+        if not os.path.exists(target):
+            return True
+        real = os.path.realpath(target)
+        return any(
+            os.path.commonpath([real, os.path.realpath(self.of(k))]) == os.path.realpath(self.of(k))
+            for k in KINDS
+        )
+
+
+def salted(prompt: dict[str, Any], job_id: str) -> dict[str, Any]:
+    """The graph with ``SALT_INPUT = job_id`` on every node no other node links from."""
+    linked = {
+        str(value[0])
+        for node in prompt.values()
+        for value in (node.get("inputs") or {}).values()
+        if isinstance(value, list) and len(value) == 2
+    }
+    return {
+        node_id: node
+        if node_id in linked
+        else {**node, "inputs": {**(node.get("inputs") or {}), SALT_INPUT: job_id}}
+        for node_id, node in prompt.items()
+    }
+
+
+def string_inputs(prompt: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], str, str]]:
+    """Every ``(node id, node, input name, value)`` whose value is a string."""
+    for node_id, node in prompt.items():
+        for name, value in (node.get("inputs") or {}).items():
+            if isinstance(value, str):
+                yield str(node_id), node, name, value
+
+
+def outside_error(node_id: str, node: dict[str, Any], name: str, value: str) -> PromptRejectedError:
+    """ComfyUI's own 400 for a file it cannot find, naming the fix."""
+    details = f"{name} - Invalid image file: {value[:200]} (name one of your own files, as the picker offers)"
+    error = {"type": "custom_validation_failed", "message": "Custom validation failed for node"}
+    body = {
+        "error": {
+            "type": "prompt_outputs_failed_validation",
+            "message": "Prompt outputs failed validation",
+            "details": "",
+            "extra_info": {},
+        },
+        "node_errors": {
+            node_id: {
+                "errors": [{**error, "details": details, "extra_info": {"input_name": name}}],
+                "dependent_outputs": [],
+                "class_type": node.get("class_type"),
+            }
+        },
+    }
+    return PromptRejectedError(body)
+
+
+class JobFiles:
+    """Stages one job's files in ComfyUI's folders and clears them after it."""
+
+    def __init__(self, folders: ComfyFolders, storage: Storage) -> None:
+        self.folders, self.storage = folders, storage
+
+    async def verify(self, comfy: ComfyClient) -> None:
+        """Refuse to start when ComfyUI does not read these folders (``FoldersMismatchError``)."""
+        await asyncio.to_thread(self.folders.clear)
+        for kind in KINDS:
+            probe = self.folders.of(kind) / f"workshop-probe-{secrets.token_hex(8)}.txt"
+            body = secrets.token_bytes(16)
+            probe.write_bytes(body)
+            try:
+                async with comfy.view(probe.name, "", kind) as reply:
+                    seen = await reply.aread()
+            except (httpx.HTTPStatusError, ComfyUnavailableError):
+                seen = b""
+            finally:
+                probe.unlink(missing_ok=True)
+            if seen != body:
+                raise FoldersMismatchError(
+                    f"ComfyUI at {comfy.base_url} does not use {self.folders.of(kind)} as its {kind} "
+                    f"folder, so the worker cannot keep participants' files apart: start ComfyUI with "
+                    f"{' '.join(self.folders.flags())}, or set WORKER_DATA_DIR to the folder holding "
+                    "the input/, output/ and temp/ folders it uses"
+                )
+
+    @contextlib.asynccontextmanager
+    async def staged(self, job: Job) -> AsyncIterator[dict[str, Any]]:
+        """The folders hold only ``job``'s owner's files while the block runs; yields the graph to
+        submit (output nodes salted). Raises ``StorageError`` for a missing input and
+        ``PromptRejectedError`` for a name outside the folders."""
+        await asyncio.to_thread(self.folders.clear)
+        try:
+            await self._stage(job)
+            self.check(job.prompt)
+            yield salted(job.prompt, job.id)
+        finally:
+            await asyncio.to_thread(self.folders.clear)
+
+    def check(self, prompt: dict[str, Any]) -> None:
+        for node_id, node, name, value in string_inputs(prompt):
+            if not self.folders.inside(value):
+                raise outside_error(node_id, node, name, value)
+
+    async def _stage(self, job: Job) -> None:
+        prefix = f"users/{job.user}/output/"
+        for key in await self.storage.list(prefix):
+            placeholder = self.folders.output / key.removeprefix(prefix)
+            placeholder.parent.mkdir(parents=True, exist_ok=True)
+            placeholder.touch()
+        for ref in job.inputs:
+            await self._fetch(job.user, ref)
+
+    async def _fetch(self, user: str, ref: FileRef) -> None:
+        key, path = storage_key(user, ref), self.folders.path(ref)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with path.open("wb") as handle:
+                async for chunk in self.storage.get(key):
+                    handle.write(chunk)
+        except FileNotFoundError as exc:
+            raise StorageError(
+                f"input file {ref.filename!r} is not among your files (looked for {key}): upload it "
+                "again and resubmit"
+            ) from exc

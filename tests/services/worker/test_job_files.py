@@ -1,0 +1,144 @@
+"""Per-participant files on the GPU: the issue's attack end to end. Alice's upload, outputs and
+previews pass through the same worker as Bob's jobs; whatever name Bob's workflow gives (plain,
+``[input]``, ``[output]``, ``[temp]``, absolute, ``..``), his job never gets Alice's bytes, even
+though it reaches the worker (the participant API queues it without the workspace's checks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from services.protocol.jobs import Job, JobState
+from services.worker.agent import Agent
+from services.worker.supervisor import ComfyNotReadyError
+from tests.doubles.comfyui import ComfyUIDouble
+from tests.doubles.comfyui_nodes import png_meta
+from tests.services.worker.conftest import (
+    QueueManagerServer,
+    finished,
+    participant,
+    pull_worker,
+    put_input,
+    submit,
+    worker_settings,
+)
+
+SECRET = b"\x89PNG\r\n\x1a\n" + json.dumps({"width": 32, "height": 32, "color": 0xA11CE}).encode()
+BOBS = b"\x89PNG\r\n\x1a\n" + json.dumps({"width": 32, "height": 32, "color": 0xB0B}).encode()
+
+
+def load(name: str, prefix: str = "out") -> dict[str, Any]:
+    """LoadImage ``name``, save it, and preview it (a temp file)."""
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+    }
+
+
+def colours(files: Path, user: str) -> set[int]:
+    """The colour of every image the user has in storage (the double's PNGs carry it)."""
+    found = set()
+    for path in (files / "users" / user).rglob("*.png"):
+        found.add(int(png_meta(path.read_bytes()).get("color", -1)))
+    return found
+
+
+async def alice_job(alice: httpx.AsyncClient) -> Job:
+    """Alice loads her secret upload: it is saved (output) and previewed (temp) on the worker."""
+    job = await finished(alice, await submit(alice, load("secret.png"), inputs=[{"filename": "secret.png"}]))
+    assert job.state == JobState.SUCCEEDED, job.error
+    return job
+
+
+def invalid_file(job: Job) -> None:
+    assert job.state == JobState.FAILED and job.error is not None
+    assert job.error.type == "prompt_outputs_failed_validation", job.error
+    assert job.error.node_id == "1" and job.error.node_type == "LoadImage"
+    assert "Invalid image file" in job.error.message
+
+
+async def test_bob_naming_alices_upload_outputs_or_previews_never_gets_her_bytes(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
+) -> None:
+    put_input(files, "alice", "secret.png", SECRET)
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)), participant(qm, "bob") as bob:
+        job = await alice_job(alice)
+        output, preview = (o for o in job.outputs)
+        names = [
+            "secret.png",
+            "secret.png [input]",
+            f"{output.filename} [output]",
+            f"{preview.filename} [temp]",
+        ]
+        for name in names:
+            invalid_file(await finished(bob, await submit(bob, load(name, "bob"))))
+        # Naming her file among the job's inputs reads Bob's own prefix only.
+        theirs = [{"filename": "secret.png"}]
+        stolen = await finished(bob, await submit(bob, load("secret.png"), inputs=theirs))
+    assert stolen.state == JobState.FAILED and stolen.error is not None
+    assert stolen.error.type == "InputUnavailable" and "users/bob/input/secret.png" in stolen.error.message
+    assert colours(files, "alice") == {0xA11CE}
+    assert not (files / "users" / "bob").exists()
+    for folder in (comfy.folders.input, comfy.folders.output, comfy.folders.temp):
+        assert list(folder.iterdir()) == [], f"{folder} keeps files after the jobs"
+
+
+async def test_names_outside_comfyuis_folders_are_refused_before_comfyui_reads_them(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
+) -> None:
+    """ComfyUI joins a LoadImage name to its folder unchecked: the worker's disk (here user-file
+    storage itself) must not be readable by an absolute name or by climbing with ``..``."""
+    put_input(files, "alice", "secret.png", SECRET)
+    secret = files / "users/alice/input/secret.png"
+    climbing = Path("..") / ".." / secret.relative_to(tmp_path)
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)), participant(qm, "bob") as bob:
+        for name in (str(secret), str(climbing), f"{climbing} [output]", f"{secret} [temp]"):
+            invalid_file(await finished(bob, await submit(bob, load(name, "bob"))))
+    assert not (files / "users" / "bob").exists()
+
+
+async def test_annotated_names_resolve_within_the_owners_files(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
+) -> None:
+    put_input(files, "alice", "secret.png", SECRET)
+    put_input(files, "bob", "mine.png", BOBS)
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)), participant(qm, "bob") as bob:
+        first = await finished(bob, await submit(bob, load("mine.png"), inputs=[{"filename": "mine.png"}]))
+        assert first.state == JobState.SUCCEEDED, first.error
+        alices = await alice_job(alice)
+        assert alices.outputs[0].filename == first.outputs[0].filename == "out_00001_.png"
+        again = load("out_00001_.png [output]", "again")
+        mine = [{"filename": "out_00001_.png", "type": "output"}]
+        reuse = await finished(bob, await submit(bob, again, inputs=mine))
+    assert reuse.state == JobState.SUCCEEDED, reuse.error
+    assert colours(files, "bob") == {0xB0B} and colours(files, "alice") == {0xA11CE}
+
+
+async def test_each_owner_numbers_on_from_their_own_outputs_and_identical_graphs_rerun(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
+) -> None:
+    put_input(files, "alice", "secret.png", SECRET)
+    put_input(files, "bob", "secret.png", BOBS)
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)), participant(qm, "bob") as bob:
+        await alice_job(alice)
+        bobs = await finished(bob, await submit(bob, load("secret.png"), inputs=[{"filename": "secret.png"}]))
+        again = await alice_job(alice)
+    assert bobs.state == JobState.SUCCEEDED and bobs.outputs[0].filename == "out_00001_.png"
+    assert again.outputs[0].filename == "out_00002_.png"
+    assert (files / "users/alice/output/out_00001_.png").stat().st_size > 0
+    assert colours(files, "bob") == {0xB0B} and colours(files, "alice") == {0xA11CE}
+
+
+async def test_a_worker_whose_folders_are_not_comfyuis_refuses_to_start(
+    comfy: ComfyUIDouble, tmp_path: Path
+) -> None:
+    settings = worker_settings(comfy, "http://127.0.0.1:9", tmp_path, data_dir=tmp_path / "elsewhere")
+    agent = Agent(settings)
+    with pytest.raises(ComfyNotReadyError, match=r"--input-directory .*elsewhere/input"):
+        await agent.start()
+    await agent.stop()
