@@ -192,7 +192,7 @@ def worker_agent(root: Path, found: Servers) -> tuple[Agent, QueueClient]:
         pool="gpu",
         worker_id="bench-gpu",
         comfyui_url=found.comfy_url,
-        data_dir=root / "data",
+        data_dir=root / "comfy",  # the folders the ComfyUI double was started with
         storage_url=f"s3://{BUCKET}",
     )
     storage: Storage = open_storage(settings.storage_url, found.s3)

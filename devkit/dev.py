@@ -100,7 +100,7 @@ class Child(ManagedProcess):
 def comfyui_double(root: Path) -> tuple[Child, str]:
     port = free_port()
     child = Child(
-        ("tests.doubles.comfyui", "--port", str(port), "--base-directory", str(root / "comfyui")),
+        ("tests.doubles.comfyui", "--port", str(port), "--base-directory", str(root / "worker")),
         {},
         root / "logs" / "comfyui-double.log",
     ).start()
@@ -172,7 +172,11 @@ def wait_for_stop(worker: Child) -> None:
 
 def main(
     comfyui_url: Annotated[
-        str | None, typer.Option(help="attach the worker to this ComfyUI, not the double")
+        str | None,
+        typer.Option(
+            help="attach the worker to this ComfyUI, not the double; start that ComfyUI with "
+            "--input-directory, --output-directory and --temp-directory <state>/worker/input, output, temp"
+        ),
     ] = None,
     port: Annotated[int, typer.Option(help="the queue manager's port on 127.0.0.1")] = 8000,
     state: Annotated[Path, typer.Option(help="where Redis, files and logs are kept")] = ROOT / ".dev",

@@ -102,14 +102,25 @@ async def test_names_outside_comfyuis_folders_are_refused_before_comfyui_reads_t
     assert not (files / "users" / "bob").exists()
 
 
+async def bob_job(bob: httpx.AsyncClient) -> Job:
+    """Bob loads his own upload of the same name as Alice's."""
+    job = await finished(bob, await submit(bob, load("secret.png"), inputs=[{"filename": "secret.png"}]))
+    assert job.state == JobState.SUCCEEDED, job.error
+    return job
+
+
+@pytest.fixture
+def both_uploaded(files: Path) -> None:
+    put_input(files, "alice", "secret.png", SECRET)
+    put_input(files, "bob", "secret.png", BOBS)
+
+
+@pytest.mark.usefixtures("both_uploaded")
 async def test_annotated_names_resolve_within_the_owners_files(
     comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
 ) -> None:
-    put_input(files, "alice", "secret.png", SECRET)
-    put_input(files, "bob", "mine.png", BOBS)
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)), participant(qm, "bob") as bob:
-        first = await finished(bob, await submit(bob, load("mine.png"), inputs=[{"filename": "mine.png"}]))
-        assert first.state == JobState.SUCCEEDED, first.error
+        first = await bob_job(bob)
         alices = await alice_job(alice)
         assert alices.outputs[0].filename == first.outputs[0].filename == "out_00001_.png"
         again = load("out_00001_.png [output]", "again")
@@ -119,16 +130,15 @@ async def test_annotated_names_resolve_within_the_owners_files(
     assert colours(files, "bob") == {0xB0B} and colours(files, "alice") == {0xA11CE}
 
 
+@pytest.mark.usefixtures("both_uploaded")
 async def test_each_owner_numbers_on_from_their_own_outputs_and_identical_graphs_rerun(
     comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
 ) -> None:
-    put_input(files, "alice", "secret.png", SECRET)
-    put_input(files, "bob", "secret.png", BOBS)
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)), participant(qm, "bob") as bob:
         await alice_job(alice)
-        bobs = await finished(bob, await submit(bob, load("secret.png"), inputs=[{"filename": "secret.png"}]))
+        bobs = await bob_job(bob)
         again = await alice_job(alice)
-    assert bobs.state == JobState.SUCCEEDED and bobs.outputs[0].filename == "out_00001_.png"
+    assert bobs.outputs[0].filename == "out_00001_.png"
     assert again.outputs[0].filename == "out_00002_.png"
     assert (files / "users/alice/output/out_00001_.png").stat().st_size > 0
     assert colours(files, "bob") == {0xB0B} and colours(files, "alice") == {0xA11CE}
