@@ -1,9 +1,10 @@
 #!/bin/sh
 # Usage: drain.sh <queue manager container> <drain timeout seconds>
-# Evening `pulumi destroy`: stop dispatch, let running jobs finish (bounded), then snapshot the whole
-# queue into user-file storage (the vault's bucket, or the local files volume) under
-# snapshots/queue.json, where the next `pulumi up` restores it from. Runs before the containers
-# and the server are deleted; a failure stops the destroy, so nothing is lost silently.
+# Evening `pulumi destroy`: stop dispatch, let running jobs finish (bounded), then save everything
+# participants see (jobs, saved workflows, settings, hidden history, ...) into user-file storage
+# (the vault's bucket, or the local files volume) as snapshots/queue.json plus its sha256, where
+# the next `pulumi up` restores it from. Runs before the containers and the server are deleted; a
+# failure stops the destroy, so nothing is lost silently.
 set -eu
 container="$1"
 if ! docker inspect "$container" >/dev/null 2>&1; then
@@ -12,15 +13,4 @@ if ! docker inspect "$container" >/dev/null 2>&1; then
 fi
 # Exit code 1 means running jobs did not finish in time: they are in the snapshot and run again.
 docker exec "$container" python -m services.queue_manager.cli drain --timeout "$2" || [ "$?" -eq 1 ]
-docker exec "$container" python -m services.queue_manager.cli snapshot --out /tmp/queue.json
-docker exec -i "$container" python - <<'PY'
-import asyncio, os
-from pathlib import Path
-from services.storage import open_storage
-from services.storage.base import aiter_chunks
-
-storage = open_storage(os.environ["QM_FILES_URL"])
-size = asyncio.run(storage.put("snapshots/queue.json", aiter_chunks(Path("/tmp/queue.json").read_bytes()),
-                               "application/json"))
-print(f"queue snapshot saved to {storage.url} snapshots/queue.json ({size} bytes)")
-PY
+docker exec "$container" python -m services.queue_manager.cli save

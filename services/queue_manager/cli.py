@@ -3,6 +3,8 @@
     python -m services.queue_manager.cli snapshot --out /data/queue.json
     python -m services.queue_manager.cli restore --in /data/queue.json
     python -m services.queue_manager.cli drain --timeout 300
+    python -m services.queue_manager.cli save      # snapshot + sha256 into the vault (QM_FILES_URL)
+    python -m services.queue_manager.cli load      # the morning: restore from the vault, checked
 
 They talk to Redis directly (only the queue manager's container can reach it), so they work
 whether or not the HTTP server is up. Exit code 0 means done; 1 means drain timed out with jobs
@@ -23,19 +25,32 @@ from redis.exceptions import RedisError
 
 from services.queue_manager.main import connect
 from services.queue_manager.settings import Settings
-from services.queue_manager.snapshot import Snapshot, restore_snapshot, take_snapshot
+from services.queue_manager.snapshot import (
+    Snapshot,
+    SnapshotError,
+    load_saved_snapshot,
+    mark_started,
+    restore_snapshot,
+    save_snapshot,
+    take_snapshot,
+)
 from services.queue_manager.store import Store
+from services.storage import Storage, StorageError, open_storage
 
 app = typer.Typer(help="Snapshot, restore and drain the workshop queue.", no_args_is_help=True)
 T = TypeVar("T")
 
 
-def _with_store(action: Callable[[Store], Awaitable[T]]) -> T:
+def _settings() -> Settings:
     try:
-        settings = Settings()
+        return Settings()
     except ValidationError as exc:
         typer.echo(f"the QM_* settings are not valid: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _with_store(action: Callable[[Store], Awaitable[T]]) -> T:
+    settings = _settings()
 
     async def run() -> T:
         redis = connect(settings)
@@ -80,6 +95,49 @@ def drain(timeout: Annotated[float, typer.Option(help="seconds to wait for runni
     typer.echo(f"drained={result.drained} running={result.running} queued={result.queued}")
     if not result.drained:
         sys.exit(1)
+
+
+def _with_vault(action: Callable[[Store, Storage], Awaitable[T]]) -> T:
+    """Run ``action`` with the store and the user-file storage the snapshot lives in; a storage or
+    snapshot problem exits 2 with its message (the destroy or up then stops: nothing is lost)."""
+    try:
+        storage = open_storage(_settings().files_url)
+        return _with_store(lambda store: action(store, storage))
+    except (StorageError, OSError, SnapshotError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def save() -> None:
+    """The evening: snapshot everything participants see into the vault, with its sha256."""
+
+    async def run(store: Store, storage: Storage) -> str:
+        taken = await take_snapshot(store)
+        size = await save_snapshot(storage, taken)
+        return f"queue snapshot of {len(taken.jobs)} jobs and {len(taken.keys)} keys saved ({size} bytes)"
+
+    typer.echo(_with_vault(run))
+
+
+@app.command()
+def load() -> None:
+    """The morning: restore the vault's snapshot after checking its sha256. Exits 2, restoring
+    nothing, when the snapshot is corrupt or missing after the workshop's first day."""
+
+    async def run(store: Store, storage: Storage) -> str:
+        loaded = await load_saved_snapshot(storage)
+        if loaded is None:
+            await mark_started(storage)
+            return "no queue snapshot yet (the workshop's first day): starting with an empty queue"
+        result = await restore_snapshot(store, loaded)
+        await mark_started(storage)
+        return (
+            f"restored {result.restored} jobs ({result.requeued} queued again, {result.skipped} skipped) "
+            f"and {result.keys} keys"
+        )
+
+    typer.echo(_with_vault(run))
 
 
 if __name__ == "__main__":

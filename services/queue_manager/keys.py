@@ -27,6 +27,17 @@
 | ``{p}:catalogue_current`` | string | the catalogue hash the workspaces serve | forever |
 | ``{p}:events`` | pub/sub | ``{"user", "event"}`` for every participant event | - |
 | ``{p}:wake`` | pub/sub | a scope that has new work, to wake long-polling claims | - |
+| ``{p}:admin:samples`` | list | the admin page's queue/worker samples, newest last, capped | capped |
+| ``{p}:admin:sampled:{n}`` | string | set (NX) by the process that takes interval n's sample | expires |
+| ``{p}:ws:ud:{u}`` | hash | a participant's user data (saved workflows, templates): path -> bytes | forever |
+| ``{p}:ws:udmeta:{u}`` | hash | the same paths -> ``"<size> <modified ms>"`` | forever |
+| ``{p}:ws:settings:{u}`` | hash | a participant's ComfyUI settings: id -> JSON value | forever |
+| ``{p}:ws:hidden:{u}`` | set | job ids the participant deleted from their history | forever |
+
+Every family is also declared in ``FAMILIES`` below with what the evening snapshot does with it
+(``snapshot.py``): ``COPIED`` keys travel verbatim, ``REBUILT`` ones are rebuilt from the job
+records at restore, ``LEFT`` ones are not carried, with the reason. A test writes through every API
+and fails on any key that no family declares.
 
 A job hash holds ``spec`` (opaque JSON: prompt, inputs, client_id, extra_data) and scalar fields
 Lua reads: id, user, scope, pool, priority, state, attempts, max_attempts, score, queued_at,
@@ -39,10 +50,70 @@ Redis (not a cluster) is assumed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from enum import StrEnum
 
 ANY_POOL = "*"
 WORKER_TTL_SECONDS = 24 * 3600
+
+
+class Carried(StrEnum):
+    COPIED = "copied"  # the snapshot holds the key as it is; restore writes it back
+    REBUILT = "rebuilt"  # restore rebuilds it from the job records the snapshot holds
+    LEFT = "left"  # not carried; Family.why says why nothing is lost
+
+
+@dataclass(frozen=True)
+class Family:
+    pattern: str  # after ``{prefix}:``; ``{name}`` stands for one path segment or more
+    type: str  # the Redis type (``pubsub``: a channel, never stored)
+    carried: Carried
+    why: str = ""
+
+    def regex(self, prefix: str) -> re.Pattern[str]:
+        parts = re.split(r"\{[a-z]+\}", self.pattern)
+        return re.compile(re.escape(f"{prefix}:") + ".+".join(re.escape(part) for part in parts) + r"\Z")
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("job:{id}", "hash", Carried.REBUILT, "the job records are the snapshot's core"),
+    Family("queue:{scope}", "zset", Carried.REBUILT, "each waiting job rejoins at its old score"),
+    Family("scopes", "set", Carried.REBUILT),
+    Family("delayed", "zset", Carried.REBUILT, "a job waiting out a backoff queues again at once"),
+    Family(
+        "leases", "zset", Carried.REBUILT, "running jobs queue again, the interrupted attempt not counted"
+    ),
+    Family("finished", "zset", Carried.REBUILT),
+    Family("dead", "zset", Carried.REBUILT),
+    Family("user:{u}:jobs", "zset", Carried.REBUILT),
+    Family("user:{u}:queued", "set", Carried.REBUILT),
+    Family("user:{u}:running", "set", Carried.LEFT, "nothing runs after a restore: running jobs queue again"),
+    Family("users", "set", Carried.REBUILT),
+    Family("user_priority", "hash", Carried.COPIED),
+    Family("fair:round", "string", Carried.COPIED),
+    Family("fair:user_round", "hash", Carried.COPIED),
+    Family("seq", "string", Carried.COPIED),
+    Family("paused", "string", Carried.LEFT, "the evening drain pauses dispatch; the morning resumes it"),
+    Family("worker:{id}", "hash", Carried.LEFT, "workers register again when they start"),
+    Family("workers", "zset", Carried.LEFT, "workers register again when they start"),
+    Family("catalogue:{hash}", "string", Carried.COPIED),
+    Family("catalogue_ext:{hash}", "hash", Carried.COPIED),
+    Family("catalogue_current", "string", Carried.COPIED),
+    Family("events", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
+    Family("wake", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
+    Family("admin:samples", "list", Carried.LEFT, "the admin chart describes a platform that no longer runs"),
+    Family("admin:sampled:{n}", "string", Carried.LEFT, "expires within one sampling interval"),
+    Family("ws:ud:{u}", "hash", Carried.COPIED),
+    Family("ws:udmeta:{u}", "hash", Carried.COPIED),
+    Family("ws:settings:{u}", "hash", Carried.COPIED),
+    Family("ws:hidden:{u}", "set", Carried.COPIED),
+)
+
+
+def family_of(key: str, prefix: str) -> Family | None:
+    """The declared family a Redis key belongs to, or None (a key nobody declared)."""
+    return next((family for family in FAMILIES if family.regex(prefix).match(key)), None)
 
 
 @dataclass(frozen=True)
@@ -63,6 +134,25 @@ class Keys:
 
     def user_running(self, user: str) -> str:
         return f"{self.prefix}:user:{user}:running"
+
+    def user_data(self, user: str) -> str:
+        return f"{self.prefix}:ws:ud:{user}"
+
+    def user_data_meta(self, user: str) -> str:
+        return f"{self.prefix}:ws:udmeta:{user}"
+
+    def user_settings(self, user: str) -> str:
+        return f"{self.prefix}:ws:settings:{user}"
+
+    def hidden(self, user: str) -> str:
+        return f"{self.prefix}:ws:hidden:{user}"
+
+    def admin_sampled(self, interval: int) -> str:
+        return f"{self.prefix}:admin:sampled:{interval}"
+
+    @property
+    def admin_samples(self) -> str:
+        return f"{self.prefix}:admin:samples"
 
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{worker_id}"

@@ -1,40 +1,160 @@
-"""Snapshot and restore of the whole queue, for the evening ``pulumi destroy`` and the morning ``up``.
+"""Snapshot and restore of everything participants see, for the evening ``pulumi destroy`` and the
+morning ``up``.
 
 A snapshot is JSON: every job record (waiting, running, finished within retention, dead letters)
-as its Redis hash fields (see ``keys.py``), plus the admin's user priorities and the submit
-counter. Restoring puts waiting jobs back in line at their old place; jobs that were running when
-the snapshot was taken are requeued without counting the interrupted attempt (their workers are
-gone); finished records keep what is left of their retention. Restore skips jobs that already
-exist, so restoring the same file twice changes nothing.
+as its Redis hash fields, plus every key of the families ``keys.py`` marks ``COPIED`` (saved
+workflows, templates, settings, hidden history, priorities, the fair scheduler's rounds, the submit
+counter, the node catalogue). Restoring puts waiting jobs back in line at their old place; jobs that
+were running when the snapshot was taken are requeued without counting the interrupted attempt
+(their workers are gone); finished records keep what is left of their retention. Restore skips jobs
+and keys that already exist, so restoring the same file twice changes nothing.
+
+In the vault (user-file storage) the snapshot sits at ``snapshots/queue.json`` next to its sha256
+(``queue.json.sha256``); ``snapshots/started`` says the workshop ran before. A restore refuses a
+snapshot whose checksum does not match, and a missing one once the workshop has started: the
+morning fails loudly instead of opening on an empty queue.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from redis.asyncio import ConnectionPool, Redis
 
-from services.queue_manager.keys import ANY_POOL
+from services.queue_manager.keys import ANY_POOL, Carried, family_of
 from services.queue_manager.records import now_ms
 from services.queue_manager.store import Store
+from services.storage.base import Storage, aiter_chunks
 
 REQUIRED_FIELDS = ("id", "user", "state", "scope", "score", "queued_at")
 RUNNING = ("leased", "running")
+SNAPSHOT_KEY = "snapshots/queue.json"
+CHECKSUM_KEY = "snapshots/queue.json.sha256"
+STARTED_KEY = "snapshots/started"
+KeyType = Literal["hash", "set", "zset", "string", "list"]
+
+
+class SnapshotError(Exception):
+    """A snapshot that cannot be restored; the message says what is wrong and how to go on."""
+
+
+class StoredKey(BaseModel):
+    """One Redis key of a copied family; names, members and values base64 (they may be bytes)."""
+
+    type: KeyType
+    data: Any
+
+
+def _copied_name(name: str) -> str:
+    family = family_of(f"p:{name}", "p")
+    if family is None or family.carried is not Carried.COPIED:
+        raise ValueError(f"{name[:80]!r} is not a key of a family the snapshot carries (keys.py)")
+    return name
 
 
 class Snapshot(BaseModel):
-    version: Literal[1] = 1
+    version: Literal[1, 2] = 2
     taken_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     jobs: list[dict[str, str]] = Field(description="job hash fields as stored in Redis (keys.py)")
-    user_priorities: dict[str, int] = Field(default_factory=dict)
-    seq: int = 0
+    keys: dict[str, StoredKey] = Field(
+        default_factory=dict, description="keys of the COPIED families (keys.py), named without the prefix"
+    )
+    user_priorities: dict[str, int] = Field(default_factory=dict, description="version 1 only")
+    seq: int = Field(default=0, description="version 1 only")
+
+    @field_validator("keys")
+    @classmethod
+    def _only_copied_families(cls, keys: dict[str, StoredKey]) -> dict[str, StoredKey]:
+        for name in keys:
+            _copied_name(name)
+        return keys
 
 
 class RestoreResult(BaseModel):
     restored: int
     requeued: int
     skipped: int
+    keys: int = 0
+
+
+def _b64(data: bytes | str) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def _raw(data: str) -> bytes:
+    return base64.b64decode(data)
+
+
+def bytes_client(redis: Redis) -> Redis:
+    """A client on the same server that answers bytes (saved files need not be UTF-8)."""
+    pool = redis.connection_pool
+    kwargs = {**pool.connection_kwargs, "decode_responses": False}
+    return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **kwargs))
+
+
+async def _read_hash(redis: Redis, key: bytes) -> Any:
+    return {_b64(k): _b64(v) for k, v in (await redis.hgetall(key)).items()}
+
+
+async def _read_set(redis: Redis, key: bytes) -> Any:
+    return sorted(_b64(m) for m in await redis.smembers(key))
+
+
+async def _read_zset(redis: Redis, key: bytes) -> Any:
+    pairs: list[Any] = await redis.zrange(key, 0, -1, withscores=True)
+    return [[_b64(member), score] for member, score in pairs]
+
+
+async def _read_string(redis: Redis, key: bytes) -> Any:
+    return _b64(await redis.get(key) or b"")
+
+
+async def _read_list(redis: Redis, key: bytes) -> Any:
+    return [_b64(item) for item in await redis.lrange(key, 0, -1)]
+
+
+READERS: dict[str, Callable[[Redis, bytes], Awaitable[Any]]] = {
+    "hash": _read_hash,
+    "set": _read_set,
+    "zset": _read_zset,
+    "string": _read_string,
+    "list": _read_list,
+}
+
+
+async def _write(redis: Redis, key: str, stored: StoredKey) -> None:
+    data = stored.data
+    if stored.type == "hash":
+        await redis.hset(key, mapping={_raw(k): _raw(v) for k, v in data.items()})
+    elif stored.type == "set":
+        await redis.sadd(key, *[_raw(m) for m in data])
+    elif stored.type == "zset":
+        await redis.zadd(key, {_raw(m): float(score) for m, score in data})
+    elif stored.type == "string":
+        await redis.set(key, _raw(data))
+    else:
+        await redis.rpush(key, *[_raw(item) for item in data])
+
+
+async def _copied_keys(store: Store) -> dict[str, StoredKey]:
+    prefix, found = store.keys.prefix, {}
+    redis = bytes_client(store.redis)
+    try:
+        async for raw_key in redis.scan_iter(match=f"{prefix}:*", count=1000):
+            name = raw_key.decode()
+            family = family_of(name, prefix)
+            if family is None or family.carried is not Carried.COPIED or family.type not in READERS:
+                continue
+            data = await READERS[family.type](redis, raw_key)
+            found[name.removeprefix(f"{prefix}:")] = StoredKey(type=family.type, data=data)
+    finally:
+        await redis.aclose()
+    return found
 
 
 async def take_snapshot(store: Store) -> Snapshot:
@@ -48,19 +168,13 @@ async def take_snapshot(store: Store) -> Snapshot:
             keys.dead,
         ]:
             pipe.zrange(key, 0, -1)
-        pipe.hgetall(keys.user_priority)
-        pipe.get(keys.seq)
-        *id_lists, priorities, seq = await pipe.execute()
+        id_lists = await pipe.execute()
     ids = list(dict.fromkeys(job_id for ids in id_lists for job_id in ids))
     async with redis.pipeline(transaction=True) as pipe:
         for job_id in ids:
             pipe.hgetall(keys.job(job_id))
         records = await pipe.execute()
-    return Snapshot(
-        jobs=[fields for fields in records if fields],
-        user_priorities={user: int(p) for user, p in priorities.items()},
-        seq=int(seq or 0),
-    )
+    return Snapshot(jobs=[fields for fields in records if fields], keys=await _copied_keys(store))
 
 
 async def restore_snapshot(store: Store, snapshot: Snapshot) -> RestoreResult:
@@ -75,6 +189,7 @@ async def restore_snapshot(store: Store, snapshot: Snapshot) -> RestoreResult:
         waiting = await _restore_job(store, dict(fields), now)
         result.restored += 1
         result.requeued += int(waiting)
+    result.keys = await _restore_keys(store, snapshot)
     await _restore_globals(store, snapshot)
     return result
 
@@ -116,6 +231,20 @@ def _restore_finished(pipe: Any, store: Store, fields: dict[str, str], now: int)
         pipe.zadd(keys.dead, {job_id: finished_at})
 
 
+async def _restore_keys(store: Store, snapshot: Snapshot) -> int:
+    """Write back each copied key the Redis does not hold yet; returns how many were written."""
+    redis, written = bytes_client(store.redis), 0
+    try:
+        for name, stored in snapshot.keys.items():
+            key = f"{store.keys.prefix}:{name}"
+            if not await redis.exists(key):
+                await _write(redis, key, stored)
+                written += 1
+    finally:
+        await redis.aclose()
+    return written
+
+
 async def _restore_globals(store: Store, snapshot: Snapshot) -> None:
     keys = store.keys
     if snapshot.user_priorities:
@@ -124,3 +253,57 @@ async def _restore_globals(store: Store, snapshot: Snapshot) -> None:
     if snapshot.seq > current:
         await store.redis.set(keys.seq, snapshot.seq)
     await store.resume()
+
+
+async def save_snapshot(storage: Storage, snapshot: Snapshot) -> int:
+    """Put the snapshot in the vault, then its sha256 (a drain cut between the two leaves a
+    mismatch the morning refuses, never a silently older queue). Returns the snapshot's size."""
+    data = snapshot.model_dump_json().encode()
+    size = await storage.put(SNAPSHOT_KEY, aiter_chunks(data), "application/json")
+    digest = f"{hashlib.sha256(data).hexdigest()}  queue.json\n".encode()
+    await storage.put(CHECKSUM_KEY, aiter_chunks(digest), "text/plain")
+    return size
+
+
+async def _read_all(storage: Storage, key: str) -> bytes:
+    return b"".join([chunk async for chunk in storage.get(key)])
+
+
+async def load_saved_snapshot(storage: Storage) -> Snapshot | None:
+    """The vault's snapshot, checked against its sha256; None on the workshop's first day.
+
+    Raises ``SnapshotError`` when the workshop ran before but no snapshot is there, when only one
+    of the snapshot and its checksum exists, when they disagree, or when the file is not a snapshot.
+    """
+    where = f"{getattr(storage, 'url', 'the vault')} {SNAPSHOT_KEY}"
+    has_snapshot, has_checksum = await storage.exists(SNAPSHOT_KEY), await storage.exists(CHECKSUM_KEY)
+    if not has_snapshot and not has_checksum:
+        if await storage.exists(STARTED_KEY):
+            raise SnapshotError(
+                f"no queue snapshot at {where}, but the workshop ran before ({STARTED_KEY} exists): the "
+                "evening's drain did not save one. Nothing was restored. Find the snapshot and put it "
+                f"back with its {CHECKSUM_KEY}, or, to start with an empty queue on purpose, delete "
+                f"{STARTED_KEY} from the bucket and run `pulumi up` again"
+            )
+        return None
+    if not (has_snapshot and has_checksum):
+        missing = CHECKSUM_KEY if has_snapshot else SNAPSHOT_KEY
+        raise SnapshotError(f"{missing} is missing next to {where}: the snapshot cannot be checked")
+    data = await _read_all(storage, SNAPSHOT_KEY)
+    expected = (await _read_all(storage, CHECKSUM_KEY)).decode(errors="replace").split(" ")[0].strip()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise SnapshotError(
+            f"{where} is corrupt: its sha256 is {actual}, {CHECKSUM_KEY} says {expected}. Nothing was "
+            "restored; put back an intact copy (or delete both files and snapshots/started to start empty)"
+        )
+    try:
+        return Snapshot.model_validate_json(data)
+    except ValidationError as exc:
+        raise SnapshotError(f"{where} matches its checksum but is not a queue snapshot: {exc}") from exc
+
+
+async def mark_started(storage: Storage) -> None:
+    """From now on a morning without a snapshot is an error, not a first day."""
+    stamp = datetime.now(UTC).isoformat().encode()
+    await storage.put(STARTED_KEY, aiter_chunks(stamp), "text/plain")

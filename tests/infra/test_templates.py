@@ -81,8 +81,8 @@ def test_the_queue_keeper_commands_pass_shellcheck(tmp_path: Path) -> None:
         result = subprocess.run(["shellcheck", "-s", "sh", str(path)], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout
     assert "cli drain --timeout" in script_command("drain.sh", "qm", "600")
-    assert "cli snapshot --out" in script_command("drain.sh", "qm", "600")
-    assert "cli restore --in" in script_command("restore.sh", "qm")
+    assert "cli save" in script_command("drain.sh", "qm", "600")
+    assert "cli load" in script_command("restore.sh", "qm")
 
 
 def test_the_workshop_nginx_config_passes_nginx_t(tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ class Stats(BaseModel):
 
 
 def samples_key(store: Store) -> str:
-    return f"{store.keys.prefix}:admin:samples"
+    return store.keys.admin_samples
 
 
 def live(workers: list[WorkerInfo]) -> list[WorkerInfo]:
@@ -58,7 +58,7 @@ def live(workers: list[WorkerInfo]) -> list[WorkerInfo]:
 
 
 def sampled_key(store: Store, interval: int) -> str:
-    return f"{store.keys.prefix}:admin:sampled:{interval}"
+    return store.keys.admin_sampled(interval)
 
 
 async def current_sample(store: Store, workers: list[WorkerInfo], now: float) -> Sample:

@@ -26,7 +26,7 @@ router = APIRouter()
 
 
 def hidden_key(ctx: Context, user: str) -> str:
-    return f"{ctx.prefix}:ws:hidden:{user}"
+    return ctx.store.keys.hidden(user)
 
 
 async def own_jobs(ctx: Context, user: str) -> list[Job]:

@@ -11,6 +11,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from services.queue_manager.keys import Keys
+
 MAX_SETTING_BYTES = 1024 * 1024
 # No workflow templates are installed on the queue manager, so ComfyUI's first-visit template
 # gallery would open empty: a new participant starts on the default graph instead.
@@ -33,7 +35,7 @@ class SettingsError(ValueError):
 class UserSettings:
     def __init__(self, redis: Redis, user: str, prefix: str = "qm") -> None:
         self._redis = redis
-        self._key = f"{prefix}:ws:settings:{user}"
+        self._key = Keys(prefix).user_settings(user)
 
     async def all(self) -> dict[str, Any]:
         raw = await self._redis.hgetall(self._key)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from services.queue_manager.keys import Keys
+
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_FILES_PER_USER = 2000
 
@@ -58,8 +60,8 @@ class UserData:
 
     def __init__(self, redis: Redis, user: str, prefix: str = "qm") -> None:
         self._redis = redis
-        self._files = f"{prefix}:ws:ud:{user}"
-        self._meta = f"{prefix}:ws:udmeta:{user}"
+        self._files = Keys(prefix).user_data(user)
+        self._meta = Keys(prefix).user_data_meta(user)
 
     async def read(self, path: str) -> bytes | None:
         value = await self._redis.hget(self._files, clean_path(path))

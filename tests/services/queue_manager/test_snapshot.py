@@ -48,8 +48,15 @@ async def test_snapshot_and_restore_over_http(client: httpx.AsyncClient) -> None
     snapshot = (await client.get("/api/admin/snapshot", headers=ADMIN)).json()
     assert len(snapshot["jobs"]) == 1
     reply = await client.post("/api/admin/restore", json=snapshot, headers=ADMIN)
-    assert reply.json() == {"restored": 0, "requeued": 0, "skipped": 1}
+    assert reply.json() == {"restored": 0, "requeued": 0, "skipped": 1, "keys": 0}
     assert (await client.post("/api/admin/restore", json={"jobs": "x"}, headers=ADMIN)).status_code == 422
+
+
+async def test_a_restore_writes_only_keys_of_families_the_snapshot_carries(client: httpx.AsyncClient) -> None:
+    """An uploaded snapshot cannot plant a worker registration or any other key it should not hold."""
+    planted = {"jobs": [], "keys": {"worker:evil": {"type": "hash", "data": {}}}}
+    reply = await client.post("/api/admin/restore", json=planted, headers=ADMIN)
+    assert reply.status_code == 422 and "worker:evil" in reply.text
 
 
 def run_cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:

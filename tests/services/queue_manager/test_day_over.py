@@ -1,0 +1,280 @@
+"""The evening and the morning: everything a participant sees survives the destroy and the up.
+
+A platform is filled through its API (two participants: queued, running and finished jobs,
+outputs, uploads, saved workflows and templates, settings, hidden history, queue places). Then the
+destroy's own step runs (the QueueKeeper's command: ``infra/templates/drain.sh``), Redis is wiped,
+a new queue manager starts and the up's own step runs (``restore.sh``). Every answer each
+participant got in the evening is asked again in the morning. ``docker`` is a shim that runs the
+``docker exec`` command here, with the queue manager's settings; the files directory stands for the
+vault's bucket, which the destroy keeps.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from infra.queue_keeper import script_command
+from services.protocol.jobs import OutputFile
+from services.protocol.workers import Completion, Lease
+from services.queue_manager.keys import family_of
+from services.queue_manager.settings import Settings
+from services.queue_manager.snapshot import CHECKSUM_KEY, SNAPSHOT_KEY
+from tests.doubles.comfyui_nodes import catalogue
+from tests.support.queue_manager_app import (
+    ADMIN,
+    ADMIN_PASSWORD,
+    POOL_TOKEN,
+    live_server,
+    login,
+    register_worker,
+    settings_for,
+)
+
+WORKER = {"Authorization": f"Bearer {POOL_TOKEN}"}
+GRAPH: dict[str, Any] = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "night"}},
+}
+USERS = ("alice", "bob")
+pytestmark = pytest.mark.slow
+CONTAINER = "comfy-workshop-queue-manager"
+
+
+def day_settings(redis_url: str) -> Settings:
+    """The night's running job keeps its lease while the (slow) evening steps run."""
+    return settings_for(redis_url, lease_seconds=600)
+
+
+@pytest.fixture
+def docker_shim(tmp_path: Path) -> Path:
+    """``docker inspect`` says the container exists; ``docker exec [-i] <c> cmd...`` runs cmd here."""
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (shim / "python").chmod(0o755)
+    docker = shim / "docker"
+    docker.write_text(
+        '#!/bin/sh\ncase "$1" in\n  inspect) exit 0 ;;\n'
+        '  exec) shift; while [ "${1#-}" != "$1" ]; do shift; done; shift; exec "$@" ;;\nesac\nexit 1\n'
+    )
+    docker.chmod(0o755)
+    return shim
+
+
+def keeper_step(which: str, redis_url: str, bucket: Path, shim: Path) -> subprocess.CompletedProcess[str]:
+    """Run the QueueKeeper's own create (restore) or delete (drain) command."""
+    command = (
+        script_command("drain.sh", CONTAINER, "1")
+        if which == "drain"
+        else script_command("restore.sh", CONTAINER)
+    )
+    env = {
+        **os.environ,
+        "PATH": f"{shim}:{os.environ['PATH']}",
+        "QM_ENV": "development",
+        "QM_REDIS_URL": redis_url,
+        "QM_FILES_URL": bucket.as_uri(),
+    }
+    return subprocess.run(
+        ["sh", "-c", command], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def claim(worker: httpx.Client) -> Lease:
+    reply = worker.post("/api/workers/w1/claim", params={"wait": 5}, headers=WORKER)
+    assert reply.status_code == 200, reply.text
+    return Lease.model_validate(reply.json())
+
+
+def finish(worker: httpx.Client, bucket: Path, user: str, name: str) -> str:
+    """The next job runs on the worker and writes one output into the user files."""
+    lease = claim(worker)
+    assert lease.job.user == user
+    (bucket / "users" / user / "output").mkdir(parents=True, exist_ok=True)
+    (bucket / "users" / user / "output" / name).write_bytes(f"PNG of {user}".encode())
+    output = OutputFile(node_id="2", kind="images", filename=name, type="output")
+    done = Completion(token=lease.token, outputs=[output]).model_dump(mode="json")
+    worker.post(f"/api/leases/{lease.job.id}/complete", json=done, headers=WORKER).raise_for_status()
+    return lease.job.id
+
+
+def queue(client: httpx.Client, user: str) -> str:
+    reply = client.post(f"/w/{user}/api/prompt", json={"prompt": GRAPH, "client_id": "tab"})
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["prompt_id"])
+
+
+def personal_data(client: httpx.Client, user: str) -> None:
+    """Uploads, saved workflows, node templates and settings of one participant."""
+    upload = client.post(
+        f"/w/{user}/api/upload/image", files={"image": ("in.png", user.encode(), "image/png")}
+    )
+    assert upload.status_code == 200, upload.text
+    for path, body in {
+        "workflows/portrait.json": b'{"nodes": [], "by": "%s"}' % user.encode(),
+        "comfy.templates.json": b'[{"name": "mine"}]',
+    }.items():
+        saved = client.post(f"/w/{user}/api/userdata/{path.replace('/', '%2F')}", content=body)
+        assert saved.status_code == 200, saved.text
+    client.post(f"/w/{user}/api/settings/Comfy.ColorPalette", json=f"{user}-palette").raise_for_status()
+
+
+def fill(server_url: str, bucket: Path) -> dict[str, httpx.Client]:
+    """Two participants' day; returns their logged-in clients. Bob's last job runs at night."""
+    clients = {user: login(httpx.Client(base_url=server_url, timeout=20), user) for user in USERS}
+    worker = httpx.Client(base_url=server_url, timeout=20)
+    register_worker(worker, catalogue(["in.png"]))
+    alice, bob = clients["alice"], clients["bob"]
+    for user, client in clients.items():
+        personal_data(client, user)
+    queue(alice, "alice")
+    finish(worker, bucket, "alice", "night_00001_.png")
+    queue(alice, "alice")
+    hidden = finish(worker, bucket, "alice", "night_00002_.png")
+    alice.post("/w/alice/api/history", json={"delete": [hidden]}).raise_for_status()
+    queue(bob, "bob")
+    finish(worker, bucket, "bob", "night_00001_.png")
+    queue(bob, "bob")
+    assert claim(worker).job.user == "bob"  # running when the evening comes; its worker is gone
+    for user in ("alice", "bob", "alice", "alice"):
+        queue(clients[user], user)
+    admin = login(httpx.Client(base_url=server_url, timeout=20), ADMIN, ADMIN_PASSWORD)
+    admin.post("/api/admin/users/bob/priority", json={"priority": 2}).raise_for_status()
+    admin.close()
+    worker.close()
+    return clients
+
+
+def answers(client: httpx.Client, user: str) -> dict[str, Any]:
+    """What the participant's workspace and API show."""
+    base = f"/w/{user}/api"
+    got: dict[str, Any] = {}
+    for route in (
+        "/history?max_items=64",
+        "/settings",
+        "/userdata?dir=workflows&recurse=true&full_info=true",
+        "/userdata/workflows%2Fportrait.json",
+        "/userdata/comfy.templates.json",
+        "/view?filename=in.png&type=input",
+        "/view?filename=night_00001_.png&type=output",
+        "/object_info",
+        "/queue",
+        "/prompt",
+    ):
+        reply = client.get(base + route)
+        assert reply.status_code == 200, (route, reply.text)
+        got[route] = reply.json() if "json" in reply.headers.get("content-type", "") else reply.content
+    got["/api/jobs"] = client.get("/api/jobs").json()
+    return got
+
+
+def interrupted_moves_to_the_front(evening: dict[str, Any]) -> dict[str, Any]:
+    """The morning's expected answers: a job running at night waits at the head of the queue,
+    its interrupted attempt not counted."""
+    panel = evening["/queue"]
+    running = {item[1] for item in panel["queue_running"]}
+    requeued = {"state": "queued", "worker_id": None, "attempts": 0}  # as a released job: started_at kept
+    return {
+        **evening,
+        "/queue": {"queue_running": [], "queue_pending": panel["queue_running"] + panel["queue_pending"]},
+        "/api/jobs": [{**job, **requeued} if job["id"] in running else job for job in evening["/api/jobs"]],
+    }
+
+
+def comparable(answers_: dict[str, Any]) -> dict[str, Any]:
+    """Queue panel entries carry their place number; compare ids in order."""
+    panel = answers_["/queue"]
+    return {
+        **answers_,
+        "/queue": {name: [item[1] for item in items] for name, items in panel.items()},
+        "/api/jobs": {job["id"]: job for job in answers_["/api/jobs"]},
+    }
+
+
+@pytest.fixture
+def bucket(tmp_path: Path) -> Path:
+    return tmp_path / "bucket"
+
+
+def test_everything_a_participant_sees_survives_the_night(
+    redis_url: str, bucket: Path, docker_shim: Path
+) -> None:
+    with live_server(day_settings(redis_url), bucket) as evening_server:
+        clients = fill(evening_server.url, bucket)
+        drained = keeper_step("drain", redis_url, bucket, docker_shim)
+        assert drained.returncode == 0, drained.stderr
+        evening = {user: answers(client, user) for user, client in clients.items()}
+        for client in clients.values():
+            client.close()
+    assert bob_runs_at_night(evening["bob"])
+    redis.Redis.from_url(redis_url).flushall()  # the destroy deletes Redis and its volume
+
+    with live_server(day_settings(redis_url), bucket) as morning_server:
+        restored = keeper_step("restore", redis_url, bucket, docker_shim)
+        assert restored.returncode == 0, restored.stderr
+        assert "restored 8 jobs" in restored.stdout
+        for user in USERS:
+            with httpx.Client(base_url=morning_server.url, timeout=20) as client:
+                morning = answers(login(client, user), user)
+            expected = comparable(interrupted_moves_to_the_front(evening[user]))
+            for route, answer in comparable(morning).items():
+                assert answer == expected[route], (user, route)
+
+
+def bob_runs_at_night(bob: dict[str, Any]) -> bool:
+    return len(bob["/queue"]["queue_running"]) == 1
+
+
+def test_every_key_the_api_writes_is_declared_in_keys_py(redis_url: str, bucket: Path) -> None:
+    with live_server(day_settings(redis_url), bucket) as server:
+        for client in fill(server.url, bucket).values():
+            client.close()
+        keys = [key.decode() for key in redis.Redis.from_url(redis_url).scan_iter(count=1000)]
+    assert len(keys) > 20
+    undeclared = sorted(key for key in keys if family_of(key, "qm") is None)
+    assert undeclared == [], "declare these key families in services/queue_manager/keys.py FAMILIES"
+
+
+@pytest.fixture
+def saved_day(redis_url: str, bucket: Path, docker_shim: Path) -> Iterator[None]:
+    """A first morning (nothing saved yet) then an evening that saved one queued job."""
+    with live_server(day_settings(redis_url), bucket) as server:
+        assert keeper_step("restore", redis_url, bucket, docker_shim).returncode == 0
+        with httpx.Client(base_url=server.url, timeout=20) as alice:
+            queue(login(alice, "alice"), "alice")
+        assert keeper_step("drain", redis_url, bucket, docker_shim).returncode == 0
+    redis.Redis.from_url(redis_url).flushall()
+    yield
+
+
+@pytest.mark.usefixtures("saved_day")
+def test_a_corrupt_snapshot_stops_the_morning_and_restores_nothing(
+    redis_url: str, bucket: Path, docker_shim: Path
+) -> None:
+    snapshot = bucket / SNAPSHOT_KEY
+    snapshot.write_bytes(snapshot.read_bytes().replace(b'"alice"', b'"alicf"'))
+    reply = keeper_step("restore", redis_url, bucket, docker_shim)
+    assert reply.returncode != 0 and "corrupt" in reply.stderr and "sha256" in reply.stderr
+    assert redis.Redis.from_url(redis_url).dbsize() == 0
+
+
+@pytest.mark.usefixtures("saved_day")
+def test_a_missing_snapshot_after_the_first_day_stops_the_morning(
+    redis_url: str, bucket: Path, docker_shim: Path
+) -> None:
+    (bucket / SNAPSHOT_KEY).unlink()
+    (bucket / CHECKSUM_KEY).unlink()
+    reply = keeper_step("restore", redis_url, bucket, docker_shim)
+    assert (
+        reply.returncode != 0 and "no queue snapshot" in reply.stderr and "snapshots/started" in reply.stderr
+    )
+    assert redis.Redis.from_url(redis_url).dbsize() == 0
