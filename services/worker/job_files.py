@@ -51,7 +51,7 @@ class FoldersMismatchError(Exception):
 
 @dataclass(frozen=True)
 class ComfyFolders:
-    """ComfyUI's ``--input-directory``, ``--output-directory`` and ``--temp-directory``."""
+    """ComfyUI's input, output and temp folders (``temp`` must be named so: see ``flags``)."""
 
     input: Path
     output: Path
@@ -66,7 +66,11 @@ class ComfyFolders:
         return folder
 
     def flags(self) -> list[str]:
-        return [arg for kind in KINDS for arg in (f"--{kind}-directory", str(self.of(kind)))]
+        """ComfyUI's flags for these folders: its temp folder is ``temp`` inside ``--temp-directory``."""
+        return [
+            *("--input-directory", str(self.input), "--output-directory", str(self.output)),
+            *("--temp-directory", str(self.temp.parent)),
+        ]
 
     def clear(self) -> None:
         """Empty the three folders (they stay, empty)."""

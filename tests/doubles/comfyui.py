@@ -29,6 +29,8 @@ Two ways to run it:
       python -m tests.doubles.comfyui --listen 127.0.0.1 --port 8188 --output-directory out \\
           --input-directory in --temp-directory tmp [--node-seconds 0.2 --output-bytes 1000000]
 
+  (its temp folder is then ``tmp/temp``, as ComfyUI's)
+
 Test knobs (``Knobs``; over HTTP: ``POST /__double__/knobs`` with a JSON object): ``node_seconds``
 (execution time per node), ``progress_steps`` (``progress`` events per executed node, interrupt
 checked between steps), ``silent`` (the socket stays open but sends nothing), ``output_bytes``
@@ -442,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
         knobs,
         args.input_directory,
         args.output_directory,
-        args.temp_directory,
+        args.temp_directory / "temp" if args.temp_directory else None,  # as ComfyUI's main.py
     )
     config = uvicorn.Config(
         double.app,
