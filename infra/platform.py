@@ -15,6 +15,7 @@ import pulumi_random as random
 
 from infra.images import QUEUE_MANAGER, build_image
 from infra.secret import secret
+from services.queue_manager.durability import redis_conf_lines
 
 REDIS_IMAGE = "redis:7.4-alpine"
 NGINX_IMAGE = "nginx:1.27-alpine"
@@ -69,9 +70,10 @@ def platform_network(name: str, stack: str, opts: pulumi.ResourceOptions | None 
 
 
 def redis_conf(password: str) -> str:
-    """AOF with fsync every second, a password, no persistence besides AOF, dangerous commands off."""
+    """The queue's durability policy (AOF, fsync on every write: services/queue_manager/durability.py),
+    a password, no persistence besides AOF, dangerous commands off."""
     return (
-        f'requirepass {password}\nappendonly yes\nappendfsync everysec\nsave ""\ndir /data\n'
+        f'requirepass {password}\n{redis_conf_lines()}save ""\ndir /data\n'
         'protected-mode yes\nrename-command FLUSHALL ""\nrename-command FLUSHDB ""\n'
     )
 

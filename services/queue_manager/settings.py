@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
-        description="QM_REDIS_URL: the Redis the queue lives in (run it with AOF and appendfsync always)",
+        description="QM_REDIS_URL: the Redis the queue lives in (durability policy: durability.py)",
     )
     key_prefix: str = Field(default="qm", description="QM_KEY_PREFIX: prefix of every Redis key")
     admin_user: str = Field(default="admin", description="QM_ADMIN_USER: the admin's login name")

@@ -147,8 +147,8 @@ def test_docker_is_used_only_after_cloud_init_finished(workshop: StackRun) -> No
 
 def test_destroy_drains_and_snapshots_before_the_queue_manager_and_server_go(workshop: StackRun) -> None:
     step = workshop.one("command:remote:Command", "queue-step")
-    assert "cli drain --timeout" in step.inputs["delete"] and "cli snapshot" in step.inputs["delete"]
-    assert "cli restore" in step.inputs["create"]
+    assert "cli drain --timeout" in step.inputs["delete"] and "cli save" in step.inputs["delete"]
+    assert "cli load" in step.inputs["create"]
     # Pulumi deletes dependents first: the step's delete runs while these still exist.
     assert workshop.depends_transitively(step, container(workshop, "queue-manager"))
     assert workshop.depends_transitively(step, container(workshop, "redis"))

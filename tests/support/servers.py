@@ -14,6 +14,8 @@ from pathlib import Path
 
 import redis
 
+from services.queue_manager.durability import redis_args
+
 # Where queue managers started by tests and benches keep user files unless a test chooses a folder:
 # never the production default under /var/lib.
 TEST_FILES_URL = (Path(tempfile.gettempdir()) / "comfy-workshop-test-files").as_uri()
@@ -63,7 +65,7 @@ class ManagedProcess:
 
 @dataclass
 class RedisServer(ManagedProcess):
-    """A real ``redis-server`` with AOF and ``appendfsync always``, as production runs it."""
+    """A real ``redis-server`` with the queue's durability policy, as production runs it."""
 
     directory: Path
     port: int = 0
@@ -87,10 +89,7 @@ class RedisServer(ManagedProcess):
                 "127.0.0.1",
                 "--dir",
                 str(self.directory),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
+                *redis_args(),
                 "--save",
                 "",
                 "--daemonize",

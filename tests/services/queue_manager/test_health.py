@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from infra.platform import redis_conf
 from services.queue_manager.background import check_durability
 from services.queue_manager.logs import JsonFormatter
 from services.queue_manager.store import Store
-from tests.services.queue_manager.conftest import GPU, PROMPT, registration, user_auth
+from tests.services.queue_manager.conftest import GPU, PROMPT, make_settings, registration, user_auth
+from tests.support.servers import free_port, wait_until
 
 
 async def test_health_and_ready_answer_while_redis_is_up(client: httpx.AsyncClient) -> None:
@@ -54,3 +62,36 @@ async def test_a_redis_that_could_lose_jobs_is_reported_at_startup(
     caplog.clear()
     await check_durability(store)
     assert caplog.text == ""
+
+
+async def test_the_production_redis_conf_meets_the_queue_managers_durability_check(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The platform's redis.conf, run by a real redis-server, is what the queue manager asks for."""
+    conf = tmp_path / "redis.conf"
+    conf.write_text(redis_conf("pw-0123456789").replace("dir /data", f"dir {tmp_path}"))  # the volume
+    port = free_port()
+    listen = ["--port", str(port), "--bind", "127.0.0.1"]
+    process = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", str(conf), *listen],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    redis = Redis(port=port, password="pw-0123456789", decode_responses=True)
+    try:
+        wait_until(lambda: process.poll() is None and _pings(port), what="redis-server with redis.conf")
+        assert await redis.config_get("appendfsync") == {"appendfsync": "always"}
+        with caplog.at_level(logging.INFO, logger="services.queue_manager.background"):
+            await check_durability(Store(redis, make_settings(f"redis://127.0.0.1:{port}/0")))
+        assert caplog.text == ""
+    finally:
+        await redis.aclose()
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _pings(port: int) -> bool:
+    try:
+        return bool(SyncRedis(port=port, password="pw-0123456789", socket_timeout=1).ping())
+    except RedisError:
+        return False
