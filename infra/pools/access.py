@@ -8,6 +8,7 @@ file on the instance, Verda secrets, RunPod template env).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,16 @@ class WorkerEnv:
 
     def merged(self) -> dict[str, pulumi.Input[str]]:
         return {**self.plain, **{key: secret(value) for key, value in self.secret.items()}}
+
+    def secrets_version(self) -> pulumi.Output[str]:
+        """A digest of the secret values (safe to show): as a plain setting it changes the worker's
+        spec whenever a secret stored elsewhere (a Verda secret) changes, so the workers restart."""
+
+        def digest(values: dict[str, str]) -> str:
+            text = "\n".join(f"{key}={value}" for key, value in sorted(values.items()))
+            return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+        return pulumi.Output.unsecret(pulumi.Output.all(**self.secret).apply(digest))
 
 
 def worker_env(ctx: PoolContext, pool: str, provider: str, models_dir: str | None) -> WorkerEnv:

@@ -7,12 +7,12 @@ from typing import Literal
 import pulumi
 from pydantic import Field
 
-from infra.credential_registry import RUNPOD_API_KEY, Credential
+from infra.credential_registry import REGISTRY_PASSWORD, RUNPOD_API_KEY, Credential
 from infra.pools.access import RUNPOD_MODELS_DIR, push_pool_env, runpod_connection, worker_env
 from infra.pools.base import PoolConfigBase, PoolMode, ReplicaRange
 from infra.pools.context import PoolContext
 from infra.pools.kind import GpuPool, PoolComponent
-from infra.providers.resources import RunPodEndpoint, RunPodNetworkVolume, RunPodTemplate
+from infra.providers.resources import RunPodEndpoint, RunPodNetworkVolume, RunPodRegistryAuth, RunPodTemplate
 from infra.schema import Label, Model
 from infra.secret import secret
 
@@ -31,7 +31,8 @@ class RunpodServerlessConfig(PoolConfigBase, ReplicaRange):
     flashboot: bool = True
     container_disk_gb: int = Field(default=30, ge=10, le=500)
     registry_auth_id: str | None = Field(
-        default=None, description="RunPod container registry auth id, for a private worker image"
+        default=None,
+        description="an existing RunPod registry auth id; default: one made from `registry` and its token",
     )
     models_volume: NetworkVolume | None = None
 
@@ -65,7 +66,7 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
                 "env": secret(pulumi.Output.all(**env.plain, **env.secret)),
                 "container_disk_gb": config.container_disk_gb,
                 "start_cmd": ["runpod"],
-                **({"registry_auth_id": config.registry_auth_id} if config.registry_auth_id else {}),
+                "registry_auth_id": self._registry_auth(config, ctx, prefix, conn, child),
                 **conn,
             },
             child,
@@ -101,6 +102,26 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
             }
         )
         return pool
+
+    def _registry_auth(
+        self,
+        config: RunpodServerlessConfig,
+        ctx: PoolContext,
+        prefix: str,
+        conn: dict[str, pulumi.Input[str]],
+        opts: pulumi.ResourceOptions,
+    ) -> pulumi.Input[str]:
+        """The login RunPod pulls the pushed (private) worker image with."""
+        if config.registry_auth_id:
+            return config.registry_auth_id
+        registry = ctx.registry_for(config.name, self.kind)
+        props = {
+            "name": f"{prefix}-registry",
+            "username": registry.username,
+            "password": REGISTRY_PASSWORD.required(),
+            **conn,
+        }
+        return RunPodRegistryAuth(f"{config.name}-registry", props, opts).remote_id
 
     def _volume(
         self,

@@ -15,7 +15,7 @@ from infra.pools.base import ModelsVolume, PoolConfigBase, PoolMode
 from infra.pools.context import PoolContext
 from infra.pools.kind import GpuPool, PoolComponent
 from infra.pools.verda import CREDENTIALS, LOCATIONS, models_volume
-from infra.pools.verda_startup import StartupSpec, startup_script
+from infra.pools.verda_startup import StartupSpec, setup_digest, startup_script
 from infra.providers.resources import VerdaInstance, VerdaSharedVolume, VerdaSshKey, VerdaStartupScript
 from infra.schema import one_of
 from infra.secret import secret
@@ -66,9 +66,10 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
             f"{config.name}-ssh-key", {"name": prefix, "public_key": key.public_key_openssh, **conn}, child
         )
         volume = models_volume(ctx, (config.name, pool), config.models_volume, config.location, conn)
+        spec = self._spec(config, ctx, volume)
         script = VerdaStartupScript(
             f"{config.name}-startup",
-            {"name": prefix, "script": self._script(config, ctx, pool, volume), **conn},
+            {"name": prefix, "script": secret(spec.apply(startup_script)), **conn},
             child,
         )
         instances = [
@@ -81,6 +82,7 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
                     "is_spot": config.spot,
                     "ssh_key_ids": [ssh_key.remote_id],
                     "startup_script_id": script.remote_id,
+                    "setup_digest": spec.apply(setup_digest),
                     "existing_volumes": [volume.volume_id] if volume else [],
                     "os_volume_size": config.os_volume_gb,
                     "description": f"comfy-workshop {ctx.stack}/{config.name}",
@@ -102,13 +104,9 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
         )
         return pool
 
-    def _script(
-        self,
-        config: VerdaInstanceConfig,
-        ctx: PoolContext,
-        pool: PoolComponent,
-        volume: VerdaSharedVolume | None,
-    ) -> pulumi.Output[str]:
+    def _spec(
+        self, config: VerdaInstanceConfig, ctx: PoolContext, volume: VerdaSharedVolume | None
+    ) -> pulumi.Output[StartupSpec]:
         registry = ctx.registry_for(config.name, self.kind)
         if ctx.tailnet_auth_key is None:
             raise ValueError(f"pool {config.name}: verda-instance needs the GPU tailnet key")
@@ -121,13 +119,11 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
             mount=volume.mount_command if volume else "",
         )
 
-        def render(v: dict[str, Any]) -> str:
-            spec = StartupSpec(
+        def render(v: dict[str, Any]) -> StartupSpec:
+            return StartupSpec(
                 pool=config.name, image=v["image"], workers_per_gpu=config.workers_per_gpu,
                 tailnet_key=v["key"], registry_server=registry.server, registry_username=registry.username,
                 registry_password=v["password"], worker_env=v["env"], mount_command=v["mount"] or None,
             )  # fmt: skip
-            return startup_script(spec)
 
-        text = values.apply(render)
-        return secret(text)
+        return values.apply(render)

@@ -76,7 +76,8 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
                 "port": WORKER_PORT,
                 "health_path": "/health",
                 "cmd": ["serve-push"],
-                "env": env.plain,
+                # Verda secrets are referenced by name: their digest makes a new value roll the replicas.
+                "env": {**env.plain, "WORKER_SECRETS_VERSION": env.secrets_version()},
                 "secret_env": {key: name for key, name, _ in secrets},
                 "mounts": [{"mount_path": SHARED_MODELS_DIR, "volume_id": volume.volume_id}]
                 if volume

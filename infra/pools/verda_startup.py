@@ -9,9 +9,10 @@ here-documents, never onto a command line; the whole script is a Pulumi secret.
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from infra.pools.access import SHARED_MODELS_DIR
 
@@ -130,3 +131,11 @@ def startup_script(spec: StartupSpec) -> str:
         WORKERS.format(per_gpu=spec.workers_per_gpu, secrets=SECRETS_DIR, volume=volume, image=q(spec.image))
     )
     return "".join(parts)
+
+
+def setup_digest(spec: StartupSpec) -> str:
+    """What the script does, less the credentials that rotate on their own (the tailnet key, renewed
+    when it expires, and the registry token): an instance is replaced only when this changes."""
+    return hashlib.sha256(
+        startup_script(replace(spec, tailnet_key="", registry_password="")).encode()
+    ).hexdigest()

@@ -14,7 +14,9 @@ inside each method from the resource's own (secret) inputs or the environment.
 
 from __future__ import annotations
 
+import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -37,54 +39,74 @@ T = TypeVar("T")
 CONNECTION_KEYS = frozenset({"client_id", "client_secret", "api_key", "api_url", "timing", "__provider"})
 
 
+# The engine runs every dynamic resource of a stack in one provider process, several at once: two
+# resources naming one remote object (two pools, one models volume) must not both find nothing and
+# both make it. Creates of one name take turns here, so the second finds and adopts the first's.
+_NAMES_LOCK = threading.Lock()
+_NAME_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+
+
+def _turn_for(kind: str, name: Any) -> threading.Lock:
+    with _NAMES_LOCK:
+        return _NAME_LOCKS.setdefault((kind, str(name)), threading.Lock())
+
+
 class ProviderError(Exception):
     """A failure explained for the organizer: what went wrong and what to do about it."""
 
 
-class LifecycleProvider(ResourceProvider):
+class LifecycleProvider(ResourceProvider, ABC):
     """check/diff/create/read/update/delete over a few remote verbs, idempotent and orphan-free."""
 
     serialize_as_secret_always = True
     kind: ClassVar[str] = "resource"
     required: ClassVar[tuple[str, ...]] = ("name",)
     replace_keys: ClassVar[frozenset[str]] = frozenset({"name"})
+    # What ``describe`` adds to the inputs: stored as outputs, never sent back as inputs, so never
+    # compared with them (the engine's Diff gets the stored outputs as ``olds``).
+    outputs: ClassVar[tuple[str, ...]] = ()
     # False where a leftover is cheap and precious (a models volume): the next create adopts it.
     discard_on_failure: ClassVar[bool] = True
 
     # --- remote verbs, provided by each resource kind -------------------------------------
-    def connect(self, props: dict[str, Any]) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def connect(self, props: dict[str, Any]) -> Any: ...
 
-    def is_transient(self, exc: BaseException) -> bool:
-        raise NotImplementedError
+    @abstractmethod
+    def is_transient(self, exc: BaseException) -> bool: ...
 
-    def explain(self, exc: BaseException, props: dict[str, Any]) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def explain(self, exc: BaseException, props: dict[str, Any]) -> str: ...
 
-    def find(self, api: Any, props: dict[str, Any]) -> Any | None:
-        raise NotImplementedError
+    @abstractmethod
+    def find(self, api: Any, props: dict[str, Any]) -> Any | None: ...
 
-    def make(self, api: Any, props: dict[str, Any]) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def make(self, api: Any, props: dict[str, Any]) -> Any: ...
 
     def matches(self, obj: Any, props: dict[str, Any]) -> bool:
         return True
 
-    def settle(self, api: Any, props: dict[str, Any], obj: Any) -> Any:
+    def adopt(self, api: Any, props: dict[str, Any], obj: Any) -> Any:
+        """An object found under our name that ``matches``: bring it to ``props`` if needed."""
         return obj
 
+    def settle(self, api: Any, props: dict[str, Any], obj: Any) -> Any:
+        """Wait until a created or adopted object is usable."""
+        return obj
+
+    @abstractmethod
     def remove(self, api: Any, props: dict[str, Any], obj: Any) -> None:
         """Delete ``obj`` and return only once the provider confirms it is gone."""
-        raise NotImplementedError
 
-    def fetch(self, api: Any, id_: str, props: dict[str, Any]) -> Any | None:
-        raise NotImplementedError
+    @abstractmethod
+    def fetch(self, api: Any, id_: str, props: dict[str, Any]) -> Any | None: ...
 
     def change(self, api: Any, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> Any:
         raise ProviderError(f"{self.kind} {news.get('name')!r} cannot be changed in place")
 
-    def describe(self, obj: Any, props: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        raise NotImplementedError
+    @abstractmethod
+    def describe(self, obj: Any, props: dict[str, Any]) -> tuple[str, dict[str, Any]]: ...
 
     # --- Pulumi's verbs ---------------------------------------------------------------------
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
@@ -96,7 +118,8 @@ class LifecycleProvider(ResourceProvider):
         return CheckResult(news, failures)
 
     def diff(self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]) -> DiffResult:
-        keys = (set(_olds) | set(_news)) - CONNECTION_KEYS
+        """``_olds`` are the stored OUTPUTS (inputs plus what ``describe`` added), ``_news`` the inputs."""
+        keys = (set(_olds) | set(_news)) - CONNECTION_KEYS - set(self.outputs)
         changed = sorted(k for k in keys if _olds.get(k) != _news.get(k))
         replaces = [k for k in changed if k in self.replace_keys]
         # Names are deterministic, so the old object must go before its successor takes the name.
@@ -105,7 +128,8 @@ class LifecycleProvider(ResourceProvider):
     def create(self, props: dict[str, Any]) -> CreateResult:
         api = self.guarded(props, lambda: self.connect(props))
         try:
-            obj = self.retrying(props, lambda: self.settle(api, props, self._adopt_or_make(api, props)))
+            with _turn_for(self.kind, props.get("name")):
+                obj = self.retrying(props, lambda: self.settle(api, props, self._adopt_or_make(api, props)))
         except Exception as exc:
             if not self.discard_on_failure:
                 raise ProviderError(self.explain(exc, props)) from exc
@@ -136,7 +160,7 @@ class LifecycleProvider(ResourceProvider):
     def _adopt_or_make(self, api: Any, props: dict[str, Any]) -> Any:
         found = self.find(api, props)
         if found is not None and self.matches(found, props):
-            return found
+            return self.adopt(api, props, found)
         if found is not None:
             self.remove(api, props, found)
         return self.make(api, props)

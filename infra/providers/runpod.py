@@ -6,6 +6,7 @@ by name before creating, changed in place with PATCH, deleted with the deletion 
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any, ClassVar
 
 from infra.providers.lifecycle import ProviderError, poll
@@ -15,9 +16,10 @@ from infra.providers.timing import Timing
 
 class _Collection(RunPodProvider):
     collection: ClassVar[str]
+    outputs: ClassVar[tuple[str, ...]] = ("remote_id",)
 
-    def body(self, props: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def body(self, props: dict[str, Any]) -> dict[str, Any]: ...
 
     def find(self, api: RunPodApi, props: dict[str, Any]) -> Any | None:
         named = [obj for obj in api.call("GET", self.collection) if obj.get("name") == props["name"]]
@@ -74,6 +76,19 @@ class NetworkVolumeProvider(_Collection):
         )
 
 
+class RegistryAuthProvider(_Collection):
+    """``name``, ``username``, ``password`` (secret) -> a container registry login for templates whose
+    image is private. RunPod cannot change one in place, so any change makes a new one."""
+
+    kind = "RunPod registry auth"
+    collection = "/containerregistryauth"
+    required = ("name", "username", "password")
+    replace_keys = frozenset({"name", "username", "password"})
+
+    def body(self, props: dict[str, Any]) -> dict[str, Any]:
+        return {"name": props["name"], "username": props["username"], "password": props["password"]}
+
+
 class TemplateProvider(_Collection):
     """``name``, ``image``, ``env``, ``container_disk_gb``, ``registry_auth_id``, ``start_cmd`` -> a
     serverless template."""
@@ -105,6 +120,7 @@ class EndpointProvider(_Collection):
 
     kind = "RunPod endpoint"
     collection = "/endpoints"
+    outputs = ("remote_id", "endpoint_url")
     required = ("name", "template_id", "gpu_type_ids")
 
     def body(self, props: dict[str, Any]) -> dict[str, Any]:

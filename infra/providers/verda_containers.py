@@ -50,6 +50,7 @@ class DeploymentProvider(VerdaProvider):
     kind = "Verda container deployment"
     required = ("name", "image", "compute")
     replace_keys = frozenset({"name"})
+    outputs = ("endpoint_base_url",)
 
     def find(self, api: Any, props: dict[str, Any]) -> Any | None:
         return fetch_or_none(api.containers.get_deployment_by_name, props["name"])
@@ -57,8 +58,8 @@ class DeploymentProvider(VerdaProvider):
     def make(self, api: Any, props: dict[str, Any]) -> Any:
         return api.containers.create_deployment(deployment_for(props))
 
-    def settle(self, api: Any, props: dict[str, Any], obj: Any) -> Any:
-        """An adopted deployment may carry an older spec: bring it to ours (idempotent)."""
+    def adopt(self, api: Any, props: dict[str, Any], obj: Any) -> Any:
+        """An adopted deployment may carry an older spec: bring it to ours (a fresh one needs nothing)."""
         return api.containers.update_deployment(props["name"], deployment_for(props))
 
     def fetch(self, api: Any, id_: str, props: dict[str, Any]) -> Any | None:

@@ -16,6 +16,7 @@ class _NamedBlob(VerdaProvider):
     """A Verda object that is a name plus one immutable text (``content_key``)."""
 
     service: ClassVar[str]
+    outputs = ("remote_id",)
 
     def _service(self, api: Any) -> Any:
         return getattr(api, self.service)

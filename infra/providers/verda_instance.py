@@ -11,27 +11,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from verda.constants import Actions
+from verda.constants import Actions, InstanceStatus
 
 from infra.providers.lifecycle import ProviderError, poll
 from infra.providers.timing import Timing
 from infra.providers.verda_api import VerdaProvider, delete_confirmed, fetch_or_none
 
 GONE = frozenset({"deleting", "deleted", "discontinued"})
+# The statuses of an instance on its way to "running"; any other one will not get there by waiting.
+BOOTING = frozenset({InstanceStatus.ORDERED, InstanceStatus.PROVISIONING, "new", "validating"})
 DEFAULT_IMAGE = "ubuntu-24.04-cuda-12.8-open-docker"
+# What the instance is made of: a change means a new instance. ``setup_digest`` stands for what the
+# startup script does; the script's id may change without it (a renewed tailnet key in the script
+# matters only to instances created later), so ``startup_script_id`` is only recorded in place.
 SPEC_KEYS = (
-    "name", "instance_type", "image", "location", "is_spot", "ssh_key_ids", "startup_script_id",
+    "name", "instance_type", "image", "location", "is_spot", "ssh_key_ids", "setup_digest",
     "existing_volumes", "os_volume_size", "description",
 )  # fmt: skip
 
 
 class InstanceProvider(VerdaProvider):
     """``name`` (hostname), ``instance_type``, ``location``, ``is_spot``, ``ssh_key_ids``,
-    ``startup_script_id``, ``existing_volumes`` (shared filesystems), ``os_volume_size`` (GB)."""
+    ``startup_script_id``, ``setup_digest`` (of the script, less the secrets that may rotate),
+    ``existing_volumes`` (shared filesystems), ``os_volume_size`` (GB)."""
 
     kind = "Verda instance"
     required = ("name", "instance_type", "location")
     replace_keys = frozenset(SPEC_KEYS)
+    outputs = ("instance_id", "ip", "status", "os_volume_id", "price_per_hour")
 
     def find(self, api: Any, props: dict[str, Any]) -> Any | None:
         mine = [i for i in api.instances.get() if i.hostname == props["name"] and i.status not in GONE]
@@ -77,9 +84,18 @@ class InstanceProvider(VerdaProvider):
 
     def _running(self, api: Any, id_: str, props: dict[str, Any]) -> Any | None:
         instance = api.instances.get_by_id(id_)
-        if instance.status == "error" or instance.status in GONE:
-            raise ProviderError(f"{self.kind} {props['name']!r} ended in status {instance.status!r}.")
-        return instance if instance.status == "running" else None
+        if instance.status == InstanceStatus.RUNNING:
+            return instance
+        if instance.status not in BOOTING:
+            raise ProviderError(
+                f"{self.kind} {props['name']!r} went to status {instance.status!r} instead of 'running'."
+                " Run `pulumi up` again, or pick another location or instance type."
+            )
+        return None
+
+    def change(self, api: Any, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> Any:
+        """Only ``startup_script_id`` changes in place (it runs at first boot only): nothing to send."""
+        return api.instances.get_by_id(id_)
 
     def fetch(self, api: Any, id_: str, props: dict[str, Any]) -> Any | None:
         instance = fetch_or_none(api.instances.get_by_id, id_)

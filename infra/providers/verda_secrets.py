@@ -6,6 +6,7 @@ trusted to hold our value: it is deleted and written again. A changed value repl
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any
 
 from verda.containers import CustomRegistryCredentials, DockerHubCredentials, GithubCredentials
@@ -24,11 +25,11 @@ class _WriteOnly(VerdaProvider):
     def describe(self, obj: Any, props: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return str(props["name"]), {}
 
-    def _listed(self, api: Any) -> list[Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def _listed(self, api: Any) -> list[Any]: ...
 
-    def _delete(self, api: Any, name: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _delete(self, api: Any, name: str) -> None: ...
 
     def find(self, api: Any, props: dict[str, Any]) -> Any | None:
         named = [obj for obj in self._listed(api) if obj.name == props["name"]]
@@ -41,8 +42,8 @@ class _WriteOnly(VerdaProvider):
         self._write(api, props)
         return self.find(api, props)
 
-    def _write(self, api: Any, props: dict[str, Any]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _write(self, api: Any, props: dict[str, Any]) -> None: ...
 
     def remove(self, api: Any, props: dict[str, Any], obj: Any) -> None:
         delete_confirmed(

@@ -22,6 +22,7 @@ class SharedVolumeProvider(VerdaProvider):
     kind = "Verda shared filesystem"
     required = ("name", "size", "location")
     replace_keys = frozenset({"name", "location"})
+    outputs = ("volume_id", "mount_command", "pseudo_path", "fstab_command")
     discard_on_failure = False
 
     def find(self, api: Any, props: dict[str, Any]) -> Any | None:

@@ -11,6 +11,7 @@ secrets out (`without={"hcloud:token"}`) to check how the program reacts.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dill
 import pulumi
 import yaml
 from google.protobuf import json_format
@@ -190,10 +192,16 @@ def _secret_keys(struct: Any) -> set[str]:
 
 
 def dynamic_outputs(args: mocks.MockResourceArgs) -> dict[str, Any]:
-    """What our dynamic providers' ``create`` adds to their inputs (all share one resource type)."""
-    if args.typ == "pulumi-python:dynamic:Resource" and {"compute", "scaling"} <= set(args.inputs):
-        return {"endpoint_base_url": f"https://containers.datacrunch.io/{args.inputs['name']}"}
-    return {}
+    """What our dynamic providers' ``create`` adds to their inputs: each provider's ``outputs`` (all
+    share one resource type; the pickled provider says which), URLs where the output is one."""
+    if args.typ != "pulumi-python:dynamic:Resource":
+        return {}
+    provider = dill.loads(base64.b64decode(_plain(args.inputs["__provider"])))
+    name = args.inputs.get("name", args.name)
+    return {
+        key: f"https://containers.datacrunch.io/{name}" if key.endswith("_url") else f"{args.name}-{key}"
+        for key in provider.outputs
+    }
 
 
 class Recorder(mocks.Mocks):

@@ -9,12 +9,16 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 
-COLLECTIONS = {"templates", "endpoints", "networkvolumes"}
+COLLECTIONS = {"templates", "endpoints", "networkvolumes", "containerregistryauth"}
 
 
 @dataclass
@@ -36,7 +40,25 @@ class RunPodDouble:
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(1)
+        self._lock = threading.Lock()
         self.transport = httpx.MockTransport(self.handle)
+        self.url = ""
+
+    @contextmanager
+    def running(self) -> Iterator[RunPodDouble]:
+        """The same double over loopback HTTP (``url``), for a provider that was pickled and cannot
+        carry the in-memory transport along."""
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
 
     def fail(self, method: str, path: str, **kwargs: Any) -> None:
         self.faults.append(Fault(method, path, **kwargs))
@@ -93,3 +115,33 @@ class RunPodDouble:
         id_ = f"{name[:2]}{next(self._ids):08d}"
         items[id_] = {"id": id_, **body}
         return httpx.Response(200, json=items[id_])
+
+
+def _handler_for(double: RunPodDouble) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            request = httpx.Request(
+                self.command,
+                f"http://127.0.0.1{self.path}",
+                headers={"Authorization": self.headers.get("Authorization", "")},
+                content=self.rfile.read(length) if length else b"",
+            )
+            try:
+                with double._lock:
+                    response = double.handle(request)
+            except httpx.TimeoutException:
+                self.close_connection = True
+                return
+            self.send_response(response.status_code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(response.content)))
+            self.end_headers()
+            self.wfile.write(response.content)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = _serve
+
+    return Handler

@@ -69,13 +69,25 @@ def test_an_adopted_stale_deployment_is_brought_to_the_new_image(
 
 def test_quota_after_creating_leaves_no_deployment(verda: VerdaDouble, props: dict[str, Any]) -> None:
     verda.fail(
-        "PATCH", "/container-deployments/.*", status=403, code="forbidden_action", message="GPU quota reached"
-    )
+        "POST", "/container-deployments", status=403, code="forbidden_action", message="GPU quota reached",
+        when="after",
+    )  # fmt: skip
 
     with pytest.raises(ProviderError, match=r"GPU quota reached.*raise it"):
         DeploymentProvider().create(props)
 
     assert verda.deployments == {}
+
+
+def test_a_new_deployment_is_created_once_and_not_patched_after(
+    verda: VerdaDouble, props: dict[str, Any]
+) -> None:
+    DeploymentProvider().create(props)
+
+    assert [call for call in verda.log if call[1].startswith("/container-deployments")] == [
+        ("GET", "/container-deployments/cw-workshop-serverless"),
+        ("POST", "/container-deployments"),
+    ]
 
 
 def test_insufficient_funds_leaves_no_deployment(verda: VerdaDouble, props: dict[str, Any]) -> None:

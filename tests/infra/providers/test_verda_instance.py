@@ -223,3 +223,17 @@ def test_a_spot_instance_takes_its_os_volume_along_when_reclaimed(
 
     assert verda.instances[result.id]["_os_volume"]["on_spot_discontinue"] == "delete_permanently"
     assert verda.instances[result.id]["is_spot"] is True
+
+
+def test_a_status_that_never_becomes_running_fails_at_once_and_leaves_nothing(
+    verda: VerdaDouble, props: dict[str, Any]
+) -> None:
+    verda.boot = ["ordered", "offline"]
+    slow = {**props, "timing": {**props["timing"], "ready_timeout_s": 600.0}}
+
+    with pytest.raises(ProviderError, match=r"status 'offline' instead of 'running'.*Nothing was left"):
+        InstanceProvider().create(slow)
+
+    assert verda.billable_instances() == []
+    gets = [call for call in verda.log if call[0] == "GET" and call[1].startswith("/instances/")]
+    assert len(gets) < 10, "it gave up at the first status that cannot lead to running"

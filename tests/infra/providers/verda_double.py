@@ -8,6 +8,7 @@ timeout after acting. Instances boot one step per status read, so no test waits 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
@@ -48,6 +49,7 @@ class VerdaDouble:
     faults: list[Fault] = field(default_factory=list)
     log: list[tuple[str, str]] = field(default_factory=list)
     port: int = 0
+    gates: dict[tuple[str, str], threading.Barrier] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(1)
@@ -61,6 +63,11 @@ class VerdaDouble:
     def fail(self, method: str, path: str, **kwargs: Any) -> None:
         self.faults.append(Fault(method, path, **kwargs))
 
+    def rendezvous(self, method: str, path: str, parties: int, timeout_s: float) -> None:
+        """Hold each ``method path`` call until ``parties`` callers are there (or ``timeout_s`` passed):
+        concurrent callers then all see the state before any of them acts, as a race would."""
+        self.gates[(method, path)] = threading.Barrier(parties, timeout=timeout_s)
+
     def billable_instances(self) -> list[dict[str, Any]]:
         return [i for i in self.instances.values() if i["status"] != "deleted"]
 
@@ -72,6 +79,11 @@ class VerdaDouble:
 
     # --- serving ---------------------------------------------------------------------------
     def answer(self, method: str, path: str, body: Any, query: dict[str, list[str]]) -> Answer:
+        gate = self.gates.get((method, path))
+        if gate is not None:
+            # When the others never come (they were serialized), the wait times out: go on alone.
+            with contextlib.suppress(threading.BrokenBarrierError):
+                gate.wait()
         with self._lock:
             self.log.append((method, path))
             fault = self._take_fault(method, path)

@@ -1,0 +1,297 @@
+"""A workshop week for every dynamic provider, as the Pulumi engine drives it (see ``engine.py``):
+create; a second `up` with unchanged inputs; each input changed in turn; a refresh after the object
+was deleted outside Pulumi; a destroy. Against the project's Verda and RunPod doubles on loopback."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from infra.providers import resources
+from tests.infra.providers.conftest import FAST
+from tests.infra.providers.engine import Engine
+from tests.infra.providers.runpod_double import RunPodDouble
+from tests.infra.providers.verda_double import VerdaDouble
+
+Doubles = tuple[VerdaDouble, RunPodDouble]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One resource kind: its inputs as a pool declares them, how each input changes and what the
+    change must do (``update`` or ``replace``), and how to find (and delete) its remote object."""
+
+    resource: type
+    props: dict[str, Any]
+    changes: dict[str, tuple[Any, str]]
+    remote: Callable[[Doubles, str], dict[str, Any] | None]
+    forget: Callable[[Doubles, str], None]
+    cloud: str = "verda"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _alive(store: dict[str, dict[str, Any]], id_: str) -> dict[str, Any] | None:
+    found = store.get(id_)
+    return None if found is None or found.get("status") in ("deleted", "deleting") else found
+
+
+def _mark_deleted(store: dict[str, dict[str, Any]], id_: str) -> None:
+    store[id_]["status"] = "deleted"
+
+
+def _pop(store: Callable[[Doubles], dict[str, Any]]) -> Callable[[Doubles, str], None]:
+    return lambda d, id_: store(d).pop(id_) and None
+
+
+def _get(store: Callable[[Doubles], dict[str, Any]]) -> Callable[[Doubles, str], dict[str, Any] | None]:
+    return lambda d, id_: store(d).get(id_)
+
+
+DEPLOYMENT = {
+    "name": "cw-workshop-burst", "image": "ghcr.io/acme/worker@sha256:aaa", "port": 8080,
+    "health_path": "/health", "cmd": ["serve-push"], "env": {"WORKER_POOL": "burst"},
+    "secret_env": {"WORKER_TOKEN": "cw-workshop-burst-worker-token"},
+    "mounts": [{"mount_path": "/mnt/models", "volume_id": "vol-1"}], "compute": {"name": "H100", "size": 1},
+    "scaling": {"min_replica_count": 0, "max_replica_count": 4}, "registry_credentials": "cw-registry",
+    "is_spot": False,
+}  # fmt: skip
+INSTANCE = {
+    "name": "cw-workshop-baseline-0", "instance_type": "1H100.80S.30V", "location": "FIN-03",
+    "is_spot": False, "ssh_key_ids": ["sshkey-1"], "startup_script_id": "script-1", "setup_digest": "d1",
+    "existing_volumes": ["vol-1"], "os_volume_size": 100, "description": "comfy-workshop workshop/baseline",
+}  # fmt: skip
+ENDPOINT = {
+    "name": "cw-workshop-overflow", "template_id": "te1", "gpu_type_ids": ["NVIDIA H100 80GB HBM3"],
+    "gpu_count": 1, "workers_min": 0, "workers_max": 10, "idle_timeout_s": 60, "flashboot": True,
+    "network_volume_id": "nv1",
+}  # fmt: skip
+
+CASES = {
+    "ssh-key": Case(
+        resources.VerdaSshKey,
+        {"name": "cw-workshop-baseline", "public_key": "ssh-ed25519 AAAA1"},
+        {"public_key": ("ssh-ed25519 AAAA2", "replace"), "name": ("cw-workshop-other", "replace")},
+        _get(lambda d: d[0].ssh_keys),
+        _pop(lambda d: d[0].ssh_keys),
+    ),
+    "startup-script": Case(
+        resources.VerdaStartupScript,
+        {"name": "cw-workshop-baseline", "script": "#!/bin/sh\necho one\n"},
+        {"script": ("#!/bin/sh\necho two\n", "replace")},
+        _get(lambda d: d[0].scripts),
+        _pop(lambda d: d[0].scripts),
+    ),
+    "shared-volume": Case(
+        resources.VerdaSharedVolume,
+        {"name": "comfy-models", "size": 500, "location": "FIN-03"},
+        {"size": (600, "update"), "location": ("FIN-01", "replace"), "name": ("other-models", "replace")},
+        lambda d, id_: _alive(d[0].volumes, id_),
+        lambda d, id_: _mark_deleted(d[0].volumes, id_),
+    ),
+    "instance": Case(
+        resources.VerdaInstance,
+        INSTANCE,
+        {
+            "startup_script_id": ("script-2", "update"),  # a renewed tailnet key: a new script, same setup
+            "setup_digest": ("d2", "replace"),
+            "instance_type": ("2H100.80S.60V", "replace"),
+            "is_spot": (True, "replace"),
+            "existing_volumes": ([], "replace"),
+            "os_volume_size": (200, "replace"),
+        },
+        lambda d, id_: _alive(d[0].instances, id_),
+        lambda d, id_: _mark_deleted(d[0].instances, id_),
+    ),
+    "deployment": Case(
+        resources.VerdaDeployment,
+        DEPLOYMENT,
+        {
+            "image": ("ghcr.io/acme/worker@sha256:bbb", "update"),
+            "env": ({"WORKER_POOL": "burst", "WORKER_SECRETS_VERSION": "2"}, "update"),
+            "scaling": ({"min_replica_count": 1, "max_replica_count": 8}, "update"),
+            "compute": ({"name": "H100", "size": 2}, "update"),
+            "is_spot": (True, "update"),
+            "name": ("cw-workshop-other", "replace"),
+        },
+        _get(lambda d: d[0].deployments),
+        _pop(lambda d: d[0].deployments),
+    ),
+    "secret": Case(
+        resources.VerdaSecret,
+        {"name": "cw-workshop-burst-worker-token", "value": "token-1"},
+        {"value": ("token-2", "replace")},
+        _get(lambda d: d[0].secrets),
+        _pop(lambda d: d[0].secrets),
+    ),
+    "registry-credentials": Case(
+        resources.VerdaRegistryCredentials,
+        {"name": "cw-registry", "registry": "ghcr", "username": "acme", "access_token": "ghp_1"},
+        {"access_token": ("ghp_2", "replace"), "username": ("other", "replace")},
+        _get(lambda d: d[0].registry_credentials),
+        _pop(lambda d: d[0].registry_credentials),
+    ),
+    "network-volume": Case(
+        resources.RunPodNetworkVolume,
+        {"name": "comfy-models", "size": 500, "data_center": "EU-RO-1"},
+        {"size": (600, "update"), "data_center": ("US-KS-2", "replace")},
+        _get(lambda d: d[1].store["networkvolumes"]),
+        _pop(lambda d: d[1].store["networkvolumes"]),
+        cloud="runpod",
+    ),
+    "registry-auth": Case(
+        resources.RunPodRegistryAuth,
+        {"name": "cw-workshop-overflow-registry", "username": "acme", "password": "ghp_1"},
+        {"password": ("ghp_2", "replace"), "username": ("other", "replace")},
+        _get(lambda d: d[1].store["containerregistryauth"]),
+        _pop(lambda d: d[1].store["containerregistryauth"]),
+        cloud="runpod",
+    ),
+    "template": Case(
+        resources.RunPodTemplate,
+        {
+            "name": "cw-workshop-overflow",
+            "image": "ghcr.io/acme/worker:1",
+            "env": {"A": "1"},
+            "start_cmd": ["runpod"],
+        },
+        {
+            "image": ("ghcr.io/acme/worker:2", "update"),
+            "env": ({"A": "2"}, "update"),
+            "container_disk_gb": (40, "update"),
+            "registry_auth_id": ("auth-1", "update"),
+        },
+        _get(lambda d: d[1].store["templates"]),
+        _pop(lambda d: d[1].store["templates"]),
+        cloud="runpod",
+    ),
+    "endpoint": Case(
+        resources.RunPodEndpoint,
+        ENDPOINT,
+        {
+            "workers_max": (20, "update"),
+            "workers_min": (1, "update"),
+            "gpu_type_ids": (["NVIDIA A100 80GB PCIe"], "update"),
+            "template_id": ("te2", "update"),
+            "network_volume_id": ("nv2", "update"),
+            "name": ("cw-workshop-other", "replace"),
+        },
+        _get(lambda d: d[1].store["endpoints"]),
+        lambda d, id_: d[1].store["endpoints"].pop(id_) and None,
+        cloud="runpod",
+    ),
+}
+
+
+@pytest.fixture
+def doubles() -> Iterator[Doubles]:
+    with VerdaDouble().running() as verda, RunPodDouble().running() as runpod:
+        yield verda, runpod
+
+
+def connection(case: Case, d: Doubles) -> dict[str, Any]:
+    if case.cloud == "runpod":
+        return {"api_key": d[1].api_key, "api_url": d[1].url, "timing": FAST}
+    return {"client_id": "cid", "client_secret": d[0].client_secret, "api_url": d[0].url, "timing": FAST}
+
+
+def test_every_resource_the_pools_declare_has_a_week_here() -> None:
+    assert {case.resource for case in CASES.values()} == set(resources.ALL)
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_a_second_up_with_the_same_inputs_changes_nothing(kind: str, doubles: Doubles) -> None:
+    case = CASES[kind]
+    engine = Engine(case.resource, kind)
+    props = {**case.props, **connection(case, doubles)}
+    engine.up(props)
+    calls = (len(doubles[0].log), len(doubles[1].log))
+
+    for _ in range(2):  # the next morning, and the one after
+        step = engine.up(props)
+        assert (step.action, step.replaces) == ("same", []), f"{kind}: {step.diff}"
+    writes = [c for c in [*doubles[0].log[calls[0] :], *doubles[1].log[calls[1] :]] if c[0] != "GET"]
+    assert [w for w in writes if w[1] != "/oauth2/token"] == [], "an unchanged up must not write"
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_each_input_changed_in_turn_updates_or_replaces_as_intended(kind: str, doubles: Doubles) -> None:
+    case = CASES[kind]
+    engine = Engine(case.resource, kind)
+    props = {**case.props, **connection(case, doubles)}
+    engine.up(props)
+
+    for key, (value, intended) in case.changes.items():
+        before = engine.state
+        assert before is not None
+        props = {**props, key: value}
+        step = engine.up(props)
+
+        assert step.action == intended, f"{kind}.{key}: {step.diff}"
+        assert step.replaces == ([key] if intended == "replace" else [])
+        assert engine.state is not None and case.remote(doubles, engine.state.id) is not None
+        if intended == "replace" and engine.state.id != before.id:
+            assert case.remote(doubles, before.id) is None, f"{kind}.{key}: the old object was left behind"
+        assert engine.up(props).action == "same", f"{kind}.{key}: the change did not settle"
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_a_refresh_drops_what_was_deleted_outside_pulumi_and_up_makes_it_again(
+    kind: str, doubles: Doubles
+) -> None:
+    case = CASES[kind]
+    engine = Engine(case.resource, kind)
+    props = {**case.props, **connection(case, doubles)}
+    engine.up(props)
+    assert engine.state is not None
+    engine.refresh()
+    assert engine.state is not None, "a refresh of a living object keeps it"
+
+    case.forget(doubles, engine.state.id)
+    engine.refresh()
+
+    assert engine.state is None
+    assert engine.up(props).action == "create"
+    assert engine.state is not None and case.remote(doubles, engine.state.id) is not None
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_destroy_deletes_the_remote_object(kind: str, doubles: Doubles) -> None:
+    case = CASES[kind]
+    engine = Engine(case.resource, kind)
+    engine.up({**case.props, **connection(case, doubles)})
+    assert engine.state is not None
+    id_ = engine.state.id
+
+    engine.destroy()
+
+    assert case.remote(doubles, id_) is None
+
+
+def test_two_resources_naming_one_volume_created_at_once_make_one_volume(doubles: Doubles) -> None:
+    case = CASES["shared-volume"]
+    props = {**case.props, **connection(case, doubles)}
+    engines = [Engine(case.resource, f"pool-{index}-models") for index in range(2)]
+    start = threading.Barrier(len(engines))
+    doubles[0].rendezvous("GET", "/volumes", parties=2, timeout_s=1.0)
+    errors: list[BaseException] = []
+
+    def up(engine: Engine) -> None:
+        start.wait(timeout=5)
+        try:
+            engine.up(props)
+        except BaseException as exc:  # reported below, with the thread's own error
+            errors.append(exc)
+
+    threads = [threading.Thread(target=up, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert errors == []
+    assert [v["name"] for v in doubles[0].live_volumes() if not v["is_os_volume"]] == ["comfy-models"]
+    assert {engine.state.id for engine in engines if engine.state} == {doubles[0].live_volumes()[0]["id"]}
