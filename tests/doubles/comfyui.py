@@ -68,8 +68,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tests.doubles import comfyui_nodes as nodes
 from tests.doubles.comfyui_engine import Executor, Item, Knobs, State
+from tests.doubles.comfyui_validation import PromptRejected, validate
 from tests.support.servers import free_port, wait_until
 
+# The ComfyUI release this double stands in for (its recordings: tests/fixtures/comfyui/<version>/).
+COMFYUI_VERSION = "0.3.64"
 # ComfyUI lists the frontend package's own ``extensions/core`` shims in ``/extensions`` too.
 CORE_EXTENSIONS = ("/extensions/core/clipspace.js", "/extensions/core/groupNode.js")
 
@@ -95,6 +98,15 @@ class OriginCheck:
                     await send({"type": "websocket.close", "code": 1008})
                 return
         await self.app(scope, receive, send)
+
+
+def history_page(history: dict[str, Any], max_items: int | None, offset: int) -> dict[str, Any]:
+    """ComfyUI's ``GET /history?max_items=&offset=``: oldest first from ``offset``; without an
+    offset (or a negative one) and with ``max_items``, the newest ``max_items``."""
+    if offset < 0 and max_items is not None:
+        offset = len(history) - max_items
+    entries = list(history.items())[max(offset, 0) :]
+    return dict(entries[:max_items] if max_items is not None else entries)
 
 
 def partial_targets(body: dict[str, Any]) -> list[str] | None:
@@ -239,7 +251,7 @@ class ComfyUIDouble(Executor):
                     "os": "posix",
                     "ram_total": 8 << 30,
                     "ram_free": 6 << 30,
-                    "comfyui_version": "0.3.64",
+                    "comfyui_version": COMFYUI_VERSION,
                     "required_frontend_version": "1.27.10",
                     "python_version": "3.11.9",
                     "pytorch_version": "2.8.0+cpu",
@@ -260,11 +272,17 @@ class ComfyUIDouble(Executor):
             }
         )
 
-    def catalogue(self) -> dict[str, Any]:
-        files = [
+    def file_exists(self, name: str) -> bool:
+        """A file loader's own check (``VALIDATE_INPUTS``): the annotated file exists, wherever it points."""
+        return nodes.annotated_path(self.folders, name).exists()
+
+    def input_files(self) -> set[str]:
+        return {
             p.relative_to(self.folders.input).as_posix() for p in self.folders.input.rglob("*") if p.is_file()
-        ]
-        return nodes.catalogue(files)
+        }
+
+    def catalogue(self) -> dict[str, Any]:
+        return nodes.catalogue(sorted(self.input_files()))
 
     async def object_info(self, request: Request) -> Response:
         return JSONResponse(self.catalogue())
@@ -302,18 +320,20 @@ class ComfyUIDouble(Executor):
             }
             return JSONResponse({"error": error, "node_errors": {}}, status_code=400)
         try:
-            outputs = nodes.validate(body["prompt"], self.catalogue(), partial_targets(body), self.folders)
-        except nodes.PromptRejected as exc:
+            outputs, node_errors = validate(
+                body["prompt"], self.catalogue(), self.file_exists, partial_targets(body)
+            )
+        except PromptRejected as exc:
             return JSONResponse(exc.body, status_code=400)
-        self.state.number += 1
         prompt_id = str(body.get("prompt_id") or uuid.uuid4())
         client_id = body.get("client_id")
         extra = {**body.get("extra_data", {}), **({"client_id": client_id} if client_id else {})}
         item = Item(self.state.number, prompt_id, body["prompt"], extra, outputs, client_id)
+        self.state.number += 1
         self.state.pending.insert(0, item) if body.get("front") else self.state.pending.append(item)
         self.state.wake.set()
         await self._status()
-        return JSONResponse({"prompt_id": prompt_id, "number": item.number, "node_errors": {}})
+        return JSONResponse({"prompt_id": prompt_id, "number": item.number, "node_errors": node_errors})
 
     async def queue(self, request: Request) -> Response:
         if request.method == "GET":
@@ -324,9 +344,21 @@ class ComfyUIDouble(Executor):
         body = await request.json()
         if body.get("clear"):
             self.state.pending.clear()
-        doomed = set(body.get("delete", []))
-        self.state.pending[:] = [item for item in self.state.pending if item.prompt_id not in doomed]
+            await self._status()
+        for prompt_id in body.get("delete", []):
+            await self._delete_pending(str(prompt_id))
         return Response(status_code=200)
+
+    async def _delete_pending(self, prompt_id: str) -> None:
+        """As ComfyUI: one ``status`` per deleted prompt, two when it was the last one waiting (the
+        queue is wiped, which announces itself too)."""
+        for index, item in enumerate(self.state.pending):
+            if item.prompt_id == prompt_id:
+                was_last = len(self.state.pending) == 1
+                del self.state.pending[index]
+                for _ in range(2 if was_last else 1):
+                    await self._status()
+                return
 
     async def interrupt(self, request: Request) -> Response:
         body = await request.json() if await request.body() else {}
@@ -343,9 +375,10 @@ class ComfyUIDouble(Executor):
             for pid in body.get("delete", []):
                 self.state.history.pop(pid, None)
             return Response(status_code=200)
-        max_items = int(request.query_params.get("max_items", 0)) or None
-        items = list(self.state.history.items())[-max_items:] if max_items else self.state.history.items()
-        return JSONResponse(dict(items))
+        query = request.query_params
+        max_items = int(query["max_items"]) if "max_items" in query else None
+        offset = int(query.get("offset", -1))
+        return JSONResponse(history_page(self.state.history, max_items, offset))
 
     async def history_one(self, request: Request) -> Response:
         pid = request.path_params["prompt_id"]
@@ -382,20 +415,24 @@ class ComfyUIDouble(Executor):
         if os.path.commonpath([folder, base.resolve()]) != str(base.resolve()):
             return Response(status_code=400)
         folder.mkdir(parents=True, exist_ok=True)
-        name = self._free_name(
-            folder, os.path.basename(upload.filename), str(form.get("overwrite", "")).lower() in ("true", "1")
-        )
-        with (folder / name).open("wb") as handle:
-            while chunk := await upload.read(1 << 20):
-                handle.write(chunk)
+        content = await upload.read()
+        overwrite = str(form.get("overwrite", "")).lower() in ("true", "1")
+        name = self._free_name(folder, os.path.basename(upload.filename), content, overwrite)
+        path = folder / name
+        if overwrite or not path.exists():
+            path.write_bytes(content)
         return JSONResponse({"name": name, "subfolder": subfolder, "type": kind})
 
     @staticmethod
-    def _free_name(folder: Path, name: str, overwrite: bool) -> str:
+    def _free_name(folder: Path, name: str, content: bytes, overwrite: bool) -> str:
+        """ComfyUI's naming: ``name``, or ``stem (1).ext``... unless a file of that name holds the
+        same bytes already (then that name, nothing written)."""
         stem, dot, ext = name.rpartition(".")
         stem, ext = (stem, dot + ext) if dot else (name, "")
         candidate, counter = name, 1
         while not overwrite and (folder / candidate).exists():
+            if (folder / candidate).read_bytes() == content:
+                break
             candidate = f"{stem} ({counter}){ext}"
             counter += 1
         return candidate

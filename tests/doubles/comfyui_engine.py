@@ -90,6 +90,11 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def current_inputs(node: dict[str, Any]) -> dict[str, list[Any]]:
+    """``execution_error.current_inputs``: each widget value of the failed node, as a one-item batch."""
+    return {name: [value] for name, value in node.get("inputs", {}).items() if not nodes.is_link(value)}
+
+
 class Executor:
     """Execution and event delivery; ``knobs``, ``state`` and ``folders`` are set by the server."""
 
@@ -135,10 +140,10 @@ class Executor:
             item = self.state.pending.pop(0)
             self.state.running, self.state.interrupt = item, False
             try:
+                await self._status()  # as ComfyUI's queue does when it hands out the prompt
                 await self._execute(item)
             finally:
                 self.state.running = None
-                await self._status()
 
     async def _execute(self, item: Item) -> None:
         sid, pid = item.client_id, item.prompt_id
@@ -175,11 +180,11 @@ class Executor:
                     "node_id": nid,
                     "node_type": node["class_type"],
                     "executed": executed,
-                    "exception_message": str(exc),
+                    "exception_message": f"{exc}\n",
                     "exception_type": exc.exception_type,
                     "traceback": [f'  File "nodes.py", in {node["class_type"]}\n'],
-                    "current_inputs": {},
-                    "current_outputs": {},
+                    "current_inputs": current_inputs(node),
+                    "current_outputs": list(item.prompt),
                 },
                 record=True,
             )
@@ -197,15 +202,22 @@ class Executor:
     async def _finish(
         self, item: Item, outputs: dict[str, Any], messages: list[list[Any]], status: str
     ) -> None:
+        """History, then ``status`` (the queue is done with the prompt), then ``executing {node: null}``."""
         if self.knobs.history_lag_seconds:
             await asyncio.sleep(self.knobs.history_lag_seconds)
+        meta = {
+            nid: {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid}
+            for nid in outputs
+        }
         self.state.history[item.prompt_id] = {
             "prompt": item.row(),
             "outputs": outputs,
             "status": {"status_str": status, "completed": status == "success", "messages": messages},
-            "meta": {nid: {"node_id": nid, "display_node": nid} for nid in outputs},
+            "meta": meta,
         }
         self.state.timings[item.prompt_id] = (self.state.timings[item.prompt_id][0], time.perf_counter())
+        self.state.running = None
+        await self._status()
         if item.client_id is not None:
             await self.send("executing", {"node": None, "prompt_id": item.prompt_id}, item.client_id)
 
@@ -238,13 +250,16 @@ class Executor:
             raise Interrupted(nid, node["class_type"])
         if cached:
             values[nid], ui = self.state.cache[signature]
-            if ui is not None:
+            if ui is not None:  # only an output node's cached result is replayed, and shows finished
                 await job_event("executed", {"node": nid, "display_node": nid, "output": ui})
-            await self._progress_state(item, nid, "finished", 1, 1)
+                await self._progress_state(item, nid, "finished", 1, 1)
             return ui
         await self._progress_state(item, nid, "running", 0, 1)
         await job_event("executing", {"node": nid, "display_node": nid})
-        await self._work(item, nid, node["class_type"])
+        if node["class_type"] == nodes.TEST_SLEEP["name"]:
+            await self._sleep(item, nid, float(node["inputs"]["seconds"]))
+        else:
+            await self._work(item, nid, node["class_type"])
         inputs = {k: values[str(v[0])][v[1]] if nodes.is_link(v) else v for k, v in node["inputs"].items()}
         self.folders.output_bytes = self.knobs.output_bytes
         values[nid], ui = await asyncio.to_thread(nodes.RUNNERS[node["class_type"]], self.folders, inputs)
@@ -272,6 +287,19 @@ class Executor:
                 )
             if self.state.interrupt:
                 raise Interrupted(nid, class_type)
+
+    async def _sleep(self, item: Item, nid: str, seconds: float) -> None:
+        """ComfyUI's ``TestSleep``: progress (seconds slept of ``seconds``) about every 10 ms; an
+        interrupt lands at the next update."""
+        start = time.monotonic()
+        while (elapsed := time.monotonic() - start) < seconds:
+            await self._progress_state(item, nid, "running", elapsed, seconds)
+            if item.client_id is not None:
+                data = {"value": elapsed, "max": seconds, "prompt_id": item.prompt_id, "node": nid}
+                await self.send("progress", data, item.client_id)
+            if self.state.interrupt:
+                raise Interrupted(nid, nodes.TEST_SLEEP["name"])
+            await asyncio.sleep(min(0.01, seconds - elapsed))
 
     async def _flush_previews(self, item: Item, nid: str) -> None:
         previews, self.folders.previews = self.folders.previews, []

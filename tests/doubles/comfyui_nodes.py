@@ -25,8 +25,8 @@ MP4_MAGIC = b"\x00\x00\x00\x18ftypmp42"
 FLAC_MAGIC = b"fLaC"
 
 
-def _int(default: int, low: int, high: int) -> list[Any]:
-    return ["INT", {"default": default, "min": low, "max": high, "step": 1}]
+def _int(default: int, low: int, high: int, **extra: Any) -> list[Any]:
+    return ["INT", {"default": default, "min": low, "max": high, "step": 1, **extra}]
 
 
 def node(
@@ -36,42 +36,74 @@ def node(
     category: str,
     output_node: bool = False,
     display: str | None = None,
+    **more: Any,
 ) -> dict[str, Any]:
+    """One ``/object_info`` entry as ComfyUI 0.3.64 shapes it (no ``optional`` or ``hidden`` key
+    unless the node has such inputs). ``more``: ``hidden`` inputs, ``description``, ``python_module``."""
+    hidden: dict[str, str] = more.get("hidden", {})
+    inputs: dict[str, Any] = {"required": required, **({"hidden": hidden} if hidden else {})}
+    order: dict[str, list[str]] = {"required": list(required), **({"hidden": list(hidden)} if hidden else {})}
     return {
-        "input": {"required": required, "optional": {}},
-        "input_order": {"required": list(required)},
+        "input": inputs,
+        "input_order": order,
         "output": output,
         "output_is_list": [False] * len(output),
         "output_name": output,
         "name": name,
         "display_name": display or name,
-        "description": "",
-        "python_module": "nodes",
+        "description": more.get("description", ""),
+        "python_module": more.get("python_module", "nodes"),
         "category": category,
         "output_node": output_node,
-        "deprecated": False,
-        "experimental": False,
     }
+
+
+# ComfyUI's own test node (tests/execution/testing_nodes): sleeps ``seconds``, reporting progress.
+TEST_SLEEP = node(
+    "TestSleep",
+    {
+        "value": ["*", {}],
+        "seconds": [
+            "FLOAT",
+            {
+                "default": 1.0,
+                "min": 0.0,
+                "max": 9999.0,
+                "step": 0.01,
+                "tooltip": "The amount of seconds to sleep.",
+            },
+        ],
+    },
+    ["*"],
+    "_for_testing",
+    display="Test Sleep",
+    hidden={"unique_id": "UNIQUE_ID"},
+    python_module="custom_nodes.testing-pack",
+)
+SAVE_PREFIX_TOOLTIP = (
+    "The prefix for the file to save. This may include formatting information such as %date:yyyy-MM-dd% "
+    "or %Empty Latent Image.width% to include values from nodes."
+)
 
 
 def catalogue(input_files: list[str]) -> dict[str, dict[str, Any]]:
     """``/object_info``: LoadImage's choices are the files in the input folder, as in ComfyUI."""
     images = sorted(f for f in input_files if not f.endswith((".flac", ".wav", ".mp3")))
     audio = sorted(f for f in input_files if f.endswith((".flac", ".wav", ".mp3")))
-    prefix = ["STRING", {"default": "ComfyUI", "tooltip": "The prefix for the file to save."}]
+    prefix = ["STRING", {"default": "ComfyUI", "tooltip": SAVE_PREFIX_TOOLTIP}]
     nodes = [
         node(
             "EmptyImage",
             {
                 "width": _int(512, 1, 16384),
                 "height": _int(512, 1, 16384),
-                "batch_size": _int(1, 1, 4096),
-                "color": _int(0, 0, 0xFFFFFF),
+                "batch_size": ["INT", {"default": 1, "min": 1, "max": 4096}],
+                "color": _int(0, 0, 0xFFFFFF, display="color"),
             },
             ["IMAGE"],
             "image",
         ),
-        node("ImageInvert", {"image": ["IMAGE"]}, ["IMAGE"], "image"),
+        node("ImageInvert", {"image": ["IMAGE"]}, ["IMAGE"], "image", display="Invert Image"),
         node(
             "ImageScale",
             {
@@ -94,11 +126,13 @@ def catalogue(input_files: list[str]) -> dict[str, dict[str, Any]]:
         ),
         node(
             "SaveImage",
-            {"images": ["IMAGE"], "filename_prefix": prefix},
+            {"images": ["IMAGE", {"tooltip": "The images to save."}], "filename_prefix": prefix},
             [],
             "image",
             True,
             display="Save Image",
+            hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+            description="Saves the input images to your ComfyUI output directory.",
         ),
         node("PreviewImage", {"images": ["IMAGE"]}, [], "image", True, display="Preview Image"),
         node("SaveImageWebsocket", {"images": ["IMAGE"]}, [], "api node/image", True),
@@ -131,82 +165,12 @@ def catalogue(input_files: list[str]) -> dict[str, dict[str, Any]]:
             True,
             display="Save Audio (FLAC)",
         ),
+        TEST_SLEEP,
     ]
     return {node["name"]: node for node in nodes}
 
 
 FILE_LOADERS = ("LoadImage", "LoadAudio")
-OUTPUT_NODES = {"SaveImage", "PreviewImage", "SaveImageWebsocket", "SaveVideo", "SaveAudio"}
-
-
-def _error(kind: str, message: str, details: str = "", **extra: Any) -> dict[str, Any]:
-    return {"type": kind, "message": message, "details": details, "extra_info": extra}
-
-
-class PromptRejected(Exception):
-    """The 400 answer of ``POST /prompt``: ``body`` is exactly what ComfyUI sends."""
-
-    def __init__(self, error: dict[str, Any], node_errors: dict[str, Any] | None = None) -> None:
-        super().__init__(error["message"])
-        self.body = {"error": error, "node_errors": node_errors or {}}
-
-
-def validate(
-    prompt: Any,
-    known: dict[str, dict[str, Any]],
-    targets: list[str] | None = None,
-    folders: Folders | None = None,
-) -> list[str]:
-    """Return the output node ids to execute, or raise ``PromptRejected`` as ComfyUI would.
-
-    ``targets`` (``partial_execution_targets``, "Run selected nodes") keeps only those output nodes:
-    the others are neither validated nor run. With ``folders``, a file loader's value is checked as
-    ComfyUI's ``VALIDATE_INPUTS`` does: the (annotated) file exists, wherever the name points.
-    """
-    if not isinstance(prompt, dict):
-        raise PromptRejected(_error("invalid_prompt", "Invalid prompt: the prompt must be an object"))
-    for node_id, node in prompt.items():
-        if not isinstance(node, dict) or "class_type" not in node:
-            raise PromptRejected(
-                _error(
-                    "invalid_prompt",
-                    "Cannot execute because a node is missing the class_type property.",
-                    f"Node ID '#{node_id}'",
-                )
-            )
-        if node["class_type"] not in known:
-            raise PromptRejected(
-                _error(
-                    "invalid_prompt",
-                    f"Cannot execute because node {node['class_type']} does not exist.",
-                    f"Node ID '#{node_id}'",
-                )
-            )
-    outputs = output_nodes(prompt, known, targets)
-    if not outputs:
-        raise PromptRejected(_error("prompt_no_outputs", "Prompt has no outputs"))
-    node_errors: dict[str, Any] = {}
-    for output in outputs:
-        for nid in ancestors(prompt, output):
-            errors = _node_errors(prompt, nid, known, folders)
-            if errors:
-                entry = node_errors.setdefault(
-                    nid, {"errors": errors, "dependent_outputs": [], "class_type": prompt[nid]["class_type"]}
-                )
-                entry["dependent_outputs"].append(output)
-    if node_errors:
-        raise PromptRejected(
-            _error("prompt_outputs_failed_validation", "Prompt outputs failed validation"), node_errors
-        )
-    return outputs
-
-
-def output_nodes(
-    prompt: dict[str, Any], known: dict[str, dict[str, Any]], targets: list[str] | None
-) -> list[str]:
-    """The output nodes to run: all of them, or only the ``targets`` among them."""
-    outputs = [nid for nid, node in prompt.items() if known[node["class_type"]]["output_node"]]
-    return outputs if targets is None else [nid for nid in outputs if nid in targets]
 
 
 def ancestors(prompt: dict[str, Any], node_id: str, seen: list[str] | None = None) -> list[str]:
@@ -222,99 +186,6 @@ def ancestors(prompt: dict[str, Any], node_id: str, seen: list[str] | None = Non
 
 def is_link(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
-
-
-def _node_errors(
-    prompt: dict[str, Any], nid: str, known: dict[str, dict[str, Any]], folders: Folders | None = None
-) -> list[dict[str, Any]]:
-    spec = known[prompt[nid]["class_type"]]["input"]["required"]
-    inputs = prompt[nid].get("inputs", {})
-    errors = []
-    for name, declared in spec.items():
-        if name not in inputs:
-            errors.append(
-                _error("required_input_missing", "Required input is missing", name, input_name=name)
-            )
-        elif is_link(inputs[name]):
-            errors.extend(_link_errors(prompt, name, inputs[name], declared[0], known))
-        else:
-            errors.extend(_value_errors(prompt[nid]["class_type"], name, inputs[name], declared, folders))
-    return errors
-
-
-def _link_errors(
-    prompt: dict[str, Any], name: str, link: list[Any], wanted: Any, known: dict[str, dict[str, Any]]
-) -> list[dict[str, Any]]:
-    source = prompt.get(str(link[0]))
-    outputs = known[source["class_type"]]["output"] if source else []
-    if link[1] >= len(outputs) or outputs[link[1]] != wanted:
-        got = outputs[link[1]] if link[1] < len(outputs) else "nothing"
-        return [
-            _error(
-                "return_type_mismatch",
-                "Return type mismatch between linked nodes",
-                f"{name}, received_type({got}) mismatch input_type({wanted})",
-                input_name=name,
-            )
-        ]
-    return []
-
-
-def _value_errors(
-    class_type: str, name: str, value: Any, declared: list[Any], folders: Folders | None = None
-) -> list[dict[str, Any]]:
-    kind, options = declared[0], (declared[1] if len(declared) > 1 else {})
-    if isinstance(kind, list):
-        if folders is not None and class_type in FILE_LOADERS and isinstance(value, str):
-            kind = [value] if annotated_path(folders, value).exists() else []
-        if value not in kind:
-            if class_type in FILE_LOADERS:
-                return [
-                    _error(
-                        "custom_validation_failed",
-                        "Custom validation failed for node",
-                        f"{name} - Invalid image file: {value}",
-                        input_name=name,
-                    )
-                ]
-            return [
-                _error(
-                    "value_not_in_list",
-                    "Value not in list",
-                    f"{name}: '{value}' not in {kind}",
-                    input_name=name,
-                )
-            ]
-        return []
-    if kind in ("INT", "FLOAT"):
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            return [
-                _error(
-                    "invalid_input_type",
-                    f"Failed to convert an input value to a {kind} value",
-                    f"{name}, {value}",
-                    input_name=name,
-                )
-            ]
-        if value < options.get("min", value):
-            return [
-                _error(
-                    "value_smaller_than_min",
-                    f"Value {value} smaller than min of {options['min']}",
-                    f"{name}",
-                    input_name=name,
-                )
-            ]
-        if value > options.get("max", value):
-            return [
-                _error(
-                    "value_bigger_than_max",
-                    f"Value {value} bigger than max of {options['max']}",
-                    f"{name}",
-                    input_name=name,
-                )
-            ]
-    return []
 
 
 class NodeFailure(Exception):
@@ -480,6 +351,7 @@ RUNNERS: dict[str, Runner] = {
     "LoadImage": lambda f, i: ((_load_image(f, i["image"]), {"mask": True}), None),
     "LoadAudio": lambda f, i: (({"audio": i["audio"], "sample_rate": 44100},), None),
     "CreateVideo": lambda f, i: (({"frames": i["images"]["batch"], "fps": i["fps"]},), None),
+    "TestSleep": lambda f, i: ((i["value"],), None),
     "SaveImage": _save_image,
     "PreviewImage": _preview,
     "SaveImageWebsocket": _websocket,

@@ -1,0 +1,254 @@
+"""The recorded corpus: what a participant's page or script does to ComfyUI, case by case.
+
+Each case is a list of driver steps (see ``driver``). Every case uses its own colours and filename
+prefixes, so one ComfyUI can record them all in a row without one case's cache or files showing
+in another's answers; prompt ids are written as the placeholders the driver gives them in order
+(``{prompt:1}`` is the first prompt id the server named).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from tests.doubles.comfyui_nodes import image_bytes
+
+Step = dict[str, Any]
+
+# A slow node from ComfyUI's own test nodes (tests/execution/testing_nodes): it sleeps ``seconds``,
+# reporting progress as it goes, and is where an interrupt lands.
+SLEEP = "TestSleep"
+
+
+def graph(color: int, prefix: str) -> dict[str, Any]:
+    """EmptyImage -> ImageInvert -> SaveImage: the no-model job."""
+    return {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": color},
+        },
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
+    }
+
+
+def slow_graph(color: int, prefix: str, seconds: float = 30.0) -> dict[str, Any]:
+    """EmptyImage -> TestSleep -> SaveImage: runs until interrupted."""
+    prompt = graph(color, prefix)
+    prompt["2"] = {"class_type": SLEEP, "inputs": {"value": ["1", 0], "seconds": seconds}}
+    return prompt
+
+
+def post(path: str, body: Any, compare: list[str] | None = None) -> Step:
+    step: Step = {"request": {"method": "POST", "path": path, "json": body}}
+    return {**step, "compare": compare} if compare else step
+
+
+def get(path: str, compare: list[str] | None = None) -> Step:
+    step: Step = {"request": {"method": "GET", "path": path}}
+    return {**step, "compare": compare} if compare else step
+
+
+def queue(prompt: dict[str, Any], client: str | None = "a", **extra: Any) -> Step:
+    body: dict[str, Any] = {"prompt": prompt, **extra}
+    if client is not None:
+        body["client_id"] = client
+    return post("/prompt", body)
+
+
+def wait(client: str, kind: str, **data: Any) -> Step:
+    return {"wait": {"client": client, "type": kind, "data": data}}
+
+
+def done(prompt: int, client: str = "a") -> Step:
+    """Until the client heard the prompt's final ``executing {node: null}``."""
+    return wait(client, "executing", node=None, prompt_id=f"{{prompt:{prompt}}}")
+
+
+def upload(name: str, content: bytes, **fields: str) -> Step:
+    file = {"name": name, "content": base64.b64encode(content).decode()}
+    return {
+        "request": {"method": "POST", "path": "/upload/image", "upload": {"fields": fields, "file": file}}
+    }
+
+
+def rejected(prompt: dict[str, Any] | None, **extra: Any) -> list[Step]:
+    """A graph refused at submission: nothing is queued."""
+    body: dict[str, Any] = {"client_id": "a", **extra}
+    if prompt is not None:
+        body["prompt"] = prompt
+    return [post("/prompt", body), get("/queue")]
+
+
+def _with(prompt: dict[str, Any], node: str, **inputs: Any) -> dict[str, Any]:
+    changed = {**prompt, node: {**prompt[node], "inputs": {**prompt[node]["inputs"], **inputs}}}
+    return changed
+
+
+def _without(prompt: dict[str, Any], node: str, name: str) -> dict[str, Any]:
+    inputs = {k: v for k, v in prompt[node]["inputs"].items() if k != name}
+    return {**prompt, node: {**prompt[node], "inputs": inputs}}
+
+
+PNG = image_bytes({"width": 8, "height": 8, "color": 0x336699}, 0)
+
+
+def object_info() -> list[Step]:
+    """The node specs the corpus uses (LoadImage's choices: the input folder, empty at first)."""
+    return [
+        get(f"/object_info/{name}") for name in ("EmptyImage", "ImageInvert", "SaveImage", "LoadImage", SLEEP)
+    ]
+
+
+def success() -> list[Step]:
+    return [
+        {"connect": "a"},
+        queue(graph(0x000101, "success")),
+        done(1),
+        get("/history/{prompt:1}"),
+        get("/view?filename=success_00001_.png&subfolder=&type=output", compare=["status", "content_type"]),
+        get("/queue"),
+    ]
+
+
+def validation() -> dict[str, list[Step]]:
+    """Each kind of graph ComfyUI refuses at ``POST /prompt``."""
+    base = graph(0x000202, "invalid")
+    cycle = {
+        **base,
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["4", 0]}},
+        "4": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
+    }
+    load = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "no-such-file.png"}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "invalid"}},
+    }
+    return {
+        "validation_value_below_min": rejected(_with(base, "1", width=0)),
+        "validation_required_input_missing": rejected(_without(base, "1", "height")),
+        "validation_link_to_missing_node": rejected(_with(base, "2", image=["99", 0])),
+        "validation_cycle": rejected(cycle),
+        "validation_file_does_not_exist": rejected(load),
+        "validation_empty_partial_targets": rejected(base, partial_execution_targets=[]),
+        "validation_no_outputs": rejected({"1": base["1"], "2": base["2"]}),
+        "validation_unknown_class_type": rejected({**base, "2": {"class_type": "NoSuchNode", "inputs": {}}}),
+        "validation_no_prompt": rejected(None),
+    }
+
+
+def runtime_error() -> list[Step]:
+    """A file that is not an image: validation passes (the name exists), LoadImage raises."""
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "not-an-image.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "runtime"}},
+    }
+    return [
+        {"connect": "a"},
+        upload("not-an-image.png", b"this is text, not a PNG\n", type="input", overwrite="true"),
+        queue(prompt),
+        done(1),
+        get("/history/{prompt:1}"),
+    ]
+
+
+def interrupt() -> list[Step]:
+    return [
+        {"connect": "a"},
+        queue(slow_graph(0x000303, "interrupted")),
+        wait("a", "executing", node="2", prompt_id="{prompt:1}"),
+        post("/interrupt", {"prompt_id": "{prompt:1}"}),
+        done(1),
+        get("/history/{prompt:1}"),
+        get("/queue"),
+    ]
+
+
+def cancel_pending() -> list[Step]:
+    """A job behind a running one is deleted from the queue: it never runs."""
+    return [
+        {"connect": "a"},
+        queue(slow_graph(0x000404, "running")),
+        wait("a", "executing", node="2", prompt_id="{prompt:1}"),
+        queue(graph(0x000405, "cancelled")),
+        get("/queue"),
+        post("/queue", {"delete": ["{prompt:2}"]}),
+        get("/queue"),
+        post("/interrupt", {}),
+        done(1),
+        {"idle": True},
+        get("/history/{prompt:2}"),
+        get("/queue"),
+    ]
+
+
+def output_reuse() -> list[Step]:
+    """The same graph twice: the second run is answered from the cache, with the same files."""
+    prompt = graph(0x000606, "reused")
+    return [
+        {"connect": "a"},
+        queue(prompt),
+        done(1),
+        queue(prompt),
+        done(2),
+        get("/history/{prompt:1}"),
+        get("/history/{prompt:2}"),
+    ]
+
+
+def history_paging() -> list[Step]:
+    steps: list[Step] = [post("/history", {"clear": True}), {"connect": "a"}]
+    for n in range(1, 4):
+        steps += [queue(graph(0x000700 + n, f"paged{n}")), done(n)]
+    pages = ["max_items=2", "offset=1&max_items=1", "offset=1", "max_items=1&offset=0"]
+    steps += [get(f"/history?{page}") for page in pages]
+    return [*steps, post("/history", {"delete": ["{prompt:2}"]}), get("/history")]
+
+
+def two_clients() -> list[Step]:
+    """Two tabs of one user: each hears its own job's events; ``status`` reaches both."""
+    return [
+        {"connect": "a"},
+        {"connect": "b"},
+        queue(graph(0x000801, "tab-a"), client="a"),
+        done(1, "a"),
+        {"idle": True},
+        queue(graph(0x000802, "tab-b"), client="b"),
+        done(2, "b"),
+        {"idle": True},
+    ]
+
+
+def upload_and_view() -> list[Step]:
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "uploaded.png"}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "from-upload"}},
+    }
+    return [
+        {"connect": "a"},
+        upload("uploaded.png", PNG, type="input", overwrite="true"),
+        upload("uploaded.png", PNG, type="input"),
+        upload("nested.png", PNG, type="input", subfolder="mine", overwrite="true"),
+        get("/view?filename=uploaded.png&type=input"),
+        get("/view?filename=nested.png&subfolder=mine&type=input"),
+        get("/view?filename=never-uploaded.png&type=input"),
+        queue(prompt),
+        done(1),
+        get("/history/{prompt:1}"),
+        get("/view?filename=from-upload_00001_.png&type=output", compare=["status", "content_type"]),
+    ]
+
+
+def cases() -> dict[str, list[Step]]:
+    return {
+        "object_info": object_info(),
+        "success": success(),
+        **validation(),
+        "runtime_error": runtime_error(),
+        "interrupt": interrupt(),
+        "cancel_pending": cancel_pending(),
+        "output_reuse": output_reuse(),
+        "history_paging": history_paging(),
+        "two_clients": two_clients(),
+        "upload_and_view": upload_and_view(),
+    }
