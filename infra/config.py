@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from infra.comfyui import ComfyUIConfig
 from infra.pools import LOCAL_KINDS, PoolConfig, kind_of
 from infra.pools.base import RegistryConfig
 from infra.schema import BucketName, Domain, Label, Model, TailscaleTag, one_of, unique_names
@@ -174,6 +175,7 @@ class VaultConfig(Model):
 class _WithPools(Model):
     pools: list[PoolConfig] = Field(min_length=1)
     models: list[ModelFile] = Field(default_factory=list, max_length=500)
+    comfyui: ComfyUIConfig = ComfyUIConfig()  # the workers' ComfyUI and the frontend served with it
 
     @field_validator("pools")
     @classmethod

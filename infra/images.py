@@ -15,6 +15,8 @@ import pulumi
 import pulumi_docker as docker
 import pulumi_docker_build as docker_build
 
+from infra.comfyui import ComfyUIConfig
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SKIPPED_PARTS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "node_modules"}
 
@@ -26,6 +28,7 @@ class ImageSource:
     name: str
     inputs: tuple[str, ...]
     variant: str | None = None
+    args: tuple[tuple[str, str], ...] = ()  # more build arguments (the ComfyUI version: infra.comfyui)
 
     @property
     def dockerfile(self) -> str:
@@ -38,25 +41,32 @@ class ImageSource:
 
     @property
     def build_args(self) -> dict[str, str]:
-        return {"VARIANT": self.variant} if self.variant else {}
+        return {**({"VARIANT": self.variant} if self.variant else {}), **dict(self.args)}
 
 
-QUEUE_MANAGER = ImageSource(
-    "queue-manager",
-    (
-        "images/queue-manager",
-        "services/protocol",
-        "services/storage",
-        "services/queue_manager",
-        "services/__init__.py",
-        "pyproject.toml",
-        "uv.lock",
-    ),
-)
+def queue_manager_source(comfyui: ComfyUIConfig | None = None) -> ImageSource:
+    """The queue manager image, serving the frontend the configured ComfyUI pins."""
+    return ImageSource(
+        "queue-manager",
+        (
+            "images/queue-manager",
+            "services/protocol",
+            "services/storage",
+            "services/queue_manager",
+            "services/__init__.py",
+            "pyproject.toml",
+            "uv.lock",
+        ),
+        args=(comfyui or ComfyUIConfig()).queue_manager_build_args(),
+    )
 
 
-def worker_source(variant: str) -> ImageSource:
-    """The worker image; build argument ``VARIANT=cpu`` selects the CPU build the local stack runs."""
+QUEUE_MANAGER = queue_manager_source()
+
+
+def worker_source(variant: str, comfyui: ComfyUIConfig | None = None) -> ImageSource:
+    """The worker image with ComfyUI at the configured ref; build argument ``VARIANT=cpu`` selects
+    the CPU build the local stack runs."""
     return ImageSource(
         "worker",
         (
@@ -69,6 +79,7 @@ def worker_source(variant: str) -> ImageSource:
             "uv.lock",
         ),
         variant=variant,
+        args=(comfyui or ComfyUIConfig()).worker_build_args(),
     )
 
 

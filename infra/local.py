@@ -43,6 +43,7 @@ def build_local(config: LocalConfig, stack: str) -> dict[str, Any]:
             files_volume=files.name,
             models_dir=config.models_dir,
             models_manifest=manifest_json(config.models),
+            comfyui=config.comfyui,
         )
 
     pools = PoolSet("pools", config.pools, context_for)
@@ -63,6 +64,7 @@ def build_local(config: LocalConfig, stack: str) -> dict[str, Any]:
             settings={**settings, **pools.queue_manager_env()},
             participants_json=secret(credentials.participants.apply(json.dumps)),
             keep_volumes=True,
+            comfyui=config.comfyui,
         ),
     )
     QueueKeeper(

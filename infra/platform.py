@@ -7,13 +7,14 @@ Settings are environment variables, and the whole list is secret because some en
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_docker as docker
 import pulumi_random as random
 
-from infra.images import QUEUE_MANAGER, build_image
+from infra.comfyui import ComfyUIConfig
+from infra.images import build_image, queue_manager_source
 from infra.secret import secret
 from services.queue_manager.durability import redis_conf_lines
 
@@ -50,6 +51,8 @@ class PlatformArgs:
     deleted_with: pulumi.Resource | None = None
     # The daemon the containers run on (None: this machine's); images are built for it.
     docker_provider: pulumi.ProviderResource | None = None
+    # The ComfyUI the GPUs run: the queue manager serves the frontend it pins.
+    comfyui: ComfyUIConfig = field(default_factory=ComfyUIConfig)
 
 
 def data_volume(
@@ -153,7 +156,10 @@ class Platform(pulumi.ComponentResource):
             f"{name}-queue-manager",
             name=self.queue_manager_name,
             image=build_image(
-                f"{name}-queue-manager-image", QUEUE_MANAGER, self.args.docker_provider, self.child
+                f"{name}-queue-manager-image",
+                queue_manager_source(self.args.comfyui),
+                self.args.docker_provider,
+                self.child,
             ),
             envs=env_list(settings),
             uploads=[

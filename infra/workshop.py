@@ -78,6 +78,7 @@ def _pools(config: WorkshopConfig, stack: str, vault: VaultOutputs, tailnet: Tai
             user_files=files,
             registry=config.registry,
             models_manifest=manifest_json(config.models),
+            comfyui=config.comfyui,
         )
 
     return PoolSet("pools", config.pools, context_for)
@@ -126,6 +127,7 @@ def _platform(
         tls=(vault.origin_certificate, vault.origin_private_key),
         deleted_with=vps.server,
         docker_provider=provider.provider,
+        comfyui=config.comfyui,
     )
     return Platform("platform", args, on_vps)
 

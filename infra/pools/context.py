@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import pulumi
 
+from infra.comfyui import ComfyUIConfig
 from infra.pools.base import RegistryConfig, StorageAccess
 from infra.pools.worker_image import WorkerImages
 
@@ -67,6 +68,7 @@ class PoolContext:
     models_manifest: str | None = None
     images: WorkerImages = field(default_factory=WorkerImages)
     shared: SharedVolumes = field(default_factory=SharedVolumes)
+    comfyui: ComfyUIConfig = field(default_factory=ComfyUIConfig)  # what the worker image runs
 
     def registry_for(self, pool: str, kind: str) -> RegistryConfig:
         """The registry a pool pulls its worker image from (config validation requires it)."""
@@ -77,7 +79,7 @@ class PoolContext:
     def worker_image(self, pool: str, kind: str, *, with_runpod: bool = False) -> pulumi.Output[str]:
         """The pushed GPU worker image a pool's hosts pull (``repository@digest``), built once per
         stack for every pool that asks for the same variant."""
-        return self.images.reference(self.registry_for(pool, kind), with_runpod=with_runpod)
+        return self.images.reference(self.registry_for(pool, kind), self.comfyui, with_runpod=with_runpod)
 
     def remote_name(self, pool: str) -> str:
         """The deterministic name of a pool's objects at the provider: the providers look them up by it."""

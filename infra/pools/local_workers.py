@@ -54,7 +54,9 @@ def local_worker_containers(
 ) -> list[docker.Container]:
     """Build the worker image on the pool's daemon and start ``spec.count`` containers from it."""
     on_daemon = pulumi.ResourceOptions(parent=parent, provider=ctx.docker_provider)
-    image = build_image(f"{spec.pool}-image", worker_source(spec.variant), ctx.docker_provider, on_daemon)
+    image = build_image(
+        f"{spec.pool}-image", worker_source(spec.variant, ctx.comfyui), ctx.docker_provider, on_daemon
+    )
     networks = [docker.ContainerNetworksAdvancedArgs(name=ctx.docker_network)] if ctx.docker_network else None
     manifest = ctx.models_manifest
     uploads = [docker.ContainerUploadArgs(file=MANIFEST_FILE, content=manifest)] if manifest else None

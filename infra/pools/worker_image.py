@@ -11,6 +11,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_docker_build as docker_build
 
+from infra.comfyui import ComfyUIConfig
 from infra.credential_registry import REGISTRY_PASSWORD
 from infra.images import REPO_ROOT, context_hash, worker_source
 from infra.pools.base import RegistryConfig
@@ -24,27 +25,35 @@ class WorkerImages:
         self._parent = parent
         self._pushed: dict[tuple[str, bool], pulumi.Output[str]] = {}
 
-    def reference(self, registry: RegistryConfig, *, with_runpod: bool = False) -> pulumi.Output[str]:
+    def reference(
+        self, registry: RegistryConfig, comfyui: ComfyUIConfig, *, with_runpod: bool = False
+    ) -> pulumi.Output[str]:
         key = (registry.repository, with_runpod)
         if key not in self._pushed:
             name = "worker-image-runpod" if with_runpod else "worker-image"
-            image = pushed_worker_image(name, registry, self._parent, with_runpod=with_runpod)
+            image = pushed_worker_image(name, registry, comfyui, self._parent, with_runpod=with_runpod)
             self._pushed[key] = image_reference(image, registry)
         return self._pushed[key]
 
 
 def pushed_worker_image(
-    name: str, registry: RegistryConfig, parent: pulumi.Resource | None = None, *, with_runpod: bool = False
+    name: str,
+    registry: RegistryConfig,
+    comfyui: ComfyUIConfig,
+    parent: pulumi.Resource | None = None,
+    *,
+    with_runpod: bool = False,
 ) -> docker_build.Image:
-    """Build the GPU worker (with the RunPod handler when ``with_runpod``) and push it."""
-    source = worker_source("gpu")
+    """Build the GPU worker (ComfyUI at ``comfyui.ref``; the RunPod handler when ``with_runpod``)
+    and push it."""
+    source = worker_source("gpu", comfyui)
     tag = context_hash(source)[:16] + ("-runpod" if with_runpod else "")
     return docker_build.Image(
         name,
         push=True,
         context=docker_build.BuildContextArgs(location=str(REPO_ROOT)),
         dockerfile=docker_build.DockerfileArgs(location=str(REPO_ROOT / source.dockerfile)),
-        build_args={"VARIANT": "gpu", "WITH_RUNPOD": "true" if with_runpod else "false"},
+        build_args={**source.build_args, "WITH_RUNPOD": "true" if with_runpod else "false"},
         platforms=[docker_build.Platform.LINUX_AMD64],
         tags=[f"{registry.repository}:{tag}"],
         registries=[

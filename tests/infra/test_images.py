@@ -44,7 +44,7 @@ def test_a_renamed_file_changes_the_hash(tmp_path: Path) -> None:
 
 def test_cpu_and_gpu_worker_images_are_distinct_and_tagged_by_content() -> None:
     cpu, gpu = worker_source("cpu"), worker_source("gpu")
-    assert cpu.build_args == {"VARIANT": "cpu"}
+    assert cpu.build_args == {"VARIANT": "cpu", "COMFYUI_VERSION": "v0.3.64"}
     assert image_ref(cpu).startswith("comfy-workshop/worker-cpu:")
     assert image_ref(cpu).split(":")[1] != image_ref(gpu).split(":")[1]
     assert QUEUE_MANAGER.dockerfile == "images/queue-manager/Dockerfile"

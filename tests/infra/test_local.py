@@ -38,7 +38,8 @@ def test_a_cpu_worker_claims_jobs_on_the_private_network(local: StackRun) -> Non
     # Built by BuildKit here and loaded into the local daemon (works with either image store).
     image = local.one("docker-build:index:Image", "cpu-image").inputs
     assert image["dockerfile"]["location"].endswith("/images/worker/Dockerfile")
-    assert (image["buildArgs"], image["load"], image["push"]) == ({"VARIANT": "cpu"}, True, False)
+    args = {"VARIANT": "cpu", "COMFYUI_VERSION": "v0.3.64"}
+    assert (image["buildArgs"], image["load"], image["push"]) == (args, True, False)
     assert worker.inputs["image"] == image["tags"][0]
 
 
