@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from redis.exceptions import RedisError
@@ -61,25 +61,26 @@ VERDA_STATES = {
 }  # fmt: skip
 
 
-class Endpoint:
+class Endpoint(Protocol):
     """A pool's endpoint: submit a lease, ask how the request is doing, cancel it."""
+
+    async def submit(self, lease: dict[str, Any]) -> str: ...
+
+    async def status(self, remote_id: str) -> Remote: ...
+
+    async def cancel(self, remote_id: str) -> None: ...
+
+
+class HttpEndpoint:
+    """What both providers' endpoints share: the pool's base URL and its bearer key."""
 
     def __init__(self, pool: PushPool, http: httpx.AsyncClient) -> None:
         self.pool, self.http = pool, http
         self.url = pool.url.rstrip("/")
         self.auth = {"Authorization": f"Bearer {pool.api_key.get_secret_value()}"}
 
-    async def submit(self, lease: dict[str, Any]) -> str:
-        raise NotImplementedError
 
-    async def status(self, remote_id: str) -> Remote:
-        raise NotImplementedError
-
-    async def cancel(self, remote_id: str) -> None:
-        raise NotImplementedError
-
-
-class RunPodEndpoint(Endpoint):
+class RunPodEndpoint(HttpEndpoint):
     async def submit(self, lease: dict[str, Any]) -> str:
         response = await self.http.post(f"{self.url}/run", json={"input": lease}, headers=self.auth)
         response.raise_for_status()
@@ -94,7 +95,7 @@ class RunPodEndpoint(Endpoint):
         await self.http.post(f"{self.url}/cancel/{remote_id}", headers=self.auth)
 
 
-class VerdaEndpoint(Endpoint):
+class VerdaEndpoint(HttpEndpoint):
     async def submit(self, lease: dict[str, Any]) -> str:
         headers = {**self.auth, "Prefer": "respond-async"}
         response = await self.http.post(f"{self.url}{self.pool.path}", json=lease, headers=headers)
@@ -112,7 +113,10 @@ class VerdaEndpoint(Endpoint):
         return  # no cancel call: the lease goes stale and the worker stops at its next heartbeat
 
 
-ENDPOINTS: dict[str, type[Endpoint]] = {"runpod": RunPodEndpoint, "verda": VerdaEndpoint}
+ENDPOINTS: dict[str, type[RunPodEndpoint | VerdaEndpoint]] = {
+    "runpod": RunPodEndpoint,
+    "verda": VerdaEndpoint,
+}
 
 
 @dataclass
