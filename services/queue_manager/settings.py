@@ -188,24 +188,12 @@ class Settings(BaseSettings):
     @field_validator("push_pools", mode="before")
     @classmethod
     def _json_list(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"QM_PUSH_POOLS must be a JSON list of pools: {exc.msg}") from None
+        return _decoded(value, "QM_PUSH_POOLS must be a JSON list of pools")
 
     @field_validator("gpu_prices", mode="before")
     @classmethod
     def _json_prices(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(
-                f'must be a JSON object of pool -> price like {{"h100": 2.29}}: {exc.msg}'
-            ) from None
+        return _decoded(value, 'must be a JSON object of pool -> price like {"h100": 2.29}')
 
     @field_validator("worker_tokens", "participants", mode="before")
     @classmethod
@@ -246,6 +234,16 @@ def _check_user_names(participants: dict[str, SecretStr], admin_user: str) -> No
         raise ValueError(f"participant names {bad} must be 1-64 letters, digits, '.', '_', '@' or '-'")
     if admin_user in participants:
         raise ValueError(f"{admin_user!r} is the admin's name (QM_ADMIN_USER): rename that participant")
+
+
+def _decoded(value: Any, expected: str) -> Any:
+    """A JSON-encoded environment value decoded; anything else (init arguments) as given."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{expected}: {exc.msg}") from None
 
 
 def _parse_json_object(text: str, what: str) -> dict[str, Any]:
