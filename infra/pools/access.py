@@ -59,7 +59,8 @@ class WorkerEnv:
 
 
 def worker_env(ctx: PoolContext, pool: str, provider: str, models_dir: str | None) -> WorkerEnv:
-    """`WORKER_*` and `S3_*` for a cloud worker of ``pool``: where the queue and the files are."""
+    """`WORKER_*` and `S3_*` for a cloud worker of ``pool``: where the queue, the files and the models
+    are. ``models_dir`` is the shared models volume (or GPU host folder) the worker syncs into."""
     plain: dict[str, pulumi.Input[str]] = {
         "WORKER_QUEUE_URL": ctx.queue_url,
         "WORKER_POOL": pool,
@@ -69,6 +70,7 @@ def worker_env(ctx: PoolContext, pool: str, provider: str, models_dir: str | Non
     secrets: dict[str, pulumi.Input[str]] = {"WORKER_TOKEN": ctx.worker_token}
     if models_dir:
         plain["WORKER_SHARED_MODELS_DIR"] = models_dir
+    _models_env(ctx, plain, secrets)
     if ctx.user_files is not None:
         files = ctx.user_files
         plain["WORKER_STORAGE_URL"] = pulumi.Output.concat("s3://", files.bucket, "/files")
@@ -77,6 +79,19 @@ def worker_env(ctx: PoolContext, pool: str, provider: str, models_dir: str | Non
         secrets["S3_ACCESS_KEY_ID"] = files.access_key_id
         secrets["S3_SECRET_ACCESS_KEY"] = files.secret_access_key
     return WorkerEnv(plain, secrets)
+
+
+def _models_env(
+    ctx: PoolContext, plain: dict[str, pulumi.Input[str]], secrets: dict[str, pulumi.Input[str]]
+) -> None:
+    """The manifest and the models bucket with its read-only credentials (separate from the files')."""
+    if ctx.models_manifest:
+        plain["WORKER_MODELS_MANIFEST_JSON"] = ctx.models_manifest
+    if ctx.models is not None:
+        plain["WORKER_MODELS_URL"] = pulumi.Output.concat("s3://", ctx.models.bucket)
+        plain["WORKER_MODELS_S3_ENDPOINT_URL"] = ctx.models.endpoint
+        secrets["WORKER_MODELS_S3_ACCESS_KEY_ID"] = ctx.models.access_key_id
+        secrets["WORKER_MODELS_S3_SECRET_ACCESS_KEY"] = ctx.models.secret_access_key
 
 
 def push_pool_env(pool: str, spec: dict[str, pulumi.Input[Any]]) -> dict[str, pulumi.Input[str]]:

@@ -56,6 +56,5 @@ class LocalGpuPool(GpuPool[LocalGpuConfig]):
             docker_provider=host,
             docker_network=None,
             files_volume=None,
-            models_dir=None,
-            models_manifest=None,
+            models_dir=None,  # that host's own disk: its workers sync the manifest's models there
         )

@@ -110,7 +110,7 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
         registry = ctx.registry_for(config.name, self.kind)
         if ctx.tailnet_auth_key is None:
             raise ValueError(f"pool {config.name}: verda-instance needs the GPU tailnet key")
-        env = worker_env(ctx, config.name, "verda", models_dir=SHARED_MODELS_DIR if volume else None)
+        env = worker_env(ctx, config.name, "verda", models_dir=SHARED_MODELS_DIR)  # the volume or host disk
         values = pulumi.Output.all(
             image=ctx.worker_image(config.name, self.kind),
             key=ctx.tailnet_auth_key,
@@ -124,6 +124,7 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
                 pool=config.name, image=v["image"], workers_per_gpu=config.workers_per_gpu,
                 tailnet_key=v["key"], registry_server=registry.server, registry_username=registry.username,
                 registry_password=v["password"], worker_env=v["env"], mount_command=v["mount"] or None,
+                sync_models="WORKER_MODELS_MANIFEST_JSON" in v["env"],
             )  # fmt: skip
 
         return values.apply(render)

@@ -1,8 +1,10 @@
 """The first-boot script of a Verda GPU instance, as a pure function of what the pool knows.
 
 It installs what the image may lack (Docker, the NVIDIA container toolkit) only when missing, mounts
-the shared filesystem with the models, joins the tailnet with the pool's ephemeral key, logs in to
-the registry, and runs ``workers_per_gpu`` worker containers on every GPU the host has. Secrets
+the shared filesystem with the models (or uses the host's disk), joins the tailnet with the pool's
+ephemeral key, logs in to the registry, fills the models folder once (``sync-models`` with it
+writable: on a shared filesystem one host syncs under the volume's lock while the others wait),
+and runs ``workers_per_gpu`` worker containers on every GPU the host has, the models read-only. Secrets
 (tailnet key, registry token, worker env) are written to root-only files through quoted
 here-documents, never onto a command line; the whole script is a Pulumi secret.
 """
@@ -31,6 +33,7 @@ class StartupSpec:
     registry_password: str
     worker_env: Mapping[str, str]
     mount_command: str | None = None
+    sync_models: bool = False
 
 
 def _heredoc(path: str, content: str) -> str:
@@ -83,6 +86,13 @@ fi
 ln -sfn {target} {models}
 """
 
+SYNC = """
+# Every file of the manifest, sha256-verified, before any worker starts (progress in this log and on
+# the admin page); a file missing from the models bucket stops here with the list of what is wrong.
+docker run --rm --env-file {secrets}/worker.env --env "WORKER_ID=$(hostname)-models" \\
+  --volume {models}:{models} {image} sync-models
+"""
+
 JOIN = """
 # The key is ephemeral and tagged: the node leaves the tailnet when the instance is deleted.
 tailscale up --auth-key=file:{secrets}/tailnet.key --hostname="comfy-{pool}-$(hostname)" --accept-dns=true
@@ -113,11 +123,12 @@ def startup_script(spec: StartupSpec) -> str:
         _heredoc(f"{SECRETS_DIR}/worker.env", env_file(spec.worker_env)),
         TOOLS.format(repo=TOOLKIT_REPO),
     ]
-    volume = ""
     if spec.mount_command:
         target = shlex.split(spec.mount_command)[-1]
         parts.append(MOUNT.format(target=q(target), mount=spec.mount_command, models=SHARED_MODELS_DIR))
-        volume = f"--volume {SHARED_MODELS_DIR}:{SHARED_MODELS_DIR}:ro "
+    else:
+        parts.append(f"mkdir -p {SHARED_MODELS_DIR}\n")
+    volume = f"--volume {SHARED_MODELS_DIR}:{SHARED_MODELS_DIR}:ro "
     parts.append(
         JOIN.format(
             secrets=SECRETS_DIR,
@@ -127,6 +138,8 @@ def startup_script(spec: StartupSpec) -> str:
             image=q(spec.image),
         )
     )
+    if spec.sync_models:
+        parts.append(SYNC.format(secrets=SECRETS_DIR, models=SHARED_MODELS_DIR, image=q(spec.image)))
     parts.append(
         WORKERS.format(per_gpu=spec.workers_per_gpu, secrets=SECRETS_DIR, volume=volume, image=q(spec.image))
     )

@@ -36,6 +36,19 @@ class WorkerState(StrEnum):
     GONE = "gone"
 
 
+class ModelsProgress(BaseModel):
+    """A worker's models sync, shown per pool on the admin page while the worker is not ready."""
+
+    state: str = Field(default="checking", max_length=16, description="checking|waiting|syncing|ready|failed")
+    message: str = Field(default="", max_length=2000, description="why it waits or failed")
+    files_done: int = Field(default=0, ge=0)
+    files_total: int = Field(default=0, ge=0)
+    bytes_done: int = Field(default=0, ge=0)
+    bytes_total: int = Field(default=0, ge=0)
+    rate_bytes_per_s: int = Field(default=0, ge=0)
+    eta_seconds: float | None = None
+
+
 class WorkerCapabilities(BaseModel):
     pool: str = Field(min_length=1, max_length=64)
     provider: str = Field(min_length=1, max_length=64)
@@ -44,6 +57,9 @@ class WorkerCapabilities(BaseModel):
     comfyui_version: str = ""
     catalogue_hash: str = ""
     models: list[str] = Field(default_factory=list)
+    models_sync: ModelsProgress | None = Field(
+        default=None, description="set while the worker syncs its models: it is starting, not ready"
+    )
 
 
 class WorkerRegistration(BaseModel):

@@ -42,7 +42,7 @@ class WorkerOps(StoreBase):
                 mapping={
                     "pool": caps.pool,
                     "capabilities": caps.model_dump_json(),
-                    "state": WorkerState.IDLE.value,
+                    "state": (WorkerState.STARTING if caps.models_sync else WorkerState.IDLE).value,
                     "job_id": "",
                     "registered_at": now,
                     "last_seen": now,

@@ -25,7 +25,7 @@ from services.worker.comfy_events import EventStream
 from services.worker.forwarder import EventForwarder
 from services.worker.job_files import ComfyFolders, FoldersMismatchError, JobFiles
 from services.worker.lease import LeaseKeeper
-from services.worker.models import ensure_models
+from services.worker.models import ensure_models, queue_reporter
 from services.worker.queue_client import LeaseLostError, QueueClient
 from services.worker.runner import JobRunner, Outcome
 from services.worker.settings import WorkerSettings
@@ -72,9 +72,11 @@ class Agent:
         self.extensions: dict[str, str] = {}
         self.published_to: set[str] = set()
 
-    async def start(self) -> None:
-        if self.settings.models_manifest is not None:
-            self.models = await ensure_models(self.settings)
+    async def start(self, queue: QueueClient | None = None) -> None:
+        """Models, then ComfyUI, socket and warmup; with ``queue`` the models sync shows on the admin
+        page (the worker registers as starting, with its progress or why it cannot start)."""
+        report = queue_reporter(self.settings, queue) if queue is not None else None
+        self.models = await ensure_models(self.settings, report=report)
         await self.comfy_server.start(self.comfy, self.settings.ready_timeout)
         try:
             await self.files.verify(self.comfy)

@@ -98,15 +98,27 @@ def health() -> None:
 
 @app.command("sync-models")
 def sync_models() -> None:
-    """Make the manifest's models present and verified, then exit (image build or pre-warm)."""
-    from services.worker.models import ModelError, ensure_models
+    """Make the manifest's models present and verified, then exit (a GPU host fills its models folder
+    or shared volume this way before its workers start). A progress bar here, and on the admin page
+    when WORKER_TOKEN is set."""
+    from services.worker.models import ModelError, ensure_models, queue_reporter
+    from services.worker.queue_client import QueueClient
 
     settings = _settings()
-    if settings.models_manifest is None:
-        typer.echo("WORKER_MODELS_MANIFEST is not set: nothing to sync", err=True)
+    if settings.models_manifest is None and not settings.models_manifest_json:
+        typer.echo("WORKER_MODELS_MANIFEST(_JSON) is not set: nothing to sync", err=True)
         raise typer.Exit(2)
+
+    async def sync() -> list[str]:
+        token = settings.token.get_secret_value()
+        queue = QueueClient(settings.queue_url, token, retry_seconds=10.0)
+        try:
+            return await ensure_models(settings, report=queue_reporter(settings, queue) if token else None)
+        finally:
+            await queue.aclose()
+
     try:
-        held = asyncio.run(ensure_models(settings))
+        held = asyncio.run(sync())
     except ModelError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from exc

@@ -1,31 +1,48 @@
 """Model files the worker must hold before it reports ready: a manifest, a sync, a verification.
 
-The manifest (YAML or JSON, kept in config or the vault) lists each file::
+The manifest (YAML or JSON: a file ``WORKER_MODELS_MANIFEST``, or the text itself in
+``WORKER_MODELS_MANIFEST_JSON`` as cloud pools get it) lists each file::
 
     models:
       - path: checkpoints/sd_xl_base_1.0.safetensors   # under ComfyUI's model folders
         size: 6938078334
         sha256: 31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6120b893f7e5b
-        source: sdxl/sd_xl_base_1.0.safetensors        # key in the models vault (default: path)
+        source: sdxl/sd_xl_base_1.0.safetensors        # key in the models bucket (default: path)
 
-A file found on the shared model storage (``WORKER_SHARED_MODELS_DIR``, a network volume or
-shared filesystem wired into ComfyUI by ``extra_model_paths.yaml``) with the right size is used
-where it is. Otherwise it is synced from the models vault (``WORKER_MODELS_URL``) to local disk:
-resumed from a partial download with a ranged read, hashed while it streams, and verified
-against the manifest's sha256 before it is renamed into place.
+Where the files go: the shared volume (``WORKER_SHARED_MODELS_DIR``: a Verda shared filesystem,
+a RunPod network volume, a GPU host's model folder) when there is one, else this worker's own disk
+(``WORKER_MODELS_DIR``). ComfyUI reads them from there through ``extra_model_paths.yaml``.
+
+A shared volume is filled once: the sync takes ``.comfy-models.lock`` on the volume (created with
+O_EXCL, its mtime renewed while held; a lock left by a sync that died is taken over once it is
+``WORKER_MODELS_LOCK_STALE_SECONDS`` old), so the first worker downloads and the others wait, then
+find every file verified. A volume mounted read-only is only checked.
+
+Each file is downloaded to ``<name>.part`` (resumed with a ranged read after an interruption),
+hashed while it streams, checked against the manifest's size and sha256, renamed into place and
+marked verified (``.<name>.sha256``), so it is hashed once. Before downloading anything the
+bucket is asked for every file: a missing file or a size that differs from the manifest is
+refused with the list of what is wrong, and a hash mismatch after a download likewise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import json
 import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -35,11 +52,17 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from services.storage import Storage, open_storage
+from services.protocol.workers import ModelsProgress, WorkerCapabilities, WorkerRegistration
+from services.storage import S3Settings, Storage, StorageError, open_storage
+from services.storage.base import FileMissingError
+from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 HASH_CHUNK = 8 * 1024 * 1024
+LOCK_NAME = ".comfy-models.lock"
+REPORT_WAIT_SECONDS = 10.0
+Report = Callable[[ModelsProgress], Awaitable[None]]
 
 
 class ModelError(Exception):
@@ -68,15 +91,29 @@ class Manifest(BaseModel):
     models: list[ModelFile] = Field(default_factory=list)
 
 
+def parse_manifest(text: str, where: str, as_json: bool = False) -> Manifest:
+    try:
+        data: Any = json.loads(text) if as_json else yaml.safe_load(text)
+        return Manifest.model_validate(data or {})
+    except (ValueError, yaml.YAMLError, ValidationError) as exc:
+        raise ModelError(f"models manifest {where} is invalid: {exc}") from exc
+
+
 def load_manifest(path: Path) -> Manifest:
     try:
         text = path.read_text()
-        data: Any = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        return Manifest.model_validate(data or {})
     except FileNotFoundError as exc:
         raise ModelError(f"models manifest {path} does not exist: fix WORKER_MODELS_MANIFEST") from exc
-    except (ValueError, yaml.YAMLError, ValidationError) as exc:
-        raise ModelError(f"models manifest {path} is invalid: {exc}") from exc
+    return parse_manifest(text, str(path), as_json=path.suffix == ".json")
+
+
+def manifest_of(settings: WorkerSettings) -> Manifest | None:
+    """The manifest this worker holds to, or None when it has none."""
+    if settings.models_manifest_json:
+        return parse_manifest(settings.models_manifest_json, "WORKER_MODELS_MANIFEST_JSON", as_json=True)
+    if settings.models_manifest is not None:
+        return load_manifest(settings.models_manifest)
+    return None
 
 
 def _hash_file(path: Path, digest: Any) -> None:
@@ -85,32 +122,260 @@ def _hash_file(path: Path, digest: Any) -> None:
             digest.update(block)
 
 
-class ModelSync:
-    def __init__(self, settings: WorkerSettings, vault: Storage | None, progress: Progress) -> None:
-        self.settings, self.vault, self.progress = settings, vault, progress
+def _marker(path: Path) -> Path:
+    return path.with_name(f".{path.name}.sha256")
 
-    async def ensure(self, model: ModelFile) -> Path:
-        shared = self.settings.shared_models_dir
-        if shared is not None and self._sized(shared / model.path, model):
-            return shared / model.path
-        local = self.settings.models_dir / model.path
-        marker = local.with_name(f".{local.name}.sha256")
-        if self._sized(local, model) and marker.is_file() and marker.read_text().strip() == model.sha256:
-            return local
-        await self._download(model, local)
-        marker.write_text(model.sha256)
-        return local
+
+def _hash_matches_now(path: Path, model: ModelFile) -> bool:
+    if not path.is_file() or path.stat().st_size != model.size:
+        return False
+    digest = hashlib.sha256()
+    _hash_file(path, digest)
+    return digest.hexdigest() == model.sha256
+
+
+async def _hash_matches(path: Path, model: ModelFile) -> bool:
+    """The file has the manifest's size and sha256 (hashed off the event loop)."""
+    return await asyncio.to_thread(_hash_matches_now, path, model)
+
+
+def verified(path: Path, model: ModelFile) -> bool:
+    """The file is in place with the manifest's size and was hashed to the manifest's sha256."""
+    marker = _marker(path)
+    return (
+        path.is_file()
+        and path.stat().st_size == model.size
+        and marker.is_file()
+        and marker.read_text().strip() == model.sha256
+    )
+
+
+class VolumeLock:
+    """One sync at a time on a shared volume: a lock file created with O_EXCL, renewed while held.
+
+    A lock whose mtime is older than ``stale`` belongs to a sync that died; it is taken over (under
+    a short second lock, so two waiters never both remove it)."""
+
+    def __init__(self, directory: Path, stale: float, poll: float = 1.0) -> None:
+        self.path = directory / LOCK_NAME
+        self.stale, self.poll = stale, poll
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._renew: asyncio.Task[None] | None = None
+
+    def _try_create(self, path: Path) -> bool:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self.owner)
+        return True
+
+    def _age(self, path: Path) -> float | None:
+        try:
+            return time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def _take_over_stale(self) -> None:
+        breaker = self.path.with_name(LOCK_NAME + ".break")
+        age = self._age(breaker)
+        if age is not None and age > self.stale:
+            breaker.unlink(missing_ok=True)  # a take-over that itself died
+        if not self._try_create(breaker):
+            return
+        try:
+            age = self._age(self.path)
+            if age is not None and age > self.stale:
+                log.warning("taking over the models lock %s: its sync stopped %.0fs ago", self.path, age)
+                self.path.unlink(missing_ok=True)
+        finally:
+            breaker.unlink(missing_ok=True)
+
+    async def acquire(self, waiting: Callable[[str], Awaitable[None]]) -> None:
+        """Wait (reporting who holds it) until this worker holds the lock."""
+        while not self._try_create(self.path):
+            self._take_over_stale()
+            with contextlib.suppress(OSError):
+                await waiting(self.path.read_text().strip())
+            await asyncio.sleep(self.poll)  # another host holds it: nothing to wake us but its file
+        self._renew = asyncio.create_task(self._keep())
+
+    async def _keep(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.stale / 4, 0.05))
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(self.path)
+
+    async def release(self) -> None:
+        if self._renew is not None:
+            self._renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renew
+        with contextlib.suppress(FileNotFoundError):
+            if self.path.read_text().strip() == self.owner:
+                self.path.unlink()
+
+
+class Tally:
+    """Files and bytes done, the rate and the time left: for the progress bar and the admin page."""
+
+    def __init__(self, manifest: Manifest, report: Report | None) -> None:
+        self.progress = ModelsProgress(
+            files_total=len(manifest.models), bytes_total=sum(m.size for m in manifest.models)
+        )
+        self.report = report
+        self.started = time.monotonic()
+        self.downloaded = 0
+        self._sent = 0.0
+        self._pending: asyncio.Task[None] | None = None
+
+    async def publish(self, force: bool = False) -> None:
+        """Send the progress: at most every 2 s and never holding up the download (one report in
+        flight at a time); a state change waits for its report, a bounded time."""
+        if self.report is None or (not force and time.monotonic() - self._sent < 2.0):
+            return
+        if not force and self._pending is not None and not self._pending.done():
+            return
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = self.downloaded / elapsed
+        left = self.progress.bytes_total - self.progress.bytes_done
+        self.progress.rate_bytes_per_s = int(rate)
+        self.progress.eta_seconds = round(left / rate, 1) if rate > 0 else None
+        self._sent = time.monotonic()
+        self._pending = asyncio.create_task(self._send(self.report, self.progress.model_copy()))
+        if force:
+            await asyncio.wait({self._pending}, timeout=REPORT_WAIT_SECONDS)
 
     @staticmethod
-    def _sized(path: Path, model: ModelFile) -> bool:
-        return path.is_file() and path.stat().st_size == model.size
+    async def _send(report: Report, progress: ModelsProgress) -> None:
+        try:
+            await report(progress)
+        except Exception as exc:  # progress must never stop the sync
+            log.warning("could not report the models sync: %s", exc)
 
-    async def _download(self, model: ModelFile, target: Path) -> None:
+    async def state(self, state: str, message: str = "") -> None:
+        self.progress.state, self.progress.message = state, message
+        await self.publish(force=True)
+
+    async def file_done(self, model: ModelFile) -> None:
+        self.progress.files_done += 1
+        await self.publish()
+
+    async def advance(self, count: int) -> None:
+        self.progress.bytes_done += count
+        self.downloaded += count
+        await self.publish()
+
+
+class ModelSync:
+    """Brings one target folder to exactly the manifest's files, verified."""
+
+    def __init__(self, settings: WorkerSettings, vault: Storage | None, progress: Progress, tally: Tally):
+        self.settings, self.vault, self.bar, self.tally = settings, vault, progress, tally
+        self.target = settings.shared_models_dir or settings.models_dir
+        self.downloads: list[str] = []
+
+    async def run(self, manifest: Manifest) -> None:
+        missing = [m for m in manifest.models if not verified(self.target / m.path, m)]
+        if not missing:
+            self.tally.progress.files_done, self.tally.progress.bytes_done = (
+                len(manifest.models),
+                self.tally.progress.bytes_total,
+            )
+            return
+        if self.settings.shared_models_dir is None:
+            await self._sync(manifest)
+            return
+        lock = self._lock()
+        if lock is None:
+            await self._check_read_only(missing)
+            return
+        await lock.acquire(self._waiting)
+        try:
+            await self._sync(manifest)
+        finally:
+            await lock.release()
+
+    def _lock(self) -> VolumeLock | None:
+        """The volume's lock, or None when the volume is read-only here."""
+        if not os.access(self.target, os.W_OK):
+            return None
+        lock = VolumeLock(self.target, self.settings.models_lock_stale_seconds)
+        probe = self.target / f".comfy-write-probe-{lock.owner.replace(':', '-')}"
+        try:
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                return None
+            raise
+        return lock
+
+    async def _waiting(self, holder: str) -> None:
+        await self.tally.state("waiting", f"another worker ({holder}) is filling the shared volume")
+
+    async def _check_read_only(self, missing: list[ModelFile]) -> None:
+        """A read-only volume is filled by someone else (the GPU host's sync): hash what lacks a mark."""
+        for model in missing:
+            if not await _hash_matches(self.target / model.path, model):
+                raise ModelError(
+                    f"model {model.path} is not on the read-only models volume {self.target} with the "
+                    f"manifest's size {model.size} and sha256: the volume's sync (`python -m "
+                    "services.worker sync-models` with it mounted writable) did not finish; see its log"
+                )
+            await self.tally.file_done(model)
+
+    async def _sync(self, manifest: Manifest) -> None:
+        todo = []
+        for model in manifest.models:
+            path = self.target / model.path
+            if not verified(path, model) and not await self._adopt(model, path):
+                todo.append(model)
+        await self._check_bucket(todo)
+        await self.tally.state("syncing")
+        for model in manifest.models:
+            if model in todo:
+                await self._download(model, self.target / model.path)
+            else:
+                self.tally.progress.bytes_done += model.size
+            await self.tally.file_done(model)
+
+    @staticmethod
+    async def _adopt(model: ModelFile, path: Path) -> bool:
+        """A file put in place by hand: hashed once, then marked verified like a download."""
+        if not await _hash_matches(path, model):
+            return False
+        _marker(path).write_text(model.sha256)
+        return True
+
+    async def _check_bucket(self, todo: list[ModelFile]) -> None:
+        if not todo:
+            return
+        vault = self._vault(todo[0])
+        sizes = await asyncio.gather(*(vault.size(model.key) for model in todo))
+        wrong = [
+            f"{m.key} ({'missing' if size is None else f'{size} bytes, the manifest says {m.size}'})"
+            for m, size in zip(todo, sizes, strict=True)
+            if size != m.size
+        ]
+        if wrong:
+            raise ModelError(
+                f"the models bucket {self.settings.models_url} does not hold the manifest's files: "
+                f"{', '.join(wrong)}. Upload them (or fix the manifest's size/source), then start the "
+                "worker again"
+            )
+
+    def _vault(self, model: ModelFile) -> Storage:
         if self.vault is None:
             raise ModelError(
-                f"model {model.path} is not on the shared storage and WORKER_MODELS_URL is not set: "
-                "put the file there or set WORKER_MODELS_URL to the models vault"
+                f"model {model.path} is not in {self.target} and WORKER_MODELS_URL is not set: put the "
+                "file there or set WORKER_MODELS_URL to the models bucket"
             )
+        return self.vault
+
+    async def _download(self, model: ModelFile, target: Path) -> None:
+        vault = self._vault(model)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f"{target.name}.part")
         digest = hashlib.sha256()
@@ -120,14 +385,18 @@ class ModelSync:
             start = 0
         if start:
             await asyncio.to_thread(_hash_file, partial, digest)
-        task = self.progress.add_task(model.path, total=model.size, completed=start)
+            self.tally.progress.bytes_done += start
+        task = self.bar.add_task(model.path, total=model.size, completed=start)
+        self.downloads.append(model.path)
         with partial.open("ab") as handle:
-            async for chunk in self.vault.get(model.key, start=start):
-                handle.write(chunk)
+            async for chunk in _chunks(vault, model, start):
+                await asyncio.to_thread(handle.write, chunk)
                 digest.update(chunk)
-                self.progress.advance(task, len(chunk))
+                self.bar.advance(task, len(chunk))
+                await self.tally.advance(len(chunk))
         self._verify(model, partial, digest.hexdigest())
         partial.replace(target)
+        _marker(target).write_text(model.sha256)
 
     @staticmethod
     def _verify(model: ModelFile, partial: Path, actual: str) -> None:
@@ -135,9 +404,17 @@ class ModelSync:
         if size != model.size or actual != model.sha256:
             partial.unlink()
             raise ModelError(
-                f"model {model.path} from the vault does not match the manifest (size {size} vs "
+                f"model {model.path} from the models bucket does not match the manifest (size {size} vs "
                 f"{model.size}, sha256 {actual} vs {model.sha256}): fix the manifest or re-upload the file"
             )
+
+
+async def _chunks(vault: Storage, model: ModelFile, start: int) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in vault.get(model.key, start=start):
+            yield chunk
+    except FileMissingError as exc:
+        raise ModelError(f"model {model.path}: {model.key} is not in the models bucket") from exc
 
 
 def progress_bar() -> Progress:
@@ -150,15 +427,53 @@ def progress_bar() -> Progress:
     )
 
 
-async def ensure_models(settings: WorkerSettings, vault: Storage | None = None) -> list[str]:
-    """Make every manifest file present and verified; return their paths (what the worker advertises)."""
-    assert settings.models_manifest is not None
-    manifest = load_manifest(settings.models_manifest)
-    if vault is None and settings.models_url:
-        vault = open_storage(settings.models_url)
-    with progress_bar() as progress:
-        sync = ModelSync(settings, vault, progress)
-        for model in manifest.models:
-            where = await sync.ensure(model)
-            log.info("model %s ready at %s", model.path, where)
+def models_vault(settings: WorkerSettings) -> Storage | None:
+    """The models bucket, read with its own credentials (``WORKER_MODELS_S3_*``) when given."""
+    if not settings.models_url:
+        return None
+
+    def value(secret: SecretStr | None) -> SecretStr | None:
+        return secret if secret is not None and secret.get_secret_value() else None
+
+    if settings.models_s3_access_key_id is None:
+        return open_storage(settings.models_url)
+    s3 = S3Settings(
+        endpoint_url=settings.models_s3_endpoint_url,
+        access_key_id=value(settings.models_s3_access_key_id),
+        secret_access_key=value(settings.models_s3_secret_access_key),
+    )
+    return open_storage(settings.models_url, s3)
+
+
+def queue_reporter(settings: WorkerSettings, queue: QueueClient) -> Report:
+    """Progress for the admin page: the worker registers as starting, with its models sync."""
+
+    async def report(progress: ModelsProgress) -> None:
+        caps = WorkerCapabilities(pool=settings.pool, provider=settings.provider, models_sync=progress)
+        await queue.register(WorkerRegistration(worker_id=settings.worker_id, capabilities=caps))
+
+    return report
+
+
+async def ensure_models(
+    settings: WorkerSettings, vault: Storage | None = None, report: Report | None = None
+) -> list[str]:
+    """Make every manifest file present and verified; return their paths (what the worker advertises).
+    ``report`` hears the progress (files, bytes, rate, time left) every few seconds and at each change."""
+    manifest = manifest_of(settings)
+    if manifest is None:
+        return []
+    tally = Tally(manifest, report)
+    try:
+        vault = vault or models_vault(settings)
+        with progress_bar() as bar:
+            sync = ModelSync(settings, vault, bar, tally)
+            await sync.run(manifest)
+    except (ModelError, StorageError, OSError) as exc:
+        await tally.state("failed", str(exc))
+        if isinstance(exc, ModelError):
+            raise
+        raise ModelError(f"the models could not be synced to {settings.models_dir}: {exc}") from exc
+    await tally.state("ready")
+    log.info("%d model files ready in %s", len(manifest.models), sync.target)
     return [model.path for model in manifest.models]

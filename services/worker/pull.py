@@ -133,7 +133,7 @@ async def run_pull(agent: Agent, queue: QueueClient) -> None:
     worker = PullWorker(agent, queue)
     worker.install_signal_handlers()
     try:
-        await agent.start()
+        await agent.start(queue)
         await worker.run()
     finally:
         await agent.stop()

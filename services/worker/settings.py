@@ -64,6 +64,24 @@ class WorkerSettings(BaseSettings):
     models_manifest: Path | None = Field(
         default=None, description="WORKER_MODELS_MANIFEST: YAML/JSON list of model files to hold"
     )
+    models_manifest_json: str | None = Field(
+        default=None, description="WORKER_MODELS_MANIFEST_JSON: the manifest itself (cloud pools get it so)"
+    )
+    models_s3_endpoint_url: str | None = Field(
+        default=None, description="WORKER_MODELS_S3_ENDPOINT_URL: the models bucket's S3 endpoint"
+    )
+    models_s3_access_key_id: SecretStr | None = Field(
+        default=None, description="WORKER_MODELS_S3_ACCESS_KEY_ID: read-only key of the models bucket"
+    )
+    models_s3_secret_access_key: SecretStr | None = Field(
+        default=None, description="WORKER_MODELS_S3_SECRET_ACCESS_KEY: its secret"
+    )
+    models_lock_stale_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="WORKER_MODELS_LOCK_STALE_SECONDS: a shared volume's sync lock not renewed for this "
+        "long belongs to a sync that died and is taken over",
+    )
     models_url: str | None = Field(
         default=None, description="WORKER_MODELS_URL: the models vault, e.g. s3://comfy-models"
     )
@@ -73,8 +91,8 @@ class WorkerSettings(BaseSettings):
     )
     shared_models_dir: Path | None = Field(
         default=None,
-        description="WORKER_SHARED_MODELS_DIR: shared filesystem / network volume holding models "
-        "(wired into ComfyUI through extra_model_paths.yaml, never copied)",
+        description="WORKER_SHARED_MODELS_DIR: shared filesystem / network volume the models are synced "
+        "to once (under a lock on the volume) and read from (extra_model_paths.yaml); read-only: checked",
     )
     warmup: bool = Field(
         default=True, description="WORKER_WARMUP: run a tiny workflow before reporting ready"
@@ -107,9 +125,10 @@ class WorkerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> WorkerSettings:
-        if self.models_manifest is not None and self.models_url is None and self.shared_models_dir is None:
+        has_manifest = self.models_manifest is not None or bool(self.models_manifest_json)
+        if has_manifest and self.models_url is None and self.shared_models_dir is None:
             raise ValueError(
-                "WORKER_MODELS_MANIFEST is set but there is nowhere to get models from: set "
+                "WORKER_MODELS_MANIFEST(_JSON) is set but there is nowhere to get models from: set "
                 "WORKER_MODELS_URL (s3://bucket of the models vault) or WORKER_SHARED_MODELS_DIR"
             )
         return self

@@ -75,12 +75,23 @@ function drawQueue(overview) {
   $("dead").innerHTML = table(["#", "job", "user", "state", "last worker", "queued", "error"], dead, "No dead letters.");
 }
 
+// A worker's models sync while it is not ready: files, bytes, rate, time left, or why it waits or failed.
+function models(sync) {
+  if (!sync) return "ready";
+  const mb = (n) => (n / 1048576).toFixed(0);
+  const eta = sync.eta_seconds == null ? "" : `, ${Math.round(sync.eta_seconds)} s left`;
+  const counts = `${sync.files_done}/${sync.files_total} files, ${mb(sync.bytes_done)}/${mb(sync.bytes_total)} MB, ` +
+    `${mb(sync.rate_bytes_per_s)} MB/s${eta}`;
+  return `${esc(sync.state)}: ${esc(counts)}${sync.message ? `<br>${esc(sync.message)}` : ""}`;
+}
+
 function drawWorkers(workers) {
   const sorted = [...workers].sort((a, b) => `${a.capabilities.pool}/${a.capabilities.provider}`.localeCompare(`${b.capabilities.pool}/${b.capabilities.provider}`));
   const rows = sorted.map((w) =>
     `<td>${esc(w.capabilities.pool)}</td><td>${esc(w.capabilities.provider)}</td><td>${esc(w.worker_id)}</td>` +
-    `<td>${state(w.state)}</td><td><code>${short(w.job_id)}</code></td><td>${esc(w.capabilities.gpu)}</td><td>${ago(w.last_seen)}</td>`);
-  $("workers").innerHTML = table(["pool", "provider", "worker", "state", "job", "GPU", "seen"], rows, "No worker has registered.");
+    `<td>${state(w.state)}</td><td><code>${short(w.job_id)}</code></td><td>${esc(w.capabilities.gpu)}</td>` +
+    `<td>${models(w.capabilities.models_sync)}</td><td>${ago(w.last_seen)}</td>`);
+  $("workers").innerHTML = table(["pool", "provider", "worker", "state", "job", "GPU", "models", "seen"], rows, "No worker has registered.");
 }
 
 function drawStats(stats) {

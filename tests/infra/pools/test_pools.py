@@ -12,7 +12,7 @@ import pytest
 from infra.pools import KINDS
 from infra.providers.verda_instance import InstanceProvider
 from tests.infra import harness
-from tests.infra.harness import Resource, StackRun, run_stack
+from tests.infra.harness import Resource, StackRun, run_stack, stack_values
 
 DYNAMIC = "pulumi-python:dynamic:Resource"
 CONTAINER = "docker:index/container:Container"
@@ -313,3 +313,54 @@ def test_runpod_pulls_the_private_worker_image_with_a_registry_login(runpod: Sta
 
     assert login.inputs["username"] == "example" and "password" in login.secret_inputs
     assert login.urn in template.depends_on
+
+
+MODELS_READ = {
+    "WORKER_MODELS_S3_ACCESS_KEY_ID": "models-key-id",
+    "WORKER_MODELS_S3_SECRET_ACCESS_KEY": "models-secret",
+}
+
+
+def env_file_of(script: str) -> dict[str, str]:
+    """The worker.env a Verda startup script writes."""
+    body = script.split("worker.env <<'COMFY_WORKSHOP_EOF'\n", 1)[1].split("\nCOMFY_WORKSHOP_EOF", 1)[0]
+    return dict(line.split("=", 1) for line in body.splitlines())
+
+
+def worker_env_of(run: StackRun, kind: str) -> dict[str, str]:
+    if kind == "verda-instance":
+        return env_file_of(dynamic(run, "baseline-startup").inputs["script"])
+    if kind == "verda-serverless":  # secrets by name of the Verda secret holding them
+        deployment = dynamic(run, "burst-deployment").inputs
+        held = {r.inputs.get("name"): r.inputs.get("value") for r in run.resources_of(DYNAMIC)}
+        return {**deployment["env"], **{key: held[name] for key, name in deployment["secret_env"].items()}}
+    if kind == "runpod-serverless":
+        return dict(dynamic(run, "burst-template").inputs["env"])
+    return dict(item.split("=", 1) for item in run.one(CONTAINER, "studio-worker-0").inputs["envs"])
+
+
+@pytest.mark.parametrize(
+    "pool", [VERDA_INSTANCE, VERDA_SERVERLESS, RUNPOD, LOCAL_GPU], ids=lambda p: p["kind"]
+)
+def test_every_pool_kinds_workers_get_the_manifest_the_models_bucket_and_its_read_key(
+    pool: dict[str, Any],
+) -> None:
+    run = workshop(pool)
+    env = worker_env_of(run, pool["kind"])
+    models = stack_values("workshop", None, ())["models"]
+
+    manifest = json.loads(env["WORKER_MODELS_MANIFEST_JSON"])["models"]
+    assert [(m["path"], m["sha256"]) for m in manifest] == [(m["path"], m["sha256"]) for m in models]
+    assert env["WORKER_MODELS_URL"] == "s3://comfy-models"
+    assert env["WORKER_MODELS_S3_ENDPOINT_URL"] == "https://acct.r2.cloudflarestorage.com"
+    assert {key: env[key] for key in MODELS_READ} == MODELS_READ  # the read-only key, not the files' one
+
+
+def test_a_verda_host_fills_its_models_folder_before_its_workers_read_it(instances: StackRun) -> None:
+    script = dynamic(instances, "baseline-startup").inputs["script"]
+
+    sync = script.index("sync-models")
+    assert script.index("mkdir -p /mnt/models") < sync < script.index("gpus=$(nvidia-smi")
+    assert "--volume /mnt/models:/mnt/models ghcr.io/example/comfy-worker" in script[:sync]  # writable
+    assert script.count("--volume /mnt/models:/mnt/models:ro ") == 1  # the workers only read
+    assert env_file_of(script)["WORKER_SHARED_MODELS_DIR"] == "/mnt/models"

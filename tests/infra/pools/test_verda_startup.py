@@ -26,10 +26,10 @@ def spec(**changes: object) -> StartupSpec:
 @pytest.mark.skipif(
     shutil.which("shellcheck") is None, reason="needs shellcheck (apt-get install shellcheck)"
 )
-@pytest.mark.parametrize("mount", [MOUNT, None])
-def test_shellcheck_is_clean(tmp_path: Path, mount: str | None) -> None:
+@pytest.mark.parametrize(("mount", "sync"), [(MOUNT, True), (None, True), (None, False)])
+def test_shellcheck_is_clean(tmp_path: Path, mount: str | None, sync: bool) -> None:
     script = tmp_path / "startup.sh"
-    script.write_text(startup_script(spec(mount_command=mount)))
+    script.write_text(startup_script(spec(mount_command=mount, sync_models=sync)))
 
     result = subprocess.run(["shellcheck", "--shell=bash", str(script)], capture_output=True, text=True)
 
@@ -51,7 +51,17 @@ def test_models_are_mounted_once_and_given_read_only_to_workers() -> None:
     assert "if ! mountpoint -q /mnt/sfs-0a1b; then\n  " + MOUNT in script
     assert "ln -sfn /mnt/sfs-0a1b /mnt/models" in script
     assert "--volume /mnt/models:/mnt/models:ro" in script
-    assert "/mnt/models" not in startup_script(spec(mount_command=None))
+    assert "sync-models" not in script  # no manifest: nothing to fill
+
+
+def test_the_models_folder_is_filled_once_before_the_workers_start_reading_it() -> None:
+    for mount in (MOUNT, None):  # the shared filesystem, or the host's own disk
+        script = startup_script(spec(mount_command=mount, sync_models=True))
+        sync = script.index(
+            "--volume /mnt/models:/mnt/models ghcr.io/acme/comfy-worker@sha256:ab12 sync-models"
+        )
+        assert script.index("docker pull") < sync < script.index("gpus=$(nvidia-smi")
+        assert "--volume /mnt/models:/mnt/models:ro" in script[sync:]
 
 
 def test_secrets_go_to_root_only_files_never_onto_a_command_line() -> None:

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
+from services.protocol.workers import ModelsProgress
 from services.storage import S3Settings, Storage, aiter_chunks, open_storage
+from services.worker.agent import Agent
 from services.worker.models import ModelError, ensure_models, load_manifest
+from services.worker.pull import run_pull
+from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
+from tests.doubles.comfyui import ComfyUIDouble
+from tests.services.worker.conftest import QueueManagerServer, graph, submit, worker_settings
+from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL_TOKEN
 from tests.support.s3 import make_bucket, moto_server
 
 WEIGHTS = bytes(range(256)) * 4096  # 1 MiB of "weights"
@@ -117,3 +129,111 @@ def test_a_bad_manifest_names_the_problem(tmp_path: Path) -> None:
 def test_a_manifest_without_a_source_is_refused_at_startup(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="WORKER_MODELS_URL"):
         WorkerSettings(models_manifest=manifest(tmp_path))
+
+
+class CountingVault:
+    """The models bucket, counting each file's downloads (a Storage like any other)."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner, self.reads = inner, Counter[str]()
+        self.size, self.exists = inner.size, inner.exists
+
+    def get(self, key: str, start: int = 0):  # type: ignore[no-untyped-def]
+        self.reads[key] += 1
+        return self.inner.get(key, start)
+
+
+def shared_settings(tmp_path: Path, name: str) -> WorkerSettings:
+    return WorkerSettings(
+        models_manifest=manifest(tmp_path),
+        models_url="s3://unused",
+        shared_models_dir=tmp_path / "volume",
+        models_dir=tmp_path / f"{name}-disk",
+        models_lock_stale_seconds=5,
+    )
+
+
+async def test_two_workers_on_one_volume_download_each_file_once(vault: Storage, tmp_path: Path) -> None:
+    (tmp_path / "volume").mkdir()
+    counting = CountingVault(vault)
+    first, second = [shared_settings(tmp_path, name) for name in ("a", "b")]
+    held = await asyncio.gather(
+        ensure_models(first, counting),  # type: ignore[arg-type]
+        ensure_models(second, counting),  # type: ignore[arg-type]
+    )
+    assert held == [["checkpoints/model.safetensors"]] * 2
+    assert counting.reads == {"sd/model.safetensors": 1}
+    assert (tmp_path / "volume/checkpoints/model.safetensors").read_bytes() == WEIGHTS
+    assert not (tmp_path / "volume/.comfy-models.lock").exists()
+
+
+async def test_a_lock_left_by_a_sync_that_died_is_taken_over(vault: Storage, tmp_path: Path) -> None:
+    lock = tmp_path / "volume/.comfy-models.lock"
+    lock.parent.mkdir()
+    lock.write_text("dead-host:1:x")
+    os.utime(lock, (time.time() - 60, time.time() - 60))
+    assert await ensure_models(shared_settings(tmp_path, "a"), vault) == ["checkpoints/model.safetensors"]
+
+
+async def test_a_fresh_lock_makes_the_sync_wait_and_say_who_holds_it(vault: Storage, tmp_path: Path) -> None:
+    lock = tmp_path / "volume/.comfy-models.lock"
+    lock.parent.mkdir()
+    lock.write_text("other-host:7:y")
+    heard: list[ModelsProgress] = []
+
+    async def report(progress: ModelsProgress) -> None:
+        heard.append(progress)
+        if progress.state == "waiting":
+            lock.unlink(missing_ok=True)  # the other sync ends
+
+    await ensure_models(shared_settings(tmp_path, "a"), vault, report)
+    assert heard[0].state == "waiting" and "other-host:7:y" in heard[0].message
+    assert heard[-1].state == "ready" and heard[-1].bytes_done == heard[-1].bytes_total == len(WEIGHTS)
+
+
+async def test_a_file_missing_from_the_bucket_is_refused_before_any_download(
+    vault: Storage, tmp_path: Path
+) -> None:
+    path = tmp_path / "models.yaml"
+    present = {"path": "checkpoints/a.safetensors", "size": len(WEIGHTS), "source": "sd/model.safetensors"}
+    absent = {"path": "loras/b.safetensors", "size": 10, "sha256": "1" * 64, "source": "nope/b.safetensors"}
+    present["sha256"] = hashlib.sha256(WEIGHTS).hexdigest()
+    path.write_text(yaml.safe_dump({"models": [present, absent]}))
+    config = WorkerSettings(models_manifest=path, models_url="s3://models", models_dir=tmp_path / "disk")
+    heard: list[ModelsProgress] = []
+
+    async def report(progress: ModelsProgress) -> None:
+        heard.append(progress)
+
+    with pytest.raises(
+        ModelError, match=r"does not hold the manifest's files: nope/b\.safetensors \(missing\)"
+    ):
+        await ensure_models(config, vault, report)
+    assert not (tmp_path / "disk").exists()
+    assert heard[-1].state == "failed" and "nope/b.safetensors" in heard[-1].message
+
+
+async def test_a_worker_missing_a_model_says_why_on_the_admin_page_and_takes_no_job(
+    s3_endpoint: str, comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    make_bucket(s3_endpoint, "models-missing")
+    path = tmp_path / "models.yaml"
+    entry = {"path": "loras/b.safetensors", "size": 10, "sha256": "1" * 64, "source": "nope/b.safetensors"}
+    path.write_text(yaml.safe_dump({"models": [entry]}))
+    config = worker_settings(
+        comfy, qm.url, tmp_path, models_manifest=path, models_url="s3://models-missing",
+        models_s3_endpoint_url=s3_endpoint, models_s3_access_key_id="test",
+        models_s3_secret_access_key="test", models_dir=tmp_path / "disk",
+    )  # fmt: skip
+    job_id = await submit(alice, graph())
+    with pytest.raises(ModelError, match=r"nope/b\.safetensors \(missing\)"):
+        await run_pull(Agent(config), QueueClient(qm.url, POOL_TOKEN))
+    async with httpx.AsyncClient(base_url=qm.url, auth=(ADMIN, ADMIN_PASSWORD)) as admin:
+        [worker] = (await admin.get("/api/admin/workers")).json()
+    sync = worker["capabilities"]["models_sync"]
+    assert (
+        worker["state"] == "starting"
+        and sync["state"] == "failed"
+        and "nope/b.safetensors" in sync["message"]
+    )
+    assert (await alice.get(f"/api/jobs/{job_id}")).json()["state"] == "queued"
