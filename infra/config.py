@@ -20,6 +20,9 @@ from infra.pools.base import RegistryConfig
 from infra.schema import BucketName, Domain, Label, Model, TailscaleTag, one_of, unique_names
 
 HETZNER_LOCATIONS = ("fsn1", "nbg1", "hel1", "ash", "hil", "sin")
+# Shared-vCPU Intel (cx) and Arm (cax) servers exist in the EU locations only.
+EU_ONLY_TYPES = ("cx", "cax")
+EU_LOCATIONS = ("fsn1", "nbg1", "hel1")
 SERVER_IMAGES = ("ubuntu-24.04", "ubuntu-22.04", "debian-12")
 R2_LOCATION_HINTS = ("apac", "eeur", "enam", "weur", "wnam", "oc")
 MAX_PARTICIPANTS = 200
@@ -109,6 +112,16 @@ class VpsConfig(Model):
     @classmethod
     def _image(cls, value: str) -> str:
         return one_of(value, SERVER_IMAGES, "server image")
+
+    @model_validator(mode="after")
+    def _type_offered_here(self) -> VpsConfig:
+        family = self.server_type.rstrip("0123456789")
+        if family in EU_ONLY_TYPES and self.location not in EU_LOCATIONS:
+            raise ValueError(
+                f"Hetzner does not offer {family} servers ({self.server_type}) in {self.location}; "
+                f"fix: use a cpx or ccx type there (e.g. cpx31), or the location {' or '.join(EU_LOCATIONS)}"
+            )
+        return self
 
 
 class TailscaleConfig(Model):

@@ -28,6 +28,7 @@ class Credential:
     env: str | None
     what: str
     how: str
+    needed_for: str
     is_secret: bool = True
 
     @property
@@ -74,39 +75,44 @@ class Credential:
 
 HCLOUD_TOKEN = Credential(
     "hcloud:token", "HCLOUD_TOKEN", "Hetzner Cloud API token",
-    "Hetzner Cloud console > your project > Security > API tokens (read & write)",
+    "Hetzner Cloud console > your project > Security > API tokens (read & write)", "workshop",
 )  # fmt: skip
 CLOUDFLARE_TOKEN = Credential(
     "cloudflare:apiToken", "CLOUDFLARE_API_TOKEN", "Cloudflare API token",
-    "Cloudflare dashboard > My Profile > API Tokens (see the README for the permissions)",
+    "Cloudflare dashboard > My Profile > API Tokens; vault: Account > Workers R2 Storage: Edit, "
+    "User > API Tokens: Edit, Zone > SSL and Certificates: Edit; workshop: Zone > DNS: Edit",
+    "vault, workshop",
 )  # fmt: skip
 TAILSCALE_API_KEY = Credential(
     "tailscale:apiKey", "TAILSCALE_API_KEY", "Tailscale API key",
-    "Tailscale admin console > Settings > Keys > API access token",
+    "Tailscale admin console > Settings > Keys > API access token", "workshop (or the OAuth client)",
 )  # fmt: skip
 TAILSCALE_OAUTH_SECRET = Credential(
     "tailscale:oauthClientSecret", "TAILSCALE_OAUTH_CLIENT_SECRET", "Tailscale OAuth client secret",
-    "Tailscale admin console > Settings > OAuth clients (scopes auth_keys and policy_file)",
+    "Tailscale admin console > Settings > OAuth clients (scopes auth_keys and policy_file; set "
+    "tailscale:oauthClientId too)", "workshop, instead of the API key",
 )  # fmt: skip
 VERDA_CLIENT_ID = Credential(
     "comfy-workshop:verdaClientId", "VERDA_CLIENT_ID", "Verda API client id",
-    "Verda cloud console > Keys > Cloud API credentials", is_secret=False,
+    "Verda cloud console > Keys > Cloud API credentials", "verda-* pools", is_secret=False,
 )  # fmt: skip
 VERDA_CLIENT_SECRET = Credential(
     "comfy-workshop:verdaClientSecret", "VERDA_CLIENT_SECRET", "Verda API client secret",
-    "Verda cloud console > Keys > Cloud API credentials",
+    "Verda cloud console > Keys > Cloud API credentials", "verda-* pools",
 )  # fmt: skip
 VERDA_INFERENCE_KEY = Credential(
     "comfy-workshop:verdaInferenceKey", "VERDA_INFERENCE_KEY", "Verda inference API key",
     "Verda cloud console > Keys > Inference API keys (the queue manager calls container endpoints with it)",
+    "verda-serverless pools",
 )  # fmt: skip
 RUNPOD_API_KEY = Credential(
     "comfy-workshop:runpodApiKey", "RUNPOD_API_KEY", "RunPod API key",
-    "RunPod console > Settings > API Keys (read/write)",
+    "RunPod console > Settings > API Keys (read/write)", "runpod-serverless pools",
 )  # fmt: skip
 REGISTRY_PASSWORD = Credential(
     "comfy-workshop:registryPassword", "REGISTRY_PASSWORD", "container registry token",
     "a token of `registry.username` that may push to `registry.repository` (ghcr: a PAT with write:packages)",
+    "pools that pull the worker image (when `registry` is set)",
 )  # fmt: skip
 
 # A credential another one can stand in for (Tailscale takes an API key or an OAuth client).
@@ -133,3 +139,19 @@ def from_props(props: Mapping[str, Any], **wanted: Credential) -> dict[str, str]
     if missing:
         raise ValueError("missing " + "; ".join(f"{c.what}: {c.fix}" for c in missing))
     return {prop: str(value) for prop, value in found.items()}
+
+
+def markdown_table(credentials: tuple[Credential, ...] = ALL) -> str:
+    """The README's credential table, written from the registry (`python -m infra.credential_registry`)."""
+    rows = [
+        "| config key | or environment variable | what | needed for | where to get it |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for c in credentials:
+        flag = "--secret " if c.is_secret else ""
+        rows.append(f"| `{flag}{c.key}` | `{c.env}` | {c.what} | {c.needed_for} | {c.how} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import pulumi
 import pulumi_cloudflare as cloudflare
@@ -17,6 +18,7 @@ from infra.config import Bucket, R2Config
 
 READ = "Workers R2 Storage Bucket Item Read"
 WRITE = "Workers R2 Storage Bucket Item Write"
+BUCKET_SCOPE = "com.cloudflare.edge.r2.bucket"
 
 
 def endpoint(account_id: str, jurisdiction: str) -> str:
@@ -157,9 +159,12 @@ class ScopedCredentials(pulumi.ComponentResource):
 
 
 def _permission_group_id(group: str, parent: pulumi.Resource) -> pulumi.Output[str]:
-    """Permission group ids differ per account era: look them up by name rather than hard-coding."""
+    """Permission group ids differ per account era: look them up by name rather than hard-coding.
+    The API takes the filters URL-encoded (the SDK says so): a name with plain spaces finds nothing."""
     found = cloudflare.get_api_token_permission_groups_list_output(
-        name=group, scope="com.cloudflare.edge.r2.bucket", opts=pulumi.InvokeOptions(parent=parent)
+        name=quote(group, safe=""),
+        scope=quote(BUCKET_SCOPE, safe=""),
+        opts=pulumi.InvokeOptions(parent=parent),
     )
 
     def pick(result: cloudflare.GetApiTokenPermissionGroupsListResult) -> str:
@@ -168,7 +173,7 @@ def _permission_group_id(group: str, parent: pulumi.Resource) -> pulumi.Output[s
                 return item.id
         raise pulumi.RunError(
             f"Cloudflare has no API token permission group named {group!r}: the token in "
-            "cloudflare:apiToken must be allowed to read permission groups (API Tokens Read)"
+            "cloudflare:apiToken must be allowed to read and create API tokens (User > API Tokens: Edit)"
         )
 
     return found.apply(pick)

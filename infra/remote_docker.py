@@ -1,32 +1,50 @@
 """A Docker provider for the VPS's daemon over SSH, usable only once cloud-init has finished.
 
-`docker -H ssh://...` runs the system `ssh`, which needs the deploy key and the host key in files:
-a local step writes them (key mode 0600) under `.pulumi-local/ssh/`, which git ignores.
+`docker -H ssh://...` runs the system `ssh`, which needs the deploy key and the host key in files.
+The program itself writes them, on every `pulumi preview`/`up`, on whichever machine runs it (a
+laptop, a fresh checkout, the deploy workflow): under `~/.ssh/comfy-workshop/`, key mode 0600. The
+provider's SSH options name them through `~`, so its configuration is the same on every machine and
+a deploy from elsewhere changes nothing. `pulumi destroy` does not need them: everything on the
+VPS's Docker goes with the server, and the drain step connects with the key kept in the state.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pulumi
-import pulumi_command as command
 import pulumi_docker as docker
 
-from infra.images import REPO_ROOT
-from infra.secret import secret
+IDENTITY_DIR = "~/.ssh/comfy-workshop"
 
-SSH_DIR = REPO_ROOT / ".pulumi-local" / "ssh"
-WRITE_FILES = (
-    'umask 077 && mkdir -p "$SSH_DIR" && cat > "$KEY_FILE" && printf "%s\\n" "$KNOWN_HOST" > "$KNOWN_HOSTS"'
-)
+
+def identity_files(stack: str) -> tuple[str, str]:
+    """The key and known-hosts files of ``stack``, as ssh reads them (``~`` is the deploying user's)."""
+    return f"{IDENTITY_DIR}/{stack}_ed25519", f"{IDENTITY_DIR}/{stack}_known_hosts"
 
 
 def ssh_options(stack: str) -> list[str]:
+    key, known_hosts = identity_files(stack)
     return [
-        "-i", str(SSH_DIR / f"{stack}_ed25519"),
+        "-i", key,
         "-o", "IdentitiesOnly=yes",
-        "-o", f"UserKnownHostsFile={SSH_DIR / f'{stack}_known_hosts'}",
+        "-o", f"UserKnownHostsFile={known_hosts}",
         "-o", "StrictHostKeyChecking=yes",
         "-o", "ConnectTimeout=20",
     ]  # fmt: skip
+
+
+def write_identity(stack: str, host: str, host_public_key: str, private_key: str) -> str:
+    """Write the deploy key and the VPS's host key where ``ssh_options`` points; return ``host``."""
+    key, known_hosts = (Path(os.path.expanduser(path)) for path in identity_files(stack))
+    key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path, text in ((key, private_key.rstrip("\n") + "\n"), (known_hosts, f"{host} {host_public_key}\n")):
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(text)
+        path.chmod(0o600)
+    return host
 
 
 class RemoteDocker(pulumi.ComponentResource):
@@ -45,26 +63,16 @@ class RemoteDocker(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("comfy-workshop:docker:RemoteDocker", name, None, opts)
-        identity = command.local.Command(
-            f"{name}-ssh-identity",
-            create=WRITE_FILES,
-            delete=f"rm -f '{SSH_DIR / f'{stack}_ed25519'}'",
-            stdin=secret(private_key),
-            environment={
-                "SSH_DIR": str(SSH_DIR),
-                "KEY_FILE": str(SSH_DIR / f"{stack}_ed25519"),
-                "KNOWN_HOSTS": str(SSH_DIR / f"{stack}_known_hosts"),
-                "KNOWN_HOST": pulumi.Output.concat(host, " ", host_public_key),
-            },
-            triggers=[host, host_public_key],
-            opts=pulumi.ResourceOptions(parent=self),
+        # The host is known only once the files exist, so nothing uses the provider before that.
+        written = pulumi.Output.all(host, host_public_key, private_key).apply(
+            lambda values: write_identity(stack, *values)
         )
         self.provider = docker.Provider(
             f"{name}-provider",
-            host=pulumi.Output.concat("ssh://root@", host),
+            host=pulumi.Output.unsecret(pulumi.Output.concat("ssh://root@", written)),
             ssh_opts=ssh_options(stack),
             # Configuring the provider (e.g. in a CI preview) must not need SSH to the VPS.
             disable_docker_daemon_check=True,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[identity, ready]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[ready]),
         )
         self.register_outputs({"host": host})

@@ -59,6 +59,7 @@ class Vps(pulumi.ComponentResource):
     ssh_host: pulumi.Output[str]
     host_public_key: pulumi.Output[str]
     tailnet_ip: pulumi.Output[str]
+    tailnet_name: pulumi.Output[str]
 
     def __init__(self, name: str, args: VpsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("comfy-workshop:vps:Vps", name, None, opts)
@@ -87,9 +88,9 @@ class Vps(pulumi.ComponentResource):
             per_dial_timeout=10,
         )
         self.ready = self._ready(name, attachment)
-        self.tailnet_ip = self.ready.stdout.apply(
-            lambda out: out.strip().splitlines()[-1] if out.strip() else ""
-        )
+        # The ready step prints the tailnet address, then the full MagicDNS name, as its last lines.
+        self.tailnet_ip = self.ready.stdout.apply(lambda out: _last_lines(out)[0])
+        self.tailnet_name = self.ready.stdout.apply(lambda out: _last_lines(out)[1])
         self.register_outputs({"ipv4": self.server.ipv4_address, "sshHost": self.ssh_host})
 
     def _volume(self, name: str, config: VpsConfig, labels: dict[str, str]) -> hcloud.Volume | None:
@@ -170,3 +171,13 @@ class Vps(pulumi.ComponentResource):
             triggers=[self.server.id],
             opts=pulumi.ResourceOptions(parent=self, depends_on=waits_for),
         )
+
+
+def _last_lines(stdout: str) -> tuple[str, str]:
+    lines = stdout.strip().splitlines()
+    if len(lines) < 2:
+        raise pulumi.RunError(
+            f"the VPS's ready step printed {stdout!r}, not its tailnet address and name: is Tailscale up "
+            "there? (`tailscale status` on the VPS)"
+        )
+    return lines[-2].strip(), lines[-1].strip()

@@ -31,6 +31,10 @@ from infra.vps import Vps, VpsArgs
 WORKER_API_PORT = 8081
 
 
+def worker_api_url(vps: Vps) -> pulumi.Output[str]:
+    return pulumi.Output.concat("http://", vps.tailnet_name, f":{WORKER_API_PORT}")
+
+
 def _storage(vault: VaultOutputs, role: str, credentials: pulumi.Output[dict[str, str]]) -> StorageAccess:
     bucket = vault.r2.apply(lambda r2: r2[role])
     return StorageAccess(
@@ -64,14 +68,15 @@ def _host(
     return vps
 
 
-def _pools(config: WorkshopConfig, stack: str, vault: VaultOutputs, tailnet: Tailnet) -> PoolSet:
+def _pools(config: WorkshopConfig, stack: str, vault: VaultOutputs, tailnet: Tailnet, vps: Vps) -> PoolSet:
     models = _storage(vault, "models", vault.models_read)
     files = _storage(vault, "userFiles", vault.user_files)
 
     def context_for(pool: PoolConfig, token: pulumi.Output[str]) -> PoolContext:
         return PoolContext(
             stack=stack,
-            queue_url=f"http://{config.vps.hostname}:{WORKER_API_PORT}",
+            # The full MagicDNS name: containers on Docker's bridge may lack the tailnet's search domain.
+            queue_url=worker_api_url(vps),
             worker_token=token,
             tailnet_auth_key=tailnet.gpu_key,
             models=models,
@@ -141,7 +146,7 @@ def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
     remote = RemoteDocker(
         "docker", stack, vps.ssh_host, vps.host_public_key, vault.deploy_private_key, vps.ready
     )
-    pools = _pools(config, stack, vault, tailnet)
+    pools = _pools(config, stack, vault, tailnet, vps)
     platform = _platform(config, stack, vault, vps, pools, remote, web)
     QueueKeeper(
         "queue", platform.queue_manager_name, config.queue.drain_timeout_seconds, platform.queue_manager,
@@ -166,6 +171,6 @@ def _outputs(config: WorkshopConfig, vault: VaultOutputs, vps: Vps, pools: PoolS
             "gpuTag": config.tailscale.gpu_tag,
         },
         "tailnetAddress": vps.tailnet_ip,
-        "workerApiUrl": f"http://{config.vps.hostname}:{WORKER_API_PORT}",
+        "workerApiUrl": worker_api_url(vps),
         "pools": pools.summaries(),
     }  # fmt: skip

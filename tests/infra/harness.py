@@ -14,10 +14,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import dill
 import pulumi
@@ -228,7 +232,11 @@ class Recorder(mocks.Mocks):
         if args.token == "cloudflare:index/getZone:getZone":
             return {"id": "zone-id", "zoneId": "zone-id", "name": "example.org"}, []
         if args.token == "cloudflare:index/getApiTokenPermissionGroupsList:getApiTokenPermissionGroupsList":
-            name = args.args.get("name", "")
+            # The API decodes its URL-encoded filters; a name sent with plain spaces matches nothing.
+            raw = str(args.args.get("name", ""))
+            if " " in raw:
+                return {"results": []}, []
+            name = unquote(raw)
             return {
                 "results": [
                     {
@@ -258,7 +266,7 @@ OUTPUTS: dict[str, dict[str, Any]] = {
     },
     "tailscale:index/tailnetKey:TailnetKey": {"key": "tskey-auth-test"},
     "docker:index/remoteImage:RemoteImage": {"imageId": "sha256:0123456789abcdef"},
-    "command:remote:Command": {"stdout": "ready\n100.64.0.10\n"},
+    "command:remote:Command": {"stdout": "ready\n100.64.0.10\ncomfy-workshop.tail1234.ts.net\n"},
 }
 
 
@@ -308,6 +316,23 @@ def set_config(values: Mapping[str, Any], without: Iterable[str] = ()) -> None:
     pulumi.runtime.set_all_config(config, list(secrets))
 
 
+# The program writes the VPS's SSH identity under the deploying user's home: never the real one here.
+SCRATCH_HOME = Path(tempfile.mkdtemp(prefix="comfy-workshop-home-"))
+
+
+@contextmanager
+def home(path: Path) -> Iterator[None]:
+    before = os.environ.get("HOME")
+    os.environ["HOME"] = str(path)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HOME", None)
+        else:
+            os.environ["HOME"] = before
+
+
 def run_stack(
     stack: str,
     *,
@@ -317,8 +342,23 @@ def run_stack(
     vault: dict[str, Any] | None = None,
     stack_name: str | None = None,
     preview: bool = False,
+    home_dir: Path = SCRATCH_HOME,
 ) -> StackRun:
-    """Evaluate the program for ``stack`` under mocks and return what it declared and exported."""
+    """Evaluate the program for ``stack`` under mocks and return what it declared and exported
+    (as the user whose home is ``home_dir``)."""
+    with home(home_dir):
+        return _run_stack(stack, overrides, drop, without, vault, stack_name, preview)
+
+
+def _run_stack(
+    stack: str,
+    overrides: Mapping[str, Any] | None,
+    drop: Iterable[str],
+    without: Iterable[str],
+    vault: dict[str, Any] | None,
+    stack_name: str | None,
+    preview: bool,
+) -> StackRun:
     recorder = Recorder(vault or vault_outputs())
     monitor = RecordingMonitor(recorder)
     name = stack_name or stack

@@ -180,3 +180,17 @@ def test_local_models_need_a_folder_to_come_from() -> None:
     model = {"path": "checkpoints/a.safetensors", "size": 1, "sha256": "0" * 64}
     text = problems("local", {"models": [model]})
     assert "fix: set modelsDir" in text
+
+
+@pytest.mark.parametrize("location", ["ash", "hil", "sin"])
+def test_a_server_type_hetzner_does_not_offer_at_the_location_is_refused(location: str) -> None:
+    text = problems("workshop", {"vps": {"serverType": "cx33", "location": location}})
+
+    assert f"Hetzner does not offer cx servers (cx33) in {location}" in text
+    assert "cpx" in text
+
+
+def test_cpx_servers_are_fine_outside_the_eu() -> None:
+    set_config(stack_values("workshop", {"vps": {"serverType": "cpx31", "location": "ash"}}))
+
+    assert load_config("workshop").vps.location == "ash"  # type: ignore[union-attr]

@@ -14,7 +14,7 @@ from infra.config import TailscaleConfig, VpsConfig
 from infra.platform import redis_conf
 from infra.queue_keeper import script_command
 from infra.tailnet import tailnet_policy
-from infra.templates import HERE
+from infra.templates import HERE, read
 from infra.templates.cloud_init import AUTHKEY_FILE, CloudInitSpec, cloud_init
 from infra.templates.nginx import NginxSpec, Tls, nginx_site
 from infra.vps import firewall_rules
@@ -149,3 +149,52 @@ def test_a_deploying_ci_runner_may_be_allowed_ssh_to_the_vps_and_nothing_else() 
     assert "tag:ci" in policy["tagOwners"]
     ci_rules = [rule for rule in policy["acls"] if "tag:ci" in rule["src"]]
     assert ci_rules == [{"action": "accept", "src": ["tag:ci"], "dst": ["tag:comfy-vps:22"]}]
+
+
+# `tailscale ip -4` and a trimmed `tailscale status --json` of a node with one peer.
+TAILSCALE = """#!/bin/sh
+if [ "$1" = ip ]; then echo 100.64.0.10; exit 0; fi
+cat <<'JSON'
+{
+  "BackendState": "Running",
+  "Self": {
+    "HostName": "comfy-workshop",
+    "DNSName": "comfy-workshop.tail1234.ts.net.",
+    "TailscaleIPs": ["100.64.0.10"]
+  },
+  "MagicDNSSuffix": "tail1234.ts.net",
+  "Peer": {
+    "nodekey:1": {"HostName": "laptop", "DNSName": "laptop.tail1234.ts.net."}
+  }
+}
+JSON
+"""
+
+
+def _fake_tools(bin_dir: Path, cloud_init_exit: int) -> dict[str, str]:
+    """`cloud-init`, `docker` and `tailscale` stand-ins on PATH, as a fresh VPS would answer."""
+    bin_dir.mkdir()
+    tools = {
+        "cloud-init": f"#!/bin/sh\necho 'status: done'\nexit {cloud_init_exit}\n",
+        "docker": "#!/bin/sh\nexit 0\n",
+        "tailscale": TAILSCALE,
+    }
+    for name, body in tools.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+
+@pytest.mark.parametrize(("cloud_init_exit", "ready"), [(0, True), (2, True), (1, False)])
+def test_the_ready_step_takes_cloud_init_warnings_as_done(
+    tmp_path: Path, cloud_init_exit: int, ready: bool
+) -> None:
+    env = _fake_tools(tmp_path / "bin", cloud_init_exit)
+
+    done = subprocess.run(["sh", "-s"], input=read("wait-ready.sh"), env=env, capture_output=True, text=True)
+
+    assert (done.returncode == 0) is ready, done.stderr
+    if ready:
+        assert done.stdout.splitlines() == ["100.64.0.10", "comfy-workshop.tail1234.ts.net"]
+    else:
+        assert "cloud-init failed" in done.stderr

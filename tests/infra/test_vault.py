@@ -7,7 +7,7 @@ import json
 import pytest
 
 from infra.r2 import s3_secret
-from tests.infra.harness import StackRun, run_stack
+from tests.infra.harness import REPO, StackRun, run_stack
 
 ACCOUNT = "0123456789abcdef0123456789abcdef"
 
@@ -90,3 +90,17 @@ def test_participant_names_are_public_and_urls_can_be_built_from_them(vault: Sta
     assert vault.outputs["r2"]["userFiles"] == {
         "bucket": "comfy-user-files", "endpoint": f"https://{ACCOUNT}.eu.r2.cloudflarestorage.com",
     }  # fmt: skip
+
+
+def test_permission_groups_are_looked_up_with_url_encoded_filters(vault: StackRun) -> None:
+    lookups = [args for token, args in vault.invokes if token.endswith("getApiTokenPermissionGroupsList")]
+
+    assert lookups and all(" " not in args["name"] and "%20" in args["name"] for args in lookups)
+    assert {args["scope"] for args in lookups} == {"com.cloudflare.edge.r2.bucket"}
+
+
+def test_the_vault_asks_for_a_token_that_may_create_user_api_tokens() -> None:
+    text = (REPO / "Pulumi.vault.yaml").read_text()
+
+    # cloudflare.ApiToken makes user tokens (/user/tokens): an account-level permission is not it.
+    assert "User > API Tokens: Edit" in text and "Account > API Tokens" not in text

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import stat
+from pathlib import Path
 
 import pytest
 
-from tests.infra.harness import CLOUDFLARE_V4, CLOUDFLARE_V6, Resource, StackRun, run_stack
+from tests.infra.harness import CLOUDFLARE_V4, CLOUDFLARE_V6, REPO, Resource, StackRun, run_stack
 
 CONTAINER = "docker:index/container:Container"
 
@@ -109,7 +111,6 @@ def test_every_credential_reaches_the_containers_as_a_secret(workshop: StackRun)
     assert settings["S3_SECRET_ACCESS_KEY"] == "files-secret"
     assert json.loads(qm.inputs["uploads"][0]["content"]) == {"user01": "pw-user01", "user02": "pw-user02"}
     assert "uploads" in container(workshop, "nginx").secret_inputs, "the origin certificate's key"
-    assert "stdin" in workshop.one("command:local:Command").secret_inputs, "the SSH deploy key"
     for step in workshop.resources_of("command:remote:Command"):
         assert "connection" in step.secret_inputs, step.name
 
@@ -194,7 +195,8 @@ def test_outputs_give_urls_addresses_and_secret_credentials(workshop: StackRun) 
 
 def test_pull_pools_get_the_tailnet_queue_url_and_the_gpu_key() -> None:
     run = run_stack("workshop")
-    assert run.outputs["workerApiUrl"] == "http://comfy-workshop:8081"
+    # The full MagicDNS name the VPS reported: Docker's bridge may not carry the tailnet's search domain.
+    assert run.outputs["workerApiUrl"] == "http://comfy-workshop.tail1234.ts.net:8081"
 
 
 def test_nginx_trusts_the_client_address_cloudflare_forwards(workshop: StackRun) -> None:
@@ -219,3 +221,20 @@ def test_the_vps_leaves_the_tailnet_on_destroy_without_cutting_its_own_session(w
     ready = workshop.one("command:remote:Command", "vps-ready")
     assert "tailscale logout" in ready.inputs["delete"]
     assert ready.inputs["delete"].startswith("nohup ") and ready.inputs["delete"].endswith("&")
+
+
+def test_docker_over_ssh_needs_no_file_from_an_earlier_machine(tmp_path: Path) -> None:
+    laptop, ci = tmp_path / "laptop", tmp_path / "ci-runner"
+    runs = [run_stack("workshop", home_dir=home) for home in (laptop, ci)]
+
+    assert all(run.resources_of("command:local:Command") == [] for run in runs), "files only on one machine"
+    providers = [run.one("pulumi:providers:docker", "docker-provider").inputs for run in runs]
+    assert providers[0] == providers[1], "deploying from elsewhere must not change the provider"
+    options = " ".join(json.loads(providers[0]["sshOpts"]))  # provider inputs travel as JSON text
+    assert str(REPO) not in options and "~/.ssh/comfy-workshop/workshop_ed25519" in options
+    for home in (laptop, ci):
+        key = home / ".ssh" / "comfy-workshop" / "workshop_ed25519"
+        known = (home / ".ssh" / "comfy-workshop" / "workshop_known_hosts").read_text()
+        assert key.read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        assert known.startswith(providers[0]["host"].removeprefix("ssh://root@") + " ssh-ed25519 ")

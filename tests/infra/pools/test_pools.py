@@ -63,7 +63,10 @@ def test_the_startup_script_runs_two_workers_per_gpu_and_joins_the_tailnet(insta
     assert "tailscale up --auth-key=file:/etc/comfy-workshop/tailnet.key" in script
     assert "tskey-auth-test" in script  # the ephemeral GPU key, inside the secret script only
     assert "$(seq 0 $((2 - 1)))" in script
-    assert "WORKER_POOL=baseline" in script and "WORKER_QUEUE_URL=http://comfy-workshop:" in script
+    assert (
+        "WORKER_POOL=baseline" in script
+        and "WORKER_QUEUE_URL=http://comfy-workshop.tail1234.ts.net:8081" in script
+    )
 
 
 @pytest.fixture(scope="module")
