@@ -142,6 +142,9 @@ class Job(BaseModel):
     state: JobState = JobState.QUEUED
     attempts: int = 0
     max_attempts: int = 3
+    comfyui_losses: int = Field(
+        default=0, description="ComfyUI deaths or hangs this job was running in (never counted as attempts)"
+    )
     queued_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None

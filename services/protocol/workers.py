@@ -11,7 +11,7 @@ Routes (all under the queue manager's base URL, all with ``Authorization: Bearer
 | ``POST /api/leases/{job_id}/events`` | ``EventBatch`` | 204; 409 when the lease is not held |
 | ``POST /api/leases/{job_id}/complete`` | ``Completion`` | 204; 409 when the lease is not held |
 | ``POST /api/leases/{job_id}/fail`` | ``Failure`` | 204; 409 when the lease is not held |
-| ``POST /api/leases/{job_id}/release`` | ``LeaseCall`` | 204 (shutdown: requeued, attempt not counted) |
+| ``POST /api/leases/{job_id}/release`` | ``Release`` | 204 (requeued, attempt not counted) |
 
 Completion and failure are idempotent for the lease holder: repeating the same call after a
 network error answers 204 again and changes nothing, so a retry never completes a job twice.
@@ -125,6 +125,16 @@ class LeaseCall(BaseModel):
         pattern=r"^[A-Za-z0-9._:-]+$",
         description="push containers: their own registered id, so the admin page shows them busy while "
         "they run a lease the dispatcher claimed (pull workers hold their leases under their own id)",
+    )
+
+
+class Release(LeaseCall):
+    """Give a job back unfinished (shutdown, or this worker's ComfyUI is down): never an attempt."""
+
+    comfyui_lost: bool = Field(
+        default=False,
+        description="ComfyUI died or went silent while running the job: counted as a ComfyUI loss, "
+        "and a job in too many of those is failed as their likely cause",
     )
 
 

@@ -42,7 +42,8 @@ and fails on any key that no family declares.
 A job hash holds ``spec`` (opaque JSON: prompt, inputs, client_id, extra_data) and scalar fields
 Lua reads: id, user, scope, pool, priority, state, attempts, max_attempts, score, queued_at,
 started_at, finished_at (ms), worker_id, token (current lease), done_token (last lease ended by its
-holder: makes complete/fail repeatable), lease_expires, cancel, dead, outputs and error (JSON).
+holder: makes complete/fail repeatable), lease_expires, cancel, dead, comfyui_losses (ComfyUI
+deaths the job was running in), outputs and error (JSON).
 
 Lua scripts build job, user and worker keys from the prefix they get as ``ARGV[1]``; a single
 Redis (not a cluster) is assumed.

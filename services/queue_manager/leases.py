@@ -27,10 +27,25 @@ log = logging.getLogger(__name__)
 CLAIM_SCAN_LIMIT = 1000
 RECHECK_SECONDS = 1.0
 # The state a worker's report usually ends a job in; finish.lua announces that end itself.
-EXPECTED_STATE = {"succeeded": JobState.SUCCEEDED, "failed": JobState.FAILED, "retry": JobState.FAILED}
+EXPECTED_STATE = {
+    "succeeded": JobState.SUCCEEDED,
+    "failed": JobState.FAILED,
+    "retry": JobState.FAILED,
+    "lost": JobState.FAILED,
+}
 LEASE_LOST = JobError(
     type="LeaseExpired", message="the worker stopped renewing its lease (crashed or lost)", retryable=True
 )
+
+
+def killed_comfyui(losses: int) -> JobError:
+    """Why a job that was running in ``losses`` ComfyUI deaths is failed instead of given out again."""
+    return JobError(
+        type="ComfyUIKilled",
+        message=f"ComfyUI died or stopped answering {losses} times while running this job, so the "
+        "workflow itself is the likely cause (most often it needs more GPU memory than there is): make "
+        "it lighter (smaller resolution, batch or frame count, a smaller model) and submit it again",
+    )
 
 
 class LeaseOps(StoreBase):
@@ -114,9 +129,15 @@ class LeaseOps(StoreBase):
         outcome = "retry" if failure.error.retryable else "failed"
         await self._finish(job_id, failure.token, outcome, error=failure.error)
 
-    async def release(self, job_id: str, token: str) -> None:
-        """Give a job back unfinished (graceful shutdown): requeued, the attempt not counted."""
-        await self._finish(job_id, token, "release")
+    async def release(self, job_id: str, token: str, comfyui_lost: bool = False) -> None:
+        """Give a job back unfinished: requeued, the attempt not counted. ``comfyui_lost``: the
+        worker's ComfyUI died or went silent with the job in it; after ``max_comfyui_losses`` of
+        those the job is failed (``killed_comfyui``) rather than handed to the next GPU to kill."""
+        if comfyui_lost:
+            error = killed_comfyui(self.settings.max_comfyui_losses)
+            await self._finish(job_id, token, "lost", error=error)
+        else:
+            await self._finish(job_id, token, "release")
 
     async def _finish(
         self, job_id: str, token: str, outcome: str, *, outputs: str = "[]", error: JobError | None = None
@@ -138,6 +159,7 @@ class LeaseOps(StoreBase):
                 int(self.settings.retry_backoff_max_seconds * 1000),
                 expected.value if expected else "",
                 event,
+                self.settings.max_comfyui_losses,
             ]
         )
         if reply[0] == "stale":

@@ -55,6 +55,7 @@ def job_from_hash(fields: dict[str, str], position: int | None = None) -> Job:
         state=fields["state"],
         attempts=int(fields.get("attempts") or 0),
         max_attempts=int(fields.get("max_attempts") or 1),
+        comfyui_losses=int(fields.get("comfyui_losses") or 0),
         queued_at=ms_to_datetime(fields.get("queued_at")) or datetime.now(UTC),
         started_at=ms_to_datetime(fields.get("started_at")),
         finished_at=ms_to_datetime(fields.get("finished_at")),

@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         default=3, ge=1, description="QM_MAX_ATTEMPTS: leases a job may use before it is dead-lettered"
     )
+    max_comfyui_losses: int = Field(
+        default=3,
+        ge=1,
+        description="QM_MAX_COMFYUI_LOSSES: a job that was running in this many ComfyUI deaths (or "
+        "hangs) is failed as their likely cause; a ComfyUI loss never counts as an attempt",
+    )
     retry_backoff_seconds: float = Field(
         default=1.0, ge=0, description="QM_RETRY_BACKOFF_SECONDS: first requeue delay; doubles per attempt"
     )

@@ -4,6 +4,10 @@
 connects the socket and runs a warmup workflow; only then is the worker ready. ``run_lease`` runs
 one leased job with heartbeats and reports the outcome on the lease; the pull and push front
 doors differ only in how leases arrive.
+
+A job whose ComfyUI died or went silent is given back (released, no attempt counted; the queue
+manager counts the ComfyUI loss when ComfyUI had the job), and so is a job leased while ComfyUI
+is down: only a job's own error fails it.
 """
 
 from __future__ import annotations
@@ -55,8 +59,9 @@ class Agent:
         self.comfy_server = (
             AttachedComfy(settings.comfyui_url) if settings.comfyui_url else ComfyProcess(settings)
         )
-        self.comfy = ComfyClient(self.comfy_server.url)
+        self.comfy = ComfyClient(self.comfy_server.url, settings.comfyui_timeout)
         self.events = EventStream(self.comfy.ws_url, f"{settings.worker_id}-{uuid.uuid4().hex[:8]}")
+        self.events.on_drop = lambda: self.comfy_server.lost(self.comfy, "its WebSocket closed")
         self.storage = storage or open_storage(settings.storage_url)
         self.files = JobFiles(ComfyFolders.under(settings.data_dir), self.storage)
         self.runner = JobRunner(
@@ -111,6 +116,8 @@ class Agent:
         forwarder = EventForwarder(discard)
         outcome = await self.runner.run(job, forwarder, asyncio.Event(), self.comfy_server.death, store=False)
         await forwarder.close()
+        if outcome.lost is not None:
+            raise WarmupFailedError(f"ComfyUI went away during the warmup workflow: {outcome.lost}")
         if outcome.error is not None:
             raise WarmupFailedError(
                 f"the warmup workflow failed: {outcome.error.type}: {outcome.error.message}"
@@ -141,9 +148,31 @@ class Agent:
         self.published_to.add(queue.base_url)
         return reply
 
+    @property
+    def comfyui_up(self) -> bool:
+        """ComfyUI answers and the socket to it is open: a job can run."""
+        return self.comfy_server.up.is_set() and self.events.connected.is_set()
+
+    async def until_comfyui_up(self) -> None:
+        """Return once ComfyUI answers again and the socket is back (at once when it is up)."""
+        while not self.comfyui_up:
+            waits = {
+                asyncio.ensure_future(self.comfy_server.up.wait()),
+                asyncio.ensure_future(self.events.connected.wait()),
+            }
+            try:
+                await asyncio.wait(waits, return_when=asyncio.ALL_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+
     async def run_lease(self, lease: Lease, queue: QueueClient, heartbeat_seconds: float) -> str:
         """Run the leased job and report it; returns what happened: succeeded, failed, lost, released."""
         job = lease.job
+        if not self.comfyui_up:
+            log.warning("job %s leased while ComfyUI is down: giving it back", job.id)
+            await queue.release(job.id, lease.token)
+            return "released"
 
         async def sink(events: list[Any]) -> None:
             await queue.events(job.id, lease.token, events)
@@ -181,6 +210,11 @@ class Agent:
     async def _report(self, lease: Lease, queue: QueueClient, outcome: Outcome) -> str:
         job_id = lease.job.id
         try:
+            if outcome.lost is not None:
+                self.comfy_server.lost(self.comfy, outcome.lost)
+                log.warning("job %s: ComfyUI lost (%s): giving the job back", job_id, outcome.lost)
+                await queue.release(job_id, lease.token, comfyui_lost=outcome.submitted)
+                return "released"
             if outcome.error is None:
                 await queue.complete(job_id, lease.token, outcome.outputs)
                 return "succeeded"

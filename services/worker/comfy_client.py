@@ -48,6 +48,7 @@ def prompt_body(
 class ComfyClient:
     def __init__(self, base_url: str, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
         self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
 
     async def aclose(self) -> None:
@@ -67,7 +68,7 @@ class ComfyClient:
         return reply
 
     async def system_stats(self) -> dict[str, Any]:
-        reply = await self._call("GET", "/system_stats", timeout=5.0)
+        reply = await self._call("GET", "/system_stats", timeout=min(5.0, self.timeout))
         reply.raise_for_status()
         return dict(reply.json())
 

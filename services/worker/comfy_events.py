@@ -4,7 +4,8 @@ Job events reach only the socket whose ``clientId`` submitted the job, so the ag
 one socket under its own client id (a second one would replace the first) and reconnects it
 whenever it drops. A runner subscribes to its ``prompt_id`` *before* submitting, so no event is lost.
 Binary preview frames carry no ``prompt_id``; they go to the job ComfyUI last sent an event about
-(until its final ``executing {node: null}``) as ``b_preview`` events (``previews``).
+(until its final ``executing {node: null}``) as ``b_preview`` events (``previews``). When an open
+socket closes, ``on_drop`` is called: ComfyUI may be gone.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import websockets
@@ -31,6 +33,7 @@ class EventStream:
         self._queues: dict[str, asyncio.Queue[Event]] = {}
         self._task: asyncio.Task[None] | None = None
         self._running: str | None = None  # the prompt ComfyUI last reported working on
+        self.on_drop: Callable[[], None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="comfyui-events")
@@ -58,6 +61,8 @@ class EventStream:
                         self._route(message)
             except (OSError, websockets.WebSocketException) as exc:
                 log.debug("ComfyUI socket down: %r", exc)
+            if self.connected.is_set() and self.on_drop is not None:
+                self.on_drop()
             self.connected.clear()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)

@@ -56,8 +56,7 @@ class PullWorker:
                 lease = await self._claim(reply)
                 if self.stopping.is_set() and lease is None:
                     break
-                if lease is not None:
-                    await self._run(lease, reply.heartbeat_seconds)
+                if lease is not None and await self._run(lease, reply.heartbeat_seconds) != "released":
                     self.jobs_done += 1
         finally:
             if self.stopping.is_set():
@@ -103,15 +102,17 @@ class PullWorker:
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
     async def _until_comfyui_up(self) -> None:
-        """Never claim a job while ComfyUI is restarting: it would only be lost again."""
-        up = self.agent.comfy_server.up
-        if not up.is_set():
+        """Never claim a job while ComfyUI is down, restarting or silent: it would only be lost again."""
+        if not self.agent.comfyui_up:
             log.info("waiting for ComfyUI to come back before claiming")
             stop = asyncio.create_task(self.stopping.wait())
-            await asyncio.wait({asyncio.create_task(up.wait()), stop}, return_when=asyncio.FIRST_COMPLETED)
+            up = asyncio.create_task(self.agent.until_comfyui_up())
+            await asyncio.wait({up, stop}, return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
+            up.cancel()
 
-    async def _run(self, lease: Lease, heartbeat_seconds: float) -> None:
+    async def _run(self, lease: Lease, heartbeat_seconds: float) -> str | None:
+        """Run one lease to its end; returns what happened (None when it could not be told)."""
         job = asyncio.create_task(self.agent.run_lease(lease, self.queue, heartbeat_seconds))
         stop = asyncio.create_task(self.stopping.wait())
         await asyncio.wait({job, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -122,11 +123,14 @@ class PullWorker:
             log.warning("job %s did not finish within the grace period: releasing it", lease.job.id)
             job.cancel()
         try:
-            log.info("job %s: %s", lease.job.id, await job)
+            result = await job
         except asyncio.CancelledError:
-            pass
+            return None
         except Exception:  # the outcome could not be reported: the lease expires and the job is requeued
             log.exception("job %s: could not be run or reported", lease.job.id)
+            return None
+        log.info("job %s: %s", lease.job.id, result)
+        return result
 
 
 async def run_pull(agent: Agent, queue: QueueClient) -> None:

@@ -29,6 +29,7 @@ from services.protocol.workers import (
     Lease,
     LeaseCall,
     RegisterReply,
+    Release,
     WorkerRegistration,
 )
 
@@ -129,7 +130,6 @@ class QueueClient:
             Failure(token=token, worker_id=self.holder, error=error).model_dump_json(),
         )
 
-    async def release(self, job_id: str, token: str) -> None:
-        await self._post(
-            f"/api/leases/{job_id}/release", LeaseCall(token=token, worker_id=self.holder).model_dump_json()
-        )
+    async def release(self, job_id: str, token: str, comfyui_lost: bool = False) -> None:
+        body = Release(token=token, worker_id=self.holder, comfyui_lost=comfyui_lost)
+        await self._post(f"/api/leases/{job_id}/release", body.model_dump_json())

@@ -4,7 +4,8 @@ Only the job owner's files are in ComfyUI's folders while it runs (``job_files``
 submitted with ``prompt_id`` = job id and the agent's ``client_id``; the job is followed on the
 agent's socket (``/history`` polled when the socket goes silent); on success every output is
 streamed to storage. Cancel is a targeted interrupt, or a queue delete when the job has not
-started. A ComfyUI death or restart makes the job ``lost``: failed, retryable.
+started. A ComfyUI that dies, restarts or stops answering makes the job ``lost``: not the job's
+failure, so the front door gives it back (``Outcome.lost``) instead of failing it.
 """
 
 from __future__ import annotations
@@ -34,19 +35,23 @@ CANCELLED = JobError(type="Cancelled", message="the job was cancelled before it 
 class Outcome:
     outputs: list[OutputFile] = field(default_factory=list)
     error: JobError | None = None
+    lost: str | None = None  # ComfyUI died or stopped answering (why): give the job back, do not fail it
+    submitted: bool = False  # ComfyUI had taken the prompt when it was lost: the loss counts for the job
 
 
 @dataclass
 class Ending:
-    """How following a job ended: ``success`` (with its history entry), ``error``, ``cancelled``, ``lost``."""
+    """How following a job ended: ``success`` (with its history entry), ``error``, ``cancelled``, ``lost``
+    (``reason`` says why)."""
 
     kind: str
     entry: dict[str, Any] | None = None
     error: JobError | None = None
+    reason: str = ""
 
 
 def lost(reason: str) -> Ending:
-    return Ending("lost", error=JobError(type="ComfyUILost", message=reason, retryable=True))
+    return Ending("lost", reason=reason)
 
 
 def rejected(exc: PromptRejectedError) -> JobError:
@@ -158,7 +163,8 @@ class JobRunner:
         except PromptRejectedError as exc:
             return Outcome(error=rejected(exc))
         except OSError as exc:  # the worker's own disk: another worker may do better
-            return Outcome(error=lost(f"the worker could not stage the job's files: {exc}").error)
+            message = f"the worker could not stage the job's files: {exc}"
+            return Outcome(error=JobError(type="StagingFailed", message=message, retryable=True))
 
     async def _submit_and_follow(
         self,
@@ -171,34 +177,41 @@ class JobRunner:
         store: bool,
     ) -> Outcome:
         follower = Follower(forwarder)
+        submitted = False
         try:
             await self._submit(job, prompt)
+            submitted = True
             ending = await self._follow(job.id, queue, follower, cancel, death)
         except PromptRejectedError as exc:
             return Outcome(error=rejected(exc))
         except ComfyUnavailableError as exc:
-            return Outcome(error=lost(str(exc)).error)
+            return Outcome(lost=str(exc), submitted=submitted)
         except asyncio.CancelledError:  # even mid-submit: the prompt may already be queued in ComfyUI
             await asyncio.shield(self._abandon(job.id))
             raise
         return await self._conclude(job, ending, follower, store)
 
     async def _submit(self, job: Job, prompt: dict[str, Any]) -> None:
-        if job.attempts > 1:
+        if job.attempts > 1 or job.comfyui_losses:
             await self.comfy.forget(job.id)
         await self.comfy.submit(prompt, job.id, self.events.client_id, job.extra_data)
 
     async def _conclude(self, job: Job, ending: Ending, follower: Follower, store: bool) -> Outcome:
         if ending.kind in ("success", "ended") and ending.entry is None:
             ending = await self._ending_from_history(job.id)
+        if ending.kind == "lost":
+            return Outcome(lost=ending.reason, submitted=True)
         if ending.kind != "success" or ending.entry is None:
             return Outcome(error=ending.error or CANCELLED)
         if not store:
             return Outcome(outputs=output_files(ending.entry))
         try:
             outputs = await store_outputs(self.comfy, self.storage, job.user, ending.entry)
-        except (ComfyUnavailableError, httpx.HTTPStatusError, StorageError) as exc:
-            return Outcome(error=lost(f"could not move the outputs to storage: {exc}").error)
+        except ComfyUnavailableError as exc:
+            return Outcome(lost=f"ComfyUI went away while its outputs were fetched: {exc}", submitted=True)
+        except (httpx.HTTPStatusError, StorageError) as exc:
+            message = f"could not move the outputs to storage: {exc}"
+            return Outcome(error=JobError(type="OutputsNotStored", message=message, retryable=True))
         for data in follower.executed:
             follower.forwarder.add("executed", data)
         return Outcome(outputs=outputs)

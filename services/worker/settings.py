@@ -100,6 +100,12 @@ class WorkerSettings(BaseSettings):
     ready_timeout: float = Field(
         default=300.0, gt=0, description="WORKER_READY_TIMEOUT: seconds ComfyUI may take to answer"
     )
+    comfyui_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="WORKER_COMFYUI_TIMEOUT: seconds ComfyUI may take to answer a call; one that does "
+        "not is silent: its job is given back, and a child ComfyUI silent this long again is restarted",
+    )
     ws_silence_seconds: float = Field(
         default=5.0, gt=0, description="WORKER_WS_SILENCE_SECONDS: socket silence before polling /history"
     )

@@ -2,12 +2,19 @@
 
 The child gets the worker's input, output and temp folders and an ``extra_model_paths.yaml`` that
 wires in the shared model storage (never copied). When it dies it is started again; anyone running
-a job learns of the death through ``death`` (an event per process generation) and fails the job as
-retryable, since ComfyUI's queue and history die with it.
+a job learns of the death through ``death`` (an event per ComfyUI generation) and gives the job
+back, since ComfyUI's queue and history die with it.
+
+``up`` is set while ComfyUI answers; the worker claims only then. Whoever finds ComfyUI gone or
+silent (a job's call that failed, the socket closing) calls ``lost``: ``up`` is cleared and
+``/system_stats`` is probed until it answers again, however long that takes. An attached ComfyUI
+is someone else's to restart; a child that is alive but silent for ``comfyui_timeout`` is killed,
+and restarted like any other death.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -72,30 +79,68 @@ async def wait_ready(client: ComfyClient, limit: float, alive: asyncio.Event | N
     )
 
 
-class AttachedComfy:
-    """A ComfyUI someone else runs (``WORKER_COMFYUI_URL``): deaths show up as lost jobs only."""
+async def wait_back(client: ComfyClient) -> None:
+    """Probe ``/system_stats`` until ComfyUI answers again, with no time limit (an outage may last)."""
+    delay = 0.05
+    while True:
+        try:
+            await client.system_stats()
+            return
+        except ComfyUnavailableError:
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+
+class ComfyServer(abc.ABC):
+    """What both kinds share: ``up`` while ComfyUI answers, ``death`` per generation, ``lost``."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.death = asyncio.Event()
         self.up = asyncio.Event()
+        self._recovery: asyncio.Task[None] | None = None
+
+    def lost(self, client: ComfyClient, reason: str) -> None:
+        """ComfyUI was found gone or silent: no claims until it answers again."""
+        if not self.up.is_set():
+            return  # already known, and already being waited for
+        log.error("ComfyUI lost (%s): no new jobs until it answers again", reason)
+        self.up.clear()
+        self._recovery = asyncio.create_task(self._recover(client), name="comfyui-recovery")
+
+    @abc.abstractmethod
+    async def _recover(self, client: ComfyClient) -> None:
+        """Wait until ComfyUI answers again, then set ``up``."""
+
+    def _stop_recovery(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
+
+
+class AttachedComfy(ComfyServer):
+    """A ComfyUI someone else runs (``WORKER_COMFYUI_URL``): it is waited for, never restarted."""
 
     async def start(self, client: ComfyClient, limit: float) -> None:
         await wait_ready(client, limit)
         self.up.set()
 
+    async def _recover(self, client: ComfyClient) -> None:
+        # ``death`` is left alone: a running job learns from ComfyUI itself whether it still has
+        # the job (a dropped socket alone does not mean that ComfyUI lost it).
+        await wait_back(client)
+        self.up.set()
+        log.info("ComfyUI at %s answers again: claiming resumes", self.url)
+
     async def stop(self) -> None:
-        return None
+        self._stop_recovery()
 
 
-class ComfyProcess:
+class ComfyProcess(ComfyServer):
     """ComfyUI's ``main.py`` (or a stand-in, ``WORKER_COMFYUI_COMMAND``) as a child process."""
 
     def __init__(self, settings: WorkerSettings) -> None:
+        super().__init__(f"http://127.0.0.1:{settings.comfyui_port}")
         self.settings = settings
-        self.url = f"http://127.0.0.1:{settings.comfyui_port}"
-        self.death = asyncio.Event()
-        self.up = asyncio.Event()  # set while a started process answers; cleared when it dies
         self.restarts = 0
         self._process: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -158,8 +203,23 @@ class ComfyProcess:
     def _returncode(self) -> int | None:
         return self._process.returncode if self._process else None
 
+    async def _recover(self, client: ComfyClient) -> None:
+        """Alive but silent: wait for an answer, or kill it after ``comfyui_timeout`` (an exit is
+        the supervisor's to handle: it restarts the process and sets ``up``)."""
+        process, limit = self._process, self.settings.comfyui_timeout
+        try:
+            await wait_ready(client, limit, self.death)
+        except ComfyNotReadyError:
+            if process is self._process and process is not None and process.returncode is None:
+                log.error("ComfyUI (pid %s) has not answered for %.0fs: killing it", process.pid, limit)
+                process.kill()
+            return
+        self.up.set()
+        log.info("ComfyUI answers again: claiming resumes")
+
     async def stop(self) -> None:
         self._stopping = True
+        self._stop_recovery()
         if self._watch is not None:
             self._watch.cancel()
         if self._process is not None and self._process.returncode is None:

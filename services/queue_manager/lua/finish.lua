@@ -1,7 +1,11 @@
--- End a lease as its holder: outcome 'succeeded' | 'failed' | 'retry' | 'release'.
+-- End a lease as its holder: outcome 'succeeded' | 'failed' | 'retry' | 'release' | 'lost'.
+-- 'release' gives the job back unfinished (shutdown, or ComfyUI down before the job reached it);
+-- 'lost' gives it back after its worker's ComfyUI died or went silent with the job in it: neither
+-- counts an attempt, but 'lost' counts a ComfyUI loss and fails the job (with error_json) at the
+-- max_losses-th one, as the job itself is then the likely killer.
 -- ARGV: prefix, id, token, now_ms, outcome, outputs_json, error_json, retention_ms,
 -- backoff_base_ms, backoff_max_ms, expected_state, event_json: the owner's 'finished' event for
--- that state, published here when the job ends in it ('' = none expected).
+-- that state, published here when the job ends in it ('' = none expected), max_losses.
 -- Returns {'ok', new_state, user, queued_at, published (1|0)} | {'again', state, user} (a repeat
 -- of the holder's last call) | {'stale'}.
 local id, token, now, outcome = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
@@ -30,6 +34,14 @@ elseif outcome == 'failed' or outcome == 'cancelled' then
 elseif outcome == 'release' then
   redis.call('HINCRBY', key, 'attempts', -1)
   enqueue(id, user, f[8], f[9])
+elseif outcome == 'lost' then
+  redis.call('HINCRBY', key, 'attempts', -1)
+  if redis.call('HINCRBY', key, 'comfyui_losses', 1) >= tonumber(ARGV[13]) then
+    redis.call('HSET', key, 'error', ARGV[7])
+    finish(id, 'failed', now, retention_ms)
+  else
+    enqueue(id, user, f[8], f[9])
+  end
 elseif tonumber(f[4]) >= tonumber(f[5]) then
   dead_letter(id, now, retention_ms, ARGV[7])
 else

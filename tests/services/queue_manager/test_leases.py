@@ -91,6 +91,28 @@ async def test_a_released_job_is_requeued_without_using_an_attempt(store: Store)
     assert again is not None and again.job.attempts == 1
 
 
+async def test_a_job_lost_in_comfyui_deaths_never_uses_an_attempt_until_it_is_the_likely_killer(
+    store_with: Callable[..., Store],
+) -> None:
+    store = store_with(max_attempts=1, max_comfyui_losses=3)
+    queued = await store.submit("ada", job())
+    for loss in (1, 2):
+        lease = await store.claim(f"w{loss}", "gpu")
+        assert lease is not None and lease.job.attempts == 1
+        await store.release(queued.id, lease.token, comfyui_lost=True)
+        back = await store.get_for(queued.id, "ada")
+        assert back.state == JobState.QUEUED and back.attempts == 0 and back.error is None
+        assert back.comfyui_losses == loss and back.position == 0
+    lease = await store.claim("w3", "gpu")
+    assert lease is not None
+    await store.release(queued.id, lease.token, comfyui_lost=True)
+    await store.release(queued.id, lease.token, comfyui_lost=True)  # a retried call changes nothing
+    failed = await store.get(queued.id)
+    assert failed is not None and failed.state == JobState.FAILED and failed.error is not None
+    assert failed.error.type == "ComfyUIKilled" and "3 times" in failed.error.message
+    assert failed.comfyui_losses == 3
+
+
 async def test_cancelling_a_running_job_tells_its_worker_at_the_next_heartbeat(store: Store) -> None:
     queued = await store.submit("ada", job())
     lease = await store.claim("w1", "gpu")

@@ -81,12 +81,16 @@ def comfy(tmp_path: Path) -> Iterator[ComfyUIDouble]:
 
 @pytest.fixture
 def qm_factory(redis_url: str, files: Path) -> Iterator[Callable[..., QueueManagerServer]]:
-    """Start the real queue manager with a given lease term (seconds)."""
+    """Start the real queue manager with a given lease term (seconds) and other settings."""
     servers: list[QueueManagerServer] = []
 
-    def start(lease_seconds: float = 3.0) -> QueueManagerServer:
+    def start(lease_seconds: float = 3.0, **extra: Any) -> QueueManagerServer:
         settings = settings_for(
-            redis_url, lease_seconds=lease_seconds, reap_interval_seconds=0.1, retry_backoff_seconds=0
+            redis_url,
+            lease_seconds=lease_seconds,
+            reap_interval_seconds=0.1,
+            retry_backoff_seconds=0,
+            **extra,
         )
         server = QueueManagerServer(build_app(settings, files))
         server.start()

@@ -38,7 +38,7 @@ from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, POOL_TO
 from tests.support.servers import free_port
 
 
-async def test_comfyui_crashing_mid_job_restarts_it_and_the_job_is_retried(
+async def test_comfyui_crashing_mid_job_restarts_it_and_the_job_runs_again_without_using_an_attempt(
     comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     command = [
@@ -72,7 +72,7 @@ async def test_comfyui_crashing_mid_job_restarts_it_and_the_job_is_retried(
         job = await finished(alice, job_id)
         restarts = supervisor.restarts
     assert job.state == JobState.SUCCEEDED, job.error
-    assert job.attempts == 2 and restarts == 1
+    assert job.attempts == 1 and job.comfyui_losses == 1 and restarts == 1
     assert (tmp_path / "files" / "users/alice/output/t_00001_.png").is_file()
     assert list(settings.data_dir.joinpath("output").iterdir()) == []  # moved to storage, none left
 
@@ -237,7 +237,7 @@ async def test_a_lease_lost_at_a_heartbeat_stops_the_job_in_comfyui_without_repo
     assert comfy.state.history[job.id]["status"]["messages"][-1][0] == "execution_interrupted"
 
 
-async def test_an_attached_comfyui_restarting_mid_job_loses_it_and_the_job_is_retried(
+async def test_an_attached_comfyui_restarting_mid_job_loses_it_and_the_job_runs_again(
     comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
@@ -247,4 +247,4 @@ async def test_an_attached_comfyui_restarting_mid_job_loses_it_and_the_job_is_re
         await asyncio.to_thread(comfy.restart)  # someone else's ComfyUI: queue and history are gone
         job = await finished(alice, job_id, timeout=30)
     assert job.state == JobState.SUCCEEDED, job.error
-    assert job.attempts == 2
+    assert job.attempts == 1 and job.comfyui_losses == 1

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response, status
 
-from services.protocol.workers import Completion, EventBatch, Failure, HeartbeatReply, LeaseCall
+from services.protocol.workers import Completion, EventBatch, Failure, HeartbeatReply, LeaseCall, Release
 from services.queue_manager.api.deps import StoreDep, WorkerPool
 
 router = APIRouter(prefix="/api/leases/{job_id}", tags=["leases"])
@@ -50,8 +50,9 @@ async def fail(job_id: JobId, failure: Failure, pool: WorkerPool, store: StoreDe
 
 
 @router.post("/release", status_code=NO_CONTENT, responses=STALE)
-async def release(job_id: JobId, call: LeaseCall, pool: WorkerPool, store: StoreDep) -> Response:
-    """Give the job back unfinished (graceful shutdown); the attempt does not count."""
-    await store.release(job_id, call.token)
+async def release(job_id: JobId, call: Release, pool: WorkerPool, store: StoreDep) -> Response:
+    """Give the job back unfinished (shutdown, or the worker's ComfyUI is down); the attempt does not
+    count, and a job lost in ComfyUI deaths ``QM_MAX_COMFYUI_LOSSES`` times is failed instead."""
+    await store.release(job_id, call.token, comfyui_lost=call.comfyui_lost)
     await store.holder_report(call.worker_id, pool, job_id, busy=False)
     return Response(status_code=NO_CONTENT)
