@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -123,6 +124,19 @@ def worker_settings(comfy: ComfyUIDouble, qm_url: str, tmp_path: Path, **extra: 
         "shutdown_grace_seconds": 5.0,
     }
     return WorkerSettings(**{**values, **extra})
+
+
+def child_worker_settings(comfy: ComfyUIDouble, qm_url: str, tmp_path: Path, **extra: Any) -> WorkerSettings:
+    """A worker that starts the ComfyUI double as its own child process, as on a GPU box."""
+    double = [sys.executable, "-m", "tests.doubles.comfyui", "--node-seconds", "0.3", "--progress-steps", "3"]
+    values: dict[str, Any] = {
+        "comfyui_url": None,
+        "comfyui_command": double,
+        "comfyui_port": free_port(),
+        "warmup": False,
+        "ready_timeout": 30,
+    }
+    return worker_settings(comfy, qm_url, tmp_path, **{**values, **extra})
 
 
 class RunningWorker:

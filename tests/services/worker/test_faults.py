@@ -26,6 +26,7 @@ from services.worker.supervisor import ComfyProcess
 from tests.doubles.comfyui import ComfyUIDouble
 from tests.services.worker.conftest import (
     QueueManagerServer,
+    child_worker_settings,
     finished,
     graph,
     participant,
@@ -35,31 +36,12 @@ from tests.services.worker.conftest import (
 )
 from tests.services.worker.test_pull_jobs import until
 from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, POOL_TOKEN
-from tests.support.servers import free_port
 
 
 async def test_comfyui_crashing_mid_job_restarts_it_and_the_job_runs_again_without_using_an_attempt(
     comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "tests.doubles.comfyui",
-        "--node-seconds",
-        "0.3",
-        "--progress-steps",
-        "3",
-    ]
-    settings = worker_settings(
-        comfy,
-        qm.url,
-        tmp_path,
-        comfyui_url=None,
-        comfyui_command=command,
-        comfyui_port=free_port(),
-        warmup=False,
-        ready_timeout=30,
-    )
+    settings = child_worker_settings(comfy, qm.url, tmp_path)
     async with pull_worker(settings) as running:
         comfyui = running.agent.comfy
         job_id = await submit(alice, graph(color=11))

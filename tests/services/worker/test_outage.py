@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,11 +16,11 @@ import pytest
 
 from services.protocol.jobs import Job, JobState
 from services.worker.comfy_client import ComfyClient, ComfyUnavailableError
-from services.worker.settings import WorkerSettings
 from services.worker.supervisor import ComfyProcess
 from tests.doubles.comfyui import ComfyUIDouble
 from tests.services.worker.conftest import (
     QueueManagerServer,
+    child_worker_settings,
     finished,
     graph,
     participant,
@@ -30,7 +29,6 @@ from tests.services.worker.conftest import (
     worker_settings,
 )
 from tests.services.worker.test_pull_jobs import until
-from tests.support.servers import free_port
 
 LEASE_SECONDS = 3.0  # the ``qm`` fixture's lease term
 
@@ -56,32 +54,6 @@ async def stays_queued(client: httpx.AsyncClient, job_ids: list[str], seconds: f
             while all(job.state == JobState.QUEUED for job in [await job_of(client, i) for i in job_ids]):
                 await asyncio.sleep(0.1)  # polling for a change that must not come
     return [await job_of(client, job_id) for job_id in job_ids]
-
-
-def child_settings(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path, **extra: object
-) -> WorkerSettings:
-    """A worker that starts the ComfyUI double as its own child process, as on a GPU box."""
-    command = [
-        sys.executable,
-        "-m",
-        "tests.doubles.comfyui",
-        "--node-seconds",
-        "0.3",
-        "--progress-steps",
-        "3",
-    ]
-    return worker_settings(
-        comfy,
-        qm.url,
-        tmp_path,
-        comfyui_url=None,
-        comfyui_command=command,
-        comfyui_port=free_port(),
-        warmup=False,
-        ready_timeout=30,
-        **extra,
-    )
 
 
 async def until_running_in(comfyui: ComfyClient, job_id: str) -> None:
@@ -139,7 +111,10 @@ async def test_a_job_that_kills_comfyui_again_and_again_fails_naming_it(
     comfy: ComfyUIDouble, qm_factory: Callable[..., QueueManagerServer], tmp_path: Path
 ) -> None:
     qm = qm_factory(max_comfyui_losses=2)
-    async with pull_worker(child_settings(comfy, qm, tmp_path)) as running, participant(qm, "alice") as alice:
+    async with (
+        pull_worker(child_worker_settings(comfy, qm.url, tmp_path)) as running,
+        participant(qm, "alice") as alice,
+    ):
         supervisor = running.agent.comfy_server
         assert isinstance(supervisor, ComfyProcess)
         job_id = await submit(alice, graph(color=64))
@@ -156,7 +131,7 @@ async def test_a_job_that_kills_comfyui_again_and_again_fails_naming_it(
 async def test_a_child_comfyui_gone_silent_is_restarted_and_its_job_runs_again(
     comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    async with pull_worker(child_settings(comfy, qm, tmp_path, comfyui_timeout=1.0)) as running:
+    async with pull_worker(child_worker_settings(comfy, qm.url, tmp_path, comfyui_timeout=1.0)) as running:
         supervisor = running.agent.comfy_server
         assert isinstance(supervisor, ComfyProcess)
         job_id = await submit(alice, graph(color=65))
