@@ -279,13 +279,15 @@ class JobRunner:
         """The silent-socket fallback: ask ``/history``, and ``/queue`` whether ComfyUI still knows it."""
         try:
             entry = await self.comfy.history(job_id)
-            if entry is not None:
-                return from_history(entry)
-            running, pending = await self.comfy.queue()
+            if entry is None:
+                running, pending = await self.comfy.queue()
+                if job_id in running or job_id in pending:
+                    return None
+                entry = await self.comfy.history(job_id)  # it may have ended between the two reads
         except ComfyUnavailableError as exc:
             return lost(str(exc))
-        if job_id in running or job_id in pending:
-            return None
+        if entry is not None:
+            return from_history(entry)
         return lost("ComfyUI no longer knows the job (it restarted and lost its queue)")
 
     async def _cancel(self, job_id: str) -> bool:
