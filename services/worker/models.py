@@ -388,6 +388,7 @@ class ModelSync:
             self.tally.progress.bytes_done += start
         task = self.bar.add_task(model.path, total=model.size, completed=start)
         self.downloads.append(model.path)
+        log.info("downloading model %s from byte %d of %d", model.path, start, model.size)
         with partial.open("ab") as handle:
             async for chunk in _chunks(vault, model, start):
                 await asyncio.to_thread(handle.write, chunk)
