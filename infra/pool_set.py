@@ -42,8 +42,12 @@ class PoolSet(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self),
             )
             self.tokens[config.name] = pulumi.Output.secret(token.result)
+            warmup = json.dumps(config.warmup_workflow) if config.warmup_workflow else None
             context = dataclasses.replace(
-                context_for(config, self.tokens[config.name]), images=images, shared=volumes
+                context_for(config, self.tokens[config.name]),
+                images=images,
+                shared=volumes,
+                warmup_workflow=warmup,
             )
             self.pools[config.name] = kind_of(config).build(
                 config, context, pulumi.ResourceOptions(parent=self)

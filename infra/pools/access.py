@@ -70,6 +70,8 @@ def worker_env(ctx: PoolContext, pool: str, provider: str, models_dir: str | Non
     secrets: dict[str, pulumi.Input[str]] = {"WORKER_TOKEN": ctx.worker_token}
     if models_dir:
         plain["WORKER_SHARED_MODELS_DIR"] = models_dir
+    if ctx.warmup_workflow:
+        plain["WORKER_WARMUP_WORKFLOW"] = ctx.warmup_workflow
     _models_env(ctx, plain, secrets)
     if ctx.user_files is not None:
         files = ctx.user_files

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import pulumi
 from pydantic import Field, model_validator
@@ -39,6 +40,11 @@ class PoolConfigBase(Model):
 
     name: Label
     kind: str
+    warmup_workflow: dict[str, Any] | None = Field(
+        default=None,
+        description="API-format ComfyUI graph each worker of the pool runs before it reports ready, e.g. "
+        "one step with the pool's checkpoint so the first participant's job does not load it",
+    )
 
 
 class ReplicaRange(Model):

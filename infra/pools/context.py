@@ -66,6 +66,7 @@ class PoolContext:
     files_volume: pulumi.Input[str] | None = None
     models_dir: str | None = None
     models_manifest: str | None = None
+    warmup_workflow: str | None = None
     images: WorkerImages = field(default_factory=WorkerImages)
     shared: SharedVolumes = field(default_factory=SharedVolumes)
     comfyui: ComfyUIConfig = field(default_factory=ComfyUIConfig)  # what the worker image runs

@@ -108,7 +108,8 @@ class Agent:
 
     async def warmup(self) -> None:
         """Run a tiny no-model workflow: the first participant's job should not pay ComfyUI's first run."""
-        job = Job(id=str(uuid.uuid4()), user="warmup", prompt=WARMUP, queued_at=datetime.now(UTC))
+        prompt = self.settings.warmup_workflow or WARMUP  # the pool's own, from its stack config
+        job = Job(id=str(uuid.uuid4()), user="warmup", prompt=prompt, queued_at=datetime.now(UTC))
 
         async def discard(_: object) -> None:
             return None

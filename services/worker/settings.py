@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -96,6 +97,11 @@ class WorkerSettings(BaseSettings):
     )
     warmup: bool = Field(
         default=True, description="WORKER_WARMUP: run a tiny workflow before reporting ready"
+    )
+    warmup_workflow: dict[str, Any] | None = Field(
+        default=None,
+        description="WORKER_WARMUP_WORKFLOW: the pool's own warm-up graph (JSON, API format) instead of "
+        "the built-in no-model one, e.g. one step with its checkpoint",
     )
     ready_timeout: float = Field(
         default=300.0, gt=0, description="WORKER_READY_TIMEOUT: seconds ComfyUI may take to answer"

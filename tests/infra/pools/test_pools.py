@@ -318,6 +318,9 @@ def test_runpod_pulls_the_private_worker_image_with_a_registry_login(runpod: Sta
     assert login.urn in template.depends_on
 
 
+WARMUP = {
+    "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+}
 MODELS_READ = {
     "WORKER_MODELS_S3_ACCESS_KEY_ID": "models-key-id",
     "WORKER_MODELS_S3_SECRET_ACCESS_KEY": "models-secret",
@@ -348,7 +351,7 @@ def worker_env_of(run: StackRun, kind: str) -> dict[str, str]:
 def test_every_pool_kinds_workers_get_the_manifest_the_models_bucket_and_its_read_key(
     pool: dict[str, Any],
 ) -> None:
-    run = workshop(pool)
+    run = workshop({**pool, "warmupWorkflow": WARMUP})
     env = worker_env_of(run, pool["kind"])
     models = stack_values("workshop", None, ())["models"]
 
@@ -357,6 +360,7 @@ def test_every_pool_kinds_workers_get_the_manifest_the_models_bucket_and_its_rea
     assert env["WORKER_MODELS_URL"] == "s3://comfy-models"
     assert env["WORKER_MODELS_S3_ENDPOINT_URL"] == "https://acct.r2.cloudflarestorage.com"
     assert {key: env[key] for key in MODELS_READ} == MODELS_READ  # the read-only key, not the files' one
+    assert json.loads(env["WORKER_WARMUP_WORKFLOW"]) == WARMUP  # the pool's own warm-up, before ready
 
 
 def test_a_verda_host_fills_its_models_folder_before_its_workers_read_it(instances: StackRun) -> None:
