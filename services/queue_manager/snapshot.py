@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -31,6 +32,7 @@ from services.queue_manager.records import now_ms
 from services.queue_manager.store import Store
 from services.storage.base import Storage, aiter_chunks
 
+log = logging.getLogger(__name__)
 REQUIRED_FIELDS = ("id", "user", "state", "scope", "score", "queued_at")
 RUNNING = ("leased", "running")
 SNAPSHOT_KEY = "snapshots/queue.json"
@@ -286,9 +288,10 @@ async def load_saved_snapshot(storage: Storage) -> Snapshot | None:
                 f"{STARTED_KEY} from the bucket and run `pulumi up` again"
             )
         return None
-    if not (has_snapshot and has_checksum):
-        missing = CHECKSUM_KEY if has_snapshot else SNAPSHOT_KEY
-        raise SnapshotError(f"{missing} is missing next to {where}: the snapshot cannot be checked")
+    if has_snapshot and not has_checksum:
+        return _unchecked_version_1(await _read_all(storage, SNAPSHOT_KEY), where)
+    if not has_snapshot:
+        raise SnapshotError(f"{SNAPSHOT_KEY} is missing next to its {CHECKSUM_KEY} at {where}")
     data = await _read_all(storage, SNAPSHOT_KEY)
     expected = (await _read_all(storage, CHECKSUM_KEY)).decode(errors="replace").split(" ")[0].strip()
     actual = hashlib.sha256(data).hexdigest()
@@ -301,6 +304,19 @@ async def load_saved_snapshot(storage: Storage) -> Snapshot | None:
         return Snapshot.model_validate_json(data)
     except ValidationError as exc:
         raise SnapshotError(f"{where} matches its checksum but is not a queue snapshot: {exc}") from exc
+
+
+def _unchecked_version_1(data: bytes, where: str) -> Snapshot:
+    """Snapshots saved before checksums existed (version 1) are taken as they are; any later one
+    without its checksum is refused."""
+    try:
+        snapshot = Snapshot.model_validate_json(data)
+    except ValidationError as exc:
+        raise SnapshotError(f"{where} has no {CHECKSUM_KEY} and is not a queue snapshot: {exc}") from exc
+    if snapshot.version != 1:
+        raise SnapshotError(f"{CHECKSUM_KEY} is missing next to {where}: the snapshot cannot be checked")
+    log.warning("restoring %s without a checksum: it was saved before snapshots had one", where)
+    return snapshot
 
 
 async def mark_started(storage: Storage) -> None:

@@ -10,11 +10,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from services.protocol.jobs import JobState
 from services.protocol.workers import Completion
-from services.queue_manager.snapshot import restore_snapshot, take_snapshot
+from services.queue_manager.keys import Keys, family_of
+from services.queue_manager.snapshot import (
+    SNAPSHOT_KEY,
+    Snapshot,
+    SnapshotError,
+    load_saved_snapshot,
+    restore_snapshot,
+    take_snapshot,
+)
 from services.queue_manager.store import Store
+from services.storage import aiter_chunks
+from services.storage.local import LocalStorage
 from tests.services.queue_manager.conftest import ADMIN, PROMPT, job, user_auth
 
 
@@ -89,3 +100,24 @@ def test_the_cli_explains_a_bad_snapshot_file(redis_url: str, tmp_path: Path) ->
     bad.write_text("{not json")
     reply = run_cli(redis_url, "restore", "--in", str(bad))
     assert reply.returncode == 2 and "not a readable queue snapshot" in reply.stderr
+
+
+async def test_a_snapshot_saved_before_checksums_existed_still_restores(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    legacy = {"version": 1, "jobs": [], "user_priorities": {"ada": 2}, "seq": 7}
+    await storage.put(SNAPSHOT_KEY, aiter_chunks(json.dumps(legacy).encode()))
+    loaded = await load_saved_snapshot(storage)
+    assert loaded is not None and loaded.seq == 7 and loaded.user_priorities == {"ada": 2}
+    await storage.put(SNAPSHOT_KEY, aiter_chunks(Snapshot(jobs=[]).model_dump_json().encode()))
+    with pytest.raises(SnapshotError, match="missing"):  # a checksummed kind of snapshot lost its checksum
+        await load_saved_snapshot(storage)
+
+
+def test_every_key_the_key_schema_builds_belongs_to_a_declared_family() -> None:
+    keys = Keys("qm")
+    built = [getattr(keys, name) for name, member in vars(Keys).items() if isinstance(member, property)]
+    for name, member in vars(Keys).items():
+        if callable(member) and not name.startswith("_"):
+            built.append(member(keys, *["x"] * (member.__code__.co_argcount - 1)))
+    assert len(built) > 25
+    assert [key for key in built if family_of(key, "qm") is None] == []
