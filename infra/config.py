@@ -130,7 +130,7 @@ class TailscaleConfig(Model):
     vps_tag: TailscaleTag = "tag:comfy-vps"
     gpu_tag: TailscaleTag = "tag:comfy-gpu"
     tag_owners: list[str] = Field(default_factory=lambda: ["autogroup:admin"], min_length=1)
-    manage_policy: bool = Field(default=True, description="the policy resource replaces the whole file")
+    manage_policy: bool = Field(default=True, description="merge our rules into the tailnet policy file")
     ssh_from: list[str] = Field(
         default_factory=list, description="more tailnet sources allowed to SSH to the VPS, e.g. tag:ci"
     )

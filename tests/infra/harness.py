@@ -97,6 +97,13 @@ def vault_outputs(participants: Iterable[str] = ("user01", "user02")) -> dict[st
     }
 
 
+# The tailnet policy the organizer already has (what `getAcl` answers): their own tags and rules.
+ORGANIZER_POLICY: dict[str, Any] = {
+    "groups": {"group:eng": ["alice@example.org"]},
+    "tagOwners": {"tag:prod": ["group:eng"]},
+    "acls": [{"action": "accept", "src": ["group:eng"], "dst": ["tag:prod:*"]}],
+    "ssh": [{"action": "check", "src": ["group:eng"], "dst": ["tag:prod"], "users": ["root"]}],
+}
 CLOUDFLARE_V4 = ["173.245.48.0/20", "103.21.244.0/22"]
 CLOUDFLARE_V6 = ["2400:cb00::/32"]
 VAULT_SECRET_OUTPUTS = [
@@ -211,8 +218,9 @@ def dynamic_outputs(args: mocks.MockResourceArgs) -> dict[str, Any]:
 class Recorder(mocks.Mocks):
     """Answers registrations with plausible provider outputs and invokes with canned data."""
 
-    def __init__(self, vault: dict[str, Any]) -> None:
+    def __init__(self, vault: dict[str, Any], tailnet_policy: dict[str, Any] | None = None) -> None:
         self.vault = vault
+        self.tailnet_policy = ORGANIZER_POLICY if tailnet_policy is None else tailnet_policy
         self.invokes: list[tuple[str, dict[str, Any]]] = []
 
     def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
@@ -227,6 +235,8 @@ class Recorder(mocks.Mocks):
 
     def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         self.invokes.append((args.token, dict(args.args)))
+        if args.token == "tailscale:index/getAcl:getAcl":
+            return {"id": "acl", "json": json.dumps(self.tailnet_policy), "hujson": ""}, []
         if args.token == "cloudflare:index/getIpRanges:getIpRanges":
             return {"ipv4Cidrs": CLOUDFLARE_V4, "ipv6Cidrs": CLOUDFLARE_V6}, []
         if args.token == "cloudflare:index/getZone:getZone":
@@ -343,11 +353,20 @@ def run_stack(
     stack_name: str | None = None,
     preview: bool = False,
     home_dir: Path = SCRATCH_HOME,
+    tailnet_policy: dict[str, Any] | None = None,
 ) -> StackRun:
     """Evaluate the program for ``stack`` under mocks and return what it declared and exported
     (as the user whose home is ``home_dir``)."""
     with home(home_dir):
-        return _run_stack(stack, overrides, drop, without, vault, stack_name, preview)
+        return _run_stack(
+            stack,
+            overrides,
+            drop,
+            without,
+            Recorder(vault or vault_outputs(), tailnet_policy),
+            stack_name,
+            preview,
+        )
 
 
 def _run_stack(
@@ -355,11 +374,10 @@ def _run_stack(
     overrides: Mapping[str, Any] | None,
     drop: Iterable[str],
     without: Iterable[str],
-    vault: dict[str, Any] | None,
+    recorder: Recorder,
     stack_name: str | None,
     preview: bool,
 ) -> StackRun:
-    recorder = Recorder(vault or vault_outputs())
     monitor = RecordingMonitor(recorder)
     name = stack_name or stack
     pulumi.runtime.set_mocks(recorder, project=PROJECT, stack=name, preview=preview, monitor=monitor)

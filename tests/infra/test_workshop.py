@@ -5,10 +5,19 @@ from __future__ import annotations
 import json
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.infra.harness import CLOUDFLARE_V4, CLOUDFLARE_V6, REPO, Resource, StackRun, run_stack
+from tests.infra.harness import (
+    CLOUDFLARE_V4,
+    CLOUDFLARE_V6,
+    ORGANIZER_POLICY,
+    REPO,
+    Resource,
+    StackRun,
+    run_stack,
+)
 
 CONTAINER = "docker:index/container:Container"
 
@@ -238,3 +247,45 @@ def test_docker_over_ssh_needs_no_file_from_an_earlier_machine(tmp_path: Path) -
         assert key.read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
         assert known.startswith(providers[0]["host"].removeprefix("ssh://root@") + " ssh-ed25519 ")
+
+
+def _policy(run: StackRun) -> dict[str, Any]:
+    return json.loads(run.one("tailscale:index/acl:Acl").inputs["acl"])
+
+
+def test_our_rules_are_merged_into_the_organizers_tailnet_policy(workshop: StackRun) -> None:
+    policy = _policy(workshop)
+
+    for key in ("groups", "ssh"):
+        assert policy[key] == ORGANIZER_POLICY[key], f"the organizer's {key} must stay"
+    assert ORGANIZER_POLICY["acls"][0] in policy["acls"]
+    assert policy["tagOwners"]["tag:prod"] == ["group:eng"]
+    assert policy["tagOwners"]["tag:comfy-gpu"] == ["autogroup:admin"]
+    assert {"action": "accept", "src": ["tag:comfy-gpu"], "dst": ["tag:comfy-vps:8081"]} in policy["acls"]
+
+
+def test_the_next_up_rewrites_our_rules_and_keeps_theirs(workshop: StackRun) -> None:
+    yesterday = _policy(workshop)
+    changed = {"tailscale": {"sshFrom": ["tag:ci"]}}
+
+    today = _policy(run_stack("workshop", overrides=changed, tailnet_policy=yesterday))
+
+    assert ORGANIZER_POLICY["acls"][0] in today["acls"]
+    assert {"action": "accept", "src": ["tag:ci"], "dst": ["tag:comfy-vps:22"]} in today["acls"]
+    assert len(today["acls"]) == len(yesterday["acls"]) + 1, "our old rules are replaced, not piled up"
+    assert _policy(run_stack("workshop", tailnet_policy=yesterday)) == yesterday, "an unchanged up is a no-op"
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"action": "accept", "src": ["group:eng"], "dst": ["tag:comfy-vps:443"]},
+        {"action": "accept", "src": ["*"], "dst": ["*:*"]},  # Tailscale's default: allow all
+        {"action": "accept", "src": ["tag:comfy-gpu"], "dst": ["tag:prod:*"]},
+    ],
+)
+def test_a_policy_with_rules_on_our_tags_we_did_not_write_is_refused(rule: dict[str, Any]) -> None:
+    policy = {**ORGANIZER_POLICY, "acls": [*ORGANIZER_POLICY["acls"], rule]}
+
+    with pytest.raises(Exception, match=r"tailnet policy holds rules the program did not write.*Fix: "):
+        run_stack("workshop", tailnet_policy=policy)
