@@ -46,6 +46,19 @@ class StaleLease(QueueError):
         )
 
 
+class WorkerInAnotherPool(QueueError):
+    """A pool token acting as a worker id another pool's worker registered."""
+
+    status = 403
+
+    def __init__(self, worker_id: str, bound: str, pool: str) -> None:
+        super().__init__(
+            f"worker {worker_id} is registered in pool {bound!r}, and this is pool {pool!r}'s token: a "
+            "pool's token acts only as that pool's workers. Give this worker its own WORKER_ID, or the "
+            "token of the pool it serves (WORKER_TOKEN)"
+        )
+
+
 class UnknownWorker(QueueError):
     status = 404
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 from redis.asyncio.client import Pipeline
 
 from services.protocol.workers import RegisterReply, WorkerCapabilities, WorkerRegistration, WorkerState
-from services.queue_manager.errors import UnknownWorker
+from services.queue_manager.errors import UnknownWorker, WorkerInAnotherPool
 from services.queue_manager.keys import WORKER_TTL_SECONDS
 from services.queue_manager.records import ms_to_datetime, now_ms
 from services.queue_manager.store_base import StoreBase
@@ -33,6 +33,7 @@ class WorkerOps(StoreBase):
     async def register(self, registration: WorkerRegistration) -> RegisterReply:
         """Record a worker (again, after a restart) and its node catalogue if it sent one."""
         caps = registration.capabilities
+        await self.check_pool(registration.worker_id, caps.pool)
         key = self.keys.worker(registration.worker_id)
         now = now_ms()
         self._known_workers.pop(registration.worker_id, None)
@@ -71,6 +72,27 @@ class WorkerOps(StoreBase):
         if registration.extensions:
             files = {path: source.encode() for path, source in registration.extensions.items()}
             pipe.hset(self.keys.catalogue_extensions(digest), mapping=files)  # type: ignore[arg-type]
+
+    async def pool_of(self, worker_id: str) -> str | None:
+        """The pool a worker id is bound to while its registration lives, or None (never registered,
+        expired, or a push dispatcher's slot)."""
+        pool, checked = self._known_workers.get(worker_id, ("", 0))
+        if pool and now_ms() - checked < SEEN_WRITE_MS:
+            return pool
+        found = await self.redis.hget(self.keys.worker(worker_id), "pool")
+        return str(found) if found else None
+
+    async def check_pool(self, worker_id: str, pool: str) -> None:
+        """Refuse (403) a pool's token acting as a worker id bound to another pool."""
+        bound = await self.pool_of(worker_id)
+        if bound is not None and bound != pool:
+            raise WorkerInAnotherPool(worker_id, bound, pool)
+
+    async def check_lease_pool(self, job_id: str, pool: str) -> None:
+        """Refuse (403) a lease call with a pool's token for a job another pool's worker holds."""
+        holder = await self.redis.hget(self.keys.job(job_id), "worker_id")
+        if holder:
+            await self.check_pool(str(holder), pool)
 
     async def worker_pool(self, worker_id: str) -> str:
         """The pool a worker registered with; refreshes its last-seen time. Both are cached for

@@ -65,6 +65,35 @@ async def test_a_token_of_another_pool_cannot_register_or_claim(client: httpx.As
     assert reply.status_code == 403
 
 
+async def test_a_worker_id_is_bound_to_its_pool_and_another_pools_token_is_refused_everywhere(
+    client: httpx.AsyncClient,
+) -> None:
+    """A leaked token of pool cpu cannot re-register, claim, drain or report as pool gpu's worker."""
+    await register(client)
+    job_id = await submit(client)
+    lease = Lease.model_validate((await claim(client)).json())
+    hijack = registration("w1", pool="cpu").model_dump()
+    calls = [
+        ("/api/workers/register", hijack),
+        ("/api/workers/w1/claim", None),
+        ("/api/workers/w1/drain", None),
+        (f"/api/leases/{job_id}/heartbeat", {"token": lease.token}),
+        (f"/api/leases/{job_id}/events", {"token": lease.token, "events": []}),
+        (f"/api/leases/{job_id}/complete", {"token": lease.token, "outputs": []}),
+        (f"/api/leases/{job_id}/fail", {"token": lease.token, "error": {"type": "E", "message": "m"}}),
+        (f"/api/leases/{job_id}/release", {"token": lease.token}),
+    ]
+    for path, body in calls:
+        reply = await client.post(path, json=body, headers=CPU)
+        detail = reply.json()["detail"]
+        assert reply.status_code == 403, (path, reply.text)
+        assert "registered in pool 'gpu'" in detail and "WORKER_ID" in detail, (path, detail)
+    workers = (await client.get("/api/admin/workers", headers=ADMIN)).json()
+    assert [(w["worker_id"], w["capabilities"]["pool"]) for w in workers] == [("w1", "gpu")]
+    beat = await client.post(f"/api/leases/{job_id}/heartbeat", json={"token": lease.token}, headers=GPU)
+    assert beat.status_code == 200
+
+
 async def test_an_unregistered_worker_is_told_to_register(client: httpx.AsyncClient) -> None:
     reply = await claim(client, worker_id="stranger")
     assert reply.status_code == 404 and "register" in reply.json()["detail"]

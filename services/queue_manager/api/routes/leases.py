@@ -1,13 +1,14 @@
 """What a lease holder reports: heartbeats, events, completion, failure, release.
 
-Each call carries the lease token; anyone else's call is refused with 409 (``StaleLease``).
+Each call carries the lease token; anyone else's call is refused with 409 (``StaleLease``), and a
+call with another pool's token than the holder's with 403 (``WorkerInAnotherPool``).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Depends, Path, Response, status
 
 from services.protocol.workers import Completion, EventBatch, Failure, HeartbeatReply, LeaseCall, Release
 from services.queue_manager.api.deps import StoreDep, WorkerPool
@@ -15,11 +16,20 @@ from services.queue_manager.api.deps import StoreDep, WorkerPool
 router = APIRouter(prefix="/api/leases/{job_id}", tags=["leases"])
 JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
 NO_CONTENT = status.HTTP_204_NO_CONTENT
+
+
+async def held_in_pool(job_id: JobId, pool: WorkerPool, store: StoreDep) -> str:
+    """The caller's pool, once the job's lease holder is known not to be another pool's worker."""
+    await store.check_lease_pool(job_id, pool)
+    return pool
+
+
+LeasePool = Annotated[str, Depends(held_in_pool)]
 STALE: dict[int | str, dict[str, Any]] = {409: {"description": "the lease is not held with this token"}}
 
 
 @router.post("/heartbeat", responses=STALE)
-async def heartbeat(job_id: JobId, call: LeaseCall, pool: WorkerPool, store: StoreDep) -> HeartbeatReply:
+async def heartbeat(job_id: JobId, call: LeaseCall, pool: LeasePool, store: StoreDep) -> HeartbeatReply:
     """Renew the lease; ``cancel`` says the owner wants the job interrupted."""
     reply = await store.heartbeat(job_id, call.token)
     await store.holder_report(call.worker_id, pool, job_id, busy=True)
@@ -27,14 +37,14 @@ async def heartbeat(job_id: JobId, call: LeaseCall, pool: WorkerPool, store: Sto
 
 
 @router.post("/events", status_code=NO_CONTENT, responses=STALE)
-async def events(job_id: JobId, batch: EventBatch, _: WorkerPool, store: StoreDep) -> Response:
+async def events(job_id: JobId, batch: EventBatch, _: LeasePool, store: StoreDep) -> Response:
     """Forward ComfyUI events to the job's owner (also renews the lease)."""
     await store.record_events(job_id, batch)
     return Response(status_code=NO_CONTENT)
 
 
 @router.post("/complete", status_code=NO_CONTENT, responses=STALE)
-async def complete(job_id: JobId, completion: Completion, pool: WorkerPool, store: StoreDep) -> Response:
+async def complete(job_id: JobId, completion: Completion, pool: LeasePool, store: StoreDep) -> Response:
     """The job succeeded with these outputs (a repeat by the holder is a no-op)."""
     await store.complete(job_id, completion)
     await store.holder_report(completion.worker_id, pool, job_id, busy=False)
@@ -42,7 +52,7 @@ async def complete(job_id: JobId, completion: Completion, pool: WorkerPool, stor
 
 
 @router.post("/fail", status_code=NO_CONTENT, responses=STALE)
-async def fail(job_id: JobId, failure: Failure, pool: WorkerPool, store: StoreDep) -> Response:
+async def fail(job_id: JobId, failure: Failure, pool: LeasePool, store: StoreDep) -> Response:
     """The job failed; retryable failures are requeued until the attempts run out."""
     await store.fail(job_id, failure)
     await store.holder_report(failure.worker_id, pool, job_id, busy=False)
@@ -50,7 +60,7 @@ async def fail(job_id: JobId, failure: Failure, pool: WorkerPool, store: StoreDe
 
 
 @router.post("/release", status_code=NO_CONTENT, responses=STALE)
-async def release(job_id: JobId, call: Release, pool: WorkerPool, store: StoreDep) -> Response:
+async def release(job_id: JobId, call: Release, pool: LeasePool, store: StoreDep) -> Response:
     """Give the job back unfinished (shutdown, or the worker's ComfyUI is down); the attempt does not
     count, and a job lost in ComfyUI deaths ``QM_MAX_COMFYUI_LOSSES`` times is failed instead."""
     await store.release(job_id, call.token, comfyui_lost=call.comfyui_lost)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, st
 
 from services.protocol.workers import Lease, RegisterReply, WorkerRegistration
 from services.queue_manager.api.deps import StoreDep, WorkerPool
+from services.queue_manager.errors import WorkerInAnotherPool
 
 router = APIRouter(prefix="/api/workers", tags=["workers"])
 WORKER_ID_PATH = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
@@ -38,7 +39,7 @@ async def claim(
     """Lease the next job for this worker, waiting up to ``wait`` seconds; 204 when none came."""
     registered_pool = await store.worker_pool(worker_id)
     if registered_pool != pool:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"worker {worker_id} is registered in another pool")
+        raise WorkerInAnotherPool(worker_id, registered_pool, pool)
     lease = await store.claim(worker_id, pool, wait=min(wait, store.settings.claim_wait_max_seconds))
     if lease is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -53,7 +54,8 @@ async def claim(
 @router.post("/{worker_id}/drain", status_code=status.HTTP_204_NO_CONTENT)
 async def drain(worker_id: Annotated[str, WORKER_ID_PATH], pool: WorkerPool, store: StoreDep) -> Response:
     """The worker is shutting down: it claims no more, finishes or releases its job, then leaves."""
-    if await store.worker_pool(worker_id) != pool:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"worker {worker_id} is registered in another pool")
+    registered_pool = await store.worker_pool(worker_id)
+    if registered_pool != pool:
+        raise WorkerInAnotherPool(worker_id, registered_pool, pool)
     await store.mark_draining(worker_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
