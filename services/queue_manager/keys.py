@@ -22,9 +22,11 @@
 | ``{p}:paused`` | string | ``1`` while dispatch is paused | until resumed |
 | ``{p}:worker:{id}`` | hash | registration, state, current job, last seen | 1 day after last seen |
 | ``{p}:workers`` | zset | worker ids by last seen (ms) | pruned after 1 day |
-| ``{p}:catalogue:{hash}`` | string | a worker's ComfyUI ``/object_info`` by catalogue hash | forever |
-| ``{p}:catalogue_ext:{hash}`` | hash | its web extensions: ``<pack>/<file>.js`` -> source | forever |
-| ``{p}:catalogue_current`` | string | the catalogue hash the workspaces serve | forever |
+| ``{p}:catalogue:{hash}`` | string | a worker's ComfyUI ``/object_info`` by catalogue hash | while kept |
+| ``{p}:catalogue_ext:{hash}`` | hash | its web extensions: ``<pack>/<file>.js`` -> source | while kept |
+| ``{p}:catalogue_current`` | string | the approved catalogue hash, the one the workspaces serve | forever |
+| ``{p}:catalogue_pending`` | hash | catalogue hash -> what it changes, for the admin | until decided |
+| ``{p}:catalogues`` | set | stored catalogue hashes: approved and waiting are kept | forever |
 | ``{p}:events`` | pub/sub | ``{"user", "event"}`` for every participant event | - |
 | ``{p}:wake`` | pub/sub | a scope that has new work, to wake long-polling claims | - |
 | ``{p}:admin:samples`` | list | the admin page's queue/worker samples, newest last, capped | capped |
@@ -101,6 +103,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("catalogue:{hash}", "string", Carried.COPIED),
     Family("catalogue_ext:{hash}", "hash", Carried.COPIED),
     Family("catalogue_current", "string", Carried.COPIED),
+    Family("catalogue_pending", "hash", Carried.COPIED),
+    Family("catalogues", "set", Carried.COPIED),
     Family("events", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
     Family("wake", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
     Family("admin:samples", "list", Carried.LEFT, "the admin chart describes a platform that no longer runs"),
@@ -167,6 +171,14 @@ class Keys:
     @property
     def catalogue_current(self) -> str:
         return f"{self.prefix}:catalogue_current"
+
+    @property
+    def catalogue_pending(self) -> str:
+        return f"{self.prefix}:catalogue_pending"
+
+    @property
+    def catalogues(self) -> str:
+        return f"{self.prefix}:catalogues"
 
     @property
     def scopes(self) -> str:

@@ -8,13 +8,12 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from redis.asyncio.client import Pipeline
 
 from services.protocol.workers import RegisterReply, WorkerCapabilities, WorkerRegistration, WorkerState
+from services.queue_manager.catalogues import CatalogueOps
 from services.queue_manager.errors import UnknownWorker, WorkerInAnotherPool
 from services.queue_manager.keys import WORKER_TTL_SECONDS
 from services.queue_manager.records import ms_to_datetime, now_ms
-from services.queue_manager.store_base import StoreBase
 
 log = logging.getLogger(__name__)
 SEEN_WRITE_MS = 5000
@@ -29,9 +28,11 @@ class WorkerInfo(BaseModel):
     capabilities: WorkerCapabilities
 
 
-class WorkerOps(StoreBase):
+class WorkerOps(CatalogueOps):
     async def register(self, registration: WorkerRegistration) -> RegisterReply:
-        """Record a worker (again, after a restart) and its node catalogue if it sent one."""
+        """Record a worker (again, after a restart) and offer its node catalogue if it sent one
+        (``catalogues``: it reaches participants only when it adds to the approved one or the admin
+        approves it)."""
         caps = registration.capabilities
         await self.check_pool(registration.worker_id, caps.pool)
         key = self.keys.worker(registration.worker_id)
@@ -52,10 +53,16 @@ class WorkerOps(StoreBase):
             pipe.expire(key, WORKER_TTL_SECONDS)
             pipe.zadd(self.keys.workers, {registration.worker_id: now})
             pipe.zremrangebyscore(self.keys.workers, "-inf", now - WORKER_TTL_SECONDS * 1000)
-            if registration.catalogue is not None and caps.catalogue_hash:
-                self._store_catalogue(pipe, caps.catalogue_hash, registration)
-            pipe.exists(self.keys.catalogue(caps.catalogue_hash or "-"))
-            known = (await pipe.execute())[-1]
+            await pipe.execute()
+        if registration.catalogue is not None and caps.catalogue_hash:
+            await self.offer_catalogue(
+                caps.catalogue_hash,
+                registration.catalogue,
+                registration.extensions,
+                registration.worker_id,
+                caps.pool,
+            )
+        known = await self.redis.exists(self.keys.catalogue(caps.catalogue_hash or "-"))
         settings = self.settings
         return RegisterReply(
             worker_id=registration.worker_id,
@@ -64,14 +71,6 @@ class WorkerOps(StoreBase):
             claim_wait_seconds=settings.claim_wait_max_seconds,
             catalogue_known=bool(known),
         )
-
-    def _store_catalogue(self, pipe: Pipeline, digest: str, registration: WorkerRegistration) -> None:
-        """One catalogue version: its ``/object_info`` and its custom nodes' web extension files."""
-        pipe.set(self.keys.catalogue(digest), json.dumps(registration.catalogue))
-        pipe.delete(self.keys.catalogue_extensions(digest))
-        if registration.extensions:
-            files = {path: source.encode() for path, source in registration.extensions.items()}
-            pipe.hset(self.keys.catalogue_extensions(digest), mapping=files)  # type: ignore[arg-type]
 
     async def pool_of(self, worker_id: str) -> str | None:
         """The pool a worker id is bound to while its registration lives, or None (never registered,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from tests.doubles.comfyui import ComfyUIDouble
 from tests.doubles.comfyui_nodes import catalogue
 from tests.e2e.conftest import logged_in_page
 from tests.services.worker.conftest import pull_worker, worker_settings
-from tests.support.queue_manager_app import LiveServer, login, register_worker
+from tests.support.queue_manager_app import LiveServer, approve_offered_catalogue, login, register_worker
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -98,6 +99,9 @@ async def test_a_custom_node_packs_web_extension_from_the_worker_runs_in_the_wor
     with ComfyUIDouble(tmp_path / "comfy", web_extensions=files) as comfy:
         settings = worker_settings(comfy, server.url, tmp_path)
         async with pull_worker(settings):
+            await asyncio.to_thread(
+                approve_offered_catalogue, server.url, "/extensions/double%20pack/hello.js"
+            )
             failed: list[str] = []
             context, page = await logged_in_page(
                 browser, server, "alice", lambda p: p.on("pageerror", lambda e: failed.append(str(e)))

@@ -108,3 +108,15 @@ def register_worker(
     reply.raise_for_status()
     result: dict[str, Any] = reply.json()
     return result
+
+
+def approve_offered_catalogue(url: str, extension: str) -> None:
+    """The admin approves the catalogue a worker offered with web extensions (their JavaScript runs
+    in every page), and alice's workspace lists ``extension``."""
+    with httpx.Client(base_url=url, auth=(ADMIN, ADMIN_PASSWORD)) as admin:
+        wait_until(lambda: admin.get("/api/admin/catalogues").json()["pending"], what="the worker's offer")
+        offers: list[dict[str, Any]] = admin.get("/api/admin/catalogues").json()["pending"]
+        for offer in offers:
+            admin.post(f"/api/admin/catalogues/{offer['digest']}/approve").raise_for_status()
+    with httpx.Client(base_url=url, auth=("alice", password("alice"))) as alice:
+        wait_until(lambda: extension in alice.get("/w/alice/api/extensions").json(), what="extension listed")

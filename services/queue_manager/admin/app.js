@@ -94,6 +94,20 @@ function drawWorkers(workers) {
   $("workers").innerHTML = table(["pool", "provider", "worker", "state", "job", "GPU", "models", "seen"], rows, "No worker has registered.");
 }
 
+const names = (list) => (list.length ? esc(list.join(", ")) : "–");
+
+function drawCatalogues(state) {
+  const approved = state.approved ? `<code>${esc(state.approved.slice(0, 12))}</code>` : "none yet";
+  const rows = state.pending.map((c) =>
+    `<td><code title="${esc(c.digest)}">${esc(c.digest.slice(0, 12))}</code></td><td>${esc(c.pool)} / ${esc(c.worker_id)}</td>` +
+    `<td>${c.nodes}</td><td>+ ${names(c.added)}<br>− ${names(c.removed)}<br>~ ${names(c.changed)}</td>` +
+    `<td>+ ${names(c.extensions_added)}<br>~ ${names(c.extensions_changed)}<br>− ${names(c.extensions_removed)}</td>` +
+    `<td><button data-action="approve-catalogue" data-digest="${esc(c.digest)}">Approve</button></td>`);
+  $("catalogues").innerHTML = `<p>Participants get version ${approved}. A version a worker offers that removes or changes ` +
+    `nodes, or brings web extensions (JavaScript for every participant's page), waits here for you.</p>` +
+    table(["version", "offered by", "nodes", "node classes", "web extensions", ""], rows, "No version is waiting.");
+}
+
 function drawStats(stats) {
   const queued = stats.samples.map((s) => s.queued);
   const busy = stats.samples.map((s) => (s.workers ? s.busy / s.workers : 0));
@@ -116,11 +130,13 @@ function drawStats(stats) {
 async function refresh() {
   if (document.activeElement?.tagName === "INPUT") return; // do not redraw under the admin's typing
   try {
-    const [overview, workers, stats] = await Promise.all([
+    const [overview, workers, stats, catalogues] = await Promise.all([
       call("GET", "/api/admin/queue"), call("GET", "/api/admin/workers"), call("GET", "/admin/api/stats"),
+      call("GET", "/api/admin/catalogues"),
     ]);
     drawQueue(overview);
     drawWorkers(workers);
+    drawCatalogues(catalogues);
     drawStats(stats);
     $("error").textContent = "";
   } catch (error) {
@@ -134,6 +150,7 @@ async function act(target) {
   switch (target.dataset.action) {
     case "cancel": return call("POST", `/api/admin/jobs/${job}/cancel`);
     case "requeue": return call("POST", `/api/admin/dead/${job}/requeue`);
+    case "approve-catalogue": return call("POST", `/api/admin/catalogues/${encodeURIComponent(target.dataset.digest)}/approve`);
     case "priority": {
       const input = document.querySelector(`[data-priority="${job}"]`);
       return call("POST", `/api/admin/jobs/${job}/priority`, { priority: Number(input.value) });

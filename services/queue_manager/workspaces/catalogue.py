@@ -2,9 +2,10 @@
 
 A worker sends its ``/object_info`` with its registration when the queue manager does not know its
 ``capabilities.catalogue_hash`` yet; the registry stores it under ``{p}:catalogue:{hash}`` (one key
-per version, see ``services/queue_manager/keys.py``). The version served is the one of the most
-recently registered live worker; it is remembered in ``{p}:catalogue_current``, so the workspaces keep
-offering the GPUs' nodes while no GPU is up (overnight, or before the first worker of the day).
+per version, see ``services/queue_manager/keys.py``). The version served is the approved one,
+``{p}:catalogue_current``: who approves which version, and why a leaked worker token cannot, is in
+``services/queue_manager/catalogues.py``. It stays served while no GPU is up (overnight, or before
+the first worker of the day).
 
 Custom nodes' web extensions come with the catalogue: a worker sends the JavaScript files its
 ComfyUI lists under ``/extensions`` (``<pack>/<file>.js``, the custom nodes' ``WEB_DIRECTORY``) in
@@ -19,13 +20,11 @@ import gzip
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
 from redis.asyncio import Redis
 
-from services.protocol.workers import WorkerState
 from services.queue_manager.store import Store
 
 REFRESH_SECONDS = 2.0
@@ -74,23 +73,9 @@ class CatalogueCache:
         return self._loaded
 
     async def _current_digest(self) -> str:
-        """The newest-registered live worker's version; else the one served last; else any worker's.
-
-        By registration, not by last sign of life: with two pools up, the served version stays put
-        instead of flipping with whichever worker polled last.
-        """
-        workers = await self._store.list_workers()
-        up = [w for w in workers if w.state is not WorkerState.GONE]
-        up.sort(key=lambda w: w.registered_at or datetime.min.replace(tzinfo=UTC), reverse=True)
-        live = [w.capabilities.catalogue_hash for w in up]
-        remembered = _text(await self._redis.get(self._keys.catalogue_current) or b"")
-        others = [w.capabilities.catalogue_hash for w in workers]
-        for digest in [*live, remembered, *others]:
-            if digest and await self._redis.exists(self._keys.catalogue(digest)):
-                if digest != remembered:
-                    await self._redis.set(self._keys.catalogue_current, digest)
-                return digest
-        return ""
+        """The approved version (``services/queue_manager/catalogues.py``): a registration alone
+        never changes what participants' browsers load."""
+        return _text(await self._redis.get(self._keys.catalogue_current) or b"")
 
     async def _load(self, digest: str) -> Catalogue | None:
         body = await self._redis.get(self._keys.catalogue(digest))

@@ -18,21 +18,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from services.protocol.workers import WorkerState
+from services.queue_manager.catalogues import is_upload_input
 from services.queue_manager.registry import WorkerInfo
 from services.queue_manager.settings import Settings
 from services.queue_manager.workspaces.deps import Context, Participant, UserFilesDep
 from services.queue_manager.workspaces.frontend import frontend_version
 
 router = APIRouter()
-UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload", "audio_upload", "upload")
 JSON_NO_STORE = {"Cache-Control": "no-store"}
 OWN_EXTENSION = "comfy-workshop/notice.js"
 NOTICE = files("services.queue_manager.workspaces").joinpath("notice.js")
-
-
-def is_upload_input(spec: Any) -> bool:
-    options = spec[1] if isinstance(spec, list) and len(spec) > 1 and isinstance(spec[1], dict) else {}
-    return any(options.get(flag) for flag in UPLOAD_FLAGS)
 
 
 def with_files(spec: list[Any], files: list[str]) -> list[Any]:

@@ -3,6 +3,7 @@ and nothing at all from a worker whose lease went stale."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from pathlib import Path
@@ -28,7 +29,7 @@ from tests.services.worker.conftest import (
     submit,
     worker_settings,
 )
-from tests.support.queue_manager_app import password
+from tests.support.queue_manager_app import approve_offered_catalogue, password
 
 
 async def test_the_participant_sees_node_events_throttled_progress_then_outputs_then_finished(
@@ -70,6 +71,7 @@ async def test_the_workers_custom_node_web_extensions_reach_the_workspace_with_t
     comfy.web_extensions["rgthree comfy/rgthree.js"] = "export const version = 1;"
     comfy.web_extensions["rgthree comfy/lib/util.js"] = "export const util = 1;"
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+        await asyncio.to_thread(approve_offered_catalogue, qm.url, "/extensions/rgthree%20comfy/rgthree.js")
         listed = (await alice.get("/w/alice/api/extensions")).json()
         served = await alice.get("/w/alice/extensions/rgthree%20comfy/lib/util.js")
     assert "/extensions/rgthree%20comfy/rgthree.js" in listed

