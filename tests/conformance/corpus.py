@@ -231,11 +231,114 @@ def upload_and_view() -> list[Step]:
         upload("nested.png", PNG, type="input", subfolder="mine", overwrite="true"),
         get("/view?filename=uploaded.png&type=input"),
         get("/view?filename=nested.png&subfolder=mine&type=input"),
-        get("/view?filename=never-uploaded.png&type=input"),
+        get("/view?filename=never-uploaded.png&type=input", STATUS),
         queue(prompt),
         done(1),
         get("/history/{prompt:1}"),
         get("/view?filename=from-upload_00001_.png&type=output", compare=["status", "content_type"]),
+    ]
+
+
+def object_info_more() -> list[Step]:
+    return [get(f"/object_info/{name}") for name in ("ImageScale", "PreviewImage", "SaveImageWebsocket")]
+
+
+def value_errors() -> list[Step]:
+    """Every value error of one node at once: a choice not in the list, a number that is no number,
+    one above the maximum."""
+    prompt = {
+        **graph(0x000A01, "values"),
+        "2": {
+            "class_type": "ImageScale",
+            "inputs": {
+                "image": ["1", 0],
+                "upscale_method": "bogus",
+                "width": "wide",
+                "height": 99999,
+                "crop": "disabled",
+            },
+        },
+    }
+    return rejected(prompt)
+
+
+def partial_failure() -> list[Step]:
+    """One output fails validation, the other runs: 200 with the failing output's node_errors."""
+    prompt = {
+        **graph(0x000B01, "valid-output"),
+        "4": {"class_type": "EmptyImage", "inputs": {"width": 0, "height": 64, "batch_size": 1, "color": 0}},
+        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "invalid-output"}},
+    }
+    return [{"connect": "a"}, queue(prompt), done(1), get("/history/{prompt:1}")]
+
+
+def two_outputs_one_image() -> list[Step]:
+    """Three output nodes take the same image: each has its own outputs. No socket: ComfyUI runs the
+    outputs in the order of a Python set, which changes from one run to the next."""
+    prompt = {
+        **graph(0x000C01, "twice-a"),
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "twice-b"}},
+        "5": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+    }
+    return [queue(prompt, client=None), {"idle": True}, get("/history/{prompt:1}")]
+
+
+def client_prompt_id() -> list[Step]:
+    """A prompt id chosen by the client is kept; a prompt without client id runs without events."""
+    return [
+        {"connect": "a"},
+        queue(graph(0x000D01, "chosen-id"), prompt_id="chosen-by-the-client"),
+        wait("a", "executing", node=None, prompt_id="chosen-by-the-client"),
+        queue(graph(0x000D02, "no-client"), client=None),
+        {"idle": True},
+        get("/history/chosen-by-the-client"),
+        get("/history/{prompt:1}"),
+    ]
+
+
+def queue_clear() -> list[Step]:
+    return [
+        {"connect": "a"},
+        queue(slow_graph(0x000E01, "clear-running")),
+        wait("a", "executing", node="2", prompt_id="{prompt:1}"),
+        queue(graph(0x000E02, "clear-1")),
+        queue(graph(0x000E03, "clear-2")),
+        post("/queue", {"clear": True}),
+        get("/queue"),
+        post("/interrupt", {}),
+        done(1),
+        {"idle": True},
+        post("/interrupt", {}),
+        get("/queue"),
+    ]
+
+
+def previews() -> list[Step]:
+    """SaveImageWebsocket: each image as a binary preview frame to the submitting client only."""
+    prompt = {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 8, "height": 8, "batch_size": 2, "color": 0x000F01},
+        },
+        "2": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}},
+    }
+    return [{"connect": "a"}, {"connect": "b"}, queue(prompt), done(1), get("/history/{prompt:1}")]
+
+
+STATUS = ["status"]  # a refusal's body may say in our words what is wrong (ComfyUI sends none)
+
+
+def view_and_upload_errors() -> list[Step]:
+    return [
+        get("/view?filename=../secret.png&type=input", STATUS),
+        get("/view?filename=x.png&type=elsewhere", STATUS),
+        get("/view?filename=x.png&subfolder=../..&type=input", STATUS),
+        get("/view", STATUS),
+        {**upload("x.png", PNG, type="input", subfolder="../outside"), "compare": STATUS},
+        {
+            "request": {"method": "POST", "path": "/upload/image", "upload": {"fields": {"type": "input"}}},
+            "compare": STATUS,
+        },
     ]
 
 
@@ -251,4 +354,12 @@ def cases() -> dict[str, list[Step]]:
         "history_paging": history_paging(),
         "two_clients": two_clients(),
         "upload_and_view": upload_and_view(),
+        "object_info_more": object_info_more(),
+        "value_errors": value_errors(),
+        "partial_failure": partial_failure(),
+        "two_outputs_one_image": two_outputs_one_image(),
+        "client_prompt_id": client_prompt_id(),
+        "queue_clear": queue_clear(),
+        "previews": previews(),
+        "view_and_upload_errors": view_and_upload_errors(),
     }

@@ -42,6 +42,7 @@ import websockets
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 PLACEHOLDER = re.compile(r"\{prompt:\d+\}")
 TIME_KEYS = {"timestamp", "create_time"}
+PREVIEW_NAME = re.compile(r"ComfyUI_temp_[a-z]{5}_")  # PreviewImage's random prefix
 ABSOLUTE_DIR = re.compile(r"(?<=')/[^']*/(?=[^'/]*')")
 PROGRESS_EVENTS = {"progress", "progress_state"}
 WAIT_SECONDS = 30.0
@@ -79,7 +80,7 @@ class Ids:
         return PLACEHOLDER.sub(lambda m: back.get(m.group(0), m.group(0)), text)
 
     def text(self, value: str) -> str:
-        return UUID.sub(lambda m: self.prompt(m.group(0)), value)
+        return PREVIEW_NAME.sub("ComfyUI_temp_{random}_", UUID.sub(lambda m: self.prompt(m.group(0)), value))
 
     def normalise(self, value: Any, key: str = "") -> Any:
         if isinstance(value, dict):
@@ -103,15 +104,22 @@ class Ids:
             return "{traceback}"
         if key == "current_outputs":  # the node ids ComfyUI's output cache holds: a set, any order
             return sorted(self.normalise(item) for item in value)
-        # A queue row or a history entry's "prompt": [number, prompt_id, prompt, extra_data, outputs...]
-        if (
-            len(value) >= 2
-            and isinstance(value[0], int)
-            and isinstance(value[1], str)
-            and UUID.fullmatch(value[1])
-        ):
-            return [self.number(value[0]), *(self.normalise(item) for item in value[1:])]
+        if is_queue_row(value):
+            # [number, prompt_id, prompt, extra_data, outputs to execute (a set in ComfyUI: any order)]
+            prompt_id, prompt, extra, outputs, *rest = (self.normalise(item) for item in value[1:])
+            return [self.number(value[0]), prompt_id, prompt, extra, sorted(outputs), *rest]
         return [self.normalise(item) for item in value]
+
+
+def is_queue_row(value: list[Any]) -> bool:
+    """A ``/queue`` row or a history entry's ``prompt``: [number, prompt_id, prompt, extra_data, outputs]."""
+    return (
+        len(value) >= 5
+        and isinstance(value[0], int)
+        and isinstance(value[1], str)
+        and isinstance(value[2], dict)
+        and isinstance(value[4], list)
+    )
 
 
 def collapse_progress(frames: list[Frame]) -> list[Frame]:
@@ -224,10 +232,7 @@ class Driver:
             kwargs["content"] = self.ids.real(json.dumps(spec["json"]))
             kwargs["headers"] = {"Content-Type": "application/json"}
         if "upload" in spec:
-            upload = spec["upload"]
-            content = base64.b64decode(upload["file"]["content"])
-            kwargs["files"] = {"image": (upload["file"]["name"], content, "image/png")}
-            kwargs["data"] = upload.get("fields", {})
+            kwargs["files"] = multipart(spec["upload"])
         reply = await self.client.request(spec["method"], url, **kwargs)
         return {"status": reply.status_code, **self._body(reply)}
 
@@ -277,6 +282,17 @@ class Driver:
     def frames(self) -> dict[str, list[Frame]]:
         """Each client's frames, normalised, progress runs collapsed."""
         return {cid: collapse_progress(self.ids.normalise(sink.frames)) for cid, sink in self.sockets.items()}
+
+
+def multipart(upload: dict[str, Any]) -> list[tuple[str, tuple[str | None, Any, str | None]]]:
+    """The form's fields and (when given) its ``image`` file, always as multipart."""
+    parts: list[tuple[str, tuple[str | None, Any, str | None]]] = [
+        (name, (None, value, None)) for name, value in upload.get("fields", {}).items()
+    ]
+    if "file" in upload:
+        content = base64.b64decode(upload["file"]["content"])
+        parts.append(("image", (upload["file"]["name"], content, "image/png")))
+    return parts
 
 
 def _matches(frame: Frame, kind: str, data: dict[str, Any]) -> bool:

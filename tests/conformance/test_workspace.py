@@ -51,6 +51,16 @@ KNOWN: dict[str, str] = {
     "validation_required_input_missing": ACCEPTED,
     "validation_unknown_class_type": "error.message/details differ and node_errors is not empty",
     "validation_value_below_min": ACCEPTED,
+    "value_errors": ACCEPTED,
+    "partial_failure": "the failing output's node_errors are missing from the 200 answer; " + HISTORY,
+    "client_prompt_id": "a prompt submitted with a client-chosen prompt_id: the socket never reports "
+    "its end under that id",
+    "previews": f"job events and preview frames reach every socket of the user, not only the "
+    f"submitting client id; {HISTORY}; {EVENTS}",
+    "queue_clear": "queue numbers; queue rows carry [] outputs; " + EVENTS,
+    "two_outputs_one_image": HISTORY,
+    "view_and_upload_errors": "/view with '..' in subfolder answers 400 (ComfyUI 403), /view without "
+    "filename 400 (ComfyUI 404), an upload without a file 422 (ComfyUI 400)",
 }
 
 

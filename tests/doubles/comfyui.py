@@ -388,7 +388,9 @@ class ComfyUIDouble(Executor):
     async def view(self, request: Request) -> Response:
         query = request.query_params
         filename, subfolder = query.get("filename", ""), query.get("subfolder", "")
-        if not filename or filename.startswith("/") or ".." in filename:
+        if not filename:
+            return Response(status_code=404)
+        if filename.startswith("/") or ".." in filename:
             return Response(status_code=400)
         base = {"output": self.folders.output, "input": self.folders.input, "temp": self.folders.temp}.get(
             query.get("type", "output")

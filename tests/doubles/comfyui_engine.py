@@ -122,8 +122,7 @@ class Executor:
     async def _progress_state(self, item: Item, nid: str, state: str, value: float, maximum: float) -> None:
         """ComfyUI's ``progress_state``: sent when a node starts, at each step and when it finishes."""
         data = item.node_state(nid, state, value, maximum)
-        if item.client_id is not None:
-            await self.send("progress_state", data, item.client_id)
+        await self.send("progress_state", data, item.client_id)  # no client id: to every socket
 
     async def _status(self, sid: str | None = None) -> None:
         remaining = len(self.state.pending) + (1 if self.state.running else 0)
@@ -248,7 +247,7 @@ class Executor:
         node = item.prompt[nid]
         if self.state.interrupt:
             raise Interrupted(nid, node["class_type"])
-        if cached:
+        if cached or signature in self.state.cache:  # an identical node earlier in this prompt too
             values[nid], ui = self.state.cache[signature]
             if ui is not None:  # only an output node's cached result is replayed, and shows finished
                 await job_event("executed", {"node": nid, "display_node": nid, "output": ui})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 import struct
 import zlib
@@ -134,8 +135,24 @@ def catalogue(input_files: list[str]) -> dict[str, dict[str, Any]]:
             hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
             description="Saves the input images to your ComfyUI output directory.",
         ),
-        node("PreviewImage", {"images": ["IMAGE"]}, [], "image", True, display="Preview Image"),
-        node("SaveImageWebsocket", {"images": ["IMAGE"]}, [], "api node/image", True),
+        node(
+            "PreviewImage",
+            {"images": ["IMAGE"]},
+            [],
+            "image",
+            True,
+            display="Preview Image",
+            hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+            description="Saves the input images to your ComfyUI output directory.",
+        ),
+        node(
+            "SaveImageWebsocket",
+            {"images": ["IMAGE"]},
+            [],
+            "api/image",
+            True,
+            python_module="custom_nodes.websocket_image_save",
+        ),
         node(
             "CreateVideo",
             {"images": ["IMAGE"], "fps": ["FLOAT", {"default": 30.0, "min": 1.0, "max": 120.0, "step": 1.0}]},
@@ -309,9 +326,14 @@ def _save_image(f: Folders, i: dict[str, Any]) -> tuple[tuple[Any, ...], dict[st
     return (), {"images": _save(f, f.output, "output", i["filename_prefix"], "png", headers)}
 
 
+def preview_prefix() -> str:
+    """PreviewImage's file prefix: ``ComfyUI_temp_`` and five random letters (ComfyUI's own alphabet)."""
+    return "ComfyUI_temp_" + "".join(random.choice("abcdefghijklmnopqrstupvxyz") for _ in range(5))
+
+
 def _preview(f: Folders, i: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     headers = [image_bytes(i["images"], n) for n in range(i["images"]["batch"])]
-    return (), {"images": _save(f, f.temp, "temp", "ComfyUI_temp_preview", "png", headers)}
+    return (), {"images": _save(f, f.temp, "temp", preview_prefix(), "png", headers)}
 
 
 def _websocket(f: Folders, i: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
