@@ -98,6 +98,7 @@ class Agent:
         if self.settings.warmup:
             await self.warmup()
         self.catalogue = await self.comfy.object_info()
+        self.files.output_classes = {n for n, spec in self.catalogue.items() if spec.get("output_node")}
         self.extensions = await self.comfy.web_extensions()
 
     async def stop(self) -> None:

@@ -15,9 +15,10 @@ so for each job it:
   instead of writing ``ComfyUI_00001_.png`` over it;
 * refuses, before ComfyUI sees the graph, a value that names an existing file outside the folders
   (absolute, or with ``..``), with ComfyUI's own validation error;
-* gives every output node (a node nothing links from) an input unique to the job, which ComfyUI
-  keeps in the node's cache key but does not pass to the node: another participant's identical
-  graph re-runs its output nodes, so a cached result never names a file of an earlier job.
+* gives every output node (``output_node`` in ComfyUI's catalogue, or a node nothing links from)
+  an input unique to the job's attempt, which ComfyUI keeps in the node's cache key but does not
+  pass to the node: an identical graph (another participant's, or a retry) re-runs its output
+  nodes, so a cached result never names a file of an earlier job.
 
 The folders must be the ones ComfyUI uses: ``verify`` writes a file into each and reads it back
 through ComfyUI's ``/view`` when the worker starts.
@@ -30,7 +31,7 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,8 +102,9 @@ class ComfyFolders:
         )
 
 
-def salted(prompt: dict[str, Any], job_id: str) -> dict[str, Any]:
-    """The graph with ``SALT_INPUT = job_id`` on every node no other node links from."""
+def salted(prompt: dict[str, Any], salt: str, output_classes: Collection[str] = ()) -> dict[str, Any]:
+    """The graph with ``SALT_INPUT = salt`` on every output node: each node of an
+    ``output_classes`` class (ComfyUI's ``output_node``), and each node no other node links from."""
     linked = {
         str(value[0])
         for node in prompt.values()
@@ -110,9 +112,9 @@ def salted(prompt: dict[str, Any], job_id: str) -> dict[str, Any]:
         if isinstance(value, list) and len(value) == 2
     }
     return {
-        node_id: node
-        if node_id in linked
-        else {**node, "inputs": {**(node.get("inputs") or {}), SALT_INPUT: job_id}}
+        node_id: {**node, "inputs": {**(node.get("inputs") or {}), SALT_INPUT: salt}}
+        if node_id not in linked or node.get("class_type") in output_classes
+        else node
         for node_id, node in prompt.items()
     }
 
@@ -152,6 +154,7 @@ class JobFiles:
 
     def __init__(self, folders: ComfyFolders, storage: Storage) -> None:
         self.folders, self.storage = folders, storage
+        self.output_classes: set[str] = set()  # ComfyUI's output nodes, once its catalogue is read
 
     async def verify(self, comfy: ComfyClient) -> None:
         """Refuse to start when ComfyUI does not read these folders (``FoldersMismatchError``)."""
@@ -184,7 +187,8 @@ class JobFiles:
         try:
             await self._stage(job)
             self.check(job.prompt)
-            yield salted(job.prompt, job.id)
+            # per attempt: a retry on this worker must not replay the files the failed attempt made
+            yield salted(job.prompt, f"{job.id}:{job.attempts}", self.output_classes)
         finally:
             await asyncio.to_thread(self.folders.clear)
 

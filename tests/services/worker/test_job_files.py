@@ -13,7 +13,10 @@ import httpx
 import pytest
 
 from services.protocol.jobs import Job, JobState
+from services.storage import StorageError
+from services.storage.local import LocalStorage
 from services.worker.agent import Agent
+from services.worker.job_files import SALT_INPUT, salted
 from services.worker.supervisor import ComfyNotReadyError
 from tests.doubles.comfyui import ComfyUIDouble
 from tests.doubles.comfyui_nodes import png_meta
@@ -152,3 +155,35 @@ async def test_a_worker_whose_folders_are_not_comfyuis_refuses_to_start(
     with pytest.raises(ComfyNotReadyError, match=r"--input-directory .*elsewhere/input"):
         await agent.start()
     await agent.stop()
+
+
+async def test_a_retry_on_the_same_worker_makes_its_outputs_again(
+    comfy: ComfyUIDouble,
+    qm: QueueManagerServer,
+    alice: httpx.AsyncClient,
+    tmp_path: Path,
+    files: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first attempt's outputs could not be stored: its files are gone from ComfyUI's folders, so
+    the second attempt must run the output nodes again rather than replay them from ComfyUI's cache."""
+    original, failures = LocalStorage.put, [1]
+
+    async def flaky(self: LocalStorage, key: str, *args: Any, **kwargs: Any) -> int:
+        if "/output/" in key and failures:
+            failures.pop()
+            raise StorageError("the bucket is briefly unreachable")
+        return await original(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStorage, "put", flaky)
+    put_input(files, "alice", "secret.png", SECRET)
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+        job = await alice_job(alice)
+    assert job.attempts == 2 and colours(files, "alice") == {0xA11CE}
+
+
+def test_output_nodes_are_salted_per_attempt_even_when_something_links_from_them() -> None:
+    prompt = {**load("in.png"), "4": {"class_type": "Consumer", "inputs": {"x": ["2", 0]}}}
+    salted_prompt = salted(prompt, "job:2", {"SaveImage"})
+    assert {n for n, node in salted_prompt.items() if SALT_INPUT in node["inputs"]} == {"2", "3", "4"}
+    assert salted_prompt["2"]["inputs"][SALT_INPUT] == "job:2" and SALT_INPUT not in prompt["2"]["inputs"]
