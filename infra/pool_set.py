@@ -35,13 +35,7 @@ class PoolSet(pulumi.ComponentResource):
         images = WorkerImages(parent=self)  # pools pulling the same worker image share its build
         volumes = SharedVolumes(parent=self)  # pools naming the same models volume share it
         for config in configs:
-            token = random.RandomPassword(
-                f"{name}-{config.name}-token",
-                length=40,
-                special=False,
-                opts=pulumi.ResourceOptions(parent=self),
-            )
-            self.tokens[config.name] = pulumi.Output.secret(token.result)
+            self.tokens[config.name] = self._token(name, config)
             warmup = json.dumps(config.warmup_workflow) if config.warmup_workflow else None
             context = dataclasses.replace(
                 context_for(config, self.tokens[config.name]),
@@ -53,6 +47,19 @@ class PoolSet(pulumi.ComponentResource):
                 config, context, pulumi.ResourceOptions(parent=self)
             )
         self.register_outputs({"summaries": self.summaries()})
+
+    def _token(self, name: str, config: PoolConfig) -> pulumi.Output[str]:
+        """The pool's bearer token. ``tokenGeneration`` is its keeper: raising it replaces this
+        token only (generation 0 has no keeper, so tokens made before it existed stay)."""
+        generation = config.token_generation
+        token = random.RandomPassword(
+            f"{name}-{config.name}-token",
+            length=40,
+            special=False,
+            keepers={"generation": str(generation)} if generation else None,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return pulumi.Output.secret(token.result)
 
     def summaries(self) -> pulumi.Output[list[dict[str, Any]]]:
         return pulumi.Output.all(*[pool.summary for pool in self.pools.values()]).apply(list)

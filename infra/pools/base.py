@@ -36,7 +36,8 @@ class RegistryConfig(Model):
 
 
 class PoolConfigBase(Model):
-    """What every pool has: a unique name (used in resource names, tokens and the admin page)."""
+    """What every pool has: a unique name (used in resource names, tokens and the admin page), and
+    its worker token's generation: raise it to replace that pool's token on the next ``pulumi up``."""
 
     name: Label
     kind: str
@@ -44,6 +45,12 @@ class PoolConfigBase(Model):
         default=None,
         description="API-format ComfyUI graph each worker of the pool runs before it reports ready, e.g. "
         "one step with the pool's checkpoint so the first participant's job does not load it",
+    )
+    token_generation: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="raise by one to rotate this pool's worker token (the old one is refused after the up)",
     )
 
 

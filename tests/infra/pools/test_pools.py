@@ -371,3 +371,22 @@ def test_a_verda_host_fills_its_models_folder_before_its_workers_read_it(instanc
     assert "--volume /mnt/models:/mnt/models ghcr.io/example/comfy-worker" in script[:sync]  # writable
     assert script.count("--volume /mnt/models:/mnt/models:ro ") == 1  # the workers only read
     assert env_file_of(script)["WORKER_SHARED_MODELS_DIR"] == "/mnt/models"
+
+
+def test_raising_one_pools_token_generation_replaces_only_that_pools_token() -> None:
+    """Rotation is a config change and ``pulumi up``: the token's keeper changes (Pulumi replaces
+    a RandomPassword whose keepers change), and nothing else in the program does."""
+    other = {**RUNPOD, "name": "runpod"}
+    before = workshop(LOCAL_GPU, other)
+    after = workshop({**LOCAL_GPU, "tokenGeneration": 1}, other)
+
+    def inputs(run: StackRun) -> dict[tuple[str, str], Any]:
+        ids = {r.id: f"<{r.name}>" for r in run.resources if r.id}
+        return {(r.type, r.name): _by_name(r.inputs, ids) for r in run.resources}
+
+    changed = {key for key, value in inputs(after).items() if inputs(before).get(key) != value}
+    token = ("random:index/randomPassword:RandomPassword", "pools-studio-token")
+    assert changed == {token}
+    assert after.named("pools-studio-token").inputs["keepers"] == {"generation": "1"}
+    assert "keepers" not in before.named("pools-studio-token").inputs  # tokens made before stay
+    assert "keepers" not in after.named("pools-runpod-token").inputs

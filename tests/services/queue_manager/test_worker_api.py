@@ -7,8 +7,18 @@ from typing import Any
 import httpx
 
 from services.protocol.workers import Lease, RegisterReply
+from services.queue_manager.main import create_app
 from services.queue_manager.store import Store
-from tests.services.queue_manager.conftest import ADMIN, CPU, GPU, PROMPT, registration, user_auth
+from tests.services.queue_manager.conftest import (
+    ADMIN,
+    CPU,
+    GPU,
+    PROMPT,
+    TOKENS,
+    make_settings,
+    registration,
+    user_auth,
+)
 
 
 async def register(client: httpx.AsyncClient, worker_id: str = "w1") -> None:
@@ -218,3 +228,26 @@ async def test_a_pool_token_cannot_make_another_pools_worker_look_busy(
     call = {"token": lease.token, "worker_id": "cpu-1"}
     assert (await client.post(f"/api/leases/{job_id}/heartbeat", json=call, headers=GPU)).status_code == 200
     assert (await admin_workers(client))["cpu-1"]["state"] == "idle"
+
+
+async def test_a_rotated_token_is_refused_once_the_new_settings_load(redis_url: str) -> None:
+    """`pulumi up` after raising one pool's tokenGeneration restarts the queue manager with the new
+    QM_WORKER_TOKENS: the old token of that pool is refused, the new one and other pools' work."""
+    rotated = {**TOKENS, "gpu": "gpu-token-rotated-98765"}
+
+    async def answers(tokens: dict[str, str]) -> list[int]:
+        app = create_app(make_settings(redis_url, worker_tokens=tokens))
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://qm.test") as http:
+                tries = (("gpu", TOKENS["gpu"]), ("gpu", rotated["gpu"]), ("cpu", TOKENS["cpu"]))
+                return [await register_as(http, pool, token) for pool, token in tries]
+
+    assert await answers(TOKENS) == [200, 401, 200]
+    assert await answers(rotated) == [401, 200, 200]
+
+
+async def register_as(http: httpx.AsyncClient, pool: str, token: str) -> int:
+    body = registration(f"w-{pool}", pool=pool).model_dump()
+    reply = await http.post("/api/workers/register", json=body, headers={"Authorization": f"Bearer {token}"})
+    return reply.status_code
