@@ -8,11 +8,11 @@ so for each job it:
 
 * empties the three folders before the job (a killed run's leftovers too) and again once the
   job's outputs are in storage: no job can name a file another participant's job put there;
-* stages only the owner's files: the inputs the job names (each ``FileRef`` is read from the
-  owner's prefix of user-file storage, so whatever the job says it can name nothing else), each
-  in the folder of its type, so ``name [output]`` finds the owner's own output; and the owner's
-  earlier output names as empty files, so ``SaveImage`` numbers on from the owner's last file
-  instead of writing ``ComfyUI_00001_.png`` over it;
+* stages only the owner's files: the inputs the job names and the ``name [output]`` /
+  ``name [temp]`` files its graph names (each read from the owner's prefix of user-file storage,
+  so whatever the job says it can name nothing else), each in the folder of its type; and the
+  owner's earlier output names as empty files, so ``SaveImage`` numbers on from the owner's last
+  file instead of writing ``ComfyUI_00001_.png`` over it;
 * refuses, before ComfyUI sees the graph, a value that names an existing file outside the folders
   (absolute, or with ``..``), with ComfyUI's own validation error;
 * gives every output node (``output_node`` in ComfyUI's catalogue, or a node nothing links from)
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from services.protocol.jobs import FileRef, Job, split_annotation, storage_key
 from services.storage import Storage, StorageError
@@ -127,6 +128,18 @@ def string_inputs(prompt: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any],
                 yield str(node_id), node, name, value
 
 
+def annotated_refs(prompt: dict[str, Any]) -> list[FileRef]:
+    """The ``name [output]`` and ``name [temp]`` files a graph names (ComfyUI's annotated names)."""
+    refs = []
+    for _, _, _, value in string_inputs(prompt):
+        name, kind = split_annotation(value, default="")
+        subfolder, _, filename = name.rpartition("/")
+        if kind in ("output", "temp"):
+            with contextlib.suppress(ValidationError):
+                refs.append(FileRef(filename=filename, subfolder=subfolder, type=kind))
+    return refs
+
+
 def outside_error(node_id: str, node: dict[str, Any], name: str, value: str) -> PromptRejectedError:
     """ComfyUI's own 400 for a file it cannot find, naming the fix."""
     details = f"{name} - Invalid image file: {value[:200]} (name one of your own files, as the picker offers)"
@@ -204,17 +217,24 @@ class JobFiles:
             placeholder.parent.mkdir(parents=True, exist_ok=True)
             placeholder.touch()
         for ref in job.inputs:
-            await self._fetch(job.user, ref)
+            if not await self._fetch(job.user, ref):
+                key = storage_key(job.user, ref)
+                raise StorageError(
+                    f"input file {ref.filename!r} is not among your files (looked for {key}): upload "
+                    "it again and resubmit"
+                )
+        for ref in annotated_refs(job.prompt):
+            await self._fetch(job.user, ref)  # the owner's own output or preview, when they have it
 
-    async def _fetch(self, user: str, ref: FileRef) -> None:
+    async def _fetch(self, user: str, ref: FileRef) -> bool:
+        """Copy one of ``user``'s files into its folder; False when they have no such file."""
         key, path = storage_key(user, ref), self.folders.path(ref)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with path.open("wb") as handle:
                 async for chunk in self.storage.get(key):
                     handle.write(chunk)
-        except FileNotFoundError as exc:
-            raise StorageError(
-                f"input file {ref.filename!r} is not among your files (looked for {key}): upload it "
-                "again and resubmit"
-            ) from exc
+        except FileNotFoundError:
+            path.unlink(missing_ok=True)
+            return False
+        return True

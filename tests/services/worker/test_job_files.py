@@ -125,11 +125,16 @@ async def test_annotated_names_resolve_within_the_owners_files(
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)), participant(qm, "bob") as bob:
         first = await bob_job(bob)
         alices = await alice_job(alice)
-        assert alices.outputs[0].filename == first.outputs[0].filename == "out_00001_.png"
-        again = load("out_00001_.png [output]", "again")
-        mine = [{"filename": "out_00001_.png", "type": "output"}]
-        reuse = await finished(bob, await submit(bob, again, inputs=mine))
-    assert reuse.state == JobState.SUCCEEDED, reuse.error
+        output, preview = first.outputs
+        assert alices.outputs[0].filename == output.filename  # the same name, each owner their own file
+        reused = []
+        for name in (f"{output.filename} [output]", f"{preview.filename} [temp]"):  # as the workspace sends
+            reused.append(await finished(bob, await submit(bob, load(name, "again"))))
+        mine = [{"filename": output.filename, "type": "output"}]  # or naming it among the job's inputs
+        reused.append(
+            await finished(bob, await submit(bob, load(f"{output.filename} [output]"), inputs=mine))
+        )
+    assert [job.state for job in reused] == [JobState.SUCCEEDED] * 3, [job.error for job in reused]
     assert colours(files, "bob") == {0xB0B} and colours(files, "alice") == {0xA11CE}
 
 
