@@ -5,6 +5,10 @@
   ComfyUI double measures it, from dequeue to the final ``executing``) and minus the output upload.
 * ``ready_s``: agent start (ComfyUI already up) to its first claim: attach, socket, warmup
   workflow, catalogue, registration.
+* ``cancel_ms_p50`` / ``cancel_ms_p99``: a participant's interrupt, as the stock frontend sends it
+  (``POST /w/<user>/api/interrupt`` while a sampler-like node reports progress every 50 ms), to
+  ``execution_interrupted`` on that participant's workspace socket: queue manager, the worker's
+  held-open heartbeat, the interrupt in ComfyUI, the worker's report and the socket.
 
 Everything is real except ComfyUI: the queue manager (``uvicorn services.queue_manager.main:app``)
 and the ComfyUI double run as their own processes, as in production; a real redis-server;
@@ -29,6 +33,7 @@ from typing import Any
 from unittest.mock import patch
 
 import httpx
+import websockets
 from pydantic import SecretStr
 
 from services.protocol.workers import Lease
@@ -135,7 +140,9 @@ async def submit_all(url: str, jobs: int) -> list[str]:
         return ids
 
 
-async def run_worker(root: Path, qm_url: str, comfy_url: str, jobs: int) -> dict[str, float]:
+async def run_worker(
+    root: Path, qm_url: str, comfy_url: str, jobs: int, cancel_samples: int
+) -> dict[str, float]:
     ids = await submit_all(qm_url, jobs)
     config = WorkerSettings(
         queue_url=qm_url,
@@ -155,12 +162,64 @@ async def run_worker(root: Path, qm_url: str, comfy_url: str, jobs: int) -> dict
     await worker.run(max_jobs=jobs)
     assert worker.first_claim_at is not None
     ready = worker.first_claim_at - started
-    await agent.stop()
-    await queue.aclose()
     meter.stop()
     async with httpx.AsyncClient() as client:
         timings = (await client.get(f"{comfy_url}/__double__/timings")).json()
-    return summarize(ids, meter, timings, ready)
+    try:
+        cancels = await cancel_times(PullWorker(agent, queue), qm_url, comfy_url, cancel_samples)
+    finally:
+        await agent.stop()
+        await queue.aclose()
+    return {**summarize(ids, meter, timings, ready), **percentiles("cancel_ms", cancels)}
+
+
+async def cancel_times(worker: PullWorker, qm_url: str, comfy_url: str, samples: int) -> list[float]:
+    """Interrupt ``samples`` running jobs from the participant's workspace; ms to each interruption."""
+    async with httpx.AsyncClient(base_url=qm_url, timeout=30) as client:
+        await client.post(f"{comfy_url}/__double__/knobs", json={"node_seconds": 20.0, "progress_steps": 400})
+        login = await client.post("/api/auth/login", json={"user": USER, "password": PASSWORD})
+        login.raise_for_status()
+        headers = {"Cookie": f"qm_session={login.cookies['qm_session']}"}
+        running = asyncio.create_task(worker.run())
+        try:
+            url = f"ws{qm_url[4:]}/w/{USER}/ws?clientId=bench-cancel"
+            async with websockets.connect(url, additional_headers=headers) as socket:
+                return [await one_cancel(client, socket, headers, index) for index in range(samples)]
+        finally:
+            worker.stop()
+            await running
+
+
+async def one_cancel(
+    client: httpx.AsyncClient, socket: websockets.ClientConnection, headers: dict[str, str], index: int
+) -> float:
+    body = {"prompt": graph(100_000 + index), "client_id": "bench-cancel"}
+    reply = await client.post(f"/w/{USER}/api/prompt", json=body, headers=headers)
+    reply.raise_for_status()
+    prompt_id = reply.json()["prompt_id"]
+    await until_message(socket, "progress", prompt_id)  # the sampler runs
+    started = time.perf_counter()
+    (
+        await client.post(f"/w/{USER}/api/interrupt", json={"prompt_id": prompt_id}, headers=headers)
+    ).raise_for_status()
+    await until_message(socket, "execution_interrupted", prompt_id)
+    return (time.perf_counter() - started) * 1000
+
+
+async def until_message(socket: websockets.ClientConnection, kind: str, prompt_id: str) -> None:
+    """Read the workspace socket until ComfyUI's ``kind`` message for ``prompt_id`` (bounded)."""
+    async with asyncio.timeout(60):
+        async for frame in socket:
+            if isinstance(frame, str):
+                message = json.loads(frame)
+                if message.get("type") == kind and message.get("data", {}).get("prompt_id") == prompt_id:
+                    return
+    raise RuntimeError(f"the workspace socket closed before {kind} for {prompt_id}")
+
+
+def percentiles(name: str, values: list[float]) -> dict[str, float]:
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return {f"{name}_p50": round(statistics.median(values), 2), f"{name}_p99": round(cuts[98], 2)}
 
 
 def summarize(
@@ -170,15 +229,10 @@ def summarize(
     for job_id in ids:
         start, end = timings[job_id]
         overheads.append((meter.leases[job_id] - (end - start) - meter.uploads.get(job_id, 0.0)) * 1000)
-    cuts = statistics.quantiles(overheads, n=100, method="inclusive")
-    return {
-        "overhead_ms_p50": round(statistics.median(overheads), 2),
-        "overhead_ms_p99": round(cuts[98], 2),
-        "ready_s": round(ready, 3),
-    }
+    return {**percentiles("overhead_ms", overheads), "ready_s": round(ready, 3)}
 
 
-def run(jobs: int = 200) -> dict[str, float]:
+def run(jobs: int = 200, cancels: int = 30) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         with (
@@ -186,13 +240,15 @@ def run(jobs: int = 200) -> dict[str, float]:
             queue_manager(redis.url, jobs) as qm_url,
             comfyui(root / "comfy") as comfy_url,
         ):
-            return asyncio.run(run_worker(root, qm_url, comfy_url, jobs))
+            return asyncio.run(run_worker(root, qm_url, comfy_url, jobs, cancels))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="worker agent overhead per job and readiness")
+    parser = argparse.ArgumentParser(description="worker agent overhead per job, readiness and cancel time")
     parser.add_argument("--jobs", type=int, default=200)
-    print(json.dumps(run(parser.parse_args().jobs)))
+    parser.add_argument("--cancels", type=int, default=30)
+    args = parser.parse_args()
+    print(json.dumps(run(args.jobs, args.cancels)))
 
 
 if __name__ == "__main__":

@@ -109,7 +109,9 @@ async def running(store: Store) -> AsyncIterator[None]:
     await check_durability(store)
     wake_ready, events_ready = asyncio.Event(), asyncio.Event()
     loops: dict[str, Callable[[], Awaitable[None]]] = {
-        "wake": lambda: store.wakeups.listen(store.redis, store.keys.wake, wake_ready),
+        "wake": lambda: store.wakeups.listen(
+            store.redis, store.keys.wake, wake_ready, cancels=store.keys.cancels
+        ),
         "events": lambda: store.events.listen(events_ready),
         "reaper": lambda: reap_loop(store),
         "positions": lambda: position_loop(store),

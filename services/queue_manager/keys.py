@@ -29,6 +29,7 @@
 | ``{p}:catalogues`` | set | stored catalogue hashes: approved and waiting are kept | forever |
 | ``{p}:events`` | pub/sub | ``{"user", "event"}`` for every participant event | - |
 | ``{p}:wake`` | pub/sub | a scope that has new work, to wake long-polling claims | - |
+| ``{p}:cancels`` | pub/sub | a running job's id once its owner cancels it, to answer its heartbeat | - |
 | ``{p}:admin:samples`` | list | the admin page's queue/worker samples, newest last, capped | capped |
 | ``{p}:admin:sampled:{n}`` | string | set (NX) by the process that takes interval n's sample | expires |
 | ``{p}:ws:ud:{u}`` | hash | a participant's user data (saved workflows, templates): path -> bytes | forever |
@@ -107,6 +108,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("catalogues", "set", Carried.COPIED),
     Family("events", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
     Family("wake", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
+    Family("cancels", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
     Family("admin:samples", "list", Carried.LEFT, "the admin chart describes a platform that no longer runs"),
     Family("admin:sampled:{n}", "string", Carried.LEFT, "expires within one sampling interval"),
     Family("ws:ud:{u}", "hash", Carried.COPIED),
@@ -227,3 +229,7 @@ class Keys:
     @property
     def wake(self) -> str:
         return f"{self.prefix}:wake"
+
+    @property
+    def cancels(self) -> str:
+        return f"{self.prefix}:cancels"

@@ -8,6 +8,8 @@ job. HTTP routes and the push dispatcher call these same methods.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -106,9 +108,16 @@ class LeaseOps(StoreBase):
             raise StaleLease(job_id)
         return [str(part) for part in reply]
 
-    async def heartbeat(self, job_id: str, token: str) -> HeartbeatReply:
-        """Renew a lease; the reply tells the worker whether the job's owner asked to cancel it."""
-        _, expires, cancel, _, _ = await self._touch(job_id, token, "heartbeat")
+    async def heartbeat(self, job_id: str, token: str, wait: float = 0.0) -> HeartbeatReply:
+        """Renew a lease; the reply tells the worker whether the job's owner asked to cancel it.
+        With ``wait`` (capped at half the lease) the reply waits that long for a cancel and comes
+        the moment one is made, so a worker holding its heartbeat open hears it at once."""
+        with self.wakeups.cancel_watch(job_id) as cancelled:  # before the flag is read: none missed
+            _, expires, cancel, _, _ = await self._touch(job_id, token, "heartbeat")
+            if cancel != "1" and wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(cancelled.wait(), min(wait, self.settings.lease_seconds / 2))
+                cancel = "1" if cancelled.is_set() else cancel
         expires_at = ms_to_datetime(expires)
         assert expires_at is not None
         return HeartbeatReply(expires_at=expires_at, cancel=cancel == "1")

@@ -6,6 +6,10 @@ there and wakes one waiting claim that can take work of that scope. A claim regi
 *before* it looks at the queue, so a wake that arrives while it looks is never missed; and a
 claim that leaves work behind wakes the next waiter, so one lost wake delays nobody for long.
 
+A cancel does the same for a running job: ``cancel.lua`` publishes its id on ``{p}:cancels``, and
+the worker's heartbeat waiting on it here (``cancel_watch``) answers at once, so the interrupt
+reaches the GPU's ComfyUI without waiting for the next heartbeat.
+
 A submit in this process does better than a wake: it ``reserve``s a parked claim and leases it the
 next job inside the submit's own Lua script (one AOF fsync instead of two in a row), then
 ``deliver``s that lease; the claim returns it without asking Redis again.
@@ -60,6 +64,24 @@ class Ticket:
 class Wakeups:
     def __init__(self) -> None:
         self._tickets: list[Ticket] = []
+        self._cancel_watches: dict[str, set[asyncio.Event]] = {}
+
+    @contextlib.contextmanager
+    def cancel_watch(self, job_id: str) -> Iterator[asyncio.Event]:
+        """An event set when the job's owner cancels it (watch before reading its cancel flag)."""
+        event = asyncio.Event()
+        watches = self._cancel_watches.setdefault(job_id, set())
+        watches.add(event)
+        try:
+            yield event
+        finally:
+            watches.discard(event)
+            if not watches:
+                del self._cancel_watches[job_id]
+
+    def cancelled(self, job_id: str) -> None:
+        for event in self._cancel_watches.get(job_id, ()):
+            event.set()
 
     @contextlib.contextmanager
     def ticket(self, pool: str, worker_id: str = "") -> Iterator[Ticket]:
@@ -99,12 +121,19 @@ class Wakeups:
     def _fits(ticket: Ticket, scope: str) -> bool:
         return scope == ANY_POOL or ticket.pool == scope
 
-    async def listen(self, redis: Redis, channel: str, ready: asyncio.Event | None = None) -> None:
-        """Forward wakes published by any process to this process's waiting claims."""
+    async def listen(
+        self, redis: Redis, channel: str, ready: asyncio.Event | None = None, cancels: str | None = None
+    ) -> None:
+        """Forward wakes (and, from ``cancels``, cancelled job ids) published by any process to this
+        process's waiting claims and heartbeats."""
         async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-            await pubsub.subscribe(channel)
+            await pubsub.subscribe(*[name for name in (channel, cancels) if name])
             if ready is not None:
                 ready.set()
             async for message in pubsub.listen():
-                if message["type"] == "message":
+                if message["type"] != "message":
+                    continue
+                if message["channel"] == cancels:
+                    self.cancelled(str(message["data"]))
+                else:
                     self.wake(str(message["data"]))

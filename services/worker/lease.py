@@ -1,8 +1,10 @@
 """Keep a lease alive while its job runs, and carry the owner's cancel request back to the runner.
 
-Heartbeats go every ``heartbeat_seconds`` (a third of the lease by default). A reply with
-``cancel: true`` sets ``cancel``; a 409 (the lease expired and the job moved on) sets ``lost``,
-after which the worker must stop the job and report nothing.
+Heartbeats go every ``heartbeat_seconds`` (a third of the lease by default), each held open by
+the queue manager until the next one is due (``wait``), or answered the moment the owner cancels:
+a cancel reaches the runner at once, not at the next heartbeat, with no more calls than before.
+A reply with ``cancel: true`` sets ``cancel``; a 409 (the lease expired and the job moved on) sets
+``lost``, after which the worker must stop the job and report nothing.
 """
 
 from __future__ import annotations
@@ -34,17 +36,20 @@ class LeaseKeeper:
                 await self._task
 
     async def _beat(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.every)
+            due = loop.time() + self.every
+            hold = 0.0 if self.cancel.is_set() else self.every  # nothing more to wait for once cancelled
             try:
-                reply = await self.queue.heartbeat(self.job_id, self.token)
+                reply = await self.queue.heartbeat(self.job_id, self.token, hold)
             except LeaseLostError:
                 log.warning("lease on job %s lost: stopping it", self.job_id)
                 self.lost.set()
                 return
             except Exception as exc:  # retries are exhausted: keep trying while the job runs
                 log.warning("heartbeat for job %s failed: %s", self.job_id, exc)
-                continue
-            if reply.cancel and not self.cancel.is_set():
-                log.info("job %s: cancel requested", self.job_id)
-                self.cancel.set()
+            else:
+                if reply.cancel and not self.cancel.is_set():
+                    log.info("job %s: cancel requested", self.job_id)
+                    self.cancel.set()
+            await asyncio.sleep(max(0.0, due - loop.time()))

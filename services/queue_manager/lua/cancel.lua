@@ -1,6 +1,6 @@
 -- Cancel a job. ARGV: prefix, id, owner ('' = admin, any owner), now_ms, retention_ms.
--- Returns {'cancelled', user} (was waiting: removed) | {'requested', user} (running: worker told
--- at its next heartbeat) | {'finished', user} | {'missing'}.
+-- Returns {'cancelled', user} (was waiting: removed) | {'requested', user} (running: its worker's
+-- waiting heartbeat is answered at once through {p}:cancels) | {'finished', user} | {'missing'}.
 local id, owner, now, retention_ms = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local key = k('job', id)
 local f = redis.call('HMGET', key, 'state', 'user', 'scope')
@@ -15,6 +15,7 @@ if state == 'queued' then
 end
 if state == 'leased' or state == 'running' then
   redis.call('HSET', key, 'cancel', '1')
+  redis.call('PUBLISH', k('cancels'), id)
   return {'requested', user}
 end
 return {'finished', user}

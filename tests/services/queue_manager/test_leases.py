@@ -145,6 +145,25 @@ async def test_a_long_polling_claim_wakes_as_soon_as_a_job_is_queued(
     listener.cancel()
 
 
+async def test_a_heartbeat_held_open_answers_the_moment_the_owner_cancels(
+    store_with: Callable[..., Store],
+) -> None:
+    store = store_with(lease_seconds=120.0)
+    listener = asyncio.create_task(
+        store.wakeups.listen(store.redis, store.keys.wake, cancels=store.keys.cancels)
+    )
+    queued = await store.submit("ada", job())
+    lease = await store.claim("w1", "gpu")
+    assert lease is not None
+    held = asyncio.create_task(store.heartbeat(queued.id, lease.token, wait=50.0))
+    while not store.wakeups._cancel_watches:
+        await asyncio.sleep(0.01)  # until the heartbeat is held open
+    assert await store.cancel(queued.id, user="ada") == "requested"
+    reply = await asyncio.wait_for(held, timeout=10)  # long before its 50 s
+    assert reply.cancel is True
+    listener.cancel()
+
+
 async def test_a_claim_with_nothing_to_do_returns_nothing_after_its_wait(store: Store) -> None:
     assert await store.claim("w1", "gpu", wait=0.2) is None
 

@@ -1,4 +1,4 @@
-"""The worker benchmark runs end to end with a handful of jobs and reports its three figures."""
+"""The worker benchmark runs end to end with a handful of jobs and reports its five figures."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from bench.gpu import NOOP, VIDEO, Phase
 from bench.worker import run
 
 
-def test_the_benchmark_reports_overhead_and_readiness() -> None:
-    result = run(jobs=5)
-    assert set(result) == {"overhead_ms_p50", "overhead_ms_p99", "ready_s"}
+def test_the_benchmark_reports_overhead_readiness_and_cancel_time() -> None:
+    result = run(jobs=5, cancels=3)
+    assert set(result) == {"overhead_ms_p50", "overhead_ms_p99", "ready_s", "cancel_ms_p50", "cancel_ms_p99"}
     assert 0 < result["overhead_ms_p50"] <= result["overhead_ms_p99"] and result["ready_s"] > 0
+    assert 0 < result["cancel_ms_p50"] <= result["cancel_ms_p99"]
 
 
 def test_the_gpu_benchmark_compares_direct_and_platform_runs() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Response, status
 
 from services.protocol.workers import Completion, EventBatch, Failure, HeartbeatReply, LeaseCall, Release
 from services.queue_manager.api.deps import StoreDep, WorkerPool
@@ -29,9 +29,18 @@ STALE: dict[int | str, dict[str, Any]] = {409: {"description": "the lease is not
 
 
 @router.post("/heartbeat", responses=STALE)
-async def heartbeat(job_id: JobId, call: LeaseCall, pool: LeasePool, store: StoreDep) -> HeartbeatReply:
-    """Renew the lease; ``cancel`` says the owner wants the job interrupted."""
-    reply = await store.heartbeat(job_id, call.token)
+async def heartbeat(
+    job_id: JobId,
+    call: LeaseCall,
+    pool: LeasePool,
+    store: StoreDep,
+    wait: Annotated[
+        float, Query(ge=0, le=60, description="seconds to hold the reply open for a cancel (<= lease / 2)")
+    ] = 0,
+) -> HeartbeatReply:
+    """Renew the lease; ``cancel`` says the owner wants the job interrupted. With ``wait`` the reply
+    comes the moment the owner cancels, or after ``wait`` seconds."""
+    reply = await store.heartbeat(job_id, call.token, wait)
     await store.holder_report(call.worker_id, pool, job_id, busy=True)
     return reply
 

@@ -1,0 +1,79 @@
+"""A participant's cancel reaches the GPU's ComfyUI at once, not at the worker's next heartbeat:
+the worker holds its heartbeat open and the queue manager answers it the moment the owner cancels.
+The lease here lasts two minutes, so the next regular heartbeat would be 40 s away."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.protocol.jobs import JobState
+from services.storage.local import LocalStorage
+from services.worker import push
+from services.worker.agent import Agent
+from tests.doubles.comfyui import ComfyUIDouble
+from tests.services.worker.conftest import (
+    QueueManagerServer,
+    finished,
+    graph,
+    participant,
+    pull_worker,
+    submit,
+    worker_settings,
+)
+from tests.services.worker.test_pull_jobs import until
+from tests.services.worker.test_push import lease_for
+
+LEASE_SECONDS = 120.0
+PROMPTLY = 10.0  # seconds: far below the 40 s to the next regular heartbeat
+
+
+@pytest.fixture
+def qm(qm_factory: Callable[..., QueueManagerServer]) -> QueueManagerServer:
+    return qm_factory(lease_seconds=LEASE_SECONDS)
+
+
+@pytest.fixture
+async def alice(qm: QueueManagerServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with participant(qm, "alice") as client:
+        yield client
+
+
+async def cancel_while_running(comfy: ComfyUIDouble, alice: httpx.AsyncClient, job_id: str) -> None:
+    await until(lambda: comfy.state.running is not None, "job running")
+    reply = await alice.post(f"/api/jobs/{job_id}/cancel")
+    assert reply.json()["outcome"] == "requested"
+    await until(lambda: job_id in comfy.state.history, "ComfyUI interrupted the job", timeout=PROMPTLY)
+    assert comfy.state.history[job_id]["status"]["messages"][-1][0] == "execution_interrupted"
+
+
+async def test_a_cancel_reaches_a_pull_workers_comfyui_long_before_its_next_heartbeat(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+        comfy.knobs.node_seconds, comfy.knobs.progress_steps = 60.0, 600
+        job_id = await submit(alice, graph(color=71))
+        await cancel_while_running(comfy, alice, job_id)
+        job = await finished(alice, job_id, timeout=PROMPTLY)
+    assert job.state == JobState.CANCELLED
+
+
+async def test_a_cancel_reaches_a_push_containers_comfyui_long_before_its_next_heartbeat(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    agent = Agent(worker_settings(comfy, qm.url, tmp_path), LocalStorage(tmp_path / "files"))
+    await agent.start()
+    try:
+        comfy.knobs.node_seconds, comfy.knobs.progress_steps = 60.0, 600
+        lease = await lease_for(qm, alice, color=72)
+        pushed = asyncio.create_task(push.run_pushed(agent, lease))
+        await cancel_while_running(comfy, alice, lease.job.id)
+        assert (await asyncio.wait_for(pushed, PROMPTLY))["outcome"] == "failed"
+    finally:
+        await agent.stop()
+    job = await finished(alice, lease.job.id, timeout=PROMPTLY)
+    assert job.state == JobState.CANCELLED
