@@ -82,7 +82,15 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
                 "workers_max": config.max_replicas,
                 "idle_timeout_s": config.idle_timeout_seconds,
                 "flashboot": config.flashboot,
-                **({"network_volume_id": volume.remote_id} if volume else {}),
+                # Workers run where the models volume is, or they would start without their models.
+                **(
+                    {
+                        "network_volume_id": volume.remote_id,
+                        "data_center_ids": [config.models_volume.data_center_id],
+                    }
+                    if volume and config.models_volume
+                    else {}
+                ),
                 **conn,
             },
             child,

@@ -25,7 +25,9 @@ class VerdaServerlessConfig(PoolConfigBase, ReplicaRange):
     gpu: str = Field(default="H100", min_length=2, description="compute resource name, e.g. H100")
     gpu_count: int = Field(default=1, ge=1, le=8)
     spot: bool = False
-    location: str = "FIN-03"
+    location: str = Field(
+        default="FIN-03", description="where the models volume is made (Verda places containers itself)"
+    )
     concurrent_requests_per_replica: int = Field(default=1, ge=1, le=8)
     # Short: containers bill in 10-minute increments, so idling past a burst mostly buys nothing.
     scale_down_delay_seconds: int = Field(default=60, ge=0, le=3600)

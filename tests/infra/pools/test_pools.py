@@ -390,3 +390,10 @@ def test_raising_one_pools_token_generation_replaces_only_that_pools_token() -> 
     assert after.named("pools-studio-token").inputs["keepers"] == {"generation": "1"}
     assert "keepers" not in before.named("pools-studio-token").inputs  # tokens made before stay
     assert "keepers" not in after.named("pools-runpod-token").inputs
+
+
+def test_runpod_workers_run_in_the_data_center_of_their_models_volume(runpod: StackRun) -> None:
+    endpoint = dynamic(runpod, "burst-endpoint").inputs
+
+    assert endpoint["data_center_ids"] == ["EU-RO-1"]
+    assert endpoint["network_volume_id"] == "models-comfy-models-eu-ro-1-remote_id"
