@@ -236,12 +236,42 @@ def bob_runs_at_night(bob: dict[str, Any]) -> bool:
 
 def test_every_key_the_api_writes_is_declared_in_keys_py(redis_url: str, bucket: Path) -> None:
     with live_server(day_settings(redis_url), bucket) as server:
-        for client in fill(server.url, bucket).values():
+        clients = fill(server.url, bucket)
+        more_of_the_day(server.url, clients["alice"])
+        for client in clients.values():
             client.close()
         keys = [key.decode() for key in redis.Redis.from_url(redis_url).scan_iter(count=1000)]
     assert len(keys) > 20
     undeclared = sorted(key for key in keys if family_of(key, "qm") is None)
     assert undeclared == [], "declare these key families in services/queue_manager/keys.py FAMILIES"
+
+
+def more_of_the_day(server_url: str, alice: httpx.Client) -> None:
+    """What the day-over fill leaves out: failures, dead letters and their requeue, cancels, a pause,
+    job priorities, a push container naming itself."""
+    worker = httpx.Client(base_url=server_url, timeout=20)
+    admin = login(httpx.Client(base_url=server_url, timeout=20), ADMIN, ADMIN_PASSWORD)
+    try:
+        for retryable in (True, False):
+            lease = claim(worker)
+            failure = {
+                "token": lease.token,
+                "worker_id": "w1",
+                "error": {"type": "E", "message": "m", "retryable": retryable},
+            }
+            worker.post(f"/api/leases/{lease.job.id}/fail", json=failure, headers=WORKER).raise_for_status()
+        admin.post(
+            f"/api/admin/jobs/{queue(alice, 'alice')}/priority", json={"priority": 3}
+        ).raise_for_status()
+        alice.post(f"/api/jobs/{queue(alice, 'alice')}/cancel").raise_for_status()
+        admin.post("/api/admin/pause").raise_for_status()
+        dead = admin.get("/api/admin/queue").json()
+        for job in dead.get("dead", []):
+            admin.post(f"/api/admin/dead/{job['id']}/requeue")
+        admin.post("/api/admin/resume").raise_for_status()
+    finally:
+        admin.close()
+        worker.close()
 
 
 @pytest.fixture
