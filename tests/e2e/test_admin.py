@@ -8,9 +8,18 @@ import httpx
 import pytest
 from playwright.async_api import Browser
 
+from services.protocol.workers import ModelsProgress, WorkerCapabilities, WorkerRegistration
 from tests.doubles.comfyui_nodes import catalogue
 from tests.services.workspaces.conftest import GRAPH
-from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, LiveServer, login, register_worker
+from tests.support.queue_manager_app import (
+    ADMIN,
+    ADMIN_PASSWORD,
+    POOL,
+    POOL_TOKEN,
+    LiveServer,
+    login,
+    register_worker,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -20,6 +29,13 @@ async def test_the_admin_sees_the_job_and_the_worker_and_can_cancel(
 ) -> None:
     with httpx.Client(base_url=server.url) as client:
         register_worker(client, catalogue([]), worker_id="verda-h100-1")
+        syncing = ModelsProgress(
+            state="syncing", files_done=3, files_total=20, bytes_done=300 << 20, bytes_total=2000 << 20,
+            rate_bytes_per_s=50 << 20, eta_seconds=34,
+        )  # fmt: skip
+        caps = WorkerCapabilities(pool=POOL, provider="verda", models_sync=syncing)
+        body = WorkerRegistration(worker_id="verda-h100-2", capabilities=caps).model_dump(mode="json")
+        client.post("/api/workers/register", json=body, headers={"Authorization": f"Bearer {POOL_TOKEN}"})
         reply = login(client, "alice").post("/w/alice/api/prompt", json={"prompt": GRAPH, "client_id": "c"})
         job_id = reply.json()["prompt_id"]
     context = await browser.new_context(viewport={"width": 1400, "height": 900})
@@ -33,6 +49,7 @@ async def test_the_admin_sees_the_job_and_the_worker_and_can_cancel(
     await queue.get_by_text(job_id.split("-")[0]).wait_for(timeout=10_000)
     assert "alice" in await queue.inner_text()
     await page.locator("#workers").get_by_text("verda-h100-1").wait_for(timeout=10_000)
+    await page.locator("#workers").get_by_text("3/20 files, 300/2000 MB, 50 MB/s, 34 s left").wait_for()
     await page.locator("#participants").get_by_text("alice").wait_for()
     await page.locator("#chart-depth polyline").wait_for(state="attached")
     await page.screenshot(path=artifacts_dir / "admin-page.png")
