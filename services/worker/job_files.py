@@ -20,8 +20,9 @@ so for each job it:
   pass to the node: an identical graph (another participant's, or a retry) re-runs its output
   nodes, so a cached result never names a file of an earlier job.
 
-The folders must be the ones ComfyUI uses: ``verify`` writes a file into each and reads it back
-through ComfyUI's ``/view`` when the worker starts.
+Staging waits until ComfyUI holds no prompt (``until_idle``). The folders must be the ones ComfyUI
+uses: ``verify`` writes a file into each and reads it back through ComfyUI's ``/view`` when the
+worker starts.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import time
 from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,7 @@ from services.storage import Storage, StorageError
 from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, PromptRejectedError
 
 SALT_INPUT = "workshop_job"
+IDLE_SECONDS = 30.0
 KINDS = ("input", "output", "temp")
 
 
@@ -126,6 +129,24 @@ def string_inputs(prompt: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any],
         for name, value in (node.get("inputs") or {}).items():
             if isinstance(value, str):
                 yield str(node_id), node, name, value
+
+
+async def until_idle(comfy: ComfyClient, limit: float = IDLE_SECONDS, poll: float = 0.1) -> None:
+    """Return once ComfyUI runs and holds no prompt; ``ComfyUnavailableError`` after ``limit``
+    seconds. A job's files are staged only then: a prompt the worker abandoned (cancelled, lease
+    lost) that is still running could otherwise read the next owner's files, or save its own
+    owner's images where the next job can name them."""
+    deadline = time.monotonic() + limit
+    while True:
+        running, pending = await comfy.queue()
+        if not running and not pending:
+            return
+        if time.monotonic() > deadline:
+            raise ComfyUnavailableError(
+                f"ComfyUI at {comfy.base_url} is still running an earlier prompt after {limit:.0f} s: "
+                "the job goes back to the queue"
+            )
+        await asyncio.sleep(poll)
 
 
 def annotated_refs(prompt: dict[str, Any]) -> list[FileRef]:

@@ -24,7 +24,7 @@ from services.storage import Storage, StorageError
 from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, PromptRejectedError
 from services.worker.comfy_events import Event, EventStream
 from services.worker.forwarder import EventForwarder
-from services.worker.job_files import JobFiles
+from services.worker.job_files import JobFiles, until_idle
 from services.worker.outputs import output_files, store_outputs
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,10 @@ class JobRunner:
     ) -> Outcome:
         """Run ``job`` with only its owner's files in ComfyUI's folders (``JobFiles``); ``store=False``
         (warmup) names the outputs without copying them to storage."""
+        try:
+            await until_idle(self.comfy)
+        except ComfyUnavailableError as exc:
+            return Outcome(lost=str(exc))
         try:
             async with self.files.staged(job) as prompt:
                 queue = self.events.subscribe(job.id)

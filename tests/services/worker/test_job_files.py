@@ -5,7 +5,9 @@ though it reaches the worker (the participant API queues it without the workspac
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from services.protocol.jobs import Job, JobState
 from services.storage import StorageError
 from services.storage.local import LocalStorage
 from services.worker.agent import Agent
+from services.worker.comfy_client import ComfyClient
 from services.worker.job_files import SALT_INPUT, salted
 from services.worker.supervisor import ComfyNotReadyError
 from tests.doubles.comfyui import ComfyUIDouble
@@ -113,6 +116,11 @@ async def bob_job(bob: httpx.AsyncClient) -> Job:
 
 
 @pytest.fixture
+def alices_secret(files: Path) -> None:
+    put_input(files, "alice", "secret.png", SECRET)
+
+
+@pytest.fixture
 def both_uploaded(files: Path) -> None:
     put_input(files, "alice", "secret.png", SECRET)
     put_input(files, "bob", "secret.png", BOBS)
@@ -192,3 +200,40 @@ def test_output_nodes_are_salted_per_attempt_even_when_something_links_from_them
     salted_prompt = salted(prompt, "job:2", {"SaveImage"})
     assert {n for n, node in salted_prompt.items() if SALT_INPUT in node["inputs"]} == {"2", "3", "4"}
     assert salted_prompt["2"]["inputs"][SALT_INPUT] == "job:2" and SALT_INPUT not in prompt["2"]["inputs"]
+
+
+@pytest.mark.usefixtures("alices_secret")
+async def test_a_jobs_files_are_staged_only_once_comfyui_holds_no_other_prompt(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A prompt still running in ComfyUI (one the worker abandoned) must not see the next owner's
+    files, nor leave outputs for the next job to name."""
+    polls: list[float] = []
+    original = ComfyClient.queue
+
+    async def counted(self: ComfyClient) -> tuple[list[str], list[str]]:
+        polls.append(time.monotonic())
+        return await original(self)
+
+    monkeypatch.setattr(ComfyClient, "queue", counted)
+    comfy.knobs.node_seconds = 1.0
+    empty = {"width": 8, "height": 8, "batch_size": 1, "color": 3}
+    busy = {
+        "1": {"class_type": "EmptyImage", "inputs": empty},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+    }
+    async with (
+        pull_worker(worker_settings(comfy, qm.url, tmp_path, warmup=False)),
+        httpx.AsyncClient() as http,
+    ):
+        await http.post(f"{comfy.url}/prompt", json={"prompt": busy, "prompt_id": "abandoned"})
+        job_id = await submit(alice, load("secret.png"), inputs=[{"filename": "secret.png"}])
+        async with asyncio.timeout(10):
+            while len(polls) < 3:
+                await asyncio.sleep(0.02)  # polling the worker's ComfyUI /queue calls
+        assert comfy.state.running is not None and comfy.state.running.prompt_id == "abandoned"
+        assert list(comfy.folders.input.iterdir()) == []
+        comfy.knobs.node_seconds = 0.0
+        job = await finished(alice, job_id)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert comfy.state.timings[job_id][0] >= comfy.state.timings["abandoned"][1]

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from services.protocol.jobs import JobState
+from services.worker import runner
 from tests.doubles.comfyui import ComfyUIDouble
 from tests.doubles.comfyui_nodes import png_meta
 from tests.services.worker.conftest import (
@@ -112,8 +114,16 @@ async def test_cancelling_a_running_job_interrupts_exactly_that_prompt(
 
 
 async def test_cancelling_a_job_still_waiting_in_comfyui_deletes_it_so_it_never_runs(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble,
+    qm: QueueManagerServer,
+    alice: httpx.AsyncClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    async def idle(comfy: Any) -> None:  # ComfyUI took the blocker after the worker found it idle
+        return None
+
+    monkeypatch.setattr(runner, "until_idle", idle)
     worker = pull_worker(worker_settings(comfy, qm.url, tmp_path))
     async with worker, httpx.AsyncClient(base_url=comfy.url) as other:
         comfy.knobs.node_seconds, comfy.knobs.progress_steps = 20.0, 200
