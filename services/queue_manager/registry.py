@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from services.protocol.jobs import JobState
 from services.protocol.workers import RegisterReply, WorkerCapabilities, WorkerRegistration, WorkerState
 from services.queue_manager.catalogues import CatalogueOps
 from services.queue_manager.errors import UnknownWorker, WorkerInAnotherPool
@@ -133,8 +134,13 @@ class WorkerOps(CatalogueOps):
         if not worker_id:
             return
         key = self.keys.worker(worker_id)
-        registered_pool, state, current = await self.redis.hmget(key, ["pool", "state", "job_id"])
-        if registered_pool != pool or (not busy and current != job_id):
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(key, ["pool", "state", "job_id"])
+            pipe.hget(self.keys.job(job_id), "state")
+            (registered_pool, state, current), job_state = await pipe.execute()
+        # A heartbeat held open may return after the job ended: it must not make the worker busy again.
+        running = job_state in (JobState.LEASED.value, JobState.RUNNING.value)
+        if registered_pool != pool or (busy and not running) or (not busy and current != job_id):
             return
         if state != WorkerState.DRAINING.value:
             state = WorkerState.BUSY.value if busy else WorkerState.IDLE.value
