@@ -43,6 +43,27 @@ class JobState(StrEnum):
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
+MAX_NAME_BYTES = 200
+"""Longest part of a file name or subfolder, in UTF-8 bytes: file systems allow 255 and storage adds
+a temporary suffix while writing (and `` (1)`` for a second file of the same name)."""
+
+
+def check_file_path(value: str, what: str) -> str:
+    """``value`` if it is a relative path of usable parts, else ValueError saying how to fix it."""
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise ValueError(f"{what} {value!r} contains a control character (NUL, newline, ...): remove it")
+    if value.startswith("/"):
+        raise ValueError(f"{what} {value!r} must be a relative name, without a leading '/'")
+    for part in value.replace("\\", "/").split("/"):
+        if part in ("", ".", ".."):
+            raise ValueError(
+                f"{what} {value!r} must be a relative name without '..', '.' or empty parts ('a//b')"
+            )
+        if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise ValueError(f"{what} {value!r} is too long: shorten each part to {MAX_NAME_BYTES} bytes")
+    return value
+
+
 class FileRef(BaseModel):
     """A user file as ComfyUI names it: ``filename`` inside ``subfolder`` of folder ``type``."""
 
@@ -52,13 +73,15 @@ class FileRef(BaseModel):
     subfolder: str = Field(default="", max_length=255)
     type: Literal["input", "output", "temp"] = "input"
 
-    @field_validator("filename", "subfolder")
+    @field_validator("filename")
     @classmethod
-    def _no_traversal(cls, value: str) -> str:
-        parts = value.replace("\\", "/").split("/")
-        if any(part in ("..",) for part in parts) or value.startswith("/"):
-            raise ValueError(f"{value!r} must be a relative name without '..'")
-        return value
+    def _usable_filename(cls, value: str) -> str:
+        return check_file_path(value, "file name")
+
+    @field_validator("subfolder")
+    @classmethod
+    def _usable_subfolder(cls, value: str) -> str:
+        return check_file_path(value, "subfolder") if value else value
 
 
 class NodeSpec(BaseModel):

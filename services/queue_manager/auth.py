@@ -1,9 +1,12 @@
-"""Three scopes of callers: participants and the admin (password, via HTTP Basic or a signed
-session cookie) and workers (one bearer token per pool).
+"""Three scopes of callers: participants and the admin (password, via HTTP Basic or a session
+cookie, see ``sessions``) and workers (one bearer token per pool).
 
-Passwords are hashed with argon2 when the app starts and kept only hashed. Verifying argon2 on
-every request would cost tens of milliseconds each, so a password that verified once is
-remembered as a keyed BLAKE2 digest (key random per process) and later compared against that.
+Passwords are hashed with argon2 when the app starts and kept only hashed. Every check of a
+password costs exactly one argon2 verification, whether the user exists (an unknown name is
+verified against a dummy hash) and whether they logged in before: so neither the answer's time nor
+the work reveals which names exist, and every guess costs the same. Only a password already known
+to be right skips argon2 (HTTP Basic sends it on every request): remembered as a keyed BLAKE2
+digest of name and password (key random per process), never the password itself.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ class Principal:
 class Passwords:
     def __init__(self, passwords: Mapping[str, str]) -> None:
         self._hashes = {user: HASHER.hash(password) for user, password in passwords.items()}
+        self._dummy = HASHER.hash(secrets.token_urlsafe(16))  # what an unknown name is checked against
         self._key = secrets.token_bytes(32)
-        self._verified: dict[str, bytes] = {}
+        self._verified: set[bytes] = set()
 
     def __contains__(self, user: str) -> bool:
         return user in self._hashes
@@ -48,20 +52,22 @@ class Passwords:
     def users(self) -> list[str]:
         return sorted(self._hashes)
 
+    def _digest(self, user: str, password: str) -> bytes:
+        return hashlib.blake2b(f"{user}\0{password}".encode("utf-8", "surrogatepass"), key=self._key).digest()
+
+    def remembered(self, user: str, password: str) -> bool:
+        """Whether exactly these credentials verified before (no argon2)."""
+        return self._digest(user, password) in self._verified
+
     def verify(self, user: str, password: str) -> bool:
-        stored = self._hashes.get(user)
-        if stored is None:
-            HASHER.hash(password)  # same work as a wrong password: no user enumeration by timing
-            return False
-        digest = hashlib.blake2b(password.encode(), key=self._key).digest()
-        known = self._verified.get(user)
-        if known is not None:
-            return hmac.compare_digest(known, digest)
+        """One argon2 verification, against the user's hash or, for an unknown name, a dummy one."""
         try:
-            HASHER.verify(stored, password)
+            HASHER.verify(self._hashes.get(user, self._dummy), password)
         except (VerificationError, InvalidHashError):
             return False
-        self._verified[user] = digest
+        if user not in self._hashes:
+            return False
+        self._verified.add(self._digest(user, password))
         return True
 
 
@@ -77,15 +83,27 @@ class Authenticator:
         self._sessions = URLSafeTimedSerializer(settings.session_secret.get_secret_value(), salt="qm-session")
         self.session_seconds = int(settings.session_hours * 3600)
 
+    def _passwords(self, user: str) -> Passwords:
+        return self.admin if user == self.admin_user else self.participants
+
     def login(self, user: str, password: str) -> Principal | None:
-        if user == self.admin_user and self.admin.verify(user, password):
-            return Principal(user, admin=True)
-        if user != self.admin_user and self.participants.verify(user, password):
-            return Principal(user)
+        """The principal these credentials belong to, or None (one argon2 verification)."""
+        if self._passwords(user).verify(user, password):
+            return Principal(user, admin=user == self.admin_user)
         return None
 
-    def basic(self, authorization: str) -> Principal | None:
-        """An ``Authorization: Basic ...`` header's principal, or None."""
+    def remembered(self, user: str, password: str) -> Principal | None:
+        """The principal of credentials that verified before, without argon2; else None."""
+        if self._passwords(user).remembered(user, password):
+            return Principal(user, admin=user == self.admin_user)
+        return None
+
+    def known(self, principal: Principal) -> bool:
+        """Whether a session's principal is still configured (a participant may have been removed)."""
+        return principal.admin or principal.user in self.participants
+
+    def basic_credentials(self, authorization: str) -> tuple[str, str] | None:
+        """User and password of an ``Authorization: Basic ...`` header, or None."""
         scheme, _, encoded = authorization.partition(" ")
         if scheme.lower() != "basic":
             return None
@@ -93,19 +111,18 @@ class Authenticator:
             user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return None
-        return self.login(user, password)
+        return user, password
 
-    def session_cookie(self, principal: Principal) -> str:
-        return self._sessions.dumps({"u": principal.user, "a": principal.admin})
+    def seal(self, session_id: str) -> str:
+        """The cookie for a session id: signed, so a made-up cookie is refused without a lookup."""
+        return self._sessions.dumps(session_id)
 
-    def from_cookie(self, cookie: str) -> Principal | None:
+    def unseal(self, cookie: str) -> str | None:
         try:
-            data = self._sessions.loads(cookie, max_age=self.session_seconds)
+            session_id = self._sessions.loads(cookie, max_age=self.session_seconds)
         except BadSignature:
             return None
-        principal = Principal(str(data["u"]), admin=bool(data["a"]))
-        known = principal.admin or principal.user in self.participants
-        return principal if known else None
+        return session_id if isinstance(session_id, str) else None
 
     def worker_pool(self, authorization: str) -> str | None:
         """The pool whose bearer token this is, or None."""
@@ -116,10 +133,3 @@ class Authenticator:
             if hmac.compare_digest(expected.encode(), token.encode()):
                 return pool
         return None
-
-    def principal(self, authorization: str | None, cookie: str | None) -> Principal | None:
-        if cookie:
-            principal = self.from_cookie(cookie)
-            if principal is not None:
-                return principal
-        return self.basic(authorization) if authorization else None

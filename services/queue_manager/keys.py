@@ -27,6 +27,9 @@
 | ``{p}:catalogue_current`` | string | the approved catalogue hash, the one the workspaces serve | forever |
 | ``{p}:catalogue_pending`` | hash | catalogue hash -> what it changes, for the admin | until decided |
 | ``{p}:catalogues`` | set | stored catalogue hashes: approved and waiting are kept | forever |
+| ``{p}:session:{sha256}`` | hash | a login session (``user``, ``admin``) by its id's SHA-256 | session |
+| ``{p}:user:{u}:sessions`` | set | a user's session digests, for logout everywhere | session |
+| ``{p}:login_failures:{kind}:{sha256}`` | string | failed logins per name or address | login window |
 | ``{p}:events`` | pub/sub | ``{"user", "event"}`` for every participant event | - |
 | ``{p}:wake`` | pub/sub | a scope that has new work, to wake long-polling claims | - |
 | ``{p}:cancels`` | pub/sub | a running job's id once its owner cancels it, to answer its heartbeat | - |
@@ -115,6 +118,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("ws:udmeta:{u}", "hash", Carried.COPIED),
     Family("ws:settings:{u}", "hash", Carried.COPIED),
     Family("ws:hidden:{u}", "set", Carried.COPIED),
+    Family("session:{digest}", "hash", Carried.LEFT, "participants log in again the next morning"),
+    Family("user:{u}:sessions", "set", Carried.LEFT, "participants log in again the next morning"),
+    Family("login_failures:{kind}:{digest}", "string", Carried.LEFT, "expires within the login window"),
 )
 
 
@@ -160,6 +166,15 @@ class Keys:
     @property
     def admin_samples(self) -> str:
         return f"{self.prefix}:admin:samples"
+
+    def session(self, digest: str) -> str:
+        return f"{self.prefix}:session:{digest}"
+
+    def user_sessions(self, user: str) -> str:
+        return f"{self.prefix}:user:{user}:sessions"
+
+    def login_failures(self, kind: str, digest: str) -> str:
+        return f"{self.prefix}:login_failures:{kind}:{digest}"
 
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{worker_id}"

@@ -21,10 +21,12 @@ from redis.asyncio import Redis
 from services.queue_manager import logs
 from services.queue_manager.api.crosssite import CrossSite
 from services.queue_manager.api.errors import BodyLimit, install_error_handlers
+from services.queue_manager.api.headers import SecurityHeaders
 from services.queue_manager.api.main import api_router
 from services.queue_manager.auth import Authenticator
 from services.queue_manager.background import running
 from services.queue_manager.dispatch import dispatching
+from services.queue_manager.sessions import Logins
 from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
 from services.queue_manager.workspaces import UPLOAD_PATH
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redis = connect(config)
         store = Store(redis, config)
         app.state.settings, app.state.store, app.state.auth = config, store, auth
+        app.state.logins = Logins(auth, store.redis, store.keys, store.scripts, config)
         if getattr(app.state, "storage", None) is None:
             app.state.storage = open_files(config)
         try:
@@ -78,9 +81,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="A fair, lease-based ComfyUI job queue for workshop participants and GPU workers.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # /docs, /redoc and /openapi.json are the admin's (api/routes/docs.py)
+        redoc_url=None,
+        openapi_url=None,
     )
     install_error_handlers(app)
     app.include_router(api_router)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(CrossSite)  # a cross-site request is refused before any route runs
     app.add_middleware(BodyLimit, uploads=UPLOAD_PATH)  # outermost: an oversized body is never read
     return app

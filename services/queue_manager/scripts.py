@@ -27,6 +27,7 @@ class Scripts:
     requeue_dead: AsyncScript
     rescore: AsyncScript
     positions: AsyncScript
+    end_sessions: AsyncScript
 
     @classmethod
     def load(cls, redis: Redis) -> Scripts:

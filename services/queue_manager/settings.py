@@ -71,7 +71,22 @@ class Settings(BaseSettings):
         default=None,
         description="QM_SESSION_SECRET: signs login cookies; 16+ characters (required outside development)",
     )
-    session_hours: float = Field(default=12.0, gt=0, description="QM_SESSION_HOURS: login cookie lifetime")
+    session_hours: float = Field(default=12.0, gt=0, description="QM_SESSION_HOURS: login session lifetime")
+    login_failures_per_user: int = Field(
+        default=10,
+        ge=1,
+        description="QM_LOGIN_FAILURES_PER_USER: failed logins for one name within the login window before "
+        "further attempts get 429",
+    )
+    login_failures_per_address: int = Field(
+        default=50,
+        ge=1,
+        description="QM_LOGIN_FAILURES_PER_ADDRESS: failed logins from one client address within the login "
+        "window before further attempts get 429 (a room behind one NAT shares an address)",
+    )
+    login_window_seconds: int = Field(
+        default=300, ge=1, description="QM_LOGIN_WINDOW_SECONDS: how long a failed login counts"
+    )
     worker_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(
         default_factory=dict,
         description='QM_WORKER_TOKENS: JSON object pool -> bearer token, e.g. {"h100": "..."}',

@@ -6,10 +6,11 @@ from __future__ import annotations
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright
 
 from tests.support.queue_manager_app import LiveServer, live_server, login, password, settings_for
 
@@ -29,14 +30,43 @@ QUIET_START = {
 }
 
 
+# Every page reports what its Content-Security-Policy blocked, so each browser test also proves the
+# stock frontend (and the login and admin pages) run under the platform's policy.
+REPORT_CSP = """
+document.addEventListener("securitypolicyviolation", (event) => {
+  console.error(`CSP violation: ${event.violatedDirective} blocked ${event.blockedURI || "inline"}`
+    + ` at ${event.sourceFile}:${event.lineNumber}`);
+});
+"""
+
+
+def watch_csp(context: BrowserContext, violations: list[str]) -> None:
+    def seen(message: ConsoleMessage) -> None:
+        if "CSP violation" in message.text or "Content Security Policy" in message.text:
+            violations.append(f"{message.page.url if message.page else '?'}: {message.text}")
+
+    context.on("console", seen)
+
+
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     if shutil.which(CHROMIUM) is None:
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (make system-deps)")
+    violations: list[str] = []
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        new_context = launched.new_context
+
+        async def reporting_context(**options: Any) -> BrowserContext:
+            context = await new_context(**options)
+            await context.add_init_script(REPORT_CSP)
+            watch_csp(context, violations)
+            return context
+
+        launched.new_context = reporting_context  # type: ignore[method-assign]
         yield launched
         await launched.close()
+    assert not violations, "the Content-Security-Policy blocked:\n" + "\n".join(violations[:20])
 
 
 @pytest.fixture
@@ -62,5 +92,6 @@ async def logged_in_page(
     await page.fill("#password", password(user))
     await page.click("button[type=submit]")
     await page.wait_for_url(f"{server.url}/w/{user}/", timeout=15_000)
-    await page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=30_000)
+    # A function, not an expression: Playwright evaluates a bare expression with eval, which the CSP refuses.
+    await page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=30_000)
     return context, page

@@ -59,4 +59,23 @@ async def test_the_admin_sees_the_job_and_the_worker_and_can_cancel(
         assert login(client, "alice").get(f"/api/jobs/{job_id}").json()["state"] == "cancelled"
     await page.click("#pause")
     await page.get_by_text("Dispatch is paused").wait_for(timeout=10_000)
+    with httpx.Client(base_url=server.url) as alices_laptop:
+        login(alices_laptop, "alice")
+        participants = page.locator("#participants")
+        row = participants.locator("tr", has_text="alice")
+        await row.get_by_role("button", name="Log out everywhere").click()
+        await page.get_by_text("logged out everywhere").wait_for(timeout=10_000)
+        assert alices_laptop.get("/api/auth/me").status_code == 401
+    await context.close()
+
+
+async def test_the_login_page_sends_nobody_to_another_site(browser: Browser, server: LiveServer) -> None:
+    context = await browser.new_context()
+    page = await context.new_page()
+    for trick in ("/\\evil.example/", "//evil.example/", "https://evil.example/"):
+        await page.goto(f"{server.url}/w/login?next={trick}")
+        await page.fill("#username", "alice")
+        await page.fill("#password", "alice-pw")
+        await page.click("button[type=submit]")
+        await page.wait_for_url(f"{server.url}/w/alice/", timeout=15_000)
     await context.close()

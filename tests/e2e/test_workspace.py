@@ -106,7 +106,7 @@ async def test_a_custom_node_packs_web_extension_from_the_worker_runs_in_the_wor
             context, page = await logged_in_page(
                 browser, server, "alice", lambda p: p.on("pageerror", lambda e: failed.append(str(e)))
             )
-            await page.wait_for_function("window.doublePackSetUp !== undefined", timeout=15_000)
+            await page.wait_for_function("() => window.doublePackSetUp !== undefined", timeout=15_000)
             assert await page.evaluate("window.doublePackSetUp") > 0, "set up before the nodes were known"
             listed = await page.request.get(f"{server.url}/w/alice/api/extensions")
             assert "/extensions/double%20pack/hello.js" in await listed.json()

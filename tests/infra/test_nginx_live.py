@@ -195,3 +195,12 @@ def test_the_sites_own_pages_pass_the_cross_site_check_through_nginx(site: Site)
     headers = {"Authorization": f"Basic {basic}", "Origin": site.https, "Sec-Fetch-Site": "same-origin"}
     with connect(uri, ssl=context, additional_headers=headers, open_timeout=10) as ws:
         assert ws.response is not None and ws.response.status_code == 101
+
+
+def test_api_docs_are_not_public_and_pages_keep_their_csp(site: Site) -> None:
+    client = _client()
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert client.get(f"{site.https}{path}").status_code == 401, path
+        assert client.get(f"{site.workers}{path}").status_code == 404, path
+    login = client.get(f"{site.https}/w/login")
+    assert "script-src 'self'" in login.headers["content-security-policy"]

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from services.queue_manager.admin.stats import Stats, collect
-from services.queue_manager.api.deps import AdminUser, StoreDep, principal_of
+from services.queue_manager.api.deps import AdminUser, StoreDep, logged_in
 
 router = APIRouter(tags=["admin page"])
 ASSETS = files("services.queue_manager.admin")
@@ -30,7 +30,7 @@ async def without_slash() -> RedirectResponse:
 @router.get("/admin/", response_class=HTMLResponse, include_in_schema=False)
 async def page(request: Request) -> Response:
     """The admin page for the admin; everyone else is sent to log in."""
-    principal = principal_of(request.app.state.auth, request)
+    principal = await logged_in(request)
     if principal is None or not principal.admin:
         return RedirectResponse("/w/login?next=/admin/", status_code=303)
     return HTMLResponse(ASSETS.joinpath("page.html").read_text(), headers=NO_STORE)

@@ -123,8 +123,9 @@ function drawStats(stats) {
   const rows = stats.participants.map((p) =>
     `<td>${esc(p.user)}</td><td>${p.online ? "online" : ""}</td><td>${p.queued}</td><td>${p.running}</td>` +
     `<td><input type="number" min="-100" max="100" value="${p.priority}" data-user-priority="${esc(p.user)}"> ` +
-    `<button data-action="user-priority" data-user="${esc(p.user)}">Set</button></td>`);
-  $("participants").innerHTML = table(["participant", "", "queued", "running", "priority"], rows, "No participants.");
+    `<button data-action="user-priority" data-user="${esc(p.user)}">Set</button></td>` +
+    `<td><button class="danger" data-action="log-out" data-user="${esc(p.user)}" title="End every login session of ${esc(p.user)}">Log out everywhere</button></td>`);
+  $("participants").innerHTML = table(["participant", "", "queued", "running", "priority", "sessions"], rows, "No participants.");
 }
 
 async function refresh() {
@@ -155,6 +156,10 @@ async function act(target) {
       const input = document.querySelector(`[data-priority="${job}"]`);
       return call("POST", `/api/admin/jobs/${job}/priority`, { priority: Number(input.value) });
     }
+    case "log-out": {
+      const ended = await call("DELETE", `/api/admin/users/${encodeURIComponent(user)}/sessions`);
+      return `${ended.user} is logged out everywhere (${ended.ended} session(s) ended)`;
+    }
     case "user-priority": {
       const input = document.querySelector(`[data-user-priority="${user}"]`);
       return call("POST", `/api/admin/users/${encodeURIComponent(user)}/priority`, { priority: Number(input.value) });
@@ -165,7 +170,11 @@ async function act(target) {
 document.addEventListener("click", async (event) => {
   const target = event.target.closest("button[data-action]");
   if (!target) return;
-  try { await act(target); await refresh(); } catch (error) { $("error").textContent = error.message; }
+  try {
+    const note = await act(target);
+    await refresh();
+    if (typeof note === "string") $("banner").textContent = note;
+  } catch (error) { $("error").textContent = error.message; }
 });
 $("pause").addEventListener("click", () => call("POST", "/api/admin/pause").then(refresh, (e) => ($("error").textContent = e.message)));
 $("resume").addEventListener("click", () => call("POST", "/api/admin/resume").then(refresh, (e) => ($("error").textContent = e.message)));

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, WebSocket, status
+from fastapi import Depends, HTTPException, Request, status
+from starlette.requests import HTTPConnection
 
 from services.queue_manager.auth import SESSION_COOKIE, Authenticator, Principal
+from services.queue_manager.sessions import LoginRefused, Logins
 from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
 
@@ -24,20 +26,51 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
+async def get_logins(request: Request) -> Logins:
+    logins: Logins = request.app.state.logins
+    return logins
+
+
 async def get_auth(request: Request) -> Authenticator:
     auth: Authenticator = request.app.state.auth
     return auth
 
 
-def principal_of(auth: Authenticator, connection: Request | WebSocket) -> Principal | None:
-    """Who a request or WebSocket comes from: session cookie first, then HTTP Basic."""
-    return auth.principal(connection.headers.get("authorization"), connection.cookies.get(SESSION_COOKIE))
+def client_address(connection: HTTPConnection) -> str:
+    """The caller's address (behind nginx: the browser's, from uvicorn's ``--proxy-headers``)."""
+    return connection.client.host if connection.client else ""
+
+
+def too_many_logins(exc: LoginRefused) -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(exc.retry_after)}
+    )
+
+
+async def principal_of(connection: HTTPConnection) -> Principal | None:
+    """Who a request or WebSocket comes from: session cookie first, then HTTP Basic; None for
+    nobody. ``LoginRefused`` when Basic credentials come too often wrong (see ``sessions``)."""
+    logins: Logins = connection.app.state.logins
+    headers = connection.headers
+    cookie = connection.cookies.get(SESSION_COOKIE)
+    return await logins.principal(headers.get("authorization"), cookie, client_address(connection))
+
+
+async def logged_in(connection: HTTPConnection) -> Principal | None:
+    """``principal_of`` for pages and sockets: a refused login is nobody (sent to log in)."""
+    try:
+        return await principal_of(connection)
+    except LoginRefused:
+        return None
 
 
 # The per-request dependencies read app state directly instead of depending on ``get_auth``:
 # every nested ``Depends`` costs a resolution step on each request of the hot worker routes.
 async def current_principal(request: Request) -> Principal:
-    principal = principal_of(request.app.state.auth, request)
+    try:
+        principal = await principal_of(request)
+    except LoginRefused as exc:
+        raise too_many_logins(exc) from None
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -72,6 +105,7 @@ async def worker_pool(request: Request) -> str:
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 AuthDep = Annotated[Authenticator, Depends(get_auth)]
+LoginsDep = Annotated[Logins, Depends(get_logins)]
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 CurrentUser = Annotated[str, Depends(current_user)]
 AdminUser = Annotated[Principal, Depends(admin_principal)]

@@ -25,8 +25,14 @@ async def redis_down(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "2"})
 
 
+async def too_deep(_: Request, exc: Exception) -> JSONResponse:
+    detail = "the JSON is nested too deeply (hundreds of levels): send a flatter body"
+    return JSONResponse({"detail": detail, "error": detail}, status_code=400)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(QueueError, queue_error)
+    app.add_exception_handler(RecursionError, too_deep)
     app.add_exception_handler(RedisConnectionError, redis_down)
     app.add_exception_handler(RedisTimeoutError, redis_down)
 

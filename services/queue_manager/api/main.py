@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from services.queue_manager.admin import router as admin_page_router
-from services.queue_manager.api.routes import admin, auth, events, health, jobs, leases, workers
+from services.queue_manager.api.routes import admin, auth, docs, events, health, jobs, leases, workers
 from services.queue_manager.workspaces import router as workspaces_router
 
 api_router = APIRouter()
@@ -17,5 +17,6 @@ api_router.include_router(events.router)
 api_router.include_router(health.router)
 api_router.include_router(auth.router)
 api_router.include_router(admin.router)
+api_router.include_router(docs.router)
 api_router.include_router(workspaces_router)
 api_router.include_router(admin_page_router)

@@ -9,7 +9,7 @@ from fastapi import Depends, HTTPException
 from redis.asyncio import Redis
 from starlette.requests import HTTPConnection
 
-from services.queue_manager.api.deps import principal_of
+from services.queue_manager.api.deps import logged_in
 from services.queue_manager.store import Store
 from services.queue_manager.workspaces.catalogue import CatalogueCache
 from services.queue_manager.workspaces.files import UserFiles
@@ -54,15 +54,15 @@ def build_context(connection: HTTPConnection) -> WorkspaceContext:
 Context = Annotated[WorkspaceContext, Depends(build_context)]
 
 
-def session_user(connection: HTTPConnection) -> str | None:
+async def session_user(connection: HTTPConnection) -> str | None:
     """Who is logged in on this request or socket (session cookie or HTTP Basic), or None."""
-    principal = principal_of(connection.app.state.auth, connection)  # type: ignore[arg-type]
+    principal = await logged_in(connection)
     return principal.user if principal is not None else None
 
 
-def participant(connection: HTTPConnection, user: str) -> str:
+async def participant(connection: HTTPConnection, user: str) -> str:
     """The logged-in participant, who must own the ``/w/<user>/`` path."""
-    who = session_user(connection)
+    who = await session_user(connection)
     if who is None:
         raise HTTPException(401, "log in first: open /w/login")
     if who != user:

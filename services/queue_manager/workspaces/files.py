@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import mimetypes
+import re
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 from fastapi import UploadFile
 from pydantic import ValidationError
@@ -35,12 +37,33 @@ def file_ref(filename: str, subfolder: str, kind: str) -> FileRef:
     try:
         return FileRef(filename=filename, subfolder=subfolder.strip("/"), type=kind)
     except ValidationError as exc:
-        raise FileProblem(400, f"invalid file name: {exc.errors()[0]['msg']}") from None
+        message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise FileProblem(400, f"invalid file name: {message}") from None
+
+
+INLINE_TYPES = re.compile(r"^(image/(png|jpeg|webp|gif|avif|bmp)|video/[\w.+-]+|audio/[\w.+-]+)$")
+"""Media types a browser may show in place: images, video and audio cannot run script. Anything else
+(SVG, HTML, PDF, text, unknown) is sent as an attachment, so opening it never renders it in the site."""
+
+
+USER_FILE_POLICY = (
+    "default-src 'none'; img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'; sandbox"
+)
+"""For participants' files served back (``/view``): opened directly, even an SVG or HTML file runs
+nothing and reaches nothing (a sandboxed, opaque origin)."""
 
 
 def content_type(filename: str) -> str:
     guessed = mimetypes.guess_type(filename)[0] or "application/octet-stream"
     return "application/octet-stream" if guessed in UNSAFE_TYPES else guessed
+
+
+def disposition(filename: str, media_type: str) -> str:
+    """``Content-Disposition`` for a participant's file: inline only for images, video and audio;
+    the name as RFC 6266 ``filename*`` (UTF-8) with an ASCII fallback, never breaking the header."""
+    kind = "inline" if INLINE_TYPES.match(media_type) else "attachment"
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename)
+    return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 class UserFiles:

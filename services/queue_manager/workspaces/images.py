@@ -46,11 +46,24 @@ def _convert(data: bytes, filename: str, channel: str, preview: str) -> tuple[by
         return _png(mask), "image/png"
 
 
+MAX_SIDE = {"webp": 16383, "jpeg": 65535}
+"""The largest width or height each preview format can encode."""
+
+
 def _preview(image: Image.Image, channel: str, preview: str) -> tuple[bytes, str]:
     kind, _, rest = preview.partition(";")
-    quality = int(rest) if rest.isdigit() else 90
+    if rest and not (rest.isascii() and rest.isdigit()):
+        raise ImageProblem(
+            f"preview must be a format and a quality like 'webp;90' or 'jpeg;80', not {preview!r}"
+        )
+    quality = int(rest) if rest else 90
     if kind not in ("webp", "jpeg") or "a" in channel:
         kind = "webp"
+    if max(image.size) > MAX_SIDE[kind]:
+        raise ImageProblem(
+            f"{image.width}x{image.height} is too large for a {kind} preview ({MAX_SIDE[kind]} pixels per "
+            "side at most): ask for the image without 'preview'"
+        )
     if kind == "jpeg" or channel == "rgb":
         image = image.convert("RGB")
     elif image.mode not in ("RGB", "RGBA"):

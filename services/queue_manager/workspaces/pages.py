@@ -14,6 +14,7 @@ pages = APIRouter()
 assets = APIRouter()
 root_assets = APIRouter()
 LOGIN_PAGE = files("services.queue_manager.workspaces").joinpath("login.html")
+LOGIN_SCRIPT = files("services.queue_manager.workspaces").joinpath("login.js")
 
 
 @pages.get("/w/login", response_class=HTMLResponse)
@@ -22,10 +23,17 @@ async def login_page() -> HTMLResponse:
     return HTMLResponse(LOGIN_PAGE.read_text(), headers={"Cache-Control": "no-store"})
 
 
+@pages.get("/w/login.js")
+async def login_script() -> Response:
+    return Response(
+        LOGIN_SCRIPT.read_text(), media_type="text/javascript", headers={"Cache-Control": "no-cache"}
+    )
+
+
 @pages.get("/w/")
 @pages.get("/w")
 async def own_workspace(request: Request) -> RedirectResponse:
-    who = session_user(request)
+    who = await session_user(request)
     return RedirectResponse(f"/w/{who}/" if who else "/w/login", status_code=303)
 
 
@@ -38,7 +46,7 @@ async def without_slash(user: str) -> RedirectResponse:
 @assets.get("/")
 async def workspace(request: Request, user: str) -> Response:
     """The ComfyUI frontend, for its owner only; anyone else is sent to log in."""
-    who = session_user(request)
+    who = await session_user(request)
     if who != user:
         target = f"/w/{who}/" if who else f"/w/login?next=/w/{user}/"
         return RedirectResponse(target, status_code=303)

@@ -12,7 +12,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from services.protocol.jobs import split_annotation
 from services.queue_manager.workspaces.deps import UserFilesDep
-from services.queue_manager.workspaces.files import FileProblem, content_type, file_ref
+from services.queue_manager.workspaces.files import (
+    USER_FILE_POLICY,
+    FileProblem,
+    content_type,
+    disposition,
+    file_ref,
+)
 from services.queue_manager.workspaces.images import MAX_IMAGE_BYTES, ImageProblem, convert, wants_conversion
 
 router = APIRouter()
@@ -76,12 +82,21 @@ async def view(request: Request, files: UserFilesDep) -> Response:
         size, chunks = await files.open(ref)
     except FileProblem as exc:
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
-    disposition = {"Content-Disposition": f'filename="{ref.filename}"'}
     channel, preview = query.get("channel", ""), query.get("preview", "")
     if wants_conversion(channel, preview):
-        return await converted(ref.filename, size, chunks, channel, preview, disposition)
-    headers = {**disposition, "Content-Length": str(size)}
-    return StreamingResponse(chunks, media_type=content_type(ref.filename), headers=headers)
+        return await converted(ref.filename, size, chunks, channel, preview)
+    media_type = content_type(ref.filename)
+    headers = {**file_headers(ref.filename, media_type), "Content-Length": str(size)}
+    return StreamingResponse(chunks, media_type=media_type, headers=headers)
+
+
+def file_headers(filename: str, media_type: str) -> dict[str, str]:
+    """A participant's file is never a page of the site: attachment unless media, sandboxed anyway."""
+    return {
+        "Content-Disposition": disposition(filename, media_type),
+        "Content-Security-Policy": USER_FILE_POLICY,
+        "X-Content-Type-Options": "nosniff",
+    }
 
 
 async def converted(
@@ -90,7 +105,6 @@ async def converted(
     chunks: AsyncIterator[bytes],
     channel: str,
     preview: str,
-    headers: dict[str, str],
 ) -> Response:
     """The image with only some channels, or as a smaller preview (ComfyUI's ``channel``/``preview``)."""
     if size > MAX_IMAGE_BYTES:
@@ -103,4 +117,4 @@ async def converted(
         body, media_type = await convert(data, filename, channel, preview)
     except ImageProblem as exc:
         return JSONResponse({"error": str(exc)}, status_code=400)
-    return Response(body, media_type=media_type, headers=headers)
+    return Response(body, media_type=media_type, headers=file_headers(filename, media_type))

@@ -59,7 +59,7 @@ async def read_object(request: Request) -> dict[str, Any]:
     """The body as a JSON object; ``{}`` for an empty, malformed or non-object body."""
     try:
         body = json.loads(await request.body() or b"{}")
-    except json.JSONDecodeError:
+    except ValueError:  # not JSON, or not UTF-8
         return {}
     return body if isinstance(body, dict) else {}
 
@@ -131,6 +131,9 @@ async def edit_queue(request: Request, ctx: Context, user: Participant) -> Respo
 async def interrupt(request: Request, ctx: Context, user: Participant) -> Response:
     """Cancel the participant's running job (the given ``prompt_id``, or all of theirs that run)."""
     wanted = (await read_object(request)).get("prompt_id")
+    if wanted is not None and not isinstance(wanted, str):
+        message = f"prompt_id must be a string (the id POST /prompt answered), not {type(wanted).__name__}"
+        return JSONResponse({"error": message}, status_code=400)
     running = {
         j.id for j in await ctx.store.list_jobs(user) if j.state in (JobState.LEASED, JobState.RUNNING)
     }
@@ -145,12 +148,23 @@ async def free(user: Participant) -> Response:
 
 
 @router.get("/api/history")
-async def history(request: Request, ctx: Context, user: Participant) -> dict[str, Any]:
-    max_items = request.query_params.get("max_items")
-    offset = request.query_params.get("offset", "0")
-    limit = int(max_items) if max_items and max_items.isdigit() else None
-    start = int(offset) if offset.isdigit() else 0
-    return comfy_format.history_answer(await visible_jobs(ctx, user), limit, start)
+async def history(request: Request, ctx: Context, user: Participant) -> Response:
+    try:
+        limit = count_param(request, "max_items")
+        start = count_param(request, "offset") or 0
+    except ValueError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    return JSONResponse(comfy_format.history_answer(await visible_jobs(ctx, user), limit, start))
+
+
+def count_param(request: Request, name: str) -> int | None:
+    """A whole-number query parameter (None when absent); ValueError naming it when it is not one."""
+    value = request.query_params.get(name)
+    if not value:
+        return None
+    if not (value.isascii() and value.isdigit()):
+        raise ValueError(f"{name} must be a whole number like 64, not {value!r}")
+    return int(value)
 
 
 @router.get("/api/history/{prompt_id}")

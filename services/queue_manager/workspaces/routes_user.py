@@ -69,7 +69,7 @@ async def store_settings(request: Request, settings: UserSettingsDep) -> Respons
         if not isinstance(values, dict):
             raise SettingsError("settings must be a JSON object of id -> value")
         await settings.update(values)
-    except (SettingsError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # a SettingsError, no JSON, or no UTF-8
         return JSONResponse({"error": f"cannot store settings: {exc}"}, status_code=400)
     return Response(status_code=200)
 
@@ -83,7 +83,7 @@ async def one_setting(setting: str, settings: UserSettingsDep) -> Any:
 async def store_setting(setting: str, request: Request, settings: UserSettingsDep) -> Response:
     try:
         await settings.update({setting: json.loads(await request.body())})
-    except (SettingsError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # a SettingsError, no JSON, or no UTF-8
         return JSONResponse({"error": f"cannot store setting {setting!r}: {exc}"}, status_code=400)
     return Response(status_code=200)
 

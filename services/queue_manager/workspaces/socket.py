@@ -93,7 +93,7 @@ async def read_client(websocket: WebSocket, ctx: Context) -> None:
 
 @router.websocket("/ws")
 async def workspace_socket(websocket: WebSocket, user: str, ctx: Context) -> None:
-    if session_user(websocket) != user:
+    if await session_user(websocket) != user:
         await websocket.close(code=4401, reason=f"log in as {user} first: open /w/login")
         return
     await websocket.accept()

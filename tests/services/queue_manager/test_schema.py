@@ -30,7 +30,7 @@ def qm_url(redis_proc: RedisServer, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="module")
 def api_schema(qm_url: str) -> schemathesis.BaseSchema:
-    schema = schemathesis.openapi.from_url(f"{qm_url}/openapi.json")
+    schema = schemathesis.openapi.from_url(f"{qm_url}/openapi.json", headers=ADMIN)  # the admin's
     return schema.exclude(path="/api/admin/drain")  # waits by design; tested in test_admin_api
 
 
@@ -55,3 +55,23 @@ def test_no_input_makes_the_queue_manager_fail_with_a_server_error(
     assert {"/api/jobs", "/api/workers/{worker_id}/claim", "/api/leases/{job_id}/complete"} <= paths
     for operation in operations:
         fuzz(operation)
+
+
+def test_sequences_of_calls_never_get_a_server_error(api_schema: schemathesis.BaseSchema) -> None:
+    """Stateful: schemathesis chains calls by the links it infers (a submitted job's id into its
+    cancel, a registered worker's id into its claim...), each call with its scope's credentials."""
+    machine = api_schema.as_state_machine()
+
+    class Calls(machine):  # type: ignore[valid-type,misc]
+        def get_call_kwargs(self, case: schemathesis.Case[Any]) -> dict[str, Any]:
+            return {"headers": credentials_for(case.path), "timeout": 10}
+
+        def validate_response(self, response: Any, case: schemathesis.Case[Any], *_: Any, **__: Any) -> None:
+            case.validate_response(response, checks=[not_a_server_error])
+
+    Calls.run(
+        settings=settings(
+            max_examples=25, stateful_step_count=6, deadline=None, database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )  # fmt: skip

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import BaseModel, Field
 
 from services.protocol.jobs import Job
-from services.queue_manager.api.deps import AdminUser, StoreDep
+from services.queue_manager.api.deps import AdminUser, LoginsDep, StoreDep
 from services.queue_manager.api.routes.jobs import CancelReply
 from services.queue_manager.catalogues import CatalogueState
 from services.queue_manager.queue_admin import DrainResult, QueueOverview, UserSummary
@@ -30,6 +30,11 @@ class UserPriorityReply(BaseModel):
     user: str
     priority: int
     moved: int
+
+
+class SessionsEnded(BaseModel):
+    user: str
+    ended: int = Field(description="how many of the user's login sessions were open")
 
 
 @router.get("/queue")
@@ -90,6 +95,13 @@ async def user_priority(
     """Set a user's priority bonus for their waiting and future jobs."""
     moved = await store.set_user_priority(user, change.priority)
     return UserPriorityReply(user=user, priority=change.priority, moved=moved)
+
+
+@router.delete("/users/{user}/sessions")
+async def end_sessions(user: UserName, _: AdminUser, logins: LoginsDep) -> SessionsEnded:
+    """Log a user out everywhere: every session cookie of theirs stops working at once (a lost
+    laptop, a shared screen). HTTP Basic still works for whoever knows the password."""
+    return SessionsEnded(user=user, ended=await logins.sessions.revoke(user))
 
 
 @router.post("/jobs/{job_id}/cancel")

@@ -1,5 +1,6 @@
-"""Log in (HTTP form or JSON), log out, and who am I. The session cookie is signed with
-``QM_SESSION_SECRET`` and carries only the user name and whether it is the admin."""
+"""Log in (HTTP form or JSON), log out, and who am I. The session lives in Redis (``sessions``); the
+cookie (``HttpOnly``, ``SameSite=Strict``) carries only its random id, signed with
+``QM_SESSION_SECRET``. Logging out ends the session itself, not only the browser's cookie."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field, ValidationError
 
-from services.queue_manager.api.deps import AuthDep, CurrentPrincipal, SettingsDep
+from services.queue_manager.api.deps import CurrentPrincipal, SettingsDep, client_address, too_many_logins
 from services.queue_manager.auth import SESSION_COOKIE
+from services.queue_manager.sessions import LoginRefused, Logins
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
@@ -52,17 +54,27 @@ async def _login_form(request: Request) -> LoginForm:
         ) from None
 
 
-@router.post("/login", openapi_extra=LOGIN_BODY, responses={401: {"description": "wrong user or password"}})
-async def login(request: Request, response: Response, auth: AuthDep, settings: SettingsDep) -> Me:
+LOGIN_ANSWERS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "wrong user or password"},
+    429: {"description": "too many failed logins for this name or address; see Retry-After"},
+}
+
+
+@router.post("/login", openapi_extra=LOGIN_BODY, responses=LOGIN_ANSWERS)
+async def login(request: Request, response: Response, settings: SettingsDep) -> Me:
     """Check a user name and password and set the session cookie."""
     form = await _login_form(request)
-    principal = auth.login(form.user, form.password)
+    logins: Logins = request.app.state.logins
+    try:
+        principal = await logins.check_password(form.user, form.password, client_address(request))
+    except LoginRefused as exc:
+        raise too_many_logins(exc) from None
     if principal is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong user name or password")
     response.set_cookie(
         SESSION_COOKIE,
-        auth.session_cookie(principal),
-        max_age=auth.session_seconds,
+        await logins.open_session(principal),
+        max_age=logins.auth.session_seconds,
         httponly=True,
         samesite="strict",
         secure=settings.public_url.startswith("https://"),
@@ -71,9 +83,13 @@ async def login(request: Request, response: Response, auth: AuthDep, settings: S
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
-async def logout(response: Response) -> None:
-    """Forget the session cookie."""
-    response.delete_cookie(SESSION_COOKIE)
+async def logout(request: Request, response: Response) -> None:
+    """End the session (its cookie no longer works anywhere) and forget the cookie."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        logins: Logins = request.app.state.logins
+        await logins.close_session(cookie)
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
 
 
 @router.get("/me")

@@ -12,8 +12,7 @@ import contextlib
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
 
-from services.queue_manager.api.deps import principal_of
-from services.queue_manager.auth import Authenticator
+from services.queue_manager.api.deps import logged_in
 from services.queue_manager.events import Subscription
 from services.queue_manager.store import Store
 
@@ -23,9 +22,8 @@ router = APIRouter(tags=["events"])
 @router.websocket("/api/events")
 async def events(websocket: WebSocket) -> None:
     """Stream the caller's job events until they disconnect."""
-    auth: Authenticator = websocket.app.state.auth
     store: Store = websocket.app.state.store
-    principal = principal_of(auth, websocket)
+    principal = await logged_in(websocket)
     if principal is None:
         await websocket.close(status.WS_1008_POLICY_VIOLATION, "log in first (session cookie or HTTP Basic)")
         return

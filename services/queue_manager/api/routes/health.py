@@ -1,6 +1,9 @@
-"""Liveness, readiness and Prometheus metrics (no auth: they reveal counts, never content)."""
+"""Liveness, readiness and Prometheus metrics (no auth: they reveal counts, never content; why the
+queue manager is not ready goes to its log, not to the public answer)."""
 
 from __future__ import annotations
+
+import logging
 
 from fastapi import APIRouter, HTTPException, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -11,6 +14,7 @@ from services.queue_manager.metrics import METRICS
 from services.queue_manager.scrape import refresh_gauges
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger(__name__)
 
 
 @router.get("/health")
@@ -25,7 +29,8 @@ async def ready(store: StoreDep) -> dict[str, str]:
     try:
         await store.redis.ping()
     except (RedisError, OSError) as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"Redis is not reachable: {exc}") from None
+        log.warning("not ready: Redis is not reachable", extra={"error": repr(exc)})
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "not ready") from None
     return {"status": "ready"}
 
 

@@ -1,0 +1,161 @@
+"""Logins: server-side sessions and login rate limits in Redis, around ``auth.Authenticator``.
+
+A session cookie carries only a random id. Redis keeps the session under the id's SHA-256
+(``{p}:session:{digest}``: user and admin flag, expiring after ``QM_SESSION_HOURS``) and lists a
+user's sessions (``{p}:user:{u}:sessions``), so logging out ends the session for good and the admin
+can end every session of a participant at once (``DELETE /api/admin/users/{user}/sessions``).
+
+Failed logins (the login form and HTTP Basic alike) are counted per user name and per client
+address (``{p}:login_failures:{kind}:{sha256}``) over ``QM_LOGIN_WINDOW_SECONDS``; past
+``QM_LOGIN_FAILURES_PER_USER`` or ``QM_LOGIN_FAILURES_PER_ADDRESS`` the next attempt gets 429 with
+``Retry-After`` and is not even checked. Every check of a password that is not already known to be
+right costs one argon2 verification, run off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from services.queue_manager.auth import Authenticator, Principal
+from services.queue_manager.keys import Keys
+from services.queue_manager.scripts import Scripts
+from services.queue_manager.settings import Settings
+
+MAX_COOKIE_CHARS = 128
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class LoginRefused(Exception):
+    """A login that is not even checked: too many failures for that name or from that address."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"too many failed logins for this name or from this address: try again in {retry_after} s "
+            "(ask the organizer if you forgot your password)"
+        )
+        self.retry_after = retry_after
+
+
+class Sessions:
+    def __init__(self, redis: Any, keys: Keys, scripts: Scripts, seconds: int) -> None:
+        self.redis, self.keys, self.scripts, self.seconds = redis, keys, scripts, seconds
+
+    async def open(self, principal: Principal) -> str:
+        """A new session for ``principal``; the cookie value to hand the browser."""
+        session_id = secrets.token_urlsafe(32)
+        digest = _digest(session_id)
+        key, listed = self.keys.session(digest), self.keys.user_sessions(principal.user)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"user": principal.user, "admin": int(principal.admin)})
+            pipe.expire(key, self.seconds)
+            pipe.sadd(listed, digest)
+            pipe.expire(listed, self.seconds)
+            await pipe.execute()
+        return session_id
+
+    async def principal(self, session_id: str) -> Principal | None:
+        if not session_id or len(session_id) > MAX_COOKIE_CHARS:
+            return None
+        fields = await self.redis.hgetall(self.keys.session(_digest(session_id)))
+        if not fields:
+            return None
+        return Principal(fields["user"], admin=fields.get("admin") == "1")
+
+    async def close(self, session_id: str) -> None:
+        """End one session (logout): its cookie no longer logs anyone in, here or in any process."""
+        if session_id and len(session_id) <= MAX_COOKIE_CHARS:
+            await self.scripts.end_sessions(args=[self.keys.prefix, "", _digest(session_id)])
+
+    async def revoke(self, user: str) -> int:
+        """End every session of ``user``; how many there were."""
+        return int(await self.scripts.end_sessions(args=[self.keys.prefix, user]))
+
+
+@dataclass(frozen=True)
+class LoginLimits:
+    per_user: int
+    per_address: int
+    window_seconds: int
+
+
+class LoginGate:
+    """Counts failed logins per user name and per client address; refuses past the limits."""
+
+    def __init__(self, redis: Any, keys: Keys, limits: LoginLimits) -> None:
+        self.redis, self.keys, self.limits = redis, keys, limits
+
+    def _counters(self, user: str, address: str) -> list[tuple[str, int]]:
+        return [
+            (self.keys.login_failures("user", _digest(user)), self.limits.per_user),
+            (self.keys.login_failures("address", _digest(address)), self.limits.per_address),
+        ]
+
+    async def check(self, user: str, address: str) -> None:
+        """Raise ``LoginRefused`` when this name or this address failed too often lately."""
+        counters = self._counters(user, address)
+        counts = await self.redis.mget([key for key, _ in counters])
+        for (key, limit), count in zip(counters, counts, strict=True):
+            if count is not None and int(count) >= limit:
+                raise LoginRefused(max(int(await self.redis.ttl(key)), 1))
+
+    async def failed(self, user: str, address: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for key, _ in self._counters(user, address):
+                pipe.incr(key)
+                pipe.expire(key, self.limits.window_seconds, nx=True)
+            await pipe.execute()
+
+
+class Logins:
+    """Password checks with limits, and sessions: what the login routes and every dependency use."""
+
+    def __init__(self, auth: Authenticator, redis: Any, keys: Keys, scripts: Scripts, settings: Settings):
+        self.auth = auth
+        self.sessions = Sessions(redis, keys, scripts, auth.session_seconds)
+        limits = LoginLimits(
+            settings.login_failures_per_user,
+            settings.login_failures_per_address,
+            settings.login_window_seconds,
+        )
+        self.gate = LoginGate(redis, keys, limits)
+
+    async def check_password(self, user: str, password: str, address: str) -> Principal | None:
+        """The principal these credentials log in as, or None; ``LoginRefused`` past the limits."""
+        known = self.auth.remembered(user, password)
+        if known is not None:
+            return known
+        await self.gate.check(user, address)
+        principal = await asyncio.to_thread(self.auth.login, user, password)
+        if principal is None:
+            await self.gate.failed(user, address)
+        return principal
+
+    async def open_session(self, principal: Principal) -> str:
+        """A new session; the (signed) cookie value that names it."""
+        return self.auth.seal(await self.sessions.open(principal))
+
+    async def close_session(self, cookie: str) -> None:
+        session_id = self.auth.unseal(cookie)
+        if session_id is not None:
+            await self.sessions.close(session_id)
+
+    async def principal(
+        self, authorization: str | None, cookie: str | None, address: str
+    ) -> Principal | None:
+        """Who a request comes from: its session first, then HTTP Basic credentials."""
+        session_id = self.auth.unseal(cookie) if cookie else None
+        if session_id is not None:
+            principal = await self.sessions.principal(session_id)
+            if principal is not None and self.auth.known(principal):
+                return principal
+        credentials = self.auth.basic_credentials(authorization) if authorization else None
+        if credentials is None:
+            return None
+        return await self.check_password(*credentials, address)

@@ -1,0 +1,142 @@
+"""Sessions live on the server: logout and the admin end them for good. Logins are rate-limited per
+name and per address, and every password check does the same work whether or not the user exists
+or logged in before (counted argon2 verifications, never timed)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from argon2 import PasswordHasher
+from fastapi import FastAPI
+
+from services.queue_manager.main import create_app
+from tests.services.queue_manager.conftest import ADMIN, basic, make_settings
+
+ADA_LOGIN = {"user": "ada", "password": "ada-password"}
+
+
+def client_for(app: FastAPI, address: str = "127.0.0.1") -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(address, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://qm.test")
+
+
+async def logged_in(app: FastAPI) -> tuple[httpx.AsyncClient, str]:
+    client = client_for(app)
+    reply = await client.post("/api/auth/login", json=ADA_LOGIN)
+    assert reply.status_code == 200
+    return client, reply.cookies["qm_session"]
+
+
+async def me_with(app: FastAPI, cookie: str) -> int:
+    async with client_for(app) as fresh:
+        fresh.cookies.set("qm_session", cookie)
+        return (await fresh.get("/api/auth/me")).status_code
+
+
+async def test_a_logged_out_cookie_no_longer_logs_anyone_in(app: FastAPI) -> None:
+    client, cookie = await logged_in(app)
+    assert await me_with(app, cookie) == 200
+    assert (await client.post("/api/auth/logout")).status_code == 204
+    assert await me_with(app, cookie) == 401  # a copy of the cookie (stolen, or another tab) is dead too
+    await client.aclose()
+
+
+async def test_the_cookie_is_http_only_and_same_site_strict(app: FastAPI) -> None:
+    async with client_for(app) as client:
+        reply = await client.post("/api/auth/login", json=ADA_LOGIN)
+    flags = reply.headers["set-cookie"].lower()
+    assert "httponly" in flags and "samesite=strict" in flags
+
+
+async def test_the_admin_ends_every_session_of_one_participant(app: FastAPI) -> None:
+    (laptop, first), (phone, second) = await logged_in(app), await logged_in(app)
+    async with client_for(app) as bob, client_for(app) as admin:
+        await bob.post("/api/auth/login", json={"user": "bob", "password": "bob-password"})
+        assert (await bob.delete("/api/admin/users/ada/sessions")).status_code == 403
+        ended = await admin.delete("/api/admin/users/ada/sessions", headers=ADMIN)
+        assert ended.json() == {"user": "ada", "ended": 2}
+        assert await me_with(app, first) == 401 and await me_with(app, second) == 401
+        assert (await bob.get("/api/auth/me")).status_code == 200  # others stay logged in
+    await laptop.aclose()
+    await phone.aclose()
+
+
+@pytest.fixture
+async def limited_app(redis_url: str) -> AsyncIterator[FastAPI]:
+    settings = make_settings(redis_url, login_failures_per_user=3, login_failures_per_address=5)
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+async def test_too_many_wrong_passwords_for_one_name_get_429_with_retry_after(limited_app: FastAPI) -> None:
+    async with client_for(limited_app, "10.0.0.1") as first, client_for(limited_app, "10.0.0.2") as other:
+        for _ in range(3):
+            wrong = await first.post("/api/auth/login", json={"user": "ada", "password": "guess"})
+            assert wrong.status_code == 401
+        refused = await other.post("/api/auth/login", json=ADA_LOGIN)  # even the right one, from anywhere
+        assert refused.status_code == 429
+        assert 0 < int(refused.headers["retry-after"]) <= 300
+        assert "try again in" in refused.json()["detail"]
+        assert (
+            await other.post("/api/auth/login", json={"user": "bob", "password": "bob-password"})
+        ).is_success
+
+
+async def test_too_many_failures_from_one_address_get_429_whatever_the_name(limited_app: FastAPI) -> None:
+    async with client_for(limited_app, "10.0.0.3") as guesser, client_for(limited_app, "10.0.0.4") as other:
+        for name in ("a", "b", "c", "d", "e"):
+            assert (
+                await guesser.post("/api/auth/login", json={"user": name, "password": "x"})
+            ).status_code == 401
+        assert (await guesser.post("/api/auth/login", json=ADA_LOGIN)).status_code == 429
+        assert (await other.post("/api/auth/login", json=ADA_LOGIN)).status_code == 200
+
+
+async def test_guessing_through_http_basic_is_limited_too(limited_app: FastAPI) -> None:
+    async with client_for(limited_app, "10.0.0.5") as guesser:
+        for _ in range(3):
+            assert (await guesser.get("/api/auth/me", headers=basic("ada", "guess"))).status_code == 401
+        refused = await guesser.get("/api/auth/me", headers=basic("ada", "ada-password"))
+        assert refused.status_code == 429 and "retry-after" in refused.headers
+
+
+class CountingVerify:
+    """Counts argon2 verifications made by the queue manager (the expensive step of a login)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        original = PasswordHasher.verify
+
+        def verify(hasher: PasswordHasher, *args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return original(hasher, *args, **kwargs)
+
+        monkeypatch.setattr(PasswordHasher, "verify", verify)
+
+
+async def verifications(counter: CountingVerify, client: httpx.AsyncClient, login: dict[str, str]) -> int:
+    before = counter.calls
+    reply = await client.post("/api/auth/login", json=login)
+    assert reply.status_code == 401
+    return counter.calls - before
+
+
+async def test_every_wrong_login_costs_one_argon2_whether_or_not_the_user_exists_or_logged_in(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counter = CountingVerify(monkeypatch)
+    async with client_for(app) as client:
+        unknown = await verifications(counter, client, {"user": "nobody", "password": "guess"})
+        known_fresh = await verifications(counter, client, {"user": "ada", "password": "guess"})
+        assert (await client.post("/api/auth/login", json=ADA_LOGIN)).status_code == 200
+        known_after_login = await verifications(counter, client, {"user": "ada", "password": "guess"})
+        admin_wrong = await verifications(counter, client, {"user": "admin", "password": "guess"})
+    async with client_for(app) as fresh:
+        basic_before = counter.calls
+        assert (await fresh.get("/api/auth/me", headers=basic("bob", "guess"))).status_code == 401
+        basic_wrong = counter.calls - basic_before
+    assert unknown == known_fresh == known_after_login == admin_wrong == basic_wrong == 1
