@@ -1,8 +1,9 @@
 """The CPU tier's containers on one Docker daemon: Redis, the queue manager and nginx.
 
-Redis is on the private network only (no published port, password, AOF on a volume); the queue
-manager is reached only through nginx; nginx publishes exactly the ports ``PlatformArgs`` lists.
-Settings are environment variables, and the whole list is secret because some entries are.
+Redis is on the private network only (no published port, an ACL user without dangerous commands,
+AOF on a volume); the queue manager is reached only through nginx; nginx publishes exactly the
+ports ``PlatformArgs`` lists. Settings are environment variables, and the whole list is secret
+because some entries are.
 """
 
 from __future__ import annotations
@@ -72,12 +73,20 @@ def platform_network(name: str, stack: str, opts: pulumi.ResourceOptions | None 
     return docker.Network(name, name=f"comfy-{stack}", opts=opts)
 
 
+REDIS_USER = "queue-manager"
+REDIS_COMMANDS = "+@all -@dangerous +config|get +info"
+"""What the queue manager's Redis user may run: every command but Redis's dangerous ones (CONFIG SET
+and REWRITE, DEBUG, KEYS, FLUSHALL, FLUSHDB, SHUTDOWN, MONITOR, REPLICAOF, MIGRATE, ...), plus the
+two read-only ones its start-up durability check uses (CONFIG GET, INFO)."""
+
+
 def redis_conf(password: str) -> str:
     """The queue's durability policy (AOF, fsync on every write: services/queue_manager/durability.py),
-    a password, no persistence besides AOF, dangerous commands off."""
+    no persistence besides AOF, and one ACL user, the queue manager's, with a password and without the
+    dangerous commands; the passwordless default user is off."""
     return (
-        f'requirepass {password}\n{redis_conf_lines()}save ""\ndir /data\n'
-        'protected-mode yes\nrename-command FLUSHALL ""\nrename-command FLUSHDB ""\n'
+        f"user default off\nuser {REDIS_USER} on >{password} ~* &* {REDIS_COMMANDS}\n"
+        f'{redis_conf_lines()}save ""\ndir /data\nprotected-mode yes\n'
     )
 
 
@@ -117,7 +126,8 @@ class Platform(pulumi.ComponentResource):
         return [docker.ContainerNetworksAdvancedArgs(name=self.network.name, aliases=[alias])]
 
     def _redis(self, name: str, password: pulumi.Output[str]) -> docker.Container:
-        probe = f"redis-cli -a \"$(awk '/^requirepass/{{print $2}}' {REDIS_CONF})\" --no-auth-warning ping"
+        from_conf = f"$(awk '/^user {REDIS_USER} /{{print substr($4, 2)}}' {REDIS_CONF})"
+        probe = f'redis-cli --user {REDIS_USER} --pass "{from_conf}" --no-auth-warning ping'
         return docker.Container(
             f"{name}-redis",
             name=f"{self.prefix}-redis",
@@ -141,7 +151,7 @@ class Platform(pulumi.ComponentResource):
         )
 
     def _queue_manager(self, name: str, password: pulumi.Output[str]) -> docker.Container:
-        redis_url = secret(pulumi.Output.concat("redis://:", password, "@redis:6379/0"))
+        redis_url = secret(pulumi.Output.concat(f"redis://{REDIS_USER}:", password, "@redis:6379/0"))
         settings = {
             **self.args.settings,
             "QM_REDIS_URL": redis_url,

@@ -28,6 +28,7 @@ from services.queue_manager.background import running
 from services.queue_manager.dispatch import dispatching
 from services.queue_manager.sessions import Logins
 from services.queue_manager.settings import Settings
+from services.queue_manager.socket_slots import SocketCap, SocketSlots
 from services.queue_manager.store import Store
 from services.queue_manager.workspaces import UPLOAD_PATH
 from services.storage import Storage, StorageError, open_storage
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = Store(redis, config)
         app.state.settings, app.state.store, app.state.auth = config, store, auth
         app.state.logins = Logins(auth, store.redis, store.keys, store.scripts, config)
+        app.state.socket_slots = SocketSlots(config.max_sockets_per_user)
         if getattr(app.state, "storage", None) is None:
             app.state.storage = open_files(config)
         try:
@@ -87,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(api_router)
+    app.add_middleware(SocketCap)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(CrossSite)  # a cross-site request is refused before any route runs
     app.add_middleware(BodyLimit, uploads=UPLOAD_PATH)  # outermost: an oversized body is never read

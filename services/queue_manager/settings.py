@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         description="QM_LOGIN_FAILURES_PER_ADDRESS: failed logins from one client address within the login "
         "window before further attempts get 429 (a room behind one NAT shares an address)",
     )
+    max_sockets_per_user: int = Field(
+        default=10,
+        ge=1,
+        description="QM_MAX_SOCKETS_PER_USER: open WebSockets (workspace tabs, event streams) one "
+        "participant may hold per queue manager process; more are closed with code 1008 and a reason",
+    )
     login_window_seconds: int = Field(
         default=300, ge=1, description="QM_LOGIN_WINDOW_SECONDS: how long a failed login counts"
     )

@@ -140,7 +140,7 @@ def test_ssh_is_closed_unless_an_allow_list_is_set() -> None:
 
 def test_redis_runs_with_aof_and_a_password() -> None:
     conf = redis_conf("s3cret")
-    assert "requirepass s3cret" in conf
+    assert "user queue-manager on >s3cret " in conf and "user default off" in conf
     assert "appendonly yes" in conf
 
 

@@ -95,12 +95,12 @@ def test_redis_and_the_queue_manager_publish_no_port(workshop: StackRun) -> None
 def test_redis_keeps_an_aof_on_a_volume_behind_a_password(workshop: StackRun) -> None:
     redis = container(workshop, "redis")
     conf = redis.inputs["uploads"][0]["content"]
-    assert "appendonly yes" in conf and "requirepass generated-password" in conf
+    assert "appendonly yes" in conf and "user queue-manager on >generated-password " in conf
     assert "uploads" in redis.secret_inputs
     assert redis.inputs["volumes"][0]["containerPath"] == "/data"
     assert (
         env(container(workshop, "queue-manager"))["QM_REDIS_URL"]
-        == "redis://:generated-password@redis:6379/0"
+        == "redis://queue-manager:generated-password@redis:6379/0"
     )
 
 

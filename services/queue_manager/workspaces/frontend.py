@@ -56,8 +56,12 @@ def index_response() -> FileResponse:
 def asset_response(path: str) -> Response:
     """One static file of the frontend, refusing anything outside the package folder."""
     root = static_root()
-    target = (root / path).resolve()
-    if not target.is_relative_to(root) or not target.is_file():
-        raise HTTPException(404, f"no frontend file {path!r}")
+    try:
+        target = (root / path).resolve()
+        found = target.is_relative_to(root) and target.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, or with a NUL
+        found = False
+    if not found:
+        raise HTTPException(404, f"no frontend file {path[:200]!r}")
     hashed = path.startswith("assets/") and HASHED_NAME.search(path) is not None
     return FileResponse(target, headers=HASHED_HEADERS if hashed else ASSET_HEADERS)

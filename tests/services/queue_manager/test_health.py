@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
-from infra.platform import redis_conf
+from infra.platform import REDIS_USER, redis_conf
+from services.protocol.jobs import JobSubmit
 from services.queue_manager.background import check_durability
 from services.queue_manager.logs import JsonFormatter
 from services.queue_manager.store import Store
@@ -64,12 +67,14 @@ async def test_a_redis_that_could_lose_jobs_is_reported_at_startup(
     assert caplog.text == ""
 
 
-async def test_the_production_redis_conf_meets_the_queue_managers_durability_check(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The platform's redis.conf, run by a real redis-server, is what the queue manager asks for."""
+PRODUCTION_PASSWORD = "pw-0123456789"
+
+
+@contextlib.contextmanager
+def production_redis(tmp_path: Path) -> Iterator[int]:
+    """A real redis-server run from the platform's redis.conf on a free port; yields the port."""
     conf = tmp_path / "redis.conf"
-    conf.write_text(redis_conf("pw-0123456789").replace("dir /data", f"dir {tmp_path}"))  # the volume
+    conf.write_text(redis_conf(PRODUCTION_PASSWORD).replace("dir /data", f"dir {tmp_path}"))  # the volume
     port = free_port()
     listen = ["--port", str(port), "--bind", "127.0.0.1"]
     process = subprocess.Popen(
@@ -77,21 +82,63 @@ async def test_the_production_redis_conf_meets_the_queue_managers_durability_che
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    redis = Redis(port=port, password="pw-0123456789", decode_responses=True)
     try:
         wait_until(lambda: process.poll() is None and _pings(port), what="redis-server with redis.conf")
-        assert await redis.config_get("appendfsync") == {"appendfsync": "always"}
-        with caplog.at_level(logging.INFO, logger="services.queue_manager.background"):
-            await check_durability(Store(redis, make_settings(f"redis://127.0.0.1:{port}/0")))
-        assert caplog.text == ""
+        yield port
     finally:
-        await redis.aclose()
         process.terminate()
         process.wait(timeout=10)
 
 
+def as_queue_manager(port: int) -> Redis:
+    return Redis(port=port, username=REDIS_USER, password=PRODUCTION_PASSWORD, decode_responses=True)
+
+
+async def test_the_production_redis_conf_meets_the_queue_managers_durability_check(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The platform's redis.conf, run by a real redis-server, is what the queue manager asks for."""
+    with production_redis(tmp_path) as port:
+        redis = as_queue_manager(port)
+        try:
+            assert await redis.config_get("appendfsync") == {"appendfsync": "always"}
+            with caplog.at_level(logging.INFO, logger="services.queue_manager.background"):
+                await check_durability(Store(redis, make_settings(f"redis://127.0.0.1:{port}/0")))
+            assert caplog.text == ""
+        finally:
+            await redis.aclose()
+
+
+async def test_the_production_redis_lets_the_queue_manager_work_but_not_reconfigure_or_wipe_it(
+    tmp_path: Path,
+) -> None:
+    """The queue runs a job's whole life on the platform's Redis user; CONFIG SET, DEBUG, KEYS,
+    FLUSHALL, SHUTDOWN and MONITOR are refused, and the passwordless default user is off."""
+    with production_redis(tmp_path) as port:
+        redis = as_queue_manager(port)
+        try:
+            store = Store(redis, make_settings(f"redis://127.0.0.1:{port}/0"))
+            job = await store.submit("ada", JobSubmit(prompt=PROMPT))
+            await store.register(registration("w1"))
+            lease = await store.claim("w1", "gpu")
+            assert lease is not None and lease.job.id == job.id
+            assert (await redis.info("persistence"))["aof_enabled"] == 1
+            for command in (["CONFIG", "SET", "appendfsync", "no"], ["DEBUG", "SLEEP", "0"], ["KEYS", "*"],
+                            ["FLUSHALL"], ["SHUTDOWN", "NOSAVE"], ["MONITOR"]):  # fmt: skip
+                with pytest.raises(ResponseError):  # NOPERM (DEBUG: also off by default)
+                    await redis.execute_command(*command)
+            assert await redis.exists(store.keys.job(job.id)) == 1
+        finally:
+            await redis.aclose()
+        with pytest.raises(RedisError):
+            SyncRedis(port=port, socket_timeout=2).set("x", "1")
+        with pytest.raises(RedisError):
+            SyncRedis(port=port, password=PRODUCTION_PASSWORD, socket_timeout=2).set("x", "1")
+
+
 def _pings(port: int) -> bool:
     try:
-        return bool(SyncRedis(port=port, password="pw-0123456789", socket_timeout=1).ping())
+        client = SyncRedis(port=port, username=REDIS_USER, password=PRODUCTION_PASSWORD, socket_timeout=1)
+        return bool(client.ping())
     except RedisError:
         return False

@@ -14,6 +14,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
 
 from services.queue_manager.api.deps import logged_in
 from services.queue_manager.events import Subscription
+from services.queue_manager.socket_slots import CLOSE_CODE, SocketSlots
 from services.queue_manager.store import Store
 
 router = APIRouter(tags=["events"])
@@ -27,13 +28,19 @@ async def events(websocket: WebSocket) -> None:
     if principal is None:
         await websocket.close(status.WS_1008_POLICY_VIOLATION, "log in first (session cookie or HTTP Basic)")
         return
-    await websocket.accept()
-    async with store.events.subscribe(principal.user) as stream:
-        sender = asyncio.create_task(_forward(websocket, stream))
-        with contextlib.suppress(WebSocketDisconnect):
-            while True:  # only to notice the disconnect; clients have nothing to say
-                await websocket.receive_text()
-        sender.cancel()
+    slots: SocketSlots = websocket.app.state.socket_slots
+    with slots.hold(principal.user) as admitted:
+        if not admitted:
+            await websocket.accept()
+            await websocket.close(CLOSE_CODE, slots.refusal(principal.user))
+            return
+        await websocket.accept()
+        async with store.events.subscribe(principal.user) as stream:
+            sender = asyncio.create_task(_forward(websocket, stream))
+            with contextlib.suppress(WebSocketDisconnect):
+                while True:  # only to notice the disconnect; clients have nothing to say
+                    await websocket.receive_text()
+            sender.cancel()
 
 
 async def _forward(websocket: WebSocket, stream: Subscription) -> None:
