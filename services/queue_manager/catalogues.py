@@ -20,7 +20,7 @@ A leaked token can therefore add node classes to the menus (they fail on the rea
 cannot put JavaScript into anyone's page, remove or change a node participants use, or fill Redis:
 a registration is bounded by ``QM_MAX_CATALOGUE_BYTES`` (catalogue and extensions together), at
 most ``MAX_PENDING`` versions wait for approval (the oldest goes), and every stored version that
-is neither approved nor waiting is deleted (``{p}:catalogues`` indexes them).
+is neither approved nor waiting is deleted, those stored before this rule existed too.
 """
 
 from __future__ import annotations
@@ -152,7 +152,6 @@ class CatalogueOps(StoreBase):
             pipe.delete(self.keys.catalogue_extensions(digest))
             if ext:
                 pipe.hset(self.keys.catalogue_extensions(digest), mapping=ext)
-            pipe.sadd(self.keys.catalogues, digest)
             await pipe.execute()
         approved = await self.approved_catalogue()
         if digest != approved:
@@ -202,12 +201,15 @@ class CatalogueOps(StoreBase):
         waiting = await self.redis.hgetall(self.keys.catalogue_pending)
         newest = sorted(waiting, key=lambda d: json.loads(waiting[d])["offered_at"], reverse=True)
         keep = {await self.approved_catalogue(), *newest[:MAX_PENDING]}
-        doomed = [d for d in await self.redis.smembers(self.keys.catalogues) if d not in keep]
+        stored = self.keys.catalogue("")
+        found = [
+            key.removeprefix(stored) async for key in self.redis.scan_iter(match=f"{stored}*", count=1000)
+        ]
+        doomed = [digest for digest in found if digest not in keep]
         if not doomed:
             return
         async with self.redis.pipeline(transaction=True) as pipe:
             for digest in doomed:
                 pipe.delete(self.keys.catalogue(digest), self.keys.catalogue_extensions(digest))
-                pipe.srem(self.keys.catalogues, digest)
                 pipe.hdel(self.keys.catalogue_pending, digest)
             await pipe.execute()

@@ -26,7 +26,6 @@
 | ``{p}:catalogue_ext:{hash}`` | hash | its web extensions: ``<pack>/<file>.js`` -> source | while kept |
 | ``{p}:catalogue_current`` | string | the approved catalogue hash, the one the workspaces serve | forever |
 | ``{p}:catalogue_pending`` | hash | catalogue hash -> what it changes, for the admin | until decided |
-| ``{p}:catalogues`` | set | stored catalogue hashes: approved and waiting are kept | forever |
 | ``{p}:session:{sha256}`` | hash | a login session (``user``, ``admin``) by its id's SHA-256 | session |
 | ``{p}:user:{u}:sessions`` | set | a user's session digests, for logout everywhere | session |
 | ``{p}:login_failures:{kind}:{sha256}`` | string | failed logins per name or address | login window |
@@ -108,7 +107,6 @@ FAMILIES: tuple[Family, ...] = (
     Family("catalogue_ext:{hash}", "hash", Carried.COPIED),
     Family("catalogue_current", "string", Carried.COPIED),
     Family("catalogue_pending", "hash", Carried.COPIED),
-    Family("catalogues", "set", Carried.COPIED),
     Family("events", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
     Family("wake", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
     Family("cancels", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
@@ -192,10 +190,6 @@ class Keys:
     @property
     def catalogue_pending(self) -> str:
         return f"{self.prefix}:catalogue_pending"
-
-    @property
-    def catalogues(self) -> str:
-        return f"{self.prefix}:catalogues"
 
     @property
     def scopes(self) -> str:
