@@ -12,6 +12,7 @@ secrets out (`without={"hcloud:token"}`) to check how the program reacts.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -207,12 +208,17 @@ def dynamic_outputs(args: mocks.MockResourceArgs) -> dict[str, Any]:
     share one resource type; the pickled provider says which), URLs where the output is one."""
     if args.typ != "pulumi-python:dynamic:Resource":
         return {}
-    provider = dill.loads(base64.b64decode(_plain(args.inputs["__provider"])))
     name = args.inputs.get("name", args.name)
     return {
         key: f"https://containers.datacrunch.io/{name}" if key.endswith("_url") else f"{args.name}-{key}"
-        for key in provider.outputs
+        for key in _outputs_of(_plain(args.inputs["__provider"]))
     }
+
+
+@functools.lru_cache(maxsize=64)
+def _outputs_of(pickled_provider: str) -> tuple[str, ...]:
+    """The ``outputs`` of a pickled provider (one unpickling per provider kind, not per resource)."""
+    return tuple(dill.loads(base64.b64decode(pickled_provider)).outputs)
 
 
 class Recorder(mocks.Mocks):
