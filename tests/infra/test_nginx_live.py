@@ -45,10 +45,11 @@ def queue_manager(redis_proc: RedisServer) -> Iterator[str]:
         "QM_WORKER_TOKENS": json.dumps({"gpu": WORKER_TOKEN}),
         "QM_MAX_BODY_BYTES": str(100 * 1024 * 1024),  # so any 413 below is nginx's
         "QM_PUBLIC_URL": "https://localhost",
+        "QM_LOGIN_FAILURES_PER_ADDRESS": "6",  # the last test reaches it
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "services.queue_manager.main:app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
+         "--port", str(port), "--log-level", "warning", "--proxy-headers", "--forwarded-allow-ips", "*"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -204,3 +205,18 @@ def test_api_docs_are_not_public_and_pages_keep_their_csp(site: Site) -> None:
         assert client.get(f"{site.workers}{path}").status_code == 404, path
     login = client.get(f"{site.https}/w/login")
     assert "script-src 'self'" in login.headers["content-security-policy"]
+
+
+def test_a_client_cannot_pick_its_own_address_for_the_login_limit(site: Site) -> None:
+    """Run last: it spends this address's failed logins. As in production, the queue manager trusts
+    the X-Forwarded-For that nginx sets; a client's own X-Forwarded-For must not reset its count."""
+    client = _client()
+    statuses = [
+        client.post(
+            f"{site.https}/api/auth/login",
+            json={"user": f"guess-{n}", "password": "wrong"},
+            headers={"X-Forwarded-For": f"198.51.100.{n}"},
+        ).status_code
+        for n in range(8)
+    ]
+    assert 429 in statuses, statuses
