@@ -30,6 +30,7 @@ class EventStream:
         self.url = f"{ws_url}?clientId={client_id}"
         self.client_id = client_id
         self.connected = asyncio.Event()
+        self.dropped = asyncio.Event()  # set while a socket that was open is closed
         self._queues: dict[str, asyncio.Queue[Event]] = {}
         self._task: asyncio.Task[None] | None = None
         self._running: str | None = None  # the prompt ComfyUI last reported working on
@@ -56,13 +57,16 @@ class EventStream:
             try:
                 async with websockets.connect(self.url, max_size=None, ping_interval=20) as socket:
                     self.connected.set()
+                    self.dropped.clear()
                     delay = 0.05
                     async for message in socket:
                         self._route(message)
             except (OSError, websockets.WebSocketException) as exc:
                 log.debug("ComfyUI socket down: %r", exc)
-            if self.connected.is_set() and self.on_drop is not None:
-                self.on_drop()
+            if self.connected.is_set():
+                self.dropped.set()
+                if self.on_drop is not None:
+                    self.on_drop()
             self.connected.clear()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)

@@ -98,9 +98,11 @@ def verda_app(settings: WorkerSettings, agent: Agent | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health(response: Response) -> dict[str, bool]:
-        """200 once ComfyUI is up and warmed, 503 before."""
-        response.status_code = 200 if ready.is_set() else 503
-        return {"ready": ready.is_set()}
+        """200 once ComfyUI is up and warmed, 503 before and while ComfyUI is down (a lease sent
+        meanwhile is given back at once, without using an attempt)."""
+        up = ready.is_set() and worker.comfyui_up
+        response.status_code = 200 if up else 503
+        return {"ready": up}
 
     @app.post("/lease")
     async def run_lease(lease: Lease) -> dict[str, Any]:

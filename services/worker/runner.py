@@ -238,28 +238,34 @@ class JobRunner:
         signals: dict[asyncio.Future[Any], str] = {
             asyncio.ensure_future(death.wait()): "died",
             asyncio.ensure_future(cancel.wait()): "cancel",
+            asyncio.ensure_future(self.events.dropped.wait()): "dropped",  # ask ComfyUI at once
         }
         timeout = self.silence
         try:
             while True:
                 event = await self._next(queue, signals, timeout)
-                if event == "died":
-                    return lost("ComfyUI exited while running the job")
-                if event == "cancel":
-                    signals = {task: name for task, name in signals.items() if name != "cancel"}
-                    if await self._cancel(job_id):
-                        return Ending("cancelled", error=CANCELLED)
-                elif event == "silent":
-                    timeout = self.poll
-                    if ending := await self._check(job_id):
-                        return ending
-                elif isinstance(event, tuple):
+                if isinstance(event, tuple):
                     timeout = self.silence
-                    if ending := follower.handle(*event):
-                        return ending
+                    ending = follower.handle(*event)
+                else:
+                    if event in ("cancel", "dropped"):  # each acted on once
+                        signals = {task: name for task, name in signals.items() if name != event}
+                    if event in ("silent", "dropped"):
+                        timeout = self.poll
+                    ending = await self._on_signal(job_id, event)
+                if ending is not None:
+                    return ending
         finally:
             for task in signals:
                 task.cancel()
+
+    async def _on_signal(self, job_id: str, signal: str) -> Ending | None:
+        """What ``died``, ``cancel``, a ``silent`` socket or a ``dropped`` one means for the job."""
+        if signal == "died":
+            return lost("ComfyUI exited while running the job")
+        if signal == "cancel":
+            return Ending("cancelled", error=CANCELLED) if await self._cancel(job_id) else None
+        return await self._check(job_id)
 
     @staticmethod
     async def _next(

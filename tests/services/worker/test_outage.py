@@ -69,7 +69,9 @@ async def until_running_in(comfyui: ComfyClient, job_id: str) -> None:
 async def test_an_attached_comfyui_down_longer_than_a_lease_loses_no_job_and_uses_no_attempt(
     comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)) as running:
+    # A minute of socket silence would pass before the worker asked ComfyUI: the closed socket
+    # makes it ask at once.
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path, ws_silence_seconds=60)) as running:
         comfy.knobs.node_seconds, comfy.knobs.progress_steps = 1.0, 10
         first = await submit(alice, graph(color=61))
         await until(lambda: comfy.state.running is not None, "job running")

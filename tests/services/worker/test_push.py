@@ -172,3 +172,27 @@ async def test_sigterm_during_a_pushed_job_longer_than_the_grace_releases_it(
         process.kill()
     assert (await alice.get(f"/api/jobs/{lease.job.id}")).json()["state"] == JobState.QUEUED
     await until(lambda: lease.job.id in comfy.state.history, "ComfyUI told to stop the released job")
+
+
+async def test_the_verda_handler_is_unhealthy_while_its_comfyui_is_down(
+    agent: Agent, comfy: ComfyUIDouble
+) -> None:
+    server = QueueManagerServer(verda_app(agent.settings, agent))  # any ASGI app on a loopback port
+    server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as container:
+
+            async def health() -> int:
+                return (await container.get("/health")).status_code
+
+            assert await health() == 200
+            await asyncio.to_thread(comfy.stop)
+            async with asyncio.timeout(20):
+                while await health() != 503:
+                    await asyncio.sleep(0.05)  # polling the container's health check
+            await asyncio.to_thread(comfy.start)
+            async with asyncio.timeout(20):
+                while await health() != 200:
+                    await asyncio.sleep(0.05)  # polling the container's health check
+    finally:
+        server.stop()
