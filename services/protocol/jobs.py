@@ -121,6 +121,9 @@ class JobSubmit(BaseModel):
     inputs: list[FileRef] = Field(default_factory=list, max_length=64)
     extra_data: dict[str, Any] = Field(default_factory=dict)
     pool: str | None = Field(default=None, description="only run on this pool (admin choice)")
+    outputs_to_execute: list[str] = Field(
+        default_factory=list, description="the output nodes that run (set by the workspace's checks)"
+    )
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -137,6 +140,12 @@ class JobError(BaseModel):
     node_type: str | None = None
     details: str | None = None
     retryable: bool = False
+    comfy: dict[str, Any] | None = Field(
+        default=None,
+        description="ComfyUI's own account of the end: its execution_error or execution_interrupted "
+        "data (executed, current_inputs, current_outputs, traceback), or the node_errors of a prompt "
+        "the GPU's ComfyUI refused",
+    )
 
 
 class OutputFile(BaseModel):
@@ -176,6 +185,9 @@ class Job(BaseModel):
     error: JobError | None = None
     position: int | None = Field(default=None, description="0-based place in the queue while queued")
     cancel_requested: bool = False
+    number: int | None = Field(default=None, description="the queue number given at submit, increasing")
+    outputs_to_execute: list[str] = Field(default_factory=list)
+    cached_nodes: list[str] = Field(default_factory=list, description="nodes ComfyUI answered from cache")
 
 
 def storage_key(user: str, ref: FileRef | OutputFile) -> str:

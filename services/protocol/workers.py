@@ -53,6 +53,7 @@ class WorkerCapabilities(BaseModel):
     pool: str = Field(min_length=1, max_length=64)
     provider: str = Field(min_length=1, max_length=64)
     gpu: str = ""
+    device_type: str = Field(default="", description="ComfyUI's device type: cuda, cpu, mps, xpu, ...")
     vram_mb: int = 0
     comfyui_version: str = ""
     catalogue_hash: str = ""

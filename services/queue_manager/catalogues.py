@@ -72,10 +72,20 @@ class CatalogueState(BaseModel):
     pending: list[PendingCatalogue]
 
 
+def spec_options(spec: Any) -> dict[str, Any]:
+    """The options of an input spec ``[type, options]`` (``{}`` when it has none)."""
+    has_options = isinstance(spec, list) and len(spec) > 1 and isinstance(spec[1], dict)
+    return spec[1] if has_options else {}
+
+
+def upload_kind(options: dict[str, Any]) -> str | None:
+    """Which upload flag an input's options carry (``image_upload``, ...), or None."""
+    return next((flag for flag in UPLOAD_FLAGS if options.get(flag)), None)
+
+
 def is_upload_input(spec: Any) -> bool:
     """An input ComfyUI fills from its input folder (``image_upload`` and the like)."""
-    options = spec[1] if isinstance(spec, list) and len(spec) > 1 and isinstance(spec[1], dict) else {}
-    return any(options.get(flag) for flag in UPLOAD_FLAGS)
+    return upload_kind(spec_options(spec)) is not None
 
 
 def _split_spec(spec: Any) -> tuple[Any, set[str] | None]:

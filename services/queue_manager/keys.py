@@ -18,7 +18,7 @@
 | ``{p}:user_priority`` | hash | user -> priority (admin-set) | forever |
 | ``{p}:fair:round`` | string | the fair scheduler's virtual round (of the last dispatched job) | forever |
 | ``{p}:fair:user_round`` | hash | user -> round of their last queued job | forever |
-| ``{p}:seq`` | string | submit counter, the tie-breaker inside a round | forever |
+| ``{p}:seq`` | string | submit counter: a job's queue number, the tie-breaker inside a round | forever |
 | ``{p}:paused`` | string | ``1`` while dispatch is paused | until resumed |
 | ``{p}:worker:{id}`` | hash | registration, state, current job, last seen | 1 day after last seen |
 | ``{p}:workers`` | zset | worker ids by last seen (ms) | pruned after 1 day |

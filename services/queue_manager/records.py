@@ -29,6 +29,7 @@ def spec_json(submit: JobSubmit) -> str:
             "inputs": [ref.model_dump(mode="json") for ref in submit.inputs],
             "client_id": submit.client_id,
             "extra_data": submit.extra_data,
+            "outputs_to_execute": submit.outputs_to_execute,
         },
         separators=(",", ":"),
     )
@@ -64,4 +65,6 @@ def job_from_hash(fields: dict[str, str], position: int | None = None) -> Job:
         error=JobError.model_validate_json(error) if error else None,
         position=position,
         cancel_requested=fields.get("cancel") == "1",
+        number=int(fields["number"]) if fields.get("number") else None,
+        outputs_to_execute=spec.get("outputs_to_execute", []),
     )

@@ -115,5 +115,5 @@ class Store(LeaseOps, WorkerOps, AdminOps):
         outcome, owner = str(reply[0]), str(reply[1])
         log.info("job cancel", extra={"job_id": job_id, "outcome": outcome})
         if outcome == "cancelled":
-            await self.events.publish(owner, notices.finished(job_id, JobState.CANCELLED))
+            await self.events.publish(owner, notices.finished(job_id, JobState.CANCELLED, ran=False))
         return outcome

@@ -5,7 +5,6 @@ Modules, one concept each:
 * ``settings``      - ``WorkerSettings`` (env ``WORKER_*``)
 * ``comfy_client``  - HTTP calls to ComfyUI (``/prompt``, ``/history``, ``/view``, ``/upload/image``...)
 * ``comfy_events``  - the agent's one ``/ws`` connection, events routed per ``prompt_id``
-* ``previews``      - ComfyUI's binary preview frames as ``b_preview`` event data
 * ``supervisor``    - ComfyUI as a child process (or attached by URL): readiness, death, restart
 * ``throttle``      - at most one release per interval, the latest event of each kind winning
 * ``forwarder``     - progress, node states, previews and node events to the queue manager, throttled

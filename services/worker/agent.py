@@ -132,6 +132,7 @@ class Agent:
             pool=self.settings.pool,
             provider=self.settings.provider,
             gpu=str(device.get("name", "")),
+            device_type=str(device.get("type", "")),
             vram_mb=int(device.get("vram_total", 0)) // (1 << 20),
             comfyui_version=str(stats.get("system", {}).get("comfyui_version", "")),
             catalogue_hash=catalogue_hash(self.catalogue, self.extensions),

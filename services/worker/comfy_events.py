@@ -4,7 +4,7 @@ Job events reach only the socket whose ``clientId`` submitted the job, so the ag
 one socket under its own client id (a second one would replace the first) and reconnects it
 whenever it drops. A runner subscribes to its ``prompt_id`` *before* submitting, so no event is lost.
 Binary preview frames carry no ``prompt_id``; they go to the job ComfyUI last sent an event about
-(until its final ``executing {node: null}``) as ``b_preview`` events (``previews``). When an open
+(until its final ``executing {node: null}``) as ``b_preview`` events (``services.protocol.comfyui``). When an open
 socket closes, ``on_drop`` is called: ComfyUI may be gone.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import websockets
 
-from services.worker.previews import preview_data
+from services.protocol.comfyui import preview_data
 
 log = logging.getLogger(__name__)
 Event = tuple[str, dict[str, Any]]

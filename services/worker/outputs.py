@@ -17,8 +17,8 @@ from services.worker.comfy_client import VIEW_CHUNK, ComfyClient
 
 
 def output_files(entry: dict[str, Any]) -> list[OutputFile]:
-    """The files a history entry names, in node order, without duplicates."""
-    files: dict[tuple[str, str, str], OutputFile] = {}
+    """The files a history entry names, in node order; two nodes naming one file each keep it."""
+    files: dict[tuple[str, str, str, str], OutputFile] = {}
     for node_id, ui in (entry.get("outputs") or {}).items():
         for kind, items in (ui or {}).items():
             for item in items if isinstance(items, list) else []:
@@ -30,7 +30,7 @@ def output_files(entry: dict[str, Any]) -> list[OutputFile]:
                         subfolder=item.get("subfolder", ""),
                         type="temp" if item.get("type") == "temp" else "output",
                     )
-                    files.setdefault((ref.type, ref.subfolder, ref.filename), ref)
+                    files.setdefault((ref.node_id, ref.type, ref.subfolder, ref.filename), ref)
     return list(files.values())
 
 
@@ -46,4 +46,12 @@ async def store_output(comfy: ComfyClient, storage: Storage, user: str, ref: Out
 async def store_outputs(
     comfy: ComfyClient, storage: Storage, user: str, entry: dict[str, Any]
 ) -> list[OutputFile]:
-    return [await store_output(comfy, storage, user, ref) for ref in output_files(entry)]
+    """Every output of the entry, each file copied once however many nodes name it."""
+    stored: dict[tuple[str, str, str], OutputFile] = {}
+    outputs = []
+    for ref in output_files(entry):
+        place = (ref.type, ref.subfolder, ref.filename)
+        if place not in stored:
+            stored[place] = await store_output(comfy, storage, user, ref)
+        outputs.append(stored[place].model_copy(update={"node_id": ref.node_id, "kind": ref.kind}))
+    return outputs

@@ -29,6 +29,8 @@ from services.worker.outputs import output_files, store_outputs
 
 log = logging.getLogger(__name__)
 CANCELLED = JobError(type="Cancelled", message="the job was cancelled before it finished")
+MAX_COMFY_BYTES = 64 * 1024
+OWN_FIELDS = ("node_id", "node_type", "executed", "traceback", "current_inputs", "current_outputs")
 
 
 @dataclass
@@ -68,8 +70,18 @@ def rejected(exc: PromptRejectedError) -> JobError:
         message=message,
         node_id=node_id,
         node_type=node.get("class_type"),
-        details=json.dumps(node_errors)[:4000] or None,
+        details=error.get("details") or None,
+        comfy=bounded({"node_errors": node_errors}),
     )
+
+
+def bounded(data: dict[str, Any]) -> dict[str, Any]:
+    """ComfyUI's own end-of-job data, kept with the job unless it is too big to keep (huge inputs)."""
+    if len(json.dumps(data, default=str)) <= MAX_COMFY_BYTES:
+        return data
+    return {
+        key: value for key, value in data.items() if key in ("executed", "current_outputs", "node_errors")
+    }
 
 
 def from_history(entry: dict[str, Any]) -> Ending:
@@ -103,13 +115,18 @@ class Follower:
                     node_id=data.get("node_id"),
                     node_type=data.get("node_type"),
                     details=trace,
+                    comfy=bounded({key: data[key] for key in OWN_FIELDS if key in data}),
                 ),
             )
         if kind == "execution_interrupted":
             return Ending(
                 "cancelled",
                 error=CANCELLED.model_copy(
-                    update={"node_id": data.get("node_id"), "node_type": data.get("node_type")}
+                    update={
+                        "node_id": data.get("node_id"),
+                        "node_type": data.get("node_type"),
+                        "comfy": {"executed": data.get("executed") or []},
+                    }
                 ),
             )
         return None

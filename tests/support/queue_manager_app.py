@@ -93,10 +93,13 @@ def register_worker(
     worker_id: str = "w1",
     digest: str = "cat-v1",
     extensions: dict[str, str] | None = None,
+    device: tuple[str, str] = ("test", ""),
 ) -> dict[str, Any]:
     """Register a worker of pool ``gpu`` that publishes ``catalogue`` and its web ``extensions`` (as
-    a worker does on start)."""
-    caps = WorkerCapabilities(pool=POOL, provider="local", gpu="test", catalogue_hash=digest)
+    a worker does on start); ``device`` is its ComfyUI's device name and type."""
+    caps = WorkerCapabilities(
+        pool=POOL, provider="local", gpu=device[0], device_type=device[1], catalogue_hash=digest
+    )
     body = WorkerRegistration(
         worker_id=worker_id, capabilities=caps, catalogue=catalogue, extensions=extensions or {}
     )

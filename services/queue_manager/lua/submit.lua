@@ -16,7 +16,8 @@ local queued = redis.call('SCARD', k('user', user, 'queued'))
 if queued >= max_queued then
   return {'limit', queued}
 end
-local seq = redis.call('INCR', k('seq')) % ROUND
+local number = redis.call('INCR', k('seq'))  -- the job's queue number (ComfyUI's "number")
+local seq = number % ROUND
 local round = 0
 if mode ~= 'fifo' then
   -- Start-time fair queueing: a user's next job goes one round after their previous one, but
@@ -33,7 +34,7 @@ end
 local score = (100 - level) * SEGMENT + round * ROUND + seq
 redis.call('HSET', key, 'id', id, 'user', user, 'scope', scope, 'pool', pool, 'priority', priority,
   'state', 'queued', 'attempts', 0, 'max_attempts', ARGV[10], 'queued_at', now, 'score', fmt(score),
-  'spec', ARGV[11], 'cancel', '0', 'dead', '0', 'token', '', 'done_token', '')
+  'spec', ARGV[11], 'cancel', '0', 'dead', '0', 'token', '', 'done_token', '', 'number', number)
 redis.call('ZADD', k('user', user, 'jobs'), now, id)
 redis.call('SADD', k('users'), user)
 local handing_over = ARGV[12] ~= nil and ARGV[12] ~= ''
@@ -42,9 +43,7 @@ enqueue(id, user, scope, fmt(score))
 quiet_wakes = false
 local unfinished = queued + 1 + redis.call('SCARD', k('user', user, 'running'))
 local place = position(scope, score)
-local status = {status = {exec_info = {queue_remaining = unfinished}}}
-publish_event(user, {type = 'queued', job_id = id, data = {position = place},
-  comfy = {type = 'status', data = status}})
+publish_event(user, {type = 'queued', job_id = id, data = {position = place, queue_remaining = unfinished}})
 local record = redis.call('HGETALL', key)
 local claimed = {}
 if handing_over then

@@ -29,6 +29,10 @@ What the frontend 1.27.10 requests (from its bundled sources, ``src/scripts/api.
 Not served (404, the frontend copes): ``/viewvideo``, ``/api/v2/...`` (ComfyUI-Manager), ``/docs/...``
 (embedded node docs package), ``/workflow_templates/{module}/{file}``.
 
+Every route below (the socket included) answers at ``/w/<user>/<route>`` and at
+``/w/<user>/api/<route>``, as ComfyUI answers at ``/<route>`` and ``/api/<route>``: a ComfyUI script
+given ``/w/<user>`` as its server works as it does against ComfyUI.
+
 WebSocket messages the frontend handles: text ``status`` (``{status: {exec_info: {queue_remaining}},
 sid}``), ``executing``, ``execution_start``, ``execution_error``, ``execution_interrupted``,
 ``execution_cached``, ``execution_success``, ``progress``, ``progress_state``, ``executed``,
@@ -52,13 +56,15 @@ from services.queue_manager.workspaces import (
 )
 
 PREFIX = "/w/{user}"
-UPLOAD_PATH = re.compile(rf"/w/[^/]+{re.escape(routes_files.UPLOADS)}")
+PREFIXES = (PREFIX, PREFIX + "/api")
+UPLOAD_PATH = re.compile(rf"/w/[^/]+(?:/api)?{re.escape(routes_files.UPLOADS)}")
 """The paths of every upload route, for ``BodyLimit``'s larger limit (``QM_MAX_UPLOAD_BYTES``)."""
 
 router = APIRouter(tags=["workspaces"])
 router.include_router(pages.pages)
 for part in (routes_user.router, routes_jobs.router, routes_files.router, routes_info.router, socket.router):
-    router.include_router(part, prefix=PREFIX, include_in_schema=False)
+    for prefix in PREFIXES:  # as ComfyUI: every route at /<route> and /api/<route>
+        router.include_router(part, prefix=prefix, include_in_schema=False)
 router.include_router(pages.assets, prefix=PREFIX, include_in_schema=False)
 router.include_router(pages.root_assets, include_in_schema=False)
 

@@ -84,6 +84,9 @@ class UserFiles:
             )
         return size, self.storage.get(self.key(ref))
 
+    async def exists(self, ref: FileRef) -> bool:
+        return await self.storage.exists(self.key(ref))
+
     async def inputs(self) -> list[str]:
         """Names of this participant's uploads, relative to their input folder."""
         prefix = f"users/{self.user}/input/"

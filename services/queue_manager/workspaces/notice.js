@@ -20,7 +20,8 @@ const esc = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(
 async function drawPlaces(box) {
   const queue = await (await app.api.fetchApi("/queue")).json();
   const running = queue.queue_running.map((item) => `<li>${esc(item[1].split("-")[0])}: running on a GPU</li>`);
-  const waiting = queue.queue_pending.map((item) => `<li>${esc(item[1].split("-")[0])}: <b>#${item[0]}</b> in line</li>`);
+  const place = (item) => (item[3].queue_position ?? 0) + 1; // item[0] is the job's queue number
+  const waiting = queue.queue_pending.map((item) => `<li>${esc(item[1].split("-")[0])}: <b>#${place(item)}</b> in line</li>`);
   const rows = [...running, ...waiting];
   const list = rows.length ? `<ul style="padding-left:1.2rem">${rows.join("")}</ul>` : "<p>You have no job waiting or running.</p>";
   box.innerHTML = `<h3 style="margin:0 0 .5rem">My place in line</h3>${list}`;

@@ -22,7 +22,7 @@ from services.queue_manager.workspaces.files import (
 from services.queue_manager.workspaces.images import MAX_IMAGE_BYTES, ImageProblem, convert, wants_conversion
 
 router = APIRouter()
-UPLOADS = "/api/upload/"
+UPLOADS = "/upload/"
 """Every upload route is under this path: ``BodyLimit`` gives those ``QM_MAX_UPLOAD_BYTES``, not
 ``QM_MAX_BODY_BYTES`` (``workspaces.UPLOAD_PATH``), declared or streamed, before any is read."""
 
@@ -71,8 +71,8 @@ async def upload_mask(
     return await upload(files, image, type, subfolder, overwrite)
 
 
-@router.get("/api/view")
-@router.get("/api/viewvideo")
+@router.get("/view")
+@router.get("/viewvideo")
 async def view(request: Request, files: UserFilesDep) -> Response:
     """A file of the participant: ``filename`` (``"x.png [output]"`` allowed), ``subfolder``, ``type``."""
     query = request.query_params

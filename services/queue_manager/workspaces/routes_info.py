@@ -15,16 +15,41 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from services.protocol.workers import WorkerState
-from services.queue_manager.catalogues import is_upload_input
+from services.queue_manager.catalogues import is_upload_input, spec_options
 from services.queue_manager.registry import WorkerInfo
 from services.queue_manager.settings import Settings
 from services.queue_manager.workspaces.deps import Context, Participant, UserFilesDep
 from services.queue_manager.workspaces.frontend import frontend_version
 
 router = APIRouter()
+MODEL_FOLDERS: dict[str, tuple[str, str] | None] = {
+    "checkpoints": ("CheckpointLoaderSimple", "ckpt_name"),
+    "configs": ("CheckpointLoader", "config_name"),
+    "loras": ("LoraLoader", "lora_name"),
+    "vae": ("VAELoader", "vae_name"),
+    "text_encoders": ("CLIPLoader", "clip_name"),
+    "diffusion_models": ("UNETLoader", "unet_name"),
+    "clip_vision": ("CLIPVisionLoader", "clip_name"),
+    "style_models": ("StyleModelLoader", "style_model_name"),
+    "embeddings": None,
+    "diffusers": ("DiffusersLoader", "model_path"),
+    "vae_approx": None,
+    "controlnet": ("ControlNetLoader", "control_net_name"),
+    "gligen": ("GLIGENLoader", "gligen_name"),
+    "upscale_models": ("UpscaleModelLoader", "model_name"),
+    "custom_nodes": None,
+    "hypernetworks": ("HypernetworkLoader", "hypernetwork_name"),
+    "photomaker": ("PhotoMakerLoader", "photomaker_model_name"),
+    "classifiers": None,
+    "model_patches": ("ModelPatchLoader", "name"),
+    "audio_encoders": ("AudioEncoderLoader", "audio_encoder_name"),
+}
+"""ComfyUI 0.3.64's model folders (``GET /models``), each with the loader input that lists its files."""
+NOT_FILES = frozenset({"pixel_space", "taesd", "taesdxl", "taesd3", "taef1"})
+"""What ``VAELoader`` offers besides the files of its folder."""
 JSON_NO_STORE = {"Cache-Control": "no-store"}
 OWN_EXTENSION = "comfy-workshop/notice.js"
 NOTICE = files("services.queue_manager.workspaces").joinpath("notice.js")
@@ -52,20 +77,20 @@ def personal(nodes: dict[str, Any], files: list[str]) -> dict[str, Any]:
     return result
 
 
-@router.get("/api/object_info")
+@router.get("/object_info")
 async def object_info(ctx: Context, files: UserFilesDep) -> Response:
     catalogue = await ctx.catalogue.current()
     body = json.dumps(personal(catalogue.nodes, sorted(await files.inputs())), separators=(",", ":"))
     return Response(body, media_type="application/json", headers=JSON_NO_STORE)
 
 
-@router.get("/api/object_info/{node_class}")
+@router.get("/object_info/{node_class}")
 async def object_info_node(node_class: str, ctx: Context, files: UserFilesDep) -> dict[str, Any]:
     catalogue = await ctx.catalogue.current()
     return personal(catalogue.node(node_class), sorted(await files.inputs()))
 
 
-@router.get("/api/extensions")
+@router.get("/extensions")
 async def extensions(ctx: Context, user: Participant) -> list[str]:
     """Our notice, then the workers' custom nodes' web extensions (the frontend has its core ones)."""
     catalogue = await ctx.catalogue.current()
@@ -84,7 +109,7 @@ async def extension_file(path: str, ctx: Context, user: Participant) -> Response
     return Response(source, media_type="text/javascript")
 
 
-@router.get("/api/workshop")
+@router.get("/workshop")
 async def workshop(ctx: Context, user: Participant) -> dict[str, Any]:
     """What the notice extension tells the participant about: a catalogue yet, GPUs up now."""
     catalogue = await ctx.catalogue.current()
@@ -93,11 +118,14 @@ async def workshop(ctx: Context, user: Participant) -> dict[str, Any]:
 
 
 def device(index: int, worker: WorkerInfo) -> dict[str, Any]:
-    vram = worker.capabilities.vram_mb * 1024 * 1024
-    name = f"{worker.capabilities.gpu or 'GPU'} ({worker.capabilities.pool}: {worker.worker_id})"
+    """One GPU worker as ComfyUI describes its device (``type`` as the worker's ComfyUI says it)."""
+    caps = worker.capabilities
+    vram = caps.vram_mb * 1024 * 1024
+    name = f"{caps.gpu or 'GPU'} ({caps.pool}: {worker.worker_id})"
+    kind = caps.device_type or ("cpu" if caps.gpu.lower() == "cpu" else "cuda")
     return {
         "name": name,
-        "type": "cuda",
+        "type": kind,
         "index": index,
         "vram_total": vram,
         "vram_free": vram,
@@ -106,7 +134,7 @@ def device(index: int, worker: WorkerInfo) -> dict[str, Any]:
     }
 
 
-@router.get("/api/system_stats")
+@router.get("/system_stats")
 async def system_stats(ctx: Context, user: Participant) -> dict[str, Any]:
     """The GPU workers up now as the devices, and their ComfyUI version (the About panel shows both)."""
     workers = [w for w in await ctx.store.list_workers() if w.state is not WorkerState.GONE]
@@ -127,53 +155,69 @@ async def system_stats(ctx: Context, user: Participant) -> dict[str, Any]:
     }
 
 
+def model_files_of(nodes: dict[str, Any], folder: str) -> list[str]:
+    """A folder's files from its loader's list in the catalogue (``[]`` when no loader lists it)."""
+    loader = MODEL_FOLDERS.get(folder)
+    info = nodes.get(loader[0]) if loader else None
+    spec = (info or {}).get("input", {}).get("required", {}).get(loader[1] if loader else "")
+    if not spec:
+        return []
+    values = spec[0] if isinstance(spec[0], list) else spec_options(spec).get("options", [])
+    return [str(value) for value in values if value not in NOT_FILES]
+
+
 def server_features(settings: Settings) -> dict[str, Any]:
     """What ComfyUI tells the frontend it supports; the frontend refuses bigger files before sending."""
     return {"supports_preview_metadata": False, "max_upload_size": settings.max_upload_bytes}
 
 
-@router.get("/api/features")
+@router.get("/features")
 async def features(ctx: Context, user: Participant) -> dict[str, Any]:
     return server_features(ctx.store.settings)
 
 
-@router.get("/api/embeddings")
+@router.get("/embeddings")
 async def embeddings(user: Participant) -> list[str]:
     return []
 
 
-@router.get("/api/models")
+@router.get("/models")
 async def model_types(user: Participant) -> list[str]:
-    return []
+    """ComfyUI's model folders."""
+    return list(MODEL_FOLDERS)
 
 
-@router.get("/api/models/{folder}")
-async def models_in(folder: str, user: Participant) -> Response:
-    return Response(status_code=404)
+@router.get("/models/{folder}")
+async def models_in(folder: str, ctx: Context, user: Participant) -> Response:
+    """The GPUs' files of one model folder, as their loader nodes list them; 404 for no such folder."""
+    if folder not in MODEL_FOLDERS:
+        return JSONResponse({"error": f"no model folder {folder!r}: GET /models lists them"}, status_code=404)
+    catalogue = await ctx.catalogue.current()
+    return JSONResponse(model_files_of(catalogue.nodes, folder))
 
 
-@router.get("/api/experiment/models")
+@router.get("/experiment/models")
 async def model_folders(user: Participant) -> list[dict[str, Any]]:
     """No model library browser: the models are the workers' (listed in the node inputs)."""
     return []
 
 
-@router.get("/api/experiment/models/{folder}")
+@router.get("/experiment/models/{folder}")
 async def model_files(folder: str, user: Participant) -> list[dict[str, Any]]:
     return []
 
 
-@router.get("/api/view_metadata/{folder}")
+@router.get("/view_metadata/{folder}")
 async def view_metadata(folder: str, user: Participant) -> Response:
     return Response(status_code=404)
 
 
-@router.get("/api/i18n")
+@router.get("/i18n")
 async def i18n(user: Participant) -> dict[str, Any]:
     return {}
 
 
-@router.get("/api/workflow_templates")
+@router.get("/workflow_templates")
 async def workflow_templates(user: Participant) -> dict[str, list[str]]:
     return {}
 

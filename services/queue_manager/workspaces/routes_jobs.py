@@ -16,11 +16,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from services.protocol import comfyui
 from services.protocol.jobs import Job, JobState, JobSubmit
 from services.queue_manager.errors import JobNotFound, QueueError
-from services.queue_manager.workspaces import comfy_format
 from services.queue_manager.workspaces.deps import Context, Participant, UserFilesDep
-from services.queue_manager.workspaces.prompts import PromptProblem, check_against, referenced_inputs
+from services.queue_manager.workspaces.prompts import check
+from services.queue_manager.workspaces.validation import PromptProblem
 
 router = APIRouter()
 
@@ -69,34 +70,37 @@ def ids(value: Any) -> set[str]:
     return {str(item) for item in value} if isinstance(value, list) else set()
 
 
-@router.get("/api/prompt")
+@router.get("/prompt")
 async def queue_status(ctx: Context, user: Participant) -> dict[str, Any]:
     """What the frontend polls when it has no socket: the participant's jobs not yet finished."""
     return {"exec_info": {"queue_remaining": remaining(await ctx.store.list_jobs(user))}}
 
 
-@router.post("/api/prompt")
+@router.post("/prompt")
 async def queue_prompt(request: Request, ctx: Context, user: Participant, files: UserFilesDep) -> Response:
-    """Check the API-format graph against the workers' nodes and put it on the shared queue."""
+    """Check the API-format graph as ComfyUI does (on the workers' nodes and the participant's own
+    files) and put it on the shared queue; a refusal is ComfyUI's 400 with ``node_errors``."""
     body = await read_object(request)
-    if not body.get("prompt"):
-        return JSONResponse(comfy_format.prompt_error("no_prompt", "No prompt provided"), status_code=400)
+    if "prompt" not in body:
+        return JSONResponse(comfyui.prompt_error("no_prompt", "No prompt provided"), status_code=400)
     try:
         catalogue = await ctx.catalogue.current()
-        check_against(body["prompt"], catalogue.nodes)
-        body["inputs"] = referenced_inputs(body["prompt"], set(await files.inputs()))
+        verdict, body["inputs"] = await check(body, catalogue.nodes, files)
+        body["outputs_to_execute"] = verdict.outputs if verdict else []
         body["extra_data"] = _kept_extra(body.get("extra_data"), body.get("partial_execution_targets"))
         job = await ctx.store.submit(user, JobSubmit.model_validate(body))
     except PromptProblem as exc:
-        error = comfy_format.prompt_error(exc.kind, exc.message, exc.node_errors)
+        error = comfyui.prompt_error(exc.kind, exc.message, exc.details, exc.node_errors)
         return JSONResponse(error, status_code=400)
     except ValidationError as exc:
         message = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-        return JSONResponse(comfy_format.prompt_error("invalid_prompt", message), status_code=400)
+        return JSONResponse(comfyui.prompt_error("invalid_prompt", message), status_code=400)
     except QueueError as exc:
-        return JSONResponse(comfy_format.prompt_error("queue_refused", exc.message), status_code=exc.status)
-    number = comfy_format.queue_number(job)
-    return JSONResponse({"prompt_id": job.id, "number": number, "node_errors": {}})
+        return JSONResponse(comfyui.prompt_error("queue_refused", exc.message), status_code=exc.status)
+    node_errors = verdict.node_errors if verdict else {}
+    return JSONResponse(
+        {"prompt_id": job.id, "number": comfyui.queue_number(job), "node_errors": node_errors}
+    )
 
 
 def _kept_extra(extra: Any, targets: Any) -> dict[str, Any]:
@@ -106,18 +110,18 @@ def _kept_extra(extra: Any, targets: Any) -> dict[str, Any]:
     the worker hands it to its ComfyUI's ``POST /prompt`` at the top level, where ComfyUI reads it.
     """
     given = extra if isinstance(extra, dict) else {}
-    kept = {k: v for k, v in given.items() if k not in comfy_format.DROPPED_EXTRA and v is not None}
+    kept = {k: v for k, v in given.items() if k not in comfyui.DROPPED_EXTRA and v is not None}
     if isinstance(targets, list) and targets:
         kept["partial_execution_targets"] = [str(t) for t in targets]
     return kept
 
 
-@router.get("/api/queue")
+@router.get("/queue")
 async def queue(ctx: Context, user: Participant) -> dict[str, Any]:
-    return comfy_format.queue_answer(await own_jobs(ctx, user))
+    return comfyui.queue_answer(await own_jobs(ctx, user))
 
 
-@router.post("/api/queue")
+@router.post("/queue")
 async def edit_queue(request: Request, ctx: Context, user: Participant) -> Response:
     """``{"delete": [ids]}`` cancels those of the participant's queued jobs; ``{"clear": true}`` all."""
     body = await read_object(request)
@@ -127,7 +131,7 @@ async def edit_queue(request: Request, ctx: Context, user: Participant) -> Respo
     return Response(status_code=200)
 
 
-@router.post("/api/interrupt")
+@router.post("/interrupt")
 async def interrupt(request: Request, ctx: Context, user: Participant) -> Response:
     """Cancel the participant's running job (the given ``prompt_id``, or all of theirs that run)."""
     wanted = (await read_object(request)).get("prompt_id")
@@ -141,40 +145,40 @@ async def interrupt(request: Request, ctx: Context, user: Participant) -> Respon
     return Response(status_code=200)
 
 
-@router.post("/api/free")
+@router.post("/free")
 async def free(user: Participant) -> Response:
     """Freeing GPU memory is the workers' business: accepted and ignored, so the menu item works."""
     return Response(status_code=200)
 
 
-@router.get("/api/history")
+@router.get("/history")
 async def history(request: Request, ctx: Context, user: Participant) -> Response:
+    """Finished jobs, oldest first, paged as ComfyUI pages them (``max_items``, ``offset``)."""
     try:
-        limit = count_param(request, "max_items")
-        start = count_param(request, "offset") or 0
+        limit, start = (whole(request, name) for name in ("max_items", "offset"))
     except ValueError as exc:
         return JSONResponse({"error": str(exc)}, status_code=400)
-    return JSONResponse(comfy_format.history_answer(await visible_jobs(ctx, user), limit, start))
+    return JSONResponse(comfyui.history_answer(await visible_jobs(ctx, user), limit, start))
 
 
-def count_param(request: Request, name: str) -> int | None:
-    """A whole-number query parameter (None when absent); ValueError naming it when it is not one."""
+def whole(request: Request, name: str) -> int | None:
     value = request.query_params.get(name)
-    if not value:
+    if value is None:
         return None
-    if not (value.isascii() and value.isdigit()):
-        raise ValueError(f"{name} must be a whole number like 64, not {value!r}")
-    return int(value)
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {value[:40]!r}") from None
 
 
-@router.get("/api/history/{prompt_id}")
+@router.get("/history/{prompt_id}")
 async def history_of(prompt_id: str, ctx: Context, user: Participant) -> dict[str, Any]:
     """One finished job of the participant; ``{}`` while it runs or when it is not theirs."""
     jobs = [job for job in await visible_jobs(ctx, user) if job.id == prompt_id]
-    return comfy_format.history_answer(jobs)
+    return comfyui.history_answer(jobs)
 
 
-@router.post("/api/history")
+@router.post("/history")
 async def edit_history(request: Request, ctx: Context, user: Participant) -> Response:
     body = await read_object(request)
     finished = {job.id for job in await ctx.store.list_jobs(user) if job.state.finished}

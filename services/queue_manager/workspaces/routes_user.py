@@ -7,6 +7,7 @@ it never shows ComfyUI's user picker: the participant is whoever logged in to th
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import unquote
 
@@ -15,10 +16,10 @@ from fastapi.responses import JSONResponse, Response
 
 from services.queue_manager.workspaces.deps import Participant, UserDataDep, UserSettingsDep
 from services.queue_manager.workspaces.settings import SettingsError
-from services.queue_manager.workspaces.userdata import FileInfo, UserDataError
+from services.queue_manager.workspaces.userdata import TEMPLATES_FILE, FileInfo, UserDataError
 
 router = APIRouter()
-PREFIX = "/userdata/"
+USERDATA_PATH = re.compile(r"^/w/[^/]+(?:/api)?/userdata/")
 
 
 def flag(request: Request, name: str) -> bool:
@@ -43,26 +44,26 @@ def file_answer(info: FileInfo, full_info: bool) -> dict[str, Any] | str:
 def raw_userdata_path(request: Request) -> str:
     """The still-encoded part after ``/userdata/``: ``%2F`` inside a name must not split it."""
     raw: str = request.scope.get("raw_path", request.url.path.encode()).decode()
-    return raw.split("/api" + PREFIX, 1)[-1]
+    return USERDATA_PATH.sub("", raw, count=1)
 
 
-@router.get("/api/users")
+@router.get("/users")
 async def users(user: Participant) -> dict[str, Any]:
     """Single-user mode: the frontend keeps everything on the server, for this participant."""
     return {"storage": "server", "migrated": True}
 
 
-@router.post("/api/users")
+@router.post("/users")
 async def create_user(user: Participant) -> Response:
     return JSONResponse({"error": "participants are created by the organizer"}, status_code=400)
 
 
-@router.get("/api/settings")
+@router.get("/settings")
 async def all_settings(settings: UserSettingsDep) -> dict[str, Any]:
     return await settings.all()
 
 
-@router.post("/api/settings")
+@router.post("/settings")
 async def store_settings(request: Request, settings: UserSettingsDep) -> Response:
     try:
         values = json.loads(await request.body() or b"{}")
@@ -74,12 +75,12 @@ async def store_settings(request: Request, settings: UserSettingsDep) -> Respons
     return Response(status_code=200)
 
 
-@router.get("/api/settings/{setting}")
+@router.get("/settings/{setting}")
 async def one_setting(setting: str, settings: UserSettingsDep) -> Any:
     return await settings.get(setting)
 
 
-@router.post("/api/settings/{setting}")
+@router.post("/settings/{setting}")
 async def store_setting(setting: str, request: Request, settings: UserSettingsDep) -> Response:
     try:
         await settings.update({setting: json.loads(await request.body())})
@@ -88,7 +89,7 @@ async def store_setting(setting: str, request: Request, settings: UserSettingsDe
     return Response(status_code=200)
 
 
-@router.get("/api/userdata")
+@router.get("/userdata")
 async def list_userdata(request: Request, data: UserDataDep) -> Response:
     """Files under ``dir``: names, ``[name, *parts]`` (``split``) or full info objects."""
     directory = request.query_params.get("dir", "")
@@ -105,7 +106,7 @@ async def list_userdata(request: Request, data: UserDataDep) -> Response:
     return JSONResponse([f.path for f in found])
 
 
-@router.get("/api/userdata/{path:path}")
+@router.get("/userdata/{path:path}")
 async def read_userdata(request: Request, data: UserDataDep) -> Response:
     path = unquote(raw_userdata_path(request))
     try:
@@ -115,6 +116,8 @@ async def read_userdata(request: Request, data: UserDataDep) -> Response:
     css = path == "user.css"
     if body is None and css:
         return Response("", media_type="text/css")  # the page always asks for it; none is fine
+    if body is None and path == TEMPLATES_FILE:
+        return JSONResponse([])
     if body is None:
         return Response(f"no file {path!r}", status_code=404)
     headers = {"X-Content-Type-Options": "nosniff", "Content-Disposition": "inline" if css else "attachment"}
@@ -124,7 +127,7 @@ async def read_userdata(request: Request, data: UserDataDep) -> Response:
     return Response(body, media_type=media, headers=headers)
 
 
-@router.post("/api/userdata/{path:path}")
+@router.post("/userdata/{path:path}")
 async def write_userdata(request: Request, data: UserDataDep) -> Response:
     """Save a file (``overwrite=false``: 409 when it exists) or move one (``<src>/move/<dest>``)."""
     source, _, dest = raw_userdata_path(request).partition("/move/")
@@ -139,7 +142,7 @@ async def write_userdata(request: Request, data: UserDataDep) -> Response:
     return JSONResponse(file_answer(info, flag(request, "full_info")))
 
 
-@router.delete("/api/userdata/{path:path}")
+@router.delete("/userdata/{path:path}")
 async def delete_userdata(request: Request, data: UserDataDep) -> Response:
     try:
         await data.delete(unquote(raw_userdata_path(request)))

@@ -1,24 +1,23 @@
-"""``/ws``: the participant's job events in ComfyUI's own WebSocket message format.
+"""``/ws`` (and ``/api/ws``): the participant's job events as ComfyUI's own WebSocket messages.
 
 On connect the socket gets ``status`` (with ``sid``, the client id the frontend sends back with each
 prompt); a first ``feature_flags`` message from the frontend is answered with the server's flags.
-Then every event of this participant's jobs arrives as ComfyUI sends it (``execution_start``,
-``executing``, ``progress``, ``progress_state``, ``executed``, ``execution_success`` /
-``execution_error`` / ``execution_interrupted``, then ``executing`` with ``node: null``, which is
-what makes the frontend end the run), and a fresh ``status`` (``queue_remaining`` = the
-participant's unfinished jobs) whenever one of their jobs is queued, starts or ends. Binary preview
-frames (``b_preview`` events whose data carries base64 ``image`` and ``format``) are re-encoded as
-ComfyUI's binary frame: 4-byte type 1, 4-byte format (1 JPEG, 2 PNG), image bytes.
+As in ComfyUI, a job's events reach only the socket whose ``clientId`` submitted it
+(``execution_start``, ``execution_cached``, ``executing``, ``progress``, ``progress_state``,
+``executed``, previews, the job's end, then ``executing`` with ``node: null``, which is what makes
+the frontend end the run); for a prompt sent without a ``client_id`` every socket of the user gets
+its ``progress``, ``progress_state``, previews and ``execution_interrupted``, and nobody the rest.
+``status`` (``queue_remaining`` = the participant's unfinished jobs) goes to every socket of the
+user whenever one of their jobs is queued, starts, moves in line or ends (before the last
+``executing``, as ComfyUI orders them). Messages are built by ``services.protocol.comfyui``.
 Only the owner's sockets ever receive an event: the stream is per user.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
-import struct
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,58 +25,105 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.websockets import WebSocketState
 
+from services.protocol import comfyui
 from services.protocol.events import EventType, UserEvent
+from services.protocol.jobs import JobError, JobState
 from services.queue_manager.workspaces.deps import Context, session_user
 from services.queue_manager.workspaces.routes_info import server_features
 
 router = APIRouter()
-STATUS_EVENTS = {EventType.STARTED, EventType.FINISHED, EventType.POSITION}  # QUEUED carries its own
-PREVIEW_FORMATS = {"jpeg": 1, "jpg": 1, "png": 2}
+STATUS_EVENTS = {EventType.QUEUED, EventType.STARTED, EventType.POSITION}
+UNADDRESSED = frozenset({"progress", "progress_state", "b_preview"})
+"""What ComfyUI sends every socket for a prompt that came without a ``client_id``."""
+MAX_REMEMBERED = 256
+
+
+class Audience:
+    """Which client id submitted each job this socket hears of (looked up once per job)."""
+
+    def __init__(self, ctx: Context, sid: str) -> None:
+        self.ctx, self.sid = ctx, sid
+        self._clients: dict[str, str | None] = {}
+
+    async def client_of(self, job_id: str) -> str | None:
+        if job_id not in self._clients:
+            if len(self._clients) >= MAX_REMEMBERED:
+                self._clients.pop(next(iter(self._clients)))
+            job = await self.ctx.store.get(job_id)
+            self._clients[job_id] = job.client_id if job is not None else None
+        return self._clients[job_id]
+
+    async def hears(self, job_id: str, kind: str) -> bool:
+        """Whether this socket gets ``kind`` of that job, as ComfyUI addresses its messages."""
+        client = await self.client_of(job_id)
+        return client == self.sid if client is not None else kind in UNADDRESSED
+
+    def forget(self, job_id: str) -> None:
+        self._clients.pop(job_id, None)
 
 
 async def status_message(ctx: Context, user: str, sid: str | None = None) -> dict[str, Any]:
     jobs = await ctx.store.list_jobs(user)
-    queue_remaining = sum(1 for job in jobs if not job.state.finished)
-    data: dict[str, Any] = {"status": {"exec_info": {"queue_remaining": queue_remaining}}}
-    if sid:
-        data["sid"] = sid
-    return {"type": "status", "data": data}
+    return comfyui.status(sum(1 for job in jobs if not job.state.finished), sid)
 
 
-def idle_message(job_id: str) -> dict[str, Any]:
-    """ComfyUI's last word on every job, success or not: the frontend ends the run on it."""
-    return {"type": "executing", "data": {"node": None, "display_node": None, "prompt_id": job_id}}
+async def send(websocket: WebSocket, message: dict[str, Any]) -> None:
+    await websocket.send_text(json.dumps(message))
 
 
-def preview_frame(data: dict[str, Any]) -> bytes | None:
-    """ComfyUI's binary preview frame from a forwarded ``b_preview`` event, or None if malformed."""
-    try:
-        image = base64.b64decode(data["image"], validate=True)
-    except (KeyError, ValueError, TypeError):
-        return None
-    kind = PREVIEW_FORMATS.get(str(data.get("format", "jpeg")).lower(), 1)
-    return struct.pack(">II", 1, kind) + image
-
-
-async def forward(websocket: WebSocket, ctx: Context, user: str, event: UserEvent) -> None:
-    comfy = event.comfy
-    if comfy and comfy.get("type") == "b_preview":
-        frame = preview_frame(comfy.get("data") or {})
+async def send_event(websocket: WebSocket, audience: Audience, event: UserEvent) -> None:
+    """A GPU's ComfyUI event, to the socket that submitted the job; previews as binary frames."""
+    comfy = event.comfy or {}
+    kind = str(comfy.get("type"))
+    if not await audience.hears(event.job_id, kind):
+        return
+    if kind == "b_preview":
+        frame = comfyui.preview_frame(comfy.get("data") or {})
         if frame is not None:
             await websocket.send_bytes(frame)
-    elif comfy:
-        await websocket.send_text(json.dumps(comfy))
+    else:
+        await send(websocket, comfy)
+
+
+async def send_end(
+    websocket: WebSocket, ctx: Context, user: str, audience: Audience, event: UserEvent
+) -> None:
+    """The job's end, the new ``status``, then ``executing {node: null}`` (nothing but the status for
+    a job cancelled while it waited)."""
+    data = event.data
+    ran = data.get("ran", True)
+    end = comfyui.ending(
+        event.job_id,
+        JobState(data["state"]),
+        JobError.model_validate(data["error"]) if data.get("error") else None,
+        int(data.get("timestamp") or 0),
+    )
+    if ran and await audience.hears(event.job_id, end["type"]):
+        await send(websocket, end)
+    await send(websocket, await status_message(ctx, user))
+    if ran and await audience.client_of(event.job_id) == audience.sid:
+        await send(websocket, comfyui.idle(event.job_id))
+    audience.forget(event.job_id)
+
+
+async def forward(
+    websocket: WebSocket, ctx: Context, user: str, audience: Audience, event: UserEvent
+) -> None:
     if event.type is EventType.FINISHED:
-        await websocket.send_text(json.dumps(idle_message(event.job_id)))
-    if event.type in STATUS_EVENTS:
-        await websocket.send_text(json.dumps(await status_message(ctx, user)))
+        await send_end(websocket, ctx, user, audience, event)
+    elif event.comfy:
+        await send_event(websocket, audience, event)
+    if event.type is EventType.QUEUED and "queue_remaining" in event.data:
+        await send(websocket, comfyui.status(int(event.data["queue_remaining"])))
+    elif event.type in STATUS_EVENTS:
+        await send(websocket, await status_message(ctx, user))
 
 
 async def pump_events(
-    websocket: WebSocket, ctx: Context, user: str, stream: AsyncIterator[UserEvent]
+    websocket: WebSocket, ctx: Context, user: str, audience: Audience, stream: AsyncIterator[UserEvent]
 ) -> None:
     async for event in stream:
-        await forward(websocket, ctx, user, event)
+        await forward(websocket, ctx, user, audience, event)
 
 
 async def read_client(websocket: WebSocket, ctx: Context) -> None:
@@ -102,7 +148,7 @@ async def workspace_socket(websocket: WebSocket, user: str, ctx: Context) -> Non
         await websocket.send_text(json.dumps(await status_message(ctx, user, sid)))
         tasks = {
             asyncio.create_task(read_client(websocket, ctx)),
-            asyncio.create_task(pump_events(websocket, ctx, user, stream)),
+            asyncio.create_task(pump_events(websocket, ctx, user, Audience(ctx, sid), stream)),
         }
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

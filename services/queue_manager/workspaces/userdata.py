@@ -21,6 +21,10 @@ from services.queue_manager.keys import Keys
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_FILES_PER_USER = 2000
+TEMPLATES_FILE = "comfy.templates.json"
+"""The frontend's saved node templates: none yet reads as an empty list, not a missing file."""
+ACCOUNT_FOLDERS = frozenset({"workflows", "subgraphs"})
+"""Folders the frontend lists on every start: an account without files has them, empty."""
 
 
 class UserDataError(ValueError):
@@ -103,11 +107,13 @@ class UserData:
         return info
 
     async def listing(self, directory: str, recurse: bool) -> list[FileInfo]:
-        """Files under ``directory`` (paths relative to it); raises 404 when it holds nothing."""
-        prefix = f"{clean_path(directory)}/"
+        """Files under ``directory`` (paths relative to it); raises 404 when it holds nothing, except
+        for the folders every account has (``ACCOUNT_FOLDERS``), which are just empty."""
+        folder = clean_path(directory)
+        prefix = f"{folder}/"
         entries = await self._redis.hgetall(self._meta)
         found = [_parse_meta(_text(k), v) for k, v in entries.items() if _text(k).startswith(prefix)]
-        if not found:
+        if not found and folder not in ACCOUNT_FOLDERS:
             raise UserDataError(404, "Directory not found")
         relative = [f.relative_to(directory) for f in found]
         return sorted((f for f in relative if recurse or "/" not in f.path), key=lambda f: f.path)

@@ -1,4 +1,5 @@
-"""Every file a history entry names is an output, whatever key ComfyUI files it under."""
+"""Every file a history entry names is an output, whatever key ComfyUI files it under, and each node
+naming a file has it (ComfyUI gives two output nodes that save the same image one file each)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def test_every_list_of_files_counts_and_other_values_are_ignored() -> None:
         ("10", "gifs", "", "loop.gif", "output"),
         ("11", "audio", "audio", "a.flac", "output"),
         ("12", "images", "", "p.png", "temp"),
+        ("13", "images", "video", "clip.mp4", "output"),
     ]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import struct
 
-from services.worker.previews import MAX_PREVIEW_BYTES, preview_data
+from services.protocol.comfyui import MAX_PREVIEW_BYTES, preview_data
 
 JPEG = b"\xff\xd8\xff\xe0" + b"jpeg body"
 

@@ -47,7 +47,7 @@ async def queue_prompt(browser: httpx.AsyncClient, prompt: dict[str, Any], **ext
 async def until_idle(socket: Any, prompt_id: str, timeout: float = 20.0) -> list[Message]:
     """Every message up to ``executing {node: null}`` for the prompt: where the page ends the run."""
     seen: list[Message] = []
-    idle = {"type": "executing", "data": {"node": None, "display_node": None, "prompt_id": prompt_id}}
+    idle = {"type": "executing", "data": {"node": None, "prompt_id": prompt_id}}
     async with asyncio.timeout(timeout):
         while not seen or seen[-1] != idle:
             raw = await socket.recv()

@@ -52,7 +52,7 @@ def test_the_queue_panel_shows_your_jobs_with_their_place_and_nobody_elses(
     bob_queue = bob.get("/w/bob/api/queue").json()
     assert [item[1] for item in alice_queue["queue_pending"]] == [first]
     assert [item[1] for item in bob_queue["queue_pending"]] == [second]
-    assert bob_queue["queue_pending"][0][0] == 2  # second in the shared line
+    assert bob_queue["queue_pending"][0][3]["queue_position"] == 1  # second in the shared line
     assert alice.get("/w/alice/api/prompt").json() == {"exec_info": {"queue_remaining": 1}}
 
 
@@ -62,8 +62,12 @@ def test_a_node_the_gpus_do_not_have_is_refused_with_comfyuis_error(
     graph = {**GRAPH, "9": {"class_type": "UpscaleWithMagic", "inputs": {}}}
     reply = queue_prompt(alice, "alice", graph)
     assert reply.status_code == 400
-    assert reply.json()["error"]["type"] == "invalid_prompt"
-    assert reply.json()["node_errors"]["9"]["class_type"] == "UpscaleWithMagic"
+    assert reply.json()["error"] == {
+        "type": "invalid_prompt",
+        "message": "Cannot execute because node UpscaleWithMagic does not exist.",
+        "details": "Node ID '#9'",
+        "extra_info": {},
+    }
 
 
 def test_a_graph_without_outputs_and_a_ui_format_workflow_are_refused_with_a_fix(

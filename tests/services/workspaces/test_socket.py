@@ -12,17 +12,21 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from services.protocol.jobs import OutputFile
-from services.protocol.workers import Completion, EventBatch, JobEvent, Lease
+from services.protocol.jobs import JobError, OutputFile
+from services.protocol.workers import Completion, EventBatch, Failure, JobEvent, Lease
+from services.worker.comfy_client import PromptRejectedError
+from services.worker.runner import rejected
 from tests.services.workspaces.conftest import GRAPH
 from tests.support.queue_manager_app import POOL_TOKEN, LiveServer
 
 WORKER_AUTH = {"Authorization": f"Bearer {POOL_TOKEN}"}
 
 
-def open_socket(server: LiveServer, client: httpx.Client, user: str, client_id: str) -> ClientConnection:
+def open_socket(
+    server: LiveServer, client: httpx.Client, user: str, client_id: str, path: str = "ws"
+) -> ClientConnection:
     cookie = f"qm_session={client.cookies['qm_session']}"
-    url = f"ws://127.0.0.1:{server.port}/w/{user}/ws?clientId={client_id}"
+    url = f"ws://127.0.0.1:{server.port}/w/{user}/{path}?clientId={client_id}"
     return connect(url, additional_headers={"Cookie": cookie}, open_timeout=5)
 
 
@@ -103,8 +107,125 @@ def test_a_job_streams_comfyui_messages_to_its_owner_only(
         )
         assert until_type(mine, "execution_success")["data"]["prompt_id"] == job_id
         assert next_text(mine) == {
-            "type": "executing",
-            "data": {"node": None, "display_node": None, "prompt_id": job_id},
+            "type": "status",
+            "data": {"status": {"exec_info": {"queue_remaining": 0}}},
         }
+        assert next_text(mine) == {"type": "executing", "data": {"node": None, "prompt_id": job_id}}
         theirs.send(json.dumps({"type": "feature_flags", "data": {}}))
         assert next_text(theirs)["type"] == "feature_flags", "bob's socket got something of alice's"
+
+
+def claim(worker: httpx.Client) -> Lease:
+    claimed = worker.post("/api/workers/w1/claim", params={"wait": 5}, headers=WORKER_AUTH)
+    return Lease.model_validate(claimed.json())
+
+
+def job_events(job_id: str) -> list[JobEvent]:
+    state = {"prompt_id": job_id, "nodes": {"3": {"value": 1.0, "max": 1.0, "state": "finished"}}}
+    return [
+        JobEvent(type="execution_start", data={"prompt_id": job_id, "timestamp": 1}),
+        JobEvent(type="executing", data={"node": "3", "display_node": "3", "prompt_id": job_id}),
+        JobEvent(type="progress_state", data=state),
+    ]
+
+
+def test_job_messages_reach_only_the_tab_that_queued_it_and_status_reaches_every_tab(
+    server: LiveServer, alice: httpx.Client, worker: httpx.Client
+) -> None:
+    with (
+        open_socket(server, alice, "alice", "tab-a") as queuing,
+        open_socket(server, alice, "alice", "tab-b", path="api/ws") as other,
+    ):
+        next_text(queuing), next_text(other)
+        alice.post("/w/alice/prompt", json={"prompt": GRAPH, "client_id": "tab-a"}).raise_for_status()
+        lease = claim(worker)
+        job_id = lease.job.id
+        post_as_worker(
+            worker, f"/api/leases/{job_id}/events", EventBatch(token=lease.token, events=job_events(job_id))
+        )
+        done = Completion(
+            token=lease.token, outputs=[OutputFile(node_id="3", kind="images", filename="x.png")]
+        )
+        post_as_worker(worker, f"/api/leases/{job_id}/complete", done)
+        kinds = [until_type(queuing, "execution_start")["type"]]
+        while kinds[-1] != "executing" or len(kinds) < 4:
+            kinds.append(next_text(queuing)["type"])
+        assert kinds == [
+            "execution_start",
+            "executing",
+            "progress_state",
+            "execution_success",
+            "status",
+            "executing",
+        ]
+        seen = [next_text(other)["type"] for _ in range(3)]
+        assert seen == ["status", "status", "status"], (
+            "the other tab heard the job itself"
+        )  # queued, started, ended
+
+
+def test_a_prompt_without_client_id_sends_progress_to_every_tab_and_nothing_named(
+    server: LiveServer, alice: httpx.Client, worker: httpx.Client
+) -> None:
+    with open_socket(server, alice, "alice", "tab-a") as tab:
+        next_text(tab)
+        alice.post("/w/alice/api/prompt", json={"prompt": GRAPH}).raise_for_status()
+        lease = claim(worker)
+        post_as_worker(
+            worker,
+            f"/api/leases/{lease.job.id}/events",
+            EventBatch(token=lease.token, events=job_events(lease.job.id)),
+        )
+        post_as_worker(worker, f"/api/leases/{lease.job.id}/complete", Completion(token=lease.token))
+        kinds = [next_text(tab)["type"] for _ in range(4)]
+        assert kinds == ["status", "status", "progress_state", "status"]
+
+
+def test_deleting_a_waiting_job_says_only_the_new_status(
+    server: LiveServer, alice: httpx.Client, worker: httpx.Client
+) -> None:
+    with open_socket(server, alice, "alice", "tab-a") as tab:
+        next_text(tab)
+        job_id = alice.post("/w/alice/api/prompt", json={"prompt": GRAPH, "client_id": "tab-a"}).json()[
+            "prompt_id"
+        ]
+        assert until_type(tab, "status")["data"]["status"]["exec_info"]["queue_remaining"] == 1
+        alice.post("/w/alice/api/queue", json={"delete": [job_id]}).raise_for_status()
+        assert next_text(tab) == {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}}}
+        tab.send(json.dumps({"type": "feature_flags", "data": {}}))
+        assert next_text(tab)["type"] == "feature_flags", "a deleted waiting job sent more than its status"
+    assert alice.get("/w/alice/api/history").json() == {}, "ComfyUI keeps no history of a deleted prompt"
+
+
+def test_what_only_the_gpus_comfyui_refuses_reaches_the_tab_with_node_errors_and_is_not_retried(
+    server: LiveServer, alice: httpx.Client, worker: httpx.Client
+) -> None:
+    node_errors = {
+        "2": {
+            "errors": [
+                {
+                    "type": "custom_validation_failed",
+                    "message": "Custom validation failed for node",
+                    "details": "input2 - 7s are not allowed",
+                    "extra_info": {"input_name": "input2"},
+                }
+            ],
+            "dependent_outputs": ["3"],
+            "class_type": "TestCustomValidation5",
+        }
+    }
+    body = {
+        "error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation"},
+        "node_errors": node_errors,
+    }
+    error: JobError = rejected(PromptRejectedError(body))
+    with open_socket(server, alice, "alice", "tab-a") as tab:
+        next_text(tab)
+        alice.post("/w/alice/api/prompt", json={"prompt": GRAPH, "client_id": "tab-a"}).raise_for_status()
+        lease = claim(worker)
+        post_as_worker(worker, f"/api/leases/{lease.job.id}/fail", Failure(token=lease.token, error=error))
+        ended = until_type(tab, "execution_error")["data"]
+        assert ended["exception_type"] == "prompt_outputs_failed_validation"
+        assert ended["node_errors"] == node_errors and ended["node_id"] == "2"
+    job = alice.get(f"/api/jobs/{lease.job.id}").json()
+    assert job["state"] == "failed" and job["attempts"] == 1

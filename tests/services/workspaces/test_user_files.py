@@ -34,7 +34,7 @@ def test_saved_workflows_are_listed_read_moved_and_deleted_like_comfyui(alice: h
     assert moved.status_code == 200 and moved.json() == "workflows/hero.json"
     assert alice.get("/w/alice/api/userdata/workflows%2Fportrait.json").status_code == 404
     assert alice.delete("/w/alice/api/userdata/workflows%2Fhero.json").status_code == 204
-    assert alice.get("/w/alice/api/userdata", params={"dir": "workflows"}).status_code == 404
+    assert alice.get("/w/alice/api/userdata", params={"dir": "workflows"}).json() == []
 
 
 def test_saving_over_an_existing_workflow_needs_overwrite(alice: httpx.Client) -> None:
@@ -48,7 +48,7 @@ def test_saving_over_an_existing_workflow_needs_overwrite(alice: httpx.Client) -
 def test_no_participant_sees_anothers_workflows_or_settings(alice: httpx.Client, bob: httpx.Client) -> None:
     save(alice, "alice", "workflows/secret.json", WORKFLOW)
     alice.post("/w/alice/api/settings/Comfy.ColorPalette", json="light")
-    assert bob.get("/w/bob/api/userdata", params={"dir": "workflows"}).status_code == 404
+    assert bob.get("/w/bob/api/userdata", params={"dir": "workflows"}).json() == []
     assert bob.get("/w/bob/api/userdata/workflows%2Fsecret.json").status_code == 404
     assert bob.get("/w/alice/api/userdata/workflows%2Fsecret.json").status_code == 403
     assert "Comfy.ColorPalette" not in bob.get("/w/bob/api/settings").json()
