@@ -44,11 +44,13 @@ Every family is also declared in ``FAMILIES`` below with what the evening snapsh
 records at restore, ``LEFT`` ones are not carried, with the reason. A test writes through every API
 and fails on any key that no family declares.
 
-A job hash holds ``spec`` (opaque JSON: prompt, inputs, client_id, extra_data) and scalar fields
-Lua reads: id, user, scope, pool, priority, state, attempts, max_attempts, score, queued_at,
-started_at, finished_at (ms), worker_id, token (current lease), done_token (last lease ended by its
-holder: makes complete/fail repeatable), lease_expires, cancel, dead, comfyui_losses (ComfyUI
-deaths the job was running in), outputs and error (JSON).
+A job hash holds ``spec`` (opaque JSON: prompt, inputs, client_id, extra_data, outputs_to_execute)
+and scalar fields Lua reads: id, user, scope, pool, priority, state, attempts, max_attempts, score,
+queued_at, started_at, finished_at (ms), worker_id, token (current lease), done_token (last lease
+ended by its holder: makes complete/fail repeatable), lease_expires, cancel, dead, comfyui_losses
+(ComfyUI deaths the job was running in), outputs and error (JSON); and ``number`` (the queue number,
+from ``{p}:seq`` at submit) and ``cached`` (JSON: the nodes ComfyUI reused, from the worker's
+``execution_cached``), which only the workspace reads.
 
 Lua scripts build job, user and worker keys from the prefix they get as ``ARGV[1]``; a single
 Redis (not a cluster) is assumed.

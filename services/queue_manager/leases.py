@@ -127,6 +127,9 @@ class LeaseOps(StoreBase):
         forwarded = [notices.from_worker(job_id, event) for event in batch.events]
         payloads = [event.model_dump_json() for event in forwarded if event is not None]
         await self._touch(job_id, batch.token, "events", payloads)  # publishes only for the holder
+        cached = [event.data.get("nodes") for event in batch.events if event.type == "execution_cached"]
+        if cached and isinstance(cached[-1], list):  # the job's history says which nodes ComfyUI reused
+            await self.redis.hset(self.keys.job(job_id), "cached", json.dumps([str(n) for n in cached[-1]]))
 
     async def complete(self, job_id: str, completion: Completion) -> None:
         """Mark a job succeeded with its outputs (idempotent for the lease holder)."""

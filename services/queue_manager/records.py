@@ -67,4 +67,5 @@ def job_from_hash(fields: dict[str, str], position: int | None = None) -> Job:
         cancel_requested=fields.get("cancel") == "1",
         number=int(fields["number"]) if fields.get("number") else None,
         outputs_to_execute=spec.get("outputs_to_execute", []),
+        cached_nodes=json.loads(fields["cached"]) if fields.get("cached") else [],
     )
