@@ -111,7 +111,7 @@ class Follower:
                 "error",
                 error=JobError(
                     type=str(data.get("exception_type") or "ExecutionError"),
-                    message=str(data.get("exception_message") or "the node failed").strip(),
+                    message=str(data.get("exception_message") or "the node failed"),
                     node_id=data.get("node_id"),
                     node_type=data.get("node_type"),
                     details=trace,
