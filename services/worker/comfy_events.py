@@ -4,8 +4,8 @@ Job events reach only the socket whose ``clientId`` submitted the job, so the ag
 one socket under its own client id (a second one would replace the first) and reconnects it
 whenever it drops. A runner subscribes to its ``prompt_id`` *before* submitting, so no event is lost.
 Binary preview frames carry no ``prompt_id``; they go to the job ComfyUI last sent an event about
-(until its final ``executing {node: null}``) as ``b_preview`` events (``services.protocol.comfyui``). When an open
-socket closes, ``on_drop`` is called: ComfyUI may be gone.
+(until its final ``executing {node: null}``) as ``b_preview`` events (``services.protocol.comfyui``).
+When an open socket closes, ``on_drop`` is called: ComfyUI may be gone.
 """
 
 from __future__ import annotations
