@@ -11,8 +11,8 @@
   (1 JPEG, 2 PNG), the image bytes; forwarded between worker and queue manager as ``b_preview``
   events (base64 ``image`` and ``format``).
 - Records: a ``/queue`` item ``[number, prompt_id, prompt, extra_data, outputs_to_execute]``
-  (``number`` is the job's queue number, given at submit and increasing; for a waiting job
-  ``extra_data.queue_position`` is its 0-based place in the shared queue), and a ``/history`` entry
+  (``number`` is the job's queue number, given at submit and increasing; a job's place in the shared
+  queue is the workspace's own ``/workshop/places``), and a ``/history`` entry
   ``{"prompt": <queue item>, "outputs": {node: {kind: [file]}}, "status": {"status_str",
   "completed", "messages": [[event, data], ...]}, "meta": {node: {...}}}``.
 """
@@ -145,10 +145,7 @@ def extra_data(job: Job) -> dict[str, Any]:
 
 
 def queue_item(job: Job) -> list[Any]:
-    extra = extra_data(job)
-    if job.position is not None:
-        extra["queue_position"] = job.position
-    return [queue_number(job), job.id, job.prompt, extra, outputs_to_execute(job)]
+    return [queue_number(job), job.id, job.prompt, extra_data(job), outputs_to_execute(job)]
 
 
 def queue_answer(jobs: list[Job]) -> dict[str, list[list[Any]]]:

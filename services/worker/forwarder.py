@@ -6,8 +6,11 @@ of each kind wins and is sent when the window opens. Other events pass in order.
 a held ``progress`` or preview stale (dropped), but a held ``progress_state`` is sent before it: each
 one is ComfyUI's whole picture of the job's nodes, and the last one (every node ``finished``) is
 what lets the participant's page stop showing the job as running, so it is never dropped, not even
-at ``close``. Sending happens on a background task, so a slow queue manager never slows the job;
-events are gathered for ``linger`` seconds into one batch, so a short job costs one round trip.
+at ``close``. Only the steps inside a node are throttled: a ``progress_state`` in which a node
+starts or finishes goes out at once, in order, in place of a held one (it carries every node's newer
+state) and opening a new window, so the page hears every node's start and end as ComfyUI sends
+them. Sending happens on a background task, so a slow queue manager never slows the job; events
+are gathered for ``linger`` seconds into one batch, so a short job costs one round trip.
 """
 
 from __future__ import annotations
@@ -42,16 +45,31 @@ class EventForwarder:
         }
         self._wake = asyncio.Event()
         self._closing = False
+        self._node_states: dict[str, str] = {}
         self._sender = asyncio.create_task(self._send_loop(), name="event-forwarder")
 
     def add(self, kind: str, data: dict[str, Any]) -> None:
         event = JobEvent(type=kind, data=data)
+        if kind == "progress_state" and self._changes_nodes(data):
+            steps = self._lanes["progress"]
+            steps.take()  # superseded: this state has every node's newer state; held progress is stale
+            steps.mark()
+            self._push(event)
+            return
         lane = self._lanes.get(LANES.get(kind, ""))
         if lane is not None:
             lane.offer(event)
             return
         self._settle()
         self._push(event)
+
+    def _changes_nodes(self, data: dict[str, Any]) -> bool:
+        """Whether a node started or finished since the last ``progress_state`` (not just a step)."""
+        nodes = data.get("nodes")
+        items = nodes.items() if isinstance(nodes, dict) else ()
+        shape = {str(n): str(s.get("state")) if isinstance(s, dict) else "" for n, s in items}
+        changed, self._node_states = shape != self._node_states, shape
+        return changed
 
     def _settle(self) -> None:
         """Before a node event or the end: held states go out first, held progress and previews are stale."""

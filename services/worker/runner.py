@@ -96,12 +96,17 @@ def from_history(entry: dict[str, Any]) -> Ending:
 
 
 class Follower:
-    """Turns one job's socket events into forwarded events and, at the end, an ``Ending``."""
+    """Turns one job's socket events into forwarded events and, at the end, an ``Ending``.
+
+    An ``executed`` names files that are not in the participant's storage yet: it is held until the
+    outputs are stored, and every event after it with it, so the page hears them in ComfyUI's order
+    (``executed``, then the node's last ``progress_state``).
+    """
 
     def __init__(self, forwarder: EventForwarder) -> None:
         self.forwarder = forwarder
         self.succeeded = False
-        self.executed: list[dict[str, Any]] = []
+        self.held: list[tuple[str, dict[str, Any]]] = []
 
     @staticmethod
     def terminal(kind: str, data: dict[str, Any]) -> Ending | None:
@@ -136,13 +141,19 @@ class Follower:
             self.succeeded = True
         elif kind == "executing" and data.get("node") is None:
             return Ending("success") if self.succeeded else Ending("ended")
-        elif kind == "executed":
-            self.executed.append(data)  # sent once the outputs are stored
         elif ending := self.terminal(kind, data):
             return ending
+        elif kind == "executed" or self.held:
+            self.held.append((kind, data))  # sent once the outputs are stored
         else:
             self.forwarder.add(kind, data)
         return None
+
+    def release(self) -> None:
+        """The held events, now that the outputs they name are stored."""
+        for kind, data in self.held:
+            self.forwarder.add(kind, data)
+        self.held = []
 
 
 class JobRunner:
@@ -233,8 +244,7 @@ class JobRunner:
         except (httpx.HTTPStatusError, StorageError) as exc:
             message = f"could not move the outputs to storage: {exc}"
             return Outcome(error=JobError(type="OutputsNotStored", message=message, retryable=True))
-        for data in follower.executed:
-            follower.forwarder.add("executed", data)
+        follower.release()
         return Outcome(outputs=outputs)
 
     async def _ending_from_history(self, job_id: str) -> Ending:

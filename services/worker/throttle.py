@@ -43,6 +43,10 @@ class Throttle:
         for event in held:
             self._release(event)
 
+    def mark(self) -> None:
+        """Count an event sent past the throttle as a release: the next window starts now."""
+        self._last = time.monotonic()
+
     def take(self) -> list[JobEvent]:
         """The held events, oldest first; they are no longer held."""
         held, self._held = list(self._held.values()), {}

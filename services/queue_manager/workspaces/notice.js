@@ -18,10 +18,9 @@ const NO_GPU = {
 const esc = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
 async function drawPlaces(box) {
-  const queue = await (await app.api.fetchApi("/queue")).json();
-  const running = queue.queue_running.map((item) => `<li>${esc(item[1].split("-")[0])}: running on a GPU</li>`);
-  const place = (item) => (item[3].queue_position ?? 0) + 1; // item[0] is the job's queue number
-  const waiting = queue.queue_pending.map((item) => `<li>${esc(item[1].split("-")[0])}: <b>#${place(item)}</b> in line</li>`);
+  const places = await (await app.api.fetchApi("/workshop/places")).json();
+  const running = places.running.map((id) => `<li>${esc(id.split("-")[0])}: running on a GPU</li>`);
+  const waiting = places.waiting.map((job) => `<li>${esc(job.prompt_id.split("-")[0])}: <b>#${esc(job.place)}</b> in line</li>`);
   const rows = [...running, ...waiting];
   const list = rows.length ? `<ul style="padding-left:1.2rem">${rows.join("")}</ul>` : "<p>You have no job waiting or running.</p>";
   box.innerHTML = `<h3 style="margin:0 0 .5rem">My place in line</h3>${list}`;

@@ -81,6 +81,8 @@ async def view(request: Request, files: UserFilesDep) -> Response:
         ref = file_ref(filename, query.get("subfolder", ""), kind)
         size, chunks = await files.open(ref)
     except FileProblem as exc:
+        if exc.status == 404:
+            return Response(status_code=404)  # as ComfyUI answers a file it does not have: no body
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
     channel, preview = query.get("channel", ""), query.get("preview", "")
     if wants_conversion(channel, preview):

@@ -121,6 +121,20 @@ async def queue(ctx: Context, user: Participant) -> dict[str, Any]:
     return comfyui.queue_answer(await own_jobs(ctx, user))
 
 
+@router.get("/workshop/places")
+async def places(ctx: Context, user: Participant) -> dict[str, Any]:
+    """Where the participant's jobs stand in the shared queue (1 = next), for "My place in line":
+    ComfyUI's queue shows only this participant's jobs, so it cannot say how many run first."""
+    jobs = await own_jobs(ctx, user)
+    waiting = sorted(
+        (j for j in jobs if j.state is JobState.QUEUED), key=lambda j: (j.position is None, j.position)
+    )
+    return {
+        "running": [j.id for j in jobs if j.state in (JobState.LEASED, JobState.RUNNING)],
+        "waiting": [{"prompt_id": j.id, "place": (j.position or 0) + 1} for j in waiting],
+    }
+
+
 @router.post("/queue")
 async def edit_queue(request: Request, ctx: Context, user: Participant) -> Response:
     """``{"delete": [ids]}`` cancels those of the participant's queued jobs; ``{"clear": true}`` all."""

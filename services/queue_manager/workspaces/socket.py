@@ -88,8 +88,8 @@ async def send_event(websocket: WebSocket, audience: Audience, event: UserEvent)
 async def send_end(
     websocket: WebSocket, ctx: Context, user: str, audience: Audience, event: UserEvent
 ) -> None:
-    """The job's end, the new ``status``, then ``executing {node: null}`` (nothing but the status for
-    a job cancelled while it waited)."""
+    """The job's end, the new ``status``, then ``executing {node: null}``. A job deleted while it
+    waited ends with the status only (twice when it was the last one waiting, as ComfyUI says it)."""
     data = event.data
     ran = data.get("ran", True)
     end = comfyui.ending(
@@ -100,7 +100,11 @@ async def send_end(
     )
     if ran and await audience.hears(event.job_id, end["type"]):
         await send(websocket, end)
-    await send(websocket, await status_message(ctx, user))
+    jobs = await ctx.store.list_jobs(user)
+    status = comfyui.status(sum(1 for job in jobs if not job.state.finished))
+    await send(websocket, status)
+    if not ran and not any(job.state is JobState.QUEUED for job in jobs):
+        await send(websocket, status)
     if ran and await audience.client_of(event.job_id) == audience.sid:
         await send(websocket, comfyui.idle(event.job_id))
     audience.forget(event.job_id)

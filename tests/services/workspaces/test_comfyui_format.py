@@ -55,7 +55,7 @@ def test_the_queue_lists_running_then_waiting_by_number_with_places_in_line() ->
     answer = queue_answer(jobs)
     assert [item[1] for item in answer["queue_running"]] == ["job-2"]
     assert [(item[0], item[1]) for item in answer["queue_pending"]] == [(11, "job-1"), (12, "job-3")]
-    assert answer["queue_pending"][0][3]["queue_position"] == 1
+    assert answer["queue_pending"][0][3] == {}  # extra_data as sent: no client_id, nothing of ours
     assert answer["queue_pending"][0][4] == ["3"]
 
 

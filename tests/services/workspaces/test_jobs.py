@@ -52,7 +52,10 @@ def test_the_queue_panel_shows_your_jobs_with_their_place_and_nobody_elses(
     bob_queue = bob.get("/w/bob/api/queue").json()
     assert [item[1] for item in alice_queue["queue_pending"]] == [first]
     assert [item[1] for item in bob_queue["queue_pending"]] == [second]
-    assert bob_queue["queue_pending"][0][3]["queue_position"] == 1  # second in the shared line
+    assert bob.get("/w/bob/api/workshop/places").json() == {
+        "running": [],
+        "waiting": [{"prompt_id": second, "place": 2}],  # second in the shared line
+    }
     assert alice.get("/w/alice/api/prompt").json() == {"exec_info": {"queue_remaining": 1}}
 
 

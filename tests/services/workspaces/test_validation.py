@@ -14,7 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.doubles.comfyui_nodes import catalogue
 from tests.services.workspaces.conftest import GRAPH
+from tests.support.queue_manager_app import register_worker
 
 WIDTH_SPEC = ["INT", {"default": 512, "min": 1, "max": 16384, "step": 1}]
 
@@ -247,3 +249,25 @@ def test_nobody_can_load_another_participants_file_by_its_name(
     job = alice.get(f"/api/jobs/{mine.json()['prompt_id']}").json()
     kind = name.partition("[")[2].rstrip("]") or "input"
     assert job["inputs"] == [{"filename": "secret.png", "subfolder": "", "type": kind}]
+
+
+def test_a_custom_nodes_own_checks_are_left_to_the_gpus_comfyui(
+    alice: httpx.Client, worker: httpx.Client
+) -> None:
+    """A custom node's own validation code may accept values outside its declared range or list
+    (ComfyUI then skips those checks): only the GPU's ComfyUI can judge, so they pass here."""
+    nodes = catalogue([])
+    nodes["Fraction"] = {
+        "input": {"required": {"image": ["IMAGE"], "amount": ["FLOAT", {"min": 0.0, "max": 1.0}]}},
+        "output": ["IMAGE"],
+        "output_node": False,
+        "python_module": "custom_nodes.testing-pack",
+    }
+    register_worker(worker, nodes, worker_id="w2", digest="cat-custom")
+    fraction = {"class_type": "Fraction", "inputs": {"image": ["1", 0], "amount": 5.0}}
+    reply = submit(alice, graph(**{"2": fraction}))
+    assert reply.status_code == 200, reply.text
+    missing = refusal(
+        submit(alice, graph(**{"2": {"class_type": "Fraction", "inputs": {"image": ["1", 0]}}}))
+    )
+    assert missing["node_errors"]["2"]["errors"][0]["type"] == "required_input_missing"  # always ComfyUI's
