@@ -176,13 +176,14 @@ async def history(request: Request, ctx: Context, user: Participant) -> Response
 
 
 def whole(request: Request, name: str) -> int | None:
+    """A count query parameter (None when absent); ValueError naming it when it is no whole number
+    (ComfyUI's own ``int()`` answers 500 to those, and it never needs a negative one)."""
     value = request.query_params.get(name)
     if value is None:
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{name} must be a whole number, not {value[:40]!r}") from None
+    if not (value.isascii() and value.isdigit()):
+        raise ValueError(f"{name} must be a whole number like 64, not {value[:40]!r}")
+    return int(value)
 
 
 @router.get("/history/{prompt_id}")
