@@ -22,6 +22,7 @@ from services.queue_manager import notices
 from services.queue_manager.errors import StaleLease
 from services.queue_manager.metrics import METRICS
 from services.queue_manager.records import job_from_hash, ms_to_datetime, now_ms, pairs_to_dict
+from services.queue_manager.scripts import Claimant, ClaimArgs, FinishArgs, ReapArgs, TouchArgs
 from services.queue_manager.store_base import StoreBase
 from services.queue_manager.wakeups import Ticket
 
@@ -64,17 +65,15 @@ class LeaseOps(StoreBase):
                 if handed is not None:
                     return handed
 
-    def claim_args(self, worker_id: str, pool: str, token: str) -> list[str | int]:
-        """claim.lua's arguments after prefix and time (submit.lua takes them for a parked claim)."""
-        lease_ms = int(self.settings.lease_seconds * 1000)
-        return [worker_id, pool, token, lease_ms, self.settings.max_running_per_user, CLAIM_SCAN_LIMIT]
+    def claimant(self, worker_id: str, pool: str, token: str, now: int) -> Claimant:
+        """A claim's terms: claim.lua's, and submit.lua's for a claim parked here."""
+        lease_ms, max_running = int(self.settings.lease_seconds * 1000), self.settings.max_running_per_user
+        return Claimant(pool, worker_id, token, now, lease_ms, max_running, CLAIM_SCAN_LIMIT)
 
     async def _claim_now(self, worker_id: str, pool: str) -> Lease | None:
         token = secrets.token_urlsafe(24)
-        _, _, _, lease_ms, max_running, scan = self.claim_args(worker_id, pool, token)
-        reply = await self.scripts.claim(
-            args=[self.prefix, pool, worker_id, token, now_ms(), lease_ms, max_running, scan]
-        )
+        claimant = self.claimant(worker_id, pool, token, now_ms())
+        reply = await self.scripts.run(ClaimArgs(self.prefix, claimant))
         return self._leased(worker_id, token, reply)
 
     def _leased(self, worker_id: str, token: str, reply: list[Any]) -> Lease | None:
@@ -102,8 +101,8 @@ class LeaseOps(StoreBase):
 
     async def _touch(self, job_id: str, token: str, mode: str, publish: list[str] | None = None) -> list[str]:
         lease_ms = int(self.settings.lease_seconds * 1000)
-        args: list[str | int] = [self.prefix, job_id, token, now_ms(), lease_ms, mode, *(publish or [])]
-        reply = await self.scripts.touch(args=args)
+        args = TouchArgs(self.prefix, job_id, token, now_ms(), lease_ms, mode, tuple(publish or ()))
+        reply = await self.scripts.run(args)
         if reply[0] != "ok":
             raise StaleLease(job_id)
         return [str(part) for part in reply]
@@ -157,22 +156,22 @@ class LeaseOps(StoreBase):
         error_json = error.model_dump_json() if error else ""
         expected = EXPECTED_STATE.get(outcome)  # the end the Lua script announces itself
         event = notices.finished(job_id, expected, error).model_dump_json() if expected else ""
-        reply = await self.scripts.finish(
-            args=[
-                self.prefix,
-                job_id,
-                token,
-                now_ms(),
-                outcome,
-                outputs,
-                error_json,
-                self.retention_ms,
-                int(self.settings.retry_backoff_seconds * 1000),
-                int(self.settings.retry_backoff_max_seconds * 1000),
-                expected.value if expected else "",
-                event,
-                self.settings.max_comfyui_losses,
-            ]
+        reply = await self.scripts.run(
+            FinishArgs(
+                prefix=self.prefix,
+                id=job_id,
+                token=token,
+                now_ms=now_ms(),
+                outcome=outcome,
+                outputs_json=outputs,
+                error_json=error_json,
+                retention_ms=self.retention_ms,
+                backoff_base_ms=int(self.settings.retry_backoff_seconds * 1000),
+                backoff_max_ms=int(self.settings.retry_backoff_max_seconds * 1000),
+                expected_state=expected.value if expected else "",
+                event_json=event,
+                max_losses=self.settings.max_comfyui_losses,
+            )
         )
         if reply[0] == "stale":
             raise StaleLease(job_id)
@@ -197,16 +196,16 @@ class LeaseOps(StoreBase):
 
         Returns ``(job_id, user, outcome)`` per job touched; ``now`` (ms) lets tests look ahead.
         """
-        reply = await self.scripts.reap(
-            args=[
-                self.prefix,
-                now if now is not None else now_ms(),
-                self.retention_ms,
-                int(self.settings.retry_backoff_seconds * 1000),
-                int(self.settings.retry_backoff_max_seconds * 1000),
-                batch,
-                LEASE_LOST.model_dump_json(),
-            ]
+        reply = await self.scripts.run(
+            ReapArgs(
+                prefix=self.prefix,
+                now_ms=now if now is not None else now_ms(),
+                retention_ms=self.retention_ms,
+                backoff_base_ms=int(self.settings.retry_backoff_seconds * 1000),
+                backoff_max_ms=int(self.settings.retry_backoff_max_seconds * 1000),
+                batch=batch,
+                lease_error_json=LEASE_LOST.model_dump_json(),
+            )
         )
         touched = [(str(reply[i]), str(reply[i + 1]), str(reply[i + 2])) for i in range(0, len(reply), 3)]
         for job_id, user, outcome in touched:

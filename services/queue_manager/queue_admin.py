@@ -11,6 +11,7 @@ from services.protocol.jobs import Job
 from services.queue_manager.errors import JobNotFound
 from services.queue_manager.keys import ANY_POOL
 from services.queue_manager.records import job_from_hash
+from services.queue_manager.scripts import RequeueDeadArgs, RescoreArgs
 from services.queue_manager.store_base import StoreBase
 
 
@@ -56,7 +57,7 @@ class AdminOps(StoreBase):
         if not await self.redis.exists(key):
             raise JobNotFound(job_id)
         await self.redis.hset(key, "priority", priority)
-        await self.scripts.rescore(args=[self.prefix, self.settings.scheduling.value, job_id])
+        await self.scripts.run(RescoreArgs(self.prefix, self.settings.scheduling.value, (job_id,)))
         job = await self.get(job_id)
         assert job is not None
         return job
@@ -67,11 +68,12 @@ class AdminOps(StoreBase):
         queued = await self.redis.smembers(self.keys.user_queued(user))
         if not queued:
             return 0
-        return int(await self.scripts.rescore(args=[self.prefix, self.settings.scheduling.value, *queued]))
+        rescore = RescoreArgs(self.prefix, self.settings.scheduling.value, tuple(queued))
+        return int(await self.scripts.run(rescore))
 
     async def requeue_dead(self, job_id: str) -> Job:
         """Put a dead-lettered job back in line with fresh attempts."""
-        reply = await self.scripts.requeue_dead(args=[self.prefix, job_id])
+        reply = await self.scripts.run(RequeueDeadArgs(self.prefix, job_id))
         if reply[0] != "ok":
             raise JobNotFound(job_id)
         job = await self.get(job_id)

@@ -1,15 +1,23 @@
-"""The Lua scripts that make every queue state change atomic, loaded once per Redis client."""
+"""The Lua scripts that make every queue state change atomic, loaded once per Redis client.
+
+Each script's ARGV is one frozen dataclass here, its fields in ARGV order (``ARGV[1]`` is always
+the key prefix): callers build that object and ``Scripts.run`` flattens it, so the Python side
+of the contract is typed in one place. The header comment of ``lua/<script>.lua`` lists the same
+names (``ARGV: prefix, id, ...``); a test holds the two together.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, ClassVar
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 LUA_DIR = Path(__file__).with_name("lua")
 LIB = (LUA_DIR / "lib.lua").read_text()
+Arg = str | int
 
 
 def _load(redis: Redis, name: str) -> AsyncScript:
@@ -17,20 +25,158 @@ def _load(redis: Redis, name: str) -> AsyncScript:
 
 
 @dataclass(frozen=True)
-class Scripts:
-    submit: AsyncScript
-    claim: AsyncScript
-    touch: AsyncScript
-    finish: AsyncScript
-    reap: AsyncScript
-    cancel: AsyncScript
-    requeue_dead: AsyncScript
-    rescore: AsyncScript
-    positions: AsyncScript
-    end_sessions: AsyncScript
+class Argv:
+    """Part of a script's ARGV: its fields in order; a nested part's fields in its place, a tuple's
+    items (a variadic tail, ``name...`` in the Lua header) one by one, ``None`` (an optional part
+    left out) nothing."""
 
-    @classmethod
-    def load(cls, redis: Redis) -> Scripts:
-        """Register every script named by a field (``lua/<field>.lua``) with this client."""
-        names = [spec.name for spec in fields(cls)]
-        return cls(**{name: _load(redis, name) for name in names})
+    def flat(self) -> list[Arg]:
+        out: list[Arg] = []
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if isinstance(value, Argv):
+                out += value.flat()
+            elif isinstance(value, tuple):
+                out += value
+            elif value is not None:
+                out.append(value)
+        return out
+
+
+@dataclass(frozen=True)
+class ScriptArgs(Argv):
+    script: ClassVar[str]  # lua/<script>.lua
+    prefix: str
+
+
+@dataclass(frozen=True)
+class Claimant(Argv):
+    """Who a claim leases the next job to, and on what terms (claim.lua; submit.lua's parked claim)."""
+
+    pool: str
+    worker_id: str
+    token: str
+    now_ms: int
+    lease_ms: int
+    max_running_per_user: int  # 0 = no limit
+    scan_limit: int
+
+
+@dataclass(frozen=True)
+class SubmitArgs(ScriptArgs):
+    script = "submit"
+    id: str
+    user: str
+    scope: str
+    pool: str
+    priority: int
+    mode: str
+    max_queued: int
+    now_ms: int
+    max_attempts: int
+    spec_json: str
+    claim: Claimant | None = None  # a claim parked in this queue manager gets the next job at once
+
+
+@dataclass(frozen=True)
+class ClaimArgs(ScriptArgs):
+    script = "claim"
+    claimant: Claimant
+
+
+@dataclass(frozen=True)
+class TouchArgs(ScriptArgs):
+    script = "touch"
+    id: str
+    token: str
+    now_ms: int
+    lease_ms: int
+    mode: str  # 'heartbeat' | 'events'
+    events: tuple[str, ...] = ()  # UserEvent JSON payloads for the job's owner
+
+
+@dataclass(frozen=True)
+class FinishArgs(ScriptArgs):
+    script = "finish"
+    id: str
+    token: str
+    now_ms: int
+    outcome: str
+    outputs_json: str
+    error_json: str
+    retention_ms: int
+    backoff_base_ms: int
+    backoff_max_ms: int
+    expected_state: str
+    event_json: str
+    max_losses: int
+
+
+@dataclass(frozen=True)
+class ReapArgs(ScriptArgs):
+    script = "reap"
+    now_ms: int
+    retention_ms: int
+    backoff_base_ms: int
+    backoff_max_ms: int
+    batch: int
+    lease_error_json: str
+
+
+@dataclass(frozen=True)
+class CancelArgs(ScriptArgs):
+    script = "cancel"
+    id: str
+    owner: str  # '' = the admin: any owner's job
+    now_ms: int
+    retention_ms: int
+
+
+@dataclass(frozen=True)
+class RequeueDeadArgs(ScriptArgs):
+    script = "requeue_dead"
+    id: str
+
+
+@dataclass(frozen=True)
+class RescoreArgs(ScriptArgs):
+    script = "rescore"
+    mode: str
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PositionsArgs(ScriptArgs):
+    script = "positions"
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EndSessionsArgs(ScriptArgs):
+    script = "end_sessions"
+    user: str  # every session of this user; '' = only the session of ``digest``
+    digest: str = ""
+
+
+SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
+    SubmitArgs,
+    ClaimArgs,
+    TouchArgs,
+    FinishArgs,
+    ReapArgs,
+    CancelArgs,
+    RequeueDeadArgs,
+    RescoreArgs,
+    PositionsArgs,
+    EndSessionsArgs,
+)
+
+
+class Scripts:
+    """Every script registered with one Redis client; ``run`` calls the one its ARGV names."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._loaded = {cls.script: _load(redis, cls.script) for cls in SCRIPT_ARGS}
+
+    async def run(self, args: ScriptArgs) -> Any:
+        return await self._loaded[args.script](args=args.flat())

@@ -22,7 +22,7 @@ from typing import Any
 
 from services.queue_manager.auth import Authenticator, Principal
 from services.queue_manager.keys import Keys
-from services.queue_manager.scripts import Scripts
+from services.queue_manager.scripts import EndSessionsArgs, Scripts
 from services.queue_manager.settings import Settings
 
 MAX_COOKIE_CHARS = 128
@@ -71,11 +71,11 @@ class Sessions:
     async def close(self, session_id: str) -> None:
         """End one session (logout): its cookie no longer logs anyone in, here or in any process."""
         if session_id and len(session_id) <= MAX_COOKIE_CHARS:
-            await self.scripts.end_sessions(args=[self.keys.prefix, "", _digest(session_id)])
+            await self.scripts.run(EndSessionsArgs(self.keys.prefix, "", _digest(session_id)))
 
     async def revoke(self, user: str) -> int:
         """End every session of ``user``; how many there were."""
-        return int(await self.scripts.end_sessions(args=[self.keys.prefix, user]))
+        return int(await self.scripts.run(EndSessionsArgs(self.keys.prefix, user)))
 
 
 @dataclass(frozen=True)

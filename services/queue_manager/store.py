@@ -32,6 +32,7 @@ from services.queue_manager.leases import LeaseOps
 from services.queue_manager.queue_admin import AdminOps
 from services.queue_manager.records import job_from_hash, now_ms, pairs_to_dict, spec_json
 from services.queue_manager.registry import WorkerOps
+from services.queue_manager.scripts import CancelArgs, SubmitArgs
 from services.queue_manager.wakeups import Ticket
 
 log = logging.getLogger(__name__)
@@ -44,25 +45,24 @@ class Store(LeaseOps, WorkerOps, AdminOps):
         """Queue a job for ``user``. Priority and pool are the caller's (admin) choice, not the user's."""
         job_id = str(submit.prompt_id or uuid.uuid4())
         scope = pool or ANY_POOL
-        args: list[str | int] = [
-            self.prefix,
-            job_id,
-            user,
-            scope,
-            pool or "",
-            priority,
-            self.settings.scheduling.value,
-            self.settings.max_queued_per_user,
-            now_ms(),
-            self.settings.max_attempts,
-            spec_json(submit),
-        ]
         # A claim parked in this process gets the next job from the submit's own script.
-        ticket, token = self.wakeups.reserve(scope), secrets.token_urlsafe(24)
-        if ticket is not None:
-            args += self.claim_args(ticket.worker_id, ticket.pool, token)
+        ticket, token, now = self.wakeups.reserve(scope), secrets.token_urlsafe(24), now_ms()
+        args = SubmitArgs(
+            prefix=self.prefix,
+            id=job_id,
+            user=user,
+            scope=scope,
+            pool=pool or "",
+            priority=priority,
+            mode=self.settings.scheduling.value,
+            max_queued=self.settings.max_queued_per_user,
+            now_ms=now,
+            max_attempts=self.settings.max_attempts,
+            spec_json=spec_json(submit),
+            claim=self.claimant(ticket.worker_id, ticket.pool, token, now) if ticket is not None else None,
+        )
         try:
-            reply = await self.scripts.submit(args=args)
+            reply = await self.scripts.run(args)
         except BaseException:
             if ticket is not None:
                 ticket.deliver(None)  # the parked claim goes on waiting
@@ -109,7 +109,8 @@ class Store(LeaseOps, WorkerOps, AdminOps):
         """Cancel a job: a waiting one is removed at once ('cancelled'); a running one's worker is
         told at its next heartbeat ('requested'); 'finished' if it already ended. ``user`` limits
         the call to that owner's jobs (None: admin)."""
-        reply = await self.scripts.cancel(args=[self.prefix, job_id, user or "", now_ms(), self.retention_ms])
+        args = CancelArgs(self.prefix, job_id, user or "", now_ms(), self.retention_ms)
+        reply = await self.scripts.run(args)
         if reply[0] == "missing":
             raise JobNotFound(job_id)
         outcome, owner = str(reply[0]), str(reply[1])

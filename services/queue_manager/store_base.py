@@ -10,7 +10,7 @@ from services.protocol.jobs import Job
 from services.queue_manager.events import EventBus
 from services.queue_manager.keys import Keys
 from services.queue_manager.records import job_from_hash
-from services.queue_manager.scripts import Scripts
+from services.queue_manager.scripts import PositionsArgs, Scripts
 from services.queue_manager.settings import Settings
 from services.queue_manager.wakeups import Wakeups
 
@@ -21,7 +21,7 @@ class StoreBase:
         self.redis: Any = redis
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self.scripts = Scripts.load(redis)
+        self.scripts = Scripts(redis)
         self.events = EventBus(redis, self.keys.events)
         self.wakeups = wakeups or Wakeups()
         self._known_workers: dict[str, tuple[str, int]] = {}  # worker id -> (pool, when last stored)
@@ -51,5 +51,5 @@ class StoreBase:
         """
         if not job_ids:
             return {}
-        flat = await self.scripts.positions(args=[self.prefix, *job_ids])
+        flat = await self.scripts.run(PositionsArgs(self.prefix, tuple(job_ids)))
         return {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}

@@ -1,5 +1,6 @@
--- End login sessions (sessions.py). ARGV[2] = a user: every session of theirs; or '' and
--- ARGV[3] = one session's digest (logout). Returns how many sessions ended.
+-- End login sessions (sessions.py). ARGV: prefix, user, digest.
+-- A user: every session of theirs; or user '' and one session's digest: that session (logout).
+-- Returns how many sessions ended.
 local function end_one(digest)
   local key = k('session', digest)
   local user = redis.call('HGET', key, 'user')

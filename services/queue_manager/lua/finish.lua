@@ -4,8 +4,9 @@
 -- counts an attempt, but 'lost' counts a ComfyUI loss and fails the job (with error_json) at the
 -- max_losses-th one, as the job itself is then the likely killer.
 -- ARGV: prefix, id, token, now_ms, outcome, outputs_json, error_json, retention_ms,
--- backoff_base_ms, backoff_max_ms, expected_state, event_json: the owner's 'finished' event for
--- that state, published here when the job ends in it ('' = none expected), max_losses.
+-- backoff_base_ms, backoff_max_ms, expected_state, event_json, max_losses.
+-- event_json is the owner's 'finished' event for expected_state, published here when the job ends
+-- in that state ('' = none expected).
 -- Returns {'ok', new_state, user, queued_at, published (1|0)} | {'again', state, user} (a repeat
 -- of the holder's last call) | {'stale'}.
 local id, token, now, outcome = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]

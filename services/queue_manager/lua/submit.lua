@@ -1,6 +1,7 @@
 -- Queue a new job. ARGV: prefix, id, user, scope, pool, priority, mode, max_queued, now_ms,
--- max_attempts, spec_json, and optionally a claim parked in this queue manager: worker_id,
--- worker_pool, token, lease_ms, max_running_per_user, scan_limit.
+-- max_attempts, spec_json, [pool, worker_id, token, now_ms, lease_ms, max_running_per_user,
+-- scan_limit]. The bracketed part, optional, is a claim parked in this queue manager, as
+-- claim.lua takes it (its pool is the worker's, its now_ms the submit's).
 -- Returns {'ok', position, user's unfinished jobs, HGETALL, claimed} | {'exists'} | {'limit', queued};
 -- on 'ok' the owner's 'queued' event is already published (before any claim can say 'started').
 -- With a parked claim, its worker is leased the next job in the same step (one AOF fsync for
@@ -37,7 +38,7 @@ redis.call('HSET', key, 'id', id, 'user', user, 'scope', scope, 'pool', pool, 'p
   'spec', ARGV[11], 'cancel', '0', 'dead', '0', 'token', '', 'done_token', '', 'number', number)
 redis.call('ZADD', k('user', user, 'jobs'), now, id)
 redis.call('SADD', k('users'), user)
-local handing_over = ARGV[12] ~= nil and ARGV[12] ~= ''
+local handing_over = ARGV[12] ~= nil and ARGV[12] ~= ''  -- the parked claim's pool
 quiet_wakes = handing_over
 enqueue(id, user, scope, fmt(score))
 quiet_wakes = false
@@ -47,8 +48,8 @@ publish_event(user, {type = 'queued', job_id = id, data = {position = place, que
 local record = redis.call('HGETALL', key)
 local claimed = {}
 if handing_over then
-  claimed = claim_next(ARGV[13], ARGV[12], ARGV[14], tonumber(now), tonumber(ARGV[15]), tonumber(ARGV[16]),
-    tonumber(ARGV[17]))
+  claimed = claim_next(ARGV[12], ARGV[13], ARGV[14], tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17]),
+    tonumber(ARGV[18]))
   if redis.call('ZCARD', k('queue', scope)) > 0 then
     wake(scope)  -- the new job still waits (another was due first, or nothing was eligible)
   end

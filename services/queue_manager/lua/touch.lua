@@ -1,5 +1,5 @@
 -- Check (and for heartbeats renew) a lease. ARGV: prefix, id, token, now_ms, lease_ms, mode,
--- then UserEvent JSON payloads to publish to the job's owner.
+-- events...: UserEvent JSON payloads to publish to the job's owner.
 -- mode 'heartbeat' renews the lease; mode 'events' only marks a leased job running, so the
 -- common case (progress of a running job) writes nothing and costs no AOF fsync.
 -- Returns {'ok', expires_ms, cancel, user, became_running} | {'stale'}.
