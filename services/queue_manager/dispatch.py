@@ -30,12 +30,10 @@ from typing import Any, Protocol
 import httpx
 from redis.exceptions import RedisError
 
-from services.protocol.events import EventType
 from services.protocol.jobs import JobError, JobState
 from services.protocol.workers import Failure, Lease
 from services.queue_manager.background import stopping
 from services.queue_manager.errors import StaleLease
-from services.queue_manager.events import Subscription
 from services.queue_manager.settings import PushPool, Settings
 from services.queue_manager.store import Store
 
@@ -198,11 +196,13 @@ class PoolDispatcher:
         return Flight(lease, remote_id, time.monotonic() + self.pool.job_timeout_seconds)
 
     async def _track(self, flight: Flight) -> None:
-        # The job's own "finished" event frees the slot at once; polling covers everything else.
-        async with self.store.events.subscribe(flight.lease.job.user) as stream:
+        # The end of the job's lease ({p}:ended, heard by this process's listener) frees the slot at
+        # once; polling covers everything else.
+        with self.store.wakeups.ends.watch(flight.job_id) as ended:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(_until_finished(stream, flight.job_id), self.tick)
+                    await asyncio.wait_for(ended.wait(), self.tick)
+                ended.clear()
                 if not await self._still_ours(flight) or await self._ended_remotely(flight):
                     return
 
@@ -271,12 +271,6 @@ class PoolDispatcher:
     async def _report(self, lease: Lease, error: JobError) -> None:
         with contextlib.suppress(StaleLease):
             await self.store.fail(lease.job.id, Failure(token=lease.token, error=error))
-
-
-async def _until_finished(stream: Subscription, job_id: str) -> None:
-    async for event in stream:
-        if event.type == EventType.FINISHED and event.job_id == job_id:
-            return
 
 
 def dispatcher_for(

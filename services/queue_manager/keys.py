@@ -32,6 +32,7 @@
 | ``{p}:events`` | pub/sub | ``{"user", "event"}`` for every participant event | - |
 | ``{p}:wake`` | pub/sub | a scope that has new work, to wake long-polling claims | - |
 | ``{p}:cancels`` | pub/sub | a running job's id once its owner cancels it, to answer its heartbeat | - |
+| ``{p}:ended`` | pub/sub | a job's id whenever its lease ends (any outcome), for the push dispatcher | - |
 | ``{p}:admin:samples`` | list | the admin page's queue/worker samples, newest last, capped | capped |
 | ``{p}:admin:sampled:{n}`` | string | set (NX) by the process that takes interval n's sample | expires |
 | ``{p}:ws:ud:{u}`` | hash | a participant's user data (saved workflows, templates): path -> bytes | forever |
@@ -112,6 +113,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("events", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
     Family("wake", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
     Family("cancels", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
+    Family("ended", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
     Family("admin:samples", "list", Carried.LEFT, "the admin chart describes a platform that no longer runs"),
     Family("admin:sampled:{n}", "string", Carried.LEFT, "expires within one sampling interval"),
     Family("ws:ud:{u}", "hash", Carried.COPIED),
@@ -244,3 +246,7 @@ class Keys:
     @property
     def cancels(self) -> str:
         return f"{self.prefix}:cancels"
+
+    @property
+    def ended(self) -> str:
+        return f"{self.prefix}:ended"

@@ -111,7 +111,7 @@ class LeaseOps(StoreBase):
         """Renew a lease; the reply tells the worker whether the job's owner asked to cancel it.
         With ``wait`` (capped at half the lease) the reply waits that long for a cancel and comes
         the moment one is made, so a worker holding its heartbeat open hears it at once."""
-        with self.wakeups.cancel_watch(job_id) as cancelled:  # before the flag is read: none missed
+        with self.wakeups.cancels.watch(job_id) as cancelled:  # before the flag is read: none missed
             _, expires, cancel, _, _ = await self._touch(job_id, token, "heartbeat")
             if cancel != "1" and wait > 0:
                 with contextlib.suppress(TimeoutError):

@@ -7,8 +7,11 @@ there and wakes one waiting claim that can take work of that scope. A claim regi
 claim that leaves work behind wakes the next waiter, so one lost wake delays nobody for long.
 
 A cancel does the same for a running job: ``cancel.lua`` publishes its id on ``{p}:cancels``, and
-the worker's heartbeat waiting on it here (``cancel_watch``) answers at once, so the interrupt
-reaches the GPU's ComfyUI without waiting for the next heartbeat.
+the worker's heartbeat waiting on it here (``cancels.watch``) answers at once, so the interrupt
+reaches the GPU's ComfyUI without waiting for the next heartbeat. Likewise every end of a lease
+publishes the job's id on ``{p}:ended`` (``end_lease`` in lib.lua), and the push dispatcher
+carrying that job (``ends.watch``) frees its slot at once: the queue manager's own signal, not
+the participant's best-effort notification stream.
 
 A submit in this process does better than a wake: it ``reserve``s a parked claim and leases it the
 next job inside the submit's own Lua script (one AOF fsync instead of two in a row), then
@@ -20,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from redis.asyncio import Redis
 
@@ -61,27 +64,40 @@ class Ticket:
         return True
 
 
-class Wakeups:
+class JobWatches:
+    """Events set when a job's id is published on one channel (a cancel, the end of a lease)."""
+
     def __init__(self) -> None:
-        self._tickets: list[Ticket] = []
-        self._cancel_watches: dict[str, set[asyncio.Event]] = {}
+        self._watches: dict[str, set[asyncio.Event]] = {}
 
     @contextlib.contextmanager
-    def cancel_watch(self, job_id: str) -> Iterator[asyncio.Event]:
-        """An event set when the job's owner cancels it (watch before reading its cancel flag)."""
+    def watch(self, job_id: str) -> Iterator[asyncio.Event]:
+        """An event set when the job's id is published (watch before reading the job's state)."""
         event = asyncio.Event()
-        watches = self._cancel_watches.setdefault(job_id, set())
+        watches = self._watches.setdefault(job_id, set())
         watches.add(event)
         try:
             yield event
         finally:
             watches.discard(event)
             if not watches:
-                del self._cancel_watches[job_id]
+                del self._watches[job_id]
 
-    def cancelled(self, job_id: str) -> None:
-        for event in self._cancel_watches.get(job_id, ()):
+    def fire(self, job_id: str) -> None:
+        for event in self._watches.get(job_id, ()):
             event.set()
+
+    @property
+    def watched(self) -> int:
+        """How many jobs are watched now."""
+        return len(self._watches)
+
+
+class Wakeups:
+    def __init__(self) -> None:
+        self._tickets: list[Ticket] = []
+        self.cancels = JobWatches()  # {p}:cancels: a running job's owner cancelled it
+        self.ends = JobWatches()  # {p}:ended: a job's lease ended
 
     @contextlib.contextmanager
     def ticket(self, pool: str, worker_id: str = "") -> Iterator[Ticket]:
@@ -122,18 +138,23 @@ class Wakeups:
         return scope == ANY_POOL or ticket.pool == scope
 
     async def listen(
-        self, redis: Redis, channel: str, ready: asyncio.Event | None = None, cancels: str | None = None
+        self,
+        redis: Redis,
+        channel: str,
+        ready: asyncio.Event | None = None,
+        cancels: str | None = None,
+        ended: str | None = None,
     ) -> None:
-        """Forward wakes (and, from ``cancels``, cancelled job ids) published by any process to this
-        process's waiting claims and heartbeats."""
+        """Forward wakes (and, from ``cancels`` and ``ended``, job ids) published by any process to
+        this process's waiting claims, heartbeats and push dispatchers."""
+        handlers: dict[str, Callable[[str], None]] = {channel: self.wake}
+        handlers |= {
+            name: watches.fire for name, watches in ((cancels, self.cancels), (ended, self.ends)) if name
+        }
         async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-            await pubsub.subscribe(*[name for name in (channel, cancels) if name])
+            await pubsub.subscribe(*handlers)
             if ready is not None:
                 ready.set()
             async for message in pubsub.listen():
-                if message["type"] != "message":
-                    continue
-                if message["channel"] == cancels:
-                    self.cancelled(str(message["data"]))
-                else:
-                    self.wake(str(message["data"]))
+                if message["type"] == "message":
+                    handlers[message["channel"]](str(message["data"]))

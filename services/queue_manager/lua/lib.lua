@@ -54,8 +54,10 @@ local function dequeue(id, user, scope)
 end
 
 -- End whatever lease a job holds; the worker goes back to idle (a draining one stays draining).
+-- The job's id goes out on {p}:ended: a push dispatcher carrying the job frees its slot at once.
 local function end_lease(id, user, worker_id)
   redis.call('ZREM', k('leases'), id)
+  redis.call('PUBLISH', k('ended'), id)
   redis.call('SREM', k('user', user, 'running'), id)
   if worker_id and worker_id ~= '' then
     local wkey = k('worker', worker_id)

@@ -131,6 +131,22 @@ async def test_a_finished_job_frees_its_slot_without_waiting_for_the_next_poll(
     assert {job.state for job in done} == {JobState.SUCCEEDED}
 
 
+async def test_a_jobs_end_frees_its_slot_at_once_even_when_the_participants_stream_is_lost(
+    redis_url: str, make_platform: Callable[..., Platform], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    platform = make_platform(max_replicas=1)
+    async with rig(redis_url, "runpod", platform, capacity=1, poll_seconds=60.0) as r:
+        monkeypatch.setattr(r.store.events, "deliver", lambda payload: None)  # no participant event arrives
+        r.dispatcher.tick = 60.0  # nor does a heartbeat or status poll within the test's deadline
+        jobs = [await submit(r.store, "ada") for _ in range(2)]
+
+        done = await finished(r.store, [j.id for j in jobs], timeout=10.0)
+        await _until(lambda: not r.dispatcher.in_flight, timeout=5.0)
+
+    assert {job.state for job in done} == {JobState.SUCCEEDED}
+    assert len(platform.requests) == 2
+
+
 async def test_the_lease_outlives_a_cold_start_longer_than_the_lease(
     redis_url: str, make_platform: Callable[..., Platform]
 ) -> None:

@@ -156,7 +156,7 @@ async def test_a_heartbeat_held_open_answers_the_moment_the_owner_cancels(
     lease = await store.claim("w1", "gpu")
     assert lease is not None
     held = asyncio.create_task(store.heartbeat(queued.id, lease.token, wait=50.0))
-    while not store.wakeups._cancel_watches:
+    while not store.wakeups.cancels.watched:
         await asyncio.sleep(0.01)  # until the heartbeat is held open
     assert await store.cancel(queued.id, user="ada") == "requested"
     reply = await asyncio.wait_for(held, timeout=10)  # long before its 50 s
