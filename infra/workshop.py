@@ -35,6 +35,11 @@ def worker_api_url(vps: Vps) -> pulumi.Output[str]:
     return pulumi.Output.concat("http://", vps.tailnet_name, f":{WORKER_API_PORT}")
 
 
+def public_url(config: WorkshopConfig) -> str:
+    """The queue manager's public URL: participants' browsers, push pools' callbacks and containers."""
+    return f"https://{config.domain}"
+
+
 def _storage(vault: VaultOutputs, role: str, credentials: pulumi.Output[dict[str, str]]) -> StorageAccess:
     bucket = vault.r2.apply(lambda r2: r2[role])
     return StorageAccess(
@@ -77,6 +82,7 @@ def _pools(config: WorkshopConfig, stack: str, vault: VaultOutputs, tailnet: Tai
             stack=stack,
             # The full MagicDNS name: containers on Docker's bridge may lack the tailnet's search domain.
             queue_url=worker_api_url(vps),
+            public_url=public_url(config),
             worker_token=token,
             tailnet_auth_key=tailnet.gpu_key,
             models=models,
@@ -95,7 +101,7 @@ def _settings(config: WorkshopConfig, vault: VaultOutputs, pools: PoolSet) -> di
     files_url = pulumi.Output.concat("s3://", files.bucket, "/files")
     return {
         **queue_manager_settings(
-            config.queue, f"https://{config.domain}", vault.admin_user, vault.admin_password,
+            config.queue, public_url(config), vault.admin_user, vault.admin_password,
             vault.session_secret, pools.tokens_json(), files_url,
         ),
         **s3_settings(files.endpoint, vault.user_files),
@@ -157,7 +163,7 @@ def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
 
 def _outputs(config: WorkshopConfig, vault: VaultOutputs, vps: Vps, pools: PoolSet) -> dict[str, Any]:
     return {
-        **url_outputs(f"https://{config.domain}", vault.participant_names),
+        **url_outputs(public_url(config), vault.participant_names),
         "credentials": secret(
             pulumi.Output.all(
                 admin={"user": vault.admin_user, "password": vault.admin_password},

@@ -16,6 +16,7 @@ from typing import Any
 import pulumi
 
 from infra.credential_registry import RUNPOD_API_KEY, VERDA_CLIENT_ID, VERDA_CLIENT_SECRET, Credential
+from infra.pools.base import PoolMode
 from infra.pools.context import PoolContext
 from infra.secret import secret
 
@@ -58,11 +59,14 @@ class WorkerEnv:
         return pulumi.Output.unsecret(pulumi.Output.all(**self.secret).apply(digest))
 
 
-def worker_env(ctx: PoolContext, pool: str, provider: str, models_dir: str | None) -> WorkerEnv:
-    """`WORKER_*` and `S3_*` for a cloud worker of ``pool``: where the queue, the files and the models
-    are. ``models_dir`` is the shared models volume (or GPU host folder) the worker syncs into."""
+def worker_env(
+    ctx: PoolContext, pool: str, provider: str, models_dir: str | None, mode: PoolMode = PoolMode.PULL
+) -> WorkerEnv:
+    """`WORKER_*` and `S3_*` for a cloud worker of ``pool``: where the queue (as ``mode``'s workers
+    reach it), the files and the models are. ``models_dir`` is the shared models volume (or GPU host
+    folder) the worker syncs into."""
     plain: dict[str, pulumi.Input[str]] = {
-        "WORKER_QUEUE_URL": ctx.queue_url,
+        "WORKER_QUEUE_URL": ctx.queue_url_for(pool, mode),
         "WORKER_POOL": pool,
         "WORKER_PROVIDER": provider,
         "WORKER_DEVICE": "gpu",

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import pulumi
 
 from infra.comfyui import ComfyUIConfig
-from infra.pools.base import RegistryConfig, StorageAccess
+from infra.pools.base import PoolMode, RegistryConfig, StorageAccess
 from infra.pools.worker_image import WorkerImages
 
 R = TypeVar("R", bound=pulumi.Resource)
@@ -52,11 +52,14 @@ class SharedVolumes:
 @dataclass(frozen=True)
 class PoolContext:
     """``files_volume``, ``models_dir`` exist on the local stack only (workers on its own Docker);
-    ``models_manifest`` is the JSON workers read from `WORKER_MODELS_MANIFEST` when models are listed."""
+    ``models_manifest`` is the JSON workers read from `WORKER_MODELS_MANIFEST` when models are listed.
+    ``queue_url`` is the worker API inside the tailnet (pull workers); ``public_url`` the queue
+    manager's public URL (`QM_PUBLIC_URL`), the only one a serverless container can reach."""
 
     stack: str
     queue_url: pulumi.Input[str]
     worker_token: pulumi.Input[str]
+    public_url: pulumi.Input[str] | None = None
     tailnet_auth_key: pulumi.Input[str] | None = None
     models: StorageAccess | None = None
     user_files: StorageAccess | None = None
@@ -70,6 +73,19 @@ class PoolContext:
     images: WorkerImages = field(default_factory=WorkerImages)
     shared: SharedVolumes = field(default_factory=SharedVolumes)
     comfyui: ComfyUIConfig = field(default_factory=ComfyUIConfig)  # what the worker image runs
+
+    def queue_url_for(self, pool: str, mode: PoolMode) -> pulumi.Input[str]:
+        """Where ``pool``'s workers reach the queue manager: pull workers through the tailnet, push
+        containers (not on the tailnet) at its public URL, where their leases' reply_url points
+        too (the pool token guards the worker API on both)."""
+        if mode is PoolMode.PULL:
+            return self.queue_url
+        if self.public_url is None:
+            raise ValueError(
+                f"pool {pool}: a push pool's containers reach the queue manager at its public URL, and "
+                "this stack has none: run push pools in the workshop stack"
+            )
+        return self.public_url
 
     def registry_for(self, pool: str, kind: str) -> RegistryConfig:
         """The registry a pool pulls its worker image from (config validation requires it)."""

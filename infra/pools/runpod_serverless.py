@@ -57,7 +57,7 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
         child = pulumi.ResourceOptions(parent=pool)
         conn, prefix = runpod_connection(), ctx.remote_name(config.name)
         volume = self._volume(config, ctx, pool, conn)
-        env = worker_env(ctx, config.name, "runpod", models_dir=RUNPOD_MODELS_DIR if volume else None)
+        env = worker_env(ctx, config.name, "runpod", RUNPOD_MODELS_DIR if volume else None, self.mode)
         template = RunPodTemplate(
             f"{config.name}-template",
             {

@@ -61,9 +61,8 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
         child = pulumi.ResourceOptions(parent=pool)
         conn, prefix = verda_connection(), ctx.remote_name(config.name)
         volume = models_volume(ctx, (config.name, pool), config.models_volume, config.location, conn)
-        env = worker_env(
-            ctx, config.name, "verda-serverless", models_dir=SHARED_MODELS_DIR if volume else None
-        )
+        models_dir = SHARED_MODELS_DIR if volume else None
+        env = worker_env(ctx, config.name, "verda-serverless", models_dir, self.mode)
         secrets = [
             self._secret(config.name, prefix, key, value, conn, child) for key, value in env.secret.items()
         ]

@@ -8,6 +8,12 @@ pull worker uses). Two shapes:
   container's health check (503 until ComfyUI is up and warmed).
 * RunPod serverless: ``handler(event)`` with the Lease in ``event["input"]``, started by
   ``runpod.serverless.start`` (the ``runpod`` package is imported only there).
+
+Before its first lease a container syncs the models (a shared volume under its lock) and reports
+that to ``WORKER_QUEUE_URL`` with ``WORKER_TOKEN``: for serverless pools the program sets it to the
+queue manager's public URL (a container is not on the tailnet), where ``reply_url`` points too. The
+admin page then shows the container starting with its sync's progress or why it cannot start, and
+idle once it is ready.
 """
 
 from __future__ import annotations
@@ -74,6 +80,22 @@ async def announce(queue: QueueClient, lease: Lease) -> None:
         log.warning("first heartbeat for job %s failed: %s", lease.job.id, exc)
 
 
+async def start_agent(agent: Agent) -> None:
+    """Start the agent with its models sync shown on the admin page, then register it ready (its
+    catalogue published). Without a token (a local try-out) it starts without reporting."""
+    settings = agent.settings
+    token = settings.token.get_secret_value()
+    if not token:
+        await agent.start()
+        return
+    queue = QueueClient(settings.queue_url, token, settings.retry_seconds, holder=settings.worker_id)
+    try:
+        await agent.start(queue)
+        await publish(agent, queue)
+    finally:
+        await queue.aclose()
+
+
 def verda_app(settings: WorkerSettings, agent: Agent | None = None) -> FastAPI:
     """The HTTP handler a Verda serverless container runs (``python -m services.worker serve-push``)."""
     worker = agent or Agent(settings)
@@ -82,7 +104,7 @@ def verda_app(settings: WorkerSettings, agent: Agent | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await worker.start()
+        await start_agent(worker)
         ready.set()
         try:
             yield
@@ -125,7 +147,7 @@ async def _shared_agent() -> Agent:
     async with _runpod_lock:
         if _runpod_agent is None:
             agent = Agent(WorkerSettings())
-            await agent.start()
+            await start_agent(agent)
             _runpod_agent = agent
     return _runpod_agent
 

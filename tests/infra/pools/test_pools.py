@@ -363,6 +363,21 @@ def test_every_pool_kinds_workers_get_the_manifest_the_models_bucket_and_its_rea
     assert json.loads(env["WORKER_WARMUP_WORKFLOW"]) == WARMUP  # the pool's own warm-up, before ready
 
 
+@pytest.mark.parametrize("pool", [VERDA_SERVERLESS, RUNPOD], ids=lambda p: p["kind"])
+def test_serverless_containers_reach_the_queue_manager_at_its_public_url(pool: dict[str, Any]) -> None:
+    """A serverless container is not on the tailnet: its models sync reports to the admin page and
+    its leases report back through the public site, which passes the worker API on."""
+    run = workshop(pool)
+    env = worker_env_of(run, pool["kind"])
+
+    assert env["WORKER_QUEUE_URL"] == qm_env(run)["QM_PUBLIC_URL"] == "https://workshop.example.org"
+    site = run.one(CONTAINER, "platform-nginx").inputs["uploads"][0]["content"]
+    public = site.split("listen 443 ssl", 1)[1].split("\nserver {", 1)[0]
+    assert "location ~ ^/api/(workers|leases)/ {" in public
+    pulled = worker_env_of(workshop(VERDA_INSTANCE), "verda-instance")
+    assert pulled["WORKER_QUEUE_URL"] == "http://comfy-workshop.tail1234.ts.net:8081"
+
+
 def test_a_verda_host_fills_its_models_folder_before_its_workers_read_it(instances: StackRun) -> None:
     script = dynamic(instances, "baseline-startup").inputs["script"]
 

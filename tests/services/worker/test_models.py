@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,9 +17,12 @@ import yaml
 
 from services.protocol.workers import ModelsProgress
 from services.storage import S3Settings, Storage, aiter_chunks, open_storage
+from services.storage.local import LocalStorage
+from services.worker import push
 from services.worker.agent import Agent
 from services.worker.models import ModelError, ensure_models, load_manifest
 from services.worker.pull import run_pull
+from services.worker.push import verda_app
 from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
 from tests.doubles.comfyui import ComfyUIDouble
@@ -35,9 +39,13 @@ def s3_endpoint() -> Iterator[str]:
         yield endpoint
 
 
+def bucket_of(tmp_path: Path) -> str:
+    return f"models-{tmp_path.name.lower().replace('_', '-')}"[:60]
+
+
 @pytest.fixture
 async def vault(s3_endpoint: str, tmp_path: Path) -> Storage:
-    bucket = f"models-{tmp_path.name.lower().replace('_', '-')}"[:60]
+    bucket = bucket_of(tmp_path)
     make_bucket(s3_endpoint, bucket)
     settings = S3Settings(
         endpoint_url=s3_endpoint, access_key_id="test", secret_access_key="test", region="us-east-1"
@@ -237,3 +245,75 @@ async def test_a_worker_missing_a_model_says_why_on_the_admin_page_and_takes_no_
         and "nope/b.safetensors" in sync["message"]
     )
     assert (await alice.get(f"/api/jobs/{job_id}")).json()["state"] == "queued"
+
+
+def container_settings(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, s3_endpoint: str, tmp_path: Path, **extra: object
+) -> WorkerSettings:
+    """A serverless container: WORKER_QUEUE_URL is the queue manager's public URL, a shared volume."""
+    return worker_settings(
+        comfy, qm.url, tmp_path, provider="verda-serverless", worker_id="container-1",
+        models_manifest=manifest(tmp_path), models_url=f"s3://{bucket_of(tmp_path)}",
+        models_s3_endpoint_url=s3_endpoint, models_s3_access_key_id="test",
+        models_s3_secret_access_key="test", shared_models_dir=tmp_path / "volume", **extra,
+    )  # fmt: skip
+
+
+async def admin_workers(qm: QueueManagerServer) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=qm.url, auth=(ADMIN, ADMIN_PASSWORD)) as admin:
+        workers: list[dict[str, Any]] = (await admin.get("/api/admin/workers")).json()
+    return workers
+
+
+async def test_a_push_container_shows_its_models_sync_on_the_admin_page_then_idle(
+    vault: Storage, s3_endpoint: str, comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path
+) -> None:
+    lock = tmp_path / "volume/.comfy-models.lock"
+    lock.parent.mkdir()
+    lock.write_text("other-container:7:y")  # another container fills the volume
+    config = container_settings(comfy, qm, s3_endpoint, tmp_path, models_lock_stale_seconds=600)
+    container = QueueManagerServer(verda_app(config, Agent(config, LocalStorage(tmp_path / "files"))))
+    starting = asyncio.create_task(asyncio.to_thread(container.start))  # its lifespan syncs the models
+    try:
+        seen: list[dict[str, Any]] = []
+
+        async def admin_sees_it_waiting() -> None:
+            while not seen:
+                seen.extend(
+                    w
+                    for w in await admin_workers(qm)
+                    if (w["capabilities"]["models_sync"] or {}).get("state") == "waiting"
+                )
+
+        await asyncio.wait_for(admin_sees_it_waiting(), timeout=20)
+        [waiting] = seen
+        sync = waiting["capabilities"]["models_sync"]
+        assert waiting["worker_id"] == "container-1" and waiting["state"] == "starting"
+        assert (sync["files_total"], sync["bytes_total"]) == (1, len(WEIGHTS))
+        assert "other-container:7:y" in sync["message"]
+        lock.unlink()  # the other sync ends: this container downloads what it did not leave
+        await starting
+        [ready] = await admin_workers(qm)
+        assert ready["state"] == "idle" and ready["capabilities"]["models"] == [
+            "checkpoints/model.safetensors"
+        ]
+    finally:
+        if not starting.done():
+            lock.unlink(missing_ok=True)
+            await asyncio.gather(starting, return_exceptions=True)
+        container.stop()
+    assert (tmp_path / "volume/checkpoints/model.safetensors").read_bytes() == WEIGHTS
+
+
+async def test_a_push_container_that_cannot_get_its_models_says_why_on_the_admin_page(
+    s3_endpoint: str, comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path
+) -> None:
+    make_bucket(s3_endpoint, bucket_of(tmp_path))  # empty: the manifest's file is not there
+    (tmp_path / "volume").mkdir()
+    config = container_settings(comfy, qm, s3_endpoint, tmp_path)
+    with pytest.raises(ModelError, match=r"sd/model\.safetensors \(missing\)"):
+        await push.start_agent(Agent(config, LocalStorage(tmp_path / "files")))
+    [worker] = await admin_workers(qm)
+    sync = worker["capabilities"]["models_sync"]
+    assert worker["state"] == "starting" and sync["state"] == "failed"
+    assert "sd/model.safetensors (missing)" in sync["message"]

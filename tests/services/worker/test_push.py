@@ -61,7 +61,7 @@ async def test_the_verda_handler_runs_a_pushed_lease_and_reports_it(
                 "/lease", content=lease.model_dump_json(), headers={"Content-Type": "application/json"}
             )
             assert reply.json() == {"job_id": lease.job.id, "outcome": "succeeded"}
-            # No pull worker ever registered: the container's first lease published the catalogue.
+            # No pull worker ever registered: the container published the catalogue once it was ready.
             nodes = (await alice.get("/w/alice/api/object_info")).json()
             assert {"EmptyImage", "SaveImage"} <= set(nodes)
             orphan = lease.model_copy(update={"reply_url": None})
