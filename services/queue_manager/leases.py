@@ -107,12 +107,16 @@ class LeaseOps(StoreBase):
             raise StaleLease(job_id)
         return [str(part) for part in reply]
 
-    async def heartbeat(self, job_id: str, token: str, wait: float = 0.0) -> HeartbeatReply:
+    async def heartbeat(
+        self, job_id: str, token: str, wait: float = 0.0, renew: bool = True
+    ) -> HeartbeatReply:
         """Renew a lease; the reply tells the worker whether the job's owner asked to cancel it.
         With ``wait`` (capped at half the lease) the reply waits that long for a cancel and comes
-        the moment one is made, so a worker holding its heartbeat open hears it at once."""
+        the moment one is made, so a worker holding its heartbeat open hears it at once.
+        ``renew=False`` only checks the lease (a worker's first call, the lease being fresh)."""
         with self.wakeups.cancels.watch(job_id) as cancelled:  # before the flag is read: none missed
-            _, expires, cancel, _, _ = await self._touch(job_id, token, "heartbeat")
+            mode = "heartbeat" if renew else "watch"
+            _, expires, cancel, _, _ = await self._touch(job_id, token, mode)
             if cancel != "1" and wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(cancelled.wait(), min(wait, self.settings.lease_seconds / 2))

@@ -91,7 +91,7 @@ class TouchArgs(ScriptArgs):
     token: str
     now_ms: int
     lease_ms: int
-    mode: str  # 'heartbeat' | 'events'
+    mode: str  # 'heartbeat' | 'events' | 'watch'
     events: tuple[str, ...] = ()  # UserEvent JSON payloads for the job's owner
 
 

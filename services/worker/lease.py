@@ -37,11 +37,12 @@ class LeaseKeeper:
 
     async def _beat(self) -> None:
         loop = asyncio.get_running_loop()
+        renew = False  # the lease was just granted: the first call only listens for a cancel
         while True:
             due = loop.time() + self.every
             hold = 0.0 if self.cancel.is_set() else self.every  # nothing more to wait for once cancelled
             try:
-                reply = await self.queue.heartbeat(self.job_id, self.token, hold)
+                reply = await self.queue.heartbeat(self.job_id, self.token, hold, renew)
             except LeaseLostError:
                 log.warning("lease on job %s lost: stopping it", self.job_id)
                 self.lost.set()
@@ -52,4 +53,5 @@ class LeaseKeeper:
                 if reply.cancel and not self.cancel.is_set():
                     log.info("job %s: cancel requested", self.job_id)
                     self.cancel.set()
+            renew = True
             await asyncio.sleep(max(0.0, due - loop.time()))

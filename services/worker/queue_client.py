@@ -109,10 +109,13 @@ class QueueClient:
         reply = await self._post(f"/api/workers/{worker_id}/claim?wait={wait:g}", read_seconds=wait + 15.0)
         return None if reply.status_code == 204 else Lease.model_validate_json(reply.content)
 
-    async def heartbeat(self, job_id: str, token: str, wait: float = 0.0) -> HeartbeatReply:
-        """Renew the lease; with ``wait`` the reply is held open until a cancel or ``wait`` seconds."""
+    async def heartbeat(
+        self, job_id: str, token: str, wait: float = 0.0, renew: bool = True
+    ) -> HeartbeatReply:
+        """Renew the lease (``renew=False``: only check it); with ``wait`` the reply is held open
+        until a cancel or ``wait`` seconds."""
         reply = await self._post(
-            f"/api/leases/{job_id}/heartbeat?wait={wait:g}",
+            f"/api/leases/{job_id}/heartbeat?wait={wait:g}&renew={str(renew).lower()}",
             LeaseCall(token=token, worker_id=self.holder).model_dump_json(),
             read_seconds=wait + 15.0,
         )

@@ -1,7 +1,8 @@
 -- Check (and for heartbeats renew) a lease. ARGV: prefix, id, token, now_ms, lease_ms, mode,
 -- events...: UserEvent JSON payloads to publish to the job's owner.
 -- mode 'heartbeat' renews the lease; mode 'events' only marks a leased job running, so the
--- common case (progress of a running job) writes nothing and costs no AOF fsync.
+-- common case (progress of a running job) writes nothing and costs no AOF fsync; mode 'watch' (a
+-- worker's first heartbeat, held open for a cancel right after the claim) writes nothing at all.
 -- Returns {'ok', expires_ms, cancel, user, became_running} | {'stale'}.
 local id, token, mode = ARGV[2], ARGV[3], ARGV[6]
 local now, lease_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -20,7 +21,7 @@ if mode == 'heartbeat' then
   redis.call('HSET', k('worker', f[5]), 'last_seen', now)
   redis.call('ZADD', k('workers'), now, f[5])
 end
-if state == 'leased' then
+if state == 'leased' and mode ~= 'watch' then
   redis.call('HSET', key, 'state', 'running')
   became_running = 1
 end

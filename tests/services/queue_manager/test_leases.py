@@ -155,13 +155,25 @@ async def test_a_heartbeat_held_open_answers_the_moment_the_owner_cancels(
     queued = await store.submit("ada", job())
     lease = await store.claim("w1", "gpu")
     assert lease is not None
-    held = asyncio.create_task(store.heartbeat(queued.id, lease.token, wait=50.0))
+    held = asyncio.create_task(store.heartbeat(queued.id, lease.token, wait=50.0, renew=False))
     while not store.wakeups.cancels.watched:
         await asyncio.sleep(0.01)  # until the heartbeat is held open
     assert await store.cancel(queued.id, user="ada") == "requested"
     reply = await asyncio.wait_for(held, timeout=10)  # long before its 50 s
     assert reply.cancel is True
     listener.cancel()
+
+
+async def test_a_first_heartbeat_that_only_listens_writes_nothing(store: Store) -> None:
+    queued = await store.submit("ada", job())
+    lease = await store.claim("w1", "gpu")
+    assert lease is not None
+    before = await store.redis.hgetall(store.keys.job(queued.id))
+    reply = await store.heartbeat(queued.id, lease.token, renew=False)
+    assert reply.cancel is False and reply.expires_at == lease.expires_at
+    assert await store.redis.hgetall(store.keys.job(queued.id)) == before  # still leased, same expiry
+    with pytest.raises(StaleLease):
+        await store.heartbeat(queued.id, "not-the-token", renew=False)
 
 
 async def test_a_claim_with_nothing_to_do_returns_nothing_after_its_wait(store: Store) -> None:

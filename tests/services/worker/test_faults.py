@@ -192,7 +192,7 @@ async def test_a_lease_lost_at_a_heartbeat_stops_the_job_in_comfyui_without_repo
     class StaleQueue(QueueClient):
         reported: list[str] = []
 
-        async def heartbeat(self, job_id: str, token: str, wait: float = 0.0) -> Any:
+        async def heartbeat(self, job_id: str, token: str, wait: float = 0.0, renew: bool = True) -> Any:
             await until(lambda: comfy.state.running is not None, "job running")  # then the lease is gone
             raise LeaseLostError("409")
 

@@ -37,10 +37,11 @@ async def heartbeat(
     wait: Annotated[
         float, Query(ge=0, le=60, description="seconds to hold the reply open for a cancel (<= lease / 2)")
     ] = 0,
+    renew: Annotated[bool, Query(description="false: only check the lease (it was just granted)")] = True,
 ) -> HeartbeatReply:
     """Renew the lease; ``cancel`` says the owner wants the job interrupted. With ``wait`` the reply
     comes the moment the owner cancels, or after ``wait`` seconds."""
-    reply = await store.heartbeat(job_id, call.token, wait)
+    reply = await store.heartbeat(job_id, call.token, wait, renew)
     await store.holder_report(call.worker_id, pool, job_id, busy=True)
     return reply
 
