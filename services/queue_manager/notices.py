@@ -37,11 +37,18 @@ def from_worker(job_id: str, event: JobEvent) -> UserEvent | None:
 
 
 def finished(
-    job_id: str, state: JobState | str, error: JobError | None = None, *, ran: bool = True
+    job_id: str,
+    state: JobState | str,
+    error: JobError | None = None,
+    *,
+    ran: bool = True,
+    statuses: int | None = None,
 ) -> UserEvent:
     """The end of a job; ``ran=False`` for one cancelled while it waited (ComfyUI says nothing of
-    those but the new queue ``status``)."""
+    those but the new queue ``status``; ``statuses`` of them, when given)."""
     data: dict[str, Any] = {"state": JobState(state).value, "timestamp": int(time.time() * 1000), "ran": ran}
+    if statuses is not None:
+        data["statuses"] = statuses
     if error is not None:
         data["error"] = error.model_dump(mode="json")
     return UserEvent(type=EventType.FINISHED, job_id=job_id, data=data)

@@ -105,10 +105,11 @@ class Store(LeaseOps, WorkerOps, AdminOps):
             await self.redis.zrem(key, *expired)
         return [job_from_hash(fields) for fields in records if fields]
 
-    async def cancel(self, job_id: str, *, user: str | None = None) -> str:
+    async def cancel(self, job_id: str, *, user: str | None = None, statuses: int | None = None) -> str:
         """Cancel a job: a waiting one is removed at once ('cancelled'); a running one's worker is
         told at its next heartbeat ('requested'); 'finished' if it already ended. ``user`` limits
-        the call to that owner's jobs (None: admin)."""
+        the call to that owner's jobs (None: admin); ``statuses`` is how many queue ``status``
+        messages the owner's workspace sends for a removed waiting job (None: as for one deletion)."""
         args = CancelArgs(self.prefix, job_id, user or "", now_ms(), self.retention_ms)
         reply = await self.scripts.run(args)
         if reply[0] == "missing":
@@ -116,5 +117,6 @@ class Store(LeaseOps, WorkerOps, AdminOps):
         outcome, owner = str(reply[0]), str(reply[1])
         log.info("job cancel", extra={"job_id": job_id, "outcome": outcome})
         if outcome == "cancelled":
-            await self.events.publish(owner, notices.finished(job_id, JobState.CANCELLED, ran=False))
+            ended = notices.finished(job_id, JobState.CANCELLED, ran=False, statuses=statuses)
+            await self.events.publish(owner, ended)
         return outcome

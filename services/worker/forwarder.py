@@ -3,14 +3,15 @@
 ``progress`` and ``progress_state`` share one limit of ``rate`` releases per second per job, and
 ``b_preview`` (preview images) has its own of ``preview_rate``; within a window the latest value
 of each kind wins and is sent when the window opens. Other events pass in order. A node event makes
-a held ``progress`` or preview stale (dropped), but a held ``progress_state`` is sent before it: each
-one is ComfyUI's whole picture of the job's nodes, and the last one (every node ``finished``) is
-what lets the participant's page stop showing the job as running, so it is never dropped, not even
-at ``close``. Only the steps inside a node are throttled: a ``progress_state`` in which a node
-starts or finishes goes out at once, in order, in place of a held one (it carries every node's newer
-state) and opening a new window, so the page hears every node's start and end as ComfyUI sends
-them. Sending happens on a background task, so a slow queue manager never slows the job; events
-are gathered for ``linger`` seconds into one batch, so a short job costs one round trip.
+a held ``progress`` (unless it is the node's first) or preview stale (dropped), but a held
+``progress_state`` is sent before it: each one is ComfyUI's whole picture of the job's nodes, and
+the last one (every node ``finished``) is what lets the participant's page stop showing the job as
+running, so it is never dropped, not even at ``close``. Only the steps inside a node are throttled:
+a ``progress_state`` in which a node starts or finishes goes out at once, in order, in place of a
+held one (it carries every node's newer state) and opening a new window, so the page hears every
+node's start and end as ComfyUI sends them. Sending happens on a background task, so a slow queue
+manager never slows the job; events are gathered for ``linger`` seconds into one batch, so a short
+job costs one round trip.
 """
 
 from __future__ import annotations
@@ -46,13 +47,16 @@ class EventForwarder:
         self._wake = asyncio.Event()
         self._closing = False
         self._node_states: dict[str, str] = {}
+        self._progressed: set[str] = set()  # nodes whose progress the queue manager has had
         self._sender = asyncio.create_task(self._send_loop(), name="event-forwarder")
 
     def add(self, kind: str, data: dict[str, Any]) -> None:
         event = JobEvent(type=kind, data=data)
         if kind == "progress_state" and self._changes_nodes(data):
             steps = self._lanes["progress"]
-            steps.take()  # superseded: this state has every node's newer state; held progress is stale
+            for held in steps.take():  # a held state is superseded: this one has every node's newer state
+                if self._first_progress(held):
+                    self._push(held)
             steps.mark()
             self._push(event)
             return
@@ -72,13 +76,19 @@ class EventForwarder:
         return changed
 
     def _settle(self) -> None:
-        """Before a node event or the end: held states go out first, held progress and previews are stale."""
+        """Before a node event or the end: held states go out first, held progress and previews are
+        stale (but a node's first progress, which says the node reports steps, is kept)."""
         for lane in self._lanes.values():
             for event in lane.take():
-                if event.type in KEPT:
+                if event.type in KEPT or self._first_progress(event):
                     self._push(event)
 
+    def _first_progress(self, event: JobEvent) -> bool:
+        return event.type == "progress" and str(event.data.get("node")) not in self._progressed
+
     def _push(self, event: JobEvent) -> None:
+        if event.type == "progress":
+            self._progressed.add(str(event.data.get("node")))
         self._buffer.append(event)
         self._wake.set()
 
@@ -97,7 +107,8 @@ class EventForwarder:
                     log.warning("could not forward %d events: %s", len(batch), exc)
 
     async def close(self) -> None:
-        """Send what is buffered and the last held ``progress_state`` (held progress is dropped), and stop."""
+        """Send what is buffered and the last held ``progress_state`` (held progress is dropped unless
+        it is its node's first), and stop."""
         for lane in self._lanes.values():
             lane.stop()
         self._settle()

@@ -46,10 +46,13 @@ async def visible_jobs(ctx: Context, user: str) -> list[Job]:
     return [job for job in await ctx.store.list_jobs(user) if job.id not in hidden]
 
 
-async def cancel_own(ctx: Context, user: str, job_ids: set[str]) -> None:
-    for job_id in job_ids:
+async def cancel_own(ctx: Context, user: str, job_ids: set[str], *, one_status: bool = False) -> None:
+    """Cancel those of the participant's jobs; ``one_status``: the page hears one queue ``status``
+    for all of them (a cleared queue), not one per job."""
+    for index, job_id in enumerate(sorted(job_ids), 1):
+        statuses = int(index == len(job_ids)) if one_status else None
         with contextlib.suppress(JobNotFound):
-            await ctx.store.cancel(job_id, user=user)
+            await ctx.store.cancel(job_id, user=user, statuses=statuses)
 
 
 def remaining(jobs: list[Job]) -> int:
@@ -141,7 +144,10 @@ async def edit_queue(request: Request, ctx: Context, user: Participant) -> Respo
     body = await read_object(request)
     jobs = await ctx.store.list_jobs(user)
     queued = {job.id for job in jobs if job.state is JobState.QUEUED}
-    await cancel_own(ctx, user, queued if body.get("clear") else queued & ids(body.get("delete")))
+    if body.get("clear"):
+        await cancel_own(ctx, user, queued, one_status=True)
+    else:
+        await cancel_own(ctx, user, queued & ids(body.get("delete")))
     return Response(status_code=200)
 
 

@@ -27,7 +27,7 @@ from fastapi.websockets import WebSocketState
 
 from services.protocol import comfyui
 from services.protocol.events import EventType, UserEvent
-from services.protocol.jobs import JobError, JobState
+from services.protocol.jobs import Job, JobError, JobState
 from services.queue_manager.workspaces.deps import Context, session_user
 from services.queue_manager.workspaces.routes_info import server_features
 
@@ -85,11 +85,21 @@ async def send_event(websocket: WebSocket, audience: Audience, event: UserEvent)
         await send(websocket, comfy)
 
 
+def statuses_for(data: dict[str, Any], jobs: list[Job]) -> int:
+    """How many ``status`` messages ComfyUI sends for this end: one, but for a deleted waiting
+    prompt two when it was the last one waiting, and one for a whole cleared queue."""
+    if data.get("ran", True):
+        return 1
+    if "statuses" in data:
+        return int(data["statuses"])
+    return 1 if any(job.state is JobState.QUEUED for job in jobs) else 2
+
+
 async def send_end(
     websocket: WebSocket, ctx: Context, user: str, audience: Audience, event: UserEvent
 ) -> None:
     """The job's end, the new ``status``, then ``executing {node: null}``. A job deleted while it
-    waited ends with the status only (twice when it was the last one waiting, as ComfyUI says it)."""
+    waited ends with the status only (``statuses_for``)."""
     data = event.data
     ran = data.get("ran", True)
     end = comfyui.ending(
@@ -102,8 +112,7 @@ async def send_end(
         await send(websocket, end)
     jobs = await ctx.store.list_jobs(user)
     status = comfyui.status(sum(1 for job in jobs if not job.state.finished))
-    await send(websocket, status)
-    if not ran and not any(job.state is JobState.QUEUED for job in jobs):
+    for _ in range(statuses_for(data, jobs)):
         await send(websocket, status)
     if ran and await audience.client_of(event.job_id) == audience.sid:
         await send(websocket, comfyui.idle(event.job_id))

@@ -88,11 +88,13 @@ async def test_a_held_progress_state_goes_out_before_the_next_node_event() -> No
     forwarder = EventForwarder(sink, rate=10.0)
     forwarder.add("progress_state", node_states("p", 1, 2))
     forwarder.add("progress", {"value": 1, "max": 2, "node": "3", "prompt_id": "p"})  # held back
-    forwarder.add("progress_state", node_states("p", 2, 2))  # held back
+    forwarder.add("progress", {"value": 2, "max": 2, "node": "3", "prompt_id": "p"})  # replaces it
+    forwarder.add("progress_state", node_states("p", 2, 2))  # the node finished: goes out at once
     forwarder.add("executed", {"node": "3", "output": {}, "prompt_id": "p"})
     await forwarder.close()
     assert [(e.type, e.data.get("nodes", {}).get("3", {}).get("value")) for _, e in sink.sent] == [
         ("progress_state", 1),
+        ("progress", None),  # the node's first progress is kept: ComfyUI's page learns it reports steps
         ("progress_state", 2),
         ("executed", None),
     ]
