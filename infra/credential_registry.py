@@ -74,53 +74,95 @@ class Credential:
 
 
 HCLOUD_TOKEN = Credential(
-    "hcloud:token", "HCLOUD_TOKEN", "Hetzner Cloud API token",
-    "Hetzner Cloud console > your project > Security > API tokens (read & write)", "workshop",
-)  # fmt: skip
+    key="hcloud:token",
+    env="HCLOUD_TOKEN",
+    what="Hetzner Cloud API token",
+    how="Hetzner Cloud console > your project > Security > API tokens (read & write)",
+    needed_for="workshop",
+)
 CLOUDFLARE_TOKEN = Credential(
-    "cloudflare:apiToken", "CLOUDFLARE_API_TOKEN", "Cloudflare API token",
-    "Cloudflare dashboard > My Profile > API Tokens; vault: Account > Workers R2 Storage: Edit, "
-    "User > API Tokens: Edit, Zone > SSL and Certificates: Edit; workshop: Zone > DNS: Edit",
-    "vault, workshop",
-)  # fmt: skip
+    key="cloudflare:apiToken",
+    env="CLOUDFLARE_API_TOKEN",
+    what="Cloudflare API token",
+    how=(
+        "Cloudflare dashboard > My Profile > API Tokens; vault: Account > Workers R2 Storage: Edit, "
+        "User > API Tokens: Edit, Zone > SSL and Certificates: Edit; workshop: Zone > DNS: Edit"
+    ),
+    needed_for="vault, workshop",
+)
 TAILSCALE_API_KEY = Credential(
-    "tailscale:apiKey", "TAILSCALE_API_KEY", "Tailscale API key",
-    "Tailscale admin console > Settings > Keys > API access token", "workshop (or the OAuth client)",
-)  # fmt: skip
+    key="tailscale:apiKey",
+    env="TAILSCALE_API_KEY",
+    what="Tailscale API key",
+    how="Tailscale admin console > Settings > Keys > API access token",
+    needed_for="workshop (or the OAuth client)",
+)
 TAILSCALE_OAUTH_SECRET = Credential(
-    "tailscale:oauthClientSecret", "TAILSCALE_OAUTH_CLIENT_SECRET", "Tailscale OAuth client secret",
-    "Tailscale admin console > Settings > OAuth clients (scopes auth_keys and policy_file; set "
-    "tailscale:oauthClientId too)", "workshop, instead of the API key",
-)  # fmt: skip
+    key="tailscale:oauthClientSecret",
+    env="TAILSCALE_OAUTH_CLIENT_SECRET",
+    what="Tailscale OAuth client secret",
+    how=(
+        "Tailscale admin console > Settings > OAuth clients (scopes auth_keys and policy_file; set "
+        "tailscale:oauthClientId too)"
+    ),
+    needed_for="workshop, instead of the API key",
+)
 VERDA_CLIENT_ID = Credential(
-    "comfy-workshop:verdaClientId", "VERDA_CLIENT_ID", "Verda API client id",
-    "Verda cloud console > Keys > Cloud API credentials", "verda-* pools", is_secret=False,
-)  # fmt: skip
+    key="comfy-workshop:verdaClientId",
+    env="VERDA_CLIENT_ID",
+    what="Verda API client id",
+    how="Verda cloud console > Keys > Cloud API credentials",
+    needed_for="verda-* pools",
+    is_secret=False,
+)
 VERDA_CLIENT_SECRET = Credential(
-    "comfy-workshop:verdaClientSecret", "VERDA_CLIENT_SECRET", "Verda API client secret",
-    "Verda cloud console > Keys > Cloud API credentials", "verda-* pools",
-)  # fmt: skip
+    key="comfy-workshop:verdaClientSecret",
+    env="VERDA_CLIENT_SECRET",
+    what="Verda API client secret",
+    how="Verda cloud console > Keys > Cloud API credentials",
+    needed_for="verda-* pools",
+)
 VERDA_INFERENCE_KEY = Credential(
-    "comfy-workshop:verdaInferenceKey", "VERDA_INFERENCE_KEY", "Verda inference API key",
-    "Verda cloud console > Keys > Inference API keys (the queue manager calls container endpoints with it)",
-    "verda-serverless pools",
-)  # fmt: skip
+    key="comfy-workshop:verdaInferenceKey",
+    env="VERDA_INFERENCE_KEY",
+    what="Verda inference API key",
+    how=(
+        "Verda cloud console > Keys > Inference API keys (the queue manager calls container endpoints "
+        "with it)"
+    ),
+    needed_for="verda-serverless pools",
+)
 RUNPOD_API_KEY = Credential(
-    "comfy-workshop:runpodApiKey", "RUNPOD_API_KEY", "RunPod API key",
-    "RunPod console > Settings > API Keys (read/write)", "runpod-serverless pools",
-)  # fmt: skip
+    key="comfy-workshop:runpodApiKey",
+    env="RUNPOD_API_KEY",
+    what="RunPod API key",
+    how="RunPod console > Settings > API Keys (read/write)",
+    needed_for="runpod-serverless pools",
+)
 REGISTRY_PASSWORD = Credential(
-    "comfy-workshop:registryPassword", "REGISTRY_PASSWORD", "container registry token",
-    "a token of `registry.username` that may push to `registry.repository` (ghcr: a PAT with write:packages)",
-    "pools that pull the worker image (when `registry` is set)",
-)  # fmt: skip
+    key="comfy-workshop:registryPassword",
+    env="REGISTRY_PASSWORD",
+    what="container registry token",
+    how=(
+        "a token of `registry.username` that may push to `registry.repository` (ghcr: a PAT with "
+        "write:packages)"
+    ),
+    needed_for="pools that pull the worker image (when `registry` is set)",
+)
 
 # A credential another one can stand in for (Tailscale takes an API key or an OAuth client).
 ALTERNATIVES: dict[Credential, Credential] = {TAILSCALE_API_KEY: TAILSCALE_OAUTH_SECRET}
 ALL = (
-    HCLOUD_TOKEN, CLOUDFLARE_TOKEN, TAILSCALE_API_KEY, TAILSCALE_OAUTH_SECRET, VERDA_CLIENT_ID,
-    VERDA_CLIENT_SECRET, VERDA_INFERENCE_KEY, RUNPOD_API_KEY, REGISTRY_PASSWORD,
-)  # fmt: skip
+    HCLOUD_TOKEN,
+    CLOUDFLARE_TOKEN,
+    TAILSCALE_API_KEY,
+    TAILSCALE_OAUTH_SECRET,
+    VERDA_CLIENT_ID,
+    VERDA_CLIENT_SECRET,
+    VERDA_INFERENCE_KEY,
+    RUNPOD_API_KEY,
+    REGISTRY_PASSWORD,
+)
 # Keys of our namespace that hold credentials rather than platform settings (not validated as settings).
 OWN_KEYS = frozenset(c.name for c in ALL if c.namespace == "comfy-workshop")
 

@@ -48,9 +48,14 @@ def build_local(config: LocalConfig, stack: str) -> dict[str, Any]:
 
     pools = PoolSet("pools", config.pools, context_for)
     settings = queue_manager_settings(
-        config.queue, base_url, config.admin_user, credentials.admin_password, credentials.session_secret,
-        pools.tokens_json(), f"file://{FILES_DIR}",
-    )  # fmt: skip
+        policy=config.queue,
+        public_url=base_url,
+        admin_user=config.admin_user,
+        admin_password=credentials.admin_password,
+        session_secret=credentials.session_secret,
+        worker_tokens_json=pools.tokens_json(),
+        files_url=f"file://{FILES_DIR}",
+    )
     site = NginxSpec("localhost", http_port=NGINX_PORT, max_upload_mb=config.queue.max_upload_mb)
     platform = Platform(
         "platform",

@@ -26,13 +26,13 @@ def identity_files(stack: str) -> tuple[str, str]:
 
 def ssh_options(stack: str) -> list[str]:
     key, known_hosts = identity_files(stack)
-    return [
-        "-i", key,
-        "-o", "IdentitiesOnly=yes",
-        "-o", f"UserKnownHostsFile={known_hosts}",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", "ConnectTimeout=20",
-    ]  # fmt: skip
+    options = {
+        "IdentitiesOnly": "yes",
+        "UserKnownHostsFile": known_hosts,
+        "StrictHostKeyChecking": "yes",
+        "ConnectTimeout": "20",
+    }
+    return ["-i", key, *[arg for name, value in options.items() for arg in ("-o", f"{name}={value}")]]
 
 
 def write_identity(stack: str, host: str, host_public_key: str, private_key: str) -> str:

@@ -54,9 +54,14 @@ def _nginx(config: WorkshopConfig, sources: list[str]) -> str:
     # Behind Cloudflare, nginx logs and the queue manager see the participant's own address.
     proxies = tuple(sources) if config.vps.web_from_cloudflare_only else ()
     spec = NginxSpec(
-        config.domain, tls=Tls(), http_port=80, https_port=443, worker_port=WORKER_API_PORT,
-        max_upload_mb=config.queue.max_upload_mb, trusted_proxies=proxies,
-    )  # fmt: skip
+        config.domain,
+        tls=Tls(),
+        http_port=80,
+        https_port=443,
+        worker_port=WORKER_API_PORT,
+        max_upload_mb=config.queue.max_upload_mb,
+        trusted_proxies=proxies,
+    )
     return nginx_site(spec)
 
 
@@ -65,9 +70,14 @@ def _host(
 ) -> Vps:
     """The VPS and its public name."""
     vps_args = VpsArgs(
-        config.vps, stack, vault.deploy_public_key, vault.deploy_private_key, tailnet.vps_key,
-        (config.tailscale.vps_tag,), web,
-    )  # fmt: skip
+        config=config.vps,
+        stack=stack,
+        deploy_public_key=vault.deploy_public_key,
+        deploy_private_key=vault.deploy_private_key,
+        tailscale_auth_key=tailnet.vps_key,
+        tailscale_tags=(config.tailscale.vps_tag,),
+        web_sources=web,
+    )
     vps = Vps("vps", vps_args)
     dns_record("dns", config.zone, config.domain, vps.server.ipv4_address)
     return vps
@@ -101,12 +111,17 @@ def _settings(config: WorkshopConfig, vault: VaultOutputs, pools: PoolSet) -> di
     files_url = pulumi.Output.concat("s3://", files.bucket, "/files")
     return {
         **queue_manager_settings(
-            config.queue, public_url(config), vault.admin_user, vault.admin_password,
-            vault.session_secret, pools.tokens_json(), files_url,
+            policy=config.queue,
+            public_url=public_url(config),
+            admin_user=vault.admin_user,
+            admin_password=vault.admin_password,
+            session_secret=vault.session_secret,
+            worker_tokens_json=pools.tokens_json(),
+            files_url=files_url,
         ),
         **s3_settings(files.endpoint, vault.user_files),
         **pools.queue_manager_env(),
-    }  # fmt: skip
+    }
 
 
 def _platform(
@@ -146,18 +161,27 @@ def _platform(
 def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
     """Declare the workshop in dependency order and return its stack outputs."""
     vault = VaultOutputs(config.vault_stack)
-    tailnet = Tailnet("tailnet", config.tailscale, WORKER_API_PORT)
+    tailnet = Tailnet("tailnet", config=config.tailscale, worker_port=WORKER_API_PORT)
     web = web_sources(config.vps.web_from_cloudflare_only)
     vps = _host(config, stack, vault, tailnet, web)
     remote = RemoteDocker(
-        "docker", stack, vps.ssh_host, vps.host_public_key, vault.deploy_private_key, vps.ready
+        "docker",
+        stack=stack,
+        host=vps.ssh_host,
+        host_public_key=vps.host_public_key,
+        private_key=vault.deploy_private_key,
+        ready=vps.ready,
     )
     pools = _pools(config, stack, vault, tailnet, vps)
     platform = _platform(config, stack, vault, vps, pools, remote, web)
     QueueKeeper(
-        "queue", platform.queue_manager_name, config.queue.drain_timeout_seconds, platform.queue_manager,
-        connection=vps.connection, after=[vps.ready],
-    )  # fmt: skip
+        "queue",
+        container=platform.queue_manager_name,
+        drain_timeout=config.queue.drain_timeout_seconds,
+        queue_manager=platform.queue_manager,
+        connection=vps.connection,
+        after=[vps.ready],
+    )
     return _outputs(config, vault, vps, pools)
 
 
@@ -179,4 +203,4 @@ def _outputs(config: WorkshopConfig, vault: VaultOutputs, vps: Vps, pools: PoolS
         "tailnetAddress": vps.tailnet_ip,
         "workerApiUrl": worker_api_url(vps),
         "pools": pools.summaries(),
-    }  # fmt: skip
+    }

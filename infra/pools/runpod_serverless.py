@@ -97,9 +97,13 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
         )
         pool.queue_manager_env = push_pool_env(
             config.name,
-            {"style": "runpod", "url": endpoint.endpoint_url, "api_key": RUNPOD_API_KEY.required(),
-             "capacity": self.capacity(config)},
-        )  # fmt: skip
+            {
+                "style": "runpod",
+                "url": endpoint.endpoint_url,
+                "api_key": RUNPOD_API_KEY.required(),
+                "capacity": self.capacity(config),
+            },
+        )
         pool.finish(
             {
                 **self.base_summary(config),

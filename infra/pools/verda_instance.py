@@ -121,10 +121,16 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
 
         def render(v: dict[str, Any]) -> StartupSpec:
             return StartupSpec(
-                pool=config.name, image=v["image"], workers_per_gpu=config.workers_per_gpu,
-                tailnet_key=v["key"], registry_server=registry.server, registry_username=registry.username,
-                registry_password=v["password"], worker_env=v["env"], mount_command=v["mount"] or None,
+                pool=config.name,
+                image=v["image"],
+                workers_per_gpu=config.workers_per_gpu,
+                tailnet_key=v["key"],
+                registry_server=registry.server,
+                registry_username=registry.username,
+                registry_password=v["password"],
+                worker_env=v["env"],
+                mount_command=v["mount"] or None,
                 sync_models="WORKER_MODELS_MANIFEST_JSON" in v["env"],
-            )  # fmt: skip
+            )
 
         return values.apply(render)

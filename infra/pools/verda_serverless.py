@@ -93,9 +93,14 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
         )
         pool.queue_manager_env = push_pool_env(
             config.name,
-            {"style": "verda", "url": deployment.endpoint_base_url, "path": PUSH_PATH,
-             "api_key": VERDA_INFERENCE_KEY.required(), "capacity": self.capacity(config)},
-        )  # fmt: skip
+            {
+                "style": "verda",
+                "url": deployment.endpoint_base_url,
+                "path": PUSH_PATH,
+                "api_key": VERDA_INFERENCE_KEY.required(),
+                "capacity": self.capacity(config),
+            },
+        )
         pool.finish(
             {
                 **self.base_summary(config),

@@ -28,8 +28,14 @@ from infra.providers.verda_secrets import RegistryCredentialsProvider, SecretPro
 from infra.providers.verda_volume import SharedVolumeProvider
 
 SECRET_KEYS = (
-    "client_id", "client_secret", "api_key", "value", "access_token", "docker_config_json", "password",
-)  # fmt: skip
+    "client_id",
+    "client_secret",
+    "api_key",
+    "value",
+    "access_token",
+    "docker_config_json",
+    "password",
+)
 
 Props = Mapping[str, pulumi.Input[Any]]
 
@@ -108,6 +114,15 @@ class RunPodEndpoint(_Declared):
 
 # Every resource kind the pools declare (the engine-faithful tests drive each through a week).
 ALL: tuple[type[_Declared], ...] = (
-    VerdaSshKey, VerdaStartupScript, VerdaSharedVolume, VerdaInstance, VerdaDeployment, VerdaSecret,
-    VerdaRegistryCredentials, RunPodNetworkVolume, RunPodRegistryAuth, RunPodTemplate, RunPodEndpoint,
-)  # fmt: skip
+    VerdaSshKey,
+    VerdaStartupScript,
+    VerdaSharedVolume,
+    VerdaInstance,
+    VerdaDeployment,
+    VerdaSecret,
+    VerdaRegistryCredentials,
+    RunPodNetworkVolume,
+    RunPodRegistryAuth,
+    RunPodTemplate,
+    RunPodEndpoint,
+)

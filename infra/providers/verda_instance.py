@@ -25,9 +25,17 @@ DEFAULT_IMAGE = "ubuntu-24.04-cuda-12.8-open-docker"
 # startup script does; the script's id may change without it (a renewed tailnet key in the script
 # matters only to instances created later), so ``startup_script_id`` is only recorded in place.
 SPEC_KEYS = (
-    "name", "instance_type", "image", "location", "is_spot", "ssh_key_ids", "setup_digest",
-    "existing_volumes", "os_volume_size", "description",
-)  # fmt: skip
+    "name",
+    "instance_type",
+    "image",
+    "location",
+    "is_spot",
+    "ssh_key_ids",
+    "setup_digest",
+    "existing_volumes",
+    "os_volume_size",
+    "description",
+)
 
 
 class InstanceProvider(VerdaProvider):
