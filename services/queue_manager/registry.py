@@ -102,10 +102,11 @@ class WorkerOps(CatalogueOps):
         if now - checked < SEEN_WRITE_MS:
             return pool
         key = self.keys.worker(worker_id)
-        pool = await self.redis.hget(key, "pool")
-        if pool is None:
+        stored = await self.redis.hget(key, "pool")
+        if stored is None:
             raise UnknownWorker(worker_id)
-        self._known_workers[worker_id] = (str(pool), now)
+        pool = stored
+        self._known_workers[worker_id] = (pool, now)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(key, "last_seen", now)
             pipe.expire(key, WORKER_TTL_SECONDS)

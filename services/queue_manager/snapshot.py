@@ -145,7 +145,7 @@ async def _write(redis: Redis, key: str, stored: StoredKey) -> None:
 
 async def _copied_keys(store: Store) -> dict[str, StoredKey]:
     prefix, found = store.keys.prefix, {}
-    redis = bytes_client(store.redis)
+    redis = bytes_client(store.client)
     try:
         async for raw_key in redis.scan_iter(match=f"{prefix}:*", count=1000):
             name = raw_key.decode()
@@ -235,7 +235,7 @@ def _restore_finished(pipe: Any, store: Store, fields: dict[str, str], now: int)
 
 async def _restore_keys(store: Store, snapshot: Snapshot) -> int:
     """Write back each copied key the Redis does not hold yet; returns how many were written."""
-    redis, written = bytes_client(store.redis), 0
+    redis, written = bytes_client(store.client), 0
     try:
         for name, stored in snapshot.keys.items():
             key = f"{store.keys.prefix}:{name}"

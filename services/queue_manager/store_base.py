@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 
 from redis.asyncio import Redis
 
@@ -10,6 +10,7 @@ from services.protocol.jobs import Job
 from services.queue_manager.events import EventBus
 from services.queue_manager.keys import Keys
 from services.queue_manager.records import job_from_hash
+from services.queue_manager.redis_api import StrRedis
 from services.queue_manager.scripts import PositionsArgs, Scripts
 from services.queue_manager.settings import Settings
 from services.queue_manager.wakeups import Wakeups
@@ -17,8 +18,8 @@ from services.queue_manager.wakeups import Wakeups
 
 class StoreBase:
     def __init__(self, redis: Redis, settings: Settings, *, wakeups: Wakeups | None = None) -> None:
-        # redis-py's types cannot say that decode_responses=True makes every answer a str.
-        self.redis: Any = redis
+        self.client = redis  # the client itself: pub/sub, scripts, a bytes-answering twin
+        self.redis = cast(StrRedis, redis)  # decode_responses=True: its commands answer str
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.scripts = Scripts(redis)
