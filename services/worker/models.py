@@ -23,6 +23,12 @@ hashed while it streams, checked against the manifest's size and sha256, renamed
 marked verified (``.<name>.sha256``), so it is hashed once. Before downloading anything the
 bucket is asked for every file: a missing file or a size that differs from the manifest is
 refused with the list of what is wrong, and a hash mismatch after a download likewise.
+
+The folder then holds exactly the manifest's files: what the sync put there (a file with its
+verified mark, a partial download) for a model the manifest no longer lists is removed, under the
+volume's lock (never while another sync holds it) and only inside the folder (links are not
+followed). A file the sync never marked (put there by hand) is not the sync's to remove: it is
+named in the log and left. What was removed is logged and said in the sync's final report.
 """
 
 from __future__ import annotations
@@ -150,6 +156,39 @@ def verified(path: Path, model: ModelFile) -> bool:
     )
 
 
+def _marked_model(name: str) -> str | None:
+    """The model a file name belongs to when the sync wrote it: its mark or its partial download."""
+    if name.startswith(".") and name.endswith(".sha256"):
+        return name[1 : -len(".sha256")]
+    return name.removesuffix(".part") if name.endswith(".part") else None
+
+
+def _bookkeeping(relative: PurePosixPath) -> bool:
+    """The lock, its take-over lock, a write probe, a filesystem's lost+found: never models."""
+    top = relative.parts[0]
+    return top.startswith((LOCK_NAME, ".comfy-write-probe-")) or top == "lost+found"
+
+
+def stale_files(target: Path, manifest: Manifest) -> tuple[list[Path], list[str]]:
+    """Files under ``target`` the manifest does not list: those the sync wrote (to remove: the model,
+    its mark, a partial download) and those it never marked (left, named). Links are not followed,
+    so nothing outside ``target`` is ever named."""
+    keep = {PurePosixPath(model.path) for model in manifest.models}
+    remove: set[Path] = set()
+    unmarked: list[str] = []
+    for folder, _, names in os.walk(target, followlinks=False):
+        here = PurePosixPath(Path(folder).relative_to(target).as_posix())
+        for name in names:
+            relative, model = here / name, _marked_model(name)
+            if relative in keep or _bookkeeping(relative):
+                continue
+            if model is not None and here / model not in keep:
+                remove.update(Path(folder) / other for other in (name, model, f".{model}.sha256"))
+            elif model is None and not (Path(folder) / f".{name}.sha256").is_file():
+                unmarked.append(str(relative))
+    return sorted(path for path in remove if path.is_file() or path.is_symlink()), sorted(unmarked)
+
+
 class VolumeLock:
     """One sync at a time on a shared volume: a lock file created with O_EXCL, renewed while held.
 
@@ -275,10 +314,11 @@ class ModelSync:
         self.settings, self.vault, self.bar, self.tally = settings, vault, progress, tally
         self.target = settings.shared_models_dir or settings.models_dir
         self.downloads: list[str] = []
+        self.removed: list[str] = []
 
     async def run(self, manifest: Manifest) -> None:
         missing = [m for m in manifest.models if not verified(self.target / m.path, m)]
-        if not missing:
+        if not missing and not stale_files(self.target, manifest)[0]:
             self.tally.progress.files_done, self.tally.progress.bytes_done = (
                 len(manifest.models),
                 self.tally.progress.bytes_total,
@@ -326,7 +366,30 @@ class ModelSync:
                 )
             await self.tally.file_done(model)
 
+    def _prune(self, manifest: Manifest) -> None:
+        """Remove what the sync put here for models the manifest no longer lists (the caller holds
+        the volume's lock, or the folder is this worker's own disk)."""
+        remove, unmarked = stale_files(self.target, manifest)
+        for path in remove:
+            path.unlink(missing_ok=True)
+        self.removed = [str(p.relative_to(self.target)) for p in remove if not p.name.startswith(".")]
+        if self.removed:
+            log.info("removed from %s, not in the manifest: %s", self.target, ", ".join(self.removed))
+        if unmarked:
+            log.warning(
+                "left in %s, not in the manifest but not put there by the sync (remove them by hand "
+                "if they are not needed): %s", self.target, ", ".join(unmarked),
+            )  # fmt: skip
+
+    def removed_note(self) -> str:
+        """The final report's message: what the sync removed, if anything."""
+        if not self.removed:
+            return ""
+        note = f"removed {len(self.removed)} files not in the manifest: {', '.join(self.removed)}"
+        return note if len(note) <= 2000 else note[:1996] + " ..."
+
     async def _sync(self, manifest: Manifest) -> None:
+        self._prune(manifest)
         todo = []
         for model in manifest.models:
             path = self.target / model.path
@@ -475,6 +538,6 @@ async def ensure_models(
         if isinstance(exc, ModelError):
             raise
         raise ModelError(f"the models could not be synced to {settings.models_dir}: {exc}") from exc
-    await tally.state("ready")
+    await tally.state("ready", sync.removed_note())
     log.info("%d model files ready in %s", len(manifest.models), sync.target)
     return [model.path for model in manifest.models]

@@ -317,3 +317,60 @@ async def test_a_push_container_that_cannot_get_its_models_says_why_on_the_admin
     sync = worker["capabilities"]["models_sync"]
     assert worker["state"] == "starting" and sync["state"] == "failed"
     assert "sd/model.safetensors (missing)" in sync["message"]
+
+
+def leftover(folder: Path, relative: str, marked: bool = True) -> Path:
+    """A file an earlier sync left (with its verified mark), or one put there by hand (no mark)."""
+    path = folder / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"old weights")
+    if marked:
+        path.with_name(f".{path.name}.sha256").write_text("2" * 64)
+    return path
+
+
+async def test_files_the_sync_left_that_the_manifest_dropped_are_removed_and_reported(
+    vault: Storage, tmp_path: Path
+) -> None:
+    disk = tmp_path / "models"
+    old = leftover(disk, "loras/yesterday.safetensors")
+    cut = leftover(disk, "checkpoints/dropped.safetensors.part", marked=False)  # a cut download
+    by_hand = leftover(disk, "checkpoints/mine.safetensors", marked=False)
+    heard: list[ModelsProgress] = []
+
+    async def report(progress: ModelsProgress) -> None:
+        heard.append(progress)
+
+    assert await ensure_models(settings(tmp_path), vault, report) == ["checkpoints/model.safetensors"]
+    assert not old.exists() and not old.with_name(".yesterday.safetensors.sha256").exists()
+    assert not cut.exists()
+    assert by_hand.read_bytes() == b"old weights", "a file the sync never wrote is not its to remove"
+    assert heard[-1].state == "ready" and "loras/yesterday.safetensors" in heard[-1].message
+    # Nothing is downloaded again: a verified volume with a stale file is only pruned.
+    stale = leftover(disk, "vae/old.safetensors")
+    await vault.delete("sd/model.safetensors")
+    await ensure_models(settings(tmp_path), vault)
+    assert not stale.exists() and (disk / "checkpoints/model.safetensors").read_bytes() == WEIGHTS
+
+
+async def test_pruning_waits_for_the_volumes_lock_and_never_leaves_the_folder(
+    vault: Storage, tmp_path: Path
+) -> None:
+    volume = tmp_path / "volume"
+    outside = leftover(tmp_path / "elsewhere", "loras/theirs.safetensors")
+    stale = leftover(volume, "loras/old.safetensors")
+    (volume / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    lock = volume / ".comfy-models.lock"
+    lock.write_text("other-host:7:y")
+    present_while_waiting: list[bool] = []
+
+    async def report(progress: ModelsProgress) -> None:
+        if progress.state == "waiting":
+            present_while_waiting.append(stale.exists())
+            lock.unlink(missing_ok=True)  # the other sync ends
+
+    await ensure_models(shared_settings(tmp_path, "a"), vault, report)
+    assert present_while_waiting == [True], "nothing is removed while another sync holds the lock"
+    assert not stale.exists()
+    assert outside.read_bytes() == b"old weights", "a link out of the folder is not followed"
+    assert (volume / "linked").is_symlink()
