@@ -7,6 +7,7 @@ Routes (all under the queue manager's base URL, all with ``Authorization: Bearer
 | ``POST /api/workers/register`` | ``WorkerRegistration`` | ``RegisterReply`` |
 | ``POST /api/workers/{worker_id}/claim?wait=25`` | none | 200 ``Lease`` or 204 |
 | ``POST /api/workers/{worker_id}/drain`` | none | 204 (shutting down: no more claims; shown as draining) |
+| ``POST /api/workers/{worker_id}/deregister`` | none | 204 (gone for good); 409 while it holds a job |
 | ``POST /api/leases/{job_id}/heartbeat?wait=7`` | ``LeaseCall`` | ``HeartbeatReply``, at once on a cancel |
 | ``POST /api/leases/{job_id}/events`` | ``EventBatch`` | 204; 409 when the lease is not held |
 | ``POST /api/leases/{job_id}/complete`` | ``Completion`` | 204; 409 when the lease is not held |

@@ -59,6 +59,16 @@ class WorkerInAnotherPool(QueueError):
         )
 
 
+class WorkerHoldsAJob(QueueError):
+    status = 409
+
+    def __init__(self, worker_id: str, job_id: str) -> None:
+        super().__init__(
+            f"worker {worker_id} holds job {job_id}: finish or release it (POST /api/leases/{job_id}/"
+            "complete, fail or release) before deregistering"
+        )
+
+
 class UnknownWorker(QueueError):
     status = 404
 

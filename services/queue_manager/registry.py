@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from services.protocol.jobs import JobState
 from services.protocol.workers import RegisterReply, WorkerCapabilities, WorkerRegistration, WorkerState
 from services.queue_manager.catalogues import CatalogueOps
-from services.queue_manager.errors import UnknownWorker, WorkerInAnotherPool
+from services.queue_manager.errors import UnknownWorker, WorkerHoldsAJob, WorkerInAnotherPool
 from services.queue_manager.keys import WORKER_TTL_SECONDS
 from services.queue_manager.records import ms_to_datetime, now_ms
 
@@ -121,6 +121,20 @@ class WorkerOps(CatalogueOps):
         if not await self.redis.hexists(key, "pool"):
             raise UnknownWorker(worker_id)
         await self.redis.hset(key, mapping={"state": WorkerState.DRAINING.value, "last_seen": now_ms()})
+
+    async def deregister(self, worker_id: str) -> None:
+        """A worker that leaves for good (a GPU host's models sync that finished) leaves the admin
+        page at once, instead of showing starting until it would show as gone. A worker holding a
+        job must finish or release it first (409)."""
+        key = self.keys.worker(worker_id)
+        job_id = await self.redis.hget(key, "job_id")
+        if job_id:
+            raise WorkerHoldsAJob(worker_id, str(job_id))
+        self._known_workers.pop(worker_id, None)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.zrem(self.keys.workers, worker_id)
+            await pipe.execute()
 
     async def catalogue(self, catalogue_hash: str) -> dict[str, Any] | None:
         """A node catalogue (ComfyUI ``/object_info``) some worker sent, by its hash."""

@@ -7,12 +7,16 @@ import logging
 import math
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import typer
 import uvicorn
 from pydantic import ValidationError
 
 from services.worker.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from services.worker.queue_client import QueueClient
 
 
 def _startup_errors() -> tuple[type[Exception], ...]:
@@ -96,11 +100,24 @@ def health() -> None:
         raise typer.Exit(1) from exc
 
 
+async def _leave(queue: QueueClient, worker_id: str) -> None:
+    """Take the finished sync off the admin page; the models are in place whatever it answers."""
+    import httpx
+
+    from services.worker.queue_client import QueueRefusedError
+
+    try:
+        await queue.deregister(worker_id)
+    except (httpx.HTTPError, QueueRefusedError) as exc:
+        typer.echo(f"the admin page may show {worker_id} until it is gone: {exc}", err=True)
+
+
 @app.command("sync-models")
 def sync_models() -> None:
     """Make the manifest's models present and verified, then exit (a GPU host fills its models folder
     or shared volume this way before its workers start). A progress bar here, and on the admin page
-    when WORKER_TOKEN is set."""
+    when WORKER_TOKEN is set: the sync shows there as starting while it runs, and leaves once its
+    models are ready (a failed sync stays, with its reason, until it shows as gone)."""
     from services.worker.models import ModelError, ensure_models, queue_reporter
     from services.worker.queue_client import QueueClient
 
@@ -113,7 +130,10 @@ def sync_models() -> None:
         token = settings.token.get_secret_value()
         queue = QueueClient(settings.queue_url, token, retry_seconds=10.0)
         try:
-            return await ensure_models(settings, report=queue_reporter(settings, queue) if token else None)
+            held = await ensure_models(settings, report=queue_reporter(settings, queue) if token else None)
+            if token:
+                await _leave(queue, settings.worker_id)
+            return held
         finally:
             await queue.aclose()
 

@@ -105,6 +105,11 @@ class QueueClient:
         path = f"/api/workers/{worker_id}/drain"
         self._check(await self.http.post(path, timeout=5.0), path)
 
+    async def deregister(self, worker_id: str) -> None:
+        """This worker leaves for good (its record leaves the admin page): one try, as it is leaving."""
+        path = f"/api/workers/{worker_id}/deregister"
+        self._check(await self.http.post(path, timeout=5.0), path)
+
     async def claim(self, worker_id: str, wait: float) -> Lease | None:
         reply = await self._post(f"/api/workers/{worker_id}/claim?wait={wait:g}", read_seconds=wait + 15.0)
         return None if reply.status_code == 204 else Lease.model_validate_json(reply.content)

@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from services.protocol.workers import Lease, RegisterReply
+from services.protocol.workers import Lease, ModelsProgress, RegisterReply
 from services.queue_manager.main import create_app
 from services.queue_manager.store import Store
 from tests.services.queue_manager.conftest import (
@@ -253,3 +253,28 @@ async def register_as(http: httpx.AsyncClient, pool: str, token: str) -> int:
     body = registration(f"w-{pool}", pool=pool).model_dump()
     reply = await http.post("/api/workers/register", json=body, headers={"Authorization": f"Bearer {token}"})
     return reply.status_code
+
+
+async def test_a_finished_models_sync_leaves_the_admin_page_by_its_own_pools_token_only(
+    client: httpx.AsyncClient,
+) -> None:
+    sync = registration("host-models")
+    sync.capabilities.models_sync = ModelsProgress(state="ready", files_done=1, files_total=1)
+    assert (
+        await client.post("/api/workers/register", json=sync.model_dump(), headers=GPU)
+    ).status_code == 200
+    assert (await worker_state(client, "host-models"))["state"] == "starting"
+
+    assert (await client.post("/api/workers/host-models/deregister", headers=CPU)).status_code == 403
+    unknown = await client.post("/api/workers/nobody/deregister", headers=GPU)
+    assert unknown.status_code == 404 and "register" in unknown.json()["detail"]
+    assert (await client.post("/api/workers/host-models/deregister", headers=GPU)).status_code == 204
+    listed = (await client.get("/api/admin/workers", headers=ADMIN)).json()
+    assert [w["worker_id"] for w in listed] == []
+
+    await register(client)  # a worker holding a job finishes or releases it first
+    job_id = await submit(client)
+    assert (await claim(client)).status_code == 200
+    busy = await client.post("/api/workers/w1/deregister", headers=GPU)
+    assert busy.status_code == 409 and f"/api/leases/{job_id}/" in busy.json()["detail"]
+    assert (await worker_state(client))["job_id"] == job_id

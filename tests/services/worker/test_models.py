@@ -14,12 +14,14 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from typer.testing import CliRunner
 
-from services.protocol.workers import ModelsProgress
+from services.protocol.workers import ModelsProgress, RegisterReply, WorkerRegistration
 from services.storage import S3Settings, Storage, aiter_chunks, open_storage
 from services.storage.local import LocalStorage
 from services.worker import push
 from services.worker.agent import Agent
+from services.worker.cli import app
 from services.worker.models import ModelError, ensure_models, load_manifest
 from services.worker.pull import run_pull
 from services.worker.push import verda_app
@@ -27,7 +29,7 @@ from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
 from tests.doubles.comfyui import ComfyUIDouble
 from tests.services.worker.conftest import QueueManagerServer, graph, submit, worker_settings
-from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL_TOKEN
+from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, POOL_TOKEN
 from tests.support.s3 import make_bucket, moto_server
 
 WEIGHTS = bytes(range(256)) * 4096  # 1 MiB of "weights"
@@ -374,3 +376,30 @@ async def test_pruning_waits_for_the_volumes_lock_and_never_leaves_the_folder(
     assert not stale.exists()
     assert outside.read_bytes() == b"old weights", "a link out of the folder is not followed"
     assert (volume / "linked").is_symlink()
+
+
+async def test_a_hosts_finished_sync_models_run_leaves_the_admin_page(
+    qm: QueueManagerServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volume = tmp_path / "volume/checkpoints"
+    volume.mkdir(parents=True)
+    (volume / "model.safetensors").write_bytes(WEIGHTS)  # on the volume already: hashed once
+    env = {
+        "WORKER_QUEUE_URL": qm.url, "WORKER_TOKEN": POOL_TOKEN, "WORKER_POOL": POOL,
+        "WORKER_ID": "gpu-host-1-models", "WORKER_MODELS_MANIFEST": str(manifest(tmp_path)),
+        "WORKER_SHARED_MODELS_DIR": str(tmp_path / "volume"),
+    }  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    heard: list[str] = []
+    original = QueueClient.register
+
+    async def spy(self: QueueClient, registration: WorkerRegistration) -> RegisterReply:
+        heard.append(registration.worker_id)
+        return await original(self, registration)
+
+    monkeypatch.setattr(QueueClient, "register", spy)
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["sync-models"])
+    assert result.exit_code == 0, result.output
+    assert "gpu-host-1-models" in heard, "the sync showed on the admin page while it ran"
+    assert [w["worker_id"] for w in await admin_workers(qm)] == [], "and left it once it finished"

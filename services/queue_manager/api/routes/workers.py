@@ -14,6 +14,13 @@ router = APIRouter(prefix="/api/workers", tags=["workers"])
 WORKER_ID_PATH = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
 
 
+async def own_worker(worker_id: str, pool: str, store: StoreDep) -> None:
+    """404 for a worker id nobody registered, 403 for one another pool's token registered."""
+    registered_pool = await store.worker_pool(worker_id)
+    if registered_pool != pool:
+        raise WorkerInAnotherPool(worker_id, registered_pool, pool)
+
+
 @router.post("/register")
 async def register(registration: WorkerRegistration, pool: WorkerPool, store: StoreDep) -> RegisterReply:
     """Register (or re-register) a worker of the caller's pool."""
@@ -37,9 +44,7 @@ async def claim(
     wait: Annotated[float, Query(ge=0, le=60, description="seconds to wait for a job")] = 0,
 ) -> Response:
     """Lease the next job for this worker, waiting up to ``wait`` seconds; 204 when none came."""
-    registered_pool = await store.worker_pool(worker_id)
-    if registered_pool != pool:
-        raise WorkerInAnotherPool(worker_id, registered_pool, pool)
+    await own_worker(worker_id, pool, store)
     lease = await store.claim(worker_id, pool, wait=min(wait, store.settings.claim_wait_max_seconds))
     if lease is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -54,8 +59,17 @@ async def claim(
 @router.post("/{worker_id}/drain", status_code=status.HTTP_204_NO_CONTENT)
 async def drain(worker_id: Annotated[str, WORKER_ID_PATH], pool: WorkerPool, store: StoreDep) -> Response:
     """The worker is shutting down: it claims no more, finishes or releases its job, then leaves."""
-    registered_pool = await store.worker_pool(worker_id)
-    if registered_pool != pool:
-        raise WorkerInAnotherPool(worker_id, registered_pool, pool)
+    await own_worker(worker_id, pool, store)
     await store.mark_draining(worker_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{worker_id}/deregister", status_code=status.HTTP_204_NO_CONTENT)
+async def deregister(
+    worker_id: Annotated[str, WORKER_ID_PATH], pool: WorkerPool, store: StoreDep
+) -> Response:
+    """The worker is gone for good (a GPU host's models sync that finished): its record leaves the
+    admin page. Only the pool's own workers, and none holding a job (409)."""
+    await own_worker(worker_id, pool, store)
+    await store.deregister(worker_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
