@@ -175,7 +175,8 @@ def main(
         str | None,
         typer.Option(
             help="attach the worker to this ComfyUI, not the double; start that ComfyUI with "
-            "--input-directory, --output-directory and --temp-directory <state>/worker/input, output, temp"
+            "--input-directory <state>/worker/input --output-directory <state>/worker/output "
+            "--temp-directory <state>/worker (ComfyUI keeps its temp files in temp/ inside it)"
         ),
     ] = None,
     port: Annotated[int, typer.Option(help="the queue manager's port on 127.0.0.1")] = 8000,
