@@ -34,8 +34,6 @@ KNOWN: dict[str, str] = {
     "keys and URLs, and are unique across participants)",
     "previews": "preview frames are throttled on the worker (two a second), so a frame and the step's "
     "progress can swap places",
-    "view_and_upload_errors": "/view with '..' in subfolder answers 400 (ComfyUI 403), /view without "
-    "filename 400 (ComfyUI 404), an upload without a file 422 (ComfyUI 400)",
 }
 
 

@@ -28,8 +28,10 @@ UPLOADS = "/upload/"
 
 
 async def upload(
-    files: UserFilesDep, image: UploadFile, kind: str, subfolder: str, overwrite: str
+    files: UserFilesDep, image: UploadFile | None, kind: str, subfolder: str, overwrite: str
 ) -> Response:
+    if image is None:  # as ComfyUI: 400, not a validation error
+        return JSONResponse({"error": "no file: send it as the multipart field 'image'"}, status_code=400)
     try:
         ref = file_ref(image.filename or "", subfolder, kind or "input")
         saved = await files.save_upload(image, ref, overwrite in ("true", "1"))
@@ -41,7 +43,7 @@ async def upload(
 @router.post(UPLOADS + "image")
 async def upload_image(
     files: UserFilesDep,
-    image: UploadFile,
+    image: UploadFile | None = None,
     type: Annotated[str, Form()] = "input",
     subfolder: Annotated[str, Form()] = "",
     overwrite: Annotated[str, Form()] = "",
@@ -53,7 +55,7 @@ async def upload_image(
 @router.post(UPLOADS + "mask")
 async def upload_mask(
     files: UserFilesDep,
-    image: UploadFile,
+    image: UploadFile | None = None,
     original_ref: Annotated[str, Form()] = "{}",
     type: Annotated[str, Form()] = "input",
     subfolder: Annotated[str, Form()] = "",
@@ -76,6 +78,10 @@ async def upload_mask(
 async def view(request: Request, files: UserFilesDep) -> Response:
     """A file of the participant: ``filename`` (``"x.png [output]"`` allowed), ``subfolder``, ``type``."""
     query = request.query_params
+    if not query.get("filename"):
+        return Response(status_code=404)  # as ComfyUI: no file named, none found
+    if ".." in query.get("subfolder", "").replace("\\", "/").split("/"):
+        return JSONResponse({"error": "subfolder must stay inside your folder (no '..')"}, status_code=403)
     filename, kind = split_annotation(query.get("filename", ""), query.get("type", "output") or "output")
     try:
         ref = file_ref(filename, query.get("subfolder", ""), kind)
