@@ -19,6 +19,7 @@ import json
 import logging
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from services.protocol.jobs import Job
@@ -45,6 +46,15 @@ WARMUP = {
 
 class WarmupFailedError(Exception):
     """The warmup workflow did not succeed: the worker must not report ready."""
+
+
+class LeaseResult(StrEnum):
+    """What running a lease came to (``Agent.run_lease``)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RELEASED = "released"  # given back unfinished: ComfyUI down or lost, or the worker stopping
+    LOST = "lost"  # the lease expired first: the queue manager requeues the job
 
 
 def catalogue_hash(catalogue: dict[str, Any], extensions: dict[str, str] | None = None) -> str:
@@ -169,13 +179,13 @@ class Agent:
                 for waiting in waits:
                     waiting.cancel()
 
-    async def run_lease(self, lease: Lease, queue: QueueClient, heartbeat_seconds: float) -> str:
+    async def run_lease(self, lease: Lease, queue: QueueClient, heartbeat_seconds: float) -> LeaseResult:
         """Run the leased job and report it; returns what happened: succeeded, failed, lost, released."""
         job = lease.job
         if not self.comfyui_up:
             log.warning("job %s leased while ComfyUI is down: giving it back", job.id)
             await queue.release(job.id, lease.token)
-            return "released"
+            return LeaseResult.RELEASED
 
         async def sink(events: list[Any]) -> None:
             await queue.events(job.id, lease.token, events)
@@ -191,7 +201,7 @@ class Agent:
             raise
         await forwarder.close()
         if outcome is None:
-            return "lost"
+            return LeaseResult.LOST
         return await self._report(lease, queue, outcome)
 
     async def _run_while_held(
@@ -210,22 +220,22 @@ class Agent:
                     await run
         return None if keeper.lost.is_set() and run.cancelled() else run.result()
 
-    async def _report(self, lease: Lease, queue: QueueClient, outcome: Outcome) -> str:
+    async def _report(self, lease: Lease, queue: QueueClient, outcome: Outcome) -> LeaseResult:
         job_id = lease.job.id
         try:
             if outcome.lost is not None:
                 self.comfy_server.lost(self.comfy, outcome.lost)
                 log.warning("job %s: ComfyUI lost (%s): giving the job back", job_id, outcome.lost)
                 await queue.release(job_id, lease.token, comfyui_lost=outcome.submitted)
-                return "released"
+                return LeaseResult.RELEASED
             if outcome.error is None:
                 await queue.complete(job_id, lease.token, outcome.outputs)
-                return "succeeded"
+                return LeaseResult.SUCCEEDED
             await queue.fail(job_id, lease.token, outcome.error)
-            return "failed"
+            return LeaseResult.FAILED
         except LeaseLostError:
             log.warning("job %s: the lease was lost before the outcome could be reported", job_id)
-            return "lost"
+            return LeaseResult.LOST
 
     async def _release(self, lease: Lease, queue: QueueClient, forwarder: EventForwarder) -> None:
         await forwarder.close()

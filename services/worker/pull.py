@@ -16,7 +16,7 @@ import time
 import httpx
 
 from services.protocol.workers import Lease, RegisterReply
-from services.worker.agent import Agent
+from services.worker.agent import Agent, LeaseResult
 from services.worker.queue_client import QueueClient, QueueRefusedError
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ class PullWorker:
                 lease = await self._claim(reply)
                 if self.stopping.is_set() and lease is None:
                     break
-                if lease is not None and await self._run(lease, reply.heartbeat_seconds) != "released":
+                released = LeaseResult.RELEASED
+                if lease is not None and await self._run(lease, reply.heartbeat_seconds) is not released:
                     self.jobs_done += 1
         finally:
             if self.stopping.is_set():
@@ -111,7 +112,7 @@ class PullWorker:
             stop.cancel()
             up.cancel()
 
-    async def _run(self, lease: Lease, heartbeat_seconds: float) -> str | None:
+    async def _run(self, lease: Lease, heartbeat_seconds: float) -> LeaseResult | None:
         """Run one lease to its end; returns what happened (None when it could not be told)."""
         job = asyncio.create_task(self.agent.run_lease(lease, self.queue, heartbeat_seconds))
         stop = asyncio.create_task(self.stopping.wait())

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import httpx
@@ -41,19 +42,36 @@ class Outcome:
     submitted: bool = False  # ComfyUI had taken the prompt when it was lost: the loss counts for the job
 
 
+class EndingKind(StrEnum):
+    SUCCESS = "success"  # with its history entry
+    ENDED = "ended"  # ComfyUI finished the prompt without saying success: its history tells
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    LOST = "lost"  # ComfyUI died or stopped answering; ``Ending.reason`` says why
+
+
+class Signal(StrEnum):
+    """What stopped the wait for the job's next socket event."""
+
+    DIED = "died"  # ComfyUI exited
+    CANCEL = "cancel"  # the job's owner cancelled it
+    DROPPED = "dropped"  # the socket to ComfyUI closed: ask ComfyUI at once
+    SILENT = "silent"  # no event for a while: ask ComfyUI
+
+
 @dataclass
 class Ending:
     """How following a job ended: ``success`` (with its history entry), ``error``, ``cancelled``, ``lost``
     (``reason`` says why)."""
 
-    kind: str
+    kind: EndingKind
     entry: dict[str, Any] | None = None
     error: JobError | None = None
     reason: str = ""
 
 
 def lost(reason: str) -> Ending:
-    return Ending("lost", reason=reason)
+    return Ending(EndingKind.LOST, reason=reason)
 
 
 def rejected(exc: PromptRejectedError) -> JobError:
@@ -88,11 +106,12 @@ def from_history(entry: dict[str, Any]) -> Ending:
     """An ending read from ``/history`` (the silent-socket path)."""
     status = entry.get("status") or {}
     if status.get("status_str") == "success":
-        return Ending("success", entry=entry)
+        return Ending(EndingKind.SUCCESS, entry=entry)
     for kind, data in status.get("messages", []):
         if kind in ("execution_error", "execution_interrupted"):
-            return Follower.terminal(kind, data) or Ending("error")
-    return Ending("error", error=JobError(type="ExecutionFailed", message="ComfyUI reported an error"))
+            return Follower.terminal(kind, data) or Ending(EndingKind.ERROR)
+    failed = JobError(type="ExecutionFailed", message="ComfyUI reported an error")
+    return Ending(EndingKind.ERROR, error=failed)
 
 
 class Follower:
@@ -113,7 +132,7 @@ class Follower:
         if kind == "execution_error":
             trace = "".join(data.get("traceback") or [])[-4000:] or None
             return Ending(
-                "error",
+                EndingKind.ERROR,
                 error=JobError(
                     type=str(data.get("exception_type") or "ExecutionError"),
                     message=str(data.get("exception_message") or "the node failed"),
@@ -125,7 +144,7 @@ class Follower:
             )
         if kind == "execution_interrupted":
             return Ending(
-                "cancelled",
+                EndingKind.CANCELLED,
                 error=CANCELLED.model_copy(
                     update={
                         "node_id": data.get("node_id"),
@@ -140,7 +159,7 @@ class Follower:
         if kind == "execution_success":
             self.succeeded = True
         elif kind == "executing" and data.get("node") is None:
-            return Ending("success") if self.succeeded else Ending("ended")
+            return Ending(EndingKind.SUCCESS) if self.succeeded else Ending(EndingKind.ENDED)
         elif ending := self.terminal(kind, data):
             return ending
         elif kind == "executed" or self.held:
@@ -229,11 +248,11 @@ class JobRunner:
         await self.comfy.submit(prompt, job.id, self.events.client_id, job.extra_data)
 
     async def _conclude(self, job: Job, ending: Ending, follower: Follower, store: bool) -> Outcome:
-        if ending.kind in ("success", "ended") and ending.entry is None:
+        if ending.kind in (EndingKind.SUCCESS, EndingKind.ENDED) and ending.entry is None:
             ending = await self._ending_from_history(job.id)
-        if ending.kind == "lost":
+        if ending.kind is EndingKind.LOST:
             return Outcome(lost=ending.reason, submitted=True)
-        if ending.kind != "success" or ending.entry is None:
+        if ending.kind is not EndingKind.SUCCESS or ending.entry is None:
             return Outcome(error=ending.error or CANCELLED)
         if not store:
             return Outcome(outputs=output_files(ending.entry))
@@ -262,10 +281,10 @@ class JobRunner:
         cancel: asyncio.Event,
         death: asyncio.Event,
     ) -> Ending:
-        signals: dict[asyncio.Future[Any], str] = {
-            asyncio.ensure_future(death.wait()): "died",
-            asyncio.ensure_future(cancel.wait()): "cancel",
-            asyncio.ensure_future(self.events.dropped.wait()): "dropped",  # ask ComfyUI at once
+        signals: dict[asyncio.Future[Any], Signal] = {
+            asyncio.ensure_future(death.wait()): Signal.DIED,
+            asyncio.ensure_future(cancel.wait()): Signal.CANCEL,
+            asyncio.ensure_future(self.events.dropped.wait()): Signal.DROPPED,  # ask ComfyUI at once
         }
         timeout = self.silence
         try:
@@ -275,9 +294,9 @@ class JobRunner:
                     timeout = self.silence
                     ending = follower.handle(*event)
                 else:
-                    if event in ("cancel", "dropped"):  # each acted on once
+                    if event in (Signal.CANCEL, Signal.DROPPED):  # each acted on once
                         signals = {task: name for task, name in signals.items() if name != event}
-                    if event in ("silent", "dropped"):
+                    if event in (Signal.SILENT, Signal.DROPPED):
                         timeout = self.poll
                     ending = await self._on_signal(job_id, event)
                 if ending is not None:
@@ -286,18 +305,18 @@ class JobRunner:
             for task in signals:
                 task.cancel()
 
-    async def _on_signal(self, job_id: str, signal: str) -> Ending | None:
+    async def _on_signal(self, job_id: str, signal: Signal) -> Ending | None:
         """What ``died``, ``cancel``, a ``silent`` socket or a ``dropped`` one means for the job."""
-        if signal == "died":
+        if signal is Signal.DIED:
             return lost("ComfyUI exited while running the job")
-        if signal == "cancel":
-            return Ending("cancelled", error=CANCELLED) if await self._cancel(job_id) else None
+        if signal is Signal.CANCEL:
+            return Ending(EndingKind.CANCELLED, error=CANCELLED) if await self._cancel(job_id) else None
         return await self._check(job_id)
 
     @staticmethod
     async def _next(
-        queue: asyncio.Queue[Event], signals: dict[asyncio.Future[Any], str], wait: float
-    ) -> Event | str:
+        queue: asyncio.Queue[Event], signals: dict[asyncio.Future[Any], Signal], wait: float
+    ) -> Event | Signal:
         """The next socket event, or which of ``signals`` fired, or ``silent`` after ``wait`` seconds."""
         for task, name in signals.items():
             if task.done():
@@ -310,7 +329,7 @@ class JobRunner:
             result: Event = getter.result()
             return result
         getter.cancel()
-        return next((signals[task] for task in done), "silent")
+        return next((signals[task] for task in done), Signal.SILENT)
 
     async def _check(self, job_id: str) -> Ending | None:
         """The silent-socket fallback: ask ``/history``, and ``/queue`` whether ComfyUI still knows it."""
