@@ -11,8 +11,12 @@ upgrade is checked, as ComfyUI's own origin-only middleware does, but on every h
 
 Clients that are no browser (workers, the CLI, curl) send neither header and are unaffected.
 
-A body of a JSON route must be declared ``application/json``: a ``text/plain``, form or unlabelled
-body is what a page on another site can send without asking (no CORS preflight), so it gets 415.
+A body a browser sends to a JSON route must be declared ``application/json``: a ``text/plain``, form
+or unlabelled body is what a page on another site can send without asking (no CORS preflight), so
+it gets 415. A browser marks every such request (the Fetch standard sends ``Origin`` with every
+request that is not a GET or HEAD, and current browsers add ``Sec-Fetch-*``); a request with none
+of these marks is no browser's, so no other site can have made it, and its label is not checked:
+ComfyUI's own scripts and test client post JSON that Python's urllib labels form-encoded.
 The routes that take other bodies are named in ``OTHER_BODIES``: the login form, uploads, and
 the two routes the stock ComfyUI frontend posts without a content type (settings, user data files).
 """
@@ -31,6 +35,7 @@ ALLOWED_SITES = frozenset({b"same-origin", b"none"})
 OTHER_BODIES = re.compile(r"^(/api/auth/login|/w/[^/]+/(api/)?(upload/|settings|userdata))")
 """Paths whose bodies are not JSON: the login form, uploads (multipart), and settings and user data
 files, which the stock frontend posts as ``text/plain`` (``fetch`` with a string body)."""
+BROWSER_MARKS = (b"origin", b"sec-fetch-site", b"sec-fetch-mode", b"sec-fetch-dest")
 JSON_TYPE = re.compile(r"^application/([\w.+-]+\+)?json\s*(;|$)", re.IGNORECASE)
 
 
@@ -64,9 +69,14 @@ def cross_site_problem(headers: dict[bytes, bytes]) -> str | None:
     return None
 
 
+def from_browser(headers: dict[bytes, bytes]) -> bool:
+    """Whether a browser sent this request (a script or worker sends none of these headers)."""
+    return any(name in headers for name in BROWSER_MARKS)
+
+
 def content_problem(path: str, headers: dict[bytes, bytes]) -> str | None:
-    """Why a state-changing request's body is refused on a JSON route, or None."""
-    if OTHER_BODIES.match(path):
+    """Why a browser's state-changing request body is refused on a JSON route, or None."""
+    if OTHER_BODIES.match(path) or not from_browser(headers):
         return None
     declared = headers.get(b"content-type")
     if declared is None:

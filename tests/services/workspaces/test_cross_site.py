@@ -49,8 +49,21 @@ def test_a_json_route_refuses_text_plain_with_415_naming_the_fix(
         reply = alice.post("/w/alice/api/prompt", content=json.dumps({"prompt": GRAPH}), headers=headers)
         assert reply.status_code == 415, content_type
         assert "application/json" in reply.json()["detail"]
-    unlabelled = alice.post("/w/alice/api/queue", content=b'{"clear": true}')
+    unlabelled = alice.post(
+        "/w/alice/api/queue", content=b'{"clear": true}', headers={"Sec-Fetch-Mode": "cors"}
+    )
     assert unlabelled.status_code == 415
+
+
+def test_a_script_that_is_no_browser_may_label_its_json_as_urllib_does(alice: httpx.Client) -> None:
+    """ComfyUI's own scripts post JSON through urllib, which labels it form-encoded, with no
+    Origin or Sec-Fetch-* header: no other site can have sent that, so it is taken."""
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    reply = alice.post("/w/alice/api/prompt", content=json.dumps({"prompt": GRAPH}), headers=form)
+    assert reply.status_code == 200, reply.text
+    prompt_id = reply.json()["prompt_id"]
+    assert alice.post("/w/alice/api/queue", content=json.dumps({"delete": [prompt_id]})).status_code == 200
+    assert alice.get("/w/alice/api/queue").json() == {"queue_running": [], "queue_pending": []}
 
 
 def test_the_own_pages_requests_pass(server: LiveServer, alice: httpx.Client) -> None:
