@@ -1,11 +1,11 @@
 """Jobs as they travel between participants, the queue manager and workers.
 
-One id end to end: a job's id is the ComfyUI ``prompt_id`` (a UUID string).
+One id end to end: a job's id is the ComfyUI ``prompt_id`` (a UUID unless the client chose another name).
 """
 
 from __future__ import annotations
 
-import uuid
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -110,13 +110,21 @@ def validate_api_workflow(prompt: Any) -> dict[str, NodeSpec]:
     return graph
 
 
+PROMPT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+"""The prompt ids a client may choose: it keys the job in Redis and stands in URLs and file names."""
+
+
 class JobSubmit(BaseModel):
     """What a participant (or the workspace's ``POST /prompt``) sends to queue a job."""
 
     model_config = ConfigDict(extra="ignore")
 
     prompt: dict[str, NodeSpec]
-    prompt_id: uuid.UUID | None = None
+    prompt_id: str | None = Field(
+        default=None,
+        description="ComfyUI's client-chosen prompt_id (any name of letters, digits, '.', '_', ':' or '-', "
+        "up to 128; usually a UUID): it names the job everywhere, so one already in use is refused",
+    )
     client_id: str | None = Field(default=None, max_length=128)
     inputs: list[FileRef] = Field(default_factory=list, max_length=64)
     extra_data: dict[str, Any] = Field(default_factory=dict)
@@ -129,6 +137,16 @@ class JobSubmit(BaseModel):
     @classmethod
     def _api_format(cls, value: Any) -> dict[str, NodeSpec]:
         return validate_api_workflow(value)
+
+    @field_validator("prompt_id")
+    @classmethod
+    def _job_name(cls, value: str | None) -> str | None:
+        if value is not None and not PROMPT_ID.fullmatch(value):
+            raise ValueError(
+                "prompt_id must be 1-128 letters, digits, '.', '_', ':' or '-' starting with a letter or "
+                "digit (a UUID does): leave it out and one is chosen for you"
+            )
+        return value
 
 
 class JobError(BaseModel):

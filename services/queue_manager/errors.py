@@ -24,7 +24,7 @@ class JobExists(QueueError):
     status = 409
 
     def __init__(self, job_id: str) -> None:
-        super().__init__(f"a job with prompt_id {job_id} already exists: omit prompt_id or use a new UUID")
+        super().__init__(f"a job with prompt_id {job_id} already exists: omit prompt_id or choose a new one")
 
 
 class QueueLimit(QueueError):

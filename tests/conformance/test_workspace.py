@@ -30,8 +30,6 @@ KNOWN: dict[str, str] = {
     "output_reuse": "a rerun of the same graph runs its output nodes again and writes a new file: the "
     "worker gives every job's output nodes their own cache key and empties ComfyUI's folders after "
     "each job, so no job can be handed a file another participant's job wrote",
-    "client_prompt_id": "a client-chosen prompt_id that is not a UUID is refused (job ids name Redis "
-    "keys and URLs, and are unique across participants)",
     "previews": "preview frames are throttled on the worker (two a second), so a frame and the step's "
     "progress can swap places",
 }

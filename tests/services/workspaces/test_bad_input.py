@@ -98,3 +98,21 @@ def test_a_body_that_is_no_utf8_is_a_400(alice: httpx.Client, server: LiveServer
     assert (
         alice.post("/w/alice/api/queue", content=b"\xff", headers=JSON).status_code == 200
     )  # ignored, as {}
+
+
+@pytest.mark.parametrize("prompt_id", ["../../etc", "a/b", "x" * 129, "", "id with space", "é"])
+def test_a_client_chosen_prompt_id_that_cannot_name_a_job_is_refused(
+    alice: httpx.Client, prompt_id: str
+) -> None:
+    graph = {"1": {"class_type": "EmptyImage", "inputs": {}}}
+    says(alice.post("/w/alice/api/prompt", json={"prompt": graph, "prompt_id": prompt_id}), 400, "prompt_id")
+
+
+def test_a_client_chosen_prompt_id_already_in_use_is_refused(alice: httpx.Client) -> None:
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+    }
+    first = alice.post("/w/alice/api/prompt", json={"prompt": graph, "prompt_id": "my-run-1"})
+    assert first.status_code == 200 and first.json()["prompt_id"] == "my-run-1", first.text
+    says(alice.post("/w/alice/api/prompt", json={"prompt": graph, "prompt_id": "my-run-1"}), 409, "my-run-1")
