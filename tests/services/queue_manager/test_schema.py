@@ -69,9 +69,12 @@ def test_sequences_of_calls_never_get_a_server_error(api_schema: schemathesis.Ba
         def validate_response(self, response: Any, case: schemathesis.Case[Any], *_: Any, **__: Any) -> None:
             case.validate_response(response, checks=[not_a_server_error])
 
+    # derandomize: the machine draws from what the live server answered (ids, links), so a replay can
+    # draw differently and hypothesis calls the strategy flaky; one fixed seed keeps CI's run the one
+    # that was reviewed (the per-route fuzzing above stays random).
     Calls.run(
         settings=settings(
-            max_examples=25, stateful_step_count=6, deadline=None, database=None,
+            max_examples=25, stateful_step_count=6, deadline=None, database=None, derandomize=True,
             suppress_health_check=list(HealthCheck),
         )
     )  # fmt: skip
