@@ -133,10 +133,6 @@ class ComfyClient:
         """Drop an earlier attempt's history entry, so an old ending is never mistaken for this run's."""
         (await self._call("POST", "/history", json={"delete": [prompt_id]})).raise_for_status()
 
-    async def free(self) -> None:
-        body = {"unload_models": True, "free_memory": True}
-        (await self._call("POST", "/free", json=body)).raise_for_status()
-
     @contextlib.asynccontextmanager
     async def view(self, filename: str, subfolder: str, kind: str) -> AsyncIterator[httpx.Response]:
         """Stream one file from ``/view``; the caller reads ``aiter_bytes`` chunk by chunk."""
