@@ -104,17 +104,17 @@ class Meter:
         self.uploads: dict[str, float] = {}
         run_lease = agent.run_lease
 
-        async def timed_lease(lease: Lease, queue: QueueClient, heartbeat_seconds: float) -> str:
+        async def timed_lease(lease: Lease, queue: QueueClient, heartbeat_seconds: float, *how: Any) -> str:
             started = time.perf_counter()
-            result = await run_lease(lease, queue, heartbeat_seconds)
+            result = await run_lease(lease, queue, heartbeat_seconds, *how)
             self.leases[lease.job.id] = time.perf_counter() - started
             if result != "succeeded":
                 raise RuntimeError(f"bench job {lease.job.id} ended {result}: the measurement is void")
             return result
 
-        async def timed_store(comfy: Any, storage: Any, user: str, entry: dict[str, Any]) -> Any:
+        async def timed_store(folder: Any, storage: Any, user: str, entry: dict[str, Any]) -> Any:
             started = time.perf_counter()
-            result = await store_outputs(comfy, storage, user, entry)
+            result = await store_outputs(folder, storage, user, entry)
             self.uploads[entry["prompt"][1]] = time.perf_counter() - started
             return result
 

@@ -6,6 +6,7 @@ Routes (all under the queue manager's base URL, all with ``Authorization: Bearer
 |---|---|---|
 | ``POST /api/workers/register`` | ``WorkerRegistration`` | ``RegisterReply`` |
 | ``POST /api/workers/{worker_id}/claim?wait=25`` | none | 200 ``Lease`` or 204 |
+| ``POST /api/workers/{worker_id}/claim?wait=25&prepare=1`` | none | 200 ``Lease`` (held) or 204 |
 | ``POST /api/workers/{worker_id}/drain`` | none | 204 (shutting down: no more claims; shown as draining) |
 | ``POST /api/workers/{worker_id}/deregister`` | none | 204 (gone for good); 409 while it holds a job |
 | ``POST /api/leases/{job_id}/heartbeat?wait=7`` | ``LeaseCall`` | ``HeartbeatReply``, at once on a cancel |
@@ -13,6 +14,13 @@ Routes (all under the queue manager's base URL, all with ``Authorization: Bearer
 | ``POST /api/leases/{job_id}/complete`` | ``Completion`` | 204; 409 when the lease is not held |
 | ``POST /api/leases/{job_id}/fail`` | ``Failure`` | 204; 409 when the lease is not held |
 | ``POST /api/leases/{job_id}/release`` | ``Release`` | 204 (requeued, attempt not counted) |
+| ``POST /api/leases/{job_id}/start`` | ``StartCall`` | ``StartReply`` (started, or what to run) |
+
+A busy worker prepares its next job while the current one runs: ``claim?prepare=1`` holds the
+first job no other worker holds. The job stays queued (its owner sees it waiting, an idle worker's
+claim takes it, a cancel ends it at once) until the worker's GPU is free and ``start`` leases it;
+heartbeats renew the hold and say whether it is still held; ``release`` with the hold token gives
+it up. Holds count no attempt.
 
 Completion and failure are idempotent for the lease holder: repeating the same call after a
 network error answers 204 again and changes nothing, so a retry never completes a job twice.
@@ -117,6 +125,11 @@ class Lease(BaseModel):
     lease_seconds: float
     reply_url: str | None = Field(default=None, description="push pools: queue manager base URL")
     reply_token: str | None = Field(default=None, description="push pools: bearer token for reporting")
+    prepared: bool = Field(
+        default=False,
+        description="claimed ahead by a busy worker: the job is only held (still queued, an idle worker "
+        "may take it) until the worker starts it with ``POST /api/leases/{id}/start``",
+    )
 
 
 class LeaseCall(BaseModel):
@@ -143,6 +156,23 @@ class Release(LeaseCall):
 class HeartbeatReply(BaseModel):
     expires_at: datetime
     cancel: bool = False
+    holding: str | None = Field(
+        default=None, description="the job this worker prepared and still holds (its hold renewed too)"
+    )
+
+
+class StartCall(LeaseCall):
+    """Start the prepared job held with ``token``: the worker's GPU is free."""
+
+    worker_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+
+
+class StartReply(BaseModel):
+    """``started``: the prepared job is now leased with its hold token. Otherwise it was taken by
+    an idle worker, cancelled or outranked, and ``lease`` is what to run instead (None: nothing)."""
+
+    started: bool
+    lease: Lease | None = None
 
 
 class JobEvent(BaseModel):
@@ -156,9 +186,21 @@ class EventBatch(LeaseCall):
     events: list[JobEvent] = Field(max_length=256)
 
 
+class JobTiming(BaseModel):
+    """How the job used its GPU, as the worker measured it (seconds): what the admin sees per pool."""
+
+    gpu_seconds: float | None = Field(default=None, ge=0, description="ComfyUI ran it: submit to its end")
+    idle_gap_seconds: float | None = Field(
+        default=None, ge=0, description="the GPU idle before it, while it was already queued"
+    )
+    upload_seconds: float | None = Field(default=None, ge=0, description="its outputs into storage")
+
+
 class Completion(LeaseCall):
     outputs: list[OutputFile] = Field(default_factory=list)
+    timing: JobTiming | None = None
 
 
 class Failure(LeaseCall):
     error: JobError
+    timing: JobTiming | None = None

@@ -35,6 +35,7 @@
 | ``{p}:ended`` | pub/sub | a job's id whenever its lease ends (any outcome), for the push dispatcher | - |
 | ``{p}:admin:samples`` | list | the admin page's queue/worker samples, newest last, capped | capped |
 | ``{p}:admin:sampled:{n}`` | string | set (NX) by the process that takes interval n's sample | expires |
+| ``{p}:admin:gpu:{pool}`` | list | per finished job: GPU, idle gap, upload seconds (JSON) | capped |
 | ``{p}:ws:ud:{u}`` | hash | a participant's user data (saved workflows, templates): path -> bytes | forever |
 | ``{p}:ws:udmeta:{u}`` | hash | the same paths -> ``"<size> <modified ms>"`` | forever |
 | ``{p}:ws:settings:{u}`` | hash | a participant's ComfyUI settings: id -> JSON value | forever |
@@ -51,7 +52,8 @@ queued_at, started_at, finished_at (ms), worker_id, token (current lease), done_
 ended by its holder: makes complete/fail repeatable), lease_expires, cancel, dead, comfyui_losses
 (ComfyUI deaths the job was running in), outputs and error (JSON); and ``number`` (the queue number,
 from ``{p}:seq`` at submit) and ``cached`` (JSON: the nodes ComfyUI reused, from the worker's
-``execution_cached``), which only the workspace reads.
+``execution_cached``), which only the workspace reads. While a busy worker holds the queued job
+prepared: hold_token, hold_worker and hold_expires (ms); that worker's hash names it in ``next_id``.
 
 Lua scripts build job, user and worker keys from the prefix they get as ``ARGV[1]``; a single
 Redis (not a cluster) is assumed.
@@ -116,6 +118,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("ended", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
     Family("admin:samples", "list", Carried.LEFT, "the admin chart describes a platform that no longer runs"),
     Family("admin:sampled:{n}", "string", Carried.LEFT, "expires within one sampling interval"),
+    Family("admin:gpu:{pool}", "list", Carried.LEFT, "GPU use of a platform that no longer runs"),
     Family("ws:ud:{u}", "hash", Carried.COPIED),
     Family("ws:udmeta:{u}", "hash", Carried.COPIED),
     Family("ws:settings:{u}", "hash", Carried.COPIED),
@@ -168,6 +171,9 @@ class Keys:
     @property
     def admin_samples(self) -> str:
         return f"{self.prefix}:admin:samples"
+
+    def admin_gpu(self, pool: str) -> str:
+        return f"{self.prefix}:admin:gpu:{pool}"
 
     def session(self, digest: str) -> str:
         return f"{self.prefix}:session:{digest}"

@@ -14,20 +14,31 @@ import json
 import logging
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from services.protocol.jobs import Job, JobError, JobState
-from services.protocol.workers import Completion, EventBatch, Failure, HeartbeatReply, Lease
+from services.protocol.workers import (
+    Completion,
+    EventBatch,
+    Failure,
+    HeartbeatReply,
+    JobTiming,
+    Lease,
+    StartCall,
+    StartReply,
+)
 from services.queue_manager import notices
 from services.queue_manager.errors import StaleLease
 from services.queue_manager.metrics import METRICS
 from services.queue_manager.records import job_from_hash, ms_to_datetime, now_ms, pairs_to_dict
-from services.queue_manager.scripts import Claimant, ClaimArgs, FinishArgs, ReapArgs, TouchArgs
+from services.queue_manager.scripts import Claimant, ClaimArgs, FinishArgs, ReapArgs, StartArgs, TouchArgs
 from services.queue_manager.store_base import StoreBase
 from services.queue_manager.wakeups import Ticket
 
 log = logging.getLogger(__name__)
 CLAIM_SCAN_LIMIT = 1000
+GPU_RECORDS = 5000  # per pool: the admin page's GPU use over the last few thousand jobs
 RECHECK_SECONDS = 1.0
 # The state a worker's report usually ends a job in; finish.lua announces that end itself.
 EXPECTED_STATE = {
@@ -51,13 +62,33 @@ def killed_comfyui(losses: int) -> JobError:
     )
 
 
+@dataclass(frozen=True)
+class GpuUse:
+    """A worker's timing of one job, and the pool whose GPU it used."""
+
+    pool: str
+    timing: JobTiming | None
+
+    def record(self) -> str:
+        """The ``{p}:admin:gpu:{pool}`` entry finish.lua appends ('' = none)."""
+        if not self.pool or self.timing is None:
+            return ""
+        return json.dumps({"t": time.time(), **self.timing.model_dump()})
+
+
 class LeaseOps(StoreBase):
-    async def claim(self, worker_id: str, pool: str, wait: float = 0.0) -> Lease | None:
-        """Lease the next job a worker of ``pool`` may run, waiting up to ``wait`` seconds for one."""
+    async def claim(
+        self, worker_id: str, pool: str, wait: float = 0.0, prepare: bool = False
+    ) -> Lease | None:
+        """Lease the next job a worker of ``pool`` may run, waiting up to ``wait`` seconds for one.
+
+        ``prepare``: the worker is busy and prepares its next job; the job is held for it, not
+        leased (``Lease.prepared``), and idle workers' claims are woken first.
+        """
         deadline = time.monotonic() + wait
         while True:
-            with self.wakeups.ticket(pool, worker_id) as ticket:
-                lease = await self._claim_now(worker_id, pool)
+            with self.wakeups.ticket(pool, worker_id, prepare) as ticket:
+                lease = await self._claim_now(worker_id, pool, prepare)
                 remaining = deadline - time.monotonic()
                 if lease is not None or remaining <= 0:
                     return lease
@@ -70,11 +101,35 @@ class LeaseOps(StoreBase):
         lease_ms, max_running = int(self.settings.lease_seconds * 1000), self.settings.max_running_per_user
         return Claimant(pool, worker_id, token, now, lease_ms, max_running, CLAIM_SCAN_LIMIT)
 
-    async def _claim_now(self, worker_id: str, pool: str) -> Lease | None:
+    async def _claim_now(self, worker_id: str, pool: str, prepare: bool = False) -> Lease | None:
         token = secrets.token_urlsafe(24)
         claimant = self.claimant(worker_id, pool, token, now_ms())
-        reply = await self.scripts.run(ClaimArgs(self.prefix, claimant))
+        reply = await self.scripts.run(ClaimArgs(self.prefix, claimant, int(prepare)))
+        if prepare:
+            return self._held(worker_id, token, reply)
         return self._leased(worker_id, token, reply)
+
+    def _held(self, worker_id: str, token: str, reply: list[Any]) -> Lease | None:
+        """The prepared job in claim.lua's answer: held for the worker until it starts it."""
+        if not reply:
+            return None
+        job_id, _, flat = reply
+        fields = pairs_to_dict(flat)
+        log.info("job prepared", extra={"job_id": job_id, "worker_id": worker_id})
+        lease = self._lease(job_from_hash(fields), token, fields["hold_expires"])
+        lease.prepared = True
+        return lease
+
+    async def start(self, job_id: str, call: StartCall, pool: str) -> StartReply:
+        """The worker's GPU is free: start the job it prepared, or lease it what to run instead."""
+        token = secrets.token_urlsafe(24)
+        claimant = self.claimant(call.worker_id, pool, token, now_ms())
+        reply = await self.scripts.run(StartArgs(self.prefix, job_id, call.token, claimant))
+        if reply[0] == "none":
+            return StartReply(started=False)
+        started = reply[0] == "started"
+        lease = self._leased(call.worker_id, call.token if started else token, reply[1:])
+        return StartReply(started=started, lease=None if started else lease)
 
     def _leased(self, worker_id: str, token: str, reply: list[Any]) -> Lease | None:
         """The lease in claim.lua's answer (None when it found nothing)."""
@@ -116,14 +171,14 @@ class LeaseOps(StoreBase):
         ``renew=False`` only checks the lease (a worker's first call, the lease being fresh)."""
         with self.wakeups.cancels.watch(job_id) as cancelled:  # before the flag is read: none missed
             mode = "heartbeat" if renew else "watch"
-            _, expires, cancel, _, _ = await self._touch(job_id, token, mode)
+            _, expires, cancel, _, _, holding = await self._touch(job_id, token, mode)
             if cancel != "1" and wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(cancelled.wait(), min(wait, self.settings.lease_seconds / 2))
                 cancel = "1" if cancelled.is_set() else cancel
         expires_at = ms_to_datetime(expires)
         assert expires_at is not None
-        return HeartbeatReply(expires_at=expires_at, cancel=cancel == "1")
+        return HeartbeatReply(expires_at=expires_at, cancel=cancel == "1", holding=holding or None)
 
     async def record_events(self, job_id: str, batch: EventBatch) -> None:
         """Forward a worker's ComfyUI events to the job's owner (the first marks the job running)."""
@@ -134,15 +189,18 @@ class LeaseOps(StoreBase):
         if cached and isinstance(cached[-1], list):  # the job's history says which nodes ComfyUI reused
             await self.redis.hset(self.keys.job(job_id), "cached", json.dumps([str(n) for n in cached[-1]]))
 
-    async def complete(self, job_id: str, completion: Completion) -> None:
-        """Mark a job succeeded with its outputs (idempotent for the lease holder)."""
+    async def complete(self, job_id: str, completion: Completion, pool: str = "") -> None:
+        """Mark a job succeeded with its outputs (idempotent for the lease holder); the worker's
+        timing counts toward ``pool``'s GPU use."""
         outputs = json.dumps([o.model_dump(mode="json") for o in completion.outputs])
-        await self._finish(job_id, completion.token, "succeeded", outputs=outputs)
+        used = GpuUse(pool, completion.timing)
+        await self._finish(job_id, completion.token, "succeeded", outputs=outputs, used=used)
 
-    async def fail(self, job_id: str, failure: Failure) -> None:
+    async def fail(self, job_id: str, failure: Failure, pool: str = "") -> None:
         """Record a failure: retryable ones are requeued until attempts run out, then dead-lettered."""
         outcome = "retry" if failure.error.retryable else "failed"
-        await self._finish(job_id, failure.token, outcome, error=failure.error)
+        used = GpuUse(pool, failure.timing)
+        await self._finish(job_id, failure.token, outcome, error=failure.error, used=used)
 
     async def release(self, job_id: str, token: str, comfyui_lost: bool = False) -> None:
         """Give a job back unfinished: requeued, the attempt not counted. ``comfyui_lost``: the
@@ -155,9 +213,17 @@ class LeaseOps(StoreBase):
             await self._finish(job_id, token, "release")
 
     async def _finish(
-        self, job_id: str, token: str, outcome: str, *, outputs: str = "[]", error: JobError | None = None
+        self,
+        job_id: str,
+        token: str,
+        outcome: str,
+        *,
+        outputs: str = "[]",
+        error: JobError | None = None,
+        used: GpuUse | None = None,
     ) -> None:
         error_json = error.model_dump_json() if error else ""
+        used = used or GpuUse("", None)
         expected = EXPECTED_STATE.get(outcome)  # the end the Lua script announces itself
         event = notices.finished(job_id, expected, error).model_dump_json() if expected else ""
         reply = await self.scripts.run(
@@ -175,6 +241,9 @@ class LeaseOps(StoreBase):
                 expected_state=expected.value if expected else "",
                 event_json=event,
                 max_losses=self.settings.max_comfyui_losses,
+                pool=used.pool,
+                timing_json=used.record(),
+                gpu_records=GPU_RECORDS,
             )
         )
         if reply[0] == "stale":
@@ -182,6 +251,7 @@ class LeaseOps(StoreBase):
         if reply[0] == "again":
             return
         _, state, user, queued_at, published = reply
+        METRICS.observe_gpu(used.pool, used.timing)
         log.info("lease ended", extra={"job_id": job_id, "outcome": outcome, "state": state})
         if JobState(state).finished:
             METRICS.observe_finished(state, (now_ms() - int(queued_at)) / 1000)

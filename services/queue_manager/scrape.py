@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 from services.protocol.workers import WorkerState
+from services.queue_manager.admin.stats import gpu_by_pool
 from services.queue_manager.metrics import Metrics
 from services.queue_manager.store import Store
 
@@ -22,9 +24,12 @@ async def refresh_gauges(store: Store, metrics: Metrics) -> None:
     metrics.dead.set(await store.redis.zcard(keys.dead))
     metrics.paused.set(1 if await store.paused() else 0)
     metrics.claims_waiting.set(store.wakeups.waiting)
-    states = Counter(worker.state for worker in await store.list_workers())
+    workers = await store.list_workers()
+    states = Counter(worker.state for worker in workers)
     for state in WorkerState:
         metrics.workers.labels(state=state.value).set(states.get(state, 0))
+    for pool, use in (await gpu_by_pool(store, workers, time.time())).items():
+        metrics.gpu_busy_fraction.labels(pool=pool).set(use.busy_fraction)
 
 
 async def _owners(store: Store, ids: list[str]) -> list[str]:

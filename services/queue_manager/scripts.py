@@ -82,6 +82,15 @@ class SubmitArgs(ScriptArgs):
 class ClaimArgs(ScriptArgs):
     script = "claim"
     claimant: Claimant
+    prepare: int = 0  # 1: a busy worker prepares its next job, which is held for it, not leased
+
+
+@dataclass(frozen=True)
+class StartArgs(ScriptArgs):
+    script = "start"
+    id: str
+    hold_token: str
+    claimant: Claimant  # the worker starting its prepared job; token: for a lease to run instead
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,9 @@ class FinishArgs(ScriptArgs):
     expected_state: str
     event_json: str
     max_losses: int
+    pool: str = ""  # the reporting worker's pool, for its GPU use
+    timing_json: str = ""  # the worker's timing of the job ('' = none)
+    gpu_records: int = 0  # how many timings {p}:admin:gpu:{pool} keeps
 
 
 @dataclass(frozen=True)
@@ -161,6 +173,7 @@ class EndSessionsArgs(ScriptArgs):
 SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     SubmitArgs,
     ClaimArgs,
+    StartArgs,
     TouchArgs,
     FinishArgs,
     ReapArgs,

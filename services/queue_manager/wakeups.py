@@ -36,9 +36,10 @@ log = logging.getLogger(__name__)
 class Ticket:
     """One claim waiting for work of its pool."""
 
-    def __init__(self, pool: str, worker_id: str = "") -> None:
+    def __init__(self, pool: str, worker_id: str = "", prepare: bool = False) -> None:
         self.pool = pool
         self.worker_id = worker_id
+        self.prepare = prepare  # a busy worker's claim for its next job: woken after idle ones
         self.woken = asyncio.Event()
         self.parked = False  # inside wait(): may be handed a lease
         self.handover: asyncio.Future[Lease | None] | None = None
@@ -100,8 +101,8 @@ class Wakeups:
         self.ends = JobWatches()  # {p}:ended: a job's lease ended
 
     @contextlib.contextmanager
-    def ticket(self, pool: str, worker_id: str = "") -> Iterator[Ticket]:
-        ticket = Ticket(pool, worker_id)
+    def ticket(self, pool: str, worker_id: str = "", prepare: bool = False) -> Iterator[Ticket]:
+        ticket = Ticket(pool, worker_id, prepare)
         self._tickets.append(ticket)
         try:
             yield ticket
@@ -118,16 +119,23 @@ class Wakeups:
         return sum(ticket.parked for ticket in self._tickets)
 
     def wake(self, scope: str) -> None:
-        """Wake the longest-waiting claim that can run work of ``scope``."""
-        for ticket in self._tickets:
-            if not ticket.woken.is_set() and (scope == ANY_POOL or ticket.pool == scope):
-                ticket.woken.set()
-                return
+        """Wake the longest-waiting claim that can run work of ``scope``, an idle worker's first."""
+        for prepare in (False, True):
+            for ticket in self._tickets:
+                if ticket.prepare == prepare and not ticket.woken.is_set() and self._fits(ticket, scope):
+                    ticket.woken.set()
+                    return
 
     def reserve(self, scope: str) -> Ticket | None:
         """Take the longest-parked claim that can run work of ``scope`` for a submit to lease to."""
         for ticket in self._tickets:
-            if ticket.parked and ticket.handover is None and ticket.worker_id and self._fits(ticket, scope):
+            if (
+                ticket.parked
+                and ticket.handover is None
+                and ticket.worker_id
+                and not ticket.prepare
+                and (self._fits(ticket, scope))
+            ):
                 ticket.handover = asyncio.get_running_loop().create_future()
                 ticket.woken.set()
                 return ticket

@@ -18,21 +18,28 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from services.protocol.jobs import Job
-from services.protocol.workers import Lease, RegisterReply, WorkerCapabilities, WorkerRegistration
-from services.storage import Storage, open_storage
+from services.protocol.workers import (
+    HeartbeatReply,
+    Lease,
+    RegisterReply,
+    WorkerCapabilities,
+    WorkerRegistration,
+)
+from services.storage import Storage, StorageError, open_storage
 from services.worker.comfy_client import ComfyClient
 from services.worker.comfy_events import EventStream
 from services.worker.forwarder import EventForwarder
-from services.worker.job_files import ComfyFolders, FoldersMismatchError, JobFiles
+from services.worker.job_files import ComfyFolders, FoldersMismatchError, JobFiles, Prepared
 from services.worker.lease import LeaseKeeper
 from services.worker.models import ensure_models, queue_reporter
 from services.worker.queue_client import LeaseLostError, QueueClient
-from services.worker.runner import JobRunner, Outcome
+from services.worker.runner import Handoff, JobRunner, Outcome
 from services.worker.settings import WorkerSettings
 from services.worker.supervisor import AttachedComfy, ComfyNotReadyError, ComfyProcess
 
@@ -86,6 +93,8 @@ class Agent:
         self.catalogue: dict[str, Any] = {}
         self.extensions: dict[str, str] = {}
         self.published_to: set[str] = set()
+        self.holding: str | None = None  # the prepared job the last heartbeat said is still held
+        self.holding_heard_at = 0.0
 
     async def start(self, queue: QueueClient | None = None) -> None:
         """Models, then ComfyUI, socket and warmup; with ``queue`` the models sync shows on the admin
@@ -179,8 +188,23 @@ class Agent:
                 for waiting in waits:
                     waiting.cancel()
 
-    async def run_lease(self, lease: Lease, queue: QueueClient, heartbeat_seconds: float) -> LeaseResult:
-        """Run the leased job and report it; returns what happened: succeeded, failed, lost, released."""
+    async def prepare(self, job: Job) -> Prepared | None:
+        """Fetch a job's files ahead of its start, outside ComfyUI's folders; None when that failed
+        (the job then fetches them when it runs, and reports why it cannot)."""
+        try:
+            return await self.files.prepare(job)
+        except (StorageError, OSError) as exc:
+            log.info("job %s: its files could not be prepared ahead (%s)", job.id, exc)
+            return None
+
+    async def run_lease(
+        self, lease: Lease, queue: QueueClient, heartbeat_seconds: float, handoff: Handoff | None = None
+    ) -> LeaseResult:
+        """Run the leased job and report it; returns what happened: succeeded, failed, lost, released.
+
+        ``handoff`` (``JobRunner.run``): a pull worker starts its next job as soon as ComfyUI is
+        done with this one, while this one's outputs are still on their way to storage.
+        """
         job = lease.job
         if not self.comfyui_up:
             log.warning("job %s leased while ComfyUI is down: giving it back", job.id)
@@ -194,8 +218,9 @@ class Agent:
             sink, self.settings.progress_per_second, preview_rate=self.settings.previews_per_second
         )
         try:
-            async with LeaseKeeper(queue, job.id, lease.token, heartbeat_seconds) as keeper:
-                outcome = await self._run_while_held(job, forwarder, keeper)
+            async with LeaseKeeper(queue, job.id, lease.token, heartbeat_seconds, self._heard) as keeper:
+                run = self.runner.run(job, forwarder, keeper.cancel, self.comfy_server.death, handoff=handoff)
+                outcome = await self._run_while_held(run, keeper)
         except asyncio.CancelledError:
             await asyncio.shield(self._release(lease, queue, forwarder))
             raise
@@ -204,11 +229,21 @@ class Agent:
             return LeaseResult.LOST
         return await self._report(lease, queue, outcome)
 
+    def _heard(self, reply: HeartbeatReply, sent: float) -> None:
+        """``reply.holding`` is as of when the heartbeat was sent (a reply may be held open)."""
+        if sent >= self.holding_heard_at:
+            self.holding, self.holding_heard_at = reply.holding, sent
+
+    def lost_hold(self, job_id: str, held_since: float) -> bool:
+        """Whether a heartbeat since ``held_since`` said this worker no longer holds the prepared
+        job ``job_id`` (an idle worker took it, or it was cancelled)."""
+        return self.holding_heard_at > held_since and self.holding != job_id
+
     async def _run_while_held(
-        self, job: Job, forwarder: EventForwarder, keeper: LeaseKeeper
+        self, job_run: Coroutine[Any, Any, Outcome], keeper: LeaseKeeper
     ) -> Outcome | None:
         """The job's outcome, or None when the lease was lost first (the job is then stopped)."""
-        run = asyncio.create_task(self.runner.run(job, forwarder, keeper.cancel, self.comfy_server.death))
+        run = asyncio.create_task(job_run)
         lost = asyncio.create_task(keeper.lost.wait())
         try:
             await asyncio.wait({run, lost}, return_when=asyncio.FIRST_COMPLETED)
@@ -229,9 +264,9 @@ class Agent:
                 await queue.release(job_id, lease.token, comfyui_lost=outcome.submitted)
                 return LeaseResult.RELEASED
             if outcome.error is None:
-                await queue.complete(job_id, lease.token, outcome.outputs)
+                await queue.complete(job_id, lease.token, outcome.outputs, outcome.timing)
                 return LeaseResult.SUCCEEDED
-            await queue.fail(job_id, lease.token, outcome.error)
+            await queue.fail(job_id, lease.token, outcome.error, outcome.timing)
             return LeaseResult.FAILED
         except LeaseLostError:
             log.warning("job %s: the lease was lost before the outcome could be reported", job_id)

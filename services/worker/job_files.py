@@ -23,6 +23,13 @@ so for each job it:
 Staging waits until ComfyUI holds no prompt (``until_idle``). The folders must be the ones ComfyUI
 uses: ``verify`` writes a file into each and reads it back through ComfyUI's ``/view`` when the
 worker starts.
+
+So that the GPU never waits for storage, the folders belong to one job only while ComfyUI runs it
+(``slot``): a pull worker ``prepare``s its next job (inputs fetched from storage into the worker's
+spool, next to but outside ComfyUI's folders) while the current one runs; when ComfyUI is done with
+a job, its output and temp files are moved aside into the spool (a rename) and the folders are
+emptied, and the next job's files are moved in. The outputs go to storage from the spool while the
+next job runs, and are removed once stored.
 """
 
 from __future__ import annotations
@@ -69,6 +76,12 @@ class ComfyFolders:
     def of(self, kind: str) -> Path:
         folder: Path = getattr(self, kind)
         return folder
+
+    @property
+    def spool(self) -> Path:
+        """The worker's own folder for prepared inputs and finished outputs: outside the three
+        folders, so no job's graph can name a file in it (``inside``)."""
+        return self.input.parent / ".workshop-spool"
 
     def flags(self) -> list[str]:
         """ComfyUI's flags for these folders: its temp folder is ``temp`` inside ``--temp-directory``."""
@@ -135,8 +148,10 @@ async def until_idle(comfy: ComfyClient, limit: float = IDLE_SECONDS, poll: floa
     """Return once ComfyUI runs and holds no prompt; ``ComfyUnavailableError`` after ``limit``
     seconds. A job's files are staged only then: a prompt the worker abandoned (cancelled, lease
     lost) that is still running could otherwise read the next owner's files, or save its own
-    owner's images where the next job can name them."""
+    owner's images where the next job can name them. The first looks come quickly (a prompt that
+    just ended is listed for a moment more), then every ``poll`` seconds."""
     deadline = time.monotonic() + limit
+    delay = 0.002
     while True:
         running, pending = await comfy.queue()
         if not running and not pending:
@@ -146,7 +161,8 @@ async def until_idle(comfy: ComfyClient, limit: float = IDLE_SECONDS, poll: floa
                 f"ComfyUI at {comfy.base_url} is still running an earlier prompt after {limit:.0f} s: "
                 "the job goes back to the queue"
             )
-        await asyncio.sleep(poll)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, poll)
 
 
 def annotated_refs(prompt: dict[str, Any]) -> list[FileRef]:
@@ -183,12 +199,73 @@ def outside_error(node_id: str, node: dict[str, Any], name: str, value: str) -> 
     return PromptRejectedError(body)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A job's files fetched ahead, in the spool: its inputs under ``root/<kind>/`` and the names
+    of its owner's earlier outputs (the placeholders)."""
+
+    root: Path
+    earlier: list[str]
+
+
+class Stage:
+    """One job's turn in the folders: the graph to submit, and whether its outputs are kept."""
+
+    def __init__(self, prompt: dict[str, Any]) -> None:
+        self.prompt = prompt
+        self.keep = False
+
+    def keep_outputs(self) -> None:
+        """ComfyUI finished the job: move its output and temp files aside when the turn ends."""
+        self.keep = True
+
+
+def move_entries(source: Path, target: Path) -> None:
+    """Move every entry of ``source`` into ``target`` (renames: one filesystem)."""
+    if not source.is_dir():
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in os.scandir(source):
+        os.replace(entry.path, target / entry.name)
+
+
 class JobFiles:
     """Stages one job's files in ComfyUI's folders and clears them after it."""
 
     def __init__(self, folders: ComfyFolders, storage: Storage) -> None:
         self.folders, self.storage = folders, storage
         self.output_classes: set[str] = set()  # ComfyUI's output nodes, once its catalogue is read
+        self.slot = asyncio.Lock()  # the folders hold one job's files at a time
+        # Output names each owner's jobs made here: a job staged before the last one's outputs
+        # reached storage numbers on from them too, instead of writing the same name again.
+        self.produced: dict[str, set[str]] = {}
+
+    def kept(self, job_id: str) -> Path:
+        """Where a finished job's output and temp files wait (``<kind>/<subfolder>/<name>``) until
+        they are stored."""
+        return self.folders.spool / job_id / "out"
+
+    def discard(self, job_id: str) -> None:
+        """Remove whatever the spool holds for the job (prepared inputs, kept outputs)."""
+        shutil.rmtree(self.folders.spool / job_id, ignore_errors=True)
+
+    async def prepare(self, job: Job) -> Prepared:
+        """Fetch the job's files (its inputs, the ``[output]``/``[temp]`` files it names) and its
+        owner's output names into the spool, outside ComfyUI's folders, while another job runs.
+        Raises ``StorageError`` for a missing input."""
+        root = self.folders.spool / job.id / "in"
+        await asyncio.to_thread(shutil.rmtree, root, True)
+        earlier = await self._earlier(job.user)
+        for ref in job.inputs:
+            if not await self._fetch(job.user, ref, root):
+                key = storage_key(job.user, ref)
+                raise StorageError(
+                    f"input file {ref.filename!r} is not among your files (looked for {key}): upload "
+                    "it again and resubmit"
+                )
+        for ref in annotated_refs(job.prompt):
+            await self._fetch(job.user, ref, root)  # the owner's own output or preview, when they have it
+        return Prepared(root, earlier)
 
     async def verify(self, comfy: ComfyClient) -> None:
         """Refuse to start when ComfyUI does not read these folders (``FoldersMismatchError``)."""
@@ -213,43 +290,59 @@ class JobFiles:
                 )
 
     @contextlib.asynccontextmanager
-    async def staged(self, job: Job) -> AsyncIterator[dict[str, Any]]:
-        """The folders hold only ``job``'s owner's files while the block runs; yields the graph to
-        submit (output nodes salted). Raises ``StorageError`` for a missing input and
-        ``PromptRejectedError`` for a name outside the folders."""
-        await asyncio.to_thread(self.folders.clear)
-        try:
-            await self._stage(job)
-            self.check(job.prompt)
+    async def staged(self, job: Job, prepared: Prepared | None = None) -> AsyncIterator[Stage]:
+        """The folders hold only ``job``'s owner's files while the block runs (one job at a time:
+        ``slot``); yields the graph to submit (output nodes salted). Raises ``StorageError`` for a
+        missing input and ``PromptRejectedError`` for a name outside the folders. With
+        ``Stage.keep_outputs`` the job's output and temp files move to ``kept`` at the end."""
+        async with self.slot:
             # per attempt: a retry on this worker must not replay the files the failed attempt made
-            yield salted(job.prompt, f"{job.id}:{job.attempts}", self.output_classes)
-        finally:
-            await asyncio.to_thread(self.folders.clear)
+            stage = Stage(salted(job.prompt, f"{job.id}:{job.attempts}", self.output_classes))
+            try:
+                if prepared is None:
+                    await asyncio.to_thread(self.folders.clear)
+                    prepared = await self.prepare(job)
+                await asyncio.to_thread(self._move_in, prepared, self.produced.get(job.user, set()))
+                self.check(job.prompt)
+                yield stage
+            finally:
+                await asyncio.to_thread(self._move_out, job, stage.keep)
+
+    def _move_in(self, prepared: Prepared, produced: set[str]) -> None:
+        """Empty the folders (a killed run's leftovers too), then move the prepared files in."""
+        self.folders.clear()
+        for kind in KINDS:
+            move_entries(prepared.root / kind, self.folders.of(kind))
+        for name in {*prepared.earlier, *produced}:
+            placeholder = self.folders.output / name
+            if not placeholder.exists():
+                placeholder.parent.mkdir(parents=True, exist_ok=True)
+                placeholder.touch()
+        shutil.rmtree(prepared.root, ignore_errors=True)
+
+    def _move_out(self, job: Job, keep: bool) -> None:
+        """Move the job's output and temp files aside when ``keep``; then empty the folders."""
+        if keep:
+            output = self.folders.output
+            names = self.produced.setdefault(job.user, set())
+            names.update(p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file())
+            for kind in ("output", "temp"):
+                move_entries(self.folders.of(kind), self.kept(job.id) / kind)
+        self.folders.clear()
 
     def check(self, prompt: dict[str, Any]) -> None:
         for node_id, node, name, value in string_inputs(prompt):
             if not self.folders.inside(value):
                 raise outside_error(node_id, node, name, value)
 
-    async def _stage(self, job: Job) -> None:
-        prefix = f"users/{job.user}/output/"
-        for key in await self.storage.list(prefix):
-            placeholder = self.folders.output / key.removeprefix(prefix)
-            placeholder.parent.mkdir(parents=True, exist_ok=True)
-            placeholder.touch()
-        for ref in job.inputs:
-            if not await self._fetch(job.user, ref):
-                key = storage_key(job.user, ref)
-                raise StorageError(
-                    f"input file {ref.filename!r} is not among your files (looked for {key}): upload "
-                    "it again and resubmit"
-                )
-        for ref in annotated_refs(job.prompt):
-            await self._fetch(job.user, ref)  # the owner's own output or preview, when they have it
+    async def _earlier(self, user: str) -> list[str]:
+        prefix = f"users/{user}/output/"
+        return [key.removeprefix(prefix) for key in await self.storage.list(prefix)]
 
-    async def _fetch(self, user: str, ref: FileRef) -> bool:
-        """Copy one of ``user``'s files into its folder; False when they have no such file."""
-        key, path = storage_key(user, ref), self.folders.path(ref)
+    async def _fetch(self, user: str, ref: FileRef, root: Path) -> bool:
+        """Copy one of ``user``'s files to ``root/<kind>/...``; False when they have no such file."""
+        key = storage_key(user, ref)
+        path = root / ref.type / ref.subfolder.strip("/") / ref.filename
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with path.open("wb") as handle:

@@ -12,15 +12,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 
+from services.protocol.workers import HeartbeatReply
 from services.worker.queue_client import LeaseLostError, QueueClient
 
 log = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
-    def __init__(self, queue: QueueClient, job_id: str, token: str, every: float) -> None:
+    def __init__(
+        self,
+        queue: QueueClient,
+        job_id: str,
+        token: str,
+        every: float,
+        heard: Callable[[HeartbeatReply, float], None] | None = None,
+    ) -> None:
         self.queue, self.job_id, self.token, self.every = queue, job_id, token, every
+        # every reply and when its call was sent (time.monotonic): is the prepared job still held?
+        self.heard = heard
         self.cancel = asyncio.Event()
         self.lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -41,6 +53,7 @@ class LeaseKeeper:
         while True:
             due = loop.time() + self.every
             hold = 0.0 if self.cancel.is_set() else self.every  # nothing more to wait for once cancelled
+            sent = time.monotonic()
             try:
                 reply = await self.queue.heartbeat(self.job_id, self.token, hold, renew)
             except LeaseLostError:
@@ -50,6 +63,8 @@ class LeaseKeeper:
             except Exception as exc:  # retries are exhausted: keep trying while the job runs
                 log.warning("heartbeat for job %s failed: %s", self.job_id, exc)
             else:
+                if self.heard is not None:
+                    self.heard(reply, sent)
                 if reply.cancel and not self.cancel.is_set():
                     log.info("job %s: cancel requested", self.job_id)
                     self.cancel.set()

@@ -1,4 +1,5 @@
-"""Every output a finished job has, of any kind, streamed from ComfyUI's ``/view`` to user-file storage.
+"""Every output a finished job has, of any kind, streamed to user-file storage from where the worker
+set ComfyUI's output and temp files aside when the job ended (``job_files``).
 
 ComfyUI's history names outputs per node under keys such as ``images``, ``gifs``, ``videos`` or
 ``audio`` (and sometimes non-file lists like ``animated: [true]``): any list of objects with a
@@ -8,12 +9,16 @@ name, so the owner's workspace finds it where ComfyUI's ``/view`` would.
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from services.protocol.jobs import OutputFile, storage_key
 from services.storage import Storage
-from services.worker.comfy_client import VIEW_CHUNK, ComfyClient
+
+CHUNK = 1024 * 1024
 
 
 def output_files(entry: dict[str, Any]) -> list[OutputFile]:
@@ -34,24 +39,29 @@ def output_files(entry: dict[str, Any]) -> list[OutputFile]:
     return list(files.values())
 
 
-async def store_output(comfy: ComfyClient, storage: Storage, user: str, ref: OutputFile) -> OutputFile:
-    """Stream one output to storage chunk by chunk; return it with its size and content type."""
-    async with comfy.view(ref.filename, ref.subfolder, ref.type) as reply:
-        guessed = mimetypes.guess_type(ref.filename)[0]
-        content_type = guessed or reply.headers.get("content-type", "application/octet-stream")
-        size = await storage.put(storage_key(user, ref), reply.aiter_bytes(VIEW_CHUNK), content_type)
+async def file_chunks(path: Path) -> AsyncIterator[bytes]:
+    """A file's bytes, a megabyte at a time, read off the event loop."""
+    with path.open("rb") as handle:
+        while chunk := await asyncio.to_thread(handle.read, CHUNK):
+            yield chunk
+
+
+async def store_output(folder: Path, storage: Storage, user: str, ref: OutputFile) -> OutputFile:
+    """Stream one output from ``folder/<type>/<subfolder>/<name>`` (where the worker set ComfyUI's
+    files aside) to storage; return it with its size and content type."""
+    content_type = mimetypes.guess_type(ref.filename)[0] or "application/octet-stream"
+    path = folder / ref.type / ref.subfolder.strip("/") / ref.filename
+    size = await storage.put(storage_key(user, ref), file_chunks(path), content_type)
     return ref.model_copy(update={"size": size, "content_type": content_type})
 
 
-async def store_outputs(
-    comfy: ComfyClient, storage: Storage, user: str, entry: dict[str, Any]
-) -> list[OutputFile]:
+async def store_outputs(folder: Path, storage: Storage, user: str, entry: dict[str, Any]) -> list[OutputFile]:
     """Every output of the entry, each file copied once however many nodes name it."""
     stored: dict[tuple[str, str, str], OutputFile] = {}
     outputs = []
     for ref in output_files(entry):
         place = (ref.type, ref.subfolder, ref.filename)
         if place not in stored:
-            stored[place] = await store_output(comfy, storage, user, ref)
+            stored[place] = await store_output(folder, storage, user, ref)
         outputs.append(stored[place].model_copy(update={"node_id": ref.node_id, "kind": ref.kind}))
     return outputs

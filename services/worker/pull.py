@@ -1,8 +1,16 @@
 """The pull front door (Verda instances, local GPUs): register, long-poll claim, run, repeat.
 
-SIGTERM (or SIGINT) stops claiming at once; a running job gets ``shutdown_grace_seconds`` to
-finish, and is otherwise interrupted and released (requeued without counting an attempt). The
-loop then returns, and the process exits 0.
+The GPU never waits for the queue or for storage. While a job runs, the worker prepares the next:
+it claims it with ``prepare`` (the queue manager only holds it: it stays queued, and an idle
+worker of the pool takes it at once if one asks) and fetches its files. The moment ComfyUI is done
+with the running job, the worker starts the prepared one (``start``: the queue manager leases it,
+or names a job that ranks ahead of it now, or says an idle worker took it) and hands it to
+ComfyUI, while the finished job's outputs stream to storage and its completion is reported.
+
+SIGTERM (or SIGINT) stops claiming at once and gives a prepared job back; a running job gets
+``shutdown_grace_seconds`` to finish, and is otherwise interrupted and released (requeued without
+counting an attempt). The loop then returns, and the process exits 0. A prepared job is also
+given back when ComfyUI goes down.
 """
 
 from __future__ import annotations
@@ -12,12 +20,15 @@ import contextlib
 import logging
 import signal
 import time
+from datetime import UTC, datetime
 
 import httpx
 
 from services.protocol.workers import Lease, RegisterReply
 from services.worker.agent import Agent, LeaseResult
-from services.worker.queue_client import QueueClient, QueueRefusedError
+from services.worker.job_files import Prepared
+from services.worker.queue_client import LeaseLostError, QueueClient, QueueRefusedError
+from services.worker.runner import Handoff
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +38,12 @@ class PullWorker:
         self.agent, self.queue = agent, queue
         self.settings = agent.settings
         self.stopping = asyncio.Event()
+        self.jobs_started = 0
         self.jobs_done = 0
+        self.running: set[asyncio.Task[None]] = set()  # jobs on the GPU or storing their outputs
+        self.holding = asyncio.Event()  # the job being prepared is claimed (held for this worker)
+        self.held_since = 0.0
+        self.freed: tuple[float, datetime] | None = None  # when the GPU last fell idle (monotonic, wall)
         self.first_claim_at: float | None = None
 
     def install_signal_handlers(self) -> None:
@@ -52,17 +68,131 @@ class PullWorker:
         reply = await self.register()
         announce = asyncio.create_task(self._announce_draining(reply.worker_id))
         try:
-            while not self.stopping.is_set() and (max_jobs is None or self.jobs_done < max_jobs):
-                lease = await self._claim(reply)
-                if self.stopping.is_set() and lease is None:
+            while True:
+                await self._loop(reply, max_jobs)
+                if self.running:  # a job given back unrun does not count: maybe claim again
+                    await asyncio.wait(self.running)
+                if not self._wanted(max_jobs):
                     break
-                released = LeaseResult.RELEASED
-                if lease is not None and await self._run(lease, reply.heartbeat_seconds) is not released:
-                    self.jobs_done += 1
         finally:
+            if self.running:
+                await asyncio.wait(self.running)
             if self.stopping.is_set():
                 await asyncio.wait({announce}, timeout=6.0)
             announce.cancel()
+
+    def _wanted(self, max_jobs: int | None) -> bool:
+        return not self.stopping.is_set() and (max_jobs is None or self.jobs_started < max_jobs)
+
+    async def _loop(self, reply: RegisterReply, max_jobs: int | None) -> None:
+        gpu_free: asyncio.Event | None = None  # set once ComfyUI is done with the job it runs
+        while self._wanted(max_jobs):
+            if gpu_free is None:
+                lease = await self._claim(reply)
+                if lease is None:
+                    continue
+                gpu_free = self._launch(lease, reply.heartbeat_seconds)
+            self.holding.clear()
+            ahead = asyncio.create_task(self._prepare(reply)) if self._wanted(max_jobs) else None
+            await self._until(gpu_free)
+            self.freed = (time.monotonic(), datetime.now(UTC))
+            gpu_free = await self._next(ahead, reply)
+
+    def _launch(
+        self, lease: Lease, heartbeat_seconds: float, prepared: Prepared | None = None
+    ) -> asyncio.Event:
+        """Run the job in the background (its outputs are stored while the next one runs); the
+        event is set once ComfyUI is done with it."""
+        gpu_free = asyncio.Event()
+        self.jobs_started += 1
+        run = self._run(lease, heartbeat_seconds, Handoff(prepared, gpu_free, self._idle_since(lease)))
+        task = asyncio.create_task(run)
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+        task.add_done_callback(lambda _: gpu_free.set())
+        return gpu_free
+
+    def _idle_since(self, lease: Lease) -> float | None:
+        """When the GPU fell idle, if this job was queued by then (the gap the admin sees)."""
+        if self.freed is None or lease.job.queued_at > self.freed[1]:
+            return None
+        return self.freed[0]
+
+    async def _until(self, event: asyncio.Event) -> None:
+        """Wait for ``event`` or a stop."""
+        stop = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait({asyncio.create_task(event.wait()), stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+
+    async def _prepare(self, reply: RegisterReply) -> tuple[Lease, Prepared | None] | None:
+        """Claim the next job ahead (held, not leased) and fetch its files; None when none came.
+        A hold granted while this is cancelled is given back."""
+        held: Lease | None = None
+        try:
+            while held is None:
+                held = await self.queue.claim(reply.worker_id, reply.claim_wait_seconds, prepare=True)
+            self.held_since = time.monotonic()
+            self.holding.set()
+            return held, await self.agent.prepare(held.job)
+        except (httpx.HTTPError, QueueRefusedError) as exc:
+            log.warning("could not prepare the next job: %s", exc)
+        except asyncio.CancelledError:
+            if held is not None:
+                await asyncio.shield(self._give_back(held))
+            raise
+        if held is not None:
+            await self._give_back(held)
+        return None
+
+    async def _give_back(self, held: Lease) -> None:
+        """Return a job this worker has not run to the queue (no attempt counted)."""
+        self.agent.files.discard(held.job.id)
+        with contextlib.suppress(httpx.HTTPError, QueueRefusedError, LeaseLostError):
+            await self.queue.release(held.job.id, held.token)
+        log.info("prepared job %s given back", held.job.id)
+
+    async def _next(
+        self, ahead: asyncio.Task[tuple[Lease, Prepared | None] | None] | None, reply: RegisterReply
+    ) -> asyncio.Event | None:
+        """The GPU is free: launch the prepared job, or what to run instead (None: claim as usual)."""
+        if ahead is None:
+            return None
+        if not self.holding.is_set():
+            ahead.cancel()  # nothing claimed ahead yet: claim as an idle worker instead
+        with contextlib.suppress(asyncio.CancelledError):
+            await ahead  # a held job's files are on their way: waiting beats claiming again
+        found = None if ahead.cancelled() else ahead.result()
+        if found is None:
+            return None
+        held, prepared = found
+        if self.stopping.is_set() or not self.agent.comfyui_up:
+            await self._give_back(held)  # stopping, or ComfyUI is down: someone else may run it
+            return None
+        if self.agent.lost_hold(held.job.id, self.held_since):
+            self.agent.files.discard(held.job.id)  # a heartbeat said it moved on: not worth a try
+            log.info("prepared job %s was taken by an idle worker or cancelled", held.job.id)
+            return None
+        return await self._start(held, prepared, reply)
+
+    async def _start(
+        self, held: Lease, prepared: Prepared | None, reply: RegisterReply
+    ) -> asyncio.Event | None:
+        """Start the prepared job, or what the queue manager says to run instead: the prepared job
+        is no longer this worker's when an idle worker took it, it was cancelled, or a job queued
+        since ranks ahead of it."""
+        try:
+            answer = await self.queue.start(held.job.id, held.token, reply.worker_id)
+        except (httpx.HTTPError, QueueRefusedError) as exc:
+            log.warning("could not start the prepared job %s: %s", held.job.id, exc)
+            await self._give_back(held)
+            return None
+        if answer.started:
+            job = held.job.model_copy(update={"attempts": held.job.attempts + 1})  # as start counted it
+            lease = held.model_copy(update={"prepared": False, "job": job})
+            return self._launch(lease, reply.heartbeat_seconds, prepared)
+        self.agent.files.discard(held.job.id)
+        log.info("prepared job %s moved on (taken by an idle worker, cancelled or outranked)", held.job.id)
+        return None if answer.lease is None else self._launch(answer.lease, reply.heartbeat_seconds)
 
     async def _announce_draining(self, worker_id: str) -> None:
         """As soon as a stop is asked for, the admin page shows this worker as draining."""
@@ -112,9 +242,8 @@ class PullWorker:
             stop.cancel()
             up.cancel()
 
-    async def _run(self, lease: Lease, heartbeat_seconds: float) -> LeaseResult | None:
-        """Run one lease to its end; returns what happened (None when it could not be told)."""
-        job = asyncio.create_task(self.agent.run_lease(lease, self.queue, heartbeat_seconds))
+    async def _run(self, lease: Lease, heartbeat_seconds: float, handoff: Handoff) -> None:
+        job = asyncio.create_task(self.agent.run_lease(lease, self.queue, heartbeat_seconds, handoff))
         stop = asyncio.create_task(self.stopping.wait())
         await asyncio.wait({job, stop}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
@@ -129,9 +258,12 @@ class PullWorker:
             return None
         except Exception:  # the outcome could not be reported: the lease expires and the job is requeued
             log.exception("job %s: could not be run or reported", lease.job.id)
-            return None
+            return
         log.info("job %s: %s", lease.job.id, result)
-        return result
+        if result is LeaseResult.RELEASED:
+            self.jobs_started -= 1  # given back unrun (ComfyUI was down): it does not count here
+        else:
+            self.jobs_done += 1
 
 
 async def run_pull(agent: Agent, queue: QueueClient) -> None:

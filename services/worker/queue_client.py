@@ -26,10 +26,13 @@ from services.protocol.workers import (
     Failure,
     HeartbeatReply,
     JobEvent,
+    JobTiming,
     Lease,
     LeaseCall,
     RegisterReply,
     Release,
+    StartCall,
+    StartReply,
     WorkerRegistration,
 )
 
@@ -110,9 +113,16 @@ class QueueClient:
         path = f"/api/workers/{worker_id}/deregister"
         self._check(await self.http.post(path, timeout=5.0), path)
 
-    async def claim(self, worker_id: str, wait: float) -> Lease | None:
-        reply = await self._post(f"/api/workers/{worker_id}/claim?wait={wait:g}", read_seconds=wait + 15.0)
+    async def claim(self, worker_id: str, wait: float, prepare: bool = False) -> Lease | None:
+        """The next job; ``prepare``: this worker is busy, so the job is only held for it."""
+        path = f"/api/workers/{worker_id}/claim?wait={wait:g}" + ("&prepare=1" if prepare else "")
+        reply = await self._post(path, read_seconds=wait + 15.0)
         return None if reply.status_code == 204 else Lease.model_validate_json(reply.content)
+
+    async def start(self, job_id: str, token: str, worker_id: str) -> StartReply:
+        """Start the prepared job held with ``token``, or learn what to run instead."""
+        body = StartCall(token=token, worker_id=worker_id).model_dump_json()
+        return StartReply.model_validate_json((await self._post(f"/api/leases/{job_id}/start", body)).content)
 
     async def heartbeat(
         self, job_id: str, token: str, wait: float = 0.0, renew: bool = True
@@ -131,15 +141,15 @@ class QueueClient:
             f"/api/leases/{job_id}/events", EventBatch(token=token, events=events).model_dump_json()
         )
 
-    async def complete(self, job_id: str, token: str, outputs: list[OutputFile]) -> None:
-        body = Completion(token=token, worker_id=self.holder, outputs=outputs).model_dump_json()
-        await self._post(f"/api/leases/{job_id}/complete", body)
+    async def complete(
+        self, job_id: str, token: str, outputs: list[OutputFile], timing: JobTiming | None = None
+    ) -> None:
+        body = Completion(token=token, worker_id=self.holder, outputs=outputs, timing=timing)
+        await self._post(f"/api/leases/{job_id}/complete", body.model_dump_json())
 
-    async def fail(self, job_id: str, token: str, error: JobError) -> None:
-        await self._post(
-            f"/api/leases/{job_id}/fail",
-            Failure(token=token, worker_id=self.holder, error=error).model_dump_json(),
-        )
+    async def fail(self, job_id: str, token: str, error: JobError, timing: JobTiming | None = None) -> None:
+        body = Failure(token=token, worker_id=self.holder, error=error, timing=timing)
+        await self._post(f"/api/leases/{job_id}/fail", body.model_dump_json())
 
     async def release(self, job_id: str, token: str, comfyui_lost: bool = False) -> None:
         body = Release(token=token, worker_id=self.holder, comfyui_lost=comfyui_lost)

@@ -14,18 +14,18 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import httpx
-
 from services.protocol.jobs import Job, JobError, OutputFile
+from services.protocol.workers import JobTiming
 from services.storage import Storage, StorageError
 from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, PromptRejectedError
 from services.worker.comfy_events import Event, EventStream
 from services.worker.forwarder import EventForwarder
-from services.worker.job_files import JobFiles, until_idle
+from services.worker.job_files import JobFiles, Prepared, until_idle
 from services.worker.outputs import output_files, store_outputs
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class Outcome:
     error: JobError | None = None
     lost: str | None = None  # ComfyUI died or stopped answering (why): give the job back, do not fail it
     submitted: bool = False  # ComfyUI had taken the prompt when it was lost: the loss counts for the job
+    timing: JobTiming | None = None
 
 
 class EndingKind(StrEnum):
@@ -68,6 +69,7 @@ class Ending:
     entry: dict[str, Any] | None = None
     error: JobError | None = None
     reason: str = ""
+    submitted: bool = True  # lost: ComfyUI had taken the prompt (the loss counts for the job)
 
 
 def lost(reason: str) -> Ending:
@@ -175,6 +177,21 @@ class Follower:
         self.held = []
 
 
+@dataclass
+class Handoff:
+    """How a pull worker runs jobs back to back (each part optional).
+
+    ``prepared``: the job's files were fetched while the previous job ran (``JobFiles.prepare``).
+    ``gpu_free`` is set as soon as ComfyUI is done with the job; its outputs go to storage after
+    that, while the next job may already run. ``idle_since``: when ComfyUI last fell idle
+    (``time.monotonic``) while this job was queued already; the gap goes into its ``timing``.
+    """
+
+    prepared: Prepared | None = None
+    gpu_free: asyncio.Event | None = None
+    idle_since: float | None = None
+
+
 class JobRunner:
     def __init__(
         self,
@@ -195,20 +212,20 @@ class JobRunner:
         cancel: asyncio.Event,
         death: asyncio.Event,
         store: bool = True,
+        handoff: Handoff | None = None,
     ) -> Outcome:
         """Run ``job`` with only its owner's files in ComfyUI's folders (``JobFiles``); ``store=False``
-        (warmup) names the outputs without copying them to storage."""
+        (warmup) names the outputs without copying them to storage. ``handoff``: see ``Handoff``."""
+        handoff = handoff or Handoff()
+        timing = JobTiming()
         try:
+            # an abandoned prompt may still run; a finished one leaves ComfyUI within moments
             await until_idle(self.comfy)
+            outcome = await self._run_staged(job, forwarder, cancel, death, store, handoff, timing)
+            outcome.timing = timing
+            return outcome
         except ComfyUnavailableError as exc:
             return Outcome(lost=str(exc))
-        try:
-            async with self.files.staged(job) as prompt:
-                queue = self.events.subscribe(job.id)
-                try:
-                    return await self._submit_and_follow(job, prompt, queue, forwarder, cancel, death, store)
-                finally:
-                    self.events.unsubscribe(job.id)
         except StorageError as exc:
             return Outcome(error=JobError(type="InputUnavailable", message=str(exc)))
         except PromptRejectedError as exc:
@@ -216,51 +233,81 @@ class JobRunner:
         except OSError as exc:  # the worker's own disk: another worker may do better
             message = f"the worker could not stage the job's files: {exc}"
             return Outcome(error=JobError(type="StagingFailed", message=message, retryable=True))
+        finally:
+            if handoff.gpu_free is not None:
+                handoff.gpu_free.set()
+            self.files.discard(job.id)
+
+    async def _run_staged(
+        self,
+        job: Job,
+        forwarder: EventForwarder,
+        cancel: asyncio.Event,
+        death: asyncio.Event,
+        store: bool,
+        handoff: Handoff,
+        timing: JobTiming,
+    ) -> Outcome:
+        queue = self.events.subscribe(job.id)
+        try:
+            async with self.files.staged(job, handoff.prepared) as stage:
+                follower = Follower(forwarder)
+                submitted = time.monotonic()
+                if handoff.idle_since is not None:
+                    timing.idle_gap_seconds = max(0.0, submitted - handoff.idle_since)
+                ending = await self._submit_and_follow(job, stage.prompt, queue, follower, cancel, death)
+                timing.gpu_seconds = time.monotonic() - submitted
+                if ending.kind in (EndingKind.SUCCESS, EndingKind.ENDED):
+                    stage.keep_outputs()
+                if handoff.gpu_free is not None:
+                    handoff.gpu_free.set()  # the next job may start: it gets the folders once these are aside
+        finally:
+            self.events.unsubscribe(job.id)
+        return await self._conclude(job, ending, follower, store, timing)
 
     async def _submit_and_follow(
         self,
         job: Job,
         prompt: dict[str, Any],
         queue: asyncio.Queue[Event],
-        forwarder: EventForwarder,
+        follower: Follower,
         cancel: asyncio.Event,
         death: asyncio.Event,
-        store: bool,
-    ) -> Outcome:
-        follower = Follower(forwarder)
+    ) -> Ending:
         submitted = False
         try:
             await self._submit(job, prompt)
             submitted = True
-            ending = await self._follow(job.id, queue, follower, cancel, death)
+            return await self._follow(job.id, queue, follower, cancel, death)
         except PromptRejectedError as exc:
-            return Outcome(error=rejected(exc))
+            return Ending(EndingKind.ERROR, error=rejected(exc))
         except ComfyUnavailableError as exc:
-            return Outcome(lost=str(exc), submitted=submitted)
+            return Ending(EndingKind.LOST, reason=str(exc), submitted=submitted)
         except asyncio.CancelledError:  # even mid-submit: the prompt may already be queued in ComfyUI
             await asyncio.shield(self._abandon(job.id))
             raise
-        return await self._conclude(job, ending, follower, store)
 
     async def _submit(self, job: Job, prompt: dict[str, Any]) -> None:
         if job.attempts > 1 or job.comfyui_losses:
             await self.comfy.forget(job.id)
         await self.comfy.submit(prompt, job.id, self.events.client_id, job.extra_data)
 
-    async def _conclude(self, job: Job, ending: Ending, follower: Follower, store: bool) -> Outcome:
+    async def _conclude(
+        self, job: Job, ending: Ending, follower: Follower, store: bool, timing: JobTiming
+    ) -> Outcome:
         if ending.kind in (EndingKind.SUCCESS, EndingKind.ENDED) and ending.entry is None:
             ending = await self._ending_from_history(job.id)
         if ending.kind is EndingKind.LOST:
-            return Outcome(lost=ending.reason, submitted=True)
+            return Outcome(lost=ending.reason, submitted=ending.submitted)
         if ending.kind is not EndingKind.SUCCESS or ending.entry is None:
             return Outcome(error=ending.error or CANCELLED)
         if not store:
             return Outcome(outputs=output_files(ending.entry))
         try:
-            outputs = await store_outputs(self.comfy, self.storage, job.user, ending.entry)
-        except ComfyUnavailableError as exc:
-            return Outcome(lost=f"ComfyUI went away while its outputs were fetched: {exc}", submitted=True)
-        except (httpx.HTTPStatusError, StorageError) as exc:
+            started = time.monotonic()
+            outputs = await store_outputs(self.files.kept(job.id), self.storage, job.user, ending.entry)
+            timing.upload_seconds = time.monotonic() - started
+        except (OSError, StorageError) as exc:
             message = f"could not move the outputs to storage: {exc}"
             return Outcome(error=JobError(type="OutputsNotStored", message=message, retryable=True))
         follower.release()

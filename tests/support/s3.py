@@ -24,7 +24,7 @@ def moto_server() -> Iterator[str]:
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: httpx.get(endpoint).status_code < 500, what="moto S3 server")
+        wait_until(lambda: httpx.get(endpoint).status_code < 500, timeout=90, what="moto S3 server")
         yield endpoint
     finally:
         process.terminate()

@@ -120,6 +120,13 @@ function drawStats(stats) {
   $("cost-now").textContent = stats.cost_so_far.toFixed(2);
   const pools = Object.entries(stats.cost_by_pool);
   $("cost-pools").textContent = pools.length ? pools.map(([p, c]) => `${p}: ${c.toFixed(2)}`).join(" · ") : "no GPU time yet";
+  const ms = (v) => (v === null ? "–" : `${v.toFixed(1)} ms`);
+  const secs = (v) => (v === null ? "–" : `${v.toFixed(2)} s`);
+  const gpu = Object.entries(stats.gpu_by_pool).map(([pool, g]) =>
+    `<td>${esc(pool)}</td><td>${Math.round(g.busy_fraction * 100)} %</td><td>${ms(g.gap_ms_p50)}</td>` +
+    `<td>${ms(g.gap_ms_p99)}</td><td>${secs(g.upload_s_p50)}</td><td>${secs(g.upload_s_max)}</td><td>${g.jobs}</td>`);
+  $("gpu-pools").innerHTML = table(
+    ["pool", "GPU busy", "idle gap p50", "idle gap p99", "upload p50", "upload max", "jobs"], gpu, "No pool has run a job yet.");
   const rows = stats.participants.map((p) =>
     `<td>${esc(p.user)}</td><td>${p.online ? "online" : ""}</td><td>${p.queued}</td><td>${p.running}</td>` +
     `<td><input type="number" min="-100" max="100" value="${p.priority}" data-user-priority="${esc(p.user)}"> ` +

@@ -1,4 +1,6 @@
-"""The admin page's figures: queue depth and GPU use over time, jobs per minute, cost so far.
+"""The admin page's figures: queue depth and GPU use over time, jobs per minute, cost so far, and
+per pool the last hour's GPU busy fraction, idle gaps between jobs and upload time per job (from
+the timings workers report with each job's outcome, kept in ``{p}:admin:gpu:{pool}``).
 
 Jobs per minute come straight from the store's ``{p}:finished`` index (exact, for the retention
 time). Queue depth and GPU busy share are sampled by a background task of every queue manager
@@ -16,6 +18,7 @@ time (up to its last sign of life) times its pool's hourly price from ``QM_GPU_P
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +41,17 @@ class Sample(BaseModel):
     busy: int
 
 
+class PoolGpu(BaseModel):
+    """How a pool used its GPUs over the last hour, from its workers' timings of each job."""
+
+    busy_fraction: float = Field(description="GPU time running jobs / time its live workers were up")
+    gap_ms_p50: float | None = Field(description="GPU idle between two jobs while the next one waited")
+    gap_ms_p99: float | None
+    upload_s_p50: float | None = Field(description="a job's outputs into storage")
+    upload_s_max: float | None
+    jobs: int
+
+
 class Stats(BaseModel):
     samples: list[Sample] = Field(description="stored samples, oldest first, then the figures right now")
     jobs_per_minute: list[int] = Field(
@@ -46,6 +60,7 @@ class Stats(BaseModel):
     busy_share: float = Field(description="busy workers / live workers now (0 when none is up)")
     cost_so_far: float
     cost_by_pool: dict[str, float]
+    gpu_by_pool: dict[str, PoolGpu] = Field(description="per pool, the last hour's GPU use")
     participants: list[dict[str, Any]]
 
 
@@ -109,6 +124,58 @@ def costs(workers: list[WorkerInfo], prices: dict[str, float]) -> dict[str, floa
     return {pool: round(amount, 2) for pool, amount in spent.items()}
 
 
+def quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def up_seconds(workers: list[WorkerInfo], now: float, window: float) -> float:
+    """Seconds the live workers were registered within the last ``window``."""
+    since = [w.registered_at.timestamp() if w.registered_at else now - window for w in live(workers)]
+    return sum(min(window, max(now - t, 0.0)) for t in since)
+
+
+def pool_gpu(
+    records: list[dict[str, float]], workers: list[WorkerInfo], now: float, window: float
+) -> PoolGpu:
+    """One pool's ``PoolGpu`` from its jobs' timings within the window and its workers."""
+    recent = [r for r in records if r.get("t", 0.0) >= now - window]
+    gpu = sum(r.get("gpu_seconds") or 0.0 for r in recent)
+    gaps = [r["idle_gap_seconds"] * 1000 for r in recent if r.get("idle_gap_seconds") is not None]
+    uploads = [r["upload_seconds"] for r in recent if r.get("upload_seconds") is not None]
+    up = up_seconds(workers, now, window)
+    return PoolGpu(
+        busy_fraction=round(min(1.0, gpu / up), 4) if up else 0.0,
+        gap_ms_p50=quantile(gaps, 0.5),
+        gap_ms_p99=quantile(gaps, 0.99),
+        upload_s_p50=quantile(uploads, 0.5),
+        upload_s_max=max(uploads, default=None),
+        jobs=len(recent),
+    )
+
+
+async def gpu_by_pool(
+    store: Store, workers: list[WorkerInfo], now: float, window: float = 3600
+) -> dict[str, PoolGpu]:
+    """Every known pool's GPU use over the last ``window`` seconds (the admin page, Prometheus)."""
+    pools = sorted({w.capabilities.pool for w in workers})
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for pool in pools:
+            pipe.lrange(store.keys.admin_gpu(pool), 0, -1)
+        found = await pipe.execute()
+    return {
+        pool: pool_gpu(
+            [json.loads(item) for item in items],
+            [w for w in workers if w.capabilities.pool == pool],
+            now,
+            window,
+        )
+        for pool, items in zip(pools, found, strict=True)
+    }
+
+
 async def participants(store: Store, configured: list[str]) -> list[dict[str, Any]]:
     summaries = {s.user: s for s in await store.users()}
     online = set(store.events.local_users())
@@ -139,5 +206,6 @@ async def collect(store: Store, configured: list[str], prices: dict[str, float])
         busy_share=(sum(1 for w in up if w.state is WorkerState.BUSY) / len(up)) if up else 0.0,
         cost_so_far=round(sum(by_pool.values()), 2),
         cost_by_pool=by_pool,
+        gpu_by_pool=await gpu_by_pool(store, workers, now),
         participants=await participants(store, configured),
     )

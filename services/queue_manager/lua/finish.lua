@@ -4,17 +4,24 @@
 -- counts an attempt, but 'lost' counts a ComfyUI loss and fails the job (with error_json) at the
 -- max_losses-th one, as the job itself is then the likely killer.
 -- ARGV: prefix, id, token, now_ms, outcome, outputs_json, error_json, retention_ms,
--- backoff_base_ms, backoff_max_ms, expected_state, event_json, max_losses.
+-- backoff_base_ms, backoff_max_ms, expected_state, event_json, max_losses, pool, timing_json,
+-- gpu_records.
 -- event_json is the owner's 'finished' event for expected_state, published here when the job ends
--- in that state ('' = none expected).
+-- in that state ('' = none expected). 'release' with a prepared job's hold token gives the hold
+-- up. timing_json is the worker's timing of the job, kept (the last gpu_records of them) in
+-- {p}:admin:gpu:{pool} for the admin page's GPU use ('' = none).
 -- Returns {'ok', new_state, user, queued_at, published (1|0)} | {'again', state, user} (a repeat
 -- of the holder's last call) | {'stale'}.
 local id, token, now, outcome = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local retention_ms = tonumber(ARGV[8])
 local key = k('job', id)
 local f = redis.call('HMGET', key, 'state', 'token', 'done_token', 'attempts', 'max_attempts',
-  'cancel', 'user', 'scope', 'score', 'worker_id', 'queued_at')
+  'cancel', 'user', 'scope', 'score', 'worker_id', 'queued_at', 'hold_token')
 local state, user = f[1], f[7]
+if state == 'queued' and outcome == 'release' and token ~= '' and f[12] == token then
+  clear_hold(id)  -- a prepared job given back: it never left its queue, and no attempt was counted
+  return {'ok', state, user, f[11], 1}
+end
 if state and token ~= '' and f[3] == token then
   return {'again', state, user}
 end
@@ -49,6 +56,10 @@ else
   redis.call('HSET', key, 'error', ARGV[7])
   local due = now + backoff_ms(tonumber(f[4]), tonumber(ARGV[9]), tonumber(ARGV[10]))
   retry_later(id, user, f[8], f[9], due, now)
+end
+if ARGV[15] and ARGV[15] ~= '' then
+  redis.call('RPUSH', k('admin', 'gpu', ARGV[14]), ARGV[15])
+  redis.call('LTRIM', k('admin', 'gpu', ARGV[14]), -tonumber(ARGV[16]), -1)
 end
 local new_state = redis.call('HGET', key, 'state')
 local published = 0

@@ -46,11 +46,27 @@ local function enqueue(id, user, scope, score)
   wake(scope)
 end
 
+-- A queued job a busy worker has prepared (claimed ahead, inputs fetched) holds its hold in
+-- hold_token/hold_worker/hold_expires; it stays in its queue, so anything that takes it from there
+-- (an idle worker's claim, a cancel) ends the hold, and the preparer's next start finds it gone.
+local function clear_hold(id)
+  local key = k('job', id)
+  local worker = redis.call('HGET', key, 'hold_worker')
+  if worker and worker ~= '' then
+    local wkey = k('worker', worker)
+    if redis.call('HGET', wkey, 'next_id') == id then
+      redis.call('HSET', wkey, 'next_id', '')
+    end
+    redis.call('HSET', key, 'hold_token', '', 'hold_worker', '', 'hold_expires', '')
+  end
+end
+
 -- Take a job out of the waiting structures (queue or backoff).
 local function dequeue(id, user, scope)
   redis.call('ZREM', k('queue', scope), id)
   redis.call('ZREM', k('delayed'), id)
   redis.call('SREM', k('user', user, 'queued'), id)
+  clear_hold(id)
 end
 
 -- End whatever lease a job holds; the worker goes back to idle (a draining one stays draining).
@@ -107,10 +123,22 @@ local function position(scope, score)
   return ahead
 end
 
+-- Whether another worker holds a prepared job (a hold with `mine` as token is not another's).
+local function held_by_other(id, mine, now)
+  local f = redis.call('HMGET', k('job', id), 'hold_token', 'hold_expires')
+  return f[1] and f[1] ~= '' and f[1] ~= mine and tonumber(f[2] or '0') > now
+end
+
 -- The queued job a worker of `pool` runs next: the lowest score across its pool's queue and the
 -- unpinned one, skipping owners at the running limit. Returns id, score, scope (nil when none).
-local function next_eligible(pool, max_running, scan_limit)
-  local function eligible(user)
+-- With `now`, jobs other workers hold prepared are skipped (a hold with token `mine` is not):
+-- that is what a busy worker may prepare, or start. Without, holds do not count: an idle
+-- worker takes a prepared job from a busy one.
+local function next_eligible(pool, max_running, scan_limit, mine, now)
+  local function eligible(id, user)
+    if now and held_by_other(id, mine, now) then
+      return false
+    end
     return max_running <= 0 or redis.call('SCARD', k('user', user, 'running')) < max_running
   end
 
@@ -123,7 +151,7 @@ local function next_eligible(pool, max_running, scan_limit)
       end
       for i = 1, #batch, 2 do
         local user = redis.call('HGET', k('job', batch[i]), 'user')
-        if user and eligible(user) then
+        if user and eligible(batch[i], user) then
           return batch[i], tonumber(batch[i + 1])
         end
       end
@@ -146,41 +174,63 @@ local function next_eligible(pool, max_running, scan_limit)
   return best, best_score, best_scope
 end
 
--- Lease the next job a worker of `pool` may run (claim.lua; submit.lua for a waiting worker).
--- Returns {} when nothing is eligible, else {id, queued_left, HGETALL of the job}, and publishes
--- the owner's 'started' event.
-local function claim_next(pool, worker_id, token, now, lease_ms, max_running, scan_limit)
-  if redis.call('EXISTS', k('paused')) == 1 then
-    return {}
-  end
-  local best, best_score, best_scope = next_eligible(pool, max_running, scan_limit)
-  if not best then
-    return {}
-  end
-  local key = k('job', best)
+-- Lease job `id` (found by next_eligible at `score` in `scope`) to a worker. Returns
+-- {id, queued_left, HGETALL of the job} and publishes the owner's 'started' event.
+local function lease_job(id, score, scope, worker_id, token, now, lease_ms)
+  local key = k('job', id)
   local user = redis.call('HGET', key, 'user')
-  dequeue(best, user, best_scope)
-  redis.call('SADD', k('user', user, 'running'), best)
+  dequeue(id, user, scope)
+  redis.call('SADD', k('user', user, 'running'), id)
   local expires = now + lease_ms
   local attempt = redis.call('HINCRBY', key, 'attempts', 1)
   redis.call('HSET', key, 'state', 'leased', 'token', token, 'worker_id', worker_id,
     'started_at', now, 'lease_expires', expires)
-  redis.call('ZADD', k('leases'), expires, best)
-  redis.call('HSET', k('worker', worker_id), 'state', 'busy', 'job_id', best, 'last_seen', now)
+  redis.call('ZADD', k('leases'), expires, id)
+  redis.call('HSET', k('worker', worker_id), 'state', 'busy', 'job_id', id, 'last_seen', now)
   redis.call('ZADD', k('workers'), now, worker_id)
-  local round = math.floor((best_score % SEGMENT) / ROUND)
+  local round = math.floor((score % SEGMENT) / ROUND)
   if round > tonumber(redis.call('GET', k('fair:round')) or '0') then
     redis.call('SET', k('fair:round'), round)
   end
-  local left = redis.call('ZCARD', k('queue', best_scope))
+  local left = redis.call('ZCARD', k('queue', scope))
   if left > 0 then
-    wake(best_scope)  -- more work: wake the next waiting claim too
+    wake(scope)  -- more work: wake the next waiting claim too
   end
   local job_pool = redis.call('HGET', key, 'pool')
   if not job_pool or job_pool == '' then
     job_pool = cjson.null
   end
-  publish_event(user, {type = 'started', job_id = best,
+  publish_event(user, {type = 'started', job_id = id,
     data = {worker_id = worker_id, attempt = attempt, pool = job_pool}})
-  return {best, left, redis.call('HGETALL', key)}
+  return {id, left, redis.call('HGETALL', key)}
+end
+
+-- A busy worker prepares its next job: it holds the first job no other worker holds, which stays
+-- queued (its owner sees it waiting; an idle worker may still take it) until start.lua starts it.
+local function hold_next(pool, worker_id, token, now, lease_ms, max_running, scan_limit)
+  local best, _, best_scope = next_eligible(pool, max_running, scan_limit, '', now)
+  if not best then
+    return {}
+  end
+  redis.call('HSET', k('job', best), 'hold_token', token, 'hold_worker', worker_id,
+    'hold_expires', now + lease_ms)
+  redis.call('HSET', k('worker', worker_id), 'next_id', best)
+  return {best, redis.call('ZCARD', k('queue', best_scope)), redis.call('HGETALL', k('job', best))}
+end
+
+-- Lease the next job a worker of `pool` may run (claim.lua; submit.lua for a waiting worker), or
+-- with `prepare` hold it for a busy worker. Returns {} when nothing is eligible, else
+-- {id, queued_left, HGETALL of the job}.
+local function claim_next(pool, worker_id, token, now, lease_ms, max_running, scan_limit, prepare)
+  if redis.call('EXISTS', k('paused')) == 1 then
+    return {}
+  end
+  if prepare then
+    return hold_next(pool, worker_id, token, now, lease_ms, max_running, scan_limit)
+  end
+  local best, best_score, best_scope = next_eligible(pool, max_running, scan_limit)
+  if not best then
+    return {}
+  end
+  return lease_job(best, best_score, best_scope, worker_id, token, now, lease_ms)
 end

@@ -3,7 +3,8 @@
 -- mode 'heartbeat' renews the lease; mode 'events' only marks a leased job running, so the
 -- common case (progress of a running job) writes nothing and costs no AOF fsync; mode 'watch' (a
 -- worker's first heartbeat, held open for a cancel right after the claim) writes nothing at all.
--- Returns {'ok', expires_ms, cancel, user, became_running} | {'stale'}.
+-- Returns {'ok', expires_ms, cancel, user, became_running, holding} | {'stale'}; holding: the
+-- job this worker prepared and still holds (its hold renewed with the lease), '' when none.
 local id, token, mode = ARGV[2], ARGV[3], ARGV[6]
 local now, lease_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
 local key = k('job', id)
@@ -14,12 +15,23 @@ if (state ~= 'leased' and state ~= 'running') or f[2] ~= token then
 end
 local expires = f[6]
 local became_running = 0
+local holding = ''
 if mode == 'heartbeat' then
   expires = now + lease_ms
   redis.call('ZADD', k('leases'), expires, id)
   redis.call('HSET', key, 'lease_expires', expires)
   redis.call('HSET', k('worker', f[5]), 'last_seen', now)
   redis.call('ZADD', k('workers'), now, f[5])
+end
+if mode ~= 'events' then
+  -- The job this worker prepared keeps its hold while the worker lives; '' once it is gone.
+  local next_id = redis.call('HGET', k('worker', f[5]), 'next_id')
+  if next_id and next_id ~= '' and redis.call('HGET', k('job', next_id), 'hold_worker') == f[5] then
+    if mode == 'heartbeat' then
+      redis.call('HSET', k('job', next_id), 'hold_expires', expires)
+    end
+    holding = next_id
+  end
 end
 if state == 'leased' and mode ~= 'watch' then
   redis.call('HSET', key, 'state', 'running')
@@ -29,4 +41,4 @@ local owner = cjson.encode(f[4])
 for i = 7, #ARGV do
   redis.call('PUBLISH', k('events'), '{"user":' .. owner .. ',"event":' .. ARGV[i] .. '}')
 end
-return {'ok', expires, f[3], f[4], became_running}
+return {'ok', expires, f[3], f[4], became_running, holding}

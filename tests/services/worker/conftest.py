@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from services.protocol.jobs import Job
+from services.storage import Storage
 from services.storage.local import LocalStorage
 from services.worker.agent import Agent
 from services.worker.pull import PullWorker
@@ -145,9 +146,11 @@ class RunningWorker:
 
 
 @contextlib.asynccontextmanager
-async def pull_worker(settings: WorkerSettings) -> AsyncIterator[RunningWorker]:
+async def pull_worker(
+    settings: WorkerSettings, storage: Storage | None = None
+) -> AsyncIterator[RunningWorker]:
     """An agent attached to the double, pulling from the queue manager until the block ends."""
-    agent = Agent(settings, LocalStorage(Path(settings.storage_url.removeprefix("file://"))))
+    agent = Agent(settings, storage or LocalStorage(Path(settings.storage_url.removeprefix("file://"))))
     queue = QueueClient(settings.queue_url, settings.token.get_secret_value(), settings.retry_seconds)
     await agent.start()
     worker = PullWorker(agent, queue)

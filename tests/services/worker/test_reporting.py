@@ -113,8 +113,10 @@ async def test_a_worker_whose_lease_went_stale_never_reports_and_the_job_runs_ag
     qm = qm_factory(lease_seconds=0.5)
     original = LeaseKeeper.__init__
 
-    def slow_heartbeats(self: LeaseKeeper, queue: Any, job_id: str, token: str, every: float) -> None:
-        original(self, queue, job_id, token, every if hasattr(slow_heartbeats, "done") else 30.0)
+    def slow_heartbeats(
+        self: LeaseKeeper, queue: Any, job_id: str, token: str, every: float, *heard: Any
+    ) -> None:
+        original(self, queue, job_id, token, every if hasattr(slow_heartbeats, "done") else 30.0, *heard)
         slow_heartbeats.done = True  # type: ignore[attr-defined]  # only the first lease misses its heartbeats
 
     monkeypatch.setattr(LeaseKeeper, "__init__", slow_heartbeats)

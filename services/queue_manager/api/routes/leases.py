@@ -10,8 +10,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response, status
 
-from services.protocol.workers import Completion, EventBatch, Failure, HeartbeatReply, LeaseCall, Release
+from services.protocol.workers import (
+    Completion,
+    EventBatch,
+    Failure,
+    HeartbeatReply,
+    LeaseCall,
+    Release,
+    StartCall,
+    StartReply,
+)
 from services.queue_manager.api.deps import StoreDep, WorkerPool
+from services.queue_manager.errors import WorkerInAnotherPool
 
 router = APIRouter(prefix="/api/leases/{job_id}", tags=["leases"])
 JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
@@ -56,7 +66,7 @@ async def events(job_id: JobId, batch: EventBatch, _: LeasePool, store: StoreDep
 @router.post("/complete", status_code=NO_CONTENT, responses=STALE)
 async def complete(job_id: JobId, completion: Completion, pool: LeasePool, store: StoreDep) -> Response:
     """The job succeeded with these outputs (a repeat by the holder is a no-op)."""
-    await store.complete(job_id, completion)
+    await store.complete(job_id, completion, pool)
     await store.holder_report(completion.worker_id, pool, job_id, busy=False)
     return Response(status_code=NO_CONTENT)
 
@@ -64,7 +74,7 @@ async def complete(job_id: JobId, completion: Completion, pool: LeasePool, store
 @router.post("/fail", status_code=NO_CONTENT, responses=STALE)
 async def fail(job_id: JobId, failure: Failure, pool: LeasePool, store: StoreDep) -> Response:
     """The job failed; retryable failures are requeued until the attempts run out."""
-    await store.fail(job_id, failure)
+    await store.fail(job_id, failure, pool)
     await store.holder_report(failure.worker_id, pool, job_id, busy=False)
     return Response(status_code=NO_CONTENT)
 
@@ -76,3 +86,13 @@ async def release(job_id: JobId, call: Release, pool: LeasePool, store: StoreDep
     await store.release(job_id, call.token, comfyui_lost=call.comfyui_lost)
     await store.holder_report(call.worker_id, pool, job_id, busy=False)
     return Response(status_code=NO_CONTENT)
+
+
+@router.post("/start")
+async def start(job_id: JobId, call: StartCall, pool: WorkerPool, store: StoreDep) -> StartReply:
+    """The worker's GPU is free: start the job it prepared (``claim?prepare=1``) if it is still
+    held for it and still next in line, or else lease it the job to run instead."""
+    registered = await store.worker_pool(call.worker_id)  # a registered worker only, as for claims
+    if registered != pool:
+        raise WorkerInAnotherPool(call.worker_id, registered, pool)
+    return await store.start(job_id, call, pool)

@@ -42,10 +42,12 @@ async def claim(
     pool: WorkerPool,
     store: StoreDep,
     wait: Annotated[float, Query(ge=0, le=60, description="seconds to wait for a job")] = 0,
+    prepare: Annotated[bool, Query(description="busy: hold the next job, start it later")] = False,
 ) -> Response:
     """Lease the next job for this worker, waiting up to ``wait`` seconds; 204 when none came."""
     await own_worker(worker_id, pool, store)
-    lease = await store.claim(worker_id, pool, wait=min(wait, store.settings.claim_wait_max_seconds))
+    wait = min(wait, store.settings.claim_wait_max_seconds)
+    lease = await store.claim(worker_id, pool, wait=wait, prepare=prepare)
     if lease is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     if await request.is_disconnected():

@@ -1,0 +1,55 @@
+"""What the admin sees of each pool's GPUs: busy fraction, idle gaps between jobs and upload time
+per job, from the timings workers report with each outcome; on the admin page and in Prometheus."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from services.protocol.workers import Completion, JobTiming, Lease
+from tests.services.queue_manager.conftest import ADMIN, GPU, job, registration, user_auth
+
+JSON = {**GPU, "Content-Type": "application/json"}
+
+
+async def run_one(client: httpx.AsyncClient, timing: JobTiming) -> None:
+    """ada queues a job; worker w1 of pool gpu runs it and reports it with ``timing``."""
+    (
+        await client.post("/api/jobs", json=job().model_dump(mode="json"), headers=user_auth("ada"))
+    ).raise_for_status()
+    claimed = await client.post("/api/workers/w1/claim", headers=GPU)
+    lease = Lease.model_validate_json(claimed.content)
+    done = Completion(token=lease.token, timing=timing).model_dump_json()
+    reply = await client.post(f"/api/leases/{lease.job.id}/complete", content=done, headers=JSON)
+    assert reply.status_code == 204, reply.text
+
+
+def sample(metrics: str, name: str) -> float:
+    """One sample's value in Prometheus text (0 when absent): the registry is the process's own."""
+    found = re.search(rf"^{re.escape(name)} (\S+)$", metrics, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+BUSY = 'qm_gpu_busy_seconds_total{pool="gpu"}'
+UPLOADS = 'qm_upload_seconds_count{pool="gpu"}'
+SHORT_GAPS = 'qm_gpu_idle_gap_seconds_bucket{le="0.005",pool="gpu"}'
+
+
+async def test_each_pools_gpu_use_is_on_the_admin_page_and_in_prometheus(client: httpx.AsyncClient) -> None:
+    body = registration("w1").model_dump_json()
+    (await client.post("/api/workers/register", content=body, headers=JSON)).raise_for_status()
+    before = (await client.get("/metrics")).text
+    await run_one(client, JobTiming(gpu_seconds=2.0, idle_gap_seconds=0.004, upload_seconds=0.5))
+    await run_one(client, JobTiming(gpu_seconds=3.0, idle_gap_seconds=0.002, upload_seconds=1.5))
+
+    stats = (await client.get("/admin/api/stats", headers=ADMIN)).json()
+    metrics = (await client.get("/metrics")).text
+
+    gpu = stats["gpu_by_pool"]["gpu"]
+    assert gpu["jobs"] == 2 and gpu["gap_ms_p50"] in (2.0, 4.0) and gpu["gap_ms_p99"] == 4.0
+    assert gpu["upload_s_max"] == 1.5 and 0 < gpu["busy_fraction"] <= 1
+    assert sample(metrics, BUSY) - sample(before, BUSY) == 5.0
+    assert sample(metrics, UPLOADS) - sample(before, UPLOADS) == 2.0
+    assert sample(metrics, SHORT_GAPS) - sample(before, SHORT_GAPS) == 2.0
+    assert 'qm_gpu_busy_fraction{pool="gpu"}' in metrics

@@ -1,0 +1,166 @@
+"""The pull worker keeps its GPU busy: it prepares the next job while one runs and starts it the
+moment ComfyUI is free, while the finished job's outputs go to storage.
+
+The invariants hold meanwhile: a prepared job moves to an idle worker that asks, fair order
+decides what runs next, a cancel ends a prepared job at once, and a job completes only once its
+outputs are stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from services.protocol.jobs import JobState
+from services.storage.local import LocalStorage
+from services.worker.settings import WorkerSettings
+from tests.doubles.comfyui import ComfyUIDouble
+from tests.services.worker.conftest import (
+    QueueManagerServer,
+    finished,
+    graph,
+    participant,
+    pull_worker,
+    submit,
+    worker_settings,
+)
+from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL
+
+
+class GatedStorage(LocalStorage):
+    """Local storage whose uploads wait until ``gate`` opens: storage as slow as a test needs."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def put(self, key: str, chunks: AsyncIterable[bytes], content_type: str = "") -> int:
+        self.waiting.set()
+        await self.gate.wait()
+        return await super().put(key, chunks, content_type)
+
+
+@pytest.fixture
+def held_by(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+async def until(check: object, timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():  # type: ignore[operator]
+            await asyncio.sleep(0.02)  # polling a state another process changes
+
+
+def state(job: httpx.Response) -> JobState:
+    return JobState(job.json()["state"])
+
+
+async def test_the_next_job_runs_while_the_last_ones_outputs_are_stored(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path
+) -> None:
+    settings = worker_settings(comfy, qm.url, tmp_path)
+    storage = GatedStorage(tmp_path / "files")
+    async with participant(qm, "alice") as alice, pull_worker(settings, storage) as _:
+        first = await submit(alice, graph(1))
+        second = await submit(alice, graph(2))
+        await asyncio.wait_for(storage.waiting.wait(), 20)  # the first job's output is on its way
+        # Then ComfyUI already runs the second job, and the first is not done until it is stored
+        await until(lambda: comfy.state.timings.get(second, (0.0, 0.0))[1] > 0)
+        assert state(await alice.get(f"/api/jobs/{first}")) in (JobState.LEASED, JobState.RUNNING)
+        storage.gate.set()
+        done = [await finished(alice, first), await finished(alice, second)]
+        async with httpx.AsyncClient(base_url=qm.url, auth=(ADMIN, ADMIN_PASSWORD)) as admin:
+            use = (await admin.get("/admin/api/stats")).json()["gpu_by_pool"][POOL]
+    assert [job.state for job in done] == [JobState.SUCCEEDED, JobState.SUCCEEDED]
+    assert all(
+        (tmp_path / "files" / "users" / "alice" / "output" / o.filename).exists() for o in done[0].outputs
+    )
+    assert done[0].outputs[0].filename != done[1].outputs[0].filename  # numbering goes on
+    # What the admin sees: both jobs' GPU time, the first one's held-up upload, the gap before the second
+    assert use["jobs"] == 2 and use["busy_fraction"] > 0 and use["upload_s_max"] > 0
+    assert use["gap_ms_p50"] is not None
+
+
+async def test_an_idle_worker_takes_the_job_a_busy_one_prepared(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path, held_by: redis.Redis
+) -> None:
+    comfy.knobs.node_seconds = 1.5  # worker A's first job keeps its GPU busy a while
+    other = ComfyUIDouble(tmp_path / "comfy-b").start()
+    try:
+        busy = worker_settings(comfy, qm.url, tmp_path, worker_id="w-a")
+        idle = worker_settings(other, qm.url, tmp_path, worker_id="w-b")
+        async with participant(qm, "alice") as alice, pull_worker(busy):
+            long = await submit(alice, graph(1))
+            prepared = await submit(alice, graph(2))
+            await until(lambda: held_by.hget(f"qm:job:{prepared}", "hold_worker") == "w-a")
+            async with pull_worker(idle):
+                moved = await finished(alice, prepared)
+                still = state(await alice.get(f"/api/jobs/{long}"))
+            first = await finished(alice, long)
+    finally:
+        other.stop()
+    assert moved.state == JobState.SUCCEEDED and moved.worker_id == "w-b" and moved.attempts == 1
+    assert still in (JobState.LEASED, JobState.RUNNING)  # it moved while worker A was still busy
+    assert first.state == JobState.SUCCEEDED and first.worker_id == "w-a"
+    assert prepared not in comfy.state.timings  # worker A never ran it
+
+
+async def test_a_job_queued_after_the_next_was_prepared_still_runs_in_fair_order(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path, held_by: redis.Redis
+) -> None:
+    comfy.knobs.node_seconds = 0.5
+    settings = worker_settings(comfy, qm.url, tmp_path)
+    async with participant(qm, "alice") as alice, participant(qm, "bob") as bob, pull_worker(settings):
+        first = await submit(alice, graph(1))
+        second = await submit(alice, graph(2))
+        await until(lambda: held_by.hget(f"qm:job:{second}", "hold_worker") == "w-test")
+        bobs = await submit(bob, graph(3))  # bob has had no turn yet: he goes before alice's second
+        for job_id, owner in ((first, alice), (second, alice), (bobs, bob)):
+            outcome = await finished(owner, job_id)
+            assert outcome.state == JobState.SUCCEEDED, outcome.error
+    starts = {job_id: comfy.state.timings[job_id][0] for job_id in (first, second, bobs)}
+    assert starts[first] < starts[bobs] < starts[second]
+
+
+async def test_cancelling_a_prepared_job_ends_it_at_once_and_it_never_runs(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path, held_by: redis.Redis
+) -> None:
+    comfy.knobs.node_seconds = 0.5
+    settings = worker_settings(comfy, qm.url, tmp_path)
+    async with participant(qm, "alice") as alice, pull_worker(settings):
+        first = await submit(alice, graph(1))
+        second = await submit(alice, graph(2))
+        await until(lambda: held_by.hget(f"qm:job:{second}", "hold_worker") == "w-test")
+        (await alice.post(f"/api/jobs/{second}/cancel")).raise_for_status()
+        assert state(await alice.get(f"/api/jobs/{second}")) == JobState.CANCELLED
+        assert (await finished(alice, first)).state == JobState.SUCCEEDED
+        third = await submit(alice, graph(3))
+        assert (await finished(alice, third)).state == JobState.SUCCEEDED  # the worker goes on
+    assert second not in comfy.state.timings
+
+
+async def test_a_prepared_job_is_given_back_without_an_attempt_when_comfyui_goes_down(
+    comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path, held_by: redis.Redis
+) -> None:
+    comfy.knobs.node_seconds = 0.5
+    settings: WorkerSettings = worker_settings(comfy, qm.url, tmp_path)
+    async with participant(qm, "alice") as alice, pull_worker(settings) as running:
+        first = await submit(alice, graph(1))
+        second = await submit(alice, graph(2))
+        await until(lambda: held_by.hget(f"qm:job:{second}", "hold_worker") == "w-test")
+        running.agent.comfy_server.up.clear()  # what the supervisor does when ComfyUI exits
+        await finished(alice, first)
+        await until(lambda: held_by.hget(f"qm:job:{second}", "hold_worker") == "")
+        waiting = (await alice.get(f"/api/jobs/{second}")).json()
+        running.agent.comfy_server.up.set()  # ComfyUI answers again
+        done = await finished(alice, second)
+    assert waiting["state"] == "queued" and waiting["attempts"] == 0
+    assert done.state == JobState.SUCCEEDED and done.attempts == 1
