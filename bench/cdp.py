@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import websockets
 
-from tests.support.servers import free_port
+from devkit.servers import free_port
 
 POLL_S = 0.01
 

@@ -31,8 +31,8 @@ from typing import Any
 import httpx
 
 from bench.queue import BEARER, PROMPT, TOKEN, basic
-from tests.support.qm_server import QueueManagerProcess, qm_env
-from tests.support.servers import RedisServer
+from devkit.qm_server import QueueManagerProcess, qm_env
+from devkit.servers import RedisServer
 
 USERS = [f"chaos{n}" for n in range(10)]
 ADMIN = {"Authorization": "Basic " + base64.b64encode(b"admin:admin-password").decode()}

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 
+from devkit.nginx import running_nginx
+from devkit.servers import free_port, wait_until
 from services.queue_manager.workspaces.frontend import static_root
-from tests.support.nginx import running_nginx
-from tests.support.servers import free_port, wait_until
 
 # What the page GETs from its API while it starts (query strings do not change these answers).
 STARTUP_GETS = (

@@ -39,16 +39,16 @@ import httpx
 from pydantic import SecretStr
 
 from bench.worker import comfyui
+from devkit.qm_server import qm_env
+from devkit.qm_server import queue_manager as qm_process
+from devkit.s3 import make_bucket, moto_server
+from devkit.servers import redis_server
 from services.storage import Storage
 from services.storage.open import S3Settings, open_storage
 from services.worker.agent import Agent
 from services.worker.pull import PullWorker
 from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
-from tests.support.qm_server import qm_env
-from tests.support.qm_server import queue_manager as qm_process
-from tests.support.s3 import make_bucket, moto_server
-from tests.support.servers import redis_server
 
 TOKEN = "bench-token-0123456789"
 PARTICIPANTS = {"alice": "alice-password", "bob": "bob-password"}

@@ -15,7 +15,7 @@ import statistics
 import time
 from typing import Any
 
-from tests.infra.harness import run_stack, stack_file, stack_names, vault_outputs
+from devkit.harness import run_stack, stack_file, stack_names, vault_outputs
 
 THREE_POOLS = [
     {"kind": "verda-instance", "name": "baseline", "count": 2},

@@ -39,8 +39,8 @@ import uvloop
 from websockets.asyncio.client import connect
 
 from bench.client import Client
-from tests.support.qm_server import QueueManagerProcess, qm_env
-from tests.support.servers import RedisServer
+from devkit.qm_server import QueueManagerProcess, qm_env
+from devkit.servers import RedisServer
 
 PROMPT = {"1": {"class_type": "EmptyImage", "inputs": {}}, "2": {"class_type": "SaveImage", "inputs": {}}}
 TOKEN = "bench-token-0123456789"

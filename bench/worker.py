@@ -36,6 +36,9 @@ import httpx
 import websockets
 from pydantic import SecretStr
 
+from devkit.qm_server import qm_env
+from devkit.qm_server import queue_manager as qm_process
+from devkit.servers import free_port, redis_server, wait_until
 from services.protocol.workers import Lease
 from services.storage.local import LocalStorage
 from services.worker import runner as runner_module
@@ -44,9 +47,6 @@ from services.worker.outputs import store_outputs
 from services.worker.pull import PullWorker
 from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
-from tests.support.qm_server import qm_env
-from tests.support.qm_server import queue_manager as qm_process
-from tests.support.servers import free_port, redis_server, wait_until
 
 TOKEN = "bench-token-0123456789"
 USER, PASSWORD = "bench", "bench-password"
@@ -87,7 +87,7 @@ def comfyui(root: Path) -> contextlib.AbstractContextManager[str]:
     command = [
         sys.executable,
         "-m",
-        "tests.doubles.comfyui",
+        "devkit.doubles.comfyui",
         "--port",
         str(port),
         "--base-directory",

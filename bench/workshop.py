@@ -26,12 +26,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from devkit.push_platform import Platform, serving, simulated_worker
+from devkit.servers import TEST_FILES_URL, free_port, redis_server
 from services.protocol.jobs import JobSubmit
 from services.queue_manager.main import create_app
 from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
-from tests.support.push_platform import Platform, serving, simulated_worker
-from tests.support.servers import TEST_FILES_URL, free_port, redis_server
 
 # Simulated seconds. Verda containers bill in 10-minute increments, RunPod per second. Assumed:
 # Verda starts billing a replica once its container runs (image pull not billed), RunPod at start.

@@ -44,10 +44,10 @@ from playwright.async_api import async_playwright
 
 from bench.cdp import chromium
 from bench.floor import can_answers, static_workspace
+from devkit.doubles.comfyui_nodes import catalogue, node
+from devkit.qm_server import QueueManagerProcess, qm_env
+from devkit.servers import redis_server
 from services.protocol.workers import WorkerCapabilities, WorkerRegistration
-from tests.doubles.comfyui_nodes import catalogue, node
-from tests.support.qm_server import QueueManagerProcess, qm_env
-from tests.support.servers import redis_server
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]

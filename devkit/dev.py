@@ -23,8 +23,8 @@ from typing import Annotated
 import httpx
 import typer
 
-from tests.support.qm_server import QueueManagerProcess
-from tests.support.servers import ManagedProcess, RedisServer, free_port, wait_until
+from devkit.qm_server import QueueManagerProcess
+from devkit.servers import ManagedProcess, RedisServer, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "dev"
@@ -100,7 +100,7 @@ class Child(ManagedProcess):
 def comfyui_double(root: Path) -> tuple[Child, str]:
     port = free_port()
     child = Child(
-        ("tests.doubles.comfyui", "--port", str(port), "--base-directory", str(root / "worker")),
+        ("devkit.doubles.comfyui", "--port", str(port), "--base-directory", str(root / "worker")),
         {},
         root / "logs" / "comfyui-double.log",
     ).start()

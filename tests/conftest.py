@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.servers import RedisServer, redis_server
+from devkit.servers import RedisServer, redis_server
 
 
 @pytest.fixture(scope="session")

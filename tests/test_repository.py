@@ -1,5 +1,5 @@
-"""The repository stands on its own: nothing in it points outside the checkout, and the README's
-layout names folders that exist."""
+"""The repository stands on its own: nothing in it points outside the checkout, the README's layout
+names folders that exist, and the tests' shared helpers live where their users can import them."""
 
 from __future__ import annotations
 
@@ -32,8 +32,33 @@ def test_no_file_names_a_path_outside_the_repository() -> None:
 def test_the_readme_layout_names_folders_that_exist() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     layout = readme[readme.index("Repository layout") :].split("\n\n", 2)[1]
-    named = set(re.findall(r"`((?:infra|services|images|tests|bench|docs)(?:/[a-z_]+)*)/`", layout))
-    tests_row = layout.split("| `tests/` |")[1].split("\n")[0]
-    named |= {f"tests/{sub}" for sub in re.findall(r"`([a-z_]+)/` \(", tests_row)}
+    named = set(re.findall(r"`((?:infra|services|images|tests|bench|devkit|docs)(?:/[a-z_]+)*)/`", layout))
+    for top in ("tests", "devkit"):
+        row = layout.split(f"| `{top}/` |")[1].split("\n")[0]
+        named |= {f"{top}/{sub}" for sub in re.findall(r"`([a-z_]+)/` \(", row)}
     missing = sorted(p for p in named if not (ROOT / p).is_dir())
     assert len(named) > 10 and missing == [], f"the README's layout names missing folders: {missing}"
+
+
+def python_files(*folders: str) -> list[Path]:
+    return [path for folder in folders for path in sorted((ROOT / folder).rglob("*.py"))]
+
+
+def test_benchmarks_and_the_dev_loop_never_import_the_tests() -> None:
+    """What bench/ and `make dev` share with the tests lives in devkit/, so neither needs tests/."""
+    importing = re.compile(r"^\s*(?:from|import) tests\b|\"tests\.", re.M)
+    offenders = [
+        str(p.relative_to(ROOT)) for p in python_files("bench", "devkit") if importing.search(p.read_text())
+    ]
+    assert offenders == [], f"move what these import from tests/ into devkit/: {offenders}"
+
+
+def test_test_modules_import_helpers_from_support_not_from_a_conftest() -> None:
+    """A conftest.py holds fixtures; helpers several modules share live in tests/support/."""
+    importing = re.compile(r"^\s*from [\w.]*conftest import", re.M)
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in python_files("tests", "bench", "devkit")
+        if importing.search(p.read_text())
+    ]
+    assert offenders == [], f"import these from tests/support/ instead of a conftest: {offenders}"

@@ -6,7 +6,7 @@ survive a crash of Redis or of the server; ``everysec`` can lose the last second
 is one fsync per write, which the queue keeps few: one Lua script per state change, read-only
 queue places, a worker's last-seen time written at most every few seconds.
 
-The production Redis (``infra/platform.py``) and the test Redis (``tests/support/servers.py``) are
+The production Redis (``infra/platform.py``) and the test Redis (``devkit/servers.py``) are
 configured from ``REDIS_DURABILITY``; the queue manager checks it at start (``shortfalls``).
 """
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from tests.doubles.comfyui_nodes import image_bytes
+from devkit.doubles.comfyui_nodes import image_bytes
 
 Step = dict[str, Any]
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.doubles.comfyui import COMFYUI_VERSION
+from devkit.doubles.comfyui import COMFYUI_VERSION
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "comfyui"
 

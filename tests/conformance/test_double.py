@@ -1,6 +1,6 @@
 """The ComfyUI double answers the recorded corpus as the real ComfyUI did, field by field.
 
-A difference here is a bug in the double (``tests/doubles/``): the recording is the real thing.
+A difference here is a bug in the double (``devkit/doubles/``): the recording is the real thing.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from devkit.doubles.comfyui import ComfyUIDouble
 from tests.conformance.driver import differences, replay
 from tests.conformance.fixtures import fixture_paths, load
 from tests.conformance.record import target_for
-from tests.doubles.comfyui import ComfyUIDouble
 
 
 @pytest.mark.parametrize("fixture", fixture_paths(), ids=lambda path: path.stem)

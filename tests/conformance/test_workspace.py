@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
+from devkit.doubles.comfyui import ComfyUIDouble
 from tests.conformance.driver import Target, differences, replay
 from tests.conformance.fixtures import fixture_paths, load
-from tests.doubles.comfyui import ComfyUIDouble
-from tests.services.worker.conftest import QueueManagerServer, pull_worker, worker_settings
-from tests.support.queue_manager_app import build_app, password, settings_for
+from tests.support.queue_manager_app import LiveServer, build_app, password, settings_for
+from tests.support.worker_agent import pull_worker, worker_settings
 
 USER = "alice"
 
@@ -56,7 +56,7 @@ async def catalogue_served(browser: httpx.AsyncClient) -> None:
 async def workspace(redis_url: str, tmp_path: Path) -> AsyncIterator[Target]:
     """Alice's workspace on a fresh queue manager, a worker on a fresh double behind it."""
     settings = settings_for(redis_url, lease_seconds=3.0, reap_interval_seconds=0.1, retry_backoff_seconds=0)
-    server = QueueManagerServer(build_app(settings, tmp_path / "files"))
+    server = LiveServer(build_app(settings, tmp_path / "files"))
     server.start()
     try:
         with ComfyUIDouble(tmp_path / "comfy") as comfy:

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from devkit.dev import ROOT
-from tests.support.servers import free_port, wait_until
+from devkit.servers import free_port, wait_until
 
 pytestmark = pytest.mark.slow
 

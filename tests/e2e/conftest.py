@@ -4,48 +4,16 @@ queue manager, a real worker agent and the ComfyUI double. Never ``playwright in
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, async_playwright
 
-from tests.support.queue_manager_app import LiveServer, live_server, login, password, settings_for
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-]
-# A first visit would open ComfyUI's template gallery and warn about the default graph's models.
-QUIET_START = {
-    "Comfy.TutorialCompleted": True,
-    "Comfy.Workflow.ShowMissingNodesWarning": False,
-    "Comfy.Workflow.ShowMissingModelsWarning": False,
-}
-
-
-# Every page reports what its Content-Security-Policy blocked, so each browser test also proves the
-# stock frontend (and the login and admin pages) run under the platform's policy.
-REPORT_CSP = """
-document.addEventListener("securitypolicyviolation", (event) => {
-  console.error(`CSP violation: ${event.violatedDirective} blocked ${event.blockedURI || "inline"}`
-    + ` at ${event.sourceFile}:${event.lineNumber}`);
-});
-"""
-
-
-def watch_csp(context: BrowserContext, violations: list[str]) -> None:
-    def seen(message: ConsoleMessage) -> None:
-        if "CSP violation" in message.text or "Content Security Policy" in message.text:
-            violations.append(f"{message.page.url if message.page else '?'}: {message.text}")
-
-    context.on("console", seen)
+from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS, QUIET_START, REPORT_CSP, watch_csp
+from tests.support.queue_manager_app import LiveServer, live_server, login, settings_for
 
 
 @pytest.fixture
@@ -76,22 +44,3 @@ def server(redis_url: str, tmp_path: Path) -> Iterator[LiveServer]:
             with httpx.Client(base_url=running.url) as client:
                 login(client, user).post(f"/w/{user}/api/settings", json=QUIET_START).raise_for_status()
         yield running
-
-
-async def logged_in_page(
-    browser: Browser, server: LiveServer, user: str, watch: Callable[[Page], object] | None = None
-) -> tuple[BrowserContext, Page]:
-    """A fresh browser profile that logs in through the login form and lands in its workspace;
-    ``watch`` sees the page before it loads (to listen to its WebSocket)."""
-    context = await browser.new_context(viewport={"width": 1400, "height": 900})
-    page = await context.new_page()
-    if watch is not None:
-        watch(page)
-    await page.goto(f"{server.url}/w/")
-    await page.fill("#username", user)
-    await page.fill("#password", password(user))
-    await page.click("button[type=submit]")
-    await page.wait_for_url(f"{server.url}/w/{user}/", timeout=15_000)
-    # A function, not an expression: Playwright evaluates a bare expression with eval, which the CSP refuses.
-    await page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=30_000)
-    return context, page

@@ -8,9 +8,9 @@ import httpx
 import pytest
 from playwright.async_api import Browser
 
+from devkit.doubles.comfyui_nodes import catalogue
 from services.protocol.workers import ModelsProgress, WorkerCapabilities, WorkerRegistration
-from tests.doubles.comfyui_nodes import catalogue
-from tests.services.workspaces.conftest import GRAPH
+from tests.support.jobs import GRAPH
 from tests.support.queue_manager_app import (
     ADMIN,
     ADMIN_PASSWORD,

@@ -11,11 +11,11 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, WebSocket
 
-from tests.doubles.comfyui import ComfyUIDouble
-from tests.doubles.comfyui_nodes import catalogue
-from tests.e2e.conftest import logged_in_page
-from tests.services.worker.conftest import pull_worker, worker_settings
+from devkit.doubles.comfyui import ComfyUIDouble
+from devkit.doubles.comfyui_nodes import catalogue
+from tests.support.browser import logged_in_page
 from tests.support.queue_manager_app import LiveServer, approve_offered_catalogue, login, register_worker
+from tests.support.worker_agent import pull_worker, worker_settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

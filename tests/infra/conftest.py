@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.infra.harness import ENV_SECRETS
+from devkit.harness import ENV_SECRETS
 
 
 @pytest.fixture(autouse=True)

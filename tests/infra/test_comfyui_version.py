@@ -7,10 +7,10 @@ import re
 import tomllib
 from typing import Any
 
+from devkit.doubles.comfyui import COMFYUI_VERSION
+from devkit.harness import REPO, StackRun, run_stack
 from infra.comfyui import DEFAULT_REF, FRONTENDS
 from tests.conformance.fixtures import FIXTURES
-from tests.doubles.comfyui import COMFYUI_VERSION
-from tests.infra.harness import REPO, StackRun, run_stack
 from tests.infra.test_config import problems
 
 IMAGE = "docker-build:index:Image"

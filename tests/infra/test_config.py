@@ -7,9 +7,9 @@ from typing import Any
 import pulumi
 import pytest
 
+from devkit.harness import TEST_SECRETS, set_config, stack_values
 from infra.errors import ConfigError
 from infra.loading import load_config
-from tests.infra.harness import TEST_SECRETS, set_config, stack_values
 
 
 def problems(stack: str, overrides: dict[str, Any] | None = None, **kwargs: Any) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from devkit.harness import REPO
 from infra import credential_registry
 from infra.credential_registry import ALL, markdown_table
-from tests.infra.harness import REPO
 from tests.infra.test_config import problems
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.infra.harness import StackRun, run_stack
+from devkit.harness import StackRun, run_stack
 
 CONTAINER = "docker:index/container:Container"
 

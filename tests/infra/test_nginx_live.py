@@ -17,9 +17,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from devkit.nginx import nginx_test, running_nginx, self_signed
+from devkit.servers import RedisServer, free_port, wait_until
 from infra.templates.nginx import NginxSpec, Tls, nginx_site
-from tests.support.nginx import nginx_test, running_nginx, self_signed
-from tests.support.servers import RedisServer, free_port, wait_until
 
 pytest.importorskip("services.queue_manager.main")
 pytestmark = pytest.mark.slow

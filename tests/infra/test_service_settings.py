@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.harness import StackRun, run_stack, stack_file
+from devkit.harness import StackRun, run_stack, stack_file
 
 settings_module = pytest.importorskip("services.queue_manager.settings")
 storage_module = pytest.importorskip("services.storage.open")

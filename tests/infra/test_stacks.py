@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.infra.harness import VAULT_SECRET_OUTPUTS, run_stack, stack_names
+from devkit.harness import VAULT_SECRET_OUTPUTS, run_stack, stack_names
 
 
 def test_the_three_stacks_are_committed() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from devkit.nginx import nginx_test, self_signed
 from infra.config import TailscaleConfig, VpsConfig
 from infra.platform import redis_conf
 from infra.queue_keeper import script_command
@@ -18,7 +19,6 @@ from infra.templates import HERE, read
 from infra.templates.cloud_init import AUTHKEY_FILE, CloudInitSpec, cloud_init
 from infra.templates.nginx import NginxSpec, Tls, nginx_site
 from infra.vps import firewall_rules
-from tests.support.nginx import nginx_test, self_signed
 
 SPEC = CloudInitSpec(
     hostname="comfy-workshop",

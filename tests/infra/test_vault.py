@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from devkit.harness import REPO, StackRun, run_stack
 from infra.r2 import s3_secret
-from tests.infra.harness import REPO, StackRun, run_stack
 
 ACCOUNT = "0123456789abcdef0123456789abcdef"
 

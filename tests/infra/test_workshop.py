@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.infra.harness import (
+from devkit.harness import (
     CLOUDFLARE_V4,
     CLOUDFLARE_V6,
     ORGANIZER_POLICY,

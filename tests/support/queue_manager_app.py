@@ -18,11 +18,11 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import SecretStr
 
+from devkit.servers import free_port, wait_until
 from services.protocol.workers import WorkerCapabilities, WorkerRegistration
 from services.queue_manager.main import create_app
 from services.queue_manager.settings import Settings
 from services.storage.local import LocalStorage
-from tests.support.servers import free_port, wait_until
 
 PARTICIPANTS = ("alice", "bob")
 POOL, POOL_TOKEN = "gpu", "gpu-token"
@@ -53,25 +53,38 @@ def build_app(settings: Settings, files: Path) -> FastAPI:
 
 
 class LiveServer:
-    """uvicorn serving the app on ``url`` from its own thread (for browsers and WebSocket clients)."""
+    """uvicorn serving ``app`` on ``url`` from its own thread (for browsers, WebSocket clients and
+    workers); ``stop`` and ``start`` again at will on the same port, or use it as a context manager."""
 
     def __init__(self, app: FastAPI) -> None:
-        self.port = free_port()
+        self.app, self.port = app, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", ws="websockets-sansio"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
+        self.server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        wait_until(lambda: self.server.started, timeout=30, what=f"queue manager on {self.url}")
+    def start(self) -> LiveServer:
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", ws="websockets-sansio"
+        )
+        server = uvicorn.Server(config)
+        self.server = server
+        self._thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+        self._thread.start()
+        wait_until(lambda: server.started, timeout=30, what=f"queue manager on {self.url}")
         return self
 
+    def stop(self) -> None:
+        if self.server is not None and self._thread is not None:
+            # open sockets and long-polls must not hold it up
+            self.server.should_exit = self.server.force_exit = True
+            self._thread.join(timeout=15)
+        self.server = self._thread = None
+
+    def __enter__(self) -> LiveServer:
+        return self.start()
+
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = self.server.force_exit = True  # open sockets must not hold it up
-        self.thread.join(timeout=15)
+        self.stop()
 
 
 @contextlib.contextmanager

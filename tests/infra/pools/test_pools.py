@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from devkit import harness
+from devkit.harness import Resource, StackRun, run_stack, stack_values
 from infra.pools import KINDS
 from infra.providers.verda_instance import InstanceProvider
-from tests.infra import harness
-from tests.infra.harness import Resource, StackRun, run_stack, stack_values
 
 DYNAMIC = "pulumi-python:dynamic:Resource"
 CONTAINER = "docker:index/container:Container"

@@ -9,15 +9,7 @@ from typing import Any
 import pytest
 
 from tests.infra.providers.verda_double import VerdaDouble
-
-FAST = {
-    "request_timeout_s": 0.5,
-    "attempts": 3,
-    "retry_wait_s": 0.01,
-    "poll_interval_s": 0.0,
-    "ready_timeout_s": 2.0,
-    "delete_timeout_s": 2.0,
-}
+from tests.support.provider_timing import FAST
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -11,12 +11,12 @@ from typing import Any
 import dill
 import pytest
 
+from devkit.harness import Resource, run_stack
 from infra.providers import resources
-from tests.infra.harness import Resource, run_stack
-from tests.infra.providers.conftest import FAST
 from tests.infra.providers.engine import PROVIDER_KEY, Engine
 from tests.infra.providers.runpod_double import RunPodDouble
 from tests.infra.providers.verda_double import VerdaDouble
+from tests.support.provider_timing import FAST
 
 DYNAMIC = "pulumi-python:dynamic:Resource"
 POOLS = [

@@ -10,8 +10,8 @@ import pytest
 
 from infra.providers.lifecycle import ProviderError
 from infra.providers.runpod import EndpointProvider, NetworkVolumeProvider, TemplateProvider
-from tests.infra.providers.conftest import FAST
 from tests.infra.providers.runpod_double import RunPodDouble
+from tests.support.provider_timing import FAST
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from infra.providers import resources
-from tests.infra.providers.conftest import FAST
 from tests.infra.providers.engine import Engine
 from tests.infra.providers.runpod_double import RunPodDouble
 from tests.infra.providers.verda_double import VerdaDouble
+from tests.support.provider_timing import FAST
 
 Doubles = tuple[VerdaDouble, RunPodDouble]
 

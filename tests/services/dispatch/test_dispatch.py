@@ -9,10 +9,11 @@ from collections.abc import Callable
 
 import pytest
 
+from devkit.push_platform import Platform
 from services.protocol.jobs import Job, JobState, JobSubmit
 from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
-from tests.services.dispatch.conftest import Platform, finished, rig
+from tests.support.dispatch_rig import finished, rig
 
 PROMPT = {"1": {"class_type": "KSampler", "inputs": {}}}
 

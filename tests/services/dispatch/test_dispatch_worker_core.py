@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from devkit.doubles.comfyui import ComfyUIDouble
+from devkit.push_platform import Platform, Runner, serving
+from devkit.servers import free_port
 from services.protocol.jobs import JobState, JobSubmit
 from services.protocol.workers import Lease
 from services.queue_manager.dispatch import PushPool, dispatching
@@ -17,11 +20,8 @@ from services.storage.local import LocalStorage
 from services.worker.agent import Agent
 from services.worker.push import run_pushed
 from services.worker.settings import WorkerSettings
-from tests.doubles.comfyui import ComfyUIDouble
-from tests.services.dispatch.conftest import finished
-from tests.support.push_platform import Platform, Runner, serving
+from tests.support.dispatch_rig import finished
 from tests.support.queue_manager_app import POOL, build_app, settings_for
-from tests.support.servers import free_port
 
 
 def graph(color: int) -> dict[str, Any]:

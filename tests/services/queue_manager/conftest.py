@@ -4,10 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import tempfile
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,59 +13,11 @@ import uvicorn
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from services.protocol.jobs import JobSubmit
-from services.protocol.workers import WorkerCapabilities, WorkerRegistration
+from devkit.servers import free_port
 from services.queue_manager.main import create_app
 from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
-from tests.support.servers import free_port
-
-PASSWORDS = {"ada": "ada-password", "bob": "bob-password"}
-ADMIN_PASSWORD = "admin-password"
-TOKENS = {"gpu": "gpu-token-0123456789", "cpu": "cpu-token-0123456789"}
-FILES_URL = (Path(tempfile.gettempdir()) / "comfy-workshop-test-files").as_uri()  # not /var/lib's default
-PROMPT = {
-    "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}},
-}
-
-
-def make_settings(redis_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "env": "test",
-        "redis_url": redis_url,
-        "admin_password": ADMIN_PASSWORD,
-        "session_secret": "s" * 32,
-        "participants": PASSWORDS,
-        "worker_tokens": TOKENS,
-        "lease_seconds": 5,
-        "retry_backoff_seconds": 0,
-        "reap_interval_seconds": 0.1,
-        "files_url": FILES_URL,
-    }
-    return Settings(**{**values, **overrides})
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-
-
-def user_auth(user: str) -> dict[str, str]:
-    return basic(user, PASSWORDS[user])
-
-
-ADMIN = basic("admin", ADMIN_PASSWORD)
-GPU = {"Authorization": f"Bearer {TOKENS['gpu']}"}
-CPU = {"Authorization": f"Bearer {TOKENS['cpu']}"}
-
-
-def job(**fields: Any) -> JobSubmit:
-    return JobSubmit(prompt=PROMPT, **fields)
-
-
-def registration(worker_id: str, pool: str = "gpu") -> WorkerRegistration:
-    capabilities = WorkerCapabilities(pool=pool, provider="local")
-    return WorkerRegistration(worker_id=worker_id, capabilities=capabilities)
+from tests.support.qm_api import make_settings
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from services.queue_manager.settings import Scheduling, Settings
-from tests.services.queue_manager.conftest import ADMIN, GPU, PROMPT, make_settings, registration, user_auth
+from tests.support.qm_api import ADMIN, GPU, PROMPT, make_settings, registration, user_auth
 
 
 @pytest.fixture

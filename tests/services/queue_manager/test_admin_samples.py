@@ -16,7 +16,7 @@ from services.queue_manager.background import TASK_PREFIX
 from services.queue_manager.main import create_app
 from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
-from tests.services.queue_manager.conftest import PROMPT, make_settings, user_auth
+from tests.support.qm_api import PROMPT, make_settings, user_auth
 
 INTERVAL = 0.2
 

@@ -22,13 +22,13 @@ import httpx
 import pytest
 import redis
 
+from devkit.doubles.comfyui_nodes import catalogue
 from infra.queue_keeper import script_command
 from services.protocol.jobs import OutputFile
 from services.protocol.workers import Completion, Lease
 from services.queue_manager.keys import family_of
 from services.queue_manager.settings import Settings
 from services.queue_manager.snapshot import CHECKSUM_KEY, SNAPSHOT_KEY
-from tests.doubles.comfyui_nodes import catalogue
 from tests.support.queue_manager_app import (
     ADMIN,
     ADMIN_PASSWORD,

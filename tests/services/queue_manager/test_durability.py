@@ -9,17 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.services.queue_manager.conftest import (
-    ADMIN,
-    GPU,
-    PASSWORDS,
-    PROMPT,
-    TOKENS,
-    registration,
-    user_auth,
-)
-from tests.support.qm_server import QueueManagerProcess, qm_env
-from tests.support.servers import RedisServer, wait_until
+from devkit.qm_server import QueueManagerProcess, qm_env
+from devkit.servers import RedisServer, wait_until
+from tests.support.qm_api import ADMIN, GPU, PASSWORDS, PROMPT, TOKENS, registration, user_auth
 
 pytestmark = pytest.mark.slow
 

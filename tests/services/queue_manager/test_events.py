@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from tests.services.queue_manager.conftest import GPU, PROMPT, registration, user_auth
+from tests.support.qm_api import GPU, PROMPT, registration, user_auth
 
 
 async def next_event(socket: ClientConnection) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from services.protocol.jobs import JobState
 from services.queue_manager import leases
 from services.queue_manager.errors import QueueLimit
 from services.queue_manager.store import Store
-from tests.services.queue_manager.conftest import job
+from tests.support.qm_api import job
 
 
 async def parked(store: Store, count: int = 1) -> None:

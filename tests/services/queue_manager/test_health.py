@@ -16,13 +16,13 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from devkit.servers import free_port, wait_until
 from infra.platform import REDIS_USER, redis_conf
 from services.protocol.jobs import JobSubmit
 from services.queue_manager.background import check_durability
 from services.queue_manager.logs import JsonFormatter
 from services.queue_manager.store import Store
-from tests.services.queue_manager.conftest import GPU, PROMPT, make_settings, registration, user_auth
-from tests.support.servers import free_port, wait_until
+from tests.support.qm_api import GPU, PROMPT, make_settings, registration, user_auth
 
 
 async def test_health_and_ready_answer_while_redis_is_up(client: httpx.AsyncClient) -> None:

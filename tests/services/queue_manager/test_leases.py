@@ -13,7 +13,7 @@ from services.queue_manager import leases
 from services.queue_manager.errors import StaleLease
 from services.queue_manager.records import now_ms
 from services.queue_manager.store import Store
-from tests.services.queue_manager.conftest import job
+from tests.support.qm_api import job
 
 LATER = 3_600_000  # an hour in ms: every lease granted now has expired by then
 OUTPUT = OutputFile(node_id="2", kind="images", filename="t_00001_.png")

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.services.queue_manager.conftest import GPU, PASSWORDS, PROMPT, TOKENS, registration, user_auth
-from tests.support.qm_server import QueueManagerProcess, qm_env
+from devkit.qm_server import QueueManagerProcess, qm_env
+from tests.support.qm_api import GPU, PASSWORDS, PROMPT, TOKENS, registration, user_auth
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import httpx
 
 from services.protocol.jobs import UI_FORMAT_HINT
 from services.queue_manager.settings import Settings
-from tests.services.queue_manager.conftest import ADMIN, PROMPT, basic, user_auth
+from tests.support.qm_api import ADMIN, PROMPT, basic, user_auth
 
 ADA, BOB = user_auth("ada"), user_auth("bob")
 

@@ -9,7 +9,7 @@ import pytest
 from services.queue_manager.errors import QueueLimit
 from services.queue_manager.settings import Scheduling
 from services.queue_manager.store import Store
-from tests.services.queue_manager.conftest import job
+from tests.support.qm_api import job
 
 StoreFactory = Callable[..., Store]
 

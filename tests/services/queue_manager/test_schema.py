@@ -11,9 +11,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from tests.services.queue_manager.conftest import ADMIN, GPU, PASSWORDS, TOKENS
-from tests.support.qm_server import QueueManagerProcess, qm_env
-from tests.support.servers import RedisServer
+from devkit.qm_server import QueueManagerProcess, qm_env
+from devkit.servers import RedisServer
+from tests.support.qm_api import ADMIN, GPU, PASSWORDS, TOKENS
 
 pytestmark = pytest.mark.slow
 

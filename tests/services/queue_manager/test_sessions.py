@@ -13,7 +13,7 @@ from argon2 import PasswordHasher
 from fastapi import FastAPI
 
 from services.queue_manager.main import create_app
-from tests.services.queue_manager.conftest import ADMIN, basic, make_settings
+from tests.support.qm_api import ADMIN, basic, make_settings
 
 ADA_LOGIN = {"user": "ada", "password": "ada-password"}
 

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from services.queue_manager.auth import Authenticator
 from services.queue_manager.settings import Settings
-from tests.services.queue_manager.conftest import user_auth
+from tests.support.qm_api import user_auth
 
 
 def test_production_refuses_to_start_without_an_admin_password(monkeypatch: pytest.MonkeyPatch) -> None:

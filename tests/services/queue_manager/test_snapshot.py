@@ -26,7 +26,7 @@ from services.queue_manager.snapshot import (
 from services.queue_manager.store import Store
 from services.storage import aiter_chunks
 from services.storage.local import LocalStorage
-from tests.services.queue_manager.conftest import ADMIN, PROMPT, job, user_auth
+from tests.support.qm_api import ADMIN, PROMPT, job, user_auth
 
 
 async def test_a_restored_queue_runs_the_same_jobs_in_the_same_order(

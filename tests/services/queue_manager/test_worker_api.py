@@ -9,16 +9,7 @@ import httpx
 from services.protocol.workers import Lease, ModelsProgress, RegisterReply
 from services.queue_manager.main import create_app
 from services.queue_manager.store import Store
-from tests.services.queue_manager.conftest import (
-    ADMIN,
-    CPU,
-    GPU,
-    PROMPT,
-    TOKENS,
-    make_settings,
-    registration,
-    user_auth,
-)
+from tests.support.qm_api import ADMIN, CPU, GPU, PROMPT, TOKENS, make_settings, registration, user_auth
 
 
 async def register(client: httpx.AsyncClient, worker_id: str = "w1") -> None:

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from devkit.s3 import make_bucket, moto_server
 from services.storage import S3Settings, Storage, StorageError, aiter_chunks, open_storage
 from services.storage.base import FileMissingError
 from services.storage.s3 import PART_SIZE, S3Storage
-from tests.support.s3 import make_bucket, moto_server
 
 
 @pytest.fixture(scope="module")

@@ -11,34 +11,28 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devkit.doubles.comfyui import ComfyUIDouble
 from services.protocol.jobs import JobState
 from services.storage.local import LocalStorage
 from services.worker import push
 from services.worker.agent import Agent
-from tests.doubles.comfyui import ComfyUIDouble
-from tests.services.worker.conftest import (
-    QueueManagerServer,
-    finished,
-    graph,
-    participant,
-    pull_worker,
-    submit,
-    worker_settings,
-)
 from tests.services.worker.test_pull_jobs import until
 from tests.services.worker.test_push import lease_for
+from tests.support.jobs import finished, graph, participant, submit
+from tests.support.queue_manager_app import LiveServer
+from tests.support.worker_agent import pull_worker, worker_settings
 
 LEASE_SECONDS = 120.0
 PROMPTLY = 10.0  # seconds: far below the 40 s to the next regular heartbeat
 
 
 @pytest.fixture
-def qm(qm_factory: Callable[..., QueueManagerServer]) -> QueueManagerServer:
+def qm(qm_factory: Callable[..., LiveServer]) -> LiveServer:
     return qm_factory(lease_seconds=LEASE_SECONDS)
 
 
 @pytest.fixture
-async def alice(qm: QueueManagerServer) -> AsyncIterator[httpx.AsyncClient]:
+async def alice(qm: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
     async with participant(qm, "alice") as client:
         yield client
 
@@ -52,7 +46,7 @@ async def cancel_while_running(comfy: ComfyUIDouble, alice: httpx.AsyncClient, j
 
 
 async def test_a_cancel_reaches_a_pull_workers_comfyui_long_before_its_next_heartbeat(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
         comfy.knobs.node_seconds, comfy.knobs.progress_steps = 60.0, 600
@@ -63,7 +57,7 @@ async def test_a_cancel_reaches_a_pull_workers_comfyui_long_before_its_next_hear
 
 
 async def test_a_cancel_reaches_a_push_containers_comfyui_long_before_its_next_heartbeat(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     agent = Agent(worker_settings(comfy, qm.url, tmp_path), LocalStorage(tmp_path / "files"))
     await agent.start()

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from devkit.doubles.comfyui import ComfyUIDouble
+from devkit.servers import free_port
 from services.worker.cli import app
-from tests.doubles.comfyui import ComfyUIDouble
-from tests.support.servers import free_port
 
 
 def test_health_is_0_while_comfyui_answers_and_1_when_it_does_not(

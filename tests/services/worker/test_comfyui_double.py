@@ -14,8 +14,8 @@ import httpx
 import pytest
 import websockets
 
-from tests.doubles.comfyui import ComfyUIDouble
-from tests.support.servers import free_port, wait_until
+from devkit.doubles.comfyui import ComfyUIDouble
+from devkit.servers import free_port, wait_until
 
 GRAPH: dict[str, Any] = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
@@ -233,7 +233,7 @@ async def test_a_restart_loses_history(comfy: ComfyUIDouble, http: httpx.AsyncCl
 def test_the_double_runs_as_a_subprocess_with_comfyui_flags(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "tests.doubles.comfyui", "--listen", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "devkit.doubles.comfyui", "--listen", "127.0.0.1", "--port", str(port)]
     command += ["--output-directory", str(tmp_path / "out"), "--input-directory", str(tmp_path / "in")]
     command += ["--temp-directory", str(tmp_path / "tmp"), "--cpu", "--node-seconds", "0.01"]
     process = subprocess.Popen(command)

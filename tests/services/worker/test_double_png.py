@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 import zlib
 
-from tests.doubles.comfyui_nodes import image_bytes, png_meta
+from devkit.doubles.comfyui_nodes import image_bytes, png_meta
 
 
 def _chunks(data: bytes) -> dict[bytes, bytes]:

@@ -17,29 +17,21 @@ from typing import Any
 
 import httpx
 
+from devkit.doubles.comfyui import ComfyUIDouble
 from services.protocol.jobs import Job, JobState
 from services.protocol.workers import Lease
 from services.storage.local import LocalStorage
 from services.worker.agent import Agent
 from services.worker.queue_client import LeaseLostError, QueueClient
 from services.worker.supervisor import ComfyProcess
-from tests.doubles.comfyui import ComfyUIDouble
-from tests.services.worker.conftest import (
-    QueueManagerServer,
-    child_worker_settings,
-    finished,
-    graph,
-    participant,
-    pull_worker,
-    submit,
-    worker_settings,
-)
 from tests.services.worker.test_pull_jobs import until
-from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, POOL_TOKEN
+from tests.support.jobs import finished, graph, participant, submit
+from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, POOL_TOKEN, LiveServer
+from tests.support.worker_agent import child_worker_settings, pull_worker, worker_settings
 
 
 async def test_comfyui_crashing_mid_job_restarts_it_and_the_job_runs_again_without_using_an_attempt(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     settings = child_worker_settings(comfy, qm.url, tmp_path)
     async with pull_worker(settings) as running:
@@ -60,7 +52,7 @@ async def test_comfyui_crashing_mid_job_restarts_it_and_the_job_runs_again_witho
 
 
 async def test_the_queue_manager_away_and_back_gets_exactly_one_completion(
-    comfy: ComfyUIDouble, qm_factory: Callable[..., QueueManagerServer], tmp_path: Path
+    comfy: ComfyUIDouble, qm_factory: Callable[..., LiveServer], tmp_path: Path
 ) -> None:
     qm = qm_factory(lease_seconds=20.0)
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)), participant(qm, "alice") as alice:
@@ -78,7 +70,7 @@ async def test_the_queue_manager_away_and_back_gets_exactly_one_completion(
 
 
 async def test_a_large_output_is_streamed_to_storage_not_held_in_memory(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
 ) -> None:
     size = 48 * 1024 * 1024
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
@@ -95,7 +87,7 @@ async def test_a_large_output_is_streamed_to_storage_not_held_in_memory(
 
 
 def worker_process(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path, grace: float
+    comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path, grace: float
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -113,7 +105,7 @@ def worker_process(
 
 
 async def test_sigterm_mid_job_finishes_it_within_the_grace_period_and_exits_0(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     comfy.knobs.node_seconds = 0.3
     process = worker_process(comfy, qm, tmp_path, grace=20)
@@ -132,7 +124,7 @@ async def test_sigterm_mid_job_finishes_it_within_the_grace_period_and_exits_0(
 
 
 async def test_sigterm_with_a_job_too_long_for_the_grace_period_releases_it_and_exits_0(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     comfy.knobs.node_seconds, comfy.knobs.progress_steps = 30.0, 300
     process = worker_process(comfy, qm, tmp_path, grace=0.2)
@@ -150,7 +142,7 @@ async def test_sigterm_with_a_job_too_long_for_the_grace_period_releases_it_and_
 
 
 async def test_sigterm_while_waiting_for_work_exits_0_at_once(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path
 ) -> None:
     process = worker_process(comfy, qm, tmp_path, grace=20)
     try:
@@ -162,7 +154,7 @@ async def test_sigterm_while_waiting_for_work_exits_0_at_once(
 
 
 async def test_a_wrong_pool_token_stops_the_worker_with_a_message_naming_the_setting(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path
 ) -> None:
     env = {
         **os.environ,
@@ -221,7 +213,7 @@ async def test_a_lease_lost_at_a_heartbeat_stops_the_job_in_comfyui_without_repo
 
 
 async def test_an_attached_comfyui_restarting_mid_job_loses_it_and_the_job_runs_again(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
         comfy.knobs.node_seconds, comfy.knobs.progress_steps = 1.0, 10

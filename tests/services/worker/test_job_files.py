@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from devkit.doubles.comfyui import ComfyUIDouble
+from devkit.doubles.comfyui_nodes import png_meta
 from services.protocol.jobs import Job, JobState
 from services.storage import StorageError
 from services.storage.local import LocalStorage
@@ -21,17 +23,9 @@ from services.worker.agent import Agent
 from services.worker.comfy_client import ComfyClient
 from services.worker.job_files import SALT_INPUT, salted
 from services.worker.supervisor import ComfyNotReadyError
-from tests.doubles.comfyui import ComfyUIDouble
-from tests.doubles.comfyui_nodes import png_meta
-from tests.services.worker.conftest import (
-    QueueManagerServer,
-    finished,
-    participant,
-    pull_worker,
-    put_input,
-    submit,
-    worker_settings,
-)
+from tests.support.jobs import finished, participant, put_input, submit
+from tests.support.queue_manager_app import LiveServer
+from tests.support.worker_agent import pull_worker, worker_settings
 
 SECRET = b"\x89PNG\r\n\x1a\n" + json.dumps({"width": 32, "height": 32, "color": 0xA11CE}).encode()
 BOBS = b"\x89PNG\r\n\x1a\n" + json.dumps({"width": 32, "height": 32, "color": 0xB0B}).encode()
@@ -69,7 +63,7 @@ def invalid_file(job: Job) -> None:
 
 
 async def test_bob_naming_alices_upload_outputs_or_previews_never_gets_her_bytes(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
 ) -> None:
     put_input(files, "alice", "secret.png", SECRET)
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)), participant(qm, "bob") as bob:
@@ -95,7 +89,7 @@ async def test_bob_naming_alices_upload_outputs_or_previews_never_gets_her_bytes
 
 
 async def test_names_outside_comfyuis_folders_are_refused_before_comfyui_reads_them(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
 ) -> None:
     """ComfyUI joins a LoadImage name to its folder unchecked: the worker's disk (here user-file
     storage itself) must not be readable by an absolute name or by climbing with ``..``."""
@@ -128,7 +122,7 @@ def both_uploaded(files: Path) -> None:
 
 @pytest.mark.usefixtures("both_uploaded")
 async def test_annotated_names_resolve_within_the_owners_files(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
 ) -> None:
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)), participant(qm, "bob") as bob:
         first = await bob_job(bob)
@@ -148,7 +142,7 @@ async def test_annotated_names_resolve_within_the_owners_files(
 
 @pytest.mark.usefixtures("both_uploaded")
 async def test_each_owner_numbers_on_from_their_own_outputs_and_identical_graphs_rerun(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
 ) -> None:
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)), participant(qm, "bob") as bob:
         await alice_job(alice)
@@ -172,7 +166,7 @@ async def test_a_worker_whose_folders_are_not_comfyuis_refuses_to_start(
 
 async def test_a_retry_on_the_same_worker_makes_its_outputs_again(
     comfy: ComfyUIDouble,
-    qm: QueueManagerServer,
+    qm: LiveServer,
     alice: httpx.AsyncClient,
     tmp_path: Path,
     files: Path,
@@ -204,7 +198,7 @@ def test_output_nodes_are_salted_per_attempt_even_when_something_links_from_them
 
 @pytest.mark.usefixtures("alices_secret")
 async def test_a_jobs_files_are_staged_only_once_comfyui_holds_no_other_prompt(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path, monkeypatch: Any
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, monkeypatch: Any
 ) -> None:
     """A prompt still running in ComfyUI (one the worker abandoned) must not see the next owner's
     files, nor leave outputs for the next job to name."""

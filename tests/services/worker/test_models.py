@@ -16,6 +16,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from devkit.doubles.comfyui import ComfyUIDouble
+from devkit.s3 import make_bucket, moto_server
 from services.protocol.workers import ModelsProgress, RegisterReply, WorkerRegistration
 from services.storage import S3Settings, Storage, aiter_chunks, open_storage
 from services.storage.local import LocalStorage
@@ -27,10 +29,9 @@ from services.worker.pull import run_pull
 from services.worker.push import verda_app
 from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
-from tests.doubles.comfyui import ComfyUIDouble
-from tests.services.worker.conftest import QueueManagerServer, graph, submit, worker_settings
-from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, POOL_TOKEN
-from tests.support.s3 import make_bucket, moto_server
+from tests.support.jobs import graph, submit
+from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, POOL_TOKEN, LiveServer
+from tests.support.worker_agent import worker_settings
 
 WEIGHTS = bytes(range(256)) * 4096  # 1 MiB of "weights"
 
@@ -224,7 +225,7 @@ async def test_a_file_missing_from_the_bucket_is_refused_before_any_download(
 
 
 async def test_a_worker_missing_a_model_says_why_on_the_admin_page_and_takes_no_job(
-    s3_endpoint: str, comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    s3_endpoint: str, comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     make_bucket(s3_endpoint, "models-missing")
     path = tmp_path / "models.yaml"
@@ -250,7 +251,7 @@ async def test_a_worker_missing_a_model_says_why_on_the_admin_page_and_takes_no_
 
 
 def container_settings(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, s3_endpoint: str, tmp_path: Path, **extra: object
+    comfy: ComfyUIDouble, qm: LiveServer, s3_endpoint: str, tmp_path: Path, **extra: object
 ) -> WorkerSettings:
     """A serverless container: WORKER_QUEUE_URL is the queue manager's public URL, a shared volume."""
     return worker_settings(
@@ -261,20 +262,20 @@ def container_settings(
     )  # fmt: skip
 
 
-async def admin_workers(qm: QueueManagerServer) -> list[dict[str, Any]]:
+async def admin_workers(qm: LiveServer) -> list[dict[str, Any]]:
     async with httpx.AsyncClient(base_url=qm.url, auth=(ADMIN, ADMIN_PASSWORD)) as admin:
         workers: list[dict[str, Any]] = (await admin.get("/api/admin/workers")).json()
     return workers
 
 
 async def test_a_push_container_shows_its_models_sync_on_the_admin_page_then_idle(
-    vault: Storage, s3_endpoint: str, comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path
+    vault: Storage, s3_endpoint: str, comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path
 ) -> None:
     lock = tmp_path / "volume/.comfy-models.lock"
     lock.parent.mkdir()
     lock.write_text("other-container:7:y")  # another container fills the volume
     config = container_settings(comfy, qm, s3_endpoint, tmp_path, models_lock_stale_seconds=600)
-    container = QueueManagerServer(verda_app(config, Agent(config, LocalStorage(tmp_path / "files"))))
+    container = LiveServer(verda_app(config, Agent(config, LocalStorage(tmp_path / "files"))))
     starting = asyncio.create_task(asyncio.to_thread(container.start))  # its lifespan syncs the models
     try:
         seen: list[dict[str, Any]] = []
@@ -308,7 +309,7 @@ async def test_a_push_container_shows_its_models_sync_on_the_admin_page_then_idl
 
 
 async def test_a_push_container_that_cannot_get_its_models_says_why_on_the_admin_page(
-    s3_endpoint: str, comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path
+    s3_endpoint: str, comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path
 ) -> None:
     make_bucket(s3_endpoint, bucket_of(tmp_path))  # empty: the manifest's file is not there
     (tmp_path / "volume").mkdir()
@@ -379,7 +380,7 @@ async def test_pruning_waits_for_the_volumes_lock_and_never_leaves_the_folder(
 
 
 async def test_a_hosts_finished_sync_models_run_leaves_the_admin_page(
-    qm: QueueManagerServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    qm: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     volume = tmp_path / "volume/checkpoints"
     volume.mkdir(parents=True)

@@ -14,21 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devkit.doubles.comfyui import ComfyUIDouble
 from services.protocol.jobs import Job, JobState
 from services.worker.comfy_client import ComfyClient, ComfyUnavailableError
 from services.worker.supervisor import ComfyProcess
-from tests.doubles.comfyui import ComfyUIDouble
-from tests.services.worker.conftest import (
-    QueueManagerServer,
-    child_worker_settings,
-    finished,
-    graph,
-    participant,
-    pull_worker,
-    submit,
-    worker_settings,
-)
 from tests.services.worker.test_pull_jobs import until
+from tests.support.jobs import finished, graph, participant, submit
+from tests.support.queue_manager_app import LiveServer
+from tests.support.worker_agent import child_worker_settings, pull_worker, worker_settings
 
 LEASE_SECONDS = 3.0  # the ``qm`` fixture's lease term
 
@@ -67,7 +60,7 @@ async def until_running_in(comfyui: ComfyClient, job_id: str) -> None:
 
 
 async def test_an_attached_comfyui_down_longer_than_a_lease_loses_no_job_and_uses_no_attempt(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     # A minute of socket silence would pass before the worker asked ComfyUI: the closed socket
     # makes it ask at once.
@@ -94,7 +87,7 @@ async def test_an_attached_comfyui_down_longer_than_a_lease_loses_no_job_and_use
 
 
 async def test_a_job_leased_to_a_worker_whose_comfyui_is_down_is_given_back_at_once(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)) as running:
         await until(lambda: running.worker.first_claim_at is not None, "the worker claiming")
@@ -110,7 +103,7 @@ async def test_a_job_leased_to_a_worker_whose_comfyui_is_down_is_given_back_at_o
 
 
 async def test_a_job_that_kills_comfyui_again_and_again_fails_naming_it(
-    comfy: ComfyUIDouble, qm_factory: Callable[..., QueueManagerServer], tmp_path: Path
+    comfy: ComfyUIDouble, qm_factory: Callable[..., LiveServer], tmp_path: Path
 ) -> None:
     qm = qm_factory(max_comfyui_losses=2)
     async with (
@@ -131,7 +124,7 @@ async def test_a_job_that_kills_comfyui_again_and_again_fails_naming_it(
 
 
 async def test_a_child_comfyui_gone_silent_is_restarted_and_its_job_runs_again(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     async with pull_worker(child_worker_settings(comfy, qm.url, tmp_path, comfyui_timeout=1.0)) as running:
         supervisor = running.agent.comfy_server

@@ -11,20 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
+from devkit.doubles.comfyui import ComfyUIDouble
+from devkit.doubles.comfyui_nodes import png_meta
 from services.protocol.jobs import JobState
 from services.worker import runner
-from tests.doubles.comfyui import ComfyUIDouble
-from tests.doubles.comfyui_nodes import png_meta
-from tests.services.worker.conftest import (
-    QueueManagerServer,
-    finished,
-    graph,
-    participant,
-    pull_worker,
-    put_input,
-    submit,
-    worker_settings,
-)
+from tests.support.jobs import finished, graph, participant, put_input, submit
+from tests.support.queue_manager_app import LiveServer
+from tests.support.worker_agent import pull_worker, worker_settings
 
 PNG = b"\x89PNG\r\n\x1a\n" + json.dumps({"width": 32, "height": 32, "color": 7}).encode()
 
@@ -39,7 +32,7 @@ def load_and_save(name: str, loader: str = "LoadImage", saver: str = "SaveImage"
 
 
 async def test_a_job_succeeds_and_its_outputs_land_under_the_owners_prefix(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
         job = await finished(alice, await submit(alice, graph(color=1, batch=2)))
@@ -51,7 +44,7 @@ async def test_a_job_succeeds_and_its_outputs_land_under_the_owners_prefix(
 
 
 async def test_input_files_are_fetched_from_storage_and_staged_for_comfyui(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
 ) -> None:
     put_input(files, "alice", "cat.png", PNG)
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
@@ -64,7 +57,7 @@ async def test_input_files_are_fetched_from_storage_and_staged_for_comfyui(
 
 
 async def test_an_execution_error_fails_the_job_naming_node_type_and_message(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
 ) -> None:
     put_input(files, "alice", "cat.png", b"GIF89a not a png")
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
@@ -77,7 +70,7 @@ async def test_an_execution_error_fails_the_job_naming_node_type_and_message(
 
 
 async def test_a_missing_input_file_fails_with_a_message_saying_what_to_do(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
         job_id = await submit(alice, load_and_save("gone.png"), inputs=[{"filename": "gone.png"}])
@@ -87,7 +80,7 @@ async def test_a_missing_input_file_fails_with_a_message_saying_what_to_do(
 
 
 async def test_a_validation_error_fails_the_job_with_comfyuis_reason(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     bad = graph()
     bad["1"]["inputs"]["width"] = 0
@@ -100,7 +93,7 @@ async def test_a_validation_error_fails_the_job_with_comfyuis_reason(
 
 
 async def test_cancelling_a_running_job_interrupts_exactly_that_prompt(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
         comfy.knobs.node_seconds, comfy.knobs.progress_steps = 20.0, 200
@@ -115,7 +108,7 @@ async def test_cancelling_a_running_job_interrupts_exactly_that_prompt(
 
 async def test_cancelling_a_job_still_waiting_in_comfyui_deletes_it_so_it_never_runs(
     comfy: ComfyUIDouble,
-    qm: QueueManagerServer,
+    qm: LiveServer,
     alice: httpx.AsyncClient,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -140,7 +133,7 @@ async def test_cancelling_a_job_still_waiting_in_comfyui_deletes_it_so_it_never_
 
 
 async def test_a_silent_socket_falls_back_to_polling_history(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     comfy.knobs.silent = True
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path, warmup=False)):
@@ -150,7 +143,7 @@ async def test_a_silent_socket_falls_back_to_polling_history(
 
 
 async def test_identical_graphs_answered_from_cache_still_give_each_owner_the_outputs(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
 ) -> None:
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)), participant(qm, "bob") as bob:
         first = await finished(alice, await submit(alice, graph(color=5)))
@@ -164,7 +157,7 @@ async def test_identical_graphs_answered_from_cache_still_give_each_owner_the_ou
 
 
 async def test_video_and_audio_outputs_are_stored_with_their_kind(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
 ) -> None:
     video = {
         "1": {
@@ -199,7 +192,7 @@ async def until(check: Any, what: str, timeout: float = 10.0) -> None:
 
 
 async def test_outputs_are_read_only_once_history_is_written(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
         comfy.knobs.history_lag_seconds = 0.3  # execution_success long before the history write

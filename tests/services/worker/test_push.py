@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from devkit.doubles.comfyui import ComfyUIDouble
+from devkit.servers import free_port, wait_until
 from services.protocol.jobs import JobState
 from services.protocol.workers import Lease, WorkerCapabilities, WorkerRegistration
 from services.storage.local import LocalStorage
@@ -23,14 +25,13 @@ from services.worker import push
 from services.worker.agent import Agent
 from services.worker.push import verda_app
 from services.worker.queue_client import QueueClient
-from tests.doubles.comfyui import ComfyUIDouble
-from tests.services.worker.conftest import QueueManagerServer, finished, graph, submit, worker_settings
 from tests.services.worker.test_pull_jobs import until
-from tests.support.queue_manager_app import POOL, POOL_TOKEN
-from tests.support.servers import free_port, wait_until
+from tests.support.jobs import finished, graph, submit
+from tests.support.queue_manager_app import POOL, POOL_TOKEN, LiveServer
+from tests.support.worker_agent import worker_settings
 
 
-async def lease_for(qm: QueueManagerServer, alice: httpx.AsyncClient, color: int) -> Lease:
+async def lease_for(qm: LiveServer, alice: httpx.AsyncClient, color: int) -> Lease:
     """What the dispatcher sends a push pool: a claimed lease plus where and how to report."""
     job_id = await submit(alice, graph(color=color))
     queue = QueueClient(qm.url, POOL_TOKEN)
@@ -43,15 +44,15 @@ async def lease_for(qm: QueueManagerServer, alice: httpx.AsyncClient, color: int
 
 
 @pytest.fixture
-async def agent(comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path) -> AsyncIterator[Agent]:
+async def agent(comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path) -> AsyncIterator[Agent]:
     worker = Agent(worker_settings(comfy, qm.url, tmp_path), LocalStorage(tmp_path / "files"))
     yield worker
 
 
 async def test_the_verda_handler_runs_a_pushed_lease_and_reports_it(
-    agent: Agent, qm: QueueManagerServer, alice: httpx.AsyncClient
+    agent: Agent, qm: LiveServer, alice: httpx.AsyncClient
 ) -> None:
-    server = QueueManagerServer(verda_app(agent.settings, agent))  # any ASGI app on a loopback port
+    server = LiveServer(verda_app(agent.settings, agent))  # any ASGI app on a loopback port
     server.start()
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as container:
@@ -76,7 +77,7 @@ async def test_the_verda_handler_runs_a_pushed_lease_and_reports_it(
 
 
 async def test_a_refused_catalogue_publication_does_not_stop_the_pushed_job(
-    agent: Agent, qm: QueueManagerServer, alice: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    agent: Agent, qm: LiveServer, alice: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     await agent.start()
     try:
@@ -92,7 +93,7 @@ async def test_a_refused_catalogue_publication_does_not_stop_the_pushed_job(
 
 
 async def test_the_runpod_handler_takes_the_lease_from_the_event_input(
-    agent: Agent, qm: QueueManagerServer, alice: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    agent: Agent, qm: LiveServer, alice: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await agent.start()
     monkeypatch.setattr(push, "_runpod_agent", agent)
@@ -133,7 +134,7 @@ def test_the_push_container_reports_healthy_and_exits_0_on_sigterm(
 
 
 async def test_sigterm_during_a_pushed_job_longer_than_the_grace_releases_it(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     port = free_port()
     env = {
@@ -177,7 +178,7 @@ async def test_sigterm_during_a_pushed_job_longer_than_the_grace_releases_it(
 async def test_the_verda_handler_is_unhealthy_while_its_comfyui_is_down(
     agent: Agent, comfy: ComfyUIDouble
 ) -> None:
-    server = QueueManagerServer(verda_app(agent.settings, agent))  # any ASGI app on a loopback port
+    server = LiveServer(verda_app(agent.settings, agent))  # any ASGI app on a loopback port
     server.start()
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as container:

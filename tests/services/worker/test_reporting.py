@@ -15,25 +15,19 @@ import websockets
 from starlette.requests import Request
 from starlette.responses import Response
 
+from devkit.doubles.comfyui import ComfyUIDouble
+from devkit.doubles.comfyui_nodes import catalogue
 from services.protocol.jobs import JobState
 from services.worker.agent import catalogue_hash
 from services.worker.comfy_client import ComfyClient
 from services.worker.lease import LeaseKeeper
-from tests.doubles.comfyui import ComfyUIDouble
-from tests.doubles.comfyui_nodes import catalogue
-from tests.services.worker.conftest import (
-    QueueManagerServer,
-    finished,
-    graph,
-    pull_worker,
-    submit,
-    worker_settings,
-)
-from tests.support.queue_manager_app import approve_offered_catalogue, password
+from tests.support.jobs import finished, graph, submit
+from tests.support.queue_manager_app import LiveServer, approve_offered_catalogue, password
+from tests.support.worker_agent import pull_worker, worker_settings
 
 
 async def test_the_participant_sees_node_events_throttled_progress_then_outputs_then_finished(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     basic = base64.b64encode(f"alice:{password('alice')}".encode()).decode()
     url = qm.url.replace("http://", "ws://") + "/api/events"
@@ -57,7 +51,7 @@ async def test_the_participant_sees_node_events_throttled_progress_then_outputs_
 
 
 async def test_the_workers_node_catalogue_reaches_the_participants_workspace(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
         reply = await alice.get("/w/alice/api/object_info")
@@ -66,7 +60,7 @@ async def test_the_workers_node_catalogue_reaches_the_participants_workspace(
 
 
 async def test_the_workers_custom_node_web_extensions_reach_the_workspace_with_the_catalogue(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     comfy.web_extensions["rgthree comfy/rgthree.js"] = "export const version = 1;"
     comfy.web_extensions["rgthree comfy/lib/util.js"] = "export const util = 1;"

@@ -9,14 +9,16 @@ import boto3
 import httpx
 import pytest
 
+from devkit.doubles.comfyui import ComfyUIDouble
+from devkit.s3 import make_bucket, moto_server
 from services.protocol.jobs import JobState
 from services.storage import S3Settings, open_storage
 from services.worker.agent import Agent
 from services.worker.pull import PullWorker
 from services.worker.queue_client import QueueClient
-from tests.doubles.comfyui import ComfyUIDouble
-from tests.services.worker.conftest import QueueManagerServer, finished, graph, submit, worker_settings
-from tests.support.s3 import make_bucket, moto_server
+from tests.support.jobs import finished, graph, submit
+from tests.support.queue_manager_app import LiveServer
+from tests.support.worker_agent import worker_settings
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,7 @@ def s3_endpoint() -> Iterator[str]:
 
 
 async def test_outputs_go_to_the_bucket_under_the_owners_prefix(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, alice: httpx.AsyncClient, tmp_path: Path, s3_endpoint: str
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, s3_endpoint: str
 ) -> None:
     make_bucket(s3_endpoint, "workshop-files")
     s3 = S3Settings(

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devkit.servers import free_port
 from services.worker.comfy_client import ComfyClient
 from services.worker.settings import WorkerSettings
 from services.worker.supervisor import ComfyNotReadyError, ComfyProcess, extra_model_paths
-from tests.support.servers import free_port
 
 
 def test_shared_model_storage_is_wired_in_through_extra_model_paths(tmp_path: Path) -> None:

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from devkit.doubles.comfyui import ComfyUIDouble
 from services.worker.agent import Agent, WarmupFailedError
-from tests.doubles.comfyui import ComfyUIDouble
-from tests.services.worker.conftest import QueueManagerServer, graph, worker_settings
+from tests.support.jobs import graph
+from tests.support.queue_manager_app import LiveServer
+from tests.support.worker_agent import worker_settings
 
 
 async def test_the_pools_warmup_graph_is_run_and_a_failing_one_keeps_the_worker_from_starting(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path
 ) -> None:
     broken = {"1": {"class_type": "NoSuchLoader", "inputs": {}}}
     agent = Agent(worker_settings(comfy, qm.url, tmp_path, warmup=True, warmup_workflow=broken))

@@ -14,16 +14,17 @@ import httpx
 import pytest
 import websockets
 
+from devkit.doubles.comfyui import ComfyUIDouble
 from services.protocol.jobs import Job, JobState
-from tests.doubles.comfyui import ComfyUIDouble
-from tests.services.worker.conftest import QueueManagerServer, finished, graph, pull_worker, worker_settings
-from tests.support.queue_manager_app import password
+from tests.support.jobs import finished, graph
+from tests.support.queue_manager_app import LiveServer, password
+from tests.support.worker_agent import pull_worker, worker_settings
 
 Message = dict[str, Any] | bytes
 
 
 @pytest.fixture
-async def browser(qm: QueueManagerServer) -> AsyncIterator[httpx.AsyncClient]:
+async def browser(qm: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
     """Alice logged in to her workspace, as her browser is (session cookie)."""
     async with httpx.AsyncClient(base_url=qm.url, timeout=10) as client:
         login = {"user": "alice", "password": password("alice")}
@@ -31,7 +32,7 @@ async def browser(qm: QueueManagerServer) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def workspace_socket(qm: QueueManagerServer, browser: httpx.AsyncClient) -> Any:
+def workspace_socket(qm: LiveServer, browser: httpx.AsyncClient) -> Any:
     url = qm.url.replace("http://", "ws://") + "/w/alice/ws?clientId=tab-1"
     cookie = f"qm_session={browser.cookies['qm_session']}"
     return websockets.connect(url, additional_headers={"Cookie": cookie}, open_timeout=10)
@@ -57,7 +58,7 @@ async def until_idle(socket: Any, prompt_id: str, timeout: float = 20.0) -> list
 
 async def run_and_listen(
     comfy: ComfyUIDouble,
-    qm: QueueManagerServer,
+    qm: LiveServer,
     browser: httpx.AsyncClient,
     tmp_path: Path,
     prompt: dict[str, Any],
@@ -72,7 +73,7 @@ def texts(messages: list[Message], kind: str) -> list[dict[str, Any]]:
 
 
 async def test_after_the_job_every_node_shows_finished_so_the_tab_stops_saying_running(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, browser: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, browser: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     comfy.knobs.node_seconds, comfy.knobs.progress_steps = 0.3, 30  # 90 node states in about a second
     messages = await run_and_listen(comfy, qm, browser, tmp_path, graph(color=41))
@@ -85,7 +86,7 @@ async def test_after_the_job_every_node_shows_finished_so_the_tab_stops_saying_r
 
 
 async def test_live_previews_reach_the_page_as_comfyui_binary_frames_throttled(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, browser: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, browser: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     prompt = graph(color=42, batch=8)
     prompt["3"] = {"class_type": "SaveImageWebsocket", "inputs": {"images": ["2", 0]}}
@@ -97,7 +98,7 @@ async def test_live_previews_reach_the_page_as_comfyui_binary_frames_throttled(
 
 
 async def test_run_selected_nodes_runs_only_the_selected_output(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, browser: httpx.AsyncClient, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, browser: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     prompt = graph(color=43, prefix="selected")
     prompt["4"] = {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "unselected"}}

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.doubles.comfyui_nodes import catalogue
+from devkit.doubles.comfyui_nodes import catalogue
 from tests.support.queue_manager_app import LiveServer, live_server, login, register_worker, settings_for
-
-GRAPH: dict[str, Any] = {
-    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
-    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inverted"}},
-}
 
 
 @pytest.fixture

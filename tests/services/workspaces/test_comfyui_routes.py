@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.doubles.comfyui_nodes import catalogue
-from tests.services.workspaces.conftest import GRAPH
+from devkit.doubles.comfyui_nodes import catalogue
 from tests.services.workspaces.test_socket import next_text, open_socket
+from tests.support.jobs import GRAPH
 from tests.support.queue_manager_app import LiveServer, register_worker
 
 ROUTES = ["queue", "history", "object_info", "system_stats", "features", "models", "embeddings", "settings"]

@@ -13,7 +13,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.services.workspaces.conftest import GRAPH
+from tests.support.jobs import GRAPH
 from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, LiveServer
 
 EVIL = "https://evil.example"

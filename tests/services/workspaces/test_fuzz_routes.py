@@ -20,8 +20,9 @@ from fastapi.routing import APIRoute
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devkit.doubles.comfyui_nodes import catalogue
+from devkit.servers import RedisServer
 from services.queue_manager.main import create_app
-from tests.doubles.comfyui_nodes import catalogue
 from tests.support.queue_manager_app import (
     ADMIN,
     ADMIN_PASSWORD,
@@ -32,7 +33,6 @@ from tests.support.queue_manager_app import (
     register_worker,
     settings_for,
 )
-from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.slow
 PARAM = re.compile(r"\{(\w+)(:path)?\}")

@@ -8,7 +8,7 @@ import httpx
 
 from services.protocol.jobs import OutputFile
 from services.protocol.workers import Completion, Lease
-from tests.services.workspaces.conftest import GRAPH
+from tests.support.jobs import GRAPH
 from tests.support.queue_manager_app import POOL_TOKEN
 
 WORKER_AUTH = {"Authorization": f"Bearer {POOL_TOKEN}"}

@@ -10,10 +10,11 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from devkit.doubles.comfyui_nodes import catalogue
+from devkit.servers import wait_until
 from services.protocol.workers import WorkerCapabilities, WorkerRegistration
 from services.queue_manager.store import Store
 from services.queue_manager.workspaces.catalogue import CatalogueCache
-from tests.doubles.comfyui_nodes import catalogue
 from tests.support.queue_manager_app import (
     ADMIN,
     ADMIN_PASSWORD,
@@ -23,7 +24,6 @@ from tests.support.queue_manager_app import (
     register_worker,
     settings_for,
 )
-from tests.support.servers import wait_until
 
 
 def test_the_workspace_page_needs_a_login(app_factory) -> None:  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ from services.protocol.jobs import JobError, OutputFile
 from services.protocol.workers import Completion, EventBatch, Failure, JobEvent, Lease
 from services.worker.comfy_client import PromptRejectedError
 from services.worker.runner import rejected
-from tests.services.workspaces.conftest import GRAPH
+from tests.support.jobs import GRAPH
 from tests.support.queue_manager_app import POOL_TOKEN, LiveServer
 
 WORKER_AUTH = {"Authorization": f"Bearer {POOL_TOKEN}"}

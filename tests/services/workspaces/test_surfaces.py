@@ -84,7 +84,7 @@ def test_api_docs_are_for_the_admin_only(
 
 
 def test_ready_says_only_whether_it_is_ready(alice: httpx.Client, server: LiveServer) -> None:
-    store = server.server.config.app.state.store  # type: ignore[attr-defined]
+    store = server.app.state.store
     real_ping = store.redis.ping
 
     async def unreachable() -> None:

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.doubles.comfyui_nodes import catalogue
-from tests.services.workspaces.conftest import GRAPH
+from devkit.doubles.comfyui_nodes import catalogue
+from tests.support.jobs import GRAPH
 from tests.support.queue_manager_app import register_worker
 
 WIDTH_SPEC = ["INT", {"default": 512, "min": 1, "max": 16384, "step": 1}]

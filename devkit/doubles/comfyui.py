@@ -26,7 +26,7 @@ Two ways to run it:
 
 * as a subprocess taking ComfyUI's own flags, so a supervisor can start, kill and restart it::
 
-      python -m tests.doubles.comfyui --listen 127.0.0.1 --port 8188 --output-directory out \\
+      python -m devkit.doubles.comfyui --listen 127.0.0.1 --port 8188 --output-directory out \\
           --input-directory in --temp-directory tmp [--node-seconds 0.2 --output-bytes 1000000]
 
   (its temp folder is then ``tmp/temp``, as ComfyUI's)
@@ -66,10 +66,10 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from tests.doubles import comfyui_nodes as nodes
-from tests.doubles.comfyui_engine import Executor, Item, Knobs, State
-from tests.doubles.comfyui_validation import PromptRejected, validate
-from tests.support.servers import free_port, wait_until
+from devkit.doubles import comfyui_nodes as nodes
+from devkit.doubles.comfyui_engine import Executor, Item, Knobs, State
+from devkit.doubles.comfyui_validation import PromptRejected, validate
+from devkit.servers import free_port, wait_until
 
 # The ComfyUI release this double stands in for (its recordings: tests/fixtures/comfyui/<version>/).
 COMFYUI_VERSION = "0.3.64"

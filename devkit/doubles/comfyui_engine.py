@@ -24,7 +24,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from tests.doubles import comfyui_nodes as nodes
+from devkit.doubles import comfyui_nodes as nodes
 
 
 @dataclass

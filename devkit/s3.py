@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import boto3
 import httpx
 
-from tests.support.servers import free_port, wait_until
+from devkit.servers import free_port, wait_until
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException, Request
 
-from tests.support.servers import free_port
+from devkit.servers import free_port
 
 Runner = Callable[[dict[str, Any]], Awaitable[bool]]
 RUNPOD_TO_VERDA = {"IN_QUEUE": "Queue", "IN_PROGRESS": "Inference", "COMPLETED": "Completed",

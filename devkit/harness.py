@@ -34,7 +34,7 @@ from infra import credential_registry
 from infra.loading import load_config
 from infra.program import build
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 PROJECT = "comfy-workshop"
 SECRET_SIG = rpc._special_secret_sig  # the marker a serialized secret value carries
 TEST_SECRETS = {

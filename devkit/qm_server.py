@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.servers import TEST_FILES_URL, ManagedProcess, free_port, wait_until
+from devkit.servers import TEST_FILES_URL, ManagedProcess, free_port, wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def qm_env(

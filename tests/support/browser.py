@@ -1,0 +1,63 @@
+"""Real headless Chromium (Debian's ``/usr/bin/chromium``) for the browser tests: its flags, the
+settings that keep the stock frontend quiet on a first visit, Content-Security-Policy reporting, and a
+participant logged in through the login form."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page
+
+from tests.support.queue_manager_app import LiveServer, password
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+]
+# A first visit would open ComfyUI's template gallery and warn about the default graph's models.
+QUIET_START = {
+    "Comfy.TutorialCompleted": True,
+    "Comfy.Workflow.ShowMissingNodesWarning": False,
+    "Comfy.Workflow.ShowMissingModelsWarning": False,
+}
+
+
+# Every page reports what its Content-Security-Policy blocked, so each browser test also proves the
+# stock frontend (and the login and admin pages) run under the platform's policy.
+REPORT_CSP = """
+document.addEventListener("securitypolicyviolation", (event) => {
+  console.error(`CSP violation: ${event.violatedDirective} blocked ${event.blockedURI || "inline"}`
+    + ` at ${event.sourceFile}:${event.lineNumber}`);
+});
+"""
+
+
+def watch_csp(context: BrowserContext, violations: list[str]) -> None:
+    def seen(message: ConsoleMessage) -> None:
+        if "CSP violation" in message.text or "Content Security Policy" in message.text:
+            violations.append(f"{message.page.url if message.page else '?'}: {message.text}")
+
+    context.on("console", seen)
+
+
+async def logged_in_page(
+    browser: Browser, server: LiveServer, user: str, watch: Callable[[Page], object] | None = None
+) -> tuple[BrowserContext, Page]:
+    """A fresh browser profile that logs in through the login form and lands in its workspace;
+    ``watch`` sees the page before it loads (to listen to its WebSocket)."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 900})
+    page = await context.new_page()
+    if watch is not None:
+        watch(page)
+    await page.goto(f"{server.url}/w/")
+    await page.fill("#username", user)
+    await page.fill("#password", password(user))
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{server.url}/w/{user}/", timeout=15_000)
+    # A function, not an expression: Playwright evaluates a bare expression with eval, which the CSP refuses.
+    await page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=30_000)
+    return context, page

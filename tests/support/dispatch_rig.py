@@ -1,0 +1,61 @@
+"""The push dispatcher between the real queue manager (uvicorn on loopback, real Redis) and a
+serverless platform double, and waiting (bounded) for its jobs to end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from devkit.push_platform import Platform, serving
+from devkit.servers import TEST_FILES_URL, free_port
+from services.protocol.jobs import Job
+from services.queue_manager.dispatch import PoolDispatcher, PushPool, dispatching
+from services.queue_manager.main import create_app
+from services.queue_manager.settings import Settings
+from services.queue_manager.store import Store
+
+POOL = "serverless"
+
+
+@dataclass
+class Rig:
+    store: Store
+    platform: Platform
+    dispatcher: PoolDispatcher
+
+
+def qm_settings(redis_url: str, port: int, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "env": "development", "redis_url": redis_url, "worker_tokens": {POOL: "pool-token"},
+        "public_url": f"http://127.0.0.1:{port}", "lease_seconds": 2.0, "reap_interval_seconds": 0.05,
+        "retry_backoff_seconds": 0.05, "retry_backoff_max_seconds": 0.1, "log_level": "WARNING",
+        "files_url": TEST_FILES_URL,
+    }  # fmt: skip
+    return Settings(**(values | overrides))
+
+
+@contextlib.asynccontextmanager
+async def rig(redis_url: str, style: str, platform: Platform, **pool: Any) -> AsyncIterator[Rig]:
+    port = free_port()
+    app = create_app(qm_settings(redis_url, port))
+    async with serving(app, port), serving(platform.app()) as platform_url:
+        url = f"{platform_url}/{platform.deployment}" if style == "verda" else platform_url
+        spec = {"name": POOL, "style": style, "url": url, "api_key": platform.api_key, "capacity": 2,
+                "poll_seconds": 0.05} | pool  # fmt: skip
+        store: Store = app.state.store
+        async with dispatching(store, app.state.settings, [PushPool(**spec)]) as [dispatcher]:
+            yield Rig(store, platform, dispatcher)
+
+
+async def finished(store: Store, job_ids: list[str], timeout: float = 15.0) -> list[Job]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = [await store.get(job_id) for job_id in job_ids]
+        if all(job is not None and job.state.finished for job in jobs):
+            return [job for job in jobs if job is not None]
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"jobs not finished: {[(j.id, j.state) for j in jobs if j]}")

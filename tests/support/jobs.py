@@ -1,0 +1,56 @@
+"""Jobs as participants submit them to a real queue manager: a no-model graph, an authenticated client,
+uploaded inputs, submitting and waiting (bounded) for the end."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from services.protocol.jobs import Job
+from tests.support.queue_manager_app import LiveServer, password
+
+
+def graph(color: int = 0, batch: int = 1, prefix: str = "t") -> dict[str, Any]:
+    """A fresh (uncached) no-model graph: vary ``color`` to defeat ComfyUI's cache."""
+    return {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 64, "height": 64, "batch_size": batch, "color": color},
+        },
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
+    }
+
+
+# The graph the workspace tests submit: its outputs are named inverted_00001_.png, ...
+GRAPH: dict[str, Any] = graph(prefix="inverted")
+
+
+def participant(qm: LiveServer, user: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=qm.url, auth=(user, password(user)), timeout=10)
+
+
+def put_input(files: Path, user: str, name: str, data: bytes) -> None:
+    """A participant's uploaded input file, as the queue manager stores it."""
+    path = files / "users" / user / "input" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+async def submit(client: httpx.AsyncClient, prompt: dict[str, Any], **extra: Any) -> str:
+    reply = await client.post("/api/jobs", json={"prompt": prompt, **extra})
+    assert reply.status_code == 201, reply.text
+    return str(reply.json()["id"])
+
+
+async def finished(client: httpx.AsyncClient, job_id: str, timeout: float = 20.0) -> Job:
+    """Wait (bounded) until the job reaches a final state and return it."""
+    async with asyncio.timeout(timeout):
+        while True:
+            job = Job.model_validate((await client.get(f"/api/jobs/{job_id}")).json())
+            if job.state.finished:
+                return job
+            await asyncio.sleep(0.05)  # polling the participant API for a state change

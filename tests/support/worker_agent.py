@@ -1,0 +1,85 @@
+"""The worker agent in tests: its settings against the ComfyUI double (in-process or as the agent's
+child process, as on a GPU box) and an agent pulling from a real queue manager."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from devkit.doubles.comfyui import ComfyUIDouble
+from devkit.servers import free_port
+from services.storage import Storage
+from services.storage.local import LocalStorage
+from services.worker.agent import Agent
+from services.worker.pull import PullWorker
+from services.worker.queue_client import QueueClient
+from services.worker.settings import WorkerSettings
+from tests.support.queue_manager_app import POOL, POOL_TOKEN
+
+
+def worker_settings(comfy: ComfyUIDouble, qm_url: str, tmp_path: Path, **extra: Any) -> WorkerSettings:
+    values: dict[str, Any] = {
+        "queue_url": qm_url,
+        "token": POOL_TOKEN,
+        "pool": POOL,
+        "provider": "local",
+        "worker_id": "w-test",
+        "comfyui_url": comfy.url,
+        "data_dir": comfy.folders.input.parent,  # the folders ComfyUI uses
+        "storage_url": f"file://{tmp_path}/files",
+        "ws_silence_seconds": 0.5,
+        "poll_seconds": 0.1,
+        "retry_seconds": 30.0,
+        "shutdown_grace_seconds": 5.0,
+    }
+    return WorkerSettings(**{**values, **extra})
+
+
+def child_worker_settings(comfy: ComfyUIDouble, qm_url: str, tmp_path: Path, **extra: Any) -> WorkerSettings:
+    """A worker that starts the ComfyUI double as its own child process, as on a GPU box."""
+    double = [
+        sys.executable,
+        "-m",
+        "devkit.doubles.comfyui",
+        "--node-seconds",
+        "0.3",
+        "--progress-steps",
+        "3",
+    ]
+    values: dict[str, Any] = {
+        "comfyui_url": None,
+        "comfyui_command": double,
+        "comfyui_port": free_port(),
+        "warmup": False,
+        "ready_timeout": 30,
+    }
+    return worker_settings(comfy, qm_url, tmp_path, **{**values, **extra})
+
+
+class RunningWorker:
+    def __init__(self, agent: Agent, worker: PullWorker, task: asyncio.Task[None]) -> None:
+        self.agent, self.worker, self.task = agent, worker, task
+
+
+@contextlib.asynccontextmanager
+async def pull_worker(
+    settings: WorkerSettings, storage: Storage | None = None
+) -> AsyncIterator[RunningWorker]:
+    """An agent attached to the double, pulling from the queue manager until the block ends."""
+    agent = Agent(settings, storage or LocalStorage(Path(settings.storage_url.removeprefix("file://"))))
+    queue = QueueClient(settings.queue_url, settings.token.get_secret_value(), settings.retry_seconds)
+    await agent.start()
+    worker = PullWorker(agent, queue)
+    task = asyncio.create_task(worker.run())
+    try:
+        yield RunningWorker(agent, worker, task)
+    finally:
+        worker.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, timeout=15)
+        await agent.stop()
+        await queue.aclose()
