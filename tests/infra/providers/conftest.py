@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,12 +9,6 @@ import pytest
 
 from tests.infra.providers.verda_double import VerdaDouble
 from tests.support.provider_timing import FAST
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _event_loop_for_pulumi() -> None:
-    """Pulumi's mocks run on the thread's current loop; async tests elsewhere leave none behind."""
-    asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 @pytest.fixture
