@@ -6,6 +6,7 @@ import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import httpx
@@ -31,12 +32,16 @@ def moto_server() -> Iterator[str]:
         process.wait(timeout=10)
 
 
-def make_bucket(endpoint: str, bucket: str) -> None:
-    client = boto3.client(
+def s3_client(endpoint: str) -> Any:
+    """A boto3 S3 client of the moto server at ``endpoint`` (moto takes any credentials)."""
+    return boto3.client(
         "s3",
         endpoint_url=endpoint,
         aws_access_key_id="test",
         aws_secret_access_key="test",
         region_name="us-east-1",
     )
-    client.create_bucket(Bucket=bucket)
+
+
+def make_bucket(endpoint: str, bucket: str) -> None:
+    s3_client(endpoint).create_bucket(Bucket=bucket)

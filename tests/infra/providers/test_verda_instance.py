@@ -98,19 +98,17 @@ def test_quota_refusal_after_the_instance_was_made_deletes_it(
     assert [v for v in verda.live_volumes() if v["is_os_volume"]] == []
 
 
-def test_persistent_5xx_on_the_create_gives_up_cleanly(verda: VerdaDouble, props: dict[str, Any]) -> None:
-    verda.fail("POST", "/instances", status=502, code="server_error", times=3)
-
-    with pytest.raises(ProviderError, match="kept failing"):
-        InstanceProvider().create(props)
-
-    assert verda.billable_instances() == []
-
-
-def test_persistent_5xx_while_booting_gives_up_and_deletes_what_was_made(
-    verda: VerdaDouble, props: dict[str, Any]
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        pytest.param("POST", "/instances", id="on the create"),
+        pytest.param("GET", "/instances/inst-.*", id="while booting, deleting what was made"),
+    ],
+)
+def test_persistent_5xx_gives_up_cleanly(
+    verda: VerdaDouble, props: dict[str, Any], method: str, path: str
 ) -> None:
-    verda.fail("GET", "/instances/inst-.*", status=502, code="server_error", times=3)
+    verda.fail(method, path, status=502, code="server_error", times=3)
 
     with pytest.raises(ProviderError, match="kept failing"):
         InstanceProvider().create(props)

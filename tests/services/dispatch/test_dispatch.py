@@ -49,23 +49,18 @@ async def test_fairness_stays_in_our_queue(redis_url: str, make_platform: Callab
     assert order.index("bo") <= 1  # bo's first job runs before ada's second
 
 
-async def test_a_refused_submit_is_requeued_and_runs_later(
-    redis_url: str, make_platform: Callable[..., Platform]
+@pytest.mark.parametrize(
+    ("style", "fault"),
+    [
+        pytest.param("runpod", {"refuse_next": 1}, id="a refused submit"),
+        pytest.param("verda", {"crash_next": 1}, id="a replica that dies mid job"),
+    ],
+)
+async def test_a_job_the_platform_loses_is_requeued_and_runs_later(
+    redis_url: str, make_platform: Callable[..., Platform], style: str, fault: dict[str, int]
 ) -> None:
-    platform = make_platform(refuse_next=1)
-    async with rig(redis_url, "runpod", platform) as r:
-        job = await submit(r.store, "ada")
-
-        [done] = await finished(r.store, [job.id])
-
-    assert done.state == JobState.SUCCEEDED and done.attempts == 2
-
-
-async def test_a_replica_that_dies_mid_job_is_requeued(
-    redis_url: str, make_platform: Callable[..., Platform]
-) -> None:
-    platform = make_platform(crash_next=1)
-    async with rig(redis_url, "verda", platform) as r:
+    platform = make_platform(**fault)
+    async with rig(redis_url, style, platform) as r:
         job = await submit(r.store, "ada")
 
         [done] = await finished(r.store, [job.id])

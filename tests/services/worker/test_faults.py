@@ -104,18 +104,26 @@ def worker_process(
     return subprocess.Popen([sys.executable, "-m", "services.worker", "pull"], env=env)
 
 
-async def test_sigterm_mid_job_finishes_it_within_the_grace_period_and_exits_0(
-    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
-) -> None:
-    comfy.knobs.node_seconds = 0.3
-    process = worker_process(comfy, qm, tmp_path, grace=20)
+async def sigterm_while_running(
+    process: subprocess.Popen[bytes], comfy: ComfyUIDouble, alice: httpx.AsyncClient, color: int
+) -> str:
+    """Submit a job, SIGTERM the worker process once ComfyUI runs it; the worker exits 0 (bounded)."""
     try:
-        job_id = await submit(alice, graph(color=14))
+        job_id = await submit(alice, graph(color=color))
         await until(lambda: comfy.state.running is not None, "job running", timeout=20)
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 20) == 0
     finally:
         process.kill()
+    return job_id
+
+
+async def test_sigterm_mid_job_finishes_it_within_the_grace_period_and_exits_0(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    comfy.knobs.node_seconds = 0.3
+    process = worker_process(comfy, qm, tmp_path, grace=20)
+    job_id = await sigterm_while_running(process, comfy, alice, color=14)
     job = await finished(alice, job_id)
     assert job.state == JobState.SUCCEEDED, job.error
     async with httpx.AsyncClient(base_url=qm.url, auth=(ADMIN, ADMIN_PASSWORD)) as admin:
@@ -128,13 +136,7 @@ async def test_sigterm_with_a_job_too_long_for_the_grace_period_releases_it_and_
 ) -> None:
     comfy.knobs.node_seconds, comfy.knobs.progress_steps = 30.0, 300
     process = worker_process(comfy, qm, tmp_path, grace=0.2)
-    try:
-        job_id = await submit(alice, graph(color=15))
-        await until(lambda: comfy.state.running is not None, "job running", timeout=20)
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(process.wait, 20) == 0
-    finally:
-        process.kill()
+    job_id = await sigterm_while_running(process, comfy, alice, color=15)
     reply = (await alice.get(f"/api/jobs/{job_id}")).json()
     assert reply["state"] == JobState.QUEUED and reply["attempts"] == 0
     await until(lambda: job_id in comfy.state.history, "ComfyUI told to stop the released job")

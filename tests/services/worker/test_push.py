@@ -108,25 +108,36 @@ async def test_the_runpod_handler_takes_the_lease_from_the_event_input(
     assert (await finished(alice, lease.job.id)).state == JobState.SUCCEEDED
 
 
-def test_the_push_container_reports_healthy_and_exits_0_on_sigterm(
-    comfy: ComfyUIDouble, tmp_path: Path
-) -> None:
+def push_container(comfy: ComfyUIDouble, tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], int]:
+    """The push container's process (`serve-push`) on a free loopback port, once its /health says ready."""
     port = free_port()
-    env = {
+    environ = {
         **os.environ,
         "WORKER_COMFYUI_URL": comfy.url,
         "WORKER_PUSH_HOST": "127.0.0.1",
         "WORKER_PUSH_PORT": str(port),
         "WORKER_DATA_DIR": str(comfy.folders.input.parent),
         "WORKER_STORAGE_URL": f"file://{tmp_path}",
+        **env,
     }
-    process = subprocess.Popen([sys.executable, "-m", "services.worker", "serve-push"], env=env)
+    process = subprocess.Popen([sys.executable, "-m", "services.worker", "serve-push"], env=environ)
     try:
         wait_until(
             lambda: httpx.get(f"http://127.0.0.1:{port}/health").json()["ready"],
             timeout=30,
             what="push handler ready",
         )
+    except BaseException:
+        process.kill()
+        raise
+    return process, port
+
+
+def test_the_push_container_reports_healthy_and_exits_0_on_sigterm(
+    comfy: ComfyUIDouble, tmp_path: Path
+) -> None:
+    process, _ = push_container(comfy, tmp_path)
+    try:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
     finally:
@@ -136,24 +147,8 @@ def test_the_push_container_reports_healthy_and_exits_0_on_sigterm(
 async def test_sigterm_during_a_pushed_job_longer_than_the_grace_releases_it(
     comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
-        "WORKER_COMFYUI_URL": comfy.url,
-        "WORKER_PUSH_HOST": "127.0.0.1",
-        "WORKER_PUSH_PORT": str(port),
-        "WORKER_DATA_DIR": str(comfy.folders.input.parent),
-        "WORKER_WARMUP": "false",
-        "WORKER_STORAGE_URL": f"file://{tmp_path}",
-        "WORKER_SHUTDOWN_GRACE_SECONDS": "1",
-    }
-    process = subprocess.Popen([sys.executable, "-m", "services.worker", "serve-push"], env=env)
+    process, port = push_container(comfy, tmp_path, WORKER_WARMUP="false", WORKER_SHUTDOWN_GRACE_SECONDS="1")
     try:
-        wait_until(
-            lambda: httpx.get(f"http://127.0.0.1:{port}/health").json()["ready"],
-            timeout=30,
-            what="push handler ready",
-        )
         comfy.knobs.node_seconds, comfy.knobs.progress_steps = 30.0, 300
         lease = await lease_for(qm, alice, color=23)
         async with httpx.AsyncClient(timeout=60) as dispatcher:

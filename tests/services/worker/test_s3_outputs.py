@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import httpx
 import pytest
 
 from devkit.doubles.comfyui import ComfyUIDouble
-from devkit.s3 import make_bucket, moto_server
+from devkit.s3 import make_bucket, moto_server, s3_client
 from services.protocol.jobs import JobState
 from services.storage import S3Settings, open_storage
 from services.worker.agent import Agent
@@ -47,12 +46,7 @@ async def test_outputs_go_to_the_bucket_under_the_owners_prefix(
         await queue.aclose()
     job = await finished(alice, job_id)
     assert job.state == JobState.SUCCEEDED, job.error
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="us-east-1",
+    stored = s3_client(s3_endpoint).get_object(
+        Bucket="workshop-files", Key="files/users/alice/output/t_00001_.png"
     )
-    stored = client.get_object(Bucket="workshop-files", Key="files/users/alice/output/t_00001_.png")
     assert stored["ContentType"] == "image/png" and stored["Body"].read().startswith(b"\x89PNG")
