@@ -1,9 +1,10 @@
 """Jobs as participants submit them to a real queue manager: a no-model graph, an authenticated client,
-uploaded inputs, submitting and waiting (bounded) for the end."""
+uploaded inputs, submitting and waiting (bounded) for the end or for a condition on the way."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +55,14 @@ async def finished(client: httpx.AsyncClient, job_id: str, timeout: float = 20.0
             if job.state.finished:
                 return job
             await asyncio.sleep(0.05)  # polling the participant API for a state change
+
+
+async def until(check: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Wait (bounded by ``timeout``) until ``check()`` holds, e.g. a condition in the ComfyUI double's
+    state; ``what`` names it for whoever reads the failure."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not check():
+                await asyncio.sleep(0.01)  # polling a condition in the double's state
+    except TimeoutError:
+        raise TimeoutError(f"{what}: not within {timeout}s") from None

@@ -16,9 +16,8 @@ from services.protocol.jobs import JobState
 from services.storage.local import LocalStorage
 from services.worker import push
 from services.worker.agent import Agent
-from tests.services.worker.test_pull_jobs import until
 from tests.services.worker.test_push import lease_for
-from tests.support.jobs import finished, graph, participant, submit
+from tests.support.jobs import finished, graph, participant, submit, until
 from tests.support.queue_manager_app import LiveServer
 from tests.support.worker_agent import pull_worker, worker_settings
 

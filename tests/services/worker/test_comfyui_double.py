@@ -16,12 +16,9 @@ import websockets
 
 from devkit.doubles.comfyui import ComfyUIDouble
 from devkit.servers import free_port, wait_until
+from tests.support.jobs import graph
 
-GRAPH: dict[str, Any] = {
-    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
-    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "t"}},
-}
+GRAPH: dict[str, Any] = graph()
 
 
 @pytest.fixture

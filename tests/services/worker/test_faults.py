@@ -24,8 +24,7 @@ from services.storage.local import LocalStorage
 from services.worker.agent import Agent
 from services.worker.queue_client import LeaseLostError, QueueClient
 from services.worker.supervisor import ComfyProcess
-from tests.services.worker.test_pull_jobs import until
-from tests.support.jobs import finished, graph, participant, submit
+from tests.support.jobs import finished, graph, participant, submit, until
 from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, POOL_TOKEN, LiveServer
 from tests.support.worker_agent import child_worker_settings, pull_worker, worker_settings
 

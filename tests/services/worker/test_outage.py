@@ -18,8 +18,7 @@ from devkit.doubles.comfyui import ComfyUIDouble
 from services.protocol.jobs import Job, JobState
 from services.worker.comfy_client import ComfyClient, ComfyUnavailableError
 from services.worker.supervisor import ComfyProcess
-from tests.services.worker.test_pull_jobs import until
-from tests.support.jobs import finished, graph, participant, submit
+from tests.support.jobs import finished, graph, participant, submit, until
 from tests.support.queue_manager_app import LiveServer
 from tests.support.worker_agent import child_worker_settings, pull_worker, worker_settings
 

@@ -3,7 +3,6 @@ them on the ComfyUI double, and the participant sees the outcome and the stored 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from devkit.doubles.comfyui import ComfyUIDouble
 from devkit.doubles.comfyui_nodes import png_meta
 from services.protocol.jobs import JobState
 from services.worker import runner
-from tests.support.jobs import finished, graph, participant, put_input, submit
+from tests.support.jobs import finished, graph, participant, put_input, submit, until
 from tests.support.queue_manager_app import LiveServer
 from tests.support.worker_agent import pull_worker, worker_settings
 
@@ -183,12 +182,6 @@ async def test_video_and_audio_outputs_are_stored_with_their_kind(
     ]
     assert (files / "users/alice/output/video/clip_00001_.mp4").is_file()
     assert [(o.kind, o.filename) for o in sound.outputs] == [("audio", "out_00001_.flac")]
-
-
-async def until(check: Any, what: str, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.01)  # polling a condition in the double's state
 
 
 async def test_outputs_are_read_only_once_history_is_written(

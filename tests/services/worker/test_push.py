@@ -25,8 +25,7 @@ from services.worker import push
 from services.worker.agent import Agent
 from services.worker.push import verda_app
 from services.worker.queue_client import QueueClient
-from tests.services.worker.test_pull_jobs import until
-from tests.support.jobs import finished, graph, submit
+from tests.support.jobs import finished, graph, submit, until
 from tests.support.queue_manager_app import POOL, POOL_TOKEN, LiveServer
 from tests.support.worker_agent import worker_settings
 
