@@ -8,7 +8,7 @@ import re
 import httpx
 
 from services.protocol.workers import Completion, JobTiming, Lease
-from tests.services.queue_manager.conftest import ADMIN, GPU, job, registration, user_auth
+from tests.support.qm_api import ADMIN, GPU, job, registration, user_auth
 
 JSON = {**GPU, "Content-Type": "application/json"}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from services.protocol.jobs import JobState
 from services.protocol.workers import Completion, Lease, StartCall
 from services.queue_manager.store import Store
-from tests.services.queue_manager.conftest import job
+from tests.support.qm_api import job
 
 
 async def busy_with_next(store: Store, worker_id: str = "busy") -> tuple[Lease, Lease]:

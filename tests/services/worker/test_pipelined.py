@@ -16,20 +16,13 @@ import httpx
 import pytest
 import redis
 
+from devkit.doubles.comfyui import ComfyUIDouble
 from services.protocol.jobs import JobState
 from services.storage.local import LocalStorage
 from services.worker.settings import WorkerSettings
-from tests.doubles.comfyui import ComfyUIDouble
-from tests.services.worker.conftest import (
-    QueueManagerServer,
-    finished,
-    graph,
-    participant,
-    pull_worker,
-    submit,
-    worker_settings,
-)
-from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL
+from tests.support.jobs import finished, graph, participant, submit
+from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, LiveServer
+from tests.support.worker_agent import pull_worker, worker_settings
 
 
 class GatedStorage(LocalStorage):
@@ -64,7 +57,7 @@ def state(job: httpx.Response) -> JobState:
 
 
 async def test_the_next_job_runs_while_the_last_ones_outputs_are_stored(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path
+    comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path
 ) -> None:
     settings = worker_settings(comfy, qm.url, tmp_path)
     storage = GatedStorage(tmp_path / "files")
@@ -90,7 +83,7 @@ async def test_the_next_job_runs_while_the_last_ones_outputs_are_stored(
 
 
 async def test_an_idle_worker_takes_the_job_a_busy_one_prepared(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path, held_by: redis.Redis
+    comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path, held_by: redis.Redis
 ) -> None:
     comfy.knobs.node_seconds = 1.5  # worker A's first job keeps its GPU busy a while
     other = ComfyUIDouble(tmp_path / "comfy-b").start()
@@ -114,7 +107,7 @@ async def test_an_idle_worker_takes_the_job_a_busy_one_prepared(
 
 
 async def test_a_job_queued_after_the_next_was_prepared_still_runs_in_fair_order(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path, held_by: redis.Redis
+    comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path, held_by: redis.Redis
 ) -> None:
     comfy.knobs.node_seconds = 0.5
     settings = worker_settings(comfy, qm.url, tmp_path)
@@ -131,7 +124,7 @@ async def test_a_job_queued_after_the_next_was_prepared_still_runs_in_fair_order
 
 
 async def test_cancelling_a_prepared_job_ends_it_at_once_and_it_never_runs(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path, held_by: redis.Redis
+    comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path, held_by: redis.Redis
 ) -> None:
     comfy.knobs.node_seconds = 0.5
     settings = worker_settings(comfy, qm.url, tmp_path)
@@ -148,7 +141,7 @@ async def test_cancelling_a_prepared_job_ends_it_at_once_and_it_never_runs(
 
 
 async def test_a_prepared_job_is_given_back_without_an_attempt_when_comfyui_goes_down(
-    comfy: ComfyUIDouble, qm: QueueManagerServer, tmp_path: Path, held_by: redis.Redis
+    comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path, held_by: redis.Redis
 ) -> None:
     comfy.knobs.node_seconds = 0.5
     settings: WorkerSettings = worker_settings(comfy, qm.url, tmp_path)
