@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -30,7 +32,15 @@ async def too_deep(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail, "error": detail}, status_code=400)
 
 
+async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, but a body that is no UTF-8 is shown as text instead of failing the answer."""
+    assert isinstance(exc, RequestValidationError)
+    readable = {bytes: lambda raw: raw.decode("utf-8", "replace")}
+    return JSONResponse({"detail": jsonable_encoder(exc.errors(), custom_encoder=readable)}, status_code=422)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(QueueError, queue_error)
     app.add_exception_handler(RecursionError, too_deep)
     app.add_exception_handler(RedisConnectionError, redis_down)
