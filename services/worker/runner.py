@@ -70,6 +70,11 @@ class Ending:
     error: JobError | None = None
     reason: str = ""
     submitted: bool = True  # lost: ComfyUI had taken the prompt (the loss counts for the job)
+    # ComfyUI has taken the prompt off its queue: it ended with ``executing {node: null}`` for this
+    # prompt (ComfyUI's prompt worker sends that after ``task_done``) or its history was read
+    # (written by ``task_done``). An ending heard earlier (``execution_error``, ``execution_interrupted``,
+    # a cancel, a loss) leaves ComfyUI finishing the prompt for a moment more.
+    off_queue: bool = False
 
 
 def lost(reason: str) -> Ending:
@@ -108,12 +113,14 @@ def from_history(entry: dict[str, Any]) -> Ending:
     """An ending read from ``/history`` (the silent-socket path)."""
     status = entry.get("status") or {}
     if status.get("status_str") == "success":
-        return Ending(EndingKind.SUCCESS, entry=entry)
+        return Ending(EndingKind.SUCCESS, entry=entry, off_queue=True)
     for kind, data in status.get("messages", []):
         if kind in ("execution_error", "execution_interrupted"):
-            return Follower.terminal(kind, data) or Ending(EndingKind.ERROR)
+            ending = Follower.terminal(kind, data) or Ending(EndingKind.ERROR)
+            ending.off_queue = True
+            return ending
     failed = JobError(type="ExecutionFailed", message="ComfyUI reported an error")
-    return Ending(EndingKind.ERROR, error=failed)
+    return Ending(EndingKind.ERROR, error=failed, off_queue=True)
 
 
 class Follower:
@@ -161,7 +168,7 @@ class Follower:
         if kind == "execution_success":
             self.succeeded = True
         elif kind == "executing" and data.get("node") is None:
-            return Ending(EndingKind.SUCCESS) if self.succeeded else Ending(EndingKind.ENDED)
+            return Ending(EndingKind.SUCCESS if self.succeeded else EndingKind.ENDED, off_queue=True)
         elif ending := self.terminal(kind, data):
             return ending
         elif kind == "executed" or self.held:
@@ -204,6 +211,9 @@ class JobRunner:
     ) -> None:
         self.comfy, self.events, self.storage, self.files = comfy, events, storage, files
         self.silence, self.poll = silence, poll
+        # The last prompt ended normally (``Ending.off_queue``): ComfyUI holds none, so the next job
+        # is staged without asking ``/queue``. Unset while a job runs and after any other ending.
+        self.comfy_idle = False
 
     async def run(
         self,
@@ -219,8 +229,9 @@ class JobRunner:
         handoff = handoff or Handoff()
         timing = JobTiming()
         try:
-            # an abandoned prompt may still run; a finished one leaves ComfyUI within moments
-            await until_idle(self.comfy)
+            if not self.comfy_idle:  # an abandoned prompt (cancelled, lease lost, outage) may still run
+                await until_idle(self.comfy)
+            self.comfy_idle = False
             outcome = await self._run_staged(job, forwarder, cancel, death, store, handoff, timing)
             outcome.timing = timing
             return outcome
@@ -257,6 +268,7 @@ class JobRunner:
                     timing.idle_gap_seconds = max(0.0, submitted - handoff.idle_since)
                 ending = await self._submit_and_follow(job, stage.prompt, queue, follower, cancel, death)
                 timing.gpu_seconds = time.monotonic() - submitted
+                self.comfy_idle = ending.off_queue
                 if ending.kind in (EndingKind.SUCCESS, EndingKind.ENDED):
                     stage.keep_outputs()
                 if handoff.gpu_free is not None:

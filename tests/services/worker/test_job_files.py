@@ -23,7 +23,7 @@ from services.worker.agent import Agent
 from services.worker.comfy_client import ComfyClient
 from services.worker.job_files import SALT_INPUT, salted
 from services.worker.supervisor import ComfyNotReadyError
-from tests.support.jobs import finished, participant, put_input, submit
+from tests.support.jobs import finished, graph, participant, put_input, submit
 from tests.support.queue_manager_app import LiveServer
 from tests.support.worker_agent import pull_worker, worker_settings
 
@@ -231,3 +231,62 @@ async def test_a_jobs_files_are_staged_only_once_comfyui_holds_no_other_prompt(
         job = await finished(alice, job_id)
     assert job.state == JobState.SUCCEEDED, job.error
     assert comfy.state.timings[job_id][0] >= comfy.state.timings["abandoned"][1]
+
+
+class Staging:
+    """What ComfyUI held each time the worker submitted a job, and how often it asked ``/queue``."""
+
+    def __init__(self, comfy: ComfyUIDouble, monkeypatch: Any) -> None:
+        self.held_at_submit: list[str | None] = []
+        self.queue_asks = 0
+        submit_original, queue_original = ComfyClient.submit, ComfyClient.queue
+
+        async def submit(client: ComfyClient, prompt: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+            running = comfy.state.running
+            self.held_at_submit.append(running.prompt_id if running else None)
+            await submit_original(client, prompt, *args, **kwargs)
+
+        async def queue(client: ComfyClient) -> tuple[list[str], list[str]]:
+            self.queue_asks += 1
+            return await queue_original(client)
+
+        monkeypatch.setattr(ComfyClient, "submit", submit)
+        monkeypatch.setattr(ComfyClient, "queue", queue)
+
+
+async def test_after_a_prompt_ended_normally_the_next_job_is_staged_without_asking_comfyui(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """ComfyUI says ``executing {node: null}`` only once the prompt is off its queue: the GPU's next
+    job goes straight in (the warmup's own staging is the only ``/queue`` look)."""
+    staging = Staging(comfy, monkeypatch)
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)), participant(qm, "bob") as bob:
+        asks_after_warmup = staging.queue_asks
+        first = await submit(alice, graph(1))
+        second = await submit(bob, graph(2))
+        jobs = [await finished(alice, first), await finished(bob, second)]
+    assert [job.state for job in jobs] == [JobState.SUCCEEDED, JobState.SUCCEEDED]
+    assert asks_after_warmup == 1 and staging.queue_asks == 1
+    assert staging.held_at_submit == [None, None, None]  # the warmup's and both jobs': ComfyUI held none
+
+
+async def test_after_a_cancel_the_next_job_waits_until_comfyui_has_let_the_interrupted_prompt_go(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """ComfyUI reports an interrupt before it is done with the prompt: the next owner's files are
+    staged only once ComfyUI holds no prompt."""
+    staging = Staging(comfy, monkeypatch)
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)), participant(qm, "bob") as bob:
+        comfy.knobs.node_seconds, comfy.knobs.progress_steps = 20.0, 200
+        comfy.knobs.history_lag_seconds = 0.5  # it lets the interrupted prompt go half a second later
+        cancelled = await submit(alice, graph(1))
+        async with asyncio.timeout(10):
+            while comfy.state.running is None:
+                await asyncio.sleep(0.01)  # polling the double's state
+        comfy.knobs.node_seconds = 0.0
+        following = await submit(bob, graph(2))
+        assert (await alice.post(f"/api/jobs/{cancelled}/cancel")).status_code == 200
+        jobs = [await finished(alice, cancelled), await finished(bob, following)]
+    assert [job.state for job in jobs] == [JobState.CANCELLED, JobState.SUCCEEDED]
+    assert staging.held_at_submit[-1] is None  # the interrupted prompt had left ComfyUI
+    assert comfy.state.timings[following][0] >= comfy.state.timings[cancelled][1]
