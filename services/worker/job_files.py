@@ -12,7 +12,8 @@ so for each job it:
   ``name [temp]`` files its graph names (each read from the owner's prefix of user-file storage,
   so whatever the job says it can name nothing else), each in the folder of its type; and the
   owner's earlier output names as empty files, so ``SaveImage`` numbers on from the owner's last
-  file instead of writing ``ComfyUI_00001_.png`` over it;
+  file instead of writing ``ComfyUI_00001_.png`` over it (the names in storage, listed at most
+  ``LISTING_SECONDS`` before, and those the worker's own jobs made since);
 * refuses, before ComfyUI sees the graph, a value that names an existing file outside the folders
   (absolute, or with ``..``), with ComfyUI's own validation error;
 * gives every output node (``output_node`` in ComfyUI's catalogue, or a node nothing links from)
@@ -54,6 +55,7 @@ from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, Pro
 
 SALT_INPUT = "workshop_job"
 IDLE_SECONDS = 30.0
+LISTING_SECONDS = 1.0  # an owner's output names listed this recently are not listed again
 KINDS = ("input", "output", "temp")
 
 
@@ -239,6 +241,7 @@ class JobFiles:
         # Output names each owner's jobs made here: a job staged before the last one's outputs
         # reached storage numbers on from them too, instead of writing the same name again.
         self.produced: dict[str, set[str]] = {}
+        self.listings: dict[str, tuple[float, asyncio.Task[list[str]]]] = {}  # owner -> (started, listing)
 
     def kept(self, job_id: str) -> Path:
         """Where a finished job's output and temp files wait (``<kind>/<subfolder>/<name>``) until
@@ -336,6 +339,17 @@ class JobFiles:
                 raise outside_error(node_id, node, name, value)
 
     async def _earlier(self, user: str) -> list[str]:
+        """The owner's output names in storage, listed at most ``LISTING_SECONDS`` ago: jobs a
+        second apart list each time, while a run of short jobs shares one listing (what this worker
+        made since is in ``produced``)."""
+        started, listing = self.listings.get(user, (0.0, None))
+        failed = listing is not None and listing.done() and listing.exception() is not None
+        if listing is None or failed or time.monotonic() - started > LISTING_SECONDS:
+            listing = asyncio.create_task(self._list_outputs(user))
+            self.listings[user] = (time.monotonic(), listing)
+        return await asyncio.shield(listing)  # a cancelled prepare leaves it to the next one
+
+    async def _list_outputs(self, user: str) -> list[str]:
         prefix = f"users/{user}/output/"
         return [key.removeprefix(prefix) for key in await self.storage.list(prefix)]
 

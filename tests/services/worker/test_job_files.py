@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,10 @@ from devkit.doubles.comfyui_nodes import png_meta
 from services.protocol.jobs import Job, JobState
 from services.storage import StorageError
 from services.storage.local import LocalStorage
+from services.worker import job_files as job_files_module
 from services.worker.agent import Agent
 from services.worker.comfy_client import ComfyClient
-from services.worker.job_files import SALT_INPUT, salted
+from services.worker.job_files import SALT_INPUT, ComfyFolders, JobFiles, salted
 from services.worker.supervisor import ComfyNotReadyError
 from tests.support.jobs import finished, graph, participant, put_input, submit
 from tests.support.queue_manager_app import LiveServer
@@ -277,16 +279,50 @@ async def test_after_a_cancel_the_next_job_waits_until_comfyui_has_let_the_inter
     staged only once ComfyUI holds no prompt."""
     staging = Staging(comfy, monkeypatch)
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)), participant(qm, "bob") as bob:
-        comfy.knobs.node_seconds, comfy.knobs.progress_steps = 20.0, 200
         comfy.knobs.history_lag_seconds = 0.5  # it lets the interrupted prompt go half a second later
-        cancelled = await submit(alice, graph(1))
+        sleeping = graph(1)
+        sleeping["2"] = {"class_type": "TestSleep", "inputs": {"value": ["1", 0], "seconds": 20.0}}
+        cancelled = await submit(alice, sleeping)
         async with asyncio.timeout(10):
             while comfy.state.running is None:
                 await asyncio.sleep(0.01)  # polling the double's state
-        comfy.knobs.node_seconds = 0.0
         following = await submit(bob, graph(2))
         assert (await alice.post(f"/api/jobs/{cancelled}/cancel")).status_code == 200
         jobs = [await finished(alice, cancelled), await finished(bob, following)]
     assert [job.state for job in jobs] == [JobState.CANCELLED, JobState.SUCCEEDED]
     assert staging.held_at_submit[-1] is None  # the interrupted prompt had left ComfyUI
     assert comfy.state.timings[following][0] >= comfy.state.timings[cancelled][1]
+
+
+class CountedStorage(LocalStorage):
+    """Local storage that counts its listings."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.listings = 0
+
+    async def list(self, prefix: str = "") -> list[str]:
+        self.listings += 1
+        return await super().list(prefix)
+
+
+async def test_a_run_of_short_jobs_shares_one_listing_of_the_owners_outputs(
+    tmp_path: Path, files: Path, monkeypatch: Any
+) -> None:
+    """Jobs a moment apart share a listing (the GPU would otherwise wait for it between short
+    jobs); a later job lists again and sees what was stored meanwhile (another worker's output)."""
+    storage = CountedStorage(files)
+    job_files = JobFiles(ComfyFolders.under(tmp_path / "comfy"), storage)
+    outputs = files / "users" / "alice" / "output"
+    outputs.mkdir(parents=True)
+    (outputs / "t_00001_.png").write_bytes(b"png")
+
+    def job(color: int) -> Job:
+        return Job(id=f"job-{color}", user="alice", prompt=graph(color), queued_at=datetime.now(UTC))
+
+    first, second = await job_files.prepare(job(1)), await job_files.prepare(job(2))
+    assert first.earlier == second.earlier == ["t_00001_.png"] and storage.listings == 1
+    (outputs / "t_00002_.png").write_bytes(b"png")  # stored by another worker
+    monkeypatch.setattr(job_files_module, "LISTING_SECONDS", 0.0)  # as if a second went by
+    third = await job_files.prepare(job(3))
+    assert third.earlier == ["t_00001_.png", "t_00002_.png"] and storage.listings == 2
