@@ -4,7 +4,8 @@ It behaves as the providers do for what our dispatcher relies on: requests queue
 the autoscaler starts replicas (after a cold start) while requests wait, up to ``max_replicas``;
 an idle replica stops after ``idle_timeout_s``; each replica bills its whole life rounded up to the
 provider's billing increment. A replica runs a request by handing the lease to ``runner`` (the
-worker core in the container; ``simulated_worker`` speaks the worker API to the queue manager).
+worker core in the container; ``simulated_worker`` speaks the worker API to the queue manager),
+which runs the request's chain of jobs before it returns; the request is outstanding until then.
 
 RunPod: ``POST /run`` {"input": lease} -> {"id", "status"}; ``GET /status/{id}``; ``POST /cancel/{id}``.
 Verda: ``POST /{deployment}/lease`` with ``Prefer: respond-async`` -> {"Id"};
@@ -226,40 +227,73 @@ async def serving(app: Any, port: int | None = None) -> AsyncIterator[str]:
 
 
 def simulated_worker(
-    job_seconds: float, heartbeat_seconds: float, fail_users: frozenset[str] = frozenset()
+    job_seconds: float,
+    heartbeat_seconds: float,
+    fail_users: frozenset[str] = frozenset(),
+    crash_in_chain: int = 0,
 ) -> Runner:
-    """The worker core's reporting, without ComfyUI: started event, heartbeats, then complete or fail."""
-    clients: list[httpx.AsyncClient] = []  # one per runner: TLS set-up per job would dominate the bench
+    """The worker core's reporting, without ComfyUI: started event, heartbeats, then complete or
+    fail; then, as the push front door does, the request's next job while its chain gives one.
+    ``crash_in_chain``: that many times the container dies right after taking a chained job."""
+    return SimulatedWorker(job_seconds, heartbeat_seconds, fail_users, crash_in_chain).run
 
-    async def post(url: str, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+
+@dataclass
+class SimulatedWorker:
+    job_seconds: float
+    heartbeat_seconds: float
+    fail_users: frozenset[str]
+    crash_in_chain: int
+    client: httpx.AsyncClient | None = None  # one per runner: TLS set-up per job would dominate the bench
+
+    async def post(self, url: str, body: dict[str, Any], lease: dict[str, Any]) -> httpx.Response:
+        if self.client is None:
+            self.client = httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=200))
+        headers = {"Authorization": f"Bearer {lease['reply_token']}"}
         for _ in range(2):  # a keep-alive connection the server just closed: send again, as the worker does
             try:
-                return await clients[0].post(url, json=body, headers=headers)
+                return await self.client.post(url, json=body, headers=headers)
             except httpx.TransportError:
                 continue
-        return await clients[0].post(url, json=body, headers=headers)
+        return await self.client.post(url, json=body, headers=headers)
 
-    async def run(lease: dict[str, Any]) -> bool:
-        if not clients:
-            clients.append(httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=200)))
-        token, deadline = lease["token"], time.monotonic() + job_seconds
+    async def run(self, lease: dict[str, Any]) -> bool:
+        ok, current = True, lease
+        for _ in range(100_000):  # bounded: the queue manager ends a chain at its max_jobs_per_request
+            ok = await self.run_one(current) and ok
+            following = await self.next_in_chain(lease)
+            if following is None:
+                break
+            current = following
+        return ok
+
+    async def run_one(self, lease: dict[str, Any]) -> bool:
+        token, deadline = lease["token"], time.monotonic() + self.job_seconds
         base = f"{lease['reply_url']}/api/leases/{lease['job']['id']}"
-        headers = {"Authorization": f"Bearer {lease['reply_token']}"}
         start = {"type": "execution_start", "data": {"prompt_id": lease["job"]["id"]}}
-        started = await post(f"{base}/events", {"token": token, "events": [start]}, headers)
+        started = await self.post(f"{base}/events", {"token": token, "events": [start]}, lease)
         if started.status_code == 409:
             return False
-        while deadline - time.monotonic() > heartbeat_seconds:
-            await asyncio.sleep(heartbeat_seconds)
-            beat = await post(f"{base}/heartbeat", {"token": token}, headers)
+        while deadline - time.monotonic() > self.heartbeat_seconds:
+            await asyncio.sleep(self.heartbeat_seconds)
+            beat = await self.post(f"{base}/heartbeat", {"token": token}, lease)
             if beat.status_code == 409 or beat.json().get("cancel"):
                 return False
         await asyncio.sleep(max(0.0, deadline - time.monotonic()))
-        if lease["job"]["user"] in fail_users:
+        if lease["job"]["user"] in self.fail_users:
             error = {"type": "OOM", "message": "out of memory", "retryable": False}
-            await post(f"{base}/fail", {"token": token, "error": error}, headers)
+            await self.post(f"{base}/fail", {"token": token, "error": error}, lease)
             return True
-        done = await post(f"{base}/complete", {"token": token, "outputs": []}, headers)
+        done = await self.post(f"{base}/complete", {"token": token, "outputs": []}, lease)
         return done.status_code == 204
 
-    return run
+    async def next_in_chain(self, first: dict[str, Any]) -> dict[str, Any] | None:
+        if not first.get("chain"):
+            return None
+        reply = await self.post(f"{first['reply_url']}/api/push/{first['chain']}/next", {}, first)
+        if reply.status_code != 200:
+            return None
+        if self.crash_in_chain > 0:
+            self.crash_in_chain -= 1
+            raise RuntimeError("the container died holding a chained job")
+        return {**reply.json(), "reply_url": first["reply_url"], "reply_token": first["reply_token"]}

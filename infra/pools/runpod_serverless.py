@@ -15,6 +15,7 @@ from infra.pools.kind import GpuPool, PoolComponent
 from infra.providers.resources import RunPodEndpoint, RunPodNetworkVolume, RunPodRegistryAuth, RunPodTemplate
 from infra.schema import Label, Model
 from infra.secret import secret
+from services.queue_manager.settings import PUSH_REQUEST_LIMIT_SECONDS
 
 
 class NetworkVolume(Model):
@@ -82,6 +83,8 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
                 "workers_max": config.max_replicas,
                 "idle_timeout_s": config.idle_timeout_seconds,
                 "flashboot": config.flashboot,
+                # A request runs a chain of jobs (its window, then one more job's time).
+                "execution_timeout_s": PUSH_REQUEST_LIMIT_SECONDS,
                 # Workers run where the models volume is, or they would start without their models.
                 **(
                     {

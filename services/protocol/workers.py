@@ -15,12 +15,18 @@ Routes (all under the queue manager's base URL, all with ``Authorization: Bearer
 | ``POST /api/leases/{job_id}/fail`` | ``Failure`` | 204; 409 when the lease is not held |
 | ``POST /api/leases/{job_id}/release`` | ``Release`` | 204 (requeued, attempt not counted) |
 | ``POST /api/leases/{job_id}/start`` | ``StartCall`` | ``StartReply`` (started, or what to run) |
+| ``POST /api/push/{chain}/next`` | ``ChainCall`` | 200 ``Lease`` (this push request's next job) or 204 |
+| ``POST /api/push/{chain}/end`` | ``ChainCall`` | 204 (this push request takes no more jobs) |
 
 A busy worker prepares its next job while the current one runs: ``claim?prepare=1`` holds the
 first job no other worker holds. The job stays queued (its owner sees it waiting, an idle worker's
 claim takes it, a cancel ends it at once) until the worker's GPU is free and ``start`` leases it;
 heartbeats renew the hold and say whether it is still held; ``release`` with the hold token gives
 it up. Holds count no attempt.
+
+A push container's request carries ``Lease.chain``: after each job the container asks
+``push/{chain}/next`` for the job the queue gives an idle worker of its pool now, and runs it in
+the same request, until a 204 (``services/queue_manager/push_requests.py``).
 
 Completion and failure are idempotent for the lease holder: repeating the same call after a
 network error answers 204 again and changes nothing, so a retry never completes a job twice.
@@ -125,10 +131,22 @@ class Lease(BaseModel):
     lease_seconds: float
     reply_url: str | None = Field(default=None, description="push pools: queue manager base URL")
     reply_token: str | None = Field(default=None, description="push pools: bearer token for reporting")
+    chain: str | None = Field(
+        default=None,
+        max_length=64,
+        description="push pools: this request's chain; after the job the container asks "
+        "``POST /api/push/{chain}/next`` for another, until 204",
+    )
     prepared: bool = Field(
         default=False,
         description="claimed ahead by a busy worker: the job is only held (still queued, an idle worker "
         "may take it) until the worker starts it with ``POST /api/leases/{id}/start``",
+    )
+
+
+class ChainCall(BaseModel):
+    worker_id: str | None = Field(
+        default=None, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="the push container's own id"
     )
 
 

@@ -3,17 +3,23 @@
 Serverless autoscalers (RunPod, Verda containers) count the requests sent to their own endpoint;
 workers that only poll our queue would make them scale to zero under load. So for each push pool
 (``QM_PUSH_POOLS``) this module claims jobs from the store exactly as a worker would (fairness
-and priority stay in our queue), keeps at most the pool's ``capacity`` in flight, and sends each
-lease as an async request. The container's worker reports progress and results to the lease routes
-itself (``reply_url``/``reply_token`` in the lease). Meanwhile the dispatcher heartbeats the lease
-(a request can wait in the provider's queue through a cold start), polls the provider's status,
-turns provider failures and timeouts into retryable failures (the store's lease rules requeue or
-dead-letter them) and cancels through the provider when the job's owner cancels.
+and priority stay in our queue), keeps at most the pool's ``capacity`` requests in flight, and
+sends each lease as an async request. The container's worker reports progress and results to the
+lease routes itself (``reply_url``/``reply_token`` in the lease), and after each job asks for the
+next one within the same request (``push_requests``: the request's chain), so its GPU does not
+wait for a new request between two jobs. The slot stays busy until the request ends: when the
+queue has no job for it, at the chain's limits, or when the provider says it ended.
+
+Meanwhile the dispatcher heartbeats the first lease (a request can wait in the provider's queue
+through a cold start), follows the chain's current job, polls the provider's status, turns provider
+failures and timeouts into retryable failures of the current job (the store's lease rules requeue
+or dead-letter them) and cancels through the provider when the owner of a job still waiting there
+cancels it (a running job's worker hears a cancel through its heartbeat).
 
 Styles: ``runpod`` (``POST {url}/run`` -> ``id``, ``GET {url}/status/{id}``, ``POST {url}/cancel/{id}``)
 and ``verda`` (``POST {url}{path}`` with ``Prefer: respond-async`` -> ``Id``; ``GET
 {base}/status/{deployment}`` with ``X-Inference-Id``). Verda has no cancel call: a cancelled
-request that starts later finds its lease stale at the first heartbeat and stops.
+request that starts later finds its lease stale at the first heartbeat and its chain closed, and ends.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from services.protocol.jobs import JobError, JobState
 from services.protocol.workers import Failure, Lease
 from services.queue_manager.background import stopping
 from services.queue_manager.errors import StaleLease
+from services.queue_manager.push_requests import Chain, Chains
 from services.queue_manager.settings import PushPool, Settings
 from services.queue_manager.store import Store
 
@@ -119,28 +126,47 @@ ENDPOINTS: dict[str, type[RunPodEndpoint | VerdaEndpoint]] = {
 
 @dataclass
 class Flight:
-    lease: Lease
+    """One request at the provider, and the job of its chain it runs now."""
+
+    chain: str
     remote_id: str
+    job_id: str
+    token: str
+    attempts: int
     deadline: float
     next_poll: float = 0.0
-    running: bool = False  # the provider says a replica runs it: its worker keeps the lease now
+    running: bool = False  # a replica runs the request: its worker keeps the lease now
 
-    @property
-    def job_id(self) -> str:
-        return self.lease.job.id
+    @classmethod
+    def of(cls, chain: str, remote_id: str, lease: Lease, seconds: float) -> Flight:
+        return cls(
+            chain, remote_id, lease.job.id, lease.token, lease.job.attempts, time.monotonic() + seconds
+        )
+
+    def follow(self, chain: Chain, seconds: float) -> None:
+        """The container took the chain's next job: track that one (it gets a job's whole time)."""
+        self.job_id, self.token, self.attempts = chain.job, chain.token, chain.attempts
+        self.deadline, self.running = time.monotonic() + seconds, True
 
 
 class PoolDispatcher:
-    """Keeps up to ``capacity`` of one pool's jobs in flight at its endpoint."""
+    """Keeps up to ``capacity`` of one pool's requests in flight at its endpoint, each running a
+    chain of jobs (``push_requests``) until the queue has none for it."""
 
     def __init__(self, store: Store, pool: PushPool, endpoint: Endpoint, reply_url: str, reply_token: str):
         self.store, self.pool, self.endpoint = store, pool, endpoint
+        self.chains = Chains(store)
         # The lease must outlive a cold start, so it is renewed more often than the status is polled.
         self.tick = min(pool.poll_seconds, store.settings.heartbeat_seconds)
         self.reply = {"reply_url": reply_url, "reply_token": reply_token}
-        self.in_flight: dict[str, str] = {}  # job id -> provider request id
+        self.flights: dict[int, Flight] = {}  # slot -> its request
         self._free = list(range(pool.capacity))
         self._slots = asyncio.Semaphore(pool.capacity)
+
+    @property
+    def in_flight(self) -> dict[str, str]:
+        """Job id -> provider request id, for every request's current job."""
+        return {flight.job_id: flight.remote_id for flight in self.flights.values()}
 
     async def run(self) -> None:
         tasks: set[asyncio.Task[None]] = set()
@@ -156,11 +182,15 @@ class PoolDispatcher:
             for task in tasks:
                 task.cancel()
 
+    def _slot_id(self, slot: int) -> str:
+        return f"push-{self.pool.name}-{slot}"
+
     async def _next_lease(self, slot: int) -> Lease:
         while True:
             try:
+                # Behind idle claims: a container between two jobs of its request is a GPU already up.
                 lease = await self.store.claim(
-                    f"push-{self.pool.name}-{slot}", self.pool.name, CLAIM_WAIT_SECONDS
+                    self._slot_id(slot), self.pool.name, CLAIM_WAIT_SECONDS, behind=True
                 )
             except (RedisError, OSError) as exc:
                 log.warning("claim failed, retrying", extra={"pool": self.pool.name, "error": repr(exc)})
@@ -172,49 +202,76 @@ class PoolDispatcher:
                 raise asyncio.CancelledError
 
     async def _carry(self, lease: Lease, slot: int) -> None:
+        chain = ""
         try:
-            flight = await self._submit(lease)
+            chain = await self.chains.open(self.pool, self._slot_id(slot), lease)
+            flight = await self._submit(lease, chain)
             if flight is not None:
+                self.flights[slot] = flight
                 await self._track(flight)
         except Exception:
             log.exception("push dispatch failed", extra={"job_id": lease.job.id, "pool": self.pool.name})
-            await self._requeue(lease, "DispatchError", "the dispatcher failed while carrying the job")
+            current = self.flights.get(slot)
+            job_id, token = (current.job_id, current.token) if current else (lease.job.id, lease.token)
+            await self._requeue(
+                job_id, token, "DispatchError", "the dispatcher failed while carrying the job"
+            )
         finally:
-            self.in_flight.pop(lease.job.id, None)
+            self.flights.pop(slot, None)
+            if chain:  # the request takes no more jobs, whatever ended it
+                with contextlib.suppress(RedisError, OSError):
+                    await self.chains.end(chain)
             self._free.append(slot)
             self._slots.release()
 
-    async def _submit(self, lease: Lease) -> Flight | None:
-        payload = lease.model_copy(update=self.reply).model_dump(mode="json")
+    async def _submit(self, lease: Lease, chain: str) -> Flight | None:
+        payload = lease.model_copy(update={**self.reply, "chain": chain}).model_dump(mode="json")
         try:
             remote_id = await self.endpoint.submit(payload)
         except (httpx.HTTPError, KeyError, ValueError) as exc:
-            await self._requeue(lease, "ProviderRefused", f"{self.pool.name} did not take the job: {exc!r}")
+            message = f"{self.pool.name} did not take the job: {exc!r}"
+            await self._requeue(lease.job.id, lease.token, "ProviderRefused", message)
             return None
-        self.in_flight[lease.job.id] = remote_id
         log.info("job pushed", extra={"job_id": lease.job.id, "pool": self.pool.name, "remote_id": remote_id})
-        return Flight(lease, remote_id, time.monotonic() + self.pool.job_timeout_seconds)
+        return Flight.of(chain, remote_id, lease, self.pool.job_timeout_seconds)
 
     async def _track(self, flight: Flight) -> None:
-        # The end of the job's lease ({p}:ended, heard by this process's listener) frees the slot at
-        # once; polling covers everything else.
-        with self.store.wakeups.ends.watch(flight.job_id) as ended:
+        # The end of a job's lease or a change of the chain ({p}:ended, heard by this process's
+        # listener) is looked at once; polling covers everything else.
+        ends = self.store.wakeups.ends
+        with ends.watch(flight.chain) as changed:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ended.wait(), self.tick)
-                ended.clear()
-                if not await self._still_ours(flight) or await self._ended_remotely(flight):
-                    return
+                with ends.watch(flight.job_id, changed):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), self.tick)
+                    changed.clear()
+                    if await self._over(flight):
+                        return
+
+    async def _over(self, flight: Flight) -> bool:
+        """Whether the request has ended (its slot is free again)."""
+        chain = await self.chains.get(flight.chain)
+        if chain is not None and chain.job != flight.job_id:
+            flight.follow(chain, self.pool.job_timeout_seconds)
+        if await self._still_ours(flight):
+            return await self._ended_remotely(flight)
+        if flight.running and chain is not None and chain.open and await self._finished(flight.job_id):
+            return await self._ended_remotely(flight)  # between two jobs: the container asks for more
+        return True
+
+    async def _finished(self, job_id: str) -> bool:
+        job = await self.store.get(job_id)
+        return job is None or job.state.finished
 
     async def _unchanged(self, flight: Flight) -> bool:
+        """A running request's job: False once it ended or moved on. A cancel reaches the worker
+        through its heartbeat; the request is not cancelled, as it may carry more jobs."""
         job = await self.store.get(flight.job_id)
         if job is None or job.state.finished:
             return False
-        if job.attempts != flight.lease.job.attempts or job.state == JobState.QUEUED:
+        if job.attempts != flight.attempts or job.state == JobState.QUEUED:
             await self.endpoint.cancel(flight.remote_id)  # requeued: do not let it run twice
             return False
-        if job.cancel_requested:
-            await self.endpoint.cancel(flight.remote_id)  # the worker also hears it at its heartbeat
         return True
 
     async def _ended_remotely(self, flight: Flight) -> bool:
@@ -225,13 +282,12 @@ class PoolDispatcher:
         flight.running = flight.running or remote is Remote.RUNNING
         if remote in (Remote.DONE, Remote.FAILED):
             why = "finished without reporting" if remote is Remote.DONE else "reported a failure"
-            await self._requeue(flight.lease, "ProviderFailed", f"{self.pool.name} {why}")
+            await self._requeue(flight.job_id, flight.token, "ProviderFailed", f"{self.pool.name} {why}")
             return True
         if time.monotonic() > flight.deadline:
             await self.endpoint.cancel(flight.remote_id)
-            await self._requeue(
-                flight.lease, "Timeout", f"no result within {self.pool.job_timeout_seconds:g} s"
-            )
+            message = f"no result within {self.pool.job_timeout_seconds:g} s"
+            await self._requeue(flight.job_id, flight.token, "Timeout", message)
             return True
         return False
 
@@ -245,16 +301,17 @@ class PoolDispatcher:
         if flight.running:
             return await self._unchanged(flight)
         try:
-            reply = await self.store.heartbeat(flight.job_id, flight.lease.token)
+            reply = await self.store.heartbeat(flight.job_id, flight.token)
         except StaleLease:
-            job = await self.store.get(flight.job_id)
-            if job is None or not job.state.finished:
+            if await self._finished(flight.job_id):
+                flight.running = True  # its container ran it to its end and may go on with the chain
+            else:
                 await self.endpoint.cancel(flight.remote_id)  # requeued elsewhere: do not run it twice
             return False
         if reply.cancel:
             await self.endpoint.cancel(flight.remote_id)
             error = JobError(type="Cancelled", message="cancelled by its owner")
-            await self._report(flight.lease, error)
+            await self._report(flight.job_id, flight.token, error)
             return False
         return True
 
@@ -265,12 +322,12 @@ class PoolDispatcher:
             log.warning("provider status failed", extra={"job_id": flight.job_id, "error": repr(exc)})
             return Remote.UNKNOWN
 
-    async def _requeue(self, lease: Lease, kind: str, message: str) -> None:
-        await self._report(lease, JobError(type=kind, message=message, retryable=True))
+    async def _requeue(self, job_id: str, token: str, kind: str, message: str) -> None:
+        await self._report(job_id, token, JobError(type=kind, message=message, retryable=True))
 
-    async def _report(self, lease: Lease, error: JobError) -> None:
+    async def _report(self, job_id: str, token: str, error: JobError) -> None:
         with contextlib.suppress(StaleLease):
-            await self.store.fail(lease.job.id, Failure(token=lease.token, error=error))
+            await self.store.fail(job_id, Failure(token=token, error=error))
 
 
 def dispatcher_for(

@@ -32,7 +32,8 @@
 | ``{p}:events`` | pub/sub | ``{"user", "event"}`` for every participant event | - |
 | ``{p}:wake`` | pub/sub | a scope that has new work, to wake long-polling claims | - |
 | ``{p}:cancels`` | pub/sub | a running job's id once its owner cancels it, to answer its heartbeat | - |
-| ``{p}:ended`` | pub/sub | a job's id whenever its lease ends (any outcome), for the push dispatcher | - |
+| ``{p}:ended`` | pub/sub | a job's id when its lease ends; a push chain's id when it changes | - |
+| ``{p}:push:{chain}`` | hash | a push request's chain: slot, current job, limits | its request |
 | ``{p}:admin:samples`` | list | the admin page's queue/worker samples, newest last, capped | capped |
 | ``{p}:admin:sampled:{n}`` | string | set (NX) by the process that takes interval n's sample | expires |
 | ``{p}:admin:gpu:{pool}`` | list | per finished job: GPU, idle gap, upload seconds (JSON) | capped |
@@ -116,6 +117,12 @@ FAMILIES: tuple[Family, ...] = (
     Family("wake", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
     Family("cancels", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
     Family("ended", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
+    Family(
+        "push:{chain}",
+        "hash",
+        Carried.LEFT,
+        "no request outlives the evening: its jobs queue again with the leases",
+    ),
     Family("admin:samples", "list", Carried.LEFT, "the admin chart describes a platform that no longer runs"),
     Family("admin:sampled:{n}", "string", Carried.LEFT, "expires within one sampling interval"),
     Family("admin:gpu:{pool}", "list", Carried.LEFT, "GPU use of a platform that no longer runs"),
@@ -256,3 +263,6 @@ class Keys:
     @property
     def ended(self) -> str:
         return f"{self.prefix}:ended"
+
+    def push_request(self, chain_id: str) -> str:
+        return f"{self.prefix}:push:{chain_id}"

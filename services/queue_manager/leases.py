@@ -78,16 +78,17 @@ class GpuUse:
 
 class LeaseOps(StoreBase):
     async def claim(
-        self, worker_id: str, pool: str, wait: float = 0.0, prepare: bool = False
+        self, worker_id: str, pool: str, wait: float = 0.0, prepare: bool = False, behind: bool = False
     ) -> Lease | None:
         """Lease the next job a worker of ``pool`` may run, waiting up to ``wait`` seconds for one.
 
         ``prepare``: the worker is busy and prepares its next job; the job is held for it, not
-        leased (``Lease.prepared``), and idle workers' claims are woken first.
+        leased (``Lease.prepared``), and idle workers' claims are woken first. ``behind``: woken
+        after idle workers' claims too, but leased (the push dispatcher's, for a new request).
         """
         deadline = time.monotonic() + wait
         while True:
-            with self.wakeups.ticket(pool, worker_id, prepare) as ticket:
+            with self.wakeups.ticket(pool, worker_id, prepare or behind) as ticket:
                 lease = await self._claim_now(worker_id, pool, prepare)
                 remaining = deadline - time.monotonic()
                 if lease is not None or remaining <= 0:

@@ -29,6 +29,12 @@ DEV_SECRET = "development-only-secret"  # noqa: S105 - used only when QM_ENV=dev
 PUSH_POOL_PREFIX = "QM_PUSH_POOL_"
 
 
+PUSH_CHAIN_SECONDS = 600.0
+PUSH_JOB_TIMEOUT_SECONDS = 3600.0
+# The longest a push request runs with the defaults: the provider's own limit must not cut it short.
+PUSH_REQUEST_LIMIT_SECONDS = PUSH_CHAIN_SECONDS + PUSH_JOB_TIMEOUT_SECONDS
+
+
 class PushPool(BaseModel):
     """One serverless pool the queue manager pushes jobs to."""
 
@@ -39,8 +45,31 @@ class PushPool(BaseModel):
     capacity: int = Field(ge=1, le=1000, description="requests in flight at most (the pool's max replicas)")
     path: str = Field(default="/lease", description="verda: the container route that takes a lease")
     poll_seconds: float = Field(default=2.0, gt=0)
-    job_timeout_seconds: float = Field(default=3600.0, gt=0)
-    request_timeout_seconds: float = Field(default=30.0, gt=0)
+    job_timeout_seconds: float = Field(
+        default=PUSH_JOB_TIMEOUT_SECONDS, gt=0, description="the longest one job may run"
+    )
+    request_timeout_seconds: float = Field(default=30.0, gt=0, description="HTTP calls to the provider")
+    max_jobs_per_request: int = Field(
+        default=100, ge=1, le=10000, description="jobs one request may run in a row (1: one job per request)"
+    )
+    chain_seconds: float = Field(
+        default=PUSH_CHAIN_SECONDS,
+        ge=0,
+        description="a request takes further jobs only this long after it was sent; the provider's time "
+        "limit on one request must cover chain_seconds + job_timeout_seconds",
+    )
+    linger_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=10,
+        description="how long a container whose job ended waits for another before its request ends (a "
+        "serverless replica stays up and billed longer than this after a request anyway)",
+    )
+
+    @property
+    def request_limit_seconds(self) -> float:
+        """The longest a request can run: its chain window, then one more job."""
+        return self.chain_seconds + self.job_timeout_seconds
 
 
 class Scheduling(StrEnum):

@@ -72,9 +72,10 @@ class JobWatches:
         self._watches: dict[str, set[asyncio.Event]] = {}
 
     @contextlib.contextmanager
-    def watch(self, job_id: str) -> Iterator[asyncio.Event]:
-        """An event set when the job's id is published (watch before reading the job's state)."""
-        event = asyncio.Event()
+    def watch(self, job_id: str, event: asyncio.Event | None = None) -> Iterator[asyncio.Event]:
+        """An event set when the job's id is published (watch before reading the job's state);
+        ``event``: set that one (one waiter watching several ids)."""
+        event = event or asyncio.Event()
         watches = self._watches.setdefault(job_id, set())
         watches.add(event)
         try:

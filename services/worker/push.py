@@ -1,8 +1,12 @@
-"""Push front doors (serverless): one lease arrives per request, the agent runs it and reports back.
+"""Push front doors (serverless): a request brings a lease; the agent runs it, reports back, and asks
+for the pool's next job within the same request until the queue has none for it.
 
-The queue manager's dispatcher sends each job to the pool's endpoint as an async request carrying
+The queue manager's dispatcher sends a job to the pool's endpoint as an async request carrying
 the ``Lease``; ``reply_url``/``reply_token`` in it say where to report (the same lease routes the
-pull worker uses). Two shapes:
+pull worker uses) and ``chain`` names the request's chain: after the job the container asks
+``POST /api/push/{chain}/next`` for another (the one the queue would give an idle worker now), so
+its GPU does not wait for a new request between jobs. A 204 ends the request; the queue manager
+waits at most the pool's ``linger_seconds`` for work before answering it. Two shapes:
 
 * Verda serverless containers: ``POST /lease`` with the Lease as JSON body; ``GET /health`` for the
   container's health check (503 until ComfyUI is up and warmed).
@@ -29,7 +33,7 @@ from fastapi import FastAPI, HTTPException, Response
 from pydantic import ValidationError
 
 from services.protocol.workers import Lease
-from services.worker.agent import Agent
+from services.worker.agent import Agent, LeaseResult
 from services.worker.queue_client import LeaseLostError, QueueClient, QueueRefusedError
 from services.worker.settings import WorkerSettings
 
@@ -41,7 +45,9 @@ class PushError(Exception):
 
 
 async def run_pushed(agent: Agent, lease: Lease) -> dict[str, Any]:
-    """Run one pushed lease, reporting to the queue manager named in it."""
+    """Run a pushed lease and then, while its request's chain gives more, the next jobs of the
+    pool (each the one the queue would give an idle worker then), reporting each to the queue
+    manager named in the lease. Returns each job's outcome, in order."""
     if not lease.reply_url or not lease.reply_token:
         raise PushError(
             f"lease for job {lease.job.id} has no reply_url/reply_token: the dispatcher must fill them in "
@@ -50,14 +56,39 @@ async def run_pushed(agent: Agent, lease: Lease) -> dict[str, Any]:
     queue = QueueClient(
         lease.reply_url, lease.reply_token, agent.settings.retry_seconds, holder=agent.settings.worker_id
     )
+    ran: list[dict[str, str]] = []
     try:
         if queue.base_url not in agent.published_to:
             await publish(agent, queue)
-        await announce(queue, lease)
-        outcome = await agent.run_lease(lease, queue, max(lease.lease_seconds / 3, 0.5))
+        current: Lease | None = lease
+        while current is not None:
+            await announce(queue, current)
+            outcome = await agent.run_lease(current, queue, max(current.lease_seconds / 3, 0.5))
+            ran.append({"job_id": current.job.id, "outcome": outcome})
+            current = await next_in_request(agent, queue, lease, outcome)
     finally:
         await queue.aclose()
-    return {"job_id": lease.job.id, "outcome": outcome}
+    return {"jobs": ran}
+
+
+async def next_in_request(
+    agent: Agent, queue: QueueClient, first: Lease, outcome: LeaseResult
+) -> Lease | None:
+    """The request's next job, or None: the request ends (no chain, the queue has nothing for it,
+    or this container cannot go on: its ComfyUI is down or the queue manager cannot be reached)."""
+    if first.chain is None:
+        return None
+    try:
+        if outcome is LeaseResult.RELEASED or not agent.comfyui_up:
+            await queue.end_chain(first.chain)
+            return None
+        lease = await queue.next_in_chain(first.chain)
+    except (httpx.HTTPError, QueueRefusedError, LeaseLostError) as exc:
+        log.warning("push request %s ends: asking for its next job failed: %s", first.chain, exc)
+        return None
+    if lease is None:
+        return None
+    return lease.model_copy(update={"reply_url": first.reply_url, "reply_token": first.reply_token})
 
 
 async def publish(agent: Agent, queue: QueueClient) -> None:
@@ -128,7 +159,8 @@ def verda_app(settings: WorkerSettings, agent: Agent | None = None) -> FastAPI:
 
     @app.post("/lease")
     async def run_lease(lease: Lease) -> dict[str, Any]:
-        """Run one leased job to its end; the outcome also goes to the queue manager."""
+        """Run the leased job, then the request's next ones while its chain gives more; each outcome
+        also goes to the queue manager."""
         async with one_at_a_time:
             try:
                 return await run_pushed(worker, lease)

@@ -21,6 +21,7 @@ from tenacity import (
 
 from services.protocol.jobs import JobError, OutputFile
 from services.protocol.workers import (
+    ChainCall,
     Completion,
     EventBatch,
     Failure,
@@ -118,6 +119,20 @@ class QueueClient:
         path = f"/api/workers/{worker_id}/claim?wait={wait:g}" + ("&prepare=1" if prepare else "")
         reply = await self._post(path, read_seconds=wait + 15.0)
         return None if reply.status_code == 204 else Lease.model_validate_json(reply.content)
+
+    async def next_in_chain(self, chain: str, linger: float = 10.0) -> Lease | None:
+        """A push request's next job, or None: the request is over (``linger``: the most the
+        queue manager may wait for one, plus the reply's time)."""
+        body = ChainCall(worker_id=self.holder).model_dump_json()
+        reply = await self._post(f"/api/push/{chain}/next", body, read_seconds=linger + 15.0)
+        return None if reply.status_code == 204 else Lease.model_validate_json(reply.content)
+
+    async def end_chain(self, chain: str) -> None:
+        """This push request takes no more jobs: one try, as the request ends anyway."""
+        path = f"/api/push/{chain}/end"
+        body = ChainCall(worker_id=self.holder).model_dump_json()
+        headers = {"Content-Type": "application/json"}
+        self._check(await self.http.post(path, content=body, headers=headers, timeout=5.0), path)
 
     async def start(self, job_id: str, token: str, worker_id: str) -> StartReply:
         """Start the prepared job held with ``token``, or learn what to run instead."""

@@ -18,7 +18,10 @@ from services.queue_manager.main import create_app
 from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
 
-POOL = "serverless"
+POOL, POOL_TOKEN = "serverless", "pool-token"
+
+
+OTHER_POOL, OTHER_TOKEN = "other", "other-token"
 
 
 @dataclass
@@ -26,11 +29,13 @@ class Rig:
     store: Store
     platform: Platform
     dispatcher: PoolDispatcher
+    url: str  # the queue manager's
 
 
 def qm_settings(redis_url: str, port: int, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "env": "development", "redis_url": redis_url, "worker_tokens": {POOL: "pool-token"},
+        "env": "development", "redis_url": redis_url,
+        "worker_tokens": {POOL: POOL_TOKEN, OTHER_POOL: OTHER_TOKEN},
         "public_url": f"http://127.0.0.1:{port}", "lease_seconds": 2.0, "reap_interval_seconds": 0.05,
         "retry_backoff_seconds": 0.05, "retry_backoff_max_seconds": 0.1, "log_level": "WARNING",
         "files_url": TEST_FILES_URL,
@@ -48,7 +53,7 @@ async def rig(redis_url: str, style: str, platform: Platform, **pool: Any) -> As
                 "poll_seconds": 0.05} | pool  # fmt: skip
         store: Store = app.state.store
         async with dispatching(store, app.state.settings, [PushPool(**spec)]) as [dispatcher]:
-            yield Rig(store, platform, dispatcher)
+            yield Rig(store, platform, dispatcher, f"http://127.0.0.1:{port}")
 
 
 async def finished(store: Store, job_ids: list[str], timeout: float = 15.0) -> list[Job]:

@@ -13,6 +13,7 @@ from devkit import harness
 from devkit.harness import Resource, StackRun, run_stack, stack_values
 from infra.pools import KINDS
 from infra.providers.verda_instance import InstanceProvider
+from services.queue_manager.settings import PushPool
 
 DYNAMIC = "pulumi-python:dynamic:Resource"
 CONTAINER = "docker:index/container:Container"
@@ -105,6 +106,11 @@ def test_runpod_template_endpoint_and_kept_network_volume(runpod: StackRun) -> N
     template = dynamic(runpod, "burst-template")
 
     assert endpoint["workers_max"] == 40 and endpoint["gpu_type_ids"] == ["NVIDIA H100 80GB HBM3"]
+    # RunPod ends a request at its execution timeout: it must outlast a request's chain of jobs.
+    limit = PushPool(
+        name="burst", style="runpod", url="https://x", api_key="k", capacity=1
+    ).request_limit_seconds
+    assert endpoint["execution_timeout_s"] == limit
     assert template.inputs["start_cmd"] == ["runpod"] and "env" in template.secret_inputs
     assert template.inputs["env"]["WORKER_SHARED_MODELS_DIR"] == "/runpod-volume/models"
     assert dynamic(runpod, "models-comfy-models-eu-ro-1").retain_on_delete

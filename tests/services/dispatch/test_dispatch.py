@@ -7,13 +7,14 @@ import json
 import time
 from collections.abc import Callable
 
+import httpx
 import pytest
 
-from devkit.push_platform import Platform
+from devkit.push_platform import Platform, simulated_worker
 from services.protocol.jobs import Job, JobState, JobSubmit
 from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
-from tests.support.dispatch_rig import finished, rig
+from tests.support.dispatch_rig import OTHER_TOKEN, POOL_TOKEN, finished, rig
 
 PROMPT = {"1": {"class_type": "KSampler", "inputs": {}}}
 
@@ -23,7 +24,7 @@ async def submit(store: Store, user: str) -> Job:
 
 
 @pytest.mark.parametrize("style", ["runpod", "verda"])
-async def test_every_job_runs_and_never_more_than_capacity_in_flight(
+async def test_queued_jobs_run_in_a_chain_within_exactly_capacity_requests(
     redis_url: str, make_platform: Callable[..., Platform], style: str
 ) -> None:
     platform = make_platform(max_replicas=4)
@@ -33,8 +34,71 @@ async def test_every_job_runs_and_never_more_than_capacity_in_flight(
         done = await finished(r.store, [j.id for j in jobs])
 
     assert {job.state for job in done} == {JobState.SUCCEEDED}
-    assert platform.peak_outstanding <= 2
-    assert len(platform.requests) == 6
+    assert platform.peak_outstanding == 2  # both slots busy, never more
+    assert len(platform.requests) == 2  # the four other jobs ran inside those two requests
+
+
+async def test_a_request_runs_one_job_when_the_pool_allows_one_per_request(
+    redis_url: str, make_platform: Callable[..., Platform]
+) -> None:
+    platform = make_platform(max_replicas=1)
+    async with rig(redis_url, "runpod", platform, capacity=1, max_jobs_per_request=1) as r:
+        jobs = [await submit(r.store, "ada") for _ in range(3)]
+
+        done = await finished(r.store, [j.id for j in jobs])
+
+    assert {job.state for job in done} == {JobState.SUCCEEDED}
+    assert len(platform.requests) == 3 and platform.peak_outstanding == 1
+
+
+async def test_a_job_submitted_while_a_request_runs_is_taken_by_that_request(
+    redis_url: str, make_platform: Callable[..., Platform]
+) -> None:
+    platform = make_platform(job_seconds=0.5, max_replicas=2)
+    async with rig(redis_url, "runpod", platform, capacity=1) as r:
+        first = await submit(r.store, "ada")
+        await _until(lambda: [req.status for req in platform.requests.values()] == ["IN_PROGRESS"])
+
+        later = await submit(r.store, "bo")
+        done = await finished(r.store, [first.id, later.id])
+
+    assert {job.state for job in done} == {JobState.SUCCEEDED}
+    assert len(platform.requests) == 1
+
+
+async def test_a_request_ends_once_the_queue_has_nothing_for_it(
+    redis_url: str, make_platform: Callable[..., Platform]
+) -> None:
+    platform = make_platform(max_replicas=1, idle_timeout_s=60.0)
+    async with rig(redis_url, "runpod", platform, capacity=1, poll_seconds=60.0, linger_seconds=0.2) as r:
+        [job] = [await submit(r.store, "ada")]
+        await finished(r.store, [job.id])
+
+        # No new job comes: the request ends within its linger (its GPU is not billed waiting in
+        # it), and the slot is free at once, without waiting for the provider's status.
+        await _until(lambda: [req.status for req in platform.requests.values()] == ["COMPLETED"])
+        await _until(lambda: not r.dispatcher.flights, timeout=5.0)
+        assert platform.live_replicas() == 1  # the replica stays up (the provider's idle timeout)
+        again = await submit(r.store, "ada")
+        [done] = await finished(r.store, [again.id])
+
+    assert done.state == JobState.SUCCEEDED
+    assert len(platform.requests) == 2  # the next job came in a new request
+
+
+async def test_a_container_dead_holding_a_chained_job_loses_nothing(
+    redis_url: str, make_platform: Callable[..., Platform]
+) -> None:
+    platform = Platform(runner=simulated_worker(0.1, heartbeat_seconds=0.2, crash_in_chain=1), max_replicas=1)
+    async with rig(redis_url, "verda", platform, capacity=1) as r:
+        jobs = [await submit(r.store, user) for user in ("ada", "bo", "cy")]
+
+        done = await finished(r.store, [j.id for j in jobs])
+
+    assert {job.state for job in done} == {JobState.SUCCEEDED}
+    assert sorted(job.attempts for job in done) == [1, 1, 2]  # the one it held ran again
+    assert [req.status for req in platform.requests.values()] == ["FAILED", "COMPLETED"]
+    assert platform.peak_outstanding == 1
 
 
 async def test_fairness_stays_in_our_queue(redis_url: str, make_platform: Callable[..., Platform]) -> None:
@@ -43,10 +107,38 @@ async def test_fairness_stays_in_our_queue(redis_url: str, make_platform: Callab
         ada = [await submit(r.store, "ada") for _ in range(3)]
         bo = await submit(r.store, "bo")
 
-        await finished(r.store, [j.id for j in [*ada, bo]])
+        done = await finished(r.store, [j.id for j in [*ada, bo]])
 
-    order = [req.lease["job"]["user"] for req in platform.requests.values()]
-    assert order.index("bo") <= 1  # bo's first job runs before ada's second
+    order = [job.user for job in sorted(done, key=lambda job: job.started_at or job.queued_at)]
+    assert order == ["ada", "bo", "ada", "ada"]  # bo's first job runs before ada's second
+    assert len(platform.requests) == 1  # all in one request: the container took what the queue gave
+
+
+async def test_a_chain_takes_jobs_only_for_its_own_pool(
+    redis_url: str, make_platform: Callable[..., Platform]
+) -> None:
+    platform = make_platform(cold_start_s=30.0)  # the request waits at the provider: its chain is open
+    async with rig(redis_url, "runpod", platform, capacity=1) as r:
+        await submit(r.store, "ada")
+        await _until(lambda: len(platform.requests) == 1)
+        chain = next(iter(platform.requests.values())).lease["chain"]
+        await submit(r.store, "bo")
+        async with httpx.AsyncClient(base_url=r.url) as qm:
+
+            async def take(token: str, chain_id: str = chain) -> httpx.Response:
+                return await qm.post(f"/api/push/{chain_id}/next", json={}, headers=auth(token))
+
+            other = await take(OTHER_TOKEN)
+            unknown = await take(POOL_TOKEN, "x" * 32)
+            nobody = await qm.post(f"/api/push/{chain}/next", json={})
+
+        assert other.status_code == 403 and "another pool" in other.json()["detail"]
+        assert unknown.status_code == 404 and nobody.status_code == 401
+        assert [j.state for j in await r.store.list_jobs("bo")] == [JobState.QUEUED]  # nobody took it
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.mark.parametrize(
@@ -115,23 +207,11 @@ async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_a_finished_job_frees_its_slot_without_waiting_for_the_next_poll(
-    redis_url: str, make_platform: Callable[..., Platform]
-) -> None:
-    platform = make_platform(max_replicas=1)
-    async with rig(redis_url, "runpod", platform, capacity=1, poll_seconds=60.0) as r:
-        jobs = [await submit(r.store, "ada") for _ in range(3)]
-
-        done = await finished(r.store, [j.id for j in jobs], timeout=10.0)
-
-    assert {job.state for job in done} == {JobState.SUCCEEDED}
-
-
 async def test_a_jobs_end_frees_its_slot_at_once_even_when_the_participants_stream_is_lost(
     redis_url: str, make_platform: Callable[..., Platform], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     platform = make_platform(max_replicas=1)
-    async with rig(redis_url, "runpod", platform, capacity=1, poll_seconds=60.0) as r:
+    async with rig(redis_url, "runpod", platform, capacity=1, poll_seconds=60.0, linger_seconds=0.0) as r:
         monkeypatch.setattr(r.store.events, "deliver", lambda payload: None)  # no participant event arrives
         r.dispatcher.tick = 60.0  # nor does a heartbeat or status poll within the test's deadline
         jobs = [await submit(r.store, "ada") for _ in range(2)]
@@ -140,7 +220,7 @@ async def test_a_jobs_end_frees_its_slot_at_once_even_when_the_participants_stre
         await _until(lambda: not r.dispatcher.in_flight, timeout=5.0)
 
     assert {job.state for job in done} == {JobState.SUCCEEDED}
-    assert len(platform.requests) == 2
+    assert len(platform.requests) == 1
 
 
 async def test_the_lease_outlives_a_cold_start_longer_than_the_lease(

@@ -20,7 +20,7 @@ class SwallowingStore:
     def __init__(self) -> None:
         self.waiting = asyncio.Event()
 
-    async def claim(self, worker_id: str, pool: str, wait: float) -> Any:
+    async def claim(self, worker_id: str, pool: str, wait: float, behind: bool = False) -> Any:
         self.waiting.set()
         try:
             await asyncio.sleep(wait)

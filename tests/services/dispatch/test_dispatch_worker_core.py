@@ -21,6 +21,7 @@ from services.worker.agent import Agent
 from services.worker.push import run_pushed
 from services.worker.settings import WorkerSettings
 from tests.support.dispatch_rig import finished
+from tests.support.jobs import until
 from tests.support.queue_manager_app import POOL, build_app, settings_for
 
 
@@ -40,12 +41,16 @@ def comfy(tmp_path: Path) -> Iterator[ComfyUIDouble]:
         yield double
 
 
-def worker_core(agent: Agent) -> Runner:
-    """A replica running the worker's push front door on each request it takes."""
+def worker_core(agent: Agent, ran: list[list[str]]) -> Runner:
+    """A replica running the worker's push front door on each request it takes; ``ran`` gets the
+    jobs each request ran."""
 
     async def run(lease: dict[str, Any]) -> bool:
-        outcome = await run_pushed(agent, Lease.model_validate(lease))
-        return outcome["outcome"] == "succeeded"
+        answer = await run_pushed(agent, Lease.model_validate(lease))
+        ran.append([job["job_id"] for job in answer["jobs"]])
+        return all(job["outcome"] == "succeeded" for job in answer["jobs"])
+
+    return run
 
     return run
 
@@ -66,22 +71,28 @@ async def agent_on(comfy: ComfyUIDouble, files: Path, tmp_path: Path) -> AsyncIt
 
 
 @pytest.mark.parametrize("style", ["runpod", "verda"])
-async def test_pushed_jobs_run_on_the_worker_core_and_their_outputs_land(
+async def test_one_request_runs_the_queued_jobs_on_the_worker_core_in_fair_order(
     redis_url: str, comfy: ComfyUIDouble, tmp_path: Path, style: str
 ) -> None:
-    files, port = tmp_path / "files", free_port()
+    files, port, ran = tmp_path / "files", free_port(), []
     app = build_app(settings_for(redis_url, public_url=f"http://127.0.0.1:{port}", lease_seconds=3.0), files)
     async with agent_on(comfy, files, tmp_path) as agent, serving(app, port):
-        platform = Platform(runner=worker_core(agent), max_replicas=1)
+        platform = Platform(runner=worker_core(agent, ran), max_replicas=2)
         async with serving(platform.app()) as url:
             endpoint = f"{url}/{platform.deployment}" if style == "verda" else url
             pool = PushPool(name=POOL, style=style, url=endpoint, api_key=platform.api_key, capacity=1,
-                            poll_seconds=0.1)  # fmt: skip
+                            poll_seconds=0.1, linger_seconds=0.2)  # fmt: skip
             async with dispatching(app.state.store, app.state.settings, [pool]):
-                jobs = [await app.state.store.submit("alice", JobSubmit(prompt=graph(c))) for c in (3, 4)]
-                done = await finished(app.state.store, [job.id for job in jobs], timeout=30)
+                store = app.state.store
+                jobs = [await store.submit(user, JobSubmit(prompt=graph(c))) for user, c in USERS_AND_COLOURS]
+                done = await finished(store, [job.id for job in jobs], timeout=30)
+                await until(lambda: all(r.status == "COMPLETED" for r in platform.requests.values()), "ended")
 
-    assert [job.state for job in done] == [JobState.SUCCEEDED, JobState.SUCCEEDED]
-    assert all(job.outputs for job in done)
-    assert all((files / "users" / "alice" / "output" / job.outputs[0].filename).exists() for job in done)
-    assert len(platform.requests) == 2
+    assert [job.state for job in done] == [JobState.SUCCEEDED] * 4
+    assert all((files / "users" / job.user / "output" / job.outputs[0].filename).exists() for job in done)
+    alice, bob = [job.id for job in done[:2]], [job.id for job in done[2:]]
+    assert ran == [[alice[0], bob[0], alice[1], bob[1]]]  # one request, in the queue's fair order
+    assert platform.peak_outstanding == 1
+
+
+USERS_AND_COLOURS = [("alice", 3), ("alice", 4), ("bob", 5), ("bob", 6)]

@@ -60,7 +60,7 @@ async def test_the_verda_handler_runs_a_pushed_lease_and_reports_it(
             reply = await container.post(
                 "/lease", content=lease.model_dump_json(), headers={"Content-Type": "application/json"}
             )
-            assert reply.json() == {"job_id": lease.job.id, "outcome": "succeeded"}
+            assert reply.json() == {"jobs": [{"job_id": lease.job.id, "outcome": "succeeded"}]}
             # No pull worker ever registered: the container published the catalogue once it was ready.
             nodes = (await alice.get("/w/alice/api/object_info")).json()
             assert {"EmptyImage", "SaveImage"} <= set(nodes)
@@ -86,7 +86,7 @@ async def test_a_refused_catalogue_publication_does_not_stop_the_pushed_job(
         assert agent.published_to == set()
         assert "could not publish this worker's catalogue" in caplog.text
         lease = await lease_for(qm, alice, color=23)
-        assert (await push.run_pushed(agent, lease))["outcome"] == "succeeded"
+        assert (await push.run_pushed(agent, lease))["jobs"][0]["outcome"] == "succeeded"
     finally:
         await agent.stop()
 
@@ -99,7 +99,7 @@ async def test_the_runpod_handler_takes_the_lease_from_the_event_input(
     try:
         lease = await lease_for(qm, alice, color=22)
         event: dict[str, Any] = {"id": "rp-1", "input": lease.model_dump(mode="json")}
-        assert await push.handler(event) == {"job_id": lease.job.id, "outcome": "succeeded"}
+        assert await push.handler(event) == {"jobs": [{"job_id": lease.job.id, "outcome": "succeeded"}]}
         bad = await push.handler({"id": "rp-2", "input": {"prompt": {}}})
         assert "not a lease" in bad["error"]
     finally:

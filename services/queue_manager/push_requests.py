@@ -1,0 +1,165 @@
+"""A push request's chain: the jobs one serverless request runs, one after another.
+
+A serverless container answers a request by running a job. So that its GPU does not wait for the
+dispatcher's next request (and that request's trip through the provider's queue) between two
+jobs, the dispatcher opens a chain for each request it sends and puts the chain's id in the
+lease. After each job the container asks ``POST /api/push/{chain}/next`` for more: the answer is
+the job the queue would give an idle worker of its pool now (``claim.lua``: fairness, priority,
+per-user limits and pause hold), leased under the dispatcher's slot, or 204 and the chain is
+over. A chain takes a job only while it is open, younger than the pool's ``chain_seconds`` and
+under its ``max_jobs_per_request``; when the queue has nothing within ``linger_seconds`` the
+chain closes and the container ends its request. The dispatcher counts the request's slot busy
+until then, so the pool's capacity is never exceeded.
+
+The record is ``{p}:push:{chain}``: pool, worker (the claimant id its jobs are leased under), the
+current job with its lease token and attempt, how many jobs it took, its limits and whether it is
+open. Each change publishes the chain id on ``{p}:ended``, where the dispatcher carrying the
+request hears it. Only the chain's own pool's token may take from it (403 for another pool's); the
+id is a random secret sent only in the request, so a token of the pool without it takes nothing
+through this route.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+
+from services.protocol.workers import Lease
+from services.queue_manager.errors import QueueError
+from services.queue_manager.records import now_ms
+from services.queue_manager.settings import PushPool
+from services.queue_manager.store import Store
+
+log = logging.getLogger(__name__)
+EXTRA_LIFE_SECONDS = 60  # a record outlives its request's longest life by this much, then expires
+
+
+class ChainNotFound(QueueError):
+    status = 404
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this push request's chain does not exist or has expired: end the request (the dispatcher "
+            "sends the next job in a new one)"
+        )
+
+
+class ChainInAnotherPool(QueueError):
+    status = 403
+
+    def __init__(self, pool: str) -> None:
+        super().__init__(
+            f"this push request belongs to another pool than {pool!r}, whose token this is: a pool's token "
+            "takes only its own pool's jobs. Set WORKER_TOKEN to the token of the pool the container serves"
+        )
+
+
+@dataclass(frozen=True)
+class Chain:
+    id: str
+    pool: str
+    worker: str
+    job: str
+    token: str
+    attempts: int
+    jobs: int
+    max_jobs: int
+    until_ms: int
+    linger_ms: int
+    open: bool
+
+    @classmethod
+    def of(cls, chain_id: str, fields: dict[str, str]) -> Chain:
+        return cls(
+            id=chain_id,
+            pool=fields["pool"],
+            worker=fields["worker"],
+            job=fields["job"],
+            token=fields["token"],
+            attempts=int(fields["attempts"]),
+            jobs=int(fields["jobs"]),
+            max_jobs=int(fields["max_jobs"]),
+            until_ms=int(fields["until_ms"]),
+            linger_ms=int(fields["linger_ms"]),
+            open=fields["open"] == "1",
+        )
+
+    def may_take(self, now: int) -> bool:
+        return self.open and self.jobs < self.max_jobs and now < self.until_ms
+
+    def linger(self, now: int) -> float:
+        """Seconds a take may wait for work: the linger, never past the chain's window."""
+        return max(0.0, min(self.linger_ms, self.until_ms - now) / 1000)
+
+
+class Chains:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _key(self, chain_id: str) -> str:
+        return self.store.keys.push_request(chain_id)
+
+    async def open(self, pool: PushPool, worker: str, lease: Lease) -> str:
+        """A new chain whose first job is ``lease`` (claimed by the dispatcher's slot ``worker``)."""
+        chain_id, now = secrets.token_urlsafe(24), now_ms()
+        life_ms = int((pool.chain_seconds + pool.job_timeout_seconds + EXTRA_LIFE_SECONDS) * 1000)
+        fields = {
+            "pool": pool.name, "worker": worker, "jobs": 1, "max_jobs": pool.max_jobs_per_request,
+            "until_ms": now + int(pool.chain_seconds * 1000), "linger_ms": int(pool.linger_seconds * 1000),
+            "open": 1, **self._current(lease),
+        }  # fmt: skip
+        async with self.store.redis.pipeline() as pipe:
+            pipe.hset(self._key(chain_id), mapping=fields)
+            pipe.pexpire(self._key(chain_id), life_ms)
+            await pipe.execute()
+        return chain_id
+
+    @staticmethod
+    def _current(lease: Lease) -> dict[str, str | int]:
+        return {"job": lease.job.id, "token": lease.token, "attempts": lease.job.attempts}
+
+    async def get(self, chain_id: str) -> Chain | None:
+        fields = await self.store.redis.hgetall(self._key(chain_id))
+        return Chain.of(chain_id, fields) if "pool" in fields else None
+
+    async def next(self, chain_id: str, pool: str, worker_id: str | None = None) -> Lease | None:
+        """The next job for the chain's container, or None: the chain is over (closed here)."""
+        chain = await self._own(chain_id, pool)
+        now = now_ms()
+        if not chain.may_take(now):
+            await self.end(chain_id, pool)
+            return None
+        await self.store.redis.hset(self._key(chain_id), "jobs", chain.jobs + 1)
+        lease = await self.store.claim(chain.worker, pool, chain.linger(now))
+        if lease is None or not await self._still_open(chain_id):
+            if lease is not None:  # the dispatcher ended the request meanwhile: nobody will run it
+                await self.store.release(lease.job.id, lease.token)
+            await self.end(chain_id, pool)
+            return None
+        await self.store.redis.hset(self._key(chain_id), mapping=self._current(lease))
+        await self._changed(chain_id)
+        log.info("job chained", extra={"job_id": lease.job.id, "pool": pool, "worker_id": worker_id})
+        return lease.model_copy(update={"chain": chain_id})
+
+    async def end(self, chain_id: str, pool: str | None = None) -> None:
+        """Close the chain: its request takes no more jobs (``pool``: only the chain's own pool's)."""
+        if pool is not None:
+            await self._own(chain_id, pool)
+        if await self.store.redis.exists(self._key(chain_id)):  # an expired one stays gone
+            await self.store.redis.hset(self._key(chain_id), "open", 0)
+            await self._changed(chain_id)
+
+    async def _own(self, chain_id: str, pool: str) -> Chain:
+        chain = await self.get(chain_id)
+        if chain is None:
+            raise ChainNotFound()
+        if chain.pool != pool:
+            raise ChainInAnotherPool(pool)
+        return chain
+
+    async def _still_open(self, chain_id: str) -> bool:
+        return await self.store.redis.hget(self._key(chain_id), "open") == "1"
+
+    async def _changed(self, chain_id: str) -> None:
+        await self.store.client.publish(self.store.keys.ended, chain_id)
