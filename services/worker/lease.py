@@ -5,6 +5,10 @@ the queue manager until the next one is due (``wait``), or answered the moment t
 a cancel reaches the runner at once, not at the next heartbeat, with no more calls than before.
 A reply with ``cancel: true`` sets ``cancel``; a 409 (the lease expired and the job moved on) sets
 ``lost``, after which the worker must stop the job and report nothing.
+
+The first call goes ``FIRST_CALL_SECONDS`` after the lease was granted: a job done sooner (a no-model
+graph) costs the queue manager no call and no connection torn down mid-reply, and a cancel made in
+that moment is in the first reply.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from services.protocol.workers import HeartbeatReply
 from services.worker.queue_client import LeaseLostError, QueueClient
 
 log = logging.getLogger(__name__)
+FIRST_CALL_SECONDS = 0.25
 
 
 class LeaseKeeper:
@@ -50,6 +55,7 @@ class LeaseKeeper:
     async def _beat(self) -> None:
         loop = asyncio.get_running_loop()
         renew = False  # the lease was just granted: the first call only listens for a cancel
+        await asyncio.sleep(min(FIRST_CALL_SECONDS, self.every))
         while True:
             due = loop.time() + self.every
             hold = 0.0 if self.cancel.is_set() else self.every  # nothing more to wait for once cancelled

@@ -7,15 +7,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from devkit.doubles.comfyui import ComfyUIDouble
 from services.protocol.jobs import JobState
+from services.protocol.workers import HeartbeatReply
 from services.storage.local import LocalStorage
+from services.worker import lease as lease_keeper
 from services.worker import push
 from services.worker.agent import Agent
+from services.worker.queue_client import QueueClient
 from tests.services.worker.test_push import lease_for
 from tests.support.jobs import finished, graph, participant, submit, until
 from tests.support.queue_manager_app import LiveServer
@@ -70,3 +74,22 @@ async def test_a_cancel_reaches_a_push_containers_comfyui_long_before_its_next_h
         await agent.stop()
     job = await finished(alice, lease.job.id, timeout=PROMPTLY)
     assert job.state == JobState.CANCELLED
+
+
+async def test_a_job_done_within_its_first_moment_costs_the_queue_manager_no_heartbeat(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A no-model job is over before the first heartbeat is due: no call is made and cut off, while a
+    longer job still holds its heartbeat open for a cancel (the tests above)."""
+    beats: list[str] = []
+    original = QueueClient.heartbeat
+
+    async def counted(self: QueueClient, job_id: str, *args: Any, **kwargs: Any) -> HeartbeatReply:
+        beats.append(job_id)
+        return await original(self, job_id, *args, **kwargs)
+
+    monkeypatch.setattr(lease_keeper, "FIRST_CALL_SECONDS", 5.0)  # jobs under 5 s are "short" here
+    monkeypatch.setattr(QueueClient, "heartbeat", counted)
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+        jobs = [await finished(alice, await submit(alice, graph(color=color))) for color in (73, 74)]
+    assert [job.state for job in jobs] == [JobState.SUCCEEDED, JobState.SUCCEEDED] and beats == []
