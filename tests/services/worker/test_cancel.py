@@ -69,7 +69,7 @@ async def test_a_cancel_reaches_a_push_containers_comfyui_long_before_its_next_h
         lease = await lease_for(qm, alice, color=72)
         pushed = asyncio.create_task(push.run_pushed(agent, lease))
         await cancel_while_running(comfy, alice, lease.job.id)
-        assert (await asyncio.wait_for(pushed, PROMPTLY))["outcome"] == "failed"
+        assert (await asyncio.wait_for(pushed, PROMPTLY))["jobs"][0]["outcome"] == "failed"
     finally:
         await agent.stop()
     job = await finished(alice, lease.job.id, timeout=PROMPTLY)
