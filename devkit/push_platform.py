@@ -277,8 +277,12 @@ class SimulatedWorker:
         while deadline - time.monotonic() > self.heartbeat_seconds:
             await asyncio.sleep(self.heartbeat_seconds)
             beat = await self.post(f"{base}/heartbeat", {"token": token}, lease)
-            if beat.status_code == 409 or beat.json().get("cancel"):
+            if beat.status_code == 409:
                 return False
+            if beat.json().get("cancel"):  # as the worker: ComfyUI interrupted, the job reported cancelled
+                error = {"type": "Cancelled", "message": "the job was cancelled before it finished"}
+                await self.post(f"{base}/fail", {"token": token, "error": error}, lease)
+                return True
         await asyncio.sleep(max(0.0, deadline - time.monotonic()))
         if lease["job"]["user"] in self.fail_users:
             error = {"type": "OOM", "message": "out of memory", "retryable": False}

@@ -309,11 +309,20 @@ class PoolDispatcher:
                 await self.endpoint.cancel(flight.remote_id)  # requeued elsewhere: do not run it twice
             return False
         if reply.cancel:
-            await self.endpoint.cancel(flight.remote_id)
-            error = JobError(type="Cancelled", message="cancelled by its owner")
-            await self._report(flight.job_id, flight.token, error)
-            return False
+            return await self._cancel_waiting(flight)
         return True
+
+    async def _cancel_waiting(self, flight: Flight) -> bool:
+        """The owner cancelled the job of a request not yet seen running: cancel it at the provider,
+        unless a replica has started it meanwhile (its worker hears the cancel at its heartbeat,
+        and the request goes on with its chain)."""
+        if await self._remote(flight) is Remote.RUNNING:
+            flight.running = True
+            return True
+        await self.endpoint.cancel(flight.remote_id)
+        error = JobError(type="Cancelled", message="cancelled by its owner")
+        await self._report(flight.job_id, flight.token, error)
+        return False
 
     async def _remote(self, flight: Flight) -> Remote:
         try:

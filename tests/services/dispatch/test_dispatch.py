@@ -86,6 +86,39 @@ async def test_a_request_ends_once_the_queue_has_nothing_for_it(
     assert len(platform.requests) == 2  # the next job came in a new request
 
 
+async def test_a_container_between_jobs_takes_a_new_job_before_a_new_request_is_made(
+    redis_url: str, make_platform: Callable[..., Platform]
+) -> None:
+    platform = make_platform(max_replicas=2)
+    async with rig(redis_url, "runpod", platform, capacity=2, linger_seconds=5.0) as r:
+        first = await submit(r.store, "ada")
+        await finished(r.store, [first.id])
+        # Its container now waits (within its linger) for more, beside the dispatcher's free slot.
+        await _until(lambda: r.store.wakeups.parked == 2)
+
+        later = await submit(r.store, "bo")
+        [done] = await finished(r.store, [later.id])
+
+    assert done.state == JobState.SUCCEEDED
+    assert len(platform.requests) == 1  # the GPU already up took it: no new request, no cold start
+
+
+async def test_cancelling_a_running_job_stops_only_that_job_and_its_request_goes_on(
+    redis_url: str, make_platform: Callable[..., Platform]
+) -> None:
+    platform = make_platform(job_seconds=2.0, max_replicas=1)
+    async with rig(redis_url, "runpod", platform, capacity=1, poll_seconds=0.05) as r:
+        running = await submit(r.store, "ada")
+        waiting = await submit(r.store, "bo")
+        await _until(lambda: [req.status for req in platform.requests.values()] == ["IN_PROGRESS"])
+
+        await r.store.cancel(running.id, user="ada")
+        done = await finished(r.store, [running.id, waiting.id])
+
+    assert [job.state for job in done] == [JobState.CANCELLED, JobState.SUCCEEDED]
+    assert len(platform.requests) == 1 and platform.requests["req-00001"].status == "COMPLETED"
+
+
 async def test_a_container_dead_holding_a_chained_job_loses_nothing(
     redis_url: str, make_platform: Callable[..., Platform]
 ) -> None:

@@ -15,14 +15,18 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from devkit.doubles.comfyui import ComfyUIDouble
 from devkit.servers import free_port, wait_until
 from services.protocol.jobs import JobState
 from services.protocol.workers import Lease, WorkerCapabilities, WorkerRegistration
+from services.queue_manager.push_requests import Chains
+from services.queue_manager.settings import PushPool
+from services.queue_manager.store import Store
 from services.storage.local import LocalStorage
 from services.worker import push
-from services.worker.agent import Agent
+from services.worker.agent import Agent, LeaseResult
 from services.worker.push import verda_app
 from services.worker.queue_client import QueueClient
 from tests.support.jobs import finished, graph, submit, until
@@ -191,3 +195,32 @@ async def test_the_verda_handler_is_unhealthy_while_its_comfyui_is_down(
                     await asyncio.sleep(0.05)  # polling the container's health check
     finally:
         server.stop()
+
+
+async def test_a_container_takes_the_next_job_in_its_request_and_stops_once_it_gave_a_job_back(
+    agent: Agent, qm: LiveServer, alice: httpx.AsyncClient, redis_url: str
+) -> None:
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    queue = QueueClient(qm.url, POOL_TOKEN)
+    try:
+        await agent.start()
+        first = await lease_for(qm, alice, color=25)
+        chains = Chains(Store(redis, qm.app.state.settings))
+        pool = PushPool(name=POOL, style="verda", url="http://127.0.0.1:9", api_key="k", capacity=1)
+        first.chain = await chains.open(pool, "dispatcher", first)
+        second_id = await submit(alice, graph(color=26))
+
+        second = await push.next_in_request(agent, queue, first, LeaseResult.SUCCEEDED)
+        assert second is not None and second.job.id == second_id
+        assert (second.reply_url, second.reply_token, second.chain) == (qm.url, POOL_TOKEN, first.chain)
+
+        # ComfyUI went down with the second job (given back): the request takes no more.
+        third_id = await submit(alice, graph(color=27))
+        assert await push.next_in_request(agent, queue, first, LeaseResult.RELEASED) is None
+        chain = await chains.get(first.chain)
+        assert chain is not None and not chain.open
+        assert (await alice.get(f"/api/jobs/{third_id}")).json()["state"] == JobState.QUEUED
+    finally:
+        await queue.aclose()
+        await agent.stop()
+        await redis.aclose()
