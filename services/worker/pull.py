@@ -45,6 +45,9 @@ class PullWorker:
         self.held_since = 0.0
         self.freed: tuple[float, datetime] | None = None  # when the GPU last fell idle (monotonic, wall)
         self.first_claim_at: float | None = None
+        # Set once the job after the last one launched is in ComfyUI, or none follows: the last
+        # one's outputs and report wait for it (``Handoff.next_submitted``).
+        self.follows: asyncio.Event | None = None
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -75,6 +78,7 @@ class PullWorker:
                 if not self._wanted(max_jobs):
                     break
         finally:
+            self._none_follows()
             if self.running:
                 await asyncio.wait(self.running)
             if self.stopping.is_set():
@@ -97,6 +101,14 @@ class PullWorker:
             await self._until(gpu_free)
             self.freed = (time.monotonic(), datetime.now(UTC))
             gpu_free = await self._next(ahead, reply)
+            if gpu_free is None:
+                self._none_follows()
+        self._none_follows()
+
+    def _none_follows(self) -> None:
+        """No job follows the last one launched for now: it stores its outputs and reports at once."""
+        if self.follows is not None:
+            self.follows.set()
 
     def _launch(
         self, lease: Lease, heartbeat_seconds: float, prepared: Prepared | None = None
@@ -105,8 +117,10 @@ class PullWorker:
         event is set once ComfyUI is done with it."""
         gpu_free = asyncio.Event()
         self.jobs_started += 1
-        run = self._run(lease, heartbeat_seconds, Handoff(prepared, gpu_free, self._idle_since(lease)))
-        task = asyncio.create_task(run)
+        follows = asyncio.Event()
+        handoff = Handoff(prepared, gpu_free, self._idle_since(lease), self.follows, follows)
+        self.follows = follows
+        task = asyncio.create_task(self._run(lease, heartbeat_seconds, handoff))
         self.running.add(task)
         task.add_done_callback(self.running.discard)
         task.add_done_callback(lambda _: gpu_free.set())
@@ -243,6 +257,13 @@ class PullWorker:
             up.cancel()
 
     async def _run(self, lease: Lease, heartbeat_seconds: float, handoff: Handoff) -> None:
+        try:
+            await self._run_held(lease, heartbeat_seconds, handoff)
+        finally:
+            if handoff.submitted is not None:
+                handoff.submitted.set()  # this job is in ComfyUI by now, or never will be
+
+    async def _run_held(self, lease: Lease, heartbeat_seconds: float, handoff: Handoff) -> None:
         job = asyncio.create_task(self.agent.run_lease(lease, self.queue, heartbeat_seconds, handoff))
         stop = asyncio.create_task(self.stopping.wait())
         await asyncio.wait({job, stop}, return_when=asyncio.FIRST_COMPLETED)

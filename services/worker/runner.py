@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 CANCELLED = JobError(type="Cancelled", message="the job was cancelled before it finished")
 MAX_COMFY_BYTES = 64 * 1024
 OWN_FIELDS = ("node_id", "node_type", "executed", "traceback", "current_inputs", "current_outputs")
+NEXT_SUBMIT_SECONDS = 0.2  # at most this long a finished job's storing waits for the next job's submit
 
 
 @dataclass
@@ -192,11 +193,21 @@ class Handoff:
     ``gpu_free`` is set as soon as ComfyUI is done with the job; its outputs go to storage after
     that, while the next job may already run. ``idle_since``: when ComfyUI last fell idle
     (``time.monotonic``) while this job was queued already; the gap goes into its ``timing``.
+    ``submitted`` is set once the job is in ComfyUI. ``next_submitted`` is the next job's
+    ``submitted`` (or set when none follows): the finished job's history, upload and report wait
+    for it (``NEXT_SUBMIT_SECONDS`` at most), so they never hold up the GPU's next start.
     """
 
     prepared: Prepared | None = None
     gpu_free: asyncio.Event | None = None
     idle_since: float | None = None
+    submitted: asyncio.Event | None = None
+    next_submitted: asyncio.Event | None = None
+
+    async def until_next_submitted(self) -> None:
+        if self.next_submitted is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.next_submitted.wait(), NEXT_SUBMIT_SECONDS)
 
 
 class JobRunner:
@@ -266,7 +277,9 @@ class JobRunner:
                 submitted = time.monotonic()
                 if handoff.idle_since is not None:
                     timing.idle_gap_seconds = max(0.0, submitted - handoff.idle_since)
-                ending = await self._submit_and_follow(job, stage.prompt, queue, follower, cancel, death)
+                ending = await self._submit_and_follow(
+                    job, stage.prompt, queue, follower, cancel, death, handoff.submitted
+                )
                 timing.gpu_seconds = time.monotonic() - submitted
                 self.comfy_idle = ending.off_queue
                 if ending.kind in (EndingKind.SUCCESS, EndingKind.ENDED):
@@ -275,6 +288,7 @@ class JobRunner:
                     handoff.gpu_free.set()  # the next job may start: it gets the folders once these are aside
         finally:
             self.events.unsubscribe(job.id)
+        await handoff.until_next_submitted()
         return await self._conclude(job, ending, follower, store, timing)
 
     async def _submit_and_follow(
@@ -285,11 +299,14 @@ class JobRunner:
         follower: Follower,
         cancel: asyncio.Event,
         death: asyncio.Event,
+        in_comfyui: asyncio.Event | None = None,
     ) -> Ending:
         submitted = False
         try:
             await self._submit(job, prompt)
             submitted = True
+            if in_comfyui is not None:
+                in_comfyui.set()
             return await self._follow(job.id, queue, follower, cancel, death)
         except PromptRejectedError as exc:
             return Ending(EndingKind.ERROR, error=rejected(exc))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ import redis
 from devkit.doubles.comfyui import ComfyUIDouble
 from services.protocol.jobs import JobState
 from services.storage.local import LocalStorage
+from services.worker.comfy_client import ComfyClient
 from services.worker.settings import WorkerSettings
 from tests.support.jobs import finished, graph, participant, submit
 from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, LiveServer
@@ -157,3 +159,50 @@ async def test_a_prepared_job_is_given_back_without_an_attempt_when_comfyui_goes
         done = await finished(alice, second)
     assert waiting["state"] == "queued" and waiting["attempts"] == 0
     assert done.state == JobState.SUCCEEDED and done.attempts == 1
+
+
+class RecordedStorage(LocalStorage):
+    """Local storage that notes each upload in a shared log."""
+
+    def __init__(self, root: Path, log: list[str]) -> None:
+        super().__init__(root)
+        self.log = log
+
+    async def put(self, key: str, chunks: AsyncIterable[bytes], content_type: str = "") -> int:
+        self.log.append(f"stored {key.rsplit('/', 1)[-1]}")
+        return await super().put(key, chunks, content_type)
+
+
+async def test_the_next_job_reaches_comfyui_before_the_last_ones_outputs_are_stored(
+    comfy: ComfyUIDouble,
+    qm: LiveServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Storing and reporting a finished job never holds up the GPU's next start: they wait until
+    the next job is in ComfyUI (and the last job's go at once: nothing follows it)."""
+    log: list[str] = []
+    original = ComfyClient.submit
+
+    async def submit_noted(client: ComfyClient, prompt: dict[str, Any], prompt_id: str, *rest: Any) -> None:
+        log.append(f"submitted {prompt_id}")
+        await original(client, prompt, prompt_id, *rest)
+
+    monkeypatch.setattr(ComfyClient, "submit", submit_noted)
+    comfy.knobs.node_seconds = 0.3
+    storage = RecordedStorage(tmp_path / "files", log)
+    async with (
+        participant(qm, "alice") as alice,
+        pull_worker(worker_settings(comfy, qm.url, tmp_path), storage),
+    ):
+        first = await submit(alice, graph(1, prefix="first"))
+        second = await submit(alice, graph(2, prefix="second"))
+        done = [await finished(alice, first), await finished(alice, second)]
+    assert [job.state for job in done] == [JobState.SUCCEEDED, JobState.SUCCEEDED]
+    jobs = [entry for entry in log if not entry.startswith("submitted") or entry.endswith((first, second))]
+    assert jobs == [
+        f"submitted {first}",
+        f"submitted {second}",
+        "stored first_00001_.png",
+        "stored second_00001_.png",
+    ]
