@@ -3,6 +3,7 @@ names folders that exist, and the tests' shared helpers live where their users c
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 from pathlib import Path
@@ -62,3 +63,31 @@ def test_test_modules_import_helpers_from_support_not_from_a_conftest() -> None:
         if importing.search(p.read_text())
     ]
     assert offenders == [], f"import these from tests/support/ instead of a conftest: {offenders}"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, absolute (``from .x import y`` read against its own package),
+    with the names ``from pkg import name`` takes (a name may be a module)."""
+    package = path.relative_to(ROOT).parts[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else ()
+            absolute = ".".join([*base, *([node.module] if node.module else [])])
+            found |= {absolute, *(f"{absolute}.{alias.name}" for alias in node.names)}
+    return found
+
+
+def test_no_test_module_imports_another_test_module() -> None:
+    """Helpers two test modules share live in tests/support/ (or devkit/), so each test module can be
+    read, moved or deleted on its own."""
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in tracked_text_files()
+        if path.suffix == ".py" and path.relative_to(ROOT).parts[0] in ("tests", "bench", "devkit")
+        for module in sorted(imported_modules(path))
+        if module.rsplit(".", 1)[-1].startswith("test_")
+    ]
+    assert offenders == [], f"move what these take into tests/support/: {offenders}"

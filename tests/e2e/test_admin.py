@@ -15,7 +15,7 @@ from tests.support.queue_manager_app import (
     ADMIN,
     ADMIN_PASSWORD,
     POOL,
-    POOL_TOKEN,
+    WORKER_AUTH,
     LiveServer,
     login,
     register_worker,
@@ -35,7 +35,7 @@ async def test_the_admin_sees_the_job_and_the_worker_and_can_cancel(
         )  # fmt: skip
         caps = WorkerCapabilities(pool=POOL, provider="verda", models_sync=syncing)
         body = WorkerRegistration(worker_id="verda-h100-2", capabilities=caps).model_dump(mode="json")
-        client.post("/api/workers/register", json=body, headers={"Authorization": f"Bearer {POOL_TOKEN}"})
+        client.post("/api/workers/register", json=body, headers=WORKER_AUTH)
         reply = login(client, "alice").post("/w/alice/api/prompt", json={"prompt": GRAPH, "client_id": "c"})
         job_id = reply.json()["prompt_id"]
     context = await browser.new_context(viewport={"width": 1400, "height": 900})

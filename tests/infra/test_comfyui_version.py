@@ -11,7 +11,7 @@ from devkit.doubles.comfyui import COMFYUI_VERSION
 from devkit.harness import REPO, StackRun, run_stack
 from infra.comfyui import DEFAULT_REF, FRONTENDS
 from tests.conformance.fixtures import FIXTURES
-from tests.infra.test_config import problems
+from tests.support.stack_config import problems
 
 IMAGE = "docker-build:index:Image"
 REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"

@@ -10,14 +10,7 @@ import pytest
 from devkit.harness import TEST_SECRETS, set_config, stack_values
 from infra.errors import ConfigError
 from infra.loading import load_config
-
-
-def problems(stack: str, overrides: dict[str, Any] | None = None, **kwargs: Any) -> str:
-    """The rendered ConfigError for ``stack`` with ``overrides`` applied (fails if none is raised)."""
-    set_config(stack_values(stack, overrides, kwargs.get("drop", ())), kwargs.get("without", ()))
-    with pytest.raises(ConfigError) as raised:
-        load_config(kwargs.get("stack_name", stack))
-    return str(raised.value)
+from tests.support.stack_config import problems
 
 
 def workshop_pool(**fields: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import yaml
 from devkit.harness import REPO
 from infra import credential_registry
 from infra.credential_registry import ALL, markdown_table
-from tests.infra.test_config import problems
+from tests.support.stack_config import problems
 
 
 def test_the_readme_table_is_the_registry() -> None:

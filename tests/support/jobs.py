@@ -1,5 +1,6 @@
 """Jobs as participants submit them to a real queue manager: a no-model graph, an authenticated client,
-uploaded inputs, submitting and waiting (bounded) for the end or for a condition on the way."""
+uploaded inputs, submitting and waiting (bounded) for the end, for a condition on the way, or for
+ComfyUI to be running a slow job."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from devkit.doubles.comfyui import ComfyUIDouble
 from services.protocol.jobs import Job
 from tests.support.queue_manager_app import LiveServer, password
 
@@ -55,6 +57,17 @@ async def finished(client: httpx.AsyncClient, job_id: str, timeout: float = 20.0
             if job.state.finished:
                 return job
             await asyncio.sleep(0.05)  # polling the participant API for a state change
+
+
+async def submit_running(
+    comfy: ComfyUIDouble, client: httpx.AsyncClient, prompt: dict[str, Any], seconds: float
+) -> str:
+    """Submit ``prompt`` with every node of the ComfyUI double taking ``seconds`` (ten progress steps
+    a second) and wait until ComfyUI runs it; returns the job's id."""
+    comfy.knobs.node_seconds, comfy.knobs.progress_steps = seconds, round(seconds * 10)
+    job_id = await submit(client, prompt)
+    await until(lambda: comfy.state.running is not None, "the job running in ComfyUI")
+    return job_id
 
 
 async def until(check: Callable[[], object], what: str, timeout: float = 10.0) -> None:

@@ -19,7 +19,8 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from devkit.servers import free_port, wait_until
-from services.protocol.workers import WorkerCapabilities, WorkerRegistration
+from services.protocol.jobs import OutputFile
+from services.protocol.workers import Completion, Lease, WorkerCapabilities, WorkerRegistration
 from services.queue_manager.main import create_app
 from services.queue_manager.settings import Settings
 from services.storage.local import LocalStorage
@@ -27,6 +28,7 @@ from services.storage.local import LocalStorage
 PARTICIPANTS = ("alice", "bob")
 POOL, POOL_TOKEN = "gpu", "gpu-token"
 ADMIN, ADMIN_PASSWORD = "admin", "admin-pw"
+WORKER_AUTH = {"Authorization": f"Bearer {POOL_TOKEN}"}
 
 
 def password(user: str) -> str:
@@ -119,11 +121,21 @@ def register_worker(
     reply = client.post(
         "/api/workers/register",
         content=body.model_dump_json(),
-        headers={"Authorization": f"Bearer {POOL_TOKEN}", "Content-Type": "application/json"},
+        headers={**WORKER_AUTH, "Content-Type": "application/json"},
     )
     reply.raise_for_status()
     result: dict[str, Any] = reply.json()
     return result
+
+
+def run_on_worker(worker: httpx.Client, outputs: list[OutputFile]) -> str:
+    """Claim the next job as worker ``w1`` and complete it with ``outputs``; returns its id."""
+    claimed = worker.post("/api/workers/w1/claim", params={"wait": 5}, headers=WORKER_AUTH)
+    lease = Lease.model_validate(claimed.json())
+    done = Completion(token=lease.token, outputs=outputs)
+    url = f"/api/leases/{lease.job.id}/complete"
+    worker.post(url, json=done.model_dump(mode="json"), headers=WORKER_AUTH).raise_for_status()
+    return lease.job.id
 
 
 def approve_offered_catalogue(url: str, extension: str) -> None:

@@ -1,5 +1,6 @@
 """The worker agent in tests: its settings against the ComfyUI double (in-process or as the agent's
-child process, as on a GPU box) and an agent pulling from a real queue manager."""
+child process, as on a GPU box), an agent pulling from a real queue manager, and the lease a push
+pool is sent."""
 
 from __future__ import annotations
 
@@ -10,15 +11,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from devkit.doubles.comfyui import ComfyUIDouble
 from devkit.servers import free_port
+from services.protocol.workers import Lease, WorkerCapabilities, WorkerRegistration
 from services.storage import Storage
 from services.storage.local import LocalStorage
 from services.worker.agent import Agent
 from services.worker.pull import PullWorker
 from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
-from tests.support.queue_manager_app import POOL, POOL_TOKEN
+from tests.support.jobs import graph, submit
+from tests.support.queue_manager_app import POOL, POOL_TOKEN, LiveServer
 
 
 def worker_settings(comfy: ComfyUIDouble, qm_url: str, tmp_path: Path, **extra: Any) -> WorkerSettings:
@@ -83,3 +88,15 @@ async def pull_worker(
             await asyncio.wait_for(task, timeout=15)
         await agent.stop()
         await queue.aclose()
+
+
+async def lease_for(qm: LiveServer, alice: httpx.AsyncClient, color: int) -> Lease:
+    """What the dispatcher sends a push pool: a claimed lease plus where and how to report."""
+    job_id = await submit(alice, graph(color=color))
+    queue = QueueClient(qm.url, POOL_TOKEN)
+    caps = WorkerCapabilities(pool=POOL, provider="runpod")
+    await queue.register(WorkerRegistration(worker_id="dispatcher", capabilities=caps))
+    lease = await queue.claim("dispatcher", wait=5)
+    await queue.aclose()
+    assert lease is not None and lease.job.id == job_id
+    return lease.model_copy(update={"reply_url": qm.url, "reply_token": POOL_TOKEN})

@@ -1,7 +1,8 @@
 """RunPod's REST API (``/v1``) as an in-memory ``httpx.MockTransport``, with scripted faults.
 
-A fault answers an error before acting, after acting (the object exists, the caller hears an
-error), or raises a read timeout after acting, as a dropped connection would.
+A fault (``loopback.Fault``) answers an error before acting, after acting (the object exists, the
+caller hears an error), or, as ``hang``, raises a read timeout after acting, as a dropped connection
+would.
 """
 
 from __future__ import annotations
@@ -13,22 +14,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 
+from tests.infra.providers.loopback import Fault, QuietHandler, serving, take_fault
+
 COLLECTIONS = {"templates", "endpoints", "networkvolumes", "containerregistryauth"}
-
-
-@dataclass
-class Fault:
-    method: str
-    path: str
-    status: int = 500
-    message: str = "internal server error"
-    when: str = "before"  # before | after | timeout
-    times: int = 1
 
 
 @dataclass
@@ -48,17 +40,9 @@ class RunPodDouble:
     def running(self) -> Iterator[RunPodDouble]:
         """The same double over loopback HTTP (``url``), for a provider that was pickled and cannot
         carry the in-memory transport along."""
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-        thread.start()
-        try:
+        with serving(_handler_for(self)) as port:
+            self.url = f"http://127.0.0.1:{port}/v1"
             yield self
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
 
     def fail(self, method: str, path: str, **kwargs: Any) -> None:
         self.faults.append(Fault(method, path, **kwargs))
@@ -68,23 +52,16 @@ class RunPodDouble:
         self.log.append((request.method, path))
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return httpx.Response(401, json={"error": "invalid api key", "status": 401})
-        fault = self._take_fault(request.method, path)
+        fault = take_fault(self.faults, request.method, path)
         if fault and fault.when == "before":
             return httpx.Response(fault.status, json={"error": fault.message, "status": fault.status})
         body = json.loads(request.content) if request.content else None
         response = self._route(request.method, path, body)
-        if fault and fault.when == "timeout":
+        if fault and fault.when == "hang":
             raise httpx.ReadTimeout("timed out", request=request)
         if fault:
             return httpx.Response(fault.status, json={"error": fault.message, "status": fault.status})
         return response
-
-    def _take_fault(self, method: str, path: str) -> Fault | None:
-        for fault in self.faults:
-            if fault.method == method and re.fullmatch(fault.path, path) and fault.times > 0:
-                fault.times -= 1
-                return fault
-        return None
 
     def _route(self, method: str, path: str, body: Any) -> httpx.Response:
         match = re.fullmatch(r"/(\w+)(?:/([\w-]+))?", path)
@@ -117,18 +94,14 @@ class RunPodDouble:
         return httpx.Response(200, json=items[id_])
 
 
-def _handler_for(double: RunPodDouble) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
+def _handler_for(double: RunPodDouble) -> type[QuietHandler]:
+    class Handler(QuietHandler):
         def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
             request = httpx.Request(
                 self.command,
                 f"http://127.0.0.1{self.path}",
                 headers={"Authorization": self.headers.get("Authorization", "")},
-                content=self.rfile.read(length) if length else b"",
+                content=self.read_body(),
             )
             try:
                 with double._lock:
@@ -136,11 +109,7 @@ def _handler_for(double: RunPodDouble) -> type[BaseHTTPRequestHandler]:
             except httpx.TimeoutException:
                 self.close_connection = True
                 return
-            self.send_response(response.status_code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(response.content)))
-            self.end_headers()
-            self.wfile.write(response.content)
+            self.reply(response.status_code, "application/json", response.content)
 
         do_GET = do_POST = do_PATCH = do_DELETE = _serve
 

@@ -7,6 +7,7 @@ from typing import Any
 import pulumi
 import pytest
 
+from infra.providers import resources
 from infra.providers.resources import VerdaInstance, VerdaSecret
 
 
@@ -54,3 +55,16 @@ def test_secret_values_and_credentials_stay_secret(mocks: Mocks) -> Any:
         assert not await secret.name.is_secret()  # type: ignore[attr-defined]
 
     return pulumi.Output.from_input(check())
+
+
+@pytest.mark.parametrize("resource", resources.ALL, ids=lambda cls: cls.__name__)
+def test_every_output_a_resource_declares_is_one_its_provider_reports(resource: type) -> None:
+    """A pool reading an output the provider never reports would get None at deploy time."""
+    declared = {
+        name
+        for cls in resource.__mro__
+        if cls.__module__ == resources.__name__
+        for name, hint in vars(cls).get("__annotations__", {}).items()
+        if "Output" in str(hint)
+    }
+    assert declared <= set(resource.provider_class.outputs)

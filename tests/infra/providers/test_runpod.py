@@ -58,7 +58,7 @@ def test_a_5xx_then_success_creates_one_endpoint(runpod: RunPodDouble, endpoint:
 
 
 def test_a_timeout_after_creating_adopts_the_endpoint(runpod: RunPodDouble, endpoint: dict[str, Any]) -> None:
-    runpod.fail("POST", "/endpoints", when="timeout")
+    runpod.fail("POST", "/endpoints", when="hang")
 
     made = EndpointProvider(runpod.transport).create(endpoint)
 
@@ -87,7 +87,7 @@ def test_quota_is_explained_and_nothing_is_made(runpod: RunPodDouble, endpoint: 
 
 
 def test_timeouts_that_never_end_give_up_and_clean_up(runpod: RunPodDouble, endpoint: dict[str, Any]) -> None:
-    runpod.fail("POST", "/endpoints", when="timeout", times=3)
+    runpod.fail("POST", "/endpoints", when="hang", times=3)
 
     with pytest.raises(ProviderError, match="kept failing"):
         EndpointProvider(runpod.transport).create({**endpoint, "timing": {**FAST, "attempts": 1}})

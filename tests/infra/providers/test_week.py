@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -23,32 +23,28 @@ Doubles = tuple[VerdaDouble, RunPodDouble]
 @dataclass(frozen=True)
 class Case:
     """One resource kind: its inputs as a pool declares them, how each input changes and what the
-    change must do (``update`` or ``replace``), and how to find (and delete) its remote object."""
+    change must do (``update`` or ``replace``), and where its double keeps the remote objects (Verda
+    marks a deleted volume or instance ``deleted`` for a while instead of forgetting it)."""
 
     resource: type
     props: dict[str, Any]
     changes: dict[str, tuple[Any, str]]
-    remote: Callable[[Doubles, str], dict[str, Any] | None]
-    forget: Callable[[Doubles, str], None]
+    store: Callable[[Doubles], dict[str, dict[str, Any]]]
     cloud: str = "verda"
-    extra: dict[str, Any] = field(default_factory=dict)
+    marks_deleted: bool = False
 
+    def remote(self, doubles: Doubles, id_: str) -> dict[str, Any] | None:
+        """The remote object ``id_``, None when it is gone."""
+        found = self.store(doubles).get(id_)
+        gone = found is None or (self.marks_deleted and found.get("status") in ("deleted", "deleting"))
+        return None if gone else found
 
-def _alive(store: dict[str, dict[str, Any]], id_: str) -> dict[str, Any] | None:
-    found = store.get(id_)
-    return None if found is None or found.get("status") in ("deleted", "deleting") else found
-
-
-def _mark_deleted(store: dict[str, dict[str, Any]], id_: str) -> None:
-    store[id_]["status"] = "deleted"
-
-
-def _pop(store: Callable[[Doubles], dict[str, Any]]) -> Callable[[Doubles, str], None]:
-    return lambda d, id_: store(d).pop(id_) and None
-
-
-def _get(store: Callable[[Doubles], dict[str, Any]]) -> Callable[[Doubles, str], dict[str, Any] | None]:
-    return lambda d, id_: store(d).get(id_)
+    def forget(self, doubles: Doubles, id_: str) -> None:
+        """Delete the remote object behind Pulumi's back."""
+        if self.marks_deleted:
+            self.store(doubles)[id_]["status"] = "deleted"
+        else:
+            del self.store(doubles)[id_]
 
 
 DEPLOYMENT = {
@@ -75,22 +71,20 @@ CASES = {
         resources.VerdaSshKey,
         {"name": "cw-workshop-baseline", "public_key": "ssh-ed25519 AAAA1"},
         {"public_key": ("ssh-ed25519 AAAA2", "replace"), "name": ("cw-workshop-other", "replace")},
-        _get(lambda d: d[0].ssh_keys),
-        _pop(lambda d: d[0].ssh_keys),
+        lambda d: d[0].ssh_keys,
     ),
     "startup-script": Case(
         resources.VerdaStartupScript,
         {"name": "cw-workshop-baseline", "script": "#!/bin/sh\necho one\n"},
         {"script": ("#!/bin/sh\necho two\n", "replace")},
-        _get(lambda d: d[0].scripts),
-        _pop(lambda d: d[0].scripts),
+        lambda d: d[0].scripts,
     ),
     "shared-volume": Case(
         resources.VerdaSharedVolume,
         {"name": "comfy-models", "size": 500, "location": "FIN-03"},
         {"size": (600, "update"), "location": ("FIN-01", "replace"), "name": ("other-models", "replace")},
-        lambda d, id_: _alive(d[0].volumes, id_),
-        lambda d, id_: _mark_deleted(d[0].volumes, id_),
+        lambda d: d[0].volumes,
+        marks_deleted=True,
     ),
     "instance": Case(
         resources.VerdaInstance,
@@ -103,8 +97,8 @@ CASES = {
             "existing_volumes": ([], "replace"),
             "os_volume_size": (200, "replace"),
         },
-        lambda d, id_: _alive(d[0].instances, id_),
-        lambda d, id_: _mark_deleted(d[0].instances, id_),
+        lambda d: d[0].instances,
+        marks_deleted=True,
     ),
     "deployment": Case(
         resources.VerdaDeployment,
@@ -117,37 +111,32 @@ CASES = {
             "is_spot": (True, "update"),
             "name": ("cw-workshop-other", "replace"),
         },
-        _get(lambda d: d[0].deployments),
-        _pop(lambda d: d[0].deployments),
+        lambda d: d[0].deployments,
     ),
     "secret": Case(
         resources.VerdaSecret,
         {"name": "cw-workshop-burst-worker-token", "value": "token-1"},
         {"value": ("token-2", "replace")},
-        _get(lambda d: d[0].secrets),
-        _pop(lambda d: d[0].secrets),
+        lambda d: d[0].secrets,
     ),
     "registry-credentials": Case(
         resources.VerdaRegistryCredentials,
         {"name": "cw-registry", "registry": "ghcr", "username": "acme", "access_token": "ghp_1"},
         {"access_token": ("ghp_2", "replace"), "username": ("other", "replace")},
-        _get(lambda d: d[0].registry_credentials),
-        _pop(lambda d: d[0].registry_credentials),
+        lambda d: d[0].registry_credentials,
     ),
     "network-volume": Case(
         resources.RunPodNetworkVolume,
         {"name": "comfy-models", "size": 500, "data_center": "EU-RO-1"},
         {"size": (600, "update"), "data_center": ("US-KS-2", "replace")},
-        _get(lambda d: d[1].store["networkvolumes"]),
-        _pop(lambda d: d[1].store["networkvolumes"]),
+        lambda d: d[1].store["networkvolumes"],
         cloud="runpod",
     ),
     "registry-auth": Case(
         resources.RunPodRegistryAuth,
         {"name": "cw-workshop-overflow-registry", "username": "acme", "password": "ghp_1"},
         {"password": ("ghp_2", "replace"), "username": ("other", "replace")},
-        _get(lambda d: d[1].store["containerregistryauth"]),
-        _pop(lambda d: d[1].store["containerregistryauth"]),
+        lambda d: d[1].store["containerregistryauth"],
         cloud="runpod",
     ),
     "template": Case(
@@ -164,8 +153,7 @@ CASES = {
             "container_disk_gb": (40, "update"),
             "registry_auth_id": ("auth-1", "update"),
         },
-        _get(lambda d: d[1].store["templates"]),
-        _pop(lambda d: d[1].store["templates"]),
+        lambda d: d[1].store["templates"],
         cloud="runpod",
     ),
     "endpoint": Case(
@@ -179,8 +167,7 @@ CASES = {
             "network_volume_id": ("nv2", "update"),
             "name": ("cw-workshop-other", "replace"),
         },
-        _get(lambda d: d[1].store["endpoints"]),
-        lambda d, id_: d[1].store["endpoints"].pop(id_) and None,
+        lambda d: d[1].store["endpoints"],
         cloud="runpod",
     ),
 }
@@ -198,16 +185,22 @@ def connection(case: Case, d: Doubles) -> dict[str, Any]:
     return {"client_id": "cid", "client_secret": d[0].client_secret, "api_url": d[0].url, "timing": FAST}
 
 
+def created(kind: str, d: Doubles) -> tuple[Case, Engine, dict[str, Any]]:
+    """A first `up` of ``kind``: its case, its engine and the inputs the `up` was given."""
+    case = CASES[kind]
+    engine = Engine(case.resource, kind)
+    props = {**case.props, **connection(case, d)}
+    engine.up(props)
+    return case, engine, props
+
+
 def test_every_resource_the_pools_declare_has_a_week_here() -> None:
     assert {case.resource for case in CASES.values()} == set(resources.ALL)
 
 
 @pytest.mark.parametrize("kind", sorted(CASES))
 def test_a_second_up_with_the_same_inputs_changes_nothing(kind: str, doubles: Doubles) -> None:
-    case = CASES[kind]
-    engine = Engine(case.resource, kind)
-    props = {**case.props, **connection(case, doubles)}
-    engine.up(props)
+    _, engine, props = created(kind, doubles)
     calls = (len(doubles[0].log), len(doubles[1].log))
 
     for _ in range(2):  # the next morning, and the one after
@@ -219,10 +212,7 @@ def test_a_second_up_with_the_same_inputs_changes_nothing(kind: str, doubles: Do
 
 @pytest.mark.parametrize("kind", sorted(CASES))
 def test_each_input_changed_in_turn_updates_or_replaces_as_intended(kind: str, doubles: Doubles) -> None:
-    case = CASES[kind]
-    engine = Engine(case.resource, kind)
-    props = {**case.props, **connection(case, doubles)}
-    engine.up(props)
+    case, engine, props = created(kind, doubles)
 
     for key, (value, intended) in case.changes.items():
         before = engine.state
@@ -242,10 +232,7 @@ def test_each_input_changed_in_turn_updates_or_replaces_as_intended(kind: str, d
 def test_a_refresh_drops_what_was_deleted_outside_pulumi_and_up_makes_it_again(
     kind: str, doubles: Doubles
 ) -> None:
-    case = CASES[kind]
-    engine = Engine(case.resource, kind)
-    props = {**case.props, **connection(case, doubles)}
-    engine.up(props)
+    case, engine, props = created(kind, doubles)
     assert engine.state is not None
     engine.refresh()
     assert engine.state is not None, "a refresh of a living object keeps it"
@@ -260,9 +247,7 @@ def test_a_refresh_drops_what_was_deleted_outside_pulumi_and_up_makes_it_again(
 
 @pytest.mark.parametrize("kind", sorted(CASES))
 def test_destroy_deletes_the_remote_object(kind: str, doubles: Doubles) -> None:
-    case = CASES[kind]
-    engine = Engine(case.resource, kind)
-    engine.up({**case.props, **connection(case, doubles)})
+    case, engine, _ = created(kind, doubles)
     assert engine.state is not None
     id_ = engine.state.id
 

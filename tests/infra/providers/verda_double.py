@@ -16,22 +16,12 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.infra.providers.loopback import Fault, QuietHandler, serving, take_fault
+
 Answer = tuple[int, Any]
-
-
-@dataclass
-class Fault:
-    method: str
-    path: str
-    status: int = 500
-    code: str | None = "server_error"
-    message: str = "internal error"
-    when: str = "before"  # before | after | hang
-    times: int = 1
 
 
 @dataclass
@@ -86,7 +76,7 @@ class VerdaDouble:
                 gate.wait()
         with self._lock:
             self.log.append((method, path))
-            fault = self._take_fault(method, path)
+            fault = take_fault(self.faults, method, path)
             if fault and fault.when == "before":
                 return fault.status, {"code": fault.code, "message": fault.message}
             status, payload = self._route(method, path, body, query)
@@ -95,13 +85,6 @@ class VerdaDouble:
         if fault and fault.when == "hang":
             self._stopping.wait(10)
         return status, payload
-
-    def _take_fault(self, method: str, path: str) -> Fault | None:
-        for fault in self.faults:
-            if fault.method == method and re.fullmatch(fault.path, path) and fault.times > 0:
-                fault.times -= 1
-                return fault
-        return None
 
     def _route(self, method: str, path: str, body: Any, query: dict[str, list[str]]) -> Answer:
         from tests.infra.providers import verda_routes
@@ -114,42 +97,26 @@ class VerdaDouble:
 
     @contextmanager
     def running(self) -> Iterator[VerdaDouble]:
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler_for(self.answer))
-        server.daemon_threads = True
-        self.port = server.server_address[1]
-        thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self._stopping.set()
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
+        with serving(_handler_for(self.answer), self.port) as port:
+            self.port = port
+            try:
+                yield self
+            finally:
+                self._stopping.set()  # a scripted hang ends before the server stops
 
 
-def _handler_for(answer: Callable[..., Answer]) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
+def _handler_for(answer: Callable[..., Answer]) -> type[QuietHandler]:
+    class Handler(QuietHandler):
         def _serve(self) -> None:
             parts = urlsplit(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
+            raw = self.read_body()
             body = json.loads(raw) if raw else None
             path = parts.path.removeprefix("/v1")
             status, payload = answer(self.command, path, body, parse_qs(parts.query))
-            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-            try:
-                self.send_response(status)
-                kind = "text/plain" if isinstance(payload, str) else "application/json"
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                return
+            if isinstance(payload, str):
+                self.reply(status, "text/plain", payload.encode())
+            else:
+                self.reply(status, "application/json", json.dumps(payload).encode())
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 

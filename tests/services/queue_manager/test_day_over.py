@@ -32,14 +32,13 @@ from services.queue_manager.snapshot import CHECKSUM_KEY, SNAPSHOT_KEY
 from tests.support.queue_manager_app import (
     ADMIN,
     ADMIN_PASSWORD,
-    POOL_TOKEN,
+    WORKER_AUTH,
     live_server,
     login,
     register_worker,
     settings_for,
 )
 
-WORKER = {"Authorization": f"Bearer {POOL_TOKEN}"}
 GRAPH: dict[str, Any] = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
     "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "night"}},
@@ -90,7 +89,7 @@ def keeper_step(which: str, redis_url: str, bucket: Path, shim: Path) -> subproc
 
 
 def claim(worker: httpx.Client) -> Lease:
-    reply = worker.post("/api/workers/w1/claim", params={"wait": 5}, headers=WORKER)
+    reply = worker.post("/api/workers/w1/claim", params={"wait": 5}, headers=WORKER_AUTH)
     assert reply.status_code == 200, reply.text
     return Lease.model_validate(reply.json())
 
@@ -103,7 +102,7 @@ def finish(worker: httpx.Client, bucket: Path, user: str, name: str) -> str:
     (bucket / "users" / user / "output" / name).write_bytes(f"PNG of {user}".encode())
     output = OutputFile(node_id="2", kind="images", filename=name, type="output")
     done = Completion(token=lease.token, outputs=[output]).model_dump(mode="json")
-    worker.post(f"/api/leases/{lease.job.id}/complete", json=done, headers=WORKER).raise_for_status()
+    worker.post(f"/api/leases/{lease.job.id}/complete", json=done, headers=WORKER_AUTH).raise_for_status()
     return lease.job.id
 
 
@@ -259,7 +258,9 @@ def more_of_the_day(server_url: str, alice: httpx.Client) -> None:
                 "worker_id": "w1",
                 "error": {"type": "E", "message": "m", "retryable": retryable},
             }
-            worker.post(f"/api/leases/{lease.job.id}/fail", json=failure, headers=WORKER).raise_for_status()
+            worker.post(
+                f"/api/leases/{lease.job.id}/fail", json=failure, headers=WORKER_AUTH
+            ).raise_for_status()
         admin.post(
             f"/api/admin/jobs/{queue(alice, 'alice')}/priority", json={"priority": 3}
         ).raise_for_status()

@@ -20,10 +20,9 @@ from services.worker import lease as lease_keeper
 from services.worker import push
 from services.worker.agent import Agent
 from services.worker.queue_client import QueueClient
-from tests.services.worker.test_push import lease_for
-from tests.support.jobs import finished, graph, participant, submit, until
+from tests.support.jobs import finished, graph, participant, submit, submit_running, until
 from tests.support.queue_manager_app import LiveServer
-from tests.support.worker_agent import pull_worker, worker_settings
+from tests.support.worker_agent import lease_for, pull_worker, worker_settings
 
 LEASE_SECONDS = 120.0
 PROMPTLY = 10.0  # seconds: far below the 40 s to the next regular heartbeat
@@ -52,8 +51,7 @@ async def test_a_cancel_reaches_a_pull_workers_comfyui_long_before_its_next_hear
     comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
-        comfy.knobs.node_seconds, comfy.knobs.progress_steps = 60.0, 600
-        job_id = await submit(alice, graph(color=71))
+        job_id = await submit_running(comfy, alice, graph(color=71), seconds=60.0)
         await cancel_while_running(comfy, alice, job_id)
         job = await finished(alice, job_id, timeout=PROMPTLY)
     assert job.state == JobState.CANCELLED

@@ -24,7 +24,7 @@ from services.storage.local import LocalStorage
 from services.worker.agent import Agent
 from services.worker.queue_client import LeaseLostError, QueueClient
 from services.worker.supervisor import ComfyProcess
-from tests.support.jobs import finished, graph, participant, submit, until
+from tests.support.jobs import finished, graph, participant, submit, submit_running, until
 from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, POOL_TOKEN, LiveServer
 from tests.support.worker_agent import child_worker_settings, pull_worker, worker_settings
 
@@ -217,9 +217,7 @@ async def test_an_attached_comfyui_restarting_mid_job_loses_it_and_the_job_runs_
     comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
-        comfy.knobs.node_seconds, comfy.knobs.progress_steps = 1.0, 10
-        job_id = await submit(alice, graph(color=16))
-        await until(lambda: comfy.state.running is not None, "job running")
+        job_id = await submit_running(comfy, alice, graph(color=16), seconds=1.0)
         await asyncio.to_thread(comfy.restart)  # someone else's ComfyUI: queue and history are gone
         job = await finished(alice, job_id, timeout=30)
     assert job.state == JobState.SUCCEEDED, job.error

@@ -18,7 +18,7 @@ from devkit.doubles.comfyui import ComfyUIDouble
 from services.protocol.jobs import Job, JobState
 from services.worker.comfy_client import ComfyClient, ComfyUnavailableError
 from services.worker.supervisor import ComfyProcess
-from tests.support.jobs import finished, graph, participant, submit, until
+from tests.support.jobs import finished, graph, participant, submit, submit_running, until
 from tests.support.queue_manager_app import LiveServer
 from tests.support.worker_agent import child_worker_settings, pull_worker, worker_settings
 
@@ -64,9 +64,7 @@ async def test_an_attached_comfyui_down_longer_than_a_lease_loses_no_job_and_use
     # A minute of socket silence would pass before the worker asked ComfyUI: the closed socket
     # makes it ask at once.
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path, ws_silence_seconds=60)) as running:
-        comfy.knobs.node_seconds, comfy.knobs.progress_steps = 1.0, 10
-        first = await submit(alice, graph(color=61))
-        await until(lambda: comfy.state.running is not None, "job running")
+        first = await submit_running(comfy, alice, graph(color=61), seconds=1.0)
         await asyncio.to_thread(comfy.stop)
         second = await submit(alice, graph(color=62))
         await until_given_back(alice, first)

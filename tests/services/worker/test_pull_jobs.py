@@ -14,7 +14,7 @@ from devkit.doubles.comfyui import ComfyUIDouble
 from devkit.doubles.comfyui_nodes import png_meta
 from services.protocol.jobs import JobState
 from services.worker import runner
-from tests.support.jobs import finished, graph, participant, put_input, submit, until
+from tests.support.jobs import finished, graph, participant, put_input, submit, submit_running, until
 from tests.support.queue_manager_app import LiveServer
 from tests.support.worker_agent import pull_worker, worker_settings
 
@@ -95,9 +95,7 @@ async def test_cancelling_a_running_job_interrupts_exactly_that_prompt(
     comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
-        comfy.knobs.node_seconds, comfy.knobs.progress_steps = 20.0, 200
-        job_id = await submit(alice, graph(color=2))
-        await until(lambda: comfy.state.running is not None, "job running in ComfyUI")
+        job_id = await submit_running(comfy, alice, graph(color=2), seconds=20.0)
         assert (await alice.post(f"/api/jobs/{job_id}/cancel")).status_code == 200
         job = await finished(alice, job_id, timeout=10)
     assert job.state == JobState.CANCELLED

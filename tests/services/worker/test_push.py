@@ -20,7 +20,6 @@ from redis.asyncio import Redis
 from devkit.doubles.comfyui import ComfyUIDouble
 from devkit.servers import free_port, wait_until
 from services.protocol.jobs import JobState
-from services.protocol.workers import Lease, WorkerCapabilities, WorkerRegistration
 from services.queue_manager.push_requests import Chains
 from services.queue_manager.settings import PushPool
 from services.queue_manager.store import Store
@@ -31,19 +30,7 @@ from services.worker.push import verda_app
 from services.worker.queue_client import QueueClient
 from tests.support.jobs import finished, graph, submit, until
 from tests.support.queue_manager_app import POOL, POOL_TOKEN, LiveServer
-from tests.support.worker_agent import worker_settings
-
-
-async def lease_for(qm: LiveServer, alice: httpx.AsyncClient, color: int) -> Lease:
-    """What the dispatcher sends a push pool: a claimed lease plus where and how to report."""
-    job_id = await submit(alice, graph(color=color))
-    queue = QueueClient(qm.url, POOL_TOKEN)
-    caps = WorkerCapabilities(pool=POOL, provider="runpod")
-    await queue.register(WorkerRegistration(worker_id="dispatcher", capabilities=caps))
-    lease = await queue.claim("dispatcher", wait=5)
-    await queue.aclose()
-    assert lease is not None and lease.job.id == job_id
-    return lease.model_copy(update={"reply_url": qm.url, "reply_token": POOL_TOKEN})
+from tests.support.worker_agent import lease_for, worker_settings
 
 
 @pytest.fixture

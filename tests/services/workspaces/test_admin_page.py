@@ -10,9 +10,8 @@ import pytest
 
 from services.queue_manager.admin.stats import costs
 from services.queue_manager.registry import WorkerInfo
-from tests.services.workspaces.test_jobs import run_on_worker
 from tests.support.jobs import GRAPH
-from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, LiveServer, login
+from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, LiveServer, login, run_on_worker
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from services.queue_manager.store import Store
 from tests.support.queue_manager_app import (
     ADMIN,
     ADMIN_PASSWORD,
-    POOL_TOKEN,
+    WORKER_AUTH,
     login,
     register_worker,
     settings_for,
@@ -62,7 +62,7 @@ def test_a_leaked_tokens_javascript_and_missing_nodes_wait_for_the_admin(
     assert offer["extensions_added"] == ["evil/steal.js"]
     approve = "/api/admin/catalogues/cat-evil/approve"
     assert alice.post(approve).status_code == 403
-    assert app_factory().post(approve, headers={"Authorization": f"Bearer {POOL_TOKEN}"}).status_code == 401
+    assert app_factory().post(approve, headers=WORKER_AUTH).status_code == 401
     assert admin.post("/api/admin/catalogues/nope/approve").status_code == 404
     assert admin.post(approve).status_code == 204
     wait_until(lambda: "SaveImage" not in served(alice)[0], timeout=5, what="the approved version served")

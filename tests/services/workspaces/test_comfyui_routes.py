@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from devkit.doubles.comfyui_nodes import catalogue
-from tests.services.workspaces.test_socket import next_text, open_socket
 from tests.support.jobs import GRAPH
 from tests.support.queue_manager_app import LiveServer, register_worker
+from tests.support.sockets import next_text, open_socket
 
 ROUTES = ["queue", "history", "object_info", "system_stats", "features", "models", "embeddings", "settings"]
 

@@ -26,7 +26,7 @@ from services.queue_manager.main import create_app
 from tests.support.queue_manager_app import (
     ADMIN,
     ADMIN_PASSWORD,
-    POOL_TOKEN,
+    WORKER_AUTH,
     LiveServer,
     live_server,
     login,
@@ -132,9 +132,7 @@ def clients(fuzz_server: LiveServer) -> Iterator[dict[str, httpx.Client]]:
     made = {
         "alice": login(httpx.Client(base_url=fuzz_server.url, timeout=20), "alice"),
         "admin": login(httpx.Client(base_url=fuzz_server.url, timeout=20), ADMIN, ADMIN_PASSWORD),
-        "worker": httpx.Client(
-            base_url=fuzz_server.url, timeout=20, headers={"Authorization": f"Bearer {POOL_TOKEN}"}
-        ),
+        "worker": httpx.Client(base_url=fuzz_server.url, timeout=20, headers=WORKER_AUTH),
         "nobody": httpx.Client(base_url=fuzz_server.url, timeout=20),
     }
     register_worker(made["nobody"], catalogue(["a.png"]))

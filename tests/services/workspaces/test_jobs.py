@@ -7,11 +7,9 @@ from typing import Any
 import httpx
 
 from services.protocol.jobs import OutputFile
-from services.protocol.workers import Completion, Lease
 from tests.support.jobs import GRAPH
-from tests.support.queue_manager_app import POOL_TOKEN
+from tests.support.queue_manager_app import WORKER_AUTH, run_on_worker
 
-WORKER_AUTH = {"Authorization": f"Bearer {POOL_TOKEN}"}
 JSON = {"Content-Type": "application/json"}  # as the frontend labels every queue edit
 
 
@@ -22,16 +20,6 @@ def queue_prompt(client: httpx.Client, user: str, prompt: dict[str, Any] | None 
         "extra_data": {"extra_pnginfo": {"workflow": {}}},
     }
     return client.post(f"/w/{user}/api/prompt", json=body)
-
-
-def run_on_worker(worker: httpx.Client, outputs: list[OutputFile]) -> str:
-    """Claim the next job as worker ``w1`` and complete it with ``outputs``; returns its id."""
-    claimed = worker.post("/api/workers/w1/claim", params={"wait": 5}, headers=WORKER_AUTH)
-    lease = Lease.model_validate(claimed.json())
-    done = Completion(token=lease.token, outputs=outputs)
-    url = f"/api/leases/{lease.job.id}/complete"
-    worker.post(url, json=done.model_dump(mode="json"), headers=WORKER_AUTH).raise_for_status()
-    return lease.job.id
 
 
 def test_queue_prompt_puts_the_job_on_the_shared_queue(alice: httpx.Client, worker: httpx.Client) -> None:

@@ -19,7 +19,7 @@ from tests.support.queue_manager_app import (
     ADMIN,
     ADMIN_PASSWORD,
     POOL,
-    POOL_TOKEN,
+    WORKER_AUTH,
     login,
     register_worker,
     settings_for,
@@ -154,9 +154,7 @@ def test_a_web_extension_path_outside_the_extensions_folder_is_refused(
 ) -> None:
     caps = {"pool": POOL, "provider": "local", "catalogue_hash": "cat-bad"}
     body = {"worker_id": "w1", "capabilities": caps, "catalogue": {}, "extensions": {path: "x"}}
-    refused = app_factory().post(
-        "/api/workers/register", json=body, headers={"Authorization": f"Bearer {POOL_TOKEN}"}
-    )
+    refused = app_factory().post("/api/workers/register", json=body, headers=WORKER_AUTH)
     assert refused.status_code == 422 and "<pack>/<file>.js" in refused.text
 
 

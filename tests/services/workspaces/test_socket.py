@@ -17,24 +17,8 @@ from services.protocol.workers import Completion, EventBatch, Failure, JobEvent,
 from services.worker.comfy_client import PromptRejectedError
 from services.worker.runner import rejected
 from tests.support.jobs import GRAPH
-from tests.support.queue_manager_app import POOL_TOKEN, LiveServer
-
-WORKER_AUTH = {"Authorization": f"Bearer {POOL_TOKEN}"}
-
-
-def open_socket(
-    server: LiveServer, client: httpx.Client, user: str, client_id: str, path: str = "ws"
-) -> ClientConnection:
-    cookie = f"qm_session={client.cookies['qm_session']}"
-    url = f"ws://127.0.0.1:{server.port}/w/{user}/{path}?clientId={client_id}"
-    return connect(url, additional_headers={"Cookie": cookie}, open_timeout=5)
-
-
-def next_text(socket: ClientConnection) -> dict[str, Any]:
-    message = socket.recv(timeout=5)
-    assert isinstance(message, str), f"expected a text frame, got {message!r}"
-    parsed: dict[str, Any] = json.loads(message)
-    return parsed
+from tests.support.queue_manager_app import WORKER_AUTH, LiveServer
+from tests.support.sockets import next_text, open_socket
 
 
 def until_type(socket: ClientConnection, kind: str) -> dict[str, Any]:

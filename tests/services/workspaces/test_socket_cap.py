@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import ClientConnection
 
-from tests.support.queue_manager_app import LiveServer, live_server, login, settings_for
+from tests.support.queue_manager_app import LiveServer, live_server, settings_for
+from tests.support.sockets import next_text, open_socket_as
 
 
 @pytest.fixture
@@ -21,15 +20,8 @@ def capped(redis_url: str, tmp_path: Path) -> Iterator[LiveServer]:
         yield running
 
 
-def open_socket(server: LiveServer, user: str, path: str = "") -> ClientConnection:
-    with httpx.Client(base_url=server.url) as client:
-        cookie = login(client, user).cookies["qm_session"]
-    url = f"ws://127.0.0.1:{server.port}{path or f'/w/{user}/ws'}"
-    return connect(url, additional_headers={"Cookie": f"qm_session={cookie}"}, open_timeout=5)
-
-
 def greeted(socket: ClientConnection) -> bool:
-    return bool(json.loads(socket.recv(timeout=5))["type"] == "status")
+    return next_text(socket)["type"] == "status"
 
 
 def refused(socket: ClientConnection) -> str:
@@ -40,16 +32,16 @@ def refused(socket: ClientConnection) -> str:
 
 
 def test_a_participant_past_the_cap_gets_a_clear_close(capped: LiveServer) -> None:
-    first, second = open_socket(capped, "alice"), open_socket(capped, "alice")
+    first, second = open_socket_as(capped, "alice"), open_socket_as(capped, "alice")
     assert greeted(first) and greeted(second)
-    third = open_socket(capped, "alice")
+    third = open_socket_as(capped, "alice")
     assert "QM_MAX_SOCKETS_PER_USER" in refused(third)
-    assert "QM_MAX_SOCKETS_PER_USER" in refused(open_socket(capped, "alice", "/api/events"))
-    bob = open_socket(capped, "bob")
+    assert "QM_MAX_SOCKETS_PER_USER" in refused(open_socket_as(capped, "alice", "/api/events"))
+    bob = open_socket_as(capped, "bob")
     assert greeted(bob)  # the cap is per participant
     second.close()
     for _ in range(50):  # the server frees the slot once it has seen the close (bounded)
-        again = open_socket(capped, "alice")
+        again = open_socket_as(capped, "alice")
         try:
             if greeted(again):
                 break
