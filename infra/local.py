@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import pulumi
+import pulumi_docker as docker
 
 from infra.config import LocalConfig, manifest_json
 from infra.credentials import Credentials
@@ -21,7 +22,7 @@ from infra.qm_settings import queue_manager_settings
 from infra.queue_keeper import QueueKeeper
 from infra.secret import secret
 from infra.templates.nginx import NginxSpec, nginx_site
-from infra.urls import urls
+from infra.urls import logins_output, urls
 
 QUEUE_MANAGER_URL = f"http://queue-manager:{QM_PORT}"
 NGINX_PORT = 8080
@@ -33,6 +34,21 @@ def build_local(config: LocalConfig, stack: str) -> dict[str, Any]:
     files = data_volume("files", stack, "files", keep=True)
     credentials = Credentials("credentials", config.participants)
     base_url = f"http://localhost:{config.http_port}"
+    pools = _pools(config, stack, network, files)
+    settings = _settings(config, credentials, pools, base_url)
+    platform = _platform(config, stack, network, files, settings, credentials.participants)
+    QueueKeeper(
+        "queue", platform.queue_manager_name, config.queue.drain_timeout_seconds, platform.queue_manager
+    )
+    return {
+        **urls(base_url, list(config.participants)),
+        "credentials": logins_output(config.admin_user, credentials.admin_password, credentials.participants),
+        "pools": pools.summaries(),
+    }
+
+
+def _pools(config: LocalConfig, stack: str, network: docker.Network, files: docker.Volume) -> PoolSet:
+    """The worker containers, on the platform's network with the files volume and the models folder."""
 
     def context_for(pool: PoolConfig, token: pulumi.Output[str]) -> PoolContext:
         return PoolContext(
@@ -46,42 +62,47 @@ def build_local(config: LocalConfig, stack: str) -> dict[str, Any]:
             comfyui=config.comfyui,
         )
 
-    pools = PoolSet("pools", config.pools, context_for)
-    settings = queue_manager_settings(
-        policy=config.queue,
-        public_url=base_url,
-        admin_user=config.admin_user,
-        admin_password=credentials.admin_password,
-        session_secret=credentials.session_secret,
-        worker_tokens_json=pools.tokens_json(),
-        files_url=f"file://{FILES_DIR}",
-    )
-    site = NginxSpec("localhost", http_port=NGINX_PORT, max_upload_mb=config.queue.max_upload_mb)
-    platform = Platform(
-        "platform",
-        PlatformArgs(
-            stack=stack,
-            network=network,
-            files_volume=files,
-            nginx_site=nginx_site(site),
-            publish=[Publish(NGINX_PORT, config.http_port, "127.0.0.1")],
-            nginx_health_url=f"http://127.0.0.1:{NGINX_PORT}/health",
-            settings={**settings, **pools.queue_manager_env()},
-            participants_json=secret(credentials.participants.apply(json.dumps)),
-            keep_volumes=True,
-            comfyui=config.comfyui,
-        ),
-    )
-    QueueKeeper(
-        "queue", platform.queue_manager_name, config.queue.drain_timeout_seconds, platform.queue_manager
-    )
+    return PoolSet("pools", config.pools, context_for)
+
+
+def _settings(
+    config: LocalConfig, credentials: Credentials, pools: PoolSet, base_url: str
+) -> dict[str, pulumi.Input[str]]:
+    """The queue manager's settings: policy, the generated logins, user files in the files volume."""
     return {
-        **urls(base_url, list(config.participants)),
-        "credentials": secret(
-            pulumi.Output.all(
-                admin={"user": config.admin_user, "password": credentials.admin_password},
-                participants=credentials.participants,
-            )
+        **queue_manager_settings(
+            policy=config.queue,
+            public_url=base_url,
+            admin_user=config.admin_user,
+            admin_password=credentials.admin_password,
+            session_secret=credentials.session_secret,
+            worker_tokens_json=pools.tokens_json(),
+            files_url=f"file://{FILES_DIR}",
         ),
-        "pools": pools.summaries(),
+        **pools.queue_manager_env(),
     }
+
+
+def _platform(
+    config: LocalConfig,
+    stack: str,
+    network: docker.Network,
+    files: docker.Volume,
+    settings: dict[str, pulumi.Input[str]],
+    participants: pulumi.Output[dict[str, str]],
+) -> Platform:
+    """Redis, the queue manager and nginx on this machine's Docker, nginx on 127.0.0.1 only."""
+    site = NginxSpec("localhost", http_port=NGINX_PORT, max_upload_mb=config.queue.max_upload_mb)
+    args = PlatformArgs(
+        stack=stack,
+        network=network,
+        files_volume=files,
+        nginx_site=nginx_site(site),
+        publish=[Publish(NGINX_PORT, config.http_port, "127.0.0.1")],
+        nginx_health_url=f"http://127.0.0.1:{NGINX_PORT}/health",
+        settings=settings,
+        participants_json=secret(participants.apply(json.dumps)),
+        keep_volumes=True,
+        comfyui=config.comfyui,
+    )
+    return Platform("platform", args)

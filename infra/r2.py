@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 import pulumi
@@ -19,6 +20,7 @@ from infra.config import Bucket, R2Config
 READ = "Workers R2 Storage Bucket Item Read"
 WRITE = "Workers R2 Storage Bucket Item Write"
 BUCKET_SCOPE = "com.cloudflare.edge.r2.bucket"
+DAY_SECONDS = 86_400
 
 
 def endpoint(account_id: str, jurisdiction: str) -> str:
@@ -33,6 +35,16 @@ def bucket_resource_key(account_id: str, bucket: Bucket) -> str:
 
 def s3_secret(token_value: str) -> str:
     return hashlib.sha256(token_value.encode()).hexdigest()
+
+
+def _whole_bucket_rule(rule_id: str, **transition: Any) -> cloudflare.R2BucketLifecycleRuleArgs:
+    """An enabled lifecycle rule over every object in the bucket (an empty prefix)."""
+    return cloudflare.R2BucketLifecycleRuleArgs(
+        id=rule_id,
+        enabled=True,
+        conditions=cloudflare.R2BucketLifecycleRuleConditionsArgs(prefix=""),
+        **transition,
+    )
 
 
 class Buckets(pulumi.ComponentResource):
@@ -66,31 +78,21 @@ class Buckets(pulumi.ComponentResource):
         )
 
     def _lifecycle(self, name: str, role: str, bucket: Bucket, expire_days: int | None) -> None:
-        rules = [
-            cloudflare.R2BucketLifecycleRuleArgs(
-                id="abort-incomplete-multipart-uploads",
-                enabled=True,
-                conditions=cloudflare.R2BucketLifecycleRuleConditionsArgs(prefix=""),
-                abort_multipart_uploads_transition=cloudflare.R2BucketLifecycleRuleAbortMultipartUploadsTransitionArgs(
-                    condition=cloudflare.R2BucketLifecycleRuleAbortMultipartUploadsTransitionConditionArgs(
-                        max_age=self.config.abort_multipart_days * 86_400, type="Age"
-                    )
-                ),
+        abort = cloudflare.R2BucketLifecycleRuleAbortMultipartUploadsTransitionArgs(
+            condition=cloudflare.R2BucketLifecycleRuleAbortMultipartUploadsTransitionConditionArgs(
+                max_age=self.config.abort_multipart_days * DAY_SECONDS, type="Age"
             )
+        )
+        rules = [
+            _whole_bucket_rule("abort-incomplete-multipart-uploads", abort_multipart_uploads_transition=abort)
         ]
         if expire_days is not None:
-            rules.append(
-                cloudflare.R2BucketLifecycleRuleArgs(
-                    id="expire-cache",
-                    enabled=True,
-                    conditions=cloudflare.R2BucketLifecycleRuleConditionsArgs(prefix=""),
-                    delete_objects_transition=cloudflare.R2BucketLifecycleRuleDeleteObjectsTransitionArgs(
-                        condition=cloudflare.R2BucketLifecycleRuleDeleteObjectsTransitionConditionArgs(
-                            max_age=expire_days * 86_400, type="Age"
-                        )
-                    ),
+            delete = cloudflare.R2BucketLifecycleRuleDeleteObjectsTransitionArgs(
+                condition=cloudflare.R2BucketLifecycleRuleDeleteObjectsTransitionConditionArgs(
+                    max_age=expire_days * DAY_SECONDS, type="Age"
                 )
             )
+            rules.append(_whole_bucket_rule("expire-cache", delete_objects_transition=delete))
         cloudflare.R2BucketLifecycle(
             f"{name}-{role}-lifecycle",
             account_id=self.account_id,

@@ -1,10 +1,13 @@
-"""The addresses participants and the admin use; one place so outputs and nginx agree."""
+"""The addresses participants and the admin use, and the logins they use there; one place so the
+stack outputs and nginx agree."""
 
 from __future__ import annotations
 
 import operator
 
 import pulumi
+
+from infra.secret import secret
 
 URL_KEYS = ("platformUrl", "adminUrl", "participantUrls")
 
@@ -30,3 +33,13 @@ def url_outputs(base: pulumi.Input[str], users: pulumi.Input[list[str]]) -> dict
 
     computed = pulumi.Output.all(base, users).apply(compute)
     return {key: computed.apply(operator.itemgetter(key)) for key in URL_KEYS}
+
+
+def logins_output(
+    admin_user: pulumi.Input[str],
+    admin_password: pulumi.Input[str],
+    participants: pulumi.Input[dict[str, str]],
+) -> pulumi.Output[dict[str, object]]:
+    """The ``credentials`` stack output (secret): the admin's login and each participant's password."""
+    admin = {"user": admin_user, "password": admin_password}
+    return secret(pulumi.Output.all(admin=admin, participants=participants))

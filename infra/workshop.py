@@ -24,7 +24,7 @@ from infra.remote_docker import RemoteDocker
 from infra.secret import secret
 from infra.tailnet import Tailnet
 from infra.templates.nginx import NginxSpec, Tls, nginx_site
-from infra.urls import url_outputs
+from infra.urls import logins_output, url_outputs
 from infra.vault_ref import VaultOutputs
 from infra.vps import Vps, VpsArgs
 
@@ -188,12 +188,7 @@ def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
 def _outputs(config: WorkshopConfig, vault: VaultOutputs, vps: Vps, pools: PoolSet) -> dict[str, Any]:
     return {
         **url_outputs(public_url(config), vault.participant_names),
-        "credentials": secret(
-            pulumi.Output.all(
-                admin={"user": vault.admin_user, "password": vault.admin_password},
-                participants=vault.participant_passwords,
-            )
-        ),
+        "credentials": logins_output(vault.admin_user, vault.admin_password, vault.participant_passwords),
         "vpsAddress": vps.server.ipv4_address,
         "tailnetNames": {
             "vps": config.vps.hostname,

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import pulumi
 
 from infra.credential_registry import Credential
+from infra.pools.access import push_pool_env
 from infra.pools.base import PoolConfigBase, PoolMode
 from infra.pools.context import PoolContext
 
@@ -77,3 +78,8 @@ class GpuPool(ABC, Generic[C]):
             "mode": self.mode.value,
             "capacity": self.capacity(config),
         }
+
+    def dispatch_env(self, config: C, endpoint: dict[str, pulumi.Input[Any]]) -> dict[str, pulumi.Input[str]]:
+        """A push pool's ``QM_PUSH_POOL_<NAME>``: how the dispatcher reaches ``endpoint`` (style, url,
+        api_key, ...), and how many jobs it may have there at once (``capacity``)."""
+        return push_pool_env(config.name, {**endpoint, "capacity": self.capacity(config)})

@@ -8,7 +8,7 @@ import pulumi
 from pydantic import Field
 
 from infra.credential_registry import REGISTRY_PASSWORD, RUNPOD_API_KEY, Credential
-from infra.pools.access import RUNPOD_MODELS_DIR, push_pool_env, runpod_connection, worker_env
+from infra.pools.access import RUNPOD_MODELS_DIR, runpod_connection, worker_env
 from infra.pools.base import PoolConfigBase, PoolMode, ReplicaRange
 from infra.pools.context import PoolContext
 from infra.pools.kind import GpuPool, PoolComponent
@@ -58,55 +58,10 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
         child = pulumi.ResourceOptions(parent=pool)
         conn, prefix = runpod_connection(), ctx.remote_name(config.name)
         volume = self._volume(config, ctx, pool, conn)
-        env = worker_env(ctx, config.name, "runpod", RUNPOD_MODELS_DIR if volume else None, self.mode)
-        template = RunPodTemplate(
-            f"{config.name}-template",
-            {
-                "name": prefix,
-                "image": ctx.worker_image(config.name, self.kind, with_runpod=True),
-                "env": secret(pulumi.Output.all(**env.plain, **env.secret)),
-                "container_disk_gb": config.container_disk_gb,
-                "start_cmd": ["runpod"],
-                "registry_auth_id": self._registry_auth(config, ctx, prefix, conn, child),
-                **conn,
-            },
-            child,
-        )
-        endpoint = RunPodEndpoint(
-            f"{config.name}-endpoint",
-            {
-                "name": prefix,
-                "template_id": template.remote_id,
-                "gpu_type_ids": list(config.gpu_type_ids),
-                "gpu_count": config.gpu_count,
-                "workers_min": config.min_replicas,
-                "workers_max": config.max_replicas,
-                "idle_timeout_s": config.idle_timeout_seconds,
-                "flashboot": config.flashboot,
-                # A request runs a chain of jobs (its window, then one more job's time).
-                "execution_timeout_s": PUSH_REQUEST_LIMIT_SECONDS,
-                # Workers run where the models volume is, or they would start without their models.
-                **(
-                    {
-                        "network_volume_id": volume.remote_id,
-                        "data_center_ids": [config.models_volume.data_center_id],
-                    }
-                    if volume and config.models_volume
-                    else {}
-                ),
-                **conn,
-            },
-            child,
-        )
-        pool.queue_manager_env = push_pool_env(
-            config.name,
-            {
-                "style": "runpod",
-                "url": endpoint.endpoint_url,
-                "api_key": RUNPOD_API_KEY.required(),
-                "capacity": self.capacity(config),
-            },
-        )
+        template = self._template(config, ctx, volume is not None, prefix, conn, child)
+        endpoint = self._endpoint(config, template, volume, prefix, conn, child)
+        dispatch = {"style": "runpod", "url": endpoint.endpoint_url, "api_key": RUNPOD_API_KEY.required()}
+        pool.queue_manager_env = self.dispatch_env(config, dispatch)
         pool.finish(
             {
                 **self.base_summary(config),
@@ -117,6 +72,61 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
             }
         )
         return pool
+
+    def _template(
+        self,
+        config: RunpodServerlessConfig,
+        ctx: PoolContext,
+        with_volume: bool,
+        prefix: str,
+        conn: dict[str, pulumi.Input[str]],
+        opts: pulumi.ResourceOptions,
+    ) -> RunPodTemplate:
+        """What a worker of the endpoint runs: the image, its settings (all secret), the disk."""
+        models_dir = RUNPOD_MODELS_DIR if with_volume else None
+        env = worker_env(ctx, config.name, "runpod", models_dir, self.mode)
+        props = {
+            "name": prefix,
+            "image": ctx.worker_image(config.name, self.kind, with_runpod=True),
+            "env": secret(pulumi.Output.all(**env.plain, **env.secret)),
+            "container_disk_gb": config.container_disk_gb,
+            "start_cmd": ["runpod"],
+            "registry_auth_id": self._registry_auth(config, ctx, prefix, conn, opts),
+            **conn,
+        }
+        return RunPodTemplate(f"{config.name}-template", props, opts)
+
+    def _endpoint(
+        self,
+        config: RunpodServerlessConfig,
+        template: RunPodTemplate,
+        volume: RunPodNetworkVolume | None,
+        prefix: str,
+        conn: dict[str, pulumi.Input[str]],
+        opts: pulumi.ResourceOptions,
+    ) -> RunPodEndpoint:
+        """The endpoint the queue manager sends jobs to, scaling workers of ``template`` on the GPUs."""
+        # Workers run where the models volume is, or they would start without their models.
+        placed = (
+            {"network_volume_id": volume.remote_id, "data_center_ids": [config.models_volume.data_center_id]}
+            if volume and config.models_volume
+            else {}
+        )
+        props = {
+            "name": prefix,
+            "template_id": template.remote_id,
+            "gpu_type_ids": list(config.gpu_type_ids),
+            "gpu_count": config.gpu_count,
+            "workers_min": config.min_replicas,
+            "workers_max": config.max_replicas,
+            "idle_timeout_s": config.idle_timeout_seconds,
+            "flashboot": config.flashboot,
+            # A request runs a chain of jobs (its window, then one more job's time).
+            "execution_timeout_s": PUSH_REQUEST_LIMIT_SECONDS,
+            **placed,
+            **conn,
+        }
+        return RunPodEndpoint(f"{config.name}-endpoint", props, opts)
 
     def _registry_auth(
         self,

@@ -8,12 +8,17 @@ import pulumi
 from pydantic import Field, field_validator
 
 from infra.credential_registry import VERDA_INFERENCE_KEY, Credential
-from infra.pools.access import SHARED_MODELS_DIR, push_pool_env, verda_connection, worker_env
+from infra.pools.access import SHARED_MODELS_DIR, verda_connection, worker_env
 from infra.pools.base import ModelsVolume, PoolConfigBase, PoolMode, ReplicaRange
 from infra.pools.context import PoolContext
 from infra.pools.kind import GpuPool, PoolComponent
 from infra.pools.verda import CREDENTIALS, LOCATIONS, models_volume, registry_props
-from infra.providers.resources import VerdaDeployment, VerdaRegistryCredentials, VerdaSecret
+from infra.providers.resources import (
+    VerdaDeployment,
+    VerdaRegistryCredentials,
+    VerdaSecret,
+    VerdaSharedVolume,
+)
 from infra.schema import one_of
 
 WORKER_PORT = 8080
@@ -56,51 +61,17 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
     def build(
         self, config: VerdaServerlessConfig, ctx: PoolContext, opts: pulumi.ResourceOptions | None = None
     ) -> PoolComponent:
-        registry = ctx.registry_for(config.name, self.kind)
         pool = self.component(config, opts)
-        child = pulumi.ResourceOptions(parent=pool)
         conn, prefix = verda_connection(), ctx.remote_name(config.name)
         volume = models_volume(ctx, (config.name, pool), config.models_volume, config.location, conn)
-        models_dir = SHARED_MODELS_DIR if volume else None
-        env = worker_env(ctx, config.name, "verda-serverless", models_dir, self.mode)
-        secrets = [
-            self._secret(config.name, prefix, key, value, conn, child) for key, value in env.secret.items()
-        ]
-        credentials = VerdaRegistryCredentials(
-            f"{config.name}-registry", {**registry_props(f"{prefix}-registry", registry), **conn}, child
-        )
-        deployment = VerdaDeployment(
-            f"{config.name}-deployment",
-            {
-                "name": prefix,
-                "image": ctx.worker_image(config.name, self.kind),
-                "port": WORKER_PORT,
-                "health_path": "/health",
-                "cmd": ["serve-push"],
-                # Verda secrets are referenced by name: their digest makes a new value roll the replicas.
-                "env": {**env.plain, "WORKER_SECRETS_VERSION": env.secrets_version()},
-                "secret_env": {key: name for key, name, _ in secrets},
-                "mounts": [{"mount_path": SHARED_MODELS_DIR, "volume_id": volume.volume_id}]
-                if volume
-                else [],
-                "compute": {"name": config.gpu, "size": config.gpu_count},
-                "scaling": self._scaling(config),
-                "registry_credentials": f"{prefix}-registry",
-                "is_spot": config.spot,
-                **conn,
-            },
-            pulumi.ResourceOptions(parent=pool, depends_on=[credentials, *[res for _, _, res in secrets]]),
-        )
-        pool.queue_manager_env = push_pool_env(
-            config.name,
-            {
-                "style": "verda",
-                "url": deployment.endpoint_base_url,
-                "path": PUSH_PATH,
-                "api_key": VERDA_INFERENCE_KEY.required(),
-                "capacity": self.capacity(config),
-            },
-        )
+        deployment = self._deployment(config, ctx, volume, pool, prefix, conn)
+        dispatch = {
+            "style": "verda",
+            "url": deployment.endpoint_base_url,
+            "path": PUSH_PATH,
+            "api_key": VERDA_INFERENCE_KEY.required(),
+        }
+        pool.queue_manager_env = self.dispatch_env(config, dispatch)
         pool.finish(
             {
                 **self.base_summary(config),
@@ -113,6 +84,45 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
             }
         )
         return pool
+
+    def _deployment(
+        self,
+        config: VerdaServerlessConfig,
+        ctx: PoolContext,
+        volume: VerdaSharedVolume | None,
+        pool: PoolComponent,
+        prefix: str,
+        conn: dict[str, pulumi.Input[str]],
+    ) -> VerdaDeployment:
+        """The container deployment, after the registry login and the secrets it names exist."""
+        child = pulumi.ResourceOptions(parent=pool)
+        models_dir = SHARED_MODELS_DIR if volume else None
+        env = worker_env(ctx, config.name, "verda-serverless", models_dir, self.mode)
+        secrets = [
+            self._secret(config.name, prefix, key, value, conn, child) for key, value in env.secret.items()
+        ]
+        registry = registry_props(f"{prefix}-registry", ctx.registry_for(config.name, self.kind))
+        credentials = VerdaRegistryCredentials(f"{config.name}-registry", {**registry, **conn}, child)
+        props = {
+            "name": prefix,
+            "image": ctx.worker_image(config.name, self.kind),
+            "port": WORKER_PORT,
+            "health_path": "/health",
+            "cmd": ["serve-push"],
+            # Verda secrets are referenced by name: their digest makes a new value roll the replicas.
+            "env": {**env.plain, "WORKER_SECRETS_VERSION": env.secrets_version()},
+            "secret_env": {key: name for key, name, _ in secrets},
+            "mounts": [{"mount_path": SHARED_MODELS_DIR, "volume_id": volume.volume_id}] if volume else [],
+            "compute": {"name": config.gpu, "size": config.gpu_count},
+            "scaling": self._scaling(config),
+            "registry_credentials": f"{prefix}-registry",
+            "is_spot": config.spot,
+            **conn,
+        }
+        after = [credentials, *[resource for _, _, resource in secrets]]
+        return VerdaDeployment(
+            f"{config.name}-deployment", props, pulumi.ResourceOptions(parent=pool, depends_on=after)
+        )
 
     def _scaling(self, config: VerdaServerlessConfig) -> dict[str, int | float]:
         return {

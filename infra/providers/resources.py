@@ -54,14 +54,18 @@ class _Declared(Resource):
         super().__init__(provider, name, inputs, pulumi.ResourceOptions.merge(hidden, opts))
 
 
-class VerdaSshKey(_Declared):
+class _Remote(_Declared):
+    """A resource whose provider reports the remote object's id as ``remote_id``."""
+
+    remote_id: pulumi.Output[str]
+
+
+class VerdaSshKey(_Remote):
     provider_class = SshKeyProvider
-    remote_id: pulumi.Output[str]
 
 
-class VerdaStartupScript(_Declared):
+class VerdaStartupScript(_Remote):
     provider_class = StartupScriptProvider
-    remote_id: pulumi.Output[str]
 
 
 class VerdaSharedVolume(_Declared):
@@ -91,24 +95,20 @@ class VerdaRegistryCredentials(_Declared):
     provider_class = RegistryCredentialsProvider
 
 
-class RunPodNetworkVolume(_Declared):
+class RunPodNetworkVolume(_Remote):
     provider_class = NetworkVolumeProvider
-    remote_id: pulumi.Output[str]
 
 
-class RunPodRegistryAuth(_Declared):
+class RunPodRegistryAuth(_Remote):
     provider_class = RegistryAuthProvider
-    remote_id: pulumi.Output[str]
 
 
-class RunPodTemplate(_Declared):
+class RunPodTemplate(_Remote):
     provider_class = TemplateProvider
-    remote_id: pulumi.Output[str]
 
 
-class RunPodEndpoint(_Declared):
+class RunPodEndpoint(_Remote):
     provider_class = EndpointProvider
-    remote_id: pulumi.Output[str]
     endpoint_url: pulumi.Output[str]
 
 
