@@ -110,7 +110,7 @@ async def running(store: Store) -> AsyncIterator[None]:
     wake_ready, events_ready = asyncio.Event(), asyncio.Event()
     loops: dict[str, Callable[[], Awaitable[None]]] = {
         "wake": lambda: store.wakeups.listen(
-            store.client, store.keys.wake, wake_ready, cancels=store.keys.cancels, ended=store.keys.ended
+            store.redis, store.keys.wake, wake_ready, cancels=store.keys.cancels, ended=store.keys.ended
         ),
         "events": lambda: store.events.listen(events_ready),
         "reaper": lambda: reap_loop(store),

@@ -21,9 +21,8 @@ import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 
-from redis.asyncio import Redis
-
 from services.protocol.events import UserEvent
+from services.queue_manager.redis_api import StrRedis
 
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 1000
@@ -49,7 +48,7 @@ class Subscription:
 
 
 class EventBus:
-    def __init__(self, redis: Redis, channel: str) -> None:
+    def __init__(self, redis: StrRedis, channel: str) -> None:
         self._redis = redis
         self._channel = channel
         self._subscribers: dict[str, set[Subscription]] = defaultdict(set)

@@ -18,10 +18,10 @@ import asyncio
 import hashlib
 import secrets
 from dataclasses import dataclass
-from typing import Any
 
 from services.queue_manager.auth import Authenticator, Principal
 from services.queue_manager.keys import Keys
+from services.queue_manager.redis_api import StrRedis
 from services.queue_manager.scripts import EndSessionsArgs, Scripts
 from services.queue_manager.settings import Settings
 
@@ -44,7 +44,7 @@ class LoginRefused(Exception):
 
 
 class Sessions:
-    def __init__(self, redis: Any, keys: Keys, scripts: Scripts, seconds: int) -> None:
+    def __init__(self, redis: StrRedis, keys: Keys, scripts: Scripts, seconds: int) -> None:
         self.redis, self.keys, self.scripts, self.seconds = redis, keys, scripts, seconds
 
     async def open(self, principal: Principal) -> str:
@@ -88,7 +88,7 @@ class LoginLimits:
 class LoginGate:
     """Counts failed logins per user name and per client address; refuses past the limits."""
 
-    def __init__(self, redis: Any, keys: Keys, limits: LoginLimits) -> None:
+    def __init__(self, redis: StrRedis, keys: Keys, limits: LoginLimits) -> None:
         self.redis, self.keys, self.limits = redis, keys, limits
 
     def _counters(self, user: str, address: str) -> list[tuple[str, int]]:
@@ -116,7 +116,9 @@ class LoginGate:
 class Logins:
     """Password checks with limits, and sessions: what the login routes and every dependency use."""
 
-    def __init__(self, auth: Authenticator, redis: Any, keys: Keys, scripts: Scripts, settings: Settings):
+    def __init__(
+        self, auth: Authenticator, redis: StrRedis, keys: Keys, scripts: Scripts, settings: Settings
+    ) -> None:
         self.auth = auth
         self.sessions = Sessions(redis, keys, scripts, auth.session_seconds)
         limits = LoginLimits(

@@ -18,12 +18,12 @@ from services.queue_manager.wakeups import Wakeups
 
 class StoreBase:
     def __init__(self, redis: Redis, settings: Settings, *, wakeups: Wakeups | None = None) -> None:
-        self.client = redis  # the client itself: pub/sub, scripts, a bytes-answering twin
+        self.client = redis  # the client itself: scripts, a bytes-answering twin
         self.redis = cast(StrRedis, redis)  # decode_responses=True: its commands answer str
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.scripts = Scripts(redis)
-        self.events = EventBus(redis, self.keys.events)
+        self.events = EventBus(self.redis, self.keys.events)
         self.wakeups = wakeups or Wakeups()
         self._known_workers: dict[str, tuple[str, int]] = {}  # worker id -> (pool, when last stored)
 

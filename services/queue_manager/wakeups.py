@@ -25,10 +25,9 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 
-from redis.asyncio import Redis
-
 from services.protocol.workers import Lease
 from services.queue_manager.keys import ANY_POOL
+from services.queue_manager.redis_api import StrRedis
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +147,7 @@ class Wakeups:
 
     async def listen(
         self,
-        redis: Redis,
+        redis: StrRedis,
         channel: str,
         ready: asyncio.Event | None = None,
         cancels: str | None = None,

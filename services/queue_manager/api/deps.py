@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request, status
 from starlette.requests import HTTPConnection
@@ -13,27 +14,24 @@ from services.queue_manager.sessions import LoginRefused, Logins
 from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
 
+T = TypeVar("T")
+
 BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="comfy-workshop"'}
 
 
-async def get_store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
+def shared(connection: HTTPConnection, name: str, kind: type[T]) -> T:
+    """The one ``kind`` the lifespan put on ``app.state`` as ``name`` (store, settings, auth, logins)."""
+    value: T = getattr(connection.app.state, name)
+    return value
 
 
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+def _shared(name: str, kind: type[T]) -> Callable[[Request], Awaitable[T]]:
+    """A dependency that hands a route ``shared(request, name, kind)``."""
 
+    async def dependency(request: Request) -> T:
+        return shared(request, name, kind)
 
-async def get_logins(request: Request) -> Logins:
-    logins: Logins = request.app.state.logins
-    return logins
-
-
-async def get_auth(request: Request) -> Authenticator:
-    auth: Authenticator = request.app.state.auth
-    return auth
+    return dependency
 
 
 def client_address(connection: HTTPConnection) -> str:
@@ -50,7 +48,7 @@ def too_many_logins(exc: LoginRefused) -> HTTPException:
 async def principal_of(connection: HTTPConnection) -> Principal | None:
     """Who a request or WebSocket comes from: session cookie first, then HTTP Basic; None for
     nobody. ``LoginRefused`` when Basic credentials come too often wrong (see ``sessions``)."""
-    logins: Logins = connection.app.state.logins
+    logins = shared(connection, "logins", Logins)
     headers = connection.headers
     cookie = connection.cookies.get(SESSION_COOKIE)
     return await logins.principal(headers.get("authorization"), cookie, client_address(connection))
@@ -64,7 +62,7 @@ async def logged_in(connection: HTTPConnection) -> Principal | None:
         return None
 
 
-# The per-request dependencies read app state directly instead of depending on ``get_auth``:
+# The per-request dependencies read app state directly instead of depending on ``AuthDep``:
 # every nested ``Depends`` costs a resolution step on each request of the hot worker routes.
 async def current_principal(request: Request) -> Principal:
     try:
@@ -91,7 +89,7 @@ async def current_user(principal: Annotated[Principal, Depends(current_principal
 
 
 async def worker_pool(request: Request) -> str:
-    auth: Authenticator = request.app.state.auth
+    auth = shared(request, "auth", Authenticator)
     pool = auth.worker_pool(request.headers.get("authorization", ""))
     if pool is None:
         raise HTTPException(
@@ -102,10 +100,10 @@ async def worker_pool(request: Request) -> str:
     return pool
 
 
-StoreDep = Annotated[Store, Depends(get_store)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-AuthDep = Annotated[Authenticator, Depends(get_auth)]
-LoginsDep = Annotated[Logins, Depends(get_logins)]
+StoreDep = Annotated[Store, Depends(_shared("store", Store))]
+SettingsDep = Annotated[Settings, Depends(_shared("settings", Settings))]
+AuthDep = Annotated[Authenticator, Depends(_shared("auth", Authenticator))]
+LoginsDep = Annotated[Logins, Depends(_shared("logins", Logins))]
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 CurrentUser = Annotated[str, Depends(current_user)]
 AdminUser = Annotated[Principal, Depends(admin_principal)]

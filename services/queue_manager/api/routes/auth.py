@@ -10,7 +10,13 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field, ValidationError
 
-from services.queue_manager.api.deps import CurrentPrincipal, SettingsDep, client_address, too_many_logins
+from services.queue_manager.api.deps import (
+    CurrentPrincipal,
+    SettingsDep,
+    client_address,
+    shared,
+    too_many_logins,
+)
 from services.queue_manager.auth import SESSION_COOKIE
 from services.queue_manager.sessions import LoginRefused, Logins
 
@@ -64,7 +70,7 @@ LOGIN_ANSWERS: dict[int | str, dict[str, Any]] = {
 async def login(request: Request, response: Response, settings: SettingsDep) -> Me:
     """Check a user name and password and set the session cookie."""
     form = await _login_form(request)
-    logins: Logins = request.app.state.logins
+    logins = shared(request, "logins", Logins)
     try:
         principal = await logins.check_password(form.user, form.password, client_address(request))
     except LoginRefused as exc:
@@ -87,7 +93,7 @@ async def logout(request: Request, response: Response) -> None:
     """End the session (its cookie no longer works anywhere) and forget the cookie."""
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
-        logins: Logins = request.app.state.logins
+        logins = shared(request, "logins", Logins)
         await logins.close_session(cookie)
     response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
 

@@ -12,7 +12,7 @@ import contextlib
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
 
-from services.queue_manager.api.deps import logged_in
+from services.queue_manager.api.deps import logged_in, shared
 from services.queue_manager.events import Subscription
 from services.queue_manager.socket_slots import CLOSE_CODE, SocketSlots
 from services.queue_manager.store import Store
@@ -23,12 +23,12 @@ router = APIRouter(tags=["events"])
 @router.websocket("/api/events")
 async def events(websocket: WebSocket) -> None:
     """Stream the caller's job events until they disconnect."""
-    store: Store = websocket.app.state.store
+    store = shared(websocket, "store", Store)
     principal = await logged_in(websocket)
     if principal is None:
         await websocket.close(status.WS_1008_POLICY_VIOLATION, "log in first (session cookie or HTTP Basic)")
         return
-    slots: SocketSlots = websocket.app.state.socket_slots
+    slots = shared(websocket, "socket_slots", SocketSlots)
     with slots.hold(principal.user) as admitted:
         if not admitted:
             await websocket.accept()
