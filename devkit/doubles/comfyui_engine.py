@@ -1,8 +1,9 @@
 """The ComfyUI double's executor: its queue, its execution of graphs and the events it sends.
 
 ``Executor`` is mixed into ``ComfyUIDouble`` (``comfyui.py``), which owns the HTTP side. It runs one
-prompt at a time, in ComfyUI's event order, caches node results by their inputs (identical graphs
-replay their outputs without new files), honours interrupts between progress steps or nodes, and
+prompt at a time, in ComfyUI's event order, caches node results by their inputs as ComfyUI's
+default cache does (an identical graph replays its outputs without new files; only the results of
+the nodes of the prompt that runs are kept), honours interrupts between progress steps or nodes, and
 writes history after ``execution_success`` and before the final ``executing {node: null}``.
 
 ``progress_state`` is ComfyUI's progress registry as it sends it: every node of the prompt started so
@@ -160,6 +161,7 @@ class Executor:
         await job_event("execution_start", {}, record=True)
         order = self._order(item)
         signatures = {nid: self._signature(item.prompt, nid) for nid in order}
+        self._keep_only(item.prompt)
         cached = [nid for nid in order if signatures[nid] in self.state.cache]
         await job_event("execution_cached", {"nodes": cached}, record=True)
         outputs: dict[str, Any] = {}
@@ -225,6 +227,16 @@ class Executor:
         for output in item.outputs:
             nodes.ancestors(item.prompt, output, order)
         return order
+
+    def _keep_only(self, prompt: dict[str, Any]) -> None:
+        """ComfyUI's default (classic) cache keeps only the results of the nodes of the prompt it
+        starts, all of them, whether they run or not: an identical rerun is a cache hit, but one
+        after a different graph runs its nodes again."""
+        keep = set()
+        for nid in prompt:
+            with contextlib.suppress(KeyError, TypeError, IndexError, RecursionError):  # a bad link
+                keep.add(self._signature(prompt, nid))
+        self.state.cache = {key: value for key, value in self.state.cache.items() if key in keep}
 
     def _signature(self, prompt: dict[str, Any], nid: str) -> str:
         node = prompt[nid]

@@ -17,9 +17,15 @@ so for each job it:
 * refuses, before ComfyUI sees the graph, a value that names an existing file outside the folders
   (absolute, or with ``..``), with ComfyUI's own validation error;
 * gives every output node (``output_node`` in ComfyUI's catalogue, or a node nothing links from)
-  an input unique to the job's attempt, which ComfyUI keeps in the node's cache key but does not
-  pass to the node: an identical graph (another participant's, or a retry) re-runs its output
-  nodes, so a cached result never names a file of an earlier job.
+  an input naming its owner (``salt``), which ComfyUI keeps in the node's cache key but does not
+  pass to the node. An identical rerun by the owner is ComfyUI's cache hit, as on ComfyUI itself:
+  its outputs name the owner's earlier files, which are in the owner's storage already
+  (``outputs``). Another participant's identical graph re-runs its output nodes, so a cached result
+  never names a file of someone else's job; and a re-run of one job (a retry, or after ComfyUI was
+  lost) names its attempt too, so it never replays files of an attempt that were never stored.
+  The owner's earlier outputs are staged as empty placeholders (above); those the job leaves as
+  they were are not its outputs and are dropped when the job ends, so a cache hit naming one
+  never copies the empty placeholder over the owner's file.
 
 Staging waits until ComfyUI holds no prompt (``until_idle``). The folders must be the ones ComfyUI
 uses: ``verify`` writes a file into each and reads it back through ComfyUI's ``/view`` when the
@@ -121,6 +127,19 @@ class ComfyFolders:
         )
 
 
+def rerun(job: Job) -> bool:
+    """Whether ComfyUI may have seen this job before: a retry, or a run after ComfyUI was lost."""
+    return job.attempts > 1 or job.comfyui_losses > 0
+
+
+def salt(job: Job) -> str:
+    """The output nodes' cache-key input: the owner (user names hold no ``/``), and on a re-run the
+    job and its attempt as well."""
+    if rerun(job):
+        return f"{job.user}/{job.id}/{job.attempts}/{job.comfyui_losses}"
+    return job.user
+
+
 def salted(prompt: dict[str, Any], salt: str, output_classes: Collection[str] = ()) -> dict[str, Any]:
     """The graph with ``SALT_INPUT = salt`` on every output node: each node of an
     ``output_classes`` class (ComfyUI's ``output_node``), and each node no other node links from."""
@@ -210,16 +229,30 @@ class Prepared:
     earlier: list[str]
 
 
+Placeholders = dict[Path, tuple[int, int]]  # an empty stand-in for an earlier output -> (inode, mtime)
+
+
 class Stage:
-    """One job's turn in the folders: the graph to submit, and whether its outputs are kept."""
+    """One job's turn in the folders: the graph to submit, whether its outputs are kept, and the
+    placeholders staged for the owner's earlier outputs."""
 
     def __init__(self, prompt: dict[str, Any]) -> None:
         self.prompt = prompt
         self.keep = False
+        self.placeholders: Placeholders = {}
 
     def keep_outputs(self) -> None:
         """ComfyUI finished the job: move its output and temp files aside when the turn ends."""
         self.keep = True
+
+
+def drop_untouched(placeholders: Placeholders) -> None:
+    """Remove each placeholder still as staged (empty, same file, same time): the job did not write it."""
+    for path, staged in placeholders.items():
+        with contextlib.suppress(FileNotFoundError):
+            status = path.stat()
+            if status.st_size == 0 and (status.st_ino, status.st_mtime_ns) == staged:
+                path.unlink()
 
 
 def move_entries(source: Path, target: Path) -> None:
@@ -242,6 +275,8 @@ class JobFiles:
         # reached storage numbers on from them too, instead of writing the same name again.
         self.produced: dict[str, set[str]] = {}
         self.listings: dict[str, tuple[float, asyncio.Task[list[str]]]] = {}  # owner -> (started, listing)
+        # Jobs whose kept outputs are on their way to storage: job id -> (owner, set once done).
+        self.storing: dict[str, tuple[str, asyncio.Event]] = {}
 
     def kept(self, job_id: str) -> Path:
         """Where a finished job's output and temp files wait (``<kind>/<subfolder>/<name>``) until
@@ -251,6 +286,18 @@ class JobFiles:
     def discard(self, job_id: str) -> None:
         """Remove whatever the spool holds for the job (prepared inputs, kept outputs)."""
         shutil.rmtree(self.folders.spool / job_id, ignore_errors=True)
+        _, done = self.storing.pop(job_id, ("", None))
+        if done is not None:
+            done.set()
+
+    async def stored_before(self, job: Job) -> None:
+        """Until the outputs of the owner's jobs that ended here before ``job`` are stored (or given
+        up): a cache hit names those files, and its owner must find them once told of them."""
+        for job_id, (user, done) in list(self.storing.items()):
+            if job_id == job.id:
+                return
+            if user == job.user:
+                await done.wait()
 
     async def prepare(self, job: Job) -> Prepared:
         """Fetch the job's files (its inputs, the ``[output]``/``[temp]`` files it names) and its
@@ -299,33 +346,42 @@ class JobFiles:
         missing input and ``PromptRejectedError`` for a name outside the folders. With
         ``Stage.keep_outputs`` the job's output and temp files move to ``kept`` at the end."""
         async with self.slot:
-            # per attempt: a retry on this worker must not replay the files the failed attempt made
-            stage = Stage(salted(job.prompt, f"{job.id}:{job.attempts}", self.output_classes))
+            stage = Stage(salted(job.prompt, salt(job), self.output_classes))
             try:
                 if prepared is None:
                     await asyncio.to_thread(self.folders.clear)
                     prepared = await self.prepare(job)
-                await asyncio.to_thread(self._move_in, prepared, self.produced.get(job.user, set()))
+                produced = self.produced.get(job.user, set())
+                stage.placeholders = await asyncio.to_thread(self._move_in, prepared, produced)
                 self.check(job.prompt)
                 yield stage
             finally:
-                await asyncio.to_thread(self._move_out, job, stage.keep)
+                if stage.keep:
+                    self.storing[job.id] = (job.user, asyncio.Event())
+                await asyncio.to_thread(self._move_out, job, stage)
 
-    def _move_in(self, prepared: Prepared, produced: set[str]) -> None:
-        """Empty the folders (a killed run's leftovers too), then move the prepared files in."""
+    def _move_in(self, prepared: Prepared, produced: set[str]) -> Placeholders:
+        """Empty the folders (a killed run's leftovers too), then move the prepared files in and
+        stage the placeholders."""
         self.folders.clear()
         for kind in KINDS:
             move_entries(prepared.root / kind, self.folders.of(kind))
+        placeholders = {}
         for name in {*prepared.earlier, *produced}:
             placeholder = self.folders.output / name
             if not placeholder.exists():
                 placeholder.parent.mkdir(parents=True, exist_ok=True)
                 placeholder.touch()
+                status = placeholder.stat()
+                placeholders[placeholder] = (status.st_ino, status.st_mtime_ns)
         shutil.rmtree(prepared.root, ignore_errors=True)
+        return placeholders
 
-    def _move_out(self, job: Job, keep: bool) -> None:
-        """Move the job's output and temp files aside when ``keep``; then empty the folders."""
-        if keep:
+    def _move_out(self, job: Job, stage: Stage) -> None:
+        """Move the job's output and temp files aside when it keeps them (not the placeholders it
+        left untouched); then empty the folders."""
+        if stage.keep:
+            drop_untouched(stage.placeholders)
             output = self.folders.output
             names = self.produced.setdefault(job.user, set())
             names.update(p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file())

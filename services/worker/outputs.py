@@ -5,6 +5,10 @@ ComfyUI's history names outputs per node under keys such as ``images``, ``gifs``
 ``audio`` (and sometimes non-file lists like ``animated: [true]``): any list of objects with a
 ``filename`` is a file. Each is stored as ``storage_key(owner, OutputFile)``, keeping ComfyUI's own
 name, so the owner's workspace finds it where ComfyUI's ``/view`` would.
+
+A file the entry names that the job did not write is a ComfyUI cache hit replaying the owner's own
+earlier output (output nodes are salted per owner: ``job_files``): it is in the owner's storage
+already (or was deleted since, as it can be on ComfyUI) and is named as it is, nothing uploaded.
 """
 
 from __future__ import annotations
@@ -46,11 +50,31 @@ async def file_chunks(path: Path) -> AsyncIterator[bytes]:
             yield chunk
 
 
+def written(folder: Path, ref: OutputFile) -> Path | None:
+    """Where the job wrote ``ref`` (``folder/<type>/<subfolder>/<name>``); None for a cache hit."""
+    path = folder / ref.type / ref.subfolder.strip("/") / ref.filename
+    return path if path.is_file() else None
+
+
+def replays(folder: Path, entry: dict[str, Any]) -> bool:
+    """Whether the entry names a file the job did not write (a cache hit)."""
+    return any(written(folder, ref) is None for ref in output_files(entry))
+
+
+async def reused_output(storage: Storage, user: str, ref: OutputFile) -> OutputFile:
+    """A cache hit's output: the owner's earlier file, with its size when they still have it."""
+    content_type = mimetypes.guess_type(ref.filename)[0] or "application/octet-stream"
+    size = await storage.size(storage_key(user, ref))
+    return ref.model_copy(update={"size": size or 0, "content_type": content_type})
+
+
 async def store_output(folder: Path, storage: Storage, user: str, ref: OutputFile) -> OutputFile:
     """Stream one output from ``folder/<type>/<subfolder>/<name>`` (where the worker set ComfyUI's
-    files aside) to storage; return it with its size and content type."""
+    files aside) to storage, unless it is a cache hit; return it with its size and content type."""
+    path = written(folder, ref)
+    if path is None:
+        return await reused_output(storage, user, ref)
     content_type = mimetypes.guess_type(ref.filename)[0] or "application/octet-stream"
-    path = folder / ref.type / ref.subfolder.strip("/") / ref.filename
     size = await storage.put(storage_key(user, ref), file_chunks(path), content_type)
     return ref.model_copy(update={"size": size, "content_type": content_type})
 

@@ -25,8 +25,8 @@ from services.storage import Storage, StorageError
 from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, PromptRejectedError
 from services.worker.comfy_events import Event, EventStream
 from services.worker.forwarder import EventForwarder
-from services.worker.job_files import JobFiles, Prepared, until_idle
-from services.worker.outputs import output_files, store_outputs
+from services.worker.job_files import JobFiles, Prepared, rerun, until_idle
+from services.worker.outputs import output_files, replays, store_outputs
 
 log = logging.getLogger(__name__)
 CANCELLED = JobError(type="Cancelled", message="the job was cancelled before it finished")
@@ -317,7 +317,7 @@ class JobRunner:
             raise
 
     async def _submit(self, job: Job, prompt: dict[str, Any]) -> None:
-        if job.attempts > 1 or job.comfyui_losses:
+        if rerun(job):
             await self.comfy.forget(job.id)
         await self.comfy.submit(prompt, job.id, self.events.client_id, job.extra_data)
 
@@ -332,6 +332,8 @@ class JobRunner:
             return Outcome(error=ending.error or CANCELLED)
         if not store:
             return Outcome(outputs=output_files(ending.entry))
+        if replays(self.files.kept(job.id), ending.entry):
+            await self.files.stored_before(job)  # the files it names may be on their way to storage
         try:
             started = time.monotonic()
             outputs = await store_outputs(self.files.kept(job.id), self.storage, job.user, ending.entry)

@@ -195,6 +195,21 @@ def output_reuse() -> list[Step]:
     ]
 
 
+def output_reuse_after_another() -> list[Step]:
+    """A graph, another sharing its first two nodes, then the first again: ComfyUI's cache keeps
+    only the last prompt's nodes, so the rerun reuses those two and saves a new file."""
+    return [
+        {"connect": "a"},
+        queue(graph(0x000607, "again")),
+        done(1),
+        queue(graph(0x000607, "between")),
+        done(2),
+        queue(graph(0x000607, "again")),
+        done(3),
+        get("/history/{prompt:3}"),
+    ]
+
+
 def history_paging() -> list[Step]:
     steps: list[Step] = [post("/history", {"clear": True}), {"connect": "a"}]
     for n in range(1, 4):
@@ -351,6 +366,7 @@ def cases() -> dict[str, list[Step]]:
         "interrupt": interrupt(),
         "cancel_pending": cancel_pending(),
         "output_reuse": output_reuse(),
+        "output_reuse_after_another": output_reuse_after_another(),
         "history_paging": history_paging(),
         "two_clients": two_clients(),
         "upload_and_view": upload_and_view(),

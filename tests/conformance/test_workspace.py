@@ -27,9 +27,6 @@ USER = "alice"
 
 # Case -> what the workspace still does differently, and why (a fix removes its entry).
 KNOWN: dict[str, str] = {
-    "output_reuse": "a rerun of the same graph runs its output nodes again and writes a new file: the "
-    "worker gives every job's output nodes their own cache key and empties ComfyUI's folders after "
-    "each job, so no job can be handed a file another participant's job wrote",
     "previews": "preview frames are throttled on the worker (two a second), so a frame and the step's "
     "progress can swap places",
 }

@@ -23,7 +23,7 @@ from services.storage.local import LocalStorage
 from services.worker import job_files as job_files_module
 from services.worker.agent import Agent
 from services.worker.comfy_client import ComfyClient
-from services.worker.job_files import SALT_INPUT, ComfyFolders, JobFiles, salted
+from services.worker.job_files import SALT_INPUT, ComfyFolders, JobFiles, salt, salted
 from services.worker.supervisor import ComfyNotReadyError
 from tests.support.jobs import finished, graph, participant, put_input, submit
 from tests.support.queue_manager_app import LiveServer
@@ -326,3 +326,99 @@ async def test_a_run_of_short_jobs_shares_one_listing_of_the_owners_outputs(
     monkeypatch.setattr(job_files_module, "LISTING_SECONDS", 0.0)  # as if a second went by
     third = await job_files.prepare(job(3))
     assert third.earlier == ["t_00001_.png", "t_00002_.png"] and storage.listings == 2
+
+
+def cached_nodes(comfy: ComfyUIDouble, job: Job) -> list[str]:
+    """The nodes ComfyUI answered from its cache for the job (its ``execution_cached``)."""
+    messages = comfy.state.history[job.id]["status"]["messages"]
+    return next(data["nodes"] for kind, data in messages if kind == "execution_cached")
+
+
+async def test_the_owners_identical_rerun_is_a_cache_hit_naming_her_earlier_file(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
+) -> None:
+    """As on ComfyUI: every node cached, the first run's file named again and nothing new written;
+    her file is served as it was (not the empty stand-in the worker numbers on from)."""
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+        first = await finished(alice, await submit(alice, graph(color=0x5EED)))
+        again = await finished(alice, await submit(alice, graph(color=0x5EED)))
+        view = await alice.get("/w/alice/api/view", params={"filename": "t_00001_.png", "type": "output"})
+    assert first.state == again.state == JobState.SUCCEEDED, again.error
+    assert cached_nodes(comfy, again) == ["1", "2", "3"]
+    assert [o.filename for o in again.outputs] == [o.filename for o in first.outputs] == ["t_00001_.png"]
+    assert again.outputs[0].size == first.outputs[0].size > 0
+    assert [p.name for p in (files / "users/alice/output").iterdir()] == ["t_00001_.png"]
+    assert view.status_code == 200 and png_meta(view.content)["color"] == 0xFFFFFF ^ 0x5EED  # inverted
+
+
+async def test_bob_running_alices_exact_graph_right_after_her_gets_his_own_new_file(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
+) -> None:
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)), participant(qm, "bob") as bob:
+        hers = await finished(alice, await submit(alice, graph(color=0xA11CE)))
+        his = await finished(bob, await submit(bob, graph(color=0xA11CE)))
+        name = his.outputs[0].filename
+        peek = await bob.get("/w/alice/api/view", params={"filename": name, "type": "output"})
+        own = await bob.get("/w/bob/api/view", params={"filename": name, "type": "output"})
+    assert hers.state == his.state == JobState.SUCCEEDED, his.error
+    assert cached_nodes(comfy, his) == ["1", "2"]  # his SaveImage ran: its result is not hers
+    assert (files / "users/bob/output" / name).stat().st_size == his.outputs[0].size > 0
+    assert peek.status_code in (401, 403, 404), peek.text
+    assert own.status_code == 200 and own.content == (files / "users/bob/output" / name).read_bytes()
+
+
+async def test_a_cache_hit_naming_a_file_the_owner_no_longer_has_names_it_as_comfyui_does(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
+) -> None:
+    """ComfyUI names a cached output whether or not the file is still there; /view then says 404."""
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+        first = await finished(alice, await submit(alice, graph(color=0xDE1)))
+        (files / "users/alice/output/t_00001_.png").unlink()
+        again = await finished(alice, await submit(alice, graph(color=0xDE1)))
+        view = await alice.get("/w/alice/api/view", params={"filename": "t_00001_.png", "type": "output"})
+        history = await alice.get(f"/w/alice/api/history/{again.id}")
+    assert first.state == again.state == JobState.SUCCEEDED, again.error
+    assert [(o.filename, o.size) for o in again.outputs] == [("t_00001_.png", 0)]
+    assert view.status_code == 404
+    assert history.status_code == 200
+    assert history.json()[again.id]["outputs"]["3"]["images"][0]["filename"] == "t_00001_.png"
+
+
+async def test_a_cache_hit_is_reported_only_once_the_files_it_names_are_stored(
+    comfy: ComfyUIDouble,
+    qm: LiveServer,
+    alice: httpx.AsyncClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rerun can end while the first run's file is still on its way to storage (the worker
+    stores outputs while the next job runs): the owner is told of it once she can view it."""
+    original = LocalStorage.put
+
+    async def slow(self: LocalStorage, key: str, *args: Any, **kwargs: Any) -> int:
+        if "/output/" in key:
+            await asyncio.sleep(0.5)  # a slow bucket: the rerun ends meanwhile
+        return await original(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStorage, "put", slow)
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+        first_id = await submit(alice, graph(color=0x51))
+        again = await finished(alice, await submit(alice, graph(color=0x51)))
+        view = await alice.get("/w/alice/api/view", params={"filename": "t_00001_.png", "type": "output"})
+        first = await finished(alice, first_id)
+    assert again.state == first.state == JobState.SUCCEEDED, again.error
+    assert cached_nodes(comfy, again) == ["1", "2", "3"]
+    assert view.status_code == 200 and png_meta(view.content)["color"] == 0xFFFFFF ^ 0x51  # inverted
+
+
+def test_output_nodes_are_salted_per_owner_and_per_attempt_on_a_rerun() -> None:
+    first = Job(id="j1", user="alice", prompt={}, attempts=1, queued_at=datetime.now(UTC))
+    assert salt(first) == salt(first.model_copy(update={"id": "j2"}))  # her identical rerun: a cache hit
+    assert salt(first) != salt(first.model_copy(update={"user": "bob"}))
+    reruns = [
+        first.model_copy(update={"attempts": 2}),  # a retry
+        first.model_copy(update={"comfyui_losses": 1}),  # ComfyUI was lost with the job in it
+        first.model_copy(update={"attempts": 2, "comfyui_losses": 1}),
+        first.model_copy(update={"id": "j2", "attempts": 2}),
+    ]
+    assert len({salt(first), *map(salt, reruns)}) == 1 + len(reruns)
