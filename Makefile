@@ -62,7 +62,7 @@ unit: ## the test suite only (assumes `make deps` ran)
 	$(UV) run --frozen pytest
 
 bench: ## every benchmark, one JSON object each
-	for b in program queue faults worker workshop workspaces; do \
+	for b in program queue faults worker workshop workspaces push; do \
 	  if [ -f bench/$$b.py ]; then echo "== bench.$$b"; $(PY) -m bench.$$b; fi; done
 
 preview-workshop: ## pulumi preview of the workshop stack (needs Pulumi login and provider credentials)

@@ -60,9 +60,9 @@ async def run_pushed(agent: Agent, lease: Lease) -> dict[str, Any]:
     try:
         if queue.base_url not in agent.published_to:
             await publish(agent, queue)
+        await announce(queue, lease)  # a chained job's holder is named when the container takes it
         current: Lease | None = lease
         while current is not None:
-            await announce(queue, current)
             outcome = await agent.run_lease(current, queue, max(current.lease_seconds / 3, 0.5))
             ran.append({"job_id": current.job.id, "outcome": outcome})
             current = await next_in_request(agent, queue, lease, outcome)

@@ -29,7 +29,7 @@ from services.worker.agent import Agent, LeaseResult
 from services.worker.push import verda_app
 from services.worker.queue_client import QueueClient
 from tests.support.jobs import finished, graph, submit, until
-from tests.support.queue_manager_app import POOL, POOL_TOKEN, LiveServer
+from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, POOL_TOKEN, LiveServer
 from tests.support.worker_agent import lease_for, worker_settings
 
 
@@ -188,7 +188,7 @@ async def test_a_container_takes_the_next_job_in_its_request_and_stops_once_it_g
     agent: Agent, qm: LiveServer, alice: httpx.AsyncClient, redis_url: str
 ) -> None:
     redis = Redis.from_url(redis_url, decode_responses=True)
-    queue = QueueClient(qm.url, POOL_TOKEN)
+    queue = QueueClient(qm.url, POOL_TOKEN, holder=agent.settings.worker_id)  # as run_pushed makes it
     try:
         await agent.start()
         first = await lease_for(qm, alice, color=25)
@@ -197,9 +197,14 @@ async def test_a_container_takes_the_next_job_in_its_request_and_stops_once_it_g
         first.chain = await chains.open(pool, "dispatcher", first)
         second_id = await submit(alice, graph(color=26))
 
+        await push.publish(agent, queue)  # registered, as a container is before its first job
         second = await push.next_in_request(agent, queue, first, LeaseResult.SUCCEEDED)
         assert second is not None and second.job.id == second_id
         assert (second.reply_url, second.reply_token, second.chain) == (qm.url, POOL_TOKEN, first.chain)
+        async with httpx.AsyncClient(base_url=qm.url, auth=(ADMIN, ADMIN_PASSWORD)) as admin:
+            workers = (await admin.get("/api/admin/workers")).json()
+        shown = [(w["state"], w["job_id"]) for w in workers if w["worker_id"] == agent.settings.worker_id]
+        assert shown == [("busy", second_id)]  # on the admin page from the moment it took the job
 
         # ComfyUI went down with the second job (given back): the request takes no more.
         third_id = await submit(alice, graph(color=27))

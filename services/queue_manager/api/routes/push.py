@@ -34,6 +34,7 @@ async def next_job(
         await store.release(lease.job.id, lease.token)
         await chains.end(chain_id)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
+    await store.holder_report(call.worker_id, pool, lease.job.id, busy=True)  # the admin page: busy now
     return Response(lease.model_dump_json(), media_type="application/json")
 
 
