@@ -61,34 +61,18 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
         pool = self.component(config, opts)
         child = pulumi.ResourceOptions(parent=pool)
         conn, prefix = verda_connection(), ctx.remote_name(config.name)
-        key = tls.PrivateKey(f"{config.name}-ssh", algorithm="ED25519", opts=child)
-        ssh_key = VerdaSshKey(
-            f"{config.name}-ssh-key", {"name": prefix, "public_key": key.public_key_openssh, **conn}, child
-        )
         volume = models_volume(ctx, (config.name, pool), config.models_volume, config.location, conn)
-        spec = self._spec(config, ctx, volume)
-        script = VerdaStartupScript(
-            f"{config.name}-startup",
-            {"name": prefix, "script": secret(spec.apply(startup_script)), **conn},
-            child,
-        )
+        boot = self._boot(config, ctx, volume, prefix, conn, child)
+        machine = {
+            "instance_type": config.instance_type,
+            "location": config.location,
+            "is_spot": config.spot,
+            "os_volume_size": config.os_volume_gb,
+            "description": f"comfy-workshop {ctx.stack}/{config.name}",
+        }
         instances = [
             VerdaInstance(
-                f"{config.name}-{index}",
-                {
-                    "name": f"{prefix}-{index}",
-                    "instance_type": config.instance_type,
-                    "location": config.location,
-                    "is_spot": config.spot,
-                    "ssh_key_ids": [ssh_key.remote_id],
-                    "startup_script_id": script.remote_id,
-                    "setup_digest": spec.apply(setup_digest),
-                    "existing_volumes": [volume.volume_id] if volume else [],
-                    "os_volume_size": config.os_volume_gb,
-                    "description": f"comfy-workshop {ctx.stack}/{config.name}",
-                    **conn,
-                },
-                child,
+                f"{config.name}-{index}", {"name": f"{prefix}-{index}", **machine, **boot, **conn}, child
             )
             for index in range(config.count)
         ]
@@ -103,6 +87,31 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
             }
         )
         return pool
+
+    def _boot(
+        self,
+        config: VerdaInstanceConfig,
+        ctx: PoolContext,
+        volume: VerdaSharedVolume | None,
+        prefix: str,
+        conn: dict[str, pulumi.Input[str]],
+        opts: pulumi.ResourceOptions,
+    ) -> dict[str, pulumi.Input[Any]]:
+        """How every instance of the pool boots: the pool's SSH key, its startup script (which joins
+        the tailnet, mounts the models volume and starts the workers) and that script's setup digest."""
+        key = tls.PrivateKey(f"{config.name}-ssh", algorithm="ED25519", opts=opts)
+        ssh_key = VerdaSshKey(
+            f"{config.name}-ssh-key", {"name": prefix, "public_key": key.public_key_openssh, **conn}, opts
+        )
+        spec = self._spec(config, ctx, volume)
+        script_props = {"name": prefix, "script": secret(spec.apply(startup_script)), **conn}
+        script = VerdaStartupScript(f"{config.name}-startup", script_props, opts)
+        return {
+            "ssh_key_ids": [ssh_key.remote_id],
+            "startup_script_id": script.remote_id,
+            "setup_digest": spec.apply(setup_digest),
+            "existing_volumes": [volume.volume_id] if volume else [],
+        }
 
     def _spec(
         self, config: VerdaInstanceConfig, ctx: PoolContext, volume: VerdaSharedVolume | None

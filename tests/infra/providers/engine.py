@@ -126,31 +126,27 @@ class Engine:
             raise HostError(f"check failed: {failures}")
         return plain(response.inputs)
 
-    def diff(self, news: dict[str, Any]) -> Any:
+    def _against_state(self, news: dict[str, Any]) -> dict[str, Any]:
+        """What Diff and Update both send: the stored object (id, outputs, inputs) and the new inputs."""
         assert self.state is not None
-        request = provider_pb2.DiffRequest(
-            id=self.state.id,
-            urn=self.urn,
-            olds=struct(self.state.outputs),
-            news=struct(news),
-            old_inputs=struct(self.state.inputs),
-        )
-        return self._call("Diff", request)
+        return {
+            "id": self.state.id,
+            "urn": self.urn,
+            "olds": struct(self.state.outputs),
+            "news": struct(news),
+            "old_inputs": struct(self.state.inputs),
+        }
+
+    def diff(self, news: dict[str, Any]) -> Any:
+        return self._call("Diff", provider_pb2.DiffRequest(**self._against_state(news)))
 
     def create(self, inputs: dict[str, Any]) -> State:
         response = self._call("Create", provider_pb2.CreateRequest(urn=self.urn, properties=struct(inputs)))
         return State(response.id, inputs, plain(response.properties))
 
     def update(self, news: dict[str, Any]) -> State:
+        response = self._call("Update", provider_pb2.UpdateRequest(**self._against_state(news)))
         assert self.state is not None
-        request = provider_pb2.UpdateRequest(
-            id=self.state.id,
-            urn=self.urn,
-            olds=struct(self.state.outputs),
-            news=struct(news),
-            old_inputs=struct(self.state.inputs),
-        )
-        response = self._call("Update", request)
         return State(self.state.id, news, plain(response.properties))
 
     def delete(self, state: State) -> None:

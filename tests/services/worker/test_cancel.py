@@ -5,7 +5,7 @@ The lease here lasts two minutes, so the next regular heartbeat would be 40 s aw
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from services.worker import lease as lease_keeper
 from services.worker import push
 from services.worker.agent import Agent
 from services.worker.queue_client import QueueClient
-from tests.support.jobs import finished, graph, participant, submit, submit_running, until
+from tests.support.jobs import finished, graph, submit, submit_running, until
 from tests.support.queue_manager_app import LiveServer
 from tests.support.worker_agent import lease_for, pull_worker, worker_settings
 
@@ -31,12 +31,6 @@ PROMPTLY = 10.0  # seconds: far below the 40 s to the next regular heartbeat
 @pytest.fixture
 def qm(qm_factory: Callable[..., LiveServer]) -> LiveServer:
     return qm_factory(lease_seconds=LEASE_SECONDS)
-
-
-@pytest.fixture
-async def alice(qm: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with participant(qm, "alice") as client:
-        yield client
 
 
 async def cancel_while_running(comfy: ComfyUIDouble, alice: httpx.AsyncClient, job_id: str) -> None:
