@@ -2,8 +2,9 @@
 
 redis-py types every answer as "maybe awaitable, maybe bytes": it cannot say that a client made
 with ``decode_responses=True`` (the store's, see ``main.py``) answers ``str``. ``StrRedis`` says it
-for the commands the store calls; ``StoreBase`` casts its client to it once. A command the store
-starts to use is added here (mypy names any that is missing).
+for the commands the store calls; ``StoreBase`` casts its client to it once, and everything that
+holds that client (login sessions and limits, the event bus, the wake listener) takes it as
+``StrRedis``. A command the store starts to use is added here (mypy names any that is missing).
 """
 
 from __future__ import annotations
