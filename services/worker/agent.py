@@ -62,6 +62,7 @@ class LeaseResult(StrEnum):
     FAILED = "failed"
     RELEASED = "released"  # given back unfinished: ComfyUI down or lost, or the worker stopping
     LOST = "lost"  # the lease expired first: the queue manager requeues the job
+    MOVED = "moved"  # staged ahead of ``start``, which gave it to another worker (or it was cancelled)
 
 
 def catalogue_hash(catalogue: dict[str, Any], extensions: dict[str, str] | None = None) -> str:
@@ -207,6 +208,8 @@ class Agent:
         """
         job = lease.job
         if not self.comfyui_up:
+            if handoff is not None and not await handoff.ours():
+                return LeaseResult.MOVED
             log.warning("job %s leased while ComfyUI is down: giving it back", job.id)
             await queue.release(job.id, lease.token)
             return LeaseResult.RELEASED
@@ -217,8 +220,11 @@ class Agent:
         forwarder = EventForwarder(
             sink, self.settings.progress_per_second, preview_rate=self.settings.previews_per_second
         )
+        confirmed = handoff.confirmed if handoff is not None else None
         try:
-            async with LeaseKeeper(queue, job.id, lease.token, heartbeat_seconds, self._heard) as keeper:
+            async with LeaseKeeper(
+                queue, job.id, lease.token, heartbeat_seconds, self._heard, confirmed
+            ) as keeper:
                 run = self.runner.run(job, forwarder, keeper.cancel, self.comfy_server.death, handoff=handoff)
                 outcome = await self._run_while_held(run, keeper)
         except asyncio.CancelledError:
@@ -227,6 +233,8 @@ class Agent:
         await forwarder.close()
         if outcome is None:
             return LeaseResult.LOST
+        if outcome.moved:
+            return LeaseResult.MOVED
         return await self._report(lease, queue, outcome)
 
     def _heard(self, reply: HeartbeatReply, sent: float) -> None:

@@ -8,7 +8,8 @@ A reply with ``cancel: true`` sets ``cancel``; a 409 (the lease expired and the 
 
 The first call goes ``FIRST_CALL_SECONDS`` after the lease was granted: a job done sooner (a no-model
 graph) costs the queue manager no call and no connection torn down mid-reply, and a cancel made in
-that moment is in the first reply.
+that moment is in the first reply. For a prepared job staged while the queue manager answers its
+start (``confirmed``), the first call waits for that answer, and none is made when it says no.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from services.protocol.workers import HeartbeatReply
 from services.worker.queue_client import LeaseLostError, QueueClient
@@ -34,8 +35,10 @@ class LeaseKeeper:
         token: str,
         every: float,
         heard: Callable[[HeartbeatReply, float], None] | None = None,
+        confirmed: Awaitable[bool] | None = None,
     ) -> None:
         self.queue, self.job_id, self.token, self.every = queue, job_id, token, every
+        self.confirmed = confirmed
         # every reply and when its call was sent (time.monotonic): is the prepared job still held?
         self.heard = heard
         self.cancel = asyncio.Event()
@@ -55,6 +58,8 @@ class LeaseKeeper:
     async def _beat(self) -> None:
         loop = asyncio.get_running_loop()
         renew = False  # the lease was just granted: the first call only listens for a cancel
+        if self.confirmed is not None and not await self.confirmed:
+            return  # never this worker's lease
         await asyncio.sleep(min(FIRST_CALL_SECONDS, self.every))
         while True:
             due = loop.time() + self.every

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 
 import httpx
 
-from services.protocol.workers import Lease, RegisterReply
+from services.protocol.workers import Lease, RegisterReply, StartReply
 from services.worker.agent import Agent, LeaseResult
 from services.worker.job_files import Prepared
 from services.worker.queue_client import LeaseLostError, QueueClient, QueueRefusedError
@@ -111,14 +111,18 @@ class PullWorker:
             self.follows.set()
 
     def _launch(
-        self, lease: Lease, heartbeat_seconds: float, prepared: Prepared | None = None
+        self,
+        lease: Lease,
+        heartbeat_seconds: float,
+        prepared: Prepared | None = None,
+        confirmed: asyncio.Future[bool] | None = None,
     ) -> asyncio.Event:
         """Run the job in the background (its outputs are stored while the next one runs); the
         event is set once ComfyUI is done with it."""
         gpu_free = asyncio.Event()
         self.jobs_started += 1
         follows = asyncio.Event()
-        handoff = Handoff(prepared, gpu_free, self._idle_since(lease), self.follows, follows)
+        handoff = Handoff(prepared, gpu_free, self._idle_since(lease), self.follows, follows, confirmed)
         self.follows = follows
         task = asyncio.create_task(self._run(lease, heartbeat_seconds, handoff))
         self.running.add(task)
@@ -193,20 +197,36 @@ class PullWorker:
     ) -> asyncio.Event | None:
         """Start the prepared job, or what the queue manager says to run instead: the prepared job
         is no longer this worker's when an idle worker took it, it was cancelled, or a job queued
-        since ranks ahead of it."""
-        try:
-            answer = await self.queue.start(held.job.id, held.token, reply.worker_id)
-        except (httpx.HTTPError, QueueRefusedError) as exc:
-            log.warning("could not start the prepared job %s: %s", held.job.id, exc)
+        since ranks ahead of it. Its files are staged while the queue manager answers; it reaches
+        ComfyUI only once the answer says it is this worker's (``Handoff.confirmed``)."""
+        asked = asyncio.create_task(self._ask_start(held, reply))
+        confirmed = asyncio.ensure_future(self._confirmed(asked))
+        job = held.job.model_copy(update={"attempts": held.job.attempts + 1})  # as start counts it
+        lease = held.model_copy(update={"prepared": False, "job": job})
+        gpu_free = self._launch(lease, reply.heartbeat_seconds, prepared, confirmed)
+        answer = await asked
+        if answer is not None and answer.started:
+            return gpu_free
+        await gpu_free.wait()  # its staged files are cleared away again, unseen by ComfyUI
+        if answer is None:
             await self._give_back(held)
             return None
-        if answer.started:
-            job = held.job.model_copy(update={"attempts": held.job.attempts + 1})  # as start counted it
-            lease = held.model_copy(update={"prepared": False, "job": job})
-            return self._launch(lease, reply.heartbeat_seconds, prepared)
         self.agent.files.discard(held.job.id)
         log.info("prepared job %s moved on (taken by an idle worker, cancelled or outranked)", held.job.id)
         return None if answer.lease is None else self._launch(answer.lease, reply.heartbeat_seconds)
+
+    async def _ask_start(self, held: Lease, reply: RegisterReply) -> StartReply | None:
+        """The queue manager's answer to starting the prepared job; None when there is none."""
+        try:
+            return await self.queue.start(held.job.id, held.token, reply.worker_id)
+        except (httpx.HTTPError, QueueRefusedError) as exc:
+            log.warning("could not start the prepared job %s: %s", held.job.id, exc)
+            return None
+
+    @staticmethod
+    async def _confirmed(asked: asyncio.Task[StartReply | None]) -> bool:
+        answer = await asked
+        return answer is not None and answer.started
 
     async def _announce_draining(self, worker_id: str) -> None:
         """As soon as a stop is asked for, the admin page shows this worker as draining."""
@@ -281,8 +301,8 @@ class PullWorker:
             log.exception("job %s: could not be run or reported", lease.job.id)
             return
         log.info("job %s: %s", lease.job.id, result)
-        if result is LeaseResult.RELEASED:
-            self.jobs_started -= 1  # given back unrun (ComfyUI was down): it does not count here
+        if result in (LeaseResult.RELEASED, LeaseResult.MOVED):
+            self.jobs_started -= 1  # given back unrun (ComfyUI was down), or not ours: it does not count
         else:
             self.jobs_done += 1
 

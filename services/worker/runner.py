@@ -42,6 +42,11 @@ class Outcome:
     lost: str | None = None  # ComfyUI died or stopped answering (why): give the job back, do not fail it
     submitted: bool = False  # ComfyUI had taken the prompt when it was lost: the loss counts for the job
     timing: JobTiming | None = None
+    moved: bool = False  # not this worker's to run after all (``Handoff.confirmed``): nothing to report
+
+
+class NotConfirmedError(Exception):
+    """The queue manager did not confirm the start of a job staged ahead of its answer."""
 
 
 class EndingKind(StrEnum):
@@ -196,6 +201,9 @@ class Handoff:
     ``submitted`` is set once the job is in ComfyUI. ``next_submitted`` is the next job's
     ``submitted`` (or set when none follows): the finished job's history, upload and report wait
     for it (``NEXT_SUBMIT_SECONDS`` at most), so they never hold up the GPU's next start.
+    ``confirmed``: the queue manager's answer (True: the job is this worker's) to the start of a
+    prepared job, asked while its files are staged; the job reaches ComfyUI only once it is True,
+    and otherwise its files are cleared away again, unseen (``Outcome.moved``).
     """
 
     prepared: Prepared | None = None
@@ -203,6 +211,11 @@ class Handoff:
     idle_since: float | None = None
     submitted: asyncio.Event | None = None
     next_submitted: asyncio.Event | None = None
+    confirmed: asyncio.Future[bool] | None = None
+
+    async def ours(self) -> bool:
+        """Whether the job is this worker's to run (always, unless it was staged ahead of ``start``)."""
+        return True if self.confirmed is None else await self.confirmed
 
     async def until_next_submitted(self) -> None:
         if self.next_submitted is not None:
@@ -246,6 +259,9 @@ class JobRunner:
             outcome = await self._run_staged(job, forwarder, cancel, death, store, handoff, timing)
             outcome.timing = timing
             return outcome
+        except NotConfirmedError:
+            self.comfy_idle = True  # nothing was submitted: ComfyUI holds no prompt still
+            return Outcome(moved=True)
         except ComfyUnavailableError as exc:
             return Outcome(lost=str(exc))
         except StorageError as exc:
@@ -273,6 +289,8 @@ class JobRunner:
         queue = self.events.subscribe(job.id)
         try:
             async with self.files.staged(job, handoff.prepared) as stage:
+                if not await handoff.ours():
+                    raise NotConfirmedError(job.id)
                 follower = Follower(forwarder)
                 submitted = time.monotonic()
                 if handoff.idle_since is not None:

@@ -19,10 +19,12 @@ import redis
 
 from devkit.doubles.comfyui import ComfyUIDouble
 from services.protocol.jobs import JobState
+from services.protocol.workers import StartReply
 from services.storage.local import LocalStorage
 from services.worker.comfy_client import ComfyClient
+from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
-from tests.support.jobs import finished, graph, participant, submit
+from tests.support.jobs import finished, graph, participant, put_input, submit
 from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, LiveServer
 from tests.support.worker_agent import pull_worker, worker_settings
 
@@ -206,3 +208,35 @@ async def test_the_next_job_reaches_comfyui_before_the_last_ones_outputs_are_sto
         "stored first_00001_.png",
         "stored second_00001_.png",
     ]
+
+
+async def test_the_prepared_jobs_files_are_staged_while_the_queue_manager_answers_its_start(
+    comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU's wait for ``start`` is not spent moving files: they are in ComfyUI's folders when the
+    answer comes, and the job reaches ComfyUI only after it."""
+    seen: list[
+        tuple[list[str], bool]
+    ] = []  # at each answer: the input folder, and whether ComfyUI had the job
+    original = QueueClient.start
+
+    async def slow_start(client: QueueClient, job_id: str, *args: Any) -> StartReply:
+        async with asyncio.timeout(5):  # a slow queue manager: staging has time to finish first
+            while not (comfy.folders.input / "mine.png").exists():
+                await asyncio.sleep(0.01)  # polling the folders the worker stages into
+        seen.append(([p.name for p in comfy.folders.input.iterdir()], job_id in comfy.state.timings))
+        return await original(client, job_id, *args)
+
+    monkeypatch.setattr(QueueClient, "start", slow_start)
+    put_input(files, "alice", "mine.png", b"\x89PNG\r\n\x1a\n" + b'{"width": 8, "height": 8, "color": 7}')
+    loads = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "mine.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}},
+    }
+    comfy.knobs.node_seconds = 0.3
+    async with participant(qm, "alice") as alice, pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+        first = await submit(alice, graph(1))
+        second = await submit(alice, loads, inputs=[{"filename": "mine.png"}])
+        done = [await finished(alice, first), await finished(alice, second)]
+    assert [job.state for job in done] == [JobState.SUCCEEDED, JobState.SUCCEEDED]
+    assert seen == [(["mine.png"], False)]
