@@ -6,7 +6,7 @@ Modules, one concept each:
 * ``comfy_client``  - HTTP calls to ComfyUI (``/prompt``, ``/history``, ``/view``, ``/upload/image``...)
 * ``comfy_events``  - the agent's one ``/ws`` connection, events routed per ``prompt_id``
 * ``supervisor``    - ComfyUI as a child process (or attached by URL): readiness, death, restart
-* ``throttle``      - at most one release per interval, the latest event of each kind winning
+* ``throttle``      - token buckets per event kind; held events go out in arrival order, newest of each kind
 * ``forwarder``     - progress, node states, previews and node events to the queue manager, throttled
                       and batched
 * ``outputs``       - every output named by ``/history``, streamed from ``/view`` to user-file storage

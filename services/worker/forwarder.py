@@ -1,17 +1,19 @@
-"""Forward a job's ComfyUI events to the queue manager: frequent ones throttled, everything batched.
+"""Forward a job's ComfyUI events to the queue manager: frequent ones throttled, everything batched,
+nothing reordered.
 
-``progress`` and ``progress_state`` share one limit of ``rate`` releases per second per job, and
-``b_preview`` (preview images) has its own of ``preview_rate``; within a window the latest value
-of each kind wins and is sent when the window opens. Other events pass in order. A node event makes
-a held ``progress`` (unless it is the node's first) or preview stale (dropped), but a held
+``progress`` and ``progress_state`` may each go ``rate`` times a second, ``b_preview`` (preview
+images) ``preview_rate`` times, after a burst of a few (``throttle``): a short node's steps and images
+pass as ComfyUI sent them. What must wait is held, the newest of each kind, and goes out in the
+order it arrived, so a preview never overtakes the step's ``progress`` nor falls behind the next
+one (a held preview that would hold up newer progress is dropped). A node event makes a held
+``progress`` (unless it is the node's first) or preview stale (dropped), but a held
 ``progress_state`` is sent before it: each one is ComfyUI's whole picture of the job's nodes, and
 the last one (every node ``finished``) is what lets the participant's page stop showing the job as
 running, so it is never dropped, not even at ``close``. Only the steps inside a node are throttled:
 a ``progress_state`` in which a node starts or finishes goes out at once, in order, in place of a
-held one (it carries every node's newer state) and opening a new window, so the page hears every
-node's start and end as ComfyUI sends them. Sending happens on a background task, so a slow queue
-manager never slows the job; events are gathered for ``linger`` seconds into one batch, so a short
-job costs one round trip.
+held one (it carries every node's newer state), so the page hears every node's start and end as
+ComfyUI sends them. Sending happens on a background task, so a slow queue manager never slows the
+job; events are gathered for ``linger`` seconds into one batch, so a short job costs one round trip.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from services.worker.throttle import Throttle
 log = logging.getLogger(__name__)
 Sink = Callable[[list[JobEvent]], Awaitable[None]]
 MAX_BATCH = 256
-LANES = {"progress": "progress", "progress_state": "progress", "b_preview": "preview"}
 KEPT = frozenset({"progress_state"})
 
 
@@ -40,10 +41,8 @@ class EventForwarder:
         self.linger = linger
         self._closed = asyncio.Event()
         self._buffer: list[JobEvent] = []
-        self._lanes = {
-            "progress": Throttle(1.0 / rate, self._push),
-            "preview": Throttle(1.0 / preview_rate, self._push),
-        }
+        rates = {"progress": rate, "progress_state": rate, "b_preview": preview_rate}
+        self._steps = Throttle(rates, self._push, droppable={"b_preview"})
         self._wake = asyncio.Event()
         self._closing = False
         self._node_states: dict[str, str] = {}
@@ -53,16 +52,13 @@ class EventForwarder:
     def add(self, kind: str, data: dict[str, Any]) -> None:
         event = JobEvent(type=kind, data=data)
         if kind == "progress_state" and self._changes_nodes(data):
-            steps = self._lanes["progress"]
-            for held in steps.take():  # a held state is superseded: this one has every node's newer state
+            for held in self._steps.take():  # superseded: this state has every node's newer one
                 if self._first_progress(held):
                     self._push(held)
-            steps.mark()
             self._push(event)
             return
-        lane = self._lanes.get(LANES.get(kind, ""))
-        if lane is not None:
-            lane.offer(event)
+        if self._steps.handles(kind):
+            self._steps.offer(event)
             return
         self._settle()
         self._push(event)
@@ -78,10 +74,9 @@ class EventForwarder:
     def _settle(self) -> None:
         """Before a node event or the end: held states go out first, held progress and previews are
         stale (but a node's first progress, which says the node reports steps, is kept)."""
-        for lane in self._lanes.values():
-            for event in lane.take():
-                if event.type in KEPT or self._first_progress(event):
-                    self._push(event)
+        for event in self._steps.take():
+            if event.type in KEPT or self._first_progress(event):
+                self._push(event)
 
     def _first_progress(self, event: JobEvent) -> bool:
         return event.type == "progress" and str(event.data.get("node")) not in self._progressed
@@ -109,8 +104,6 @@ class EventForwarder:
     async def close(self) -> None:
         """Send what is buffered and the last held ``progress_state`` (held progress is dropped unless
         it is its node's first), and stop."""
-        for lane in self._lanes.values():
-            lane.stop()
         self._settle()
         self._closing = True
         self._closed.set()

@@ -26,10 +26,7 @@ from tests.support.worker_agent import pull_worker, worker_settings
 USER = "alice"
 
 # Case -> what the workspace still does differently, and why (a fix removes its entry).
-KNOWN: dict[str, str] = {
-    "previews": "preview frames are throttled on the worker (two a second), so a frame and the step's "
-    "progress can swap places",
-}
+KNOWN: dict[str, str] = {}
 
 
 def cases() -> list[Any]:

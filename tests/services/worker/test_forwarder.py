@@ -1,4 +1,5 @@
-"""Progress reaches the participant at most 10 times a second per job; node events are never dropped."""
+"""Progress reaches the participant at most 10 times a second per job after a short burst, previews
+twice a second; node events are never dropped and nothing is reordered."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from services.protocol.workers import JobEvent
 from services.worker.forwarder import EventForwarder
+from services.worker.throttle import BURST
 
 
 class Sink:
@@ -28,9 +30,9 @@ async def test_a_flood_of_progress_is_throttled_to_ten_per_second() -> None:
     elapsed = time.monotonic() - started
     await forwarder.close()
     progress = [event for _, event in sink.sent if event.type == "progress"]
-    assert 2 <= len(progress) <= int(elapsed * 10) + 1
+    assert 2 <= len(progress) <= int(elapsed * 10) + BURST
     values = [event.data["value"] for event in progress]
-    assert values == sorted(values) and values[0] == 1
+    assert values == sorted(values) and values[:BURST] == list(range(1, BURST + 1))
 
 
 async def test_node_events_pass_in_order_and_a_stale_held_progress_is_dropped() -> None:
@@ -38,14 +40,14 @@ async def test_node_events_pass_in_order_and_a_stale_held_progress_is_dropped() 
     forwarder = EventForwarder(sink, rate=10.0)
     forwarder.add("execution_start", {"prompt_id": "p"})
     forwarder.add("executing", {"node": "1", "prompt_id": "p"})
-    forwarder.add("progress", {"value": 1, "max": 2, "node": "1", "prompt_id": "p"})
-    forwarder.add("progress", {"value": 2, "max": 2, "node": "1", "prompt_id": "p"})  # held back
+    for value in range(1, BURST + 2):  # the last one is held back
+        forwarder.add("progress", {"value": value, "max": 9, "node": "1", "prompt_id": "p"})
     forwarder.add("executing", {"node": "2", "prompt_id": "p"})  # makes the held value stale
     await forwarder.close()
     assert [(e.type, e.data.get("node"), e.data.get("value")) for _, e in sink.sent] == [
         ("execution_start", None, None),
         ("executing", "1", None),
-        ("progress", "1", 1),
+        *[("progress", "1", value) for value in range(1, BURST + 1)],
         ("executing", "2", None),
     ]
 
@@ -79,25 +81,35 @@ async def test_progress_state_is_throttled_but_the_last_one_is_always_delivered(
     elapsed = time.monotonic() - started
     await forwarder.close()  # the job ended: the final state was still held back
     states = [event.data for _, event in sink.sent if event.type == "progress_state"]
-    assert 2 <= len(states) <= int(elapsed * 10) + 2
+    assert 2 <= len(states) <= int(elapsed * 10) + BURST + 2  # and the node's start and end
     assert states[-1]["nodes"]["3"]["state"] == "finished"
 
 
 async def test_a_held_progress_state_goes_out_before_the_next_node_event() -> None:
     sink = Sink()
     forwarder = EventForwarder(sink, rate=10.0)
-    forwarder.add("progress_state", node_states("p", 1, 2))
-    forwarder.add("progress", {"value": 1, "max": 2, "node": "3", "prompt_id": "p"})  # held back
-    forwarder.add("progress", {"value": 2, "max": 2, "node": "3", "prompt_id": "p"})  # replaces it
-    forwarder.add("progress_state", node_states("p", 2, 2))  # the node finished: goes out at once
+    for step in range(1, BURST + 3):  # the node starts (at once), a burst of steps, one held back
+        forwarder.add("progress_state", node_states("p", step, 9))
     forwarder.add("executed", {"node": "3", "output": {}, "prompt_id": "p"})
     await forwarder.close()
     assert [(e.type, e.data.get("nodes", {}).get("3", {}).get("value")) for _, e in sink.sent] == [
-        ("progress_state", 1),
-        ("progress", None),  # the node's first progress is kept: ComfyUI's page learns it reports steps
-        ("progress_state", 2),
+        *[("progress_state", step) for step in range(1, BURST + 3)],
         ("executed", None),
     ]
+
+
+async def test_a_nodes_first_progress_is_kept_when_its_end_makes_it_stale() -> None:
+    """ComfyUI's page learns from it that the node reports steps."""
+    sink = Sink()
+    forwarder = EventForwarder(sink, rate=10.0)
+    for node in ("3", "4"):  # node 3 spends the burst; node 4's first progress is held back
+        forwarder.add("progress_state", node_states("p", 1, 2) | {"nodes": {node: {"state": "running"}}})
+        for value in range(1, BURST + 1):
+            forwarder.add("progress", {"value": value, "max": 9, "node": node, "prompt_id": "p"})
+    forwarder.add("progress_state", {"prompt_id": "p", "nodes": {"4": {"state": "finished"}}})
+    await forwarder.close()
+    progress = [(e.data["node"], e.data["value"]) for _, e in sink.sent if e.type == "progress"]
+    assert progress == [("3", 1), ("3", 2), ("4", BURST)]
 
 
 async def test_previews_reach_the_participant_at_most_twice_a_second_newest_first() -> None:
@@ -111,8 +123,45 @@ async def test_previews_reach_the_participant_at_most_twice_a_second_newest_firs
     elapsed = time.monotonic() - started
     await forwarder.close()
     previews = [event.data["image"] for _, event in sink.sent if event.type == "b_preview"]
-    assert 2 <= len(previews) <= int(elapsed * 2) + 1
+    assert 2 <= len(previews) <= int(elapsed * 2) + BURST
     numbers = [int(image.removeprefix("img")) for image in previews]
-    assert numbers[0] == 0 and numbers[1] > 1  # the first at once, then the newest one held back
+    assert numbers[:BURST] == list(range(BURST))  # the first at once, then the newest ones held back
+    assert numbers[BURST] > BURST
     progress = [event for _, event in sink.sent if event.type == "progress"]
     assert len(progress) > len(previews)  # previews have their own, slower limit
+
+
+def sampler_step(step: int) -> list[tuple[str, dict[str, Any]]]:
+    """What ComfyUI sends for one sampler step with a live preview, in its order."""
+    return [
+        ("progress_state", node_states("p", step, 1000)),
+        ("progress", {"value": step, "max": 1000, "node": "3", "prompt_id": "p"}),
+        ("b_preview", {"image": f"img{step}", "format": "jpeg", "prompt_id": "p"}),
+    ]
+
+
+async def test_throttled_events_keep_comfyuis_order_a_preview_never_overtakes_its_steps_progress() -> None:
+    sink = Sink()
+    forwarder = EventForwarder(sink, rate=10.0, preview_rate=2.0)
+    arrived: list[tuple[str, dict[str, Any]]] = []
+    for step in range(1, 61):  # 40 steps a second, each with a preview
+        for kind, data in sampler_step(step):
+            arrived.append((kind, data))
+            forwarder.add(kind, data)
+        await asyncio.sleep(0.025)
+    await forwarder.close()
+    order = [arrived.index((e.type, e.data)) for _, e in sink.sent]
+    assert order == sorted(order), "an event was sent before one that arrived ahead of it"
+    kinds = [e.type for _, e in sink.sent]
+    assert kinds.count("b_preview") >= 2 and kinds.count("progress") > kinds.count("b_preview")
+
+
+async def test_a_short_nodes_steps_and_images_pass_as_comfyui_sent_them() -> None:
+    sink = Sink()
+    forwarder = EventForwarder(sink, rate=10.0, preview_rate=2.0)
+    forwarder.add("progress_state", node_states("p", 0, 2))  # the node starts
+    sent = [event for step in (1, 2) for event in sampler_step(step)]
+    for kind, data in sent:
+        forwarder.add(kind, data)
+    await forwarder.close()
+    assert [(e.type, e.data) for _, e in sink.sent][1:] == sent
