@@ -280,7 +280,10 @@ class SimulatedWorker:
             if beat.status_code == 409:
                 return False
             if beat.json().get("cancel"):  # as the worker: ComfyUI interrupted, the job reported cancelled
-                error = {"type": "Cancelled", "message": "the job was cancelled before it finished"}
+                error: dict[str, Any] = {
+                    "type": "Cancelled",
+                    "message": "the job was cancelled before it finished",
+                }
                 await self.post(f"{base}/fail", {"token": token, "error": error}, lease)
                 return True
         await asyncio.sleep(max(0.0, deadline - time.monotonic()))
