@@ -26,7 +26,8 @@ it up. Holds count no attempt.
 
 A push container's request carries ``Lease.chain``: after each job the container asks
 ``push/{chain}/next`` for the job the queue gives an idle worker of its pool now, and runs it in
-the same request, until a 204 (``services/queue_manager/push_requests.py``).
+the same request, until a 204 (``services/queue_manager/push_requests.py``). Its lease and push
+calls may send the request's own ``reply_token`` instead of the pool token.
 
 Completion and failure are idempotent for the lease holder: repeating the same call after a
 network error answers 204 again and changes nothing, so a retry never completes a job twice.
@@ -130,7 +131,9 @@ class Lease(BaseModel):
     expires_at: datetime
     lease_seconds: float
     reply_url: str | None = Field(default=None, description="push pools: queue manager base URL")
-    reply_token: str | None = Field(default=None, description="push pools: bearer token for reporting")
+    reply_token: str | None = Field(
+        default=None, description="push pools: this request's bearer token for the lease and push routes"
+    )
     chain: str | None = Field(
         default=None,
         max_length=64,

@@ -5,10 +5,11 @@ workers that only poll our queue would make them scale to zero under load. So fo
 (``QM_PUSH_POOLS``) this module claims jobs from the store exactly as a worker would (fairness
 and priority stay in our queue), keeps at most the pool's ``capacity`` requests in flight, and
 sends each lease as an async request. The container's worker reports progress and results to the
-lease routes itself (``reply_url``/``reply_token`` in the lease), and after each job asks for the
-next one within the same request (``push_requests``: the request's chain), so its GPU does not
-wait for a new request between two jobs. The slot stays busy until the request ends: when the
-queue has no job for it, at the chain's limits, or when the provider says it ended.
+lease routes itself (``reply_url`` and the request's own ``reply_token`` in the lease), and after
+each job asks for the next one within the same request (``push_requests``: the request's chain),
+so its GPU does not wait for a new request between two jobs. The slot stays busy until the
+request ends: when the queue has no job for it, at the chain's limits, or when the provider says
+it ended.
 
 Meanwhile the dispatcher heartbeats the first lease (a request can wait in the provider's queue
 through a cold start), follows the chain's current job, polls the provider's status, turns provider
@@ -153,12 +154,12 @@ class PoolDispatcher:
     """Keeps up to ``capacity`` of one pool's requests in flight at its endpoint, each running a
     chain of jobs (``push_requests``) until the queue has none for it."""
 
-    def __init__(self, store: Store, pool: PushPool, endpoint: Endpoint, reply_url: str, reply_token: str):
+    def __init__(self, store: Store, pool: PushPool, endpoint: Endpoint, reply_url: str):
         self.store, self.pool, self.endpoint = store, pool, endpoint
         self.chains = Chains(store)
         # The lease must outlive a cold start, so it is renewed more often than the status is polled.
         self.tick = min(pool.poll_seconds, store.settings.heartbeat_seconds)
-        self.reply = {"reply_url": reply_url, "reply_token": reply_token}
+        self.reply_url = reply_url
         self.flights: dict[int, Flight] = {}  # slot -> its request
         self._free = list(range(pool.capacity))
         self._slots = asyncio.Semaphore(pool.capacity)
@@ -204,8 +205,8 @@ class PoolDispatcher:
     async def _carry(self, lease: Lease, slot: int) -> None:
         chain = ""
         try:
-            chain = await self.chains.open(self.pool, self._slot_id(slot), lease)
-            flight = await self._submit(lease, chain)
+            chain, reply_token = await self.chains.open(self.pool, self._slot_id(slot), lease)
+            flight = await self._submit(lease, chain, reply_token)
             if flight is not None:
                 self.flights[slot] = flight
                 await self._track(flight)
@@ -224,8 +225,9 @@ class PoolDispatcher:
             self._free.append(slot)
             self._slots.release()
 
-    async def _submit(self, lease: Lease, chain: str) -> Flight | None:
-        payload = lease.model_copy(update={**self.reply, "chain": chain}).model_dump(mode="json")
+    async def _submit(self, lease: Lease, chain: str, reply_token: str) -> Flight | None:
+        reply = {"reply_url": self.reply_url, "reply_token": reply_token, "chain": chain}
+        payload = lease.model_copy(update=reply).model_dump(mode="json")
         try:
             remote_id = await self.endpoint.submit(payload)
         except (httpx.HTTPError, KeyError, ValueError) as exc:
@@ -342,14 +344,13 @@ class PoolDispatcher:
 def dispatcher_for(
     store: Store, settings: Settings, pool: PushPool, http: httpx.AsyncClient
 ) -> PoolDispatcher:
-    token = settings.worker_tokens.get(pool.name)
-    if token is None:
+    if pool.name not in settings.worker_tokens:
         raise ValueError(
             f"push pool {pool.name!r} has no worker token: add it to QM_WORKER_TOKENS so its containers "
-            "can report back"
+            "can register (each request carries a reply token of its own)"
         )
     endpoint = ENDPOINTS[pool.style](pool, http)
-    return PoolDispatcher(store, pool, endpoint, settings.public_url, token.get_secret_value())
+    return PoolDispatcher(store, pool, endpoint, settings.public_url)
 
 
 @contextlib.asynccontextmanager

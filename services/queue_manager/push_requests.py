@@ -14,13 +14,20 @@ until then, so the pool's capacity is never exceeded.
 The record is ``{p}:push:{chain}``: pool, worker (the claimant id its jobs are leased under), the
 current job with its lease token and attempt, how many jobs it took, its limits and whether it is
 open. Each change publishes the chain id on ``{p}:ended``, where the dispatcher carrying the
-request hears it. Only the chain's own pool's token may take from it (403 for another pool's); the
-id is a random secret sent only in the request, so a token of the pool without it takes nothing
-through this route.
+request hears it. Only the chain's own pool's credentials may take from it (403 for another
+pool's); the id is a random secret sent only in the request.
+
+The request carries its own reply token, not the pool's worker token: ``{p}:push_token:{sha256}``
+names its pool for as long as the chain's record lives. It acts as a worker of that pool on the
+lease routes (the lease token of each job is still needed) and on this chain's routes, and on
+nothing else: it cannot register a worker, claim from the queue or act for another pool. So a
+request payload the provider keeps (its console, its logs) gives away at most the rest of that
+request's chain, for at most its chain window plus one job's time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
@@ -100,9 +107,10 @@ class Chains:
     def _key(self, chain_id: str) -> str:
         return self.store.keys.push_request(chain_id)
 
-    async def open(self, pool: PushPool, worker: str, lease: Lease) -> str:
-        """A new chain whose first job is ``lease`` (claimed by the dispatcher's slot ``worker``)."""
-        chain_id, now = secrets.token_urlsafe(24), now_ms()
+    async def open(self, pool: PushPool, worker: str, lease: Lease) -> tuple[str, str]:
+        """A new chain whose first job is ``lease`` (claimed by the dispatcher's slot ``worker``):
+        its id, and the request's reply token (``holder_pool``), valid as long as the record."""
+        chain_id, reply_token, now = secrets.token_urlsafe(24), secrets.token_urlsafe(32), now_ms()
         life_ms = int((pool.chain_seconds + pool.job_timeout_seconds + EXTRA_LIFE_SECONDS) * 1000)
         fields = {
             "pool": pool.name, "worker": worker, "jobs": 1, "max_jobs": pool.max_jobs_per_request,
@@ -112,8 +120,17 @@ class Chains:
         async with self.store.redis.pipeline() as pipe:
             pipe.hset(self._key(chain_id), mapping=fields)
             pipe.pexpire(self._key(chain_id), life_ms)
+            pipe.set(self._token_key(reply_token), pool.name)
+            pipe.pexpire(self._token_key(reply_token), life_ms)
             await pipe.execute()
-        return chain_id
+        return chain_id, reply_token
+
+    def _token_key(self, reply_token: str) -> str:
+        return self.store.keys.push_token(hashlib.sha256(reply_token.encode()).hexdigest())
+
+    async def pool_of(self, reply_token: str) -> str | None:
+        """The pool of the push request this reply token was made for, while it may report."""
+        return await self.store.redis.get(self._token_key(reply_token)) if reply_token else None
 
     @staticmethod
     def _current(lease: Lease) -> dict[str, str | int]:

@@ -17,7 +17,8 @@ Before its first lease a container syncs the models (a shared volume under its l
 that to ``WORKER_QUEUE_URL`` with ``WORKER_TOKEN``: for serverless pools the program sets it to the
 queue manager's public URL (a container is not on the tailnet), where ``reply_url`` points too. The
 admin page then shows the container starting with its sync's progress or why it cannot start, and
-idle once it is ready.
+idle once it is ready. Each request brings its own ``reply_token``, good for that request's lease
+and push calls only; registering always uses ``WORKER_TOKEN``.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ async def run_pushed(agent: Agent, lease: Lease) -> dict[str, Any]:
     ran: list[dict[str, str]] = []
     try:
         if queue.base_url not in agent.published_to:
-            await publish(agent, queue)
+            await publish_to(agent, lease.reply_url)
         await announce(queue, lease)  # a chained job's holder is named when the container takes it
         current: Lease | None = lease
         while current is not None:
@@ -89,6 +90,19 @@ async def next_in_request(
     if lease is None:
         return None
     return lease.model_copy(update={"reply_url": first.reply_url, "reply_token": first.reply_token})
+
+
+async def publish_to(agent: Agent, url: str) -> None:
+    """``publish`` to the queue manager at ``url`` with the container's own pool token
+    (``WORKER_TOKEN``): a request's reply token may report on its jobs but not register."""
+    token = agent.settings.token.get_secret_value()
+    if not token:
+        return
+    own = QueueClient(url, token, agent.settings.retry_seconds, holder=agent.settings.worker_id)
+    try:
+        await publish(agent, own)
+    finally:
+        await own.aclose()
 
 
 async def publish(agent: Agent, queue: QueueClient) -> None:

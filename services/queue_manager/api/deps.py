@@ -10,6 +10,7 @@ from fastapi import Depends, HTTPException, Request, status
 from starlette.requests import HTTPConnection
 
 from services.queue_manager.auth import SESSION_COOKIE, Authenticator, Principal
+from services.queue_manager.push_requests import Chains
 from services.queue_manager.sessions import LoginRefused, Logins
 from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
@@ -100,6 +101,25 @@ async def worker_pool(request: Request) -> str:
     return pool
 
 
+async def holder_pool(request: Request) -> str:
+    """The pool a lease holder acts for: its pool's token, or the reply token of a push request in
+    flight (``push_requests``), which acts only on the lease and push-request routes."""
+    header = request.headers.get("authorization", "")
+    pool = shared(request, "auth", Authenticator).worker_pool(header)
+    if pool is None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer":
+            pool = await Chains(shared(request, "store", Store)).pool_of(token)
+    if pool is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "lease holders must send 'Authorization: Bearer <token of their pool>' (QM_WORKER_TOKENS), "
+            "or a push container the reply_token of its request while that request runs",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return pool
+
+
 StoreDep = Annotated[Store, Depends(_shared("store", Store))]
 SettingsDep = Annotated[Settings, Depends(_shared("settings", Settings))]
 AuthDep = Annotated[Authenticator, Depends(_shared("auth", Authenticator))]
@@ -108,3 +128,4 @@ CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 CurrentUser = Annotated[str, Depends(current_user)]
 AdminUser = Annotated[Principal, Depends(admin_principal)]
 WorkerPool = Annotated[str, Depends(worker_pool)]
+HolderPool = Annotated[str, Depends(holder_pool)]

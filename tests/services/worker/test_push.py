@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from devkit.doubles.comfyui import ComfyUIDouble
 from devkit.servers import free_port, wait_until
 from services.protocol.jobs import JobState
+from services.protocol.workers import WorkerCapabilities, WorkerRegistration
 from services.queue_manager.push_requests import Chains
 from services.queue_manager.settings import PushPool
 from services.queue_manager.store import Store
@@ -188,19 +189,24 @@ async def test_a_container_takes_the_next_job_in_its_request_and_stops_once_it_g
     agent: Agent, qm: LiveServer, alice: httpx.AsyncClient, redis_url: str
 ) -> None:
     redis = Redis.from_url(redis_url, decode_responses=True)
-    queue = QueueClient(qm.url, POOL_TOKEN, holder=agent.settings.worker_id)  # as run_pushed makes it
+    own = QueueClient(qm.url, POOL_TOKEN, holder=agent.settings.worker_id)  # the container's WORKER_TOKEN
     try:
         await agent.start()
+        await push.publish(agent, own)  # registered, as a container is before its first job
         first = await lease_for(qm, alice, color=25)
         chains = Chains(Store(redis, qm.app.state.settings))
         pool = PushPool(name=POOL, style="verda", url="http://127.0.0.1:9", api_key="k", capacity=1)
-        first.chain = await chains.open(pool, "dispatcher", first)
+        first.chain, first.reply_token = await chains.open(pool, "dispatcher", first)
+        queue = QueueClient(qm.url, first.reply_token, holder=agent.settings.worker_id)  # as run_pushed
         second_id = await submit(alice, graph(color=26))
 
-        await push.publish(agent, queue)  # registered, as a container is before its first job
         second = await push.next_in_request(agent, queue, first, LeaseResult.SUCCEEDED)
         assert second is not None and second.job.id == second_id
-        assert (second.reply_url, second.reply_token, second.chain) == (qm.url, POOL_TOKEN, first.chain)
+        assert (second.reply_url, second.reply_token, second.chain) == (
+            qm.url,
+            first.reply_token,
+            first.chain,
+        )
         async with httpx.AsyncClient(base_url=qm.url, auth=(ADMIN, ADMIN_PASSWORD)) as admin:
             workers = (await admin.get("/api/admin/workers")).json()
         shown = [(w["state"], w["job_id"]) for w in workers if w["worker_id"] == agent.settings.worker_id]
@@ -212,7 +218,35 @@ async def test_a_container_takes_the_next_job_in_its_request_and_stops_once_it_g
         chain = await chains.get(first.chain)
         assert chain is not None and not chain.open
         assert (await alice.get(f"/api/jobs/{third_id}")).json()["state"] == JobState.QUEUED
-    finally:
         await queue.aclose()
+    finally:
+        await own.aclose()
         await agent.stop()
         await redis.aclose()
+
+
+async def test_a_push_requests_reply_token_acts_only_on_its_leases_and_chain(
+    qm: LiveServer, alice: httpx.AsyncClient, redis_url: str
+) -> None:
+    """What a leaked request payload gives away: not the pool's token, and no claim or registration."""
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        lease = await lease_for(qm, alice, color=28)
+        chains = Chains(Store(redis, qm.app.state.settings))
+        pool = PushPool(name=POOL, style="runpod", url="http://127.0.0.1:9", api_key="k", capacity=1)
+        chain, reply_token = await chains.open(pool, "dispatcher", lease)
+        await submit(alice, graph(color=29))
+        bearer = {"Authorization": f"Bearer {reply_token}"}
+        async with httpx.AsyncClient(base_url=qm.url, headers=bearer) as leaked:
+            beat = await leaked.post(f"/api/leases/{lease.job.id}/heartbeat", json={"token": lease.token})
+            claim = await leaked.post("/api/workers/dispatcher/claim")
+            caps = WorkerCapabilities(pool=POOL, provider="runpod")
+            register = WorkerRegistration(worker_id="intruder", capabilities=caps).model_dump(mode="json")
+            registered = await leaked.post("/api/workers/register", json=register)
+            await redis.delete(chains._token_key(reply_token))  # the request's record expired
+            later = await leaked.post(f"/api/push/{chain}/next", json={})
+    finally:
+        await redis.aclose()
+
+    assert reply_token != POOL_TOKEN and beat.status_code == 200
+    assert (claim.status_code, registered.status_code, later.status_code) == (401, 401, 401)

@@ -20,7 +20,7 @@ from services.protocol.workers import (
     StartCall,
     StartReply,
 )
-from services.queue_manager.api.deps import StoreDep, WorkerPool
+from services.queue_manager.api.deps import HolderPool, StoreDep, WorkerPool
 from services.queue_manager.errors import WorkerInAnotherPool
 
 router = APIRouter(prefix="/api/leases/{job_id}", tags=["leases"])
@@ -28,7 +28,7 @@ JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]
 NO_CONTENT = status.HTTP_204_NO_CONTENT
 
 
-async def held_in_pool(job_id: JobId, pool: WorkerPool, store: StoreDep) -> str:
+async def held_in_pool(job_id: JobId, pool: HolderPool, store: StoreDep) -> str:
     """The caller's pool, once the job's lease holder is known not to be another pool's worker."""
     await store.check_lease_pool(job_id, pool)
     return pool

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request, Response, status
 
 from services.protocol.workers import ChainCall, Lease
-from services.queue_manager.api.deps import StoreDep, WorkerPool
+from services.queue_manager.api.deps import HolderPool, StoreDep
 from services.queue_manager.push_requests import Chains
 
 router = APIRouter(prefix="/api/push/{chain_id}", tags=["push"])
@@ -22,7 +22,7 @@ REFUSED: dict[int | str, dict[str, Any]] = {
     "/next", response_model=Lease, responses={204: {"description": "the request is over"}, **REFUSED}
 )
 async def next_job(
-    chain_id: ChainId, call: ChainCall, request: Request, pool: WorkerPool, store: StoreDep
+    chain_id: ChainId, call: ChainCall, request: Request, pool: HolderPool, store: StoreDep
 ) -> Response:
     """The job this push request runs next (the one the queue gives an idle worker of the pool
     now), waiting up to the pool's linger for one; 204: the request takes no more, end it."""
@@ -39,7 +39,7 @@ async def next_job(
 
 
 @router.post("/end", status_code=status.HTTP_204_NO_CONTENT, responses=REFUSED)
-async def end(chain_id: ChainId, call: ChainCall, pool: WorkerPool, store: StoreDep) -> Response:
+async def end(chain_id: ChainId, call: ChainCall, pool: HolderPool, store: StoreDep) -> Response:
     """The container ends its request now (stopping, or its ComfyUI is down): no more jobs in it."""
     await Chains(store).end(chain_id, pool)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
