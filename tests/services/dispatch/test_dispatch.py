@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import Callable
 
 import httpx
@@ -15,6 +13,7 @@ from services.protocol.jobs import Job, JobState, JobSubmit
 from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
 from tests.support.dispatch_rig import OTHER_TOKEN, POOL_TOKEN, finished, rig
+from tests.support.jobs import until
 
 PROMPT = {"1": {"class_type": "KSampler", "inputs": {}}}
 
@@ -57,7 +56,10 @@ async def test_a_job_submitted_while_a_request_runs_is_taken_by_that_request(
     platform = make_platform(job_seconds=0.5, max_replicas=2)
     async with rig(redis_url, "runpod", platform, capacity=1) as r:
         first = await submit(r.store, "ada")
-        await _until(lambda: [req.status for req in platform.requests.values()] == ["IN_PROGRESS"])
+        await until(
+            lambda: [req.status for req in platform.requests.values()] == ["IN_PROGRESS"],
+            "the request running",
+        )
 
         later = await submit(r.store, "bo")
         done = await finished(r.store, [first.id, later.id])
@@ -76,8 +78,10 @@ async def test_a_request_ends_once_the_queue_has_nothing_for_it(
 
         # No new job comes: the request ends within its linger (its GPU is not billed waiting in
         # it), and the slot is free at once, without waiting for the provider's status.
-        await _until(lambda: [req.status for req in platform.requests.values()] == ["COMPLETED"])
-        await _until(lambda: not r.dispatcher.flights, timeout=5.0)
+        await until(
+            lambda: [req.status for req in platform.requests.values()] == ["COMPLETED"], "the request done"
+        )
+        await until(lambda: not r.dispatcher.flights, "no request in flight", timeout=5.0)
         assert platform.live_replicas() == 1  # the replica stays up (the provider's idle timeout)
         again = await submit(r.store, "ada")
         [done] = await finished(r.store, [again.id])
@@ -94,7 +98,7 @@ async def test_a_container_between_jobs_takes_a_new_job_before_a_new_request_is_
         first = await submit(r.store, "ada")
         await finished(r.store, [first.id])
         # Its container now waits (within its linger) for more, beside the dispatcher's free slot.
-        await _until(lambda: r.store.wakeups.parked == 2)
+        await until(lambda: r.store.wakeups.parked == 2, "two claims parked")
 
         later = await submit(r.store, "bo")
         [done] = await finished(r.store, [later.id])
@@ -110,7 +114,10 @@ async def test_cancelling_a_running_job_stops_only_that_job_and_its_request_goes
     async with rig(redis_url, "runpod", platform, capacity=1, poll_seconds=0.05) as r:
         running = await submit(r.store, "ada")
         waiting = await submit(r.store, "bo")
-        await _until(lambda: [req.status for req in platform.requests.values()] == ["IN_PROGRESS"])
+        await until(
+            lambda: [req.status for req in platform.requests.values()] == ["IN_PROGRESS"],
+            "the request running",
+        )
 
         await r.store.cancel(running.id, user="ada")
         done = await finished(r.store, [running.id, waiting.id])
@@ -153,7 +160,7 @@ async def test_a_chain_takes_jobs_only_for_its_own_pool(
     platform = make_platform(cold_start_s=30.0)  # the request waits at the provider: its chain is open
     async with rig(redis_url, "runpod", platform, capacity=1) as r:
         await submit(r.store, "ada")
-        await _until(lambda: len(platform.requests) == 1)
+        await until(lambda: len(platform.requests) == 1, "one request at the provider")
         chain = next(iter(platform.requests.values())).lease["chain"]
         await submit(r.store, "bo")
         async with httpx.AsyncClient(base_url=r.url) as qm:
@@ -212,7 +219,7 @@ async def test_cancel_while_waiting_at_the_provider_cancels_there(
     platform = make_platform(cold_start_s=30.0)
     async with rig(redis_url, "runpod", platform) as r:
         job = await submit(r.store, "ada")
-        await _until(lambda: len(platform.requests) == 1)
+        await until(lambda: len(platform.requests) == 1, "one request at the provider")
 
         await r.store.cancel(job.id, user="ada")
         [done] = await finished(r.store, [job.id])
@@ -227,17 +234,9 @@ async def test_provider_ids_are_mapped_while_in_flight(
     platform = make_platform(cold_start_s=30.0)
     async with rig(redis_url, "runpod", platform) as r:
         job = await submit(r.store, "ada")
-        await _until(lambda: job.id in r.dispatcher.in_flight)
+        await until(lambda: job.id in r.dispatcher.in_flight, "the job in flight")
 
         assert r.dispatcher.in_flight[job.id] in platform.requests
-
-
-async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.02)
 
 
 async def test_a_jobs_end_frees_its_slot_at_once_even_when_the_participants_stream_is_lost(
@@ -250,7 +249,7 @@ async def test_a_jobs_end_frees_its_slot_at_once_even_when_the_participants_stre
         jobs = [await submit(r.store, "ada") for _ in range(2)]
 
         done = await finished(r.store, [j.id for j in jobs], timeout=10.0)
-        await _until(lambda: not r.dispatcher.in_flight, timeout=5.0)
+        await until(lambda: not r.dispatcher.in_flight, "nothing in flight", timeout=5.0)
 
     assert {job.state for job in done} == {JobState.SUCCEEDED}
     assert len(platform.requests) == 1

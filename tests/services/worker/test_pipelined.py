@@ -24,7 +24,7 @@ from services.storage.local import LocalStorage
 from services.worker.comfy_client import ComfyClient
 from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
-from tests.support.jobs import finished, graph, participant, put_input, submit
+from tests.support.jobs import finished, graph, participant, put_input, submit, until
 from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, LiveServer
 from tests.support.worker_agent import pull_worker, worker_settings
 
@@ -50,12 +50,6 @@ def held_by(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-async def until(check: object, timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():  # type: ignore[operator]
-            await asyncio.sleep(0.02)  # polling a state another process changes
-
-
 def state(job: httpx.Response) -> JobState:
     return JobState(job.json()["state"])
 
@@ -70,7 +64,7 @@ async def test_the_next_job_runs_while_the_last_ones_outputs_are_stored(
         second = await submit(alice, graph(2))
         await asyncio.wait_for(storage.waiting.wait(), 20)  # the first job's output is on its way
         # Then ComfyUI already runs the second job, and the first is not done until it is stored
-        await until(lambda: comfy.state.timings.get(second, (0.0, 0.0))[1] > 0)
+        await until(lambda: comfy.state.timings.get(second, (0.0, 0.0))[1] > 0, "the second job started", 20)
         assert state(await alice.get(f"/api/jobs/{first}")) in (JobState.LEASED, JobState.RUNNING)
         storage.gate.set()
         done = [await finished(alice, first), await finished(alice, second)]
@@ -97,7 +91,11 @@ async def test_an_idle_worker_takes_the_job_a_busy_one_prepared(
         async with participant(qm, "alice") as alice, pull_worker(busy):
             long = await submit(alice, graph(1))
             prepared = await submit(alice, graph(2))
-            await until(lambda: held_by.hget(f"qm:job:{prepared}", "hold_worker") == "w-a")
+            await until(
+                lambda: held_by.hget(f"qm:job:{prepared}", "hold_worker") == "w-a",
+                "prepared held for w-a",
+                20,
+            )
             async with pull_worker(idle):
                 moved = await finished(alice, prepared)
                 still = state(await alice.get(f"/api/jobs/{long}"))
@@ -118,7 +116,9 @@ async def test_a_job_queued_after_the_next_was_prepared_still_runs_in_fair_order
     async with participant(qm, "alice") as alice, participant(qm, "bob") as bob, pull_worker(settings):
         first = await submit(alice, graph(1))
         second = await submit(alice, graph(2))
-        await until(lambda: held_by.hget(f"qm:job:{second}", "hold_worker") == "w-test")
+        await until(
+            lambda: held_by.hget(f"qm:job:{second}", "hold_worker") == "w-test", "second held for w-test", 20
+        )
         bobs = await submit(bob, graph(3))  # bob has had no turn yet: he goes before alice's second
         for job_id, owner in ((first, alice), (second, alice), (bobs, bob)):
             outcome = await finished(owner, job_id)
@@ -135,7 +135,9 @@ async def test_cancelling_a_prepared_job_ends_it_at_once_and_it_never_runs(
     async with participant(qm, "alice") as alice, pull_worker(settings):
         first = await submit(alice, graph(1))
         second = await submit(alice, graph(2))
-        await until(lambda: held_by.hget(f"qm:job:{second}", "hold_worker") == "w-test")
+        await until(
+            lambda: held_by.hget(f"qm:job:{second}", "hold_worker") == "w-test", "second held for w-test", 20
+        )
         (await alice.post(f"/api/jobs/{second}/cancel")).raise_for_status()
         assert state(await alice.get(f"/api/jobs/{second}")) == JobState.CANCELLED
         assert (await finished(alice, first)).state == JobState.SUCCEEDED
@@ -152,10 +154,14 @@ async def test_a_prepared_job_is_given_back_without_an_attempt_when_comfyui_goes
     async with participant(qm, "alice") as alice, pull_worker(settings) as running:
         first = await submit(alice, graph(1))
         second = await submit(alice, graph(2))
-        await until(lambda: held_by.hget(f"qm:job:{second}", "hold_worker") == "w-test")
+        await until(
+            lambda: held_by.hget(f"qm:job:{second}", "hold_worker") == "w-test", "second held for w-test", 20
+        )
         running.agent.comfy_server.up.clear()  # what the supervisor does when ComfyUI exits
         await finished(alice, first)
-        await until(lambda: held_by.hget(f"qm:job:{second}", "hold_worker") == "")
+        await until(
+            lambda: held_by.hget(f"qm:job:{second}", "hold_worker") == "", "second held for nobody", 20
+        )
         waiting = (await alice.get(f"/api/jobs/{second}")).json()
         running.agent.comfy_server.up.set()  # ComfyUI answers again
         done = await finished(alice, second)
