@@ -47,8 +47,8 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Collection, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -220,16 +220,18 @@ def outside_error(node_id: str, node: dict[str, Any], name: str, value: str) -> 
     return PromptRejectedError(body)
 
 
+# An empty stand-in for an earlier output, by its name in the output folder -> (inode, mtime)
+Placeholders = dict[str, tuple[int, int]]
+
+
 @dataclass(frozen=True)
 class Prepared:
-    """A job's files fetched ahead, in the spool: its inputs under ``root/<kind>/`` and the names
-    of its owner's earlier outputs (the placeholders)."""
+    """A job's files fetched ahead, in the spool: its inputs under ``root/<kind>/``, the names of
+    its owner's earlier outputs, and their placeholders, made ahead too under ``root/output/``."""
 
     root: Path
     earlier: list[str]
-
-
-Placeholders = dict[Path, tuple[int, int]]  # an empty stand-in for an earlier output -> (inode, mtime)
+    placeholders: Placeholders = field(default_factory=dict)
 
 
 class Stage:
@@ -246,13 +248,37 @@ class Stage:
         self.keep = True
 
 
-def drop_untouched(placeholders: Placeholders) -> None:
+def make_placeholders(output: Path, names: Iterable[str]) -> Placeholders:
+    """An empty file under ``output`` for each name that is not there yet."""
+    placeholders = {}
+    for name in names:
+        placeholder = output / name
+        if not placeholder.exists():
+            placeholder.parent.mkdir(parents=True, exist_ok=True)
+            placeholder.touch()
+            status = placeholder.stat()
+            placeholders[name] = (status.st_ino, status.st_mtime_ns)
+    return placeholders
+
+
+def drop_untouched(output: Path, placeholders: Placeholders) -> None:
     """Remove each placeholder still as staged (empty, same file, same time): the job did not write it."""
-    for path, staged in placeholders.items():
+    for name, staged in placeholders.items():
+        path = output / name
         with contextlib.suppress(FileNotFoundError):
             status = path.stat()
             if status.st_size == 0 and (status.st_ino, status.st_mtime_ns) == staged:
                 path.unlink()
+
+
+def file_names(folder: Path, base: str = "") -> Iterator[str]:
+    """The files under ``folder``, as ``sub/name`` (symlinks are not followed)."""
+    for entry in os.scandir(folder):
+        name = f"{base}{entry.name}"
+        if entry.is_dir(follow_symlinks=False):
+            yield from file_names(Path(entry.path), f"{name}/")
+        elif entry.is_file(follow_symlinks=False):
+            yield name
 
 
 def move_entries(source: Path, target: Path) -> None:
@@ -262,6 +288,35 @@ def move_entries(source: Path, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for entry in os.scandir(source):
         os.replace(entry.path, target / entry.name)
+
+
+def renamable(folder: Path) -> bool:
+    """A folder of its own (no link, no mount point): it can be renamed as a whole."""
+    return folder.is_dir() and not folder.is_symlink() and not os.path.ismount(folder)
+
+
+def swap_in(source: Path, target: Path) -> None:
+    """Give the empty folder ``target`` ``source``'s entries: one rename of the folder onto it,
+    however many files it holds (entry by entry where that cannot be)."""
+    if not source.is_dir():
+        return
+    if renamable(target):
+        with contextlib.suppress(OSError):  # e.g. not empty after all: entry by entry
+            os.replace(source, target)
+            return
+    move_entries(source, target)
+
+
+def swap_out(source: Path, target: Path) -> None:
+    """Move ``source``'s entries to the new folder ``target``, leaving ``source`` empty: one rename
+    of the folder where it can be."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if renamable(source) and not target.exists():
+        with contextlib.suppress(OSError):
+            os.replace(source, target)
+            source.mkdir()
+            return
+    move_entries(source, target)
 
 
 class JobFiles:
@@ -315,7 +370,8 @@ class JobFiles:
                 )
         for ref in annotated_refs(job.prompt):
             await self._fetch(job.user, ref, root)  # the owner's own output or preview, when they have it
-        return Prepared(root, earlier)
+        placeholders = await asyncio.to_thread(make_placeholders, root / "output", earlier)
+        return Prepared(root, earlier, placeholders)
 
     async def verify(self, comfy: ComfyClient) -> None:
         """Refuse to start when ComfyUI does not read these folders (``FoldersMismatchError``)."""
@@ -359,34 +415,28 @@ class JobFiles:
                 if stage.keep:
                     self.storing[job.id] = (job.user, asyncio.Event())
                 await asyncio.to_thread(self._move_out, job, stage)
+        if stage.keep:  # the folders are the next job's already
+            await asyncio.to_thread(drop_untouched, self.kept(job.id) / "output", stage.placeholders)
 
     def _move_in(self, prepared: Prepared, produced: set[str]) -> Placeholders:
-        """Empty the folders (a killed run's leftovers too), then move the prepared files in and
-        stage the placeholders."""
+        """Empty the folders (a killed run's leftovers too), then move the prepared files and
+        placeholders in (a rename of each folder), and add placeholders for the names this worker
+        made for the owner since."""
         self.folders.clear()
         for kind in KINDS:
-            move_entries(prepared.root / kind, self.folders.of(kind))
-        placeholders = {}
-        for name in {*prepared.earlier, *produced}:
-            placeholder = self.folders.output / name
-            if not placeholder.exists():
-                placeholder.parent.mkdir(parents=True, exist_ok=True)
-                placeholder.touch()
-                status = placeholder.stat()
-                placeholders[placeholder] = (status.st_ino, status.st_mtime_ns)
+            swap_in(prepared.root / kind, self.folders.of(kind))
+        made_since = make_placeholders(self.folders.output, produced.difference(prepared.earlier))
         shutil.rmtree(prepared.root, ignore_errors=True)
-        return placeholders
+        return {**prepared.placeholders, **made_since}
 
     def _move_out(self, job: Job, stage: Stage) -> None:
-        """Move the job's output and temp files aside when it keeps them (not the placeholders it
-        left untouched); then empty the folders."""
+        """Move the job's output and temp folders aside when it keeps them (a rename of each; the
+        placeholders it left untouched are dropped there after); then empty the folders."""
         if stage.keep:
-            drop_untouched(stage.placeholders)
-            output = self.folders.output
-            names = self.produced.setdefault(job.user, set())
-            names.update(p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file())
+            if self.folders.output.is_dir():
+                self.produced.setdefault(job.user, set()).update(file_names(self.folders.output))
             for kind in ("output", "temp"):
-                move_entries(self.folders.of(kind), self.kept(job.id) / kind)
+                swap_out(self.folders.of(kind), self.kept(job.id) / kind)
         self.folders.clear()
 
     def check(self, prompt: dict[str, Any]) -> None:

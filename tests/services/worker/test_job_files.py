@@ -23,7 +23,7 @@ from services.storage.local import LocalStorage
 from services.worker import job_files as job_files_module
 from services.worker.agent import Agent
 from services.worker.comfy_client import ComfyClient
-from services.worker.job_files import SALT_INPUT, ComfyFolders, JobFiles, salt, salted
+from services.worker.job_files import SALT_INPUT, ComfyFolders, JobFiles, file_names, salt, salted
 from services.worker.supervisor import ComfyNotReadyError
 from tests.support.jobs import finished, graph, participant, put_input, submit
 from tests.support.queue_manager_app import LiveServer
@@ -326,6 +326,29 @@ async def test_a_run_of_short_jobs_shares_one_listing_of_the_owners_outputs(
     monkeypatch.setattr(job_files_module, "LISTING_SECONDS", 0.0)  # as if a second went by
     third = await job_files.prepare(job(3))
     assert third.earlier == ["t_00001_.png", "t_00002_.png"] and storage.listings == 2
+
+
+async def test_the_owners_placeholders_are_made_while_the_last_job_runs_and_moved_in_whole(
+    tmp_path: Path, files: Path
+) -> None:
+    """The stand-ins for the owner's earlier outputs are made in the spool ahead (the running job's
+    folders untouched) and reach ComfyUI's output folder with the job, however many there are."""
+    job_files = JobFiles(ComfyFolders.under(tmp_path / "comfy"), LocalStorage(files))
+    outputs = files / "users" / "alice" / "output"
+    (outputs / "sub").mkdir(parents=True)
+    names = [f"t_{n:05}_.png" for n in range(1, 40)] + ["sub/v_00003.mp4"]
+    for name in names:
+        (outputs / name).write_bytes(b"stored")
+    job = Job(id="job-1", user="alice", prompt=graph(1), queued_at=datetime.now(UTC))
+    await asyncio.to_thread(job_files.folders.clear)
+    prepared = await job_files.prepare(job)
+    assert sorted(prepared.placeholders) == sorted(names)
+    assert list(job_files.folders.output.iterdir()) == []  # the running job's turn is not disturbed
+    async with job_files.staged(job, prepared):
+        staged = sorted(file_names(job_files.folders.output))
+        sizes = {(job_files.folders.output / name).stat().st_size for name in names}
+    assert staged == sorted(names) and sizes == {0}
+    assert list(job_files.folders.output.iterdir()) == []  # emptied for the next owner
 
 
 def cached_nodes(comfy: ComfyUIDouble, job: Job) -> list[str]:
