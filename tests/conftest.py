@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from devkit.doubles.comfyui import ComfyUIDouble
+from devkit.s3 import moto_server
 from devkit.servers import RedisServer, redis_server
 
 
@@ -34,3 +36,18 @@ def artifacts_dir() -> Path:
     path = Path(__file__).resolve().parent.parent / "artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """moto in server mode, one per test module, in its own process so that its memory is not
+    counted as ours."""
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def comfy(tmp_path: Path) -> Iterator[ComfyUIDouble]:
+    """The ComfyUI double on a loopback port, its folders under the test's tmp_path."""
+    with ComfyUIDouble(tmp_path / "comfy") as double:
+        yield double

@@ -102,6 +102,23 @@ def login(client: httpx.Client, user: str, secret: str | None = None) -> httpx.C
     return client
 
 
+def catalogue_registration(
+    worker_id: str,
+    digest: str,
+    catalogue: dict[str, Any],
+    extensions: dict[str, str] | None = None,
+    device: tuple[str, str] = ("", ""),
+) -> WorkerRegistration:
+    """A worker of pool ``gpu`` that publishes ``catalogue`` (version ``digest``) and its web
+    ``extensions``, as a worker does on start; ``device`` is its ComfyUI's device name and type."""
+    caps = WorkerCapabilities(
+        pool=POOL, provider="local", gpu=device[0], device_type=device[1], catalogue_hash=digest
+    )
+    return WorkerRegistration(
+        worker_id=worker_id, capabilities=caps, catalogue=catalogue, extensions=extensions or {}
+    )
+
+
 def register_worker(
     client: httpx.Client,
     catalogue: dict[str, Any],
@@ -110,14 +127,8 @@ def register_worker(
     extensions: dict[str, str] | None = None,
     device: tuple[str, str] = ("test", ""),
 ) -> dict[str, Any]:
-    """Register a worker of pool ``gpu`` that publishes ``catalogue`` and its web ``extensions`` (as
-    a worker does on start); ``device`` is its ComfyUI's device name and type."""
-    caps = WorkerCapabilities(
-        pool=POOL, provider="local", gpu=device[0], device_type=device[1], catalogue_hash=digest
-    )
-    body = WorkerRegistration(
-        worker_id=worker_id, capabilities=caps, catalogue=catalogue, extensions=extensions or {}
-    )
+    """Register ``catalogue_registration(...)`` through the worker API."""
+    body = catalogue_registration(worker_id, digest, catalogue, extensions, device)
     reply = client.post(
         "/api/workers/register",
         content=body.model_dump_json(),

@@ -4,7 +4,7 @@ push front door (agent + ComfyUI double) -> lease routes -> outputs in the parti
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,6 @@ def graph(color: int) -> dict[str, Any]:
         },
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "pushed"}},
     }
-
-
-@pytest.fixture
-def comfy(tmp_path: Path) -> Iterator[ComfyUIDouble]:
-    with ComfyUIDouble(tmp_path / "comfy") as double:
-        yield double
 
 
 def worker_core(agent: Agent, ran: list[list[str]]) -> Runner:

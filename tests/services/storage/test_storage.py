@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import tracemalloc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from devkit.s3 import make_bucket, moto_server
+from devkit.s3 import make_bucket
 from services.storage import S3Settings, Storage, StorageError, aiter_chunks, open_storage
 from services.storage.base import FileMissingError
 from services.storage.s3 import PART_SIZE, S3Storage
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """moto in server mode, in its own process so that its memory is not counted as ours."""
-    with moto_server() as endpoint:
-        yield endpoint
 
 
 def s3_settings(endpoint: str) -> S3Settings:

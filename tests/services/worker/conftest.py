@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from devkit.doubles.comfyui import ComfyUIDouble
 from tests.support.jobs import participant
 from tests.support.queue_manager_app import LiveServer, build_app, settings_for
 
@@ -18,12 +17,6 @@ from tests.support.queue_manager_app import LiveServer, build_app, settings_for
 @pytest.fixture
 def files(tmp_path: Path) -> Path:
     return tmp_path / "files"
-
-
-@pytest.fixture
-def comfy(tmp_path: Path) -> Iterator[ComfyUIDouble]:
-    with ComfyUIDouble(tmp_path / "comfy") as double:
-        yield double
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import hashlib
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from devkit.doubles.comfyui import ComfyUIDouble
-from devkit.s3 import make_bucket, moto_server
+from devkit.s3 import make_bucket
 from services.protocol.workers import ModelsProgress, RegisterReply, WorkerRegistration
 from services.storage import S3Settings, Storage, aiter_chunks, open_storage
 from services.storage.local import LocalStorage
@@ -34,12 +33,6 @@ from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, POOL_TO
 from tests.support.worker_agent import worker_settings
 
 WEIGHTS = bytes(range(256)) * 4096  # 1 MiB of "weights"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    with moto_server() as endpoint:
-        yield endpoint
 
 
 def bucket_of(tmp_path: Path) -> str:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from devkit.doubles.comfyui import ComfyUIDouble
-from devkit.s3 import make_bucket, moto_server, s3_client
+from devkit.s3 import make_bucket, s3_client
 from services.protocol.jobs import JobState
 from services.storage import S3Settings, open_storage
 from services.worker.agent import Agent
@@ -18,12 +16,6 @@ from services.worker.queue_client import QueueClient
 from tests.support.jobs import finished, graph, submit
 from tests.support.queue_manager_app import LiveServer
 from tests.support.worker_agent import worker_settings
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    with moto_server() as endpoint:
-        yield endpoint
 
 
 async def test_outputs_go_to_the_bucket_under_the_owners_prefix(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from devkit.doubles.comfyui_nodes import catalogue
+from services.queue_manager.store import Store
 from tests.support.queue_manager_app import LiveServer, live_server, login, register_worker, settings_for
 
 
@@ -16,6 +18,14 @@ from tests.support.queue_manager_app import LiveServer, live_server, login, regi
 def server(redis_url: str, tmp_path: Path) -> Iterator[LiveServer]:
     with live_server(settings_for(redis_url), tmp_path / "files") as running:
         yield running
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[Store]:
+    """The queue manager's store on the test Redis, for tests that act on it directly."""
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    yield Store(redis, settings_for(redis_url))
+    await redis.aclose()
 
 
 @pytest.fixture

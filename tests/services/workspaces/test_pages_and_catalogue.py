@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
@@ -12,7 +10,6 @@ from redis.asyncio import Redis
 
 from devkit.doubles.comfyui_nodes import catalogue
 from devkit.servers import wait_until
-from services.protocol.workers import WorkerCapabilities, WorkerRegistration
 from services.queue_manager.store import Store
 from services.queue_manager.workspaces.catalogue import CatalogueCache
 from tests.support.queue_manager_app import (
@@ -20,9 +17,9 @@ from tests.support.queue_manager_app import (
     ADMIN_PASSWORD,
     POOL,
     WORKER_AUTH,
+    catalogue_registration,
     login,
     register_worker,
-    settings_for,
 )
 
 
@@ -158,24 +155,12 @@ def test_a_web_extension_path_outside_the_extensions_folder_is_refused(
     assert refused.status_code == 422 and "<pack>/<file>.js" in refused.text
 
 
-def registration(worker_id: str, digest: str, nodes: dict[str, Any]) -> WorkerRegistration:
-    caps = WorkerCapabilities(pool="gpu", provider="local", catalogue_hash=digest)
-    return WorkerRegistration(worker_id=worker_id, capabilities=caps, catalogue=nodes)
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[Store]:
-    redis = Redis.from_url(redis_url, decode_responses=True)
-    yield Store(redis, settings_for(redis_url))
-    await redis.aclose()
-
-
 async def test_with_two_pools_up_the_newest_registration_is_served_and_stays(
     store: Store, redis_url: str
 ) -> None:
     newer = {**catalogue([]), "OnlyInV2": catalogue([])["ImageInvert"]}
-    await store.register(registration("w1", "cat-v1", catalogue([])))
-    await store.register(registration("w2", "cat-v2", newer))
+    await store.register(catalogue_registration("w1", "cat-v1", catalogue([])))
+    await store.register(catalogue_registration("w2", "cat-v2", newer))
     await store.worker_pool("w1")  # w1 polls after w2 registered: seen last, registered first
     cache = CatalogueCache(Redis.from_url(redis_url), store, refresh_seconds=0)
     assert (await cache.current()).digest == "cat-v2"
@@ -185,7 +170,7 @@ async def test_with_two_pools_up_the_newest_registration_is_served_and_stays(
 async def test_after_a_restart_with_no_worker_left_the_last_catalogue_is_still_served(
     store: Store, redis_url: str
 ) -> None:
-    await store.register(registration("w1", "cat-v1", catalogue([])))
+    await store.register(catalogue_registration("w1", "cat-v1", catalogue([])))
     first = CatalogueCache(Redis.from_url(redis_url), store, refresh_seconds=0)
     assert (await first.current()).digest == "cat-v1"
     await store.redis.delete(store.keys.worker("w1"), store.keys.workers)  # the registry forgot it
