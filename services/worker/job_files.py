@@ -249,15 +249,22 @@ class Stage:
 
 
 def make_placeholders(output: Path, names: Iterable[str]) -> Placeholders:
-    """An empty file under ``output`` for each name that is not there yet."""
+    """An empty file under ``output`` for each name that is not there yet (three system calls each)."""
     placeholders = {}
     for name in names:
         placeholder = output / name
-        if not placeholder.exists():
+        try:
+            handle = os.open(placeholder, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
             placeholder.parent.mkdir(parents=True, exist_ok=True)
-            placeholder.touch()
-            status = placeholder.stat()
-            placeholders[name] = (status.st_ino, status.st_mtime_ns)
+            handle = os.open(placeholder, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            status = os.fstat(handle)
+        finally:
+            os.close(handle)
+        placeholders[name] = (status.st_ino, status.st_mtime_ns)
     return placeholders
 
 
