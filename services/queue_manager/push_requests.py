@@ -19,10 +19,11 @@ pool's); the id is a random secret sent only in the request.
 
 The request carries its own reply token, not the pool's worker token: ``{p}:push_token:{sha256}``
 names its pool for as long as the chain's record lives. It acts as a worker of that pool on the
-lease routes (the lease token of each job is still needed) and on this chain's routes, and on
-nothing else: it cannot register a worker, claim from the queue or act for another pool. So a
-request payload the provider keeps (its console, its logs) gives away at most the rest of that
-request's chain, for at most its chain window plus one job's time.
+lease routes (the lease token of each job is still needed) and on the chain routes (each chain
+id is a secret of its own request), and on nothing else: it cannot register a worker, claim from
+the queue or act for another pool. So a request payload the provider keeps (its console, its
+logs) gives away at most the rest of that request's chain, for at most its chain window plus one
+job's time.
 """
 
 from __future__ import annotations
