@@ -23,6 +23,9 @@ so for each job it:
   (``outputs``). Another participant's identical graph re-runs its output nodes, so a cached result
   never names a file of someone else's job; and a re-run of one job (a retry, or after ComfyUI was
   lost) names its attempt too, so it never replays files of an attempt that were never stored.
+  Likewise, once a job of the owner ends without its files reaching storage (it failed, was
+  cancelled or lost, or storing failed), and whenever the worker starts, the owner's salt changes:
+  a cached result can only name a file that is in the owner's storage, or on its way there.
   The owner's earlier outputs are staged as empty placeholders (above); those the job leaves as
   they were are not its outputs and are dropped when the job ends, so a cache hit naming one
   never copies the empty placeholder over the owner's file.
@@ -130,14 +133,6 @@ class ComfyFolders:
 def rerun(job: Job) -> bool:
     """Whether ComfyUI may have seen this job before: a retry, or a run after ComfyUI was lost."""
     return job.attempts > 1 or job.comfyui_losses > 0
-
-
-def salt(job: Job) -> str:
-    """The output nodes' cache-key input: the owner (user names hold no ``/``), and on a re-run the
-    job and its attempt as well."""
-    if rerun(job):
-        return f"{job.user}/{job.id}/{job.attempts}/{job.comfyui_losses}"
-    return job.user
 
 
 def salted(prompt: dict[str, Any], salt: str, output_classes: Collection[str] = ()) -> dict[str, Any]:
@@ -339,6 +334,19 @@ class JobFiles:
         self.listings: dict[str, tuple[float, asyncio.Task[list[str]]]] = {}  # owner -> (started, listing)
         # Jobs whose kept outputs are on their way to storage: job id -> (owner, set once done).
         self.storing: dict[str, tuple[str, asyncio.Event]] = {}
+        self.epoch = secrets.token_hex(4)  # an attached ComfyUI may keep results from before a restart
+        self.generation: dict[str, int] = {}  # owner -> jobs here whose files did not all reach storage
+
+    def salt(self, job: Job) -> str:
+        """The output nodes' cache-key input: the owner (user names hold no ``/``) as of the last job
+        of theirs whose files did not reach storage, and on a re-run the job and its attempt too."""
+        owner = f"{job.user}/{self.epoch}/{self.generation.get(job.user, 0)}"
+        return f"{owner}/{job.id}/{job.attempts}/{job.comfyui_losses}" if rerun(job) else owner
+
+    def unstored(self, user: str) -> None:
+        """A job of ``user`` may have made files that will not reach storage: ComfyUI's cached results
+        of their output nodes are not reused from now on."""
+        self.generation[user] = self.generation.get(user, 0) + 1
 
     def kept(self, job_id: str) -> Path:
         """Where a finished job's output and temp files wait (``<kind>/<subfolder>/<name>``) until
@@ -409,7 +417,7 @@ class JobFiles:
         missing input and ``PromptRejectedError`` for a name outside the folders. With
         ``Stage.keep_outputs`` the job's output and temp files move to ``kept`` at the end."""
         async with self.slot:
-            stage = Stage(salted(job.prompt, salt(job), self.output_classes))
+            stage = Stage(salted(job.prompt, self.salt(job), self.output_classes))
             try:
                 if prepared is None:
                     await asyncio.to_thread(self.folders.clear)
@@ -421,6 +429,8 @@ class JobFiles:
             finally:
                 if stage.keep:
                     self.storing[job.id] = (job.user, asyncio.Event())
+                else:
+                    self.unstored(job.user)
                 await asyncio.to_thread(self._move_out, job, stage)
         if stage.keep:  # the folders are the next job's already
             await asyncio.to_thread(drop_untouched, self.kept(job.id) / "output", stage.placeholders)

@@ -347,6 +347,7 @@ class JobRunner:
         if ending.kind is EndingKind.LOST:
             return Outcome(lost=ending.reason, submitted=ending.submitted)
         if ending.kind is not EndingKind.SUCCESS or ending.entry is None:
+            self.files.unstored(job.user)  # whatever it made is not stored
             return Outcome(error=ending.error or CANCELLED)
         if not store:
             return Outcome(outputs=output_files(ending.entry))
@@ -357,6 +358,7 @@ class JobRunner:
             outputs = await store_outputs(self.files.kept(job.id), self.storage, job.user, ending.entry)
             timing.upload_seconds = time.monotonic() - started
         except (OSError, StorageError) as exc:
+            self.files.unstored(job.user)
             message = f"could not move the outputs to storage: {exc}"
             return Outcome(error=JobError(type="OutputsNotStored", message=message, retryable=True))
         follower.release()

@@ -23,7 +23,7 @@ from services.storage.local import LocalStorage
 from services.worker import job_files as job_files_module
 from services.worker.agent import Agent
 from services.worker.comfy_client import ComfyClient
-from services.worker.job_files import SALT_INPUT, ComfyFolders, JobFiles, file_names, salt, salted
+from services.worker.job_files import SALT_INPUT, ComfyFolders, JobFiles, file_names, salted
 from services.worker.supervisor import ComfyNotReadyError
 from tests.support.jobs import finished, graph, participant, put_input, submit
 from tests.support.queue_manager_app import LiveServer
@@ -434,8 +434,10 @@ async def test_a_cache_hit_is_reported_only_once_the_files_it_names_are_stored(
     assert view.status_code == 200 and png_meta(view.content)["color"] == 0xFFFFFF ^ 0x51  # inverted
 
 
-def test_output_nodes_are_salted_per_owner_and_per_attempt_on_a_rerun() -> None:
+def test_output_nodes_are_salted_per_owner_and_per_attempt_on_a_rerun(tmp_path: Path) -> None:
+    files = JobFiles(ComfyFolders.under(tmp_path), LocalStorage(tmp_path / "files"))
     first = Job(id="j1", user="alice", prompt={}, attempts=1, queued_at=datetime.now(UTC))
+    salt = files.salt
     assert salt(first) == salt(first.model_copy(update={"id": "j2"}))  # her identical rerun: a cache hit
     assert salt(first) != salt(first.model_copy(update={"user": "bob"}))
     reruns = [
@@ -445,3 +447,35 @@ def test_output_nodes_are_salted_per_owner_and_per_attempt_on_a_rerun() -> None:
         first.model_copy(update={"id": "j2", "attempts": 2}),
     ]
     assert len({salt(first), *map(salt, reruns)}) == 1 + len(reruns)
+    bobs = salt(first.model_copy(update={"user": "bob"}))
+    before = salt(first)
+    files.unstored("alice")  # a job of hers ended without its files in storage
+    assert salt(first) != before and salt(first.model_copy(update={"user": "bob"})) == bobs
+    restarted = JobFiles(ComfyFolders.under(tmp_path), LocalStorage(tmp_path / "files"))
+    assert restarted.salt(first) not in (before, salt(first))  # an attached ComfyUI outlives the worker
+
+
+async def test_a_rerun_after_a_failed_job_never_names_a_file_that_was_not_stored(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, files: Path
+) -> None:
+    """Her first graph saved an image, then another of its nodes failed: the image never reached
+    storage, so her rerun of the saving part must save it again rather than name it from the cache."""
+    put_input(files, "alice", "bad.png", b"this is text, not a PNG\n")
+    saving = graph(color=0xFA11)
+    failing = {
+        "3": saving["3"],  # the double runs the outputs in the graph's order: this one first
+        **saving,
+        "11": {"class_type": "LoadImage", "inputs": {"image": "bad.png"}},
+        "12": {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "never"}},
+    }
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+        first = await finished(alice, await submit(alice, failing, inputs=[{"filename": "bad.png"}]))
+        again = await finished(alice, await submit(alice, graph(color=0xFA11)))
+        view = await alice.get("/w/alice/api/view", params={"filename": "t_00001_.png", "type": "output"})
+    assert first.state == JobState.FAILED and first.error is not None
+    assert "t_00001_.png" in json.dumps(
+        comfy.state.history[first.id]["outputs"]
+    )  # saved, then the job failed
+    assert again.state == JobState.SUCCEEDED, again.error
+    assert cached_nodes(comfy, again) == ["1", "2"]
+    assert view.status_code == 200 and again.outputs[0].size > 0
