@@ -62,19 +62,21 @@ def pull() -> None:
 @app.command("serve-push")
 def serve_push() -> None:
     """Serve the push handler for Verda serverless containers: POST /lease, GET /health."""
-    from services.worker.push import verda_app
+    from services.worker.push import PushServer, verda_app
 
     settings = _settings()
-    # uvicorn finishes the running request (the job) within the grace period, else cancels it, which
-    # releases the lease; it then re-raises SIGTERM to the handler below, so the container exits 0.
+    # uvicorn finishes the running request (its job; it takes no further one) within the grace
+    # period, else cancels it, which releases the lease; it then re-raises SIGTERM to the handler
+    # below, so the container exits 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(
+    config = uvicorn.Config(
         verda_app(settings),
         host=settings.push_host,
         port=settings.push_port,
         log_level="info",
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
     )
+    PushServer(config).run()
 
 
 @app.command()

@@ -26,10 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator
+from types import FrameType
 from typing import Any
 
 import httpx
+import uvicorn
 from fastapi import FastAPI, HTTPException, Response
 from pydantic import ValidationError
 
@@ -43,6 +46,19 @@ log = logging.getLogger(__name__)
 
 class PushError(Exception):
     """A pushed request that cannot be run as sent."""
+
+
+# Set once the container is told to stop: the request in progress finishes its job (within the
+# shutdown grace) but takes no further one of its chain. One container per process.
+DRAINING = threading.Event()
+
+
+class PushServer(uvicorn.Server):
+    """uvicorn for ``verda_app``: a stop signal also ends the running request's chain."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        DRAINING.set()
+        super().handle_exit(sig, frame)
 
 
 async def run_pushed(agent: Agent, lease: Lease) -> dict[str, Any]:
@@ -76,11 +92,12 @@ async def next_in_request(
     agent: Agent, queue: QueueClient, first: Lease, outcome: LeaseResult
 ) -> Lease | None:
     """The request's next job, or None: the request ends (no chain, the queue has nothing for it,
-    or this container cannot go on: its ComfyUI is down or the queue manager cannot be reached)."""
+    or this container cannot go on: its ComfyUI is down, it is stopping, or the queue manager cannot
+    be reached)."""
     if first.chain is None:
         return None
     try:
-        if outcome is LeaseResult.RELEASED or not agent.comfyui_up:
+        if outcome is LeaseResult.RELEASED or not agent.comfyui_up or DRAINING.is_set():
             await queue.end_chain(first.chain)
             return None
         lease = await queue.next_in_chain(first.chain)

@@ -250,3 +250,35 @@ async def test_a_push_requests_reply_token_acts_only_on_its_leases_and_chain(
 
     assert reply_token != POOL_TOKEN and beat.status_code == 200
     assert (claim.status_code, registered.status_code, later.status_code) == (401, 401, 401)
+
+
+async def test_sigterm_while_a_chained_request_runs_finishes_its_job_and_takes_no_more(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, redis_url: str
+) -> None:
+    process, port = push_container(comfy, tmp_path, WORKER_WARMUP="false", WORKER_SHUTDOWN_GRACE_SECONDS="20")
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        comfy.knobs.node_seconds = 0.5
+        lease = await lease_for(qm, alice, color=30)
+        pool = PushPool(name=POOL, style="verda", url="http://127.0.0.1:9", api_key="k", capacity=1)
+        lease.chain, lease.reply_token = await Chains(Store(redis, qm.app.state.settings)).open(
+            pool, "dispatcher", lease
+        )
+        waiting = await submit(alice, graph(color=31))
+        async with httpx.AsyncClient(timeout=60) as dispatcher:
+            request = asyncio.create_task(
+                dispatcher.post(
+                    f"http://127.0.0.1:{port}/lease",
+                    content=lease.model_dump_json(),
+                    headers={"Content-Type": "application/json"},
+                )
+            )
+            await until(lambda: comfy.state.running is not None, "pushed job running")
+            process.send_signal(signal.SIGTERM)
+            reply = await request
+            assert await asyncio.to_thread(process.wait, 30) == 0
+    finally:
+        process.kill()
+        await redis.aclose()
+    assert reply.json() == {"jobs": [{"job_id": lease.job.id, "outcome": "succeeded"}]}
+    assert (await alice.get(f"/api/jobs/{waiting}")).json()["state"] == JobState.QUEUED
