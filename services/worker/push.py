@@ -27,7 +27,9 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
@@ -39,6 +41,7 @@ from pydantic import ValidationError
 from services.protocol.workers import Lease
 from services.worker.agent import Agent, LeaseResult
 from services.worker.queue_client import LeaseLostError, QueueClient, QueueRefusedError
+from services.worker.runner import Handoff
 from services.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -74,18 +77,47 @@ async def run_pushed(agent: Agent, lease: Lease) -> dict[str, Any]:
         lease.reply_url, lease.reply_token, agent.settings.retry_seconds, holder=agent.settings.worker_id
     )
     ran: list[dict[str, str]] = []
+    clock = IdleClock()
     try:
         if queue.base_url not in agent.published_to:
             await publish_to(agent, lease.reply_url)
         await announce(queue, lease)  # a chained job's holder is named when the container takes it
         current: Lease | None = lease
         while current is not None:
-            outcome = await agent.run_lease(current, queue, max(current.lease_seconds / 3, 0.5))
+            heartbeat = max(current.lease_seconds / 3, 0.5)
+            outcome = await agent.run_lease(current, queue, heartbeat, clock.handoff(current))
             ran.append({"job_id": current.job.id, "outcome": outcome})
             current = await next_in_request(agent, queue, lease, outcome)
     finally:
+        clock.close()
         await queue.aclose()
     return {"jobs": ran}
+
+
+class IdleClock:
+    """When this container's GPU last fell idle within the request: a chained job queued by then
+    reports the gap from then to its submit (the idle gap the admin page shows per pool)."""
+
+    def __init__(self) -> None:
+        self.freed: tuple[float, datetime] | None = None  # monotonic, wall
+        self._watch: asyncio.Task[None] | None = None
+
+    def handoff(self, lease: Lease) -> Handoff:
+        idle_since = None
+        if self.freed is not None and lease.job.queued_at <= self.freed[1]:
+            idle_since = self.freed[0]
+        gpu_free = asyncio.Event()  # set by the runner once ComfyUI is done with the job
+        self.close()
+        self._watch = asyncio.create_task(self._mark(gpu_free))
+        return Handoff(gpu_free=gpu_free, idle_since=idle_since)
+
+    async def _mark(self, gpu_free: asyncio.Event) -> None:
+        await gpu_free.wait()
+        self.freed = (time.monotonic(), datetime.now(UTC))
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
 
 
 async def next_in_request(

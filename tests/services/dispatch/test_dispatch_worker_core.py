@@ -4,6 +4,7 @@ push front door (agent + ComfyUI double) -> lease routes -> outputs in the parti
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,10 @@ async def test_one_request_runs_the_queued_jobs_on_the_worker_core_in_fair_order
     alice, bob = [job.id for job in done[:2]], [job.id for job in done[2:]]
     assert ran == [[alice[0], bob[0], alice[1], bob[1]]]  # one request, in the queue's fair order
     assert platform.peak_outstanding == 1
+    # The admin page's GPU use: every job's GPU time, and the idle gap before each chained one.
+    records = [json.loads(r) for r in await store.redis.lrange(store.keys.admin_gpu(POOL), 0, -1)]
+    assert len(records) == 4 and all(r["gpu_seconds"] > 0 for r in records)
+    assert sum(r["idle_gap_seconds"] is not None for r in records) == 3
 
 
 USERS_AND_COLOURS = [("alice", 3), ("alice", 4), ("bob", 5), ("bob", 6)]
