@@ -117,10 +117,14 @@ class WorkerSettings(BaseSettings):
     )
     poll_seconds: float = Field(default=1.0, gt=0, description="WORKER_POLL_SECONDS: /history poll period")
     progress_per_second: float = Field(
-        default=10.0, gt=0, description="WORKER_PROGRESS_PER_SECOND: progress events forwarded per job"
+        default=10.0,
+        gt=0,
+        description="WORKER_PROGRESS_PER_SECOND: progress events forwarded per job (after a burst of 2)",
     )
     previews_per_second: float = Field(
-        default=2.0, gt=0, description="WORKER_PREVIEWS_PER_SECOND: preview images forwarded per job"
+        default=2.0,
+        gt=0,
+        description="WORKER_PREVIEWS_PER_SECOND: preview images forwarded per job (after a burst of 2)",
     )
     shutdown_grace_seconds: float = Field(
         default=60.0, ge=0, description="WORKER_SHUTDOWN_GRACE_SECONDS: time to finish a job on SIGTERM"
