@@ -94,7 +94,8 @@ class Chain:
         )
 
     def may_take(self, now: int) -> bool:
-        return self.open and self.jobs < self.max_jobs and now < self.until_ms
+        """Open and within its window (its job count is taken atomically: ``Chains._count``)."""
+        return self.open and now < self.until_ms
 
     def linger(self, now: int) -> float:
         """Seconds a take may wait for work: the linger, never past the chain's window."""
@@ -145,10 +146,9 @@ class Chains:
         """The next job for the chain's container, or None: the chain is over (closed here)."""
         chain = await self._own(chain_id, pool)
         now = now_ms()
-        if not chain.may_take(now):
+        if not chain.may_take(now) or not await self._count(chain):
             await self.end(chain_id, pool)
             return None
-        await self.store.redis.hset(self._key(chain_id), "jobs", chain.jobs + 1)
         lease = await self.store.claim(chain.worker, pool, chain.linger(now))
         if lease is None or not await self._still_open(chain_id):
             if lease is not None:  # the dispatcher ended the request meanwhile: nobody will run it
@@ -175,6 +175,14 @@ class Chains:
         if chain.pool != pool:
             raise ChainInAnotherPool(pool)
         return chain
+
+    async def _count(self, chain: Chain) -> bool:
+        """Count one more job in the chain, if under its limit. One increment in Redis, so calls at
+        once (a leaked reply token's, say) never take more than ``max_jobs`` between them."""
+        taken = await self.store.redis.hincrby(self._key(chain.id), "jobs", 1)
+        if taken == 1:  # the record expired since it was read: the increment made a stray one
+            await self.store.redis.delete(self._key(chain.id))
+        return 1 < taken <= chain.max_jobs
 
     async def _still_open(self, chain_id: str) -> bool:
         return await self.store.redis.hget(self._key(chain_id), "open") == "1"
