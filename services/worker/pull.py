@@ -28,7 +28,7 @@ from services.protocol.workers import Lease, RegisterReply, StartReply
 from services.worker.agent import Agent, LeaseResult
 from services.worker.job_files import Prepared
 from services.worker.queue_client import LeaseLostError, QueueClient, QueueRefusedError
-from services.worker.runner import Handoff
+from services.worker.runner import NEXT_SUBMIT_SECONDS, Handoff
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class PullWorker:
         # Set once the job after the last one launched is in ComfyUI, or none follows: the last
         # one's outputs and report wait for it (``Handoff.next_submitted``).
         self.follows: asyncio.Event | None = None
+        self.in_comfyui = asyncio.Event()  # the last job launched is in ComfyUI (or never will be)
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -122,7 +123,8 @@ class PullWorker:
         gpu_free = asyncio.Event()
         self.jobs_started += 1
         follows = asyncio.Event()
-        handoff = Handoff(prepared, gpu_free, self._idle_since(lease), self.follows, follows, confirmed)
+        self.in_comfyui = self.follows if self.follows is not None else asyncio.Event()
+        handoff = Handoff(prepared, gpu_free, self._idle_since(lease), self.in_comfyui, follows, confirmed)
         self.follows = follows
         task = asyncio.create_task(self._run(lease, heartbeat_seconds, handoff))
         self.running.add(task)
@@ -144,8 +146,11 @@ class PullWorker:
 
     async def _prepare(self, reply: RegisterReply) -> tuple[Lease, Prepared | None] | None:
         """Claim the next job ahead (held, not leased) and fetch its files; None when none came.
-        A hold granted while this is cancelled is given back."""
+        A hold granted while this is cancelled is given back. The claim goes once the job just
+        launched is in ComfyUI (``NEXT_SUBMIT_SECONDS`` at most), so it never holds up that submit."""
         held: Lease | None = None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.in_comfyui.wait(), NEXT_SUBMIT_SECONDS)
         try:
             while held is None:
                 held = await self.queue.claim(reply.worker_id, reply.claim_wait_seconds, prepare=True)

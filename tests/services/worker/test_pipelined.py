@@ -246,3 +246,29 @@ async def test_the_prepared_jobs_files_are_staged_while_the_queue_manager_answer
         done = [await finished(alice, first), await finished(alice, second)]
     assert [job.state for job in done] == [JobState.SUCCEEDED, JobState.SUCCEEDED]
     assert seen == [(["mine.png"], False)]
+
+
+async def test_the_next_job_is_claimed_ahead_only_once_the_one_just_launched_is_in_comfyui(
+    comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claiming ahead never competes with the submit of the job the GPU is waiting for."""
+    log: list[str] = []
+    submit_original, claim_original = ComfyClient.submit, QueueClient.claim
+
+    async def submit_noted(client: ComfyClient, prompt: dict[str, Any], prompt_id: str, *rest: Any) -> None:
+        await submit_original(client, prompt, prompt_id, *rest)
+        log.append(f"in ComfyUI {prompt_id}")
+
+    async def claim_noted(client: QueueClient, worker_id: str, wait: float, prepare: bool = False) -> Any:
+        log.append("claim ahead" if prepare else "claim")
+        return await claim_original(client, worker_id, wait, prepare)
+
+    monkeypatch.setattr(ComfyClient, "submit", submit_noted)
+    monkeypatch.setattr(QueueClient, "claim", claim_noted)
+    comfy.knobs.node_seconds = 0.3
+    async with participant(qm, "alice") as alice, pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+        first = await submit(alice, graph(1))
+        second = await submit(alice, graph(2))
+        done = [await finished(alice, first), await finished(alice, second)]
+    assert [job.state for job in done] == [JobState.SUCCEEDED, JobState.SUCCEEDED]
+    assert log.index("claim ahead") > log.index(f"in ComfyUI {first}")
