@@ -35,7 +35,7 @@ from services.storage import Storage, StorageError, open_storage
 from services.worker.comfy_client import ComfyClient
 from services.worker.comfy_events import EventStream
 from services.worker.forwarder import EventForwarder
-from services.worker.job_files import ComfyFolders, FoldersMismatchError, JobFiles, Prepared
+from services.worker.job_files import ComfyFolders, FoldersMismatchError, JobFiles, Prepared, salted_classes
 from services.worker.lease import LeaseKeeper
 from services.worker.models import ensure_models, queue_reporter
 from services.worker.queue_client import LeaseLostError, QueueClient
@@ -118,7 +118,7 @@ class Agent:
         if self.settings.warmup:
             await self.warmup()
         self.catalogue = await self.comfy.object_info()
-        self.files.output_classes = {n for n, spec in self.catalogue.items() if spec.get("output_node")}
+        self.files.output_classes = salted_classes(self.catalogue)
         self.extensions = await self.comfy.web_extensions()
 
     async def stop(self) -> None:

@@ -17,11 +17,12 @@ so for each job it:
 * refuses, before ComfyUI sees the graph, a value that names an existing file outside the folders
   (absolute, or with ``..``), with ComfyUI's own validation error;
 * gives every output node (``output_node`` in ComfyUI's catalogue, or a node nothing links from)
-  an input naming its owner (``salt``), which ComfyUI keeps in the node's cache key but does not
-  pass to the node. An identical rerun by the owner is ComfyUI's cache hit, as on ComfyUI itself:
-  its outputs name the owner's earlier files, which are in the owner's storage already
-  (``outputs``). Another participant's identical graph re-runs its output nodes, so a cached result
-  never names a file of someone else's job; and a re-run of one job (a retry, or after ComfyUI was
+  and every node reading an upload (``salted_classes``) an input naming its owner (``salt``),
+  which ComfyUI keeps in the node's cache key but does not pass to the node. An identical rerun
+  by the owner is ComfyUI's cache hit, as on ComfyUI itself: its outputs name the owner's earlier
+  files, which are in the owner's storage already (``outputs``). Another participant's identical
+  graph re-runs its output nodes and loaders, so a cached result never names a file of someone
+  else's job nor hands him her loaded file; and a re-run of one job (a retry, or after ComfyUI was
   lost) names its attempt too, so it never replays files of an attempt that were never stored.
   Likewise, once a job of the owner ends without its files reaching storage (it failed, was
   cancelled or lost, or storing failed), and whenever the worker starts, the owner's salt changes:
@@ -135,9 +136,29 @@ def rerun(job: Job) -> bool:
     return job.attempts > 1 or job.comfyui_losses > 0
 
 
+def salted_classes(catalogue: dict[str, Any]) -> set[str]:
+    """The node classes salted wherever they are in a graph: ComfyUI's output nodes, and the nodes
+    that read an uploaded file (an input with an ``*_upload`` option). ComfyUI keys a loader's
+    cached result on its inputs, and on the file's content only when the class asks for it
+    (``IS_CHANGED``; the core ``Load3D`` does not): unsalted, another participant's identical inputs
+    naming a file of his own would be answered with her loaded file."""
+    return {name for name, spec in catalogue.items() if spec.get("output_node") or reads_upload(spec)}
+
+
+def reads_upload(spec: dict[str, Any]) -> bool:
+    inputs = spec.get("input") or {}
+    options = [
+        value[1]
+        for group in ("required", "optional")
+        for value in (inputs.get(group) or {}).values()
+        if isinstance(value, list) and len(value) > 1 and isinstance(value[1], dict)
+    ]
+    return any(key.endswith("_upload") and flag for option in options for key, flag in option.items())
+
+
 def salted(prompt: dict[str, Any], salt: str, output_classes: Collection[str] = ()) -> dict[str, Any]:
     """The graph with ``SALT_INPUT = salt`` on every output node: each node of an
-    ``output_classes`` class (ComfyUI's ``output_node``), and each node no other node links from."""
+    ``output_classes`` class (``salted_classes``), and each node no other node links from."""
     linked = {
         str(value[0])
         for node in prompt.values()
@@ -326,7 +347,7 @@ class JobFiles:
 
     def __init__(self, folders: ComfyFolders, storage: Storage) -> None:
         self.folders, self.storage = folders, storage
-        self.output_classes: set[str] = set()  # ComfyUI's output nodes, once its catalogue is read
+        self.output_classes: set[str] = set()  # ``salted_classes`` of ComfyUI's catalogue, once read
         self.slot = asyncio.Lock()  # the folders hold one job's files at a time
         # Output names each owner's jobs made here: a job staged before the last one's outputs
         # reached storage numbers on from them too, instead of writing the same name again.

@@ -25,7 +25,7 @@ from services.storage import Storage, StorageError
 from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, PromptRejectedError
 from services.worker.comfy_events import Event, EventStream
 from services.worker.forwarder import EventForwarder
-from services.worker.job_files import JobFiles, Prepared, rerun, until_idle
+from services.worker.job_files import SALT_INPUT, JobFiles, Prepared, rerun, until_idle
 from services.worker.outputs import output_files, replays, store_outputs
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,14 @@ class Outcome:
     submitted: bool = False  # ComfyUI had taken the prompt when it was lost: the loss counts for the job
     timing: JobTiming | None = None
     moved: bool = False  # not this worker's to run after all (``Handoff.confirmed``): nothing to report
+
+
+def unsalted(key: str, value: Any) -> Any:
+    """A field of ComfyUI's ``execution_error`` as the participant sent it: a failing salted node's
+    ``current_inputs`` without the worker's salt (``job_files.salted``)."""
+    if key == "current_inputs" and isinstance(value, dict):
+        return {name: given for name, given in value.items() if name != SALT_INPUT}
+    return value
 
 
 class NotConfirmedError(Exception):
@@ -154,7 +162,7 @@ class Follower:
                     node_id=data.get("node_id"),
                     node_type=data.get("node_type"),
                     details=trace,
-                    comfy=bounded({key: data[key] for key in OWN_FIELDS if key in data}),
+                    comfy=bounded({key: unsalted(key, data[key]) for key in OWN_FIELDS if key in data}),
                 ),
             )
         if kind == "execution_interrupted":
