@@ -10,7 +10,7 @@ import httpx
 from devkit.doubles.comfyui import ComfyUIDouble
 from services.protocol.jobs import Job, JobState
 from services.worker.job_files import salted_classes
-from tests.support.jobs import finished, participant, put_input, submit
+from tests.support.jobs import finished, graph, participant, put_input, submit, until
 from tests.support.queue_manager_app import LiveServer
 from tests.support.worker_agent import pull_worker, worker_settings
 
@@ -63,3 +63,27 @@ def test_every_class_reading_an_upload_is_salted_and_model_loaders_are_not() -> 
         "Odd": {"input": {"required": {"x": "INT", "y": ["INT", {"file_upload": False}]}}},
     }
     assert salted_classes(catalogue) == {"Load3D", "VideoLoader", "SaveImage"}
+
+
+async def test_a_rerun_after_a_cancelled_job_that_had_saved_saves_again(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """Her job saved its image, then she cancelled it while a later node ran: the image never
+    reached storage, so her identical rerun must save it again rather than name it from the cache."""
+    saving = graph(color=0xCA)
+    sleepy = {
+        "3": saving["3"],  # the double runs the outputs in the graph's order: this one first
+        **saving,
+        "11": {"class_type": "TestSleep", "inputs": {"value": ["2", 0], "seconds": 20.0}},
+        "12": {"class_type": "PreviewImage", "inputs": {"images": ["11", 0]}},
+    }
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+        cancelled = await submit(alice, sleepy)
+        await until(lambda: (comfy.folders.output / "t_00001_.png").exists(), "her image saved", 20)
+        assert (await alice.post(f"/api/jobs/{cancelled}/cancel")).status_code == 200
+        first = await finished(alice, cancelled)
+        again = await finished(alice, await submit(alice, graph(color=0xCA)))
+        view = await alice.get("/w/alice/api/view", params={"filename": "t_00001_.png", "type": "output"})
+    assert first.state == JobState.CANCELLED and again.state == JobState.SUCCEEDED, again.error
+    assert "3" not in cached_nodes(comfy, again)
+    assert view.status_code == 200 and again.outputs[0].size > 0
