@@ -103,3 +103,27 @@ async def test_hostile_input_with_a_reply_token_gets_a_4xx(
             reply = await leaked.post(url, json=body)
 
     assert 400 <= reply.status_code < 500 or reply.status_code == 204, reply.text
+
+
+async def test_a_reply_token_reaches_no_other_pools_chain_and_no_worker_route(
+    qm: LiveServer, alice: httpx.AsyncClient, chains: Chains
+) -> None:
+    lease = await lease_for(qm, alice, color=50)
+    chain, _ = await chains.open(push_pool(), "slot", lease)
+    elsewhere = PushPool.model_validate({**push_pool().model_dump(), "name": "other", "api_key": "k"})
+    _, others_token = await chains.open(elsewhere, "other-slot", lease)  # another pool's request
+    waiting = await submit(alice, graph(color=51))
+    async with holding(qm, others_token) as leaked:
+        replies = [
+            await leaked.post(f"/api/push/{chain}/next", json={}),
+            await leaked.post(f"/api/push/{chain}/end", json={}),
+            await leaked.post(f"/api/leases/{waiting}/start", json={"token": "t", "worker_id": "dispatcher"}),
+            await leaked.post("/api/workers/dispatcher/drain"),
+            await leaked.post("/api/workers/dispatcher/deregister"),
+        ]
+
+    assert [reply.status_code for reply in replies] == [403, 403, 401, 401, 401]
+    assert "another pool" in replies[0].json()["detail"]
+    assert await states(alice, [waiting]) == [JobState.QUEUED]
+    still = await chains.get(chain)
+    assert still is not None and still.open
