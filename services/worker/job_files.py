@@ -17,7 +17,8 @@ so for each job it:
 * refuses, before ComfyUI sees the graph, a value that names an existing file outside the folders
   (absolute, or with ``..``), with ComfyUI's own validation error;
 * gives every output node (``output_node`` in ComfyUI's catalogue, or a node nothing links from)
-  and every node reading an upload (``salted_classes``) an input naming its owner (``salt``),
+  every node reading an upload (``salted_classes``) and every node naming a file the job stages
+  (``staged_names``: a custom loader may do neither) an input naming its owner (``salt``),
   which ComfyUI keeps in the node's cache key but does not pass to the node. An identical rerun
   by the owner is ComfyUI's cache hit, as on ComfyUI itself: its outputs name the owner's earlier
   files, which are in the owner's storage already (``outputs``). Another participant's identical
@@ -156,20 +157,40 @@ def reads_upload(spec: dict[str, Any]) -> bool:
     return any(key.endswith("_upload") and flag for option in options for key, flag in option.items())
 
 
-def salted(prompt: dict[str, Any], salt: str, output_classes: Collection[str] = ()) -> dict[str, Any]:
+def salted(
+    prompt: dict[str, Any], salt: str, output_classes: Collection[str] = (), files: Collection[str] = ()
+) -> dict[str, Any]:
     """The graph with ``SALT_INPUT = salt`` on every output node: each node of an
-    ``output_classes`` class (``salted_classes``), and each node no other node links from."""
+    ``output_classes`` class (``salted_classes``), and each node no other node links from; and on
+    every node with an input naming one of ``files`` (the owner's files the job stages, as
+    ``staged_names`` gives them): a custom loader that neither flags its input as an upload nor
+    hashes the file would otherwise be answered from the cache with another participant's file."""
     linked = {
         str(value[0])
         for node in prompt.values()
         for value in (node.get("inputs") or {}).values()
         if isinstance(value, list) and len(value) == 2
     }
+    reading = {node_id for node_id, _, _, value in string_inputs(prompt) if staged_name(value) in files}
     return {
         node_id: {**node, "inputs": {**(node.get("inputs") or {}), SALT_INPUT: salt}}
-        if node_id not in linked or node.get("class_type") in output_classes
+        if node_id not in linked or node.get("class_type") in output_classes or node_id in reading
         else node
         for node_id, node in prompt.items()
+    }
+
+
+def staged_name(value: str) -> str:
+    """A node's file name as ``type:subfolder/name`` (ComfyUI's default type is ``input``)."""
+    bare, kind = split_annotation(value)
+    return f"{kind}:{bare.strip('/')}"
+
+
+def staged_names(job: Job) -> set[str]:
+    """The files a job stages (its inputs and the annotated files it names), as ``staged_name``."""
+    return {
+        f"{ref.type}:{'/'.join(part for part in (ref.subfolder.strip('/'), ref.filename) if part)}"
+        for ref in [*job.inputs, *annotated_refs(job.prompt)]
     }
 
 
@@ -438,7 +459,7 @@ class JobFiles:
         missing input and ``PromptRejectedError`` for a name outside the folders. With
         ``Stage.keep_outputs`` the job's output and temp files move to ``kept`` at the end."""
         async with self.slot:
-            stage = Stage(salted(job.prompt, self.salt(job), self.output_classes))
+            stage = Stage(salted(job.prompt, self.salt(job), self.output_classes, staged_names(job)))
             try:
                 if prepared is None:
                     await asyncio.to_thread(self.folders.clear)

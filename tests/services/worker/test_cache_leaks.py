@@ -9,7 +9,7 @@ import httpx
 
 from devkit.doubles.comfyui import ComfyUIDouble
 from services.protocol.jobs import Job, JobState
-from services.worker.job_files import salted_classes
+from services.worker.job_files import SALT_INPUT, salted, salted_classes, staged_names
 from tests.support.jobs import finished, graph, participant, put_input, submit, until
 from tests.support.queue_manager_app import LiveServer
 from tests.support.worker_agent import pull_worker, worker_settings
@@ -87,3 +87,19 @@ async def test_a_rerun_after_a_cancelled_job_that_had_saved_saves_again(
     assert first.state == JobState.CANCELLED and again.state == JobState.SUCCEEDED, again.error
     assert "3" not in cached_nodes(comfy, again)
     assert view.status_code == 200 and again.outputs[0].size > 0
+
+
+def test_a_node_naming_a_file_the_job_stages_is_salted_whatever_its_class() -> None:
+    """A custom loader that neither flags its input as an upload nor hashes the file it reads is
+    keyed by ComfyUI on the name alone: it is salted because it names a staged file of the owner's,
+    while a node naming a model (nothing staged) stays shared between participants."""
+    prompt = {
+        "1": {"class_type": "PlainLoader", "inputs": {"path": "clips/take.png"}},
+        "2": {"class_type": "PlainLoader", "inputs": {"path": "earlier.png [output]"}},
+        "3": {"class_type": "ModelLoader", "inputs": {"name": "take.png"}},  # not the staged clips/take.png
+        "4": {"class_type": "Join", "inputs": {"a": ["1", 0], "b": ["2", 0], "m": ["3", 0]}},
+    }
+    staged = [{"filename": "take.png", "subfolder": "clips"}]
+    job = Job.model_validate({"id": "j", "user": "bob", "prompt": prompt, "inputs": staged, "queued_at": 0})
+    graph = salted(prompt, "bob-salt", (), staged_names(job))
+    assert {n for n, node in graph.items() if SALT_INPUT in node["inputs"]} == {"1", "2", "4"}
