@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from devkit.doubles.comfyui import ComfyUIDouble
 from devkit.servers import free_port, wait_until
 from services.protocol.jobs import JobState
-from services.protocol.workers import WorkerCapabilities, WorkerRegistration
+from services.protocol.workers import Lease, WorkerCapabilities, WorkerRegistration
 from services.queue_manager.push_requests import Chains
 from services.queue_manager.settings import PushPool
 from services.queue_manager.store import Store
@@ -32,6 +32,12 @@ from services.worker.queue_client import QueueClient
 from tests.support.jobs import finished, graph, submit, until
 from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, POOL_TOKEN, LiveServer
 from tests.support.worker_agent import lease_for, worker_settings
+
+
+async def post_lease(client: httpx.AsyncClient, url: str, lease: Lease) -> httpx.Response:
+    """Send a lease to a push container as the dispatcher does (a JSON body)."""
+    body = lease.model_dump_json()
+    return await client.post(url, content=body, headers={"Content-Type": "application/json"})
 
 
 @pytest.fixture
@@ -49,17 +55,13 @@ async def test_the_verda_handler_runs_a_pushed_lease_and_reports_it(
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as container:
             assert (await container.get("/health")).json() == {"ready": True}
             lease = await lease_for(qm, alice, color=21)
-            reply = await container.post(
-                "/lease", content=lease.model_dump_json(), headers={"Content-Type": "application/json"}
-            )
+            reply = await post_lease(container, "/lease", lease)
             assert reply.json() == {"jobs": [{"job_id": lease.job.id, "outcome": "succeeded"}]}
             # No pull worker ever registered: the container published the catalogue once it was ready.
             nodes = (await alice.get("/w/alice/api/object_info")).json()
             assert {"EmptyImage", "SaveImage"} <= set(nodes)
             orphan = lease.model_copy(update={"reply_url": None})
-            refused = await container.post(
-                "/lease", content=orphan.model_dump_json(), headers={"Content-Type": "application/json"}
-            )
+            refused = await post_lease(container, "/lease", orphan)
             assert refused.status_code == 422 and "reply_url" in refused.text
     finally:
         server.stop()
@@ -143,13 +145,7 @@ async def test_sigterm_during_a_pushed_job_longer_than_the_grace_releases_it(
         comfy.knobs.node_seconds, comfy.knobs.progress_steps = 30.0, 300
         lease = await lease_for(qm, alice, color=23)
         async with httpx.AsyncClient(timeout=60) as dispatcher:
-            request = asyncio.create_task(
-                dispatcher.post(
-                    f"http://127.0.0.1:{port}/lease",
-                    content=lease.model_dump_json(),
-                    headers={"Content-Type": "application/json"},
-                )
-            )
+            request = asyncio.create_task(post_lease(dispatcher, f"http://127.0.0.1:{port}/lease", lease))
             await until(lambda: comfy.state.running is not None, "pushed job running")
             process.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(process.wait, 30) == 0
@@ -266,13 +262,7 @@ async def test_sigterm_while_a_chained_request_runs_finishes_its_job_and_takes_n
         )
         waiting = await submit(alice, graph(color=31))
         async with httpx.AsyncClient(timeout=60) as dispatcher:
-            request = asyncio.create_task(
-                dispatcher.post(
-                    f"http://127.0.0.1:{port}/lease",
-                    content=lease.model_dump_json(),
-                    headers={"Content-Type": "application/json"},
-                )
-            )
+            request = asyncio.create_task(post_lease(dispatcher, f"http://127.0.0.1:{port}/lease", lease))
             await until(lambda: comfy.state.running is not None, "pushed job running")
             process.send_signal(signal.SIGTERM)
             reply = await request
