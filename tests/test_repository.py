@@ -91,3 +91,29 @@ def test_no_test_module_imports_another_test_module() -> None:
         if module.rsplit(".", 1)[-1].startswith("test_")
     ]
     assert offenders == [], f"move what these take into tests/support/: {offenders}"
+
+
+# The policies both sides of a deployment must agree on; infra imports nothing else of the services.
+SHARED_POLICIES = ("services.queue_manager.durability", "services.queue_manager.settings")
+
+
+def crossings(folder: str, banned: str, allowed: tuple[str, ...] = ()) -> list[str]:
+    return [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in python_files(folder)
+        for module in sorted(imported_modules(path))
+        if (module == banned or module.startswith(f"{banned}.")) and not module.startswith(allowed)
+    ]
+
+
+def test_the_layers_import_only_downwards() -> None:
+    """The services never import the Pulumi program, the worker and the queue manager never import
+    each other, and the program takes from the services only the policies both must agree on
+    (docs/architecture.md, "Layers")."""
+    offenders = [
+        *crossings("services", "infra"),
+        *crossings("services/worker", "services.queue_manager"),
+        *crossings("services/queue_manager", "services.worker"),
+        *crossings("infra", "services", SHARED_POLICIES),
+    ]
+    assert offenders == [], f"these cross a layer: {offenders}"
