@@ -9,7 +9,8 @@ lease routes itself (``reply_url`` and the request's own ``reply_token`` in the 
 each job asks for the next one within the same request (``push_requests``: the request's chain),
 so its GPU does not wait for a new request between two jobs. The slot stays busy until the
 request ends: when the queue has no job for it, at the chain's limits, or when the provider says
-it ended.
+it ended. The slots survive a crash or a restart: a dispatcher that starts adopts the requests
+of its pool whose chains are still open (``_adopt``) and follows them as its own.
 
 Meanwhile the dispatcher heartbeats the first lease (a request can wait in the provider's queue
 through a cold start), follows the chain's current job, polls the provider's status, turns provider
@@ -172,19 +173,46 @@ class PoolDispatcher:
     async def run(self) -> None:
         tasks: set[asyncio.Task[None]] = set()
         try:
+            carried: list[tuple[int, Lease | Flight]] = list(await self._adopt())
             while not stopping():
+                for slot, first in carried:
+                    task = asyncio.create_task(self._carry(slot, first))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
                 await self._slots.acquire()
                 slot = self._free.pop()
-                lease = await self._next_lease(slot)
-                task = asyncio.create_task(self._carry(lease, slot))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                carried = [(slot, await self._next_lease(slot))]
         finally:
             for task in tasks:
                 task.cancel()
 
     def _slot_id(self, slot: int) -> str:
         return f"push-{self.pool.name}-{slot}"
+
+    async def _adopt(self) -> list[tuple[int, Flight]]:
+        """The requests an earlier dispatcher of this pool sent (it crashed or was restarted) whose
+        chains are still open: each keeps its slot busy and is followed as this dispatcher's own
+        until it ends, so the pool never has more than its capacity of requests running and its
+        jobs keep the lease, timeout and provider-failure rules. A chain whose slot is gone (the
+        capacity shrank) or whose request was never recorded as sent is ended: it takes no more."""
+        try:
+            chains = await self.chains.open_in(self.pool.name)
+        except (RedisError, OSError) as exc:
+            log.warning("open chains unknown", extra={"pool": self.pool.name, "error": repr(exc)})
+            return []
+        adopted: list[tuple[int, Flight]] = []
+        for chain in chains:
+            slot = next((s for s in self._free if self._slot_id(s) == chain.worker), None)
+            if slot is None or not chain.remote:
+                await self.chains.end(chain.id)
+                continue
+            self._free.remove(slot)
+            await self._slots.acquire()  # never waits: the slot was free
+            seconds = self.pool.job_timeout_seconds
+            adopted.append((slot, Flight(chain.id, chain.remote, chain.job, chain.token, chain.attempts,
+                                         time.monotonic() + seconds)))  # fmt: skip
+            log.info("request adopted", extra={"job_id": chain.job, "pool": self.pool.name})
+        return adopted
 
     async def _next_lease(self, slot: int) -> Lease:
         while True:
@@ -202,18 +230,25 @@ class PoolDispatcher:
             if stopping():  # redis-py may have swallowed the cancel while it waited
                 raise asyncio.CancelledError
 
-    async def _carry(self, lease: Lease, slot: int) -> None:
-        chain = ""
+    async def _carry(self, slot: int, first: Lease | Flight) -> None:
+        """Carry one request in ``slot`` until it ends: a new one for the lease ``first``, or the
+        request ``first`` an earlier dispatcher sent (``_adopt``)."""
+        flight: Flight | None = None
+        if isinstance(first, Flight):
+            flight, chain, job_id, token = first, first.chain, first.job_id, first.token
+        else:
+            chain, job_id, token = "", first.job.id, first.token
         try:
-            chain, reply_token = await self.chains.open(self.pool, self._slot_id(slot), lease)
-            flight = await self._submit(lease, chain, reply_token)
+            if isinstance(first, Lease):
+                chain, reply_token = await self.chains.open(self.pool, self._slot_id(slot), first)
+                flight = await self._submit(first, chain, reply_token)
             if flight is not None:
                 self.flights[slot] = flight
                 await self._track(flight)
         except Exception:
-            log.exception("push dispatch failed", extra={"job_id": lease.job.id, "pool": self.pool.name})
+            log.exception("push dispatch failed", extra={"job_id": job_id, "pool": self.pool.name})
             current = self.flights.get(slot)
-            job_id, token = (current.job_id, current.token) if current else (lease.job.id, lease.token)
+            job_id, token = (current.job_id, current.token) if current else (job_id, token)
             await self._requeue(
                 job_id, token, "DispatchError", "the dispatcher failed while carrying the job"
             )
@@ -234,6 +269,7 @@ class PoolDispatcher:
             message = f"{self.pool.name} did not take the job: {exc!r}"
             await self._requeue(lease.job.id, lease.token, "ProviderRefused", message)
             return None
+        await self.chains.sent(chain, remote_id)
         log.info("job pushed", extra={"job_id": lease.job.id, "pool": self.pool.name, "remote_id": remote_id})
         return Flight.of(chain, remote_id, lease, self.pool.job_timeout_seconds)
 

@@ -33,7 +33,7 @@
 | ``{p}:wake`` | pub/sub | a scope that has new work, to wake long-polling claims | - |
 | ``{p}:cancels`` | pub/sub | a running job's id once its owner cancels it, to answer its heartbeat | - |
 | ``{p}:ended`` | pub/sub | a job's id when its lease ends; a push chain's id when it changes | - |
-| ``{p}:push:{chain}`` | hash | a push request's chain: slot, current job, limits | its request |
+| ``{p}:push:{chain}`` | hash | a push request's chain: slot, request id, current job, limits | its request |
 | ``{p}:push_token:{sha256}`` | string | a push request's reply token (by digest) -> its pool | its request |
 | ``{p}:admin:samples`` | list | the admin page's queue/worker samples, newest last, capped | capped |
 | ``{p}:admin:sampled:{n}`` | string | set (NX) by the process that takes interval n's sample | expires |

@@ -12,10 +12,14 @@ chain closes and the container ends its request. The dispatcher counts the reque
 until then, so the pool's capacity is never exceeded.
 
 The record is ``{p}:push:{chain}``: pool, worker (the claimant id its jobs are leased under), the
-current job with its lease token and attempt, how many jobs it took, its limits and whether it is
-open. Each change publishes the chain id on ``{p}:ended``, where the dispatcher carrying the
-request hears it. Only the chain's own pool's credentials may take from it (403 for another
-pool's); the id is a random secret sent only in the request.
+provider's id of the request, the current job with its lease token and attempt, how many jobs it
+took, its limits and whether it is open. Each change is one step (``chain.lua``: an expired record
+stays gone) and publishes the chain id on ``{p}:ended``, where the dispatcher carrying the request
+hears it. A dispatcher that starts (after a crash or a restart) adopts its pool's open chains
+(``open_in``), so their requests keep their slots.
+
+Only the chain's own pool's credentials may take from it (403 for another pool's); the id is a
+random secret sent only in the request.
 
 The request carries its own reply token, not the pool's worker token: ``{p}:push_token:{sha256}``
 names its pool for as long as the chain's record lives. It acts as a worker of that pool on the
@@ -31,11 +35,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.protocol.workers import Lease
 from services.queue_manager.errors import QueueError
 from services.queue_manager.records import now_ms
+from services.queue_manager.scripts import ChainArgs
 from services.queue_manager.settings import PushPool
 from services.queue_manager.store import Store
 
@@ -76,6 +82,7 @@ class Chain:
     until_ms: int
     linger_ms: int
     open: bool
+    remote: str  # the provider's id of the request, once it took it ('' before)
 
     @classmethod
     def of(cls, chain_id: str, fields: dict[str, str]) -> Chain:
@@ -91,6 +98,7 @@ class Chain:
             until_ms=int(fields["until_ms"]),
             linger_ms=int(fields["linger_ms"]),
             open=fields["open"] == "1",
+            remote=fields.get("remote", ""),
         )
 
     def may_take(self, now: int) -> bool:
@@ -155,8 +163,9 @@ class Chains:
                 await self.store.release(lease.job.id, lease.token)
             await self.end(chain_id, pool)
             return None
-        await self.store.redis.hset(self._key(chain_id), mapping=self._current(lease))
-        await self._changed(chain_id)
+        if not await self._set(chain_id, self._current(lease)):  # expired meanwhile
+            await self.store.release(lease.job.id, lease.token)
+            return None
         log.info("job chained", extra={"job_id": lease.job.id, "pool": pool, "worker_id": worker_id})
         return lease.model_copy(update={"chain": chain_id})
 
@@ -164,9 +173,27 @@ class Chains:
         """Close the chain: its request takes no more jobs (``pool``: only the chain's own pool's)."""
         if pool is not None:
             await self._own(chain_id, pool)
-        if await self.store.redis.exists(self._key(chain_id)):  # an expired one stays gone
-            await self.store.redis.hset(self._key(chain_id), "open", 0)
-            await self._changed(chain_id)
+        await self._set(chain_id, {"open": 0})
+
+    async def sent(self, chain_id: str, remote_id: str) -> None:
+        """The provider took the chain's request as ``remote_id``: recorded, so that a dispatcher
+        that starts later (after a crash or a restart) can follow the request (``open_in``)."""
+        await self._set(chain_id, {"remote": remote_id})
+
+    async def open_in(self, pool: str) -> list[Chain]:
+        """The pool's open chains: requests a dispatcher before this one sent, still taking jobs."""
+        found: list[Chain] = []
+        async for key in self.store.redis.scan_iter(match=self._key("*"), count=1000):
+            chain = await self.get(key.rsplit(":", 1)[1])
+            if chain is not None and chain.pool == pool and chain.open:
+                found.append(chain)
+        return found
+
+    async def _set(self, chain_id: str, fields: Mapping[str, str | int]) -> bool:
+        """Set fields of the chain's record and tell its dispatcher, in one step: an expired record
+        stays gone (False)."""
+        pairs = tuple(str(item) for pair in fields.items() for item in pair)
+        return bool(await self.store.scripts.run(ChainArgs(self.store.prefix, chain_id, pairs)))
 
     async def _own(self, chain_id: str, pool: str) -> Chain:
         chain = await self.get(chain_id)
@@ -186,6 +213,3 @@ class Chains:
 
     async def _still_open(self, chain_id: str) -> bool:
         return await self.store.redis.hget(self._key(chain_id), "open") == "1"
-
-    async def _changed(self, chain_id: str) -> None:
-        await self.store.client.publish(self.store.keys.ended, chain_id)

@@ -170,6 +170,13 @@ class EndSessionsArgs(ScriptArgs):
     digest: str = ""
 
 
+@dataclass(frozen=True)
+class ChainArgs(ScriptArgs):
+    script = "chain"
+    chain: str
+    fields: tuple[str, ...]  # name, value pairs for the chain's record
+
+
 SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     SubmitArgs,
     ClaimArgs,
@@ -182,6 +189,7 @@ SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     RescoreArgs,
     PositionsArgs,
     EndSessionsArgs,
+    ChainArgs,
 )
 
 

@@ -45,9 +45,21 @@ def qm_settings(redis_url: str, port: int, **overrides: Any) -> Settings:
 
 @contextlib.asynccontextmanager
 async def rig(redis_url: str, style: str, platform: Platform, **pool: Any) -> AsyncIterator[Rig]:
-    port = free_port()
+    async with (
+        serving(platform.app()) as url,
+        queue_manager(redis_url, style, platform, url, free_port(), **pool) as r,
+    ):
+        yield r
+
+
+@contextlib.asynccontextmanager
+async def queue_manager(
+    redis_url: str, style: str, platform: Platform, platform_url: str, port: int, **pool: Any
+) -> AsyncIterator[Rig]:
+    """One queue manager on ``port`` and its dispatcher for ``platform``'s endpoint at ``platform_url``
+    (two in turn on one port are the same queue manager restarted)."""
     app = create_app(qm_settings(redis_url, port))
-    async with serving(app, port), serving(platform.app()) as platform_url:
+    async with serving(app, port):
         url = f"{platform_url}/{platform.deployment}" if style == "verda" else platform_url
         spec = {"name": POOL, "style": style, "url": url, "api_key": platform.api_key, "capacity": 2,
                 "poll_seconds": 0.05} | pool  # fmt: skip

@@ -9,6 +9,15 @@ from typing import Any
 import pytest
 
 from services.queue_manager.dispatch import PoolDispatcher, PushPool
+from services.queue_manager.keys import Keys
+
+
+class NoChains:
+    """Redis with no push request left open by an earlier dispatcher."""
+
+    async def scan_iter(self, **_: Any) -> Any:
+        for key in ():
+            yield key
 
 
 class SwallowingStore:
@@ -16,6 +25,7 @@ class SwallowingStore:
     while it waits for a connection."""
 
     settings = SimpleNamespace(heartbeat_seconds=1.0)
+    keys, redis = Keys("qm"), NoChains()
 
     def __init__(self) -> None:
         self.waiting = asyncio.Event()

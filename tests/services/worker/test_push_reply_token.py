@@ -127,3 +127,26 @@ async def test_a_reply_token_reaches_no_other_pools_chain_and_no_worker_route(
     assert await states(alice, [waiting]) == [JobState.QUEUED]
     still = await chains.get(chain)
     assert still is not None and still.open
+
+
+async def test_a_chain_that_expires_while_it_is_ended_leaves_no_record_behind(
+    qm: LiveServer, alice: httpx.AsyncClient, chains: Chains, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lease = await lease_for(qm, alice, color=60)
+    chain, _ = await chains.open(push_pool(), "slot", lease)
+    key = chains.store.keys.push_request(chain)
+    redis = chains.store.client
+    send = redis.execute_command
+
+    async def expiring_after_one_step(*args: object, **options: object) -> object:
+        reply = await send(*args, **options)
+        if any(chain in str(arg) for arg in args):  # end's first step on the record
+            monkeypatch.setattr(redis, "execute_command", send)
+            await redis.delete(key)  # the record's expiry comes right after it
+        return reply
+
+    monkeypatch.setattr(redis, "execute_command", expiring_after_one_step)
+    await chains.end(chain)
+
+    assert await redis.exists(key) == 0  # not a field-only record that would never expire
+    assert await chains.get(chain) is None
