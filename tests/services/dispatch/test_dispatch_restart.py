@@ -53,3 +53,27 @@ async def test_a_queue_manager_restarted_after_a_crash_follows_the_requests_it_l
     assert sorted(job.attempts for job in done) == [1, 1, 1, 1]  # none lost, none run twice
     assert platform.peak_outstanding == 1  # the pool's capacity, across the restart
     assert len(platform.requests) == 1  # the request left running took the queued jobs
+
+
+async def test_a_request_never_recorded_as_sent_takes_no_more_jobs_after_a_restart(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The crash came between the provider taking the request and its id being recorded: nobody can
+    # follow that request, so the restarted queue manager ends its chain and it runs only its job.
+    platform = Platform(runner=simulated_worker(1.5, heartbeat_seconds=1.0), max_replicas=3)
+    port = free_port()
+    async with serving(platform.app()) as platform_url:
+        async with queue_manager(redis_url, "runpod", platform, platform_url, port, capacity=1) as first:
+            monkeypatch.setattr(first.dispatcher.chains, "sent", lambda *args: asyncio.sleep(0))
+            monkeypatch.setattr(first.dispatcher.chains, "end", lambda *args: asyncio.sleep(0))
+            job = await first.store.submit("a", JobSubmit.model_validate({"prompt": PROMPT}))
+            await running(first.store, job.id)
+            [chain_id] = [flight.chain for flight in first.dispatcher.flights.values()]
+        async with queue_manager(redis_url, "runpod", platform, platform_url, port, capacity=1) as second:
+            later = [await second.store.submit(u, JobSubmit.model_validate({"prompt": PROMPT})) for u in "bc"]
+            done = await finished(second.store, [job.id, *[j.id for j in later]], timeout=30.0)
+            chain = await second.dispatcher.chains.get(chain_id)
+
+    assert {job.state for job in done} == {JobState.SUCCEEDED}
+    assert chain is not None and not chain.open and chain.jobs == 1  # its one job, nothing chained
+    assert len(platform.requests) == 2  # the later jobs came in a request the new dispatcher follows
