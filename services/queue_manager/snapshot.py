@@ -18,8 +18,12 @@ morning fails loudly instead of opening on an empty queue.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
+import json
 import logging
+import math
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -28,7 +32,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from redis.asyncio import ConnectionPool, Redis
 
 from services.queue_manager.keys import ANY_POOL, Carried, family_of
-from services.queue_manager.records import now_ms
+from services.queue_manager.records import job_from_hash, now_ms
 from services.queue_manager.store import Store
 from services.storage.base import Storage, aiter_chunks
 
@@ -59,6 +63,99 @@ def _copied_name(name: str) -> str:
     return name
 
 
+def _integer(raw: bytes) -> None:
+    if not re.fullmatch(rb"-?[0-9]{1,18}", raw):
+        raise ValueError("not an integer")
+
+
+def _number(raw: bytes) -> None:
+    """A number as Lua's ``tonumber`` reads it (and writes it: ``2.5``, ``1e+15``)."""
+    if not re.fullmatch(rb"-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]{1,3})?", raw):
+        raise ValueError("not a number")
+
+
+def _json(raw: bytes) -> None:
+    json.loads(raw)
+
+
+def _size_and_time(raw: bytes) -> None:
+    if not re.fullmatch(rb"[0-9]{1,18} [0-9]{1,18}", raw):
+        raise ValueError('not "<size> <modified ms>"')
+
+
+# What the queue manager reads back from a copied family's values (string: the value; hash: each
+# field's value), so a restored key can never make a later read or script fail.
+VALUES: dict[str, Callable[[bytes], None]] = {
+    "seq": _integer,
+    "fair:round": _number,
+    "user_priority": _integer,
+    "fair:user_round": _number,
+    "catalogue:{hash}": _json,
+    "catalogue_pending": _json,
+    "ws:settings:{u}": _json,
+    "ws:udmeta:{u}": _size_and_time,
+}
+
+
+def _raw_strict(data: Any) -> bytes:
+    if not isinstance(data, str):
+        raise ValueError("a name, member or value must be a base64 string")
+    return base64.b64decode(data, validate=True)
+
+
+def _values(stored: StoredKey) -> list[bytes]:
+    """The key's values in the shape its type has (members, scores and values checked on the way)."""
+    data = stored.data
+    if stored.type == "string":
+        return [_raw_strict(data)]
+    if stored.type == "hash" and isinstance(data, dict):
+        for field in data:
+            _raw_strict(field)
+        return [_raw_strict(value) for value in data.values()]
+    if stored.type in ("set", "list") and isinstance(data, list):
+        return [_raw_strict(item) for item in data]
+    if stored.type == "zset" and isinstance(data, list):
+        for pair in data:
+            if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], int | float)):
+                raise ValueError("a sorted set is a list of [member, score]")
+            if not math.isfinite(pair[1]):
+                raise ValueError("a score must be a finite number")
+            _raw_strict(pair[0])
+        return []
+    raise ValueError(f"data does not have the shape of a {stored.type}")
+
+
+def _check_key(name: str, stored: StoredKey) -> None:
+    """A copied key as the queue manager itself would have written it: its family's type and a
+    value each reader accepts. Raises ``ValueError`` naming the key and what is wrong."""
+    family = family_of(f"p:{_copied_name(name)}", "p")
+    assert family is not None
+    if stored.type != family.type:
+        raise ValueError(f"{name[:80]!r} is a {family.type} in keys.py, not a {stored.type}")
+    check = VALUES.get(family.pattern)
+    try:
+        for value in _values(stored):
+            if check is not None:
+                check(value)
+    except (ValueError, binascii.Error) as exc:  # json's and base64's errors are ValueErrors
+        raise ValueError(f"{name[:80]!r} holds a value the queue manager cannot read: {exc}") from None
+
+
+def _check_job(fields: dict[str, str]) -> None:
+    """A job record the queue manager can read back and queue (``records.job_from_hash``)."""
+    try:
+        job_from_hash(fields)
+        for name in ("queued_at", "score"):
+            float(fields.get(name) or "0")
+        for name in ("queued_at", "finished_at"):
+            int(fields.get(name) or "0")
+        if fields.get("score") and not math.isfinite(float(fields["score"])):
+            raise ValueError("score is not finite")
+    except (ValueError, TypeError, KeyError) as exc:  # pydantic's ValidationError is a ValueError
+        job_id = str(fields.get("id", "?"))[:80]
+        raise ValueError(f"job {job_id!r} is not a job record the queue manager wrote: {exc}") from None
+
+
 class Snapshot(BaseModel):
     version: Literal[1, 2] = 2
     taken_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
@@ -72,9 +169,17 @@ class Snapshot(BaseModel):
     @field_validator("keys")
     @classmethod
     def _only_copied_families(cls, keys: dict[str, StoredKey]) -> dict[str, StoredKey]:
-        for name in keys:
-            _copied_name(name)
+        for name, stored in keys.items():
+            _check_key(name, stored)
         return keys
+
+    @field_validator("jobs")
+    @classmethod
+    def _only_readable_jobs(cls, jobs: list[dict[str, str]]) -> list[dict[str, str]]:
+        for fields in jobs:
+            if all(fields.get(name) for name in REQUIRED_FIELDS):  # the others are skipped at restore
+                _check_job(fields)
+        return jobs
 
 
 class RestoreResult(BaseModel):
