@@ -100,7 +100,7 @@ VALUES: dict[str, Callable[[bytes], None]] = {
 def _raw_strict(data: Any) -> bytes:
     if not isinstance(data, str):
         raise ValueError("a name, member or value must be a base64 string")
-    return base64.b64decode(data, validate=True)
+    return _raw(data)
 
 
 def _values(stored: StoredKey) -> list[bytes]:
@@ -142,16 +142,14 @@ def _check_key(name: str, stored: StoredKey) -> None:
 
 
 def _check_job(fields: dict[str, str]) -> None:
-    """A job record the queue manager can read back and queue (``records.job_from_hash``)."""
+    """A job record the queue manager can read back (``records.job_from_hash``) and restore (which
+    reads ``queued_at`` and ``finished_at`` as integers and ``score`` as a number)."""
     try:
         job_from_hash(fields)
-        for name in ("queued_at", "score"):
-            float(fields.get(name) or "0")
-        for name in ("queued_at", "finished_at"):
-            int(fields.get(name) or "0")
-        if fields.get("score") and not math.isfinite(float(fields["score"])):
-            raise ValueError("score is not finite")
-    except (ValueError, TypeError, KeyError) as exc:  # pydantic's ValidationError is a ValueError
+        int(fields["queued_at"]), int(fields.get("finished_at") or "0")
+        if not math.isfinite(float(fields["score"])):
+            raise ValueError("score is not a finite number")
+    except (ValueError, TypeError, KeyError, OverflowError, OSError) as exc:  # a time out of range too
         job_id = str(fields.get("id", "?"))[:80]
         raise ValueError(f"job {job_id!r} is not a job record the queue manager wrote: {exc}") from None
 
@@ -194,7 +192,7 @@ def _b64(data: bytes | str) -> str:
 
 
 def _raw(data: str) -> bytes:
-    return base64.b64decode(data)
+    return base64.b64decode(data, validate=True)
 
 
 def bytes_client(redis: Redis) -> Redis:

@@ -92,6 +92,8 @@ def b64(text: str) -> str:
         ({"jobs": [{**QUEUED, "id": "j1", "score": "x"}]}, "job 'j1'"),
         ({"jobs": [{**QUEUED, "id": "j2", "spec": "{"}]}, "job 'j2'"),
         ({"jobs": [{**QUEUED, "id": "j3", "queued_at": "soon"}]}, "job 'j3'"),
+        ({"jobs": [{**QUEUED, "id": "j4", "queued_at": "99999999999999999999"}]}, "job 'j4'"),
+        ({"jobs": [{**QUEUED, "id": "j5", "queued_at": "1.5"}]}, "job 'j5'"),
     ],
 )  # fmt: skip
 async def test_a_restore_refuses_a_value_the_queue_manager_could_not_read_back(
