@@ -20,6 +20,18 @@ def test_the_gpu_benchmark_compares_direct_and_platform_runs() -> None:
         Phase(VIDEO.name, 2, 0.1, 2_000_000, VIDEO.first_color),
     ]
     result = gpu.run(small)
-    assert set(result) == {"noop_makespan_ratio", "video_makespan_ratio", "gap_ms_p50", "gap_ms_p99"}
+    assert set(result) == {
+        "noop_makespan_ratio",
+        "video_makespan_ratio",
+        "gap_ms_p50",
+        "gap_ms_p99",
+        "noop_floor_ratio",
+        "noop_cpu_ms_per_job",
+        "direct_gap_ms_p50",
+    }
     assert result["noop_makespan_ratio"] > 0 and result["video_makespan_ratio"] > 0
     assert 0 <= result["gap_ms_p50"] <= result["gap_ms_p99"]
+    assert result["noop_floor_ratio"] > 0 and result["direct_gap_ms_p50"] >= 0
+    cpu = result["noop_cpu_ms_per_job"]
+    assert set(cpu) == {"worker", "queue_manager", "redis", "s3", "comfyui"}
+    assert all(ms > 0 for role, ms in cpu.items() if role in ("worker", "queue_manager", "comfyui"))
