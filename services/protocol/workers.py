@@ -31,13 +31,19 @@ calls may send the request's own ``reply_token`` instead of the pool token.
 
 Completion and failure are idempotent for the lease holder: repeating the same call after a
 network error answers 204 again and changes nothing, so a retry never completes a job twice.
+
+A completion or failure carries the job's trailing events (``events``, those the worker had not
+sent yet when the job ended): the queue manager publishes them to the job's owner, in order and
+under the ``/events`` route's rules and limits (at most ``MAX_EVENTS``, the body within
+``QM_MAX_BODY_BYTES``), just before it announces the end, so a short job costs no ``/events``
+call of its own. Only the call that ends the lease publishes them: a repeat publishes nothing.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -203,8 +209,12 @@ class JobEvent(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+MAX_EVENTS = 256  # per call: an ``/events`` batch, or the events a completion or failure carries
+Events = Annotated[list[JobEvent], Field(max_length=MAX_EVENTS)]
+
+
 class EventBatch(LeaseCall):
-    events: list[JobEvent] = Field(max_length=256)
+    events: Events
 
 
 class JobTiming(BaseModel):
@@ -217,11 +227,19 @@ class JobTiming(BaseModel):
     upload_seconds: float | None = Field(default=None, ge=0, description="its outputs into storage")
 
 
+TRAILING = (
+    "the job's last events, still unsent when it ended: published to its owner before its end, as an "
+    "``/events`` call would (same rules and limits), and only by the call that ends the lease"
+)
+
+
 class Completion(LeaseCall):
     outputs: list[OutputFile] = Field(default_factory=list)
     timing: JobTiming | None = None
+    events: Events = Field(default_factory=list, description=TRAILING)
 
 
 class Failure(LeaseCall):
     error: JobError
     timing: JobTiming | None = None
+    events: Events = Field(default_factory=list, description=TRAILING)

@@ -23,6 +23,7 @@ from services.protocol.workers import (
     EventBatch,
     Failure,
     HeartbeatReply,
+    JobEvent,
     JobTiming,
     Lease,
     StartCall,
@@ -74,6 +75,26 @@ class GpuUse:
         if not self.pool or self.timing is None:
             return ""
         return json.dumps({"t": time.time(), **self.timing.model_dump()})
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """A worker's ComfyUI events as the job's owner hears them, and what they tell the job record:
+    the same whether an ``/events`` call sends them or a completion or failure carries them."""
+
+    payloads: tuple[str, ...]  # UserEvent JSON, ComfyUI's order; terminal events left out (``finished``)
+    cached: str  # the nodes ComfyUI reused (the last ``execution_cached``), JSON; '' when none said
+
+    @classmethod
+    def of(cls, job_id: str, events: list[JobEvent]) -> Forwarded:
+        told = (notices.from_worker(job_id, event) for event in events)
+        payloads = tuple(event.model_dump_json() for event in told if event is not None)
+        said = [event.data.get("nodes") for event in events if event.type == "execution_cached"]
+        cached = json.dumps([str(n) for n in said[-1]]) if said and isinstance(said[-1], list) else ""
+        return cls(payloads, cached)
+
+
+NOTHING_FORWARDED = Forwarded((), "")
 
 
 class LeaseOps(StoreBase):
@@ -183,25 +204,28 @@ class LeaseOps(StoreBase):
 
     async def record_events(self, job_id: str, batch: EventBatch) -> None:
         """Forward a worker's ComfyUI events to the job's owner (the first marks the job running)."""
-        forwarded = [notices.from_worker(job_id, event) for event in batch.events]
-        payloads = [event.model_dump_json() for event in forwarded if event is not None]
-        await self._touch(job_id, batch.token, "events", payloads)  # publishes only for the holder
-        cached = [event.data.get("nodes") for event in batch.events if event.type == "execution_cached"]
-        if cached and isinstance(cached[-1], list):  # the job's history says which nodes ComfyUI reused
-            await self.redis.hset(self.keys.job(job_id), "cached", json.dumps([str(n) for n in cached[-1]]))
+        forwarded = Forwarded.of(job_id, batch.events)
+        await self._touch(job_id, batch.token, "events", list(forwarded.payloads))  # only for the holder
+        if forwarded.cached:  # the job's history says which nodes ComfyUI reused
+            await self.redis.hset(self.keys.job(job_id), "cached", forwarded.cached)
 
     async def complete(self, job_id: str, completion: Completion, pool: str = "") -> None:
         """Mark a job succeeded with its outputs (idempotent for the lease holder); the worker's
-        timing counts toward ``pool``'s GPU use."""
+        timing counts toward ``pool``'s GPU use. The events it carries reach the owner first."""
         outputs = json.dumps([o.model_dump(mode="json") for o in completion.outputs])
         used = GpuUse(pool, completion.timing)
-        await self._finish(job_id, completion.token, "succeeded", outputs=outputs, used=used)
+        trailing = Forwarded.of(job_id, completion.events)
+        await self._finish(
+            job_id, completion.token, "succeeded", outputs=outputs, used=used, trailing=trailing
+        )
 
     async def fail(self, job_id: str, failure: Failure, pool: str = "") -> None:
-        """Record a failure: retryable ones are requeued until attempts run out, then dead-lettered."""
+        """Record a failure: retryable ones are requeued until attempts run out, then dead-lettered.
+        The events it carries reach the owner first."""
         outcome = "retry" if failure.error.retryable else "failed"
         used = GpuUse(pool, failure.timing)
-        await self._finish(job_id, failure.token, outcome, error=failure.error, used=used)
+        trailing = Forwarded.of(job_id, failure.events)
+        await self._finish(job_id, failure.token, outcome, error=failure.error, used=used, trailing=trailing)
 
     async def release(self, job_id: str, token: str, comfyui_lost: bool = False) -> None:
         """Give a job back unfinished: requeued, the attempt not counted. ``comfyui_lost``: the
@@ -222,7 +246,10 @@ class LeaseOps(StoreBase):
         outputs: str = "[]",
         error: JobError | None = None,
         used: GpuUse | None = None,
+        trailing: Forwarded = NOTHING_FORWARDED,
     ) -> None:
+        """End the lease (finish.lua); ``trailing``: the events the worker's report carries, published
+        by the call that ends the lease, before its end is announced."""
         error_json = error.model_dump_json() if error else ""
         used = used or GpuUse("", None)
         expected = EXPECTED_STATE.get(outcome)  # the end the Lua script announces itself
@@ -245,6 +272,8 @@ class LeaseOps(StoreBase):
                 pool=used.pool,
                 timing_json=used.record(),
                 gpu_records=GPU_RECORDS,
+                cached_json=trailing.cached,
+                events=trailing.payloads,
             )
         )
         if reply[0] == "stale":

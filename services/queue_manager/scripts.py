@@ -122,6 +122,8 @@ class FinishArgs(ScriptArgs):
     pool: str = ""  # the reporting worker's pool, for its GPU use
     timing_json: str = ""  # the worker's timing of the job ('' = none)
     gpu_records: int = 0  # how many timings {p}:admin:gpu:{pool} keeps
+    cached_json: str = ""  # the nodes ComfyUI reused, from the trailing events ('' = none said)
+    events: tuple[str, ...] = ()  # the job's trailing events, UserEvent JSON payloads for its owner
 
 
 @dataclass(frozen=True)

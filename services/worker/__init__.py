@@ -8,7 +8,7 @@ Modules, one concept each:
 * ``supervisor``    - ComfyUI as a child process (or attached by URL): readiness, death, restart
 * ``throttle``      - token buckets per event kind; held events go out in arrival order, newest of each kind
 * ``forwarder``     - progress, node states, previews and node events to the queue manager, throttled
-                      and batched
+                      and batched; what is unsent at the end rides in the completion or failure
 * ``outputs``       - every output named by ``/history``, streamed from ``/view`` to user-file storage
 * ``runner``        - one job on ComfyUI, start to outcome (success, error, cancel, lost)
 * ``queue_client``  - the queue manager's worker API, with retries

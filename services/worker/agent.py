@@ -230,12 +230,10 @@ class Agent:
         except asyncio.CancelledError:
             await asyncio.shield(self._release(lease, queue, forwarder))
             raise
-        await forwarder.close()
-        if outcome is None:
-            return LeaseResult.LOST
-        if outcome.moved:
-            return LeaseResult.MOVED
-        return await self._report(lease, queue, outcome)
+        if outcome is None or outcome.moved:
+            await forwarder.close()
+            return LeaseResult.LOST if outcome is None else LeaseResult.MOVED
+        return await self._report(lease, queue, outcome, forwarder)
 
     def _heard(self, reply: HeartbeatReply, sent: float) -> None:
         """``reply.holding`` is as of when the heartbeat was sent (a reply may be held open)."""
@@ -263,18 +261,24 @@ class Agent:
                     await run
         return None if keeper.lost.is_set() and run.cancelled() else run.result()
 
-    async def _report(self, lease: Lease, queue: QueueClient, outcome: Outcome) -> LeaseResult:
+    async def _report(
+        self, lease: Lease, queue: QueueClient, outcome: Outcome, forwarder: EventForwarder
+    ) -> LeaseResult:
+        """Report the outcome; a completion or failure carries the events not sent yet (the last
+        ``executed`` with the stored files among them), a release sends them first as ever."""
         job_id = lease.job.id
         try:
             if outcome.lost is not None:
+                await forwarder.close()
                 self.comfy_server.lost(self.comfy, outcome.lost)
                 log.warning("job %s: ComfyUI lost (%s): giving the job back", job_id, outcome.lost)
                 await queue.release(job_id, lease.token, comfyui_lost=outcome.submitted)
                 return LeaseResult.RELEASED
+            trailing = await forwarder.hand_over()
             if outcome.error is None:
-                await queue.complete(job_id, lease.token, outcome.outputs, outcome.timing)
+                await queue.complete(job_id, lease.token, outcome.outputs, outcome.timing, trailing)
                 return LeaseResult.SUCCEEDED
-            await queue.fail(job_id, lease.token, outcome.error, outcome.timing)
+            await queue.fail(job_id, lease.token, outcome.error, outcome.timing, trailing)
             return LeaseResult.FAILED
         except LeaseLostError:
             log.warning("job %s: the lease was lost before the outcome could be reported", job_id)

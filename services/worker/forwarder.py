@@ -13,7 +13,8 @@ running, so it is never dropped, not even at ``close``. Only the steps inside a 
 a ``progress_state`` in which a node starts or finishes goes out at once, in order, in place of a
 held one (it carries every node's newer state), so the page hears every node's start and end as
 ComfyUI sends them. Sending happens on a background task, so a slow queue manager never slows the
-job; events are gathered for ``linger`` seconds into one batch, so a short job costs one round trip.
+job; events are gathered for ``linger`` seconds into one batch. A job that ends with a completion or
+failure takes what is still unsent with it (``hand_over``): a short job costs no round trip of its own.
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from services.protocol.workers import JobEvent
+from services.protocol.workers import MAX_EVENTS, JobEvent
 from services.worker.throttle import Throttle
 
 log = logging.getLogger(__name__)
 Sink = Callable[[list[JobEvent]], Awaitable[None]]
-MAX_BATCH = 256
 KEPT = frozenset({"progress_state"})
 
 
@@ -45,6 +45,7 @@ class EventForwarder:
         self._steps = Throttle(rates, self._push, droppable={"b_preview"})
         self._wake = asyncio.Event()
         self._closing = False
+        self._keep = 0  # how many of the last events the sender leaves unsent when it stops
         self._node_states: dict[str, str] = {}
         self._progressed: set[str] = set()  # nodes whose progress the queue manager has had
         self._sender = asyncio.create_task(self._send_loop(), name="event-forwarder")
@@ -88,14 +89,15 @@ class EventForwarder:
         self._wake.set()
 
     async def _send_loop(self) -> None:
-        while not (self._closing and not self._buffer):
+        while not (self._closing and len(self._buffer) <= self._keep):
             await self._wake.wait()
             if not self._closing:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closed.wait(), timeout=self.linger)
             self._wake.clear()
-            while self._buffer:
-                batch, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
+            while len(self._buffer) > self._keep:
+                size = min(MAX_EVENTS, len(self._buffer) - self._keep)
+                batch, self._buffer = self._buffer[:size], self._buffer[size:]
                 try:
                     await self.sink(batch)
                 except Exception as exc:  # events are best effort; the outcome is reported separately
@@ -110,3 +112,12 @@ class EventForwarder:
         self._wake.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self._sender
+
+    async def hand_over(self) -> list[JobEvent]:
+        """Stop as ``close`` does, but hand back the last events instead of sending them (at most
+        ``MAX_EVENTS``, what one call may carry): the job's completion or failure takes them. What
+        is already on its way, and any older overflow, is sent first, so nothing is reordered."""
+        self._keep = MAX_EVENTS
+        await self.close()
+        trailing, self._buffer = self._buffer, []
+        return trailing

@@ -7,6 +7,7 @@ retried call after a lost reply never completes a job twice. 409 means the lease
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -46,6 +47,10 @@ class LeaseLostError(Exception):
 
 class QueueRefusedError(Exception):
     """The queue manager refused the call for a reason retrying cannot fix."""
+
+
+class BodyRefusedError(QueueRefusedError):
+    """413: the call's body is larger than the queue manager takes (``QM_MAX_BODY_BYTES``)."""
 
 
 def _transient(exc: BaseException) -> bool:
@@ -95,6 +100,8 @@ class QueueClient:
                 f"the queue manager at {self.base_url} refused the worker token: set WORKER_TOKEN to the "
                 "token of this worker's pool (WORKER_POOL)"
             )
+        if reply.status_code == 413:
+            raise BodyRefusedError(f"{path} answered 413: {reply.text[:500]}")
         if 400 <= reply.status_code < 500 and reply.status_code != 429:
             raise QueueRefusedError(f"{path} answered {reply.status_code}: {reply.text[:500]}")
         reply.raise_for_status()
@@ -157,14 +164,47 @@ class QueueClient:
         )
 
     async def complete(
-        self, job_id: str, token: str, outputs: list[OutputFile], timing: JobTiming | None = None
+        self,
+        job_id: str,
+        token: str,
+        outputs: list[OutputFile],
+        timing: JobTiming | None = None,
+        events: list[JobEvent] | None = None,
     ) -> None:
-        body = Completion(token=token, worker_id=self.holder, outputs=outputs, timing=timing)
-        await self._post(f"/api/leases/{job_id}/complete", body.model_dump_json())
+        """The job succeeded; ``events``: its last ones, not sent yet (published before its end)."""
+        body = Completion(
+            token=token, worker_id=self.holder, outputs=outputs, timing=timing, events=events or []
+        )
+        await self._end(job_id, "complete", body)
 
-    async def fail(self, job_id: str, token: str, error: JobError, timing: JobTiming | None = None) -> None:
-        body = Failure(token=token, worker_id=self.holder, error=error, timing=timing)
-        await self._post(f"/api/leases/{job_id}/fail", body.model_dump_json())
+    async def fail(
+        self,
+        job_id: str,
+        token: str,
+        error: JobError,
+        timing: JobTiming | None = None,
+        events: list[JobEvent] | None = None,
+    ) -> None:
+        """The job failed; ``events``: its last ones, not sent yet (published before its end)."""
+        body = Failure(token=token, worker_id=self.holder, error=error, timing=timing, events=events or [])
+        await self._end(job_id, "fail", body)
+
+    async def _end(self, job_id: str, call: str, body: Completion | Failure) -> None:
+        """Post a completion or failure. A queue manager whose body limit (``QM_MAX_BODY_BYTES``)
+        refuses it with its events (a few large previews) gets them in an ``/events`` call first,
+        best effort as ever, and the report without them: the outcome is never lost to its events."""
+        path = f"/api/leases/{job_id}/{call}"
+        try:
+            await self._post(path, body.model_dump_json())
+        except BodyRefusedError:
+            if not body.events:
+                raise
+            log.warning(
+                "%s: the report was too large with its %d events: sending them first", path, len(body.events)
+            )
+            with contextlib.suppress(QueueRefusedError):
+                await self.events(job_id, body.token, body.events)
+            await self._post(path, body.model_copy(update={"events": []}).model_dump_json())
 
     async def release(self, job_id: str, token: str, comfyui_lost: bool = False) -> None:
         body = Release(token=token, worker_id=self.holder, comfyui_lost=comfyui_lost)

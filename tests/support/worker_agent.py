@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -63,6 +64,32 @@ def child_worker_settings(comfy: ComfyUIDouble, qm_url: str, tmp_path: Path, **e
         "ready_timeout": 30,
     }
     return worker_settings(comfy, qm_url, tmp_path, **{**values, **extra})
+
+
+class LeaseCalls:
+    """What a worker's queue client sent: each lease call's route and JSON body, and the answers."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.answered: list[tuple[str, int]] = []
+
+    def watch(self, client: httpx.AsyncClient) -> None:
+        client.event_hooks["request"].append(self._request)
+        client.event_hooks["response"].append(self._response)
+
+    async def _request(self, request: httpx.Request) -> None:
+        if request.url.path.startswith("/api/leases/"):
+            self.sent.append((request.url.path, json.loads(request.content or b"{}")))
+
+    async def _response(self, response: httpx.Response) -> None:
+        self.answered.append((response.request.url.path, response.status_code))
+
+    def bodies(self, job_id: str, call: str) -> list[dict[str, Any]]:
+        return [body for path, body in self.sent if path == f"/api/leases/{job_id}/{call}"]
+
+    def events_sent(self, job_id: str) -> list[dict[str, Any]]:
+        """Every event the worker sent in ``/events`` calls for the job, in order."""
+        return [event for body in self.bodies(job_id, "events") for event in body["events"]]
 
 
 class RunningWorker:

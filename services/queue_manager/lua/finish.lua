@@ -5,7 +5,11 @@
 -- max_losses-th one, as the job itself is then the likely killer.
 -- ARGV: prefix, id, token, now_ms, outcome, outputs_json, error_json, retention_ms,
 -- backoff_base_ms, backoff_max_ms, expected_state, event_json, max_losses, pool, timing_json,
--- gpu_records.
+-- gpu_records, cached_json, events...
+-- events... are the job's trailing events (UserEvent JSON payloads) a completion or failure
+-- carries: published to the owner before anything else this call announces, and only when it
+-- ends the lease (a repeat, 'again', publishes nothing). cached_json: the nodes ComfyUI reused,
+-- from those events ('' = none), kept on the job as an ``/events`` call keeps them.
 -- event_json is the owner's 'finished' event for expected_state, published here when the job ends
 -- in that state ('' = none expected). 'release' with a prepared job's hold token gives the hold
 -- up. timing_json is the worker's timing of the job, kept (the last gpu_records of them) in
@@ -27,6 +31,10 @@ if state and token ~= '' and f[3] == token then
 end
 if (state ~= 'leased' and state ~= 'running') or f[2] ~= token then
   return {'stale'}
+end
+publish_forwarded(user, 18)
+if ARGV[17] ~= '' then
+  redis.call('HSET', key, 'cached', ARGV[17])
 end
 end_lease(id, user, f[10])
 redis.call('HSET', key, 'token', '', 'done_token', token)

@@ -33,6 +33,15 @@ local function publish_event(user, event)
   redis.call('PUBLISH', k('events'), '{"user":' .. cjson.encode(user) .. ',"event":' .. event .. '}')
 end
 
+-- Tell a job's owner the events a worker forwarded: ARGV[first..], UserEvent JSON payloads, in
+-- order (touch.lua for an ``/events`` call, finish.lua for those a completion or failure carries).
+local function publish_forwarded(user, first)
+  local owner = cjson.encode(user)
+  for i = first, #ARGV do
+    redis.call('PUBLISH', k('events'), '{"user":' .. owner .. ',"event":' .. ARGV[i] .. '}')
+  end
+end
+
 local function clamp_priority(p)
   return math.max(-100, math.min(100, p))
 end

@@ -37,8 +37,5 @@ if state == 'leased' and mode ~= 'watch' then
   redis.call('HSET', key, 'state', 'running')
   became_running = 1
 end
-local owner = cjson.encode(f[4])
-for i = 7, #ARGV do
-  redis.call('PUBLISH', k('events'), '{"user":' .. owner .. ',"event":' .. ARGV[i] .. '}')
-end
+publish_forwarded(f[4], 7)
 return {'ok', expires, f[3], f[4], became_running, holding}

@@ -269,3 +269,29 @@ async def test_a_finished_models_sync_leaves_the_admin_page_by_its_own_pools_tok
     busy = await client.post("/api/workers/w1/deregister", headers=GPU)
     assert busy.status_code == 409 and f"/api/leases/{job_id}/" in busy.json()["detail"]
     assert (await worker_state(client))["job_id"] == job_id
+
+
+async def test_a_report_with_too_many_or_too_big_events_gets_a_4xx_naming_the_limit_and_loses_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    await register(client)
+    job_id = await submit(client)
+    lease = Lease.model_validate((await claim(client)).json())
+    progress = {"type": "progress", "data": {"value": 1, "max": 3}}
+    error = {"type": "ValueError", "message": "m"}
+    for call, body in (("complete", {}), ("fail", {"error": error})):
+        many = {"token": lease.token, **body, "events": [progress] * 257}
+        reply = await client.post(f"/api/leases/{job_id}/{call}", json=many, headers=GPU)
+        assert reply.status_code == 422, reply.text
+        (problem,) = reply.json()["detail"]
+        assert problem["loc"] == ["body", "events"] and "at most 256" in problem["msg"], problem
+        huge = {
+            "token": lease.token,
+            **body,
+            "events": [{"type": "b_preview", "data": {"image": "x" * 2_100_000}}],
+        }
+        reply = await client.post(f"/api/leases/{job_id}/{call}", json=huge, headers=GPU)
+        assert reply.status_code == 413 and "QM_MAX_BODY_BYTES" in reply.json()["detail"], call
+    done = {"token": lease.token, "events": [progress] * 256}
+    assert (await client.post(f"/api/leases/{job_id}/complete", json=done, headers=GPU)).status_code == 204
+    assert (await client.get(f"/api/jobs/{job_id}", headers=user_auth("ada"))).json()["state"] == "succeeded"

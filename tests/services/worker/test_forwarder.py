@@ -7,7 +7,7 @@ import asyncio
 import time
 from typing import Any
 
-from services.protocol.workers import JobEvent
+from services.protocol.workers import MAX_EVENTS, JobEvent
 from services.worker.forwarder import EventForwarder
 from services.worker.throttle import BURST
 
@@ -165,3 +165,59 @@ async def test_a_short_nodes_steps_and_images_pass_as_comfyui_sent_them() -> Non
         forwarder.add(kind, data)
     await forwarder.close()
     assert [(e.type, e.data) for _, e in sink.sent][1:] == sent
+
+
+def a_short_job() -> list[tuple[str, dict[str, Any]]]:
+    """A node's steps (the last ones held back by the throttle), its state, then the held ``executed``."""
+    return [
+        ("execution_start", {"prompt_id": "p"}),
+        ("executing", {"node": "3", "prompt_id": "p"}),
+        *[("progress_state", node_states("p", step, 9)) for step in range(1, BURST + 3)],
+        *[("progress", {"value": v, "max": 9, "node": "3", "prompt_id": "p"}) for v in range(1, BURST + 3)],
+        ("executed", {"node": "3", "output": {"images": [{"filename": "a.png"}]}, "prompt_id": "p"}),
+        ("progress_state", node_states("p", 9, 9)),
+    ]
+
+
+async def test_at_the_end_what_is_unsent_is_handed_over_exactly_as_close_would_have_sent_it() -> None:
+    closed, handed_over = Sink(), Sink()
+    closing, handing = EventForwarder(closed, rate=10.0), EventForwarder(handed_over, rate=10.0, linger=60)
+    for kind, data in a_short_job():
+        closing.add(kind, data)
+        handing.add(kind, data)
+    await closing.close()
+    trailing = await handing.hand_over()
+    assert handed_over.sent == [], "the end of the job cost a call of its own"
+    assert [(e.type, e.data) for e in trailing] == [(e.type, e.data) for _, e in closed.sent]
+    assert trailing[-1].type == "progress_state" and trailing[-1].data["nodes"]["3"]["state"] == "finished"
+
+
+async def test_a_batch_on_its_way_is_sent_before_the_rest_is_handed_over() -> None:
+    calling, go_on = asyncio.Event(), asyncio.Event()
+    sent: list[JobEvent] = []
+
+    async def slow(events: list[JobEvent]) -> None:
+        calling.set()
+        await go_on.wait()
+        sent.extend(events)
+
+    forwarder = EventForwarder(slow, linger=0)
+    forwarder.add("executing", {"node": "1", "prompt_id": "p"})
+    await asyncio.wait_for(calling.wait(), 10)
+    forwarder.add("executing", {"node": "2", "prompt_id": "p"})
+    handing = asyncio.create_task(forwarder.hand_over())
+    await asyncio.sleep(0)  # the handover now waits for the call on its way
+    assert not handing.done()
+    go_on.set()
+    trailing = await asyncio.wait_for(handing, 10)
+    assert [e.data["node"] for e in sent] == ["1"] and [e.data["node"] for e in trailing] == ["2"]
+
+
+async def test_more_events_than_one_call_carries_send_the_oldest_and_hand_over_the_last() -> None:
+    sink = Sink()
+    forwarder = EventForwarder(sink, linger=60)
+    for node in range(MAX_EVENTS + 44):
+        forwarder.add("executing", {"node": str(node), "prompt_id": "p"})
+    trailing = await forwarder.hand_over()
+    assert [e.data["node"] for _, e in sink.sent] == [str(n) for n in range(44)]
+    assert [e.data["node"] for e in trailing] == [str(n) for n in range(44, MAX_EVENTS + 44)]

@@ -1,5 +1,6 @@
 """What the participant's ComfyUI page hears while the worker runs their job, through the real queue
-manager's workspace ``/ws``: node states that end ``finished``, live previews, "Run selected nodes"."""
+manager's workspace ``/ws``: node states that end ``finished``, live previews, "Run selected nodes",
+the last ``executed`` (naming the stored files) before the end though the completion carries it."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from devkit.doubles.comfyui import ComfyUIDouble
 from services.protocol.jobs import Job, JobState
 from tests.support.jobs import finished, graph
 from tests.support.queue_manager_app import LiveServer, password
-from tests.support.worker_agent import pull_worker, worker_settings
+from tests.support.worker_agent import LeaseCalls, pull_worker, worker_settings
 
 Message = dict[str, Any] | bytes
 
@@ -110,3 +111,27 @@ async def test_run_selected_nodes_runs_only_the_selected_output(
     assert {output.node_id for output in job.outputs} == {"3"}
     assert set(history["outputs"]) == {"3"}
     assert not list(comfy.folders.output.glob("unselected*"))
+
+
+async def test_a_short_jobs_last_events_ride_in_its_completion_and_the_page_hears_them_before_the_end(
+    comfy: ComfyUIDouble, qm: LiveServer, browser: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    calls = LeaseCalls()
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)) as running:
+        calls.watch(running.worker.queue.http)
+        async with workspace_socket(qm, browser) as socket:
+            prompt_id = await queue_prompt(browser, graph(color=51))
+            page = await until_idle(socket, prompt_id)
+        job = await finished(browser, prompt_id)
+    assert job.state == JobState.SUCCEEDED and job.outputs
+    (completion,) = calls.bodies(prompt_id, "complete")
+    carried = [event["type"] for event in completion["events"]]
+    assert "executed" in carried, f"the completion carried {carried}"
+    sent = [event["type"] for event in calls.events_sent(prompt_id)]
+    assert "executed" not in sent, "the end of the job cost an /events call of its own"
+    said = [m for m in page if isinstance(m, dict)]
+    order = [m["type"] for m in said]
+    executed = said[order.index("executed")]["data"]["output"]["images"]
+    assert [image["filename"] for image in executed] == [output.filename for output in job.outputs]
+    assert order.index("executed") < order.index("execution_success") < len(order) - 1
+    assert said[-1] == {"type": "executing", "data": {"node": None, "prompt_id": prompt_id}}
