@@ -115,7 +115,9 @@ class Meter:
         async def timed_store(folder: Any, storage: Any, user: str, entry: dict[str, Any]) -> Any:
             started = time.perf_counter()
             result = await store_outputs(folder, storage, user, entry)
-            self.uploads[entry["prompt"][1]] = time.perf_counter() - started
+            # the job's outputs wait in its own spool folder (``JobFiles.kept``: <spool>/<job id>/out);
+            # the entry may be built from the socket's ``executed`` events, without history's ``prompt``
+            self.uploads[Path(folder).parent.name] = time.perf_counter() - started
             return result
 
         self.patches: list[Any] = [

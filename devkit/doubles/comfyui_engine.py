@@ -261,7 +261,7 @@ class Executor:
             raise Interrupted(nid, node["class_type"])
         if cached or signature in self.state.cache:  # an identical node earlier in this prompt too
             values[nid], ui = self.state.cache[signature]
-            if ui is not None:  # only an output node's cached result is replayed, and shows finished
+            if nid in item.outputs or not cached:  # ComfyUI runs it, from the cache: its ui or null
                 await job_event("executed", {"node": nid, "display_node": nid, "output": ui})
                 await self._progress_state(item, nid, "finished", 1, 1)
             return ui

@@ -14,6 +14,7 @@ import os
 import random
 import re
 import struct
+import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,6 +82,19 @@ TEST_SLEEP = node(
     hidden={"unique_id": "UNIQUE_ID"},
     python_module="custom_nodes.testing-pack",
 )
+# Another of those test nodes: an output node that passes its image on (times ``value``) and has no
+# ui, so its cached rerun sends ``executed`` with ``output: null``.
+TEST_OUTPUT_WITHOUT_UI = node(
+    "TestOutputNodeWithSocketOutput",
+    {"image": ["IMAGE"], "value": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0}]},
+    ["IMAGE"],
+    "_for_testing",
+    output_node=True,
+    display="Test Output Node With Socket Output",
+    python_module="custom_nodes.testing-pack",
+)
+# Output nodes whose ``IS_CHANGED`` is the time: ComfyUI runs them in every prompt, never from its cache.
+NEVER_CACHED = ("SaveImageWebsocket",)
 SAVE_PREFIX_TOOLTIP = (
     "The prefix for the file to save. This may include formatting information such as %date:yyyy-MM-dd% "
     "or %Empty Latent Image.width% to include values from nodes."
@@ -183,6 +197,7 @@ def catalogue(input_files: list[str]) -> dict[str, dict[str, Any]]:
             display="Save Audio (FLAC)",
         ),
         TEST_SLEEP,
+        TEST_OUTPUT_WITHOUT_UI,
     ]
     return {node["name"]: node for node in nodes}
 
@@ -294,7 +309,10 @@ def annotated_path(folders: Folders, name: str) -> Path:
 
 
 def is_changed(folders: Folders, class_type: str, inputs: dict[str, Any]) -> str | None:
-    """``IS_CHANGED`` of the file loaders: the file's content hash, part of the cache key."""
+    """``IS_CHANGED``, part of the cache key: the file loaders' file content hash, ``NEVER_CACHED``'s
+    time (here a new key every time)."""
+    if class_type in NEVER_CACHED:
+        return uuid.uuid4().hex
     if class_type not in FILE_LOADERS:
         return None
     path = annotated_path(folders, str(inputs.get("image", inputs.get("audio", ""))))
@@ -374,6 +392,7 @@ RUNNERS: dict[str, Runner] = {
     "LoadAudio": lambda f, i: (({"audio": i["audio"], "sample_rate": 44100},), None),
     "CreateVideo": lambda f, i: (({"frames": i["images"]["batch"], "fps": i["fps"]},), None),
     "TestSleep": lambda f, i: ((i["value"],), None),
+    "TestOutputNodeWithSocketOutput": lambda f, i: (({**i["image"], "scaled": i["value"]},), None),
     "SaveImage": _save_image,
     "PreviewImage": _preview,
     "SaveImageWebsocket": _websocket,

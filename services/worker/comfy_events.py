@@ -2,7 +2,9 @@
 
 Job events reach only the socket whose ``clientId`` submitted the job, so the agent keeps exactly
 one socket under its own client id (a second one would replace the first) and reconnects it
-whenever it drops. A runner subscribes to its ``prompt_id`` *before* submitting, so no event is lost.
+whenever it drops. A runner subscribes to its ``prompt_id`` *before* submitting, so no event is lost
+while the socket stays open; ComfyUI drops what it sends while the socket is down, which ``watch``
+tells the runner afterwards.
 Binary preview frames carry no ``prompt_id``; they go to the job ComfyUI last sent an event about
 (until its final ``executing {node: null}``) as ``b_preview`` events (``services.protocol.comfyui``).
 When an open socket closes, ``on_drop`` is called: ComfyUI may be gone.
@@ -35,6 +37,14 @@ class EventStream:
         self._task: asyncio.Task[None] | None = None
         self._running: str | None = None  # the prompt ComfyUI last reported working on
         self.on_drop: Callable[[], None] | None = None
+        self.opened = 0  # sockets opened so far: a reconnect is a new number
+
+    def watch(self) -> Callable[[], bool]:
+        """A check that is true while the socket open now has stayed open: every event ComfyUI sent
+        this client id since ``watch`` was called has been received (ComfyUI sends an event only to
+        the sockets connected at that moment, and drops it for a client id that has none)."""
+        opened = self.opened if self.connected.is_set() else None
+        return lambda: opened is not None and self.connected.is_set() and self.opened == opened
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="comfyui-events")
@@ -56,6 +66,7 @@ class EventStream:
         while True:
             try:
                 async with websockets.connect(self.url, max_size=None, ping_interval=20) as socket:
+                    self.opened += 1
                     self.connected.set()
                     self.dropped.clear()
                     delay = 0.05

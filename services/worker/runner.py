@@ -3,9 +3,11 @@
 Only the job owner's files are in ComfyUI's folders while it runs (``job_files``); the graph is
 submitted with ``prompt_id`` = job id and the agent's ``client_id``; the job is followed on the
 agent's socket (``/history`` polled when the socket goes silent); on success every output is
-streamed to storage. Cancel is a targeted interrupt, or a queue delete when the job has not
-started. A ComfyUI that dies, restarts or stops answering makes the job ``lost``: not the job's
-failure, so the front door gives it back (``Outcome.lost``) instead of failing it.
+streamed to storage, the outputs taken from the ``executed`` events when the whole run was heard on
+the socket (``Follower.heard_entry``), from ``/history`` otherwise. Cancel is a targeted interrupt,
+or a queue delete when the job has not started. A ComfyUI that dies, restarts or stops answering
+makes the job ``lost``: not the job's failure, so the front door gives it back (``Outcome.lost``)
+instead of failing it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -58,7 +61,7 @@ class NotConfirmedError(Exception):
 
 
 class EndingKind(StrEnum):
-    SUCCESS = "success"  # with its history entry
+    SUCCESS = "success"  # with its history entry (from ``/history`` or built from the socket)
     ENDED = "ended"  # ComfyUI finished the prompt without saying success: its history tells
     ERROR = "error"
     CANCELLED = "cancelled"
@@ -76,8 +79,9 @@ class Signal(StrEnum):
 
 @dataclass
 class Ending:
-    """How following a job ended: ``success`` (with its history entry), ``error``, ``cancelled``, ``lost``
-    (``reason`` says why)."""
+    """How following a job ended: ``success`` (with its history entry, read from ``/history`` or, when
+    the whole run was heard on the socket, built from its ``executed`` events; None: read it),
+    ``error``, ``cancelled``, ``lost`` (``reason`` says why)."""
 
     kind: EndingKind
     entry: dict[str, Any] | None = None
@@ -143,12 +147,19 @@ class Follower:
     An ``executed`` names files that are not in the participant's storage yet: it is held until the
     outputs are stored, and every event after it with it, so the page hears them in ComfyUI's order
     (``executed``, then the node's last ``progress_state``).
+
+    ``unbroken`` says whether every event ComfyUI sent about the job reached the follower
+    (``EventStream.watch``, taken before the submit); ``gap`` is set when the runner had to ask
+    ComfyUI instead (a silent or dropped socket). Either way a success then reads ``/history``.
     """
 
-    def __init__(self, forwarder: EventForwarder) -> None:
+    def __init__(self, forwarder: EventForwarder, unbroken: Callable[[], bool] = lambda: False) -> None:
         self.forwarder = forwarder
+        self.unbroken = unbroken
+        self.gap = False
         self.succeeded = False
         self.held: list[tuple[str, dict[str, Any]]] = []
+        self.outputs: dict[str, Any] = {}  # node id -> the ui output of its last ``executed``
 
     @staticmethod
     def terminal(kind: str, data: dict[str, Any]) -> Ending | None:
@@ -182,14 +193,60 @@ class Follower:
         if kind == "execution_success":
             self.succeeded = True
         elif kind == "executing" and data.get("node") is None:
-            return Ending(EndingKind.SUCCESS if self.succeeded else EndingKind.ENDED, off_queue=True)
+            if not self.succeeded:
+                return Ending(EndingKind.ENDED, off_queue=True)
+            return Ending(EndingKind.SUCCESS, entry=self.heard_entry(), off_queue=True)
         elif ending := self.terminal(kind, data):
             return ending
         elif kind == "executed" or self.held:
+            if kind == "executed" and data.get("output") is not None:
+                self.outputs[str(data.get("node"))] = data["output"]
             self.held.append((kind, data))  # sent once the outputs are stored
         else:
             self.forwarder.add(kind, data)
         return None
+
+    def heard_entry(self) -> dict[str, Any] | None:
+        """The job's history entry as far as the worker reads it (``{"outputs": {node_id: ui}}``),
+        built from the ``executed`` events of a run heard whole on the socket; None when an event
+        may have been missed (then ``/history`` is read).
+
+        ComfyUI 0.3.64 writes the history entry's ``outputs`` from its ui cache and sends the same
+        dicts in ``executed`` (``{node, display_node, output, prompt_id}``), so for a run heard
+        whole the two agree:
+
+        - A node that runs (execution.py ``execute``, around line 506) merges the ui of all its
+          calls into one dict (``get_output_from_returns``, around line 380: a batch's several
+          images are one list), stores ``{"output": ui}`` in the ui cache and sends ``executed``
+          with that same dict; a node whose ui is empty stores nothing and sends nothing.
+        - A node served from the cache (around line 403) sends ``executed`` with the ui cache's
+          ``output``, or ``output: null`` when it has none: such a node is in no history entry
+          either, so a null output is skipped here. A cached rerun's ``execution_cached`` is
+          followed by these ``executed`` events for its output nodes.
+        - ``PromptExecutor.execute_async`` (around line 708) builds the history's ``outputs`` from
+          the ui cache, one key per node id; the task is marked done (``task_done``, history
+          written) before ``main.py``'s ``prompt_worker`` sends ``executing {node: null}``
+          (around line 204).
+        - The key is the node's unique id, ``executed``'s ``node``, also for a node of an expanded
+          subgraph (``5.0.1``; its ui is cached under that id in the parent's subcache);
+          ``display_node`` is only where the page shows it. A node that sends ``executed`` twice
+          (an expanding node, a lazy or async node that returns pending first) has the ui cache
+          entry of its last ``executed``: the last one wins here too.
+        - The history's node order is that of a Python set (``caches.ui.all_node_ids``), arbitrary
+          per ComfyUI process; here it is the order the nodes ran in.
+        - ComfyUI sends an event only to a client id connected at that moment (server.py
+          ``send_json``): a socket that dropped or went silent may have missed an ``executed``.
+
+        What history can name and the socket cannot: a node of the prompt that did not run but whose
+        earlier ui is still cached under the same inputs. ComfyUI's own nodes return ui only from
+        output nodes, and every output node the prompt runs sends ``executed``; so only a custom
+        non-output node returning ui, served from the cache, or an output node dropped by validation
+        (a partly valid graph) whose inputs match an earlier prompt's, would be in the history and
+        not here, and neither is an output this run made.
+        """
+        if self.gap or not self.unbroken():
+            return None
+        return {"outputs": dict(self.outputs)}
 
     def release(self) -> None:
         """The held events, now that the outputs they name are stored."""
@@ -299,7 +356,7 @@ class JobRunner:
             async with self.files.staged(job, handoff.prepared) as stage:
                 if not await handoff.ours():
                     raise NotConfirmedError(job.id)
-                follower = Follower(forwarder)
+                follower = Follower(forwarder, self.events.watch())
                 submitted = time.monotonic()
                 if handoff.idle_since is not None:
                     timing.idle_gap_seconds = max(0.0, submitted - handoff.idle_since)
@@ -404,6 +461,7 @@ class JobRunner:
                         signals = {task: name for task, name in signals.items() if name != event}
                     if event in (Signal.SILENT, Signal.DROPPED):
                         timeout = self.poll
+                        follower.gap = True  # events may have been missed: a success reads /history
                     ending = await self._on_signal(job_id, event)
                 if ending is not None:
                     return ending

@@ -18,6 +18,8 @@ Step = dict[str, Any]
 # A slow node from ComfyUI's own test nodes (tests/execution/testing_nodes): it sleeps ``seconds``,
 # reporting progress as it goes, and is where an interrupt lands.
 SLEEP = "TestSleep"
+# An output node from the same test nodes that returns an image and no ui.
+OUTPUT_WITHOUT_UI = "TestOutputNodeWithSocketOutput"
 
 
 def graph(color: int, prefix: str) -> dict[str, Any]:
@@ -340,6 +342,27 @@ def previews() -> list[Step]:
     return [{"connect": "a"}, {"connect": "b"}, queue(prompt), done(1), get("/history/{prompt:1}")]
 
 
+def cached_outputs() -> list[Step]:
+    """Reruns, to hold ``executed`` against the history's ``outputs``: an output node that saves a
+    batch (several images in one ``executed``), answered from the cache the second time; one without
+    ui (ComfyUI's test node ``TestOutputNodeWithSocketOutput``: run, it sends no ``executed``; cached,
+    ``executed`` with ``output: null``); SaveImageWebsocket, which ComfyUI never takes from its cache
+    (its ``IS_CHANGED`` is the time). Neither of the last two has history outputs."""
+    saved = _with(graph(0x001001, "cached"), "1", batch_size=2)
+    no_ui = {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0x001002},
+        },
+        "2": {"class_type": OUTPUT_WITHOUT_UI, "inputs": {"image": ["1", 0], "value": 1.0}},
+    }
+    streamed = {**no_ui, "2": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}}}
+    steps: list[Step] = [{"connect": "a"}]
+    for n, prompt in enumerate([saved, saved, no_ui, no_ui, streamed, streamed], 1):
+        steps += [queue(prompt), done(n)]
+    return steps + [get(f"/history/{{prompt:{n}}}") for n in range(1, 7)]
+
+
 STATUS = ["status"]  # a refusal's body may say in our words what is wrong (ComfyUI sends none)
 
 
@@ -377,5 +400,6 @@ def cases() -> dict[str, list[Step]]:
         "client_prompt_id": client_prompt_id(),
         "queue_clear": queue_clear(),
         "previews": previews(),
+        "cached_outputs": cached_outputs(),
         "view_and_upload_errors": view_and_upload_errors(),
     }
