@@ -29,8 +29,10 @@ so for each job it:
   cancelled or lost, or storing failed), and whenever the worker starts, the owner's salt changes:
   a cached result can only name a file that is in the owner's storage, or on its way there.
   The owner's earlier outputs are staged as empty placeholders (above); those the job leaves as
-  they were are not its outputs and are dropped when the job ends, so a cache hit naming one
-  never copies the empty placeholder over the owner's file.
+  they were are not its outputs and are parted from them when the job ends, so a cache hit naming
+  one never copies the empty placeholder over the owner's file. The placeholders stay in the
+  spool between the owner's jobs and only the names that changed are made or removed for a job
+  (``placeholders.OwnerPlaceholders``).
 
 Staging waits until ComfyUI holds no prompt (``until_idle``). The folders must be the ones ComfyUI
 uses: ``verify`` writes a file into each and reads it back through ComfyUI's ``/view`` when the
@@ -41,18 +43,21 @@ So that the GPU never waits for storage, the folders belong to one job only whil
 spool, next to but outside ComfyUI's folders) while the current one runs; when ComfyUI is done with
 a job, its output and temp files are moved aside into the spool (a rename) and the folders are
 emptied, and the next job's files are moved in. The outputs go to storage from the spool while the
-next job runs, and are removed once stored.
+next job runs, and are removed once stored. Each owner's placeholders are parted from her job's
+outputs after the folders are the next job's; her own next job waits for that (her placeholders'
+``lock``), and a job that keeps nothing leaves them to be made afresh.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Collection, Iterable, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +68,7 @@ from pydantic import ValidationError
 from services.protocol.jobs import FileRef, Job, split_annotation, storage_key
 from services.storage import Storage, StorageError
 from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, PromptRejectedError
+from services.worker.placeholders import OwnerPlaceholders, Placeholders, file_names, move_files, to_the_end
 
 SALT_INPUT = "workshop_job"
 IDLE_SECONDS = 30.0
@@ -257,72 +263,28 @@ def outside_error(node_id: str, node: dict[str, Any], name: str, value: str) -> 
     return PromptRejectedError(body)
 
 
-# An empty stand-in for an earlier output, by its name in the output folder -> (inode, mtime)
-Placeholders = dict[str, tuple[int, int]]
-
-
 @dataclass(frozen=True)
 class Prepared:
     """A job's files fetched ahead, in the spool: its inputs under ``root/<kind>/``, the names of
-    its owner's earlier outputs, and their placeholders, made ahead too under ``root/output/``."""
+    its owner's earlier outputs, and their placeholders as brought up to date ahead (when her
+    placeholders were not in use: see ``OwnerPlaceholders``)."""
 
     root: Path
     earlier: list[str]
     placeholders: Placeholders = field(default_factory=dict)
+    listed_at: float = 0.0  # when the listing of ``earlier`` started (``time.monotonic``)
 
 
 class Stage:
-    """One job's turn in the folders: the graph to submit, whether its outputs are kept, and the
-    placeholders staged for the owner's earlier outputs."""
+    """One job's turn in the folders: the graph to submit, and whether its outputs are kept."""
 
     def __init__(self, prompt: dict[str, Any]) -> None:
         self.prompt = prompt
         self.keep = False
-        self.placeholders: Placeholders = {}
 
     def keep_outputs(self) -> None:
         """ComfyUI finished the job: move its output and temp files aside when the turn ends."""
         self.keep = True
-
-
-def make_placeholders(output: Path, names: Iterable[str]) -> Placeholders:
-    """An empty file under ``output`` for each name that is not there yet (three system calls each)."""
-    placeholders = {}
-    for name in names:
-        placeholder = output / name
-        try:
-            handle = os.open(placeholder, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            continue
-        except FileNotFoundError:
-            placeholder.parent.mkdir(parents=True, exist_ok=True)
-            handle = os.open(placeholder, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            status = os.fstat(handle)
-        finally:
-            os.close(handle)
-        placeholders[name] = (status.st_ino, status.st_mtime_ns)
-    return placeholders
-
-
-def drop_untouched(output: Path, placeholders: Placeholders) -> None:
-    """Remove each placeholder still as staged (empty, same file, same time): the job did not write it."""
-    for name, staged in placeholders.items():
-        path = output / name
-        with contextlib.suppress(FileNotFoundError):
-            status = path.stat()
-            if status.st_size == 0 and (status.st_ino, status.st_mtime_ns) == staged:
-                path.unlink()
-
-
-def file_names(folder: Path, base: str = "") -> Iterator[str]:
-    """The files under ``folder``, as ``sub/name`` (symlinks are not followed)."""
-    for entry in os.scandir(folder):
-        name = f"{base}{entry.name}"
-        if entry.is_dir(follow_symlinks=False):
-            yield from file_names(Path(entry.path), f"{name}/")
-        elif entry.is_file(follow_symlinks=False):
-            yield name
 
 
 def move_entries(source: Path, target: Path) -> None:
@@ -371,13 +333,18 @@ class JobFiles:
         self.output_classes: set[str] = set()  # ``salted_classes`` of ComfyUI's catalogue, once read
         self.slot = asyncio.Lock()  # the folders hold one job's files at a time
         # Output names each owner's jobs made here: a job staged before the last one's outputs
-        # reached storage numbers on from them too, instead of writing the same name again.
-        self.produced: dict[str, set[str]] = {}
+        # reached storage numbers on from them too, instead of writing the same name again. Owner ->
+        # name -> (the job that made it, when its files left the spool: stored or given up; ``inf``
+        # until then). A listing started after that tells whether she has the file still.
+        self.produced: dict[str, dict[str, tuple[str, float]]] = {}
+        self.made: dict[str, tuple[str, list[str]]] = {}  # job id -> (owner, the names it made)
         self.listings: dict[str, tuple[float, asyncio.Task[list[str]]]] = {}  # owner -> (started, listing)
         # Jobs whose kept outputs are on their way to storage: job id -> (owner, set once done).
         self.storing: dict[str, tuple[str, asyncio.Event]] = {}
         self.epoch = secrets.token_hex(4)  # an attached ComfyUI may keep results from before a restart
         self.generation: dict[str, int] = {}  # owner -> jobs here whose files did not all reach storage
+        self.owners: dict[str, OwnerPlaceholders] = {}  # each owner's placeholders, kept between her jobs
+        self.splitting: dict[str, asyncio.Task[None]] = {}  # job id -> its outputs leaving the placeholders
 
     def salt(self, job: Job) -> str:
         """The output nodes' cache-key input: the owner (user names hold no ``/``) as of the last job
@@ -396,11 +363,28 @@ class JobFiles:
         return self.folders.spool / job_id / "out"
 
     def discard(self, job_id: str) -> None:
-        """Remove whatever the spool holds for the job (prepared inputs, kept outputs)."""
-        shutil.rmtree(self.folders.spool / job_id, ignore_errors=True)
+        """Remove whatever the spool holds for the job (prepared inputs, kept outputs); once its
+        outputs are split from its owner's placeholders, if they are being split still."""
+        folder = self.folders.spool / job_id
+        self._left(job_id)
+        split = self.splitting.get(job_id)
+        if split is None:
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            split.add_done_callback(lambda _: shutil.rmtree(folder, ignore_errors=True))
         _, done = self.storing.pop(job_id, ("", None))
         if done is not None:
             done.set()
+
+    def _left(self, job_id: str) -> None:
+        """The names the job made are in its owner's storage now or never will be: a listing
+        started from now on tells whether she has them."""
+        user, names = self.made.pop(job_id, ("", []))
+        made = self.produced.get(user, {})
+        now = time.monotonic()
+        for name in names:
+            if made.get(name, ("", 0.0))[0] == job_id:  # a later job's file of that name is its own
+                made[name] = (job_id, now)
 
     async def stored_before(self, job: Job) -> None:
         """Until the outputs of the owner's jobs that ended here before ``job`` are stored (or given
@@ -417,7 +401,7 @@ class JobFiles:
         Raises ``StorageError`` for a missing input."""
         root = self.folders.spool / job.id / "in"
         await asyncio.to_thread(shutil.rmtree, root, True)
-        earlier = await self._earlier(job.user)
+        listed_at, earlier = await self._earlier(job.user)
         for ref in job.inputs:
             if not await self._fetch(job.user, ref, root):
                 key = storage_key(job.user, ref)
@@ -427,12 +411,18 @@ class JobFiles:
                 )
         for ref in annotated_refs(job.prompt):
             await self._fetch(job.user, ref, root)  # the owner's own output or preview, when they have it
-        placeholders = await asyncio.to_thread(make_placeholders, root / "output", earlier)
-        return Prepared(root, earlier, placeholders)
+        prepared = Prepared(root, earlier, listed_at=listed_at)
+        owner = self._owner(job.user)
+        if owner.lock.locked():  # her job runs: her placeholders are brought up to date at staging
+            return prepared
+        async with owner.lock:
+            await to_the_end(owner.sync, self._wanted(job.user, prepared))
+            return Prepared(root, earlier, dict(owner.record), listed_at)
 
     async def verify(self, comfy: ComfyClient) -> None:
         """Refuse to start when ComfyUI does not read these folders (``FoldersMismatchError``)."""
         await asyncio.to_thread(self.folders.clear)
+        await asyncio.to_thread(shutil.rmtree, self.placeholders_root, True)  # an earlier run's
         for kind in KINDS:
             probe = self.folders.of(kind) / f"workshop-probe-{secrets.token_hex(8)}.txt"
             body = secrets.token_bytes(16)
@@ -460,12 +450,13 @@ class JobFiles:
         ``Stage.keep_outputs`` the job's output and temp files move to ``kept`` at the end."""
         async with self.slot:
             stage = Stage(salted(job.prompt, self.salt(job), self.output_classes, staged_names(job)))
+            owner = self._owner(job.user)
+            await owner.lock.acquire()  # once her last job's outputs are split from her placeholders
             try:
                 if prepared is None:
-                    await asyncio.to_thread(self.folders.clear)
+                    await to_the_end(self.folders.clear)
                     prepared = await self.prepare(job)
-                produced = self.produced.get(job.user, set())
-                stage.placeholders = await asyncio.to_thread(self._move_in, prepared, produced)
+                await to_the_end(self._move_in, prepared, owner, self._wanted(job.user, prepared))
                 self.check(job.prompt)
                 yield stage
             finally:
@@ -473,27 +464,71 @@ class JobFiles:
                     self.storing[job.id] = (job.user, asyncio.Event())
                 else:
                     self.unstored(job.user)
-                await asyncio.to_thread(self._move_out, job, stage)
-        if stage.keep:  # the folders are the next job's already
-            await asyncio.to_thread(drop_untouched, self.kept(job.id) / "output", stage.placeholders)
+                try:
+                    await to_the_end(self._move_out, job, stage)
+                finally:
+                    split = self._after(job, stage, owner)
+        await asyncio.shield(split)  # the folders are the next job's already
 
-    def _move_in(self, prepared: Prepared, produced: set[str]) -> Placeholders:
-        """Empty the folders (a killed run's leftovers too), then move the prepared files and
-        placeholders in (a rename of each folder), and add placeholders for the names this worker
-        made for the owner since."""
+    def _after(self, job: Job, stage: Stage, owner: OwnerPlaceholders) -> asyncio.Task[None]:
+        """The owner's placeholders once her job's turn ended: split from its outputs (kept, in
+        a task of its own, after the folders are the next job's), or forgotten; her lock is
+        released after."""
+        split = asyncio.create_task(self._split(job, owner, stage.keep))
+        self.splitting[job.id] = split
+        split.add_done_callback(lambda _: self.splitting.pop(job.id, None))
+        return split
+
+    async def _split(self, job: Job, owner: OwnerPlaceholders, keep: bool) -> None:
+        try:
+            if not keep:
+                await to_the_end(owner.forget)
+                return
+            written = await to_the_end(owner.split, self.kept(job.id) / "output")
+            made = self.produced.setdefault(job.user, {})
+            made.update(dict.fromkeys(written, (job.id, math.inf)))
+            self.made[job.id] = (job.user, written)
+        except OSError:  # e.g. a folder the job made unreadable: her placeholders are made afresh
+            await to_the_end(owner.forget)
+            raise
+        finally:
+            owner.lock.release()
+
+    def _owner(self, user: str) -> OwnerPlaceholders:
+        owner = self.owners.get(user)
+        if owner is None:
+            owner = self.owners[user] = OwnerPlaceholders(self.placeholders_root)
+        return owner
+
+    @property
+    def placeholders_root(self) -> Path:
+        """The owners' placeholder folders, in the spool (no job id starts with a dot)."""
+        return self.folders.spool / ".placeholders"
+
+    def _wanted(self, user: str, prepared: Prepared) -> set[str]:
+        """The owner's earlier output names as listed, and those this worker made for her since,
+        except the ``[output]`` files the job fetched: the names to hold a placeholder."""
+        made = self.produced.get(user, {})  # a name whose job's files left the spool before the listing:
+        names = set(prepared.earlier)  # the listing has it if she still does
+        names.update(name for name, (_, left) in made.items() if left >= prepared.listed_at)
+        fetched = prepared.root / "output"
+        return names.difference(file_names(fetched)) if fetched.is_dir() else names
+
+    def _move_in(self, prepared: Prepared, owner: OwnerPlaceholders, wanted: set[str]) -> None:
+        """Empty the folders (a killed run's leftovers too), then move the prepared files in, and
+        the owner's placeholders, brought up to date, as the output folder (a rename of each
+        folder), with the ``[output]`` files the job names among them."""
         self.folders.clear()
-        for kind in KINDS:
+        for kind in ("input", "temp"):
             swap_in(prepared.root / kind, self.folders.of(kind))
-        made_since = make_placeholders(self.folders.output, produced.difference(prepared.earlier))
+        swap_in(owner.sync(wanted), self.folders.output)
+        move_files(prepared.root / "output", self.folders.output)
         shutil.rmtree(prepared.root, ignore_errors=True)
-        return {**prepared.placeholders, **made_since}
 
     def _move_out(self, job: Job, stage: Stage) -> None:
-        """Move the job's output and temp folders aside when it keeps them (a rename of each; the
-        placeholders it left untouched are dropped there after); then empty the folders."""
+        """Move the job's output and temp folders aside when it keeps them (a rename of each; its
+        outputs are split from the owner's placeholders there after); then empty the folders."""
         if stage.keep:
-            if self.folders.output.is_dir():
-                self.produced.setdefault(job.user, set()).update(file_names(self.folders.output))
             for kind in ("output", "temp"):
                 swap_out(self.folders.of(kind), self.kept(job.id) / kind)
         self.folders.clear()
@@ -503,16 +538,16 @@ class JobFiles:
             if not self.folders.inside(value):
                 raise outside_error(node_id, node, name, value)
 
-    async def _earlier(self, user: str) -> list[str]:
-        """The owner's output names in storage, listed at most ``LISTING_SECONDS`` ago: jobs a
-        second apart list each time, while a run of short jobs shares one listing (what this worker
-        made since is in ``produced``)."""
+    async def _earlier(self, user: str) -> tuple[float, list[str]]:
+        """When the listing started and the owner's output names in storage, listed at most
+        ``LISTING_SECONDS`` ago: jobs a second apart list each time, while a run of short jobs
+        shares one listing (what this worker made since is in ``produced``)."""
         started, listing = self.listings.get(user, (0.0, None))
         failed = listing is not None and listing.done() and listing.exception() is not None
         if listing is None or failed or time.monotonic() - started > LISTING_SECONDS:
-            listing = asyncio.create_task(self._list_outputs(user))
-            self.listings[user] = (time.monotonic(), listing)
-        return await asyncio.shield(listing)  # a cancelled prepare leaves it to the next one
+            started, listing = time.monotonic(), asyncio.create_task(self._list_outputs(user))
+            self.listings[user] = (started, listing)
+        return started, await asyncio.shield(listing)  # a cancelled prepare leaves it to the next one
 
     async def _list_outputs(self, user: str) -> list[str]:
         prefix = f"users/{user}/output/"
