@@ -14,7 +14,7 @@ Routes (all under the queue manager's base URL, all with ``Authorization: Bearer
 | ``POST /api/leases/{job_id}/complete`` | ``Completion`` | 204; 409 when the lease is not held |
 | ``POST /api/leases/{job_id}/fail`` | ``Failure`` | 204; 409 when the lease is not held |
 | ``POST /api/leases/{job_id}/release`` | ``Release`` | 204 (requeued, attempt not counted) |
-| ``POST /api/leases/{job_id}/start`` | ``StartCall`` | ``StartReply`` (started, or what to run) |
+| ``POST /api/leases/{job_id}/start`` | ``StartCall`` | ``StartReply`` (what to run, next held) |
 | ``POST /api/push/{chain}/next`` | ``ChainCall`` | 200 ``Lease`` (this push request's next job) or 204 |
 | ``POST /api/push/{chain}/end`` | ``ChainCall`` | 204 (this push request takes no more jobs) |
 
@@ -22,7 +22,9 @@ A busy worker prepares its next job while the current one runs: ``claim?prepare=
 first job no other worker holds. The job stays queued (its owner sees it waiting, an idle worker's
 claim takes it, a cancel ends it at once) until the worker's GPU is free and ``start`` leases it;
 heartbeats renew the hold and say whether it is still held; ``release`` with the hold token gives
-it up. Holds count no attempt.
+it up. Holds count no attempt. ``start`` with ``hold_next`` also holds the job after the one it
+leases, in the same atomic step and by the same rules, so a worker with a steady queue chains its
+jobs start to start and claims ahead only when ``start`` had nothing to hold.
 
 A push container's request carries ``Lease.chain``: after each job the container asks
 ``push/{chain}/next`` for the job the queue gives an idle worker of its pool now, and runs it in
@@ -192,14 +194,23 @@ class StartCall(LeaseCall):
     """Start the prepared job held with ``token``: the worker's GPU is free."""
 
     worker_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+    hold_next: bool = Field(
+        default=False,
+        description="also hold the job after the one this worker runs now (``StartReply.held``), "
+        "as ``claim?prepare=1`` with no wait would, so the worker needs no claim for its next job",
+    )
 
 
 class StartReply(BaseModel):
     """``started``: the prepared job is now leased with its hold token. Otherwise it was taken by
-    an idle worker, cancelled or outranked, and ``lease`` is what to run instead (None: nothing)."""
+    an idle worker, cancelled or outranked, and ``lease`` is what to run instead (None: nothing).
+    ``held`` (asked with ``hold_next``): the job held for this worker to run after the one it runs
+    now (started or ``lease``), by the same rules as a prepare-claim; None when the queue has none
+    for it now, and always when it has nothing to run."""
 
     started: bool
     lease: Lease | None = None
+    held: Lease | None = Field(default=None, description="the next job, held (``Lease.prepared``)")
 
 
 class JobEvent(BaseModel):

@@ -143,15 +143,21 @@ class LeaseOps(StoreBase):
         return lease
 
     async def start(self, job_id: str, call: StartCall, pool: str) -> StartReply:
-        """The worker's GPU is free: start the job it prepared, or lease it what to run instead."""
+        """The worker's GPU is free: start the job it prepared, or lease it what to run instead;
+        with ``hold_next``, also hold the job after that one for it, in the same Lua step (what
+        ``claim?prepare=1`` with no wait would hold then)."""
         token = secrets.token_urlsafe(24)
+        next_token = secrets.token_urlsafe(24) if call.hold_next else ""
         claimant = self.claimant(call.worker_id, pool, token, now_ms())
-        reply = await self.scripts.run(StartArgs(self.prefix, job_id, call.token, claimant))
-        if reply[0] == "none":
+        outcome, leased, held = await self.scripts.run(
+            StartArgs(self.prefix, job_id, call.token, claimant, next_token)
+        )
+        if outcome == "none":
             return StartReply(started=False)
-        started = reply[0] == "started"
-        lease = self._leased(call.worker_id, call.token if started else token, reply[1:])
-        return StartReply(started=started, lease=None if started else lease)
+        started = outcome == "started"
+        lease = self._leased(call.worker_id, call.token if started else token, leased)
+        held_next = self._held(call.worker_id, next_token, held)
+        return StartReply(started=started, lease=None if started else lease, held=held_next)
 
     def _leased(self, worker_id: str, token: str, reply: list[Any]) -> Lease | None:
         """The lease in claim.lua's answer (None when it found nothing)."""

@@ -91,6 +91,7 @@ class StartArgs(ScriptArgs):
     id: str
     hold_token: str
     claimant: Claimant  # the worker starting its prepared job; token: for a lease to run instead
+    next_token: str = ""  # hold the job after it for the same worker with this token ('' = none)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,14 @@
 """The pull front door (Verda instances, local GPUs): register, long-poll claim, run, repeat.
 
 The GPU never waits for the queue or for storage. While a job runs, the worker prepares the next:
-it claims it with ``prepare`` (the queue manager only holds it: it stays queued, and an idle
-worker of the pool takes it at once if one asks) and fetches its files. The moment ComfyUI is done
-with the running job, the worker starts the prepared one (``start``: the queue manager leases it,
-or names a job that ranks ahead of it now, or says an idle worker took it) and hands it to
-ComfyUI, while the finished job's outputs stream to storage and its completion is reported.
+a job the queue manager holds for it (it stays queued, and an idle worker of the pool takes it at
+once if one asks), whose files it fetches. The moment ComfyUI is done with the running job, the
+worker starts the prepared one (``start``: the queue manager leases it, or names a job that ranks
+ahead of it now, or says an idle worker took it) and hands it to ComfyUI, while the finished job's
+outputs stream to storage and its completion is reported. The same ``start`` holds the job after
+it (``hold_next``), so with work queued the worker goes from start to start; it claims ahead
+(``claim?prepare=1``, long-polling) only when ``start`` had nothing to hold, and claims as an idle
+worker only when nothing was held by the time its GPU fell free.
 
 SIGTERM (or SIGINT) stops claiming at once and gives a prepared job back; a running job gets
 ``shutdown_grace_seconds`` to finish, and is otherwise interrupted and released (requeued without
@@ -31,6 +34,9 @@ from services.worker.queue_client import LeaseLostError, QueueClient, QueueRefus
 from services.worker.runner import NEXT_SUBMIT_SECONDS, Handoff
 
 log = logging.getLogger(__name__)
+# What runs next once the GPU is free: the event set when ComfyUI is done with the job launched
+# (None: none was, claim as usual), and the job ``start`` held to run after that one.
+Next = tuple[asyncio.Event | None, Lease | None]
 
 
 class PullWorker:
@@ -40,6 +46,7 @@ class PullWorker:
         self.stopping = asyncio.Event()
         self.jobs_started = 0
         self.jobs_done = 0
+        self.max_jobs: int | None = None
         self.running: set[asyncio.Task[None]] = set()  # jobs on the GPU or storing their outputs
         self.holding = asyncio.Event()  # the job being prepared is claimed (held for this worker)
         self.held_since = 0.0
@@ -69,6 +76,7 @@ class PullWorker:
 
     async def run(self, max_jobs: int | None = None) -> None:
         """Claim and run jobs until stopped (or ``max_jobs`` are done, for tests and benchmarks)."""
+        self.max_jobs = max_jobs
         reply = await self.register()
         announce = asyncio.create_task(self._announce_draining(reply.worker_id))
         try:
@@ -91,6 +99,7 @@ class PullWorker:
 
     async def _loop(self, reply: RegisterReply, max_jobs: int | None) -> None:
         gpu_free: asyncio.Event | None = None  # set once ComfyUI is done with the job it runs
+        held: Lease | None = None  # the job the last start held for this worker to run next
         while self._wanted(max_jobs):
             if gpu_free is None:
                 lease = await self._claim(reply)
@@ -98,13 +107,17 @@ class PullWorker:
                     continue
                 gpu_free = self._launch(lease, reply.heartbeat_seconds)
             self.holding.clear()
-            ahead = asyncio.create_task(self._prepare(reply)) if self._wanted(max_jobs) else None
+            if held is not None:
+                self.holding.set()  # nothing to claim ahead, so nothing races the GPU's end
+            ahead = asyncio.create_task(self._prepare(reply, held)) if self._wanted(max_jobs) else None
             await self._until(gpu_free)
             self.freed = (time.monotonic(), datetime.now(UTC))
-            gpu_free = await self._next(ahead, reply)
+            gpu_free, held = await self._next(ahead, reply)
             if gpu_free is None:
                 self._none_follows()
         self._none_follows()
+        if held is not None:
+            await self._give_back(held)  # stopped as start held it
 
     def _none_follows(self) -> None:
         """No job follows the last one launched for now: it stores its outputs and reports at once."""
@@ -144,17 +157,19 @@ class PullWorker:
         await asyncio.wait({asyncio.create_task(event.wait()), stop}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
 
-    async def _prepare(self, reply: RegisterReply) -> tuple[Lease, Prepared | None] | None:
-        """Claim the next job ahead (held, not leased) and fetch its files; None when none came.
-        A hold granted while this is cancelled is given back. The claim goes once the job just
-        launched is in ComfyUI (``NEXT_SUBMIT_SECONDS`` at most), so it never holds up that submit."""
-        held: Lease | None = None
+    async def _prepare(
+        self, reply: RegisterReply, held: Lease | None = None
+    ) -> tuple[Lease, Prepared | None] | None:
+        """Fetch the files of the job ``start`` held for this worker or, when it held none, claim
+        the next job ahead (held, not leased) first; None when none came. A hold granted while
+        this is cancelled is given back. The claim and the fetch go once the job just launched is
+        in ComfyUI (``NEXT_SUBMIT_SECONDS`` at most), so they never hold up that submit."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.in_comfyui.wait(), NEXT_SUBMIT_SECONDS)
         try:
             while held is None:
                 held = await self.queue.claim(reply.worker_id, reply.claim_wait_seconds, prepare=True)
-            self.held_since = time.monotonic()
+                self.held_since = time.monotonic()
             self.holding.set()
             return held, await self.agent.prepare(held.job)
         except (httpx.HTTPError, QueueRefusedError) as exc:
@@ -176,54 +191,61 @@ class PullWorker:
 
     async def _next(
         self, ahead: asyncio.Task[tuple[Lease, Prepared | None] | None] | None, reply: RegisterReply
-    ) -> asyncio.Event | None:
+    ) -> Next:
         """The GPU is free: launch the prepared job, or what to run instead (None: claim as usual)."""
         if ahead is None:
-            return None
+            return None, None
         if not self.holding.is_set():
             ahead.cancel()  # nothing claimed ahead yet: claim as an idle worker instead
         with contextlib.suppress(asyncio.CancelledError):
             await ahead  # a held job's files are on their way: waiting beats claiming again
         found = None if ahead.cancelled() else ahead.result()
         if found is None:
-            return None
+            return None, None
         held, prepared = found
         if self.stopping.is_set() or not self.agent.comfyui_up:
             await self._give_back(held)  # stopping, or ComfyUI is down: someone else may run it
-            return None
+            return None, None
         if self.agent.lost_hold(held.job.id, self.held_since):
             self.agent.files.discard(held.job.id)  # a heartbeat said it moved on: not worth a try
             log.info("prepared job %s was taken by an idle worker or cancelled", held.job.id)
-            return None
+            return None, None
         return await self._start(held, prepared, reply)
 
-    async def _start(
-        self, held: Lease, prepared: Prepared | None, reply: RegisterReply
-    ) -> asyncio.Event | None:
+    async def _start(self, held: Lease, prepared: Prepared | None, reply: RegisterReply) -> Next:
         """Start the prepared job, or what the queue manager says to run instead: the prepared job
         is no longer this worker's when an idle worker took it, it was cancelled, or a job queued
         since ranks ahead of it. Its files are staged while the queue manager answers; it reaches
-        ComfyUI only once the answer says it is this worker's (``Handoff.confirmed``)."""
-        asked = asyncio.create_task(self._ask_start(held, reply))
+        ComfyUI only once the answer says it is this worker's (``Handoff.confirmed``). While another
+        job is wanted after it, the same call holds that one for this worker."""
+        asked = asyncio.create_task(self._ask_start(held, reply, hold_next=self._another_wanted()))
         confirmed = asyncio.ensure_future(self._confirmed(asked))
         job = held.job.model_copy(update={"attempts": held.job.attempts + 1})  # as start counts it
         lease = held.model_copy(update={"prepared": False, "job": job})
         gpu_free = self._launch(lease, reply.heartbeat_seconds, prepared, confirmed)
         answer = await asked
+        if answer is not None and answer.held is not None:
+            self.held_since = time.monotonic()  # heartbeats sent from now on know of this hold
         if answer is not None and answer.started:
-            return gpu_free
+            return gpu_free, answer.held
         await gpu_free.wait()  # its staged files are cleared away again, unseen by ComfyUI
         if answer is None:
             await self._give_back(held)
-            return None
+            return None, None
         self.agent.files.discard(held.job.id)
         log.info("prepared job %s moved on (taken by an idle worker, cancelled or outranked)", held.job.id)
-        return None if answer.lease is None else self._launch(answer.lease, reply.heartbeat_seconds)
+        if answer.lease is None:
+            return None, None  # nothing to run, so nothing was held either
+        return self._launch(answer.lease, reply.heartbeat_seconds), answer.held
 
-    async def _ask_start(self, held: Lease, reply: RegisterReply) -> StartReply | None:
+    def _another_wanted(self) -> bool:
+        """Whether a job is wanted after the one about to be launched."""
+        return not self.stopping.is_set() and (self.max_jobs is None or self.jobs_started + 1 < self.max_jobs)
+
+    async def _ask_start(self, held: Lease, reply: RegisterReply, hold_next: bool) -> StartReply | None:
         """The queue manager's answer to starting the prepared job; None when there is none."""
         try:
-            return await self.queue.start(held.job.id, held.token, reply.worker_id)
+            return await self.queue.start(held.job.id, held.token, reply.worker_id, hold_next=hold_next)
         except (httpx.HTTPError, QueueRefusedError) as exc:
             log.warning("could not start the prepared job %s: %s", held.job.id, exc)
             return None

@@ -141,9 +141,10 @@ class QueueClient:
         headers = {"Content-Type": "application/json"}
         self._check(await self.http.post(path, content=body, headers=headers, timeout=5.0), path)
 
-    async def start(self, job_id: str, token: str, worker_id: str) -> StartReply:
-        """Start the prepared job held with ``token``, or learn what to run instead."""
-        body = StartCall(token=token, worker_id=worker_id).model_dump_json()
+    async def start(self, job_id: str, token: str, worker_id: str, hold_next: bool = False) -> StartReply:
+        """Start the prepared job held with ``token``, or learn what to run instead; ``hold_next``:
+        the reply also holds the job after it for this worker (``StartReply.held``)."""
+        body = StartCall(token=token, worker_id=worker_id, hold_next=hold_next).model_dump_json()
         return StartReply.model_validate_json((await self._post(f"/api/leases/{job_id}/start", body)).content)
 
     async def heartbeat(

@@ -1,26 +1,37 @@
 -- A busy worker's GPU is free: start the job it prepared, or, when that job is no longer its to
--- start, lease it whatever it should run instead. ARGV: prefix, id, hold_token, pool, worker_id,
--- token (for a lease to run instead), now_ms, lease_ms, max_running_per_user, scan_limit.
+-- start, lease it whatever it should run instead; with a next_token, also hold the job after that
+-- one for the same worker, as a prepare-claim would (hold_next in lib.lua). ARGV: prefix, id,
+-- hold_token, pool, worker_id, token (for a lease to run instead), now_ms, lease_ms,
+-- max_running_per_user, scan_limit, next_token ('' = hold nothing).
 -- The prepared job starts (leased with hold_token as its lease token) only while it is still
 -- held for this worker and still the job this worker would claim now: a job queued since then
 -- that ranks ahead of it (fair order, priority) goes first, and the prepared one waits again.
--- Returns {'started', id, queued_left, HGETALL} | {'other', id, queued_left, HGETALL} (the
--- prepared job was taken by an idle worker, cancelled, or outranked; this one is leased instead,
--- with the new token) | {'none'}.
+-- Returns {outcome, leased, held}: outcome 'started' (the prepared job), 'other' (it was taken by
+-- an idle worker, cancelled, or outranked; leased is the job to run instead, with the new token)
+-- or 'none' (nothing to run: leased and held are {}); leased and held as claim.lua answers,
+-- {id, queued_left, HGETALL}, held {} when nothing is left for this worker now.
 local id, hold, pool, worker_id, token = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local now, lease_ms, max_running, scan = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]),
   tonumber(ARGV[10])
+local next_token = ARGV[11]
+
+local function then_hold(outcome, leased)
+  if next_token == '' then
+    return {outcome, leased, {}}
+  end
+  return {outcome, leased, claim_next(pool, worker_id, next_token, now, lease_ms, max_running, scan, true)}
+end
+
 local f = redis.call('HMGET', k('job', id), 'state', 'hold_token')
 if f[1] == 'queued' and f[2] == hold and redis.call('EXISTS', k('paused')) == 0 then
   local best, score, scope = next_eligible(pool, max_running, scan, hold, now)
   if best == id then
-    local leased = lease_job(id, score, scope, worker_id, hold, now, lease_ms)
-    return {'started', leased[1], leased[2], leased[3]}
+    return then_hold('started', lease_job(id, score, scope, worker_id, hold, now, lease_ms))
   end
   clear_hold(id)
 end
 local claimed = claim_next(pool, worker_id, token, now, lease_ms, max_running, scan, false)
 if #claimed == 0 then
-  return {'none'}
+  return {'none', {}, {}}
 end
-return {'other', claimed[1], claimed[2], claimed[3]}
+return then_hold('other', claimed)

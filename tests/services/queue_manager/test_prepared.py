@@ -7,6 +7,8 @@ a hold given back or taken away counts no attempt.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from services.protocol.jobs import JobState
 from services.protocol.workers import Completion, Lease, StartCall
 from services.queue_manager.store import Store
@@ -98,3 +100,114 @@ async def test_a_prepared_job_given_back_is_prepared_by_another_without_an_attem
     assert await store.claim("busy-2", "gpu") is not None
     again = await store.claim("busy-2", "gpu", prepare=True)
     assert again is not None and again.job.id == held.job.id and again.job.attempts == 0
+
+
+def start_call(held: Lease, worker_id: str = "busy", hold_next: bool = True) -> StartCall:
+    return StartCall(token=held.token, worker_id=worker_id, hold_next=hold_next)
+
+
+async def test_start_holds_the_next_job_in_fair_order_so_the_worker_needs_no_claim(store: Store) -> None:
+    ada = [(await store.submit("ada", job())).id for _ in range(3)]
+    bob = [(await store.submit("bob", job())).id for _ in range(2)]
+    running = await store.claim("busy", "gpu")
+    held = await store.claim("busy", "gpu", prepare=True)
+    assert running is not None and held is not None
+    assert (running.job.id, held.job.id) == (ada[0], bob[0])
+    started: list[str] = []
+    holds: list[str | None] = []
+    tokens = {running.token}
+    while held is not None:
+        tokens.add(held.token)
+        reply = await store.start(held.job.id, start_call(held), "gpu")
+        assert reply.started and reply.lease is None
+        started.append(held.job.id)
+        held = reply.held
+        holds.append(None if held is None else held.job.id)
+        if held is not None:  # only held: still queued, no attempt, the worker's heartbeat names it
+            waiting = await store.get(held.job.id)
+            assert waiting is not None and waiting.state == JobState.QUEUED and waiting.attempts == 0
+            assert held.prepared and held.token not in tokens  # a hold token of its own
+            assert (await store.heartbeat(running.job.id, running.token)).holding == held.job.id
+
+    assert started == [bob[0], ada[1], bob[1], ada[2]]  # round by round, as idle claims would go
+    assert holds == [ada[1], bob[1], ada[2], None]  # nothing left: nothing held
+    for job_id in started:
+        leased = await store.get(job_id)
+        assert leased is not None and leased.state == JobState.LEASED and leased.attempts == 1
+
+
+async def test_a_start_without_hold_next_holds_nothing(store: Store) -> None:
+    _, held = await busy_with_next(store)
+    await store.submit("ada", job())
+
+    reply = await store.start(held.job.id, start_call(held, hold_next=False), "gpu")
+
+    assert reply.started and reply.held is None
+    assert (await store.claim("busy-2", "gpu", prepare=True)) is not None  # the third is nobody's
+
+
+async def test_an_idle_worker_takes_the_job_start_held_and_the_holder_learns_it(store: Store) -> None:
+    running, held = await busy_with_next(store)
+    await store.submit("ada", job())
+    first = await store.start(held.job.id, start_call(held), "gpu")
+    assert first.started and first.held is not None
+    later = (await store.submit("ada", job())).id
+
+    taken = await store.claim("idle", "gpu")
+
+    assert taken is not None and taken.job.id == first.held.job.id and not taken.prepared
+    assert (await store.heartbeat(held.job.id, held.token)).holding is None
+    # The holder's next start learns it: it is leased what runs next instead, and holds nothing more
+    reply = await store.start(first.held.job.id, start_call(first.held), "gpu")
+    assert not reply.started and reply.lease is not None and reply.lease.job.id == later
+    assert reply.held is None
+    moved = await store.get(first.held.job.id)
+    assert moved is not None and moved.worker_id == "idle" and moved.attempts == 1
+    assert running.job.id != moved.id
+
+
+async def test_a_start_told_to_run_another_job_holds_the_one_after_that(store: Store) -> None:
+    # ada's third job is held by start; bob then queues his first, which fair order puts ahead
+    _, held = await busy_with_next(store)
+    await store.submit("ada", job())
+    first = await store.start(held.job.id, start_call(held), "gpu")
+    assert first.held is not None
+    bobs = (await store.submit("bob", job())).id
+
+    reply = await store.start(first.held.job.id, start_call(first.held), "gpu")
+
+    assert not reply.started and reply.lease is not None and reply.lease.job.id == bobs
+    # the outranked job is held again for the same worker, under a new hold token
+    assert reply.held is not None and reply.held.job.id == first.held.job.id
+    assert reply.held.token != first.held.token and reply.held.job.attempts == 0
+    assert await store.position(first.held.job.id) == 0
+
+
+async def test_a_job_held_by_start_and_then_cancelled_is_not_started(store: Store) -> None:
+    running, held = await busy_with_next(store)
+    await store.submit("ada", job())
+    first = await store.start(held.job.id, start_call(held), "gpu")
+    assert first.held is not None
+
+    assert await store.cancel(first.held.job.id, user="ada") == "cancelled"
+
+    assert (await store.heartbeat(held.job.id, held.token)).holding is None
+    reply = await store.start(first.held.job.id, start_call(first.held), "gpu")
+    assert not reply.started and reply.lease is None and reply.held is None
+    cancelled = await store.get(first.held.job.id)
+    assert cancelled is not None and cancelled.state == JobState.CANCELLED and cancelled.attempts == 0
+    assert running.job.id != cancelled.id
+
+
+async def test_start_holds_no_job_of_an_owner_at_her_running_limit(
+    store_with: Callable[..., Store],
+) -> None:
+    store = store_with(max_running_per_user=2)
+    _, held = await busy_with_next(store)  # ada runs one, her second is held
+    await store.submit("ada", job())
+    reply = await store.start(held.job.id, start_call(held), "gpu")
+    assert reply.started and reply.held is None  # ada runs two: her third waits for an idle slot
+    bobs = (await store.submit("bob", job())).id
+
+    again = await store.claim("busy", "gpu", prepare=True)
+    assert again is not None and again.job.id == bobs

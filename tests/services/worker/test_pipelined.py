@@ -226,12 +226,12 @@ async def test_the_prepared_jobs_files_are_staged_while_the_queue_manager_answer
     ] = []  # at each answer: the input folder, and whether ComfyUI had the job
     original = QueueClient.start
 
-    async def slow_start(client: QueueClient, job_id: str, *args: Any) -> StartReply:
+    async def slow_start(client: QueueClient, job_id: str, *args: Any, **kwargs: Any) -> StartReply:
         async with asyncio.timeout(5):  # a slow queue manager: staging has time to finish first
             while not (comfy.folders.input / "mine.png").exists():
                 await asyncio.sleep(0.01)  # polling the folders the worker stages into
         seen.append(([p.name for p in comfy.folders.input.iterdir()], job_id in comfy.state.timings))
-        return await original(client, job_id, *args)
+        return await original(client, job_id, *args, **kwargs)
 
     monkeypatch.setattr(QueueClient, "start", slow_start)
     put_input(files, "alice", "mine.png", b"\x89PNG\r\n\x1a\n" + b'{"width": 8, "height": 8, "color": 7}')

@@ -91,7 +91,8 @@ async def release(job_id: JobId, call: Release, pool: LeasePool, store: StoreDep
 @router.post("/start")
 async def start(job_id: JobId, call: StartCall, pool: WorkerPool, store: StoreDep) -> StartReply:
     """The worker's GPU is free: start the job it prepared (``claim?prepare=1``) if it is still
-    held for it and still next in line, or else lease it the job to run instead."""
+    held for it and still next in line, or else lease it the job to run instead; with
+    ``hold_next``, the reply also holds the job after that one for the worker (``held``)."""
     registered = await store.worker_pool(call.worker_id)  # a registered worker only, as for claims
     if registered != pool:
         raise WorkerInAnotherPool(call.worker_id, registered, pool)

@@ -1,0 +1,156 @@
+"""A worker with work queued goes from start to start: each ``start`` also holds the job after the
+one it leases (``hold_next``), so no claim races the end of a short job, and a job held that way
+still moves to an idle worker of the pool that asks (real queue manager, real HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from devkit.doubles.comfyui import ComfyUIDouble
+from devkit.doubles.comfyui_engine import Item
+from services.protocol.jobs import JobState
+from services.protocol.workers import Lease, StartReply
+from services.worker.queue_client import QueueClient
+from tests.support.jobs import finished, graph, participant, submit, until
+from tests.support.queue_manager_app import LiveServer
+from tests.support.worker_agent import pull_worker, worker_settings
+
+
+class Gates:
+    """Jobs the ComfyUI doubles keep running until the test opens their gate (by job id: the
+    worker submits each job under its id), so what a test waits for happens while they run."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.closed: dict[str, threading.Event] = {}
+        original = ComfyUIDouble._work
+
+        async def gated(double: ComfyUIDouble, item: Item, nid: str, class_type: str) -> None:
+            gate = self.closed.get(item.prompt_id)
+            if gate is not None:  # the double runs on its own thread and loop: wait off that loop
+                assert await asyncio.to_thread(gate.wait, 30), f"gate of {item.prompt_id} never opened"
+            await original(double, item, nid, class_type)
+
+        monkeypatch.setattr(ComfyUIDouble, "_work", gated)
+
+    def close(self, job_id: str) -> None:
+        self.closed[job_id] = threading.Event()
+
+    def open(self, job_id: str) -> None:
+        self.closed[job_id].set()
+
+
+class Answers:
+    """The queue manager's answers to the worker's claims and starts, in order."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.claims: list[tuple[bool, Lease | None]] = []  # (prepare, answer)
+        self.starts: list[tuple[str, StartReply]] = []
+        claim, start = QueueClient.claim, QueueClient.start
+
+        async def claim_noted(client: QueueClient, worker_id: str, wait: float, prepare: bool = False) -> Any:
+            lease = await claim(client, worker_id, wait, prepare)
+            self.claims.append((prepare, lease))
+            return lease
+
+        async def start_noted(client: QueueClient, job_id: str, *args: Any, **kwargs: Any) -> StartReply:
+            reply = await start(client, job_id, *args, **kwargs)
+            self.starts.append((job_id, reply))
+            return reply
+
+        monkeypatch.setattr(QueueClient, "claim", claim_noted)
+        monkeypatch.setattr(QueueClient, "start", start_noted)
+
+    def granted(self, prepare: bool) -> list[str]:
+        """The jobs plain claims leased (``prepare``: claims ahead held)."""
+        return [lease.job.id for ahead, lease in self.claims if ahead == prepare and lease is not None]
+
+
+@pytest.fixture
+def gates(monkeypatch: pytest.MonkeyPatch) -> Gates:
+    return Gates(monkeypatch)
+
+
+@pytest.fixture
+def answers(monkeypatch: pytest.MonkeyPatch) -> Answers:
+    return Answers(monkeypatch)
+
+
+@pytest.fixture
+def held_by(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def hold_of(held_by: redis.Redis, job_id: str) -> str:
+    return str(held_by.hget(f"qm:job:{job_id}", "hold_worker") or "")
+
+
+async def test_a_run_of_short_jobs_is_pipelined_start_to_start_with_no_claim_after_the_first_two(
+    comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path, gates: Gates, answers: Answers, held_by: redis.Redis
+) -> None:
+    async with participant(qm, "alice") as alice:
+        jobs = [await submit(alice, graph(color)) for color in range(1, 7)]
+        gates.close(jobs[0])  # the first job runs until the second is held for the worker
+        async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+            await until(lambda: answers.granted(prepare=True), "the worker holds the second", 20)
+            gates.open(jobs[0])
+            done = [await finished(alice, job_id) for job_id in jobs]  # no-op jobs, back to back
+
+    assert [job.state for job in done] == [JobState.SUCCEEDED] * len(jobs)
+    assert all(job.worker_id == "w-test" and job.attempts == 1 for job in done)
+    # One claim as an idle worker, one claim ahead; from then on each start held the next job
+    assert answers.granted(prepare=False) == jobs[:1]
+    assert answers.granted(prepare=True) == jobs[1:2]
+    assert [job_id for job_id, _ in answers.starts] == jobs[1:]
+    assert all(reply.started and reply.lease is None for _, reply in answers.starts)
+    held = [None if reply.held is None else reply.held.job.id for _, reply in answers.starts]
+    assert held == [*jobs[2:], None]  # the last start found nothing more to hold
+    assert all(reply.held is None or reply.held.prepared for _, reply in answers.starts)
+    assert [comfy.state.timings[job_id][0] for job_id in jobs] == sorted(
+        comfy.state.timings[job_id][0] for job_id in jobs
+    )
+
+
+async def test_an_idle_worker_takes_the_job_a_start_held_for_a_busy_one(
+    comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path, gates: Gates, answers: Answers, held_by: redis.Redis
+) -> None:
+    other = ComfyUIDouble(tmp_path / "comfy-b").start()
+    try:
+        busy = worker_settings(comfy, qm.url, tmp_path, worker_id="w-a")
+        idle = worker_settings(other, qm.url, tmp_path, worker_id="w-b")
+        async with participant(qm, "alice") as alice:
+            first, second, third = [await submit(alice, graph(color)) for color in (1, 2, 3)]
+            gates.close(first)  # runs until w-a holds the second
+            gates.close(second)  # runs on w-a until the test is done with the third
+            async with pull_worker(busy):
+                await until(lambda: answers.granted(prepare=True), "w-a holds the second", 20)
+                gates.open(first)
+                # w-a starts the second, and that start holds the third for it
+                await until(lambda: answers.starts, "w-a started the second", 20)
+                assert hold_of(held_by, third) == "w-a"
+                assert [(job_id, reply.held and reply.held.job.id) for job_id, reply in answers.starts] == [
+                    (second, third)
+                ]
+                async with pull_worker(idle):
+                    moved = await finished(alice, third)
+                    still = JobState((await alice.get(f"/api/jobs/{second}")).json()["state"])
+                gates.open(second)
+                ran = await finished(alice, second)
+                first_done = await finished(alice, first)
+    finally:
+        other.stop()
+    assert moved.state == JobState.SUCCEEDED and moved.worker_id == "w-b" and moved.attempts == 1
+    assert still in (JobState.LEASED, JobState.RUNNING)  # it moved while w-a was busy
+    assert ran.state == JobState.SUCCEEDED and ran.worker_id == "w-a"
+    assert first_done.state == JobState.SUCCEEDED and first_done.worker_id == "w-a"
+    assert third not in comfy.state.timings  # w-a never ran it
+    # if w-a asked to start it after all, the queue manager told it the job had moved on
+    assert all(not reply.started for job_id, reply in answers.starts if job_id == third)
