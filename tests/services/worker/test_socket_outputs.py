@@ -240,23 +240,23 @@ async def test_an_ending_that_may_have_missed_an_event_asks_for_history() -> Non
 
     forwarder = EventForwarder(sink)
     saved = {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]}
-    end = [
-        ("executed", {"node": "3", "display_node": "3", "output": saved, "prompt_id": "p"}),
-        ("execution_success", {"prompt_id": "p"}),
-        ("executing", {"node": None, "prompt_id": "p"}),
-    ]
-    reopened, after_a_gap, whole = (
-        Follower(forwarder),
-        Follower(forwarder, lambda: True),
-        Follower(forwarder, lambda: True),
-    )
-    after_a_gap.gap = True
+    executed = ("executed", {"node": "3", "display_node": "3", "output": saved, "prompt_id": "p"})
+    success, end = ("execution_success", {"prompt_id": "p"}), ("executing", {"node": None, "prompt_id": "p"})
+    runs = {  # name: (the socket stayed open since the submit, a silence or drop was noticed, events)
+        "whole": (True, False, [executed, success, end]),
+        "socket reopened": (False, False, [executed, success, end]),
+        "after a silence": (True, True, [executed, success, end]),
+        "no success heard": (True, False, [executed, end]),
+    }
     endings = {}
-    for name, follower in (("reopened", reopened), ("gap", after_a_gap), ("whole", whole)):
-        endings[name] = [follower.handle(kind, data) for kind, data in end][-1]
+    for name, (unbroken, gap, events) in runs.items():
+        follower = Follower(forwarder, lambda unbroken=unbroken: unbroken)
+        follower.gap = gap
+        endings[name] = [follower.handle(kind, data) for kind, data in events][-1]
     await forwarder.close()
     assert {name: (e.kind, e.entry) for name, e in endings.items() if e is not None} == {
-        "reopened": (EndingKind.SUCCESS, None),
-        "gap": (EndingKind.SUCCESS, None),
         "whole": (EndingKind.SUCCESS, {"outputs": {"3": saved}}),
+        "socket reopened": (EndingKind.SUCCESS, None),  # None: the runner reads /history
+        "after a silence": (EndingKind.SUCCESS, None),
+        "no success heard": (EndingKind.ENDED, None),
     }
