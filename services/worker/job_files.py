@@ -550,8 +550,11 @@ class JobFiles:
         return started, await asyncio.shield(listing)  # a cancelled prepare leaves it to the next one
 
     async def _list_outputs(self, user: str) -> list[str]:
+        """Her output names; a key no output of hers can have (absolute, or climbing with ``..``,
+        which a bucket allows) is left out: its placeholder would be made outside her folder."""
         prefix = f"users/{user}/output/"
-        return [key.removeprefix(prefix) for key in await self.storage.list(prefix)]
+        names = [key.removeprefix(prefix) for key in await self.storage.list(prefix)]
+        return [name for name in names if not name.startswith("/") and ".." not in name.split("/")]
 
     async def _fetch(self, user: str, ref: FileRef, root: Path) -> bool:
         """Copy one of ``user``'s files to ``root/<kind>/...``; False when they have no such file."""

@@ -323,3 +323,21 @@ async def test_where_comfyuis_folders_cannot_be_renamed_the_placeholders_move_on
     assert len(worker.placeholders()) == 2  # each owner's kept
     async with worker.files.staged(worker.job("bob")):
         assert staged_now(worker) == {"t_00004_.png": 0, "t_00005_.png": 0, "t_00006_.png": 0}
+
+
+class BucketStorage(LocalStorage):
+    """Local storage listing, as a bucket may, keys that climb out of the owner's prefix."""
+
+    async def list(self, prefix: str = "") -> list[str]:
+        return [*await super().list(prefix), f"{prefix}../../escaped.png", f"{prefix}sub/../../../up.png"]
+
+
+async def test_a_stored_key_that_climbs_out_makes_no_file_outside_her_placeholders(
+    tmp_path: Path, files: Path
+) -> None:
+    stored(files, "alice", "t_00001_.png")
+    worker = Worker(tmp_path, files)
+    worker.files.storage = BucketStorage(files)
+    async with worker.files.staged(worker.job("alice")):
+        assert staged_now(worker) == {"t_00001_.png": 0}
+    assert sorted(p.name for p in tmp_path.rglob("*.png")) == ["t_00001_.png"]  # the stored one only
