@@ -15,6 +15,9 @@ held one (it carries every node's newer state), so the page hears every node's s
 ComfyUI sends them. Sending happens on a background task, so a slow queue manager never slows the
 job; events are gathered for ``linger`` seconds into one batch. A job that ends with a completion or
 failure takes what is still unsent with it (``hand_over``): a short job costs no round trip of its own.
+Once ComfyUI is done with the job (``hold``), nothing more goes out on the timer: the report follows
+within moments and carries it, however long the worker waits before reporting (the next job's
+submit, the upload); ``close`` still sends it all when the job ends without a report.
 """
 
 from __future__ import annotations
@@ -103,9 +106,18 @@ class EventForwarder:
                 except Exception as exc:  # events are best effort; the outcome is reported separately
                     log.warning("could not forward %d events: %s", len(batch), exc)
 
+    def hold(self) -> None:
+        """ComfyUI is done with the job: what is buffered from now on waits for ``hand_over`` (or
+        ``close``); only what one report could not carry still goes out."""
+        self._keep = MAX_EVENTS
+
     async def close(self) -> None:
         """Send what is buffered and the last held ``progress_state`` (held progress is dropped unless
         it is its node's first), and stop."""
+        self._keep = 0
+        await self._stop()
+
+    async def _stop(self) -> None:
         self._settle()
         self._closing = True
         self._closed.set()
@@ -118,6 +130,6 @@ class EventForwarder:
         ``MAX_EVENTS``, what one call may carry): the job's completion or failure takes them. What
         is already on its way, and any older overflow, is sent first, so nothing is reordered."""
         self._keep = MAX_EVENTS
-        await self.close()
+        await self._stop()
         trailing, self._buffer = self._buffer, []
         return trailing

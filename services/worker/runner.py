@@ -364,6 +364,7 @@ class JobRunner:
                     job, stage.prompt, queue, follower, cancel, death, handoff.submitted
                 )
                 timing.gpu_seconds = time.monotonic() - submitted
+                forwarder.hold()  # the report, after the next job's submit and the upload, carries the rest
                 self.comfy_idle = ending.off_queue
                 if ending.kind in (EndingKind.SUCCESS, EndingKind.ENDED):
                     stage.keep_outputs()

@@ -221,3 +221,33 @@ async def test_more_events_than_one_call_carries_send_the_oldest_and_hand_over_t
     trailing = await forwarder.hand_over()
     assert [e.data["node"] for _, e in sink.sent] == [str(n) for n in range(44)]
     assert [e.data["node"] for e in trailing] == [str(n) for n in range(44, MAX_EVENTS + 44)]
+
+
+async def turns(count: int = 20) -> None:
+    """Let the forwarder's sender run as often as it wants to (it has no linger in these tests)."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def test_once_comfyui_is_done_the_last_events_wait_for_the_report_however_long_it_takes() -> None:
+    sink = Sink()
+    forwarder = EventForwarder(sink, linger=0)
+    forwarder.add("executing", {"node": "1", "prompt_id": "p"})
+    await turns()
+    assert [e.data["node"] for _, e in sink.sent] == ["1"], "events during the job stream as before"
+    forwarder.hold()  # ComfyUI is done; the report waits for the next job's submit and the upload
+    forwarder.add("executed", {"node": "3", "output": {}, "prompt_id": "p"})
+    forwarder.add("execution_success", {"prompt_id": "p"})
+    await turns()
+    assert len(sink.sent) == 1, "a held event went out on the timer: one more call for a short job"
+    trailing = await forwarder.hand_over()
+    assert [e.type for e in trailing] == ["executed", "execution_success"] and len(sink.sent) == 1
+
+
+async def test_a_held_job_that_ends_without_a_report_still_sends_its_last_events() -> None:
+    sink = Sink()
+    forwarder = EventForwarder(sink, linger=0)
+    forwarder.hold()
+    forwarder.add("executing", {"node": "1", "prompt_id": "p"})
+    await forwarder.close()  # released: ComfyUI was lost, or the worker is stopping
+    assert [e.data["node"] for _, e in sink.sent] == ["1"]
