@@ -128,24 +128,26 @@ class LeaseOps(StoreBase):
         claimant = self.claimant(worker_id, pool, token, now_ms())
         reply = await self.scripts.run(ClaimArgs(self.prefix, claimant, int(prepare)))
         if prepare:
-            return self._held(worker_id, token, reply)
+            return self._held(worker_id, reply)
         return self._leased(worker_id, token, reply)
 
-    def _held(self, worker_id: str, token: str, reply: list[Any]) -> Lease | None:
-        """The prepared job in claim.lua's answer: held for the worker until it starts it."""
+    def _held(self, worker_id: str, reply: list[Any]) -> Lease | None:
+        """The prepared job in claim.lua's (or start.lua's) answer: held for the worker, with its
+        hold token, until it starts it."""
         if not reply:
             return None
         job_id, _, flat = reply
         fields = pairs_to_dict(flat)
         log.info("job prepared", extra={"job_id": job_id, "worker_id": worker_id})
-        lease = self._lease(job_from_hash(fields), token, fields["hold_expires"])
+        lease = self._lease(job_from_hash(fields), fields["hold_token"], fields["hold_expires"])
         lease.prepared = True
         return lease
 
     async def start(self, job_id: str, call: StartCall, pool: str) -> StartReply:
         """The worker's GPU is free: start the job it prepared, or lease it what to run instead;
         with ``hold_next``, also hold the job after that one for it, in the same Lua step (what
-        ``claim?prepare=1`` with no wait would hold then)."""
+        ``claim?prepare=1`` with no wait would hold then). A start repeated after a lost reply
+        answers as the first one did."""
         token = secrets.token_urlsafe(24)
         next_token = secrets.token_urlsafe(24) if call.hold_next else ""
         claimant = self.claimant(call.worker_id, pool, token, now_ms())
@@ -156,7 +158,7 @@ class LeaseOps(StoreBase):
             return StartReply(started=False)
         started = outcome == "started"
         lease = self._leased(call.worker_id, call.token if started else token, leased)
-        held_next = self._held(call.worker_id, next_token, held)
+        held_next = self._held(call.worker_id, held)
         return StartReply(started=started, lease=None if started else lease, held=held_next)
 
     def _leased(self, worker_id: str, token: str, reply: list[Any]) -> Lease | None:

@@ -70,6 +70,15 @@ local function clear_hold(id)
   end
 end
 
+-- The job a worker has prepared and still holds (nil when none): its hash names it in next_id.
+local function holding_of(worker_id)
+  local next_id = redis.call('HGET', k('worker', worker_id), 'next_id')
+  if next_id and next_id ~= '' and redis.call('HGET', k('job', next_id), 'hold_worker') == worker_id then
+    return next_id
+  end
+  return nil
+end
+
 -- Take a job out of the waiting structures (queue or backoff).
 local function dequeue(id, user, scope)
   redis.call('ZREM', k('queue', scope), id)

@@ -10,6 +10,8 @@
 -- an idle worker, cancelled, or outranked; leased is the job to run instead, with the new token)
 -- or 'none' (nothing to run: leased and held are {}); leased and held as claim.lua answers,
 -- {id, queued_left, HGETALL}, held {} when nothing is left for this worker now.
+-- A start retried because its reply was lost (the prepared job is already leased to this worker
+-- with hold_token) gets the same answer again: 'started', and the job the worker holds now.
 local id, hold, pool, worker_id, token = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local now, lease_ms, max_running, scan = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]),
   tonumber(ARGV[10])
@@ -22,7 +24,20 @@ local function then_hold(outcome, leased)
   return {outcome, leased, claim_next(pool, worker_id, next_token, now, lease_ms, max_running, scan, true)}
 end
 
-local f = redis.call('HMGET', k('job', id), 'state', 'hold_token')
+-- A job as claim.lua answers it: {id, queued_left, HGETALL}.
+local function answer(job_id)
+  local scope = redis.call('HGET', k('job', job_id), 'scope')
+  return {job_id, redis.call('ZCARD', k('queue', scope)), redis.call('HGETALL', k('job', job_id))}
+end
+
+local f = redis.call('HMGET', k('job', id), 'state', 'hold_token', 'token', 'worker_id')
+if (f[1] == 'leased' or f[1] == 'running') and f[3] == hold and f[4] == worker_id then
+  local holding = holding_of(worker_id)
+  if holding and next_token ~= '' then
+    return {'started', answer(id), answer(holding)}
+  end
+  return then_hold('started', answer(id))
+end
 if f[1] == 'queued' and f[2] == hold and redis.call('EXISTS', k('paused')) == 0 then
   local best, score, scope = next_eligible(pool, max_running, scan, hold, now)
   if best == id then

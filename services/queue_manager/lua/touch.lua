@@ -25,12 +25,9 @@ if mode == 'heartbeat' then
 end
 if mode ~= 'events' then
   -- The job this worker prepared keeps its hold while the worker lives; '' once it is gone.
-  local next_id = redis.call('HGET', k('worker', f[5]), 'next_id')
-  if next_id and next_id ~= '' and redis.call('HGET', k('job', next_id), 'hold_worker') == f[5] then
-    if mode == 'heartbeat' then
-      redis.call('HSET', k('job', next_id), 'hold_expires', expires)
-    end
-    holding = next_id
+  holding = holding_of(f[5]) or ''
+  if holding ~= '' and mode == 'heartbeat' then
+    redis.call('HSET', k('job', holding), 'hold_expires', expires)
   end
 end
 if state == 'leased' and mode ~= 'watch' then

@@ -211,3 +211,38 @@ async def test_start_holds_no_job_of_an_owner_at_her_running_limit(
 
     again = await store.claim("busy", "gpu", prepare=True)
     assert again is not None and again.job.id == bobs
+
+
+async def test_a_start_repeated_after_its_reply_was_lost_answers_as_the_first_did(store: Store) -> None:
+    # the worker's client retries a start whose reply a network error or a restart lost
+    _, held = await busy_with_next(store)
+    later = [(await store.submit("ada", job())).id for _ in range(2)]
+    first = await store.start(held.job.id, start_call(held), "gpu")
+
+    again = await store.start(held.job.id, start_call(held), "gpu")
+
+    assert first.started and again.started and again.lease is None
+    assert first.held is not None and again.held is not None and first.held.job.id == later[0]
+    assert (again.held.job.id, again.held.token) == (first.held.job.id, first.held.token)
+    started = await store.get(held.job.id)
+    assert started is not None and started.state == JobState.LEASED and started.attempts == 1
+    for job_id in later:  # nothing else was leased to the worker meanwhile
+        waiting = await store.get(job_id)
+        assert waiting is not None and waiting.state == JobState.QUEUED and waiting.attempts == 0
+    # asked without hold_next, the repeat holds nothing more and leaves the hold as it is
+    plain = await store.start(held.job.id, start_call(held, hold_next=False), "gpu")
+    assert plain.started and plain.held is None
+    assert (await store.heartbeat(held.job.id, held.token)).holding == later[0]
+
+
+async def test_a_start_repeated_after_the_prepared_job_was_started_holds_what_is_there_now(
+    store: Store,
+) -> None:
+    _, held = await busy_with_next(store)
+    first = await store.start(held.job.id, start_call(held), "gpu")
+    assert first.started and first.held is None  # nothing queued then
+    queued = (await store.submit("ada", job())).id
+
+    again = await store.start(held.job.id, start_call(held), "gpu")
+
+    assert again.started and again.held is not None and again.held.job.id == queued
