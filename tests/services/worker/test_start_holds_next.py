@@ -154,3 +154,39 @@ async def test_an_idle_worker_takes_the_job_a_start_held_for_a_busy_one(
     assert third not in comfy.state.timings  # w-a never ran it
     # if w-a asked to start it after all, the queue manager told it the job had moved on
     assert all(not reply.started for job_id, reply in answers.starts if job_id == third)
+
+
+@pytest.mark.parametrize("why", ["stopping", "comfyui down"])
+async def test_a_job_a_start_held_is_given_back_without_an_attempt(
+    comfy: ComfyUIDouble,
+    qm: LiveServer,
+    tmp_path: Path,
+    gates: Gates,
+    answers: Answers,
+    held_by: redis.Redis,
+    why: str,
+) -> None:
+    """A worker told to stop (SIGTERM), or whose ComfyUI goes down, gives back the job its last
+    start held: it stays queued for another GPU, no attempt counted."""
+    async with participant(qm, "alice") as alice:
+        first, second, third = [await submit(alice, graph(color)) for color in (4, 5, 6)]
+        gates.close(first)
+        gates.close(second)
+        async with pull_worker(worker_settings(comfy, qm.url, tmp_path)) as running:
+            await until(lambda: answers.granted(prepare=True), "the worker holds the second", 20)
+            gates.open(first)
+            await until(lambda: answers.starts, "the worker started the second", 20)
+            assert hold_of(held_by, third) == "w-test"  # held by that start
+            if why == "stopping":
+                running.worker.stop()  # what SIGTERM does
+            else:
+                running.agent.comfy_server.up.clear()  # what the supervisor does when ComfyUI exits
+            gates.open(second)
+            ran = await finished(alice, second)  # the running job still finishes
+            await until(lambda: hold_of(held_by, third) == "", "third held for nobody", 20)
+            waiting = (await alice.get(f"/api/jobs/{third}")).json()
+            if why == "stopping":
+                await asyncio.wait_for(running.task, 20)  # the worker's loop ends
+    assert ran.state == JobState.SUCCEEDED and ran.worker_id == "w-test"
+    assert waiting["state"] == "queued" and waiting["attempts"] == 0
+    assert third not in comfy.state.timings
