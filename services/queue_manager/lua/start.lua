@@ -10,8 +10,10 @@
 -- an idle worker, cancelled, or outranked; leased is the job to run instead, with the new token)
 -- or 'none' (nothing to run: leased and held are {}); leased and held as claim.lua answers,
 -- {id, queued_left, HGETALL}, held {} when nothing is left for this worker now.
--- A start retried because its reply was lost (the prepared job is already leased to this worker
--- with hold_token) gets the same answer again: 'started', and the job the worker holds now.
+-- The lease and the next hold are one step, so no crash of Redis or the queue manager leaves one
+-- without the other; a start retried because its reply was lost (the prepared job is already
+-- leased to this worker with hold_token) gets the same answer again: 'started', and the job the
+-- worker holds now.
 local id, hold, pool, worker_id, token = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local now, lease_ms, max_running, scan = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]),
   tonumber(ARGV[10])
