@@ -16,6 +16,9 @@ in server mode). The double records when each prompt starts and stops executing
 
 What the figures stand on, on this machine (everything shares its cores):
 
+* ``noop_gap_ms_p50`` / ``video_gap_ms_p50``: the gap of each kind of job alone. The no-op jobs
+  keep the worker's CPU busy (each costs it more than the double's run), the video jobs do not:
+  theirs is the path from one job's end to the next one's start.
 * ``direct_gap_ms_p50``: the double's own gap between two prompts queued in it (the direct runs).
 * ``noop_floor_ratio``: the no-op jobs straight to the double again, each output put in the bucket
   the moment the double reports it written, all puts in parallel: the least a platform that keeps
@@ -326,6 +329,7 @@ async def measure(root: Path, found: Servers, phases: list[Phase]) -> dict[str, 
                     result[f"{phase.name}_floor_ratio"] = round(ran.floor_ratio, 3)
                     result[f"{phase.name}_cpu_ms_per_job"] = ran.cpu_ms_per_job
                 gaps += ran.gaps
+                result[f"{phase.name}_gap_ms_p50"] = round(statistics.median(ran.gaps), 2)
                 direct_gaps += ran.direct_gaps
     finally:
         await agent.stop()

@@ -28,6 +28,8 @@ def test_the_gpu_benchmark_compares_direct_and_platform_runs() -> None:
         "noop_floor_ratio",
         "noop_cpu_ms_per_job",
         "direct_gap_ms_p50",
+        "noop_gap_ms_p50",
+        "video_gap_ms_p50",
     }
     assert result["noop_makespan_ratio"] > 0 and result["video_makespan_ratio"] > 0
     assert 0 <= result["gap_ms_p50"] <= result["gap_ms_p99"]
