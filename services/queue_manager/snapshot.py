@@ -26,7 +26,7 @@ import math
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from redis.asyncio import ConnectionPool, Redis
@@ -61,6 +61,9 @@ def _copied_name(name: str) -> str:
     if family is None or family.carried is not Carried.COPIED:
         raise ValueError(f"{name[:80]!r} is not a key of a family the snapshot carries (keys.py)")
     return name
+
+
+MAX_COUNTER = 10**18 - 1  # a counter Redis can still INCR (a signed 64-bit integer), with room
 
 
 def _integer(raw: bytes) -> None:
@@ -161,8 +164,11 @@ class Snapshot(BaseModel):
     keys: dict[str, StoredKey] = Field(
         default_factory=dict, description="keys of the COPIED families (keys.py), named without the prefix"
     )
-    user_priorities: dict[str, int] = Field(default_factory=dict, description="version 1 only")
-    seq: int = Field(default=0, description="version 1 only")
+    # Bounded as the queue manager writes them (the admin route's priorities, Redis's 64-bit INCR)
+    user_priorities: dict[str, Annotated[int, Field(ge=-100, le=100)]] = Field(
+        default_factory=dict, description="version 1 only"
+    )
+    seq: int = Field(default=0, ge=0, le=MAX_COUNTER, description="version 1 only")
 
     @field_validator("keys")
     @classmethod

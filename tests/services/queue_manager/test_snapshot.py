@@ -94,6 +94,9 @@ def b64(text: str) -> str:
         ({"jobs": [{**QUEUED, "id": "j3", "queued_at": "soon"}]}, "job 'j3'"),
         ({"jobs": [{**QUEUED, "id": "j4", "queued_at": "99999999999999999999"}]}, "job 'j4'"),
         ({"jobs": [{**QUEUED, "id": "j5", "queued_at": "1.5"}]}, "job 'j5'"),
+        ({"version": 1, "seq": 2**64}, "seq"),  # a counter Redis cannot INCR: every submit was a 500
+        ({"version": 1, "seq": -1}, "seq"),
+        ({"version": 1, "user_priorities": {"ada": 10**30}}, "user_priorities"),
     ],
 )  # fmt: skip
 async def test_a_restore_refuses_a_value_the_queue_manager_could_not_read_back(

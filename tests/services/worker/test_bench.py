@@ -36,4 +36,5 @@ def test_the_gpu_benchmark_compares_direct_and_platform_runs() -> None:
     assert result["noop_floor_ratio"] > 0 and result["direct_gap_ms_p50"] >= 0
     cpu = result["noop_cpu_ms_per_job"]
     assert set(cpu) == {"worker", "queue_manager", "redis", "s3", "comfyui"}
-    assert all(ms > 0 for role, ms in cpu.items() if role in ("worker", "queue_manager", "comfyui"))
+    # the servers' CPU is read from /proc in clock ticks (10 ms): over six jobs one may read 0
+    assert cpu["worker"] > 0 and all(ms >= 0 for ms in cpu.values())
