@@ -3,10 +3,12 @@ for the pool's next job within the same request until the queue has none for it.
 
 The queue manager's dispatcher sends a job to the pool's endpoint as an async request carrying
 the ``Lease``; ``reply_url``/``reply_token`` in it say where to report (the same lease routes the
-pull worker uses) and ``chain`` names the request's chain: after the job the container asks
-``POST /api/push/{chain}/next`` for another (the one the queue would give an idle worker now), so
-its GPU does not wait for a new request between jobs. A 204 ends the request; the queue manager
-waits at most the pool's ``linger_seconds`` for work before answering it. Two shapes:
+pull worker uses) and ``chain`` names the request's chain: the moment ComfyUI is done with a job
+the container asks ``POST /api/push/{chain}/next`` for another (the one the queue would give an
+idle worker now), so its GPU waits neither for a new request nor for the finished job's upload and
+report, which go on while the next job runs (``PushChain``). A 204 ends the request once every job
+is reported; the queue manager waits at most the pool's ``linger_seconds`` for work before
+answering it. Two shapes:
 
 * Verda serverless containers: ``POST /lease`` with the Lease as JSON body; ``GET /health`` for the
   container's health check (503 until ComfyUI is up and warmed).
@@ -67,7 +69,7 @@ class PushServer(uvicorn.Server):
 async def run_pushed(agent: Agent, lease: Lease) -> dict[str, Any]:
     """Run a pushed lease and then, while its request's chain gives more, the next jobs of the
     pool (each the one the queue would give an idle worker then), reporting each to the queue
-    manager named in the lease. Returns each job's outcome, in order."""
+    manager named in the lease. Returns each job's outcome, in order, once all are reported."""
     if not lease.reply_url or not lease.reply_token:
         raise PushError(
             f"lease for job {lease.job.id} has no reply_url/reply_token: the dispatcher must fill them in "
@@ -76,22 +78,95 @@ async def run_pushed(agent: Agent, lease: Lease) -> dict[str, Any]:
     queue = QueueClient(
         lease.reply_url, lease.reply_token, agent.settings.retry_seconds, holder=agent.settings.worker_id
     )
-    ran: list[dict[str, str]] = []
-    clock = IdleClock()
+    chain = PushChain(agent, queue, lease)
     try:
         if queue.base_url not in agent.published_to:
             await publish_to(agent, lease.reply_url)
         await announce(queue, lease)  # a chained job's holder is named when the container takes it
-        current: Lease | None = lease
-        while current is not None:
-            heartbeat = max(current.lease_seconds / 3, 0.5)
-            outcome = await agent.run_lease(current, queue, heartbeat, clock.handoff(current))
-            ran.append({"job_id": current.job.id, "outcome": outcome})
-            current = await next_in_request(agent, queue, lease, outcome)
+        return {"jobs": await chain.run()}
     finally:
-        clock.close()
+        await chain.close()
         await queue.aclose()
-    return {"jobs": ran}
+
+
+class PushChain:
+    """The jobs of one push request, back to back on the GPU: the container asks for the next job
+    the moment ComfyUI is done with one (``Handoff.gpu_free``), and that one's outputs go to storage
+    and its outcome is reported while the next runs. The storing waits until the next job is in
+    ComfyUI (``Handoff.next_submitted``, ``NEXT_SUBMIT_SECONDS`` at most), so it never holds up
+    the GPU's next start."""
+
+    def __init__(self, agent: Agent, queue: QueueClient, first: Lease) -> None:
+        self.agent, self.queue, self.first = agent, queue, first
+        self.clock = IdleClock()
+        self.jobs: list[tuple[str, asyncio.Task[LeaseResult]]] = []
+        # Set once the job after the last one launched is in ComfyUI, or none follows.
+        self.follows: asyncio.Event | None = None
+
+    async def run(self) -> list[dict[str, str]]:
+        """Run the request's jobs; each one's outcome, in order, once every one is reported (the
+        first error one of them raised, if any, is raised once all are done)."""
+        current: Lease | None = self.first
+        while current is not None:
+            current = await self._next(*self._launch(current))
+        self._none_follows()
+        await asyncio.wait([job for _, job in self.jobs])
+        return [{"job_id": job_id, "outcome": job.result()} for job_id, job in self.jobs]
+
+    def _launch(self, lease: Lease) -> tuple[asyncio.Event, asyncio.Task[LeaseResult]]:
+        """Run the job in the background; the event is set once ComfyUI is done with it."""
+        follows = asyncio.Event()
+        gpu_free, handoff = self.clock.handoff(lease, self.follows, follows)
+        self.follows = follows
+        heartbeat = max(lease.lease_seconds / 3, 0.5)
+        job = asyncio.create_task(self._run(lease, heartbeat, handoff))
+        self.jobs.append((lease.job.id, job))
+        return gpu_free, job
+
+    async def _run(self, lease: Lease, heartbeat: float, handoff: Handoff) -> LeaseResult:
+        try:
+            return await self.agent.run_lease(lease, self.queue, heartbeat, handoff)
+        finally:
+            if handoff.submitted is not None:
+                handoff.submitted.set()  # this job is in ComfyUI by now, or never will be
+
+    async def _next(self, gpu_free: asyncio.Event, job: asyncio.Task[LeaseResult]) -> Lease | None:
+        """Once the GPU is free of ``job`` (or it ended without reaching ComfyUI), the request's
+        next job, or None: the request takes no more."""
+        freed = asyncio.ensure_future(gpu_free.wait())
+        try:
+            await asyncio.wait({freed, job}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            freed.cancel()
+        if not job.done() and not self.agent.runner.comfy_idle:
+            # ComfyUI did not say the prompt left its queue (an error, a cancel, or ComfyUI lost):
+            # its outcome tells which, and a loss marks ComfyUI down before more is asked for.
+            self._none_follows()
+            await asyncio.wait({job})
+        if any(done.done() and not done.cancelled() and done.exception() for _, done in self.jobs):
+            self._none_follows()
+            return None  # a job could not be run or reported: the request ends with that error
+        outcome = job.result() if job.done() else None
+        lease = await next_in_request(self.agent, self.queue, self.first, outcome)
+        if lease is None:
+            self._none_follows()
+        return lease
+
+    def _none_follows(self) -> None:
+        """No job follows the last one launched: it stores its outputs and reports at once."""
+        if self.follows is not None:
+            self.follows.set()
+
+    async def close(self) -> None:
+        """When the request is cancelled or fails: its jobs still running give their leases back
+        (``Agent.run_lease``) before it ends."""
+        self.clock.close()
+        self._none_follows()
+        running = [job for _, job in self.jobs if not job.done()]
+        for job in running:
+            job.cancel()
+        if running:
+            await asyncio.wait(running)
 
 
 class IdleClock:
@@ -102,14 +177,20 @@ class IdleClock:
         self.freed: tuple[float, datetime] | None = None  # monotonic, wall
         self._watch: asyncio.Task[None] | None = None
 
-    def handoff(self, lease: Lease) -> Handoff:
+    def handoff(
+        self, lease: Lease, submitted: asyncio.Event | None, next_submitted: asyncio.Event
+    ) -> tuple[asyncio.Event, Handoff]:
+        """The job's ``Handoff`` and its ``gpu_free``, set by the runner once ComfyUI is done with it."""
         idle_since = None
         if self.freed is not None and lease.job.queued_at <= self.freed[1]:
             idle_since = self.freed[0]
-        gpu_free = asyncio.Event()  # set by the runner once ComfyUI is done with the job
+        gpu_free = asyncio.Event()
         self.close()
         self._watch = asyncio.create_task(self._mark(gpu_free))
-        return Handoff(gpu_free=gpu_free, idle_since=idle_since)
+        handoff = Handoff(
+            gpu_free=gpu_free, idle_since=idle_since, submitted=submitted, next_submitted=next_submitted
+        )
+        return gpu_free, handoff
 
     async def _mark(self, gpu_free: asyncio.Event) -> None:
         await gpu_free.wait()
@@ -121,11 +202,12 @@ class IdleClock:
 
 
 async def next_in_request(
-    agent: Agent, queue: QueueClient, first: Lease, outcome: LeaseResult
+    agent: Agent, queue: QueueClient, first: Lease, outcome: LeaseResult | None = None
 ) -> Lease | None:
     """The request's next job, or None: the request ends (no chain, the queue has nothing for it,
-    or this container cannot go on: its ComfyUI is down, it is stopping, or the queue manager cannot
-    be reached)."""
+    or this container cannot go on: its ComfyUI is down, it is stopping, the last job was given
+    back, or the queue manager cannot be reached). ``outcome``: the last job's, or None while its
+    outputs are still on their way to storage."""
     if first.chain is None:
         return None
     try:

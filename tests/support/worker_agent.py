@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,20 @@ from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
 from tests.support.jobs import graph, submit
 from tests.support.queue_manager_app import POOL, POOL_TOKEN, LiveServer
+
+
+class GatedStorage(LocalStorage):
+    """Local storage whose uploads wait until ``gate`` opens: storage as slow as a test needs."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def put(self, key: str, chunks: AsyncIterable[bytes], content_type: str = "") -> int:
+        self.waiting.set()
+        await self.gate.wait()
+        return await super().put(key, chunks, content_type)
 
 
 def worker_settings(comfy: ComfyUIDouble, qm_url: str, tmp_path: Path, **extra: Any) -> WorkerSettings:

@@ -26,21 +26,7 @@ from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
 from tests.support.jobs import finished, graph, participant, put_input, submit, until
 from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, LiveServer
-from tests.support.worker_agent import pull_worker, worker_settings
-
-
-class GatedStorage(LocalStorage):
-    """Local storage whose uploads wait until ``gate`` opens: storage as slow as a test needs."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.gate = asyncio.Event()
-        self.waiting = asyncio.Event()
-
-    async def put(self, key: str, chunks: AsyncIterable[bytes], content_type: str = "") -> int:
-        self.waiting.set()
-        await self.gate.wait()
-        return await super().put(key, chunks, content_type)
+from tests.support.worker_agent import GatedStorage, pull_worker, worker_settings
 
 
 @pytest.fixture

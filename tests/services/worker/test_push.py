@@ -27,11 +27,12 @@ from services.queue_manager.store import Store
 from services.storage.local import LocalStorage
 from services.worker import push
 from services.worker.agent import Agent, LeaseResult
+from services.worker.comfy_client import ComfyClient, ComfyUnavailableError
 from services.worker.push import verda_app
 from services.worker.queue_client import QueueClient
 from tests.support.jobs import finished, graph, submit, until
 from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, POOL_TOKEN, LiveServer
-from tests.support.worker_agent import lease_for, worker_settings
+from tests.support.worker_agent import GatedStorage, lease_for, worker_settings
 
 
 async def post_lease(client: httpx.AsyncClient, url: str, lease: Lease) -> httpx.Response:
@@ -271,4 +272,85 @@ async def test_sigterm_while_a_chained_request_runs_finishes_its_job_and_takes_n
         process.kill()
         await redis.aclose()
     assert reply.json() == {"jobs": [{"job_id": lease.job.id, "outcome": "succeeded"}]}
+    assert (await alice.get(f"/api/jobs/{waiting}")).json()["state"] == JobState.QUEUED
+
+
+async def chained(qm: LiveServer, redis_url: str, lease: Lease) -> Lease:
+    """The lease as the dispatcher sends it with a chain open: the request may take more jobs."""
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        pool = PushPool(name=POOL, style="verda", url="http://127.0.0.1:9", api_key="k", capacity=1)
+        chain, reply_token = await Chains(Store(redis, qm.app.state.settings)).open(pool, "dispatcher", lease)
+    finally:
+        await redis.aclose()
+    return lease.model_copy(update={"chain": chain, "reply_token": reply_token})
+
+
+async def test_a_chained_job_runs_while_the_last_ones_outputs_are_still_on_their_way_to_storage(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, redis_url: str
+) -> None:
+    """The container asks for its next job as soon as ComfyUI is done with one: a slow upload (a
+    video to R2) and the report no longer keep its GPU idle. The request still ends only once
+    every job is stored and reported."""
+    storage = GatedStorage(tmp_path / "files")
+    agent = Agent(worker_settings(comfy, qm.url, tmp_path), storage)
+    await agent.start()
+    try:
+        first = await chained(qm, redis_url, await lease_for(qm, alice, color=32))
+        second = await submit(alice, graph(color=33))
+        request = asyncio.create_task(push.run_pushed(agent, first))
+        await asyncio.wait_for(storage.waiting.wait(), 20)  # the first job's output is on its way
+        await until(
+            lambda: comfy.state.timings.get(second, (0.0, 0.0))[1] > 0, "second job run in ComfyUI", 20
+        )
+        unreported = (await alice.get(f"/api/jobs/{first.job.id}")).json()["state"]
+        assert not request.done()
+        storage.gate.set()
+        answer = await asyncio.wait_for(request, 20)
+    finally:
+        await agent.stop()
+    assert unreported in (JobState.LEASED, JobState.RUNNING)  # not reported before it is stored
+    assert answer == {
+        "jobs": [
+            {"job_id": first.job.id, "outcome": "succeeded"},
+            {"job_id": second, "outcome": "succeeded"},
+        ]
+    }
+    done = [await finished(alice, first.job.id), await finished(alice, second)]
+    assert [job.state for job in done] == [JobState.SUCCEEDED, JobState.SUCCEEDED]
+    outputs = tmp_path / "files" / "users" / "alice" / "output"
+    assert all((outputs / job.outputs[0].filename).exists() for job in done)
+
+
+async def test_a_chained_job_lost_to_a_hung_comfyui_is_given_back_and_its_request_takes_no_more(
+    comfy: ComfyUIDouble,
+    qm: LiveServer,
+    alice: httpx.AsyncClient,
+    tmp_path: Path,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ComfyUI went silent and stopped answering (a hung process) with the socket still open: the
+    job is given back, and the container waits for that outcome before asking for more, so it never
+    takes the next job onto the ComfyUI it just lost."""
+    agent = Agent(worker_settings(comfy, qm.url, tmp_path), LocalStorage(tmp_path / "files"))
+    first = await chained(qm, redis_url, await lease_for(qm, alice, color=34))
+    original = ComfyClient.history
+
+    async def hung(client: ComfyClient, prompt_id: str) -> dict[str, Any] | None:
+        if prompt_id == first.job.id:
+            raise ComfyUnavailableError(f"ComfyUI at {client.base_url} does not answer (the test hung it)")
+        return await original(client, prompt_id)
+
+    monkeypatch.setattr(ComfyClient, "history", hung)
+    await agent.start()
+    try:
+        waiting = await submit(alice, graph(color=35))
+        comfy.knobs.silent = True
+        answer = await asyncio.wait_for(push.run_pushed(agent, first), 30)
+    finally:
+        await agent.stop()
+    assert answer == {"jobs": [{"job_id": first.job.id, "outcome": "released"}]}
+    given_back = (await alice.get(f"/api/jobs/{first.job.id}")).json()
+    assert (given_back["state"], given_back["comfyui_losses"]) == (JobState.QUEUED, 1)
     assert (await alice.get(f"/api/jobs/{waiting}")).json()["state"] == JobState.QUEUED
