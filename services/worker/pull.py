@@ -81,10 +81,10 @@ class PullWorker:
         announce = asyncio.create_task(self._announce_draining(reply.worker_id))
         try:
             while True:
-                await self._loop(reply, max_jobs)
+                await self._loop(reply)
                 if self.running:  # a job given back unrun does not count: maybe claim again
                     await asyncio.wait(self.running)
-                if not self._wanted(max_jobs):
+                if not self._wanted():
                     break
         finally:
             self._none_follows()
@@ -94,13 +94,15 @@ class PullWorker:
                 await asyncio.wait({announce}, timeout=6.0)
             announce.cancel()
 
-    def _wanted(self, max_jobs: int | None) -> bool:
-        return not self.stopping.is_set() and (max_jobs is None or self.jobs_started < max_jobs)
+    def _wanted(self, after: int = 0) -> bool:
+        """Whether a job is wanted after ``after`` more are launched (not stopping, ``max_jobs``)."""
+        wanted = self.max_jobs is None or self.jobs_started + after < self.max_jobs
+        return wanted and not self.stopping.is_set()
 
-    async def _loop(self, reply: RegisterReply, max_jobs: int | None) -> None:
+    async def _loop(self, reply: RegisterReply) -> None:
         gpu_free: asyncio.Event | None = None  # set once ComfyUI is done with the job it runs
         held: Lease | None = None  # the job the last start held for this worker to run next
-        while self._wanted(max_jobs):
+        while self._wanted():
             if gpu_free is None:
                 lease = await self._claim(reply)
                 if lease is None:
@@ -109,7 +111,7 @@ class PullWorker:
             self.holding.clear()
             if held is not None:
                 self.holding.set()  # nothing to claim ahead, so nothing races the GPU's end
-            ahead = asyncio.create_task(self._prepare(reply, held)) if self._wanted(max_jobs) else None
+            ahead = asyncio.create_task(self._prepare(reply, held)) if self._wanted() else None
             await self._until(gpu_free)
             self.freed = (time.monotonic(), datetime.now(UTC))
             gpu_free, held = await self._next(ahead, reply)
@@ -218,7 +220,7 @@ class PullWorker:
         since ranks ahead of it. Its files are staged while the queue manager answers; it reaches
         ComfyUI only once the answer says it is this worker's (``Handoff.confirmed``). While another
         job is wanted after it, the same call holds that one for this worker."""
-        asked = asyncio.create_task(self._ask_start(held, reply, hold_next=self._another_wanted()))
+        asked = asyncio.create_task(self._ask_start(held, reply, hold_next=self._wanted(after=1)))
         confirmed = asyncio.ensure_future(self._confirmed(asked))
         job = held.job.model_copy(update={"attempts": held.job.attempts + 1})  # as start counts it
         lease = held.model_copy(update={"prepared": False, "job": job})
@@ -237,10 +239,6 @@ class PullWorker:
         if answer.lease is None:
             return None, None  # nothing to run, so nothing was held either
         return self._launch(answer.lease, reply.heartbeat_seconds), answer.held
-
-    def _another_wanted(self) -> bool:
-        """Whether a job is wanted after the one about to be launched."""
-        return not self.stopping.is_set() and (self.max_jobs is None or self.jobs_started + 1 < self.max_jobs)
 
     async def _ask_start(self, held: Lease, reply: RegisterReply, hold_next: bool) -> StartReply | None:
         """The queue manager's answer to starting the prepared job; None when there is none."""
