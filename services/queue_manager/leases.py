@@ -184,9 +184,13 @@ class LeaseOps(StoreBase):
         assert expires is not None
         return Lease(job=job, token=token, expires_at=expires, lease_seconds=self.settings.lease_seconds)
 
-    async def _touch(self, job_id: str, token: str, mode: str, publish: list[str] | None = None) -> list[str]:
+    async def _touch(
+        self, job_id: str, token: str, mode: str, forwarded: Forwarded = NOTHING_FORWARDED
+    ) -> list[str]:
         lease_ms = int(self.settings.lease_seconds * 1000)
-        args = TouchArgs(self.prefix, job_id, token, now_ms(), lease_ms, mode, tuple(publish or ()))
+        args = TouchArgs(
+            self.prefix, job_id, token, now_ms(), lease_ms, mode, forwarded.cached, forwarded.payloads
+        )
         reply = await self.scripts.run(args)
         if reply[0] != "ok":
             raise StaleLease(job_id)
@@ -212,10 +216,8 @@ class LeaseOps(StoreBase):
 
     async def record_events(self, job_id: str, batch: EventBatch) -> None:
         """Forward a worker's ComfyUI events to the job's owner (the first marks the job running)."""
-        forwarded = Forwarded.of(job_id, batch.events)
-        await self._touch(job_id, batch.token, "events", list(forwarded.payloads))  # only for the holder
-        if forwarded.cached:  # the job's history says which nodes ComfyUI reused
-            await self.redis.hset(self.keys.job(job_id), "cached", forwarded.cached)
+        # only for the holder; the reused nodes it keeps are what the job's history says of them
+        await self._touch(job_id, batch.token, "events", Forwarded.of(job_id, batch.events))
 
     async def complete(self, job_id: str, completion: Completion, pool: str = "") -> None:
         """Mark a job succeeded with its outputs (idempotent for the lease holder); the worker's

@@ -102,6 +102,7 @@ class TouchArgs(ScriptArgs):
     now_ms: int
     lease_ms: int
     mode: str  # 'heartbeat' | 'events' | 'watch'
+    cached_json: str = ""  # the nodes ComfyUI reused, as the events said ('' = none said)
     events: tuple[str, ...] = ()  # UserEvent JSON payloads for the job's owner
 
 

@@ -32,10 +32,7 @@ end
 if (state ~= 'leased' and state ~= 'running') or f[2] ~= token then
   return {'stale'}
 end
-publish_forwarded(user, 18)
-if ARGV[17] ~= '' then
-  redis.call('HSET', key, 'cached', ARGV[17])
-end
+publish_forwarded(key, user, ARGV[17], 18)
 end_lease(id, user, f[10])
 redis.call('HSET', key, 'token', '', 'done_token', token)
 if f[6] == '1' and outcome ~= 'succeeded' then

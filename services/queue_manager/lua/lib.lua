@@ -34,8 +34,12 @@ local function publish_event(user, event)
 end
 
 -- Tell a job's owner the events a worker forwarded: ARGV[first..], UserEvent JSON payloads, in
--- order (touch.lua for an ``/events`` call, finish.lua for those a completion or failure carries).
-local function publish_forwarded(user, first)
+-- order (touch.lua for an ``/events`` call, finish.lua for those a completion or failure carries);
+-- and keep on the job the nodes ComfyUI reused, which those events said (cached_json, '' = none).
+local function publish_forwarded(key, user, cached_json, first)
+  if cached_json ~= '' then
+    redis.call('HSET', key, 'cached', cached_json)
+  end
   local owner = cjson.encode(user)
   for i = first, #ARGV do
     redis.call('PUBLISH', k('events'), '{"user":' .. owner .. ',"event":' .. ARGV[i] .. '}')

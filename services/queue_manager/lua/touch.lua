@@ -1,5 +1,6 @@
 -- Check (and for heartbeats renew) a lease. ARGV: prefix, id, token, now_ms, lease_ms, mode,
--- events...: UserEvent JSON payloads to publish to the job's owner.
+-- cached_json, events...: UserEvent JSON payloads to publish to the job's owner; cached_json: the
+-- nodes ComfyUI reused, as those events said ('' = none), kept on the job.
 -- mode 'heartbeat' renews the lease; mode 'events' only marks a leased job running, so the
 -- common case (progress of a running job) writes nothing and costs no AOF fsync; mode 'watch' (a
 -- worker's first heartbeat, held open for a cancel right after the claim) writes nothing at all.
@@ -34,5 +35,5 @@ if state == 'leased' and mode ~= 'watch' then
   redis.call('HSET', key, 'state', 'running')
   became_running = 1
 end
-publish_forwarded(f[4], 7)
+publish_forwarded(key, f[4], ARGV[7], 8)
 return {'ok', expires, f[3], f[4], became_running, holding}
