@@ -58,7 +58,7 @@ import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator, Collection, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ from pydantic import ValidationError
 from services.protocol.jobs import FileRef, Job, split_annotation, storage_key
 from services.storage import Storage, StorageError
 from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, PromptRejectedError
-from services.worker.placeholders import OwnerPlaceholders, Placeholders, file_names, move_files, to_the_end
+from services.worker.placeholders import OwnerPlaceholders, file_names, move_files, to_the_end
 
 SALT_INPUT = "workshop_job"
 IDLE_SECONDS = 30.0
@@ -265,13 +265,12 @@ def outside_error(node_id: str, node: dict[str, Any], name: str, value: str) -> 
 
 @dataclass(frozen=True)
 class Prepared:
-    """A job's files fetched ahead, in the spool: its inputs under ``root/<kind>/``, the names of
-    its owner's earlier outputs, and their placeholders as brought up to date ahead (when her
-    placeholders were not in use: see ``OwnerPlaceholders``)."""
+    """A job's files fetched ahead, in the spool: its inputs under ``root/<kind>/`` and the names of
+    its owner's earlier outputs (her placeholders are brought up to date ahead too, when they are
+    not in use: see ``OwnerPlaceholders``)."""
 
     root: Path
     earlier: list[str]
-    placeholders: Placeholders = field(default_factory=dict)
     listed_at: float = 0.0  # when the listing of ``earlier`` started (``time.monotonic``)
 
 
@@ -417,7 +416,7 @@ class JobFiles:
             return prepared
         async with owner.lock:
             await to_the_end(owner.sync, self._wanted(job.user, prepared))
-            return Prepared(root, earlier, dict(owner.record), listed_at)
+        return prepared
 
     async def verify(self, comfy: ComfyClient) -> None:
         """Refuse to start when ComfyUI does not read these folders (``FoldersMismatchError``)."""

@@ -342,7 +342,7 @@ async def test_the_owners_placeholders_are_made_while_the_last_job_runs_and_move
     job = Job(id="job-1", user="alice", prompt=graph(1), queued_at=datetime.now(UTC))
     await asyncio.to_thread(job_files.folders.clear)
     prepared = await job_files.prepare(job)
-    assert sorted(prepared.placeholders) == sorted(names)
+    assert sorted(job_files.owners["alice"].record) == sorted(names)  # made ahead, in the spool
     assert list(job_files.folders.output.iterdir()) == []  # the running job's turn is not disturbed
     async with job_files.staged(job, prepared):
         staged = sorted(file_names(job_files.folders.output))
