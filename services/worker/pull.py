@@ -31,7 +31,7 @@ from services.protocol.workers import Lease, RegisterReply, StartReply
 from services.worker.agent import Agent, LeaseResult
 from services.worker.job_files import Prepared
 from services.worker.queue_client import LeaseLostError, QueueClient, QueueRefusedError
-from services.worker.runner import NEXT_SUBMIT_SECONDS, Handoff
+from services.worker.runner import NEXT_SUBMIT_SECONDS, Handoff, Relay
 
 log = logging.getLogger(__name__)
 # What runs next once the GPU is free: the event set when ComfyUI is done with the job launched
@@ -52,9 +52,7 @@ class PullWorker:
         self.held_since = 0.0
         self.freed: tuple[float, datetime] | None = None  # when the GPU last fell idle (monotonic, wall)
         self.first_claim_at: float | None = None
-        # Set once the job after the last one launched is in ComfyUI, or none follows: the last
-        # one's outputs and report wait for it (``Handoff.next_submitted``).
-        self.follows: asyncio.Event | None = None
+        self.relay = Relay()  # the last job launched's outputs and report wait for the next one's submit
         self.in_comfyui = asyncio.Event()  # the last job launched is in ComfyUI (or never will be)
 
     def install_signal_handlers(self) -> None:
@@ -87,7 +85,7 @@ class PullWorker:
                 if not self._wanted():
                     break
         finally:
-            self._none_follows()
+            self.relay.none_follows()
             if self.running:
                 await asyncio.wait(self.running)
             if self.stopping.is_set():
@@ -116,15 +114,10 @@ class PullWorker:
             self.freed = (time.monotonic(), datetime.now(UTC))
             gpu_free, held = await self._next(ahead, reply)
             if gpu_free is None:
-                self._none_follows()
-        self._none_follows()
+                self.relay.none_follows()
+        self.relay.none_follows()
         if held is not None:
             await self._give_back(held)  # stopped as start held it
-
-    def _none_follows(self) -> None:
-        """No job follows the last one launched for now: it stores its outputs and reports at once."""
-        if self.follows is not None:
-            self.follows.set()
 
     def _launch(
         self,
@@ -137,10 +130,8 @@ class PullWorker:
         event is set once ComfyUI is done with it."""
         gpu_free = asyncio.Event()
         self.jobs_started += 1
-        follows = asyncio.Event()
-        self.in_comfyui = self.follows if self.follows is not None else asyncio.Event()
+        self.in_comfyui, follows = self.relay.link()
         handoff = Handoff(prepared, gpu_free, self._idle_since(lease), self.in_comfyui, follows, confirmed)
-        self.follows = follows
         task = asyncio.create_task(self._run(lease, heartbeat_seconds, handoff))
         self.running.add(task)
         task.add_done_callback(self.running.discard)
@@ -305,8 +296,7 @@ class PullWorker:
         try:
             await self._run_held(lease, heartbeat_seconds, handoff)
         finally:
-            if handoff.submitted is not None:
-                handoff.submitted.set()  # this job is in ComfyUI by now, or never will be
+            handoff.ended()
 
     async def _run_held(self, lease: Lease, heartbeat_seconds: float, handoff: Handoff) -> None:
         job = asyncio.create_task(self.agent.run_lease(lease, self.queue, heartbeat_seconds, handoff))

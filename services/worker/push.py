@@ -43,7 +43,7 @@ from pydantic import ValidationError
 from services.protocol.workers import Lease
 from services.worker.agent import Agent, LeaseResult
 from services.worker.queue_client import LeaseLostError, QueueClient, QueueRefusedError
-from services.worker.runner import Handoff
+from services.worker.runner import Handoff, Relay
 from services.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,7 @@ class PushChain:
         self.agent, self.queue, self.first = agent, queue, first
         self.clock = IdleClock()
         self.jobs: list[tuple[str, asyncio.Task[LeaseResult]]] = []
-        # Set once the job after the last one launched is in ComfyUI, or none follows.
-        self.follows: asyncio.Event | None = None
+        self.relay = Relay()  # the last job launched's outputs and report wait for the next one's submit
 
     async def run(self) -> list[dict[str, str]]:
         """Run the request's jobs; each one's outcome, in order, once every one is reported (the
@@ -109,15 +108,13 @@ class PushChain:
         current: Lease | None = self.first
         while current is not None:
             current = await self._next(*self._launch(current))
-        self._none_follows()
+        self.relay.none_follows()
         await asyncio.wait([job for _, job in self.jobs])
         return [{"job_id": job_id, "outcome": job.result()} for job_id, job in self.jobs]
 
     def _launch(self, lease: Lease) -> tuple[asyncio.Event, asyncio.Task[LeaseResult]]:
         """Run the job in the background; the event is set once ComfyUI is done with it."""
-        follows = asyncio.Event()
-        gpu_free, handoff = self.clock.handoff(lease, self.follows, follows)
-        self.follows = follows
+        gpu_free, handoff = self.clock.handoff(lease, *self.relay.link())
         heartbeat = max(lease.lease_seconds / 3, 0.5)
         job = asyncio.create_task(self._run(lease, heartbeat, handoff))
         self.jobs.append((lease.job.id, job))
@@ -127,8 +124,7 @@ class PushChain:
         try:
             return await self.agent.run_lease(lease, self.queue, heartbeat, handoff)
         finally:
-            if handoff.submitted is not None:
-                handoff.submitted.set()  # this job is in ComfyUI by now, or never will be
+            handoff.ended()
 
     async def _next(self, gpu_free: asyncio.Event, job: asyncio.Task[LeaseResult]) -> Lease | None:
         """Once the GPU is free of ``job`` (or it ended without reaching ComfyUI), the request's
@@ -141,27 +137,22 @@ class PushChain:
         if not job.done() and not self.agent.runner.comfy_idle:
             # ComfyUI did not say the prompt left its queue (an error, a cancel, or ComfyUI lost):
             # its outcome tells which, and a loss marks ComfyUI down before more is asked for.
-            self._none_follows()
+            self.relay.none_follows()
             await asyncio.wait({job})
         if any(done.done() and not done.cancelled() and done.exception() for _, done in self.jobs):
-            self._none_follows()
+            self.relay.none_follows()
             return None  # a job could not be run or reported: the request ends with that error
         outcome = job.result() if job.done() else None
         lease = await next_in_request(self.agent, self.queue, self.first, outcome)
         if lease is None:
-            self._none_follows()
+            self.relay.none_follows()
         return lease
-
-    def _none_follows(self) -> None:
-        """No job follows the last one launched: it stores its outputs and reports at once."""
-        if self.follows is not None:
-            self.follows.set()
 
     async def close(self) -> None:
         """When the request is cancelled or fails: its jobs still running give their leases back
         (``Agent.run_lease``) before it ends."""
         self.clock.close()
-        self._none_follows()
+        self.relay.none_follows()
         running = [job for _, job in self.jobs if not job.done()]
         for job in running:
             job.cancel()
@@ -178,7 +169,7 @@ class IdleClock:
         self._watch: asyncio.Task[None] | None = None
 
     def handoff(
-        self, lease: Lease, submitted: asyncio.Event | None, next_submitted: asyncio.Event
+        self, lease: Lease, submitted: asyncio.Event, next_submitted: asyncio.Event
     ) -> tuple[asyncio.Event, Handoff]:
         """The job's ``Handoff`` and its ``gpu_free``, set by the runner once ComfyUI is done with it."""
         idle_since = None

@@ -287,6 +287,31 @@ class Handoff:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.next_submitted.wait(), NEXT_SUBMIT_SECONDS)
 
+    def ended(self) -> None:
+        """The job's run is over: it is in ComfyUI by now, or never will be (``submitted``)."""
+        if self.submitted is not None:
+            self.submitted.set()
+
+
+class Relay:
+    """The handoffs of one GPU's jobs, launched back to back (pull worker, push request): each job's
+    ``submitted`` is the ``next_submitted`` of the job launched before it, so that job's storing
+    waits for this one's submit."""
+
+    def __init__(self) -> None:
+        self.follows: asyncio.Event | None = None  # the last job launched's ``next_submitted``
+
+    def link(self) -> tuple[asyncio.Event, asyncio.Event]:
+        """``submitted`` and ``next_submitted`` for the job launched now."""
+        submitted = self.follows if self.follows is not None else asyncio.Event()
+        self.follows = asyncio.Event()
+        return submitted, self.follows
+
+    def none_follows(self) -> None:
+        """No job follows the last one launched for now: it stores its outputs and reports at once."""
+        if self.follows is not None:
+            self.follows.set()
+
 
 class JobRunner:
     def __init__(
