@@ -122,7 +122,7 @@ def processes() -> dict[int, str]:
 
 def roles(qm_pids: list[int]) -> dict[str, list[int]]:
     """The servers this bench started, by what they are (matched on their command lines)."""
-    named = {"redis": "redis-server", "s3": "moto.server", "comfyui": "devkit.doubles.comfyui"}
+    named = {"redis": "redis-server", "s3": "devkit.s3", "comfyui": "devkit.doubles.comfyui"}
     ours = {pid: line for pid, line in processes().items() if _is_child(pid)}
     found = {role: [pid for pid, line in ours.items() if mark in line] for role, mark in named.items()}
     return {**found, "queue_manager": qm_pids}

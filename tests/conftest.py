@@ -40,8 +40,8 @@ def artifacts_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    """moto in server mode, one per test module, in its own process so that its memory is not
-    counted as ours."""
+    """The S3 double (moto, kept-alive connections: ``devkit.s3``), one per test module, in its own
+    process so that its memory is not counted as ours."""
     with moto_server() as endpoint:
         yield endpoint
 
