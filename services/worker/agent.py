@@ -217,10 +217,13 @@ class Agent:
         async def sink(events: list[Any]) -> None:
             await queue.events(job.id, lease.token, events)
 
-        forwarder = EventForwarder(
-            sink, self.settings.progress_per_second, preview_rate=self.settings.previews_per_second
-        )
         confirmed = handoff.confirmed if handoff is not None else None
+        forwarder = EventForwarder(
+            sink,
+            self.settings.progress_per_second,
+            preview_rate=self.settings.previews_per_second,
+            gate=confirmed,  # a job in ComfyUI before its start was answered is seen only once it is ours
+        )
         try:
             async with LeaseKeeper(
                 queue, job.id, lease.token, heartbeat_seconds, self._heard, confirmed

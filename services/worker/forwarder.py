@@ -18,6 +18,11 @@ failure takes what is still unsent with it (``hand_over``): a short job costs no
 Once ComfyUI is done with the job (``hold``), nothing more goes out on the timer: the report follows
 within moments and carries it, however long the worker waits before reporting (the next job's
 submit, the upload); ``close`` still sends it all when the job ends without a report.
+
+A job submitted to ComfyUI before the queue manager said it is this worker's (a prepared job whose
+``start`` is still being answered) has a ``gate``, that answer: nothing goes out before it is True,
+and then everything held goes, in order; when it is False (or never comes), everything is dropped,
+then and later, so nothing of a job that was not this worker's to run is ever seen.
 """
 
 from __future__ import annotations
@@ -38,10 +43,16 @@ KEPT = frozenset({"progress_state"})
 
 class EventForwarder:
     def __init__(
-        self, sink: Sink, rate: float = 10.0, linger: float = 0.05, preview_rate: float = 2.0
+        self,
+        sink: Sink,
+        rate: float = 10.0,
+        linger: float = 0.05,
+        preview_rate: float = 2.0,
+        gate: asyncio.Future[bool] | None = None,
     ) -> None:
         self.sink = sink
         self.linger = linger
+        self.gate = gate
         self._closed = asyncio.Event()
         self._buffer: list[JobEvent] = []
         rates = {"progress": rate, "progress_state": rate, "b_preview": preview_rate}
@@ -98,6 +109,9 @@ class EventForwarder:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closed.wait(), timeout=self.linger)
             self._wake.clear()
+            if not await self._open():
+                self._buffer = []  # not this worker's job: none of it is seen
+                continue
             while len(self._buffer) > self._keep:
                 size = min(MAX_EVENTS, len(self._buffer) - self._keep)
                 batch, self._buffer = self._buffer[:size], self._buffer[size:]
@@ -105,6 +119,14 @@ class EventForwarder:
                     await self.sink(batch)
                 except Exception as exc:  # events are best effort; the outcome is reported separately
                     log.warning("could not forward %d events: %s", len(batch), exc)
+
+    async def _open(self) -> bool:
+        """Whether the job's events may go out: at once without a ``gate``, otherwise once it is True.
+        A gate that was cancelled or failed is no answer: nothing goes."""
+        if self.gate is None:
+            return True
+        await asyncio.wait({self.gate})  # never cancels the gate, whatever happens to this wait
+        return not self.gate.cancelled() and self.gate.exception() is None and self.gate.result()
 
     def hold(self) -> None:
         """ComfyUI is done with the job: what is buffered from now on waits for ``hand_over`` (or

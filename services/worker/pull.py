@@ -3,12 +3,13 @@
 The GPU never waits for the queue or for storage. While a job runs, the worker prepares the next:
 a job the queue manager holds for it (it stays queued, and an idle worker of the pool takes it at
 once if one asks), whose files it fetches. The moment ComfyUI is done with the running job, the
-worker starts the prepared one (``start``: the queue manager leases it, or names a job that ranks
-ahead of it now, or says an idle worker took it) and hands it to ComfyUI, while the finished job's
-outputs stream to storage and its completion is reported. The same ``start`` holds the job after
-it (``hold_next``), so with work queued the worker goes from start to start; it claims ahead
-(``claim?prepare=1``, long-polling) only when ``start`` had nothing to hold, and claims as an idle
-worker only when nothing was held by the time its GPU fell free.
+worker hands the prepared one to ComfyUI and, at the same moment, starts it (``start``: the queue
+manager leases it, or names a job that ranks ahead of it now, or says an idle worker took it; a
+job that is not this worker's after all is stopped in ComfyUI and nothing of it is kept or seen),
+while the finished job's outputs stream to storage and its completion is reported. The same
+``start`` holds the job after it (``hold_next``), so with work queued the worker goes from start to
+start; it claims ahead (``claim?prepare=1``, long-polling) only when ``start`` had nothing to hold,
+and claims as an idle worker only when nothing was held by the time its GPU fell free.
 
 SIGTERM (or SIGINT) stops claiming at once and gives a prepared job back; a running job gets
 ``shutdown_grace_seconds`` to finish, and is otherwise interrupted and released (requeued without
@@ -208,9 +209,10 @@ class PullWorker:
     async def _start(self, held: Lease, prepared: Prepared | None, reply: RegisterReply) -> Next:
         """Start the prepared job, or what the queue manager says to run instead: the prepared job
         is no longer this worker's when an idle worker took it, it was cancelled, or a job queued
-        since ranks ahead of it. Its files are staged while the queue manager answers; it reaches
-        ComfyUI only once the answer says it is this worker's (``Handoff.confirmed``). While another
-        job is wanted after it, the same call holds that one for this worker."""
+        since ranks ahead of it. It is staged and submitted to ComfyUI while the queue manager
+        answers; an answer that says no, or none, stops it there (``Handoff.confirmed``), and what
+        the answer names instead is launched once ComfyUI is done with it. While another job is
+        wanted after it, the same call holds that one for this worker."""
         asked = asyncio.create_task(self._ask_start(held, reply, hold_next=self._wanted(after=1)))
         confirmed = asyncio.ensure_future(self._confirmed(asked))
         job = held.job.model_copy(update={"attempts": held.job.attempts + 1})  # as start counts it
@@ -221,7 +223,7 @@ class PullWorker:
             self.held_since = time.monotonic()  # heartbeats sent from now on know of this hold
         if answer is not None and answer.started:
             return gpu_free, answer.held
-        await gpu_free.wait()  # its staged files are cleared away again, unseen by ComfyUI
+        await gpu_free.wait()  # stopped in ComfyUI, which holds no prompt now; nothing of it kept
         if answer is None:
             await self._give_back(held)
             return None, None

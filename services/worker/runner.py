@@ -57,7 +57,8 @@ def unsalted(key: str, value: Any) -> Any:
 
 
 class NotConfirmedError(Exception):
-    """The queue manager did not confirm the start of a job staged ahead of its answer."""
+    """The queue manager said no to the start of a job staged ahead of its answer before the job
+    reached ComfyUI."""
 
 
 class EndingKind(StrEnum):
@@ -73,6 +74,7 @@ class Signal(StrEnum):
 
     DIED = "died"  # ComfyUI exited
     CANCEL = "cancel"  # the job's owner cancelled it
+    MOVED = "moved"  # the queue manager's answer to ``start``: the job is not this worker's
     DROPPED = "dropped"  # the socket to ComfyUI closed: ask ComfyUI at once
     SILENT = "silent"  # no event for a while: ask ComfyUI
 
@@ -256,6 +258,16 @@ class Follower:
 
 
 @dataclass
+class Stops:
+    """What ends the following of a job early: its owner's ``cancel``, ComfyUI's ``death``, and the
+    ``handoff``'s answer saying the job is not this worker's (``Handoff.until_refused``)."""
+
+    cancel: asyncio.Event
+    death: asyncio.Event
+    handoff: Handoff
+
+
+@dataclass
 class Handoff:
     """How a pull worker runs jobs back to back (each part optional).
 
@@ -267,8 +279,13 @@ class Handoff:
     ``submitted`` (or set when none follows): the finished job's history, upload and report wait
     for it (``NEXT_SUBMIT_SECONDS`` at most), so they never hold up the GPU's next start.
     ``confirmed``: the queue manager's answer (True: the job is this worker's) to the start of a
-    prepared job, asked while its files are staged; the job reaches ComfyUI only once it is True,
-    and otherwise its files are cleared away again, unseen (``Outcome.moved``).
+    prepared job. The job is staged and submitted to ComfyUI without waiting for it (unless it said
+    no already), so the GPU waits for the submit only. An answer that says no (or none: False) stops
+    the prompt in ComfyUI at once, as a cancel does, and the run ends ``Outcome.moved`` once ComfyUI
+    is done with it: its outputs are discarded, its owner's cached results are not reused
+    (``JobFiles.unstored``), and nothing of it is reported (its forwarder sends no event before the
+    answer is True: ``EventForwarder`` ``gate``). Every outcome of such a job, a failure or a loss
+    too, waits for the answer.
     """
 
     prepared: Prepared | None = None
@@ -279,8 +296,19 @@ class Handoff:
     confirmed: asyncio.Future[bool] | None = None
 
     async def ours(self) -> bool:
-        """Whether the job is this worker's to run (always, unless it was staged ahead of ``start``)."""
-        return True if self.confirmed is None else await self.confirmed
+        """Whether the job is this worker's to run (always, unless it was staged ahead of ``start``).
+        Shielded: a wait cancelled here (the follow ending) never cancels the answer."""
+        return True if self.confirmed is None else await asyncio.shield(self.confirmed)
+
+    def refused(self) -> bool:
+        """The answer has come, and it says the job is not this worker's."""
+        return self.confirmed is not None and self.confirmed.done() and not self.confirmed.result()
+
+    async def until_refused(self) -> None:
+        """Return once the answer says the job is not this worker's; never, when it is (or none is asked)."""
+        if not await self.ours():
+            return
+        await asyncio.get_running_loop().create_future()  # cancelled with the follow
 
     async def until_next_submitted(self) -> None:
         if self.next_submitted is not None:
@@ -341,12 +369,24 @@ class JobRunner:
         """Run ``job`` with only its owner's files in ComfyUI's folders (``JobFiles``); ``store=False``
         (warmup) names the outputs without copying them to storage. ``handoff``: see ``Handoff``."""
         handoff = handoff or Handoff()
+        try:
+            outcome = await self._outcome(job, forwarder, Stops(cancel, death, handoff), store)
+            if not outcome.moved and not await handoff.ours():  # a failure of a job not ours is not told
+                self.files.unstored(job.user)
+                outcome = Outcome(moved=True)
+            return outcome
+        finally:
+            if handoff.gpu_free is not None:
+                handoff.gpu_free.set()
+            self.files.discard(job.id)
+
+    async def _outcome(self, job: Job, forwarder: EventForwarder, stops: Stops, store: bool) -> Outcome:
         timing = JobTiming()
         try:
             if not self.comfy_idle:  # an abandoned prompt (cancelled, lease lost, outage) may still run
                 await until_idle(self.comfy)
             self.comfy_idle = False
-            outcome = await self._run_staged(job, forwarder, cancel, death, store, handoff, timing)
+            outcome = await self._run_staged(job, forwarder, stops, store, timing)
             outcome.timing = timing
             return outcome
         except NotConfirmedError:
@@ -361,44 +401,47 @@ class JobRunner:
         except OSError as exc:  # the worker's own disk: another worker may do better
             message = f"the worker could not stage the job's files: {exc}"
             return Outcome(error=JobError(type="StagingFailed", message=message, retryable=True))
-        finally:
-            if handoff.gpu_free is not None:
-                handoff.gpu_free.set()
-            self.files.discard(job.id)
 
     async def _run_staged(
-        self,
-        job: Job,
-        forwarder: EventForwarder,
-        cancel: asyncio.Event,
-        death: asyncio.Event,
-        store: bool,
-        handoff: Handoff,
-        timing: JobTiming,
+        self, job: Job, forwarder: EventForwarder, stops: Stops, store: bool, timing: JobTiming
     ) -> Outcome:
+        handoff = stops.handoff
         queue = self.events.subscribe(job.id)
         try:
             async with self.files.staged(job, handoff.prepared) as stage:
-                if not await handoff.ours():
+                if handoff.refused():  # said no while the files were staged: ComfyUI never sees it
                     raise NotConfirmedError(job.id)
                 follower = Follower(forwarder, self.events.watch())
                 submitted = time.monotonic()
                 if handoff.idle_since is not None:
                     timing.idle_gap_seconds = max(0.0, submitted - handoff.idle_since)
-                ending = await self._submit_and_follow(
-                    job, stage.prompt, queue, follower, cancel, death, handoff.submitted
-                )
+                ending = await self._submit_and_follow(job, stage.prompt, queue, follower, stops)
                 timing.gpu_seconds = time.monotonic() - submitted
                 forwarder.hold()  # the report, after the next job's submit and the upload, carries the rest
                 self.comfy_idle = ending.off_queue
-                if ending.kind in (EndingKind.SUCCESS, EndingKind.ENDED):
+                ours = await handoff.ours()  # at once, unless the job ended before the answer came
+                if ours and ending.kind in (EndingKind.SUCCESS, EndingKind.ENDED):
                     stage.keep_outputs()
-                if handoff.gpu_free is not None:
+                if ours and handoff.gpu_free is not None:
                     handoff.gpu_free.set()  # the next job may start: it gets the folders once these are aside
+            if not ours:
+                await self._cleared(job.id)
         finally:
             self.events.unsubscribe(job.id)
+        if not ours:
+            return Outcome(moved=True)  # the staged folders said ``unstored``: nothing of it is reused
         await handoff.until_next_submitted()
         return await self._conclude(job, ending, follower, store, timing)
+
+    async def _cleared(self, job_id: str) -> None:
+        """A job that turned out not to be this worker's was stopped in ComfyUI: wait until ComfyUI
+        holds no prompt, then drop the stopped run's history entry, so a later run of the job here
+        (given back, or taken again) never reads its ending."""
+        with contextlib.suppress(ComfyUnavailableError):
+            if not self.comfy_idle:
+                await until_idle(self.comfy)
+                self.comfy_idle = True
+            await self.comfy.forget(job_id)
 
     async def _submit_and_follow(
         self,
@@ -406,17 +449,15 @@ class JobRunner:
         prompt: dict[str, Any],
         queue: asyncio.Queue[Event],
         follower: Follower,
-        cancel: asyncio.Event,
-        death: asyncio.Event,
-        in_comfyui: asyncio.Event | None = None,
+        stops: Stops,
     ) -> Ending:
         submitted = False
         try:
             await self._submit(job, prompt)
             submitted = True
-            if in_comfyui is not None:
-                in_comfyui.set()
-            return await self._follow(job.id, queue, follower, cancel, death)
+            if stops.handoff.submitted is not None:
+                stops.handoff.submitted.set()
+            return await self._follow(job.id, queue, follower, stops)
         except PromptRejectedError as exc:
             return Ending(EndingKind.ERROR, error=rejected(exc))
         except ComfyUnavailableError as exc:
@@ -467,12 +508,12 @@ class JobRunner:
         job_id: str,
         queue: asyncio.Queue[Event],
         follower: Follower,
-        cancel: asyncio.Event,
-        death: asyncio.Event,
+        stops: Stops,
     ) -> Ending:
         signals: dict[asyncio.Future[Any], Signal] = {
-            asyncio.ensure_future(death.wait()): Signal.DIED,
-            asyncio.ensure_future(cancel.wait()): Signal.CANCEL,
+            asyncio.ensure_future(stops.death.wait()): Signal.DIED,
+            asyncio.ensure_future(stops.cancel.wait()): Signal.CANCEL,
+            asyncio.ensure_future(stops.handoff.until_refused()): Signal.MOVED,
             asyncio.ensure_future(self.events.dropped.wait()): Signal.DROPPED,  # ask ComfyUI at once
         }
         timeout = self.silence
@@ -483,7 +524,7 @@ class JobRunner:
                     timeout = self.silence
                     ending = follower.handle(*event)
                 else:
-                    if event in (Signal.CANCEL, Signal.DROPPED):  # each acted on once
+                    if event in (Signal.CANCEL, Signal.MOVED, Signal.DROPPED):  # each acted on once
                         signals = {task: name for task, name in signals.items() if name != event}
                     if event in (Signal.SILENT, Signal.DROPPED):
                         timeout = self.poll
@@ -496,10 +537,10 @@ class JobRunner:
                 task.cancel()
 
     async def _on_signal(self, job_id: str, signal: Signal) -> Ending | None:
-        """What ``died``, ``cancel``, a ``silent`` socket or a ``dropped`` one means for the job."""
+        """What ``died``, ``cancel``, ``moved``, a ``silent`` or a ``dropped`` socket means for the job."""
         if signal is Signal.DIED:
             return lost("ComfyUI exited while running the job")
-        if signal is Signal.CANCEL:
+        if signal in (Signal.CANCEL, Signal.MOVED):  # stopped at once; a job not ours is then cleared away
             return Ending(EndingKind.CANCELLED, error=CANCELLED) if await self._cancel(job_id) else None
         return await self._check(job_id)
 

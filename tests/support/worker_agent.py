@@ -8,13 +8,17 @@ import asyncio
 import contextlib
 import json
 import sys
+import threading
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+import redis
 
 from devkit.doubles.comfyui import ComfyUIDouble
+from devkit.doubles.comfyui_engine import Item
 from devkit.servers import free_port
 from services.protocol.workers import Lease, WorkerCapabilities, WorkerRegistration
 from services.storage import Storage
@@ -39,6 +43,35 @@ class GatedStorage(LocalStorage):
         self.waiting.set()
         await self.gate.wait()
         return await super().put(key, chunks, content_type)
+
+
+class Gates:
+    """Jobs the ComfyUI doubles keep running until the test opens their gate (by job id: the
+    worker submits each job under its id; ``on``: in that double only), so what a test waits for
+    happens while they run."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.closed: dict[str, tuple[threading.Event, ComfyUIDouble | None]] = {}
+        original = ComfyUIDouble._work
+
+        async def gated(double: ComfyUIDouble, item: Item, nid: str, class_type: str) -> None:
+            gate, on = self.closed.get(item.prompt_id, (None, None))
+            if gate is not None and on in (None, double):  # the double runs on its own thread and loop
+                assert await asyncio.to_thread(gate.wait, 30), f"gate of {item.prompt_id} never opened"
+            await original(double, item, nid, class_type)
+
+        monkeypatch.setattr(ComfyUIDouble, "_work", gated)
+
+    def close(self, job_id: str, on: ComfyUIDouble | None = None) -> None:
+        self.closed[job_id] = (threading.Event(), on)
+
+    def open(self, job_id: str) -> None:
+        self.closed[job_id][0].set()
+
+
+def hold_of(held_by: redis.Redis, job_id: str) -> str:
+    """The worker the job is held for (prepared, not leased yet), or ""."""
+    return str(held_by.hget(f"qm:job:{job_id}", "hold_worker") or "")
 
 
 def worker_settings(comfy: ComfyUIDouble, qm_url: str, tmp_path: Path, **extra: Any) -> WorkerSettings:

@@ -9,9 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from tests.support.jobs import participant
 from tests.support.queue_manager_app import LiveServer, build_app, settings_for
+from tests.support.worker_agent import Gates
 
 
 @pytest.fixture
@@ -51,3 +53,17 @@ def qm(qm_factory: Callable[..., LiveServer]) -> LiveServer:
 async def alice(qm: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
     async with participant(qm, "alice") as client:
         yield client
+
+
+@pytest.fixture
+def gates(monkeypatch: pytest.MonkeyPatch) -> Gates:
+    """Jobs the ComfyUI doubles keep running until the test opens their gate."""
+    return Gates(monkeypatch)
+
+
+@pytest.fixture
+def held_by(redis_url: str) -> Iterator[redis.Redis]:
+    """The queue manager's Redis, to read which worker a job is held for (``hold_of``)."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()

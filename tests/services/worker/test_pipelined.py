@@ -9,7 +9,8 @@ outputs are stored.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Iterator
+import contextlib
+from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,6 @@ from services.worker.settings import WorkerSettings
 from tests.support.jobs import finished, graph, participant, put_input, submit, until
 from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, LiveServer
 from tests.support.worker_agent import GatedStorage, pull_worker, worker_settings
-
-
-@pytest.fixture
-def held_by(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
 
 
 def state(job: httpx.Response) -> JobState:
@@ -202,22 +196,22 @@ async def test_the_next_job_reaches_comfyui_before_the_last_ones_outputs_are_sto
     ]
 
 
-async def test_the_prepared_jobs_files_are_staged_while_the_queue_manager_answers_its_start(
+async def test_the_prepared_job_is_staged_and_in_comfyui_before_the_queue_manager_answers_its_start(
     comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path, files: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The GPU's wait for ``start`` is not spent moving files: they are in ComfyUI's folders when the
-    answer comes, and the job reaches ComfyUI only after it."""
-    seen: list[
-        tuple[list[str], bool]
-    ] = []  # at each answer: the input folder, and whether ComfyUI had the job
+    """The GPU's wait for ``start`` is neither spent moving files nor waiting for the answer: the
+    prepared job's files are in ComfyUI's folders and ComfyUI has the job (the double received its
+    ``POST /prompt``) before the queue manager's answer reaches the worker, and the job then
+    completes as any other."""
+    seen: list[tuple[list[str], bool]] = []  # at each answer: the input folder, whether ComfyUI had the job
     original = QueueClient.start
 
     async def slow_start(client: QueueClient, job_id: str, *args: Any, **kwargs: Any) -> StartReply:
-        async with asyncio.timeout(5):  # a slow queue manager: staging has time to finish first
-            while not (comfy.folders.input / "mine.png").exists():
-                await asyncio.sleep(0.01)  # polling the folders the worker stages into
+        reply = await original(client, job_id, *args, **kwargs)
+        with contextlib.suppress(TimeoutError):  # today's worker submits only after the answer
+            await until(lambda: job_id in comfy.state.timings, "the prepared job is in ComfyUI", 5)
         seen.append(([p.name for p in comfy.folders.input.iterdir()], job_id in comfy.state.timings))
-        return await original(client, job_id, *args, **kwargs)
+        return reply  # held until then, as a slow queue manager or a long way to it would
 
     monkeypatch.setattr(QueueClient, "start", slow_start)
     put_input(files, "alice", "mine.png", b"\x89PNG\r\n\x1a\n" + b'{"width": 8, "height": 8, "color": 7}')
@@ -231,7 +225,10 @@ async def test_the_prepared_jobs_files_are_staged_while_the_queue_manager_answer
         second = await submit(alice, loads, inputs=[{"filename": "mine.png"}])
         done = [await finished(alice, first), await finished(alice, second)]
     assert [job.state for job in done] == [JobState.SUCCEEDED, JobState.SUCCEEDED]
-    assert seen == [(["mine.png"], False)]
+    assert seen == [(["mine.png"], True)]
+    assert [o.filename for o in done[1].outputs] and all(
+        (files / "users" / "alice" / "output" / o.filename).exists() for o in done[1].outputs
+    )
 
 
 async def test_the_next_job_is_claimed_ahead_only_once_the_one_just_launched_is_in_comfyui(

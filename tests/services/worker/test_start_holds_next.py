@@ -5,8 +5,6 @@ still moves to an idle worker of the pool that asks (real queue manager, real HT
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,36 +12,12 @@ import pytest
 import redis
 
 from devkit.doubles.comfyui import ComfyUIDouble
-from devkit.doubles.comfyui_engine import Item
 from services.protocol.jobs import JobState
 from services.protocol.workers import Lease, StartReply
 from services.worker.queue_client import QueueClient
 from tests.support.jobs import finished, graph, participant, submit, until
 from tests.support.queue_manager_app import LiveServer
-from tests.support.worker_agent import pull_worker, worker_settings
-
-
-class Gates:
-    """Jobs the ComfyUI doubles keep running until the test opens their gate (by job id: the
-    worker submits each job under its id), so what a test waits for happens while they run."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.closed: dict[str, threading.Event] = {}
-        original = ComfyUIDouble._work
-
-        async def gated(double: ComfyUIDouble, item: Item, nid: str, class_type: str) -> None:
-            gate = self.closed.get(item.prompt_id)
-            if gate is not None:  # the double runs on its own thread and loop: wait off that loop
-                assert await asyncio.to_thread(gate.wait, 30), f"gate of {item.prompt_id} never opened"
-            await original(double, item, nid, class_type)
-
-        monkeypatch.setattr(ComfyUIDouble, "_work", gated)
-
-    def close(self, job_id: str) -> None:
-        self.closed[job_id] = threading.Event()
-
-    def open(self, job_id: str) -> None:
-        self.closed[job_id].set()
+from tests.support.worker_agent import Gates, hold_of, pull_worker, worker_settings
 
 
 class Answers:
@@ -73,24 +47,8 @@ class Answers:
 
 
 @pytest.fixture
-def gates(monkeypatch: pytest.MonkeyPatch) -> Gates:
-    return Gates(monkeypatch)
-
-
-@pytest.fixture
 def answers(monkeypatch: pytest.MonkeyPatch) -> Answers:
     return Answers(monkeypatch)
-
-
-@pytest.fixture
-def held_by(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
-
-
-def hold_of(held_by: redis.Redis, job_id: str) -> str:
-    return str(held_by.hget(f"qm:job:{job_id}", "hold_worker") or "")
 
 
 async def test_a_run_of_short_jobs_is_pipelined_start_to_start_with_no_claim_after_the_first_two(
