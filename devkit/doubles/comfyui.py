@@ -7,7 +7,9 @@ bad graphs with ComfyUI's 400 shape; job events reach only the socket whose ``cl
 the job (a second socket with the same id replaces the first); events come in ComfyUI's order, and
 ``/history`` is written after ``execution_success`` but before the final ``executing {node: null}``;
 identical graphs are replayed from the cache (same filenames, no new files); ``/interrupt`` is
-targeted and acts between progress steps or after the running node; a restart loses history and
+targeted and acts between progress steps or after the running node (one that lands after the prompt
+is listed as running but before its run begins is lost: the run clears the flag as it begins, before
+``execution_start``); a restart loses history and
 queue; a loopback Host with a foreign ``Origin`` gets 403; ``/extensions`` lists the frontend's
 ``core/`` shims and the custom packs' ``web_extensions`` (``<pack>/<file>.js`` -> source, given to
 the constructor), each served under ``/extensions/``. ``LoadImage``/``LoadAudio`` take any name

@@ -138,7 +138,7 @@ class Executor:
                 self.state.wake.clear()
                 await self.state.wake.wait()
             item = self.state.pending.pop(0)
-            self.state.running, self.state.interrupt = item, False
+            self.state.running = item  # listed as running: an /interrupt naming it sets the flag
             try:
                 await self._status()  # as ComfyUI's queue does when it hands out the prompt
                 await self._execute(item)
@@ -149,6 +149,9 @@ class Executor:
         sid, pid = item.client_id, item.prompt_id
         messages: list[list[Any]] = []
         self.state.timings[pid] = (time.perf_counter(), 0.0)
+        # As ComfyUI's execute_async, the run begins by clearing the interrupt flag: an interrupt that
+        # landed since the prompt was taken off the queue (listed as running already) is lost.
+        self.state.interrupt = False
 
         async def job_event(event: str, data: dict[str, Any], record: bool = False) -> None:
             data = {"prompt_id": pid, **data}

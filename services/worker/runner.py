@@ -517,13 +517,17 @@ class JobRunner:
             asyncio.ensure_future(self.events.dropped.wait()): Signal.DROPPED,  # ask ComfyUI at once
         }
         timeout = self.silence
+        stopping = False  # an interrupt was sent
         try:
             while True:
                 event = await self._next(queue, signals, timeout)
                 if isinstance(event, tuple):
                     timeout = self.silence
                     ending = follower.handle(*event)
+                    if stopping and event[0] == "execution_start":  # the run began after the interrupt:
+                        await self._cancel(job_id)  # ComfyUI cleared it as it began (``_stop_in_comfyui``)
                 else:
+                    stopping = stopping or event in (Signal.CANCEL, Signal.MOVED)
                     if event in (Signal.CANCEL, Signal.MOVED, Signal.DROPPED):  # each acted on once
                         signals = {task: name for task, name in signals.items() if name != event}
                     if event in (Signal.SILENT, Signal.DROPPED):
@@ -585,6 +589,11 @@ class JobRunner:
             return True  # ComfyUI is down: the job is not running anywhere
 
     async def _stop_in_comfyui(self, job_id: str) -> bool:
+        """Delete the prompt from ComfyUI's queue, or interrupt it when it runs. ComfyUI 0.3.64 lists
+        a prompt as running as soon as its prompt worker takes it off the queue, but clears the
+        interrupt flag as the prompt's run begins (``execute_async``, just before it sends
+        ``execution_start``): an interrupt that lands in between is lost, so ``_follow`` sends it
+        again when it hears ``execution_start`` after one was sent."""
         running, pending = await self.comfy.queue()
         if job_id in pending:
             await self.comfy.delete_queued(job_id)

@@ -69,6 +69,32 @@ class Gates:
         self.closed[job_id][0].set()
 
 
+class RunBeginning:
+    """Holds the ComfyUI double between taking the next prompt off its queue (listed as running
+    from then on) and beginning its run, once ``arm``ed: the moment in which ComfyUI 0.3.64 loses an
+    interrupt. ``entered`` is set when a prompt is held there; ``release`` lets it begin."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.armed, self.entered, self.go = False, threading.Event(), threading.Event()
+        original = ComfyUIDouble._status
+
+        async def status(double: ComfyUIDouble, sid: str | None = None) -> None:
+            running = double.state.running
+            if self.armed and running is not None and running.prompt_id not in double.state.timings:
+                self.armed = False  # the prompt just taken off the queue: its run has not begun
+                self.entered.set()
+                assert await asyncio.to_thread(self.go.wait, 30), "the held prompt was never released"
+            await original(double, sid)
+
+        monkeypatch.setattr(ComfyUIDouble, "_status", status)
+
+    def arm(self) -> None:
+        self.armed = True
+
+    def release(self) -> None:
+        self.go.set()
+
+
 def hold_of(held_by: redis.Redis, job_id: str) -> str:
     """The worker the job is held for (prepared, not leased yet), or ""."""
     return str(held_by.hget(f"qm:job:{job_id}", "hold_worker") or "")

@@ -22,7 +22,7 @@ from services.worker.agent import Agent
 from services.worker.queue_client import QueueClient
 from tests.support.jobs import finished, graph, submit, submit_running, until
 from tests.support.queue_manager_app import LiveServer
-from tests.support.worker_agent import lease_for, pull_worker, worker_settings
+from tests.support.worker_agent import RunBeginning, lease_for, pull_worker, worker_settings
 
 LEASE_SECONDS = 120.0
 PROMPTLY = 10.0  # seconds: far below the 40 s to the next regular heartbeat
@@ -66,6 +66,27 @@ async def test_a_cancel_reaches_a_push_containers_comfyui_long_before_its_next_h
         await agent.stop()
     job = await finished(alice, lease.job.id, timeout=PROMPTLY)
     assert job.state == JobState.CANCELLED
+
+
+async def test_a_cancel_whose_interrupt_comfyui_clears_as_the_run_begins_still_stops_the_job(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """ComfyUI lists a prompt as running before its run begins, and the run begins by clearing the
+    interrupt flag: the worker's interrupt lands in between, and it interrupts again once it hears
+    the run begin (``execution_start``), so the job is cancelled, not run to its end."""
+    beginning = RunBeginning(monkeypatch)
+    comfy.knobs.node_seconds, comfy.knobs.progress_steps = 2.0, 20
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+        beginning.arm()
+        job_id = await submit(alice, graph(color=75, prefix="late"))
+        await until(beginning.entered.is_set, "the prompt is off ComfyUI's queue, its run not begun")
+        (await alice.post(f"/api/jobs/{job_id}/cancel")).raise_for_status()
+        await until(lambda: comfy.state.interrupt, "the worker's interrupt reached ComfyUI", PROMPTLY)
+        beginning.release()
+        job = await finished(alice, job_id, timeout=PROMPTLY)
+    assert job.state == JobState.CANCELLED and job.outputs == []
+    assert comfy.state.history[job_id]["status"]["messages"][-1][0] == "execution_interrupted"
+    assert not list((tmp_path / "files" / "users" / "alice").glob("output/late_*"))  # nothing stored
 
 
 async def test_a_job_done_within_its_first_moment_costs_the_queue_manager_no_heartbeat(

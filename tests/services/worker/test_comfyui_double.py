@@ -17,6 +17,7 @@ import websockets
 from devkit.doubles.comfyui import ComfyUIDouble
 from devkit.servers import free_port, wait_until
 from tests.support.jobs import graph
+from tests.support.worker_agent import RunBeginning
 
 GRAPH: dict[str, Any] = graph()
 
@@ -186,7 +187,7 @@ async def test_interrupt_is_targeted_and_acts_between_steps(
     comfy.knobs.node_seconds, comfy.knobs.progress_steps = 2.0, 40
     async with websockets.connect(ws_url(comfy, "c")) as socket:
         await http.post("/prompt", json={"prompt": GRAPH, "client_id": "c", "prompt_id": "long"})
-        wait_until(lambda: comfy.state.running is not None, what="job running")
+        wait_until(lambda: "long" in comfy.state.timings, what="its run begun")  # (see the test below)
         await http.post("/interrupt", json={"prompt_id": "someone-else"})
         assert not comfy.state.interrupt
         await http.post("/interrupt", json={"prompt_id": "long"})
@@ -194,6 +195,27 @@ async def test_interrupt_is_targeted_and_acts_between_steps(
     # As recorded from ComfyUI: the freed queue is announced before the final ``executing``.
     assert [e["type"] for e in events[-3:]] == ["execution_interrupted", "status", "executing"]
     assert (await http.get("/history/long")).json()["long"]["status"]["status_str"] == "error"
+
+
+async def test_an_interrupt_between_leaving_the_queue_and_the_run_beginning_is_lost(
+    comfy: ComfyUIDouble, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in ComfyUI 0.3.64 (server.py ``post_interrupt``, execution.py ``PromptQueue.get`` and
+    ``execute_async``): a prompt is listed as running once it leaves the queue, so a targeted
+    interrupt naming it sets the flag, but its run begins by clearing that flag, so it runs on."""
+    beginning = RunBeginning(monkeypatch)
+    beginning.arm()
+    async with websockets.connect(ws_url(comfy, "c")) as socket:
+        await http.post("/prompt", json={"prompt": GRAPH, "client_id": "c", "prompt_id": "early"})
+        assert await asyncio.to_thread(beginning.entered.wait, 10)
+        running = (await http.get("/queue")).json()["queue_running"]
+        assert [row[1] for row in running] == ["early"]
+        await http.post("/interrupt", json={"prompt_id": "early"})
+        assert comfy.state.interrupt  # it named the running prompt ...
+        beginning.release()
+        events = await until_done(socket, "early")
+    assert "execution_interrupted" not in [e["type"] for e in events]  # ... and was lost
+    assert (await http.get("/history/early")).json()["early"]["status"]["status_str"] == "success"
 
 
 async def test_a_deleted_pending_job_never_runs(comfy: ComfyUIDouble, http: httpx.AsyncClient) -> None:
