@@ -70,13 +70,17 @@ class Starts:
 
 
 class ComfyCalls:
-    """What the worker asked of ComfyUI, in order: ``submit``/``rejected``/``interrupt``/``delete``."""
+    """What the workers asked of ComfyUI, in order: ``submit``/``rejected``/``interrupt``/``delete``;
+    and, for each prompt submitted to ``comfy``, whether that double held another prompt then."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, comfy: ComfyUIDouble) -> None:
         self.log: list[tuple[str, str]] = []
+        self.busy: dict[str, bool] = {}
         submit_, interrupt, delete = ComfyClient.submit, ComfyClient.interrupt, ComfyClient.delete_queued
 
         async def submitted(client: ComfyClient, prompt: dict[str, Any], prompt_id: str, *rest: Any) -> None:
+            if client.base_url == comfy.url:
+                self.busy[prompt_id] = comfy.state.running is not None or bool(comfy.state.pending)
             try:
                 await submit_(client, prompt, prompt_id, *rest)
             except PromptRejectedError:
@@ -166,7 +170,8 @@ def rig(
     held_by: redis.Redis,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Rig:
-    return Rig(comfy, qm, tmp_path, files, gates, Starts(monkeypatch), ComfyCalls(monkeypatch), held_by)
+    calls = ComfyCalls(monkeypatch, comfy)
+    return Rig(comfy, qm, tmp_path, files, gates, Starts(monkeypatch), calls, held_by)
 
 
 def cached_nodes(comfy: ComfyUIDouble, job_id: str) -> list[str]:
@@ -222,6 +227,7 @@ async def test_a_job_that_was_not_this_workers_after_all_is_stopped_and_nothing_
                 else:
                     async with pull_worker(worker_settings(other, rig.qm.url, rig.tmp_path, worker_id="w-b")):
                         moved = await finished(alice, second)
+                instead = await submit(alice, graph(5, prefix="instead"))  # what start leases w-a instead
                 rig.starts.release(second)
                 if answered == "while it runs":
                     await until(lambda: rig.comfy_calls.stopped(second), "w-a stops the second", 20)
@@ -231,10 +237,15 @@ async def test_a_job_that_was_not_this_workers_after_all_is_stopped_and_nothing_
                 again = await submit(alice, graph(2, prefix="second"))
                 rerun = await finished(alice, again)
                 ran = await finished(alice, first)
+                ran_instead = await finished(alice, instead)
     finally:
         other.stop()
-    assert not rig.starts.answers[second].started
+    reply = rig.starts.answers[second]
+    assert not reply.started and reply.lease is not None and reply.lease.job.id == instead
     assert ran.state == JobState.SUCCEEDED and ran.worker_id == "w-a"
+    # What start named instead ran on w-a, submitted once ComfyUI was done with the stopped prompt
+    assert ran_instead.state == JobState.SUCCEEDED and ran_instead.worker_id == "w-a"
+    assert rig.comfy_calls.busy[instead] is False
     # Nothing of the moved job came from w-a: no event, no report, no output, no attempt
     assert rig.calls.events_sent(second) == []
     assert [path for path, _ in rig.calls.sent if path.startswith(f"/api/leases/{second}/")] == [
