@@ -234,10 +234,11 @@ class PullWorker:
         return self._launch(answer.lease, reply.heartbeat_seconds), answer.held
 
     async def _ask_start(self, held: Lease, reply: RegisterReply, hold_next: bool) -> StartReply | None:
-        """The queue manager's answer to starting the prepared job; None when there is none."""
+        """The queue manager's answer to starting the prepared job; None when there is none (the job,
+        already in ComfyUI, is then stopped there and given back)."""
         try:
             return await self.queue.start(held.job.id, held.token, reply.worker_id, hold_next=hold_next)
-        except (httpx.HTTPError, QueueRefusedError) as exc:
+        except (httpx.HTTPError, QueueRefusedError, LeaseLostError) as exc:
             log.warning("could not start the prepared job %s: %s", held.job.id, exc)
             return None
 

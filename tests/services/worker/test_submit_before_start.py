@@ -30,7 +30,7 @@ from devkit.doubles.comfyui import ComfyUIDouble
 from services.protocol.jobs import JobState
 from services.protocol.workers import StartReply
 from services.worker.comfy_client import ComfyClient, PromptRejectedError
-from services.worker.queue_client import QueueClient, QueueRefusedError
+from services.worker.queue_client import LeaseLostError, QueueClient, QueueRefusedError
 from tests.support.jobs import finished, graph, participant, submit, until
 from tests.support.queue_manager_app import LiveServer
 from tests.support.worker_agent import Gates, LeaseCalls, hold_of, pull_worker, worker_settings
@@ -268,8 +268,12 @@ async def test_a_job_that_was_not_this_workers_after_all_is_stopped_and_nothing_
 
 @pytest.mark.parametrize(
     "failure",
-    [httpx.ConnectError("the queue manager is unreachable"), QueueRefusedError("start answered 403")],
-    ids=["unreachable", "refused"],
+    [
+        httpx.ConnectError("the queue manager is unreachable"),
+        QueueRefusedError("start answered 403"),
+        LeaseLostError("start answered 409"),
+    ],
+    ids=["unreachable", "refused", "409"],
 )
 async def test_a_job_whose_start_got_no_answer_is_stopped_given_back_and_runs_later(
     rig: Rig,
