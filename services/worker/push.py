@@ -106,11 +106,21 @@ class PushChain:
         """Run the request's jobs; each one's outcome, in order, once every one is reported (the
         first error one of them raised, if any, is raised once all are done)."""
         current: Lease | None = self.first
-        while current is not None:
-            current = await self._next(*self._launch(current))
+        try:
+            while current is not None:
+                current = await self._next(*self._launch(current))
+        except Exception:
+            await self._finish_launched()  # a job already on the GPU or on its way to storage is not lost
+            raise
+        await self._finish_launched()
+        return [{"job_id": job_id, "outcome": job.result()} for job_id, job in self.jobs]
+
+    async def _finish_launched(self) -> None:
+        """Until every job launched has stored its outputs and reported. Also when asking for the
+        next job failed unexpectedly: the jobs launched so far still finish (the request then fails
+        with the error) instead of being cancelled with it, which would run them again."""
         self.relay.none_follows()
         await asyncio.wait([job for _, job in self.jobs])
-        return [{"job_id": job_id, "outcome": job.result()} for job_id, job in self.jobs]
 
     def _launch(self, lease: Lease) -> tuple[asyncio.Event, asyncio.Task[LeaseResult]]:
         """Run the job in the background; the event is set once ComfyUI is done with it."""

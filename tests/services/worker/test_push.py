@@ -354,3 +354,39 @@ async def test_a_chained_job_lost_to_a_hung_comfyui_is_given_back_and_its_reques
     given_back = (await alice.get(f"/api/jobs/{first.job.id}")).json()
     assert (given_back["state"], given_back["comfyui_losses"]) == (JobState.QUEUED, 1)
     assert (await alice.get(f"/api/jobs/{waiting}")).json()["state"] == JobState.QUEUED
+
+
+async def test_an_unexpected_error_asking_for_the_next_job_lets_the_finished_one_store_and_report(
+    comfy: ComfyUIDouble,
+    qm: LiveServer,
+    alice: httpx.AsyncClient,
+    tmp_path: Path,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fault in the container's own code while it asks for more fails the request, but the job
+    whose outputs are on their way to storage is not cancelled with it (it would be run again):
+    it is stored and reported first."""
+    storage = GatedStorage(tmp_path / "files")
+    agent = Agent(worker_settings(comfy, qm.url, tmp_path), storage)
+    await agent.start()
+
+    async def broken(*_: Any, **__: Any) -> Lease | None:
+        raise RuntimeError("a fault in asking for the next job")
+
+    monkeypatch.setattr(push, "next_in_request", broken)
+    try:
+        first = await chained(qm, redis_url, await lease_for(qm, alice, color=34))
+        request = asyncio.create_task(push.run_pushed(agent, first))
+        await asyncio.wait_for(storage.waiting.wait(), 20)  # ComfyUI is done; its output is on its way
+        await until(lambda: comfy.state.running is None, "ComfyUI done with the job", 20)
+        waited = not request.done()
+        storage.gate.set()
+        with pytest.raises(RuntimeError, match="a fault in asking"):
+            await asyncio.wait_for(request, 20)
+    finally:
+        await agent.stop()
+    assert waited  # the request did not end while the job's output was still on its way
+    done = await finished(alice, first.job.id)
+    assert done.state == JobState.SUCCEEDED and done.attempts == 1
+    assert (tmp_path / "files" / "users" / "alice" / "output" / done.outputs[0].filename).exists()
