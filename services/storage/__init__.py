@@ -7,12 +7,20 @@ outputs out). Files always travel as streams of chunks, never whole in memory.
     storage = open_storage("s3://comfy-files/workshop")  # R2: endpoint and keys from S3Settings / env
 """
 
-from services.storage.base import CHUNK_SIZE, FileMissingError, Storage, StorageError, aiter_chunks
+from services.storage.base import (
+    CHUNK_SIZE,
+    FileMissingError,
+    KeyTakenError,
+    Storage,
+    StorageError,
+    aiter_chunks,
+)
 from services.storage.open import S3Settings, open_storage
 
 __all__ = [
     "CHUNK_SIZE",
     "FileMissingError",
+    "KeyTakenError",
     "S3Settings",
     "Storage",
     "StorageError",

@@ -16,6 +16,10 @@ class FileMissingError(StorageError, FileNotFoundError):
     """The key names no stored file."""
 
 
+class KeyTakenError(StorageError, FileExistsError):
+    """A ``create_only`` put found a file under the key already: nothing was written."""
+
+
 @runtime_checkable
 class Storage(Protocol):
     """Keys are relative POSIX paths such as ``users/ada/output/cat_00001_.png``."""
@@ -23,9 +27,18 @@ class Storage(Protocol):
     url: str
 
     async def put(
-        self, key: str, chunks: AsyncIterable[bytes], content_type: str = "application/octet-stream"
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        content_type: str = "application/octet-stream",
+        *,
+        create_only: bool = False,
     ) -> int:
-        """Store the chunks under ``key`` (replacing any file there); return the byte count."""
+        """Store the chunks under ``key`` (replacing any file there); return the byte count.
+
+        With ``create_only`` the file is stored only if there is none under ``key`` when it is
+        complete, checked and written in one step (no other writer can slip in between); else
+        ``KeyTakenError`` is raised, the file there is left as it was and nothing of this one stays."""
         ...
 
     def get(self, key: str, start: int = 0) -> AsyncIterator[bytes]:

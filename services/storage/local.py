@@ -8,11 +8,12 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from pathlib import Path
 
-from services.storage.base import CHUNK_SIZE, FileMissingError, check_key
+from services.storage.base import CHUNK_SIZE, FileMissingError, KeyTakenError, check_key
 
 
 class LocalStorage:
-    """Writes go to a temporary sibling first and are renamed into place, so readers never see halves."""
+    """Writes go to a temporary sibling first and are renamed into place, so readers never see halves.
+    A ``create_only`` write is hard-linked into place instead: the link fails when the name exists."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
@@ -23,7 +24,12 @@ class LocalStorage:
         return self.root / check_key(key)
 
     async def put(
-        self, key: str, chunks: AsyncIterable[bytes], content_type: str = "application/octet-stream"
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        content_type: str = "application/octet-stream",
+        *,
+        create_only: bool = False,
     ) -> int:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,10 +40,20 @@ class LocalStorage:
                 async for chunk in chunks:
                     handle.write(chunk)
                     written += len(chunk)
-            os.replace(partial, path)
+            self._place(partial, key, create_only)
         finally:
             partial.unlink(missing_ok=True)
         return written
+
+    def _place(self, partial: Path, key: str, create_only: bool) -> None:
+        """Put the finished ``partial`` file in place under ``key``."""
+        if not create_only:
+            os.replace(partial, self._path(key))
+            return
+        try:
+            os.link(partial, self._path(key))
+        except FileExistsError as exc:
+            raise KeyTakenError(f"{key!r} is stored already in {self.url}: nothing was written") from exc
 
     async def get(self, key: str, start: int = 0) -> AsyncIterator[bytes]:
         path = self._path(key)

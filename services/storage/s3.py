@@ -4,6 +4,12 @@ boto3 is synchronous, so every call runs in a thread. A file goes up as one ``pu
 it is smaller than ``PART_SIZE``, else as a multipart upload of equal parts; each part is spooled
 to a temporary file (only its first ``SPOOL_MEMORY`` bytes stay in memory), so memory stays small
 whatever the file's size.
+
+A ``create_only`` put sends ``If-None-Match: *`` with the ``put_object``, or with the
+``complete_multipart_upload`` of a large file (S3 and R2 both check it there, atomically): the
+bucket answers 412 ``PreconditionFailed`` when the key exists (409 ``ConditionalRequestConflict``
+when another conditional write to it is under way), which is ``KeyTakenError``; a refused multipart
+upload is aborted, so none of its parts stay in the bucket.
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ from typing import IO, TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from services.storage.base import CHUNK_SIZE, FileMissingError, StorageError, check_key
+from services.storage.base import CHUNK_SIZE, FileMissingError, KeyTakenError, StorageError, check_key
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 PART_SIZE = 8 * 1024 * 1024  # S3 wants >= 5 MiB for every part but the last
 SPOOL_MEMORY = 1024 * 1024
+TAKEN = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
 
 class S3Storage:
@@ -41,12 +48,19 @@ class S3Storage:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise FileMissingError(f"no stored file {kwargs.get('Key')!r} in {self.url}") from exc
+            if code in TAKEN and "IfNoneMatch" in kwargs:
+                raise KeyTakenError(f"{kwargs.get('Key')!r} is stored already in {self.url}") from exc
             raise StorageError(f"{self.url}: {method} failed with {code}: {exc}") from exc
 
     async def put(
-        self, key: str, chunks: AsyncIterable[bytes], content_type: str = "application/octet-stream"
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        content_type: str = "application/octet-stream",
+        *,
+        create_only: bool = False,
     ) -> int:
-        upload = _Upload(self, self._key(key), content_type)
+        upload = _Upload(self, self._key(key), content_type, {"IfNoneMatch": "*"} if create_only else {})
         stream, carry = aiter(chunks), list[bytes]()
         try:
             more = True
@@ -117,8 +131,9 @@ async def _fill(part: IO[bytes], stream: AsyncIterator[bytes], carry: list[bytes
 class _Upload:
     """One file on its way into the bucket: a single put, or a multipart upload part by part."""
 
-    def __init__(self, storage: S3Storage, key: str, content_type: str) -> None:
+    def __init__(self, storage: S3Storage, key: str, content_type: str, condition: dict[str, str]) -> None:
         self.storage, self.key, self.content_type = storage, key, content_type
+        self.condition = condition  # on the call that makes the file appear: ``IfNoneMatch`` or none
         self.upload_id: str | None = None
         self.parts: list[dict[str, Any]] = []
         self.total = 0
@@ -128,7 +143,9 @@ class _Upload:
         self.total += size
         part.seek(0)
         if last and self.upload_id is None:
-            await self.storage._call("put_object", Key=self.key, Body=part, ContentType=self.content_type)
+            await self.storage._call(
+                "put_object", Key=self.key, Body=part, ContentType=self.content_type, **self.condition
+            )
             return
         if self.upload_id is None:
             self.upload_id = await self.storage._start_multipart(self.key, self.content_type)
@@ -140,6 +157,7 @@ class _Upload:
                 Key=self.key,
                 UploadId=self.upload_id,
                 MultipartUpload={"Parts": self.parts},
+                **self.condition,
             )
 
     async def _upload_part(self, part: IO[bytes]) -> None:

@@ -38,6 +38,7 @@ from services.worker.forwarder import EventForwarder
 from services.worker.job_files import ComfyFolders, FoldersMismatchError, JobFiles, Prepared, salted_classes
 from services.worker.lease import LeaseKeeper
 from services.worker.models import ensure_models, queue_reporter
+from services.worker.outputs import renamed_events
 from services.worker.queue_client import LeaseLostError, QueueClient
 from services.worker.runner import Handoff, JobRunner, Outcome
 from services.worker.settings import WorkerSettings
@@ -268,7 +269,8 @@ class Agent:
         self, lease: Lease, queue: QueueClient, outcome: Outcome, forwarder: EventForwarder
     ) -> LeaseResult:
         """Report the outcome; a completion or failure carries the events not sent yet (the last
-        ``executed`` with the stored files among them), a release sends them first as ever."""
+        ``executed`` with the stored files among them, named as stored), a release sends them
+        first as ever."""
         job_id = lease.job.id
         try:
             if outcome.lost is not None:
@@ -277,7 +279,7 @@ class Agent:
                 log.warning("job %s: ComfyUI lost (%s): giving the job back", job_id, outcome.lost)
                 await queue.release(job_id, lease.token, comfyui_lost=outcome.submitted)
                 return LeaseResult.RELEASED
-            trailing = await forwarder.hand_over()
+            trailing = renamed_events(await forwarder.hand_over(), outcome.renamed)
             if outcome.error is None:
                 await queue.complete(job_id, lease.token, outcome.outputs, outcome.timing, trailing)
                 return LeaseResult.SUCCEEDED

@@ -385,6 +385,19 @@ class JobFiles:
             if made.get(name, ("", 0.0))[0] == job_id:  # a later job's file of that name is its own
                 made[name] = (job_id, now)
 
+    def stored_as(self, job: Job, renamed: dict[tuple[str, str, str], str]) -> None:
+        """The job's outputs stored under another name than ComfyUI gave them (its name was taken in
+        her storage, ``outputs``): the new names are hers now, as the names it wrote are, so her
+        next jobs here number on past them without listing her storage again."""
+        user, names = self.made.get(job.id, (job.user, []))
+        stored = [
+            f"{sub.strip('/')}/{name}".lstrip("/")
+            for (kind, sub, _), name in renamed.items()
+            if kind == "output"
+        ]
+        self.produced.setdefault(user, {}).update(dict.fromkeys(stored, (job.id, math.inf)))
+        self.made[job.id] = (user, [*names, *stored])
+
     async def stored_before(self, job: Job) -> None:
         """Until the outputs of the owner's jobs that ended here before ``job`` are stored (or given
         up): a cache hit names those files, and its owner must find them once told of them."""

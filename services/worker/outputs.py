@@ -6,6 +6,21 @@ ComfyUI's history names outputs per node under keys such as ``images``, ``gifs``
 ``filename`` is a file. Each is stored as ``storage_key(owner, OutputFile)``, keeping ComfyUI's own
 name, so the owner's workspace finds it where ComfyUI's ``/view`` would.
 
+Nothing a job stores ever replaces a file its owner has: ComfyUI's own savers (``SaveImage``,
+``SaveAnimatedWEBP``/``PNG``, ``SaveAudio``, ``SaveVideo``, ...) name a file
+``<prefix>_<counter, 5 digits or more>_<.ext>`` and number on from the highest counter in the
+output folder, which holds the owner's earlier names only as the worker knew them
+(``job_files``): another worker running her jobs at the same time, or a file stored since the
+worker listed her names, can have taken the same name. So every such file is stored
+``create_only``, and when its name is taken it is stored under the next counter free in her
+storage (``MAX_TRIES`` names at most, then ``OutputsNotStored``, which is retried), and reported
+under that name: the job's outputs, and so its record and her history, and the ``executed``
+events its report carries (``renamed_events``), name the file as stored. An ``executed`` event
+that went out before the job ended (the forwarder sends them as they come) names ComfyUI's
+name: her page shows the file stored under that name (the other job's) until it reloads the
+job's outputs. A name without the counter is a node's own fixed name, which ComfyUI itself writes
+over on every run: it is stored as ever, replacing her file of that name.
+
 A file the entry names that the job did not write is a ComfyUI cache hit replaying the owner's own
 earlier output (output nodes are salted per owner: ``job_files``): it is in the owner's storage
 already (or was deleted since, as it can be on ComfyUI) and is named as it is, nothing uploaded.
@@ -15,14 +30,21 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from services.protocol.jobs import OutputFile, storage_key
-from services.storage import Storage
+from services.protocol.workers import JobEvent
+from services.storage import KeyTakenError, Storage, StorageError
 
 CHUNK = 1024 * 1024
+COUNTED = re.compile(
+    r"(?P<stem>.*)_(?P<n>\d{5,})_(?P<ext>\.[^./]*)?"
+)  # ComfyUI's ``{prefix}_{counter:05}_.ext``
+MAX_TRIES = 8  # names tried for one output before the job's storing fails (and is retried)
+Place = tuple[str, str, str]  # (type, subfolder, filename) of an output
 
 
 def output_files(entry: dict[str, Any]) -> list[OutputFile]:
@@ -70,17 +92,49 @@ async def reused_output(storage: Storage, user: str, ref: OutputFile) -> OutputF
 
 async def store_output(folder: Path, storage: Storage, user: str, ref: OutputFile) -> OutputFile:
     """Stream one output from ``folder/<type>/<subfolder>/<name>`` (where the worker set ComfyUI's
-    files aside) to storage, unless it is a cache hit; return it with its size and content type."""
+    files aside) to storage, unless it is a cache hit; return it with its size and content type,
+    and the name it is stored under (a counted name taken in her storage moves to a free one)."""
     path = written(folder, ref)
     if path is None:
         return await reused_output(storage, user, ref)
     content_type = mimetypes.guess_type(ref.filename)[0] or "application/octet-stream"
-    size = await storage.put(storage_key(user, ref), file_chunks(path), content_type)
-    return ref.model_copy(update={"size": size, "content_type": content_type})
+    counted = COUNTED.fullmatch(ref.filename)
+    if counted is None:  # a node's fixed name: written over, as ComfyUI does
+        size = await storage.put(storage_key(user, ref), file_chunks(path), content_type)
+        return ref.model_copy(update={"size": size, "content_type": content_type})
+    stem, ext = counted["stem"], counted["ext"] or ""
+    name, counter = ref, int(counted["n"])
+    for _ in range(MAX_TRIES):
+        try:
+            size = await storage.put(
+                storage_key(user, name), file_chunks(path), content_type, create_only=True
+            )
+        except KeyTakenError:
+            counter = await highest_counter(storage, storage_key(user, name), stem, counter) + 1
+            name = ref.model_copy(update={"filename": f"{stem}_{counter:05}_{ext}"})
+            continue
+        return name.model_copy(update={"size": size, "content_type": content_type})
+    raise StorageError(
+        f"{ref.filename!r} and the next {MAX_TRIES - 1} names after it were taken in your storage by "
+        "files stored at the same time: the job is retried"
+    )
+
+
+async def highest_counter(storage: Storage, key: str, stem: str, at_least: int) -> int:
+    """The highest counter among the files named ``<stem>_<counter>_...`` in ``key``'s folder, and
+    ``at_least`` (ComfyUI numbers on from the highest, whatever the extension)."""
+    base = f"{key.rpartition('/')[0]}/{stem}_"
+    highest = at_least
+    for stored in await storage.list(base):
+        found = COUNTED.fullmatch(stored.rpartition("/")[2])
+        if found is not None and found["stem"] == stem:
+            highest = max(highest, int(found["n"]))
+    return highest
 
 
 async def store_outputs(folder: Path, storage: Storage, user: str, entry: dict[str, Any]) -> list[OutputFile]:
-    """Every output of the entry, each file copied once however many nodes name it."""
+    """Every output of the entry, each file copied once however many nodes name it; in the order of
+    ``output_files``, each named as stored."""
     stored: dict[tuple[str, str, str], OutputFile] = {}
     outputs = []
     for ref in output_files(entry):
@@ -89,3 +143,43 @@ async def store_outputs(folder: Path, storage: Storage, user: str, entry: dict[s
             stored[place] = await store_output(folder, storage, user, ref)
         outputs.append(stored[place].model_copy(update={"node_id": ref.node_id, "kind": ref.kind}))
     return outputs
+
+
+def renames(entry: dict[str, Any], outputs: list[OutputFile]) -> dict[Place, str]:
+    """Where ``store_outputs`` stored a file under another name than ComfyUI's: place -> stored name."""
+    return {
+        (ref.type, ref.subfolder, ref.filename): out.filename
+        for ref, out in zip(output_files(entry), outputs, strict=True)
+        if out.filename != ref.filename
+    }
+
+
+def renamed_events(events: list[JobEvent], renamed: dict[Place, str]) -> list[JobEvent]:
+    """The events with each ``executed`` file naming the file as stored."""
+    if not renamed:
+        return events
+    return [renamed_event(event, renamed) if event.type == "executed" else event for event in events]
+
+
+def renamed_event(event: JobEvent, renamed: dict[Place, str]) -> JobEvent:
+    output = event.data.get("output")
+    if not isinstance(output, dict):
+        return event
+    changed = {kind: renamed_items(items, renamed) for kind, items in output.items()}
+    return event.model_copy(update={"data": {**event.data, "output": changed}})
+
+
+def renamed_items(items: Any, renamed: dict[Place, str]) -> Any:
+    if not isinstance(items, list):
+        return items
+    return [renamed_item(item, renamed) if isinstance(item, dict) else item for item in items]
+
+
+def renamed_item(item: dict[str, Any], renamed: dict[Place, str]) -> dict[str, Any]:
+    place = (
+        "temp" if item.get("type") == "temp" else "output",
+        item.get("subfolder", ""),
+        item.get("filename"),
+    )
+    stored = renamed.get(place)  # type: ignore[arg-type]
+    return item if stored is None else {**item, "filename": stored}

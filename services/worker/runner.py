@@ -29,7 +29,7 @@ from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, Pro
 from services.worker.comfy_events import Event, EventStream
 from services.worker.forwarder import EventForwarder
 from services.worker.job_files import SALT_INPUT, JobFiles, Prepared, rerun, until_idle
-from services.worker.outputs import output_files, replays, store_outputs
+from services.worker.outputs import Place, output_files, renames, replays, store_outputs
 
 log = logging.getLogger(__name__)
 CANCELLED = JobError(type="Cancelled", message="the job was cancelled before it finished")
@@ -46,6 +46,7 @@ class Outcome:
     submitted: bool = False  # ComfyUI had taken the prompt when it was lost: the loss counts for the job
     timing: JobTiming | None = None
     moved: bool = False  # not this worker's to run after all (``Handoff.confirmed``): nothing to report
+    renamed: dict[Place, str] = field(default_factory=dict)  # outputs stored under another name (``outputs``)
 
 
 def unsalted(key: str, value: Any) -> Any:
@@ -494,7 +495,9 @@ class JobRunner:
             message = f"could not move the outputs to storage: {exc}"
             return Outcome(error=JobError(type="OutputsNotStored", message=message, retryable=True))
         follower.release()
-        return Outcome(outputs=outputs)
+        renamed = renames(ending.entry, outputs)
+        self.files.stored_as(job, renamed)
+        return Outcome(outputs=outputs, renamed=renamed)
 
     async def _ending_from_history(self, job_id: str) -> Ending:
         try:

@@ -39,10 +39,12 @@ class GatedStorage(LocalStorage):
         self.gate = asyncio.Event()
         self.waiting = asyncio.Event()
 
-    async def put(self, key: str, chunks: AsyncIterable[bytes], content_type: str = "") -> int:
+    async def put(
+        self, key: str, chunks: AsyncIterable[bytes], content_type: str = "", *, create_only: bool = False
+    ) -> int:
         self.waiting.set()
         await self.gate.wait()
-        return await super().put(key, chunks, content_type)
+        return await super().put(key, chunks, content_type, create_only=create_only)
 
 
 class Gates:

@@ -12,7 +12,7 @@ import pytest
 
 from devkit.s3 import make_bucket
 from services.storage import S3Settings, Storage, StorageError, aiter_chunks, open_storage
-from services.storage.base import FileMissingError
+from services.storage.base import FileMissingError, KeyTakenError
 from services.storage.s3 import PART_SIZE, S3Storage
 
 
@@ -129,3 +129,29 @@ async def test_multipart_uploads_use_equal_parts_whatever_the_chunk_sizes(
     storage._call = spy  # type: ignore[method-assign]
     await storage.put("big.bin", aiter_chunks(b"z" * (2 * PART_SIZE + 3), 300_007))
     assert sizes == [PART_SIZE, PART_SIZE, 3]
+
+
+@pytest.mark.parametrize("size", [10, PART_SIZE + 1], ids=["one put", "multipart"])
+async def test_a_create_only_put_never_replaces_a_stored_file(storage: Storage, size: int) -> None:
+    """Two writers picking one name: the second is refused and the first file stays as it was; a
+    free name is written as by any put. No part of the refused upload stays in the bucket."""
+    key = "users/ada/output/cat_00001_.png"
+    first = b"first" * 3
+    await storage.put(key, aiter_chunks(first), "image/png")
+    later = b"L" * size
+    with pytest.raises(KeyTakenError, match=r"cat_00001_\.png"):
+        await storage.put(key, aiter_chunks(later, 300_000), "image/png", create_only=True)
+    assert await read_all(storage.get(key)) == first
+    assert await storage.list("users/ada/") == [key]  # nothing half-written beside it
+    assert await storage.put("users/ada/output/cat_00002_.png", aiter_chunks(later), create_only=True) == size
+    assert await read_all(storage.get("users/ada/output/cat_00002_.png")) == later
+    if isinstance(storage, S3Storage):
+        uploads = storage.client.list_multipart_uploads(Bucket=storage.bucket)
+        assert uploads.get("Uploads", []) == []
+
+
+async def test_a_plain_put_still_replaces(storage: Storage) -> None:
+    """A node's fixed name (no counter) is written over, as ComfyUI writes over it."""
+    await storage.put("users/ada/output/fixed.png", aiter_chunks(b"old"))
+    await storage.put("users/ada/output/fixed.png", aiter_chunks(b"new"))
+    assert await read_all(storage.get("users/ada/output/fixed.png")) == b"new"

@@ -156,9 +156,11 @@ class RecordedStorage(LocalStorage):
         super().__init__(root)
         self.log = log
 
-    async def put(self, key: str, chunks: AsyncIterable[bytes], content_type: str = "") -> int:
+    async def put(
+        self, key: str, chunks: AsyncIterable[bytes], content_type: str = "", *, create_only: bool = False
+    ) -> int:
         self.log.append(f"stored {key.rsplit('/', 1)[-1]}")
-        return await super().put(key, chunks, content_type)
+        return await super().put(key, chunks, content_type, create_only=create_only)
 
 
 async def test_the_next_job_reaches_comfyui_before_the_last_ones_outputs_are_stored(

@@ -1,0 +1,156 @@
+"""An output never replaces a file its owner has: a counted name (``<prefix>_00001_.png``) the worker
+did not know was taken (another worker's job, or a file stored since it listed her names) is stored
+under the next free counter and reported so; a node's fixed name is written over, as on ComfyUI."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devkit.doubles.comfyui import ComfyUIDouble
+from devkit.s3 import make_bucket
+from services.protocol.jobs import JobState
+from services.protocol.workers import JobEvent
+from services.storage import KeyTakenError, S3Settings, Storage, StorageError, aiter_chunks, open_storage
+from services.storage.local import LocalStorage
+from services.worker import job_files
+from services.worker.outputs import renamed_events, store_outputs
+from tests.support.jobs import finished, graph, submit
+from tests.support.queue_manager_app import LiveServer
+from tests.support.worker_agent import pull_worker, worker_settings
+
+PNG = b"\x89PNG"
+
+
+def counting(storage: Storage) -> list[str]:
+    """Note each key a create-only put of ``storage`` found taken (the storage is patched in place)."""
+    refused: list[str] = []
+    put = storage.put
+
+    async def noted(key: str, chunks: AsyncIterable[bytes], content_type: str = "", **kw: bool) -> int:
+        try:
+            return await put(key, chunks, content_type, **kw)
+        except KeyTakenError:
+            refused.append(key.rsplit("/", 1)[-1])
+            raise
+
+    storage.put = noted  # type: ignore[method-assign]
+    return refused
+
+
+async def read(storage: Storage, key: str) -> bytes:
+    return b"".join([chunk async for chunk in storage.get(key)])
+
+
+@pytest.fixture(params=["local", "s3"])
+def her_files(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    """The worker's user-file storage: the queue manager's folder, or a bucket."""
+    if request.param == "local":
+        return LocalStorage(request.getfixturevalue("files"))
+    endpoint = request.getfixturevalue("s3_endpoint")
+    bucket = f"out-{tmp_path.name.lower().replace('_', '-')}"[:60]
+    make_bucket(endpoint, bucket)
+    settings = S3Settings(endpoint_url=endpoint, access_key_id="t", secret_access_key="t", region="us-east-1")
+    return open_storage(f"s3://{bucket}/files", settings)
+
+
+async def test_a_name_stored_behind_the_workers_back_is_kept_and_the_output_takes_the_next(
+    comfy: ComfyUIDouble,
+    qm: LiveServer,
+    alice: httpx.AsyncClient,
+    tmp_path: Path,
+    her_files: Storage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker's listing of her names is reused (it is younger than ``LISTING_SECONDS``; here
+    always) while another worker stores ``second_00001_.png`` for her: ComfyUI names this job's
+    image the same, and it is stored as ``second_00002_.png``, her file untouched. Her next job
+    here numbers on past both without being refused."""
+    monkeypatch.setattr(job_files, "LISTING_SECONDS", 3600.0)
+    hers = "users/alice/output/second_00001_.png"
+    refused = counting(her_files)
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path), her_files):
+        warm = await finished(alice, await submit(alice, graph(1, prefix="warm")))  # her names listed
+        await her_files.put(hers, aiter_chunks(b"the other worker's image"), "image/png")
+        done = await finished(alice, await submit(alice, graph(2, prefix="second")))
+        after = await finished(alice, await submit(alice, graph(3, prefix="second")))
+    assert warm.state == done.state == after.state == JobState.SUCCEEDED, (done.error, after.error)
+    assert refused == ["second_00001_.png"]  # once, and not again for her next job
+    assert [o.filename for o in done.outputs] == ["second_00002_.png"]
+    assert [o.filename for o in after.outputs] == ["second_00003_.png"]
+    assert await read(her_files, hers) == b"the other worker's image"
+    assert await her_files.list("users/alice/output/second_") == [
+        hers,
+        "users/alice/output/second_00002_.png",
+        "users/alice/output/second_00003_.png",
+    ]
+    stored = await read(her_files, "users/alice/output/second_00002_.png")
+    assert stored.startswith(PNG) and done.outputs[0].size == len(stored)
+
+
+def entry_of(*names: str) -> dict[str, object]:
+    images = [{"filename": name, "subfolder": "", "type": "output"} for name in names]
+    return {"outputs": {"9": {"images": images}}}
+
+
+async def test_a_fixed_name_is_written_over_as_on_comfyui(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "files")
+    await storage.put("users/ada/output/latest.png", aiter_chunks(b"old"))
+    await storage.put("users/ada/output/cat_00001_.png", aiter_chunks(b"hers"))
+    kept = tmp_path / "kept"
+    (kept / "output").mkdir(parents=True)
+    (kept / "output" / "latest.png").write_bytes(b"new")
+    (kept / "output" / "cat_00001_.png").write_bytes(b"this job's")
+    outputs = await store_outputs(kept, storage, "ada", entry_of("latest.png", "cat_00001_.png"))
+    assert [o.filename for o in outputs] == ["latest.png", "cat_00002_.png"]
+    assert await read(storage, "users/ada/output/latest.png") == b"new"
+    assert await read(storage, "users/ada/output/cat_00001_.png") == b"hers"
+    assert await read(storage, "users/ada/output/cat_00002_.png") == b"this job's"
+
+
+async def test_the_next_name_follows_the_highest_counter_of_the_prefix(tmp_path: Path) -> None:
+    """ComfyUI numbers on from the highest counter of a prefix whatever the extension: so does the
+    rename, and a six-digit counter carries on."""
+    storage = LocalStorage(tmp_path / "files")
+    for name in ("cat_00001_.png", "cat_00007_.webp", "catalog_00050_.png", "cat_00003_.png"):
+        await storage.put(f"users/ada/output/{name}", aiter_chunks(b"hers"))
+    await storage.put("users/ada/output/big_99999_.png", aiter_chunks(b"hers"))
+    kept = tmp_path / "kept"
+    (kept / "output").mkdir(parents=True)
+    for name in ("cat_00003_.png", "big_99999_.png"):
+        (kept / "output" / name).write_bytes(b"mine")
+    outputs = await store_outputs(kept, storage, "ada", entry_of("cat_00003_.png", "big_99999_.png"))
+    assert [o.filename for o in outputs] == ["cat_00008_.png", "big_100000_.png"]
+
+
+async def test_names_taken_time_after_time_fail_the_storing_with_a_retryable_reason(tmp_path: Path) -> None:
+    class Crowded(LocalStorage):
+        async def put(
+            self, key: str, chunks: AsyncIterable[bytes], content_type: str = "", *, create_only: bool = False
+        ) -> int:
+            raise KeyTakenError(key)
+
+    kept = tmp_path / "kept"
+    (kept / "output").mkdir(parents=True)
+    (kept / "output" / "cat_00001_.png").write_bytes(b"mine")
+    with pytest.raises(StorageError, match=r"'cat_00001_.png' and the next 7 names .* retried"):
+        await store_outputs(kept, Crowded(tmp_path / "files"), "ada", entry_of("cat_00001_.png"))
+
+
+def test_the_events_a_report_carries_name_the_file_as_stored() -> None:
+    image = {"filename": "cat_00001_.png", "subfolder": "", "type": "output"}
+    preview = {"filename": "cat_00001_.png", "subfolder": "", "type": "temp"}
+    events = [
+        JobEvent(type="executing", data={"node": "9"}),
+        JobEvent(type="executed", data={"node": "9", "output": {"images": [image, preview], "text": "x"}}),
+    ]
+    renamed = renamed_events(events, {("output", "", "cat_00001_.png"): "cat_00002_.png"})
+    assert renamed[0] == events[0]
+    assert renamed[1].data["output"] == {
+        "images": [{**image, "filename": "cat_00002_.png"}, preview],
+        "text": "x",
+    }
+    assert renamed[1].data["node"] == "9" and events[1].data["output"]["images"][0] == image
