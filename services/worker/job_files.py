@@ -13,7 +13,9 @@ so for each job it:
   so whatever the job says it can name nothing else), each in the folder of its type; and the
   owner's earlier output names as empty files, so ``SaveImage`` numbers on from the owner's last
   file instead of writing ``ComfyUI_00001_.png`` over it (the names in storage, listed at most
-  ``LISTING_SECONDS`` before, and those the worker's own jobs made since);
+  ``LISTING_SECONDS`` before, and those the worker's own jobs made since). A name stored since by
+  another worker is not among them: ComfyUI may pick it again, and ``outputs`` then stores the
+  file under the next free counter instead of over hers;
 * refuses, before ComfyUI sees the graph, a value that names an existing file outside the folders
   (absolute, or with ``..``), with ComfyUI's own validation error;
 * gives every output node (``output_node`` in ComfyUI's catalogue, or a node nothing links from)
