@@ -3,7 +3,7 @@
 The GPU never waits for the queue or for storage. While a job runs, the worker prepares the next:
 a job the queue manager holds for it (it stays queued, and an idle worker of the pool takes it at
 once if one asks), whose files it fetches. The moment ComfyUI is done with the running job, the
-worker hands the prepared one to ComfyUI and, at the same moment, starts it (``start``: the queue
+worker hands the prepared one to ComfyUI and, once ComfyUI has it, starts it (``start``: the queue
 manager leases it, or names a job that ranks ahead of it now, or says an idle worker took it; a
 job that is not this worker's after all is stopped in ComfyUI and nothing of it is kept or seen),
 while the finished job's outputs stream to storage and its completion is reported. The same
@@ -213,11 +213,12 @@ class PullWorker:
         answers; an answer that says no, or none, stops it there (``Handoff.confirmed``), and what
         the answer names instead is launched once ComfyUI is done with it. While another job is
         wanted after it, the same call holds that one for this worker."""
-        asked = asyncio.create_task(self._ask_start(held, reply, hold_next=self._wanted(after=1)))
-        confirmed = asyncio.ensure_future(self._confirmed(asked))
+        confirmed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         job = held.job.model_copy(update={"attempts": held.job.attempts + 1})  # as start counts it
         lease = held.model_copy(update={"prepared": False, "job": job})
         gpu_free = self._launch(lease, reply.heartbeat_seconds, prepared, confirmed)
+        asked = asyncio.create_task(self._ask_start(held, reply, self._wanted(after=1), self.in_comfyui))
+        asked.add_done_callback(lambda done: confirmed.set_result(self._said_started(done)))
         answer = await asked
         if answer is not None and answer.held is not None:
             self.held_since = time.monotonic()  # heartbeats sent from now on know of this hold
@@ -233,9 +234,14 @@ class PullWorker:
             return None, None  # nothing to run, so nothing was held either
         return self._launch(answer.lease, reply.heartbeat_seconds), answer.held
 
-    async def _ask_start(self, held: Lease, reply: RegisterReply, hold_next: bool) -> StartReply | None:
+    async def _ask_start(
+        self, held: Lease, reply: RegisterReply, hold_next: bool, in_comfyui: asyncio.Event
+    ) -> StartReply | None:
         """The queue manager's answer to starting the prepared job; None when there is none (the job,
-        already in ComfyUI, is then stopped there and given back)."""
+        already in ComfyUI, is then stopped there and given back). Asked once the job is in ComfyUI
+        (``in_comfyui``, ``NEXT_SUBMIT_SECONDS`` at most), so the call never delays the submit."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(in_comfyui.wait(), NEXT_SUBMIT_SECONDS)
         try:
             return await self.queue.start(held.job.id, held.token, reply.worker_id, hold_next=hold_next)
         except (httpx.HTTPError, QueueRefusedError, LeaseLostError) as exc:
@@ -243,8 +249,8 @@ class PullWorker:
             return None
 
     @staticmethod
-    async def _confirmed(asked: asyncio.Task[StartReply | None]) -> bool:
-        answer = await asked
+    def _said_started(asked: asyncio.Task[StartReply | None]) -> bool:
+        answer = None if asked.cancelled() or asked.exception() else asked.result()
         return answer is not None and answer.started
 
     async def _announce_draining(self, worker_id: str) -> None:

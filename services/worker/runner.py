@@ -276,16 +276,17 @@ class Handoff:
     ``gpu_free`` is set as soon as ComfyUI is done with the job; its outputs go to storage after
     that, while the next job may already run. ``idle_since``: when ComfyUI last fell idle
     (``time.monotonic``) while this job was queued already; the gap goes into its ``timing``.
-    ``submitted`` is set once the job is in ComfyUI. ``next_submitted`` is the next job's
-    ``submitted`` (or set when none follows): the finished job's history, upload and report wait
-    for it (``NEXT_SUBMIT_SECONDS`` at most), so they never hold up the GPU's next start.
-    ``confirmed``: the queue manager's answer (True: the job is this worker's) to the start of a
-    prepared job. The job is staged and submitted to ComfyUI without waiting for it (unless it said
-    no already), so the GPU waits for the submit only. An answer that says no (or none: False) stops
-    the prompt in ComfyUI at once, as a cancel does, and the run ends ``Outcome.moved`` once ComfyUI
-    is done with it: its outputs are discarded, its owner's cached results are not reused
-    (``JobFiles.unstored``), and nothing of it is reported (its forwarder sends no event before the
-    answer is True: ``EventForwarder`` ``gate``). Every outcome of such a job, a failure or a loss
+    ``submitted`` is set once the job is in ComfyUI (or ComfyUI refused it, or was lost).
+    ``next_submitted`` is the next job's ``submitted`` (or set when none follows): the finished
+    job's history, upload and report wait for it (``NEXT_SUBMIT_SECONDS`` at most), so they never
+    hold up the GPU's next start. ``confirmed``: the queue manager's answer (True: the job is this
+    worker's) to the start of a prepared job, asked once the job is in ComfyUI (``submitted``). The
+    job is staged and submitted without waiting for it (unless it said no already), so the GPU
+    waits for the submit only. An answer that says no (or none: False) stops the prompt in ComfyUI
+    at once, as a cancel does, and the run ends ``Outcome.moved`` once ComfyUI is done with it: its
+    outputs are discarded, its owner's cached results are not reused (``JobFiles.unstored``), and
+    nothing of it is reported (its forwarder sends no event before the answer is True:
+    ``EventForwarder`` ``gate``). Every outcome of such a job, a failure or a loss
     too, waits for the answer.
     """
 
@@ -454,10 +455,12 @@ class JobRunner:
     ) -> Ending:
         submitted = False
         try:
-            await self._submit(job, prompt)
-            submitted = True
-            if stops.handoff.submitted is not None:
-                stops.handoff.submitted.set()
+            try:
+                await self._submit(job, prompt)
+                submitted = True
+            finally:
+                if stops.handoff.submitted is not None:
+                    stops.handoff.submitted.set()  # in ComfyUI, or it never will be (refused, ComfyUI lost)
             return await self._follow(job.id, queue, follower, stops)
         except PromptRejectedError as exc:
             return Ending(EndingKind.ERROR, error=rejected(exc))
