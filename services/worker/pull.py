@@ -24,6 +24,7 @@ import contextlib
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
@@ -38,6 +39,24 @@ log = logging.getLogger(__name__)
 # What runs next once the GPU is free: the event set when ComfyUI is done with the job launched
 # (None: none was, claim as usual), and the job ``start`` held to run after that one.
 Next = tuple[asyncio.Event | None, Lease | None]
+
+
+@dataclass
+class Pace:
+    """When a prepared job's ``start`` is asked. After the job is in ComfyUI, so the call's own CPU
+    on the worker never delays the submit, unless jobs hold the GPU for less than about two of the
+    call's round trips: then the answer, which names the job after (``hold_next``), is what the GPU
+    waits for, and it is asked at once, while the job is staged."""
+
+    launched: float = 0.0  # when the last job was handed to the runner (``time.monotonic``)
+    last_run: float = 0.0  # how long it held the GPU (launched to ComfyUI done with it)
+    round_trip: float = 0.0  # how long the last ``start`` took to answer
+
+    def freed(self) -> None:
+        self.last_run = time.monotonic() - self.launched
+
+    def at_once(self) -> bool:
+        return self.last_run < 2 * self.round_trip
 
 
 class PullWorker:
@@ -55,6 +74,7 @@ class PullWorker:
         self.first_claim_at: float | None = None
         self.relay = Relay()  # the last job launched's outputs and report wait for the next one's submit
         self.in_comfyui = asyncio.Event()  # the last job launched is in ComfyUI (or never will be)
+        self.pace = Pace()
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -113,6 +133,7 @@ class PullWorker:
             ahead = asyncio.create_task(self._prepare(reply, held)) if self._wanted() else None
             await self._until(gpu_free)
             self.freed = (time.monotonic(), datetime.now(UTC))
+            self.pace.freed()
             gpu_free, held = await self._next(ahead, reply)
             if gpu_free is None:
                 self.relay.none_follows()
@@ -131,6 +152,7 @@ class PullWorker:
         event is set once ComfyUI is done with it."""
         gpu_free = asyncio.Event()
         self.jobs_started += 1
+        self.pace.launched = time.monotonic()
         self.in_comfyui, follows = self.relay.link()
         handoff = Handoff(prepared, gpu_free, self._idle_since(lease), self.in_comfyui, follows, confirmed)
         task = asyncio.create_task(self._run(lease, heartbeat_seconds, handoff))
@@ -217,7 +239,8 @@ class PullWorker:
         job = held.job.model_copy(update={"attempts": held.job.attempts + 1})  # as start counts it
         lease = held.model_copy(update={"prepared": False, "job": job})
         gpu_free = self._launch(lease, reply.heartbeat_seconds, prepared, confirmed)
-        asked = asyncio.create_task(self._ask_start(held, reply, self._wanted(after=1), self.in_comfyui))
+        submitted = None if self.pace.at_once() else self.in_comfyui
+        asked = asyncio.create_task(self._ask_start(held, reply, self._wanted(after=1), submitted))
         asked.add_done_callback(lambda done: confirmed.set_result(self._said_started(done)))
         answer = await asked
         if answer is not None and answer.held is not None:
@@ -235,15 +258,19 @@ class PullWorker:
         return self._launch(answer.lease, reply.heartbeat_seconds), answer.held
 
     async def _ask_start(
-        self, held: Lease, reply: RegisterReply, hold_next: bool, in_comfyui: asyncio.Event
+        self, held: Lease, reply: RegisterReply, hold_next: bool, in_comfyui: asyncio.Event | None
     ) -> StartReply | None:
         """The queue manager's answer to starting the prepared job; None when there is none (the job,
         already in ComfyUI, is then stopped there and given back). Asked once the job is in ComfyUI
-        (``in_comfyui``, ``NEXT_SUBMIT_SECONDS`` at most), so the call never delays the submit."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(in_comfyui.wait(), NEXT_SUBMIT_SECONDS)
+        (``in_comfyui``, ``NEXT_SUBMIT_SECONDS`` at most), or at once without it (``Pace``)."""
+        if in_comfyui is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(in_comfyui.wait(), NEXT_SUBMIT_SECONDS)
+        asked = time.monotonic()
         try:
-            return await self.queue.start(held.job.id, held.token, reply.worker_id, hold_next=hold_next)
+            answer = await self.queue.start(held.job.id, held.token, reply.worker_id, hold_next=hold_next)
+            self.pace.round_trip = time.monotonic() - asked
+            return answer
         except (httpx.HTTPError, QueueRefusedError, LeaseLostError) as exc:
             log.warning("could not start the prepared job %s: %s", held.job.id, exc)
             return None
