@@ -391,14 +391,19 @@ class JobFiles:
         """The job's outputs stored under another name than ComfyUI gave them (its name was taken in
         her storage, ``outputs``): the new names are hers now, as the names it wrote are, so her
         next jobs here number on past them without listing her storage again."""
-        user, names = self.made.get(job.id, (job.user, []))
         stored = [
             f"{sub.strip('/')}/{name}".lstrip("/")
             for (kind, sub, _), name in renamed.items()
             if kind == "output"
         ]
-        self.produced.setdefault(user, {}).update(dict.fromkeys(stored, (job.id, math.inf)))
-        self.made[job.id] = (user, [*names, *stored])
+        self._made(job, stored)
+
+    def _made(self, job: Job, names: list[str]) -> None:
+        """``names`` (``sub/name`` in the output folder) are files of ``job``'s owner now, on their way
+        to storage until the job leaves the spool (``_left``); added to what the job made so far."""
+        self.produced.setdefault(job.user, {}).update(dict.fromkeys(names, (job.id, math.inf)))
+        _, earlier = self.made.get(job.id, (job.user, []))
+        self.made[job.id] = (job.user, [*earlier, *names])
 
     async def stored_before(self, job: Job) -> None:
         """Until the outputs of the owner's jobs that ended here before ``job`` are stored (or given
@@ -498,10 +503,7 @@ class JobFiles:
             if not keep:
                 await to_the_end(owner.forget)
                 return
-            written = await to_the_end(owner.split, self.kept(job.id) / "output")
-            made = self.produced.setdefault(job.user, {})
-            made.update(dict.fromkeys(written, (job.id, math.inf)))
-            self.made[job.id] = (job.user, written)
+            self._made(job, await to_the_end(owner.split, self.kept(job.id) / "output"))
         except OSError:  # e.g. a folder the job made unreadable: her placeholders are made afresh
             await to_the_end(owner.forget)
             raise
