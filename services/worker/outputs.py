@@ -47,6 +47,17 @@ MAX_TRIES = 8  # names tried for one output before the job's storing fails (and 
 Place = tuple[str, str, str]  # (type, subfolder, filename) of an output
 
 
+def item_place(item: dict[str, Any]) -> Place:
+    """Where a file item of ComfyUI's ``ui`` is (any type but ``temp`` is ``output``)."""
+    kind = "temp" if item.get("type") == "temp" else "output"
+    return kind, item.get("subfolder", ""), item.get("filename", "")
+
+
+def place(ref: OutputFile) -> Place:
+    """Where an output is, one key however many nodes name it."""
+    return ref.type, ref.subfolder, ref.filename
+
+
 def output_files(entry: dict[str, Any]) -> list[OutputFile]:
     """The files a history entry names, in node order; two nodes naming one file each keep it."""
     files: dict[tuple[str, str, str, str], OutputFile] = {}
@@ -54,14 +65,11 @@ def output_files(entry: dict[str, Any]) -> list[OutputFile]:
         for kind, items in (ui or {}).items():
             for item in items if isinstance(items, list) else []:
                 if isinstance(item, dict) and item.get("filename"):
+                    kind_of, subfolder, filename = item_place(item)
                     ref = OutputFile(
-                        node_id=str(node_id),
-                        kind=kind,
-                        filename=item["filename"],
-                        subfolder=item.get("subfolder", ""),
-                        type="temp" if item.get("type") == "temp" else "output",
+                        node_id=str(node_id), kind=kind, filename=filename, subfolder=subfolder, type=kind_of
                     )
-                    files.setdefault((ref.node_id, ref.type, ref.subfolder, ref.filename), ref)
+                    files.setdefault((ref.node_id, *place(ref)), ref)
     return list(files.values())
 
 
@@ -135,20 +143,20 @@ async def highest_counter(storage: Storage, key: str, stem: str, at_least: int) 
 async def store_outputs(folder: Path, storage: Storage, user: str, entry: dict[str, Any]) -> list[OutputFile]:
     """Every output of the entry, each file copied once however many nodes name it; in the order of
     ``output_files``, each named as stored."""
-    stored: dict[tuple[str, str, str], OutputFile] = {}
+    stored: dict[Place, OutputFile] = {}
     outputs = []
     for ref in output_files(entry):
-        place = (ref.type, ref.subfolder, ref.filename)
-        if place not in stored:
-            stored[place] = await store_output(folder, storage, user, ref)
-        outputs.append(stored[place].model_copy(update={"node_id": ref.node_id, "kind": ref.kind}))
+        where = place(ref)
+        if where not in stored:
+            stored[where] = await store_output(folder, storage, user, ref)
+        outputs.append(stored[where].model_copy(update={"node_id": ref.node_id, "kind": ref.kind}))
     return outputs
 
 
 def renames(entry: dict[str, Any], outputs: list[OutputFile]) -> dict[Place, str]:
     """Where ``store_outputs`` stored a file under another name than ComfyUI's: place -> stored name."""
     return {
-        (ref.type, ref.subfolder, ref.filename): out.filename
+        place(ref): out.filename
         for ref, out in zip(output_files(entry), outputs, strict=True)
         if out.filename != ref.filename
     }
@@ -176,10 +184,5 @@ def renamed_items(items: Any, renamed: dict[Place, str]) -> Any:
 
 
 def renamed_item(item: dict[str, Any], renamed: dict[Place, str]) -> dict[str, Any]:
-    place = (
-        "temp" if item.get("type") == "temp" else "output",
-        item.get("subfolder", ""),
-        item.get("filename"),
-    )
-    stored = renamed.get(place)  # type: ignore[arg-type]
+    stored = renamed.get(item_place(item))
     return item if stored is None else {**item, "filename": stored}
