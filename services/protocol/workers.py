@@ -7,6 +7,7 @@ Routes (all under the queue manager's base URL, all with ``Authorization: Bearer
 | ``POST /api/workers/register`` | ``WorkerRegistration`` | ``RegisterReply`` |
 | ``POST /api/workers/{worker_id}/claim?wait=25`` | none | 200 ``Lease`` or 204 |
 | ``POST /api/workers/{worker_id}/claim?wait=25&prepare=1`` | none | 200 ``Lease`` (held) or 204 |
+| ``POST /api/workers/{worker_id}/claim?wait=25&hold_next=1`` | none | 200 ``Lease`` (``held``: next) or 204 |
 | ``POST /api/workers/{worker_id}/drain`` | none | 204 (shutting down: no more claims; shown as draining) |
 | ``POST /api/workers/{worker_id}/deregister`` | none | 204 (gone for good); 409 while it holds a job |
 | ``POST /api/leases/{job_id}/heartbeat?wait=7`` | ``LeaseCall`` | ``HeartbeatReply``, at once on a cancel |
@@ -24,7 +25,12 @@ claim takes it, a cancel ends it at once) until the worker's GPU is free and ``s
 heartbeats renew the hold and say whether it is still held; ``release`` with the hold token gives
 it up. Holds count no attempt. ``start`` with ``hold_next`` also holds the job after the one it
 leases, in the same atomic step and by the same rules, so a worker with a steady queue chains its
-jobs start to start and claims ahead only when ``start`` had nothing to hold.
+jobs start to start and claims ahead only when ``start`` had nothing to hold. An idle worker's
+claim does the same with ``hold_next=1`` (``Lease.held``), so its first job is followed by a
+``start`` too, not by a claim ahead; a worker that does not ask gets a plain ``Lease`` as before.
+An idle worker's claim also ends any hold the worker still has (it will not start that job): a
+claim repeated after its reply was lost holds that job again instead of leaving it held for a
+token nobody has.
 
 A push container's request carries ``Lease.chain``: after each job the container asks
 ``push/{chain}/next`` for the job the queue gives an idle worker of its pool now, and runs it in
@@ -152,6 +158,12 @@ class Lease(BaseModel):
         default=False,
         description="claimed ahead by a busy worker: the job is only held (still queued, an idle worker "
         "may take it) until the worker starts it with ``POST /api/leases/{id}/start``",
+    )
+    held: Lease | None = Field(
+        default=None,
+        description="asked with ``claim?hold_next=1`` (an idle worker's claim): the job held for this "
+        "worker to run after this one (``prepared``), by the same rules and in the same step as "
+        "``start``'s ``hold_next``; None when the queue has none for it now",
     )
 
 

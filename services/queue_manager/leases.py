@@ -99,18 +99,28 @@ NOTHING_FORWARDED = Forwarded((), "")
 
 class LeaseOps(StoreBase):
     async def claim(
-        self, worker_id: str, pool: str, wait: float = 0.0, prepare: bool = False, behind: bool = False
+        self,
+        worker_id: str,
+        pool: str,
+        wait: float = 0.0,
+        prepare: bool = False,
+        behind: bool = False,
+        hold_next: bool = False,
     ) -> Lease | None:
         """Lease the next job a worker of ``pool`` may run, waiting up to ``wait`` seconds for one.
 
         ``prepare``: the worker is busy and prepares its next job; the job is held for it, not
         leased (``Lease.prepared``), and idle workers' claims are woken first. ``behind``: woken
         after idle workers' claims too, but leased (the push dispatcher's, for a new request).
+        ``hold_next`` (an idle worker's claim): also hold the job after the lease for the worker
+        (``Lease.held``), as ``start`` does, in the same Lua step; a lease a submit hands to a
+        parked claim holds nothing (nothing else was there for it when it parked).
         """
         deadline = time.monotonic() + wait
+        next_token = secrets.token_urlsafe(24) if hold_next and not prepare else ""
         while True:
             with self.wakeups.ticket(pool, worker_id, prepare or behind) as ticket:
-                lease = await self._claim_now(worker_id, pool, prepare)
+                lease = await self._claim_now(worker_id, pool, prepare, next_token)
                 remaining = deadline - time.monotonic()
                 if lease is not None or remaining <= 0:
                     return lease
@@ -123,20 +133,25 @@ class LeaseOps(StoreBase):
         lease_ms, max_running = int(self.settings.lease_seconds * 1000), self.settings.max_running_per_user
         return Claimant(pool, worker_id, token, now, lease_ms, max_running, CLAIM_SCAN_LIMIT)
 
-    async def _claim_now(self, worker_id: str, pool: str, prepare: bool = False) -> Lease | None:
+    async def _claim_now(
+        self, worker_id: str, pool: str, prepare: bool = False, next_token: str = ""
+    ) -> Lease | None:
         token = secrets.token_urlsafe(24)
         claimant = self.claimant(worker_id, pool, token, now_ms())
-        reply = await self.scripts.run(ClaimArgs(self.prefix, claimant, int(prepare)))
+        reply = await self.scripts.run(ClaimArgs(self.prefix, claimant, int(prepare), next_token))
         if prepare:
             return self._held(worker_id, reply)
-        return self._leased(worker_id, token, reply)
+        lease = self._leased(worker_id, token, reply)
+        if lease is not None:
+            lease.held = self._held(worker_id, reply[3])
+        return lease
 
     def _held(self, worker_id: str, reply: list[Any]) -> Lease | None:
         """The prepared job in claim.lua's (or start.lua's) answer: held for the worker, with its
         hold token, until it starts it."""
         if not reply:
             return None
-        job_id, _, flat = reply
+        job_id, _, flat = reply[:3]
         fields = pairs_to_dict(flat)
         log.info("job prepared", extra={"job_id": job_id, "worker_id": worker_id})
         lease = self._lease(job_from_hash(fields), fields["hold_token"], fields["hold_expires"])
@@ -165,7 +180,7 @@ class LeaseOps(StoreBase):
         """The lease in claim.lua's answer (None when it found nothing)."""
         if not reply:
             return None
-        job_id, _, flat = reply
+        job_id, _, flat = reply[:3]
         fields = pairs_to_dict(flat)
         job = job_from_hash(fields)
         METRICS.observe_dispatch(job)

@@ -83,6 +83,7 @@ class ClaimArgs(ScriptArgs):
     script = "claim"
     claimant: Claimant
     prepare: int = 0  # 1: a busy worker prepares its next job, which is held for it, not leased
+    next_token: str = ""  # an idle worker's claim: also hold the job after its lease ('' = none)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@ manager leases it, or names a job that ranks ahead of it now, or says an idle wo
 job that is not this worker's after all is stopped in ComfyUI and nothing of it is kept or seen),
 while the finished job's outputs stream to storage and its completion is reported. The same
 ``start`` holds the job after it (``hold_next``), so with work queued the worker goes from start to
-start; it claims ahead (``claim?prepare=1``, long-polling) only when ``start`` had nothing to hold,
-and claims as an idle worker only when nothing was held by the time its GPU fell free.
+start. An idle worker's claim holds the job after the one it leases in the same way
+(``claim?hold_next=1``), so the first job of a run is followed by a ``start`` too. The worker
+claims ahead (``claim?prepare=1``, long-polling) only when the claim or ``start`` had nothing to
+hold, and claims as an idle worker only when nothing was held by the time its GPU fell free.
 
 SIGTERM (or SIGINT) stops claiming at once and gives a prepared job back; a running job gets
 ``shutdown_grace_seconds`` to finish, and is otherwise interrupted and released (requeued without
@@ -126,11 +128,13 @@ class PullWorker:
                 lease = await self._claim(reply)
                 if lease is None:
                     continue
-                gpu_free = self._launch(lease, reply.heartbeat_seconds)
+                gpu_free, held = self._launch_claimed(lease, reply)
             self.holding.clear()
             if held is not None:
                 self.holding.set()  # nothing to claim ahead, so nothing races the GPU's end
             ahead = asyncio.create_task(self._prepare(reply, held)) if self._wanted() else None
+            if ahead is None and held is not None:
+                await self._give_back(held)  # stopped since it was held
             await self._until(gpu_free)
             self.freed = (time.monotonic(), datetime.now(UTC))
             self.pace.freed()
@@ -140,6 +144,12 @@ class PullWorker:
         self.relay.none_follows()
         if held is not None:
             await self._give_back(held)  # stopped as start held it
+
+    def _launch_claimed(self, lease: Lease, reply: RegisterReply) -> tuple[asyncio.Event, Lease | None]:
+        """Launch what an idle claim leased; the job it held after it (``hold_next``) runs next."""
+        if lease.held is not None:
+            self.held_since = time.monotonic()  # heartbeats sent from now on know of this hold
+        return self._launch(lease.model_copy(update={"held": None}), reply.heartbeat_seconds), lease.held
 
     def _launch(
         self,
@@ -292,7 +302,10 @@ class PullWorker:
         await self._until_comfyui_up()
         if self.first_claim_at is None:
             self.first_claim_at = time.monotonic()
-        claim = asyncio.create_task(self.queue.claim(reply.worker_id, reply.claim_wait_seconds))
+        hold_next = self._wanted(after=1)  # the job after it is held in the same step: no claim ahead
+        claim = asyncio.create_task(
+            self.queue.claim(reply.worker_id, reply.claim_wait_seconds, hold_next=hold_next)
+        )
         stop = asyncio.create_task(self.stopping.wait())
         await asyncio.wait({claim, stop}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()

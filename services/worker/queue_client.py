@@ -121,9 +121,13 @@ class QueueClient:
         path = f"/api/workers/{worker_id}/deregister"
         self._check(await self.http.post(path, timeout=5.0), path)
 
-    async def claim(self, worker_id: str, wait: float, prepare: bool = False) -> Lease | None:
-        """The next job; ``prepare``: this worker is busy, so the job is only held for it."""
-        path = f"/api/workers/{worker_id}/claim?wait={wait:g}" + ("&prepare=1" if prepare else "")
+    async def claim(
+        self, worker_id: str, wait: float, prepare: bool = False, hold_next: bool = False
+    ) -> Lease | None:
+        """The next job; ``prepare``: this worker is busy, so the job is only held for it;
+        ``hold_next`` (idle): the job after it is held for this worker too (``Lease.held``)."""
+        asked = ("&prepare=1" if prepare else "") + ("&hold_next=1" if hold_next else "")
+        path = f"/api/workers/{worker_id}/claim?wait={wait:g}" + asked
         reply = await self._post(path, read_seconds=wait + 15.0)
         return None if reply.status_code == 204 else Lease.model_validate_json(reply.content)
 

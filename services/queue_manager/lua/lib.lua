@@ -256,3 +256,13 @@ local function claim_next(pool, worker_id, token, now, lease_ms, max_running, sc
   end
   return lease_job(best, best_score, best_scope, worker_id, token, now, lease_ms)
 end
+
+-- The job held for a worker to run after the one it was just leased: what a prepare-claim with no
+-- wait would hold now (claim.lua for an idle worker's claim, start.lua), in the same step as that
+-- lease. {} when next_token is '' (not asked) or nothing is left for the worker now.
+local function hold_after(pool, worker_id, next_token, now, lease_ms, max_running, scan_limit)
+  if next_token == '' then
+    return {}
+  end
+  return claim_next(pool, worker_id, next_token, now, lease_ms, max_running, scan_limit, true)
+end

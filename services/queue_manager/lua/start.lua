@@ -20,10 +20,7 @@ local now, lease_ms, max_running, scan = tonumber(ARGV[7]), tonumber(ARGV[8]), t
 local next_token = ARGV[11]
 
 local function then_hold(outcome, leased)
-  if next_token == '' then
-    return {outcome, leased, {}}
-  end
-  return {outcome, leased, claim_next(pool, worker_id, next_token, now, lease_ms, max_running, scan, true)}
+  return {outcome, leased, hold_after(pool, worker_id, next_token, now, lease_ms, max_running, scan)}
 end
 
 -- A job as claim.lua answers it: {id, queued_left, HGETALL}.

@@ -7,10 +7,12 @@ a hold given back or taken away counts no attempt.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from services.protocol.jobs import JobState
 from services.protocol.workers import Completion, Lease, StartCall
+from services.queue_manager.records import now_ms
 from services.queue_manager.store import Store
 from tests.support.qm_api import job
 
@@ -246,3 +248,125 @@ async def test_a_start_repeated_after_the_prepared_job_was_started_holds_what_is
     again = await store.start(held.job.id, start_call(held), "gpu")
 
     assert again.started and again.held is not None and again.held.job.id == queued
+
+
+async def hold_worker(store: Store, job_id: str) -> str:
+    """The worker a queued job is held for ('' = none)."""
+    return str(await store.redis.hget(store.keys.job(job_id), "hold_worker") or "")
+
+
+async def test_an_idle_claim_with_hold_next_holds_the_job_after_its_lease_so_the_worker_needs_no_claim(
+    store: Store,
+) -> None:
+    ada = [(await store.submit("ada", job())).id for _ in range(2)]
+    bob = (await store.submit("bob", job())).id
+
+    lease = await store.claim("w1", "gpu", hold_next=True)
+
+    assert lease is not None and not lease.prepared and lease.job.id == ada[0]
+    held = lease.held
+    assert held is not None and held.prepared and held.job.id == bob  # fair order: bob's turn next
+    assert held.token != lease.token and held.job.attempts == 0
+    waiting = await store.get(bob)
+    assert waiting is not None and waiting.state == JobState.QUEUED and waiting.attempts == 0
+    assert await hold_worker(store, bob) == "w1"
+    assert (await store.heartbeat(ada[0], lease.token)).holding == bob
+    # the worker's GPU falls free: it starts the held job, which holds the one after it
+    reply = await store.start(bob, start_call(held, worker_id="w1"), "gpu")
+    assert reply.started and reply.held is not None and reply.held.job.id == ada[1]
+
+
+async def test_a_claim_without_hold_next_holds_nothing_as_before(store: Store) -> None:
+    await store.submit("ada", job())
+    second = (await store.submit("ada", job())).id
+
+    lease = await store.claim("w1", "gpu")
+
+    assert lease is not None and lease.held is None
+    assert await hold_worker(store, second) == ""
+
+
+async def test_the_job_an_idle_claim_held_goes_to_an_idle_worker_that_asks(store: Store) -> None:
+    await store.submit("ada", job())
+    second = (await store.submit("ada", job())).id
+    lease = await store.claim("busy", "gpu", hold_next=True)
+    assert lease is not None and lease.held is not None and lease.held.job.id == second
+
+    taken = await store.claim("idle", "gpu", hold_next=True)
+
+    assert taken is not None and taken.job.id == second and taken.held is None
+    assert (await store.heartbeat(lease.job.id, lease.token)).holding is None
+    reply = await store.start(second, start_call(lease.held), "gpu")
+    assert not reply.started and reply.lease is None and reply.held is None
+    moved = await store.get(second)
+    assert moved is not None and moved.worker_id == "idle" and moved.attempts == 1
+
+
+async def test_a_job_an_idle_claim_held_and_then_cancelled_is_not_started(store: Store) -> None:
+    await store.submit("ada", job())
+    second = (await store.submit("ada", job())).id
+    lease = await store.claim("busy", "gpu", hold_next=True)
+    assert lease is not None and lease.held is not None
+
+    assert await store.cancel(second, user="ada") == "cancelled"
+
+    assert (await store.heartbeat(lease.job.id, lease.token)).holding is None
+    reply = await store.start(second, start_call(lease.held), "gpu")
+    assert not reply.started and reply.lease is None
+    cancelled = await store.get(second)
+    assert cancelled is not None and cancelled.state == JobState.CANCELLED and cancelled.attempts == 0
+
+
+async def test_the_hold_of_an_idle_claim_lapses_with_its_lease_when_no_heartbeat_renews_it(
+    store_with: Callable[..., Store],
+) -> None:
+    store = store_with(lease_seconds=0.5)
+    await store.submit("ada", job())
+    second = (await store.submit("ada", job())).id
+    lease = await store.claim("gone", "gpu", hold_next=True)  # its worker dies right after
+    assert lease is not None and lease.held is not None
+    await store.submit("bob", job())
+    assert await store.claim("busy", "gpu") is not None  # bob's job runs on another worker
+    assert await store.claim("busy", "gpu", prepare=True) is None  # ada's second is still held
+
+    deadline = time.monotonic() + 10
+    again = None
+    while again is None and time.monotonic() < deadline:  # bounded: the hold lapses after 0.5 s
+        again = await store.claim("busy", "gpu", prepare=True, wait=0.2)
+
+    assert again is not None and again.job.id == second and again.job.attempts == 0
+
+
+async def test_a_claim_holds_no_job_of_an_owner_at_her_running_limit_nor_while_paused(
+    store_with: Callable[..., Store],
+) -> None:
+    store = store_with(max_running_per_user=1)
+    await store.submit("ada", job())
+    await store.submit("ada", job())
+    bobs = (await store.submit("bob", job())).id
+    lease = await store.claim("w1", "gpu", hold_next=True)
+    assert lease is not None and lease.held is not None and lease.held.job.id == bobs  # ada runs one
+
+    await store.pause()
+    assert await store.claim("w2", "gpu", hold_next=True) is None
+    assert await hold_worker(store, bobs) == "w1"  # the pause takes nothing from anybody
+
+
+async def test_a_claim_repeated_after_its_reply_was_lost_holds_that_job_again(store: Store) -> None:
+    # ada's second is prepared by busy-1; bob then queues two, his first ranking ahead of it
+    _, held = await busy_with_next(store, "busy-1")
+    bob = [(await store.submit("bob", job())).id for _ in range(2)]
+    lost = await store.claim("w1", "gpu", hold_next=True)
+    assert lost is not None and lost.job.id == bob[0]
+    assert lost.held is not None and lost.held.job.id == bob[1]  # ada's second is busy-1's
+
+    # the reply never reached w1, whose client asks again: it is leased ada's second (an idle
+    # claim takes a prepared job) and holds bob's second again, under its new token
+    again = await store.claim("w1", "gpu", hold_next=True)
+
+    assert again is not None and again.job.id == held.job.id
+    assert again.held is not None and again.held.job.id == bob[1] and again.held.token != lost.held.token
+    assert (await store.heartbeat(again.job.id, again.token)).holding == bob[1]
+    # the lost reply's lease is the reaper's, as for any claim: it goes back once it expires
+    touched = await store.reap(now=now_ms() + 60_000)
+    assert [outcome for job_id, _, outcome in touched if job_id == bob[0]] in (["requeued"], ["delayed"])

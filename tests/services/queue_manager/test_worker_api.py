@@ -295,3 +295,23 @@ async def test_a_report_with_too_many_or_too_big_events_gets_a_4xx_naming_the_li
     done = {"token": lease.token, "events": [progress] * 256}
     assert (await client.post(f"/api/leases/{job_id}/complete", json=done, headers=GPU)).status_code == 204
     assert (await client.get(f"/api/jobs/{job_id}", headers=user_auth("ada"))).json()["state"] == "succeeded"
+
+
+async def test_an_idle_claim_asks_for_the_next_job_to_be_held_and_a_prepare_claim_cannot(
+    client: httpx.AsyncClient,
+) -> None:
+    await register(client)
+    first, second = await submit(client), await submit(client)
+
+    both = await client.post("/api/workers/w1/claim", params={"prepare": 1, "hold_next": 1}, headers=GPU)
+    assert both.status_code == 422 and "send one of the two" in both.json()["detail"]
+    assert (await client.get(f"/api/jobs/{first}", headers=user_auth("ada"))).json()["state"] == "queued"
+
+    reply = await client.post("/api/workers/w1/claim", params={"hold_next": 1}, headers=GPU)
+    assert reply.status_code == 200, reply.text
+    lease = Lease.model_validate(reply.json())
+    assert lease.job.id == first and lease.held is not None and lease.held.job.id == second
+    assert lease.held.prepared and lease.held.held is None
+    start = {"token": lease.held.token, "worker_id": "w1"}
+    started = await client.post(f"/api/leases/{second}/start", json=start, headers=GPU)
+    assert started.status_code == 200 and started.json()["started"] is True

@@ -244,15 +244,18 @@ async def test_the_next_job_is_claimed_ahead_only_once_the_one_just_launched_is_
         await submit_original(client, prompt, prompt_id, *rest)
         log.append(f"in ComfyUI {prompt_id}")
 
-    async def claim_noted(client: QueueClient, worker_id: str, wait: float, prepare: bool = False) -> Any:
+    async def claim_noted(
+        client: QueueClient, worker_id: str, wait: float, prepare: bool = False, **how: Any
+    ) -> Any:
         log.append("claim ahead" if prepare else "claim")
-        return await claim_original(client, worker_id, wait, prepare)
+        return await claim_original(client, worker_id, wait, prepare, **how)
 
     monkeypatch.setattr(ComfyClient, "submit", submit_noted)
     monkeypatch.setattr(QueueClient, "claim", claim_noted)
     comfy.knobs.node_seconds = 0.3
     async with participant(qm, "alice") as alice, pull_worker(worker_settings(comfy, qm.url, tmp_path)):
-        first = await submit(alice, graph(1))
+        first = await submit(alice, graph(1))  # alone: its claim holds nothing after it
+        await until(lambda: "claim ahead" in log, "the worker claims ahead", 20)
         second = await submit(alice, graph(2))
         done = [await finished(alice, first), await finished(alice, second)]
     assert [job.state for job in done] == [JobState.SUCCEEDED, JobState.SUCCEEDED]

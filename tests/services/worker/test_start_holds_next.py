@@ -1,10 +1,13 @@
-"""A worker with work queued goes from start to start: each ``start`` also holds the job after the
-one it leases (``hold_next``), so no claim races the end of a short job, and a job held that way
-still moves to an idle worker of the pool that asks (real queue manager, real HTTP)."""
+"""A worker with work queued goes from claim to start to start: its idle claim and each ``start``
+also hold the job after the one they lease (``hold_next``), so no claim ahead races the end of a
+short job, and a job held that way still moves to an idle worker of the pool that asks (real
+queue manager, real HTTP)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from devkit.doubles.comfyui import ComfyUIDouble
 from services.protocol.jobs import JobState
 from services.protocol.workers import Lease, StartReply
 from services.worker.queue_client import QueueClient
+from services.worker.settings import WorkerSettings
 from tests.support.jobs import finished, graph, participant, submit, until
 from tests.support.queue_manager_app import LiveServer
 from tests.support.worker_agent import Gates, hold_of, pull_worker, worker_settings
@@ -28,8 +32,10 @@ class Answers:
         self.starts: list[tuple[str, StartReply]] = []
         claim, start = QueueClient.claim, QueueClient.start
 
-        async def claim_noted(client: QueueClient, worker_id: str, wait: float, prepare: bool = False) -> Any:
-            lease = await claim(client, worker_id, wait, prepare)
+        async def claim_noted(
+            client: QueueClient, worker_id: str, wait: float, prepare: bool = False, **how: Any
+        ) -> Any:
+            lease = await claim(client, worker_id, wait, prepare, **how)
             self.claims.append((prepare, lease))
             return lease
 
@@ -45,28 +51,53 @@ class Answers:
         """The jobs plain claims leased (``prepare``: claims ahead held)."""
         return [lease.job.id for ahead, lease in self.claims if ahead == prepare and lease is not None]
 
+    def held_by_claims(self) -> list[str]:
+        """The jobs idle claims held after the one they leased (``hold_next``)."""
+        return [lease.held.job.id for _, lease in self.claims if lease is not None and lease.held is not None]
+
 
 @pytest.fixture
 def answers(monkeypatch: pytest.MonkeyPatch) -> Answers:
     return Answers(monkeypatch)
 
 
-async def test_a_run_of_short_jobs_is_pipelined_start_to_start_with_no_claim_after_the_first_two(
+@contextlib.contextmanager
+def two_workers(
+    comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path
+) -> Iterator[tuple[WorkerSettings, WorkerSettings]]:
+    """Settings of w-a (on ``comfy``, busy in the tests) and w-b (on a ComfyUI double of its own)."""
+    other = ComfyUIDouble(tmp_path / "comfy-b").start()
+    try:
+        yield (
+            worker_settings(comfy, qm.url, tmp_path, worker_id="w-a"),
+            worker_settings(other, qm.url, tmp_path, worker_id="w-b"),
+        )
+    finally:
+        other.stop()
+
+
+def stored(tmp_path: Path) -> list[str]:
+    """The outputs in alice's storage: one per job that ran and was kept."""
+    return sorted(path.name for path in (tmp_path / "files" / "users" / "alice" / "output").iterdir())
+
+
+async def test_a_run_of_short_jobs_goes_claim_to_start_to_start_with_no_claim_ahead(
     comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path, gates: Gates, answers: Answers, held_by: redis.Redis
 ) -> None:
     async with participant(qm, "alice") as alice:
         jobs = [await submit(alice, graph(color)) for color in range(1, 7)]
-        gates.close(jobs[0])  # the first job runs until the second is held for the worker
+        gates.close(jobs[0])  # the first job runs while the test looks at what the claim held
         async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
-            await until(lambda: answers.granted(prepare=True), "the worker holds the second", 20)
+            await until(lambda: answers.claims, "the worker claimed", 20)
+            assert hold_of(held_by, jobs[1]) == "w-test"  # held by the idle claim itself
             gates.open(jobs[0])
             done = [await finished(alice, job_id) for job_id in jobs]  # no-op jobs, back to back
 
     assert [job.state for job in done] == [JobState.SUCCEEDED] * len(jobs)
     assert all(job.worker_id == "w-test" and job.attempts == 1 for job in done)
-    # One claim as an idle worker, one claim ahead; from then on each start held the next job
-    assert answers.granted(prepare=False) == jobs[:1]
-    assert answers.granted(prepare=True) == jobs[1:2]
+    # One claim as an idle worker, which held the second job; from then on each start held the next
+    assert answers.granted(prepare=False) == jobs[:1] and answers.held_by_claims() == jobs[1:2]
+    assert answers.granted(prepare=True) == []  # no claim ahead at all
     assert [job_id for job_id, _ in answers.starts] == jobs[1:]
     assert all(reply.started and reply.lease is None for _, reply in answers.starts)
     held = [None if reply.held is None else reply.held.job.id for _, reply in answers.starts]
@@ -80,16 +111,13 @@ async def test_a_run_of_short_jobs_is_pipelined_start_to_start_with_no_claim_aft
 async def test_an_idle_worker_takes_the_job_a_start_held_for_a_busy_one(
     comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path, gates: Gates, answers: Answers, held_by: redis.Redis
 ) -> None:
-    other = ComfyUIDouble(tmp_path / "comfy-b").start()
-    try:
-        busy = worker_settings(comfy, qm.url, tmp_path, worker_id="w-a")
-        idle = worker_settings(other, qm.url, tmp_path, worker_id="w-b")
+    with two_workers(comfy, qm, tmp_path) as (busy, idle):
         async with participant(qm, "alice") as alice:
             first, second, third = [await submit(alice, graph(color)) for color in (1, 2, 3)]
             gates.close(first)  # runs until w-a holds the second
             gates.close(second)  # runs on w-a until the test is done with the third
             async with pull_worker(busy):
-                await until(lambda: answers.granted(prepare=True), "w-a holds the second", 20)
+                await until(lambda: hold_of(held_by, second) == "w-a", "w-a holds the second", 20)
                 gates.open(first)
                 # w-a starts the second, and that start holds the third for it
                 await until(lambda: answers.starts, "w-a started the second", 20)
@@ -103,8 +131,6 @@ async def test_an_idle_worker_takes_the_job_a_start_held_for_a_busy_one(
                 gates.open(second)
                 ran = await finished(alice, second)
                 first_done = await finished(alice, first)
-    finally:
-        other.stop()
     assert moved.state == JobState.SUCCEEDED and moved.worker_id == "w-b" and moved.attempts == 1
     assert still in (JobState.LEASED, JobState.RUNNING)  # it moved while w-a was busy
     assert ran.state == JobState.SUCCEEDED and ran.worker_id == "w-a"
@@ -113,8 +139,7 @@ async def test_an_idle_worker_takes_the_job_a_start_held_for_a_busy_one(
     # have had it in its ComfyUI for that round trip (it submits before the answer: decision 10),
     # but nothing of that run was kept: her storage holds one output per job, w-b's for the third
     assert all(not reply.started for job_id, reply in answers.starts if job_id == third)
-    stored = sorted(path.name for path in (tmp_path / "files" / "users" / "alice" / "output").iterdir())
-    assert stored == sorted(job.outputs[0].filename for job in (first_done, ran, moved))
+    assert stored(tmp_path) == sorted(job.outputs[0].filename for job in (first_done, ran, moved))
 
 
 @pytest.mark.parametrize("why", ["stopping", "comfyui down"])
@@ -134,7 +159,7 @@ async def test_a_job_a_start_held_is_given_back_without_an_attempt(
         gates.close(first)
         gates.close(second)
         async with pull_worker(worker_settings(comfy, qm.url, tmp_path)) as running:
-            await until(lambda: answers.granted(prepare=True), "the worker holds the second", 20)
+            await until(lambda: hold_of(held_by, second) == "w-test", "the worker holds the second", 20)
             gates.open(first)
             await until(lambda: answers.starts, "the worker started the second", 20)
             assert hold_of(held_by, third) == "w-test"  # held by that start
@@ -151,3 +176,48 @@ async def test_a_job_a_start_held_is_given_back_without_an_attempt(
     assert ran.state == JobState.SUCCEEDED and ran.worker_id == "w-test"
     assert waiting["state"] == "queued" and waiting["attempts"] == 0
     assert third not in comfy.state.timings
+
+
+async def test_an_idle_worker_takes_the_job_an_idle_claim_held_for_a_worker_now_busy(
+    comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path, gates: Gates, answers: Answers, held_by: redis.Redis
+) -> None:
+    with two_workers(comfy, qm, tmp_path) as (busy, idle):
+        async with participant(qm, "alice") as alice:
+            first, second = [await submit(alice, graph(color)) for color in (1, 2)]
+            gates.close(first)  # w-a runs it until the test is done with the second
+            async with pull_worker(busy):
+                await until(lambda: answers.claims, "w-a claimed", 20)
+                assert answers.held_by_claims() == [second] and hold_of(held_by, second) == "w-a"
+                async with pull_worker(idle):
+                    moved = await finished(alice, second)
+                    still = JobState((await alice.get(f"/api/jobs/{first}")).json()["state"])
+                gates.open(first)
+                first_done = await finished(alice, first)
+    assert moved.state == JobState.SUCCEEDED and moved.worker_id == "w-b" and moved.attempts == 1
+    assert still in (JobState.LEASED, JobState.RUNNING)  # it moved while w-a was busy
+    assert first_done.state == JobState.SUCCEEDED and first_done.worker_id == "w-a"
+    assert answers.granted(prepare=True) == []  # neither worker claimed ahead
+    assert all(not reply.started for job_id, reply in answers.starts if job_id == second)
+    assert stored(tmp_path) == sorted(job.outputs[0].filename for job in (first_done, moved))
+
+
+async def test_a_job_an_idle_claim_held_and_then_cancelled_never_runs_and_the_worker_goes_on(
+    comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path, gates: Gates, answers: Answers, held_by: redis.Redis
+) -> None:
+    async with participant(qm, "alice") as alice:
+        first, second = [await submit(alice, graph(color)) for color in (1, 2)]
+        gates.close(first)
+        async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+            await until(lambda: answers.claims, "the worker claimed", 20)
+            assert hold_of(held_by, second) == "w-test"
+            (await alice.post(f"/api/jobs/{second}/cancel")).raise_for_status()
+            assert hold_of(held_by, second) == ""  # the cancel ended the hold at once
+            gates.open(first)
+            first_done = await finished(alice, first)
+            third = await submit(alice, graph(3))
+            third_done = await finished(alice, third)
+        cancelled = (await alice.get(f"/api/jobs/{second}")).json()
+    assert cancelled["state"] == "cancelled" and cancelled["attempts"] == 0 and cancelled["outputs"] == []
+    assert first_done.state == third_done.state == JobState.SUCCEEDED
+    assert all(not reply.started for job_id, reply in answers.starts if job_id == second)
+    assert stored(tmp_path) == sorted(job.outputs[0].filename for job in (first_done, third_done))

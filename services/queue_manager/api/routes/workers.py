@@ -43,15 +43,26 @@ async def claim(
     store: StoreDep,
     wait: Annotated[float, Query(ge=0, le=60, description="seconds to wait for a job")] = 0,
     prepare: Annotated[bool, Query(description="busy: hold the next job, start it later")] = False,
+    hold_next: Annotated[
+        bool, Query(description="idle: also hold the job after the one leased (Lease.held)")
+    ] = False,
 ) -> Response:
     """Lease the next job for this worker, waiting up to ``wait`` seconds; 204 when none came."""
+    if prepare and hold_next:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            "hold_next is for an idle worker's claim, which leases a job and holds the one after it; "
+            "a claim with prepare=1 only holds one job: send one of the two",
+        )
     await own_worker(worker_id, pool, store)
     wait = min(wait, store.settings.claim_wait_max_seconds)
-    lease = await store.claim(worker_id, pool, wait=wait, prepare=prepare)
+    lease = await store.claim(worker_id, pool, wait=wait, prepare=prepare, hold_next=hold_next)
     if lease is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    if await request.is_disconnected():
-        await store.release(lease.job.id, lease.token)  # the worker gave up waiting: nobody holds it
+    if await request.is_disconnected():  # the worker gave up waiting: nobody holds them
+        for given in (lease, lease.held):
+            if given is not None:
+                await store.release(given.job.id, given.token)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     # Serialised once here: FastAPI's response_model path would dump, re-validate and dump again
     # the whole workflow graph (the schema still says Lease).
