@@ -62,6 +62,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.jobs_held = Gauge(
+            "qm_jobs_held",
+            "queued jobs held (prepared) for a busy worker of the pool; an idle worker's claim takes them",
+            ["pool"],
+            registry=self.registry,
+        )
         self.gpu_busy_fraction = Gauge(
             "qm_gpu_busy_fraction",
             "share of the last hour the pool's live GPUs ran jobs",

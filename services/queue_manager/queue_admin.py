@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from services.protocol.jobs import Job
 from services.queue_manager.errors import JobNotFound
 from services.queue_manager.keys import ANY_POOL
-from services.queue_manager.records import job_from_hash
+from services.queue_manager.records import held_for, job_from_hash, now_ms
 from services.queue_manager.scripts import RequeueDeadArgs, RescoreArgs
 from services.queue_manager.store_base import StoreBase
 
@@ -21,6 +21,11 @@ class QueueOverview(BaseModel):
     running: list[Job]
     delayed: list[Job]
     dead: list[Job]
+    held: dict[str, str] = Field(
+        default_factory=dict,
+        description="queued job id -> the busy worker it is held (prepared) for, to run next; the job "
+        "still waits in line, and an idle worker's claim takes it",
+    )
 
 
 class UserSummary(BaseModel):
@@ -80,12 +85,15 @@ class AdminOps(StoreBase):
         assert job is not None
         return job
 
-    async def _jobs(self, ids: list[str]) -> list[Job]:
+    async def _records(self, ids: list[str]) -> list[dict[str, str]]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hgetall(self.keys.job(job_id))
             records = await pipe.execute()
-        return [job_from_hash(fields) for fields in records if fields]
+        return [fields for fields in records if fields]
+
+    async def _jobs(self, ids: list[str]) -> list[Job]:
+        return [job_from_hash(fields) for fields in await self._records(ids)]
 
     async def queued_ids(self) -> list[str]:
         """Every waiting job id in dispatch order (across scopes, by schedule score)."""
@@ -96,15 +104,16 @@ class AdminOps(StoreBase):
         return [job_id for _, job_id in sorted(scored)]
 
     async def overview(self, limit: int = 500) -> QueueOverview:
-        queued = await self._jobs((await self.queued_ids())[:limit])
-        for place, job in enumerate(queued):
-            job.position = place
+        records = await self._records((await self.queued_ids())[:limit])
+        now = now_ms()
+        held = {fields["id"]: holder for fields in records if (holder := held_for(fields, now))}
         return QueueOverview(
             paused=await self.paused(),
-            queued=queued,
+            queued=[job_from_hash(fields, position=place) for place, fields in enumerate(records)],
             running=await self._jobs(await self.redis.zrange(self.keys.leases, 0, limit - 1)),
             delayed=await self._jobs(await self.redis.zrange(self.keys.delayed, 0, limit - 1)),
             dead=await self._jobs(await self.redis.zrevrange(self.keys.dead, 0, limit - 1)),
+            held=held,
         )
 
     async def users(self) -> list[UserSummary]:

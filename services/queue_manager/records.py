@@ -35,6 +35,19 @@ def spec_json(submit: JobSubmit) -> str:
     )
 
 
+HOLD_FIELDS = ("state", "hold_worker", "hold_expires")
+
+
+def held_for(fields: dict[str, str], now: int) -> str | None:
+    """The busy worker a queued job is held (prepared) for, while its hold lasts; None when the
+    job is not held (``held_by_other`` in lib.lua reads the same fields). ``fields``: the job's
+    hash, or at least ``HOLD_FIELDS``."""
+    holder = fields.get("hold_worker")
+    if fields.get("state") != "queued" or not holder or float(fields.get("hold_expires") or 0) <= now:
+        return None
+    return holder
+
+
 def pairs_to_dict(flat: list[Any]) -> dict[str, str]:
     """An HGETALL answer that came back through Lua as a flat list."""
     return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}

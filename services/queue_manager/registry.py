@@ -7,14 +7,14 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from services.protocol.jobs import JobState
 from services.protocol.workers import RegisterReply, WorkerCapabilities, WorkerRegistration, WorkerState
 from services.queue_manager.catalogues import CatalogueOps
 from services.queue_manager.errors import UnknownWorker, WorkerHoldsAJob, WorkerInAnotherPool
 from services.queue_manager.keys import WORKER_TTL_SECONDS
-from services.queue_manager.records import ms_to_datetime, now_ms
+from services.queue_manager.records import HOLD_FIELDS, held_for, ms_to_datetime, now_ms
 
 log = logging.getLogger(__name__)
 SEEN_WRITE_MS = 5000
@@ -27,6 +27,11 @@ class WorkerInfo(BaseModel):
     last_seen: datetime | None
     registered_at: datetime | None
     capabilities: WorkerCapabilities
+    holding: str | None = Field(
+        default=None,
+        description="the queued job held (prepared) for this busy worker to run next; an idle "
+        "worker's claim still takes it",
+    )
 
 
 class WorkerOps(CatalogueOps):
@@ -175,10 +180,27 @@ class WorkerOps(CatalogueOps):
             for worker_id in ids:
                 pipe.hgetall(self.keys.worker(worker_id))
             records = await pipe.execute()
-        infos = (self._info(wid, fields) for wid, fields in zip(ids, records, strict=True) if fields)
+        found = [(wid, fields) for wid, fields in zip(ids, records, strict=True) if fields]
+        held = await self._holds({wid: fields.get("next_id", "") for wid, fields in found})
+        infos = (self._info(wid, fields, held.get(wid)) for wid, fields in found)
         return [info for info in infos if info is not None]
 
-    def _info(self, worker_id: str, fields: dict[str, str]) -> WorkerInfo | None:
+    async def _holds(self, next_ids: dict[str, str]) -> dict[str, str]:
+        """Per worker, the job still held for it: the ``next_id`` its record names, while that job
+        is queued and held for it and the hold has not lapsed (``holding_of`` in lib.lua)."""
+        named = {worker_id: job_id for worker_id, job_id in next_ids.items() if job_id}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in named.values():
+                pipe.hmget(self.keys.job(job_id), list(HOLD_FIELDS))
+            found = await pipe.execute() if named else []
+        now = now_ms()
+        return {
+            worker_id: job_id
+            for (worker_id, job_id), values in zip(named.items(), found, strict=True)
+            if held_for(dict(zip(HOLD_FIELDS, values, strict=True)), now) == worker_id
+        }
+
+    def _info(self, worker_id: str, fields: dict[str, str], holding: str | None = None) -> WorkerInfo | None:
         try:
             capabilities = WorkerCapabilities.model_validate_json(fields.get("capabilities") or "")
         except ValidationError:
@@ -201,4 +223,5 @@ class WorkerOps(CatalogueOps):
             last_seen=last_seen,
             registered_at=ms_to_datetime(fields.get("registered_at")),
             capabilities=capabilities,
+            holding=holding,
         )

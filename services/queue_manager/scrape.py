@@ -6,7 +6,7 @@ import time
 from collections import Counter
 
 from services.protocol.workers import WorkerState
-from services.queue_manager.admin.stats import gpu_by_pool
+from services.queue_manager.admin.stats import gpu_by_pool, held_by_pool
 from services.queue_manager.metrics import Metrics
 from services.queue_manager.store import Store
 
@@ -30,6 +30,9 @@ async def refresh_gauges(store: Store, metrics: Metrics) -> None:
         metrics.workers.labels(state=state.value).set(states.get(state, 0))
     for pool, use in (await gpu_by_pool(store, workers, time.time())).items():
         metrics.gpu_busy_fraction.labels(pool=pool).set(use.busy_fraction)
+    metrics.jobs_held.clear()
+    for pool, held in held_by_pool(workers).items():
+        metrics.jobs_held.labels(pool=pool).set(held)
 
 
 async def _owners(store: Store, ids: list[str]) -> list[str]:

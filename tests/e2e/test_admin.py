@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Browser
+from playwright.async_api import Browser, BrowserContext, Page
 
 from devkit.doubles.comfyui_nodes import catalogue
 from services.protocol.workers import ModelsProgress, WorkerCapabilities, WorkerRegistration
@@ -24,6 +24,18 @@ from tests.support.queue_manager_app import (
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
+async def admin_page(browser: Browser, server: LiveServer) -> tuple[BrowserContext, Page]:
+    """A fresh browser profile on the admin page, logged in through its login form."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 900})
+    page = await context.new_page()
+    await page.goto(f"{server.url}/admin/")
+    await page.fill("#username", ADMIN)
+    await page.fill("#password", ADMIN_PASSWORD)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{server.url}/admin/")
+    return context, page
+
+
 async def test_the_admin_sees_the_job_and_the_worker_and_can_cancel(
     browser: Browser, server: LiveServer, artifacts_dir: Path
 ) -> None:
@@ -38,13 +50,7 @@ async def test_the_admin_sees_the_job_and_the_worker_and_can_cancel(
         client.post("/api/workers/register", json=body, headers=WORKER_AUTH)
         reply = login(client, "alice").post("/w/alice/api/prompt", json={"prompt": GRAPH, "client_id": "c"})
         job_id = reply.json()["prompt_id"]
-    context = await browser.new_context(viewport={"width": 1400, "height": 900})
-    page = await context.new_page()
-    await page.goto(f"{server.url}/admin/")
-    await page.fill("#username", ADMIN)
-    await page.fill("#password", ADMIN_PASSWORD)
-    await page.click("button[type=submit]")
-    await page.wait_for_url(f"{server.url}/admin/")
+    context, page = await admin_page(browser, server)
     queue = page.locator("#queue")
     await queue.get_by_text(job_id.split("-")[0]).wait_for(timeout=10_000)
     assert "alice" in await queue.inner_text()
@@ -78,4 +84,29 @@ async def test_the_login_page_sends_nobody_to_another_site(browser: Browser, ser
         await page.fill("#password", "alice-pw")
         await page.click("button[type=submit]")
         await page.wait_for_url(f"{server.url}/w/alice/", timeout=15_000)
+    await context.close()
+
+
+async def test_the_admin_sees_a_queued_job_held_for_a_busy_worker_and_the_pools_count(
+    browser: Browser, server: LiveServer
+) -> None:
+    with httpx.Client(base_url=server.url) as client:
+        register_worker(client, catalogue([]), worker_id="verda-h100-1")
+        alice = login(client, "alice")
+        jobs = [
+            alice.post("/w/alice/api/prompt", json={"prompt": GRAPH, "client_id": "c"}).json()["prompt_id"]
+            for _ in range(2)
+        ]
+        claimed = client.post("/api/workers/verda-h100-1/claim?hold_next=1", headers=WORKER_AUTH)
+        assert claimed.json()["held"]["job"]["id"] == jobs[1]  # leased the first, held the second
+    context, page = await admin_page(browser, server)
+    held_row = page.locator("#queue tr", has_text=jobs[1].split("-")[0])
+    await held_row.get_by_text("held for verda-h100-1").wait_for(timeout=10_000)
+    assert "queued" in await held_row.inner_text()
+    running_row = page.locator("#queue tr", has_text=jobs[0].split("-")[0])
+    assert "held for" not in await running_row.inner_text()
+    worker_row = page.locator("#workers tr", has_text="verda-h100-1")
+    await worker_row.get_by_text(jobs[1].split("-")[0]).wait_for(timeout=10_000)  # the job it holds next
+    pool_row = page.locator("#gpu-pools tbody tr", has_text=POOL)
+    assert (await pool_row.locator("td").last.inner_text()) == "1"
     await context.close()

@@ -54,9 +54,16 @@ function bars(svg, values) {
     .join("");
 }
 
-function jobRow(job, actions) {
+// Where a job is: its worker, else the busy worker it is held (prepared) for, else its pool.
+function place(job, holder) {
+  if (job.worker_id) return esc(job.worker_id);
+  const pool = esc(job.pool ?? "any pool");
+  return holder ? `<span class="held" title="runs next on ${esc(holder)} unless an idle worker claims it first">held for ${esc(holder)}</span> · ${pool}` : pool;
+}
+
+function jobRow(job, actions, holder) {
   return `<td>${job.position != null ? job.position + 1 : ""}</td><td><code title="${esc(job.id)}">${short(job.id)}</code></td>` +
-    `<td>${esc(job.user)}</td><td>${state(job.state)}</td><td>${esc(job.worker_id ?? job.pool ?? "any pool")}</td>` +
+    `<td>${esc(job.user)}</td><td>${state(job.state)}</td><td>${place(job, holder)}</td>` +
     `<td>${ago(job.queued_at)}</td><td>${actions}</td>`;
 }
 
@@ -69,7 +76,8 @@ function queueActions(job) {
 function drawQueue(overview) {
   $("banner").textContent = overview.paused ? "Dispatch is paused" : "";
   const running = overview.running.map((j) => jobRow(j, `<button class="danger" data-action="cancel" data-job="${esc(j.id)}">Cancel</button>`));
-  const waiting = [...overview.queued, ...overview.delayed].map((j) => jobRow(j, queueActions(j)));
+  const held = overview.held ?? {};
+  const waiting = [...overview.queued, ...overview.delayed].map((j) => jobRow(j, queueActions(j), held[j.id]));
   $("queue").innerHTML = table(["#", "job", "user", "state", "worker / pool", "queued", ""], [...running, ...waiting], "The queue is empty.");
   const dead = overview.dead.map((j) => jobRow(j, `<span title="${esc(j.error?.message)}">${esc(j.error?.type ?? "")}</span> <button data-action="requeue" data-job="${esc(j.id)}">Requeue</button>`));
   $("dead").innerHTML = table(["#", "job", "user", "state", "last worker", "queued", "error"], dead, "No dead letters.");
@@ -89,9 +97,9 @@ function drawWorkers(workers) {
   const sorted = [...workers].sort((a, b) => `${a.capabilities.pool}/${a.capabilities.provider}`.localeCompare(`${b.capabilities.pool}/${b.capabilities.provider}`));
   const rows = sorted.map((w) =>
     `<td>${esc(w.capabilities.pool)}</td><td>${esc(w.capabilities.provider)}</td><td>${esc(w.worker_id)}</td>` +
-    `<td>${state(w.state)}</td><td><code>${short(w.job_id)}</code></td><td>${esc(w.capabilities.gpu)}</td>` +
-    `<td>${models(w.capabilities.models_sync)}</td><td>${ago(w.last_seen)}</td>`);
-  $("workers").innerHTML = table(["pool", "provider", "worker", "state", "job", "GPU", "models", "seen"], rows, "No worker has registered.");
+    `<td>${state(w.state)}</td><td><code>${short(w.job_id)}</code></td><td><code title="${esc(w.holding)}">${short(w.holding)}</code></td>` +
+    `<td>${esc(w.capabilities.gpu)}</td><td>${models(w.capabilities.models_sync)}</td><td>${ago(w.last_seen)}</td>`);
+  $("workers").innerHTML = table(["pool", "provider", "worker", "state", "job", "holds next", "GPU", "models", "seen"], rows, "No worker has registered.");
 }
 
 const names = (list) => (list.length ? esc(list.join(", ")) : "–");
@@ -124,9 +132,11 @@ function drawStats(stats) {
   const secs = (v) => (v === null ? "–" : `${v.toFixed(2)} s`);
   const gpu = Object.entries(stats.gpu_by_pool).map(([pool, g]) =>
     `<td>${esc(pool)}</td><td>${Math.round(g.busy_fraction * 100)} %</td><td>${ms(g.gap_ms_p50)}</td>` +
-    `<td>${ms(g.gap_ms_p99)}</td><td>${secs(g.upload_s_p50)}</td><td>${secs(g.upload_s_max)}</td><td>${g.jobs}</td>`);
+    `<td>${ms(g.gap_ms_p99)}</td><td>${secs(g.upload_s_p50)}</td><td>${secs(g.upload_s_max)}</td><td>${g.jobs}</td>` +
+    `<td>${stats.held_by_pool[pool] ?? 0}</td>`);
   $("gpu-pools").innerHTML = table(
-    ["pool", "GPU busy", "idle gap p50", "idle gap p99", "upload p50", "upload max", "jobs"], gpu, "No pool has run a job yet.");
+    ["pool", "GPU busy", "idle gap p50", "idle gap p99", "upload p50", "upload max", "jobs", "held for busy workers"], gpu,
+    "No pool has run a job yet.");
   const rows = stats.participants.map((p) =>
     `<td>${esc(p.user)}</td><td>${p.online ? "online" : ""}</td><td>${p.queued}</td><td>${p.running}</td>` +
     `<td><input type="number" min="-100" max="100" value="${p.priority}" data-user-priority="${esc(p.user)}"> ` +

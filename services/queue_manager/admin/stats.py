@@ -1,6 +1,7 @@
 """The admin page's figures: queue depth and GPU use over time, jobs per minute, cost so far, and
 per pool the last hour's GPU busy fraction, idle gaps between jobs and upload time per job (from
-the timings workers report with each job's outcome, kept in ``{p}:admin:gpu:{pool}``).
+the timings workers report with each job's outcome, kept in ``{p}:admin:gpu:{pool}``), and the jobs
+held (prepared) for its busy workers now (``WorkerInfo.holding``).
 
 Jobs per minute come straight from the store's ``{p}:finished`` index (exact, for the retention
 time). Queue depth and GPU busy share are sampled by a background task of every queue manager
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +63,10 @@ class Stats(BaseModel):
     cost_so_far: float
     cost_by_pool: dict[str, float]
     gpu_by_pool: dict[str, PoolGpu] = Field(description="per pool, the last hour's GPU use")
+    held_by_pool: dict[str, int] = Field(
+        description="per pool, queued jobs held (prepared) for its busy workers now: each runs next on "
+        "its worker, unless an idle worker of the pool claims it first"
+    )
     participants: list[dict[str, Any]]
 
 
@@ -176,6 +182,12 @@ async def gpu_by_pool(
     }
 
 
+def held_by_pool(workers: list[WorkerInfo]) -> dict[str, int]:
+    """Per known pool, the jobs held (prepared) for its busy workers now (the admin page, Prometheus)."""
+    held = Counter(w.capabilities.pool for w in workers if w.holding)
+    return {pool: held[pool] for pool in sorted({w.capabilities.pool for w in workers})}
+
+
 async def participants(store: Store, configured: list[str]) -> list[dict[str, Any]]:
     summaries = {s.user: s for s in await store.users()}
     online = set(store.events.local_users())
@@ -207,5 +219,6 @@ async def collect(store: Store, configured: list[str], prices: dict[str, float])
         cost_so_far=round(sum(by_pool.values()), 2),
         cost_by_pool=by_pool,
         gpu_by_pool=await gpu_by_pool(store, workers, now),
+        held_by_pool=held_by_pool(workers),
         participants=await participants(store, configured),
     )

@@ -1,0 +1,88 @@
+"""What the admin sees of jobs held (prepared) for busy workers: on the admin API and page (which
+worker holds a queued job, how many per pool) and in Prometheus (``qm_jobs_held`` per pool)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from services.protocol.workers import Lease
+from tests.support.qm_api import ADMIN, GPU, job, registration, user_auth
+
+JSON = {**GPU, "Content-Type": "application/json"}
+HELD = 'qm_jobs_held{pool="gpu"}'
+
+
+async def submit(client: httpx.AsyncClient) -> str:
+    reply = await client.post("/api/jobs", json=job().model_dump(mode="json"), headers=user_auth("ada"))
+    reply.raise_for_status()
+    return str(reply.json()["id"])
+
+
+async def register(client: httpx.AsyncClient, worker_id: str) -> None:
+    body = registration(worker_id).model_dump_json()
+    (await client.post("/api/workers/register", content=body, headers=JSON)).raise_for_status()
+
+
+async def seen(
+    client: httpx.AsyncClient,
+) -> tuple[dict[str, Any], dict[str, str | None], dict[str, int], str]:
+    """The admin's queue, each worker's held job, the stats' held count per pool, and the metrics."""
+    queue = (await client.get("/api/admin/queue", headers=ADMIN)).json()
+    workers = {
+        w["worker_id"]: w["holding"] for w in (await client.get("/api/admin/workers", headers=ADMIN)).json()
+    }
+    stats = (await client.get("/admin/api/stats", headers=ADMIN)).json()
+    return queue, workers, stats["held_by_pool"], (await client.get("/metrics")).text
+
+
+def metric(metrics: str, name: str) -> float | None:
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+async def test_the_admin_sees_which_busy_worker_holds_a_queued_job_and_how_many_per_pool(
+    client: httpx.AsyncClient,
+) -> None:
+    await register(client, "w1")
+    await register(client, "w2")
+    first, second, third = [await submit(client) for _ in range(3)]
+    queue, workers, held, metrics = await seen(client)
+    assert queue["held"] == {} and workers == {"w1": None, "w2": None} and held == {"gpu": 0}
+    assert metric(metrics, HELD) == 0.0
+
+    claimed = await client.post("/api/workers/w1/claim", params={"hold_next": 1}, headers=GPU)
+    lease = Lease.model_validate_json(claimed.content)
+    assert lease.job.id == first and lease.held is not None and lease.held.job.id == second
+
+    queue, workers, held, metrics = await seen(client)
+    assert queue["held"] == {second: "w1"}  # still queued, in line, and held for w1
+    assert [j["id"] for j in queue["queued"]] == [second, third]
+    assert workers == {"w1": second, "w2": None} and held == {"gpu": 1}
+    assert metric(metrics, HELD) == 1.0
+
+    # an idle worker of the pool asks: it takes the held job, and the hold is gone everywhere
+    taken = await client.post("/api/workers/w2/claim", headers=GPU)
+    assert Lease.model_validate_json(taken.content).job.id == second
+    queue, workers, held, metrics = await seen(client)
+    assert queue["held"] == {} and workers == {"w1": None, "w2": None} and held == {"gpu": 0}
+    assert metric(metrics, HELD) == 0.0
+
+
+async def test_a_hold_given_back_is_no_longer_shown(client: httpx.AsyncClient) -> None:
+    await register(client, "w1")
+    await submit(client)
+    second = await submit(client)
+    lease = Lease.model_validate_json(
+        (await client.post("/api/workers/w1/claim", params={"hold_next": 1}, headers=GPU)).content
+    )
+    assert lease.held is not None and (await seen(client))[0]["held"] == {second: "w1"}
+
+    release = {"token": lease.held.token}
+    (await client.post(f"/api/leases/{second}/release", json=release, headers=GPU)).raise_for_status()
+
+    queue, workers, held, _ = await seen(client)
+    assert queue["held"] == {} and workers == {"w1": None} and held == {"gpu": 0}
