@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -245,8 +246,11 @@ class SimulatedWorker:
     fail_users: frozenset[str]
     crash_in_chain: int
     client: httpx.AsyncClient | None = None  # one per runner: TLS set-up per job would dominate the bench
+    name: str = field(default_factory=lambda: f"simulated-{secrets.token_hex(4)}")  # its WORKER_ID
 
     async def post(self, url: str, body: dict[str, Any], lease: dict[str, Any]) -> httpx.Response:
+        """``body`` with the container's name, as the worker agent sends every call of a request."""
+        body = {**body, "worker_id": self.name}
         if self.client is None:
             self.client = httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=200))
         headers = {"Authorization": f"Bearer {lease['reply_token']}"}
@@ -261,7 +265,7 @@ class SimulatedWorker:
         ok, current = True, lease
         for _ in range(100_000):  # bounded: the queue manager ends a chain at its max_jobs_per_request
             ok = await self.run_one(current) and ok
-            following = await self.next_in_chain(lease)
+            following = await self.next_in_chain(lease, current["token"])
             if following is None:
                 break
             current = following
@@ -294,10 +298,11 @@ class SimulatedWorker:
         done = await self.post(f"{base}/complete", {"token": token, "outputs": []}, lease)
         return done.status_code == 204
 
-    async def next_in_chain(self, first: dict[str, Any]) -> dict[str, Any] | None:
+    async def next_in_chain(self, first: dict[str, Any], after: str) -> dict[str, Any] | None:
         if not first.get("chain"):
             return None
-        reply = await self.post(f"{first['reply_url']}/api/push/{first['chain']}/next", {}, first)
+        url = f"{first['reply_url']}/api/push/{first['chain']}/next"
+        reply = await self.post(url, {"after": after}, first)
         if reply.status_code != 200:
             return None
         if self.crash_in_chain > 0:

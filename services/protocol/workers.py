@@ -16,7 +16,7 @@ Routes (all under the queue manager's base URL, all with ``Authorization: Bearer
 | ``POST /api/leases/{job_id}/fail`` | ``Failure`` | 204; 409 when the lease is not held |
 | ``POST /api/leases/{job_id}/release`` | ``Release`` | 204 (requeued, attempt not counted) |
 | ``POST /api/leases/{job_id}/start`` | ``StartCall`` | ``StartReply`` (what to run, next held) |
-| ``POST /api/push/{chain}/next`` | ``ChainCall`` | 200 ``Lease`` (this push request's next job) or 204 |
+| ``POST /api/push/{chain}/next`` | ``NextCall`` | 200 ``Lease`` (this push request's next job) or 204 |
 | ``POST /api/push/{chain}/end`` | ``ChainCall`` | 204 (this push request takes no more jobs) |
 
 A busy worker prepares its next job while the current one runs: ``claim?prepare=1`` holds the
@@ -35,7 +35,9 @@ token nobody has.
 A push container's request carries ``Lease.chain``: after each job the container asks
 ``push/{chain}/next`` for the job the queue gives an idle worker of its pool now, and runs it in
 the same request, until a 204 (``services/queue_manager/push_requests.py``). Its lease and push
-calls may send the request's own ``reply_token`` instead of the pool token.
+calls may send the request's own ``reply_token`` instead of the pool token; with it they name the
+container (``worker_id``), and the first name the request's calls send is the only one they may
+send after (403 for another), and ``next`` names the job it follows (``after``).
 
 Completion and failure are idempotent for the lease holder: repeating the same call after a
 network error answers 204 again and changes nothing, so a retry never completes a job twice.
@@ -167,21 +169,34 @@ class Lease(BaseModel):
     )
 
 
-class ChainCall(BaseModel):
-    worker_id: str | None = Field(
-        default=None, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="the push container's own id"
-    )
+class HolderCall(BaseModel):
+    """A lease or push call; a push container names itself in it."""
 
-
-class LeaseCall(BaseModel):
-    token: str = Field(min_length=1)
     worker_id: str | None = Field(
         default=None,
         max_length=128,
         pattern=r"^[A-Za-z0-9._:-]+$",
         description="push containers: their own registered id, so the admin page shows them busy while "
-        "they run a lease the dispatcher claimed (pull workers hold their leases under their own id)",
+        "they run a lease the dispatcher claimed (pull workers hold their leases under their own id). "
+        "Required with a reply token: the request's calls may name only the container that first used it",
     )
+
+
+class ChainCall(HolderCall):
+    """A push container's call on its request's chain (``end``; ``next`` is a ``NextCall``)."""
+
+
+class NextCall(ChainCall):
+    after: str = Field(
+        min_length=1,
+        max_length=128,
+        description="the lease token of the job this container is done with (the request's latest): "
+        "a repeat after a lost reply gets the same next job again, a call after an older one none",
+    )
+
+
+class LeaseCall(HolderCall):
+    token: str = Field(min_length=1)
 
 
 class Release(LeaseCall):

@@ -34,7 +34,7 @@
 | ``{p}:cancels`` | pub/sub | a running job's id once its owner cancels it, to answer its heartbeat | - |
 | ``{p}:ended`` | pub/sub | a job's id when its lease ends; a push chain's id when it changes | - |
 | ``{p}:push:{chain}`` | hash | a push request's chain: slot, request id, current job, limits | its request |
-| ``{p}:push_token:{sha256}`` | string | a push request's reply token (by digest) -> its pool | its request |
+| ``{p}:push_token:{sha256}`` | hash | reply token (by digest): its pool, chain, container | its request |
 | ``{p}:admin:samples`` | list | the admin page's queue/worker samples, newest last, capped | capped |
 | ``{p}:admin:sampled:{n}`` | string | set (NX) by the process that takes interval n's sample | expires |
 | ``{p}:admin:gpu:{pool}`` | list | per finished job: GPU, idle gap, upload seconds (JSON) | capped |
@@ -118,7 +118,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("wake", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
     Family("cancels", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
     Family("ended", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
-    Family("push_token:{digest}", "string", Carried.LEFT, "no request outlives the evening"),
+    Family("push_token:{digest}", "hash", Carried.LEFT, "no request outlives the evening"),
     Family(
         "push:{chain}",
         "hash",

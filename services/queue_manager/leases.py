@@ -194,6 +194,10 @@ class LeaseOps(StoreBase):
         if not ticket.deliver(lease) and lease is not None:
             await self.release(lease.job.id, token)
 
+    def lease_from(self, fields: dict[str, str]) -> Lease:
+        """The lease a leased job's record holds (a push request's repeat of a lost ``next``)."""
+        return self._lease(job_from_hash(fields), fields["token"], fields["lease_expires"])
+
     def _lease(self, job: Job, token: str, expires_ms: str) -> Lease:
         expires = ms_to_datetime(expires_ms)
         assert expires is not None

@@ -22,12 +22,29 @@ Only the chain's own pool's credentials may take from it (403 for another pool's
 random secret sent only in the request.
 
 The request carries its own reply token, not the pool's worker token: ``{p}:push_token:{sha256}``
-names its pool for as long as the chain's record lives. It acts as a worker of that pool on the
-lease routes (the lease token of each job is still needed) and on the chain routes (each chain
-id is a secret of its own request), and on nothing else: it cannot register a worker, claim from
-the queue or act for another pool. So a request payload the provider keeps (its console, its
-logs) gives away at most the rest of that request's chain, for at most its chain window plus one
-job's time.
+names its pool and its chain for as long as the chain's record lives. It acts as a worker of that
+pool on the lease routes (the lease token of each job is still needed) and on its own chain's
+routes, and on nothing else: it cannot register a worker, claim from the queue, act for another
+pool or on another request's chain.
+
+A request payload the provider keeps (its console, its logs) holds that token, the chain id and
+the first job's lease token. What a copy of it cannot do:
+
+* Name another container. Calls with a reply token name the container that makes them
+  (``worker_id``, its registered id, which the admin page shows busy with the job). The first name
+  a request's calls send binds the request to it (``bind.lua``, one step on the token's record);
+  a call naming anyone else is refused (403, ``RunElsewhere``) before it changes anything, so
+  nobody marks another container busy or idle, or reports, ends or takes for the request.
+* Take jobs beside the container. ``next`` names the job it follows (``NextCall.after``: that
+  job's lease token, which only the one it was given to knows, the first job's aside). The chain
+  takes once from each job (``take.lua``: the check, the count and the mark of the take are one
+  step): a second ``next`` after the same job gets the same job again (the repeat of a call whose
+  reply was lost, as the container's retries send it), one while that take is under way or after
+  an older job 409, never a second job.
+
+What it still can: used before the container's first call (while the request waits at the
+provider, or the container starts), it binds the request to its own name; the container's calls
+are then refused, and the dispatcher requeues the job once the provider reports the request over.
 """
 
 from __future__ import annotations
@@ -40,13 +57,18 @@ from dataclasses import dataclass
 
 from services.protocol.workers import Lease
 from services.queue_manager.errors import QueueError
-from services.queue_manager.records import now_ms
-from services.queue_manager.scripts import ChainArgs
+from services.queue_manager.records import now_ms, pairs_to_dict
+from services.queue_manager.scripts import BindArgs, ChainArgs, TakeArgs
 from services.queue_manager.settings import PushPool
 from services.queue_manager.store import Store
 
 log = logging.getLogger(__name__)
 EXTRA_LIFE_SECONDS = 60  # a record outlives its request's longest life by this much, then expires
+
+
+def digest(reply_token: str) -> str:
+    """What the queue manager keeps of a reply token: its SHA-256 (a copy of Redis gives no token)."""
+    return hashlib.sha256(reply_token.encode()).hexdigest()
 
 
 class ChainNotFound(QueueError):
@@ -67,6 +89,60 @@ class ChainInAnotherPool(QueueError):
             f"this push request belongs to another pool than {pool!r}, whose token this is: a pool's token "
             "takes only its own pool's jobs. Set WORKER_TOKEN to the token of the pool the container serves"
         )
+
+
+class OtherRequest(QueueError):
+    status = 403
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this reply token belongs to another push request than this chain's: a request's reply "
+            "token acts on its own chain only. Use the chain and reply_token of the same lease"
+        )
+
+
+class HolderNotNamed(QueueError):
+    status = 422
+
+    def __init__(self) -> None:
+        super().__init__(
+            "calls with a push request's reply token name the container making them: send worker_id "
+            "(the container's WORKER_ID), as the worker agent does"
+        )
+
+
+class RunElsewhere(QueueError):
+    status = 403
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__(
+            f"this push request is run by another container than {worker_id!r}: its reply token speaks "
+            "only for the container that first used it. End the request; if the provider sent it to "
+            f"{worker_id!r}, someone else used a copy of its payload first"
+        )
+
+
+class NotAfterCurrent(QueueError):
+    status = 409
+    REASONS = {
+        "taking": "its next job is being taken after that one already (by another call with its reply "
+        "token): one request runs one job at a time",
+        "moved": "it is past that job: ask with the lease token of the last job this request gave you",
+    }
+
+    def __init__(self, step: str) -> None:
+        super().__init__(f"this push request takes no job after that one now: {self.REASONS[step]}")
+
+
+@dataclass(frozen=True)
+class PushReply:
+    """Whom a push request's reply token acts for: its pool, its chain, and the container its calls
+    named first ('' until one did)."""
+
+    digest: str
+    pool: str
+    chain: str
+    holder: str
 
 
 @dataclass(frozen=True)
@@ -101,10 +177,6 @@ class Chain:
             remote=fields.get("remote", ""),
         )
 
-    def may_take(self, now: int) -> bool:
-        """Open and within its window (its job count is taken atomically: ``Chains._count``)."""
-        return self.open and now < self.until_ms
-
     def linger(self, now: int) -> float:
         """Seconds a take may wait for work: the linger, never past the chain's window."""
         return max(0.0, min(self.linger_ms, self.until_ms - now) / 1000)
@@ -119,7 +191,7 @@ class Chains:
 
     async def open(self, pool: PushPool, worker: str, lease: Lease) -> tuple[str, str]:
         """A new chain whose first job is ``lease`` (claimed by the dispatcher's slot ``worker``):
-        its id, and the request's reply token (``holder_pool``), valid as long as the record."""
+        its id, and the request's reply token (``lease_holder``), valid as long as the record."""
         chain_id, reply_token, now = secrets.token_urlsafe(24), secrets.token_urlsafe(32), now_ms()
         life_ms = int((pool.chain_seconds + pool.job_timeout_seconds + EXTRA_LIFE_SECONDS) * 1000)
         fields = {
@@ -130,17 +202,32 @@ class Chains:
         async with self.store.redis.pipeline() as pipe:
             pipe.hset(self._key(chain_id), mapping=fields)
             pipe.pexpire(self._key(chain_id), life_ms)
-            pipe.set(self._token_key(reply_token), pool.name)
+            pipe.hset(self._token_key(reply_token), mapping={"pool": pool.name, "chain": chain_id})
             pipe.pexpire(self._token_key(reply_token), life_ms)
             await pipe.execute()
         return chain_id, reply_token
 
     def _token_key(self, reply_token: str) -> str:
-        return self.store.keys.push_token(hashlib.sha256(reply_token.encode()).hexdigest())
+        return self.store.keys.push_token(digest(reply_token))
 
-    async def pool_of(self, reply_token: str) -> str | None:
-        """The pool of the push request this reply token was made for, while it may report."""
-        return await self.store.redis.get(self._token_key(reply_token)) if reply_token else None
+    async def reply_of(self, reply_token: str) -> PushReply | None:
+        """The push request this reply token was made for, while it may report."""
+        if not reply_token:
+            return None
+        found = await self.store.redis.hgetall(self._token_key(reply_token))
+        if "pool" not in found or "chain" not in found:
+            return None
+        return PushReply(digest(reply_token), found["pool"], found["chain"], found.get("holder", ""))
+
+    async def check_named(self, reply: PushReply, worker_id: str | None) -> None:
+        """Refuse a call with the request's reply token that names no container, or another one
+        than its calls named first (the first name binds the request: ``bind.lua``)."""
+        if not worker_id:
+            raise HolderNotNamed()
+        bind = BindArgs(self.store.prefix, reply.digest, worker_id)
+        holder = reply.holder or await self.store.scripts.run(bind)
+        if holder != worker_id:
+            raise RunElsewhere(worker_id)
 
     @staticmethod
     def _current(lease: Lease) -> dict[str, str | int]:
@@ -150,24 +237,37 @@ class Chains:
         fields = await self.store.redis.hgetall(self._key(chain_id))
         return Chain.of(chain_id, fields) if "pool" in fields else None
 
-    async def next(self, chain_id: str, pool: str, worker_id: str | None = None) -> Lease | None:
-        """The next job for the chain's container, or None: the chain is over (closed here)."""
+    async def next(self, chain_id: str, pool: str, after: str, worker_id: str | None = None) -> Lease | None:
+        """The chain's next job after the one whose lease token is ``after``, or None: the chain is
+        over (closed here). Once per job (``take.lua``): a repeat gets the same job again."""
         chain = await self._own(chain_id, pool)
         now = now_ms()
-        if not chain.may_take(now) or not await self._count(chain):
-            await self.end(chain_id, pool)
+        step, *job = await self.store.scripts.run(TakeArgs(self.store.prefix, chain_id, after, now))
+        if step in NotAfterCurrent.REASONS:
+            raise NotAfterCurrent(step)
+        if step == "again":
+            return self.store.lease_from(pairs_to_dict(job[0])).model_copy(update={"chain": chain_id})
+        if step != "take":
+            await self.end(chain_id)
             return None
-        lease = await self.store.claim(chain.worker, pool, chain.linger(now))
-        if lease is None or not await self._still_open(chain_id):
+        lease = await self._claim(chain, chain.linger(now))
+        if lease is not None:
+            log.info("job chained", extra={"job_id": lease.job.id, "pool": pool, "worker_id": worker_id})
+        return lease
+
+    async def _claim(self, chain: Chain, linger: float) -> Lease | None:
+        """The job the take counted, set as the chain's current one; None (the chain ended) when
+        the queue had none within ``linger`` or the request ended meanwhile."""
+        lease = await self.store.claim(chain.worker, chain.pool, linger)
+        if lease is None or not await self._still_open(chain.id):
             if lease is not None:  # the dispatcher ended the request meanwhile: nobody will run it
                 await self.store.release(lease.job.id, lease.token)
-            await self.end(chain_id, pool)
+            await self.end(chain.id)
             return None
-        if not await self._set(chain_id, self._current(lease)):  # expired meanwhile
+        if not await self._set(chain.id, self._current(lease)):  # expired meanwhile
             await self.store.release(lease.job.id, lease.token)
             return None
-        log.info("job chained", extra={"job_id": lease.job.id, "pool": pool, "worker_id": worker_id})
-        return lease.model_copy(update={"chain": chain_id})
+        return lease.model_copy(update={"chain": chain.id})
 
     async def end(self, chain_id: str, pool: str | None = None) -> None:
         """Close the chain: its request takes no more jobs (``pool``: only the chain's own pool's)."""
@@ -202,14 +302,6 @@ class Chains:
         if chain.pool != pool:
             raise ChainInAnotherPool(pool)
         return chain
-
-    async def _count(self, chain: Chain) -> bool:
-        """Count one more job in the chain, if under its limit. One increment in Redis, so calls at
-        once (a leaked reply token's, say) never take more than ``max_jobs`` between them."""
-        taken = await self.store.redis.hincrby(self._key(chain.id), "jobs", 1)
-        if taken == 1:  # the record expired since it was read: the increment made a stray one
-            await self.store.redis.delete(self._key(chain.id))
-        return 1 < taken <= chain.max_jobs
 
     async def _still_open(self, chain_id: str) -> bool:
         return await self.store.redis.hget(self._key(chain_id), "open") == "1"

@@ -182,6 +182,21 @@ class ChainArgs(ScriptArgs):
     fields: tuple[str, ...]  # name, value pairs for the chain's record
 
 
+@dataclass(frozen=True)
+class TakeArgs(ScriptArgs):
+    script = "take"
+    chain: str
+    after: str  # the lease token of the job the container is done with
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class BindArgs(ScriptArgs):
+    script = "bind"
+    digest: str  # of the push request's reply token
+    holder: str  # the container's id the call names
+
+
 SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     SubmitArgs,
     ClaimArgs,
@@ -195,6 +210,8 @@ SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     PositionsArgs,
     EndSessionsArgs,
     ChainArgs,
+    TakeArgs,
+    BindArgs,
 )
 
 

@@ -101,6 +101,7 @@ class PushChain:
         self.clock = IdleClock()
         self.jobs: list[tuple[str, asyncio.Task[LeaseResult]]] = []
         self.relay = Relay()  # the last job launched's outputs and report wait for the next one's submit
+        self.latest = first  # the last job launched: the next one is asked for after it
 
     async def run(self) -> list[dict[str, str]]:
         """Run the request's jobs; each one's outcome, in order, once every one is reported (the
@@ -124,6 +125,7 @@ class PushChain:
 
     def _launch(self, lease: Lease) -> tuple[asyncio.Event, asyncio.Task[LeaseResult]]:
         """Run the job in the background; the event is set once ComfyUI is done with it."""
+        self.latest = lease
         gpu_free, handoff = self.clock.handoff(lease, *self.relay.link())
         heartbeat = max(lease.lease_seconds / 3, 0.5)
         job = asyncio.create_task(self._run(lease, heartbeat, handoff))
@@ -153,7 +155,7 @@ class PushChain:
             self.relay.none_follows()
             return None  # a job could not be run or reported: the request ends with that error
         outcome = job.result() if job.done() else None
-        lease = await next_in_request(self.agent, self.queue, self.first, outcome)
+        lease = await next_in_request(self.agent, self.queue, self.first, outcome, self.latest)
         if lease is None:
             self.relay.none_follows()
         return lease
@@ -203,19 +205,23 @@ class IdleClock:
 
 
 async def next_in_request(
-    agent: Agent, queue: QueueClient, first: Lease, outcome: LeaseResult | None = None
+    agent: Agent,
+    queue: QueueClient,
+    first: Lease,
+    outcome: LeaseResult | None = None,
+    done: Lease | None = None,
 ) -> Lease | None:
-    """The request's next job, or None: the request ends (no chain, the queue has nothing for it,
-    or this container cannot go on: its ComfyUI is down, it is stopping, the last job was given
-    back, or the queue manager cannot be reached). ``outcome``: the last job's, or None while its
-    outputs are still on their way to storage."""
+    """The request's next job after ``done`` (the last one it ran, ``first`` by default), or None:
+    the request ends (no chain, the queue has nothing for it, or this container cannot go on: its
+    ComfyUI is down, it is stopping, the last job was given back, or the queue manager cannot be
+    reached). ``outcome``: the last job's, or None while its outputs are still on their way to storage."""
     if first.chain is None:
         return None
     try:
         if outcome is LeaseResult.RELEASED or not agent.comfyui_up or DRAINING.is_set():
             await queue.end_chain(first.chain)
             return None
-        lease = await queue.next_in_chain(first.chain)
+        lease = await queue.next_in_chain(first.chain, (done or first).token)
     except (httpx.HTTPError, QueueRefusedError, LeaseLostError) as exc:
         log.warning("push request %s ends: asking for its next job failed: %s", first.chain, exc)
         return None

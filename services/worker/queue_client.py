@@ -31,6 +31,7 @@ from services.protocol.workers import (
     JobTiming,
     Lease,
     LeaseCall,
+    NextCall,
     RegisterReply,
     Release,
     StartCall,
@@ -131,10 +132,11 @@ class QueueClient:
         reply = await self._post(path, read_seconds=wait + 15.0)
         return None if reply.status_code == 204 else Lease.model_validate_json(reply.content)
 
-    async def next_in_chain(self, chain: str, linger: float = 10.0) -> Lease | None:
-        """A push request's next job, or None: the request is over (``linger``: the most the
-        queue manager may wait for one, plus the reply's time)."""
-        body = ChainCall(worker_id=self.holder).model_dump_json()
+    async def next_in_chain(self, chain: str, after: str, linger: float = 10.0) -> Lease | None:
+        """A push request's next job after the one leased with ``after`` (a retry after a lost
+        reply gets the same one), or None: the request is over (``linger``: the most the queue
+        manager may wait for one, plus the reply's time)."""
+        body = NextCall(worker_id=self.holder, after=after).model_dump_json()
         reply = await self._post(f"/api/push/{chain}/next", body, read_seconds=linger + 15.0)
         return None if reply.status_code == 204 else Lease.model_validate_json(reply.content)
 

@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request, status
 from starlette.requests import HTTPConnection
 
+from services.protocol.workers import HolderCall
 from services.queue_manager.auth import SESSION_COOKIE, Authenticator, Principal
-from services.queue_manager.push_requests import Chains
+from services.queue_manager.push_requests import Chains, PushReply
 from services.queue_manager.sessions import LoginRefused, Logins
 from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
@@ -101,23 +104,55 @@ async def worker_pool(request: Request) -> str:
     return pool
 
 
-async def holder_pool(request: Request) -> str:
+@dataclass(frozen=True)
+class Holder:
+    """Who calls a lease or push route: a pool's token (``reply`` None) or a push request's reply token."""
+
+    pool: str
+    reply: PushReply | None = None
+
+
+async def lease_holder(request: Request) -> Holder:
     """The pool a lease holder acts for: its pool's token, or the reply token of a push request in
     flight (``push_requests``), which acts only on the lease and push-request routes."""
     header = request.headers.get("authorization", "")
     pool = shared(request, "auth", Authenticator).worker_pool(header)
-    if pool is None:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer":
-            pool = await Chains(shared(request, "store", Store)).pool_of(token)
-    if pool is None:
+    if pool is not None:
+        return Holder(pool)
+    scheme, _, token = header.partition(" ")
+    chains = Chains(shared(request, "store", Store))
+    reply = await chains.reply_of(token) if scheme.lower() == "bearer" else None
+    if reply is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "lease holders must send 'Authorization: Bearer <token of their pool>' (QM_WORKER_TOKENS), "
             "or a push container the reply_token of its request while that request runs",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    return pool
+    return Holder(reply.pool, reply)
+
+
+HolderDep = Annotated[Holder, Depends(lease_holder)]
+Call = TypeVar("Call", bound=HolderCall)
+
+
+def named(model: type[Call]) -> Callable[..., Awaitable[Call]]:
+    """A dependency that gives a lease or push route its ``model`` body once the caller may speak
+    for the container it names: with a push request's reply token only the one the request's calls
+    named first (``Chains.check_named``); a pool's token as before. The body is validated first, so
+    a malformed name never binds a request."""
+
+    async def dependency(call: Call, holder: HolderDep, request: Request) -> Call:
+        if holder.reply is not None:
+            await Chains(shared(request, "store", Store)).check_named(holder.reply, call.worker_id)
+        return call
+
+    # FastAPI reads the body's model from the signature: here it is ``model``, not the type variable.
+    signature = inspect.signature(dependency)
+    body, *rest = signature.parameters.values()
+    typed = signature.replace(parameters=[body.replace(annotation=model), *rest])
+    setattr(dependency, "__signature__", typed)  # noqa: B010
+    return dependency
 
 
 StoreDep = Annotated[Store, Depends(_shared("store", Store))]
@@ -128,4 +163,3 @@ CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 CurrentUser = Annotated[str, Depends(current_user)]
 AdminUser = Annotated[Principal, Depends(admin_principal)]
 WorkerPool = Annotated[str, Depends(worker_pool)]
-HolderPool = Annotated[str, Depends(holder_pool)]

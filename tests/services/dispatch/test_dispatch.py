@@ -164,13 +164,15 @@ async def test_a_chain_takes_jobs_only_for_its_own_pool(
         chain = next(iter(platform.requests.values())).lease["chain"]
         await submit(r.store, "bo")
         async with httpx.AsyncClient(base_url=r.url) as qm:
+            after = next(iter(platform.requests.values())).lease["token"]
 
             async def take(token: str, chain_id: str = chain) -> httpx.Response:
-                return await qm.post(f"/api/push/{chain_id}/next", json={}, headers=auth(token))
+                call = {"worker_id": "container", "after": after}
+                return await qm.post(f"/api/push/{chain_id}/next", json=call, headers=auth(token))
 
             other = await take(OTHER_TOKEN)
             unknown = await take(POOL_TOKEN, "x" * 32)
-            nobody = await qm.post(f"/api/push/{chain}/next", json={})
+            nobody = await qm.post(f"/api/push/{chain}/next", json={"worker_id": "container", "after": after})
 
         assert other.status_code == 403 and "another pool" in other.json()["detail"]
         assert unknown.status_code == 404 and nobody.status_code == 401

@@ -235,13 +235,15 @@ async def test_a_push_requests_reply_token_acts_only_on_its_leases_and_chain(
         await submit(alice, graph(color=29))
         bearer = {"Authorization": f"Bearer {reply_token}"}
         async with httpx.AsyncClient(base_url=qm.url, headers=bearer) as leaked:
-            beat = await leaked.post(f"/api/leases/{lease.job.id}/heartbeat", json={"token": lease.token})
+            named = {"worker_id": "container"}
+            beating = {**named, "token": lease.token}
+            beat = await leaked.post(f"/api/leases/{lease.job.id}/heartbeat", json=beating)
             claim = await leaked.post("/api/workers/dispatcher/claim")
             caps = WorkerCapabilities(pool=POOL, provider="runpod")
             register = WorkerRegistration(worker_id="intruder", capabilities=caps).model_dump(mode="json")
             registered = await leaked.post("/api/workers/register", json=register)
             await redis.delete(chains._token_key(reply_token))  # the request's record expired
-            later = await leaked.post(f"/api/push/{chain}/next", json={})
+            later = await leaked.post(f"/api/push/{chain}/next", json={**named, "after": lease.token})
     finally:
         await redis.aclose()
 

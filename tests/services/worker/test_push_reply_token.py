@@ -11,11 +11,13 @@ import pytest
 from redis.asyncio import Redis
 
 from services.protocol.jobs import JobState
+from services.protocol.workers import Lease, WorkerCapabilities, WorkerRegistration
 from services.queue_manager.push_requests import Chains
 from services.queue_manager.settings import PushPool
 from services.queue_manager.store import Store
+from services.worker.queue_client import QueueClient
 from tests.support.jobs import graph, submit
-from tests.support.queue_manager_app import POOL, LiveServer
+from tests.support.queue_manager_app import POOL, POOL_TOKEN, LiveServer
 from tests.support.worker_agent import lease_for
 
 
@@ -24,6 +26,14 @@ async def chains(qm: LiveServer, redis_url: str) -> AsyncIterator[Chains]:
     redis = Redis.from_url(redis_url, decode_responses=True)
     yield Chains(Store(redis, qm.app.state.settings))
     await redis.aclose()
+
+
+CONTAINER, OTHER = "container-a", "container-b"  # two serverless containers of the pool
+
+
+def named_after(lease_token: str) -> dict[str, str]:
+    """A ``next`` call as the container sends it: its name, and the job it is done with."""
+    return {"worker_id": CONTAINER, "after": lease_token}
 
 
 def push_pool(**extra: float) -> PushPool:
@@ -40,20 +50,27 @@ async def states(client: httpx.AsyncClient, job_ids: list[str]) -> list[str]:
     return [(await client.get(f"/api/jobs/{job_id}")).json()["state"] for job_id in job_ids]
 
 
-async def test_a_leaked_reply_token_takes_no_more_than_its_chains_limit_even_all_at_once(
+async def test_a_leaked_reply_token_takes_one_job_after_each_and_no_more_than_the_limit_even_all_at_once(
     qm: LiveServer, alice: httpx.AsyncClient, chains: Chains
 ) -> None:
     lease = await lease_for(qm, alice, color=40)
     two_jobs = push_pool(max_jobs_per_request=2, linger_seconds=0.2)
     chain, reply_token = await chains.open(two_jobs, "slot", lease)
     waiting = [await submit(alice, graph(color=41 + n)) for n in range(4)]  # no per-user limit here
+    after_first = named_after(lease.token)
     async with holding(qm, reply_token) as leaked:
-        replies = await asyncio.gather(*(leaked.post(f"/api/push/{chain}/next", json={}) for _ in range(4)))
+        replies = await asyncio.gather(
+            *(leaked.post(f"/api/push/{chain}/next", json=after_first) for _ in range(4))
+        )
+        taken = [Lease.model_validate(reply.json()) for reply in replies if reply.status_code == 200]
+        past_limit = await leaked.post(f"/api/push/{chain}/next", json=named_after(taken[0].token))
 
-    taken = [reply for reply in replies if reply.status_code == 200]
-    assert sorted(await states(alice, waiting)).count(JobState.QUEUED) >= 3
-    assert len(taken) <= 1  # the request may run two jobs: the one it was sent and one more
-    assert all(reply.status_code in (200, 204) for reply in replies)
+    assert sorted(await states(alice, waiting)).count(JobState.QUEUED) == 3
+    assert (
+        len({lease.job.id for lease in taken}) == 1
+    )  # the request runs two jobs: the one it was sent and one more
+    assert all(reply.status_code in (200, 409) for reply in replies), [r.text for r in replies]
+    assert past_limit.status_code == 204
 
 
 async def test_a_reply_token_of_an_ended_request_takes_nothing(
@@ -64,7 +81,7 @@ async def test_a_reply_token_of_an_ended_request_takes_nothing(
     await chains.end(chain)  # the dispatcher ended the request (timed out, provider failed, cancelled)
     waiting = await submit(alice, graph(color=47))
     async with holding(qm, reply_token) as leaked:
-        after_end = await leaked.post(f"/api/push/{chain}/next", json={})
+        after_end = await leaked.post(f"/api/push/{chain}/next", json=named_after(lease.token))
 
     assert after_end.status_code == 204
     assert await states(alice, [waiting]) == [JobState.QUEUED]
@@ -115,15 +132,15 @@ async def test_a_reply_token_reaches_no_other_pools_chain_and_no_worker_route(
     waiting = await submit(alice, graph(color=51))
     async with holding(qm, others_token) as leaked:
         replies = [
-            await leaked.post(f"/api/push/{chain}/next", json={}),
-            await leaked.post(f"/api/push/{chain}/end", json={}),
+            await leaked.post(f"/api/push/{chain}/next", json=named_after(lease.token)),
+            await leaked.post(f"/api/push/{chain}/end", json={"worker_id": CONTAINER}),
             await leaked.post(f"/api/leases/{waiting}/start", json={"token": "t", "worker_id": "dispatcher"}),
             await leaked.post("/api/workers/dispatcher/drain"),
             await leaked.post("/api/workers/dispatcher/deregister"),
         ]
 
     assert [reply.status_code for reply in replies] == [403, 403, 401, 401, 401]
-    assert "another pool" in replies[0].json()["detail"]
+    assert "another push request" in replies[0].json()["detail"]
     assert await states(alice, [waiting]) == [JobState.QUEUED]
     still = await chains.get(chain)
     assert still is not None and still.open
@@ -150,3 +167,134 @@ async def test_a_chain_that_expires_while_it_is_ended_leaves_no_record_behind(
 
     assert await redis.exists(key) == 0  # not a field-only record that would never expire
     assert await chains.get(chain) is None
+
+
+async def register(qm: LiveServer, *worker_ids: str) -> None:
+    """Serverless containers of the pool, as each publishes itself with the pool's token."""
+    async with httpx.AsyncClient(base_url=qm.url, headers={"Authorization": f"Bearer {POOL_TOKEN}"}) as pool:
+        for worker_id in worker_ids:
+            caps = WorkerCapabilities(pool=POOL, provider="runpod")
+            registration = WorkerRegistration(worker_id=worker_id, capabilities=caps)
+            (
+                await pool.post("/api/workers/register", json=registration.model_dump(mode="json"))
+            ).raise_for_status()
+
+
+async def test_a_leaked_reply_token_naming_another_container_is_refused_and_changes_nothing(
+    qm: LiveServer, alice: httpx.AsyncClient, chains: Chains
+) -> None:
+    lease = await lease_for(qm, alice, color=52)
+    await register(qm, CONTAINER, OTHER)
+    chain, reply_token = await chains.open(push_pool(), "slot", lease)
+    waiting = await submit(alice, graph(color=53))
+    other_record = chains.store.keys.worker(OTHER)
+    lease_calls = f"/api/leases/{lease.job.id}"
+    as_other = {"token": lease.token, "worker_id": OTHER}
+    started = {"type": "execution_start", "data": {"prompt_id": lease.job.id}}
+    async with holding(qm, reply_token) as client:
+        announced = await client.post(f"{lease_calls}/heartbeat", json={**as_other, "worker_id": CONTAINER})
+        before = (await chains.store.redis.hgetall(other_record), await states(alice, [lease.job.id]))
+        replies = [
+            await client.post(f"{lease_calls}/heartbeat", json=as_other),
+            await client.post(f"{lease_calls}/events", json={**as_other, "events": [started]}),
+            await client.post(f"{lease_calls}/complete", json={**as_other, "outputs": []}),
+            await client.post(
+                f"{lease_calls}/fail", json={**as_other, "error": {"type": "x", "message": "x"}}
+            ),
+            await client.post(f"{lease_calls}/release", json=as_other),
+            await client.post(f"/api/push/{chain}/next", json={"worker_id": OTHER, "after": lease.token}),
+            await client.post(f"/api/push/{chain}/end", json={"worker_id": OTHER}),
+        ]
+        unnamed = await client.post(f"{lease_calls}/heartbeat", json={"token": lease.token})
+        after = (await chains.store.redis.hgetall(other_record), await states(alice, [lease.job.id]))
+
+    assert announced.status_code == 200  # the container that first named itself runs the request
+    assert [reply.status_code for reply in replies] == [403] * len(replies), [r.text for r in replies]
+    detail = replies[0].json()["detail"]
+    assert "another container" in detail and OTHER in detail and CONTAINER not in detail  # no name given away
+    assert after == before and before[0]["state"] != "busy"  # the other container is not shown busy
+    assert unnamed.status_code == 422 and "worker_id" in unnamed.json()["detail"]
+    assert await states(alice, [waiting]) == [JobState.QUEUED]
+    still = await chains.get(chain)
+    assert still is not None and still.open and still.jobs == 1
+
+
+async def sent_with_work(
+    qm: LiveServer, alice: httpx.AsyncClient, chains: Chains, color: int, waiting: int
+) -> tuple[Lease, str, str, list[str]]:
+    """A request the dispatcher sent (its lease, chain and reply token), and jobs queued after it."""
+    lease = await lease_for(qm, alice, color=color)
+    chain, reply_token = await chains.open(
+        push_pool(max_jobs_per_request=10, linger_seconds=0.2), "slot", lease
+    )
+    return (
+        lease,
+        chain,
+        reply_token,
+        [await submit(alice, graph(color=color + 1 + n)) for n in range(waiting)],
+    )
+
+
+async def test_an_impostors_next_beside_the_container_gets_no_job(
+    qm: LiveServer, alice: httpx.AsyncClient, chains: Chains
+) -> None:
+    lease, chain, reply_token, waiting = await sent_with_work(qm, alice, chains, color=56, waiting=3)
+    path = f"/api/push/{chain}/next"
+    async with holding(qm, reply_token) as client:
+        taken = await client.post(path, json=named_after(lease.token))
+        impostor = await client.post(path, json={"worker_id": OTHER, "after": lease.token})
+        # One that knows the container's name too: the same job again (a repeat), never another one.
+        same_name = await client.post(path, json=named_after(lease.token))
+        made_up = await client.post(path, json={"worker_id": CONTAINER, "after": "made-up-token"})
+
+    assert taken.status_code == 200 and taken.json()["job"]["id"] == waiting[0]
+    assert impostor.status_code == 403 and "another container" in impostor.json()["detail"]
+    assert same_name.status_code == 200 and same_name.json()["token"] == taken.json()["token"]
+    assert made_up.status_code == 409 and "last job this request gave you" in made_up.json()["detail"]
+    assert await states(alice, waiting[1:]) == [JobState.QUEUED, JobState.QUEUED]
+    still = await chains.get(chain)
+    assert still is not None and (still.job, still.jobs) == (waiting[0], 2)
+
+
+class LosesFirstNextReply(httpx.AsyncBaseTransport):
+    """The network between a container and the queue manager: the first ``next`` reaches the queue
+    manager, which answers it, but the answer never reaches the container."""
+
+    def __init__(self) -> None:
+        self.inner, self.lost = httpx.AsyncHTTPTransport(), 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.url.path.endswith("/next") and not self.lost:
+            await response.aread()
+            self.lost += 1
+            raise httpx.ReadError("connection reset by peer", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_the_containers_repeat_after_a_lost_reply_gets_the_same_job(
+    qm: LiveServer, alice: httpx.AsyncClient, chains: Chains
+) -> None:
+    lease, chain, reply_token, waiting = await sent_with_work(qm, alice, chains, color=62, waiting=2)
+    network = LosesFirstNextReply()
+    queue = QueueClient(qm.url, reply_token, retry_seconds=10, holder=CONTAINER)
+    await queue.http.aclose()
+    queue.http = httpx.AsyncClient(
+        base_url=qm.url, headers={"Authorization": f"Bearer {reply_token}"}, transport=network
+    )
+    try:
+        second = await queue.next_in_chain(
+            chain, after=lease.token, linger=0.2
+        )  # retried: the reply was lost
+        assert second is not None
+        beat = await queue.heartbeat(second.job.id, second.token)
+    finally:
+        await queue.aclose()
+
+    assert network.lost == 1 and second.job.id == waiting[0] and not beat.cancel
+    assert await states(alice, waiting[1:]) == [JobState.QUEUED]  # the retry took no second job
+    still = await chains.get(chain)
+    assert still is not None and (still.job, still.token, still.jobs) == (second.job.id, second.token, 2)

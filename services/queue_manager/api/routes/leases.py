@@ -1,7 +1,8 @@
 """What a lease holder reports: heartbeats, events, completion, failure, release.
 
-Each call carries the lease token; anyone else's call is refused with 409 (``StaleLease``), and a
-call with another pool's token than the holder's with 403 (``WorkerInAnotherPool``).
+Each call carries the lease token; anyone else's call is refused with 409 (``StaleLease``), a
+call with another pool's token than the holder's with 403 (``WorkerInAnotherPool``), and one with a
+push request's reply token that names another container than the request's with 403 (``named``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from services.protocol.workers import (
     StartCall,
     StartReply,
 )
-from services.queue_manager.api.deps import HolderPool, StoreDep, WorkerPool
+from services.queue_manager.api.deps import HolderDep, StoreDep, WorkerPool, named
 from services.queue_manager.errors import WorkerInAnotherPool
 
 router = APIRouter(prefix="/api/leases/{job_id}", tags=["leases"])
@@ -28,20 +29,25 @@ JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]
 NO_CONTENT = status.HTTP_204_NO_CONTENT
 
 
-async def held_in_pool(job_id: JobId, pool: HolderPool, store: StoreDep) -> str:
+async def held_in_pool(job_id: JobId, holder: HolderDep, store: StoreDep) -> str:
     """The caller's pool, once the job's lease holder is known not to be another pool's worker."""
-    await store.check_lease_pool(job_id, pool)
-    return pool
+    await store.check_lease_pool(job_id, holder.pool)
+    return holder.pool
 
 
 LeasePool = Annotated[str, Depends(held_in_pool)]
+Beat = Annotated[LeaseCall, Depends(named(LeaseCall))]
+Events = Annotated[EventBatch, Depends(named(EventBatch))]
+Done = Annotated[Completion, Depends(named(Completion))]
+Failed = Annotated[Failure, Depends(named(Failure))]
+GiveBack = Annotated[Release, Depends(named(Release))]
 STALE: dict[int | str, dict[str, Any]] = {409: {"description": "the lease is not held with this token"}}
 
 
 @router.post("/heartbeat", responses=STALE)
 async def heartbeat(
     job_id: JobId,
-    call: LeaseCall,
+    call: Beat,
     pool: LeasePool,
     store: StoreDep,
     wait: Annotated[
@@ -57,14 +63,14 @@ async def heartbeat(
 
 
 @router.post("/events", status_code=NO_CONTENT, responses=STALE)
-async def events(job_id: JobId, batch: EventBatch, _: LeasePool, store: StoreDep) -> Response:
+async def events(job_id: JobId, batch: Events, _: LeasePool, store: StoreDep) -> Response:
     """Forward ComfyUI events to the job's owner (also renews the lease)."""
     await store.record_events(job_id, batch)
     return Response(status_code=NO_CONTENT)
 
 
 @router.post("/complete", status_code=NO_CONTENT, responses=STALE)
-async def complete(job_id: JobId, completion: Completion, pool: LeasePool, store: StoreDep) -> Response:
+async def complete(job_id: JobId, completion: Done, pool: LeasePool, store: StoreDep) -> Response:
     """The job succeeded with these outputs (a repeat by the holder is a no-op)."""
     await store.complete(job_id, completion, pool)
     await store.holder_report(completion.worker_id, pool, job_id, busy=False)
@@ -72,7 +78,7 @@ async def complete(job_id: JobId, completion: Completion, pool: LeasePool, store
 
 
 @router.post("/fail", status_code=NO_CONTENT, responses=STALE)
-async def fail(job_id: JobId, failure: Failure, pool: LeasePool, store: StoreDep) -> Response:
+async def fail(job_id: JobId, failure: Failed, pool: LeasePool, store: StoreDep) -> Response:
     """The job failed; retryable failures are requeued until the attempts run out."""
     await store.fail(job_id, failure, pool)
     await store.holder_report(failure.worker_id, pool, job_id, busy=False)
@@ -80,7 +86,7 @@ async def fail(job_id: JobId, failure: Failure, pool: LeasePool, store: StoreDep
 
 
 @router.post("/release", status_code=NO_CONTENT, responses=STALE)
-async def release(job_id: JobId, call: Release, pool: LeasePool, store: StoreDep) -> Response:
+async def release(job_id: JobId, call: GiveBack, pool: LeasePool, store: StoreDep) -> Response:
     """Give the job back unfinished (shutdown, or the worker's ComfyUI is down); the attempt does not
     count, and a job lost in ComfyUI deaths ``QM_MAX_COMFYUI_LOSSES`` times is failed instead."""
     await store.release(job_id, call.token, comfyui_lost=call.comfyui_lost)
