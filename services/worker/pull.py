@@ -250,7 +250,8 @@ class PullWorker:
         lease = held.model_copy(update={"prepared": False, "job": job})
         gpu_free = self._launch(lease, reply.heartbeat_seconds, prepared, confirmed)
         submitted = None if self.pace.at_once() else self.in_comfyui
-        asked = asyncio.create_task(self._ask_start(held, reply, self._wanted(after=1), submitted))
+        wanted_after = self._wanted()  # this job is launched (counted) already
+        asked = asyncio.create_task(self._ask_start(held, reply, wanted_after, submitted))
         asked.add_done_callback(lambda done: confirmed.set_result(self._said_started(done)))
         answer = await asked
         if answer is not None and answer.held is not None:
@@ -302,7 +303,7 @@ class PullWorker:
         await self._until_comfyui_up()
         if self.first_claim_at is None:
             self.first_claim_at = time.monotonic()
-        hold_next = self._wanted(after=1)  # the job after it is held in the same step: no claim ahead
+        hold_next = self._wanted(after=1)  # the job after the one claimed (not launched yet) is wanted
         claim = asyncio.create_task(
             self.queue.claim(reply.worker_id, reply.claim_wait_seconds, hold_next=hold_next)
         )

@@ -174,14 +174,15 @@ class RunningWorker:
 
 @contextlib.asynccontextmanager
 async def pull_worker(
-    settings: WorkerSettings, storage: Storage | None = None
+    settings: WorkerSettings, storage: Storage | None = None, max_jobs: int | None = None
 ) -> AsyncIterator[RunningWorker]:
-    """An agent attached to the double, pulling from the queue manager until the block ends."""
+    """An agent attached to the double, pulling from the queue manager until the block ends (or,
+    with ``max_jobs``, until it has run that many: ``task`` ends then)."""
     agent = Agent(settings, storage or LocalStorage(Path(settings.storage_url.removeprefix("file://"))))
     queue = QueueClient(settings.queue_url, settings.token.get_secret_value(), settings.retry_seconds)
     await agent.start()
     worker = PullWorker(agent, queue)
-    task = asyncio.create_task(worker.run())
+    task = asyncio.create_task(worker.run(max_jobs))
     try:
         yield RunningWorker(agent, worker, task)
     finally:

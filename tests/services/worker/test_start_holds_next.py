@@ -108,6 +108,27 @@ async def test_a_run_of_short_jobs_goes_claim_to_start_to_start_with_no_claim_ah
     )
 
 
+async def test_a_worker_asked_for_n_jobs_holds_each_up_to_the_last_and_none_after(
+    comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path, answers: Answers, held_by: redis.Redis
+) -> None:
+    """``max_jobs`` (benchmarks, tests): the start of the last wanted job's predecessor still holds
+    it, so the run needs no claim ahead at its end, and nothing is held after the last."""
+    async with participant(qm, "alice") as alice:
+        jobs = [await submit(alice, graph(color)) for color in range(1, 5)]
+        async with pull_worker(worker_settings(comfy, qm.url, tmp_path), max_jobs=3) as running:
+            await asyncio.wait_for(running.task, 30)
+        done = [await finished(alice, job_id) for job_id in jobs[:3]]
+        left = (await alice.get(f"/api/jobs/{jobs[3]}")).json()
+    assert [job.state for job in done] == [JobState.SUCCEEDED] * 3
+    assert answers.granted(prepare=False) == jobs[:1] and answers.held_by_claims() == jobs[1:2]
+    assert answers.granted(prepare=True) == []
+    assert [(job_id, reply.held and reply.held.job.id) for job_id, reply in answers.starts] == [
+        (jobs[1], jobs[2]),
+        (jobs[2], None),
+    ]
+    assert left["state"] == "queued" and left["attempts"] == 0 and hold_of(held_by, jobs[3]) == ""
+
+
 async def test_an_idle_worker_takes_the_job_a_start_held_for_a_busy_one(
     comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path, gates: Gates, answers: Answers, held_by: redis.Redis
 ) -> None:
