@@ -298,3 +298,24 @@ async def test_the_containers_repeat_after_a_lost_reply_gets_the_same_job(
     assert await states(alice, waiting[1:]) == [JobState.QUEUED]  # the retry took no second job
     still = await chains.get(chain)
     assert still is not None and (still.job, still.token, still.jobs) == (second.job.id, second.token, 2)
+
+
+async def test_a_refused_call_binds_the_request_to_nobody(
+    qm: LiveServer, alice: httpx.AsyncClient, chains: Chains
+) -> None:
+    """Only a call the queue manager takes binds a request: a malformed name, or a call on another
+    request's chain, leaves it to the container that comes next."""
+    lease = await lease_for(qm, alice, color=66)
+    _, reply_token = await chains.open(push_pool(), "slot", lease)
+    other_chain, _ = await chains.open(push_pool(), "slot", lease)
+    beat = f"/api/leases/{lease.job.id}/heartbeat"
+    async with holding(qm, reply_token) as client:
+        malformed = await client.post(beat, json={"token": lease.token, "worker_id": "a/b"})
+        elsewhere = await client.post(f"/api/push/{other_chain}/end", json={"worker_id": OTHER})
+        container = await client.post(beat, json={"token": lease.token, "worker_id": CONTAINER})
+
+    assert (malformed.status_code, elsewhere.status_code) == (422, 403)
+    assert "another push request" in elsewhere.json()["detail"]
+    assert container.status_code == 200
+    still = await chains.get(other_chain)
+    assert still is not None and still.open

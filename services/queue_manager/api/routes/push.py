@@ -23,7 +23,8 @@ TAKEN: dict[int | str, dict[str, Any]] = {409: {"description": "the chain took i
 
 
 async def chain_pool(chain_id: ChainId, holder: HolderDep) -> str:
-    """The caller's pool; a reply token acts on its own request's chain only."""
+    """The caller's pool; a reply token acts on its own request's chain only. Routes list it before
+    the call's ``named`` body, so a call on another request's chain binds that request to nobody."""
     if holder.reply is not None and holder.reply.chain != chain_id:
         raise OtherRequest()
     return holder.pool
