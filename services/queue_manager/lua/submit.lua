@@ -35,7 +35,7 @@ end
 local score = (100 - level) * SEGMENT + round * ROUND + seq
 redis.call('HSET', key, 'id', id, 'user', user, 'scope', scope, 'pool', pool, 'priority', priority,
   'state', 'queued', 'attempts', 0, 'max_attempts', ARGV[10], 'queued_at', now, 'score', fmt(score),
-  'spec', ARGV[11], 'cancel', '0', 'dead', '0', 'token', '', 'done_token', '', 'number', number)
+  'spec', ARGV[11], 'cancel', '0', 'dead', '0', 'token', '', 'done_token', '', 'number', fmt(number))
 redis.call('ZADD', k('user', user, 'jobs'), now, id)
 redis.call('SADD', k('users'), user)
 local handing_over = ARGV[12] ~= nil and ARGV[12] ~= ''  -- the parked claim's pool

@@ -65,6 +65,20 @@ async def test_snapshot_and_restore_over_http(client: httpx.AsyncClient) -> None
     assert (await client.post("/api/admin/restore", json={"jobs": "x"}, headers=ADMIN)).status_code == 422
 
 
+async def test_a_queue_restored_with_a_large_submit_counter_still_takes_jobs(
+    client: httpx.AsyncClient,
+) -> None:
+    # Redis's Lua wrote a job's number from 1e17 up as "1e+17", which the job record could not read
+    # back: every submit after such a restore was a 500 (the route fuzzer found it)
+    body = {"version": 1, "jobs": [], "seq": 10**17}
+    assert (await client.post("/api/admin/restore", json=body, headers=ADMIN)).status_code == 200
+    reply = await client.post("/api/jobs", json={"prompt": PROMPT}, headers=user_auth("ada"))
+    assert reply.status_code == 201, reply.text
+    job_id = reply.json()["id"]
+    number = (await client.get(f"/api/jobs/{job_id}", headers=user_auth("ada"))).json()["number"]
+    assert abs(number - (10**17 + 1)) <= 16  # a Lua number: exact up to 2**53, within 16 here
+
+
 async def test_a_restore_writes_only_keys_of_families_the_snapshot_carries(client: httpx.AsyncClient) -> None:
     """An uploaded snapshot cannot plant a worker registration or any other key it should not hold."""
     planted = {"jobs": [], "keys": {"worker:evil": {"type": "hash", "data": {}}}}
