@@ -167,7 +167,8 @@ class QueueClient:
 
     async def events(self, job_id: str, token: str, events: list[JobEvent]) -> None:
         await self._post(
-            f"/api/leases/{job_id}/events", EventBatch(token=token, events=events).model_dump_json()
+            f"/api/leases/{job_id}/events",
+            EventBatch(token=token, worker_id=self.holder, events=events).model_dump_json(),
         )
 
     async def complete(

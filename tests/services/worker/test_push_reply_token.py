@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.protocol.jobs import JobState
-from services.protocol.workers import Lease, WorkerCapabilities, WorkerRegistration
+from services.protocol.workers import JobEvent, Lease, WorkerCapabilities, WorkerRegistration
 from services.queue_manager.push_requests import Chains
 from services.queue_manager.settings import PushPool
 from services.queue_manager.store import Store
@@ -319,3 +319,22 @@ async def test_a_refused_call_binds_the_request_to_nobody(
     assert container.status_code == 200
     still = await chains.get(other_chain)
     assert still is not None and still.open
+
+
+async def test_a_containers_events_with_its_reply_token_reach_the_owner(
+    qm: LiveServer, alice: httpx.AsyncClient, chains: Chains
+) -> None:
+    """The worker agent forwards ComfyUI's events with the request's reply token, as it sends its
+    heartbeats and reports: they name the container too, so the owner sees the job start."""
+    lease = await lease_for(qm, alice, color=70)
+    _, reply_token = await chains.open(push_pool(), "slot", lease)
+    queue = QueueClient(qm.url, reply_token, retry_seconds=5, holder=CONTAINER)
+    started = JobEvent.model_validate({"type": "execution_start", "data": {"prompt_id": lease.job.id}})
+    try:
+        await queue.events(lease.job.id, lease.token, [started])
+        beat = await queue.heartbeat(lease.job.id, lease.token)
+    finally:
+        await queue.aclose()
+
+    assert await states(alice, [lease.job.id]) == [JobState.RUNNING]
+    assert not beat.cancel  # the request is bound to the container whose events came first
