@@ -1,7 +1,9 @@
 """The organizer's admin page: ``/admin/`` (HTML + vanilla JS, no CDN) and ``/admin/api/stats``.
 
-The page shows the live queue, workers per pool and provider with state and current job,
-participants, dead letters and charts (queue depth, jobs per minute, GPU busy share, cost so far),
+The page shows the live queue (a waiting job held, prepared, for a busy worker says which worker
+holds it), workers per pool and provider with state, current job and the job each holds next,
+participants, dead letters, per pool the last hour's GPU use and the jobs held for its busy workers
+now, and charts (queue depth, jobs per minute, GPU busy share, cost so far),
 and its buttons call the queue manager's admin API (``/api/admin/...``: cancel, requeue,
 priorities, pause/resume, drain). Everything needs the admin login; without it the page sends the
 browser to ``/w/login?next=/admin/``.
