@@ -140,6 +140,14 @@ class Engine:
     def diff(self, news: dict[str, Any]) -> Any:
         return self._call("Diff", provider_pb2.DiffRequest(**self._against_state(news)))
 
+    def replaced_with_unknown(self, keys: list[str]) -> list[str]:
+        """Before a delete-before-replace of a resource this one depends on, the engine asks the
+        provider's Diff whether this one must be replaced too, with the inputs taken from the replaced
+        resource unknown (``rpc.UNKNOWN``) and the rest as stored: the keys it would replace for."""
+        assert self.state is not None
+        news = {**self.state.inputs, **dict.fromkeys(keys, rpc.UNKNOWN)}
+        return list(self.diff(news).replaces)
+
     def create(self, inputs: dict[str, Any]) -> State:
         response = self._call("Create", provider_pb2.CreateRequest(urn=self.urn, properties=struct(inputs)))
         return State(response.id, inputs, plain(response.properties))

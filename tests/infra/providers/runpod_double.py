@@ -21,6 +21,10 @@ import httpx
 from tests.infra.providers.loopback import Fault, QuietHandler, serving, take_fault
 
 COLLECTIONS = {"templates", "endpoints", "networkvolumes", "containerregistryauth"}
+# RunPod refuses a second object of a name in these (its API reference: "The name must be unique").
+UNIQUE_NAMES = {"templates": "template", "containerregistryauth": "container registry auth"}
+# What RunPod answers for an object of these: a registry auth's username and password never come back.
+SHOWN = {"containerregistryauth": ("id", "name")}
 
 
 @dataclass
@@ -82,16 +86,23 @@ class RunPodDouble:
             return httpx.Response(204)
         if method == "PATCH":
             items[id_].update(body)
-        return httpx.Response(200, json=items[id_])
+        return httpx.Response(200, json=shown(match.group(1), items[id_]))
 
     def _on_collection(self, method: str, name: str, items: dict[str, Any], body: Any) -> httpx.Response:
         if method == "GET":
-            return httpx.Response(200, json=list(items.values()))
-        if name == "templates" and any(t["name"] == body["name"] for t in items.values()):
-            return httpx.Response(400, json={"error": "template name must be unique", "status": 400})
+            return httpx.Response(200, json=[shown(name, item) for item in items.values()])
+        if name in UNIQUE_NAMES and any(item["name"] == body["name"] for item in items.values()):
+            message = f"{UNIQUE_NAMES[name]} name must be unique"
+            return httpx.Response(400, json={"error": message, "status": 400})
         id_ = f"{name[:2]}{next(self._ids):08d}"
         items[id_] = {"id": id_, **body}
-        return httpx.Response(200, json=items[id_])
+        return httpx.Response(200, json=shown(name, items[id_]))
+
+
+def shown(collection: str, item: dict[str, Any]) -> dict[str, Any]:
+    """``item`` as RunPod answers it (the double keeps everything it was sent, for the tests)."""
+    keys = SHOWN.get(collection)
+    return item if keys is None else {key: item[key] for key in keys}
 
 
 def _handler_for(double: RunPodDouble) -> type[QuietHandler]:

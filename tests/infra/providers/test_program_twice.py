@@ -1,6 +1,7 @@
 """The whole program run twice in a row (two `pulumi up`s, the second the next morning), with the
 state the first run's dynamic resources got from the providers fed to the second run's diff: every
-Verda and RunPod resource the pools declare must come out unchanged."""
+Verda and RunPod resource the pools declare must come out unchanged; and when the organizer sets a
+new registry token in between, only the registry auth is replaced and the template updated to it."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from typing import Any
 import dill
 import pytest
 
-from devkit.harness import Resource, run_stack
+from devkit.harness import TEST_SECRETS, Resource, StackRun, run_stack
 from infra.providers import resources
-from tests.infra.providers.engine import PROVIDER_KEY, Engine
+from tests.infra.providers.engine import PROVIDER_KEY, Engine, Step
 from tests.infra.providers.runpod_double import RunPodDouble
 from tests.infra.providers.verda_double import VerdaDouble
 from tests.support.provider_timing import FAST
@@ -63,3 +64,69 @@ def test_the_next_mornings_up_changes_no_dynamic_resource(doubles: tuple[VerdaDo
     changed = {name: (step.action, step.replaces) for name, step in steps.items() if step.action != "same"}
     assert changed == {}
     assert len(doubles[0].billable_instances()) == 2
+
+
+def _up_every_resource(
+    run: StackRun, engines: dict[str, Engine], doubles: tuple[VerdaDouble, RunPodDouble]
+) -> dict[str, Step]:
+    """One `up` of each dynamic resource ``run`` declared, in the order it declared them, an input
+    that is another resource's output (the mocks answer ``<resource>-<output>``) given that resource's
+    real output, as the engine resolves it once the resource is created, updated or replaced."""
+    steps = {}
+    for resource in run.resources_of(DYNAMIC):
+        engine, props = _engine_and_props(resource, doubles)
+        engine = engines.setdefault(resource.name, engine)
+        real = {
+            f"{name}-{key}": other.state.outputs[key]
+            for name, other in engines.items()
+            if other.state is not None
+            for key in other.provider.outputs
+        }
+        steps[resource.name] = engine.up(
+            {key: real.get(value, value) if isinstance(value, str) else value for key, value in props.items()}
+        )
+    return steps
+
+
+def test_a_new_registry_token_replaces_the_auth_and_the_template_pulls_with_the_new_one(
+    doubles: tuple[VerdaDouble, RunPodDouble], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runpod = doubles[1]
+    engines: dict[str, Engine] = {}
+    today = _up_every_resource(run_stack("workshop", overrides={"pools": POOLS}), engines, doubles)
+    assert {step.action for step in today.values()} == {"create"}
+    auth, template = engines["overflow-registry"], engines["overflow-template"]
+    assert auth.state is not None and template.state is not None
+    first_auth = auth.state.id
+
+    monkeypatch.setitem(TEST_SECRETS, "comfy-workshop:registryPassword", "the-rotated-token")
+    tomorrow = run_stack("workshop", overrides={"pools": POOLS})
+    # RunPod names are unique, so the old auth goes first (delete-before-replace); the engine asks
+    # whether the template, which names it, must go too: no, it takes the new id in place.
+    assert template.replaced_with_unknown(["registry_auth_id"]) == []
+    steps = _up_every_resource(tomorrow, engines, doubles)
+
+    changed = {name: (step.action, step.replaces) for name, step in steps.items() if step.action != "same"}
+    assert changed == {
+        "overflow-registry": ("replace", ["password"]),
+        "overflow-template": ("update", []),
+        # The Verda pools hold the token too: their login is replaced, and the instances' startup
+        # script (it pulls the image), which the instances take in place, without being rebuilt.
+        "burst-registry": ("replace", ["access_token"]),
+        "baseline-startup": ("replace", ["script"]),
+        "baseline-0": ("update", []),
+        "baseline-1": ("update", []),
+    }
+    auths = runpod.store["containerregistryauth"]
+    assert list(auths) == [auth.state.id] and auth.state.id != first_auth
+    assert auths[auth.state.id]["password"] == "the-rotated-token"
+    assert runpod.store["templates"][template.state.id]["containerRegistryAuthId"] == auth.state.id
+
+    again = _up_every_resource(tomorrow, engines, doubles)  # the morning after: the change settled
+    assert {step.action for step in again.values()} == {"same"}
+    for engine in engines.values():
+        engine.refresh()
+    assert all(engine.state is not None for engine in engines.values()), "a refresh keeps what exists"
+    for engine in reversed(list(engines.values())):
+        engine.destroy()
+    assert runpod.store["containerregistryauth"] == {} and runpod.store["templates"] == {}

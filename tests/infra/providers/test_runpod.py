@@ -9,7 +9,12 @@ import httpx
 import pytest
 
 from infra.providers.lifecycle import ProviderError
-from infra.providers.runpod import EndpointProvider, NetworkVolumeProvider, TemplateProvider
+from infra.providers.runpod import (
+    EndpointProvider,
+    NetworkVolumeProvider,
+    RegistryAuthProvider,
+    TemplateProvider,
+)
 from tests.infra.providers.runpod_double import RunPodDouble
 from tests.support.provider_timing import FAST
 
@@ -120,6 +125,36 @@ def test_template_of_our_name_is_adopted_not_refused(runpod: RunPodDouble, creds
     assert first.id == second.id
     assert runpod.store["templates"][first.id]["isServerless"] is True
     assert runpod.store["templates"][first.id]["env"] == {"A": "1"}
+
+
+def test_registry_auth_names_are_unique_and_its_login_is_never_shown(runpod: RunPodDouble) -> None:
+    def post(body: dict[str, str]) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {runpod.api_key}"}
+        with httpx.Client(transport=runpod.transport, base_url="https://rest.runpod.io/v1") as http:
+            return http.post("/containerregistryauth", json=body, headers=headers)
+
+    made = post({"name": "cw-registry", "username": "acme", "password": "ghp_1"})
+    again = post({"name": "cw-registry", "username": "acme", "password": "ghp_2"})
+
+    assert made.status_code == 200 and set(made.json()) == {"id", "name"}
+    assert again.status_code == 400 and "must be unique" in again.json()["error"]
+    assert [auth["password"] for auth in runpod.store["containerregistryauth"].values()] == ["ghp_1"]
+
+
+def test_a_registry_auth_of_our_name_with_an_old_token_is_made_anew(
+    runpod: RunPodDouble, creds: dict[str, Any]
+) -> None:
+    props = {**creds, "name": "cw-workshop-overflow-registry", "username": "acme", "password": "ghp_new"}
+    runpod.store["containerregistryauth"]["co-by-hand"] = {
+        "id": "co-by-hand", "name": props["name"], "username": "acme", "password": "ghp_old"
+    }  # fmt: skip
+
+    made = RegistryAuthProvider(runpod.transport).create(props)
+
+    assert made.id != "co-by-hand"
+    assert [(auth["id"], auth["password"]) for auth in runpod.store["containerregistryauth"].values()] == [
+        (made.id, "ghp_new")
+    ]
 
 
 def test_network_volume_is_kept_after_a_failure_and_never_shrinks(
