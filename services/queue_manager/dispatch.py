@@ -10,7 +10,9 @@ each job asks for the next one within the same request (``push_requests``: the r
 so its GPU does not wait for a new request between two jobs. The slot stays busy until the
 request ends: when the queue has no job for it, at the chain's limits, or when the provider says
 it ended. The slots survive a crash or a restart: a dispatcher that starts adopts the requests
-of its pool whose chains are still open (``_adopt``) and follows them as its own.
+of its pool whose chains are still open (``adopt``) and follows them as its own; it does so
+before the queue manager answers any call (``dispatching`` runs in its lifespan's start), so the
+container of a request it ends takes nothing meanwhile.
 
 Meanwhile the dispatcher heartbeats the first lease (a request can wait in the provider's queue
 through a cold start), follows the chain's current job, polls the provider's status, turns provider
@@ -170,10 +172,11 @@ class PoolDispatcher:
         """Job id -> provider request id, for every request's current job."""
         return {flight.job_id: flight.remote_id for flight in self.flights.values()}
 
-    async def run(self) -> None:
+    async def run(self, adopted: list[tuple[int, Flight]]) -> None:
+        """Carry the ``adopted`` requests (``adopt``), and new ones while the pool has work."""
         tasks: set[asyncio.Task[None]] = set()
         try:
-            carried: list[tuple[int, Lease | Flight]] = list(await self._adopt())
+            carried: list[tuple[int, Lease | Flight]] = list(adopted)
             while not stopping():
                 for slot, first in carried:
                     task = asyncio.create_task(self._carry(slot, first))
@@ -189,12 +192,14 @@ class PoolDispatcher:
     def _slot_id(self, slot: int) -> str:
         return f"push-{self.pool.name}-{slot}"
 
-    async def _adopt(self) -> list[tuple[int, Flight]]:
+    async def adopt(self) -> list[tuple[int, Flight]]:
         """The requests an earlier dispatcher of this pool sent (it crashed or was restarted) whose
         chains are still open: each keeps its slot busy and is followed as this dispatcher's own
         until it ends, so the pool never has more than its capacity of requests running and its
         jobs keep the lease, timeout and provider-failure rules. A chain whose slot is gone (the
-        capacity shrank) or whose request was never recorded as sent is ended: it takes no more."""
+        capacity shrank) or whose request was never recorded as sent is ended: it takes no more.
+        Done before the queue manager answers any call (``dispatching``), so no container of
+        such a request takes a job before its chain is ended."""
         try:
             chains = await self.chains.open_in(self.pool.name)
         except (RedisError, OSError) as exc:
@@ -232,7 +237,7 @@ class PoolDispatcher:
 
     async def _carry(self, slot: int, first: Lease | Flight) -> None:
         """Carry one request in ``slot`` until it ends: a new one for the lease ``first``, or the
-        request ``first`` an earlier dispatcher sent (``_adopt``)."""
+        request ``first`` an earlier dispatcher sent (``adopt``)."""
         flight: Flight | None = None
         if isinstance(first, Flight):
             flight, chain, job_id, token = first, first.chain, first.job_id, first.token
@@ -393,11 +398,16 @@ def dispatcher_for(
 async def dispatching(
     store: Store, settings: Settings, pools: list[PushPool] | None = None
 ) -> AsyncIterator[list[PoolDispatcher]]:
-    """Run one dispatcher per push pool (the settings' unless given) while inside."""
+    """Run one dispatcher per push pool (the settings' unless given) while inside; each adopts
+    its pool's open requests on the way in (``PoolDispatcher.adopt``)."""
     pools = settings.push_pools if pools is None else pools
     async with httpx.AsyncClient(timeout=max([p.request_timeout_seconds for p in pools], default=30)) as http:
         dispatchers = [dispatcher_for(store, settings, pool, http) for pool in pools]
-        tasks = [asyncio.create_task(d.run(), name=f"dispatch-{d.pool.name}") for d in dispatchers]
+        adopted = [await dispatcher.adopt() for dispatcher in dispatchers]  # before any call is answered
+        tasks = [
+            asyncio.create_task(d.run(flights), name=f"dispatch-{d.pool.name}")
+            for d, flights in zip(dispatchers, adopted, strict=True)
+        ]
         try:
             yield dispatchers
         finally:

@@ -6,7 +6,8 @@ a message naming the variable, rather than failing at import.
 
 The lifespan opens the user-file storage (``QM_FILES_URL``) once as ``app.state.storage``, shared
 by the workspaces and everything else; a test may set ``app.state.storage`` before the app starts
-to use its own.
+to use its own. It starts the push pools' dispatchers (``app.state.dispatchers``), which adopt the
+requests a queue manager before them left running before this one answers any call.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if getattr(app.state, "storage", None) is None:
             app.state.storage = open_files(config)
         try:
-            async with running(store), dispatching(store, config):
+            async with running(store), dispatching(store, config) as dispatchers:
+                app.state.dispatchers = dispatchers
                 yield
         finally:
             await redis.aclose()

@@ -13,7 +13,7 @@ from typing import Any
 from devkit.push_platform import Platform, serving
 from devkit.servers import TEST_FILES_URL, free_port
 from services.protocol.jobs import Job
-from services.queue_manager.dispatch import PoolDispatcher, PushPool, dispatching
+from services.queue_manager.dispatch import PoolDispatcher, PushPool
 from services.queue_manager.main import create_app
 from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
@@ -58,14 +58,15 @@ async def queue_manager(
 ) -> AsyncIterator[Rig]:
     """One queue manager on ``port`` and its dispatcher for ``platform``'s endpoint at ``platform_url``
     (two in turn on one port are the same queue manager restarted)."""
-    app = create_app(qm_settings(redis_url, port))
+    url = f"{platform_url}/{platform.deployment}" if style == "verda" else platform_url
+    spec = {"name": POOL, "style": style, "url": url, "api_key": platform.api_key, "capacity": 2,
+            "poll_seconds": 0.05} | pool  # fmt: skip
+    # The dispatcher runs in the app's lifespan, as in production: it adopts the requests a queue
+    # manager before it left open before this one answers their containers.
+    app = create_app(qm_settings(redis_url, port, push_pools=[PushPool(**spec)]))
     async with serving(app, port):
-        url = f"{platform_url}/{platform.deployment}" if style == "verda" else platform_url
-        spec = {"name": POOL, "style": style, "url": url, "api_key": platform.api_key, "capacity": 2,
-                "poll_seconds": 0.05} | pool  # fmt: skip
-        store: Store = app.state.store
-        async with dispatching(store, app.state.settings, [PushPool(**spec)]) as [dispatcher]:
-            yield Rig(store, platform, dispatcher, f"http://127.0.0.1:{port}")
+        [dispatcher] = app.state.dispatchers
+        yield Rig(app.state.store, platform, dispatcher, f"http://127.0.0.1:{port}")
 
 
 async def finished(store: Store, job_ids: list[str], timeout: float = 15.0) -> list[Job]:

@@ -6,15 +6,20 @@ serverless platform double."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
+import httpx
 import pytest
 
 from devkit.push_platform import Platform, serving, simulated_worker
 from devkit.servers import free_port
 from services.protocol.jobs import JobState, JobSubmit
+from services.queue_manager.main import create_app
+from services.queue_manager.push_requests import Chain, Chains
+from services.queue_manager.settings import PushPool
 from services.queue_manager.store import Store
-from tests.support.dispatch_rig import finished, queue_manager
+from tests.support.dispatch_rig import POOL, finished, qm_settings, queue_manager
 from tests.support.jobs import until
 
 PROMPT = {"1": {"class_type": "KSampler", "inputs": {}}}
@@ -77,3 +82,59 @@ async def test_a_request_never_recorded_as_sent_takes_no_more_jobs_after_a_resta
     assert {job.state for job in done} == {JobState.SUCCEEDED}
     assert chain is not None and not chain.open and chain.jobs == 1  # its one job, nothing chained
     assert len(platform.requests) == 2  # the later jobs came in a request the new dispatcher follows
+
+
+async def test_a_restarted_queue_manager_answers_no_container_before_it_decided_on_the_open_requests(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A request the queue manager before sent but never recorded as sent: its container asks for
+    # its next job the moment the restarted queue manager listens. The request is ended (nobody can
+    # follow it) before any container's call is answered, so it takes no job beside the pool's
+    # capacity, however slow the look at the open requests is (a Redis under load).
+    port = free_port()
+    pool = PushPool(name=POOL, style="runpod", url="http://127.0.0.1:9", api_key="k", capacity=1)
+    before = create_app(qm_settings(redis_url, port))  # the same queue manager, before its restart
+    async with serving(before, port):
+        store: Store = before.state.store
+        job = await store.submit("a", JobSubmit.model_validate({"prompt": PROMPT}))
+        lease = await store.claim(f"push-{pool.name}-0", pool.name, 1.0)
+        assert lease is not None and lease.job.id == job.id
+        chain_id, reply_token = await Chains(store).open(pool, f"push-{pool.name}-0", lease)
+        await store.submit("b", JobSubmit.model_validate({"prompt": PROMPT}))  # work it could take
+    adopting, answered = asyncio.Event(), asyncio.Event()
+    open_in = Chains.open_in
+
+    async def slow_look(chains: Chains, pool_name: str) -> list[Chain]:
+        adopting.set()
+        with contextlib.suppress(TimeoutError):  # a container answered meanwhile shows the race
+            await asyncio.wait_for(answered.wait(), 2.0)
+        return await open_in(chains, pool_name)
+
+    monkeypatch.setattr(Chains, "open_in", slow_look)
+
+    async def container() -> httpx.Response:
+        await asyncio.wait_for(adopting.wait(), 10.0)
+        body = {"worker_id": "container", "after": lease.token}
+        headers = {"Authorization": f"Bearer {reply_token}"}
+        deadline = time.monotonic() + 15.0
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as http:
+            while True:  # bounded: the deadline
+                try:
+                    reply = await http.post(f"/api/push/{chain_id}/next", json=body)
+                except httpx.ConnectError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.02)  # until the restarted queue manager listens
+                    continue
+                answered.set()
+                return reply
+
+    asking = asyncio.create_task(container())
+    after = create_app(qm_settings(redis_url, port, push_pools=[pool]))
+    async with serving(after, port):
+        reply = await asyncio.wait_for(asking, 20.0)
+        chain = await Chains(after.state.store).get(chain_id)
+
+    assert reply.status_code == 204, reply.text  # the request ends: it runs only the job it was sent
+    # The waiting job is the dispatcher's to send in a new request of the slot, not this one's.
+    assert chain is not None and not chain.open and (chain.jobs, chain.job) == (1, job.id)

@@ -43,7 +43,7 @@ async def test_a_dispatcher_stops_even_when_its_claim_swallows_the_cancel() -> N
     store = SwallowingStore()
     pool = PushPool(name="gpu", style="runpod", url="http://127.0.0.1:9", api_key="k", capacity=1)
     dispatcher = PoolDispatcher(store, pool, None, "http://127.0.0.1:9")  # type: ignore[arg-type]
-    task = asyncio.create_task(dispatcher.run())
+    task = asyncio.create_task(dispatcher.run([]))
     await asyncio.wait_for(store.waiting.wait(), 5)
 
     task.cancel()
