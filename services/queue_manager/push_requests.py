@@ -134,6 +134,16 @@ class NotAfterCurrent(QueueError):
         super().__init__(f"this push request takes no job after that one now: {self.REASONS[step]}")
 
 
+class AnotherRequestsJob(QueueError):
+    status = 409
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"job {job_id} is not this push request's: a request's reply token reports only on the jobs "
+            "leased to it. Use the lease token of a job this request gave you"
+        )
+
+
 @dataclass(frozen=True)
 class PushReply:
     """Whom a push request's reply token acts for: its pool, its chain, and the container its calls
@@ -228,6 +238,18 @@ class Chains:
         holder = reply.holder or await self.store.scripts.run(bind)
         if holder != worker_id:
             raise RunElsewhere(worker_id)
+
+    async def check_job(self, reply: PushReply, job_id: str, lease_token: str) -> None:
+        """Refuse a lease call with the request's reply token on a job held with ``lease_token``
+        under another slot than the request's (another request's job, whose first lease token its
+        payload shows): a request acts on the jobs leased to it only. Its own repeats after a job
+        moved on are left to the lease rules (the token is no longer the job's current one)."""
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(self.store.keys.job(job_id), ["token", "worker_id"])
+            pipe.hget(self._key(reply.chain), "worker")
+            (current, holder), slot = await pipe.execute()
+        if current == lease_token and holder != slot:
+            raise AnotherRequestsJob(job_id)
 
     @staticmethod
     def _current(lease: Lease) -> dict[str, str | int]:

@@ -193,13 +193,14 @@ async def pull_worker(
         await queue.aclose()
 
 
-async def lease_for(qm: LiveServer, alice: httpx.AsyncClient, color: int) -> Lease:
-    """What the dispatcher sends a push pool: a claimed lease plus where and how to report."""
+async def lease_for(qm: LiveServer, alice: httpx.AsyncClient, color: int, slot: str = "dispatcher") -> Lease:
+    """What the dispatcher sends a push pool: a claimed lease plus where and how to report
+    (``slot``: the dispatcher's slot it is claimed under; one per request in flight)."""
     job_id = await submit(alice, graph(color=color))
     queue = QueueClient(qm.url, POOL_TOKEN)
     caps = WorkerCapabilities(pool=POOL, provider="runpod")
-    await queue.register(WorkerRegistration(worker_id="dispatcher", capabilities=caps))
-    lease = await queue.claim("dispatcher", wait=5)
+    await queue.register(WorkerRegistration(worker_id=slot, capabilities=caps))
+    lease = await queue.claim(slot, wait=5)
     await queue.aclose()
     assert lease is not None and lease.job.id == job_id
     return lease.model_copy(update={"reply_url": qm.url, "reply_token": POOL_TOKEN})

@@ -11,7 +11,7 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, HTTPException, Request, status
 from starlette.requests import HTTPConnection
 
-from services.protocol.workers import HolderCall
+from services.protocol.workers import HolderCall, LeaseCall
 from services.queue_manager.auth import SESSION_COOKIE, Authenticator, Principal
 from services.queue_manager.push_requests import Chains, PushReply
 from services.queue_manager.sessions import LoginRefused, Logins
@@ -139,12 +139,16 @@ Call = TypeVar("Call", bound=HolderCall)
 def named(model: type[Call]) -> Callable[..., Awaitable[Call]]:
     """A dependency that gives a lease or push route its ``model`` body once the caller may speak
     for the container it names: with a push request's reply token only the one the request's calls
-    named first (``Chains.check_named``); a pool's token as before. The body is validated first, so
-    a malformed name never binds a request."""
+    named first (``Chains.check_named``), and on a lease route only a job leased to that request
+    (``Chains.check_job``); a pool's token as before. The body is validated first, so a malformed
+    name never binds a request, nor does a call on another request's job."""
 
     async def dependency(call: Call, holder: HolderDep, request: Request) -> Call:
         if holder.reply is not None:
-            await Chains(shared(request, "store", Store)).check_named(holder.reply, call.worker_id)
+            chains = Chains(shared(request, "store", Store))
+            if isinstance(call, LeaseCall):  # a lease route's: the job is the request's own
+                await chains.check_job(holder.reply, request.path_params["job_id"], call.token)
+            await chains.check_named(holder.reply, call.worker_id)
         return call
 
     # FastAPI reads the body's model from the signature: here it is ``model``, not the type variable.

@@ -55,7 +55,7 @@ async def test_a_leaked_reply_token_takes_one_job_after_each_and_no_more_than_th
 ) -> None:
     lease = await lease_for(qm, alice, color=40)
     two_jobs = push_pool(max_jobs_per_request=2, linger_seconds=0.2)
-    chain, reply_token = await chains.open(two_jobs, "slot", lease)
+    chain, reply_token = await chains.open(two_jobs, "dispatcher", lease)
     waiting = [await submit(alice, graph(color=41 + n)) for n in range(4)]  # no per-user limit here
     after_first = named_after(lease.token)
     async with holding(qm, reply_token) as leaked:
@@ -77,7 +77,7 @@ async def test_a_reply_token_of_an_ended_request_takes_nothing(
     qm: LiveServer, alice: httpx.AsyncClient, chains: Chains
 ) -> None:
     lease = await lease_for(qm, alice, color=46)
-    chain, reply_token = await chains.open(push_pool(), "slot", lease)
+    chain, reply_token = await chains.open(push_pool(), "dispatcher", lease)
     await chains.end(chain)  # the dispatcher ended the request (timed out, provider failed, cancelled)
     waiting = await submit(alice, graph(color=47))
     async with holding(qm, reply_token) as leaked:
@@ -111,7 +111,7 @@ async def test_hostile_input_with_a_reply_token_gets_a_4xx(
     content: bytes | None,
 ) -> None:
     lease = await lease_for(qm, alice, color=48)
-    chain, reply_token = await chains.open(push_pool(), "slot", lease)
+    chain, reply_token = await chains.open(push_pool(), "dispatcher", lease)
     url = path.format(chain=chain, job=lease.job.id)
     async with holding(qm, reply_token) as leaked:
         if content is not None:
@@ -126,7 +126,7 @@ async def test_a_reply_token_reaches_no_other_pools_chain_and_no_worker_route(
     qm: LiveServer, alice: httpx.AsyncClient, chains: Chains
 ) -> None:
     lease = await lease_for(qm, alice, color=50)
-    chain, _ = await chains.open(push_pool(), "slot", lease)
+    chain, _ = await chains.open(push_pool(), "dispatcher", lease)
     elsewhere = PushPool.model_validate({**push_pool().model_dump(), "name": "other", "api_key": "k"})
     _, others_token = await chains.open(elsewhere, "other-slot", lease)  # another pool's request
     waiting = await submit(alice, graph(color=51))
@@ -150,7 +150,7 @@ async def test_a_chain_that_expires_while_it_is_ended_leaves_no_record_behind(
     qm: LiveServer, alice: httpx.AsyncClient, chains: Chains, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lease = await lease_for(qm, alice, color=60)
-    chain, _ = await chains.open(push_pool(), "slot", lease)
+    chain, _ = await chains.open(push_pool(), "dispatcher", lease)
     key = chains.store.keys.push_request(chain)
     redis = chains.store.client
     send = redis.execute_command
@@ -185,7 +185,7 @@ async def test_a_leaked_reply_token_naming_another_container_is_refused_and_chan
 ) -> None:
     lease = await lease_for(qm, alice, color=52)
     await register(qm, CONTAINER, OTHER)
-    chain, reply_token = await chains.open(push_pool(), "slot", lease)
+    chain, reply_token = await chains.open(push_pool(), "dispatcher", lease)
     waiting = await submit(alice, graph(color=53))
     other_record = chains.store.keys.worker(OTHER)
     lease_calls = f"/api/leases/{lease.job.id}"
@@ -225,7 +225,7 @@ async def sent_with_work(
     """A request the dispatcher sent (its lease, chain and reply token), and jobs queued after it."""
     lease = await lease_for(qm, alice, color=color)
     chain, reply_token = await chains.open(
-        push_pool(max_jobs_per_request=10, linger_seconds=0.2), "slot", lease
+        push_pool(max_jobs_per_request=10, linger_seconds=0.2), "dispatcher", lease
     )
     return (
         lease,
@@ -306,8 +306,8 @@ async def test_a_refused_call_binds_the_request_to_nobody(
     """Only a call the queue manager takes binds a request: a malformed name, or a call on another
     request's chain, leaves it to the container that comes next."""
     lease = await lease_for(qm, alice, color=66)
-    _, reply_token = await chains.open(push_pool(), "slot", lease)
-    other_chain, _ = await chains.open(push_pool(), "slot", lease)
+    _, reply_token = await chains.open(push_pool(), "dispatcher", lease)
+    other_chain, _ = await chains.open(push_pool(), "dispatcher", lease)
     beat = f"/api/leases/{lease.job.id}/heartbeat"
     async with holding(qm, reply_token) as client:
         malformed = await client.post(beat, json={"token": lease.token, "worker_id": "a/b"})
@@ -327,7 +327,7 @@ async def test_a_containers_events_with_its_reply_token_reach_the_owner(
     """The worker agent forwards ComfyUI's events with the request's reply token, as it sends its
     heartbeats and reports: they name the container too, so the owner sees the job start."""
     lease = await lease_for(qm, alice, color=70)
-    _, reply_token = await chains.open(push_pool(), "slot", lease)
+    _, reply_token = await chains.open(push_pool(), "dispatcher", lease)
     queue = QueueClient(qm.url, reply_token, retry_seconds=5, holder=CONTAINER)
     started = JobEvent.model_validate({"type": "execution_start", "data": {"prompt_id": lease.job.id}})
     try:
@@ -338,3 +338,35 @@ async def test_a_containers_events_with_its_reply_token_reach_the_owner(
 
     assert await states(alice, [lease.job.id]) == [JobState.RUNNING]
     assert not beat.cancel  # the request is bound to the container whose events came first
+
+
+async def test_a_reply_token_acts_on_no_job_of_another_request_even_with_its_lease_token(
+    qm: LiveServer, alice: httpx.AsyncClient, chains: Chains
+) -> None:
+    """The provider's console shows every request's payload: one request's reply token with the
+    first lease token of another request of the pool reports, gives back or renews nothing of that
+    request's job, whose own container goes on with it."""
+    mine = await lease_for(qm, alice, color=72, slot="slot-0")
+    theirs = await lease_for(qm, alice, color=73, slot="slot-1")
+    _, my_token = await chains.open(push_pool(capacity=2), "slot-0", mine)
+    _, their_token = await chains.open(push_pool(capacity=2), "slot-1", theirs)
+    calls = f"/api/leases/{theirs.job.id}"
+    as_me = {"token": theirs.token, "worker_id": CONTAINER}  # the name its own request is bound to
+    async with holding(qm, their_token) as their_container, holding(qm, my_token) as leaked:
+        bound = await their_container.post(f"{calls}/heartbeat", json={**as_me, "worker_id": OTHER})
+        replies = [
+            await leaked.post(f"{calls}/heartbeat", json=as_me),
+            await leaked.post(f"{calls}/events", json={**as_me, "events": []}),
+            await leaked.post(f"{calls}/complete", json={**as_me, "outputs": []}),
+            await leaked.post(f"{calls}/fail", json={**as_me, "error": {"type": "x", "message": "x"}}),
+            await leaked.post(f"{calls}/release", json=as_me),
+        ]
+        theirs_goes_on = await their_container.post(
+            f"{calls}/complete", json={"token": theirs.token, "worker_id": OTHER, "outputs": []}
+        )
+
+    assert bound.status_code == 200
+    assert [reply.status_code for reply in replies] == [409] * len(replies), [r.text for r in replies]
+    assert "this push request" in replies[0].json()["detail"]
+    assert theirs_goes_on.status_code == 204
+    assert await states(alice, [theirs.job.id, mine.job.id]) == [JobState.SUCCEEDED, JobState.LEASED]
