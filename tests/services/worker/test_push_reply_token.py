@@ -370,3 +370,40 @@ async def test_a_reply_token_acts_on_no_job_of_another_request_even_with_its_lea
     assert "this push request" in replies[0].json()["detail"]
     assert theirs_goes_on.status_code == 204
     assert await states(alice, [theirs.job.id, mine.job.id]) == [JobState.SUCCEEDED, JobState.LEASED]
+
+
+async def test_first_calls_at_once_bind_the_request_to_one_container(
+    qm: LiveServer, alice: httpx.AsyncClient, chains: Chains
+) -> None:
+    """A copy of the payload used the moment the container starts: of the calls that race to name
+    themselves first, one container runs the request and every other name is refused."""
+    lease = await lease_for(qm, alice, color=76)
+    _, reply_token = await chains.open(push_pool(), "dispatcher", lease)
+    beat = f"/api/leases/{lease.job.id}/heartbeat"
+    names = [f"racer-{n}" for n in range(8)]
+    async with holding(qm, reply_token) as client:
+        replies = await asyncio.gather(
+            *(client.post(beat, json={"token": lease.token, "worker_id": name}) for name in names)
+        )
+        [winner] = [name for name, reply in zip(names, replies, strict=True) if reply.status_code == 200]
+        again = [await client.post(beat, json={"token": lease.token, "worker_id": name}) for name in names]
+
+    assert sorted(reply.status_code for reply in replies) == [200] + [403] * 7
+    assert [reply.status_code for reply in again] == [200 if name == winner else 403 for name in names]
+
+
+async def test_the_pools_token_takes_once_from_each_job_too(
+    qm: LiveServer, alice: httpx.AsyncClient, chains: Chains
+) -> None:
+    """Whoever has the pool's token (every container of the pool has it to register) and a chain
+    id: a repeat after the same job gets the same job, an older or made-up one none."""
+    lease, chain, _, waiting = await sent_with_work(qm, alice, chains, color=77, waiting=3)
+    path = f"/api/push/{chain}/next"
+    async with holding(qm, POOL_TOKEN) as pool:
+        taken = await pool.post(path, json={"after": lease.token})
+        again = await pool.post(path, json={"after": lease.token})
+        made_up = await pool.post(path, json={"after": "made-up-token"})
+
+    assert taken.status_code == 200 and again.json()["token"] == taken.json()["token"]
+    assert made_up.status_code == 409
+    assert await states(alice, waiting[1:]) == [JobState.QUEUED, JobState.QUEUED]
