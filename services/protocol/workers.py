@@ -37,7 +37,8 @@ A push container's request carries ``Lease.chain``: after each job the container
 the same request, until a 204 (``services/queue_manager/push_requests.py``). Its lease and push
 calls may send the request's own ``reply_token`` instead of the pool token; with it they name the
 container (``worker_id``), and the first name the request's calls send is the only one they may
-send after (403 for another), and ``next`` names the job it follows (``after``).
+send after (403 for another), they act on the request's own jobs only (409 for another's), and
+``next`` names the job it follows (``after``).
 
 Completion and failure are idempotent for the lease holder: repeating the same call after a
 network error answers 204 again and changes nothing, so a retry never completes a job twice.

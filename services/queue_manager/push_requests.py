@@ -23,9 +23,10 @@ random secret sent only in the request.
 
 The request carries its own reply token, not the pool's worker token: ``{p}:push_token:{sha256}``
 names its pool and its chain for as long as the chain's record lives. It acts as a worker of that
-pool on the lease routes (the lease token of each job is still needed) and on its own chain's
-routes, and on nothing else: it cannot register a worker, claim from the queue, act for another
-pool or on another request's chain.
+pool on the lease routes of its own request's jobs (the lease token of each job is still needed)
+and on its own chain's routes, and on nothing else: it cannot register a worker, claim from the
+queue, act for another pool, on another request's chain, or on another request's job
+(``check_job``: a job held under another slot than the chain's gets 409, even with its lease token).
 
 A request payload the provider keeps (its console, its logs) holds that token, the chain id and
 the first job's lease token. What a copy of it cannot do:
@@ -43,8 +44,14 @@ the first job's lease token. What a copy of it cannot do:
   an older job 409, never a second job.
 
 What it still can: used before the container's first call (while the request waits at the
-provider, or the container starts), it binds the request to its own name; the container's calls
-are then refused, and the dispatcher requeues the job once the provider reports the request over.
+provider, or the container starts), it binds the request to its own name. The container's calls
+are then refused, so its request ends; until the dispatcher sees it over, the copy reports the
+request's jobs as it likes (the first job's lease token is in the payload) and takes the chain's
+next ones, then the dispatcher ends the chain and requeues the job still open.
+
+A ``next`` that repeats one whose connection broke while the take was still under way (its
+linger) gets 409 too, as the take's outcome is not known yet: the container ends its request,
+and the take, finding its caller gone, gives the job back (``api/routes/push.py``).
 """
 
 from __future__ import annotations
