@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import secrets
@@ -336,10 +337,12 @@ class JobFiles:
         # Output names each owner's jobs made here: a job staged before the last one's outputs
         # reached storage numbers on from them too, instead of writing the same name again. Owner ->
         # name -> (the job that made it, when its files left the spool: stored or given up; ``inf``
-        # until then). A listing started after that tells whether she has the file still.
+        # until then). A listing started after that tells whether she has the file still: once one
+        # has, the name is forgotten here (``_listed``), so this holds only the names made since.
         self.produced: dict[str, dict[str, tuple[str, float]]] = {}
         self.made: dict[str, tuple[str, list[str]]] = {}  # job id -> (owner, the names it made)
         self.listings: dict[str, tuple[float, asyncio.Task[list[str]]]] = {}  # owner -> (started, listing)
+        self.listed: dict[str, tuple[float, frozenset[str]]] = {}  # owner -> her latest listing, finished
         # Jobs whose kept outputs are on their way to storage: job id -> (owner, set once done).
         self.storing: dict[str, tuple[str, asyncio.Event]] = {}
         self.epoch = secrets.token_hex(4)  # an attached ComfyUI may keep results from before a restart
@@ -367,12 +370,16 @@ class JobFiles:
         """Remove whatever the spool holds for the job (prepared inputs, kept outputs); once its
         outputs are split from its owner's placeholders, if they are being split still."""
         folder = self.folders.spool / job_id
-        self._left(job_id)
+
+        def gone(_: object = None) -> None:
+            self._left(job_id)  # after the split: the names it adds to what the job made leave too
+            shutil.rmtree(folder, ignore_errors=True)
+
         split = self.splitting.get(job_id)
         if split is None:
-            shutil.rmtree(folder, ignore_errors=True)
+            gone()
         else:
-            split.add_done_callback(lambda _: shutil.rmtree(folder, ignore_errors=True))
+            split.add_done_callback(gone)
         _, done = self.storing.pop(job_id, ("", None))
         if done is not None:
             done.set()
@@ -527,6 +534,9 @@ class JobFiles:
         made = self.produced.get(user, {})  # a name whose job's files left the spool before the listing:
         names = set(prepared.earlier)  # the listing has it if she still does
         names.update(name for name, (_, left) in made.items() if left >= prepared.listed_at)
+        started, latest = self.listed.get(user, (0.0, frozenset()))
+        if started > prepared.listed_at:  # names forgotten since the job's own listing are in this one
+            names.update(latest)
         fetched = prepared.root / "output"
         return names.difference(file_names(fetched)) if fetched.is_dir() else names
 
@@ -563,7 +573,23 @@ class JobFiles:
         if listing is None or failed or time.monotonic() - started > LISTING_SECONDS:
             started, listing = time.monotonic(), asyncio.create_task(self._list_outputs(user))
             self.listings[user] = (started, listing)
+            listing.add_done_callback(functools.partial(self._listed, user, started))
         return started, await asyncio.shield(listing)  # a cancelled prepare leaves it to the next one
+
+    def _listed(self, user: str, started: float, listing: asyncio.Task[list[str]]) -> None:
+        """Her listing that started at ``started`` finished: a name whose job's files left the spool
+        before then is in it if she still has the file, so ``produced`` forgets it; a job prepared
+        with an earlier listing takes this one's names instead (``_wanted``)."""
+        if listing.cancelled() or listing.exception() is not None:
+            return
+        if started <= self.listed.get(user, (-math.inf, frozenset()))[0]:
+            return  # a later listing finished first
+        self.listed[user] = (started, frozenset(listing.result()))
+        made = self.produced.get(user, {})
+        for name in [name for name, (_, left) in made.items() if left < started]:
+            del made[name]
+        if not made:
+            self.produced.pop(user, None)
 
     async def _list_outputs(self, user: str) -> list[str]:
         """Her output names; a key no output of hers can have (absolute, or climbing with ``..``,

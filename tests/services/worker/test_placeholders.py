@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import re
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from services.protocol.jobs import Job, JobState
 from services.storage.local import LocalStorage
 from services.worker import job_files as job_files_module
 from services.worker.job_files import ComfyFolders, JobFiles
-from services.worker.placeholders import file_names
+from services.worker.placeholders import OwnerPlaceholders, file_names
 from tests.support.jobs import finished, graph, participant, submit
 from tests.support.queue_manager_app import LiveServer
 from tests.support.worker_agent import pull_worker, worker_settings
@@ -157,6 +159,81 @@ async def test_a_name_deleted_from_storage_is_no_placeholder_at_her_next_job(
     async with worker.files.staged(worker.job("alice")):
         assert staged_now(worker) == {"t_00001_.png": 0, "t_00002_.png": 0, "x_00001_.png": 0}
         assert save(worker.output, "t") == "t_00003_.png"  # as ComfyUI numbers after a delete
+
+
+async def test_a_long_run_remembers_only_the_names_made_since_each_owners_last_listing(
+    tmp_path: Path, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker runs for days: what it keeps of the names it made is what her storage listing cannot
+    show yet (one name per owner here, her last job's), not every output of the run."""
+    monkeypatch.setattr(job_files_module, "LISTING_SECONDS", 0.0)  # each job lists: a second apart
+    stored(files, "carol", "t_00001_.png")
+    worker = Worker(tmp_path, files)
+    owners = ("alice", "bob", "carol")
+    names: dict[str, list[str]] = {owner: [] for owner in owners}
+    for _ in range(40):
+        for owner in owners:
+            names[owner].append(await worker.run(owner))
+            remembered = {user: len(made) for user, made in worker.files.produced.items()}
+            assert all(count <= 1 for count in remembered.values()), remembered
+            assert worker.files.made == {}
+
+    assert names["alice"] == names["bob"] == [f"t_{n:05}_.png" for n in range(1, 41)]
+    assert names["carol"] == [f"t_{n:05}_.png" for n in range(2, 42)]
+    assert (files / "users/carol/output/t_00001_.png").read_bytes() == b"t_00001_.png"  # never written over
+
+
+async def test_a_job_prepared_before_her_last_output_was_listed_numbers_past_it(
+    tmp_path: Path, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Her job prepared ahead (its listing older than her last job's output) is staged after a newer
+    listing made the worker forget that output's name: the name still holds a placeholder."""
+    monkeypatch.setattr(job_files_module, "LISTING_SECONDS", 0.0)
+    stored(files, "alice", "t_00001_.png")
+    worker = Worker(tmp_path, files)
+    ahead = worker.job("alice")
+    prepared = await worker.files.prepare(ahead)  # lists t_00001_ only
+
+    assert await worker.run("alice") == "t_00002_.png"
+    await worker.files.prepare(worker.job("alice"))  # a newer listing: t_00002_ is in storage now
+    assert "t_00002_.png" not in worker.files.produced.get("alice", {})
+
+    async with worker.files.staged(ahead, prepared):
+        assert staged_now(worker) == {"t_00001_.png": 0, "t_00002_.png": 0}
+        assert save(worker.output, "t") == "t_00003_.png"
+
+
+async def test_a_job_discarded_while_its_outputs_leave_her_placeholders_leaves_nothing_behind(
+    tmp_path: Path, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run ends (its outputs stored or given up) before her placeholders are parted from its
+    outputs: the names the parting finds are let go with the job, not kept for the worker's life."""
+    started, go_on = threading.Event(), threading.Event()
+    split = OwnerPlaceholders.split
+
+    def held(self: OwnerPlaceholders, output: Path) -> list[str]:
+        started.set()
+        go_on.wait(timeout=10)
+        return split(self, output)
+
+    monkeypatch.setattr(OwnerPlaceholders, "split", held)
+    worker = Worker(tmp_path, files)
+    job = worker.job("alice")
+
+    async def run() -> None:
+        async with worker.files.staged(job) as stage:
+            save(worker.output, "t")
+            stage.keep_outputs()
+
+    task = asyncio.create_task(run())
+    assert await asyncio.to_thread(started.wait, 10)
+    worker.files.discard(job.id)
+    go_on.set()
+    await task
+
+    assert worker.files.made == {}
+    assert [left < math.inf for _, left in worker.files.produced["alice"].values()] == [True]
+    assert not (worker.files.folders.spool / job.id).exists()
 
 
 @pytest.mark.parametrize("how", ["in place", "renamed over"])
