@@ -407,3 +407,30 @@ async def test_the_pools_token_takes_once_from_each_job_too(
     assert taken.status_code == 200 and again.json()["token"] == taken.json()["token"]
     assert made_up.status_code == 409
     assert await states(alice, waiting[1:]) == [JobState.QUEUED, JobState.QUEUED]
+
+
+async def test_an_ended_requests_reply_token_acts_on_no_job_of_the_next_request_in_its_slot(
+    qm: LiveServer, alice: httpx.AsyncClient, chains: Chains
+) -> None:
+    """A request's reply token outlives its request (its chain window plus a job's time), and the
+    dispatcher sends the slot's next request meanwhile: the old token, with the new request's first
+    lease token (both in the provider's console), reports nothing of the new request's job."""
+    old = await lease_for(qm, alice, color=78, slot="slot-0")
+    old_chain, old_token = await chains.open(push_pool(), "slot-0", old)
+    as_container = {"worker_id": CONTAINER, "outputs": []}
+    async with holding(qm, old_token) as old_container:
+        ran = await old_container.post(
+            f"/api/leases/{old.job.id}/complete", json={**as_container, "token": old.token}
+        )
+    await chains.end(old_chain)  # the request is over: the slot carries the next one
+    new = await lease_for(qm, alice, color=79, slot="slot-0")
+    _, new_token = await chains.open(push_pool(), "slot-0", new)
+    done = f"/api/leases/{new.job.id}/complete"
+    async with holding(qm, old_token) as leaked, holding(qm, new_token) as new_container:
+        forged = await leaked.post(done, json={**as_container, "token": new.token})
+        state = await states(alice, [new.job.id])
+        real = await new_container.post(done, json={**as_container, "worker_id": OTHER, "token": new.token})
+
+    assert ran.status_code == 204
+    assert forged.status_code == 409 and "this push request" in forged.json()["detail"]
+    assert state == [JobState.LEASED] and real.status_code == 204
