@@ -4,13 +4,14 @@ from its pool's queue, when, and what hostile input gets back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 
-from services.protocol.jobs import JobState
+from services.protocol.jobs import JobError, JobState
 from services.protocol.workers import JobEvent, Lease, WorkerCapabilities, WorkerRegistration
 from services.queue_manager.push_requests import Chains
 from services.queue_manager.settings import PushPool
@@ -256,16 +257,16 @@ async def test_an_impostors_next_beside_the_container_gets_no_job(
     assert still is not None and (still.job, still.jobs) == (waiting[0], 2)
 
 
-class LosesFirstNextReply(httpx.AsyncBaseTransport):
-    """The network between a container and the queue manager: the first ``next`` reaches the queue
-    manager, which answers it, but the answer never reaches the container."""
+class LosesFirstReply(httpx.AsyncBaseTransport):
+    """The network between a container and the queue manager: the first call to a path ending in
+    ``ending`` reaches the queue manager, which answers it, but the answer never reaches the container."""
 
-    def __init__(self) -> None:
-        self.inner, self.lost = httpx.AsyncHTTPTransport(), 0
+    def __init__(self, ending: str = "/next") -> None:
+        self.inner, self.lost, self.ending = httpx.AsyncHTTPTransport(), 0, ending
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self.inner.handle_async_request(request)
-        if request.url.path.endswith("/next") and not self.lost:
+        if request.url.path.endswith(self.ending) and not self.lost:
             await response.aread()
             self.lost += 1
             raise httpx.ReadError("connection reset by peer", request=request)
@@ -275,16 +276,21 @@ class LosesFirstNextReply(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+def container_behind(qm: LiveServer, reply_token: str, network: httpx.AsyncBaseTransport) -> QueueClient:
+    """The worker agent's client of a push request (its retries included), over ``network``."""
+    queue = QueueClient(qm.url, reply_token, retry_seconds=10, holder=CONTAINER)
+    queue.http = httpx.AsyncClient(
+        base_url=qm.url, headers={"Authorization": f"Bearer {reply_token}"}, transport=network
+    )
+    return queue
+
+
 async def test_the_containers_repeat_after_a_lost_reply_gets_the_same_job(
     qm: LiveServer, alice: httpx.AsyncClient, chains: Chains
 ) -> None:
     lease, chain, reply_token, waiting = await sent_with_work(qm, alice, chains, color=62, waiting=2)
-    network = LosesFirstNextReply()
-    queue = QueueClient(qm.url, reply_token, retry_seconds=10, holder=CONTAINER)
-    await queue.http.aclose()
-    queue.http = httpx.AsyncClient(
-        base_url=qm.url, headers={"Authorization": f"Bearer {reply_token}"}, transport=network
-    )
+    network = LosesFirstReply()
+    queue = container_behind(qm, reply_token, network)
     try:
         second = await queue.next_in_chain(
             chain, after=lease.token, linger=0.2
@@ -434,3 +440,55 @@ async def test_an_ended_requests_reply_token_acts_on_no_job_of_the_next_request_
     assert ran.status_code == 204
     assert forged.status_code == 409 and "this push request" in forged.json()["detail"]
     assert state == [JobState.LEASED] and real.status_code == 204
+
+
+async def ended_again(queue: QueueClient, chain: str) -> None:
+    """``end`` is sent once by the client (the request ends anyway); a container that sends it
+    again after a lost answer gets the same answer."""
+    with contextlib.suppress(httpx.ReadError):
+        await queue.end_chain(chain)
+    await queue.end_chain(chain)
+
+
+@pytest.mark.parametrize(
+    ("call", "then"),
+    [
+        ("heartbeat", JobState.RUNNING),
+        ("events", JobState.RUNNING),
+        ("complete", JobState.SUCCEEDED),
+        ("fail", JobState.FAILED),
+        ("release", JobState.QUEUED),
+        ("end", JobState.LEASED),
+    ],
+)
+async def test_every_call_the_container_repeats_after_a_lost_reply_is_answered_as_the_first(
+    qm: LiveServer, alice: httpx.AsyncClient, chains: Chains, call: str, then: JobState
+) -> None:
+    lease = await lease_for(qm, alice, color=81)
+    chain, reply_token = await chains.open(push_pool(), "dispatcher", lease)
+    network = LosesFirstReply(f"/{call}")
+    queue = container_behind(qm, reply_token, network)
+    job, token = lease.job.id, lease.token
+    started = JobEvent.model_validate({"type": "execution_start", "data": {"prompt_id": job}})
+    calls = {
+        "heartbeat": lambda: queue.heartbeat(job, token),
+        "events": lambda: queue.events(job, token, [started]),
+        "complete": lambda: queue.complete(job, token, []),
+        "fail": lambda: queue.fail(
+            job, token, JobError(type="OOM", message="out of memory", retryable=False)
+        ),
+        "release": lambda: queue.release(job, token),
+        "end": lambda: ended_again(queue, chain),
+    }
+    try:
+        await calls[call]()  # retried by the client: the first answer was lost
+    finally:
+        await queue.aclose()
+
+    record = (await alice.get(f"/api/jobs/{job}")).json()
+    assert network.lost == 1 and (record["state"], record["attempts"]) == (
+        then,
+        0 if call == "release" else 1,
+    )
+    still = await chains.get(chain)
+    assert still is not None and still.open == (call != "end")
