@@ -15,6 +15,7 @@ from services.queue_manager.catalogues import CatalogueOps
 from services.queue_manager.errors import UnknownWorker, WorkerHoldsAJob, WorkerInAnotherPool
 from services.queue_manager.keys import WORKER_TTL_SECONDS
 from services.queue_manager.records import HOLD_FIELDS, held_for, ms_to_datetime, now_ms
+from services.queue_manager.scripts import RegisterArgs
 
 log = logging.getLogger(__name__)
 SEEN_WRITE_MS = 5000
@@ -36,30 +37,24 @@ class WorkerInfo(BaseModel):
 
 class WorkerOps(CatalogueOps):
     async def register(self, registration: WorkerRegistration) -> RegisterReply:
-        """Record a worker (again, after a restart) and offer its node catalogue if it sent one
-        (``catalogues``: it reaches participants only when it adds to the approved one or the admin
-        approves it)."""
+        """Record a worker (again, after a restart: a job still held for it is given back) and offer
+        its node catalogue if it sent one (``catalogues``: it reaches participants only when it adds
+        to the approved one or the admin approves it)."""
         caps = registration.capabilities
         await self.check_pool(registration.worker_id, caps.pool)
-        key = self.keys.worker(registration.worker_id)
-        now = now_ms()
         self._known_workers.pop(registration.worker_id, None)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                key,
-                mapping={
-                    "pool": caps.pool,
-                    "capabilities": caps.model_dump_json(),
-                    "state": (WorkerState.STARTING if caps.models_sync else WorkerState.IDLE).value,
-                    "job_id": "",
-                    "registered_at": now,
-                    "last_seen": now,
-                },
-            )
-            pipe.expire(key, WORKER_TTL_SECONDS)
-            pipe.zadd(self.keys.workers, {registration.worker_id: now})
-            pipe.zremrangebyscore(self.keys.workers, "-inf", now - WORKER_TTL_SECONDS * 1000)
-            await pipe.execute()
+        state = WorkerState.STARTING if caps.models_sync else WorkerState.IDLE
+        args = RegisterArgs(
+            self.prefix,
+            registration.worker_id,
+            caps.pool,
+            caps.model_dump_json(),
+            state.value,
+            now_ms(),
+            WORKER_TTL_SECONDS,
+        )
+        if given_back := str(await self.scripts.run(args)):  # a restarted worker knows of no hold
+            log.info("hold given back", extra={"job_id": given_back, "worker_id": registration.worker_id})
         if registration.catalogue is not None and caps.catalogue_hash:
             await self.offer_catalogue(
                 caps.catalogue_hash,

@@ -87,6 +87,17 @@ class ClaimArgs(ScriptArgs):
 
 
 @dataclass(frozen=True)
+class RegisterArgs(ScriptArgs):
+    script = "register"
+    worker_id: str
+    pool: str
+    capabilities_json: str
+    state: str
+    now_ms: int
+    ttl_seconds: int
+
+
+@dataclass(frozen=True)
 class StartArgs(ScriptArgs):
     script = "start"
     id: str
@@ -200,6 +211,7 @@ class BindArgs(ScriptArgs):
 SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     SubmitArgs,
     ClaimArgs,
+    RegisterArgs,
     StartArgs,
     TouchArgs,
     FinishArgs,

@@ -7,18 +7,18 @@
 -- {} or the job held after it, {id, queued_left, HGETALL}. A lease publishes the owner's 'started'
 -- event in the same step. (The logic is ``claim_next`` in lib.lua: submit.lua runs it too, to hand
 -- a new job straight to a waiting worker.)
--- An idle worker's claim first ends any hold the worker still has: it is not going to start that
--- job (a claim repeated after its reply was lost holds it again rather than leave it held for a
--- token nobody has until the hold expires).
+-- A claim first ends any hold the worker still has: a worker holds one job at most, and one that
+-- claims is not going to start the job it held (an idle worker's claim leases another; a claim
+-- ahead is only sent while the worker holds nothing). A claim of either kind repeated after its
+-- reply was lost holds that job again, rather than leave it held for a token nobody has until the
+-- hold expires (busy workers would pass it by meanwhile, though it is first in line).
 local pool, worker_id, token = ARGV[2], ARGV[3], ARGV[4]
 local now, lease_ms, max_running, scan = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
   tonumber(ARGV[8])
 local prepare, next_token = ARGV[9] == '1', ARGV[10] or ''
-if not prepare then
-  local old = holding_of(worker_id)
-  if old then
-    clear_hold(old)
-  end
+local old = holding_of(worker_id)
+if old then
+  clear_hold(old)
 end
 local claimed = claim_next(pool, worker_id, token, now, lease_ms, max_running, scan, prepare)
 if #claimed == 0 or prepare then

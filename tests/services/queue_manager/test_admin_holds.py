@@ -86,3 +86,29 @@ async def test_a_hold_given_back_is_no_longer_shown(client: httpx.AsyncClient) -
 
     queue, workers, held, _ = await seen(client)
     assert queue["held"] == {} and workers == {"w1": None} and held == {"gpu": 0}
+
+
+async def test_a_worker_that_registers_again_holds_nothing_it_held_before(client: httpx.AsyncClient) -> None:
+    # w1's process restarted (same worker id) while it ran one job and held the next: the new
+    # process knows of no hold, so the queue holds nothing for it and the admin sees none
+    await register(client, "w1")
+    await register(client, "w2")
+    await submit(client)
+    assert (await client.post("/api/workers/w2/claim", headers=GPU)).status_code == 200  # w2 is busy
+    await submit(client)
+    second = await submit(client)
+    lease = Lease.model_validate_json(
+        (await client.post("/api/workers/w1/claim", params={"hold_next": 1}, headers=GPU)).content
+    )
+    assert lease.held is not None and lease.held.job.id == second
+    ahead = await client.post("/api/workers/w2/claim", params={"prepare": 1}, headers=GPU)
+    assert ahead.status_code == 204  # the only job waiting is w1's to run next
+
+    await register(client, "w1")
+
+    queue, workers, held, metrics = await seen(client)
+    assert queue["held"] == {} and workers == {"w1": None, "w2": None} and held == {"gpu": 0}
+    assert metric(metrics, HELD) == 0.0
+    # so the busy w2 may prepare it at once, without waiting for a hold nobody has to lapse
+    ahead = await client.post("/api/workers/w2/claim", params={"prepare": 1}, headers=GPU)
+    assert ahead.status_code == 200 and Lease.model_validate_json(ahead.content).job.id == second

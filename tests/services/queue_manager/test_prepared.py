@@ -370,3 +370,20 @@ async def test_a_claim_repeated_after_its_reply_was_lost_holds_that_job_again(st
     # the lost reply's lease is the reaper's, as for any claim: it goes back once it expires
     touched = await store.reap(now=now_ms() + 60_000)
     assert [outcome for job_id, _, outcome in touched if job_id == bob[0]] in (["requeued"], ["delayed"])
+
+
+async def test_a_claim_ahead_repeated_after_its_reply_was_lost_holds_one_job_not_two(store: Store) -> None:
+    # busy-1 claims ahead and holds ada's second; the reply is lost and its client asks again
+    _, lost = await busy_with_next(store, "busy-1")
+    later = [(await store.submit("ada", job())).id for _ in range(2)]  # after her second in line
+
+    again = await store.claim("busy-1", "gpu", prepare=True)
+
+    # it holds the head of the line again, under a new token: nothing stays held for the lost one
+    assert again is not None and again.job.id == lost.job.id and again.token != lost.token
+    assert await hold_worker(store, later[0]) == ""
+    # so another busy worker prepares what is next in line (ada's third), not the job after it
+    await store.submit("cyd", job())
+    assert await store.claim("busy-2", "gpu") is not None
+    other = await store.claim("busy-2", "gpu", prepare=True)
+    assert other is not None and other.job.id == later[0]
