@@ -15,9 +15,13 @@ local function expire_lease(id)
     redis.call('ZREM', k('leases'), id)
     return
   end
+  -- Its worker is gone if this was its job still; one that runs another now (it claimed again
+  -- after the reply to this lease was lost, or registered again) is alive.
+  local wkey = f[7] and f[7] ~= '' and k('worker', f[7])
+  local gone = wkey and redis.call('HGET', wkey, 'job_id') == id
   end_lease(id, user, f[7])
-  if f[7] and f[7] ~= '' then
-    redis.call('HSET', k('worker', f[7]), 'state', 'gone', 'job_id', '')
+  if gone then
+    redis.call('HSET', wkey, 'state', 'gone', 'job_id', '')
   end
   redis.call('HSET', key, 'token', '')
   local outcome

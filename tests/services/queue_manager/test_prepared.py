@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable
 
 from services.protocol.jobs import JobState
-from services.protocol.workers import Completion, Lease, StartCall
+from services.protocol.workers import Completion, Lease, StartCall, WorkerState
 from services.queue_manager.records import now_ms
 from services.queue_manager.store import Store
-from tests.support.qm_api import job
+from tests.support.qm_api import job, registration
 
 
 async def busy_with_next(store: Store, worker_id: str = "busy") -> tuple[Lease, Lease]:
@@ -387,3 +387,27 @@ async def test_a_claim_ahead_repeated_after_its_reply_was_lost_holds_one_job_not
     assert await store.claim("busy-2", "gpu") is not None
     other = await store.claim("busy-2", "gpu", prepare=True)
     assert other is not None and other.job.id == later[0]
+
+
+async def test_the_lease_a_lost_claim_reply_left_expires_without_showing_its_live_worker_gone(
+    store: Store,
+) -> None:
+    # w1's claim was answered but the reply lost; its client asked again and w1 runs what that
+    # answer leased. The first lease expires: the job goes back, and w1 is still busy, not gone
+    await store.register(registration("w1"))
+    ada = [(await store.submit("ada", job())).id for _ in range(3)]
+    lost = await store.claim("w1", "gpu", hold_next=True)
+    assert lost is not None
+    lost_expires = int(lost.expires_at.timestamp() * 1000)
+    while now_ms() <= lost_expires - int(lost.lease_seconds * 1000) + 1:  # a few ms at most
+        pass  # the repeat's lease ends a little later than the lost one's
+    again = await store.claim("w1", "gpu", hold_next=True)
+    assert again is not None and again.held is not None
+    assert (again.job.id, again.held.job.id) == (ada[1], ada[2])
+
+    touched = await store.reap(now=lost_expires + 1)  # the lost one's lease is over, not the repeat's
+
+    assert [job_id for job_id, _, _ in touched] == [ada[0]]
+    [w1] = await store.list_workers()
+    assert (w1.state, w1.job_id, w1.holding) == (WorkerState.BUSY, ada[1], ada[2])
+    assert (await store.heartbeat(ada[1], again.token)).holding == ada[2]
