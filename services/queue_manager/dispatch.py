@@ -186,8 +186,11 @@ class PoolDispatcher:
                 slot = self._free.pop()
                 carried = [(slot, await self._next_lease(slot))]
         finally:
-            for task in tasks:
+            carrying = list(tasks)
+            for task in carrying:
                 task.cancel()
+            # Each ends before the dispatcher's HTTP client and the store close under it.
+            await asyncio.gather(*carrying, return_exceptions=True)
 
     def _slot_id(self, slot: int) -> str:
         return f"push-{self.pool.name}-{slot}"
@@ -251,6 +254,8 @@ class PoolDispatcher:
                 self.flights[slot] = flight
                 await self._track(flight)
         except Exception:
+            if stopping():  # the queue manager stops (its client may be closed): the container goes on
+                return
             log.exception("push dispatch failed", extra={"job_id": job_id, "pool": self.pool.name})
             current = self.flights.get(slot)
             job_id, token = (current.job_id, current.token) if current else (job_id, token)
@@ -284,6 +289,8 @@ class PoolDispatcher:
         ends = self.store.wakeups.ends
         with ends.watch(flight.chain) as changed:
             while True:
+                if stopping():  # a cancel that asyncio.wait_for or redis-py swallowed
+                    raise asyncio.CancelledError
                 with ends.watch(flight.job_id, changed):
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(changed.wait(), self.tick)
@@ -411,6 +418,9 @@ async def dispatching(
         try:
             yield dispatchers
         finally:
-            for task in tasks:
+            carrying = list(tasks)
+            for task in carrying:
                 task.cancel()
+            # Each ends before the dispatcher's HTTP client and the store close under it.
+            await asyncio.gather(*carrying, return_exceptions=True)
             await asyncio.gather(*tasks, return_exceptions=True)
