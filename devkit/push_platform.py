@@ -26,10 +26,12 @@ from typing import Any
 import httpx
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException, Request
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from devkit.servers import free_port
 
 Runner = Callable[[dict[str, Any]], Awaitable[bool]]
+RETRY_SECONDS = 30.0  # how long a simulated container sends a call again while the queue manager is away
 RUNPOD_TO_VERDA = {"IN_QUEUE": "Queue", "IN_PROGRESS": "Inference", "COMPLETED": "Completed",
                    "FAILED": "Failed", "CANCELLED": "Failed"}  # fmt: skip
 
@@ -254,12 +256,18 @@ class SimulatedWorker:
         if self.client is None:
             self.client = httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=200))
         headers = {"Authorization": f"Bearer {lease['reply_token']}"}
-        for _ in range(2):  # a keep-alive connection the server just closed: send again, as the worker does
-            try:
+        # Sent again after a network error (a keep-alive connection the server just closed, a queue
+        # manager restarting), as the worker agent's client does (``QueueClient``; for less long).
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(httpx.TransportError),
+            stop=stop_after_delay(RETRY_SECONDS),
+            wait=wait_exponential_jitter(multiplier=0.05, max=1.0),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
                 return await self.client.post(url, json=body, headers=headers)
-            except httpx.TransportError:
-                continue
-        return await self.client.post(url, json=body, headers=headers)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def run(self, lease: dict[str, Any]) -> bool:
         ok, current = True, lease

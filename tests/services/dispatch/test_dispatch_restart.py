@@ -138,3 +138,30 @@ async def test_a_restarted_queue_manager_answers_no_container_before_it_decided_
     assert reply.status_code == 204, reply.text  # the request ends: it runs only the job it was sent
     # The waiting job is the dispatcher's to send in a new request of the slot, not this one's.
     assert chain is not None and not chain.open and (chain.jobs, chain.job) == (1, job.id)
+
+
+async def test_a_container_goes_on_with_its_request_through_a_slow_restart_of_the_queue_manager(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The queue manager is down longer than the container's heartbeat interval (a restart under
+    # load): the container's calls meanwhile are refused at the port, and it retries them as the
+    # worker agent does (for minutes), so its job and the request's next one run once each.
+    platform = Platform(runner=simulated_worker(1.5, heartbeat_seconds=1.0), max_replicas=3)
+    port = free_port()
+    open_in = Chains.open_in
+
+    async def slow_start(chains: Chains, pool_name: str) -> list[Chain]:
+        await asyncio.sleep(1.2)  # the restart's own slowness: past the heartbeat, within the lease
+        return await open_in(chains, pool_name)
+
+    async with serving(platform.app()) as platform_url:
+        async with queue_manager(redis_url, "runpod", platform, platform_url, port, capacity=1) as first:
+            jobs = [await first.store.submit(u, JobSubmit.model_validate({"prompt": PROMPT})) for u in "ab"]
+            await running(first.store, jobs[0].id)
+            monkeypatch.setattr(first.dispatcher.chains, "end", lambda *args: asyncio.sleep(0))  # it crashed
+        monkeypatch.setattr(Chains, "open_in", slow_start)
+        async with queue_manager(redis_url, "runpod", platform, platform_url, port, capacity=1) as second:
+            done = await finished(second.store, [job.id for job in jobs], timeout=30.0)
+
+    assert [(job.state, job.attempts) for job in done] == [(JobState.SUCCEEDED, 1)] * 2  # none run twice
+    assert len(platform.requests) == 1  # the request went on with the queued job
