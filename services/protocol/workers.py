@@ -29,9 +29,10 @@ jobs start to start and claims ahead only when ``start`` had nothing to hold. An
 claim does the same with ``hold_next=1`` (``Lease.held``), so its first job is followed by a
 ``start`` too, not by a claim ahead; a worker that does not ask gets a plain ``Lease`` as before.
 A worker holds one job at most: any claim (idle or ahead) first ends the hold the worker still
-has (it will not start that job), and so does registering again (a restarted worker knows of no
-hold). A claim repeated after its reply was lost holds that job again instead of leaving it held
-for a token nobody has, which busy workers would pass by though it is first in line.
+has (it will not start that job), and so do registering again (a restarted worker knows of no
+hold) and ``drain`` (a worker shutting down starts nothing more, and is held nothing after it).
+A claim repeated after its reply was lost holds that job again instead of leaving it held for a
+token nobody has, which busy workers would pass by though it is first in line.
 
 A push container's request carries ``Lease.chain``: after each job the container asks
 ``push/{chain}/next`` for the job the queue gives an idle worker of its pool now, and runs it in

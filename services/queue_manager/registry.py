@@ -15,7 +15,7 @@ from services.queue_manager.catalogues import CatalogueOps
 from services.queue_manager.errors import UnknownWorker, WorkerHoldsAJob, WorkerInAnotherPool
 from services.queue_manager.keys import WORKER_TTL_SECONDS
 from services.queue_manager.records import HOLD_FIELDS, held_for, ms_to_datetime, now_ms
-from services.queue_manager.scripts import RegisterArgs
+from services.queue_manager.scripts import DrainArgs, RegisterArgs
 
 log = logging.getLogger(__name__)
 SEEN_WRITE_MS = 5000
@@ -117,10 +117,8 @@ class WorkerOps(CatalogueOps):
     async def mark_draining(self, worker_id: str) -> None:
         """The worker is shutting down: it claims no more and finishes or releases its job; it shows
         as draining (also once that job has ended) until it is gone."""
-        key = self.keys.worker(worker_id)
-        if not await self.redis.hexists(key, "pool"):
+        if not await self.scripts.run(DrainArgs(self.prefix, worker_id, now_ms())):
             raise UnknownWorker(worker_id)
-        await self.redis.hset(key, mapping={"state": WorkerState.DRAINING.value, "last_seen": now_ms()})
 
     async def deregister(self, worker_id: str) -> None:
         """A worker that leaves for good (a GPU host's models sync that finished) leaves the admin

@@ -98,6 +98,13 @@ class RegisterArgs(ScriptArgs):
 
 
 @dataclass(frozen=True)
+class DrainArgs(ScriptArgs):
+    script = "drain"
+    worker_id: str
+    now_ms: int
+
+
+@dataclass(frozen=True)
 class StartArgs(ScriptArgs):
     script = "start"
     id: str
@@ -212,6 +219,7 @@ SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     SubmitArgs,
     ClaimArgs,
     RegisterArgs,
+    DrainArgs,
     StartArgs,
     TouchArgs,
     FinishArgs,

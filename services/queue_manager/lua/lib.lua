@@ -229,7 +229,11 @@ end
 
 -- A busy worker prepares its next job: it holds the first job no other worker holds, which stays
 -- queued (its owner sees it waiting; an idle worker may still take it) until start.lua starts it.
+-- A draining worker holds nothing: it will start no job (drain.lua ended its hold).
 local function hold_next(pool, worker_id, token, now, lease_ms, max_running, scan_limit)
+  if redis.call('HGET', k('worker', worker_id), 'state') == 'draining' then
+    return {}
+  end
   local best, _, best_scope = next_eligible(pool, max_running, scan_limit, '', now)
   if not best then
     return {}

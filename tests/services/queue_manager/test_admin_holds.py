@@ -88,19 +88,25 @@ async def test_a_hold_given_back_is_no_longer_shown(client: httpx.AsyncClient) -
     assert queue["held"] == {} and workers == {"w1": None} and held == {"gpu": 0}
 
 
-async def test_a_worker_that_registers_again_holds_nothing_it_held_before(client: httpx.AsyncClient) -> None:
-    # w1's process restarted (same worker id) while it ran one job and held the next: the new
-    # process knows of no hold, so the queue holds nothing for it and the admin sees none
+async def w1_holds_the_next_while_w2_is_busy(client: httpx.AsyncClient) -> str:
+    """w2 runs one job; w1 runs the next and holds the one after it, which it returns."""
     await register(client, "w1")
     await register(client, "w2")
     await submit(client)
-    assert (await client.post("/api/workers/w2/claim", headers=GPU)).status_code == 200  # w2 is busy
+    assert (await client.post("/api/workers/w2/claim", headers=GPU)).status_code == 200
     await submit(client)
     second = await submit(client)
     lease = Lease.model_validate_json(
         (await client.post("/api/workers/w1/claim", params={"hold_next": 1}, headers=GPU)).content
     )
     assert lease.held is not None and lease.held.job.id == second
+    return second
+
+
+async def test_a_worker_that_registers_again_holds_nothing_it_held_before(client: httpx.AsyncClient) -> None:
+    # w1's process restarted (same worker id) while it ran one job and held the next: the new
+    # process knows of no hold, so the queue holds nothing for it and the admin sees none
+    second = await w1_holds_the_next_while_w2_is_busy(client)
     ahead = await client.post("/api/workers/w2/claim", params={"prepare": 1}, headers=GPU)
     assert ahead.status_code == 204  # the only job waiting is w1's to run next
 
@@ -112,3 +118,24 @@ async def test_a_worker_that_registers_again_holds_nothing_it_held_before(client
     # so the busy w2 may prepare it at once, without waiting for a hold nobody has to lapse
     ahead = await client.post("/api/workers/w2/claim", params={"prepare": 1}, headers=GPU)
     assert ahead.status_code == 200 and Lease.model_validate_json(ahead.content).job.id == second
+
+
+async def test_a_draining_worker_holds_nothing(client: httpx.AsyncClient) -> None:
+    # w1 runs one job and holds the next when it is told to stop (SIGTERM: it drains). It will not
+    # start the held job, so the job is nobody's at once, even if w1's own give-back never comes
+    second = await w1_holds_the_next_while_w2_is_busy(client)
+
+    assert (await client.post("/api/workers/w1/drain", headers=GPU)).status_code == 204
+
+    queue, workers, held, _ = await seen(client)
+    assert queue["held"] == {} and workers == {"w1": None, "w2": None} and held == {"gpu": 0}
+    # a claim ahead w1 sent before it stopped holds nothing either: the busy w2 prepares the job
+    third = await submit(client)
+    assert (await client.post("/api/workers/w1/claim", params={"prepare": 1}, headers=GPU)).status_code == 204
+    ahead = await client.post("/api/workers/w2/claim", params={"prepare": 1}, headers=GPU)
+    assert ahead.status_code == 200 and Lease.model_validate_json(ahead.content).job.id == second
+    queue, *_ = await seen(client)
+    assert queue["held"] == {second: "w2"} and third not in queue["held"]
+    late = await client.post("/api/workers/w1/claim", params={"hold_next": 1}, headers=GPU)
+    assert late.status_code == 200 and Lease.model_validate_json(late.content).held is None
+    assert (await seen(client))[0]["held"] == {}

@@ -242,3 +242,26 @@ async def test_a_job_an_idle_claim_held_and_then_cancelled_never_runs_and_the_wo
     assert first_done.state == third_done.state == JobState.SUCCEEDED
     assert all(not reply.started for job_id, reply in answers.starts if job_id == second)
     assert stored(tmp_path) == sorted(job.outputs[0].filename for job in (first_done, third_done))
+
+
+async def test_a_worker_told_to_stop_gives_back_the_job_its_idle_claim_held(
+    comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path, gates: Gates, answers: Answers, held_by: redis.Redis
+) -> None:
+    """SIGTERM right after the first claim of a run: the job that claim held after its lease goes
+    back at once (queued, no attempt), while the leased job still finishes."""
+    async with participant(qm, "alice") as alice:
+        first, second = [await submit(alice, graph(color)) for color in (1, 2)]
+        gates.close(first)
+        async with pull_worker(worker_settings(comfy, qm.url, tmp_path)) as running:
+            await until(lambda: answers.claims, "the worker claimed", 20)
+            assert answers.held_by_claims() == [second] and hold_of(held_by, second) == "w-test"
+            running.worker.stop()  # what SIGTERM does
+            await until(lambda: hold_of(held_by, second) == "", "second held for nobody", 20)
+            gates.open(first)
+            first_done = await finished(alice, first)
+            await asyncio.wait_for(running.task, 20)  # the worker's loop ends
+            waiting = (await alice.get(f"/api/jobs/{second}")).json()
+    assert first_done.state == JobState.SUCCEEDED and first_done.worker_id == "w-test"
+    assert waiting["state"] == "queued" and waiting["attempts"] == 0
+    assert second not in comfy.state.timings
+    assert answers.starts == [] and answers.granted(prepare=True) == []
