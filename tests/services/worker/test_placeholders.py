@@ -22,6 +22,7 @@ from services.protocol.jobs import Job, JobState
 from services.storage.local import LocalStorage
 from services.worker import job_files as job_files_module
 from services.worker.job_files import ComfyFolders, JobFiles
+from services.worker.outputs import renames, store_outputs
 from services.worker.placeholders import OwnerPlaceholders, file_names
 from tests.support.jobs import finished, graph, participant, submit
 from tests.support.queue_manager_app import LiveServer
@@ -418,3 +419,55 @@ async def test_a_stored_key_that_climbs_out_makes_no_file_outside_her_placeholde
     async with worker.files.staged(worker.job("alice")):
         assert staged_now(worker) == {"t_00001_.png": 0}
     assert sorted(p.name for p in tmp_path.rglob("*.png")) == ["t_00001_.png"]  # the stored one only
+
+
+async def stored_run(worker: Worker, job: Job, prepared: Any) -> tuple[str, str]:
+    """Her job staged from ``prepared`` (maybe listed long before), its image stored as the runner
+    stores it: under the next free counter when the name ComfyUI gave it is hers already. Returns
+    the name ComfyUI gave and the name stored."""
+    async with worker.files.staged(job, prepared) as stage:
+        name = save(worker.output, "t", body=job.id.encode())
+        stage.keep_outputs()
+    entry = {"outputs": {"9": {"images": [{"filename": name, "subfolder": "", "type": "output"}]}}}
+    outputs = await store_outputs(worker.files.kept(job.id), worker.files.storage, job.user, entry)
+    worker.files.stored_as(job, renames(entry, outputs))
+    worker.files.discard(job.id)
+    return name, outputs[0].filename
+
+
+async def test_two_workers_with_stale_listings_number_on_from_her_last_output_after_forgetting(
+    tmp_path: Path, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers run alice's jobs, each prepared ahead with a listing the other worker's output
+    made stale, while each worker's newer listings make it forget its own names: no output ever
+    replaces one of her files, and each job numbers on from her last output."""
+    monkeypatch.setattr(job_files_module, "LISTING_SECONDS", 0.0)  # each prepare lists: forgetting
+    a, b = Worker(tmp_path / "a", files), Worker(tmp_path / "b", files)
+    b.count = 100  # job ids of its own
+    names: list[str] = []
+    ran: list[str] = []
+    taken = 0  # outputs ComfyUI named as a file of hers another worker had stored
+
+    async def run(worker: Worker, job: Job, prepared: Any) -> None:
+        nonlocal taken
+        given, name = await stored_run(worker, job, prepared)
+        names.append(name)
+        ran.append(job.id)
+        taken += given != name
+
+    a1, b1 = a.job("alice"), b.job("alice")
+    pa1, pb1 = await a.files.prepare(a1), await b.files.prepare(b1)  # both list nothing
+    await run(a, a1, pa1)
+    await run(b, b1, pb1)  # ComfyUI on b names it t_00001_ too: stored as the next
+    for _ in range(3):
+        a2, b2 = a.job("alice"), b.job("alice")
+        pb2 = await b.files.prepare(b2)  # b lists, then a's next output makes that stale
+        await run(a, a2, await a.files.prepare(a2))
+        await run(b, b2, pb2)
+
+    assert names == [f"t_{n:05}_.png" for n in range(1, 9)]
+    assert taken == 4  # b's listing was stale each time: its output took the next free name
+    for name, job_id in zip(names, ran, strict=True):  # each file is the job's that made it
+        assert (files / "users/alice/output" / name).read_bytes() == job_id.encode()
+    for worker in (a, b):  # and each worker keeps only the names its last listing cannot show
+        assert len(worker.files.produced.get("alice", {})) <= 2 and worker.files.made == {}
