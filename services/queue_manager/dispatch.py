@@ -264,7 +264,9 @@ class PoolDispatcher:
             )
         finally:
             self.flights.pop(slot, None)
-            if chain:  # the request takes no more jobs, whatever ended it
+            # The request takes no more jobs, whatever ended it; one that goes on as the queue
+            # manager stops is left to the one that starts next (``adopt``), as after a crash.
+            if chain and not stopping():
                 with contextlib.suppress(RedisError, OSError):
                     await self.chains.end(chain)
             self._free.append(slot)

@@ -33,10 +33,15 @@ async def running(store: Store, job_id: str, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-@pytest.mark.parametrize("style", ["runpod", "verda"])
+@pytest.mark.parametrize(
+    ("style", "crash"),
+    [("runpod", True), ("verda", True), ("runpod", False)],
+    ids=["runpod", "verda", "stop"],
+)
 async def test_a_queue_manager_restarted_after_a_crash_follows_the_requests_it_left_running(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch, style: str
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, style: str, crash: bool
 ) -> None:
+    # stop: a restart without a crash (a deploy) leaves its requests to the next one as a crash does.
     # Heartbeats a second apart, so the container's running job does not call the queue manager
     # while it is down; the job takes longer, so the restart happens within it.
     platform = Platform(runner=simulated_worker(1.5, heartbeat_seconds=1.0), max_replicas=3)
@@ -49,7 +54,8 @@ async def test_a_queue_manager_restarted_after_a_crash_follows_the_requests_it_l
             async def crashed(chain_id: str, pool: str | None = None) -> None:
                 return  # the process died: its dispatcher ends no chain on the way out
 
-            monkeypatch.setattr(first.dispatcher.chains, "end", crashed)
+            if crash:
+                monkeypatch.setattr(first.dispatcher.chains, "end", crashed)
         async with queue_manager(redis_url, style, platform, platform_url, port, capacity=1) as second:
             await until(lambda: second.dispatcher.flights, "the running request adopted")
             done = await finished(second.store, [job.id for job in jobs], timeout=30.0)
