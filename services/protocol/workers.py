@@ -32,7 +32,9 @@ A worker holds one job at most: any claim (idle or ahead) first ends the hold th
 has (it will not start that job), and so do registering again (a restarted worker knows of no
 hold) and ``drain`` (a worker shutting down starts nothing more, and is held nothing after it).
 A claim repeated after its reply was lost holds that job again instead of leaving it held for a
-token nobody has, which busy workers would pass by though it is first in line.
+token nobody has, which busy workers would pass by though it is first in line. A waiting claim
+whose caller hung up (a worker drops its claim ahead when its GPU falls free first, and claims as
+an idle worker instead) claims nothing once woken, so it never takes that worker's new hold.
 
 A push container's request carries ``Lease.chain``: after each job the container asks
 ``push/{chain}/next`` for the job the queue gives an idle worker of its pool now, and runs it in

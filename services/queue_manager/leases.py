@@ -14,6 +14,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +107,7 @@ class LeaseOps(StoreBase):
         prepare: bool = False,
         behind: bool = False,
         hold_next: bool = False,
+        gone: Callable[[], Awaitable[bool]] | None = None,
     ) -> Lease | None:
         """Lease the next job a worker of ``pool`` may run, waiting up to ``wait`` seconds for one.
 
@@ -114,7 +116,10 @@ class LeaseOps(StoreBase):
         after idle workers' claims too, but leased (the push dispatcher's, for a new request).
         ``hold_next`` (an idle worker's claim): also hold the job after the lease for the worker
         (``Lease.held``), as ``start`` does, in the same Lua step; a lease a submit hands to a
-        parked claim holds nothing (nothing else was there for it when it parked).
+        parked claim holds nothing (nothing else was there for it when it parked). ``gone``: whether
+        the caller left (an HTTP claim's client hung up); a claim woken after that returns None
+        without claiming, as nobody would read what it leased or held (a worker that dropped its
+        claim ahead, its GPU free first, claims as an idle one meanwhile and holds a job itself).
         """
         deadline = time.monotonic() + wait
         next_token = secrets.token_urlsafe(24) if hold_next and not prepare else ""
@@ -127,6 +132,8 @@ class LeaseOps(StoreBase):
                 handed = await ticket.wait(min(remaining, RECHECK_SECONDS))
                 if handed is not None:
                     return handed
+            if gone is not None and await gone():
+                return None
 
     def claimant(self, worker_id: str, pool: str, token: str, now: int) -> Claimant:
         """A claim's terms: claim.lua's, and submit.lua's for a claim parked here."""

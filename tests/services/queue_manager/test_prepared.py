@@ -7,6 +7,7 @@ a hold given back or taken away counts no attempt.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -14,6 +15,7 @@ from services.protocol.jobs import JobState
 from services.protocol.workers import Completion, Lease, StartCall, WorkerState
 from services.queue_manager.records import now_ms
 from services.queue_manager.store import Store
+from tests.support.jobs import until
 from tests.support.qm_api import job, registration
 
 
@@ -411,3 +413,28 @@ async def test_the_lease_a_lost_claim_reply_left_expires_without_showing_its_liv
     [w1] = await store.list_workers()
     assert (w1.state, w1.job_id, w1.holding) == (WorkerState.BUSY, ada[1], ada[2])
     assert (await store.heartbeat(ada[1], again.token)).holding == ada[2]
+
+
+async def test_a_claim_ahead_its_worker_gave_up_on_acts_on_nothing_once_woken(store: Store) -> None:
+    # w1 claims ahead (long-polling) while it runs a job; the GPU falls free first, so w1 drops
+    # that claim and claims as an idle worker, leasing a job and holding the one after it. The
+    # dropped claim, still parked here and woken by that lease, must not take w1's hold (nor any)
+    await store.submit("ada", job())
+    running = await store.claim("w1", "gpu")
+    assert running is not None
+    left = asyncio.Event()
+
+    async def gone() -> bool:
+        return left.is_set()
+
+    dropped = asyncio.create_task(store.claim("w1", "gpu", wait=20, prepare=True, gone=gone))
+    await until(lambda: store.wakeups.parked == 1, "the claim ahead is parked")
+    left.set()  # its caller is gone
+    await store.complete(running.job.id, Completion(token=running.token))
+    ada = [(await store.submit("ada", job())).id for _ in range(2)]
+    lease = await store.claim("w1", "gpu", hold_next=True)
+    assert lease is not None and lease.held is not None and (lease.job.id, lease.held.job.id) == tuple(ada)
+
+    assert await asyncio.wait_for(dropped, 10) is None
+    assert await hold_worker(store, ada[1]) == "w1"
+    assert (await store.heartbeat(ada[0], lease.token)).holding == ada[1]

@@ -56,7 +56,8 @@ async def claim(
         )
     await own_worker(worker_id, pool, store)
     wait = min(wait, store.settings.claim_wait_max_seconds)
-    lease = await store.claim(worker_id, pool, wait=wait, prepare=prepare, hold_next=hold_next)
+    gone = request.is_disconnected
+    lease = await store.claim(worker_id, pool, wait=wait, prepare=prepare, hold_next=hold_next, gone=gone)
     if lease is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     if await request.is_disconnected():  # the worker gave up waiting: nobody holds them
