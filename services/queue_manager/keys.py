@@ -35,7 +35,7 @@
 | ``{p}:ended`` | pub/sub | a job's id when its lease ends; a push chain's id when it changes | - |
 | ``{p}:push:{chain}`` | hash | a push request's chain: slot, request id, current job, limits | its request |
 | ``{p}:push_token:{sha256}`` | hash | reply token (by digest): its pool, chain, container | its request |
-| ``{p}:push_jobs:{chain}`` | set | the jobs a push request was given (its reply token's) | its request |
+| ``{p}:push_leases:{chain}`` | set | the lease tokens a push request got (its reply token's) | its request |
 | ``{p}:admin:samples`` | list | the admin page's queue/worker samples, newest last, capped | capped |
 | ``{p}:admin:sampled:{n}`` | string | set (NX) by the process that takes interval n's sample | expires |
 | ``{p}:admin:gpu:{pool}`` | list | per finished job: GPU, idle gap, upload seconds (JSON) | capped |
@@ -120,7 +120,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("cancels", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
     Family("ended", "pubsub", Carried.LEFT, "a channel: nothing is stored"),
     Family("push_token:{digest}", "hash", Carried.LEFT, "no request outlives the evening"),
-    Family("push_jobs:{chain}", "set", Carried.LEFT, "no request outlives the evening"),
+    Family("push_leases:{chain}", "set", Carried.LEFT, "no request outlives the evening"),
     Family(
         "push:{chain}",
         "hash",
@@ -274,5 +274,5 @@ class Keys:
     def push_token(self, digest: str) -> str:
         return f"{self.prefix}:push_token:{digest}"
 
-    def push_jobs(self, chain_id: str) -> str:
-        return f"{self.prefix}:push_jobs:{chain_id}"
+    def push_leases(self, chain_id: str) -> str:
+        return f"{self.prefix}:push_leases:{chain_id}"

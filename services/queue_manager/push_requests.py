@@ -26,7 +26,7 @@ names its pool and its chain for as long as the chain's record lives. It acts as
 pool on the lease routes of its own request's jobs (the lease token of each job is still needed)
 and on its own chain's routes, and on nothing else: it cannot register a worker, claim from the
 queue, act for another pool, on another request's chain, or on another request's job
-(``check_job``: a job the request was never given gets 409, even with its lease token).
+(``check_job``: a lease the request was never given gets 409, even with its lease token).
 
 A request payload the provider keeps (its console, its logs) holds that token, the chain id and
 the first job's lease token. What a copy of it cannot do:
@@ -221,8 +221,8 @@ class Chains:
             pipe.pexpire(self._key(chain_id), life_ms)
             pipe.hset(self._token_key(reply_token), mapping={"pool": pool.name, "chain": chain_id})
             pipe.pexpire(self._token_key(reply_token), life_ms)
-            pipe.sadd(self.store.keys.push_jobs(chain_id), lease.job.id)  # then each one it takes (chain.lua)
-            pipe.pexpire(self.store.keys.push_jobs(chain_id), life_ms)
+            pipe.sadd(self.store.keys.push_leases(chain_id), lease.token)  # then each it takes (chain.lua)
+            pipe.pexpire(self.store.keys.push_leases(chain_id), life_ms)
             await pipe.execute()
         return chain_id, reply_token
 
@@ -249,14 +249,14 @@ class Chains:
             raise RunElsewhere(worker_id)
 
     async def check_job(self, reply: PushReply, job_id: str, lease_token: str) -> None:
-        """Refuse a lease call with the request's reply token on a job held with ``lease_token``
-        that the request was never given (another request's job, whose first lease token its
-        payload shows, in another slot or in the same slot after it): a request acts on its own
-        jobs only (``{p}:push_jobs:{chain}``). Its own repeats after a job moved on are left to
-        the lease rules (the token is no longer the job's current one)."""
+        """Refuse a lease call with the request's reply token on a job held with ``lease_token``, a
+        lease the request was never given (another request's, whose first lease token its payload
+        shows: in another slot, in the same slot after it, or a job it gave back, leased anew): a
+        request acts on its own leases only (``{p}:push_leases:{chain}``). Its own repeats after a
+        job moved on are left to the lease rules (the token is no longer the job's current one)."""
         async with self.store.redis.pipeline(transaction=False) as pipe:
             pipe.hget(self.store.keys.job(job_id), "token")
-            pipe.sismember(self.store.keys.push_jobs(reply.chain), job_id)
+            pipe.sismember(self.store.keys.push_leases(reply.chain), lease_token)
             current, given = await pipe.execute()
         if current == lease_token and not given:
             raise AnotherRequestsJob(job_id)

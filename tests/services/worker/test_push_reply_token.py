@@ -492,3 +492,25 @@ async def test_every_call_the_container_repeats_after_a_lost_reply_is_answered_a
     )
     still = await chains.get(chain)
     assert still is not None and still.open == (call != "end")
+
+
+async def test_a_reply_token_acts_on_no_later_lease_of_a_job_it_once_ran(
+    qm: LiveServer, alice: httpx.AsyncClient, chains: Chains
+) -> None:
+    """A request whose provider failed gives its job back to the queue, and the slot's next request
+    takes it: the first request's token acts on the job no more, even with the new lease token."""
+    old = await lease_for(qm, alice, color=82, slot="slot-0")
+    _, old_token = await chains.open(push_pool(), "slot-0", old)
+    await chains.store.release(old.job.id, old.token)  # the dispatcher requeues it
+    queue = QueueClient(qm.url, POOL_TOKEN)
+    new = await queue.claim("slot-0", wait=5)  # the next request of the slot gets it again
+    await queue.aclose()
+    assert new is not None and new.job.id == old.job.id
+    _, new_token = await chains.open(push_pool(), "slot-0", new)
+    beat = f"/api/leases/{new.job.id}/heartbeat"
+    async with holding(qm, old_token) as leaked, holding(qm, new_token) as new_container:
+        forged = await leaked.post(beat, json={"token": new.token, "worker_id": CONTAINER})
+        real = await new_container.post(beat, json={"token": new.token, "worker_id": OTHER})
+
+    assert forged.status_code == 409 and "this push request" in forged.json()["detail"]
+    assert real.status_code == 200
