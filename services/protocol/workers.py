@@ -8,7 +8,7 @@ Routes (all under the queue manager's base URL, all with ``Authorization: Bearer
 | ``POST /api/workers/{worker_id}/claim?wait=25`` | none | 200 ``Lease`` or 204 |
 | ``POST /api/workers/{worker_id}/claim?wait=25&prepare=1`` | none | 200 ``Lease`` (held) or 204 |
 | ``POST /api/workers/{worker_id}/claim?wait=25&hold_next=1`` | none | 200 ``Lease`` (``held``: next) or 204 |
-| ``POST /api/workers/{worker_id}/drain`` | none | 204 (shutting down: no more claims; shown as draining) |
+| ``POST /api/workers/{worker_id}/drain`` | none | 204 (stopping: no more claims or holds; draining) |
 | ``POST /api/workers/{worker_id}/deregister`` | none | 204 (gone for good); 409 while it holds a job |
 | ``POST /api/leases/{job_id}/heartbeat?wait=7`` | ``LeaseCall`` | ``HeartbeatReply``, at once on a cancel |
 | ``POST /api/leases/{job_id}/events`` | ``EventBatch`` | 204; 409 when the lease is not held |

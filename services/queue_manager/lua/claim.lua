@@ -19,10 +19,7 @@ local prepare, next_token = ARGV[9] == '1', ARGV[10] or ''
 if redis.call('HGET', k('worker', worker_id), 'state') == 'draining' then
   next_token = ''  -- a draining worker holds nothing (hold_next in lib.lua), also after a lease
 end
-local old = holding_of(worker_id)
-if old then
-  clear_hold(old)
-end
+end_hold_of(worker_id)
 local claimed = claim_next(pool, worker_id, token, now, lease_ms, max_running, scan, prepare)
 if #claimed == 0 or prepare then
   return claimed

@@ -8,8 +8,5 @@ if redis.call('HEXISTS', key, 'pool') == 0 then
   return 0
 end
 redis.call('HSET', key, 'state', 'draining', 'last_seen', ARGV[3])
-local held = holding_of(worker_id)
-if held then
-  clear_hold(held)
-end
+end_hold_of(worker_id)
 return 1

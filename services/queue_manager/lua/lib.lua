@@ -83,6 +83,16 @@ local function holding_of(worker_id)
   return nil
 end
 
+-- A worker that will not start the job held for it (it claims again, registers again, drains or
+-- is gone) ends that hold: the job stays queued, nobody's. Returns the job's id (nil when none).
+local function end_hold_of(worker_id)
+  local held = holding_of(worker_id)
+  if held then
+    clear_hold(held)
+  end
+  return held
+end
+
 -- Take a job out of the waiting structures (queue or backoff).
 local function dequeue(id, user, scope)
   redis.call('ZREM', k('queue', scope), id)

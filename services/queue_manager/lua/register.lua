@@ -4,10 +4,7 @@
 -- (prepared) for it is given back in the same step (still queued, no attempt counted), so busy
 -- workers of its pool may prepare it at once and the admin no longer sees it held.
 local worker_id, now, ttl = ARGV[2], tonumber(ARGV[6]), tonumber(ARGV[7])
-local held = holding_of(worker_id)
-if held then
-  clear_hold(held)
-end
+local held = end_hold_of(worker_id)
 local key = k('worker', worker_id)
 redis.call('HSET', key, 'pool', ARGV[3], 'capabilities', ARGV[4], 'state', ARGV[5], 'job_id', '',
   'registered_at', now, 'last_seen', now)

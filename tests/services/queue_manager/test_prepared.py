@@ -438,3 +438,20 @@ async def test_a_claim_ahead_its_worker_gave_up_on_acts_on_nothing_once_woken(st
     assert await asyncio.wait_for(dropped, 10) is None
     assert await hold_worker(store, ada[1]) == "w1"
     assert (await store.heartbeat(ada[0], lease.token)).holding == ada[1]
+
+
+async def test_a_worker_whose_lease_expired_holds_nothing_after(store: Store) -> None:
+    # w1 runs one job and holds the next, then dies: its heartbeats stop and its lease expires. It
+    # is gone, so the job held for it is nobody's from then on (shown so to the admin), even if
+    # the hold was made or renewed after the lease's last renewal
+    await store.register(registration("w1"))
+    ada = [(await store.submit("ada", job())).id for _ in range(2)]
+    lease = await store.claim("w1", "gpu", hold_next=True)
+    assert lease is not None and lease.held is not None and lease.held.job.id == ada[1]
+
+    touched = await store.reap(now=now_ms() + 60_000)
+
+    assert [job_id for job_id, _, _ in touched] == [ada[0]]
+    [w1] = await store.list_workers()
+    assert (w1.state, w1.job_id, w1.holding) == (WorkerState.GONE, None, None)
+    assert await hold_worker(store, ada[1]) == "" and (await store.overview()).held == {}
