@@ -26,7 +26,7 @@ names its pool and its chain for as long as the chain's record lives. It acts as
 pool on the lease routes of its own request's jobs (the lease token of each job is still needed)
 and on its own chain's routes, and on nothing else: it cannot register a worker, claim from the
 queue, act for another pool, on another request's chain, or on another request's job
-(``check_job``: a lease the request was never given gets 409, even with its lease token).
+(``check_lease``: a lease token the request was never given gets 409).
 
 A request payload the provider keeps (its console, its logs) holds that token, the chain id and
 the first job's lease token. What a copy of it cannot do:
@@ -141,13 +141,13 @@ class NotAfterCurrent(QueueError):
         super().__init__(f"this push request takes no job after that one now: {self.REASONS[step]}")
 
 
-class AnotherRequestsJob(QueueError):
+class NotThisRequestsLease(QueueError):
     status = 409
 
     def __init__(self, job_id: str) -> None:
         super().__init__(
-            f"job {job_id} is not this push request's: a request's reply token reports only on the jobs "
-            "leased to it. Use the lease token of a job this request gave you"
+            f"this lease token on job {job_id} is not one this push request was given: a request's reply "
+            "token reports only on its own leases. Use the lease token of a job this request gave you"
         )
 
 
@@ -248,18 +248,14 @@ class Chains:
         if holder != worker_id:
             raise RunElsewhere(worker_id)
 
-    async def check_job(self, reply: PushReply, job_id: str, lease_token: str) -> None:
-        """Refuse a lease call with the request's reply token on a job held with ``lease_token``, a
-        lease the request was never given (another request's, whose first lease token its payload
-        shows: in another slot, in the same slot after it, or a job it gave back, leased anew): a
-        request acts on its own leases only (``{p}:push_leases:{chain}``). Its own repeats after a
-        job moved on are left to the lease rules (the token is no longer the job's current one)."""
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            pipe.hget(self.store.keys.job(job_id), "token")
-            pipe.sismember(self.store.keys.push_leases(reply.chain), lease_token)
-            current, given = await pipe.execute()
-        if current == lease_token and not given:
-            raise AnotherRequestsJob(job_id)
+    async def check_lease(self, reply: PushReply, job_id: str, lease_token: str) -> None:
+        """Refuse a lease call with the request's reply token and a lease token the request was
+        never given (``{p}:push_leases:{chain}``): another request's, whose first lease token its
+        payload shows (in another slot, in the same slot after it, or on a job this one gave back,
+        leased anew), or a made-up one. Before the call's name binds the request, so such a call
+        binds nobody. The request's own repeats after a job moved on are left to the lease rules."""
+        if not await self.store.redis.sismember(self.store.keys.push_leases(reply.chain), lease_token):
+            raise NotThisRequestsLease(job_id)
 
     @staticmethod
     def _current(lease: Lease) -> dict[str, str | int]:

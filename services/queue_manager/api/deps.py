@@ -139,15 +139,15 @@ Call = TypeVar("Call", bound=HolderCall)
 def named(model: type[Call]) -> Callable[..., Awaitable[Call]]:
     """A dependency that gives a lease or push route its ``model`` body once the caller may speak
     for the container it names: with a push request's reply token only the one the request's calls
-    named first (``Chains.check_named``), and on a lease route only a job leased to that request
-    (``Chains.check_job``); a pool's token as before. The body is validated first, so a malformed
-    name never binds a request, nor does a call on another request's job."""
+    named first (``Chains.check_named``), and on a lease route only with a lease the request was
+    given (``Chains.check_lease``); a pool's token as before. The body is validated first, so a
+    malformed name never binds a request, nor does a call with a lease that is not its own."""
 
     async def dependency(call: Call, holder: HolderDep, request: Request) -> Call:
         if holder.reply is not None:
             chains = Chains(shared(request, "store", Store))
-            if isinstance(call, LeaseCall):  # a lease route's: the job is the request's own
-                await chains.check_job(holder.reply, request.path_params["job_id"], call.token)
+            if isinstance(call, LeaseCall):  # a lease route's: the lease is the request's own
+                await chains.check_lease(holder.reply, request.path_params["job_id"], call.token)
             await chains.check_named(holder.reply, call.worker_id)
         return call
 

@@ -309,8 +309,9 @@ async def test_the_containers_repeat_after_a_lost_reply_gets_the_same_job(
 async def test_a_refused_call_binds_the_request_to_nobody(
     qm: LiveServer, alice: httpx.AsyncClient, chains: Chains
 ) -> None:
-    """Only a call the queue manager takes binds a request: a malformed name, or a call on another
-    request's chain, leaves it to the container that comes next."""
+    """Only a call the queue manager takes binds a request: a malformed name, a call on another
+    request's chain, or with a lease token the request was never given, leaves it to the container
+    that comes next."""
     lease = await lease_for(qm, alice, color=66)
     _, reply_token = await chains.open(push_pool(), "dispatcher", lease)
     other_chain, _ = await chains.open(push_pool(), "dispatcher", lease)
@@ -318,9 +319,10 @@ async def test_a_refused_call_binds_the_request_to_nobody(
     async with holding(qm, reply_token) as client:
         malformed = await client.post(beat, json={"token": lease.token, "worker_id": "a/b"})
         elsewhere = await client.post(f"/api/push/{other_chain}/end", json={"worker_id": OTHER})
+        made_up = await client.post(beat, json={"token": "made-up-token", "worker_id": OTHER})
         container = await client.post(beat, json={"token": lease.token, "worker_id": CONTAINER})
 
-    assert (malformed.status_code, elsewhere.status_code) == (422, 403)
+    assert (malformed.status_code, elsewhere.status_code, made_up.status_code) == (422, 403, 409)
     assert "another push request" in elsewhere.json()["detail"]
     assert container.status_code == 200
     still = await chains.get(other_chain)
