@@ -16,7 +16,7 @@ local pool, worker_id, token = ARGV[2], ARGV[3], ARGV[4]
 local now, lease_ms, max_running, scan = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
   tonumber(ARGV[8])
 local prepare, next_token = ARGV[9] == '1', ARGV[10] or ''
-if redis.call('HGET', k('worker', worker_id), 'state') == 'draining' then
+if draining(worker_id) then
   next_token = ''  -- a draining worker holds nothing (hold_next in lib.lua), also after a lease
 end
 end_hold_of(worker_id)

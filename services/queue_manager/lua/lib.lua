@@ -83,6 +83,11 @@ local function holding_of(worker_id)
   return nil
 end
 
+-- Whether a worker is shutting down (drain.lua): it starts nothing more, and nothing is held for it.
+local function draining(worker_id)
+  return redis.call('HGET', k('worker', worker_id), 'state') == 'draining'
+end
+
 -- A worker that will not start the job held for it (it claims again, registers again, drains or
 -- is gone) ends that hold: the job stays queued, nobody's. Returns the job's id (nil when none).
 local function end_hold_of(worker_id)
@@ -241,7 +246,7 @@ end
 -- queued (its owner sees it waiting; an idle worker may still take it) until start.lua starts it.
 -- A draining worker holds nothing: it will start no job (drain.lua ended its hold).
 local function hold_next(pool, worker_id, token, now, lease_ms, max_running, scan_limit)
-  if redis.call('HGET', k('worker', worker_id), 'state') == 'draining' then
+  if draining(worker_id) then
     return {}
   end
   local best, _, best_scope = next_eligible(pool, max_running, scan_limit, '', now)

@@ -455,3 +455,17 @@ async def test_a_worker_whose_lease_expired_holds_nothing_after(store: Store) ->
     [w1] = await store.list_workers()
     assert (w1.state, w1.job_id, w1.holding) == (WorkerState.GONE, None, None)
     assert await hold_worker(store, ada[1]) == "" and (await store.overview()).held == {}
+
+
+async def test_a_worker_draining_as_it_asks_start_is_leased_nothing_more(store: Store) -> None:
+    # w1 was told to stop (it drains, which ends its hold) just as it asked to start its prepared
+    # job: the answer is to run nothing, so the job stays queued for another GPU, no attempt counted
+    await store.register(registration("w1"))
+    _, held = await busy_with_next(store, "w1")
+    await store.mark_draining("w1")
+
+    reply = await store.start(held.job.id, start_call(held, worker_id="w1"), "gpu")
+
+    assert not reply.started and reply.lease is None and reply.held is None
+    waiting = await store.get(held.job.id)
+    assert waiting is not None and waiting.state == JobState.QUEUED and waiting.attempts == 0
