@@ -186,6 +186,10 @@ class HolderCall(BaseModel):
         "Required with a reply token: the request's calls may name only the container that first used it",
     )
 
+    def lease_token(self) -> str | None:
+        """The lease token the call acts with, if any (a reply token acts only with its request's)."""
+        return None
+
 
 class ChainCall(HolderCall):
     """A push container's call on its request's chain (``end``; ``next`` is a ``NextCall``)."""
@@ -199,9 +203,15 @@ class NextCall(ChainCall):
         "a repeat after a lost reply gets the same next job again, a call after an older one none",
     )
 
+    def lease_token(self) -> str:
+        return self.after
+
 
 class LeaseCall(HolderCall):
     token: str = Field(min_length=1)
+
+    def lease_token(self) -> str:
+        return self.token
 
 
 class Release(LeaseCall):

@@ -144,10 +144,11 @@ class NotAfterCurrent(QueueError):
 class NotThisRequestsLease(QueueError):
     status = 409
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self) -> None:
         super().__init__(
-            f"this lease token on job {job_id} is not one this push request was given: a request's reply "
-            "token reports only on its own leases. Use the lease token of a job this request gave you"
+            "this lease token is not one this push request was given: a request's reply token acts only "
+            "on its own leases. Send the one of the job it is about (for next: of the last job this "
+            "request gave you)"
         )
 
 
@@ -248,14 +249,14 @@ class Chains:
         if holder != worker_id:
             raise RunElsewhere(worker_id)
 
-    async def check_lease(self, reply: PushReply, job_id: str, lease_token: str) -> None:
+    async def check_lease(self, reply: PushReply, lease_token: str) -> None:
         """Refuse a lease call with the request's reply token and a lease token the request was
         never given (``{p}:push_leases:{chain}``): another request's, whose first lease token its
         payload shows (in another slot, in the same slot after it, or on a job this one gave back,
         leased anew), or a made-up one. Before the call's name binds the request, so such a call
         binds nobody. The request's own repeats after a job moved on are left to the lease rules."""
         if not await self.store.redis.sismember(self.store.keys.push_leases(reply.chain), lease_token):
-            raise NotThisRequestsLease(job_id)
+            raise NotThisRequestsLease()
 
     @staticmethod
     def _current(lease: Lease) -> dict[str, str | int]:

@@ -11,7 +11,7 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, HTTPException, Request, status
 from starlette.requests import HTTPConnection
 
-from services.protocol.workers import HolderCall, LeaseCall
+from services.protocol.workers import HolderCall
 from services.queue_manager.auth import SESSION_COOKIE, Authenticator, Principal
 from services.queue_manager.push_requests import Chains, PushReply
 from services.queue_manager.sessions import LoginRefused, Logins
@@ -139,15 +139,16 @@ Call = TypeVar("Call", bound=HolderCall)
 def named(model: type[Call]) -> Callable[..., Awaitable[Call]]:
     """A dependency that gives a lease or push route its ``model`` body once the caller may speak
     for the container it names: with a push request's reply token only the one the request's calls
-    named first (``Chains.check_named``), and on a lease route only with a lease the request was
-    given (``Chains.check_lease``); a pool's token as before. The body is validated first, so a
-    malformed name never binds a request, nor does a call with a lease that is not its own."""
+    named first (``Chains.check_named``), and only with a lease the request was given (a lease
+    call's token, ``next``'s ``after``: ``Chains.check_lease``); a pool's token as before. The body
+    is validated first, so a malformed name never binds a request, nor does a call with a lease
+    that is not its own."""
 
     async def dependency(call: Call, holder: HolderDep, request: Request) -> Call:
         if holder.reply is not None:
             chains = Chains(shared(request, "store", Store))
-            if isinstance(call, LeaseCall):  # a lease route's: the lease is the request's own
-                await chains.check_lease(holder.reply, request.path_params["job_id"], call.token)
+            if (lease_token := call.lease_token()) is not None:  # the lease is the request's own
+                await chains.check_lease(holder.reply, lease_token)
             await chains.check_named(holder.reply, call.worker_id)
         return call
 

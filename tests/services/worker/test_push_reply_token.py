@@ -313,16 +313,21 @@ async def test_a_refused_call_binds_the_request_to_nobody(
     request's chain, or with a lease token the request was never given, leaves it to the container
     that comes next."""
     lease = await lease_for(qm, alice, color=66)
-    _, reply_token = await chains.open(push_pool(), "dispatcher", lease)
+    chain, reply_token = await chains.open(push_pool(), "dispatcher", lease)
     other_chain, _ = await chains.open(push_pool(), "dispatcher", lease)
     beat = f"/api/leases/{lease.job.id}/heartbeat"
     async with holding(qm, reply_token) as client:
         malformed = await client.post(beat, json={"token": lease.token, "worker_id": "a/b"})
         elsewhere = await client.post(f"/api/push/{other_chain}/end", json={"worker_id": OTHER})
-        made_up = await client.post(beat, json={"token": "made-up-token", "worker_id": OTHER})
+        made_up = [
+            await client.post(beat, json={"token": "made-up-token", "worker_id": OTHER}),
+            await client.post(f"/api/push/{chain}/next", json={"after": "made-up-token", "worker_id": OTHER}),
+        ]
         container = await client.post(beat, json={"token": lease.token, "worker_id": CONTAINER})
 
-    assert (malformed.status_code, elsewhere.status_code, made_up.status_code) == (422, 403, 409)
+    assert (malformed.status_code, elsewhere.status_code) == (422, 403)
+    assert [reply.status_code for reply in made_up] == [409, 409]
+    assert "not one this push request was given" in made_up[1].json()["detail"]
     assert "another push request" in elsewhere.json()["detail"]
     assert container.status_code == 200
     still = await chains.get(other_chain)
