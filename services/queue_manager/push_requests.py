@@ -42,6 +42,10 @@ the first job's lease token. What a copy of it cannot do:
   step): a second ``next`` after the same job gets the same job again (the repeat of a call whose
   reply was lost, as the container's retries send it), one while that take is under way or after
   an older job 409, never a second job.
+* Report on another request's jobs (whose first lease tokens the provider's console shows too),
+  or lock the container out without the request's leases: a lease call's token and ``next``'s
+  ``after`` must be leases the request was given (``{p}:push_leases:{chain}``, the first job's at
+  open and each one it takes, by ``chain.lua``), checked before the call's name binds the request.
 
 What it still can: used before the container's first call (while the request waits at the
 provider, or the container starts), it binds the request to its own name. The container's calls
