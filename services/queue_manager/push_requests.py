@@ -66,6 +66,8 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from redis.exceptions import ResponseError
+
 from services.protocol.workers import Lease
 from services.queue_manager.errors import QueueError
 from services.queue_manager.records import now_ms, pairs_to_dict
@@ -238,7 +240,16 @@ class Chains:
         """The push request this reply token was made for, while it may report."""
         if not reply_token:
             return None
-        found = await self.store.redis.hgetall(self._token_key(reply_token))
+        try:
+            found = await self.store.redis.hgetall(self._token_key(reply_token))
+        except ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            # Made by a queue manager from before requests were bound to their container (the pool's
+            # name alone): such a request can no longer be told apart from a copy of its payload, so it
+            # reports no more; its job is requeued when its lease runs out, as for any lost container.
+            log.warning("a push request from before the last upgrade called: its reply token is refused")
+            return None
         if "pool" not in found or "chain" not in found:
             return None
         return PushReply(digest(reply_token), found["pool"], found["chain"], found.get("holder", ""))

@@ -521,3 +521,26 @@ async def test_a_reply_token_acts_on_no_later_lease_of_a_job_it_once_ran(
 
     assert forged.status_code == 409 and "this push request" in forged.json()["detail"]
     assert real.status_code == 200
+
+
+async def test_a_request_opened_before_the_upgrade_gets_a_401_not_a_500(
+    qm: LiveServer, alice: httpx.AsyncClient, chains: Chains, redis_url: str
+) -> None:
+    """A queue manager from before requests were bound to their container kept a reply token's
+    record as its pool's name alone; a request it sent still runs when the new one takes over."""
+    lease = await lease_for(qm, alice, color=90)
+    chain, reply_token = await chains.open(push_pool(), "dispatcher", lease)
+    old = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        key = chains._token_key(reply_token)
+        await old.delete(key)
+        await old.set(key, POOL, px=60_000)  # as the old queue manager wrote it
+    finally:
+        await old.aclose()
+    body = {"token": lease.token, "worker_id": CONTAINER}
+    async with holding(qm, reply_token) as container:
+        heartbeat = await container.post(f"/api/leases/{lease.job.id}/heartbeat", json=body)
+        taken = await container.post(f"/api/push/{chain}/next", json=named_after(lease.token))
+
+    assert heartbeat.status_code == taken.status_code == 401
+    assert "reply_token" in heartbeat.json()["detail"]
