@@ -8,6 +8,7 @@ Routes (all under the queue manager's base URL, all with ``Authorization: Bearer
 | ``POST /api/workers/{worker_id}/claim?wait=25`` | none | 200 ``Lease`` or 204 |
 | ``POST /api/workers/{worker_id}/claim?wait=25&prepare=1`` | none | 200 ``Lease`` (held) or 204 |
 | ``POST /api/workers/{worker_id}/claim?wait=25&hold_next=1`` | none | 200 ``Lease`` (``held``: next) or 204 |
+| ``POST /api/workers/{worker_id}/claim?wait=25&claim_id=<id>`` | none | the same; a repeat: the same lease |
 | ``POST /api/workers/{worker_id}/drain`` | none | 204 (stopping: no more claims or holds; draining) |
 | ``POST /api/workers/{worker_id}/deregister`` | none | 204 (gone for good); 409 while it holds a job |
 | ``POST /api/leases/{job_id}/heartbeat?wait=7`` | ``LeaseCall`` | ``HeartbeatReply``, at once on a cancel |
@@ -32,7 +33,11 @@ A worker holds one job at most: any claim (idle or ahead) first ends the hold th
 has (it will not start that job), and so do registering again (a restarted worker knows of no
 hold) and ``drain`` (a worker shutting down starts nothing more, and is held nothing after it).
 A claim repeated after its reply was lost holds that job again instead of leaving it held for a
-token nobody has, which busy workers would pass by though it is first in line. A waiting claim
+token nobody has, which busy workers would pass by though it is first in line. An idle claim may
+name itself (``claim_id``, which the worker's client sends again when it retries the call): a repeat
+gets the lease the first call made, same token and attempt, while that job is still leased to the
+worker, instead of the next job while the first waits, leased to nobody, for its lease to lapse (a
+lease a submit handed to the parked claim is not recognised so). A waiting claim
 whose caller hung up (a worker drops its claim ahead when its GPU falls free first, and claims as
 an idle worker instead) claims nothing once woken, so it never takes that worker's new hold.
 

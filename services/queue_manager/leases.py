@@ -108,6 +108,7 @@ class LeaseOps(StoreBase):
         behind: bool = False,
         hold_next: bool = False,
         gone: Callable[[], Awaitable[bool]] | None = None,
+        claim_id: str = "",
     ) -> Lease | None:
         """Lease the next job a worker of ``pool`` may run, waiting up to ``wait`` seconds for one.
 
@@ -120,12 +121,14 @@ class LeaseOps(StoreBase):
         the caller left (an HTTP claim's client hung up); a claim woken after that returns None
         without claiming, as nobody would read what it leased or held (a worker that dropped its
         claim ahead, its GPU free first, claims as an idle one meanwhile and holds a job itself).
+        ``claim_id`` (an idle worker's claim): a repeat with the same id after a lost reply gets the
+        lease the first one made again, while that job is still leased to the worker.
         """
         deadline = time.monotonic() + wait
         next_token = secrets.token_urlsafe(24) if hold_next and not prepare else ""
         while True:
             with self.wakeups.ticket(pool, worker_id, prepare or behind) as ticket:
-                lease = await self._claim_now(worker_id, pool, prepare, next_token)
+                lease = await self._claim_now(worker_id, pool, prepare, next_token, claim_id)
                 remaining = deadline - time.monotonic()
                 if lease is not None or remaining <= 0:
                     return lease
@@ -141,14 +144,14 @@ class LeaseOps(StoreBase):
         return Claimant(pool, worker_id, token, now, lease_ms, max_running, CLAIM_SCAN_LIMIT)
 
     async def _claim_now(
-        self, worker_id: str, pool: str, prepare: bool = False, next_token: str = ""
+        self, worker_id: str, pool: str, prepare: bool = False, next_token: str = "", claim_id: str = ""
     ) -> Lease | None:
         token = secrets.token_urlsafe(24)
         claimant = self.claimant(worker_id, pool, token, now_ms())
-        reply = await self.scripts.run(ClaimArgs(self.prefix, claimant, int(prepare), next_token))
+        reply = await self.scripts.run(ClaimArgs(self.prefix, claimant, int(prepare), next_token, claim_id))
         if prepare:
             return self._held(worker_id, reply)
-        lease = self._leased(worker_id, token, reply)
+        lease = self._leased(worker_id, None, reply)  # a repeat's is the first claim's token
         if lease is not None:
             lease.held = self._held(worker_id, reply[3])
         return lease
@@ -183,8 +186,9 @@ class LeaseOps(StoreBase):
         held_next = self._held(call.worker_id, held)
         return StartReply(started=started, lease=None if started else lease, held=held_next)
 
-    def _leased(self, worker_id: str, token: str, reply: list[Any]) -> Lease | None:
-        """The lease in claim.lua's answer (None when it found nothing)."""
+    def _leased(self, worker_id: str, token: str | None, reply: list[Any]) -> Lease | None:
+        """The lease in claim.lua's answer (None when it found nothing); ``token`` None: the one
+        the job's record holds."""
         if not reply:
             return None
         job_id, _, flat = reply[:3]
@@ -192,7 +196,7 @@ class LeaseOps(StoreBase):
         job = job_from_hash(fields)
         METRICS.observe_dispatch(job)
         log.info("job leased", extra={"job_id": job_id, "worker_id": worker_id, "attempt": job.attempts})
-        return self._lease(job, token, fields["lease_expires"])
+        return self._lease(job, fields["token"] if token is None else token, fields["lease_expires"])
 
     async def hand_over(self, ticket: Ticket, token: str, reply: list[Any]) -> None:
         """Deliver what submit.lua leased to a parked claim; if that claim has gone meanwhile,

@@ -84,6 +84,7 @@ class ClaimArgs(ScriptArgs):
     claimant: Claimant
     prepare: int = 0  # 1: a busy worker prepares its next job, which is held for it, not leased
     next_token: str = ""  # an idle worker's claim: also hold the job after its lease ('' = none)
+    claim_id: str = ""  # an idle worker's claim: sent again with a repeat after a lost reply
 
 
 @dataclass(frozen=True)

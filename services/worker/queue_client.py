@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from typing import Any
 
 import httpx
@@ -127,7 +128,8 @@ class QueueClient:
     ) -> Lease | None:
         """The next job; ``prepare``: this worker is busy, so the job is only held for it;
         ``hold_next`` (idle): the job after it is held for this worker too (``Lease.held``)."""
-        asked = ("&prepare=1" if prepare else "") + ("&hold_next=1" if hold_next else "")
+        asked = "&prepare=1" if prepare else f"&claim_id={secrets.token_urlsafe(12)}"  # sent again by a retry
+        asked += "&hold_next=1" if hold_next else ""
         path = f"/api/workers/{worker_id}/claim?wait={wait:g}" + asked
         reply = await self._post(path, read_seconds=wait + 15.0)
         return None if reply.status_code == 204 else Lease.model_validate_json(reply.content)

@@ -1,8 +1,9 @@
 -- Lease the next job for a worker of `pool`. ARGV: prefix, pool, worker_id, token, now_ms,
 -- lease_ms, max_running_per_user (0 = none), scan_limit, prepare ('1' when the worker is busy and
--- prepares its next job: the job is held for it, not leased; hold_next in lib.lua), next_token
--- (an idle worker's claim: also hold the job after the one it leases, under this token, as
--- start.lua does; '' = hold nothing).
+-- prepares its next job: the job is held for it, not leased; hold_next in lib.lua), next_token,
+-- claim_id. next_token (an idle worker's claim): also hold the job after the one it leases, under
+-- this token, as start.lua does ('' = hold nothing); claim_id (an idle worker's claim): the id its
+-- client sends again when it repeats the call after a lost reply ('' = none).
 -- Returns {} when nothing is eligible, else {id, queued_left, HGETALL of the job, held}; held is
 -- {} or the job held after it, {id, queued_left, HGETALL}. A lease publishes the owner's 'started'
 -- event in the same step. (The logic is ``claim_next`` in lib.lua: submit.lua runs it too, to hand
@@ -20,9 +21,30 @@ if draining(worker_id) then
   next_token = ''  -- a draining worker holds nothing (hold_next in lib.lua), also after a lease
 end
 end_hold_of(worker_id)
-local claimed = claim_next(pool, worker_id, token, now, lease_ms, max_running, scan, prepare)
+-- A claim repeated after its reply was lost (the same claim_id) gets the lease the first one made
+-- again, same token and attempt, while that job is still leased to the worker: the worker never
+-- had it, so rather than wait leased to nobody until the lease expires, it runs now.
+local claim_id = ARGV[11] or ''
+local function first_answer()
+  local wkey = k('worker', worker_id)
+  local f = redis.call('HMGET', wkey, 'claim_id', 'claimed')
+  if claim_id == '' or prepare or f[1] ~= claim_id then
+    return nil
+  end
+  local job = redis.call('HMGET', k('job', f[2]), 'state', 'worker_id')
+  if (job[1] == 'leased' or job[1] == 'running') and job[2] == worker_id then
+    return as_claimed(f[2])
+  end
+  return nil
+end
+
+local claimed = first_answer() or claim_next(pool, worker_id, token, now, lease_ms, max_running, scan,
+  prepare)
 if #claimed == 0 or prepare then
   return claimed
+end
+if claim_id ~= '' then
+  redis.call('HSET', k('worker', worker_id), 'claim_id', claim_id, 'claimed', claimed[1])
 end
 claimed[4] = hold_after(pool, worker_id, next_token, now, lease_ms, max_running, scan)
 return claimed

@@ -98,6 +98,12 @@ local function end_hold_of(worker_id)
   return held
 end
 
+-- A job as claim.lua answers it: {id, queued_left (its scope's queue), HGETALL}.
+local function as_claimed(job_id)
+  local scope = redis.call('HGET', k('job', job_id), 'scope')
+  return {job_id, redis.call('ZCARD', k('queue', scope)), redis.call('HGETALL', k('job', job_id))}
+end
+
 -- Take a job out of the waiting structures (queue or backoff).
 local function dequeue(id, user, scope)
   redis.call('ZREM', k('queue', scope), id)

@@ -23,19 +23,13 @@ local function then_hold(outcome, leased)
   return {outcome, leased, hold_after(pool, worker_id, next_token, now, lease_ms, max_running, scan)}
 end
 
--- A job as claim.lua answers it: {id, queued_left, HGETALL}.
-local function answer(job_id)
-  local scope = redis.call('HGET', k('job', job_id), 'scope')
-  return {job_id, redis.call('ZCARD', k('queue', scope)), redis.call('HGETALL', k('job', job_id))}
-end
-
 local f = redis.call('HMGET', k('job', id), 'state', 'hold_token', 'token', 'worker_id')
 if (f[1] == 'leased' or f[1] == 'running') and f[3] == hold and f[4] == worker_id then
   local holding = holding_of(worker_id)
   if holding and next_token ~= '' then
-    return {'started', answer(id), answer(holding)}
+    return {'started', as_claimed(id), as_claimed(holding)}
   end
-  return then_hold('started', answer(id))
+  return then_hold('started', as_claimed(id))
 end
 if f[1] == 'queued' and f[2] == hold and redis.call('EXISTS', k('paused')) == 0 then
   local best, score, scope = next_eligible(pool, max_running, scan, hold, now)

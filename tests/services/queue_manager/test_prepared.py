@@ -369,7 +369,7 @@ async def test_a_claim_repeated_after_its_reply_was_lost_holds_that_job_again(st
     assert again is not None and again.job.id == held.job.id
     assert again.held is not None and again.held.job.id == bob[1] and again.held.token != lost.held.token
     assert (await store.heartbeat(again.job.id, again.token)).holding == bob[1]
-    # the lost reply's lease is the reaper's, as for any claim: it goes back once it expires
+    # sent without a claim id, the lost reply's lease is the reaper's: it goes back once it expires
     touched = await store.reap(now=now_ms() + 60_000)
     assert [outcome for job_id, _, outcome in touched if job_id == bob[0]] in (["requeued"], ["delayed"])
 
@@ -469,3 +469,26 @@ async def test_a_worker_draining_as_it_asks_start_is_leased_nothing_more(store: 
     assert not reply.started and reply.lease is None and reply.held is None
     waiting = await store.get(held.job.id)
     assert waiting is not None and waiting.state == JobState.QUEUED and waiting.attempts == 0
+
+
+async def test_an_idle_claim_repeated_with_its_id_after_its_reply_was_lost_gets_the_same_lease(
+    store: Store,
+) -> None:
+    # w1's claim leased ada's first and held her second, but the reply was lost (e.g. the queue
+    # manager restarted before sending it); w1's client sends the call again, same claim id. w1
+    # never had the first job, so it gets it again, same token, no attempt more, rather than the
+    # next job while the first waits leased to nobody until its lease expires
+    ada = [(await store.submit("ada", job())).id for _ in range(3)]
+    lost = await store.claim("w1", "gpu", hold_next=True, claim_id="c1")
+    assert lost is not None and lost.held is not None
+
+    again = await store.claim("w1", "gpu", hold_next=True, claim_id="c1")
+
+    assert again is not None and (again.job.id, again.token) == (ada[0], lost.token)
+    assert again.job.attempts == 1 and again.held is not None and again.held.job.id == ada[1]
+    assert (await store.heartbeat(ada[0], again.token)).holding == ada[1]
+    third = await store.get(ada[2])
+    assert third is not None and third.state == JobState.QUEUED and third.attempts == 0
+    # a claim of its own (a new id) is no repeat, even while the first job still runs (pipelined)
+    after = await store.claim("w1", "gpu", claim_id="c2")
+    assert after is not None and after.job.id == ada[1]

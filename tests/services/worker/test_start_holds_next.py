@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
@@ -19,8 +20,10 @@ from services.protocol.jobs import JobState
 from services.protocol.workers import Lease, StartReply
 from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
+from tests.services.worker.test_push_reply_token import LosesFirstReply
 from tests.support.jobs import finished, graph, participant, submit, until
-from tests.support.queue_manager_app import LiveServer
+from tests.support.qm_api import registration
+from tests.support.queue_manager_app import POOL_TOKEN, WORKER_AUTH, LiveServer
 from tests.support.worker_agent import Gates, hold_of, pull_worker, worker_settings
 
 
@@ -265,3 +268,27 @@ async def test_a_worker_told_to_stop_gives_back_the_job_its_idle_claim_held(
     assert waiting["state"] == "queued" and waiting["attempts"] == 0
     assert second not in comfy.state.timings
     assert answers.starts == [] and answers.granted(prepare=True) == []
+
+
+async def test_a_claim_whose_reply_was_lost_is_retried_and_gets_the_same_lease(
+    qm: LiveServer, alice: httpx.AsyncClient, held_by: redis.Redis
+) -> None:
+    """The worker's client retries a claim whose reply it never got: the retry is answered with
+    the lease the first call made (same job, token and attempt) and holds the job after it again,
+    instead of leasing the next job while the first waits, leased to nobody, for its lease to lapse."""
+    first, second, third = [await submit(alice, graph(color)) for color in (1, 2, 3)]
+    queue = QueueClient(qm.url, POOL_TOKEN, retry_seconds=10)
+    transport = LosesFirstReply("/claim")  # answered, and the answer lost on its way
+    queue.http = httpx.AsyncClient(base_url=qm.url, headers=WORKER_AUTH, timeout=30.0, transport=transport)
+    try:
+        await queue.register(registration("w-lost"))
+        lease = await queue.claim("w-lost", 0, hold_next=True)
+    finally:
+        await queue.aclose()
+
+    assert transport.lost == 1
+    assert lease is not None and lease.job.id == first and lease.job.attempts == 1
+    assert lease.held is not None and lease.held.job.id == second and hold_of(held_by, second) == "w-lost"
+    leased = (await alice.get(f"/api/jobs/{first}")).json()
+    waiting = (await alice.get(f"/api/jobs/{third}")).json()
+    assert (leased["state"], leased["attempts"], waiting["state"]) == ("leased", 1, "queued")

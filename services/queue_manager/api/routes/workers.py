@@ -46,6 +46,15 @@ async def claim(
     hold_next: Annotated[
         bool, Query(description="idle: also hold the job after the one leased (Lease.held)")
     ] = False,
+    claim_id: Annotated[
+        str,
+        Query(
+            max_length=64,
+            pattern=r"^[A-Za-z0-9_-]*$",
+            description="idle: the claim's id, sent again with a repeat after a lost reply, which then "
+            "gets the same lease",
+        ),
+    ] = "",
 ) -> Response:
     """Lease the next job for this worker, waiting up to ``wait`` seconds; 204 when none came."""
     if prepare and hold_next:
@@ -57,7 +66,9 @@ async def claim(
     await own_worker(worker_id, pool, store)
     wait = min(wait, store.settings.claim_wait_max_seconds)
     gone = request.is_disconnected
-    lease = await store.claim(worker_id, pool, wait=wait, prepare=prepare, hold_next=hold_next, gone=gone)
+    lease = await store.claim(
+        worker_id, pool, wait=wait, prepare=prepare, hold_next=hold_next, gone=gone, claim_id=claim_id
+    )
     if lease is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     if await request.is_disconnected():  # the worker gave up waiting: nobody holds them
