@@ -204,3 +204,22 @@ async def lease_for(qm: LiveServer, alice: httpx.AsyncClient, color: int, slot: 
     await queue.aclose()
     assert lease is not None and lease.job.id == job_id
     return lease.model_copy(update={"reply_url": qm.url, "reply_token": POOL_TOKEN})
+
+
+class LosesFirstReply(httpx.AsyncBaseTransport):
+    """The network between a container and the queue manager: the first call to a path ending in
+    ``ending`` reaches the queue manager, which answers it, but the answer never reaches the container."""
+
+    def __init__(self, ending: str = "/next") -> None:
+        self.inner, self.lost, self.ending = httpx.AsyncHTTPTransport(), 0, ending
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.url.path.endswith(self.ending) and not self.lost:
+            await response.aread()
+            self.lost += 1
+            raise httpx.ReadError("connection reset by peer", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -19,7 +19,7 @@ from services.queue_manager.store import Store
 from services.worker.queue_client import QueueClient
 from tests.support.jobs import graph, submit
 from tests.support.queue_manager_app import POOL, POOL_TOKEN, LiveServer
-from tests.support.worker_agent import lease_for
+from tests.support.worker_agent import LosesFirstReply, lease_for
 
 
 @pytest.fixture
@@ -255,25 +255,6 @@ async def test_an_impostors_next_beside_the_container_gets_no_job(
     assert await states(alice, waiting[1:]) == [JobState.QUEUED, JobState.QUEUED]
     still = await chains.get(chain)
     assert still is not None and (still.job, still.jobs) == (waiting[0], 2)
-
-
-class LosesFirstReply(httpx.AsyncBaseTransport):
-    """The network between a container and the queue manager: the first call to a path ending in
-    ``ending`` reaches the queue manager, which answers it, but the answer never reaches the container."""
-
-    def __init__(self, ending: str = "/next") -> None:
-        self.inner, self.lost, self.ending = httpx.AsyncHTTPTransport(), 0, ending
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self.inner.handle_async_request(request)
-        if request.url.path.endswith(self.ending) and not self.lost:
-            await response.aread()
-            self.lost += 1
-            raise httpx.ReadError("connection reset by peer", request=request)
-        return response
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 def container_behind(qm: LiveServer, reply_token: str, network: httpx.AsyncBaseTransport) -> QueueClient:

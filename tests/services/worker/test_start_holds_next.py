@@ -20,11 +20,10 @@ from services.protocol.jobs import JobState
 from services.protocol.workers import Lease, StartReply
 from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
-from tests.services.worker.test_push_reply_token import LosesFirstReply
 from tests.support.jobs import finished, graph, participant, submit, until
 from tests.support.qm_api import registration
 from tests.support.queue_manager_app import POOL_TOKEN, WORKER_AUTH, LiveServer
-from tests.support.worker_agent import Gates, hold_of, pull_worker, worker_settings
+from tests.support.worker_agent import Gates, LosesFirstReply, hold_of, pull_worker, worker_settings
 
 
 class Answers:
