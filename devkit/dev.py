@@ -163,6 +163,7 @@ def wait_for_stop(worker: Child) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)  # also when started with Ctrl-C ignored (``nohup … &``)
     with contextlib.suppress(KeyboardInterrupt):
         assert worker.process is not None
         code = worker.process.wait()
