@@ -108,6 +108,12 @@ class LifecycleProvider(ResourceProvider, ABC):
     @abstractmethod
     def describe(self, obj: Any, props: dict[str, Any]) -> tuple[str, dict[str, Any]]: ...
 
+    def drifted(self, obj: Any, props: dict[str, Any]) -> dict[str, Any]:
+        """The inputs whose value at the provider is no longer what ``props`` asked for (someone changed
+        the object in the provider's console), with the value the provider has now. A refresh stores
+        them, so the next `up`'s diff sees the change and updates the object back to the stack config."""
+        return {}
+
     # --- Pulumi's verbs ---------------------------------------------------------------------
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = [
@@ -144,7 +150,7 @@ class LifecycleProvider(ResourceProvider, ABC):
         if obj is None:
             return ReadResult(None, {})
         new_id, outs = self.describe(obj, props)
-        return ReadResult(new_id, {**props, **outs})
+        return ReadResult(new_id, {**props, **self.drifted(obj, props), **outs})
 
     def update(self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]) -> UpdateResult:
         api = self.guarded(_news, lambda: self.connect(_news))

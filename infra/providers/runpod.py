@@ -17,6 +17,9 @@ from infra.providers.timing import Timing
 class _Collection(RunPodProvider):
     collection: ClassVar[str]
     outputs: ClassVar[tuple[str, ...]] = ("remote_id",)
+    # The fields RunPod shows back that ``body`` sends, and the input each comes from: one changed in
+    # RunPod's console is a drift a refresh reports.
+    shown: ClassVar[dict[str, str]] = {}
 
     @abstractmethod
     def body(self, props: dict[str, Any]) -> dict[str, Any]: ...
@@ -52,6 +55,21 @@ class _Collection(RunPodProvider):
     def describe(self, obj: Any, props: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return str(obj["id"]), {"remote_id": str(obj["id"])}
 
+    def drifted(self, obj: Any, props: dict[str, Any]) -> dict[str, Any]:
+        wanted = self.body(props)
+        return {
+            key: obj[field]
+            for field, key in self.shown.items()
+            if field in obj and field in wanted and not _same(obj[field], wanted[field])
+        }
+
+
+def _same(remote: Any, wanted: Any) -> bool:
+    """Whether RunPod's value is the one sent (a list in any order: RunPod may sort it)."""
+    if isinstance(remote, list) and isinstance(wanted, list):
+        return sorted(map(str, remote)) == sorted(map(str, wanted))
+    return bool(remote == wanted)
+
 
 class NetworkVolumeProvider(_Collection):
     """``name``, ``size`` (GB), ``data_center`` -> a network volume (kept across workshops)."""
@@ -61,6 +79,7 @@ class NetworkVolumeProvider(_Collection):
     required = ("name", "size", "data_center")
     replace_keys = frozenset({"data_center"})
     discard_on_failure = False
+    shown = {"size": "size"}
 
     def body(self, props: dict[str, Any]) -> dict[str, Any]:
         return {"name": props["name"], "size": int(props["size"]), "dataCenterId": props["data_center"]}
@@ -103,6 +122,7 @@ class TemplateProvider(_Collection):
     kind = "RunPod template"
     collection = "/templates"
     required = ("name", "image")
+    shown = {"imageName": "image", "containerDiskInGb": "container_disk_gb"}
 
     def body(self, props: dict[str, Any]) -> dict[str, Any]:
         body = {
@@ -129,6 +149,16 @@ class EndpointProvider(_Collection):
     collection = "/endpoints"
     outputs = ("remote_id", "endpoint_url")
     required = ("name", "template_id", "gpu_type_ids")
+    shown = {
+        "templateId": "template_id",
+        "gpuTypeIds": "gpu_type_ids",
+        "gpuCount": "gpu_count",
+        "workersMin": "workers_min",
+        "workersMax": "workers_max",
+        "idleTimeout": "idle_timeout_s",
+        "flashboot": "flashboot",
+        "networkVolumeId": "network_volume_id",
+    }
 
     def body(self, props: dict[str, Any]) -> dict[str, Any]:
         body = {

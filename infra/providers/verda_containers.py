@@ -79,6 +79,27 @@ class DeploymentProvider(VerdaProvider):
     def describe(self, obj: Any, props: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return str(obj.name), {"endpoint_base_url": obj.endpoint_base_url or ""}
 
+    def drifted(self, obj: Any, props: dict[str, Any]) -> dict[str, Any]:
+        """What the console lets one change: the image, the GPU, spot, the replica range."""
+        now, wanted = console_view(obj), console_view(deployment_for(props))
+        drift = {key: value for key, value in now.items() if value != wanted[key]}
+        if "scaling" in drift:
+            drift["scaling"] = {**(props.get("scaling") or {}), **drift["scaling"]}
+        return drift
+
+
+def console_view(dep: Deployment) -> dict[str, Any]:
+    """A deployment's settings a console user may change, as inputs."""
+    return {
+        "image": dep.containers[0].image if dep.containers else "",
+        "compute": {"name": dep.compute.name, "size": dep.compute.size},
+        "is_spot": bool(dep.is_spot),
+        "scaling": {
+            "min_replica_count": dep.scaling.min_replica_count,
+            "max_replica_count": dep.scaling.max_replica_count,
+        },
+    }
+
 
 def deployment_for(props: dict[str, Any]) -> Deployment:
     """The SDK's Deployment for our inputs."""

@@ -70,6 +70,10 @@ class SharedVolumeProvider(VerdaProvider):
             Timing.of(props),
         )
 
+    def drifted(self, obj: Any, props: dict[str, Any]) -> dict[str, Any]:
+        """A size grown in the console: the next `up` asks for the config to follow (it cannot shrink)."""
+        return {"size": obj.size} if int(obj.size) != int(props["size"]) else {}
+
     def describe(self, obj: Any, props: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return str(obj.id), {
             "volume_id": str(obj.id),

@@ -127,6 +127,8 @@ def test_a_new_registry_token_replaces_the_auth_and_the_template_pulls_with_the_
     for engine in engines.values():
         engine.refresh()
     assert all(engine.state is not None for engine in engines.values()), "a refresh keeps what exists"
+    after_refresh = _up_every_resource(tomorrow, engines, doubles)
+    assert {name: step.action for name, step in after_refresh.items() if step.action != "same"} == {}
     for engine in reversed(list(engines.values())):
         engine.destroy()
     assert runpod.store["containerregistryauth"] == {} and runpod.store["templates"] == {}

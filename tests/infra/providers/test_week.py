@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from infra.providers import resources
-from tests.infra.providers.engine import Engine
+from tests.infra.providers.engine import Engine, HostError
 from tests.infra.providers.runpod_double import RunPodDouble
 from tests.infra.providers.verda_double import VerdaDouble
 from tests.support.provider_timing import FAST
@@ -280,3 +280,55 @@ def test_two_resources_naming_one_volume_created_at_once_make_one_volume(doubles
     assert errors == []
     assert [v["name"] for v in doubles[0].live_volumes() if not v["is_os_volume"]] == ["comfy-models"]
     assert {engine.state.id for engine in engines if engine.state} == {doubles[0].live_volumes()[0]["id"]}
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Someone changes the object in the provider's console: ``change`` does it to the double's copy,
+    ``back`` says whether the copy is as the stack config says again, ``refused`` is what the next `up`
+    says instead when it cannot put it back (a volume cannot shrink)."""
+
+    change: Callable[[dict[str, Any]], None]
+    back: Callable[[dict[str, Any]], bool] = lambda remote: True
+    refused: str = ""
+
+
+DRIFTS = {
+    "endpoint": Drift(  # paused in RunPod's console: no worker would ever start
+        lambda r: r.update(workersMax=0), lambda r: r["workersMax"] == ENDPOINT["workers_max"]
+    ),
+    "template": Drift(
+        lambda r: r.update(imageName="ghcr.io/acme/worker:old"),
+        lambda r: r["imageName"] == "ghcr.io/acme/worker:1",
+    ),
+    "deployment": Drift(
+        lambda r: r["scaling"].update(max_replica_count=1), lambda r: r["scaling"]["max_replica_count"] == 4
+    ),
+    "network-volume": Drift(lambda r: r.update(size=700), refused="back to at least 700"),
+    "shared-volume": Drift(lambda r: r.update(size=700), refused="back to at least 700"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DRIFTS))
+def test_a_refresh_sees_a_change_made_in_the_console_and_the_next_up_puts_it_back(
+    kind: str, doubles: Doubles
+) -> None:
+    case, engine, props = created(kind, doubles)
+    drift = DRIFTS[kind]
+    assert engine.state is not None
+    remote = case.remote(doubles, engine.state.id)
+    assert remote is not None
+    drift.change(remote)
+
+    engine.refresh()
+
+    if drift.refused:
+        with pytest.raises(HostError, match=drift.refused):
+            engine.up(props)
+        return
+    step = engine.up(props)
+    assert (step.action, step.replaces) == ("update", []), f"{kind}: the drift went unseen: {step.diff}"
+    assert drift.back(case.remote(doubles, engine.state.id) or {})
+    assert engine.up(props).action == "same"
+    engine.refresh()
+    assert engine.up(props).action == "same", "a refresh of an object as configured finds no drift"
