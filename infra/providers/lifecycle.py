@@ -108,6 +108,11 @@ class LifecycleProvider(ResourceProvider, ABC):
     @abstractmethod
     def describe(self, obj: Any, props: dict[str, Any]) -> tuple[str, dict[str, Any]]: ...
 
+    def can_replace(self, news: dict[str, Any], replaces: list[str]) -> None:
+        """Raise when the provider cannot make the replacement ``news``: the engine deletes the old
+        object before it creates the new one, so a failure found here (at preview too) costs nothing,
+        found in ``create`` it leaves the stack without the object."""
+
     def drifted(self, obj: Any, props: dict[str, Any]) -> dict[str, Any]:
         """The inputs whose value at the provider is no longer what ``props`` asked for (someone changed
         the object in the provider's console), with the value the provider has now. A refresh stores
@@ -128,6 +133,8 @@ class LifecycleProvider(ResourceProvider, ABC):
         keys = (set(_olds) | set(_news)) - CONNECTION_KEYS - set(self.outputs)
         changed = sorted(k for k in keys if _olds.get(k) != _news.get(k))
         replaces = [k for k in changed if k in self.replace_keys]
+        if replaces:
+            self.can_replace(_news, replaces)
         # Names are deterministic, so the old object must go before its successor takes the name.
         return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
 

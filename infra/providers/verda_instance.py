@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pulumi.runtime import rpc
 from verda.constants import Actions, InstanceStatus
 
 from infra.providers.lifecycle import ProviderError, poll
@@ -36,6 +37,8 @@ SPEC_KEYS = (
     "os_volume_size",
     "description",
 )
+# What Verda must have free for a new instance.
+MACHINE_KEYS = frozenset({"instance_type", "location", "is_spot"})
 
 
 class InstanceProvider(VerdaProvider):
@@ -72,14 +75,25 @@ class InstanceProvider(VerdaProvider):
             wait_for_status=None,
         )
 
-    def _require_capacity(self, api: Any, props: dict[str, Any]) -> None:
+    def _require_capacity(self, api: Any, props: dict[str, Any], before: str = "") -> None:
         spot = bool(props.get("is_spot"))
         if not api.instances.is_available(props["instance_type"], spot, props["location"]):
             kind = "spot" if spot else "on-demand"
+            where = f"{props['instance_type']} free in {props['location']}"
             raise ProviderError(
-                f"Verda has no {kind} {props['instance_type']} free in {props['location']} right now: "
+                f"Verda has no {kind} {where} right now{before}: "
                 "try another location, the other of spot/on-demand, or later."
             )
+
+    def can_replace(self, news: dict[str, Any], replaces: list[str]) -> None:
+        """A new machine (type, location, spot) must be free before the engine deletes the running
+        one: the replacement takes its hostname, so it is made only after the old one is gone. The
+        same machine is not checked: the deleted instance frees it."""
+        if not MACHINE_KEYS & set(replaces) or any(news.get(key) == rpc.UNKNOWN for key in MACHINE_KEYS):
+            return
+        api = self.guarded(news, lambda: self.connect(news))
+        before = f", so {news['name']!r} keeps its current machine (pulumi up would delete it first)"
+        self.guarded(news, lambda: self._require_capacity(api, news, before))
 
     def settle(self, api: Any, props: dict[str, Any], obj: Any) -> Any:
         timing = Timing.of(props)

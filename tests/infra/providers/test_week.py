@@ -332,3 +332,27 @@ def test_a_refresh_sees_a_change_made_in_the_console_and_the_next_up_puts_it_bac
     assert engine.up(props).action == "same"
     engine.refresh()
     assert engine.up(props).action == "same", "a refresh of an object as configured finds no drift"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "refused"),
+    [
+        ("instance_type", "2H100.80S.60V", r"no on-demand 2H100\.80S\.60V free in FIN-03"),
+        ("is_spot", True, r"no spot 1H100\.80S\.30V free in FIN-03"),
+    ],
+)
+def test_an_instance_is_not_deleted_for_a_machine_verda_has_none_of(
+    key: str, value: Any, refused: str, doubles: Doubles
+) -> None:
+    """The engine deletes the old instance before it creates its replacement (one hostname): a new
+    machine Verda cannot give must stop the `up` (and the preview) while the old one still runs."""
+    _, engine, props = created("instance", doubles)
+    assert engine.state is not None
+    running = engine.state.id
+    doubles[0].unavailable.add(str(value) if key == "instance_type" else INSTANCE["instance_type"])
+
+    with pytest.raises(HostError, match=refused):
+        engine.up({**props, key: value})
+
+    assert [i["id"] for i in doubles[0].billable_instances()] == [running]
+    assert engine.state.id == running
