@@ -8,9 +8,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from starlette.requests import HTTPConnection
 
+from services.protocol.jobs import PROMPT_ID
 from services.protocol.workers import HolderCall
 from services.queue_manager.auth import SESSION_COOKIE, Authenticator, Principal
 from services.queue_manager.push_requests import Chains, PushReply
@@ -168,3 +169,5 @@ CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 CurrentUser = Annotated[str, Depends(current_user)]
 AdminUser = Annotated[Principal, Depends(admin_principal)]
 WorkerPool = Annotated[str, Depends(worker_pool)]
+JobId = Annotated[str, Path(pattern=f"^{PROMPT_ID.pattern}$", description="the job's id (its prompt_id)")]
+"""A job id in a route's path: any id a job can have, a UUID or the ``prompt_id`` its owner chose."""

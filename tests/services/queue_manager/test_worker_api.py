@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 from services.protocol.workers import Lease, ModelsProgress, RegisterReply
 from services.queue_manager.main import create_app
@@ -315,3 +316,31 @@ async def test_an_idle_claim_asks_for_the_next_job_to_be_held_and_a_prepare_clai
     start = {"token": lease.held.token, "worker_id": "w1"}
     started = await client.post(f"/api/leases/{second}/start", json=start, headers=GPU)
     assert started.status_code == 200 and started.json()["started"] is True
+
+
+@pytest.mark.parametrize("prompt_id", ["my.run_2:b", "R" * 128])
+async def test_a_job_named_by_its_owner_is_run_reported_and_cancelled_like_any_other(
+    client: httpx.AsyncClient, prompt_id: str
+) -> None:
+    """Any prompt_id a participant may choose (letters, digits, '.', '_', ':', '-', up to 128) names a
+    job every route reaches: a worker can report on it, its owner and the admin can read and cancel it.
+    Before, those routes took only letters, digits and '-' up to 64: such a job ran on a GPU whose
+    reports were all refused (422), and nobody could cancel it but through the workspace."""
+    await register(client)
+    reply = await client.post(
+        "/api/jobs", json={"prompt": PROMPT, "prompt_id": prompt_id}, headers=user_auth("ada")
+    )
+    assert reply.status_code == 201 and reply.json()["id"] == prompt_id, reply.text
+    assert (await client.get(f"/api/jobs/{prompt_id}", headers=user_auth("ada"))).status_code == 200
+    lease = Lease.model_validate((await claim(client)).json())
+    beat = await client.post(f"/api/leases/{prompt_id}/heartbeat", json={"token": lease.token}, headers=GPU)
+    assert beat.status_code == 200, beat.text
+    done = {"token": lease.token, "outputs": [{"node_id": "2", "kind": "images", "filename": "a.png"}]}
+    assert (await client.post(f"/api/leases/{prompt_id}/complete", json=done, headers=GPU)).status_code == 204
+    mine = await client.get(f"/api/jobs/{prompt_id}", headers=user_auth("ada"))
+    assert mine.json()["state"] == "succeeded"
+    second = f"{prompt_id[:-1]}Z"
+    await client.post("/api/jobs", json={"prompt": PROMPT, "prompt_id": second}, headers=user_auth("ada"))
+    cancelled = await client.post(f"/api/admin/jobs/{second}/cancel", headers=ADMIN)
+    assert cancelled.status_code == 200, cancelled.text
+    assert (await client.get(f"/api/jobs/{second}", headers=user_auth("ada"))).json()["state"] == "cancelled"

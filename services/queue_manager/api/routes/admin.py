@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import BaseModel, Field
 
 from services.protocol.jobs import Job
-from services.queue_manager.api.deps import AdminUser, LoginsDep, StoreDep
+from services.queue_manager.api.deps import AdminUser, JobId, LoginsDep, StoreDep
 from services.queue_manager.api.routes.jobs import CancelReply
 from services.queue_manager.catalogues import CatalogueState
 from services.queue_manager.queue_admin import DrainResult, QueueOverview, UserSummary
@@ -17,7 +17,6 @@ from services.queue_manager.registry import WorkerInfo
 from services.queue_manager.snapshot import RestoreResult, Snapshot, restore_snapshot, take_snapshot
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
-JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
 UserName = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")]
 Digest = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
 

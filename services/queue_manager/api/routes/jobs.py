@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, HTTPException, Path, Response, status
+from fastapi import APIRouter, HTTPException, Response, status
 from pydantic import BaseModel
 
 from services.protocol.jobs import Job, JobSubmit
-from services.queue_manager.api.deps import CurrentPrincipal, CurrentUser, StoreDep
+from services.queue_manager.api.deps import CurrentPrincipal, CurrentUser, JobId, StoreDep
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
-JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
 
 
 class CancelReply(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Response, status
 
 from services.protocol.workers import (
     Completion,
@@ -21,11 +21,10 @@ from services.protocol.workers import (
     StartCall,
     StartReply,
 )
-from services.queue_manager.api.deps import HolderDep, StoreDep, WorkerPool, named
+from services.queue_manager.api.deps import HolderDep, JobId, StoreDep, WorkerPool, named
 from services.queue_manager.errors import WorkerInAnotherPool
 
 router = APIRouter(prefix="/api/leases/{job_id}", tags=["leases"])
-JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
 NO_CONTENT = status.HTTP_204_NO_CONTENT
 
 
