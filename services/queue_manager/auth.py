@@ -12,7 +12,6 @@ digest of name and password (key random per process), never the password itself.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import secrets
@@ -109,7 +108,7 @@ class Authenticator:
             return None
         try:
             user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64 (binascii.Error), non-ASCII characters, or not UTF-8
             return None
         return user, password
 

@@ -4,6 +4,7 @@ or logged in before (counted argon2 verifications, never timed)."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -140,3 +141,13 @@ async def test_every_wrong_login_costs_one_argon2_whether_or_not_the_user_exists
         assert (await fresh.get("/api/auth/me", headers=basic("bob", "guess"))).status_code == 401
         basic_wrong = counter.calls - basic_before
     assert unknown == known_fresh == known_after_login == admin_wrong == basic_wrong == 1
+
+
+@pytest.mark.parametrize(
+    "header", [b"Basic \xc3\xa9t\xc3\xa9", b"Basic \xff\xfe", b"Basic " + base64.b64encode(b"\xff:\xfe")]
+)
+async def test_http_basic_credentials_that_are_no_text_get_401_not_500(app: FastAPI, header: bytes) -> None:
+    """Whoever sends them (no login needed): a header of non-ASCII bytes, or base64 of non-UTF-8 ones."""
+    async with client_for(app) as client:
+        reply = await client.get("/api/auth/me", headers={"Authorization": header})
+    assert reply.status_code == 401 and "log in" in reply.json()["detail"], reply.text
