@@ -90,6 +90,7 @@ class Agent:
             self.files,
             settings.ws_silence_seconds,
             settings.poll_seconds,
+            on_lost=lambda reason: self.comfy_server.lost(self.comfy, reason),
         )
         self.models: list[str] = []
         self.catalogue: dict[str, Any] = {}
@@ -273,9 +274,8 @@ class Agent:
         first as ever."""
         job_id = lease.job.id
         try:
-            if outcome.lost is not None:
+            if outcome.lost is not None:  # the runner told ``comfy_server`` as it found ComfyUI gone
                 await forwarder.close()
-                self.comfy_server.lost(self.comfy, outcome.lost)
                 log.warning("job %s: ComfyUI lost (%s): giving the job back", job_id, outcome.lost)
                 await queue.release(job_id, lease.token, comfyui_lost=outcome.submitted)
                 return LeaseResult.RELEASED

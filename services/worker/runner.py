@@ -352,9 +352,13 @@ class JobRunner:
         files: JobFiles,
         silence: float = 5.0,
         poll: float = 1.0,
+        on_lost: Callable[[str], None] = lambda _: None,
     ) -> None:
         self.comfy, self.events, self.storage, self.files = comfy, events, storage, files
         self.silence, self.poll = silence, poll
+        # Called (with why) the moment a job finds ComfyUI gone or silent, whoever's job it turns out
+        # to be, before the GPU is said to be free: the worker claims nothing more until it answers.
+        self.on_lost = on_lost
         # The last prompt ended normally (``Ending.off_queue``): ComfyUI holds none, so the next job
         # is staged without asking ``/queue``. Unset while a job runs and after any other ending.
         self.comfy_idle = False
@@ -395,6 +399,7 @@ class JobRunner:
             self.comfy_idle = True  # nothing was submitted: ComfyUI holds no prompt still
             return Outcome(moved=True)
         except ComfyUnavailableError as exc:
+            self.on_lost(str(exc))
             return Outcome(lost=str(exc))
         except StorageError as exc:
             return Outcome(error=JobError(type="InputUnavailable", message=str(exc)))
@@ -418,6 +423,8 @@ class JobRunner:
                 if handoff.idle_since is not None:
                     timing.idle_gap_seconds = max(0.0, submitted - handoff.idle_since)
                 ending = await self._submit_and_follow(job, stage.prompt, queue, follower, stops)
+                if ending.kind is EndingKind.LOST:
+                    self.on_lost(ending.reason)
                 timing.gpu_seconds = time.monotonic() - submitted
                 forwarder.hold()  # the report, after the next job's submit and the upload, carries the rest
                 self.comfy_idle = ending.off_queue
@@ -439,11 +446,13 @@ class JobRunner:
         """A job that turned out not to be this worker's was stopped in ComfyUI: wait until ComfyUI
         holds no prompt, then drop the stopped run's history entry, so a later run of the job here
         (given back, or taken again) never reads its ending."""
-        with contextlib.suppress(ComfyUnavailableError):
+        try:
             if not self.comfy_idle:
                 await until_idle(self.comfy)
                 self.comfy_idle = True
             await self.comfy.forget(job_id)
+        except ComfyUnavailableError as exc:
+            self.on_lost(str(exc))
 
     async def _submit_and_follow(
         self,
@@ -506,8 +515,13 @@ class JobRunner:
         try:
             entry = await self.comfy.history(job_id)
         except ComfyUnavailableError as exc:
-            return lost(str(exc))
-        return from_history(entry) if entry else lost("ComfyUI finished the job but has no history of it")
+            entry, reason = None, str(exc)
+        else:
+            reason = "ComfyUI finished the job but has no history of it"
+        if entry:
+            return from_history(entry)
+        self.on_lost(reason)
+        return lost(reason)
 
     async def _follow(
         self,

@@ -27,9 +27,9 @@ import pytest
 import redis
 
 from devkit.doubles.comfyui import ComfyUIDouble
-from services.protocol.jobs import JobState
+from services.protocol.jobs import Job, JobState
 from services.protocol.workers import StartReply
-from services.worker.comfy_client import ComfyClient, PromptRejectedError
+from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, PromptRejectedError
 from services.worker.queue_client import LeaseLostError, QueueClient, QueueRefusedError
 from tests.support.jobs import finished, graph, participant, submit, until
 from tests.support.queue_manager_app import LiveServer
@@ -322,3 +322,56 @@ async def test_comfyui_rejecting_a_job_is_reported_only_when_the_job_is_this_wor
         assert done.state == JobState.CANCELLED and done.error is None  # cancelled, not failed by w-a
         assert rig.calls.bodies(second, "fail") == []
         assert rig.calls.events_sent(second) == []
+
+
+class Hang:
+    """ComfyUI gone silent: its socket stays open and sends nothing (the double's ``silent``), and
+    no HTTP call from the worker is answered (each fails as a timed-out call does)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, comfy: ComfyUIDouble) -> None:
+        self.comfy, self.on, self.refused = comfy, False, 0
+        original = ComfyClient._call
+
+        async def call(client: ComfyClient, method: str, path: str, **kwargs: Any) -> httpx.Response:
+            if self.on and client.base_url == comfy.url:
+                self.refused += 1
+                raise ComfyUnavailableError(f"ComfyUI at {client.base_url} does not answer {path}")
+            return await original(client, method, path, **kwargs)
+
+        monkeypatch.setattr(ComfyClient, "_call", call)
+
+    def start(self) -> None:
+        self.comfy.knobs.silent, self.on = True, True
+
+    def end(self) -> None:
+        self.comfy.knobs.silent, self.on = False, False
+
+
+async def test_comfyui_found_silent_while_a_job_not_ours_ran_stops_the_worker_claiming(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker learns ComfyUI went silent from a job that turned out not to be its own: it claims
+    nothing until ComfyUI answers again, so her next job is not leased to a worker that cannot run
+    it (shown started, then given back), and runs once ComfyUI is back."""
+    hang = Hang(monkeypatch, rig.comfy)
+    async with participant(rig.qm, "alice") as alice:
+        first, second = await rig.queued(alice)
+        async with rig.w_a():
+            await rig.launched_speculatively(first, second)
+            assert (await finished(alice, first)).state == JobState.SUCCEEDED
+            hang.start()
+            await until(lambda: hang.refused > 0, "w-a asks the silent ComfyUI about the second", 20)
+            (await alice.post(f"/api/jobs/{second}/cancel")).raise_for_status()
+            rig.starts.release(second)
+            await until(lambda: rig.starts.answers.get(second) is not None, "start answered", 20)
+            third = await submit(alice, graph(7, prefix="third"))
+            with pytest.raises(TimeoutError):  # what must not happen while ComfyUI is silent
+                leased = f"/api/leases/{third}/"
+                await until(lambda: any(p.startswith(leased) for p, _ in rig.calls.sent), "leased", 2.0)
+            waiting = Job.model_validate((await alice.get(f"/api/jobs/{third}")).json())
+            hang.end()
+            rig.gates.open(second)  # ComfyUI answers again and ends the prompt it still runs
+            done = await finished(alice, third)
+    assert not rig.starts.answers[second].started
+    assert (waiting.state, waiting.started_at, waiting.attempts) == (JobState.QUEUED, None, 0)
+    assert done.state == JobState.SUCCEEDED and done.worker_id == "w-a" and done.attempts == 1
