@@ -12,7 +12,7 @@ from enum import StrEnum
 from ipaddress import IPv4Network, IPv6Network
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from infra.comfyui import ComfyUIConfig
 from infra.pools import LOCAL_KINDS, PoolConfig, kind_of
@@ -169,20 +169,36 @@ class R2Config(Model):
         return self
 
 
-class VaultConfig(Model):
-    role: Literal["vault"] = "vault"
-    domain: Domain
-    cloudflare_account_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+class _People(Model):
+    """Who logs in: the participants and the admin, each name once (the queue manager refuses to
+    start otherwise, which an `up` would find only after the server is up)."""
+
     participants: Participants
     admin_user: Label = "admin"
-    r2: R2Config = R2Config()
-    certificate_days: Literal[7, 30, 90, 365, 730, 1095, 5475] = 5475
 
     @field_validator("participants")
     @classmethod
     def _unique(cls, value: list[str]) -> list[str]:
         unique_names(value, "participant")
         return value
+
+    @field_validator("admin_user")
+    @classmethod
+    def _not_a_participant(cls, value: str, info: ValidationInfo) -> str:
+        if value in info.data.get("participants", ()):
+            raise ValueError(
+                f"{value!r} is also a participant's name; fix: rename that participant, or set "
+                "adminUser to a name no participant has"
+            )
+        return value
+
+
+class VaultConfig(_People):
+    role: Literal["vault"] = "vault"
+    domain: Domain
+    cloudflare_account_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    r2: R2Config = R2Config()
+    certificate_days: Literal[7, 30, 90, 365, 730, 1095, 5475] = 5475
 
 
 class _WithPools(Model):
@@ -223,10 +239,9 @@ class WorkshopConfig(_WithPools):
         return self.cloudflare_zone or ".".join(self.domain.split(".")[-2:])
 
 
-class LocalConfig(_WithPools):
+class LocalConfig(_WithPools, _People):
     role: Literal["local"] = "local"
     participants: Participants = Field(default_factory=lambda: ["alice", "bob"])
-    admin_user: Label = "admin"
     queue: QueuePolicy = QueuePolicy()
     http_port: int = Field(default=8080, ge=1024, le=65535)
     models_dir: str | None = Field(

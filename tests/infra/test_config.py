@@ -187,3 +187,17 @@ def test_cpx_servers_are_fine_outside_the_eu() -> None:
     set_config(stack_values("workshop", {"vps": {"serverType": "cpx31", "location": "ash"}}))
 
     assert load_config("workshop").vps.location == "ash"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("stack", ["vault", "local"])
+def test_a_participant_named_as_the_admin_is_refused_before_anything_exists(stack: str) -> None:
+    """The queue manager refuses to start with such a pair: found only after the VPS was up."""
+    text = problems(stack, {"participants": ["admin", "bob"]})
+    assert "comfy-workshop:adminUser = 'admin'" in text
+    assert "also a participant's name" in text and "fix:" in text
+
+
+def test_duplicate_participants_are_refused_on_the_local_stack_too() -> None:
+    text = problems("local", {"participants": ["bob", "bob"]})
+    assert "comfy-workshop:participants" in text
+    assert "duplicate participant bob" in text
