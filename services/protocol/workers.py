@@ -9,8 +9,8 @@ Routes (all under the queue manager's base URL, all with ``Authorization: Bearer
 | ``POST /api/workers/{worker_id}/claim?wait=25&prepare=1`` | none | 200 ``Lease`` (held) or 204 |
 | ``POST /api/workers/{worker_id}/claim?wait=25&hold_next=1`` | none | 200 ``Lease`` (``held``: next) or 204 |
 | ``POST /api/workers/{worker_id}/claim?wait=25&claim_id=<id>`` | none | the same; a repeat: the same lease |
-| ``POST /api/workers/{worker_id}/drain`` | none | 204 (stopping: no more claims or holds; draining) |
-| ``POST /api/workers/{worker_id}/deregister`` | none | 204 (gone for good); 409 while it holds a job |
+| ``POST /api/workers/{worker_id}/drain`` | none | 204 (stopping: no more leases or holds; draining) |
+| ``POST /api/workers/{worker_id}/deregister`` | none | 204 (gone: its hold ends); 409 while it runs a job |
 | ``POST /api/leases/{job_id}/heartbeat?wait=7`` | ``LeaseCall`` | ``HeartbeatReply``, at once on a cancel |
 | ``POST /api/leases/{job_id}/events`` | ``EventBatch`` | 204; 409 when the lease is not held |
 | ``POST /api/leases/{job_id}/complete`` | ``Completion`` | 204; 409 when the lease is not held |
@@ -31,13 +31,14 @@ claim does the same with ``hold_next=1`` (``Lease.held``), so its first job is f
 ``start`` too, not by a claim ahead; a worker that does not ask gets a plain ``Lease`` as before.
 A worker holds one job at most: any claim (idle or ahead) first ends the hold the worker still
 has (it will not start that job), and so do registering again (a restarted worker knows of no
-hold) and ``drain`` (a worker shutting down starts nothing more, and is held nothing after it).
+hold), ``drain`` (a worker shutting down starts nothing more, and is leased or held nothing after
+it: its claims, one parked before the drain included, get 204 at once) and ``deregister``.
 A claim repeated after its reply was lost holds that job again instead of leaving it held for a
 token nobody has, which busy workers would pass by though it is first in line. An idle claim may
 name itself (``claim_id``, which the worker's client sends again when it retries the call): a repeat
 gets the lease the first call made, same token and attempt, while that job is still leased to the
-worker, instead of the next job while the first waits, leased to nobody, for its lease to lapse (a
-lease a submit handed to the parked claim is not recognised so). A waiting claim
+worker, instead of the next job while the first waits, leased to nobody, for its lease to lapse,
+whether the claim's own step leased it or a submit handed it to the claim as it waited. A waiting claim
 whose caller hung up (a worker drops its claim ahead when its GPU falls free first, and claims as
 an idle worker instead) claims nothing once woken, so it never takes that worker's new hold.
 

@@ -40,6 +40,7 @@ from services.queue_manager.wakeups import Ticket
 
 log = logging.getLogger(__name__)
 CLAIM_SCAN_LIMIT = 1000
+DRAINING = "draining"  # claim.lua's answer to a worker shutting down: nothing, and stop waiting
 GPU_RECORDS = 5000  # per pool: the admin page's GPU use over the last few thousand jobs
 RECHECK_SECONDS = 1.0
 # The state a worker's report usually ends a job in; finish.lua announces that end itself.
@@ -122,13 +123,18 @@ class LeaseOps(StoreBase):
         without claiming, as nobody would read what it leased or held (a worker that dropped its
         claim ahead, its GPU free first, claims as an idle one meanwhile and holds a job itself).
         ``claim_id`` (an idle worker's claim): a repeat with the same id after a lost reply gets the
-        lease the first one made again, while that job is still leased to the worker.
+        lease the first one made again (or a submit handed this claim), while that job is still
+        leased to the worker. A worker shutting down (``mark_draining``) gets None at once, also
+        from a claim it parked before.
         """
         deadline = time.monotonic() + wait
         next_token = secrets.token_urlsafe(24) if hold_next and not prepare else ""
         while True:
-            with self.wakeups.ticket(pool, worker_id, prepare or behind) as ticket:
-                lease = await self._claim_now(worker_id, pool, prepare, next_token, claim_id)
+            with self.wakeups.ticket(pool, worker_id, prepare or behind, claim_id) as ticket:
+                reply = await self._claim_reply(worker_id, pool, prepare, next_token, claim_id)
+                if reply == DRAINING:
+                    return None
+                lease = self._claimed(worker_id, prepare, reply)
                 remaining = deadline - time.monotonic()
                 if lease is not None or remaining <= 0:
                     return lease
@@ -143,12 +149,14 @@ class LeaseOps(StoreBase):
         lease_ms, max_running = int(self.settings.lease_seconds * 1000), self.settings.max_running_per_user
         return Claimant(pool, worker_id, token, now, lease_ms, max_running, CLAIM_SCAN_LIMIT)
 
-    async def _claim_now(
-        self, worker_id: str, pool: str, prepare: bool = False, next_token: str = "", claim_id: str = ""
-    ) -> Lease | None:
-        token = secrets.token_urlsafe(24)
-        claimant = self.claimant(worker_id, pool, token, now_ms())
-        reply = await self.scripts.run(ClaimArgs(self.prefix, claimant, int(prepare), next_token, claim_id))
+    async def _claim_reply(
+        self, worker_id: str, pool: str, prepare: bool, next_token: str, claim_id: str
+    ) -> Any:
+        """claim.lua's answer: the lease (and the job held after it), the job held, {} or DRAINING."""
+        claimant = self.claimant(worker_id, pool, secrets.token_urlsafe(24), now_ms())
+        return await self.scripts.run(ClaimArgs(self.prefix, claimant, int(prepare), next_token, claim_id))
+
+    def _claimed(self, worker_id: str, prepare: bool, reply: list[Any]) -> Lease | None:
         if prepare:
             return self._held(worker_id, reply)
         lease = self._leased(worker_id, None, reply)  # a repeat's is the first claim's token

@@ -15,7 +15,7 @@ from services.queue_manager.catalogues import CatalogueOps
 from services.queue_manager.errors import UnknownWorker, WorkerHoldsAJob, WorkerInAnotherPool
 from services.queue_manager.keys import WORKER_TTL_SECONDS
 from services.queue_manager.records import HOLD_FIELDS, held_for, ms_to_datetime, now_ms
-from services.queue_manager.scripts import DrainArgs, RegisterArgs
+from services.queue_manager.scripts import DeregisterArgs, DrainArgs, RegisterArgs
 
 log = logging.getLogger(__name__)
 SEEN_WRITE_MS = 5000
@@ -122,17 +122,15 @@ class WorkerOps(CatalogueOps):
 
     async def deregister(self, worker_id: str) -> None:
         """A worker that leaves for good (a GPU host's models sync that finished) leaves the admin
-        page at once, instead of showing starting until it would show as gone. A worker holding a
-        job must finish or release it first (409)."""
-        key = self.keys.worker(worker_id)
-        job_id = await self.redis.hget(key, "job_id")
-        if job_id:
+        page at once, instead of showing starting until it would show as gone, and a job still held
+        for it is given back in the same step. A worker running a job must finish or release it
+        first (409)."""
+        outcome, job_id = await self.scripts.run(DeregisterArgs(self.prefix, worker_id))
+        if outcome == "busy":
             raise WorkerHoldsAJob(worker_id, str(job_id))
         self._known_workers.pop(worker_id, None)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            pipe.zrem(self.keys.workers, worker_id)
-            await pipe.execute()
+        if job_id:
+            log.info("hold given back", extra={"job_id": job_id, "worker_id": worker_id})
 
     async def catalogue(self, catalogue_hash: str) -> dict[str, Any] | None:
         """A node catalogue (ComfyUI ``/object_info``) some worker sent, by its hash."""

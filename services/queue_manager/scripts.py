@@ -76,6 +76,7 @@ class SubmitArgs(ScriptArgs):
     max_attempts: int
     spec_json: str
     claim: Claimant | None = None  # a claim parked in this queue manager gets the next job at once
+    claim_id: str | None = None  # that claim's id ('' = unnamed; None with no claim)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,12 @@ class DrainArgs(ScriptArgs):
     script = "drain"
     worker_id: str
     now_ms: int
+
+
+@dataclass(frozen=True)
+class DeregisterArgs(ScriptArgs):
+    script = "deregister"
+    worker_id: str
 
 
 @dataclass(frozen=True)
@@ -221,6 +228,7 @@ SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     ClaimArgs,
     RegisterArgs,
     DrainArgs,
+    DeregisterArgs,
     StartArgs,
     TouchArgs,
     FinishArgs,

@@ -60,6 +60,7 @@ class Store(LeaseOps, WorkerOps, AdminOps):
             max_attempts=self.settings.max_attempts,
             spec_json=spec_json(submit),
             claim=self.claimant(ticket.worker_id, ticket.pool, token, now) if ticket is not None else None,
+            claim_id=ticket.claim_id if ticket is not None else None,
         )
         try:
             reply = await self.scripts.run(args)

@@ -35,10 +35,11 @@ log = logging.getLogger(__name__)
 class Ticket:
     """One claim waiting for work of its pool."""
 
-    def __init__(self, pool: str, worker_id: str = "", prepare: bool = False) -> None:
+    def __init__(self, pool: str, worker_id: str = "", prepare: bool = False, claim_id: str = "") -> None:
         self.pool = pool
         self.worker_id = worker_id
         self.prepare = prepare  # a busy worker's claim for its next job: woken after idle ones
+        self.claim_id = claim_id  # an idle claim's id, kept with a lease a submit hands it ('' = none)
         self.woken = asyncio.Event()
         self.parked = False  # inside wait(): may be handed a lease
         self.handover: asyncio.Future[Lease | None] | None = None
@@ -101,8 +102,10 @@ class Wakeups:
         self.ends = JobWatches()  # {p}:ended: a job's lease ended
 
     @contextlib.contextmanager
-    def ticket(self, pool: str, worker_id: str = "", prepare: bool = False) -> Iterator[Ticket]:
-        ticket = Ticket(pool, worker_id, prepare)
+    def ticket(
+        self, pool: str, worker_id: str = "", prepare: bool = False, claim_id: str = ""
+    ) -> Iterator[Ticket]:
+        ticket = Ticket(pool, worker_id, prepare, claim_id)
         self._tickets.append(ticket)
         try:
             yield ticket

@@ -88,14 +88,25 @@ local function draining(worker_id)
   return redis.call('HGET', k('worker', worker_id), 'state') == 'draining'
 end
 
--- A worker that will not start the job held for it (it claims again, registers again, drains or
--- is gone) ends that hold: the job stays queued, nobody's. Returns the job's id (nil when none).
+-- A worker that will not start the job held for it (it claims again, registers again, drains,
+-- leaves or is gone) ends that hold: the job stays queued, nobody's, and a claim ahead waiting in
+-- its scope is woken to prepare it. Returns the job's id (nil when none).
 local function end_hold_of(worker_id)
   local held = holding_of(worker_id)
   if held then
     clear_hold(held)
+    wake(redis.call('HGET', k('job', held), 'scope'))
   end
   return held
+end
+
+-- An idle worker's claim named by its client (claim_id, '' = unnamed) leased job_id: kept on the
+-- worker's record, so a repeat of the claim after a lost reply gets that lease again (claim.lua),
+-- whichever step leased it (claim.lua, or submit.lua for a claim parked in the queue manager).
+local function remember_claim(worker_id, claim_id, job_id)
+  if claim_id ~= '' then
+    redis.call('HSET', k('worker', worker_id), 'claim_id', claim_id, 'claimed', job_id)
+  end
 end
 
 -- A job as claim.lua answers it: {id, queued_left (its scope's queue), HGETALL}.
@@ -250,11 +261,7 @@ end
 
 -- A busy worker prepares its next job: it holds the first job no other worker holds, which stays
 -- queued (its owner sees it waiting; an idle worker may still take it) until start.lua starts it.
--- A draining worker holds nothing: it will start no job (drain.lua ended its hold).
 local function hold_next(pool, worker_id, token, now, lease_ms, max_running, scan_limit)
-  if draining(worker_id) then
-    return {}
-  end
   local best, _, best_scope = next_eligible(pool, max_running, scan_limit, '', now)
   if not best then
     return {}
@@ -267,9 +274,10 @@ end
 
 -- Lease the next job a worker of `pool` may run (claim.lua; submit.lua for a waiting worker), or
 -- with `prepare` hold it for a busy worker. Returns {} when nothing is eligible, else
--- {id, queued_left, HGETALL of the job}.
+-- {id, queued_left, HGETALL of the job}. A draining worker (drain.lua) is leased and held nothing:
+-- it starts no job more, so the job stays queued for the others.
 local function claim_next(pool, worker_id, token, now, lease_ms, max_running, scan_limit, prepare)
-  if redis.call('EXISTS', k('paused')) == 1 then
+  if redis.call('EXISTS', k('paused')) == 1 or draining(worker_id) then
     return {}
   end
   if prepare then

@@ -38,10 +38,8 @@ if f[1] == 'queued' and f[2] == hold and redis.call('EXISTS', k('paused')) == 0 
   end
   clear_hold(id)
 end
--- A draining worker (told to stop as it asked; drain.lua ended its hold) is leased nothing more.
-if draining(worker_id) then
-  return {'none', {}, {}}
-end
+-- A draining worker (told to stop as it asked; drain.lua ended its hold) is leased nothing more
+-- (claim_next in lib.lua).
 local claimed = claim_next(pool, worker_id, token, now, lease_ms, max_running, scan, false)
 if #claimed == 0 then
   return {'none', {}, {}}

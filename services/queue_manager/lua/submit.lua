@@ -1,7 +1,8 @@
 -- Queue a new job. ARGV: prefix, id, user, scope, pool, priority, mode, max_queued, now_ms,
 -- max_attempts, spec_json, [pool, worker_id, token, now_ms, lease_ms, max_running_per_user,
--- scan_limit]. The bracketed part, optional, is a claim parked in this queue manager, as
--- claim.lua takes it (its pool is the worker's, its now_ms the submit's).
+-- scan_limit, claim_id]. The bracketed part, optional, is a claim parked in this queue manager, as
+-- claim.lua takes it (its pool is the worker's, its now_ms the submit's; claim_id: the id its
+-- client named it by, '' = none, kept with the lease so that a repeat of the claim gets it again).
 -- Returns {'ok', position, user's unfinished jobs, HGETALL, claimed} | {'exists'} | {'limit', queued};
 -- on 'ok' the owner's 'queued' event is already published (before any claim can say 'started').
 -- With a parked claim, its worker is leased the next job in the same step (one AOF fsync for
@@ -50,6 +51,9 @@ local claimed = {}
 if handing_over then
   claimed = claim_next(ARGV[12], ARGV[13], ARGV[14], tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17]),
     tonumber(ARGV[18]))
+  if #claimed > 0 then
+    remember_claim(ARGV[13], ARGV[19] or '', claimed[1])
+  end
   if redis.call('ZCARD', k('queue', scope)) > 0 then
     wake(scope)  -- the new job still waits (another was due first, or nothing was eligible)
   end

@@ -88,8 +88,8 @@ async def test_a_hold_given_back_is_no_longer_shown(client: httpx.AsyncClient) -
     assert queue["held"] == {} and workers == {"w1": None} and held == {"gpu": 0}
 
 
-async def w1_holds_the_next_while_w2_is_busy(client: httpx.AsyncClient) -> str:
-    """w2 runs one job; w1 runs the next and holds the one after it, which it returns."""
+async def w1_runs_one_and_holds_the_next_while_w2_is_busy(client: httpx.AsyncClient) -> Lease:
+    """w2 runs one job; w1 runs the next and holds the one after it: w1's lease (``held``: its hold)."""
     await register(client, "w1")
     await register(client, "w2")
     await submit(client)
@@ -100,7 +100,14 @@ async def w1_holds_the_next_while_w2_is_busy(client: httpx.AsyncClient) -> str:
         (await client.post("/api/workers/w1/claim", params={"hold_next": 1}, headers=GPU)).content
     )
     assert lease.held is not None and lease.held.job.id == second
-    return second
+    return lease
+
+
+async def w1_holds_the_next_while_w2_is_busy(client: httpx.AsyncClient) -> str:
+    """As above; the job w1 holds."""
+    held = (await w1_runs_one_and_holds_the_next_while_w2_is_busy(client)).held
+    assert held is not None
+    return held.job.id
 
 
 async def test_a_worker_that_registers_again_holds_nothing_it_held_before(client: httpx.AsyncClient) -> None:
@@ -136,6 +143,31 @@ async def test_a_draining_worker_holds_nothing(client: httpx.AsyncClient) -> Non
     assert ahead.status_code == 200 and Lease.model_validate_json(ahead.content).job.id == second
     queue, *_ = await seen(client)
     assert queue["held"] == {second: "w2"} and third not in queue["held"]
+    # nor is it leased anything by a claim of its own: the job stays queued for the others
     late = await client.post("/api/workers/w1/claim", params={"hold_next": 1}, headers=GPU)
-    assert late.status_code == 200 and Lease.model_validate_json(late.content).held is None
-    assert (await seen(client))[0]["held"] == {}
+    assert late.status_code == 204
+    queue, *_ = await seen(client)
+    assert [j["id"] for j in queue["queued"]] == [second, third] and queue["held"] == {second: "w2"}
+
+
+async def test_a_worker_that_deregisters_gives_its_hold_back_at_once(client: httpx.AsyncClient) -> None:
+    # w1 ran one job and holds the next; between its finish and its next start it leaves for good
+    # (deregister). The job is nobody's at once: no count or map names a worker that is not listed,
+    # and the busy w2 may prepare it without waiting for a hold nobody has to lapse
+    lease = await w1_runs_one_and_holds_the_next_while_w2_is_busy(client)
+    assert lease.held is not None
+    second = lease.held.job.id
+    busy = await client.post("/api/workers/w1/deregister", headers=GPU)
+    assert busy.status_code == 409  # it runs a job: finish or release it first, and it keeps its hold
+    assert (await seen(client))[0]["held"] == {second: "w1"}
+    done = {"token": lease.token, "outputs": []}
+    (await client.post(f"/api/leases/{lease.job.id}/complete", json=done, headers=GPU)).raise_for_status()
+
+    assert (await client.post("/api/workers/w1/deregister", headers=GPU)).status_code == 204
+
+    queue, workers, held, metrics = await seen(client)
+    assert queue["held"] == {} and workers == {"w2": None} and held == {"gpu": 0}
+    assert metric(metrics, HELD) == 0.0
+    assert queue["queued"][0]["id"] == second  # first in line
+    ahead = await client.post("/api/workers/w2/claim", params={"prepare": 1}, headers=GPU)
+    assert ahead.status_code == 200 and Lease.model_validate_json(ahead.content).job.id == second

@@ -492,3 +492,53 @@ async def test_an_idle_claim_repeated_with_its_id_after_its_reply_was_lost_gets_
     # a claim of its own (a new id) is no repeat, even while the first job still runs (pipelined)
     after = await store.claim("w1", "gpu", claim_id="c2")
     assert after is not None and after.job.id == ada[1]
+
+
+async def test_a_draining_worker_is_leased_nothing_by_a_claim_also_one_parked_before_the_drain(
+    store: Store, store_with: Callable[..., Store]
+) -> None:
+    # w1 was told to stop (SIGTERM: it drains) while its idle claims waited for work. No claim of
+    # w1's gets a job, whether a submit in this process hands it one (the first claim) or it finds
+    # one when it looks again (the second, after another process's submit): the jobs stay queued,
+    # no attempt counted, for w2
+    await store.register(registration("w1"))
+    await store.register(registration("w2"))
+    parked = [
+        asyncio.create_task(store.claim("w1", "gpu", wait=20, hold_next=True, claim_id=f"c{n}"))
+        for n in range(2)
+    ]
+    await until(lambda: store.wakeups.parked == 2, "w1's claims are parked")
+    await store.mark_draining("w1")
+    handed = await store.submit("ada", job())  # this process's submit hands a parked claim its job
+    woken = await store_with().submit("bob", job())  # another process's: the claim finds it itself
+
+    started = time.monotonic()
+    assert await asyncio.wait_for(asyncio.gather(*parked), 10) == [None, None]
+    assert time.monotonic() - started < 5  # they end at once, not at the end of their wait
+    assert await store.claim("w1", "gpu", hold_next=True) is None
+    assert await store.claim("w1", "gpu", prepare=True) is None
+    for queued in (handed, woken):
+        waiting = await store.get(queued.id)
+        assert waiting is not None and waiting.state == JobState.QUEUED and waiting.attempts == 0
+    lease = await store.claim("w2", "gpu", hold_next=True)
+    assert lease is not None and lease.held is not None
+    assert (lease.job.id, lease.held.job.id) == (handed.id, woken.id)
+
+
+async def test_a_repeat_of_a_claim_a_submit_handed_its_lease_gets_that_lease_again(store: Store) -> None:
+    # w1's idle claim waited for work, and ada's submit handed it her job at once; the reply was
+    # lost, and w1's client sends the claim again with its id: it gets that lease again, same token
+    # and attempt, rather than the next job while the first waits leased to nobody
+    parked = asyncio.create_task(store.claim("w1", "gpu", wait=20, hold_next=True, claim_id="c1"))
+    await until(lambda: store.wakeups.parked == 1, "w1's claim is parked")
+    first = await store.submit("ada", job())
+    lost = await asyncio.wait_for(parked, 10)
+    assert lost is not None and lost.job.id == first.id
+    second = await store.submit("ada", job())
+
+    again = await store.claim("w1", "gpu", hold_next=True, claim_id="c1")
+
+    assert again is not None and (again.job.id, again.token) == (first.id, lost.token)
+    assert again.job.attempts == 1 and again.held is not None and again.held.job.id == second.id
+    waiting = await store.get(second.id)
+    assert waiting is not None and waiting.state == JobState.QUEUED and waiting.attempts == 0
