@@ -38,7 +38,11 @@ def build_local(config: LocalConfig, stack: str) -> dict[str, Any]:
     settings = _settings(config, credentials, pools, base_url)
     platform = _platform(config, stack, network, files, settings, credentials.participants)
     QueueKeeper(
-        "queue", platform.queue_manager_name, config.queue.drain_timeout_seconds, platform.queue_manager
+        "queue",
+        platform.queue_manager_name,
+        config.queue.drain_timeout_seconds,
+        platform.queue_manager,
+        workers=[pools],
     )
     return {
         **urls(base_url, list(config.participants)),

@@ -1,9 +1,13 @@
 """Keeps the queue across `pulumi destroy` and `pulumi up`: restore on create, drain + snapshot on delete.
 
-The step depends on the queue manager's container, so on destroy Pulumi deletes it first: its
-`delete` runs while the queue manager, Redis and the server still exist, and a failure stops the
-destroy before anything is lost. The scripts are `infra/templates/{restore,drain}.sh`, embedded
-as here-documents (a command has one stdin, shared by create and delete).
+Two commands. ``<name>-step`` restores the snapshot when it is created (the morning's `up`), as soon
+as the queue manager runs; a later change of its inputs runs its ``update``, which does nothing:
+pulumi-command would otherwise run ``create`` again and load last evening's snapshot into the live
+queue. ``<name>-drain`` drains and snapshots when it is deleted (the evening's `destroy`): it depends
+on the queue manager's container, the server and every GPU pool, so Pulumi deletes it before any of
+them, running jobs finish on their GPUs, and a failure stops the destroy before anything is lost.
+The scripts are `infra/templates/{restore,drain}.sh`, embedded as here-documents (a command has one
+stdin, shared by its commands).
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ import pulumi_command as command
 
 from infra.templates import read
 
+# What a changed restore step runs: nothing (the queue is live; the restore is the morning's alone).
+KEEP = "true"
+
 
 def script_command(filename: str, *args: str) -> str:
     """`sh -s -- <args>` fed ``filename`` as a here-document: one self-contained shell command."""
@@ -21,9 +28,12 @@ def script_command(filename: str, *args: str) -> str:
 
 
 class QueueKeeper(pulumi.ComponentResource):
-    """On the VPS over SSH (``connection``) or, for the local stack, on this machine."""
+    """On the VPS over SSH (``connection``) or, for the local stack, on this machine. ``after``: what
+    must exist before the restore and still exist while the queue drains (the host's readiness step);
+    ``workers``: what runs the jobs the drain waits for (the pools), also kept until it is done."""
 
     step: command.remote.Command | command.local.Command
+    drain: command.remote.Command | command.local.Command
 
     def __init__(
         self,
@@ -33,17 +43,37 @@ class QueueKeeper(pulumi.ComponentResource):
         queue_manager: pulumi.Resource,
         connection: command.remote.ConnectionArgs | None = None,
         after: list[pulumi.Resource] | None = None,
+        workers: list[pulumi.Resource] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("comfy-workshop:queue:QueueKeeper", name, None, opts)
-        create = script_command("restore.sh", container)
-        delete = script_command("drain.sh", container, str(drain_timeout))
-        # Depending on the host's readiness step too makes "before the server goes" explicit.
-        after_all = pulumi.ResourceOptions(parent=self, depends_on=[queue_manager, *(after or [])])
-        if connection is None:
-            self.step = command.local.Command(f"{name}-step", create=create, delete=delete, opts=after_all)
-        else:
-            self.step = command.remote.Command(
-                f"{name}-step", connection=connection, create=create, delete=delete, opts=after_all
-            )
+        before = [queue_manager, *(after or [])]
+        self.step = self._command(
+            f"{name}-step",
+            connection,
+            pulumi.ResourceOptions(parent=self, depends_on=before),
+            create=script_command("restore.sh", container),
+            update=KEEP,
+        )
+        self.drain = self._command(
+            f"{name}-drain",
+            connection,
+            pulumi.ResourceOptions(parent=self, depends_on=[*before, *(workers or [])]),
+            delete=script_command("drain.sh", container, str(drain_timeout)),
+        )
         self.register_outputs({"restored": self.step.stdout})
+
+    @staticmethod
+    def _command(
+        name: str,
+        connection: command.remote.ConnectionArgs | None,
+        opts: pulumi.ResourceOptions,
+        create: str | None = None,
+        update: str | None = None,
+        delete: str | None = None,
+    ) -> command.remote.Command | command.local.Command:
+        if connection is None:
+            return command.local.Command(name, opts=opts, create=create, update=update, delete=delete)
+        return command.remote.Command(
+            name, opts=opts, connection=connection, create=create, update=update, delete=delete
+        )

@@ -2,7 +2,8 @@
 
 Order: tailnet keys and policy -> VPS (cloud-init joins the tailnet) -> DNS -> Docker over SSH
 once cloud-init is done -> pools (their tokens feed the queue manager) -> Redis, queue manager,
-nginx -> the queue keeper, whose delete drains and snapshots before anything else goes.
+nginx -> the queue keeper, whose drain and snapshot on destroy run before anything else goes
+(the GPU pools included, so running jobs finish).
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
         queue_manager=platform.queue_manager,
         connection=vps.connection,
         after=[vps.ready],
+        workers=[pools],
     )
     return _outputs(config, vault, vps, pools)
 

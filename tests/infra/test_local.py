@@ -62,10 +62,13 @@ def test_user_files_and_redis_data_survive_a_destroy(local: StackRun) -> None:
     )
 
 
-def test_the_local_queue_is_snapshotted_on_destroy(local: StackRun) -> None:
-    step = local.one("command:local:Command", "queue-step")
-    assert "cli drain" in step.inputs["delete"] and "comfy-local-queue-manager" in step.inputs["delete"]
-    assert local.depends_transitively(step, local.one(CONTAINER, "platform-queue-manager"))
+def test_the_local_queue_is_snapshotted_on_destroy_before_its_workers_go(local: StackRun) -> None:
+    drain = local.one("command:local:Command", "queue-drain")
+    assert "cli drain" in drain.inputs["delete"] and "comfy-local-queue-manager" in drain.inputs["delete"]
+    assert local.depends_transitively(drain, local.one(CONTAINER, "platform-queue-manager"))
+    assert local.depends_transitively(drain, local.one(CONTAINER, "cpu-worker-0"))
+    restore = local.one("command:local:Command", "queue-step")
+    assert "cli load" in restore.inputs["create"] and "cli load" not in restore.inputs["update"]
 
 
 def test_a_local_gpu_pool_is_just_config() -> None:

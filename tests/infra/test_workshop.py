@@ -156,13 +156,39 @@ def test_docker_is_used_only_after_cloud_init_finished(workshop: StackRun) -> No
 
 
 def test_destroy_drains_and_snapshots_before_the_queue_manager_and_server_go(workshop: StackRun) -> None:
-    step = workshop.one("command:remote:Command", "queue-step")
-    assert "cli drain --timeout" in step.inputs["delete"] and "cli save" in step.inputs["delete"]
-    assert "cli load" in step.inputs["create"]
-    # Pulumi deletes dependents first: the step's delete runs while these still exist.
-    assert workshop.depends_transitively(step, container(workshop, "queue-manager"))
-    assert workshop.depends_transitively(step, container(workshop, "redis"))
-    assert workshop.depends_transitively(step, workshop.one("hcloud:index/server:Server"))
+    drain = workshop.one("command:remote:Command", "queue-drain")
+    assert "cli drain --timeout" in drain.inputs["delete"] and "cli save" in drain.inputs["delete"]
+    assert "cli load" in workshop.one("command:remote:Command", "queue-step").inputs["create"]
+    # Pulumi deletes dependents first: the drain runs while these still exist.
+    assert workshop.depends_transitively(drain, container(workshop, "queue-manager"))
+    assert workshop.depends_transitively(drain, container(workshop, "redis"))
+    assert workshop.depends_transitively(drain, workshop.one("hcloud:index/server:Server"))
+
+
+def test_destroy_drains_before_any_gpu_pool_goes() -> None:
+    """Running jobs finish on their GPUs: a pool deleted beside the drain (a Verda instance has no
+    tie to the queue manager) killed them, to run again the next morning."""
+    pools = [
+        {"kind": "verda-instance", "name": "baseline", "count": 2, "modelsVolume": {"name": "comfy-models"}},
+        {"kind": "verda-serverless", "name": "burst"},
+        {"kind": "runpod-serverless", "name": "overflow"},
+    ]
+    run = run_stack("workshop", overrides={"pools": pools})
+    drain = run.one("command:remote:Command", "queue-drain")
+    gpu = run.resources_of("pulumi-python:dynamic:Resource")
+    assert {r.name for r in gpu} >= {"baseline-0", "baseline-1", "burst-deployment", "overflow-endpoint"}
+    assert [r.name for r in gpu if not run.depends_transitively(drain, r)] == []
+
+
+def test_a_mid_day_up_that_changes_the_queue_steps_never_restores_over_the_live_queue() -> None:
+    """pulumi-command runs a changed command's ``update``, or its ``create`` again when it has none:
+    a new drain timeout (or drain script) must not load last evening's snapshot into today's queue."""
+    for drain_timeout in (600, 900):
+        run = run_stack("workshop", overrides={"queue": {"drainTimeoutSeconds": drain_timeout}})
+        for step in run.resources_of("command:remote:Command"):
+            if step.name.startswith("queue-"):
+                on_change = step.inputs.get("update") or step.inputs.get("create") or ""
+                assert "cli load" not in on_change, f"{step.name} restores again when its inputs change"
 
 
 def test_tailscale_keys_are_tagged_preauthorized_and_the_gpu_key_is_ephemeral(workshop: StackRun) -> None:
@@ -220,7 +246,7 @@ def test_containers_go_with_the_server_so_destroy_needs_no_ssh_to_docker(worksho
     on_docker = [r for r in workshop.resources if r.type.startswith("docker:")]
     assert len(on_docker) >= 8
     assert {r.name for r in on_docker if r.deleted_with != server.urn} == set()
-    assert workshop.one("command:remote:Command", "queue-step").deleted_with == "", "the drain must run"
+    assert workshop.one("command:remote:Command", "queue-drain").deleted_with == "", "the drain must run"
     assert (
         workshop.one("pulumi:providers:docker").inputs["disableDockerDaemonCheck"] == "true"
     )  # provider config is text
