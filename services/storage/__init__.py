@@ -10,6 +10,7 @@ outputs out). Files always travel as streams of chunks, never whole in memory.
 from services.storage.base import (
     CHUNK_SIZE,
     FileMissingError,
+    KeyConflictError,
     KeyTakenError,
     Storage,
     StorageError,
@@ -20,6 +21,7 @@ from services.storage.open import S3Settings, open_storage
 __all__ = [
     "CHUNK_SIZE",
     "FileMissingError",
+    "KeyConflictError",
     "KeyTakenError",
     "S3Settings",
     "Storage",

@@ -20,6 +20,11 @@ class KeyTakenError(StorageError, FileExistsError):
     """A ``create_only`` put found a file under the key already: nothing was written."""
 
 
+class KeyConflictError(StorageError):
+    """A local store cannot hold the key: a file stands where it needs a folder, or a folder where
+    it needs a file (``a.png`` and ``a.png/b.png``); nothing was written. A bucket has no folders."""
+
+
 @runtime_checkable
 class Storage(Protocol):
     """Keys are relative POSIX paths such as ``users/ada/output/cat_00001_.png``."""

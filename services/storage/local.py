@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from pathlib import Path
 
-from services.storage.base import CHUNK_SIZE, FileMissingError, KeyTakenError, check_key
+from services.storage.base import CHUNK_SIZE, FileMissingError, KeyConflictError, KeyTakenError, check_key
 
 
 class LocalStorage:
@@ -32,7 +32,10 @@ class LocalStorage:
         create_only: bool = False,
     ) -> int:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # a file stands where a folder of the key goes
+            raise self._conflict(key) from None
         partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
         written = 0
         try:
@@ -48,12 +51,21 @@ class LocalStorage:
     def _place(self, partial: Path, key: str, create_only: bool) -> None:
         """Put the finished ``partial`` file in place under ``key``."""
         if not create_only:
-            os.replace(partial, self._path(key))
+            try:
+                os.replace(partial, self._path(key))
+            except IsADirectoryError:
+                raise self._conflict(key) from None
             return
         try:
             os.link(partial, self._path(key))
         except FileExistsError as exc:
             raise KeyTakenError(f"{key!r} is stored already in {self.url}: nothing was written") from exc
+
+    def _conflict(self, key: str) -> KeyConflictError:
+        return KeyConflictError(
+            f"{key!r} cannot be stored in {self.url}: a file and a folder would have the same name "
+            "there (like 'a.png' and 'a.png/b.png'); nothing was written"
+        )
 
     async def get(self, key: str, start: int = 0) -> AsyncIterator[bytes]:
         path = self._path(key)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from services.protocol.jobs import FileRef, storage_key
 from services.queue_manager.api.errors import upload_limit
 from services.storage import Storage, aiter_chunks
-from services.storage.base import StorageError
+from services.storage.base import KeyConflictError, StorageError
 
 UNSAFE_TYPES = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}
 
@@ -99,6 +99,13 @@ class UserFiles:
             ref = await self._free_name(ref, data)
         try:
             await self.storage.put(self.key(ref), aiter_chunks(data), content_type(ref.filename))
+        except KeyConflictError:
+            where = f"{ref.subfolder}/{ref.filename}".lstrip("/")
+            raise FileProblem(
+                409,
+                f"{where!r}: you have a file and a folder of the same name in that place already "
+                "(like 'a.png' and 'a.png/b.png'): choose another name or subfolder",
+            ) from None
         except StorageError as exc:
             raise FileProblem(502, f"the file store refused the upload: {exc}") from None
         return ref

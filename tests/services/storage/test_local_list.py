@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.storage import aiter_chunks
+from services.storage import KeyConflictError, aiter_chunks
 from services.storage.local import LocalStorage
 
 KEYS = [
@@ -79,3 +79,17 @@ async def test_every_prefix_lists_what_the_whole_root_walk_listed(tmp_path: Path
     storage = await storage_with_files(tmp_path / "files")
     expected = whole_root_listing(storage.root, prefix)
     assert await storage.list(prefix) == expected
+
+
+@pytest.mark.parametrize(("first", "second"), [("users/ada/input/a.png", "users/ada/input/a.png/b.png"),
+                                               ("users/ada/input/a/b.png", "users/ada/input/a")])  # fmt: skip
+async def test_a_key_that_needs_a_file_where_a_folder_is_or_the_reverse_is_refused(
+    tmp_path: Path, first: str, second: str
+) -> None:
+    """A local folder cannot be a file too: such a key is a ``KeyConflictError`` (a bucket stores
+    both), and what was stored stays as it was."""
+    storage = LocalStorage(tmp_path)
+    await storage.put(first, aiter_chunks(b"kept"))
+    with pytest.raises(KeyConflictError, match="a file and a folder"):
+        await storage.put(second, aiter_chunks(b"new"))
+    assert await storage.list("users/ada/") == [first]

@@ -88,6 +88,22 @@ def test_uploads_with_an_unusable_name(
     assert alice.get("/w/alice/api/object_info/LoadImage").status_code in (200, 404)  # still serving
 
 
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(("sub.png", {}), ("x.png", {"subfolder": "sub.png"})), (("x.png", {"subfolder": "sub"}), ("sub", {}))],
+)
+def test_an_upload_whose_name_clashes_with_a_folder_or_a_file_gets_409_and_loses_nothing(
+    alice: httpx.Client, first: tuple[str, dict[str, str]], second: tuple[str, dict[str, str]]
+) -> None:
+    """A file where a folder of the same name is (``sub``), or a folder where a file is (``sub.png/``):
+    the local file store cannot hold both, which crashed the upload (500)."""
+    (name, form), (other, other_form) = first, second
+    assert upload(alice, name, png(4, 4), **form).status_code == 200
+    says(upload(alice, other, png(5, 5), **other_form), 409, "folder", "another name")
+    kept = {"filename": name, "type": "input", **form}
+    assert alice.get("/w/alice/api/view", params=kept).content == png(4, 4)
+
+
 def test_a_body_that_is_no_utf8_is_a_400(alice: httpx.Client, server: LiveServer) -> None:
     for path in ("/w/alice/api/settings", "/w/alice/api/settings/Comfy.X"):
         says(
