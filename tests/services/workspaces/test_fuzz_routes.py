@@ -1,13 +1,16 @@
 """Property-based fuzzing of every HTTP route of the queue manager app (participant workspace,
 participant API, worker and admin APIs, pages): nested, oversized, non-ASCII, NUL and wrong-typed
-values in the path, the query and the body, as a participant, the admin, a worker or nobody.
-Whatever is sent, the answer is never a 5xx. Bounded: a few examples per route, no deadline.
+values in the path, the query, the body and multipart forms (file names and fields, names that
+clash with a stored file), with malformed credentials and cookies, as a participant, the admin, a
+worker or nobody. Whatever is sent, the answer is never a 5xx. Bounded: a few examples per route,
+no deadline.
 
 The routes come from the app itself, so a new route is fuzzed without touching this file.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Iterator
@@ -83,6 +86,7 @@ nasty_text = st.one_of(
             "{}",
             "🙂.png",
             "x.png [output]",
+            "a.png",
         ]
     ),
 )
@@ -117,6 +121,28 @@ bodies = st.one_of(
     ).map(lambda value: json.dumps(value).encode()),
     deep_json,
     st.binary(max_size=64),
+)
+
+
+# Credentials and cookies as a client may mangle them: each replaces the client's own.
+hostile_headers = st.sampled_from(
+    [
+        {},
+        {"Authorization": b"Basic \xff\xfe"},
+        {"Authorization": b"Basic " + base64.b64encode(b"\xff:\xfe")},
+        {"Authorization": "Basic " + base64.b64encode(b"alice").decode()},
+        {"Authorization": "Bearer "},
+        {"Authorization": b"Bearer \xc3\xa9"},
+        {"Cookie": "qm_session=" + "x" * 4000},
+        {"Cookie": "qm_session=a.b.c"},
+    ]
+)
+# A multipart form as the upload routes take it: the file's name and the other fields.
+forms = st.none() | st.tuples(
+    nasty_text,
+    st.dictionaries(
+        st.sampled_from(["subfolder", "type", "overwrite", "original_ref"]), nasty_text, max_size=3
+    ),
 )
 
 
@@ -166,17 +192,33 @@ def test_no_input_gets_a_server_error(clients: dict[str, httpx.Client], method: 
         query=st.dictionaries(st.sampled_from(QUERY_NAMES) | st.text(max_size=8), nasty_text, max_size=4),
         body=bodies,
         content_type=st.sampled_from(["application/json", "text/plain", None]),
+        extra=hostile_headers,
+        form=forms,
     )
     @settings(
         max_examples=12, deadline=None, database=None, derandomize=True,
         suppress_health_check=list(HealthCheck),
     )  # fmt: skip
     def send(
-        who: str, params: list[str], query: dict[str, str], body: bytes | None, content_type: str | None
+        who: str,
+        params: list[str],
+        query: dict[str, str],
+        body: bytes | None,
+        content_type: str | None,
+        extra: dict[str, str | bytes],
+        form: tuple[str, dict[str, str]] | None,
     ) -> None:
-        headers = {"Content-Type": content_type} if content_type and body is not None else {}
+        headers: dict[str, str | bytes] = (
+            {"Content-Type": content_type} if content_type and body is not None else {}
+        )
         path = fill(template, params)
-        reply = clients[who].request(method, path, params=query, content=body, headers=headers)
+        client, headers = clients[who], {**headers, **extra}
+        if form is not None and method == "POST":
+            name, fields = form
+            files = {"image": (name, b"\x89PNG\r\n\x1a\n", "image/png")}
+            reply = client.post(path, params=query, files=files, data=fields, headers=extra)
+        else:
+            reply = client.request(method, path, params=query, content=body, headers=headers)
         assert reply.status_code < 500, (
             f"{method} {path} {query} as {who}: {reply.status_code} {reply.text[:300]}"
         )
