@@ -24,8 +24,12 @@ class _Collection(RunPodProvider):
     @abstractmethod
     def body(self, props: dict[str, Any]) -> dict[str, Any]: ...
 
+    def mine(self, obj: dict[str, Any], props: dict[str, Any]) -> bool:
+        """Whether ``obj`` of the collection is the one ``props`` name."""
+        return bool(obj.get("name") == props["name"])
+
     def find(self, api: RunPodApi, props: dict[str, Any]) -> Any | None:
-        named = [obj for obj in api.call("GET", self.collection) if obj.get("name") == props["name"]]
+        named = [obj for obj in api.call("GET", self.collection) if self.mine(obj, props)]
         return named[0] if named else None
 
     def make(self, api: RunPodApi, props: dict[str, Any]) -> Any:
@@ -83,6 +87,11 @@ class NetworkVolumeProvider(_Collection):
 
     def body(self, props: dict[str, Any]) -> dict[str, Any]:
         return {"name": props["name"], "size": int(props["size"]), "dataCenterId": props["data_center"]}
+
+    def mine(self, obj: dict[str, Any], props: dict[str, Any]) -> bool:
+        """Ours is the one of our name in our data center: one of that name elsewhere (where the pools
+        were placed before) holds models too and is neither adopted nor deleted."""
+        return super().mine(obj, props) and obj.get("dataCenterId") == props["data_center"]
 
     def change(self, api: RunPodApi, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> Any:
         if int(news["size"]) < int(olds["size"]):

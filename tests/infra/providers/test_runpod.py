@@ -182,3 +182,19 @@ def test_the_provider_pickles_without_a_transport() -> None:
 
     assert provider.transport is None
     assert isinstance(provider.connect({"api_key": "k"}).http, httpx.Client)
+
+
+def test_a_models_volume_moved_to_another_data_center_is_made_there_and_the_old_one_kept(
+    runpod: RunPodDouble, creds: dict[str, Any]
+) -> None:
+    """The next morning's pools name the same volume in another data center (a new resource, the old
+    one retained): the volume of that name in the old data center is neither adopted (workers placed
+    in the new one could not mount it) nor deleted (it holds the models)."""
+    volume = {**creds, "name": "comfy-models", "size": 500}
+    old = NetworkVolumeProvider(runpod.transport).create({**volume, "data_center": "EU-RO-1"})
+
+    new = NetworkVolumeProvider(runpod.transport).create({**volume, "data_center": "US-KS-2"})
+
+    volumes = runpod.store["networkvolumes"]
+    assert new.id != old.id and volumes[new.id]["dataCenterId"] == "US-KS-2"
+    assert volumes[old.id]["dataCenterId"] == "EU-RO-1", "the models in the old data center were deleted"
