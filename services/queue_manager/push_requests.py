@@ -13,9 +13,11 @@ until then, so the pool's capacity is never exceeded.
 
 The record is ``{p}:push:{chain}``: pool, worker (the claimant id its jobs are leased under), the
 provider's id of the request, the current job with its lease token and attempt, how many jobs it
-took, its limits and whether it is open. Each change is one step (``chain.lua``: an expired record
-stays gone) and publishes the chain id on ``{p}:ended``, where the dispatcher carrying the request
-hears it. A dispatcher that starts (after a crash or a restart) adopts its pool's open chains
+took, its limits, whether it is open, and whether a repeat of the take under way came
+(``asked_again``). Each change is one step (``chain.lua``, ``take.lua``, ``leave.lua``: an expired
+record stays gone); a change of its job or its end publishes the chain id on ``{p}:ended``, where
+the dispatcher carrying the request (and a repeat waiting for a take) hears it. A dispatcher
+that starts (after a crash or a restart) adopts its pool's open chains
 (``open_in``), so their requests keep their slots.
 
 Only the chain's own pool's credentials may take from it (403 for another pool's); the id is a
@@ -40,8 +42,8 @@ the first job's lease token. What a copy of it cannot do:
   job's lease token, which only the one it was given to knows, the first job's aside). The chain
   takes once from each job (``take.lua``: the check, the count and the mark of the take are one
   step): a second ``next`` after the same job gets the same job again (the repeat of a call whose
-  reply was lost, as the container's retries send it), one while that take is under way or after
-  an older job 409, never a second job.
+  reply was lost, as the container's retries send it; one sent while that take is under way waits
+  for it), one after an older job 409, never a second job.
 * Report on another request's jobs (whose first lease tokens the provider's console shows too),
   or lock the container out without the request's leases: a lease call's token and ``next``'s
   ``after`` must be leases the request was given (``{p}:push_leases:{chain}``, the first job's at
@@ -54,29 +56,37 @@ request's jobs as it likes (the first job's lease token is in the payload) and t
 next ones, then the dispatcher ends the chain and requeues the job still open.
 
 A ``next`` that repeats one whose connection broke while the take was still under way (its
-linger) gets 409 too, as the take's outcome is not known yet: the container ends its request,
-and the take, finding its caller gone, gives the job back (``api/routes/push.py``).
+linger) waits for that take (``take.lua`` marks the repeat) and gets its outcome, as any repeat
+gets the first call's answer: the take, finding its caller gone, keeps the job it found for the
+repeat (``leave.lua``). With no repeat (the container is gone) it gives the job back, no attempt
+counted, and ends the request; a repeat after that gets 204 (``api/routes/push.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from redis.exceptions import ResponseError
 
 from services.protocol.workers import Lease
 from services.queue_manager.errors import QueueError
+from services.queue_manager.leases import RECHECK_SECONDS
 from services.queue_manager.records import now_ms, pairs_to_dict
-from services.queue_manager.scripts import BindArgs, ChainArgs, TakeArgs
+from services.queue_manager.scripts import BindArgs, ChainArgs, LeaveArgs, TakeArgs
 from services.queue_manager.settings import PushPool
 from services.queue_manager.store import Store
 
 log = logging.getLogger(__name__)
 EXTRA_LIFE_SECONDS = 60  # a record outlives its request's longest life by this much, then expires
+TAKE_SETTLES_SECONDS = 5.0  # past its linger, a take under way has set its job or ended the chain
 
 
 def digest(reply_token: str) -> str:
@@ -283,10 +293,11 @@ class Chains:
 
     async def next(self, chain_id: str, pool: str, after: str, worker_id: str | None = None) -> Lease | None:
         """The chain's next job after the one whose lease token is ``after``, or None: the chain is
-        over (closed here). Once per job (``take.lua``): a repeat gets the same job again."""
+        over (closed here). Once per job (``take.lua``): a repeat gets the same job again, also one
+        sent while the take is still under way (it waits for what the take finds)."""
         chain = await self._own(chain_id, pool)
         now = now_ms()
-        step, *job = await self.store.scripts.run(TakeArgs(self.store.prefix, chain_id, after, now))
+        step, *job = await self._take(chain, after, now)
         if step in NotAfterCurrent.REASONS:
             raise NotAfterCurrent(step)
         if step == "again":
@@ -298,6 +309,29 @@ class Chains:
         if lease is not None:
             log.info("job chained", extra={"job_id": lease.job.id, "pool": pool, "worker_id": worker_id})
         return lease
+
+    async def _take(self, chain: Chain, after: str, now: int) -> list[Any]:
+        """take.lua's answer. A repeat of a ``next`` whose take is under way (its connection broke
+        while the take lingered) waits for that take's outcome, its linger and ``TAKE_SETTLES_SECONDS``
+        at most, and gets it: the job it found ('again'), or the end ('over')."""
+        deadline = time.monotonic() + chain.linger(now) + TAKE_SETTLES_SECONDS
+        with self.store.wakeups.ends.watch(chain.id) as changed:  # chain.lua and leave.lua publish
+            while True:
+                reply: list[Any] = await self.store.scripts.run(
+                    TakeArgs(self.store.prefix, chain.id, after, now_ms())
+                )
+                remaining = deadline - time.monotonic()
+                if reply[0] != "taking" or remaining <= 0:
+                    return reply
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), min(remaining, RECHECK_SECONDS))
+                changed.clear()
+
+    async def leave(self, chain_id: str, after: str, lease: Lease) -> None:
+        """The take from ``after`` leased ``lease``, and its caller is gone: the job goes back and
+        the request ends, unless a repeat of the call came meanwhile (``leave.lua``), which gets it."""
+        if await self.store.scripts.run(LeaveArgs(self.store.prefix, chain_id, after)) != "kept":
+            await self.store.release(lease.job.id, lease.token)
 
     async def _claim(self, chain: Chain, linger: float) -> Lease | None:
         """The job the take counted, set as the chain's current one; None (the chain ended) when

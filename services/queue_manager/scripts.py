@@ -217,6 +217,13 @@ class TakeArgs(ScriptArgs):
 
 
 @dataclass(frozen=True)
+class LeaveArgs(ScriptArgs):
+    script = "leave"
+    chain: str
+    after: str  # the lease token the take whose caller is gone was from
+
+
+@dataclass(frozen=True)
 class BindArgs(ScriptArgs):
     script = "bind"
     digest: str  # of the push request's reply token
@@ -240,6 +247,7 @@ SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     EndSessionsArgs,
     ChainArgs,
     TakeArgs,
+    LeaveArgs,
     BindArgs,
 )
 

@@ -5,8 +5,9 @@
 --   {'take'}: counted, the caller claims the job (and sets it as the chain's current one);
 --   {'over'}: closed, past its window or its max_jobs, or nothing came of the take: end it;
 --   {'again', HGETALL of the current job}: a repeat of the take whose reply was lost: the same lease;
---   {'taking'}: a take from that job is under way;  {'moved'}: the chain is past that job;
---   {'gone'}: the record expired.
+--   {'taking'}: a take from that job is under way (marked asked_again: a repeat waits for its
+--     outcome, which the take then keeps for it even if its own caller is gone, leave.lua);
+--   {'moved'}: the chain is past that job;  {'gone'}: the record expired.
 local key = k('push', ARGV[2])
 local f = redis.call('HMGET', key, 'token', 'after', 'open', 'until_ms', 'jobs', 'max_jobs', 'job')
 if not f[1] then
@@ -24,7 +25,11 @@ if after ~= taken_from then
   return {'moved'}
 end
 if after == current then  -- the take from it is under way, or it found nothing and ended the chain
-  return {open and 'taking' or 'over'}
+  if not open then
+    return {'over'}
+  end
+  redis.call('HSET', key, 'asked_again', after)
+  return {'taking'}
 end
 local job = redis.call('HGETALL', k('job', f[7]))
 local fields = {}

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
+import redis
 from redis.asyncio import Redis
 
 from services.protocol.jobs import JobError, JobState
@@ -17,7 +18,7 @@ from services.queue_manager.push_requests import Chains
 from services.queue_manager.settings import PushPool
 from services.queue_manager.store import Store
 from services.worker.queue_client import QueueClient
-from tests.support.jobs import graph, submit
+from tests.support.jobs import graph, submit, until
 from tests.support.queue_manager_app import POOL, POOL_TOKEN, LiveServer
 from tests.support.worker_agent import LosesFirstReply, lease_for
 
@@ -525,3 +526,96 @@ async def test_a_request_opened_before_the_upgrade_gets_a_401_not_a_500(
 
     assert heartbeat.status_code == taken.status_code == 401
     assert "reply_token" in heartbeat.json()["detail"]
+
+
+class ResetInTheLinger(httpx.AsyncBaseTransport):
+    """The network between a container and the queue manager: the first ``next`` reaches the queue
+    manager, and its connection is reset while the queue manager still waits (lingers) for a job,
+    once ``under_way()`` says the take is; the container's client sends the call again (``retry``)
+    unless ``hang_up``: then the container is gone and sends nothing more."""
+
+    def __init__(self, under_way: Callable[[], bool], hang_up: bool = False) -> None:
+        self.inner, self.under_way, self.hang_up = httpx.AsyncHTTPTransport(), under_way, hang_up
+        self.reset, self.retried = asyncio.Event(), asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not request.url.path.endswith("/next") or self.retried.is_set():
+            return await self.inner.handle_async_request(request)
+        if self.reset.is_set():
+            self.retried.set()
+            return await self.inner.handle_async_request(request)
+        sent = asyncio.create_task(self.inner.handle_async_request(request))
+        await until(self.under_way, "the take is under way")
+        sent.cancel()  # its connection closes: the queue manager sees its caller gone
+        with contextlib.suppress(asyncio.CancelledError):
+            await sent
+        self.reset.set()
+        if self.hang_up:
+            raise httpx.ConnectError("the container is gone", request=request)
+        raise httpx.ReadError("connection reset by peer", request=request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def lingering_request(
+    qm: LiveServer, alice: httpx.AsyncClient, chains: Chains, color: int
+) -> tuple[Lease, str, str]:
+    """A request the dispatcher sent (its lease, chain and reply token), whose queue is empty: its
+    next ``next`` lingers (up to 5 s) for a job."""
+    lease = await lease_for(qm, alice, color=color)
+    chain, reply_token = await chains.open(push_pool(linger_seconds=5.0), "dispatcher", lease)
+    return lease, chain, reply_token
+
+
+async def test_a_next_repeated_while_its_take_lingers_gets_the_job_that_take_found(
+    qm: LiveServer, alice: httpx.AsyncClient, chains: Chains, held_by: redis.Redis
+) -> None:
+    # The container asks for its next job; the queue is empty, so the queue manager lingers. The
+    # connection is reset meanwhile and the container's client sends the same call again. A job
+    # comes: the repeat gets it, as it would have after the take, and the request goes on with it
+    # (before, the repeat got 409, the request ended, and the take gave the job back unrun)
+    lease, chain, reply_token = await lingering_request(qm, alice, chains, color=90)
+    record = f"qm:push:{chain}"
+    network = ResetInTheLinger(lambda: held_by.hget(record, "after") == lease.token)
+    queue = container_behind(qm, reply_token, network)
+    try:
+        asked = asyncio.create_task(queue.next_in_chain(chain, after=lease.token, linger=5.0))
+        await until(lambda: network.retried.is_set() or asked.done(), "the call is sent again")
+        await until(lambda: asked.done() or held_by.hget(record, "asked_again") == lease.token, "a repeat")
+        job_id = await submit(alice, graph(color=91))
+        second = await asyncio.wait_for(asked, 15)
+        assert second is not None
+        beat = await queue.heartbeat(second.job.id, second.token)
+    finally:
+        await queue.aclose()
+
+    assert second.job.id == job_id and not beat.cancel
+    assert await states(alice, [job_id]) == [JobState.RUNNING]  # its container runs it
+    still = await chains.get(chain)
+    assert still is not None and still.open
+    assert (still.job, still.token, still.jobs) == (job_id, second.token, 2)
+
+
+async def test_a_next_whose_container_hung_up_in_the_linger_gives_the_job_it_found_back(
+    qm: LiveServer, alice: httpx.AsyncClient, chains: Chains, held_by: redis.Redis
+) -> None:
+    # The container is gone while the queue manager lingers for its next job, and asks nothing
+    # more: the job that comes is given back (queued, no attempt counted) and the request ends;
+    # a late repeat of that call gets 204, the answer the take gave
+    lease, chain, reply_token = await lingering_request(qm, alice, chains, color=92)
+    network = ResetInTheLinger(lambda: held_by.hget(f"qm:push:{chain}", "after") == lease.token, hang_up=True)
+    queue = container_behind(qm, reply_token, network)
+    queue.retry_seconds = 0  # its client tries once
+    try:
+        with pytest.raises(httpx.ConnectError):
+            await queue.next_in_chain(chain, after=lease.token, linger=5.0)
+        job_id = await submit(alice, graph(color=93))
+        await until(lambda: held_by.hget(f"qm:push:{chain}", "open") == "0", "the request ended")
+        late = await queue.next_in_chain(chain, after=lease.token, linger=5.0)
+    finally:
+        await queue.aclose()
+
+    assert late is None
+    job = (await alice.get(f"/api/jobs/{job_id}")).json()
+    assert (job["state"], job["attempts"]) == (JobState.QUEUED, 0)

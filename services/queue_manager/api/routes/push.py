@@ -19,7 +19,9 @@ REFUSED: dict[int | str, dict[str, Any]] = {
     },
     404: {"description": "no such chain (or it expired)"},
 }
-TAKEN: dict[int | str, dict[str, Any]] = {409: {"description": "the chain took its next job already"}}
+TAKEN: dict[int | str, dict[str, Any]] = {
+    409: {"description": "the chain is past that job, or its take still ran after the linger"}
+}
 
 
 async def chain_pool(chain_id: ChainId, holder: HolderDep) -> str:
@@ -45,14 +47,14 @@ async def next_job(
 ) -> Response:
     """The job this push request runs after ``call.after`` (the one the queue gives an idle worker
     of the pool now), waiting up to the pool's linger for one; 204: the request takes no more, end
-    it. A repeat gets the same job; a call after an older job, or while one is taken, 409."""
+    it. A repeat gets the same job, also one sent while the take is under way (it waits for the
+    take); a call after an older job, 409."""
     chains = Chains(store)
     lease = await chains.next(chain_id, pool, call.after, call.worker_id)
     if lease is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    if await request.is_disconnected():  # the container is gone: nobody holds the job
-        await store.release(lease.job.id, lease.token)
-        await chains.end(chain_id)
+    if await request.is_disconnected():  # the container is gone: the job goes back, unless it asked again
+        await chains.leave(chain_id, call.after, lease)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     await store.holder_report(call.worker_id, pool, lease.job.id, busy=True)  # the admin page: busy now
     return Response(lease.model_dump_json(), media_type="application/json")
