@@ -184,6 +184,12 @@ class Settings(BaseSettings):
         ge=1024,
         description="QM_MAX_BODY_BYTES: larger request bodies are refused with 413 (all but uploads)",
     )
+    max_saved_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="QM_MAX_SAVED_BYTES: most bytes one participant's saved files (workflows, templates, "
+        "user.css) may take in Redis, and their settings as much again; past it a save is refused",
+    )
     max_upload_bytes: int = Field(
         default=100 * 1024 * 1024,
         ge=1024,

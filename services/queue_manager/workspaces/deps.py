@@ -74,11 +74,11 @@ Participant = Annotated[str, Depends(participant)]
 
 
 def user_data(ctx: Context, user: Participant) -> UserData:
-    return UserData(ctx.redis, user, ctx.prefix)
+    return UserData(ctx.redis, user, ctx.prefix, ctx.store.settings.max_saved_bytes)
 
 
 def user_settings(ctx: Context, user: Participant) -> UserSettings:
-    return UserSettings(ctx.redis, user, ctx.prefix)
+    return UserSettings(ctx.redis, user, ctx.prefix, ctx.store.settings.max_saved_bytes)
 
 
 def user_files(ctx: Context, user: Participant) -> UserFiles:

@@ -2,6 +2,8 @@
 
 ComfyUI keeps one ``comfy.settings.json`` per user; the frontend stores settings one by one and in
 parallel, so a field per setting (``{p}:ws:settings:{user}``: id -> JSON value) avoids lost updates.
+Caps on each setting, on their number and on their bytes together (``QM_MAX_SAVED_BYTES``) keep one
+participant from filling the Redis that holds everyone's queue.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from redis.asyncio import Redis
 from services.queue_manager.keys import Keys
 
 MAX_SETTING_BYTES = 1024 * 1024
+MAX_SETTINGS = 2000
 # No workflow templates are installed on the queue manager, so ComfyUI's first-visit template
 # gallery would open empty: a new participant starts on the default graph instead.
 # Participants cannot update the workshop's ComfyUI: no release checks against api.comfy.org.
@@ -33,8 +36,8 @@ class SettingsError(ValueError):
 
 
 class UserSettings:
-    def __init__(self, redis: Redis, user: str, prefix: str = "qm") -> None:
-        self._redis = redis
+    def __init__(self, redis: Redis, user: str, prefix: str, max_bytes: int) -> None:
+        self._redis, self._max_bytes = redis, max_bytes
         self._key = Keys(prefix).user_settings(user)
 
     async def all(self) -> dict[str, Any]:
@@ -49,7 +52,24 @@ class UserSettings:
         if not values:
             return
         encoded = {key: _encode(key, value) for key, value in values.items()}
+        await self._check_room(encoded)
         await self._redis.hset(self._key, mapping=encoded)  # type: ignore[arg-type]
+
+    async def _check_room(self, encoded: dict[str, str]) -> None:
+        """Refuse an update that would pass the participant's count or byte budget of settings."""
+        others = sorted({_text(k) for k in await self._redis.hkeys(self._key)} - encoded.keys())
+        if len(others) + len(encoded) > MAX_SETTINGS:
+            raise SettingsError(f"at most {MAX_SETTINGS} settings are kept per participant: reset some first")
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name in others:
+                pipe.hstrlen(self._key, name)
+            sizes: list[int] = await pipe.execute()
+        total = sum(sizes) + sum(len(value.encode()) for value in encoded.values())
+        if total > self._max_bytes:
+            raise SettingsError(
+                f"your settings would take {total} bytes, more than the {self._max_bytes} kept per "
+                "participant (QM_MAX_SAVED_BYTES): reset the largest ones first"
+            )
 
 
 def _encode(key: str, value: Any) -> str:

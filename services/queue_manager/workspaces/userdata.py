@@ -2,7 +2,9 @@
 
 ComfyUI keeps these as files under ``user/<user>/``; here each participant has two Redis hashes, so
 the data survives restarts (AOF) and travels with the queue snapshot, and no participant's key can
-name another's. Workflows are small JSON documents; a size cap keeps one user from filling Redis.
+name another's. Workflows are small JSON documents; caps on each file, on the number of files and on
+their bytes together (``QM_MAX_SAVED_BYTES``) keep one participant from filling the Redis that holds
+everyone's queue.
 
 | key | type | holds |
 |---|---|---|
@@ -62,8 +64,8 @@ def clean_path(path: str) -> str:
 class UserData:
     """One participant's files. Every method takes paths relative to that participant's root."""
 
-    def __init__(self, redis: Redis, user: str, prefix: str = "qm") -> None:
-        self._redis = redis
+    def __init__(self, redis: Redis, user: str, prefix: str, max_bytes: int) -> None:
+        self._redis, self._max_bytes = redis, max_bytes
         self._files = Keys(prefix).user_data(user)
         self._meta = Keys(prefix).user_data_meta(user)
 
@@ -82,14 +84,29 @@ class UserData:
             raise UserDataError(413, f"{path!r} is {len(body)} bytes; at most {MAX_FILE_BYTES} are kept")
         if not overwrite and await self._redis.hexists(self._files, path):
             raise UserDataError(409, "File already exists")
-        if await self._redis.hlen(self._files) >= MAX_FILES_PER_USER and not await self.info(path):
-            raise UserDataError(413, f"you have {MAX_FILES_PER_USER} saved files: delete some first")
+        await self._check_room(path, len(body))
         info = FileInfo(path, len(body), int(time.time() * 1000))
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._files, path, body)
             pipe.hset(self._meta, path, f"{info.size} {info.modified}")
             await pipe.execute()
         return info
+
+    async def _check_room(self, path: str, size: int) -> None:
+        """Refuse (413) a write that would pass the participant's file count or byte budget."""
+        sizes = {
+            _text(k): int(_text(v).split()[0]) for k, v in (await self._redis.hgetall(self._meta)).items()
+        }
+        replaced = sizes.pop(path, None)
+        if replaced is None and len(sizes) >= MAX_FILES_PER_USER:
+            raise UserDataError(413, f"you have {MAX_FILES_PER_USER} saved files: delete some first")
+        total = sum(sizes.values()) + size
+        if total > self._max_bytes:
+            raise UserDataError(
+                413,
+                f"{path!r} would bring your saved files to {total} bytes, more than the {self._max_bytes} "
+                "kept per participant (QM_MAX_SAVED_BYTES): delete workflows you no longer need first",
+            )
 
     async def delete(self, path: str) -> None:
         path = clean_path(path)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,14 +19,21 @@ UPLOAD_LIMIT = 64 * 1024
 UPLOAD = "/w/alice/api/upload/image"
 
 
-@pytest.fixture
-def alice(redis_url: str, tmp_path: Path) -> Iterator[httpx.Client]:
-    settings = settings_for(redis_url, max_body_bytes=BODY_LIMIT, max_upload_bytes=UPLOAD_LIMIT)
+@contextlib.contextmanager
+def alice_with(redis_url: str, tmp_path: Path, **limits: int) -> Iterator[httpx.Client]:
+    """Alice logged in to a queue manager with the body limit and these ``limits``."""
+    settings = settings_for(redis_url, max_body_bytes=BODY_LIMIT, **limits)
     with (
         live_server(settings, tmp_path / "files") as server,
         httpx.Client(base_url=server.url, timeout=10) as c,
     ):
         yield login(c, "alice")
+
+
+@pytest.fixture
+def alice(redis_url: str, tmp_path: Path) -> Iterator[httpx.Client]:
+    with alice_with(redis_url, tmp_path, max_upload_bytes=UPLOAD_LIMIT) as client:
+        yield client
 
 
 def image(size: int) -> dict[str, tuple[str, bytes, str]]:
@@ -92,3 +100,47 @@ def test_every_upload_route_gets_the_upload_limit() -> None:
         assert UPLOAD_PATH.match(PREFIX.replace("{user}", "alice") + path), path
     assert not UPLOAD_PATH.match("/w/alice/api/userdata/upload/x.json")
     assert not UPLOAD_PATH.match("/api/jobs")
+
+
+@pytest.fixture
+def budgeted(redis_url: str, tmp_path: Path) -> Iterator[httpx.Client]:
+    """Alice, whose saved files and settings may take ``SAVED_LIMIT`` bytes each."""
+    with alice_with(redis_url, tmp_path, max_saved_bytes=SAVED_LIMIT) as client:
+        yield client
+
+
+SAVED_LIMIT = 3 * BODY_LIMIT
+
+
+def test_saved_workflows_past_the_participants_budget_are_refused_and_the_kept_ones_stay(
+    budgeted: httpx.Client,
+) -> None:
+    """Each body is within the body limit, but one participant cannot pile them up in Redis (which
+    every participant's queue lives in) without end: past ``QM_MAX_SAVED_BYTES`` a new file, or a
+    larger copy of one, gets 413 saying so; replacing a file within the budget still works."""
+    chunk = b"x" * (BODY_LIMIT - 100)
+    for number in range(3):
+        saved = budgeted.post(f"/w/alice/api/userdata/workflows%2F{number}.json", content=chunk)
+        assert saved.status_code == 200, saved.text
+    refused = budgeted.post("/w/alice/api/userdata/workflows%2F3.json", content=chunk)
+    assert refused.status_code == 413 and "QM_MAX_SAVED_BYTES" in refused.text, refused.text
+    assert budgeted.post("/w/alice/api/userdata/workflows%2F0.json", content=b"{}").status_code == 200
+    assert budgeted.post("/w/alice/api/userdata/workflows%2F3.json", content=chunk).status_code == 200
+    listed = budgeted.get("/w/alice/api/userdata", params={"dir": "workflows"}).json()
+    assert listed == ["0.json", "1.json", "2.json", "3.json"]
+    assert budgeted.get("/w/alice/api/userdata/workflows%2F1.json").content == chunk
+
+
+def test_settings_past_the_participants_budget_are_refused_and_the_kept_ones_stay(
+    budgeted: httpx.Client,
+) -> None:
+    value = "v" * (BODY_LIMIT - 100)
+    for number in range(3):
+        assert budgeted.post(f"/w/alice/api/settings/Big.{number}", json=value).status_code == 200
+    refused = budgeted.post("/w/alice/api/settings", json={"Big.3": value, "Small": 1})
+    assert refused.status_code == 400 and "QM_MAX_SAVED_BYTES" in refused.text, refused.text
+    assert budgeted.post("/w/alice/api/settings/Big.0", json="short").status_code == 200
+    assert budgeted.post("/w/alice/api/settings/Big.3", json=value).status_code == 200
+    kept = budgeted.get("/w/alice/api/settings").json()
+    assert kept["Big.0"] == "short" and kept["Big.1"] == value and kept["Big.3"] == value
+    assert "Small" not in kept
