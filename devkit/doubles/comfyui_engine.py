@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import struct
 import time
@@ -248,7 +249,9 @@ class Executor:
             for k, v in sorted(node.get("inputs", {}).items())
         }
         changed = nodes.is_changed(self.folders, node["class_type"], node.get("inputs", {}))
-        return json.dumps([node["class_type"], inputs, changed], sort_keys=True)
+        # A digest, not the text: each link would nest its source's escaped text, doubling per link
+        key = json.dumps([node["class_type"], inputs, changed], sort_keys=True)
+        return hashlib.sha256(key.encode()).hexdigest()
 
     async def _run_node(
         self,

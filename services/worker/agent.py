@@ -38,7 +38,6 @@ from services.worker.forwarder import EventForwarder
 from services.worker.job_files import ComfyFolders, FoldersMismatchError, JobFiles, Prepared, salted_classes
 from services.worker.lease import LeaseKeeper
 from services.worker.models import ensure_models, queue_reporter
-from services.worker.outputs import renamed_events
 from services.worker.queue_client import LeaseLostError, QueueClient
 from services.worker.runner import Handoff, JobRunner, Outcome
 from services.worker.settings import WorkerSettings
@@ -279,7 +278,7 @@ class Agent:
                 log.warning("job %s: ComfyUI lost (%s): giving the job back", job_id, outcome.lost)
                 await queue.release(job_id, lease.token, comfyui_lost=outcome.submitted)
                 return LeaseResult.RELEASED
-            trailing = renamed_events(await forwarder.hand_over(), outcome.renamed)
+            trailing = await forwarder.hand_over()
             if outcome.error is None:
                 await queue.complete(job_id, lease.token, outcome.outputs, outcome.timing, trailing)
                 return LeaseResult.SUCCEEDED

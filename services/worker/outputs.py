@@ -14,12 +14,12 @@ output folder, which holds the owner's earlier names only as the worker knew the
 worker listed her names, can have taken the same name. So every such file is stored
 ``create_only``, and when its name is taken it is stored under the next counter free in her
 storage (``MAX_TRIES`` names at most, then ``OutputsNotStored``, which is retried), and reported
-under that name: the job's outputs, and so its record and her history, and the ``executed``
-events its report carries (``renamed_events``), name the file as stored. An ``executed`` event
-that went out before the job ended (the forwarder sends them as they come) names ComfyUI's
-name: her page shows the file stored under that name (the other job's) until it reloads the
-job's outputs. A name without the counter is a node's own fixed name, which ComfyUI itself writes
-over on every run: it is stored as ever, replacing her file of that name.
+under that name: the job's outputs, and so its record and her history, and every ``executed``
+event her page hears (``renamed_executed``), name the file as stored. The runner holds each
+``executed`` until the job's files are stored (her page would find nothing at ComfyUI's name, or
+the other job's file), then sends it renamed, in the report or, behind more events than a report
+carries, just before it. A name without the counter is a node's own fixed name, which ComfyUI
+itself writes over on every run: it is stored as ever, replacing her file of that name.
 
 A file the entry names that the job did not write is a ComfyUI cache hit replaying the owner's own
 earlier output (output nodes are salted per owner: ``job_files``): it is in the owner's storage
@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from services.protocol.jobs import OutputFile, storage_key
-from services.protocol.workers import JobEvent
 from services.storage import KeyTakenError, Storage, StorageError
 
 CHUNK = 1024 * 1024
@@ -162,19 +161,13 @@ def renames(entry: dict[str, Any], outputs: list[OutputFile]) -> dict[Place, str
     }
 
 
-def renamed_events(events: list[JobEvent], renamed: dict[Place, str]) -> list[JobEvent]:
-    """The events with each ``executed`` file naming the file as stored."""
-    if not renamed:
-        return events
-    return [renamed_event(event, renamed) if event.type == "executed" else event for event in events]
-
-
-def renamed_event(event: JobEvent, renamed: dict[Place, str]) -> JobEvent:
-    output = event.data.get("output")
-    if not isinstance(output, dict):
-        return event
+def renamed_executed(data: dict[str, Any], renamed: dict[Place, str]) -> dict[str, Any]:
+    """An ``executed`` event's data with each file naming the file as stored."""
+    output = data.get("output")
+    if not renamed or not isinstance(output, dict):
+        return data
     changed = {kind: renamed_items(items, renamed) for kind, items in output.items()}
-    return event.model_copy(update={"data": {**event.data, "output": changed}})
+    return {**data, "output": changed}
 
 
 def renamed_items(items: Any, renamed: dict[Place, str]) -> Any:

@@ -29,7 +29,7 @@ from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, Pro
 from services.worker.comfy_events import Event, EventStream
 from services.worker.forwarder import EventForwarder
 from services.worker.job_files import SALT_INPUT, JobFiles, Prepared, rerun, until_idle
-from services.worker.outputs import Place, output_files, renames, replays, store_outputs
+from services.worker.outputs import Place, output_files, renamed_executed, renames, replays, store_outputs
 
 log = logging.getLogger(__name__)
 CANCELLED = JobError(type="Cancelled", message="the job was cancelled before it finished")
@@ -46,7 +46,6 @@ class Outcome:
     submitted: bool = False  # ComfyUI had taken the prompt when it was lost: the loss counts for the job
     timing: JobTiming | None = None
     moved: bool = False  # not this worker's to run after all (``Handoff.confirmed``): nothing to report
-    renamed: dict[Place, str] = field(default_factory=dict)  # outputs stored under another name (``outputs``)
 
 
 def unsalted(key: str, value: Any) -> Any:
@@ -251,10 +250,12 @@ class Follower:
             return None
         return {"outputs": dict(self.outputs)}
 
-    def release(self) -> None:
-        """The held events, now that the outputs they name are stored."""
+    def release(self, renamed: dict[Place, str]) -> None:
+        """The held events, now that the outputs they name are stored: each ``executed`` names its
+        files as stored (``renamed``), whether it goes out with the report or, behind more events
+        than a report carries, before it."""
         for kind, data in self.held:
-            self.forwarder.add(kind, data)
+            self.forwarder.add(kind, renamed_executed(data, renamed) if kind == "executed" else data)
         self.held = []
 
 
@@ -506,10 +507,10 @@ class JobRunner:
             self.files.unstored(job.user)
             message = f"could not move the outputs to storage: {exc}"
             return Outcome(error=JobError(type="OutputsNotStored", message=message, retryable=True))
-        follower.release()
         renamed = renames(ending.entry, outputs)
+        follower.release(renamed)
         self.files.stored_as(job, renamed)
-        return Outcome(outputs=outputs, renamed=renamed)
+        return Outcome(outputs=outputs)
 
     async def _ending_from_history(self, job_id: str) -> Ending:
         try:

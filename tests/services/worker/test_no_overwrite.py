@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -13,14 +14,13 @@ import pytest
 from devkit.doubles.comfyui import ComfyUIDouble
 from devkit.s3 import make_bucket
 from services.protocol.jobs import JobState
-from services.protocol.workers import JobEvent
 from services.storage import KeyTakenError, S3Settings, Storage, StorageError, aiter_chunks, open_storage
 from services.storage.local import LocalStorage
 from services.worker import job_files
-from services.worker.outputs import renamed_events, store_outputs
+from services.worker.outputs import renamed_executed, store_outputs
 from tests.support.jobs import finished, graph, submit
 from tests.support.queue_manager_app import LiveServer
-from tests.support.worker_agent import pull_worker, worker_settings
+from tests.support.worker_agent import LeaseCalls, pull_worker, worker_settings
 
 PNG = b"\x89PNG"
 
@@ -140,17 +140,59 @@ async def test_names_taken_time_after_time_fail_the_storing_with_a_retryable_rea
         await store_outputs(kept, Crowded(tmp_path / "files"), "ada", entry_of("cat_00001_.png"))
 
 
-def test_the_events_a_report_carries_name_the_file_as_stored() -> None:
+def test_an_executed_names_the_file_as_stored() -> None:
     image = {"filename": "cat_00001_.png", "subfolder": "", "type": "output"}
     preview = {"filename": "cat_00001_.png", "subfolder": "", "type": "temp"}
-    events = [
-        JobEvent(type="executing", data={"node": "9"}),
-        JobEvent(type="executed", data={"node": "9", "output": {"images": [image, preview], "text": "x"}}),
-    ]
-    renamed = renamed_events(events, {("output", "", "cat_00001_.png"): "cat_00002_.png"})
-    assert renamed[0] == events[0]
-    assert renamed[1].data["output"] == {
-        "images": [{**image, "filename": "cat_00002_.png"}, preview],
-        "text": "x",
+    data = {"node": "9", "output": {"images": [image, preview], "text": "x"}}
+    renamed = renamed_executed(data, {("output", "", "cat_00001_.png"): "cat_00002_.png"})
+    assert renamed["output"] == {"images": [{**image, "filename": "cat_00002_.png"}, preview], "text": "x"}
+    assert renamed["node"] == "9" and data["output"]["images"][0] == image  # a copy
+
+
+def saves_then_runs_on(prefix: str, nodes: int) -> dict[str, Any]:
+    """A graph whose first output node saves under ``prefix`` and after which ``nodes`` more nodes
+    run (each one a node event or three the page hears), ending in a second save."""
+    prompt = graph(4, prefix=prefix)
+    prompt = {"3": prompt["3"], "1": prompt["1"], "2": prompt["2"]}  # the save runs first
+    for index in range(nodes):
+        source = "2" if index == 0 else str(99 + index)
+        prompt[str(100 + index)] = {"class_type": "ImageInvert", "inputs": {"image": [source, 0]}}
+    prompt["9"] = {
+        "class_type": "SaveImage",
+        "inputs": {"images": [str(99 + nodes), 0], "filename_prefix": "tail"},
     }
-    assert renamed[1].data["node"] == "9" and events[1].data["output"]["images"][0] == image
+    return prompt
+
+
+async def test_every_executed_the_page_hears_names_the_file_as_stored_however_many_events_follow(
+    comfy: ComfyUIDouble,
+    qm: LiveServer,
+    alice: httpx.AsyncClient,
+    tmp_path: Path,
+    files: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Her page shows an output from the ``executed`` event's name (``/view``): when the name ComfyUI
+    gave was taken in her storage and the file is stored under the next one, every ``executed`` the
+    worker sends names the stored file, also when more events follow it than the completion can
+    carry (the oldest of them then go out on their own, before the completion)."""
+    monkeypatch.setattr(job_files, "LISTING_SECONDS", 3600.0)
+    storage = LocalStorage(files)
+    calls = LeaseCalls()
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path), storage) as running:
+        calls.watch(running.worker.queue.http)
+        warm = await finished(alice, await submit(alice, graph(1, prefix="warm")))  # her names listed
+        await storage.put("users/alice/output/second_00001_.png", aiter_chunks(b"another image"), "image/png")
+        job_id = await submit(alice, saves_then_runs_on("second", 120))
+        done = await finished(alice, job_id)
+    assert warm.state == done.state == JobState.SUCCEEDED, done.error
+    assert {o.node_id: o.filename for o in done.outputs} == {"3": "second_00002_.png", "9": "tail_00001_.png"}
+    completions = calls.bodies(job_id, "complete")  # one refused as too large may come first
+    events = calls.events_sent(job_id) + [event for body in completions for event in body["events"]]
+    told = [
+        item["filename"]
+        for event in events
+        if event["type"] == "executed" and event["data"]["node"] == "3"
+        for item in event["data"]["output"]["images"]
+    ]
+    assert told and set(told) == {"second_00002_.png"}
