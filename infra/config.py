@@ -212,6 +212,24 @@ class _WithPools(Model):
         unique_names([pool.name for pool in value], "pool name")
         return value
 
+    @field_validator("pools")
+    @classmethod
+    def _shared_volumes_agree(cls, value: list[PoolConfig]) -> list[PoolConfig]:
+        """Pools naming one models volume share one resource, so one size."""
+        first: dict[tuple[str, str, str], tuple[str, int]] = {}
+        for pool in value:
+            volume = kind_of(pool).shared_volume(pool)
+            if volume is None:
+                continue
+            name, size = first.setdefault(volume.key, (pool.name, volume.size_gb))
+            if size != volume.size_gb:
+                raise ValueError(
+                    f"pools {name} and {pool.name} share the models volume {volume.name!r} "
+                    f"({volume.place}) with different sizes ({size} and {volume.size_gb} GB); "
+                    "fix: give both the same modelsVolume.sizeGb"
+                )
+        return value
+
 
 class WorkshopConfig(_WithPools):
     role: Literal["workshop"] = "workshop"

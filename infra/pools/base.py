@@ -71,6 +71,21 @@ class ReplicaRange(Model):
 
 
 @dataclass(frozen=True)
+class SharedVolume:
+    """A provider-side models volume a pool mounts: pools naming the same one (same provider, name
+    and place) share it, so they must agree on its size."""
+
+    provider: str
+    name: str
+    place: str  # the Verda location or the RunPod data center
+    size_gb: int
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.provider, self.name, self.place)
+
+
+@dataclass(frozen=True)
 class StorageAccess:
     """S3-compatible access to one bucket (credentials are secret outputs)."""
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pulumi
 
 from infra.comfyui import ComfyUIConfig
-from infra.pools.base import PoolMode, RegistryConfig, StorageAccess
+from infra.pools.base import PoolMode, RegistryConfig, SharedVolume, StorageAccess
 from infra.pools.worker_image import WorkerImages
 
 R = TypeVar("R", bound=pulumi.Resource)
@@ -21,31 +21,24 @@ class SharedVolumes:
 
     def __init__(self, parent: pulumi.Resource | None = None) -> None:
         self._parent = parent
-        self._declared: dict[Hashable, tuple[Any, str, pulumi.Resource]] = {}
+        self._declared: dict[Hashable, pulumi.Resource] = {}
 
     def once(
         self,
-        key: Hashable,
-        size: Any,
+        volume: SharedVolume,
         pool: tuple[str, pulumi.Resource],
         declare: Callable[[pulumi.ResourceOptions], R],
     ) -> R:
-        """The volume ``key`` (declared by ``declare`` the first time); the same size is required.
-        ``pool`` is the asking pool's name and component."""
+        """The resource of ``volume`` (declared by ``declare`` the first time; the stack config made
+        sure every pool naming it gives the same size). ``pool`` is the asking pool's name and component."""
         name, component = pool
-        if key in self._declared:
-            first_size, first_pool, resource = self._declared[key]
-            if first_size != size:
-                raise pulumi.RunError(
-                    f"pools {first_pool} and {name} share the models volume {key!r} with different "
-                    f"sizes ({first_size} and {size} GB); fix: give both the same sizeGb"
-                )
-            return resource  # type: ignore[return-value]
+        if volume.key in self._declared:
+            return self._declared[volume.key]  # type: ignore[return-value]
         # Its first pool declared it as `<pool>-models` before volumes were shared: same resource.
         old = pulumi.Alias(name=f"{name}-models", parent=component)
         opts = pulumi.ResourceOptions(parent=self._parent, retain_on_delete=True, aliases=[old])
         resource = declare(opts)
-        self._declared[key] = (size, name, resource)
+        self._declared[volume.key] = resource
         return resource
 
 

@@ -16,7 +16,7 @@ import pulumi
 
 from infra.credential_registry import Credential
 from infra.pools.access import push_pool_env
-from infra.pools.base import PoolConfigBase, PoolMode
+from infra.pools.base import PoolConfigBase, PoolMode, SharedVolume
 from infra.pools.context import PoolContext
 
 
@@ -59,6 +59,11 @@ class GpuPool(ABC, Generic[C]):
     def credentials(self, config: C) -> tuple[Credential, ...]:
         """Credentials that must be given for this pool (checked before any resource is declared)."""
         return ()
+
+    def shared_volume(self, config: C) -> SharedVolume | None:
+        """The models volume this pool mounts at its provider, if any (checked across pools in the
+        stack config, declared once for all of them)."""
+        return None
 
     def capacity(self, config: C) -> int:
         """How many jobs this pool can run at once at most (the dispatcher's in-flight bound)."""

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from infra.credential_registry import REGISTRY_PASSWORD, RUNPOD_API_KEY, Credential
 from infra.pools.access import RUNPOD_MODELS_DIR, runpod_connection, worker_env
-from infra.pools.base import PoolConfigBase, PoolMode, ReplicaRange
+from infra.pools.base import PoolConfigBase, PoolMode, ReplicaRange, SharedVolume
 from infra.pools.context import PoolContext
 from infra.pools.kind import GpuPool, PoolComponent
 from infra.providers.resources import RunPodEndpoint, RunPodNetworkVolume, RunPodRegistryAuth, RunPodTemplate
@@ -47,6 +47,14 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
 
     def credentials(self, config: RunpodServerlessConfig) -> tuple[Credential, ...]:
         return (RUNPOD_API_KEY,)
+
+    def shared_volume(self, config: RunpodServerlessConfig) -> SharedVolume | None:
+        volume = config.models_volume
+        return (
+            None
+            if volume is None
+            else SharedVolume("runpod", volume.name, volume.data_center_id, volume.size_gb)
+        )
 
     def capacity(self, config: RunpodServerlessConfig) -> int:
         return config.max_replicas
@@ -157,13 +165,12 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
     ) -> RunPodNetworkVolume | None:
         """The network volume with the models: one per name and data center however many pools mount
         it, kept by `pulumi destroy` and adopted again the next day."""
-        if config.models_volume is None:
+        spec = self.shared_volume(config)
+        if spec is None:
             return None
-        spec = config.models_volume
 
         def declare(opts: pulumi.ResourceOptions) -> RunPodNetworkVolume:
-            props = {"name": spec.name, "size": spec.size_gb, "data_center": spec.data_center_id, **conn}
-            return RunPodNetworkVolume(f"models-{spec.name}-{spec.data_center_id.lower()}", props, opts)
+            props = {"name": spec.name, "size": spec.size_gb, "data_center": spec.place, **conn}
+            return RunPodNetworkVolume(f"models-{spec.name}-{spec.place.lower()}", props, opts)
 
-        key = ("runpod-volume", spec.name, spec.data_center_id)
-        return ctx.shared.once(key, spec.size_gb, (config.name, pool), declare)
+        return ctx.shared.once(spec, (config.name, pool), declare)

@@ -8,7 +8,7 @@ import json
 import pulumi
 
 from infra.credential_registry import REGISTRY_PASSWORD, VERDA_CLIENT_ID, VERDA_CLIENT_SECRET, Credential
-from infra.pools.base import ModelsVolume, RegistryConfig
+from infra.pools.base import ModelsVolume, RegistryConfig, SharedVolume
 from infra.pools.context import PoolContext
 from infra.providers.resources import VerdaSharedVolume
 from infra.secret import secret
@@ -17,11 +17,15 @@ LOCATIONS = ("FIN-01", "FIN-02", "FIN-03", "ICE-01")
 CREDENTIALS: tuple[Credential, ...] = (VERDA_CLIENT_ID, VERDA_CLIENT_SECRET)
 
 
+def shared_volume(volume: ModelsVolume | None, location: str) -> SharedVolume | None:
+    """A Verda pool's models filesystem: shared by the pools naming it in the same location."""
+    return None if volume is None else SharedVolume("verda", volume.name, location, volume.size_gb)
+
+
 def models_volume(
     ctx: PoolContext,
     pool: tuple[str, pulumi.Resource],
-    volume: ModelsVolume | None,
-    location: str,
+    volume: SharedVolume | None,
     conn: dict[str, pulumi.Input[str]],
 ) -> VerdaSharedVolume | None:
     """The shared filesystem with the models: one resource per name and location however many pools
@@ -30,10 +34,10 @@ def models_volume(
         return None
 
     def declare(opts: pulumi.ResourceOptions) -> VerdaSharedVolume:
-        props = {"name": volume.name, "size": volume.size_gb, "location": location, **conn}
-        return VerdaSharedVolume(f"models-{volume.name}-{location.lower()}", props, opts)
+        props = {"name": volume.name, "size": volume.size_gb, "location": volume.place, **conn}
+        return VerdaSharedVolume(f"models-{volume.name}-{volume.place.lower()}", props, opts)
 
-    return ctx.shared.once(("verda-volume", volume.name, location), volume.size_gb, pool, declare)
+    return ctx.shared.once(volume, pool, declare)
 
 
 def registry_props(name: str, registry: RegistryConfig) -> dict[str, pulumi.Input[str]]:

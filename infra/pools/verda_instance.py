@@ -11,10 +11,10 @@ from pydantic import Field, field_validator
 
 from infra.credential_registry import REGISTRY_PASSWORD, Credential
 from infra.pools.access import SHARED_MODELS_DIR, verda_connection, worker_env
-from infra.pools.base import ModelsVolume, PoolConfigBase, PoolMode
+from infra.pools.base import ModelsVolume, PoolConfigBase, PoolMode, SharedVolume
 from infra.pools.context import PoolContext
 from infra.pools.kind import GpuPool, PoolComponent
-from infra.pools.verda import CREDENTIALS, LOCATIONS, models_volume
+from infra.pools.verda import CREDENTIALS, LOCATIONS, models_volume, shared_volume
 from infra.pools.verda_startup import StartupSpec, setup_digest, startup_script
 from infra.providers.resources import VerdaInstance, VerdaSharedVolume, VerdaSshKey, VerdaStartupScript
 from infra.schema import one_of
@@ -52,6 +52,9 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
     def credentials(self, config: VerdaInstanceConfig) -> tuple[Credential, ...]:
         return CREDENTIALS
 
+    def shared_volume(self, config: VerdaInstanceConfig) -> SharedVolume | None:
+        return shared_volume(config.models_volume, config.location)
+
     def capacity(self, config: VerdaInstanceConfig) -> int:
         return config.count * config.gpus_per_instance * config.workers_per_gpu
 
@@ -61,7 +64,7 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
         pool = self.component(config, opts)
         child = pulumi.ResourceOptions(parent=pool)
         conn, prefix = verda_connection(), ctx.remote_name(config.name)
-        volume = models_volume(ctx, (config.name, pool), config.models_volume, config.location, conn)
+        volume = models_volume(ctx, (config.name, pool), self.shared_volume(config), conn)
         boot = self._boot(config, ctx, volume, prefix, conn, child)
         machine = {
             "instance_type": config.instance_type,

@@ -9,10 +9,10 @@ from pydantic import Field, field_validator
 
 from infra.credential_registry import VERDA_INFERENCE_KEY, Credential
 from infra.pools.access import SHARED_MODELS_DIR, verda_connection, worker_env
-from infra.pools.base import ModelsVolume, PoolConfigBase, PoolMode, ReplicaRange
+from infra.pools.base import ModelsVolume, PoolConfigBase, PoolMode, ReplicaRange, SharedVolume
 from infra.pools.context import PoolContext
 from infra.pools.kind import GpuPool, PoolComponent
-from infra.pools.verda import CREDENTIALS, LOCATIONS, models_volume, registry_props
+from infra.pools.verda import CREDENTIALS, LOCATIONS, models_volume, registry_props, shared_volume
 from infra.providers.resources import (
     VerdaDeployment,
     VerdaRegistryCredentials,
@@ -55,6 +55,9 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
         # The queue manager calls the deployment's endpoint with the inference key (push dispatch).
         return (*CREDENTIALS, VERDA_INFERENCE_KEY)
 
+    def shared_volume(self, config: VerdaServerlessConfig) -> SharedVolume | None:
+        return shared_volume(config.models_volume, config.location)
+
     def capacity(self, config: VerdaServerlessConfig) -> int:
         return config.max_replicas * config.concurrent_requests_per_replica
 
@@ -63,7 +66,7 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
     ) -> PoolComponent:
         pool = self.component(config, opts)
         conn, prefix = verda_connection(), ctx.remote_name(config.name)
-        volume = models_volume(ctx, (config.name, pool), config.models_volume, config.location, conn)
+        volume = models_volume(ctx, (config.name, pool), self.shared_volume(config), conn)
         deployment = self._deployment(config, ctx, volume, pool, prefix, conn)
         dispatch = {
             "style": "verda",

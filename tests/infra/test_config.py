@@ -201,3 +201,48 @@ def test_duplicate_participants_are_refused_on_the_local_stack_too() -> None:
     text = problems("local", {"participants": ["bob", "bob"]})
     assert "comfy-workshop:participants" in text
     assert "duplicate participant bob" in text
+
+
+@pytest.mark.parametrize(
+    "pools",
+    [
+        [
+            {"kind": "verda-instance", "name": "baseline", "modelsVolume": {"name": "models", "sizeGb": 500}},
+            {"kind": "verda-serverless", "name": "burst", "modelsVolume": {"name": "models", "sizeGb": 600}},
+        ],
+        [
+            {
+                "kind": "runpod-serverless",
+                "name": "baseline",
+                "modelsVolume": {"name": "models", "sizeGb": 500},
+            },
+            {"kind": "runpod-serverless", "name": "burst", "modelsVolume": {"name": "models", "sizeGb": 600}},
+        ],
+    ],
+)
+def test_pools_sharing_a_models_volume_with_different_sizes_are_refused_at_preview(
+    pools: list[dict[str, Any]],
+) -> None:
+    text = problems("workshop", {"pools": pools})
+    assert "comfy-workshop:pools" in text
+    assert "baseline and burst share the models volume 'models'" in text and "500 and 600 GB" in text
+    assert "fix: give both the same modelsVolume.sizeGb" in text
+
+
+def test_pools_naming_one_volume_in_two_places_are_two_volumes() -> None:
+    pools = [
+        {
+            "kind": "verda-instance",
+            "name": "a",
+            "location": "FIN-01",
+            "modelsVolume": {"name": "m", "sizeGb": 500},
+        },
+        {
+            "kind": "verda-instance",
+            "name": "b",
+            "location": "FIN-03",
+            "modelsVolume": {"name": "m", "sizeGb": 600},
+        },
+    ]
+    set_config(stack_values("workshop", {"pools": pools}))
+    assert [pool.name for pool in load_config("workshop").pools] == ["a", "b"]

@@ -220,13 +220,6 @@ def test_two_pools_naming_one_models_volume_declare_it_once() -> None:
     assert volumes[0].urn in deployment.depends_on
 
 
-def test_two_pools_sharing_a_models_volume_with_different_sizes_are_refused() -> None:
-    other = {**VERDA_SERVERLESS, "modelsVolume": {"name": "comfy-models", "sizeGb": 800}}
-
-    with pytest.raises(Exception, match=r"baseline and burst share the models volume .* fix: give both"):
-        workshop(VERDA_INSTANCE, other)
-
-
 def test_a_credential_given_as_an_environment_variable_reaches_the_pools(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
