@@ -171,3 +171,29 @@ async def test_a_worker_that_deregisters_gives_its_hold_back_at_once(client: htt
     assert queue["queued"][0]["id"] == second  # first in line
     ahead = await client.post("/api/workers/w2/claim", params={"prepare": 1}, headers=GPU)
     assert ahead.status_code == 200 and Lease.model_validate_json(ahead.content).job.id == second
+
+
+async def test_a_worker_between_its_finish_and_its_start_holds_what_the_admin_sees(
+    client: httpx.AsyncClient,
+) -> None:
+    # w1's report of its job reached the queue manager before its start of the job it holds (a job
+    # that failed, say, is reported while the next one goes into ComfyUI): w1 shows idle and holding
+    # that job, and it is held for w1 indeed: the busy w2 passes it, and w1's start starts it
+    lease = await w1_runs_one_and_holds_the_next_while_w2_is_busy(client)
+    assert lease.held is not None
+    second = lease.held.job.id
+    done = {"token": lease.token, "outputs": []}
+    (await client.post(f"/api/leases/{lease.job.id}/complete", json=done, headers=GPU)).raise_for_status()
+
+    queue, workers, held, metrics = await seen(client)
+    idle = (await client.get("/api/admin/workers", headers=ADMIN)).json()
+    assert [w["state"] for w in idle if w["worker_id"] == "w1"] == ["idle"]
+    assert queue["held"] == {second: "w1"} and workers == {"w1": second, "w2": None} and held == {"gpu": 1}
+    assert metric(metrics, HELD) == 1.0
+    ahead = await client.post("/api/workers/w2/claim", params={"prepare": 1}, headers=GPU)
+    assert ahead.status_code == 204  # the only job waiting is w1's to run next
+    start = {"token": lease.held.token, "worker_id": "w1"}
+    started = await client.post(f"/api/leases/{second}/start", json=start, headers=GPU)
+    assert started.status_code == 200 and started.json()["started"]
+    queue, workers, held, metrics = await seen(client)
+    assert queue["held"] == {} and workers == {"w1": None, "w2": None} and held == {"gpu": 0}
