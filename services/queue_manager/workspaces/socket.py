@@ -140,13 +140,13 @@ async def pump_events(
 
 
 async def read_client(websocket: WebSocket, ctx: Context) -> None:
-    """Answer the frontend's ``feature_flags``; ignore anything else it says."""
+    """Answer the frontend's ``feature_flags``; ignore anything else it says (binary frames too,
+    as ComfyUI does)."""
     flags = json.dumps({"type": "feature_flags", "data": server_features(ctx.store.settings)})
     with contextlib.suppress(WebSocketDisconnect):
-        while True:
-            text = await websocket.receive_text()
+        while (message := await websocket.receive())["type"] != "websocket.disconnect":
             with contextlib.suppress(json.JSONDecodeError, AttributeError):
-                if json.loads(text).get("type") == "feature_flags":
+                if json.loads(message.get("text") or "null").get("type") == "feature_flags":
                     await websocket.send_text(flags)
 
 

@@ -13,6 +13,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
+from services.queue_manager.api.routes import events as events_route
 from tests.support.qm_api import GPU, PROMPT, registration, user_auth
 
 
@@ -155,3 +156,29 @@ async def test_a_stale_completion_publishes_none_of_its_events(live_url: str) ->
         assert reply.status_code == 409
         events = await heard_so_far(http, ada)
     assert comfy_types(events) == ["queued", "started"]
+
+
+def forwarders() -> list[asyncio.Task[Any]]:
+    """The tasks of this event loop (the live app's) that forward a user's events to a socket."""
+    code = events_route._forward.__code__
+    return [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "cr_code", None) is code]
+
+
+async def test_frames_a_client_sends_are_ignored_and_a_closed_stream_leaves_nothing_running(
+    live_url: str,
+) -> None:
+    """A binary frame (or any text) on the event stream crashed the handler (KeyError: a 1011
+    close) and left its forwarding task waiting for the user's events forever."""
+    ws_url = live_url.replace("http", "ws") + "/api/events"
+    async with httpx.AsyncClient(base_url=live_url) as http:
+        async with connect(ws_url, additional_headers=user_auth("ada")) as ada:
+            await ada.send(b"\x00\x01 binary")
+            await ada.send("some text")
+            await http.post("/api/jobs", json={"prompt": PROMPT}, headers=user_auth("ada"))
+            assert (await next_event(ada))["type"] == "queued"  # still streaming
+            assert len(forwarders()) == 1
+        for _ in range(200):  # bounded: the server notices the close within a few loop turns
+            if not forwarders():
+                break
+            await asyncio.sleep(0.01)
+        assert forwarders() == []

@@ -47,6 +47,18 @@ def test_the_socket_greets_with_status_and_answers_feature_flags(
         assert next_text(socket)["type"] == "feature_flags"
 
 
+@pytest.mark.parametrize("frame", [b"\x00\x01 binary", "not json", "[1, 2]", '"text"', "{}"])
+def test_a_frame_the_socket_does_not_understand_is_ignored_as_comfyui_does(
+    server: LiveServer, alice: httpx.Client, frame: str | bytes
+) -> None:
+    """The tab keeps its socket (a binary frame closed it before)."""
+    with open_socket(server, alice, "alice", "tab-1") as socket:
+        assert next_text(socket)["type"] == "status"
+        socket.send(frame)
+        socket.send(json.dumps({"type": "feature_flags", "data": {}}))
+        assert next_text(socket)["type"] == "feature_flags"
+
+
 def test_a_socket_without_login_or_for_someone_else_is_refused(
     server: LiveServer, alice: httpx.Client
 ) -> None:

@@ -37,10 +37,19 @@ async def events(websocket: WebSocket) -> None:
         await websocket.accept()
         async with store.events.subscribe(principal.user) as stream:
             sender = asyncio.create_task(_forward(websocket, stream))
-            with contextlib.suppress(WebSocketDisconnect):
-                while True:  # only to notice the disconnect; clients have nothing to say
-                    await websocket.receive_text()
-            sender.cancel()
+            try:
+                await _until_closed(websocket)
+            finally:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
+
+
+async def _until_closed(websocket: WebSocket) -> None:
+    """Read until the client leaves; whatever it sends (text or binary) is ignored: clients have
+    nothing to say on this stream."""
+    with contextlib.suppress(WebSocketDisconnect):
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
 
 
 async def _forward(websocket: WebSocket, stream: Subscription) -> None:
