@@ -4,13 +4,18 @@
 -- the take's job: it is kept as the chain's current one, and the mark is spent, so that the
 -- repeat, gone too, gives it back. Otherwise the chain ends and takes the job back from its record
 -- in the same step (token ''), so a later repeat gets 'over' while the caller gives the lease back.
+-- A chain already past that take (its record's last take is from another job) went on with the
+-- job: the repeat got it, ran it and asked for the next one.
 -- Returns 'kept' | 'left' (give the lease back) | 'gone' (the record expired: give it back).
 local key = k('push', ARGV[2])
 local f = redis.call('HMGET', key, 'after', 'asked_again')
 if not f[1] then
   return 'gone'
 end
-if f[1] == ARGV[3] and f[2] == ARGV[3] then
+if f[1] ~= ARGV[3] then
+  return 'kept'
+end
+if f[2] == ARGV[3] then
   redis.call('HSET', key, 'asked_again', '')
   return 'kept'
 end
