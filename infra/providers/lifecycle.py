@@ -35,8 +35,13 @@ from infra.providers.timing import Timing
 
 T = TypeVar("T")
 
-# Inputs that tune how we talk to the API, not what exists: never a reason to update or replace.
+# Inputs that tune how we talk to the API, not what exists: never a reason to replace or to change
+# the remote object.
 CONNECTION_KEYS = frozenset({"client_id", "client_secret", "api_key", "api_url", "timing", "__provider"})
+# Yet a new API key must reach the state: `pulumi destroy` and `refresh` call the provider with the
+# stored outputs, so a revoked key kept there would leave a destroy that fails while the GPUs bill on.
+# A change of these alone is an update that calls nothing remote.
+CREDENTIAL_KEYS = frozenset({"client_id", "client_secret", "api_key"})
 
 
 # The engine runs every dynamic resource of a stack in one provider process, several at once: two
@@ -130,13 +135,18 @@ class LifecycleProvider(ResourceProvider, ABC):
 
     def diff(self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]) -> DiffResult:
         """``_olds`` are the stored OUTPUTS (inputs plus what ``describe`` added), ``_news`` the inputs."""
-        keys = (set(_olds) | set(_news)) - CONNECTION_KEYS - set(self.outputs)
-        changed = sorted(k for k in keys if _olds.get(k) != _news.get(k))
+        changed = self._changed(_olds, _news)
         replaces = [k for k in changed if k in self.replace_keys]
         if replaces:
             self.can_replace(_news, replaces)
+        new_key = any(_olds.get(k) != _news.get(k) for k in CREDENTIAL_KEYS)
         # Names are deterministic, so the old object must go before its successor takes the name.
-        return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
+        return DiffResult(changes=bool(changed) or new_key, replaces=replaces, delete_before_replace=True)
+
+    def _changed(self, olds: dict[str, Any], news: dict[str, Any]) -> list[str]:
+        """The inputs that differ, connection and outputs aside: what the remote object must follow."""
+        keys = (set(olds) | set(news)) - CONNECTION_KEYS - set(self.outputs)
+        return sorted(k for k in keys if olds.get(k) != news.get(k))
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         api = self.guarded(props, lambda: self.connect(props))
@@ -160,6 +170,8 @@ class LifecycleProvider(ResourceProvider, ABC):
         return ReadResult(new_id, {**props, **self.drifted(obj, props), **outs})
 
     def update(self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]) -> UpdateResult:
+        if not self._changed(_olds, _news):  # a new API key only: into the state, nothing remote
+            return UpdateResult({**_news, **{k: _olds[k] for k in self.outputs if k in _olds}})
         api = self.guarded(_news, lambda: self.connect(_news))
         obj = self.guarded(_news, lambda: self.change(api, _id, _olds, _news))
         _, outs = self.describe(obj, _news)

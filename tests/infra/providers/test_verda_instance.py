@@ -191,9 +191,11 @@ def test_read_of_a_vanished_instance_tells_pulumi_it_is_gone(
 
 def test_changing_the_type_replaces_but_credentials_and_timing_never_do(props: dict[str, Any]) -> None:
     provider = InstanceProvider()
-    rotated = {**props, "client_secret": "new", "timing": {}}
+    rotated = provider.diff("i", props, {**props, "client_secret": "new"})
 
-    assert provider.diff("i", props, rotated).changes is False
+    assert provider.diff("i", props, {**props, "timing": {}}).changes is False
+    # A new key is stored (destroy calls with the stored outputs) by an update that calls nothing.
+    assert rotated.changes is True and rotated.replaces == []
     bigger = provider.diff("i", props, {**props, "instance_type": "2H100.80S.60V"})
     assert bigger.replaces == ["instance_type"] and bigger.delete_before_replace
 

@@ -356,3 +356,30 @@ def test_an_instance_is_not_deleted_for_a_machine_verda_has_none_of(
 
     assert [i["id"] for i in doubles[0].billable_instances()] == [running]
     assert engine.state.id == running
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_a_rotated_api_key_reaches_the_state_so_the_evening_destroy_still_deletes(
+    kind: str, doubles: Doubles
+) -> None:
+    """The organizer revokes the old key and sets the new one; `destroy` calls Delete with the STORED
+    outputs, so an `up` that kept the old key there left a destroy that fails while the GPUs bill on."""
+    case, engine, props = created(kind, doubles)
+    assert engine.state is not None
+    id_ = engine.state.id
+    if case.cloud == "runpod":
+        doubles[1].api_key = "rp-key-2"
+        props = {**props, "api_key": "rp-key-2"}
+    else:
+        doubles[0].client_secret = "s3cret-2"
+        props = {**props, "client_secret": "s3cret-2"}
+    calls = (len(doubles[0].log), len(doubles[1].log))
+
+    step = engine.up(props)
+
+    assert (step.action, step.replaces) == ("update", [])
+    writes = [c for c in [*doubles[0].log[calls[0] :], *doubles[1].log[calls[1] :]] if c[0] != "GET"]
+    assert [w for w in writes if w[1] != "/oauth2/token"] == [], "a new key alone changes nothing remote"
+    assert engine.up(props).action == "same"
+    engine.destroy()
+    assert case.remote(doubles, id_) is None
