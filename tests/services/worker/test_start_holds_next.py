@@ -291,3 +291,30 @@ async def test_a_claim_whose_reply_was_lost_is_retried_and_gets_the_same_lease(
     leased = (await alice.get(f"/api/jobs/{first}")).json()
     waiting = (await alice.get(f"/api/jobs/{third}")).json()
     assert (leased["state"], leased["attempts"], waiting["state"]) == ("leased", 1, "queued")
+
+
+async def test_a_claim_handed_a_new_job_as_it_waited_gets_that_lease_when_retried_after_a_lost_reply(
+    qm: LiveServer, alice: httpx.AsyncClient, held_by: redis.Redis
+) -> None:
+    """The worker's claim waits for work; a participant's submit hands it her job at once (in the
+    submit's own step), and the reply is lost on its way. The client's retry is answered with that
+    lease, not with the next job while the first waits, leased to nobody, for its lease to lapse."""
+    queue = QueueClient(qm.url, POOL_TOKEN, retry_seconds=10)
+    transport = LosesFirstReply("/claim")
+    queue.http = httpx.AsyncClient(base_url=qm.url, headers=WORKER_AUTH, timeout=30.0, transport=transport)
+    try:
+        await queue.register(registration("w-lost"))
+        claim = asyncio.create_task(queue.claim("w-lost", 10, hold_next=True))
+        await until(lambda: qm.app.state.store.wakeups.parked == 1, "the claim waits for work")
+        first = await submit(alice, graph(1))
+        await until(lambda: transport.lost == 1, "the claim's reply is lost")
+        second = await submit(alice, graph(2))
+        lease = await asyncio.wait_for(claim, 20)
+    finally:
+        await queue.aclose()
+
+    assert lease is not None and lease.job.id == first and lease.job.attempts == 1
+    leased = (await alice.get(f"/api/jobs/{first}")).json()
+    waiting = (await alice.get(f"/api/jobs/{second}")).json()
+    assert (leased["state"], leased["attempts"], leased["worker_id"]) == ("leased", 1, "w-lost")
+    assert (waiting["state"], waiting["attempts"]) == ("queued", 0)
