@@ -143,12 +143,26 @@ def from_history(entry: dict[str, Any]) -> Ending:
     return Ending(EndingKind.ERROR, error=failed, off_queue=True)
 
 
+def begins(kind: str, data: dict[str, Any]) -> bool:
+    """Whether the event says a node begins: its ``executing``, or a ``progress_state`` in which a
+    node runs (ComfyUI 0.3.64 runs one node at a time and sends this one first)."""
+    if kind == "executing":
+        return data.get("node") is not None
+    nodes = data.get("nodes") if kind == "progress_state" else None
+    states = nodes.values() if isinstance(nodes, dict) else ()
+    return any(isinstance(state, dict) and state.get("state") == "running" for state in states)
+
+
 class Follower:
     """Turns one job's socket events into forwarded events and, at the end, an ``Ending``.
 
     An ``executed`` names files that are not in the participant's storage yet: it is held until the
-    outputs are stored, and every event after it with it, so the page hears them in ComfyUI's order
-    (``executed``, then the node's last ``progress_state``).
+    outputs are stored (and then names them as stored: ``release``), and the events after it with
+    it, so the page hears them in ComfyUI's order (``executed``, then the node's last
+    ``progress_state``), but only until another node begins: those then go out, and every event
+    after them as it comes, so her page follows the nodes that run after an output node (a preview
+    half way, then a second sampler) live. The ``executed`` still waits for the outputs: the stock
+    frontend shows a node's output whenever its ``executed`` arrives.
 
     ``unbroken`` says whether every event ComfyUI sent about the job reached the follower
     (``EventStream.watch``, taken before the submit); ``gap`` is set when the runner had to ask
@@ -160,7 +174,8 @@ class Follower:
         self.unbroken = unbroken
         self.gap = False
         self.succeeded = False
-        self.held: list[tuple[str, dict[str, Any]]] = []
+        self.held: list[Event] = []  # ``executed`` events, and what follows one until a node begins
+        self.behind = False  # events are held behind an ``executed`` (no node has begun since)
         self.outputs: dict[str, Any] = {}  # node id -> the ui output of its last ``executed``
 
     @staticmethod
@@ -200,11 +215,15 @@ class Follower:
             return Ending(EndingKind.SUCCESS, entry=self.heard_entry(), off_queue=True)
         elif ending := self.terminal(kind, data):
             return ending
-        elif kind == "executed" or self.held:
-            if kind == "executed" and data.get("output") is not None:
+        elif kind == "executed":
+            if data.get("output") is not None:
                 self.outputs[str(data.get("node"))] = data["output"]
-            self.held.append((kind, data))  # sent once the outputs are stored
+            self.held.append((kind, data))
+            self.behind = True
+        elif self.behind and not begins(kind, data):
+            self.held.append((kind, data))
         else:
+            self._let_go()
             self.forwarder.add(kind, data)
         return None
 
@@ -249,6 +268,15 @@ class Follower:
         if self.gap or not self.unbroken():
             return None
         return {"outputs": dict(self.outputs)}
+
+    def _let_go(self) -> None:
+        """A node begins: what waited behind an ``executed`` goes out; the ``executed`` stay held."""
+        if self.behind:
+            for kind, data in self.held:
+                if kind != "executed":
+                    self.forwarder.add(kind, data)
+            self.held = [(kind, data) for kind, data in self.held if kind == "executed"]
+            self.behind = False
 
     def release(self, renamed: dict[Place, str]) -> None:
         """The held events, now that the outputs they name are stored: each ``executed`` names its

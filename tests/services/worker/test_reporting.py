@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -121,3 +122,38 @@ async def test_a_worker_whose_lease_went_stale_never_reports_and_the_job_runs_ag
         comfy.knobs.node_seconds = 0.5
         job = await finished(alice, await submit(alice, graph(color=32)), timeout=30)
     assert job.state == JobState.SUCCEEDED and job.attempts == 2
+
+
+async def test_the_nodes_after_an_output_node_show_their_progress_while_they_run(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A workflow that saves (or previews) an image half way, then runs on (a second sampler, an
+    upscale): her page goes on showing which node runs and its progress after that first output,
+    while the job runs, not all at once when it ends."""
+    prompt = graph(color=33, prefix="half")
+    prompt = {"3": prompt["3"], "1": prompt["1"], "2": prompt["2"]}  # the save runs first
+    prompt["5"] = {"class_type": "TestSleep", "inputs": {"value": ["2", 0], "seconds": 30.0}}
+    prompt["6"] = {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "end"}}
+    basic = base64.b64encode(f"alice:{password('alice')}".encode()).decode()
+    url = qm.url.replace("http://", "ws://") + "/api/events"
+    async with (
+        pull_worker(worker_settings(comfy, qm.url, tmp_path)),
+        websockets.connect(url, additional_headers={"Authorization": f"Basic {basic}"}) as stream,
+    ):
+        job_id = await submit(alice, prompt)
+        heard: list[dict[str, Any]] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                while not any(e["type"] == "progress" and e["data"].get("node") == "5" for e in heard):
+                    event = json.loads(await stream.recv())
+                    if event["job_id"] == job_id:
+                        heard.append(event)
+        running = comfy.state.running is not None and comfy.state.running.prompt_id == job_id
+        (await alice.post(f"/api/jobs/{job_id}/cancel")).raise_for_status()
+        cancelled = await finished(alice, job_id)
+    assert running  # all of it heard while node 5 still ran
+    comfy_events = [e["comfy"] for e in heard if e.get("comfy")]
+    executing = [e["data"]["node"] for e in comfy_events if e["type"] == "executing"]
+    assert executing[-1] == "5" and "3" in executing
+    assert any(e["type"] == "progress" and e["data"].get("node") == "5" for e in heard)
+    assert cancelled.state == JobState.CANCELLED
