@@ -37,6 +37,8 @@ SPEC_KEYS = (
     "os_volume_size",
     "description",
 )
+# Stopped in Verda's console, and the action that brings each back.
+STOPPED = {InstanceStatus.OFFLINE: Actions.START, InstanceStatus.HIBERNATING: Actions.RESTORE}
 # What Verda must have free for a new instance.
 MACHINE_KEYS = frozenset({"instance_type", "location", "is_spot"})
 
@@ -116,8 +118,35 @@ class InstanceProvider(VerdaProvider):
         return None
 
     def change(self, api: Any, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> Any:
-        """Only ``startup_script_id`` changes in place (it runs at first boot only): nothing to send."""
-        return api.instances.get_by_id(id_)
+        """In place: ``startup_script_id`` (it runs at first boot only: nothing to send), and an
+        instance a refresh found stopped is started again."""
+        instance = api.instances.get_by_id(id_)
+        if instance.status not in STOPPED:
+            return instance
+        api.instances.action(id_, STOPPED[instance.status])
+        timing = Timing.of(news)
+        return poll(
+            f"{self.kind} {news['name']!r} running again",
+            lambda: self._started(api, id_, news),
+            timing.ready_timeout_s,
+            timing.poll_interval_s,
+        )
+
+    def _started(self, api: Any, id_: str, props: dict[str, Any]) -> Any | None:
+        instance = api.instances.get_by_id(id_)
+        if instance.status == InstanceStatus.RUNNING:
+            return instance
+        if instance.status == InstanceStatus.ERROR or instance.status in GONE:
+            raise ProviderError(
+                f"{self.kind} {props['name']!r} went to status {instance.status!r} while starting again."
+                " Delete it in Verda's console and run `pulumi refresh` then `pulumi up` for a new one."
+            )
+        return None
+
+    def drifted(self, obj: Any, props: dict[str, Any]) -> dict[str, Any]:
+        """Shut down or hibernated in the console: a pool without its GPU. ``stopped`` is no input, so
+        the next `up` sees it as a change, and its update starts the instance again."""
+        return {"stopped": obj.status} if obj.status in STOPPED else {}
 
     def fetch(self, api: Any, id_: str, props: dict[str, Any]) -> Any | None:
         instance = fetch_or_none(api.instances.get_by_id, id_)

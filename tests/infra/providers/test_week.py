@@ -304,6 +304,9 @@ DRIFTS = {
     "deployment": Drift(
         lambda r: r["scaling"].update(max_replica_count=1), lambda r: r["scaling"]["max_replica_count"] == 4
     ),
+    "instance": Drift(  # shut down in Verda's console: the pool had no GPU and nothing said so
+        lambda r: r.update(status="offline"), lambda r: r["status"] == "running"
+    ),
     "network-volume": Drift(lambda r: r.update(size=700), refused="back to at least 700"),
     "shared-volume": Drift(lambda r: r.update(size=700), refused="back to at least 700"),
 }

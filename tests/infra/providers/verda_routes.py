@@ -52,8 +52,8 @@ def get_instance(d: VerdaDouble, body: Any, q: Any, id_: str) -> Answer:
 
 
 def _advance(d: VerdaDouble, inst: dict[str, Any]) -> None:
-    if inst["status"] == "deleting":
-        inst["status"] = "deleted"
+    if inst["status"] in ("deleting", "starting"):
+        inst["status"] = {"deleting": "deleted", "starting": "running"}[inst["status"]]
         return
     if inst["_boot"] + 1 < len(d.boot):
         inst["_boot"] += 1
@@ -70,6 +70,8 @@ def instance_action(d: VerdaDouble, body: Any, q: Any) -> Answer:
         inst = d.instances.get(id_)
         if inst is None or inst["status"] == "deleted":
             return NOT_FOUND
+        if body["action"] == "start" and inst["status"] == "offline":
+            inst["status"] = "starting"
         if body["action"] == "delete":
             inst["status"] = "deleting"
             for vol_id in body.get("volume_ids") or []:
