@@ -39,6 +39,8 @@ SPEC_KEYS = (
 )
 # Stopped in Verda's console, and the action that brings each back.
 STOPPED = {InstanceStatus.OFFLINE: Actions.START, InstanceStatus.HIBERNATING: Actions.RESTORE}
+# The statuses of a stopped instance on its way back to "running".
+RESUMING = BOOTING | frozenset({*STOPPED, InstanceStatus.RESTORING, "starting"})
 # What Verda must have free for a new instance.
 MACHINE_KEYS = frozenset({"instance_type", "location", "is_spot"})
 
@@ -98,24 +100,8 @@ class InstanceProvider(VerdaProvider):
         self.guarded(news, lambda: self._require_capacity(api, news, before))
 
     def settle(self, api: Any, props: dict[str, Any], obj: Any) -> Any:
-        timing = Timing.of(props)
-        return poll(
-            f"{self.kind} {props['name']!r} reaching 'running'",
-            lambda: self._running(api, obj.id, props),
-            timing.ready_timeout_s,
-            timing.poll_interval_s,
-        )
-
-    def _running(self, api: Any, id_: str, props: dict[str, Any]) -> Any | None:
-        instance = api.instances.get_by_id(id_)
-        if instance.status == InstanceStatus.RUNNING:
-            return instance
-        if instance.status not in BOOTING:
-            raise ProviderError(
-                f"{self.kind} {props['name']!r} went to status {instance.status!r} instead of 'running'."
-                " Run `pulumi up` again, or pick another location or instance type."
-            )
-        return None
+        advice = "Run `pulumi up` again, or pick another location or instance type."
+        return self._until_running(api, obj.id, props, BOOTING, advice)
 
     def change(self, api: Any, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> Any:
         """In place: ``startup_script_id`` (it runs at first boot only: nothing to send), and an
@@ -124,24 +110,28 @@ class InstanceProvider(VerdaProvider):
         if instance.status not in STOPPED:
             return instance
         api.instances.action(id_, STOPPED[instance.status])
-        timing = Timing.of(news)
-        return poll(
-            f"{self.kind} {news['name']!r} running again",
-            lambda: self._started(api, id_, news),
-            timing.ready_timeout_s,
-            timing.poll_interval_s,
-        )
+        advice = "Delete it in Verda's console, then `pulumi refresh` and `pulumi up` make a new one."
+        return self._until_running(api, id_, news, RESUMING, advice)
 
-    def _started(self, api: Any, id_: str, props: dict[str, Any]) -> Any | None:
-        instance = api.instances.get_by_id(id_)
-        if instance.status == InstanceStatus.RUNNING:
-            return instance
-        if instance.status == InstanceStatus.ERROR or instance.status in GONE:
-            raise ProviderError(
-                f"{self.kind} {props['name']!r} went to status {instance.status!r} while starting again."
-                " Delete it in Verda's console and run `pulumi refresh` then `pulumi up` for a new one."
-            )
-        return None
+    def _until_running(
+        self, api: Any, id_: str, props: dict[str, Any], waiting: frozenset[str], advice: str
+    ) -> Any:
+        """Poll until the instance runs; a status outside ``waiting`` will not get there: fail at once."""
+
+        def running() -> Any | None:
+            instance = api.instances.get_by_id(id_)
+            if instance.status == InstanceStatus.RUNNING:
+                return instance
+            if instance.status not in waiting:
+                raise ProviderError(
+                    f"{self.kind} {props['name']!r} went to status {instance.status!r} instead of "
+                    f"'running'. {advice}"
+                )
+            return None
+
+        timing = Timing.of(props)
+        what = f"{self.kind} {props['name']!r} reaching 'running'"
+        return poll(what, running, timing.ready_timeout_s, timing.poll_interval_s)
 
     def drifted(self, obj: Any, props: dict[str, Any]) -> dict[str, Any]:
         """Shut down or hibernated in the console: a pool without its GPU. ``stopped`` is no input, so
