@@ -75,10 +75,10 @@ def _up_every_resource(
     steps = {}
     for resource in run.resources_of(DYNAMIC):
         engine, props = _engine_and_props(resource, doubles)
-        engine = engines.setdefault(resource.name, engine)
+        engine = engines.setdefault(resource.urn, engine)  # two pools' children may share a name
         real = {
-            f"{name}-{key}": other.state.outputs[key]
-            for name, other in engines.items()
+            f"{other.name}-{key}": other.state.outputs[key]
+            for other in engines.values()
             if other.state is not None
             for key in other.provider.outputs
         }
@@ -88,6 +88,11 @@ def _up_every_resource(
     return steps
 
 
+def _named(engines: dict[str, Engine], name: str) -> Engine:
+    [engine] = [engine for engine in engines.values() if engine.name == name]
+    return engine
+
+
 def test_a_new_registry_token_replaces_the_auth_and_the_template_pulls_with_the_new_one(
     doubles: tuple[VerdaDouble, RunPodDouble], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -95,7 +100,7 @@ def test_a_new_registry_token_replaces_the_auth_and_the_template_pulls_with_the_
     engines: dict[str, Engine] = {}
     today = _up_every_resource(run_stack("workshop", overrides={"pools": POOLS}), engines, doubles)
     assert {step.action for step in today.values()} == {"create"}
-    auth, template = engines["overflow-registry"], engines["overflow-template"]
+    auth, template = (_named(engines, name) for name in ("overflow-registry", "overflow-template"))
     assert auth.state is not None and template.state is not None
     first_auth = auth.state.id
 
@@ -132,3 +137,64 @@ def test_a_new_registry_token_replaces_the_auth_and_the_template_pulls_with_the_
     for engine in reversed(list(engines.values())):
         engine.destroy()
     assert runpod.store["containerregistryauth"] == {} and runpod.store["templates"] == {}
+
+
+VOLUME = {"name": "comfy-models"}
+EDITS = {
+    "switch-kind": (
+        [{"kind": "verda-instance", "name": "gpu", "modelsVolume": VOLUME}],
+        [{"kind": "verda-serverless", "name": "gpu", "modelsVolume": VOLUME}],
+    ),
+    "resize": (
+        [{"kind": "verda-instance", "name": "gpu", "count": 2, "modelsVolume": VOLUME}],
+        [{"kind": "verda-instance", "name": "gpu", "count": 1, "modelsVolume": VOLUME}],
+    ),
+    "rename": (
+        [{"kind": "verda-instance", "name": "gpu", "modelsVolume": VOLUME}],
+        [{"kind": "verda-instance", "name": "baseline", "modelsVolume": VOLUME}],
+    ),
+    "remove": (
+        [{"kind": "verda-instance", "name": "gpu"}, {"kind": "runpod-serverless", "name": "overflow"}],
+        [{"kind": "verda-instance", "name": "gpu"}],
+    ),
+    "switch-cloud": (
+        [{"kind": "verda-serverless", "name": "burst"}],
+        [{"kind": "runpod-serverless", "name": "burst"}],
+    ),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_a_pool_edit_mid_day_leaves_exactly_what_the_new_config_declares(
+    edit: str, doubles: tuple[VerdaDouble, RunPodDouble]
+) -> None:
+    """The engine creates what the edited config declares, then deletes what it no longer declares
+    (dependents first; a retained models volume leaves the state but stays at the provider)."""
+    verda, runpod = doubles
+    before, after = EDITS[edit]
+    engines: dict[str, Engine] = {}
+    today = run_stack("workshop", overrides={"pools": before})
+    _up_every_resource(today, engines, doubles)
+
+    edited = run_stack("workshop", overrides={"pools": after})
+    _up_every_resource(edited, engines, doubles)
+    declared = {r.urn for r in edited.resources_of(DYNAMIC)}
+    retained = {r.urn for r in today.resources_of(DYNAMIC) if r.retain_on_delete}
+    for urn in reversed(list(engines)):
+        if urn not in declared:
+            if urn not in retained:
+                engines[urn].destroy()
+            del engines[urn]
+
+    def count(kind: str) -> int:
+        return sum(
+            int(p.get("count", 1)) if kind == "verda-instance" else 1 for p in after if p["kind"] == kind
+        )
+
+    assert len(verda.billable_instances()) == count("verda-instance")
+    assert len(verda.deployments) == count("verda-serverless")
+    assert len(runpod.store["endpoints"]) == len(runpod.store["templates"]) == count("runpod-serverless")
+    if any("modelsVolume" in p for p in before):
+        assert [v["name"] for v in verda.live_volumes() if not v["is_os_volume"]] == ["comfy-models"]
+    again = _up_every_resource(edited, engines, doubles)
+    assert {name: step.action for name, step in again.items() if step.action != "same"} == {}
