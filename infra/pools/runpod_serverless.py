@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
 import pulumi
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from infra.credential_registry import REGISTRY_PASSWORD, RUNPOD_API_KEY, Credential
 from infra.pools.access import RUNPOD_MODELS_DIR, runpod_connection, worker_env
@@ -18,15 +19,36 @@ from infra.secret import secret
 from services.queue_manager.settings import PUSH_REQUEST_LIMIT_SECONDS
 
 
+def _data_center(value: str) -> str:
+    if not re.fullmatch(r"[A-Z]{2,3}-[A-Z]{2,3}-\d{1,2}", value):
+        raise ValueError(
+            "not a data center id; fix: use a RunPod data center id such as EU-RO-1 or US-KS-2 (upper case), "
+            "one that offers network volumes and the pool's GPUs"
+        )
+    return value
+
+
+def _gpu_types(value: list[str]) -> list[str]:
+    bad = [gpu for gpu in value if not gpu.startswith(("NVIDIA ", "AMD "))]
+    if bad:
+        raise ValueError(
+            f"{', '.join(map(repr, bad))} is not a GPU type id; fix: use RunPod's GPU type id, e.g. "
+            "'NVIDIA H100 80GB HBM3' or 'NVIDIA A100 80GB PCIe' (RunPod's GPU types list shows them)"
+        )
+    return value
+
+
 class NetworkVolume(Model):
     name: Label
     size_gb: int = Field(default=500, ge=10, le=4000)
-    data_center_id: str = Field(default="EU-RO-1", min_length=4)
+    data_center_id: Annotated[str, AfterValidator(_data_center)] = "EU-RO-1"
 
 
 class RunpodServerlessConfig(PoolConfigBase, ReplicaRange):
     kind: Literal["runpod-serverless"] = "runpod-serverless"
-    gpu_type_ids: list[str] = Field(default_factory=lambda: ["NVIDIA H100 80GB HBM3"], min_length=1)
+    gpu_type_ids: Annotated[list[str], AfterValidator(_gpu_types)] = Field(
+        default_factory=lambda: ["NVIDIA H100 80GB HBM3"], min_length=1
+    )
     gpu_count: int = Field(default=1, ge=1, le=8)
     idle_timeout_seconds: int = Field(default=60, ge=5, le=3600)
     flashboot: bool = True

@@ -246,3 +246,23 @@ def test_pools_naming_one_volume_in_two_places_are_two_volumes() -> None:
     ]
     set_config(stack_values("workshop", {"pools": pools}))
     assert [pool.name for pool in load_config("workshop").pools] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fix"),
+    [
+        ("gpuTypeIds", ["H100"], "RunPod's GPU type id, e.g. 'NVIDIA H100 80GB HBM3'"),
+        (
+            "modelsVolume",
+            {"name": "models", "dataCenterId": "eu-ro-1"},
+            "a RunPod data center id such as EU-RO-1",
+        ),
+    ],
+)
+def test_a_runpod_gpu_or_data_center_in_the_wrong_form_is_refused_at_preview(
+    field: str, value: Any, fix: str
+) -> None:
+    """RunPod refused them only when the endpoint or volume was created, after the rest of the stack."""
+    text = problems("workshop", {"pools": [{"kind": "runpod-serverless", "name": "rp", field: value}]})
+    assert f"comfy-workshop:pools[0].{field}" in text
+    assert fix in text
