@@ -386,3 +386,18 @@ def test_a_rotated_api_key_reaches_the_state_so_the_evening_destroy_still_delete
     assert engine.up(props).action == "same"
     engine.destroy()
     assert case.remote(doubles, id_) is None
+
+
+def test_a_verda_gpu_the_serverless_platform_does_not_offer_fails_the_check_at_preview(
+    doubles: Doubles,
+) -> None:
+    """The engine checks every resource at preview: a compute name Verda does not have (a pool's
+    `gpu`) was refused only at create, after the rest of the stack was made."""
+    case = CASES["deployment"]
+    engine = Engine(case.resource, "deployment")
+    props = {**case.props, **connection(case, doubles), "compute": {"name": "H200x", "size": 1}}
+
+    with pytest.raises(HostError, match=r"compute.*'H200x'.*fix: .*gpu.*H100, RTX 4500 Ada"):
+        engine.up(props)
+
+    assert ("POST", "/container-deployments") not in doubles[0].log
