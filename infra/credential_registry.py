@@ -51,8 +51,23 @@ class Credential:
         alternative = f" (or export {self.env})" if self.env else ""
         return f"{self.command}{alternative}; {self.how}"
 
+    def given(self) -> str | None:
+        """The plain value as configured (stack config first, then the variable); None when neither
+        gives one, or only an empty one."""
+        configured = runtime_config.get_config(self.key)
+        if configured:
+            return str(configured)
+        return (os.environ.get(self.env) if self.env else None) or None
+
     def is_set(self) -> bool:
-        return runtime_config.get_config(self.key) is not None or bool(self.env and os.environ.get(self.env))
+        return self.given() is not None
+
+    def flaw(self) -> str | None:
+        """What is wrong with the given value, if anything (never showing it)."""
+        value = self.given()
+        if value is not None and any(char.isspace() for char in value):
+            return f"{self.what} holds a space or a line break (copied along with it?)"
+        return None
 
     def value(self) -> pulumi.Output[str] | None:
         """The value for a resource input, kept secret when it is one; None when not given at all."""

@@ -14,6 +14,16 @@ import pulumi
 PROJECT = "comfy-workshop"
 
 
+class _Hidden:
+    """Stands for a secret's value in a Problem: the value is never shown."""
+
+    def __repr__(self) -> str:
+        return "(secret, not shown)"
+
+
+HIDDEN = _Hidden()
+
+
 @dataclass(frozen=True)
 class Problem:
     """One bad configuration value: where it is, what it was, and how to fix it."""

@@ -22,7 +22,7 @@ from infra.credential_registry import (
     Credential,
     satisfied,
 )
-from infra.errors import PROJECT, ConfigError, Problem, config_key, set_command
+from infra.errors import HIDDEN, PROJECT, ConfigError, Problem, config_key, set_command
 from infra.pools import KINDS, kind_of
 
 ROLE_CREDENTIALS: dict[Role, tuple[Credential, ...]] = {
@@ -68,7 +68,7 @@ def load_config(stack: str | None = None, raw: Mapping[str, Any] | None = None) 
         except ValidationError as exc:
             problems += [_problem(error, MODELS[role]) for error in exc.errors()]
     if config is not None:
-        problems += [_missing(needed) for needed in required_credentials(config) if not satisfied(needed)]
+        problems += list(_credential_problems(required_credentials(config)))
     if problems or config is None:
         raise ConfigError(stack, problems)
     return config
@@ -139,6 +139,12 @@ def required_credentials(config: StackConfig) -> list[Credential]:
     return needed
 
 
-def _missing(credential: Credential) -> Problem:
-    what = "required secret" if credential.is_secret else "required setting"
-    return Problem(credential.key, None, f"{what} ({credential.what}) is not set", credential.fix)
+def _credential_problems(needed: list[Credential]) -> Iterator[Problem]:
+    """Each required credential missing (or empty), or given with a space or line break in it."""
+    for credential in needed:
+        if not satisfied(credential):
+            what = "required secret" if credential.is_secret else "required setting"
+            yield Problem(credential.key, None, f"{what} ({credential.what}) is not set", credential.fix)
+        elif (flaw := credential.flaw()) is not None:
+            shown = HIDDEN if credential.is_secret else credential.given()
+            yield Problem(credential.key, shown, flaw, f"set it again without it: {credential.fix}")

@@ -266,3 +266,19 @@ def test_a_runpod_gpu_or_data_center_in_the_wrong_form_is_refused_at_preview(
     text = problems("workshop", {"pools": [{"kind": "runpod-serverless", "name": "rp", field: value}]})
     assert f"comfy-workshop:pools[0].{field}" in text
     assert fix in text
+
+
+@pytest.mark.parametrize("value", ["", "   ", "rp-s3cr3tvalue\n", " rp-s3cr3tvalue", "rp-s3cr3t value"])
+def test_a_blank_or_spaced_credential_is_refused_without_showing_it(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key pasted with its line break (or an empty one) passed the check and failed at the provider,
+    with 401s after the rest of the stack was made."""
+    monkeypatch.setitem(TEST_SECRETS, "comfy-workshop:runpodApiKey", value)
+    pool = {"kind": "runpod-serverless", "name": "rp", "maxReplicas": 2}
+
+    text = problems("workshop", {"pools": [pool]})
+
+    assert "comfy-workshop:runpodApiKey" in text
+    assert "pulumi config set --secret 'comfy-workshop:runpodApiKey'" in text
+    assert "s3cr3t" not in text, "a secret is never shown"
