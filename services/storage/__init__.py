@@ -14,6 +14,7 @@ from services.storage.base import (
     KeyTakenError,
     Storage,
     StorageError,
+    StorageUnavailableError,
     aiter_chunks,
 )
 from services.storage.open import S3Settings, open_storage
@@ -26,6 +27,7 @@ __all__ = [
     "S3Settings",
     "Storage",
     "StorageError",
+    "StorageUnavailableError",
     "aiter_chunks",
     "open_storage",
 ]

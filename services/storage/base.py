@@ -12,6 +12,10 @@ class StorageError(Exception):
     """A storage call failed in a way the caller should report (bad key, missing file, no access)."""
 
 
+class StorageUnavailableError(StorageError):
+    """The store did not answer (unreachable, timed out, or busy): the same call may work later."""
+
+
 class FileMissingError(StorageError, FileNotFoundError):
     """The key names no stored file."""
 

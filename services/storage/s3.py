@@ -19,9 +19,16 @@ import tempfile
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import IO, TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from services.storage.base import CHUNK_SIZE, FileMissingError, KeyTakenError, StorageError, check_key
+from services.storage.base import (
+    CHUNK_SIZE,
+    FileMissingError,
+    KeyTakenError,
+    StorageError,
+    StorageUnavailableError,
+    check_key,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -29,6 +36,7 @@ if TYPE_CHECKING:
 PART_SIZE = 8 * 1024 * 1024  # S3 wants >= 5 MiB for every part but the last
 SPOOL_MEMORY = 1024 * 1024
 TAKEN = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+BUSY = ("InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "500", "502", "503", "504")
 
 
 class S3Storage:
@@ -44,12 +52,16 @@ class S3Storage:
     async def _call(self, method: str, **kwargs: Any) -> Any:
         try:
             return await asyncio.to_thread(getattr(self.client, method), Bucket=self.bucket, **kwargs)
+        except BotoCoreError as exc:  # no answer: unreachable, timed out, cut off
+            raise StorageUnavailableError(f"{self.url}: {method} got no answer: {exc}") from exc
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise FileMissingError(f"no stored file {kwargs.get('Key')!r} in {self.url}") from exc
             if code in TAKEN and "IfNoneMatch" in kwargs:
                 raise KeyTakenError(f"{kwargs.get('Key')!r} is stored already in {self.url}") from exc
+            if code in BUSY:
+                raise StorageUnavailableError(f"{self.url}: {method} answered {code}: {exc}") from exc
             raise StorageError(f"{self.url}: {method} failed with {code}: {exc}") from exc
 
     async def put(

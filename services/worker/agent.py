@@ -90,6 +90,7 @@ class Agent:
             settings.ws_silence_seconds,
             settings.poll_seconds,
             on_lost=lambda reason: self.comfy_server.lost(self.comfy, reason),
+            storage_patience=settings.storage_retry_seconds,
         )
         self.models: list[str] = []
         self.catalogue: dict[str, Any] = {}

@@ -29,14 +29,23 @@ already (or was deleted since, as it can be on ComfyUI) and is named as it is, n
 from __future__ import annotations
 
 import asyncio
+import logging
 import mimetypes
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from tenacity import (
+    AsyncRetrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
 from services.protocol.jobs import OutputFile, storage_key
-from services.storage import KeyTakenError, Storage, StorageError
+from services.storage import KeyTakenError, Storage, StorageError, StorageUnavailableError
 
 CHUNK = 1024 * 1024
 COUNTED = re.compile(
@@ -44,6 +53,7 @@ COUNTED = re.compile(
 )  # ComfyUI's ``{prefix}_{counter:05}_.ext``
 MAX_TRIES = 8  # names tried for one output before the job's storing fails (and is retried)
 Place = tuple[str, str, str]  # (type, subfolder, filename) of an output
+log = logging.getLogger(__name__)
 
 
 def item_place(item: dict[str, Any]) -> Place:
@@ -97,25 +107,44 @@ async def reused_output(storage: Storage, user: str, ref: OutputFile) -> OutputF
     return ref.model_copy(update={"size": size or 0, "content_type": content_type})
 
 
-async def store_output(folder: Path, storage: Storage, user: str, ref: OutputFile) -> OutputFile:
+async def put_file(
+    storage: Storage, key: str, path: Path, content_type: str, patience: float, create_only: bool = False
+) -> int:
+    """Stream the file at ``path`` to ``key``; while the store does not answer (an outage), try again
+    for ``patience`` seconds at most: the outputs are set aside and the next job runs meanwhile."""
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(StorageUnavailableError),
+        stop=stop_after_delay(patience),
+        wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
+        reraise=True,
+        before_sleep=before_sleep_log(log, logging.WARNING),
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await storage.put(key, file_chunks(path), content_type, create_only=create_only)
+    raise AssertionError("unreachable: tenacity reraises the last failure")  # pragma: no cover
+
+
+async def store_output(
+    folder: Path, storage: Storage, user: str, ref: OutputFile, patience: float = 0.0
+) -> OutputFile:
     """Stream one output from ``folder/<type>/<subfolder>/<name>`` (where the worker set ComfyUI's
     files aside) to storage, unless it is a cache hit; return it with its size and content type,
-    and the name it is stored under (a counted name taken in her storage moves to a free one)."""
+    and the name it is stored under (a counted name taken in her storage moves to a free one).
+    A store that does not answer is waited for ``patience`` seconds (``put_file``)."""
     path = written(folder, ref)
     if path is None:
         return await reused_output(storage, user, ref)
     content_type = mimetypes.guess_type(ref.filename)[0] or "application/octet-stream"
     counted = COUNTED.fullmatch(ref.filename)
     if counted is None:  # a node's fixed name: written over, as ComfyUI does
-        size = await storage.put(storage_key(user, ref), file_chunks(path), content_type)
+        size = await put_file(storage, storage_key(user, ref), path, content_type, patience)
         return ref.model_copy(update={"size": size, "content_type": content_type})
     stem, ext = counted["stem"], counted["ext"] or ""
     name, counter = ref, int(counted["n"])
     for _ in range(MAX_TRIES):
         try:
-            size = await storage.put(
-                storage_key(user, name), file_chunks(path), content_type, create_only=True
-            )
+            size = await put_file(storage, storage_key(user, name), path, content_type, patience, True)
         except KeyTakenError:
             counter = await highest_counter(storage, storage_key(user, name), stem, counter) + 1
             name = ref.model_copy(update={"filename": f"{stem}_{counter:05}_{ext}"})
@@ -139,7 +168,9 @@ async def highest_counter(storage: Storage, key: str, stem: str, at_least: int) 
     return highest
 
 
-async def store_outputs(folder: Path, storage: Storage, user: str, entry: dict[str, Any]) -> list[OutputFile]:
+async def store_outputs(
+    folder: Path, storage: Storage, user: str, entry: dict[str, Any], patience: float = 0.0
+) -> list[OutputFile]:
     """Every output of the entry, each file copied once however many nodes name it; in the order of
     ``output_files``, each named as stored."""
     stored: dict[Place, OutputFile] = {}
@@ -147,7 +178,7 @@ async def store_outputs(folder: Path, storage: Storage, user: str, entry: dict[s
     for ref in output_files(entry):
         where = place(ref)
         if where not in stored:
-            stored[where] = await store_output(folder, storage, user, ref)
+            stored[where] = await store_output(folder, storage, user, ref, patience)
         outputs.append(stored[where].model_copy(update={"node_id": ref.node_id, "kind": ref.kind}))
     return outputs
 

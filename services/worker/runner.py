@@ -24,7 +24,7 @@ from typing import Any
 
 from services.protocol.jobs import Job, JobError, OutputFile
 from services.protocol.workers import JobTiming
-from services.storage import Storage, StorageError
+from services.storage import Storage, StorageError, StorageUnavailableError
 from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, PromptRejectedError
 from services.worker.comfy_events import Event, EventStream
 from services.worker.forwarder import EventForwarder
@@ -382,9 +382,11 @@ class JobRunner:
         silence: float = 5.0,
         poll: float = 1.0,
         on_lost: Callable[[str], None] = lambda _: None,
+        storage_patience: float = 0.0,
     ) -> None:
         self.comfy, self.events, self.storage, self.files = comfy, events, storage, files
         self.silence, self.poll = silence, poll
+        self.storage_patience = storage_patience  # how long outputs wait for a store that does not answer
         # Called (with why) the moment a job finds ComfyUI gone or silent, whoever's job it turns out
         # to be, before the GPU is said to be free: the worker claims nothing more until it answers.
         self.on_lost = on_lost
@@ -430,6 +432,9 @@ class JobRunner:
         except ComfyUnavailableError as exc:
             self.on_lost(str(exc))
             return Outcome(lost=str(exc))
+        except StorageUnavailableError as exc:  # an outage, not her files: another try may do
+            message = f"the file store did not answer while the job's files were staged: {exc}"
+            return Outcome(error=JobError(type="StorageUnavailable", message=message, retryable=True))
         except StorageError as exc:
             return Outcome(error=JobError(type="InputUnavailable", message=str(exc)))
         except PromptRejectedError as exc:
@@ -529,7 +534,8 @@ class JobRunner:
             await self.files.stored_before(job)  # the files it names may be on their way to storage
         try:
             started = time.monotonic()
-            outputs = await store_outputs(self.files.kept(job.id), self.storage, job.user, ending.entry)
+            kept = self.files.kept(job.id)
+            outputs = await store_outputs(kept, self.storage, job.user, ending.entry, self.storage_patience)
             timing.upload_seconds = time.monotonic() - started
         except (OSError, StorageError) as exc:
             self.files.unstored(job.user)

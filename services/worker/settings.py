@@ -126,6 +126,12 @@ class WorkerSettings(BaseSettings):
         gt=0,
         description="WORKER_PREVIEWS_PER_SECOND: preview images forwarded per job (after a burst of 2)",
     )
+    storage_retry_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="WORKER_STORAGE_RETRY_SECONDS: how long a finished job's outputs wait for a file store "
+        "that does not answer (the next jobs run meanwhile) before the job fails and is retried",
+    )
     shutdown_grace_seconds: float = Field(
         default=60.0, ge=0, description="WORKER_SHUTDOWN_GRACE_SECONDS: time to finish a job on SIGTERM"
     )

@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from devkit.s3 import make_bucket
-from services.storage import S3Settings, Storage, StorageError, aiter_chunks, open_storage
+from devkit.servers import free_port
+from services.storage import (
+    S3Settings,
+    Storage,
+    StorageError,
+    StorageUnavailableError,
+    aiter_chunks,
+    open_storage,
+)
 from services.storage.base import FileMissingError, KeyTakenError
 from services.storage.s3 import PART_SIZE, S3Storage
 
@@ -155,3 +163,17 @@ async def test_a_plain_put_still_replaces(storage: Storage) -> None:
     await storage.put("users/ada/output/fixed.png", aiter_chunks(b"old"))
     await storage.put("users/ada/output/fixed.png", aiter_chunks(b"new"))
     assert await read_all(storage.get("users/ada/output/fixed.png")) == b"new"
+
+
+async def test_a_bucket_that_does_not_answer_is_told_apart_from_a_refusal() -> None:
+    """Nothing listens at the endpoint: every call says the store is unavailable (try again later),
+    a StorageError as any storage failure, not a botocore error the caller cannot know."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    settings = S3Settings(endpoint_url=dead, access_key_id="t", secret_access_key="t", region="us-east-1")
+    storage = open_storage("s3://nowhere/files", settings)
+    with pytest.raises(StorageUnavailableError, match="no answer"):
+        await storage.put("users/ada/output/x.png", aiter_chunks(b"x"))
+    with pytest.raises(StorageUnavailableError):
+        await storage.list("users/ada/")
+    with pytest.raises(StorageUnavailableError):
+        await storage.size("users/ada/output/x.png")

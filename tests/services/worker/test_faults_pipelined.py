@@ -10,18 +10,32 @@ import base64
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+import redis
 import websockets
 
 from devkit.doubles.comfyui import ComfyUIDouble
+from devkit.s3 import make_bucket, s3_client
+from devkit.servers import free_port
 from services.protocol.jobs import JobState
+from services.storage import S3Settings, open_storage
+from services.storage.s3 import S3Storage
+from services.worker import job_files
 from services.worker.supervisor import ComfyProcess
 from tests.support.jobs import finished, graph, participant, submit, until
 from tests.support.queue_manager_app import LiveServer, password
-from tests.support.worker_agent import GatedStorage, child_worker_settings, pull_worker, worker_settings
+from tests.support.worker_agent import (
+    GatedStorage,
+    child_worker_settings,
+    hold_of,
+    pull_worker,
+    worker_settings,
+)
 
 
 async def test_comfyui_killed_while_the_last_jobs_outputs_upload_loses_neither_job(
@@ -126,3 +140,85 @@ async def test_a_cancel_while_the_outputs_upload_keeps_them_and_the_worker_goes_
     ), done.error
     assert (tmp_path / "files" / "users" / "alice" / "output" / "late_00001_.png").is_file()
     assert after.state == JobState.SUCCEEDED and [o.filename for o in after.outputs] == ["after_00001_.png"]
+
+
+async def test_a_bucket_outage_while_outputs_upload_spends_no_attempt_and_loses_no_output(
+    comfy: ComfyUIDouble,
+    qm: LiveServer,
+    alice: httpx.AsyncClient,
+    tmp_path: Path,
+    s3_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bucket stops answering (connections refused) while her jobs run: each finished job's
+    outputs wait for it while the next job runs, and are stored once it answers again; no job is
+    left to its lease's end, run again or failed, and every output is stored once."""
+    monkeypatch.setattr(job_files, "LISTING_SECONDS", 3600.0)  # her names, listed by the first job
+    make_bucket(s3_endpoint, "outage")
+    config = S3Settings(
+        endpoint_url=s3_endpoint, access_key_id="t", secret_access_key="t", region="us-east-1"
+    )
+    storage = open_storage("s3://outage/files", config)
+    assert isinstance(storage, S3Storage)
+    bucket = storage.client
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path), storage):
+        warm = await finished(alice, await submit(alice, graph(77, prefix="warm")))
+        storage.client = s3_client(f"http://127.0.0.1:{free_port()}")  # nothing answers there
+        jobs = [await submit(alice, graph(78 + n, prefix=f"out{n}")) for n in range(2)]
+        await until(lambda: all(job in comfy.state.history for job in jobs), "both ran in ComfyUI", 20)
+        storage.client = bucket
+        done = [await finished(alice, job, timeout=30) for job in jobs]
+    assert warm.state == JobState.SUCCEEDED
+    assert [(j.state, j.attempts, j.error) for j in done] == [(JobState.SUCCEEDED, 1, None)] * 2
+    assert [[o.filename for o in j.outputs] for j in done] == [["out0_00001_.png"], ["out1_00001_.png"]]
+    assert await storage.list("users/alice/output/out") == [
+        "users/alice/output/out0_00001_.png",
+        "users/alice/output/out1_00001_.png",
+    ]
+
+
+async def test_a_stop_while_one_job_uploads_and_the_next_runs_finishes_both_and_gives_back_the_held(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, held_by: redis.Redis
+) -> None:
+    """SIGTERM (``stop``) while the first job's outputs are on their way, the second runs in ComfyUI
+    and a third is held for this worker: the first is stored and completes, the second finishes in
+    its grace period, the third goes back to the queue unrun, no attempt spent."""
+    storage = GatedStorage(tmp_path / "files")
+    comfy.knobs.node_seconds = 0.3
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path), storage) as running:
+        jobs = [await submit(alice, graph(85 + n, prefix=f"job{n}")) for n in range(3)]
+        await asyncio.wait_for(storage.waiting.wait(), 20)
+        await until(lambda: comfy.state.running is not None, "the second runs in ComfyUI", 20)
+        await until(lambda: hold_of(held_by, jobs[2]) == "w-test", "the third held for w-test", 20)
+        running.worker.stop()
+        storage.gate.set()
+        await asyncio.wait_for(running.task, 20)  # the worker's loop ends: it has let go of all
+        left = [(await alice.get(f"/api/jobs/{job}")).json() for job in jobs]
+    assert [(j["state"], j["attempts"]) for j in left] == [("succeeded", 1), ("succeeded", 1), ("queued", 0)]
+    assert hold_of(held_by, jobs[2]) == "" and jobs[2] not in comfy.state.timings
+
+
+async def test_the_queue_manager_restarting_while_one_job_uploads_and_the_next_runs_loses_neither(
+    comfy: ComfyUIDouble, qm_factory: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    """The queue manager restarts (a deploy) while the first job's outputs are on their way and the
+    second runs: each gets exactly one completion once it is back, on its first attempt."""
+    qm = qm_factory(lease_seconds=20.0)
+    storage = GatedStorage(tmp_path / "files")
+    comfy.knobs.node_seconds = 0.3
+    async with (
+        participant(qm, "alice") as alice,
+        pull_worker(worker_settings(comfy, qm.url, tmp_path), storage),
+    ):
+        jobs = [await submit(alice, graph(88 + n, prefix=f"job{n}")) for n in range(2)]
+        await asyncio.wait_for(storage.waiting.wait(), 20)
+        await until(lambda: comfy.state.running is not None, "the second runs in ComfyUI", 20)
+        qm.stop()
+        storage.gate.set()
+        await until(
+            lambda: jobs[1] in comfy.state.history, "the second ran while the queue manager was away", 20
+        )
+        qm.start()
+        done = [await finished(alice, job, timeout=30) for job in jobs]
+    assert [(j.state, j.attempts) for j in done] == [(JobState.SUCCEEDED, 1)] * 2, [j.error for j in done]
+    assert [[o.filename for o in j.outputs] for j in done] == [["job0_00001_.png"], ["job1_00001_.png"]]
