@@ -93,14 +93,21 @@ class NetworkVolumeProvider(_Collection):
         were placed before) holds models too and is neither adopted nor deleted."""
         return super().mine(obj, props) and obj.get("dataCenterId") == props["data_center"]
 
+    def adopt(self, api: RunPodApi, props: dict[str, Any], obj: Any) -> Any:
+        """The volume an earlier day kept, grown when the config now asks for more (never shrunk)."""
+        return self._grown(api, obj["id"], props) if int(obj.get("size", 0)) < int(props["size"]) else obj
+
     def change(self, api: RunPodApi, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> Any:
         if int(news["size"]) < int(olds["size"]):
             raise ProviderError(
                 f"{self.kind} {news['name']!r} cannot shrink from {olds['size']} GB to {news['size']} GB: "
                 f"set its size back to at least {olds['size']} in the stack config"
             )
+        return self._grown(api, id_, news)
+
+    def _grown(self, api: RunPodApi, id_: str, props: dict[str, Any]) -> Any:
         return api.call(
-            "PATCH", f"{self.collection}/{id_}", {"name": news["name"], "size": int(news["size"])}
+            "PATCH", f"{self.collection}/{id_}", {"name": props["name"], "size": int(props["size"])}
         )
 
 

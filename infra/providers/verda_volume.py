@@ -34,6 +34,15 @@ class SharedVolumeProvider(VerdaProvider):
     def make(self, api: Any, props: dict[str, Any]) -> Any:
         return api.volumes.create(SHARED, props["name"], int(props["size"]), location=props["location"])
 
+    def adopt(self, api: Any, props: dict[str, Any], obj: Any) -> Any:
+        """The volume an earlier day kept, grown when the config now asks for more (never shrunk)."""
+        return self._grown(api, obj.id, int(obj.size), int(props["size"]))
+
+    def _grown(self, api: Any, id_: str, old: int, new: int) -> Any:
+        if new > old:
+            api.volumes.increase_size(id_, new)
+        return api.volumes.get_by_id(id_)
+
     def settle(self, api: Any, props: dict[str, Any], obj: Any) -> Any:
         timing = Timing.of(props)
         return poll(
@@ -58,9 +67,7 @@ class SharedVolumeProvider(VerdaProvider):
                 f"{self.kind} {news['name']!r} cannot shrink from {old} GB to {new} GB: set its size "
                 f"back to at least {old} in the stack config"
             )
-        if new > old:
-            api.volumes.increase_size(id_, new)
-        return api.volumes.get_by_id(id_)
+        return self._grown(api, id_, old, new)
 
     def remove(self, api: Any, props: dict[str, Any], obj: Any) -> None:
         delete_confirmed(

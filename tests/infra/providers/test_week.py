@@ -401,3 +401,22 @@ def test_a_verda_gpu_the_serverless_platform_does_not_offer_fails_the_check_at_p
         engine.up(props)
 
     assert ("POST", "/container-deployments") not in doubles[0].log
+
+
+@pytest.mark.parametrize("kind", ["shared-volume", "network-volume"])
+def test_a_kept_models_volume_grows_to_the_size_the_next_morning_asks_for(
+    kind: str, doubles: Doubles
+) -> None:
+    """The evening destroy keeps the volume (retained: it leaves the state, not the provider); the
+    organizer raises its size overnight; the morning's create adopts it and must grow it, or it stays
+    small with the state saying otherwise and no later up ever growing it."""
+    case, evening, props = created(kind, doubles)
+    assert evening.state is not None
+    kept = evening.state.id
+
+    morning = Engine(case.resource, kind)
+    assert morning.up({**props, "size": 800}).action == "create"
+
+    assert morning.state is not None and morning.state.id == kept
+    remote = case.remote(doubles, kept)
+    assert remote is not None and remote["size"] == 800
