@@ -181,14 +181,20 @@ async def history(request: Request, ctx: Context, user: Participant) -> Response
     return JSONResponse(comfyui.history_answer(await visible_jobs(ctx, user), limit, start))
 
 
+MAX_DIGITS = 18
+"""Longer counts are refused by name (Python's ``int`` refuses past 4300 digits, naming only itself)."""
+
+
 def whole(request: Request, name: str) -> int | None:
     """A count query parameter (None when absent); ValueError naming it when it is no whole number
     (ComfyUI's own ``int()`` answers 500 to those, and it never needs a negative one)."""
     value = request.query_params.get(name)
     if value is None:
         return None
-    if not (value.isascii() and value.isdigit()):
-        raise ValueError(f"{name} must be a whole number like 64, not {value[:40]!r}")
+    if not (value.isascii() and value.isdigit()) or len(value) > MAX_DIGITS:
+        raise ValueError(
+            f"{name} must be a whole number like 64 (at most {MAX_DIGITS} digits), not {value[:40]!r}"
+        )
     return int(value)
 
 
