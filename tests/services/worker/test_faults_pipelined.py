@@ -222,3 +222,30 @@ async def test_the_queue_manager_restarting_while_one_job_uploads_and_the_next_r
         done = [await finished(alice, job, timeout=30) for job in jobs]
     assert [(j.state, j.attempts) for j in done] == [(JobState.SUCCEEDED, 1)] * 2, [j.error for j in done]
     assert [[o.filename for o in j.outputs] for j in done] == [["job0_00001_.png"], ["job1_00001_.png"]]
+
+
+async def test_comfyui_killed_while_the_next_job_is_held_gives_both_back_without_an_attempt(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, held_by: redis.Redis
+) -> None:
+    """ComfyUI dies running one job while the next is held (prepared) for this worker: the running
+    one is given back with the loss counted and no attempt, the held one goes back unrun, and both
+    run once ComfyUI is back."""
+    settings = child_worker_settings(comfy, qm.url, tmp_path)
+    async with pull_worker(settings) as running:
+        supervisor = running.agent.comfy_server
+        assert isinstance(supervisor, ComfyProcess)
+        jobs = [await submit(alice, graph(90 + n, prefix=f"job{n}")) for n in range(2)]
+        await until(lambda: hold_of(held_by, jobs[1]) == "w-test", "the second held for w-test", 20)
+        comfyui = running.agent.comfy
+        async with asyncio.timeout(20):
+            while jobs[0] not in (await comfyui.queue())[0]:
+                await asyncio.sleep(0.02)  # polling the child ComfyUI's /queue
+        assert supervisor._process is not None
+        os.kill(supervisor._process.pid, signal.SIGKILL)
+        done = [await finished(alice, job, timeout=40) for job in jobs]
+        restarts = supervisor.restarts
+    assert [(j.state, j.attempts, j.comfyui_losses) for j in done] == [
+        (JobState.SUCCEEDED, 1, 1),
+        (JobState.SUCCEEDED, 1, 0),
+    ], [j.error for j in done]
+    assert restarts == 1
