@@ -35,6 +35,11 @@ class _Collection(RunPodProvider):
     def make(self, api: RunPodApi, props: dict[str, Any]) -> Any:
         return api.call("POST", self.collection, self.body(props))
 
+    def adopt(self, api: RunPodApi, props: dict[str, Any], obj: Any) -> Any:
+        """One found under our name may be an earlier day's (a destroy that failed half-way): bring it
+        to ``props``, or the state would claim values it does not have."""
+        return self.change(api, str(obj["id"]), obj, props)
+
     def fetch(self, api: RunPodApi, id_: str, props: dict[str, Any]) -> Any | None:
         return api.get_or_none(f"{self.collection}/{id_}")
 

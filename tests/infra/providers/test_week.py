@@ -420,3 +420,25 @@ def test_a_kept_models_volume_grows_to_the_size_the_next_morning_asks_for(
     assert morning.state is not None and morning.state.id == kept
     remote = case.remote(doubles, kept)
     assert remote is not None and remote["size"] == 800
+
+
+@pytest.mark.parametrize(
+    ("kind", "key", "value"), [("endpoint", "workersMax", 0), ("template", "imageName", "old:1")]
+)
+def test_a_runpod_object_left_under_our_name_is_brought_to_the_config_when_adopted(
+    kind: str, key: str, value: Any, doubles: Doubles
+) -> None:
+    """Yesterday's endpoint or template left behind (a destroy that failed half-way, a state lost) is
+    found by name and adopted: with yesterday's values, which the state then claimed were today's."""
+    case, yesterday, props = created(kind, doubles)
+    assert yesterday.state is not None
+    left = case.remote(doubles, yesterday.state.id)
+    assert left is not None
+    wanted = left[key]
+    left[key] = value
+
+    today = Engine(case.resource, kind)
+    assert today.up(props).action == "create"
+
+    assert today.state is not None and today.state.id == yesterday.state.id
+    assert case.remote(doubles, today.state.id)[key] == wanted  # type: ignore[index]
