@@ -206,6 +206,12 @@ class _WithPools(Model):
     models: list[ModelFile] = Field(default_factory=list, max_length=500)
     comfyui: ComfyUIConfig = ComfyUIConfig()  # the workers' ComfyUI and the frontend served with it
 
+    @field_validator("models")
+    @classmethod
+    def _one_entry_per_file(cls, value: list[ModelFile]) -> list[ModelFile]:
+        unique_names([model.path for model in value], "model path")
+        return value
+
     @field_validator("pools")
     @classmethod
     def _unique_pools(cls, value: list[PoolConfig]) -> list[PoolConfig]:

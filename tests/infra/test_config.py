@@ -282,3 +282,11 @@ def test_a_blank_or_spaced_credential_is_refused_without_showing_it(
     assert "comfy-workshop:runpodApiKey" in text
     assert "pulumi config set --secret 'comfy-workshop:runpodApiKey'" in text
     assert "s3cr3t" not in text, "a secret is never shown"
+
+
+def test_a_model_path_listed_twice_is_refused() -> None:
+    """Two entries for one file (each with its own sha256) left every worker's sync failing on one."""
+    model = {"path": "checkpoints/a.safetensors", "size": 1, "sha256": "a" * 64}
+    text = problems("workshop", {"models": [model, {**model, "sha256": "b" * 64}]})
+    assert "comfy-workshop:models" in text
+    assert "duplicate model path checkpoints/a.safetensors" in text
