@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from pathlib import Path
 
 from services.storage.base import CHUNK_SIZE, FileMissingError, KeyConflictError, KeyTakenError, check_key
+
+PARTIAL = re.compile(r"\..+\.[0-9a-f]{32}\.part")
+"""A write still under way: ``.<name>.<uuid hex>.part`` beside the file it becomes (``put``). Only
+such names are left out of listings: a participant's own ``notes.part`` is listed like any file."""
 
 
 class LocalStorage:
@@ -125,5 +130,5 @@ def _walk(folder: Path | str, base: str) -> Iterator[str]:
         key = base + entry.name
         if entry.is_dir(follow_symlinks=False):
             yield from _walk(entry.path, f"{key}/")
-        elif entry.is_file() and not entry.name.endswith(".part"):
+        elif entry.is_file() and not PARTIAL.fullmatch(entry.name):
             yield key

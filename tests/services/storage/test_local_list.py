@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from services.storage import KeyConflictError, aiter_chunks
-from services.storage.local import LocalStorage
+from services.storage.local import PARTIAL, LocalStorage
 
 KEYS = [
     "users/ada/input/b.png",
@@ -39,7 +39,7 @@ async def storage_with_files(root: Path) -> LocalStorage:
     storage = LocalStorage(root)
     for key in KEYS:
         await storage.put(key, aiter_chunks(b"x"))
-    (root / "users/ada/output/.a.png.0123.part").write_bytes(b"half an upload")
+    (root / f"users/ada/output/.a.png.{'0123' * 8}.part").write_bytes(b"half an upload")
     return storage
 
 
@@ -48,7 +48,7 @@ def whole_root_listing(root: Path, prefix: str) -> list[str]:
     keys = (
         p.relative_to(root).as_posix()
         for p in root.rglob("*")
-        if p.is_file() and not p.name.endswith(".part")
+        if p.is_file() and not PARTIAL.fullmatch(p.name)
     )
     return sorted(key for key in keys if key.startswith(prefix))
 
@@ -93,3 +93,12 @@ async def test_a_key_that_needs_a_file_where_a_folder_is_or_the_reverse_is_refus
     with pytest.raises(KeyConflictError, match="a file and a folder"):
         await storage.put(second, aiter_chunks(b"new"))
     assert await storage.list("users/ada/") == [first]
+
+
+@pytest.mark.parametrize("name", ["notes.part", "x.part", ".hidden.part", f".a.png.{'0' * 31}.part"])
+async def test_a_file_whose_name_ends_in_part_is_listed_like_any_other(tmp_path: Path, name: str) -> None:
+    """Only a write still under way is left out of listings, not a participant's ``notes.part``:
+    it vanished from her input list and a workflow naming it was refused."""
+    storage = LocalStorage(tmp_path)
+    await storage.put(f"users/ada/input/{name}", aiter_chunks(b"mine"))
+    assert await storage.list("users/ada/input/") == [f"users/ada/input/{name}"]
