@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import requests
+from pulumi.dynamic import CheckFailure, CheckResult
+from pulumi.runtime import rpc
 from verda import VerdaClient
 from verda.exceptions import APIException
 
 from infra.credential_registry import VERDA_CLIENT_ID, VERDA_CLIENT_SECRET, from_props
-from infra.providers.lifecycle import LifecycleProvider, poll
+from infra.providers.lifecycle import LifecycleProvider, ProviderError, poll
 from infra.providers.timing import Timing
 
 DEFAULT_API_URL = "https://api.verda.com/v1"
@@ -83,6 +86,28 @@ class VerdaProvider(LifecycleProvider):
 
     def connect(self, props: dict[str, Any]) -> Any:
         return verda_client(props)
+
+    def check_offered(
+        self, checked: CheckResult, key: str, listing: Callable[[Any], Iterable[str]], fix: str
+    ) -> CheckResult:
+        """``checked``, failing ``key`` when its value is none of what Verda lists: the engine checks
+        at preview, so a name Verda does not have stops the `up` before anything is made. ``fix``
+        names the config key; Verda's names follow it. When Verda cannot be asked, create explains."""
+        news = checked.inputs
+        wanted = news.get(key)
+        if isinstance(wanted, dict):
+            wanted = wanted.get("name")
+        if checked.failures or wanted in (None, rpc.UNKNOWN):
+            return checked
+        try:
+            api = self.guarded(news, lambda: self.connect(news))
+            offered = set(self.guarded(news, lambda: listing(api)))
+        except ProviderError:
+            return checked
+        if wanted in offered:
+            return checked
+        reason = f"Verda offers no {wanted!r}; fix: {fix} to one of {', '.join(sorted(offered))}"
+        return CheckResult(news, [CheckFailure(key, reason)])
 
     def is_transient(self, exc: BaseException) -> bool:
         return is_transient(exc)

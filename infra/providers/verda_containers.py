@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pulumi.dynamic import CheckFailure, CheckResult
-from pulumi.runtime import rpc
+from pulumi.dynamic import CheckResult
 from verda.containers import (
     ComputeResource,
     Container,
@@ -29,7 +28,6 @@ from verda.containers import (
     SharedFileSystemMount,
 )
 
-from infra.providers.lifecycle import ProviderError
 from infra.providers.timing import Timing
 from infra.providers.verda_api import VerdaProvider, delete_confirmed, fetch_or_none
 
@@ -57,24 +55,12 @@ class DeploymentProvider(VerdaProvider):
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         """Also, at preview: the compute (a pool's ``gpu``) is one Verda's serverless platform offers."""
-        checked = super().check(_olds, news)
-        wanted = (news.get("compute") or {}).get("name")
-        offered = None if checked.failures or wanted in (None, rpc.UNKNOWN) else self._offered(news)
-        if offered is None or wanted in offered:
-            return checked
-        reason = (
-            f"Verda's serverless containers have no compute {wanted!r}; fix: set the pool's gpu in "
-            f"comfy-workshop:pools to one of {', '.join(sorted(offered))}"
+        return self.check_offered(
+            super().check(_olds, news),
+            "compute",
+            lambda api: (c.name for c in api.containers.get_compute_resources()),
+            "set the pool's gpu in comfy-workshop:pools",
         )
-        return CheckResult(news, [CheckFailure("compute", reason)])
-
-    def _offered(self, props: dict[str, Any]) -> set[str] | None:
-        """The compute names Verda offers, or None when it cannot be asked (create explains then)."""
-        try:
-            api = self.guarded(props, lambda: self.connect(props))
-            return {c.name for c in self.guarded(props, api.containers.get_compute_resources)}
-        except ProviderError:
-            return None
 
     def find(self, api: Any, props: dict[str, Any]) -> Any | None:
         return fetch_or_none(api.containers.get_deployment_by_name, props["name"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pulumi.dynamic import CheckResult
 from pulumi.runtime import rpc
 from verda.constants import Actions, InstanceStatus
 
@@ -54,6 +55,15 @@ class InstanceProvider(VerdaProvider):
     required = ("name", "instance_type", "location")
     replace_keys = frozenset(SPEC_KEYS)
     outputs = ("instance_id", "ip", "status", "os_volume_id", "price_per_hour")
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        """Also, at preview: the instance type is one Verda has."""
+        return self.check_offered(
+            super().check(_olds, news),
+            "instance_type",
+            lambda api: (t.instance_type for t in api.instance_types.get()),
+            "set the pool's instanceType in comfy-workshop:pools",
+        )
 
     def find(self, api: Any, props: dict[str, Any]) -> Any | None:
         mine = [i for i in api.instances.get() if i.hostname == props["name"] and i.status not in GONE]

@@ -442,3 +442,16 @@ def test_a_runpod_object_left_under_our_name_is_brought_to_the_config_when_adopt
 
     assert today.state is not None and today.state.id == yesterday.state.id
     assert case.remote(doubles, today.state.id)[key] == wanted  # type: ignore[index]
+
+
+def test_a_verda_instance_type_verda_does_not_have_fails_the_check_at_preview(doubles: Doubles) -> None:
+    case = CASES["instance"]
+    engine = Engine(case.resource, "instance")
+    props = {**case.props, **connection(case, doubles), "instance_type": "1H200.141S.44V"}
+
+    with pytest.raises(
+        HostError, match=r"instance_type.*'1H200\.141S\.44V'.*fix: .*instanceType.*1A100\.22V"
+    ):
+        engine.up(props)
+
+    assert ("POST", "/instances") not in doubles[0].log

@@ -203,6 +203,22 @@ def _named_routes(path: str, store: str, kind: str) -> list[tuple[str, str, Any]
     return [("GET", path, listing), ("POST", path, create), ("DELETE", path + "/([^/]+)", delete)]
 
 
+# The instance types the tests name; the SDK reads every field of each.
+INSTANCE_TYPES = ("1H100.80S.30V", "2H100.80S.60V", "1A100.22V")
+
+
+def instance_types(d: VerdaDouble, body: Any, q: Any) -> Answer:
+    fields = ("description", "cpu", "gpu", "memory", "gpu_memory", "storage", "best_for", "model", "name")
+    return 200, [
+        {
+            "id": f"it-{index}", "instance_type": name, "price_per_hour": 2.29, "spot_price": 1.15,
+            **dict.fromkeys(fields, ""), "p2p": "", "currency": "usd", "manufacturer": "NVIDIA",
+            "display_name": name, "supported_os": ["ubuntu-24.04-cuda-12.8-open-docker"],
+        }
+        for index, name in enumerate(INSTANCE_TYPES)
+    ]  # fmt: skip
+
+
 def compute_resources(d: VerdaDouble, body: Any, q: Any) -> Answer:
     return 200, [
         {"name": "H100", "size": 1, "is_available": True},
@@ -213,6 +229,7 @@ def compute_resources(d: VerdaDouble, body: Any, q: Any) -> Answer:
 ROUTES: list[tuple[str, str, Any]] = [
     ("POST", "/oauth2/token", token),
     ("GET", "/instances", list_instances),
+    ("GET", "/instance-types", instance_types),
     ("POST", "/instances", create_instance),
     ("PUT", "/instances", instance_action),
     ("GET", "/instances/([^/]+)", get_instance),
