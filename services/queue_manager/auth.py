@@ -76,11 +76,15 @@ class Authenticator:
     def __init__(self, settings: Settings) -> None:
         assert settings.admin_password is not None and settings.session_secret is not None
         self.admin_user = settings.admin_user
-        self.participants = Passwords({u: p.get_secret_value() for u, p in settings.participants.items()})
-        self.admin = Passwords({settings.admin_user: settings.admin_password.get_secret_value()})
+        plain = {user: password.get_secret_value() for user, password in settings.participants.items()}
+        admin = {settings.admin_user: settings.admin_password.get_secret_value()}
+        self.participants, self.admin = Passwords(plain), Passwords(admin)
         self._tokens = {pool: token.get_secret_value() for pool, token in settings.worker_tokens.items()}
-        self._sessions = URLSafeTimedSerializer(settings.session_secret.get_secret_value(), salt="qm-session")
+        secret = settings.session_secret.get_secret_value()
+        self._sessions = URLSafeTimedSerializer(secret, salt="qm-session")
         self.session_seconds = int(settings.session_hours * 3600)
+        key = hashlib.blake2b(secret.encode("utf-8", "surrogatepass"), digest_size=32).digest()
+        self._fingerprints = {user: _fingerprint(key, user, pw) for user, pw in {**plain, **admin}.items()}
 
     def _passwords(self, user: str) -> Passwords:
         return self.admin if user == self.admin_user else self.participants
@@ -97,9 +101,18 @@ class Authenticator:
             return Principal(user, admin=user == self.admin_user)
         return None
 
-    def known(self, principal: Principal) -> bool:
-        """Whether a session's principal is still configured (a participant may have been removed)."""
-        return principal.admin or principal.user in self.participants
+    def fingerprint(self, user: str) -> str:
+        """A keyed digest of ``user``'s password as configured now (the same in every process), kept
+        with each session: once the organizer changes the password, the sessions opened with the
+        old one are over."""
+        return self._fingerprints.get(user, "")
+
+    def known(self, principal: Principal, fingerprint: str | None) -> bool:
+        """Whether a session's principal is still configured (a participant may have been removed)
+        with the password it logged in with (``None``: a session older than fingerprints)."""
+        if not (principal.admin or principal.user in self.participants):
+            return False
+        return fingerprint is None or hmac.compare_digest(fingerprint, self.fingerprint(principal.user))
 
     def basic_credentials(self, authorization: str) -> tuple[str, str] | None:
         """User and password of an ``Authorization: Basic ...`` header, or None."""
@@ -132,3 +145,8 @@ class Authenticator:
             if hmac.compare_digest(expected.encode(), token.encode()):
                 return pool
         return None
+
+
+def _fingerprint(key: bytes, user: str, password: str) -> str:
+    text = f"{user}\0{password}".encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(text, key=key, digest_size=16, person=b"qm-password").hexdigest()

@@ -26,7 +26,7 @@
 | ``{p}:catalogue_ext:{hash}`` | hash | its web extensions: ``<pack>/<file>.js`` -> source | while kept |
 | ``{p}:catalogue_current`` | string | the approved catalogue hash, the one the workspaces serve | forever |
 | ``{p}:catalogue_pending`` | hash | catalogue hash -> what it changes, for the admin | until decided |
-| ``{p}:session:{sha256}`` | hash | a login session (``user``, ``admin``) by its id's SHA-256 | session |
+| ``{p}:session:{sha256}`` | hash | a session by its id's SHA-256: user, admin, password's digest | session |
 | ``{p}:user:{u}:sessions`` | set | a user's session digests, for logout everywhere | session |
 | ``{p}:login_failures:{kind}:{sha256}`` | string | failed logins per name or address | login window |
 | ``{p}:events`` | pub/sub | ``{"user", "event"}`` for every participant event | - |

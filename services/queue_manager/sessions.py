@@ -4,6 +4,8 @@ A session cookie carries only a random id. Redis keeps the session under the id'
 (``{p}:session:{digest}``: user and admin flag, expiring after ``QM_SESSION_HOURS``) and lists a
 user's sessions (``{p}:user:{u}:sessions``), so logging out ends the session for good and the admin
 can end every session of a participant at once (``DELETE /api/admin/users/{user}/sessions``).
+Each session also keeps a keyed fingerprint of the password it was opened with: once the organizer
+changes that password, the sessions opened with the old one no longer log anyone in.
 
 Failed logins (the login form and HTTP Basic alike) are counted per user name and per client
 address (``{p}:login_failures:{kind}:{sha256}``) over ``QM_LOGIN_WINDOW_SECONDS``; past
@@ -47,26 +49,29 @@ class Sessions:
     def __init__(self, redis: StrRedis, keys: Keys, scripts: Scripts, seconds: int) -> None:
         self.redis, self.keys, self.scripts, self.seconds = redis, keys, scripts, seconds
 
-    async def open(self, principal: Principal) -> str:
-        """A new session for ``principal``; the cookie value to hand the browser."""
+    async def open(self, principal: Principal, fingerprint: str) -> str:
+        """A new session for ``principal``, who logged in with the password of this ``fingerprint``
+        (``Authenticator.fingerprint``); the cookie value to hand the browser."""
         session_id = secrets.token_urlsafe(32)
         digest = _digest(session_id)
         key, listed = self.keys.session(digest), self.keys.user_sessions(principal.user)
+        fields = {"user": principal.user, "admin": int(principal.admin), "password": fingerprint}
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={"user": principal.user, "admin": int(principal.admin)})
+            pipe.hset(key, mapping=fields)
             pipe.expire(key, self.seconds)
             pipe.sadd(listed, digest)
             pipe.expire(listed, self.seconds)
             await pipe.execute()
         return session_id
 
-    async def principal(self, session_id: str) -> Principal | None:
+    async def principal(self, session_id: str) -> tuple[Principal, str | None] | None:
+        """The session's principal and the fingerprint of the password it was opened with."""
         if not session_id or len(session_id) > MAX_COOKIE_CHARS:
             return None
         fields = await self.redis.hgetall(self.keys.session(_digest(session_id)))
         if not fields:
             return None
-        return Principal(fields["user"], admin=fields.get("admin") == "1")
+        return Principal(fields["user"], admin=fields.get("admin") == "1"), fields.get("password")
 
     async def close(self, session_id: str) -> None:
         """End one session (logout): its cookie no longer logs anyone in, here or in any process."""
@@ -141,7 +146,7 @@ class Logins:
 
     async def open_session(self, principal: Principal) -> str:
         """A new session; the (signed) cookie value that names it."""
-        return self.auth.seal(await self.sessions.open(principal))
+        return self.auth.seal(await self.sessions.open(principal, self.auth.fingerprint(principal.user)))
 
     async def close_session(self, cookie: str) -> None:
         session_id = self.auth.unseal(cookie)
@@ -154,9 +159,9 @@ class Logins:
         """Who a request comes from: its session first, then HTTP Basic credentials."""
         session_id = self.auth.unseal(cookie) if cookie else None
         if session_id is not None:
-            principal = await self.sessions.principal(session_id)
-            if principal is not None and self.auth.known(principal):
-                return principal
+            found = await self.sessions.principal(session_id)
+            if found is not None and self.auth.known(*found):
+                return found[0]
         credentials = self.auth.basic_credentials(authorization) if authorization else None
         if credentials is None:
             return None

@@ -14,7 +14,7 @@ from argon2 import PasswordHasher
 from fastapi import FastAPI
 
 from services.queue_manager.main import create_app
-from tests.support.qm_api import ADMIN, basic, make_settings
+from tests.support.qm_api import ADMIN, ADMIN_PASSWORD, PASSWORDS, basic, make_settings
 
 ADA_LOGIN = {"user": "ada", "password": "ada-password"}
 
@@ -151,3 +151,26 @@ async def test_http_basic_credentials_that_are_no_text_get_401_not_500(app: Fast
     async with client_for(app) as client:
         reply = await client.get("/api/auth/me", headers={"Authorization": header})
     assert reply.status_code == 401 and "log in" in reply.json()["detail"], reply.text
+
+
+async def test_a_changed_password_ends_the_sessions_opened_with_the_old_one(redis_url: str) -> None:
+    """The organizer changes a leaked password (config, then ``pulumi up`` restarts the queue
+    manager): whoever logged in with the old one is logged out, everyone else stays logged in."""
+    before = create_app(make_settings(redis_url))
+    async with before.router.lifespan_context(before):
+        ada, ada_cookie = await logged_in(before)
+        async with client_for(before) as bob, client_for(before) as admin:
+            await bob.post("/api/auth/login", json={"user": "bob", "password": "bob-password"})
+            await admin.post("/api/auth/login", json={"user": "admin", "password": ADMIN_PASSWORD})
+            bob_cookie, admin_cookie = bob.cookies["qm_session"], admin.cookies["qm_session"]
+        await ada.aclose()
+    passwords = {**PASSWORDS, "ada": "a-new-password"}
+    after = create_app(make_settings(redis_url, participants=passwords, admin_password="new-admin-pw"))
+    async with after.router.lifespan_context(after):
+        assert await me_with(after, ada_cookie) == 401
+        assert await me_with(after, admin_cookie) == 401
+        assert await me_with(after, bob_cookie) == 200
+        async with client_for(after) as again:
+            relogged = await again.post("/api/auth/login", json={"user": "ada", "password": "a-new-password"})
+            assert relogged.status_code == 200
+            assert (await again.get("/api/auth/me")).json()["user"] == "ada"
