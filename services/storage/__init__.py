@@ -16,6 +16,7 @@ from services.storage.base import (
     StorageError,
     StorageUnavailableError,
     aiter_chunks,
+    patiently,
 )
 from services.storage.open import S3Settings, open_storage
 
@@ -30,4 +31,5 @@ __all__ = [
     "StorageUnavailableError",
     "aiter_chunks",
     "open_storage",
+    "patiently",
 ]

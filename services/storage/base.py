@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Protocol, runtime_checkable
 
+from tenacity import (
+    AsyncRetrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
 CHUNK_SIZE = 1024 * 1024
+log = logging.getLogger(__name__)
 
 
 class StorageError(Exception):
@@ -14,6 +24,19 @@ class StorageError(Exception):
 
 class StorageUnavailableError(StorageError):
     """The store did not answer (unreachable, timed out, or busy): the same call may work later."""
+
+
+def patiently(patience: float) -> AsyncRetrying:
+    """Tries of a storage call (``async for attempt in patiently(p): with attempt: ...``) while the
+    store does not answer, with a growing pause, for ``patience`` seconds at most (0: one try);
+    then its ``StorageUnavailableError`` is raised. Any other failure is raised at once."""
+    return AsyncRetrying(
+        retry=retry_if_exception_type(StorageUnavailableError),
+        stop=stop_after_delay(patience),
+        wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
+        reraise=True,
+        before_sleep=before_sleep_log(log, logging.WARNING),
+    )
 
 
 class FileMissingError(StorageError, FileNotFoundError):

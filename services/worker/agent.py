@@ -81,7 +81,9 @@ class Agent:
         self.events = EventStream(self.comfy.ws_url, f"{settings.worker_id}-{uuid.uuid4().hex[:8]}")
         self.events.on_drop = lambda: self.comfy_server.lost(self.comfy, "its WebSocket closed")
         self.storage = storage or open_storage(settings.storage_url)
-        self.files = JobFiles(ComfyFolders.under(settings.data_dir), self.storage)
+        self.files = JobFiles(
+            ComfyFolders.under(settings.data_dir), self.storage, settings.storage_retry_seconds
+        )
         self.runner = JobRunner(
             self.comfy,
             self.events,

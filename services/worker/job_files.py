@@ -69,7 +69,7 @@ import httpx
 from pydantic import ValidationError
 
 from services.protocol.jobs import FileRef, Job, split_annotation, storage_key
-from services.storage import Storage, StorageError
+from services.storage import Storage, StorageError, patiently
 from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, PromptRejectedError
 from services.worker.placeholders import OwnerPlaceholders, file_names, move_files, to_the_end
 
@@ -330,8 +330,9 @@ def swap_out(source: Path, target: Path) -> None:
 class JobFiles:
     """Stages one job's files in ComfyUI's folders and clears them after it."""
 
-    def __init__(self, folders: ComfyFolders, storage: Storage) -> None:
+    def __init__(self, folders: ComfyFolders, storage: Storage, patience: float = 0.0) -> None:
         self.folders, self.storage = folders, storage
+        self.patience = patience  # how long a read waits for a store that does not answer (``patiently``)
         self.output_classes: set[str] = set()  # ``salted_classes`` of ComfyUI's catalogue, once read
         self.slot = asyncio.Lock()  # the folders hold one job's files at a time
         # Output names each owner's jobs made here: a job staged before the last one's outputs
@@ -595,18 +596,23 @@ class JobFiles:
         """Her output names; a key no output of hers can have (absolute, or climbing with ``..``,
         which a bucket allows) is left out: its placeholder would be made outside her folder."""
         prefix = f"users/{user}/output/"
-        names = [key.removeprefix(prefix) for key in await self.storage.list(prefix)]
+        async for attempt in patiently(self.patience):
+            with attempt:
+                keys = await self.storage.list(prefix)
+        names = [key.removeprefix(prefix) for key in keys]
         return [name for name in names if not name.startswith("/") and ".." not in name.split("/")]
 
     async def _fetch(self, user: str, ref: FileRef, root: Path) -> bool:
-        """Copy one of ``user``'s files to ``root/<kind>/...``; False when they have no such file."""
+        """Copy one of ``user``'s files to ``root/<kind>/...``; False when they have no such file. A
+        store that does not answer is waited for (``patience``)."""
         key = storage_key(user, ref)
         path = root / ref.type / ref.subfolder.strip("/") / ref.filename
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with path.open("wb") as handle:
-                async for chunk in self.storage.get(key):
-                    handle.write(chunk)
+            async for attempt in patiently(self.patience):
+                with attempt, path.open("wb") as handle:
+                    async for chunk in self.storage.get(key):
+                        handle.write(chunk)
         except FileNotFoundError:
             path.unlink(missing_ok=True)
             return False

@@ -29,23 +29,14 @@ already (or was deleted since, as it can be on ComfyUI) and is named as it is, n
 from __future__ import annotations
 
 import asyncio
-import logging
 import mimetypes
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from tenacity import (
-    AsyncRetrying,
-    before_sleep_log,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
-
 from services.protocol.jobs import OutputFile, storage_key
-from services.storage import KeyTakenError, Storage, StorageError, StorageUnavailableError
+from services.storage import KeyTakenError, Storage, StorageError, patiently
 
 CHUNK = 1024 * 1024
 COUNTED = re.compile(
@@ -53,7 +44,6 @@ COUNTED = re.compile(
 )  # ComfyUI's ``{prefix}_{counter:05}_.ext``
 MAX_TRIES = 8  # names tried for one output before the job's storing fails (and is retried)
 Place = tuple[str, str, str]  # (type, subfolder, filename) of an output
-log = logging.getLogger(__name__)
 
 
 def item_place(item: dict[str, Any]) -> Place:
@@ -112,14 +102,7 @@ async def put_file(
 ) -> int:
     """Stream the file at ``path`` to ``key``; while the store does not answer (an outage), try again
     for ``patience`` seconds at most: the outputs are set aside and the next job runs meanwhile."""
-    retrying = AsyncRetrying(
-        retry=retry_if_exception_type(StorageUnavailableError),
-        stop=stop_after_delay(patience),
-        wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
-        reraise=True,
-        before_sleep=before_sleep_log(log, logging.WARNING),
-    )
-    async for attempt in retrying:
+    async for attempt in patiently(patience):
         with attempt:
             return await storage.put(key, file_chunks(path), content_type, create_only=create_only)
     raise AssertionError("unreachable: tenacity reraises the last failure")  # pragma: no cover

@@ -129,8 +129,9 @@ class WorkerSettings(BaseSettings):
     storage_retry_seconds: float = Field(
         default=300.0,
         ge=0,
-        description="WORKER_STORAGE_RETRY_SECONDS: how long a finished job's outputs wait for a file store "
-        "that does not answer (the next jobs run meanwhile) before the job fails and is retried",
+        description="WORKER_STORAGE_RETRY_SECONDS: how long a job's files wait for a file store that does "
+        "not answer (its inputs before it runs; its outputs after, while the next jobs run) before the "
+        "job fails and is retried",
     )
     shutdown_grace_seconds: float = Field(
         default=60.0, ge=0, description="WORKER_SHUTDOWN_GRACE_SECONDS: time to finish a job on SIGTERM"

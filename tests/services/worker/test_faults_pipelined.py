@@ -23,11 +23,11 @@ from devkit.doubles.comfyui import ComfyUIDouble
 from devkit.s3 import make_bucket, s3_client
 from devkit.servers import free_port
 from services.protocol.jobs import JobState
-from services.storage import S3Settings, open_storage
+from services.storage import S3Settings, StorageUnavailableError, aiter_chunks, open_storage
 from services.storage.s3 import S3Storage
 from services.worker import job_files
 from services.worker.supervisor import ComfyProcess
-from tests.support.jobs import finished, graph, participant, submit, until
+from tests.support.jobs import finished, graph, participant, put_input, submit, until
 from tests.support.queue_manager_app import LiveServer, password
 from tests.support.worker_agent import (
     GatedStorage,
@@ -69,6 +69,15 @@ async def test_comfyui_killed_while_the_last_jobs_outputs_upload_loses_neither_j
     output = tmp_path / "files" / "users" / "alice" / "output"
     assert sorted(p.name for p in output.iterdir()) == ["first_00001_.png", "second_00001_.png"]
     assert list(settings.data_dir.joinpath("output").iterdir()) == []  # nothing left behind
+
+
+def in_bucket(endpoint: str, bucket: str) -> S3Storage:
+    """The worker's storage: a bucket of the S3 double (made here)."""
+    make_bucket(endpoint, bucket)
+    settings = S3Settings(endpoint_url=endpoint, access_key_id="t", secret_access_key="t", region="us-east-1")
+    storage = open_storage(f"s3://{bucket}/files", settings)
+    assert isinstance(storage, S3Storage)
+    return storage
 
 
 def events_of(qm: LiveServer, user: str) -> Any:
@@ -154,12 +163,7 @@ async def test_a_bucket_outage_while_outputs_upload_spends_no_attempt_and_loses_
     outputs wait for it while the next job runs, and are stored once it answers again; no job is
     left to its lease's end, run again or failed, and every output is stored once."""
     monkeypatch.setattr(job_files, "LISTING_SECONDS", 3600.0)  # her names, listed by the first job
-    make_bucket(s3_endpoint, "outage")
-    config = S3Settings(
-        endpoint_url=s3_endpoint, access_key_id="t", secret_access_key="t", region="us-east-1"
-    )
-    storage = open_storage("s3://outage/files", config)
-    assert isinstance(storage, S3Storage)
+    storage = in_bucket(s3_endpoint, "outage")
     bucket = storage.client
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path), storage):
         warm = await finished(alice, await submit(alice, graph(77, prefix="warm")))
@@ -249,3 +253,44 @@ async def test_comfyui_killed_while_the_next_job_is_held_gives_both_back_without
         (JobState.SUCCEEDED, 1, 0),
     ], [j.error for j in done]
     assert restarts == 1
+
+
+async def test_a_bucket_outage_while_a_jobs_input_is_fetched_spends_no_attempt(
+    comfy: ComfyUIDouble,
+    qm: LiveServer,
+    alice: httpx.AsyncClient,
+    tmp_path: Path,
+    files: Path,
+    s3_endpoint: str,
+) -> None:
+    """The bucket stops answering as her image-to-image job is about to run: its input waits for the
+    bucket, and the job runs once the bucket answers, on its first attempt, instead of failing
+    until its attempts run out."""
+    storage = in_bucket(s3_endpoint, "inputs")
+    image = b"\x89PNG\r\n\x1a\n" + b'{"width": 8, "height": 8, "color": 7}'
+    put_input(files, "alice", "mine.png", image)  # where the queue manager checks it
+    await storage.put("users/alice/input/mine.png", aiter_chunks(image))  # where the worker reads it
+    loads = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "mine.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "from"}},
+    }
+    unanswered: list[str] = []
+    call = storage._call
+
+    async def noted(method: str, **kwargs: Any) -> Any:
+        try:
+            return await call(method, **kwargs)
+        except StorageUnavailableError:
+            unanswered.append(method)
+            raise
+
+    storage._call = noted  # type: ignore[method-assign]
+    bucket = storage.client
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path), storage):
+        storage.client = s3_client(f"http://127.0.0.1:{free_port()}")  # nothing answers there
+        job_id = await submit(alice, loads, inputs=[{"filename": "mine.png"}])
+        await until(lambda: len(unanswered) >= 3, "the worker tried the bucket again and again", 30)
+        storage.client = bucket
+        done = await finished(alice, job_id, timeout=30)
+    assert (done.state, done.attempts, done.error) == (JobState.SUCCEEDED, 1, None)
+    assert [o.filename for o in done.outputs] == ["from_00001_.png"]
