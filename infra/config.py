@@ -17,6 +17,7 @@ from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, mo
 from infra.comfyui import ComfyUIConfig
 from infra.pools import LOCAL_KINDS, PoolConfig, kind_of
 from infra.pools.base import RegistryConfig
+from infra.pools.local_gpu import LocalGpuConfig
 from infra.schema import BucketName, Domain, Label, Model, TailscaleTag, one_of, unique_names
 
 HETZNER_LOCATIONS = ("fsn1", "nbg1", "hel1", "ash", "hil", "sin")
@@ -246,6 +247,25 @@ class WorkshopConfig(_WithPools):
     queue: QueuePolicy = QueuePolicy()
     tailscale: TailscaleConfig = TailscaleConfig()
     registry: RegistryConfig | None = None
+
+    @field_validator("pools")
+    @classmethod
+    def _no_pool_on_the_deploying_machine(cls, value: list[PoolConfig]) -> list[PoolConfig]:
+        """A local kind's workers start on the Docker its pool names, by default the one of the
+        machine running `pulumi up` (a laptop, the deploy workflow's runner): never in this stack."""
+        for index, pool in enumerate(value):
+            if pool.kind == "local-cpu":
+                raise ValueError(
+                    f"pool {pool.name} (local-cpu) runs only in the local stack; fix: use kind "
+                    "verda-instance, verda-serverless, runpod-serverless, or local-gpu with a dockerHost"
+                )
+            if isinstance(pool, LocalGpuConfig) and pool.docker_host is None:
+                raise ValueError(
+                    f"pool {pool.name} (local-gpu) names no dockerHost, so its workers would start on "
+                    "whichever machine runs pulumi up; fix: pulumi config set --path "
+                    f"'comfy-workshop:pools[{index}].dockerHost' ssh://root@gpu-box (your GPU machine)"
+                )
+        return value
 
     @model_validator(mode="after")
     def _registry_when_needed(self) -> WorkshopConfig:

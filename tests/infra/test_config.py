@@ -290,3 +290,17 @@ def test_a_model_path_listed_twice_is_refused() -> None:
     text = problems("workshop", {"models": [model, {**model, "sha256": "b" * 64}]})
     assert "comfy-workshop:models" in text
     assert "duplicate model path checkpoints/a.safetensors" in text
+
+
+def test_a_workshop_local_gpu_pool_must_name_its_docker_host() -> None:
+    """Without one its workers started on the default Docker: whichever machine ran `pulumi up` (a
+    laptop, the deploy workflow's runner), not the VPS nor a GPU box, and another machine's destroy
+    could not reach them."""
+    text = problems("workshop", {"pools": [{"kind": "local-gpu", "name": "studio"}]})
+    assert "comfy-workshop:pools" in text and "studio (local-gpu) names no dockerHost" in text
+    assert "pulumi config set --path 'comfy-workshop:pools[0].dockerHost' ssh://root@gpu-box" in text
+
+
+def test_a_local_cpu_pool_is_refused_in_the_workshop_stack() -> None:
+    text = problems("workshop", {"pools": [{"kind": "local-cpu", "name": "cpu"}]})
+    assert "comfy-workshop:pools" in text and "cpu (local-cpu) runs only in the local stack" in text

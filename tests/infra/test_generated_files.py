@@ -25,12 +25,12 @@ MIXES: dict[str, list[dict[str, Any]]] = {
         {"kind": "verda-serverless", "name": "burst", "modelsVolume": {"name": "comfy-models"}},
         {"kind": "runpod-serverless", "name": "overflow", "modelsVolume": {"name": "comfy-models"}},
     ],
-    "local-gpu": [{"kind": "local-gpu", "name": "box"}],
+    "local-gpu": [{"kind": "local-gpu", "name": "box", "dockerHost": "ssh://root@gpu-box"}],
     "every-kind": [
         {"kind": "verda-instance", "name": "baseline", "count": 2},
         {"kind": "verda-serverless", "name": "burst"},
         {"kind": "runpod-serverless", "name": "overflow"},
-        {"kind": "local-gpu", "name": "box"},
+        {"kind": "local-gpu", "name": "box", "dockerHost": "ssh://root@gpu-box"},
     ],
 }  # fmt: skip
 REGISTRIES = {

@@ -23,7 +23,14 @@ VERDA_SERVERLESS = {"kind": "verda-serverless", "name": "burst", "maxReplicas": 
                     "scaleDownDelaySeconds": 120, "modelsVolume": {"name": "comfy-models"}}  # fmt: skip
 RUNPOD = {"kind": "runpod-serverless", "name": "burst", "maxReplicas": 40,
           "modelsVolume": {"name": "comfy-models", "dataCenterId": "EU-RO-1"}}  # fmt: skip
-LOCAL_GPU = {"kind": "local-gpu", "name": "studio", "count": 2, "gpus": "all"}
+# A workshop's GPU box names its Docker (the stack config requires it there).
+LOCAL_GPU = {
+    "kind": "local-gpu",
+    "name": "studio",
+    "count": 2,
+    "gpus": "all",
+    "dockerHost": "ssh://root@gpu-box.example.org",
+}
 
 
 def workshop(*pools: dict[str, Any]) -> StackRun:
@@ -189,7 +196,7 @@ def test_switching_verda_serverless_to_runpod_changes_only_compute(
 
 
 def test_local_gpu_on_another_docker_host_reaches_the_queue_by_url() -> None:
-    run = workshop({**LOCAL_GPU, "dockerHost": "ssh://root@gpu-box.example.org"})
+    run = workshop(LOCAL_GPU)
 
     host = run.one("pulumi:providers:docker", "studio-docker")
     workers = [r for r in run.resources_of(CONTAINER) if r.name.startswith("studio-worker-")]
@@ -198,7 +205,7 @@ def test_local_gpu_on_another_docker_host_reaches_the_queue_by_url() -> None:
 
 
 def test_a_workshop_gpu_box_stores_outputs_in_the_vault_not_on_its_own_disk() -> None:
-    run = workshop({**LOCAL_GPU, "dockerHost": "ssh://root@gpu-box.example.org"})
+    run = workshop(LOCAL_GPU)
 
     worker = run.one(CONTAINER, "studio-worker-0")
     env = dict(item.split("=", 1) for item in worker.inputs["envs"])
