@@ -96,6 +96,8 @@ class S3Storage:
         try:
             while chunk := await asyncio.to_thread(body.read, CHUNK_SIZE):
                 yield chunk
+        except BotoCoreError as exc:  # cut off midway: reset, timed out, or short of its length
+            raise StorageUnavailableError(f"{self.url}: reading {key!r} broke off: {exc}") from exc
         finally:
             body.close()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ResponseStreamingError
 
 from devkit.s3 import make_bucket
 from devkit.servers import free_port
@@ -177,3 +178,30 @@ async def test_a_bucket_that_does_not_answer_is_told_apart_from_a_refusal() -> N
         await storage.list("users/ada/")
     with pytest.raises(StorageUnavailableError):
         await storage.size("users/ada/output/x.png")
+
+
+async def test_a_download_cut_off_midway_is_told_apart_from_a_missing_file() -> None:
+    """The bucket answered, then the connection broke while the file streamed: the store is
+    unavailable (a later try may do), not a failure botocore's caller cannot know."""
+
+    class CutOff:
+        def __init__(self) -> None:
+            self.reads = 0
+
+        def read(self, size: int) -> bytes:
+            self.reads += 1
+            if self.reads > 1:
+                raise ResponseStreamingError(error="connection reset by peer")
+            return b"x" * size
+
+        def close(self) -> None:
+            return None
+
+    class Bucket:
+        def get_object(self, **_: Any) -> dict[str, Any]:
+            return {"Body": CutOff()}
+
+    storage = S3Storage(Bucket(), "b")  # type: ignore[arg-type]  # the one call get makes
+    with pytest.raises(StorageUnavailableError, match="connection reset"):
+        async for _ in storage.get("users/ada/input/x.png"):
+            pass
