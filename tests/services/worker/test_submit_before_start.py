@@ -30,6 +30,7 @@ from devkit.doubles.comfyui import ComfyUIDouble
 from services.protocol.jobs import Job, JobState
 from services.protocol.workers import StartReply
 from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, PromptRejectedError
+from services.worker.job_files import JobFiles
 from services.worker.queue_client import LeaseLostError, QueueClient, QueueRefusedError
 from tests.support.jobs import finished, graph, participant, submit, until
 from tests.support.queue_manager_app import LiveServer
@@ -375,3 +376,37 @@ async def test_comfyui_found_silent_while_a_job_not_ours_ran_stops_the_worker_cl
     assert not rig.starts.answers[second].started
     assert (waiting.state, waiting.started_at, waiting.attempts) == (JobState.QUEUED, None, 0)
     assert done.state == JobState.SUCCEEDED and done.worker_id == "w-a" and done.attempts == 1
+
+
+async def test_a_job_cancelled_while_its_files_are_staged_never_reaches_comfyui(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer to ``start`` comes while the prepared job's files are being put in ComfyUI's
+    folders, and says it was cancelled: the job is never submitted, nothing of it is seen, and the
+    worker goes on with the next."""
+    staged = JobFiles.staged
+    async with participant(rig.qm, "alice") as alice:
+        first, second = await rig.queued(alice)
+
+        @contextlib.asynccontextmanager
+        async def slow_staging(files: JobFiles, job: Any, *args: Any) -> AsyncIterator[Any]:
+            if job.id == second:  # the files take as long as the answer does
+                await until(lambda: second in rig.starts.answers, "start answered", 20)
+            async with staged(files, job, *args) as stage:
+                yield stage
+
+        monkeypatch.setattr(JobFiles, "staged", slow_staging)
+        async with rig.w_a():
+            await rig.launched(first, second)
+            (await alice.post(f"/api/jobs/{second}/cancel")).raise_for_status()
+            rig.starts.release(second)
+            ran = await finished(alice, first)
+            after = await finished(alice, await submit(alice, graph(6, prefix="after")))
+            cancelled = await finished(alice, second)
+    assert not rig.starts.answers[second].started
+    assert second not in rig.comfy.state.timings and rig.comfy_calls.of(second) == []
+    assert (cancelled.state, cancelled.attempts) == (JobState.CANCELLED, 0)
+    assert [path for path, _ in rig.calls.sent if path.startswith(f"/api/leases/{second}/")] == [
+        f"/api/leases/{second}/start"
+    ]
+    assert ran.state == after.state == JobState.SUCCEEDED and after.worker_id == "w-a"
