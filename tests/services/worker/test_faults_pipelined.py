@@ -95,13 +95,19 @@ async def heard(stream: Any, until_finished: str) -> list[dict[str, Any]]:
     return seen
 
 
+def with_previews(prompt: dict[str, Any]) -> dict[str, Any]:
+    """The graph, sending its images as live previews too (``SaveImageWebsocket``)."""
+    return {**prompt, "4": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["2", 0]}}}
+
+
 async def test_two_owners_jobs_side_by_side_each_report_to_their_owner_only(
     comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path
 ) -> None:
-    """Alice's job uploads its outputs while Bob's runs with progress: she hears only
-    her job and he only his, every event of each, and each one's outputs are in their own files."""
+    """Alice's job uploads its outputs while Bob's runs with progress and live previews: she hears
+    only her job and he only his, every event of each, and each one's outputs are in their own
+    files."""
     storage = GatedStorage(tmp_path / "files")
-    comfy.knobs.node_seconds, comfy.knobs.progress_steps = 0.3, 6
+    comfy.knobs.node_seconds, comfy.knobs.progress_steps = 0.3, 2  # steps within the throttle's burst
     async with (
         participant(qm, "alice") as alice,
         participant(qm, "bob") as bob,
@@ -109,8 +115,8 @@ async def test_two_owners_jobs_side_by_side_each_report_to_their_owner_only(
         events_of(qm, "bob") as his,
         pull_worker(worker_settings(comfy, qm.url, tmp_path), storage),
     ):
-        mine = await submit(alice, graph(73, prefix="hers"))
-        theirs = await submit(bob, graph(74, prefix="his"))
+        mine = await submit(alice, with_previews(graph(73, prefix="hers")))
+        theirs = await submit(bob, with_previews(graph(74, prefix="his")))
         await asyncio.wait_for(storage.waiting.wait(), 20)
         await until(lambda: comfy.state.timings.get(theirs, (0.0, 0.0))[1] > 0, "bob's job ran", 20)
         storage.gate.set()
@@ -121,8 +127,9 @@ async def test_two_owners_jobs_side_by_side_each_report_to_their_owner_only(
     for events, job_id in ((alice_heard, mine), (bob_heard, theirs)):
         comfy_events = [e["comfy"] for e in events if e.get("comfy")]
         assert {e["data"].get("prompt_id", job_id) for e in comfy_events} == {job_id}
-        assert [e["data"]["node"] for e in comfy_events if e["type"] == "executing"] == ["1", "2", "3"]
+        assert [e["data"]["node"] for e in comfy_events if e["type"] == "executing"] == ["1", "2", "3", "4"]
         assert [e["type"] for e in comfy_events].count("executed") == 1
+        assert "b_preview" in [e["type"] for e in comfy_events]  # her own previews, and only hers
     assert [o.filename for o in done[0].outputs] == ["hers_00001_.png"]
     assert [o.filename for o in done[1].outputs] == ["his_00001_.png"]
 
