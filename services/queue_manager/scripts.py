@@ -110,6 +110,7 @@ class DrainArgs(ScriptArgs):
 class DeregisterArgs(ScriptArgs):
     script = "deregister"
     worker_id: str
+    parked_ms: int  # the longest a claim it sent before may still wait (claim_wait_max_seconds)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,12 @@
--- A worker leaves for good (a GPU host's models sync that finished). ARGV: prefix, worker_id.
+-- A worker leaves for good (a GPU host's models sync that finished). ARGV: prefix, worker_id,
+-- parked_ms (the longest a claim it sent before may still wait: QM_CLAIM_WAIT_MAX_SECONDS).
 -- Its record and its place in the workers list go, and a job still held (prepared) for it is given
 -- back in the same step (still queued, first in line for any worker, no attempt counted), so the
 -- admin never sees a job held for a worker that is not listed. A worker running a job stays.
+-- For parked_ms its record says only 'draining' (no pool: every route takes it for unknown), so a
+-- claim of its still parked, in any process, is leased nothing and ends at once, as a draining
+-- worker's does (claim_next in lib.lua), rather than be handed a job by a submit: that job would
+-- sit leased to a worker that is gone, an attempt spent, until the lease lapsed. A register ends it.
 -- Returns {'gone', the job given back ('' = none)} | {'busy', its job's id}: finish or release it first.
 local worker_id = ARGV[2]
 local key = k('worker', worker_id)
@@ -11,5 +16,7 @@ if job_id and job_id ~= '' then
 end
 local held = end_hold_of(worker_id)
 redis.call('DEL', key)
+redis.call('HSET', key, 'state', 'draining')
+redis.call('PEXPIRE', key, ARGV[3])
 redis.call('ZREM', k('workers'), worker_id)
 return {'gone', held or ''}

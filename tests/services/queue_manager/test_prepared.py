@@ -542,3 +542,30 @@ async def test_a_repeat_of_a_claim_a_submit_handed_its_lease_gets_that_lease_aga
     assert again.job.attempts == 1 and again.held is not None and again.held.job.id == second.id
     waiting = await store.get(second.id)
     assert waiting is not None and waiting.state == JobState.QUEUED and waiting.attempts == 0
+
+
+async def test_a_claim_parked_before_its_worker_deregistered_is_leased_nothing(store: Store) -> None:
+    # w1's idle claim waited for work when w1 left for good (deregister, from its other connection):
+    # a submit in this process must not hand the gone worker its job, which would sit leased to a
+    # worker that may never heartbeat (unknown: 404), its attempt spent, until the lease lapses
+    await store.register(registration("w1"))
+    parked = asyncio.create_task(store.claim("w1", "gpu", wait=20, hold_next=True, claim_id="c1"))
+    await until(lambda: store.wakeups.parked == 1, "w1's claim is parked")
+    await store.deregister("w1")
+
+    handed = await store.submit("ada", job())
+
+    started = time.monotonic()
+    assert await asyncio.wait_for(parked, 10) is None
+    assert time.monotonic() - started < 5  # it ends at once, not at the end of its wait
+    waiting = await store.get(handed.id)
+    assert waiting is not None and waiting.state == JobState.QUEUED and waiting.attempts == 0
+    assert await store.list_workers() == []
+    lease = await store.claim("w2", "gpu")
+    assert lease is not None and lease.job.id == handed.id and lease.job.attempts == 1
+    # w1 back (a new registration) claims as any worker does
+    await store.register(registration("w1"))
+    later = await store.submit("bob", job())
+    again = await store.claim("w1", "gpu")
+    assert again is not None and again.job.id == later.id
+    assert [w.worker_id for w in await store.list_workers()] == ["w1"]
