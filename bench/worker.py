@@ -112,9 +112,9 @@ class Meter:
                 raise RuntimeError(f"bench job {lease.job.id} ended {result}: the measurement is void")
             return result
 
-        async def timed_store(folder: Any, storage: Any, user: str, entry: dict[str, Any]) -> Any:
+        async def timed_store(folder: Any, storage: Any, user: str, entry: dict[str, Any], *how: Any) -> Any:
             started = time.perf_counter()
-            result = await store_outputs(folder, storage, user, entry)
+            result = await store_outputs(folder, storage, user, entry, *how)
             # the job's outputs wait in its own spool folder (``JobFiles.kept``: <spool>/<job id>/out);
             # the entry may be built from the socket's ``executed`` events, without history's ``prompt``
             self.uploads[Path(folder).parent.name] = time.perf_counter() - started
