@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from services.protocol.jobs import JobState
 from services.storage import S3Settings, StorageUnavailableError, aiter_chunks, open_storage
 from services.storage.s3 import S3Storage
 from services.worker import job_files
+from services.worker.job_files import JobFiles
 from services.worker.supervisor import ComfyProcess
 from tests.support.jobs import finished, graph, participant, put_input, submit, until
 from tests.support.queue_manager_app import LiveServer, password
@@ -301,3 +303,39 @@ async def test_a_bucket_outage_while_a_jobs_input_is_fetched_spends_no_attempt(
         done = await finished(alice, job_id, timeout=30)
     assert (done.state, done.attempts, done.error) == (JobState.SUCCEEDED, 1, None)
     assert [o.filename for o in done.outputs] == ["from_00001_.png"]
+
+
+async def test_comfyui_killed_while_a_jobs_files_are_staged_gives_it_back_with_no_loss_counted(
+    comfy: ComfyUIDouble,
+    qm: LiveServer,
+    alice: httpx.AsyncClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ComfyUI dies while a job's files are being put in its folders, before it has the job: the job
+    goes back to the queue with neither an attempt nor a ComfyUI loss counted against it (it had
+    no part in the crash), and runs once ComfyUI is back."""
+    staging, go_on = asyncio.Event(), asyncio.Event()
+    staged = JobFiles.staged
+
+    @contextlib.asynccontextmanager
+    async def held_staging(files: JobFiles, job: Any, *args: Any) -> AsyncIterator[Any]:
+        if job.user == "alice" and not go_on.is_set():  # its first try only
+            staging.set()
+            await go_on.wait()
+        async with staged(files, job, *args) as stage:
+            yield stage
+
+    monkeypatch.setattr(JobFiles, "staged", held_staging)
+    settings = child_worker_settings(comfy, qm.url, tmp_path)
+    async with pull_worker(settings) as running:
+        supervisor = running.agent.comfy_server
+        assert isinstance(supervisor, ComfyProcess) and supervisor._process is not None
+        job_id = await submit(alice, graph(95, prefix="staged"))
+        await asyncio.wait_for(staging.wait(), 20)
+        os.kill(supervisor._process.pid, signal.SIGKILL)
+        await until(lambda: not running.agent.comfyui_up, "the worker saw ComfyUI die", 20)
+        go_on.set()
+        job = await finished(alice, job_id, timeout=40)
+    assert (job.state, job.attempts, job.comfyui_losses) == (JobState.SUCCEEDED, 1, 0), job.error
+    assert [o.filename for o in job.outputs] == ["staged_00001_.png"]
