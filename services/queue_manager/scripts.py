@@ -17,7 +17,7 @@ from redis.commands.core import AsyncScript
 
 LUA_DIR = Path(__file__).with_name("lua")
 LIB = (LUA_DIR / "lib.lua").read_text()
-Arg = str | int
+Arg = str | int | bytes
 
 
 def _load(redis: Redis, name: str) -> AsyncScript:
@@ -231,6 +231,19 @@ class BindArgs(ScriptArgs):
     holder: str  # the container's id the call names
 
 
+@dataclass(frozen=True)
+class SaveFileArgs(ScriptArgs):
+    script = "save_file"
+    user: str
+    path: str
+    body: bytes
+    meta: str  # "<size> <modified ms>"
+    overwrite: int  # 0: refuse a path that exists
+    source: str  # a move's file, which goes in the same step ('' = none)
+    max_files: int
+    max_bytes: int
+
+
 SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     SubmitArgs,
     ClaimArgs,
@@ -250,6 +263,7 @@ SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     TakeArgs,
     LeaveArgs,
     BindArgs,
+    SaveFileArgs,
 )
 
 

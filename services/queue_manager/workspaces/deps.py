@@ -74,7 +74,7 @@ Participant = Annotated[str, Depends(participant)]
 
 
 def user_data(ctx: Context, user: Participant) -> UserData:
-    return UserData(ctx.redis, user, ctx.prefix, ctx.store.settings.max_saved_bytes)
+    return UserData(ctx.redis, user, ctx.prefix, ctx.store.settings.max_saved_bytes, ctx.store.scripts)
 
 
 def user_settings(ctx: Context, user: Participant) -> UserSettings:

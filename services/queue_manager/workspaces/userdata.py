@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from services.queue_manager.keys import Keys
+from services.queue_manager.scripts import SaveFileArgs, Scripts
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_FILES_PER_USER = 2000
@@ -64,8 +65,9 @@ def clean_path(path: str) -> str:
 class UserData:
     """One participant's files. Every method takes paths relative to that participant's root."""
 
-    def __init__(self, redis: Redis, user: str, prefix: str, max_bytes: int) -> None:
-        self._redis, self._max_bytes = redis, max_bytes
+    def __init__(self, redis: Redis, user: str, prefix: str, max_bytes: int, scripts: Scripts) -> None:
+        self._redis, self._max_bytes, self._scripts = redis, max_bytes, scripts
+        self._user, self._prefix = user, prefix
         self._files = Keys(prefix).user_data(user)
         self._meta = Keys(prefix).user_data_meta(user)
 
@@ -78,35 +80,44 @@ class UserData:
         raw = await self._redis.hget(self._meta, path)
         return _parse_meta(path, raw) if raw is not None else None
 
-    async def write(self, path: str, body: bytes, overwrite: bool = True) -> FileInfo:
+    async def write(self, path: str, body: bytes, overwrite: bool = True, source: str = "") -> FileInfo:
+        """Save ``body`` at ``path`` (``overwrite`` False: 409 when it exists), or with ``source``
+        move that file there in the same step: its bytes and place count no more (a rename near
+        the budget stays allowed). The caps are checked and the file written in one Lua step
+        (save_file.lua), so saves sent at once cannot pass them together."""
         path = clean_path(path)
         if len(body) > MAX_FILE_BYTES:
             raise UserDataError(413, f"{path!r} is {len(body)} bytes; at most {MAX_FILE_BYTES} are kept")
-        if not overwrite and await self._redis.hexists(self._files, path):
-            raise UserDataError(409, "File already exists")
-        await self._check_room(path, len(body))
         info = FileInfo(path, len(body), int(time.time() * 1000))
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._files, path, body)
-            pipe.hset(self._meta, path, f"{info.size} {info.modified}")
-            await pipe.execute()
+        args = SaveFileArgs(
+            self._prefix,
+            self._user,
+            path,
+            body,
+            f"{info.size} {info.modified}",
+            int(overwrite),
+            source,
+            MAX_FILES_PER_USER,
+            self._max_bytes,
+        )
+        outcome, *total = await self._scripts.run(args)
+        if outcome != "ok":
+            raise self._refusal(str(outcome), path, source, total)
         return info
 
-    async def _check_room(self, path: str, size: int) -> None:
-        """Refuse (413) a write that would pass the participant's file count or byte budget."""
-        sizes = {
-            _text(k): int(_text(v).split()[0]) for k, v in (await self._redis.hgetall(self._meta)).items()
-        }
-        replaced = sizes.pop(path, None)
-        if replaced is None and len(sizes) >= MAX_FILES_PER_USER:
-            raise UserDataError(413, f"you have {MAX_FILES_PER_USER} saved files: delete some first")
-        total = sum(sizes.values()) + size
-        if total > self._max_bytes:
-            raise UserDataError(
-                413,
-                f"{path!r} would bring your saved files to {total} bytes, more than the {self._max_bytes} "
-                "kept per participant (QM_MAX_SAVED_BYTES): delete workflows you no longer need first",
-            )
+    def _refusal(self, outcome: str, path: str, source: str, total: list[int]) -> UserDataError:
+        """What save_file.lua's refusal tells the participant."""
+        if outcome == "exists":
+            return UserDataError(409, "File already exists")
+        if outcome == "missing":
+            return UserDataError(404, f"no file {source!r}")
+        if outcome == "files":
+            return UserDataError(413, f"you have {MAX_FILES_PER_USER} saved files: delete some first")
+        return UserDataError(
+            413,
+            f"{path!r} would bring your saved files to {total[0]} bytes, more than the {self._max_bytes} "
+            "kept per participant (QM_MAX_SAVED_BYTES): delete workflows you no longer need first",
+        )
 
     async def delete(self, path: str) -> None:
         path = clean_path(path)
@@ -118,10 +129,7 @@ class UserData:
         body = await self.read(source)
         if body is None:
             raise UserDataError(404, f"no file {source!r}")
-        info = await self.write(dest, body, overwrite=overwrite)
-        if clean_path(source) != info.path:
-            await self.delete(source)
-        return info
+        return await self.write(dest, body, overwrite=overwrite, source=clean_path(source))
 
     async def listing(self, directory: str, recurse: bool) -> list[FileInfo]:
         """Files under ``directory`` (paths relative to it); raises 404 when it holds nothing, except

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,8 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.routing import APIRoute
+from redis.asyncio import Redis
 
+from services.queue_manager.scripts import Scripts
 from services.queue_manager.workspaces import PREFIX, UPLOAD_PATH, routes_files
+from services.queue_manager.workspaces.userdata import UserData, UserDataError
 from tests.support.queue_manager_app import live_server, login, settings_for
 
 BODY_LIMIT = 4096
@@ -144,3 +148,36 @@ def test_settings_past_the_participants_budget_are_refused_and_the_kept_ones_sta
     kept = budgeted.get("/w/alice/api/settings").json()
     assert kept["Big.0"] == "short" and kept["Big.1"] == value and kept["Big.3"] == value
     assert "Small" not in kept
+
+
+def test_a_participant_near_her_budget_can_still_rename_a_workflow(budgeted: httpx.Client) -> None:
+    """A rename (the frontend's Save As over a renamed tab, or Rename) takes no byte more: it is
+    refused neither for the bytes of the file it moves nor as one file more."""
+    chunk = b"x" * (BODY_LIMIT - 100)
+    for number in range(3):
+        saved = budgeted.post(f"/w/alice/api/userdata/workflows%2F{number}.json", content=chunk)
+        assert saved.status_code == 200, saved.text
+
+    moved = budgeted.post("/w/alice/api/userdata/workflows%2F1.json/move/workflows%2Frenamed.json")
+
+    assert moved.status_code == 200, moved.text
+    listed = budgeted.get("/w/alice/api/userdata", params={"dir": "workflows"}).json()
+    assert listed == ["0.json", "2.json", "renamed.json"]
+    assert budgeted.get("/w/alice/api/userdata/workflows%2Frenamed.json").content == chunk
+
+
+async def test_saves_at_once_cannot_pass_the_budget_together(redis_url: str) -> None:
+    """Each save looked for room before any of them wrote: saves sent at once were all let in, so
+    one participant could still fill Redis by sending them in parallel. At most the budget is kept."""
+    redis = Redis.from_url(redis_url)
+    data = UserData(redis, "alice", "qm-budget", SAVED_LIMIT, Scripts(redis))
+    chunk = b"x" * (BODY_LIMIT - 100)
+    try:
+        saves = [data.write(f"workflows/{n}.json", chunk) for n in range(12)]
+        outcomes = await asyncio.gather(*saves, return_exceptions=True)
+
+        refused = [o for o in outcomes if isinstance(o, UserDataError)]
+        assert len(refused) == 9 and all(o.status == 413 for o in refused), outcomes
+        assert len(await data.listing("workflows", recurse=True)) == 3
+    finally:
+        await redis.aclose()
