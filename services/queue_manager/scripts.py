@@ -203,6 +203,14 @@ class EndSessionsArgs(ScriptArgs):
 
 
 @dataclass(frozen=True)
+class ForgetArgs(ScriptArgs):
+    script = "forget"
+    user: str
+    max_bytes: int  # of her kept jobs' workflows (QM_MAX_KEPT_BYTES)
+    max_jobs: int
+
+
+@dataclass(frozen=True)
 class ChainArgs(ScriptArgs):
     script = "chain"
     chain: str
@@ -259,6 +267,7 @@ SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     RescoreArgs,
     PositionsArgs,
     EndSessionsArgs,
+    ForgetArgs,
     ChainArgs,
     TakeArgs,
     LeaveArgs,

@@ -184,6 +184,12 @@ class Settings(BaseSettings):
         ge=1024,
         description="QM_MAX_BODY_BYTES: larger request bodies are refused with 413 (all but uploads)",
     )
+    max_kept_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="QM_MAX_KEPT_BYTES: most bytes of one participant's finished jobs' workflows kept in "
+        "Redis; past it her oldest finished jobs are forgotten before their retention ends",
+    )
     max_saved_bytes: int = Field(
         default=32 * 1024 * 1024,
         ge=1024,

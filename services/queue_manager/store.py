@@ -32,10 +32,15 @@ from services.queue_manager.leases import LeaseOps
 from services.queue_manager.queue_admin import AdminOps
 from services.queue_manager.records import job_from_hash, now_ms, pairs_to_dict, spec_json
 from services.queue_manager.registry import WorkerOps
-from services.queue_manager.scripts import CancelArgs, SubmitArgs
+from services.queue_manager.scripts import CancelArgs, ForgetArgs, SubmitArgs
 from services.queue_manager.wakeups import Ticket
 
 log = logging.getLogger(__name__)
+MAX_KEPT_JOBS = 200
+"""Most jobs one participant keeps, and what her lists (``list_jobs``: the queue and history panels,
+``GET /api/jobs``) show: past it, or past ``QM_MAX_KEPT_BYTES`` of their workflows, her oldest finished
+ones are forgotten early (``lua/forget.lua``), so that nobody can fill Redis by queueing and
+cancelling in a loop. The forgotten ones are those no list showed any more."""
 
 
 class Store(LeaseOps, WorkerOps, AdminOps):
@@ -70,7 +75,9 @@ class Store(LeaseOps, WorkerOps, AdminOps):
             raise
         if ticket is not None and reply[0] != "ok":
             ticket.deliver(None)
-        return await self._submitted(reply, job_id, user, scope, ticket, token)
+        job = await self._submitted(reply, job_id, user, scope, ticket, token)
+        await self.scripts.run(ForgetArgs(self.prefix, user, self.settings.max_kept_bytes, MAX_KEPT_JOBS))
+        return job
 
     async def _submitted(
         self, reply: list[Any], job_id: str, user: str, scope: str, ticket: Ticket | None, token: str
@@ -93,7 +100,7 @@ class Store(LeaseOps, WorkerOps, AdminOps):
             job.position = await self.position(job_id)
         return job
 
-    async def list_jobs(self, user: str, limit: int = 200) -> list[Job]:
+    async def list_jobs(self, user: str, limit: int = MAX_KEPT_JOBS) -> list[Job]:
         """A user's jobs, newest first; records past their retention are dropped from the index."""
         key = self.keys.user_jobs(user)
         ids = await self.redis.zrevrange(key, 0, limit - 1)

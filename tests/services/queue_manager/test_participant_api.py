@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 import httpx
 
 from services.protocol.jobs import UI_FORMAT_HINT
+from services.queue_manager.main import create_app
 from services.queue_manager.settings import Settings
-from tests.support.qm_api import ADMIN, PROMPT, basic, user_auth
+from tests.support.qm_api import ADMIN, PROMPT, basic, make_settings, user_auth
 
 ADA, BOB = user_auth("ada"), user_auth("bob")
 
@@ -115,3 +116,29 @@ async def test_the_admin_logs_in_with_json_and_a_forged_cookie_is_ignored(client
     client.cookies.set("qm_session", reply.cookies["qm_session"][:-3] + "abc")
     assert (await client.get("/api/admin/queue")).status_code == 401
     assert (await client.get("/api/admin/queue", headers=ADMIN)).status_code == 200
+
+
+async def test_a_participant_cannot_fill_redis_with_cancelled_jobs(redis_url: str) -> None:
+    """Queue-and-cancel in a loop kept every record for QM_RETENTION_HOURS: ~10 MB a second of the
+    Redis that holds everyone's queue. Past ``QM_MAX_KEPT_BYTES`` of her jobs' workflows her oldest
+    finished jobs are forgotten early (as ComfyUI's history drops its oldest entries); her newest
+    and her waiting jobs stay, and nobody else's job is touched."""
+    app = create_app(make_settings(redis_url, max_kept_bytes=60_000))
+    big = {"prompt": {**PROMPT, "3": {"class_type": "Note", "inputs": {"text": "x" * 10_000}}}}
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://qm.test") as client,
+    ):
+        bobs = (await client.post("/api/jobs", json=big, headers=BOB)).json()["id"]
+        await client.post(f"/api/jobs/{bobs}/cancel", headers=BOB)
+        ids = []
+        for _ in range(12):
+            ids.append((await client.post("/api/jobs", json=big, headers=ADA)).json()["id"])
+            await client.post(f"/api/jobs/{ids[-1]}/cancel", headers=ADA)
+        waiting = (await client.post("/api/jobs", json=big, headers=ADA)).json()["id"]
+        kept = {job["id"] for job in (await client.get("/api/jobs", headers=ADA)).json()}
+        assert {waiting, ids[-1]} <= kept and ids[0] not in kept
+        assert 3 <= len(kept) <= 6, kept  # 60 kB of ~10 kB workflows
+        assert (await client.get(f"/api/jobs/{ids[0]}", headers=ADA)).status_code == 404
+        assert (await client.get(f"/api/jobs/{bobs}", headers=BOB)).json()["state"] == "cancelled"
