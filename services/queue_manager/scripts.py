@@ -252,6 +252,15 @@ class SaveFileArgs(ScriptArgs):
     max_bytes: int
 
 
+@dataclass(frozen=True)
+class SaveSettingsArgs(ScriptArgs):
+    script = "save_settings"
+    user: str
+    max_settings: int
+    max_bytes: int
+    settings: tuple[str, ...]  # name, JSON value pairs
+
+
 SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     SubmitArgs,
     ClaimArgs,
@@ -273,6 +282,7 @@ SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     LeaveArgs,
     BindArgs,
     SaveFileArgs,
+    SaveSettingsArgs,
 )
 
 

@@ -78,7 +78,7 @@ def user_data(ctx: Context, user: Participant) -> UserData:
 
 
 def user_settings(ctx: Context, user: Participant) -> UserSettings:
-    return UserSettings(ctx.redis, user, ctx.prefix, ctx.store.settings.max_saved_bytes)
+    return UserSettings(ctx.redis, user, ctx.prefix, ctx.store.settings.max_saved_bytes, ctx.store.scripts)
 
 
 def user_files(ctx: Context, user: Participant) -> UserFiles:

@@ -14,6 +14,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.queue_manager.keys import Keys
+from services.queue_manager.scripts import SaveSettingsArgs, Scripts
 
 MAX_SETTING_BYTES = 1024 * 1024
 MAX_SETTINGS = 2000
@@ -36,8 +37,9 @@ class SettingsError(ValueError):
 
 
 class UserSettings:
-    def __init__(self, redis: Redis, user: str, prefix: str, max_bytes: int) -> None:
-        self._redis, self._max_bytes = redis, max_bytes
+    def __init__(self, redis: Redis, user: str, prefix: str, max_bytes: int, scripts: Scripts) -> None:
+        self._redis, self._max_bytes, self._scripts = redis, max_bytes, scripts
+        self._user, self._prefix = user, prefix
         self._key = Keys(prefix).user_settings(user)
 
     async def all(self) -> dict[str, Any]:
@@ -52,22 +54,14 @@ class UserSettings:
         if not values:
             return
         encoded = {key: _encode(key, value) for key, value in values.items()}
-        await self._check_room(encoded)
-        await self._redis.hset(self._key, mapping=encoded)  # type: ignore[arg-type]
-
-    async def _check_room(self, encoded: dict[str, str]) -> None:
-        """Refuse an update that would pass the participant's count or byte budget of settings."""
-        others = sorted({_text(k) for k in await self._redis.hkeys(self._key)} - encoded.keys())
-        if len(others) + len(encoded) > MAX_SETTINGS:
+        pairs = tuple(part for item in encoded.items() for part in item)
+        args = SaveSettingsArgs(self._prefix, self._user, MAX_SETTINGS, self._max_bytes, pairs)
+        outcome, *total = await self._scripts.run(args)  # checked and written in one step
+        if outcome == "count":
             raise SettingsError(f"at most {MAX_SETTINGS} settings are kept per participant: reset some first")
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for name in others:
-                pipe.hstrlen(self._key, name)
-            sizes: list[int] = await pipe.execute()
-        total = sum(sizes) + sum(len(value.encode()) for value in encoded.values())
-        if total > self._max_bytes:
+        if outcome != "ok":
             raise SettingsError(
-                f"your settings would take {total} bytes, more than the {self._max_bytes} kept per "
+                f"your settings would take {total[0]} bytes, more than the {self._max_bytes} kept per "
                 "participant (QM_MAX_SAVED_BYTES): reset the largest ones first"
             )
 

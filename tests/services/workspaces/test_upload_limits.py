@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from services.queue_manager.scripts import Scripts
 from services.queue_manager.workspaces import PREFIX, UPLOAD_PATH, routes_files
+from services.queue_manager.workspaces.settings import SettingsError, UserSettings
 from services.queue_manager.workspaces.userdata import UserData, UserDataError
 from tests.support.queue_manager_app import live_server, login, settings_for
 
@@ -179,5 +180,22 @@ async def test_saves_at_once_cannot_pass_the_budget_together(redis_url: str) -> 
         refused = [o for o in outcomes if isinstance(o, UserDataError)]
         assert len(refused) == 9 and all(o.status == 413 for o in refused), outcomes
         assert len(await data.listing("workflows", recurse=True)) == 3
+    finally:
+        await redis.aclose()
+
+
+async def test_settings_saved_at_once_cannot_pass_the_budget_together(redis_url: str) -> None:
+    """The frontend stores settings one by one and in parallel: each looked for room before any
+    was written, so settings sent at once were all let in past the budget."""
+    redis = Redis.from_url(redis_url)
+    settings = UserSettings(redis, "alice", "qm-budget", SAVED_LIMIT, Scripts(redis))
+    value = "v" * (BODY_LIMIT - 100)
+    try:
+        updates = [settings.update({f"Big.{n}": value}) for n in range(12)]
+        outcomes = await asyncio.gather(*updates, return_exceptions=True)
+
+        refused = [o for o in outcomes if isinstance(o, SettingsError)]
+        assert len(refused) == 9 and all("QM_MAX_SAVED_BYTES" in str(o) for o in refused), outcomes
+        assert len([name for name in await settings.all() if name.startswith("Big.")]) == 3
     finally:
         await redis.aclose()
