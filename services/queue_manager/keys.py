@@ -20,7 +20,7 @@
 | ``{p}:fair:user_round`` | hash | user -> round of their last queued job | forever |
 | ``{p}:seq`` | string | submit counter: a job's queue number, the tie-breaker inside a round | forever |
 | ``{p}:paused`` | string | ``1`` while dispatch is paused | until resumed |
-| ``{p}:worker:{id}`` | hash | registration, state, current job, last seen | 1 day after last seen |
+| ``{p}:worker:{id}`` | hash | registration, state, job, last seen (gone: draining) | 1 day after last seen |
 | ``{p}:workers`` | zset | worker ids by last seen (ms) | pruned after 1 day |
 | ``{p}:catalogue:{hash}`` | string | a worker's ComfyUI ``/object_info`` by catalogue hash | while kept |
 | ``{p}:catalogue_ext:{hash}`` | hash | its web extensions: ``<pack>/<file>.js`` -> source | while kept |

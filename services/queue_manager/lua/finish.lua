@@ -23,7 +23,7 @@ local f = redis.call('HMGET', key, 'state', 'token', 'done_token', 'attempts', '
   'cancel', 'user', 'scope', 'score', 'worker_id', 'queued_at', 'hold_token')
 local state, user = f[1], f[7]
 if state == 'queued' and outcome == 'release' and token ~= '' and f[12] == token then
-  clear_hold(id)  -- a prepared job given back: it never left its queue, and no attempt was counted
+  end_hold(id)  -- a prepared job given back: it never left its queue, and no attempt was counted
   return {'ok', state, user, f[11], 1}
 end
 if state and token ~= '' and f[3] == token then

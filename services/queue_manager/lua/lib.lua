@@ -88,14 +88,19 @@ local function draining(worker_id)
   return redis.call('HGET', k('worker', worker_id), 'state') == 'draining'
 end
 
+-- A hold ends while its job stays queued: the job is nobody's, and a claim ahead waiting in its
+-- scope (a busy worker's, which passed the job by as held) is woken to prepare it.
+local function end_hold(id)
+  clear_hold(id)
+  wake(redis.call('HGET', k('job', id), 'scope'))
+end
+
 -- A worker that will not start the job held for it (it claims again, registers again, drains,
--- leaves or is gone) ends that hold: the job stays queued, nobody's, and a claim ahead waiting in
--- its scope is woken to prepare it. Returns the job's id (nil when none).
+-- leaves or is gone) ends that hold (end_hold). Returns the job's id (nil when none).
 local function end_hold_of(worker_id)
   local held = holding_of(worker_id)
   if held then
-    clear_hold(held)
-    wake(redis.call('HGET', k('job', held), 'scope'))
+    end_hold(held)
   end
   return held
 end

@@ -8,11 +8,15 @@ a hold given back or taken away counts no attempt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
+import pytest
+
 from services.protocol.jobs import JobState
 from services.protocol.workers import Completion, Lease, StartCall, WorkerState
+from services.queue_manager import leases
 from services.queue_manager.records import now_ms
 from services.queue_manager.store import Store
 from tests.support.jobs import until
@@ -569,3 +573,30 @@ async def test_a_claim_parked_before_its_worker_deregistered_is_leased_nothing(s
     again = await store.claim("w1", "gpu")
     assert again is not None and again.job.id == later.id
     assert [w.worker_id for w in await store.list_workers()] == ["w1"]
+
+
+async def test_a_hold_given_back_wakes_a_busy_workers_claim_ahead_at_once(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # busy-2's claim ahead waits, as the only job queued is the one busy-1 holds; busy-1 gives that
+    # hold back (it could not fetch the job's files): busy-2's claim prepares it at once, not at its
+    # next look (RECHECK_SECONDS, made long here so that only a wake can end the wait in time)
+    monkeypatch.setattr(leases, "RECHECK_SECONDS", 60.0)
+    _, held = await busy_with_next(store, "busy-1")
+    await store.submit("bob", job())
+    assert await store.claim("busy-2", "gpu") is not None  # bob's job runs on busy-2
+    heard = asyncio.Event()  # this process hears the wakes its scripts publish, as a server does
+    listening = asyncio.create_task(store.wakeups.listen(store.redis, store.keys.wake, heard))
+    try:
+        await asyncio.wait_for(heard.wait(), 10)
+        ahead = asyncio.create_task(store.claim("busy-2", "gpu", wait=30, prepare=True))
+        await until(lambda: store.wakeups.parked == 1, "busy-2's claim ahead is parked")
+
+        await store.release(held.job.id, held.token)
+
+        prepared = await asyncio.wait_for(ahead, 15)
+    finally:
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
+    assert prepared is not None and prepared.prepared and prepared.job.id == held.job.id
