@@ -14,10 +14,11 @@ from services.queue_manager.api.routes.jobs import CancelReply
 from services.queue_manager.catalogues import CatalogueState
 from services.queue_manager.queue_admin import DrainResult, QueueOverview, UserSummary
 from services.queue_manager.registry import WorkerInfo
+from services.queue_manager.settings import USER_NAME
 from services.queue_manager.snapshot import RestoreResult, Snapshot, restore_snapshot, take_snapshot
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
-UserName = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")]
+UserName = Annotated[str, Path(pattern=f"^{USER_NAME.pattern}$", description="a participant's name")]
 Digest = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 
