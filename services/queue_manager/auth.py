@@ -109,7 +109,11 @@ class Authenticator:
 
     def known(self, principal: Principal, fingerprint: str | None) -> bool:
         """Whether a session's principal is still configured (a participant may have been removed)
-        with the password it logged in with (``None``: a session older than fingerprints)."""
+        with the password it logged in with (``None``: a session older than fingerprints), and in
+        the same role: an admin session of a name that is no longer the admin's (``adminUser``
+        moved, the old name now a participant's) is over, whatever the password."""
+        if principal.admin != (principal.user == self.admin_user):
+            return False
         if not (principal.admin or principal.user in self.participants):
             return False
         return fingerprint is None or hmac.compare_digest(fingerprint, self.fingerprint(principal.user))

@@ -174,3 +174,19 @@ async def test_a_changed_password_ends_the_sessions_opened_with_the_old_one(redi
             relogged = await again.post("/api/auth/login", json={"user": "ada", "password": "a-new-password"})
             assert relogged.status_code == 200
             assert (await again.get("/api/auth/me")).json()["user"] == "ada"
+
+
+async def test_a_session_of_a_former_admin_name_is_no_admin_session(redis_url: str) -> None:
+    """The organizer moves the admin to another name (``adminUser``) and the old name becomes a
+    participant, with the same password (reused, or a copy-paste): the old admin session must not
+    keep the admin's routes for that participant; it is over, and she logs in again as herself."""
+    before = create_app(make_settings(redis_url))
+    async with before.router.lifespan_context(before), client_for(before) as admin:
+        await admin.post("/api/auth/login", json={"user": "admin", "password": ADMIN_PASSWORD})
+        admin_cookie = admin.cookies["qm_session"]
+    passwords = {**PASSWORDS, "admin": ADMIN_PASSWORD}
+    after = create_app(make_settings(redis_url, participants=passwords, admin_user="organizer"))
+    async with after.router.lifespan_context(after), client_for(after) as old:
+        old.cookies.set("qm_session", admin_cookie)
+        assert (await old.get("/api/admin/workers")).status_code == 401
+        assert (await old.get("/api/auth/me")).status_code == 401
