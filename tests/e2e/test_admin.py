@@ -110,3 +110,33 @@ async def test_the_admin_sees_a_queued_job_held_for_a_busy_worker_and_the_pools_
     pool_row = page.locator("#gpu-pools tbody tr", has_text=POOL)
     assert (await pool_row.locator("td").last.inner_text()) == "1"
     await context.close()
+
+
+HOSTILE = "<img src=x id=pwned onerror=\"document.title='pwned'\">"
+
+
+async def test_what_a_leaked_worker_token_sends_shows_as_text_on_the_admin_page(
+    browser: Browser, server: LiveServer
+) -> None:
+    """A GPU name, a models message and an offered catalogue's node class names are the worker's
+    words: they show as text, never as markup (and the browser fixture fails on any script the
+    page's CSP had to block)."""
+    with httpx.Client(base_url=server.url) as client:
+        first = catalogue([])
+        register_worker(client, first, worker_id="w1", digest="cat-v1")
+        caps = WorkerCapabilities(
+            pool=POOL,
+            provider="verda",
+            gpu=HOSTILE,
+            models_sync=ModelsProgress(state="failed", message=HOSTILE),
+        )
+        body = WorkerRegistration(worker_id="w2", capabilities=caps).model_dump(mode="json")
+        client.post("/api/workers/register", json=body, headers=WORKER_AUTH).raise_for_status()
+        offer = {HOSTILE: next(iter(first.values()))}  # removes every node: waits for the admin
+        register_worker(client, offer, worker_id="w3", digest="cat-v2")
+    context, page = await admin_page(browser, server)
+    for where in ("#workers", "#catalogues"):
+        await page.locator(where).get_by_text(HOSTILE).first.wait_for(timeout=10_000)
+    assert await page.locator("#pwned").count() == 0
+    assert await page.title() != "pwned"
+    await context.close()
