@@ -34,7 +34,15 @@ from services.queue_manager import notices
 from services.queue_manager.errors import StaleLease
 from services.queue_manager.metrics import METRICS
 from services.queue_manager.records import job_from_hash, ms_to_datetime, now_ms, pairs_to_dict
-from services.queue_manager.scripts import Claimant, ClaimArgs, FinishArgs, ReapArgs, StartArgs, TouchArgs
+from services.queue_manager.scripts import (
+    Claimant,
+    ClaimArgs,
+    FinishArgs,
+    ForgetClaimArgs,
+    ReapArgs,
+    StartArgs,
+    TouchArgs,
+)
 from services.queue_manager.store_base import StoreBase
 from services.queue_manager.wakeups import Ticket
 
@@ -143,6 +151,20 @@ class LeaseOps(StoreBase):
                     return handed
             if gone is not None and await gone():
                 return None
+
+    async def unclaimed(self, worker_id: str, claim_id: str, lease: Lease) -> None:
+        """An idle worker's claim got ``lease`` (and the job held after it) but its caller hung up:
+        give them back, no attempt counted, unless a repeat of the claim (the same ``claim_id``,
+        sent when the reply seemed lost) got that lease meanwhile and runs it (forget_claim.lua).
+        The job held after it is given back either way (a repeat holds one under its own token).
+        Either may be another's by then (cancelled, taken by an idle worker, held anew by the
+        repeat): that one stays as it is."""
+        given = [lease.held] if lease.held is not None else []
+        if await self.scripts.run(ForgetClaimArgs(self.prefix, worker_id, claim_id)) == "release":
+            given.insert(0, lease)
+        for back in given:
+            with contextlib.suppress(StaleLease):
+                await self.release(back.job.id, back.token)
 
     def claimant(self, worker_id: str, pool: str, token: str, now: int) -> Claimant:
         """A claim's terms: claim.lua's, and submit.lua's for a claim parked here."""

@@ -261,6 +261,13 @@ class SaveSettingsArgs(ScriptArgs):
     settings: tuple[str, ...]  # name, JSON value pairs
 
 
+@dataclass(frozen=True)
+class ForgetClaimArgs(ScriptArgs):
+    script = "forget_claim"
+    worker_id: str
+    claim_id: str
+
+
 SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     SubmitArgs,
     ClaimArgs,
@@ -283,6 +290,7 @@ SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     BindArgs,
     SaveFileArgs,
     SaveSettingsArgs,
+    ForgetClaimArgs,
 )
 
 

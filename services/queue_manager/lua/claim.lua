@@ -31,6 +31,7 @@ local function first_answer()
   end
   local job = redis.call('HMGET', k('job', f[2]), 'state', 'worker_id')
   if (job[1] == 'leased' or job[1] == 'running') and job[2] == worker_id then
+    redis.call('HSET', k('worker', worker_id), 'claim_repeated', claim_id)  -- forget_claim.lua
     return as_claimed(f[2])
   end
   return nil

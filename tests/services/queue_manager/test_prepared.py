@@ -600,3 +600,36 @@ async def test_a_hold_given_back_wakes_a_busy_workers_claim_ahead_at_once(
         with contextlib.suppress(asyncio.CancelledError):
             await listening
     assert prepared is not None and prepared.prepared and prepared.job.id == held.job.id
+
+
+async def test_a_claim_whose_caller_left_gives_back_nothing_a_repeat_of_it_got(store: Store) -> None:
+    # w1's claim c1 leased ada's first job and held her second, but Redis was slow and w1's client
+    # timed out first and sent c1 again, which got that lease (same token). The first call then finds
+    # its caller gone: it must not give back the lease the repeat runs (another GPU would run the job
+    # too), only the hold it made (the repeat holds a job under its own token)
+    ada = [(await store.submit("ada", job())).id for _ in range(2)]
+    first = await store.claim("w1", "gpu", hold_next=True, claim_id="c1")
+    repeat = await store.claim("w1", "gpu", hold_next=True, claim_id="c1")
+    assert first is not None and repeat is not None and repeat.token == first.token
+
+    await store.unclaimed("w1", "c1", first)
+
+    running = await store.get(ada[0])
+    assert running is not None and running.state == JobState.LEASED and running.attempts == 1
+    assert (await store.heartbeat(ada[0], repeat.token)).holding == ada[1]  # the repeat's hold
+
+
+async def test_a_claim_whose_caller_left_before_any_repeat_gives_its_lease_back(store: Store) -> None:
+    # the other order: the first call gives its lease back, then the repeat comes; it gets the job
+    # as a claim of its own would (a new lease), never the lease given back
+    ada = (await store.submit("ada", job())).id
+    first = await store.claim("w1", "gpu", hold_next=True, claim_id="c1")
+    assert first is not None
+
+    await store.unclaimed("w1", "c1", first)
+
+    waiting = await store.get(ada)
+    assert waiting is not None and waiting.state == JobState.QUEUED and waiting.attempts == 0
+    repeat = await store.claim("w1", "gpu", hold_next=True, claim_id="c1")
+    assert repeat is not None and repeat.job.id == ada and repeat.token != first.token
+    assert repeat.job.attempts == 1

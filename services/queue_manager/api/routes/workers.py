@@ -72,9 +72,10 @@ async def claim(
     if lease is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     if await request.is_disconnected():  # the worker gave up waiting: nobody holds them
-        for given in (lease, lease.held):
-            if given is not None:
-                await store.release(given.job.id, given.token)
+        if lease.prepared:
+            await store.release(lease.job.id, lease.token)
+        else:
+            await store.unclaimed(worker_id, claim_id, lease)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     # Serialised once here: FastAPI's response_model path would dump, re-validate and dump again
     # the whole workflow graph (the schema still says Lease).
