@@ -8,14 +8,16 @@ local listed = k('user', user, 'jobs')
 local total, count, forgotten = 0, 0, 0
 for _, id in ipairs(redis.call('ZREVRANGE', listed, 0, -1)) do
   local key = k('job', id)
-  local f = redis.call('HMGET', key, 'state', 'dead')
   total = total + redis.call('HSTRLEN', key, 'spec')
   count = count + 1
-  local finished = f[1] == 'succeeded' or f[1] == 'failed' or f[1] == 'cancelled'
-  if (total > max_bytes or count > max_jobs) and finished and f[2] ~= '1' then
-    redis.call('DEL', key)
-    redis.call('ZREM', listed, id)
-    forgotten = forgotten + 1
+  if total > max_bytes or count > max_jobs then  -- only then is the state read: most submits stop here
+    local f = redis.call('HMGET', key, 'state', 'dead')
+    local finished = f[1] == 'succeeded' or f[1] == 'failed' or f[1] == 'cancelled'
+    if finished and f[2] ~= '1' then
+      redis.call('DEL', key)
+      redis.call('ZREM', listed, id)
+      forgotten = forgotten + 1
+    end
   end
 end
 return forgotten
