@@ -130,10 +130,12 @@ async def read_userdata(request: Request, data: UserDataDep) -> Response:
 @router.post("/userdata/{path:path}")
 async def write_userdata(request: Request, data: UserDataDep) -> Response:
     """Save a file (``overwrite=false``: 409 when it exists) or move one (``<src>/move/<dest>``)."""
-    source, _, dest = raw_userdata_path(request).partition("/move/")
+    source, moving, dest = raw_userdata_path(request).partition("/move/")
     overwrite = overwrite_flag(request)
     try:
-        if dest:
+        if moving and not dest:
+            raise UserDataError(400, "a move names its destination: POST /userdata/<file>/move/<new name>")
+        if moving:
             info = await data.move(unquote(source), unquote(dest), overwrite=overwrite)
         else:
             info = await data.write(unquote(source), await request.body(), overwrite=overwrite)

@@ -173,3 +173,10 @@ def test_converting_a_file_that_is_no_image_says_so(alice: httpx.Client) -> None
     refused = view(alice, channel="rgb")
     assert refused.status_code == 400 and "masked.png" in refused.json()["error"]
     assert view(alice).content == b"not a png"
+
+
+def test_a_move_that_names_no_destination_is_refused_and_the_workflow_kept(alice: httpx.Client) -> None:
+    save(alice, "alice", "workflows/keep.json", WORKFLOW)
+    reply = alice.post("/w/alice/api/userdata/workflows%2Fkeep.json/move/", content=b"oops")
+    assert reply.status_code == 400 and "destination" in reply.json()["error"]
+    assert alice.get("/w/alice/api/userdata/workflows%2Fkeep.json").content == WORKFLOW
