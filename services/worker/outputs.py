@@ -29,6 +29,7 @@ already (or was deleted since, as it can be on ComfyUI) and is named as it is, n
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import mimetypes
 import re
 from collections.abc import AsyncIterator
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from services.protocol.jobs import OutputFile, storage_key
-from services.storage import KeyTakenError, Storage, StorageError, patiently
+from services.storage import KeyTakenError, Storage, StorageError, StorageUnavailableError, patiently
 
 CHUNK = 1024 * 1024
 COUNTED = re.compile(
@@ -101,11 +102,38 @@ async def put_file(
     storage: Storage, key: str, path: Path, content_type: str, patience: float, create_only: bool = False
 ) -> int:
     """Stream the file at ``path`` to ``key``; while the store does not answer (an outage), try again
-    for ``patience`` seconds at most: the outputs are set aside and the next job runs meanwhile."""
+    for ``patience`` seconds at most: the outputs are set aside and the next job runs meanwhile.
+    A ``create_only`` put whose answer was lost may have landed: when its retry finds the name taken
+    by this very file (same bytes), that is the file stored, not a name to move from."""
+    unanswered = False
     async for attempt in patiently(patience):
         with attempt:
-            return await storage.put(key, file_chunks(path), content_type, create_only=create_only)
+            try:
+                return await storage.put(key, file_chunks(path), content_type, create_only=create_only)
+            except StorageUnavailableError:
+                unanswered = True
+                raise
+            except KeyTakenError:
+                landed = await stored_already(storage, key, path) if unanswered else None
+                if landed is None:
+                    raise
+                return landed
     raise AssertionError("unreachable: tenacity reraises the last failure")  # pragma: no cover
+
+
+async def stored_already(storage: Storage, key: str, path: Path) -> int | None:
+    """The size of the file at ``path`` when ``key`` holds its bytes (sizes first, then digests);
+    None when it holds another file."""
+    size = (await asyncio.to_thread(path.stat)).st_size
+    if await storage.size(key) != size:
+        return None
+    stored = hashlib.sha256()
+    async for chunk in storage.get(key):
+        stored.update(chunk)
+    local = hashlib.sha256()
+    async for chunk in file_chunks(path):
+        local.update(chunk)
+    return size if stored.digest() == local.digest() else None
 
 
 async def store_output(

@@ -14,7 +14,15 @@ import pytest
 from devkit.doubles.comfyui import ComfyUIDouble
 from devkit.s3 import make_bucket
 from services.protocol.jobs import JobState
-from services.storage import KeyTakenError, S3Settings, Storage, StorageError, aiter_chunks, open_storage
+from services.storage import (
+    KeyTakenError,
+    S3Settings,
+    Storage,
+    StorageError,
+    StorageUnavailableError,
+    aiter_chunks,
+    open_storage,
+)
 from services.storage.local import LocalStorage
 from services.worker import job_files
 from services.worker.outputs import renamed_executed, store_outputs
@@ -196,3 +204,54 @@ async def test_every_executed_the_page_hears_names_the_file_as_stored_however_ma
         for item in event["data"]["output"]["images"]
     ]
     assert told and set(told) == {"second_00002_.png"}
+
+
+class LostFirstReply(LocalStorage):
+    """A store whose first put lands but whose answer is lost (an S3 500 after the write, a reset
+    connection): the worker sees the store's silence and puts the file again."""
+
+    lost = False
+
+    async def put(
+        self, key: str, chunks: AsyncIterable[bytes], content_type: str = "", *, create_only: bool = False
+    ) -> int:
+        size = await super().put(key, chunks, content_type, create_only=create_only)
+        if not self.lost:
+            self.lost = True
+            raise StorageUnavailableError(f"no answer for {key}")
+        return size
+
+
+async def test_an_output_whose_put_landed_but_whose_answer_was_lost_is_stored_once(tmp_path: Path) -> None:
+    storage = LostFirstReply(tmp_path / "files")
+    kept = tmp_path / "kept"
+    (kept / "output").mkdir(parents=True)
+    (kept / "output" / "cat_00001_.png").write_bytes(b"this job's")
+    outputs = await store_outputs(kept, storage, "ada", entry_of("cat_00001_.png"), patience=5.0)
+    assert [(o.filename, o.size) for o in outputs] == [("cat_00001_.png", len(b"this job's"))]
+    assert await storage.list("users/ada/output/") == ["users/ada/output/cat_00001_.png"]
+
+
+async def test_a_name_taken_by_other_bytes_after_a_lost_answer_moves_to_the_next(tmp_path: Path) -> None:
+    """Same size, other bytes: the file under the name is not the one this put sent."""
+
+    class TakenMeanwhile(LocalStorage):
+        lost = False
+
+        async def put(
+            self, key: str, chunks: AsyncIterable[bytes], content_type: str = "", *, create_only: bool = False
+        ) -> int:
+            if not self.lost:
+                self.lost = True
+                await super().put(key, aiter_chunks(b"other job"), content_type, create_only=create_only)
+                raise StorageUnavailableError(f"no answer for {key}")
+            return await super().put(key, chunks, content_type, create_only=create_only)
+
+    storage = TakenMeanwhile(tmp_path / "files")
+    kept = tmp_path / "kept"
+    (kept / "output").mkdir(parents=True)
+    (kept / "output" / "cat_00001_.png").write_bytes(b"this job")
+    outputs = await store_outputs(kept, storage, "ada", entry_of("cat_00001_.png"), patience=5.0)
+    assert [o.filename for o in outputs] == ["cat_00002_.png"]
+    assert await read(storage, "users/ada/output/cat_00001_.png") == b"other job"
+    assert await read(storage, "users/ada/output/cat_00002_.png") == b"this job"
