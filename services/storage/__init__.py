@@ -16,6 +16,7 @@ from services.storage.base import (
     StorageError,
     StorageUnavailableError,
     aiter_chunks,
+    holds,
     patiently,
 )
 from services.storage.open import S3Settings, open_storage
@@ -30,6 +31,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailableError",
     "aiter_chunks",
+    "holds",
     "open_storage",
     "patiently",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Protocol, runtime_checkable
@@ -107,3 +108,18 @@ async def aiter_chunks(data: bytes, size: int = CHUNK_SIZE) -> AsyncIterator[byt
     """Turn bytes already in memory into the chunk stream ``put`` takes."""
     for offset in range(0, len(data), size):
         yield data[offset : offset + size]
+
+
+async def holds(storage: Storage, key: str, chunks: AsyncIterable[bytes], size: int) -> bool:
+    """Whether ``key`` holds exactly the ``size`` bytes ``chunks`` streams: the stored size first
+    (no download when it differs), then both streams' sha256."""
+    if await storage.size(key) != size:
+        return False
+    return await _sha256(storage.get(key)) == await _sha256(chunks)
+
+
+async def _sha256(chunks: AsyncIterable[bytes]) -> bytes:
+    digest = hashlib.sha256()
+    async for chunk in chunks:
+        digest.update(chunk)
+    return digest.digest()

@@ -29,7 +29,6 @@ already (or was deleted since, as it can be on ComfyUI) and is named as it is, n
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import mimetypes
 import re
 from collections.abc import AsyncIterator
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from services.protocol.jobs import OutputFile, storage_key
-from services.storage import KeyTakenError, Storage, StorageError, StorageUnavailableError, patiently
+from services.storage import KeyTakenError, Storage, StorageError, StorageUnavailableError, holds, patiently
 
 CHUNK = 1024 * 1024
 COUNTED = re.compile(
@@ -122,18 +121,9 @@ async def put_file(
 
 
 async def stored_already(storage: Storage, key: str, path: Path) -> int | None:
-    """The size of the file at ``path`` when ``key`` holds its bytes (sizes first, then digests);
-    None when it holds another file."""
+    """The size of the file at ``path`` when ``key`` holds its bytes; None when it holds another file."""
     size = (await asyncio.to_thread(path.stat)).st_size
-    if await storage.size(key) != size:
-        return None
-    stored = hashlib.sha256()
-    async for chunk in storage.get(key):
-        stored.update(chunk)
-    local = hashlib.sha256()
-    async for chunk in file_chunks(path):
-        local.update(chunk)
-    return size if stored.digest() == local.digest() else None
+    return size if await holds(storage, key, file_chunks(path), size) else None
 
 
 async def store_output(

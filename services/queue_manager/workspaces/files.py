@@ -6,7 +6,6 @@ so one participant's request can never name another's files.
 
 from __future__ import annotations
 
-import hashlib
 import mimetypes
 import re
 from collections.abc import AsyncIterator
@@ -17,7 +16,7 @@ from pydantic import ValidationError
 
 from services.protocol.jobs import FileRef, storage_key
 from services.queue_manager.api.errors import upload_limit
-from services.storage import Storage, aiter_chunks
+from services.storage import Storage, aiter_chunks, holds
 from services.storage.base import KeyConflictError, StorageError
 
 UNSAFE_TYPES = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}
@@ -115,19 +114,11 @@ class UserFiles:
         stem, ext = (stem, f".{ext}") if dot else (ext, "")
         candidate, number = ref, 1
         while await self.storage.exists(self.key(candidate)):
-            if await self._same_content(candidate, data):
+            if await holds(self.storage, self.key(candidate), aiter_chunks(data), len(data)):
                 return candidate
             candidate = ref.model_copy(update={"filename": f"{stem} ({number}){ext}"})
             number += 1
         return candidate
-
-    async def _same_content(self, ref: FileRef, data: bytes) -> bool:
-        if await self.storage.size(self.key(ref)) != len(data):
-            return False
-        digest = hashlib.sha256()
-        async for chunk in self.storage.get(self.key(ref)):
-            digest.update(chunk)
-        return digest.digest() == hashlib.sha256(data).digest()
 
 
 async def read_limited(upload: UploadFile, limit: int) -> bytes:
