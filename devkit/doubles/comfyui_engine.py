@@ -177,7 +177,14 @@ class Executor:
                 executed.append(nid)
                 if ui is not None:
                     outputs[nid] = ui
-        except nodes.NodeFailure as exc:
+        except Interrupted as exc:
+            await job_event(
+                "execution_interrupted",
+                {"node_id": exc.node_id, "node_type": exc.node_type, "executed": executed},
+                record=True,
+            )
+            return await self._finish(item, outputs, messages, "error")
+        except Exception as exc:  # any node that raises, as in ComfyUI: the job fails, the queue goes on
             node = item.prompt[nid]
             await job_event(
                 "execution_error",
@@ -186,18 +193,11 @@ class Executor:
                     "node_type": node["class_type"],
                     "executed": executed,
                     "exception_message": f"{exc}\n",
-                    "exception_type": exc.exception_type,
+                    "exception_type": nodes.exception_type(exc),
                     "traceback": [f'  File "nodes.py", in {node["class_type"]}\n'],
                     "current_inputs": current_inputs(node),
                     "current_outputs": list(item.prompt),
                 },
-                record=True,
-            )
-            return await self._finish(item, outputs, messages, "error")
-        except Interrupted as exc:
-            await job_event(
-                "execution_interrupted",
-                {"node_id": exc.node_id, "node_type": exc.node_type, "executed": executed},
                 record=True,
             )
             return await self._finish(item, outputs, messages, "error")

@@ -228,6 +228,21 @@ class NodeFailure(Exception):
         self.exception_type = exception_type
 
 
+def exception_type(exc: Exception) -> str:
+    """How ComfyUI names what a node raised: a builtin by its name, others with their module."""
+    if isinstance(exc, NodeFailure):
+        return exc.exception_type
+    kind = type(exc)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _invert(image: Any) -> dict[str, Any]:
+    """ComfyUI's ``1.0 - image``: a value that is no image raises as that subtraction does."""
+    if not isinstance(image, dict):
+        return {"color": 1.0 - image}
+    return {**image, "color": 0xFFFFFF - image["color"]}
+
+
 @dataclass
 class Folders:
     input: Path
@@ -377,7 +392,7 @@ RUNNERS: dict[str, Runner] = {
         ({"width": i["width"], "height": i["height"], "batch": i["batch_size"], "color": i["color"]},),
         None,
     ),
-    "ImageInvert": lambda f, i: (({**i["image"], "color": 0xFFFFFF - i["image"]["color"]},), None),
+    "ImageInvert": lambda f, i: ((_invert(i["image"]),), None),
     "ImageScale": lambda f, i: (
         (
             {

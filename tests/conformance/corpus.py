@@ -153,6 +153,13 @@ def runtime_error() -> list[Step]:
     ]
 
 
+def value_for_a_link() -> list[Step]:
+    """A plain value where a link belongs: ComfyUI checks no value of a type without a widget
+    (IMAGE), so the graph is queued and the node fails when it runs."""
+    prompt = _with(graph(0x001101, "value-for-link"), "2", image="not-a-link")
+    return [{"connect": "a"}, queue(prompt), done(1), get("/history/{prompt:1}"), get("/queue")]
+
+
 def interrupt() -> list[Step]:
     return [
         {"connect": "a"},
@@ -386,6 +393,7 @@ def cases() -> dict[str, list[Step]]:
         "success": success(),
         **validation(),
         "runtime_error": runtime_error(),
+        "value_for_a_link": value_for_a_link(),
         "interrupt": interrupt(),
         "cancel_pending": cancel_pending(),
         "output_reuse": output_reuse(),
