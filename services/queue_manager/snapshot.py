@@ -7,7 +7,8 @@ workflows, templates, settings, hidden history, priorities, the fair scheduler's
 counter, the node catalogue). Restoring puts waiting jobs back in line at their old place; jobs that
 were running when the snapshot was taken are requeued without counting the interrupted attempt
 (their workers are gone); finished records keep what is left of their retention. Restore skips jobs
-and keys that already exist, so restoring the same file twice changes nothing.
+that already exist and merges keys into what is there (a participant's save before the restore
+keeps last evening's files next to it), so restoring the same file twice changes nothing.
 
 In the vault (user-file storage) the snapshot sits at ``snapshots/queue.json`` next to its sha256
 (``queue.json.sha256``); ``snapshots/started`` says the workshop ran before. A restore refuses a
@@ -238,18 +239,26 @@ READERS: dict[str, Callable[[Redis, bytes], Awaitable[Any]]] = {
 }
 
 
-async def _write(redis: Redis, key: str, stored: StoredKey) -> None:
+async def _merge(redis: Redis, key: str, stored: StoredKey) -> bool:
+    """Add what the key held in the snapshot to what it holds now, what is there now winning (a
+    participant may have saved a setting or a workflow before the restore ran): a hash's missing
+    fields, a set's missing members, a string or list only when the key is absent. True when
+    anything was written."""
     data = stored.data
     if stored.type == "hash":
-        await redis.hset(key, mapping={_raw(k): _raw(v) for k, v in data.items()})
-    elif stored.type == "set":
-        await redis.sadd(key, *[_raw(m) for m in data])
-    elif stored.type == "zset":
-        await redis.zadd(key, {_raw(m): float(score) for m, score in data})
-    elif stored.type == "string":
-        await redis.set(key, _raw(data))
-    else:
-        await redis.rpush(key, *[_raw(item) for item in data])
+        async with redis.pipeline(transaction=True) as pipe:
+            for field, value in data.items():
+                pipe.hsetnx(key, _raw(field), _raw(value))
+            return any(await pipe.execute())
+    if stored.type == "set":
+        return bool(data) and bool(await redis.sadd(key, *[_raw(m) for m in data]))
+    if stored.type == "zset":
+        return bool(data) and bool(await redis.zadd(key, {_raw(m): float(s) for m, s in data}, nx=True))
+    if stored.type == "string":
+        return bool(await redis.set(key, _raw(data), nx=True))
+    if await redis.exists(key) or not data:
+        return False
+    return bool(await redis.rpush(key, *[_raw(item) for item in data]))
 
 
 async def _copied_keys(store: Store) -> dict[str, StoredKey]:
@@ -343,14 +352,11 @@ def _restore_finished(pipe: Any, store: Store, fields: dict[str, str], now: int)
 
 
 async def _restore_keys(store: Store, snapshot: Snapshot) -> int:
-    """Write back each copied key the Redis does not hold yet; returns how many were written."""
+    """Merge each copied key into the Redis (``_merge``); returns how many keys got something."""
     redis, written = bytes_client(store.client), 0
     try:
         for name, stored in snapshot.keys.items():
-            key = f"{store.keys.prefix}:{name}"
-            if not await redis.exists(key):
-                await _write(redis, key, stored)
-                written += 1
+            written += await _merge(redis, f"{store.keys.prefix}:{name}", stored)
     finally:
         await redis.aclose()
     return written
@@ -360,9 +366,11 @@ async def _restore_globals(store: Store, snapshot: Snapshot) -> None:
     keys = store.keys
     if snapshot.user_priorities:
         await store.redis.hset(keys.user_priority, mapping=snapshot.user_priorities)
-    current = int(await store.redis.get(keys.seq) or 0)
-    if snapshot.seq > current:
-        await store.redis.set(keys.seq, snapshot.seq)
+    # The counter goes on after the snapshot's, even past submits made before the restore ran
+    saved = snapshot.keys.get("seq")
+    counter = max(snapshot.seq, int(_raw(saved.data)) if saved is not None else 0)
+    if counter > int(await store.redis.get(keys.seq) or 0):
+        await store.redis.set(keys.seq, counter)
     await store.resume()
 
 

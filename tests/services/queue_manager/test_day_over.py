@@ -309,3 +309,44 @@ def test_a_missing_snapshot_after_the_first_day_stops_the_morning(
         reply.returncode != 0 and "no queue snapshot" in reply.stderr and "snapshots/started" in reply.stderr
     )
     assert redis.Redis.from_url(redis_url).dbsize() == 0
+
+
+def saved_files(client: httpx.Client, user: str) -> dict[str, Any]:
+    """A participant's saved workflows (names and bytes), settings and hidden history."""
+    base = f"/w/{user}/api"
+    listing = client.get(f"{base}/userdata?dir=workflows&recurse=true").json()
+    return {
+        "workflows": {name: client.get(f"{base}/userdata/workflows%2F{name}").content for name in listing},
+        "settings": client.get(f"{base}/settings").json(),
+    }
+
+
+def test_a_save_before_the_morning_restore_keeps_last_evenings_files_too(
+    redis_url: str, bucket: Path, docker_shim: Path
+) -> None:
+    """The workspaces answer as soon as the queue manager runs, before the up's restore step: a
+    participant who opens hers then (the frontend stores a setting on load) or saves a workflow
+    must find last evening's workflows and settings next to what she saved, not instead of them."""
+    with live_server(day_settings(redis_url), bucket) as server:
+        alice = login(httpx.Client(base_url=server.url, timeout=20), "alice")
+        personal_data(alice, "alice")
+        alice.post("/w/alice/api/settings/Comfy.Locale", json="fr").raise_for_status()
+        queue(alice, "alice"), queue(alice, "alice")
+        evening = saved_files(alice, "alice")
+        alice.close()
+        assert keeper_step("drain", redis_url, bucket, docker_shim).returncode == 0
+    redis.Redis.from_url(redis_url).flushall()
+    with live_server(day_settings(redis_url), bucket) as server:
+        alice = login(httpx.Client(base_url=server.url, timeout=20), "alice")
+        early = {"Comfy.ColorPalette": "light", "Comfy.TutorialCompleted": True}
+        alice.post("/w/alice/api/settings", json=early).raise_for_status()
+        alice.post("/w/alice/api/userdata/workflows%2Fmorning.json", content=b"{}").raise_for_status()
+        queue(alice, "alice")
+        assert keeper_step("restore", redis_url, bucket, docker_shim).returncode == 0
+        morning = saved_files(alice, "alice")
+        later = queue(alice, "alice")
+        numbers = {item[1]: item[0] for item in alice.get("/w/alice/api/queue").json()["queue_pending"]}
+        alice.close()
+    assert morning["workflows"] == {**evening["workflows"], "morning.json": b"{}"}
+    assert morning["settings"] == {**evening["settings"], **early}
+    assert len(numbers) == 4 and numbers[later] > max(n for job, n in numbers.items() if job != later)
