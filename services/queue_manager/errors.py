@@ -74,3 +74,40 @@ class UnknownWorker(QueueError):
 
     def __init__(self, worker_id: str) -> None:
         super().__init__(f"worker {worker_id} is not registered: POST /api/workers/register first")
+
+
+class NotDeadLettered(QueueError):
+    """A requeue of a job that is no dead letter (a second click, a page not yet redrawn)."""
+
+    status = 409
+
+    def __init__(self, job_id: str, state: str) -> None:
+        super().__init__(
+            f"job {job_id} is {state}, not a dead letter: only dead-lettered jobs can be requeued (it was "
+            "requeued already, or the page was out of date: the admin page shows where it is now)"
+        )
+
+
+class UnknownPool(QueueError):
+    """A job pinned to a pool no worker token names: no worker could ever claim it."""
+
+    status = 422
+
+    def __init__(self, pool: str, pools: list[str]) -> None:
+        named = ", ".join(repr(name) for name in sorted(pools)) or "none"
+        super().__init__(
+            f"no pool is named {pool[:64]!r}: the pools are {named} (QM_WORKER_TOKENS); name one of "
+            "them, or leave 'pool' out to run the job on any pool"
+        )
+
+
+class UnknownUser(QueueError):
+    """An admin action naming somebody who is neither a participant nor ever submitted a job."""
+
+    status = 404
+
+    def __init__(self, user: str) -> None:
+        super().__init__(
+            f"{user} is no participant of this workshop (QM_PARTICIPANTS) and has no jobs: check the "
+            "name against the admin page's participant list"
+        )

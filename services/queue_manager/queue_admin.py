@@ -8,7 +8,7 @@ import time
 from pydantic import BaseModel, Field
 
 from services.protocol.jobs import Job
-from services.queue_manager.errors import JobNotFound
+from services.queue_manager.errors import JobNotFound, NotDeadLettered
 from services.queue_manager.keys import ANY_POOL
 from services.queue_manager.records import held_for, job_from_hash, now_ms
 from services.queue_manager.scripts import RequeueDeadArgs, RescoreArgs
@@ -77,10 +77,12 @@ class AdminOps(StoreBase):
         return int(await self.scripts.run(rescore))
 
     async def requeue_dead(self, job_id: str) -> Job:
-        """Put a dead-lettered job back in line with fresh attempts."""
+        """Put a dead-lettered job back in line with fresh attempts; 409 for a job that is no dead
+        letter (a second click), 404 for none."""
         reply = await self.scripts.run(RequeueDeadArgs(self.prefix, job_id))
         if reply[0] != "ok":
-            raise JobNotFound(job_id)
+            found = await self.get(job_id)
+            raise JobNotFound(job_id) if found is None else NotDeadLettered(job_id, found.state)
         job = await self.get(job_id)
         assert job is not None
         return job
@@ -115,6 +117,10 @@ class AdminOps(StoreBase):
             dead=await self._jobs(await self.redis.zrevrange(self.keys.dead, 0, limit - 1)),
             held=held,
         )
+
+    async def submitted(self, user: str) -> bool:
+        """Whether ``user`` ever submitted a job (``{p}:users``)."""
+        return bool(await self.redis.sismember(self.keys.users, user))
 
     async def users(self) -> list[UserSummary]:
         names = sorted(await self.redis.smembers(self.keys.users))

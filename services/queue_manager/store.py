@@ -26,7 +26,7 @@ from typing import Any
 
 from services.protocol.jobs import Job, JobState, JobSubmit
 from services.queue_manager import notices
-from services.queue_manager.errors import JobExists, JobNotFound, QueueLimit
+from services.queue_manager.errors import JobExists, JobNotFound, QueueLimit, UnknownPool
 from services.queue_manager.keys import ANY_POOL
 from services.queue_manager.leases import LeaseOps
 from services.queue_manager.queue_admin import AdminOps
@@ -47,7 +47,10 @@ class Store(LeaseOps, WorkerOps, AdminOps):
     async def submit(
         self, user: str, submit: JobSubmit, *, priority: int = 0, pool: str | None = None
     ) -> Job:
-        """Queue a job for ``user``. Priority and pool are the caller's (admin) choice, not the user's."""
+        """Queue a job for ``user``. Priority and pool are the caller's (admin) choice, not the user's;
+        a pool no worker token names is refused (``UnknownPool``): no worker could ever claim it."""
+        if pool and pool not in self.settings.worker_tokens:
+            raise UnknownPool(pool, list(self.settings.worker_tokens))
         job_id = str(submit.prompt_id or uuid.uuid4())
         scope = pool or ANY_POOL
         # A claim parked in this process gets the next job from the submit's own script.

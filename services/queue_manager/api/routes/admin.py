@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
 from services.protocol.jobs import Job
-from services.queue_manager.api.deps import AdminUser, JobId, LoginsDep, StoreDep
+from services.queue_manager.api.deps import AdminUser, JobId, LoginsDep, StoreDep, shared
 from services.queue_manager.api.routes.jobs import CancelReply
+from services.queue_manager.auth import Authenticator
 from services.queue_manager.catalogues import CatalogueState
+from services.queue_manager.errors import UnknownUser
 from services.queue_manager.queue_admin import DrainResult, QueueOverview, UserSummary
 from services.queue_manager.registry import WorkerInfo
 from services.queue_manager.settings import USER_NAME
@@ -20,6 +22,18 @@ from services.queue_manager.snapshot import RestoreResult, Snapshot, restore_sna
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 UserName = Annotated[str, Path(pattern=f"^{USER_NAME.pattern}$", description="a participant's name")]
 Digest = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+async def known_user(user: UserName, request: Request, store: StoreDep) -> str:
+    """A name the admin's user actions may take: a participant's, the admin's, or that of anyone
+    with jobs (a participant since removed from the settings); 404 for a typo."""
+    auth = shared(request, "auth", Authenticator)
+    if user in auth.participants or user == auth.admin_user or await store.submitted(user):
+        return user
+    raise UnknownUser(user)
+
+
+KnownUser = Annotated[str, Depends(known_user)]
 
 
 class PriorityChange(BaseModel):
@@ -90,7 +104,7 @@ async def job_priority(job_id: JobId, change: PriorityChange, _: AdminUser, stor
 
 @router.post("/users/{user}/priority")
 async def user_priority(
-    user: UserName, change: PriorityChange, _: AdminUser, store: StoreDep
+    user: KnownUser, change: PriorityChange, _: AdminUser, store: StoreDep
 ) -> UserPriorityReply:
     """Set a user's priority bonus for their waiting and future jobs."""
     moved = await store.set_user_priority(user, change.priority)
@@ -98,7 +112,7 @@ async def user_priority(
 
 
 @router.delete("/users/{user}/sessions")
-async def end_sessions(user: UserName, _: AdminUser, logins: LoginsDep) -> SessionsEnded:
+async def end_sessions(user: KnownUser, _: AdminUser, logins: LoginsDep) -> SessionsEnded:
     """Log a user out everywhere: every session cookie of theirs stops working at once (a lost
     laptop, a shared screen). HTTP Basic still works for whoever knows the password."""
     return SessionsEnded(user=user, ended=await logins.sessions.revoke(user))
