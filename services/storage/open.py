@@ -36,7 +36,9 @@ def open_storage(url: str, s3: S3Settings | None = None) -> Storage:
     if parsed.scheme == "file":
         return LocalStorage(Path(unquote(parsed.path)))
     if parsed.scheme == "s3" and parsed.netloc:
-        return S3Storage(_s3_client(s3 or S3Settings()), parsed.netloc, parsed.path)
+        settings = s3 or S3Settings()
+        once = _s3_client(settings, attempts=1)
+        return S3Storage(_s3_client(settings), parsed.netloc, parsed.path, once=once)
     raise StorageError(
         f"storage URL {url!r} is not supported: use file:///absolute/path for a local directory "
         "or s3://bucket[/prefix] for S3/R2 (endpoint and keys in S3_ENDPOINT_URL, "
@@ -44,7 +46,10 @@ def open_storage(url: str, s3: S3Settings | None = None) -> Storage:
     )
 
 
-def _s3_client(settings: S3Settings):  # type: ignore[no-untyped-def]
+def _s3_client(settings: S3Settings, attempts: int = 6):  # type: ignore[no-untyped-def]
+    """A client of the endpoint; ``attempts``: how many times in all botocore itself sends a call
+    that gets no answer or a 5xx (1: once, the caller retries)."""
+
     def secret(value: SecretStr | None) -> str | None:
         return value.get_secret_value() if value else None
 
@@ -56,7 +61,7 @@ def _s3_client(settings: S3Settings):  # type: ignore[no-untyped-def]
         region_name=settings.region,
         # R2 does not take botocore's default aws-chunked CRC uploads; checksums only where required.
         config=Config(
-            retries={"max_attempts": 5, "mode": "standard"},
+            retries={"total_max_attempts": attempts, "mode": "standard"},
             signature_version="s3v4",
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",

@@ -10,6 +10,12 @@ A ``create_only`` put sends ``If-None-Match: *`` with the ``put_object``, or wit
 bucket answers 412 ``PreconditionFailed`` when the key exists (409 ``ConditionalRequestConflict``
 when another conditional write to it is under way), which is ``KeyTakenError``; a refused multipart
 upload is aborted, so none of its parts stay in the bucket.
+
+A conditional write is sent once by botocore (``once``, a client with its own retries off): when
+its answer is lost (a 5xx or a reset after the bucket stored it), botocore's retry would find the
+file it had just written and answer 412, and the caller would take its own file for someone
+else's. ``StorageUnavailableError`` goes to the caller instead, whose retry knows the answer was
+lost and compares what the name holds (``services.worker.outputs.put_file``).
 """
 
 from __future__ import annotations
@@ -40,8 +46,11 @@ BUSY = ("InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "50
 
 
 class S3Storage:
-    def __init__(self, client: S3Client, bucket: str, prefix: str = "") -> None:
+    def __init__(self, client: S3Client, bucket: str, prefix: str = "", once: S3Client | None = None) -> None:
+        """``once``: the same bucket's client with botocore's retries off, for conditional writes
+        (``client`` when not given)."""
         self.client = client
+        self.once = once or client
         self.bucket = bucket
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{self.prefix}"
@@ -50,8 +59,9 @@ class S3Storage:
         return self.prefix + check_key(key)
 
     async def _call(self, method: str, **kwargs: Any) -> Any:
+        client = self.once if "IfNoneMatch" in kwargs else self.client
         try:
-            return await asyncio.to_thread(getattr(self.client, method), Bucket=self.bucket, **kwargs)
+            return await asyncio.to_thread(getattr(client, method), Bucket=self.bucket, **kwargs)
         except BotoCoreError as exc:  # no answer: unreachable, timed out, cut off
             raise StorageUnavailableError(f"{self.url}: {method} got no answer: {exc}") from exc
         except ClientError as exc:

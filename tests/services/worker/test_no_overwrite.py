@@ -4,7 +4,10 @@ under the next free counter and reported so; a node's fixed name is written over
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
+import contextlib
+import http.server
+import threading
+from collections.abc import AsyncIterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -255,3 +258,65 @@ async def test_a_name_taken_by_other_bytes_after_a_lost_answer_moves_to_the_next
     assert [o.filename for o in outputs] == ["cat_00002_.png"]
     assert await read(storage, "users/ada/output/cat_00001_.png") == b"other job"
     assert await read(storage, "users/ada/output/cat_00002_.png") == b"this job"
+
+
+@contextlib.contextmanager
+def answer_lost_once(endpoint: str) -> Iterator[str]:
+    """A proxy in front of the bucket at ``endpoint`` that passes every request on, but answers the
+    first conditional put (``If-None-Match``) with a 500 once the bucket has stored it: a write that
+    landed and whose answer was lost on the way back, as R2 or a reset connection can do."""
+    lost = threading.Event()
+
+    class Forward(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "expect")}
+            reply = httpx.request(self.command, endpoint + self.path, headers=headers, content=body)
+            if self.command == "PUT" and "If-None-Match" in self.headers and not lost.is_set():
+                lost.set()
+                reply = httpx.Response(500, content=b"<Error><Code>InternalError</Code></Error>")
+            self.send_response(reply.status_code)
+            for name, value in reply.headers.items():
+                if name.lower() not in ("content-length", "transfer-encoding", "connection", "date"):
+                    self.send_header(name, value)
+            size = reply.headers.get("Content-Length") if self.command == "HEAD" else None
+            self.send_header("Content-Length", size or str(len(reply.content)))
+            self.end_headers()
+            self.wfile.write(reply.content)
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert lost.is_set(), "no conditional put went through the proxy: the test proved nothing"
+
+
+async def test_an_output_whose_answer_the_bucket_lost_is_stored_once_by_a_real_s3_client(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    """boto3's own retry of a put that landed found its own file under the name (412) and the output
+    moved to the next counter: two copies, one that no history names. The worker's own retry, which
+    knows the answer was lost, is the only one for a conditional put."""
+    make_bucket(s3_endpoint, "lost-answers")
+    kept = tmp_path / "kept"
+    (kept / "output").mkdir(parents=True)
+    (kept / "output" / "cat_00001_.png").write_bytes(PNG + b"this job's")
+    with answer_lost_once(s3_endpoint) as proxy:
+        keys = {"access_key_id": "test", "secret_access_key": "test", "region": "us-east-1"}
+        storage = open_storage("s3://lost-answers", S3Settings(endpoint_url=proxy, **keys))
+        outputs = await store_outputs(kept, storage, "ada", entry_of("cat_00001_.png"), patience=5.0)
+    assert [o.filename for o in outputs] == ["cat_00001_.png"]
+    assert await storage.list("users/ada/output/") == ["users/ada/output/cat_00001_.png"]
+    assert await read(storage, "users/ada/output/cat_00001_.png") == PNG + b"this job's"
