@@ -7,9 +7,12 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page
+from redis.asyncio import Redis
 
 from devkit.doubles.comfyui_nodes import catalogue
 from services.protocol.workers import ModelsProgress, WorkerCapabilities, WorkerRegistration
+from services.queue_manager.records import now_ms
+from services.queue_manager.store import Store
 from tests.support.jobs import GRAPH
 from tests.support.queue_manager_app import (
     ADMIN,
@@ -17,11 +20,14 @@ from tests.support.queue_manager_app import (
     POOL,
     WORKER_AUTH,
     LiveServer,
+    live_server,
     login,
     register_worker,
+    settings_for,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+LATER = 3_600_000  # an hour in ms: every lease granted now has expired by then
 
 
 async def admin_page(browser: Browser, server: LiveServer) -> tuple[BrowserContext, Page]:
@@ -140,3 +146,40 @@ async def test_what_a_leaked_worker_token_sends_shows_as_text_on_the_admin_page(
     assert await page.locator("#pwned").count() == 0
     assert await page.title() != "pwned"
     await context.close()
+
+
+async def test_drain_answers_at_once_with_what_still_runs_and_a_stale_requeue_says_why(
+    browser: Browser, redis_url: str, tmp_path: Path
+) -> None:
+    """The Drain button pauses and reports while a job runs (it must not wait for the job); Requeue
+    on a dead letter someone requeued meanwhile shows the queue manager's reason, and the job
+    stays in line once."""
+    settings = settings_for(redis_url, lease_seconds=120.0, retry_backoff_seconds=0)
+    with live_server(settings, tmp_path / "files") as server:
+        with httpx.Client(base_url=server.url) as client:
+            for worker in ("w1", "lost-0", "lost-1", "lost-2"):
+                register_worker(client, catalogue([]), worker_id=worker)
+            alice, body = login(client, "alice"), {"prompt": GRAPH, "client_id": "c"}
+            jobs = [alice.post("/w/alice/api/prompt", json=body).json()["prompt_id"] for _ in range(2)]
+        redis = Redis.from_url(redis_url, decode_responses=True)
+        store = Store(redis, settings)
+        for attempt in range(settings.max_attempts):  # the first job's three workers vanish mid-run
+            assert await store.claim(f"lost-{attempt}", POOL) is not None
+            await store.reap(now=now_ms() + LATER)
+            await store.reap(now=now_ms() + LATER)
+        assert await store.claim("w1", POOL) is not None  # the second one runs
+        context, page = await admin_page(browser, server)
+        requeue = page.locator("#dead").get_by_role("button", name="Requeue")
+        await requeue.wait_for(timeout=10_000)
+
+        async with page.expect_response(lambda r: "/api/admin/drain" in r.url, timeout=15_000) as drained:
+            await page.click("#drain")
+        assert (await (await drained.value).json())["running"] == 1
+        await page.get_by_text("1 running, 0 waiting").first.wait_for(timeout=10_000)
+
+        await store.requeue_dead(jobs[0])  # another admin tab, before this page redrew
+        await requeue.click()
+        await page.locator("#error").get_by_text("not a dead letter").wait_for(timeout=10_000)
+        assert [job.id for job in (await store.overview()).queued] == [jobs[0]]
+        await context.close()
+        await redis.aclose()

@@ -74,11 +74,14 @@ function queueActions(job) {
 }
 
 function drawQueue(overview) {
-  $("banner").textContent = overview.paused ? "Dispatch is paused" : "";
+  const waiting = overview.queued.length + overview.delayed.length;
+  $("banner").textContent = overview.paused
+    ? `Dispatch is paused: ${overview.running.length} running, ${waiting} waiting`
+    : "";
   const running = overview.running.map((j) => jobRow(j, `<button class="danger" data-action="cancel" data-job="${esc(j.id)}">Cancel</button>`));
   const held = overview.held ?? {};
-  const waiting = [...overview.queued, ...overview.delayed].map((j) => jobRow(j, queueActions(j), held[j.id]));
-  $("queue").innerHTML = table(["#", "job", "user", "state", "worker / pool", "queued", ""], [...running, ...waiting], "The queue is empty.");
+  const lined = [...overview.queued, ...overview.delayed].map((j) => jobRow(j, queueActions(j), held[j.id]));
+  $("queue").innerHTML = table(["#", "job", "user", "state", "worker / pool", "queued", ""], [...running, ...lined], "The queue is empty.");
   const dead = overview.dead.map((j) => jobRow(j, `<span title="${esc(j.error?.message)}">${esc(j.error?.type ?? "")}</span> <button data-action="requeue" data-job="${esc(j.id)}">Requeue</button>`));
   $("dead").innerHTML = table(["#", "job", "user", "state", "last worker", "queued", "error"], dead, "No dead letters.");
 }
@@ -197,7 +200,8 @@ $("pause").addEventListener("click", () => call("POST", "/api/admin/pause").then
 $("resume").addEventListener("click", () => call("POST", "/api/admin/resume").then(refresh, (e) => ($("error").textContent = e.message)));
 $("drain").addEventListener("click", async () => {
   try {
-    const result = await call("POST", "/api/admin/drain?timeout=0");
+    const result = await call("POST", "/api/admin/drain?seconds=0"); // answers at once: the banner follows the rest
+    await refresh();
     $("banner").textContent = `Draining: dispatch paused, ${result.running} running, ${result.queued} waiting`;
   } catch (error) { $("error").textContent = error.message; }
 });
