@@ -16,8 +16,8 @@ from pydantic import ValidationError
 
 from services.protocol.jobs import FileRef, storage_key
 from services.queue_manager.api.errors import upload_limit
-from services.storage import Storage, aiter_chunks, holds
-from services.storage.base import KeyConflictError, StorageError
+from services.storage import Storage, holds
+from services.storage.base import CHUNK_SIZE, KeyConflictError, StorageError
 
 UNSAFE_TYPES = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}
 
@@ -92,12 +92,13 @@ class UserFiles:
         return [key.removeprefix(prefix) for key in await self.storage.list(prefix)]
 
     async def save_upload(self, upload: UploadFile, ref: FileRef, overwrite: bool) -> FileRef:
-        """Store an upload; without ``overwrite`` a different file of that name gets ``name (1).ext``."""
-        data = await read_limited(upload, self.max_upload_bytes)
+        """Store an upload; without ``overwrite`` a different file of that name gets ``name (1).ext``.
+        The file goes from the parser's spool to storage chunk by chunk, never whole in memory."""
+        size = await upload_size(upload, self.max_upload_bytes)
         if not overwrite:
-            ref = await self._free_name(ref, data)
+            ref = await self._free_name(ref, upload, size)
         try:
-            await self.storage.put(self.key(ref), aiter_chunks(data), content_type(ref.filename))
+            await self.storage.put(self.key(ref), upload_chunks(upload), content_type(ref.filename))
         except KeyConflictError:
             where = f"{ref.subfolder}/{ref.filename}".lstrip("/")
             raise FileProblem(
@@ -109,22 +110,33 @@ class UserFiles:
             raise FileProblem(502, f"the file store refused the upload: {exc}") from None
         return ref
 
-    async def _free_name(self, ref: FileRef, data: bytes) -> FileRef:
+    async def _free_name(self, ref: FileRef, upload: UploadFile, size: int) -> FileRef:
         stem, dot, ext = ref.filename.rpartition(".")
         stem, ext = (stem, f".{ext}") if dot else (ext, "")
         candidate, number = ref, 1
         while await self.storage.exists(self.key(candidate)):
-            if await holds(self.storage, self.key(candidate), aiter_chunks(data), len(data)):
+            if await holds(self.storage, self.key(candidate), upload_chunks(upload), size):
                 return candidate
             candidate = ref.model_copy(update={"filename": f"{stem} ({number}){ext}"})
             number += 1
         return candidate
 
 
-async def read_limited(upload: UploadFile, limit: int) -> bytes:
-    """The upload's bytes, refusing files over ``limit`` (``QM_MAX_UPLOAD_BYTES``) with a message
+async def upload_size(upload: UploadFile, limit: int) -> int:
+    """The upload's size, refusing files over ``limit`` (``QM_MAX_UPLOAD_BYTES``) with a message
     that says so (the request's size was checked by ``BodyLimit``; this is the file's own)."""
-    data = await upload.read(limit + 1)
-    if len(data) > limit:
+    size = upload.size
+    if size is None:  # not from the multipart parser, which counts it as it spools
+        size = 0
+        async for chunk in upload_chunks(upload):
+            size += len(chunk)
+    if size > limit:
         raise FileProblem(413, f"{upload.filename!r}: {upload_limit(limit).message}")
-    return data
+    return size
+
+
+async def upload_chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    """The upload's bytes from its start, a chunk at a time (read again for each use)."""
+    await upload.seek(0)
+    while chunk := await upload.read(CHUNK_SIZE):
+        yield chunk

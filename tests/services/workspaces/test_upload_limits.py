@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import tempfile
+import tracemalloc
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import UploadFile
 from fastapi.routing import APIRoute
 from redis.asyncio import Redis
 
 from services.queue_manager.scripts import Scripts
 from services.queue_manager.workspaces import PREFIX, UPLOAD_PATH, routes_files
+from services.queue_manager.workspaces.files import FileProblem, UserFiles, file_ref
 from services.queue_manager.workspaces.settings import SettingsError, UserSettings
 from services.queue_manager.workspaces.userdata import UserData, UserDataError
+from services.storage.local import LocalStorage
 from tests.support.queue_manager_app import live_server, login, settings_for
 
 BODY_LIMIT = 4096
@@ -199,3 +204,52 @@ async def test_settings_saved_at_once_cannot_pass_the_budget_together(redis_url:
         assert len([name for name in await settings.all() if name.startswith("Big.")]) == 3
     finally:
         await redis.aclose()
+
+
+def spooled_upload(name: str, data_of: Callable[[int], bytes], parts: int) -> UploadFile:
+    """An upload as the multipart parser hands it over: spooled to a temporary file past 1 MiB."""
+    spool = tempfile.SpooledTemporaryFile(max_size=1024 * 1024)  # noqa: SIM115 (the UploadFile owns it)
+    for index in range(parts):
+        spool.write(data_of(index))
+    size = spool.tell()
+    spool.seek(0)
+    return UploadFile(spool, size=size, filename=name)
+
+
+async def test_an_upload_is_stored_without_holding_the_file_in_memory(tmp_path: Path) -> None:
+    """Twenty participants uploading their 100 MB videos at once held 2 GB in the queue manager,
+    which serves every workspace; a file now goes from its spool to storage chunk by chunk,
+    also when a file of that name is there and is compared."""
+    storage = LocalStorage(tmp_path / "files")
+    files = UserFiles(storage, "alice", max_upload_bytes=64 * 1024 * 1024)
+    part = 1024 * 1024
+
+    def same(index: int) -> bytes:
+        return bytes([index % 251]) * part
+
+    def other(index: int) -> bytes:
+        return bytes([(index + 1) % 251]) * part
+
+    ref = file_ref("film.mp4", "", "input")
+    tracemalloc.start()
+    try:
+        first = await files.save_upload(spooled_upload("film.mp4", same, 24), ref, overwrite=False)
+        again = await files.save_upload(spooled_upload("film.mp4", same, 24), ref, overwrite=False)
+        second = await files.save_upload(spooled_upload("film.mp4", other, 24), ref, overwrite=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [first.filename, again.filename, second.filename] == ["film.mp4", "film.mp4", "film (1).mp4"]
+    stored = b"".join([chunk async for chunk in storage.get("users/alice/input/film (1).mp4")])
+    assert stored == b"".join(other(index) for index in range(24))
+    assert peak < 8 * 1024 * 1024, f"peak {peak} bytes for 24 MiB uploads: the file was held in memory"
+
+
+async def test_an_upload_over_the_limit_is_refused_before_anything_is_stored(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "files")
+    files = UserFiles(storage, "alice", max_upload_bytes=2 * 1024 * 1024)
+    upload = spooled_upload("big.png", lambda index: b"x" * 1024 * 1024, 3)
+    with pytest.raises(FileProblem) as refused:
+        await files.save_upload(upload, file_ref("big.png", "", "input"), overwrite=False)
+    assert refused.value.status == 413 and "QM_MAX_UPLOAD_BYTES" in str(refused.value)
+    assert await storage.list("users/alice/") == []
