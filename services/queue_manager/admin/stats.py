@@ -8,8 +8,9 @@ time). Queue depth and GPU busy share are sampled by a background task of every 
 (``background.stats_loop``) once per ``QM_STATS_INTERVAL_SECONDS``, whether or not anybody watches,
 into a capped Redis list, so every admin tab (and a restart) sees the same history; a ``SET NX``
 mark per interval lets only one of several processes sharing the Redis take each sample. A stats
-request adds the current figures as a last, unstored point. Cost so far is each worker's registered
-time (up to its last sign of life) times its pool's hourly price from ``QM_GPU_PRICES``.
+request adds the current figures as a last, unstored point. Cost so far is each worker's up time
+(registered to now, or to its last sign of life once gone) times its pool's hourly price from
+``QM_GPU_PRICES``.
 
 | key | type | holds |
 |---|---|---|
@@ -22,7 +23,6 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -46,7 +46,7 @@ class Sample(BaseModel):
 class PoolGpu(BaseModel):
     """How a pool used its GPUs over the last hour, from its workers' timings of each job."""
 
-    busy_fraction: float = Field(description="GPU time running jobs / time its live workers were up")
+    busy_fraction: float = Field(description="GPU time running jobs / time its workers were up")
     gap_ms_p50: float | None = Field(description="GPU idle between two jobs while the next one waited")
     gap_ms_p99: float | None
     upload_s_p50: float | None = Field(description="a job's outputs into storage")
@@ -117,16 +117,26 @@ async def jobs_per_minute(store: Store, now: float) -> list[int]:
     return counts
 
 
+def up_span(worker: WorkerInfo, now: float) -> tuple[float, float] | None:
+    """When a known worker was up (epoch seconds): from its registration to now while it lives, to
+    its last sign of life once it is gone (crashed, stopped); None without a registration time."""
+    if worker.registered_at is None:
+        return None
+    start = worker.registered_at.timestamp()
+    gone = worker.state is WorkerState.GONE
+    end = worker.last_seen.timestamp() if gone and worker.last_seen else now
+    return start, max(start, end)
+
+
 def costs(workers: list[WorkerInfo], prices: dict[str, float]) -> dict[str, float]:
-    """Money spent per pool: registered-to-last-seen hours of each known worker times its price."""
+    """Money spent per pool: the hours each known worker was up (``up_span``) times its price."""
+    now = time.time()
     spent: dict[str, float] = {}
     for worker in workers:
-        if worker.registered_at is None:
+        if (span := up_span(worker, now)) is None:
             continue
-        end = worker.last_seen or datetime.now(UTC)
-        hours = max((end - worker.registered_at).total_seconds(), 0.0) / 3600
         pool = worker.capabilities.pool
-        spent[pool] = spent.get(pool, 0.0) + hours * prices.get(pool, 0.0)
+        spent[pool] = spent.get(pool, 0.0) + (span[1] - span[0]) / 3600 * prices.get(pool, 0.0)
     return {pool: round(amount, 2) for pool, amount in spent.items()}
 
 
@@ -138,9 +148,10 @@ def quantile(values: list[float], q: float) -> float | None:
 
 
 def up_seconds(workers: list[WorkerInfo], now: float, window: float) -> float:
-    """Seconds the live workers were registered within the last ``window``."""
-    since = [w.registered_at.timestamp() if w.registered_at else now - window for w in live(workers)]
-    return sum(min(window, max(now - t, 0.0)) for t in since)
+    """Seconds the known workers were up (``up_span``) within the last ``window``: a worker that
+    crashed meanwhile ran some of the window's jobs, so its hours count as well as the live ones'."""
+    spans = [span for w in workers if (span := up_span(w, now)) is not None]
+    return sum(max(0.0, end - max(start, now - window)) for start, end in spans)
 
 
 def pool_gpu(

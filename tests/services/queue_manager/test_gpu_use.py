@@ -6,8 +6,11 @@ from __future__ import annotations
 import re
 
 import httpx
+import pytest
+from fastapi import FastAPI
 
 from services.protocol.workers import Completion, JobTiming, Lease
+from services.queue_manager.records import now_ms
 from tests.support.qm_api import ADMIN, GPU, job, registration, user_auth
 
 JSON = {**GPU, "Content-Type": "application/json"}
@@ -53,3 +56,26 @@ async def test_each_pools_gpu_use_is_on_the_admin_page_and_in_prometheus(client:
     assert sample(metrics, UPLOADS) - sample(before, UPLOADS) == 2.0
     assert sample(metrics, SHORT_GAPS) - sample(before, SHORT_GAPS) == 2.0
     assert 'qm_gpu_busy_fraction{pool="gpu"}' in metrics
+
+
+async def test_a_crashed_workers_hours_count_in_its_pools_busy_fraction(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """w1 ran jobs the whole 600 s it lived and crashed 400 s ago; w2 came up then and has idled
+    since. The pool's GPUs were busy 600 s of their 1000: 60 %, not the 100 % that w1's jobs make
+    of w2's time alone."""
+    for worker in ("w1", "w2"):
+        body = registration(worker).model_dump_json()
+        (await client.post("/api/workers/register", content=body, headers=JSON)).raise_for_status()
+    await run_one(client, JobTiming(gpu_seconds=600.0))
+    now = now_ms()
+    redis, keys = app.state.store.redis, app.state.store.keys
+    crashed = {"registered_at": now - 1_000_000, "last_seen": now - 400_000}
+    await redis.hset(keys.worker("w1"), mapping=crashed)
+    await redis.hset(keys.worker("w2"), mapping={"registered_at": now - 400_000, "last_seen": now})
+
+    stats = (await client.get("/admin/api/stats", headers=ADMIN)).json()
+    metrics = (await client.get("/metrics")).text
+
+    assert stats["gpu_by_pool"]["gpu"]["busy_fraction"] == pytest.approx(0.6, abs=0.01)
+    assert sample(metrics, 'qm_gpu_busy_fraction{pool="gpu"}') == pytest.approx(0.6, abs=0.01)
