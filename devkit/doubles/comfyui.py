@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import threading
 import time
@@ -62,6 +63,7 @@ from urllib.parse import quote, urlparse
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -72,6 +74,7 @@ from devkit.doubles import comfyui_nodes as nodes
 from devkit.doubles.comfyui_engine import Executor, Item, Knobs, State
 from devkit.doubles.comfyui_validation import PromptRejected, validate
 from devkit.servers import free_port, wait_until
+from services.queue_manager.workspaces.images import convert, merge_mask, wants_conversion
 
 # The ComfyUI release this double stands in for (its recordings: tests/fixtures/comfyui/<version>/).
 COMFYUI_VERSION = "0.3.64"
@@ -229,6 +232,7 @@ class ComfyUIDouble(Executor):
             ("/history/{prompt_id}", self.history_one, ["GET"]),
             ("/view", self.view, ["GET"]),
             ("/upload/image", self.upload_image, ["POST"]),
+            ("/upload/mask", self.upload_mask, ["POST"]),
             ("/free", self.free, ["POST"]),
             ("/extensions", self.extensions, ["GET"]),
         ]
@@ -405,6 +409,10 @@ class ComfyUIDouble(Executor):
         path = folder / filename
         if not path.is_file():
             return Response(status_code=404)
+        channel, preview = query.get("channel", ""), query.get("preview", "")
+        if wants_conversion(channel, preview):  # ComfyUI's conversions (the mask editor asks for them)
+            body, media_type = await convert(path.read_bytes(), filename, channel, preview)
+            return Response(body, media_type=media_type)
         return FileResponse(path, filename=filename)
 
     async def upload_image(self, request: Request) -> Response:
@@ -412,16 +420,36 @@ class ComfyUIDouble(Executor):
         upload = form.get("image")
         if upload is None or isinstance(upload, str) or not upload.filename:
             return Response(status_code=400)
+        return self._store(form, upload.filename, await upload.read())
+
+    async def upload_mask(self, request: Request) -> Response:
+        """ComfyUI's: the mask's alpha onto the colours of ``original_ref`` (type ``output`` unless given)."""
+        form = await request.form()
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str) or not upload.filename:
+            return Response(status_code=400)
+        original = json.loads(str(form.get("original_ref")))
+        base = self._folder(str(original.get("type", "output")))
+        path = (base / original.get("subfolder", "") / original["filename"]).resolve()
+        if os.path.commonpath([path, base.resolve()]) != str(base.resolve()) or not path.is_file():
+            return Response(status_code=400)
+        merged = await merge_mask(path.read_bytes(), await upload.read(), original["filename"])
+        return self._store(form, upload.filename, merged)
+
+    def _folder(self, kind: str) -> Path:
+        return {"input": self.folders.input, "temp": self.folders.temp, "output": self.folders.output}[kind]
+
+    def _store(self, form: FormData, filename: str, content: bytes) -> Response:
+        """Upload naming and placing, as ComfyUI's ``image_upload``."""
         subfolder = str(form.get("subfolder", ""))
         kind = str(form.get("type", "input"))
-        base = {"input": self.folders.input, "temp": self.folders.temp, "output": self.folders.output}[kind]
+        base = self._folder(kind)
         folder = (base / subfolder).resolve()
         if os.path.commonpath([folder, base.resolve()]) != str(base.resolve()):
             return Response(status_code=400)
         folder.mkdir(parents=True, exist_ok=True)
-        content = await upload.read()
         overwrite = str(form.get("overwrite", "")).lower() in ("true", "1")
-        name = self._free_name(folder, os.path.basename(upload.filename), content, overwrite)
+        name = self._free_name(folder, os.path.basename(filename), content, overwrite)
         path = folder / name
         if overwrite or not path.exists():
             path.write_bytes(content)

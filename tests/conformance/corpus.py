@@ -9,7 +9,11 @@ in another's answers; prompt ids are written as the placeholders the driver give
 from __future__ import annotations
 
 import base64
+import io
+import json
 from typing import Any
+
+from PIL import Image
 
 from devkit.doubles.comfyui_nodes import image_bytes
 
@@ -67,11 +71,9 @@ def done(prompt: int, client: str = "a") -> Step:
     return wait(client, "executing", node=None, prompt_id=f"{{prompt:{prompt}}}")
 
 
-def upload(name: str, content: bytes, **fields: str) -> Step:
+def upload(name: str, content: bytes, route: str = "/upload/image", **fields: str) -> Step:
     file = {"name": name, "content": base64.b64encode(content).decode()}
-    return {
-        "request": {"method": "POST", "path": "/upload/image", "upload": {"fields": fields, "file": file}}
-    }
+    return {"request": {"method": "POST", "path": route, "upload": {"fields": fields, "file": file}}}
 
 
 def rejected(prompt: dict[str, Any] | None, **extra: Any) -> list[Step]:
@@ -263,6 +265,33 @@ def upload_and_view() -> list[Step]:
     ]
 
 
+def mask_only() -> bytes:
+    """What the stock mask editor sends to /upload/mask: no colours, only the painted alpha."""
+    mask = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    mask.paste((0, 0, 0, 255), (2, 2, 6, 6))
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def mask_editor_save() -> list[Step]:
+    """The mask editor's save: the mask's alpha goes onto the original's colours (and text chunks)."""
+    original = json.dumps({"filename": "mask-base.png", "subfolder": "", "type": "input"})
+    return [
+        upload("mask-base.png", PNG, type="input", overwrite="true"),
+        upload(
+            "clipspace-mask-1.png",
+            mask_only(),
+            "/upload/mask",
+            type="input",
+            subfolder="clipspace",
+            original_ref=original,
+        ),
+        get("/view?filename=clipspace-mask-1.png&subfolder=clipspace&type=input"),
+        get("/view?filename=clipspace-mask-1.png&subfolder=clipspace&type=input&channel=rgb"),
+    ]
+
+
 def object_info_more() -> list[Step]:
     return [get(f"/object_info/{name}") for name in ("ImageScale", "PreviewImage", "SaveImageWebsocket")]
 
@@ -401,6 +430,7 @@ def cases() -> dict[str, list[Step]]:
         "history_paging": history_paging(),
         "two_clients": two_clients(),
         "upload_and_view": upload_and_view(),
+        "mask_editor_save": mask_editor_save(),
         "object_info_more": object_info_more(),
         "value_errors": value_errors(),
         "partial_failure": partial_failure(),

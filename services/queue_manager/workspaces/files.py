@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import mimetypes
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import quote
 
 from fastapi import UploadFile
@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from services.protocol.jobs import FileRef, storage_key
 from services.queue_manager.api.errors import upload_limit
-from services.storage import Storage, holds
+from services.storage import Storage, aiter_chunks, holds
 from services.storage.base import CHUNK_SIZE, KeyConflictError, StorageError
 
 UNSAFE_TYPES = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}
@@ -95,10 +95,27 @@ class UserFiles:
         """Store an upload; without ``overwrite`` a different file of that name gets ``name (1).ext``.
         The file goes from the parser's spool to storage chunk by chunk, never whole in memory."""
         size = await upload_size(upload, self.max_upload_bytes)
+        return await self._save(ref, overwrite, size, lambda: upload_chunks(upload))
+
+    async def save(self, data: bytes, ref: FileRef, overwrite: bool) -> FileRef:
+        """Store bytes made here (a merged mask) as ``save_upload`` stores an upload."""
+        return await self._save(ref, overwrite, len(data), lambda: aiter_chunks(data))
+
+    async def read(self, ref: FileRef, limit: int) -> bytes:
+        """A stored file's bytes; 404 when there is none, 413 past ``limit`` (nothing read then)."""
+        size, chunks = await self.open(ref)
+        if size > limit:
+            where = f"{ref.subfolder}/{ref.filename}".lstrip("/")
+            raise FileProblem(413, f"{where} is {size} bytes, more than the {limit} this can read")
+        return b"".join([chunk async for chunk in chunks])
+
+    async def _save(
+        self, ref: FileRef, overwrite: bool, size: int, chunks: Callable[[], AsyncIterator[bytes]]
+    ) -> FileRef:
         if not overwrite:
-            ref = await self._free_name(ref, upload, size)
+            ref = await self._free_name(ref, chunks, size)
         try:
-            await self.storage.put(self.key(ref), upload_chunks(upload), content_type(ref.filename))
+            await self.storage.put(self.key(ref), chunks(), content_type(ref.filename))
         except KeyConflictError:
             where = f"{ref.subfolder}/{ref.filename}".lstrip("/")
             raise FileProblem(
@@ -110,12 +127,14 @@ class UserFiles:
             raise FileProblem(502, f"the file store refused the upload: {exc}") from None
         return ref
 
-    async def _free_name(self, ref: FileRef, upload: UploadFile, size: int) -> FileRef:
+    async def _free_name(
+        self, ref: FileRef, chunks: Callable[[], AsyncIterator[bytes]], size: int
+    ) -> FileRef:
         stem, dot, ext = ref.filename.rpartition(".")
         stem, ext = (stem, f".{ext}") if dot else (ext, "")
         candidate, number = ref, 1
         while await self.storage.exists(self.key(candidate)):
-            if await holds(self.storage, self.key(candidate), upload_chunks(upload), size):
+            if await holds(self.storage, self.key(candidate), chunks(), size):
                 return candidate
             candidate = ref.model_copy(update={"filename": f"{stem} ({number}){ext}"})
             number += 1

@@ -16,6 +16,7 @@ import io
 import warnings
 
 from PIL import Image, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 MAX_IMAGE_BYTES = 128 * 1024 * 1024
 """Larger files are only served as stored: a conversion holds the whole file in memory."""
@@ -71,6 +72,29 @@ def _preview(image: Image.Image, channel: str, preview: str) -> tuple[bytes, str
     buffer = io.BytesIO()
     image.save(buffer, format=kind.upper(), quality=min(max(quality, 1), 100))
     return buffer.getvalue(), f"image/{kind}"
+
+
+async def merge_mask(original: bytes, mask: bytes, filename: str) -> bytes:
+    """ComfyUI's ``/upload/mask``: the original's colours and PNG text (the workflow it was made
+    with) under the mask's alpha, as PNG. The stock mask editor sends the mask without colours."""
+    return await asyncio.to_thread(_merge_mask, original, mask, filename)
+
+
+def _merge_mask(original: bytes, mask: bytes, filename: str) -> bytes:
+    with _opened(original, filename) as image, _opened(mask, "the mask") as painted:
+        if image.size != painted.size:
+            raise ImageProblem(
+                f"the mask is {painted.width}x{painted.height} but {filename} is "
+                f"{image.width}x{image.height}: paint the mask on that image"
+            )
+        text = PngInfo()
+        for key, value in getattr(image, "text", {}).items():
+            text.add_text(key, value)
+        merged = image.convert("RGBA")
+        merged.putalpha(painted.convert("RGBA").getchannel("A"))
+        buffer = io.BytesIO()
+        merged.save(buffer, format="PNG", compress_level=4, pnginfo=text)
+        return buffer.getvalue()
 
 
 def _opened(data: bytes, filename: str) -> Image.Image:

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from services.protocol.jobs import split_annotation
+from services.protocol.jobs import FileRef, split_annotation
 from services.queue_manager.workspaces.deps import UserFilesDep
 from services.queue_manager.workspaces.files import (
     USER_FILE_POLICY,
@@ -18,8 +18,16 @@ from services.queue_manager.workspaces.files import (
     content_type,
     disposition,
     file_ref,
+    upload_chunks,
+    upload_size,
 )
-from services.queue_manager.workspaces.images import MAX_IMAGE_BYTES, ImageProblem, convert, wants_conversion
+from services.queue_manager.workspaces.images import (
+    MAX_IMAGE_BYTES,
+    ImageProblem,
+    convert,
+    merge_mask,
+    wants_conversion,
+)
 
 router = APIRouter()
 UPLOADS = "/upload/"
@@ -56,21 +64,44 @@ async def upload_image(
 async def upload_mask(
     files: UserFilesDep,
     image: UploadFile | None = None,
-    original_ref: Annotated[str, Form()] = "{}",
+    original_ref: Annotated[str, Form()] = "",
     type: Annotated[str, Form()] = "input",
     subfolder: Annotated[str, Form()] = "",
     overwrite: Annotated[str, Form()] = "",
 ) -> Response:
-    """The mask editor's save: the painted image (with its alpha mask) stored as a new input.
-
-    ComfyUI merges the mask into the original's alpha channel itself; the 1.27 mask editor already
-    uploads the merged RGBA image, so it is stored as sent.
-    """
+    """The mask editor's save: as ComfyUI, the mask's alpha goes onto the colours of the image it
+    was painted on (``original_ref``, one of the participant's files), stored as a new input."""
+    if image is None:
+        return JSONResponse({"error": "no mask: send it as the multipart field 'image'"}, status_code=400)
     try:
-        json.loads(original_ref)
+        source = original_file(original_ref)
+        original = await files.read(source, MAX_IMAGE_BYTES)
+        await upload_size(image, files.max_upload_bytes)
+        mask = b"".join([chunk async for chunk in upload_chunks(image)])
+        merged = await merge_mask(original, mask, source.filename)
+        ref = file_ref(image.filename or "", subfolder, type or "input")
+        saved = await files.save(merged, ref, overwrite in ("true", "1"))
+    except (FileProblem, ImageProblem) as exc:
+        status = exc.status if isinstance(exc, FileProblem) else 400
+        return JSONResponse({"error": str(exc)}, status_code=status)
+    return JSONResponse({"name": saved.filename, "subfolder": saved.subfolder, "type": saved.type})
+
+
+def original_file(original_ref: str) -> FileRef:
+    """The image a mask was painted on: ``{"filename", "subfolder", "type"}`` (type ``output``
+    unless given or annotated, as in ComfyUI)."""
+    try:
+        original = json.loads(original_ref)
     except json.JSONDecodeError:
-        return JSONResponse({"error": "original_ref must be JSON"}, status_code=400)
-    return await upload(files, image, type, subfolder, overwrite)
+        original = None
+    if not isinstance(original, dict) or not isinstance(original.get("filename"), str):
+        raise FileProblem(
+            400,
+            "original_ref must name the image the mask was painted on, as JSON like "
+            '{"filename": "cat.png", "subfolder": "", "type": "input"}',
+        )
+    filename, kind = split_annotation(original["filename"], str(original.get("type") or "output"))
+    return file_ref(filename, str(original.get("subfolder") or ""), kind)
 
 
 @router.get("/view")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import os
 import tempfile
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -14,6 +16,7 @@ import httpx
 import pytest
 from fastapi import UploadFile
 from fastapi.routing import APIRoute
+from PIL import Image
 from redis.asyncio import Redis
 
 from services.queue_manager.scripts import Scripts
@@ -50,6 +53,13 @@ def image(size: int) -> dict[str, tuple[str, bytes, str]]:
     return {"image": ("big.png", b"\x89PNG" + b"x" * (size - 4), "image/png")}
 
 
+def noise(name: str) -> dict[str, tuple[str, bytes, str]]:
+    """A real 96x96 PNG of random pixels: about 36 KiB, past the body limit, within the upload's."""
+    buffer = io.BytesIO()
+    Image.frombytes("RGBA", (96, 96), os.urandom(96 * 96 * 4)).save(buffer, format="PNG")
+    return {"image": (name, buffer.getvalue(), "image/png")}
+
+
 def says_the_upload_limit(reply: httpx.Response) -> bool:
     return reply.status_code == 413 and "QM_MAX_UPLOAD_BYTES" in reply.text and "smaller file" in reply.text
 
@@ -57,7 +67,9 @@ def says_the_upload_limit(reply: httpx.Response) -> bool:
 def test_an_upload_above_the_body_limit_but_within_the_upload_limit_is_stored(alice: httpx.Client) -> None:
     reply = alice.post(UPLOAD, files=image(20 * 1024))
     assert reply.status_code == 200, reply.text
-    mask = alice.post("/w/alice/api/upload/mask", files=image(20 * 1024), data={"original_ref": "{}"})
+    assert alice.post(UPLOAD, files=noise("photo.png")).status_code == 200
+    original = '{"filename": "photo.png", "type": "input"}'
+    mask = alice.post("/w/alice/api/upload/mask", files=noise("mask.png"), data={"original_ref": original})
     assert mask.status_code == 200, mask.text
     assert (
         len(alice.get("/w/alice/api/view", params={"filename": "big.png", "type": "input"}).content)

@@ -180,3 +180,62 @@ def test_a_move_that_names_no_destination_is_refused_and_the_workflow_kept(alice
     reply = alice.post("/w/alice/api/userdata/workflows%2Fkeep.json/move/", content=b"oops")
     assert reply.status_code == 400 and "destination" in reply.json()["error"]
     assert alice.get("/w/alice/api/userdata/workflows%2Fkeep.json").content == WORKFLOW
+
+
+def png(size: tuple[int, int], color: tuple[int, int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGBA", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_mask(client: httpx.Client, user: str, original: str, mask: bytes) -> httpx.Response:
+    return client.post(
+        f"/w/{user}/api/upload/mask",
+        files={"image": ("clipspace-mask-1.png", mask, "image/png")},
+        data={"type": "input", "subfolder": "clipspace", "original_ref": original},
+    )
+
+
+MASK = png((8, 8), (0, 0, 0, 255))  # the stock mask editor's: alpha only, no colours
+ORIGINAL = '{"filename": "photo.png", "subfolder": "", "type": "input"}'
+
+
+def test_a_saved_mask_keeps_the_colours_of_the_image_it_was_painted_on(alice: httpx.Client) -> None:
+    alice.post("/w/alice/api/upload/image", files={"image": ("photo.png", png((8, 8), (200, 100, 50, 255)))})
+    saved = save_mask(alice, "alice", ORIGINAL, png((8, 8), (0, 0, 0, 0)))
+    assert saved.json() == {"name": "clipspace-mask-1.png", "subfolder": "clipspace", "type": "input"}
+    stored = alice.get(
+        "/w/alice/api/view",
+        params={"filename": "clipspace-mask-1.png", "subfolder": "clipspace", "type": "input"},
+    )
+    assert Image.open(io.BytesIO(stored.content)).getpixel((3, 3)) == (200, 100, 50, 0)
+
+
+def test_a_mask_for_an_image_she_does_not_have_is_refused_and_nothing_stored(
+    alice: httpx.Client, bob: httpx.Client
+) -> None:
+    bob.post("/w/bob/api/upload/image", files={"image": ("photo.png", png((8, 8), (1, 2, 3, 255)))})
+    refused = save_mask(alice, "alice", ORIGINAL, MASK)  # bob's photo.png is not hers
+    assert refused.status_code == 404 and "photo.png" in refused.json()["error"]
+    assert (
+        alice.get(
+            "/w/alice/api/view", params={"filename": "clipspace-mask-1.png", "type": "input"}
+        ).status_code
+        == 404
+    )
+
+
+def test_a_mask_without_its_image_or_of_another_size_is_refused_saying_why(alice: httpx.Client) -> None:
+    alice.post("/w/alice/api/upload/image", files={"image": ("photo.png", png((16, 16), (1, 2, 3, 255)))})
+    for ref in ("", "not json", "{}", '{"filename": 5}'):
+        refused = save_mask(alice, "alice", ref, MASK)
+        assert refused.status_code == 400 and "original_ref must name the image" in refused.json()["error"]
+    other_size = save_mask(alice, "alice", ORIGINAL, MASK)
+    assert (
+        other_size.status_code == 400
+        and "the mask is 8x8 but photo.png is 16x16" in other_size.json()["error"]
+    )
+    climbing = save_mask(
+        alice, "alice", '{"filename": "photo.png", "subfolder": "../bob", "type": "input"}', MASK
+    )
+    assert climbing.status_code == 400
