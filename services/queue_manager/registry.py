@@ -52,6 +52,7 @@ class WorkerOps(CatalogueOps):
             state.value,
             now_ms(),
             WORKER_TTL_SECONDS,
+            self.patience_ms,
         )
         if given_back := str(await self.scripts.run(args)):  # a restarted worker knows of no hold
             log.info("hold given back", extra={"job_id": given_back, "worker_id": registration.worker_id})
@@ -72,6 +73,11 @@ class WorkerOps(CatalogueOps):
             claim_wait_seconds=settings.claim_wait_max_seconds,
             catalogue_known=bool(known),
         )
+
+    @property
+    def patience_ms(self) -> int:
+        """How long a worker may be silent before it counts as gone: its longest claim plus a lease."""
+        return int((self.settings.claim_wait_max_seconds + self.settings.lease_seconds) * 1000)
 
     async def pool_of(self, worker_id: str) -> str | None:
         """The pool a worker id is bound to while its registration lives, or None (never registered,
@@ -205,8 +211,7 @@ class WorkerOps(CatalogueOps):
         except ValueError:
             state = WorkerState.IDLE
         silent_ms = now_ms() - int(fields.get("last_seen") or 0)
-        patience = (self.settings.claim_wait_max_seconds + self.settings.lease_seconds) * 1000
-        if silent_ms > patience:
+        if silent_ms > self.patience_ms:
             state = WorkerState.GONE
         return WorkerInfo(
             worker_id=worker_id,

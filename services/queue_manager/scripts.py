@@ -97,6 +97,7 @@ class RegisterArgs(ScriptArgs):
     state: str
     now_ms: int
     ttl_seconds: int
+    live_ms: int
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,24 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from services.protocol.workers import Completion, JobTiming, Lease
+from services.protocol.workers import (
+    Completion,
+    JobTiming,
+    Lease,
+    ModelsProgress,
+    WorkerCapabilities,
+    WorkerRegistration,
+)
 from services.queue_manager.records import now_ms
-from tests.support.qm_api import ADMIN, GPU, job, registration, user_auth
+from services.queue_manager.settings import Settings
+from tests.support.qm_api import ADMIN, GPU, job, make_settings, registration, user_auth
 
 JSON = {**GPU, "Content-Type": "application/json"}
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return make_settings(redis_url, gpu_prices={"gpu": 2.0})
 
 
 async def run_one(client: httpx.AsyncClient, timing: JobTiming) -> None:
@@ -79,3 +92,27 @@ async def test_a_crashed_workers_hours_count_in_its_pools_busy_fraction(
 
     assert stats["gpu_by_pool"]["gpu"]["busy_fraction"] == pytest.approx(0.6, abs=0.01)
     assert sample(metrics, 'qm_gpu_busy_fraction{pool="gpu"}') == pytest.approx(0.6, abs=0.01)
+
+
+async def test_a_worker_that_reports_its_models_sync_costs_from_its_first_report(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """A GPU host syncing its models registers as starting with its progress every few seconds,
+    then ready: it was paid for from the first report, so 30 minutes of sync at 2.00 an hour cost
+    1.00. A worker id that comes back after it was gone starts a new span."""
+    syncing = WorkerCapabilities(
+        pool="gpu", provider="verda", models_sync=ModelsProgress(state="syncing", files_total=3)
+    )
+    first = WorkerRegistration(worker_id="w1", capabilities=syncing).model_dump_json()
+    (await client.post("/api/workers/register", content=first, headers=JSON)).raise_for_status()
+    redis, keys = app.state.store.redis, app.state.store.keys
+    await redis.hset(keys.worker("w1"), "registered_at", now_ms() - 1_800_000)  # 30 min of reports
+    for body in (first, registration("w1").model_dump_json()):  # one more report, then ready
+        (await client.post("/api/workers/register", content=body, headers=JSON)).raise_for_status()
+
+    stats = (await client.get("/admin/api/stats", headers=ADMIN)).json()
+
+    assert stats["cost_by_pool"]["gpu"] == pytest.approx(1.0, abs=0.01)
+    await redis.hset(keys.worker("w1"), "last_seen", now_ms() - 3_600_000)  # gone an hour
+    (await client.post("/api/workers/register", content=first, headers=JSON)).raise_for_status()
+    assert (await client.get("/admin/api/stats", headers=ADMIN)).json()["cost_by_pool"]["gpu"] == 0.0
