@@ -75,6 +75,7 @@ from devkit.doubles.comfyui_engine import Executor, Item, Knobs, State
 from devkit.doubles.comfyui_validation import PromptRejected, validate
 from devkit.servers import free_port, wait_until
 from services.queue_manager.workspaces.images import convert, merge_mask, wants_conversion
+from services.queue_manager.workspaces.routes_info import MODEL_FOLDERS, NOT_IN_LIBRARY
 
 # The ComfyUI release this double stands in for (its recordings: tests/fixtures/comfyui/<version>/).
 COMFYUI_VERSION = "0.3.64"
@@ -235,6 +236,11 @@ class ComfyUIDouble(Executor):
             ("/upload/mask", self.upload_mask, ["POST"]),
             ("/free", self.free, ["POST"]),
             ("/extensions", self.extensions, ["GET"]),
+            ("/models", self.models, ["GET"]),
+            ("/models/{folder}", self.model_files, ["GET"]),
+            ("/experiment/models", self.model_library, ["GET"]),
+            ("/experiment/models/{folder}", self.model_files, ["GET"]),
+            ("/embeddings", self.embeddings, ["GET"]),
         ]
         table: list[Any] = []
         for prefix in ("", "/api"):
@@ -468,6 +474,23 @@ class ComfyUIDouble(Executor):
             candidate = f"{stem} ({counter}){ext}"
             counter += 1
         return candidate
+
+    # No model files: the double's nodes need no weights, as on a fresh CPU ComfyUI.
+    async def models(self, request: Request) -> Response:
+        return JSONResponse(list(MODEL_FOLDERS))
+
+    async def model_library(self, request: Request) -> Response:
+        base = Path(self.folders.output).parent / "models"
+        listed = [folder for folder in MODEL_FOLDERS if folder not in NOT_IN_LIBRARY]
+        return JSONResponse([{"name": folder, "folders": [str(base / folder)]} for folder in listed])
+
+    async def model_files(self, request: Request) -> Response:
+        if request.path_params["folder"] not in MODEL_FOLDERS:
+            return Response(status_code=404)
+        return JSONResponse([])
+
+    async def embeddings(self, request: Request) -> Response:
+        return JSONResponse([])
 
     async def free(self, request: Request) -> Response:
         return Response(status_code=200)

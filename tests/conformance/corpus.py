@@ -292,6 +292,20 @@ def mask_editor_save() -> list[Step]:
     ]
 
 
+def model_library() -> list[Step]:
+    """What the frontend's model library and model widgets read (no model files on the recorder)."""
+    return [
+        get("/models"),
+        get("/models/checkpoints"),
+        get("/models/no-such-folder", STATUS),
+        get("/experiment/models"),
+        get("/experiment/models/checkpoints"),
+        get("/experiment/models/configs"),
+        get("/experiment/models/no-such-folder", STATUS),
+        get("/embeddings"),
+    ]
+
+
 def object_info_more() -> list[Step]:
     return [get(f"/object_info/{name}") for name in ("ImageScale", "PreviewImage", "SaveImageWebsocket")]
 
@@ -432,6 +446,7 @@ def cases() -> dict[str, list[Step]]:
         "upload_and_view": upload_and_view(),
         "mask_editor_save": mask_editor_save(),
         "object_info_more": object_info_more(),
+        "model_library": model_library(),
         "value_errors": value_errors(),
         "partial_failure": partial_failure(),
         "two_outputs_one_image": two_outputs_one_image(),

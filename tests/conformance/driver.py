@@ -19,9 +19,10 @@ Steps (each a dict with one of these keys):
 
 Normalising: prompt ids (UUIDs) become ``{prompt:N}`` in order of first appearance, queue numbers
 ``{number:N}`` likewise, times ``{time}``, tracebacks ``{traceback}``, absolute directories in
-exception messages ``{dir}/``. Requests are stored normalised; the driver puts the server's real ids
-back before sending. Runs of ``progress``/``progress_state`` frames of one running node (a node that
-reports progress as it likes, e.g. every 10 ms) become one of each with values ``{value}``.
+exception messages ``{dir}/``, a model folder's directories ``{folders}``. Requests are stored
+normalised; the driver puts the server's real ids back before sending. Runs of
+``progress``/``progress_state`` frames of one running node (a node that reports progress as it
+likes, e.g. every 10 ms) become one of each with values ``{value}``.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ class Ids:
     def _list(self, value: list[Any], key: str) -> Any:
         if key == "traceback":
             return "{traceback}"
+        if key == "folders":  # a model folder's directories on the server's disk (a workspace shows none)
+            return "{folders}"
         if key == "current_outputs":  # the node ids ComfyUI's output cache holds: a set, any order
             return sorted(self.normalise(item) for item in value)
         if is_queue_row(value):

@@ -48,6 +48,8 @@ MODEL_FOLDERS: dict[str, tuple[str, str] | None] = {
     "audio_encoders": ("AudioEncoderLoader", "audio_encoder_name"),
 }
 """ComfyUI 0.3.64's model folders (``GET /models``), each with the loader input that lists its files."""
+NOT_IN_LIBRARY = frozenset({"configs", "custom_nodes"})
+"""Model folders ComfyUI leaves out of ``/experiment/models`` (the model library)."""
 NOT_FILES = frozenset({"pixel_space", "taesd", "taesdxl", "taesd3", "taef1"})
 """What ``VAELoader`` offers besides the files of its folder."""
 JSON_NO_STORE = {"Cache-Control": "no-store"}
@@ -191,20 +193,29 @@ async def model_types(user: Participant) -> list[str]:
 async def models_in(folder: str, ctx: Context, user: Participant) -> Response:
     """The GPUs' files of one model folder, as their loader nodes list them; 404 for no such folder."""
     if folder not in MODEL_FOLDERS:
-        return JSONResponse({"error": f"no model folder {folder!r}: GET /models lists them"}, status_code=404)
+        return no_model_folder(folder)
     catalogue = await ctx.catalogue.current()
     return JSONResponse(model_files_of(catalogue.nodes, folder))
 
 
 @router.get("/experiment/models")
 async def model_folders(user: Participant) -> list[dict[str, Any]]:
-    """No model library browser: the models are the workers' (listed in the node inputs)."""
-    return []
+    """The model library's folders, as ComfyUI lists them (not ``configs``, ``custom_nodes``); their
+    directories are the GPUs' own and are not shown."""
+    return [{"name": folder, "folders": []} for folder in MODEL_FOLDERS if folder not in NOT_IN_LIBRARY]
 
 
 @router.get("/experiment/models/{folder}")
-async def model_files(folder: str, user: Participant) -> list[dict[str, Any]]:
-    return []
+async def model_files(folder: str, ctx: Context, user: Participant) -> Response:
+    """The model library's files of one folder: the GPUs' files, as in ``/models/<folder>``."""
+    if folder not in MODEL_FOLDERS:
+        return no_model_folder(folder)
+    catalogue = await ctx.catalogue.current()
+    return JSONResponse([{"name": name, "pathIndex": 0} for name in model_files_of(catalogue.nodes, folder)])
+
+
+def no_model_folder(folder: str) -> Response:
+    return JSONResponse({"error": f"no model folder {folder!r}: GET /models lists them"}, status_code=404)
 
 
 @router.get("/view_metadata/{folder}")

@@ -61,6 +61,12 @@ def test_model_folders_list_the_gpus_files_from_their_loaders(
     assert alice.get("/w/alice/api/models/vae").json() == ["ae.sft"]
     assert alice.get("/w/alice/api/models/loras").json() == []
     assert alice.get("/w/alice/api/models/nope").status_code == 404
+    library = alice.get("/w/alice/api/experiment/models").json()  # the frontend's model library
+    assert [folder["name"] for folder in library][:3] == ["checkpoints", "loras", "vae"]
+    assert all(folder["folders"] == [] for folder in library), "the GPUs' directories are not shown"
+    in_library = alice.get("/w/alice/api/experiment/models/checkpoints").json()
+    assert [model["name"] for model in in_library] == ["sdxl.safetensors", "flux.safetensors"]
+    assert alice.get("/w/alice/api/experiment/models/nope").status_code == 404
 
 
 def stats_of(client: httpx.Client) -> dict[str, Any]:
