@@ -31,7 +31,7 @@ from services.queue_manager.snapshot import (
     load_saved_snapshot,
     mark_started,
     restore_snapshot,
-    save_snapshot,
+    save_for_the_night,
     take_snapshot,
 )
 from services.queue_manager.store import Store
@@ -110,11 +110,11 @@ def _with_vault(action: Callable[[Store, Storage], Awaitable[T]]) -> T:
 
 @app.command()
 def save() -> None:
-    """The evening: snapshot everything participants see into the vault, with its sha256."""
+    """The evening: snapshot everything participants see into the vault, with its sha256 (a
+    snapshot there that no morning restored is merged in first, never written over)."""
 
     async def run(store: Store, storage: Storage) -> str:
-        taken = await take_snapshot(store)
-        size = await save_snapshot(storage, taken)
+        taken, size = await save_for_the_night(store, storage)
         return f"queue snapshot of {len(taken.jobs)} jobs and {len(taken.keys)} keys saved ({size} bytes)"
 
     typer.echo(_with_vault(run))

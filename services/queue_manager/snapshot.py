@@ -297,7 +297,8 @@ async def take_snapshot(store: Store) -> Snapshot:
     return Snapshot(jobs=[fields for fields in records if fields], keys=await _copied_keys(store))
 
 
-async def restore_snapshot(store: Store, snapshot: Snapshot) -> RestoreResult:
+async def restore_snapshot(store: Store, snapshot: Snapshot, resume: bool = True) -> RestoreResult:
+    """Write the snapshot back (see the module's docstring); ``resume`` dispatch when done."""
     result = RestoreResult(restored=0, requeued=0, skipped=0)
     now = now_ms()
     for fields in snapshot.jobs:
@@ -311,6 +312,8 @@ async def restore_snapshot(store: Store, snapshot: Snapshot) -> RestoreResult:
         result.requeued += int(waiting)
     result.keys = await _restore_keys(store, snapshot)
     await _restore_globals(store, snapshot)
+    if resume:
+        await store.resume()
     return result
 
 
@@ -371,7 +374,40 @@ async def _restore_globals(store: Store, snapshot: Snapshot) -> None:
     counter = max(snapshot.seq, int(_raw(saved.data)) if saved is not None else 0)
     if counter > int(await store.redis.get(keys.seq) or 0):
         await store.redis.set(keys.seq, counter)
-    await store.resume()
+
+
+async def _started_at(storage: Storage) -> datetime | None:
+    if not await storage.exists(STARTED_KEY):
+        return None
+    try:
+        return datetime.fromisoformat((await _read_all(storage, STARTED_KEY)).decode().strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+async def unrestored_snapshot(storage: Storage) -> Snapshot | None:
+    """The vault's snapshot when no morning restored it (the up's restore failed or never ran:
+    ``mark_started`` follows every restore), else None. Raises ``SnapshotError`` as
+    ``load_saved_snapshot`` does when it is corrupt."""
+    if not (await storage.exists(SNAPSHOT_KEY) or await storage.exists(CHECKSUM_KEY)):
+        return None
+    saved = await load_saved_snapshot(storage)
+    started = await _started_at(storage)
+    if saved is None or (started is not None and started >= saved.taken_at):
+        return None
+    return saved
+
+
+async def save_for_the_night(store: Store, storage: Storage) -> tuple[Snapshot, int]:
+    """The evening: snapshot the queue into the vault. A snapshot there that no morning restored is
+    merged into the queue first (dispatch stays paused), so today's save never writes over it.
+    Returns the saved snapshot and its size."""
+    unrestored = await unrestored_snapshot(storage)
+    if unrestored is not None:
+        merged = await restore_snapshot(store, unrestored, resume=False)
+        log.warning("merged %d jobs of a snapshot no morning restored into tonight's", merged.restored)
+    taken = await take_snapshot(store)
+    return taken, await save_snapshot(storage, taken)
 
 
 async def save_snapshot(storage: Storage, snapshot: Snapshot) -> int:

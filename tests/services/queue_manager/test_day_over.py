@@ -350,3 +350,42 @@ def test_a_save_before_the_morning_restore_keeps_last_evenings_files_too(
     assert morning["workflows"] == {**evening["workflows"], "morning.json": b"{}"}
     assert morning["settings"] == {**evening["settings"], **early}
     assert len(numbers) == 4 and numbers[later] > max(n for job, n in numbers.items() if job != later)
+
+
+def waiting_jobs(server_url: str, user: str) -> list[str]:
+    with httpx.Client(base_url=server_url, timeout=20) as client:
+        panel = login(client, user).get(f"/w/{user}/api/queue").json()
+    return [item[1] for item in panel["queue_pending"]]
+
+
+@pytest.mark.usefixtures("saved_day")
+def test_an_evening_after_a_failed_morning_restore_keeps_last_nights_queue(
+    redis_url: str, bucket: Path, docker_shim: Path
+) -> None:
+    """The morning's restore failed (the bucket did not answer) or never ran, yet the platform ran
+    the day; the evening's save must not write today's queue over the snapshot nobody restored."""
+    with live_server(day_settings(redis_url), bucket) as server:
+        down = keeper_step("restore", redis_url, bucket / SNAPSHOT_KEY, docker_shim)  # not a directory
+        assert down.returncode != 0
+        with httpx.Client(base_url=server.url, timeout=20) as bob:
+            queue(login(bob, "bob"), "bob")
+        assert keeper_step("drain", redis_url, bucket, docker_shim).returncode == 0
+    redis.Redis.from_url(redis_url).flushall()
+    with live_server(day_settings(redis_url), bucket) as server:
+        assert keeper_step("restore", redis_url, bucket, docker_shim).returncode == 0
+        assert len(waiting_jobs(server.url, "alice")) == 1 and len(waiting_jobs(server.url, "bob")) == 1
+
+
+@pytest.mark.usefixtures("saved_day")
+def test_two_evenings_without_a_morning_between_keep_the_queue_once(
+    redis_url: str, bucket: Path, docker_shim: Path
+) -> None:
+    """A destroy that drained, then stopped, is run again: the second save keeps what the first did."""
+    with live_server(day_settings(redis_url), bucket):
+        assert keeper_step("restore", redis_url, bucket, docker_shim).returncode == 0
+        for _ in range(2):
+            assert keeper_step("drain", redis_url, bucket, docker_shim).returncode == 0
+    redis.Redis.from_url(redis_url).flushall()
+    with live_server(day_settings(redis_url), bucket) as server:
+        assert keeper_step("restore", redis_url, bucket, docker_shim).returncode == 0
+        assert len(waiting_jobs(server.url, "alice")) == 1
