@@ -3,9 +3,13 @@ with a name that is wrong. Each answer is a 4xx that names the fix, and nothing 
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import httpx
 from fastapi import FastAPI
 
+from services.queue_manager.api.routes.admin import MAX_DRAIN_SECONDS
 from services.queue_manager.records import now_ms
 from services.queue_manager.store import Store
 from tests.support.qm_api import ADMIN, GPU, job, registration, user_auth
@@ -79,3 +83,18 @@ async def test_a_user_action_naming_no_participant_is_refused(client: httpx.Asyn
     assert logout.status_code == 404 and "participant list" in logout.json()["detail"]
     ok = await client.post("/api/admin/users/ada/priority", json={"priority": 5}, headers=ADMIN)
     assert ok.status_code == 200 and ok.json()["priority"] == 5
+
+
+async def test_a_drain_longer_than_the_public_site_waits_is_refused_naming_the_cli(
+    client: httpx.AsyncClient,
+) -> None:
+    """nginx gives the queue manager 120 s to answer (``location /``): a drain the route let wait
+    longer ended in nginx's 504 while dispatch stayed paused. A longer drain is the CLI's."""
+    reply = await client.post("/api/admin/drain", params={"seconds": 600}, headers=ADMIN)
+
+    assert reply.status_code == 422, reply.text
+    assert "cli drain --timeout 600" in reply.json()["detail"]
+    assert (await client.get("/api/admin/queue", headers=ADMIN)).json()["paused"] is False
+    conf = (Path(__file__).parents[3] / "infra/templates/nginx-public.conf").read_text()
+    proxied = re.search(r"location / \{[^}]*proxy_read_timeout (\d+)s", conf)
+    assert proxied is not None and int(proxied.group(1)) > MAX_DRAIN_SECONDS

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
 from services.protocol.jobs import Job
@@ -22,6 +22,9 @@ from services.queue_manager.snapshot import RestoreResult, Snapshot, restore_sna
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 UserName = Annotated[str, Path(pattern=f"^{USER_NAME.pattern}$", description="a participant's name")]
 Digest = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+MAX_DRAIN_SECONDS = 100
+"""The longest a drain here waits: under the public site's 120 s for an answer (nginx's
+``proxy_read_timeout`` of ``location /``), which cuts a longer wait off with a 504."""
 
 
 async def known_user(user: UserName, request: Request, store: StoreDep) -> str:
@@ -132,10 +135,15 @@ async def requeue_dead(job_id: JobId, _: AdminUser, store: StoreDep) -> Job:
 
 
 @router.post("/drain")
-async def drain(
-    _: AdminUser, store: StoreDep, seconds: Annotated[float, Query(ge=0, le=3600)] = 60
-) -> DrainResult:
-    """Pause dispatch and wait (up to ``seconds``) until no job is running."""
+async def drain(_: AdminUser, store: StoreDep, seconds: Annotated[float, Query(ge=0)] = 60) -> DrainResult:
+    """Pause dispatch and wait (up to ``seconds``, at most ``MAX_DRAIN_SECONDS``) until no job is
+    running."""
+    if seconds > MAX_DRAIN_SECONDS:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"a drain here waits {MAX_DRAIN_SECONDS} s at most (the site answers within 120 s): drain again, "
+            f"or on the server run `python -m services.queue_manager.cli drain --timeout {seconds:g}`",
+        )
     return await store.drain(seconds)
 
 
