@@ -399,9 +399,11 @@ class ComfyUIDouble(Executor):
 
     async def view(self, request: Request) -> Response:
         query = request.query_params
-        filename, subfolder = query.get("filename", ""), query.get("subfolder", "")
-        if not filename:
+        filename, subfolder = query.get("filename"), query.get("subfolder", "")
+        if filename is None:
             return Response(status_code=404)
+        if not filename:
+            return Response(status_code=400)
         if filename.startswith("/") or ".." in filename:
             return Response(status_code=400)
         base = {"output": self.folders.output, "input": self.folders.input, "temp": self.folders.temp}.get(

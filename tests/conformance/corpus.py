@@ -230,6 +230,15 @@ def history_paging() -> list[Step]:
     return [*steps, post("/history", {"delete": ["{prompt:2}"]}), get("/history")]
 
 
+def history_negative_paging() -> list[Step]:
+    """Negative counts, as a script mirroring ComfyUI's own defaults (``offset=-1``) sends them."""
+    steps: list[Step] = [post("/history", {"clear": True}), {"connect": "a"}]
+    for n in range(1, 4):
+        steps += [queue(graph(0x001200 + n, f"negative{n}")), done(n)]
+    pages = ["offset=-1", "offset=-1&max_items=2", "max_items=-1", "offset=1&max_items=-1", "offset=-5"]
+    return steps + [get(f"/history?{page}") for page in pages]
+
+
 def two_clients() -> list[Step]:
     """Two tabs of one user: each hears its own job's events; ``status`` reaches both."""
     return [
@@ -422,6 +431,7 @@ def view_and_upload_errors() -> list[Step]:
         get("/view?filename=x.png&type=elsewhere", STATUS),
         get("/view?filename=x.png&subfolder=../..&type=input", STATUS),
         get("/view", STATUS),
+        get("/view?filename=&type=input", STATUS),
         {**upload("x.png", PNG, type="input", subfolder="../outside"), "compare": STATUS},
         {
             "request": {"method": "POST", "path": "/upload/image", "upload": {"fields": {"type": "input"}}},
@@ -442,6 +452,7 @@ def cases() -> dict[str, list[Step]]:
         "output_reuse": output_reuse(),
         "output_reuse_after_another": output_reuse_after_another(),
         "history_paging": history_paging(),
+        "history_negative_paging": history_negative_paging(),
         "two_clients": two_clients(),
         "upload_and_view": upload_and_view(),
         "mask_editor_save": mask_editor_save(),

@@ -109,8 +109,10 @@ def original_file(original_ref: str) -> FileRef:
 async def view(request: Request, files: UserFilesDep) -> Response:
     """A file of the participant: ``filename`` (``"x.png [output]"`` allowed), ``subfolder``, ``type``."""
     query = request.query_params
-    if not query.get("filename"):
+    if "filename" not in query:
         return Response(status_code=404)  # as ComfyUI: no file named, none found
+    if not query["filename"]:
+        return JSONResponse({"error": "filename is empty: name the file to view"}, status_code=400)
     if ".." in query.get("subfolder", "").replace("\\", "/").split("/"):
         return JSONResponse({"error": "subfolder must stay inside your folder (no '..')"}, status_code=403)
     filename, kind = split_annotation(query.get("filename", ""), query.get("type", "output") or "output")

@@ -187,11 +187,13 @@ MAX_DIGITS = 18
 
 def whole(request: Request, name: str) -> int | None:
     """A count query parameter (None when absent); ValueError naming it when it is no whole number
-    (ComfyUI's own ``int()`` answers 500 to those, and it never needs a negative one)."""
+    (ComfyUI's own ``int()`` answers 500 to those). Negative ones page as in ComfyUI, whose own
+    default ``offset`` is -1."""
     value = request.query_params.get(name)
     if value is None:
         return None
-    if not (value.isascii() and value.isdigit()) or len(value) > MAX_DIGITS:
+    digits = value.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > MAX_DIGITS:
         raise ValueError(
             f"{name} must be a whole number like 64 (at most {MAX_DIGITS} digits), not {value[:40]!r}"
         )

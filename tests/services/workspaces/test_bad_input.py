@@ -42,7 +42,7 @@ def test_interrupt_with_a_prompt_id_that_is_no_string(alice: httpx.Client, promp
     )
 
 
-@pytest.mark.parametrize("value", ["²", "-1", "1e3", "٣x", "9" * 5000])
+@pytest.mark.parametrize("value", ["²", "--1", "-", "1-", "1e3", "٣x", "9" * 5000])
 def test_history_with_a_count_that_is_no_whole_number(alice: httpx.Client, value: str) -> None:
     says(
         alice.get("/w/alice/api/history", params={"max_items": value}),
