@@ -5,6 +5,7 @@ ComfyUI to be running a slow job."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,16 @@ async def submit_running(
 
 async def until(check: Callable[[], object], what: str, timeout: float = 10.0) -> None:
     """Wait (bounded by ``timeout``) until ``check()`` holds, e.g. a condition in the ComfyUI double's
-    state; ``what`` names it for whoever reads the failure."""
+    state (or what a coroutine ``check`` returns, e.g. an answer of the queue manager); ``what``
+    names it for whoever reads the failure."""
+
+    async def holds() -> object:
+        result = check()
+        return await result if inspect.isawaitable(result) else result
+
     try:
         async with asyncio.timeout(timeout):
-            while not check():
+            while not await holds():
                 await asyncio.sleep(0.01)  # polling a condition in the double's state
     except TimeoutError:
         raise TimeoutError(f"{what}: not within {timeout}s") from None

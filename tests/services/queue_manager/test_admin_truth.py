@@ -16,14 +16,16 @@ import pytest
 from redis.asyncio import Redis
 
 from devkit.doubles.comfyui import ComfyUIDouble
-from tests.support.jobs import finished, graph, participant, submit, submit_running
+from tests.support.jobs import finished, graph, participant, submit, submit_running, until
 from tests.support.queue_manager_app import (
     ADMIN,
     ADMIN_PASSWORD,
     POOL,
+    WORKER_AUTH,
     LiveServer,
     build_app,
     live_server,
+    register_worker,
     settings_for,
 )
 from tests.support.worker_agent import pull_worker, worker_settings
@@ -141,3 +143,52 @@ async def test_the_admin_figures_hold_across_a_cancelled_run_and_a_queue_manager
     assert sum(before["jobs_per_minute"]) == 3 and sum(after["jobs_per_minute"]) == 4
     stored = before["samples"][:-1]  # the last one is the figures at that moment, not stored
     assert after["samples"][: len(stored)] == stored
+
+
+async def test_a_crashed_worker_and_its_dead_lettered_job_are_shown_as_they_are(
+    comfy: ComfyUIDouble, redis_url: str, tmp_path: Path
+) -> None:
+    """A worker that dies holding a job: the admin sees it gone once it is silent past its longest
+    claim and lease, its job dead-lettered (one attempt allowed), counted as such in Prometheus;
+    requeued, a live worker runs it, and the dead letters are empty again."""
+    settings = settings_for(
+        redis_url, lease_seconds=1.0, claim_wait_max_seconds=1.0, reap_interval_seconds=0.1, max_attempts=1
+    )
+    comfy.knobs.node_seconds = NODE_SECONDS
+    with live_server(settings, tmp_path / "files") as qm:
+        admin = httpx.AsyncClient(base_url=qm.url, auth=(ADMIN, ADMIN_PASSWORD), timeout=10)
+        alice = participant(qm, "alice")
+        doomed = await submit(alice, graph(color=3))
+        with httpx.Client(base_url=qm.url) as client:
+            register_worker(client, {}, worker_id="w-dies")
+        async with httpx.AsyncClient(base_url=qm.url, headers=WORKER_AUTH) as dying:
+            claimed = await dying.post("/api/workers/w-dies/claim")
+            assert claimed.json()["job"]["id"] == doomed  # then it is never heard from again
+
+        async def gone_and_dead() -> bool:
+            metrics = (await admin.get("/metrics")).text
+            return (
+                sample(metrics, 'qm_workers{state="gone"}') == 1 and sample(metrics, "qm_dead_letters") == 1
+            )
+
+        await until(gone_and_dead, "the worker gone and its job dead-lettered", timeout=15)
+        overview = (await admin.get("/api/admin/queue")).json()
+        assert [(j["id"], j["state"], j["worker_id"]) for j in overview["dead"]] == [
+            (doomed, "failed", "w-dies")
+        ]
+        assert overview["running"] == [] and overview["queued"] == []
+        workers = {w["worker_id"]: w["state"] for w in (await admin.get("/api/admin/workers")).json()}
+        assert workers == {"w-dies": "gone"}
+        stats = (await admin.get("/admin/api/stats")).json()
+        assert stats["samples"][-1]["workers"] == 0 and stats["busy_share"] == 0
+
+        assert (await admin.post(f"/api/admin/dead/{doomed}/requeue")).status_code == 200
+        async with pull_worker(worker_settings(comfy, qm.url, tmp_path, worker_id="w-lives")):
+            assert (await finished(alice, doomed, timeout=30)).state == "succeeded"
+        metrics = (await admin.get("/metrics")).text
+        assert (
+            sample(metrics, "qm_dead_letters") == 0
+            and (await admin.get("/api/admin/queue")).json()["dead"] == []
+        )
+        await alice.aclose()
+        await admin.aclose()
