@@ -13,6 +13,19 @@ class QueueError(Exception):
         self.message = message
 
 
+class WorkshopClosed(QueueError):
+    """A save or submit after the evening's snapshot (``{p}:closed``): it would be lost overnight."""
+
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the workshop is closed for the night: its queue and saved files were put away for tomorrow, "
+            "and nothing sent now would be kept, so this was not saved. Keep your work open (or export "
+            "it) and save or queue it again once the workshop is back"
+        )
+
+
 class JobNotFound(QueueError):
     status = 404
 

@@ -20,6 +20,7 @@
 | ``{p}:fair:user_round`` | hash | user -> round of their last queued job | forever |
 | ``{p}:seq`` | string | submit counter: a job's queue number, the tie-breaker inside a round | forever |
 | ``{p}:paused`` | string | ``1`` while dispatch is paused | until resumed |
+| ``{p}:closed`` | string | ``1`` from the evening's save: saves and submits refused | until the morning |
 | ``{p}:worker:{id}`` | hash | registration, state, job, last seen (gone: draining) | 1 day after last seen |
 | ``{p}:workers`` | zset | worker ids by last seen (ms) | pruned after 1 day |
 | ``{p}:catalogue:{hash}`` | string | a worker's ComfyUI ``/object_info`` by catalogue hash | while kept |
@@ -109,6 +110,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("fair:user_round", "hash", Carried.COPIED),
     Family("seq", "string", Carried.COPIED),
     Family("paused", "string", Carried.LEFT, "the evening drain pauses dispatch; the morning resumes it"),
+    Family("closed", "string", Carried.LEFT, "set by the evening's save, cleared by the morning's load"),
     Family("worker:{id}", "hash", Carried.LEFT, "workers register again when they start"),
     Family("workers", "zset", Carried.LEFT, "workers register again when they start"),
     Family("catalogue:{hash}", "string", Carried.COPIED),
@@ -247,6 +249,10 @@ class Keys:
     @property
     def paused(self) -> str:
         return f"{self.prefix}:paused"
+
+    @property
+    def closed(self) -> str:
+        return f"{self.prefix}:closed"
 
     @property
     def workers(self) -> str:

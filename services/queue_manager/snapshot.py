@@ -313,8 +313,14 @@ async def restore_snapshot(store: Store, snapshot: Snapshot, resume: bool = True
     result.keys = await _restore_keys(store, snapshot)
     await _restore_globals(store, snapshot)
     if resume:
-        await store.resume()
+        await reopen(store)
     return result
+
+
+async def reopen(store: Store) -> None:
+    """The morning: dispatch runs and participants' saves and submits are taken again."""
+    await store.redis.delete(store.keys.closed)
+    await store.resume()
 
 
 async def _restore_job(store: Store, fields: dict[str, str], now: int) -> bool:
@@ -399,9 +405,12 @@ async def unrestored_snapshot(storage: Storage) -> Snapshot | None:
 
 
 async def save_for_the_night(store: Store, storage: Storage) -> tuple[Snapshot, int]:
-    """The evening: snapshot the queue into the vault. A snapshot there that no morning restored is
-    merged into the queue first (dispatch stays paused), so today's save never writes over it.
-    Returns the saved snapshot and its size."""
+    """The evening: snapshot the queue into the vault. Participants' saves and submits are refused
+    from just before (``{p}:closed``, checked in the scripts that write them): none can land after
+    the snapshot and vanish with the Redis. A snapshot there that no morning restored is merged
+    into the queue first (dispatch stays paused), so today's save never writes over it. Returns the
+    saved snapshot and its size."""
+    await store.redis.set(store.keys.closed, "1")
     unrestored = await unrestored_snapshot(storage)
     if unrestored is not None:
         merged = await restore_snapshot(store, unrestored, resume=False)

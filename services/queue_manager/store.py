@@ -26,7 +26,7 @@ from typing import Any
 
 from services.protocol.jobs import Job, JobState, JobSubmit
 from services.queue_manager import notices
-from services.queue_manager.errors import JobExists, JobNotFound, QueueLimit, UnknownPool
+from services.queue_manager.errors import JobExists, JobNotFound, QueueLimit, UnknownPool, WorkshopClosed
 from services.queue_manager.keys import ANY_POOL
 from services.queue_manager.leases import LeaseOps
 from services.queue_manager.queue_admin import AdminOps
@@ -85,6 +85,8 @@ class Store(LeaseOps, WorkerOps, AdminOps):
     async def _submitted(
         self, reply: list[Any], job_id: str, user: str, scope: str, ticket: Ticket | None, token: str
     ) -> Job:
+        if reply[0] == "closed":
+            raise WorkshopClosed()
         if reply[0] == "exists":
             raise JobExists(job_id)
         if reply[0] == "limit":

@@ -11,6 +11,12 @@ local function fmt(n)
   return string.format('%.0f', n)
 end
 
+-- Set by the evening's save before it takes the snapshot: a save or submit after that would be
+-- lost with the Redis, so the scripts that write what participants make refuse it ({'closed'}).
+local function closed()
+  return redis.call('EXISTS', k('closed')) == 1
+end
+
 local function job_fields(id, ...)
   return redis.call('HMGET', k('job', id), ...)
 end

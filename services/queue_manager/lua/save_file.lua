@@ -2,9 +2,12 @@
 -- in one step, so saves sent at once cannot pass them together. ARGV: prefix, user, path, body,
 -- meta ("<size> <modified ms>"), overwrite ('0': refuse an existing path), source (a move's file,
 -- '' = none: it goes in the same step, and its bytes and place count no more), max_files,
--- max_bytes. Returns {'ok'} | {'exists'} | {'missing'} (the source is gone) | {'files'} |
+-- max_bytes. Returns {'ok'} | {'closed'} | {'exists'} | {'missing'} (the source is gone) | {'files'} |
 -- {'bytes', the total the save would bring}.
 local user, path, body, source = ARGV[2], ARGV[3], ARGV[4], ARGV[7]
+if closed() then
+  return {'closed'}
+end
 local files, meta = k('ws', 'ud', user), k('ws', 'udmeta', user)
 if ARGV[6] == '0' and redis.call('HEXISTS', files, path) == 1 then
   return {'exists'}

@@ -1,7 +1,10 @@
 -- Store some of a participant's settings (workspaces/settings.py) within her caps, checked and
 -- written in one step, so settings the frontend sends at once cannot pass them together.
 -- ARGV: prefix, user, max_settings, max_bytes, settings... (name, JSON value pairs).
--- Returns {'ok'} | {'count'} | {'bytes', the total the update would bring}.
+-- Returns {'ok'} | {'closed'} | {'count'} | {'bytes', the total the update would bring}.
+if closed() then
+  return {'closed'}
+end
 local key = k('ws', 'settings', ARGV[2])
 local updated, count, total = {}, 0, 0
 for i = 5, #ARGV, 2 do

@@ -3,7 +3,8 @@
 -- scan_limit, claim_id]. The bracketed part, optional, is a claim parked in this queue manager, as
 -- claim.lua takes it (its pool is the worker's, its now_ms the submit's; claim_id: the id its
 -- client named it by, '' = none, kept with the lease so that a repeat of the claim gets it again).
--- Returns {'ok', position, user's unfinished jobs, HGETALL, claimed} | {'exists'} | {'limit', queued};
+-- Returns {'ok', position, user's unfinished jobs, HGETALL, claimed} | {'closed'} | {'exists'} |
+-- {'limit', queued};
 -- on 'ok' the owner's 'queued' event is already published (before any claim can say 'started').
 -- With a parked claim, its worker is leased the next job in the same step (one AOF fsync for
 -- submit and dispatch instead of two in a row): ``claimed`` is claim.lua's answer ({} = none).
@@ -11,6 +12,9 @@ local id, user, scope, pool = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local priority, mode = tonumber(ARGV[6]), ARGV[7]
 local max_queued, now = tonumber(ARGV[8]), ARGV[9]
 local key = k('job', id)
+if closed() then
+  return {'closed'}
+end
 if redis.call('EXISTS', key) == 1 then
   return {'exists'}
 end

@@ -13,6 +13,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from services.queue_manager.errors import WorkshopClosed
 from services.queue_manager.keys import Keys
 from services.queue_manager.scripts import SaveSettingsArgs, Scripts
 
@@ -57,6 +58,8 @@ class UserSettings:
         pairs = tuple(part for item in encoded.items() for part in item)
         args = SaveSettingsArgs(self._prefix, self._user, MAX_SETTINGS, self._max_bytes, pairs)
         outcome, *total = await self._scripts.run(args)  # checked and written in one step
+        if outcome == "closed":
+            raise WorkshopClosed()
         if outcome == "count":
             raise SettingsError(f"at most {MAX_SETTINGS} settings are kept per participant: reset some first")
         if outcome != "ok":

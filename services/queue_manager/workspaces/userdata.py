@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from services.queue_manager.errors import WorkshopClosed
 from services.queue_manager.keys import Keys
 from services.queue_manager.scripts import SaveFileArgs, Scripts
 
@@ -101,6 +102,8 @@ class UserData:
             self._max_bytes,
         )
         outcome, *total = await self._scripts.run(args)
+        if outcome == "closed":
+            raise WorkshopClosed()
         if outcome != "ok":
             raise self._refusal(str(outcome), path, source, total)
         return info

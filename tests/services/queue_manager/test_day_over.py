@@ -389,3 +389,29 @@ def test_two_evenings_without_a_morning_between_keep_the_queue_once(
     with live_server(day_settings(redis_url), bucket) as server:
         assert keeper_step("restore", redis_url, bucket, docker_shim).returncode == 0
         assert len(waiting_jobs(server.url, "alice")) == 1
+
+
+def test_what_a_participant_sends_after_the_evening_save_is_refused_not_lost(
+    redis_url: str, bucket: Path, docker_shim: Path
+) -> None:
+    """The workspaces still answer while the destroy takes down the GPUs after the drain: a save, a
+    setting or a job sent then would vanish with the Redis. It is refused, saying why; the morning
+    takes them again."""
+    with live_server(day_settings(redis_url), bucket) as server:
+        alice = login(httpx.Client(base_url=server.url, timeout=20), "alice")
+        assert keeper_step("drain", redis_url, bucket, docker_shim).returncode == 0
+        refused = [
+            alice.post("/w/alice/api/userdata/workflows%2Flate.json", content=b"{}"),
+            alice.post("/w/alice/api/settings/Comfy.Locale", json="fr"),
+            alice.post("/w/alice/api/prompt", json={"prompt": GRAPH, "client_id": "tab"}),
+        ]
+        alice.close()
+    for reply in refused:
+        assert reply.status_code == 503 and "closed for the night" in reply.text, reply.text
+    with live_server(day_settings(redis_url), bucket) as server:
+        assert keeper_step("restore", redis_url, bucket, docker_shim).returncode == 0
+        with httpx.Client(base_url=server.url, timeout=20) as alice:
+            login(alice, "alice")
+            assert alice.post("/w/alice/api/userdata/workflows%2Flate.json", content=b"{}").status_code == 200
+            assert alice.post("/w/alice/api/settings/Comfy.Locale", json="fr").status_code == 200
+            queue(alice, "alice")
