@@ -55,7 +55,7 @@ async def _login_form(request: Request) -> LoginForm:
         return LoginForm.model_validate(data)
     except (ValueError, ValidationError):
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
             "send 'user' and 'password' as a form or as a JSON object",
         ) from None
 
