@@ -18,6 +18,7 @@
 | ``{p}:user_priority`` | hash | user -> priority (admin-set) | forever |
 | ``{p}:fair:round`` | string | the fair scheduler's virtual round (of the last dispatched job) | forever |
 | ``{p}:fair:user_round`` | hash | user -> round of their last queued job | forever |
+| ``{p}:fair:user_served`` | hash | user -> latest round one of their jobs was dispatched in | forever |
 | ``{p}:seq`` | string | submit counter: a job's queue number, the tie-breaker inside a round | forever |
 | ``{p}:paused`` | string | ``1`` while dispatch is paused | until resumed |
 | ``{p}:closed`` | string | ``1`` from the evening's save: saves and submits refused | until the morning |
@@ -108,6 +109,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("user_priority", "hash", Carried.COPIED),
     Family("fair:round", "string", Carried.COPIED),
     Family("fair:user_round", "hash", Carried.COPIED),
+    Family("fair:user_served", "hash", Carried.COPIED),
     Family("seq", "string", Carried.COPIED),
     Family("paused", "string", Carried.LEFT, "the evening drain pauses dispatch; the morning resumes it"),
     Family("closed", "string", Carried.LEFT, "set by the evening's save, cleared by the morning's load"),

@@ -94,6 +94,7 @@ VALUES: dict[str, Callable[[bytes], None]] = {
     "fair:round": _number,
     "user_priority": _integer,
     "fair:user_round": _number,
+    "fair:user_served": _number,
     "catalogue:{hash}": _json,
     "catalogue_pending": _json,
     "ws:settings:{u}": _json,

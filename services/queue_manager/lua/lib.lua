@@ -257,6 +257,9 @@ local function lease_job(id, score, scope, worker_id, token, now, lease_ms)
   if round > tonumber(redis.call('GET', k('fair:round')) or '0') then
     redis.call('SET', k('fair:round'), round)
   end
+  if round > tonumber(redis.call('HGET', k('fair:user_served'), user) or '-1') then
+    redis.call('HSET', k('fair:user_served'), user, round)  -- what a cancel gives back stops here (cancel.lua)
+  end
   local left = redis.call('ZCARD', k('queue', scope))
   if left > 0 then
     wake(scope)  -- more work: wake the next waiting claim too

@@ -44,6 +44,31 @@ async def test_a_newcomer_waits_for_the_current_round_not_behind_everyone(store:
     assert late.position == 0, "bob's first job should run before ada's second"
 
 
+async def test_cancelled_waiting_jobs_do_not_push_their_owners_next_job_behind_everyone(store: Store) -> None:
+    # Found by the queue model (test_queue_model.py): ada queues three jobs and cancels them all
+    for waiting in [await store.submit("ada", job()) for _ in range(3)]:
+        await store.cancel(waiting.id, user="ada")
+    bobs = [await store.submit("bob", job()) for _ in range(3)]
+    # When she queues again
+    mine = await store.submit("ada", job())
+    # Then her job runs before bob's second, as nothing of hers ran: she is in the first round
+    assert mine.position == 1
+    assert await claim_users(store, 2) == ["bob", "ada"]
+    assert await store.position(bobs[1].id) == 0
+
+
+async def test_a_cancel_gives_back_only_a_round_nothing_ran_in(store: Store) -> None:
+    # ada's first job runs; her second, queued behind it, is cancelled, and she queues a third
+    await store.submit("ada", job())
+    assert await claim_users(store, 1) == ["ada"]
+    second = await store.submit("ada", job())
+    await store.cancel(second.id, user="ada")
+    await store.submit("ada", job())
+    # bob's first job still runs before it: ada already had her turn in this round
+    bobs = await store.submit("bob", job())
+    assert bobs.position == 0
+
+
 async def test_fifo_hands_out_jobs_in_submit_order(store_with: StoreFactory) -> None:
     store = store_with(scheduling=Scheduling.FIFO)
     for user in ["ada", "ada", "ada", "bob"]:
