@@ -19,6 +19,7 @@ from infra.pools import LOCAL_KINDS, PoolConfig, kind_of
 from infra.pools.base import RegistryConfig
 from infra.pools.local_gpu import LocalGpuConfig
 from infra.schema import BucketName, Domain, Label, Model, TailscaleTag, one_of, unique_names
+from services.worker.models import manifest_problem, path_problem
 
 HETZNER_LOCATIONS = ("fsn1", "nbg1", "hel1", "ash", "hil", "sin")
 # Shared-vCPU Intel (cx) and Arm (cax) servers exist in the EU locations only.
@@ -61,7 +62,15 @@ class ModelFile(Model):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     source: str | None = Field(default=None, description="key in the models bucket (default: path)")
 
-    @field_validator("path", "source")
+    @field_validator("path")
+    @classmethod
+    def _one_spelling(cls, value: str) -> str:
+        problem = path_problem(value)  # the workers' own rule
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("source")
     @classmethod
     def _relative(cls, value: str | None) -> str | None:
         if value is not None and (value.startswith("/") or ".." in value.split("/")):
@@ -210,7 +219,24 @@ class _WithPools(Model):
     @field_validator("models")
     @classmethod
     def _one_entry_per_file(cls, value: list[ModelFile]) -> list[ModelFile]:
-        unique_names([model.path for model in value], "model path")
+        problem = manifest_problem([model.path for model in value])  # the workers' own rule
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _models_fit_their_volumes(cls, value: list[ModelFile], info: ValidationInfo) -> list[ModelFile]:
+        """A shared models volume holds every model the manifest lists (pools are checked first)."""
+        total = sum(model.size for model in value)
+        for pool in info.data.get("pools", []):
+            volume = kind_of(pool).shared_volume(pool)
+            if volume is not None and total > volume.size_gb * 10**9:
+                raise ValueError(
+                    f"the models listed take {total / 10**9:.1f} GB, but pool {pool.name}'s models volume "
+                    f"{volume.name!r} holds {volume.size_gb} GB; fix: set modelsVolume.sizeGb of pool "
+                    f"{pool.name} to {-(-total // 10**9)} or more, or list fewer models"
+                )
         return value
 
     @field_validator("pools")

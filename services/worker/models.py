@@ -75,13 +75,57 @@ class ModelError(Exception):
     """A manifest problem or a model that could not be obtained or verified."""
 
 
+def path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name one model file the sync keeps (None: it can). A path is written one
+    way only (two spellings of one file would pass the duplicate check with two sha256s), and never
+    names the sync's own files (a partial download, a verified mark, the volume's lock)."""
+    parts = path.split("/")
+    if path.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        return (
+            f"{path!r} must be a relative path to a file, without '.', '..', '//' or a leading or trailing "
+            "'/'; fix: write it as e.g. checkpoints/x.safetensors"
+        )
+    if any(not char.isprintable() for char in path):
+        return f"{path!r} has control characters; fix: write it as e.g. checkpoints/x.safetensors"
+    if _marked_model(parts[-1]) is not None or _bookkeeping(PurePosixPath(path)):
+        return (
+            f"{path!r} is a name the models sync keeps for itself (a partial download *.part, a verified "
+            f"mark .<name>.sha256, {LOCK_NAME}); fix: rename the model file"
+        )
+    return None
+
+
+def manifest_problem(paths: list[str]) -> str | None:
+    """Why these paths cannot all be kept side by side: one listed twice, or one that is another's
+    folder. None when they can."""
+    seen: set[str] = set()
+    for path in paths:
+        if path in seen:
+            return f"duplicate model path {path}; fix: list each model file once"
+        seen.add(path)
+    for path in paths:
+        folders = ("/".join(path.split("/")[:end]) for end in range(1, path.count("/") + 1))
+        clash = next((folder for folder in folders if folder in seen), None)
+        if clash is not None:
+            return f"{clash} is a file and a folder ({path}); fix: rename one of the two models"
+    return None
+
+
 class ModelFile(BaseModel):
     path: str = Field(min_length=1)
     size: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     source: str | None = None
 
-    @field_validator("path", "source")
+    @field_validator("path")
+    @classmethod
+    def _one_spelling(cls, value: str) -> str:
+        problem = path_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("source")
     @classmethod
     def _relative(cls, value: str | None) -> str | None:
         if value is not None and (value.startswith("/") or ".." in PurePosixPath(value).parts):
@@ -95,6 +139,14 @@ class ModelFile(BaseModel):
 
 class Manifest(BaseModel):
     models: list[ModelFile] = Field(default_factory=list)
+
+    @field_validator("models")
+    @classmethod
+    def _side_by_side(cls, models: list[ModelFile]) -> list[ModelFile]:
+        problem = manifest_problem([model.path for model in models])
+        if problem is not None:
+            raise ValueError(problem)
+        return models
 
 
 def parse_manifest(text: str, where: str, as_json: bool = False) -> Manifest:

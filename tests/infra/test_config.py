@@ -304,3 +304,57 @@ def test_a_workshop_local_gpu_pool_must_name_its_docker_host() -> None:
 def test_a_local_cpu_pool_is_refused_in_the_workshop_stack() -> None:
     text = problems("workshop", {"pools": [{"kind": "local-cpu", "name": "cpu"}]})
     assert "comfy-workshop:pools" in text and "cpu (local-cpu) runs only in the local stack" in text
+
+
+@pytest.mark.parametrize(
+    "other", ["checkpoints//a.safetensors", "checkpoints/./a.safetensors", "./checkpoints/a.safetensors"]
+)
+def test_a_model_path_naming_a_listed_file_another_way_is_refused(other: str) -> None:
+    """The same file written twice differently passed the duplicate check: each worker's sync then
+    failed on one of the two sha256s and no worker became ready."""
+    model = {"path": "checkpoints/a.safetensors", "size": 1, "sha256": "a" * 64}
+    text = problems("workshop", {"models": [model, {**model, "path": other, "sha256": "b" * 64}]})
+    assert "comfy-workshop:models[1].path" in text and "checkpoints/x.safetensors" in text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".",
+        "checkpoints/",
+        "checkpoints/a.safetensors.part",
+        "checkpoints/.a.safetensors.sha256",
+        ".comfy-models.lock",
+    ],
+)
+def test_a_model_path_the_sync_cannot_keep_is_refused(path: str) -> None:
+    """A folder, a partial download's or a verified mark's name, the volume's lock: the sync would
+    write over its own bookkeeping or fail after the GPUs started."""
+    text = problems("workshop", {"models": [{"path": path, "size": 1, "sha256": "a" * 64}]})
+    assert "comfy-workshop:models[0].path" in text
+
+
+def test_a_model_path_that_is_another_ones_folder_is_refused() -> None:
+    models = [
+        {"path": "checkpoints/a", "size": 1, "sha256": "a" * 64},
+        {"path": "checkpoints/a/b.safetensors", "size": 1, "sha256": "b" * 64},
+    ]
+    text = problems("workshop", {"models": models})
+    assert "comfy-workshop:models" in text and "checkpoints/a is a file and a folder" in text
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [
+        {"kind": "verda-instance", "name": "baseline", "modelsVolume": {"name": "m", "sizeGb": 50}},
+        {"kind": "runpod-serverless", "name": "baseline", "modelsVolume": {"name": "m", "sizeGb": 50}},
+    ],
+)
+def test_models_larger_than_the_volume_they_fill_are_refused_at_preview(pool: dict[str, Any]) -> None:
+    """Every GPU would wait on a sync that runs out of room after an hour of downloading."""
+    models = [
+        {"path": f"checkpoints/{n}.safetensors", "size": 20 * 10**9, "sha256": "a" * 64} for n in range(3)
+    ]
+    text = problems("workshop", {"pools": [pool], "models": models})
+    assert "comfy-workshop:models" in text and "60.0 GB" in text and "'m' holds 50 GB" in text
+    assert "fix: set modelsVolume.sizeGb of pool baseline to 60 or more" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -128,6 +129,25 @@ def test_a_bad_manifest_names_the_problem(tmp_path: Path) -> None:
         load_manifest(path)
     with pytest.raises(ModelError, match="does not exist: fix WORKER_MODELS_MANIFEST"):
         load_manifest(tmp_path / "none.yaml")
+
+
+@pytest.mark.parametrize(
+    ("paths", "problem"),
+    [
+        (["checkpoints/a.bin", "checkpoints//a.bin"], "without '.', '..', '//'"),
+        (["checkpoints/a.bin", "checkpoints/a.bin.part"], "keeps for itself"),
+        (["checkpoints/a", "checkpoints/a/b.bin"], "checkpoints/a is a file and a folder"),
+    ],
+)
+def test_a_manifest_the_sync_cannot_keep_side_by_side_is_refused_before_any_download(
+    tmp_path: Path, paths: list[str], problem: str
+) -> None:
+    """One file spelled twice (two sha256s), a name of the sync's own, a file that is another's
+    folder: the worker says so before it downloads, instead of failing a verification later."""
+    models = [{"path": path, "size": 1, "sha256": "0" * 64} for path in paths]
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump({"models": models}))
+    with pytest.raises(ModelError, match=re.escape(problem)):
+        load_manifest(tmp_path / "models.yaml")
 
 
 def test_a_manifest_without_a_source_is_refused_at_startup(tmp_path: Path) -> None:
