@@ -178,15 +178,11 @@ class OutputFile(BaseModel):
     content_type: str = "application/octet-stream"
 
 
-class Job(BaseModel):
-    """A job record as the queue manager stores and shows it."""
+class JobLine(BaseModel):
+    """A job without its workflow: who, where, in what state (a line of the admin page's queue)."""
 
     id: str
     user: str
-    prompt: dict[str, Any]
-    inputs: list[FileRef] = Field(default_factory=list)
-    client_id: str | None = None
-    extra_data: dict[str, Any] = Field(default_factory=dict)
     pool: str | None = None
     priority: int = 0
     state: JobState = JobState.QUEUED
@@ -199,11 +195,20 @@ class Job(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     worker_id: str | None = None
-    outputs: list[OutputFile] = Field(default_factory=list)
     error: JobError | None = None
     position: int | None = Field(default=None, description="0-based place in the queue while queued")
     cancel_requested: bool = False
     number: int | None = Field(default=None, description="the queue number given at submit, increasing")
+
+
+class Job(JobLine):
+    """A job record as the queue manager stores and shows it: its line and its workflow."""
+
+    prompt: dict[str, Any]
+    inputs: list[FileRef] = Field(default_factory=list)
+    client_id: str | None = None
+    extra_data: dict[str, Any] = Field(default_factory=dict)
+    outputs: list[OutputFile] = Field(default_factory=list)
     outputs_to_execute: list[str] = Field(default_factory=list)
     cached_nodes: list[str] = Field(default_factory=list, description="nodes ComfyUI answered from cache")
 

@@ -7,20 +7,23 @@ import time
 
 from pydantic import BaseModel, Field
 
-from services.protocol.jobs import Job
+from services.protocol.jobs import Job, JobLine
 from services.queue_manager.errors import JobNotFound, NotDeadLettered
 from services.queue_manager.keys import ANY_POOL
-from services.queue_manager.records import held_for, job_from_hash, now_ms
+from services.queue_manager.records import HOLD_FIELDS, LINE_FIELDS, held_for, line_from_hash, now_ms
 from services.queue_manager.scripts import RequeueDeadArgs, RescoreArgs
 from services.queue_manager.store_base import StoreBase
 
 
 class QueueOverview(BaseModel):
+    """The queue as the admin page polls it: each job's line, never its workflow (one participant's
+    queued workflows alone may be tens of MB)."""
+
     paused: bool
-    queued: list[Job]
-    running: list[Job]
-    delayed: list[Job]
-    dead: list[Job]
+    queued: list[JobLine]
+    running: list[JobLine]
+    delayed: list[JobLine]
+    dead: list[JobLine]
     held: dict[str, str] = Field(
         default_factory=dict,
         description="queued job id -> the busy worker it is held (prepared) for, to run next; the job "
@@ -88,14 +91,17 @@ class AdminOps(StoreBase):
         return job
 
     async def _records(self, ids: list[str]) -> list[dict[str, str]]:
+        """The ``LINE_FIELDS`` and ``HOLD_FIELDS`` of each job that still exists, in order."""
+        names = list(dict.fromkeys((*LINE_FIELDS, *HOLD_FIELDS)))
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hgetall(self.keys.job(job_id))
-            records = await pipe.execute()
-        return [fields for fields in records if fields]
+                pipe.hmget(self.keys.job(job_id), names)
+            found = await pipe.execute()
+        records = [{n: v for n, v in zip(names, values, strict=True) if v is not None} for values in found]
+        return [fields for fields in records if fields.get("id")]
 
-    async def _jobs(self, ids: list[str]) -> list[Job]:
-        return [job_from_hash(fields) for fields in await self._records(ids)]
+    async def _lines(self, ids: list[str]) -> list[JobLine]:
+        return [line_from_hash(fields) for fields in await self._records(ids)]
 
     async def queued_ids(self) -> list[str]:
         """Every waiting job id in dispatch order (across scopes, by schedule score)."""
@@ -111,10 +117,10 @@ class AdminOps(StoreBase):
         held = {fields["id"]: holder for fields in records if (holder := held_for(fields, now))}
         return QueueOverview(
             paused=await self.paused(),
-            queued=[job_from_hash(fields, position=place) for place, fields in enumerate(records)],
-            running=await self._jobs(await self.redis.zrange(self.keys.leases, 0, limit - 1)),
-            delayed=await self._jobs(await self.redis.zrange(self.keys.delayed, 0, limit - 1)),
-            dead=await self._jobs(await self.redis.zrevrange(self.keys.dead, 0, limit - 1)),
+            queued=[line_from_hash(fields, position=place) for place, fields in enumerate(records)],
+            running=await self._lines(await self.redis.zrange(self.keys.leases, 0, limit - 1)),
+            delayed=await self._lines(await self.redis.zrange(self.keys.delayed, 0, limit - 1)),
+            dead=await self._lines(await self.redis.zrevrange(self.keys.dead, 0, limit - 1)),
             held=held,
         )
 

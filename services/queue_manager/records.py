@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from services.protocol.jobs import Job, JobError, JobSubmit, OutputFile
+from services.protocol.jobs import Job, JobError, JobLine, JobSubmit, OutputFile
 
 
 def now_ms() -> int:
@@ -53,32 +53,50 @@ def pairs_to_dict(flat: list[Any]) -> dict[str, str]:
     return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
+LINE_FIELDS = (
+    *("id", "user", "pool", "priority", "state", "attempts", "max_attempts", "comfyui_losses"),
+    *("queued_at", "started_at", "finished_at", "worker_id", "error", "cancel", "number"),
+)
+"""The fields of a job's hash its ``JobLine`` reads: all but the workflow (``spec``) and outputs."""
+
+
+def line_values(fields: dict[str, str], position: int | None) -> dict[str, Any]:
+    """The ``JobLine`` fields of a job's hash (or at least its ``LINE_FIELDS``)."""
+    error = fields.get("error")
+    return {
+        "id": fields["id"],
+        "user": fields["user"],
+        "pool": fields.get("pool") or None,
+        "priority": int(fields.get("priority") or 0),
+        "state": fields["state"],
+        "attempts": int(fields.get("attempts") or 0),
+        "max_attempts": int(fields.get("max_attempts") or 1),
+        "comfyui_losses": int(fields.get("comfyui_losses") or 0),
+        "queued_at": ms_to_datetime(fields.get("queued_at")) or datetime.now(UTC),
+        "started_at": ms_to_datetime(fields.get("started_at")),
+        "finished_at": ms_to_datetime(fields.get("finished_at")),
+        "worker_id": fields.get("worker_id") or None,
+        "error": JobError.model_validate_json(error) if error else None,
+        "position": position,
+        "cancel_requested": fields.get("cancel") == "1",
+        "number": int(fields["number"]) if fields.get("number") else None,
+    }
+
+
+def line_from_hash(fields: dict[str, str], position: int | None = None) -> JobLine:
+    return JobLine(**line_values(fields, position))
+
+
 def job_from_hash(fields: dict[str, str], position: int | None = None) -> Job:
     spec = json.loads(fields.get("spec") or "{}")
     outputs = json.loads(fields["outputs"]) if fields.get("outputs") else []
-    error = fields.get("error")
     return Job(
-        id=fields["id"],
-        user=fields["user"],
+        **line_values(fields, position),
         prompt=spec.get("prompt", {}),
         inputs=spec.get("inputs", []),
         client_id=spec.get("client_id"),
         extra_data=spec.get("extra_data", {}),
-        pool=fields.get("pool") or None,
-        priority=int(fields.get("priority") or 0),
-        state=fields["state"],
-        attempts=int(fields.get("attempts") or 0),
-        max_attempts=int(fields.get("max_attempts") or 1),
-        comfyui_losses=int(fields.get("comfyui_losses") or 0),
-        queued_at=ms_to_datetime(fields.get("queued_at")) or datetime.now(UTC),
-        started_at=ms_to_datetime(fields.get("started_at")),
-        finished_at=ms_to_datetime(fields.get("finished_at")),
-        worker_id=fields.get("worker_id") or None,
         outputs=[OutputFile.model_validate(o) for o in outputs],
-        error=JobError.model_validate_json(error) if error else None,
-        position=position,
-        cancel_requested=fields.get("cancel") == "1",
-        number=int(fields["number"]) if fields.get("number") else None,
         outputs_to_execute=spec.get("outputs_to_execute", []),
         cached_nodes=json.loads(fields["cached"]) if fields.get("cached") else [],
     )

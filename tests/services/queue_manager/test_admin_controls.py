@@ -98,3 +98,21 @@ async def test_a_drain_longer_than_the_public_site_waits_is_refused_naming_the_c
     conf = (Path(__file__).parents[3] / "infra/templates/nginx-public.conf").read_text()
     proxied = re.search(r"location / \{[^}]*proxy_read_timeout (\d+)s", conf)
     assert proxied is not None and int(proxied.group(1)) > MAX_DRAIN_SECONDS
+
+
+async def test_big_workflows_do_not_make_the_admin_queue_big(client: httpx.AsyncClient) -> None:
+    """ada queues her 20 jobs, each a workflow near the 2 MB a request may carry: the admin page,
+    which polls the queue every two seconds, gets each job's line (who, where, state, error), not
+    40 MB of her workflows each time."""
+    padding = "x" * 1_900_000
+    body = job().model_dump(mode="json")
+    body["prompt"]["1"]["inputs"]["note"] = padding
+    for _ in range(20):
+        assert (await client.post("/api/jobs", json=body, headers=user_auth("ada"))).status_code == 201
+
+    reply = await client.get("/api/admin/queue", headers=ADMIN)
+
+    queued = reply.json()["queued"]
+    assert len(queued) == 20 and {j["user"] for j in queued} == {"ada"}
+    assert [j["position"] for j in queued] == list(range(20))
+    assert len(reply.content) < 50_000, f"{len(reply.content)} bytes"
