@@ -10,7 +10,8 @@ from playwright.async_api import Browser, BrowserContext, Page
 from redis.asyncio import Redis
 
 from devkit.doubles.comfyui_nodes import catalogue
-from services.protocol.workers import ModelsProgress, WorkerCapabilities, WorkerRegistration
+from services.protocol.jobs import JobError
+from services.protocol.workers import Failure, Lease, ModelsProgress, WorkerCapabilities, WorkerRegistration
 from services.queue_manager.records import now_ms
 from services.queue_manager.store import Store
 from tests.support.jobs import GRAPH
@@ -183,3 +184,28 @@ async def test_drain_answers_at_once_with_what_still_runs_and_a_stale_requeue_sa
         assert [job.id for job in (await store.overview()).queued] == [jobs[0]]
         await context.close()
         await redis.aclose()
+
+
+async def test_a_dead_letters_error_shows_as_text_on_the_admin_page(
+    browser: Browser, redis_url: str, tmp_path: Path
+) -> None:
+    """A job's error is the worker's words (ComfyUI's message often quotes the participant's own
+    input): on the dead letters' line its type and message are text, never markup."""
+    settings = settings_for(redis_url, max_attempts=1)
+    with live_server(settings, tmp_path / "files") as server:
+        with httpx.Client(base_url=server.url) as client:
+            register_worker(client, catalogue([]), worker_id="w1")
+            alice = login(client, "alice")
+            alice.post("/w/alice/api/prompt", json={"prompt": GRAPH, "client_id": "c"}).raise_for_status()
+            lease = Lease.model_validate(client.post("/api/workers/w1/claim", headers=WORKER_AUTH).json())
+            error = JobError(type=HOSTILE, message=f'"{HOSTILE}', retryable=True)
+            failure = Failure(token=lease.token, error=error).model_dump(mode="json")
+            reply = client.post(f"/api/leases/{lease.job.id}/fail", json=failure, headers=WORKER_AUTH)
+            assert reply.status_code == 204, reply.text
+        context, page = await admin_page(browser, server)
+        dead = page.locator("#dead")
+        await dead.get_by_text(HOSTILE).wait_for(timeout=10_000)
+        assert await dead.locator("span[title]").get_attribute("title") == error.message  # whole, as text
+        assert await page.locator("#pwned").count() == 0
+        assert await page.title() != "pwned"
+        await context.close()
