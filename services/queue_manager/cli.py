@@ -30,7 +30,6 @@ from services.queue_manager.snapshot import (
     SnapshotError,
     load_saved_snapshot,
     mark_started,
-    reopen,
     restore_snapshot,
     save_for_the_night,
     take_snapshot,
@@ -129,7 +128,7 @@ def load() -> None:
     async def run(store: Store, storage: Storage) -> str:
         loaded = await load_saved_snapshot(storage)
         if loaded is None:
-            await reopen(store)
+            await store.resume()
             await mark_started(storage)
             return "no queue snapshot yet (the workshop's first day): starting with an empty queue"
         result = await restore_snapshot(store, loaded)

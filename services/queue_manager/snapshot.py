@@ -314,14 +314,8 @@ async def restore_snapshot(store: Store, snapshot: Snapshot, resume: bool = True
     result.keys = await _restore_keys(store, snapshot)
     await _restore_globals(store, snapshot)
     if resume:
-        await reopen(store)
+        await store.resume()
     return result
-
-
-async def reopen(store: Store) -> None:
-    """The morning: dispatch runs and participants' saves and submits are taken again."""
-    await store.redis.delete(store.keys.closed)
-    await store.resume()
 
 
 async def _restore_job(store: Store, fields: dict[str, str], now: int) -> bool:
@@ -408,16 +402,21 @@ async def unrestored_snapshot(storage: Storage) -> Snapshot | None:
 async def save_for_the_night(store: Store, storage: Storage) -> tuple[Snapshot, int]:
     """The evening: snapshot the queue into the vault. Participants' saves and submits are refused
     from just before (``{p}:closed``, checked in the scripts that write them): none can land after
-    the snapshot and vanish with the Redis. A snapshot there that no morning restored is merged
-    into the queue first (dispatch stays paused), so today's save never writes over it. Returns the
-    saved snapshot and its size."""
+    the snapshot and vanish with the Redis; a save that fails (the destroy stops) takes them again,
+    as does ``resume`` (the morning's restore, the organizer's Resume). A snapshot there that no
+    morning restored is merged into the queue first (dispatch stays paused), so today's save never
+    writes over it. Returns the saved snapshot and its size."""
     await store.redis.set(store.keys.closed, "1")
-    unrestored = await unrestored_snapshot(storage)
-    if unrestored is not None:
-        merged = await restore_snapshot(store, unrestored, resume=False)
-        log.warning("merged %d jobs of a snapshot no morning restored into tonight's", merged.restored)
-    taken = await take_snapshot(store)
-    return taken, await save_snapshot(storage, taken)
+    try:
+        unrestored = await unrestored_snapshot(storage)
+        if unrestored is not None:
+            merged = await restore_snapshot(store, unrestored, resume=False)
+            log.warning("merged %d jobs of a snapshot no morning restored into tonight's", merged.restored)
+        taken = await take_snapshot(store)
+        return taken, await save_snapshot(storage, taken)
+    except BaseException:
+        await store.redis.delete(store.keys.closed)  # the destroy stops here: the workshop goes on
+        raise
 
 
 async def save_snapshot(storage: Storage, snapshot: Snapshot) -> int:

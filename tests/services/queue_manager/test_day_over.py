@@ -415,3 +415,42 @@ def test_what_a_participant_sends_after_the_evening_save_is_refused_not_lost(
             assert alice.post("/w/alice/api/userdata/workflows%2Flate.json", content=b"{}").status_code == 200
             assert alice.post("/w/alice/api/settings/Comfy.Locale", json="fr").status_code == 200
             queue(alice, "alice")
+
+
+def test_a_backup_the_bucket_refuses_stops_the_destroy_and_the_workshop_goes_on(
+    redis_url: str, bucket: Path, docker_shim: Path
+) -> None:
+    """The destroy fails loudly, and participants are not left closed out: the next evening's save
+    keeps what they made meanwhile."""
+    with live_server(day_settings(redis_url), bucket) as server:
+        alice = login(httpx.Client(base_url=server.url, timeout=20), "alice")
+        personal_data(alice, "alice")
+        (bucket / "snapshots").write_bytes(b"")  # the snapshot's put fails
+        failed = keeper_step("drain", redis_url, bucket, docker_shim)
+        assert failed.returncode != 0 and "snapshots" in failed.stderr, failed.stderr
+        assert alice.post("/w/alice/api/userdata/workflows%2Flate.json", content=b"{}").status_code == 200
+        alice.close()
+        (bucket / "snapshots").unlink()
+        assert keeper_step("drain", redis_url, bucket, docker_shim).returncode == 0
+    redis.Redis.from_url(redis_url).flushall()
+    with live_server(day_settings(redis_url), bucket) as server:
+        assert keeper_step("restore", redis_url, bucket, docker_shim).returncode == 0
+        with httpx.Client(base_url=server.url, timeout=20) as alice:
+            assert set(saved_files(login(alice, "alice"), "alice")["workflows"]) == {
+                "portrait.json",
+                "late.json",
+            }
+
+
+def test_the_organizers_resume_opens_a_closed_workshop_again(
+    redis_url: str, bucket: Path, docker_shim: Path
+) -> None:
+    """An organizer who stops the destroy after its drain and goes on with the day has one button."""
+    with live_server(day_settings(redis_url), bucket) as server:
+        alice = login(httpx.Client(base_url=server.url, timeout=20), "alice")
+        assert keeper_step("drain", redis_url, bucket, docker_shim).returncode == 0
+        assert alice.post("/w/alice/api/settings/Comfy.Locale", json="fr").status_code == 503
+        with httpx.Client(base_url=server.url, timeout=20) as admin:
+            login(admin, ADMIN, ADMIN_PASSWORD).post("/api/admin/resume").raise_for_status()
+        assert alice.post("/w/alice/api/settings/Comfy.Locale", json="fr").status_code == 200
+        alice.close()
