@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -316,7 +317,10 @@ def saved_files(client: httpx.Client, user: str) -> dict[str, Any]:
     base = f"/w/{user}/api"
     listing = client.get(f"{base}/userdata?dir=workflows&recurse=true").json()
     return {
-        "workflows": {name: client.get(f"{base}/userdata/workflows%2F{name}").content for name in listing},
+        "workflows": {
+            name: client.get(f"{base}/userdata/{quote(f'workflows/{name}', safe='')}").content
+            for name in listing
+        },
         "settings": client.get(f"{base}/settings").json(),
     }
 
@@ -330,6 +334,9 @@ def test_a_save_before_the_morning_restore_keeps_last_evenings_files_too(
     with live_server(day_settings(redis_url), bucket) as server:
         alice = login(httpx.Client(base_url=server.url, timeout=20), "alice")
         personal_data(alice, "alice")
+        for name, body in {"sub dir/café ☕.json": '{"名": "ü"}'.encode(), "empty.json": b""}.items():
+            path = quote(f"workflows/{name}", safe="")
+            alice.post(f"/w/alice/api/userdata/{path}", content=body).raise_for_status()
         alice.post("/w/alice/api/settings/Comfy.Locale", json="fr").raise_for_status()
         queue(alice, "alice"), queue(alice, "alice")
         evening = saved_files(alice, "alice")
@@ -347,6 +354,7 @@ def test_a_save_before_the_morning_restore_keeps_last_evenings_files_too(
         later = queue(alice, "alice")
         numbers = {item[1]: item[0] for item in alice.get("/w/alice/api/queue").json()["queue_pending"]}
         alice.close()
+    assert {"sub dir/café ☕.json", "empty.json", "portrait.json"} <= set(evening["workflows"])
     assert morning["workflows"] == {**evening["workflows"], "morning.json": b"{}"}
     assert morning["settings"] == {**evening["settings"], **early}
     assert len(numbers) == 4 and numbers[later] > max(n for job, n in numbers.items() if job != later)
