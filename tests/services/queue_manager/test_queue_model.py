@@ -564,7 +564,10 @@ class QueueModel(RuleBasedStateMachine):
 
     async def check_redis(self) -> None:
         keys = self.store.keys
-        records = await self.store._records(list(self.jobs))
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id in self.jobs:
+                pipe.hgetall(keys.job(job_id))
+            records = [fields for fields in await pipe.execute() if fields]
         assert len(records) == len(self.jobs), "a job record is gone"
         by_id = {r["id"]: r for r in records}
         self.scores = {job_id: float(r["score"]) for job_id, r in by_id.items()}
