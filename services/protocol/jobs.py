@@ -128,6 +128,9 @@ class JobSubmit(BaseModel):
     client_id: str | None = Field(default=None, max_length=128)
     inputs: list[FileRef] = Field(default_factory=list, max_length=64)
     extra_data: dict[str, Any] = Field(default_factory=dict)
+    front: bool = Field(
+        default=False, description="ComfyUI's: run before the participant's other waiting jobs"
+    )
     pool: str | None = Field(default=None, description="only run on this pool (admin choice)")
     outputs_to_execute: list[str] = Field(
         default_factory=list, description="the output nodes that run (set by the workspace's checks)"
@@ -198,7 +201,9 @@ class JobLine(BaseModel):
     error: JobError | None = None
     position: int | None = Field(default=None, description="0-based place in the queue while queued")
     cancel_requested: bool = False
-    number: int | None = Field(default=None, description="the queue number given at submit, increasing")
+    number: int | None = Field(
+        default=None, description="the queue number given at submit, increasing (negative: with front)"
+    )
 
 
 class Job(JobLine):

@@ -75,6 +75,7 @@ class SubmitArgs(ScriptArgs):
     now_ms: int
     max_attempts: int
     spec_json: str
+    front: int = 0  # 1: ComfyUI's ``front``, before the owner's other waiting jobs
     claim: Claimant | None = None  # a claim parked in this queue manager gets the next job at once
     claim_id: str | None = None  # that claim's id ('' = unnamed; None with no claim)
 

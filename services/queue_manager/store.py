@@ -67,6 +67,7 @@ class Store(LeaseOps, WorkerOps, AdminOps):
             now_ms=now,
             max_attempts=self.settings.max_attempts,
             spec_json=spec_json(submit),
+            front=int(submit.front),
             claim=self.claimant(ticket.worker_id, ticket.pool, token, now) if ticket is not None else None,
             claim_id=ticket.claim_id if ticket is not None else None,
         )

@@ -372,6 +372,21 @@ def client_prompt_id() -> list[Step]:
     ]
 
 
+def queue_front() -> list[Step]:
+    """``front: true`` (the frontend's Queue Front): the job goes before those already waiting, with
+    a negative number. The running job sleeps a second and ends by itself."""
+    return [
+        {"connect": "a"},
+        queue(slow_graph(0x001311, "first-running", seconds=1.0)),
+        wait("a", "executing", node="2", prompt_id="{prompt:1}"),
+        queue(graph(0x001312, "queued-back")),
+        queue(graph(0x001313, "queued-front"), front=True),
+        get("/queue"),
+        done(2),
+        {"idle": True},
+    ]
+
+
 def queue_clear() -> list[Step]:
     return [
         {"connect": "a"},
@@ -463,6 +478,7 @@ def cases() -> dict[str, list[Step]]:
         "two_outputs_one_image": two_outputs_one_image(),
         "client_prompt_id": client_prompt_id(),
         "queue_clear": queue_clear(),
+        "queue_front": queue_front(),
         "previews": previews(),
         "cached_outputs": cached_outputs(),
         "view_and_upload_errors": view_and_upload_errors(),

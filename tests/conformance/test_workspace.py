@@ -26,7 +26,12 @@ from tests.support.worker_agent import pull_worker, worker_settings
 USER = "alice"
 
 # Case -> what the workspace still does differently, and why (a fix removes its entry).
-KNOWN: dict[str, str] = {}
+KNOWN: dict[str, str] = {
+    "queue_front": "status broadcasts differ (the run order and the queue match): the workspace also "
+    "sends one when her waiting jobs' places change (the front job moves the others back), and counts "
+    "the queue when it forwards a job's start rather than when the next prompt is taken, so a status "
+    "ComfyUI sends between two jobs run back to back is missing",
+}
 
 
 def cases() -> list[Any]:

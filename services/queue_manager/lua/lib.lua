@@ -178,6 +178,15 @@ local function backoff_ms(attempts, base_ms, max_ms)
   return math.min(max_ms, base_ms * 2 ^ math.max(0, attempts - 1))
 end
 
+-- The lowest schedule score of the user's queued jobs (math.huge when none): the next of hers due.
+local function first_queued_score(user)
+  local first = math.huge
+  for _, id in ipairs(redis.call('SMEMBERS', k('user', user, 'queued'))) do
+    first = math.min(first, tonumber(redis.call('HGET', k('job', id), 'score')) or math.huge)
+  end
+  return first
+end
+
 -- Queued jobs ahead of one with this score: its own scope, plus unpinned work for a pinned job.
 local function position(scope, score)
   local bound = '(' .. fmt(score)

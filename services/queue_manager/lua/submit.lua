@@ -1,6 +1,8 @@
 -- Queue a new job. ARGV: prefix, id, user, scope, pool, priority, mode, max_queued, now_ms,
--- max_attempts, spec_json, [pool, worker_id, token, now_ms, lease_ms, max_running_per_user,
--- scan_limit, claim_id]. The bracketed part, optional, is a claim parked in this queue manager, as
+-- max_attempts, spec_json, front, [pool, worker_id, token, now_ms, lease_ms, max_running_per_user,
+-- scan_limit, claim_id]. front = '1' is ComfyUI's ``front``: the job goes just before the owner's
+-- first waiting job (her share of the GPUs stays the same) and its number is negative, as in
+-- ComfyUI. The bracketed part, optional, is a claim parked in this queue manager, as
 -- claim.lua takes it (its pool is the worker's, its now_ms the submit's; claim_id: the id its
 -- client named it by, '' = none, kept with the lease so that a repeat of the claim gets it again).
 -- Returns {'ok', position, user's unfinished jobs, HGETALL, claimed} | {'closed'} | {'exists'} |
@@ -38,12 +40,16 @@ if mode == 'priority' then
   level = clamp_priority(priority + tonumber(redis.call('HGET', k('user_priority'), user) or '0'))
 end
 local score = (100 - level) * SEGMENT + round * ROUND + seq
+if ARGV[12] == '1' then
+  score = math.min(score, first_queued_score(user) - 1)
+  number = -number
+end
 redis.call('HSET', key, 'id', id, 'user', user, 'scope', scope, 'pool', pool, 'priority', priority,
   'state', 'queued', 'attempts', 0, 'max_attempts', ARGV[10], 'queued_at', now, 'score', fmt(score),
   'spec', ARGV[11], 'cancel', '0', 'dead', '0', 'token', '', 'done_token', '', 'number', fmt(number))
 redis.call('ZADD', k('user', user, 'jobs'), now, id)
 redis.call('SADD', k('users'), user)
-local handing_over = ARGV[12] ~= nil and ARGV[12] ~= ''  -- the parked claim's pool
+local handing_over = ARGV[13] ~= nil and ARGV[13] ~= ''  -- the parked claim's pool
 quiet_wakes = handing_over
 enqueue(id, user, scope, fmt(score))
 quiet_wakes = false
@@ -53,10 +59,10 @@ publish_event(user, {type = 'queued', job_id = id, data = {position = place, que
 local record = redis.call('HGETALL', key)
 local claimed = {}
 if handing_over then
-  claimed = claim_next(ARGV[12], ARGV[13], ARGV[14], tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17]),
-    tonumber(ARGV[18]))
+  claimed = claim_next(ARGV[13], ARGV[14], ARGV[15], tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18]),
+    tonumber(ARGV[19]))
   if #claimed > 0 then
-    remember_claim(ARGV[13], ARGV[19] or '', claimed[1])
+    remember_claim(ARGV[14], ARGV[20] or '', claimed[1])
   end
   if redis.call('ZCARD', k('queue', scope)) > 0 then
     wake(scope)  -- the new job still waits (another was due first, or nothing was eligible)

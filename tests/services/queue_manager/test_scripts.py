@@ -68,6 +68,6 @@ def test_a_reordered_header_is_caught(tmp_path: typing.Any, monkeypatch: pytest.
 def test_flattening_puts_a_parked_claim_and_variadic_tails_in_place() -> None:
     claimant = Claimant("h100", "w1", "tok", 5, 60_000, 2, 1000)
     submit = SubmitArgs("qm", "j1", "ada", "*", "", 0, "fifo", 20, 5, 3, "{}")
-    assert submit.flat() == ["qm", "j1", "ada", "*", "", 0, "fifo", 20, 5, 3, "{}"]
-    with_claim = SubmitArgs("qm", "j1", "ada", "*", "", 0, "fifo", 20, 5, 3, "{}", claimant)
-    assert with_claim.flat()[11:] == ["h100", "w1", "tok", 5, 60_000, 2, 1000]
+    assert submit.flat() == ["qm", "j1", "ada", "*", "", 0, "fifo", 20, 5, 3, "{}", 0]
+    with_claim = SubmitArgs("qm", "j1", "ada", "*", "", 0, "fifo", 20, 5, 3, "{}", 1, claimant)
+    assert with_claim.flat()[11:] == [1, "h100", "w1", "tok", 5, 60_000, 2, 1000]

@@ -133,3 +133,19 @@ def test_malformed_queue_edits_change_nothing_and_do_not_fail(
     assert alice.get(f"/api/jobs/{job_id}").json()["state"] == "queued"
     reply = alice.post("/w/alice/api/prompt", content=b"[]", headers=JSON)
     assert reply.json()["error"]["type"] == "no_prompt"
+
+
+def test_queue_front_runs_her_job_before_her_waiting_ones_and_passes_nobody_else(
+    alice: httpx.Client, bob: httpx.Client, worker: httpx.Client
+) -> None:
+    first = queue_prompt(alice, "alice").json()["prompt_id"]
+    second = queue_prompt(alice, "alice").json()["prompt_id"]
+    bobs = queue_prompt(bob, "bob").json()["prompt_id"]
+    body = {"prompt": GRAPH, "client_id": "tab-1", "front": True}  # the frontend's Queue Front
+    front = alice.post("/w/alice/api/prompt", json=body).json()
+    assert front["number"] < 0, "as in ComfyUI, whose queue panel lists pending jobs by number"
+    pending = alice.get("/w/alice/api/queue").json()["queue_pending"]
+    assert [item[1] for item in pending] == [front["prompt_id"], first, second]
+    claimed = [run_on_worker(worker, []) for _ in range(4)]
+    assert claimed[:2] == [front["prompt_id"], first]
+    assert claimed.index(bobs) < claimed.index(second), "her front job took her own place, not bob's"
