@@ -41,6 +41,7 @@
 | ``{p}:admin:samples`` | list | the admin page's queue/worker samples, newest last, capped | capped |
 | ``{p}:admin:sampled:{n}`` | string | set (NX) by the process that takes interval n's sample | expires |
 | ``{p}:admin:gpu:{pool}`` | list | per finished job: GPU, idle gap, upload seconds (JSON) | capped |
+| ``{p}:admin:left`` | hash | pool -> ms its deregistered workers were up, for the cost | forever |
 | ``{p}:ws:ud:{u}`` | hash | a participant's user data (saved workflows, templates): path -> bytes | forever |
 | ``{p}:ws:udmeta:{u}`` | hash | the same paths -> ``"<size> <modified ms>"`` | forever |
 | ``{p}:ws:settings:{u}`` | hash | a participant's ComfyUI settings: id -> JSON value | forever |
@@ -134,6 +135,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("admin:samples", "list", Carried.LEFT, "the admin chart describes a platform that no longer runs"),
     Family("admin:sampled:{n}", "string", Carried.LEFT, "expires within one sampling interval"),
     Family("admin:gpu:{pool}", "list", Carried.LEFT, "GPU use of a platform that no longer runs"),
+    Family("admin:left", "hash", Carried.LEFT, "the cost of a platform that no longer runs"),
     Family("ws:ud:{u}", "hash", Carried.COPIED),
     Family("ws:udmeta:{u}", "hash", Carried.COPIED),
     Family("ws:settings:{u}", "hash", Carried.COPIED),
@@ -189,6 +191,10 @@ class Keys:
 
     def admin_gpu(self, pool: str) -> str:
         return f"{self.prefix}:admin:gpu:{pool}"
+
+    @property
+    def admin_left(self) -> str:
+        return f"{self.prefix}:admin:left"
 
     def session(self, digest: str) -> str:
         return f"{self.prefix}:session:{digest}"

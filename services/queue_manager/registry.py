@@ -132,7 +132,7 @@ class WorkerOps(CatalogueOps):
         for it is given back in the same step. A worker running a job must finish or release it
         first (409)."""
         parked_ms = int(self.settings.claim_wait_max_seconds * 1000)
-        outcome, job_id = await self.scripts.run(DeregisterArgs(self.prefix, worker_id, parked_ms))
+        outcome, job_id = await self.scripts.run(DeregisterArgs(self.prefix, worker_id, parked_ms, now_ms()))
         if outcome == "busy":
             raise WorkerHoldsAJob(worker_id, str(job_id))
         self._known_workers.pop(worker_id, None)

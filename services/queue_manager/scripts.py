@@ -113,6 +113,7 @@ class DeregisterArgs(ScriptArgs):
     script = "deregister"
     worker_id: str
     parked_ms: int  # the longest a claim it sent before may still wait (claim_wait_max_seconds)
+    now_ms: int
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ time). Queue depth and GPU busy share are sampled by a background task of every 
 into a capped Redis list, so every admin tab (and a restart) sees the same history; a ``SET NX``
 mark per interval lets only one of several processes sharing the Redis take each sample. A stats
 request adds the current figures as a last, unstored point. Cost so far is each worker's up time
-(registered to now, or to its last sign of life once gone) times its pool's hourly price from
-``QM_GPU_PRICES``.
+(registered to now, or to its last sign of life once gone; for one that left, deregistering, the
+time kept in ``{p}:admin:left``) times its pool's hourly price from ``QM_GPU_PRICES``.
 
 | key | type | holds |
 |---|---|---|
@@ -128,10 +128,13 @@ def up_span(worker: WorkerInfo, now: float) -> tuple[float, float] | None:
     return start, max(start, end)
 
 
-def costs(workers: list[WorkerInfo], prices: dict[str, float]) -> dict[str, float]:
-    """Money spent per pool: the hours each known worker was up (``up_span``) times its price."""
+def costs(
+    workers: list[WorkerInfo], prices: dict[str, float], left_ms: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Money spent per pool: the hours each known worker was up (``up_span``), and those its
+    workers that left were up (``left_ms``, from ``{p}:admin:left``), times its price."""
     now = time.time()
-    spent: dict[str, float] = {}
+    spent = {pool: int(ms) / 3_600_000 * prices.get(pool, 0.0) for pool, ms in (left_ms or {}).items()}
     for worker in workers:
         if (span := up_span(worker, now)) is None:
             continue
@@ -219,7 +222,7 @@ async def collect(store: Store, configured: list[str], prices: dict[str, float])
     workers = await store.list_workers()
     raw = await store.redis.lrange(samples_key(store), 0, -1)
     up = live(workers)
-    by_pool = costs(workers, prices)
+    by_pool = costs(workers, prices, await store.redis.hgetall(store.keys.admin_left))
     return Stats(
         samples=[
             *(Sample.model_validate_json(item) for item in raw),

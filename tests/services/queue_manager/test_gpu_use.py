@@ -116,3 +116,23 @@ async def test_a_worker_that_reports_its_models_sync_costs_from_its_first_report
     await redis.hset(keys.worker("w1"), "last_seen", now_ms() - 3_600_000)  # gone an hour
     (await client.post("/api/workers/register", content=first, headers=JSON)).raise_for_status()
     assert (await client.get("/admin/api/stats", headers=ADMIN)).json()["cost_by_pool"]["gpu"] == 0.0
+
+
+async def test_a_models_sync_that_leaves_keeps_its_cost(client: httpx.AsyncClient, app: FastAPI) -> None:
+    """A GPU host syncs its models under its own worker id, shown as starting, then leaves the admin
+    page (deregister) and its workers start: the 30 minutes it was paid for stay in the cost."""
+    syncing = WorkerCapabilities(
+        pool="gpu", provider="verda", models_sync=ModelsProgress(state="syncing", files_total=3)
+    )
+    report = WorkerRegistration(worker_id="h1-models", capabilities=syncing).model_dump_json()
+    (await client.post("/api/workers/register", content=report, headers=JSON)).raise_for_status()
+    redis, keys = app.state.store.redis, app.state.store.keys
+    await redis.hset(keys.worker("h1-models"), "registered_at", now_ms() - 1_800_000)
+
+    left = await client.post("/api/workers/h1-models/deregister", headers=GPU)
+
+    assert left.status_code == 204
+    stats = (await client.get("/admin/api/stats", headers=ADMIN)).json()
+    assert (await client.get("/api/admin/workers", headers=ADMIN)).json() == []
+    assert stats["cost_by_pool"]["gpu"] == pytest.approx(1.0, abs=0.01)
+    assert stats["cost_so_far"] == pytest.approx(1.0, abs=0.01)
