@@ -50,6 +50,8 @@ MODEL_FOLDERS: dict[str, tuple[str, str] | None] = {
 """ComfyUI 0.3.64's model folders (``GET /models``), each with the loader input that lists its files."""
 NOT_IN_LIBRARY = frozenset({"configs", "custom_nodes"})
 """Model folders ComfyUI leaves out of ``/experiment/models`` (the model library)."""
+WEIGHTS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
+"""The files ComfyUI's model library lists, in every folder (its ``supported_pt_extensions``)."""
 NOT_FILES = frozenset({"pixel_space", "taesd", "taesdxl", "taesd3", "taef1"})
 """What ``VAELoader`` offers besides the files of its folder."""
 JSON_NO_STORE = {"Cache-Control": "no-store"}
@@ -211,7 +213,8 @@ async def model_files(folder: str, ctx: Context, user: Participant) -> Response:
     if folder not in MODEL_FOLDERS:
         return no_model_folder(folder)
     catalogue = await ctx.catalogue.current()
-    return JSONResponse([{"name": name, "pathIndex": 0} for name in model_files_of(catalogue.nodes, folder)])
+    weights = [name for name in model_files_of(catalogue.nodes, folder) if name.lower().endswith(WEIGHTS)]
+    return JSONResponse([{"name": name, "pathIndex": 0} for name in weights])
 
 
 def no_model_folder(folder: str) -> Response:

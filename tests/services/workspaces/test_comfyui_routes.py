@@ -54,6 +54,8 @@ def test_model_folders_list_the_gpus_files_from_their_loaders(
         "output_node": False,
     }
     nodes["VAELoader"] = {"input": {"required": {"vae_name": [["ae.sft", "pixel_space"]]}}, "output": ["VAE"]}
+    configs = {"config_name": [["v1-inference.yaml"]], "ckpt_name": [["sdxl.safetensors"]]}
+    nodes["CheckpointLoader"] = {"input": {"required": configs}, "output": ["MODEL"]}
     register_worker(worker, nodes, worker_id="w2", digest="cat-models")
     folders = alice.get("/w/alice/api/models").json()
     assert folders[:3] == ["checkpoints", "configs", "loras"] and "upscale_models" in folders
@@ -67,6 +69,9 @@ def test_model_folders_list_the_gpus_files_from_their_loaders(
     in_library = alice.get("/w/alice/api/experiment/models/checkpoints").json()
     assert [model["name"] for model in in_library] == ["sdxl.safetensors", "flux.safetensors"]
     assert alice.get("/w/alice/api/experiment/models/nope").status_code == 404
+    # As ComfyUI's model library: only weights files (.safetensors, .ckpt, ...), so no .yaml config
+    assert alice.get("/w/alice/api/models/configs").json() == ["v1-inference.yaml"]
+    assert alice.get("/w/alice/api/experiment/models/configs").json() == []
 
 
 def stats_of(client: httpx.Client) -> dict[str, Any]:
