@@ -402,8 +402,9 @@ async def unrestored_snapshot(storage: Storage) -> Snapshot | None:
 async def save_for_the_night(store: Store, storage: Storage) -> tuple[Snapshot, int]:
     """The evening: snapshot the queue into the vault. Participants' saves and submits are refused
     from just before (``{p}:closed``, checked in the scripts that write them): none can land after
-    the snapshot and vanish with the Redis; a save that fails (the destroy stops) takes them again,
-    as does ``resume`` (the morning's restore, the organizer's Resume). A snapshot there that no
+    the snapshot and vanish with the Redis. A save that fails stops the destroy, and the workshop goes
+    on as before the drain (``resume``: dispatching, taking saves), as after the morning's restore or
+    the organizer's Resume. A snapshot there that no
     morning restored is merged into the queue first (dispatch stays paused), so today's save never
     writes over it. Returns the saved snapshot and its size."""
     await store.redis.set(store.keys.closed, "1")
@@ -415,7 +416,7 @@ async def save_for_the_night(store: Store, storage: Storage) -> tuple[Snapshot, 
         taken = await take_snapshot(store)
         return taken, await save_snapshot(storage, taken)
     except BaseException:
-        await store.redis.delete(store.keys.closed)  # the destroy stops here: the workshop goes on
+        await store.resume()  # the destroy stops here: the workshop goes on as before its drain
         raise
 
 

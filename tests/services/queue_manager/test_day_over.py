@@ -436,6 +436,7 @@ def test_a_backup_the_bucket_refuses_stops_the_destroy_and_the_workshop_goes_on(
         (bucket / "snapshots").write_bytes(b"")  # the snapshot's put fails
         failed = keeper_step("drain", redis_url, bucket, docker_shim)
         assert failed.returncode != 0 and "snapshots" in failed.stderr, failed.stderr
+        assert not redis.Redis.from_url(redis_url).exists("qm:paused")  # the GPUs take jobs again
         assert alice.post("/w/alice/api/userdata/workflows%2Flate.json", content=b"{}").status_code == 200
         alice.close()
         (bucket / "snapshots").unlink()
