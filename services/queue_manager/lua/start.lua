@@ -31,12 +31,14 @@ if (f[1] == 'leased' or f[1] == 'running') and f[3] == hold and f[4] == worker_i
   end
   return then_hold('started', as_claimed(id))
 end
-if f[1] == 'queued' and f[2] == hold and redis.call('EXISTS', k('paused')) == 0 then
-  local best, score, scope = next_eligible(pool, max_running, scan, hold, now)
-  if best == id then
-    return then_hold('started', lease_job(id, score, scope, worker_id, hold, now, lease_ms))
+if f[1] == 'queued' and f[2] == hold then
+  if redis.call('EXISTS', k('paused')) == 0 then
+    local best, score, scope = next_eligible(pool, max_running, scan, hold, now)
+    if best == id then
+      return then_hold('started', lease_job(id, score, scope, worker_id, hold, now, lease_ms))
+    end
   end
-  clear_hold(id)
+  clear_hold(id)  -- outranked, or dispatch is paused: the worker forgets it, so nobody holds it
 end
 -- A draining worker (told to stop as it asked; drain.lua ended its hold) is leased nothing more
 -- (claim_next in lib.lua).

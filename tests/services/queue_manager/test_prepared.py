@@ -475,6 +475,23 @@ async def test_a_worker_draining_as_it_asks_start_is_leased_nothing_more(store: 
     assert waiting is not None and waiting.state == JobState.QUEUED and waiting.attempts == 0
 
 
+async def test_a_start_while_dispatch_is_paused_runs_nothing_and_leaves_nothing_held(store: Store) -> None:
+    # Found by the queue model (test_queue_model.py): the worker, told to run nothing, forgets the
+    # job it prepared; the admin page showed that job held for it all the same, and other busy
+    # workers passed it by, until the hold lapsed
+    running, held = await busy_with_next(store)
+    await store.complete(running.job.id, Completion(token=running.token))
+    await store.pause()
+
+    reply = await store.start(held.job.id, start_call(held), "gpu")
+
+    assert not reply.started and reply.lease is None and reply.held is None
+    assert await hold_worker(store, held.job.id) == ""
+    assert (await store.overview()).held == {}
+    waiting = await store.get(held.job.id)
+    assert waiting is not None and waiting.state == JobState.QUEUED and waiting.attempts == 0
+
+
 async def test_an_idle_claim_repeated_with_its_id_after_its_reply_was_lost_gets_the_same_lease(
     store: Store,
 ) -> None:

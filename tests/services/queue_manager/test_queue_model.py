@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -39,7 +40,7 @@ from hypothesis.stateful import (
 from redis.asyncio import Redis
 
 from services.protocol.jobs import JobError
-from services.protocol.workers import Completion, Failure, Lease, StartCall
+from services.protocol.workers import Completion, EventBatch, Failure, Lease, StartCall
 from services.queue_manager.errors import (
     JobNotFound,
     NotDeadLettered,
@@ -155,7 +156,7 @@ class QueueModel(RuleBasedStateMachine):
         self.loop.close()
         self.patches.close()
 
-    def run(self, call: Coroutine[Any, Any, T]) -> T:
+    def run(self, call: Awaitable[T]) -> T:
         return self.loop.run_until_complete(call)
 
     # ---- what the model predicts -----------------------------------------------------------
@@ -299,11 +300,14 @@ class QueueModel(RuleBasedStateMachine):
         elif outcome == "requested":
             j.cancel = True
 
-    @rule()
-    def pause(self) -> None:
+    @rule(rarely=st.integers(0, 7))
+    def pause(self, rarely: int) -> None:
+        if rarely:
+            return
         self.run(self.store.pause())
         self.paused = True
 
+    @precondition(lambda self: self.paused)
     @rule()
     def resume(self) -> None:
         self.run(self.store.resume())
@@ -324,11 +328,13 @@ class QueueModel(RuleBasedStateMachine):
         j.dead, j.attempts, j.done_token = False, 0, ""
         self.enqueue(j)
 
+    @precondition(lambda self: self.scheduling == Scheduling.PRIORITY)
     @rule(user=st.sampled_from(USERS), priority=st.sampled_from([0, 10, -10]))
     def set_user_priority(self, user: str, priority: int) -> None:
         self.run(self.store.set_user_priority(user, priority))
         self.user_priority[user] = priority
 
+    @precondition(lambda self: self.scheduling == Scheduling.PRIORITY)
     @rule(index=st.integers(0, 99), priority=st.sampled_from([0, 10, -10]))
     def set_job_priority(self, index: int, priority: int) -> None:
         if not self.jobs:
@@ -339,17 +345,26 @@ class QueueModel(RuleBasedStateMachine):
 
     # ---- workers -------------------------------------------------------------------------------
 
-    @rule(worker_id=st.sampled_from(sorted(WORKERS)))
-    def register(self, worker_id: str) -> None:
+    @initialize()
+    def workers_start(self) -> None:
+        for worker_id in WORKERS:
+            self.register(worker_id, 0)
+
+    @rule(worker_id=st.sampled_from(sorted(WORKERS)), rarely=st.integers(0, 3))
+    def register(self, worker_id: str, rarely: int) -> None:
         w = self.workers[worker_id]
+        if rarely and w.registered:
+            return
         self.run(self.store.register(registration(worker_id, w.pool)))
         self.end_hold_of(worker_id)
         # A worker that registers again was restarted: it knows of no job (its lease lapses).
         w.registered, w.draining, w.job, w.record_job, w.record_state = True, False, "", "", "idle"
 
-    @rule(worker_id=st.sampled_from(sorted(WORKERS)))
-    def drain(self, worker_id: str) -> None:
+    @rule(worker_id=st.sampled_from(sorted(WORKERS)), rarely=st.integers(0, 3))
+    def drain(self, worker_id: str, rarely: int) -> None:
         w = self.workers[worker_id]
+        if rarely:
+            return
         try:
             self.run(self.store.mark_draining(worker_id))
         except UnknownWorker:
@@ -359,10 +374,10 @@ class QueueModel(RuleBasedStateMachine):
         self.end_hold_of(worker_id)
         w.draining, w.record_state = True, "draining"
 
-    @rule(worker_id=st.sampled_from(sorted(WORKERS)))
-    def deregister(self, worker_id: str) -> None:
+    @rule(worker_id=st.sampled_from(sorted(WORKERS)), rarely=st.integers(0, 3))
+    def deregister(self, worker_id: str, rarely: int) -> None:
         w = self.workers[worker_id]
-        if not w.registered:
+        if rarely or not w.registered:
             return
         try:
             self.run(self.store.deregister(worker_id))
@@ -380,12 +395,19 @@ class QueueModel(RuleBasedStateMachine):
         return [wid for wid, w in self.workers.items() if w.registered and w.job]
 
     @precondition(lambda self: self.free_workers())
-    @rule(index=st.integers(0, 9), hold_next=st.booleans())
-    def claim(self, index: int, hold_next: bool) -> None:
+    @rule(
+        index=st.integers(0, 9),
+        hold_next=st.booleans(),
+        lost=st.sampled_from(["", "", "repeat", "gone", "repeat_then_gone"]),
+    )
+    def claim(self, index: int, hold_next: bool, lost: str) -> None:
+        """An idle worker's claim; ``lost``: its reply was lost and its client repeats it with the
+        same claim id, or its client hung up (the lease and the job held after it go back), or both."""
         worker_id = self.pick(self.free_workers(), index)
         w = self.workers[worker_id]
         candidates = self.eligible(worker_id, skip_held=False)
-        lease = self.run(self.store.claim(worker_id, w.pool, hold_next=hold_next))
+        claim_id = f"claim-{self.submitted}-{self.clock}" if lost else ""
+        lease = self.run(self.store.claim(worker_id, w.pool, hold_next=hold_next, claim_id=claim_id))
         self.end_hold_of(worker_id)
         if lease is None:
             assert not candidates or self.paused or w.draining, f"{worker_id} got nothing with work waiting"
@@ -397,6 +419,70 @@ class QueueModel(RuleBasedStateMachine):
         assert lease.job.attempts == j.attempts
         if hold_next:
             self.hold(lease.held, worker_id)
+        if lost.startswith("repeat"):
+            lease = self.repeat_claim(worker_id, claim_id, lease, hold_next)
+        if lost.endswith("gone"):
+            self.caller_gone(worker_id, claim_id, lease, kept=lost != "gone")
+
+    def repeat_claim(self, worker_id: str, claim_id: str, first: Lease, hold_next: bool) -> Lease:
+        """The same claim again: the same lease, same token and attempt (and the job after it held anew)."""
+        again = self.run(
+            self.store.claim(worker_id, self.workers[worker_id].pool, hold_next=hold_next, claim_id=claim_id)
+        )
+        assert again is not None and (again.job.id, again.token) == (first.job.id, first.token)
+        assert again.job.attempts == first.job.attempts
+        self.end_hold_of(worker_id)
+        if hold_next:
+            self.hold(again.held, worker_id)
+        return again
+
+    def caller_gone(self, worker_id: str, claim_id: str, lease: Lease, *, kept: bool) -> None:
+        """The first claim's caller hung up: it gives back what it got, unless a repeat has it."""
+        self.run(self.store.unclaimed(worker_id, claim_id, lease))
+        if lease.held is not None:
+            self.end_hold_of(worker_id)
+        if kept:
+            return
+        self.ended(self.jobs[lease.job.id], "release")
+        self.workers[worker_id].job = ""
+
+    def parkable(self) -> list[str]:
+        return [wid for wid in self.free_workers() if not self.eligible(wid, skip_held=False)]
+
+    @precondition(lambda self: self.parkable())
+    @rule(index=st.integers(0, 9), user=st.sampled_from(USERS), pinned=st.booleans())
+    def parked_claim_gets_a_submit(self, index: int, user: str, pinned: bool) -> None:
+        """A claim waiting in the queue manager (nothing for it yet) is handed the job a submit queues,
+        in the submit's own step, when that job is its to run."""
+        worker_id = self.pick(self.parkable(), index)
+        w = self.workers[worker_id]
+        scope = "gpu" if pinned and self.pins else ANY_POOL
+        limit = self.max_running
+        fits = scope in (w.pool, ANY_POOL) and (limit <= 0 or self.running_of(user) < limit)
+        waiting = sum(1 for j in self.in_state(*WAITING) if j.user == user)
+        if not fits or waiting >= MAX_QUEUED or self.paused or w.draining:
+            return
+        self.run(self.parked(worker_id, user, scope))
+
+    async def parked(self, worker_id: str, user: str, scope: str) -> None:
+        claim = asyncio.create_task(self.store.claim(worker_id, self.workers[worker_id].pool, wait=30))
+        try:
+            await self.until_parked()
+            made = await self.store.submit(user, job(), pool=None if scope == ANY_POOL else scope)
+            lease = await asyncio.wait_for(asyncio.shield(claim), 10)
+        finally:
+            claim.cancel()
+        self.submitted += 1
+        j = ModelJob(made.id, user, scope, self.submitted, self.next_round(user))
+        self.jobs[made.id] = j
+        assert lease is not None and lease.job.id == made.id, f"the parked claim of {worker_id} got {lease}"
+        self.lease(j, worker_id, lease.token)
+
+    async def until_parked(self) -> None:
+        deadline = self.loop.time() + 10
+        while not self.store.wakeups.parked:
+            assert self.loop.time() < deadline, "the claim never parked"
+            await asyncio.sleep(0.001)  # polling the claim's own parked flag
 
     def preparing(self) -> list[str]:
         held = {j.holder for j in self.jobs.values() if j.holder}
@@ -426,7 +512,7 @@ class QueueModel(RuleBasedStateMachine):
         if reply.started:
             assert not self.paused and not w.draining, f"{worker_id} started a job while paused or draining"
             self.check_first(prepared, own)
-            self.lease(prepared, worker_id, prepared.hold_token)
+            self.lease(prepared, worker_id, call.token)
         elif reply.lease is not None:
             j = self.jobs[reply.lease.job.id]
             self.check_first(j, self.eligible(worker_id, skip_held=False))
@@ -437,24 +523,53 @@ class QueueModel(RuleBasedStateMachine):
         if hold_next:
             self.hold(reply.held, worker_id)
 
+    def holding(self) -> list[ModelJob]:
+        return [j for j in self.in_state("queued") if j.holder]
+
+    @precondition(lambda self: self.holding())
+    @rule(index=st.integers(0, 9))
+    def give_back_hold(self, index: int) -> None:
+        """A busy worker gives back the job it prepared (it could not fetch the job's files)."""
+        j = self.pick(self.holding(), index)
+        self.run(self.store.release(j.id, j.hold_token))
+        j.holder, j.hold_token, j.hold_expires = "", "", 0
+
+    @precondition(lambda self: self.busy_workers())
+    @rule(index=st.integers(0, 9))
+    def progress(self, index: int) -> None:
+        """The worker forwards ComfyUI's events (the first marks its job running)."""
+        self.holder_call(
+            index, lambda j, token: self.store.record_events(j.id, EventBatch(token=token, events=[]))
+        )
+
     def lease_call(self, index: int) -> tuple[str, ModelJob]:
         worker_id = self.pick(self.busy_workers(), index)
         return worker_id, self.jobs[self.workers[worker_id].job]
 
-    @precondition(lambda self: self.busy_workers())
-    @rule(index=st.integers(0, 9))
-    def heartbeat(self, index: int) -> None:
+    def holder_call(
+        self, index: int, call: Callable[[ModelJob, str], Awaitable[T]]
+    ) -> tuple[ModelJob, T] | None:
+        """A busy worker's call on its lease: taken only while the lease is still its (else the
+        worker learns it lost the job, and gives up on it)."""
         worker_id, j = self.lease_call(index)
         token = self.workers[worker_id].token
         try:
-            reply = self.run(self.store.heartbeat(j.id, token))
+            reply = self.run(call(j, token))
         except StaleLease:
             assert j.state != "leased" or j.token != token, f"{j.id}'s holder refused"
             self.workers[worker_id].job = ""
+            return None
+        assert j.state == "leased" and j.token == token, f"{j.id} ({j.state}) took a call with a stale token"
+        return j, reply
+
+    @precondition(lambda self: self.busy_workers())
+    @rule(index=st.integers(0, 9))
+    def heartbeat(self, index: int) -> None:
+        answered = self.holder_call(index, lambda j, token: self.store.heartbeat(j.id, token))
+        if answered is None:
             return
-        assert j.state == "leased" and j.token == token, (
-            f"a heartbeat of {j.id} ({j.state}) with a stale token"
-        )
+        j, reply = answered
+        worker_id = j.worker
         assert reply.cancel == j.cancel
         j.expires = self.clock + LEASE_MS
         for held in self.jobs.values():
