@@ -22,7 +22,8 @@ Each file is downloaded to ``<name>.part`` (resumed with a ranged read after an 
 hashed while it streams, checked against the manifest's size and sha256, renamed into place and
 marked verified (``.<name>.sha256``), so it is hashed once. Before downloading anything the
 bucket is asked for every file: a missing file or a size that differs from the manifest is
-refused with the list of what is wrong, and a hash mismatch after a download likewise.
+refused with the list of what is wrong, and a hash mismatch after a download likewise; so are
+models the folder's disk has no room left for.
 
 The folder then holds exactly the manifest's files: what the sync put there (a file with its
 verified mark, a partial download) for a model the manifest no longer lists is removed, under the
@@ -40,6 +41,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -448,6 +450,7 @@ class ModelSync:
             if not verified(path, model) and not await self._adopt(model, path):
                 todo.append(model)
         await self._check_bucket(todo)
+        self._check_room(todo)
         await self.tally.state("syncing")
         for model in manifest.models:
             if model in todo:
@@ -479,6 +482,21 @@ class ModelSync:
                 f"the models bucket {self.settings.models_url} does not hold the manifest's files: "
                 f"{', '.join(wrong)}. Upload them (or fix the manifest's size/source), then start the "
                 "worker again"
+            )
+
+    def _check_room(self, todo: list[ModelFile]) -> None:
+        """Refuse before downloading what the disk or volume cannot hold (hours in, it would fail on
+        whichever file filled it): the room left must hold what is still to come of every file."""
+        partial = {m.path: self.target / f"{m.path}.part" for m in todo}
+        needed = sum(m.size - (p.stat().st_size if (p := partial[m.path]).is_file() else 0) for m in todo)
+        existing = next(folder for folder in (self.target, *self.target.parents) if folder.exists())
+        free = shutil.disk_usage(existing).free
+        if needed > free:
+            largest = max(todo, key=lambda m: m.size)
+            raise ModelError(
+                f"the models still to download ({len(todo)} files, largest {largest.path}) need "
+                f"{needed / 1e6:,.1f} MB but {self.target} has {free / 1e6:,.1f} MB free: give the models "
+                "volume (modelsVolume.sizeGb) or the worker's disk more room, or list fewer models"
             )
 
     def _vault(self, model: ModelFile) -> Storage:

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import re
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -112,6 +113,25 @@ async def test_a_model_on_shared_storage_is_used_where_it_is(tmp_path: Path) -> 
     )
     assert await ensure_models(config) == ["checkpoints/model.safetensors"]
     assert not (tmp_path / "models").exists()
+
+
+async def test_models_the_disk_cannot_hold_are_refused_before_any_download(
+    vault: Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest larger than the worker's disk (or a volume) fails at once, naming what to fix."""
+    real = shutil.disk_usage
+
+    def small_disk(path: str | Path) -> Any:
+        return real(path)._replace(free=len(WEIGHTS) - 1)
+
+    monkeypatch.setattr("services.worker.models.shutil.disk_usage", small_disk)
+    with pytest.raises(ModelError, match=r"checkpoints/model\.safetensors\) need 1\.0 MB .* more room"):
+        await ensure_models(settings(tmp_path), vault)
+    assert not (tmp_path / "models/checkpoints/model.safetensors.part").exists()
+    partial = tmp_path / "models/checkpoints/model.safetensors.part"  # what is already there counts
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(WEIGHTS[:10])
+    assert await ensure_models(settings(tmp_path), vault) == ["checkpoints/model.safetensors"]
 
 
 async def test_a_hash_mismatch_is_refused_and_the_bad_file_removed(vault: Storage, tmp_path: Path) -> None:
