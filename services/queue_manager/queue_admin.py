@@ -73,12 +73,13 @@ class AdminOps(StoreBase):
         return job
 
     async def set_user_priority(self, user: str, priority: int) -> int:
-        """Give every job of ``user`` (waiting and future) a priority bonus; returns jobs moved."""
+        """Give every job of ``user`` (waiting and future) a priority bonus; returns jobs moved. Her
+        running jobs take it too, for when one comes back to the queue (given back, retried)."""
         await self.redis.hset(self.keys.user_priority, user, priority)
-        queued = await self.redis.smembers(self.keys.user_queued(user))
-        if not queued:
+        jobs = await self.redis.sunion(self.keys.user_queued(user), self.keys.user_running(user))
+        if not jobs:
             return 0
-        rescore = RescoreArgs(self.prefix, self.settings.scheduling.value, tuple(queued))
+        rescore = RescoreArgs(self.prefix, self.settings.scheduling.value, tuple(jobs))
         return int(await self.scripts.run(rescore))
 
     async def requeue_dead(self, job_id: str) -> Job:

@@ -89,6 +89,22 @@ async def test_admin_priority_moves_a_job_and_a_user_ahead(store_with: StoreFact
     assert [lease.job.id for lease in leases if lease] == [bobs.id, urgent.id, first.id]
 
 
+async def test_a_user_priority_also_holds_for_her_job_that_was_running_when_it_was_set(
+    store_with: StoreFactory,
+) -> None:
+    # ada's job runs when the admin gives her priority; it is given back (its worker shut down)
+    store = store_with(scheduling=Scheduling.PRIORITY)
+    running = await store.submit("ada", job())
+    lease = await store.claim("w1", "gpu")
+    assert lease is not None and lease.job.id == running.id
+    bobs = await store.submit("bob", job(), priority=10)
+    await store.set_user_priority("ada", 50)
+    await store.release(running.id, lease.token)
+    # it waits at her new priority, ahead of bob's, like every other job of hers
+    assert await store.position(running.id) == 0
+    assert await store.position(bobs.id) == 1
+
+
 async def test_a_user_cannot_queue_more_than_the_limit(store_with: StoreFactory) -> None:
     store = store_with(max_queued_per_user=2)
     await store.submit("ada", job())
