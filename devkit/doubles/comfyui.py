@@ -65,7 +65,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.datastructures import FormData
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -76,6 +76,7 @@ from devkit.doubles.comfyui_validation import PromptRejected, validate
 from devkit.servers import free_port, wait_until
 from services.queue_manager.workspaces.images import convert, merge_mask, wants_conversion
 from services.queue_manager.workspaces.routes_info import MODEL_FOLDERS, NOT_IN_LIBRARY
+from services.queue_manager.workspaces.userdata import hidden
 
 # The ComfyUI release this double stands in for (its recordings: tests/fixtures/comfyui/<version>/).
 COMFYUI_VERSION = "0.3.64"
@@ -142,6 +143,7 @@ class ComfyUIDouble(Executor):
         for folder in (self.folders.input, self.folders.output, self.folders.temp):
             folder.mkdir(parents=True, exist_ok=True)
         self.state = State()
+        self.userdata: dict[str, bytes] = {}  # the user folder's files, by path
         self.started_at = time.monotonic()
         self.app = OriginCheck(self._build_app())
         self._server: uvicorn.Server | None = None
@@ -241,6 +243,8 @@ class ComfyUIDouble(Executor):
             ("/experiment/models", self.model_library, ["GET"]),
             ("/experiment/models/{folder}", self.model_files, ["GET"]),
             ("/embeddings", self.embeddings, ["GET"]),
+            ("/userdata", self.list_userdata, ["GET"]),
+            ("/userdata/{path:path}", self.userdata_file, ["POST", "DELETE"]),
         ]
         table: list[Any] = []
         for prefix in ("", "/api"):
@@ -493,6 +497,31 @@ class ComfyUIDouble(Executor):
 
     async def embeddings(self, request: Request) -> Response:
         return JSONResponse([])
+
+    async def list_userdata(self, request: Request) -> Response:
+        """ComfyUI's glob of the user folder: no name starting with '.', files only; 404 for no
+        such folder."""
+        directory = request.query_params.get("dir", "").strip("/")
+        if not directory:
+            return PlainTextResponse("Directory not provided", status_code=400)
+        inside = [
+            path.removeprefix(f"{directory}/") for path in self.userdata if path.startswith(f"{directory}/")
+        ]
+        if not inside:
+            return PlainTextResponse("Directory not found", status_code=404)
+        recurse = request.query_params.get("recurse", "").lower() == "true"
+        listed = [p for p in inside if (recurse or "/" not in p) and not hidden(p)]
+        ordered = sorted(listed, key=lambda p: (p.count("/"), p))  # a glob's: each level's files in turn
+        if request.query_params.get("split", "").lower() == "true":
+            return JSONResponse([[p, *p.split("/")] for p in ordered])
+        return JSONResponse(ordered)
+
+    async def userdata_file(self, request: Request) -> Response:
+        path = request.path_params["path"]
+        if request.method == "DELETE":
+            return Response(status_code=204 if self.userdata.pop(path, None) is not None else 404)
+        self.userdata[path] = await request.body()
+        return JSONResponse(path)
 
     async def free(self, request: Request) -> Response:
         return Response(status_code=200)

@@ -315,6 +315,38 @@ def model_library() -> list[Step]:
     ]
 
 
+def saved_file(path: str) -> Step:
+    return {
+        "request": {
+            "method": "POST",
+            "path": f"/userdata/{path.replace('/', '%2F')}?overwrite=true",
+            "json": {"nodes": []},
+        }
+    }
+
+
+def userdata_listing() -> list[Step]:
+    """Saved files as the workflow browser lists them: names starting with '.' are not listed (as
+    ComfyUI's glob lists none), and the listing's refusals are plain text. Deleted again at the end."""
+    files = ["listed/a.json", "listed/.hidden.json", "listed/.dir/c.json", "listed/sub/b.json"]
+    listings = [
+        "dir=listed",
+        "dir=listed&recurse=true",
+        "dir=listed&recurse=true&split=true",
+        "dir=listed/.dir",
+    ]
+    return [
+        *[saved_file(path) for path in files],
+        *[get(f"/userdata?{query}") for query in listings],
+        get("/userdata?dir=never-saved", compare=["status", "content_type"]),
+        get("/userdata", compare=["status", "content_type"]),
+        *[
+            {"request": {"method": "DELETE", "path": f"/userdata/{path.replace('/', '%2F')}"}}
+            for path in files
+        ],
+    ]
+
+
 def object_info_more() -> list[Step]:
     return [get(f"/object_info/{name}") for name in ("ImageScale", "PreviewImage", "SaveImageWebsocket")]
 
@@ -473,6 +505,7 @@ def cases() -> dict[str, list[Step]]:
         "mask_editor_save": mask_editor_save(),
         "object_info_more": object_info_more(),
         "model_library": model_library(),
+        "userdata_listing": userdata_listing(),
         "value_errors": value_errors(),
         "partial_failure": partial_failure(),
         "two_outputs_one_image": two_outputs_one_image(),

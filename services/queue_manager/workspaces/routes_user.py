@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from services.queue_manager.workspaces.deps import Participant, UserDataDep, UserSettingsDep
 from services.queue_manager.workspaces.settings import SettingsError
@@ -94,11 +94,11 @@ async def list_userdata(request: Request, data: UserDataDep) -> Response:
     """Files under ``dir``: names, ``[name, *parts]`` (``split``) or full info objects."""
     directory = request.query_params.get("dir", "")
     if not directory:
-        return Response("Directory not provided", status_code=400)
+        return PlainTextResponse("Directory not provided", status_code=400)
     try:
         found = await data.listing(directory, recurse=flag(request, "recurse"))
     except UserDataError as exc:
-        return Response(str(exc), status_code=exc.status)
+        return PlainTextResponse(str(exc), status_code=exc.status)
     if flag(request, "full_info"):
         return JSONResponse([f.as_json() for f in found])
     if flag(request, "split"):

@@ -135,8 +135,9 @@ class UserData:
         return await self.write(dest, body, overwrite=overwrite, source=clean_path(source))
 
     async def listing(self, directory: str, recurse: bool) -> list[FileInfo]:
-        """Files under ``directory`` (paths relative to it); raises 404 when it holds nothing, except
-        for the folders every account has (``ACCOUNT_FOLDERS``), which are just empty."""
+        """Files under ``directory`` (paths relative to it, none with a part starting with '.');
+        raises 404 when it holds nothing, except for the folders every account has
+        (``ACCOUNT_FOLDERS``), which are just empty."""
         folder = clean_path(directory)
         prefix = f"{folder}/"
         entries = await self._redis.hgetall(self._meta)
@@ -144,7 +145,13 @@ class UserData:
         if not found and folder not in ACCOUNT_FOLDERS:
             raise UserDataError(404, "Directory not found")
         relative = [f.relative_to(directory) for f in found]
-        return sorted((f for f in relative if recurse or "/" not in f.path), key=lambda f: f.path)
+        listed = (f for f in relative if (recurse or "/" not in f.path) and not hidden(f.path))
+        return sorted(listed, key=lambda f: f.path)
+
+
+def hidden(path: str) -> bool:
+    """A name starting with '.' somewhere in ``path``: ComfyUI's listing (a glob) shows none."""
+    return any(part.startswith(".") for part in path.split("/"))
 
 
 def _text(value: bytes | str) -> str:
