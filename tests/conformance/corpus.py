@@ -404,6 +404,21 @@ def client_prompt_id() -> list[Step]:
     ]
 
 
+def interrupt_waiting() -> list[Step]:
+    """An interrupt naming a waiting prompt, not the running one: ComfyUI ignores it, both run."""
+    return [
+        {"connect": "a"},
+        queue(slow_graph(0x001401, "interrupt-elsewhere", seconds=1.0)),
+        wait("a", "executing", node="2", prompt_id="{prompt:1}"),
+        queue(graph(0x001402, "interrupt-named")),
+        post("/interrupt", {"prompt_id": "{prompt:2}"}),
+        done(2),
+        {"idle": True},
+        get("/history/{prompt:1}"),
+        get("/history/{prompt:2}"),
+    ]
+
+
 def queue_front() -> list[Step]:
     """``front: true`` (the frontend's Queue Front): the job goes before those already waiting, with
     a negative number. The running job sleeps a second and ends by itself."""
@@ -512,6 +527,7 @@ def cases() -> dict[str, list[Step]]:
         "client_prompt_id": client_prompt_id(),
         "queue_clear": queue_clear(),
         "queue_front": queue_front(),
+        "interrupt_waiting": interrupt_waiting(),
         "previews": previews(),
         "cached_outputs": cached_outputs(),
         "view_and_upload_errors": view_and_upload_errors(),

@@ -26,12 +26,13 @@ from tests.support.worker_agent import pull_worker, worker_settings
 USER = "alice"
 
 # Case -> what the workspace still does differently, and why (a fix removes its entry).
-KNOWN: dict[str, str] = {
-    "queue_front": "status broadcasts differ (the run order and the queue match): the workspace also "
-    "sends one when her waiting jobs' places change (the front job moves the others back), and counts "
-    "the queue when it forwards a job's start rather than when the next prompt is taken, so a status "
-    "ComfyUI sends between two jobs run back to back is missing",
-}
+BACK_TO_BACK = (
+    "status broadcasts differ when a job waits behind a running one (what runs, its order and every "
+    "job event match): the queue manager's place notices (background.position_loop, each second while "
+    "she has a job waiting) each reach her socket as a status too, and none comes as the next prompt "
+    "is taken, where ComfyUI sends one"
+)
+KNOWN: dict[str, str] = {"queue_front": BACK_TO_BACK, "interrupt_waiting": BACK_TO_BACK}
 
 
 def cases() -> list[Any]:
