@@ -107,7 +107,9 @@ def test_startup_facts_the_frontend_reads_answer_in_comfyui_shapes(alice: httpx.
     assert alice.get("/w/alice/api/extensions").json() == ["/extensions/comfy-workshop/notice.js"]
     assert alice.get("/w/alice/api/workshop").json() == {"catalogue_version": "", "gpus_up": 0}
     assert alice.get("/w/alice/api/embeddings").json() == []
-    assert alice.get("/w/alice/api/experiment/models").json() == []
+    library = alice.get("/w/alice/api/experiment/models").json()  # ComfyUI's model library folders
+    assert library[:2] == [{"name": "checkpoints", "folders": []}, {"name": "loras", "folders": []}]
+    assert alice.get("/w/alice/api/experiment/models/checkpoints").json() == []  # no GPU yet
     assert alice.get("/w/alice/templates/index.json").json() == []
     assert isinstance(alice.get("/w/alice/api/features").json(), dict)
 
