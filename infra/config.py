@@ -19,7 +19,7 @@ from infra.pools import LOCAL_KINDS, PoolConfig, kind_of
 from infra.pools.base import RegistryConfig
 from infra.pools.local_gpu import LocalGpuConfig
 from infra.schema import BucketName, Domain, Label, Model, TailscaleTag, one_of, unique_names
-from services.worker.models import manifest_problem, path_problem
+from services.worker.manifest import manifest_problem, path_problem
 
 HETZNER_LOCATIONS = ("fsn1", "nbg1", "hel1", "ash", "hil", "sin")
 # Shared-vCPU Intel (cx) and Arm (cax) servers exist in the EU locations only.
@@ -55,7 +55,7 @@ Participants = Annotated[
 
 
 class ModelFile(Model):
-    """One model file workers must hold (the worker's manifest format: services/worker/models.py)."""
+    """One model file workers must hold (the worker's manifest format; names: services/worker/manifest.py)."""
 
     path: str = Field(min_length=1, examples=["checkpoints/sdxl.safetensors"])
     size: int = Field(ge=0)

@@ -94,7 +94,11 @@ def test_no_test_module_imports_another_test_module() -> None:
 
 
 # The policies both sides of a deployment must agree on; infra imports nothing else of the services.
-SHARED_POLICIES = ("services.queue_manager.durability", "services.queue_manager.settings")
+SHARED_POLICIES = (
+    "services.queue_manager.durability",
+    "services.queue_manager.settings",
+    "services.worker.manifest",
+)
 
 
 def crossings(folder: str, banned: str, allowed: tuple[str, ...] = ()) -> list[str]:

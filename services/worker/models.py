@@ -63,54 +63,18 @@ from rich.progress import (
 from services.protocol.workers import ModelsProgress, WorkerCapabilities, WorkerRegistration
 from services.storage import S3Settings, Storage, StorageError, open_storage
 from services.storage.base import FileMissingError
+from services.worker.manifest import LOCK_NAME, bookkeeping, manifest_problem, marked_model, path_problem
 from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 HASH_CHUNK = 8 * 1024 * 1024
-LOCK_NAME = ".comfy-models.lock"
 REPORT_WAIT_SECONDS = 10.0
 Report = Callable[[ModelsProgress], Awaitable[None]]
 
 
 class ModelError(Exception):
     """A manifest problem or a model that could not be obtained or verified."""
-
-
-def path_problem(path: str) -> str | None:
-    """Why ``path`` cannot name one model file the sync keeps (None: it can). A path is written one
-    way only (two spellings of one file would pass the duplicate check with two sha256s), and never
-    names the sync's own files (a partial download, a verified mark, the volume's lock)."""
-    parts = path.split("/")
-    if path.startswith("/") or any(part in ("", ".", "..") for part in parts):
-        return (
-            f"{path!r} must be a relative path to a file, without '.', '..', '//' or a leading or trailing "
-            "'/'; fix: write it as e.g. checkpoints/x.safetensors"
-        )
-    if any(not char.isprintable() for char in path):
-        return f"{path!r} has control characters; fix: write it as e.g. checkpoints/x.safetensors"
-    if _marked_model(parts[-1]) is not None or _bookkeeping(PurePosixPath(path)):
-        return (
-            f"{path!r} is a name the models sync keeps for itself (a partial download *.part, a verified "
-            f"mark .<name>.sha256, {LOCK_NAME}); fix: rename the model file"
-        )
-    return None
-
-
-def manifest_problem(paths: list[str]) -> str | None:
-    """Why these paths cannot all be kept side by side: one listed twice, or one that is another's
-    folder. None when they can."""
-    seen: set[str] = set()
-    for path in paths:
-        if path in seen:
-            return f"duplicate model path {path}; fix: list each model file once"
-        seen.add(path)
-    for path in paths:
-        folders = ("/".join(path.split("/")[:end]) for end in range(1, path.count("/") + 1))
-        clash = next((folder for folder in folders if folder in seen), None)
-        if clash is not None:
-            return f"{clash} is a file and a folder ({path}); fix: rename one of the two models"
-    return None
 
 
 class ModelFile(BaseModel):
@@ -210,19 +174,6 @@ def verified(path: Path, model: ModelFile) -> bool:
     )
 
 
-def _marked_model(name: str) -> str | None:
-    """The model a file name belongs to when the sync wrote it: its mark or its partial download."""
-    if name.startswith(".") and name.endswith(".sha256"):
-        return name[1 : -len(".sha256")]
-    return name.removesuffix(".part") if name.endswith(".part") else None
-
-
-def _bookkeeping(relative: PurePosixPath) -> bool:
-    """The lock, its take-over lock, a write probe, a filesystem's lost+found: never models."""
-    top = relative.parts[0]
-    return top.startswith((LOCK_NAME, ".comfy-write-probe-")) or top == "lost+found"
-
-
 def stale_files(target: Path, manifest: Manifest) -> tuple[list[Path], list[str]]:
     """Files under ``target`` the manifest does not list: those the sync wrote (to remove: the model,
     its mark, a partial download) and those it never marked (left, named). Links are not followed,
@@ -233,8 +184,8 @@ def stale_files(target: Path, manifest: Manifest) -> tuple[list[Path], list[str]
     for folder, _, names in os.walk(target, followlinks=False):
         here = PurePosixPath(Path(folder).relative_to(target).as_posix())
         for name in names:
-            relative, model = here / name, _marked_model(name)
-            if relative in keep or _bookkeeping(relative):
+            relative, model = here / name, marked_model(name)
+            if relative in keep or bookkeeping(relative):
                 continue
             if model is not None and here / model not in keep:
                 remove.update(Path(folder) / other for other in (name, model, f".{model}.sha256"))

@@ -1,0 +1,62 @@
+"""How a models manifest may name its files: the one rule the worker's sync keeps and ``pulumi preview``
+checks before any GPU starts (the Pulumi program imports this module, and nothing else of the worker).
+
+A path is relative, written one way only, and never one of the sync's own names: a partial
+download ``<name>.part``, a verified mark ``.<name>.sha256``, the volume's lock and its take-over
+lock, a write probe, a filesystem's ``lost+found``.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+LOCK_NAME = ".comfy-models.lock"
+
+
+def path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name one model file the sync keeps (None: it can). A path is written one
+    way only (two spellings of one file would pass the duplicate check with two sha256s), and never
+    names the sync's own files (a partial download, a verified mark, the volume's lock)."""
+    parts = path.split("/")
+    if path.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        return (
+            f"{path!r} must be a relative path to a file, without '.', '..', '//' or a leading or trailing "
+            "'/'; fix: write it as e.g. checkpoints/x.safetensors"
+        )
+    if any(not char.isprintable() for char in path):
+        return f"{path!r} has control characters; fix: write it as e.g. checkpoints/x.safetensors"
+    if marked_model(parts[-1]) is not None or bookkeeping(PurePosixPath(path)):
+        return (
+            f"{path!r} is a name the models sync keeps for itself (a partial download *.part, a verified "
+            f"mark .<name>.sha256, {LOCK_NAME}); fix: rename the model file"
+        )
+    return None
+
+
+def manifest_problem(paths: list[str]) -> str | None:
+    """Why these paths cannot all be kept side by side: one listed twice, or one that is another's
+    folder. None when they can."""
+    seen: set[str] = set()
+    for path in paths:
+        if path in seen:
+            return f"duplicate model path {path}; fix: list each model file once"
+        seen.add(path)
+    for path in paths:
+        folders = ("/".join(path.split("/")[:end]) for end in range(1, path.count("/") + 1))
+        clash = next((folder for folder in folders if folder in seen), None)
+        if clash is not None:
+            return f"{clash} is a file and a folder ({path}); fix: rename one of the two models"
+    return None
+
+
+def marked_model(name: str) -> str | None:
+    """The model a file name belongs to when the sync wrote it: its mark or its partial download."""
+    if name.startswith(".") and name.endswith(".sha256"):
+        return name[1 : -len(".sha256")]
+    return name.removesuffix(".part") if name.endswith(".part") else None
+
+
+def bookkeeping(relative: PurePosixPath) -> bool:
+    """The lock, its take-over lock, a write probe, a filesystem's lost+found: never models."""
+    top = relative.parts[0]
+    return top.startswith((LOCK_NAME, ".comfy-write-probe-")) or top == "lost+found"
