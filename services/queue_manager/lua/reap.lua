@@ -17,12 +17,14 @@ local function expire_lease(id)
   end
   -- Its worker is gone if this was its job still; one that runs another now (it claimed again
   -- after the reply to this lease was lost, or registered again) is alive. A gone worker starts
-  -- nothing more: the job held for it is nobody's from now on.
+  -- nothing more: the job held for it is nobody's from now on. One told to stop stays draining, so
+  -- that a claim of its is still leased nothing (claim_next in lib.lua).
   local wkey = f[7] and f[7] ~= '' and k('worker', f[7])
   local gone = wkey and redis.call('HGET', wkey, 'job_id') == id
+  local stopping = gone and draining(f[7])
   end_lease(id, user, f[7])
   if gone then
-    redis.call('HSET', wkey, 'state', 'gone', 'job_id', '')
+    redis.call('HSET', wkey, 'state', stopping and 'draining' or 'gone', 'job_id', '')
     end_hold_of(f[7])
   end
   redis.call('HSET', key, 'token', '')

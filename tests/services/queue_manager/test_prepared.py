@@ -492,6 +492,23 @@ async def test_a_start_while_dispatch_is_paused_runs_nothing_and_leaves_nothing_
     assert waiting is not None and waiting.state == JobState.QUEUED and waiting.attempts == 0
 
 
+async def test_a_draining_worker_whose_lease_lapsed_is_still_leased_nothing(store: Store) -> None:
+    # Found by the queue model (test_queue_model.py): w1 is told to stop while its job runs, and its
+    # lease lapses (its heartbeats stopped as it shut down); the reaper marked it gone, which undid
+    # the drain, so a claim of its (one parked before, a claim ahead) was leased the next job
+    await store.register(registration("w1"))
+    await store.submit("ada", job())
+    assert await store.claim("w1", "gpu") is not None
+    await store.mark_draining("w1")
+    await store.reap(now=now_ms() + 3_600_000)
+    later = await store.submit("bob", job())
+
+    assert await store.claim("w1", "gpu") is None
+    assert await store.claim("w1", "gpu", prepare=True) is None
+    waiting = await store.get(later.id)
+    assert waiting is not None and waiting.state == JobState.QUEUED and waiting.attempts == 0
+
+
 async def test_an_idle_claim_repeated_with_its_id_after_its_reply_was_lost_gets_the_same_lease(
     store: Store,
 ) -> None:

@@ -656,7 +656,7 @@ class QueueModel(RuleBasedStateMachine):
     def lapse(self, j: ModelJob) -> str:
         for wid, w in self.workers.items():
             if w.record_job == j.id:
-                w.record_job, w.record_state = "", "gone"
+                w.record_job, w.record_state = "", "draining" if w.draining else "gone"
                 self.end_hold_of(wid)
         j.token, j.worker = "", ""
         if j.cancel:
