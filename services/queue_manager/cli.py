@@ -28,6 +28,7 @@ from services.queue_manager.settings import Settings
 from services.queue_manager.snapshot import (
     Snapshot,
     SnapshotError,
+    absent_owners,
     load_saved_snapshot,
     mark_started,
     restore_snapshot,
@@ -133,9 +134,14 @@ def load() -> None:
             return "no queue snapshot yet (the workshop's first day): starting with an empty queue"
         result = await restore_snapshot(store, loaded)
         await mark_started(storage)
+        absent = absent_owners(loaded, set(store.settings.participants))
         return (
             f"restored {result.restored} jobs ({result.requeued} queued again, {result.skipped} skipped) "
             f"and {result.keys} keys"
+        ) + "".join(
+            f"\n{count} waiting jobs of {user}, no longer a participant, run unless you cancel them on the "
+            "admin page (or give the name back in the config)"
+            for user, count in sorted(absent.items())
         )
 
     typer.echo(_with_vault(run))

@@ -377,6 +377,17 @@ async def _restore_globals(store: Store, snapshot: Snapshot) -> None:
         await store.redis.set(keys.seq, counter)
 
 
+def absent_owners(snapshot: Snapshot, participants: set[str]) -> dict[str, int]:
+    """Who owns the snapshot's waiting or interrupted jobs but is no participant now (removed or
+    renamed in the config overnight), with how many such jobs each."""
+    counts: dict[str, int] = {}
+    for fields in snapshot.jobs:
+        user = fields.get("user", "")
+        if fields.get("state") in ("queued", *RUNNING) and user not in participants:
+            counts[user] = counts.get(user, 0) + 1
+    return counts
+
+
 async def _started_at(storage: Storage) -> datetime | None:
     if not await storage.exists(STARTED_KEY):
         return None

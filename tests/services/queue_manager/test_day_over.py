@@ -11,6 +11,7 @@ vault's bucket, which the destroy keeps.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -70,8 +71,11 @@ def docker_shim(tmp_path: Path) -> Path:
     return shim
 
 
-def keeper_step(which: str, redis_url: str, bucket: Path, shim: Path) -> subprocess.CompletedProcess[str]:
-    """Run the QueueKeeper's own create (restore) or delete (drain) command."""
+def keeper_step(
+    which: str, redis_url: str, bucket: Path, shim: Path, participants: tuple[str, ...] = USERS
+) -> subprocess.CompletedProcess[str]:
+    """Run the QueueKeeper's own create (restore) or delete (drain) command, with the settings the
+    queue manager's container has (its participants among them)."""
     command = (
         script_command("drain.sh", CONTAINER, "1")
         if which == "drain"
@@ -83,6 +87,7 @@ def keeper_step(which: str, redis_url: str, bucket: Path, shim: Path) -> subproc
         "QM_ENV": "development",
         "QM_REDIS_URL": redis_url,
         "QM_FILES_URL": bucket.as_uri(),
+        "QM_PARTICIPANTS": json.dumps({user: f"{user}-pw" for user in participants}),
     }
     return subprocess.run(
         ["sh", "-c", command], env=env, capture_output=True, text=True, timeout=120, check=False
@@ -463,3 +468,15 @@ def test_the_organizers_resume_opens_a_closed_workshop_again(
             login(admin, ADMIN, ADMIN_PASSWORD).post("/api/admin/resume").raise_for_status()
         assert alice.post("/w/alice/api/settings/Comfy.Locale", json="fr").status_code == 200
         alice.close()
+
+
+@pytest.mark.usefixtures("saved_day")
+def test_the_morning_names_waiting_jobs_of_a_participant_removed_overnight(
+    redis_url: str, bucket: Path, docker_shim: Path
+) -> None:
+    """Their jobs come back (a rename can be undone) and would take GPUs first: the up says so."""
+    with live_server(settings_for(redis_url, participants=("bob",)), bucket):
+        restored = keeper_step("restore", redis_url, bucket, docker_shim, participants=("bob",))
+    assert restored.returncode == 0
+    assert "1 waiting jobs of alice, no longer a participant, run unless you cancel them" in restored.stdout
+    assert "bob" not in restored.stdout
