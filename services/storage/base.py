@@ -92,6 +92,10 @@ class Storage(Protocol):
         """Every key that starts with ``prefix``, sorted."""
         ...
 
+    async def sizes(self, prefix: str = "") -> dict[str, int]:
+        """Every key that starts with ``prefix``, with its stored size (one listing of a bucket)."""
+        ...
+
 
 def check_key(key: str) -> str:
     """Refuse keys that could leave the storage root or name a folder."""

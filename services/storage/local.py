@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import uuid
@@ -64,6 +65,8 @@ class LocalStorage:
         try:
             os.link(partial, self._path(key))
         except FileExistsError as exc:
+            if self._path(key).is_dir():  # a folder of other keys, not a file of this one
+                raise self._conflict(key) from None
             raise KeyTakenError(f"{key!r} is stored already in {self.url}: nothing was written") from exc
 
     def _conflict(self, key: str) -> KeyConflictError:
@@ -100,6 +103,13 @@ class LocalStorage:
             return []
         base = f"{folder}/" if folder else ""
         return sorted(key for key in _walk(start, base) if key.startswith(prefix))
+
+    async def sizes(self, prefix: str = "") -> dict[str, int]:
+        found = {}
+        for key in await self.list(prefix):
+            with contextlib.suppress(FileNotFoundError):  # removed since the walk
+                found[key] = self._path(key).stat().st_size
+        return found
 
     def _folder(self, folder: str) -> Path | None:
         """The real folder under the root for ``folder``, or None when no stored key can lie in it.

@@ -125,13 +125,18 @@ class S3Storage:
         await self._call("delete_object", Key=self._key(key))
 
     async def list(self, prefix: str = "") -> list[str]:
-        keys: list[str] = []
+        return sorted(await self.sizes(prefix))
+
+    async def sizes(self, prefix: str = "") -> dict[str, int]:
+        found: dict[str, int] = {}
         token: dict[str, str] = {}
         while True:
             reply = await self._call("list_objects_v2", Prefix=self.prefix + prefix, **token)
-            keys.extend(item["Key"][len(self.prefix) :] for item in reply.get("Contents", []))
+            found.update(
+                (item["Key"][len(self.prefix) :], item["Size"]) for item in reply.get("Contents", [])
+            )
             if not reply.get("IsTruncated"):
-                return sorted(keys)
+                return found
             token = {"ContinuationToken": reply["NextContinuationToken"]}
 
 

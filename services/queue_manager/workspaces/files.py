@@ -17,7 +17,9 @@ from pydantic import ValidationError
 from services.protocol.jobs import FileRef, storage_key
 from services.queue_manager.api.errors import upload_limit
 from services.storage import Storage, aiter_chunks, holds
-from services.storage.base import CHUNK_SIZE, KeyConflictError, StorageError
+from services.storage.base import CHUNK_SIZE, KeyConflictError, KeyTakenError, StorageError
+
+NAME_TRIES = 5  # uploads of one name at the same moment, each taking the next free one
 
 UNSAFE_TYPES = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}
 
@@ -112,10 +114,30 @@ class UserFiles:
     async def _save(
         self, ref: FileRef, overwrite: bool, size: int, chunks: Callable[[], AsyncIterator[bytes]]
     ) -> FileRef:
-        if not overwrite:
-            ref = await self._free_name(ref, chunks, size)
+        """With ``overwrite`` the file is stored under ``ref``; else under the first of ``ref``,
+        ``name (1).ext``, ... that is free or holds these very bytes, the name taken in one step
+        with the write (an upload that takes it meanwhile sends this one on to the next)."""
+        if overwrite:
+            await self._put(ref, chunks, create_only=False)
+            return ref
+        for _ in range(NAME_TRIES):
+            name, stored = await self._free_name(ref, chunks, size)
+            try:
+                if not stored:
+                    await self._put(name, chunks, create_only=True)
+                return name
+            except KeyTakenError:
+                continue
+        raise FileProblem(
+            409,
+            f"{ref.filename!r} and the names after it were taken by other uploads meanwhile: upload it again",
+        )
+
+    async def _put(self, ref: FileRef, chunks: Callable[[], AsyncIterator[bytes]], create_only: bool) -> None:
         try:
-            await self.storage.put(self.key(ref), chunks(), content_type(ref.filename))
+            await self.storage.put(
+                self.key(ref), chunks(), content_type(ref.filename), create_only=create_only
+            )
         except KeyConflictError:
             where = f"{ref.subfolder}/{ref.filename}".lstrip("/")
             raise FileProblem(
@@ -123,22 +145,26 @@ class UserFiles:
                 f"{where!r}: you have a file and a folder of the same name in that place already "
                 "(like 'a.png' and 'a.png/b.png'): choose another name or subfolder",
             ) from None
+        except KeyTakenError:
+            raise
         except StorageError as exc:
             raise FileProblem(502, f"the file store refused the upload: {exc}") from None
-        return ref
 
     async def _free_name(
         self, ref: FileRef, chunks: Callable[[], AsyncIterator[bytes]], size: int
-    ) -> FileRef:
+    ) -> tuple[FileRef, bool]:
+        """The first of ``ref``, ``name (1).ext``, ... that is free or holds these bytes (True),
+        from one listing of the names that begin as ``ref``'s: as ComfyUI names an upload."""
         stem, dot, ext = ref.filename.rpartition(".")
         stem, ext = (stem, f".{ext}") if dot else (ext, "")
+        taken = await self.storage.sizes(f"{self.key(ref).rpartition('/')[0]}/{stem}")
         candidate, number = ref, 1
-        while await self.storage.exists(self.key(candidate)):
-            if await holds(self.storage, self.key(candidate), chunks(), size):
-                return candidate
+        while (stored := taken.get(self.key(candidate))) is not None:
+            if stored == size and await holds(self.storage, self.key(candidate), chunks(), size):
+                return candidate, True
             candidate = ref.model_copy(update={"filename": f"{stem} ({number}){ext}"})
             number += 1
-        return candidate
+        return candidate, False
 
 
 async def upload_size(upload: UploadFile, limit: int) -> int:

@@ -75,6 +75,17 @@ async def test_list_is_per_prefix_and_delete_removes(storage: Storage) -> None:
     assert await storage.list("users/bob/") == ["users/bob/output/c.png"]
 
 
+async def test_sizes_lists_the_keys_that_begin_so_with_their_sizes(storage: Storage) -> None:
+    for key, data in (("users/ada/input/image.png", b"xx"), ("users/ada/input/image (1).png", b"xyz")):
+        await storage.put(key, aiter_chunks(data))
+    await storage.put("users/ada/input/other.png", aiter_chunks(b"o"))
+    assert await storage.sizes("users/ada/input/image") == {
+        "users/ada/input/image.png": 2,
+        "users/ada/input/image (1).png": 3,
+    }
+    assert await storage.sizes("users/bob/") == {}
+
+
 @pytest.mark.parametrize("key", ["../etc/passwd", "/abs/x", "users/../x", "users//x", ""])
 async def test_keys_that_escape_the_root_are_refused(storage: Storage, key: str) -> None:
     with pytest.raises(StorageError, match="invalid storage key"):

@@ -265,3 +265,68 @@ async def test_an_upload_over_the_limit_is_refused_before_anything_is_stored(tmp
         await files.save_upload(upload, file_ref("big.png", "", "input"), overwrite=False)
     assert refused.value.status == 413 and "QM_MAX_UPLOAD_BYTES" in str(refused.value)
     assert await storage.list("users/alice/") == []
+
+
+class Counted(LocalStorage):
+    """Local storage that counts the calls made of it."""
+
+    calls = 0
+
+    def __getattribute__(self, name: str) -> object:
+        if name in ("put", "get", "exists", "size", "delete", "list", "sizes"):
+            object.__setattr__(self, "calls", object.__getattribute__(self, "calls") + 1)
+        return super().__getattribute__(name)
+
+
+async def test_the_thirtieth_pasted_image_asks_the_store_no_more_than_the_first(tmp_path: Path) -> None:
+    """The frontend names every pasted image ``image.png``; each upload looked at every earlier
+    ``image (n).png`` one call at a time (two per name on R2: some 30 ms each), so the 30th paste
+    of the day took 60 calls before it was stored."""
+    storage = Counted(tmp_path / "files")
+    files = UserFiles(storage, "alice", max_upload_bytes=1024 * 1024)
+    ref = file_ref("image.png", "pasted", "input")
+    names, calls = [], []
+    for paste in range(30):
+        before = storage.calls
+        saved = await files.save(b"\x89PNG" + bytes([paste]) * (paste + 1), ref, overwrite=False)
+        names.append(saved.filename)
+        calls.append(storage.calls - before)
+    assert names == ["image.png"] + [f"image ({n}).png" for n in range(1, 30)]
+    assert max(calls) <= 3, calls
+
+
+async def test_two_uploads_of_one_name_at_once_keep_both_files(tmp_path: Path) -> None:
+    """Two tabs pasting at the same moment both found ``image.png`` free and the second wrote over
+    the first: the name is now taken in one step with the write, and the other upload moves on."""
+
+    class LookTogether(LocalStorage):
+        met = asyncio.Barrier(2)
+        looked = 0
+
+        async def _together(self) -> None:
+            self.looked += 1
+            if self.looked <= 2:  # each upload's first look is answered before either goes on
+                await asyncio.wait_for(self.met.wait(), timeout=10)
+
+        async def exists(self, key: str) -> bool:
+            found = await super().exists(key)
+            await self._together()
+            return found
+
+        async def sizes(self, prefix: str = "") -> dict[str, int]:
+            found = await super().sizes(prefix)
+            await self._together()
+            return found
+
+    storage = LookTogether(tmp_path / "files")
+    files = UserFiles(storage, "alice", max_upload_bytes=1024 * 1024)
+    ref = file_ref("image.png", "", "input")
+    first, second = await asyncio.gather(
+        files.save(b"\x89PNG first tab", ref, overwrite=False),
+        files.save(b"\x89PNG second tab!", ref, overwrite=False),
+    )
+    assert {first.filename, second.filename} == {"image.png", "image (1).png"}
+    stored = {
+        key: b"".join([c async for c in storage.get(key)]) for key in await storage.list("users/alice/")
+    }
+    assert sorted(stored.values()) == [b"\x89PNG first tab", b"\x89PNG second tab!"]
