@@ -66,7 +66,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
 from services.protocol.jobs import Job, JobError, OutputFile
 
@@ -92,15 +92,29 @@ class ModelsProgress(BaseModel):
     eta_seconds: float | None = None
 
 
+def _cut(limit: int) -> BeforeValidator:
+    """A string as ComfyUI reported it, cut to ``limit`` characters: a real one is tens long, and
+    one sent with a leaked pool token must not make the admin page megabytes."""
+    return BeforeValidator(lambda value: value[:limit] if isinstance(value, str) else value)
+
+
+MAX_MODELS = 2000  # files in one models manifest (pulumi preview refuses more: services/worker/manifest.py)
+MAX_MODEL_PATH = 512  # characters in one model's path, likewise
+
+
 class WorkerCapabilities(BaseModel):
     pool: str = Field(min_length=1, max_length=64)
     provider: str = Field(min_length=1, max_length=64)
-    gpu: str = ""
-    device_type: str = Field(default="", description="ComfyUI's device type: cuda, cpu, mps, xpu, ...")
+    gpu: Annotated[str, _cut(200)] = ""
+    device_type: Annotated[str, _cut(32)] = Field(
+        default="", description="ComfyUI's device type: cuda, cpu, mps, xpu, ..."
+    )
     vram_mb: int = 0
-    comfyui_version: str = ""
-    catalogue_hash: str = ""
-    models: list[str] = Field(default_factory=list)
+    comfyui_version: Annotated[str, _cut(64)] = ""
+    catalogue_hash: str = Field(default="", max_length=128)
+    models: list[Annotated[str, Field(max_length=MAX_MODEL_PATH)]] = Field(
+        default_factory=list, max_length=MAX_MODELS
+    )
     models_sync: ModelsProgress | None = Field(
         default=None, description="set while the worker syncs its models: it is starting, not ready"
     )

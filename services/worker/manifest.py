@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
+from services.protocol.workers import MAX_MODEL_PATH, MAX_MODELS
+
 LOCK_NAME = ".comfy-models.lock"
 
 
@@ -18,6 +20,10 @@ def path_problem(path: str) -> str | None:
     way only (two spellings of one file would pass the duplicate check with two sha256s), and never
     names the sync's own files (a partial download, a verified mark, the volume's lock)."""
     parts = path.split("/")
+    if len(path) > MAX_MODEL_PATH:
+        return (
+            f"{path[:60]!r}... is longer than {MAX_MODEL_PATH} characters; fix: give the file a shorter path"
+        )
     if path.startswith("/") or any(part in ("", ".", "..") for part in parts):
         return (
             f"{path!r} must be a relative path to a file, without '.', '..', '//' or a leading or trailing "
@@ -36,6 +42,10 @@ def path_problem(path: str) -> str | None:
 def manifest_problem(paths: list[str]) -> str | None:
     """Why these paths cannot all be kept side by side: one listed twice, or one that is another's
     folder. None when they can."""
+    if len(paths) > MAX_MODELS:
+        return (
+            f"{len(paths)} model files, more than the {MAX_MODELS} a worker reports; fix: list fewer models"
+        )
     seen: set[str] = set()
     for path in paths:
         if path in seen:

@@ -358,3 +358,13 @@ def test_models_larger_than_the_volume_they_fill_are_refused_at_preview(pool: di
     text = problems("workshop", {"pools": [pool], "models": models})
     assert "comfy-workshop:models" in text and "60.0 GB" in text and "'m' holds 50 GB" in text
     assert "fix: set modelsVolume.sizeGb of pool baseline to 60 or more" in text
+
+
+def test_a_model_path_longer_than_a_worker_can_report_is_refused_at_preview() -> None:
+    """A worker reports its models' paths when it registers and the queue manager takes paths of
+    at most MAX_MODEL_PATH characters: every worker would be refused after its GPU had started."""
+    from services.protocol.workers import MAX_MODEL_PATH
+
+    long = "loras/" + "x" * MAX_MODEL_PATH + ".safetensors"
+    text = problems("workshop", {"models": [{"path": long, "size": 1, "sha256": "a" * 64}]})
+    assert "comfy-workshop:models[0].path" in text and "shorter path" in text

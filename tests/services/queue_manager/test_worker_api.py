@@ -344,3 +344,23 @@ async def test_a_job_named_by_its_owner_is_run_reported_and_cancelled_like_any_o
     cancelled = await client.post(f"/api/admin/jobs/{second}/cancel", headers=ADMIN)
     assert cancelled.status_code == 200, cancelled.text
     assert (await client.get(f"/api/jobs/{second}", headers=user_auth("ada"))).json()["state"] == "cancelled"
+
+
+async def test_what_a_leaked_pool_token_registers_stays_small_on_the_admin_page(
+    client: httpx.AsyncClient,
+) -> None:
+    """Twenty registrations with a 1 MB GPU name made the admin page's worker list 20 MB, polled
+    every two seconds: the shown strings are cut to a screen's worth, and a models list longer
+    than any manifest is refused."""
+    body = registration("w1").model_dump()
+    body["capabilities"].update(gpu="G" * 1_000_000, device_type="d" * 10_000, comfyui_version="v" * 10_000)
+    reply = await client.post("/api/workers/register", json=body, headers=GPU)
+    assert reply.status_code == 200, reply.text
+    workers = await client.get("/api/admin/workers", headers=ADMIN)
+    assert workers.status_code == 200 and len(workers.content) < 4096, len(workers.content)
+    shown = next(w for w in workers.json() if w["worker_id"] == "w1")
+    assert shown["capabilities"]["gpu"].startswith("GGGG")
+    too_many = registration("w2").model_dump()
+    too_many["capabilities"]["models"] = [f"checkpoints/{n}.safetensors" for n in range(2001)]
+    refused = await client.post("/api/workers/register", json=too_many, headers=GPU)
+    assert refused.status_code == 422 and "models" in refused.text, refused.text

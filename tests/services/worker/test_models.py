@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -19,13 +20,13 @@ from typer.testing import CliRunner
 
 from devkit.doubles.comfyui import ComfyUIDouble
 from devkit.s3 import make_bucket
-from services.protocol.workers import ModelsProgress, RegisterReply, WorkerRegistration
+from services.protocol.workers import MAX_MODELS, ModelsProgress, RegisterReply, WorkerRegistration
 from services.storage import S3Settings, Storage, aiter_chunks, open_storage
 from services.storage.local import LocalStorage
 from services.worker import push
 from services.worker.agent import Agent
 from services.worker.cli import app
-from services.worker.models import ModelError, ensure_models, load_manifest
+from services.worker.models import ModelError, ensure_models, load_manifest, parse_manifest
 from services.worker.pull import run_pull
 from services.worker.push import verda_app
 from services.worker.queue_client import QueueClient
@@ -437,3 +438,13 @@ async def test_a_hosts_finished_sync_models_run_leaves_the_admin_page(
     assert result.exit_code == 0, result.output
     assert "gpu-host-1-models" in heard, "the sync showed on the admin page while it ran"
     assert [w["worker_id"] for w in await admin_workers(qm)] == [], "and left it once it finished"
+
+
+def test_a_hand_written_manifest_with_more_files_than_a_worker_reports_is_refused() -> None:
+    """A GPU host's own manifest file is not checked by pulumi preview: past MAX_MODELS paths the
+    queue manager would refuse the worker's registration, so the manifest is refused first."""
+    models = [
+        {"path": f"loras/{n}.safetensors", "size": 1, "sha256": "a" * 64} for n in range(MAX_MODELS + 1)
+    ]
+    with pytest.raises(ModelError, match="list fewer models"):
+        parse_manifest(json.dumps({"models": models}), "WORKER_MODELS_MANIFEST_JSON", as_json=True)
