@@ -54,7 +54,13 @@ async def rig(redis_url: str, style: str, platform: Platform, **pool: Any) -> As
 
 @contextlib.asynccontextmanager
 async def queue_manager(
-    redis_url: str, style: str, platform: Platform, platform_url: str, port: int, **pool: Any
+    redis_url: str,
+    style: str,
+    platform: Platform,
+    platform_url: str,
+    port: int,
+    lease_seconds: float = 2.0,
+    **pool: Any,
 ) -> AsyncIterator[Rig]:
     """One queue manager on ``port`` and its dispatcher for ``platform``'s endpoint at ``platform_url``
     (two in turn on one port are the same queue manager restarted)."""
@@ -63,7 +69,7 @@ async def queue_manager(
             "poll_seconds": 0.05} | pool  # fmt: skip
     # The dispatcher runs in the app's lifespan, as in production: it adopts the requests a queue
     # manager before it left open before this one answers their containers.
-    app = create_app(qm_settings(redis_url, port, push_pools=[PushPool(**spec)]))
+    app = create_app(qm_settings(redis_url, port, push_pools=[PushPool(**spec)], lease_seconds=lease_seconds))
     async with serving(app, port):
         [dispatcher] = app.state.dispatchers
         yield Rig(app.state.store, platform, dispatcher, f"http://127.0.0.1:{port}")
