@@ -147,6 +147,7 @@ class QueueModel(RuleBasedStateMachine):
         self.user_priority = dict.fromkeys(USERS, 0)
         self.scores: dict[str, float] = {}
         self.submitted = 0
+        self.claims = 0
         self.current_round = 0  # the round of the latest job dispatched
         self.user_round = dict.fromkeys(USERS, -1)  # each one's latest queued job's round
         self.user_served = dict.fromkeys(USERS, -1)  # each one's latest round a job of theirs ran in
@@ -406,7 +407,8 @@ class QueueModel(RuleBasedStateMachine):
         worker_id = self.pick(self.free_workers(), index)
         w = self.workers[worker_id]
         candidates = self.eligible(worker_id, skip_held=False)
-        claim_id = f"claim-{self.submitted}-{self.clock}" if lost else ""
+        self.claims += 1
+        claim_id = f"claim-{self.claims}" if lost else ""  # a client names each claim anew
         lease = self.run(self.store.claim(worker_id, w.pool, hold_next=hold_next, claim_id=claim_id))
         self.end_hold_of(worker_id)
         if lease is None:
