@@ -22,6 +22,7 @@ import boto3
 import httpx
 
 from devkit.servers import free_port, wait_until
+from services.storage import S3Settings
 
 
 @contextlib.contextmanager
@@ -40,6 +41,13 @@ def moto_server() -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def s3_settings(endpoint: str) -> S3Settings:
+    """How the services reach the moto server at ``endpoint`` (moto takes any credentials)."""
+    return S3Settings(
+        endpoint_url=endpoint, access_key_id="test", secret_access_key="test", region="us-east-1"
+    )
 
 
 def s3_client(endpoint: str) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ResponseStreamingError
 
-from devkit.s3 import make_bucket
+from devkit.s3 import make_bucket, s3_settings
 from devkit.servers import free_port
 from services.storage import (
     S3Settings,
@@ -23,12 +23,6 @@ from services.storage import (
 )
 from services.storage.base import FileMissingError, KeyTakenError
 from services.storage.s3 import PART_SIZE, S3Storage
-
-
-def s3_settings(endpoint: str) -> S3Settings:
-    return S3Settings(
-        endpoint_url=endpoint, access_key_id="test", secret_access_key="test", region="us-east-1"
-    )
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -19,9 +19,9 @@ import yaml
 from typer.testing import CliRunner
 
 from devkit.doubles.comfyui import ComfyUIDouble
-from devkit.s3 import make_bucket
+from devkit.s3 import make_bucket, s3_settings
 from services.protocol.workers import MAX_MODELS, ModelsProgress, RegisterReply, WorkerRegistration
-from services.storage import S3Settings, Storage, aiter_chunks, open_storage
+from services.storage import Storage, aiter_chunks, open_storage
 from services.storage.local import LocalStorage
 from services.worker import push
 from services.worker.agent import Agent
@@ -46,10 +46,7 @@ def bucket_of(tmp_path: Path) -> str:
 async def vault(s3_endpoint: str, tmp_path: Path) -> Storage:
     bucket = bucket_of(tmp_path)
     make_bucket(s3_endpoint, bucket)
-    settings = S3Settings(
-        endpoint_url=s3_endpoint, access_key_id="test", secret_access_key="test", region="us-east-1"
-    )
-    storage = open_storage(f"s3://{bucket}", settings)
+    storage = open_storage(f"s3://{bucket}", s3_settings(s3_endpoint))
     await storage.put("sd/model.safetensors", aiter_chunks(WEIGHTS))
     return storage
 

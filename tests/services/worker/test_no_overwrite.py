@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from devkit.doubles.comfyui import ComfyUIDouble
-from devkit.s3 import make_bucket
+from devkit.s3 import make_bucket, s3_settings
 from services.protocol.jobs import JobState
 from services.storage import (
     KeyTakenError,
@@ -314,8 +314,7 @@ async def test_an_output_whose_answer_the_bucket_lost_is_stored_once_by_a_real_s
     (kept / "output").mkdir(parents=True)
     (kept / "output" / "cat_00001_.png").write_bytes(PNG + b"this job's")
     with answer_lost_once(s3_endpoint) as proxy:
-        keys = {"access_key_id": "test", "secret_access_key": "test", "region": "us-east-1"}
-        storage = open_storage("s3://lost-answers", S3Settings(endpoint_url=proxy, **keys))
+        storage = open_storage("s3://lost-answers", s3_settings(proxy))
         outputs = await store_outputs(kept, storage, "ada", entry_of("cat_00001_.png"), patience=5.0)
     assert [o.filename for o in outputs] == ["cat_00001_.png"]
     assert await storage.list("users/ada/output/") == ["users/ada/output/cat_00001_.png"]

@@ -7,9 +7,9 @@ from pathlib import Path
 import httpx
 
 from devkit.doubles.comfyui import ComfyUIDouble
-from devkit.s3 import make_bucket, s3_client
+from devkit.s3 import make_bucket, s3_client, s3_settings
 from services.protocol.jobs import JobState
-from services.storage import S3Settings, open_storage
+from services.storage import open_storage
 from services.worker.agent import Agent
 from services.worker.pull import PullWorker
 from services.worker.queue_client import QueueClient
@@ -22,9 +22,7 @@ async def test_outputs_go_to_the_bucket_under_the_owners_prefix(
     comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, s3_endpoint: str
 ) -> None:
     make_bucket(s3_endpoint, "workshop-files")
-    s3 = S3Settings(
-        endpoint_url=s3_endpoint, access_key_id="test", secret_access_key="test", region="us-east-1"
-    )
+    s3 = s3_settings(s3_endpoint)
     settings = worker_settings(comfy, qm.url, tmp_path, storage_url="s3://workshop-files/files")
     agent = Agent(settings, open_storage(settings.storage_url, s3))
     queue = QueueClient(qm.url, settings.token.get_secret_value())
