@@ -137,6 +137,9 @@ async def test_a_prepared_job_is_given_back_without_an_attempt_when_comfyui_goes
         await until(
             lambda: held_by.hget(f"qm:job:{second}", "hold_worker") == "w-test", "second held for w-test", 20
         )
+        # The claim that leased the first job held the second in the same step: the first may not have
+        # reached ComfyUI yet, and a job leased while ComfyUI is down is given back, not run.
+        await until(lambda: first in comfy.state.timings, "first running on ComfyUI", 20)
         running.agent.comfy_server.up.clear()  # what the supervisor does when ComfyUI exits
         await finished(alice, first)
         await until(
