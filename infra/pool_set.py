@@ -21,6 +21,7 @@ class PoolSet(pulumi.ComponentResource):
 
     pools: dict[str, PoolComponent]
     tokens: dict[str, pulumi.Output[str]]
+    capacity: dict[str, int]
 
     def __init__(
         self,
@@ -32,6 +33,7 @@ class PoolSet(pulumi.ComponentResource):
         super().__init__("comfy-workshop:pools:PoolSet", name, None, opts)
         self.pools = {}
         self.tokens = {}
+        self.capacity = {config.name: kind_of(config).capacity(config) for config in configs}
         images = WorkerImages(parent=self)  # pools pulling the same worker image share its build
         volumes = SharedVolumes(parent=self)  # pools naming the same models volume share it
         for config in configs:
@@ -69,7 +71,9 @@ class PoolSet(pulumi.ComponentResource):
         return pulumi.Output.secret(pulumi.Output.all(**self.tokens).apply(json.dumps))
 
     def queue_manager_env(self) -> dict[str, pulumi.Input[str]]:
-        env: dict[str, pulumi.Input[str]] = {}
+        """Each pool's dispatch settings, and ``QM_POOL_CAPACITY``: how many workers its token may
+        keep registered follows from the jobs it runs at once."""
+        env: dict[str, pulumi.Input[str]] = {"QM_POOL_CAPACITY": json.dumps(self.capacity, sort_keys=True)}
         for pool in self.pools.values():
             env.update(pool.queue_manager_env)
         return env

@@ -7,6 +7,7 @@ class QueueError(Exception):
     """Base of every refusal a caller can cause; ``status`` is the HTTP status it maps to."""
 
     status = 400
+    retry_after: int | None = None  # seconds, sent as Retry-After when set
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -69,6 +70,21 @@ class WorkerInAnotherPool(QueueError):
             f"worker {worker_id} is registered in pool {bound!r}, and this is pool {pool!r}'s token: a "
             "pool's token acts only as that pool's workers. Give this worker its own WORKER_ID, or the "
             "token of the pool it serves (WORKER_TOKEN)"
+        )
+
+
+class PoolFull(QueueError):
+    """A registration past the live workers a pool may have (a leaked token registering in a loop)."""
+
+    status = 429
+    retry_after = 15
+
+    def __init__(self, pool: str, limit: int, setting: str) -> None:
+        super().__init__(
+            f"pool {pool!r} already has {limit} live workers registered, the most its token may keep "
+            f"({setting}): a worker that stopped leaves the count once it has been silent past its lease "
+            f"(or deregisters), so retry then; if the pool really runs more workers, raise its capacity "
+            f"in the stack config ({setting}) and run pulumi up"
         )
 
 

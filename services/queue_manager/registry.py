@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, ValidationError
 from services.protocol.jobs import JobState
 from services.protocol.workers import RegisterReply, WorkerCapabilities, WorkerRegistration, WorkerState
 from services.queue_manager.catalogues import CatalogueOps
-from services.queue_manager.errors import UnknownWorker, WorkerHoldsAJob, WorkerInAnotherPool
+from services.queue_manager.errors import PoolFull, UnknownWorker, WorkerHoldsAJob, WorkerInAnotherPool
 from services.queue_manager.keys import WORKER_TTL_SECONDS
 from services.queue_manager.records import HOLD_FIELDS, held_for, ms_to_datetime, now_ms
 from services.queue_manager.scripts import DeregisterArgs, DrainArgs, RegisterArgs
@@ -44,6 +44,7 @@ class WorkerOps(CatalogueOps):
         await self.check_pool(registration.worker_id, caps.pool)
         self._known_workers.pop(registration.worker_id, None)
         state = WorkerState.STARTING if caps.models_sync else WorkerState.IDLE
+        limit, setting = self.settings.worker_limit(caps.pool)
         args = RegisterArgs(
             self.prefix,
             registration.worker_id,
@@ -53,8 +54,12 @@ class WorkerOps(CatalogueOps):
             now_ms(),
             WORKER_TTL_SECONDS,
             self.patience_ms,
+            limit,
         )
-        if given_back := str(await self.scripts.run(args)):  # a restarted worker knows of no hold
+        outcome, *held = await self.scripts.run(args)
+        if outcome == "full":
+            raise PoolFull(caps.pool, limit, setting)
+        if given_back := "".join(held):  # a restarted worker knows of no hold
             log.info("hold given back", extra={"job_id": given_back, "worker_id": registration.worker_id})
         if registration.catalogue is not None and caps.catalogue_hash:
             await self.offer_catalogue(

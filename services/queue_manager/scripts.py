@@ -99,6 +99,7 @@ class RegisterArgs(ScriptArgs):
     now_ms: int
     ttl_seconds: int
     live_ms: int
+    limit: int  # live workers the pool may have (Settings.worker_limit)
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,18 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='QM_WORKER_TOKENS: JSON object pool -> bearer token, e.g. {"h100": "..."}',
     )
+    pool_capacity: Annotated[dict[str, Annotated[int, Field(ge=1)]], NoDecode] = Field(
+        default_factory=dict,
+        description='QM_POOL_CAPACITY: JSON pool -> how many jobs it runs at once, e.g. {"h100": 8} (the '
+        "program writes it from each pool's config). A pool's token may keep twice that many workers "
+        "registered and alive (room for each to be replaced or to sync its models); more get 429",
+    )
+    max_workers_per_pool: int = Field(
+        default=64,
+        ge=1,
+        description="QM_MAX_WORKERS_PER_POOL: live worker registrations of a pool QM_POOL_CAPACITY does "
+        "not name (nor QM_PUSH_POOLS); more get 429",
+    )
     participants: Annotated[dict[str, SecretStr], NoDecode] = Field(
         default_factory=dict,
         description="QM_PARTICIPANTS: JSON object user -> password; hashed with argon2 at startup",
@@ -263,6 +275,11 @@ class Settings(BaseSettings):
     def _json_prices(cls, value: Any) -> Any:
         return _decoded(value, 'must be a JSON object of pool -> price like {"h100": 2.29}')
 
+    @field_validator("pool_capacity", mode="before")
+    @classmethod
+    def _json_capacity(cls, value: Any) -> Any:
+        return _decoded(value, 'must be a JSON object of pool -> jobs at once like {"h100": 8}')
+
     @field_validator("worker_tokens", "participants", mode="before")
     @classmethod
     def _json_object(cls, value: Any) -> Any:
@@ -289,6 +306,15 @@ class Settings(BaseSettings):
     @property
     def development(self) -> bool:
         return self.env == "development"
+
+    def worker_limit(self, pool: str) -> tuple[int, str]:
+        """How many live workers ``pool``'s token may keep registered, and the setting that says so:
+        twice its capacity (each of its workers replaced, or syncing models, at once)."""
+        pushed = {push.name: push.capacity for push in self.push_pools}
+        capacity = self.pool_capacity.get(pool) or pushed.get(pool, 0)
+        if capacity:
+            return 2 * capacity, "QM_POOL_CAPACITY"
+        return self.max_workers_per_pool, "QM_MAX_WORKERS_PER_POOL"
 
     @property
     def heartbeat_seconds(self) -> float:

@@ -19,7 +19,8 @@ from services.queue_manager.errors import QueueError
 
 async def queue_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, QueueError)
-    return JSONResponse({"detail": exc.message}, status_code=exc.status)
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
 
 
 async def redis_down(_: Request, exc: Exception) -> JSONResponse:

@@ -364,3 +364,38 @@ async def test_what_a_leaked_pool_token_registers_stays_small_on_the_admin_page(
     too_many["capabilities"]["models"] = [f"checkpoints/{n}.safetensors" for n in range(2001)]
     refused = await client.post("/api/workers/register", json=too_many, headers=GPU)
     assert refused.status_code == 422 and "models" in refused.text, refused.text
+
+
+async def test_a_leaked_pool_token_cannot_register_more_workers_than_its_pool_has_room_for(
+    redis_url: str,
+) -> None:
+    """A leaked token of pool gpu (capacity 2) registers worker ids in a loop: past twice the pool's
+    capacity of live workers it gets 429 naming the limit, the admin page lists no more, the pool's
+    own workers still re-register, and another pool is untouched."""
+    app = create_app(make_settings(redis_url, pool_capacity={"gpu": 2}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://qm.test") as client:
+            codes = []
+            for n in range(8):
+                body = registration(f"fake-{n}").model_dump()
+                codes.append((await client.post("/api/workers/register", json=body, headers=GPU)).status_code)
+            assert codes == [200] * 4 + [429] * 4
+            refused = await client.post(
+                "/api/workers/register", json=registration("fake-9").model_dump(), headers=GPU
+            )
+            assert "QM_POOL_CAPACITY" in refused.json()["detail"] and "4" in refused.json()["detail"]
+            assert refused.headers["Retry-After"]
+            listed = (await client.get("/api/admin/workers", headers=ADMIN)).json()
+            assert sorted(w["worker_id"] for w in listed) == [f"fake-{n}" for n in range(4)]
+            again = await client.post(
+                "/api/workers/register", json=registration("fake-0").model_dump(), headers=GPU
+            )
+            assert again.status_code == 200
+            other = await client.post(
+                "/api/workers/register", json=registration("cpu-1", pool="cpu").model_dump(), headers=CPU
+            )
+            assert other.status_code == 200
+            assert (await client.post("/api/workers/fake-3/deregister", headers=GPU)).status_code == 204
+            body = registration("fake-5").model_dump()
+            assert (await client.post("/api/workers/register", json=body, headers=GPU)).status_code == 200
