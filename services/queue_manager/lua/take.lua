@@ -4,7 +4,8 @@
 -- records `after` and counts the job before the caller claims it. Returns one of:
 --   {'take'}: counted, the caller claims the job (and sets it as the chain's current one);
 --   {'over'}: closed, past its window or its max_jobs, or nothing came of the take: end it;
---   {'again', HGETALL of the current job}: a repeat of the take whose reply was lost: the same lease;
+--   {'again', HGETALL of the current job}: a repeat of the take whose reply was lost: the same lease,
+--     marked asked_again as well (the first call, finding its caller gone, leaves it to the repeat);
 --   {'taking'}: a take from that job is under way (marked asked_again: a repeat waits for its
 --     outcome, which the take then keeps for it even if its own caller is gone, leave.lua);
 --   {'moved'}: the chain is past that job;  {'gone'}: the record expired.
@@ -39,4 +40,5 @@ end
 if fields.token ~= current or (fields.state ~= 'leased' and fields.state ~= 'running') then
   return {'over'}  -- the job it was given ended meanwhile (given back as its request went away)
 end
+redis.call('HSET', key, 'asked_again', after)
 return {'again', job}
