@@ -25,6 +25,10 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from services.queue_manager.settings import Settings
 
 SESSION_COOKIE = "qm_session"
+# Set by every login; a browser that carries its user's is let through a lock others' guesses caused
+# (``sessions.LoginGate``). It says nothing readable but the user name, signed, and a random id.
+DEVICE_COOKIE = "qm_device"
+DEVICE_SECONDS = 60 * 24 * 3600
 # OWASP's minimum argon2id profile: ~20 ms per hash, so 100 participants hash in ~2 s at start.
 HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 
@@ -82,6 +86,7 @@ class Authenticator:
         self._tokens = {pool: token.get_secret_value() for pool, token in settings.worker_tokens.items()}
         secret = settings.session_secret.get_secret_value()
         self._sessions = URLSafeTimedSerializer(secret, salt="qm-session")
+        self._devices = URLSafeTimedSerializer(secret, salt="qm-device")
         self.session_seconds = int(settings.session_hours * 3600)
         key = hashlib.blake2b(secret.encode("utf-8", "surrogatepass"), digest_size=32).digest()
         self._fingerprints = {user: _fingerprint(key, user, pw) for user, pw in {**plain, **admin}.items()}
@@ -139,6 +144,21 @@ class Authenticator:
         except BadSignature:
             return None
         return session_id if isinstance(session_id, str) else None
+
+    def device_cookie(self, user: str) -> str:
+        """A new device cookie: this browser logged in as ``user`` (a signed name and random id)."""
+        return self._devices.dumps([user, secrets.token_urlsafe(16)])
+
+    def device_of(self, cookie: str, user: str) -> str | None:
+        """The id of a device cookie this server signed for ``user`` within ``DEVICE_SECONDS``; None
+        for none, a forged or expired one, or one of another user."""
+        if not cookie or len(cookie) > 256:
+            return None
+        try:
+            name, device = self._devices.loads(cookie, max_age=DEVICE_SECONDS)
+        except (BadSignature, TypeError, ValueError):
+            return None
+        return str(device) if name == user else None
 
     def worker_pool(self, authorization: str) -> str | None:
         """The pool whose bearer token this is, or None."""

@@ -7,11 +7,17 @@ can end every session of a participant at once (``DELETE /api/admin/users/{user}
 Each session also keeps a keyed fingerprint of the password it was opened with: once the organizer
 changes that password, the sessions opened with the old one no longer log anyone in.
 
-Failed logins (the login form and HTTP Basic alike) are counted per user name and per client
-address (``{p}:login_failures:{kind}:{sha256}``) over ``QM_LOGIN_WINDOW_SECONDS``; past
-``QM_LOGIN_FAILURES_PER_USER`` or ``QM_LOGIN_FAILURES_PER_ADDRESS`` the next attempt gets 429 with
-``Retry-After`` and is not even checked. Every check of a password that is not already known to be
-right costs one argon2 verification, run off the event loop.
+Failed logins (the login form and HTTP Basic alike) are counted per user name at each client
+address, and per client address (``{p}:login_failures:{kind}:{sha256}``), over
+``QM_LOGIN_WINDOW_SECONDS``; past ``QM_LOGIN_FAILURES_PER_USER`` or ``QM_LOGIN_FAILURES_PER_ADDRESS``
+the next attempt from there gets 429 with ``Retry-After`` and is not even checked (so a right guess
+is not told apart). A name is never locked everywhere: anyone could then lock its owner out by
+guessing wrong (the passwords the program makes, 14 random letters and digits, are far beyond
+guessing at this rate anyway). A browser that logged in as that user before carries her device
+cookie (``auth.DEVICE_COOKIE``): its attempts count on that device only, so a lock caused by
+others at a shared address (a room behind one NAT) does not hold it back, and a stolen device
+cookie still gets only ``QM_LOGIN_FAILURES_PER_USER`` guesses. Every check of a password that is
+not already known to be right costs one argon2 verification, run off the event loop.
 """
 
 from __future__ import annotations
@@ -32,6 +38,14 @@ MAX_COOKIE_CHARS = 128
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Where a login attempt comes from: the client's address and the device cookie it sent."""
+
+    address: str
+    device_cookie: str = ""
 
 
 class LoginRefused(Exception):
@@ -96,23 +110,27 @@ class LoginGate:
     def __init__(self, redis: StrRedis, keys: Keys, limits: LoginLimits) -> None:
         self.redis, self.keys, self.limits = redis, keys, limits
 
-    def _counters(self, user: str, address: str) -> list[tuple[str, int]]:
+    def _counters(self, user: str, address: str, device: str | None) -> list[tuple[str, int]]:
+        """A known device's own count; else the name's at this address, and the address's."""
+        if device is not None:
+            return [(self.keys.login_failures("device", _digest(device)), self.limits.per_user)]
         return [
-            (self.keys.login_failures("user", _digest(user)), self.limits.per_user),
+            (self.keys.login_failures("user", _digest(f"{user}\0{address}")), self.limits.per_user),
             (self.keys.login_failures("address", _digest(address)), self.limits.per_address),
         ]
 
-    async def check(self, user: str, address: str) -> None:
-        """Raise ``LoginRefused`` when this name or this address failed too often lately."""
-        counters = self._counters(user, address)
+    async def check(self, user: str, address: str, device: str | None) -> None:
+        """Raise ``LoginRefused`` when this name failed too often lately from this address (or this
+        device), or this address did for any name."""
+        counters = self._counters(user, address, device)
         counts = await self.redis.mget([key for key, _ in counters])
         for (key, limit), count in zip(counters, counts, strict=True):
             if count is not None and int(count) >= limit:
                 raise LoginRefused(max(int(await self.redis.ttl(key)), 1))
 
-    async def failed(self, user: str, address: str) -> None:
+    async def failed(self, user: str, address: str, device: str | None) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            for key, _ in self._counters(user, address):
+            for key, _ in self._counters(user, address, device):
                 pipe.incr(key)
                 pipe.expire(key, self.limits.window_seconds, nx=True)
             await pipe.execute()
@@ -133,15 +151,16 @@ class Logins:
         )
         self.gate = LoginGate(redis, keys, limits)
 
-    async def check_password(self, user: str, password: str, address: str) -> Principal | None:
+    async def check_password(self, user: str, password: str, caller: Caller) -> Principal | None:
         """The principal these credentials log in as, or None; ``LoginRefused`` past the limits."""
         known = self.auth.remembered(user, password)
         if known is not None:
             return known
-        await self.gate.check(user, address)
+        device = self.auth.device_of(caller.device_cookie, user)
+        await self.gate.check(user, caller.address, device)
         principal = await asyncio.to_thread(self.auth.login, user, password)
         if principal is None:
-            await self.gate.failed(user, address)
+            await self.gate.failed(user, caller.address, device)
         return principal
 
     async def open_session(self, principal: Principal) -> str:
@@ -154,7 +173,7 @@ class Logins:
             await self.sessions.close(session_id)
 
     async def principal(
-        self, authorization: str | None, cookie: str | None, address: str
+        self, authorization: str | None, cookie: str | None, caller: Caller
     ) -> Principal | None:
         """Who a request comes from: its session first, then HTTP Basic credentials."""
         session_id = self.auth.unseal(cookie) if cookie else None
@@ -165,4 +184,4 @@ class Logins:
         credentials = self.auth.basic_credentials(authorization) if authorization else None
         if credentials is None:
             return None
-        return await self.check_password(*credentials, address)
+        return await self.check_password(*credentials, caller)

@@ -13,9 +13,9 @@ from starlette.requests import HTTPConnection
 
 from services.protocol.jobs import PROMPT_ID
 from services.protocol.workers import HolderCall
-from services.queue_manager.auth import SESSION_COOKIE, Authenticator, Principal
+from services.queue_manager.auth import DEVICE_COOKIE, SESSION_COOKIE, Authenticator, Principal
 from services.queue_manager.push_requests import Chains, PushReply
-from services.queue_manager.sessions import LoginRefused, Logins
+from services.queue_manager.sessions import Caller, LoginRefused, Logins
 from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
 
@@ -44,6 +44,11 @@ def client_address(connection: HTTPConnection) -> str:
     return connection.client.host if connection.client else ""
 
 
+def caller_of(connection: HTTPConnection) -> Caller:
+    """Where a login attempt comes from: address and device cookie (``sessions.LoginGate``)."""
+    return Caller(client_address(connection), connection.cookies.get(DEVICE_COOKIE, ""))
+
+
 def too_many_logins(exc: LoginRefused) -> HTTPException:
     return HTTPException(
         status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(exc.retry_after)}
@@ -56,7 +61,7 @@ async def principal_of(connection: HTTPConnection) -> Principal | None:
     logins = shared(connection, "logins", Logins)
     headers = connection.headers
     cookie = connection.cookies.get(SESSION_COOKIE)
-    return await logins.principal(headers.get("authorization"), cookie, client_address(connection))
+    return await logins.principal(headers.get("authorization"), cookie, caller_of(connection))
 
 
 async def logged_in(connection: HTTPConnection) -> Principal | None:

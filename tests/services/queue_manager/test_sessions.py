@@ -74,17 +74,93 @@ async def limited_app(redis_url: str) -> AsyncIterator[FastAPI]:
 
 
 async def test_too_many_wrong_passwords_for_one_name_get_429_with_retry_after(limited_app: FastAPI) -> None:
-    async with client_for(limited_app, "10.0.0.1") as first, client_for(limited_app, "10.0.0.2") as other:
+    async with client_for(limited_app, "10.0.0.1") as first:
         for _ in range(3):
             wrong = await first.post("/api/auth/login", json={"user": "ada", "password": "guess"})
             assert wrong.status_code == 401
-        refused = await other.post("/api/auth/login", json=ADA_LOGIN)  # even the right one, from anywhere
+        refused = await first.post("/api/auth/login", json=ADA_LOGIN)  # even the right one: no oracle
         assert refused.status_code == 429
         assert 0 < int(refused.headers["retry-after"]) <= 300
         assert "try again in" in refused.json()["detail"]
         assert (
-            await other.post("/api/auth/login", json={"user": "bob", "password": "bob-password"})
+            await first.post("/api/auth/login", json={"user": "bob", "password": "bob-password"})
         ).is_success
+
+
+async def test_a_hostile_participant_guessing_a_name_cannot_lock_its_owner_out(redis_url: str) -> None:
+    """Bob guesses ada's password until he is refused, from his own address: ada, logging in for the
+    first time from hers, still gets in (the lock holds only where the guesses come from)."""
+    settings = make_settings(redis_url, login_failures_per_user=3, login_failures_per_address=5)
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        client_for(app, "10.0.1.1") as bob,
+        client_for(app, "10.0.1.2") as ada,
+    ):
+        statuses = [
+            (await bob.post("/api/auth/login", json={"user": "ada", "password": f"g{n}"})).status_code
+            for n in range(4)
+        ]
+        assert statuses == [401, 401, 401, 429]
+        assert (await ada.post("/api/auth/login", json=ADA_LOGIN)).status_code == 200
+
+
+async def test_a_lock_on_a_shared_address_lets_a_browser_that_logged_in_before_through(
+    redis_url: str,
+) -> None:
+    """The whole room shares one address (NAT). Yesterday ada logged in on her laptop; this morning
+    (a restarted queue manager) bob uses up the room's failed logins for her name and for the
+    address: ada's laptop still logs in, while a browser that never did, and one that carries
+    another participant's device cookie, are refused."""
+    settings = make_settings(redis_url, login_failures_per_user=3, login_failures_per_address=5)
+    yesterday = create_app(settings)
+    async with yesterday.router.lifespan_context(yesterday), client_for(yesterday, "10.0.2.1") as laptop:
+        assert (await laptop.post("/api/auth/login", json=ADA_LOGIN)).status_code == 200
+        device = laptop.cookies["qm_device"]
+    today = create_app(settings)
+    async with today.router.lifespan_context(today):
+        async with client_for(today, "10.0.2.1") as bob:
+            assert (
+                await bob.post("/api/auth/login", json={"user": "bob", "password": "bob-password"})
+            ).is_success
+            bobs_device = bob.cookies["qm_device"]
+            for n in range(6):
+                await bob.post("/api/auth/login", json={"user": "ada", "password": f"guess-{n}"})
+            assert (await bob.post("/api/auth/login", json=ADA_LOGIN)).status_code == 429
+        async with client_for(today, "10.0.2.1") as fresh:
+            assert (await fresh.post("/api/auth/login", json=ADA_LOGIN)).status_code == 429
+        async with client_for(today, "10.0.2.1") as borrowed:
+            borrowed.cookies.set("qm_device", bobs_device)
+            assert (await borrowed.post("/api/auth/login", json=ADA_LOGIN)).status_code == 429
+        async with client_for(today, "10.0.2.1") as laptop:
+            laptop.cookies.set("qm_device", device)
+            reply = await laptop.post("/api/auth/login", json=ADA_LOGIN)
+            assert reply.status_code == 200, reply.text
+            assert (await laptop.get("/api/auth/me")).json()["user"] == "ada"
+
+
+async def test_a_stolen_device_cookie_still_gets_only_a_few_guesses(redis_url: str) -> None:
+    settings = make_settings(redis_url, login_failures_per_user=3, login_failures_per_address=50)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with client_for(app, "10.0.3.1") as laptop:
+            assert (await laptop.post("/api/auth/login", json=ADA_LOGIN)).status_code == 200
+            device = laptop.cookies["qm_device"]
+        async with client_for(app, "10.0.3.2") as thief:
+            thief.cookies.set("qm_device", device)
+            statuses = [
+                (await thief.post("/api/auth/login", json={"user": "ada", "password": f"g{n}"})).status_code
+                for n in range(4)
+            ]
+            assert statuses == [401, 401, 401, 429]
+
+
+async def test_the_device_cookie_is_http_only_same_site_and_names_no_one_readably(app: FastAPI) -> None:
+    async with client_for(app) as client:
+        reply = await client.post("/api/auth/login", json=ADA_LOGIN)
+    device = [c for c in reply.headers.get_list("set-cookie") if c.startswith("qm_device=")]
+    assert len(device) == 1
+    assert "httponly" in device[0].lower() and "samesite=strict" in device[0].lower()
 
 
 async def test_too_many_failures_from_one_address_get_429_whatever_the_name(limited_app: FastAPI) -> None:

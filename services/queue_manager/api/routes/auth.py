@@ -13,11 +13,11 @@ from pydantic import BaseModel, Field, ValidationError
 from services.queue_manager.api.deps import (
     CurrentPrincipal,
     SettingsDep,
-    client_address,
+    caller_of,
     shared,
     too_many_logins,
 )
-from services.queue_manager.auth import SESSION_COOKIE
+from services.queue_manager.auth import DEVICE_COOKIE, DEVICE_SECONDS, SESSION_COOKIE
 from services.queue_manager.sessions import LoginRefused, Logins
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
@@ -72,19 +72,18 @@ async def login(request: Request, response: Response, settings: SettingsDep) -> 
     form = await _login_form(request)
     logins = shared(request, "logins", Logins)
     try:
-        principal = await logins.check_password(form.user, form.password, client_address(request))
+        principal = await logins.check_password(form.user, form.password, caller_of(request))
     except LoginRefused as exc:
         raise too_many_logins(exc) from None
     if principal is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong user name or password")
-    response.set_cookie(
-        SESSION_COOKIE,
-        await logins.open_session(principal),
-        max_age=logins.auth.session_seconds,
-        httponly=True,
-        samesite="strict",
-        secure=settings.public_url.startswith("https://"),
-    )
+    secure = settings.public_url.startswith("https://")
+    cookies = {
+        SESSION_COOKIE: (await logins.open_session(principal), logins.auth.session_seconds),
+        DEVICE_COOKIE: (logins.auth.device_cookie(principal.user), DEVICE_SECONDS),
+    }
+    for name, (value, seconds) in cookies.items():
+        response.set_cookie(name, value, max_age=seconds, httponly=True, samesite="strict", secure=secure)
     return Me(user=principal.user, admin=principal.admin)
 
 
