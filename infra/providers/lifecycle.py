@@ -18,6 +18,8 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, TypeVar
 
 from pulumi.dynamic import (
@@ -29,7 +31,7 @@ from pulumi.dynamic import (
     ResourceProvider,
     UpdateResult,
 )
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from infra.providers.timing import Timing
 
@@ -82,6 +84,10 @@ class LifecycleProvider(ResourceProvider, ABC):
 
     @abstractmethod
     def explain(self, exc: BaseException, props: dict[str, Any]) -> str: ...
+
+    def retry_after(self, exc: BaseException) -> float | None:
+        """The seconds the API asked us to wait before calling again (a 429's Retry-After), if it did."""
+        return None
 
     @abstractmethod
     def find(self, api: Any, props: dict[str, Any]) -> Any | None: ...
@@ -156,7 +162,7 @@ class LifecycleProvider(ResourceProvider, ABC):
         except Exception as exc:
             if not self.discard_on_failure:
                 raise ProviderError(self.explain(exc, props)) from exc
-            self._clean_up(api, props)
+            self._clean_up(api, props, exc)
             raise ProviderError(f"{self.explain(exc, props)} Nothing was left behind.") from exc
         id_, outs = self.describe(obj, props)
         return CreateResult(id_, {**props, **outs})
@@ -195,11 +201,16 @@ class LifecycleProvider(ResourceProvider, ABC):
         if obj is not None:
             self.remove(api, props, obj)
 
-    def _clean_up(self, api: Any, props: dict[str, Any]) -> None:
+    def _clean_up(self, api: Any, props: dict[str, Any], cause: BaseException) -> None:
         """After a failed create: delete whatever carries our name, confirmed, or say so loudly."""
         try:
             self.retrying(props, lambda: self._remove_found(api, props))
         except Exception as exc:
+            if self.retry_after(exc) is not None:  # the API's rate limiter refuses every call for now
+                raise ProviderError(
+                    f"{self.explain(cause, props)} A {self.kind} an earlier attempt may have made under "
+                    "that name is adopted by that `pulumi up`."
+                ) from cause
             raise ProviderError(
                 f"{self.kind} {props.get('name')!r} failed to create AND the clean-up failed: "
                 f"{self.explain(exc, props)} Delete it in the provider's console before retrying."
@@ -211,12 +222,24 @@ class LifecycleProvider(ResourceProvider, ABC):
             self.remove(api, props, found)
 
     def retrying(self, props: dict[str, Any], call: Callable[[], T]) -> T:
-        """Run ``call``, retrying transient failures with backoff (the call must be idempotent)."""
+        """Run ``call``, retrying transient failures with backoff (the call must be idempotent). A rate
+        limit's Retry-After is waited out: a call inside its window is refused anyway. One longer than
+        ``max_retry_after_s`` is not waited for: the error says when to run `pulumi up` again."""
         timing = Timing.of(props)
+        backoff = wait_exponential(multiplier=timing.retry_wait_s, max=timing.retry_wait_s * 8)
+
+        def wait(state: RetryCallState) -> float:
+            failure = state.outcome.exception() if state.outcome else None
+            asked = self.retry_after(failure) if failure else None
+            return max(backoff(state), asked or 0.0)
+
+        def worth_retrying(exc: BaseException) -> bool:
+            return self.is_transient(exc) and (self.retry_after(exc) or 0.0) <= timing.max_retry_after_s
+
         retryer = Retrying(
             stop=stop_after_attempt(timing.attempts),
-            wait=wait_exponential(multiplier=timing.retry_wait_s, max=timing.retry_wait_s * 8),
-            retry=retry_if_exception(self.is_transient),
+            wait=wait,
+            retry=retry_if_exception(worth_retrying),
             reraise=True,
         )
         return retryer(call)
@@ -229,6 +252,30 @@ class LifecycleProvider(ResourceProvider, ABC):
             raise
         except Exception as exc:
             raise ProviderError(self.explain(exc, props)) from exc
+
+
+def retry_after_seconds(header: str | None) -> float | None:
+    """A Retry-After header's wait in seconds: a number of seconds, or an HTTP date; None without one."""
+    if not header:
+        return None
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds()) if when.tzinfo else None
+
+
+def rate_limited(cloud: str, kind: str, name: Any, retry_after: float | None) -> str:
+    """What to tell the organizer when ``cloud`` keeps refusing calls for their rate (HTTP 429)."""
+    wait = f" and asks to wait {retry_after:.0f} s" if retry_after is not None else ""
+    return (
+        f"{cloud} refused {kind} {name!r} for now: too many API calls (HTTP 429){wait}. "
+        "Nothing is wrong with the config: run `pulumi up` again after that."
+    )
 
 
 def poll(what: str, check: Callable[[], T | None], timeout_s: float, interval_s: float) -> T:

@@ -13,17 +13,18 @@ from typing import Any
 import httpx
 
 from infra.credential_registry import RUNPOD_API_KEY, from_props
-from infra.providers.lifecycle import LifecycleProvider
+from infra.providers.lifecycle import LifecycleProvider, rate_limited, retry_after_seconds
 from infra.providers.timing import Timing
 
 DEFAULT_API_URL = "https://rest.runpod.io/v1"
 
 
 class RunPodError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+        self.retry_after = retry_after  # a 429's Retry-After, in seconds
 
 
 def advice(error: RunPodError) -> str:
@@ -52,7 +53,8 @@ class RunPodApi:
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         response = self.http.request(method, path, json=body)
         if response.status_code >= 400:
-            raise RunPodError(response.status_code, _message(response))
+            wait = retry_after_seconds(response.headers.get("Retry-After"))
+            raise RunPodError(response.status_code, _message(response), wait)
         return response.json() if response.content else None
 
     def get_or_none(self, path: str) -> Any | None:
@@ -93,8 +95,13 @@ class RunPodProvider(LifecycleProvider):
     def is_transient(self, exc: BaseException) -> bool:
         return is_transient(exc)
 
+    def retry_after(self, exc: BaseException) -> float | None:
+        return exc.retry_after if isinstance(exc, RunPodError) else None
+
     def explain(self, exc: BaseException, props: dict[str, Any]) -> str:
         name = props.get("name")
+        if isinstance(exc, RunPodError) and exc.status == 429:
+            return rate_limited("RunPod", self.kind, name, exc.retry_after)
         if is_transient(exc):
             return f"RunPod kept failing for {self.kind} {name!r} ({exc}); try `pulumi up` again later."
         if isinstance(exc, RunPodError):

@@ -18,6 +18,8 @@ class Timing:
     poll_interval_s: float = 5.0
     ready_timeout_s: float = 1200.0
     delete_timeout_s: float = 600.0
+    # The longest rate-limit wait (a 429's Retry-After) one `pulumi up` sits out before it gives up.
+    max_retry_after_s: float = 120.0
 
     @classmethod
     def of(cls, props: dict[str, Any]) -> Timing:

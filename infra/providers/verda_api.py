@@ -19,7 +19,13 @@ from verda import VerdaClient
 from verda.exceptions import APIException
 
 from infra.credential_registry import VERDA_CLIENT_ID, VERDA_CLIENT_SECRET, from_props
-from infra.providers.lifecycle import LifecycleProvider, ProviderError, poll
+from infra.providers.lifecycle import (
+    LifecycleProvider,
+    ProviderError,
+    poll,
+    rate_limited,
+    retry_after_seconds,
+)
 from infra.providers.timing import Timing
 
 DEFAULT_API_URL = "https://api.verda.com/v1"
@@ -36,22 +42,45 @@ ADVICE = {
 }
 
 
+class VerdaHttpError(APIException):  # type: ignore[misc]  # the SDK ships no type hints
+    """The SDK's APIException with what it drops: the HTTP status, and a 429's Retry-After."""
+
+    def __init__(self, code: str | None, message: str | None, status: int, retry_after: float | None) -> None:
+        super().__init__(code, message)
+        self.status = status
+        self.retry_after = retry_after
+
+
 def verda_client(props: dict[str, Any]) -> Any:
     """A client built here, in the provider's own process, never at import time."""
     found = from_props(props, client_id=VERDA_CLIENT_ID, client_secret=VERDA_CLIENT_SECRET)
     url = props.get("api_url") or os.environ.get("VERDA_API_URL") or DEFAULT_API_URL
     client = VerdaClient(found["client_id"], found["client_secret"], base_url=url)
-    _bound_request_time(client._http_client, Timing.of(props).request_timeout_s)
+    _bound_and_classified(client._http_client, Timing.of(props).request_timeout_s)
     return client
 
 
-def _bound_request_time(http: Any, seconds: float) -> None:
-    """The SDK sends requests without a timeout; a hung API call must not hang `pulumi up`."""
+def _bound_and_classified(http: Any, seconds: float) -> None:
+    """The SDK sends requests without a timeout (a hung API call must not hang `pulumi up`), and turns
+    every answer >= 400 into an APIException of the body's code alone: none of its codes names a rate
+    limit, and a gateway's 5xx carries none. Its refusals are raised here with their HTTP status."""
     unbounded = http._request
 
     def bounded(*args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", seconds)
-        return unbounded(*args, **kwargs)
+        answers: list[requests.Response] = []
+        kwargs["hooks"] = {"response": lambda response, *_, **__: answers.append(response)}
+        try:
+            return unbounded(*args, **kwargs)
+        except (APIException, json.JSONDecodeError) as exc:
+            refusal = next((r for r in reversed(answers) if not r.ok), None)
+            if refusal is None:
+                raise
+            code, message = (
+                (exc.code, exc.message) if isinstance(exc, APIException) else (None, refusal.text[:200])
+            )
+            wait = retry_after_seconds(refusal.headers.get("Retry-After"))
+            raise VerdaHttpError(code, message, refusal.status_code, wait) from exc
 
     http._request = bounded
 
@@ -60,12 +89,20 @@ def api_code(exc: BaseException) -> str | None:
     return exc.code if isinstance(exc, APIException) else None
 
 
+def http_status(exc: BaseException) -> int | None:
+    return exc.status if isinstance(exc, VerdaHttpError) else None
+
+
 def is_not_found(exc: BaseException) -> bool:
     return api_code(exc) == "not_found"
 
 
 def is_transient(exc: BaseException) -> bool:
-    """5xx, an unparseable gateway page, a dropped connection or a timeout: worth trying again."""
+    """5xx, a rate limit, an unparseable gateway page, a dropped connection or a timeout: worth trying
+    again."""
+    status = http_status(exc) or 0
+    if status == 429 or status >= 500:
+        return True
     if isinstance(exc, APIException):
         return exc.code in TRANSIENT_CODES
     return isinstance(exc, requests.ConnectionError | requests.Timeout | json.JSONDecodeError)
@@ -73,11 +110,14 @@ def is_transient(exc: BaseException) -> bool:
 
 def explain(exc: BaseException, kind: str, props: dict[str, Any]) -> str:
     name = props.get("name")
+    if isinstance(exc, VerdaHttpError) and exc.status == 429:
+        return rate_limited("Verda", kind, name, exc.retry_after)
     if is_transient(exc):
         return f"Verda kept failing for {kind} {name!r} ({exc}); try `pulumi up` again later."
     if isinstance(exc, APIException):
         advice = ADVICE.get(exc.code or "", "")
-        return f"Verda refused {kind} {name!r}: {exc.message} ({exc.code}). {advice}".strip()
+        code = exc.code or f"HTTP {http_status(exc)}"
+        return f"Verda refused {kind} {name!r}: {exc.message} ({code}). {advice}".strip()
     return f"{kind} {name!r}: {exc}"
 
 
@@ -111,6 +151,9 @@ class VerdaProvider(LifecycleProvider):
 
     def is_transient(self, exc: BaseException) -> bool:
         return is_transient(exc)
+
+    def retry_after(self, exc: BaseException) -> float | None:
+        return exc.retry_after if isinstance(exc, VerdaHttpError) else None
 
     def explain(self, exc: BaseException, props: dict[str, Any]) -> str:
         return explain(exc, self.kind, props)

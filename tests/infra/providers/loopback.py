@@ -3,8 +3,10 @@ loopback HTTP in its own thread (for providers that were pickled and cannot carr
 
 from __future__ import annotations
 
+import math
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +19,8 @@ class Fault:
     """An error the double answers ``times`` times to ``method`` on a path matching ``path`` (a regular
     expression): ``before`` it acts, ``after`` it acted (the object exists, the caller hears an error),
     or ``hang``: it acts and the caller hears nothing before its timeout, as on a dropped connection.
-    ``code``: the error code in the body, for APIs that send one (Verda)."""
+    ``code``: the error code in the body, for APIs that send one (Verda). ``retry_after_s``: a rate
+    limiter's 429: its answer carries Retry-After, and every call until then is refused too."""
 
     method: str
     path: str
@@ -26,6 +29,7 @@ class Fault:
     message: str = "internal error"
     when: str = "before"  # before | after | hang
     times: int = 1
+    retry_after_s: float | None = None
 
 
 def take_fault(faults: list[Fault], method: str, path: str) -> Fault | None:
@@ -35,6 +39,22 @@ def take_fault(faults: list[Fault], method: str, path: str) -> Fault | None:
             fault.times -= 1
             return fault
     return None
+
+
+@dataclass
+class RateWindow:
+    """A rate limiter as an API runs one: once it answered 429 with Retry-After, it refuses every call
+    until that time has passed, whoever asks again sooner."""
+
+    until: float = 0.0
+
+    def close_for(self, seconds: float) -> None:
+        self.until = time.monotonic() + seconds
+
+    def retry_after(self) -> str | None:
+        """The Retry-After header (whole seconds, rounded up) while the window is closed, else None."""
+        left = self.until - time.monotonic()
+        return str(max(1, math.ceil(left))) if left > 0 else None
 
 
 class QuietHandler(BaseHTTPRequestHandler):
@@ -47,10 +67,14 @@ class QuietHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def reply(self, status: int, content_type: str, data: bytes) -> None:
+    def reply(
+        self, status: int, content_type: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> None:
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

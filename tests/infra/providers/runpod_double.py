@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from tests.infra.providers.loopback import Fault, QuietHandler, serving, take_fault
+from tests.infra.providers.loopback import Fault, QuietHandler, RateWindow, serving, take_fault
 
 COLLECTIONS = {"templates", "endpoints", "networkvolumes", "containerregistryauth"}
 # RunPod refuses a second object of a name in these (its API reference: "The name must be unique").
@@ -33,6 +33,7 @@ class RunPodDouble:
     store: dict[str, dict[str, dict[str, Any]]] = field(default_factory=lambda: {c: {} for c in COLLECTIONS})
     faults: list[Fault] = field(default_factory=list)
     log: list[tuple[str, str]] = field(default_factory=list)
+    window: RateWindow = field(default_factory=RateWindow)
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(1)
@@ -56,7 +57,12 @@ class RunPodDouble:
         self.log.append((request.method, path))
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return httpx.Response(401, json={"error": "invalid api key", "status": 401})
+        if limited := self.window.retry_after():
+            return _too_many(limited)
         fault = take_fault(self.faults, request.method, path)
+        if fault and fault.retry_after_s is not None:
+            self.window.close_for(fault.retry_after_s)
+            return _too_many(f"{fault.retry_after_s:g}")
         if fault and fault.when == "before":
             return httpx.Response(fault.status, json={"error": fault.message, "status": fault.status})
         body = json.loads(request.content) if request.content else None
@@ -99,6 +105,12 @@ class RunPodDouble:
         return httpx.Response(200, json=shown(name, items[id_]))
 
 
+def _too_many(retry_after: str) -> httpx.Response:
+    """RunPod's rate limiter refusing a call: 429 with the seconds to wait."""
+    body = {"error": "too many requests", "status": 429}
+    return httpx.Response(429, json=body, headers={"Retry-After": retry_after})
+
+
 def shown(collection: str, item: dict[str, Any]) -> dict[str, Any]:
     """``item`` as RunPod answers it (the double keeps everything it was sent, for the tests)."""
     keys = SHOWN.get(collection)
@@ -120,7 +132,8 @@ def _handler_for(double: RunPodDouble) -> type[QuietHandler]:
             except httpx.TimeoutException:
                 self.close_connection = True
                 return
-            self.reply(response.status_code, "application/json", response.content)
+            headers = {k: v for k, v in response.headers.items() if k.lower() == "retry-after"}
+            self.reply(response.status_code, "application/json", response.content, headers)
 
         do_GET = do_POST = do_PATCH = do_DELETE = _serve
 

@@ -8,7 +8,7 @@ import dill
 import httpx
 import pytest
 
-from infra.providers.lifecycle import ProviderError
+from infra.providers.lifecycle import ProviderError, retry_after_seconds
 from infra.providers.runpod import (
     EndpointProvider,
     NetworkVolumeProvider,
@@ -198,3 +198,36 @@ def test_a_models_volume_moved_to_another_data_center_is_made_there_and_the_old_
     volumes = runpod.store["networkvolumes"]
     assert new.id != old.id and volumes[new.id]["dataCenterId"] == "US-KS-2"
     assert volumes[old.id]["dataCenterId"] == "EU-RO-1", "the models in the old data center were deleted"
+
+
+def test_a_rate_limit_is_waited_out_as_its_retry_after_asks(
+    runpod: RunPodDouble, endpoint: dict[str, Any]
+) -> None:
+    """RunPod's limiter answers 429 with Retry-After and refuses every call until then: retries at our
+    own quick pace spent every attempt inside that window, and the `up` failed."""
+    runpod.fail("POST", "/endpoints", status=429, retry_after_s=1)
+
+    made = EndpointProvider(runpod.transport).create(endpoint)
+
+    assert list(runpod.store["endpoints"]) == [made.id]
+    assert runpod.log.count(("POST", "/endpoints")) == 2
+
+
+def test_a_rate_limit_longer_than_an_up_should_wait_says_when_to_run_it_again(
+    runpod: RunPodDouble, endpoint: dict[str, Any]
+) -> None:
+    runpod.fail("POST", "/endpoints", status=429, retry_after_s=3600)
+
+    with pytest.raises(ProviderError, match=r"HTTP 429.*wait 3600 s.*`pulumi up` again"):
+        EndpointProvider(runpod.transport).create(endpoint)
+
+    assert runpod.log.count(("POST", "/endpoints")) == 1, "a call inside the window is refused anyway"
+    assert runpod.store["endpoints"] == {}
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("30", 30.0), ("0", 0.0), (None, None), ("soon", None), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)],
+)
+def test_retry_after_is_read_as_seconds_or_an_http_date(header: str | None, seconds: float | None) -> None:
+    assert retry_after_seconds(header) == seconds

@@ -56,6 +56,40 @@ def test_5xx_after_the_cloud_acted_then_success_yields_one_instance(
     assert verda.log.count(("POST", "/instances")) == 1
 
 
+def test_a_rate_limit_is_waited_out_as_its_retry_after_asks(
+    verda: VerdaDouble, props: dict[str, Any]
+) -> None:
+    """The SDK turns any answer >= 400 into an APIException of the body's code, dropping the status:
+    Verda's codes name no rate limit, so a 429 (and a gateway's 5xx without a code) failed the `up` at
+    once, or was retried inside the limiter's window."""
+    verda.fail("POST", "/instances", status=429, code=None, message="Too Many Requests", retry_after_s=1)
+
+    result = InstanceProvider().create(props)
+
+    assert [i["id"] for i in verda.billable_instances()] == [result.id]
+    assert verda.log.count(("POST", "/instances")) == 2
+
+
+def test_a_gateway_5xx_without_a_code_is_retried(verda: VerdaDouble, props: dict[str, Any]) -> None:
+    verda.fail("POST", "/instances", status=502, code=None, message="Bad Gateway")
+
+    result = InstanceProvider().create(props)
+
+    assert [i["id"] for i in verda.billable_instances()] == [result.id]
+
+
+def test_a_rate_limit_longer_than_an_up_should_wait_says_when_to_run_it_again(
+    verda: VerdaDouble, props: dict[str, Any]
+) -> None:
+    verda.fail("POST", "/instances", status=429, code=None, message="Too Many Requests", retry_after_s=3600)
+
+    with pytest.raises(ProviderError, match=r"HTTP 429.*wait 3600 s.*`pulumi up` again"):
+        InstanceProvider().create(props)
+
+    assert verda.log.count(("POST", "/instances")) == 1
+    assert verda.billable_instances() == []
+
+
 def test_5xx_before_acting_is_retried(verda: VerdaDouble, props: dict[str, Any]) -> None:
     verda.fail("POST", "/instances", status=500, code="server_error", when="before")
 

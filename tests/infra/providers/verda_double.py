@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.infra.providers.loopback import Fault, QuietHandler, serving, take_fault
+from tests.infra.providers.loopback import Fault, QuietHandler, RateWindow, serving, take_fault
 
 Answer = tuple[int, Any]
+# What the double replies: status, body and extra headers (a 429's Retry-After).
+Reply = tuple[int, Any, dict[str, str]]
 
 
 @dataclass
@@ -40,6 +42,7 @@ class VerdaDouble:
     log: list[tuple[str, str]] = field(default_factory=list)
     port: int = 0
     gates: dict[tuple[str, str], threading.Barrier] = field(default_factory=dict)
+    window: RateWindow = field(default_factory=RateWindow)
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(1)
@@ -68,7 +71,7 @@ class VerdaDouble:
         return f"{prefix}-{next(self._ids):04d}"
 
     # --- serving ---------------------------------------------------------------------------
-    def answer(self, method: str, path: str, body: Any, query: dict[str, list[str]]) -> Answer:
+    def answer(self, method: str, path: str, body: Any, query: dict[str, list[str]]) -> Reply:
         gate = self.gates.get((method, path))
         if gate is not None:
             # When the others never come (they were serialized), the wait times out: go on alone.
@@ -76,15 +79,21 @@ class VerdaDouble:
                 gate.wait()
         with self._lock:
             self.log.append((method, path))
+            if limited := self.window.retry_after():
+                return 429, {"code": None, "message": "Too Many Requests"}, {"Retry-After": limited}
             fault = take_fault(self.faults, method, path)
+            if fault and fault.retry_after_s is not None:
+                self.window.close_for(fault.retry_after_s)
+                error = {"code": fault.code, "message": fault.message}
+                return fault.status, error, {"Retry-After": f"{fault.retry_after_s:g}"}
             if fault and fault.when == "before":
-                return fault.status, {"code": fault.code, "message": fault.message}
+                return fault.status, {"code": fault.code, "message": fault.message}, {}
             status, payload = self._route(method, path, body, query)
         if fault and fault.when == "after":
-            return fault.status, {"code": fault.code, "message": fault.message}
+            return fault.status, {"code": fault.code, "message": fault.message}, {}
         if fault and fault.when == "hang":
             self._stopping.wait(10)
-        return status, payload
+        return status, payload, {}
 
     def _route(self, method: str, path: str, body: Any, query: dict[str, list[str]]) -> Answer:
         from tests.infra.providers import verda_routes
@@ -105,18 +114,18 @@ class VerdaDouble:
                 self._stopping.set()  # a scripted hang ends before the server stops
 
 
-def _handler_for(answer: Callable[..., Answer]) -> type[QuietHandler]:
+def _handler_for(answer: Callable[..., Reply]) -> type[QuietHandler]:
     class Handler(QuietHandler):
         def _serve(self) -> None:
             parts = urlsplit(self.path)
             raw = self.read_body()
             body = json.loads(raw) if raw else None
             path = parts.path.removeprefix("/v1")
-            status, payload = answer(self.command, path, body, parse_qs(parts.query))
+            status, payload, headers = answer(self.command, path, body, parse_qs(parts.query))
             if isinstance(payload, str):
-                self.reply(status, "text/plain", payload.encode())
+                self.reply(status, "text/plain", payload.encode(), headers)
             else:
-                self.reply(status, "application/json", json.dumps(payload).encode())
+                self.reply(status, "application/json", json.dumps(payload).encode(), headers)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
