@@ -97,6 +97,9 @@ class QueuePolicy(Model):
     max_attempts: int = Field(default=3, ge=1, le=10)
     retention_hours: int = Field(default=72, ge=1, le=24 * 90)
     max_upload_mb: int = Field(default=100, ge=1, le=2048)
+    max_files_mb_per_user: int = Field(
+        default=10 * 1024, ge=1, le=1024 * 1024, description="what one participant's folder may hold in all"
+    )
     drain_timeout_seconds: int = Field(default=600, ge=0, le=3600, description="evening destroy waits")
 
 

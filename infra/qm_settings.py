@@ -25,6 +25,7 @@ def policy_settings(policy: QueuePolicy) -> dict[str, str]:
         "QM_RETENTION_HOURS": str(policy.retention_hours),
         # Uploads only, as nginx's client_max_body_size; JSON bodies keep QM_MAX_BODY_BYTES's 2 MB.
         "QM_MAX_UPLOAD_BYTES": str(policy.max_upload_mb * MB),
+        "QM_MAX_USER_FILES_BYTES": str(policy.max_files_mb_per_user * MB),
     }
 
 

@@ -214,6 +214,12 @@ class Settings(BaseSettings):
         description="QM_MAX_UPLOAD_BYTES: largest file a participant may upload to their workspace "
         "(/w/<user>/api/upload/...); bigger ones are refused with 413",
     )
+    max_user_files_bytes: int = Field(
+        default=10 * 1024 * 1024 * 1024,
+        ge=1024,
+        description="QM_MAX_USER_FILES_BYTES: most bytes one participant's folder in the file store may "
+        "hold in all (uploads and results); an upload that would pass it is refused with 413",
+    )
     max_catalogue_bytes: int = Field(
         default=32 * 1024 * 1024,
         ge=1024,

@@ -129,6 +129,7 @@ def test_the_queue_manager_gets_the_queue_policy_and_its_public_url(workshop: St
     assert settings["QM_SCHEDULING"] == "fair"
     assert settings["QM_MAX_RUNNING_PER_USER"] == "2"
     assert settings["QM_MAX_UPLOAD_BYTES"] == str(100 * 1024 * 1024)
+    assert settings["QM_MAX_USER_FILES_BYTES"] == str(10 * 1024 * 1024 * 1024)
     assert settings["QM_PUBLIC_URL"] == "https://workshop.example.org"
     # One H100 instance and six one-request serverless replicas: a leaked token registers no more.
     assert json.loads(settings["QM_POOL_CAPACITY"]) == {"baseline": 1, "burst": 6}

@@ -82,7 +82,8 @@ def user_settings(ctx: Context, user: Participant) -> UserSettings:
 
 
 def user_files(ctx: Context, user: Participant) -> UserFiles:
-    return UserFiles(ctx.storage, user, ctx.store.settings.max_upload_bytes)
+    settings = ctx.store.settings
+    return UserFiles(ctx.storage, user, settings.max_upload_bytes, settings.max_user_files_bytes)
 
 
 UserDataDep = Annotated[UserData, Depends(user_data)]

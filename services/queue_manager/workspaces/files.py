@@ -68,10 +68,15 @@ def disposition(filename: str, media_type: str) -> str:
 
 
 class UserFiles:
-    def __init__(self, storage: Storage, user: str, max_upload_bytes: int) -> None:
+    def __init__(
+        self, storage: Storage, user: str, max_upload_bytes: int, max_user_bytes: int | None = None
+    ) -> None:
+        """``max_user_bytes``: what the participant's whole folder may hold (``QM_MAX_USER_FILES_BYTES``;
+        None: no quota)."""
         self.storage = storage
         self.user = user
         self.max_upload_bytes = max_upload_bytes
+        self.max_user_bytes = max_user_bytes
 
     def key(self, ref: FileRef) -> str:
         return storage_key(self.user, ref)
@@ -111,12 +116,28 @@ class UserFiles:
             raise FileProblem(413, f"{where} is {size} bytes, more than the {limit} this can read")
         return b"".join([chunk async for chunk in chunks])
 
+    async def _check_quota(self, size: int) -> None:
+        """Refuse (413) a file that would take the participant's folder past ``max_user_bytes``:
+        one participant uploading in a loop would fill the file store everyone shares."""
+        if self.max_user_bytes is None:
+            return
+        used = sum((await self.storage.sizes(f"users/{self.user}/")).values())
+        if used + size > self.max_user_bytes:
+            raise FileProblem(
+                413,
+                f"your files take {_mib(used)} of the {_mib(self.max_user_bytes)} each participant may keep "
+                f"(QM_MAX_USER_FILES_BYTES), and this {_mib(size)} would pass it: nothing was stored. Reuse "
+                "a file you uploaded before, or ask the organizer to raise the quota (stack config "
+                "queue.maxFilesMbPerUser, then pulumi up)",
+            )
+
     async def _save(
         self, ref: FileRef, overwrite: bool, size: int, chunks: Callable[[], AsyncIterator[bytes]]
     ) -> FileRef:
         """With ``overwrite`` the file is stored under ``ref``; else under the first of ``ref``,
         ``name (1).ext``, ... that is free or holds these very bytes, the name taken in one step
         with the write (an upload that takes it meanwhile sends this one on to the next)."""
+        await self._check_quota(size)
         if overwrite:
             await self._put(ref, chunks, create_only=False)
             return ref
@@ -165,6 +186,10 @@ class UserFiles:
             candidate = ref.model_copy(update={"filename": f"{stem} ({number}){ext}"})
             number += 1
         return candidate, False
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MiB ({size} bytes)"
 
 
 async def upload_size(upload: UploadFile, limit: int) -> int:

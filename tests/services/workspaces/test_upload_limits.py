@@ -331,3 +331,37 @@ async def test_two_uploads_of_one_name_at_once_keep_both_files(tmp_path: Path) -
         key: b"".join([c async for c in storage.get(key)]) for key in await storage.list("users/alice/")
     }
     assert sorted(stored.values()) == [b"\x89PNG first tab", b"\x89PNG second tab!"]
+
+
+def test_a_participant_cannot_fill_the_file_store_past_her_quota_and_others_still_upload(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Alice uploads distinct files in a loop: past QM_MAX_USER_FILES_BYTES (what her folder may hold
+    in all) the next upload gets 413 naming the quota and the fix, is not stored, and her earlier
+    files stay; bob's uploads are not affected by hers."""
+    settings = settings_for(redis_url, max_body_bytes=BODY_LIMIT, max_user_files_bytes=100 * 1024)
+    with (
+        live_server(settings, tmp_path / "files") as server,
+        httpx.Client(base_url=server.url, timeout=10) as alice,
+        httpx.Client(base_url=server.url, timeout=10) as bob,
+    ):
+        login(alice, "alice")
+        login(bob, "bob")
+        statuses = [
+            alice.post(
+                UPLOAD, files={"image": (f"f{n}.bin", bytes([n]) * 30 * 1024, "image/png")}
+            ).status_code
+            for n in range(5)
+        ]
+        assert statuses == [200, 200, 200, 413, 413]
+        refused = alice.post(UPLOAD, files={"image": ("f9.bin", b"z" * 30 * 1024, "image/png")})
+        assert "QM_MAX_USER_FILES_BYTES" in refused.json()["error"]
+        assert "102400" in refused.json()["error"] or "100 KiB" in refused.json()["error"]
+        view = alice.get("/w/alice/api/view", params={"filename": "f3.bin", "type": "input"})
+        assert view.status_code == 404
+        kept = alice.get("/w/alice/api/view", params={"filename": "f2.bin", "type": "input"})
+        assert kept.content == bytes([2]) * 30 * 1024
+        theirs = bob.post(
+            "/w/bob/api/upload/image", files={"image": ("b.bin", b"b" * 30 * 1024, "image/png")}
+        )
+        assert theirs.status_code == 200, theirs.text
