@@ -15,15 +15,16 @@ class QueueError(Exception):
 
 
 class WorkshopClosed(QueueError):
-    """A save or submit after the evening's snapshot (``{p}:closed``): it would be lost overnight."""
+    """A change of what participants have (a save, a submit, a cancel, a deletion, the organizer's
+    priority or requeue) after the evening's snapshot (``{p}:closed``): it would be lost overnight."""
 
     status = 503
 
     def __init__(self) -> None:
         super().__init__(
             "the workshop is closed for the night: its queue and saved files were put away for tomorrow, "
-            "and nothing sent now would be kept, so this was not saved. Keep your work open (or export "
-            "it) and save or queue it again once the workshop is back"
+            "and no change sent now would be kept, so this was not done (nothing changed). Keep your "
+            "work open (or export it) and save, queue, cancel or delete it again once the workshop is back"
         )
 
 

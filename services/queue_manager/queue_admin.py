@@ -8,10 +8,10 @@ import time
 from pydantic import BaseModel, Field
 
 from services.protocol.jobs import Job, JobLine
-from services.queue_manager.errors import JobNotFound, NotDeadLettered
+from services.queue_manager.errors import JobNotFound, NotDeadLettered, WorkshopClosed
 from services.queue_manager.keys import ANY_POOL
 from services.queue_manager.records import HOLD_FIELDS, LINE_FIELDS, held_for, line_from_hash, now_ms
-from services.queue_manager.scripts import RequeueDeadArgs, RescoreArgs
+from services.queue_manager.scripts import PriorityArgs, RequeueDeadArgs
 from services.queue_manager.store_base import StoreBase
 
 
@@ -63,11 +63,7 @@ class AdminOps(StoreBase):
 
     async def set_job_priority(self, job_id: str, priority: int) -> Job:
         """Give one job a priority (-100..100; only ``priority`` scheduling orders by it)."""
-        key = self.keys.job(job_id)
-        if not await self.redis.exists(key):
-            raise JobNotFound(job_id)
-        await self.redis.hset(key, "priority", priority)
-        await self.scripts.run(RescoreArgs(self.prefix, self.settings.scheduling.value, (job_id,)))
+        await self._prioritize(job_id, "", priority)
         job = await self.get(job_id)
         assert job is not None
         return job
@@ -75,17 +71,24 @@ class AdminOps(StoreBase):
     async def set_user_priority(self, user: str, priority: int) -> int:
         """Give every job of ``user`` (waiting and future) a priority bonus; returns jobs moved. Her
         running jobs take it too, for when one comes back to the queue (given back, retried)."""
-        await self.redis.hset(self.keys.user_priority, user, priority)
-        jobs = await self.redis.sunion(self.keys.user_queued(user), self.keys.user_running(user))
-        if not jobs:
-            return 0
-        rescore = RescoreArgs(self.prefix, self.settings.scheduling.value, tuple(jobs))
-        return int(await self.scripts.run(rescore))
+        return await self._prioritize("", user, priority)
+
+    async def _prioritize(self, job_id: str, user: str, priority: int) -> int:
+        """Set the priority and move the jobs it concerns in one step (``lua/priority.lua``)."""
+        args = PriorityArgs(self.prefix, self.settings.scheduling.value, job_id, user, priority)
+        reply = await self.scripts.run(args)
+        if reply[0] == "closed":
+            raise WorkshopClosed()
+        if reply[0] == "missing":
+            raise JobNotFound(job_id)
+        return int(reply[1])
 
     async def requeue_dead(self, job_id: str) -> Job:
         """Put a dead-lettered job back in line with fresh attempts; 409 for a job that is no dead
         letter (a second click), 404 for none."""
         reply = await self.scripts.run(RequeueDeadArgs(self.prefix, job_id))
+        if reply[0] == "closed":
+            raise WorkshopClosed()
         if reply[0] != "ok":
             found = await self.get(job_id)
             raise JobNotFound(job_id) if found is None else NotDeadLettered(job_id, found.state)

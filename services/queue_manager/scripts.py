@@ -187,10 +187,12 @@ class RequeueDeadArgs(ScriptArgs):
 
 
 @dataclass(frozen=True)
-class RescoreArgs(ScriptArgs):
-    script = "rescore"
+class PriorityArgs(ScriptArgs):
+    script = "priority"
     mode: str
-    ids: tuple[str, ...]
+    job_id: str  # this job's priority ('' = none: the user's)
+    user: str  # this user's priority bonus ('' = none: the job's)
+    priority: int
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,20 @@ class SaveSettingsArgs(ScriptArgs):
 
 
 @dataclass(frozen=True)
+class DeleteFileArgs(ScriptArgs):
+    script = "delete_file"
+    user: str
+    path: str
+
+
+@dataclass(frozen=True)
+class HideArgs(ScriptArgs):
+    script = "hide"
+    user: str
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ForgetClaimArgs(ScriptArgs):
     script = "forget_claim"
     worker_id: str
@@ -284,7 +300,7 @@ SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     ReapArgs,
     CancelArgs,
     RequeueDeadArgs,
-    RescoreArgs,
+    PriorityArgs,
     PositionsArgs,
     EndSessionsArgs,
     ForgetArgs,
@@ -294,6 +310,8 @@ SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     BindArgs,
     SaveFileArgs,
     SaveSettingsArgs,
+    DeleteFileArgs,
+    HideArgs,
     ForgetClaimArgs,
 )
 

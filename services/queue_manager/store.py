@@ -126,6 +126,8 @@ class Store(LeaseOps, WorkerOps, AdminOps):
         messages the owner's workspace sends for a removed waiting job (None: as for one deletion)."""
         args = CancelArgs(self.prefix, job_id, user or "", now_ms(), self.retention_ms)
         reply = await self.scripts.run(args)
+        if reply[0] == "closed":
+            raise WorkshopClosed()
         if reply[0] == "missing":
             raise JobNotFound(job_id)
         outcome, owner = str(reply[0]), str(reply[1])

@@ -1,7 +1,11 @@
 -- Cancel a job. ARGV: prefix, id, owner ('' = admin, any owner), now_ms, retention_ms.
 -- Returns {'cancelled', user} (was waiting: removed) | {'requested', user} (running: its worker's
--- waiting heartbeat is answered at once through {p}:cancels) | {'finished', user} | {'missing'}.
+-- waiting heartbeat is answered at once through {p}:cancels) | {'finished', user} | {'missing'} |
+-- {'closed'} (after the evening's snapshot, which holds the job as it was: it would run again).
 local id, owner, now, retention_ms = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+if closed() then
+  return {'closed'}
+end
 local key = k('job', id)
 local f = redis.call('HMGET', key, 'state', 'user', 'scope')
 local state, user = f[1], f[2]

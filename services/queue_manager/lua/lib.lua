@@ -11,8 +11,9 @@ local function fmt(n)
   return string.format('%.0f', n)
 end
 
--- Set by the evening's save before it takes the snapshot: a save or submit after that would be
--- lost with the Redis, so the scripts that write what participants make refuse it ({'closed'}).
+-- Set by the evening's save before it takes the snapshot: any change after that of what
+-- participants have (a save, a submit, a cancel, a deletion, a priority) would be lost with the
+-- Redis, so each script that makes one refuses it ({'closed'}) in the same step.
 local function closed()
   return redis.call('EXISTS', k('closed')) == 1
 end

@@ -1,6 +1,10 @@
 -- Give a dead-lettered job a fresh set of attempts. ARGV: prefix, id.
--- Returns {'ok', user} | {'missing'}.
+-- Returns {'ok', user} | {'missing'} | {'closed'} (after the evening's snapshot, which holds the
+-- dead letter: the requeue would be lost).
 local id = ARGV[2]
+if closed() then
+  return {'closed'}
+end
 local key = k('job', id)
 local f = redis.call('HMGET', key, 'dead', 'user', 'scope', 'score')
 if f[1] ~= '1' then

@@ -18,7 +18,8 @@ from pydantic import ValidationError
 
 from services.protocol import comfyui
 from services.protocol.jobs import Job, JobState, JobSubmit
-from services.queue_manager.errors import JobNotFound, QueueError
+from services.queue_manager.errors import JobNotFound, QueueError, WorkshopClosed
+from services.queue_manager.scripts import HideArgs
 from services.queue_manager.workspaces.deps import Context, Participant, UserFilesDep
 from services.queue_manager.workspaces.prompts import check
 from services.queue_manager.workspaces.validation import PromptProblem
@@ -213,5 +214,7 @@ async def edit_history(request: Request, ctx: Context, user: Participant) -> Res
     finished = {job.id for job in await ctx.store.list_jobs(user) if job.state.finished}
     targets = finished if body.get("clear") else finished & ids(body.get("delete"))
     if targets:
-        await ctx.redis.sadd(hidden_key(ctx, user), *targets)
+        reply = await ctx.store.scripts.run(HideArgs(ctx.store.prefix, user, tuple(sorted(targets))))
+        if reply[0] == "closed":
+            raise WorkshopClosed()
     return Response(status_code=200)

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from services.queue_manager.errors import WorkshopClosed
 from services.queue_manager.keys import Keys
-from services.queue_manager.scripts import SaveFileArgs, Scripts
+from services.queue_manager.scripts import DeleteFileArgs, SaveFileArgs, Scripts
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_FILES_PER_USER = 2000
@@ -123,10 +123,13 @@ class UserData:
         )
 
     async def delete(self, path: str) -> None:
+        """Delete a file and its listing entry in one step (delete_file.lua)."""
         path = clean_path(path)
-        if not await self._redis.hdel(self._files, path):
+        outcome = (await self._scripts.run(DeleteFileArgs(self._prefix, self._user, path)))[0]
+        if outcome == "closed":
+            raise WorkshopClosed()
+        if outcome == "missing":
             raise UserDataError(404, f"no file {path!r}")
-        await self._redis.hdel(self._meta, path)
 
     async def move(self, source: str, dest: str, overwrite: bool = True) -> FileInfo:
         body = await self.read(source)

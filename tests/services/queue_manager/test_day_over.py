@@ -480,3 +480,91 @@ def test_the_morning_names_waiting_jobs_of_a_participant_removed_overnight(
     assert restored.returncode == 0
     assert "1 waiting jobs of alice, no longer a participant, run unless you cancel them" in restored.stdout
     assert "bob" not in restored.stdout
+
+
+def fail_for_good(worker: httpx.Client) -> str:
+    """The next job fails on the worker at its last attempt: a dead letter."""
+    lease = claim(worker)
+    failure = {
+        "token": lease.token,
+        "worker_id": "w1",
+        "error": {"type": "E", "message": "m", "retryable": True},
+    }
+    worker.post(f"/api/leases/{lease.job.id}/fail", json=failure, headers=WORKER_AUTH).raise_for_status()
+    return lease.job.id
+
+
+def undo_after_the_save(
+    alice: httpx.Client, admin: httpx.Client, night: dict[str, str]
+) -> list[httpx.Response]:
+    """Every change of what alice has that she or the organizer can still send once the evening's
+    snapshot is taken: each would be lost with the Redis (the job cancelled would run in the
+    morning, the workflow deleted would come back)."""
+    base = "/w/alice/api"
+    return [
+        alice.post(f"{base}/queue", json={"delete": [night["waiting"]]}),
+        alice.post(f"{base}/queue", json={"clear": True}),
+        alice.post(f"/api/jobs/{night['waiting']}/cancel"),
+        alice.post(f"{base}/interrupt", json={}),
+        alice.post(f"{base}/history", json={"delete": [night["finished"]]}),
+        alice.post(f"{base}/history", json={"clear": True}),
+        alice.delete(f"{base}/userdata/workflows%2Fportrait.json"),
+        alice.post(f"{base}/userdata/workflows%2Fportrait.json/move/workflows%2Fmoved.json"),
+        admin.post(f"/api/admin/jobs/{night['waiting']}/cancel"),
+        admin.post(f"/api/admin/jobs/{night['waiting']}/priority", json={"priority": 5}),
+        admin.post("/api/admin/users/alice/priority", json={"priority": 7}),
+        admin.post(f"/api/admin/dead/{night['dead']}/requeue"),
+    ]
+
+
+def what_alice_and_the_organizer_see(alice: httpx.Client, admin: httpx.Client) -> dict[str, Any]:
+    overview = admin.get("/api/admin/queue").json()
+    lines = {name: [(job["id"], job["state"]) for job in overview[name]] for name in ("queued", "dead")}
+    return {
+        **answers(alice, "alice"),
+        "admin queue": lines,
+        "admin users": [u for u in admin.get("/api/admin/users").json() if u["user"] == "alice"],
+    }
+
+
+def test_what_is_undone_after_the_evening_save_is_refused_and_comes_back_in_the_morning(
+    redis_url: str, bucket: Path, docker_shim: Path
+) -> None:
+    """Cancels, history deletions, file deletions and the organizer's priorities and requeues sent
+    after the snapshot are refused with the night's 503, change nothing, and the morning has all of
+    it as the snapshot holds it."""
+    with live_server(settings_for(redis_url, lease_seconds=600, max_attempts=1), bucket) as server:
+        alice = login(httpx.Client(base_url=server.url, timeout=20), "alice")
+        admin = login(httpx.Client(base_url=server.url, timeout=20), ADMIN, ADMIN_PASSWORD)
+        worker = httpx.Client(base_url=server.url, timeout=20)
+        register_worker(worker, catalogue(["in.png"]))
+        personal_data(alice, "alice")
+        queue(alice, "alice")
+        night = {"finished": finish(worker, bucket, "alice", "night_00001_.png")}
+        queue(alice, "alice")
+        night["dead"] = fail_for_good(worker)
+        queue(alice, "alice")
+        night["running"] = claim(worker).job.id
+        night["waiting"] = queue(alice, "alice")
+        queue(alice, "alice")
+        assert keeper_step("drain", redis_url, bucket, docker_shim).returncode == 0
+        evening = what_alice_and_the_organizer_see(alice, admin)
+        refused = undo_after_the_save(alice, admin, night)
+        assert what_alice_and_the_organizer_see(alice, admin) == evening
+        for client in (alice, admin, worker):
+            client.close()
+    for reply in refused:
+        assert reply.status_code == 503 and "closed for the night" in reply.text, (reply.url, reply.text)
+    redis.Redis.from_url(redis_url).flushall()
+    with live_server(day_settings(redis_url), bucket) as server:
+        assert keeper_step("restore", redis_url, bucket, docker_shim).returncode == 0
+        alice = login(httpx.Client(base_url=server.url, timeout=20), "alice")
+        admin = login(httpx.Client(base_url=server.url, timeout=20), ADMIN, ADMIN_PASSWORD)
+        morning = what_alice_and_the_organizer_see(alice, admin)
+        alice.close(), admin.close()
+    expected = comparable(interrupted_moves_to_the_front(evening))
+    queued = [night["running"], *(job for job, _ in evening["admin queue"]["queued"])]
+    expected["admin queue"] = {**evening["admin queue"], "queued": [(job, "queued") for job in queued]}
+    expected["admin users"] = [{**evening["admin users"][0], "queued": 3, "running": 0}]
+    assert evening["admin queue"]["dead"] == [(night["dead"], "failed")]
+    assert comparable(morning) == expected

@@ -1,0 +1,39 @@
+-- The organizer gives one job (job_id) or every job of a user (user: her waiting and running ones,
+-- and her future ones through {p}:user_priority) a priority, and the jobs' schedule scores follow;
+-- only the priority level changes, so fair order inside a level is kept. ARGV: prefix, mode,
+-- job_id ('' = none), user ('' = none), priority.
+-- Returns {'ok', queued jobs that moved} | {'missing'} (no such job) | {'closed'} (after the
+-- evening's snapshot, which holds the old priorities: the change would be lost).
+local mode, job_id, user, priority = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if closed() then
+  return {'closed'}
+end
+local ids = {}
+if job_id ~= '' then
+  if redis.call('EXISTS', k('job', job_id)) == 0 then
+    return {'missing'}
+  end
+  redis.call('HSET', k('job', job_id), 'priority', priority)
+  ids = {job_id}
+else
+  redis.call('HSET', k('user_priority'), user, priority)
+  ids = redis.call('SUNION', k('user', user, 'queued'), k('user', user, 'running'))
+end
+local moved = 0
+for _, id in ipairs(ids) do
+  local key = k('job', id)
+  local f = redis.call('HMGET', key, 'user', 'scope', 'score', 'priority')
+  if f[1] then
+    local level = 0
+    if mode == 'priority' then
+      level = clamp_priority(tonumber(f[4]) + tonumber(redis.call('HGET', k('user_priority'), f[1]) or '0'))
+    end
+    local score = fmt((100 - level) * SEGMENT + tonumber(f[3]) % SEGMENT)
+    redis.call('HSET', key, 'score', score)
+    if redis.call('ZSCORE', k('queue', f[2]), id) then
+      redis.call('ZADD', k('queue', f[2]), score, id)
+      moved = moved + 1
+    end
+  end
+end
+return {'ok', moved}
