@@ -198,6 +198,18 @@ def from_props(props: Mapping[str, Any], **wanted: Credential) -> dict[str, str]
     return {prop: str(value) for prop, value in found.items()}
 
 
+def refused(*credentials: Credential) -> str:
+    """What to do when a provider refuses ``credentials``. A refresh and a destroy call the provider
+    with what the last `up` stored in the state, not with the stack config, so a key revoked and set
+    anew is refused there until an `up` stores the new one."""
+    fixes = "; and ".join(c.fix for c in credentials)
+    return (
+        f"Check the {' and '.join(c.what for c in credentials)}: {fixes}. `pulumi refresh` and "
+        "`pulumi destroy` use the one stored by the last `pulumi up`: after setting a new one, run "
+        "`pulumi up` first."
+    )
+
+
 def markdown_table(credentials: tuple[Credential, ...] = ALL) -> str:
     """The README's credential table, written from the registry (`python -m infra.credential_registry`)."""
     rows = [

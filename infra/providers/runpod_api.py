@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from infra.credential_registry import RUNPOD_API_KEY, from_props
+from infra.credential_registry import RUNPOD_API_KEY, from_props, refused
 from infra.providers.lifecycle import LifecycleProvider, rate_limited, retry_after_seconds
 from infra.providers.timing import Timing
 
@@ -30,7 +30,7 @@ class RunPodError(Exception):
 def advice(error: RunPodError) -> str:
     text = error.message.lower()
     if error.status == 401:
-        return f"Check the RunPod API key: {RUNPOD_API_KEY.fix}."
+        return refused(RUNPOD_API_KEY)
     if error.status == 402 or "balance" in text or "insufficient" in text:
         return "Add credit to the RunPod account, then run `pulumi up` again."
     if error.status == 403 or "quota" in text or "limit" in text:

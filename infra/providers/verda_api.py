@@ -18,7 +18,7 @@ from pulumi.runtime import rpc
 from verda import VerdaClient
 from verda.exceptions import APIException
 
-from infra.credential_registry import VERDA_CLIENT_ID, VERDA_CLIENT_SECRET, from_props
+from infra.credential_registry import VERDA_CLIENT_ID, VERDA_CLIENT_SECRET, from_props, refused
 from infra.providers.lifecycle import (
     LifecycleProvider,
     ProviderError,
@@ -34,8 +34,7 @@ TRANSIENT_CODES = frozenset({"server_error", "service_unavailable"})
 ADVICE = {
     "insufficient_funds": "Top up the Verda account balance (or pick a cheaper or spot type), then run "
     "`pulumi up` again.",
-    "unauthorized_request": f"Check the Verda client id and secret: {VERDA_CLIENT_SECRET.fix}; "
-    f"and {VERDA_CLIENT_ID.fix}.",
+    "unauthorized_request": refused(VERDA_CLIENT_ID, VERDA_CLIENT_SECRET),
     "forbidden_action": "The account may not do this (often a quota): ask Verda support to raise it, "
     "or lower the pool's size.",
     "invalid_request": "A value in the pool's config is not accepted by Verda: fix it in the stack config.",

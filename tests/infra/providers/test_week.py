@@ -455,3 +455,24 @@ def test_a_verda_instance_type_verda_does_not_have_fails_the_check_at_preview(do
         engine.up(props)
 
     assert ("POST", "/instances") not in doubles[0].log
+
+
+@pytest.mark.parametrize("kind", ["instance", "endpoint"])
+def test_a_destroy_with_a_revoked_key_in_the_state_says_to_run_up_with_the_new_one_first(
+    kind: str, doubles: Doubles
+) -> None:
+    """`destroy` and `refresh` call the provider with the key the last `up` stored, not the stack
+    config: after the organizer revoked it and set a new one, the refusal told her to set the key she
+    had just set, and the GPUs billed on."""
+    case, engine, _ = created(kind, doubles)
+    assert engine.state is not None
+    if case.cloud == "runpod":
+        doubles[1].api_key = "rp-key-2"
+    else:
+        doubles[0].client_secret = "s3cret-2"
+
+    for verb in (engine.refresh, engine.destroy):
+        with pytest.raises(HostError, match=r"stored by the last `pulumi up`.*run `pulumi up`.*first"):
+            verb()
+
+    assert case.remote(doubles, engine.state.id) is not None
