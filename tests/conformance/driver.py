@@ -22,7 +22,8 @@ Normalising: prompt ids (UUIDs) become ``{prompt:N}`` in order of first appearan
 exception messages ``{dir}/``, a model folder's directories ``{folders}``. Requests are stored
 normalised; the driver puts the server's real ids back before sending. Runs of
 ``progress``/``progress_state`` frames of one running node (a node that reports progress as it
-likes, e.g. every 10 ms) become one of each with values ``{value}``.
+likes, e.g. every 10 ms) become one of each with values ``{value}``. Messages of the workshop's own
+web extension (``comfy-workshop.*``) are left out.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ TIME_KEYS = {"timestamp", "create_time"}
 PREVIEW_NAME = re.compile(r"ComfyUI_temp_[a-z]{5}_")  # PreviewImage's random prefix
 ABSOLUTE_DIR = re.compile(r"(?<=')/[^']*/(?=[^'/]*')")
 PROGRESS_EVENTS = {"progress", "progress_state"}
+EXTENSION_MESSAGES = "comfy-workshop."
 WAIT_SECONDS = 30.0
 
 Frame = dict[str, Any]
@@ -283,8 +285,17 @@ class Driver:
                     return
 
     def frames(self) -> dict[str, list[Frame]]:
-        """Each client's frames, normalised, progress runs collapsed."""
-        return {cid: collapse_progress(self.ids.normalise(sink.frames)) for cid, sink in self.sockets.items()}
+        """Each client's frames, normalised, progress runs collapsed, without the workshop's own."""
+        return {
+            cid: collapse_progress(self.ids.normalise([f for f in sink.frames if not workshops_own(f)]))
+            for cid, sink in self.sockets.items()
+        }
+
+
+def workshops_own(frame: Frame) -> bool:
+    """A message of the workshop's own web extension (``comfy-workshop.place``), which a ComfyUI
+    without it never sends: not compared (``tests/services/workspaces/test_socket.py`` checks it)."""
+    return str(frame.get("type", "")).startswith(EXTENSION_MESSAGES)
 
 
 def multipart(upload: dict[str, Any]) -> list[tuple[str, tuple[str | None, Any, str | None]]]:

@@ -26,13 +26,7 @@ from tests.support.worker_agent import pull_worker, worker_settings
 USER = "alice"
 
 # Case -> what the workspace still does differently, and why (a fix removes its entry).
-BACK_TO_BACK = (
-    "status broadcasts differ when a job waits behind a running one (what runs, its order and every "
-    "job event match): the queue manager's place notices (background.position_loop, each second while "
-    "she has a job waiting) each reach her socket as a status too, and none comes as the next prompt "
-    "is taken, where ComfyUI sends one"
-)
-KNOWN: dict[str, str] = {"queue_front": BACK_TO_BACK, "interrupt_waiting": BACK_TO_BACK}
+KNOWN: dict[str, str] = {}
 
 
 def cases() -> list[Any]:

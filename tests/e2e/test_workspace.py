@@ -14,7 +14,13 @@ from playwright.async_api import Browser, Page, WebSocket
 from devkit.doubles.comfyui import ComfyUIDouble
 from devkit.doubles.comfyui_nodes import catalogue
 from tests.support.browser import logged_in_page
-from tests.support.queue_manager_app import LiveServer, approve_offered_catalogue, login, register_worker
+from tests.support.queue_manager_app import (
+    WORKER_AUTH,
+    LiveServer,
+    approve_offered_catalogue,
+    login,
+    register_worker,
+)
 from tests.support.worker_agent import pull_worker, worker_settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -219,4 +225,7 @@ async def test_my_place_in_line_shows_where_a_waiting_job_stands(
     await page.locator(".workshop-place").get_by_text("#2").wait_for(timeout=10_000)
     assert "in line" in await page.locator(".workshop-place").inner_text()
     await page.screenshot(path=artifacts_dir / "workspace-place-in-line.png")
+    with httpx.Client(base_url=server.url) as client:  # a GPU takes Bob's job: none of hers changed
+        client.post("/api/workers/w1/claim", headers=WORKER_AUTH).raise_for_status()
+    await page.locator(".workshop-place").get_by_text("#1").wait_for(timeout=10_000)
     await context.close()

@@ -28,7 +28,9 @@ async function drawPlaces(box) {
 
 function placeTab() {
   let box = null;
-  app.api.addEventListener("status", () => box?.isConnected && drawPlaces(box));
+  const redraw = () => box?.isConnected && drawPlaces(box);
+  app.api.addEventListener("status", redraw); // one of her jobs was queued, started or ended
+  app.api.addEventListener("comfy-workshop.place", redraw); // her next job moved up the shared line
   app.extensionManager.registerSidebarTab({
     id: "workshop-place",
     icon: "pi pi-users",

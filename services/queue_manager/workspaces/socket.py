@@ -8,8 +8,15 @@ As in ComfyUI, a job's events reach only the socket whose ``clientId`` submitted
 the frontend end the run); for a prompt sent without a ``client_id`` every socket of the user gets
 its ``progress``, ``progress_state``, previews and ``execution_interrupted``, and nobody the rest.
 ``status`` (``queue_remaining`` = the participant's unfinished jobs) goes to every socket of the
-user whenever one of their jobs is queued, starts, moves in line or ends (before the last
-``executing``, as ComfyUI orders them). Messages are built by ``services.protocol.comfyui``.
+user whenever one of their jobs is queued, starts on its GPU (just before its ``execution_start``,
+where ComfyUI takes the prompt from its queue: a worker leases the next job while the last one
+still runs, so the lease is not the start) or ends (before the last ``executing``, as ComfyUI
+orders them). Messages are built by ``services.protocol.comfyui``.
+
+One message is not ComfyUI's: ``comfy-workshop.place`` ``{prompt_id, place, waiting}`` when the
+participant's next waiting job moves in the shared line (``background.position_loop``). The stock
+frontend hands a message type it does not know only to an extension that listens for it, as it
+does custom nodes' messages; the workshop's ``notice.js`` redraws "My place in line" on it.
 Only the owner's sockets ever receive an event: the stream is per user.
 """
 
@@ -27,22 +34,28 @@ from fastapi.websockets import WebSocketState
 
 from services.protocol import comfyui
 from services.protocol.events import EventType, UserEvent
-from services.protocol.jobs import Job, JobError, JobState
+from services.protocol.jobs import JobError, JobState
 from services.queue_manager.workspaces.deps import Context, session_user
 from services.queue_manager.workspaces.routes_info import server_features
 
 router = APIRouter()
-STATUS_EVENTS = {EventType.QUEUED, EventType.STARTED, EventType.POSITION}
+PLACE = "comfy-workshop.place"
+STARTS = "execution_start"
 UNADDRESSED = frozenset({"progress", "progress_state", "b_preview"})
 """What ComfyUI sends every socket for a prompt that came without a ``client_id``."""
 MAX_REMEMBERED = 256
 
 
 class Audience:
-    """Which client id submitted each job this socket hears of (looked up once per job)."""
+    """What this socket knows of the participant's jobs: which client id submitted each (looked up
+    once per job), and which are unfinished as far as its stream has told. A ``status`` counts
+    those, so it says what ComfyUI's would say at that point of the stream, also when the jobs have
+    moved on since (a short job's events come with its completion, and the next job may have ended
+    by the time the last one's end is sent)."""
 
-    def __init__(self, ctx: Context, sid: str) -> None:
+    def __init__(self, ctx: Context, sid: str, unfinished: set[str]) -> None:
         self.ctx, self.sid = ctx, sid
+        self.unfinished = unfinished
         self._clients: dict[str, str | None] = {}
 
     async def client_of(self, job_id: str) -> str | None:
@@ -58,13 +71,16 @@ class Audience:
         client = await self.client_of(job_id)
         return client == self.sid if client is not None else kind in UNADDRESSED
 
-    def forget(self, job_id: str) -> None:
+    def status(self) -> dict[str, Any]:
+        return comfyui.status(len(self.unfinished))
+
+    def ended(self, job_id: str) -> None:
+        self.unfinished.discard(job_id)
         self._clients.pop(job_id, None)
 
 
-async def status_message(ctx: Context, user: str, sid: str | None = None) -> dict[str, Any]:
-    jobs = await ctx.store.list_jobs(user)
-    return comfyui.status(sum(1 for job in jobs if not job.state.finished), sid)
+async def unfinished_jobs(ctx: Context, user: str) -> set[str]:
+    return {job.id for job in await ctx.store.list_jobs(user) if not job.state.finished}
 
 
 async def send(websocket: WebSocket, message: dict[str, Any]) -> None:
@@ -85,13 +101,14 @@ async def send_event(websocket: WebSocket, audience: Audience, event: UserEvent)
         await send(websocket, comfy)
 
 
-def statuses_for(data: dict[str, Any], jobs: list[Job]) -> int:
+async def statuses_for(ctx: Context, user: str, data: dict[str, Any]) -> int:
     """How many ``status`` messages ComfyUI sends for this end: one, but for a deleted waiting
     prompt two when it was the last one waiting, and one for a whole cleared queue."""
     if data.get("ran", True):
         return 1
     if "statuses" in data:
         return int(data["statuses"])
+    jobs = await ctx.store.list_jobs(user)
     return 1 if any(job.state is JobState.QUEUED for job in jobs) else 2
 
 
@@ -110,13 +127,22 @@ async def send_end(
     )
     if ran and await audience.hears(event.job_id, end["type"]):
         await send(websocket, end)
-    jobs = await ctx.store.list_jobs(user)
-    status = comfyui.status(sum(1 for job in jobs if not job.state.finished))
-    for _ in range(statuses_for(data, jobs)):
-        await send(websocket, status)
-    if ran and await audience.client_of(event.job_id) == audience.sid:
+    idle = ran and await audience.client_of(event.job_id) == audience.sid
+    audience.ended(event.job_id)
+    for _ in range(await statuses_for(ctx, user, data)):
+        await send(websocket, audience.status())
+    if idle:
         await send(websocket, comfyui.idle(event.job_id))
-    audience.forget(event.job_id)
+
+
+def place_message(event: UserEvent) -> dict[str, Any]:
+    """Where the participant's next waiting job is in the shared line (the workshop's own message)."""
+    data = {
+        "prompt_id": event.job_id,
+        "place": event.data.get("position"),
+        "waiting": event.data.get("waiting"),
+    }
+    return comfyui.message(PLACE, data)
 
 
 async def forward(
@@ -124,12 +150,15 @@ async def forward(
 ) -> None:
     if event.type is EventType.FINISHED:
         await send_end(websocket, ctx, user, audience, event)
+    elif event.type is EventType.QUEUED:
+        audience.unfinished.add(event.job_id)
+        await send(websocket, audience.status())
+    elif event.type is EventType.POSITION:
+        await send(websocket, place_message(event))
     elif event.comfy:
+        if event.comfy.get("type") == STARTS:
+            await send(websocket, audience.status())
         await send_event(websocket, audience, event)
-    if event.type is EventType.QUEUED and "queue_remaining" in event.data:
-        await send(websocket, comfyui.status(int(event.data["queue_remaining"])))
-    elif event.type in STATUS_EVENTS:
-        await send(websocket, await status_message(ctx, user))
 
 
 async def pump_events(
@@ -158,10 +187,11 @@ async def workspace_socket(websocket: WebSocket, user: str, ctx: Context) -> Non
     await websocket.accept()
     sid = websocket.query_params.get("clientId") or uuid.uuid4().hex
     async with ctx.store.events.subscribe(user) as stream:
-        await websocket.send_text(json.dumps(await status_message(ctx, user, sid)))
+        audience = Audience(ctx, sid, await unfinished_jobs(ctx, user))
+        await send(websocket, comfyui.status(len(audience.unfinished), sid))
         tasks = {
             asyncio.create_task(read_client(websocket, ctx)),
-            asyncio.create_task(pump_events(websocket, ctx, user, Audience(ctx, sid), stream)),
+            asyncio.create_task(pump_events(websocket, ctx, user, audience, stream)),
         }
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

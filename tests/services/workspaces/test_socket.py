@@ -177,6 +177,63 @@ def test_a_prompt_without_client_id_sends_progress_to_every_tab_and_nothing_name
         assert kinds == ["status", "status", "progress_state", "status"]
 
 
+def test_her_place_moving_up_reaches_her_tabs_as_the_extensions_message_and_no_status(
+    server: LiveServer, alice: httpx.Client, bob: httpx.Client, worker: httpx.Client
+) -> None:
+    """Bob's job taken by a GPU moves Alice's up, and changes nothing in her own queue: ComfyUI would
+    send her no ``status`` (its ``queue_remaining`` would be unchanged); "My place in line" hears
+    ``comfy-workshop.place``."""
+    bob.post("/w/bob/api/prompt", json={"prompt": GRAPH, "client_id": "b"}).raise_for_status()
+    with open_socket(server, alice, "alice", "tab-a") as tab:
+        next_text(tab)
+        mine = alice.post("/w/alice/api/prompt", json={"prompt": GRAPH, "client_id": "tab-a"}).json()
+        assert next_text(tab)["data"]["status"]["exec_info"]["queue_remaining"] == 1
+        assert next_text(tab) == {
+            "type": "comfy-workshop.place",
+            "data": {"prompt_id": mine["prompt_id"], "place": 1, "waiting": 1},
+        }
+        assert claim(worker).job.user == "bob"
+        assert next_text(tab) == {
+            "type": "comfy-workshop.place",
+            "data": {"prompt_id": mine["prompt_id"], "place": 0, "waiting": 1},
+        }
+
+
+def next_but_places(socket: ClientConnection) -> dict[str, Any]:
+    """The next frame that is not the place-in-line message (which comes each time her next waiting
+    job moves, on the queue manager's own clock)."""
+    for _ in range(10):
+        message = next_text(socket)
+        if message["type"] != "comfy-workshop.place":
+            return message
+    raise AssertionError("only place messages among the next 10")
+
+
+def test_her_status_says_a_job_started_when_its_gpu_starts_it_not_when_a_worker_leases_it(
+    server: LiveServer, alice: httpx.Client, worker: httpx.Client
+) -> None:
+    """A worker leases the next job while the last still runs on its ComfyUI; ComfyUI says
+    ``status`` as it takes a prompt from its own queue, just before ``execution_start``."""
+    with open_socket(server, alice, "alice", "tab-a") as tab:
+        next_text(tab)
+        alice.post("/w/alice/api/prompt", json={"prompt": GRAPH, "client_id": "tab-a"}).raise_for_status()
+        assert next_but_places(tab) == status(1)
+        lease = claim(worker)
+        alice.post("/w/alice/api/prompt", json={"prompt": GRAPH, "client_id": "tab-a"}).raise_for_status()
+        assert next_but_places(tab) == status(2), "the lease alone said something"
+        post_as_worker(
+            worker,
+            f"/api/leases/{lease.job.id}/events",
+            EventBatch(token=lease.token, events=job_events(lease.job.id)),
+        )
+        assert next_but_places(tab) == status(2)
+        assert next_but_places(tab)["type"] == "execution_start"
+
+
+def status(remaining: int) -> dict[str, Any]:
+    return {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining}}}}
+
+
 def test_deleting_a_waiting_job_says_only_the_new_status(
     server: LiveServer, alice: httpx.Client, worker: httpx.Client
 ) -> None:
