@@ -6,11 +6,13 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -205,6 +207,43 @@ def test_api_docs_are_not_public_and_pages_keep_their_csp(site: Site) -> None:
         assert client.get(f"{site.workers}{path}").status_code == 404, path
     login = client.get(f"{site.https}/w/login")
     assert "script-src 'self'" in login.headers["content-security-policy"]
+
+
+def _status_of_raw_path(url: str, path: str, headers: dict[str, str] | None = None) -> int:
+    """The status nginx answers a request line carrying ``path`` exactly as written (an HTTP client
+    would normalise the dots and escapes that are the point here)."""
+    parts = urlsplit(url)
+    lines = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    request = f"GET {path} HTTP/1.1\r\nHost: localhost\r\n{lines}Connection: close\r\n\r\n".encode()
+    with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=10) as plain:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        conn = context.wrap_socket(plain, server_hostname="localhost") if parts.scheme == "https" else plain
+        conn.sendall(request)
+        head = conn.recv(64)
+    return int(head.split(b" ", 2)[1])
+
+
+def test_path_tricks_reach_no_route_a_prefix_guards(site: Site) -> None:
+    """nginx guards by path: the public site never serves /metrics, the tailnet's worker port only the
+    worker API. Doubled slashes, dot segments, escaped dots and slashes, backslashes and a guarded
+    path after an allowed prefix reach neither, even with the admin's credentials."""
+    admin = {"Authorization": "Basic " + base64.b64encode(b"admin:development-only-secret").decode()}
+    assert _status_of_raw_path(site.https, "/api/admin/queue", admin) == 200  # the credentials work
+    for path in ("/api/admin/queue", "//api/admin/queue", "/./api/admin/queue", "/api/workers/../admin/queue",
+                 "/api/workers/%2e%2e/admin/queue", "/api/workers/..%2Fadmin%2Fqueue",
+                 "/api/leases/..%2f..%2fapi%2fadmin%2fqueue", "/api/workers/..%252Fadmin/queue",
+                 "/api/workers/..;/admin/queue", "/api/workers/..\\..\\api\\admin\\queue",
+                 "/health%2F..%2Fapi%2Fadmin%2Fqueue", "/metrics/../api/admin/queue", "/api%2Fadmin%2Fqueue",
+                 "/api/workers/%2e%2e%2f%2e%2e%2fw/ada/", "/docs"):  # fmt: skip
+        assert _status_of_raw_path(site.workers, path, admin) == 404, path
+    for path in ("/metrics", "//metrics", "/./metrics", "/%6detrics", "/w/../metrics",
+                 "/w/x/..%2F..%2Fmetrics", "/api/workers/..%2F..%2Fmetrics", "/api/workers/../../metrics",
+                 "/%2fmetrics", "/metrics/.", "/METRICS", "/metrics;x", "/metrics%3F",
+                 "/metrics?x=1"):  # fmt: skip
+        assert _status_of_raw_path(site.https, path) in (400, 404), path
+    for path in ("/metrics/", "/metrics%2F"):  # the queue manager's redirect back to /metrics, guarded
+        assert _status_of_raw_path(site.https, path) in (307, 404), path
 
 
 def test_a_client_cannot_pick_its_own_address_for_the_login_limit(site: Site) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from fastapi.routing import APIRoute
 
+from services.queue_manager import admin as admin_page
+from services.queue_manager.api.routes import admin, docs
 from services.queue_manager.settings import Scheduling, Settings
 from tests.support.qm_api import ADMIN, GPU, PROMPT, make_settings, registration, user_auth
 
@@ -74,3 +77,43 @@ async def test_drain_pauses_and_reports_what_still_runs(client: httpx.AsyncClien
     reply = await client.post("/api/admin/drain", params={"seconds": 0}, headers=ADMIN)
     assert reply.json() == {"drained": False, "running": 1, "queued": 1}
     assert (await claim(client)).status_code == 204
+
+
+def admin_routes() -> list[tuple[str, str]]:
+    """Every (method, path) that is the admin's: its API, its page and the page's data, the API docs."""
+    routers = (admin.router, admin_page.router, docs.router)
+    return [
+        (method, route.path.replace("{job_id}", "some-job").replace("{user}", "ada").replace("{digest}", "d"))
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute) and route.path not in ("/admin", "/admin/", "/admin/app.js")
+        for method in sorted(route.methods or ())
+        if method != "HEAD"
+    ]
+
+
+async def test_no_admin_route_answers_nobody_a_participant_or_a_pool_token(
+    client: httpx.AsyncClient,
+) -> None:
+    """Each admin route, called with no credentials, with ada's login (Basic and session cookie) and
+    with a pool's token: 401 or 403 every time, and nothing changes (dispatch still runs, ada's
+    session still works, her job still waits)."""
+    routes = admin_routes()
+    assert len(routes) >= 15, routes
+    job_id = await submit(client, "ada")
+    login = await client.post("/api/auth/login", json={"user": "ada", "password": "ada-password"})
+    cookie = {"Cookie": f"qm_session={login.cookies['qm_session']}"}
+    client.cookies.clear()  # each call below sends only the credentials it names
+    for method, path in routes:
+        for name, headers in {
+            "nobody": {},
+            "participant": user_auth("ada"),
+            "cookie": cookie,
+            "pool": GPU,
+        }.items():
+            reply = await client.request(method, path, headers=headers, json={})
+            expected = {401} if name in ("nobody", "pool") else {403}
+            assert reply.status_code in expected, (method, path, name, reply.status_code, reply.text[:200])
+    assert (await client.get("/api/admin/queue", headers=ADMIN)).json()["paused"] is False
+    assert (await client.get("/api/auth/me", headers=cookie)).status_code == 200
+    assert (await client.get(f"/api/jobs/{job_id}", headers=user_auth("ada"))).json()["state"] == "queued"
