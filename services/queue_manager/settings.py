@@ -199,8 +199,9 @@ class Settings(BaseSettings):
     max_kept_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=1024,
-        description="QM_MAX_KEPT_BYTES: most bytes of one participant's finished jobs' workflows kept in "
-        "Redis; past it her oldest finished jobs are forgotten before their retention ends",
+        description="QM_MAX_KEPT_BYTES: most bytes of one participant's jobs (workflows and what their "
+        "workers reported: outputs, errors) kept in Redis; past it her oldest finished jobs are forgotten "
+        "before their retention ends",
     )
     max_saved_bytes: int = Field(
         default=32 * 1024 * 1024,

@@ -399,3 +399,29 @@ async def test_a_leaked_pool_token_cannot_register_more_workers_than_its_pool_ha
             assert (await client.post("/api/workers/fake-3/deregister", headers=GPU)).status_code == 204
             body = registration("fake-5").model_dump()
             assert (await client.post("/api/workers/register", json=body, headers=GPU)).status_code == 200
+
+
+async def test_a_leaked_pool_token_cannot_fill_redis_with_huge_results(redis_url: str) -> None:
+    """A fake worker on a leaked token completes each job it claims with ~300 kB of made-up outputs
+    (and fails others with as big an error): the participant's kept jobs count those too, so past
+    QM_MAX_KEPT_BYTES her oldest finished jobs are forgotten and her history stays bounded."""
+    app = create_app(make_settings(redis_url, max_kept_bytes=1_000_000))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://qm.test") as client:
+            await register(client, "fake")
+            outputs = [
+                {"node_id": "2", "kind": "images", "filename": f"{n:04d}" + "x" * 120} for n in range(2000)
+            ]
+            for n in range(12):
+                job_id = await submit(client)
+                lease = Lease.model_validate((await claim(client, "fake")).json())
+                call = {"token": lease.token, "outputs": outputs}
+                if n % 2:
+                    call = {"token": lease.token, "error": {"type": "x", "message": "y" * 300_000}}
+                ending = "complete" if n % 2 == 0 else "fail"
+                reply = await client.post(f"/api/leases/{job_id}/{ending}", json=call, headers=GPU)
+                assert reply.status_code == 204, reply.text
+            await submit(client)  # her next submit forgets what is past her budget
+            history = await client.get("/api/jobs", headers=user_auth("ada"))
+            assert len(history.content) < 2_000_000, (len(history.content), len(history.json()))
