@@ -60,6 +60,8 @@ ended by its holder: makes complete/fail repeatable), lease_expires, cancel, dea
 from ``{p}:seq`` at submit) and ``cached`` (JSON: the nodes ComfyUI reused, from the worker's
 ``execution_cached``), which only the workspace reads. While a busy worker holds the queued job
 prepared: hold_token, hold_worker and hold_expires (ms); that worker's hash names it in ``next_id``.
+``rejoined`` is ``1`` on a job queued in the morning before the restore ran, once the restore moved
+it behind last night's queue (``lua/rejoin.lua``).
 
 Lua scripts build job, user and worker keys from the prefix they get as ``ARGV[1]``; a single
 Redis (not a cluster) is assumed.

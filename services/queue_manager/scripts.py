@@ -196,6 +196,15 @@ class PriorityArgs(ScriptArgs):
 
 
 @dataclass(frozen=True)
+class RejoinArgs(ScriptArgs):
+    script = "rejoin"
+    mode: str
+    taken_at_ms: int  # the snapshot's: jobs queued after it and not yet rejoined move
+    night_round: str  # the snapshot's fair:round ('' = none)
+    user_rounds: tuple[str, ...]  # the snapshot's fair:user_round, user, round pairs
+
+
+@dataclass(frozen=True)
 class PositionsArgs(ScriptArgs):
     script = "positions"
     ids: tuple[str, ...]
@@ -301,6 +310,7 @@ SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     CancelArgs,
     RequeueDeadArgs,
     PriorityArgs,
+    RejoinArgs,
     PositionsArgs,
     EndSessionsArgs,
     ForgetArgs,

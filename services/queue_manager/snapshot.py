@@ -8,7 +8,9 @@ counter, the node catalogue). Restoring puts waiting jobs back in line at their 
 were running when the snapshot was taken are requeued without counting the interrupted attempt
 (their workers are gone); finished records keep what is left of their retention. Restore skips jobs
 that already exist and merges keys into what is there (a participant's save before the restore
-keeps last evening's files next to it), so restoring the same file twice changes nothing.
+keeps last evening's files next to it), so restoring the same file twice changes nothing. Jobs
+queued before the restore ran (the workspaces answer first) then wait behind the snapshot's queue,
+as if queued just after it: their fresh Redis had given them round 0 and queue number 1.
 
 In the vault (user-file storage) the snapshot sits at ``snapshots/queue.json`` next to its sha256
 (``queue.json.sha256``); ``snapshots/started`` says the workshop ran before. A restore refuses a
@@ -34,6 +36,7 @@ from redis.asyncio import ConnectionPool, Redis
 
 from services.queue_manager.keys import ANY_POOL, Carried, family_of
 from services.queue_manager.records import job_from_hash, now_ms
+from services.queue_manager.scripts import RejoinArgs
 from services.queue_manager.store import Store
 from services.storage.base import Storage, aiter_chunks
 
@@ -313,6 +316,7 @@ async def restore_snapshot(store: Store, snapshot: Snapshot, resume: bool = True
         result.requeued += int(waiting)
     result.keys = await _restore_keys(store, snapshot)
     await _restore_globals(store, snapshot)
+    await store.scripts.run(_rejoin(store, snapshot))
     if resume:
         await store.resume()
     return result
@@ -375,6 +379,19 @@ async def _restore_globals(store: Store, snapshot: Snapshot) -> None:
     counter = max(snapshot.seq, int(_raw(saved.data)) if saved is not None else 0)
     if counter > int(await store.redis.get(keys.seq) or 0):
         await store.redis.set(keys.seq, counter)
+
+
+def _rejoin(store: Store, snapshot: Snapshot) -> RejoinArgs:
+    """Jobs queued before the restore ran wait behind the snapshot's queue (``lua/rejoin.lua``)."""
+    night_round, user_rounds = snapshot.keys.get("fair:round"), snapshot.keys.get("fair:user_round")
+    pairs = user_rounds.data.items() if user_rounds is not None else ()
+    return RejoinArgs(
+        store.prefix,
+        store.settings.scheduling.value,
+        int(snapshot.taken_at.timestamp() * 1000),
+        _raw(night_round.data).decode() if night_round is not None else "",
+        tuple(_raw(part).decode() for pair in pairs for part in pair),
+    )
 
 
 def absent_owners(snapshot: Snapshot, participants: set[str]) -> dict[str, int]:

@@ -17,6 +17,7 @@ import pytest
 from services.protocol.jobs import JobState
 from services.protocol.workers import Completion
 from services.queue_manager.keys import Keys, family_of
+from services.queue_manager.settings import Scheduling
 from services.queue_manager.snapshot import (
     SNAPSHOT_KEY,
     Snapshot,
@@ -186,3 +187,43 @@ def test_every_key_the_key_schema_builds_belongs_to_a_declared_family() -> None:
             built.append(member(keys, *["x"] * (member.__code__.co_argcount - 1)))
     assert len(built) > 25
     assert [key for key in built if family_of(key, "qm") is None] == []
+
+
+async def numbers(store: Store, ids: list[str]) -> list[int]:
+    return [int(await store.redis.hget(store.keys.job(job_id), "number") or 0) for job_id in ids]
+
+
+@pytest.mark.parametrize("mode", list(Scheduling))
+async def test_jobs_queued_in_the_morning_before_the_restore_wait_behind_last_nights_queue(
+    store_with: Callable[..., Store], mode: Scheduling
+) -> None:
+    """The workspaces answer before the up's restore step runs. A job queued then takes its turn as
+    if it had been queued just after the restore; it got the fresh Redis's round 0 and queue number
+    1, and ran before everyone who had waited overnight."""
+    evening = store_with(scheduling=mode)
+    for user in ("ada", "ada", "ada", "bob", "bob"):
+        await evening.submit(user, job())
+    assert all([await evening.claim("w1", "gpu") for _ in range(3)])  # running: they queue again
+    night = await evening.queued_ids()
+    snapshot = await take_snapshot(evening)
+    await evening.redis.flushall()
+
+    morning = store_with(scheduling=mode)
+    early = [(await morning.submit(user, job())).id for user in ("cara", "ada")]
+    await restore_snapshot(morning, snapshot)
+    numbered = await numbers(morning, early)
+    await restore_snapshot(morning, snapshot)  # a restore run twice moves nothing again
+    assert await numbers(morning, early) == numbered
+    late = [(await morning.submit(user, job())).id for user in ("cara", "ada")]
+    got = await morning.queued_ids()
+    queue_numbers = await numbers(morning, got)
+    rejoined = min(await numbers(morning, early)) > max(await numbers(morning, night))
+    await morning.redis.flushall()
+
+    replay = store_with(scheduling=mode)  # the same morning, with the restore before any job
+    await restore_snapshot(replay, snapshot)
+    again = [(await replay.submit(user, job())).id for user in ("cara", "ada", "cara", "ada")]
+    same = dict(zip(again, early + late, strict=True))
+    assert got == [same.get(job_id, job_id) for job_id in await replay.queued_ids()]
+    assert len(got) == 3 + len(night) + 4 and len(set(queue_numbers)) == len(got), queue_numbers
+    assert rejoined  # numbered after last night's jobs, as the morning's panel shows them
