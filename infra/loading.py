@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ from infra.credential_registry import (
 from infra.errors import HIDDEN, PROJECT, ConfigError, Problem, config_key, set_command
 from infra.pools import KINDS, kind_of
 
+HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 ROLE_CREDENTIALS: dict[Role, tuple[Credential, ...]] = {
     Role.VAULT: (CLOUDFLARE_TOKEN,),
     Role.WORKSHOP: (HCLOUD_TOKEN, CLOUDFLARE_TOKEN, TAILSCALE_API_KEY),
@@ -69,6 +71,7 @@ def load_config(stack: str | None = None, raw: Mapping[str, Any] | None = None) 
             problems += [_problem(error, MODELS[role]) for error in exc.errors()]
     if config is not None:
         problems += list(_credential_problems(required_credentials(config)))
+        problems += list(_host_name_problems(config, stack))
     if problems or config is None:
         raise ConfigError(stack, problems)
     return config
@@ -137,6 +140,22 @@ def required_credentials(config: StackConfig) -> list[Credential]:
         if config.registry is not None:
             needed.append(REGISTRY_PASSWORD)
     return needed
+
+
+def _host_name_problems(config: StackConfig, stack: str) -> Iterator[Problem]:
+    """Each pool whose objects a provider would refuse for their name: it is made of the stack's name,
+    which Verda takes only as (part of) a host name, and its refusal would come mid-up."""
+    for index, pool in enumerate(getattr(config, "pools", ())):
+        bad = [name for name in kind_of(pool).host_names(pool, stack) if not HOST_NAME.fullmatch(name)]
+        if bad:
+            yield Problem(
+                config_key(["pools", index, "name"]),
+                pool.name,
+                f"the pool's objects are named after the stack {stack!r}, as {bad[-1]!r}, which is no host "
+                "name (at most 63 lower-case letters, digits and '-')",
+                "pulumi stack rename <a name of lower-case letters, digits and '-'> (before the stack's "
+                "first up), or a shorter pool name",
+            )
 
 
 def _credential_problems(needed: list[Credential]) -> Iterator[Problem]:

@@ -15,6 +15,11 @@ from pydantic import Field, model_validator
 from infra.schema import Label, Model
 
 
+def remote_name(stack: str, pool: str) -> str:
+    """The deterministic name of a pool's objects at the provider: the providers look them up by it."""
+    return f"cw-{stack}-{pool}"
+
+
 class PoolMode(StrEnum):
     PULL = "pull"
     PUSH = "push"

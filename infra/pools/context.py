@@ -9,7 +9,7 @@ from typing import TypeVar
 import pulumi
 
 from infra.comfyui import ComfyUIConfig
-from infra.pools.base import PoolMode, RegistryConfig, SharedVolume, StorageAccess
+from infra.pools.base import PoolMode, RegistryConfig, SharedVolume, StorageAccess, remote_name
 from infra.pools.worker_image import WorkerImages
 
 R = TypeVar("R", bound=pulumi.Resource)
@@ -93,4 +93,4 @@ class PoolContext:
 
     def remote_name(self, pool: str) -> str:
         """The deterministic name of a pool's objects at the provider: the providers look them up by it."""
-        return f"cw-{self.stack}-{pool}"
+        return remote_name(self.stack, pool)

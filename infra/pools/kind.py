@@ -65,6 +65,11 @@ class GpuPool(ABC, Generic[C]):
         stack config, declared once for all of them)."""
         return None
 
+    def host_names(self, config: C, stack: str) -> tuple[str, ...]:
+        """The names this pool gives objects at its provider that must be host names (DNS labels:
+        an instance's hostname, a container deployment's name), checked before anything is declared."""
+        return ()
+
     def capacity(self, config: C) -> int:
         """How many jobs this pool can run at once at most (the dispatcher's in-flight bound)."""
         return 1

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 
 from infra.credential_registry import REGISTRY_PASSWORD, Credential
 from infra.pools.access import SHARED_MODELS_DIR, verda_connection, worker_env
-from infra.pools.base import ModelsVolume, PoolConfigBase, PoolMode, SharedVolume
+from infra.pools.base import ModelsVolume, PoolConfigBase, PoolMode, SharedVolume, remote_name
 from infra.pools.context import PoolContext
 from infra.pools.kind import GpuPool, PoolComponent
 from infra.pools.verda import CREDENTIALS, LOCATIONS, models_volume, shared_volume
@@ -19,6 +19,11 @@ from infra.pools.verda_startup import StartupSpec, setup_digest, startup_script
 from infra.providers.resources import VerdaInstance, VerdaSharedVolume, VerdaSshKey, VerdaStartupScript
 from infra.schema import one_of
 from infra.secret import secret
+
+
+def hostname(prefix: str, index: int) -> str:
+    """The host name of the pool's instance ``index``: its name at Verda and on the tailnet."""
+    return f"{prefix}-{index}"
 
 
 class VerdaInstanceConfig(PoolConfigBase):
@@ -55,6 +60,9 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
     def shared_volume(self, config: VerdaInstanceConfig) -> SharedVolume | None:
         return shared_volume(config.models_volume, config.location)
 
+    def host_names(self, config: VerdaInstanceConfig, stack: str) -> tuple[str, ...]:
+        return tuple(hostname(remote_name(stack, config.name), index) for index in range(config.count))
+
     def capacity(self, config: VerdaInstanceConfig) -> int:
         return config.count * config.gpus_per_instance * config.workers_per_gpu
 
@@ -75,7 +83,7 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
         }
         instances = [
             VerdaInstance(
-                f"{config.name}-{index}", {"name": f"{prefix}-{index}", **machine, **boot, **conn}, child
+                f"{config.name}-{index}", {"name": hostname(prefix, index), **machine, **boot, **conn}, child
             )
             for index in range(config.count)
         ]

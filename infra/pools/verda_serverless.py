@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 
 from infra.credential_registry import VERDA_INFERENCE_KEY, Credential
 from infra.pools.access import SHARED_MODELS_DIR, verda_connection, worker_env
-from infra.pools.base import ModelsVolume, PoolConfigBase, PoolMode, ReplicaRange, SharedVolume
+from infra.pools.base import ModelsVolume, PoolConfigBase, PoolMode, ReplicaRange, SharedVolume, remote_name
 from infra.pools.context import PoolContext
 from infra.pools.kind import GpuPool, PoolComponent
 from infra.pools.verda import CREDENTIALS, LOCATIONS, models_volume, registry_props, shared_volume
@@ -57,6 +57,9 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
 
     def shared_volume(self, config: VerdaServerlessConfig) -> SharedVolume | None:
         return shared_volume(config.models_volume, config.location)
+
+    def host_names(self, config: VerdaServerlessConfig, stack: str) -> tuple[str, ...]:
+        return (remote_name(stack, config.name),)  # the deployment's name, in its endpoint's URL
 
     def capacity(self, config: VerdaServerlessConfig) -> int:
         return config.max_replicas * config.concurrent_requests_per_replica

@@ -368,3 +368,30 @@ def test_a_model_path_longer_than_a_worker_can_report_is_refused_at_preview() ->
     long = "loras/" + "x" * MAX_MODEL_PATH + ".safetensors"
     text = problems("workshop", {"models": [{"path": long, "size": 1, "sha256": "a" * 64}]})
     assert "comfy-workshop:models[0].path" in text and "shorter path" in text
+
+
+@pytest.mark.parametrize(
+    ("stack_name", "pool"),
+    [
+        ("Dec_Workshop", {"kind": "verda-instance", "name": "baseline"}),
+        ("acme.dec", workshop_pool()),
+        ("w" * 40, {"kind": "verda-instance", "name": "baseline-pool-for-the-day", "count": 12}),
+    ],
+)
+def test_a_stack_name_verda_cannot_take_in_a_host_name_fails_at_preview(
+    stack_name: str, pool: dict[str, Any]
+) -> None:
+    """Verda objects are named `cw-<stack>-<pool>` (an instance's host name, a deployment's name): a stack
+    named with '_', '.', capitals, or so long the name passes 63 characters was refused by Verda at
+    create, mid-up, after the VPS was made, with advice to fix the pool's config."""
+    text = problems("workshop", {"role": "workshop", "pools": [pool]}, stack_name=stack_name)
+
+    assert f"comfy-workshop:pools[0].name = {pool['name']!r}" in text
+    assert f"stack {stack_name!r}" in text and "pulumi stack rename" in text
+
+
+def test_a_runpod_pool_takes_any_stack_name() -> None:
+    set_config(
+        stack_values("workshop", {"role": "workshop", "pools": [{"kind": "runpod-serverless", "name": "o"}]})
+    )
+    assert load_config("Dec_Workshop").role == "workshop"
