@@ -42,8 +42,10 @@ T = TypeVar("T")
 CONNECTION_KEYS = frozenset({"client_id", "client_secret", "api_key", "api_url", "timing", "__provider"})
 # Yet a new API key must reach the state: `pulumi destroy` and `refresh` call the provider with the
 # stored outputs, so a revoked key kept there would leave a destroy that fails while the GPUs bill on.
+# So must the pickled provider (a reference to its module and class), which they unpickle from the
+# stored outputs too: once the code moved the class, the old reference no longer imports.
 # A change of these alone is an update that calls nothing remote.
-CREDENTIAL_KEYS = frozenset({"client_id", "client_secret", "api_key"})
+STORED_FOR_DESTROY = frozenset({"client_id", "client_secret", "api_key", "__provider"})
 
 
 # The engine runs every dynamic resource of a stack in one provider process, several at once: two
@@ -145,7 +147,7 @@ class LifecycleProvider(ResourceProvider, ABC):
         replaces = [k for k in changed if k in self.replace_keys]
         if replaces:
             self.can_replace(_news, replaces)
-        new_key = any(_olds.get(k) != _news.get(k) for k in CREDENTIAL_KEYS)
+        new_key = any(_olds.get(k) != _news.get(k) for k in STORED_FOR_DESTROY)
         # Names are deterministic, so the old object must go before its successor takes the name.
         return DiffResult(changes=bool(changed) or new_key, replaces=replaces, delete_before_replace=True)
 
@@ -176,7 +178,7 @@ class LifecycleProvider(ResourceProvider, ABC):
         return ReadResult(new_id, {**props, **self.drifted(obj, props), **outs})
 
     def update(self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]) -> UpdateResult:
-        if not self._changed(_olds, _news):  # a new API key only: into the state, nothing remote
+        if not self._changed(_olds, _news):  # a new API key or provider only: into the state, nothing remote
             return UpdateResult({**_news, **{k: _olds[k] for k in self.outputs if k in _olds}})
         api = self.guarded(_news, lambda: self.connect(_news))
         obj = self.guarded(_news, lambda: self.change(api, _id, _olds, _news))

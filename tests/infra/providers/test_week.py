@@ -4,15 +4,19 @@ was deleted outside Pulumi; a destroy. Against the project's Verda and RunPod do
 
 from __future__ import annotations
 
+import sys
 import threading
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from pulumi.dynamic.dynamic import serialize_provider
+
 from infra.providers import resources
-from tests.infra.providers.engine import Engine, HostError
+from tests.infra.providers.engine import HOST, PROVIDER_KEY, Engine, HostError
 from tests.infra.providers.runpod_double import RunPodDouble
 from tests.infra.providers.verda_double import VerdaDouble
 from tests.support.provider_timing import FAST
@@ -476,3 +480,36 @@ def test_a_destroy_with_a_revoked_key_in_the_state_says_to_run_up_with_the_new_o
             verb()
 
     assert case.remote(doubles, engine.state.id) is not None
+
+
+@pytest.mark.parametrize("kind", ["instance", "endpoint"])
+def test_the_state_follows_the_provider_code_so_a_destroy_after_it_moved_still_deletes(
+    kind: str, doubles: Doubles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine pickles the provider into the state by reference (module and class), and `destroy`
+    and `refresh` unpickle the STORED one. An `up` whose diff saw nothing else kept the old reference
+    there, so once the code moved the class (a refactor, a rename), the evening's destroy failed to
+    import it while the GPUs billed on. An `up` after the move stores the new one."""
+    case = CASES[kind]
+    provider_class = case.resource.provider_class
+    old_home = types.ModuleType("infra_providers_before_the_move")
+    moved = type(provider_class.__name__, (provider_class,), {"__module__": old_home.__name__})
+    old_home.__dict__[provider_class.__name__] = moved
+    monkeypatch.setitem(sys.modules, old_home.__name__, old_home)
+    engine = Engine(case.resource, kind)
+    engine.serialized = serialize_provider(moved())
+    props = {**case.props, **connection(case, doubles)}
+    engine.up(props)
+    assert engine.state is not None
+    id_ = engine.state.id
+
+    monkeypatch.delitem(sys.modules, old_home.__name__)  # the code moved; a new provider process
+    HOST["_PROVIDER_CACHE"].clear()
+    engine.serialized = serialize_provider(provider_class())
+    step = engine.up(props)
+
+    assert (step.action, step.replaces) == ("update", [])
+    assert engine.state.outputs[PROVIDER_KEY] == engine.serialized
+    assert engine.up(props).action == "same"
+    engine.destroy()
+    assert case.remote(doubles, id_) is None
