@@ -33,6 +33,7 @@ from services.queue_manager.snapshot import (
     mark_started,
     restore_snapshot,
     save_for_the_night,
+    stranded_pools,
     take_snapshot,
 )
 from services.queue_manager.store import Store
@@ -121,6 +122,24 @@ def save() -> None:
     typer.echo(_with_vault(run))
 
 
+def _strays_named(loaded: Snapshot, settings: Settings) -> str:
+    """What the organizer must decide about the restored queue: jobs of people no longer in the
+    config, and jobs pinned to pools it no longer has."""
+    users = {*settings.participants, settings.admin_user}
+    absent = absent_owners(loaded, users)
+    stranded = stranded_pools(loaded, set(settings.worker_tokens))
+    return "".join(
+        f"\n{count} waiting jobs of {user}, no longer a participant, run unless you cancel them on the "
+        "admin page (or give the name back in the config)"
+        for user, count in sorted(absent.items())
+    ) + "".join(
+        f"\n{count} waiting jobs pinned to pool {pool}, which the config no longer has: no worker can take "
+        "them until a pool of that name is back (QM_WORKER_TOKENS); cancel them on the admin page or add "
+        "the pool again"
+        for pool, count in sorted(stranded.items())
+    )
+
+
 @app.command()
 def load() -> None:
     """The morning: restore the vault's snapshot after checking its sha256. Exits 2, restoring
@@ -134,15 +153,10 @@ def load() -> None:
             return "no queue snapshot yet (the workshop's first day): starting with an empty queue"
         result = await restore_snapshot(store, loaded)
         await mark_started(storage)
-        absent = absent_owners(loaded, set(store.settings.participants))
         return (
             f"restored {result.restored} jobs ({result.requeued} queued again, {result.skipped} skipped) "
             f"and {result.keys} keys"
-        ) + "".join(
-            f"\n{count} waiting jobs of {user}, no longer a participant, run unless you cancel them on the "
-            "admin page (or give the name back in the config)"
-            for user, count in sorted(absent.items())
-        )
+        ) + _strays_named(loaded, store.settings)
 
     typer.echo(_with_vault(run))
 

@@ -394,15 +394,27 @@ def _rejoin(store: Store, snapshot: Snapshot) -> RejoinArgs:
     )
 
 
-def absent_owners(snapshot: Snapshot, participants: set[str]) -> dict[str, int]:
-    """Who owns the snapshot's waiting or interrupted jobs but is no participant now (removed or
-    renamed in the config overnight), with how many such jobs each."""
+def _strays(snapshot: Snapshot, field: str, known: set[str]) -> dict[str, int]:
+    """The snapshot's waiting or interrupted jobs whose ``field`` names nothing in ``known``, counted
+    by that name."""
     counts: dict[str, int] = {}
     for fields in snapshot.jobs:
-        user = fields.get("user", "")
-        if fields.get("state") in ("queued", *RUNNING) and user not in participants:
-            counts[user] = counts.get(user, 0) + 1
+        name = fields.get(field, "")
+        if fields.get("state") in ("queued", *RUNNING) and name not in known:
+            counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def absent_owners(snapshot: Snapshot, users: set[str]) -> dict[str, int]:
+    """Who owns the snapshot's waiting or interrupted jobs but is no user now (a participant
+    removed or renamed in the config overnight), with how many such jobs each."""
+    return _strays(snapshot, "user", users)
+
+
+def stranded_pools(snapshot: Snapshot, pools: set[str]) -> dict[str, int]:
+    """Pools the snapshot's waiting or interrupted jobs are pinned to that the config no longer has
+    (no worker could take them: a submit naming such a pool is refused), with how many jobs each."""
+    return _strays(snapshot, "pool", {"", *pools})
 
 
 async def _started_at(storage: Storage) -> datetime | None:

@@ -43,8 +43,7 @@ def settings_for(redis_url: str, participants: tuple[str, ...] = PARTICIPANTS, *
         admin_password=SecretStr(ADMIN_PASSWORD),
         session_secret=SecretStr("test-session-secret-0123456789"),
         participants={user: SecretStr(password(user)) for user in participants},
-        worker_tokens={POOL: SecretStr(POOL_TOKEN)},
-        **extra,
+        **{"worker_tokens": {POOL: SecretStr(POOL_TOKEN)}, **extra},
     )
 
 

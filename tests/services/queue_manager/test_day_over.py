@@ -23,6 +23,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 import redis
+from pydantic import SecretStr
 
 from devkit.doubles.comfyui_nodes import catalogue
 from infra.queue_keeper import script_command
@@ -34,6 +35,7 @@ from services.queue_manager.snapshot import CHECKSUM_KEY, SNAPSHOT_KEY
 from tests.support.queue_manager_app import (
     ADMIN,
     ADMIN_PASSWORD,
+    POOL,
     WORKER_AUTH,
     live_server,
     login,
@@ -72,10 +74,15 @@ def docker_shim(tmp_path: Path) -> Path:
 
 
 def keeper_step(
-    which: str, redis_url: str, bucket: Path, shim: Path, participants: tuple[str, ...] = USERS
+    which: str,
+    redis_url: str,
+    bucket: Path,
+    shim: Path,
+    participants: tuple[str, ...] = USERS,
+    pools: tuple[str, ...] = (POOL,),
 ) -> subprocess.CompletedProcess[str]:
     """Run the QueueKeeper's own create (restore) or delete (drain) command, with the settings the
-    queue manager's container has (its participants among them)."""
+    queue manager's container has (its participants and pools among them)."""
     command = (
         script_command("drain.sh", CONTAINER, "1")
         if which == "drain"
@@ -88,6 +95,7 @@ def keeper_step(
         "QM_REDIS_URL": redis_url,
         "QM_FILES_URL": bucket.as_uri(),
         "QM_PARTICIPANTS": json.dumps({user: f"{user}-pw" for user in participants}),
+        "QM_WORKER_TOKENS": json.dumps({pool: f"{pool}-token" for pool in pools}),
     }
     return subprocess.run(
         ["sh", "-c", command], env=env, capture_output=True, text=True, timeout=120, check=False
@@ -568,3 +576,25 @@ def test_what_is_undone_after_the_evening_save_is_refused_and_comes_back_in_the_
     expected["admin users"] = [{**evening["admin users"][0], "queued": 3, "running": 0}]
     assert evening["admin queue"]["dead"] == [(night["dead"], "failed")]
     assert comparable(morning) == expected
+
+
+def test_the_morning_names_waiting_jobs_pinned_to_a_pool_gone_overnight(
+    redis_url: str, bucket: Path, docker_shim: Path
+) -> None:
+    """The organizer pinned a job to a pool the config no longer has: no worker can ever take it,
+    and the morning's up says so, as a submit to that pool is refused, instead of it waiting unseen."""
+    pools = {name: SecretStr(f"{name}-token") for name in (POOL, "h100")}
+    with live_server(settings_for(redis_url, lease_seconds=600, worker_tokens=pools), bucket) as server:
+        with httpx.Client(base_url=server.url, timeout=20) as admin:
+            pinned = login(admin, ADMIN, ADMIN_PASSWORD).post(
+                "/api/jobs", json={"prompt": GRAPH, "pool": "h100"}
+            )
+            assert pinned.status_code == 201, pinned.text
+        assert keeper_step("drain", redis_url, bucket, docker_shim, pools=(POOL, "h100")).returncode == 0
+    redis.Redis.from_url(redis_url).flushall()
+    with live_server(day_settings(redis_url), bucket):
+        restored = keeper_step("restore", redis_url, bucket, docker_shim)
+    assert restored.returncode == 0, restored.stderr
+    assert "1 waiting jobs pinned to pool h100, which the config no longer has" in restored.stdout
+    assert f"pool {POOL}" not in restored.stdout
+    assert "no longer a participant" not in restored.stdout  # the organizer's own job is hers
