@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from services.queue_manager import logs
+from services.queue_manager.api.callers_first import CallersFirst
 from services.queue_manager.api.crosssite import CrossSite
-from services.queue_manager.api.errors import BodyLimit, install_error_handlers
+from services.queue_manager.api.deps import registering_pool
+from services.queue_manager.api.errors import REGISTER_PATH, BodyLimit, install_error_handlers
 from services.queue_manager.api.headers import SecurityHeaders
 from services.queue_manager.api.main import api_router
 from services.queue_manager.auth import Authenticator
@@ -32,6 +35,7 @@ from services.queue_manager.settings import Settings
 from services.queue_manager.socket_slots import SocketCap, SocketSlots
 from services.queue_manager.store import Store
 from services.queue_manager.workspaces import UPLOAD_PATH
+from services.queue_manager.workspaces.deps import upload_owner
 from services.storage import Storage, StorageError, open_storage
 
 log = logging.getLogger(__name__)
@@ -93,6 +97,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router)
     app.add_middleware(SocketCap)
     app.add_middleware(SecurityHeaders)
+    # The routes that take big bodies refuse a caller without credentials before reading them.
+    big_bodies = ((UPLOAD_PATH, upload_owner), (re.compile(re.escape(REGISTER_PATH) + "$"), registering_pool))
+    app.add_middleware(CallersFirst, checks=big_bodies)
     app.add_middleware(CrossSite)  # a cross-site request is refused before any route runs
     app.add_middleware(BodyLimit, uploads=UPLOAD_PATH)  # outermost: an oversized body is never read
     return app

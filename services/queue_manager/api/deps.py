@@ -110,6 +110,11 @@ async def worker_pool(request: Request) -> str:
     return pool
 
 
+async def registering_pool(request: Request, _: dict[str, str]) -> str:
+    """``worker_pool`` for a worker's registration, checked before its body is read."""
+    return await worker_pool(request)
+
+
 @dataclass(frozen=True)
 class Holder:
     """Who calls a lease or push route: a pool's token (``reply`` None) or a push request's reply token."""

@@ -23,8 +23,11 @@ async def queue_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
 
 
+REDIS_DOWN = "the queue's database is not reachable, try again in a moment"
+
+
 async def redis_down(_: Request, exc: Exception) -> JSONResponse:
-    detail = f"the queue's database is not reachable, try again in a moment ({type(exc).__name__})"
+    detail = f"{REDIS_DOWN} ({type(exc).__name__})"
     return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "2"})
 
 

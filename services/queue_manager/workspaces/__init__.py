@@ -57,8 +57,9 @@ from services.queue_manager.workspaces import (
 
 PREFIX = "/w/{user}"
 PREFIXES = (PREFIX, PREFIX + "/api")
-UPLOAD_PATH = re.compile(rf"/w/[^/]+(?:/api)?{re.escape(routes_files.UPLOADS)}")
-"""The paths of every upload route, for ``BodyLimit``'s larger limit (``QM_MAX_UPLOAD_BYTES``)."""
+UPLOAD_PATH = re.compile(rf"/w/(?P<user>[^/]+)(?:/api)?{re.escape(routes_files.UPLOADS)}")
+"""The paths of every upload route, for ``BodyLimit``'s larger limit (``QM_MAX_UPLOAD_BYTES``) and
+``CallersFirst``'s check of the owner before the body."""
 
 router = APIRouter(tags=["workspaces"])
 router.include_router(pages.pages)

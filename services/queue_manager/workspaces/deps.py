@@ -60,6 +60,11 @@ async def session_user(connection: HTTPConnection) -> str | None:
     return principal.user if principal is not None else None
 
 
+async def upload_owner(connection: HTTPConnection, groups: dict[str, str]) -> str:
+    """``participant`` for an upload path (``UPLOAD_PATH``), checked before its body is read."""
+    return await participant(connection, groups["user"])
+
+
 async def participant(connection: HTTPConnection, user: str) -> str:
     """The logged-in participant, who must own the ``/w/<user>/`` path."""
     who = await session_user(connection)

@@ -1,0 +1,64 @@
+"""The routes that take big bodies (uploads up to QM_MAX_UPLOAD_BYTES, a worker's registration up to
+QM_MAX_CATALOGUE_BYTES) answer a caller without the right credentials before reading the body: an
+anonymous client streamed a 100 MB upload to disk, or a 32 MB registration into memory, and only
+then heard 401, so a few at once filled the queue manager's disk or memory without any login."""
+
+from __future__ import annotations
+
+import socket
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.support.queue_manager_app import POOL_TOKEN, LiveServer
+
+MULTIPART = "multipart/form-data; boundary=b"
+PART = b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+
+
+def answer_before_the_body(url: str, path: str, content_type: str, headers: dict[str, str]) -> int | None:
+    """Send a request's head declaring 20 MB (within both limits) and its first bytes, then wait (at
+    most 5 s) for an answer: its status, or None when the server waits for the rest of the body."""
+    parts = urlsplit(url)
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+    head += f"Content-Length: {20 * 1024 * 1024}\r\n{lines}\r\n"
+    with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=5) as conn:
+        conn.sendall(head.encode() + PART)
+        try:
+            reply = conn.recv(64)
+        except TimeoutError:
+            return None
+    return int(reply.split(b" ", 2)[1])
+
+
+def cookie_of(client: httpx.Client) -> dict[str, str]:
+    return {"Cookie": "; ".join(f"{name}={value}" for name, value in client.cookies.items())}
+
+
+@pytest.mark.parametrize("path", ["/w/alice/api/upload/image", "/w/alice/upload/mask"])
+def test_an_upload_without_the_owners_login_is_refused_before_its_body(
+    server: LiveServer, bob: httpx.Client, path: str
+) -> None:
+    assert answer_before_the_body(server.url, path, MULTIPART, {}) == 401
+    assert answer_before_the_body(server.url, path, MULTIPART, {"Cookie": "qm_session=forged"}) == 401
+    assert answer_before_the_body(server.url, path, MULTIPART, cookie_of(bob)) == 403
+
+
+def test_a_registration_without_a_pool_token_is_refused_before_its_body(server: LiveServer) -> None:
+    path, kind = "/api/workers/register", "application/json"
+    assert answer_before_the_body(server.url, path, kind, {}) == 401
+    assert answer_before_the_body(server.url, path, kind, {"Authorization": "Bearer wrong"}) == 401
+
+
+def test_the_owners_upload_and_a_pools_registration_still_read_their_body(
+    server: LiveServer, alice: httpx.Client
+) -> None:
+    """The check lets the right callers through to the body (they wait for it, then are answered)."""
+    upload = "/w/alice/api/upload/image"
+    assert answer_before_the_body(server.url, upload, MULTIPART, cookie_of(alice)) is None
+    bearer = {"Authorization": f"Bearer {POOL_TOKEN}"}
+    assert answer_before_the_body(server.url, "/api/workers/register", "application/json", bearer) is None
+    stored = alice.post(upload, files={"image": ("ok.png", b"\x89PNG ok", "image/png")})
+    assert stored.status_code == 200, stored.text
