@@ -38,6 +38,9 @@ SPEC_KEYS = (
     "os_volume_size",
     "description",
 )
+# What a refresh records for an instance Verda reports in error: no input, so always a change, and
+# one that replaces it.
+BROKEN = "broken"
 # Stopped in Verda's console, and the action that brings each back.
 STOPPED = {InstanceStatus.OFFLINE: Actions.START, InstanceStatus.HIBERNATING: Actions.RESTORE}
 # The statuses of a stopped instance on its way back to "running".
@@ -53,7 +56,7 @@ class InstanceProvider(VerdaProvider):
 
     kind = "Verda instance"
     required = ("name", "instance_type", "location")
-    replace_keys = frozenset(SPEC_KEYS)
+    replace_keys = frozenset({*SPEC_KEYS, BROKEN})
     outputs = ("instance_id", "ip", "status", "os_volume_id", "price_per_hour")
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
@@ -145,7 +148,10 @@ class InstanceProvider(VerdaProvider):
 
     def drifted(self, obj: Any, props: dict[str, Any]) -> dict[str, Any]:
         """Shut down or hibernated in the console: a pool without its GPU. ``stopped`` is no input, so
-        the next `up` sees it as a change, and its update starts the instance again."""
+        the next `up` sees it as a change, and its update starts the instance again. In ``error`` (a
+        failed host) nothing brings it back: ``broken`` is a replace key, so that `up` makes a new one."""
+        if obj.status == InstanceStatus.ERROR:
+            return {BROKEN: obj.status}
         return {"stopped": obj.status} if obj.status in STOPPED else {}
 
     def fetch(self, api: Any, id_: str, props: dict[str, Any]) -> Any | None:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-
 from pulumi.dynamic.dynamic import serialize_provider
 
 from infra.providers import resources
@@ -513,3 +512,23 @@ def test_the_state_follows_the_provider_code_so_a_destroy_after_it_moved_still_d
     assert engine.up(props).action == "same"
     engine.destroy()
     assert case.remote(doubles, id_) is None
+
+
+def test_an_instance_verda_reports_in_error_is_replaced_by_the_up_after_a_refresh(doubles: Doubles) -> None:
+    """A running instance Verda then reports in `error` (a failed host) is no GPU for the pool: the
+    refresh kept it as it was and every later `up` found nothing to do, so the pool stayed without its
+    GPU (and the broken instance in the bill) until someone deleted it by hand."""
+    case, engine, props = created("instance", doubles)
+    assert engine.state is not None
+    broken = engine.state.id
+    remote = case.remote(doubles, broken)
+    assert remote is not None
+    remote["status"] = "error"
+
+    engine.refresh()
+    step = engine.up(props)
+
+    assert step.action == "replace", step.diff
+    assert case.remote(doubles, broken) is None
+    assert [i["status"] for i in doubles[0].billable_instances()] == ["running"]
+    assert engine.up(props).action == "same"
