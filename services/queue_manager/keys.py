@@ -21,7 +21,8 @@
 | ``{p}:fair:user_served`` | hash | user -> latest round one of their jobs was dispatched in | forever |
 | ``{p}:seq`` | string | submit counter: a job's queue number, the tie-breaker inside a round | forever |
 | ``{p}:paused`` | string | ``1`` while dispatch is paused | until resumed |
-| ``{p}:closed`` | string | ``1`` from the evening's save: saves and submits refused | until the morning |
+| ``{p}:closed`` | string | ``1`` from the evening's save: participants' changes refused | until the morning |
+| ``{p}:saved`` | string | when the snapshot this Redis saved was taken (ISO 8601) | forever |
 | ``{p}:worker:{id}`` | hash | registration, state, job, last seen (gone: draining) | 1 day after last seen |
 | ``{p}:workers`` | zset | worker ids by last seen (ms) | pruned after 1 day |
 | ``{p}:catalogue:{hash}`` | string | a worker's ComfyUI ``/object_info`` by catalogue hash | while kept |
@@ -116,6 +117,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("seq", "string", Carried.COPIED),
     Family("paused", "string", Carried.LEFT, "the evening drain pauses dispatch; the morning resumes it"),
     Family("closed", "string", Carried.LEFT, "set by the evening's save, cleared by the morning's load"),
+    Family("saved", "string", Carried.LEFT, "names a snapshot this Redis took; the next Redis took none"),
     Family("worker:{id}", "hash", Carried.LEFT, "workers register again when they start"),
     Family("workers", "zset", Carried.LEFT, "workers register again when they start"),
     Family("catalogue:{hash}", "string", Carried.COPIED),
@@ -263,6 +265,10 @@ class Keys:
     @property
     def closed(self) -> str:
         return f"{self.prefix}:closed"
+
+    @property
+    def saved(self) -> str:
+        return f"{self.prefix}:saved"
 
     @property
     def workers(self) -> str:

@@ -598,3 +598,33 @@ def test_the_morning_names_waiting_jobs_pinned_to_a_pool_gone_overnight(
     assert "1 waiting jobs pinned to pool h100, which the config no longer has" in restored.stdout
     assert f"pool {POOL}" not in restored.stdout
     assert "no longer a participant" not in restored.stdout  # the organizer's own job is hers
+
+
+def test_a_day_resumed_after_the_evening_save_keeps_what_was_deleted_deleted(
+    redis_url: str, bucket: Path, docker_shim: Path
+) -> None:
+    """The destroy saved, then stopped (a provider refused a deletion), and the organizer pressed
+    Resume and went on with the day. The snapshot it saved is that same Redis's, no morning's to
+    merge back: a workflow deleted and a history entry hidden since must not come back that evening."""
+    with live_server(day_settings(redis_url), bucket) as server:
+        alice = login(httpx.Client(base_url=server.url, timeout=20), "alice")
+        worker = httpx.Client(base_url=server.url, timeout=20)
+        register_worker(worker, catalogue(["in.png"]))
+        personal_data(alice, "alice")
+        queue(alice, "alice")
+        done = finish(worker, bucket, "alice", "night_00001_.png")
+        assert keeper_step("drain", redis_url, bucket, docker_shim).returncode == 0
+        with httpx.Client(base_url=server.url, timeout=20) as admin:
+            login(admin, ADMIN, ADMIN_PASSWORD).post("/api/admin/resume").raise_for_status()
+        alice.delete("/w/alice/api/userdata/workflows%2Fportrait.json").raise_for_status()
+        alice.post("/w/alice/api/history", json={"delete": [done]}).raise_for_status()
+        evening = saved_files(alice, "alice"), alice.get("/w/alice/api/history").json()
+        assert keeper_step("drain", redis_url, bucket, docker_shim).returncode == 0
+        alice.close(), worker.close()
+    redis.Redis.from_url(redis_url).flushall()
+    with live_server(day_settings(redis_url), bucket) as server:
+        assert keeper_step("restore", redis_url, bucket, docker_shim).returncode == 0
+        with httpx.Client(base_url=server.url, timeout=20) as alice:
+            login(alice, "alice")
+            assert (saved_files(alice, "alice"), alice.get("/w/alice/api/history").json()) == evening
+    assert evening[0]["workflows"] == {} and evening[1] == {}
