@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from typing import Any
 
 import requests
 from pulumi.dynamic import CheckFailure, CheckResult
 from pulumi.runtime import rpc
 from verda import VerdaClient
+from verda.authentication import _authentication as verda_authentication
 from verda.exceptions import APIException
 
 from infra.credential_registry import VERDA_CLIENT_ID, VERDA_CLIENT_SECRET, from_props, refused
@@ -50,19 +52,37 @@ class VerdaHttpError(APIException):  # type: ignore[misc]  # the SDK ships no ty
         self.retry_after = retry_after
 
 
+# The time limit of the provider call in progress, for the SDK's token requests (see _TokenRequests).
+_TOKEN_TIMEOUT_S: ContextVar[float] = ContextVar("verda_token_timeout_s", default=Timing().request_timeout_s)
+
+
 def verda_client(props: dict[str, Any]) -> Any:
     """A client built here, in the provider's own process, never at import time."""
     found = from_props(props, client_id=VERDA_CLIENT_ID, client_secret=VERDA_CLIENT_SECRET)
     url = props.get("api_url") or os.environ.get("VERDA_API_URL") or DEFAULT_API_URL
+    seconds = Timing.of(props).request_timeout_s
+    _TOKEN_TIMEOUT_S.set(seconds)
     client = VerdaClient(found["client_id"], found["client_secret"], base_url=url)
-    _bound_and_classified(client._http_client, Timing.of(props).request_timeout_s)
+    _bound_and_classified(client._http_client, seconds)
     return client
 
 
+def refusal(response: requests.Response) -> VerdaHttpError:
+    """Verda's answer >= 400 as the SDK raises it (the body's code and message), with its HTTP status
+    and Retry-After, which the SDK drops: none of its codes names a rate limit, and a gateway's 5xx
+    carries none (nor, from a proxy, any JSON)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"message": response.text[:200]}
+    body = body if isinstance(body, dict) else {"message": str(body)[:200]}
+    wait = retry_after_seconds(response.headers.get("Retry-After"))
+    return VerdaHttpError(body.get("code"), body.get("message"), response.status_code, wait)
+
+
 def _bound_and_classified(http: Any, seconds: float) -> None:
-    """The SDK sends requests without a timeout (a hung API call must not hang `pulumi up`), and turns
-    every answer >= 400 into an APIException of the body's code alone: none of its codes names a rate
-    limit, and a gateway's 5xx carries none. Its refusals are raised here with their HTTP status."""
+    """The SDK sends requests without a timeout (a hung API call must not hang `pulumi up`), and
+    raises its refusals without their HTTP status: here they carry it (``refusal``)."""
     unbounded = http._request
 
     def bounded(*args: Any, **kwargs: Any) -> Any:
@@ -72,16 +92,31 @@ def _bound_and_classified(http: Any, seconds: float) -> None:
         try:
             return unbounded(*args, **kwargs)
         except (APIException, json.JSONDecodeError) as exc:
-            refusal = next((r for r in reversed(answers) if not r.ok), None)
-            if refusal is None:
+            refused = next((r for r in reversed(answers) if not r.ok), None)
+            if refused is None or isinstance(exc, VerdaHttpError):
                 raise
-            code, message = (
-                (exc.code, exc.message) if isinstance(exc, APIException) else (None, refusal.text[:200])
-            )
-            wait = retry_after_seconds(refusal.headers.get("Retry-After"))
-            raise VerdaHttpError(code, message, refusal.status_code, wait) from exc
+            raise refusal(refused) from exc
 
     http._request = bounded
+
+
+class _TokenRequests:
+    """What the SDK's authentication module calls as ``requests``: it asks for its token (when the
+    client is built, and again when the token expires) with a bare ``requests.post``, without a time
+    limit, and raises a 429 or a 5xx there without its status. Here the post has the limit of the
+    provider call in progress, and a refusal worth retrying carries its status. 400 and 401 go back to
+    the SDK as they came: its refresh answers them by authenticating again."""
+
+    @staticmethod
+    def post(url: str, **kwargs: Any) -> requests.Response:
+        timeout = kwargs.pop("timeout", _TOKEN_TIMEOUT_S.get())
+        response = requests.post(url, timeout=timeout, **kwargs)
+        if response.status_code == 429 or response.status_code >= 500:
+            raise refusal(response)
+        return response
+
+
+verda_authentication.requests = _TokenRequests()
 
 
 def api_code(exc: BaseException) -> str | None:
@@ -115,7 +150,8 @@ def explain(exc: BaseException, kind: str, props: dict[str, Any]) -> str:
         return f"Verda kept failing for {kind} {name!r} ({exc}); try `pulumi up` again later."
     if isinstance(exc, APIException):
         advice = ADVICE.get(exc.code or "", "")
-        code = exc.code or f"HTTP {http_status(exc)}"
+        status = http_status(exc)
+        code = exc.code or (f"HTTP {status}" if status else "no error code")
         return f"Verda refused {kind} {name!r}: {exc.message} ({code}). {advice}".strip()
     return f"{kind} {name!r}: {exc}"
 

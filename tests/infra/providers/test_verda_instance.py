@@ -90,6 +90,28 @@ def test_a_rate_limit_longer_than_an_up_should_wait_says_when_to_run_it_again(
     assert verda.billable_instances() == []
 
 
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param({"when": "hang"}, id="a token request that hangs"),
+        pytest.param({"status": 429, "code": None, "retry_after_s": 1}, id="a rate-limited token request"),
+        pytest.param({"status": 503, "code": None}, id="a gateway 5xx on the token request"),
+    ],
+)
+def test_the_token_request_is_bounded_and_retried_like_every_other_call(
+    verda: VerdaDouble, props: dict[str, Any], fault: dict[str, Any]
+) -> None:
+    """The SDK asks for its token when the client is built (and again when it expires) with a request
+    of its own: no time limit, so a token endpoint that hung hung `pulumi up`; and a refusal without
+    one of the SDK's codes (429, a gateway's 5xx) failed the `up` at once."""
+    verda.fail("POST", "/oauth2/token", **fault)
+
+    result = InstanceProvider().create(props)
+
+    assert [i["id"] for i in verda.billable_instances()] == [result.id]
+    assert verda.log.count(("POST", "/oauth2/token")) >= 2
+
+
 def test_5xx_before_acting_is_retried(verda: VerdaDouble, props: dict[str, Any]) -> None:
     verda.fail("POST", "/instances", status=500, code="server_error", when="before")
 
