@@ -10,8 +10,11 @@ local rounds, touched = {}, {}
 for i = 5, #ARGV, 2 do
   rounds[ARGV[i]] = tonumber(ARGV[i + 1])
 end
-local current = math.max(tonumber(ARGV[4]) or 0, tonumber(redis.call('GET', k('fair:round')) or '0'))
-redis.call('SET', k('fair:round'), current)
+local live = tonumber(redis.call('GET', k('fair:round')) or '0')
+local current = math.max(tonumber(ARGV[4]) or 0, live)
+if current > live then
+  redis.call('SET', k('fair:round'), current)  -- the night's, where the morning's dispatch was behind
+end
 
 local early = {}
 for _, scope in ipairs(redis.call('SMEMBERS', k('scopes'))) do

@@ -14,20 +14,25 @@ from typing import Any
 import httpx
 import pytest
 
-from services.protocol.jobs import JobState
-from services.protocol.workers import Completion
+from devkit.s3 import make_bucket, s3_settings
+from services.protocol.jobs import JobError, JobState
+from services.protocol.workers import Completion, Failure
 from services.queue_manager.keys import Keys, family_of
+from services.queue_manager.scripts import SaveFileArgs
 from services.queue_manager.settings import Scheduling
 from services.queue_manager.snapshot import (
     SNAPSHOT_KEY,
     Snapshot,
     SnapshotError,
     load_saved_snapshot,
+    mark_started,
     restore_snapshot,
+    save_for_the_night,
     take_snapshot,
+    unrestored_snapshot,
 )
 from services.queue_manager.store import Store
-from services.storage import aiter_chunks
+from services.storage import aiter_chunks, open_storage
 from services.storage.local import LocalStorage
 from tests.support.qm_api import ADMIN, PROMPT, job, user_auth
 
@@ -227,3 +232,64 @@ async def test_jobs_queued_in_the_morning_before_the_restore_wait_behind_last_ni
     assert got == [same.get(job_id, job_id) for job_id in await replay.queued_ids()]
     assert len(got) == 3 + len(night) + 4 and len(set(queue_numbers)) == len(got), queue_numbers
     assert rejoined  # numbered after last night's jobs, as the morning's panel shows them
+
+
+async def everything_in(store: Store) -> dict[str, Any]:
+    """Each job's record and each copied key as the snapshot reads them (bytes as base64)."""
+    taken = await take_snapshot(store)
+    return {"jobs": {fields["id"]: fields for fields in taken.jobs}, "keys": taken.keys}
+
+
+async def test_a_night_in_a_bucket_with_two_pools_keeps_every_job_and_byte(
+    store_with: Callable[..., Store], s3_endpoint: str
+) -> None:
+    """The whole evening and morning against a bucket (moto), with waiting jobs in two pools and the
+    unpinned queue, a running job, a dead letter and a finished one, and a saved file that is no
+    UTF-8: the morning holds each record and byte as the evening did (the running job waits again,
+    its cut attempt not counted), and a second restore changes nothing."""
+    make_bucket(s3_endpoint, "vault")
+    vault = open_storage("s3://vault/workshop", s3_settings(s3_endpoint))
+    evening = store_with(max_attempts=1)
+    first = await evening.submit("ada", job())
+    lease = await evening.claim("w1", "gpu")
+    assert lease is not None
+    await evening.fail(
+        first.id, Failure(token=lease.token, error=JobError(type="E", message="m", retryable=True))
+    )
+    for user, pool in (("ada", "gpu"), ("bob", "cpu"), ("bob", None), ("ada", "cpu"), ("bob", "gpu")):
+        await evening.submit(user, job(), pool=pool)
+    running = await evening.claim("w2", "cpu")
+    assert running is not None
+    body = bytes(range(256))
+    saved = SaveFileArgs(evening.prefix, "ada", "workflows/raw.bin", body, "256 1", 1, "", 10, 10**6)
+    assert await evening.scripts.run(saved) == ["ok"]
+    taken, _ = await save_for_the_night(evening, vault)
+    before = await everything_in(evening)
+    await evening.redis.flushall()
+
+    morning = store_with(max_attempts=1)
+    loaded = await load_saved_snapshot(vault)
+    assert loaded == taken
+    await restore_snapshot(morning, loaded)
+    await mark_started(vault)
+    after = await everything_in(morning)
+    again = await restore_snapshot(morning, loaded)
+    assert (again.restored, again.keys) == (0, 0) and await everything_in(morning) == after
+    assert await unrestored_snapshot(vault) is None
+    cut = before["jobs"][running.job.id]
+    requeued = {**cut, "state": "queued", "attempts": "0", "token": "", "worker_id": "", "lease_expires": ""}
+    assert after["jobs"] == {**before["jobs"], running.job.id: requeued}
+    changed = {
+        name
+        for name in {*after["keys"], *before["keys"]}
+        if after["keys"].get(name) != before["keys"].get(name)
+    }
+    assert changed == set(), {name: (before["keys"].get(name), after["keys"].get(name)) for name in changed}
+    assert before["jobs"][first.id]["dead"] == "1"
+    assert await morning.queued_ids() == [running.job.id, *(await evening_order(before, running.job.id))]
+
+
+async def evening_order(before: dict[str, Any], running: str) -> list[str]:
+    """The evening's waiting jobs by schedule score, across pools."""
+    waiting = [f for f in before["jobs"].values() if f["state"] == "queued" and f["id"] != running]
+    return [f["id"] for f in sorted(waiting, key=lambda f: float(f["score"]))]
