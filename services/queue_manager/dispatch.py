@@ -303,7 +303,9 @@ class PoolDispatcher:
     async def _over(self, flight: Flight) -> bool:
         """Whether the request has ended (its slot is free again)."""
         chain = await self.chains.get(flight.chain)
-        if chain is not None and chain.job != flight.job_id:
+        # A chain whose take gave its job back as the caller left (leave.lua: token '') never gave
+        # that job to the container: the request's job is still the one followed.
+        if chain is not None and chain.token and chain.job != flight.job_id:
             flight.follow(chain, self.pool.job_timeout_seconds)
         if await self._still_ours(flight):
             return await self._ended_remotely(flight)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from services.protocol.jobs import JobState
 from services.protocol.workers import Lease
+from services.queue_manager.dispatch import PoolDispatcher, Remote
 from services.queue_manager.push_requests import Chains
 from services.queue_manager.settings import PushPool
 from services.queue_manager.store import Store
+from tests.services.queue_manager.test_push_model import Endpoint
 from tests.support.qm_api import job
 
 POOL = PushPool(name="push", style="runpod", url="http://127.0.0.1:9/v2/x", api_key="k", capacity=1,
@@ -66,3 +68,31 @@ async def test_a_take_whose_caller_left_with_no_repeat_gives_its_job_back_and_en
     back = await store.get(taken.job.id)
     assert back is not None and back.state == JobState.QUEUED and back.attempts == 0
     assert await chains.next(chain, POOL.name, first.token) is None  # the request is over
+
+
+async def test_the_dispatcher_ends_a_request_whose_take_was_given_back_without_a_tokenless_report(
+    store: Store,
+) -> None:
+    # The take whose caller left gave its job back and ended the chain (its record's token is '').
+    # The dispatcher's next look at the request must not follow that job under the empty token (its
+    # report was refused by the Failure model, a 5xx-style crash of the request's carrier): the job
+    # it carried is still the request's first, which the provider says failed, so that one goes back.
+    chains = Chains(store)
+    chain, first = await first_request(store, chains)
+    endpoint = Endpoint()
+    dispatcher = PoolDispatcher(store, POOL, endpoint, "http://127.0.0.1:9")
+    flight = await dispatcher._submit(first, chain, "reply-token")
+    assert flight is not None
+    await store.submit("bob", job())
+    taken = await chains.next(chain, POOL.name, first.token)
+    assert taken is not None
+    await chains.leave(chain, first.token, taken)
+    endpoint.state = Remote.FAILED
+
+    assert await dispatcher._over(flight)
+
+    given_back = await store.get(taken.job.id)
+    assert given_back is not None and given_back.state == JobState.QUEUED and given_back.attempts == 0
+    carried = await store.get(first.job.id)
+    assert carried is not None and carried.state == JobState.QUEUED and carried.error is not None
+    assert carried.error.type == "ProviderFailed"

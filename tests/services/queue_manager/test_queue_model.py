@@ -115,6 +115,9 @@ class QueueModel(RuleBasedStateMachine):
     """One example: a fresh Redis database, a store on it, and the model beside it."""
 
     redis_url: ClassVar[str] = ""
+    scopes: ClassVar[tuple[str, ...]] = ("gpu", "cpu", ANY_POOL)  # the queues a job can wait in
+    patched: ClassVar[tuple[str, ...]] = PATCHED
+    more_settings: ClassVar[dict[str, Any]] = {}
     scheduling: ClassVar[Scheduling] = Scheduling.FAIR
     max_running: ClassVar[int] = 0
     pins: ClassVar[bool] = True  # whether the admin pins jobs to the gpu pool
@@ -124,7 +127,7 @@ class QueueModel(RuleBasedStateMachine):
         sync_redis.Redis.from_url(self.redis_url).flushall()
         self.clock = START_MS
         self.patches = ExitStack()
-        for module in PATCHED:
+        for module in self.patched:
             self.patches.enter_context(
                 mock.patch(f"services.queue_manager.{module}.now_ms", side_effect=lambda: self.clock)
             )
@@ -139,6 +142,7 @@ class QueueModel(RuleBasedStateMachine):
             "lease_seconds": LEASE_MS / 1000,
             "retry_backoff_seconds": BACKOFF_MS / 1000,
             "retry_backoff_max_seconds": BACKOFF_MAX_MS / 1000,
+            **self.more_settings,
         }
         self.store = Store(self.client, make_settings(self.redis_url, **overrides))
         self.jobs: dict[str, ModelJob] = {}
@@ -708,7 +712,7 @@ class QueueModel(RuleBasedStateMachine):
         """Where each id sits in Redis's indexes: queue:<scope>, delayed, leases, dead."""
         keys = self.store.keys
         found: dict[str, set[str]] = {}
-        indexes = {f"queue:{s}": keys.queue(s) for s in ("gpu", "cpu", ANY_POOL)}
+        indexes = {f"queue:{s}": keys.queue(s) for s in self.scopes}
         indexes |= {"delayed": keys.delayed, "leases": keys.leases, "dead": keys.dead}
         for name, key in indexes.items():
             for job_id in await self.client.zrange(key, 0, -1):
@@ -790,14 +794,15 @@ PROFILES = {
 @pytest.mark.timeout(900)  # a failure is shrunk to its shortest sequence (hypothesis stops after 5 minutes)
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_the_queue_agrees_with_its_model(profile: str, redis_url: str) -> None:
-    model = machine(redis_url=redis_url, **PROFILES[profile])
-    run_state_machine_as_test(
-        model,
-        settings=settings(
-            max_examples=EXAMPLES or 25,
-            stateful_step_count=40,
-            derandomize=not EXAMPLES,
-            deadline=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-        ),
+    run_state_machine_as_test(machine(redis_url=redis_url, **PROFILES[profile]), settings=exploration(40))
+
+
+def exploration(steps: int) -> settings:
+    """CI's run: derandomized, 25 examples of up to ``steps`` steps (QM_MODEL_EXAMPLES: longer, random)."""
+    return settings(
+        max_examples=EXAMPLES or 25,
+        stateful_step_count=steps,
+        derandomize=not EXAMPLES,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     )
