@@ -34,8 +34,8 @@ from services.queue_manager.sessions import Logins
 from services.queue_manager.settings import Settings
 from services.queue_manager.socket_slots import SocketCap, SocketSlots
 from services.queue_manager.store import Store
-from services.queue_manager.workspaces import UPLOAD_PATH
-from services.queue_manager.workspaces.deps import upload_owner
+from services.queue_manager.workspaces import UPLOAD_PATH, WORKSPACE_PATH
+from services.queue_manager.workspaces.deps import workspace_owner
 from services.storage import Storage, StorageError, open_storage
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router)
     app.add_middleware(SocketCap)
     app.add_middleware(SecurityHeaders)
-    # The routes that take big bodies refuse a caller without credentials before reading them.
-    big_bodies = ((UPLOAD_PATH, upload_owner), (re.compile(re.escape(REGISTER_PATH) + "$"), registering_pool))
+    # A workspace's routes (uploads: up to QM_MAX_UPLOAD_BYTES) and a worker's registration (up to
+    # QM_MAX_CATALOGUE_BYTES) refuse a caller without credentials before reading the body.
+    big_bodies = (
+        (WORKSPACE_PATH, workspace_owner),
+        (re.compile(re.escape(REGISTER_PATH) + "$"), registering_pool),
+    )
     app.add_middleware(CallersFirst, checks=big_bodies)
     app.add_middleware(CrossSite)  # a cross-site request is refused before any route runs
     app.add_middleware(BodyLimit, uploads=UPLOAD_PATH)  # outermost: an oversized body is never read

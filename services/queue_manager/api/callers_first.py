@@ -1,4 +1,4 @@
-"""Routes that take big bodies check their caller before reading a byte of the body.
+"""Routes that take bodies check their caller before reading a byte of the body.
 
 FastAPI reads (and parses) a request's body before it runs the route's dependencies, so a route's
 own check of credentials came after an upload (up to ``QM_MAX_UPLOAD_BYTES``) was spooled to disk,

@@ -57,9 +57,10 @@ from services.queue_manager.workspaces import (
 
 PREFIX = "/w/{user}"
 PREFIXES = (PREFIX, PREFIX + "/api")
-UPLOAD_PATH = re.compile(rf"/w/(?P<user>[^/]+)(?:/api)?{re.escape(routes_files.UPLOADS)}")
-"""The paths of every upload route, for ``BodyLimit``'s larger limit (``QM_MAX_UPLOAD_BYTES``) and
-``CallersFirst``'s check of the owner before the body."""
+UPLOAD_PATH = re.compile(rf"/w/[^/]+(?:/api)?{re.escape(routes_files.UPLOADS)}")
+"""The paths of every upload route, for ``BodyLimit``'s larger limit (``QM_MAX_UPLOAD_BYTES``)."""
+WORKSPACE_PATH = re.compile(r"/w/(?P<user>[^/]+)/")
+"""Every workspace route: only its owner may send it a body (``CallersFirst`` checks before reading)."""
 
 router = APIRouter(tags=["workspaces"])
 router.include_router(pages.pages)
@@ -69,4 +70,4 @@ for part in (routes_user.router, routes_jobs.router, routes_files.router, routes
 router.include_router(pages.assets, prefix=PREFIX, include_in_schema=False)
 router.include_router(pages.root_assets, include_in_schema=False)
 
-__all__ = ["UPLOAD_PATH", "router"]
+__all__ = ["UPLOAD_PATH", "WORKSPACE_PATH", "router"]

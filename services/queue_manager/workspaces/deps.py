@@ -60,8 +60,8 @@ async def session_user(connection: HTTPConnection) -> str | None:
     return principal.user if principal is not None else None
 
 
-async def upload_owner(connection: HTTPConnection, groups: dict[str, str]) -> str:
-    """``participant`` for an upload path (``UPLOAD_PATH``), checked before its body is read."""
+async def workspace_owner(connection: HTTPConnection, groups: dict[str, str]) -> str:
+    """``participant`` for a workspace path (``WORKSPACE_PATH``), checked before its body is read."""
     return await participant(connection, groups["user"])
 
 

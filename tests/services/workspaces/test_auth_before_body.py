@@ -17,13 +17,16 @@ MULTIPART = "multipart/form-data; boundary=b"
 PART = b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
 
 
-def answer_before_the_body(url: str, path: str, content_type: str, headers: dict[str, str]) -> int | None:
-    """Send a request's head declaring 20 MB (within both limits) and its first bytes, then wait (at
-    most 5 s) for an answer: its status, or None when the server waits for the rest of the body."""
+def answer_before_the_body(
+    url: str, path: str, content_type: str, headers: dict[str, str], size: int = 20 * 1024 * 1024
+) -> int | None:
+    """Send a request's head declaring ``size`` bytes (within the route's limit) and its first
+    bytes, then wait (at most 5 s) for an answer: its status, or None when the server waits for the
+    rest of the body."""
     parts = urlsplit(url)
     lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
-    head += f"Content-Length: {20 * 1024 * 1024}\r\n{lines}\r\n"
+    head += f"Content-Length: {size}\r\n{lines}\r\n"
     with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=5) as conn:
         conn.sendall(head.encode() + PART)
         try:
@@ -37,13 +40,22 @@ def cookie_of(client: httpx.Client) -> dict[str, str]:
     return {"Cookie": "; ".join(f"{name}={value}" for name, value in client.cookies.items())}
 
 
-@pytest.mark.parametrize("path", ["/w/alice/api/upload/image", "/w/alice/upload/mask"])
-def test_an_upload_without_the_owners_login_is_refused_before_its_body(
-    server: LiveServer, bob: httpx.Client, path: str
+@pytest.mark.parametrize(
+    ("path", "size"),
+    [
+        ("/w/alice/api/upload/image", 20 * 1024 * 1024),
+        ("/w/alice/upload/mask", 20 * 1024 * 1024),
+        ("/w/alice/api/prompt", 1024 * 1024),  # JSON routes: within QM_MAX_BODY_BYTES
+        ("/w/alice/userdata/x", 1024 * 1024),
+    ],
+)
+def test_a_workspace_body_without_the_owners_login_is_refused_before_it_is_read(
+    server: LiveServer, bob: httpx.Client, path: str, size: int
 ) -> None:
-    assert answer_before_the_body(server.url, path, MULTIPART, {}) == 401
-    assert answer_before_the_body(server.url, path, MULTIPART, {"Cookie": "qm_session=forged"}) == 401
-    assert answer_before_the_body(server.url, path, MULTIPART, cookie_of(bob)) == 403
+    forged = {"Cookie": "qm_session=forged"}
+    assert answer_before_the_body(server.url, path, MULTIPART, {}, size) == 401
+    assert answer_before_the_body(server.url, path, MULTIPART, forged, size) == 401
+    assert answer_before_the_body(server.url, path, MULTIPART, cookie_of(bob), size) == 403
 
 
 def test_a_registration_without_a_pool_token_is_refused_before_its_body(server: LiveServer) -> None:
