@@ -211,7 +211,7 @@ class LifecycleProvider(ResourceProvider, ABC):
             if self.retry_after(exc) is not None:  # the API's rate limiter refuses every call for now
                 raise ProviderError(
                     f"{self.explain(cause, props)} A {self.kind} an earlier attempt may have made under "
-                    "that name is adopted by that `pulumi up`."
+                    "that name is adopted by the next `pulumi up`."
                 ) from cause
             raise ProviderError(
                 f"{self.kind} {props.get('name')!r} failed to create AND the clean-up failed: "
