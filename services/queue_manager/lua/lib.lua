@@ -180,10 +180,13 @@ local function backoff_ms(attempts, base_ms, max_ms)
 end
 
 -- The lowest schedule score of the user's queued jobs (math.huge when none): the next of hers due.
-local function first_queued_score(user)
+-- ``skip`` (optional): a set of job ids not counted (rejoin.lua: those it has still to move).
+local function first_queued_score(user, skip)
   local first = math.huge
   for _, id in ipairs(redis.call('SMEMBERS', k('user', user, 'queued'))) do
-    first = math.min(first, tonumber(redis.call('HGET', k('job', id), 'score')) or math.huge)
+    if not (skip and skip[id]) then
+      first = math.min(first, tonumber(redis.call('HGET', k('job', id), 'score')) or math.huge)
+    end
   end
   return first
 end
