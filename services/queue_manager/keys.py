@@ -17,6 +17,7 @@
 | ``{p}:users`` | set | users who ever submitted | forever |
 | ``{p}:user_priority`` | hash | user -> priority (admin-set) | forever |
 | ``{p}:fair:round`` | string | the fair scheduler's virtual round (of the last dispatched job) | forever |
+| ``{p}:fair:queue_round`` | hash | ``<100-level>:<scope>`` -> the round that queue dispatches | forever |
 | ``{p}:fair:user_round`` | hash | user -> round of their last queued job | forever |
 | ``{p}:fair:user_served`` | hash | user -> latest round one of their jobs was dispatched in | forever |
 | ``{p}:seq`` | string | submit counter: a job's queue number, the tie-breaker inside a round | forever |
@@ -112,6 +113,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("users", "set", Carried.REBUILT),
     Family("user_priority", "hash", Carried.COPIED),
     Family("fair:round", "string", Carried.COPIED),
+    Family("fair:queue_round", "hash", Carried.COPIED),
     Family("fair:user_round", "hash", Carried.COPIED),
     Family("fair:user_served", "hash", Carried.COPIED),
     Family("seq", "string", Carried.COPIED),

@@ -95,6 +95,7 @@ def _size_and_time(raw: bytes) -> None:
 VALUES: dict[str, Callable[[bytes], None]] = {
     "seq": _integer,
     "fair:round": _number,
+    "fair:queue_round": _number,
     "user_priority": _integer,
     "fair:user_round": _number,
     "fair:user_served": _number,

@@ -252,6 +252,37 @@ local function next_eligible(pool, max_running, scan_limit, mine, now)
   return best, best_score, best_scope
 end
 
+-- Start-time fair queueing, per queue (scope) and priority level: a user's next job goes one
+-- round after her previous one, but never before the round this queue dispatches at that level
+-- now (fair:queue_round, moved on by lease_job), so a newcomer neither jumps the ring nor waits
+-- behind every job of someone who queued many. The round a busy pool or level dispatches elsewhere
+-- does not move this queue's. `segment`: the score's priority segment, 100 - level.
+local function queue_round_field(scope, segment)
+  return fmt(segment) .. ':' .. scope
+end
+
+local function next_round(user, scope, segment)
+  local current = tonumber(redis.call('HGET', k('fair:queue_round'), queue_round_field(scope, segment)) or '0')
+  local last = tonumber(redis.call('HGET', k('fair:user_round'), user) or '-1')
+  local round = math.min(9999, math.max(last + 1, current))
+  redis.call('HSET', k('fair:user_round'), user, round)
+  return round
+end
+
+-- A job of `scope` at `score` is dispatched: its queue and level (and the whole queue manager,
+-- fair:round) dispatch its round now.
+local function dispatched_round(scope, score)
+  local round = math.floor((score % SEGMENT) / ROUND)
+  local field = queue_round_field(scope, math.floor(score / SEGMENT))
+  if round > tonumber(redis.call('HGET', k('fair:queue_round'), field) or '-1') then
+    redis.call('HSET', k('fair:queue_round'), field, round)
+  end
+  if round > tonumber(redis.call('GET', k('fair:round')) or '0') then
+    redis.call('SET', k('fair:round'), round)
+  end
+  return round
+end
+
 -- Lease job `id` (found by next_eligible at `score` in `scope`) to a worker. Returns
 -- {id, queued_left, HGETALL of the job} and publishes the owner's 'started' event.
 local function lease_job(id, score, scope, worker_id, token, now, lease_ms)
@@ -266,10 +297,7 @@ local function lease_job(id, score, scope, worker_id, token, now, lease_ms)
   redis.call('ZADD', k('leases'), expires, id)
   redis.call('HSET', k('worker', worker_id), 'state', 'busy', 'job_id', id, 'last_seen', now)
   redis.call('ZADD', k('workers'), now, worker_id)
-  local round = math.floor((score % SEGMENT) / ROUND)
-  if round > tonumber(redis.call('GET', k('fair:round')) or '0') then
-    redis.call('SET', k('fair:round'), round)
-  end
+  local round = dispatched_round(scope, score)
   if round > tonumber(redis.call('HGET', k('fair:user_served'), user) or '-1') then
     redis.call('HSET', k('fair:user_served'), user, round)  -- what a cancel gives back stops here (cancel.lua)
   end

@@ -26,18 +26,13 @@ if queued >= max_queued then
 end
 local number = redis.call('INCR', k('seq'))  -- the job's queue number (ComfyUI's "number")
 local seq = number % ROUND
-local round = 0
-if mode ~= 'fifo' then
-  -- Start-time fair queueing: a user's next job goes one round after their previous one, but
-  -- never before the round being dispatched now, so newcomers do not jump or lag the ring.
-  local current = tonumber(redis.call('GET', k('fair:round')) or '0')
-  local last = tonumber(redis.call('HGET', k('fair:user_round'), user) or '-1')
-  round = math.min(9999, math.max(last + 1, current))
-  redis.call('HSET', k('fair:user_round'), user, round)
-end
 local level = 0
 if mode == 'priority' then
   level = clamp_priority(priority + tonumber(redis.call('HGET', k('user_priority'), user) or '0'))
+end
+local round = 0
+if mode ~= 'fifo' then
+  round = next_round(user, scope, 100 - level)
 end
 local score = (100 - level) * SEGMENT + round * ROUND + seq
 if ARGV[12] == '1' then

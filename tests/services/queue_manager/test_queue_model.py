@@ -9,7 +9,7 @@ it: every job in exactly one place, a job leased to one worker under one token, 
 limits and attempts, the admin page's overview and counts, worker records, holds, and the order
 the docs promise (FIFO: submit order; priority: a higher level first; fair: start-time fair
 queueing, each job one round after its owner's latest that ran or waits, never before the round
-being dispatched). Time is a virtual clock: ``now_ms`` is patched in the
+its queue dispatches at its priority level). Time is a virtual clock: ``now_ms`` is patched in the
 store's modules, so leases and backoffs lapse when a rule moves the clock, never by sleeping.
 
 ``QM_MODEL_EXAMPLES`` runs a longer exploration (``QM_MODEL_EXAMPLES=2000 pytest ... -k model``).
@@ -152,7 +152,7 @@ class QueueModel(RuleBasedStateMachine):
         self.scores: dict[str, float] = {}
         self.submitted = 0
         self.claims = 0
-        self.current_round = 0  # the round of the latest job dispatched
+        self.queue_round: dict[tuple[str, int], int] = {}  # (scope, level) -> round it dispatches
         self.user_round = dict.fromkeys(USERS, -1)  # each one's latest queued job's round
         self.user_served = dict.fromkeys(USERS, -1)  # each one's latest round a job of theirs ran in
 
@@ -176,9 +176,12 @@ class QueueModel(RuleBasedStateMachine):
         return sum(1 for j in self.in_state("leased") if j.user == user)
 
     def level(self, j: ModelJob) -> int:
+        return self.level_of(j.user, j.priority)
+
+    def level_of(self, user: str, priority: int) -> int:
         if self.scheduling != Scheduling.PRIORITY:
             return 0
-        return max(-100, min(100, j.priority + self.user_priority[j.user]))
+        return max(-100, min(100, priority + self.user_priority[user]))
 
     def held_by_other(self, j: ModelJob, worker_id: str) -> bool:
         return bool(j.holder) and j.holder != worker_id and j.hold_expires > self.clock
@@ -206,12 +209,13 @@ class QueueModel(RuleBasedStateMachine):
         first = min(candidates, key=self.rank)
         assert first is chosen, f"{chosen.id} {self.rank(chosen)} went before {first.id} {self.rank(first)}"
 
-    def next_round(self, user: str) -> int:
+    def next_round(self, user: str, scope: str, priority: int = 0) -> int:
         """Start-time fair queueing: a job goes one round after its owner's latest, but never before
-        the round being dispatched (fifo: all in round 0)."""
+        the round its queue dispatches at its level (fifo: all in round 0)."""
         if self.scheduling == Scheduling.FIFO:
             return 0
-        self.user_round[user] = min(9999, max(self.user_round[user] + 1, self.current_round))
+        current = self.queue_round.get((scope, self.level_of(user, priority)), 0)
+        self.user_round[user] = min(9999, max(self.user_round[user] + 1, current))
         return self.user_round[user]
 
     def give_rounds_back(self, user: str) -> None:
@@ -230,7 +234,8 @@ class QueueModel(RuleBasedStateMachine):
         j.attempts += 1
         j.expires = self.clock + LEASE_MS
         j.tokens.append(token)
-        self.current_round = max(self.current_round, j.round)
+        queue = (j.scope, self.level(j))
+        self.queue_round[queue] = max(self.queue_round.get(queue, -1), j.round)
         self.user_served[j.user] = max(self.user_served[j.user], j.round)
         w = self.workers[worker_id]
         w.job = w.record_job = j.id
@@ -279,7 +284,12 @@ class QueueModel(RuleBasedStateMachine):
         assert waiting < MAX_QUEUED, f"{user} queued past the limit ({waiting} waiting)"
         self.submitted += 1
         self.jobs[made.id] = ModelJob(
-            made.id, user, pool or ANY_POOL, self.submitted, self.next_round(user), priority
+            made.id,
+            user,
+            pool or ANY_POOL,
+            self.submitted,
+            self.next_round(user, pool or ANY_POOL, priority),
+            priority,
         )
 
     @rule(index=st.integers(0, 99), as_admin=st.booleans(), someone=st.sampled_from(USERS))
@@ -479,7 +489,7 @@ class QueueModel(RuleBasedStateMachine):
         finally:
             claim.cancel()
         self.submitted += 1
-        j = ModelJob(made.id, user, scope, self.submitted, self.next_round(user))
+        j = ModelJob(made.id, user, scope, self.submitted, self.next_round(user, scope))
         self.jobs[made.id] = j
         assert lease is not None and lease.job.id == made.id, f"the parked claim of {worker_id} got {lease}"
         self.lease(j, worker_id, lease.token)

@@ -44,6 +44,36 @@ async def test_a_newcomer_waits_for_the_current_round_not_behind_everyone(store:
     assert late.position == 0, "bob's first job should run before ada's second"
 
 
+async def test_a_newcomer_to_a_pool_waits_for_its_round_not_for_the_round_a_busier_pool_is_in(
+    store: Store,
+) -> None:
+    # dave queues five jobs for the gpu pool; the cpu pool runs ten of ada's meanwhile
+    for _ in range(5):
+        await store.submit("dave", job(), pool="gpu")
+    for _ in range(20):
+        await store.submit("ada", job())
+    assert set(await claim_users(store, 10, pool="cpu")) == {"ada"}
+    # erin's first gpu job goes after dave's first, not after all five of his
+    erins = await store.submit("erin", job(), pool="gpu")
+    assert await store.position(erins.id) == 1
+    assert await claim_users(store, 3, pool="gpu") == ["dave", "erin", "dave"]
+
+
+async def test_a_newcomer_at_a_priority_level_waits_for_its_round_not_the_round_a_higher_level_is_in(
+    store_with: StoreFactory,
+) -> None:
+    store = store_with(scheduling=Scheduling.PRIORITY)
+    # five of ada's urgent jobs run first, while dave's five ordinary ones wait
+    for _ in range(5):
+        await store.submit("ada", job(), priority=10)
+    for _ in range(5):
+        await store.submit("dave", job())
+    assert await claim_users(store, 5) == ["ada"] * 5
+    # erin's first ordinary job goes after dave's first, not after all of his
+    await store.submit("erin", job())
+    assert await claim_users(store, 3) == ["dave", "erin", "dave"]
+
+
 async def test_cancelled_waiting_jobs_do_not_push_their_owners_next_job_behind_everyone(store: Store) -> None:
     # Found by the queue model (test_queue_model.py): ada queues three jobs and cancels them all
     for waiting in [await store.submit("ada", job()) for _ in range(3)]:
