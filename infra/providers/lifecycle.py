@@ -64,6 +64,10 @@ class ProviderError(Exception):
     """A failure explained for the organizer: what went wrong and what to do about it."""
 
 
+class ForeignObject(ProviderError):
+    """An object under our name that someone else made (another stack sharing the account)."""
+
+
 class LifecycleProvider(ResourceProvider, ABC):
     """check/diff/create/read/update/delete over a few remote verbs, idempotent and orphan-free."""
 
@@ -99,6 +103,12 @@ class LifecycleProvider(ResourceProvider, ABC):
 
     def matches(self, obj: Any, props: dict[str, Any]) -> bool:
         return True
+
+    def foreign(self, obj: Any, props: dict[str, Any]) -> str | None:
+        """Why ``obj``, found under our name, is not this stack's (another stack sharing the account
+        names its objects alike), or None when it may be ours. A foreign object is neither adopted nor
+        deleted: the create stops with this reason."""
+        return None
 
     def adopt(self, api: Any, props: dict[str, Any], obj: Any) -> Any:
         """An object found under our name that ``matches``: bring it to ``props`` if needed."""
@@ -161,6 +171,8 @@ class LifecycleProvider(ResourceProvider, ABC):
         try:
             with _turn_for(self.kind, props.get("name")):
                 obj = self.retrying(props, lambda: self.settle(api, props, self._adopt_or_make(api, props)))
+        except ForeignObject:
+            raise  # nothing was made, and what carries our name is not ours to delete
         except Exception as exc:
             if not self.discard_on_failure:
                 raise ProviderError(self.explain(exc, props)) from exc
@@ -192,6 +204,8 @@ class LifecycleProvider(ResourceProvider, ABC):
     # --- the shared mechanics ---------------------------------------------------------------
     def _adopt_or_make(self, api: Any, props: dict[str, Any]) -> Any:
         found = self.find(api, props)
+        if found is not None and (reason := self.foreign(found, props)):
+            raise ForeignObject(reason)
         if found is not None and self.matches(found, props):
             return self.adopt(api, props, found)
         if found is not None:
@@ -220,7 +234,7 @@ class LifecycleProvider(ResourceProvider, ABC):
 
     def _remove_found(self, api: Any, props: dict[str, Any]) -> None:
         found = self.find(api, props)
-        if found is not None:
+        if found is not None and self.foreign(found, props) is None:
             self.remove(api, props, found)
 
     def retrying(self, props: dict[str, Any], call: Callable[[], T]) -> T:

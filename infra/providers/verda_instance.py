@@ -72,6 +72,20 @@ class InstanceProvider(VerdaProvider):
         mine = [i for i in api.instances.get() if i.hostname == props["name"] and i.status not in GONE]
         return mine[0] if mine else None
 
+    def foreign(self, obj: Any, props: dict[str, Any]) -> str | None:
+        """Made with other SSH keys than the pool's (each stack makes its own key): another workshop
+        in the same Verda account whose stack and pool have the same names as this one's."""
+        wanted = sorted(map(str, props.get("ssh_key_ids") or []))
+        if sorted(map(str, obj.ssh_key_ids or [])) == wanted:
+            return None
+        return (
+            f"Verda already has an instance named {props['name']!r} that this stack did not make (it "
+            "has other SSH keys): another workshop in the same Verda account may use the name, so it is "
+            "neither taken over nor deleted. Fix: `pulumi stack rename` this stack or rename the pool "
+            "(Verda objects are named cw-<stack>-<pool>); if it is a leftover of this workshop, delete it "
+            "in Verda's console."
+        )
+
     def matches(self, obj: Any, props: dict[str, Any]) -> bool:
         wanted = (props["instance_type"], props["location"], bool(props.get("is_spot")))
         return (obj.instance_type, obj.location, bool(obj.is_spot)) == wanted and obj.status != "error"

@@ -213,6 +213,23 @@ def test_a_leftover_of_another_spec_is_replaced_not_adopted(
     assert instance["id"] == result.id and instance["instance_type"] == "1H100.80S.30V"
 
 
+@pytest.mark.parametrize("instance_type", ["1H100.80S.30V", "1A100.22V"], ids=["same type", "other type"])
+def test_an_instance_of_our_name_that_another_stack_made_is_neither_adopted_nor_deleted(
+    verda: VerdaDouble, props: dict[str, Any], instance_type: str
+) -> None:
+    """Two workshops sharing one Verda account, whose stacks and pools have the same names (both ran the
+    README's `pulumi stack init workshop`), name their instances alike. The second's create adopted the
+    first's running instance (so either's destroy deleted the other's GPU), or, of another type, deleted
+    it to make its own. An instance made with other SSH keys than this pool's is not this stack's."""
+    other_stack = {**props, "instance_type": instance_type, "ssh_key_ids": ["their-key"]}
+    theirs = InstanceProvider().create(other_stack)
+
+    with pytest.raises(ProviderError, match=r"did not make.*pulumi stack rename"):
+        InstanceProvider().create(props)
+
+    assert [(i["id"], i["status"]) for i in verda.billable_instances()] == [(theirs.id, "running")]
+
+
 def test_delete_removes_instance_and_os_volume_but_keeps_the_shared_filesystem(
     verda: VerdaDouble, props: dict[str, Any]
 ) -> None:
