@@ -82,6 +82,24 @@ async def test_the_admin_sees_the_job_and_the_worker_and_can_cancel(
     await context.close()
 
 
+async def test_the_page_goes_on_refreshing_while_the_admin_types_a_priority(
+    browser: Browser, server: LiveServer
+) -> None:
+    """The section with the field she types in waits for her; the queue beside it does not."""
+    with httpx.Client(base_url=server.url) as client:
+        login(client, "alice")
+    context, page = await admin_page(browser, server)
+    field = page.locator('#participants [data-user-priority="alice"]')
+    await field.fill("7")  # focused, and left so while she looks at the queue
+    with httpx.Client(base_url=server.url) as client:
+        reply = login(client, "bob").post("/w/bob/api/prompt", json={"prompt": GRAPH, "client_id": "c"})
+        job_id = reply.json()["prompt_id"]
+    await page.locator("#queue").get_by_text(job_id.split("-")[0]).wait_for(timeout=10_000)
+    assert await field.evaluate("input => input === document.activeElement")
+    assert await field.input_value() == "7", "her typing was redrawn away"
+    await context.close()
+
+
 async def test_the_login_page_sends_nobody_to_another_site(browser: Browser, server: LiveServer) -> None:
     context = await browser.new_context()
     page = await context.new_page()

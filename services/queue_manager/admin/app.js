@@ -27,6 +27,14 @@ async function call(method, path, body) {
   return reply.status === 204 ? null : reply.json();
 }
 
+// Redraw a section, unless the admin is typing in one of its inputs (a priority): that one waits
+// for her to leave the field, and every other section goes on refreshing.
+function put(id, html) {
+  const typing = document.activeElement;
+  if (typing?.tagName === "INPUT" && $(id).contains(typing)) return;
+  $(id).innerHTML = html;
+}
+
 function table(headers, rows, empty) {
   if (!rows.length) return `<p class="empty">${esc(empty)}</p>`;
   const head = headers.map((h) => `<th>${esc(h)}</th>`).join("");
@@ -81,9 +89,9 @@ function drawQueue(overview) {
   const running = overview.running.map((j) => jobRow(j, `<button class="danger" data-action="cancel" data-job="${esc(j.id)}">Cancel</button>`));
   const held = overview.held ?? {};
   const lined = [...overview.queued, ...overview.delayed].map((j) => jobRow(j, queueActions(j), held[j.id]));
-  $("queue").innerHTML = table(["#", "job", "user", "state", "worker / pool", "queued", ""], [...running, ...lined], "The queue is empty.");
+  put("queue", table(["#", "job", "user", "state", "worker / pool", "queued", ""], [...running, ...lined], "The queue is empty."));
   const dead = overview.dead.map((j) => jobRow(j, `<span title="${esc(j.error?.message)}">${esc(j.error?.type ?? "")}</span> <button data-action="requeue" data-job="${esc(j.id)}">Requeue</button>`));
-  $("dead").innerHTML = table(["#", "job", "user", "state", "last worker", "queued", "error"], dead, "No dead letters.");
+  put("dead", table(["#", "job", "user", "state", "last worker", "queued", "error"], dead, "No dead letters."));
 }
 
 // A worker's models sync while it is not ready: files, bytes, rate, time left, or why it waits or failed.
@@ -102,7 +110,7 @@ function drawWorkers(workers) {
     `<td>${esc(w.capabilities.pool)}</td><td>${esc(w.capabilities.provider)}</td><td>${esc(w.worker_id)}</td>` +
     `<td>${state(w.state)}</td><td><code>${short(w.job_id)}</code></td><td><code title="${esc(w.holding)}">${short(w.holding)}</code></td>` +
     `<td>${esc(w.capabilities.gpu)}</td><td>${models(w.capabilities.models_sync)}</td><td>${ago(w.last_seen)}</td>`);
-  $("workers").innerHTML = table(["pool", "provider", "worker", "state", "job", "holds next", "GPU", "models", "seen"], rows, "No worker has registered.");
+  put("workers", table(["pool", "provider", "worker", "state", "job", "holds next", "GPU", "models", "seen"], rows, "No worker has registered."));
 }
 
 const names = (list) => (list.length ? esc(list.join(", ")) : "–");
@@ -114,9 +122,9 @@ function drawCatalogues(state) {
     `<td>${c.nodes}</td><td>+ ${names(c.added)}<br>− ${names(c.removed)}<br>~ ${names(c.changed)}</td>` +
     `<td>+ ${names(c.extensions_added)}<br>~ ${names(c.extensions_changed)}<br>− ${names(c.extensions_removed)}</td>` +
     `<td><button data-action="approve-catalogue" data-digest="${esc(c.digest)}">Approve</button></td>`);
-  $("catalogues").innerHTML = `<p>Participants get version ${approved}. A version a worker offers that removes or changes ` +
+  put("catalogues", `<p>Participants get version ${approved}. A version a worker offers that removes or changes ` +
     `nodes, or brings web extensions (JavaScript for every participant's page), waits here for you.</p>` +
-    table(["version", "offered by", "nodes", "node classes", "web extensions", ""], rows, "No version is waiting.");
+    table(["version", "offered by", "nodes", "node classes", "web extensions", ""], rows, "No version is waiting."));
 }
 
 function drawStats(stats) {
@@ -137,19 +145,18 @@ function drawStats(stats) {
     `<td>${esc(pool)}</td><td>${Math.round(g.busy_fraction * 100)} %</td><td>${ms(g.gap_ms_p50)}</td>` +
     `<td>${ms(g.gap_ms_p99)}</td><td>${secs(g.upload_s_p50)}</td><td>${secs(g.upload_s_max)}</td><td>${g.jobs}</td>` +
     `<td>${stats.held_by_pool[pool] ?? 0}</td>`);
-  $("gpu-pools").innerHTML = table(
+  put("gpu-pools", table(
     ["pool", "GPU busy", "idle gap p50", "idle gap p99", "upload p50", "upload max", "jobs", "held for busy workers"], gpu,
-    "No pool has run a job yet.");
+    "No pool has run a job yet."));
   const rows = stats.participants.map((p) =>
     `<td>${esc(p.user)}</td><td>${p.online ? "online" : ""}</td><td>${p.queued}</td><td>${p.running}</td>` +
     `<td><input type="number" min="-100" max="100" value="${p.priority}" data-user-priority="${esc(p.user)}"> ` +
     `<button data-action="user-priority" data-user="${esc(p.user)}">Set</button></td>` +
     `<td><button class="danger" data-action="log-out" data-user="${esc(p.user)}" title="End every login session of ${esc(p.user)}">Log out everywhere</button></td>`);
-  $("participants").innerHTML = table(["participant", "", "queued", "running", "priority", "sessions"], rows, "No participants.");
+  put("participants", table(["participant", "", "queued", "running", "priority", "sessions"], rows, "No participants."));
 }
 
 async function refresh() {
-  if (document.activeElement?.tagName === "INPUT") return; // do not redraw under the admin's typing
   try {
     const [overview, workers, stats, catalogues] = await Promise.all([
       call("GET", "/api/admin/queue"), call("GET", "/api/admin/workers"), call("GET", "/admin/api/stats"),
