@@ -23,7 +23,7 @@
 | ``{p}:seq`` | string | submit counter: a job's queue number, the tie-breaker inside a round | forever |
 | ``{p}:paused`` | string | ``1`` while dispatch is paused | until resumed |
 | ``{p}:closed`` | string | ``1`` from the evening's save: participants' changes refused | until the morning |
-| ``{p}:saved`` | string | when the snapshot this Redis saved was taken (ISO 8601) | forever |
+| ``{p}:holds`` | string | the snapshot (``taken_at``) this Redis saved or restored: all of it | forever |
 | ``{p}:worker:{id}`` | hash | registration, state, job, last seen (gone: draining) | 1 day after last seen |
 | ``{p}:workers`` | zset | worker ids by last seen (ms) | pruned after 1 day |
 | ``{p}:catalogue:{hash}`` | string | a worker's ComfyUI ``/object_info`` by catalogue hash | while kept |
@@ -62,8 +62,6 @@ ended by its holder: makes complete/fail repeatable), lease_expires, cancel, dea
 from ``{p}:seq`` at submit) and ``cached`` (JSON: the nodes ComfyUI reused, from the worker's
 ``execution_cached``), which only the workspace reads. While a busy worker holds the queued job
 prepared: hold_token, hold_worker and hold_expires (ms); that worker's hash names it in ``next_id``.
-``rejoined`` is ``1`` on a job queued in the morning before the restore ran, once the restore moved
-it behind last night's queue (``lua/rejoin.lua``).
 
 Lua scripts build job, user and worker keys from the prefix they get as ``ARGV[1]``; a single
 Redis (not a cluster) is assumed.
@@ -119,7 +117,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("seq", "string", Carried.COPIED),
     Family("paused", "string", Carried.LEFT, "the evening drain pauses dispatch; the morning resumes it"),
     Family("closed", "string", Carried.LEFT, "set by the evening's save, cleared by the morning's load"),
-    Family("saved", "string", Carried.LEFT, "names a snapshot this Redis took; the next Redis took none"),
+    Family(
+        "holds", "string", Carried.LEFT, "names a snapshot this Redis saved or restored; a new one has none"
+    ),
     Family("worker:{id}", "hash", Carried.LEFT, "workers register again when they start"),
     Family("workers", "zset", Carried.LEFT, "workers register again when they start"),
     Family("catalogue:{hash}", "string", Carried.COPIED),
@@ -269,8 +269,8 @@ class Keys:
         return f"{self.prefix}:closed"
 
     @property
-    def saved(self) -> str:
-        return f"{self.prefix}:saved"
+    def holds(self) -> str:
+        return f"{self.prefix}:holds"
 
     @property
     def workers(self) -> str:

@@ -199,7 +199,8 @@ class PriorityArgs(ScriptArgs):
 class RejoinArgs(ScriptArgs):
     script = "rejoin"
     mode: str
-    taken_at_ms: int  # the snapshot's: jobs queued after it and not yet rejoined move
+    snapshot: str  # the snapshot's taken_at (ISO 8601): {p}:holds names it once it is restored
+    taken_at_ms: int  # the same: jobs queued after it move
     night_round: str  # the snapshot's fair:round ('' = none)
     user_rounds: tuple[str, ...]  # the snapshot's fair:user_round, user, round pairs
 

@@ -383,12 +383,14 @@ async def _restore_globals(store: Store, snapshot: Snapshot) -> None:
 
 
 def _rejoin(store: Store, snapshot: Snapshot) -> RejoinArgs:
-    """Jobs queued before the restore ran wait behind the snapshot's queue (``lua/rejoin.lua``)."""
+    """Jobs queued before the restore ran wait behind the snapshot's queue, once per Redis and
+    snapshot (``lua/rejoin.lua``, which notes it in ``{p}:holds``)."""
     night_round, user_rounds = snapshot.keys.get("fair:round"), snapshot.keys.get("fair:user_round")
     pairs = user_rounds.data.items() if user_rounds is not None else ()
     return RejoinArgs(
         store.prefix,
         store.settings.scheduling.value,
+        snapshot.taken_at.isoformat(),
         int(snapshot.taken_at.timestamp() * 1000),
         _raw(night_round.data).decode() if night_round is not None else "",
         tuple(_raw(part).decode() for pair in pairs for part in pair),
@@ -447,28 +449,27 @@ async def save_for_the_night(store: Store, storage: Storage) -> tuple[Snapshot, 
     on as before the drain (``resume``: dispatching, taking saves), as after the morning's restore or
     the organizer's Resume. A snapshot there that no
     morning restored is merged into the queue first (dispatch stays paused), so today's save never
-    writes over it; unless this Redis took it (``{p}:saved``): a day resumed after a destroy that
-    stopped past its save. Returns the saved snapshot and its size."""
+    writes over it; unless this Redis holds it (``{p}:holds``: it took it, and a day was resumed
+    after a destroy that stopped past its save). Returns the saved snapshot and its size."""
     await store.redis.set(store.keys.closed, "1")
     try:
         unrestored = await unrestored_snapshot(storage)
-        if unrestored is not None and not await _saved_here(store, unrestored):
+        if unrestored is not None and not await _held_here(store, unrestored):
             merged = await restore_snapshot(store, unrestored, resume=False)
             log.warning("merged %d jobs of a snapshot no morning restored into tonight's", merged.restored)
         taken = await take_snapshot(store)
         size = await save_snapshot(storage, taken)
-        await store.redis.set(store.keys.saved, taken.taken_at.isoformat())
+        await store.redis.set(store.keys.holds, taken.taken_at.isoformat())
         return taken, size
     except BaseException:
         await store.resume()  # the destroy stops here: the workshop goes on as before its drain
         raise
 
 
-async def _saved_here(store: Store, snapshot: Snapshot) -> bool:
-    """Whether this Redis took the snapshot (an evening whose destroy stopped after its save, and a
-    day resumed): it holds all of it and what changed since, so merging it back would undo those
-    changes (a deleted workflow would come back)."""
-    return await store.redis.get(store.keys.saved) == snapshot.taken_at.isoformat()
+async def _held_here(store: Store, snapshot: Snapshot) -> bool:
+    """Whether this Redis saved or restored the snapshot: it holds all of it and what changed since,
+    so merging it back would undo those changes (a deleted workflow would come back)."""
+    return await store.redis.get(store.keys.holds) == snapshot.taken_at.isoformat()
 
 
 async def save_snapshot(storage: Storage, snapshot: Snapshot) -> int:

@@ -3,17 +3,21 @@
 -- submit order each gets the next queue number and, unless fifo, the round a submit now would give
 -- it (one after its owner's last, never before the round last night dispatched); its priority level
 -- is kept; one queued with ComfyUI's ``front`` goes just before its owner's first waiting job
--- (last night's, or one already moved). Each is marked ``rejoined``, so a restore run twice moves
--- nothing again.
--- ARGV: prefix, mode, taken_at_ms, night_round, user_rounds... (user, round pairs: the snapshot's
--- fair:user_round). Returns how many jobs moved.
-local mode, taken_at = ARGV[2], tonumber(ARGV[3])
+-- (last night's, or one already moved). Once per Redis and snapshot: {p}:holds then names the
+-- snapshot, and a restore of it run again (or one into the Redis that saved it) moves nothing.
+-- ARGV: prefix, mode, snapshot (its taken_at, ISO 8601), taken_at_ms, night_round, user_rounds...
+-- (user, round pairs: the snapshot's fair:user_round). Returns how many jobs moved.
+local mode, snapshot, taken_at = ARGV[2], ARGV[3], tonumber(ARGV[4])
+if redis.call('GET', k('holds')) == snapshot then
+  return 0
+end
+redis.call('SET', k('holds'), snapshot)
 local rounds, touched = {}, {}
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   rounds[ARGV[i]] = tonumber(ARGV[i + 1])
 end
 local live = tonumber(redis.call('GET', k('fair:round')) or '0')
-local current = math.max(tonumber(ARGV[4]) or 0, live)
+local current = math.max(tonumber(ARGV[5]) or 0, live)
 if current > live then
   redis.call('SET', k('fair:round'), current)  -- the night's, where the morning's dispatch was behind
 end
@@ -21,9 +25,9 @@ end
 local early, moving = {}, {}
 for _, scope in ipairs(redis.call('SMEMBERS', k('scopes'))) do
   for _, id in ipairs(redis.call('ZRANGE', k('queue', scope), 0, -1)) do
-    local f = redis.call('HMGET', k('job', id), 'queued_at', 'number', 'rejoined', 'user', 'score')
-    if tonumber(f[1]) > taken_at and f[3] ~= '1' then
-      early[#early + 1] = {id = id, number = tonumber(f[2]), user = f[4], score = tonumber(f[5]), scope = scope}
+    local f = redis.call('HMGET', k('job', id), 'queued_at', 'number', 'user', 'score')
+    if tonumber(f[1]) > taken_at then
+      early[#early + 1] = {id = id, number = tonumber(f[2]), user = f[3], score = tonumber(f[4]), scope = scope}
       moving[id] = true
     end
   end
@@ -44,7 +48,7 @@ for _, job in ipairs(early) do
     number = -number  -- ComfyUI's ``front``: its number stays negative
   end
   score = fmt(score)
-  redis.call('HSET', k('job', job.id), 'score', score, 'number', fmt(number), 'rejoined', '1')
+  redis.call('HSET', k('job', job.id), 'score', score, 'number', fmt(number))
   redis.call('ZADD', k('queue', job.scope), score, job.id)
 end
 for user in pairs(touched) do

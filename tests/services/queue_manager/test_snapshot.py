@@ -223,6 +223,8 @@ async def test_jobs_queued_in_the_morning_before_the_restore_wait_behind_last_ni
     late = [(await morning.submit(user, job(front=front))).id for user, front in morning_jobs[3:]]
     got = await morning.queued_ids()
     queue_numbers = await numbers(morning, got)
+    await restore_snapshot(morning, snapshot)  # again at noon (the admin's restore): nothing moves
+    assert (await morning.queued_ids(), await numbers(morning, got)) == (got, queue_numbers)
     rejoined = min(map(abs, await numbers(morning, early))) > max(await numbers(morning, night))
     await morning.redis.flushall()
 
