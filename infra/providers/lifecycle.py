@@ -31,11 +31,16 @@ from pulumi.dynamic import (
     ResourceProvider,
     UpdateResult,
 )
+from pulumi.runtime import rpc
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from infra.providers.timing import Timing
 
 T = TypeVar("T")
+
+# The worker env that names the queue manager a pool's workers call: an object under our name whose
+# workers call another one serves another workshop.
+QUEUE_URL = "WORKER_QUEUE_URL"
 
 # Inputs that tune how we talk to the API, not what exists: never a reason to replace or to change
 # the remote object.
@@ -141,6 +146,22 @@ class LifecycleProvider(ResourceProvider, ABC):
         the object in the provider's console), with the value the provider has now. A refresh stores
         them, so the next `up`'s diff sees the change and updates the object back to the stack config."""
         return {}
+
+    def check_not_foreign(self, checked: CheckResult) -> CheckResult:
+        """``checked``, failing ``name`` when the provider holds an object of our name that another
+        stack made (``foreign``): the engine checks at preview, so the `up` stops before any of this
+        stack's objects (a secret, a login of the same names) is touched. When the provider cannot be
+        asked, create decides."""
+        news = checked.inputs
+        if checked.failures:
+            return checked
+        try:
+            api = self.guarded(news, lambda: self.connect(news))
+            found = self.guarded(news, lambda: self.find(api, news))
+        except ProviderError:
+            return checked
+        reason = None if found is None else self.foreign(found, news)
+        return CheckResult(news, [CheckFailure("name", reason)]) if reason else checked
 
     # --- Pulumi's verbs ---------------------------------------------------------------------
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
@@ -292,6 +313,25 @@ def rate_limited(cloud: str, kind: str, name: Any, retry_after: float | None) ->
         f"{cloud} refused {kind} {name!r} for now: too many API calls (HTTP 429){wait}. "
         "Nothing is wrong with the config: run `pulumi up` again after that."
     )
+
+
+def foreign_object(kind: str, name: Any, evidence: str) -> str:
+    """What to tell the organizer when an object under our name is another stack's (``evidence``)."""
+    return (
+        f"There is already a {kind} named {name!r} that this stack did not make ({evidence}): another "
+        "workshop in the same account may use the name, so it is neither taken over nor deleted. Fix: "
+        "`pulumi stack rename` this stack or rename the pool (objects are named cw-<stack>-<pool>); if it "
+        "is a leftover of this workshop, delete it in the provider's console."
+    )
+
+
+def other_workshop(kind: str, name: Any, their_env: Any, our_env: Any) -> str | None:
+    """Why an object under our name serves another workshop (the workers of its env ``their_env``
+    call another queue manager than ours do), or None when it may be ours (either unknown)."""
+    theirs, ours = (env.get(QUEUE_URL) if isinstance(env, dict) else None for env in (their_env, our_env))
+    if not isinstance(theirs, str) or not isinstance(ours, str) or ours == rpc.UNKNOWN or theirs == ours:
+        return None
+    return foreign_object(kind, name, f"its workers call {theirs}, this workshop's call {ours}")
 
 
 def poll(what: str, check: Callable[[], T | None], timeout_s: float, interval_s: float) -> T:

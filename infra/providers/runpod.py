@@ -9,7 +9,9 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any, ClassVar
 
-from infra.providers.lifecycle import ProviderError, poll
+from pulumi.dynamic import CheckResult
+
+from infra.providers.lifecycle import ProviderError, other_workshop, poll
 from infra.providers.runpod_api import RunPodApi, RunPodError, RunPodProvider
 from infra.providers.timing import Timing
 
@@ -144,6 +146,15 @@ class TemplateProvider(_Collection):
     collection = "/templates"
     required = ("name", "image")
     shown = {"imageName": "image", "containerDiskInGb": "container_disk_gb"}
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        """Also, at preview: no other workshop's template has our name."""
+        return self.check_not_foreign(super().check(_olds, news))
+
+    def foreign(self, obj: Any, props: dict[str, Any]) -> str | None:
+        """Template names are unique at RunPod: one whose workers call another queue manager serves
+        another workshop of the same stack and pool names (and its endpoint with it)."""
+        return other_workshop(self.kind, props["name"], obj.get("env"), props.get("env"))
 
     def body(self, props: dict[str, Any]) -> dict[str, Any]:
         body = {

@@ -28,6 +28,7 @@ from verda.containers import (
     SharedFileSystemMount,
 )
 
+from infra.providers.lifecycle import other_workshop
 from infra.providers.timing import Timing
 from infra.providers.verda_api import VerdaProvider, delete_confirmed, fetch_or_none
 
@@ -54,13 +55,22 @@ class DeploymentProvider(VerdaProvider):
     outputs = ("endpoint_base_url",)
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        """Also, at preview: the compute (a pool's ``gpu``) is one Verda's serverless platform offers."""
-        return self.check_offered(
+        """Also, at preview: the compute (a pool's ``gpu``) is one Verda's serverless platform offers,
+        and no other workshop's deployment has our name."""
+        offered = self.check_offered(
             super().check(_olds, news),
             "compute",
             lambda api: (c.name for c in api.containers.get_compute_resources()),
             "set the pool's gpu in comfy-workshop:pools",
         )
+        return self.check_not_foreign(offered)
+
+    def foreign(self, obj: Any, props: dict[str, Any]) -> str | None:
+        """Deployment names are unique at Verda: one whose workers call another queue manager serves
+        another workshop of the same stack and pool names."""
+        env = obj.containers[0].env if obj.containers else None
+        theirs = {var.name: var.value_or_reference_to_secret for var in env or []}
+        return other_workshop(self.kind, props["name"], theirs, props.get("env"))
 
     def find(self, api: Any, props: dict[str, Any]) -> Any | None:
         return fetch_or_none(api.containers.get_deployment_by_name, props["name"])

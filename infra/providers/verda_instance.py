@@ -15,7 +15,7 @@ from pulumi.dynamic import CheckResult
 from pulumi.runtime import rpc
 from verda.constants import Actions, InstanceStatus
 
-from infra.providers.lifecycle import ProviderError, poll
+from infra.providers.lifecycle import ProviderError, foreign_object, poll
 from infra.providers.timing import Timing
 from infra.providers.verda_api import VerdaProvider, delete_confirmed, fetch_or_none
 
@@ -60,13 +60,15 @@ class InstanceProvider(VerdaProvider):
     outputs = ("instance_id", "ip", "status", "os_volume_id", "price_per_hour")
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        """Also, at preview: the instance type is one Verda has."""
-        return self.check_offered(
+        """Also, at preview: the instance type is one Verda has, and no other stack's instance has our
+        name."""
+        offered = self.check_offered(
             super().check(_olds, news),
             "instance_type",
             lambda api: (t.instance_type for t in api.instance_types.get()),
             "set the pool's instanceType in comfy-workshop:pools",
         )
+        return self.check_not_foreign(offered)
 
     def find(self, api: Any, props: dict[str, Any]) -> Any | None:
         mine = [i for i in api.instances.get() if i.hostname == props["name"] and i.status not in GONE]
@@ -76,15 +78,9 @@ class InstanceProvider(VerdaProvider):
         """Made with other SSH keys than the pool's (each stack makes its own key): another workshop
         in the same Verda account whose stack and pool have the same names as this one's."""
         wanted = sorted(map(str, props.get("ssh_key_ids") or []))
-        if sorted(map(str, obj.ssh_key_ids or [])) == wanted:
+        if rpc.UNKNOWN in wanted or sorted(map(str, obj.ssh_key_ids or [])) == wanted:
             return None
-        return (
-            f"Verda already has an instance named {props['name']!r} that this stack did not make (it "
-            "has other SSH keys): another workshop in the same Verda account may use the name, so it is "
-            "neither taken over nor deleted. Fix: `pulumi stack rename` this stack or rename the pool "
-            "(Verda objects are named cw-<stack>-<pool>); if it is a leftover of this workshop, delete it "
-            "in Verda's console."
-        )
+        return foreign_object(self.kind, props["name"], "it has other SSH keys")
 
     def matches(self, obj: Any, props: dict[str, Any]) -> bool:
         wanted = (props["instance_type"], props["location"], bool(props.get("is_spot")))

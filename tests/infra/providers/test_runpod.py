@@ -231,3 +231,25 @@ def test_a_rate_limit_longer_than_an_up_should_wait_says_when_to_run_it_again(
 )
 def test_retry_after_is_read_as_seconds_or_an_http_date(header: str | None, seconds: float | None) -> None:
     assert retry_after_seconds(header) == seconds
+
+
+def test_a_template_of_our_name_serving_another_workshop_is_not_taken_over(
+    runpod: RunPodDouble, creds: dict[str, Any]
+) -> None:
+    """Template names are unique at RunPod: the second workshop of one account with the same stack and
+    pool names adopted the first's template and changed it to its own image and queue, so the first's
+    endpoint served the second's queue."""
+    template = {**creds, "name": "cw-workshop-overflow", "image": "ghcr.io/a/worker:1"}
+    theirs = TemplateProvider(runpod.transport).create(
+        {**template, "env": {"WORKER_QUEUE_URL": "https://a.example.org"}}
+    )
+
+    with pytest.raises(ProviderError, match=r"did not make.*pulumi stack rename"):
+        TemplateProvider(runpod.transport).create(
+            {**template, "image": "ghcr.io/b/worker:1", "env": {"WORKER_QUEUE_URL": "https://b.example.org"}}
+        )
+
+    kept = runpod.store["templates"][theirs.id]
+    assert kept["imageName"] == "ghcr.io/a/worker:1" and kept["env"] == {
+        "WORKER_QUEUE_URL": "https://a.example.org"
+    }

@@ -142,3 +142,26 @@ def test_registry_credentials_for_ghcr(verda: VerdaDouble, creds: dict[str, Any]
 def test_unknown_registry_is_explained(verda: VerdaDouble, creds: dict[str, Any]) -> None:
     with pytest.raises(ProviderError, match="not one of dockerhub, ghcr, custom"):
         RegistryCredentialsProvider().create({**creds, "name": "cw-x", "registry": "quay"})
+
+
+def test_a_deployment_of_our_name_serving_another_workshop_is_not_taken_over(
+    verda: VerdaDouble, props: dict[str, Any]
+) -> None:
+    """Deployment names are unique at Verda, and two workshops in one account whose stacks and pools
+    have the same names name theirs alike: the second's create adopted the first's and updated it to its
+    own image and queue, so the first's GPUs served the second's queue (and either destroy deleted it).
+    One whose workers call another queue manager is not this stack's."""
+    theirs = {**props, "env": {"WORKER_POOL": "serverless", "WORKER_QUEUE_URL": "https://a.example.org"}}
+    DeploymentProvider().create({**theirs, "image": "ghcr.io/org/comfy-worker@sha256:theirs"})
+    ours = {**props, "env": {"WORKER_POOL": "serverless", "WORKER_QUEUE_URL": "https://b.example.org"}}
+
+    with pytest.raises(ProviderError, match=r"did not make.*pulumi stack rename"):
+        DeploymentProvider().create(ours)
+
+    [container] = verda.deployments["cw-workshop-serverless"]["containers"]
+    assert container["image"].endswith("theirs")
+    assert {
+        "name": "WORKER_QUEUE_URL",
+        "value_or_reference_to_secret": "https://a.example.org",
+        "type": "plain",
+    } in (container["env"])

@@ -532,3 +532,39 @@ def test_an_instance_verda_reports_in_error_is_replaced_by_the_up_after_a_refres
     assert case.remote(doubles, broken) is None
     assert [i["status"] for i in doubles[0].billable_instances()] == ["running"]
     assert engine.up(props).action == "same"
+
+
+OTHER_WORKSHOP = {
+    "instance": ({"ssh_key_ids": ["their-key"]}, {}),
+    "deployment": (
+        {"env": {"WORKER_QUEUE_URL": "https://a.example.org"}},
+        {"env": {"WORKER_QUEUE_URL": "https://b.example.org"}},
+    ),
+    "template": (
+        {"env": {"WORKER_QUEUE_URL": "https://a.example.org"}},
+        {"env": {"WORKER_QUEUE_URL": "https://b.example.org"}},
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OTHER_WORKSHOP))
+def test_another_workshops_object_of_our_name_stops_the_preview_before_anything_is_touched(
+    kind: str, doubles: Doubles
+) -> None:
+    """Two workshops in one cloud account whose stacks and pools have the same names: the engine checks
+    every resource at preview, so the second's `up` stops there, before its secrets and logins of the
+    same names are written over the first's, and the first's object is left as it was."""
+    case = CASES[kind]
+    theirs, ours = OTHER_WORKSHOP[kind]
+    first = Engine(case.resource, f"{kind}-first")
+    first.up({**case.props, **connection(case, doubles), **theirs})
+    assert first.state is not None
+    before = dict(case.remote(doubles, first.state.id) or {})
+    writes = len([c for c in [*doubles[0].log, *doubles[1].log] if c[0] != "GET"])
+
+    with pytest.raises(HostError, match=r"check failed.*did not make.*pulumi stack rename"):
+        Engine(case.resource, f"{kind}-second").up({**case.props, **connection(case, doubles), **ours})
+
+    assert case.remote(doubles, first.state.id) == before
+    after = [c for c in [*doubles[0].log, *doubles[1].log] if c[0] != "GET"]
+    assert [c for c in after[writes:] if c[1] != "/oauth2/token"] == []
