@@ -50,6 +50,7 @@ from services.queue_manager.store import Store
 
 log = logging.getLogger(__name__)
 CLAIM_WAIT_SECONDS = 5.0
+OUTAGE_PAUSE_MAX_SECONDS = 30.0  # the longest pause of a pool's requests while its provider refuses them
 
 
 class Remote(StrEnum):
@@ -166,6 +167,7 @@ class PoolDispatcher:
         self.flights: dict[int, Flight] = {}  # slot -> its request
         self._free = list(range(pool.capacity))
         self._slots = asyncio.Semaphore(pool.capacity)
+        self._outage = Outage(pool.poll_seconds)
 
     @property
     def in_flight(self) -> dict[str, str]:
@@ -183,6 +185,7 @@ class PoolDispatcher:
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 await self._slots.acquire()
+                await self._outage.pause()
                 slot = self._free.pop()
                 carried = [(slot, await self._next_lease(slot))]
         finally:
@@ -278,9 +281,9 @@ class PoolDispatcher:
         try:
             remote_id = await self.endpoint.submit(payload)
         except (httpx.HTTPError, KeyError, ValueError) as exc:
-            message = f"{self.pool.name} did not take the job: {exc!r}"
-            await self._requeue(lease.job.id, lease.token, "ProviderRefused", message)
+            await self._refused(lease, exc)
             return None
+        self._outage.over()
         await self.chains.sent(chain, remote_id)
         log.info("job pushed", extra={"job_id": lease.job.id, "pool": self.pool.name, "remote_id": remote_id})
         return Flight.of(chain, remote_id, lease, self.pool.job_timeout_seconds)
@@ -385,12 +388,59 @@ class PoolDispatcher:
             log.warning("provider status failed", extra={"job_id": flight.job_id, "error": repr(exc)})
             return Remote.UNKNOWN
 
+    async def _refused(self, lease: Lease, exc: Exception) -> None:
+        """The provider did not take the request. A passing refusal (no answer, 429, a 5xx: an
+        outage) ran nothing: the job goes back to its place in line, no attempt counted, and the
+        pool's requests pause until the provider takes one (else a short outage used up the
+        attempts of every job waiting for the pool). Any other (a wrong key, a malformed answer)
+        fails the attempt with the provider's answer, which says what to fix."""
+        message = f"{self.pool.name} did not take the job: {exc!r}"
+        if not passing(exc):
+            await self._requeue(lease.job.id, lease.token, "ProviderRefused", message)
+            return
+        seconds = self._outage.refused()
+        log.warning(message, extra={"job_id": lease.job.id, "pool": self.pool.name, "pause_seconds": seconds})
+        with contextlib.suppress(StaleLease):
+            await self.store.release(lease.job.id, lease.token)
+
     async def _requeue(self, job_id: str, token: str, kind: str, message: str) -> None:
         await self._report(job_id, token, JobError(type=kind, message=message, retryable=True))
 
     async def _report(self, job_id: str, token: str, error: JobError) -> None:
         with contextlib.suppress(StaleLease):
             await self.store.fail(job_id, Failure(token=token, error=error))
+
+
+def passing(exc: Exception) -> bool:
+    """Whether a provider's refusal of a request is an outage that passes: no answer, or 429/5xx."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code == 429 or exc.response.status_code >= 500
+    return isinstance(exc, httpx.TransportError)
+
+
+class Outage:
+    """A pool's requests pause while its provider refuses them: one poll interval after the first
+    refusal, doubling with each one in a row up to ``OUTAGE_PAUSE_MAX_SECONDS``; a request the
+    provider takes ends it."""
+
+    def __init__(self, first_seconds: float) -> None:
+        self.first_seconds = first_seconds
+        self.refusals = 0
+        self.until = 0.0
+
+    def refused(self) -> float:
+        """One more refusal in a row: the pause it starts, in seconds."""
+        self.refusals += 1
+        seconds = min(OUTAGE_PAUSE_MAX_SECONDS, self.first_seconds * 2.0 ** (self.refusals - 1))
+        self.until = time.monotonic() + seconds
+        return seconds
+
+    def over(self) -> None:
+        self.refusals, self.until = 0, 0.0
+
+    async def pause(self) -> None:
+        """Until the pause is over (at once when there is none)."""
+        await asyncio.sleep(max(0.0, self.until - time.monotonic()))
 
 
 def dispatcher_for(

@@ -183,23 +183,49 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-@pytest.mark.parametrize(
-    ("style", "fault"),
-    [
-        pytest.param("runpod", {"refuse_next": 1}, id="a refused submit"),
-        pytest.param("verda", {"crash_next": 1}, id="a replica that dies mid job"),
-    ],
-)
 async def test_a_job_the_platform_loses_is_requeued_and_runs_later(
-    redis_url: str, make_platform: Callable[..., Platform], style: str, fault: dict[str, int]
+    redis_url: str, make_platform: Callable[..., Platform]
 ) -> None:
-    platform = make_platform(**fault)
-    async with rig(redis_url, style, platform) as r:
+    platform = make_platform(crash_next=1)  # a replica that dies mid job
+    async with rig(redis_url, "verda", platform) as r:
         job = await submit(r.store, "ada")
 
         [done] = await finished(r.store, [job.id])
 
     assert done.state == JobState.SUCCEEDED and done.attempts == 2
+
+
+@pytest.mark.parametrize("style", ["runpod", "verda"])
+async def test_an_outage_of_the_provider_costs_the_waiting_jobs_no_attempt(
+    redis_url: str, make_platform: Callable[..., Platform], style: str
+) -> None:
+    # The provider answers 500 to the next eight requests (more than the jobs' three attempts each):
+    # each refused request used an attempt of its job, so a short outage dead-lettered every job
+    # waiting for the pool. A request the provider did not take ran nothing: its job goes back to
+    # its place in line, and the pool's requests pause (growing) until the provider takes one.
+    platform = make_platform(refuse_next=8)
+    async with rig(redis_url, style, platform) as r:
+        jobs = [await submit(r.store, user) for user in ("ada", "bob")]
+
+        done = await finished(r.store, [j.id for j in jobs])
+
+    assert [(j.state, j.attempts) for j in done] == [(JobState.SUCCEEDED, 1)] * 2
+    assert platform.refuse_next == 0
+
+
+async def test_a_provider_that_refuses_the_pools_key_fails_the_job_with_its_answer(
+    redis_url: str, make_platform: Callable[..., Platform]
+) -> None:
+    # A refusal that names our mistake (a wrong API key: 401) will not pass: the job's attempts run
+    # out and it fails with the provider's answer, where the admin and its owner read what to fix.
+    platform = make_platform()
+    async with rig(redis_url, "runpod", platform, api_key="not-the-key") as r:
+        job = await submit(r.store, "ada")
+
+        [done] = await finished(r.store, [job.id])
+
+    assert done.state == JobState.FAILED and done.error is not None
+    assert done.error.type == "ProviderRefused" and "401" in done.error.message
 
 
 async def test_a_job_past_its_timeout_is_cancelled_at_the_provider_and_requeued(

@@ -65,16 +65,15 @@ class Endpoint:
     """The provider, as the model says it answers: takes or refuses a request, reports its status."""
 
     def __init__(self) -> None:
-        self.refuse = False
+        self.refuse = 0  # the status it refuses the next request with (0: takes it)
         self.state = Remote.RUNNING
         self.ids = itertools.count(1)
         self.cancelled: list[str] = []
 
     async def submit(self, lease: dict[str, Any]) -> str:
         if self.refuse:
-            raise httpx.HTTPStatusError(
-                "503", request=httpx.Request("POST", POOL.url), response=httpx.Response(503)
-            )
+            response = httpx.Response(self.refuse, request=httpx.Request("POST", POOL.url))
+            raise httpx.HTTPStatusError(str(self.refuse), request=response.request, response=response)
         return f"req-{next(self.ids)}"
 
     async def status(self, remote_id: str) -> Remote:
@@ -122,7 +121,6 @@ class PushModel(QueueModel):
         self.dispatcher = PoolDispatcher(self.store, POOL, self.endpoint, "http://127.0.0.1:9")
         self.chains = Chains(self.store)
         self.requests: list[Request] = []
-        self.submit_clock: dict[str, int] = {}
         self.forgotten: set[str] = set()
 
     def count(self, name: str) -> None:
@@ -132,6 +130,7 @@ class PushModel(QueueModel):
 
     @rule(user=st.sampled_from(USERS), pinned=st.booleans(), priority=st.sampled_from([0, 0, 5, -5]))
     def submit(self, user: str, pinned: bool, priority: int) -> None:
+        self.clock += 1  # each submit in its own millisecond, so forget.lua's order is the model's
         before = set(self.jobs)
         super().submit(user, pinned, priority)
         self.after_submit(user, set(self.jobs) - before)
@@ -140,28 +139,24 @@ class PushModel(QueueModel):
     def submit_to_push(self, user: str, priority: int) -> None:
         if sum(1 for j in self.in_state(*WAITING) if j.user == user) >= MAX_QUEUED:
             return
+        self.clock += 1
         made = self.run(self.store.submit(user, job(), priority=priority, pool=PUSH))
         self.submitted += 1
         self.jobs[made.id] = ModelJob(made.id, user, PUSH, self.submitted, self.next_round(user), priority)
         self.after_submit(user, {made.id})
 
     async def parked(self, worker_id: str, user: str, scope: str) -> None:
+        self.clock += 1
         before = set(self.jobs)
         await super().parked(worker_id, user, scope)
         self.after_submit(user, set(self.jobs) - before)
 
     def after_submit(self, user: str, made: set[str]) -> None:
         """forget.lua after a submit: past her KEPT newest jobs, her finished ones that are not dead
-        letters are forgotten (newest first: by submit time, then id, as the sorted set orders them)."""
-        for job_id in made:
-            self.submit_clock[job_id] = self.clock
+        letters are forgotten (newest first: each submit has its own millisecond, which orders the set)."""
         if not made:
             return
-        mine = sorted(
-            (j for j in self.jobs.values() if j.user == user),
-            key=lambda j: (self.submit_clock[j.id], j.id),
-            reverse=True,
-        )
+        mine = [j for j in reversed(self.jobs.values()) if j.user == user]
         for j in mine[KEPT:]:
             if j.state in ENDED and not j.dead:
                 del self.jobs[j.id]
@@ -169,9 +164,11 @@ class PushModel(QueueModel):
 
     @initialize()
     def work_for_the_pool(self) -> None:
-        """Two jobs for the push pool from the start, so that short examples reach its chains."""
+        """Two jobs for the push pool from the start and a request carrying the first, so that
+        short examples reach its chains."""
         for user in USERS[:2]:
             self.submit_to_push(user, 0)
+        self.dispatch(0, 0)
 
     # ---- the dispatcher ---------------------------------------------------------------------
 
@@ -180,9 +177,11 @@ class PushModel(QueueModel):
         return [s for s in self.slots if s not in busy]
 
     @precondition(lambda self: self.free_slots())
-    @rule(index=st.integers(0, 9), refused=st.sampled_from([False, False, False, True]))
-    def dispatch(self, index: int, refused: bool) -> None:
-        """A free slot's claim (behind idle workers, leased) and the request sent for it."""
+    @rule(index=st.integers(0, 9), refused=st.sampled_from([0, 0, 0, 503, 429, 401]))
+    def dispatch(self, index: int, refused: int) -> None:
+        """A free slot's claim (behind idle workers, leased) and the request sent for it, which the
+        provider takes or refuses: an outage (503, 429) gives the job back with no attempt counted,
+        any other refusal (401: a wrong key) fails the attempt."""
         self.count("dispatch")
         slot = self.pick(self.free_slots(), index)
         candidates = self.eligible(slot, skip_held=False)
@@ -196,9 +195,10 @@ class PushModel(QueueModel):
         chain, reply_token = self.run(self.chains.open(POOL, slot, lease))
         self.endpoint.refuse = refused
         flight = self.run(self.dispatcher._submit(lease, chain, reply_token))
+        self.dispatcher._outage.over()  # the model's clock is virtual: no pause between its steps
         if refused:
             assert flight is None
-            self.ended(j, "retry")  # the provider did not take it: a retryable failure
+            self.ended(j, "retry" if refused < 429 else "release")
             self.run(self.chains.end(chain))
             return
         assert flight is not None
@@ -373,7 +373,7 @@ class PushModel(QueueModel):
         """The container heartbeats or reports one of its jobs (a report is repeated at times)."""
         self.count("container_reports")
         r = self.pick([r for r in self.alive() if r.held], index)
-        job_id, token = self.pick(sorted(r.held.items()), which)
+        job_id, token = self.pick(list(r.held.items()), which)  # in the order taken: ids are random
         j = self.jobs.get(job_id)
         holder = j is not None and j.state == "leased" and j.token == token
         if outcome == "heartbeat":
@@ -462,6 +462,7 @@ class PushModel(QueueModel):
 
     @invariant()
     def chains_agree(self) -> None:
+        self.count("steps")
         opened = self.run(self.chains.open_in(PUSH))
         assert {c.id for c in opened} == {r.chain for r in self.requests if r.open}
         assert len(opened) <= CAPACITY, "more open requests than the pool's capacity"
