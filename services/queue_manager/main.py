@@ -23,8 +23,8 @@ from redis.asyncio import Redis
 from services.queue_manager import logs
 from services.queue_manager.api.callers_first import CallersFirst
 from services.queue_manager.api.crosssite import CrossSite
-from services.queue_manager.api.deps import registering_pool
-from services.queue_manager.api.errors import REGISTER_PATH, BodyLimit, install_error_handlers
+from services.queue_manager.api.deps import admin_caller, participant_caller, pool_caller
+from services.queue_manager.api.errors import BodyLimit, install_error_handlers
 from services.queue_manager.api.headers import SecurityHeaders
 from services.queue_manager.api.main import api_router
 from services.queue_manager.auth import Authenticator
@@ -39,6 +39,18 @@ from services.queue_manager.workspaces.deps import workspace_owner
 from services.storage import Storage, StorageError, open_storage
 
 log = logging.getLogger(__name__)
+
+CALLER_CHECKS = (
+    (WORKSPACE_PATH, workspace_owner),
+    (re.compile(r"/api/workers/"), pool_caller),
+    (re.compile(r"/api/jobs(/|$)"), participant_caller),
+    (re.compile(r"/api/admin/"), admin_caller),
+)
+"""The routes whose callers are checked on the request's head, before its body is read: uploads
+(up to QM_MAX_UPLOAD_BYTES) and a worker's registration (up to QM_MAX_CATALOGUE_BYTES) would
+otherwise be spooled or parsed whole for anyone. The lease and push routes, called many times a
+second by busy workers, check their (cheap) tokens after their bodies, which stay within
+QM_MAX_BODY_BYTES."""
 
 
 def connect(settings: Settings) -> Redis:
@@ -97,13 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router)
     app.add_middleware(SocketCap)
     app.add_middleware(SecurityHeaders)
-    # A workspace's routes (uploads: up to QM_MAX_UPLOAD_BYTES) and a worker's registration (up to
-    # QM_MAX_CATALOGUE_BYTES) refuse a caller without credentials before reading the body.
-    big_bodies = (
-        (WORKSPACE_PATH, workspace_owner),
-        (re.compile(re.escape(REGISTER_PATH) + "$"), registering_pool),
-    )
-    app.add_middleware(CallersFirst, checks=big_bodies)
+    app.add_middleware(CallersFirst, checks=CALLER_CHECKS)
     app.add_middleware(CrossSite)  # a cross-site request is refused before any route runs
     app.add_middleware(BodyLimit, uploads=UPLOAD_PATH)  # outermost: an oversized body is never read
     return app

@@ -110,9 +110,17 @@ async def worker_pool(request: Request) -> str:
     return pool
 
 
-async def registering_pool(request: Request, _: dict[str, str]) -> str:
-    """``worker_pool`` for a worker's registration, checked before its body is read."""
+# The same checks on a request's head alone, before its body is read (``callers_first``).
+async def pool_caller(request: Request, _: dict[str, str]) -> str:
     return await worker_pool(request)
+
+
+async def participant_caller(request: Request, _: dict[str, str]) -> Principal:
+    return await current_principal(request)
+
+
+async def admin_caller(request: Request, _: dict[str, str]) -> Principal:
+    return await admin_principal(await current_principal(request))
 
 
 @dataclass(frozen=True)

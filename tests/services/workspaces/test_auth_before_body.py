@@ -64,6 +64,15 @@ def test_a_registration_without_a_pool_token_is_refused_before_its_body(server: 
     assert answer_before_the_body(server.url, path, kind, {"Authorization": "Bearer wrong"}) == 401
 
 
+def test_the_job_and_admin_apis_refuse_a_body_before_reading_it(
+    server: LiveServer, bob: httpx.Client
+) -> None:
+    size, kind = 1024 * 1024, "application/json"
+    assert answer_before_the_body(server.url, "/api/jobs", kind, {}, size) == 401
+    assert answer_before_the_body(server.url, "/api/admin/pause", kind, {}, size) == 401
+    assert answer_before_the_body(server.url, "/api/admin/pause", kind, cookie_of(bob), size) == 403
+
+
 def test_the_owners_upload_and_a_pools_registration_still_read_their_body(
     server: LiveServer, alice: httpx.Client
 ) -> None:
