@@ -147,13 +147,15 @@ class LifecycleProvider(ResourceProvider, ABC):
         them, so the next `up`'s diff sees the change and updates the object back to the stack config."""
         return {}
 
-    def check_not_foreign(self, checked: CheckResult) -> CheckResult:
+    def check_not_foreign(self, olds: dict[str, Any], checked: CheckResult) -> CheckResult:
         """``checked``, failing ``name`` when the provider holds an object of our name that another
         stack made (``foreign``): the engine checks at preview, so the `up` stops before any of this
-        stack's objects (a secret, a login of the same names) is touched. When the provider cannot be
-        asked, create decides."""
+        stack's objects (a secret, a login of the same names) is touched. Only for an object this stack
+        is about to create: one in its state (``olds``, of the same name) is its own, whatever its
+        provider holds now (a new domain changes its queue URL). When the provider cannot be asked,
+        create decides."""
         news = checked.inputs
-        if checked.failures:
+        if checked.failures or (olds and olds.get("name") == news.get("name")):
             return checked
         try:
             api = self.guarded(news, lambda: self.connect(news))

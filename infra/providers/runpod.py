@@ -149,7 +149,7 @@ class TemplateProvider(_Collection):
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         """Also, at preview: no other workshop's template has our name."""
-        return self.check_not_foreign(super().check(_olds, news))
+        return self.check_not_foreign(_olds, super().check(_olds, news))
 
     def foreign(self, obj: Any, props: dict[str, Any]) -> str | None:
         """Template names are unique at RunPod: one whose workers call another queue manager serves

@@ -63,7 +63,7 @@ class DeploymentProvider(VerdaProvider):
             lambda api: (c.name for c in api.containers.get_compute_resources()),
             "set the pool's gpu in comfy-workshop:pools",
         )
-        return self.check_not_foreign(offered)
+        return self.check_not_foreign(_olds, offered)
 
     def foreign(self, obj: Any, props: dict[str, Any]) -> str | None:
         """Deployment names are unique at Verda: one whose workers call another queue manager serves

@@ -68,7 +68,7 @@ class InstanceProvider(VerdaProvider):
             lambda api: (t.instance_type for t in api.instance_types.get()),
             "set the pool's instanceType in comfy-workshop:pools",
         )
-        return self.check_not_foreign(offered)
+        return self.check_not_foreign(_olds, offered)
 
     def find(self, api: Any, props: dict[str, Any]) -> Any | None:
         mine = [i for i in api.instances.get() if i.hostname == props["name"] and i.status not in GONE]

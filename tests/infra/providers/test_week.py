@@ -568,3 +568,17 @@ def test_another_workshops_object_of_our_name_stops_the_preview_before_anything_
     assert case.remote(doubles, first.state.id) == before
     after = [c for c in [*doubles[0].log, *doubles[1].log] if c[0] != "GET"]
     assert [c for c in after[writes:] if c[1] != "/oauth2/token"] == []
+
+
+@pytest.mark.parametrize("kind", ["deployment", "template"])
+def test_a_workshop_that_moves_to_another_domain_updates_its_own_objects(kind: str, doubles: Doubles) -> None:
+    """The queue URL in a deployment's or template's env tells another workshop's object from ours
+    only for one this stack is about to create: its own, already in its state, follows a new domain."""
+    case = CASES[kind]
+    engine = Engine(case.resource, kind)
+    props = {**case.props, **connection(case, doubles), "env": {"WORKER_QUEUE_URL": "https://a.example.org"}}
+    engine.up(props)
+
+    step = engine.up({**props, "env": {"WORKER_QUEUE_URL": "https://b.example.org"}})
+
+    assert (step.action, step.replaces) == ("update", [])
