@@ -142,7 +142,9 @@ class PushModel(QueueModel):
         self.clock += 1
         made = self.run(self.store.submit(user, job(), priority=priority, pool=PUSH))
         self.submitted += 1
-        self.jobs[made.id] = ModelJob(made.id, user, PUSH, self.submitted, self.next_round(user), priority)
+        self.jobs[made.id] = ModelJob(
+            made.id, user, PUSH, self.submitted, self.next_round(user, PUSH, priority), priority
+        )
         self.after_submit(user, {made.id})
 
     async def parked(self, worker_id: str, user: str, scope: str) -> None:
