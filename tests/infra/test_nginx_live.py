@@ -200,6 +200,33 @@ def test_the_sites_own_pages_pass_the_cross_site_check_through_nginx(site: Site)
         assert ws.response is not None and ws.response.status_code == 101
 
 
+@pytest.mark.parametrize("path", ["/api/events", "/w/ada/ws", "/w/ada/api/ws"])
+@pytest.mark.parametrize(
+    "marks",
+    [{"Origin": "https://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}],
+)
+def test_a_socket_opened_by_another_site_is_refused_through_nginx(
+    site: Site, path: str, marks: dict[str, str]
+) -> None:
+    """Cross-site WebSocket hijacking: another site's page opening ada's socket with her cached
+    credentials gets no socket, whatever nginx forwards."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    basic = base64.b64encode(f"ada:{PASSWORD}".encode()).decode()
+    uri = site.https.replace("https://", "wss://") + path
+    with (
+        pytest.raises((InvalidStatus, ConnectionClosed)) as raised,
+        connect(
+            uri, ssl=context, additional_headers={"Authorization": f"Basic {basic}", **marks}, open_timeout=30
+        ) as ws,
+    ):
+        ws.recv(timeout=5)
+    if isinstance(raised.value, InvalidStatus):
+        assert raised.value.response.status_code == 403
+    else:
+        assert raised.value.rcvd is not None and raised.value.rcvd.code == 1008
+
+
 def test_api_docs_are_not_public_and_pages_keep_their_csp(site: Site) -> None:
     client = _client()
     for path in ("/docs", "/redoc", "/openapi.json"):
