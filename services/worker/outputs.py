@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,18 +57,29 @@ def place(ref: OutputFile) -> Place:
     return ref.type, ref.subfolder, ref.filename
 
 
+def file_items(ui: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The files a node's ``ui`` output names, as (kind, item): ``{"images": [{"filename", ...}]}``;
+    text (``{"text": [...]}``, PreviewAny) and other values name none."""
+    for kind, items in (ui if isinstance(ui, dict) else {}).items():
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and item.get("filename"):
+                yield kind, item
+
+
+def names_files(ui: Any) -> bool:
+    return next(file_items(ui), None) is not None
+
+
 def output_files(entry: dict[str, Any]) -> list[OutputFile]:
     """The files a history entry names, in node order; two nodes naming one file each keep it."""
     files: dict[tuple[str, str, str, str], OutputFile] = {}
     for node_id, ui in (entry.get("outputs") or {}).items():
-        for kind, items in (ui or {}).items():
-            for item in items if isinstance(items, list) else []:
-                if isinstance(item, dict) and item.get("filename"):
-                    kind_of, subfolder, filename = item_place(item)
-                    ref = OutputFile(
-                        node_id=str(node_id), kind=kind, filename=filename, subfolder=subfolder, type=kind_of
-                    )
-                    files.setdefault((ref.node_id, *place(ref)), ref)
+        for kind, item in file_items(ui):
+            kind_of, subfolder, filename = item_place(item)
+            ref = OutputFile(
+                node_id=str(node_id), kind=kind, filename=filename, subfolder=subfolder, type=kind_of
+            )
+            files.setdefault((ref.node_id, *place(ref)), ref)
     return list(files.values())
 
 

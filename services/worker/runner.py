@@ -29,7 +29,15 @@ from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, Pro
 from services.worker.comfy_events import Event, EventStream
 from services.worker.forwarder import EventForwarder
 from services.worker.job_files import SALT_INPUT, JobFiles, Prepared, rerun, until_idle
-from services.worker.outputs import Place, output_files, renamed_executed, renames, replays, store_outputs
+from services.worker.outputs import (
+    Place,
+    names_files,
+    output_files,
+    renamed_executed,
+    renames,
+    replays,
+    store_outputs,
+)
 
 log = logging.getLogger(__name__)
 CANCELLED = JobError(type="Cancelled", message="the job was cancelled before it finished")
@@ -156,13 +164,15 @@ def begins(kind: str, data: dict[str, Any]) -> bool:
 class Follower:
     """Turns one job's socket events into forwarded events and, at the end, an ``Ending``.
 
-    An ``executed`` names files that are not in the participant's storage yet: it is held until the
-    outputs are stored (and then names them as stored: ``release``), and the events after it with
-    it, so the page hears them in ComfyUI's order (``executed``, then the node's last
-    ``progress_state``), but only until another node begins: those then go out, and every event
-    after them as it comes, so her page follows the nodes that run after an output node (a preview
-    half way, then a second sampler) live. The ``executed`` still waits for the outputs: the stock
-    frontend shows a node's output whenever its ``executed`` arrives.
+    An ``executed`` naming files (an image, a video) names files that are not in the participant's
+    storage yet: it is held until the outputs are stored (and then names them as stored:
+    ``release``), and the events after it with it, so the page hears them in ComfyUI's order
+    (``executed``, then the node's last ``progress_state``), but only until another node begins:
+    those then go out, and every event after them as it comes, so her page follows the nodes that
+    run after an output node (a preview half way, then a second sampler) live. The ``executed``
+    still waits for the outputs: the stock frontend shows a node's output whenever its ``executed``
+    arrives. One that names only text or values (``PreviewAny``'s ``{"text": [...]}``) goes out as
+    it comes, as ComfyUI sends it, unless events wait behind a held one.
 
     ``unbroken`` says whether every event ComfyUI sent about the job reached the follower
     (``EventStream.watch``, taken before the submit); ``gap`` is set when the runner had to ask
@@ -215,17 +225,23 @@ class Follower:
             return Ending(EndingKind.SUCCESS, entry=self.heard_entry(), off_queue=True)
         elif ending := self.terminal(kind, data):
             return ending
-        elif kind == "executed":
-            if data.get("output") is not None:
-                self.outputs[str(data.get("node"))] = data["output"]
+        elif kind == "executed" and (self.behind or names_files(data.get("output"))):
+            self._heard_output(data)
             self.held.append((kind, data))
             self.behind = True
+        elif kind == "executed":  # text or values only: nothing to store first
+            self._heard_output(data)
+            self.forwarder.add(kind, data)
         elif self.behind and not begins(kind, data):
             self.held.append((kind, data))
         else:
             self._let_go()
             self.forwarder.add(kind, data)
         return None
+
+    def _heard_output(self, data: dict[str, Any]) -> None:
+        if data.get("output") is not None:
+            self.outputs[str(data.get("node"))] = data["output"]
 
     def heard_entry(self) -> dict[str, Any] | None:
         """The job's history entry as far as the worker reads it (``{"outputs": {node_id: ui}}``),

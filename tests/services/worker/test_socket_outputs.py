@@ -260,3 +260,37 @@ async def test_an_ending_that_may_have_missed_an_event_asks_for_history() -> Non
         "after a silence": (EndingKind.SUCCESS, None),
         "no success heard": (EndingKind.ENDED, None),
     }
+
+
+async def test_a_text_output_reaches_the_page_as_it_comes_and_an_image_waits_for_its_file() -> None:
+    """A ``PreviewAny`` text shows while the rest of the job runs, as in ComfyUI; an image's
+    ``executed`` waits until its file is stored (the page would load nothing before)."""
+    sent: list[JobEvent] = []
+
+    async def sink(events: list[JobEvent]) -> None:
+        sent.extend(events)
+
+    forwarder = EventForwarder(sink)
+    follower = Follower(forwarder, unbroken=lambda: True)
+    text = {"node": "2", "display_node": "2", "output": {"text": ["a cat"]}, "prompt_id": "p"}
+    image = {
+        "node": "3",
+        "display_node": "3",
+        "output": {"images": [{"filename": "a.png"}]},
+        "prompt_id": "p",
+    }
+    for kind, data in [
+        ("executing", {"node": "2", "display_node": "2", "prompt_id": "p"}),
+        ("executed", text),
+        ("executing", {"node": "3", "display_node": "3", "prompt_id": "p"}),
+        ("executed", image),
+        ("executing", {"node": "4", "display_node": "4", "prompt_id": "p"}),  # a sampler still runs
+    ]:
+        assert follower.handle(kind, data) is None
+    await forwarder.close()
+    assert [(e.type, e.data.get("node")) for e in sent] == [
+        ("executing", "2"),
+        ("executed", "2"),
+        ("executing", "3"),
+        ("executing", "4"),
+    ]
