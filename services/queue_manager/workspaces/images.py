@@ -6,13 +6,17 @@
 - ``preview=webp;90`` / ``preview=jpeg;80``: a smaller copy for the queue and history panels
   (``Comfy.PreviewFormat``); webp whenever the alpha is asked for or the format is unknown.
 
-Decoding runs in a worker thread; an image past Pillow's decompression-bomb limit is refused.
+Decoding runs in a worker thread, two at most at a time, and only for images of at most
+``MAX_DECODE_PIXELS``: a conversion holds about four copies of the decoded image, and a blank PNG of
+a few kB can declare tens of millions of pixels (Pillow's own decompression-bomb limit, 89 million,
+let one request take 1.4 GB). Larger images are served as stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import warnings
 
 from PIL import Image, UnidentifiedImageError
@@ -20,6 +24,10 @@ from PIL.PngImagePlugin import PngInfo
 
 MAX_IMAGE_BYTES = 128 * 1024 * 1024
 """Larger files are only served as stored: a conversion holds the whole file in memory."""
+MAX_DECODE_PIXELS = 40_000_000
+"""Larger images (beyond 8K x 4.8K) are only served as stored: ~160 MB per RGBA copy."""
+DECODING = threading.BoundedSemaphore(2)
+"""Conversions decoding at once (in worker threads), whoever asks: memory stays ~1.3 GB at most."""
 
 
 class ImageProblem(ValueError):
@@ -36,7 +44,7 @@ async def convert(data: bytes, filename: str, channel: str, preview: str) -> tup
 
 
 def _convert(data: bytes, filename: str, channel: str, preview: str) -> tuple[bytes, str]:
-    with _opened(data, filename) as image:
+    with DECODING, _opened(data, filename) as image:
         if preview:
             return _preview(image, channel, preview)
         if channel == "rgb":
@@ -81,7 +89,7 @@ async def merge_mask(original: bytes, mask: bytes, filename: str) -> bytes:
 
 
 def _merge_mask(original: bytes, mask: bytes, filename: str) -> bytes:
-    with _opened(original, filename) as image, _opened(mask, "the mask") as painted:
+    with DECODING, _opened(original, filename) as image, _opened(mask, "the mask") as painted:
         if image.size != painted.size:
             raise ImageProblem(
                 f"the mask is {painted.width}x{painted.height} but {filename} is "
@@ -102,6 +110,7 @@ def _opened(data: bytes, filename: str) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
+            _check_pixels(image, filename)
             image.load()
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageProblem(
@@ -111,6 +120,17 @@ def _opened(data: bytes, filename: str) -> Image.Image:
     except OSError as exc:
         raise ImageProblem(f"{filename} is not a readable image: {exc}") from exc
     return image
+
+
+def _check_pixels(image: Image.Image, filename: str) -> None:
+    """Refuse, from its header alone, an image too large to decode here."""
+    if image.width * image.height > MAX_DECODE_PIXELS:
+        image.close()
+        raise ImageProblem(
+            f"{filename} is {image.width}x{image.height}, more than the {MAX_DECODE_PIXELS:,} pixels the "
+            "workspace converts: ask for it without 'channel' or 'preview' to get the file as stored "
+            "(or paint masks on a smaller image)"
+        )
 
 
 def _png(image: Image.Image) -> bytes:

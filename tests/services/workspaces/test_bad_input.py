@@ -132,3 +132,27 @@ def test_a_client_chosen_prompt_id_already_in_use_is_refused(alice: httpx.Client
     first = alice.post("/w/alice/api/prompt", json={"prompt": graph, "prompt_id": "my-run-1"})
     assert first.status_code == 200 and first.json()["prompt_id"] == "my-run-1", first.text
     says(alice.post("/w/alice/api/prompt", json={"prompt": graph, "prompt_id": "my-run-1"}), 409, "my-run-1")
+
+
+def test_an_image_too_big_to_decode_safely_is_refused_for_conversion_and_masks(alice: httpx.Client) -> None:
+    """A hostile participant's 7000x6000 blank PNG (a few kB) made every channel view or mask
+    merge decode ~170 MB per copy, four copies at a time: a few requests at once took the queue
+    manager's memory. Such images are served as stored; converting them gets 400 naming the limit."""
+    big = Image.new("L", (7000, 6000), 0)
+    buffer = io.BytesIO()
+    big.save(buffer, format="PNG")
+    assert upload(alice, "huge.png", buffer.getvalue()).status_code == 200
+    huge = {"filename": "huge.png", "type": "input"}
+    says(alice.get("/w/alice/api/view", params={**huge, "channel": "rgb"}), 400, "pixels", "without")
+    says(alice.get("/w/alice/api/view", params={**huge, "preview": "jpeg;80"}), 400, "pixels")
+    assert alice.get("/w/alice/api/view", params=huge).status_code == 200  # as stored
+    original = '{"filename": "huge.png", "type": "input"}'
+    mask = alice.post(
+        "/w/alice/api/upload/mask",
+        files={"image": ("mask.png", buffer.getvalue(), "image/png")},
+        data={"original_ref": original},
+    )
+    says(mask, 400, "pixels")
+    assert upload(alice, "fine.png", png(64, 64)).status_code == 200
+    fine = {"filename": "fine.png", "type": "input", "channel": "rgb"}
+    assert alice.get("/w/alice/api/view", params=fine).status_code == 200
