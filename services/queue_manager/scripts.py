@@ -201,8 +201,7 @@ class RejoinArgs(ScriptArgs):
     mode: str
     snapshot: str  # the snapshot's taken_at (ISO 8601): {p}:holds names it once it is restored
     taken_at_ms: int  # the same: jobs queued after it move
-    night_round: str  # the snapshot's fair:round ('' = none)
-    user_rounds: tuple[str, ...]  # the snapshot's fair:user_round, user, round pairs
+    night_json: str  # the snapshot's fair state: {"round", "queue_round", "user_round", "user_served"}
 
 
 @dataclass(frozen=True)

@@ -385,15 +385,24 @@ async def _restore_globals(store: Store, snapshot: Snapshot) -> None:
 def _rejoin(store: Store, snapshot: Snapshot) -> RejoinArgs:
     """Jobs queued before the restore ran wait behind the snapshot's queue, once per Redis and
     snapshot (``lua/rejoin.lua``, which notes it in ``{p}:holds``)."""
-    night_round, user_rounds = snapshot.keys.get("fair:round"), snapshot.keys.get("fair:user_round")
-    pairs = user_rounds.data.items() if user_rounds is not None else ()
+
+    def text(name: str) -> Any:
+        stored = snapshot.keys.get(name)
+        if stored is None:
+            return {} if name != "fair:round" else ""
+        if stored.type == "string":
+            return _raw(stored.data).decode(errors="replace")
+        return {
+            _raw(f).decode(errors="replace"): _raw(v).decode(errors="replace") for f, v in stored.data.items()
+        }
+
+    night = {name: text(f"fair:{name}") for name in ("round", "queue_round", "user_round", "user_served")}
     return RejoinArgs(
         store.prefix,
         store.settings.scheduling.value,
         snapshot.taken_at.isoformat(),
         int(snapshot.taken_at.timestamp() * 1000),
-        _raw(night_round.data).decode() if night_round is not None else "",
-        tuple(_raw(part).decode() for pair in pairs for part in pair),
+        json.dumps(night),
     )
 
 

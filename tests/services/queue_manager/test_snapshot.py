@@ -206,21 +206,24 @@ async def test_jobs_queued_in_the_morning_before_the_restore_wait_behind_last_ni
     if it had been queued just after the restore; it got the fresh Redis's round 0 and queue number
     1, and ran before everyone who had waited overnight."""
     evening = store_with(scheduling=mode)
-    for user in ("ada", "ada", "ada", "bob", "bob"):
-        await evening.submit(user, job())
+    for user, pool in (("ada", None),) * 3 + (("bob", None),) * 2 + (("dan", "cpu"),) * 2 + (("bob", "cpu"),):
+        await evening.submit(user, job(), pool=pool)  # fair turns count per pool: cpu's are behind
     assert all([await evening.claim("w1", "gpu") for _ in range(3)])  # running: they queue again
     night = await evening.queued_ids()
     snapshot = await take_snapshot(evening)
     await evening.redis.flushall()
 
     morning = store_with(scheduling=mode)
-    morning_jobs = (("cara", False), ("ada", False), ("ada", True), ("cara", False), ("ada", False))
-    early = [(await morning.submit(user, job(front=front))).id for user, front in morning_jobs[:3]]
+    morning_jobs = (
+        *(("cara", False, "cpu"), ("cara", False, None), ("ada", False, None), ("ada", True, None)),
+        *(("cara", False, None), ("ada", False, None)),
+    )
+    early = [(await morning.submit(u, job(front=front), pool=pool)).id for u, front, pool in morning_jobs[:4]]
     await restore_snapshot(morning, snapshot)
     numbered = await numbers(morning, early)
     await restore_snapshot(morning, snapshot)  # a restore run twice moves nothing again
     assert await numbers(morning, early) == numbered
-    late = [(await morning.submit(user, job(front=front))).id for user, front in morning_jobs[3:]]
+    late = [(await morning.submit(u, job(front=front), pool=pool)).id for u, front, pool in morning_jobs[4:]]
     got = await morning.queued_ids()
     queue_numbers = await numbers(morning, got)
     await restore_snapshot(morning, snapshot)  # again at noon (the admin's restore): nothing moves
@@ -230,10 +233,10 @@ async def test_jobs_queued_in_the_morning_before_the_restore_wait_behind_last_ni
 
     replay = store_with(scheduling=mode)  # the same morning, with the restore before any job
     await restore_snapshot(replay, snapshot)
-    again = [(await replay.submit(user, job(front=front))).id for user, front in morning_jobs]
+    again = [(await replay.submit(u, job(front=front), pool=pool)).id for u, front, pool in morning_jobs]
     same = dict(zip(again, early + late, strict=True))
     assert got == [same.get(job_id, job_id) for job_id in await replay.queued_ids()]
-    assert len(got) == 3 + len(night) + 5 and len(set(map(abs, queue_numbers))) == len(got), queue_numbers
+    assert len(got) == 3 + len(night) + 6 and len(set(map(abs, queue_numbers))) == len(got), queue_numbers
     assert rejoined  # numbered after last night's jobs, as the morning's panel shows them
 
 
