@@ -299,3 +299,23 @@ async def evening_order(before: dict[str, Any], running: str) -> list[str]:
     """The evening's waiting jobs by schedule score, across pools."""
     waiting = [f for f in before["jobs"].values() if f["state"] == "queued" and f["id"] != running]
     return [f["id"] for f in sorted(waiting, key=lambda f: float(f["score"]))]
+
+
+async def test_a_job_that_ran_before_the_morning_restore_gets_nobody_ahead_of_last_nights_queue(
+    store_with: Callable[..., Store],
+) -> None:
+    """A worker took bob's morning job before the restore ran (the pools come up beside it). His
+    next job must still wait behind his own jobs from last night, and behind ada's that are due
+    first: the restore's merge kept the morning's lower fair rounds."""
+    evening = store_with()
+    for user in ("ada", "bob") * 3:
+        await evening.submit(user, job())
+    snapshot = await take_snapshot(evening)
+    await evening.redis.flushall()
+
+    morning = store_with()
+    await morning.submit("bob", job())
+    assert await morning.claim("w1", "gpu") is not None
+    await restore_snapshot(morning, snapshot)
+    later = await morning.submit("bob", job())
+    assert (await morning.queued_ids())[-1] == later.id
