@@ -50,7 +50,7 @@ class AdminOps(StoreBase):
         await self.redis.set(self.keys.paused, "1")
 
     async def resume(self) -> None:
-        """Hand out jobs again, and take participants' saves and submits if the evening's save had
+        """Hand out jobs again, and take participants' changes again if the evening's save had
         closed the workshop (the morning's restore, or the organizer who goes on after a destroy)."""
         await self.redis.delete(self.keys.paused, self.keys.closed)
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -452,8 +452,9 @@ async def unrestored_snapshot(storage: Storage) -> Snapshot | None:
 
 
 async def save_for_the_night(store: Store, storage: Storage) -> tuple[Snapshot, int]:
-    """The evening: snapshot the queue into the vault. Participants' saves and submits are refused
-    from just before (``{p}:closed``, checked in the scripts that write them): none can land after
+    """The evening: snapshot the queue into the vault. Every change of what participants have (a
+    save, a submit, a cancel, a deletion, the organizer's priority or requeue) is refused from just
+    before (``{p}:closed``, checked in the scripts that make them): none can land after
     the snapshot and vanish with the Redis. A save that fails stops the destroy, and the workshop goes
     on as before the drain (``resume``: dispatching, taking saves), as after the morning's restore or
     the organizer's Resume. A snapshot there that no
