@@ -135,12 +135,27 @@ local function dequeue(id, user, scope)
   clear_hold(id)
 end
 
+-- The owner runs one job fewer: a claim that passed her waiting jobs by at her running limit
+-- (max_running_per_user) may take one now, so each of their scopes wakes a waiting claim (else an
+-- idle GPU waited for its claim's next look, up to a second, while her job was there for it).
+local function wake_waiting_of(user)
+  local woken = {}
+  for _, id in ipairs(redis.call('SMEMBERS', k('user', user, 'queued'))) do
+    local scope = redis.call('HGET', k('job', id), 'scope')
+    if scope and not woken[scope] then
+      woken[scope] = true
+      wake(scope)
+    end
+  end
+end
+
 -- End whatever lease a job holds; the worker goes back to idle (a draining one stays draining).
 -- The job's id goes out on {p}:ended: a push dispatcher carrying the job frees its slot at once.
 local function end_lease(id, user, worker_id)
   redis.call('ZREM', k('leases'), id)
   redis.call('PUBLISH', k('ended'), id)
   redis.call('SREM', k('user', user, 'running'), id)
+  wake_waiting_of(user)
   if worker_id and worker_id ~= '' then
     local wkey = k('worker', worker_id)
     local f = redis.call('HMGET', wkey, 'job_id', 'state')

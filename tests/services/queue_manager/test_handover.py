@@ -10,7 +10,9 @@ import pytest
 
 from services.protocol.events import EventType
 from services.protocol.jobs import JobState
+from services.protocol.workers import Completion
 from services.queue_manager import leases
+from services.queue_manager.background import running
 from services.queue_manager.errors import QueueLimit
 from services.queue_manager.store import Store
 from tests.support.qm_api import job
@@ -83,3 +85,24 @@ async def test_a_submit_refused_by_the_queue_limit_leaves_the_parked_claim_waiti
         with pytest.raises(QueueLimit):
             await store.submit("ada", job())
         assert ticket.handover is None or ticket.handover.result() is None
+
+
+async def test_a_waiting_claim_gets_the_job_the_end_of_its_owners_running_one_lets_her_run(
+    store_with: Callable[..., Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ada may run one job at a time: her second waits while her first runs, and w2's claim parks,
+    # having nothing it may take. Her first job's end makes the second hers to run: w2's claim
+    # must hear of it then, not at its next look (a second later: an idle GPU with her job there).
+    monkeypatch.setattr(leases, "RECHECK_SECONDS", 60.0)  # no look again within the test
+    store = store_with(max_running_per_user=1)
+    async with running(store):
+        first, second = [await store.submit("ada", job()) for _ in range(2)]
+        lease = await store.claim("w1", "gpu")
+        assert lease is not None and lease.job.id == first.id
+        waiting = asyncio.create_task(store.claim("w2", "gpu", wait=30))
+        await parked(store)
+
+        await store.complete(first.id, Completion(token=lease.token))
+
+        taken = await asyncio.wait_for(waiting, timeout=10)
+    assert taken is not None and taken.job.id == second.id
