@@ -66,6 +66,8 @@ class Platform:
     refuse_next: int = 0
     crash_next: int = 0
     stall_next: int = 0
+    late_next: int = 0  # that many submits are answered only after ``late_s`` (yet taken and run)
+    late_s: float = 0.0
     requests: dict[str, Request_] = field(default_factory=dict)
     peak_outstanding: int = 0
     replicas: list[Replica] = field(default_factory=list)
@@ -78,6 +80,12 @@ class Platform:
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- the endpoint ------------------------------------------------------------------------
+    async def answer_late(self) -> None:
+        """A submit the provider answers late (its API overloaded): it takes the request all the same."""
+        if self.late_next > 0:
+            self.late_next -= 1
+            await asyncio.sleep(self.late_s)
+
     def accept(self, lease: dict[str, Any]) -> Request_:
         if self.refuse_next > 0:
             self.refuse_next -= 1
@@ -181,6 +189,7 @@ def _app(platform: Platform) -> FastAPI:
     async def run(request: Request, authorization: str = Header(None)) -> dict[str, str]:
         authorised(authorization)
         req = platform.accept((await request.json())["input"])
+        await platform.answer_late()
         return {"id": req.id, "status": req.status}
 
     @app.get("/status/{key}")
@@ -205,7 +214,9 @@ def _app(platform: Platform) -> FastAPI:
         authorised(authorization)
         if prefer != "respond-async":
             raise HTTPException(400, "only async requests in this double")
-        return {"Id": platform.accept(await request.json()).id}
+        req = platform.accept(await request.json())
+        await platform.answer_late()
+        return {"Id": req.id}
 
     return app
 

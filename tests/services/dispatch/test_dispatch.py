@@ -213,6 +213,25 @@ async def test_an_outage_of_the_provider_costs_the_waiting_jobs_no_attempt(
     assert platform.refuse_next == 0
 
 
+@pytest.mark.parametrize("style", ["runpod", "verda"])
+async def test_a_submit_answered_too_late_runs_its_job_once_and_costs_it_no_attempt(
+    redis_url: str, make_platform: Callable[..., Platform], style: str
+) -> None:
+    # The provider takes the request but answers after the dispatcher's time limit: the dispatcher
+    # cannot know it was taken, so the job goes back (no attempt: it may not have run) and goes out
+    # in a new request; the late one's container finds its lease given back at its next heartbeat
+    # and stops, so the job is reported once, by the new request's container.
+    platform = make_platform(job_seconds=1.0, late_next=1, late_s=1.0)
+    async with rig(redis_url, style, platform, request_timeout_seconds=0.3) as r:
+        job = await submit(r.store, "ada")
+
+        [done] = await finished(r.store, [job.id])
+        await until(lambda: not platform.outstanding(), "the late request ended")
+
+    assert (done.state, done.attempts) == (JobState.SUCCEEDED, 1)
+    assert sorted(req.status for req in platform.requests.values()) == ["COMPLETED", "FAILED"]
+
+
 async def test_a_provider_that_refuses_the_pools_key_fails_the_job_with_its_answer(
     redis_url: str, make_platform: Callable[..., Platform]
 ) -> None:
