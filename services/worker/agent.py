@@ -93,6 +93,8 @@ class Agent:
             settings.poll_seconds,
             on_lost=lambda reason: self.comfy_server.lost(self.comfy, reason),
             storage_patience=settings.storage_retry_seconds,
+            on_stuck=lambda reason: self.comfy_server.stuck(self.comfy, reason),
+            interrupt_grace=settings.interrupt_grace_seconds,
         )
         self.models: list[str] = []
         self.catalogue: dict[str, Any] = {}

@@ -105,6 +105,11 @@ class Ending:
     off_queue: bool = False
 
 
+def until_stop(wait: float, stop_by: float | None) -> float:
+    """``wait``, or less when the stop deadline ``stop_by`` comes sooner."""
+    return wait if stop_by is None else max(0.0, min(wait, stop_by - time.monotonic()))
+
+
 def lost(reason: str) -> Ending:
     return Ending(EndingKind.LOST, reason=reason)
 
@@ -399,6 +404,8 @@ class JobRunner:
         poll: float = 1.0,
         on_lost: Callable[[str], None] = lambda _: None,
         storage_patience: float = 0.0,
+        on_stuck: Callable[[str], None] = lambda _: None,
+        interrupt_grace: float = 60.0,
     ) -> None:
         self.comfy, self.events, self.storage, self.files = comfy, events, storage, files
         self.silence, self.poll = silence, poll
@@ -406,6 +413,9 @@ class JobRunner:
         # Called (with why) the moment a job finds ComfyUI gone or silent, whoever's job it turns out
         # to be, before the GPU is said to be free: the worker claims nothing more until it answers.
         self.on_lost = on_lost
+        # Called (with why) when a prompt told to stop still runs ``interrupt_grace`` seconds after its
+        # interrupt (a node that never checks for one): the GPU is freed by restarting ComfyUI.
+        self.on_stuck, self.interrupt_grace = on_stuck, interrupt_grace
         # The last prompt ended normally (``Ending.off_queue``): ComfyUI holds none, so the next job
         # is staged without asking ``/queue``. Unset while a job runs and after any other ending.
         self.comfy_idle = False
@@ -588,28 +598,40 @@ class JobRunner:
             asyncio.ensure_future(self.events.dropped.wait()): Signal.DROPPED,  # ask ComfyUI at once
         }
         timeout = self.silence
-        stopping = False  # an interrupt was sent
+        stop_by: float | None = None  # an interrupt was sent: the prompt must have stopped by then
         try:
             while True:
-                event = await self._next(queue, signals, timeout)
+                event = await self._next(queue, signals, until_stop(timeout, stop_by))
                 if isinstance(event, tuple):
                     timeout = self.silence
                     ending = follower.handle(*event)
-                    if stopping and event[0] == "execution_start":  # the run began after the interrupt:
+                    if stop_by is not None and event[0] == "execution_start":  # began after the interrupt:
                         await self._cancel(job_id)  # ComfyUI cleared it as it began (``_stop_in_comfyui``)
                 else:
-                    stopping = stopping or event in (Signal.CANCEL, Signal.MOVED)
-                    if event in (Signal.CANCEL, Signal.MOVED, Signal.DROPPED):  # each acted on once
+                    if event in (Signal.CANCEL, Signal.MOVED):  # each acted on once
+                        stop_by = stop_by or time.monotonic() + self.interrupt_grace
+                    if event in (Signal.CANCEL, Signal.MOVED, Signal.DROPPED):
                         signals = {task: name for task, name in signals.items() if name != event}
                     if event in (Signal.SILENT, Signal.DROPPED):
                         timeout = self.poll
                         follower.gap = True  # events may have been missed: a success reads /history
                     ending = await self._on_signal(job_id, event)
+                if ending is None and stop_by is not None and time.monotonic() >= stop_by:
+                    ending = self._stuck()
                 if ending is not None:
                     return ending
         finally:
             for task in signals:
                 task.cancel()
+
+    def _stuck(self) -> Ending:
+        """The prompt runs on ``interrupt_grace`` seconds after its interrupt: ComfyUI is restarted
+        (``on_stuck``) and the job ends as it was asked to, cancelled."""
+        self.on_stuck(
+            f"ComfyUI still runs a prompt {self.interrupt_grace:g} s after it was interrupted (a node "
+            "that never checks for an interrupt; WORKER_INTERRUPT_GRACE_SECONDS)"
+        )
+        return Ending(EndingKind.CANCELLED, error=CANCELLED)
 
     async def _on_signal(self, job_id: str, signal: Signal) -> Ending | None:
         """What ``died``, ``cancel``, ``moved``, a ``silent`` or a ``dropped`` socket means for the job."""

@@ -112,6 +112,13 @@ class WorkerSettings(BaseSettings):
         description="WORKER_COMFYUI_TIMEOUT: seconds ComfyUI may take to answer a call; one that does "
         "not is silent: its job is given back, and a child ComfyUI silent this long again is restarted",
     )
+    interrupt_grace_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="WORKER_INTERRUPT_GRACE_SECONDS: how long a cancelled job's node may run on after "
+        "ComfyUI is interrupted; a node that never checks for an interrupt (a hang) has its child "
+        "ComfyUI restarted then, so the GPU is free again and the job ends cancelled",
+    )
     ws_silence_seconds: float = Field(
         default=5.0, gt=0, description="WORKER_WS_SILENCE_SECONDS: socket silence before polling /history"
     )

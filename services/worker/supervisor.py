@@ -109,6 +109,10 @@ class ComfyServer(abc.ABC):
         self._recovery = asyncio.create_task(self._recover(client), name="comfyui-recovery")
 
     @abc.abstractmethod
+    def stuck(self, client: ComfyClient, reason: str) -> None:
+        """ComfyUI answers but goes on running a prompt it was told to stop (``reason``)."""
+
+    @abc.abstractmethod
     async def _recover(self, client: ComfyClient) -> None:
         """Wait until ComfyUI answers again, then set ``up``."""
 
@@ -123,6 +127,12 @@ class AttachedComfy(ComfyServer):
     async def start(self, client: ComfyClient, limit: float) -> None:
         await wait_ready(client, limit)
         self.up.set()
+
+    def stuck(self, client: ComfyClient, reason: str) -> None:
+        """Someone else's to restart: said in the log, and no claims until it answers again (the next
+        job then waits for the prompt to end, and goes back to the queue if it does not)."""
+        log.error("%s: restart ComfyUI at %s to free the GPU", reason, self.url)
+        self.lost(client, reason)
 
     async def _recover(self, client: ComfyClient) -> None:
         # ``death`` is left alone: a running job learns from ComfyUI itself whether it still has
@@ -199,6 +209,15 @@ class ComfyProcess(ComfyServer):
             except ComfyNotReadyError as exc:
                 log.error("%s", exc)
                 await asyncio.sleep(min(30.0, 2.0**self.restarts))
+
+    def stuck(self, client: ComfyClient, reason: str) -> None:
+        """Killed, and restarted like any other death: nothing else frees the GPU of a node that hangs."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            return  # already gone: the supervisor restarts it
+        log.error("%s: killing ComfyUI (pid %s) to free the GPU", reason, process.pid)
+        self.up.clear()  # no claims until the restarted one answers
+        process.kill()
 
     def _returncode(self) -> int | None:
         return self._process.returncode if self._process else None

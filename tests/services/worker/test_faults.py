@@ -22,11 +22,16 @@ from services.protocol.jobs import Job, JobState
 from services.protocol.workers import Lease
 from services.storage.local import LocalStorage
 from services.worker.agent import Agent
+from services.worker.comfy_client import ComfyClient
 from services.worker.queue_client import LeaseLostError, QueueClient
 from services.worker.supervisor import ComfyProcess
 from tests.support.jobs import finished, graph, participant, submit, submit_running, until
 from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, POOL_TOKEN, LiveServer
 from tests.support.worker_agent import child_worker_settings, pull_worker, worker_settings
+
+
+async def running_in(comfyui: ComfyClient, job_id: str) -> bool:
+    return job_id in (await comfyui.queue())[0]
 
 
 async def test_comfyui_crashing_mid_job_restarts_it_and_the_job_runs_again_without_using_an_attempt(
@@ -36,9 +41,7 @@ async def test_comfyui_crashing_mid_job_restarts_it_and_the_job_runs_again_witho
     async with pull_worker(settings) as running:
         comfyui = running.agent.comfy
         job_id = await submit(alice, graph(color=11))
-        async with asyncio.timeout(10):
-            while job_id not in (await comfyui.queue())[0]:
-                await asyncio.sleep(0.02)  # polling the child ComfyUI's /queue
+        await until(lambda: running_in(comfyui, job_id), "the job running in the child ComfyUI")
         supervisor = running.agent.comfy_server
         assert isinstance(supervisor, ComfyProcess) and supervisor._process is not None
         os.kill(supervisor._process.pid, signal.SIGKILL)
@@ -222,3 +225,29 @@ async def test_an_attached_comfyui_restarting_mid_job_loses_it_and_the_job_runs_
         job = await finished(alice, job_id, timeout=30)
     assert job.state == JobState.SUCCEEDED, job.error
     assert job.attempts == 1 and job.comfyui_losses == 1
+
+
+async def test_a_cancelled_job_whose_node_ignores_the_interrupt_has_comfyui_restarted_and_ends_cancelled(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A node that reports no progress never looks at ComfyUI's interrupt flag (the real ComfyUI's
+    own nodes check it only in their progress hook): one that hangs keeps running after her cancel.
+    The worker gives it ``interrupt_grace_seconds``, then restarts its child ComfyUI so the GPU is
+    free again, and her job ends cancelled instead of showing as running for good."""
+    hangs = ["--node-seconds", "3600", "--progress-steps", "0"]
+    command = [sys.executable, "-m", "devkit.doubles.comfyui", *hangs]
+    settings = child_worker_settings(
+        comfy, qm.url, tmp_path, comfyui_command=command, interrupt_grace_seconds=1.0
+    )
+    async with pull_worker(settings) as running:
+        comfyui = running.agent.comfy
+        job_id = await submit(alice, graph(color=17))
+        await until(lambda: running_in(comfyui, job_id), "the job running in the child ComfyUI")
+        assert (await alice.post(f"/api/jobs/{job_id}/cancel")).json()["outcome"] == "requested"
+        job = await finished(alice, job_id, timeout=30)
+        supervisor = running.agent.comfy_server
+        assert isinstance(supervisor, ComfyProcess)
+        await until(lambda: supervisor.up.is_set(), "the restarted ComfyUI answers", timeout=30)
+        assert await comfyui.queue() == ([], [])  # the hung prompt is gone: the GPU is free
+    assert job.state == JobState.CANCELLED and job.outputs == []
+    assert supervisor.restarts == 1
