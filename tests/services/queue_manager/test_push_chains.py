@@ -9,7 +9,7 @@ from services.queue_manager.dispatch import PoolDispatcher, Remote
 from services.queue_manager.push_requests import Chains
 from services.queue_manager.settings import PushPool
 from services.queue_manager.store import Store
-from tests.services.queue_manager.test_push_model import Endpoint
+from tests.support.push_model import Endpoint
 from tests.support.qm_api import job
 
 POOL = PushPool(name="push", style="runpod", url="http://127.0.0.1:9/v2/x", api_key="k", capacity=1,
