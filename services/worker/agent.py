@@ -125,6 +125,7 @@ class Agent:
             await self.warmup()
         self.catalogue = await self.comfy.object_info()
         self.files.output_classes = salted_classes(self.catalogue)
+        self.runner.offered = set(self.catalogue)
         self.extensions = await self.comfy.web_extensions()
 
     async def stop(self) -> None:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 CANCELLED = JobError(type="Cancelled", message="the job was cancelled before it finished")
 MAX_COMFY_BYTES = 64 * 1024
 OWN_FIELDS = ("node_id", "node_type", "executed", "traceback", "current_inputs", "current_outputs")
+UNKNOWN_NODE = re.compile(r"Node ID '#(?P<node>[^']+)'")  # ComfyUI's details of an unknown class_type
 NEXT_SUBMIT_SECONDS = 0.2  # at most this long a finished job's storing waits for the next job's submit
 
 
@@ -130,6 +132,27 @@ def rejected(exc: PromptRejectedError) -> JobError:
         node_type=node.get("class_type"),
         details=error.get("details") or None,
         comfy=bounded({"node_errors": node_errors}),
+    )
+
+
+def missing_offered(exc: PromptRejectedError, prompt: dict[str, Any], offered: set[str]) -> JobError | None:
+    """ComfyUI refused the graph for a node class it does not know but offered when the worker
+    started (read from its ``/object_info``): it restarted without it. Not her workflow's fault:
+    another try (another GPU) may have it."""
+    error = exc.body.get("error") or {}
+    found = UNKNOWN_NODE.fullmatch(str(error.get("details") or ""))
+    node = prompt.get(found["node"]) if found is not None and error.get("type") == "invalid_prompt" else None
+    class_type = node.get("class_type") if isinstance(node, dict) else None
+    if class_type not in offered:
+        return None
+    return JobError(
+        type="NodeMissingOnWorker",
+        message=f"the GPU's ComfyUI no longer has node {class_type}, which it offered when its worker "
+        "started (a custom node that did not load when ComfyUI restarted): the job is tried again; "
+        "the organizer should restart that worker (its ComfyUI log says why the node did not load)",
+        node_id=found["node"] if found is not None else None,
+        node_type=class_type,
+        retryable=True,
     )
 
 
@@ -419,6 +442,10 @@ class JobRunner:
         # The last prompt ended normally (``Ending.off_queue``): ComfyUI holds none, so the next job
         # is staged without asking ``/queue``. Unset while a job runs and after any other ending.
         self.comfy_idle = False
+        self.offered: set[str] = set()  # the node classes ComfyUI offered when the worker started
+
+    def _rejected(self, exc: PromptRejectedError, prompt: dict[str, Any]) -> JobError:
+        return missing_offered(exc, prompt, self.offered) or rejected(exc)
 
     async def run(
         self,
@@ -464,7 +491,7 @@ class JobRunner:
         except StorageError as exc:
             return Outcome(error=JobError(type="InputUnavailable", message=str(exc)))
         except PromptRejectedError as exc:
-            return Outcome(error=rejected(exc))
+            return Outcome(error=self._rejected(exc, job.prompt))
         except OSError as exc:  # the worker's own disk: another worker may do better
             message = f"the worker could not stage the job's files: {exc}"
             return Outcome(error=JobError(type="StagingFailed", message=message, retryable=True))
@@ -532,7 +559,7 @@ class JobRunner:
                     stops.handoff.submitted.set()  # in ComfyUI, or it never will be (refused, ComfyUI lost)
             return await self._follow(job.id, queue, follower, stops)
         except PromptRejectedError as exc:
-            return Ending(EndingKind.ERROR, error=rejected(exc))
+            return Ending(EndingKind.ERROR, error=self._rejected(exc, prompt))
         except ComfyUnavailableError as exc:
             return Ending(EndingKind.LOST, reason=str(exc), submitted=submitted)
         except asyncio.CancelledError:  # even mid-submit: the prompt may already be queued in ComfyUI

@@ -251,3 +251,24 @@ async def test_a_cancelled_job_whose_node_ignores_the_interrupt_has_comfyui_rest
         assert await comfyui.queue() == ([], [])  # the hung prompt is gone: the GPU is free
     assert job.state == JobState.CANCELLED and job.outputs == []
     assert supervisor.restarts == 1
+
+
+async def test_a_node_the_gpus_comfyui_offered_but_lost_is_not_blamed_on_her_workflow(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """ComfyUI restarted without a node class it offered when the worker started (a custom node
+    that failed to import this time): ComfyUI refuses the graph as naming a node that does not
+    exist. Her workflow is not at fault: the job is tried again (another GPU may have the node) and
+    the error names the GPU, not her graph."""
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+        offered = ComfyUIDouble.catalogue
+        monkeypatch.setattr(
+            ComfyUIDouble,
+            "catalogue",
+            lambda double: {name: spec for name, spec in offered(double).items() if name != "ImageInvert"},
+        )
+        job = await finished(alice, await submit(alice, graph(color=18)))
+    assert job.state == JobState.FAILED and job.error is not None
+    assert job.error.retryable and job.attempts > 1
+    assert job.error.type == "NodeMissingOnWorker" and job.error.node_type == "ImageInvert"
+    assert "restart" in job.error.message
