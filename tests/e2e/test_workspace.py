@@ -229,3 +229,22 @@ async def test_my_place_in_line_shows_where_a_waiting_job_stands(
         client.post("/api/workers/w1/claim", headers=WORKER_AUTH).raise_for_status()
     await page.locator(".workshop-place").get_by_text("#1").wait_for(timeout=10_000)
     await context.close()
+
+
+async def test_logging_in_and_opening_the_workspace_asks_the_platform_for_nothing_it_lacks(
+    browser: Browser, server: LiveServer
+) -> None:
+    """Every request the login page and the stock frontend make on a first visit, and on opening
+    the queue, is answered: a 4xx or 5xx here is something the participant's page went without."""
+    with httpx.Client(base_url=server.url) as worker:
+        register_worker(worker, catalogue([]))
+    answered: list[tuple[int, str]] = []
+
+    def watch(page: Page) -> None:
+        page.context.on("response", lambda r: answered.append((r.status, f"{r.request.method} {r.url}")))
+
+    context, page = await logged_in_page(browser, server, "alice", watch)
+    await page.click(".queue-tab-button")
+    await page.get_by_text("No Tasks Found").wait_for(timeout=10_000)
+    await context.close()
+    assert [f"{status} {what}" for status, what in answered if status >= 400] == []

@@ -24,7 +24,8 @@ What the frontend 1.27.10 requests (from its bundled sources, ``src/scripts/api.
   (``&channel=rgb|a``, ``&preview=webp;90``: ``images``) on user-file storage.
 - ``socket``: ``api_base/ws?clientId=``.
 - ``pages``: ``api_base/`` (the page), ``./assets/*`` and the other static files, ``user.css``;
-  ``/assets/*`` at the site root too (the progress favicon and default avatar are named from there).
+  ``/assets/*`` at the site root too (the progress favicon and default avatar are named from there),
+  and ``/favicon.ico`` (the tab icon browsers ask the site root for).
 
 Not served (404, the frontend copes): ``/viewvideo``, ``/api/v2/...`` (ComfyUI-Manager), ``/docs/...``
 (embedded node docs package), ``/workflow_templates/{module}/{file}``.

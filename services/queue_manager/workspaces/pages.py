@@ -70,3 +70,10 @@ async def root_asset(path: str) -> Response:
     the progress favicon frames (``/assets/images/favicon_progress_16x16/frame_N.png``), the default
     avatar and ``/assets/favicon.ico``. The same public files as under ``/w/<user>/assets/``."""
     return asset_response(f"assets/{path}")
+
+
+@root_assets.get("/favicon.ico")
+async def favicon() -> Response:
+    """The tab icon browsers ask the site root for on pages that name none (the login and admin
+    pages, the workspace before the frontend sets its own): the frontend's ComfyUI icon."""
+    return asset_response("assets/favicon.ico")

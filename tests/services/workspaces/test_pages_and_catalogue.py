@@ -64,6 +64,19 @@ def test_the_progress_favicon_the_frontend_names_from_the_site_root_is_served(
     assert anonymous.get("/assets/images/fallback-gradient-avatar.svg").status_code == 200
 
 
+def test_the_tab_icon_a_browser_asks_the_site_root_for_is_served(
+    app_factory,  # type: ignore[no-untyped-def]
+) -> None:
+    """The login and admin pages, and the workspace until the frontend sets its own, name no icon:
+    the browser asks for ``/favicon.ico`` and showed a blank tab (and logged a 404) on each."""
+    icon = app_factory().get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] in (
+        "image/x-icon",
+        "image/vnd.microsoft.icon",
+    )
+    assert icon.content[:4] == b"\x00\x00\x01\x00"  # the ICO header
+
+
 def test_object_info_is_empty_until_a_worker_publishes_its_catalogue(alice: httpx.Client) -> None:
     assert alice.get("/w/alice/api/object_info").json() == {}
 
