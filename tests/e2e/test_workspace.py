@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -248,3 +249,40 @@ async def test_logging_in_and_opening_the_workspace_asks_the_platform_for_nothin
     await page.get_by_text("No Tasks Found").wait_for(timeout=10_000)
     await context.close()
     assert [f"{status} {what}" for status, what in answered if status >= 400] == []
+
+
+async def test_a_workflow_saved_from_the_menu_with_a_unicode_name_is_in_the_sidebar_after_a_reload(
+    browser: Browser, server: LiveServer
+) -> None:
+    """Ctrl+S asks the name, the workflows sidebar lists it, and it is still there after a reload; a
+    setting changed in the page survives the reload too. Bob's sidebar never lists Alice's."""
+    with httpx.Client(base_url=server.url) as worker:
+        register_worker(worker, catalogue([]))
+    context, page = await logged_in_page(browser, server, "alice")
+    await page.mouse.click(700, 500)  # the canvas has the keyboard
+    await page.keyboard.press("Control+s")
+    name = page.locator(".p-dialog input").first
+    await name.wait_for(timeout=10_000)
+    await name.fill("ünï flow ✓")
+    await page.keyboard.press("Enter")
+    await page.evaluate("() => window.app.extensionManager.setting.set('Comfy.LinkRenderMode', 0)")
+    await page.click(".workflows-tab-button")
+    await page.locator(".side-bar-panel").get_by_text("ünï flow ✓.json").wait_for(timeout=10_000)
+    await page.reload()
+    await page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=30_000)
+    await page.click(".workflows-tab-button")
+    await page.locator(".side-bar-panel").get_by_text("ünï flow ✓.json").wait_for(timeout=10_000)
+    kept = await page.evaluate("() => window.app.extensionManager.setting.get('Comfy.LinkRenderMode')")
+    assert kept == 0, "the setting changed before the reload was lost"
+    with httpx.Client(base_url=server.url) as client:
+        saved = await page.request.get(
+            f"{server.url}/w/alice/api/userdata/workflows%2F{quote('ünï flow ✓.json')}"
+        )
+        bobs = "/w/bob/api/userdata/workflows%2Fbobs.json"
+        login(client, "bob").post(bobs, content=await saved.body()).raise_for_status()
+    other, theirs = await logged_in_page(browser, server, "bob")
+    await theirs.click(".workflows-tab-button")
+    await theirs.locator(".side-bar-panel").get_by_text("bobs.json").wait_for(timeout=10_000)
+    assert await theirs.locator(".side-bar-panel").get_by_text("ünï flow").count() == 0
+    await other.close()
+    await context.close()
