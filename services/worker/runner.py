@@ -148,8 +148,9 @@ def missing_offered(exc: PromptRejectedError, prompt: dict[str, Any], offered: s
     return JobError(
         type="NodeMissingOnWorker",
         message=f"the GPU's ComfyUI no longer has node {class_type}, which it offered when its worker "
-        "started (a custom node that did not load when ComfyUI restarted): the job is tried again; "
-        "the organizer should restart that worker (its ComfyUI log says why the node did not load)",
+        "started (a custom node that did not load when ComfyUI restarted): not her workflow's fault, "
+        "so it is tried again while it has attempts left; the organizer should restart that worker "
+        "(its ComfyUI log says why the node did not load)",
         node_id=found["node"] if found is not None else None,
         node_type=class_type,
         retryable=True,
