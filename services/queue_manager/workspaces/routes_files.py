@@ -7,8 +7,9 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.datastructures import UploadFile as ReceivedFile
 
 from services.protocol.jobs import FileRef, split_annotation
 from services.queue_manager.workspaces.deps import UserFilesDep
@@ -35,11 +36,19 @@ UPLOADS = "/upload/"
 ``QM_MAX_BODY_BYTES`` (``workspaces.UPLOAD_PATH``), declared or streamed, before any is read."""
 
 
+NO_FILE = (  # as ComfyUI: 400, not a validation error
+    "no file: send it as the multipart field 'image' with a file name "
+    '(Content-Disposition: form-data; name="image"; filename="cat.png")'
+)
+"""What an upload without a file gets. A part without a file name is a text field to the form
+parser, so it counts as none (it got 422, a validation dump echoing the bytes)."""
+
+
 async def upload(
-    files: UserFilesDep, image: UploadFile | None, kind: str, subfolder: str, overwrite: str
+    files: UserFilesDep, image: UploadFile | str | None, kind: str, subfolder: str, overwrite: str
 ) -> Response:
-    if image is None:  # as ComfyUI: 400, not a validation error
-        return JSONResponse({"error": "no file: send it as the multipart field 'image'"}, status_code=400)
+    if not isinstance(image, ReceivedFile):  # see NO_FILE (the form's own class, not FastAPI's)
+        return JSONResponse({"error": NO_FILE}, status_code=400)
     try:
         ref = file_ref(image.filename or "", subfolder, kind or "input")
         saved = await files.save_upload(image, ref, overwrite in ("true", "1"))
@@ -51,7 +60,7 @@ async def upload(
 @router.post(UPLOADS + "image")
 async def upload_image(
     files: UserFilesDep,
-    image: UploadFile | None = None,
+    image: Annotated[UploadFile | str | None, File()] = None,
     type: Annotated[str, Form()] = "input",
     subfolder: Annotated[str, Form()] = "",
     overwrite: Annotated[str, Form()] = "",
@@ -63,7 +72,7 @@ async def upload_image(
 @router.post(UPLOADS + "mask")
 async def upload_mask(
     files: UserFilesDep,
-    image: UploadFile | None = None,
+    image: Annotated[UploadFile | str | None, File()] = None,
     original_ref: Annotated[str, Form()] = "",
     type: Annotated[str, Form()] = "input",
     subfolder: Annotated[str, Form()] = "",
@@ -71,8 +80,8 @@ async def upload_mask(
 ) -> Response:
     """The mask editor's save: as ComfyUI, the mask's alpha goes onto the colours of the image it
     was painted on (``original_ref``, one of the participant's files), stored as a new input."""
-    if image is None:
-        return JSONResponse({"error": "no mask: send it as the multipart field 'image'"}, status_code=400)
+    if not isinstance(image, ReceivedFile):  # see NO_FILE (the form's own class, not FastAPI's)
+        return JSONResponse({"error": NO_FILE}, status_code=400)
     try:
         source = original_file(original_ref)
         original = await files.read(source, MAX_IMAGE_BYTES)

@@ -88,6 +88,17 @@ def test_uploads_with_an_unusable_name(
     assert alice.get("/w/alice/api/object_info/LoadImage").status_code in (200, 404)  # still serving
 
 
+@pytest.mark.parametrize("route", ["image", "mask"])
+def test_an_upload_whose_file_has_no_name_gets_400_naming_the_fix(alice: httpx.Client, route: str) -> None:
+    """A file part without a file name (a script's upload) reads as a text field: it got 422 and a
+    validation dump ("Expected UploadFile, received: str"), as ComfyUI answers it 400."""
+    form = {"original_ref": '{"filename": "x.png", "type": "input"}'} if route == "mask" else {}
+    reply = alice.post(
+        f"/w/alice/api/upload/{route}", files={"image": ("", png(4, 4), "image/png")}, data=form
+    )
+    says(reply, 400, "file name")
+
+
 @pytest.mark.parametrize(
     ("first", "second"),
     [(("sub.png", {}), ("x.png", {"subfolder": "sub.png"})), (("x.png", {"subfolder": "sub"}), ("sub", {}))],
