@@ -86,7 +86,7 @@ class AdminOps(StoreBase):
     async def requeue_dead(self, job_id: str) -> Job:
         """Put a dead-lettered job back in line with fresh attempts; 409 for a job that is no dead
         letter (a second click), 404 for none."""
-        reply = await self.scripts.run(RequeueDeadArgs(self.prefix, job_id))
+        reply = await self.scripts.run(RequeueDeadArgs(self.prefix, job_id, self.settings.scheduling.value))
         if reply[0] == "closed":
             raise WorkshopClosed()
         if reply[0] != "ok":

@@ -184,6 +184,7 @@ class CancelArgs(ScriptArgs):
 class RequeueDeadArgs(ScriptArgs):
     script = "requeue_dead"
     id: str
+    mode: str  # the scheduling mode (a requeued job waits at its owner's priority of now)
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,16 @@ local function clamp_priority(p)
   return math.max(-100, math.min(100, p))
 end
 
+-- A job's schedule score at the priority level it has now: in priority mode its own priority plus
+-- its owner's (admin-set) one, else level 0; its place inside the level (round, number) is kept.
+local function score_at_level(mode, user, priority, score)
+  local level = 0
+  if mode == 'priority' then
+    level = clamp_priority(tonumber(priority) + tonumber(redis.call('HGET', k('user_priority'), user) or '0'))
+  end
+  return fmt((100 - level) * SEGMENT + tonumber(score) % SEGMENT)
+end
+
 -- Put a job (back) into its scope's queue at its schedule score.
 local function enqueue(id, user, scope, score)
   redis.call('ZADD', k('queue', scope), score, id)

@@ -24,11 +24,7 @@ for _, id in ipairs(ids) do
   local key = k('job', id)
   local f = redis.call('HMGET', key, 'user', 'scope', 'score', 'priority')
   if f[1] then
-    local level = 0
-    if mode == 'priority' then
-      level = clamp_priority(tonumber(f[4]) + tonumber(redis.call('HGET', k('user_priority'), f[1]) or '0'))
-    end
-    local score = fmt((100 - level) * SEGMENT + tonumber(f[3]) % SEGMENT)
+    local score = score_at_level(mode, f[1], f[4], f[3])
     redis.call('HSET', key, 'score', score)
     if redis.call('ZSCORE', k('queue', f[2]), id) then
       redis.call('ZADD', k('queue', f[2]), score, id)

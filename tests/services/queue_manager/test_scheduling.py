@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from services.queue_manager.errors import QueueLimit
+from services.queue_manager.records import now_ms
 from services.queue_manager.settings import Scheduling
 from services.queue_manager.store import Store
 from tests.support.qm_api import job
@@ -132,6 +133,24 @@ async def test_a_user_priority_also_holds_for_her_job_that_was_running_when_it_w
     await store.release(running.id, lease.token)
     # it waits at her new priority, ahead of bob's, like every other job of hers
     assert await store.position(running.id) == 0
+    assert await store.position(bobs.id) == 1
+
+
+async def test_a_dead_letter_requeued_after_her_priority_changed_waits_at_her_new_priority(
+    store_with: StoreFactory,
+) -> None:
+    # Found by the push model (QM_MODEL_EXAMPLES=1000): ada's job dies while she has no priority
+    store = store_with(scheduling=Scheduling.PRIORITY, max_attempts=1)
+    dead = await store.submit("ada", job())
+    lease = await store.claim("w1", "gpu")
+    assert lease is not None
+    await store.reap(now=now_ms() + 3_600_000)
+    bobs = await store.submit("bob", job(), priority=10)
+    # the admin gives her priority, then gives her dead job another go
+    await store.set_user_priority("ada", 50)
+    await store.requeue_dead(dead.id)
+    # it waits at her priority now, ahead of bob's urgent one, like every other job of hers
+    assert await store.position(dead.id) == 0
     assert await store.position(bobs.id) == 1
 
 
