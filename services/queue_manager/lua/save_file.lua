@@ -3,7 +3,7 @@
 -- meta ("<size> <modified ms>"), overwrite ('0': refuse an existing path), source (a move's file,
 -- '' = none: it goes in the same step, and its bytes and place count no more), max_files,
 -- max_bytes. Returns {'ok'} | {'closed'} | {'exists'} | {'missing'} (the source is gone) | {'files'} |
--- {'bytes', the total the save would bring}.
+-- {'bytes', the total the save would bring} | {'folder', the file or folder in the way}.
 local user, path, body, source = ARGV[2], ARGV[3], ARGV[4], ARGV[7]
 if closed() then
   return {'closed'}
@@ -15,10 +15,17 @@ end
 if source ~= '' and redis.call('HEXISTS', files, source) == 0 then
   return {'missing'}
 end
+-- Whether one name is a folder of the other's ('a' and 'a/b.json'): a name is a file or a folder.
+local function nested(a, b)
+  return string.sub(b, 1, #a + 1) == a .. '/'
+end
 local others, total = 0, #body
 local entries = redis.call('HGETALL', meta)
 for i = 1, #entries, 2 do
   if entries[i] ~= path and entries[i] ~= source then
+    if nested(entries[i], path) or nested(path, entries[i]) then
+      return {'folder', entries[i]}
+    end
     others = others + 1
     total = total + tonumber(string.match(entries[i + 1], '^%d+'))
   end

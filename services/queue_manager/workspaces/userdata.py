@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -86,6 +87,10 @@ class UserData:
         move that file there in the same step: its bytes and place count no more (a rename near
         the budget stays allowed). The caps are checked and the file written in one Lua step
         (save_file.lua), so saves sent at once cannot pass them together."""
+        if path.replace("\\", "/").endswith("/"):
+            raise UserDataError(
+                400, f"{path!r} names a folder: save the file under a name after the last '/'"
+            )
         path = clean_path(path)
         if len(body) > MAX_FILE_BYTES:
             raise UserDataError(413, f"{path!r} is {len(body)} bytes; at most {MAX_FILE_BYTES} are kept")
@@ -108,12 +113,16 @@ class UserData:
             raise self._refusal(str(outcome), path, source, total)
         return info
 
-    def _refusal(self, outcome: str, path: str, source: str, total: list[int]) -> UserDataError:
+    def _refusal(self, outcome: str, path: str, source: str, total: list[Any]) -> UserDataError:
         """What save_file.lua's refusal tells the participant."""
         if outcome == "exists":
             return UserDataError(409, "File already exists")
         if outcome == "missing":
             return UserDataError(404, f"no file {source!r}")
+        if outcome == "folder":
+            return UserDataError(
+                409, f"{path!r} and {total[0]!r}: one is the other's folder, so pick another name"
+            )
         if outcome == "files":
             return UserDataError(413, f"you have {MAX_FILES_PER_USER} saved files: delete some first")
         return UserDataError(

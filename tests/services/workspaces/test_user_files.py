@@ -37,6 +37,20 @@ def test_saved_workflows_are_listed_read_moved_and_deleted_like_comfyui(alice: h
     assert alice.get("/w/alice/api/userdata", params={"dir": "workflows"}).json() == []
 
 
+def test_a_name_is_a_file_or_a_folder_never_both_as_in_comfyui(alice: httpx.Client) -> None:
+    """ComfyUI's disk cannot hold a file ``workflows`` beside ``workflows/a.json``: such a save is
+    refused naming the fix, and nothing of hers changes."""
+    assert save(alice, "alice", "workflows/a.json", WORKFLOW).status_code == 200
+    for name in ("workflows%2F", "workflows"):
+        refused = save(alice, "alice", name, WORKFLOW)
+        assert refused.status_code in (400, 409) and "folder" in refused.text, (name, refused.text)
+    inside = save(alice, "alice", "workflows%2Fa.json%2Fb.json", WORKFLOW)
+    assert inside.status_code == 409 and "folder" in inside.text
+    listing = alice.get("/w/alice/api/userdata", params={"dir": "workflows", "recurse": "true"}).json()
+    assert listing == ["a.json"]
+    assert alice.get("/w/alice/api/userdata/workflows%2Fa.json").content == WORKFLOW
+
+
 def test_saving_over_an_existing_workflow_needs_overwrite(alice: httpx.Client) -> None:
     save(alice, "alice", "workflows/a.json", WORKFLOW)
     refused = save(alice, "alice", "workflows/a.json", b"{}", overwrite=False)
