@@ -33,6 +33,7 @@ import httpx
 
 from services.protocol.workers import Lease, RegisterReply, StartReply
 from services.worker.agent import Agent, LeaseResult
+from services.worker.comfy_client import ComfyUnavailableError
 from services.worker.job_files import Prepared
 from services.worker.queue_client import LeaseLostError, QueueClient, QueueRefusedError
 from services.worker.runner import NEXT_SUBMIT_SECONDS, Handoff, Relay
@@ -90,15 +91,31 @@ class PullWorker:
             )
         self.stopping.set()
 
-    async def register(self) -> RegisterReply:
-        reply = await self.agent.register(self.queue)
-        log.info("registered as %s in pool %s", reply.worker_id, self.settings.pool)
-        return reply
+    async def register(self) -> RegisterReply | None:
+        """Register (again), waiting out a ComfyUI that is down or restarting (its catalogue and
+        device are part of the registration) and a queue manager out of reach: either used to end
+        the worker's loop, and with it the process. None when stopped meanwhile; a refusal
+        (``QueueRefusedError``: a wrong token) still stops the worker, naming the setting."""
+        while not self.stopping.is_set():
+            try:
+                reply = await self.agent.register(self.queue)
+            except ComfyUnavailableError as exc:
+                log.warning("cannot register while ComfyUI does not answer (%s): waiting for it", exc)
+                await self._until_comfyui_up()
+            except httpx.HTTPError as exc:  # its retries ran out; a refusal (a wrong token) stops the worker
+                log.warning("cannot register with the queue manager at %s: %s", self.queue.base_url, exc)
+            else:
+                log.info("registered as %s in pool %s", reply.worker_id, self.settings.pool)
+                return reply
+            await self._pause(1.0)  # do not spin while the trouble lasts
+        return None
 
     async def run(self, max_jobs: int | None = None) -> None:
         """Claim and run jobs until stopped (or ``max_jobs`` are done, for tests and benchmarks)."""
         self.max_jobs = max_jobs
         reply = await self.register()
+        if reply is None:
+            return
         announce = asyncio.create_task(self._announce_draining(reply.worker_id))
         try:
             while True:
@@ -323,6 +340,7 @@ class PullWorker:
         except QueueRefusedError as exc:  # e.g. the queue manager forgot this worker: register again
             log.warning("claim refused (%s): registering again", exc)
             await self.register()
+            return None
         except httpx.HTTPError as exc:  # retries exhausted: the queue manager is away for long; keep waiting
             log.warning("cannot reach the queue manager at %s: %s", self.queue.base_url, exc)
         await self._pause(1.0)  # do not spin while the trouble lasts

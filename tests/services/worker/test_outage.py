@@ -16,7 +16,11 @@ import pytest
 
 from devkit.doubles.comfyui import ComfyUIDouble
 from services.protocol.jobs import Job, JobState
+from services.storage.local import LocalStorage
+from services.worker.agent import Agent
 from services.worker.comfy_client import ComfyClient, ComfyUnavailableError
+from services.worker.pull import PullWorker
+from services.worker.queue_client import QueueClient
 from services.worker.supervisor import ComfyProcess
 from tests.support.jobs import finished, graph, participant, submit, submit_running, until
 from tests.support.queue_manager_app import LiveServer
@@ -134,3 +138,32 @@ async def test_a_child_comfyui_gone_silent_is_restarted_and_its_job_runs_again(
         restarts = supervisor.restarts
     assert (job.state, job.attempts, job.comfyui_losses) == (JobState.SUCCEEDED, 1, 1), job.error
     assert restarts == 1
+
+
+async def test_a_worker_whose_comfyui_is_down_as_it_registers_waits_for_it_and_then_runs_jobs(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """Its registration carries ComfyUI's device and catalogue: a ComfyUI gone in that moment ended
+    the worker's loop (and its process) with the error, instead of waiting for ComfyUI as a claim does."""
+    settings = worker_settings(comfy, qm.url, tmp_path)
+    agent = Agent(settings, LocalStorage(Path(settings.storage_url.removeprefix("file://"))))
+    queue = QueueClient(settings.queue_url, settings.token.get_secret_value(), settings.retry_seconds)
+    await agent.start()
+    await asyncio.to_thread(comfy.stop)
+    worker = PullWorker(agent, queue)
+    running = asyncio.create_task(worker.run(max_jobs=1))
+    try:
+        await until(lambda: not agent.comfyui_up, "the worker saw ComfyUI go")
+        assert not running.done(), running
+        job_id = await submit(alice, graph(color=64))
+        await asyncio.to_thread(comfy.start)
+        job = await finished(alice, job_id, timeout=30)
+        assert (job.state, job.attempts) == (JobState.SUCCEEDED, 1), job.error
+        await asyncio.wait_for(running, timeout=15)
+    finally:
+        worker.stop()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await running
+        await agent.stop()
+        await queue.aclose()
