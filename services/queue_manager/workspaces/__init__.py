@@ -16,13 +16,15 @@ What the frontend 1.27.10 requests (from its bundled sources, ``src/scripts/api.
   ``notice.js``, tells the participant when no GPU is up, from ``GET /workshop``, and adds a
   "My place in line" sidebar tab; then the workers');
   ``/system_stats``, ``/features``, ``/embeddings``, ``/models``, ``/experiment/models[/{folder}]``,
-  ``/view_metadata/{folder}``, ``/i18n``, ``/workflow_templates``, ``api_base/templates/index.json``,
+  ``/view_metadata/{folder}``, ``/i18n``, ``/workflow_templates`` (custom nodes' templates: none),
   ``api_base/internal/folder_paths``, ``/internal/logs[/raw]``, ``PATCH /internal/logs/subscribe``.
 - ``routes_jobs``: ``GET/POST /prompt``, ``GET/POST /queue``, ``GET/POST /history``,
   ``GET /history/{id}``, ``POST /interrupt``, ``POST /free``, on the shared queue.
 - ``routes_files``: ``POST /upload/image``, ``POST /upload/mask``, ``GET /view?filename=&subfolder=&type=``
   (``&channel=rgb|a``, ``&preview=webp;90``: ``images``) on user-file storage.
 - ``socket``: ``api_base/ws?clientId=``.
+- ``templates``: ``api_base/templates/index.json`` (and ``index.<locale>.json``), each template's
+  ``<name>.json`` and thumbnails, from the ``comfyui-workflow-templates`` package ComfyUI pins.
 - ``pages``: ``api_base/`` (the page), ``./assets/*`` and the other static files, ``user.css``;
   ``/assets/*`` at the site root too (the progress favicon and default avatar are named from there),
   and ``/favicon.ico`` (the tab icon browsers ask the site root for).
@@ -54,6 +56,7 @@ from services.queue_manager.workspaces import (
     routes_jobs,
     routes_user,
     socket,
+    templates,
 )
 
 PREFIX = "/w/{user}"
@@ -68,6 +71,9 @@ router.include_router(pages.pages)
 for part in (routes_user.router, routes_jobs.router, routes_files.router, routes_info.router, socket.router):
     for prefix in PREFIXES:  # as ComfyUI: every route at /<route> and /api/<route>
         router.include_router(part, prefix=prefix, include_in_schema=False)
+# ComfyUI serves its templates folder at /templates only (static files get no /api twin); before the
+# frontend's own files, which would answer that path otherwise.
+router.include_router(templates.router, prefix=PREFIX, include_in_schema=False)
 router.include_router(pages.assets, prefix=PREFIX, include_in_schema=False)
 router.include_router(pages.root_assets, include_in_schema=False)
 

@@ -29,16 +29,22 @@ mimetypes.add_type("text/javascript", ".mjs")
 mimetypes.add_type("application/json", ".map")
 
 
-@cache
-def static_root() -> Path:
-    """The folder of the installed frontend package's built files."""
-    root = Path(comfyui_frontend_package.__file__).resolve().parent / "static"
-    if not (root / "index.html").is_file():
+def package_folder(module_file: str, folder: str, marker: str, what: str) -> Path:
+    """``folder`` of the installed package whose ``__init__`` is ``module_file``, checked to hold
+    ``marker``; a missing one names ``what`` and how to install it."""
+    root = Path(module_file).resolve().parent / folder
+    if not (root / marker).is_file():
         raise RuntimeError(
-            f"the ComfyUI frontend is missing at {root}: install the queue-manager dependency group "
+            f"{what} is missing at {root}: install the queue-manager dependency group "
             "(`uv sync --group queue-manager`)"
         )
     return root
+
+
+@cache
+def static_root() -> Path:
+    """The folder of the installed frontend package's built files."""
+    return package_folder(comfyui_frontend_package.__file__, "static", "index.html", "the ComfyUI frontend")
 
 
 def frontend_version() -> str:
@@ -53,15 +59,21 @@ def index_response() -> FileResponse:
     return FileResponse(static_root() / "index.html", headers=INDEX_HEADERS, media_type="text/html")
 
 
-def asset_response(path: str) -> Response:
-    """One static file of the frontend, refusing anything outside the package folder."""
-    root = static_root()
+def package_file(root: Path, path: str, what: str) -> Path:
+    """The file ``path`` names inside a package's folder ``root``; 404 naming ``what`` for anything
+    else (a missing file, a folder, a ``..`` or link leading out of ``root``)."""
     try:
         target = (root / path).resolve()
         found = target.is_relative_to(root) and target.is_file()
     except (OSError, ValueError):  # a name too long for the file system, or with a NUL
         found = False
     if not found:
-        raise HTTPException(404, f"no frontend file {path[:200]!r}")
+        raise HTTPException(404, f"no {what} {path[:200]!r}")
+    return target
+
+
+def asset_response(path: str) -> Response:
+    """One static file of the frontend, refusing anything outside the package folder."""
+    target = package_file(static_root(), path, "frontend file")
     hashed = path.startswith("assets/") and HASHED_NAME.search(path) is not None
     return FileResponse(target, headers=HASHED_HEADERS if hashed else ASSET_HEADERS)

@@ -23,6 +23,7 @@ from services.queue_manager.registry import WorkerInfo
 from services.queue_manager.settings import Settings
 from services.queue_manager.workspaces.deps import Context, Participant, UserFilesDep
 from services.queue_manager.workspaces.frontend import frontend_version
+from services.queue_manager.workspaces.templates import templates_version
 
 router = APIRouter()
 MODEL_FOLDERS: dict[str, tuple[str, str] | None] = {
@@ -150,6 +151,8 @@ async def system_stats(ctx: Context, user: Participant) -> dict[str, Any]:
             "ram_free": 0,
             "comfyui_version": versions[0] if versions else "no GPU worker is up",
             "required_frontend_version": frontend_version(),
+            "installed_templates_version": templates_version(),
+            "required_templates_version": templates_version(),
             "python_version": platform.python_version(),
             "pytorch_version": "",
             "embedded_python": False,
@@ -234,11 +237,6 @@ async def i18n(user: Participant) -> dict[str, Any]:
 @router.get("/workflow_templates")
 async def workflow_templates(user: Participant) -> dict[str, list[str]]:
     return {}
-
-
-@router.get("/templates/index.json")
-async def core_templates(user: Participant) -> list[Any]:
-    return []
 
 
 @router.get("/internal/folder_paths")

@@ -116,6 +116,8 @@ def test_a_newer_worker_catalogue_replaces_the_old_one(alice: httpx.Client, work
 def test_startup_facts_the_frontend_reads_answer_in_comfyui_shapes(alice: httpx.Client) -> None:
     stats = alice.get("/w/alice/api/system_stats").json()
     assert stats["system"]["required_frontend_version"] == "1.27.10" and stats["devices"] == []
+    assert stats["system"]["installed_templates_version"] == "0.1.95"  # as ComfyUI 0.3.64 pins it
+    assert stats["system"]["required_templates_version"] == "0.1.95"
     assert alice.get("/w/alice/api/users").json() == {"storage": "server", "migrated": True}
     assert alice.get("/w/alice/api/extensions").json() == ["/extensions/comfy-workshop/notice.js"]
     assert alice.get("/w/alice/api/workshop").json() == {"catalogue_version": "", "gpus_up": 0}
@@ -123,7 +125,6 @@ def test_startup_facts_the_frontend_reads_answer_in_comfyui_shapes(alice: httpx.
     library = alice.get("/w/alice/api/experiment/models").json()  # ComfyUI's model library folders
     assert library[:2] == [{"name": "checkpoints", "folders": []}, {"name": "loras", "folders": []}]
     assert alice.get("/w/alice/api/experiment/models/checkpoints").json() == []  # no GPU yet
-    assert alice.get("/w/alice/templates/index.json").json() == []
     assert isinstance(alice.get("/w/alice/api/features").json(), dict)
 
 
