@@ -187,8 +187,14 @@ async def hold_sockets(url: str, users: list[str], pid: int) -> float:
 
 
 async def session_cookie(url: str, user: str) -> str:
+    """A returning participant's session: the tutorial done, so each opening builds the default graph
+    (a first visit would open the templates browser on a blank canvas instead)."""
     async with httpx.AsyncClient(timeout=30) as client:
-        return await login_cookie(client, url, user)
+        cookie = await login_cookie(client, url, user)
+        done = {"Comfy.TutorialCompleted": True}
+        reply = await client.post(f"{url}/w/{user}/api/settings", json=done, cookies={"qm_session": cookie})
+        reply.raise_for_status()
+        return cookie
 
 
 async def ready_times(

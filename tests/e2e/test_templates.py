@@ -12,7 +12,7 @@ from playwright.async_api import Browser, Page
 
 from devkit.doubles.comfyui_nodes import catalogue
 from tests.support.browser import logged_in_page
-from tests.support.queue_manager_app import LiveServer, register_worker
+from tests.support.queue_manager_app import LiveServer, live_server, register_worker, settings_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -52,3 +52,19 @@ async def test_the_templates_browser_lists_the_templates_and_opens_one_onto_the_
     )
     assert sorted(await node_types(page)) == wanted
     await context.close()
+
+
+async def test_a_new_participant_starts_on_a_blank_canvas_with_the_templates_browser_open(
+    browser: Browser, redis_url: str, tmp_path: Path
+) -> None:
+    """As in ComfyUI: a first visit (no settings yet) opens the templates browser, and only that one."""
+    with live_server(settings_for(redis_url, ("carol",)), tmp_path / "files") as server:
+        with httpx.Client(base_url=server.url) as worker:
+            register_worker(worker, catalogue([]))
+        context, page = await logged_in_page(browser, server, "carol")
+        gallery = page.locator("[data-testid=template-workflows-content]")
+        await gallery.locator("[data-testid=template-workflow-default]").wait_for(timeout=15_000)
+        assert await node_types(page) == []
+        done = await page.request.get(f"{server.url}/w/carol/api/settings/Comfy.TutorialCompleted")
+        assert await done.json() is True  # the frontend stored it: the next visit opens her last workflow
+        await context.close()

@@ -19,14 +19,13 @@ from services.queue_manager.scripts import SaveSettingsArgs, Scripts
 
 MAX_SETTING_BYTES = 1024 * 1024
 MAX_SETTINGS = 2000
-# No workflow templates are installed on the queue manager, so ComfyUI's first-visit template
-# gallery would open empty: a new participant starts on the default graph instead.
+# Nothing sets "Comfy.TutorialCompleted": as in ComfyUI, a new participant starts on a blank canvas
+# with the templates browser open (the workspace serves ComfyUI's templates).
 # Participants cannot update the workshop's ComfyUI: no release checks against api.comfy.org.
 # Frontend 1.27.10 registers "Comfy.Canvas.NavigationMode" (new installs: "legacy") before the two
 # settings its onChange then sets, and throws on a participant's first visit unless those already
 # hold the values "legacy" gives them.
 DEFAULTS: dict[str, Any] = {
-    "Comfy.TutorialCompleted": True,
     "Comfy.Notification.ShowVersionUpdates": False,
     "Comfy.Canvas.LeftMouseClickBehavior": "panning",
     "Comfy.Canvas.MouseWheelScroll": "zoom",

@@ -1,6 +1,6 @@
 """ComfyUI's workflow templates (PyPI ``comfyui-workflow-templates``), at ``/w/<user>/templates/``.
 
-The templates browser (Workflow > Browse Templates) reads ``templates/index.json`` (and
+The templates browser (the menu's Browse Templates) reads ``templates/index.json`` (and
 ``index.<locale>.json``), then each template's ``<name>.json`` and its thumbnails ``<name>-1.webp``
 from the page's folder. ComfyUI 0.3.64 serves the package's ``templates`` folder as static files at
 ``/templates`` (not under ``/api``), pinned to 0.1.95 in its requirements.txt; so does a workspace,

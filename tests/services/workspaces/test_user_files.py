@@ -78,7 +78,8 @@ def test_settings_are_stored_one_by_one_and_in_bulk(alice: httpx.Client) -> None
     alice.post("/w/alice/api/settings", json={"Comfy.Locale": "de", "Comfy.TutorialCompleted": True})
     alice.post("/w/alice/api/settings/Comfy.Locale", json="fr")
     assert alice.get("/w/alice/api/settings/Comfy.Locale").json() == "fr"
-    assert alice.get("/w/alice/api/settings").json() == {**DEFAULTS, "Comfy.Locale": "fr"}
+    stored = {"Comfy.Locale": "fr", "Comfy.TutorialCompleted": True}
+    assert alice.get("/w/alice/api/settings").json() == {**DEFAULTS, **stored}
     assert alice.post("/w/alice/api/settings", content=b"[1, 2]").status_code == 400
 
 
@@ -129,11 +130,11 @@ def test_a_graph_naming_an_upload_carries_it_to_the_worker(alice: httpx.Client, 
     assert inputs == [{"filename": "cat.png", "subfolder": "", "type": "input"}]
 
 
-def test_a_new_participant_skips_the_empty_template_gallery(bob: httpx.Client) -> None:
+def test_a_new_participant_gets_the_template_gallery_and_no_update_checks(bob: httpx.Client) -> None:
     settings = bob.get("/w/bob/api/settings").json()
-    assert settings["Comfy.TutorialCompleted"] is True
+    assert "Comfy.TutorialCompleted" not in settings  # the frontend opens the templates browser
+    assert bob.get("/w/bob/api/settings/Comfy.TutorialCompleted").json() is None
     assert settings["Comfy.Notification.ShowVersionUpdates"] is False
-    assert bob.get("/w/bob/api/settings/Comfy.TutorialCompleted").json() is True
 
 
 def test_user_css_is_empty_until_the_participant_saves_one(alice: httpx.Client) -> None:
