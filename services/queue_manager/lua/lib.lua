@@ -57,14 +57,19 @@ local function clamp_priority(p)
   return math.max(-100, math.min(100, p))
 end
 
--- A job's schedule score at the priority level it has now: in priority mode its own priority plus
--- its owner's (admin-set) one, else level 0; its place inside the level (round, number) is kept.
-local function score_at_level(mode, user, priority, score)
-  local level = 0
-  if mode == 'priority' then
-    level = clamp_priority(tonumber(priority) + tonumber(redis.call('HGET', k('user_priority'), user) or '0'))
+-- A job's priority level: in priority mode its own priority plus its owner's (admin-set) one,
+-- else 0.
+local function level_of(mode, user, priority)
+  if mode ~= 'priority' then
+    return 0
   end
-  return fmt((100 - level) * SEGMENT + tonumber(score) % SEGMENT)
+  return clamp_priority(tonumber(priority) + tonumber(redis.call('HGET', k('user_priority'), user) or '0'))
+end
+
+-- A job's schedule score at the priority level it has now (level_of); its place inside the level
+-- (round, number) is kept.
+local function score_at_level(mode, user, priority, score)
+  return fmt((100 - level_of(mode, user, priority)) * SEGMENT + tonumber(score) % SEGMENT)
 end
 
 -- Put a job (back) into its scope's queue at its schedule score.

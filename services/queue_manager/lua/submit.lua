@@ -26,10 +26,7 @@ if queued >= max_queued then
 end
 local number = redis.call('INCR', k('seq'))  -- the job's queue number (ComfyUI's "number")
 local seq = number % ROUND
-local level = 0
-if mode == 'priority' then
-  level = clamp_priority(priority + tonumber(redis.call('HGET', k('user_priority'), user) or '0'))
-end
+local level = level_of(mode, user, priority)
 local round = 0
 if mode ~= 'fifo' then
   round = next_round(user, scope, 100 - level)
