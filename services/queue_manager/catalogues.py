@@ -31,8 +31,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from services.queue_manager.errors import QueueError
+from services.queue_manager.errors import QueueError, WorkshopClosed
 from services.queue_manager.records import ms_to_datetime, now_ms
+from services.queue_manager.scripts import ApproveArgs
 from services.queue_manager.store_base import StoreBase
 
 MAX_PENDING = 4
@@ -168,7 +169,7 @@ class CatalogueOps(StoreBase):
             old_nodes, old_ext = await self._version(approved)
             difference = summary(old_nodes, old_ext, nodes, ext)
             if only_adds(difference, first=not approved):
-                await self._approve(digest)
+                await self._approve(digest, by_admin=False)
             else:
                 shown = {kind: names[:SHOWN] for kind, names in difference.items()}
                 offer = {"worker_id": worker_id, "pool": pool, "offered_at": now_ms(), "nodes": len(nodes)}
@@ -185,16 +186,18 @@ class CatalogueOps(StoreBase):
 
     async def approve_catalogue(self, digest: str) -> None:
         """The admin's approval of a waiting version: the workspaces serve it from now on."""
-        if not await self.redis.hexists(self.keys.catalogue_pending, digest):
-            raise CatalogueNotFound(digest)
-        await self._approve(digest)
+        await self._approve(digest, by_admin=True)
         await self.collect_catalogues()
 
-    async def _approve(self, digest: str) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.keys.catalogue_current, digest)
-            pipe.hdel(self.keys.catalogue_pending, digest)
-            await pipe.execute()
+    async def _approve(self, digest: str, by_admin: bool) -> None:
+        """Make ``digest`` the approved version (``lua/approve.lua``). After the evening's snapshot
+        the admin's approval is refused (503: it would be lost); a worker's additive offer is not
+        taken then either, without error: its morning registration offers it again."""
+        reply = await self.scripts.run(ApproveArgs(self.prefix, digest, "1" if by_admin else "0"))
+        if reply[0] == "missing":
+            raise CatalogueNotFound(digest)
+        if reply[0] == "closed" and by_admin:
+            raise WorkshopClosed()
 
     async def catalogue_state(self) -> CatalogueState:
         waiting = await self.redis.hgetall(self.keys.catalogue_pending)

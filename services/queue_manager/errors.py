@@ -16,7 +16,8 @@ class QueueError(Exception):
 
 class WorkshopClosed(QueueError):
     """A change of what participants have (a save, a submit, a cancel, a deletion, the organizer's
-    priority or requeue) after the evening's snapshot (``{p}:closed``): it would be lost overnight."""
+    priority, requeue or catalogue approval) after the evening's snapshot (``{p}:closed``): it would
+    be lost overnight."""
 
     status = 503
 

@@ -188,6 +188,13 @@ class RequeueDeadArgs(ScriptArgs):
 
 
 @dataclass(frozen=True)
+class ApproveArgs(ScriptArgs):
+    script = "approve"
+    digest: str
+    waiting: str  # '1': the admin's approval, only of a version that waits for her
+
+
+@dataclass(frozen=True)
 class PriorityArgs(ScriptArgs):
     script = "priority"
     mode: str
@@ -311,6 +318,7 @@ SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     CancelArgs,
     RequeueDeadArgs,
     PriorityArgs,
+    ApproveArgs,
     RejoinArgs,
     PositionsArgs,
     EndSessionsArgs,

@@ -12,8 +12,8 @@ local function fmt(n)
 end
 
 -- Set by the evening's save before it takes the snapshot: any change after that of what
--- participants have (a save, a submit, a cancel, a deletion, a priority) would be lost with the
--- Redis, so each script that makes one refuses it ({'closed'}) in the same step.
+-- participants have (a save, a submit, a cancel, a deletion, a priority, a catalogue approval)
+-- would be lost with the Redis, so each script that makes one refuses it ({'closed'}) in the same step.
 local function closed()
   return redis.call('EXISTS', k('closed')) == 1
 end

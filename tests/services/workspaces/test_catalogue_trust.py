@@ -8,10 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from devkit.doubles.comfyui_nodes import catalogue
 from devkit.servers import wait_until
 from services.queue_manager.catalogues import MAX_PENDING
+from services.queue_manager.errors import WorkshopClosed
 from services.queue_manager.store import Store
 from tests.support.queue_manager_app import (
     ADMIN,
@@ -104,3 +106,18 @@ async def test_only_the_approved_and_the_newest_waiting_versions_stay_in_redis(s
     assert state.approved == "cat-base" and {c.digest for c in state.pending} == newest
     extension_sets = [key async for key in store.redis.scan_iter(f"{store.prefix}:catalogue_ext:*")]
     assert len(extension_sets) == MAX_PENDING
+
+
+async def test_an_approval_after_the_evening_snapshot_is_refused_not_lost(store: Store) -> None:
+    """The snapshot holds the approved version as it was: an approval after it would vanish with the
+    Redis, and the worker would offer the version again the next morning as if never approved."""
+    await store.register(catalogue_registration("w0", "cat-base", catalogue([])))
+    await store.register(catalogue_registration("w1", "cat-js", catalogue([]), {"p/x.js": "1"}))
+    await store.redis.set(store.keys.closed, "1")  # the evening's save took its snapshot
+    with pytest.raises(WorkshopClosed):
+        await store.approve_catalogue("cat-js")
+    state = await store.catalogue_state()
+    assert state.approved == "cat-base" and [c.digest for c in state.pending] == ["cat-js"]
+    await store.resume()  # the morning (or the organizer's Resume): the same approval is taken
+    await store.approve_catalogue("cat-js")
+    assert (await store.catalogue_state()).approved == "cat-js"
