@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import Any
@@ -56,15 +57,35 @@ class VerdaHttpError(APIException):  # type: ignore[misc]  # the SDK ships no ty
 _TOKEN_TIMEOUT_S: ContextVar[float] = ContextVar("verda_token_timeout_s", default=Timing().request_timeout_s)
 
 
+# The clients of this provider process, one per account, API and time limit. The engine starts one
+# provider process per `pulumi up`, `refresh` or `destroy` and calls it for every resource (check, then
+# create or diff, several at once): the SDK asks for a token when a client is built, so building one
+# per call asked Verda for a token two or three times per resource. The SDK renews the token it holds
+# when it expires.
+_CLIENTS: dict[tuple[str, str, str, float], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
 def verda_client(props: dict[str, Any]) -> Any:
-    """A client built here, in the provider's own process, never at import time."""
+    """This process's client for the account ``props`` name: built here, in the provider's own
+    process (never at import time), once."""
     found = from_props(props, client_id=VERDA_CLIENT_ID, client_secret=VERDA_CLIENT_SECRET)
     url = props.get("api_url") or os.environ.get("VERDA_API_URL") or DEFAULT_API_URL
     seconds = Timing.of(props).request_timeout_s
     _TOKEN_TIMEOUT_S.set(seconds)
-    client = VerdaClient(found["client_id"], found["client_secret"], base_url=url)
-    _bound_and_classified(client._http_client, seconds)
-    return client
+    key = (found["client_id"], found["client_secret"], url, seconds)
+    with _CLIENTS_LOCK:  # resources created at once wait for the first one's token instead of asking
+        if key not in _CLIENTS:
+            client = VerdaClient(found["client_id"], found["client_secret"], base_url=url)
+            _bound_and_classified(client._http_client, seconds)
+            _CLIENTS[key] = client
+        return _CLIENTS[key]
+
+
+def forget_clients() -> None:
+    """Drop this process's clients, as a new provider process starts without any."""
+    with _CLIENTS_LOCK:
+        _CLIENTS.clear()
 
 
 def refusal(response: requests.Response) -> VerdaHttpError:

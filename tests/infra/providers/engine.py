@@ -30,6 +30,8 @@ from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime import proto, rpc
 from pulumi.runtime.proto import provider_pb2
 
+from infra.providers.verda_api import forget_clients
+
 PROVIDER_KEY = "__provider"
 TYPE = "pulumi-python:dynamic:Resource"
 
@@ -50,6 +52,12 @@ def _load_host() -> Any:
 
 
 HOST = _load_host()
+
+
+def new_provider_process() -> None:
+    """What a provider process holds between calls (its API clients) is gone: the engine starts a new
+    one for each `pulumi up`, `refresh` and `destroy`."""
+    forget_clients()
 
 
 class HostError(Exception):
@@ -101,15 +109,24 @@ class Step:
 
 @dataclass
 class Engine:
+    """``shared_run``: this resource's `up`s are part of a run the test starts itself (with
+    ``new_provider_process``), with other resources in the same provider process; otherwise each
+    `up`, `refresh` and `destroy` is a run of its own."""
+
     resource: type
     name: str = "resource"
     state: State | None = None
+    shared_run: bool = False
     servicer: Any = field(default_factory=lambda: HOST["DynamicResourceProviderServicer"]())
 
     def __post_init__(self) -> None:
         self.provider = self.resource.provider_class()  # type: ignore[attr-defined]
         self.serialized = serialize_provider(self.provider)
         self.urn = f"urn:pulumi:stack::project::{TYPE}::{self.name}"
+
+    def _run(self) -> None:
+        if not self.shared_run:
+            new_provider_process()
 
     def inputs(self, props: dict[str, Any]) -> dict[str, Any]:
         """The resource's inputs as its class registers them, with the pickled provider."""
@@ -165,6 +182,7 @@ class Engine:
 
     def up(self, props: dict[str, Any]) -> Step:
         """One `pulumi up` of this resource with ``props`` as the program declares them."""
+        self._run()
         news = self.inputs(props)
         if self.state is None:
             self.state = self.create(self.check({}, news))
@@ -189,6 +207,7 @@ class Engine:
     def refresh(self) -> None:
         """`pulumi refresh`: Read with the stored outputs; an empty id means the object is gone."""
         assert self.state is not None
+        self._run()
         request = provider_pb2.ReadRequest(
             id=self.state.id,
             urn=self.urn,
@@ -203,6 +222,7 @@ class Engine:
 
     def destroy(self) -> None:
         assert self.state is not None
+        self._run()
         self.delete(self.state)
         self.state = None
 

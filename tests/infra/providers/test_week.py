@@ -15,7 +15,7 @@ import pytest
 from pulumi.dynamic.dynamic import serialize_provider
 
 from infra.providers import resources
-from tests.infra.providers.engine import HOST, PROVIDER_KEY, Engine, HostError
+from tests.infra.providers.engine import HOST, PROVIDER_KEY, Engine, HostError, new_provider_process
 from tests.infra.providers.runpod_double import RunPodDouble
 from tests.infra.providers.verda_double import VerdaDouble
 from tests.support.provider_timing import FAST
@@ -582,3 +582,19 @@ def test_a_workshop_that_moves_to_another_domain_updates_its_own_objects(kind: s
     step = engine.up({**props, "env": {"WORKER_QUEUE_URL": "https://b.example.org"}})
 
     assert (step.action, step.replaces) == ("update", [])
+
+
+def test_a_run_asks_verda_for_one_token_however_many_resources_it_checks_and_creates(
+    doubles: Doubles,
+) -> None:
+    """One `pulumi up` is one provider process for every dynamic resource: the instance's and the
+    deployment's checks (is the type offered, is an object of our name another workshop's) and their
+    creates asked Verda for a token each time they built a client, two per check alone. Once per run
+    is enough: the SDK renews the token it holds when it expires."""
+    new_provider_process()
+    for kind in ("instance", "deployment", "ssh-key", "secret"):
+        case = CASES[kind]
+        Engine(case.resource, kind, shared_run=True).up({**case.props, **connection(case, doubles)})
+
+    assert doubles[0].log.count(("POST", "/oauth2/token")) == 1
+    assert len(doubles[0].billable_instances()) == 1 and len(doubles[0].deployments) == 1
