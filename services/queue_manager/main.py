@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from services.queue_manager import logs
 from services.queue_manager.api.callers_first import CallersFirst
 from services.queue_manager.api.crosssite import CrossSite
-from services.queue_manager.api.deps import admin_caller, participant_caller, pool_caller
+from services.queue_manager.api.deps import admin_caller, holder_caller, participant_caller, pool_caller
 from services.queue_manager.api.errors import BodyLimit, install_error_handlers
 from services.queue_manager.api.headers import SecurityHeaders
 from services.queue_manager.api.main import api_router
@@ -45,12 +45,13 @@ CALLER_CHECKS = (
     (re.compile(r"/api/workers/"), pool_caller),
     (re.compile(r"/api/jobs(/|$)"), participant_caller),
     (re.compile(r"/api/admin/"), admin_caller),
+    (re.compile(r"/api/(leases|push)/"), holder_caller),
 )
 """The routes whose callers are checked on the request's head, before its body is read: uploads
 (up to QM_MAX_UPLOAD_BYTES) and a worker's registration (up to QM_MAX_CATALOGUE_BYTES) would
-otherwise be spooled or parsed whole for anyone. The lease and push routes, called many times a
-second by busy workers, check their (cheap) tokens after their bodies, which stay within
-QM_MAX_BODY_BYTES."""
+otherwise be spooled or parsed whole for anyone, and a lease or push call (up to QM_MAX_BODY_BYTES)
+parsed for anyone with no token. The lease and push routes, called many times a second by busy
+workers, find their holder once: the check leaves it on the request's state for the route."""
 
 
 def connect(settings: Settings) -> Redis:

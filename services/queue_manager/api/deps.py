@@ -133,7 +133,19 @@ class Holder:
 
 async def lease_holder(request: Request) -> Holder:
     """The pool a lease holder acts for: its pool's token, or the reply token of a push request in
-    flight (``push_requests``), which acts only on the lease and push-request routes."""
+    flight (``push_requests``), which acts only on the lease and push-request routes. Found once per
+    request: ``holder_caller`` finds it on the request's head and the route's dependency reuses it."""
+    found: Holder | None = getattr(request.state, "holder", None)
+    if found is None:
+        found = request.state.holder = await _holder_of(request)
+    return found
+
+
+async def holder_caller(request: Request, _: dict[str, str]) -> Holder:
+    return await lease_holder(request)
+
+
+async def _holder_of(request: Request) -> Holder:
     header = request.headers.get("authorization", "")
     pool = shared(request, "auth", Authenticator).worker_pool(header)
     if pool is not None:

@@ -619,3 +619,27 @@ async def test_a_next_whose_container_hung_up_in_the_linger_gives_the_job_it_fou
     assert late is None
     job = (await alice.get(f"/api/jobs/{job_id}")).json()
     assert (job["state"], job["attempts"]) == (JobState.QUEUED, 0)
+
+
+async def test_a_reply_token_is_looked_up_once_per_call_though_it_is_checked_before_the_body(
+    qm: LiveServer, alice: httpx.AsyncClient, chains: Chains, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease routes check the caller on the request's head (a body of up to QM_MAX_BODY_BYTES is
+    read only for a holder), and the route takes that holder as found: one Redis look-up per call."""
+    lease = await lease_for(qm, alice, color=72)
+    _, reply_token = await chains.open(push_pool(), "dispatcher", lease)
+    looked_up: list[str] = []
+    original = Chains.reply_of
+
+    async def counted(self: Chains, token: str) -> object:
+        looked_up.append(token)
+        return await original(self, token)
+
+    monkeypatch.setattr(Chains, "reply_of", counted)
+    queue = QueueClient(qm.url, reply_token, retry_seconds=5, holder=CONTAINER)
+    try:
+        beat = await queue.heartbeat(lease.job.id, lease.token)
+    finally:
+        await queue.aclose()
+    assert not beat.cancel
+    assert looked_up == [reply_token]

@@ -83,3 +83,18 @@ def test_the_owners_upload_and_a_pools_registration_still_read_their_body(
     assert answer_before_the_body(server.url, "/api/workers/register", "application/json", bearer) is None
     stored = alice.post(upload, files={"image": ("ok.png", b"\x89PNG ok", "image/png")})
     assert stored.status_code == 200, stored.text
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/leases/job-1/heartbeat", "/api/leases/job-1/complete", "/api/push/" + "c" * 20 + "/next"]
+)
+def test_the_lease_and_push_routes_refuse_a_body_without_a_token_before_reading_it(
+    server: LiveServer, path: str
+) -> None:
+    """A lease or push call (bodies up to QM_MAX_BODY_BYTES) from a caller without a pool's token or a
+    live reply token is answered 401 on its head; a pool's token still gets to send its body."""
+    size, kind = 1024 * 1024, "application/json"
+    assert answer_before_the_body(server.url, path, kind, {}, size) == 401
+    assert answer_before_the_body(server.url, path, kind, {"Authorization": "Bearer wrong"}, size) == 401
+    bearer = {"Authorization": f"Bearer {POOL_TOKEN}"}
+    assert answer_before_the_body(server.url, path, kind, bearer, size) is None
