@@ -15,7 +15,9 @@ queue; a loopback Host with a foreign ``Origin`` gets 403; ``/extensions`` lists
 the constructor), each served under ``/extensions/``. ``LoadImage``/``LoadAudio`` take any name
 whose (annotated: ``[input]``, ``[output]``, ``[temp]``) file exists, joined to the folder without a
 check as ComfyUI does, and the file's content is part of their cache key (``IS_CHANGED``); an input
-a node does not declare is not passed to it but is part of its cache key. The node catalogue is in
+a node does not declare is not passed to it but is part of its cache key; ``SaveImage`` and
+``PreviewImage`` get their hidden ``prompt`` and ``extra_pnginfo`` and write them into each PNG as
+ComfyUI does (the page's workflow travels in the image). The node catalogue is in
 ``comfyui_nodes``.
 
 Two ways to run it:

@@ -278,6 +278,7 @@ class Executor:
         else:
             await self._work(item, nid, node["class_type"])
         inputs = {k: values[str(v[0])][v[1]] if nodes.is_link(v) else v for k, v in node["inputs"].items()}
+        inputs.update(nodes.hidden_inputs(node["class_type"], item.prompt, item.extra_data))
         self.folders.output_bytes = self.knobs.output_bytes
         values[nid], ui = await asyncio.to_thread(nodes.RUNNERS[node["class_type"]], self.folders, inputs)
         await self._flush_previews(item, nid)

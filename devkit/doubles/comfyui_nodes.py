@@ -18,6 +18,7 @@ import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -256,21 +257,47 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def image_bytes(image: dict[str, Any], index: int) -> bytes:
-    """A real, decodable PNG of one solid colour (browsers show it), its metadata in a tEXt chunk."""
+def image_bytes(image: dict[str, Any], index: int, text: dict[str, str] | None = None) -> bytes:
+    """A real, decodable PNG of one solid colour (browsers show it), its metadata in a tEXt chunk,
+    then ``text`` (``png_text``) in tEXt chunks of their own, as ComfyUI's SaveImage writes them."""
     width, height = max(1, min(int(image["width"]), 256)), max(1, min(int(image["height"]), 256))
     color = int(image.get("color", 0)) & 0xFFFFFF
     row = b"\0" + bytes((color >> 16, (color >> 8) & 0xFF, color & 0xFF)) * width
     meta = json.dumps({**image, "index": index}).encode()
+    chunks = (text or {}).items()
     return b"".join(
         (
             PNG_MAGIC,
             _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)),
             _png_chunk(b"tEXt", PNG_META_KEY + b"\0" + meta),
+            *(_png_chunk(b"tEXt", f"{key}\0{value}".encode("latin-1")) for key, value in chunks),
             _png_chunk(b"IDAT", zlib.compress(row * height)),
             _png_chunk(b"IEND", b""),
         )
     )
+
+
+def png_text(prompt: Any, extra_pnginfo: Any) -> dict[str, str]:
+    """What ComfyUI's SaveImage and PreviewImage write into each PNG from their hidden inputs: the
+    graph as ``prompt`` and every ``extra_pnginfo`` entry (the page's ``workflow``) under its own
+    key, each as JSON (ASCII, so a plain tEXt chunk holds it). Dropping the image on a canvas loads
+    that workflow."""
+    text = {"prompt": json.dumps(prompt)} if prompt is not None else {}
+    if isinstance(extra_pnginfo, dict):
+        text.update({str(key): json.dumps(value) for key, value in extra_pnginfo.items()})
+    return text
+
+
+@cache
+def _hidden() -> dict[str, dict[str, str]]:
+    return {name: spec["input"].get("hidden", {}) for name, spec in catalogue([]).items()}
+
+
+def hidden_inputs(class_type: str, prompt: dict[str, Any], extra_data: dict[str, Any]) -> dict[str, Any]:
+    """The hidden inputs a node class asks for (``PROMPT``, ``EXTRA_PNGINFO``), as ComfyUI fills them."""
+    values = {"PROMPT": prompt, "EXTRA_PNGINFO": extra_data.get("extra_pnginfo")}
+    hidden = _hidden().get(class_type, {})
+    return {name: values[kind] for name, kind in hidden.items() if kind in values}
 
 
 def png_meta(data: bytes) -> dict[str, Any]:
@@ -355,7 +382,8 @@ Runner = Callable[[Folders, dict[str, Any]], tuple[tuple[Any, ...], dict[str, An
 
 
 def _save_image(f: Folders, i: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    headers = [image_bytes(i["images"], n) for n in range(i["images"]["batch"])]
+    text = png_text(i.get("prompt"), i.get("extra_pnginfo"))
+    headers = [image_bytes(i["images"], n, text) for n in range(i["images"]["batch"])]
     return (), {"images": _save(f, f.output, "output", i["filename_prefix"], "png", headers)}
 
 
@@ -365,7 +393,8 @@ def preview_prefix() -> str:
 
 
 def _preview(f: Folders, i: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    headers = [image_bytes(i["images"], n) for n in range(i["images"]["batch"])]
+    text = png_text(i.get("prompt"), i.get("extra_pnginfo"))
+    headers = [image_bytes(i["images"], n, text) for n in range(i["images"]["batch"])]
     return (), {"images": _save(f, f.temp, "temp", preview_prefix(), "png", headers)}
 
 

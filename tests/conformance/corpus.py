@@ -115,6 +115,25 @@ def success() -> list[Step]:
     ]
 
 
+# The page's graph as the frontend sends it with a job (``extra_data.extra_pnginfo.workflow``).
+WORKFLOW = {
+    "last_node_id": 3,
+    "nodes": [{"id": 1, "type": "EmptyImage"}, {"id": 3, "type": "SaveImage", "title": "Sävé ✓"}],
+    "links": [],
+    "extra": {"ds": {"scale": 1, "offset": [0, 0]}},
+    "version": 0.4,
+}
+
+
+def png_workflow() -> list[Step]:
+    """A saved image carries its graph and the page's workflow in its PNG text: dropping the image
+    on a canvas (or opening it from the history) loads that workflow."""
+    view = get("/view?filename=embedded_00001_.png&type=output", ["status", "content_type", "png_text"])
+    view["request"]["png_text"] = True
+    extra = {"extra_pnginfo": {"workflow": WORKFLOW}}
+    return [{"connect": "a"}, queue(graph(0x0E0E0E, "embedded"), extra_data=extra), done(1), view]
+
+
 def validation() -> dict[str, list[Step]]:
     """Each kind of graph ComfyUI refuses at ``POST /prompt``."""
     base = graph(0x000202, "invalid")
@@ -506,6 +525,7 @@ def cases() -> dict[str, list[Step]]:
     return {
         "object_info": object_info(),
         "success": success(),
+        "png_workflow": png_workflow(),
         **validation(),
         "runtime_error": runtime_error(),
         "value_for_a_link": value_for_a_link(),

@@ -12,7 +12,10 @@ Steps (each a dict with one of these keys):
   ``name`` + base64 ``content``). The answer is ``{"status", "body"}``; a non-JSON body is summarised
   as its content type, size and SHA-256. ``compare`` narrows the comparison to some of
   ``status``, ``body``, ``content_type`` (an output PNG is the node's own rendering: the double draws
-  other pixels).
+  other pixels) and ``png_text``: with ``"png_text": true`` in the request, the PNG's text chunks,
+  where a saved image carries its graph (``prompt``, as node id -> class: a workspace's worker adds
+  its cache salt to the output nodes' inputs) and the page's workflow (what dropping it on a canvas
+  loads), the double's own chunk left out.
 * ``{"wait": {"client", "type", "data"?}}``: until that socket has received a frame of that type whose
   data contains ``data`` (bounded).
 * ``{"idle": true}``: until ``GET /queue`` is empty (bounded).
@@ -32,6 +35,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import io
 import json
 import re
 from collections.abc import AsyncIterator
@@ -40,6 +44,9 @@ from typing import Any
 
 import httpx
 import websockets
+from PIL import Image
+
+from devkit.doubles.comfyui_nodes import PNG_META_KEY
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 PLACEHOLDER = re.compile(r"\{prompt:\d+\}")
@@ -239,7 +246,8 @@ class Driver:
         if "upload" in spec:
             kwargs["files"] = multipart(spec["upload"])
         reply = await self.client.request(spec["method"], url, **kwargs)
-        return {"status": reply.status_code, **self._body(reply)}
+        text = {"png_text": self.ids.normalise(png_text(reply.content))} if spec.get("png_text") else {}
+        return {"status": reply.status_code, **self._body(reply), **text}
 
     def _body(self, reply: httpx.Response) -> dict[str, Any]:
         kind = reply.headers.get("content-type", "").split(";")[0]
@@ -290,6 +298,17 @@ class Driver:
             cid: collapse_progress(self.ids.normalise([f for f in sink.frames if not workshops_own(f)]))
             for cid, sink in self.sockets.items()
         }
+
+
+def png_text(content: bytes) -> dict[str, Any]:
+    """A PNG's text chunks, each parsed as the JSON ComfyUI writes there; ``prompt`` as its node
+    classes only (see the module's note), the double's own chunk left out."""
+    with Image.open(io.BytesIO(content)) as image:
+        chunks: dict[str, str] = dict(getattr(image, "text", {}))
+    found = {key: json.loads(value) for key, value in chunks.items() if key != PNG_META_KEY.decode()}
+    if isinstance(found.get("prompt"), dict):
+        found["prompt"] = {nid: node.get("class_type") for nid, node in found["prompt"].items()}
+    return found
 
 
 def workshops_own(frame: Frame) -> bool:

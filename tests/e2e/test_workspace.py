@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, WebSocket
+from playwright.async_api import Browser, Page
 
 from devkit.doubles.comfyui import ComfyUIDouble
 from devkit.doubles.comfyui_nodes import catalogue
-from tests.support.browser import logged_in_page
+from tests.support.browser import SocketLog, logged_in_page, until
 from tests.support.queue_manager_app import (
     WORKER_AUTH,
     LiveServer,
@@ -34,24 +33,6 @@ GRAPH: dict[str, Any] = {
     "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
     "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "e2e"}},
 }
-
-
-class SocketLog:
-    """Every text message the page's ``/ws`` received, parsed."""
-
-    def __init__(self, page: Page) -> None:
-        self.messages: list[dict[str, Any]] = []
-        page.on("websocket", self._attach)
-
-    def _attach(self, socket: WebSocket) -> None:
-        socket.on("framereceived", self._frame)
-
-    def _frame(self, payload: str | bytes) -> None:
-        if isinstance(payload, str):
-            self.messages.append(json.loads(payload))
-
-    def of_type(self, kind: str) -> list[dict[str, Any]]:
-        return [m for m in self.messages if m["type"] == kind]
 
 
 async def open_node_library(page: Page) -> None:
@@ -120,15 +101,6 @@ async def test_a_custom_node_packs_web_extension_from_the_worker_runs_in_the_wor
             assert all("extensions/core" not in url for url in await listed.json())
             assert failed == []
             await context.close()
-
-
-async def until(page: Page, check: Any, what: str, timeout_ms: int = 20_000) -> None:
-    """Wait (bounded) for a condition on what the page received, letting the page run meanwhile."""
-    for _ in range(timeout_ms // 50):
-        if check():
-            return
-        await page.wait_for_timeout(50)
-    raise AssertionError(f"{what} did not happen within {timeout_ms} ms")
 
 
 # The width the browser decodes an image at, or 0 when it cannot show it.

@@ -4,9 +4,11 @@ participant logged in through the login form."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from typing import Any
 
-from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page
+from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, WebSocket
 
 from tests.support.queue_manager_app import LiveServer, password
 
@@ -61,3 +63,30 @@ async def logged_in_page(
     # A function, not an expression: Playwright evaluates a bare expression with eval, which the CSP refuses.
     await page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=30_000)
     return context, page
+
+
+class SocketLog:
+    """Every text message the page's ``/ws`` received, parsed."""
+
+    def __init__(self, page: Page) -> None:
+        self.messages: list[dict[str, Any]] = []
+        page.on("websocket", self._attach)
+
+    def _attach(self, socket: WebSocket) -> None:
+        socket.on("framereceived", self._frame)
+
+    def _frame(self, payload: str | bytes) -> None:
+        if isinstance(payload, str):
+            self.messages.append(json.loads(payload))
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] == kind]
+
+
+async def until(page: Page, check: Any, what: str, timeout_ms: int = 20_000) -> None:
+    """Wait (bounded) for a condition on what the page received, letting the page run meanwhile."""
+    for _ in range(timeout_ms // 50):
+        if check():
+            return
+        await page.wait_for_timeout(50)
+    raise AssertionError(f"{what} did not happen within {timeout_ms} ms")

@@ -1,0 +1,70 @@
+"""A result image carries its workflow, as on ComfyUI: dropped on the canvas it loads that workflow,
+and a past job's workflow opens from the queue sidebar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page
+
+from devkit.doubles.comfyui import ComfyUIDouble
+from tests.support.browser import SocketLog, logged_in_page, until
+from tests.support.queue_manager_app import LiveServer
+from tests.support.worker_agent import pull_worker, worker_settings
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+GRAPH: dict[str, Any] = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 80, "height": 48, "batch_size": 1, "color": 255}},
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "dropped"}},
+}
+TITLE = "Mïne ✓"
+
+# Drops the file at ``src`` on the canvas as a file dragged from the desktop would land.
+DROP = """async src => {
+    const blob = await (await fetch(src)).blob();
+    const data = new DataTransfer();
+    data.items.add(new File([blob], "result.png", { type: "image/png" }));
+    const canvas = document.querySelector("#graph-canvas");
+    for (const kind of ["dragenter", "dragover", "drop"]) {
+        canvas.dispatchEvent(new DragEvent(kind, { dataTransfer: data, bubbles: true, cancelable: true }));
+    }
+}"""
+TITLES = "() => window.app.graph.nodes.map(node => node.title)"
+
+
+async def run_titled_graph(page: Page, log: SocketLog) -> dict[str, Any]:
+    """Loads the graph, titles its Save Image node, runs it: the image it saved."""
+    await page.evaluate("graph => window.app.loadApiJson(graph, 'mine')", GRAPH)
+    await page.evaluate(
+        "title => { window.app.graph.nodes.find(n => n.type === 'SaveImage').title = title; }", TITLE
+    )
+    await page.locator("button:has-text('Run')").first.click()
+    await until(page, lambda: log.of_type("execution_success"), "the job's execution_success")
+    return dict(log.of_type("executed")[0]["data"]["output"]["images"][0])
+
+
+async def blank_canvas(page: Page) -> None:
+    await page.evaluate("() => window.app.graph.clear()")
+    assert await page.evaluate(TITLES) == []
+
+
+async def test_a_result_image_dropped_on_the_canvas_loads_the_workflow_that_made_it(
+    browser: Browser, server: LiveServer, tmp_path: Path
+) -> None:
+    with ComfyUIDouble(tmp_path / "comfy") as comfy:
+        settings = worker_settings(comfy, server.url, tmp_path, storage_url=f"file://{tmp_path}/files")
+        async with pull_worker(settings):
+            log: list[SocketLog] = []
+            context, page = await logged_in_page(browser, server, "alice", lambda p: log.append(SocketLog(p)))
+            image = await run_titled_graph(page, log[0])
+            await blank_canvas(page)
+            source = f"/w/alice/api/view?filename={image['filename']}&type=output&subfolder="
+            await page.evaluate(DROP, source)
+            await page.wait_for_function(f"() => ({TITLES})().includes({TITLE!r})", timeout=10_000)
+            types = await page.evaluate("() => window.app.graph.nodes.map(node => node.type)")
+            assert sorted(types) == ["EmptyImage", "ImageInvert", "SaveImage"]
+            await context.close()
