@@ -10,8 +10,10 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import httpx
@@ -198,6 +200,68 @@ def test_the_sites_own_pages_pass_the_cross_site_check_through_nginx(site: Site)
     headers = {"Authorization": f"Basic {basic}", "Origin": site.https, "Sec-Fetch-Site": "same-origin"}
     with connect(uri, ssl=context, additional_headers=headers, open_timeout=10) as ws:
         assert ws.response is not None and ws.response.status_code == 101
+
+
+def test_a_forwarded_host_the_client_writes_does_not_pass_the_cross_site_check(site: Site) -> None:
+    """Another site's script cannot make the queue manager take its Origin for this site by adding
+    X-Forwarded-Host: nginx drops it, and the queue manager compares Origin with Host alone."""
+    client = _client()
+    body = {"user": "ada", "password": PASSWORD}
+    forged = {"Origin": "https://evil.example", "X-Forwarded-Host": "evil.example"}
+    login = client.post(f"{site.https}/api/auth/login", json=body, headers=forged)
+    assert login.status_code == 403 and "evil.example" in login.text
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    basic = base64.b64encode(f"ada:{PASSWORD}".encode()).decode()
+    uri = site.https.replace("https://", "wss://") + "/api/events"
+    with (
+        pytest.raises((InvalidStatus, ConnectionClosed)),
+        connect(uri, ssl=context, additional_headers={"Authorization": f"Basic {basic}", **forged}) as ws,
+    ):
+        ws.recv(timeout=5)
+
+
+class _EchoHeaders(BaseHTTPRequestHandler):
+    """An upstream that answers every request with the headers it received, as JSON."""
+
+    def do_GET(self) -> None:
+        body = json.dumps({name.lower(): value for name, value in self.headers.items()}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+@pytest.mark.parametrize("path", ["/api/auth/me", "/api/workers/x", "/api/events", "/w/ada/ws"])
+def test_nginx_hands_the_upstream_no_forwarded_host_a_client_wrote(
+    tmp_path_factory: pytest.TempPathFactory, path: str
+) -> None:
+    echo = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHeaders)
+    threading.Thread(target=echo.serve_forever, daemon=True).start()
+    directory = tmp_path_factory.mktemp("nginx-echo")
+    cert, key = self_signed(directory)
+    https, workers = free_port(), free_port()
+    spec = NginxSpec(
+        "localhost", upstream=f"127.0.0.1:{echo.server_address[1]}", tls=Tls(str(cert), str(key)),
+        http_port=free_port(), https_port=https, worker_port=workers, max_upload_mb=1,
+    )  # fmt: skip
+    written = {"X-Forwarded-Host": "evil.example", "X-Forwarded-For": "198.51.100.7"}
+    try:
+        with running_nginx(directory / "run", nginx_site(spec)):
+            url = f"https://127.0.0.1:{https}"
+            wait_until(lambda: _client().get(f"{url}/health").status_code == 200, 15, "nginx")
+            seen = [_client().get(f"{url}{path}", headers=written).json()]
+            if path.startswith("/api/workers/"):
+                seen.append(_client().get(f"http://127.0.0.1:{workers}{path}", headers=written).json())
+    finally:
+        echo.shutdown()
+    for headers in seen:
+        assert "x-forwarded-host" not in headers, headers
+        assert headers["x-forwarded-for"] == "127.0.0.1"  # set by nginx, as before
 
 
 @pytest.mark.parametrize("path", ["/api/events", "/w/ada/ws", "/w/ada/api/ws"])

@@ -6,8 +6,9 @@ upgrade is checked, as ComfyUI's own origin-only middleware does, but on every h
 
 - ``Sec-Fetch-Site`` (sent by every current browser) must be ``same-origin`` or ``none`` (typed by
   the user), never ``cross-site`` or ``same-site`` (another port or subdomain);
-- ``Origin``, when sent, must name the host the request came to (``Host``, or ``X-Forwarded-Host``
-  behind a proxy; ports compared when both sides carry one, as nginx's ``$host`` drops it).
+- ``Origin``, when sent, must name the host the request came to: ``Host``, which nginx sets to the
+  name the browser asked for (ports compared when both sides carry one, as nginx's ``$host`` drops
+  it). ``X-Forwarded-Host`` is never consulted: a client can write it, and nginx drops it.
 
 Clients that are no browser (workers, the CLI, curl) send neither header and are unaffected.
 
@@ -61,11 +62,10 @@ def cross_site_problem(headers: dict[bytes, bytes]) -> str | None:
     origin = headers.get(b"origin")
     if origin is None:
         return None
-    hosts = [headers[name].decode("latin-1") for name in (b"host", b"x-forwarded-host") if name in headers]
+    host = headers.get(b"host", b"").decode("latin-1")
     text = origin.decode("latin-1")
-    if not any(_host_matches(text, host) for host in hosts):
-        here = ", ".join(hosts) or "no Host"
-        return f"cross-site request refused: Origin {text!r} is not this site ({here})"
+    if not _host_matches(text, host):
+        return f"cross-site request refused: Origin {text!r} is not this site ({host or 'no Host'})"
     return None
 
 
