@@ -18,8 +18,10 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from enum import Enum
 from typing import Any, ClassVar, TypeVar
 
 from pulumi.dynamic import (
@@ -65,6 +67,31 @@ def _turn_for(kind: str, name: Any) -> threading.Lock:
         return _NAME_LOCKS.setdefault((kind, str(name)), threading.Lock())
 
 
+class Ownership(Enum):
+    """What an object found under our name shows of the stack that made it: the rule of when it may be
+    adopted (or deleted to make ours), the same for every kind (``LifecycleProvider.whose``).
+
+    Names are deterministic per stack and pool, not per account: a second workshop in the same account
+    with the same stack and pool names finds the first's objects under its own names."""
+
+    SHOWN = "shown"
+    """``foreign`` reads another stack's mark off it (an instance's SSH keys, a deployment's queue URL)."""
+    UNSHOWN = "unshown"
+    """Nothing on it names its stack (a secret or a login whose value is never shown back): it is this
+    stack's only when the stack's state holds it, when this very create made it, or when it holds
+    exactly what this stack would write (``matches``). Anything else is another's."""
+    SHARED = "shared"
+    """It outlives the stack on purpose and whoever names it uses it (the models volumes)."""
+
+
+@dataclass
+class _Attempt:
+    """One create: whether it has asked the provider to make the object yet (a found object of our
+    name is then what that request made, although it answered with an error)."""
+
+    made: bool = False
+
+
 class ProviderError(Exception):
     """A failure explained for the organizer: what went wrong and what to do about it."""
 
@@ -85,6 +112,7 @@ class LifecycleProvider(ResourceProvider, ABC):
     outputs: ClassVar[tuple[str, ...]] = ()
     # False where a leftover is cheap and precious (a models volume): the next create adopts it.
     discard_on_failure: ClassVar[bool] = True
+    ownership: ClassVar[Ownership] = Ownership.UNSHOWN
 
     # --- remote verbs, provided by each resource kind -------------------------------------
     @abstractmethod
@@ -110,10 +138,21 @@ class LifecycleProvider(ResourceProvider, ABC):
         return True
 
     def foreign(self, obj: Any, props: dict[str, Any]) -> str | None:
-        """Why ``obj``, found under our name, is not this stack's (another stack sharing the account
-        names its objects alike), or None when it may be ours. A foreign object is neither adopted nor
-        deleted: the create stops with this reason."""
+        """For a kind whose objects show their stack (``Ownership.SHOWN``): why ``obj``, found under our
+        name, is another stack's, or None when it may be ours."""
         return None
+
+    def whose(self, obj: Any, props: dict[str, Any], made_here: bool = False) -> str | None:
+        """Why ``obj``, found under our name, is not this stack's, or None when it is ours to adopt or
+        to delete (``made_here``: this create asked for it). Another's is neither adopted nor deleted:
+        the check at preview, and the create, stop with this reason."""
+        if made_here or self.ownership is Ownership.SHARED:
+            return None
+        if self.ownership is Ownership.SHOWN:
+            return self.foreign(obj, props)
+        if self.matches(obj, props):
+            return None
+        return foreign_object(self.kind, props.get("name"), "nothing on it names the workshop that made it")
 
     def adopt(self, api: Any, props: dict[str, Any], obj: Any) -> Any:
         """An object found under our name that ``matches``: bring it to ``props`` if needed."""
@@ -148,31 +187,33 @@ class LifecycleProvider(ResourceProvider, ABC):
         return {}
 
     def check_not_foreign(self, olds: dict[str, Any], checked: CheckResult) -> CheckResult:
-        """``checked``, failing ``name`` when the provider holds an object of our name that another
-        stack made (``foreign``): the engine checks at preview, so the `up` stops before any of this
-        stack's objects (a secret, a login of the same names) is touched. Only for an object this stack
-        is about to create: one in its state (``olds``, of the same name) is its own, whatever its
-        provider holds now (a new domain changes its queue URL). When the provider cannot be asked,
-        create decides."""
+        """``checked``, failing ``name`` when the provider holds an object of our name that is not this
+        stack's (``whose``). The engine checks every resource at preview, and each again just before it
+        creates it (with `--skip-preview` too), so the `up` stops before this object, or any made after
+        it, is written over another workshop's. Only for an object this stack is about to create: one
+        in its state (``olds``, of the same name) is its own, whatever its provider holds now (a new
+        domain changes its queue URL). When the provider cannot be asked, create decides."""
         news = checked.inputs
-        if checked.failures or (olds and olds.get("name") == news.get("name")):
+        shared = self.ownership is Ownership.SHARED
+        if shared or checked.failures or (olds and olds.get("name") == news.get("name")):
             return checked
         try:
             api = self.guarded(news, lambda: self.connect(news))
             found = self.guarded(news, lambda: self.find(api, news))
         except ProviderError:
             return checked
-        reason = None if found is None else self.foreign(found, news)
+        reason = None if found is None else self.whose(found, news)
         return CheckResult(news, [CheckFailure("name", reason)]) if reason else checked
 
     # --- Pulumi's verbs ---------------------------------------------------------------------
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        """The required inputs are there, and no object of our name is another stack's."""
         failures = [
             CheckFailure(key, f"{self.kind} needs '{key}'")
             for key in self.required
             if news.get(key) in (None, "")
         ]
-        return CheckResult(news, failures)
+        return self.check_not_foreign(_olds, CheckResult(news, failures))
 
     def diff(self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]) -> DiffResult:
         """``_olds`` are the stored OUTPUTS (inputs plus what ``describe`` added), ``_news`` the inputs."""
@@ -191,15 +232,16 @@ class LifecycleProvider(ResourceProvider, ABC):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         api = self.guarded(props, lambda: self.connect(props))
+        attempt = _Attempt()
         try:
             with _turn_for(self.kind, props.get("name")):
-                obj = self.retrying(props, lambda: self.settle(api, props, self._adopt_or_make(api, props)))
+                obj = self.retrying(props, lambda: self._settled(api, props, attempt))
         except ForeignObject:
             raise  # nothing was made, and what carries our name is not ours to delete
         except Exception as exc:
             if not self.discard_on_failure:
                 raise ProviderError(self.explain(exc, props)) from exc
-            self._clean_up(api, props, exc)
+            self._clean_up(api, props, exc, attempt)
             raise ProviderError(f"{self.explain(exc, props)} Nothing was left behind.") from exc
         id_, outs = self.describe(obj, props)
         return CreateResult(id_, {**props, **outs})
@@ -225,14 +267,18 @@ class LifecycleProvider(ResourceProvider, ABC):
         self.guarded(_props, lambda: self._remove_if_there(api, _id, _props))
 
     # --- the shared mechanics ---------------------------------------------------------------
-    def _adopt_or_make(self, api: Any, props: dict[str, Any]) -> Any:
+    def _settled(self, api: Any, props: dict[str, Any], attempt: _Attempt) -> Any:
+        return self.settle(api, props, self._adopt_or_make(api, props, attempt))
+
+    def _adopt_or_make(self, api: Any, props: dict[str, Any], attempt: _Attempt) -> Any:
         found = self.find(api, props)
-        if found is not None and (reason := self.foreign(found, props)):
+        if found is not None and (reason := self.whose(found, props, attempt.made)):
             raise ForeignObject(reason)
         if found is not None and self.matches(found, props):
             return self.adopt(api, props, found)
         if found is not None:
             self.remove(api, props, found)
+        attempt.made = True  # before the request: it may act and still answer with an error
         return self.make(api, props)
 
     def _remove_if_there(self, api: Any, id_: str, props: dict[str, Any]) -> None:
@@ -240,24 +286,31 @@ class LifecycleProvider(ResourceProvider, ABC):
         if obj is not None:
             self.remove(api, props, obj)
 
-    def _clean_up(self, api: Any, props: dict[str, Any], cause: BaseException) -> None:
+    def _clean_up(self, api: Any, props: dict[str, Any], cause: BaseException, attempt: _Attempt) -> None:
         """After a failed create: delete whatever carries our name, confirmed, or say so loudly."""
         try:
-            self.retrying(props, lambda: self._remove_found(api, props))
+            self.retrying(props, lambda: self._remove_found(api, props, attempt))
         except Exception as exc:
             if self.retry_after(exc) is not None:  # the API's rate limiter refuses every call for now
-                raise ProviderError(
-                    f"{self.explain(cause, props)} A {self.kind} an earlier attempt may have made under "
-                    "that name is adopted by the next `pulumi up`."
-                ) from cause
+                raise ProviderError(f"{self.explain(cause, props)} {self._left_over()}") from cause
             raise ProviderError(
                 f"{self.kind} {props.get('name')!r} failed to create AND the clean-up failed: "
                 f"{self.explain(exc, props)} Delete it in the provider's console before retrying."
             ) from exc
 
-    def _remove_found(self, api: Any, props: dict[str, Any]) -> None:
+    def _left_over(self) -> str:
+        """What becomes of a object an attempt may have made under our name and could not delete."""
+        if self.ownership is Ownership.UNSHOWN:
+            return (
+                f"A {self.kind} an earlier attempt may have made under that name shows nothing that tells "
+                "it from another workshop's, so the next `pulumi up` stops at it: delete it in the "
+                "provider's console first."
+            )
+        return f"A {self.kind} an earlier attempt may have made under that name is adopted by the next `up`."
+
+    def _remove_found(self, api: Any, props: dict[str, Any], attempt: _Attempt) -> None:
         found = self.find(api, props)
-        if found is not None and self.foreign(found, props) is None:
+        if found is not None and self.whose(found, props, attempt.made) is None:
             self.remove(api, props, found)
 
     def retrying(self, props: dict[str, Any], call: Callable[[], T]) -> T:

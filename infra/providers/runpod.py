@@ -9,9 +9,9 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any, ClassVar
 
-from pulumi.dynamic import CheckResult
+from pulumi.runtime import rpc
 
-from infra.providers.lifecycle import ProviderError, other_workshop, poll
+from infra.providers.lifecycle import Ownership, ProviderError, foreign_object, other_workshop, poll
 from infra.providers.runpod_api import RunPodApi, RunPodError, RunPodProvider
 from infra.providers.timing import Timing
 
@@ -90,6 +90,7 @@ class NetworkVolumeProvider(_Collection):
     required = ("name", "size", "data_center")
     replace_keys = frozenset({"data_center"})
     discard_on_failure = False
+    ownership = Ownership.SHARED
     shown = {"size": "size"}
 
     def body(self, props: dict[str, Any]) -> dict[str, Any]:
@@ -146,10 +147,7 @@ class TemplateProvider(_Collection):
     collection = "/templates"
     required = ("name", "image")
     shown = {"imageName": "image", "containerDiskInGb": "container_disk_gb"}
-
-    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        """Also, at preview: no other workshop's template has our name."""
-        return self.check_not_foreign(_olds, super().check(_olds, news))
+    ownership = Ownership.SHOWN
 
     def foreign(self, obj: Any, props: dict[str, Any]) -> str | None:
         """Template names are unique at RunPod: one whose workers call another queue manager serves
@@ -181,6 +179,7 @@ class EndpointProvider(_Collection):
     collection = "/endpoints"
     outputs = ("remote_id", "endpoint_url")
     required = ("name", "template_id", "gpu_type_ids")
+    ownership = Ownership.SHOWN
     shown = {
         "templateId": "template_id",
         "gpuTypeIds": "gpu_type_ids",
@@ -211,6 +210,16 @@ class EndpointProvider(_Collection):
         if props.get("data_center_ids"):
             body["dataCenterIds"] = list(props["data_center_ids"])
         return body
+
+    def foreign(self, obj: Any, props: dict[str, Any]) -> str | None:
+        """An endpoint runs one template, and each workshop makes its own: one of our name running
+        another template serves another workshop of the same stack and pool names."""
+        theirs, ours = obj.get("templateId"), props.get("template_id")
+        if not isinstance(ours, str) or ours == rpc.UNKNOWN or theirs in (None, ours):
+            return None
+        return foreign_object(
+            self.kind, props["name"], f"it runs template {theirs}, this workshop's is {ours}"
+        )
 
     def remove(self, api: RunPodApi, props: dict[str, Any], obj: Any) -> None:
         """RunPod deletes only an endpoint scaled to zero workers: scale it down first."""

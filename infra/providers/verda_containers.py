@@ -28,7 +28,7 @@ from verda.containers import (
     SharedFileSystemMount,
 )
 
-from infra.providers.lifecycle import other_workshop
+from infra.providers.lifecycle import Ownership, other_workshop
 from infra.providers.timing import Timing
 from infra.providers.verda_api import VerdaProvider, delete_confirmed, fetch_or_none
 
@@ -53,6 +53,7 @@ class DeploymentProvider(VerdaProvider):
     required = ("name", "image", "compute")
     replace_keys = frozenset({"name"})
     outputs = ("endpoint_base_url",)
+    ownership = Ownership.SHOWN
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         """Also, at preview: the compute (a pool's ``gpu``) is one Verda's serverless platform offers,
@@ -63,7 +64,7 @@ class DeploymentProvider(VerdaProvider):
             lambda api: (c.name for c in api.containers.get_compute_resources()),
             "set the pool's gpu in comfy-workshop:pools",
         )
-        return self.check_not_foreign(_olds, offered)
+        return offered
 
     def foreign(self, obj: Any, props: dict[str, Any]) -> str | None:
         """Deployment names are unique at Verda: one whose workers call another queue manager serves

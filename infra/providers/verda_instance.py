@@ -15,7 +15,7 @@ from pulumi.dynamic import CheckResult
 from pulumi.runtime import rpc
 from verda.constants import Actions, InstanceStatus
 
-from infra.providers.lifecycle import ProviderError, foreign_object, poll
+from infra.providers.lifecycle import Ownership, ProviderError, foreign_object, poll
 from infra.providers.timing import Timing
 from infra.providers.verda_api import VerdaProvider, delete_confirmed, fetch_or_none
 
@@ -58,17 +58,17 @@ class InstanceProvider(VerdaProvider):
     required = ("name", "instance_type", "location")
     replace_keys = frozenset({*SPEC_KEYS, BROKEN})
     outputs = ("instance_id", "ip", "status", "os_volume_id", "price_per_hour")
+    ownership = Ownership.SHOWN
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         """Also, at preview: the instance type is one Verda has, and no other stack's instance has our
         name."""
-        offered = self.check_offered(
+        return self.check_offered(
             super().check(_olds, news),
             "instance_type",
             lambda api: (t.instance_type for t in api.instance_types.get()),
             "set the pool's instanceType in comfy-workshop:pools",
         )
-        return self.check_not_foreign(_olds, offered)
 
     def find(self, api: Any, props: dict[str, Any]) -> Any | None:
         mine = [i for i in api.instances.get() if i.hostname == props["name"] and i.status not in GONE]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.providers.lifecycle import ProviderError, poll
+from infra.providers.lifecycle import Ownership, ProviderError, poll
 from infra.providers.timing import Timing
 from infra.providers.verda_api import VerdaProvider, delete_confirmed, fetch_or_none
 
@@ -24,6 +24,7 @@ class SharedVolumeProvider(VerdaProvider):
     replace_keys = frozenset({"name", "location"})
     outputs = ("volume_id", "mount_command", "pseudo_path", "fstab_command")
     discard_on_failure = False
+    ownership = Ownership.SHARED
 
     def find(self, api: Any, props: dict[str, Any]) -> Any | None:
         for volume in api.volumes.get():

@@ -141,17 +141,34 @@ def test_registry_auth_names_are_unique_and_its_login_is_never_shown(runpod: Run
     assert [auth["password"] for auth in runpod.store["containerregistryauth"].values()] == ["ghp_1"]
 
 
-def test_a_registry_auth_of_our_name_with_an_old_token_is_made_anew(
+def test_a_registry_auth_of_our_name_this_stack_did_not_make_is_left_alone(
     runpod: RunPodDouble, creds: dict[str, Any]
 ) -> None:
+    """RunPod never shows an auth's login: one of our name made elsewhere (another workshop with the same
+    stack and pool names, or by hand) cannot be told from ours, so it is neither written over nor
+    deleted (its templates would pull with our token, or not at all); the refusal names the fix."""
     props = {**creds, "name": "cw-workshop-overflow-registry", "username": "acme", "password": "ghp_new"}
     runpod.store["containerregistryauth"]["co-by-hand"] = {
         "id": "co-by-hand", "name": props["name"], "username": "acme", "password": "ghp_old"
     }  # fmt: skip
 
+    with pytest.raises(ProviderError, match=r"did not make.*delete it in the provider's console"):
+        RegistryAuthProvider(runpod.transport).create(props)
+
+    assert [(auth["id"], auth["password"]) for auth in runpod.store["containerregistryauth"].values()] == [
+        ("co-by-hand", "ghp_old")
+    ]
+
+
+def test_a_registry_auth_runpod_made_although_it_answered_5xx_is_made_anew_with_our_token(
+    runpod: RunPodDouble, creds: dict[str, Any]
+) -> None:
+    """The create's own request went through: what it finds under our name then is its own."""
+    props = {**creds, "name": "cw-workshop-overflow-registry", "username": "acme", "password": "ghp_new"}
+    runpod.fail("POST", "/containerregistryauth", status=500, when="after")
+
     made = RegistryAuthProvider(runpod.transport).create(props)
 
-    assert made.id != "co-by-hand"
     assert [(auth["id"], auth["password"]) for auth in runpod.store["containerregistryauth"].values()] == [
         (made.id, "ghp_new")
     ]

@@ -534,6 +534,8 @@ def test_an_instance_verda_reports_in_error_is_replaced_by_the_up_after_a_refres
     assert engine.up(props).action == "same"
 
 
+# What another workshop's object of our name (theirs) and ours differ in, for every kind the pools
+# declare but the models volumes, which outlive stacks and are shared by name on purpose.
 OTHER_WORKSHOP = {
     "instance": ({"ssh_key_ids": ["their-key"]}, {}),
     "deployment": (
@@ -544,7 +546,19 @@ OTHER_WORKSHOP = {
         {"env": {"WORKER_QUEUE_URL": "https://a.example.org"}},
         {"env": {"WORKER_QUEUE_URL": "https://b.example.org"}},
     ),
+    "endpoint": ({"template_id": "their-template"}, {}),
+    # These show nothing of who made them (the values of secrets and logins are never shown back):
+    "ssh-key": ({"public_key": "ssh-ed25519 THEIRS"}, {}),
+    "startup-script": ({"script": "#!/bin/sh\necho theirs\n"}, {}),
+    "secret": ({"value": "their-token"}, {}),
+    "registry-credentials": ({"access_token": "ghp_theirs"}, {}),
+    "registry-auth": ({"password": "ghp_theirs"}, {}),
 }
+SHARED_BY_NAME = {"shared-volume", "network-volume"}
+
+
+def test_every_kind_either_tells_another_workshops_object_or_is_shared_on_purpose() -> None:
+    assert set(OTHER_WORKSHOP) | SHARED_BY_NAME == set(CASES)
 
 
 @pytest.mark.parametrize("kind", sorted(OTHER_WORKSHOP))
