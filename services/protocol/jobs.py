@@ -199,7 +199,11 @@ class JobLine(BaseModel):
     finished_at: datetime | None = None
     worker_id: str | None = None
     error: JobError | None = None
-    position: int | None = Field(default=None, description="0-based place in the queue while queued")
+    position: int | None = Field(
+        default=None,
+        description="0-based place in line while queued: the waiting jobs that can take the same GPUs "
+        "(its pool's and unpinned ones) and run before it, as its owner's 'My place in line' shows",
+    )
     cancel_requested: bool = False
     number: int | None = Field(
         default=None, description="the queue number given at submit, increasing (negative: with front)"

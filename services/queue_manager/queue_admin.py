@@ -118,12 +118,15 @@ class AdminOps(StoreBase):
         return [job_id for _, job_id in sorted(scored)]
 
     async def overview(self, limit: int = 500) -> QueueOverview:
+        """Waiting jobs in dispatch order, each at the place its owner's page shows ("My place in
+        line": the jobs ahead of it that can take its GPUs; another pool's jobs do not count)."""
         records = await self._records((await self.queued_ids())[:limit])
+        places = await self.positions([fields["id"] for fields in records])
         now = now_ms()
         held = {fields["id"]: holder for fields in records if (holder := held_for(fields, now))}
         return QueueOverview(
             paused=await self.paused(),
-            queued=[line_from_hash(fields, position=place) for place, fields in enumerate(records)],
+            queued=[line_from_hash(fields, position=places.get(fields["id"])) for fields in records],
             running=await self._lines(await self.redis.zrange(self.keys.leases, 0, limit - 1)),
             delayed=await self._lines(await self.redis.zrange(self.keys.delayed, 0, limit - 1)),
             dead=await self._lines(await self.redis.zrevrange(self.keys.dead, 0, limit - 1)),

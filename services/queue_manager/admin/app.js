@@ -89,7 +89,7 @@ function drawQueue(overview) {
   const running = overview.running.map((j) => jobRow(j, `<button class="danger" data-action="cancel" data-job="${esc(j.id)}">Cancel</button>`));
   const held = overview.held ?? {};
   const lined = [...overview.queued, ...overview.delayed].map((j) => jobRow(j, queueActions(j), held[j.id]));
-  put("queue", table(["#", "job", "user", "state", "worker / pool", "queued", ""], [...running, ...lined], "The queue is empty."));
+  put("queue", table(["place", "job", "user", "state", "worker / pool", "queued", ""], [...running, ...lined], "The queue is empty."));
   const dead = overview.dead.map((j) => jobRow(j, `<span title="${esc(j.error?.message)}">${esc(j.error?.type ?? "")}</span> <button data-action="requeue" data-job="${esc(j.id)}">Requeue</button>`));
   put("dead", table(["#", "job", "user", "state", "last worker", "queued", "error"], dead, "No dead letters."));
 }

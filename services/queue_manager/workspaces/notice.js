@@ -23,7 +23,8 @@ async function drawPlaces(box) {
   const waiting = places.waiting.map((job) => `<li>${esc(job.prompt_id.split("-")[0])}: <b>#${esc(job.place)}</b> in line</li>`);
   const rows = [...running, ...waiting];
   const list = rows.length ? `<ul style="padding-left:1.2rem">${rows.join("")}</ul>` : "<p>You have no job waiting or running.</p>";
-  box.innerHTML = `<h3 style="margin:0 0 .5rem">My place in line</h3>${list}`;
+  const note = "<p style=\"opacity:.7;font-size:.85em\">#1 runs next: the number counts the waiting jobs that can use the same GPUs as yours and run first (jobs for other GPU pools do not hold yours up).</p>";
+  box.innerHTML = `<h3 style="margin:0 0 .5rem">My place in line</h3>${list}${rows.length ? note : ""}`;
 }
 
 function placeTab() {

@@ -116,3 +116,16 @@ async def test_big_workflows_do_not_make_the_admin_queue_big(client: httpx.Async
     assert len(queued) == 20 and {j["user"] for j in queued} == {"ada"}
     assert [j["position"] for j in queued] == list(range(20))
     assert len(reply.content) < 50_000, f"{len(reply.content)} bytes"
+
+
+async def test_the_admin_sees_each_waiting_job_at_the_place_its_owner_sees(store: Store) -> None:
+    """Bob's job for the CPU pool does not hold up Ada's for any GPU: her page says #1, and the
+    admin's queue gives her job the same place, though it lists it after Bob's."""
+    bobs = await store.submit("bob", job(), pool="cpu")
+    adas = await store.submit("ada", job(), pool="gpu")
+    anyones = await store.submit("cy", job())
+    overview = await store.overview()
+    assert [line.id for line in overview.queued] == [bobs.id, adas.id, anyones.id]
+    owners_see = await store.positions([bobs.id, adas.id, anyones.id])
+    assert owners_see == {bobs.id: 0, adas.id: 0, anyones.id: 0}
+    assert {line.id: line.position for line in overview.queued} == owners_see
