@@ -12,9 +12,11 @@ digest of name and password (key random per process), never the password itself.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -45,6 +47,11 @@ class Passwords:
     def __init__(self, passwords: Mapping[str, str]) -> None:
         self._hashes = {user: HASHER.hash(password) for user, password in passwords.items()}
         self._dummy = HASHER.hash(secrets.token_urlsafe(16))  # what an unknown name is checked against
+        started = time.perf_counter()
+        with contextlib.suppress(VerificationError):
+            HASHER.verify(self._dummy, "")
+        self.verify_seconds = time.perf_counter() - started
+        """How long one verification takes here (what a refused unknown name waits instead)."""
         self._key = secrets.token_bytes(32)
         self._verified: set[bytes] = set()
 
@@ -105,6 +112,15 @@ class Authenticator:
         if self._passwords(user).remembered(user, password):
             return Principal(user, admin=user == self.admin_user)
         return None
+
+    def exists(self, user: str) -> bool:
+        """Whether ``user`` is the admin's or a participant's name."""
+        return user == self.admin_user or user in self.participants
+
+    @property
+    def verify_seconds(self) -> float:
+        """How long one password verification takes on this host."""
+        return self.participants.verify_seconds
 
     def fingerprint(self, user: str) -> str:
         """A keyed digest of ``user``'s password as configured now (the same in every process), kept

@@ -9,15 +9,22 @@ changes that password, the sessions opened with the old one no longer log anyone
 
 Failed logins (the login form and HTTP Basic alike) are counted per user name at each client
 address, and per client address (``{p}:login_failures:{kind}:{sha256}``), over
-``QM_LOGIN_WINDOW_SECONDS``; past ``QM_LOGIN_FAILURES_PER_USER`` or ``QM_LOGIN_FAILURES_PER_ADDRESS``
-the next attempt from there gets 429 with ``Retry-After`` and is not even checked (so a right guess
-is not told apart). A name is never locked everywhere: anyone could then lock its owner out by
-guessing wrong (the passwords the program makes, 14 random letters and digits, are far beyond
-guessing at this rate anyway). A browser that logged in as that user before carries her device
-cookie (``auth.DEVICE_COOKIE``): its attempts count on that device only, so a lock caused by
-others at a shared address (a room behind one NAT) does not hold it back, and a stolen device
-cookie still gets only ``QM_LOGIN_FAILURES_PER_USER`` guesses. Every check of a password that is
-not already known to be right costs one argon2 verification, run off the event loop.
+``QM_LOGIN_WINDOW_SECONDS``. Past ``QM_LOGIN_FAILURES_PER_USER`` for a name at an address, the next
+attempt for that name from there gets 429 with ``Retry-After`` and is not even checked (so a right
+guess is not told apart). A name is never locked everywhere: anyone could then lock its owner out
+by guessing wrong (the passwords the program makes, 14 random letters and digits, are far beyond
+guessing at this rate anyway).
+
+A workshop room shares one address (the venue's NAT), so the address's own count locks no one:
+one person's typos, or one attacker there, must not keep the room from logging in. What it bounds
+is the work a guesser makes: past ``QM_LOGIN_FAILURES_PER_ADDRESS`` from an address, a name nobody
+has is answered 401, as a wrong password is and after as long, without an argon2 verification. A
+guesser there then makes at most ``QM_LOGIN_FAILURES_PER_USER`` verifications per real name per
+window, and holds back only the names he guessed, only at that address. A browser that logged in
+as that user before carries her device cookie (``auth.DEVICE_COOKIE``): its attempts count on that
+device only, so even a name locked by others at her address does not hold it back, and a stolen
+device cookie still gets only ``QM_LOGIN_FAILURES_PER_USER`` guesses. Every check of a password
+that is not already known to be right costs one argon2 verification, run off the event loop.
 """
 
 from __future__ import annotations
@@ -49,11 +56,11 @@ class Caller:
 
 
 class LoginRefused(Exception):
-    """A login that is not even checked: too many failures for that name or from that address."""
+    """A login that is not even checked: too many failures for that name from that address."""
 
     def __init__(self, retry_after: int) -> None:
         super().__init__(
-            f"too many failed logins for this name or from this address: try again in {retry_after} s "
+            f"too many failed logins for this name from this address: try again in {retry_after} s "
             "(ask the organizer if you forgot your password)"
         )
         self.retry_after = retry_after
@@ -105,32 +112,33 @@ class LoginLimits:
 
 
 class LoginGate:
-    """Counts failed logins per user name and per client address; refuses past the limits."""
+    """Counts failed logins per user name at an address (or per device) and per client address."""
 
     def __init__(self, redis: StrRedis, keys: Keys, limits: LoginLimits) -> None:
         self.redis, self.keys, self.limits = redis, keys, limits
 
-    def _counters(self, user: str, address: str, device: str | None) -> list[tuple[str, int]]:
-        """A known device's own count; else the name's at this address, and the address's."""
+    def _name_counter(self, user: str, address: str, device: str | None) -> str:
+        """A known device's own count; else the name's at this address."""
         if device is not None:
-            return [(self.keys.login_failures("device", _digest(device)), self.limits.per_user)]
-        return [
-            (self.keys.login_failures("user", _digest(f"{user}\0{address}")), self.limits.per_user),
-            (self.keys.login_failures("address", _digest(address)), self.limits.per_address),
-        ]
+            return self.keys.login_failures("device", _digest(device))
+        return self.keys.login_failures("user", _digest(f"{user}\0{address}"))
 
-    async def check(self, user: str, address: str, device: str | None) -> None:
+    def _address_counter(self, address: str) -> str:
+        return self.keys.login_failures("address", _digest(address))
+
+    async def check(self, user: str, address: str, device: str | None) -> bool:
         """Raise ``LoginRefused`` when this name failed too often lately from this address (or this
-        device), or this address did for any name."""
-        counters = self._counters(user, address, device)
-        counts = await self.redis.mget([key for key, _ in counters])
-        for (key, limit), count in zip(counters, counts, strict=True):
-            if count is not None and int(count) >= limit:
-                raise LoginRefused(max(int(await self.redis.ttl(key)), 1))
+        device); else whether the address failed too often for any name (``Logins.check_password``
+        then spares names nobody has their argon2)."""
+        name_key, address_key = self._name_counter(user, address, device), self._address_counter(address)
+        name_count, address_count = await self.redis.mget([name_key, address_key])
+        if name_count is not None and int(name_count) >= self.limits.per_user:
+            raise LoginRefused(max(int(await self.redis.ttl(name_key)), 1))
+        return address_count is not None and int(address_count) >= self.limits.per_address
 
     async def failed(self, user: str, address: str, device: str | None) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            for key, _ in self._counters(user, address, device):
+            for key in (self._name_counter(user, address, device), self._address_counter(address)):
                 pipe.incr(key)
                 pipe.expire(key, self.limits.window_seconds, nx=True)
             await pipe.execute()
@@ -157,8 +165,12 @@ class Logins:
         if known is not None:
             return known
         device = self.auth.device_of(caller.device_cookie, user)
-        await self.gate.check(user, caller.address, device)
-        principal = await asyncio.to_thread(self.auth.login, user, password)
+        flooded = await self.gate.check(user, caller.address, device)
+        if flooded and not self.auth.exists(user):
+            await asyncio.sleep(self.auth.verify_seconds)  # as long as a check, without its work
+            principal = None
+        else:
+            principal = await asyncio.to_thread(self.auth.login, user, password)
         if principal is None:
             await self.gate.failed(user, caller.address, device)
         return principal

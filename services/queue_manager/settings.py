@@ -104,14 +104,16 @@ class Settings(BaseSettings):
     login_failures_per_user: int = Field(
         default=10,
         ge=1,
-        description="QM_LOGIN_FAILURES_PER_USER: failed logins for one name within the login window before "
-        "further attempts get 429",
+        description="QM_LOGIN_FAILURES_PER_USER: failed logins for one name from one address (or one "
+        "browser that logged in as it before) within the login window before further attempts for that "
+        "name from there get 429",
     )
     login_failures_per_address: int = Field(
         default=50,
         ge=1,
         description="QM_LOGIN_FAILURES_PER_ADDRESS: failed logins from one client address within the login "
-        "window before further attempts get 429 (a room behind one NAT shares an address)",
+        "window after which names nobody has are refused there without a password check; it locks no "
+        "participant's name (a room behind one NAT shares an address)",
     )
     max_sockets_per_user: int = Field(
         default=10,
