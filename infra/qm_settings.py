@@ -48,6 +48,8 @@ def queue_manager_settings(
         "QM_SESSION_SECRET": secret(session_secret),
         "QM_WORKER_TOKENS": secret(worker_tokens_json),
         "QM_FILES_URL": files_url,
+        # The pools start beside the queue keeper's restore step: nothing is leased before it ran.
+        "QM_RESTORE_FIRST": "1",
     }
 
 

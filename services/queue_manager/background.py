@@ -107,6 +107,8 @@ async def check_durability(store: Store) -> None:
 async def running(store: Store) -> AsyncIterator[None]:
     """Start every background task, wait until the listeners are subscribed, stop them on exit."""
     await check_durability(store)
+    if store.settings.restore_first and await store.await_restore():
+        log.warning("dispatch waits for the morning's restore (QM_RESTORE_FIRST): no job is leased before it")
     wake_ready, events_ready = asyncio.Event(), asyncio.Event()
     loops: dict[str, Callable[[], Awaitable[None]]] = {
         "wake": lambda: store.wakeups.listen(

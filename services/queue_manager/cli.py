@@ -148,10 +148,11 @@ def load() -> None:
     async def run(store: Store, storage: Storage) -> str:
         loaded = await load_saved_snapshot(storage)
         if loaded is None:
-            await store.resume()
+            await store.open_for_the_day()
             await mark_started(storage)
             return "no queue snapshot yet (the workshop's first day): starting with an empty queue"
-        result = await restore_snapshot(store, loaded)
+        result = await restore_snapshot(store, loaded, resume=False)
+        await store.open_for_the_day()
         await mark_started(storage)
         return (
             f"restored {result.restored} jobs ({result.requeued} queued again, {result.skipped} skipped) "

@@ -29,6 +29,19 @@ class WorkshopClosed(QueueError):
         )
 
 
+class NotRestoredYet(QueueError):
+    """The organizer's Resume before the morning's restore ran (``QM_RESTORE_FIRST``)."""
+
+    status = 409
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the morning's restore has not run yet: GPUs take no job until last night's queue is back, "
+            "so dispatch stays paused (nothing changed). Let `pulumi up` finish its restore step, or run "
+            "`python -m services.queue_manager.cli load` in the queue manager's container"
+        )
+
+
 class JobNotFound(QueueError):
     status = 404
 

@@ -23,6 +23,7 @@
 | ``{p}:seq`` | string | submit counter: a job's queue number, the tie-breaker inside a round | forever |
 | ``{p}:paused`` | string | ``1`` while dispatch is paused | until resumed |
 | ``{p}:closed`` | string | ``1`` from the evening's save: participants' changes refused | until the morning |
+| ``{p}:opened`` | string | ``1`` once the morning's load ran (QM_RESTORE_FIRST: no lease before) | forever |
 | ``{p}:holds`` | string | the snapshot (``taken_at``) this Redis saved or restored: all of it | forever |
 | ``{p}:worker:{id}`` | hash | registration, state, job, last seen (gone: draining) | 1 day after last seen |
 | ``{p}:workers`` | zset | worker ids by last seen (ms) | pruned after 1 day |
@@ -117,6 +118,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("seq", "string", Carried.COPIED),
     Family("paused", "string", Carried.LEFT, "the evening drain pauses dispatch; the morning resumes it"),
     Family("closed", "string", Carried.LEFT, "set by the evening's save, cleared by the morning's load"),
+    Family("opened", "string", Carried.LEFT, "set by the morning's load, on the Redis it restored into"),
     Family(
         "holds", "string", Carried.LEFT, "names a snapshot this Redis saved or restored; a new one has none"
     ),
@@ -267,6 +269,10 @@ class Keys:
     @property
     def closed(self) -> str:
         return f"{self.prefix}:closed"
+
+    @property
+    def opened(self) -> str:
+        return f"{self.prefix}:opened"
 
     @property
     def holds(self) -> str:

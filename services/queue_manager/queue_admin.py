@@ -8,10 +8,10 @@ import time
 from pydantic import BaseModel, Field
 
 from services.protocol.jobs import Job, JobLine
-from services.queue_manager.errors import JobNotFound, NotDeadLettered, WorkshopClosed
+from services.queue_manager.errors import JobNotFound, NotDeadLettered, NotRestoredYet, WorkshopClosed
 from services.queue_manager.keys import ANY_POOL
 from services.queue_manager.records import HOLD_FIELDS, LINE_FIELDS, held_for, line_from_hash, now_ms
-from services.queue_manager.scripts import PriorityArgs, RequeueDeadArgs
+from services.queue_manager.scripts import AwaitRestoreArgs, PriorityArgs, RequeueDeadArgs
 from services.queue_manager.store_base import StoreBase
 
 
@@ -57,6 +57,25 @@ class AdminOps(StoreBase):
             for scope in await self.redis.smembers(self.keys.scopes) | {ANY_POOL}:
                 pipe.publish(self.keys.wake, scope)
             await pipe.execute()
+
+    async def resume_by_organizer(self) -> None:
+        """The admin page's Resume: refused (409) while the morning's restore has not run on a queue
+        manager that waits for it (``QM_RESTORE_FIRST``): jobs taken before it would run ahead of
+        last night's queue, or twice."""
+        if self.settings.restore_first and not await self.redis.exists(self.keys.opened):
+            raise NotRestoredYet()
+        await self.resume()
+
+    async def await_restore(self) -> bool:
+        """At start with ``QM_RESTORE_FIRST``: pause dispatch until the morning's load opens this
+        Redis (``lua/await_restore.lua``). True when it now waits."""
+        return bool(await self.scripts.run(AwaitRestoreArgs(self.prefix)))
+
+    async def open_for_the_day(self) -> None:
+        """The morning's load is done (last night's queue restored, or a first day's nothing):
+        dispatch and participants' changes go on, and a later start no longer waits."""
+        await self.redis.set(self.keys.opened, "1")
+        await self.resume()
 
     async def paused(self) -> bool:
         return bool(await self.redis.exists(self.keys.paused))

@@ -188,6 +188,11 @@ class RequeueDeadArgs(ScriptArgs):
 
 
 @dataclass(frozen=True)
+class AwaitRestoreArgs(ScriptArgs):
+    script = "await_restore"
+
+
+@dataclass(frozen=True)
 class ApproveArgs(ScriptArgs):
     script = "approve"
     digest: str
@@ -319,6 +324,7 @@ SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     RequeueDeadArgs,
     PriorityArgs,
     ApproveArgs,
+    AwaitRestoreArgs,
     RejoinArgs,
     PositionsArgs,
     EndSessionsArgs,

@@ -229,6 +229,12 @@ class Settings(BaseSettings):
         description="QM_MAX_CATALOGUE_BYTES: largest worker registration; it carries ComfyUI's node "
         "catalogue (/object_info), ~0.5 MB stock, several MB with many custom node packs",
     )
+    restore_first: bool = Field(
+        default=False,
+        description="QM_RESTORE_FIRST: on a Redis the morning's restore (`cli load`) has not opened yet, "
+        "lease no job until it has: the GPUs may start before the restore step, and a job they took "
+        "then would run ahead of last night's queue, or twice (the Pulumi program sets it)",
+    )
     files_url: str = Field(
         default="file:///var/lib/comfy-workshop/files",
         description="QM_FILES_URL: user-file storage (file:///dir or s3://bucket/prefix, S3_* for its "

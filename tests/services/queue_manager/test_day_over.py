@@ -628,3 +628,32 @@ def test_a_day_resumed_after_the_evening_save_keeps_what_was_deleted_deleted(
             login(alice, "alice")
             assert (saved_files(alice, "alice"), alice.get("/w/alice/api/history").json()) == evening
     assert evening[0]["workflows"] == {} and evening[1] == {}
+
+
+def test_no_worker_takes_a_job_before_the_mornings_restore(
+    redis_url: str, bucket: Path, docker_shim: Path
+) -> None:
+    """The GPUs may be up before the restore step ran (a push pool is built beside it): a job they
+    took then would run ahead of last night's queue, or twice once the restore brings its twin. The
+    queue manager leases nothing, and the organizer's Resume cannot open it, until the restore ran;
+    then last night's job goes first."""
+    morning = settings_for(redis_url, lease_seconds=600, restore_first=True)
+    with live_server(morning, bucket) as server:
+        assert keeper_step("restore", redis_url, bucket, docker_shim).returncode == 0
+        with httpx.Client(base_url=server.url, timeout=20) as alice:
+            night = queue(login(alice, "alice"), "alice")
+        assert keeper_step("drain", redis_url, bucket, docker_shim).returncode == 0
+    redis.Redis.from_url(redis_url).flushall()
+    with live_server(morning, bucket) as server:
+        worker = httpx.Client(base_url=server.url, timeout=20)
+        register_worker(worker, catalogue(["in.png"]))
+        alice = login(httpx.Client(base_url=server.url, timeout=20), "alice")
+        early = queue(alice, "alice")
+        early_claim = worker.post("/api/workers/w1/claim", params={"wait": 0}, headers=WORKER_AUTH)
+        with httpx.Client(base_url=server.url, timeout=20) as admin:
+            resume = login(admin, ADMIN, ADMIN_PASSWORD).post("/api/admin/resume")
+        assert early_claim.status_code == 204, early_claim.text
+        assert resume.status_code == 409 and "restore" in resume.text, resume.text
+        assert keeper_step("restore", redis_url, bucket, docker_shim).returncode == 0
+        assert [claim(worker).job.id for _ in range(2)] == [night, early]
+        alice.close(), worker.close()

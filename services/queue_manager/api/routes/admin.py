@@ -94,8 +94,8 @@ async def pause(_: AdminUser, store: StoreDep) -> Response:
 
 @router.post("/resume", status_code=status.HTTP_204_NO_CONTENT)
 async def resume(_: AdminUser, store: StoreDep) -> Response:
-    """Hand out jobs again."""
-    await store.resume()
+    """Hand out jobs again (409 before the morning's restore ran, with ``QM_RESTORE_FIRST``)."""
+    await store.resume_by_organizer()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -155,5 +155,8 @@ async def snapshot(_: AdminUser, store: StoreDep) -> Snapshot:
 
 @router.post("/restore")
 async def restore(body: Snapshot, _: AdminUser, store: StoreDep) -> RestoreResult:
-    """Load a snapshot; jobs that already exist are skipped."""
-    return await restore_snapshot(store, body)
+    """Load a snapshot; jobs that already exist are skipped. Dispatch goes on after it (the
+    organizer's restore opens a queue manager that waited for the morning's)."""
+    result = await restore_snapshot(store, body, resume=False)
+    await store.open_for_the_day()
+    return result
