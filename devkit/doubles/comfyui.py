@@ -78,7 +78,7 @@ from devkit.doubles.comfyui_validation import PromptRejected, validate
 from devkit.servers import free_port, wait_until
 from services.queue_manager.workspaces.images import convert, merge_mask, wants_conversion
 from services.queue_manager.workspaces.routes_info import MODEL_FOLDERS, NOT_IN_LIBRARY
-from services.queue_manager.workspaces.userdata import hidden
+from services.queue_manager.workspaces.userdata import glob_order, hidden
 
 # The ComfyUI release this double stands in for (its recordings: tests/fixtures/comfyui/<version>/).
 COMFYUI_VERSION = "0.3.64"
@@ -513,7 +513,7 @@ class ComfyUIDouble(Executor):
             return PlainTextResponse("Directory not found", status_code=404)
         recurse = request.query_params.get("recurse", "").lower() == "true"
         listed = [p for p in inside if (recurse or "/" not in p) and not hidden(p)]
-        ordered = sorted(listed, key=lambda p: (p.count("/"), p))  # a glob's: each level's files in turn
+        ordered = sorted(listed, key=glob_order)
         if request.query_params.get("split", "").lower() == "true":
             return JSONResponse([[p, *p.split("/")] for p in ordered])
         return JSONResponse(ordered)

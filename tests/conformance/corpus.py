@@ -346,8 +346,19 @@ def saved_file(path: str) -> Step:
 
 def userdata_listing() -> list[Step]:
     """Saved files as the workflow browser lists them: names starting with '.' are not listed (as
-    ComfyUI's glob lists none), and the listing's refusals are plain text. Deleted again at the end."""
-    files = ["listed/a.json", "listed/.hidden.json", "listed/.dir/c.json", "listed/sub/b.json"]
+    ComfyUI's glob lists none), a recursive listing goes folder by folder, each folder's own files
+    before its subfolders' (``aa/deep`` before ``sub``), and the listing's refusals are plain text.
+    Deleted again at the end."""
+    files = [
+        "listed/z.json",
+        "listed/a.json",
+        "listed/.hidden.json",
+        "listed/.dir/c.json",
+        "listed/sub/b.json",
+        "listed/sub/deeper/c.json",
+        "listed/aa/deep/y.json",
+        "listed/aa/x.json",
+    ]
     listings = [
         "dir=listed",
         "dir=listed&recurse=true",

@@ -158,7 +158,15 @@ class UserData:
             raise UserDataError(404, "Directory not found")
         relative = [f.relative_to(directory) for f in found]
         listed = (f for f in relative if (recurse or "/" not in f.path) and not hidden(f.path))
-        return sorted(listed, key=lambda f: f.path)
+        return sorted(listed, key=lambda f: glob_order(f.path))
+
+
+def glob_order(path: str) -> tuple[tuple[str, ...], str]:
+    """Where ComfyUI's recursive glob lists ``path``: folder by folder (a folder's own files before
+    its subfolders', ``aa/deep`` before ``sub``), each folder's names in order (ComfyUI's are in the
+    disk's order, sorted on the recording machine; the frontend sorts its sidebars itself)."""
+    *folders, name = path.split("/")
+    return tuple(folders), name
 
 
 def hidden(path: str) -> bool:
