@@ -239,6 +239,8 @@ class LifecycleProvider(ResourceProvider, ABC):
         except ForeignObject:
             raise  # nothing was made, and what carries our name is not ours to delete
         except Exception as exc:
+            if not self.discard_on_failure and isinstance(exc, ProviderError):
+                raise  # explained already (a volume that cannot shrink); what was found is kept
             if not self.discard_on_failure:
                 raise ProviderError(self.explain(exc, props)) from exc
             self._clean_up(api, props, exc, attempt)
@@ -344,6 +346,55 @@ class LifecycleProvider(ResourceProvider, ABC):
             raise
         except Exception as exc:
             raise ProviderError(self.explain(exc, props)) from exc
+
+
+class GrowOnly(LifecycleProvider):
+    """A models volume: it outlives the stack (`retain_on_delete`), is used by whoever names it, grows
+    in place when the config asks for more and never shrinks. ``size`` (GB) is its input."""
+
+    ownership = Ownership.SHARED
+    discard_on_failure = False  # a leftover may hold models: the next create adopts it
+
+    @abstractmethod
+    def size_of(self, obj: Any) -> int:
+        """The volume's size at the provider, in GB."""
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        """Also, at preview: the volume the stack would use (kept from an earlier day, grown in the
+        console, or configured larger before) is not larger than the config says."""
+        checked = super().check(_olds, news)
+        wanted = news.get("size")
+        if checked.failures or not isinstance(wanted, int | float):
+            return checked
+        have = self._size_now(_olds, news)
+        if have is None or have <= int(wanted):
+            return checked
+        return CheckResult(news, [CheckFailure("size", self.cannot_shrink(news, have))])
+
+    def _size_now(self, olds: dict[str, Any], news: dict[str, Any]) -> int | None:
+        """The size of the volume of our name and place at the provider; when it cannot be asked, the
+        size the stack last asked for it; None when there is none."""
+        try:
+            api = self.guarded(news, lambda: self.connect(news))
+            found = self.guarded(news, lambda: self.find(api, news))
+        except ProviderError:
+            same = all(olds.get(key) == news.get(key) for key in self.replace_keys)
+            return int(olds["size"]) if same and isinstance(olds.get("size"), int | float) else None
+        return None if found is None else self.size_of(found)
+
+    def cannot_shrink(self, props: dict[str, Any], have: int) -> str:
+        return (
+            f"{self.kind} {props.get('name')!r} is {have} GB and a volume cannot shrink: set "
+            f"modelsVolume.sizeGb to {have} (or more) for the pools naming it in comfy-workshop:pools "
+            f"(it is {props.get('size')} now), then run `pulumi up` again"
+        )
+
+    def kept_size(self, props: dict[str, Any], have: int) -> int:
+        """The size to give a volume of ``have`` GB: the config's, refused when smaller."""
+        wanted = int(props["size"])
+        if wanted < have:
+            raise ProviderError(self.cannot_shrink(props, have))
+        return wanted
 
 
 def retry_after_seconds(header: str | None) -> float | None:

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from pulumi.runtime import rpc
 
-from infra.providers.lifecycle import Ownership, ProviderError, foreign_object, other_workshop, poll
+from infra.providers.lifecycle import GrowOnly, Ownership, foreign_object, other_workshop, poll
 from infra.providers.runpod_api import RunPodApi, RunPodError, RunPodProvider
 from infra.providers.timing import Timing
 
@@ -82,16 +82,17 @@ def _same(remote: Any, wanted: Any) -> bool:
     return bool(remote == wanted)
 
 
-class NetworkVolumeProvider(_Collection):
+class NetworkVolumeProvider(GrowOnly, _Collection):
     """``name``, ``size`` (GB), ``data_center`` -> a network volume (kept across workshops)."""
 
     kind = "RunPod network volume"
     collection = "/networkvolumes"
     required = ("name", "size", "data_center")
     replace_keys = frozenset({"data_center"})
-    discard_on_failure = False
-    ownership = Ownership.SHARED
     shown = {"size": "size"}
+
+    def size_of(self, obj: Any) -> int:
+        return int(obj.get("size", 0))
 
     def body(self, props: dict[str, Any]) -> dict[str, Any]:
         return {"name": props["name"], "size": int(props["size"]), "dataCenterId": props["data_center"]}
@@ -103,14 +104,11 @@ class NetworkVolumeProvider(_Collection):
 
     def adopt(self, api: RunPodApi, props: dict[str, Any], obj: Any) -> Any:
         """The volume an earlier day kept, grown when the config now asks for more (never shrunk)."""
-        return self._grown(api, obj["id"], props) if int(obj.get("size", 0)) < int(props["size"]) else obj
+        have = self.size_of(obj)
+        return self._grown(api, obj["id"], props) if self.kept_size(props, have) > have else obj
 
     def change(self, api: RunPodApi, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> Any:
-        if int(news["size"]) < int(olds["size"]):
-            raise ProviderError(
-                f"{self.kind} {news['name']!r} cannot shrink from {olds['size']} GB to {news['size']} GB: "
-                f"set its size back to at least {olds['size']} in the stack config"
-            )
+        self.kept_size(news, int(olds["size"]))
         return self._grown(api, id_, news)
 
     def _grown(self, api: RunPodApi, id_: str, props: dict[str, Any]) -> Any:

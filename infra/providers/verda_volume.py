@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.providers.lifecycle import Ownership, ProviderError, poll
+from infra.providers.lifecycle import GrowOnly, poll
 from infra.providers.timing import Timing
 from infra.providers.verda_api import VerdaProvider, delete_confirmed, fetch_or_none
 
@@ -16,15 +16,16 @@ SHARED = "NVMe_Shared"
 SETTLED = frozenset({"detached", "attached"})
 
 
-class SharedVolumeProvider(VerdaProvider):
+class SharedVolumeProvider(GrowOnly, VerdaProvider):
     """``name``, ``size`` (GB), ``location`` -> volume id and its mount commands."""
 
     kind = "Verda shared filesystem"
     required = ("name", "size", "location")
     replace_keys = frozenset({"name", "location"})
     outputs = ("volume_id", "mount_command", "pseudo_path", "fstab_command")
-    discard_on_failure = False
-    ownership = Ownership.SHARED
+
+    def size_of(self, obj: Any) -> int:
+        return int(obj.size)
 
     def find(self, api: Any, props: dict[str, Any]) -> Any | None:
         for volume in api.volumes.get():
@@ -37,7 +38,7 @@ class SharedVolumeProvider(VerdaProvider):
 
     def adopt(self, api: Any, props: dict[str, Any], obj: Any) -> Any:
         """The volume an earlier day kept, grown when the config now asks for more (never shrunk)."""
-        return self._grown(api, obj.id, int(obj.size), int(props["size"]))
+        return self._grown(api, obj.id, int(obj.size), self.kept_size(props, int(obj.size)))
 
     def _grown(self, api: Any, id_: str, old: int, new: int) -> Any:
         if new > old:
@@ -62,13 +63,8 @@ class SharedVolumeProvider(VerdaProvider):
         return None if volume is None or volume.status in ("deleted", "deleting") else volume
 
     def change(self, api: Any, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> Any:
-        old, new = int(olds["size"]), int(news["size"])
-        if new < old:
-            raise ProviderError(
-                f"{self.kind} {news['name']!r} cannot shrink from {old} GB to {new} GB: set its size "
-                f"back to at least {old} in the stack config"
-            )
-        return self._grown(api, id_, old, new)
+        old = int(olds["size"])
+        return self._grown(api, id_, old, self.kept_size(news, old))
 
     def remove(self, api: Any, props: dict[str, Any], obj: Any) -> None:
         delete_confirmed(

@@ -310,8 +310,8 @@ DRIFTS = {
     "instance": Drift(  # shut down in Verda's console: the pool had no GPU and nothing said so
         lambda r: r.update(status="offline"), lambda r: r["status"] == "running"
     ),
-    "network-volume": Drift(lambda r: r.update(size=700), refused="back to at least 700"),
-    "shared-volume": Drift(lambda r: r.update(size=700), refused="back to at least 700"),
+    "network-volume": Drift(lambda r: r.update(size=700), refused="set modelsVolume.sizeGb to 700"),
+    "shared-volume": Drift(lambda r: r.update(size=700), refused="set modelsVolume.sizeGb to 700"),
 }
 
 
@@ -423,6 +423,43 @@ def test_a_kept_models_volume_grows_to_the_size_the_next_morning_asks_for(
     assert morning.state is not None and morning.state.id == kept
     remote = case.remote(doubles, kept)
     assert remote is not None and remote["size"] == 800
+
+
+SHRINK_REFUSED = r"check failed.*is 800 GB.*cannot shrink.*set modelsVolume\.sizeGb to 800 \(or more\)"
+
+
+@pytest.mark.parametrize("kind", ["shared-volume", "network-volume"])
+def test_a_kept_models_volume_larger_than_the_config_stops_the_preview_naming_the_size(
+    kind: str, doubles: Doubles
+) -> None:
+    """Yesterday's volume (kept by the destroy) is 800 GB and the config says 500: the morning's create
+    adopted it as 500 GB in the state, a refresh then showed the size as drift, and the `up` after it
+    refused to shrink it. The preview says it at once, with the size to put in the config."""
+    case, evening, props = created(kind, doubles)
+    assert evening.up({**props, "size": 800}).action == "update"
+    assert evening.state is not None
+    kept = evening.state.id
+    writes = len([c for c in [*doubles[0].log, *doubles[1].log] if c[0] != "GET"])
+
+    morning = Engine(case.resource, kind)
+    with pytest.raises(HostError, match=SHRINK_REFUSED):
+        morning.up({**props, "size": 500})
+
+    assert (case.remote(doubles, kept) or {}).get("size") == 800
+    after = [c for c in [*doubles[0].log, *doubles[1].log] if c[0] != "GET"][writes:]
+    assert [c for c in after if c[1] != "/oauth2/token"] == []
+
+
+@pytest.mark.parametrize("kind", ["shared-volume", "network-volume"])
+def test_a_smaller_size_in_the_config_of_a_running_stack_stops_the_preview(
+    kind: str, doubles: Doubles
+) -> None:
+    """The preview's diff said `update` and only the `up` refused, after everything before it changed."""
+    _, engine, props = created(kind, doubles)
+    engine.up({**props, "size": 800})
+
+    with pytest.raises(HostError, match=SHRINK_REFUSED):
+        engine.check(engine.state.inputs if engine.state else {}, engine.inputs({**props, "size": 500}))
 
 
 @pytest.mark.parametrize(
