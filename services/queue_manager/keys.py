@@ -15,6 +15,7 @@
 | ``{p}:user:{u}:queued`` | set | a user's queued (incl. delayed) job ids: the queued limit | until empty |
 | ``{p}:user:{u}:running`` | set | a user's leased/running job ids: the running limit | until empty |
 | ``{p}:users`` | set | users who ever submitted | forever |
+| ``{p}:held_back`` | set | users a claim passed by at the running limit: their job end wakes | until then |
 | ``{p}:user_priority`` | hash | user -> priority (admin-set) | forever |
 | ``{p}:fair:round`` | string | the fair scheduler's virtual round (of the last dispatched job) | forever |
 | ``{p}:fair:queue_round`` | hash | ``<100-level>:<scope>`` -> the round that queue dispatches | forever |
@@ -110,6 +111,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("user:{u}:queued", "set", Carried.REBUILT),
     Family("user:{u}:running", "set", Carried.LEFT, "nothing runs after a restore: running jobs queue again"),
     Family("users", "set", Carried.REBUILT),
+    Family("held_back", "set", Carried.LEFT, "nothing runs after a restore: no job end is awaited"),
     Family("user_priority", "hash", Carried.COPIED),
     Family("fair:round", "string", Carried.COPIED),
     Family("fair:queue_round", "hash", Carried.COPIED),

@@ -151,9 +151,13 @@ local function dequeue(id, user, scope)
 end
 
 -- The owner runs one job fewer: a claim that passed her waiting jobs by at her running limit
--- (max_running_per_user) may take one now, so each of their scopes wakes a waiting claim (else an
--- idle GPU waited for its claim's next look, up to a second, while her job was there for it).
+-- (max_running_per_user, held_back) may take one now, so each of their scopes wakes a waiting claim
+-- (else an idle GPU waited for its claim's next look, up to a second, while her job was there for
+-- it). No claim passed her by: nothing wakes (each wake costs every queue manager process a look).
 local function wake_waiting_of(user)
+  if redis.call('SREM', k('held_back'), user) == 0 then
+    return
+  end
   local woken = {}
   for _, id in ipairs(redis.call('SMEMBERS', k('user', user, 'queued'))) do
     local scope = redis.call('HGET', k('job', id), 'scope')
@@ -247,7 +251,11 @@ local function next_eligible(pool, max_running, scan_limit, mine, now)
     if now and held_by_other(id, mine, now) then
       return false
     end
-    return max_running <= 0 or redis.call('SCARD', k('user', user, 'running')) < max_running
+    if max_running <= 0 or redis.call('SCARD', k('user', user, 'running')) < max_running then
+      return true
+    end
+    redis.call('SADD', k('held_back'), user)  -- the end of one of her running jobs wakes claims
+    return false
   end
 
   local function first_eligible(qkey)

@@ -4,7 +4,7 @@ Lua script (one AOF fsync), no wake round trip; a claim that went away meanwhile
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -106,3 +106,45 @@ async def test_a_waiting_claim_gets_the_job_the_end_of_its_owners_running_one_le
 
         taken = await asyncio.wait_for(waiting, timeout=10)
     assert taken is not None and taken.job.id == second.id
+
+
+async def wakes_during(store: Store, step: Callable[[], Awaitable[object]]) -> list[str]:
+    """The scopes published on ``{p}:wake`` while ``step`` runs (a marker published after it ends
+    the reading: a channel delivers in order)."""
+    marker = f"end-{id(step)}"
+    async with store.redis.pubsub() as channel:
+        await channel.subscribe(store.keys.wake)
+        await step()
+        await store.redis.publish(store.keys.wake, marker)
+        heard: list[str] = []
+        async with asyncio.timeout(10):
+            while True:
+                message = await channel.get_message(ignore_subscribe_messages=True, timeout=1)
+                if message is None:
+                    continue
+                if message["data"] == marker:
+                    return heard
+                heard.append(message["data"])
+
+
+async def test_the_end_of_a_job_wakes_claims_only_when_one_was_held_back_by_her_running_limit(
+    store_with: Callable[..., Store],
+) -> None:
+    # Each wake makes every queue manager process look at the queue for a parked claim: a lease end
+    # that frees nothing a claim was refused must not cost that (it did on every job's end).
+    store = store_with()  # no running limit: nothing of hers is ever held back
+    await store.submit("ada", job())
+    await store.submit("ada", job())
+    lease = await store.claim("w1", "gpu")
+    assert lease is not None
+    token = lease.token
+    assert await wakes_during(store, lambda: store.complete(lease.job.id, Completion(token=token))) == []
+
+    limited = store_with(max_running_per_user=1, key_prefix="limited")
+    first = await limited.submit("ada", job())
+    await limited.submit("ada", job())
+    held = await limited.claim("w1", "gpu")
+    assert held is not None and held.job.id == first.id
+    assert await limited.claim("w2", "gpu") is None  # her second job is held back: she runs one
+    ended = Completion(token=held.token)
+    assert await wakes_during(limited, lambda: limited.complete(first.id, ended)) == ["*"]
