@@ -107,15 +107,17 @@ class WorkerOps(CatalogueOps):
 
     async def worker_pool(self, worker_id: str) -> str:
         """The pool a worker registered with; refreshes its last-seen time. Both are cached for
-        a few seconds: a long-polling worker claims often, and each Redis write costs an fsync."""
+        a few seconds: a long-polling worker claims often, and each Redis write costs an fsync.
+        A worker silent for longer than ``patience_ms`` is gone: ``UnknownWorker`` (it registers
+        again, within its pool's limit), or a leaked token could keep any number of ids alive."""
         now = now_ms()
         pool, checked = self._known_workers.get(worker_id, ("", 0))
         if now - checked < SEEN_WRITE_MS:
             return pool
         key = self.keys.worker(worker_id)
-        stored = await self.redis.hget(key, "pool")
-        if stored is None:
-            raise UnknownWorker(worker_id)
+        stored, last_seen = await self.redis.hmget(key, ["pool", "last_seen"])
+        if stored is None or now - int(last_seen or 0) > self.patience_ms:
+            raise UnknownWorker(worker_id)  # a gone record comes alive only by registering (its limit)
         pool = stored
         self._known_workers[worker_id] = (pool, now)
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -6,9 +6,11 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from services.protocol.workers import Lease, ModelsProgress, RegisterReply
 from services.queue_manager.main import create_app
+from services.queue_manager.records import now_ms
 from services.queue_manager.store import Store
 from tests.support.qm_api import ADMIN, CPU, GPU, PROMPT, TOKENS, make_settings, registration, user_auth
 
@@ -23,6 +25,10 @@ async def submit(client: httpx.AsyncClient, user: str = "ada") -> str:
     reply = await client.post("/api/jobs", json={"prompt": PROMPT}, headers=user_auth(user))
     assert reply.status_code == 201, reply.text
     return str(reply.json()["id"])
+
+
+async def register_gpu(client: httpx.AsyncClient, worker_id: str) -> httpx.Response:
+    return await client.post("/api/workers/register", json=registration(worker_id).model_dump(), headers=GPU)
 
 
 async def claim(client: httpx.AsyncClient, worker_id: str = "w1", wait: float = 0) -> httpx.Response:
@@ -399,6 +405,45 @@ async def test_a_leaked_pool_token_cannot_register_more_workers_than_its_pool_ha
             assert (await client.post("/api/workers/fake-3/deregister", headers=GPU)).status_code == 204
             body = registration("fake-5").model_dump()
             assert (await client.post("/api/workers/register", json=body, headers=GPU)).status_code == 200
+
+
+async def gone_for_long(app: FastAPI, worker_id: str, up_ms: int) -> None:
+    """``worker_id`` was up ``up_ms`` and went silent long ago (a crashed host, a made-up id)."""
+    store: Store = app.state.store
+    last_seen = now_ms() - store.patience_ms - 600_000
+    fields = {"registered_at": last_seen - up_ms, "last_seen": last_seen}
+    await store.redis.hset(store.keys.worker(worker_id), mapping=fields)
+    await store.redis.zadd(store.keys.workers, {worker_id: last_seen})
+
+
+async def test_a_leaked_pool_token_keeps_no_more_workers_alive_or_listed_than_its_pool_has_room_for(
+    redis_url: str,
+) -> None:
+    """A leaked token of pool gpu (capacity 2: four live workers) registers four ids, lets them go
+    silent, four more, and so on, then claims on every id it ever registered: a silent record came
+    alive again on a claim, past the pool's limit, so it kept any number of workers alive and
+    counted in the cost. Now a record gone silent answers 404 (the worker registers again, within
+    the limit); the admin page keeps the pool's latest four gone workers (a worker that vanished
+    is still seen), and the cost so far still counts every span the others were up."""
+    hourly = 3600.0  # one per second up
+    app = create_app(make_settings(redis_url, pool_capacity={"gpu": 2}, gpu_prices={"gpu": hourly}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://qm.test") as client:
+            ids = [f"fake-{round_}-{n}" for round_ in range(3) for n in range(4)]
+            for worker_id in ids:
+                assert (await register_gpu(client, worker_id)).status_code == 200
+                await gone_for_long(app, worker_id, up_ms=60_000)
+            claims = [(await claim(client, worker_id)).status_code for worker_id in ids]
+            assert (await register_gpu(client, "real-1")).status_code == 200
+            listed = {
+                w["worker_id"]: w["state"]
+                for w in (await client.get("/api/admin/workers", headers=ADMIN)).json()
+            }
+            stats = (await client.get("/admin/api/stats", headers=ADMIN)).json()
+    assert claims == [404] * len(ids)
+    assert listed == {"real-1": "idle", **{worker_id: "gone" for worker_id in ids[-4:]}}
+    assert stats["cost_by_pool"]["gpu"] == pytest.approx(len(ids) * 60, abs=2)
 
 
 async def test_a_leaked_pool_token_cannot_fill_redis_with_huge_results(redis_url: str) -> None:
