@@ -1,7 +1,8 @@
 """Which ComfyUI the workshop runs: one setting for the GPU workers' ComfyUI and the participants' frontend.
 
 The worker image clones ComfyUI at ``comfyui.ref``; the queue manager serves participants the
-``comfyui-frontend-package`` that ComfyUI release pins in its ``requirements.txt``. The two must
+``comfyui-frontend-package`` and the ``comfyui-workflow-templates`` that ComfyUI release pins in its
+``requirements.txt`` (its image build reads them there). The two must
 agree (an older frontend misses the nodes' new widgets, a newer one calls routes the ComfyUI does
 not have), so the frontend comes from the table below and a setting that contradicts it is a
 config error naming the fix.
@@ -61,4 +62,6 @@ class ComfyUIConfig(Model):
         return (("COMFYUI_VERSION", self.ref),)
 
     def queue_manager_build_args(self) -> tuple[tuple[str, str], ...]:
-        return (("COMFYUI_FRONTEND_VERSION", self.frontend_version),)
+        """The queue manager image installs the frontend and the workflow templates ComfyUI's
+        requirements.txt pins at ``ref`` (the templates' version is read there at build time)."""
+        return (("COMFYUI_VERSION", self.ref), ("COMFYUI_FRONTEND_VERSION", self.frontend_version))

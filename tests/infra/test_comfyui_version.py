@@ -4,8 +4,12 @@ frontend it pins; a ref or frontend that does not agree is a config error naming
 from __future__ import annotations
 
 import re
+import subprocess
 import tomllib
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from devkit.doubles.comfyui import COMFYUI_VERSION
 from devkit.harness import REPO, StackRun, run_stack
@@ -50,6 +54,81 @@ def test_moving_the_one_setting_moves_the_workers_and_the_frontend_together() ->
     assert qm(before) != qm(after)
 
 
+def queue_manager_args(run: StackRun) -> dict[str, str]:
+    return dict(run.one(REMOTE_IMAGE, "platform-queue-manager-image").inputs["build"]["buildArgs"])
+
+
+def test_the_queue_manager_is_built_for_the_chosen_comfyui_not_only_its_frontend() -> None:
+    """v0.3.61 and v0.3.62 pin the same frontend: the queue manager image was the same for both, so the
+    workspaces kept serving the workflow templates of the one pinned in pyproject.toml whatever
+    ComfyUI the workers ran. It is built from the ref, which the build reads the templates' pin at."""
+    older, newer = workshop(ref="v0.3.61"), workshop(ref="v0.3.62")
+    assert queue_manager_args(older) == {"COMFYUI_VERSION": "v0.3.61", "COMFYUI_FRONTEND_VERSION": "1.26.13"}
+    assert queue_manager_args(newer)["COMFYUI_VERSION"] == "v0.3.62"
+    qm = lambda run: run.one(REMOTE_IMAGE, "platform-queue-manager-image").inputs["name"]  # noqa: E731
+    assert qm(older) != qm(newer)
+
+
+PINS = REPO / "images/queue-manager/comfyui_pins.sh"
+# The head of ComfyUI v0.3.64's requirements.txt, as the image build downloads it.
+V0_3_64 = (
+    "comfyui-frontend-package==1.27.10\ncomfyui-workflow-templates==0.1.95\ncomfyui-embedded-docs==0.2.6\n"
+    "torch\n"
+)
+
+
+def pins(tmp_path: Path, requirements: str, frontend: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "requirements.txt").write_text(requirements)
+    command = ["sh", str(PINS), str(tmp_path / "requirements.txt"), frontend]
+    return subprocess.run(command, capture_output=True, text=True, timeout=10)
+
+
+def test_the_queue_manager_image_installs_what_comfyuis_requirements_pin_at_the_ref(tmp_path: Path) -> None:
+    dockerfile = (REPO / "images/queue-manager/Dockerfile").read_text()
+    assert (
+        "raw.githubusercontent.com/comfyanonymous/ComfyUI/${COMFYUI_VERSION}/requirements.txt" in dockerfile
+    )
+    assert re.search(
+        r"comfyui_pins\.sh \S+requirements\.txt \"\$\{COMFYUI_FRONTEND_VERSION\}\" > (\S+)", dockerfile
+    )
+    assert "uv pip install --python /opt/venv/bin/python --no-cache -r /tmp/comfyui/pins.txt" in dockerfile
+
+    done = pins(tmp_path, V0_3_64, "1.27.10")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "comfyui-frontend-package==1.27.10",
+        "comfyui-workflow-templates==0.1.95",
+    ]
+    newer = V0_3_64.replace("0.1.95", "0.1.99  # templates")
+    assert "comfyui-workflow-templates==0.1.99" in pins(tmp_path, newer, "1.27.10").stdout
+
+
+@pytest.mark.parametrize(
+    ("requirements", "refused"),
+    [
+        (
+            V0_3_64.replace("1.27.10", "1.27.11"),
+            r"pins comfyui-frontend-package==1\.27\.11, not 1\.27\.10: fix its line in FRONTENDS in "
+            r"infra/comfyui\.py",
+        ),
+        (V0_3_64.replace("comfyui-workflow-templates==0.1.95\n", ""), r"pins no comfyui-workflow-templates"),
+    ],
+    ids=["another frontend than the table", "no templates"],
+)
+def test_the_build_stops_naming_the_fix_when_comfyui_pins_otherwise(
+    requirements: str, refused: str, tmp_path: Path
+) -> None:
+    done = pins(tmp_path, requirements, "1.27.10")
+    assert done.returncode != 0 and done.stdout == ""
+    assert re.search(refused, done.stderr)
+
+
+def test_the_pin_script_passes_shellcheck() -> None:
+    done = subprocess.run(["shellcheck", "-s", "sh", str(PINS)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout
+
+
 def test_the_local_stack_builds_its_cpu_worker_and_queue_manager_from_the_same_setting() -> None:
     local = run_stack("local", overrides={"comfyui": {"ref": "v0.3.60"}})
     assert local.one(IMAGE, "cpu-image").inputs["buildArgs"]["COMFYUI_VERSION"] == "v0.3.60"
@@ -84,5 +163,6 @@ def test_the_defaults_agree_with_the_lock_the_dockerfiles_and_the_recordings() -
     assert re.search(rf"^ARG COMFYUI_VERSION={re.escape(DEFAULT_REF)}$", worker, re.M)
     queue_manager = (REPO / "images/queue-manager/Dockerfile").read_text()
     assert re.search(rf"^ARG COMFYUI_FRONTEND_VERSION={FRONTENDS[DEFAULT_REF]}$", queue_manager, re.M)
+    assert re.search(rf"^ARG COMFYUI_VERSION={re.escape(DEFAULT_REF)}$", queue_manager, re.M)
     assert f"v{COMFYUI_VERSION}" == DEFAULT_REF
     assert list((FIXTURES / COMFYUI_VERSION).glob("*.json")), "the double's ComfyUI has recordings"

@@ -4,7 +4,8 @@ The templates browser (the menu's Browse Templates) reads ``templates/index.json
 ``index.<locale>.json``), then each template's ``<name>.json`` and its thumbnails ``<name>-1.webp``
 from the page's folder. ComfyUI 0.3.64 serves the package's ``templates`` folder as static files at
 ``/templates`` (not under ``/api``), pinned to 0.1.95 in its requirements.txt; so does a workspace,
-read-only and to its owner only, like the rest of her workspace.
+read-only and to its owner only, like the rest of her workspace. The queue manager image installs the
+version the configured ComfyUI release pins (``images/queue-manager/comfyui_pins.sh``).
 """
 
 from __future__ import annotations
