@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from services.protocol.comfyui import TERMINAL
+from services.protocol.comfyui import TERMINAL, WORKSPACE_OWN
 from services.protocol.events import EventType, UserEvent
 from services.protocol.jobs import JobError, JobState
 from services.protocol.workers import JobEvent
@@ -28,8 +28,9 @@ def position(job_id: str, place: int, waiting: int | None = None) -> UserEvent:
 
 
 def from_worker(job_id: str, event: JobEvent) -> UserEvent | None:
-    """A worker-forwarded ComfyUI event, or None for terminal ones (``finished`` says those)."""
-    if event.type in TERMINAL:
+    """A worker-forwarded ComfyUI event, or None for terminal ones (``finished`` says those) and for
+    the messages only the workspace sends (``WORKSPACE_OWN``)."""
+    if event.type in TERMINAL or event.type in WORKSPACE_OWN:
         return None
     data = {**event.data, "prompt_id": job_id} if "prompt_id" in event.data else event.data
     kind = WORKER_EVENT_TYPES.get(event.type, EventType.NODE)

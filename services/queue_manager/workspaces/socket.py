@@ -39,7 +39,6 @@ from services.queue_manager.workspaces.deps import Context, session_user
 from services.queue_manager.workspaces.routes_info import server_features
 
 router = APIRouter()
-PLACE = "comfy-workshop.place"
 STARTS = "execution_start"
 UNADDRESSED = frozenset({"progress", "progress_state", "b_preview"})
 """What ComfyUI sends every socket for a prompt that came without a ``client_id``."""
@@ -142,7 +141,7 @@ def place_message(event: UserEvent) -> dict[str, Any]:
         "place": event.data.get("position"),
         "waiting": event.data.get("waiting"),
     }
-    return comfyui.message(PLACE, data)
+    return comfyui.message(comfyui.PLACE, data)
 
 
 async def forward(

@@ -283,3 +283,32 @@ def test_what_only_the_gpus_comfyui_refuses_reaches_the_tab_with_node_errors_and
         assert ended["node_errors"] == node_errors and ended["node_id"] == "2"
     job = alice.get(f"/api/jobs/{lease.job.id}").json()
     assert job["state"] == "failed" and job["attempts"] == 1
+
+
+def test_a_worker_cannot_speak_for_the_workspace_on_its_owners_socket(
+    server: LiveServer, alice: httpx.Client, worker: httpx.Client
+) -> None:
+    """The messages the workspace itself sends (``status``, whose ``sid`` the frontend takes for its
+    client id, ``feature_flags``, which it takes for the server's, and the workshop's place in line)
+    never come from a GPU: a fake worker on a leaked pool token made alice's page adopt another
+    client id (so it heard nothing more of her jobs). A custom node's own message still passes."""
+    with open_socket(server, alice, "alice", "tab-a") as mine:
+        next_text(mine)
+        alice.post("/w/alice/api/prompt", json={"prompt": GRAPH, "client_id": "tab-a"}).raise_for_status()
+        until_type(mine, "status")
+        lease = claim(worker)
+        job_id = lease.job.id
+        forged = [
+            JobEvent(
+                type="status", data={"sid": "attacker", "status": {"exec_info": {"queue_remaining": 9}}}
+            ),
+            JobEvent(type="feature_flags", data={"max_upload_size": 1}),
+            JobEvent(type="comfy-workshop.place", data={"prompt_id": job_id, "place": 1, "waiting": 0}),
+            JobEvent(type="custom.pack.note", data={"prompt_id": job_id, "text": "from the node"}),
+        ]
+        post_as_worker(worker, f"/api/leases/{job_id}/events", EventBatch(token=lease.token, events=forged))
+        heard = [next_text(mine)]
+        while heard[-1]["type"] != "custom.pack.note" and len(heard) < 50:
+            heard.append(next_text(mine))
+    assert [m["type"] for m in heard] == ["custom.pack.note"], heard
+    assert heard[-1]["data"]["text"] == "from the node"
