@@ -12,7 +12,9 @@ is listed as running but before its run begins is lost: the run clears the flag 
 ``execution_start``); a restart loses history and
 queue; a loopback Host with a foreign ``Origin`` gets 403; ``/extensions`` lists the frontend's
 ``core/`` shims and the custom packs' ``web_extensions`` (``<pack>/<file>.js`` -> source, given to
-the constructor), each served under ``/extensions/``. ``LoadImage``/``LoadAudio`` take any name
+the constructor), each served under ``/extensions/``; ``/workflow_templates`` lists the packs'
+example workflows (``workflow_templates``, ``<pack>/<name>.json`` -> JSON text), each served under
+``/api/workflow_templates/``. ``LoadImage``/``LoadAudio`` take any name
 whose (annotated: ``[input]``, ``[output]``, ``[temp]``) file exists, joined to the folder without a
 check as ComfyUI does, and the file's content is part of their cache key (``IS_CHANGED``); an input
 a node does not declare is not passed to it but is part of its cache key; ``SaveImage`` and
@@ -134,10 +136,13 @@ class ComfyUIDouble(Executor):
         output_dir: Path | None = None,
         temp_dir: Path | None = None,
         web_extensions: dict[str, str] | None = None,
+        workflow_templates: dict[str, str] | None = None,
     ):
         self.port = port or free_port()
         # Custom nodes' WEB_DIRECTORY files, ``<pack>/<file>.js`` -> source (none unless given).
         self.web_extensions = dict(web_extensions or {})
+        # Custom nodes' example workflows, ``<pack>/<name>.json`` -> its JSON text (none unless given).
+        self.workflow_templates = dict(workflow_templates or {})
         self.knobs = knobs or Knobs()
         self.folders = nodes.Folders(
             input_dir or root / "input", output_dir or root / "output", temp_dir or root / "temp"
@@ -240,6 +245,7 @@ class ComfyUIDouble(Executor):
             ("/upload/mask", self.upload_mask, ["POST"]),
             ("/free", self.free, ["POST"]),
             ("/extensions", self.extensions, ["GET"]),
+            ("/workflow_templates", self.list_workflow_templates, ["GET"]),
             ("/models", self.models, ["GET"]),
             ("/models/{folder}", self.model_files, ["GET"]),
             ("/experiment/models", self.model_library, ["GET"]),
@@ -254,6 +260,7 @@ class ComfyUIDouble(Executor):
             table.append(WebSocketRoute(prefix + "/ws", self.ws))
         table += [
             Route("/extensions/{path:path}", self.extension_file, methods=["GET"]),
+            Route("/api/workflow_templates/{path:path}", self.workflow_template, methods=["GET"]),
             Route("/__double__/knobs", self.set_knobs, methods=["POST"]),
             Route("/__double__/crash", self.crash, methods=["POST"]),
             Route("/__double__/timings", self.get_timings, methods=["GET"]),
@@ -323,6 +330,19 @@ class ComfyUIDouble(Executor):
         if f"/extensions/{path}" in CORE_EXTENSIONS:
             return Response("// a frontend core shim\n", media_type="application/javascript")
         return Response(status_code=404)
+
+    async def list_workflow_templates(self, request: Request) -> Response:
+        """As ComfyUI: each custom pack with example workflows -> their names without ``.json``."""
+        listed: dict[str, list[str]] = {}
+        for path in self.workflow_templates:
+            pack, name = path.split("/", 1)
+            listed.setdefault(pack, []).append(name.removesuffix(".json"))
+        return JSONResponse(listed)
+
+    async def workflow_template(self, request: Request) -> Response:
+        """A pack's example workflow, served as ComfyUI serves the folder (only under ``/api``)."""
+        found = self.workflow_templates.get(request.path_params["path"])
+        return Response(status_code=404) if found is None else Response(found, media_type="application/json")
 
     async def prompt(self, request: Request) -> Response:
         if request.method == "GET":

@@ -62,11 +62,12 @@ call of its own. Only the call that ends the lease publishes them: a repeat publ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, field_validator
 
 from services.protocol.jobs import Job, JobError, OutputFile
 
@@ -131,29 +132,69 @@ class WorkerRegistration(BaseModel):
         description="custom nodes' web extension files, sent with the catalogue: the path ComfyUI "
         "serves each under /extensions/ (``<pack>/<file>.js``) -> its JavaScript source",
     )
+    templates: dict[str, str] = Field(
+        default_factory=dict,
+        description="custom nodes' example workflows, sent with the catalogue: the path ComfyUI serves "
+        "each under /api/workflow_templates/ (``<pack>/<name>.json``) -> its JSON text",
+    )
 
-    @field_validator("extensions")
+    @field_validator("extensions", "templates")
     @classmethod
-    def _extension_paths(cls, files: dict[str, str]) -> dict[str, str]:
+    def _published_paths(cls, files: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        valid, what, shape, route = PUBLISHED[info.field_name or ""]
         for path in files:
-            if not is_extension_path(path):
+            if not valid(path):
                 raise ValueError(
-                    f"web extension path {path[:200]!r} is not '<pack>/<file>.js' under /extensions/ "
-                    "(no empty, '.' or '..' parts, no backslashes, at most 512 characters)"
+                    f"{what} path {path[:200]!r} is not '{shape}' under {route} (no empty, '.' or '..' "
+                    "parts, no backslashes, at most 512 characters)"
                 )
         return files
 
 
+def _safe_parts(path: str) -> list[str] | None:
+    """The ``/`` parts of a relative path that stays inside its folder, or None."""
+    parts = path.split("/")
+    safe = 0 < len(path) <= 512 and "\\" not in path
+    return (
+        parts if safe and all(part not in ("", ".", "..") and part.isprintable() for part in parts) else None
+    )
+
+
 def is_extension_path(path: str) -> bool:
     """A relative ``<pack>/.../<file>.js`` path that stays inside the extensions folder."""
-    parts = path.split("/")
-    return (
-        0 < len(path) <= 512
-        and len(parts) >= 2
-        and path.endswith(".js")
-        and "\\" not in path
-        and all(part not in ("", ".", "..") and part.isprintable() for part in parts)
-    )
+    parts = _safe_parts(path)
+    return parts is not None and len(parts) >= 2 and path.endswith(".js")
+
+
+TEMPLATE_FILES = "workflow_templates/"
+"""Where a catalogue version keeps its example workflows among its web extension files, which the
+admin approves alike: no extension path ends in ``.json``."""
+
+
+def catalogue_files(registration: WorkerRegistration) -> dict[str, str]:
+    """The files a registration publishes with its catalogue: web extensions and example workflows."""
+    templates = {TEMPLATE_FILES + path: text for path, text in registration.templates.items()}
+    return {**registration.extensions, **templates}
+
+
+def template_of(path: str) -> str | None:
+    """The ``<pack>/<name>.json`` of a catalogue file that is an example workflow, else None."""
+    rest = path.removeprefix(TEMPLATE_FILES)
+    return rest if rest != path and is_template_path(rest) else None
+
+
+def is_template_path(path: str) -> bool:
+    """A ``<pack>/<name>.json`` path: a custom node pack's example workflow (one folder deep, as
+    ComfyUI lists them)."""
+    parts = _safe_parts(path)
+    return parts is not None and len(parts) == 2 and path.endswith(".json")
+
+
+PUBLISHED: dict[str, tuple[Callable[[str], bool], str, str, str]] = {
+    "extensions": (is_extension_path, "web extension", "<pack>/<file>.js", "/extensions/"),
+    "templates": (is_template_path, "example workflow", "<pack>/<name>.json", "/api/workflow_templates/"),
+}
+"""A registration's published files: which paths are valid, and how a refusal names them."""
 
 
 class RegisterReply(BaseModel):

@@ -11,7 +11,9 @@ can register. So a registration only *offers* a catalogue version; the workspace
   offer more options (new models) and upload inputs may list any files (the workspace lists each
   participant's own). A worker with more custom nodes, or more models, goes live at once; nothing a
   participant's prompt uses can vanish or change under it;
-* by itself, when nothing is approved yet and it carries no web extension;
+* by itself, when nothing is approved yet and it carries no web extension (nor example workflow:
+  those travel among the web extension files as ``workflow_templates/<pack>/<name>.json``, and a
+  new or changed one waits for the admin alike);
 * otherwise only when the admin approves it on the admin page, which shows what it adds, removes
   and changes (``PendingCatalogue``). Until then participants keep the approved version and the
   GPUs keep running their prompts.

@@ -29,7 +29,7 @@
 | ``{p}:worker:{id}`` | hash | registration, state, job, last seen (gone: draining) | 1 day after last seen |
 | ``{p}:workers`` | zset | worker ids by last seen (ms) | pruned after 1 day |
 | ``{p}:catalogue:{hash}`` | string | a worker's ComfyUI ``/object_info`` by catalogue hash | while kept |
-| ``{p}:catalogue_ext:{hash}`` | hash | its web extensions: ``<pack>/<file>.js`` -> source | while kept |
+| ``{p}:catalogue_ext:{hash}`` | hash | its web extensions and example workflows (catalogue.py) | while kept |
 | ``{p}:catalogue_current`` | string | the approved catalogue hash, the one the workspaces serve | forever |
 | ``{p}:catalogue_pending`` | hash | catalogue hash -> what it changes, for the admin | until decided |
 | ``{p}:session:{sha256}`` | hash | a session by its id's SHA-256: user, admin, password's digest | session |

@@ -10,7 +10,13 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from services.protocol.jobs import JobState
-from services.protocol.workers import RegisterReply, WorkerCapabilities, WorkerRegistration, WorkerState
+from services.protocol.workers import (
+    RegisterReply,
+    WorkerCapabilities,
+    WorkerRegistration,
+    WorkerState,
+    catalogue_files,
+)
 from services.queue_manager.catalogues import CatalogueOps
 from services.queue_manager.errors import PoolFull, UnknownWorker, WorkerHoldsAJob, WorkerInAnotherPool
 from services.queue_manager.keys import WORKER_TTL_SECONDS
@@ -65,7 +71,7 @@ class WorkerOps(CatalogueOps):
             await self.offer_catalogue(
                 caps.catalogue_hash,
                 registration.catalogue,
-                registration.extensions,
+                catalogue_files(registration),
                 registration.worker_id,
                 caps.pool,
             )

@@ -65,9 +65,17 @@ class LeaseResult(StrEnum):
     MOVED = "moved"  # staged ahead of ``start``, which gave it to another worker (or it was cancelled)
 
 
-def catalogue_hash(catalogue: dict[str, Any], extensions: dict[str, str] | None = None) -> str:
-    """The catalogue version: its ``/object_info`` and its web extension files together."""
-    versioned = {"object_info": catalogue, "extensions": extensions or {}}
+def catalogue_hash(
+    catalogue: dict[str, Any],
+    extensions: dict[str, str] | None = None,
+    templates: dict[str, str] | None = None,
+) -> str:
+    """The catalogue version: its ``/object_info``, web extension files and example workflows together."""
+    versioned = {
+        "object_info": catalogue,
+        "extensions": extensions or {},
+        **({"templates": templates} if templates else {}),
+    }
     return hashlib.sha256(json.dumps(versioned, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -99,6 +107,7 @@ class Agent:
         self.models: list[str] = []
         self.catalogue: dict[str, Any] = {}
         self.extensions: dict[str, str] = {}
+        self.templates: dict[str, str] = {}  # custom nodes' example workflows, with the catalogue
         self.published_to: set[str] = set()
         self.holding: str | None = None  # the prepared job the last heartbeat said is still held
         self.holding_heard_at = 0.0
@@ -127,6 +136,7 @@ class Agent:
         self.files.output_classes = salted_classes(self.catalogue)
         self.runner.offered = set(self.catalogue)
         self.extensions = await self.comfy.web_extensions()
+        self.templates = await self.comfy.workflow_templates()
 
     async def stop(self) -> None:
         """Close the socket and stop a ComfyUI this agent started (safe after a failed start)."""
@@ -162,18 +172,20 @@ class Agent:
             device_type=str(device.get("type", "")),
             vram_mb=int(device.get("vram_total", 0)) // (1 << 20),
             comfyui_version=str(stats.get("system", {}).get("comfyui_version", "")),
-            catalogue_hash=catalogue_hash(self.catalogue, self.extensions),
+            catalogue_hash=catalogue_hash(self.catalogue, self.extensions, self.templates),
             models=self.models,
         )
 
     async def register(self, queue: QueueClient) -> RegisterReply:
-        """Register with the queue manager, sending the node catalogue and its web extensions when
-        it does not have this version yet: the workspaces offer exactly what this ComfyUI runs."""
+        """Register with the queue manager, sending the node catalogue, its web extensions and example
+        workflows when it does not have this version yet: the workspaces offer exactly what this
+        ComfyUI runs."""
         capabilities = await self.capabilities()
         registration = WorkerRegistration(worker_id=self.settings.worker_id, capabilities=capabilities)
         reply = await queue.register(registration)
         if not reply.catalogue_known:
             registration.catalogue, registration.extensions = self.catalogue, self.extensions
+            registration.templates = self.templates
             reply = await queue.register(registration)
         self.published_to.add(queue.base_url)
         return reply

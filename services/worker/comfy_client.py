@@ -13,7 +13,7 @@ from urllib.parse import quote, unquote
 
 import httpx
 
-from services.protocol.workers import is_extension_path
+from services.protocol.workers import is_extension_path, is_template_path
 
 log = logging.getLogger(__name__)
 VIEW_CHUNK = 1024 * 1024
@@ -93,6 +93,27 @@ class ComfyClient:
             source = await self._call("GET", f"/extensions/{quote(path)}", timeout=30.0)
             if source.status_code != 200:
                 log.warning("ComfyUI answered %s to /extensions/%s: left out", source.status_code, path)
+                continue
+            files[path] = source.text
+        return files
+
+    async def workflow_templates(self) -> dict[str, str]:
+        """Custom nodes' example workflows: ``<pack>/<name>.json`` -> JSON text, as ComfyUI lists them
+        at ``/workflow_templates`` and serves them under ``/api/workflow_templates/``. One ComfyUI
+        cannot serve is left out with a warning, like a web extension."""
+        reply = await self._call("GET", "/workflow_templates", timeout=30.0)
+        listed = reply.json() if reply.status_code == 200 else None
+        if not isinstance(listed, dict):
+            log.warning("ComfyUI answered %s to /workflow_templates: no example workflows", reply.status_code)
+            return {}
+        paths = [f"{pack}/{name}.json" for pack, names in listed.items() for name in names]
+        files: dict[str, str] = {}
+        for path in filter(is_template_path, paths):
+            source = await self._call("GET", f"/api/workflow_templates/{quote(path)}", timeout=30.0)
+            if source.status_code != 200:
+                log.warning(
+                    "ComfyUI answered %s to /api/workflow_templates/%s: left out", source.status_code, path
+                )
                 continue
             files[path] = source.text
         return files

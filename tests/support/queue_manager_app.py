@@ -148,13 +148,13 @@ def run_on_worker(worker: httpx.Client, outputs: list[OutputFile]) -> str:
     return lease.job.id
 
 
-def approve_offered_catalogue(url: str, extension: str) -> None:
+def approve_offered_catalogue(url: str, extension: str, route: str = "/extensions") -> None:
     """The admin approves the catalogue a worker offered with web extensions (their JavaScript runs
-    in every page), and alice's workspace lists ``extension``."""
+    in every page) or example workflows, and alice's workspace lists ``extension`` at ``route``."""
     with httpx.Client(base_url=url, auth=(ADMIN, ADMIN_PASSWORD)) as admin:
         wait_until(lambda: admin.get("/api/admin/catalogues").json()["pending"], what="the worker's offer")
         offers: list[dict[str, Any]] = admin.get("/api/admin/catalogues").json()["pending"]
         for offer in offers:
             admin.post(f"/api/admin/catalogues/{offer['digest']}/approve").raise_for_status()
     with httpx.Client(base_url=url, auth=("alice", password("alice"))) as alice:
-        wait_until(lambda: extension in alice.get("/w/alice/api/extensions").json(), what="extension listed")
+        wait_until(lambda: extension in alice.get(f"/w/alice/api{route}").json(), what=f"{extension} listed")

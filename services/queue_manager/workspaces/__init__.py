@@ -16,7 +16,8 @@ What the frontend 1.27.10 requests (from its bundled sources, ``src/scripts/api.
   ``notice.js``, tells the participant when no GPU is up, from ``GET /workshop``, and adds a
   "My place in line" sidebar tab; then the workers');
   ``/system_stats``, ``/features``, ``/embeddings``, ``/models``, ``/experiment/models[/{folder}]``,
-  ``/view_metadata/{folder}``, ``/i18n``, ``/workflow_templates`` (custom nodes' templates: none),
+  ``/view_metadata/{folder}``, ``/i18n``, ``/workflow_templates`` and
+  ``/workflow_templates/{pack}/{name}.json`` (the custom nodes' example workflows the workers published),
   ``api_base/internal/folder_paths``, ``/internal/logs[/raw]``, ``PATCH /internal/logs/subscribe``.
 - ``routes_jobs``: ``GET/POST /prompt``, ``GET/POST /queue``, ``GET/POST /history``,
   ``GET /history/{id}``, ``POST /interrupt``, ``POST /free``, on the shared queue.
@@ -30,7 +31,9 @@ What the frontend 1.27.10 requests (from its bundled sources, ``src/scripts/api.
   and ``/favicon.ico`` (the tab icon browsers ask the site root for).
 
 Not served (404, the frontend copes): ``/viewvideo``, ``/api/v2/...`` (ComfyUI-Manager), ``/docs/...``
-(embedded node docs package), ``/workflow_templates/{module}/{file}``.
+(embedded node docs package), a custom pack's template thumbnail
+(``/workflow_templates/{pack}/{name}.jpg``: the workers publish the workflows only; the templates
+browser shows the card without its picture).
 
 Every route below (the socket included) answers at ``/w/<user>/<route>`` and at
 ``/w/<user>/api/<route>``, as ComfyUI answers at ``/<route>`` and ``/api/<route>``: a ComfyUI script

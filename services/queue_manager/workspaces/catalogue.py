@@ -12,6 +12,9 @@ ComfyUI lists under ``/extensions`` (``<pack>/<file>.js``, the custom nodes' ``W
 the same registration, and the registry keeps them under ``{p}:catalogue_ext:{hash}``; they are
 part of the version (the worker's hash covers them). ``/extensions`` then lists them for the
 frontend to import and the workspace serves them; with none the frontend runs its core ones only.
+The custom nodes' example workflows (ComfyUI's ``/workflow_templates``, the packs'
+``example_workflows`` folders) travel and are approved the same way, kept in that hash under
+``workflow_templates/<pack>/<name>.json``; the templates browser lists them under each pack's name.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from services.protocol.workers import template_of
 from services.queue_manager.store import Store
 
 REFRESH_SECONDS = 2.0
@@ -37,6 +41,8 @@ class Catalogue:
     digest: str
     raw: bytes
     extensions: dict[str, bytes] = field(default_factory=dict)
+    templates: dict[str, bytes] = field(default_factory=dict)
+    """Custom nodes' example workflows, ``<pack>/<name>.json`` -> JSON (the templates browser's)."""
 
     @cached_property
     def nodes(self) -> dict[str, Any]:
@@ -81,8 +87,10 @@ class CatalogueCache:
         body = await self._redis.get(self._keys.catalogue(digest))
         if body is None:
             return None
-        extensions = await self._redis.hgetall(self._keys.catalogue_extensions(digest))
-        return Catalogue(digest, _bytes(body), {_text(k): _bytes(v) for k, v in extensions.items()})
+        stored = await self._redis.hgetall(self._keys.catalogue_extensions(digest))
+        files = {_text(k): _bytes(v) for k, v in stored.items()}
+        templates = {name: files.pop(path) for path in list(files) if (name := template_of(path))}
+        return Catalogue(digest, _bytes(body), files, templates)
 
 
 def _text(value: bytes | str) -> str:

@@ -235,8 +235,23 @@ async def i18n(user: Participant) -> dict[str, Any]:
 
 
 @router.get("/workflow_templates")
-async def workflow_templates(user: Participant) -> dict[str, list[str]]:
-    return {}
+async def workflow_templates(ctx: Context, user: Participant) -> dict[str, list[str]]:
+    """The custom nodes' example workflows the workers published, as ComfyUI lists them: each pack
+    -> its workflows' names without ``.json`` (the templates browser shows them under the pack)."""
+    listed: dict[str, list[str]] = {}
+    for path in sorted((await ctx.catalogue.current()).templates):
+        pack, name = path.split("/", 1)
+        listed.setdefault(pack, []).append(name.removesuffix(".json"))
+    return listed
+
+
+@router.get("/workflow_templates/{pack}/{name}")
+async def workflow_template(pack: str, name: str, ctx: Context, user: Participant) -> Response:
+    """One pack's example workflow, as ComfyUI serves the pack's folder."""
+    found = (await ctx.catalogue.current()).templates.get(f"{pack}/{name}")
+    if found is None:
+        return Response(f"no example workflow {name!r} of {pack!r} on the workers", status_code=404)
+    return Response(found, media_type="application/json")
 
 
 @router.get("/internal/folder_paths")

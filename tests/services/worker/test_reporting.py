@@ -9,20 +9,23 @@ import contextlib
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 import websockets
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from devkit.doubles.comfyui import ComfyUIDouble
 from devkit.doubles.comfyui_nodes import catalogue
 from services.protocol.jobs import JobState
+from services.protocol.workers import WorkerCapabilities, WorkerRegistration
 from services.worker.agent import catalogue_hash
 from services.worker.comfy_client import ComfyClient
 from services.worker.lease import LeaseKeeper
-from tests.support.jobs import finished, graph, submit
+from tests.support.jobs import finished, graph, participant, submit
 from tests.support.queue_manager_app import LiveServer, approve_offered_catalogue, password
 from tests.support.worker_agent import pull_worker, worker_settings
 
@@ -75,6 +78,30 @@ async def test_the_workers_custom_node_web_extensions_reach_the_workspace_with_t
     assert served.status_code == 200 and served.text == "export const util = 1;"
 
 
+async def test_the_custom_nodes_example_workflows_reach_the_templates_browser_with_the_catalogue(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """As ComfyUI lists a custom node pack's ``example_workflows`` (the templates browser shows them
+    under the pack's name) and serves each at ``/api/workflow_templates/<pack>/<name>.json``; the
+    admin approves them with the catalogue, as web extensions."""
+    flow = '{"nodes": [{"id": 1, "type": "EmptyImage"}], "links": [], "version": 0.4}'
+    comfy.workflow_templates["video pack/Wan 2 ✓.json"] = flow
+    comfy.workflow_templates["video pack/basic.json"] = "{}"
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path)):
+        await asyncio.to_thread(approve_offered_catalogue, qm.url, "video pack", "/workflow_templates")
+        listed = (await alice.get("/w/alice/api/workflow_templates")).json()
+        served = await alice.get(f"/w/alice/api/workflow_templates/video%20pack/{quote('Wan 2 ✓')}.json")
+        missing = await alice.get("/w/alice/api/workflow_templates/video%20pack/none.json")
+        async with participant(qm, "bob") as bob:
+            theirs = await bob.get(f"/w/alice/api/workflow_templates/video%20pack/{quote('Wan 2 ✓')}.json")
+        extensions = (await alice.get("/w/alice/api/extensions")).json()
+    assert listed == {"video pack": ["Wan 2 ✓", "basic"]}
+    assert served.status_code == 200 and served.json() == json.loads(flow)
+    assert served.headers["content-type"].startswith("application/json")
+    assert missing.status_code == 404 and theirs.status_code in (401, 403)
+    assert not [url for url in extensions if "video" in url], "a template is no web extension"
+
+
 async def test_a_web_extension_comfyui_cannot_serve_is_left_out_and_the_others_published(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -100,6 +127,17 @@ def test_a_changed_web_extension_is_a_new_catalogue_version() -> None:
     nodes = catalogue([])
     assert catalogue_hash(nodes, {"pack/a.js": "1"}) != catalogue_hash(nodes, {"pack/a.js": "2"})
     assert catalogue_hash(nodes, {}) == catalogue_hash(nodes)
+    assert catalogue_hash(nodes, {}, {"pack/a.json": "{}"}) != catalogue_hash(nodes)
+
+
+OUTSIDE_A_PACK = ["../a.json", "pack/../a.json", "pack/sub/a.json", "pack/a.js", "pack\\a.json", "a.json"]
+
+
+@pytest.mark.parametrize("path", OUTSIDE_A_PACK)
+def test_an_example_workflow_path_that_leaves_its_pack_is_refused(path: str) -> None:
+    capabilities = WorkerCapabilities(pool="gpu", provider="local")
+    with pytest.raises(ValidationError, match="example workflow path"):
+        WorkerRegistration(worker_id="w1", capabilities=capabilities, templates={path: "{}"})
 
 
 async def test_a_worker_whose_lease_went_stale_never_reports_and_the_job_runs_again(
