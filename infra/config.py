@@ -19,7 +19,8 @@ from infra.pools import LOCAL_KINDS, PoolConfig, kind_of
 from infra.pools.base import RegistryConfig
 from infra.pools.local_gpu import LocalGpuConfig
 from infra.schema import BucketName, Domain, Label, Model, TailscaleTag, one_of, unique_names
-from services.worker.manifest import manifest_problem, path_problem
+from services.worker.manifest import ModelFile as ManifestEntry
+from services.worker.manifest import manifest_problem
 
 HETZNER_LOCATIONS = ("fsn1", "nbg1", "hel1", "ash", "hil", "sin")
 # Shared-vCPU Intel (cx) and Arm (cax) servers exist in the EU locations only.
@@ -54,30 +55,9 @@ Participants = Annotated[
 ]
 
 
-class ModelFile(Model):
-    """One model file workers must hold (the worker's manifest format; names: services/worker/manifest.py)."""
-
-    path: str = Field(min_length=1, examples=["checkpoints/sdxl.safetensors"])
-    size: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    source: str | None = Field(default=None, description="key in the models bucket (default: path)")
-
-    @field_validator("path")
-    @classmethod
-    def _one_spelling(cls, value: str) -> str:
-        problem = path_problem(value)  # the workers' own rule
-        if problem is not None:
-            raise ValueError(problem)
-        return value
-
-    @field_validator("source")
-    @classmethod
-    def _relative(cls, value: str | None) -> str | None:
-        if value is not None and (value.startswith("/") or ".." in value.split("/")):
-            raise ValueError(
-                "must be a relative path without '..'; fix: write it as e.g. checkpoints/x.safetensors"
-            )
-        return value
+class ModelFile(Model, ManifestEntry):
+    """One model file workers must hold: the worker's manifest entry (its rules, services/worker/manifest.py),
+    as the stack config writes it (camelCase keys, no unknown ones)."""
 
 
 def manifest_json(models: list[ModelFile]) -> str | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
+from pydantic import BaseModel, Field, field_validator
+
 from services.protocol.workers import MAX_MODEL_PATH, MAX_MODELS
 
 LOCK_NAME = ".comfy-models.lock"
@@ -37,6 +39,45 @@ def path_problem(path: str) -> str | None:
             f"mark .<name>.sha256, {LOCK_NAME}); fix: rename the model file"
         )
     return None
+
+
+def source_problem(source: str) -> str | None:
+    """Why ``source`` cannot be a model's key in the models bucket (None: it can)."""
+    if source.startswith("/") or ".." in source.split("/"):
+        return (
+            f"{source!r} must be a relative key without '..'; fix: write it as e.g. checkpoints/x.safetensors"
+        )
+    return None
+
+
+def _refused(problem: str | None, value: str) -> str:
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+class ModelFile(BaseModel):
+    """One file of the manifest: where workers keep it (``path``, under their models folder), its
+    size and sha256, and its key in the models bucket (``source``, default: ``path``)."""
+
+    path: str = Field(min_length=1, examples=["checkpoints/sdxl.safetensors"])
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    source: str | None = Field(default=None, description="key in the models bucket (default: path)")
+
+    @field_validator("path")
+    @classmethod
+    def _one_spelling(cls, value: str) -> str:
+        return _refused(path_problem(value), value)
+
+    @field_validator("source")
+    @classmethod
+    def _relative(cls, value: str | None) -> str | None:
+        return value if value is None else _refused(source_problem(value), value)
+
+    @property
+    def key(self) -> str:
+        return self.source or self.path
 
 
 def manifest_problem(paths: list[str]) -> str | None:

@@ -63,7 +63,7 @@ from rich.progress import (
 from services.protocol.workers import ModelsProgress, WorkerCapabilities, WorkerRegistration
 from services.storage import S3Settings, Storage, StorageError, open_storage
 from services.storage.base import FileMissingError
-from services.worker.manifest import LOCK_NAME, bookkeeping, manifest_problem, marked_model, path_problem
+from services.worker.manifest import LOCK_NAME, ModelFile, bookkeeping, manifest_problem, marked_model
 from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
 
@@ -75,32 +75,6 @@ Report = Callable[[ModelsProgress], Awaitable[None]]
 
 class ModelError(Exception):
     """A manifest problem or a model that could not be obtained or verified."""
-
-
-class ModelFile(BaseModel):
-    path: str = Field(min_length=1)
-    size: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    source: str | None = None
-
-    @field_validator("path")
-    @classmethod
-    def _one_spelling(cls, value: str) -> str:
-        problem = path_problem(value)
-        if problem is not None:
-            raise ValueError(problem)
-        return value
-
-    @field_validator("source")
-    @classmethod
-    def _relative(cls, value: str | None) -> str | None:
-        if value is not None and (value.startswith("/") or ".." in PurePosixPath(value).parts):
-            raise ValueError(f"{value!r} must be a relative path without '..'")
-        return value
-
-    @property
-    def key(self) -> str:
-        return self.source or self.path
 
 
 class Manifest(BaseModel):

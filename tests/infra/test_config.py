@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pulumi
@@ -10,6 +11,7 @@ import pytest
 from devkit.harness import TEST_SECRETS, set_config, stack_values
 from infra.errors import ConfigError
 from infra.loading import load_config
+from services.worker.models import ModelError, parse_manifest
 from tests.support.stack_config import problems
 
 
@@ -332,6 +334,20 @@ def test_a_model_path_the_sync_cannot_keep_is_refused(path: str) -> None:
     write over its own bookkeeping or fail after the GPUs started."""
     text = problems("workshop", {"models": [{"path": path, "size": 1, "sha256": "a" * 64}]})
     assert "comfy-workshop:models[0].path" in text
+
+
+@pytest.mark.parametrize("source", ["../x.safetensors", "/models/x.safetensors", "sd/../../x.safetensors"])
+def test_a_model_source_outside_the_bucket_is_refused_at_preview_as_the_worker_refuses_it(
+    source: str,
+) -> None:
+    """The stack config and the worker's manifest are one format with one rule: both name the key
+    and the fix (the config said no key, the worker no fix)."""
+    model = {"path": "checkpoints/x.safetensors", "size": 1, "sha256": "a" * 64, "source": source}
+    text = problems("workshop", {"models": [model]})
+    assert "comfy-workshop:models[0].source" in text and repr(source) in text and "fix:" in text
+    with pytest.raises(ModelError) as refused:
+        parse_manifest(json.dumps({"models": [model]}), "WORKER_MODELS_MANIFEST", as_json=True)
+    assert repr(source) in str(refused.value) and "fix:" in str(refused.value)
 
 
 def test_a_model_path_that_is_another_ones_folder_is_refused() -> None:
