@@ -134,6 +134,22 @@ def png_workflow() -> list[Step]:
     return [{"connect": "a"}, queue(graph(0x0E0E0E, "embedded"), extra_data=extra), done(1), view]
 
 
+def saved_in_folders() -> list[Step]:
+    """"Save Image" with a prefix naming folders, and a batch of three: each image in the history
+    and the socket with its subfolder, and viewable there (the queue sidebar's previews)."""
+    batch = _with(graph(0x0A0B0C, "shoot/day 1/batch"), "1", batch_size=3)
+    view = "/view?filename=batch_{n:05}_.png&subfolder=shoot/day%201&type=output"
+    return [
+        {"connect": "a"},
+        queue(batch),
+        done(1),
+        get("/history/{prompt:1}"),
+        *[get(view.format(n=n), ["status", "content_type"]) for n in (1, 3)],
+        get("/view?filename=batch_00001_.png&type=output", ["status"]),
+        get("/view?filename=batch_00001_.png&subfolder=shoot&type=output", ["status"]),
+    ]
+
+
 def validation() -> dict[str, list[Step]]:
     """Each kind of graph ComfyUI refuses at ``POST /prompt``."""
     base = graph(0x000202, "invalid")
@@ -537,6 +553,7 @@ def cases() -> dict[str, list[Step]]:
         "object_info": object_info(),
         "success": success(),
         "png_workflow": png_workflow(),
+        "saved_in_folders": saved_in_folders(),
         **validation(),
         "runtime_error": runtime_error(),
         "value_for_a_link": value_for_a_link(),

@@ -68,3 +68,32 @@ async def test_a_result_image_dropped_on_the_canvas_loads_the_workflow_that_made
             types = await page.evaluate("() => window.app.graph.nodes.map(node => node.type)")
             assert sorted(types) == ["EmptyImage", "ImageInvert", "SaveImage"]
             await context.close()
+
+
+async def test_a_past_jobs_workflow_opens_from_the_queue_sidebar_and_deleting_the_job_forgets_it(
+    browser: Browser, server: LiveServer, tmp_path: Path
+) -> None:
+    with ComfyUIDouble(tmp_path / "comfy") as comfy:
+        settings = worker_settings(comfy, server.url, tmp_path, storage_url=f"file://{tmp_path}/files")
+        async with pull_worker(settings):
+            log: list[SocketLog] = []
+            context, page = await logged_in_page(browser, server, "alice", lambda p: log.append(SocketLog(p)))
+            await run_titled_graph(page, log[0])
+            job_id = log[0].of_type("execution_success")[0]["data"]["prompt_id"]
+            await blank_canvas(page)
+            await page.click(".queue-tab-button")
+            task = page.locator(".task-item").first
+            await task.locator(".task-time").wait_for(timeout=10_000)
+            await task.click(button="right")
+            await page.get_by_role("menuitem", name="Load Workflow").click()
+            await page.wait_for_function(f"() => ({TITLES})().includes({TITLE!r})", timeout=10_000)
+            await task.click(button="right")
+            await page.get_by_role("menuitem", name="Delete").click()
+            await page.get_by_text("No Tasks Found").wait_for(timeout=10_000)
+            history = await page.request.get(f"{server.url}/w/alice/api/history")
+            assert job_id not in await history.json()
+            await page.reload()
+            await page.wait_for_function("() => window.app && window.app.graph", timeout=30_000)
+            await page.click(".queue-tab-button")
+            await page.get_by_text("No Tasks Found").wait_for(timeout=10_000)
+            await context.close()
