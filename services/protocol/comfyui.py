@@ -20,6 +20,8 @@
 from __future__ import annotations
 
 import base64
+import html
+import json
 import struct
 from typing import Any
 
@@ -101,6 +103,36 @@ def ending(job_id: str, state: JobState, error: JobError | None, timestamp: int)
     own.pop("prompt_id", None)
     own.pop("timestamp", None)
     return message("execution_error", {**node, **failure, **own, "timestamp": timestamp})
+
+
+def as_text(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    """A GPU's event with the texts the stock frontend renders as HTML (``innerHTML``) escaped, so
+    they show as the text they are: a node's progress text (``progress_text``) and a chat node's
+    answers (``display_component`` of ``ChatHistoryWidget``, ``props.history``: JSON). What a fake
+    worker or a hostile custom node writes there is never markup on a participant's page."""
+    if kind == "progress_text" and isinstance(data.get("text"), str):
+        return {**data, "text": html.escape(data["text"], quote=False)}
+    if kind == "display_component":
+        props = data.get("props") if isinstance(data.get("props"), dict) else {}
+        return {**data, "props": {**props, "history": _history_as_text(props.get("history"))}}
+    return data
+
+
+def _history_as_text(history: object) -> str:
+    """A chat history (JSON list of ``{prompt, response, ...}``) with each response escaped; ``[]``
+    for anything else."""
+    try:
+        entries = json.loads(history) if isinstance(history, str) else None
+    except ValueError:
+        entries = None
+    if not isinstance(entries, list):
+        return "[]"
+    shown = [
+        {**entry, "response": html.escape(str(entry.get("response", "")), quote=False)}
+        for entry in entries
+        if isinstance(entry, dict)
+    ]
+    return json.dumps(shown)
 
 
 def preview_frame(data: dict[str, Any]) -> bytes | None:

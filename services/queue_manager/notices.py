@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from services.protocol.comfyui import TERMINAL, WORKSPACE_OWN
+from services.protocol.comfyui import TERMINAL, WORKSPACE_OWN, as_text
 from services.protocol.events import EventType, UserEvent
 from services.protocol.jobs import JobError, JobState
 from services.protocol.workers import JobEvent
@@ -33,6 +33,7 @@ def from_worker(job_id: str, event: JobEvent) -> UserEvent | None:
     if event.type in TERMINAL or event.type in WORKSPACE_OWN:
         return None
     data = {**event.data, "prompt_id": job_id} if "prompt_id" in event.data else event.data
+    data = as_text(event.type, data)
     kind = WORKER_EVENT_TYPES.get(event.type, EventType.NODE)
     return UserEvent(type=kind, job_id=job_id, data=data, comfy={"type": event.type, "data": data})
 
