@@ -113,7 +113,8 @@ def as_text(kind: str, data: dict[str, Any]) -> dict[str, Any]:
     if kind == "progress_text" and isinstance(data.get("text"), str):
         return {**data, "text": html.escape(data["text"], quote=False)}
     if kind == "display_component":
-        props = data.get("props") if isinstance(data.get("props"), dict) else {}
+        given = data.get("props")
+        props: dict[str, Any] = given if isinstance(given, dict) else {}
         return {**data, "props": {**props, "history": _history_as_text(props.get("history"))}}
     return data
 

@@ -135,7 +135,7 @@ def png_workflow() -> list[Step]:
 
 
 def saved_in_folders() -> list[Step]:
-    """"Save Image" with a prefix naming folders, and a batch of three: each image in the history
+    """ "Save Image" with a prefix naming folders, and a batch of three: each image in the history
     and the socket with its subfolder, and viewable there (the queue sidebar's previews)."""
     batch = _with(graph(0x0A0B0C, "shoot/day 1/batch"), "1", batch_size=3)
     view = "/view?filename=batch_{n:05}_.png&subfolder=shoot/day%201&type=output"
