@@ -100,6 +100,15 @@ def manifest_problem(paths: list[str]) -> str | None:
     return None
 
 
+def own_names(path: str) -> list[str]:
+    """Every name on the volume the sync uses for the model at ``path``: its folders, the file, its
+    partial download and its verified mark."""
+    parts = path.split("/")
+    folders = ["/".join(parts[:end]) for end in range(1, len(parts))]
+    mark = "/".join([*parts[:-1], f".{parts[-1]}.sha256"])
+    return [*folders, path, f"{path}.part", mark]
+
+
 def marked_model(name: str) -> str | None:
     """The model a file name belongs to when the sync wrote it: its mark or its partial download."""
     if name.startswith(".") and name.endswith(".sha256"):

@@ -20,10 +20,16 @@ find every file verified. A volume mounted read-only is only checked.
 
 Each file is downloaded to ``<name>.part`` (resumed with a ranged read after an interruption),
 hashed while it streams, checked against the manifest's size and sha256, renamed into place and
-marked verified (``.<name>.sha256``), so it is hashed once. Before downloading anything the
-bucket is asked for every file: a missing file or a size that differs from the manifest is
-refused with the list of what is wrong, and a hash mismatch after a download likewise; so are
-models the folder's disk has no room left for.
+marked verified (``.<name>.sha256``), so it is hashed once. A read the bucket or the network cuts
+off goes on from where it broke, for ``WORKER_STORAGE_RETRY_SECONDS``; then the sync fails naming
+the models still missing (what came down stays for the next start). A part whose whole size is on
+disk (the sync killed before its rename) is checked without a read; a resumed file that fails the
+hash is downloaded once more from its start (its part on disk was of a version of the file replaced
+in the bucket since). No name the sync uses (a model's folders, the file, its part, its mark) may be
+a link: the sync would write, or trust a file, outside the folder; it refuses, naming the link.
+Before downloading anything the bucket is asked for every file: a missing file or a size that
+differs from the manifest is refused with the list of what is wrong, and a hash mismatch after a
+download likewise; so are models the folder's disk has no room left for.
 
 The folder then holds exactly the manifest's files: what the sync put there (a file with its
 verified mark, a partial download) for a model the manifest no longer lists is removed, under the
@@ -55,15 +61,30 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
 
 from services.protocol.workers import ModelsProgress, WorkerCapabilities, WorkerRegistration
-from services.storage import S3Settings, Storage, StorageError, open_storage
+from services.storage import (
+    S3Settings,
+    Storage,
+    StorageError,
+    StorageUnavailableError,
+    open_storage,
+    patiently,
+)
 from services.storage.base import FileMissingError
-from services.worker.manifest import LOCK_NAME, ModelFile, bookkeeping, manifest_problem, marked_model
+from services.worker.manifest import (
+    LOCK_NAME,
+    ModelFile,
+    bookkeeping,
+    manifest_problem,
+    marked_model,
+    own_names,
+)
 from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
 
@@ -296,6 +317,7 @@ class ModelSync:
         self.removed: list[str] = []
 
     async def run(self, manifest: Manifest) -> None:
+        self._refuse_links(manifest)
         missing = [m for m in manifest.models if not verified(self.target / m.path, m)]
         if not missing and not stale_files(self.target, manifest)[0]:
             self.tally.progress.files_done, self.tally.progress.bytes_done = (
@@ -315,6 +337,18 @@ class ModelSync:
             await self._sync(manifest)
         finally:
             await lock.release()
+
+    def _refuse_links(self, manifest: Manifest) -> None:
+        """A model's folder, file, partial download or mark that is a link (to anywhere): the sync
+        would write through it, or trust a file outside the volume; refused, naming the link."""
+        for model in manifest.models:
+            link = next((name for name in own_names(model.path) if (self.target / name).is_symlink()), None)
+            if link is not None:
+                raise ModelError(
+                    f"{link} on the models volume is a link (to {os.readlink(self.target / link)}), in "
+                    f"{self.target}: the sync neither writes nor reads models through links; remove the "
+                    "link (the sync then downloads the file) or put the file or folder itself there"
+                )
 
     def _lock(self) -> VolumeLock | None:
         """The volume's lock, or None when the volume is read-only here."""
@@ -374,15 +408,29 @@ class ModelSync:
             path = self.target / model.path
             if not verified(path, model) and not await self._adopt(model, path):
                 todo.append(model)
-        await self._check_bucket(todo)
-        self._check_room(todo)
-        await self.tally.state("syncing")
-        for model in manifest.models:
-            if model in todo:
-                await self._download(model, self.target / model.path)
-            else:
-                self.tally.progress.bytes_done += model.size
-            await self.tally.file_done(model)
+        try:
+            await self._check_bucket(todo)
+            self._check_room(todo)
+            await self.tally.state("syncing")
+            for model in manifest.models:
+                if model in todo:
+                    await self._download(model, self.target / model.path)
+                else:
+                    self.tally.progress.bytes_done += model.size
+                await self.tally.file_done(model)
+        except StorageUnavailableError as exc:
+            raise self._unanswered(exc, [m for m in todo if not verified(self.target / m.path, m)]) from exc
+
+    def _unanswered(self, exc: StorageUnavailableError, missing: list[ModelFile]) -> ModelError:
+        """The bucket stayed away past the retries: what is still missing, and what to do."""
+        names = ", ".join(m.path for m in missing[:20]) + (" ..." if len(missing) > 20 else "")
+        bucket = self.vault.url if self.vault is not None else self.settings.models_url
+        return ModelError(
+            f"the models bucket {bucket} did not answer for "
+            f"{self.settings.storage_retry_seconds:.0f}s (WORKER_STORAGE_RETRY_SECONDS): {exc}. Still "
+            f"missing: {names}. What came down is kept and the next sync resumes it: check the bucket's "
+            "endpoint (WORKER_MODELS_S3_ENDPOINT_URL) and the network, then start the worker again"
+        )
 
     @staticmethod
     async def _adopt(model: ModelFile, path: Path) -> bool:
@@ -396,7 +444,9 @@ class ModelSync:
         if not todo:
             return
         vault = self._vault(todo[0])
-        sizes = await asyncio.gather(*(vault.size(model.key) for model in todo))
+        async for attempt in patiently(self.settings.storage_retry_seconds):
+            with attempt:
+                sizes = await asyncio.gather(*(vault.size(model.key) for model in todo))
         wrong = [
             f"{m.key} ({'missing' if size is None else f'{size} bytes, the manifest says {m.size}'})"
             for m, size in zip(todo, sizes, strict=True)
@@ -433,29 +483,56 @@ class ModelSync:
         return self.vault
 
     async def _download(self, model: ModelFile, target: Path) -> None:
+        """Bring the file down, resuming its partial download; a resumed file that fails the hash is
+        started over once (the part on disk was of another version of the file: re-uploaded under
+        the same name since, with the manifest updated)."""
         vault = self._vault(model)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f"{target.name}.part")
-        digest = hashlib.sha256()
-        start = partial.stat().st_size if partial.is_file() else 0
-        if start > model.size:
+        resumed = partial.is_file() and partial.stat().st_size > 0
+        actual = await self._fetch(vault, model, partial)
+        if actual != model.sha256 and resumed:
+            log.warning(
+                "model %s: the part on disk was of another version of the file; starting over", model.path
+            )
+            self.tally.progress.bytes_done -= partial.stat().st_size
             partial.unlink()
-            start = 0
+            actual = await self._fetch(vault, model, partial)
+        self._verify(model, partial, actual)
+        partial.replace(target)
+        _marker(target).write_text(model.sha256)
+
+    async def _fetch(self, vault: Storage, model: ModelFile, partial: Path) -> str:
+        """Fill ``partial`` up to the model's size from the bucket, from where it stops; a read cut
+        off (the bucket or the network away) goes on from there, for ``WORKER_STORAGE_RETRY_SECONDS``.
+        Return the sha256 of what is in ``partial``."""
+        digest = hashlib.sha256()
+        start = _resume_point(partial, model)
         if start:
             await asyncio.to_thread(_hash_file, partial, digest)
             self.tally.progress.bytes_done += start
         task = self.bar.add_task(model.path, total=model.size, completed=start)
         self.downloads.append(model.path)
         log.info("downloading model %s from byte %d of %d", model.path, start, model.size)
-        with partial.open("ab") as handle:
-            async for chunk in _chunks(vault, model, start):
-                await asyncio.to_thread(handle.write, chunk)
-                digest.update(chunk)
-                self.bar.advance(task, len(chunk))
-                await self.tally.advance(len(chunk))
-        self._verify(model, partial, digest.hexdigest())
-        partial.replace(target)
-        _marker(target).write_text(model.sha256)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "ab") as handle:
+            async for attempt in patiently(self.settings.storage_retry_seconds):
+                with attempt:
+                    await self._stream(vault, model, handle, digest, task)
+        return digest.hexdigest()
+
+    async def _stream(self, vault: Storage, model: ModelFile, handle: Any, digest: Any, task: TaskID) -> None:
+        """Append the bytes from the end of ``handle`` on (none when it holds the whole size: the
+        bucket refuses a range that starts at the file's end)."""
+        handle.flush()
+        start = handle.tell()
+        if start >= model.size:
+            return
+        async for chunk in _chunks(vault, model, start):
+            await asyncio.to_thread(handle.write, chunk)
+            digest.update(chunk)
+            self.bar.advance(task, len(chunk))
+            await self.tally.advance(len(chunk))
 
     @staticmethod
     def _verify(model: ModelFile, partial: Path, actual: str) -> None:
@@ -466,6 +543,16 @@ class ModelSync:
                 f"model {model.path} from the models bucket does not match the manifest (size {size} vs "
                 f"{model.size}, sha256 {actual} vs {model.sha256}): fix the manifest or re-upload the file"
             )
+
+
+def _resume_point(partial: Path, model: ModelFile) -> int:
+    """Where the partial download goes on from: its size (0 when none, or when it is longer than the
+    model, which it cannot be part of)."""
+    start = partial.stat().st_size if partial.is_file() else 0
+    if start > model.size:
+        partial.unlink()
+        return 0
+    return start
 
 
 async def _chunks(vault: Storage, model: ModelFile, start: int) -> AsyncIterator[bytes]:

@@ -138,7 +138,8 @@ class WorkerSettings(BaseSettings):
         ge=0,
         description="WORKER_STORAGE_RETRY_SECONDS: how long a job's files wait for a file store that does "
         "not answer (its inputs before it runs; its outputs after, while the next jobs run) before the "
-        "job fails and is retried",
+        "job fails and is retried; and how long the models sync waits for the models bucket before it "
+        "fails naming the models still missing",
     )
     shutdown_grace_seconds: float = Field(
         default=60.0, ge=0, description="WORKER_SHUTDOWN_GRACE_SECONDS: time to finish a job on SIGTERM"

@@ -33,6 +33,7 @@ from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
 from tests.support.jobs import graph, submit
 from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, POOL_TOKEN, LiveServer
+from tests.support.storage_spy import record_starts
 from tests.support.worker_agent import worker_settings
 
 WEIGHTS = bytes(range(256)) * 4096  # 1 MiB of "weights"
@@ -81,14 +82,7 @@ async def test_an_interrupted_download_resumes_where_it_stopped(vault: Storage, 
     partial = tmp_path / "models/checkpoints/model.safetensors.part"
     partial.parent.mkdir(parents=True)
     partial.write_bytes(WEIGHTS[:300_000])
-    reads: list[int] = []
-    original = vault.get
-
-    def spy(key: str, start: int = 0):  # type: ignore[no-untyped-def]
-        reads.append(start)
-        return original(key, start)
-
-    vault.get = spy  # type: ignore[method-assign]
+    reads = record_starts(vault)
     await ensure_models(settings(tmp_path), vault)
     assert reads == [300_000]
     assert (tmp_path / "models/checkpoints/model.safetensors").read_bytes() == WEIGHTS

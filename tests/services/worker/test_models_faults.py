@@ -1,0 +1,159 @@
+"""The models sync attacked: a kill at the wrong moment, a bucket that changed or stopped answering,
+links on the volume pointing out of it. Against the S3 double (moto) on loopback, through a TCP
+proxy that breaks the way a network does."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from devkit.s3 import make_bucket, s3_settings
+from services.storage import Storage, aiter_chunks, open_storage
+from services.worker.models import ModelError, ensure_models
+from services.worker.settings import WorkerSettings
+from tests.support.storage_spy import record_starts
+from tests.support.tcp_proxy import FlakyProxy
+
+OLD = bytes(range(256)) * 4096  # 1 MiB of yesterday's weights
+NEW = bytes(reversed(range(256))) * 4096  # the same size, re-uploaded under the same name
+KEY, PATH = "sd/model.safetensors", "checkpoints/model.safetensors"
+
+
+def bucket_of(tmp_path: Path) -> str:
+    return f"faults-{tmp_path.name.lower().replace('_', '-')}"[:60]
+
+
+async def bucket(endpoint: str, tmp_path: Path, content: bytes = NEW) -> Storage:
+    name = bucket_of(tmp_path)
+    make_bucket(endpoint, name)
+    storage = open_storage(f"s3://{name}", s3_settings(endpoint))
+    await storage.put(KEY, aiter_chunks(content))
+    return storage
+
+
+def config(tmp_path: Path, content: bytes = NEW, shared: bool = False, **more: float) -> WorkerSettings:
+    manifest = tmp_path / "models.yaml"
+    entry = {"path": PATH, "size": len(content), "sha256": hashlib.sha256(content).hexdigest(), "source": KEY}
+    manifest.write_text(yaml.safe_dump({"models": [entry]}))
+    where = {"shared_models_dir": tmp_path / "volume"} if shared else {}
+    return WorkerSettings(
+        models_manifest=manifest,
+        models_url="s3://unused",
+        models_dir=tmp_path / "disk",
+        models_lock_stale_seconds=5,
+        **where,  # type: ignore[arg-type]
+        **more,  # type: ignore[arg-type]
+    )
+
+
+def partial_of(folder: Path, content: bytes) -> Path:
+    partial = folder / f"{PATH}.part"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(content)
+    return partial
+
+
+async def test_a_sync_killed_after_the_last_byte_before_the_rename_finishes_the_file(
+    s3_endpoint: str, tmp_path: Path
+) -> None:
+    """The whole file is in <name>.part: asking the bucket for the bytes from its end is refused
+    (416 InvalidRange, on S3 as on R2), so the file is checked and put in place without a read."""
+    vault = await bucket(s3_endpoint, tmp_path)
+    partial_of(tmp_path / "disk", NEW)
+    assert await ensure_models(config(tmp_path), vault) == [PATH]
+    assert (tmp_path / "disk" / PATH).read_bytes() == NEW
+    assert not (tmp_path / "disk" / f"{PATH}.part").exists()
+
+
+async def test_a_resume_after_the_bucket_file_changed_meanwhile_starts_the_file_over(
+    s3_endpoint: str, tmp_path: Path
+) -> None:
+    """Killed mid-file yesterday; the file was re-uploaded under the same name and the manifest
+    updated: the part on disk is of the old file, the rest the new one's. The mix fails the hash, so
+    the sync starts the file over once instead of refusing a file the bucket holds right."""
+    vault = await bucket(s3_endpoint, tmp_path, NEW)
+    partial_of(tmp_path / "disk", OLD[:300_000])
+    assert await ensure_models(config(tmp_path, NEW), vault) == [PATH]
+    assert (tmp_path / "disk" / PATH).read_bytes() == NEW
+
+
+async def test_a_file_changed_in_the_bucket_under_the_same_name_is_refused_naming_it(
+    s3_endpoint: str, tmp_path: Path
+) -> None:
+    """The manifest still says yesterday's sha256: nothing unverified is put in place, and the
+    message names the model, both hashes and the fix."""
+    vault = await bucket(s3_endpoint, tmp_path, NEW)
+    partial_of(tmp_path / "disk", NEW[:300_000])
+    with pytest.raises(
+        ModelError, match=rf"{PATH} from the models bucket does not match the manifest"
+    ) as err:
+        await ensure_models(config(tmp_path, OLD), vault)
+    assert hashlib.sha256(OLD).hexdigest() in str(err.value) and "re-upload" in str(err.value)
+    assert not (tmp_path / "disk" / PATH).exists()
+    assert not (tmp_path / "disk" / f"{PATH}.part").exists()
+
+
+@pytest.mark.parametrize(
+    "link", ["checkpoints", PATH, f"{PATH}.part", "checkpoints/.model.safetensors.sha256"]
+)
+async def test_a_link_on_the_volume_pointing_out_of_it_is_refused_and_nothing_is_written_outside(
+    s3_endpoint: str, tmp_path: Path, link: str
+) -> None:
+    """A folder, a model, its partial download or its mark made a link to somewhere else: the sync
+    never writes (nor trusts) through it, and says which link to remove."""
+    vault = await bucket(s3_endpoint, tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim"
+    victim.write_bytes(b"precious")
+    volume = tmp_path / "volume"
+    (volume / "checkpoints").mkdir(parents=True)
+    if link == "checkpoints":
+        (volume / "checkpoints").rmdir()
+        (volume / link).symlink_to(outside, target_is_directory=True)
+    else:
+        (volume / link).symlink_to(victim)
+    before = sorted(p.name for p in outside.iterdir())
+    with pytest.raises(ModelError, match=rf"{link.replace('.', '[.]')} on the models volume is a link"):
+        await ensure_models(config(tmp_path, shared=True), vault)
+    assert sorted(p.name for p in outside.iterdir()) == before
+    assert victim.read_bytes() == b"precious"
+
+
+async def test_a_download_cut_off_by_the_network_is_resumed_where_it_broke(
+    s3_endpoint: str, tmp_path: Path
+) -> None:
+    await bucket(s3_endpoint, tmp_path)
+    proxy = FlakyProxy(urlsplit(s3_endpoint).port or 0)
+    async with proxy.running():
+        vault = open_storage(f"s3://{bucket_of(tmp_path)}", s3_settings(proxy.endpoint))
+        starts = record_starts(vault)
+        proxy.cut_after = 400_000
+        assert await ensure_models(config(tmp_path, storage_retry_seconds=30), vault) == [PATH]
+    assert proxy.cuts == 1
+    assert starts[0] == 0 and len(starts) == 2 and 0 < starts[1] <= 400_000
+    assert (tmp_path / "disk" / PATH).read_bytes() == NEW
+
+
+async def test_an_outage_that_lasts_ends_the_sync_naming_what_is_missing_and_the_fix(
+    s3_endpoint: str, tmp_path: Path
+) -> None:
+    """The bucket stops answering midway and stays away: after the retries, the sync fails naming
+    the model still missing, the bucket and what to do; what came down stays for the resume."""
+    await bucket(s3_endpoint, tmp_path)
+    proxy = FlakyProxy(urlsplit(s3_endpoint).port or 0)
+    async with proxy.running():
+        vault = open_storage(f"s3://{bucket_of(tmp_path)}", s3_settings(proxy.endpoint))
+        proxy.cut_after, proxy.down_after_cut = 400_000, True
+        with pytest.raises(ModelError) as err:
+            await ensure_models(config(tmp_path, storage_retry_seconds=1), vault)
+    message = str(err.value)
+    assert f"Still missing: {PATH}" in message and "did not answer" in message
+    assert bucket_of(tmp_path) in message
+    assert "start the worker again" in message
+    partial = tmp_path / "disk" / f"{PATH}.part"
+    assert 0 < partial.stat().st_size < len(NEW)
