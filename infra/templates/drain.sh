@@ -2,7 +2,7 @@
 # Usage: drain.sh <queue manager container> <drain timeout seconds>
 # Evening `pulumi destroy`: stop dispatch, let running jobs finish (bounded), then save everything
 # participants see (jobs, saved workflows, settings, hidden history, ...) into user-file storage
-# (the vault's bucket, or the local files volume) as snapshots/queue.json plus its sha256, where
+# (the vault's bucket, or the local files volume) as snapshots/queue-<time>.json, then the sha256 file naming it, where
 # the next `pulumi up` restores it from. Runs before the containers and the server are deleted; a
 # failure stops the destroy, so nothing is lost silently.
 set -eu

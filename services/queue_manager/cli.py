@@ -116,8 +116,8 @@ def save() -> None:
     snapshot there that no morning restored is merged in first, never written over)."""
 
     async def run(store: Store, storage: Storage) -> str:
-        taken, size = await save_for_the_night(store, storage)
-        return f"queue snapshot of {len(taken.jobs)} jobs and {len(taken.keys)} keys saved ({size} bytes)"
+        saved = await save_for_the_night(store, storage)
+        return f"queue snapshot saved as {saved.key} ({saved.size} bytes)"
 
     typer.echo(_with_vault(run))
 

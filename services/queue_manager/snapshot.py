@@ -12,10 +12,13 @@ keeps last evening's files next to it), so restoring the same file twice changes
 queued before the restore ran (the workspaces answer first) then wait behind the snapshot's queue,
 as if queued just after it: their fresh Redis had given them round 0 and queue number 1.
 
-In the vault (user-file storage) the snapshot sits at ``snapshots/queue.json`` next to its sha256
-(``queue.json.sha256``); ``snapshots/started`` says the workshop ran before. A restore refuses a
-snapshot whose checksum does not match, and a missing one once the workshop has started: the
-morning fails loudly instead of opening on an empty queue.
+In the vault (user-file storage) the snapshot sits at ``snapshots/queue-<time taken>.json``, and
+``snapshots/queue.json.sha256`` holds its sha256 and names it; ``snapshots/started`` says the
+workshop ran before. The evening streams the snapshot (a few records and saved files at a time,
+never all of it in memory) and writes the checksum file last, so a save cut midway leaves the last
+complete snapshot named, never a half-written one. A restore refuses a snapshot whose checksum
+does not match, and a missing one once the workshop has started: the morning fails loudly instead
+of opening on an empty queue.
 """
 
 from __future__ import annotations
@@ -27,14 +30,14 @@ import json
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from redis.asyncio import ConnectionPool, Redis
 
-from services.queue_manager.keys import ANY_POOL, Carried, family_of
+from services.queue_manager.keys import ANY_POOL, Carried, Family, family_of
 from services.queue_manager.records import job_from_hash, now_ms
 from services.queue_manager.scripts import RejoinArgs
 from services.queue_manager.store import Store
@@ -43,9 +46,11 @@ from services.storage.base import Storage, aiter_chunks
 log = logging.getLogger(__name__)
 REQUIRED_FIELDS = ("id", "user", "state", "scope", "score", "queued_at")
 RUNNING = ("leased", "running")
-SNAPSHOT_KEY = "snapshots/queue.json"
-CHECKSUM_KEY = "snapshots/queue.json.sha256"
+SNAPSHOTS = "snapshots/"
+SNAPSHOT_KEY = "snapshots/queue.json"  # the body's name before it carried the time (and version 1's)
+CHECKSUM_KEY = "snapshots/queue.json.sha256"  # "<sha256>  <body's name>": names the current snapshot
 STARTED_KEY = "snapshots/started"
+BODY_NAME = re.compile(r"queue(?:-([0-9]{8}T[0-9]{12}Z))?\.json")
 KeyType = Literal["hash", "set", "zset", "string", "list"]
 
 
@@ -134,6 +139,17 @@ def _values(stored: StoredKey) -> list[bytes]:
     raise ValueError(f"data does not have the shape of a {stored.type}")
 
 
+def _check_values(name: str, family: Family, values: Iterable[bytes]) -> None:
+    """Each value as the family's reader accepts it (``VALUES``); ``ValueError`` naming the key."""
+    check = VALUES.get(family.pattern)
+    try:
+        for value in values:
+            if check is not None:
+                check(value)
+    except (ValueError, binascii.Error) as exc:  # json's and base64's errors are ValueErrors
+        raise ValueError(f"{name[:80]!r} holds a value the queue manager cannot read: {exc}") from None
+
+
 def _check_key(name: str, stored: StoredKey) -> None:
     """A copied key as the queue manager itself would have written it: its family's type and a
     value each reader accepts. Raises ``ValueError`` naming the key and what is wrong."""
@@ -141,13 +157,11 @@ def _check_key(name: str, stored: StoredKey) -> None:
     assert family is not None
     if stored.type != family.type:
         raise ValueError(f"{name[:80]!r} is a {family.type} in keys.py, not a {stored.type}")
-    check = VALUES.get(family.pattern)
     try:
-        for value in _values(stored):
-            if check is not None:
-                check(value)
-    except (ValueError, binascii.Error) as exc:  # json's and base64's errors are ValueErrors
+        values = _values(stored)
+    except (ValueError, binascii.Error) as exc:
         raise ValueError(f"{name[:80]!r} holds a value the queue manager cannot read: {exc}") from None
+    _check_values(name, family, values)
 
 
 def _check_job(fields: dict[str, str]) -> None:
@@ -214,33 +228,57 @@ def bytes_client(redis: Redis) -> Redis:
     return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **kwargs))
 
 
-async def _read_hash(redis: Redis, key: bytes) -> Any:
-    return {_b64(k): _b64(v) for k, v in (await redis.hgetall(key)).items()}
+FIELDS_AT_ONCE = 8  # a hash's fields read per call: saved files may be MBs each
+JOBS_AT_ONCE = 16  # job records read per call: a workflow may be MBs
 
 
-async def _read_set(redis: Redis, key: bytes) -> Any:
-    return sorted(_b64(m) for m in await redis.smembers(key))
+async def _hash_data(redis: Redis, key: bytes, family: Family, name: str) -> AsyncIterator[bytes]:
+    """A hash as the JSON object ``{field: value}`` (base64), a few fields at a time."""
+    fields: list[Any] = sorted(await redis.hkeys(key))
+    yield b"{"
+    for start in range(0, len(fields), FIELDS_AT_ONCE):
+        batch = fields[start : start + FIELDS_AT_ONCE]
+        values: list[Any] = await redis.hmget(key, batch)
+        _check_values(name, family, [value for value in values if value is not None])
+        yield (b"," if start else b"") + b",".join(
+            f'"{_b64(field)}":"{_b64(value)}"'.encode()
+            for field, value in zip(batch, values, strict=True)
+            if value is not None
+        )
+    yield b"}"
 
 
-async def _read_zset(redis: Redis, key: bytes) -> Any:
+async def _set_data(redis: Redis, key: bytes, family: Family, name: str) -> AsyncIterator[bytes]:
+    members: list[Any] = sorted(await redis.smembers(key))
+    _check_values(name, family, members)
+    yield json.dumps([_b64(member) for member in members]).encode()
+
+
+async def _zset_data(redis: Redis, key: bytes, family: Family, name: str) -> AsyncIterator[bytes]:
     pairs: list[Any] = await redis.zrange(key, 0, -1, withscores=True)
-    return [[_b64(member), score] for member, score in pairs]
+    yield json.dumps([[_b64(member), score] for member, score in pairs]).encode()
 
 
-async def _read_string(redis: Redis, key: bytes) -> Any:
-    return _b64(await redis.get(key) or b"")
+async def _string_data(redis: Redis, key: bytes, family: Family, name: str) -> AsyncIterator[bytes]:
+    value: Any = await redis.get(key) or b""
+    _check_values(name, family, [value])
+    yield f'"{_b64(value)}"'.encode()
 
 
-async def _read_list(redis: Redis, key: bytes) -> Any:
-    return [_b64(item) for item in await redis.lrange(key, 0, -1)]
+async def _list_data(redis: Redis, key: bytes, family: Family, name: str) -> AsyncIterator[bytes]:
+    items: list[Any] = await redis.lrange(key, 0, -1)
+    _check_values(name, family, items)
+    yield json.dumps([_b64(item) for item in items]).encode()
 
 
-READERS: dict[str, Callable[[Redis, bytes], Awaitable[Any]]] = {
-    "hash": _read_hash,
-    "set": _read_set,
-    "zset": _read_zset,
-    "string": _read_string,
-    "list": _read_list,
+# Each copied family's type as the snapshot's JSON, streamed (``snapshot_json``), values checked as
+# the restore will check them, so an unreadable key stops the evening's save, not the morning.
+READERS: dict[str, Callable[[Redis, bytes, Family, str], AsyncIterator[bytes]]] = {
+    "hash": _hash_data,
+    "set": _set_data,
+    "zset": _zset_data,
+    "string": _string_data,
+    "list": _list_data,
 }
 
 
@@ -266,23 +304,30 @@ async def _merge(redis: Redis, key: str, stored: StoredKey) -> bool:
     return bool(await redis.rpush(key, *[_raw(item) for item in data]))
 
 
-async def _copied_keys(store: Store) -> dict[str, StoredKey]:
-    prefix, found = store.keys.prefix, {}
-    redis = bytes_client(store.client)
+async def _copied_names(redis: Redis, prefix: str) -> list[tuple[bytes, Family]]:
+    found = []
+    async for raw_key in redis.scan_iter(match=f"{prefix}:*", count=1000):
+        family = family_of(raw_key.decode(), prefix)
+        if family is not None and family.carried is Carried.COPIED and family.type in READERS:
+            found.append((raw_key, family))
+    return sorted(found, key=lambda pair: pair[0])
+
+
+async def _keys_json(store: Store) -> AsyncIterator[bytes]:
+    """The ``keys`` object: every key of a ``COPIED`` family, named without the prefix."""
+    prefix, redis = store.keys.prefix, bytes_client(store.client)
     try:
-        async for raw_key in redis.scan_iter(match=f"{prefix}:*", count=1000):
-            name = raw_key.decode()
-            family = family_of(name, prefix)
-            if family is None or family.carried is not Carried.COPIED or family.type not in READERS:
-                continue
-            data = await READERS[family.type](redis, raw_key)
-            found[name.removeprefix(f"{prefix}:")] = StoredKey(type=family.type, data=data)
+        for index, (raw_key, family) in enumerate(await _copied_names(redis, prefix)):
+            name = raw_key.decode().removeprefix(f"{prefix}:")
+            yield f'{"," if index else ""}{json.dumps(name)}:{{"type":"{family.type}","data":'.encode()
+            async for piece in READERS[family.type](redis, raw_key, family, name):
+                yield piece
+            yield b"}"
     finally:
         await redis.aclose()
-    return found
 
 
-async def take_snapshot(store: Store) -> Snapshot:
+async def _job_ids(store: Store) -> list[str]:
     keys, redis = store.keys, store.redis
     scopes = await redis.smembers(keys.scopes)
     async with redis.pipeline(transaction=True) as pipe:
@@ -294,12 +339,43 @@ async def take_snapshot(store: Store) -> Snapshot:
         ]:
             pipe.zrange(key, 0, -1)
         id_lists = await pipe.execute()
-    ids = list(dict.fromkeys(job_id for ids in id_lists for job_id in ids))
-    async with redis.pipeline(transaction=True) as pipe:
-        for job_id in ids:
-            pipe.hgetall(keys.job(job_id))
-        records = await pipe.execute()
-    return Snapshot(jobs=[fields for fields in records if fields], keys=await _copied_keys(store))
+    return list(dict.fromkeys(job_id for ids in id_lists for job_id in ids))
+
+
+async def _jobs_json(store: Store) -> AsyncIterator[bytes]:
+    """The ``jobs`` list's items, a few records at a time (each checked as the restore reads it)."""
+    ids, first = await _job_ids(store), True
+    for start in range(0, len(ids), JOBS_AT_ONCE):
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids[start : start + JOBS_AT_ONCE]:
+                pipe.hgetall(store.keys.job(job_id))
+            records = await pipe.execute()
+        for fields in records:
+            if not fields:
+                continue
+            if all(fields.get(name) for name in REQUIRED_FIELDS):
+                _check_job(fields)
+            yield (b"" if first else b",") + json.dumps(fields).encode()
+            first = False
+
+
+async def snapshot_json(store: Store, taken_at: datetime) -> AsyncIterator[bytes]:
+    """The snapshot (a ``Snapshot``'s JSON) as a stream, built a few records and saved files at a
+    time: a hundred participants' saved files are GBs, which the save never holds at once. The
+    evening's save runs it on a closed workshop, where nothing it reads changes meanwhile."""
+    yield f'{{"version":2,"taken_at":{json.dumps(taken_at.isoformat())},"jobs":['.encode()
+    async for piece in _jobs_json(store):
+        yield piece
+    yield b'],"keys":{'
+    async for piece in _keys_json(store):
+        yield piece
+    yield b"}}"
+
+
+async def take_snapshot(store: Store) -> Snapshot:
+    """The snapshot in memory (the admin's download, the CLI's file); the evening streams it."""
+    data = b"".join([piece async for piece in snapshot_json(store, datetime.now(UTC))])
+    return Snapshot.model_validate_json(data)
 
 
 async def restore_snapshot(store: Store, snapshot: Snapshot, resume: bool = True) -> RestoreResult:
@@ -429,6 +505,42 @@ def stranded_pools(snapshot: Snapshot, pools: set[str]) -> dict[str, int]:
     return _strays(snapshot, "pool", {"", *pools})
 
 
+class SavedSnapshot(BaseModel):
+    """What the evening's save put in the vault: its body's key, when it was taken, its size."""
+
+    key: str
+    taken_at: datetime
+    size: int
+
+
+def _body_key(taken_at: datetime) -> str:
+    return f"{SNAPSHOTS}queue-{taken_at.astimezone(UTC):%Y%m%dT%H%M%S%fZ}.json"
+
+
+async def _pointer(storage: Storage) -> tuple[str, str] | None:
+    """The vault's current snapshot as its checksum file names it: (sha256, body key); None when
+    there is no checksum file. The body is the file beside it that it names (``queue.json`` for
+    snapshots saved before the name carried the time)."""
+    if not await storage.exists(CHECKSUM_KEY):
+        return None
+    text = (await _read_all(storage, CHECKSUM_KEY)).decode(errors="replace").split()
+    name = text[1] if len(text) > 1 else "queue.json"
+    if not BODY_NAME.fullmatch(name):
+        raise SnapshotError(
+            f"{CHECKSUM_KEY} names {name[:80]!r}, not a snapshot of this workshop (queue-<time>.json): put "
+            "back the checksum file the evening's save wrote"
+        )
+    return (text[0] if text else ""), SNAPSHOTS + name
+
+
+def _taken_at_of(key: str) -> datetime | None:
+    """When the snapshot in ``key`` was taken, from its name (None for a name without the time)."""
+    stamp = BODY_NAME.fullmatch(key.removeprefix(SNAPSHOTS))
+    if stamp is None or stamp.group(1) is None:
+        return None
+    return datetime.strptime(stamp.group(1), "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
+
+
 async def _started_at(storage: Storage) -> datetime | None:
     if not await storage.exists(STARTED_KEY):
         return None
@@ -438,58 +550,73 @@ async def _started_at(storage: Storage) -> datetime | None:
         return None
 
 
-async def unrestored_snapshot(storage: Storage) -> Snapshot | None:
+async def unrestored_snapshot(storage: Storage, held: str | None = None) -> Snapshot | None:
     """The vault's snapshot when no morning restored it (the up's restore failed or never ran:
-    ``mark_started`` follows every restore), else None. Raises ``SnapshotError`` as
-    ``load_saved_snapshot`` does when it is corrupt."""
-    if not (await storage.exists(SNAPSHOT_KEY) or await storage.exists(CHECKSUM_KEY)):
+    ``mark_started`` follows every restore) and it is not the one ``held`` names (``{p}:holds``:
+    the snapshot this Redis saved or restored, ``taken_at``), else None. Raises ``SnapshotError``
+    as ``load_saved_snapshot`` does when it is corrupt."""
+    pointer = await _pointer(storage)
+    if pointer is None and not await storage.exists(SNAPSHOT_KEY):
         return None
-    saved = await load_saved_snapshot(storage)
+    taken_at = _taken_at_of(pointer[1]) if pointer is not None else None
     started = await _started_at(storage)
+    if taken_at is not None and (
+        (started is not None and started >= taken_at) or (held is not None and held == taken_at.isoformat())
+    ):
+        return None  # known from its name: the (maybe GBs) snapshot itself is not read
+    saved = await load_saved_snapshot(storage)
     if saved is None or (started is not None and started >= saved.taken_at):
+        return None
+    if held is not None and held == saved.taken_at.isoformat():
         return None
     return saved
 
 
-async def save_for_the_night(store: Store, storage: Storage) -> tuple[Snapshot, int]:
+async def save_for_the_night(store: Store, storage: Storage) -> SavedSnapshot:
     """The evening: snapshot the queue into the vault. Every change of what participants have (a
-    save, a submit, a cancel, a deletion, the organizer's priority or requeue) is refused from just
-    before (``{p}:closed``, checked in the scripts that make them): none can land after
-    the snapshot and vanish with the Redis. A save that fails stops the destroy, and the workshop goes
-    on as before the drain (``resume``: dispatching, taking saves), as after the morning's restore or
-    the organizer's Resume. A snapshot there that no
-    morning restored is merged into the queue first (dispatch stays paused), so today's save never
-    writes over it; unless this Redis holds it (``{p}:holds``: it took it, and a day was resumed
-    after a destroy that stopped past its save). Returns the saved snapshot and its size."""
+    save, a submit, a cancel, a deletion, the organizer's priority, requeue or catalogue approval)
+    is refused from just before (``{p}:closed``, checked in the scripts that make them): none can
+    land after the snapshot and vanish with the Redis. A save that fails stops the destroy, and the
+    workshop goes on as before the drain (``resume``: dispatching, taking saves), as after the
+    morning's restore or the organizer's Resume. A snapshot there that no morning restored is
+    merged into the queue first (dispatch stays paused), so today's save never writes over it;
+    unless this Redis holds it (``{p}:holds``: it took it, and a day was resumed after a destroy
+    that stopped past its save). Returns what was saved."""
     await store.redis.set(store.keys.closed, "1")
     try:
-        unrestored = await unrestored_snapshot(storage)
-        if unrestored is not None and not await _held_here(store, unrestored):
+        unrestored = await unrestored_snapshot(storage, await store.redis.get(store.keys.holds))
+        if unrestored is not None:
             merged = await restore_snapshot(store, unrestored, resume=False)
             log.warning("merged %d jobs of a snapshot no morning restored into tonight's", merged.restored)
-        taken = await take_snapshot(store)
-        size = await save_snapshot(storage, taken)
-        await store.redis.set(store.keys.holds, taken.taken_at.isoformat())
-        return taken, size
+        saved = await save_snapshot(store, storage)
+        await store.redis.set(store.keys.holds, saved.taken_at.isoformat())
+        return saved
     except BaseException:
         await store.resume()  # the destroy stops here: the workshop goes on as before its drain
         raise
 
 
-async def _held_here(store: Store, snapshot: Snapshot) -> bool:
-    """Whether this Redis saved or restored the snapshot: it holds all of it and what changed since,
-    so merging it back would undo those changes (a deleted workflow would come back)."""
-    return await store.redis.get(store.keys.holds) == snapshot.taken_at.isoformat()
+async def _hashed(chunks: AsyncIterator[bytes], digest: Any) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        digest.update(chunk)
+        yield chunk
 
 
-async def save_snapshot(storage: Storage, snapshot: Snapshot) -> int:
-    """Put the snapshot in the vault, then its sha256 (a drain cut between the two leaves a
-    mismatch the morning refuses, never a silently older queue). Returns the snapshot's size."""
-    data = snapshot.model_dump_json().encode()
-    size = await storage.put(SNAPSHOT_KEY, aiter_chunks(data), "application/json")
-    digest = f"{hashlib.sha256(data).hexdigest()}  queue.json\n".encode()
-    await storage.put(CHECKSUM_KEY, aiter_chunks(digest), "text/plain")
-    return size
+async def save_snapshot(store: Store, storage: Storage) -> SavedSnapshot:
+    """Stream the snapshot into the vault under a new name (``queue-<time>.json``), then its
+    sha256 into the checksum file, which names it: that one small write is the switch. A save cut
+    anywhere before it (a drain stopped, the vault gone midway) leaves the checksum file naming
+    the last complete snapshot, never a half-written one. Older snapshots (and pieces of cut
+    saves) are deleted after."""
+    taken_at = datetime.now(UTC)
+    key, digest = _body_key(taken_at), hashlib.sha256()
+    size = await storage.put(key, _hashed(snapshot_json(store, taken_at), digest), "application/json")
+    line = f"{digest.hexdigest()}  {key.removeprefix(SNAPSHOTS)}\n".encode()
+    await storage.put(CHECKSUM_KEY, aiter_chunks(line), "text/plain")
+    for old in await storage.list(f"{SNAPSHOTS}queue"):
+        if old != key and BODY_NAME.fullmatch(old.removeprefix(SNAPSHOTS)):
+            await storage.delete(old)
+    return SavedSnapshot(key=key, taken_at=taken_at, size=size)
 
 
 async def _read_all(storage: Storage, key: str) -> bytes:
@@ -502,23 +629,24 @@ async def load_saved_snapshot(storage: Storage) -> Snapshot | None:
     Raises ``SnapshotError`` when the workshop ran before but no snapshot is there, when only one
     of the snapshot and its checksum exists, when they disagree, or when the file is not a snapshot.
     """
-    where = f"{getattr(storage, 'url', 'the vault')} {SNAPSHOT_KEY}"
-    has_snapshot, has_checksum = await storage.exists(SNAPSHOT_KEY), await storage.exists(CHECKSUM_KEY)
-    if not has_snapshot and not has_checksum:
+    pointer = await _pointer(storage)
+    if pointer is None:
+        if await storage.exists(SNAPSHOT_KEY):
+            where = f"{getattr(storage, 'url', 'the vault')} {SNAPSHOT_KEY}"
+            return _unchecked_version_1(await _read_all(storage, SNAPSHOT_KEY), where)
         if await storage.exists(STARTED_KEY):
             raise SnapshotError(
-                f"no queue snapshot at {where}, but the workshop ran before ({STARTED_KEY} exists): the "
-                "evening's drain did not save one. Nothing was restored. Find the snapshot and put it "
-                f"back with its {CHECKSUM_KEY}, or, to start with an empty queue on purpose, delete "
-                f"{STARTED_KEY} from the bucket and run `pulumi up` again"
+                f"no queue snapshot at {getattr(storage, 'url', 'the vault')} {SNAPSHOTS}, but the workshop "
+                f"ran before ({STARTED_KEY} exists): the evening's drain did not save one. Nothing was "
+                f"restored. Find the snapshot and put it back with its {CHECKSUM_KEY}, or, to start with an "
+                f"empty queue on purpose, delete {STARTED_KEY} from the bucket and run `pulumi up` again"
             )
         return None
-    if has_snapshot and not has_checksum:
-        return _unchecked_version_1(await _read_all(storage, SNAPSHOT_KEY), where)
-    if not has_snapshot:
-        raise SnapshotError(f"{SNAPSHOT_KEY} is missing next to its {CHECKSUM_KEY} at {where}")
-    data = await _read_all(storage, SNAPSHOT_KEY)
-    expected = (await _read_all(storage, CHECKSUM_KEY)).decode(errors="replace").split(" ")[0].strip()
+    expected, key = pointer
+    where = f"{getattr(storage, 'url', 'the vault')} {key}"
+    if not await storage.exists(key):
+        raise SnapshotError(f"{key} is missing next to its {CHECKSUM_KEY} at {where}")
+    data = await _read_all(storage, key)
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise SnapshotError(

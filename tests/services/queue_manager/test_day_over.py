@@ -31,7 +31,7 @@ from services.protocol.jobs import OutputFile
 from services.protocol.workers import Completion, Lease
 from services.queue_manager.keys import family_of
 from services.queue_manager.settings import Settings
-from services.queue_manager.snapshot import CHECKSUM_KEY, SNAPSHOT_KEY
+from services.queue_manager.snapshot import CHECKSUM_KEY
 from tests.support.queue_manager_app import (
     ADMIN,
     ADMIN_PASSWORD,
@@ -218,6 +218,11 @@ def bucket(tmp_path: Path) -> Path:
     return tmp_path / "bucket"
 
 
+def saved_snapshot(bucket: Path) -> Path:
+    """The snapshot the vault's checksum file names (the last evening's)."""
+    return bucket / "snapshots" / (bucket / CHECKSUM_KEY).read_text().split()[1]
+
+
 def test_everything_a_participant_sees_survives_the_night(
     redis_url: str, bucket: Path, docker_shim: Path
 ) -> None:
@@ -305,7 +310,7 @@ def saved_day(redis_url: str, bucket: Path, docker_shim: Path) -> Iterator[None]
 def test_a_corrupt_snapshot_stops_the_morning_and_restores_nothing(
     redis_url: str, bucket: Path, docker_shim: Path
 ) -> None:
-    snapshot = bucket / SNAPSHOT_KEY
+    snapshot = saved_snapshot(bucket)
     snapshot.write_bytes(snapshot.read_bytes().replace(b'"alice"', b'"alicf"'))
     reply = keeper_step("restore", redis_url, bucket, docker_shim)
     assert reply.returncode != 0 and "corrupt" in reply.stderr and "sha256" in reply.stderr
@@ -316,7 +321,7 @@ def test_a_corrupt_snapshot_stops_the_morning_and_restores_nothing(
 def test_a_missing_snapshot_after_the_first_day_stops_the_morning(
     redis_url: str, bucket: Path, docker_shim: Path
 ) -> None:
-    (bucket / SNAPSHOT_KEY).unlink()
+    saved_snapshot(bucket).unlink()
     (bucket / CHECKSUM_KEY).unlink()
     reply = keeper_step("restore", redis_url, bucket, docker_shim)
     assert (
@@ -386,7 +391,7 @@ def test_an_evening_after_a_failed_morning_restore_keeps_last_nights_queue(
     """The morning's restore failed (the bucket did not answer) or never ran, yet the platform ran
     the day; the evening's save must not write today's queue over the snapshot nobody restored."""
     with live_server(day_settings(redis_url), bucket) as server:
-        down = keeper_step("restore", redis_url, bucket / SNAPSHOT_KEY, docker_shim)  # not a directory
+        down = keeper_step("restore", redis_url, saved_snapshot(bucket), docker_shim)  # not a directory
         assert down.returncode != 0
         with httpx.Client(base_url=server.url, timeout=20) as bob:
             queue(login(bob, "bob"), "bob")

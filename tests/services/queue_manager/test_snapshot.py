@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,11 @@ from services.queue_manager.keys import Keys, family_of
 from services.queue_manager.scripts import SaveFileArgs
 from services.queue_manager.settings import Scheduling
 from services.queue_manager.snapshot import (
+    CHECKSUM_KEY,
     SNAPSHOT_KEY,
     Snapshot,
     SnapshotError,
+    bytes_client,
     load_saved_snapshot,
     mark_started,
     restore_snapshot,
@@ -33,8 +36,11 @@ from services.queue_manager.snapshot import (
 )
 from services.queue_manager.store import Store
 from services.storage import aiter_chunks, open_storage
+from services.storage.base import StorageUnavailableError
 from services.storage.local import LocalStorage
 from tests.support.qm_api import ADMIN, PROMPT, job, user_auth
+
+MIB = 1024 * 1024
 
 
 async def test_a_restored_queue_runs_the_same_jobs_in_the_same_order(
@@ -269,7 +275,8 @@ async def test_a_night_in_a_bucket_with_two_pools_keeps_every_job_and_byte(
     body = bytes(range(256))
     saved = SaveFileArgs(evening.prefix, "ada", "workflows/raw.bin", body, "256 1", 1, "", 10, 10**6)
     assert await evening.scripts.run(saved) == ["ok"]
-    taken, _ = await save_for_the_night(evening, vault)
+    saved = await save_for_the_night(evening, vault)
+    taken = (await take_snapshot(evening)).model_copy(update={"taken_at": saved.taken_at})
     before = await everything_in(evening)
     await evening.redis.flushall()
 
@@ -319,3 +326,92 @@ async def test_a_job_that_ran_before_the_morning_restore_gets_nobody_ahead_of_la
     await restore_snapshot(morning, snapshot)
     later = await morning.submit("bob", job())
     assert (await morning.queued_ids())[-1] == later.id
+
+
+async def test_the_evening_save_streams_saved_files_in_memory_far_under_their_size(
+    store_with: Callable[..., Store], tmp_path: Path
+) -> None:
+    """A hundred participants at the saved-file cap are GBs: the save streams the snapshot into the
+    vault, holding about one saved file at a time, and the morning has every byte back."""
+    evening, vault = store_with(), LocalStorage(tmp_path / "vault")
+    files = {f"p{n:02d}": {f"workflows/w{i}.json": os.urandom(MIB) for i in range(2)} for n in range(24)}
+    writer = bytes_client(evening.client)
+    for user, saved in files.items():
+        await writer.hset(evening.keys.user_data(user), mapping=saved)  # type: ignore[arg-type]
+        await writer.hset(evening.keys.user_data_meta(user), mapping={p: f"{MIB} 1" for p in saved})  # type: ignore[arg-type]
+    await writer.aclose()
+    await evening.submit("p00", job())
+    total = sum(len(data) for saved in files.values() for data in saved.values())
+    tracemalloc.start()
+    try:
+        await save_for_the_night(evening, vault)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < total / 6, f"the save held {peak / MIB:.0f} MiB for {total / MIB:.0f} MiB of saved files"
+    await evening.redis.flushall()
+    morning = store_with()
+    loaded = await load_saved_snapshot(vault)
+    assert loaded is not None and (await restore_snapshot(morning, loaded)).restored == 1
+    reader = bytes_client(morning.client)
+    back = {user: await reader.hgetall(morning.keys.user_data(user)) for user in files}
+    await reader.aclose()
+    assert back == {user: {p.encode(): d for p, d in saved.items()} for user, saved in files.items()}
+
+
+class CutVault(LocalStorage):
+    """A vault whose connection breaks once: in the middle of the snapshot's body (``cut='body'``)
+    or just before the checksum file is written (``cut='checksum'``)."""
+
+    cut = ""
+
+    async def put(self, key: str, chunks: Any, content_type: str = "", *, create_only: bool = False) -> int:
+        if self.cut == "checksum" and key == CHECKSUM_KEY:
+            self.cut = ""
+            raise StorageUnavailableError("the vault went away")
+        if self.cut == "body" and key.startswith("snapshots/queue-"):
+            self.cut = ""
+
+            async def broken() -> Any:
+                async for index, chunk in aenumerate(chunks):
+                    if index == 3:
+                        raise StorageUnavailableError("the vault went away midway")
+                    yield chunk
+
+            return await super().put(key, broken(), content_type, create_only=create_only)
+        return await super().put(key, chunks, content_type, create_only=create_only)
+
+
+async def aenumerate(chunks: Any) -> Any:
+    index = 0
+    async for chunk in chunks:
+        yield index, chunk
+        index += 1
+
+
+@pytest.mark.parametrize("cut", ["body", "checksum"])
+async def test_an_evening_save_cut_midway_is_never_restored_and_the_destroy_runs_again(
+    store_with: Callable[..., Store], tmp_path: Path, cut: str
+) -> None:
+    """Last night's snapshot stays the one the vault names while tonight's is written; a save cut
+    anywhere leaves it named (never a half-written one), and the destroy run again saves tonight's."""
+    vault = CutVault(tmp_path / "vault")
+    evening = store_with()
+    night = await evening.submit("ada", job())
+    await save_for_the_night(evening, vault)
+    await evening.resume()  # the organizer went on with the day
+    later = await evening.submit("bob", job())
+    vault.cut = cut
+    with pytest.raises(StorageUnavailableError):
+        await save_for_the_night(evening, vault)
+    before = await load_saved_snapshot(vault)
+    assert before is not None and [fields["id"] for fields in before.jobs] == [night.id]
+    await save_for_the_night(evening, vault)  # the destroy, run again
+    await evening.redis.flushall()
+    morning = store_with()
+    loaded = await load_saved_snapshot(vault)
+    assert loaded is not None and (await restore_snapshot(morning, loaded)).restored == 2
+    assert await morning.queued_ids() == [night.id, later.id]
+    assert [key for key in await vault.list("snapshots/") if key.startswith("snapshots/queue-")] == [
+        f"snapshots/{(tmp_path / 'vault' / CHECKSUM_KEY).read_text().split()[1]}"
+    ]
