@@ -97,3 +97,36 @@ async def test_a_past_jobs_workflow_opens_from_the_queue_sidebar_and_deleting_th
             await page.click(".queue-tab-button")
             await page.get_by_text("No Tasks Found").wait_for(timeout=10_000)
             await context.close()
+
+
+async def test_a_page_reloaded_mid_job_hears_the_rest_of_its_progress_and_its_result(
+    browser: Browser, server: LiveServer, tmp_path: Path
+) -> None:
+    """As on ComfyUI, the reloaded tab keeps its client id (the browser's session storage), so the
+    job it queued goes on reporting to it: progress, then the image in the queue sidebar."""
+    with ComfyUIDouble(tmp_path / "comfy") as comfy:
+        comfy.knobs.progress_steps, comfy.knobs.node_seconds = 20, 6.0  # outlasts a reload
+        settings = worker_settings(comfy, server.url, tmp_path, storage_url=f"file://{tmp_path}/files")
+        async with pull_worker(settings):
+            log: list[SocketLog] = []
+            context, page = await logged_in_page(browser, server, "alice", lambda p: log.append(SocketLog(p)))
+            await page.evaluate("graph => window.app.loadApiJson(graph, 'long')", GRAPH)
+            await page.locator("button:has-text('Run')").first.click()
+            await until(page, lambda: log[0].of_type("progress"), "the job to run")
+            job_id = log[0].of_type("progress")[0]["data"]["prompt_id"]
+            await page.reload()
+            await page.wait_for_function("() => window.app && window.app.graph", timeout=30_000)
+            idle = {"node": None, "prompt_id": job_id}  # what ends the run in the page
+            await until(
+                page, lambda: idle in [m["data"] for m in log[0].of_type("executing")], "its end", 40_000
+            )
+            messages = log[0].messages
+            connects = [i for i, m in enumerate(messages) if m["type"] == "status" and m["data"].get("sid")]
+            reconnect = messages[connects[1]]["data"]
+            assert reconnect["status"]["exec_info"]["queue_remaining"] == 1, "the job ended during the reload"
+            heard = [m for m in messages[connects[1] :] if m["data"].get("prompt_id") == job_id]
+            assert [m for m in heard if m["type"] == "progress"], "no progress reached the reloaded page"
+            assert [m["type"] for m in heard][-2:] == ["execution_success", "executing"]
+            await page.click(".queue-tab-button")
+            await page.locator(".task-item .task-time").first.wait_for(timeout=10_000)
+            await context.close()
