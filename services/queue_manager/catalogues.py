@@ -14,6 +14,9 @@ can register. So a registration only *offers* a catalogue version; the workspace
 * by itself, when nothing is approved yet and it carries no web extension (nor example workflow:
   those travel among the web extension files as ``workflow_templates/<pack>/<name>.json``, and a
   new or changed one waits for the admin alike);
+* never by itself when a node class it adds carries markup (``<`` or ``>``) in its name, display
+  name or category (``markup``): the stock frontend builds those into its node search and canvas
+  menu as HTML, so they would put elements (a fake login link) on every participant's page;
 * otherwise only when the admin approves it on the admin page, which shows what it adds, removes
   and changes (``PendingCatalogue``). Until then participants keep the approved version and the
   GPUs keep running their prompts.
@@ -28,6 +31,7 @@ is neither approved nor waiting is deleted, those stored before this rule existe
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +45,7 @@ from services.queue_manager.store_base import StoreBase
 MAX_PENDING = 4
 UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload", "audio_upload", "upload")
 SHOWN = 20  # class and file names listed per change in the admin's summary
+MARKUP = re.compile(r"[<>]")
 
 
 class CatalogueNotFound(QueueError):
@@ -68,6 +73,11 @@ class PendingCatalogue(BaseModel):
     extensions_added: list[str] = Field(default_factory=list)
     extensions_changed: list[str] = Field(default_factory=list)
     extensions_removed: list[str] = Field(default_factory=list)
+    markup: list[str] = Field(
+        default_factory=list,
+        description="added node classes whose name, display name or category holds < or >: the "
+        "frontend shows those as HTML on every participant's page",
+    )
 
 
 class CatalogueState(BaseModel):
@@ -130,12 +140,24 @@ def keeps(old: Any, new: Any) -> bool:
     )
 
 
+def carries_markup(name: str, node: Any) -> bool:
+    """Whether a node class's name, display name or category holds ``<`` or ``>`` (see the module)."""
+    texts = (
+        [name, *(node.get(key) for key in ("name", "display_name", "category"))]
+        if isinstance(node, dict)
+        else [name]
+    )
+    return any(isinstance(text, str) and MARKUP.search(text) for text in texts)
+
+
 def summary(
     approved: dict[str, Any], approved_ext: dict[str, bytes], nodes: dict[str, Any], ext: dict[str, bytes]
 ) -> dict[str, list[str]]:
     """What a version adds, removes and changes against the approved one."""
+    added = sorted(set(nodes) - set(approved))
     return {
-        "added": sorted(set(nodes) - set(approved)),
+        "added": added,
+        "markup": [name for name in added if carries_markup(name, nodes[name])],
         "removed": sorted(set(approved) - set(nodes)),
         "changed": sorted(n for n in set(approved) & set(nodes) if not keeps(approved[n], nodes[n])),
         "extensions_added": sorted(set(ext) - set(approved_ext)),
@@ -147,7 +169,7 @@ def summary(
 def only_adds(difference: dict[str, list[str]], first: bool) -> bool:
     """Whether a version may go live without the admin (see the module docstring)."""
     if first:
-        return not difference["extensions_added"]
+        return not (difference["extensions_added"] or difference["markup"])
     return not any(names for kind, names in difference.items() if kind != "added")
 
 

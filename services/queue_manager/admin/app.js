@@ -119,7 +119,8 @@ function drawCatalogues(state) {
   const approved = state.approved ? `<code>${esc(state.approved.slice(0, 12))}</code>` : "none yet";
   const rows = state.pending.map((c) =>
     `<td><code title="${esc(c.digest)}">${esc(c.digest.slice(0, 12))}</code></td><td>${esc(c.pool)} / ${esc(c.worker_id)}</td>` +
-    `<td>${c.nodes}</td><td>+ ${names(c.added)}<br>− ${names(c.removed)}<br>~ ${names(c.changed)}</td>` +
+    `<td>${c.nodes}</td><td>+ ${names(c.added)}<br>− ${names(c.removed)}<br>~ ${names(c.changed)}` +
+    `${c.markup?.length ? `<br><b>markup (HTML on every participant's page): ${names(c.markup)}</b>` : ""}</td>` +
     `<td>+ ${names(c.extensions_added)}<br>~ ${names(c.extensions_changed)}<br>− ${names(c.extensions_removed)}</td>` +
     `<td><button data-action="approve-catalogue" data-digest="${esc(c.digest)}">Approve</button></td>`);
   put("catalogues", `<p>Participants get version ${approved}. A version a worker offers that removes or changes ` +

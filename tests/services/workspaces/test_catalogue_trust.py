@@ -92,6 +92,37 @@ async def test_a_version_that_removes_an_option_or_changes_a_node_waits(store: S
     }
 
 
+def marked_up() -> dict[str, Any]:
+    """``grown()`` plus node classes whose names the stock frontend would build elements from: it
+    shows a node's display name, name and category as HTML in the node search and the canvas menu."""
+    nodes = grown()
+    nodes["Upscale<img src=/x>"] = {
+        **nodes["ImageInvert"],
+        "name": "Upscale<img src=/x>",
+        "display_name": "Up",
+    }
+    nodes["Phish"] = {**nodes["ImageInvert"], "name": "Phish", "display_name": '<a href="//evil">Log in</a>'}
+    nodes["Menu"] = {**nodes["ImageInvert"], "name": "Menu", "category": "image/<b>new</b>"}
+    return nodes
+
+
+async def test_a_version_whose_new_nodes_carry_markup_waits_for_the_admin(store: Store) -> None:
+    """An additive version (a leaked token's) whose new node classes carry markup in their name,
+    display name or category would put its elements on every participant's page: it waits."""
+    await store.register(catalogue_registration("w1", "cat-v1", grown()))
+    await store.register(catalogue_registration("w2", "cat-marked", marked_up()))
+    state = await store.catalogue_state()
+    assert state.approved == "cat-v1"
+    [offer] = state.pending
+    assert offer.markup == ["Menu", "Phish", "Upscale<img src=/x>"]
+
+
+async def test_a_first_version_with_markup_waits_too(store: Store) -> None:
+    await store.register(catalogue_registration("w1", "cat-marked", marked_up()))
+    state = await store.catalogue_state()
+    assert state.approved == "" and [c.digest for c in state.pending] == ["cat-marked"]
+
+
 async def test_only_the_approved_and_the_newest_waiting_versions_stay_in_redis(store: Store) -> None:
     await store.redis.set(store.keys.catalogue("cat-from-before"), "{}")  # stored before the rule
     await store.register(catalogue_registration("w0", "cat-base", catalogue([])))
