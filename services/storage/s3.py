@@ -16,6 +16,10 @@ its answer is lost (a 5xx or a reset after the bucket stored it), botocore's ret
 file it had just written and answer 412, and the caller would take its own file for someone
 else's. ``StorageUnavailableError`` goes to the caller instead, whose retry knows the answer was
 lost and compares what the name holds (``services.worker.outputs.put_file``).
+
+A read from a byte on (``get(key, start)``) asks for a range; when the answer is the whole file (a
+cache or proxy on the way that ignores ranges answers 200 without ``Content-Range``), its first
+``start`` bytes are skipped, so the caller still gets the bytes from ``start`` on.
 """
 
 from __future__ import annotations
@@ -103,9 +107,13 @@ class S3Storage:
         extra = {"Range": f"bytes={start}-"} if start else {}
         reply = await self._call("get_object", Key=self._key(key), **extra)
         body = reply["Body"]
+        skip = start if start and "ContentRange" not in reply else 0  # the whole file came (200, not 206)
         try:
             while chunk := await asyncio.to_thread(body.read, CHUNK_SIZE):
-                yield chunk
+                if skip:
+                    chunk, skip = chunk[skip:], max(0, skip - len(chunk))
+                if chunk:
+                    yield chunk
         except BotoCoreError as exc:  # cut off midway: reset, timed out, or short of its length
             raise StorageUnavailableError(f"{self.url}: reading {key!r} broke off: {exc}") from exc
         finally:

@@ -1,6 +1,6 @@
 """A TCP proxy on a loopback port in front of a real server (the S3 double), that can break the way
-a network does: cut a connection once a response has passed some bytes, or refuse every connection
-(an outage), and come back."""
+a network does: cut a connection once a response has passed some bytes, refuse every connection
+(an outage) and come back, or drop a request's Range header as a cache on the way may."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ class FlakyProxy:
         self.down = False  # an outage: every connection is closed as it opens
         self.cut_after: int | None = None  # cut the next connection whose answer passes this many bytes
         self.down_after_cut = False  # the cut starts an outage
+        self.drop_range = False  # a cache or proxy on the way that ignores ranged reads (answers 200)
         self.cuts = 0
         self._server: asyncio.Server | None = None
 
@@ -32,6 +33,8 @@ class FlakyProxy:
                 self.cut_after, self.cuts = None, self.cuts + 1
                 self.down = self.down or self.down_after_cut
                 return
+            if not answer and self.drop_range:
+                data = data.replace(b"\r\nRange:", b"\r\nX-Gone:").replace(b"\r\nrange:", b"\r\nx-gone:")
             writer.write(data)
             await writer.drain()
 

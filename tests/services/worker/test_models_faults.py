@@ -157,3 +157,21 @@ async def test_an_outage_that_lasts_ends_the_sync_naming_what_is_missing_and_the
     assert "start the worker again" in message
     partial = tmp_path / "disk" / f"{PATH}.part"
     assert 0 < partial.stat().st_size < len(NEW)
+
+
+async def test_a_ranged_read_answered_with_the_whole_file_still_resumes_right(
+    s3_endpoint: str, tmp_path: Path
+) -> None:
+    """Something on the way ignores the Range header and the bucket answers 200 with the whole file:
+    the part on disk must not get the file's start appended a second time, nor the file be read
+    twice (the reply's missing Content-Range says it is whole: its first bytes are skipped)."""
+    await bucket(s3_endpoint, tmp_path)
+    partial_of(tmp_path / "disk", NEW[:300_000])
+    proxy = FlakyProxy(urlsplit(s3_endpoint).port or 0)
+    async with proxy.running():
+        vault = open_storage(f"s3://{bucket_of(tmp_path)}", s3_settings(proxy.endpoint))
+        starts = record_starts(vault)
+        proxy.drop_range = True
+        assert await ensure_models(config(tmp_path), vault) == [PATH]
+    assert starts == [300_000]
+    assert (tmp_path / "disk" / PATH).read_bytes() == NEW
