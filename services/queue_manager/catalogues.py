@@ -15,8 +15,9 @@ can register. So a registration only *offers* a catalogue version; the workspace
   those travel among the web extension files as ``workflow_templates/<pack>/<name>.json``, and a
   new or changed one waits for the admin alike);
 * never by itself when a node class it adds carries markup (``<`` or ``>``) in its name, display
-  name or category (``markup``): the stock frontend builds those into its node search and canvas
-  menu as HTML, so they would put elements (a fake login link) on every participant's page;
+  name or category, or a combo gains an option with markup (``markup``): the stock frontend builds
+  those into its node search, canvas menu and combo lists as HTML, so they would put elements (a
+  fake login link) on every participant's page;
 * otherwise only when the admin approves it on the admin page, which shows what it adds, removes
   and changes (``PendingCatalogue``). Until then participants keep the approved version and the
   GPUs keep running their prompts.
@@ -75,8 +76,8 @@ class PendingCatalogue(BaseModel):
     extensions_removed: list[str] = Field(default_factory=list)
     markup: list[str] = Field(
         default_factory=list,
-        description="added node classes whose name, display name or category holds < or >: the "
-        "frontend shows those as HTML on every participant's page",
+        description="node classes whose new name, display name, category or combo option holds < or >: "
+        "the frontend shows those as HTML on every participant's page",
     )
 
 
@@ -140,13 +141,18 @@ def keeps(old: Any, new: Any) -> bool:
     )
 
 
-def carries_markup(name: str, node: Any) -> bool:
-    """Whether a node class's name, display name or category holds ``<`` or ``>`` (see the module)."""
+def carries_markup(name: str, node: Any, approved: Any = None) -> bool:
+    """Whether a node class's name, display name or category, or a combo option it offers that the
+    approved version of it did not (``approved``: None for a new class), holds ``<`` or ``>``: the
+    stock frontend builds those into its node search, canvas menu and combo lists as HTML."""
     texts = (
         [name, *(node.get(key) for key in ("name", "display_name", "category"))]
         if isinstance(node, dict)
         else [name]
     )
+    old_options = _shape(approved)[1] if approved is not None else {}
+    for spec, options in _shape(node)[1].items():
+        texts.extend(options - old_options.get(spec, set()))
     return any(isinstance(text, str) and MARKUP.search(text) for text in texts)
 
 
@@ -157,7 +163,7 @@ def summary(
     added = sorted(set(nodes) - set(approved))
     return {
         "added": added,
-        "markup": [name for name in added if carries_markup(name, nodes[name])],
+        "markup": sorted(name for name in nodes if carries_markup(name, nodes[name], approved.get(name))),
         "removed": sorted(set(approved) - set(nodes)),
         "changed": sorted(n for n in set(approved) & set(nodes) if not keeps(approved[n], nodes[n])),
         "extensions_added": sorted(set(ext) - set(approved_ext)),

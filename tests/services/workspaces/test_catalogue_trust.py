@@ -103,6 +103,8 @@ def marked_up() -> dict[str, Any]:
     }
     nodes["Phish"] = {**nodes["ImageInvert"], "name": "Phish", "display_name": '<a href="//evil">Log in</a>'}
     nodes["Menu"] = {**nodes["ImageInvert"], "name": "Menu", "category": "image/<b>new</b>"}
+    method = nodes["ImageScale"]["input"]["required"]["upscale_method"]
+    nodes["ImageScale"]["input"]["required"]["upscale_method"] = [[*method[0], "<i>model</i>"]]
     return nodes
 
 
@@ -114,7 +116,8 @@ async def test_a_version_whose_new_nodes_carry_markup_waits_for_the_admin(store:
     state = await store.catalogue_state()
     assert state.approved == "cat-v1"
     [offer] = state.pending
-    assert offer.markup == ["Menu", "Phish", "Upscale<img src=/x>"]
+    assert offer.markup == ["ImageScale", "Menu", "Phish", "Upscale<img src=/x>"]
+    assert offer.added == ["Menu", "Phish", "Upscale<img src=/x>"] and offer.changed == []
 
 
 async def test_a_first_version_with_markup_waits_too(store: Store) -> None:
