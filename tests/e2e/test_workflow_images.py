@@ -130,3 +130,28 @@ async def test_a_page_reloaded_mid_job_hears_the_rest_of_its_progress_and_its_re
             await page.click(".queue-tab-button")
             await page.locator(".task-item .task-time").first.wait_for(timeout=10_000)
             await context.close()
+
+
+async def test_run_instant_queues_the_workflow_again_each_time_a_run_ends_until_switched_off(
+    browser: Browser, server: LiveServer, tmp_path: Path
+) -> None:
+    """ "Run (Instant)" relies on ``status`` saying her queue is empty after each run, as ComfyUI's does."""
+    with ComfyUIDouble(tmp_path / "comfy") as comfy:
+        settings = worker_settings(comfy, server.url, tmp_path, storage_url=f"file://{tmp_path}/files")
+        async with pull_worker(settings):
+            log: list[SocketLog] = []
+            context, page = await logged_in_page(browser, server, "alice", lambda p: log.append(SocketLog(p)))
+            await page.evaluate("graph => window.app.loadApiJson(graph, 'again')", GRAPH)
+            await page.locator(".p-splitbutton-dropdown").first.click()
+            await page.get_by_role("menuitem", name="Instant").click()
+            await page.locator("button:has-text('Run')").first.click()
+
+            def runs() -> set[str]:
+                return {m["data"]["prompt_id"] for m in log[0].of_type("execution_success")}
+
+            await until(page, lambda: len(runs()) >= 3, "three runs in a row", 40_000)
+            await page.locator(".p-splitbutton-dropdown").first.click()
+            await page.get_by_role("menuitem", name="Run", exact=True).click()
+            history = await page.request.get(f"{server.url}/w/alice/api/history")
+            assert runs() <= set(await history.json())
+            await context.close()
