@@ -16,7 +16,7 @@ from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, mo
 
 from infra.comfyui import ComfyUIConfig
 from infra.pools import LOCAL_KINDS, PoolConfig, kind_of
-from infra.pools.base import RegistryConfig
+from infra.pools.base import RegistryConfig, SharedVolume
 from infra.pools.local_gpu import LocalGpuConfig
 from infra.schema import BucketName, Domain, Label, Model, TailscaleTag, one_of, unique_names
 from services.worker.manifest import ModelFile as ManifestEntry
@@ -231,19 +231,23 @@ class _WithPools(Model):
     @field_validator("pools")
     @classmethod
     def _shared_volumes_agree(cls, value: list[PoolConfig]) -> list[PoolConfig]:
-        """Pools naming one models volume share one resource, so one size."""
-        first: dict[tuple[str, str, str], tuple[str, int]] = {}
+        """Pools naming one models volume share one resource, so one size and one keep."""
+        first: dict[tuple[str, str, str], tuple[str, SharedVolume]] = {}
         for pool in value:
             volume = kind_of(pool).shared_volume(pool)
             if volume is None:
                 continue
-            name, size = first.setdefault(volume.key, (pool.name, volume.size_gb))
-            if size != volume.size_gb:
-                raise ValueError(
-                    f"pools {name} and {pool.name} share the models volume {volume.name!r} "
-                    f"({volume.place}) with different sizes ({size} and {volume.size_gb} GB); "
-                    "fix: give both the same modelsVolume.sizeGb"
-                )
+            name, seen = first.setdefault(volume.key, (pool.name, volume))
+            for key, what, theirs, ours, unit in (
+                ("sizeGb", "sizes", seen.size_gb, volume.size_gb, " GB"),
+                ("keep", "keep settings", seen.keep, volume.keep, ""),
+            ):
+                if theirs != ours:
+                    raise ValueError(
+                        f"pools {name} and {pool.name} share the models volume {volume.name!r} "
+                        f"({volume.place}) with different {what} ({theirs} and {ours}{unit}); "
+                        f"fix: give both the same modelsVolume.{key}"
+                    )
         return value
 
 

@@ -35,7 +35,8 @@ class PoolSet(pulumi.ComponentResource):
         self.tokens = {}
         self.capacity = {config.name: kind_of(config).capacity(config) for config in configs}
         images = WorkerImages(parent=self)  # pools pulling the same worker image share its build
-        volumes = SharedVolumes(parent=self)  # pools naming the same models volume share it
+        # Pools naming the same models volume share it.
+        volumes = SharedVolumes(self, [kind_of(config).shared_volume(config) for config in configs])
         for config in configs:
             self.tokens[config.name] = self._token(name, config)
             warmup = json.dumps(config.warmup_workflow) if config.warmup_workflow else None

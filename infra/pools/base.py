@@ -30,6 +30,11 @@ class ModelsVolume(Model):
 
     name: Label
     size_gb: int = Field(default=500, ge=50, le=10_000)
+    keep: bool = Field(
+        default=True,
+        description="kept by `pulumi destroy` (billed while it exists, its models not downloaded again the "
+        "next day); set false and run `pulumi up` before the last destroy to delete it with the stack",
+    )
 
 
 class RegistryConfig(Model):
@@ -84,6 +89,7 @@ class SharedVolume:
     name: str
     place: str  # the Verda location or the RunPod data center
     size_gb: int
+    keep: bool = True  # through `pulumi destroy` (``retain_on_delete``)
 
     @property
     def key(self) -> tuple[str, str, str]:

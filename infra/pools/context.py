@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pulumi
 
@@ -17,27 +17,34 @@ R = TypeVar("R", bound=pulumi.Resource)
 
 class SharedVolumes:
     """Models volumes declared once per stack: pools naming the same volume share one resource (the
-    engine would otherwise create two at once, both kept by ``retain_on_delete``)."""
+    engine would otherwise create two at once, both kept by ``retain_on_delete``). ``configured`` is
+    every volume the stack config names: a volume of one name in several places is no move."""
 
-    def __init__(self, parent: pulumi.Resource | None = None) -> None:
+    def __init__(
+        self, parent: pulumi.Resource | None = None, configured: Iterable[SharedVolume | None] = ()
+    ) -> None:
         self._parent = parent
         self._declared: dict[Hashable, pulumi.Resource] = {}
+        self._configured = [volume for volume in configured if volume is not None]
 
     def once(
         self,
         volume: SharedVolume,
         pool: tuple[str, pulumi.Resource],
-        declare: Callable[[pulumi.ResourceOptions], R],
+        declare: Callable[[pulumi.ResourceOptions, dict[str, Any]], R],
     ) -> R:
         """The resource of ``volume`` (declared by ``declare`` the first time; the stack config made
-        sure every pool naming it gives the same size). ``pool`` is the asking pool's name and component."""
+        sure every pool naming it gives the same size and keep). ``pool`` is the asking pool's name and
+        component. ``declare`` adds to its inputs what the provider's check reads of the rest of the
+        stack: ``keep``, and ``also_at``, the other places the config puts a volume of that name."""
         name, component = pool
         if volume.key in self._declared:
             return self._declared[volume.key]  # type: ignore[return-value]
         # Its first pool declared it as `<pool>-models` before volumes were shared: same resource.
         old = pulumi.Alias(name=f"{name}-models", parent=component)
-        opts = pulumi.ResourceOptions(parent=self._parent, retain_on_delete=True, aliases=[old])
-        resource = declare(opts)
+        opts = pulumi.ResourceOptions(parent=self._parent, retain_on_delete=volume.keep, aliases=[old])
+        places = {v.place for v in self._configured if (v.provider, v.name) == (volume.provider, volume.name)}
+        resource = declare(opts, {"keep": volume.keep, "also_at": sorted(places - {volume.place})})
         self._declared[volume.key] = resource
         return resource
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import pulumi
 from pydantic import AfterValidator, Field
 
 from infra.credential_registry import REGISTRY_PASSWORD, RUNPOD_API_KEY, Credential
 from infra.pools.access import RUNPOD_MODELS_DIR, runpod_connection, worker_env
-from infra.pools.base import PoolConfigBase, PoolMode, ReplicaRange, SharedVolume
+from infra.pools.base import ModelsVolume, PoolConfigBase, PoolMode, ReplicaRange, SharedVolume
 from infra.pools.context import PoolContext
 from infra.pools.kind import GpuPool, PoolComponent
 from infra.providers.resources import RunPodEndpoint, RunPodNetworkVolume, RunPodRegistryAuth, RunPodTemplate
-from infra.schema import Label, Model
 from infra.secret import secret
 from services.queue_manager.settings import PUSH_REQUEST_LIMIT_SECONDS
 
@@ -38,8 +37,7 @@ def _gpu_types(value: list[str]) -> list[str]:
     return value
 
 
-class NetworkVolume(Model):
-    name: Label
+class NetworkVolume(ModelsVolume):
     size_gb: int = Field(default=500, ge=10, le=4000)
     data_center_id: Annotated[str, AfterValidator(_data_center)] = "EU-RO-1"
 
@@ -75,7 +73,7 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
         return (
             None
             if volume is None
-            else SharedVolume("runpod", volume.name, volume.data_center_id, volume.size_gb)
+            else SharedVolume("runpod", volume.name, volume.data_center_id, volume.size_gb, volume.keep)
         )
 
     def capacity(self, config: RunpodServerlessConfig) -> int:
@@ -191,8 +189,8 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
         if spec is None:
             return None
 
-        def declare(opts: pulumi.ResourceOptions) -> RunPodNetworkVolume:
-            props = {"name": spec.name, "size": spec.size_gb, "data_center": spec.place, **conn}
+        def declare(opts: pulumi.ResourceOptions, kept: dict[str, Any]) -> RunPodNetworkVolume:
+            props = {"name": spec.name, "size": spec.size_gb, "data_center": spec.place, **kept, **conn}
             return RunPodNetworkVolume(f"models-{spec.name}-{spec.place.lower()}", props, opts)
 
         return ctx.shared.once(spec, (config.name, pool), declare)

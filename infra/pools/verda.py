@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import pulumi
 
@@ -19,7 +20,9 @@ CREDENTIALS: tuple[Credential, ...] = (VERDA_CLIENT_ID, VERDA_CLIENT_SECRET)
 
 def shared_volume(volume: ModelsVolume | None, location: str) -> SharedVolume | None:
     """A Verda pool's models filesystem: shared by the pools naming it in the same location."""
-    return None if volume is None else SharedVolume("verda", volume.name, location, volume.size_gb)
+    if volume is None:
+        return None
+    return SharedVolume("verda", volume.name, location, volume.size_gb, volume.keep)
 
 
 def models_volume(
@@ -33,8 +36,8 @@ def models_volume(
     if volume is None:
         return None
 
-    def declare(opts: pulumi.ResourceOptions) -> VerdaSharedVolume:
-        props = {"name": volume.name, "size": volume.size_gb, "location": volume.place, **conn}
+    def declare(opts: pulumi.ResourceOptions, kept: dict[str, Any]) -> VerdaSharedVolume:
+        props = {"name": volume.name, "size": volume.size_gb, "location": volume.place, **kept, **conn}
         return VerdaSharedVolume(f"models-{volume.name}-{volume.place.lower()}", props, opts)
 
     return ctx.shared.once(volume, pool, declare)

@@ -113,6 +113,8 @@ class LifecycleProvider(ResourceProvider, ABC):
     # False where a leftover is cheap and precious (a models volume): the next create adopts it.
     discard_on_failure: ClassVar[bool] = True
     ownership: ClassVar[Ownership] = Ownership.UNSHOWN
+    # Inputs only the check reads (what the rest of the stack declares): never a change to make.
+    checked_only: ClassVar[frozenset[str]] = frozenset()
 
     # --- remote verbs, provided by each resource kind -------------------------------------
     @abstractmethod
@@ -197,13 +199,18 @@ class LifecycleProvider(ResourceProvider, ABC):
         shared = self.ownership is Ownership.SHARED
         if shared or checked.failures or (olds and olds.get("name") == news.get("name")):
             return checked
-        try:
-            api = self.guarded(news, lambda: self.connect(news))
-            found = self.guarded(news, lambda: self.find(api, news))
-        except ProviderError:
-            return checked
+        found = self.ask(news, lambda api: self.find(api, news))
         reason = None if found is None else self.whose(found, news)
         return CheckResult(news, [CheckFailure("name", reason)]) if reason else checked
+
+    def ask(self, props: dict[str, Any], call: Callable[[Any], T]) -> T | None:
+        """``call(api)`` for a check, or None when the provider cannot be asked now: the create that
+        follows asks again, and explains."""
+        try:
+            api = self.guarded(props, lambda: self.connect(props))
+            return self.guarded(props, lambda: call(api))
+        except ProviderError:
+            return None
 
     # --- Pulumi's verbs ---------------------------------------------------------------------
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
@@ -227,7 +234,7 @@ class LifecycleProvider(ResourceProvider, ABC):
 
     def _changed(self, olds: dict[str, Any], news: dict[str, Any]) -> list[str]:
         """The inputs that differ, connection and outputs aside: what the remote object must follow."""
-        keys = (set(olds) | set(news)) - CONNECTION_KEYS - set(self.outputs)
+        keys = (set(olds) | set(news)) - CONNECTION_KEYS - set(self.outputs) - self.checked_only
         return sorted(k for k in keys if olds.get(k) != news.get(k))
 
     def create(self, props: dict[str, Any]) -> CreateResult:
@@ -349,27 +356,65 @@ class LifecycleProvider(ResourceProvider, ABC):
 
 
 class GrowOnly(LifecycleProvider):
-    """A models volume: it outlives the stack (`retain_on_delete`), is used by whoever names it, grows
-    in place when the config asks for more and never shrinks. ``size`` (GB) is its input."""
+    """A models volume: it outlives the stack (`retain_on_delete`, unless ``keep`` is false), is used
+    by whoever names it, grows in place when the config asks for more and never shrinks. Inputs:
+    ``size`` (GB), its place (``place_key``), ``keep``, and ``also_at``: the other places the stack
+    config puts a volume of this name."""
 
     ownership = Ownership.SHARED
     discard_on_failure = False  # a leftover may hold models: the next create adopts it
+    checked_only = frozenset({"keep", "also_at"})
+    place_key: ClassVar[str]
 
     @abstractmethod
     def size_of(self, obj: Any) -> int:
         """The volume's size at the provider, in GB."""
 
+    @abstractmethod
+    def elsewhere(self, api: Any, props: dict[str, Any]) -> list[tuple[str, int]]:
+        """The places and sizes (GB) of the provider's volumes of our name in other places."""
+
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         """Also, at preview: the volume the stack would use (kept from an earlier day, grown in the
-        console, or configured larger before) is not larger than the config says."""
+        console, or configured larger before) is not larger than the config says; and a volume the
+        stack is about to make is no move that leaves a kept one billed elsewhere."""
         checked = super().check(_olds, news)
+        if checked.failures:
+            return checked
+        failure = self._shrinking(_olds, news) or self._moving(_olds, news)
+        return CheckResult(news, [failure]) if failure else checked
+
+    def _shrinking(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckFailure | None:
         wanted = news.get("size")
-        if checked.failures or not isinstance(wanted, int | float):
-            return checked
-        have = self._size_now(_olds, news)
-        if have is None or have <= int(wanted):
-            return checked
-        return CheckResult(news, [CheckFailure("size", self.cannot_shrink(news, have))])
+        have = self._size_now(olds, news) if isinstance(wanted, int | float) else None
+        if have is None or have <= int(wanted or 0):
+            return None
+        return CheckFailure("size", self.cannot_shrink(news, have))
+
+    def _moving(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckFailure | None:
+        """A kept volume of our name in a place the config no longer names: the pools moved (a new
+        location or data center), and `pulumi up` would make a second volume here while the engine
+        drops the old one from the state without deleting it (``retain_on_delete``)."""
+        here = news.get(self.place_key)
+        if news.get("keep") is False or here == rpc.UNKNOWN or self._same_volume(olds, news):
+            return None
+        found = self.ask(news, lambda api: self.elsewhere(api, news)) or []
+        left = [(place, size) for place, size in found if place not in (news.get("also_at") or [])]
+        if not left:
+            return None
+        place, size = left[0]
+        return CheckFailure(
+            self.place_key,
+            f"{self.kind} {news.get('name')!r} is also kept in {place} ({size} GB), where no pool of this "
+            f"stack puts it now: `pulumi destroy` keeps models volumes, so making one in {here} would "
+            f"leave that one billed beside it. Fix: delete the one in {place} in the provider's console "
+            f"(its models are downloaded again into the new one), or put the pools back in {place}; to "
+            "keep both on purpose, give the new one another modelsVolume.name",
+        )
+
+    def _same_volume(self, olds: dict[str, Any], news: dict[str, Any]) -> bool:
+        """Whether the stack's state holds this very volume (same name and place)."""
+        return bool(olds) and all(olds.get(key) == news.get(key) for key in self.replace_keys | {"name"})
 
     def _size_now(self, olds: dict[str, Any], news: dict[str, Any]) -> int | None:
         """The size of the volume of our name and place at the provider; when it cannot be asked, the
@@ -378,7 +423,7 @@ class GrowOnly(LifecycleProvider):
             api = self.guarded(news, lambda: self.connect(news))
             found = self.guarded(news, lambda: self.find(api, news))
         except ProviderError:
-            same = all(olds.get(key) == news.get(key) for key in self.replace_keys)
+            same = self._same_volume(olds, news)
             return int(olds["size"]) if same and isinstance(olds.get("size"), int | float) else None
         return None if found is None else self.size_of(found)
 

@@ -91,8 +91,17 @@ class NetworkVolumeProvider(GrowOnly, _Collection):
     replace_keys = frozenset({"data_center"})
     shown = {"size": "size"}
 
+    place_key = "data_center"
+
     def size_of(self, obj: Any) -> int:
         return int(obj.get("size", 0))
+
+    def elsewhere(self, api: RunPodApi, props: dict[str, Any]) -> list[tuple[str, int]]:
+        return [
+            (str(volume.get("dataCenterId")), self.size_of(volume))
+            for volume in api.call("GET", self.collection)
+            if volume.get("name") == props["name"] and volume.get("dataCenterId") != props["data_center"]
+        ]
 
     def body(self, props: dict[str, Any]) -> dict[str, Any]:
         return {"name": props["name"], "size": int(props["size"]), "dataCenterId": props["data_center"]}

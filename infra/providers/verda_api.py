@@ -24,7 +24,6 @@ from verda.exceptions import APIException
 from infra.credential_registry import VERDA_CLIENT_ID, VERDA_CLIENT_SECRET, from_props, refused
 from infra.providers.lifecycle import (
     LifecycleProvider,
-    ProviderError,
     poll,
     rate_limited,
     retry_after_seconds,
@@ -195,14 +194,10 @@ class VerdaProvider(LifecycleProvider):
             wanted = wanted.get("name")
         if checked.failures or wanted in (None, rpc.UNKNOWN):
             return checked
-        try:
-            api = self.guarded(news, lambda: self.connect(news))
-            offered = set(self.guarded(news, lambda: listing(api)))
-        except ProviderError:
+        listed = self.ask(news, lambda api: set(listing(api)))
+        if listed is None or wanted in listed:
             return checked
-        if wanted in offered:
-            return checked
-        reason = f"Verda offers no {wanted!r}; fix: {fix} to one of {', '.join(sorted(offered))}"
+        reason = f"Verda offers no {wanted!r}; fix: {fix} to one of {', '.join(sorted(listed))}"
         return CheckResult(news, [CheckFailure(key, reason)])
 
     def is_transient(self, exc: BaseException) -> bool:

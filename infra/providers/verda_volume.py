@@ -24,8 +24,19 @@ class SharedVolumeProvider(GrowOnly, VerdaProvider):
     replace_keys = frozenset({"name", "location"})
     outputs = ("volume_id", "mount_command", "pseudo_path", "fstab_command")
 
+    place_key = "location"
+
     def size_of(self, obj: Any) -> int:
         return int(obj.size)
+
+    def elsewhere(self, api: Any, props: dict[str, Any]) -> list[tuple[str, int]]:
+        return [
+            (volume.location, int(volume.size))
+            for volume in api.volumes.get()
+            if (volume.name, volume.type) == (props["name"], SHARED)
+            and volume.location != props["location"]
+            and volume.status not in ("deleted", "deleting")
+        ]
 
     def find(self, api: Any, props: dict[str, Any]) -> Any | None:
         for volume in api.volumes.get():

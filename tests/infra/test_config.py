@@ -231,6 +231,17 @@ def test_pools_sharing_a_models_volume_with_different_sizes_are_refused_at_previ
     assert "fix: give both the same modelsVolume.sizeGb" in text
 
 
+def test_pools_sharing_a_models_volume_one_keeping_it_and_one_not_are_refused_at_preview() -> None:
+    """One resource is either kept by `pulumi destroy` or not: the first pool's setting won unsaid."""
+    pools = [
+        {"kind": "verda-instance", "name": "baseline", "modelsVolume": {"name": "models"}},
+        {"kind": "verda-serverless", "name": "burst", "modelsVolume": {"name": "models", "keep": False}},
+    ]
+    text = problems("workshop", {"pools": pools})
+    assert "baseline and burst share the models volume 'models' (FIN-03) with different keep settings" in text
+    assert "fix: give both the same modelsVolume.keep" in text
+
+
 def test_pools_naming_one_volume_in_two_places_are_two_volumes() -> None:
     pools = [
         {

@@ -14,7 +14,7 @@ import pytest
 
 from devkit.harness import TEST_SECRETS, Resource, StackRun, run_stack
 from infra.providers import resources
-from tests.infra.providers.engine import PROVIDER_KEY, Engine, Step
+from tests.infra.providers.engine import PROVIDER_KEY, Engine, HostError, Step
 from tests.infra.providers.runpod_double import RunPodDouble
 from tests.infra.providers.verda_double import VerdaDouble
 from tests.support.provider_timing import FAST
@@ -198,3 +198,86 @@ def test_a_pool_edit_mid_day_leaves_exactly_what_the_new_config_declares(
         assert [v["name"] for v in verda.live_volumes() if not v["is_os_volume"]] == ["comfy-models"]
     again = _up_every_resource(edited, engines, doubles)
     assert {name: step.action for name, step in again.items() if step.action != "same"} == {}
+
+
+MOVED = r"check failed.*'comfy-models' is also kept in {place} \(500 GB\).*billed.*delete the one in {place}"
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "place"),
+    [
+        (
+            {"kind": "verda-instance", "name": "gpu", "modelsVolume": VOLUME},
+            {"kind": "verda-instance", "name": "gpu", "location": "FIN-01", "modelsVolume": VOLUME},
+            "FIN-03",
+        ),
+        (
+            {"kind": "runpod-serverless", "name": "overflow", "modelsVolume": VOLUME},
+            {
+                "kind": "runpod-serverless",
+                "name": "overflow",
+                "modelsVolume": {**VOLUME, "dataCenterId": "US-KS-2"},
+            },
+            "EU-RO-1",
+        ),
+    ],
+    ids=["verda", "runpod"],
+)
+def test_moving_the_models_volume_stops_the_up_naming_the_one_that_would_stay_billed(
+    before: dict[str, Any], after: dict[str, Any], place: str, doubles: tuple[VerdaDouble, RunPodDouble]
+) -> None:
+    """The pools' location (or data center) moved: the stack makes a models volume there and drops the
+    old one from its state without deleting it (`pulumi destroy` keeps models volumes), so both were
+    billed and nothing said so. The new volume's check stops the `up` (and the preview) first."""
+    engines: dict[str, Engine] = {}
+    _up_every_resource(run_stack("workshop", overrides={"pools": [before]}), engines, doubles)
+    volumes = lambda: [*doubles[0].live_volumes(), *doubles[1].store["networkvolumes"].values()]  # noqa: E731
+    kept = [v for v in volumes() if not v.get("is_os_volume")]
+
+    with pytest.raises(HostError, match=MOVED.format(place=place)):
+        _up_every_resource(run_stack("workshop", overrides={"pools": [after]}), engines, doubles)
+
+    assert [v for v in volumes() if not v.get("is_os_volume")] == kept
+
+
+def test_a_second_pool_in_another_place_with_the_same_volume_name_is_no_move(
+    doubles: tuple[VerdaDouble, RunPodDouble],
+) -> None:
+    """Two pools, each in its own location, each with a models volume of one name: two volumes on
+    purpose, both in the config."""
+    pools = [
+        {"kind": "verda-instance", "name": "gpu", "modelsVolume": VOLUME},
+        {"kind": "verda-instance", "name": "north", "location": "FIN-01", "modelsVolume": VOLUME},
+    ]
+    engines: dict[str, Engine] = {}
+    _up_every_resource(run_stack("workshop", overrides={"pools": pools[:1]}), engines, doubles)
+
+    _up_every_resource(run_stack("workshop", overrides={"pools": pools}), engines, doubles)
+
+    places = sorted(v["location"] for v in doubles[0].live_volumes() if not v["is_os_volume"])
+    assert places == ["FIN-01", "FIN-03"]
+
+
+def test_a_models_volume_not_kept_is_deleted_by_the_move_and_by_destroy(
+    doubles: tuple[VerdaDouble, RunPodDouble],
+) -> None:
+    """`modelsVolume.keep: false` (the last workshop day): `pulumi destroy` deletes the volume, so nothing
+    bills on; a move deletes the old one too, so the `up` goes through."""
+    volume = {**VOLUME, "keep": False}
+    before = {"kind": "verda-instance", "name": "gpu", "modelsVolume": volume}
+    after = {**before, "location": "FIN-01"}
+    today = run_stack("workshop", overrides={"pools": [before]})
+    assert not any(r.retain_on_delete for r in today.resources_of(DYNAMIC))
+    engines: dict[str, Engine] = {}
+    _up_every_resource(today, engines, doubles)
+
+    moved = run_stack("workshop", overrides={"pools": [after]})
+    _up_every_resource(moved, engines, doubles)
+    declared = {r.urn for r in moved.resources_of(DYNAMIC)}
+    for urn in [urn for urn in reversed(list(engines)) if urn not in declared]:
+        engines.pop(urn).destroy()  # what the edit no longer declares, deleted: none of it is retained
+
+    assert [v["location"] for v in doubles[0].live_volumes() if not v["is_os_volume"]] == ["FIN-01"]
+    for engine in reversed(list(engines.values())):
+        engine.destroy()
+    assert [v for v in doubles[0].live_volumes() if not v["is_os_volume"]] == []

@@ -84,7 +84,8 @@ CASES = {
     ),
     "shared-volume": Case(
         resources.VerdaSharedVolume,
-        {"name": "comfy-models", "size": 500, "location": "FIN-03"},
+        # Not kept: this engine deletes the old volume of a replace, as it does one not retained.
+        {"name": "comfy-models", "size": 500, "location": "FIN-03", "keep": False, "also_at": []},
         {"size": (600, "update"), "location": ("FIN-01", "replace"), "name": ("other-models", "replace")},
         lambda d: d[0].volumes,
         marks_deleted=True,
@@ -130,7 +131,7 @@ CASES = {
     ),
     "network-volume": Case(
         resources.RunPodNetworkVolume,
-        {"name": "comfy-models", "size": 500, "data_center": "EU-RO-1"},
+        {"name": "comfy-models", "size": 500, "data_center": "EU-RO-1", "keep": False, "also_at": []},
         {"size": (600, "update"), "data_center": ("US-KS-2", "replace")},
         lambda d: d[1].store["networkvolumes"],
         cloud="runpod",
