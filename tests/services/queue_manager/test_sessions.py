@@ -285,3 +285,35 @@ async def test_a_session_of_a_former_admin_name_is_no_admin_session(redis_url: s
         old.cookies.set("qm_session", admin_cookie)
         assert (await old.get("/api/admin/workers")).status_code == 401
         assert (await old.get("/api/auth/me")).status_code == 401
+
+
+async def test_a_removed_participants_session_logs_no_one_in(redis_url: str) -> None:
+    """The organizer removes ada from the workshop (config, then the queue manager restarts): her
+    session cookie, and her password over HTTP Basic, log no one in; bob stays logged in."""
+    before = create_app(make_settings(redis_url))
+    async with before.router.lifespan_context(before):
+        ada, ada_cookie = await logged_in(before)
+        async with client_for(before) as bob:
+            await bob.post("/api/auth/login", json={"user": "bob", "password": "bob-password"})
+            bob_cookie = bob.cookies["qm_session"]
+        await ada.aclose()
+    after = create_app(make_settings(redis_url, participants={"bob": PASSWORDS["bob"]}))
+    async with after.router.lifespan_context(after):
+        assert await me_with(after, ada_cookie) == 401
+        assert await me_with(after, bob_cookie) == 200
+        async with client_for(after) as client:
+            assert (await client.get("/api/auth/me", headers=basic("ada", "ada-password"))).status_code == 401
+
+
+async def test_logging_in_ends_the_session_the_browser_had(app: FastAPI) -> None:
+    """A shared laptop: bob logged in, then ada logs in on the same browser. Bob's session ends with
+    it (a copy of his cookie logs no one in), and ada's cookie is a new one, never one the browser
+    brought (a cookie planted beforehand names no session of hers)."""
+    async with client_for(app) as laptop:
+        await laptop.post("/api/auth/login", json={"user": "bob", "password": "bob-password"})
+        bobs = laptop.cookies["qm_session"]
+        assert (await laptop.post("/api/auth/login", json=ADA_LOGIN)).status_code == 200
+        adas = laptop.cookies["qm_session"]
+    assert adas != bobs
+    assert await me_with(app, bobs) == 401
+    assert await me_with(app, adas) == 200

@@ -48,6 +48,15 @@ def test_templates_are_cached_privately_and_a_held_copy_is_not_sent_again(alice:
         "%2Fetc%2Fpasswd",
         "nothing-here.json",
         "",
+        "index.json%00.png",
+        "%00",
+        "..%5C..%5C__init__.py",
+        "%C0%AE%C0%AE/%C0%AE%C0%AE/__init__.py",
+        "%252E%252E/__init__.py",
+        "a" * 5000,
+        "\u00e9" * 200 + ".json",
+        "~/.bashrc",
+        "/proc/self/environ",
     ],
 )
 def test_no_path_leaves_the_templates_folder(alice: httpx.Client, path: str) -> None:

@@ -68,7 +68,8 @@ LOGIN_ANSWERS: dict[int | str, dict[str, Any]] = {
 
 @router.post("/login", openapi_extra=LOGIN_BODY, responses=LOGIN_ANSWERS)
 async def login(request: Request, response: Response, settings: SettingsDep) -> Me:
-    """Check a user name and password and set the session cookie."""
+    """Check a user name and password and set the session cookie: a new session, always; the one
+    this browser brought (another participant's on a shared laptop) ends."""
     form = await _login_form(request)
     logins = shared(request, "logins", Logins)
     try:
@@ -77,6 +78,8 @@ async def login(request: Request, response: Response, settings: SettingsDep) -> 
         raise too_many_logins(exc) from None
     if principal is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong user name or password")
+    if carried := request.cookies.get(SESSION_COOKIE):  # a shared laptop: the last one's session ends
+        await logins.close_session(carried)
     secure = settings.public_url.startswith("https://")
     cookies = {
         SESSION_COOKIE: (await logins.open_session(principal), logins.auth.session_seconds),
