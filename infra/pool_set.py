@@ -22,6 +22,7 @@ class PoolSet(pulumi.ComponentResource):
     pools: dict[str, PoolComponent]
     tokens: dict[str, pulumi.Output[str]]
     capacity: dict[str, int]
+    max_job_seconds: dict[str, int]
 
     def __init__(
         self,
@@ -34,6 +35,7 @@ class PoolSet(pulumi.ComponentResource):
         self.pools = {}
         self.tokens = {}
         self.capacity = {config.name: kind_of(config).capacity(config) for config in configs}
+        self.max_job_seconds = {config.name: config.max_job_seconds for config in configs}
         images = WorkerImages(parent=self)  # pools pulling the same worker image share its build
         # Pools naming the same models volume share it.
         volumes = SharedVolumes(self, [kind_of(config).shared_volume(config) for config in configs])
@@ -72,9 +74,13 @@ class PoolSet(pulumi.ComponentResource):
         return pulumi.Output.secret(pulumi.Output.all(**self.tokens).apply(json.dumps))
 
     def queue_manager_env(self) -> dict[str, pulumi.Input[str]]:
-        """Each pool's dispatch settings, and ``QM_POOL_CAPACITY``: how many workers its token may
-        keep registered follows from the jobs it runs at once."""
-        env: dict[str, pulumi.Input[str]] = {"QM_POOL_CAPACITY": json.dumps(self.capacity, sort_keys=True)}
+        """Each pool's dispatch settings; ``QM_POOL_CAPACITY``: how many workers its token may keep
+        registered follows from the jobs it runs at once; ``QM_POOL_MAX_JOB_SECONDS``: each pool's
+        maximum job time (every kind's), which the queue manager enforces."""
+        env: dict[str, pulumi.Input[str]] = {
+            "QM_POOL_CAPACITY": json.dumps(self.capacity, sort_keys=True),
+            "QM_POOL_MAX_JOB_SECONDS": json.dumps(self.max_job_seconds, sort_keys=True),
+        }
         for pool in self.pools.values():
             env.update(pool.queue_manager_env)
         return env

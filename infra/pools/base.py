@@ -7,17 +7,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 import pulumi
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from infra.schema import Label, Model
+from services.queue_manager.settings import MAX_JOB_SECONDS
 
 
 def remote_name(stack: str, pool: str) -> str:
     """The deterministic name of a pool's objects at the provider: the providers look them up by it."""
     return f"cw-{stack}-{pool}"
+
+
+JOB_SECONDS_RANGE = (60, 24 * 3600)
+
+
+def _job_seconds(value: object) -> object:
+    """A pool's ``maxJobSeconds``: whole seconds, from a minute to a day."""
+    low, high = JOB_SECONDS_RANGE
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)  # as `pulumi config set` may store it
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(
+            f"a pool's maximum job time is whole seconds from {low} to {high} (a day); fix: set e.g. "
+            f"{MAX_JOB_SECONDS:g} (an hour, room for long video jobs), or more for longer workflows"
+        )
+    return value
 
 
 class PoolMode(StrEnum):
@@ -55,6 +72,12 @@ class PoolConfigBase(Model):
         default=None,
         description="API-format ComfyUI graph each worker of the pool runs before it reports ready, e.g. "
         "one step with the pool's checkpoint so the first participant's job does not load it",
+    )
+    max_job_seconds: Annotated[int, BeforeValidator(_job_seconds)] = Field(
+        default=int(MAX_JOB_SECONDS),
+        description="the longest one job may hold one of the pool's GPUs (60 s to a day; an hour by default, "
+        "room for long video jobs): the queue manager stops a job past it (a node that hangs) and fails "
+        "it, so the GPU goes back to the queue",
     )
     token_generation: int = Field(
         default=0,

@@ -15,7 +15,7 @@ from infra.pools.context import PoolContext
 from infra.pools.kind import GpuPool, PoolComponent
 from infra.providers.resources import RunPodEndpoint, RunPodNetworkVolume, RunPodRegistryAuth, RunPodTemplate
 from infra.secret import secret
-from services.queue_manager.settings import PUSH_REQUEST_LIMIT_SECONDS
+from services.queue_manager.settings import PUSH_CHAIN_SECONDS, push_request_limit
 
 
 def _data_center(value: str) -> str:
@@ -150,7 +150,7 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
             "idle_timeout_s": config.idle_timeout_seconds,
             "flashboot": config.flashboot,
             # A request runs a chain of jobs (its window, then one more job's time).
-            "execution_timeout_s": PUSH_REQUEST_LIMIT_SECONDS,
+            "execution_timeout_s": push_request_limit(PUSH_CHAIN_SECONDS, config.max_job_seconds),
             **placed,
             **conn,
         }

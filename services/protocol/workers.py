@@ -119,6 +119,12 @@ class WorkerCapabilities(BaseModel):
     models_sync: ModelsProgress | None = Field(
         default=None, description="set while the worker syncs its models: it is starting, not ready"
     )
+    problem: str = Field(
+        default="",
+        max_length=2000,
+        description="why the worker takes no job now and what fixes it (e.g. its attached ComfyUI still "
+        "runs a prompt it was told to stop); '' when nothing keeps it from taking jobs",
+    )
 
 
 class WorkerRegistration(BaseModel):

@@ -164,6 +164,7 @@ class PoolDispatcher:
         # The lease must outlive a cold start, so it is renewed more often than the status is polled.
         self.tick = min(pool.poll_seconds, store.settings.heartbeat_seconds)
         self.reply_url = reply_url
+        self.job_limit = store.settings.job_limit(pool.name)  # every pool kind's maximum job time
         self.flights: dict[int, Flight] = {}  # slot -> its request
         self._free = list(range(pool.capacity))
         self._slots = asyncio.Semaphore(pool.capacity)
@@ -219,7 +220,7 @@ class PoolDispatcher:
                 continue
             self._free.remove(slot)
             await self._slots.acquire()  # never waits: the slot was free
-            seconds = self.pool.job_timeout_seconds
+            seconds = self.job_limit
             adopted.append((slot, Flight(chain.id, chain.remote, chain.job, chain.token, chain.attempts,
                                          time.monotonic() + seconds)))  # fmt: skip
             log.info("request adopted", extra={"job_id": chain.job, "pool": self.pool.name})
@@ -286,7 +287,7 @@ class PoolDispatcher:
         self._outage.over()
         await self.chains.sent(chain, remote_id)
         log.info("job pushed", extra={"job_id": lease.job.id, "pool": self.pool.name, "remote_id": remote_id})
-        return Flight.of(chain, remote_id, lease, self.pool.job_timeout_seconds)
+        return Flight.of(chain, remote_id, lease, self.job_limit)
 
     async def _track(self, flight: Flight) -> None:
         # The end of a job's lease or a change of the chain ({p}:ended, heard by this process's
@@ -309,7 +310,7 @@ class PoolDispatcher:
         # A chain whose take gave its job back as the caller left (leave.lua: token '') never gave
         # that job to the container: the request's job is still the one followed.
         if chain is not None and chain.token and chain.job != flight.job_id:
-            flight.follow(chain, self.pool.job_timeout_seconds)
+            flight.follow(chain, self.job_limit)
         if await self._still_ours(flight):
             return await self._ended_remotely(flight)
         if flight.running and chain is not None and chain.open and await self._finished(flight.job_id):
@@ -342,11 +343,21 @@ class PoolDispatcher:
             await self._requeue(flight.job_id, flight.token, "ProviderFailed", f"{self.pool.name} {why}")
             return True
         if time.monotonic() > flight.deadline:
-            await self.endpoint.cancel(flight.remote_id)
-            message = f"no result within {self.pool.job_timeout_seconds:g} s"
-            await self._requeue(flight.job_id, flight.token, "Timeout", message)
+            await self._past_limit(flight)
             return True
         return False
+
+    async def _past_limit(self, flight: Flight) -> None:
+        """The request's job has not ended within the pool's maximum job time: cancelled at the
+        provider. A job a replica ran that long fails for good, as on any pool (``overrun``); one
+        still waiting at the provider (a cold start that never ended) ran nothing and is retried."""
+        await self.endpoint.cancel(flight.remote_id)
+        if flight.running:
+            with contextlib.suppress(StaleLease):
+                await self.store.overrun(flight.job_id, flight.token, self.pool.name)
+            return
+        message = f"{self.pool.name} did not start it within {self.job_limit:g} s"
+        await self._requeue(flight.job_id, flight.token, "Timeout", message)
 
     async def _still_ours(self, flight: Flight) -> bool:
         """False once the job ended, moved on, or its owner cancelled it.

@@ -57,7 +57,9 @@ EXPECTED_STATE = {
     "failed": JobState.FAILED,
     "retry": JobState.FAILED,
     "lost": JobState.FAILED,
+    "overrun": JobState.FAILED,
 }
+REAPED = {"requeued": "job requeued", "overrun": "job stopped at its pool's maximum job time"}
 LEASE_LOST = JobError(
     type="LeaseExpired", message="the worker stopped renewing its lease (crashed or lost)", retryable=True
 )
@@ -70,6 +72,19 @@ def killed_comfyui(losses: int) -> JobError:
         message=f"ComfyUI died or stopped answering {losses} times while running this job, so the "
         "workflow itself is the likely cause (most often it needs more GPU memory than there is): make "
         "it lighter (smaller resolution, batch or frame count, a smaller model) and submit it again",
+    )
+
+
+def time_limit_error(pool: str, seconds: float) -> JobError:
+    """Why a job that held a GPU of ``pool`` past the pool's maximum job time was stopped (every
+    pool kind's, ``Settings.job_limit``): the limit, and how the organizer raises it."""
+    return JobError(
+        type="JobTimeLimit",
+        message=f"the job ran longer than {seconds:g} s, the longest one job may hold a GPU of pool "
+        f"{pool!r}, so it was stopped to free the GPU and is not tried again (a workflow that hangs would "
+        "hang again). If it needs longer (a long video), ask the organizer to raise maxJobSeconds of pool "
+        f"{pool} in the stack config and run `pulumi up`; then run it again (the admin can requeue it "
+        "from the dead letters)",
     )
 
 
@@ -382,15 +397,45 @@ class LeaseOps(StoreBase):
             )
         )
         touched = [(str(reply[i]), str(reply[i + 1]), str(reply[i + 2])) for i in range(0, len(reply), 3)]
+        touched += await self._end_overruns(now if now is not None else now_ms())
         for job_id, user, outcome in touched:
-            log.warning(
-                "lease expired" if outcome != "requeued" else "job requeued",
-                extra={"job_id": job_id, "outcome": outcome},
-            )
+            log.warning(REAPED.get(outcome, "lease expired"), extra={"job_id": job_id, "outcome": outcome})
             await self._announce_reaped(job_id, user, outcome)
         return touched
 
+    async def _end_overruns(self, now: int) -> list[tuple[str, str, str]]:
+        """End the lease of every job that has held a worker's GPU longer than its pool allows
+        (``Settings.job_limit``), however its worker renews it: the job fails for good
+        (``time_limit_error``), and the worker, refused at its next heartbeat, stops it in ComfyUI.
+        Push requests' jobs are the dispatcher's to time (their slots are no registered worker)."""
+        ids = await self.redis.zrange(self.keys.leases, 0, -1)
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(self.keys.job(job_id), ["started_at", "token", "worker_id", "user"])
+            rows = await pipe.execute()
+            for _, _, worker_id, _ in rows:
+                pipe.hget(self.keys.worker(worker_id or "-"), "pool")
+            pools = await pipe.execute()
+        ended = []
+        for job_id, (started, token, _, user), pool in zip(ids, rows, pools, strict=True):
+            limit = self.settings.job_limit(pool or "")
+            if pool and started and token and now - int(started) >= limit * 1000:
+                with contextlib.suppress(StaleLease):  # it ended meanwhile
+                    await self.overrun(job_id, token, pool)
+                    ended.append((job_id, user, "overrun"))
+        return ended
+
+    async def overrun(self, job_id: str, token: str, pool: str) -> None:
+        """End a job that held a GPU of ``pool`` past the pool's maximum job time: failed for good
+        (``time_limit_error``) and in the dead letters, where the admin sees it and may requeue it."""
+        error = time_limit_error(pool, self.settings.job_limit(pool))
+        await self._finish(job_id, token, "overrun", error=error)
+
     async def _announce_reaped(self, job_id: str, user: str, outcome: str) -> None:
+        if outcome == "overrun":
+            return  # finish.lua told her
         if outcome == "dead":
             await self.events.publish(user, notices.finished(job_id, JobState.FAILED, LEASE_LOST))
         elif outcome == "cancelled":

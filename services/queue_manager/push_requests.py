@@ -81,7 +81,7 @@ from services.queue_manager.errors import QueueError
 from services.queue_manager.leases import RECHECK_SECONDS
 from services.queue_manager.records import now_ms, pairs_to_dict
 from services.queue_manager.scripts import BindArgs, ChainArgs, LeaveArgs, TakeArgs
-from services.queue_manager.settings import PushPool
+from services.queue_manager.settings import PushPool, push_request_limit
 from services.queue_manager.store import Store
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,8 @@ class Chains:
         """A new chain whose first job is ``lease`` (claimed by the dispatcher's slot ``worker``):
         its id, and the request's reply token (``lease_holder``), valid as long as the record."""
         chain_id, reply_token, now = secrets.token_urlsafe(24), secrets.token_urlsafe(32), now_ms()
-        life_ms = int((pool.chain_seconds + pool.job_timeout_seconds + EXTRA_LIFE_SECONDS) * 1000)
+        limit = push_request_limit(pool.chain_seconds, self.store.settings.job_limit(pool.name))
+        life_ms = int((limit + EXTRA_LIFE_SECONDS) * 1000)
         fields = {
             "pool": pool.name, "worker": worker, "jobs": 1, "max_jobs": pool.max_jobs_per_request,
             "until_ms": now + int(pool.chain_seconds * 1000), "linger_ms": int(pool.linger_seconds * 1000),

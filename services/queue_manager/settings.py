@@ -30,9 +30,8 @@ PUSH_POOL_PREFIX = "QM_PUSH_POOL_"
 
 
 PUSH_CHAIN_SECONDS = 600.0
-PUSH_JOB_TIMEOUT_SECONDS = 3600.0
-# The longest a push request runs with the defaults: the provider's own limit must not cut it short.
-PUSH_REQUEST_LIMIT_SECONDS = PUSH_CHAIN_SECONDS + PUSH_JOB_TIMEOUT_SECONDS
+# The longest one job may hold a GPU unless its pool says otherwise: a long video job fits.
+MAX_JOB_SECONDS = 3600.0
 
 
 class PushPool(BaseModel):
@@ -45,9 +44,6 @@ class PushPool(BaseModel):
     capacity: int = Field(ge=1, le=1000, description="requests in flight at most (the pool's max replicas)")
     path: str = Field(default="/lease", description="verda: the container route that takes a lease")
     poll_seconds: float = Field(default=2.0, gt=0)
-    job_timeout_seconds: float = Field(
-        default=PUSH_JOB_TIMEOUT_SECONDS, gt=0, description="the longest one job may run"
-    )
     request_timeout_seconds: float = Field(default=30.0, gt=0, description="HTTP calls to the provider")
     max_jobs_per_request: int = Field(
         default=100, ge=1, le=10000, description="jobs one request may run in a row (1: one job per request)"
@@ -56,7 +52,7 @@ class PushPool(BaseModel):
         default=PUSH_CHAIN_SECONDS,
         ge=0,
         description="a request takes further jobs only this long after it was sent; the provider's time "
-        "limit on one request must cover chain_seconds + job_timeout_seconds",
+        "limit on one request must cover chain_seconds and one job's maximum time (``push_request_limit``)",
     )
     linger_seconds: float = Field(
         default=1.0,
@@ -66,10 +62,21 @@ class PushPool(BaseModel):
         "serverless replica stays up and billed longer than this after a request anyway)",
     )
 
-    @property
-    def request_limit_seconds(self) -> float:
-        """The longest a request can run: its chain window, then one more job."""
-        return self.chain_seconds + self.job_timeout_seconds
+    @model_validator(mode="before")
+    @classmethod
+    def _no_own_job_limit(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "job_timeout_seconds" in value:
+            raise ValueError(
+                "job_timeout_seconds is no longer a push pool's own setting: a pool's maximum job time is "
+                'QM_POOL_MAX_JOB_SECONDS (e.g. {"runpod": 3600}) for every pool kind; move it there'
+            )
+        return value
+
+
+def push_request_limit(chain_seconds: float, max_job_seconds: float) -> float:
+    """The longest a push request can run: its chain window, then one more job at its pool's
+    maximum job time (the provider's own limit on a request must not cut it short)."""
+    return chain_seconds + max_job_seconds
 
 
 class Scheduling(StrEnum):
@@ -133,6 +140,19 @@ class Settings(BaseSettings):
         description='QM_POOL_CAPACITY: JSON pool -> how many jobs it runs at once, e.g. {"h100": 8} (the '
         "program writes it from each pool's config). A pool's token may keep twice that many workers "
         "registered and alive (room for each to be replaced or to sync its models); more get 429",
+    )
+    max_job_seconds: float = Field(
+        default=MAX_JOB_SECONDS,
+        gt=0,
+        description="QM_MAX_JOB_SECONDS: the longest one job may hold a GPU of a pool that "
+        "QM_POOL_MAX_JOB_SECONDS does not name; a job running longer is stopped and fails, not tried again",
+    )
+    pool_max_job_seconds: Annotated[dict[str, Annotated[float, Field(gt=0)]], NoDecode] = Field(
+        default_factory=dict,
+        description="QM_POOL_MAX_JOB_SECONDS: JSON pool -> the longest one job may hold one of its GPUs, "
+        'e.g. {"h100": 3600} (the program writes it from each pool\'s maxJobSeconds), for pull and push '
+        "pools alike. The queue manager ends a job past it (its worker cannot extend it): the job fails "
+        "with JobTimeLimit, goes to the dead letters (the admin may requeue it) and is not tried again",
     )
     max_workers_per_pool: int = Field(
         default=64,
@@ -295,6 +315,11 @@ class Settings(BaseSettings):
     def _json_capacity(cls, value: Any) -> Any:
         return _decoded(value, 'must be a JSON object of pool -> jobs at once like {"h100": 8}')
 
+    @field_validator("pool_max_job_seconds", mode="before")
+    @classmethod
+    def _json_job_limits(cls, value: Any) -> Any:
+        return _decoded(value, 'must be a JSON object of pool -> seconds like {"h100": 3600}')
+
     @field_validator("worker_tokens", "participants", mode="before")
     @classmethod
     def _json_object(cls, value: Any) -> Any:
@@ -330,6 +355,10 @@ class Settings(BaseSettings):
         if capacity:
             return 2 * capacity, "QM_POOL_CAPACITY"
         return self.max_workers_per_pool, "QM_MAX_WORKERS_PER_POOL"
+
+    def job_limit(self, pool: str) -> float:
+        """The longest one job may hold a GPU of ``pool`` (any kind), in seconds."""
+        return self.pool_max_job_seconds.get(pool, self.max_job_seconds)
 
     @property
     def heartbeat_seconds(self) -> float:

@@ -51,6 +51,11 @@ WARMUP = {
 }
 
 
+# How long past the interrupt grace a job whose lease was lost may take to stop (the runner
+# restarts ComfyUI at the grace; a job outside ComfyUI, its files on their way, stops at once).
+STOP_MARGIN_SECONDS = 5.0
+
+
 class WarmupFailedError(Exception):
     """The warmup workflow did not succeed: the worker must not report ready."""
 
@@ -174,6 +179,7 @@ class Agent:
             comfyui_version=str(stats.get("system", {}).get("comfyui_version", "")),
             catalogue_hash=catalogue_hash(self.catalogue, self.extensions, self.templates),
             models=self.models,
+            problem=self.comfy_server.problem,
         )
 
     async def register(self, queue: QueueClient) -> RegisterReply:
@@ -270,18 +276,23 @@ class Agent:
     async def _run_while_held(
         self, job_run: Coroutine[Any, Any, Outcome], keeper: LeaseKeeper
     ) -> Outcome | None:
-        """The job's outcome, or None when the lease was lost first (the job is then stopped)."""
+        """The job's outcome, or None when the lease was lost first (its pool's maximum job time,
+        or it expired): the job is then stopped as a cancelled one is, so a node that ignores the
+        interrupt has its child ComfyUI restarted after ``interrupt_grace_seconds``."""
         run = asyncio.create_task(job_run)
         lost = asyncio.create_task(keeper.lost.wait())
         try:
             await asyncio.wait({run, lost}, return_when=asyncio.FIRST_COMPLETED)
+            if not run.done():
+                keeper.cancel.set()  # the runner interrupts ComfyUI, and after the grace restarts it
+                await asyncio.wait({run}, timeout=self.settings.interrupt_grace_seconds + STOP_MARGIN_SECONDS)
         finally:
             lost.cancel()
             if not run.done():
-                run.cancel()  # lease lost, or we are being cancelled (shutdown): the runner stops ComfyUI
+                run.cancel()  # still not stopped, or we are being cancelled (shutdown): abandon it
                 with contextlib.suppress(asyncio.CancelledError):
                     await run
-        return None if keeper.lost.is_set() and run.cancelled() else run.result()
+        return None if keeper.lost.is_set() else run.result()
 
     async def _report(
         self, lease: Lease, queue: QueueClient, outcome: Outcome, forwarder: EventForwarder

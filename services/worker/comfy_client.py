@@ -23,6 +23,11 @@ class ComfyUnavailableError(Exception):
     """ComfyUI did not answer (down, restarting, or crashed)."""
 
 
+class ComfyBusyError(ComfyUnavailableError):
+    """ComfyUI answers, but still runs a prompt the worker left (cancelled, its lease lost) long
+    after it was interrupted: a node that never checks for an interrupt."""
+
+
 class PromptRejectedError(Exception):
     """``POST /prompt`` answered 400: ``body`` holds ComfyUI's ``error`` and ``node_errors``."""
 

@@ -70,13 +70,47 @@ from pydantic import ValidationError
 
 from services.protocol.jobs import FileRef, Job, split_annotation, storage_key
 from services.storage import Storage, StorageError, patiently
-from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, PromptRejectedError
+from services.worker.comfy_client import (
+    ComfyBusyError,
+    ComfyClient,
+    ComfyUnavailableError,
+    PromptRejectedError,
+)
 from services.worker.placeholders import OwnerPlaceholders, file_names, move_files, to_the_end
 
 SALT_INPUT = "workshop_job"
 IDLE_SECONDS = 30.0
 LISTING_SECONDS = 1.0  # an owner's output names listed this recently are not listed again
 KINDS = ("input", "output", "temp")
+
+
+class StagingCancelledError(Exception):
+    """The job's owner cancelled it while its files were fetched (``JobFiles.staged``)."""
+
+
+@contextlib.asynccontextmanager
+async def stopped_by(stop: asyncio.Event | None) -> AsyncIterator[None]:
+    """Run the block, cut short with ``StagingCancelledError`` the moment ``stop`` is set (a store
+    that does not answer is waited for minutes; her cancel must not wait with it)."""
+    if stop is None:
+        yield
+        return
+    async with asyncio.timeout(None) as scope:
+
+        def cut(done: asyncio.Future[Any]) -> None:
+            if not done.cancelled():
+                scope.reschedule(-1)  # past: the block is cancelled at once
+
+        watch = asyncio.ensure_future(stop.wait())
+        watch.add_done_callback(cut)
+        try:
+            yield
+        except TimeoutError:
+            if scope.expired():
+                raise StagingCancelledError from None
+            raise
+        finally:
+            watch.cancel()
 
 
 class FoldersMismatchError(Exception):
@@ -212,8 +246,8 @@ def string_inputs(prompt: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any],
 
 
 async def until_idle(comfy: ComfyClient, limit: float = IDLE_SECONDS, poll: float = 0.1) -> None:
-    """Return once ComfyUI runs and holds no prompt; ``ComfyUnavailableError`` after ``limit``
-    seconds. A job's files are staged only then: a prompt the worker abandoned (cancelled, lease
+    """Return once ComfyUI runs and holds no prompt; ``ComfyBusyError`` after ``limit`` seconds.
+    A job's files are staged only then: a prompt the worker abandoned (cancelled, lease
     lost) that is still running could otherwise read the next owner's files, or save its own
     owner's images where the next job can name them. The first looks come quickly (a prompt that
     just ended is listed for a moment more), then every ``poll`` seconds."""
@@ -224,9 +258,9 @@ async def until_idle(comfy: ComfyClient, limit: float = IDLE_SECONDS, poll: floa
         if not running and not pending:
             return
         if time.monotonic() > deadline:
-            raise ComfyUnavailableError(
-                f"ComfyUI at {comfy.base_url} is still running an earlier prompt after {limit:.0f} s: "
-                "the job goes back to the queue"
+            raise ComfyBusyError(
+                f"ComfyUI at {comfy.base_url} still runs a prompt it was told to stop {limit:.0f} s ago (a "
+                "node that never checks for an interrupt)"
             )
         await asyncio.sleep(delay)
         delay = min(delay * 2, poll)
@@ -470,10 +504,13 @@ class JobFiles:
                 )
 
     @contextlib.asynccontextmanager
-    async def staged(self, job: Job, prepared: Prepared | None = None) -> AsyncIterator[Stage]:
+    async def staged(
+        self, job: Job, prepared: Prepared | None = None, cancel: asyncio.Event | None = None
+    ) -> AsyncIterator[Stage]:
         """The folders hold only ``job``'s owner's files while the block runs (one job at a time:
         ``slot``); yields the graph to submit (output nodes salted). Raises ``StorageError`` for a
-        missing input and ``PromptRejectedError`` for a name outside the folders. With
+        missing input, ``PromptRejectedError`` for a name outside the folders and
+        ``StagingCancelledError`` when ``cancel`` is set while its files are fetched. With
         ``Stage.keep_outputs`` the job's output and temp files move to ``kept`` at the end."""
         async with self.slot:
             stage = Stage(salted(job.prompt, self.salt(job), self.output_classes, staged_names(job)))
@@ -482,7 +519,8 @@ class JobFiles:
             try:
                 if prepared is None:
                     await to_the_end(self.folders.clear)
-                    prepared = await self.prepare(job)
+                    async with stopped_by(cancel):
+                        prepared = await self.prepare(job)
                 await to_the_end(self._move_in, prepared, owner, self._wanted(job.user, prepared))
                 self.check(job.prompt)
                 yield stage

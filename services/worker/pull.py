@@ -354,11 +354,22 @@ class PullWorker:
         """Never claim a job while ComfyUI is down, restarting or silent: it would only be lost again."""
         if not self.agent.comfyui_up:
             log.info("waiting for ComfyUI to come back before claiming")
+            told = bool(self.agent.comfy_server.problem)  # someone must act: the admin page says so
+            if told:
+                await self._register_again()
             stop = asyncio.create_task(self.stopping.wait())
             up = asyncio.create_task(self.agent.until_comfyui_up())
             await asyncio.wait({up, stop}, return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
             up.cancel()
+            if told:
+                await self._register_again()  # over: the admin page no longer shows it
+
+    async def _register_again(self) -> None:
+        """Registered again, the admin page shows what keeps this worker's ComfyUI from taking jobs
+        (``WorkerCapabilities.problem``), or that nothing does any more."""
+        with contextlib.suppress(httpx.HTTPError, QueueRefusedError, ComfyUnavailableError):
+            await self.agent.register(self.queue)
 
     async def _run(self, lease: Lease, heartbeat_seconds: float, handoff: Handoff) -> None:
         try:

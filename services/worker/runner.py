@@ -26,10 +26,22 @@ from typing import Any
 from services.protocol.jobs import Job, JobError, OutputFile
 from services.protocol.workers import JobTiming
 from services.storage import Storage, StorageError, StorageUnavailableError
-from services.worker.comfy_client import ComfyClient, ComfyUnavailableError, PromptRejectedError
+from services.worker.comfy_client import (
+    ComfyBusyError,
+    ComfyClient,
+    ComfyUnavailableError,
+    PromptRejectedError,
+)
 from services.worker.comfy_events import Event, EventStream
 from services.worker.forwarder import EventForwarder
-from services.worker.job_files import SALT_INPUT, JobFiles, Prepared, rerun, until_idle
+from services.worker.job_files import (
+    SALT_INPUT,
+    JobFiles,
+    Prepared,
+    StagingCancelledError,
+    rerun,
+    until_idle,
+)
 from services.worker.outputs import (
     Place,
     names_files,
@@ -483,6 +495,12 @@ class JobRunner:
         except NotConfirmedError:
             self.comfy_idle = True  # nothing was submitted: ComfyUI holds no prompt still
             return Outcome(moved=True)
+        except StagingCancelledError:  # its files waited for the store: nothing reached ComfyUI
+            self.comfy_idle = True
+            return Outcome(error=CANCELLED)
+        except ComfyBusyError as exc:  # the job goes back; a stuck ComfyUI takes no more (``on_stuck``)
+            self.on_stuck(str(exc))
+            return Outcome(lost=str(exc))
         except ComfyUnavailableError as exc:
             self.on_lost(str(exc))
             return Outcome(lost=str(exc))
@@ -503,7 +521,7 @@ class JobRunner:
         handoff = stops.handoff
         queue = self.events.subscribe(job.id)
         try:
-            async with self.files.staged(job, handoff.prepared) as stage:
+            async with self.files.staged(job, handoff.prepared, stops.cancel) as stage:
                 if handoff.refused():  # said no while the files were staged: ComfyUI never sees it
                     raise NotConfirmedError(job.id)
                 follower = Follower(forwarder, self.events.watch())
@@ -539,6 +557,8 @@ class JobRunner:
                 await until_idle(self.comfy)
                 self.comfy_idle = True
             await self.comfy.forget(job_id)
+        except ComfyBusyError as exc:
+            self.on_stuck(str(exc))
         except ComfyUnavailableError as exc:
             self.on_lost(str(exc))
 

@@ -115,9 +115,10 @@ class WorkerSettings(BaseSettings):
     interrupt_grace_seconds: float = Field(
         default=60.0,
         gt=0,
-        description="WORKER_INTERRUPT_GRACE_SECONDS: how long a cancelled job's node may run on after "
-        "ComfyUI is interrupted; a node that never checks for an interrupt (a hang) has its child "
-        "ComfyUI restarted then, so the GPU is free again and the job ends cancelled",
+        description="WORKER_INTERRUPT_GRACE_SECONDS: how long a job's node may run on after ComfyUI is "
+        "interrupted (her cancel, or the lease's end at the pool's maximum job time); a node that never "
+        "checks for an interrupt (a hang) has its child ComfyUI restarted then, so the GPU is free again "
+        "(an attached ComfyUI: the worker takes no job until it holds no prompt)",
     )
     ws_silence_seconds: float = Field(
         default=5.0, gt=0, description="WORKER_WS_SILENCE_SECONDS: socket silence before polling /history"

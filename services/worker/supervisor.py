@@ -46,6 +46,9 @@ MODEL_FOLDERS = (
 )
 
 
+STUCK_POLL_SECONDS = 1.0  # how often a stuck attached ComfyUI is asked whether it holds a prompt still
+
+
 class ComfyNotReadyError(Exception):
     """ComfyUI did not become ready in time, or exited while starting."""
 
@@ -98,6 +101,7 @@ class ComfyServer(abc.ABC):
         self.url = url
         self.death = asyncio.Event()
         self.up = asyncio.Event()
+        self.problem = ""  # why no job can run here until someone acts, and the fix ('' = none)
         self._recovery: asyncio.Task[None] | None = None
 
     def lost(self, client: ComfyClient, reason: str) -> None:
@@ -129,10 +133,30 @@ class AttachedComfy(ComfyServer):
         self.up.set()
 
     def stuck(self, client: ComfyClient, reason: str) -> None:
-        """Someone else's to restart: said in the log, and no claims until it answers again (the next
-        job then waits for the prompt to end, and goes back to the queue if it does not)."""
-        log.error("%s: restart ComfyUI at %s to free the GPU", reason, self.url)
-        self.lost(client, reason)
+        """Someone else's to restart: said in the log and on the admin page (``problem``, naming the
+        fix), and no claims until ComfyUI holds no prompt (restarted, or the node ended at last); a
+        job taken meanwhile would only wait for the prompt and go back, again and again."""
+        if self.problem:
+            return  # already known, and already being waited for
+        self.problem = (
+            f"{reason}: restart ComfyUI at {self.url} to free the GPU; this worker takes no job until "
+            "ComfyUI holds no prompt"
+        )
+        log.error("%s", self.problem)
+        self.up.clear()
+        self._stop_recovery()
+        self._recovery = asyncio.create_task(self._until_free(client), name="comfyui-stuck")
+
+    async def _until_free(self, client: ComfyClient) -> None:
+        while True:
+            with contextlib.suppress(ComfyUnavailableError):
+                running, pending = await client.queue()
+                if not running and not pending:
+                    break
+            await asyncio.sleep(STUCK_POLL_SECONDS)
+        self.problem = ""
+        self.up.set()
+        log.info("ComfyUI at %s holds no prompt any more: claiming resumes", self.url)
 
     async def _recover(self, client: ComfyClient) -> None:
         # ``death`` is left alone: a running job learns from ComfyUI itself whether it still has

@@ -422,3 +422,10 @@ def test_a_runpod_pool_takes_any_stack_name() -> None:
         stack_values("workshop", {"role": "workshop", "pools": [{"kind": "runpod-serverless", "name": "o"}]})
     )
     assert load_config("Dec_Workshop").role == "workshop"
+
+
+@pytest.mark.parametrize("seconds", [0, 30, 10**9, "an hour"])
+def test_a_nonsense_maximum_job_time_names_the_range(seconds: object) -> None:
+    text = problems("workshop", {"pools": [workshop_pool(maxJobSeconds=seconds)]})
+    assert f"comfy-workshop:pools[0].maxJobSeconds = {seconds!r}" in text
+    assert "60" in text and "86400" in text

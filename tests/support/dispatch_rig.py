@@ -60,16 +60,22 @@ async def queue_manager(
     platform_url: str,
     port: int,
     lease_seconds: float = 2.0,
+    max_job_seconds: float | None = None,
     **pool: Any,
 ) -> AsyncIterator[Rig]:
     """One queue manager on ``port`` and its dispatcher for ``platform``'s endpoint at ``platform_url``
-    (two in turn on one port are the same queue manager restarted)."""
+    (two in turn on one port are the same queue manager restarted); ``max_job_seconds``: the pool's
+    maximum job time (``QM_POOL_MAX_JOB_SECONDS``)."""
     url = f"{platform_url}/{platform.deployment}" if style == "verda" else platform_url
     spec = {"name": POOL, "style": style, "url": url, "api_key": platform.api_key, "capacity": 2,
             "poll_seconds": 0.05} | pool  # fmt: skip
     # The dispatcher runs in the app's lifespan, as in production: it adopts the requests a queue
     # manager before it left open before this one answers their containers.
-    app = create_app(qm_settings(redis_url, port, push_pools=[PushPool(**spec)], lease_seconds=lease_seconds))
+    limits = {POOL: max_job_seconds} if max_job_seconds else {}
+    pools = [PushPool(**spec)]
+    limited = {"lease_seconds": lease_seconds, "pool_max_job_seconds": limits}
+    settings = qm_settings(redis_url, port, push_pools=pools, **limited)
+    app = create_app(settings)
     async with serving(app, port):
         [dispatcher] = app.state.dispatchers
         yield Rig(app.state.store, platform, dispatcher, f"http://127.0.0.1:{port}")

@@ -104,11 +104,14 @@ function models(sync) {
   return `${esc(sync.state)}: ${esc(counts)}${sync.message ? `<br>${esc(sync.message)}` : ""}`;
 }
 
+// What keeps a worker from taking jobs until someone acts (e.g. its ComfyUI stuck in a node), with the fix.
+const problem = (text) => (text ? `<br><span class="problem">${esc(text)}</span>` : "");
+
 function drawWorkers(workers) {
   const sorted = [...workers].sort((a, b) => `${a.capabilities.pool}/${a.capabilities.provider}`.localeCompare(`${b.capabilities.pool}/${b.capabilities.provider}`));
   const rows = sorted.map((w) =>
     `<td>${esc(w.capabilities.pool)}</td><td>${esc(w.capabilities.provider)}</td><td>${esc(w.worker_id)}</td>` +
-    `<td>${state(w.state)}</td><td><code>${short(w.job_id)}</code></td><td><code title="${esc(w.holding)}">${short(w.holding)}</code></td>` +
+    `<td>${state(w.state)}${problem(w.capabilities.problem)}</td><td><code>${short(w.job_id)}</code></td><td><code title="${esc(w.holding)}">${short(w.holding)}</code></td>` +
     `<td>${esc(w.capabilities.gpu)}</td><td>${models(w.capabilities.models_sync)}</td><td>${ago(w.last_seen)}</td>`);
   put("workers", table(["pool", "provider", "worker", "state", "job", "holds next", "GPU", "models", "seen"], rows, "No worker has registered."));
 }

@@ -1,4 +1,6 @@
--- End a lease as its holder: outcome 'succeeded' | 'failed' | 'retry' | 'release' | 'lost'.
+-- End a lease as its holder: outcome 'succeeded' | 'failed' | 'retry' | 'release' | 'lost' |
+-- 'overrun' (the reaper's, for a job past its pool's maximum job time: failed with error_json and
+-- put in the dead letters, where the admin sees it and may requeue it; not tried again).
 -- 'release' gives the job back unfinished (shutdown, or ComfyUI down before the job reached it);
 -- 'lost' gives it back after its worker's ComfyUI died or went silent with the job in it: neither
 -- counts an attempt, but 'lost' counts a ComfyUI loss and fails the job (with error_json) at the
@@ -41,6 +43,8 @@ end
 if outcome == 'succeeded' then
   redis.call('HSET', key, 'outputs', ARGV[6], 'error', '')
   finish(id, 'succeeded', now, retention_ms)
+elseif outcome == 'overrun' then
+  dead_letter(id, now, retention_ms, ARGV[7])
 elseif outcome == 'failed' or outcome == 'cancelled' then
   redis.call('HSET', key, 'error', ARGV[7])
   finish(id, outcome, now, retention_ms)

@@ -13,7 +13,7 @@ from devkit import harness
 from devkit.harness import Resource, StackRun, run_stack, stack_values
 from infra.pools import KINDS
 from infra.providers.verda_instance import InstanceProvider
-from services.queue_manager.settings import PushPool
+from services.queue_manager.settings import MAX_JOB_SECONDS, PushPool, Settings, push_request_limit
 
 DYNAMIC = "pulumi-python:dynamic:Resource"
 CONTAINER = "docker:index/container:Container"
@@ -114,10 +114,8 @@ def test_runpod_template_endpoint_and_kept_network_volume(runpod: StackRun) -> N
 
     assert endpoint["workers_max"] == 40 and endpoint["gpu_type_ids"] == ["NVIDIA H100 80GB HBM3"]
     # RunPod ends a request at its execution timeout: it must outlast a request's chain of jobs.
-    limit = PushPool(
-        name="burst", style="runpod", url="https://x", api_key="k", capacity=1
-    ).request_limit_seconds
-    assert endpoint["execution_timeout_s"] == limit
+    chain = PushPool(name="burst", style="runpod", url="https://x", api_key="k", capacity=1).chain_seconds
+    assert endpoint["execution_timeout_s"] == push_request_limit(chain, MAX_JOB_SECONDS)
     assert template.inputs["start_cmd"] == ["runpod"] and "env" in template.secret_inputs
     assert template.inputs["env"]["WORKER_SHARED_MODELS_DIR"] == "/runpod-volume/models"
     assert dynamic(runpod, "models-comfy-models-eu-ro-1").retain_on_delete
@@ -139,6 +137,20 @@ def test_a_mix_is_just_a_list() -> None:
     names = {r.name for r in run.resources}
     assert {"baseline-0", "baseline-1", "runpod-endpoint", "verda-deployment", "studio-worker-0"} <= names
     assert {"QM_PUSH_POOL_RUNPOD", "QM_PUSH_POOL_VERDA"} <= set(qm_env(run))
+
+
+def test_every_pool_kind_has_its_maximum_job_time_at_the_queue_manager() -> None:
+    longer = {**RUNPOD, "name": "runpod", "maxJobSeconds": 7200}
+    run = workshop(VERDA_INSTANCE, longer, {**VERDA_SERVERLESS, "name": "verda"}, LOCAL_GPU)
+
+    env = qm_env(run)
+    limits = json.loads(env["QM_POOL_MAX_JOB_SECONDS"])
+    assert limits == {"baseline": 3600, "runpod": 7200, "verda": 3600, "studio": 3600}
+    settings = Settings(env="development", pool_max_job_seconds=env["QM_POOL_MAX_JOB_SECONDS"])
+    assert settings.job_limit("runpod") == 7200  # as the queue manager reads it
+    chain = PushPool(name="runpod", style="runpod", url="https://x", api_key="k", capacity=1).chain_seconds
+    # RunPod ends a request at its execution timeout: it covers the chain and one job of the pool's time.
+    assert dynamic(run, "runpod-endpoint").inputs["execution_timeout_s"] == push_request_limit(chain, 7200)
 
 
 def test_pools_pulling_the_same_worker_image_share_one_build() -> None:

@@ -12,7 +12,7 @@ from devkit.push_platform import Platform, simulated_worker
 from services.protocol.jobs import Job, JobState, JobSubmit
 from services.queue_manager.settings import Settings
 from services.queue_manager.store import Store
-from tests.support.dispatch_rig import OTHER_TOKEN, POOL_TOKEN, finished, rig
+from tests.support.dispatch_rig import OTHER_TOKEN, POOL, POOL_TOKEN, finished, rig
 from tests.support.jobs import until
 
 PROMPT = {"1": {"class_type": "KSampler", "inputs": {}}}
@@ -247,17 +247,35 @@ async def test_a_provider_that_refuses_the_pools_key_fails_the_job_with_its_answ
     assert done.error.type == "ProviderRefused" and "401" in done.error.message
 
 
-async def test_a_job_past_its_timeout_is_cancelled_at_the_provider_and_requeued(
+async def test_a_job_past_its_pools_maximum_job_time_is_cancelled_at_the_provider_and_not_run_again(
     redis_url: str, make_platform: Callable[..., Platform]
 ) -> None:
+    """The same maximum job time as every pool kind's: a job that hangs every time would otherwise
+    take a serverless GPU for the whole limit, again and again."""
     platform = make_platform(job_seconds=30.0, max_replicas=1)
-    async with rig(redis_url, "runpod", platform, capacity=1, job_timeout_seconds=0.3) as r:
+    async with rig(redis_url, "runpod", platform, capacity=1, max_job_seconds=0.5) as r:
+        job = await submit(r.store, "ada")
+
+        [done] = await finished(r.store, [job.id])
+        dead = (await r.store.overview()).dead
+
+    assert done.state == JobState.FAILED and done.error is not None and done.error.type == "JobTimeLimit"
+    assert "0.5 s" in done.error.message and f"maxJobSeconds of pool {POOL}" in done.error.message
+    assert done.attempts == 1 and [j.id for j in dead] == [job.id]
+    assert len(platform.requests) == 1  # no second GPU took it
+
+
+async def test_a_job_whose_request_never_starts_at_the_provider_is_retried(
+    redis_url: str, make_platform: Callable[..., Platform]
+) -> None:
+    platform = make_platform(cold_start_s=30.0, max_replicas=1)
+    async with rig(redis_url, "runpod", platform, capacity=1, max_job_seconds=0.3) as r:
         job = await submit(r.store, "ada")
 
         [done] = await finished(r.store, [job.id])
 
     assert done.state == JobState.FAILED and done.error is not None and done.error.type == "Timeout"
-    assert done.attempts == 3  # the store's max_attempts, then dead-lettered
+    assert "did not start it" in done.error.message and done.attempts == 3  # then dead-lettered
 
 
 async def test_cancel_while_waiting_at_the_provider_cancels_there(

@@ -42,7 +42,7 @@ class SwallowingStore:
     """A claim that swallows its cancellation and returns nothing, as redis-py's asyncio client can
     while it waits for a connection."""
 
-    settings = SimpleNamespace(heartbeat_seconds=1.0)
+    settings = SimpleNamespace(heartbeat_seconds=1.0, job_limit=lambda pool: 3600.0)
     keys, redis = Keys("qm"), NoChains()
 
     def __init__(self) -> None:

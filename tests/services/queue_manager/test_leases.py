@@ -13,7 +13,7 @@ from services.queue_manager import leases
 from services.queue_manager.errors import StaleLease
 from services.queue_manager.records import now_ms
 from services.queue_manager.store import Store
-from tests.support.qm_api import job
+from tests.support.qm_api import job, registration
 
 LATER = 3_600_000  # an hour in ms: every lease granted now has expired by then
 OUTPUT = OutputFile(node_id="2", kind="images", filename="t_00001_.png")
@@ -189,3 +189,40 @@ async def test_a_finished_job_expires_after_the_retention_but_a_waiting_one_neve
     retention_ms = store.settings.retention_hours * 3600 * 1000
     assert 0.99 * retention_ms < await store.redis.pttl(store.keys.job(done.id)) <= retention_ms
     assert await store.redis.pttl(store.keys.job(waiting.id)) == -1
+
+
+async def test_a_job_past_its_pools_maximum_job_time_fails_for_good_however_its_worker_renews_it(
+    store_with: Callable[..., Store],
+) -> None:
+    """A node that hangs while ComfyUI still answers keeps its worker heartbeating: the queue
+    manager itself ends the job at the pool's maximum job time, not the worker."""
+    store = store_with(lease_seconds=600, pool_max_job_seconds={"gpu": 30})
+    await store.register(registration("w1"))
+    queued = await store.submit("ada", job())
+    lease = await store.claim("w1", "gpu")
+    assert lease is not None
+    await store.heartbeat(queued.id, lease.token)
+
+    assert await store.reap(now=now_ms() + 29_000) == []  # within the limit: running on
+    assert await store.reap(now=now_ms() + 31_000) == [(queued.id, "ada", "overrun")]
+
+    with pytest.raises(StaleLease):  # the worker is told at its next heartbeat
+        await store.heartbeat(queued.id, lease.token)
+    failed = await store.get(queued.id)
+    assert failed is not None and failed.state == JobState.FAILED and failed.error is not None
+    assert failed.error.type == "JobTimeLimit" and not failed.error.retryable
+    assert "30 s" in failed.error.message and "maxJobSeconds of pool gpu" in failed.error.message
+    assert failed.attempts == 1 and await store.claim("w2", "gpu") is None  # not tried again
+    assert [j.id for j in (await store.overview()).dead] == [queued.id]  # the admin sees it
+
+
+async def test_a_pool_without_its_own_maximum_job_time_has_the_default(
+    store_with: Callable[..., Store],
+) -> None:
+    store = store_with(lease_seconds=600, max_job_seconds=100, pool_max_job_seconds={"other": 10})
+    await store.register(registration("w1"))
+    queued = await store.submit("ada", job())
+    assert await store.claim("w1", "gpu") is not None
+
+    assert await store.reap(now=now_ms() + 50_000) == []
+    assert await store.reap(now=now_ms() + 101_000) == [(queued.id, "ada", "overrun")]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from devkit.doubles.comfyui import ComfyUIDouble
 from services.protocol.jobs import Job, JobState
@@ -24,10 +25,15 @@ from services.storage.local import LocalStorage
 from services.worker.agent import Agent
 from services.worker.comfy_client import ComfyClient
 from services.worker.queue_client import LeaseLostError, QueueClient
+from services.worker.settings import WorkerSettings
 from services.worker.supervisor import ComfyProcess
 from tests.support.jobs import finished, graph, participant, submit, submit_running, until
 from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, POOL_TOKEN, LiveServer
 from tests.support.worker_agent import child_worker_settings, pull_worker, worker_settings
+
+
+async def job_of(client: httpx.AsyncClient, job_id: str) -> Job:
+    return Job.model_validate((await client.get(f"/api/jobs/{job_id}")).json())
 
 
 async def running_in(comfyui: ComfyClient, job_id: str) -> bool:
@@ -234,12 +240,7 @@ async def test_a_cancelled_job_whose_node_ignores_the_interrupt_has_comfyui_rest
     own nodes check it only in their progress hook): one that hangs keeps running after her cancel.
     The worker gives it ``interrupt_grace_seconds``, then restarts its child ComfyUI so the GPU is
     free again, and her job ends cancelled instead of showing as running for good."""
-    hangs = ["--node-seconds", "3600", "--progress-steps", "0"]
-    command = [sys.executable, "-m", "devkit.doubles.comfyui", *hangs]
-    settings = child_worker_settings(
-        comfy, qm.url, tmp_path, comfyui_command=command, interrupt_grace_seconds=1.0
-    )
-    async with pull_worker(settings) as running:
+    async with pull_worker(hanging_child(comfy, qm, tmp_path)) as running:
         comfyui = running.agent.comfy
         job_id = await submit(alice, graph(color=17))
         await until(lambda: running_in(comfyui, job_id), "the job running in the child ComfyUI")
@@ -251,6 +252,82 @@ async def test_a_cancelled_job_whose_node_ignores_the_interrupt_has_comfyui_rest
         assert await comfyui.queue() == ([], [])  # the hung prompt is gone: the GPU is free
     assert job.state == JobState.CANCELLED and job.outputs == []
     assert supervisor.restarts == 1
+
+
+def hanging_child(comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path) -> WorkerSettings:
+    """A worker whose child ComfyUI runs every node for an hour and never checks for an interrupt
+    (no progress updates), as a custom node stuck in a call does on the real one."""
+    hangs = ["--node-seconds", "3600", "--progress-steps", "0"]
+    command = [sys.executable, "-m", "devkit.doubles.comfyui", *hangs]
+    return child_worker_settings(
+        comfy, qm.url, tmp_path, comfyui_command=command, interrupt_grace_seconds=1.0
+    )
+
+
+async def test_a_hung_job_nobody_cancels_ends_at_its_pools_maximum_job_time_and_frees_the_gpu(
+    comfy: ComfyUIDouble, qm_factory: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    """ComfyUI keeps answering while the node hangs, so the worker keeps renewing its lease: the
+    queue manager ends the job at the pool's maximum job time; the worker, refused at its next
+    heartbeat, interrupts ComfyUI and after the grace restarts its child, so the GPU is free again."""
+    qm = qm_factory(lease_seconds=3.0, pool_max_job_seconds={POOL: 2.0})
+    async with pull_worker(hanging_child(comfy, qm, tmp_path)) as running, participant(qm, "alice") as alice:
+        comfyui = running.agent.comfy
+        job_id = await submit(alice, graph(color=19))
+        await until(lambda: running_in(comfyui, job_id), "the job running in the child ComfyUI")
+        job = await finished(alice, job_id, timeout=30)
+        page = (await alice.get(f"/w/alice/api/history/{job_id}")).json()[job_id]
+        supervisor = running.agent.comfy_server
+        assert isinstance(supervisor, ComfyProcess)
+        await until(lambda: supervisor.restarts == 1 and supervisor.up.is_set(), "ComfyUI restarted", 30)
+        assert await comfyui.queue() == ([], [])  # the hung prompt is gone: the GPU is free
+        async with httpx.AsyncClient(base_url=qm.url, auth=(ADMIN, ADMIN_PASSWORD)) as admin:
+            dead = (await admin.get("/api/admin/queue")).json()["dead"]
+    assert job.state == JobState.FAILED and job.error is not None and job.error.type == "JobTimeLimit"
+    assert job.attempts == 1 and [d["id"] for d in dead] == [job_id]
+    event, data = page["status"]["messages"][-1]
+    assert event == "execution_error" and "longer than 2 s" in data["exception_message"]
+    assert f"raise maxJobSeconds of pool {POOL}" in data["exception_message"]
+
+
+async def problems_of_workers(qm: LiveServer) -> list[str]:
+    """What the admin page's workers list says keeps each worker from taking jobs ('' = nothing)."""
+    async with httpx.AsyncClient(base_url=qm.url, auth=(ADMIN, ADMIN_PASSWORD)) as admin:
+        workers = (await admin.get("/api/admin/workers")).json()
+    return [str(worker["capabilities"].get("problem") or "") for worker in workers]
+
+
+async def test_an_attached_comfyui_stuck_in_a_node_takes_no_job_and_says_so_until_it_is_restarted(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """An attached ComfyUI is someone else's to restart: after the grace its stuck prompt is named
+    in the worker's log and on the admin page with the fix, and the worker claims nothing (a job
+    it took would only wait for the stuck prompt and go back, again and again) until ComfyUI holds
+    no prompt; then it takes the waiting job."""
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path, interrupt_grace_seconds=1.0)):
+        comfy.knobs.node_seconds, comfy.knobs.progress_steps = 3600, 0  # never checks for an interrupt
+        stuck = await submit(alice, graph(color=20))
+        await until(lambda: comfy.state.running is not None, "the hung job running in ComfyUI")
+        assert (await alice.post(f"/api/jobs/{stuck}/cancel")).json()["outcome"] == "requested"
+        assert (await finished(alice, stuck, timeout=30)).state == JobState.CANCELLED
+        waiting = await submit(alice, graph(color=21))
+
+        async def told() -> bool:
+            return any(f"restart ComfyUI at {comfy.url}" in p for p in await problems_of_workers(qm))
+
+        await until(told, "the admin page names the stuck ComfyUI and the fix")
+        with pytest.raises(TimeoutError):  # watched for a while: it must stay queued, untouched
+            async with asyncio.timeout(3.0):
+                while (await job_of(alice, waiting)).state == JobState.QUEUED:
+                    await asyncio.sleep(0.1)  # polling for a change that must not come
+        assert (await job_of(alice, waiting)).started_at is None
+
+        comfy.knobs.node_seconds = 0.01
+        await asyncio.to_thread(comfy.restart)  # the organizer restarts it
+        done = await finished(alice, waiting, timeout=30)
+        problems = await problems_of_workers(qm)
+    assert done.state == JobState.SUCCEEDED, done.error
+    assert done.attempts == 1 and problems == [""]
 
 
 async def test_a_node_the_gpus_comfyui_offered_but_lost_is_not_blamed_on_her_workflow(

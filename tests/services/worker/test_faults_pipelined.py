@@ -264,25 +264,18 @@ async def test_comfyui_killed_while_the_next_job_is_held_gives_both_back_without
     assert restarts == 1
 
 
-async def test_a_bucket_outage_while_a_jobs_input_is_fetched_spends_no_attempt(
-    comfy: ComfyUIDouble,
-    qm: LiveServer,
-    alice: httpx.AsyncClient,
-    tmp_path: Path,
-    files: Path,
-    s3_endpoint: str,
-) -> None:
-    """The bucket stops answering as her image-to-image job is about to run: its input waits for the
-    bucket, and the job runs once the bucket answers, on its first attempt, instead of failing
-    until its attempts run out."""
-    storage = in_bucket(s3_endpoint, "inputs")
+LOADS = {
+    "1": {"class_type": "LoadImage", "inputs": {"image": "mine.png"}},
+    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "from"}},
+}
+
+
+async def input_in_noted_bucket(storage: S3Storage, files: Path) -> list[str]:
+    """Her ``mine.png`` (which ``LOADS`` loads) where the queue manager checks it and where the
+    worker reads it; returns the list each call the bucket did not answer is added to."""
     image = b"\x89PNG\r\n\x1a\n" + b'{"width": 8, "height": 8, "color": 7}'
     put_input(files, "alice", "mine.png", image)  # where the queue manager checks it
     await storage.put("users/alice/input/mine.png", aiter_chunks(image))  # where the worker reads it
-    loads = {
-        "1": {"class_type": "LoadImage", "inputs": {"image": "mine.png"}},
-        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "from"}},
-    }
     unanswered: list[str] = []
     call = storage._call
 
@@ -294,13 +287,36 @@ async def test_a_bucket_outage_while_a_jobs_input_is_fetched_spends_no_attempt(
             raise
 
     storage._call = noted  # type: ignore[method-assign]
+    return unanswered
+
+
+async def test_a_bucket_outage_while_a_jobs_input_is_fetched_spends_no_attempt_and_delays_no_cancel(
+    comfy: ComfyUIDouble,
+    qm: LiveServer,
+    alice: httpx.AsyncClient,
+    tmp_path: Path,
+    files: Path,
+    s3_endpoint: str,
+) -> None:
+    """The bucket stops answering as her image-to-image jobs are about to run: their input waits for
+    the bucket (up to WORKER_STORAGE_RETRY_SECONDS, 300 s). The one she cancels meanwhile ends
+    cancelled at once, not when the wait is over; the other runs once the bucket answers, on its
+    first attempt, instead of failing until its attempts run out."""
+    storage = in_bucket(s3_endpoint, "inputs")
+    unanswered = await input_in_noted_bucket(storage, files)
     bucket = storage.client
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path), storage):
         storage.client = s3_client(f"http://127.0.0.1:{free_port()}")  # nothing answers there
-        job_id = await submit(alice, loads, inputs=[{"filename": "mine.png"}])
-        await until(lambda: len(unanswered) >= 3, "the worker tried the bucket again and again", 30)
+        unwanted = await submit(alice, LOADS, inputs=[{"filename": "mine.png"}])
+        await until(lambda: len(unanswered) >= 2, "the worker waits for the bucket", 30)
+        (await alice.post(f"/api/jobs/{unwanted}/cancel")).raise_for_status()
+        cancelled = await finished(alice, unwanted, timeout=10)
+        job_id = await submit(alice, LOADS, inputs=[{"filename": "mine.png"}])
+        tried = len(unanswered)
+        await until(lambda: len(unanswered) >= tried + 3, "the worker tried the bucket again and again", 30)
         storage.client = bucket
         done = await finished(alice, job_id, timeout=30)
+    assert cancelled.state == JobState.CANCELLED and unwanted not in comfy.state.history
     assert (done.state, done.attempts, done.error) == (JobState.SUCCEEDED, 1, None)
     assert [o.filename for o in done.outputs] == ["from_00001_.png"]
 
