@@ -155,3 +155,50 @@ async def test_run_instant_queues_the_workflow_again_each_time_a_run_ends_until_
             history = await page.request.get(f"{server.url}/w/alice/api/history")
             assert runs() <= set(await history.json())
             await context.close()
+
+
+async def test_a_batch_saved_in_folders_shows_in_the_queue_sidebar_and_its_gallery(
+    browser: Browser, server: LiveServer, tmp_path: Path
+) -> None:
+    """Three images saved under 'shoot/day 1/': the task shows its preview and count, and the
+    gallery it opens shows each image (every request of the page answered)."""
+    batch = {
+        **GRAPH,
+        "1": {**GRAPH["1"], "inputs": {**GRAPH["1"]["inputs"], "batch_size": 3}},
+        "3": {**GRAPH["3"], "inputs": {**GRAPH["3"]["inputs"], "filename_prefix": "shoot/day 1/pic"}},
+    }
+    refused: list[str] = []
+    with ComfyUIDouble(tmp_path / "comfy") as comfy:
+        settings = worker_settings(comfy, server.url, tmp_path, storage_url=f"file://{tmp_path}/files")
+        async with pull_worker(settings):
+            log: list[SocketLog] = []
+
+            def watch(page: Page) -> None:
+                log.append(SocketLog(page))
+                page.on("response", lambda r: r.status < 400 or refused.append(f"{r.status} {r.url}"))
+
+            context, page = await logged_in_page(browser, server, "alice", watch)
+            await page.evaluate("graph => window.app.loadApiJson(graph, 'batch')", batch)
+            await page.locator("button:has-text('Run')").first.click()
+            await until(page, lambda: log[0].of_type("execution_success"), "the batch's end")
+            images = log[0].of_type("executed")[0]["data"]["output"]["images"]
+            assert [(i["filename"], i["subfolder"]) for i in images] == [
+                (f"pic_0000{n}_.png", "shoot/day 1") for n in (1, 2, 3)
+            ]
+            await page.click(".queue-tab-button")
+            task = page.locator(".task-item").first
+            await task.locator(".task-time").wait_for(timeout=10_000)
+            preview = task.locator("img.task-output-image")
+            await page.wait_for_function(
+                "image => image.complete && image.naturalWidth > 0", arg=await preview.element_handle()
+            )
+            assert await task.locator(".task-item-details button").inner_text() == "3"
+            await preview.click()
+            shown = page.locator(".galleria-image")
+            await shown.first.wait_for(timeout=10_000)
+            widths = await page.evaluate(
+                "() => [...document.querySelectorAll('.galleria-image')].map(image => image.naturalWidth)"
+            )
+            assert widths and all(width == GRAPH["1"]["inputs"]["width"] for width in widths), widths
+            await context.close()
+    assert refused == []
