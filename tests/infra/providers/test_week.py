@@ -650,3 +650,16 @@ def test_a_run_asks_verda_for_one_token_however_many_resources_it_checks_and_cre
 
     assert doubles[0].log.count(("POST", "/oauth2/token")) == 1
     assert len(doubles[0].billable_instances()) == 1 and len(doubles[0].deployments) == 1
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_a_destroy_after_the_object_was_deleted_by_hand_finishes(kind: str, doubles: Doubles) -> None:
+    """Half the stack deleted in the console before the evening's `pulumi destroy` (no refresh): the
+    delete of what is already gone succeeds, so the destroy goes on to what still bills."""
+    case, engine, _ = created(kind, doubles)
+    assert engine.state is not None
+    case.forget(doubles, engine.state.id)
+
+    engine.destroy()
+
+    assert engine.state is None
