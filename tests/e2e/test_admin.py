@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page
+from playwright.async_api import Browser
 from redis.asyncio import Redis
 
 from devkit.doubles.comfyui_nodes import catalogue
@@ -14,10 +14,9 @@ from services.protocol.jobs import JobError
 from services.protocol.workers import Failure, Lease, ModelsProgress, WorkerCapabilities, WorkerRegistration
 from services.queue_manager.records import now_ms
 from services.queue_manager.store import Store
+from tests.support.browser import admin_page
 from tests.support.jobs import GRAPH
 from tests.support.queue_manager_app import (
-    ADMIN,
-    ADMIN_PASSWORD,
     POOL,
     WORKER_AUTH,
     LiveServer,
@@ -29,18 +28,6 @@ from tests.support.queue_manager_app import (
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 LATER = 3_600_000  # an hour in ms: every lease granted now has expired by then
-
-
-async def admin_page(browser: Browser, server: LiveServer) -> tuple[BrowserContext, Page]:
-    """A fresh browser profile on the admin page, logged in through its login form."""
-    context = await browser.new_context(viewport={"width": 1400, "height": 900})
-    page = await context.new_page()
-    await page.goto(f"{server.url}/admin/")
-    await page.fill("#username", ADMIN)
-    await page.fill("#password", ADMIN_PASSWORD)
-    await page.click("button[type=submit]")
-    await page.wait_for_url(f"{server.url}/admin/")
-    return context, page
 
 
 async def test_the_admin_sees_the_job_and_the_worker_and_can_cancel(

@@ -10,7 +10,7 @@ from typing import Any
 
 from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, WebSocket
 
-from tests.support.queue_manager_app import LiveServer, password
+from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, LiveServer, password
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -90,3 +90,15 @@ async def until(page: Page, check: Any, what: str, timeout_ms: int = 20_000) -> 
             return
         await page.wait_for_timeout(50)
     raise AssertionError(f"{what} did not happen within {timeout_ms} ms")
+
+
+async def admin_page(browser: Browser, server: LiveServer) -> tuple[BrowserContext, Page]:
+    """A fresh browser profile on the admin page, logged in through its login form."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 900})
+    page = await context.new_page()
+    await page.goto(f"{server.url}/admin/")
+    await page.fill("#username", ADMIN)
+    await page.fill("#password", ADMIN_PASSWORD)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{server.url}/admin/")
+    return context, page
