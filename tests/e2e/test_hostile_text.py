@@ -5,11 +5,12 @@ and the real browser must neither build elements from it nor load anything it na
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Request
+from playwright.async_api import Browser, BrowserContext, Page, Request
 
 from devkit.doubles.comfyui_nodes import catalogue
 from services.protocol.jobs import JobError
@@ -48,30 +49,51 @@ SHOWING = {
 }
 
 
-@pytest.mark.parametrize("kind", sorted(SHOWING))
-async def test_a_workers_text_is_shown_as_text(browser: Browser, server: LiveServer, kind: str) -> None:
-    with httpx.Client(base_url=server.url) as client:
-        register_worker(client, catalogue([]))
-    probed: list[str] = []
+async def run_on_a_fake_worker(
+    browser: Browser, server: LiveServer, probed: list[str], report: Callable[[Lease], JobEvent | Failure]
+) -> tuple[BrowserContext, Page]:
+    """Alice runs a graph from her page (``probed`` collects what it asks for of the probe); a fake
+    worker claims the job and sends ``report`` of its lease: one event after the job's start, or its
+    failure."""
     context, page = await logged_in_page(
         browser, server, "alice", lambda p: p.on("request", lambda r: _probe(r, probed))
     )
     await page.evaluate("graph => window.app.loadApiJson(graph, 'hostile')", GRAPH)
     await page.locator("button:has-text('Run')").first.click()
     with httpx.Client(base_url=server.url, headers=WORKER_AUTH) as worker:
-        claimed = worker.post("/api/workers/w1/claim", params={"wait": 10})
-        lease = Lease.model_validate(claimed.json())
-        job_id = lease.job.id
-        events = [
-            JobEvent(type="execution_start", data={"prompt_id": job_id, "timestamp": 1}),
-            JobEvent(type="executing", data={"node": "1", "display_node": "1", "prompt_id": job_id}),
-            JobEvent(type=kind, data={**SHOWING[kind], "prompt_id": job_id}),
-        ]
-        batch = EventBatch(token=lease.token, events=events)
-        worker.post(f"/api/leases/{job_id}/events", json=batch.model_dump(mode="json")).raise_for_status()
+        lease = Lease.model_validate(worker.post("/api/workers/w1/claim", params={"wait": 10}).json())
+        job_id, sent = lease.job.id, report(lease)
+        if isinstance(sent, Failure):
+            path, body = f"/api/leases/{job_id}/fail", sent.model_dump(mode="json")
+        else:
+            events = [
+                JobEvent(type="execution_start", data={"prompt_id": job_id, "timestamp": 1}),
+                JobEvent(type="executing", data={"node": "1", "display_node": "1", "prompt_id": job_id}),
+                sent,
+            ]
+            path = f"/api/leases/{job_id}/events"
+            body = EventBatch(token=lease.token, events=events).model_dump(mode="json")
+        worker.post(path, json=body).raise_for_status()
     await page.wait_for_function(SHOWN, arg=PROBE, timeout=15_000)
+    return context, page
+
+
+async def no_markup_built(page: Page) -> None:
     assert await page.evaluate("() => window.xssRan") is None
     assert await page.evaluate(f"() => document.querySelector('#{PROBE}, img[src*=\"{PROBE}\"]')") is None
+
+
+@pytest.mark.parametrize("kind", sorted(SHOWING))
+async def test_a_workers_text_is_shown_as_text(browser: Browser, server: LiveServer, kind: str) -> None:
+    with httpx.Client(base_url=server.url) as client:
+        register_worker(client, catalogue([]))
+    probed: list[str] = []
+
+    def event(lease: Lease) -> JobEvent:
+        return JobEvent(type=kind, data={**SHOWING[kind], "prompt_id": lease.job.id})
+
+    context, page = await run_on_a_fake_worker(browser, server, probed, event)
+    await no_markup_built(page)
     assert probed == []
     await context.close()
 
@@ -103,27 +125,17 @@ async def test_a_workers_error_is_shown_as_text_to_the_participant_and_the_admin
         body = WorkerRegistration(worker_id="w-markup", capabilities=caps).model_dump(mode="json")
         client.post("/api/workers/register", json=body, headers=WORKER_AUTH).raise_for_status()
     probed: list[str] = []
-    context, page = await logged_in_page(
-        browser, server, "alice", lambda p: p.on("request", lambda r: _probe(r, probed))
-    )
-    await page.evaluate("graph => window.app.loadApiJson(graph, 'hostile')", GRAPH)
-    await page.locator("button:has-text('Run')").first.click()
-    with httpx.Client(base_url=server.url, headers=WORKER_AUTH) as worker:
-        lease = Lease.model_validate(worker.post("/api/workers/w1/claim", params={"wait": 10}).json())
-        failure = Failure(token=lease.token, error=FAILED)
-        worker.post(
-            f"/api/leases/{lease.job.id}/fail", json=failure.model_dump(mode="json")
-        ).raise_for_status()
-    await page.wait_for_function(SHOWN, arg=PROBE, timeout=15_000)
+
+    def failed(lease: Lease) -> Failure:
+        return Failure(token=lease.token, error=FAILED)
+
+    context, page = await run_on_a_fake_worker(browser, server, probed, failed)
     admin, on_admin = await admin_page(browser, server)
     on_admin.on("request", lambda r: _probe(r, probed))
     await on_admin.reload()
     await on_admin.wait_for_function(SHOWN, arg=PROBE, timeout=15_000)
     for shown in (page, on_admin):
-        assert await shown.evaluate("() => window.xssRan") is None
-        assert (
-            await shown.evaluate(f"() => document.querySelector('#{PROBE}, img[src*=\"{PROBE}\"]')") is None
-        )
+        await no_markup_built(shown)
     assert probed == []
     await admin.close()
     await context.close()
