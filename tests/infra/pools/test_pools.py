@@ -226,6 +226,25 @@ def test_a_workshop_gpu_box_stores_outputs_in_the_vault_not_on_its_own_disk() ->
     assert "envs" in worker.secret_inputs
 
 
+def test_a_workshop_gpu_boxs_workers_fill_one_kept_models_volume_there_once() -> None:
+    """The GPU box's workers share one Docker volume on that box, filled once by the sync under its
+    lock and kept over the evening's destroy, as the cloud pools' models volumes are: in each
+    container's own layer every worker downloaded the whole manifest again, and again whenever
+    pulumi up replaced its container."""
+    run = workshop(LOCAL_GPU)
+
+    host = run.one("pulumi:providers:docker", "studio-docker")
+    volume = run.one("docker:index/volume:Volume", "studio-models")
+    assert volume.retain_on_delete and volume.provider.startswith(host.urn)
+    assert volume.inputs["name"] == "comfy-workshop-studio-models"
+    for index in range(2):
+        worker = run.one(CONTAINER, f"studio-worker-{index}")
+        env = dict(item.split("=", 1) for item in worker.inputs["envs"])
+        assert env["WORKER_SHARED_MODELS_DIR"] == "/models"
+        mounts = [v for v in worker.inputs["volumes"] if v.get("containerPath") == "/models"]
+        assert mounts == [{"volumeName": "comfy-workshop-studio-models", "containerPath": "/models"}]
+
+
 def test_two_pools_naming_one_models_volume_declare_it_once() -> None:
     run = workshop(
         VERDA_INSTANCE, {**VERDA_SERVERLESS, "name": "burst", "modelsVolume": VERDA_INSTANCE["modelsVolume"]}
