@@ -57,6 +57,38 @@ def test_a_malformed_json_setting_names_what_is_expected(monkeypatch: pytest.Mon
         Settings()
 
 
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("h100=3600", "JSON object of pool -> seconds"),
+        ('{"h100": 0}', "greater than 0"),
+        ('{"h100": "x"}', "number"),
+    ],
+)
+def test_a_nonsense_maximum_job_time_is_refused_naming_what_is_expected(
+    monkeypatch: pytest.MonkeyPatch, value: str, said: str
+) -> None:
+    monkeypatch.setenv("QM_ENV", "development")
+    monkeypatch.setenv("QM_POOL_MAX_JOB_SECONDS", value)
+    with pytest.raises(ValidationError, match=said):
+        Settings()
+
+
+def test_a_push_pool_with_its_own_job_timeout_is_pointed_at_the_one_maximum_job_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A push pool's job_timeout_seconds was its own time limit; every pool kind now has one
+    setting, so an old one is refused naming it rather than ignored."""
+    pool = {"name": "runpod", "style": "runpod", "url": "https://x", "api_key": "k", "capacity": 1}
+    monkeypatch.setenv("QM_ENV", "development")
+    monkeypatch.setenv("QM_PUSH_POOL_RUNPOD", json.dumps({**pool, "job_timeout_seconds": 60}))
+    with pytest.raises(ValueError, match="QM_POOL_MAX_JOB_SECONDS"):
+        Settings()
+    monkeypatch.setenv("QM_PUSH_POOL_RUNPOD", json.dumps(pool))
+    monkeypatch.setenv("QM_POOL_MAX_JOB_SECONDS", '{"runpod": 60}')
+    assert Settings().job_limit("runpod") == 60 and Settings().job_limit("h100") == 3600
+
+
 def test_a_missing_participants_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("QM_ENV", "development")
     monkeypatch.setenv("QM_PARTICIPANTS_FILE", str(tmp_path / "nope.json"))
