@@ -25,14 +25,15 @@ BOOTING = frozenset({InstanceStatus.ORDERED, InstanceStatus.PROVISIONING, "new",
 DEFAULT_IMAGE = "ubuntu-24.04-cuda-12.8-open-docker"
 # What the instance is made of: a change means a new instance. ``setup_digest`` stands for what the
 # startup script does; the script's id may change without it (a renewed tailnet key in the script
-# matters only to instances created later), so ``startup_script_id`` is only recorded in place.
+# matters only to instances created later), so ``startup_script_id`` is only recorded in place. So are
+# ``ssh_key_ids``: an instance reads its keys at first boot only, and the pool's key, deleted in the
+# console and made again, gets a new id for the same public key.
 SPEC_KEYS = (
     "name",
     "instance_type",
     "image",
     "location",
     "is_spot",
-    "ssh_key_ids",
     "setup_digest",
     "existing_volumes",
     "os_volume_size",
@@ -127,8 +128,8 @@ class InstanceProvider(VerdaProvider):
         return self._until_running(api, obj.id, props, BOOTING, advice)
 
     def change(self, api: Any, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> Any:
-        """In place: ``startup_script_id`` (it runs at first boot only: nothing to send), and an
-        instance a refresh found stopped is started again."""
+        """In place: ``startup_script_id`` and ``ssh_key_ids`` (read at first boot only: nothing to
+        send), and an instance a refresh found stopped is started again."""
         instance = api.instances.get_by_id(id_)
         if instance.status not in STOPPED:
             return instance

@@ -95,6 +95,8 @@ CASES = {
         INSTANCE,
         {
             "startup_script_id": ("script-2", "update"),  # a renewed tailnet key: a new script, same setup
+            # The pool's SSH key deleted in Verda's console, made again (same public key) by the next up.
+            "ssh_key_ids": (["sshkey-2"], "update"),
             "setup_digest": ("d2", "replace"),
             "instance_type": ("2H100.80S.60V", "replace"),
             "is_spot": (True, "replace"),
@@ -663,3 +665,30 @@ def test_a_destroy_after_the_object_was_deleted_by_hand_finishes(kind: str, doub
     engine.destroy()
 
     assert engine.state is None
+
+
+def test_the_pools_ssh_key_deleted_in_the_console_is_made_again_without_replacing_its_gpus(
+    doubles: Doubles,
+) -> None:
+    """Someone tidies Verda's console and deletes the pool's SSH key (a running instance does not need
+    it): the refresh drops it, the next `up` makes it again under a new id, and the instances, which
+    read their keys at first boot only, were all replaced for it, mid-workshop."""
+    key_case, key, key_props = created("ssh-key", doubles)
+    assert key.state is not None
+    case = CASES["instance"]
+    instance = Engine(case.resource, "instance")
+    props = {**case.props, **connection(case, doubles), "ssh_key_ids": [key.state.id]}
+    instance.up(props)
+    assert instance.state is not None
+    running = instance.state.id
+    key_case.forget(doubles, key.state.id)
+
+    key.refresh()
+    instance.refresh()
+    assert key.state is None
+    key.up(key_props)
+    assert key.state is not None
+    step = instance.up({**props, "ssh_key_ids": [key.state.id]})
+
+    assert (step.action, step.replaces) == ("update", [])
+    assert [i["id"] for i in doubles[0].billable_instances()] == [running]
