@@ -19,7 +19,7 @@ from infra.platform import FILES_DIR, QM_PORT, Platform, PlatformArgs, Publish, 
 from infra.pool_set import PoolSet
 from infra.pools import PoolConfig, PoolContext
 from infra.qm_settings import queue_manager_settings
-from infra.queue_keeper import QueueKeeper
+from infra.queue_keeper import AfterRestore, QueueKeeper
 from infra.secret import secret
 from infra.templates.nginx import NginxSpec, nginx_site
 from infra.urls import logins_output, urls
@@ -34,7 +34,8 @@ def build_local(config: LocalConfig, stack: str) -> dict[str, Any]:
     files = data_volume("files", stack, "files", keep=True)
     credentials = Credentials("credentials", config.participants)
     base_url = f"http://localhost:{config.http_port}"
-    pools = _pools(config, stack, network, files)
+    restore = AfterRestore()
+    pools = _pools(config, stack, network, files, restore)
     settings = _settings(config, credentials, pools, base_url)
     platform = _platform(config, stack, network, files, settings, credentials.participants)
     QueueKeeper(
@@ -43,6 +44,7 @@ def build_local(config: LocalConfig, stack: str) -> dict[str, Any]:
         config.queue.drain_timeout_seconds,
         platform.queue_manager,
         workers=[pools],
+        gate=restore,
     )
     return {
         **urls(base_url, list(config.participants)),
@@ -51,7 +53,9 @@ def build_local(config: LocalConfig, stack: str) -> dict[str, Any]:
     }
 
 
-def _pools(config: LocalConfig, stack: str, network: docker.Network, files: docker.Volume) -> PoolSet:
+def _pools(
+    config: LocalConfig, stack: str, network: docker.Network, files: docker.Volume, restore: AfterRestore
+) -> PoolSet:
     """The worker containers, on the platform's network with the files volume and the models folder."""
 
     def context_for(pool: PoolConfig, token: pulumi.Output[str]) -> PoolContext:
@@ -64,6 +68,7 @@ def _pools(config: LocalConfig, stack: str, network: docker.Network, files: dock
             models_dir=config.models_dir,
             models_manifest=manifest_json(config.models),
             comfyui=config.comfyui,
+            start_after=restore.dependency,
         )
 
     return PoolSet("pools", config.pools, context_for)

@@ -12,6 +12,8 @@ stdin, shared by its commands).
 
 from __future__ import annotations
 
+import asyncio
+
 import pulumi
 import pulumi_command as command
 
@@ -27,10 +29,31 @@ def script_command(filename: str, *args: str) -> str:
     return f"sh -s -- {quoted} <<'COMFY_SCRIPT'\n{read(filename)}COMFY_SCRIPT\n"
 
 
+class AfterRestore:
+    """The morning's restore step, for what is declared before it yet must start after it: the pull
+    pools' machines, whose workers claim jobs as soon as they run (a job taken before the restore
+    would run ahead of last night's queue, or twice). They are declared first because the queue
+    manager's settings name every pool's token, and the restore step needs the queue manager.
+    ``dependency`` goes in their ``depends_on``; the ``QueueKeeper`` given this object resolves it
+    with its restore step. (Push pools cannot wait so: the queue manager's settings name their
+    endpoints. The queue manager leases nothing before the restore, ``QM_RESTORE_FIRST``.)"""
+
+    def __init__(self) -> None:
+        self._step: asyncio.Future[pulumi.Resource] = asyncio.get_event_loop().create_future()
+
+    @property
+    def dependency(self) -> pulumi.Input[pulumi.Resource]:
+        return self._step
+
+    def resolve(self, step: pulumi.Resource) -> None:
+        self._step.set_result(step)
+
+
 class QueueKeeper(pulumi.ComponentResource):
     """On the VPS over SSH (``connection``) or, for the local stack, on this machine. ``after``: what
     must exist before the restore and still exist while the queue drains (the host's readiness step);
-    ``workers``: what runs the jobs the drain waits for (the pools), also kept until it is done."""
+    ``workers``: what runs the jobs the drain waits for (the pools), also kept until it is done;
+    ``gate``: resolved with the restore step, for the pools that start after it."""
 
     step: command.remote.Command | command.local.Command
     drain: command.remote.Command | command.local.Command
@@ -44,6 +67,7 @@ class QueueKeeper(pulumi.ComponentResource):
         connection: command.remote.ConnectionArgs | None = None,
         after: list[pulumi.Resource] | None = None,
         workers: list[pulumi.Resource] | None = None,
+        gate: AfterRestore | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("comfy-workshop:queue:QueueKeeper", name, None, opts)
@@ -55,6 +79,8 @@ class QueueKeeper(pulumi.ComponentResource):
             create=script_command("restore.sh", container),
             update=KEEP,
         )
+        if gate is not None:
+            gate.resolve(self.step)
         self.drain = self._command(
             f"{name}-drain",
             connection,

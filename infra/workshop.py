@@ -20,7 +20,7 @@ from infra.pool_set import PoolSet
 from infra.pools import PoolConfig, PoolContext
 from infra.pools.base import StorageAccess
 from infra.qm_settings import queue_manager_settings, s3_settings
-from infra.queue_keeper import QueueKeeper
+from infra.queue_keeper import AfterRestore, QueueKeeper
 from infra.remote_docker import RemoteDocker
 from infra.secret import secret
 from infra.tailnet import Tailnet
@@ -84,7 +84,9 @@ def _host(
     return vps
 
 
-def _pools(config: WorkshopConfig, stack: str, vault: VaultOutputs, tailnet: Tailnet, vps: Vps) -> PoolSet:
+def _pools(
+    config: WorkshopConfig, stack: str, vault: VaultOutputs, tailnet: Tailnet, vps: Vps, restore: AfterRestore
+) -> PoolSet:
     models = _storage(vault, "models", vault.models_read)
     files = _storage(vault, "userFiles", vault.user_files)
 
@@ -101,6 +103,7 @@ def _pools(config: WorkshopConfig, stack: str, vault: VaultOutputs, tailnet: Tai
             registry=config.registry,
             models_manifest=manifest_json(config.models),
             comfyui=config.comfyui,
+            start_after=restore.dependency,
         )
 
     return PoolSet("pools", config.pools, context_for)
@@ -173,7 +176,8 @@ def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
         private_key=vault.deploy_private_key,
         ready=vps.ready,
     )
-    pools = _pools(config, stack, vault, tailnet, vps)
+    restore = AfterRestore()
+    pools = _pools(config, stack, vault, tailnet, vps, restore)
     platform = _platform(config, stack, vault, vps, pools, remote, web)
     QueueKeeper(
         "queue",
@@ -183,6 +187,7 @@ def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
         connection=vps.connection,
         after=[vps.ready],
         workers=[pools],
+        gate=restore,
     )
     return _outputs(config, vault, vps, pools)
 

@@ -73,6 +73,14 @@ class PoolContext:
     images: WorkerImages = field(default_factory=WorkerImages)
     shared: SharedVolumes = field(default_factory=SharedVolumes)
     comfyui: ComfyUIConfig = field(default_factory=ComfyUIConfig)  # what the worker image runs
+    # What a pull pool's machines start after: the morning's restore step (its workers claim at once)
+    start_after: pulumi.Input[pulumi.Resource] | None = None
+
+    def starting_after(self, opts: pulumi.ResourceOptions) -> pulumi.ResourceOptions:
+        """``opts`` for a resource that runs workers: it waits for ``start_after``."""
+        if self.start_after is None:
+            return opts
+        return pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[self.start_after]))
 
     def queue_url_for(self, pool: str, mode: PoolMode) -> pulumi.Input[str]:
         """Where ``pool``'s workers reach the queue manager: pull workers through the tailnet, push

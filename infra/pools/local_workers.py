@@ -79,7 +79,7 @@ def local_worker_containers(
             gpus=spec.gpus,
             restart="unless-stopped",
             labels=[docker.ContainerLabelArgs(label="comfy-workshop.pool", value=spec.pool)],
-            opts=on_daemon,
+            opts=ctx.starting_after(on_daemon),
         )
         for index in range(spec.count)
     ]

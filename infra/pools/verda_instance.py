@@ -83,7 +83,9 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
         }
         instances = [
             VerdaInstance(
-                f"{config.name}-{index}", {"name": hostname(prefix, index), **machine, **boot, **conn}, child
+                f"{config.name}-{index}",
+                {"name": hostname(prefix, index), **machine, **boot, **conn},
+                ctx.starting_after(child),
             )
             for index in range(config.count)
         ]

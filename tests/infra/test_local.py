@@ -69,6 +69,8 @@ def test_the_local_queue_is_snapshotted_on_destroy_before_its_workers_go(local: 
     assert local.depends_transitively(drain, local.one(CONTAINER, "cpu-worker-0"))
     restore = local.one("command:local:Command", "queue-step")
     assert "cli load" in restore.inputs["create"] and "cli load" not in restore.inputs["update"]
+    # The morning: the workers start once last night's queue is back, never before it.
+    assert local.depends_transitively(local.one(CONTAINER, "cpu-worker-0"), restore)
 
 
 def test_a_local_gpu_pool_is_just_config() -> None:

@@ -183,6 +183,22 @@ def test_destroy_drains_before_any_gpu_pool_goes() -> None:
     assert [r.name for r in gpu if not run.depends_transitively(drain, r)] == []
 
 
+def test_the_morning_restores_the_queue_before_any_gpu_can_take_a_job() -> None:
+    """A worker that claims before the restore ran would run a morning job ahead of last night's
+    queue, or a job twice: pull pools' machines start after the restore step; push pools (which the
+    queue manager's settings name, so they come before it) meet a queue manager that leases nothing
+    until the restore ran (QM_RESTORE_FIRST)."""
+    pools = [
+        {"kind": "verda-instance", "name": "baseline", "count": 2},
+        {"kind": "runpod-serverless", "name": "overflow"},
+    ]
+    run = run_stack("workshop", overrides={"pools": pools})
+    restore = run.one("command:remote:Command", "queue-step")
+    machines = [run.one("pulumi-python:dynamic:Resource", f"baseline-{index}") for index in range(2)]
+    assert all(run.depends_transitively(machine, restore) for machine in machines)
+    assert "QM_RESTORE_FIRST=1" in container(run, "queue-manager").inputs["envs"]
+
+
 def test_a_mid_day_up_that_changes_the_queue_steps_never_restores_over_the_live_queue() -> None:
     """pulumi-command runs a changed command's ``update``, or its ``create`` again when it has none:
     a new drain timeout (or drain script) must not load last evening's snapshot into today's queue."""
