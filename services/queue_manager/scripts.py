@@ -213,8 +213,8 @@ class RejoinArgs(ScriptArgs):
     script = "rejoin"
     mode: str
     snapshot: str  # the snapshot's taken_at (ISO 8601): {p}:holds names it once it is restored
-    taken_at_ms: int  # the same: jobs queued after it move
     night_json: str  # the snapshot's fair state: {"round", "queue_round", "user_round", "user_served"}
+    night_ids: tuple[str, ...]  # the snapshot's waiting jobs: every other waiting job moves
 
 
 @dataclass(frozen=True)

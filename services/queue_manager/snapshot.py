@@ -37,6 +37,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from redis.asyncio import ConnectionPool, Redis
 
+from services.queue_manager.errors import WorkshopClosed
 from services.queue_manager.keys import ANY_POOL, Carried, Family, family_of
 from services.queue_manager.records import job_from_hash, now_ms
 from services.queue_manager.scripts import RejoinArgs
@@ -426,6 +427,17 @@ async def _restore_job(store: Store, fields: dict[str, str], now: int) -> bool:
     return waiting
 
 
+async def restore_by_organizer(store: Store, snapshot: Snapshot) -> RestoreResult:
+    """The admin page's restore: refused after the evening's snapshot (503: what it restores would
+    vanish with the Redis, and dispatch would go on during the destroy); dispatch goes on after it
+    (it opens a queue manager that waited for the morning's restore)."""
+    if await store.redis.exists(store.keys.closed):
+        raise WorkshopClosed()
+    result = await restore_snapshot(store, snapshot, resume=False)
+    await store.open_for_the_day()
+    return result
+
+
 def _restore_finished(pipe: Any, store: Store, fields: dict[str, str], now: int) -> None:
     keys, job_id = store.keys, fields["id"]
     finished_at = int(fields.get("finished_at") or now)
@@ -477,8 +489,8 @@ def _rejoin(store: Store, snapshot: Snapshot) -> RejoinArgs:
         store.prefix,
         store.settings.scheduling.value,
         snapshot.taken_at.isoformat(),
-        int(snapshot.taken_at.timestamp() * 1000),
         json.dumps(night),
+        tuple(fields["id"] for fields in snapshot.jobs if fields.get("state") in ("queued", *RUNNING)),
     )
 
 

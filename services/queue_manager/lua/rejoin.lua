@@ -6,15 +6,22 @@
 -- level is kept; one queued with ComfyUI's ``front`` goes just before its owner's first waiting job
 -- (last night's, or one already moved). Once per Redis and snapshot: {p}:holds then names the
 -- snapshot, and a restore of it run again (or one into the Redis that saved it) moves nothing.
--- ARGV: prefix, mode, snapshot (its taken_at, ISO 8601), taken_at_ms, night_json (the snapshot's
--- fair:round as "round", and its fair:queue_round, fair:user_round and fair:user_served hashes).
+-- ARGV: prefix, mode, snapshot (its taken_at, ISO 8601), night_json (the snapshot's fair:round as
+-- "round", and its fair:queue_round, fair:user_round and fair:user_served hashes), night_ids... (the
+-- snapshot's waiting jobs). A waiting job the snapshot does not hold is one queued before the
+-- restore: told by its id, not by its queue time, as last evening's server clock (that of the
+-- snapshot's taken_at) may run ahead of this morning's new server's.
 -- Returns how many jobs moved.
-local mode, snapshot, taken_at = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local mode, snapshot = ARGV[2], ARGV[3]
 if redis.call('GET', k('holds')) == snapshot then
   return 0
 end
 redis.call('SET', k('holds'), snapshot)
-local night = cjson.decode(ARGV[5])
+local night = cjson.decode(ARGV[4])
+local from_night = {}
+for i = 5, #ARGV do
+  from_night[ARGV[i]] = true
+end
 
 -- Raise a round (a string key, or a hash's field) to `value` when it is below (or absent).
 local function at_least(key, field, value)
@@ -43,9 +50,9 @@ end
 local early, moving = {}, {}
 for _, scope in ipairs(redis.call('SMEMBERS', k('scopes'))) do
   for _, id in ipairs(redis.call('ZRANGE', k('queue', scope), 0, -1)) do
-    local f = redis.call('HMGET', k('job', id), 'queued_at', 'number', 'user', 'score')
-    if tonumber(f[1]) > taken_at then
-      early[#early + 1] = {id = id, number = tonumber(f[2]), user = f[3], score = tonumber(f[4]), scope = scope}
+    if not from_night[id] then
+      local f = redis.call('HMGET', k('job', id), 'number', 'user', 'score')
+      early[#early + 1] = {id = id, number = tonumber(f[1]), user = f[2], score = tonumber(f[3]), scope = scope}
       moving[id] = true
     end
   end

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tracemalloc
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,20 @@ async def test_snapshot_and_restore_over_http(client: httpx.AsyncClient) -> None
     reply = await client.post("/api/admin/restore", json=snapshot, headers=ADMIN)
     assert reply.json() == {"restored": 0, "requeued": 0, "skipped": 1, "keys": 0}
     assert (await client.post("/api/admin/restore", json={"jobs": "x"}, headers=ADMIN)).status_code == 422
+
+
+async def test_the_organizers_restore_after_the_evening_snapshot_is_refused_and_keeps_it_closed(
+    client: httpx.AsyncClient, store: Store
+) -> None:
+    """Jobs restored into the Redis after its snapshot would vanish with it, and the restore's
+    reopening would let participants change what is no longer saved while the destroy goes on."""
+    await client.post("/api/jobs", json={"prompt": PROMPT}, headers=user_auth("ada"))
+    snapshot = (await client.get("/api/admin/snapshot", headers=ADMIN)).json()
+    await store.redis.flushall()
+    await store.redis.set(store.keys.closed, "1")  # the evening's save took its snapshot
+    reply = await client.post("/api/admin/restore", json=snapshot, headers=ADMIN)
+    assert reply.status_code == 503 and "closed for the night" in reply.text
+    assert await store.redis.exists(store.keys.closed) and await store.queued_ids() == []
 
 
 async def test_a_queue_restored_with_a_large_submit_counter_still_takes_jobs(
@@ -204,19 +219,22 @@ async def numbers(store: Store, ids: list[str]) -> list[int]:
     return [int(await store.redis.hget(store.keys.job(job_id), "number") or 0) for job_id in ids]
 
 
+@pytest.mark.parametrize("ahead", [timedelta(0), timedelta(hours=12)], ids=["same clock", "clock ahead"])
 @pytest.mark.parametrize("mode", list(Scheduling))
 async def test_jobs_queued_in_the_morning_before_the_restore_wait_behind_last_nights_queue(
-    store_with: Callable[..., Store], mode: Scheduling
+    store_with: Callable[..., Store], mode: Scheduling, ahead: timedelta
 ) -> None:
     """The workspaces answer before the up's restore step runs. A job queued then takes its turn as
     if it had been queued just after the restore; it got the fresh Redis's round 0 and queue number
-    1, and ran before everyone who had waited overnight."""
+    1, and ran before everyone who had waited overnight. Also when last evening's server clock ran
+    ahead of this morning's (a new server each day): its snapshot is then "from the future"."""
     evening = store_with(scheduling=mode)
     for user, pool in (("ada", None),) * 3 + (("bob", None),) * 2 + (("dan", "cpu"),) * 2 + (("bob", "cpu"),):
         await evening.submit(user, job(), pool=pool)  # fair turns count per pool: cpu's are behind
     assert all([await evening.claim("w1", "gpu") for _ in range(3)])  # running: they queue again
     night = await evening.queued_ids()
     snapshot = await take_snapshot(evening)
+    snapshot = snapshot.model_copy(update={"taken_at": snapshot.taken_at + ahead})
     await evening.redis.flushall()
 
     morning = store_with(scheduling=mode)

@@ -17,7 +17,7 @@ from services.queue_manager.errors import UnknownUser
 from services.queue_manager.queue_admin import DrainResult, QueueOverview, UserSummary
 from services.queue_manager.registry import WorkerInfo
 from services.queue_manager.settings import USER_NAME
-from services.queue_manager.snapshot import RestoreResult, Snapshot, restore_snapshot, take_snapshot
+from services.queue_manager.snapshot import RestoreResult, Snapshot, restore_by_organizer, take_snapshot
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 UserName = Annotated[str, Path(pattern=f"^{USER_NAME.pattern}$", description="a participant's name")]
@@ -155,8 +155,5 @@ async def snapshot(_: AdminUser, store: StoreDep) -> Snapshot:
 
 @router.post("/restore")
 async def restore(body: Snapshot, _: AdminUser, store: StoreDep) -> RestoreResult:
-    """Load a snapshot; jobs that already exist are skipped. Dispatch goes on after it (the
-    organizer's restore opens a queue manager that waited for the morning's)."""
-    result = await restore_snapshot(store, body, resume=False)
-    await store.open_for_the_day()
-    return result
+    """Load a snapshot; jobs that already exist are skipped (see ``restore_by_organizer``)."""
+    return await restore_by_organizer(store, body)
