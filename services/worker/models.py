@@ -16,7 +16,9 @@ a RunPod network volume, a GPU host's model folder) when there is one, else this
 A shared volume is filled once: the sync takes ``.comfy-models.lock`` on the volume (created with
 O_EXCL, its mtime renewed while held; a lock left by a sync that died is taken over once it is
 ``WORKER_MODELS_LOCK_STALE_SECONDS`` old), so the first worker downloads and the others wait, then
-find every file verified. A volume mounted read-only is only checked.
+find every file verified. A sync whose lock was taken over while its host stood still (a frozen VM,
+a volume that hung) writes not one more byte: it checks the lock names it before each write, then
+waits for the new holder and looks again. A volume mounted read-only is only checked.
 
 Each file is downloaded to ``<name>.part`` (resumed with a ranged read after an interruption),
 hashed while it streams, checked against the manifest's size and sha256, renamed into place and
@@ -91,11 +93,16 @@ from services.worker.settings import WorkerSettings
 log = logging.getLogger(__name__)
 HASH_CHUNK = 8 * 1024 * 1024
 REPORT_WAIT_SECONDS = 10.0
+LOCK_TAKEOVERS = 3  # passes of a sync whose volume lock other syncs took over
 Report = Callable[[ModelsProgress], Awaitable[None]]
 
 
 class ModelError(Exception):
     """A manifest problem or a model that could not be obtained or verified."""
+
+
+class LockLostError(ModelError):
+    """The volume's lock was taken over by another sync while this one held it."""
 
 
 class Manifest(BaseModel):
@@ -241,10 +248,25 @@ class VolumeLock:
         self._renew = asyncio.create_task(self._keep())
 
     async def _keep(self) -> None:
-        while True:
+        while self.held():
+            os.utime(self.path)
             await asyncio.sleep(max(self.stale / 4, 0.05))
-            with contextlib.suppress(FileNotFoundError):
-                os.utime(self.path)
+
+    def held(self) -> bool:
+        """The lock file still names this sync (it was not taken over while this host stood still)."""
+        try:
+            return self.path.read_text().strip() == self.owner
+        except FileNotFoundError:
+            return False
+
+    def check_held(self) -> None:
+        """Raise ``LockLostError`` when another sync took the lock over: not one more byte written."""
+        if not self.held():
+            raise LockLostError(
+                f"another worker took over the models lock {self.path} (this sync had not renewed it "
+                f"for {self.stale:.0f}s: WORKER_MODELS_LOCK_STALE_SECONDS); this sync stops writing and "
+                "waits for it"
+            )
 
     async def release(self) -> None:
         if self._renew is not None:
@@ -315,9 +337,26 @@ class ModelSync:
         self.target = settings.shared_models_dir or settings.models_dir
         self.downloads: list[str] = []
         self.removed: list[str] = []
+        self.lock: VolumeLock | None = None
 
     async def run(self, manifest: Manifest) -> None:
+        """Sync; a sync whose volume lock was taken over (its host stood still past the stale time)
+        waits for the new holder and looks again, a few times at most."""
         self._refuse_links(manifest)
+        for _ in range(LOCK_TAKEOVERS):
+            try:
+                await self._run_once(manifest)
+                return
+            except LockLostError as exc:
+                log.warning("%s", exc)
+                self.tally.progress.files_done = self.tally.progress.bytes_done = 0
+        raise ModelError(
+            f"the models lock on {self.target} was taken over {LOCK_TAKEOVERS} times while this worker "
+            "synced: its host or the volume stood still longer than WORKER_MODELS_LOCK_STALE_SECONDS "
+            f"({self.settings.models_lock_stale_seconds:.0f}s); raise it, then start the worker again"
+        )
+
+    async def _run_once(self, manifest: Manifest) -> None:
         missing = [m for m in manifest.models if not verified(self.target / m.path, m)]
         if not missing and not stale_files(self.target, manifest)[0]:
             self.tally.progress.files_done, self.tally.progress.bytes_done = (
@@ -333,9 +372,11 @@ class ModelSync:
             await self._check_read_only(missing)
             return
         await lock.acquire(self._waiting)
+        self.lock = lock
         try:
             await self._sync(manifest)
         finally:
+            self.lock = None
             await lock.release()
 
     def _refuse_links(self, manifest: Manifest) -> None:
@@ -529,6 +570,8 @@ class ModelSync:
         if start >= model.size:
             return
         async for chunk in _chunks(vault, model, start):
+            if self.lock is not None:
+                await asyncio.to_thread(self.lock.check_held)
             await asyncio.to_thread(handle.write, chunk)
             digest.update(chunk)
             self.bar.advance(task, len(chunk))

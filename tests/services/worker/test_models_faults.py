@@ -4,7 +4,9 @@ proxy that breaks the way a network does."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -12,6 +14,7 @@ import pytest
 import yaml
 
 from devkit.s3 import make_bucket, s3_settings
+from services.protocol.workers import ModelsProgress
 from services.storage import Storage, aiter_chunks, open_storage
 from services.worker.models import ModelError, ensure_models
 from services.worker.settings import WorkerSettings
@@ -175,3 +178,50 @@ async def test_a_ranged_read_answered_with_the_whole_file_still_resumes_right(
         assert await ensure_models(config(tmp_path), vault) == [PATH]
     assert starts == [300_000]
     assert (tmp_path / "disk" / PATH).read_bytes() == NEW
+
+
+class Paced:
+    """The bucket, handing each read out 64 KiB at a time, each after ``go`` (a Storage like any other)."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner, self.size = inner, inner.size
+        self.go, self.first = asyncio.Event(), asyncio.Event()
+
+    async def get(self, key: str, start: int = 0) -> AsyncIterator[bytes]:
+        async for chunk in self.inner.get(key, start):
+            for at in range(0, len(chunk), 65536):
+                yield chunk[at : at + 65536]
+                self.first.set()
+                await self.go.wait()
+
+
+async def test_a_sync_whose_lock_was_taken_over_stops_writing_and_waits_for_the_new_holder(
+    s3_endpoint: str, tmp_path: Path
+) -> None:
+    """Its host paused past the stale time (a frozen VM, a volume that hung), so another worker took
+    the lock and went on with the same file: when it wakes it must not write one more byte into
+    that file (two writers), but wait for the other and then find its files verified."""
+    paced = Paced(await bucket(s3_endpoint, tmp_path))
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    waiting = asyncio.Event()
+
+    async def report(progress: ModelsProgress) -> None:
+        if progress.state == "waiting" and "host-b:7:took-over" in progress.message:
+            waiting.set()
+
+    settings = config(tmp_path, shared=True)
+    sync = asyncio.create_task(ensure_models(settings, paced, report))  # type: ignore[arg-type]
+    await asyncio.wait_for(paced.first.wait(), 30)
+    partial, lock = volume / f"{PATH}.part", volume / ".comfy-models.lock"
+    written = partial.stat().st_size
+    lock.write_text("host-b:7:took-over")  # what the other worker's take-over leaves
+    paced.go.set()
+    await asyncio.wait_for(waiting.wait(), 30)
+    assert partial.stat().st_size == written, "it went on writing into the other worker's file"
+    partial.write_bytes(NEW)  # the other worker finishes the file and leaves
+    partial.replace(volume / PATH)
+    (volume / "checkpoints/.model.safetensors.sha256").write_text(hashlib.sha256(NEW).hexdigest())
+    lock.unlink()
+    assert await asyncio.wait_for(sync, 30) == [PATH]
+    assert (volume / PATH).read_bytes() == NEW
