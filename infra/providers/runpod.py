@@ -153,7 +153,7 @@ class TemplateProvider(_Collection):
     kind = "RunPod template"
     collection = "/templates"
     required = ("name", "image")
-    shown = {"imageName": "image", "containerDiskInGb": "container_disk_gb"}
+    shown = {"imageName": "image", "containerDiskInGb": "container_disk_gb", "env": "env"}
     ownership = Ownership.SHOWN
 
     def foreign(self, obj: Any, props: dict[str, Any]) -> str | None:

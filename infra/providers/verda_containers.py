@@ -101,7 +101,8 @@ class DeploymentProvider(VerdaProvider):
         return str(obj.name), {"endpoint_base_url": obj.endpoint_base_url or ""}
 
     def drifted(self, obj: Any, props: dict[str, Any]) -> dict[str, Any]:
-        """What the console lets one change: the image, the GPU, spot, the replica range."""
+        """What the console lets one change: the image, the GPU, spot, the replica range, the env (a
+        queue URL or a secret's name changed there leaves workers calling nowhere)."""
         now, wanted = console_view(obj), console_view(deployment_for(props))
         drift = {key: value for key, value in now.items() if value != wanted[key]}
         if "scaling" in drift:
@@ -111,8 +112,11 @@ class DeploymentProvider(VerdaProvider):
 
 def console_view(dep: Deployment) -> dict[str, Any]:
     """A deployment's settings a console user may change, as inputs."""
+    env = (dep.containers[0].env if dep.containers else None) or []
     return {
         "image": dep.containers[0].image if dep.containers else "",
+        "env": _env_of(env, EnvVarType.PLAIN),
+        "secret_env": _env_of(env, EnvVarType.SECRET),
         "compute": {"name": dep.compute.name, "size": dep.compute.size},
         "is_spot": bool(dep.is_spot),
         "scaling": {
@@ -120,6 +124,11 @@ def console_view(dep: Deployment) -> dict[str, Any]:
             "max_replica_count": dep.scaling.max_replica_count,
         },
     }
+
+
+def _env_of(env: list[EnvVar], kind: EnvVarType) -> dict[str, str]:
+    """The variables of one kind: plain values, or the names of the Verda secrets they refer to."""
+    return {var.name: var.value_or_reference_to_secret for var in env if var.type == kind}
 
 
 def deployment_for(props: dict[str, Any]) -> Deployment:

@@ -692,3 +692,31 @@ def test_the_pools_ssh_key_deleted_in_the_console_is_made_again_without_replacin
 
     assert (step.action, step.replaces) == ("update", [])
     assert [i["id"] for i in doubles[0].billable_instances()] == [running]
+
+
+ENV_DRIFTS = {
+    "deployment": lambda remote: next(
+        var for var in remote["containers"][0]["env"] if var["name"] == "WORKER_POOL"
+    ).update(value_or_reference_to_secret="elsewhere"),
+    "template": lambda remote: remote["env"].update(A="elsewhere"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ENV_DRIFTS))
+def test_an_env_changed_in_the_console_is_seen_by_a_refresh_and_put_back(kind: str, doubles: Doubles) -> None:
+    """A worker setting edited in the provider's console (the queue URL, the pool, a secret's name):
+    the refresh kept the stored env, every later `up` found nothing to do, and the workers called
+    what the console said until someone noticed."""
+    case, engine, props = created(kind, doubles)
+    assert engine.state is not None
+    remote = case.remote(doubles, engine.state.id)
+    assert remote is not None
+    ENV_DRIFTS[kind](remote)
+
+    engine.refresh()
+    step = engine.up(props)
+
+    assert (step.action, step.replaces) == ("update", []), step.diff
+    assert "elsewhere" not in str(case.remote(doubles, engine.state.id))
+    engine.refresh()
+    assert engine.up(props).action == "same"
