@@ -606,6 +606,22 @@ async def _chunks(vault: Storage, model: ModelFile, start: int) -> AsyncIterator
         raise ModelError(f"model {model.path}: {model.key} is not in the models bucket") from exc
 
 
+def _failure(settings: WorkerSettings, exc: StorageError | OSError) -> ModelError:
+    """What went wrong outside the sync's own checks, where, and what to do."""
+    target = settings.shared_models_dir or settings.models_dir
+    if isinstance(exc, StorageError):
+        return ModelError(
+            f"the models bucket {settings.models_url} refused the sync: {exc}. Check that "
+            "WORKER_MODELS_URL names the bucket and the WORKER_MODELS_S3_* key may read it, then start "
+            "the worker again"
+        )
+    return ModelError(
+        f"the models could not be written to {target}: {exc}. What came down is kept (*.part) and the "
+        "next sync resumes it: free room on that disk or volume (or give it more: modelsVolume.sizeGb), "
+        "check it is writable, then start the worker again"
+    )
+
+
 def progress_bar() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -662,7 +678,7 @@ async def ensure_models(
         await tally.state("failed", str(exc))
         if isinstance(exc, ModelError):
             raise
-        raise ModelError(f"the models could not be synced to {settings.models_dir}: {exc}") from exc
+        raise _failure(settings, exc) from exc
     await tally.state("ready", sync.removed_note())
     log.info("%d model files ready in %s", len(manifest.models), sync.target)
     return [model.path for model in manifest.models]

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import resource
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -225,3 +230,44 @@ async def test_a_sync_whose_lock_was_taken_over_stops_writing_and_waits_for_the_
     lock.unlink()
     assert await asyncio.wait_for(sync, 30) == [PATH]
     assert (volume / PATH).read_bytes() == NEW
+
+
+def limited_sync(tmp_path: Path, bucket: Path, limit: int | None) -> subprocess.CompletedProcess[str]:
+    """``sync-models`` in its own process, whose files cannot grow past ``limit`` bytes (the disk
+    filling up midway; the write fails as it would with ENOSPC)."""
+
+    def cap() -> None:
+        if limit is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {
+        **os.environ,
+        "WORKER_MODELS_MANIFEST": str(config(tmp_path, shared=True).models_manifest),
+        "WORKER_MODELS_URL": bucket.as_uri(),
+        "WORKER_SHARED_MODELS_DIR": str(tmp_path / "volume"),
+        "WORKER_MODELS_DIR": str(tmp_path / "disk"),
+    }
+    env.pop("WORKER_TOKEN", None)
+    command = [sys.executable, "-m", "services.worker", "sync-models"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, preexec_fn=cap)
+
+
+def test_a_disk_that_fills_up_midway_leaves_no_file_a_later_sync_takes_as_done(tmp_path: Path) -> None:
+    """The write fails mid-file: the sync says where and what to do, nothing is in place or marked
+    verified, and once there is room the next sync resumes and puts the right file there."""
+    bucket = tmp_path / "bucket"
+    (bucket / KEY).parent.mkdir(parents=True)
+    (bucket / KEY).write_bytes(NEW)
+    (tmp_path / "volume").mkdir()
+
+    full = limited_sync(tmp_path, bucket, limit=300_000)
+    assert full.returncode == 1
+    assert str(tmp_path / "volume") in full.stderr and "free room" in full.stderr, full.stderr
+    assert not (tmp_path / "volume" / PATH).exists()
+    assert not (tmp_path / "volume/checkpoints/.model.safetensors.sha256").exists()
+    assert 0 < (tmp_path / "volume" / f"{PATH}.part").stat().st_size <= 300_000
+
+    again = limited_sync(tmp_path, bucket, limit=None)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "volume" / PATH).read_bytes() == NEW
