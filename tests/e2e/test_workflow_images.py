@@ -202,3 +202,30 @@ async def test_a_batch_saved_in_folders_shows_in_the_queue_sidebar_and_its_galle
             assert widths and all(width == GRAPH["1"]["inputs"]["width"] for width in widths), widths
             await context.close()
     assert refused == []
+
+
+async def test_a_second_tab_lists_the_job_the_first_ran_but_hears_none_of_its_progress(
+    browser: Browser, server: LiveServer, tmp_path: Path
+) -> None:
+    """Two tabs of one participant are two ComfyUI clients: the job's events reach the tab that
+    queued it, and the other tab's queue sidebar lists the job all the same."""
+    with ComfyUIDouble(tmp_path / "comfy") as comfy:
+        comfy.knobs.progress_steps, comfy.knobs.node_seconds = 4, 0.3
+        settings = worker_settings(comfy, server.url, tmp_path, storage_url=f"file://{tmp_path}/files")
+        async with pull_worker(settings):
+            log: list[SocketLog] = []
+            context, page = await logged_in_page(browser, server, "alice", lambda p: log.append(SocketLog(p)))
+            other = await context.new_page()
+            log.append(SocketLog(other))
+            await other.goto(page.url)
+            await other.wait_for_function("() => window.app && window.app.graph", timeout=30_000)
+            await other.click(".queue-tab-button")
+            await page.evaluate("graph => window.app.loadApiJson(graph, 'tab')", GRAPH)
+            await page.locator("button:has-text('Run')").first.click()
+            await until(page, lambda: log[0].of_type("execution_success"), "the job's end")
+            await other.locator(".task-item .task-time").first.wait_for(timeout=10_000)
+            assert log[0].of_type("progress") and not log[1].of_type("progress")
+            assert not log[1].of_type("execution_start")
+            ids = [await tab.evaluate("() => sessionStorage.getItem('clientId')") for tab in (page, other)]
+            assert all(ids) and ids[0] != ids[1]
+            await context.close()
