@@ -1,4 +1,4 @@
-"""Finding a node as a participant does: the node library's search."""
+"""Finding a node or a model as a participant does: the node library's search, the model library's folders."""
 
 from __future__ import annotations
 
@@ -22,4 +22,37 @@ async def test_the_node_library_search_finds_a_gpus_node(browser: Browser, serve
     await search.fill("invert")
     found = page.locator(".side-bar-panel").get_by_text("Invert Image", exact=True)
     await found.first.wait_for(timeout=10_000)
+    await context.close()
+
+
+CHECKPOINTS = ["flux/dev/flux1-dev.safetensors", "sdxl/base.safetensors", "top.safetensors"]
+
+
+async def test_the_model_library_shows_the_gpus_models_in_their_subfolders(
+    browser: Browser, server: LiveServer
+) -> None:
+    """As ComfyUI's model library: a checkpoint under ``sdxl/`` is in a folder 'sdxl' of 'checkpoints'."""
+    nodes = catalogue([])
+    nodes["CheckpointLoaderSimple"] = {
+        **nodes["EmptyImage"],
+        "name": "CheckpointLoaderSimple",
+        "display_name": "Load Checkpoint",
+        "input": {"required": {"ckpt_name": [CHECKPOINTS, {}]}},
+        "input_order": {"required": ["ckpt_name"]},
+        "output": ["MODEL", "CLIP", "VAE"],
+        "category": "loaders",
+    }
+    with httpx.Client(base_url=server.url) as worker:
+        register_worker(worker, nodes)
+    context, page = await logged_in_page(browser, server, "alice")
+    listed = await page.request.get(f"{server.url}/w/alice/api/experiment/models/checkpoints")
+    assert [model["name"] for model in await listed.json()] == CHECKPOINTS
+    await page.click(".model-library-tab-button")
+    panel = page.locator(".side-bar-panel")
+    await panel.get_by_text("checkpoints", exact=True).first.click()
+    await panel.get_by_text("sdxl", exact=True).first.click()
+    await panel.get_by_text("base", exact=True).first.wait_for(timeout=10_000)
+    await panel.get_by_text("flux", exact=True).first.click()
+    await panel.get_by_text("dev", exact=True).first.click()
+    await panel.get_by_text("flux1-dev", exact=True).first.wait_for(timeout=10_000)
     await context.close()
