@@ -30,6 +30,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 LATER = 3_600_000  # an hour in ms: every lease granted now has expired by then
 
 
+STUCK = "ComfyUI still runs a prompt 60 s after it was interrupted: restart ComfyUI at http://10.0.0.5:8188"
+
+
 async def test_the_admin_sees_the_job_and_the_worker_and_can_cancel(
     browser: Browser, server: LiveServer, artifacts_dir: Path
 ) -> None:
@@ -42,6 +45,9 @@ async def test_the_admin_sees_the_job_and_the_worker_and_can_cancel(
         caps = WorkerCapabilities(pool=POOL, provider="verda", models_sync=syncing)
         body = WorkerRegistration(worker_id="verda-h100-2", capabilities=caps).model_dump(mode="json")
         client.post("/api/workers/register", json=body, headers=WORKER_AUTH)
+        stuck = WorkerCapabilities(pool=POOL, provider="local", problem=STUCK)
+        body = WorkerRegistration(worker_id="studio-1", capabilities=stuck).model_dump(mode="json")
+        client.post("/api/workers/register", json=body, headers=WORKER_AUTH).raise_for_status()
         reply = login(client, "alice").post("/w/alice/api/prompt", json={"prompt": GRAPH, "client_id": "c"})
         job_id = reply.json()["prompt_id"]
     context, page = await admin_page(browser, server)
@@ -50,6 +56,7 @@ async def test_the_admin_sees_the_job_and_the_worker_and_can_cancel(
     assert "alice" in await queue.inner_text()
     await page.locator("#workers").get_by_text("verda-h100-1").wait_for(timeout=10_000)
     await page.locator("#workers").get_by_text("3/20 files, 300/2000 MB, 50 MB/s, 34 s left").wait_for()
+    await page.locator("#workers tr", has_text="studio-1").get_by_text(STUCK).wait_for()  # and its fix
     await page.locator("#participants").get_by_text("alice").wait_for()
     await page.locator("#chart-depth polyline").wait_for(state="attached")
     await page.screenshot(path=artifacts_dir / "admin-page.png")
@@ -141,6 +148,7 @@ async def test_what_a_leaked_worker_token_sends_shows_as_text_on_the_admin_page(
             provider="verda",
             gpu=HOSTILE,
             models_sync=ModelsProgress(state="failed", message=HOSTILE),
+            problem=HOSTILE,
         )
         body = WorkerRegistration(worker_id="w2", capabilities=caps).model_dump(mode="json")
         client.post("/api/workers/register", json=body, headers=WORKER_AUTH).raise_for_status()
