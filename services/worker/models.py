@@ -200,13 +200,27 @@ class VolumeLock:
     """One sync at a time on a shared volume: a lock file created with O_EXCL, renewed while held.
 
     A lock whose mtime is older than ``stale`` belongs to a sync that died; it is taken over (under
-    a short second lock, so two waiters never both remove it)."""
+    a short second lock, so two waiters never both remove it) once this waiter has also seen it
+    unchanged for half that long on its own clock: a live holder renews every quarter of it, so a
+    holder (or a volume server) whose clock is behind this host's never loses its lock."""
 
     def __init__(self, directory: Path, stale: float, poll: float = 1.0) -> None:
         self.path = directory / LOCK_NAME
         self.stale, self.poll = stale, poll
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._renew: asyncio.Task[None] | None = None
+        self._seen: tuple[int, str] | None = None
+        self._seen_at = time.monotonic()
+
+    def _unchanged_for(self) -> float:
+        """Seconds (this host's monotonic clock) the lock file has looked the same: mtime and holder."""
+        try:
+            seen: tuple[int, str] | None = (self.path.stat().st_mtime_ns, self.path.read_text())
+        except FileNotFoundError:
+            seen = None
+        if seen != self._seen:
+            self._seen, self._seen_at = seen, time.monotonic()
+        return time.monotonic() - self._seen_at
 
     def _try_create(self, path: Path) -> bool:
         try:
@@ -224,6 +238,8 @@ class VolumeLock:
             return None
 
     def _take_over_stale(self) -> None:
+        if self._unchanged_for() < self.stale / 2:
+            return
         breaker = self.path.with_name(LOCK_NAME + ".break")
         age = self._age(breaker)
         if age is not None and age > self.stale:

@@ -11,6 +11,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -52,9 +53,7 @@ def config(tmp_path: Path, content: bytes = NEW, shared: bool = False, **more: f
         models_manifest=manifest,
         models_url="s3://unused",
         models_dir=tmp_path / "disk",
-        models_lock_stale_seconds=5,
-        **where,  # type: ignore[arg-type]
-        **more,  # type: ignore[arg-type]
+        **{"models_lock_stale_seconds": 5, **where, **more},  # type: ignore[arg-type]
     )
 
 
@@ -271,3 +270,38 @@ def test_a_disk_that_fills_up_midway_leaves_no_file_a_later_sync_takes_as_done(t
     again = limited_sync(tmp_path, bucket, limit=None)
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "volume" / PATH).read_bytes() == NEW
+
+
+async def test_a_live_holder_whose_clock_is_behind_keeps_its_lock(s3_endpoint: str, tmp_path: Path) -> None:
+    """Another host renews the lock with its own clock two minutes behind ours (or the volume's
+    server stamps its time): by our clock the lock looks long stale, yet it changes at every renewal,
+    so it is not taken over while renewed; once the renewals stop, it is."""
+    vault = await bucket(s3_endpoint, tmp_path)
+    lock = tmp_path / "volume/.comfy-models.lock"
+    lock.parent.mkdir()
+    lock.write_text("host-b:7:behind")
+    renewing = True
+    polls = asyncio.Event()
+    heard = 0
+
+    async def renew() -> None:
+        while renewing:
+            behind = time.time() - 120
+            os.utime(lock, (behind, behind))
+            await asyncio.sleep(0.1)  # the other host's renewal period
+
+    async def report(progress: ModelsProgress) -> None:
+        nonlocal heard, renewing
+        if progress.state == "waiting":
+            heard += 1
+            if heard == 4:  # four polls, 1 s apart: four times the stale time
+                assert lock.read_text() == "host-b:7:behind", "a live holder's lock was taken over"
+                assert not (tmp_path / "volume" / f"{PATH}.part").exists()
+                renewing = False
+                polls.set()
+
+    renewer = asyncio.create_task(renew())
+    settings = config(tmp_path, shared=True, models_lock_stale_seconds=1)
+    assert await asyncio.wait_for(ensure_models(settings, vault, report), 60) == [PATH]
+    await renewer
+    assert polls.is_set() and (tmp_path / "volume" / PATH).read_bytes() == NEW
