@@ -229,3 +229,39 @@ async def test_a_second_tab_lists_the_job_the_first_ran_but_hears_none_of_its_pr
             ids = [await tab.evaluate("() => sessionStorage.getItem('clientId')") for tab in (page, other)]
             assert all(ids) and ids[0] != ids[1]
             await context.close()
+
+
+async def test_run_on_change_queues_the_changed_workflow_once_the_last_run_ended(
+    browser: Browser, server: LiveServer, tmp_path: Path
+) -> None:
+    """ "Run (On Change)": a change made while nothing of hers waits is queued at once, as on ComfyUI
+    (its frontend reads her queue's size from ``status``)."""
+    with ComfyUIDouble(tmp_path / "comfy") as comfy:
+        settings = worker_settings(comfy, server.url, tmp_path, storage_url=f"file://{tmp_path}/files")
+        async with pull_worker(settings):
+            log: list[SocketLog] = []
+            context, page = await logged_in_page(browser, server, "alice", lambda p: log.append(SocketLog(p)))
+            await page.evaluate("graph => window.app.loadApiJson(graph, 'change')", GRAPH)
+            await page.locator(".p-splitbutton-dropdown").first.click()
+            await page.get_by_role("menuitem", name="On Change").click()
+            await page.locator("button:has-text('Run')").first.click()
+
+            def runs() -> list[str]:
+                ended = log[0].of_type("execution_success")
+                return list(dict.fromkeys(m["data"]["prompt_id"] for m in ended))
+
+            await until(page, lambda: len(runs()) == 1, "the first run")
+            await until(page, lambda: log[0].messages[-1]["type"] == "executing", "the run's end in the page")
+            await page.evaluate(
+                """() => {
+                    const node = window.app.graph.nodes.find(n => n.type === 'EmptyImage');
+                    node.widgets.find(w => w.name === 'width').value = 48;
+                    window.app.extensionManager.workflow.activeWorkflow.changeTracker.checkState();
+                }"""
+            )
+            await until(page, lambda: len(runs()) == 2, "the changed workflow's run")
+            second = await (await page.request.get(f"{server.url}/w/alice/api/history/{runs()[1]}")).json()
+            assert second[runs()[1]]["prompt"][2]["1"]["inputs"]["width"] == 48
+            await page.locator(".p-splitbutton-dropdown").first.click()
+            await page.get_by_role("menuitem", name="Run", exact=True).click()
+            await context.close()
