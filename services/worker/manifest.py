@@ -42,10 +42,12 @@ def path_problem(path: str) -> str | None:
 
 
 def source_problem(source: str) -> str | None:
-    """Why ``source`` cannot be a model's key in the models bucket (None: it can)."""
-    if source.startswith("/") or ".." in source.split("/"):
+    """Why ``source`` cannot be a model's key in the models bucket (None: it can): the keys the
+    worker's bucket reads take (``services.storage.base.check_key``), relative and written one way."""
+    if source.startswith("/") or "\\" in source or any(part in ("", ".", "..") for part in source.split("/")):
         return (
-            f"{source!r} must be a relative key without '..'; fix: write it as e.g. checkpoints/x.safetensors"
+            f"{source!r} must be a relative key without '..', '.', '//', a backslash or a leading or "
+            "trailing '/'; fix: write it as e.g. checkpoints/x.safetensors"
         )
     return None
 

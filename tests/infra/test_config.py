@@ -347,12 +347,20 @@ def test_a_model_path_the_sync_cannot_keep_is_refused(path: str) -> None:
     assert "comfy-workshop:models[0].path" in text
 
 
-@pytest.mark.parametrize("source", ["../x.safetensors", "/models/x.safetensors", "sd/../../x.safetensors"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        *("../x.safetensors", "/models/x.safetensors", "sd/../../x.safetensors"),
+        *("sd//x.safetensors", "./x.safetensors", "sd/", "", "sd\\x.safetensors"),
+    ],
+)
 def test_a_model_source_outside_the_bucket_is_refused_at_preview_as_the_worker_refuses_it(
     source: str,
 ) -> None:
     """The stack config and the worker's manifest are one format with one rule: both name the key
-    and the fix (the config said no key, the worker no fix)."""
+    and the fix (the config said no key, the worker no fix). A key the worker's bucket reads refuse
+    ('//', './', a trailing '/', empty, a backslash) is refused there too: it passed the preview and
+    stopped every GPU's sync in the morning with 'invalid storage key'."""
     model = {"path": "checkpoints/x.safetensors", "size": 1, "sha256": "a" * 64, "source": source}
     text = problems("workshop", {"models": [model]})
     assert "comfy-workshop:models[0].source" in text and repr(source) in text and "fix:" in text
