@@ -265,3 +265,47 @@ async def test_run_on_change_queues_the_changed_workflow_once_the_last_run_ended
             await page.locator(".p-splitbutton-dropdown").first.click()
             await page.get_by_role("menuitem", name="Run", exact=True).click()
             await context.close()
+
+
+async def test_a_waiting_job_deleted_from_the_queue_sidebar_never_runs(
+    browser: Browser, server: LiveServer, tmp_path: Path
+) -> None:
+    """Three runs queued while the GPU is busy: the sidebar lists the running one and the two
+    waiting; the newest, deleted there, never runs and leaves no history, the others run."""
+    with ComfyUIDouble(tmp_path / "comfy") as comfy:
+        comfy.knobs.progress_steps, comfy.knobs.node_seconds = 4, 1.0
+        settings = worker_settings(comfy, server.url, tmp_path, storage_url=f"file://{tmp_path}/files")
+        async with pull_worker(settings):
+            log: list[SocketLog] = []
+            queued: list[str] = []
+
+            async def remember(response: Any) -> None:
+                if response.url.endswith("/api/prompt") and response.request.method == "POST":
+                    queued.append((await response.json())["prompt_id"])
+
+            def watch(page: Page) -> None:
+                log.append(SocketLog(page))
+                page.on("response", remember)
+
+            context, page = await logged_in_page(browser, server, "alice", watch)
+            await page.evaluate("graph => window.app.loadApiJson(graph, 'three')", GRAPH)
+            for _ in range(3):
+                await page.locator("button:has-text('Run')").first.click()
+            await until(page, lambda: len(queued) == 3, "three jobs queued")
+            await page.click(".queue-tab-button")
+            tasks = page.locator(".task-item")
+            await until(page, lambda: log[0].of_type("progress"), "the first job to run")
+            await page.wait_for_function("() => document.querySelectorAll('.task-item').length === 3")
+            await tasks.first.click(button="right")
+            await page.get_by_role("menuitem", name="Delete").click()
+
+            def ended() -> set[str]:
+                return {m["data"]["prompt_id"] for m in log[0].of_type("execution_success")}
+
+            await until(page, lambda: len(ended()) == 2, "the two kept jobs to run", 40_000)
+            assert ended() == set(queued[:2])
+            left = await (await page.request.get(f"{server.url}/w/alice/api/queue")).json()
+            assert left == {"queue_running": [], "queue_pending": []}, "the deleted job is still in line"
+            history = await (await page.request.get(f"{server.url}/w/alice/api/history")).json()
+            assert queued[2] not in history and set(queued[:2]) <= set(history)
+            await context.close()
