@@ -330,6 +330,37 @@ async def test_an_attached_comfyui_stuck_in_a_node_takes_no_job_and_says_so_unti
     assert done.attempts == 1 and problems == [""]
 
 
+async def test_an_attached_comfyui_running_a_prompt_that_never_ends_is_not_fed_one_job_after_another(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A worker starts (again) while its attached ComfyUI runs a prompt that hangs (left by the
+    worker's last run): her job waits for it 30 s and goes back to the queue, no attempt counted,
+    and then the worker takes no job (it took one every 30 s and gave it back) and says why on the
+    admin page, until ComfyUI is restarted; then her job runs."""
+    comfy.knobs.node_seconds, comfy.knobs.progress_steps = 3600, 0
+    async with httpx.AsyncClient(base_url=comfy.url) as before:
+        left = {"prompt": graph(color=22), "client_id": "last-run"}
+        (await before.post("/prompt", json=left)).raise_for_status()
+    await until(lambda: comfy.state.running is not None, "the left prompt hangs in ComfyUI")
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path, warmup=False)):
+        job_id = await submit(alice, graph(color=23))
+
+        async def told() -> bool:
+            return any(f"restart ComfyUI at {comfy.url}" in p for p in await problems_of_workers(qm))
+
+        await until(told, "the admin page names the stuck ComfyUI and the fix", timeout=60)
+        given_back = await job_of(alice, job_id)
+        with pytest.raises(TimeoutError):  # watched for a while: it must stay queued, untouched
+            async with asyncio.timeout(3.0):
+                while await job_of(alice, job_id) == given_back:
+                    await asyncio.sleep(0.1)  # polling for a change that must not come
+        comfy.knobs.node_seconds = 0.01
+        await asyncio.to_thread(comfy.restart)  # the organizer restarts it
+        done = await finished(alice, job_id, timeout=30)
+    assert given_back.state == JobState.QUEUED and given_back.attempts == 0
+    assert done.state == JobState.SUCCEEDED and done.attempts == 1, done.error
+
+
 async def test_a_node_the_gpus_comfyui_offered_but_lost_is_not_blamed_on_her_workflow(
     comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, monkeypatch: Any
 ) -> None:
