@@ -29,8 +29,8 @@ from services.queue_manager.snapshot import (
     Snapshot,
     SnapshotError,
     absent_owners,
-    load_saved_snapshot,
     mark_started,
+    open_saved_snapshot,
     restore_snapshot,
     save_for_the_night,
     stranded_pools,
@@ -146,7 +146,7 @@ def load() -> None:
     nothing, when the snapshot is corrupt or missing after the workshop's first day."""
 
     async def run(store: Store, storage: Storage) -> str:
-        loaded = await load_saved_snapshot(storage)
+        loaded = await open_saved_snapshot(storage)
         if loaded is None:
             await store.open_for_the_day()
             await mark_started(storage)
@@ -157,7 +157,7 @@ def load() -> None:
         return (
             f"restored {result.restored} jobs ({result.requeued} queued again, {result.skipped} skipped) "
             f"and {result.keys} keys"
-        ) + _strays_named(loaded, store.settings)
+        ) + _strays_named(loaded.head, store.settings)
 
     typer.echo(_with_vault(run))
 

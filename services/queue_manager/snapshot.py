@@ -18,7 +18,10 @@ workshop ran before. The evening streams the snapshot (a few records and saved f
 never all of it in memory) and writes the checksum file last, so a save cut midway leaves the last
 complete snapshot named, never a half-written one. A restore refuses a snapshot whose checksum
 does not match, and a missing one once the workshop has started: the morning fails loudly instead
-of opening on an empty queue.
+of opening on an empty queue. The morning streams too (``open_saved_snapshot``): it hashes the body
+once, then parses it with ijson and checks every job and key as the ``Snapshot`` model does before
+writing anything, then reads it a third time to restore it job by job and key by key, so a corrupt
+or foreign snapshot restores nothing and memory stays near one participant's saved files.
 """
 
 from __future__ import annotations
@@ -31,10 +34,13 @@ import logging
 import math
 import re
 from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+import ijson
+from ijson.common import ObjectBuilder
+from pydantic import BaseModel, Field, TypeAdapter, field_validator
 from redis.asyncio import ConnectionPool, Redis
 
 from services.queue_manager.errors import WorkshopClosed
@@ -379,25 +385,39 @@ async def take_snapshot(store: Store) -> Snapshot:
     return Snapshot.model_validate_json(data)
 
 
-async def restore_snapshot(store: Store, snapshot: Snapshot, resume: bool = True) -> RestoreResult:
-    """Write the snapshot back (see the module's docstring); ``resume`` dispatch when done."""
+async def restore_snapshot(
+    store: Store, snapshot: Snapshot | StoredSnapshot, resume: bool = True
+) -> RestoreResult:
+    """Write the snapshot back (see the module's docstring); ``resume`` dispatch when done. A
+    snapshot in the vault is read from it again, one job and one key at a time."""
+    head = snapshot.head if isinstance(snapshot, StoredSnapshot) else snapshot
     result = RestoreResult(restored=0, requeued=0, skipped=0)
-    now = now_ms()
-    for fields in snapshot.jobs:
-        if not all(fields.get(name) for name in REQUIRED_FIELDS) or await store.redis.exists(
-            store.keys.job(fields["id"])
-        ):
-            result.skipped += 1
-            continue
-        waiting = await _restore_job(store, dict(fields), now)
-        result.restored += 1
-        result.requeued += int(waiting)
-    result.keys = await _restore_keys(store, snapshot)
-    await _restore_globals(store, snapshot)
-    await store.scripts.run(_rejoin(store, snapshot))
+    now, redis = now_ms(), bytes_client(store.client)
+    try:
+        async for fields, key in _entries_of(snapshot):
+            if key is not None:
+                result.keys += await _merge(redis, f"{store.keys.prefix}:{key[0]}", key[1])
+            elif await _restore_if_new(store, fields, now, result):
+                result.requeued += 1
+    finally:
+        await redis.aclose()
+    await _restore_globals(store, head)
+    await store.scripts.run(_rejoin(store, head))
     if resume:
         await store.resume()
     return result
+
+
+async def _restore_if_new(store: Store, fields: dict[str, str], now: int, result: RestoreResult) -> bool:
+    """Write a job back unless it is incomplete or already there (counted skipped); True when it
+    waits in a queue again."""
+    if not all(fields.get(name) for name in REQUIRED_FIELDS) or await store.redis.exists(
+        store.keys.job(fields["id"])
+    ):
+        result.skipped += 1
+        return False
+    result.restored += 1
+    return await _restore_job(store, dict(fields), now)
 
 
 async def _restore_job(store: Store, fields: dict[str, str], now: int) -> bool:
@@ -446,17 +466,6 @@ def _restore_finished(pipe: Any, store: Store, fields: dict[str, str], now: int)
     pipe.zadd(keys.finished, {job_id: finished_at})
     if fields.get("dead") == "1":
         pipe.zadd(keys.dead, {job_id: finished_at})
-
-
-async def _restore_keys(store: Store, snapshot: Snapshot) -> int:
-    """Merge each copied key into the Redis (``_merge``); returns how many keys got something."""
-    redis, written = bytes_client(store.client), 0
-    try:
-        for name, stored in snapshot.keys.items():
-            written += await _merge(redis, f"{store.keys.prefix}:{name}", stored)
-    finally:
-        await redis.aclose()
-    return written
 
 
 async def _restore_globals(store: Store, snapshot: Snapshot) -> None:
@@ -562,11 +571,11 @@ async def _started_at(storage: Storage) -> datetime | None:
         return None
 
 
-async def unrestored_snapshot(storage: Storage, held: str | None = None) -> Snapshot | None:
+async def unrestored_snapshot(storage: Storage, held: str | None = None) -> StoredSnapshot | None:
     """The vault's snapshot when no morning restored it (the up's restore failed or never ran:
     ``mark_started`` follows every restore) and it is not the one ``held`` names (``{p}:holds``:
     the snapshot this Redis saved or restored, ``taken_at``), else None. Raises ``SnapshotError``
-    as ``load_saved_snapshot`` does when it is corrupt."""
+    as ``open_saved_snapshot`` does when it is corrupt."""
     pointer = await _pointer(storage)
     if pointer is None and not await storage.exists(SNAPSHOT_KEY):
         return None
@@ -576,7 +585,7 @@ async def unrestored_snapshot(storage: Storage, held: str | None = None) -> Snap
         (started is not None and started >= taken_at) or (held is not None and held == taken_at.isoformat())
     ):
         return None  # known from its name: the (maybe GBs) snapshot itself is not read
-    saved = await load_saved_snapshot(storage)
+    saved = await open_saved_snapshot(storage)
     if saved is None or (started is not None and started >= saved.taken_at):
         return None
     if held is not None and held == saved.taken_at.isoformat():
@@ -635,17 +644,151 @@ async def _read_all(storage: Storage, key: str) -> bytes:
     return b"".join([chunk async for chunk in storage.get(key)])
 
 
-async def load_saved_snapshot(storage: Storage) -> Snapshot | None:
-    """The vault's snapshot, checked against its sha256; None on the workshop's first day.
+Entry = tuple[dict[str, str], tuple[str, StoredKey] | None]  # a job's fields, or ({}, (name, key))
+JOB_FIELDS: TypeAdapter[dict[str, str]] = TypeAdapter(dict[str, str])
+OPENS, CLOSES = ("start_map", "start_array"), ("end_map", "end_array")
+OPENED = object()  # the item ``_Items`` gives for ``jobs`` or ``keys`` as it goes into it
 
-    Raises ``SnapshotError`` when the workshop ran before but no snapshot is there, when only one
-    of the snapshot and its checksum exists, when they disagree, or when the file is not a snapshot.
-    """
+
+class _Items:
+    """Cuts a snapshot's JSON events (ijson's) into its items: each job of ``jobs``, each key of
+    ``keys`` and each other top-level field, as (section, key name or None, value)."""
+
+    def __init__(self) -> None:
+        self.level, self.nest, self.section, self.name = 0, 0, "", ""
+        self.builder: Any = None
+
+    def feed(self, event: str, value: Any) -> tuple[str, str | None, Any] | None:
+        if self.builder is not None:
+            return self._build(event, value)
+        if event == "map_key":
+            self.section, self.name = (value, "") if self.level == 1 else (self.section, value)
+            return None
+        if event in CLOSES:
+            self.level -= 1
+            return None
+        if self._descends(event):
+            self.level += 1
+            return (self.section, None, OPENED) if self.level == 2 else None
+        if self.level == 0:
+            raise ValueError("a snapshot is a JSON object")
+        self.builder, self.nest = ObjectBuilder(), 0
+        return self._build(event, value)
+
+    def _descends(self, event: str) -> bool:
+        if self.level == 0:
+            return event == "start_map"
+        return self.level == 1 and (self.section, event) in (("jobs", "start_array"), ("keys", "start_map"))
+
+    def _build(self, event: str, value: Any) -> tuple[str, str | None, Any] | None:
+        self.builder.event(event, value)
+        self.nest += (event in OPENS) - (event in CLOSES)
+        if self.nest:
+            return None
+        built, self.builder = self.builder.value, None
+        return self.section, (self.name if self.level == 2 else None), built
+
+
+async def _json_items(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, str | None, Any]]:
+    """The snapshot's items (``_Items``) parsed as the chunks come: one item in memory at a time."""
+    events, items = ijson.sendable_list(), _Items()
+    parser = ijson.parse_coro(events, use_float=True)
+    try:
+        async for chunk in chunks:
+            parser.send(chunk)
+            for _, event, value in events:
+                if (item := items.feed(event, value)) is not None:
+                    yield item
+            del events[:]
+        parser.close()
+    except ijson.JSONError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    for _, event, value in events:
+        if (item := items.feed(event, value)) is not None:
+            yield item
+
+
+async def _entries(chunks: AsyncIterator[bytes], top: dict[str, Any]) -> AsyncIterator[Entry]:
+    """The snapshot's jobs and keys, each checked as ``Snapshot`` checks it (``ValueError`` naming
+    what is wrong); its other top-level fields go into ``top``."""
+    async for section, name, value in _json_items(chunks):
+        if section == "jobs" and value is not OPENED:
+            fields = JOB_FIELDS.validate_python(value)
+            if all(fields.get(field) for field in REQUIRED_FIELDS):  # the others are skipped at restore
+                _check_job(fields)
+            yield fields, None
+        elif section == "keys" and name is not None and value is not OPENED:
+            stored = StoredKey.model_validate(value)
+            _check_key(name, stored)
+            yield {}, (name, stored)
+        else:
+            top[section] = value
+
+
+async def _entries_of(snapshot: Snapshot | StoredSnapshot) -> AsyncIterator[Entry]:
+    if isinstance(snapshot, StoredSnapshot):
+        async for entry in _entries(snapshot.storage.get(snapshot.key), {}):
+            yield entry
+        return
+    for fields in snapshot.jobs:
+        yield fields, None
+    for item in snapshot.keys.items():
+        yield {}, item
+
+
+def _waiting_summary(fields: dict[str, str]) -> dict[str, str] | None:
+    """What the rejoin and the strays read of a job: a waiting or interrupted job's names."""
+    if fields.get("state") not in ("queued", *RUNNING):
+        return None
+    return {name: fields[name] for name in ("id", "user", "pool", "state") if name in fields}
+
+
+def _small_key(name: str) -> bool:
+    """The keys the restore's globals and rejoin read (the counter, the fair scheduler's rounds)."""
+    return name == "seq" or name.startswith("fair:")
+
+
+async def _collected(chunks: AsyncIterator[bytes], whole: bool) -> Snapshot:
+    """The snapshot, checked item by item: ``whole``, or only what the restore needs besides its
+    jobs and keys (``StoredSnapshot.head``). ``ValueError`` when it is not a snapshot."""
+    top: dict[str, Any] = {}
+    jobs: list[dict[str, str]] = []
+    keys: dict[str, StoredKey] = {}
+    async for fields, key in _entries(chunks, top):
+        kept = fields if whole or key is not None else _waiting_summary(fields)
+        if key is None and kept is not None:
+            jobs.append(kept)
+        elif key is not None and (whole or _small_key(key[0])):
+            keys[key[0]] = key[1]
+    for section, items in (("jobs", jobs), ("keys", keys)):
+        if top.get(section) is OPENED:
+            top[section] = items
+    return Snapshot.model_validate(top)
+
+
+@dataclass
+class StoredSnapshot:
+    """A snapshot in the vault that passed its checksum and every check, read again from the vault
+    to restore it (one job and one key in memory at a time). ``head`` holds the rest: when it was
+    taken, version 1's globals, the counter and the fair scheduler's keys, and each waiting job's
+    id, owner, pool and state."""
+
+    storage: Storage
+    key: str
+    head: Snapshot
+
+    @property
+    def taken_at(self) -> datetime:
+        return self.head.taken_at
+
+
+async def _saved_body(storage: Storage) -> tuple[str, str | None] | None:
+    """The vault's snapshot body and its sha256 (None for version 1's, saved without one); None on
+    the workshop's first day. ``SnapshotError`` when it should be there and is not."""
     pointer = await _pointer(storage)
     if pointer is None:
         if await storage.exists(SNAPSHOT_KEY):
-            where = f"{getattr(storage, 'url', 'the vault')} {SNAPSHOT_KEY}"
-            return _unchecked_version_1(await _read_all(storage, SNAPSHOT_KEY), where)
+            return SNAPSHOT_KEY, None
         if await storage.exists(STARTED_KEY):
             raise SnapshotError(
                 f"no queue snapshot at {getattr(storage, 'url', 'the vault')} {SNAPSHOTS}, but the workshop "
@@ -655,33 +798,61 @@ async def load_saved_snapshot(storage: Storage) -> Snapshot | None:
             )
         return None
     expected, key = pointer
-    where = f"{getattr(storage, 'url', 'the vault')} {key}"
     if not await storage.exists(key):
+        where = f"{getattr(storage, 'url', 'the vault')} {key}"
         raise SnapshotError(f"{key} is missing next to its {CHECKSUM_KEY} at {where}")
-    data = await _read_all(storage, key)
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != expected:
+    return key, expected
+
+
+async def _verify(storage: Storage, key: str, expected: str, where: str) -> None:
+    """The body's sha256 against its checksum file, streaming it once."""
+    digest = hashlib.sha256()
+    async for chunk in storage.get(key):
+        digest.update(chunk)
+    if (actual := digest.hexdigest()) != expected:
         raise SnapshotError(
             f"{where} is corrupt: its sha256 is {actual}, {CHECKSUM_KEY} says {expected}. Nothing was "
             "restored; put back an intact copy (or delete both files and snapshots/started to start empty)"
         )
+
+
+async def open_saved_snapshot(storage: Storage) -> StoredSnapshot | None:
+    """The vault's snapshot, checked in bounded memory before anything is written: its sha256
+    streamed once, then each job and key parsed and checked as they come; None on the workshop's
+    first day.
+
+    Raises ``SnapshotError`` when the workshop ran before but no snapshot is there, when only one
+    of the snapshot and its checksum exists, when they disagree, or when the file is not a snapshot.
+    """
+    found = await _saved_body(storage)
+    if found is None:
+        return None
+    key, expected = found
+    where = f"{getattr(storage, 'url', 'the vault')} {key}"
+    if expected is not None:
+        await _verify(storage, key, expected, where)
     try:
-        return Snapshot.model_validate_json(data)
-    except ValidationError as exc:
-        raise SnapshotError(f"{where} matches its checksum but is not a queue snapshot: {exc}") from exc
+        head = await _collected(storage.get(key), whole=False)
+    except ValueError as exc:  # pydantic's ValidationError too
+        said = "matches its checksum but" if expected is not None else f"has no {CHECKSUM_KEY} and"
+        raise SnapshotError(f"{where} {said} is not a queue snapshot: {exc}") from exc
+    if expected is None:
+        _unchecked_version_1(head, where)
+    return StoredSnapshot(storage, key, head)
 
 
-def _unchecked_version_1(data: bytes, where: str) -> Snapshot:
+async def load_saved_snapshot(storage: Storage) -> Snapshot | None:
+    """The vault's snapshot in memory (``open_saved_snapshot``'s checks); the morning streams it."""
+    opened = await open_saved_snapshot(storage)
+    return None if opened is None else await _collected(storage.get(opened.key), whole=True)
+
+
+def _unchecked_version_1(snapshot: Snapshot, where: str) -> None:
     """Snapshots saved before checksums existed (version 1) are taken as they are; any later one
     without its checksum is refused."""
-    try:
-        snapshot = Snapshot.model_validate_json(data)
-    except ValidationError as exc:
-        raise SnapshotError(f"{where} has no {CHECKSUM_KEY} and is not a queue snapshot: {exc}") from exc
     if snapshot.version != 1:
         raise SnapshotError(f"{CHECKSUM_KEY} is missing next to {where}: the snapshot cannot be checked")
     log.warning("restoring %s without a checksum: it was saved before snapshots had one", where)
-    return snapshot
 
 
 async def mark_started(storage: Storage) -> None:

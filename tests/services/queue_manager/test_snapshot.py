@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -30,6 +31,7 @@ from services.queue_manager.snapshot import (
     bytes_client,
     load_saved_snapshot,
     mark_started,
+    open_saved_snapshot,
     restore_snapshot,
     save_for_the_night,
     take_snapshot,
@@ -375,6 +377,85 @@ async def test_the_evening_save_streams_saved_files_in_memory_far_under_their_si
     back = {user: await reader.hgetall(morning.keys.user_data(user)) for user in files}
     await reader.aclose()
     assert back == {user: {p.encode(): d for p, d in saved.items()} for user, saved in files.items()}
+
+
+async def test_the_morning_restore_streams_saved_files_in_memory_far_under_their_size(
+    store_with: Callable[..., Store], tmp_path: Path
+) -> None:
+    """The morning reads back what the evening streamed: checking and restoring a hundred
+    participants' saved files holds about one participant's at a time, and every byte comes back."""
+    evening, vault = store_with(), LocalStorage(tmp_path / "vault")
+    files = {f"p{n:02d}": {"workflows/w.json": os.urandom(MIB)} for n in range(64)}
+    writer = bytes_client(evening.client)
+    for user, saved in files.items():
+        await writer.hset(evening.keys.user_data(user), mapping=saved)  # type: ignore[arg-type]
+        await writer.hset(evening.keys.user_data_meta(user), mapping={p: f"{MIB} 1" for p in saved})  # type: ignore[arg-type]
+    await writer.aclose()
+    queued = await evening.submit("p00", job())
+    await save_for_the_night(evening, vault)
+    await evening.redis.flushall()
+    total = sum(len(data) for saved in files.values() for data in saved.values())
+    morning = store_with()
+    tracemalloc.start()
+    try:
+        loaded = await open_saved_snapshot(vault)
+        assert loaded is not None
+        result = await restore_snapshot(morning, loaded)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < total / 6, f"the restore held {peak / MIB:.0f} MiB for {total / MIB:.0f} MiB of saved files"
+    assert (result.restored, result.requeued) == (1, 1) and await morning.queued_ids() == [queued.id]
+    reader = bytes_client(morning.client)
+    back = {user: await reader.hgetall(morning.keys.user_data(user)) for user in files}
+    await reader.aclose()
+    assert back == {user: {p.encode(): d for p, d in saved.items()} for user, saved in files.items()}
+
+
+async def put_checked(vault: LocalStorage, body: bytes) -> None:
+    """A snapshot body in the vault with a matching checksum file (as if the evening wrote it)."""
+    name = "queue-20261206T180000000000Z.json"
+    await vault.put(f"snapshots/{name}", aiter_chunks(body))
+    line = f"{hashlib.sha256(body).hexdigest()}  {name}\n".encode()
+    await vault.put(CHECKSUM_KEY, aiter_chunks(line))
+
+
+@pytest.mark.parametrize(
+    ("tail", "named"),
+    [
+        (
+            '"keys":{"ws:ud:ada":{"type":"hash","data":{"d29yaw==":"eyJhIjox"}},"bogus":{"type":"string","data":""}}}',
+            "bogus",
+        ),
+        ('"keys":{"ws:settings:ada":{"type":"string","data":"bm90IGpzb24="}}}', "ws:settings:ada"),
+        ('"keys":{"seq":{"type":"string","data":"MQ=="}}', "not JSON"),
+        ('"keys":[]}', "keys"),
+    ],
+)
+async def test_a_foreign_or_broken_snapshot_that_matches_its_checksum_restores_nothing(
+    store_with: Callable[..., Store], redis_url: str, tmp_path: Path, tail: str, named: str
+) -> None:
+    """The flaw sits after good jobs and keys: the morning names it and writes nothing at all."""
+    store, vault = store_with(), LocalStorage(tmp_path / "vault")
+    await store.submit("ada", job())
+    good = json.loads((await take_snapshot(store)).model_dump_json())
+    await store.redis.flushall()
+    body = json.dumps({"version": 2, "jobs": good["jobs"]})[:-1] + "," + tail
+    await put_checked(vault, body.encode())
+    with pytest.raises(SnapshotError, match="matches its checksum but is not a queue snapshot") as refused:
+        await open_saved_snapshot(vault)
+    assert named in str(refused.value)
+    env = {**os.environ, "QM_FILES_URL": f"file://{tmp_path / 'vault'}"}
+    reply = subprocess.run(
+        [sys.executable, "-m", "services.queue_manager.cli", "load"],
+        env={**env, "QM_REDIS_URL": redis_url, "QM_ENV": "development"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert reply.returncode == 2 and named in reply.stderr, reply.stderr
+    assert await store.redis.keys("*") == []
 
 
 class CutVault(LocalStorage):
