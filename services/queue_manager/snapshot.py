@@ -727,7 +727,7 @@ async def _entries(chunks: AsyncIterator[bytes], top: dict[str, Any]) -> AsyncIt
 
 async def _entries_of(snapshot: Snapshot | StoredSnapshot) -> AsyncIterator[Entry]:
     if isinstance(snapshot, StoredSnapshot):
-        async for entry in _entries(snapshot.storage.get(snapshot.key), {}):
+        async for entry in snapshot.entries():
             yield entry
         return
     for fields in snapshot.jobs:
@@ -776,10 +776,27 @@ class StoredSnapshot:
     storage: Storage
     key: str
     head: Snapshot
+    sha256: str  # of the body as it was checked
 
     @property
     def taken_at(self) -> datetime:
         return self.head.taken_at
+
+    async def entries(self) -> AsyncIterator[Entry]:
+        """Its jobs and keys read again from the vault; ``SnapshotError`` when the body is no
+        longer the one checked (changed in the vault meanwhile): what was written stays, and the
+        restore is safe to run again (it skips jobs that exist and merges keys)."""
+        digest, changed = hashlib.sha256(), ""
+        try:
+            async for entry in _entries(_hashed(self.storage.get(self.key), digest), {}):
+                yield entry
+        except ValueError as exc:
+            changed = f": {exc}"
+        if changed or digest.hexdigest() != self.sha256:
+            raise SnapshotError(
+                f"{self.key} changed in the vault while it was restored{changed}. Put back the evening's "
+                "snapshot and run the restore again: it skips the jobs and keeps the keys already restored"
+            )
 
 
 async def _saved_body(storage: Storage) -> tuple[str, str | None] | None:
@@ -831,14 +848,15 @@ async def open_saved_snapshot(storage: Storage) -> StoredSnapshot | None:
     where = f"{getattr(storage, 'url', 'the vault')} {key}"
     if expected is not None:
         await _verify(storage, key, expected, where)
+    digest = hashlib.sha256()
     try:
-        head = await _collected(storage.get(key), whole=False)
+        head = await _collected(_hashed(storage.get(key), digest), whole=False)
     except ValueError as exc:  # pydantic's ValidationError too
         said = "matches its checksum but" if expected is not None else f"has no {CHECKSUM_KEY} and"
         raise SnapshotError(f"{where} {said} is not a queue snapshot: {exc}") from exc
     if expected is None:
         _unchecked_version_1(head, where)
-    return StoredSnapshot(storage, key, head)
+    return StoredSnapshot(storage, key, head, digest.hexdigest())
 
 
 async def load_saved_snapshot(storage: Storage) -> Snapshot | None:

@@ -458,6 +458,29 @@ async def test_a_foreign_or_broken_snapshot_that_matches_its_checksum_restores_n
     assert await store.redis.keys("*") == []
 
 
+async def test_a_snapshot_changed_in_the_vault_during_the_restore_is_named_and_restoring_again_completes(
+    store_with: Callable[..., Store], tmp_path: Path
+) -> None:
+    """The restore reads the checked body again: if it is no longer that body the morning stops
+    saying so, and once the evening's snapshot is back the same restore finishes the job."""
+    evening, vault = store_with(), LocalStorage(tmp_path / "vault")
+    ids = [(await evening.submit(user, job())).id for user in ("ada", "bob")]
+    await save_for_the_night(evening, vault)
+    await evening.redis.flushall()
+    loaded = await open_saved_snapshot(vault)
+    assert loaded is not None
+    body = tmp_path / "vault" / loaded.key
+    night = body.read_bytes()
+    body.write_bytes(night[: night.index(b'"bob"')])  # a copy cut after ada's job
+    morning = store_with()
+    with pytest.raises(SnapshotError, match="changed in the vault while it was restored"):
+        await restore_snapshot(morning, loaded, resume=False)
+    body.write_bytes(night)
+    await restore_snapshot(morning, loaded)
+    assert await morning.queued_ids() == ids
+    assert [[j.id for j in await morning.list_jobs(user)] for user in ("ada", "bob")] == [[i] for i in ids]
+
+
 class CutVault(LocalStorage):
     """A vault whose connection breaks once: in the middle of the snapshot's body (``cut='body'``)
     or just before the checksum file is written (``cut='checksum'``)."""
