@@ -13,7 +13,7 @@ from playwright.async_api import Browser, Page
 
 from devkit.doubles.comfyui import ComfyUIDouble
 from devkit.doubles.comfyui_nodes import catalogue
-from tests.support.browser import SocketLog, logged_in_page, until
+from tests.support.browser import logged_in_page, until, working_workspace
 from tests.support.queue_manager_app import (
     WORKER_AUTH,
     LiveServer,
@@ -115,73 +115,59 @@ DECODED_WIDTH = """src => new Promise(done => {
 async def test_a_queued_workflow_runs_on_a_worker_and_only_its_owner_sees_it(
     browser: Browser, server: LiveServer, artifacts_dir: Path, tmp_path: Path
 ) -> None:
-    with ComfyUIDouble(tmp_path / "comfy") as comfy:
+    async with working_workspace(browser, server, tmp_path) as (comfy, _, page, log):
         comfy.knobs.progress_steps, comfy.knobs.node_seconds = 4, 0.15
-        settings = worker_settings(comfy, server.url, tmp_path, storage_url=f"file://{tmp_path}/files")
-        async with pull_worker(settings):
-            log: list[SocketLog] = []
-            context, page = await logged_in_page(browser, server, "alice", lambda p: log.append(SocketLog(p)))
-            known = await page.evaluate("Object.keys(window.LiteGraph.registered_node_types)")
-            assert {"EmptyImage", "ImageInvert", "SaveImage"} <= set(known), (
-                "the worker's catalogue is missing"
-            )
-            await page.evaluate("graph => window.app.loadApiJson(graph, 'e2e')", GRAPH)
-            await page.locator("button:has-text('Run')").first.click()
-            await until(page, lambda: log[0].of_type("execution_success"), "the job's execution_success")
-            job_id = log[0].of_type("execution_success")[0]["data"]["prompt_id"]
-            progress = [m["data"] for m in log[0].of_type("progress") if m["data"]["prompt_id"] == job_id]
-            assert progress and all(0 < p["value"] <= p["max"] == 4 for p in progress), progress
-            await page.screenshot(path=artifacts_dir / "workspace-after-run.png")
-            executed = [m["data"] for m in log[0].of_type("executed") if m["data"]["prompt_id"] == job_id]
-            shown = executed[0]["output"]["images"][0]
-            assert shown["filename"].startswith("e2e_") and shown["type"] == "output"
-            await page.click(".queue-tab-button")
-            await page.locator(".task-item .task-time").first.wait_for(timeout=10_000)  # the finished task
-            source = (
-                f"/w/alice/api/view?filename={shown['filename']}&type=output&subfolder={shown['subfolder']}"
-            )
-            fetched = await page.request.get(f"{server.url}{source}")
-            assert fetched.status == 200 and fetched.headers["content-type"] == "image/png"
-            assert (await fetched.body()).startswith(b"\x89PNG")
-            decoded = await page.evaluate(DECODED_WIDTH, source)
-            assert decoded == GRAPH["1"]["inputs"]["width"], (
-                "the browser could not decode the participant's output image"
-            )
-            await page.screenshot(path=artifacts_dir / "workspace-queue-output.png")
-            assert await page.locator("text=Image failed to load").count() == 0
+        known = await page.evaluate("Object.keys(window.LiteGraph.registered_node_types)")
+        assert {"EmptyImage", "ImageInvert", "SaveImage"} <= set(known), "the worker's catalogue is missing"
+        await page.evaluate("graph => window.app.loadApiJson(graph, 'e2e')", GRAPH)
+        await page.locator("button:has-text('Run')").first.click()
+        await until(page, lambda: log[0].of_type("execution_success"), "the job's execution_success")
+        job_id = log[0].of_type("execution_success")[0]["data"]["prompt_id"]
+        progress = [m["data"] for m in log[0].of_type("progress") if m["data"]["prompt_id"] == job_id]
+        assert progress and all(0 < p["value"] <= p["max"] == 4 for p in progress), progress
+        await page.screenshot(path=artifacts_dir / "workspace-after-run.png")
+        executed = [m["data"] for m in log[0].of_type("executed") if m["data"]["prompt_id"] == job_id]
+        shown = executed[0]["output"]["images"][0]
+        assert shown["filename"].startswith("e2e_") and shown["type"] == "output"
+        await page.click(".queue-tab-button")
+        await page.locator(".task-item .task-time").first.wait_for(timeout=10_000)  # the finished task
+        source = f"/w/alice/api/view?filename={shown['filename']}&type=output&subfolder={shown['subfolder']}"
+        fetched = await page.request.get(f"{server.url}{source}")
+        assert fetched.status == 200 and fetched.headers["content-type"] == "image/png"
+        assert (await fetched.body()).startswith(b"\x89PNG")
+        decoded = await page.evaluate(DECODED_WIDTH, source)
+        assert decoded == GRAPH["1"]["inputs"]["width"], (
+            "the browser could not decode the participant's output image"
+        )
+        await page.screenshot(path=artifacts_dir / "workspace-queue-output.png")
+        assert await page.locator("text=Image failed to load").count() == 0
 
-            other, theirs = await logged_in_page(browser, server, "bob")
-            assert (await (await theirs.request.get(f"{server.url}/w/bob/api/history")).json()) == {}
-            assert (await theirs.request.get(f"{server.url}{source}")).status == 403
-            stolen = source.replace("/w/alice/", "/w/bob/")
-            assert (await theirs.request.get(f"{server.url}{stolen}")).status == 404
-            await theirs.click(".queue-tab-button")
-            await theirs.get_by_text("No Tasks Found").wait_for(timeout=10_000)
-            assert await theirs.locator(".task-item").count() == 0
-            await theirs.screenshot(path=artifacts_dir / "workspace-second-participant.png")
-            await other.close()
-            await context.close()
+        other, theirs = await logged_in_page(browser, server, "bob")
+        assert (await (await theirs.request.get(f"{server.url}/w/bob/api/history")).json()) == {}
+        assert (await theirs.request.get(f"{server.url}{source}")).status == 403
+        stolen = source.replace("/w/alice/", "/w/bob/")
+        assert (await theirs.request.get(f"{server.url}{stolen}")).status == 404
+        await theirs.click(".queue-tab-button")
+        await theirs.get_by_text("No Tasks Found").wait_for(timeout=10_000)
+        assert await theirs.locator(".task-item").count() == 0
+        await theirs.screenshot(path=artifacts_dir / "workspace-second-participant.png")
+        await other.close()
 
 
 async def test_cancel_current_run_interrupts_the_job_on_the_worker(
     browser: Browser, server: LiveServer, tmp_path: Path
 ) -> None:
-    with ComfyUIDouble(tmp_path / "comfy") as comfy:
+    async with working_workspace(browser, server, tmp_path) as (comfy, _, page, log):
         comfy.knobs.progress_steps, comfy.knobs.node_seconds = 20, 3.0
-        settings = worker_settings(comfy, server.url, tmp_path, storage_url=f"file://{tmp_path}/files")
-        async with pull_worker(settings):
-            log: list[SocketLog] = []
-            context, page = await logged_in_page(browser, server, "alice", lambda p: log.append(SocketLog(p)))
-            await page.evaluate("graph => window.app.loadApiJson(graph, 'long')", GRAPH)
-            await page.locator("button:has-text('Run')").first.click()
-            await until(page, lambda: log[0].of_type("progress"), "the job to run")
-            await page.get_by_role("button", name="Cancel current run").click()
-            await until(page, lambda: log[0].of_type("execution_interrupted"), "the interruption", 20_000)
-            job_id = log[0].of_type("execution_interrupted")[0]["data"]["prompt_id"]
-            reply = await page.request.get(f"{server.url}/w/alice/api/history/{job_id}")
-            assert (await reply.json())[job_id]["status"]["status_str"] == "error"
-            assert not log[0].of_type("execution_success")
-            await context.close()
+        await page.evaluate("graph => window.app.loadApiJson(graph, 'long')", GRAPH)
+        await page.locator("button:has-text('Run')").first.click()
+        await until(page, lambda: log[0].of_type("progress"), "the job to run")
+        await page.get_by_role("button", name="Cancel current run").click()
+        await until(page, lambda: log[0].of_type("execution_interrupted"), "the interruption", 20_000)
+        job_id = log[0].of_type("execution_interrupted")[0]["data"]["prompt_id"]
+        reply = await page.request.get(f"{server.url}/w/alice/api/history/{job_id}")
+        assert (await reply.json())[job_id]["status"]["status_str"] == "error"
+        assert not log[0].of_type("execution_success")
 
 
 async def test_my_place_in_line_shows_where_a_waiting_job_stands(

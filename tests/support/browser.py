@@ -4,13 +4,17 @@ participant logged in through the login form."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, WebSocket
 
+from devkit.doubles.comfyui import ComfyUIDouble
 from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, LiveServer, password
+from tests.support.worker_agent import pull_worker, worker_settings
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -63,6 +67,30 @@ async def logged_in_page(
     # A function, not an expression: Playwright evaluates a bare expression with eval, which the CSP refuses.
     await page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=30_000)
     return context, page
+
+
+@contextlib.asynccontextmanager
+async def working_workspace(
+    browser: Browser, server: LiveServer, tmp_path: Path, watch: Callable[[Page], object] | None = None
+) -> AsyncIterator[tuple[ComfyUIDouble, BrowserContext, Page, list[SocketLog]]]:
+    """A ComfyUI double with a pull worker on it (files in ``tmp_path``), and Alice's workspace open
+    in a fresh browser profile: yields the double, the profile, the page and a log of each WebSocket
+    the page opens (``watch`` sees the page too, before it loads). The profile closes after."""
+    with ComfyUIDouble(tmp_path / "comfy") as comfy:
+        settings = worker_settings(comfy, server.url, tmp_path, storage_url=f"file://{tmp_path}/files")
+        async with pull_worker(settings):
+            logs: list[SocketLog] = []
+
+            def watching(page: Page) -> None:
+                logs.append(SocketLog(page))
+                if watch is not None:
+                    watch(page)
+
+            context, page = await logged_in_page(browser, server, "alice", watching)
+            try:
+                yield comfy, context, page, logs
+            finally:
+                await context.close()
 
 
 class SocketLog:
