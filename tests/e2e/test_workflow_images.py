@@ -113,15 +113,20 @@ async def test_a_page_reloaded_mid_job_hears_the_rest_of_its_progress_and_its_re
         await page.locator(".task-item .task-time").first.wait_for(timeout=10_000)
 
 
+async def run_in_mode(page: Page, title: str, mode: str) -> None:
+    """Load ``GRAPH`` as ``title``, switch the Run button to ``mode`` ("Instant", "On Change") and run."""
+    await page.evaluate("([graph, title]) => window.app.loadApiJson(graph, title)", [GRAPH, title])
+    await page.locator(".p-splitbutton-dropdown").first.click()
+    await page.get_by_role("menuitem", name=mode).click()
+    await page.locator("button:has-text('Run')").first.click()
+
+
 async def test_run_instant_queues_the_workflow_again_each_time_a_run_ends_until_switched_off(
     browser: Browser, server: LiveServer, tmp_path: Path
 ) -> None:
     """ "Run (Instant)" relies on ``status`` saying her queue is empty after each run, as ComfyUI's does."""
     async with working_workspace(browser, server, tmp_path) as (_, _, page, log):
-        await page.evaluate("graph => window.app.loadApiJson(graph, 'again')", GRAPH)
-        await page.locator(".p-splitbutton-dropdown").first.click()
-        await page.get_by_role("menuitem", name="Instant").click()
-        await page.locator("button:has-text('Run')").first.click()
+        await run_in_mode(page, "again", "Instant")
 
         def runs() -> set[str]:
             return {m["data"]["prompt_id"] for m in log[0].of_type("execution_success")}
@@ -202,10 +207,7 @@ async def test_run_on_change_queues_the_changed_workflow_once_the_last_run_ended
     """ "Run (On Change)": a change made while nothing of hers waits is queued at once, as on ComfyUI
     (its frontend reads her queue's size from ``status``)."""
     async with working_workspace(browser, server, tmp_path) as (_, _, page, log):
-        await page.evaluate("graph => window.app.loadApiJson(graph, 'change')", GRAPH)
-        await page.locator(".p-splitbutton-dropdown").first.click()
-        await page.get_by_role("menuitem", name="On Change").click()
-        await page.locator("button:has-text('Run')").first.click()
+        await run_in_mode(page, "change", "On Change")
 
         def runs() -> list[str]:
             ended = log[0].of_type("execution_success")
