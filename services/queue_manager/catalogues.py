@@ -14,10 +14,10 @@ can register. So a registration only *offers* a catalogue version; the workspace
 * by itself, when nothing is approved yet and it carries no web extension (nor example workflow:
   those travel among the web extension files as ``workflow_templates/<pack>/<name>.json``, and a
   new or changed one waits for the admin alike);
-* never by itself when a node class it adds carries markup (``<`` or ``>``) in its name, display
-  name or category, or a combo gains an option with markup (``markup``): the stock frontend builds
-  those into its node search, canvas menu and combo lists as HTML, so they would put elements (a
-  fake login link) on every participant's page;
+* never by itself when a node class it adds carries markup (a tag: ``<b``, ``</``, ``<!``) in its
+  name, display name or category, or a combo gains an option with markup (``markup``): the stock
+  frontend builds those into its node search, canvas menu and combo lists as HTML, so they would
+  put elements (a fake login link) on every participant's page;
 * otherwise only when the admin approves it on the admin page, which shows what it adds, removes
   and changes (``PendingCatalogue``). Until then participants keep the approved version and the
   GPUs keep running their prompts.
@@ -46,7 +46,10 @@ from services.queue_manager.store_base import StoreBase
 MAX_PENDING = 4
 UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload", "audio_upload", "upload")
 SHOWN = 20  # class and file names listed per change in the admin's summary
-MARKUP = re.compile(r"[<>]")
+# What starts a tag (an element, an end tag, a comment or declaration) where HTML is parsed: ``<``
+# then a letter, ``/``, ``!`` or ``?``. A lone ``<`` or ``>`` is text there, as in a comparison
+# node's combo ("<", ">=": ComfyUI's own test pack has one), and must not hold a catalogue back.
+MARKUP = re.compile(r"<[A-Za-z/!?]")
 
 
 class CatalogueNotFound(QueueError):
@@ -143,7 +146,7 @@ def keeps(old: Any, new: Any) -> bool:
 
 def carries_markup(name: str, node: Any, approved: Any = None) -> bool:
     """Whether a node class's name, display name or category, or a combo option it offers that the
-    approved version of it did not (``approved``: None for a new class), holds ``<`` or ``>``: the
+    approved version of it did not (``approved``: None for a new class), holds a tag (``MARKUP``): the
     stock frontend builds those into its node search, canvas menu and combo lists as HTML."""
     texts = (
         [name, *(node.get(key) for key in ("name", "display_name", "category"))]

@@ -126,6 +126,21 @@ async def test_a_first_version_with_markup_waits_too(store: Store) -> None:
     assert state.approved == "" and [c.digest for c in state.pending] == ["cat-marked"]
 
 
+async def test_a_first_version_whose_combos_compare_with_lone_angle_brackets_goes_live(store: Store) -> None:
+    """A comparison node's operators ("<", ">=", as in ComfyUI's own test pack) are text, not markup:
+    the first version went to the admin for them, and the workspaces offered no node at all."""
+    nodes = grown()
+    nodes["Compare"] = {
+        **nodes["ImageInvert"],
+        "name": "Compare",
+        "display_name": "Compare (a < b)",
+        "input": {"required": {"operation": [["==", "!=", "<", ">", "<=", ">="]]}},
+    }
+    await store.register(catalogue_registration("w1", "cat-compare", nodes))
+    state = await store.catalogue_state()
+    assert state.approved == "cat-compare" and state.pending == []
+
+
 async def test_only_the_approved_and_the_newest_waiting_versions_stay_in_redis(store: Store) -> None:
     await store.redis.set(store.keys.catalogue("cat-from-before"), "{}")  # stored before the rule
     await store.register(catalogue_registration("w0", "cat-base", catalogue([])))
