@@ -34,18 +34,18 @@ def build_local(config: LocalConfig, stack: str) -> dict[str, Any]:
     files = data_volume("files", stack, "files", keep=True)
     credentials = Credentials("credentials", config.participants)
     base_url = f"http://localhost:{config.http_port}"
-    restore = AfterRestore()
-    pools = _pools(config, stack, network, files, restore)
-    settings = _settings(config, credentials, pools, base_url)
-    platform = _platform(config, stack, network, files, settings, credentials.participants)
-    QueueKeeper(
-        "queue",
-        platform.queue_manager_name,
-        config.queue.drain_timeout_seconds,
-        platform.queue_manager,
-        workers=[pools],
-        gate=restore,
-    )
+    with AfterRestore() as restore:
+        pools = _pools(config, stack, network, files, restore)
+        settings = _settings(config, credentials, pools, base_url)
+        platform = _platform(config, stack, network, files, settings, credentials.participants)
+        QueueKeeper(
+            "queue",
+            platform.queue_manager_name,
+            config.queue.drain_timeout_seconds,
+            platform.queue_manager,
+            workers=[pools],
+            gate=restore,
+        )
     return {
         **urls(base_url, list(config.participants)),
         "credentials": logins_output(config.admin_user, credentials.admin_password, credentials.participants),

@@ -41,6 +41,20 @@ class AfterRestore:
     def __init__(self) -> None:
         self._step: asyncio.Future[pulumi.Resource] = asyncio.get_event_loop().create_future()
 
+    def __enter__(self) -> AfterRestore:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: object) -> None:
+        """Declare the pools and the queue keeper inside ``with AfterRestore() as restore:``. A program
+        that fails before the restore step exists fails the pools waiting for it too: left pending, they
+        kept the engine waiting for ever, and ``pulumi up`` hung instead of naming the error."""
+        if not self._step.done():
+            self._step.set_exception(
+                error
+                if isinstance(error, Exception)
+                else RuntimeError("the queue keeper's restore step was never declared: the pools wait for it")
+            )
+
     @property
     def dependency(self) -> pulumi.Input[pulumi.Resource]:
         return self._step

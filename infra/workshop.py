@@ -176,19 +176,19 @@ def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
         private_key=vault.deploy_private_key,
         ready=vps.ready,
     )
-    restore = AfterRestore()
-    pools = _pools(config, stack, vault, tailnet, vps, restore)
-    platform = _platform(config, stack, vault, vps, pools, remote, web)
-    QueueKeeper(
-        "queue",
-        container=platform.queue_manager_name,
-        drain_timeout=config.queue.drain_timeout_seconds,
-        queue_manager=platform.queue_manager,
-        connection=vps.connection,
-        after=[vps.ready],
-        workers=[pools],
-        gate=restore,
-    )
+    with AfterRestore() as restore:
+        pools = _pools(config, stack, vault, tailnet, vps, restore)
+        platform = _platform(config, stack, vault, vps, pools, remote, web)
+        QueueKeeper(
+            "queue",
+            container=platform.queue_manager_name,
+            drain_timeout=config.queue.drain_timeout_seconds,
+            queue_manager=platform.queue_manager,
+            connection=vps.connection,
+            after=[vps.ready],
+            workers=[pools],
+            gate=restore,
+        )
     return _outputs(config, vault, vps, pools)
 
 

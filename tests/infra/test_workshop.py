@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+import infra.local
+import infra.workshop
 from devkit.harness import (
     CLOUDFLARE_V4,
     CLOUDFLARE_V6,
@@ -334,3 +336,23 @@ def test_a_policy_with_rules_on_our_tags_we_did_not_write_is_refused(rule: dict[
 
     with pytest.raises(Exception, match=r"tailnet policy holds rules the program did not write.*Fix: "):
         run_stack("workshop", tailnet_policy=policy)
+
+
+@pytest.mark.parametrize("stack", ["workshop", "local"])
+def test_a_program_error_after_the_pools_fails_the_up_naming_it_instead_of_hanging(
+    stack: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pull pools wait for the morning's restore step, declared after the queue manager: a
+    program that failed in between left them waiting, and the engine with them, for ever."""
+    module = {"workshop": infra.workshop, "local": infra.local}[stack]
+
+    def broken(*_: object, **__: object) -> None:
+        raise ValueError("the platform could not be declared")
+
+    monkeypatch.setattr(module, "_platform", broken)
+    pools = {
+        "workshop": [{"kind": "verda-instance", "name": "baseline"}],
+        "local": [{"kind": "local-cpu", "name": "cpu"}],
+    }[stack]
+    with pytest.raises(Exception, match="the platform could not be declared"):
+        run_stack(stack, overrides={"pools": pools})
