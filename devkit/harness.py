@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import os
+import pickle
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -375,6 +376,20 @@ def run_stack(
         )
 
 
+@contextmanager
+def pickle_as_found() -> Iterator[None]:
+    """Leave ``pickle`` as the block found it. Pulumi's ``serialize_provider`` (run for every dynamic
+    resource a program declares, and by the tests that pickle providers as the engine does) wraps
+    pickle's ``_Pickler._batch_setitems`` in its sorting wrapper and never unwraps it: one more layer
+    per call, and after about a thousand in one process every pickling ends in RecursionError. A real
+    ``pulumi up`` declares a few dozen; the test session declares thousands."""
+    found = pickle._Pickler._batch_setitems, pickle._Pickler.save_dict  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        pickle._Pickler._batch_setitems, pickle._Pickler.save_dict = found  # type: ignore[attr-defined]
+
+
 def _run_stack(
     stack: str,
     overrides: Mapping[str, Any] | None,
@@ -400,7 +415,8 @@ def _run_stack(
             secrets=pulumi.Output.all(**secrets),
         ).apply(captured.update)
 
-    pulumi.runtime.test(program)()  # type: ignore[no-untyped-call]
+    with pickle_as_found():
+        pulumi.runtime.test(program)()  # type: ignore[no-untyped-call]
     # In a preview, outputs that depend on what providers return stay unknown: nothing is captured.
     secret_outputs = {key for key, secret in captured.get("secrets", {}).items() if secret}
     values = dict(captured.get("values", {}))

@@ -18,13 +18,20 @@ from collections.abc import Iterator
 
 import pytest
 
-from devkit.harness import ENV_SECRETS
+from devkit.harness import ENV_SECRETS, pickle_as_found
 
 
 @pytest.fixture(autouse=True)
 def _no_credentials_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ENV_SECRETS:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _pickle_as_found() -> Iterator[None]:
+    """Each test leaves pickle as it found it, whatever it pickled as Pulumi does (``pickle_as_found``)."""
+    with pickle_as_found():
+        yield
 
 
 @pytest.fixture(autouse=True, scope="module")
