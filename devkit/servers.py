@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import shutil
 import socket
 import subprocess
@@ -21,10 +22,34 @@ from services.queue_manager.durability import redis_args
 TEST_FILES_URL = (Path(tempfile.gettempdir()) / "comfy-workshop-test-files").as_uri()
 
 
+# Ports for test servers come from below the kernel's ephemeral range. A port the kernel picks for
+# ``bind(0)`` comes from the range it also gives every outgoing connection its local port from, so
+# between the pick and the server's own bind a test's many client connections could take it
+# ("address already in use" under load). Nothing takes a port below that range by itself.
+LISTEN_PORTS_FLOOR = 20000
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_low() -> int:
+    """The lowest port the kernel gives an outgoing connection (32768 where it cannot be read)."""
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, which no outgoing connection will take meanwhile."""
+    ceiling = ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(LISTEN_PORTS_FLOOR, max(ceiling, LISTEN_PORTS_FLOOR + 1000))  # noqa: S311  # a spread
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError(f"no free loopback port between {LISTEN_PORTS_FLOOR} and {ceiling}")
 
 
 def wait_until(check, timeout: float = 15.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]

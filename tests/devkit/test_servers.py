@@ -1,0 +1,28 @@
+"""The test servers' launchers: a port picked for a server stays free for it."""
+
+from __future__ import annotations
+
+import socket
+
+from devkit.servers import LISTEN_PORTS_FLOOR, ephemeral_low, free_port
+
+
+def test_a_picked_port_is_never_one_an_outgoing_connection_could_take_before_the_server_binds() -> None:
+    """Under load a test's own client connections took the port picked for its next server
+    ("address already in use"): the kernel gives outgoing connections local ports from its ephemeral
+    range, where ``bind(0)`` picks too."""
+    low = ephemeral_low()
+    picked = {free_port() for _ in range(300)}
+    assert all(LISTEN_PORTS_FLOOR <= port < low for port in picked), sorted(p for p in picked if p >= low)[:5]
+    assert len(picked) > 250  # spread, so that two test processes rarely pick one port
+
+
+def test_a_picked_port_can_be_listened_on_and_a_port_in_use_is_never_picked() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", free_port()))
+        held.listen()
+        taken = held.getsockname()[1]
+        assert taken not in {free_port() for _ in range(300)}
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", free_port()))
+        server.listen()
