@@ -4,6 +4,7 @@ frontend it pins; a ref or frontend that does not agree is a config error naming
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -126,6 +127,98 @@ def test_the_build_stops_naming_the_fix_when_comfyui_pins_otherwise(
 
 def test_the_pin_script_passes_shellcheck() -> None:
     done = subprocess.run(["shellcheck", "-s", "sh", str(PINS)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout
+
+
+def comfyui_requirements() -> str:
+    """ComfyUI's own requirements.txt at the release the workers run, as its repository holds it."""
+    return (FIXTURES / COMFYUI_VERSION / "requirements.txt").read_text()
+
+
+def pin_step() -> str:
+    """The Dockerfile's RUN instruction that reads the pins and installs them, its lines joined."""
+    dockerfile = (REPO / "images/queue-manager/Dockerfile").read_text().replace("\\\n", " ")
+    steps = [
+        line[len("RUN ") :] for line in dockerfile.splitlines() if line.startswith("RUN sh /tmp/comfyui/")
+    ]
+    assert len(steps) == 1 and "comfyui_pins.sh" in steps[0], steps
+    return steps[0]
+
+
+def run_pin_step(tmp_path: Path, requirements: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The image build's pin step as Docker runs it (``/bin/sh -c``, the build arguments in the
+    environment), in ``tmp_path`` for /tmp/comfyui, with a ``uv`` that records what it was asked."""
+    folder = tmp_path / "comfyui"
+    folder.mkdir()
+    (folder / "requirements.txt").write_text(requirements)
+    shutil.copy(PINS, folder / "comfyui_pins.sh")
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    calls = tmp_path / "uv-calls"
+    uv = bin_ / "uv"
+    uv.write_text(f'#!/bin/sh\necho "$*" >> {calls}\ncat "$7" >> {calls}\n')
+    uv.chmod(0o755)
+    env = {
+        "PATH": f"{bin_}:/usr/bin:/bin",
+        "COMFYUI_VERSION": DEFAULT_REF,
+        "COMFYUI_FRONTEND_VERSION": FRONTENDS[DEFAULT_REF],
+    }
+    step = pin_step().replace("/tmp/comfyui", str(folder))
+    done = subprocess.run(["/bin/sh", "-c", step], capture_output=True, text=True, timeout=30, env=env)
+    return done, calls
+
+
+def test_the_image_builds_pin_step_installs_what_the_comfyui_checkout_pins(tmp_path: Path) -> None:
+    done, calls = run_pin_step(tmp_path, comfyui_requirements())
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text().splitlines() == [
+        f"pip install --python /opt/venv/bin/python --no-cache -r {tmp_path}/comfyui/pins.txt",
+        "comfyui-frontend-package==1.27.10",
+        "comfyui-workflow-templates==0.1.95",
+    ]
+
+
+@pytest.mark.parametrize(
+    "requirements",
+    ["", "<html><body>404: Not Found</body></html>\n", "torch\ncomfyui-frontend-package>=1.27\n"],
+    ids=["empty", "an error page", "no == pin"],
+)
+def test_the_build_stops_before_installing_when_comfyuis_file_pins_no_frontend(
+    tmp_path: Path, requirements: str
+) -> None:
+    """Not the release's requirements.txt: the fix is the ref (or the download), not the table."""
+    done, calls = run_pin_step(tmp_path, requirements)
+    assert done.returncode != 0 and not calls.exists()
+    assert "pins no comfyui-frontend-package==<version>" in done.stderr, done.stderr
+    assert "FRONTENDS" not in done.stderr and "comfyui.ref" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("frontend", "templates"),
+    [
+        ("comfyui_frontend_package", "comfyui_workflow_templates"),
+        ("ComfyUI-Frontend-Package", "ComfyUI-Workflow-Templates"),
+        ("comfyui.frontend--package", "comfyui-workflow.templates"),
+    ],
+)
+def test_a_pin_written_as_pip_reads_names_is_the_frontend_pin(
+    tmp_path: Path, frontend: str, templates: str
+) -> None:
+    """pip takes a name in any case, with '-', '_' and '.' alike (PEP 503): so does the build."""
+    requirements = comfyui_requirements().replace("comfyui-frontend-package", frontend)
+    requirements = requirements.replace("comfyui-workflow-templates", templates)
+    done, calls = run_pin_step(tmp_path, requirements)
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text().splitlines()[1:] == [
+        "comfyui-frontend-package==1.27.10",
+        "comfyui-workflow-templates==0.1.95",
+    ]
+
+
+def test_the_pin_step_passes_shellcheck(tmp_path: Path) -> None:
+    script = tmp_path / "step.sh"
+    script.write_text(f"#!/bin/sh\n{pin_step()}\n")
+    done = subprocess.run(["shellcheck", "-s", "sh", str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout
 
 
