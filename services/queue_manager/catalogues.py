@@ -19,8 +19,10 @@ can register. So a registration only *offers* a catalogue version; the workspace
   frontend builds those into its node search, canvas menu and combo lists as HTML, so they would
   put elements (a fake login link) on every participant's page;
 * otherwise only when the admin approves it on the admin page, which shows what it adds, removes
-  and changes (``PendingCatalogue``). Until then participants keep the approved version and the
-  GPUs keep running their prompts.
+  and changes (``PendingCatalogue``). A version with markup cannot be approved at all
+  (``CatalogueCarriesMarkup``, 409): the CSP stops scripts, not elements, so an approved fake login
+  form or link would still reach every page; its custom node pack must rename what it names.
+  Until then participants keep the approved version and the GPUs keep running their prompts.
 
 A leaked token can therefore add node classes to the menus (they fail on the real GPUs), but it
 cannot put JavaScript into anyone's page, remove or change a node participants use, or fill Redis:
@@ -59,6 +61,19 @@ class CatalogueNotFound(QueueError):
         super().__init__(
             f"no catalogue version {digest[:80]!r} is waiting: the list on the admin page is current "
             "(a version no worker offers any more was dropped)"
+        )
+
+
+class CatalogueCarriesMarkup(QueueError):
+    status = 409
+
+    def __init__(self, digest: str, classes: list[str]) -> None:
+        super().__init__(
+            f"version {digest[:80]!r} cannot be approved: node classes {', '.join(classes)} carry markup "
+            "(a tag such as '<a' or '<img') in a name, display name, category or combo option, which the "
+            "stock frontend shows as HTML on every participant's page (a fake link or login form). "
+            "Remove or fix that custom node pack (or model file name) on the GPUs; their next "
+            "registration offers a version without it"
         )
 
 
@@ -218,7 +233,12 @@ class CatalogueOps(StoreBase):
         return nodes, {k: v.encode() if isinstance(v, str) else v for k, v in ext.items()}
 
     async def approve_catalogue(self, digest: str) -> None:
-        """The admin's approval of a waiting version: the workspaces serve it from now on."""
+        """The admin's approval of a waiting version: the workspaces serve it from now on; one with
+        markup is refused (``CatalogueCarriesMarkup``)."""
+        offer = await self.redis.hget(self.keys.catalogue_pending, digest)
+        markup = json.loads(offer).get("markup", []) if offer else []
+        if markup:
+            raise CatalogueCarriesMarkup(digest, markup)
         await self._approve(digest, by_admin=True)
         await self.collect_catalogues()
 

@@ -123,9 +123,9 @@ function drawCatalogues(state) {
   const rows = state.pending.map((c) =>
     `<td><code title="${esc(c.digest)}">${esc(c.digest.slice(0, 12))}</code></td><td>${esc(c.pool)} / ${esc(c.worker_id)}</td>` +
     `<td>${c.nodes}</td><td>+ ${names(c.added)}<br>− ${names(c.removed)}<br>~ ${names(c.changed)}` +
-    `${c.markup?.length ? `<br><b>markup (HTML on every participant's page): ${names(c.markup)}</b>` : ""}</td>` +
+    `${c.markup?.length ? `<br><b>markup (HTML on every participant's page, so it cannot be approved): ${names(c.markup)}</b>` : ""}</td>` +
     `<td>+ ${names(c.extensions_added)}<br>~ ${names(c.extensions_changed)}<br>− ${names(c.extensions_removed)}</td>` +
-    `<td><button data-action="approve-catalogue" data-digest="${esc(c.digest)}">Approve</button></td>`);
+    `<td>${c.markup?.length ? "" : `<button data-action="approve-catalogue" data-digest="${esc(c.digest)}">Approve</button>`}</td>`);
   put("catalogues", `<p>Participants get version ${approved}. A version a worker offers that removes or changes ` +
     `nodes, or brings web extensions (JavaScript for every participant's page), waits here for you.</p>` +
     table(["version", "offered by", "nodes", "node classes", "web extensions", ""], rows, "No version is waiting."));

@@ -170,3 +170,20 @@ async def test_an_approval_after_the_evening_snapshot_is_refused_not_lost(store:
     await store.resume()  # the morning (or the organizer's Resume): the same approval is taken
     await store.approve_catalogue("cat-js")
     assert (await store.catalogue_state()).approved == "cat-js"
+
+
+def test_the_admin_cannot_approve_a_version_whose_texts_carry_markup(
+    alice: httpx.Client, worker: httpx.Client, app_factory: Callable[[], httpx.Client]
+) -> None:
+    """The CSP stops scripts, not elements: an approved version whose node names or combo options
+    carry markup would put its fake login link in every participant's node search and combo lists.
+    The admin's approval is refused (409) naming the classes and the fix, and nothing changes."""
+    register_worker(app_factory(), marked_up(), "w-leaked", "cat-marked")
+    admin = login(app_factory(), ADMIN, ADMIN_PASSWORD)
+    refused = admin.post("/api/admin/catalogues/cat-marked/approve")
+    assert refused.status_code == 409, refused.text
+    message = refused.json()["detail"]
+    assert "Phish" in message and "Menu" in message and "custom node" in message
+    assert "Phish" not in served(alice)[0]
+    state = admin.get("/api/admin/catalogues").json()
+    assert state["approved"] == "cat-v1" and [c["digest"] for c in state["pending"]] == ["cat-marked"]
