@@ -18,10 +18,11 @@ workshop ran before. The evening streams the snapshot (a few records and saved f
 never all of it in memory) and writes the checksum file last, so a save cut midway leaves the last
 complete snapshot named, never a half-written one. A restore refuses a snapshot whose checksum
 does not match, and a missing one once the workshop has started: the morning fails loudly instead
-of opening on an empty queue. The morning streams too (``open_saved_snapshot``): it hashes the body
-once, then parses it with ijson and checks every job and key as the ``Snapshot`` model does before
-writing anything, then reads it a third time to restore it job by job and key by key, so a corrupt
-or foreign snapshot restores nothing and memory stays near one participant's saved files.
+of opening on an empty queue. The morning streams too (``open_saved_snapshot``): in one read it
+hashes the body and parses it with ijson, checking every job and key as the ``Snapshot`` model
+does, before writing anything; then it reads it once more to restore it job by job and key by key
+(hashing it again: a body changed in the vault meanwhile stops the restore, naming it), so a
+corrupt or foreign snapshot restores nothing and memory stays near one participant's saved files.
 """
 
 from __future__ import annotations
@@ -821,12 +822,33 @@ async def _saved_body(storage: Storage) -> tuple[str, str | None] | None:
     return key, expected
 
 
-async def _verify(storage: Storage, key: str, expected: str, where: str) -> None:
-    """The body's sha256 against its checksum file, streaming it once."""
+NO_CHECKSUM = f"has no {CHECKSUM_KEY} and"
+
+
+async def _checked(
+    storage: Storage, key: str, expected: str | None, where: str, unchecked: str = NO_CHECKSUM
+) -> StoredSnapshot:
+    """One read of the body: its sha256 (against ``expected``, the checksum file's, when given) and
+    each job and key parsed and checked as they come. ``SnapshotError`` naming ``where`` and what
+    is wrong (``unchecked``: how a body without a checksum is named in it)."""
     digest = hashlib.sha256()
-    async for chunk in storage.get(key):
-        digest.update(chunk)
-    if (actual := digest.hexdigest()) != expected:
+    chunks = _hashed(storage.get(key), digest)
+    try:
+        head = await _collected(chunks, whole=False)
+    except ValueError as exc:  # pydantic's ValidationError too
+        if expected is not None:
+            async for _ in chunks:  # the rest, hashed: a body that is not the one saved is named corrupt
+                pass
+            _verify(digest.hexdigest(), expected, where)
+        said = "matches its checksum but" if expected is not None else unchecked
+        raise SnapshotError(f"{where} {said} is not a queue snapshot: {exc}") from exc
+    if expected is not None:
+        _verify(digest.hexdigest(), expected, where)
+    return StoredSnapshot(storage, key, head, digest.hexdigest())
+
+
+def _verify(actual: str, expected: str, where: str) -> None:
+    if actual != expected:
         raise SnapshotError(
             f"{where} is corrupt: its sha256 is {actual}, {CHECKSUM_KEY} says {expected}. Nothing was "
             "restored; put back an intact copy (or delete both files and snapshots/started to start empty)"
@@ -834,9 +856,9 @@ async def _verify(storage: Storage, key: str, expected: str, where: str) -> None
 
 
 async def open_saved_snapshot(storage: Storage) -> StoredSnapshot | None:
-    """The vault's snapshot, checked in bounded memory before anything is written: its sha256
-    streamed once, then each job and key parsed and checked as they come; None on the workshop's
-    first day.
+    """The vault's snapshot, checked in bounded memory before anything is written, in one read of
+    its body: its sha256 and each job and key parsed and checked as they come; None on the
+    workshop's first day. (The restore reads it once more, ``StoredSnapshot.entries``.)
 
     Raises ``SnapshotError`` when the workshop ran before but no snapshot is there, when only one
     of the snapshot and its checksum exists, when they disagree, or when the file is not a snapshot.
@@ -846,17 +868,10 @@ async def open_saved_snapshot(storage: Storage) -> StoredSnapshot | None:
         return None
     key, expected = found
     where = f"{getattr(storage, 'url', 'the vault')} {key}"
-    if expected is not None:
-        await _verify(storage, key, expected, where)
-    digest = hashlib.sha256()
-    try:
-        head = await _collected(_hashed(storage.get(key), digest), whole=False)
-    except ValueError as exc:  # pydantic's ValidationError too
-        said = "matches its checksum but" if expected is not None else f"has no {CHECKSUM_KEY} and"
-        raise SnapshotError(f"{where} {said} is not a queue snapshot: {exc}") from exc
+    opened = await _checked(storage, key, expected, where)
     if expected is None:
-        _unchecked_version_1(head, where)
-    return StoredSnapshot(storage, key, head, digest.hexdigest())
+        _unchecked_version_1(opened.head, where)
+    return opened
 
 
 async def load_saved_snapshot(storage: Storage) -> Snapshot | None:

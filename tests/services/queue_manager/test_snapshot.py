@@ -537,3 +537,34 @@ async def test_an_evening_save_cut_midway_is_never_restored_and_the_destroy_runs
     assert [key for key in await vault.list("snapshots/") if key.startswith("snapshots/queue-")] == [
         f"snapshots/{(tmp_path / 'vault' / CHECKSUM_KEY).read_text().split()[1]}"
     ]
+
+
+class CountingVault(LocalStorage):
+    """A vault that counts the bytes read from the snapshot's body."""
+
+    body_read = 0
+
+    async def get(self, key: str, start: int = 0) -> Any:
+        async for chunk in super().get(key, start):
+            if key.startswith("snapshots/queue-"):
+                self.body_read += len(chunk)
+            yield chunk
+
+
+async def test_the_morning_reads_the_snapshot_from_the_vault_twice_checking_and_restoring(
+    store_with: Callable[..., Store], tmp_path: Path
+) -> None:
+    """The morning hashes and checks the body in one read, and reads it once more to restore it
+    (and still finds it changed meanwhile: the test above); it read it three times."""
+    evening, vault = store_with(), CountingVault(tmp_path / "vault")
+    writer = bytes_client(evening.client)
+    await writer.hset(evening.keys.user_data("ada"), mapping={"workflows/w.json": os.urandom(MIB)})  # type: ignore[arg-type]
+    await writer.aclose()
+    queued = await evening.submit("ada", job())
+    saved = await save_for_the_night(evening, vault)
+    await evening.redis.flushall()
+    morning = store_with()
+    loaded = await open_saved_snapshot(vault)
+    assert loaded is not None and (await restore_snapshot(morning, loaded)).restored == 1
+    assert await morning.queued_ids() == [queued.id]
+    assert vault.body_read == 2 * saved.size, f"read {vault.body_read / saved.size:g} times"
