@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from services.protocol.jobs import FileRef, storage_key
 from services.queue_manager.api.errors import upload_limit
+from services.queue_manager.catalogues import MARKUP
 from services.storage import Storage, aiter_chunks, holds
 from services.storage.base import CHUNK_SIZE, KeyConflictError, KeyTakenError, StorageError
 
@@ -40,6 +41,28 @@ def file_ref(filename: str, subfolder: str, kind: str) -> FileRef:
     except ValidationError as exc:
         message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
         raise FileProblem(400, f"invalid file name: {message}") from None
+
+
+def upload_ref(filename: str, subfolder: str, kind: str) -> FileRef:
+    """``file_ref`` for a name a participant gives a new file: one that holds markup is refused. The
+    stock frontend lists her uploads in its combo menus as HTML (each entry's content, never an
+    attribute), so such a name would put elements on her page, or on anyone's who loads a workflow
+    naming it."""
+    ref = file_ref(filename, subfolder, kind)
+    if MARKUP.search(ref.filename) or MARKUP.search(ref.subfolder):
+        shown = f"{ref.subfolder}/{ref.filename}".lstrip("/")
+        raise FileProblem(
+            400,
+            f"{shown[:120]!r} holds markup (a '<' followed by a letter, '/', '!' or '?'), which the "
+            "page would show as HTML: rename the file (a '<' followed by a space is fine)",
+        )
+    return ref
+
+
+def listable(name: str) -> bool:
+    """Whether an input's name may be listed on her page: not one with markup (``upload_ref``),
+    which she may have stored before such names were refused."""
+    return MARKUP.search(name) is None
 
 
 INLINE_TYPES = re.compile(r"^(image/(png|jpeg|webp|gif|avif|bmp)|video/[\w.+-]+|audio/[\w.+-]+)$")

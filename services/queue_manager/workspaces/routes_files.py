@@ -20,6 +20,7 @@ from services.queue_manager.workspaces.files import (
     disposition,
     file_ref,
     upload_chunks,
+    upload_ref,
     upload_size,
 )
 from services.queue_manager.workspaces.images import (
@@ -50,7 +51,7 @@ async def upload(
     if not isinstance(image, ReceivedFile):  # see NO_FILE (the form's own class, not FastAPI's)
         return JSONResponse({"error": NO_FILE}, status_code=400)
     try:
-        ref = file_ref(image.filename or "", subfolder, kind or "input")
+        ref = upload_ref(image.filename or "", subfolder, kind or "input")
         saved = await files.save_upload(image, ref, overwrite in ("true", "1"))
     except FileProblem as exc:
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
@@ -88,7 +89,7 @@ async def upload_mask(
         await upload_size(image, files.max_upload_bytes)
         mask = b"".join([chunk async for chunk in upload_chunks(image)])
         merged = await merge_mask(original, mask, source.filename)
-        ref = file_ref(image.filename or "", subfolder, type or "input")
+        ref = upload_ref(image.filename or "", subfolder, type or "input")
         saved = await files.save(merged, ref, overwrite in ("true", "1"))
     except (FileProblem, ImageProblem) as exc:
         status = exc.status if isinstance(exc, FileProblem) else 400

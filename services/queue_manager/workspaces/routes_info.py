@@ -22,6 +22,7 @@ from services.queue_manager.catalogues import is_upload_input, spec_options
 from services.queue_manager.registry import WorkerInfo
 from services.queue_manager.settings import Settings
 from services.queue_manager.workspaces.deps import Context, Participant, UserFilesDep
+from services.queue_manager.workspaces.files import UserFiles, listable
 from services.queue_manager.workspaces.frontend import frontend_version
 from services.queue_manager.workspaces.templates import templates_version
 
@@ -82,17 +83,22 @@ def personal(nodes: dict[str, Any], files: list[str]) -> dict[str, Any]:
     return result
 
 
+async def listed_inputs(files: UserFiles) -> list[str]:
+    """Her uploads as her combo lists show them: sorted, none with markup (``files.listable``)."""
+    return sorted(name for name in await files.inputs() if listable(name))
+
+
 @router.get("/object_info")
 async def object_info(ctx: Context, files: UserFilesDep) -> Response:
     catalogue = await ctx.catalogue.current()
-    body = json.dumps(personal(catalogue.nodes, sorted(await files.inputs())), separators=(",", ":"))
+    body = json.dumps(personal(catalogue.nodes, await listed_inputs(files)), separators=(",", ":"))
     return Response(body, media_type="application/json", headers=JSON_NO_STORE)
 
 
 @router.get("/object_info/{node_class}")
 async def object_info_node(node_class: str, ctx: Context, files: UserFilesDep) -> dict[str, Any]:
     catalogue = await ctx.catalogue.current()
-    return personal(catalogue.node(node_class), sorted(await files.inputs()))
+    return personal(catalogue.node(node_class), await listed_inputs(files))
 
 
 @router.get("/extensions")
