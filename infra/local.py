@@ -87,6 +87,7 @@ def _settings(
             session_secret=credentials.session_secret,
             worker_tokens_json=pools.tokens_json(),
             files_url=f"file://{FILES_DIR}",
+            models=config.models,
         ),
         **pools.queue_manager_env(),
     }

@@ -6,9 +6,11 @@ The names are the fields of `services.queue_manager.settings.Settings` (and
 
 from __future__ import annotations
 
+import json
+
 import pulumi
 
-from infra.config import QueuePolicy
+from infra.config import ModelFile, QueuePolicy
 from infra.secret import secret
 
 MB = 1024 * 1024
@@ -37,9 +39,13 @@ def queue_manager_settings(
     session_secret: pulumi.Input[str],
     worker_tokens_json: pulumi.Input[str],
     files_url: pulumi.Input[str],
+    models: list[ModelFile],
 ) -> dict[str, pulumi.Input[str]]:
     """Everything but Redis's URL and the participants file (the platform adds those)."""
+    # The workspaces offer and accept only the model files every GPU holds: the manifest's.
+    held = {"QM_MODELS": json.dumps([model.path for model in models])} if models else {}
     return {
+        **held,
         **policy_settings(policy),
         "QM_ENV": "production",
         "QM_PUBLIC_URL": public_url,

@@ -122,6 +122,7 @@ def _settings(config: WorkshopConfig, vault: VaultOutputs, pools: PoolSet) -> di
             session_secret=vault.session_secret,
             worker_tokens_json=pools.tokens_json(),
             files_url=files_url,
+            models=config.models,
         ),
         **s3_settings(files.endpoint, vault.user_files),
         **pools.queue_manager_env(),

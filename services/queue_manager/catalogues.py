@@ -18,11 +18,22 @@ can register. So a registration only *offers* a catalogue version; the workspace
   name, display name or category, or a combo gains an option with markup (``markup``): the stock
   frontend builds those into its node search, canvas menu and combo lists as HTML, so they would
   put elements (a fake login link) on every participant's page;
+* by itself, when what it removes is only combo options naming weights files (``WEIGHTS``) the stack
+  config's models (``QM_MODELS``) do not list: the organizer took those models out, and the
+  workspaces no longer offered them anyway (below);
 * otherwise only when the admin approves it on the admin page, which shows what it adds, removes
   and changes (``PendingCatalogue``). A version with markup cannot be approved at all
   (``CatalogueCarriesMarkup``, 409): the CSP stops scripts, not elements, so an approved fake login
   form or link would still reach every page; its custom node pack must rename what it names.
   Until then participants keep the approved version and the GPUs keep running their prompts.
+
+Whatever version is approved, the workspaces offer and accept only the model files the GPUs hold:
+with ``QM_MODELS`` set (the program writes the stack config's manifest there, and every GPU holds
+exactly those files, verified, before it takes a job), a combo option naming a weights file that is
+not one of them (``only_held``) is taken out of every version served and compared: a model taken out
+of the config overnight leaves the workspaces with the morning's queue manager, before any worker
+registers, and one a worker's ComfyUI lists but the config does not (a file put on one GPU by hand, or
+a leaked token's made-up name) is never offered.
 
 A leaked token can therefore add node classes to the menus (they fail on the real GPUs), but it
 cannot put JavaScript into anyone's page, remove or change a node participants use, or fill Redis:
@@ -52,6 +63,8 @@ SHOWN = 20  # class and file names listed per change in the admin's summary
 # then a letter, ``/``, ``!`` or ``?``. A lone ``<`` or ``>`` is text there, as in a comparison
 # node's combo ("<", ">=": ComfyUI's own test pack has one), and must not hold a catalogue back.
 MARKUP = re.compile(r"<[A-Za-z/!?]")
+WEIGHTS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
+"""Model files, as ComfyUI's model folders list them (its ``supported_pt_extensions``)."""
 
 
 class CatalogueNotFound(QueueError):
@@ -159,6 +172,53 @@ def keeps(old: Any, new: Any) -> bool:
     )
 
 
+def held_names(models: list[str] | None) -> frozenset[str] | None:
+    """What ComfyUI's loaders list for the manifest's files (each path within its model folder:
+    ``checkpoints/sd3/m.safetensors`` is ``sd3/m.safetensors``); None when no manifest is known."""
+    if models is None:
+        return None
+    return frozenset(path.split("/", 1)[1] for path in models if "/" in path)
+
+
+def _held_options(options: list[Any], held: frozenset[str]) -> list[Any]:
+    return [o for o in options if not (isinstance(o, str) and o.lower().endswith(WEIGHTS)) or o in held]
+
+
+def _held_spec(spec: Any, held: frozenset[str]) -> Any:
+    """An input spec whose combo lists only the weights files in ``held`` (the same object when it
+    lists no other)."""
+    if is_upload_input(spec) or not isinstance(spec, list) or not spec:
+        return spec
+    if isinstance(spec[0], list):
+        options = _held_options(spec[0], held)
+        return spec if len(options) == len(spec[0]) else [options, *spec[1:]]
+    if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
+        listed = spec[1].get("options")
+        if isinstance(listed, list) and len(kept := _held_options(listed, held)) != len(listed):
+            return ["COMBO", {**spec[1], "options": kept}, *spec[2:]]
+    return spec
+
+
+def only_held(nodes: dict[str, Any], held: frozenset[str] | None) -> dict[str, Any]:
+    """The catalogue with no combo option naming a weights file the GPUs do not hold (``held``, from
+    ``held_names``; None: every option kept). Nodes with nothing taken out are shared, not copied."""
+    if held is None:
+        return nodes
+    result = dict(nodes)
+    for name, node in nodes.items():
+        if not isinstance(node, dict) or not isinstance(node.get("input"), dict):
+            continue
+        inputs = dict(node["input"])
+        for section, specs in node["input"].items():
+            if isinstance(specs, dict):
+                kept = {key: _held_spec(spec, held) for key, spec in specs.items()}
+                if any(kept[key] is not spec for key, spec in specs.items()):
+                    inputs[section] = kept
+        if inputs != node["input"]:
+            result[name] = {**node, "input": inputs}
+    return result
+
+
 def carries_markup(name: str, node: Any, approved: Any = None) -> bool:
     """Whether a node class's name, display name or category, or a combo option it offers that the
     approved version of it did not (``approved``: None for a new class), holds a tag (``MARKUP``): the
@@ -215,7 +275,8 @@ class CatalogueOps(StoreBase):
         approved = await self.approved_catalogue()
         if digest != approved:
             old_nodes, old_ext = await self._version(approved)
-            difference = summary(old_nodes, old_ext, nodes, ext)
+            held = held_names(self.settings.models)
+            difference = summary(only_held(old_nodes, held), old_ext, only_held(nodes, held), ext)
             if only_adds(difference, first=not approved):
                 await self._approve(digest, by_admin=False)
             else:

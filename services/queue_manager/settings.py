@@ -277,6 +277,13 @@ class Settings(BaseSettings):
         '"url": "https://api.runpod.ai/v2/abc", "api_key": "...", "capacity": 40}]; each '
         "QM_PUSH_POOL_<NAME> adds one pool as a JSON object (the program writes one per pool)",
     )
+    models: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="QM_MODELS: JSON list of the model files every GPU holds, the stack config's manifest "
+        'paths (e.g. ["checkpoints/sdxl.safetensors"]; the program writes it). A node\'s option naming a '
+        "weights file (.safetensors, .ckpt, ...) none of them is, is neither offered nor accepted by the "
+        "workspaces; unset: the workers' catalogue as they publish it",
+    )
     gpu_prices: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict,
         description='QM_GPU_PRICES: JSON pool -> price per GPU hour, e.g. {"h100": 2.29}; others cost 0',
@@ -304,6 +311,11 @@ class Settings(BaseSettings):
     @classmethod
     def _json_list(cls, value: Any) -> Any:
         return _decoded(value, "QM_PUSH_POOLS must be a JSON list of pools")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _json_models(cls, value: Any) -> Any:
+        return _decoded(value, 'must be a JSON list of model paths like ["checkpoints/sdxl.safetensors"]')
 
     @field_validator("gpu_prices", mode="before")
     @classmethod

@@ -59,6 +59,8 @@ def test_queue_manager_settings_are_all_read_and_valid(
     assert parsed.max_upload_bytes == upload_mb * 1024 * 1024, "queue.maxUploadMb, as nginx's limit"
     assert parsed.max_body_bytes == settings_module.Settings.model_fields["max_body_bytes"].default
     assert parsed.files_url == env["QM_FILES_URL"]
+    models = [model["path"] for model in stack_file(stack).get("models", [])]
+    assert parsed.models == (models or None), "the workspaces offer the models every GPU holds"
     assert parsed.participants["ada"].get_secret_value() == "pw"
     push = [p["name"] for p in stack_file(stack).get("pools", []) if p["kind"].endswith("-serverless")]
     assert sorted(pool.name for pool in parsed.push_pools) == sorted(push)

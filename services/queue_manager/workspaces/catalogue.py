@@ -29,6 +29,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.protocol.workers import template_of
+from services.queue_manager.catalogues import held_names, only_held
 from services.queue_manager.store import Store
 
 REFRESH_SECONDS = 2.0
@@ -43,13 +44,15 @@ class Catalogue:
     extensions: dict[str, bytes] = field(default_factory=dict)
     templates: dict[str, bytes] = field(default_factory=dict)
     """Custom nodes' example workflows, ``<pack>/<name>.json`` -> JSON (the templates browser's)."""
+    held: frozenset[str] | None = None
+    """The model files the GPUs hold (``catalogues.held_names``): no other is offered or accepted."""
 
     @cached_property
     def nodes(self) -> dict[str, Any]:
         """Node class -> its ``/object_info`` entry."""
         body = gzip.decompress(self.raw) if self.raw[:2] == b"\x1f\x8b" else self.raw
         parsed: dict[str, Any] = json.loads(body)
-        return parsed
+        return only_held(parsed, self.held)
 
     def node(self, name: str) -> dict[str, Any]:
         """``/object_info/<Class>``: that node only, or ``{}`` when unknown (as ComfyUI answers)."""
@@ -90,7 +93,7 @@ class CatalogueCache:
         stored = await self._redis.hgetall(self._keys.catalogue_extensions(digest))
         files = {_text(k): _bytes(v) for k, v in stored.items()}
         templates = {name: files.pop(path) for path in list(files) if (name := template_of(path))}
-        return Catalogue(digest, _bytes(body), files, templates)
+        return Catalogue(digest, _bytes(body), files, templates, held_names(self._store.settings.models))
 
 
 def _text(value: bytes | str) -> str:

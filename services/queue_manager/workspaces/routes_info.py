@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from services.protocol.workers import WorkerState
-from services.queue_manager.catalogues import is_upload_input, spec_options
+from services.queue_manager.catalogues import WEIGHTS, is_upload_input, spec_options
 from services.queue_manager.registry import WorkerInfo
 from services.queue_manager.settings import Settings
 from services.queue_manager.workspaces.deps import Context, Participant, UserFilesDep
@@ -52,8 +52,6 @@ MODEL_FOLDERS: dict[str, tuple[str, str] | None] = {
 """ComfyUI 0.3.64's model folders (``GET /models``), each with the loader input that lists its files."""
 NOT_IN_LIBRARY = frozenset({"configs", "custom_nodes"})
 """Model folders ComfyUI leaves out of ``/experiment/models`` (the model library)."""
-WEIGHTS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
-"""The files ComfyUI's model library lists, in every folder (its ``supported_pt_extensions``)."""
 NOT_FILES = frozenset({"pixel_space", "taesd", "taesdxl", "taesd3", "taef1"})
 """What ``VAELoader`` offers besides the files of its folder."""
 JSON_NO_STORE = {"Cache-Control": "no-store"}
