@@ -58,7 +58,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -649,19 +649,14 @@ def progress_bar() -> Progress:
 
 
 def models_vault(settings: WorkerSettings) -> Storage | None:
-    """The models bucket, read with its own credentials (``WORKER_MODELS_S3_*``) when given."""
+    """The models bucket, read with its own read-only key (``WORKER_MODELS_S3_*``, which the settings
+    require for an s3:// bucket), never with the files' (``S3_*``)."""
     if not settings.models_url:
         return None
-
-    def value(secret: SecretStr | None) -> SecretStr | None:
-        return secret if secret is not None and secret.get_secret_value() else None
-
-    if settings.models_s3_access_key_id is None:
-        return open_storage(settings.models_url)
     s3 = S3Settings(
         endpoint_url=settings.models_s3_endpoint_url,
-        access_key_id=value(settings.models_s3_access_key_id),
-        secret_access_key=value(settings.models_s3_secret_access_key),
+        access_key_id=settings.models_s3_access_key_id,
+        secret_access_key=settings.models_s3_secret_access_key,
     )
     return open_storage(settings.models_url, s3)
 

@@ -72,7 +72,9 @@ class WorkerSettings(BaseSettings):
         default=None, description="WORKER_MODELS_S3_ENDPOINT_URL: the models bucket's S3 endpoint"
     )
     models_s3_access_key_id: SecretStr | None = Field(
-        default=None, description="WORKER_MODELS_S3_ACCESS_KEY_ID: read-only key of the models bucket"
+        default=None,
+        description="WORKER_MODELS_S3_ACCESS_KEY_ID: read-only key of the models bucket (needed for an "
+        "s3:// WORKER_MODELS_URL: the files' S3_* key is never used for it)",
     )
     models_s3_secret_access_key: SecretStr | None = Field(
         default=None, description="WORKER_MODELS_S3_SECRET_ACCESS_KEY: its secret"
@@ -162,6 +164,17 @@ class WorkerSettings(BaseSettings):
             raise ValueError(
                 "WORKER_MODELS_MANIFEST(_JSON) is set but there is nowhere to get models from: set "
                 "WORKER_MODELS_URL (s3://bucket of the models vault) or WORKER_SHARED_MODELS_DIR"
+            )
+        keyed = all(
+            secret is not None and secret.get_secret_value()
+            for secret in (self.models_s3_access_key_id, self.models_s3_secret_access_key)
+        )
+        if (self.models_url or "").startswith("s3://") and not keyed:
+            raise ValueError(
+                f"WORKER_MODELS_URL is the bucket {self.models_url} but WORKER_MODELS_S3_ACCESS_KEY_ID and "
+                "WORKER_MODELS_S3_SECRET_ACCESS_KEY are not both set: set them (and "
+                "WORKER_MODELS_S3_ENDPOINT_URL) to the models bucket's read-only key, the vault stack's "
+                "models-read credentials. The worker never reads the models with the files' key (S3_*)"
             )
         return self
 

@@ -68,7 +68,9 @@ def manifest(
 
 def settings(tmp_path: Path) -> WorkerSettings:
     return WorkerSettings(
-        models_manifest=manifest(tmp_path), models_url="s3://unused", models_dir=tmp_path / "models"
+        models_manifest=manifest(tmp_path),
+        models_url="file:///unused-models-bucket",
+        models_dir=tmp_path / "models",
     )
 
 
@@ -167,6 +169,32 @@ def test_a_manifest_without_a_source_is_refused_at_startup(tmp_path: Path) -> No
         WorkerSettings(models_manifest=manifest(tmp_path))
 
 
+def test_a_worker_reads_the_models_bucket_with_the_models_key_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hand-run worker given the files' key (S3_*, which writes every participant's files) but not
+    the models bucket's read-only one refuses to start naming the variables: it read the models
+    bucket with the files' key, which either fails in the morning or works only with a key too wide."""
+    monkeypatch.setenv("S3_ACCESS_KEY_ID", "files-key")
+    monkeypatch.setenv("S3_SECRET_ACCESS_KEY", "files-secret")
+    needed = "WORKER_MODELS_S3_ACCESS_KEY_ID and WORKER_MODELS_S3_SECRET_ACCESS_KEY"
+    with pytest.raises(ValueError, match=needed):
+        WorkerSettings(models_manifest=manifest(tmp_path), models_url="s3://comfy-models")
+    with pytest.raises(ValueError, match=needed):  # half a key is none
+        WorkerSettings(
+            models_manifest=manifest(tmp_path), models_url="s3://comfy-models", models_s3_access_key_id="k"
+        )
+    keyed = WorkerSettings(
+        models_manifest=manifest(tmp_path),
+        models_url="s3://comfy-models",
+        models_s3_access_key_id="models-key",
+        models_s3_secret_access_key="models-secret",
+    )
+    assert keyed.models_url == "s3://comfy-models"
+    local = WorkerSettings(models_manifest=manifest(tmp_path), models_url=(tmp_path / "bucket").as_uri())
+    assert local.models_s3_access_key_id is None, "a file:// bucket needs no key"
+
+
 class CountingVault:
     """The models bucket, counting each file's downloads (a Storage like any other)."""
 
@@ -182,7 +210,7 @@ class CountingVault:
 def shared_settings(tmp_path: Path, name: str) -> WorkerSettings:
     return WorkerSettings(
         models_manifest=manifest(tmp_path),
-        models_url="s3://unused",
+        models_url="file:///unused-models-bucket",
         shared_models_dir=tmp_path / "volume",
         models_dir=tmp_path / f"{name}-disk",
         models_lock_stale_seconds=5,
@@ -235,7 +263,7 @@ async def test_a_file_missing_from_the_bucket_is_refused_before_any_download(
     absent = {"path": "loras/b.safetensors", "size": 10, "sha256": "1" * 64, "source": "nope/b.safetensors"}
     present["sha256"] = hashlib.sha256(WEIGHTS).hexdigest()
     path.write_text(yaml.safe_dump({"models": [present, absent]}))
-    config = WorkerSettings(models_manifest=path, models_url="s3://models", models_dir=tmp_path / "disk")
+    config = WorkerSettings(models_manifest=path, models_url="file:///models", models_dir=tmp_path / "disk")
     heard: list[ModelsProgress] = []
 
     async def report(progress: ModelsProgress) -> None:

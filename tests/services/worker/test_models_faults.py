@@ -51,7 +51,7 @@ def config(tmp_path: Path, content: bytes = NEW, shared: bool = False, **more: f
     where = {"shared_models_dir": tmp_path / "volume"} if shared else {}
     return WorkerSettings(
         models_manifest=manifest,
-        models_url="s3://unused",
+        models_url="file:///unused-models-bucket",
         models_dir=tmp_path / "disk",
         **{"models_lock_stale_seconds": 5, **where, **more},  # type: ignore[arg-type]
     )
