@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -26,18 +27,21 @@ from redis.exceptions import RedisError
 from services.queue_manager.main import connect
 from services.queue_manager.settings import Settings
 from services.queue_manager.snapshot import (
+    RestoreResult,
     Snapshot,
     SnapshotError,
     absent_owners,
     mark_started,
     open_saved_snapshot,
+    open_snapshot_file,
     restore_snapshot,
     save_for_the_night,
+    snapshot_json,
     stranded_pools,
-    take_snapshot,
 )
 from services.queue_manager.store import Store
 from services.storage import Storage, StorageError, open_storage
+from services.storage.local import LocalStorage
 
 app = typer.Typer(help="Snapshot, restore and drain the workshop queue.", no_args_is_help=True)
 T = TypeVar("T")
@@ -70,23 +74,33 @@ def _with_store(action: Callable[[Store], Awaitable[T]]) -> T:
 
 @app.command()
 def snapshot(out: Annotated[Path, typer.Option("--out", help="file to write the JSON snapshot to")]) -> None:
-    """Write every job (waiting, running, finished, dead-lettered) to a JSON file."""
-    taken = _with_store(take_snapshot)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(taken.model_dump_json())
-    tmp.replace(out)  # never leave a half-written snapshot behind
-    typer.echo(f"snapshot of {len(taken.jobs)} jobs written to {out}")
+    """Write every job (waiting, running, finished, dead-lettered) and every saved file, setting and
+    round to a JSON file, streamed (never all of it in memory; never a half-written file left)."""
+
+    async def run(store: Store) -> int:
+        return await LocalStorage(out.parent).put(out.name, snapshot_json(store, datetime.now(UTC)))
+
+    try:
+        size = _with_store(run)
+    except (StorageError, OSError) as exc:
+        typer.echo(f"cannot write the snapshot to {out}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"snapshot written to {out} ({size} bytes)")
 
 
 @app.command()
 def restore(source: Annotated[Path, typer.Option("--in", help="a file written by `snapshot`")]) -> None:
-    """Load a snapshot: waiting and interrupted jobs queue again in their old order."""
+    """Load a snapshot: waiting and interrupted jobs queue again in their old order. It is checked
+    whole before anything is written, then restored one job and one key at a time."""
+
+    async def run(store: Store) -> RestoreResult:
+        return await restore_snapshot(store, await open_snapshot_file(source, str(source)))
+
     try:
-        loaded = Snapshot.model_validate_json(source.read_text())
-    except (OSError, ValidationError) as exc:
-        typer.echo(f"{source} is not a readable queue snapshot: {exc}", err=True)
+        result = _with_store(run)
+    except (SnapshotError, StorageError, OSError) as exc:
+        typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
-    result = _with_store(lambda store: restore_snapshot(store, loaded))
     typer.echo(f"restored {result.restored} jobs ({result.requeued} queued again, {result.skipped} skipped)")
 
 

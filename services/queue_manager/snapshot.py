@@ -27,6 +27,7 @@ corrupt or foreign snapshot restores nothing and memory stays near one participa
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -34,9 +35,11 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
+import tempfile
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import ijson
@@ -44,12 +47,13 @@ from ijson.common import ObjectBuilder
 from pydantic import BaseModel, Field, TypeAdapter, field_validator
 from redis.asyncio import ConnectionPool, Redis
 
-from services.queue_manager.errors import WorkshopClosed
+from services.queue_manager.errors import QueueError, WorkshopClosed
 from services.queue_manager.keys import ANY_POOL, Carried, Family, family_of
 from services.queue_manager.records import job_from_hash, now_ms
 from services.queue_manager.scripts import RejoinArgs
 from services.queue_manager.store import Store
 from services.storage.base import Storage, aiter_chunks
+from services.storage.local import LocalStorage
 
 log = logging.getLogger(__name__)
 REQUIRED_FIELDS = ("id", "user", "state", "scope", "score", "queued_at")
@@ -58,6 +62,7 @@ SNAPSHOTS = "snapshots/"
 SNAPSHOT_KEY = "snapshots/queue.json"  # the body's name before it carried the time (and version 1's)
 CHECKSUM_KEY = "snapshots/queue.json.sha256"  # "<sha256>  <body's name>": names the current snapshot
 STARTED_KEY = "snapshots/started"
+UPLOADED = "snapshot.json"  # the admin's upload on disk while it is checked and restored
 BODY_NAME = re.compile(r"queue(?:-([0-9]{8}T[0-9]{12}Z))?\.json")
 KeyType = Literal["hash", "set", "zset", "string", "list"]
 
@@ -186,7 +191,7 @@ def _check_job(fields: dict[str, str]) -> None:
 
 
 class Snapshot(BaseModel):
-    version: Literal[1, 2] = 2
+    version: Literal[1, 2] = 2  # VERSIONS
     taken_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     jobs: list[dict[str, str]] = Field(description="job hash fields as stored in Redis (keys.py)")
     keys: dict[str, StoredKey] = Field(
@@ -381,7 +386,8 @@ async def snapshot_json(store: Store, taken_at: datetime) -> AsyncIterator[bytes
 
 
 async def take_snapshot(store: Store) -> Snapshot:
-    """The snapshot in memory (the admin's download, the CLI's file); the evening streams it."""
+    """The snapshot in memory, for tests (the admin's download, the CLI's file and the evening
+    stream ``snapshot_json``)."""
     data = b"".join([piece async for piece in snapshot_json(store, datetime.now(UTC))])
     return Snapshot.model_validate_json(data)
 
@@ -448,13 +454,29 @@ async def _restore_job(store: Store, fields: dict[str, str], now: int) -> bool:
     return waiting
 
 
-async def restore_by_organizer(store: Store, snapshot: Snapshot) -> RestoreResult:
-    """The admin page's restore: refused after the evening's snapshot (503: what it restores would
-    vanish with the Redis, and dispatch would go on during the destroy); dispatch goes on after it
-    (it opens a queue manager that waited for the morning's restore)."""
+class UnreadableSnapshot(QueueError):
+    """The admin's upload is not a snapshot this queue manager can restore (malformed, cut short,
+    from another program or a newer release): nothing was written."""
+
+    status = 422
+
+
+async def restore_by_organizer(store: Store, chunks: AsyncIterable[bytes]) -> RestoreResult:
+    """The admin page's restore of an uploaded snapshot: spooled to a file on disk, checked in one
+    read and restored in a second (the morning's path: memory stays near one saved file); 422
+    naming the fault, writing nothing, when it is no snapshot. Refused after the evening's snapshot
+    (503: what it restores would vanish with the Redis, and dispatch would go on during the
+    destroy); dispatch goes on after it (it opens a queue manager that waited for the morning's
+    restore)."""
     if await store.redis.exists(store.keys.closed):
         raise WorkshopClosed()
-    result = await restore_snapshot(store, snapshot, resume=False)
+    with tempfile.TemporaryDirectory(prefix="qm-restore-") as folder:
+        await LocalStorage(Path(folder)).put(UPLOADED, chunks)
+        try:
+            loaded = await open_snapshot_file(Path(folder) / UPLOADED, "the uploaded snapshot")
+        except SnapshotError as exc:
+            raise UnreadableSnapshot(str(exc)) from None
+        result = await restore_snapshot(store, loaded, resume=False)
     await store.open_for_the_day()
     return result
 
@@ -723,7 +745,24 @@ async def _entries(chunks: AsyncIterator[bytes], top: dict[str, Any]) -> AsyncIt
             _check_key(name, stored)
             yield {}, (name, stored)
         else:
+            if section == "version":
+                _check_version(value)
             top[section] = value
+
+
+VERSIONS = (1, 2)  # the snapshot versions this release reads (it writes the last)
+
+
+def _check_version(value: Any) -> None:
+    """The snapshot's version, as soon as it is read: one from a newer release is named as such,
+    before any of its jobs or keys (which this release may not know) is."""
+    if type(value) is int and value > VERSIONS[-1]:
+        raise ValueError(
+            f"version {value} was written by a newer release of the queue manager (this one reads versions "
+            f"{VERSIONS[0]} to {VERSIONS[-1]}): restore it with that release, or snapshot with this one"
+        )
+    if type(value) is not int or value not in VERSIONS:
+        raise ValueError(f"version {value!r} is not a snapshot version (this release reads 1 and 2)")
 
 
 async def _entries_of(snapshot: Snapshot | StoredSnapshot) -> AsyncIterator[Entry]:
@@ -778,6 +817,7 @@ class StoredSnapshot:
     key: str
     head: Snapshot
     sha256: str  # of the body as it was checked
+    place: str = "in the vault"  # where the body is, as its message says it
 
     @property
     def taken_at(self) -> datetime:
@@ -795,7 +835,7 @@ class StoredSnapshot:
             changed = f": {exc}"
         if changed or digest.hexdigest() != self.sha256:
             raise SnapshotError(
-                f"{self.key} changed in the vault while it was restored{changed}. Put back the evening's "
+                f"{self.key} changed {self.place} while it was restored{changed}. Put back the checked "
                 "snapshot and run the restore again: it skips the jobs and keeps the keys already restored"
             )
 
@@ -822,15 +862,21 @@ async def _saved_body(storage: Storage) -> tuple[str, str | None] | None:
     return key, expected
 
 
-NO_CHECKSUM = f"has no {CHECKSUM_KEY} and"
+NO_CHECKSUM = f"has no {CHECKSUM_KEY} and is not a"
 
 
 async def _checked(
-    storage: Storage, key: str, expected: str | None, where: str, unchecked: str = NO_CHECKSUM
+    storage: Storage,
+    key: str,
+    expected: str | None,
+    where: str,
+    unchecked: str = NO_CHECKSUM,
+    place: str = "in the vault",
 ) -> StoredSnapshot:
     """One read of the body: its sha256 (against ``expected``, the checksum file's, when given) and
     each job and key parsed and checked as they come. ``SnapshotError`` naming ``where`` and what
-    is wrong (``unchecked``: how a body without a checksum is named in it)."""
+    is wrong (``unchecked``: how a body without a checksum is named in it; ``place``: where it is,
+    for ``StoredSnapshot``'s message)."""
     digest = hashlib.sha256()
     chunks = _hashed(storage.get(key), digest)
     try:
@@ -840,11 +886,21 @@ async def _checked(
             async for _ in chunks:  # the rest, hashed: a body that is not the one saved is named corrupt
                 pass
             _verify(digest.hexdigest(), expected, where)
-        said = "matches its checksum but" if expected is not None else unchecked
-        raise SnapshotError(f"{where} {said} is not a queue snapshot: {exc}") from exc
+        said = "matches its checksum but is not a" if expected is not None else unchecked
+        raise SnapshotError(f"{where} {said} queue snapshot: {exc}") from exc
     if expected is not None:
         _verify(digest.hexdigest(), expected, where)
-    return StoredSnapshot(storage, key, head, digest.hexdigest())
+    return StoredSnapshot(storage, key, head, digest.hexdigest(), place)
+
+
+async def open_snapshot_file(path: Path, where: str) -> StoredSnapshot:
+    """A snapshot file (``cli restore --in``, or the admin's upload once on disk) checked in one
+    read as the morning checks the vault's, before anything is written; the restore reads it once
+    more. ``SnapshotError`` naming ``where`` and what is wrong."""
+    if not await asyncio.to_thread(path.is_file):
+        raise SnapshotError(f"{where} is not a readable queue snapshot: there is no file {path}")
+    folder = LocalStorage(path.parent)
+    return await _checked(folder, path.name, None, where, "is not a readable", place="on disk")
 
 
 def _verify(actual: str, expected: str, where: str) -> None:

@@ -85,6 +85,15 @@ def upload_limit(limit: int) -> Limit:
     return Limit(limit + UPLOAD_FORM_BYTES, message)
 
 
+def restore_limit(limit: int) -> Limit:
+    size = f"{limit / MIB:g} MiB" if limit >= MIB else f"{limit} bytes"
+    message = (
+        f"the snapshot is larger than {size} (QM_MAX_UPLOAD_BYTES, as the site's own limit): restore it on "
+        "the server with `python -m services.queue_manager.cli restore --in <file>`"
+    )
+    return Limit(limit, message)
+
+
 class BodyTooLarge(HTTPException):
     """Raised while the body streams in; an HTTPException so FastAPI's body parsing passes it on."""
 
@@ -93,12 +102,14 @@ class BodyTooLarge(HTTPException):
 
 
 REGISTER_PATH = "/api/workers/register"
+RESTORE_PATH = "/api/admin/restore"  # a snapshot, spooled to disk as it comes
 
 
 class BodyLimit:
     """Refuse request bodies above ``Settings.max_body_bytes`` (declared or streamed) with 413;
     paths matching ``uploads`` (participants' file uploads) may be up to ``max_upload_bytes``, and a
-    worker's registration (which carries its node catalogue) up to ``max_catalogue_bytes``."""
+    worker's registration (which carries its node catalogue) up to ``max_catalogue_bytes``, and the
+    admin's restore of a snapshot up to ``max_upload_bytes`` (nginx's limit too)."""
 
     def __init__(self, app: ASGIApp, uploads: re.Pattern[str] | None = None) -> None:
         self.app = app
@@ -112,6 +123,8 @@ class BodyLimit:
             return upload_limit(settings.max_upload_bytes)
         if scope["path"] == REGISTER_PATH:
             return catalogue_limit(settings.max_catalogue_bytes)
+        if scope["path"] == RESTORE_PATH:
+            return restore_limit(settings.max_upload_bytes)
         return body_limit(settings.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

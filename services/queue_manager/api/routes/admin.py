@@ -3,9 +3,11 @@ cancel, dead letters, drain, snapshot and restore. Every route needs the admin l
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from services.protocol.jobs import Job
@@ -17,7 +19,7 @@ from services.queue_manager.errors import UnknownUser
 from services.queue_manager.queue_admin import DrainResult, QueueOverview, UserSummary
 from services.queue_manager.registry import WorkerInfo
 from services.queue_manager.settings import USER_NAME
-from services.queue_manager.snapshot import RestoreResult, Snapshot, restore_by_organizer, take_snapshot
+from services.queue_manager.snapshot import RestoreResult, Snapshot, restore_by_organizer, snapshot_json
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 UserName = Annotated[str, Path(pattern=f"^{USER_NAME.pattern}$", description="a participant's name")]
@@ -147,13 +149,18 @@ async def drain(_: AdminUser, store: StoreDep, seconds: Annotated[float, Query(g
     return await store.drain(seconds)
 
 
-@router.get("/snapshot")
-async def snapshot(_: AdminUser, store: StoreDep) -> Snapshot:
-    """The whole queue as JSON (waiting, running, finished and dead-lettered jobs)."""
-    return await take_snapshot(store)
+@router.get("/snapshot", response_class=StreamingResponse, responses={200: {"model": Snapshot}})
+async def snapshot(_: AdminUser, store: StoreDep) -> StreamingResponse:
+    """The whole queue as JSON (waiting, running, finished and dead-lettered jobs, and the saved
+    files, settings and rounds), streamed as the evening's save streams it."""
+    return StreamingResponse(snapshot_json(store, datetime.now(UTC)), media_type="application/json")
 
 
-@router.post("/restore")
-async def restore(body: Snapshot, _: AdminUser, store: StoreDep) -> RestoreResult:
-    """Load a snapshot; jobs that already exist are skipped (see ``restore_by_organizer``)."""
-    return await restore_by_organizer(store, body)
+SNAPSHOT_BODY = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Snapshot"}}}}
+
+
+@router.post("/restore", openapi_extra={"requestBody": {**SNAPSHOT_BODY, "required": True}})
+async def restore(request: Request, _: AdminUser, store: StoreDep) -> RestoreResult:
+    """Load a snapshot (the JSON ``GET /snapshot`` gave); jobs that already exist are skipped, and
+    one that is no snapshot gets a 422 naming the fault, writing nothing (``restore_by_organizer``)."""
+    return await restore_by_organizer(store, request.stream())
