@@ -5,6 +5,7 @@ Nothing here imports another pool module, so every other module of the package m
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
@@ -19,6 +20,16 @@ from services.queue_manager.settings import MAX_JOB_SECONDS
 def remote_name(stack: str, pool: str) -> str:
     """The deterministic name of a pool's objects at the provider: the providers look them up by it."""
     return f"cw-{stack}-{pool}"
+
+
+def owned_name(stack: str, pool: str, what: str, workshop: str) -> str:
+    """The name of a pool's object that shows nothing of who made it at the provider (a secret or a
+    login, whose value is never shown back; the SSH key and startup script, made anew when the state is
+    lost): ``remote_name``, what it is, and a tag of the workshop (a hash of ``workshop``, its public
+    URL). Another workshop with the same stack and pool names never names one alike, so an object found
+    under it is this workshop's: a leftover of a failed create or of a lost state, taken over."""
+    tag = hashlib.sha256(workshop.encode()).hexdigest()[:8]
+    return f"{remote_name(stack, pool)}-{what}-{tag}"
 
 
 JOB_SECONDS_RANGE = (60, 24 * 3600)

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import pulumi
 
 from infra.comfyui import ComfyUIConfig
-from infra.pools.base import PoolMode, RegistryConfig, SharedVolume, StorageAccess, remote_name
+from infra.pools.base import PoolMode, RegistryConfig, SharedVolume, StorageAccess, owned_name, remote_name
 from infra.pools.worker_image import WorkerImages
 
 R = TypeVar("R", bound=pulumi.Resource)
@@ -59,7 +59,7 @@ class PoolContext:
     stack: str
     queue_url: pulumi.Input[str]
     worker_token: pulumi.Input[str]
-    public_url: pulumi.Input[str] | None = None
+    public_url: str | None = None
     tailnet_auth_key: pulumi.Input[str] | None = None
     models: StorageAccess | None = None
     user_files: StorageAccess | None = None
@@ -109,3 +109,8 @@ class PoolContext:
     def remote_name(self, pool: str) -> str:
         """The deterministic name of a pool's objects at the provider: the providers look them up by it."""
         return remote_name(self.stack, pool)
+
+    def owned_name(self, pool: str, what: str) -> str:
+        """The name of a pool's object that shows nothing of who made it (``base.owned_name``): tagged
+        with the workshop's public URL (the stack's name where it has none: the local stack)."""
+        return owned_name(self.stack, pool, what, self.public_url or self.stack)

@@ -119,7 +119,7 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
             "env": secret(pulumi.Output.all(**env.plain, **env.secret)),
             "container_disk_gb": config.container_disk_gb,
             "start_cmd": ["runpod"],
-            "registry_auth_id": self._registry_auth(config, ctx, prefix, conn, opts),
+            "registry_auth_id": self._registry_auth(config, ctx, conn, opts),
             **conn,
         }
         return RunPodTemplate(f"{config.name}-template", props, opts)
@@ -160,7 +160,6 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
         self,
         config: RunpodServerlessConfig,
         ctx: PoolContext,
-        prefix: str,
         conn: dict[str, pulumi.Input[str]],
         opts: pulumi.ResourceOptions,
     ) -> pulumi.Input[str]:
@@ -169,7 +168,7 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
             return config.registry_auth_id
         registry = ctx.registry_for(config.name, self.kind)
         props = {
-            "name": f"{prefix}-registry",
+            "name": ctx.owned_name(config.name, "registry"),
             "username": registry.username,
             "password": REGISTRY_PASSWORD.required(),
             **conn,

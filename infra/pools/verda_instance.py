@@ -73,7 +73,7 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
         child = pulumi.ResourceOptions(parent=pool)
         conn, prefix = verda_connection(), ctx.remote_name(config.name)
         volume = models_volume(ctx, (config.name, pool), self.shared_volume(config), conn)
-        boot = self._boot(config, ctx, volume, prefix, conn, child)
+        boot = self._boot(config, ctx, volume, conn, child)
         machine = {
             "instance_type": config.instance_type,
             "location": config.location,
@@ -106,7 +106,6 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
         config: VerdaInstanceConfig,
         ctx: PoolContext,
         volume: VerdaSharedVolume | None,
-        prefix: str,
         conn: dict[str, pulumi.Input[str]],
         opts: pulumi.ResourceOptions,
     ) -> dict[str, pulumi.Input[Any]]:
@@ -114,10 +113,13 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
         the tailnet, mounts the models volume and starts the workers) and that script's setup digest."""
         key = tls.PrivateKey(f"{config.name}-ssh", algorithm="ED25519", opts=opts)
         ssh_key = VerdaSshKey(
-            f"{config.name}-ssh-key", {"name": prefix, "public_key": key.public_key_openssh, **conn}, opts
+            f"{config.name}-ssh-key",
+            {"name": ctx.owned_name(config.name, "ssh"), "public_key": key.public_key_openssh, **conn},
+            opts,
         )
         spec = self._spec(config, ctx, volume)
-        script_props = {"name": prefix, "script": secret(spec.apply(startup_script)), **conn}
+        text = secret(spec.apply(startup_script))
+        script_props = {"name": ctx.owned_name(config.name, "startup"), "script": text, **conn}
         script = VerdaStartupScript(f"{config.name}-startup", script_props, opts)
         return {
             "ssh_key_ids": [ssh_key.remote_id],

@@ -105,9 +105,10 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
         models_dir = SHARED_MODELS_DIR if volume else None
         env = worker_env(ctx, config.name, "verda-serverless", models_dir, self.mode)
         secrets = [
-            self._secret(config.name, prefix, key, value, conn, child) for key, value in env.secret.items()
+            self._secret(config.name, ctx, key, value, conn, child) for key, value in env.secret.items()
         ]
-        registry = registry_props(f"{prefix}-registry", ctx.registry_for(config.name, self.kind))
+        registry_name = ctx.owned_name(config.name, "registry")
+        registry = registry_props(registry_name, ctx.registry_for(config.name, self.kind))
         credentials = VerdaRegistryCredentials(f"{config.name}-registry", {**registry, **conn}, child)
         props = {
             "name": prefix,
@@ -121,7 +122,7 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
             "mounts": [{"mount_path": SHARED_MODELS_DIR, "volume_id": volume.volume_id}] if volume else [],
             "compute": {"name": config.gpu, "size": config.gpu_count},
             "scaling": self._scaling(config),
-            "registry_credentials": f"{prefix}-registry",
+            "registry_credentials": registry_name,
             "is_spot": config.spot,
             **conn,
         }
@@ -143,13 +144,13 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
     def _secret(
         self,
         pool: str,
-        prefix: str,
+        ctx: PoolContext,
         key: str,
         value: pulumi.Input[str],
         conn: dict[str, pulumi.Input[str]],
         opts: pulumi.ResourceOptions,
     ) -> tuple[str, str, VerdaSecret]:
         slug = key.lower().replace("_", "-")
-        resource = VerdaSecret(f"{pool}-{slug}", {"name": f"{prefix}-{slug}", "value": value, **conn}, opts)
-        name = f"{prefix}-{slug}"
+        name = ctx.owned_name(pool, slug)
+        resource = VerdaSecret(f"{pool}-{slug}", {"name": name, "value": value, **conn}, opts)
         return key, name, resource

@@ -82,6 +82,11 @@ class Ownership(Enum):
     exactly what this stack would write (``matches``). Anything else is another's."""
     SHARED = "shared"
     """It outlives the stack on purpose and whoever names it uses it (the models volumes)."""
+    NAMED = "named"
+    """Nothing on it names its stack, but its name does: the pools name it with a tag of the workshop
+    (``infra.pools.base.owned_name``), which no other workshop writes. What is found under it is this
+    workshop's (a failed create's, or a leftover of a lost state): adopted when it ``matches``, else
+    deleted and made anew."""
 
 
 @dataclass
@@ -148,7 +153,7 @@ class LifecycleProvider(ResourceProvider, ABC):
         """Why ``obj``, found under our name, is not this stack's, or None when it is ours to adopt or
         to delete (``made_here``: this create asked for it). Another's is neither adopted nor deleted:
         the check at preview, and the create, stop with this reason."""
-        if made_here or self.ownership is Ownership.SHARED:
+        if made_here or self.ownership in (Ownership.SHARED, Ownership.NAMED):
             return None
         if self.ownership is Ownership.SHOWN:
             return self.foreign(obj, props)
@@ -196,7 +201,7 @@ class LifecycleProvider(ResourceProvider, ABC):
         in its state (``olds``, of the same name) is its own, whatever its provider holds now (a new
         domain changes its queue URL). When the provider cannot be asked, create decides."""
         news = checked.inputs
-        shared = self.ownership is Ownership.SHARED
+        shared = self.ownership in (Ownership.SHARED, Ownership.NAMED)
         if shared or checked.failures or (olds and olds.get("name") == news.get("name")):
             return checked
         found = self.ask(news, lambda api: self.find(api, news))

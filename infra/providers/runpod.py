@@ -134,13 +134,14 @@ class RegistryAuthProvider(_Collection):
     collection = "/containerregistryauth"
     required = ("name", "username", "password")
     replace_keys = frozenset({"name", "username", "password"})
+    ownership = Ownership.NAMED
 
     def body(self, props: dict[str, Any]) -> dict[str, Any]:
         return {"name": props["name"], "username": props["username"], "password": props["password"]}
 
     def matches(self, obj: Any, props: dict[str, Any]) -> bool:
-        """RunPod never shows an auth's username or password, so one found under our name (a failed
-        `up`'s, or one made by hand) may hold an old token: it is deleted and made anew, never adopted.
+        """RunPod never shows an auth's username or password, so one found under our (tagged) name (a
+        failed `up`'s, a lost state's) may hold an old token: it is deleted and made anew, never adopted.
         The name is unique at RunPod: the engine deletes the old auth before making its replacement
         (``delete_before_replace``), and the template is then updated to the new auth's id."""
         return False

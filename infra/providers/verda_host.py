@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pulumi.runtime import rpc
-
-from infra.providers.lifecycle import Ownership, foreign_object
+from infra.providers.lifecycle import Ownership
 from infra.providers.timing import Timing
 from infra.providers.verda_api import VerdaProvider, delete_confirmed, fetch_or_none
 
 
 class _NamedBlob(VerdaProvider):
-    """A Verda object that is a name plus one immutable text (``content_key``)."""
+    """A Verda object that is a name plus one immutable text. Its name carries the workshop's tag:
+    one found under it with another text (yesterday's key pair or tailnet key, a state lost) is
+    deleted and made anew."""
+
+    ownership = Ownership.NAMED
 
     service: ClassVar[str]
     outputs = ("remote_id",)
@@ -50,17 +52,9 @@ class SshKeyProvider(_NamedBlob):
     service = "ssh_keys"
     required = ("name", "public_key")
     replace_keys = frozenset({"name", "public_key"})
-    ownership = Ownership.SHOWN
 
     def matches(self, obj: Any, props: dict[str, Any]) -> bool:
         return str(obj.public_key).strip() == str(props["public_key"]).strip()
-
-    def foreign(self, obj: Any, props: dict[str, Any]) -> str | None:
-        """Each stack makes its own key pair: a key of our name with another public key is another
-        workshop's (whose instances log in with it)."""
-        if props.get("public_key") == rpc.UNKNOWN or self.matches(obj, props):
-            return None
-        return foreign_object(self.kind, props["name"], "it holds another public key")
 
     def make(self, api: Any, props: dict[str, Any]) -> Any:
         return api.ssh_keys.create(props["name"], props["public_key"])

@@ -1,7 +1,8 @@
 """Verda secrets and container-registry credentials: write-only named values for deployments.
 
 Verda never shows a stored value back, so a secret or credential found under our name cannot be
-trusted to hold our value: it is deleted and written again. A changed value replaces it.
+trusted to hold our value: it is deleted and written again. A changed value replaces it. Their names
+carry the workshop's tag (``Ownership.NAMED``): what is found under one is this workshop's.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from verda.containers import CustomRegistryCredentials, DockerHubCredentials, GithubCredentials
 
-from infra.providers.lifecycle import ProviderError
+from infra.providers.lifecycle import Ownership, ProviderError
 from infra.providers.timing import Timing
 from infra.providers.verda_api import VerdaProvider, delete_confirmed
 
@@ -19,6 +20,8 @@ REGISTRIES = {"dockerhub": DockerHubCredentials, "ghcr": GithubCredentials}
 
 
 class _WriteOnly(VerdaProvider):
+    ownership = Ownership.NAMED
+
     def matches(self, obj: Any, props: dict[str, Any]) -> bool:
         return False
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +86,14 @@ def serverless() -> StackRun:
 def test_verda_serverless_deployment_keeps_secrets_in_verda_secrets(serverless: StackRun) -> None:
     deployment = dynamic(serverless, "burst-deployment").inputs
 
-    assert deployment["secret_env"]["WORKER_TOKEN"] == "cw-workshop-burst-worker-token"
+    assert re.fullmatch(
+        r"cw-workshop-burst-worker-token-[0-9a-f]{8}", deployment["secret_env"]["WORKER_TOKEN"]
+    )
     assert "WORKER_TOKEN" not in deployment["env"]
     assert deployment["scaling"]["max_replica_count"] == 40
     assert deployment["scaling"]["scale_down_delay_s"] == 120
     assert deployment["mounts"][0]["mount_path"] == "/mnt/models"
-    assert deployment["registry_credentials"] == "cw-workshop-burst-registry"
+    assert re.fullmatch(r"cw-workshop-burst-registry-[0-9a-f]{8}", deployment["registry_credentials"])
     assert deployment["cmd"] == ["serve-push"]
     assert "value" in dynamic(serverless, "burst-worker-token").secret_inputs
     assert dynamic(serverless, "burst-registry").inputs["registry"] == "ghcr"
@@ -449,3 +452,31 @@ def test_runpod_workers_run_in_the_data_center_of_their_models_volume(runpod: St
 
     assert endpoint["data_center_ids"] == ["EU-RO-1"]
     assert endpoint["network_volume_id"] == "models-comfy-models-eu-ro-1-remote_id"
+
+
+# What shows nothing of the workshop that made it at the provider: secrets and logins (their values are
+# never shown back), the SSH key and the startup script (made anew when the state is lost).
+UNSHOWN = (
+    "baseline-ssh-key",
+    "baseline-startup",
+    "burst-registry",
+    "burst-worker-token",
+    "overflow-registry",
+)
+
+
+def test_what_shows_no_owner_is_named_with_the_workshops_tag() -> None:
+    """Two workshops with the same stack and pool names in one account never name these objects alike,
+    so each takes over only its own (a leftover of its lost state) and never another's; the same
+    workshop names them alike every day, and the deployment names the secrets it reads by them."""
+    pools = [VERDA_INSTANCE, {**VERDA_SERVERLESS, "modelsVolume": None}, {**RUNPOD, "name": "overflow"}]
+    names = lambda run: {r: dynamic(run, r).inputs["name"] for r in UNSHOWN}  # noqa: E731
+    ours, again = (run_stack("workshop", overrides={"pools": pools}) for _ in range(2))
+    theirs = run_stack("workshop", overrides={"pools": pools, "domain": "ws.other.example.net"})
+
+    assert names(ours) == names(again)
+    assert not set(names(ours).values()) & set(names(theirs).values())
+    assert all(name.startswith(f"cw-workshop-{r.split('-')[0]}-") for r, name in names(ours).items())
+    deployment = dynamic(ours, "burst-deployment").inputs
+    assert deployment["secret_env"]["WORKER_TOKEN"] == names(ours)["burst-worker-token"]
+    assert deployment["registry_credentials"] == names(ours)["burst-registry"]

@@ -141,22 +141,26 @@ def test_registry_auth_names_are_unique_and_its_login_is_never_shown(runpod: Run
     assert [auth["password"] for auth in runpod.store["containerregistryauth"].values()] == ["ghp_1"]
 
 
-def test_a_registry_auth_of_our_name_this_stack_did_not_make_is_left_alone(
+def test_a_registry_auth_left_under_our_name_is_made_anew_with_our_token(
     runpod: RunPodDouble, creds: dict[str, Any]
 ) -> None:
-    """RunPod never shows an auth's login: one of our name made elsewhere (another workshop with the same
-    stack and pool names, or by hand) cannot be told from ours, so it is neither written over nor
-    deleted (its templates would pull with our token, or not at all); the refusal names the fix."""
-    props = {**creds, "name": "cw-workshop-overflow-registry", "username": "acme", "password": "ghp_new"}
-    runpod.store["containerregistryauth"]["co-by-hand"] = {
-        "id": "co-by-hand", "name": props["name"], "username": "acme", "password": "ghp_old"
+    """RunPod never shows an auth's login, but its name carries the workshop's tag (the pools name it,
+    ``owned_name``): one found under it is this workshop's (yesterday's, its state lost), which may hold
+    an old token; it is deleted and made anew with today's, so the templates pull with a working one."""
+    props = {
+        **creds,
+        "name": "cw-workshop-overflow-registry-0a1b2c3d",
+        "username": "acme",
+        "password": "ghp_new",
+    }
+    runpod.store["containerregistryauth"]["co-yesterday"] = {
+        "id": "co-yesterday", "name": props["name"], "username": "acme", "password": "ghp_old"
     }  # fmt: skip
 
-    with pytest.raises(ProviderError, match=r"did not make.*delete it in the provider's console"):
-        RegistryAuthProvider(runpod.transport).create(props)
+    made = RegistryAuthProvider(runpod.transport).create(props)
 
     assert [(auth["id"], auth["password"]) for auth in runpod.store["containerregistryauth"].values()] == [
-        ("co-by-hand", "ghp_old")
+        (made.id, "ghp_new")
     ]
 
 

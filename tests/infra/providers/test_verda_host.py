@@ -24,19 +24,6 @@ def test_ssh_key_create_is_idempotent(verda: VerdaDouble, creds: dict[str, Any])
     assert [k["key"] for k in verda.ssh_keys.values()] == [KEY]
 
 
-def test_ssh_key_of_our_name_with_another_public_key_is_another_workshops_and_left_alone(
-    verda: VerdaDouble, creds: dict[str, Any]
-) -> None:
-    """Each stack makes its own key pair: a key of our name holding another public key is how another
-    workshop's instances are reached; deleting it to make ours left that workshop locked out."""
-    SshKeyProvider().create({**creds, "name": "cw-workshop", "public_key": "ssh-ed25519 THEIRS"})
-
-    with pytest.raises(ProviderError, match=r"did not make \(it holds another public key\)"):
-        SshKeyProvider().create({**creds, "name": "cw-workshop", "public_key": KEY})
-
-    assert [k["key"] for k in verda.ssh_keys.values()] == ["ssh-ed25519 THEIRS"]
-
-
 def test_startup_script_5xx_after_storing_is_adopted(verda: VerdaDouble, creds: dict[str, Any]) -> None:
     verda.fail("POST", "/scripts", status=500, when="after")
 
