@@ -65,6 +65,10 @@ SHOWN = 20  # class and file names listed per change in the admin's summary
 MARKUP = re.compile(r"<[A-Za-z/!?]")
 WEIGHTS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
 """Model files, as ComfyUI's model folders list them (its ``supported_pt_extensions``)."""
+# What ComfyUI's markdown (marked, GFM) makes a link or an element of: a tag, a link or image
+# (``[`` opens one), a bare URL or e-mail address (autolinked).
+LINKS_OR_MARKUP = re.compile(r"<[A-Za-z/!?]|\[|://|www\.|@", re.IGNORECASE)
+BACKTICKS = re.compile(r"`+")
 
 
 class CatalogueNotFound(QueueError):
@@ -232,6 +236,18 @@ def carries_markup(name: str, node: Any, approved: Any = None) -> bool:
     for spec, options in _shape(node)[1].items():
         texts.extend(options - old_options.get(spec, set()))
     return any(isinstance(text, str) and MARKUP.search(text) for text in texts)
+
+
+def description_as_text(description: Any) -> Any:
+    """A node's description as every workspace is served it: the frontend renders descriptions as
+    markdown in its node previews, keeping links and forms, and a version that only adds a node goes
+    live without the admin, so a leaked pool token could put a fake 'log in again' link there. One
+    that would make a link or an element is served as a fenced code block (longer than any run of
+    backticks in it, so nothing closes it early): its text, shown as text."""
+    if not isinstance(description, str) or not LINKS_OR_MARKUP.search(description):
+        return description
+    fence = "`" * max([3, *(len(run) + 1 for run in BACKTICKS.findall(description))])
+    return f"{fence}\n{description}\n{fence}"
 
 
 def summary(

@@ -139,3 +139,35 @@ async def test_a_workers_error_is_shown_as_text_to_the_participant_and_the_admin
     assert probed == []
     await admin.close()
     await context.close()
+
+
+PHISH = (
+    "[Session expired: log in again](https://evil.example/login) <form id=evil><input name=password></form>"
+)
+
+
+async def test_a_node_description_a_leaked_token_adds_shows_as_text(
+    browser: Browser, server: LiveServer
+) -> None:
+    """A version that only adds a node goes live without the admin; the frontend renders a node's
+    description as markdown (links and forms kept) in the node library's preview, so a leaked pool
+    token put a fake 'log in again' link and a password box there. It shows as text."""
+    nodes = catalogue([])
+    with httpx.Client(base_url=server.url) as client:
+        register_worker(client, nodes, digest="cat-v1")
+        nodes["Helper"] = {
+            **nodes["ImageInvert"],
+            "name": "Helper",
+            "display_name": "Helper",
+            "description": PHISH,
+        }
+        register_worker(client, nodes, worker_id="w2", digest="cat-v2")  # only adds: goes live
+    context, page = await logged_in_page(browser, server, "alice")
+    await page.click(".node-library-tab-button")
+    await page.locator(".side-bar-panel input").first.fill("Helper")
+    found = page.locator(".side-bar-panel").get_by_text("Helper", exact=True)
+    await found.first.wait_for(timeout=15_000)
+    await found.first.hover()
+    await page.get_by_text("Session expired: log in again", exact=False).first.wait_for(timeout=10_000)
+    assert await page.evaluate("() => document.querySelector('a[href*=\"evil.example\"], #evil')") is None
+    await context.close()

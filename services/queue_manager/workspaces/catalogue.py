@@ -29,7 +29,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.protocol.workers import template_of
-from services.queue_manager.catalogues import held_names, only_held
+from services.queue_manager.catalogues import description_as_text, held_names, only_held
 from services.queue_manager.store import Store
 
 REFRESH_SECONDS = 2.0
@@ -49,9 +49,13 @@ class Catalogue:
 
     @cached_property
     def nodes(self) -> dict[str, Any]:
-        """Node class -> its ``/object_info`` entry."""
+        """Node class -> its ``/object_info`` entry, descriptions shown as text
+        (``description_as_text``)."""
         body = gzip.decompress(self.raw) if self.raw[:2] == b"\x1f\x8b" else self.raw
         parsed: dict[str, Any] = json.loads(body)
+        for node in parsed.values():
+            if isinstance(node, dict) and "description" in node:
+                node["description"] = description_as_text(node["description"])
         return only_held(parsed, self.held)
 
     def node(self, name: str) -> dict[str, Any]:

@@ -187,3 +187,21 @@ def test_the_admin_cannot_approve_a_version_whose_texts_carry_markup(
     assert "Phish" not in served(alice)[0]
     state = admin.get("/api/admin/catalogues").json()
     assert state["approved"] == "cat-v1" and [c["digest"] for c in state["pending"]] == ["cat-marked"]
+
+
+def test_a_description_that_would_render_a_link_is_served_as_text(
+    alice: httpx.Client, worker: httpx.Client
+) -> None:
+    """The frontend renders node descriptions as markdown: one with a link, a bare URL or a tag is
+    served as a code block fenced longer than any backtick run in it, so nothing in it closes the
+    block; a plain description is served as the worker sent it."""
+    nodes = grown()
+    hostile = "````\n[log in again](https://evil.example) www.evil.example <a href=x>"
+    nodes["Phish"] = {**nodes["ImageInvert"], "name": "Phish", "description": hostile}
+    nodes["Plain"] = {**nodes["ImageInvert"], "name": "Plain", "description": "Inverts: 1 - x, per channel."}
+    register_worker(worker, nodes, "w1", "cat-v2")
+    wait_until(lambda: "Phish" in served(alice)[0], timeout=5, what="the additive version served")
+    info = alice.get("/w/alice/api/object_info").json()
+    assert info["Phish"]["description"] == f"`````\n{hostile}\n`````"
+    assert info["Plain"]["description"] == "Inverts: 1 - x, per channel."
+    assert alice.get("/w/alice/api/object_info/Phish").json()["Phish"]["description"].startswith("`````\n")
