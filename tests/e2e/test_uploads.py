@@ -1,0 +1,197 @@
+"""Bringing an image into a workspace as on ComfyUI: the Load Image node's upload button, a file
+dropped on the node, a pasted image, and the mask editor's save; each job then runs on that file."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from playwright.async_api import Browser, FileChooser, FilePayload, Page, Response
+
+from tests.support.browser import SocketLog, until, working_workspace
+from tests.support.queue_manager_app import LiveServer
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+LOAD_AND_SAVE: dict[str, Any] = {
+    "1": {"class_type": "LoadImage", "inputs": {"image": "none.png"}},
+    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "loaded"}},
+}
+
+# Where a node's widget is on the screen: the page's coordinates of its middle, once the canvas drew it.
+WIDGET_AT = """([type, name]) => {
+    const node = window.app.graph.nodes.find(n => n.type === type);
+    const widget = node?.widgets.find(w => w.name === name);
+    if (widget?.last_y === undefined) return null;
+    const y = node.pos[1] + widget.last_y + 10;
+    const [x, top] = window.app.canvas.ds.convertOffsetToCanvas([node.pos[0] + node.size[0] / 2, y]);
+    const rect = window.app.canvas.canvas.getBoundingClientRect();
+    return [rect.left + x, rect.top + top];
+}"""
+# Whether the canvas has handled the pointer's move to (x, y): it finds what is under it as it moves.
+POINTER_SEEN = """([x, y]) => {
+    const rect = window.app.canvas.canvas.getBoundingClientRect();
+    const [gx, gy] = window.app.canvas.ds.convertCanvasToOffset([x - rect.left, y - rect.top]);
+    const [mx, my] = window.app.canvas.graph_mouse;
+    return Math.abs(mx - gx) < 1 && Math.abs(my - gy) < 1;
+}"""
+IMAGE_VALUE = "() => window.app.graph.nodes.find(n => n.type === 'LoadImage').widgets[0].value"
+
+
+def png(width: int, height: int, color: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def widget_at(page: Page, node_type: str, widget: str) -> tuple[float, float]:
+    """The pointer on a node's widget, once the canvas has drawn it and seen the pointer there."""
+    handle = await page.wait_for_function(WIDGET_AT, arg=[node_type, widget], timeout=10_000)
+    x, y = await handle.json_value()
+    await page.mouse.move(x, y)
+    await page.wait_for_function(POINTER_SEEN, arg=[x, y], timeout=10_000)
+    return x, y
+
+
+async def choose_file(page: Page, name: str, data: bytes) -> None:
+    """Click the Load Image node's upload button and pick a file as from the desktop. The page
+    catches file choosers before the click: Chromium opens the dialog (not caught) when the catching
+    reaches it only after the click."""
+    chosen: asyncio.Future[FileChooser] = asyncio.get_running_loop().create_future()
+    page.once("filechooser", lambda found: chosen.set_result(found))
+    x, y = await widget_at(page, "LoadImage", "upload")
+    await page.mouse.click(x, y)
+    async with asyncio.timeout(10):
+        await (await chosen).set_files(FilePayload(name=name, mimeType="image/png", buffer=data))
+
+
+async def run(page: Page, log: SocketLog) -> dict[str, Any]:
+    """Press Run and wait for the job's end: its ``execution_success`` or ``execution_error``."""
+    ended = len(log.of_type("execution_success")) + len(log.of_type("execution_error"))
+    await page.locator("button:has-text('Run')").first.click()
+    await until(
+        page,
+        lambda: len(log.of_type("execution_success")) + len(log.of_type("execution_error")) > ended,
+        "the job's end",
+    )
+    return [m for m in log.messages if m["type"] in ("execution_success", "execution_error")][-1]
+
+
+async def test_an_image_chosen_with_the_upload_button_is_the_one_the_job_loads(
+    browser: Browser, server: LiveServer, tmp_path: Path
+) -> None:
+    async with working_workspace(browser, server, tmp_path) as (_, _, page, log):
+        await page.evaluate("graph => window.app.loadApiJson(graph, 'upload')", LOAD_AND_SAVE)
+        await choose_file(page, "chosen cat.png", png(40, 30, (200, 10, 10)))
+        await page.wait_for_function(f"() => ({IMAGE_VALUE})() === 'chosen cat.png'", timeout=10_000)
+        ended = await run(page, log[0])
+        assert ended["type"] == "execution_success", ended
+        assert (tmp_path / "files/users/alice/input/chosen cat.png").read_bytes() == png(
+            40, 30, (200, 10, 10)
+        )
+
+
+# A file from the desktop dropped at a point of the page, or pasted (Ctrl+V) into it.
+DROP_AT = """async ([x, y, name, bytes]) => {
+    const data = new DataTransfer();
+    data.items.add(new File([new Uint8Array(bytes)], name, { type: "image/png" }));
+    const target = document.elementFromPoint(x, y);
+    for (const kind of ["dragenter", "dragover", "drop"]) {
+        target.dispatchEvent(new DragEvent(kind, {
+            dataTransfer: data, bubbles: true, cancelable: true, clientX: x, clientY: y,
+        }));
+    }
+}"""
+PASTE = """([name, bytes]) => {
+    const data = new DataTransfer();
+    data.items.add(new File([new Uint8Array(bytes)], name, { type: "image/png" }));
+    const canvas = document.querySelector("#graph-canvas");  // where the keyboard is after a click on it
+    canvas.dispatchEvent(new ClipboardEvent("paste", { clipboardData: data, bubbles: true }));
+}"""
+
+
+async def test_an_image_dropped_on_the_load_image_node_is_the_one_the_job_loads(
+    browser: Browser, server: LiveServer, tmp_path: Path
+) -> None:
+    async with working_workspace(browser, server, tmp_path) as (_, _, page, log):
+        await page.evaluate("graph => window.app.loadApiJson(graph, 'drop')", LOAD_AND_SAVE)
+        x, y = await widget_at(page, "LoadImage", "image")
+        picture = png(24, 16, (10, 200, 10))
+        await page.evaluate(DROP_AT, [x, y, "dropped.png", list(picture)])
+        await page.wait_for_function(f"() => ({IMAGE_VALUE})() === 'dropped.png'", timeout=10_000)
+        ended = await run(page, log[0])
+        assert ended["type"] == "execution_success", ended
+        assert (tmp_path / "files/users/alice/input/dropped.png").read_bytes() == picture
+
+
+async def test_an_image_pasted_on_the_selected_load_image_node_is_the_one_the_job_loads(
+    browser: Browser, server: LiveServer, tmp_path: Path
+) -> None:
+    """As ComfyUI's frontend: a pasted screenshot (named 'image.png') goes to the 'pasted' folder."""
+    async with working_workspace(browser, server, tmp_path) as (_, _, page, log):
+        await page.evaluate("graph => window.app.loadApiJson(graph, 'paste')", LOAD_AND_SAVE)
+        x, y = await widget_at(page, "LoadImage", "image")
+        await page.mouse.click(x - 100, y - 60)  # the node's body: it is selected
+        picture = png(20, 12, (10, 10, 200))
+        await page.evaluate(PASTE, ["image.png", list(picture)])
+        await page.wait_for_function(f"() => ({IMAGE_VALUE})().startsWith('pasted/image')", timeout=10_000)
+        name = await page.evaluate(IMAGE_VALUE)
+        ended = await run(page, log[0])
+        assert ended["type"] == "execution_success", ended
+        assert (tmp_path / "files/users/alice/input" / name).read_bytes() == picture
+
+
+async def test_a_mask_drawn_in_the_mask_editor_is_saved_and_the_job_loads_the_masked_image(
+    browser: Browser, server: LiveServer, tmp_path: Path, artifacts_dir: Path
+) -> None:
+    answered: list[str] = []
+
+    def heard(response: Response) -> None:
+        if "/upload/" in response.url:
+            answered.append(f"{response.status} {response.url}")
+
+    def watch(page: Page) -> None:
+        page.on("response", heard)
+
+    async with working_workspace(browser, server, tmp_path, watch) as (_, _, page, log):
+        await page.evaluate("graph => window.app.loadApiJson(graph, 'mask')", LOAD_AND_SAVE)
+        await choose_file(page, "face.png", png(64, 48, (120, 60, 30)))
+        x, y = await widget_at(page, "LoadImage", "upload")
+        await page.wait_for_function(
+            "() => window.app.graph.nodes.find(n => n.type === 'LoadImage').imgs?.[0]?.complete",
+            timeout=10_000,
+        )
+        await page.mouse.click(x - 100, y - 80)  # the node's title: it is selected
+        await page.evaluate(
+            "() => window.app.extensionManager.command.execute('Comfy.MaskEditor.OpenMaskEditor')"
+        )
+        await page.locator("#maskEditor").get_by_text("64x48").wait_for(timeout=10_000)  # the image is in
+        box = await page.locator("#maskEditor canvas").first.bounding_box()
+        assert box is not None
+        middle_x, middle_y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        await page.mouse.move(middle_x - 100, middle_y)
+        await page.mouse.down()
+        for step in range(1, 11):
+            await page.mouse.move(middle_x - 100 + 20 * step, middle_y + 5 * step)
+        await page.mouse.up()
+        await page.screenshot(path=artifacts_dir / "mask-drawn.png")
+        await page.locator("#maskEditor").get_by_role("button", name="Save").click()
+        await page.wait_for_function(
+            f"() => ({IMAGE_VALUE})().startsWith('clipspace/clipspace-painted-masked-')", timeout=10_000
+        )
+        name = (await page.evaluate(IMAGE_VALUE)).removesuffix(" [input]")
+        assert [line for line in answered if not line.startswith("200 ")] == []
+        with Image.open(tmp_path / "files/users/alice/input" / name) as masked:
+            alpha = masked.getchannel("A")
+            assert masked.size == (64, 48) and alpha.getextrema() == (0, 255), "no mask in the saved image"
+            corner = masked.getpixel((0, 0))  # the brush stroke stayed in the middle
+            assert corner == (120, 60, 30, 255), "the saved image lost its colours"
+        ended = await run(page, log[0])
+        assert ended["type"] == "execution_success", ended
+        history = await page.request.get(f"{server.url}/w/alice/api/history/{ended['data']['prompt_id']}")
+        ran = (await history.json())[ended["data"]["prompt_id"]]["prompt"][2]["1"]["inputs"]["image"]
+        assert ran == f"{name} [input]", "the job did not load the masked image"
