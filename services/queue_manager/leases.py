@@ -381,7 +381,10 @@ class LeaseOps(StoreBase):
             await self.events.publish(user, notices.position(job_id, place if place is not None else -1))
 
     async def reap(self, now: int | None = None, batch: int = 200) -> list[tuple[str, str, str]]:
-        """Requeue (after a backoff) or dead-letter jobs whose lease expired; promote due backoffs.
+        """Requeue (after a backoff) or dead-letter jobs whose lease expired; end every job that has
+        held a worker's GPU longer than its pool allows (``Settings.job_limit``), however its worker
+        renews it: the job fails for good (``time_limit_error``), and the worker, refused at its next
+        heartbeat, stops it in ComfyUI; promote due backoffs. One Lua step, one Redis round trip.
 
         Returns ``(job_id, user, outcome)`` per job touched; ``now`` (ms) lets tests look ahead.
         """
@@ -394,38 +397,27 @@ class LeaseOps(StoreBase):
                 backoff_max_ms=int(self.settings.retry_backoff_max_seconds * 1000),
                 batch=batch,
                 lease_error_json=LEASE_LOST.model_dump_json(),
+                **self._job_limits(),
             )
         )
         touched = [(str(reply[i]), str(reply[i + 1]), str(reply[i + 2])) for i in range(0, len(reply), 3)]
-        touched += await self._end_overruns(now if now is not None else now_ms())
         for job_id, user, outcome in touched:
             log.warning(REAPED.get(outcome, "lease expired"), extra={"job_id": job_id, "outcome": outcome})
             await self._announce_reaped(job_id, user, outcome)
         return touched
 
-    async def _end_overruns(self, now: int) -> list[tuple[str, str, str]]:
-        """End the lease of every job that has held a worker's GPU longer than its pool allows
-        (``Settings.job_limit``), however its worker renews it: the job fails for good
-        (``time_limit_error``), and the worker, refused at its next heartbeat, stops it in ComfyUI.
-        Push requests' jobs are the dispatcher's to time (their slots are no registered worker)."""
-        ids = await self.redis.zrange(self.keys.leases, 0, -1)
-        if not ids:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                pipe.hmget(self.keys.job(job_id), ["started_at", "token", "worker_id", "user"])
-            rows = await pipe.execute()
-            for _, _, worker_id, _ in rows:
-                pipe.hget(self.keys.worker(worker_id or "-"), "pool")
-            pools = await pipe.execute()
-        ended = []
-        for job_id, (started, token, _, user), pool in zip(ids, rows, pools, strict=True):
-            limit = self.settings.job_limit(pool or "")
-            if pool and started and token and now - int(started) >= limit * 1000:
-                with contextlib.suppress(StaleLease):  # it ended meanwhile
-                    await self.overrun(job_id, token, pool)
-                    ended.append((job_id, user, "overrun"))
-        return ended
+    def _job_limits(self) -> dict[str, Any]:
+        """reap.lua's maximum job times: the default one, and each pool's own, in ms with their
+        JobTimeLimit error."""
+        default = self.settings.max_job_seconds
+        pools: list[str | int] = []
+        for pool, seconds in self.settings.pool_max_job_seconds.items():
+            pools += [pool, int(seconds * 1000), time_limit_error(pool, seconds).model_dump_json()]
+        return {
+            "default_limit_ms": int(default * 1000),
+            "default_limit_error_json": time_limit_error("{pool}", default).model_dump_json(),
+            "pool_limits": tuple(pools),
+        }
 
     async def overrun(self, job_id: str, token: str, pool: str) -> None:
         """End a job that held a GPU of ``pool`` past the pool's maximum job time: failed for good
@@ -434,9 +426,12 @@ class LeaseOps(StoreBase):
         await self._finish(job_id, token, "overrun", error=error)
 
     async def _announce_reaped(self, job_id: str, user: str, outcome: str) -> None:
-        if outcome == "overrun":
-            return  # finish.lua told her
-        if outcome == "dead":
+        if outcome == "overrun":  # reap.lua ended it as finish.lua ends an 'overrun'
+            fields = await self.redis.hgetall(self.keys.job(job_id))
+            ended = job_from_hash(fields)
+            METRICS.observe_finished(ended.state.value, (now_ms() - int(fields["queued_at"])) / 1000)
+            await self.events.publish(user, notices.finished(job_id, ended.state, ended.error))
+        elif outcome == "dead":
             await self.events.publish(user, notices.finished(job_id, JobState.FAILED, LEASE_LOST))
         elif outcome == "cancelled":
             await self.events.publish(user, notices.finished(job_id, JobState.CANCELLED))

@@ -169,6 +169,9 @@ class ReapArgs(ScriptArgs):
     backoff_max_ms: int
     batch: int
     lease_error_json: str
+    default_limit_ms: int
+    default_limit_error_json: str  # names the pool where it says ``{pool}``
+    pool_limits: tuple[Arg, ...]  # pool, limit_ms, error_json per pool with its own limit
 
 
 @dataclass(frozen=True)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 
+from services.protocol.events import EventType
 from services.protocol.jobs import JobError, JobState, OutputFile
 from services.protocol.workers import Completion, Failure
 from services.queue_manager import leases
 from services.queue_manager.errors import StaleLease
 from services.queue_manager.records import now_ms
 from services.queue_manager.store import Store
-from tests.support.qm_api import job, registration
+from tests.support.qm_api import job, make_settings, registration
 
 LATER = 3_600_000  # an hour in ms: every lease granted now has expired by then
 OUTPUT = OutputFile(node_id="2", kind="images", filename="t_00001_.png")
@@ -226,3 +230,71 @@ async def test_a_pool_without_its_own_maximum_job_time_has_the_default(
 
     assert await store.reap(now=now_ms() + 50_000) == []
     assert await store.reap(now=now_ms() + 101_000) == [(queued.id, "ada", "overrun")]
+
+
+class CountedConnection(Connection):
+    """A Redis connection that counts what it sends: one packed send is one round trip (a pipeline's
+    commands go in one)."""
+
+    sent = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountedConnection.sent += 1
+        await super().send_packed_command(command, check_health)
+
+
+async def test_a_reaper_tick_is_one_redis_round_trip_however_many_jobs_run(redis_url: str) -> None:
+    """Every queue manager process reaps twice a second: each tick asks Redis once, not once more
+    per running job and its worker."""
+    redis = Redis.from_url(redis_url, decode_responses=True, connection_class=CountedConnection)
+    store = Store(redis, make_settings(redis_url, lease_seconds=600, pool_max_job_seconds={"gpu": 30}))
+    try:
+        for n in range(5):
+            await store.register(registration(f"w{n}"))
+            await store.submit(f"user{n}", job())
+            assert await store.claim(f"w{n}", "gpu") is not None
+        await store.reap()  # the script is loaded once per client
+        before = CountedConnection.sent
+        assert await store.reap() == []
+        assert CountedConnection.sent - before == 1
+    finally:
+        await redis.aclose()
+
+
+async def test_one_reaper_tick_ends_each_pools_overruns_and_tells_their_owners(
+    store_with: Callable[..., Store],
+) -> None:
+    """Each worker's pool has its own maximum job time, or the default one; a job whose owner had
+    asked to cancel it ends cancelled, with the limit as its reason; each owner hears how hers ended."""
+    store = store_with(lease_seconds=600, max_job_seconds=100, pool_max_job_seconds={"fast": 30})
+    ready = asyncio.Event()
+    listener = asyncio.create_task(store.events.listen(ready))
+    await ready.wait()
+    jobs = {}
+    for worker, pool, user in (("w1", "fast", "ada"), ("w2", "slow", "bob"), ("w3", "fast", "cy")):
+        await store.register(registration(worker, pool))
+        jobs[worker] = await store.submit(user, job())
+        lease = await store.claim(worker, pool)
+        assert lease is not None and lease.job.id == jobs[worker].id
+    assert await store.cancel(jobs["w3"].id, user="cy") == "requested"
+
+    async with store.events.subscribe("ada") as ada, store.events.subscribe("cy") as cy:
+        touched = await store.reap(now=now_ms() + 31_000)
+        told_ada = await asyncio.wait_for(anext(ada), 10)
+        told_cy = await asyncio.wait_for(anext(cy), 10)
+    listener.cancel()
+    assert sorted(touched) == sorted([(jobs["w1"].id, "ada", "overrun"), (jobs["w3"].id, "cy", "overrun")])
+    ended, cancelled, running = [await store.get(jobs[w].id) for w in ("w1", "w3", "w2")]
+    assert ended is not None and ended.state == JobState.FAILED and ended.error is not None
+    assert ended.error.type == "JobTimeLimit" and "pool 'fast'" in ended.error.message
+    assert told_ada.type == EventType.FINISHED and told_ada.data["state"] == "failed"
+    assert told_ada.data["error"]["type"] == "JobTimeLimit"
+    assert cancelled is not None and cancelled.state == JobState.CANCELLED
+    assert told_cy.type == EventType.FINISHED and told_cy.data["state"] == "cancelled"
+    assert running is not None and running.state == JobState.LEASED
+    assert [j.id for j in (await store.overview()).dead] == [jobs["w1"].id]
+    assert await store.redis.hget(store.keys.worker("w1"), "state") == "idle"  # free for the next job
+
+    assert await store.reap(now=now_ms() + 101_000) == [(jobs["w2"].id, "bob", "overrun")]
+    slow = await store.get(jobs["w2"].id)
+    assert slow is not None and slow.error is not None and "maxJobSeconds of pool slow" in slow.error.message
