@@ -277,14 +277,18 @@ class LeaseOps(StoreBase):
         """Renew a lease; the reply tells the worker whether the job's owner asked to cancel it.
         With ``wait`` (capped at half the lease) the reply waits that long for a cancel and comes
         the moment one is made, so a worker holding its heartbeat open hears it at once.
-        ``renew=False`` only checks the lease (a worker's first call, the lease being fresh)."""
-        with self.wakeups.cancels.watch(job_id) as cancelled:  # before the flag is read: none missed
+        ``renew=False`` only checks the lease (a worker's first call, the lease being fresh).
+        The end of the lease meanwhile (the reaper's, at the pool's maximum job time) answers at
+        once too, refused (``StaleLease``): the worker stops the job in ComfyUI now."""
+        # watched before the flag is read: none missed
+        with self.wakeups.cancels.watch(job_id) as woken, self.wakeups.ends.watch(job_id, woken):
             mode = "heartbeat" if renew else "watch"
             _, expires, cancel, _, _, holding = await self._touch(job_id, token, mode)
             if cancel != "1" and wait > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(cancelled.wait(), min(wait, self.settings.lease_seconds / 2))
-                cancel = "1" if cancelled.is_set() else cancel
+                    await asyncio.wait_for(woken.wait(), min(wait, self.settings.lease_seconds / 2))
+                if woken.is_set():  # a cancel, or the lease ended: what the job's record says now
+                    _, _, cancel, _, _, _ = await self._touch(job_id, token, "watch")
         expires_at = ms_to_datetime(expires)
         assert expires_at is not None
         return HeartbeatReply(expires_at=expires_at, cancel=cancel == "1", holding=holding or None)

@@ -11,7 +11,8 @@ the worker's heartbeat waiting on it here (``cancels.watch``) answers at once, s
 reaches the GPU's ComfyUI without waiting for the next heartbeat. Likewise every end of a lease
 publishes the job's id on ``{p}:ended`` (``end_lease`` in lib.lua), and the push dispatcher
 carrying that job (``ends.watch``) frees its slot at once: the queue manager's own signal, not
-the participant's best-effort notification stream.
+the participant's best-effort notification stream. A worker's heartbeat held open on a job watches
+that too: a lease ended under it (the reaper's, at the pool's maximum job time) is refused at once.
 
 A submit in this process does better than a wake: it ``reserve``s a parked claim and leases it the
 next job inside the submit's own Lua script (one AOF fsync instead of two in a row), then

@@ -3,8 +3,9 @@
 Heartbeats go every ``heartbeat_seconds`` (a third of the lease by default), each held open by
 the queue manager until the next one is due (``wait``), or answered the moment the owner cancels:
 a cancel reaches the runner at once, not at the next heartbeat, with no more calls than before.
-A reply with ``cancel: true`` sets ``cancel``; a 409 (the lease expired and the job moved on) sets
-``lost``, after which the worker must stop the job and report nothing.
+A reply with ``cancel: true`` sets ``cancel``; a 409 (the lease expired and the job moved on, or
+the job was ended at its pool's maximum job time, answered at once too) sets ``lost``, after which
+the worker must stop the job and report nothing.
 
 The first call goes ``FIRST_CALL_SECONDS`` after the lease was granted: a job done sooner (a no-model
 graph) costs the queue manager no call and no connection torn down mid-reply, and a cancel made in
