@@ -160,6 +160,11 @@ class Agent:
         forwarder = EventForwarder(discard)
         outcome = await self.runner.run(job, forwarder, asyncio.Event(), self.comfy_server.death, store=False)
         await forwarder.close()
+        if outcome.lost is not None and self.comfy_server.problem:
+            # an attached ComfyUI stuck in a prompt left before this start: the worker starts, says
+            # so (``problem``, the admin page) and takes no job until it is free, as later in life
+            log.warning("warm-up skipped: %s", self.comfy_server.problem)
+            return
         if outcome.lost is not None:
             raise WarmupFailedError(f"ComfyUI went away during the warmup workflow: {outcome.lost}")
         if outcome.error is not None:

@@ -362,6 +362,34 @@ async def test_an_attached_comfyui_running_a_prompt_that_never_ends_is_not_fed_o
     assert done.state == JobState.SUCCEEDED and done.attempts == 1, done.error
 
 
+async def test_a_worker_whose_warmup_meets_an_attached_comfyui_already_stuck_starts_and_waits_for_it(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, caplog: Any
+) -> None:
+    """The warm-up is the first thing a starting worker asks of its ComfyUI: one still stuck in a
+    prompt left by its last run does not stop the worker (the organizer would find it exited, with
+    no word on the admin page): it starts, says why it takes no job (log and admin page) as it does
+    later in life, and runs her job once ComfyUI is restarted."""
+    comfy.knobs.node_seconds, comfy.knobs.progress_steps = 3600, 0
+    async with httpx.AsyncClient(base_url=comfy.url) as before:
+        left = {"prompt": graph(color=24), "client_id": "last-run"}
+        (await before.post("/prompt", json=left)).raise_for_status()
+    await until(lambda: comfy.state.running is not None, "the left prompt hangs in ComfyUI")
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path, warmup=True)):
+        job_id = await submit(alice, graph(color=25))
+
+        async def told() -> bool:
+            return any(f"restart ComfyUI at {comfy.url}" in p for p in await problems_of_workers(qm))
+
+        await until(told, "the admin page names the stuck ComfyUI and the fix", timeout=30)
+        waiting = await job_of(alice, job_id)
+        comfy.knobs.node_seconds = 0.01
+        await asyncio.to_thread(comfy.restart)  # the organizer restarts it
+        done = await finished(alice, job_id, timeout=30)
+    assert waiting.state == JobState.QUEUED and waiting.attempts == 0
+    assert done.state == JobState.SUCCEEDED and done.attempts == 1, done.error
+    assert any(f"restart ComfyUI at {comfy.url}" in r.getMessage() for r in caplog.records)
+
+
 async def test_a_node_the_gpus_comfyui_offered_but_lost_is_not_blamed_on_her_workflow(
     comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path, monkeypatch: Any
 ) -> None:
