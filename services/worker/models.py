@@ -17,8 +17,10 @@ A shared volume is filled once: the sync takes ``.comfy-models.lock`` on the vol
 O_EXCL, its mtime renewed while held; a lock left by a sync that died is taken over once it is
 ``WORKER_MODELS_LOCK_STALE_SECONDS`` old), so the first worker downloads and the others wait, then
 find every file verified. A sync whose lock was taken over while its host stood still (a frozen VM,
-a volume that hung) writes not one more byte: it checks the lock names it before each write, then
-waits for the new holder and looks again. A volume mounted read-only is only checked.
+a volume that hung) writes not one more byte: before a write it reads the lock again once a second
+has passed on either of its clocks (``VolumeLock.due``: a read is a round trip on a network volume,
+so not per MiB), and a lock that no longer names it stops the sync, which waits for the new holder
+and looks again. A volume mounted read-only is only checked.
 
 Each file is downloaded to ``<name>.part`` (resumed with a ranged read after an interruption),
 hashed while it streams, checked against the manifest's size and sha256, renamed into place and
@@ -94,6 +96,7 @@ log = logging.getLogger(__name__)
 HASH_CHUNK = 8 * 1024 * 1024
 REPORT_WAIT_SECONDS = 10.0
 LOCK_TAKEOVERS = 3  # passes of a sync whose volume lock other syncs took over
+LOCK_CHECK_SECONDS = 1.0  # a sync writing reads the volume's lock again once this much time has passed
 Report = Callable[[ModelsProgress], Awaitable[None]]
 
 
@@ -196,6 +199,12 @@ def stale_files(target: Path, manifest: Manifest) -> tuple[list[Path], list[str]
     return sorted(path for path in remove if path.is_file() or path.is_symlink()), sorted(unmarked)
 
 
+def clocks() -> tuple[float, float]:
+    """This host's monotonic and wall clocks: a host that stood still sees at least one of them move on
+    by that time when it wakes (a suspended machine's monotonic clock stops; its wall clock does not)."""
+    return time.monotonic(), time.time()
+
+
 class VolumeLock:
     """One sync at a time on a shared volume: a lock file created with O_EXCL, renewed while held.
 
@@ -211,6 +220,8 @@ class VolumeLock:
         self._renew: asyncio.Task[None] | None = None
         self._seen: tuple[int, str] | None = None
         self._seen_at = time.monotonic()
+        self.check_every = min(LOCK_CHECK_SECONDS, stale / 8)
+        self._checked: tuple[float, float] | None = None
 
     def _unchanged_for(self) -> float:
         """Seconds (this host's monotonic clock) the lock file has looked the same: mtime and holder."""
@@ -275,14 +286,27 @@ class VolumeLock:
         except FileNotFoundError:
             return False
 
+    def due(self) -> bool:
+        """Whether the lock must be read again before the next write. It is read on the volume (a
+        round trip to its server on a network volume), so not before every MiB but once
+        ``check_every`` has passed on either of this host's clocks, or the wall clock went back. A
+        take-over needs this sync silent for half the stale time on the taker's clock, so this host
+        stood still at least that long: when it wakes, the first write reads the lock first."""
+        if self._checked is None:
+            return True
+        (mono, wall), (was_mono, was_wall) = clocks(), self._checked
+        return mono - was_mono >= self.check_every or not 0 <= wall - was_wall < self.check_every
+
     def check_held(self) -> None:
         """Raise ``LockLostError`` when another sync took the lock over: not one more byte written."""
+        checked = clocks()
         if not self.held():
             raise LockLostError(
                 f"another worker took over the models lock {self.path} (this sync had not renewed it "
                 f"for {self.stale:.0f}s: WORKER_MODELS_LOCK_STALE_SECONDS); this sync stops writing and "
                 "waits for it"
             )
+        self._checked = checked
 
     async def release(self) -> None:
         if self._renew is not None:
@@ -586,7 +610,7 @@ class ModelSync:
         if start >= model.size:
             return
         async for chunk in _chunks(vault, model, start):
-            if self.lock is not None:
+            if self.lock is not None and self.lock.due():
                 await asyncio.to_thread(self.lock.check_held)
             await asyncio.to_thread(handle.write, chunk)
             digest.update(chunk)
