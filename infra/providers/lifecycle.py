@@ -17,7 +17,9 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -60,6 +62,30 @@ STORED_FOR_DESTROY = frozenset({"client_id", "client_secret", "api_key", "__prov
 # both make it. Creates of one name take turns here, so the second finds and adopts the first's.
 _NAMES_LOCK = threading.Lock()
 _NAME_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+
+
+# The command the organizer is running, for the messages that tell her to run it again: a `pulumi up`
+# told to be run again in the evening kept the GPUs it was to delete. The engine calls Delete in a
+# `pulumi destroy` and in an `up` that removes or replaces an object, Read in a `pulumi refresh` and in
+# `pulumi up --refresh`; it does not say which.
+_COMMAND: ContextVar[str] = ContextVar("pulumi_command", default="`pulumi up`")
+DELETING = "`pulumi destroy` (or the `pulumi up` that was deleting it)"
+READING = "`pulumi refresh` (or `pulumi up --refresh`)"
+
+
+def command() -> str:
+    """The Pulumi command the provider call in progress is part of, as a message names it."""
+    return _COMMAND.get()
+
+
+@contextmanager
+def running(name: str) -> Iterator[None]:
+    """Provider calls made inside are part of ``name`` (``DELETING``, ``READING``)."""
+    token = _COMMAND.set(name)
+    try:
+        yield
+    finally:
+        _COMMAND.reset(token)
 
 
 def _turn_for(kind: str, name: Any) -> threading.Lock:
@@ -261,6 +287,10 @@ class LifecycleProvider(ResourceProvider, ABC):
         return CreateResult(id_, {**props, **outs})
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        with running(READING):
+            return self._read(id_, props)
+
+    def _read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         api = self.guarded(props, lambda: self.connect(props))
         obj = self.guarded(props, lambda: self.fetch(api, id_, props))
         if obj is None:
@@ -277,8 +307,9 @@ class LifecycleProvider(ResourceProvider, ABC):
         return UpdateResult({**_news, **outs})
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
-        api = self.guarded(_props, lambda: self.connect(_props))
-        self.guarded(_props, lambda: self._remove_if_there(api, _id, _props))
+        with running(DELETING):
+            api = self.guarded(_props, lambda: self.connect(_props))
+            self.guarded(_props, lambda: self._remove_if_there(api, _id, _props))
 
     # --- the shared mechanics ---------------------------------------------------------------
     def _settled(self, api: Any, props: dict[str, Any], attempt: _Attempt) -> Any:
@@ -467,8 +498,13 @@ def rate_limited(cloud: str, kind: str, name: Any, retry_after: float | None) ->
     wait = f" and asks to wait {retry_after:.0f} s" if retry_after is not None else ""
     return (
         f"{cloud} refused {kind} {name!r} for now: too many API calls (HTTP 429){wait}. "
-        "Nothing is wrong with the config: run `pulumi up` again after that."
+        f"Nothing is wrong with the config: run {command()} again after that."
     )
+
+
+def kept_failing(cloud: str, kind: str, name: Any, exc: BaseException) -> str:
+    """What to tell the organizer when ``cloud`` kept failing (5xx, timeouts) through every retry."""
+    return f"{cloud} kept failing for {kind} {name!r} ({exc}); try {command()} again later."
 
 
 def foreign_object(kind: str, name: Any, evidence: str) -> str:

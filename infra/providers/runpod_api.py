@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from infra.credential_registry import RUNPOD_API_KEY, from_props, refused
-from infra.providers.lifecycle import LifecycleProvider, rate_limited, retry_after_seconds
+from infra.providers.lifecycle import LifecycleProvider, kept_failing, rate_limited, retry_after_seconds
 from infra.providers.timing import Timing
 
 DEFAULT_API_URL = "https://rest.runpod.io/v1"
@@ -103,7 +103,7 @@ class RunPodProvider(LifecycleProvider):
         if isinstance(exc, RunPodError) and exc.status == 429:
             return rate_limited("RunPod", self.kind, name, exc.retry_after)
         if is_transient(exc):
-            return f"RunPod kept failing for {self.kind} {name!r} ({exc}); try `pulumi up` again later."
+            return kept_failing("RunPod", self.kind, name, exc)
         if isinstance(exc, RunPodError):
             return f"RunPod refused {self.kind} {name!r}: {exc.message} (HTTP {exc.status}). {advice(exc)}"
         return f"{self.kind} {name!r}: {exc}"

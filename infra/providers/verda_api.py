@@ -24,6 +24,7 @@ from verda.exceptions import APIException
 from infra.credential_registry import VERDA_CLIENT_ID, VERDA_CLIENT_SECRET, from_props, refused
 from infra.providers.lifecycle import (
     LifecycleProvider,
+    kept_failing,
     poll,
     rate_limited,
     retry_after_seconds,
@@ -167,7 +168,7 @@ def explain(exc: BaseException, kind: str, props: dict[str, Any]) -> str:
     if isinstance(exc, VerdaHttpError) and exc.status == 429:
         return rate_limited("Verda", kind, name, exc.retry_after)
     if is_transient(exc):
-        return f"Verda kept failing for {kind} {name!r} ({exc}); try `pulumi up` again later."
+        return kept_failing("Verda", kind, name, exc)
     if isinstance(exc, APIException):
         advice = ADVICE.get(exc.code or "", "")
         status = http_status(exc)

@@ -522,6 +522,44 @@ def test_a_destroy_with_a_revoked_key_in_the_state_says_to_run_up_with_the_new_o
     assert case.remote(doubles, engine.state.id) is not None
 
 
+REFUSALS = {
+    "an hour's rate limit": {
+        "status": 429,
+        "code": None,
+        "message": "Too Many Requests",
+        "retry_after_s": 3600,
+    },
+    "a 5xx that lasts": {"status": 503, "message": "Service Unavailable", "times": 1000},
+}
+
+
+@pytest.mark.parametrize("refusal", sorted(REFUSALS))
+@pytest.mark.parametrize("kind", ["instance", "endpoint"])
+def test_a_destroy_the_provider_refuses_for_now_says_to_run_destroy_again(
+    kind: str, refusal: str, doubles: Doubles
+) -> None:
+    """In the evening the provider refuses for a while (its rate limiter, an outage): the message told
+    her to run `pulumi up` again, which keeps (or makes) the GPUs that bill; it names the command she
+    ran. The object and the state are kept, so the second `destroy` deletes it."""
+    case, engine, _ = created(kind, doubles)
+    assert engine.state is not None
+    cloud = doubles[1] if case.cloud == "runpod" else doubles[0]
+    for verb, command in ((engine.refresh, "pulumi refresh"), (engine.destroy, "pulumi destroy")):
+        cloud.faults.clear()
+        cloud.window.until = 0.0
+        cloud.fail("GET", ".*", **REFUSALS[refusal])
+        with pytest.raises(HostError) as refused:
+            verb()
+        message = str(refused.value).splitlines()[-1]
+        assert f"`{command}`" in message and "pulumi up` again" not in message, message
+
+    assert engine.state is not None and case.remote(doubles, engine.state.id) is not None
+    cloud.faults.clear()
+    cloud.window.until = 0.0
+    engine.destroy()
+    assert case.remote(doubles, engine.state.id if engine.state else "") is None
+
+
 @pytest.mark.parametrize("kind", ["instance", "endpoint"])
 def test_the_state_follows_the_provider_code_so_a_destroy_after_it_moved_still_deletes(
     kind: str, doubles: Doubles, monkeypatch: pytest.MonkeyPatch
