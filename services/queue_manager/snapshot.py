@@ -22,7 +22,9 @@ of opening on an empty queue. The morning streams too (``open_saved_snapshot``):
 hashes the body and parses it with ijson, checking every job and key as the ``Snapshot`` model
 does, before writing anything; then it reads it once more to restore it job by job and key by key
 (hashing it again: a body changed in the vault meanwhile stops the restore, naming it), so a
-corrupt or foreign snapshot restores nothing and memory stays near one participant's saved files.
+corrupt or foreign snapshot restores nothing. A key is read, checked and restored a piece at a time
+(``_KeyPieces``: a participant's saved files a few at a time), so memory stays near a few saved
+files, never one participant's all (32 MiB at the cap).
 """
 
 from __future__ import annotations
@@ -399,15 +401,17 @@ async def restore_snapshot(
     snapshot in the vault is read from it again, one job and one key at a time."""
     head = snapshot.head if isinstance(snapshot, StoredSnapshot) else snapshot
     result = RestoreResult(restored=0, requeued=0, skipped=0)
-    now, redis = now_ms(), bytes_client(store.client)
+    now, redis, written = now_ms(), bytes_client(store.client), set()
     try:
         async for fields, key in _entries_of(snapshot):
             if key is not None:
-                result.keys += await _merge(redis, f"{store.keys.prefix}:{key[0]}", key[1])
+                if await _merge(redis, f"{store.keys.prefix}:{key[0]}", key[1]):
+                    written.add(key[0])  # a large key comes in pieces
             elif await _restore_if_new(store, fields, now, result):
                 result.requeued += 1
     finally:
         await redis.aclose()
+    result.keys = len(written)
     await _restore_globals(store, head)
     await store.scripts.run(_rejoin(store, head))
     if resume:
@@ -671,37 +675,72 @@ Entry = tuple[dict[str, str], tuple[str, StoredKey] | None]  # a job's fields, o
 JOB_FIELDS: TypeAdapter[dict[str, str]] = TypeAdapter(dict[str, str])
 OPENS, CLOSES = ("start_map", "start_array"), ("end_map", "end_array")
 OPENED = object()  # the item ``_Items`` gives for ``jobs`` or ``keys`` as it goes into it
+KEY_END = object()  # the item ``_Items`` gives at the end of a key's object
+STREAMED = {"hash": "start_map", "set": "start_array", "zset": "start_array"}  # data read a piece at a time
+PIECE_BYTES = 1024 * 1024  # about how much of a key's values (base64) one restored piece holds
+
+
+@dataclass
+class KeyPart:
+    """A field of a key's object (``type``, or ``data`` whole), ``items`` as its data (a hash's
+    or a set's) is gone into, or one ``item`` of it: (hash field or None, value)."""
+
+    field: str
+    value: Any
 
 
 class _Items:
-    """Cuts a snapshot's JSON events (ijson's) into its items: each job of ``jobs``, each key of
-    ``keys`` and each other top-level field, as (section, key name or None, value)."""
+    """Cuts a snapshot's JSON events (ijson's) into its items: each job of ``jobs``, each other
+    top-level field, and each key of ``keys`` in parts (``KeyPart``: a hash's fields and a set's
+    members one by one, never the whole key), as (section, key name or None, value)."""
 
     def __init__(self) -> None:
-        self.level, self.nest, self.section, self.name = 0, 0, "", ""
+        self.level, self.nest, self.section, self.name, self.field, self.member = 0, 0, "", "", "", ""
+        self.key_type: Any = None
         self.builder: Any = None
 
     def feed(self, event: str, value: Any) -> tuple[str, str | None, Any] | None:
         if self.builder is not None:
             return self._build(event, value)
         if event == "map_key":
-            self.section, self.name = (value, "") if self.level == 1 else (self.section, value)
+            self._named(value)
             return None
         if event in CLOSES:
             self.level -= 1
-            return None
+            return (self.section, self.name, KEY_END) if self.level == 2 and self.section == "keys" else None
         if self._descends(event):
             self.level += 1
+            if self.level == 3:
+                self.key_type, self.field = None, ""
+            if self.level == 4:
+                return self.section, self.name, KeyPart("items", None)
             return (self.section, None, OPENED) if self.level == 2 else None
         if self.level == 0:
             raise ValueError("a snapshot is a JSON object")
         self.builder, self.nest = ObjectBuilder(), 0
         return self._build(event, value)
 
+    def _named(self, value: str) -> None:
+        if self.level == 1:
+            self.section, self.name = value, ""
+        elif self.level == 2:
+            self.name = value
+        elif self.level == 3:
+            self.field = value
+        else:
+            self.member = value
+
     def _descends(self, event: str) -> bool:
         if self.level == 0:
             return event == "start_map"
-        return self.level == 1 and (self.section, event) in (("jobs", "start_array"), ("keys", "start_map"))
+        if self.level == 1:
+            return (self.section, event) in (("jobs", "start_array"), ("keys", "start_map"))
+        if self.section != "keys":
+            return False
+        if self.level == 2:
+            return event == "start_map"
+        # a key's data, when its type came first (as the save writes it) and is one read in pieces
+        return self.level == 3 and self.field == "data" and STREAMED.get(self.key_type) == event
 
     def _build(self, event: str, value: Any) -> tuple[str, str | None, Any] | None:
         self.builder.event(event, value)
@@ -709,7 +748,72 @@ class _Items:
         if self.nest:
             return None
         built, self.builder = self.builder.value, None
+        if self.level == 3:
+            self.key_type = built if self.field == "type" else self.key_type
+            return self.section, self.name, KeyPart(self.field, built)
+        if self.level == 4:
+            return (
+                self.section,
+                self.name,
+                KeyPart("item", (self.member if self.key_type == "hash" else None, built)),
+            )
         return self.section, (self.name if self.level == 2 else None), built
+
+
+class _KeyPieces:
+    """A key's parts (``_Items``) as ``StoredKey`` pieces of about ``PIECE_BYTES`` of values each,
+    each checked as ``Snapshot`` checks a key (``ValueError`` naming the key)."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.type: Any = None
+        self.whole: Any = KEY_END  # the data, read whole (KEY_END: none)
+        self.batch: Any = None
+        self.size, self.pieces = 0, 0
+
+    def feed(self, name: str, part: Any) -> list[StoredKey]:
+        if part is KEY_END:
+            pieces = self._end(name)
+            self._reset()
+            return pieces
+        if not isinstance(part, KeyPart):  # a key that is no object: StoredKey says so
+            return [_stored_key(name, part)]
+        if part.field == "type":
+            self.type = part.value
+        elif part.field == "data":
+            self.whole = part.value
+        elif part.field == "items":
+            self.batch = {} if self.type == "hash" else []
+        elif part.field == "item":
+            member, item = part.value
+            if member is None:
+                self.batch.append(item)
+            else:
+                self.batch[member] = item
+            self.size += len(item) if isinstance(item, str) else len(str(item))
+            if self.size >= PIECE_BYTES:
+                return [self._piece(name)]
+        return []
+
+    def _piece(self, name: str) -> StoredKey:
+        stored = _stored_key(name, {"type": self.type, "data": self.batch})
+        self.batch, self.size, self.pieces = {} if self.type == "hash" else [], 0, self.pieces + 1
+        return stored
+
+    def _end(self, name: str) -> list[StoredKey]:
+        if self.whole is not KEY_END:
+            return [_stored_key(name, {"type": self.type, "data": self.whole})]
+        if self.batch is None:  # no data at all: StoredKey says so
+            return [_stored_key(name, {"type": self.type})]
+        return [self._piece(name)] if self.batch or not self.pieces else []
+
+
+def _stored_key(name: str, value: Any) -> StoredKey:
+    stored = StoredKey.model_validate(value)
+    _check_key(name, stored)
+    return stored
 
 
 async def _json_items(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, str | None, Any]]:
@@ -733,7 +837,9 @@ async def _json_items(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, 
 
 async def _entries(chunks: AsyncIterator[bytes], top: dict[str, Any]) -> AsyncIterator[Entry]:
     """The snapshot's jobs and keys, each checked as ``Snapshot`` checks it (``ValueError`` naming
-    what is wrong); its other top-level fields go into ``top``."""
+    what is wrong); a large key in pieces (``_KeyPieces``), one after the other; its other
+    top-level fields go into ``top``."""
+    pieces = _KeyPieces()
     async for section, name, value in _json_items(chunks):
         if section == "jobs" and value is not OPENED:
             fields = JOB_FIELDS.validate_python(value)
@@ -741,9 +847,8 @@ async def _entries(chunks: AsyncIterator[bytes], top: dict[str, Any]) -> AsyncIt
                 _check_job(fields)
             yield fields, None
         elif section == "keys" and name is not None and value is not OPENED:
-            stored = StoredKey.model_validate(value)
-            _check_key(name, stored)
-            yield {}, (name, stored)
+            for stored in pieces.feed(name, value):
+                yield {}, (name, stored)
         else:
             if section == "version":
                 _check_version(value)
@@ -788,6 +893,15 @@ def _small_key(name: str) -> bool:
     return name == "seq" or name.startswith("fair:")
 
 
+def _joined(before: StoredKey | None, piece: StoredKey) -> StoredKey:
+    """A key's pieces (``_KeyPieces``) as one."""
+    if before is None or piece.type not in STREAMED:
+        return piece
+    if piece.type == "hash":
+        return StoredKey(type=piece.type, data={**before.data, **piece.data})
+    return StoredKey(type=piece.type, data=[*before.data, *piece.data])
+
+
 async def _collected(chunks: AsyncIterator[bytes], whole: bool) -> Snapshot:
     """The snapshot, checked item by item: ``whole``, or only what the restore needs besides its
     jobs and keys (``StoredSnapshot.head``). ``ValueError`` when it is not a snapshot."""
@@ -799,7 +913,7 @@ async def _collected(chunks: AsyncIterator[bytes], whole: bool) -> Snapshot:
         if key is None and kept is not None:
             jobs.append(kept)
         elif key is not None and (whole or _small_key(key[0])):
-            keys[key[0]] = key[1]
+            keys[key[0]] = _joined(keys.get(key[0]), key[1])
     for section, items in (("jobs", jobs), ("keys", keys)):
         if top.get(section) is OPENED:
             top[section] = items

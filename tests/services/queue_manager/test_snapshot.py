@@ -647,3 +647,32 @@ async def test_an_uploaded_snapshot_that_is_cut_foreign_or_newer_gets_a_422_nami
     reply = await client.post("/api/admin/restore", content=cut(good), headers=ADMIN)
     assert reply.status_code == 422 and named in reply.json()["detail"], reply.text[:400]
     assert await store.redis.keys("*") == []
+
+
+async def test_the_morning_restores_one_participants_saved_files_a_few_at_a_time(
+    store_with: Callable[..., Store], tmp_path: Path
+) -> None:
+    """A participant at the saved-file cap is one Redis key of 32 MiB: the morning checks and
+    restores it a piece at a time (it built the whole key, a few times over, in memory), and
+    every file comes back, her morning's save kept beside them."""
+    evening, vault = store_with(), LocalStorage(tmp_path / "vault")
+    files = {f"workflows/w{i:02d}.json": os.urandom(MIB // 2) for i in range(64)}
+    writer = bytes_client(evening.client)
+    await writer.hset(evening.keys.user_data("ada"), mapping=files)  # type: ignore[arg-type]
+    await writer.aclose()
+    await save_for_the_night(evening, vault)
+    await evening.redis.flushall()
+    morning = store_with()
+    await morning.redis.hset(morning.keys.user_data("ada"), "workflows/morning.json", "{}")
+    tracemalloc.start()
+    try:
+        loaded = await open_saved_snapshot(vault)
+        assert loaded is not None
+        result = await restore_snapshot(morning, loaded)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * MIB / 3, f"the restore held {peak / MIB:.0f} MiB for her 32 MiB of saved files"
+    assert result.keys == 1
+    back = (await saved_files_of(morning, ["ada"]))["ada"]
+    assert back == {**files, "workflows/morning.json": b"{}"}
