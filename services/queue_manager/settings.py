@@ -268,7 +268,8 @@ class Settings(BaseSettings):
     )
     public_url: str = Field(
         default="http://127.0.0.1:8000",
-        description="QM_PUBLIC_URL: base URL workers and push pools use to reach the queue manager",
+        description="QM_PUBLIC_URL: base URL workers and push pools use to reach the queue manager; "
+        "browsers' state changes and sockets must name its host (or a loopback name)",
     )
     log_level: str = Field(default="INFO", description="QM_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR")
     push_pools: Annotated[list[PushPool], NoDecode] = Field(

@@ -201,6 +201,15 @@ def test_the_sites_own_pages_pass_the_cross_site_check_through_nginx(site: Site)
         assert ws.response is not None and ws.response.status_code == 101
 
 
+def test_another_name_for_the_server_does_not_pass_the_cross_site_check(site: Site) -> None:
+    """A page of a name whose DNS points at the server (rebinding) sends its own name as Origin and
+    Host; nginx serves any name on the site's port, so the queue manager refuses names not its own."""
+    body = {"user": "ada", "password": PASSWORD}
+    rebound = {"Host": "evil.example", "Origin": "https://evil.example", "Sec-Fetch-Site": "same-origin"}
+    login = _client().post(f"{site.https}/api/auth/login", json=body, headers=rebound)
+    assert login.status_code == 403 and "another name for this server" in login.text
+
+
 def test_a_forwarded_host_the_client_writes_does_not_pass_the_cross_site_check(site: Site) -> None:
     """Another site's script cannot make the queue manager take its Origin for this site by adding
     X-Forwarded-Host: nginx drops it, and the queue manager compares Origin with Host alone."""

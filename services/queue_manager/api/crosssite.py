@@ -8,7 +8,12 @@ upgrade is checked, as ComfyUI's own origin-only middleware does, but on every h
   the user), never ``cross-site`` or ``same-site`` (another port or subdomain);
 - ``Origin``, when sent, must name the host the request came to: ``Host``, which nginx sets to the
   name the browser asked for (ports compared when both sides carry one, as nginx's ``$host`` drops
-  it). ``X-Forwarded-Host`` is never consulted: a client can write it, and nginx drops it.
+  it). ``X-Forwarded-Host`` is never consulted: a client can write it, and nginx drops it;
+- and that name must be this site's: ``QM_PUBLIC_URL``'s host, or a loopback name (the local stack,
+  tests). Another name whose DNS points at the server (rebinding, or the VPS's address typed) makes
+  a page whose Origin and Host agree, both its own: its requests would otherwise pass, from every
+  visitor's own address (a login spray past the per-address limits). No other site can make a
+  browser send a loopback name to the server.
 
 Clients that are no browser (workers, the CLI, curl) send neither header and are unaffected.
 
@@ -24,6 +29,7 @@ the two routes the stock ComfyUI frontend posts without a content type (settings
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import urlsplit
 
@@ -51,8 +57,19 @@ def _host_matches(origin: str, host: str) -> bool:
         return False
 
 
-def cross_site_problem(headers: dict[bytes, bytes]) -> str | None:
-    """Why a request or socket with these headers comes from another site, or None when it does not."""
+LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+@functools.cache
+def site_names(public_url: str) -> frozenset[str]:
+    """The host names a browser may call this site by: ``QM_PUBLIC_URL``'s and the loopback ones."""
+    name = urlsplit(public_url).hostname
+    return LOOPBACK | ({name} if name else set())
+
+
+def cross_site_problem(headers: dict[bytes, bytes], names: frozenset[str] = LOOPBACK) -> str | None:
+    """Why a request or socket with these headers comes from another site, or None when it does not;
+    ``names``: this site's host names (``site_names``)."""
     site = headers.get(b"sec-fetch-site")
     if site is not None and site not in ALLOWED_SITES:
         return (
@@ -66,6 +83,11 @@ def cross_site_problem(headers: dict[bytes, bytes]) -> str | None:
     text = origin.decode("latin-1")
     if not _host_matches(text, host):
         return f"cross-site request refused: Origin {text!r} is not this site ({host or 'no Host'})"
+    if urlsplit(text).hostname not in names:
+        return (
+            f"request refused: {text!r} is another name for this server; open the workshop at "
+            f"{' or '.join(sorted(names - LOOPBACK) or sorted(names))}"
+        )
     return None
 
 
@@ -87,6 +109,12 @@ def content_problem(path: str, headers: dict[bytes, bytes]) -> str | None:
     return f"send the body as JSON with 'Content-Type: application/json', not {declared.decode('latin-1')!r}"
 
 
+def _names(scope: Scope) -> frozenset[str]:
+    """This site's host names, from the started app's settings (loopback ones before it started)."""
+    settings = getattr(scope["app"].state, "settings", None)
+    return site_names(settings.public_url) if settings is not None else LOOPBACK
+
+
 class CrossSite:
     """ASGI middleware: 403 for a cross-site state change, 415 for a JSON route's non-JSON body,
     a refused handshake (closed before accept, HTTP 403) for a cross-site WebSocket."""
@@ -97,13 +125,13 @@ class CrossSite:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "websocket":
-            problem = cross_site_problem(dict(scope["headers"]))
+            problem = cross_site_problem(dict(scope["headers"]), _names(scope))
             if problem is not None:
                 await send({"type": "websocket.close", "code": 1008, "reason": problem[:120]})
                 return
         elif kind == "http" and scope["method"] in UNSAFE_METHODS:
             headers = dict(scope["headers"])
-            problem = cross_site_problem(headers)
+            problem = cross_site_problem(headers, _names(scope))
             status = 403
             if problem is None:
                 problem, status = content_problem(scope["path"], headers), 415

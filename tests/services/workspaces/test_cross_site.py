@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,7 +15,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.support.jobs import GRAPH
-from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, LiveServer
+from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, LiveServer, live_server, settings_for
 
 EVIL = "https://evil.example"
 
@@ -108,3 +109,38 @@ def test_a_socket_from_a_foreign_origin_is_refused(server: LiveServer, alice: ht
         assert refused.value.response.status_code == 403
     with connect(url, additional_headers={**cookie, "Origin": own_origin(server)}, open_timeout=5) as socket:
         assert json.loads(socket.recv(timeout=5))["type"] == "status"
+
+
+def test_a_page_of_another_name_for_this_server_is_refused(
+    server: LiveServer, alice: httpx.Client, app_factory: Callable[[], httpx.Client]
+) -> None:
+    """A site whose name resolves to this server (DNS rebinding, or the VPS's address typed) sends
+    Origin and Host alike, both its own: comparing the two passed it. A browser's request or socket
+    must name this site (QM_PUBLIC_URL's host, or a loopback name for the local stack)."""
+    rebound = {"Host": "evil.example", "Origin": "http://evil.example"}
+    refused = alice.post("/w/alice/api/interrupt", json={}, headers=rebound)
+    assert refused.status_code == 403, refused.text
+    assert "evil.example" in refused.json()["detail"] and "127.0.0.1" in refused.json()["detail"]
+    body = {"user": "alice", "password": "wrong"}
+    assert app_factory().post("/api/auth/login", json=body, headers=rebound).status_code == 403
+    cookie = {"Cookie": f"qm_session={alice.cookies['qm_session']}"}
+    url = f"ws://127.0.0.1:{server.port}/w/alice/ws?clientId=x"
+    with pytest.raises(InvalidStatus) as socket_refused:
+        connect(url, additional_headers={**cookie, **rebound}, open_timeout=5)
+    assert socket_refused.value.response.status_code == 403
+    for own in ("127.0.0.1", "localhost"):  # the local stack, on either loopback name
+        same = {"Host": own, "Origin": f"http://{own}:{server.port}"}
+        assert alice.post("/w/alice/api/interrupt", json={}, headers=same).status_code == 200
+    script = {"Host": "evil.example"}  # no browser's marks: no other site can have sent it
+    assert alice.post("/w/alice/api/interrupt", json={}, headers=script).status_code == 200
+
+
+def test_the_sites_own_name_passes(redis_url: str, tmp_path: Path) -> None:
+    settings = settings_for(redis_url, public_url="https://workshop.example")
+    with live_server(settings, tmp_path / "files") as running:
+        alice = httpx.Client(base_url=running.url, auth=("alice", "alice-pw"))  # its cookie is Secure
+        site = {"Host": "workshop.example", "Origin": "https://workshop.example"}
+        assert alice.post("/w/alice/api/interrupt", json={}, headers=site).status_code == 200
+        other = {"Host": "workshop.example.evil.example", "Origin": "https://workshop.example.evil.example"}
+        assert alice.post("/w/alice/api/interrupt", json={}, headers=other).status_code == 403
+        alice.close()
