@@ -6,6 +6,7 @@ new registry token in between, only the registry auth is replaced and the templa
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -281,3 +282,119 @@ def test_a_models_volume_not_kept_is_deleted_by_the_move_and_by_destroy(
     for engine in reversed(list(engines.values())):
         engine.destroy()
     assert [v for v in doubles[0].live_volumes() if not v["is_os_volume"]] == []
+
+
+def _edit(
+    before: StackRun, after: StackRun, engines: dict[str, Engine], doubles: tuple[VerdaDouble, RunPodDouble]
+) -> dict[str, Step]:
+    """One `up` from ``before``'s config to ``after``'s, as the engine runs it: what ``after`` declares
+    is created or changed, then what it no longer declares is deleted, dependents first (a retained
+    models volume leaves the state but stays at the provider)."""
+    steps = _up_every_resource(after, engines, doubles)
+    declared = {r.urn for r in after.resources_of(DYNAMIC)}
+    retained = {r.urn for r in before.resources_of(DYNAMIC) if r.retain_on_delete}
+    for urn in reversed(list(engines)):
+        if urn not in declared:
+            if urn not in retained:
+                engines[urn].destroy()
+            del engines[urn]
+    return steps
+
+
+def _billed(doubles: tuple[VerdaDouble, RunPodDouble]) -> dict[str, int]:
+    verda, runpod = doubles
+    return {
+        "instances": len(verda.billable_instances()),
+        "deployments": len(verda.deployments),
+        "endpoints": len(runpod.store["endpoints"]),
+    }
+
+
+# A pool no provider of ours serves: a stack with only it has no dynamic resource (as after a destroy).
+NO_CLOUD = [{"kind": "local-gpu", "name": "box", "dockerHost": "ssh://root@gpu-box"}]
+WEEK = [  # (the pools, what bills once the `up` is done)
+    ([{"kind": "verda-instance", "name": "gpu", "count": 2, "modelsVolume": VOLUME}], (2, 0, 0)),
+    ([{"kind": "verda-instance", "name": "gpu", "count": 0, "modelsVolume": VOLUME}], (0, 0, 0)),
+    ([{"kind": "verda-instance", "name": "gpu", "count": 1, "modelsVolume": VOLUME}], (1, 0, 0)),
+    ([{"kind": "verda-serverless", "name": "gpu", "modelsVolume": VOLUME}], (0, 1, 0)),
+    ([{"kind": "verda-instance", "name": "gpu", "count": 1, "modelsVolume": VOLUME}], (1, 0, 0)),
+    ([{"kind": "verda-instance", "name": "gpu", "count": 1, "location": "FIN-01"}], (1, 0, 0)),
+    ([{"kind": "runpod-serverless", "name": "gpu", "modelsVolume": VOLUME}], (0, 0, 1)),
+    ([{"kind": "runpod-serverless", "name": "gpu", "maxReplicas": 1, "gpuCount": 2}], (0, 0, 1)),
+    ([{"kind": "verda-instance", "name": "gpu", "count": 2, "modelsVolume": VOLUME}], (2, 0, 0)),
+]
+
+
+@pytest.mark.parametrize("evenings", ["kept running", "destroyed each evening"])
+def test_a_week_of_config_edits_leaves_each_day_exactly_what_its_config_declares(
+    evenings: str, doubles: tuple[VerdaDouble, RunPodDouble]
+) -> None:
+    """A pool sized to 0 and back, switched to serverless and back, moved to another location, to
+    RunPod and back, each `up` from the state the one before left (or from an empty one after the
+    evening's destroy): each ends with what its config declares billing, a second `up` changes nothing,
+    and the last destroy leaves only the kept models volumes."""
+    engines: dict[str, Engine] = {}
+    before = run_stack("workshop", overrides={"pools": NO_CLOUD})
+    for day, (pools, billed) in enumerate(WEEK):
+        today = run_stack("workshop", overrides={"pools": pools})
+        _edit(before, today, engines, doubles)
+        assert tuple(_billed(doubles).values()) == billed, (day, pools)
+        again = _up_every_resource(today, engines, doubles)
+        assert {name: step.action for name, step in again.items() if step.action != "same"} == {}, day
+        if evenings == "destroyed each evening":
+            _edit(today, run_stack("workshop", overrides={"pools": NO_CLOUD}), engines, doubles)
+            assert engines == {} and tuple(_billed(doubles).values()) == (0, 0, 0), day
+        before = today
+
+    _edit(before, run_stack("workshop", overrides={"pools": NO_CLOUD}), engines, doubles)
+    verda, runpod = doubles
+    assert tuple(_billed(doubles).values()) == (0, 0, 0)
+    assert sorted(v["name"] for v in verda.live_volumes() if not v["is_os_volume"]) == ["comfy-models"]
+    assert [v["name"] for v in runpod.store["networkvolumes"].values()] == ["comfy-models"]
+
+
+def test_a_stack_up_under_the_last_release_takes_the_tagged_names_without_rebuilding_its_gpus(
+    doubles: tuple[VerdaDouble, RunPodDouble],
+) -> None:
+    """The last release named secrets, logins, the SSH key and the startup script without the
+    workshop's tag. A running stack's first `up` under this one replaces those small objects once; its
+    instances take the new key and script in place (no GPU is rebuilt), its deployment and template
+    follow the new names, and nothing under an old name is left at the providers."""
+    run = run_stack("workshop", overrides={"pools": POOLS})
+    tagged = {
+        r.name: r.inputs["name"]
+        for r in run.resources_of(DYNAMIC)
+        if re.search(r"-[0-9a-f]{8}$", str(r.inputs.get("name")))
+    }
+    assert set(tagged) >= {"baseline-ssh-key", "baseline-startup", "burst-registry", "overflow-registry"}
+    untagged = lambda value: re.sub(r"-[0-9a-f]{8}\b", "", value) if isinstance(value, str) else value  # noqa: E731
+    engines: dict[str, Engine] = {}
+    for resource in run.resources_of(DYNAMIC):  # the stack as the last release left it
+        engine, props = _engine_and_props(resource, doubles)
+        old = {key: untagged(value) for key, value in props.items() if key != "secret_env"}
+        if "secret_env" in props:
+            old["secret_env"] = {key: untagged(value) for key, value in props["secret_env"].items()}
+        if "registry_credentials" in props:
+            old["registry_credentials"] = untagged(props["registry_credentials"])
+        real = {
+            f"{o.name}-{k}": o.state.outputs[k]
+            for o in engines.values()
+            if o.state
+            for k in o.provider.outputs
+        }
+        engine.up(
+            {key: real.get(value, value) if isinstance(value, str) else value for key, value in old.items()}
+        )
+        engines[resource.urn] = engine
+
+    steps = _up_every_resource(run, engines, doubles)
+
+    changed = {name: step.action for name, step in steps.items() if step.action != "same"}
+    assert {changed[name] for name in tagged} == {"replace"}
+    assert changed["baseline-0"] == changed["baseline-1"] == "update"
+    assert changed["burst-deployment"] == changed["overflow-template"] == "update"
+    verda, runpod = doubles
+    names = [k["name"] for k in verda.ssh_keys.values()] + [s["name"] for s in verda.scripts.values()]
+    names += list(verda.secrets) + list(verda.registry_credentials)
+    names += [a["name"] for a in runpod.store["containerregistryauth"].values()]
+    assert sorted(names) == sorted(tagged.values())
