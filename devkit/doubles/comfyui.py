@@ -219,6 +219,9 @@ class ComfyUIDouble(Executor):
         await socket.accept()
         self.state.sockets[sid] = socket
         await self._status(sid)
+        running = self.state.running
+        if running is not None and running.client_id == sid and self.state.last_node is not None:
+            await self.send("executing", {"node": self.state.last_node}, sid)  # a reconnect, as ComfyUI
         try:
             while True:
                 await socket.receive_text()

@@ -83,6 +83,7 @@ class State:
     cache: dict[str, tuple[tuple[Any, ...], dict[str, Any] | None]] = field(default_factory=dict)
     sockets: dict[str, WebSocket] = field(default_factory=dict)
     interrupt: bool = False
+    last_node: str | None = None  # ComfyUI's ``last_node_id``: the running prompt's node, told on reconnect
     number: int = 0
     timings: dict[str, tuple[float, float]] = field(default_factory=dict)  # perf_counter start, end
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -145,6 +146,7 @@ class Executor:
                 await self._execute(item)
             finally:
                 self.state.running = None
+                self.state.last_node = None
 
     async def _execute(self, item: Item) -> None:
         sid, pid = item.client_id, item.prompt_id
@@ -222,6 +224,7 @@ class Executor:
         }
         self.state.timings[item.prompt_id] = (self.state.timings[item.prompt_id][0], time.perf_counter())
         self.state.running = None
+        self.state.last_node = None
         await self._status()
         if item.client_id is not None:
             await self.send("executing", {"node": None, "prompt_id": item.prompt_id}, item.client_id)
@@ -272,6 +275,8 @@ class Executor:
                 await self._progress_state(item, nid, "finished", 1, 1)
             return ui
         await self._progress_state(item, nid, "running", 0, 1)
+        if item.client_id is not None:
+            self.state.last_node = nid
         await job_event("executing", {"node": nid, "display_node": nid})
         if node["class_type"] == nodes.TEST_SLEEP["name"]:
             await self._sleep(item, nid, float(node["inputs"]["seconds"]))

@@ -18,14 +18,16 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 from services.protocol.events import UserEvent
 from services.queue_manager.redis_api import StrRedis
 
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 1000
+MAX_RUNNING = 10_000  # jobs whose running node is remembered (one per GPU is running at a time)
 
 
 class Subscription:
@@ -47,11 +49,38 @@ class Subscription:
         return await self.queue.get()
 
 
+class RunningNodes:
+    """The node each running job's ComfyUI last said it runs (``executing {node}``): ComfyUI's
+    ``last_node_id``, which it tells again to the tab that reconnects while its prompt runs. Every
+    process hears every job's events, so each knows, also while the owner has no socket open; a job
+    is forgotten when it ends or its ComfyUI says it is done, and only the newest ``MAX_RUNNING``
+    are kept."""
+
+    def __init__(self) -> None:
+        self._nodes: OrderedDict[str, str] = OrderedDict()
+
+    def note(self, event: dict[str, Any]) -> None:
+        job_id = str(event.get("job_id"))
+        comfy = event.get("comfy") or {}
+        said = comfy.get("data") or {} if comfy.get("type") == "executing" else None
+        if event.get("type") == "finished" or (said is not None and said.get("node") is None):
+            self._nodes.pop(job_id, None)
+        elif said is not None:
+            self._nodes[job_id] = str(said.get("display_node") or said["node"])
+            self._nodes.move_to_end(job_id)
+            if len(self._nodes) > MAX_RUNNING:
+                self._nodes.popitem(last=False)
+
+    def of(self, job_id: str) -> str | None:
+        return self._nodes.get(job_id)
+
+
 class EventBus:
     def __init__(self, redis: StrRedis, channel: str) -> None:
         self._redis = redis
         self._channel = channel
         self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
+        self.running_nodes = RunningNodes()
 
     async def publish(self, user: str, event: UserEvent) -> None:
         await self.publish_many([(user, event)])
@@ -90,6 +119,7 @@ class EventBus:
     def deliver(self, payload: str | bytes) -> None:
         """Hand one published message to this process's subscribers of its user."""
         message = json.loads(payload)
+        self.running_nodes.note(message["event"])
         if message["user"] in self._subscribers:
             self.deliver_local(message["user"], UserEvent.model_validate(message["event"]))
 

@@ -209,6 +209,24 @@ def interrupt() -> list[Step]:
     ]
 
 
+def reconnect() -> list[Step]:
+    """The tab whose job runs reconnects its socket (same client id: a network blip, a laptop that
+    slept): right after ``status`` ComfyUI tells it the node that runs (``executing {node}``, no
+    prompt id), and the frontend redraws that node as running; the node's steps follow. Another tab
+    hears no such thing."""
+    return [
+        {"connect": "a"},
+        queue(slow_graph(0x001501, "reconnected")),
+        wait("a", "executing", node="2", prompt_id="{prompt:1}"),
+        {"connect": "a"},
+        {"connect": "b"},
+        wait("a", "executing", node="2"),
+        wait("a", "progress_state"),  # the node's steps go on to the new socket
+        post("/interrupt", {"prompt_id": "{prompt:1}"}),
+        done(1),
+    ]
+
+
 def cancel_pending() -> list[Step]:
     """A job behind a running one is deleted from the queue: it never runs."""
     return [
@@ -558,6 +576,7 @@ def cases() -> dict[str, list[Step]]:
         "runtime_error": runtime_error(),
         "value_for_a_link": value_for_a_link(),
         "interrupt": interrupt(),
+        "reconnect": reconnect(),
         "cancel_pending": cancel_pending(),
         "output_reuse": output_reuse(),
         "output_reuse_after_another": output_reuse_after_another(),

@@ -1,7 +1,9 @@
 """``/ws`` (and ``/api/ws``): the participant's job events as ComfyUI's own WebSocket messages.
 
 On connect the socket gets ``status`` (with ``sid``, the client id the frontend sends back with each
-prompt); a first ``feature_flags`` message from the frontend is answered with the server's flags.
+prompt), and, when the job that client id submitted runs (a tab reconnecting), ``executing {node}``
+naming its running node, as ComfyUI does; a first ``feature_flags`` message from the frontend is
+answered with the server's flags.
 As in ComfyUI, a job's events reach only the socket whose ``clientId`` submitted it
 (``execution_start``, ``execution_cached``, ``executing``, ``progress``, ``progress_state``,
 ``executed``, previews, the job's end, then ``executing`` with ``node: null``, which is what makes
@@ -34,7 +36,7 @@ from fastapi.websockets import WebSocketState
 
 from services.protocol import comfyui
 from services.protocol.events import EventType, UserEvent
-from services.protocol.jobs import JobError, JobState
+from services.protocol.jobs import Job, JobError, JobState
 from services.queue_manager.workspaces.deps import Context, session_user
 from services.queue_manager.workspaces.routes_info import server_features
 
@@ -78,8 +80,13 @@ class Audience:
         self._clients.pop(job_id, None)
 
 
-async def unfinished_jobs(ctx: Context, user: str) -> set[str]:
-    return {job.id for job in await ctx.store.list_jobs(user) if not job.state.finished}
+async def tell_running_node(websocket: WebSocket, ctx: Context, sid: str, jobs: list[Job]) -> None:
+    """A tab that (re)connects while the job it submitted runs hears the node that runs, as ComfyUI
+    tells it (``executing {node}``, no prompt id): the frontend redraws that node as running."""
+    for job in jobs:
+        node = ctx.store.events.running_nodes.of(job.id) if job.state is JobState.RUNNING else None
+        if node is not None and job.client_id == sid:
+            await send(websocket, comfyui.message("executing", {"node": node}))
 
 
 async def send(websocket: WebSocket, message: dict[str, Any]) -> None:
@@ -186,8 +193,10 @@ async def workspace_socket(websocket: WebSocket, user: str, ctx: Context) -> Non
     await websocket.accept()
     sid = websocket.query_params.get("clientId") or uuid.uuid4().hex
     async with ctx.store.events.subscribe(user) as stream:
-        audience = Audience(ctx, sid, await unfinished_jobs(ctx, user))
+        jobs = await ctx.store.list_jobs(user)
+        audience = Audience(ctx, sid, {job.id for job in jobs if not job.state.finished})
         await send(websocket, comfyui.status(len(audience.unfinished), sid))
+        await tell_running_node(websocket, ctx, sid, jobs)
         tasks = {
             asyncio.create_task(read_client(websocket, ctx)),
             asyncio.create_task(pump_events(websocket, ctx, user, audience, stream)),
