@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from services.queue_manager.main import connect
+from services.queue_manager.queue_admin import DrainResult
 from services.queue_manager.settings import Settings
 from services.queue_manager.snapshot import (
     RestoreResult,
@@ -37,6 +38,7 @@ from services.queue_manager.snapshot import (
     restore_snapshot,
     save_for_the_night,
     snapshot_json,
+    still_running,
     stranded_pools,
 )
 from services.queue_manager.store import Store
@@ -107,8 +109,18 @@ def restore(source: Annotated[Path, typer.Option("--in", help="a file written by
 @app.command()
 def drain(timeout: Annotated[float, typer.Option(help="seconds to wait for running jobs")] = 300) -> None:
     """Stop dispatch and wait until no job runs (queued jobs stay for the snapshot)."""
-    result = _with_store(lambda store: store.drain(timeout))
+
+    async def run(store: Store) -> tuple[DrainResult, list[str]]:
+        result = await store.drain(timeout)
+        return result, [] if result.drained else await still_running(store)
+
+    result, running = _with_store(run)
     typer.echo(f"drained={result.drained} running={result.running} queued={result.queued}")
+    if running:
+        typer.echo(
+            "still running (each that has not ended when the snapshot is taken runs again tomorrow morning): "
+            + ", ".join(running)
+        )
     if not result.drained:
         sys.exit(1)
 
@@ -131,7 +143,14 @@ def save() -> None:
 
     async def run(store: Store, storage: Storage) -> str:
         saved = await save_for_the_night(store, storage)
-        return f"queue snapshot saved as {saved.key} ({saved.size} bytes)"
+        done = f"queue snapshot saved as {saved.key} ({saved.size} bytes)"
+        if not saved.running:
+            return done
+        return (
+            f"{done}\n{len(saved.running)} jobs were still running and run again tomorrow morning from the "
+            "start, once the GPUs are up (their attempt not counted; what they made tonight stays in the "
+            "vault): " + ", ".join(saved.running)
+        )
 
     typer.echo(_with_vault(run))
 

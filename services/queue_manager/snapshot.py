@@ -357,8 +357,9 @@ async def _job_ids(store: Store) -> list[str]:
     return list(dict.fromkeys(job_id for ids in id_lists for job_id in ids))
 
 
-async def _jobs_json(store: Store) -> AsyncIterator[bytes]:
-    """The ``jobs`` list's items, a few records at a time (each checked as the restore reads it)."""
+async def _jobs_json(store: Store, running: list[str]) -> AsyncIterator[bytes]:
+    """The ``jobs`` list's items, a few records at a time (each checked as the restore reads it);
+    each job still running goes into ``running`` as ``running_job``."""
     ids, first = await _job_ids(store), True
     for start in range(0, len(ids), JOBS_AT_ONCE):
         async with store.redis.pipeline(transaction=False) as pipe:
@@ -370,16 +371,36 @@ async def _jobs_json(store: Store) -> AsyncIterator[bytes]:
                 continue
             if all(fields.get(name) for name in REQUIRED_FIELDS):
                 _check_job(fields)
+            if fields.get("state") in RUNNING:
+                running.append(running_job(fields))
             yield (b"" if first else b",") + json.dumps(fields).encode()
             first = False
 
 
-async def snapshot_json(store: Store, taken_at: datetime) -> AsyncIterator[bytes]:
+def running_job(fields: dict[str, str]) -> str:
+    """A running job as the organizer is told of it: its id, owner and worker."""
+    return f"{fields.get('id')} of {fields.get('user')} on worker {fields.get('worker_id') or '?'}"
+
+
+async def still_running(store: Store) -> list[str]:
+    """The jobs running now (``running_job``), oldest lease first."""
+    ids = await store.redis.zrange(store.keys.leases, 0, -1)
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hmget(store.keys.job(job_id), ["user", "worker_id"])
+        found = await pipe.execute()
+    return [running_job({"id": i, "user": u, "worker_id": w}) for i, (u, w) in zip(ids, found, strict=True)]
+
+
+async def snapshot_json(
+    store: Store, taken_at: datetime, running: list[str] | None = None
+) -> AsyncIterator[bytes]:
     """The snapshot (a ``Snapshot``'s JSON) as a stream, built a few records and saved files at a
     time: a hundred participants' saved files are GBs, which the save never holds at once. The
-    evening's save runs it on a closed workshop, where nothing it reads changes meanwhile."""
+    evening's save runs it on a closed workshop, where nothing it reads changes meanwhile. The jobs
+    it holds as running (they run again once restored) go into ``running``."""
     yield f'{{"version":2,"taken_at":{json.dumps(taken_at.isoformat())},"jobs":['.encode()
-    async for piece in _jobs_json(store):
+    async for piece in _jobs_json(store, [] if running is None else running):
         yield piece
     yield b'],"keys":{'
     async for piece in _keys_json(store):
@@ -554,11 +575,13 @@ def stranded_pools(snapshot: Snapshot, pools: set[str]) -> dict[str, int]:
 
 
 class SavedSnapshot(BaseModel):
-    """What the evening's save put in the vault: its body's key, when it was taken, its size."""
+    """What the evening's save put in the vault: its body's key, when it was taken, its size, and
+    the jobs it holds as running (``running_job``): they run again once it is restored."""
 
     key: str
     taken_at: datetime
     size: int
+    running: list[str] = Field(default_factory=list)
 
 
 def _body_key(taken_at: datetime) -> str:
@@ -656,15 +679,16 @@ async def save_snapshot(store: Store, storage: Storage) -> SavedSnapshot:
     anywhere before it (a drain stopped, the vault gone midway) leaves the checksum file naming
     the last complete snapshot, never a half-written one. Older snapshots (and pieces of cut
     saves) are deleted after."""
-    taken_at = datetime.now(UTC)
+    taken_at, running = datetime.now(UTC), list[str]()
     key, digest = _body_key(taken_at), hashlib.sha256()
-    size = await storage.put(key, _hashed(snapshot_json(store, taken_at), digest), "application/json")
+    body = _hashed(snapshot_json(store, taken_at, running), digest)
+    size = await storage.put(key, body, "application/json")
     line = f"{digest.hexdigest()}  {key.removeprefix(SNAPSHOTS)}\n".encode()
     await storage.put(CHECKSUM_KEY, aiter_chunks(line), "text/plain")
     for old in await storage.list(f"{SNAPSHOTS}queue"):
         if old != key and BODY_NAME.fullmatch(old.removeprefix(SNAPSHOTS)):
             await storage.delete(old)
-    return SavedSnapshot(key=key, taken_at=taken_at, size=size)
+    return SavedSnapshot(key=key, taken_at=taken_at, size=size, running=running)
 
 
 async def _read_all(storage: Storage, key: str) -> bytes:

@@ -164,8 +164,10 @@ async def test_a_snapshot_of_a_busy_queue_passes_its_own_checks(client: httpx.As
     assert reply.status_code == 200 and reply.json()["skipped"] == 3
 
 
-def run_cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "QM_REDIS_URL": redis_url, "QM_ENV": "development"}
+def run_cli(
+    redis_url: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "QM_REDIS_URL": redis_url, "QM_ENV": "development", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "services.queue_manager.cli", *args],
         env=env,
@@ -676,3 +678,24 @@ async def test_the_morning_restores_one_participants_saved_files_a_few_at_a_time
     assert result.keys == 1
     back = (await saved_files_of(morning, ["ada"]))["ada"]
     assert back == {**files, "workflows/morning.json": b"{}"}
+
+
+async def test_the_evening_names_each_job_still_running_that_will_run_again_in_the_morning(
+    store: Store, redis_url: str, tmp_path: Path
+) -> None:
+    """A job still running past the drain's timeout is saved as running and runs again the next
+    morning: the destroy's output names it and its owner (it said only how many ran, then that the
+    snapshot was saved), so the organizer can tell her before she waits for it twice."""
+    waiting = await store.submit("ada", job())
+    running = await store.submit("bob", job())
+    lease = await store.claim("w1", "gpu")
+    assert lease is not None and lease.job.id == waiting.id
+    assert (await store.claim("w2", "gpu")) is not None
+    await store.complete(waiting.id, Completion(token=lease.token))
+    drained = run_cli(redis_url, "drain", "--timeout", "0")
+    assert drained.returncode == 1 and f"{running.id} of bob" in drained.stdout, drained.stdout
+    env = {"QM_FILES_URL": f"file://{tmp_path / 'vault'}"}
+    saved = run_cli(redis_url, "save", env=env)
+    assert saved.returncode == 0, saved.stderr
+    assert f"{running.id} of bob" in saved.stdout and "run again" in saved.stdout, saved.stdout
+    assert waiting.id not in saved.stdout
