@@ -178,14 +178,7 @@ def test_a_pool_edit_mid_day_leaves_exactly_what_the_new_config_declares(
     _up_every_resource(today, engines, doubles)
 
     edited = run_stack("workshop", overrides={"pools": after})
-    _up_every_resource(edited, engines, doubles)
-    declared = {r.urn for r in edited.resources_of(DYNAMIC)}
-    retained = {r.urn for r in today.resources_of(DYNAMIC) if r.retain_on_delete}
-    for urn in reversed(list(engines)):
-        if urn not in declared:
-            if urn not in retained:
-                engines[urn].destroy()
-            del engines[urn]
+    _edit(today, edited, engines, doubles)
 
     def count(kind: str) -> int:
         return sum(
