@@ -196,6 +196,11 @@ class AwaitRestoreArgs(ScriptArgs):
 
 
 @dataclass(frozen=True)
+class OpenDayArgs(ScriptArgs):
+    script = "open_day"
+
+
+@dataclass(frozen=True)
 class ApproveArgs(ScriptArgs):
     script = "approve"
     digest: str
@@ -328,6 +333,7 @@ SCRIPT_ARGS: tuple[type[ScriptArgs], ...] = (
     PriorityArgs,
     ApproveArgs,
     AwaitRestoreArgs,
+    OpenDayArgs,
     RejoinArgs,
     PositionsArgs,
     EndSessionsArgs,

@@ -52,7 +52,7 @@ from redis.asyncio import ConnectionPool, Redis
 from services.queue_manager.errors import QueueError, WorkshopClosed
 from services.queue_manager.keys import ANY_POOL, Carried, Family, family_of
 from services.queue_manager.records import job_from_hash, now_ms
-from services.queue_manager.scripts import RejoinArgs
+from services.queue_manager.scripts import OpenDayArgs, RejoinArgs
 from services.queue_manager.store import Store
 from services.storage.base import Storage, aiter_chunks
 from services.storage.local import LocalStorage
@@ -491,8 +491,9 @@ async def restore_by_organizer(store: Store, chunks: AsyncIterable[bytes]) -> Re
     read and restored in a second (the morning's path: memory stays near one saved file); 422
     naming the fault, writing nothing, when it is no snapshot. Refused after the evening's snapshot
     (503: what it restores would vanish with the Redis, and dispatch would go on during the
-    destroy); dispatch goes on after it (it opens a queue manager that waited for the morning's
-    restore)."""
+    destroy), even one taken while the upload came or the restore ran (``lua/open_day.lua``: the
+    workshop stays closed); dispatch goes on after it (it opens a queue manager that waited for the
+    morning's restore)."""
     if await store.redis.exists(store.keys.closed):
         raise WorkshopClosed()
     with tempfile.TemporaryDirectory(prefix="qm-restore-") as folder:
@@ -501,8 +502,11 @@ async def restore_by_organizer(store: Store, chunks: AsyncIterable[bytes]) -> Re
             loaded = await open_snapshot_file(Path(folder) / UPLOADED, "the uploaded snapshot")
         except SnapshotError as exc:
             raise UnreadableSnapshot(str(exc)) from None
+        if await store.redis.exists(store.keys.closed):  # the evening's save began during the upload
+            raise WorkshopClosed()
         result = await restore_snapshot(store, loaded, resume=False)
-    await store.open_for_the_day()
+    if not await store.scripts.run(OpenDayArgs(store.prefix)):  # the save began during the restore
+        raise WorkshopClosed()
     return result
 
 

@@ -699,3 +699,25 @@ async def test_the_evening_names_each_job_still_running_that_will_run_again_in_t
     assert saved.returncode == 0, saved.stderr
     assert f"{running.id} of bob" in saved.stdout and "run again" in saved.stdout, saved.stdout
     assert waiting.id not in saved.stdout
+
+
+async def test_an_organizers_restore_still_uploading_when_the_evening_save_closes_keeps_the_workshop_closed(
+    client: httpx.AsyncClient, store: Store
+) -> None:
+    """The organizer's upload was checked for the evening's save only as it began: one still under
+    way when the save closed the workshop restored after the snapshot and then opened the workshop
+    again, so participants' saves and GPUs went on during the destroy and were lost with it."""
+    queued = await store.submit("ada", job())
+    night = (await client.get("/api/admin/snapshot", headers=ADMIN)).content
+    await store.redis.flushall()
+
+    async def upload_during_the_save() -> Any:
+        yield night[:10]
+        await store.redis.set(store.keys.closed, "1")  # the evening's save took its snapshot
+        await store.redis.set(store.keys.paused, "1")
+        yield night[10:]
+
+    reply = await client.post("/api/admin/restore", content=upload_during_the_save(), headers=ADMIN)
+    assert reply.status_code == 503 and "closed for the night" in reply.text, reply.text
+    assert await store.redis.exists(store.keys.closed) and await store.paused()
+    assert await store.get(queued.id) is None
