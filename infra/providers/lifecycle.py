@@ -536,3 +536,21 @@ def poll(what: str, check: Callable[[], T | None], timeout_s: float, interval_s:
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{what} did not happen within {timeout_s:g} s")
         time.sleep(interval_s)
+
+
+def until_gone(what: str, gone: Callable[[], bool], timing: Timing) -> None:
+    """After a delete the provider took: poll until ``gone()``. One still there when the wait ends may
+    still bill: the error says so, and to run the command again (it asks again) or use the console."""
+    try:
+        poll(
+            f"deletion of {what}",
+            lambda: True if gone() else None,
+            timing.delete_timeout_s,
+            timing.poll_interval_s,
+        )
+    except TimeoutError as exc:
+        raise ProviderError(
+            f"{what} was asked to be deleted and is still there after {timing.delete_timeout_s:g} s, so it "
+            f"may still bill: run {command()} again, which asks again, or delete it in the provider's "
+            "console"
+        ) from exc

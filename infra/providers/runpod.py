@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from pulumi.runtime import rpc
 
-from infra.providers.lifecycle import GrowOnly, Ownership, foreign_object, other_workshop, poll
+from infra.providers.lifecycle import GrowOnly, Ownership, foreign_object, other_workshop, until_gone
 from infra.providers.runpod_api import RunPodApi, RunPodError, RunPodProvider
 from infra.providers.timing import Timing
 
@@ -55,12 +55,8 @@ class _Collection(RunPodProvider):
         except RunPodError as exc:
             if exc.status != 404:
                 raise
-        timing = Timing.of(props)
-        poll(
-            f"deletion of {self.kind} {obj.get('name')!r}",
-            lambda: True if api.get_or_none(path) is None else None,
-            timing.delete_timeout_s,
-            timing.poll_interval_s,
+        until_gone(
+            f"{self.kind} {obj.get('name')!r}", lambda: api.get_or_none(path) is None, Timing.of(props)
         )
 
     def describe(self, obj: Any, props: dict[str, Any]) -> tuple[str, dict[str, Any]]:

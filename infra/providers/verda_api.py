@@ -25,9 +25,9 @@ from infra.credential_registry import VERDA_CLIENT_ID, VERDA_CLIENT_SECRET, from
 from infra.providers.lifecycle import (
     LifecycleProvider,
     kept_failing,
-    poll,
     rate_limited,
     retry_after_seconds,
+    until_gone,
 )
 from infra.providers.timing import Timing
 
@@ -228,9 +228,4 @@ def delete_confirmed(what: str, delete: Any, fetch: Any, timing: Timing) -> None
     except APIException as exc:
         if not is_not_found(exc):
             raise
-    poll(
-        f"deletion of {what}",
-        lambda: True if fetch() is None else None,
-        timing.delete_timeout_s,
-        timing.poll_interval_s,
-    )
+    until_gone(what, lambda: fetch() is None, timing)

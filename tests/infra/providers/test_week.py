@@ -560,6 +560,33 @@ def test_a_destroy_the_provider_refuses_for_now_says_to_run_destroy_again(
     assert case.remote(doubles, engine.state.id if engine.state else "") is None
 
 
+# The delete call the provider answers as done without doing it (the object stays, billing).
+UNDONE_DELETE = {"instance": ("PUT", "/instances", 202), "endpoint": ("DELETE", "/endpoints/.*", 200)}
+
+
+@pytest.mark.parametrize("kind", sorted(UNDONE_DELETE))
+def test_a_destroy_whose_object_stays_says_it_may_still_bill_and_what_to_do(
+    kind: str, doubles: Doubles
+) -> None:
+    """The provider took the delete but the object is still there when the wait ends: the message only
+    said the deletion 'did not happen within 2 s', not that the GPU may still bill nor what to do."""
+    case, engine, _ = created(kind, doubles)
+    assert engine.state is not None
+    method, path, status = UNDONE_DELETE[kind]
+    cloud = doubles[1] if case.cloud == "runpod" else doubles[0]
+    cloud.fail(method, path, status=status, code=None, message="", times=1000)
+
+    with pytest.raises(HostError) as refused:
+        engine.destroy()
+
+    message = str(refused.value).splitlines()[-1]
+    assert "may still bill" in message and "`pulumi destroy`" in message, message
+    assert "console" in message, message
+    cloud.faults.clear()
+    engine.destroy()
+    assert case.remote(doubles, engine.state.id if engine.state else "") is None
+
+
 @pytest.mark.parametrize("kind", ["instance", "endpoint"])
 def test_the_state_follows_the_provider_code_so_a_destroy_after_it_moved_still_deletes(
     kind: str, doubles: Doubles, monkeypatch: pytest.MonkeyPatch
