@@ -176,7 +176,10 @@ def test_the_frontend_bundle_is_sent_compressed(site: Site) -> None:
     from services.queue_manager.workspaces.frontend import static_root
 
     bundle = max((static_root() / "assets").glob("*.js"), key=lambda p: p.stat().st_size)
-    response = _client().get(f"{site.https}/w/ada/assets/{bundle.name}", headers={"Accept-Encoding": "gzip"})
+    headers = {"Accept-Encoding": "gzip"}  # to a logged-in browser: nobody else gets the frontend's files
+    response = _client().get(
+        f"{site.https}/w/ada/assets/{bundle.name}", headers=headers, auth=("ada", PASSWORD)
+    )
     assert response.status_code == 200 and response.headers["content-encoding"] == "gzip"
     assert len(response.content) == bundle.stat().st_size
     assert response.num_bytes_downloaded < bundle.stat().st_size / 2

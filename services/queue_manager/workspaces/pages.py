@@ -5,7 +5,8 @@ from __future__ import annotations
 from importlib.resources import files
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.requests import HTTPConnection
 
 from services.queue_manager.workspaces.deps import session_user
 from services.queue_manager.workspaces.frontend import asset_response, index_response
@@ -58,22 +59,33 @@ async def user_css(user: str) -> Response:
     return Response("", media_type="text/css")
 
 
-@assets.get("/{path:path}")
-async def asset(path: str, user: str) -> Response:
-    """The frontend's static files (the public package: no login needed)."""
+async def logged_in_asset(connection: HTTPConnection, path: str) -> Response:
+    """A file of the frontend package, for a logged-in browser only (any participant or the admin):
+    the package is public, but its 11 MB bundle, which nginx gzips anew on every request, would let
+    an anonymous loop spend the server's CPU and bandwidth. Nobody else needs it: the login page is
+    ours."""
+    if await session_user(connection) is None:
+        return JSONResponse({"detail": "log in first: open /w/login"}, status_code=401)
     return asset_response(path)
 
 
+@assets.get("/{path:path}")
+async def asset(request: Request, path: str, user: str) -> Response:
+    """The frontend's static files (``logged_in_asset``)."""
+    return await logged_in_asset(request, path)
+
+
 @root_assets.get("/assets/{path:path}")
-async def root_asset(path: str) -> Response:
+async def root_asset(request: Request, path: str) -> Response:
     """The frontend names a few of its files from the site root, as stock ComfyUI serves it there:
     the progress favicon frames (``/assets/images/favicon_progress_16x16/frame_N.png``), the default
-    avatar and ``/assets/favicon.ico``. The same public files as under ``/w/<user>/assets/``."""
-    return asset_response(f"assets/{path}")
+    avatar and ``/assets/favicon.ico``. The same files as under ``/w/<user>/assets/``."""
+    return await logged_in_asset(request, f"assets/{path}")
 
 
 @root_assets.get("/favicon.ico")
 async def favicon() -> Response:
     """The tab icon browsers ask the site root for on pages that name none (the login and admin
-    pages, the workspace before the frontend sets its own): the frontend's ComfyUI icon."""
+    pages, the workspace before the frontend sets its own): the frontend's ComfyUI icon, for anyone
+    (the login page's too)."""
     return asset_response("assets/favicon.ico")

@@ -53,15 +53,12 @@ def test_assets_outside_the_package_are_not_served(alice: httpx.Client) -> None:
     assert alice.get("/assets/..%2F..%2F__init__.py").status_code == 404
 
 
-def test_the_progress_favicon_the_frontend_names_from_the_site_root_is_served(
-    app_factory,  # type: ignore[no-untyped-def]
-) -> None:
+def test_the_progress_favicon_the_frontend_names_from_the_site_root_is_served(alice: httpx.Client) -> None:
     """While a job runs the tab's icon steps through ``/assets/images/favicon_progress_16x16/``."""
-    anonymous = app_factory()
     for frame in range(10):
-        icon = anonymous.get(f"/assets/images/favicon_progress_16x16/frame_{frame}.png")
+        icon = alice.get(f"/assets/images/favicon_progress_16x16/frame_{frame}.png")
         assert icon.status_code == 200 and icon.content.startswith(b"\x89PNG")
-    assert anonymous.get("/assets/images/fallback-gradient-avatar.svg").status_code == 200
+    assert alice.get("/assets/images/fallback-gradient-avatar.svg").status_code == 200
 
 
 def test_the_tab_icon_a_browser_asks_the_site_root_for_is_served(
