@@ -414,17 +414,17 @@ async def test_a_node_the_gpus_comfyui_offered_but_lost_is_not_blamed_on_her_wor
 async def test_a_job_ended_at_its_pools_maximum_job_time_is_stopped_in_comfyui_at_once(
     comfy: ComfyUIDouble, qm_factory: Callable[..., LiveServer], tmp_path: Path
 ) -> None:
-    """The worker holds each heartbeat open for a third of the lease (10 s here): the end of the job
+    """The worker holds each heartbeat open for a third of the lease (20 s here): the end of the job
     at its time limit reaches it through that open call, so the GPU is freed within moments of the
     job's end, not at the next heartbeat."""
-    qm = qm_factory(lease_seconds=30.0, pool_max_job_seconds={POOL: 1.0})
+    qm = qm_factory(lease_seconds=60.0, pool_max_job_seconds={POOL: 1.0})
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path)), participant(qm, "alice") as alice:
         comfy.knobs.node_seconds, comfy.knobs.progress_steps = 60.0, 600  # the interrupt is seen within 0.1 s
         job_id = await submit(alice, graph(color=20))
         await until(lambda: comfy.state.running is not None, "job running")
-        job = await finished(alice, job_id, timeout=10)
+        job = await finished(alice, job_id, timeout=30)
         ended = time.monotonic()
-        await until(lambda: comfy.state.running is None, "the job interrupted in ComfyUI", timeout=20)
+        await until(lambda: comfy.state.running is None, "the job interrupted in ComfyUI", timeout=30)
         delay = time.monotonic() - ended
     assert job.state == JobState.FAILED and job.error is not None and job.error.type == "JobTimeLimit"
-    assert delay < 2.0, f"ComfyUI ran the ended job {delay:.2f} s more"
+    assert delay < 5.0, f"ComfyUI ran the ended job {delay:.2f} s more"
