@@ -56,6 +56,17 @@ WARMUP = {
 STOP_MARGIN_SECONDS = 5.0
 
 
+def client_id_of(worker_id: str) -> str:
+    """The client id this run of the worker gives ComfyUI: its id, then 8 hex digits of its own."""
+    return f"{worker_id}-{uuid.uuid4().hex[:8]}"
+
+
+def is_client_of(worker_id: str, client_id: str) -> bool:
+    """Whether ``client_id`` is one a run of worker ``worker_id`` gave ComfyUI (``client_id_of``)."""
+    worker, _, run = client_id.rpartition("-")
+    return worker == worker_id and len(run) == 8 and all(c in "0123456789abcdef" for c in run)
+
+
 class WarmupFailedError(Exception):
     """The warmup workflow did not succeed: the worker must not report ready."""
 
@@ -91,7 +102,7 @@ class Agent:
             AttachedComfy(settings.comfyui_url) if settings.comfyui_url else ComfyProcess(settings)
         )
         self.comfy = ComfyClient(self.comfy_server.url, settings.comfyui_timeout)
-        self.events = EventStream(self.comfy.ws_url, f"{settings.worker_id}-{uuid.uuid4().hex[:8]}")
+        self.events = EventStream(self.comfy.ws_url, client_id_of(settings.worker_id))
         self.events.on_drop = lambda: self.comfy_server.lost(self.comfy, "its WebSocket closed")
         self.storage = storage or open_storage(settings.storage_url)
         self.files = JobFiles(
@@ -123,6 +134,7 @@ class Agent:
         report = queue_reporter(self.settings, queue) if queue is not None else None
         self.models = await ensure_models(self.settings, report=report)
         await self.comfy_server.start(self.comfy, self.settings.ready_timeout)
+        await self.stop_earlier_runs()
         try:
             await self.files.verify(self.comfy)
         except FoldersMismatchError as exc:
@@ -142,6 +154,26 @@ class Agent:
         self.runner.offered = set(self.catalogue)
         self.extensions = await self.comfy.web_extensions()
         self.templates = await self.comfy.workflow_templates()
+
+    async def stop_earlier_runs(self) -> None:
+        """Stop the prompts an earlier run of this worker left in ComfyUI (it was killed, and its
+        ComfyUI, attached, outlived it): their jobs are back in the queue (the lease lapses, the hold
+        ends as the worker registers again) and run again, so those prompts would only hold the GPU
+        from the next job, or run a job twice at once. Queued ones go first, then the running one is
+        interrupted (one that ignores it is waited for as any stuck prompt is)."""
+
+        def earlier(client_id: str) -> bool:
+            return client_id != self.events.client_id and is_client_of(self.settings.worker_id, client_id)
+
+        running, pending = await self.comfy.queued_by(earlier)
+        for prompt_id in pending:
+            await self.comfy.delete_queued(prompt_id)
+        for prompt_id in running:
+            await self.comfy.interrupt(prompt_id)
+        if running or pending:
+            log.warning(
+                "stopped %d prompts an earlier run of this worker left in ComfyUI", len(running + pending)
+            )
 
     async def stop(self) -> None:
         """Close the socket and stop a ComfyUI this agent started (safe after a failed start)."""

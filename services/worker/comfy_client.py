@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -21,6 +21,12 @@ VIEW_CHUNK = 1024 * 1024
 
 class ComfyUnavailableError(Exception):
     """ComfyUI did not answer (down, restarting, or crashed)."""
+
+
+def client_of(row: list[Any]) -> str:
+    """The client id a ``/queue`` row's prompt was submitted with ('' when none)."""
+    extra = row[3] if len(row) > 3 else None
+    return str(extra.get("client_id") or "") if isinstance(extra, dict) else ""
 
 
 class ComfyBusyError(ComfyUnavailableError):
@@ -142,12 +148,19 @@ class ComfyClient:
 
     async def queue(self) -> tuple[list[str], list[str]]:
         """Prompt ids running and pending."""
+        return await self.queued_by(lambda _: True)
+
+    async def queued_by(self, clients: Callable[[str], bool]) -> tuple[list[str], list[str]]:
+        """Prompt ids running and pending that a client id ``clients`` picks submitted (ComfyUI
+        keeps it in each queue row's extra_data; '' when none)."""
         reply = await self._call("GET", "/queue")
         reply.raise_for_status()
         body = reply.json()
-        return [row[1] for row in body.get("queue_running", [])], [
-            row[1] for row in body.get("queue_pending", [])
-        ]
+
+        def picked(rows: list[Any]) -> list[str]:
+            return [str(row[1]) for row in rows if clients(client_of(row))]
+
+        return picked(body.get("queue_running", [])), picked(body.get("queue_pending", []))
 
     async def interrupt(self, prompt_id: str) -> None:
         (await self._call("POST", "/interrupt", json={"prompt_id": prompt_id})).raise_for_status()

@@ -23,7 +23,7 @@ from devkit.doubles.comfyui import ComfyUIDouble
 from services.protocol.jobs import Job, JobState
 from services.protocol.workers import Lease
 from services.storage.local import LocalStorage
-from services.worker.agent import Agent
+from services.worker.agent import Agent, client_id_of, is_client_of
 from services.worker.comfy_client import ComfyClient
 from services.worker.queue_client import LeaseLostError, QueueClient
 from services.worker.settings import WorkerSettings
@@ -388,6 +388,42 @@ async def test_a_worker_whose_warmup_meets_an_attached_comfyui_already_stuck_sta
     assert waiting.state == JobState.QUEUED and waiting.attempts == 0
     assert done.state == JobState.SUCCEEDED and done.attempts == 1, done.error
     assert any(f"restart ComfyUI at {comfy.url}" in r.getMessage() for r in caplog.records)
+
+
+def sleeping(color: int, seconds: float) -> dict[str, Any]:
+    """A graph whose image waits ``seconds`` in ComfyUI's own TestSleep node (it heeds an interrupt)."""
+    slow = graph(color=color)
+    slow["4"] = {"class_type": "TestSleep", "inputs": {"value": ["2", 0], "seconds": seconds}}
+    slow["3"]["inputs"]["images"] = ["4", 0]
+    return slow
+
+
+async def test_a_worker_killed_with_jobs_in_its_attached_comfyui_stops_them_when_it_is_back(
+    comfy: ComfyUIDouble, qm: LiveServer, alice: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A worker SIGKILLed leaves its last prompts in an attached ComfyUI, which outlives it: the
+    running one (its job, or the prepared one it had just handed over) and any queued behind it.
+    Their jobs come back to the queue (the lease lapses, or the hold ends as the worker registers
+    again) and run again, so those prompts would only keep the GPU from her job, or run a job twice
+    at once. Back, the worker stops the prompts its own client id left, and her job runs at once."""
+    async with httpx.AsyncClient(base_url=comfy.url) as before:
+        for color in (26, 27):
+            left = {"prompt": sleeping(color, 3600), "client_id": "w-test-0badf00d"}  # its last run's
+            (await before.post("/prompt", json=left)).raise_for_status()
+    await until(lambda: comfy.state.running is not None, "the killed worker's prompt runs on")
+    async with pull_worker(worker_settings(comfy, qm.url, tmp_path, warmup=False)):
+        job_id = await submit(alice, graph(color=28))
+        done = await finished(alice, job_id, timeout=10)
+    assert done.state == JobState.SUCCEEDED and done.attempts == 1, done.error
+    assert comfy.state.running is None and comfy.state.pending == []  # nothing of the last run left
+
+
+def test_a_worker_takes_only_its_own_runs_client_ids_for_its_own() -> None:
+    """The prompts a starting worker stops are its own earlier runs', never another worker's or
+    someone's using the same ComfyUI (a worker id that starts with this one's included)."""
+    assert is_client_of("w1", client_id_of("w1")) and client_id_of("w1") != client_id_of("w1")
+    assert not is_client_of("w1", client_id_of("w1-b")) and not is_client_of("w1-b", client_id_of("w1"))
+    assert not is_client_of("w1", "w1-organizer") and not is_client_of("w1", "last-run")
 
 
 async def test_a_node_the_gpus_comfyui_offered_but_lost_is_not_blamed_on_her_workflow(
