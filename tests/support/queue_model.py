@@ -3,7 +3,8 @@
 Participants submit, pull workers of two pools claim (idle, or busy ones preparing their next job),
 heartbeat, complete, fail, give jobs back, drain, register again and leave; participants and the
 admin cancel; the admin pauses, resumes, changes priorities and requeues dead letters; the clock
-moves and the reaper runs. The model is plain Python that predicts each call's outcome from the
+moves and the reaper runs (ending lapsed leases, and jobs past their worker's pool's maximum job
+time however their workers renew them). The model is plain Python that predicts each call's outcome from the
 rules the docs state; after every step the Redis the scripts wrote is read back and held against
 it: every job in exactly one place, a job leased to one worker under one token, the per-user sets,
 limits and attempts, the admin page's overview and counts, worker records, holds, and the order
@@ -62,6 +63,8 @@ BACKOFF_MAX_MS = 2000
 MAX_ATTEMPTS = 2
 MAX_LOSSES = 2
 MAX_QUEUED = 3
+JOB_LIMIT_MS = {"gpu": 1000}  # each pool's maximum job time: well below the lease, so a job can outlast it
+DEFAULT_JOB_LIMIT_MS = 1500  # a pool JOB_LIMIT_MS does not name (cpu)
 START_MS = 1_800_000_000_000
 WAITING = ("queued", "delayed")
 ENDED = ("succeeded", "failed", "cancelled")
@@ -91,6 +94,7 @@ class ModelJob:
     done_token: str = ""  # the token that ended the last lease (a repeat of its call changes nothing)
     worker: str = ""
     expires: int = 0
+    started: int = 0  # when its lease began (the maximum job time counts from there)
     due: int = 0
     cancel: bool = False
     holder: str = ""  # the busy worker it is held (prepared) for, while queued
@@ -141,6 +145,8 @@ class QueueModel(RuleBasedStateMachine):
             "lease_seconds": LEASE_MS / 1000,
             "retry_backoff_seconds": BACKOFF_MS / 1000,
             "retry_backoff_max_seconds": BACKOFF_MAX_MS / 1000,
+            "max_job_seconds": DEFAULT_JOB_LIMIT_MS / 1000,
+            "pool_max_job_seconds": {pool: ms / 1000 for pool, ms in JOB_LIMIT_MS.items()},
             **self.more_settings,
         }
         self.store = Store(self.client, make_settings(self.redis_url, **overrides))
@@ -232,6 +238,7 @@ class QueueModel(RuleBasedStateMachine):
         j.state, j.token, j.worker = "leased", token, worker_id
         j.attempts += 1
         j.expires = self.clock + LEASE_MS
+        j.started = self.clock
         j.tokens.append(token)
         queue = (j.scope, self.level(j))
         self.queue_round[queue] = max(self.queue_round.get(queue, -1), j.round)
@@ -661,12 +668,29 @@ class QueueModel(RuleBasedStateMachine):
         for j in sorted(self.in_state("leased"), key=lambda j: j.expires):
             if j.expires <= self.clock:
                 expected.add((j.id, j.user, self.lapse(j)))
+            elif self.overran(j):
+                expected.add((j.id, j.user, "overrun"))
         for j in self.in_state("delayed"):
             if j.due <= self.clock:
                 self.enqueue(j)
                 expected.add((j.id, j.user, "requeued"))
         touched = self.run(self.store.reap(now=self.clock))
         assert set(touched) == expected
+
+    def overran(self, j: ModelJob) -> bool:
+        """A job past its worker's pool's maximum job time, however its worker renews it, ends as
+        finish.lua ends an 'overrun': dead-lettered (cancelled when its owner asked). A worker that
+        left for good (deregistered) names no pool: its job runs on until its lease lapses."""
+        w = self.workers[j.worker]
+        if not w.registered or self.clock - j.started < JOB_LIMIT_MS.get(w.pool, DEFAULT_JOB_LIMIT_MS):
+            return False
+        self.end_lease(j)
+        if j.cancel:
+            self.end(j, "cancelled")
+        else:
+            j.dead = True
+            self.end(j, "failed")
+        return True
 
     def lapse(self, j: ModelJob) -> str:
         for wid, w in self.workers.items():
