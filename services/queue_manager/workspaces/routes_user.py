@@ -47,6 +47,17 @@ def raw_userdata_path(request: Request) -> str:
     return USERDATA_PATH.sub("", raw, count=1)
 
 
+def decoded(name: str) -> str:
+    """A ``/userdata`` name as the participant meant it; 400 for one that is no UTF-8 (decoded with
+    replacement, ``%FF`` and ``%FE`` would name one file, and saving one would overwrite the other)."""
+    try:
+        return unquote(name, errors="strict")
+    except UnicodeDecodeError:
+        raise UserDataError(
+            400, f"{name[:80]!r} is not UTF-8 once decoded: encode the name as UTF-8"
+        ) from None
+
+
 @router.get("/users")
 async def users(user: Participant) -> dict[str, Any]:
     """Single-user mode: the frontend keeps everything on the server, for this participant."""
@@ -108,8 +119,8 @@ async def list_userdata(request: Request, data: UserDataDep) -> Response:
 
 @router.get("/userdata/{path:path}")
 async def read_userdata(request: Request, data: UserDataDep) -> Response:
-    path = unquote(raw_userdata_path(request))
     try:
+        path = decoded(raw_userdata_path(request))
         body = await data.read(path)
     except UserDataError as exc:
         return problem(exc)
@@ -136,9 +147,9 @@ async def write_userdata(request: Request, data: UserDataDep) -> Response:
         if moving and not dest:
             raise UserDataError(400, "a move names its destination: POST /userdata/<file>/move/<new name>")
         if moving:
-            info = await data.move(unquote(source), unquote(dest), overwrite=overwrite)
+            info = await data.move(decoded(source), decoded(dest), overwrite=overwrite)
         else:
-            info = await data.write(unquote(source), await request.body(), overwrite=overwrite)
+            info = await data.write(decoded(source), await request.body(), overwrite=overwrite)
     except UserDataError as exc:
         return problem(exc)
     return JSONResponse(file_answer(info, flag(request, "full_info")))
@@ -147,7 +158,7 @@ async def write_userdata(request: Request, data: UserDataDep) -> Response:
 @router.delete("/userdata/{path:path}")
 async def delete_userdata(request: Request, data: UserDataDep) -> Response:
     try:
-        await data.delete(unquote(raw_userdata_path(request)))
+        await data.delete(decoded(raw_userdata_path(request)))
     except UserDataError as exc:
         return problem(exc)
     return Response(status_code=204)

@@ -72,3 +72,14 @@ def test_a_file_with_a_tag_stored_before_the_rule_is_not_listed(
     (root / "<img src=x>.png").write_bytes(png())
     (root / "plain.png").write_bytes(png())
     assert listed(alice) == ["plain.png"]
+
+
+def test_a_saved_file_name_that_is_no_utf8_is_refused_not_merged_with_another(alice: httpx.Client) -> None:
+    """'%FF' and '%FE' both decoded to U+FFFD, so saving the second overwrote the first: two names,
+    one file, one of them lost. A name that is no UTF-8 is refused (400) naming the fix."""
+    first = alice.post("/w/alice/api/userdata/workflows%2Fa%FF.json", content=b'{"first": 1}')
+    assert first.status_code == 400, first.text
+    assert "UTF-8" in first.json()["error"]
+    assert alice.post("/w/alice/api/userdata/workflows%2Fok.json/move/b%FE.json").status_code in (400, 404)
+    assert alice.get("/w/alice/api/userdata/workflows%2Fa%FE.json").status_code == 400
+    assert alice.delete("/w/alice/api/userdata/workflows%2Fa%FE.json").status_code == 400
