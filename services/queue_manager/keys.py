@@ -46,6 +46,7 @@
 | ``{p}:admin:sampled:{n}`` | string | set (NX) by the process that takes interval n's sample | expires |
 | ``{p}:admin:gpu:{pool}`` | list | per finished job: GPU, idle gap, upload seconds (JSON) | capped |
 | ``{p}:admin:left`` | hash | pool -> ms its deregistered workers were up, for the cost | forever |
+| ``{p}:admin:left_spans`` | zset | those workers' spans (JSON, by end), for the busy fraction | newest 1000 |
 | ``{p}:ws:ud:{u}`` | hash | a participant's user data (saved workflows, templates): path -> bytes | forever |
 | ``{p}:ws:udmeta:{u}`` | hash | the same paths -> ``"<size> <modified ms>"`` | forever |
 | ``{p}:ws:settings:{u}`` | hash | a participant's ComfyUI settings: id -> JSON value | forever |
@@ -146,6 +147,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("admin:sampled:{n}", "string", Carried.LEFT, "expires within one sampling interval"),
     Family("admin:gpu:{pool}", "list", Carried.LEFT, "GPU use of a platform that no longer runs"),
     Family("admin:left", "hash", Carried.LEFT, "the cost of a platform that no longer runs"),
+    Family("admin:left_spans", "zset", Carried.LEFT, "GPU use of a platform that no longer runs"),
     Family("ws:ud:{u}", "hash", Carried.COPIED),
     Family("ws:udmeta:{u}", "hash", Carried.COPIED),
     Family("ws:settings:{u}", "hash", Carried.COPIED),
@@ -205,6 +207,10 @@ class Keys:
     @property
     def admin_left(self) -> str:
         return f"{self.prefix}:admin:left"
+
+    @property
+    def admin_left_spans(self) -> str:
+        return f"{self.prefix}:admin:left_spans"
 
     def session(self, digest: str) -> str:
         return f"{self.prefix}:session:{digest}"

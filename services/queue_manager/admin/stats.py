@@ -10,7 +10,9 @@ into a capped Redis list, so every admin tab (and a restart) sees the same histo
 mark per interval lets only one of several processes sharing the Redis take each sample. A stats
 request adds the current figures as a last, unstored point. Cost so far is each worker's up time
 (registered to now, or to its last sign of life once gone; for one that left, deregistering, the
-time kept in ``{p}:admin:left``) times its pool's hourly price from ``QM_GPU_PRICES``.
+time kept in ``{p}:admin:left``) times its pool's hourly price from ``QM_GPU_PRICES``. The busy
+fraction's hour counts the same up time: that of workers no longer listed (a GPU host's models sync
+that finished, a gone record forgotten) from their spans in ``{p}:admin:left_spans``.
 
 | key | type | holds |
 |---|---|---|
@@ -150,22 +152,32 @@ def quantile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def up_seconds(workers: list[WorkerInfo], now: float, window: float) -> float:
-    """Seconds the known workers were up (``up_span``) within the last ``window``: a worker that
-    crashed meanwhile ran some of the window's jobs, so its hours count as well as the live ones'."""
-    spans = [span for w in workers if (span := up_span(w, now)) is not None]
+Span = tuple[float, float]
+
+
+def up_seconds(workers: list[WorkerInfo], now: float, window: float, left: list[Span] | None = None) -> float:
+    """Seconds the known workers were up (``up_span``), and those no longer listed (``left``: a GPU
+    host's models sync that finished, a gone record forgotten), within the last ``window``: a worker
+    that crashed meanwhile ran some of the window's jobs, and a host syncing its models was paid for,
+    so their hours count as well as the live ones'."""
+    spans = [span for w in workers if (span := up_span(w, now)) is not None] + (left or [])
     return sum(max(0.0, end - max(start, now - window)) for start, end in spans)
 
 
 def pool_gpu(
-    records: list[dict[str, float]], workers: list[WorkerInfo], now: float, window: float
+    records: list[dict[str, float]],
+    workers: list[WorkerInfo],
+    now: float,
+    window: float,
+    left: list[Span] | None = None,
 ) -> PoolGpu:
-    """One pool's ``PoolGpu`` from its jobs' timings within the window and its workers."""
+    """One pool's ``PoolGpu`` from its jobs' timings within the window, its workers and the spans of
+    those that left (``left``)."""
     recent = [r for r in records if r.get("t", 0.0) >= now - window]
     gpu = sum(r.get("gpu_seconds") or 0.0 for r in recent)
     gaps = [r["idle_gap_seconds"] * 1000 for r in recent if r.get("idle_gap_seconds") is not None]
     uploads = [r["upload_seconds"] for r in recent if r.get("upload_seconds") is not None]
-    up = up_seconds(workers, now, window)
+    up = up_seconds(workers, now, window, left)
     return PoolGpu(
         busy_fraction=round(min(1.0, gpu / up), 4) if up else 0.0,
         gap_ms_p50=quantile(gaps, 0.5),
@@ -180,7 +192,11 @@ async def gpu_by_pool(
     store: Store, workers: list[WorkerInfo], now: float, window: float = 3600
 ) -> dict[str, PoolGpu]:
     """Every known pool's GPU use over the last ``window`` seconds (the admin page, Prometheus)."""
-    pools = sorted({w.capabilities.pool for w in workers})
+    left: dict[str, list[Span]] = {}
+    for text in await store.redis.zrangebyscore(store.keys.admin_left_spans, (now - window) * 1000, "+inf"):
+        span = json.loads(text)
+        left.setdefault(span["pool"], []).append((span["from_ms"] / 1000, span["to_ms"] / 1000))
+    pools = sorted({w.capabilities.pool for w in workers} | set(left))
     async with store.redis.pipeline(transaction=False) as pipe:
         for pool in pools:
             pipe.lrange(store.keys.admin_gpu(pool), 0, -1)
@@ -191,6 +207,7 @@ async def gpu_by_pool(
             [w for w in workers if w.capabilities.pool == pool],
             now,
             window,
+            left.get(pool),
         )
         for pool, items in zip(pools, found, strict=True)
     }

@@ -1,7 +1,7 @@
 -- A worker leaves for good (a GPU host's models sync that finished). ARGV: prefix, worker_id,
 -- parked_ms (the longest a claim it sent before may still wait: QM_CLAIM_WAIT_MAX_SECONDS), now_ms.
--- The time it was up (registered to now) is added to its pool's in {p}:admin:left: the host was
--- paid for, and the admin page's cost so far keeps it.
+-- The time it was up (registered to now) is kept (keep_up_time): the host was paid for, and the
+-- admin page's cost so far and busy fraction keep it.
 -- Its record and its place in the workers list go, and a job still held (prepared) for it is given
 -- back in the same step (still queued, first in line for any worker, no attempt counted), so the
 -- admin never sees a job held for a worker that is not listed. A worker running a job stays.
@@ -19,7 +19,7 @@ end
 local held = end_hold_of(worker_id)
 local up = redis.call('HMGET', key, 'pool', 'registered_at')
 if up[1] and up[2] then
-  redis.call('HINCRBY', k('admin', 'left'), up[1], math.max(0, tonumber(ARGV[4]) - tonumber(up[2])))
+  keep_up_time(up[1], worker_id, tonumber(up[2]), tonumber(ARGV[4]))
 end
 redis.call('DEL', key)
 redis.call('HSET', key, 'state', 'draining')

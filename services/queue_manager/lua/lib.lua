@@ -127,6 +127,18 @@ local function end_hold_of(worker_id)
   return held
 end
 
+-- A worker's up time from from_ms to to_ms leaves its record (deregistered, or a gone record
+-- forgotten or started anew): added to its pool's total in {p}:admin:left (the cost so far) and
+-- kept as a span in {p}:admin:left_spans, scored by its end (the newest 1000), so the admin page's
+-- busy fraction still counts the time within its hour (a GPU host's models sync, paid for too).
+local function keep_up_time(pool, worker_id, from_ms, to_ms)
+  local up = math.max(0, to_ms - from_ms)
+  redis.call('HINCRBY', k('admin', 'left'), pool, up)
+  local span = cjson.encode({pool = pool, worker_id = worker_id, from_ms = from_ms, to_ms = to_ms})
+  redis.call('ZADD', k('admin', 'left_spans'), to_ms, span)
+  redis.call('ZREMRANGEBYRANK', k('admin', 'left_spans'), 0, -1001)
+end
+
 -- An idle worker's claim named by its client (claim_id, '' = unnamed) leased job_id: kept on the
 -- worker's record, so a repeat of the claim after a lost reply gets that lease again (claim.lua),
 -- whichever step leased it (claim.lua, or submit.lua for a claim parked in the queue manager).

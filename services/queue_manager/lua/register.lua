@@ -27,11 +27,11 @@ if not known and count >= tonumber(ARGV[9]) then
   return {'full'}
 end
 
--- The time a record was up, from its registration to its last sign of life, goes to its pool's
--- in {p}:admin:left (what the admin page's cost keeps of workers no longer listed).
-local function keep_up_time(fields)
+-- The time a record was up, from its registration to its last sign of life, is kept (keep_up_time:
+-- what the admin page's cost and busy fraction keep of workers no longer listed).
+local function keep_record_time(id, fields)
   if fields[1] and fields[2] and fields[3] then
-    redis.call('HINCRBY', k('admin', 'left'), fields[1], math.max(0, tonumber(fields[3]) - tonumber(fields[2])))
+    keep_up_time(fields[1], id, tonumber(fields[2]), tonumber(fields[3]))
   end
 end
 
@@ -44,7 +44,7 @@ local function forget_gone(cutoff, keep)
       kept = kept + 1
       if kept > keep then
         end_hold_of(id)
-        keep_up_time(fields)
+        keep_record_time(id, fields)
         redis.call('DEL', k('worker', id))
         redis.call('ZREM', k('workers'), id)
       end
@@ -59,7 +59,7 @@ local since = now
 if before[2] and before[3] and now - tonumber(before[3]) <= tonumber(ARGV[8]) then
   since = before[2]
 else
-  keep_up_time(before)
+  keep_record_time(worker_id, before)
 end
 redis.call('HSET', key, 'pool', pool, 'capabilities', ARGV[4], 'state', ARGV[5], 'job_id', '',
   'registered_at', since, 'last_seen', now)

@@ -136,3 +136,30 @@ async def test_a_models_sync_that_leaves_keeps_its_cost(client: httpx.AsyncClien
     assert (await client.get("/api/admin/workers", headers=ADMIN)).json() == []
     assert stats["cost_by_pool"]["gpu"] == pytest.approx(1.0, abs=0.01)
     assert stats["cost_so_far"] == pytest.approx(1.0, abs=0.01)
+
+
+async def test_a_models_sync_that_left_counts_in_its_pools_busy_fraction(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """A GPU host synced its models for 30 minutes (h1-models, then gone from the page), and its
+    worker w1 has run 900 s of jobs in the 30 minutes since: the pool's GPUs were paid for an hour
+    and busy a quarter of it, not the half that w1's own time alone makes of it."""
+    syncing = WorkerCapabilities(
+        pool="gpu", provider="verda", models_sync=ModelsProgress(state="syncing", files_total=3)
+    )
+    report = WorkerRegistration(worker_id="h1-models", capabilities=syncing).model_dump_json()
+    (await client.post("/api/workers/register", content=report, headers=JSON)).raise_for_status()
+    redis, keys = app.state.store.redis, app.state.store.keys
+    await redis.hset(keys.worker("h1-models"), "registered_at", now_ms() - 1_800_000)
+    assert (await client.post("/api/workers/h1-models/deregister", headers=GPU)).status_code == 204
+    (
+        await client.post("/api/workers/register", content=registration("w1").model_dump_json(), headers=JSON)
+    ).raise_for_status()
+    await run_one(client, JobTiming(gpu_seconds=900.0))
+    await redis.hset(keys.worker("w1"), "registered_at", now_ms() - 1_800_000)
+
+    stats = (await client.get("/admin/api/stats", headers=ADMIN)).json()
+    metrics = (await client.get("/metrics")).text
+
+    assert stats["gpu_by_pool"]["gpu"]["busy_fraction"] == pytest.approx(0.25, abs=0.01)
+    assert sample(metrics, 'qm_gpu_busy_fraction{pool="gpu"}') == pytest.approx(0.25, abs=0.01)
