@@ -60,6 +60,10 @@ class ModelFile(Model, ManifestEntry):
     as the stack config writes it (camelCase keys, no unknown ones)."""
 
 
+MAX_MANIFEST_BYTES = 120_000
+"""The models manifest as JSON, at most: Linux holds one environment variable to 128 KiB with its name."""
+
+
 def manifest_json(models: list[ModelFile]) -> str | None:
     """The manifest workers read from `WORKER_MODELS_MANIFEST`, or None when no model is listed."""
     if not models:
@@ -205,6 +209,21 @@ class _WithPools(Model):
         problem = manifest_problem([model.path for model in value])  # the workers' own rule
         if problem is not None:
             raise ValueError(problem)
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _fits_one_variable(cls, value: list[ModelFile]) -> list[ModelFile]:
+        """The workers get the manifest in one environment variable, which Linux caps (a container's
+        start fails with 'argument list too long' past it)."""
+        size = len(manifest_json(value) or "")
+        if size > MAX_MANIFEST_BYTES:
+            raise ValueError(
+                f"the {len(value)} models take {size:,} bytes as the workers' WORKER_MODELS_MANIFEST_JSON, "
+                f"more than the {MAX_MANIFEST_BYTES:,} one environment variable may hold (every GPU "
+                "worker would fail to start); fix: shorten the models' paths and sources (keys in the "
+                "models bucket), or list fewer models"
+            )
         return value
 
     @field_validator("models")

@@ -437,3 +437,24 @@ def test_a_nonsense_maximum_job_time_names_the_range(seconds: object) -> None:
     text = problems("workshop", {"pools": [workshop_pool(maxJobSeconds=seconds)]})
     assert f"comfy-workshop:pools[0].maxJobSeconds = {seconds!r}" in text
     assert "60" in text and "86400" in text
+
+
+def test_a_models_list_too_long_for_the_workers_environment_is_refused_at_preview() -> None:
+    """The workers get the manifest in one environment variable (WORKER_MODELS_MANIFEST_JSON), which
+    Linux caps at 128 KiB: 500 LoRAs with paths and bucket keys of a hundred characters passed the
+    preview, and every GPU worker's container then failed to start ('argument list too long')."""
+    folder = "loras/" + "workshop-styles-" * 5
+    models = [
+        {
+            "path": f"{folder}{index:03d}.safetensors",
+            "size": 1,
+            "sha256": f"{index:064x}",
+            "source": f"{folder}{index:03d}",
+        }
+        for index in range(500)
+    ]
+    text = problems("workshop", {"models": models})
+    assert "comfy-workshop:models" in text and "WORKER_MODELS_MANIFEST_JSON" in text, text
+    assert "fix:" in text
+    set_config(stack_values("workshop", {"models": models[:300]}))
+    assert len(load_config("workshop").models) == 300  # 92 KB: fits
