@@ -187,6 +187,7 @@ def catalogue(input_files: list[str]) -> dict[str, dict[str, Any]]:
             "image/video",
             True,
             display="Save Video",
+            hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         ),
         node("LoadAudio", {"audio": [audio, {"audio_upload": True}]}, ["AUDIO"], "audio"),
         node(
@@ -196,6 +197,7 @@ def catalogue(input_files: list[str]) -> dict[str, dict[str, Any]]:
             "audio",
             True,
             display="Save Audio (FLAC)",
+            hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         ),
         TEST_SLEEP,
         TEST_OUTPUT_WITHOUT_UI,
@@ -403,8 +405,16 @@ def _websocket(f: Folders, i: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
     return (), None
 
 
+def container_text(prompt: Any, extra_pnginfo: Any) -> bytes:
+    """What ComfyUI's SaveVideo and SaveAudio put in the container's metadata (``png_text``'s
+    entries), here as ``key=value`` lines after the double's own header."""
+    return b"".join(f"\n{key}={value}".encode() for key, value in png_text(prompt, extra_pnginfo).items())
+
+
 def _save_video(f: Folders, i: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    header = MP4_MAGIC + json.dumps(i["video"]).encode()
+    header = (
+        MP4_MAGIC + json.dumps(i["video"]).encode() + container_text(i.get("prompt"), i.get("extra_pnginfo"))
+    )
     return (), {
         "images": _save(f, f.output, "output", i["filename_prefix"], "mp4", [header]),
         "animated": [True],
@@ -412,7 +422,9 @@ def _save_video(f: Folders, i: dict[str, Any]) -> tuple[tuple[Any, ...], dict[st
 
 
 def _save_audio(f: Folders, i: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    header = FLAC_MAGIC + json.dumps(i["audio"]).encode()
+    header = (
+        FLAC_MAGIC + json.dumps(i["audio"]).encode() + container_text(i.get("prompt"), i.get("extra_pnginfo"))
+    )
     return (), {"audio": _save(f, f.output, "output", i["filename_prefix"], "flac", [header])}
 
 

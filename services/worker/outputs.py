@@ -25,7 +25,7 @@ A file the entry names that the job did not write is a ComfyUI cache hit replayi
 earlier output (output nodes are salted per owner: ``job_files``): it is in the owner's storage
 already (or was deleted since, as it can be on ComfyUI) and is named as it is, nothing uploaded.
 
-A PNG's embedded graph is the one its owner submitted, without the worker's salt (``png_prompt``).
+The graph an output embeds is the one its owner submitted, without the worker's salt (``embedded_prompt``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any
 
 from services.protocol.jobs import OutputFile, storage_key
 from services.storage import KeyTakenError, Storage, StorageError, StorageUnavailableError, holds, patiently
-from services.worker.png_prompt import unsalt_png
+from services.worker.embedded_prompt import unsalt_file
 
 CHUNK = 1024 * 1024
 COUNTED = re.compile(
@@ -150,7 +150,7 @@ async def store_output(
     path = written(folder, ref)
     if path is None:
         return await reused_output(storage, user, ref)
-    await asyncio.to_thread(unsalt_png, path)
+    await asyncio.to_thread(unsalt_file, path)
     content_type = mimetypes.guess_type(ref.filename)[0] or "application/octet-stream"
     counted = COUNTED.fullmatch(ref.filename)
     if counted is None:  # a node's fixed name: written over, as ComfyUI does

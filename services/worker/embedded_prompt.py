@@ -1,18 +1,23 @@
-"""The graph a participant's PNG carries is the graph she ran, not the worker's salted copy.
+"""The graph a participant's output carries is the graph she ran, not the worker's salted copy.
 
-ComfyUI's image savers (``SaveImage``, ``PreviewImage``, ``SaveAnimatedPNG``) write the prompt
-ComfyUI was given into a ``tEXt`` chunk named ``prompt``, before the image data. The worker gives
-ComfyUI her graph with its salt on some nodes (``job_files.salted``: ``SALT_INPUT``, naming her user
-name), so ComfyUI's file would tell whoever she shares it with who she is, and carry an input no
-ComfyUI of her own would have. Before a saved PNG goes to her storage, ``unsalt_png`` rewrites that
-one chunk to the graph as she submitted it (the salt taken out of each node's inputs, the rest as
-ComfyUI wrote it); the image data is copied as it is. A file that is not such a PNG is left alone.
+ComfyUI's savers write the prompt ComfyUI was given (``json.dumps``) into the file: image savers
+(``SaveImage``, ``PreviewImage``, ``SaveAnimatedPNG``) into a PNG ``tEXt`` chunk named ``prompt``
+before the image data, ``SaveAnimatedWEBP`` into its EXIF, ``SaveVideo`` and ``SaveAudio`` into the
+container's metadata. The worker gives ComfyUI her graph with its salt on some nodes
+(``job_files.salted``: ``SALT_INPUT``, naming her user name), so ComfyUI's file would tell whoever
+she shares it with who she is, and carry an input no ComfyUI of her own would have. Before an
+output goes to her storage, ``unsalt_file`` takes the salt out: a PNG's ``prompt`` chunk is
+rewritten to the graph as she submitted it (the rest as ComfyUI wrote it, the image data copied as
+it is); in any other file each ``"workshop_job": "..."`` entry of the JSON is blanked with spaces,
+which leaves the JSON the same graph and every length and offset of the container as it was.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
+import re
 import shutil
 import struct
 import zlib
@@ -24,6 +29,8 @@ from services.worker.job_files import SALT_INPUT
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PROMPT_KEY = b"prompt\0"
 IMAGE_DATA = {b"IDAT", b"IEND"}  # ComfyUI's text chunks all come before these
+SALTED = re.compile(rb'(, )?"' + SALT_INPUT.encode() + rb'": "[^"\\]*"')
+"""The salt as ``json.dumps`` writes it among a node's inputs (the last one: ``salted`` adds it)."""
 
 
 def unsalted_prompt(text: bytes) -> bytes:
@@ -65,6 +72,25 @@ def text_chunks(source: BinaryIO) -> tuple[bytes, bool]:
                 continue
         head += header + body + crc
     return bytes(head), changed
+
+
+def unsalt_file(path: Path) -> None:
+    """Take the worker's salt out of the graph the output at ``path`` carries (see the module)."""
+    with path.open("rb") as source:
+        png = source.read(len(PNG_MAGIC)) == PNG_MAGIC
+    if png:
+        unsalt_png(path)
+    else:
+        blank_salt(path)
+
+
+def blank_salt(path: Path) -> None:
+    """Overwrite each salt entry in the file with spaces, in place."""
+    if path.stat().st_size == 0:
+        return
+    with path.open("r+b") as handle, mmap.mmap(handle.fileno(), 0) as data:
+        for found in SALTED.finditer(data):
+            data[found.start() : found.end()] = b" " * (found.end() - found.start())
 
 
 def unsalt_png(path: Path) -> None:
