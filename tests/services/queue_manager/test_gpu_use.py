@@ -118,20 +118,24 @@ async def test_a_worker_that_reports_its_models_sync_costs_from_its_first_report
     assert (await client.get("/admin/api/stats", headers=ADMIN)).json()["cost_by_pool"]["gpu"] == 0.0
 
 
-async def test_a_models_sync_that_leaves_keeps_its_cost(client: httpx.AsyncClient, app: FastAPI) -> None:
-    """A GPU host syncs its models under its own worker id, shown as starting, then leaves the admin
-    page (deregister) and its workers start: the 30 minutes it was paid for stay in the cost."""
+async def models_sync_leaves_after_half_an_hour(client: httpx.AsyncClient, app: FastAPI) -> int:
+    """GPU host h1 syncs its models for 30 minutes, shown as starting (h1-models), then leaves the
+    admin page (deregister); returns the deregistration's status."""
     syncing = WorkerCapabilities(
         pool="gpu", provider="verda", models_sync=ModelsProgress(state="syncing", files_total=3)
     )
     report = WorkerRegistration(worker_id="h1-models", capabilities=syncing).model_dump_json()
     (await client.post("/api/workers/register", content=report, headers=JSON)).raise_for_status()
-    redis, keys = app.state.store.redis, app.state.store.keys
-    await redis.hset(keys.worker("h1-models"), "registered_at", now_ms() - 1_800_000)
+    await app.state.store.redis.hset(
+        app.state.store.keys.worker("h1-models"), "registered_at", now_ms() - 1_800_000
+    )
+    return (await client.post("/api/workers/h1-models/deregister", headers=GPU)).status_code
 
-    left = await client.post("/api/workers/h1-models/deregister", headers=GPU)
 
-    assert left.status_code == 204
+async def test_a_models_sync_that_leaves_keeps_its_cost(client: httpx.AsyncClient, app: FastAPI) -> None:
+    """A GPU host syncs its models under its own worker id, shown as starting, then leaves the admin
+    page (deregister) and its workers start: the 30 minutes it was paid for stay in the cost."""
+    assert await models_sync_leaves_after_half_an_hour(client, app) == 204
     stats = (await client.get("/admin/api/stats", headers=ADMIN)).json()
     assert (await client.get("/api/admin/workers", headers=ADMIN)).json() == []
     assert stats["cost_by_pool"]["gpu"] == pytest.approx(1.0, abs=0.01)
@@ -144,14 +148,8 @@ async def test_a_models_sync_that_left_counts_in_its_pools_busy_fraction(
     """A GPU host synced its models for 30 minutes (h1-models, then gone from the page), and its
     worker w1 has run 900 s of jobs in the 30 minutes since: the pool's GPUs were paid for an hour
     and busy a quarter of it, not the half that w1's own time alone makes of it."""
-    syncing = WorkerCapabilities(
-        pool="gpu", provider="verda", models_sync=ModelsProgress(state="syncing", files_total=3)
-    )
-    report = WorkerRegistration(worker_id="h1-models", capabilities=syncing).model_dump_json()
-    (await client.post("/api/workers/register", content=report, headers=JSON)).raise_for_status()
+    assert await models_sync_leaves_after_half_an_hour(client, app) == 204
     redis, keys = app.state.store.redis, app.state.store.keys
-    await redis.hset(keys.worker("h1-models"), "registered_at", now_ms() - 1_800_000)
-    assert (await client.post("/api/workers/h1-models/deregister", headers=GPU)).status_code == 204
     (
         await client.post("/api/workers/register", content=registration("w1").model_dump_json(), headers=JSON)
     ).raise_for_status()
