@@ -8,7 +8,8 @@ runs in ComfyUI's venv, not ours. What it changes in the suite, nothing else:
   go to the participant's workspace instead (``<workspace>/<route>``, ``<workspace>/ws``) with her
   session cookie on every request and on the socket. Other addresses are left alone.
 * Each test class starts a fresh server (``subprocess.Popen(['python', 'main.py', ...])``): that
-  starts the real ComfyUI with the suite's arguments (its own output, input and temp folders) and a
+  starts the real ComfyUI with the suite's arguments (its own output, input and temp folders, and the
+  workshop's extension, as a worker's own ComfyUI loads it) and a
   pull worker of this checkout attached to it, empties the participant's queue and history, and
   returns once the worker is idle; the class's ``kill()`` stops both.
 
@@ -35,6 +36,7 @@ from typing import Any
 CONFIG_VARIABLE = "COMFY_WORKSHOP_SUITE"
 READY_SECONDS = 300.0  # a CPU ComfyUI on two busy cores answers in 5-60 s; the worker then registers
 STOP_SECONDS = 30.0
+EXTENSION = "services/worker/comfyui_extension"  # the worker's ComfyUI loads it (supervisor.EXTENSION_DIR)
 FOLDER_ARGS = ("--output-directory", "--input-directory", "--temp-directory")
 _ORIGINAL_URLOPEN = urllib.request.urlopen  # the plugin's own calls, and every other address
 _ORIGINAL_POPEN = subprocess.Popen
@@ -81,9 +83,13 @@ def is_server_start(args: Any) -> bool:
     return isinstance(args, Sequence) and not isinstance(args, str) and "main.py" in list(args)[:3]
 
 
-def comfyui_command(args: Sequence[str], python: str, folders: Path) -> list[str]:
+def comfyui_command(
+    args: Sequence[str], python: str, folders: Path, extension: Path | None = None
+) -> list[str]:
     """The suite's ComfyUI command with this venv's Python and the class's own folders (the worker
-    stages inputs into ``input/`` and reads ``output/`` and ``temp/`` under its data folder)."""
+    stages inputs into ``input/`` and reads ``output/`` and ``temp/`` under its data folder), and the
+    workshop's extension loaded from ``extension`` (an ``extra_model_paths.yaml``), as a worker's own
+    ComfyUI has it."""
     rest = list(args)[list(args).index("main.py") + 1 :]
     kept: list[str] = []
     skip = False
@@ -105,6 +111,7 @@ def comfyui_command(args: Sequence[str], python: str, folders: Path) -> list[str
         str(folders / "input"),
         "--temp-directory",
         str(folders),
+        *(["--extra-model-paths-config", str(extension)] if extension is not None else []),
     ]
 
 
@@ -114,6 +121,7 @@ def argument(args: Sequence[str], name: str, default: str) -> str:
 
 
 def wait_for(check: Callable[[], bool], seconds: float, what: str) -> None:
+    """``devkit.servers.wait_until``, which this module cannot import (it runs in ComfyUI's venv)."""
     deadline = time.monotonic() + seconds
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -148,7 +156,9 @@ class ServerStandIn:
         (folders / "input").mkdir(parents=True, exist_ok=True)
         (folders / "output").mkdir(parents=True, exist_ok=True)
         port = argument(args, "--port", "8188")
-        command = comfyui_command(args, sys.executable, folders)
+        extension = folders / "workshop-extension.yaml"
+        extension.write_text(f"comfy_workshop:\n    custom_nodes: {Path(config.worker_cwd) / EXTENSION}\n")
+        command = comfyui_command(args, sys.executable, folders, extension)
         with open(folders / "comfyui.log", "ab") as log:
             self.comfyui = _ORIGINAL_POPEN(command, stdout=log, stderr=log)
         env = {

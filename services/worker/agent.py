@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 from services.protocol.jobs import Job
+from services.protocol.own_checks import with_own_checks
 from services.protocol.workers import (
     HeartbeatReply,
     Lease,
@@ -149,7 +150,7 @@ class Agent:
             ) from exc
         if self.settings.warmup:
             await self.warmup()
-        self.catalogue = await self.comfy.object_info()
+        self.catalogue = with_own_checks(await self.comfy.object_info(), await self.comfy.own_checks())
         self.files.output_classes = salted_classes(self.catalogue)
         self.runner.offered = set(self.catalogue)
         self.extensions = await self.comfy.web_extensions()

@@ -13,6 +13,7 @@ from urllib.parse import quote, unquote
 
 import httpx
 
+from services.protocol.own_checks import OWN_CHECKS_ROUTE
 from services.protocol.workers import is_extension_path, is_template_path
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,20 @@ class ComfyClient:
                 continue
             files[path] = source.text
         return files
+
+    async def own_checks(self) -> dict[str, Any] | None:
+        """Which node classes check their own inputs, from the workshop's extension in ComfyUI
+        (``services/worker/comfyui_extension``); None when that ComfyUI does not have it."""
+        reply = await self._call("GET", OWN_CHECKS_ROUTE, timeout=30.0)
+        found = reply.json() if reply.status_code == 200 else None
+        if not isinstance(found, dict):
+            log.warning(
+                "ComfyUI answered %s to %s: the workspaces leave custom nodes' input checks to it",
+                reply.status_code,
+                OWN_CHECKS_ROUTE,
+            )
+            return None
+        return found
 
     async def workflow_templates(self) -> dict[str, str]:
         """Custom nodes' example workflows: ``<pack>/<name>.json`` -> JSON text, as ComfyUI lists them

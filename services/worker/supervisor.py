@@ -49,18 +49,24 @@ MODEL_FOLDERS = (
 STUCK_POLL_SECONDS = 1.0  # how often a stuck attached ComfyUI is asked whether it holds a prompt still
 
 
+EXTENSION_DIR = Path(__file__).resolve().parent / "comfyui_extension"
+
+
 class ComfyNotReadyError(Exception):
     """ComfyUI did not become ready in time, or exited while starting."""
 
 
 def extra_model_paths(bases: list[Path]) -> str:
-    """``extra_model_paths.yaml`` text: every model folder under each base, first base the default."""
-    config = {}
+    """``extra_model_paths.yaml`` text: every model folder under each base, first base the default,
+    and the workshop's own extension as a custom-nodes folder (``comfyui_extension``: it says which
+    node classes check their own inputs)."""
+    config: dict[str, dict[str, object]] = {}
     for index, base in enumerate(bases):
         entry: dict[str, object] = {"base_path": str(base), **{name: name for name in MODEL_FOLDERS}}
         if index == 0:
             entry["is_default"] = True
         config[f"workshop_{index}"] = entry
+    config["comfy_workshop"] = {"custom_nodes": str(EXTENSION_DIR)}
     return yaml.safe_dump(config, sort_keys=False)
 
 

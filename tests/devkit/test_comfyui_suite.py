@@ -118,7 +118,7 @@ def test_each_class_server_keeps_the_suites_arguments_with_the_workers_folders(t
     args += ["--cache-lru", "100"]
     assert is_server_start(args)
     assert not is_server_start(["git", "status"])
-    assert comfyui_command(args, "/venv/bin/python", tmp_path) == [
+    assert comfyui_command(args, "/venv/bin/python", tmp_path, tmp_path / "ext.yaml") == [
         "/venv/bin/python",
         "main.py",
         "--port",
@@ -132,6 +132,8 @@ def test_each_class_server_keeps_the_suites_arguments_with_the_workers_folders(t
         str(tmp_path / "input"),
         "--temp-directory",
         str(tmp_path),
+        "--extra-model-paths-config",
+        str(tmp_path / "ext.yaml"),
     ]
 
 

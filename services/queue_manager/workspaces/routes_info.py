@@ -17,6 +17,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from services.protocol.own_checks import as_comfyui_serves
 from services.protocol.workers import WorkerState
 from services.queue_manager.catalogues import WEIGHTS, is_upload_input, spec_options
 from services.queue_manager.registry import WorkerInfo
@@ -67,9 +68,10 @@ def with_files(spec: list[Any], files: list[str]) -> list[Any]:
 
 
 def personal(nodes: dict[str, Any], files: list[str]) -> dict[str, Any]:
-    """The catalogue with every upload input listing only this participant's files."""
-    result = dict(nodes)
-    for name, node in nodes.items():
+    """The catalogue as ComfyUI serves it, with every upload input listing only this participant's
+    files."""
+    result = {name: as_comfyui_serves(node) for name, node in nodes.items()}
+    for name, node in result.items():
         required = node.get("input", {}).get("required", {})
         uploads = [key for key, spec in required.items() if is_upload_input(spec)]
         if uploads:

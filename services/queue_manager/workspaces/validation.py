@@ -22,10 +22,11 @@ the inputs named there. The same rules, from each node's ``/object_info`` input 
 An output whose graph fails is left out; the prompt is refused only when no output is left, and an
 accepted prompt answers the other outputs' errors in ``node_errors`` as ComfyUI does.
 
-What only the GPU's ComfyUI can judge is left to it: a custom node's own validation code, which may
-take over the range, list and link-type checks of its inputs, so nodes from ``custom_nodes`` get the
-structural checks here and the rest on the GPU (that refusal reaches the participant as an
-``execution_error`` carrying ComfyUI's ``node_errors``, and is never retried).
+What only the GPU's ComfyUI can judge is left to it: a node's own validation code
+(``VALIDATE_INPUTS``). As in ComfyUI, it takes over the link type check when it takes
+``input_types``, and the range and list checks of the inputs it takes; which those are, the worker
+publishes with the catalogue (``OwnCheck``). Its verdict comes from the GPU: that refusal reaches
+the participant as an ``execution_error`` carrying ComfyUI's ``node_errors``, and is never retried.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.protocol.comfyui import problem
+from services.protocol.own_checks import OWN_CHECKS
 from services.queue_manager.catalogues import spec_options, upload_kind
 
 FILE_MESSAGES = {"video_upload": "Invalid video file", "audio_upload": "Invalid audio file"}
@@ -58,6 +60,38 @@ class Verdict:
 
     outputs: list[str]
     node_errors: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class OwnCheck:
+    """What a node class's own ``VALIDATE_INPUTS`` takes over from ComfyUI's checks: the link type
+    check (``types``: it takes ``input_types``) and the min/max and list checks of ``inputs`` (of
+    every input with ``every``: it takes ``**kwargs``)."""
+
+    inputs: frozenset[str] = frozenset()
+    every: bool = False
+    types: bool = False
+
+    def takes(self, name: str) -> bool:
+        return self.every or name in self.inputs
+
+
+NO_OWN_CHECK = OwnCheck()
+UNKNOWN_CUSTOM_CHECK = OwnCheck(every=True, types=True)
+
+
+def own_check(info: dict[str, Any]) -> OwnCheck:
+    """The class's own check as its worker published it (``services.protocol.own_checks``). A
+    catalogue that does not say (a GPU's ComfyUI without the workshop's extension) leaves every check
+    of a custom node's inputs to the GPU, as any of them may have its own."""
+    if OWN_CHECKS not in info:
+        custom = str(info.get("python_module", "")).startswith("custom_nodes")
+        return UNKNOWN_CUSTOM_CHECK if custom else NO_OWN_CHECK
+    said = info[OWN_CHECKS]
+    if not isinstance(said, dict):
+        return NO_OWN_CHECK
+    inputs = frozenset(str(name) for name in said.get("inputs") or [] if isinstance(name, str))
+    return OwnCheck(inputs, said.get("any") is True, "input_types" in inputs)
 
 
 class CycleError(Exception):
@@ -136,7 +170,7 @@ class Checker:
         node = self.prompt[node_id]
         inputs = node["inputs"]
         info = self.nodes[node["class_type"]]
-        own_code = str(info.get("python_module", "")).startswith("custom_nodes")
+        own = own_check(info)
         errors: list[dict[str, Any]] = []
         valid = True
         for name, (kind, category, options) in input_specs(info).items():
@@ -148,18 +182,18 @@ class Checker:
                     )
                 continue
             if isinstance(inputs[name], list):
-                linked, link_errors = self._link(name, inputs[name], kind, config, own_code)
+                linked, link_errors = self._link(name, inputs[name], kind, config, own.types)
                 errors += link_errors
                 valid = valid and linked
             else:
                 errors += self._value(
-                    inputs, name, kind, options, own_code or upload_kind(options) is not None
+                    inputs, name, kind, options, own.takes(name) or upload_kind(options) is not None
                 )
         errors += self._files(inputs, info)
         return (valid and not errors), errors
 
     def _link(
-        self, name: str, link: list[Any], kind: Any, config: list[Any], own_code: bool
+        self, name: str, link: list[Any], kind: Any, config: list[Any], own_types: bool
     ) -> tuple[bool, list[dict[str, Any]]]:
         if len(link) != 2:
             message = "Bad linked input, must be a length-2 list of [node_id, slot_index]"
@@ -175,7 +209,7 @@ class Checker:
             ]
         source = link[0]
         received = tuple(self.nodes[self.prompt[source]["class_type"]].get("output", []))[link[1]]
-        if not own_code and not types_match(received, kind):
+        if not own_types and not types_match(received, kind):
             details = f"{name}, received_type({received}) mismatch input_type({kind})"
             return True, [
                 _error(

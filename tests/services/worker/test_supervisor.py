@@ -16,7 +16,7 @@ from services.worker.supervisor import ComfyNotReadyError, ComfyProcess, extra_m
 
 def test_shared_model_storage_is_wired_in_through_extra_model_paths(tmp_path: Path) -> None:
     config = yaml.safe_load(extra_model_paths([Path("/mnt/shared/models"), tmp_path / "models"]))
-    first, second = config.values()
+    first, second = config["workshop_0"], config["workshop_1"]
     assert first["base_path"] == "/mnt/shared/models" and first["is_default"] is True
     assert first["checkpoints"] == "checkpoints" and first["loras"] == "loras"
     assert second["base_path"] == str(tmp_path / "models") and "is_default" not in second

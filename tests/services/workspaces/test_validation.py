@@ -8,6 +8,7 @@ the frontend outlines the same inputs it would on ComfyUI.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ import httpx
 import pytest
 
 from devkit.doubles.comfyui_nodes import catalogue
+from devkit.servers import wait_until
+from services.protocol.own_checks import OWN_CHECKS, with_own_checks
 from tests.support.jobs import GRAPH
-from tests.support.queue_manager_app import register_worker
+from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, login, register_worker
 
 WIDTH_SPEC = ["INT", {"default": 512, "min": 1, "max": 16384, "step": 1}]
 
@@ -271,3 +274,150 @@ def test_a_custom_nodes_own_checks_are_left_to_the_gpus_comfyui(
         submit(alice, graph(**{"2": {"class_type": "Fraction", "inputs": {"image": ["1", 0]}}}))
     )
     assert missing["node_errors"]["2"]["errors"][0]["type"] == "required_input_missing"  # always ComfyUI's
+
+
+def pack_catalogue(checks: bool) -> dict[str, Any]:
+    """Nodes of ComfyUI's own test pack as its /object_info has them, with what the workshop's
+    extension says of their own checks when ``checks`` (the worker adds it to the catalogue)."""
+    pack = "custom_nodes.testing-pack"
+    nodes: dict[str, Any] = {
+        "StubInt": {
+            "input": {"required": {"value": ["INT", {"default": 0, "min": -4294967295, "max": 4294967295}]}},
+            "output": ["INT"],
+            "output_node": False,
+            "python_module": pack,
+        },
+        "StubImage": {
+            "input": {
+                "required": {
+                    "content": [["WHITE", "BLACK", "NOISE"]],
+                    "height": ["INT", {"default": 512, "min": 1, "max": 1073741824, "step": 1}],
+                    "width": ["INT", {"default": 512, "min": 1, "max": 68719476736, "step": 1}],
+                    "batch_size": ["INT", {"default": 1, "min": 1, "max": 1073741824, "step": 1}],
+                }
+            },
+            "output": ["IMAGE"],
+            "output_node": False,
+            "python_module": pack,
+        },
+        "TestCustomValidation4": {
+            "input": {"required": {"input1": ["FLOAT"], "input2": ["FLOAT"]}},
+            "output": ["IMAGE"],
+            "output_node": False,
+            "python_module": pack,
+        },
+        "TestCustomValidation5": {
+            "input": {
+                "required": {
+                    "input1": ["FLOAT", {"min": 0.0, "max": 1.0}],
+                    "input2": ["FLOAT", {"min": 0.0, "max": 1.0}],
+                }
+            },
+            "output": ["IMAGE"],
+            "output_node": False,
+            "python_module": pack,
+        },
+    }
+    own = {
+        "TestCustomValidation4": {"inputs": ["cls", "input1", "input2"], "any": False},
+        "TestCustomValidation5": {"inputs": ["cls"], "any": True},
+    }
+    return with_own_checks({**catalogue([]), **nodes}, own if checks else None)
+
+
+SAVE = {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "pack"}}
+
+
+def publish_pack(
+    alice: httpx.Client, worker: httpx.Client, app_factory: Callable[[], httpx.Client], checks: bool
+) -> None:
+    """A worker offers the pack; the admin approves it (a version that says its nodes' own checks
+    for the first time changes every node: it waits for her, as any change does)."""
+    register_worker(worker, pack_catalogue(checks), worker_id="w2", digest="cat-pack")
+    admin = login(app_factory(), ADMIN, ADMIN_PASSWORD)
+    assert admin.post("/api/admin/catalogues/cat-pack/approve").status_code in (204, 404)  # 404: live already
+    wait_until(
+        lambda: "TestCustomValidation4" in alice.get("/w/alice/api/object_info").json(),
+        timeout=10,
+        what="the pack served",
+    )
+
+
+def test_a_custom_node_without_its_own_check_is_checked_as_comfyui_checks_it(
+    alice: httpx.Client, worker: httpx.Client, app_factory: Callable[[], httpx.Client]
+) -> None:
+    """With the worker saying which classes check their own inputs, every other custom node's values
+    and links get ComfyUI's checks at once (the bodies are the real ComfyUI's answers), instead of a
+    wait for a GPU and an execution error; the inputs a node's own check takes stay with the GPU."""
+    publish_pack(alice, worker, app_factory, checks=True)
+    stub = {
+        "class_type": "StubImage",
+        "inputs": {"content": "PURPLE", "height": 8, "width": 8, "batch_size": 1},
+    }
+    assert refusal(submit(alice, {"2": stub, "3": SAVE})) == failed_outputs(
+        one_error(
+            "2",
+            "StubImage",
+            {
+                "type": "value_not_in_list",
+                "message": "Value not in list",
+                "details": "content: 'PURPLE' not in ['WHITE', 'BLACK', 'NOISE']",
+                "extra_info": {
+                    "input_name": "content",
+                    "input_config": [["WHITE", "BLACK", "NOISE"], {}],
+                    "received_value": "PURPLE",
+                },
+            },
+            ["3"],
+        )
+    )
+    int_link = {
+        "1": {"class_type": "StubInt", "inputs": {"value": 5}},
+        "2": {"class_type": "TestCustomValidation4", "inputs": {"input1": ["1", 0], "input2": 3.0}},
+        "3": SAVE,
+    }
+    assert refusal(submit(alice, int_link)) == failed_outputs(
+        one_error(
+            "2",
+            "TestCustomValidation4",
+            {
+                "type": "return_type_mismatch",
+                "message": "Return type mismatch between linked nodes",
+                "details": "input1, received_type(INT) mismatch input_type(FLOAT)",
+                "extra_info": {
+                    "input_name": "input1",
+                    "input_config": ["FLOAT", {}],
+                    "received_type": "INT",
+                    "linked_node": ["1", 0],
+                },
+            },
+            ["3"],
+        )
+    )
+    kwargs = {"class_type": "TestCustomValidation5", "inputs": {"input1": 0.0, "input2": 5.0}}
+    assert submit(alice, {"2": kwargs, "3": SAVE}).status_code == 200  # its **kwargs check takes every input
+
+
+def test_the_published_own_checks_stay_out_of_the_catalogue_participants_get(
+    alice: httpx.Client, worker: httpx.Client, app_factory: Callable[[], httpx.Client]
+) -> None:
+    publish_pack(alice, worker, app_factory, checks=True)
+    served = alice.get("/w/alice/api/object_info").json()
+    assert served["TestCustomValidation4"] == pack_catalogue(checks=False)["TestCustomValidation4"]
+    assert (
+        OWN_CHECKS
+        not in alice.get("/w/alice/api/object_info/TestCustomValidation5").json()["TestCustomValidation5"]
+    )
+
+
+def test_a_catalogue_that_does_not_say_leaves_custom_nodes_checks_to_the_gpu(
+    alice: httpx.Client, worker: httpx.Client, app_factory: Callable[[], httpx.Client]
+) -> None:
+    """A GPU's ComfyUI without the workshop's extension cannot say which custom nodes check their
+    own inputs: any may, so their values and link types wait for the GPU, as before."""
+    publish_pack(alice, worker, app_factory, checks=False)
+    stub = {
+        "class_type": "StubImage",
+        "inputs": {"content": "PURPLE", "height": 8, "width": 8, "batch_size": 1},
+    }
+    assert submit(alice, {"2": stub, "3": SAVE}).status_code == 200
