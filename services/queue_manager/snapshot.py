@@ -49,6 +49,7 @@ from ijson.common import ObjectBuilder
 from pydantic import BaseModel, Field, TypeAdapter, field_validator
 from redis.asyncio import ConnectionPool, Redis
 
+from services.protocol.jobs import PROMPT_ID
 from services.queue_manager.errors import QueueError, WorkshopClosed
 from services.queue_manager.keys import ANY_POOL, Carried, Family, family_of
 from services.queue_manager.records import job_from_hash, now_ms
@@ -80,10 +81,25 @@ class StoredKey(BaseModel):
     data: Any
 
 
+# A user's name as the queue manager may have written it: a participant's (USER_NAME) or the admin's
+# (QM_ADMIN_USER, which the queue manager takes as it is): never a folder of the vault's paths
+# (users/<name>/...) nor a line of its own
+SAVED_USER = re.compile(r"(?!\.\.?\Z)[^/\\\x00-\x1f\x7f]{1,128}")
+# What a copied key's name may hold in place of its family's placeholder
+NAMES: dict[str, re.Pattern[str]] = {"u": SAVED_USER, "hash": re.compile(r"(?s).{1,128}")}
+
+
 def _copied_name(name: str) -> str:
     family = family_of(f"p:{name}", "p")
     if family is None or family.carried is not Carried.COPIED:
         raise ValueError(f"{name[:80]!r} is not a key of a family the snapshot carries (keys.py)")
+    literal = re.split(r"\{[a-z]+\}", family.pattern)[0]
+    placeholder = re.search(r"\{([a-z]+)\}", family.pattern)
+    named = name.removeprefix(literal)
+    if placeholder is not None and not NAMES[placeholder.group(1)].fullmatch(named):
+        raise ValueError(
+            f"{name[:80]!r} names {named[:80]!r}, no {placeholder.group(0)} the queue manager writes"
+        )
     return name
 
 
@@ -183,6 +199,10 @@ def _check_job(fields: dict[str, str]) -> None:
     """A job record the queue manager can read back (``records.job_from_hash``) and restore (which
     reads ``queued_at`` and ``finished_at`` as integers and ``score`` as a number)."""
     try:
+        if not PROMPT_ID.fullmatch(fields["id"]):
+            raise ValueError(f"its id is not a prompt_id the API accepts ({PROMPT_ID.pattern})")
+        if not SAVED_USER.fullmatch(fields["user"]):
+            raise ValueError(f"its user {fields['user'][:80]!r} is no name (1-128 characters, no '/')")
         job_from_hash(fields)
         int(fields["queued_at"]), int(fields.get("finished_at") or "0")
         if not math.isfinite(float(fields["score"])):
@@ -333,7 +353,7 @@ async def _keys_json(store: Store) -> AsyncIterator[bytes]:
     prefix, redis = store.keys.prefix, bytes_client(store.client)
     try:
         for index, (raw_key, family) in enumerate(await _copied_names(redis, prefix)):
-            name = raw_key.decode().removeprefix(f"{prefix}:")
+            name = _copied_name(raw_key.decode().removeprefix(f"{prefix}:"))  # as the morning checks it
             yield f'{"," if index else ""}{json.dumps(name)}:{{"type":"{family.type}","data":'.encode()
             async for piece in READERS[family.type](redis, raw_key, family, name):
                 yield piece

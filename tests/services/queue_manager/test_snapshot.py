@@ -572,6 +572,11 @@ async def test_the_morning_reads_the_snapshot_from_the_vault_twice_checking_and_
     assert vault.body_read == 2 * saved.size, f"read {vault.body_read / saved.size:g} times"
 
 
+async def restored_keys(store: Store) -> list[str]:
+    """The Redis's keys but the admin page's samples (the app takes them as it runs)."""
+    return [key for key in await store.redis.keys("*") if not key.startswith(f"{store.prefix}:admin:")]
+
+
 async def file_chunks(path: Path) -> Any:
     with path.open("rb") as handle:
         while chunk := handle.read(MIB):
@@ -648,7 +653,7 @@ async def test_an_uploaded_snapshot_that_is_cut_foreign_or_newer_gets_a_422_nami
     await store.redis.flushall()
     reply = await client.post("/api/admin/restore", content=cut(good), headers=ADMIN)
     assert reply.status_code == 422 and named in reply.json()["detail"], reply.text[:400]
-    assert await store.redis.keys("*") == []
+    assert await restored_keys(store) == []
 
 
 async def test_the_morning_restores_one_participants_saved_files_a_few_at_a_time(
@@ -721,3 +726,25 @@ async def test_an_organizers_restore_still_uploading_when_the_evening_save_close
     assert reply.status_code == 503 and "closed for the night" in reply.text, reply.text
     assert await store.redis.exists(store.keys.closed) and await store.paused()
     assert await store.get(queued.id) is None
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"jobs": [{**QUEUED, "id": "a/../b"}]}, "'a/../b'"),
+        ({"jobs": [{**QUEUED, "id": "j" * 300}]}, "id"),
+        ({"jobs": [{**QUEUED, "id": "j6", "user": "../evil"}]}, "'../evil'"),
+        ({"jobs": [{**QUEUED, "id": "j7", "user": "ada\n"}]}, "user"),
+        ({"keys": {"ws:ud:../evil": {"type": "hash", "data": {}}}}, "'../evil'"),
+        ({"keys": {"ws:hidden:" + "x" * 100_000: {"type": "set", "data": []}}}, "ws:hidden:xxx"),
+    ],
+)  # fmt: skip
+async def test_an_uploaded_snapshot_names_only_jobs_and_participants_the_api_could_have_written(
+    client: httpx.AsyncClient, store: Store, body: dict[str, Any], named: str
+) -> None:
+    """A job id or participant name no route accepts (a path, a newline, 100 kB) is refused with a
+    422 naming it: restored, such a job could be cancelled by nobody (the routes refuse its id) and
+    its outputs had no folder in the vault (users/../evil/...)."""
+    reply = await client.post("/api/admin/restore", json={"jobs": [], **body}, headers=ADMIN)
+    assert reply.status_code == 422 and named in reply.json()["detail"], reply.text[:300]
+    assert len(reply.text) < 2000 and await restored_keys(store) == []
