@@ -111,8 +111,8 @@ class PendingCatalogue(BaseModel):
     extensions_removed: list[str] = Field(default_factory=list)
     markup: list[str] = Field(
         default_factory=list,
-        description="node classes whose new name, display name, category or combo option holds < or >: "
-        "the frontend shows those as HTML on every participant's page",
+        description="node classes whose new name, display name, category, slot type or combo option holds "
+        "a tag: the frontend shows those as HTML on every participant's page",
     )
 
 
@@ -223,12 +223,24 @@ def only_held(nodes: dict[str, Any], held: frozenset[str] | None) -> dict[str, A
     return result
 
 
+def slot_types(node: dict[str, Any]) -> list[Any]:
+    """A node's input and output types (``IMAGE``, ...): LiteGraph titles a slot's menu with its type
+    as HTML, and lists the types so in its search box's filter."""
+    outputs = node.get("output")
+    types = list(outputs) if isinstance(outputs, list) else []
+    for specs in (node.get("input") or {}).values() if isinstance(node.get("input"), dict) else ():
+        if isinstance(specs, dict):
+            types.extend(spec[0] for spec in specs.values() if isinstance(spec, list) and spec)
+    return types
+
+
 def carries_markup(name: str, node: Any, approved: Any = None) -> bool:
-    """Whether a node class's name, display name or category, or a combo option it offers that the
-    approved version of it did not (``approved``: None for a new class), holds a tag (``MARKUP``): the
-    stock frontend builds those into its node search, canvas menu and combo lists as HTML."""
+    """Whether a node class's name, display name, category or slot types, or a combo option it
+    offers that the approved version of it did not (``approved``: None for a new class), holds a tag
+    (``MARKUP``): the stock frontend builds those into its node search, canvas and slot menus and
+    combo lists as HTML."""
     texts = (
-        [name, *(node.get(key) for key in ("name", "display_name", "category"))]
+        [name, *(node.get(key) for key in ("name", "display_name", "category")), *slot_types(node)]
         if isinstance(node, dict)
         else [name]
     )

@@ -120,6 +120,21 @@ async def test_a_version_whose_new_nodes_carry_markup_waits_for_the_admin(store:
     assert offer.added == ["Menu", "Phish", "Upscale<img src=/x>"] and offer.changed == []
 
 
+async def test_a_version_whose_new_nodes_have_slot_types_with_markup_waits(store: Store) -> None:
+    """LiteGraph titles a slot's right-click menu with the slot's type as HTML (and lists types in its
+    search box's filter so): a new node whose input or output type holds a tag waits too."""
+    nodes = grown()
+    nodes["Out"] = {**nodes["ImageInvert"], "name": "Out", "output": ['<a href="//evil">Log in</a>']}
+    inputs = {"required": {"x": ['<img src="/x">', {}]}}
+    nodes["In"] = {**nodes["ImageInvert"], "name": "In", "input": inputs, "input_order": {"required": ["x"]}}
+    await store.register(catalogue_registration("w1", "cat-v1", grown()))
+    await store.register(catalogue_registration("w2", "cat-types", nodes))
+    state = await store.catalogue_state()
+    assert state.approved == "cat-v1"
+    [offer] = state.pending
+    assert offer.markup == ["In", "Out"]
+
+
 async def test_a_first_version_with_markup_waits_too(store: Store) -> None:
     await store.register(catalogue_registration("w1", "cat-marked", marked_up()))
     state = await store.catalogue_state()
