@@ -26,6 +26,7 @@ from services.queue_manager.settings import Scheduling
 from services.queue_manager.snapshot import (
     CHECKSUM_KEY,
     SNAPSHOT_KEY,
+    RestoreResult,
     Snapshot,
     SnapshotError,
     bytes_client,
@@ -398,20 +399,24 @@ async def test_the_morning_restore_streams_saved_files_in_memory_far_under_their
     await evening.redis.flushall()
     total = sum(len(data) for saved in files.values() for data in saved.values())
     morning = store_with()
-    tracemalloc.start()
-    try:
-        loaded = await open_saved_snapshot(vault)
-        assert loaded is not None
-        result = await restore_snapshot(morning, loaded)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    result, peak = await restored_traced(morning, vault)
     assert peak < total / 6, f"the restore held {peak / MIB:.0f} MiB for {total / MIB:.0f} MiB of saved files"
     assert (result.restored, result.requeued) == (1, 1) and await morning.queued_ids() == [queued.id]
     reader = bytes_client(morning.client)
     back = {user: await reader.hgetall(morning.keys.user_data(user)) for user in files}
     await reader.aclose()
     assert back == {user: {p.encode(): d for p, d in saved.items()} for user, saved in files.items()}
+
+
+async def restored_traced(morning: Store, vault: LocalStorage) -> tuple[RestoreResult, int]:
+    """The vault's snapshot opened and restored into ``morning``, and the peak memory it took."""
+    tracemalloc.start()
+    try:
+        loaded = await open_saved_snapshot(vault)
+        assert loaded is not None
+        return await restore_snapshot(morning, loaded), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 async def put_checked(vault: LocalStorage, body: bytes) -> None:
@@ -671,14 +676,7 @@ async def test_the_morning_restores_one_participants_saved_files_a_few_at_a_time
     await evening.redis.flushall()
     morning = store_with()
     await morning.redis.hset(morning.keys.user_data("ada"), "workflows/morning.json", "{}")
-    tracemalloc.start()
-    try:
-        loaded = await open_saved_snapshot(vault)
-        assert loaded is not None
-        result = await restore_snapshot(morning, loaded)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    result, peak = await restored_traced(morning, vault)
     assert peak < 32 * MIB / 3, f"the restore held {peak / MIB:.0f} MiB for her 32 MiB of saved files"
     assert result.keys == 1
     back = (await saved_files_of(morning, ["ada"]))["ada"]
