@@ -1,5 +1,6 @@
 """A tab whose socket drops while its job runs (a network blip, a laptop lid) reconnects as on
-ComfyUI: it keeps its client id, hears the rest of the job, and shows the result on the canvas."""
+ComfyUI: it keeps its client id, is told the node that runs, hears the rest of the job, and shows
+the result on the canvas."""
 
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ async def test_a_socket_dropped_mid_job_reconnects_and_the_page_shows_the_jobs_r
         assert reconnect["data"]["status"]["exec_info"]["queue_remaining"] == 1, (
             "the job ended during the blip"
         )
+        await until(page, lambda: len(log[0].messages) > statuses()[1] + 1, "a message after the status")
+        told = log[0].messages[statuses()[1] + 1]  # as ComfyUI tells the tab whose job runs: its running node
+        assert told["type"] == "executing" and told["data"]["node"] in GRAPH, told
         idle = {"node": None, "prompt_id": job_id}
         await until(
             page, lambda: idle in [m["data"] for m in log[0].of_type("executing")], "the job's end", 40_000
