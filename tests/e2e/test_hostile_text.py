@@ -171,3 +171,25 @@ async def test_a_node_description_a_leaked_token_adds_shows_as_text(
     await page.get_by_text("Session expired: log in again", exact=False).first.wait_for(timeout=10_000)
     assert await page.evaluate("() => document.querySelector('a[href*=\"evil.example\"], #evil')") is None
     await context.close()
+
+
+async def test_a_version_with_markup_offers_the_admin_no_approve_button(
+    browser: Browser, server: LiveServer
+) -> None:
+    """The CSP stops scripts, not elements: a version whose new node's display name is a fake login
+    link stays out of every workspace. The admin page lists it with its markup as text and offers
+    no Approve button for it (the API refuses the approval with 409 anyway)."""
+    nodes = catalogue([])
+    with httpx.Client(base_url=server.url) as client:
+        register_worker(client, nodes, digest="cat-v1")
+        nodes["Phish"] = {**nodes["ImageInvert"], "name": "Phish", "display_name": MARKUP}
+        register_worker(client, nodes, worker_id="w2", digest="cat-marked")
+    admin, on_admin = await admin_page(browser, server)
+    row = on_admin.locator("#catalogues tr", has_text="cat-marked")
+    await row.get_by_text("cannot be approved").wait_for(timeout=15_000)
+    assert await row.locator("button").count() == 0
+    await no_markup_built(on_admin)
+    await admin.close()
+    context, page = await logged_in_page(browser, server, "alice")
+    assert await page.evaluate("() => 'Phish' in window.LiteGraph.registered_node_types") is False
+    await context.close()
