@@ -259,8 +259,9 @@ async def until_idle(comfy: ComfyClient, limit: float = IDLE_SECONDS, poll: floa
             return
         if time.monotonic() > deadline:
             raise ComfyBusyError(
-                f"ComfyUI at {comfy.base_url} still runs a prompt it was told to stop {limit:.0f} s ago (a "
-                "node that never checks for an interrupt)"
+                f"ComfyUI at {comfy.base_url} still runs a prompt that is no job of this worker's after "
+                f"{limit:.0f} s: one it stopped whose node never checks for an interrupt, or one left there "
+                "before this worker started"
             )
         await asyncio.sleep(delay)
         delay = min(delay * 2, poll)

@@ -301,13 +301,17 @@ async def left_in_comfyui(comfy: ComfyUIDouble, client_id: str, *prompts: dict[s
     await until(lambda: comfy.state.running is not None, "the left prompt runs in ComfyUI")
 
 
-async def told_stuck(qm: LiveServer, comfy: ComfyUIDouble) -> None:
-    """Until the admin page's workers list names the stuck ComfyUI and the fix (bounded)."""
+async def told_stuck(qm: LiveServer, comfy: ComfyUIDouble) -> str:
+    """What the admin page's workers list says, once it names the stuck ComfyUI and the fix (bounded)."""
+    said = ""
 
     async def told() -> bool:
-        return any(f"restart ComfyUI at {comfy.url}" in p for p in await problems_of_workers(qm))
+        nonlocal said
+        said = next((p for p in await problems_of_workers(qm) if f"restart ComfyUI at {comfy.url}" in p), "")
+        return bool(said)
 
     await until(told, "the admin page names the stuck ComfyUI and the fix", timeout=60)
+    return said
 
 
 async def problems_of_workers(qm: LiveServer) -> list[str]:
@@ -360,7 +364,7 @@ async def test_an_attached_comfyui_running_a_prompt_that_never_ends_is_not_fed_o
     await left_in_comfyui(comfy, "last-run", graph(color=22))
     async with pull_worker(worker_settings(comfy, qm.url, tmp_path, warmup=warmup)):
         job_id = await submit(alice, graph(color=23))
-        await told_stuck(qm, comfy)
+        problem = await told_stuck(qm, comfy)
         given_back = await job_of(alice, job_id)
         with pytest.raises(TimeoutError):  # watched for a while: it must stay queued, untouched
             async with asyncio.timeout(3.0):
@@ -370,6 +374,9 @@ async def test_an_attached_comfyui_running_a_prompt_that_never_ends_is_not_fed_o
         await asyncio.to_thread(comfy.restart)  # the organizer restarts it
         done = await finished(alice, job_id, timeout=30)
     assert given_back.state == JobState.QUEUED and given_back.attempts == 0
+    assert (
+        "told to stop" not in problem and "left there before this worker started" in problem
+    )  # nobody stopped it
     assert done.state == JobState.SUCCEEDED and done.attempts == 1, done.error
     assert any(f"restart ComfyUI at {comfy.url}" in r.getMessage() for r in caplog.records)
 
