@@ -280,6 +280,12 @@ class WorkshopConfig(_WithPools):
     tailscale: TailscaleConfig = TailscaleConfig()
     registry: RegistryConfig | None = None
 
+    @property
+    def public_url(self) -> str:
+        """The queue manager's public URL: participants' browsers, push pools' callbacks and containers
+        (and the workshop's tag in the names of its objects at the providers)."""
+        return f"https://{self.domain}"
+
     @field_validator("pools")
     @classmethod
     def _no_pool_on_the_deploying_machine(cls, value: list[PoolConfig]) -> list[PoolConfig]:

@@ -25,6 +25,7 @@ from infra.credential_registry import (
 )
 from infra.errors import HIDDEN, PROJECT, ConfigError, Problem, config_key, set_command
 from infra.pools import KINDS, kind_of
+from infra.pools.base import NAME_LIMIT
 
 HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 ROLE_CREDENTIALS: dict[Role, tuple[Credential, ...]] = {
@@ -71,7 +72,7 @@ def load_config(stack: str | None = None, raw: Mapping[str, Any] | None = None) 
             problems += [_problem(error, MODELS[role]) for error in exc.errors()]
     if config is not None:
         problems += list(_credential_problems(required_credentials(config)))
-        problems += list(_host_name_problems(config, stack))
+        problems += list(_name_problems(config, stack))
     if problems or config is None:
         raise ConfigError(stack, problems)
     return config
@@ -142,19 +143,34 @@ def required_credentials(config: StackConfig) -> list[Credential]:
     return needed
 
 
-def _host_name_problems(config: StackConfig, stack: str) -> Iterator[Problem]:
-    """Each pool whose objects a provider would refuse for their name: it is made of the stack's name,
-    which Verda takes only as (part of) a host name, and its refusal would come mid-up."""
+def _name_problems(config: StackConfig, stack: str) -> Iterator[Problem]:
+    """Each pool whose objects a provider would refuse for their name, made of the stack's and the
+    pool's: one Verda takes only as a host name, or one (the longest) past ``NAME_LIMIT``. The
+    provider's refusal would come mid-up, after the VPS was made."""
+    workshop = config.public_url if isinstance(config, WorkshopConfig) else stack
     for index, pool in enumerate(getattr(config, "pools", ())):
-        bad = [name for name in kind_of(pool).host_names(pool, stack) if not HOST_NAME.fullmatch(name)]
+        kind = kind_of(pool)
+        bad = [name for name in kind.host_names(pool, stack) if not HOST_NAME.fullmatch(name)]
+        longest = max(kind.names(pool, stack, workshop), key=len, default="")
+        where = config_key(["pools", index, "name"])
         if bad:
             yield Problem(
-                config_key(["pools", index, "name"]),
+                where,
                 pool.name,
                 f"the pool's objects are named after the stack {stack!r}, as {bad[-1]!r}, which is no host "
-                "name (at most 63 lower-case letters, digits and '-')",
+                f"name (at most {NAME_LIMIT} lower-case letters, digits and '-')",
                 "pulumi stack rename <a name of lower-case letters, digits and '-'> (before the stack's "
                 "first up), or a shorter pool name",
+            )
+        elif len(longest) > NAME_LIMIT:
+            excess = len(longest) - NAME_LIMIT
+            yield Problem(
+                where,
+                pool.name,
+                f"the pool's objects at {kind.kind} are named after the stack {stack!r} and the pool: "
+                f"{longest!r} is {len(longest)} characters, over the {NAME_LIMIT} a name there may have",
+                f"a pool name {excess} characters shorter, or pulumi stack rename <a name {excess} "
+                "characters shorter> (before the stack's first up)",
             )
 
 

@@ -36,11 +36,6 @@ def worker_api_url(vps: Vps) -> pulumi.Output[str]:
     return pulumi.Output.concat("http://", vps.tailnet_name, f":{WORKER_API_PORT}")
 
 
-def public_url(config: WorkshopConfig) -> str:
-    """The queue manager's public URL: participants' browsers, push pools' callbacks and containers."""
-    return f"https://{config.domain}"
-
-
 def _storage(vault: VaultOutputs, role: str, credentials: pulumi.Output[dict[str, str]]) -> StorageAccess:
     bucket = vault.r2.apply(lambda r2: r2[role])
     return StorageAccess(
@@ -95,7 +90,7 @@ def _pools(
             stack=stack,
             # The full MagicDNS name: containers on Docker's bridge may lack the tailnet's search domain.
             queue_url=worker_api_url(vps),
-            public_url=public_url(config),
+            public_url=config.public_url,
             worker_token=token,
             tailnet_auth_key=tailnet.gpu_key,
             models=models,
@@ -116,7 +111,7 @@ def _settings(config: WorkshopConfig, vault: VaultOutputs, pools: PoolSet) -> di
     return {
         **queue_manager_settings(
             policy=config.queue,
-            public_url=public_url(config),
+            public_url=config.public_url,
             admin_user=vault.admin_user,
             admin_password=vault.admin_password,
             session_secret=vault.session_secret,
@@ -195,7 +190,7 @@ def build_workshop(config: WorkshopConfig, stack: str) -> dict[str, Any]:
 
 def _outputs(config: WorkshopConfig, vault: VaultOutputs, vps: Vps, pools: PoolSet) -> dict[str, Any]:
     return {
-        **url_outputs(public_url(config), vault.participant_names),
+        **url_outputs(config.public_url, vault.participant_names),
         "credentials": logins_output(vault.admin_user, vault.admin_password, vault.participant_passwords),
         "vpsAddress": vps.server.ipv4_address,
         "tailnetNames": {

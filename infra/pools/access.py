@@ -22,6 +22,12 @@ from infra.secret import secret
 
 SHARED_MODELS_DIR = "/mnt/models"
 RUNPOD_MODELS_DIR = "/runpod-volume/models"  # RunPod mounts a network volume at /runpod-volume
+# Every secret a worker may be given (``worker_env``): a Verda deployment keeps each in a secret of
+# its own, whose name the preview checks before anything is made.
+WORKER_TOKEN = "WORKER_TOKEN"  # noqa: S105 (the setting's name)
+MODELS_KEY = ("WORKER_MODELS_S3_ACCESS_KEY_ID", "WORKER_MODELS_S3_SECRET_ACCESS_KEY")
+FILES_KEY = ("S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY")
+WORKER_SECRETS = (WORKER_TOKEN, *MODELS_KEY, *FILES_KEY)
 
 
 def connection(**props: Credential) -> dict[str, pulumi.Input[str]]:
@@ -71,7 +77,7 @@ def worker_env(
         "WORKER_PROVIDER": provider,
         "WORKER_DEVICE": "gpu",
     }
-    secrets: dict[str, pulumi.Input[str]] = {"WORKER_TOKEN": ctx.worker_token}
+    secrets: dict[str, pulumi.Input[str]] = {WORKER_TOKEN: ctx.worker_token}
     if models_dir:
         plain["WORKER_SHARED_MODELS_DIR"] = models_dir
     if ctx.warmup_workflow:
@@ -82,8 +88,7 @@ def worker_env(
         plain["WORKER_STORAGE_URL"] = pulumi.Output.concat("s3://", files.bucket, "/files")
         plain["S3_ENDPOINT_URL"] = files.endpoint
         plain["S3_REGION"] = "auto"
-        secrets["S3_ACCESS_KEY_ID"] = files.access_key_id
-        secrets["S3_SECRET_ACCESS_KEY"] = files.secret_access_key
+        secrets.update(zip(FILES_KEY, (files.access_key_id, files.secret_access_key), strict=True))
     return WorkerEnv(plain, secrets)
 
 
@@ -96,8 +101,7 @@ def _models_env(
     if ctx.models is not None:
         plain["WORKER_MODELS_URL"] = pulumi.Output.concat("s3://", ctx.models.bucket)
         plain["WORKER_MODELS_S3_ENDPOINT_URL"] = ctx.models.endpoint
-        secrets["WORKER_MODELS_S3_ACCESS_KEY_ID"] = ctx.models.access_key_id
-        secrets["WORKER_MODELS_S3_SECRET_ACCESS_KEY"] = ctx.models.secret_access_key
+        secrets.update(zip(MODELS_KEY, (ctx.models.access_key_id, ctx.models.secret_access_key), strict=True))
 
 
 def push_pool_env(pool: str, spec: dict[str, pulumi.Input[Any]]) -> dict[str, pulumi.Input[str]]:

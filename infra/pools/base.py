@@ -22,6 +22,15 @@ def remote_name(stack: str, pool: str) -> str:
     return f"cw-{stack}-{pool}"
 
 
+REGISTRY_LOGIN = "registry"
+"""What a pool's registry login is called in its tagged name (``owned_name``)."""
+NAME_LIMIT = 63
+"""The longest name the program gives an object at a provider. A Verda instance's host name and a
+deployment's name are DNS labels (63); neither Verda's SDK and API docs nor RunPod's say how long a
+secret, login, SSH key, startup script, template or endpoint name may be, so the strictest rule seen
+holds for every name (checked at preview, `infra.loading`)."""
+
+
 def owned_name(stack: str, pool: str, what: str, workshop: str) -> str:
     """The name of a pool's object that shows nothing of who made it at the provider (a secret or a
     login, whose value is never shown back; the SSH key and startup script, made anew when the state is

@@ -70,6 +70,11 @@ class GpuPool(ABC, Generic[C]):
         an instance's hostname, a container deployment's name), checked before anything is declared."""
         return ()
 
+    def names(self, config: C, stack: str, workshop: str) -> tuple[str, ...]:
+        """Every name this pool gives objects at its provider (``host_names`` and the tagged names of
+        ``base.owned_name``, ``workshop`` its public URL): none may be longer than ``NAME_LIMIT``."""
+        return self.host_names(config, stack)
+
     def capacity(self, config: C) -> int:
         """How many jobs this pool can run at once at most (the dispatcher's in-flight bound)."""
         return 1

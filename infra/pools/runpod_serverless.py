@@ -10,7 +10,16 @@ from pydantic import AfterValidator, Field
 
 from infra.credential_registry import REGISTRY_PASSWORD, RUNPOD_API_KEY, Credential
 from infra.pools.access import RUNPOD_MODELS_DIR, runpod_connection, worker_env
-from infra.pools.base import ModelsVolume, PoolConfigBase, PoolMode, ReplicaRange, SharedVolume
+from infra.pools.base import (
+    REGISTRY_LOGIN,
+    ModelsVolume,
+    PoolConfigBase,
+    PoolMode,
+    ReplicaRange,
+    SharedVolume,
+    owned_name,
+    remote_name,
+)
 from infra.pools.context import PoolContext
 from infra.pools.kind import GpuPool, PoolComponent
 from infra.providers.resources import RunPodEndpoint, RunPodNetworkVolume, RunPodRegistryAuth, RunPodTemplate
@@ -75,6 +84,12 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
             if volume is None
             else SharedVolume("runpod", volume.name, volume.data_center_id, volume.size_gb, volume.keep)
         )
+
+    def names(self, config: RunpodServerlessConfig, stack: str, workshop: str) -> tuple[str, ...]:
+        """The template's and the endpoint's name (any stack name goes at RunPod: not host names), and
+        the registry login's unless the pool names its own (``registry_auth_id``)."""
+        login = () if config.registry_auth_id else (owned_name(stack, config.name, REGISTRY_LOGIN, workshop),)
+        return (remote_name(stack, config.name), *login)
 
     def capacity(self, config: RunpodServerlessConfig) -> int:
         return config.max_replicas
@@ -168,7 +183,7 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
             return config.registry_auth_id
         registry = ctx.registry_for(config.name, self.kind)
         props = {
-            "name": ctx.owned_name(config.name, "registry"),
+            "name": ctx.owned_name(config.name, REGISTRY_LOGIN),
             "username": registry.username,
             "password": REGISTRY_PASSWORD.required(),
             **conn,

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 
 from infra.credential_registry import REGISTRY_PASSWORD, Credential
 from infra.pools.access import SHARED_MODELS_DIR, verda_connection, worker_env
-from infra.pools.base import ModelsVolume, PoolConfigBase, PoolMode, SharedVolume, remote_name
+from infra.pools.base import ModelsVolume, PoolConfigBase, PoolMode, SharedVolume, owned_name, remote_name
 from infra.pools.context import PoolContext
 from infra.pools.kind import GpuPool, PoolComponent
 from infra.pools.verda import CREDENTIALS, LOCATIONS, models_volume, shared_volume
@@ -19,6 +19,8 @@ from infra.pools.verda_startup import StartupSpec, setup_digest, startup_script
 from infra.providers.resources import VerdaInstance, VerdaSharedVolume, VerdaSshKey, VerdaStartupScript
 from infra.schema import one_of
 from infra.secret import secret
+
+SSH_KEY, STARTUP = "ssh", "startup"  # what the pool's SSH key and startup script are in their names
 
 
 def hostname(prefix: str, index: int) -> str:
@@ -62,6 +64,10 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
 
     def host_names(self, config: VerdaInstanceConfig, stack: str) -> tuple[str, ...]:
         return tuple(hostname(remote_name(stack, config.name), index) for index in range(config.count))
+
+    def names(self, config: VerdaInstanceConfig, stack: str, workshop: str) -> tuple[str, ...]:
+        owned = tuple(owned_name(stack, config.name, what, workshop) for what in (SSH_KEY, STARTUP))
+        return (*self.host_names(config, stack), *owned)
 
     def capacity(self, config: VerdaInstanceConfig) -> int:
         return config.count * config.gpus_per_instance * config.workers_per_gpu
@@ -114,12 +120,12 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
         key = tls.PrivateKey(f"{config.name}-ssh", algorithm="ED25519", opts=opts)
         ssh_key = VerdaSshKey(
             f"{config.name}-ssh-key",
-            {"name": ctx.owned_name(config.name, "ssh"), "public_key": key.public_key_openssh, **conn},
+            {"name": ctx.owned_name(config.name, SSH_KEY), "public_key": key.public_key_openssh, **conn},
             opts,
         )
         spec = self._spec(config, ctx, volume)
         text = secret(spec.apply(startup_script))
-        script_props = {"name": ctx.owned_name(config.name, "startup"), "script": text, **conn}
+        script_props = {"name": ctx.owned_name(config.name, STARTUP), "script": text, **conn}
         script = VerdaStartupScript(f"{config.name}-startup", script_props, opts)
         return {
             "ssh_key_ids": [ssh_key.remote_id],

@@ -8,8 +8,17 @@ import pulumi
 from pydantic import Field, field_validator
 
 from infra.credential_registry import VERDA_INFERENCE_KEY, Credential
-from infra.pools.access import SHARED_MODELS_DIR, verda_connection, worker_env
-from infra.pools.base import ModelsVolume, PoolConfigBase, PoolMode, ReplicaRange, SharedVolume, remote_name
+from infra.pools.access import SHARED_MODELS_DIR, WORKER_SECRETS, verda_connection, worker_env
+from infra.pools.base import (
+    REGISTRY_LOGIN,
+    ModelsVolume,
+    PoolConfigBase,
+    PoolMode,
+    ReplicaRange,
+    SharedVolume,
+    owned_name,
+    remote_name,
+)
 from infra.pools.context import PoolContext
 from infra.pools.kind import GpuPool, PoolComponent
 from infra.pools.verda import CREDENTIALS, LOCATIONS, models_volume, registry_props, shared_volume
@@ -23,6 +32,11 @@ from infra.schema import one_of
 
 WORKER_PORT = 8080
 PUSH_PATH = "/lease"  # the worker's push front door (services.worker.push) takes a Lease here
+
+
+def secret_slug(key: str) -> str:
+    """What the Verda secret holding the worker's setting ``key`` is called in its name."""
+    return key.lower().replace("_", "-")
 
 
 class VerdaServerlessConfig(PoolConfigBase, ReplicaRange):
@@ -60,6 +74,13 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
 
     def host_names(self, config: VerdaServerlessConfig, stack: str) -> tuple[str, ...]:
         return (remote_name(stack, config.name),)  # the deployment's name, in its endpoint's URL
+
+    def names(self, config: VerdaServerlessConfig, stack: str, workshop: str) -> tuple[str, ...]:
+        owned = (REGISTRY_LOGIN, *(secret_slug(key) for key in WORKER_SECRETS))
+        return (
+            *self.host_names(config, stack),
+            *(owned_name(stack, config.name, what, workshop) for what in owned),
+        )
 
     def capacity(self, config: VerdaServerlessConfig) -> int:
         return config.max_replicas * config.concurrent_requests_per_replica
@@ -107,7 +128,7 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
         secrets = [
             self._secret(config.name, ctx, key, value, conn, child) for key, value in env.secret.items()
         ]
-        registry_name = ctx.owned_name(config.name, "registry")
+        registry_name = ctx.owned_name(config.name, REGISTRY_LOGIN)
         registry = registry_props(registry_name, ctx.registry_for(config.name, self.kind))
         credentials = VerdaRegistryCredentials(f"{config.name}-registry", {**registry, **conn}, child)
         props = {
@@ -150,7 +171,7 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
         conn: dict[str, pulumi.Input[str]],
         opts: pulumi.ResourceOptions,
     ) -> tuple[str, str, VerdaSecret]:
-        slug = key.lower().replace("_", "-")
+        slug = secret_slug(key)
         name = ctx.owned_name(pool, slug)
         resource = VerdaSecret(f"{pool}-{slug}", {"name": name, "value": value, **conn}, opts)
         return key, name, resource

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pulumi
@@ -423,6 +424,46 @@ def test_a_stack_name_verda_cannot_take_in_a_host_name_fails_at_preview(
 
     assert f"comfy-workshop:pools[0].name = {pool['name']!r}" in text
     assert f"stack {stack_name!r}" in text and "pulumi stack rename" in text
+
+
+@pytest.mark.parametrize(
+    ("stack_name", "pool", "name"),
+    [
+        # Its host names fit (cw-<stack>-<pool>-0); its SSH key and startup script do not.
+        ("acme-december-workshop", {"kind": "verda-instance", "name": "baseline-h100-pool-fin"}, "-startup-"),
+        # Its deployment's name fits; the secret with the models bucket's secret key does not.
+        (
+            "workshop",
+            {"kind": "verda-serverless", "name": "burst-pool"},
+            "-worker-models-s3-secret-access-key-",
+        ),
+        (
+            "acme-december-2026",
+            {"kind": "runpod-serverless", "name": "overflow-gpus-eu-west-one"},
+            "-registry-",
+        ),
+        # With its own registry login, the template and endpoint (cw-<stack>-<pool>) are the longest.
+        (
+            "Dec_" + "w" * 50,
+            {"kind": "runpod-serverless", "name": "overflow-pool", "registryAuthId": "auth-1"},
+            "cw-dec_" + "w" * 50 + "-overflow-pool",
+        ),
+    ],
+    ids=["verda-instance", "verda-serverless", "runpod-serverless", "runpod-own-login"],
+)
+def test_a_stack_or_pool_name_making_a_name_too_long_for_its_provider_fails_at_preview(
+    stack_name: str, pool: dict[str, Any], name: str
+) -> None:
+    """Each pool names its objects at the provider after the stack and the pool, the secrets, logins,
+    SSH key and startup script with 'what' and the workshop's 8-character tag besides: a name past 63
+    characters was only refused by the provider mid-up (after the VPS was made), or not at all."""
+    text = problems("workshop", {"role": "workshop", "pools": [pool]}, stack_name=stack_name)
+
+    assert f"comfy-workshop:pools[0].name = {pool['name']!r}" in text
+    too_long = re.search(r"'(cw-[^']*)' is (\d+) characters, over the 63", text)
+    assert too_long, text
+    assert name.lower() in too_long.group(1).lower() and len(too_long.group(1)) == int(too_long.group(2)) > 63
+    assert f"{int(too_long.group(2)) - 63} characters shorter" in text and "pulumi stack rename" in text
 
 
 def test_a_runpod_pool_takes_any_stack_name() -> None:

@@ -480,3 +480,32 @@ def test_what_shows_no_owner_is_named_with_the_workshops_tag() -> None:
     deployment = dynamic(ours, "burst-deployment").inputs
     assert deployment["secret_env"]["WORKER_TOKEN"] == names(ours)["burst-worker-token"]
     assert deployment["registry_credentials"] == names(ours)["burst-registry"]
+
+
+def _pool_object_names(run: StackRun, pool: str) -> set[str]:
+    """The name of every object a pool makes at its provider, as the program declares them (the
+    models volumes, named in the config itself, aside)."""
+    component = next(r for r in run.resources if r.name == pool and not r.custom)
+    return {
+        r.inputs["name"]
+        for r in run.resources_of(DYNAMIC)
+        if _under(run, r, component.urn) and not r.name.startswith("models-")
+    }
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [VERDA_INSTANCE, VERDA_SERVERLESS, RUNPOD, {**RUNPOD, "registryAuthId": "auth-1"}],
+    ids=["verda-instance", "verda-serverless", "runpod-serverless", "runpod-own-login"],
+)
+def test_the_preview_checks_every_name_a_pool_gives_its_provider(pool: dict[str, Any]) -> None:
+    """`pulumi preview` refuses a stack or pool name that makes one of these names too long
+    (infra.loading): it must know each of them (an instance's host name, its SSH key and startup script,
+    a deployment's name, each of its secrets, a registry login, a RunPod template and endpoint), or one
+    it missed is refused by its provider mid-up."""
+    run = workshop(pool)
+    kind = KINDS[pool["kind"]]
+    config = kind.config_model.model_validate(pool)
+
+    declared = _pool_object_names(run, pool["name"])
+    assert declared == set(kind.names(config, "workshop", "https://workshop.example.org"))
