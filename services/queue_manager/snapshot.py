@@ -48,6 +48,7 @@ import ijson
 from ijson.common import ObjectBuilder
 from pydantic import BaseModel, Field, TypeAdapter, field_validator
 from redis.asyncio import ConnectionPool, Redis
+from redis.exceptions import WatchError
 
 from services.protocol.jobs import PROMPT_ID
 from services.queue_manager.errors import QueueError, WorkshopClosed
@@ -461,19 +462,32 @@ async def restore_snapshot(
 
 
 async def _restore_if_new(store: Store, fields: dict[str, str], now: int, result: RestoreResult) -> bool:
-    """Write a job back unless it is incomplete or already there (counted skipped); True when it
-    waits in a queue again."""
-    if not all(fields.get(name) for name in REQUIRED_FIELDS) or await store.redis.exists(
-        store.keys.job(fields["id"])
-    ):
+    """Write a job back unless it is incomplete or already there (counted skipped), in one step
+    with that check (a second restore of the same snapshot at once writes it once: the other skips
+    it); True when it waits in a queue again."""
+    key = store.keys.job(fields.get("id", ""))
+    if not all(fields.get(name) for name in REQUIRED_FIELDS):
         result.skipped += 1
         return False
+    transaction: Any = store.redis.pipeline(transaction=True)  # redis-py's stubs lack WATCH on it
+    async with transaction as pipe:
+        await pipe.watch(key)
+        if await pipe.exists(key):
+            result.skipped += 1
+            return False
+        pipe.multi()
+        waiting = _restore_job(pipe, store, dict(fields), now)
+        try:
+            await pipe.execute()
+        except WatchError:  # another restore wrote it meanwhile
+            result.skipped += 1
+            return False
     result.restored += 1
-    return await _restore_job(store, dict(fields), now)
+    return waiting
 
 
-async def _restore_job(store: Store, fields: dict[str, str], now: int) -> bool:
-    """Write one job back; True when it is waiting in a queue again."""
+def _restore_job(pipe: Any, store: Store, fields: dict[str, str], now: int) -> bool:
+    """Queue the writes of one job on ``pipe``; True when it will be waiting in a queue again."""
     keys, job_id, user = store.keys, fields["id"], fields["user"]
     waiting = fields["state"] == "queued" or fields["state"] in RUNNING
     if fields["state"] in RUNNING:
@@ -484,18 +498,16 @@ async def _restore_job(store: Store, fields: dict[str, str], now: int) -> bool:
             worker_id="",
             lease_expires="",
         )
-    async with store.redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.job(job_id), mapping=fields)
-        pipe.zadd(keys.user_jobs(user), {job_id: int(fields["queued_at"])})
-        pipe.sadd(keys.users, user)
-        if waiting:
-            scope = fields["scope"] or ANY_POOL
-            pipe.zadd(keys.queue(scope), {job_id: float(fields["score"])})
-            pipe.sadd(keys.scopes, scope)
-            pipe.sadd(keys.user_queued(user), job_id)
-        else:
-            _restore_finished(pipe, store, fields, now)
-        await pipe.execute()
+    pipe.hset(keys.job(job_id), mapping=fields)
+    pipe.zadd(keys.user_jobs(user), {job_id: int(fields["queued_at"])})
+    pipe.sadd(keys.users, user)
+    if waiting:
+        scope = fields["scope"] or ANY_POOL
+        pipe.zadd(keys.queue(scope), {job_id: float(fields["score"])})
+        pipe.sadd(keys.scopes, scope)
+        pipe.sadd(keys.user_queued(user), job_id)
+    else:
+        _restore_finished(pipe, store, fields, now)
     return waiting
 
 

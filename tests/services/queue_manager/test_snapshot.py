@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -746,3 +747,23 @@ async def test_an_uploaded_snapshot_names_only_jobs_and_participants_the_api_cou
     reply = await client.post("/api/admin/restore", json={"jobs": [], **body}, headers=ADMIN)
     assert reply.status_code == 422 and named in reply.json()["detail"], reply.text[:300]
     assert len(reply.text) < 2000 and await restored_keys(store) == []
+
+
+async def test_two_queue_managers_restoring_the_same_morning_write_each_job_once(
+    store_with: Callable[..., Store], tmp_path: Path
+) -> None:
+    """Two queue managers' restores of one snapshot at once (a second `cli load`, a replaced
+    container): each job is written by one of them, the other skips it, and the queue holds each
+    once, in order. Each checked that the job was absent and wrote it in two steps, so both wrote
+    it: a job the first one's open workshop had handed out meanwhile could be queued again."""
+    evening, vault = store_with(), LocalStorage(tmp_path / "vault")
+    ids = [(await evening.submit(user, job())).id for user in ("ada", "bob", "ada", "bob")]
+    await save_for_the_night(evening, vault)
+    await evening.redis.flushall()
+    first, second = store_with(), store_with()
+    loaded = await open_saved_snapshot(vault)
+    assert loaded is not None
+    results = await asyncio.gather(*(restore_snapshot(store, loaded) for store in (first, second)))
+    assert sum(result.restored for result in results) == len(ids), results
+    assert sum(result.skipped for result in results) == len(ids)
+    assert await first.queued_ids() == ids
