@@ -29,8 +29,10 @@ from services.worker.job_files import SALT_INPUT
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PROMPT_KEY = b"prompt\0"
 IMAGE_DATA = {b"IDAT", b"IEND"}  # ComfyUI's text chunks all come before these
-SALTED = re.compile(rb'(, )?"' + SALT_INPUT.encode() + rb'": "[^"\\]*"')
-"""The salt as ``json.dumps`` writes it among a node's inputs (the last one: ``salted`` adds it)."""
+SALT_KEY = b'"' + SALT_INPUT.encode() + b'": "'
+SALT_ENTRY = re.compile(re.escape(SALT_KEY) + rb'[^"\\]{0,256}"')
+"""The salt as ``json.dumps`` writes it among a node's inputs (the last one: ``salted`` adds it),
+after ``", "``."""
 
 
 def unsalted_prompt(text: bytes) -> bytes:
@@ -89,8 +91,16 @@ def blank_salt(path: Path) -> None:
     if path.stat().st_size == 0:
         return
     with path.open("r+b") as handle, mmap.mmap(handle.fileno(), 0) as data:
-        for found in SALTED.finditer(data):
-            data[found.start() : found.end()] = b" " * (found.end() - found.start())
+        # Found with mmap.find (memchr speed) and only then matched: a regex scan of a 50 MB video took
+        # seconds of the worker's one thread, with the GIL held.
+        start = data.find(SALT_KEY)
+        while start != -1:
+            entry = SALT_ENTRY.match(data, start)
+            end = entry.end() if entry else start + len(SALT_KEY)
+            if entry:
+                begin = start - 2 if data[max(start - 2, 0) : start] == b", " else start
+                data[begin:end] = b" " * (end - begin)
+            start = data.find(SALT_KEY, end)
 
 
 def unsalt_png(path: Path) -> None:
