@@ -53,7 +53,8 @@ class RunningNodes:
     """The node each running job's ComfyUI last said it runs (``executing {node}``): ComfyUI's
     ``last_node_id``, which it tells again to the tab that reconnects while its prompt runs. Every
     process hears every job's events, so each knows, also while the owner has no socket open; a job
-    is forgotten when it ends or its ComfyUI says it is done, and only the newest ``MAX_RUNNING``
+    is forgotten when it ends, when its ComfyUI says it is done, and when a run of it starts (an
+    attempt given back may have run nodes the new one has not), and only the newest ``MAX_RUNNING``
     are kept."""
 
     def __init__(self) -> None:
@@ -63,7 +64,8 @@ class RunningNodes:
         job_id = str(event.get("job_id"))
         comfy = event.get("comfy") or {}
         said = comfy.get("data") or {} if comfy.get("type") == "executing" else None
-        if event.get("type") == "finished" or (said is not None and said.get("node") is None):
+        begins = comfy.get("type") == "execution_start"  # a new attempt (one given back ran nodes)
+        if event.get("type") == "finished" or begins or (said is not None and said.get("node") is None):
             self._nodes.pop(job_id, None)
         elif said is not None:
             self._nodes[job_id] = str(said.get("display_node") or said["node"])

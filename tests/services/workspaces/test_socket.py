@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import time
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from services.protocol.jobs import JobError, OutputFile
-from services.protocol.workers import Completion, EventBatch, Failure, JobEvent, Lease
+from services.protocol.workers import Completion, EventBatch, Failure, JobEvent, Lease, Release
 from services.worker.comfy_client import PromptRejectedError
 from services.worker.runner import rejected
 from tests.support.jobs import GRAPH
@@ -315,3 +316,42 @@ def test_a_worker_cannot_speak_for_the_workspace_on_its_owners_socket(
             heard.append(next_text(mine))
     assert [m["type"] for m in heard] == ["custom.pack.note"], heard
     assert heard[-1]["data"]["text"] == "from the node"
+
+
+def heard_on_reconnect(server: LiveServer, alice: httpx.Client, tab: str) -> list[dict[str, Any]]:
+    """What tab ``tab`` hears when it (re)connects, up to the answer to its ``feature_flags``."""
+    with open_socket(server, alice, "alice", tab) as socket:
+        socket.send(json.dumps({"type": "feature_flags", "data": {}}))
+        heard = [next_text(socket)]
+        while heard[-1]["type"] != "feature_flags":
+            heard.append(next_text(socket))
+    return heard[:-1]
+
+
+def test_a_reconnecting_tab_hears_the_node_its_job_runs_never_one_of_an_attempt_given_back(
+    server: LiveServer, alice: httpx.Client, worker: httpx.Client
+) -> None:
+    """As ComfyUI tells a reconnecting tab the node its prompt runs (``executing {node}`` after
+    ``status``), so the frontend redraws it. A job given back by its GPU and started again elsewhere
+    has run no node yet: the tab must not be shown the node of the attempt that is gone."""
+    with open_socket(server, alice, "alice", "tab-b") as other:
+        next_text(other)
+        alice.post("/w/alice/prompt", json={"prompt": GRAPH, "client_id": "tab-a"}).raise_for_status()
+        lease = claim(worker)
+        job_id = lease.job.id
+        events = f"/api/leases/{job_id}/events"
+        post_as_worker(worker, events, EventBatch(token=lease.token, events=job_events(job_id)))
+        executing = {"type": "executing", "data": {"node": "3"}}
+        deadline = time.monotonic() + 5
+        while executing not in (heard := heard_on_reconnect(server, alice, "tab-a")):
+            assert time.monotonic() < deadline, f"the reconnecting tab heard {heard}"
+        assert [m["type"] for m in heard] == ["status", "executing"]
+        assert heard_on_reconnect(server, alice, "tab-b")[1:] == []  # another tab: status only
+
+        post_as_worker(worker, f"/api/leases/{job_id}/release", Release(token=lease.token))
+        again = claim(worker)
+        started = [JobEvent(type="execution_start", data={"prompt_id": job_id, "timestamp": 2})]
+        until_type(other, "status")  # given back: queued again
+        post_as_worker(worker, events, EventBatch(token=again.token, events=started))
+        until_type(other, "status")  # started again: every process has heard its execution_start
+        assert [m["type"] for m in heard_on_reconnect(server, alice, "tab-a")] == ["status"]
