@@ -592,14 +592,19 @@ class ModelSync:
         if start:
             await asyncio.to_thread(_hash_file, partial, digest)
             self.tally.progress.bytes_done += start
+        # The bar shows the file in flight only: a row kept per file fetched was drawn again at each
+        # new one, so many small files took time growing with their square, holding the event loop.
         task = self.bar.add_task(model.path, total=model.size, completed=start)
         self.downloads.append(model.path)
         log.info("downloading model %s from byte %d of %d", model.path, start, model.size)
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "ab") as handle:
-            async for attempt in patiently(self.settings.storage_retry_seconds):
-                with attempt:
-                    await self._stream(vault, model, handle, digest, task)
+        try:
+            with os.fdopen(fd, "ab") as handle:
+                async for attempt in patiently(self.settings.storage_retry_seconds):
+                    with attempt:
+                        await self._stream(vault, model, handle, digest, task)
+        finally:
+            self.bar.remove_task(task)
         return digest.hexdigest()
 
     async def _stream(self, vault: Storage, model: ModelFile, handle: Any, digest: Any, task: TaskID) -> None:
