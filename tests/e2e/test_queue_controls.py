@@ -43,15 +43,20 @@ def ids_of(log: SocketLog, kind: str) -> list[str]:
     return list(dict.fromkeys(m["data"]["prompt_id"] for m in log.of_type(kind)))
 
 
-async def queue_three(page: Page, log: SocketLog, queued: Queued) -> None:
-    """Run three times while the first runs: one running, two waiting, all listed in the sidebar."""
-    await page.evaluate("graph => window.app.loadApiJson(graph, 'three')", GRAPH)
-    for _ in range(3):
+async def queue_while_busy(page: Page, log: SocketLog, queued: Queued, runs: int = 3) -> None:
+    """Press Run ``runs`` times: once the first of them runs, the rest wait and the queue sidebar
+    lists them all (and her earlier tasks)."""
+    before = len(queued.ids)
+    for _ in range(runs):
         await page.locator("button:has-text('Run')").first.click()
-    await until(page, lambda: len(queued.ids) == 3, "three jobs queued")
-    await until(page, lambda: log.of_type("progress"), "the first job to run")
+    await until(page, lambda: len(queued.ids) == before + runs, f"{runs} jobs queued")
+    await until(
+        page, lambda: queued.ids[before] in ids_of(log, "execution_start"), "the first of them to run"
+    )
     await page.click(".queue-tab-button")
-    await page.wait_for_function("() => document.querySelectorAll('.task-item').length === 3")
+    await page.wait_for_function(
+        "n => document.querySelectorAll('.task-item').length === n", arg=before + runs
+    )
 
 
 async def test_clear_pending_tasks_keeps_the_running_job_and_deleting_that_task_interrupts_it(
@@ -60,7 +65,8 @@ async def test_clear_pending_tasks_keeps_the_running_job_and_deleting_that_task_
     queued = Queued()
     async with working_workspace(browser, server, tmp_path, queued.watch) as (comfy, _, page, log):
         comfy.knobs.progress_steps, comfy.knobs.node_seconds = 20, 2.0
-        await queue_three(page, log[0], queued)
+        await page.evaluate("graph => window.app.loadApiJson(graph, 'three')", GRAPH)
+        await queue_while_busy(page, log[0], queued)
         await page.locator(".side-bar-panel button:has(.pi-stop)").click()  # Clear Pending Tasks
         await page.wait_for_function("() => document.querySelectorAll('.task-item').length === 1")
         left = await (await page.request.get(f"{server.url}/w/alice/api/queue")).json()
@@ -86,7 +92,7 @@ async def test_delete_all_tasks_empties_her_queue_and_history_for_good(
         await until(page, lambda: log[0].of_type("execution_success"), "an earlier job's end")
         comfy.knobs.progress_steps, comfy.knobs.node_seconds = 10, 1.0
         await page.evaluate(SET_WIDTH, 80)
-        await queue_three_more(page, log[0], queued)
+        await queue_while_busy(page, log[0], queued)
         await page.locator(".side-bar-panel .clear-all-button").click()
         await page.get_by_role("button", name="Delete").click()  # the confirmation
         running = queued.ids[1]
@@ -100,22 +106,14 @@ async def test_delete_all_tasks_empties_her_queue_and_history_for_good(
         await page.wait_for_function("() => document.querySelectorAll('.task-item').length === 1")
 
 
-async def queue_three_more(page: Page, log: SocketLog, queued: Queued) -> None:
-    for _ in range(3):
-        await page.locator("button:has-text('Run')").first.click()
-    await until(page, lambda: len(queued.ids) == 4, "three more jobs queued")
-    await until(page, lambda: queued.ids[1] in ids_of(log, "execution_start"), "the first of them to run")
-    await page.click(".queue-tab-button")
-    await page.wait_for_function("() => document.querySelectorAll('.task-item').length === 4")
-
-
 async def test_queue_front_runs_before_her_jobs_already_waiting(
     browser: Browser, server: LiveServer, tmp_path: Path
 ) -> None:
     queued = Queued()
     async with working_workspace(browser, server, tmp_path, queued.watch) as (comfy, _, page, log):
         comfy.knobs.progress_steps, comfy.knobs.node_seconds = 10, 1.0
-        await queue_three(page, log[0], queued)
+        await page.evaluate("graph => window.app.loadApiJson(graph, 'three')", GRAPH)
+        await queue_while_busy(page, log[0], queued)
         await page.evaluate(SET_WIDTH, 48)
         await page.mouse.click(700, 600)  # the canvas has the keyboard
         await page.keyboard.press("Control+Shift+Enter")
