@@ -37,8 +37,13 @@ def owned_name(stack: str, pool: str, what: str, workshop: str) -> str:
     lost): ``remote_name``, what it is, and a tag of the workshop (a hash of ``workshop``, its public
     URL). Another workshop with the same stack and pool names never names one alike, so an object found
     under it is this workshop's: a leftover of a failed create or of a lost state, taken over."""
-    tag = hashlib.sha256(workshop.encode()).hexdigest()[:8]
-    return f"{remote_name(stack, pool)}-{what}-{tag}"
+    return f"{remote_name(stack, pool)}-{what}-{workshop_tag(workshop)}"
+
+
+def workshop_tag(workshop: str) -> str:
+    """The tag of the workshop whose public URL is ``workshop``: 8 hex digits no other workshop writes
+    (in the names of ``owned_name``, and in the description of its Verda instances)."""
+    return hashlib.sha256(workshop.encode()).hexdigest()[:8]
 
 
 JOB_SECONDS_RANGE = (60, 24 * 3600)

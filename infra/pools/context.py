@@ -113,4 +113,10 @@ class PoolContext:
     def owned_name(self, pool: str, what: str) -> str:
         """The name of a pool's object that shows nothing of who made it (``base.owned_name``): tagged
         with the workshop's public URL (the stack's name where it has none: the local stack)."""
-        return owned_name(self.stack, pool, what, self.public_url or self.stack)
+        return owned_name(self.stack, pool, what, self.workshop)
+
+    @property
+    def workshop(self) -> str:
+        """What tags this workshop's objects (``base.workshop_tag``): its public URL (the stack's name
+        where it has none: the local stack)."""
+        return self.public_url or self.stack

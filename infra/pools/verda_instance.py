@@ -11,7 +11,15 @@ from pydantic import Field, field_validator
 
 from infra.credential_registry import REGISTRY_PASSWORD, Credential
 from infra.pools.access import SHARED_MODELS_DIR, verda_connection, worker_env
-from infra.pools.base import ModelsVolume, PoolConfigBase, PoolMode, SharedVolume, owned_name, remote_name
+from infra.pools.base import (
+    ModelsVolume,
+    PoolConfigBase,
+    PoolMode,
+    SharedVolume,
+    owned_name,
+    remote_name,
+    workshop_tag,
+)
 from infra.pools.context import PoolContext
 from infra.pools.kind import GpuPool, PoolComponent
 from infra.pools.verda import CREDENTIALS, LOCATIONS, models_volume, shared_volume
@@ -86,6 +94,7 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
             "is_spot": config.spot,
             "os_volume_size": config.os_volume_gb,
             "description": f"comfy-workshop {ctx.stack}/{config.name}",
+            "workshop_tag": workshop_tag(ctx.workshop),
         }
         instances = [
             VerdaInstance(

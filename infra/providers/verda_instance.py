@@ -48,6 +48,10 @@ STOPPED = {InstanceStatus.OFFLINE: Actions.START, InstanceStatus.HIBERNATING: Ac
 RESUMING = BOOTING | frozenset({*STOPPED, InstanceStatus.RESTORING, "starting"})
 # What Verda must have free for a new instance.
 MACHINE_KEYS = frozenset({"instance_type", "location", "is_spot"})
+# The workshop's tag (``infra.pools.base.workshop_tag``) is written into the description at create,
+# after this mark: an instance found under our name carrying it is this workshop's. It is read at
+# create only, never a change: a running instance (made without it by the last release) stays.
+TAG_MARK = "workshop "
 
 
 class InstanceProvider(VerdaProvider):
@@ -60,6 +64,7 @@ class InstanceProvider(VerdaProvider):
     replace_keys = frozenset({*SPEC_KEYS, BROKEN})
     outputs = ("instance_id", "ip", "status", "os_volume_id", "price_per_hour")
     ownership = Ownership.SHOWN
+    checked_only = frozenset({"workshop_tag"})
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         """Also, at preview: the instance type is one Verda has, and no other stack's instance has our
@@ -76,16 +81,21 @@ class InstanceProvider(VerdaProvider):
         return mine[0] if mine else None
 
     def foreign(self, obj: Any, props: dict[str, Any]) -> str | None:
-        """Made with other SSH keys than the pool's (each stack makes its own key): another workshop
-        in the same Verda account whose stack and pool have the same names as this one's."""
-        wanted = sorted(map(str, props.get("ssh_key_ids") or []))
-        if rpc.UNKNOWN in wanted or sorted(map(str, obj.ssh_key_ids or [])) == wanted:
+        """Made with other SSH keys than the pool's (each stack makes its own key) and without this
+        workshop's tag in its description: another workshop in the same Verda account whose stack and
+        pool have the same names as this one's. With the tag it is this workshop's, left by a lost state
+        (its key pair is made anew): ``matches`` refuses it, so the create deletes it and makes anew."""
+        if rpc.UNKNOWN in _key_ids(props.get("ssh_key_ids")) or _same_keys(obj, props) or _tagged(obj, props):
             return None
         return foreign_object(self.kind, props["name"], "it has other SSH keys")
 
     def matches(self, obj: Any, props: dict[str, Any]) -> bool:
+        """Of the machine asked for, running or on its way, and made with the pool's SSH keys: a leftover
+        of a lost state (other keys) has workers holding yesterday's worker token and tailnet key. The
+        instance a timed-out create's own request made has the keys this create sends: adopted."""
         wanted = (props["instance_type"], props["location"], bool(props.get("is_spot")))
-        return (obj.instance_type, obj.location, bool(obj.is_spot)) == wanted and obj.status != "error"
+        machine = (obj.instance_type, obj.location, bool(obj.is_spot))
+        return machine == wanted and obj.status != "error" and _same_keys(obj, props)
 
     def make(self, api: Any, props: dict[str, Any]) -> Any:
         self._require_capacity(api, props)
@@ -93,7 +103,7 @@ class InstanceProvider(VerdaProvider):
             instance_type=props["instance_type"],
             image=props.get("image") or DEFAULT_IMAGE,
             hostname=props["name"],
-            description=props.get("description") or f"comfy-workshop {props['name']}",
+            description=_description(props),
             ssh_key_ids=list(props.get("ssh_key_ids") or []),
             location=props["location"],
             startup_script_id=props.get("startup_script_id") or None,
@@ -198,6 +208,27 @@ class InstanceProvider(VerdaProvider):
             "os_volume_id": obj.os_volume_id or "",
             "price_per_hour": float(obj.price_per_hour or 0.0),
         }
+
+
+def _key_ids(ids: Any) -> list[str]:
+    return sorted(map(str, ids or []))
+
+
+def _same_keys(obj: Any, props: dict[str, Any]) -> bool:
+    return _key_ids(obj.ssh_key_ids) == _key_ids(props.get("ssh_key_ids"))
+
+
+def _description(props: dict[str, Any]) -> str:
+    """What the instance is, and the workshop's tag after ``TAG_MARK`` when the pool gives it."""
+    text = props.get("description") or f"comfy-workshop {props['name']}"
+    tag = props.get("workshop_tag")
+    return f"{text} ({TAG_MARK}{tag})" if tag else text
+
+
+def _tagged(obj: Any, props: dict[str, Any]) -> bool:
+    """Whether ``obj`` carries this workshop's tag (``props`` without one: the last release's)."""
+    tag = props.get("workshop_tag")
+    return bool(tag) and tag != rpc.UNKNOWN and f"({TAG_MARK}{tag})" in str(obj.description or "")
 
 
 def _os_volume(props: dict[str, Any]) -> dict[str, Any]:

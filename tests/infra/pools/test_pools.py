@@ -480,6 +480,9 @@ def test_what_shows_no_owner_is_named_with_the_workshops_tag() -> None:
     deployment = dynamic(ours, "burst-deployment").inputs
     assert deployment["secret_env"]["WORKER_TOKEN"] == names(ours)["burst-worker-token"]
     assert deployment["registry_credentials"] == names(ours)["burst-registry"]
+    # The instances carry the same tag (in their description, written at create).
+    tag = lambda run: dynamic(run, "baseline-0").inputs["workshop_tag"]  # noqa: E731
+    assert names(ours)["baseline-ssh-key"].endswith(f"-{tag(ours)}") and tag(ours) != tag(theirs)
 
 
 def _pool_object_names(run: StackRun, pool: str) -> set[str]:

@@ -310,3 +310,33 @@ def test_a_status_that_never_becomes_running_fails_at_once_and_leaves_nothing(
     assert verda.billable_instances() == []
     gets = [call for call in verda.log if call[0] == "GET" and call[1].startswith("/instances/")]
     assert len(gets) < 10, "it gave up at the first status that cannot lead to running"
+
+
+def test_a_create_retried_after_a_timeout_keeps_the_instance_it_made(
+    verda: VerdaDouble, props: dict[str, Any]
+) -> None:
+    """A leftover of a lost state carrying the workshop's tag is deleted and made anew; the instance
+    this very create asked for before its request timed out carries the same tag and is no leftover:
+    the retry adopts it, it is never deleted (a GPU bought twice, or the fresh one thrown away)."""
+    verda.fail("POST", "/instances", when="hang")
+
+    result = InstanceProvider().create({**props, "workshop_tag": "1a2b3c4d"})
+
+    assert [i["id"] for i in verda.billable_instances()] == [result.id]
+    assert ("PUT", "/instances") not in verda.log
+
+
+def test_a_lost_states_instance_is_deleted_and_made_anew_with_todays_keys(
+    verda: VerdaDouble, props: dict[str, Any]
+) -> None:
+    """The state was lost (yesterday's key pair made anew today): yesterday's instance of our name and
+    workshop tag runs workers with yesterday's worker token and tailnet key. It stopped the `up` ('it
+    has other SSH keys') until deleted by hand; it is now deleted, confirmed gone, and made anew."""
+    yesterday = InstanceProvider().create({**props, "workshop_tag": "1a2b3c4d", "ssh_key_ids": ["key-0"]})
+
+    today = InstanceProvider().create({**props, "workshop_tag": "1a2b3c4d"})
+
+    [instance] = verda.billable_instances()
+    assert instance["id"] == today.id != yesterday.id and instance["ssh_key_ids"] == ["key-1"]
+    assert "1a2b3c4d" in instance["description"]
+    assert verda.instances[yesterday.id]["status"] == "deleted"

@@ -43,6 +43,14 @@ class Case:
         gone = found is None or (self.marks_deleted and found.get("status") in ("deleted", "deleting"))
         return None if gone else found
 
+    def named(self, doubles: Doubles, name: str) -> list[dict[str, Any]]:
+        """The remote objects of ``name`` not gone (an instance's name is its host name)."""
+        return [
+            obj
+            for key, obj in self.store(doubles).items()
+            if name in (key, obj.get("name"), obj.get("hostname")) and self.remote(doubles, key) is not None
+        ]
+
     def forget(self, doubles: Doubles, id_: str) -> None:
         """Delete the remote object behind Pulumi's back."""
         if self.marks_deleted:
@@ -63,6 +71,7 @@ INSTANCE = {
     "name": "cw-workshop-baseline-0", "instance_type": "1H100.80S.30V", "location": "FIN-03",
     "is_spot": False, "ssh_key_ids": ["sshkey-1"], "startup_script_id": "script-1", "setup_digest": "d1",
     "existing_volumes": ["vol-1"], "os_volume_size": 100, "description": "comfy-workshop workshop/baseline",
+    "workshop_tag": "1a2b3c4d",
 }  # fmt: skip
 ENDPOINT = {
     "name": "cw-workshop-overflow", "template_id": "te1", "gpu_type_ids": ["NVIDIA H100 80GB HBM3"],
@@ -643,7 +652,7 @@ def test_an_instance_verda_reports_in_error_is_replaced_by_the_up_after_a_refres
 # What another workshop's object of our name (theirs) and ours differ in, for every kind the pools
 # declare but the models volumes, which outlive stacks and are shared by name on purpose.
 OTHER_WORKSHOP = {
-    "instance": ({"ssh_key_ids": ["their-key"]}, {}),
+    "instance": ({"ssh_key_ids": ["their-key"], "workshop_tag": "9f8e7d6c"}, {}),
     "deployment": (
         {"env": {"WORKER_QUEUE_URL": "https://a.example.org"}},
         {"env": {"WORKER_QUEUE_URL": "https://b.example.org"}},
@@ -660,6 +669,9 @@ SHARED_BY_NAME = {"shared-volume", "network-volume"}
 # are made again): their names carry the workshop's tag (``infra.pools.base.owned_name``), which no
 # other workshop writes, so what is found under one is this workshop's.
 LOST_STATE = {
+    # Made with yesterday's key pair (made anew today): its workers hold yesterday's worker token and
+    # tailnet key, so it is deleted and made anew, never reused.
+    "instance": {"ssh_key_ids": ["sshkey-today"]},
     "ssh-key": {"public_key": "ssh-ed25519 TODAY"},
     "startup-script": {"script": "#!/bin/sh\necho today\n"},
     "secret": {"value": "token-today"},
@@ -684,10 +696,10 @@ def test_an_object_left_by_a_lost_state_is_taken_over_by_the_next_up(kind: str, 
     today.up({**case.props, **connection(case, doubles), **LOST_STATE[kind]})
 
     name = case.props["name"]
-    held = [json.dumps(obj) for key, obj in case.store(doubles).items() if name in (key, obj.get("name"))]
+    held = [json.dumps(obj) for obj in case.named(doubles, name)]
     assert len(held) == 1 and all(json.dumps(v)[1:-1] in held[0] for v in LOST_STATE[kind].values()), held
     today.destroy()
-    assert not [obj for key, obj in case.store(doubles).items() if name in (key, obj.get("name"))]
+    assert not case.named(doubles, name)
 
 
 @pytest.mark.parametrize("kind", sorted(OTHER_WORKSHOP))
