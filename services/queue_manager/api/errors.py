@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 from dataclasses import dataclass
@@ -36,6 +37,22 @@ async def too_deep(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail, "error": detail}, status_code=400)
 
 
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+NO_ROOM_DETAIL = (
+    "the server has no room left to store this: nothing was stored. Tell the organizer: the server's "
+    "disk (or the file store's quota) is full, and frees up once files are deleted or the disk is grown"
+)
+
+
+async def no_room(_: Request, exc: Exception) -> JSONResponse:
+    """507 for a write the server's disk has no room for (her upload, a spooled snapshot): it names
+    no folder of the server's; any other OSError stays the server's fault (500)."""
+    assert isinstance(exc, OSError)
+    if exc.errno not in NO_ROOM:
+        raise exc
+    return JSONResponse({"detail": NO_ROOM_DETAIL, "error": NO_ROOM_DETAIL}, status_code=507)
+
+
 async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422, but a body that is no UTF-8 is shown as text instead of failing the answer."""
     assert isinstance(exc, RequestValidationError)
@@ -49,6 +66,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RecursionError, too_deep)
     app.add_exception_handler(RedisConnectionError, redis_down)
     app.add_exception_handler(RedisTimeoutError, redis_down)
+    app.add_exception_handler(OSError, no_room)
 
 
 DEFAULT_MAX_BYTES = 2_000_000

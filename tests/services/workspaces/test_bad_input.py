@@ -3,7 +3,12 @@ outside tester found, each sent through the real HTTP stack."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import resource
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -167,3 +172,29 @@ def test_an_image_too_big_to_decode_safely_is_refused_for_conversion_and_masks(a
     assert upload(alice, "fine.png", png(64, 64)).status_code == 200
     fine = {"filename": "fine.png", "type": "input", "channel": "rgb"}
     assert alice.get("/w/alice/api/view", params=fine).status_code == 200
+
+
+@contextlib.contextmanager
+def full_disk(room: int) -> Iterator[None]:
+    """No file this process writes may grow past ``room`` bytes, as on a disk that is full: the
+    write fails with an OSError (Python ignores the SIGXFSZ the kernel sends first)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (room, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_an_upload_the_servers_disk_has_no_room_for_gets_507_naming_it_and_stores_nothing(
+    alice: httpx.Client, server: LiveServer, tmp_path: Path
+) -> None:
+    """A full disk under the file store answered 500 (an unhandled OSError) to her upload."""
+    with full_disk(64 * 1024):
+        reply = upload(alice, "big.png", os.urandom(512 * 1024))
+    says(reply, 507, "no room", "nothing was stored", "organizer")
+    assert "/" + "tmp" not in reply.text, "the server's folders are not hers to know"
+    listed = alice.get("/w/alice/api/internal/files/input").json()
+    assert "big.png" not in listed
+    assert not [path for path in (tmp_path / "files").rglob("*big.png*")], "a partial file was left"
+    assert upload(alice, "small.png", png(8, 8)).status_code == 200  # with room again, uploads work
