@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from devkit.nginx import nginx_test, running_nginx, self_signed
+from devkit.qm_server import QueueManagerProcess
 from devkit.servers import RedisServer, free_port, wait_until
 from infra.templates.nginx import NginxSpec, Tls, nginx_site
 
@@ -39,10 +37,10 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def queue_manager(redis_proc: RedisServer) -> Iterator[str]:
-    port = free_port()
+def queue_manager(redis_proc: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The queue manager process as behind the VPS's nginx; one that exits at start fails naming its
+    log at once, and its output goes to that file (a pipe nobody read could fill and stall it)."""
     env = {
-        **os.environ,
         "QM_ENV": "development",
         "QM_REDIS_URL": redis_proc.url,
         "QM_PARTICIPANTS": json.dumps({"ada": PASSWORD}),
@@ -50,19 +48,14 @@ def queue_manager(redis_proc: RedisServer) -> Iterator[str]:
         "QM_MAX_BODY_BYTES": str(100 * 1024 * 1024),  # so any 413 below is nginx's
         "QM_PUBLIC_URL": "https://localhost",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "services.queue_manager.main:app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", "--proxy-headers", "--forwarded-allow-ips", "*"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    log = tmp_path_factory.mktemp("queue-manager") / "log"
+    server = QueueManagerProcess(
+        env, log_path=log, extra_args=("--proxy-headers", "--forwarded-allow-ips", "*")
+    ).start()
     try:
-        wait_until(
-            lambda: httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200, 30, "queue manager"
-        )
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{server.port}"
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -75,7 +75,15 @@ async def test_the_admin_figures_equal_what_two_workers_ran(
     assert gpu["jobs"] == 8
     busy = sample(metrics, f'qm_gpu_busy_seconds_total{{pool="{POOL}"}}')
     busy -= sample(before, f'qm_gpu_busy_seconds_total{{pool="{POOL}"}}')
-    assert truth <= busy <= truth + 8 * 0.1  # the worker's clock: its submit to ComfyUI's end
+    # The worker's clock, its submit to ComfyUI's end: at least what the doubles ran, at most the time
+    # the queue manager saw each job held (start to completion, uploads included), however loaded the
+    # machine is (a fixed allowance per job failed under a load of 15 on two cores).
+    held = sum(
+        (job.finished_at - job.started_at).total_seconds()
+        for job in done
+        if job.started_at and job.finished_at
+    )
+    assert truth <= busy <= held
     uploads = f'qm_upload_seconds_count{{pool="{POOL}"}}'
     assert sample(metrics, uploads) - sample(before, uploads) == 8
     gaps = f'qm_gpu_idle_gap_seconds_count{{pool="{POOL}"}}'
