@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from devkit.nginx import running_nginx
-from devkit.servers import free_port, wait_until
+from devkit.servers import free_port, http_get, wait_until
 from services.queue_manager.workspaces.frontend import static_root
 
 # What the page GETs from its API while it starts (query strings do not change these answers).
@@ -68,5 +68,5 @@ def static_workspace(user: str, canned: Path, prefix: Path) -> Iterator[str]:
     with running_nginx(prefix, site):
         url = f"http://127.0.0.1:{port}"
         page = f"{url}/w/{user}/"
-        wait_until(lambda: httpx.get(page).status_code == 200, timeout=10, what="nginx to serve the page")
+        wait_until(lambda: http_get(page).status_code == 200, timeout=10, what="nginx to serve the page")
         yield url

@@ -38,7 +38,7 @@ from pydantic import SecretStr
 
 from devkit.qm_server import qm_env
 from devkit.qm_server import queue_manager as qm_process
-from devkit.servers import free_port, redis_server, wait_until
+from devkit.servers import free_port, http_get, redis_server, wait_until
 from services.protocol.workers import Lease
 from services.storage.local import LocalStorage
 from services.worker import runner as runner_module
@@ -68,7 +68,7 @@ def process(command: list[str], url: str, env: dict[str, str] | None = None) -> 
     """A server process answering ``url`` (its readiness probe); yields the base URL, stops it after."""
     child = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL)
     try:
-        wait_until(lambda: httpx.get(url).status_code == 200, timeout=60, what=" ".join(command[:3]))
+        wait_until(lambda: http_get(url).status_code == 200, timeout=60, what=" ".join(command[:3]))
         yield url.rsplit("/", 1)[0] if url.endswith(("/health", "/system_stats")) else url
     finally:
         child.terminate()

@@ -20,11 +20,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated
 
-import httpx
 import typer
 
 from devkit.qm_server import QueueManagerProcess
-from devkit.servers import ManagedProcess, RedisServer, free_port, wait_until
+from devkit.servers import ManagedProcess, RedisServer, free_port, http_get, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "dev"
@@ -106,7 +105,7 @@ def comfyui_double(root: Path) -> tuple[Child, str]:
     ).start()
     url = f"http://127.0.0.1:{port}"
     wait_until(
-        lambda: child.alive() and httpx.get(f"{url}/system_stats", timeout=1).is_success, 60, "ComfyUI double"
+        lambda: child.alive() and http_get(f"{url}/system_stats", timeout=1).is_success, 60, "ComfyUI double"
     )
     return child, url
 

@@ -12,9 +12,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from devkit.servers import TEST_FILES_URL, ManagedProcess, free_port, wait_until
+from devkit.servers import TEST_FILES_URL, ManagedProcess, free_port, http_get, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +78,7 @@ class QueueManagerProcess(ManagedProcess):
     def _ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError(f"queue manager exited with {self.process.returncode} (log: {self.log_path})")
-        return httpx.get(f"{self.url}/ready", timeout=1).status_code == 200
+        return http_get(f"{self.url}/ready", timeout=1).status_code == 200
 
     def pids(self) -> list[int]:
         """The server process and, with several ``processes``, its workers."""

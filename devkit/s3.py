@@ -19,9 +19,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
-import httpx
 
-from devkit.servers import free_port, wait_until
+from devkit.servers import free_port, http_get, wait_until
 from services.storage import S3Settings
 
 
@@ -36,7 +35,7 @@ def moto_server() -> Iterator[str]:
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: httpx.get(endpoint).status_code < 500, timeout=90, what="moto S3 server")
+        wait_until(lambda: http_get(endpoint).status_code < 500, timeout=90, what="moto S3 server")
         yield endpoint
     finally:
         process.terminate()

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from devkit.qm_server import QueueManagerProcess, qm_env
-from devkit.servers import RedisServer, wait_until
+from devkit.servers import RedisServer, http_get, wait_until
 from tests.support.qm_api import ADMIN, GPU, PASSWORDS, PROMPT, TOKENS, registration, user_auth
 
 pytestmark = pytest.mark.slow
@@ -83,7 +83,7 @@ def test_no_accepted_job_is_lost_when_the_queue_manager_and_redis_are_killed(
         server.start()
         crashable_redis.kill()
         crashable_redis.start()
-        wait_until(lambda: httpx.get(f"{server.url}/ready").status_code == 200, what="queue manager ready")
+        wait_until(lambda: http_get(f"{server.url}/ready").status_code == 200, what="queue manager ready")
         with httpx.Client(base_url=server.url, timeout=10) as http:
             # Then every job still exists and runs to the end, the vanished worker's two again
             completed = run_until_done(http, set(ids[3:]), 60)

@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from devkit.doubles.comfyui import ComfyUIDouble
-from devkit.servers import free_port, wait_until
+from devkit.servers import free_port, http_get, wait_until
 from tests.support.jobs import graph
 from tests.support.worker_agent import RunBeginning
 
@@ -257,11 +257,11 @@ def test_the_double_runs_as_a_subprocess_with_comfyui_flags(tmp_path: Path) -> N
     command += ["--temp-directory", str(tmp_path / "tmp"), "--cpu", "--node-seconds", "0.01"]
     process = subprocess.Popen(command)
     try:
-        wait_until(lambda: httpx.get(f"{base}/system_stats").status_code == 200, what="double subprocess")
+        wait_until(lambda: http_get(f"{base}/system_stats").status_code == 200, what="double subprocess")
         knobs = httpx.post(f"{base}/__double__/knobs", json={"silent": True}).json()
         assert knobs["silent"] is True and knobs["node_seconds"] == 0.01
         httpx.post(f"{base}/prompt", json={"prompt": GRAPH, "prompt_id": "sp"})
-        wait_until(lambda: httpx.get(f"{base}/history/sp").json(), what="history")
+        wait_until(lambda: http_get(f"{base}/history/sp").json(), what="history")
         assert (tmp_path / "out" / "t_00001_.png").is_file()
     finally:
         process.kill()

@@ -18,7 +18,7 @@ import pytest
 from redis.asyncio import Redis
 
 from devkit.doubles.comfyui import ComfyUIDouble
-from devkit.servers import free_port, wait_until
+from devkit.servers import free_port, http_get, wait_until
 from services.protocol.jobs import JobState
 from services.protocol.workers import Lease, WorkerCapabilities, WorkerRegistration
 from services.queue_manager.push_requests import Chains
@@ -117,7 +117,7 @@ def push_container(comfy: ComfyUIDouble, tmp_path: Path, **env: str) -> tuple[su
     process = subprocess.Popen([sys.executable, "-m", "services.worker", "serve-push"], env=environ)
     try:
         wait_until(
-            lambda: httpx.get(f"http://127.0.0.1:{port}/health").json()["ready"],
+            lambda: http_get(f"http://127.0.0.1:{port}/health").json()["ready"],
             timeout=30,
             what="push handler ready",
         )
