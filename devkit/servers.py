@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import shutil
 import socket
@@ -55,13 +56,16 @@ def free_port() -> int:
 
 # One client for every poll of a starting server: ``httpx.get`` builds a client, and with it a TLS
 # context loading the CA bundle (~25 ms of CPU), on every call, so a 20 ms poll loop took a core from
-# the server it waited for (0.16 ms a call on this shared one).
-POLLING = httpx.Client(timeout=2)
+# the server it waited for (0.16 ms a call on this shared one). Made at the first poll, not when this
+# module is imported: most importers never poll, and making it costs that TLS context once.
+@functools.cache
+def polling_client() -> httpx.Client:
+    return httpx.Client(timeout=2)
 
 
 def http_get(url: str, timeout: float = 2) -> httpx.Response:
     """GET ``url`` on the shared polling client (for checks that a local server answers)."""
-    return POLLING.get(url, timeout=timeout)
+    return polling_client().get(url, timeout=timeout)
 
 
 def wait_until(check, timeout: float = 15.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]

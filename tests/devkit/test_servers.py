@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from devkit.servers import LISTEN_PORTS_FLOOR, ephemeral_low, free_port, http_get
+from devkit.servers import LISTEN_PORTS_FLOOR, ephemeral_low, free_port, http_get, polling_client
 
 
 def test_a_picked_port_is_never_one_an_outgoing_connection_could_take_before_the_server_binds() -> None:
@@ -36,6 +36,7 @@ def test_a_picked_port_can_be_listened_on_and_a_port_in_use_is_never_picked() ->
 def test_polling_a_starting_server_builds_no_tls_context_per_poll(monkeypatch: pytest.MonkeyPatch) -> None:
     """``httpx.get`` builds a client and a TLS context loading the CA bundle (~25 ms of CPU) on each
     call: a 20 ms poll loop took a core from the server it waited for."""
+    polling_client()  # the one client every poll shares, made at the first poll
     loaded: list[object] = []
     original = ssl.SSLContext.load_verify_locations
 
