@@ -67,19 +67,9 @@ local function limit_of(pool)
   if own then
     return own[1], own[2]
   end
-  local named = string.sub(cjson.encode(pool), 2, -2)
-  local error_json, parts, from = ARGV[9], {}, 1
-  while true do
-    local first, last = string.find(error_json, '{pool}', from, true)
-    if not first then
-      break
-    end
-    table.insert(parts, string.sub(error_json, from, first - 1))
-    table.insert(parts, named)
-    from = last + 1
-  end
-  table.insert(parts, string.sub(error_json, from))
-  return tonumber(ARGV[8]), table.concat(parts)
+  -- the pool's name as a JSON string's inside, '%' doubled for gsub ('{pool}' holds no pattern character)
+  local named = string.gsub(string.sub(cjson.encode(pool), 2, -2), '%%', '%%%%')
+  return tonumber(ARGV[8]), (string.gsub(ARGV[9], '{pool}', named))
 end
 
 -- End a lease past its worker's pool's maximum job time as finish.lua ends an 'overrun': the

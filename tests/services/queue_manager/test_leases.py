@@ -230,6 +230,8 @@ async def test_a_pool_without_its_own_maximum_job_time_has_the_default(
 
     assert await store.reap(now=now_ms() + 50_000) == []
     assert await store.reap(now=now_ms() + 101_000) == [(queued.id, "ada", "overrun")]
+    failed = await store.get(queued.id)
+    assert failed is not None and failed.error == leases.time_limit_error("gpu", 100)  # naming her pool
 
 
 class CountedConnection(Connection):
