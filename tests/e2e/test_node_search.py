@@ -8,7 +8,7 @@ import pytest
 from playwright.async_api import Browser
 
 from devkit.doubles.comfyui_nodes import catalogue
-from tests.support.browser import logged_in_page
+from tests.support.browser import double_click, logged_in_page
 from tests.support.queue_manager_app import LiveServer, register_worker
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -75,7 +75,7 @@ async def test_a_node_picked_in_the_canvas_search_box_lands_where_she_double_cli
         register_worker(worker, catalogue([]))
     context, page = await logged_in_page(browser, server, "alice")
     await page.evaluate("() => window.app.graph.clear()")
-    await page.mouse.dblclick(700, 450)
+    await double_click(page, 700, 450)
     box = page.locator(".comfy-vue-node-search-container input, .p-autocomplete-input").first
     await box.wait_for(timeout=10_000)
     await page.wait_for_function(

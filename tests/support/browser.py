@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,28 @@ class SocketLog:
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [m for m in self.messages if m["type"] == kind]
+
+
+async def double_click(page: Page, x: float, y: float) -> None:
+    """Two presses of the left button at (x, y) stamped 50 ms apart, as a hand double-clicks.
+
+    The canvas (LiteGraph's ``CanvasPointer``) takes two presses as a double click when their events'
+    time stamps are under 300 ms apart. ``page.mouse.dblclick`` stamps each press when the browser
+    takes it, after the renderer answered the one before, so on a loaded machine its presses can
+    land more than 300 ms apart and the canvas sees two single clicks. The stamps given here hold
+    whatever the load."""
+    cdp = await page.context.new_cdp_session(page)
+    try:
+        now = time.time()
+        base = {"x": x, "y": y, "button": "left"}
+        await cdp.send("Input.dispatchMouseEvent", {**base, "type": "mouseMoved", "timestamp": now})
+        for count, at in ((1, now), (2, now + 0.05)):
+            pressed = {**base, "clickCount": count, "buttons": 1, "timestamp": at}
+            await cdp.send("Input.dispatchMouseEvent", {**pressed, "type": "mousePressed"})
+            released = {**base, "clickCount": count, "buttons": 0, "timestamp": at + 0.01}
+            await cdp.send("Input.dispatchMouseEvent", {**released, "type": "mouseReleased"})
+    finally:
+        await cdp.detach()
 
 
 async def until(page: Page, check: Any, what: str, timeout_ms: int = 20_000) -> None:
