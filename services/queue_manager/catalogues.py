@@ -63,8 +63,10 @@ SHOWN = 20  # class and file names listed per change in the admin's summary
 # then a letter, ``/``, ``!`` or ``?``. A lone ``<`` or ``>`` is text there, as in a comparison
 # node's combo ("<", ">=": ComfyUI's own test pack has one), and must not hold a catalogue back.
 MARKUP = re.compile(r"<[A-Za-z/!?]")
-WEIGHTS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
-"""Model files, as ComfyUI's model folders list them (its ``supported_pt_extensions``)."""
+WEIGHTS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft", ".gguf")
+"""Model files: those ComfyUI's model folders list (its ``folder_paths.supported_pt_extensions``, the
+first eight) and the quantized weights the ComfyUI-GGUF loaders list (``.gguf``). Compared in lower
+case, as a file named ``X.GGUF`` is the same kind of file."""
 # What ComfyUI's markdown (marked, GFM) makes a link or an element of: a tag, a link or image
 # (``[`` opens one), a bare URL or e-mail address (autolinked).
 LINKS_OR_MARKUP = re.compile(r"<[A-Za-z/!?]|\[|://|www\.|@", re.IGNORECASE)

@@ -282,8 +282,8 @@ class Settings(BaseSettings):
         default=None,
         description="QM_MODELS: JSON list of the model files every GPU holds, the stack config's manifest "
         'paths (e.g. ["checkpoints/sdxl.safetensors"]; the program writes it). A node\'s option naming a '
-        "weights file (.safetensors, .ckpt, ...) none of them is, is neither offered nor accepted by the "
-        "workspaces; unset: the workers' catalogue as they publish it",
+        "weights file (.safetensors, .gguf, ...: catalogues.WEIGHTS) none of them is, is neither offered "
+        "nor accepted by the workspaces; unset: the workers' catalogue as they publish it",
     )
     gpu_prices: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict,

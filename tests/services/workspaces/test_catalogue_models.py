@@ -110,3 +110,40 @@ async def test_a_version_that_drops_a_model_the_config_still_names_waits_for_the
     state = await configured.catalogue_state()
     assert state.approved == "cat-v1"
     assert [(c.digest, c.changed) for c in state.pending] == [("cat-less", ["CheckpointLoaderSimple"])]
+
+
+def test_a_gguf_model_the_config_does_not_name_is_neither_offered_nor_accepted(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Quantized weights (``.gguf``, the ComfyUI-GGUF loaders' files) are model files like
+    ``.safetensors``: one a GPU lists but the config does not (put there by hand, or a leaked token's
+    made-up name) is not offered, and a prompt naming it is refused."""
+    nodes = catalogue([])
+    nodes["UnetLoaderGGUF"] = {
+        "input": {"required": {"unet_name": [["flux1-dev-Q4_K_S.gguf", "by-hand-Q8_0.GGUF"], {}]}},
+        "output": ["MODEL"],
+        "output_node": False,
+    }
+    nodes["ModelSink"] = {"input": {"required": {"model": ["MODEL"]}}, "output": [], "output_node": True}
+    graph = {
+        "1": {"class_type": "UnetLoaderGGUF", "inputs": {"unet_name": "by-hand-Q8_0.GGUF"}},
+        "2": {"class_type": "ModelSink", "inputs": {"model": ["1", 0]}},
+    }
+    settings = settings_for(redis_url, models=["unet/flux1-dev-Q4_K_S.gguf"])
+    with live_server(settings, tmp_path / "files") as server:
+        worker = httpx.Client(base_url=server.url, timeout=10)
+        register_worker(worker, nodes, worker_id="w-gguf", digest="cat-gguf")
+        alice = login(httpx.Client(base_url=server.url, timeout=10), "alice")
+
+        def combo() -> list[str]:
+            found = alice.get("/w/alice/api/object_info").json().get("UnetLoaderGGUF")
+            return [] if found is None else found["input"]["required"]["unet_name"][0]
+
+        wait_until(lambda: combo() != [], timeout=30, what="the GPU's catalogue served")
+        assert combo() == ["flux1-dev-Q4_K_S.gguf"]
+        refused = alice.post("/w/alice/prompt", json={"prompt": graph})
+        assert refused.status_code == 400, refused.text
+        [error] = refused.json()["node_errors"]["1"]["errors"]
+        assert error["type"] == "value_not_in_list" and "by-hand-Q8_0.GGUF" in error["details"]
+        for client in (alice, worker):
+            client.close()
