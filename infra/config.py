@@ -200,7 +200,7 @@ class VaultConfig(_People):
 
 class _WithPools(Model):
     pools: list[PoolConfig] = Field(min_length=1)
-    models: list[ModelFile] = Field(default_factory=list, max_length=500)
+    models: list[ModelFile] = Field(default_factory=list)  # at most MAX_MODELS: manifest_problem
     comfyui: ComfyUIConfig = ComfyUIConfig()  # the workers' ComfyUI and the frontend served with it
 
     @field_validator("models")

@@ -499,3 +499,19 @@ def test_a_models_list_too_long_for_the_workers_environment_is_refused_at_previe
     assert "fix:" in text
     set_config(stack_values("workshop", {"models": models[:300]}))
     assert len(load_config("workshop").models) == 300  # 92 KB: fits
+
+
+def test_the_stack_config_takes_as_many_models_as_a_worker_reports_and_names_the_limit() -> None:
+    """One count of model files for the stack config, the workers' manifest and their registration
+    (MAX_MODELS): the config refused a 501st model ('List should have at most 500 items', no fix) that
+    the workers take, though 600 short-named LoRAs fit the workers' environment."""
+    from services.protocol.workers import MAX_MODELS
+
+    def loras(count: int) -> list[dict[str, Any]]:
+        return [{"path": f"loras/{n}.safetensors", "size": 1, "sha256": f"{n:064x}"} for n in range(count)]
+
+    set_config(stack_values("workshop", {"models": loras(600)}))
+    assert len(load_config("workshop").models) == 600
+    text = problems("workshop", {"models": loras(MAX_MODELS + 1)})
+    assert f"{MAX_MODELS + 1} model files, more than the {MAX_MODELS}" in text, text
+    assert "fix: list fewer models" in text
