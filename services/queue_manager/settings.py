@@ -379,10 +379,20 @@ class Settings(BaseSettings):
         return self.lease_seconds / 3
 
 
+USER_NAME_RULE = "must be 1-64 letters, digits, '.', '_', '@' or '-'"
+
+
 def _check_user_names(participants: dict[str, SecretStr], admin_user: str) -> None:
+    """Participants' and the admin's names by one rule (``USER_NAME``): each is a folder of the
+    vault (``users/<name>/``), a Redis key's part and the workspace's URL (``/w/<name>/``)."""
     bad = [name for name in participants if not USER_NAME.fullmatch(name)]
     if bad:
-        raise ValueError(f"participant names {bad} must be 1-64 letters, digits, '.', '_', '@' or '-'")
+        raise ValueError(f"participant names {bad} {USER_NAME_RULE}")
+    if not USER_NAME.fullmatch(admin_user):
+        raise ValueError(
+            f"QM_ADMIN_USER {admin_user[:80]!r} {USER_NAME_RULE}: set it to such a name (the stack "
+            "config's adminUser)"
+        )
     if admin_user in participants:
         raise ValueError(f"{admin_user!r} is the admin's name (QM_ADMIN_USER): rename that participant")
 

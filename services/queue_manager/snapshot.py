@@ -82,9 +82,9 @@ class StoredKey(BaseModel):
     data: Any
 
 
-# A user's name as the queue manager may have written it: a participant's (USER_NAME) or the admin's
-# (QM_ADMIN_USER, which the queue manager takes as it is): never a folder of the vault's paths
-# (users/<name>/...) nor a line of its own
+# A user's name as the queue manager may have written it: a participant's or the admin's (USER_NAME;
+# wider here, as releases before the admin's name was checked took QM_ADMIN_USER as it was): never a
+# folder of the vault's paths (users/<name>/...) nor a line of its own
 SAVED_USER = re.compile(r"(?!\.\.?\Z)[^/\\\x00-\x1f\x7f]{1,128}")
 # What a copied key's name may hold in place of its family's placeholder
 NAMES: dict[str, re.Pattern[str]] = {"u": SAVED_USER, "hash": re.compile(r"(?s).{1,128}")}

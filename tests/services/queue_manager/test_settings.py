@@ -109,6 +109,24 @@ def test_participant_names_that_cannot_be_keys_or_urls_are_refused() -> None:
         Settings(env="development", participants={"admin": "pw"})
 
 
+@pytest.mark.parametrize("name", ["organizer jane", "../vault", "a/b", "x" * 65, ""])
+def test_an_admin_name_that_cannot_be_a_key_or_url_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """The admin's name is a user's name like a participant's (her jobs, files and settings are
+    kept under it, her workspace is /w/<name>/): one rule for both, said at start with the fix."""
+    monkeypatch.setenv("QM_ENV", "development")
+    monkeypatch.setenv("QM_ADMIN_USER", name)
+    with pytest.raises(ValidationError, match=r"QM_ADMIN_USER .* must be 1-64 letters, digits"):
+        Settings()
+
+
+def test_a_plain_admin_name_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QM_ENV", "development")
+    monkeypatch.setenv("QM_ADMIN_USER", "jane.doe@example-1")
+    assert Settings().admin_user == "jane.doe@example-1"
+
+
 async def test_the_running_app_keeps_no_participant_password_in_its_settings(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
