@@ -23,6 +23,7 @@ from infra.pools.base import (
 from infra.pools.context import PoolContext
 from infra.pools.kind import GpuPool, PoolComponent
 from infra.providers.resources import RunPodEndpoint, RunPodNetworkVolume, RunPodRegistryAuth, RunPodTemplate
+from infra.providers.runpod import login_name_shape
 from infra.secret import secret
 from services.queue_manager.settings import PUSH_CHAIN_SECONDS, push_request_limit
 
@@ -87,8 +88,12 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
 
     def names(self, config: RunpodServerlessConfig, stack: str, workshop: str) -> tuple[str, ...]:
         """The template's and the endpoint's name (any stack name goes at RunPod: not host names), and
-        the registry login's unless the pool names its own (``registry_auth_id``)."""
-        login = () if config.registry_auth_id else (owned_name(stack, config.name, REGISTRY_LOGIN, workshop),)
+        the registry login's (with its fingerprint) unless the pool names its own (``registry_auth_id``)."""
+        login = (
+            ()
+            if config.registry_auth_id
+            else (login_name_shape(owned_name(stack, config.name, REGISTRY_LOGIN, workshop)),)
+        )
         return (remote_name(stack, config.name), *login)
 
     def capacity(self, config: RunpodServerlessConfig) -> int:

@@ -146,6 +146,10 @@ class LifecycleProvider(ResourceProvider, ABC):
     ownership: ClassVar[Ownership] = Ownership.UNSHOWN
     # Inputs only the check reads (what the rest of the stack declares): never a change to make.
     checked_only: ClassVar[frozenset[str]] = frozenset()
+    # Names are deterministic, so the old object must go before its successor takes the name; a kind
+    # whose every replacement has a name of its own is made first, and the old one deleted after the
+    # objects naming it have moved to the new one (one still in use may not be deletable).
+    delete_before_replace: ClassVar[bool] = True
 
     # --- remote verbs, provided by each resource kind -------------------------------------
     @abstractmethod
@@ -260,8 +264,11 @@ class LifecycleProvider(ResourceProvider, ABC):
         if replaces:
             self.can_replace(_news, replaces)
         new_key = any(_olds.get(k) != _news.get(k) for k in STORED_FOR_DESTROY)
-        # Names are deterministic, so the old object must go before its successor takes the name.
-        return DiffResult(changes=bool(changed) or new_key, replaces=replaces, delete_before_replace=True)
+        return DiffResult(
+            changes=bool(changed) or new_key,
+            replaces=replaces,
+            delete_before_replace=self.delete_before_replace,
+        )
 
     def _changed(self, olds: dict[str, Any], news: dict[str, Any]) -> list[str]:
         """The inputs that differ, connection and outputs aside: what the remote object must follow."""

@@ -6,6 +6,7 @@ by name before creating, changed in place with PATCH, deleted with the deletion 
 
 from __future__ import annotations
 
+import hashlib
 from abc import abstractmethod
 from typing import Any, ClassVar
 
@@ -131,16 +132,32 @@ class RegistryAuthProvider(_Collection):
     required = ("name", "username", "password")
     replace_keys = frozenset({"name", "username", "password"})
     ownership = Ownership.NAMED
+    # RunPod refuses to delete a login a template still pulls with: the new one is made, the template
+    # moved to it, and the old one deleted last. Its name at RunPod ends in its login's fingerprint
+    # (``login_name``), so the two never share the name RunPod keeps unique.
+    delete_before_replace = False
 
     def body(self, props: dict[str, Any]) -> dict[str, Any]:
-        return {"name": props["name"], "username": props["username"], "password": props["password"]}
+        return {"name": login_name(props), "username": props["username"], "password": props["password"]}
 
-    def matches(self, obj: Any, props: dict[str, Any]) -> bool:
-        """RunPod never shows an auth's username or password, so one found under our (tagged) name (a
-        failed `up`'s, a lost state's) may hold an old token: it is deleted and made anew, never adopted.
-        The name is unique at RunPod: the engine deletes the old auth before making its replacement
-        (``delete_before_replace``), and the template is then updated to the new auth's id."""
-        return False
+    def mine(self, obj: dict[str, Any], props: dict[str, Any]) -> bool:
+        """One found under our fingerprinted name holds our login (a failed create's, a lost state's):
+        adopted. One of another login (yesterday's token) is not looked at: a template may use it."""
+        return bool(obj.get("name") == login_name(props))
+
+
+def login_name(props: dict[str, Any]) -> str:
+    """A registry login's name at RunPod: ``name`` and 8 hex digits of a hash of it with the username
+    and password, so each new token (or name) makes a login of a name of its own. The digits tell
+    nothing the RunPod account does not: its templates can already pull with the login."""
+    login = "\0".join(str(props[key]) for key in ("name", "username", "password"))
+    return f"{props['name']}-{hashlib.sha256(login.encode()).hexdigest()[:8]}"
+
+
+def login_name_shape(name: str) -> str:
+    """What RunPod will call the registry login the program names ``name`` (``login_name``), its
+    fingerprint shown as x's: as long as the real one, for the check of names' lengths at preview."""
+    return f"{name}-{'x' * 8}"
 
 
 class TemplateProvider(_Collection):

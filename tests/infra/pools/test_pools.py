@@ -13,6 +13,7 @@ import pytest
 from devkit import harness
 from devkit.harness import Resource, StackRun, run_stack, stack_values
 from infra.pools import KINDS
+from infra.providers.runpod import login_name_shape
 from infra.providers.verda_instance import InstanceProvider
 from services.queue_manager.settings import MAX_JOB_SECONDS, PushPool, Settings, push_request_limit
 
@@ -490,7 +491,8 @@ def _pool_object_names(run: StackRun, pool: str) -> set[str]:
     models volumes, named in the config itself, aside)."""
     component = next(r for r in run.resources if r.name == pool and not r.custom)
     return {
-        r.inputs["name"]
+        # A RunPod registry login's (the one with a password) ends in its login's fingerprint besides.
+        login_name_shape(r.inputs["name"]) if "password" in r.inputs else r.inputs["name"]
         for r in run.resources_of(DYNAMIC)
         if _under(run, r, component.urn) and not r.name.startswith("models-")
     }

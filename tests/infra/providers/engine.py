@@ -118,6 +118,7 @@ class Engine:
     state: State | None = None
     shared_run: bool = False
     servicer: Any = field(default_factory=lambda: HOST["DynamicResourceProviderServicer"]())
+    replaced: list[State] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.provider = self.resource.provider_class()  # type: ignore[attr-defined]
@@ -180,8 +181,10 @@ class Engine:
         )
         self._call("Delete", request)
 
-    def up(self, props: dict[str, Any]) -> Step:
-        """One `pulumi up` of this resource with ``props`` as the program declares them."""
+    def up(self, props: dict[str, Any], in_a_run: bool = False) -> Step:
+        """One `pulumi up` of this resource with ``props`` as the program declares them. ``in_a_run``:
+        one step of an `up` of many resources, which deletes what a create-before-delete replacement
+        replaced only at its end (the test calls ``delete_replaced`` then)."""
         self._run()
         news = self.inputs(props)
         if self.state is None:
@@ -201,8 +204,17 @@ class Engine:
             self.state = self.create(checked)
         else:
             self.state = self.create(checked)
-            self.delete(old)
+            self.replaced.append(old)
+            if not in_a_run:
+                self.delete_replaced()
         return Step("replace", replaces, diff)
+
+    def delete_replaced(self) -> None:
+        """The end of a run: a create-before-delete replacement's old object is deleted only once every
+        resource of the run was created or updated (the engine's delete-replaced steps come last, so the
+        resources naming the old object have moved to the new one)."""
+        while self.replaced:
+            self.delete(self.replaced.pop())
 
     def refresh(self) -> None:
         """`pulumi refresh`: Read with the stored outputs; an empty id means the object is gone."""

@@ -25,6 +25,10 @@ COLLECTIONS = {"templates", "endpoints", "networkvolumes", "containerregistryaut
 UNIQUE_NAMES = {"templates": "template", "containerregistryauth": "container registry auth"}
 # What RunPod answers for an object of these: a registry auth's username and password never come back.
 SHOWN = {"containerregistryauth": ("id", "name")}
+# What names an object of the key's collection, in the objects of another: RunPod refuses to delete
+# one still named (a registry auth a template pulls with; dstack's RunPod backend relies on it to keep
+# the auths in use when it deletes stale ones, and RunPod's console says so too).
+USED_BY = {"containerregistryauth": ("templates", "containerRegistryAuthId")}
 
 
 @dataclass
@@ -84,6 +88,9 @@ class RunPodDouble:
         if id_ not in items:
             return httpx.Response(404, json={"error": f"{id_} not found", "status": 404})
         if method == "DELETE":
+            if user := self._user_of(match.group(1), id_):
+                message = f"{UNIQUE_NAMES[match.group(1)]} is in use by template {user}"
+                return httpx.Response(400, json={"error": message, "status": 400})
             if items[id_].get("workersMax", 0) > 0:
                 return httpx.Response(
                     400, json={"error": "scale workers to 0 before deleting", "status": 400}
@@ -93,6 +100,13 @@ class RunPodDouble:
         if method == "PATCH":
             items[id_].update(body)
         return httpx.Response(200, json=shown(match.group(1), items[id_]))
+
+    def _user_of(self, collection: str, id_: str) -> str | None:
+        """The name of an object that names ``id_`` of ``collection`` (RunPod keeps it from deletion)."""
+        if collection not in USED_BY:
+            return None
+        users, key = USED_BY[collection]
+        return next((obj["name"] for obj in self.store[users].values() if obj.get(key) == id_), None)
 
     def _on_collection(self, method: str, name: str, items: dict[str, Any], body: Any) -> httpx.Response:
         if method == "GET":

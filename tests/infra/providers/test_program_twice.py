@@ -72,7 +72,8 @@ def _up_every_resource(
 ) -> dict[str, Step]:
     """One `up` of each dynamic resource ``run`` declared, in the order it declared them, an input
     that is another resource's output (the mocks answer ``<resource>-<output>``) given that resource's
-    real output, as the engine resolves it once the resource is created, updated or replaced."""
+    real output, as the engine resolves it once the resource is created, updated or replaced; what a
+    create-before-delete replacement replaced is deleted at the end, dependents' first."""
     steps = {}
     for resource in run.resources_of(DYNAMIC):
         engine, props = _engine_and_props(resource, doubles)
@@ -84,8 +85,14 @@ def _up_every_resource(
             for key in other.provider.outputs
         }
         steps[resource.name] = engine.up(
-            {key: real.get(value, value) if isinstance(value, str) else value for key, value in props.items()}
+            {
+                key: real.get(value, value) if isinstance(value, str) else value
+                for key, value in props.items()
+            },
+            in_a_run=True,
         )
+    for engine in reversed(list(engines.values())):  # the run's last steps: what was replaced goes
+        engine.delete_replaced()
     return steps
 
 
@@ -107,9 +114,8 @@ def test_a_new_registry_token_replaces_the_auth_and_the_template_pulls_with_the_
 
     monkeypatch.setitem(TEST_SECRETS, "comfy-workshop:registryPassword", "the-rotated-token")
     tomorrow = run_stack("workshop", overrides={"pools": POOLS})
-    # RunPod names are unique, so the old auth goes first (delete-before-replace); the engine asks
-    # whether the template, which names it, must go too: no, it takes the new id in place.
-    assert template.replaced_with_unknown(["registry_auth_id"]) == []
+    # RunPod refuses to delete the auth while the template pulls with it: the new one is made first
+    # (under a name of its own), the template moved to it, and the old one deleted at the end.
     steps = _up_every_resource(tomorrow, engines, doubles)
 
     changed = {name: (step.action, step.replaces) for name, step in steps.items() if step.action != "same"}
@@ -391,5 +397,6 @@ def test_a_stack_up_under_the_last_release_takes_the_tagged_names_without_rebuil
     verda, runpod = doubles
     names = [k["name"] for k in verda.ssh_keys.values()] + [s["name"] for s in verda.scripts.values()]
     names += list(verda.secrets) + list(verda.registry_credentials)
-    names += [a["name"] for a in runpod.store["containerregistryauth"].values()]
-    assert sorted(names) == sorted(tagged.values())
+    logins = [a["name"] for a in runpod.store["containerregistryauth"].values()]
+    assert [re.sub(r"-[0-9a-f]{8}$", "", login) for login in logins] == [tagged["overflow-registry"]]
+    assert sorted(names) == sorted(name for name in tagged.values() if name != tagged["overflow-registry"])

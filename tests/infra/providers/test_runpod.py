@@ -14,6 +14,7 @@ from infra.providers.runpod import (
     NetworkVolumeProvider,
     RegistryAuthProvider,
     TemplateProvider,
+    login_name,
 )
 from tests.infra.providers.runpod_double import RunPodDouble
 from tests.support.provider_timing import FAST
@@ -141,30 +142,38 @@ def test_registry_auth_names_are_unique_and_its_login_is_never_shown(runpod: Run
     assert [auth["password"] for auth in runpod.store["containerregistryauth"].values()] == ["ghp_1"]
 
 
-def test_a_registry_auth_left_under_our_name_is_made_anew_with_our_token(
+def test_a_registry_auth_left_under_our_name_is_adopted_and_one_of_another_token_left_alone(
     runpod: RunPodDouble, creds: dict[str, Any]
 ) -> None:
     """RunPod never shows an auth's login, but its name carries the workshop's tag (the pools name it,
-    ``owned_name``): one found under it is this workshop's (yesterday's, its state lost), which may hold
-    an old token; it is deleted and made anew with today's, so the templates pull with a working one."""
+    ``owned_name``) and its login's fingerprint (``login_name``): one found under it is this workshop's
+    with this very token (a failed create's, a lost state's) and is adopted. One of an older token is
+    not touched: a template may still pull with it, and RunPod refuses to delete it then."""
     props = {
         **creds,
         "name": "cw-workshop-overflow-registry-0a1b2c3d",
         "username": "acme",
         "password": "ghp_new",
     }
-    runpod.store["containerregistryauth"]["co-yesterday"] = {
-        "id": "co-yesterday", "name": props["name"], "username": "acme", "password": "ghp_old"
+    auths = runpod.store["containerregistryauth"]
+    auths["co-leftover"] = {
+        "id": "co-leftover",
+        "name": login_name(props),
+        "username": "acme",
+        "password": "ghp_new",
+    }
+    yesterday = {**props, "password": "ghp_old"}
+    auths["co-yesterday"] = {
+        "id": "co-yesterday", "name": login_name(yesterday), "username": "acme", "password": "ghp_old"
     }  # fmt: skip
 
     made = RegistryAuthProvider(runpod.transport).create(props)
 
-    assert [(auth["id"], auth["password"]) for auth in runpod.store["containerregistryauth"].values()] == [
-        (made.id, "ghp_new")
-    ]
+    assert made.id == "co-leftover" and sorted(auths) == ["co-leftover", "co-yesterday"]
+    assert login_name(props) != login_name(yesterday) and login_name(props).startswith(f"{props['name']}-")
 
 
-def test_a_registry_auth_runpod_made_although_it_answered_5xx_is_made_anew_with_our_token(
+def test_a_registry_auth_runpod_made_although_it_answered_5xx_is_adopted(
     runpod: RunPodDouble, creds: dict[str, Any]
 ) -> None:
     """The create's own request went through: what it finds under our name then is its own."""
@@ -176,6 +185,7 @@ def test_a_registry_auth_runpod_made_although_it_answered_5xx_is_made_anew_with_
     assert [(auth["id"], auth["password"]) for auth in runpod.store["containerregistryauth"].values()] == [
         (made.id, "ghp_new")
     ]
+    assert runpod.log.count(("POST", "/containerregistryauth")) == 1
 
 
 def test_network_volume_is_kept_after_a_failure_and_never_shrinks(
