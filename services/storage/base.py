@@ -84,6 +84,11 @@ class Storage(Protocol):
         """The stored size in bytes, or ``None`` when there is no such file."""
         ...
 
+    async def version(self, key: str) -> str | None:
+        """A tag of the stored file that changes whenever it is replaced (S3's ETag), or ``None``
+        when there is no such file."""
+        ...
+
     async def delete(self, key: str) -> None:
         """Remove the file; removing a missing file is not an error."""
         ...

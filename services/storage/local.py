@@ -92,6 +92,15 @@ class LocalStorage:
         path = self._path(key)
         return path.stat().st_size if path.is_file() else None
 
+    async def version(self, key: str) -> str | None:
+        """Its inode, size and modification time: a ``put`` renames a new file into place, whose
+        inode differs from the one it replaces even when both are written within one clock tick."""
+        try:
+            stat = self._path(key).stat()
+        except FileNotFoundError:
+            return None
+        return f"{stat.st_ino}-{stat.st_size}-{stat.st_mtime_ns}"
+
     async def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 

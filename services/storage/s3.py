@@ -122,12 +122,20 @@ class S3Storage:
     async def exists(self, key: str) -> bool:
         return await self.size(key) is not None
 
-    async def size(self, key: str) -> int | None:
+    async def _head(self, key: str) -> dict[str, Any] | None:
         try:
-            reply = await self._call("head_object", Key=self._key(key))
+            reply: dict[str, Any] = await self._call("head_object", Key=self._key(key))
         except FileMissingError:
             return None
-        return int(reply["ContentLength"])
+        return reply
+
+    async def size(self, key: str) -> int | None:
+        reply = await self._head(key)
+        return None if reply is None else int(reply["ContentLength"])
+
+    async def version(self, key: str) -> str | None:
+        reply = await self._head(key)
+        return None if reply is None else str(reply["ETag"])
 
     async def delete(self, key: str) -> None:
         await self._call("delete_object", Key=self._key(key))

@@ -2,8 +2,9 @@
 checks before any GPU starts (the Pulumi program imports this module, and nothing else of the worker).
 
 A path is relative, written one way only, and never one of the sync's own names: a partial
-download ``<name>.part``, a verified mark ``.<name>.sha256``, the volume's lock and its take-over
-lock, a write probe, a filesystem's ``lost+found``.
+download ``<name>.part``, a verified mark ``.<name>.sha256``, a rejection ``.<name>.rejected`` (the
+bucket's file came down whole and failed its check), the volume's lock and its take-over lock, a
+write probe, a filesystem's ``lost+found``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pydantic import BaseModel, Field, field_validator
 from services.protocol.workers import MAX_MODEL_PATH, MAX_MODELS
 
 LOCK_NAME = ".comfy-models.lock"
+MARKS = (".sha256", ".rejected")  # ``.<name><mark>``: the file verified; the bucket's file failed its check
 
 
 def path_problem(path: str) -> str | None:
@@ -36,7 +38,7 @@ def path_problem(path: str) -> str | None:
     if marked_model(parts[-1]) is not None or bookkeeping(PurePosixPath(path)):
         return (
             f"{path!r} is a name the models sync keeps for itself (a partial download *.part, a verified "
-            f"mark .<name>.sha256, {LOCK_NAME}); fix: rename the model file"
+            f"mark .<name>.sha256, a rejection .<name>.rejected, {LOCK_NAME}); fix: rename the model file"
         )
     return None
 
@@ -104,17 +106,18 @@ def manifest_problem(paths: list[str]) -> str | None:
 
 def own_names(path: str) -> list[str]:
     """Every name on the volume the sync uses for the model at ``path``: its folders, the file, its
-    partial download and its verified mark."""
+    partial download and its marks (verified, rejected)."""
     parts = path.split("/")
     folders = ["/".join(parts[:end]) for end in range(1, len(parts))]
-    mark = "/".join([*parts[:-1], f".{parts[-1]}.sha256"])
-    return [*folders, path, f"{path}.part", mark]
+    marks = ["/".join([*parts[:-1], f".{parts[-1]}{mark}"]) for mark in MARKS]
+    return [*folders, path, f"{path}.part", *marks]
 
 
 def marked_model(name: str) -> str | None:
-    """The model a file name belongs to when the sync wrote it: its mark or its partial download."""
-    if name.startswith(".") and name.endswith(".sha256"):
-        return name[1 : -len(".sha256")]
+    """The model a file name belongs to when the sync wrote it: one of its marks or its partial download."""
+    mark = next((mark for mark in MARKS if name.startswith(".") and name.endswith(mark)), None)
+    if mark is not None:
+        return name[1 : -len(mark)]
     return name.removesuffix(".part") if name.endswith(".part") else None
 
 

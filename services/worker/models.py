@@ -29,8 +29,13 @@ off goes on from where it broke, for ``WORKER_STORAGE_RETRY_SECONDS``; then the 
 the models still missing (what came down stays for the next start). A part whose whole size is on
 disk (the sync killed before its rename) is checked without a read; a resumed file that fails the
 hash is downloaded once more from its start (its part on disk was of a version of the file replaced
-in the bucket since). No name the sync uses (a model's folders, the file, its part, its mark) may be
-a link: the sync would write, or trust a file, outside the folder; it refuses, naming the link.
+in the bucket since). A file that came down whole and still fails is remembered on the volume
+(``.<name>.rejected``: the object's key and version in the bucket, its ETag, and both checksums), so
+the workers waiting for the volume's lock, and a container started again, fail at once with the same
+message instead of downloading it again each; a new upload (another version) or a corrected sha256 in
+the manifest is downloaded and checked again. No name the sync uses (a model's folders, the file,
+its part, its marks) may be a link: the sync would write, or trust a file, outside the folder; it
+refuses, naming the link.
 Before downloading anything the bucket is asked for every file: a missing file or a size that
 differs from the manifest is refused with the list of what is wrong, and a hash mismatch after a
 download likewise; so are models the folder's disk has no room left for.
@@ -153,6 +158,61 @@ def _hash_file(path: Path, digest: Any) -> None:
 
 def _marker(path: Path) -> Path:
     return path.with_name(f".{path.name}.sha256")
+
+
+def _rejection_mark(path: Path) -> Path:
+    return path.with_name(f".{path.name}.rejected")
+
+
+class Rejection(BaseModel):
+    """One object of the models bucket (``key`` at ``version``) that came down whole and failed the
+    manifest's check (``sha256``, ``size``): what it was found to be."""
+
+    key: str
+    version: str
+    sha256: str
+    size: int
+    found_sha256: str
+    found_size: int
+
+    def applies_to(self, model: ModelFile, version: str | None) -> bool:
+        """The same object checked against the same manifest entry: it would fail the same way."""
+        return (self.key, self.version, self.sha256, self.size) == (
+            model.key,
+            version,
+            model.sha256,
+            model.size,
+        )
+
+    def message(self, model: ModelFile, remembered: bool) -> str:
+        """What is wrong (the model, both checksums) and the fix; the same each time it is seen."""
+        seen = (
+            "; an earlier sync downloaded it whole, so it is not downloaded again until its file in the "
+            "bucket or the manifest changes"
+            if remembered
+            else ""
+        )
+        return (
+            f"model {model.path} from the models bucket does not match the manifest: {self.key} (version "
+            f"{self.version}) has {self.found_size} bytes and sha256 {self.found_sha256}, the manifest says "
+            f"{self.size} bytes and sha256 {self.sha256}{seen}: fix the manifest or re-upload the file "
+            f"(upload the right file to {self.key}, or correct this model's sha256 in the stack config's "
+            "models and run pulumi up), then start the worker again"
+        )
+
+
+def _rejection(path: Path, model: ModelFile, version: str | None) -> Rejection | None:
+    """The verdict kept beside ``path`` when it is on this very object and manifest entry."""
+    try:
+        rejection = Rejection.model_validate_json(_rejection_mark(path).read_text())
+    except (OSError, ValidationError):
+        return None
+    return rejection if rejection.applies_to(model, version) else None
+
+
+def _mark_verified(path: Path, model: ModelFile) -> None:
+    _marker(path).write_text(model.sha256)
+    _rejection_mark(path).unlink(missing_ok=True)
 
 
 def _hash_matches_now(path: Path, model: ModelFile) -> bool:
@@ -518,16 +578,22 @@ class ModelSync:
         """A file put in place by hand: hashed once, then marked verified like a download."""
         if not await _hash_matches(path, model):
             return False
-        _marker(path).write_text(model.sha256)
+        _mark_verified(path, model)
         return True
 
     async def _check_bucket(self, todo: list[ModelFile]) -> None:
         if not todo:
             return
         vault = self._vault(todo[0])
+        rejected = [m for m in todo if _rejection_mark(self.target / m.path).is_file()]
         async for attempt in patiently(self.settings.storage_retry_seconds):
             with attempt:
                 sizes = await asyncio.gather(*(vault.size(model.key) for model in todo))
+                versions = await asyncio.gather(*(vault.version(model.key) for model in rejected))
+        for model, version in zip(rejected, versions, strict=True):
+            rejection = _rejection(self.target / model.path, model, version)
+            if rejection is not None:
+                raise ModelError(rejection.message(model, remembered=True))
         wrong = [
             f"{m.key} ({'missing' if size is None else f'{size} bytes, the manifest says {m.size}'})"
             for m, size in zip(todo, sizes, strict=True)
@@ -571,6 +637,9 @@ class ModelSync:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f"{target.name}.part")
         resumed = partial.is_file() and partial.stat().st_size > 0
+        async for attempt in patiently(self.settings.storage_retry_seconds):
+            with attempt:  # read before the bytes: a file replaced meanwhile is another version
+                version = await vault.version(model.key)
         actual = await self._fetch(vault, model, partial)
         if actual != model.sha256 and resumed:
             log.warning(
@@ -579,9 +648,9 @@ class ModelSync:
             self.tally.progress.bytes_done -= partial.stat().st_size
             partial.unlink()
             actual = await self._fetch(vault, model, partial)
-        self._verify(model, partial, actual)
+        self._verify(model, target, actual, version or "")
         partial.replace(target)
-        _marker(target).write_text(model.sha256)
+        _mark_verified(target, model)
 
     async def _fetch(self, vault: Storage, model: ModelFile, partial: Path) -> str:
         """Fill ``partial`` up to the model's size from the bucket, from where it stops; a read cut
@@ -623,14 +692,20 @@ class ModelSync:
             await self.tally.advance(len(chunk))
 
     @staticmethod
-    def _verify(model: ModelFile, partial: Path, actual: str) -> None:
+    def _verify(model: ModelFile, target: Path, actual: str, version: str) -> None:
+        """The download in ``target``'s part is the manifest's file; else it is removed and the verdict
+        on that object kept beside ``target`` (``Rejection``), so no other sync downloads it again."""
+        partial = target.with_name(f"{target.name}.part")
         size = partial.stat().st_size
-        if size != model.size or actual != model.sha256:
-            partial.unlink()
-            raise ModelError(
-                f"model {model.path} from the models bucket does not match the manifest (size {size} vs "
-                f"{model.size}, sha256 {actual} vs {model.sha256}): fix the manifest or re-upload the file"
-            )
+        if size == model.size and actual == model.sha256:
+            return
+        partial.unlink()
+        rejection = Rejection(
+            key=model.key, version=version, sha256=model.sha256, size=model.size,
+            found_sha256=actual, found_size=size,
+        )  # fmt: skip
+        _rejection_mark(target).write_text(rejection.model_dump_json())
+        raise ModelError(rejection.message(model, remembered=False))
 
 
 def _resume_point(partial: Path, model: ModelFile) -> int:

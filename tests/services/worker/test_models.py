@@ -133,7 +133,8 @@ async def test_a_hash_mismatch_is_refused_and_the_bad_file_removed(vault: Storag
     config.models_manifest = manifest(tmp_path, sha="0" * 64)
     with pytest.raises(ModelError, match=r"does not match the manifest.*fix the manifest or re-upload"):
         await ensure_models(config, vault)
-    assert not list((tmp_path / "models/checkpoints").iterdir())
+    kept = [path.name for path in (tmp_path / "models/checkpoints").iterdir()]
+    assert kept == [".model.safetensors.rejected"]  # the verdict on that upload, not the file
 
 
 def test_a_bad_manifest_names_the_problem(tmp_path: Path) -> None:
@@ -200,7 +201,7 @@ class CountingVault:
 
     def __init__(self, inner: Storage) -> None:
         self.inner, self.reads = inner, Counter[str]()
-        self.size, self.exists = inner.size, inner.exists
+        self.size, self.exists, self.version = inner.size, inner.exists, inner.version
 
     def get(self, key: str, start: int = 0):  # type: ignore[no-untyped-def]
         self.reads[key] += 1

@@ -107,6 +107,56 @@ async def test_a_file_changed_in_the_bucket_under_the_same_name_is_refused_namin
     assert not (tmp_path / "disk" / f"{PATH}.part").exists()
 
 
+async def test_a_whole_file_that_failed_its_checksum_is_not_downloaded_again_until_it_is_reuploaded(
+    s3_endpoint: str, tmp_path: Path
+) -> None:
+    """The bucket holds a file whose sha256 is not the config's: each worker waiting on the volume,
+    and each restart of a serverless container, downloaded the whole file again (minutes of a GPU
+    billed by the minute, for a file that never passes) before failing the same way. The verdict on
+    that object (its key and version in the bucket) is kept on the volume: the next sync fails at
+    once, naming the model, both checksums and the fix, on the admin page too; a re-upload is tried."""
+    vault = await bucket(s3_endpoint, tmp_path, NEW)
+    starts = record_starts(vault)
+    (tmp_path / "volume").mkdir()
+    with pytest.raises(ModelError, match="does not match the manifest"):
+        await ensure_models(config(tmp_path, OLD, shared=True), vault)
+    assert starts == [0]
+
+    heard: list[ModelsProgress] = []
+
+    async def report(progress: ModelsProgress) -> None:
+        heard.append(progress)
+
+    with pytest.raises(ModelError) as err:  # the next worker, or the container started again
+        await ensure_models(config(tmp_path, OLD, shared=True), vault, report)
+    assert starts == [0], "the file known to fail its checksum was downloaded again"
+    message = str(err.value)
+    assert PATH in message and KEY in message, message
+    assert hashlib.sha256(OLD).hexdigest() in message and hashlib.sha256(NEW).hexdigest() in message
+    assert "re-upload" in message and "sha256" in message and "stack config" in message
+    assert heard[-1].state == "failed" and heard[-1].message == message
+
+    await vault.put(KEY, aiter_chunks(OLD))  # the organizer uploads the right file
+    assert await ensure_models(config(tmp_path, OLD, shared=True), vault) == [PATH]
+    assert starts == [0, 0] and (tmp_path / "volume" / PATH).read_bytes() == OLD
+    assert sorted(p.name for p in (tmp_path / "volume/checkpoints").iterdir()) == [
+        ".model.safetensors.sha256",
+        "model.safetensors",
+    ]
+
+
+async def test_a_checksum_corrected_in_the_config_downloads_the_file_it_had_refused(
+    s3_endpoint: str, tmp_path: Path
+) -> None:
+    """The bucket's file was right and the config's sha256 wrong: once the config is corrected the
+    remembered verdict (on the old sha256) no longer holds and the file is downloaded."""
+    vault = await bucket(s3_endpoint, tmp_path, NEW)
+    with pytest.raises(ModelError, match="does not match the manifest"):
+        await ensure_models(config(tmp_path, OLD), vault)
+    assert await ensure_models(config(tmp_path, NEW), vault) == [PATH]
+    assert (tmp_path / "disk" / PATH).read_bytes() == NEW
+
+
 @pytest.mark.parametrize(
     "link", ["checkpoints", PATH, f"{PATH}.part", "checkpoints/.model.safetensors.sha256"]
 )
@@ -191,7 +241,7 @@ class Paced:
     """The bucket, handing each read out 64 KiB at a time, each after ``go`` (a Storage like any other)."""
 
     def __init__(self, inner: Storage) -> None:
-        self.inner, self.size = inner, inner.size
+        self.inner, self.size, self.version = inner, inner.size, inner.version
         self.go, self.first = asyncio.Event(), asyncio.Event()
 
     async def get(self, key: str, start: int = 0) -> AsyncIterator[bytes]:
