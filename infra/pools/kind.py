@@ -71,9 +71,11 @@ class GpuPool(ABC, Generic[C]):
         return ()
 
     def names(self, config: C, stack: str, workshop: str) -> tuple[str, ...]:
-        """Every name this pool gives objects at its provider (``host_names`` and the tagged names of
-        ``base.owned_name``, ``workshop`` its public URL): none may be longer than ``NAME_LIMIT``."""
-        return self.host_names(config, stack)
+        """Every name this pool gives objects at its provider (``host_names``, its models volume's, and
+        the tagged names of ``base.owned_name``, ``workshop`` its public URL): none may be longer than
+        ``NAME_LIMIT``. A kind's own names are added to these."""
+        volume = self.shared_volume(config)
+        return (*self.host_names(config, stack), *((volume.name,) if volume else ()))
 
     def capacity(self, config: C) -> int:
         """How many jobs this pool can run at once at most (the dispatcher's in-flight bound)."""

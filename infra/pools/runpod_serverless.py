@@ -94,7 +94,7 @@ class RunpodServerlessPool(GpuPool[RunpodServerlessConfig]):
             if config.registry_auth_id
             else (login_name_shape(owned_name(stack, config.name, REGISTRY_LOGIN, workshop)),)
         )
-        return (remote_name(stack, config.name), *login)
+        return (*super().names(config, stack, workshop), remote_name(stack, config.name), *login)
 
     def capacity(self, config: RunpodServerlessConfig) -> int:
         return config.max_replicas

@@ -25,6 +25,7 @@ from infra.pools.kind import GpuPool, PoolComponent
 from infra.pools.verda import CREDENTIALS, LOCATIONS, models_volume, shared_volume
 from infra.pools.verda_startup import StartupSpec, setup_digest, startup_script
 from infra.providers.resources import VerdaInstance, VerdaSharedVolume, VerdaSshKey, VerdaStartupScript
+from infra.providers.verda_instance import os_volume_name
 from infra.schema import one_of
 from infra.secret import secret
 
@@ -75,7 +76,8 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
 
     def names(self, config: VerdaInstanceConfig, stack: str, workshop: str) -> tuple[str, ...]:
         owned = tuple(owned_name(stack, config.name, what, workshop) for what in (SSH_KEY, STARTUP))
-        return (*self.host_names(config, stack), *owned)
+        os_volumes = tuple(os_volume_name(host) for host in self.host_names(config, stack))
+        return (*super().names(config, stack, workshop), *os_volumes, *owned)
 
     def capacity(self, config: VerdaInstanceConfig) -> int:
         return config.count * config.gpus_per_instance * config.workers_per_gpu

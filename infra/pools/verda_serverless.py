@@ -78,7 +78,7 @@ class VerdaServerlessPool(GpuPool[VerdaServerlessConfig]):
     def names(self, config: VerdaServerlessConfig, stack: str, workshop: str) -> tuple[str, ...]:
         owned = (REGISTRY_LOGIN, *(secret_slug(key) for key in WORKER_SECRETS))
         return (
-            *self.host_names(config, stack),
+            *super().names(config, stack, workshop),
             *(owned_name(stack, config.name, what, workshop) for what in owned),
         )
 

@@ -188,7 +188,7 @@ class InstanceProvider(VerdaProvider):
             Timing.of(props),
         )
         for volume in api.volumes.get():
-            if volume.name == _os_volume_name(props) and volume.is_os_volume and _alive(volume):
+            if volume.name == os_volume_name(props["name"]) and volume.is_os_volume and _alive(volume):
                 self._remove_os_volume(api, props, volume)
 
     def _remove_os_volume(self, api: Any, props: dict[str, Any], volume: Any) -> None:
@@ -233,14 +233,18 @@ def _tagged(obj: Any, props: dict[str, Any]) -> bool:
 
 def _os_volume(props: dict[str, Any]) -> dict[str, Any]:
     """The OS disk; a reclaimed spot instance takes it along instead of leaving a billed volume."""
-    volume: dict[str, Any] = {"name": _os_volume_name(props), "size": int(props.get("os_volume_size") or 100)}
+    volume: dict[str, Any] = {
+        "name": os_volume_name(props["name"]),
+        "size": int(props.get("os_volume_size") or 100),
+    }
     if props.get("is_spot"):
         volume["on_spot_discontinue"] = "delete_permanently"
     return volume
 
 
-def _os_volume_name(props: dict[str, Any]) -> str:
-    return f"{props['name']}-os"
+def os_volume_name(hostname: str) -> str:
+    """The name of the OS volume of the instance named ``hostname``."""
+    return f"{hostname}-os"
 
 
 def _alive(volume: Any | None) -> Any | None:

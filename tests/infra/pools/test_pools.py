@@ -14,7 +14,7 @@ from devkit import harness
 from devkit.harness import Resource, StackRun, run_stack, stack_values
 from infra.pools import KINDS
 from infra.providers.runpod import login_name_shape
-from infra.providers.verda_instance import InstanceProvider
+from infra.providers.verda_instance import InstanceProvider, os_volume_name
 from services.queue_manager.settings import MAX_JOB_SECONDS, PushPool, Settings, push_request_limit
 
 DYNAMIC = "pulumi-python:dynamic:Resource"
@@ -487,15 +487,18 @@ def test_what_shows_no_owner_is_named_with_the_workshops_tag() -> None:
 
 
 def _pool_object_names(run: StackRun, pool: str) -> set[str]:
-    """The name of every object a pool makes at its provider, as the program declares them (the
-    models volumes, named in the config itself, aside)."""
+    """The name of every object a pool makes at its provider, as the program declares them, and the
+    OS volume Verda makes with each instance, named after it."""
     component = next(r for r in run.resources if r.name == pool and not r.custom)
+    # A pool's models volume is declared once (under the first pool naming it), not under the pool.
+    mine = [
+        r for r in run.resources_of(DYNAMIC) if _under(run, r, component.urn) or r.name.startswith("models-")
+    ]
     return {
         # A RunPod registry login's (the one with a password) ends in its login's fingerprint besides.
         login_name_shape(r.inputs["name"]) if "password" in r.inputs else r.inputs["name"]
-        for r in run.resources_of(DYNAMIC)
-        if _under(run, r, component.urn) and not r.name.startswith("models-")
-    }
+        for r in mine
+    } | {os_volume_name(r.inputs["name"]) for r in mine if "os_volume_size" in r.inputs}
 
 
 @pytest.mark.parametrize(
@@ -505,9 +508,9 @@ def _pool_object_names(run: StackRun, pool: str) -> set[str]:
 )
 def test_the_preview_checks_every_name_a_pool_gives_its_provider(pool: dict[str, Any]) -> None:
     """`pulumi preview` refuses a stack or pool name that makes one of these names too long
-    (infra.loading): it must know each of them (an instance's host name, its SSH key and startup script,
-    a deployment's name, each of its secrets, a registry login, a RunPod template and endpoint), or one
-    it missed is refused by its provider mid-up."""
+    (infra.loading): it must know each of them (an instance's host name and OS volume, its SSH key and
+    startup script, a deployment's name, each of its secrets, a registry login, a RunPod template and
+    endpoint, the models volume), or one it missed is refused by its provider mid-up."""
     run = workshop(pool)
     kind = KINDS[pool["kind"]]
     config = kind.config_model.model_validate(pool)
