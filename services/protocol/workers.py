@@ -80,23 +80,26 @@ class WorkerState(StrEnum):
     GONE = "gone"
 
 
+def _cut(limit: int) -> BeforeValidator:
+    """A string as a worker reported it (ComfyUI's names, a models sync's reason), cut to ``limit``
+    characters: what the admin page shows is the start of it, and one sent with a leaked pool token
+    must not make the admin page megabytes."""
+    return BeforeValidator(lambda value: value[:limit] if isinstance(value, str) else value)
+
+
 class ModelsProgress(BaseModel):
     """A worker's models sync, shown per pool on the admin page while the worker is not ready."""
 
     state: str = Field(default="checking", max_length=16, description="checking|waiting|syncing|ready|failed")
-    message: str = Field(default="", max_length=2000, description="why it waits or failed")
+    message: Annotated[str, _cut(2000)] = Field(
+        default="", description="why it waits or failed (its first 2000 characters: the worker logs it whole)"
+    )
     files_done: int = Field(default=0, ge=0)
     files_total: int = Field(default=0, ge=0)
     bytes_done: int = Field(default=0, ge=0)
     bytes_total: int = Field(default=0, ge=0)
     rate_bytes_per_s: int = Field(default=0, ge=0)
     eta_seconds: float | None = None
-
-
-def _cut(limit: int) -> BeforeValidator:
-    """A string as ComfyUI reported it, cut to ``limit`` characters: a real one is tens long, and
-    one sent with a leaked pool token must not make the admin page megabytes."""
-    return BeforeValidator(lambda value: value[:limit] if isinstance(value, str) else value)
 
 
 MAX_MODELS = 2000  # files in one models manifest (pulumi preview refuses more: services/worker/manifest.py)

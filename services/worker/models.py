@@ -539,8 +539,7 @@ class ModelSync:
         """The final report's message: what the sync removed, if anything."""
         if not self.removed:
             return ""
-        note = f"removed {len(self.removed)} files not in the manifest: {', '.join(self.removed)}"
-        return note if len(note) <= 2000 else note[:1996] + " ..."
+        return f"removed {len(self.removed)} files not in the manifest: {', '.join(self.removed)}"
 
     async def _sync(self, manifest: Manifest) -> None:
         self._prune(manifest)

@@ -26,7 +26,7 @@ from services.storage.local import LocalStorage
 from services.worker import push
 from services.worker.agent import Agent
 from services.worker.cli import app
-from services.worker.models import ModelError, ensure_models, load_manifest, parse_manifest
+from services.worker.models import ModelError, ensure_models, load_manifest, parse_manifest, queue_reporter
 from services.worker.pull import run_pull
 from services.worker.push import verda_app
 from services.worker.queue_client import QueueClient
@@ -302,6 +302,35 @@ async def test_a_worker_missing_a_model_says_why_on_the_admin_page_and_takes_no_
         and "nope/b.safetensors" in sync["message"]
     )
     assert (await alice.get(f"/api/jobs/{job_id}")).json()["state"] == "queued"
+
+
+async def test_a_failure_naming_many_models_still_reaches_the_admin_page(
+    qm: LiveServer, tmp_path: Path
+) -> None:
+    """The sync's reason is shown on the admin page, which takes at most 2000 characters of it: a
+    bucket missing forty models with long paths made a longer reason, the queue manager refused the
+    report (422), and the admin page showed nothing of the worker, nor why it failed."""
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    folder = "loras/" + "workshop-styles-" * 5
+    entries = [{"path": f"{folder}{n:03d}.safetensors", "size": 1, "sha256": f"{n:064x}"} for n in range(40)]
+    manifest_path = tmp_path / "models.yaml"
+    manifest_path.write_text(yaml.safe_dump({"models": entries}))
+    config = WorkerSettings(
+        pool=POOL, worker_id="gpu-many", models_manifest=manifest_path, models_url=bucket.as_uri(),
+        models_dir=tmp_path / "disk",
+    )  # fmt: skip
+    queue = QueueClient(qm.url, POOL_TOKEN)
+    try:
+        with pytest.raises(ModelError) as err:
+            await ensure_models(config, LocalStorage(bucket), queue_reporter(config, queue))
+    finally:
+        await queue.aclose()
+    assert len(str(err.value)) > 2000  # the worker's own log keeps the whole reason
+    [worker] = await admin_workers(qm)
+    sync = worker["capabilities"]["models_sync"]
+    assert sync["state"] == "failed", sync
+    assert sync["message"].startswith(str(err.value)[:1000]) and len(sync["message"]) <= 2000
 
 
 def container_settings(
