@@ -67,10 +67,20 @@ _NAME_LOCKS: dict[tuple[str, str], threading.Lock] = {}
 # The command the organizer is running, for the messages that tell her to run it again: a `pulumi up`
 # told to be run again in the evening kept the GPUs it was to delete. The engine calls Delete in a
 # `pulumi destroy` and in an `up` that removes or replaces an object, Read in a `pulumi refresh` and in
-# `pulumi up --refresh`; it does not say which.
+# `pulumi up --refresh`; no request says which (Delete carries the id, the URN and the stored
+# properties alone). One thing tells: only an `up` replaces, after its Diff answered a replacement of
+# that very object, in the same provider process (``_REPLACING``).
 _COMMAND: ContextVar[str] = ContextVar("pulumi_command", default="`pulumi up`")
 DELETING = "`pulumi destroy` (or the `pulumi up` that was deleting it)"
+REPLACING = "`pulumi up`"
 READING = "`pulumi refresh` (or `pulumi up --refresh`)"
+# The ids of the objects this provider process's Diffs answered a replacement of.
+_REPLACING: set[str] = set()
+
+
+def forget_replacements() -> None:
+    """What a new provider process knows of replacements: nothing (for tests that run many in one)."""
+    _REPLACING.clear()
 
 
 def command() -> str:
@@ -264,6 +274,8 @@ class LifecycleProvider(ResourceProvider, ABC):
         if replaces:
             self.can_replace(_news, replaces)
         new_key = any(_olds.get(k) != _news.get(k) for k in STORED_FOR_DESTROY)
+        if replaces:
+            _REPLACING.add(_id)
         return DiffResult(
             changes=bool(changed) or new_key,
             replaces=replaces,
@@ -314,7 +326,7 @@ class LifecycleProvider(ResourceProvider, ABC):
         return UpdateResult({**_news, **outs})
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
-        with running(DELETING):
+        with running(REPLACING if _id in _REPLACING else DELETING):
             api = self.guarded(_props, lambda: self.connect(_props))
             self.guarded(_props, lambda: self._remove_if_there(api, _id, _props))
 

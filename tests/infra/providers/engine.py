@@ -30,6 +30,7 @@ from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime import proto, rpc
 from pulumi.runtime.proto import provider_pb2
 
+from infra.providers.lifecycle import forget_replacements
 from infra.providers.verda_api import forget_clients
 
 PROVIDER_KEY = "__provider"
@@ -56,8 +57,9 @@ HOST = _load_host()
 
 def new_provider_process() -> None:
     """What a provider process holds between calls (its API clients) is gone: the engine starts a new
-    one for each `pulumi up`, `refresh` and `destroy`."""
+    one for each `pulumi up`, `refresh` and `destroy`; so are the replacements its Diffs answered."""
     forget_clients()
+    forget_replacements()
 
 
 class HostError(Exception):

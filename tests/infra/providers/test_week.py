@@ -596,6 +596,25 @@ def test_a_destroy_whose_object_stays_says_it_may_still_bill_and_what_to_do(
     assert case.remote(doubles, engine.state.id if engine.state else "") is None
 
 
+@pytest.mark.parametrize("kind", sorted(UNDONE_DELETE))
+def test_an_up_replacing_an_object_that_stays_names_pulumi_up_only(kind: str, doubles: Doubles) -> None:
+    """The same delete, the old object of a replacement: only an `up` replaces (its Diff, in the same
+    provider process, asked for it), so the message names `pulumi up` alone, not `pulumi destroy`,
+    which would delete the whole workshop mid-day."""
+    case, engine, props = created(kind, doubles)
+    key, (value, _) = next((k, change) for k, change in case.changes.items() if change[1] == "replace")
+    method, path, status = UNDONE_DELETE[kind]
+    cloud = doubles[1] if case.cloud == "runpod" else doubles[0]
+    cloud.fail(method, path, status=status, code=None, message="", times=1000)
+
+    with pytest.raises(HostError) as refused:
+        engine.up({**props, key: value})
+
+    message = str(refused.value).splitlines()[-1]
+    assert "may still bill" in message and "run `pulumi up` again" in message, message
+    assert "destroy" not in message, message
+
+
 @pytest.mark.parametrize("kind", ["instance", "endpoint"])
 def test_the_state_follows_the_provider_code_so_a_destroy_after_it_moved_still_deletes(
     kind: str, doubles: Doubles, monkeypatch: pytest.MonkeyPatch
