@@ -29,6 +29,14 @@ def graph(color: int = 0, batch: int = 1, prefix: str = "t") -> dict[str, Any]:
     }
 
 
+def sleeping(color: int, seconds: float) -> dict[str, Any]:
+    """A graph whose image waits ``seconds`` in ComfyUI's own TestSleep node (it heeds an interrupt)."""
+    slow = graph(color=color)
+    slow["4"] = {"class_type": "TestSleep", "inputs": {"value": ["2", 0], "seconds": seconds}}
+    slow["3"]["inputs"]["images"] = ["4", 0]
+    return slow
+
+
 # The graph the workspace tests submit: its outputs are named inverted_00001_.png, ...
 GRAPH: dict[str, Any] = graph(prefix="inverted")
 

@@ -684,6 +684,9 @@ class QueueModel(RuleBasedStateMachine):
         w = self.workers[j.worker]
         if not w.registered or self.clock - j.started < JOB_LIMIT_MS.get(w.pool, DEFAULT_JOB_LIMIT_MS):
             return False
+        for held in self.jobs.values():
+            if held.holder == j.worker and held.state == "queued":
+                held.hold_expires = self.clock  # others may prepare it now; its holder may still start it
         self.end_lease(j)
         if j.cancel:
             self.end(j, "cancelled")

@@ -127,6 +127,19 @@ local function end_hold_of(worker_id)
   return held
 end
 
+-- A worker's running job was ended for it (reap.lua, at its pool's maximum job time): its GPU is
+-- free once ComfyUI stops the job, which a hung node may not do for the interrupt grace, and its
+-- heartbeats, which renewed its hold, are refused from now on. Its hold lapses now rather than a
+-- lease later: any worker of the pool may prepare the job at once (a claim ahead waiting in its
+-- scope is woken), and this worker still starts it if nobody has taken it by the time it is free.
+local function lapse_hold_of(worker_id, now)
+  local held = holding_of(worker_id)
+  if held then
+    redis.call('HSET', k('job', held), 'hold_expires', now)
+    wake(redis.call('HGET', k('job', held), 'scope'))
+  end
+end
+
 -- A worker's up time from from_ms to to_ms leaves its record (deregistered, or a gone record
 -- forgotten or started anew): added to its pool's total in {p}:admin:left (the cost so far) and
 -- kept as a span in {p}:admin:left_spans, scored by its end (the newest 1000), so the admin page's

@@ -73,7 +73,8 @@ local function limit_of(pool)
 end
 
 -- End a lease past its worker's pool's maximum job time as finish.lua ends an 'overrun': the
--- worker's later report of it is a repeat ('again'), its next heartbeat is refused.
+-- worker's later report of it is a repeat ('again'), its next heartbeat is refused, and the job it
+-- holds prepared is free for others at once (lapse_hold_of in lib.lua).
 local function end_overrun(id)
   local key = k('job', id)
   local f = redis.call('HMGET', key, 'state', 'token', 'started_at', 'worker_id', 'user', 'cancel')
@@ -89,6 +90,7 @@ local function end_overrun(id)
     return
   end
   end_lease(id, f[5], f[4])
+  lapse_hold_of(f[4], now)
   redis.call('HSET', key, 'token', '', 'done_token', f[2])
   if f[6] == '1' then
     redis.call('HSET', key, 'error', error_json)

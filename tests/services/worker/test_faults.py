@@ -28,7 +28,7 @@ from services.worker.comfy_client import ComfyClient
 from services.worker.queue_client import LeaseLostError, QueueClient
 from services.worker.settings import WorkerSettings
 from services.worker.supervisor import ComfyProcess
-from tests.support.jobs import finished, graph, participant, submit, submit_running, until
+from tests.support.jobs import finished, graph, participant, sleeping, submit, submit_running, until
 from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, POOL_TOKEN, LiveServer
 from tests.support.worker_agent import child_worker_settings, pull_worker, worker_settings
 
@@ -381,14 +381,6 @@ async def test_an_attached_comfyui_running_a_prompt_that_never_ends_is_not_fed_o
     )  # nobody stopped it
     assert done.state == JobState.SUCCEEDED and done.attempts == 1, done.error
     assert any(f"restart ComfyUI at {comfy.url}" in r.getMessage() for r in caplog.records)
-
-
-def sleeping(color: int, seconds: float) -> dict[str, Any]:
-    """A graph whose image waits ``seconds`` in ComfyUI's own TestSleep node (it heeds an interrupt)."""
-    slow = graph(color=color)
-    slow["4"] = {"class_type": "TestSleep", "inputs": {"value": ["2", 0], "seconds": seconds}}
-    slow["3"]["inputs"]["images"] = ["4", 0]
-    return slow
 
 
 async def test_a_worker_killed_with_jobs_in_its_attached_comfyui_stops_them_when_it_is_back(

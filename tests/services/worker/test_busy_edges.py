@@ -1,0 +1,68 @@
+"""A busy GPU's edges: what becomes of the job a worker holds prepared when its running job ends at
+the pool's maximum job time (real queue manager, real Redis, a worker on the ComfyUI double)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from devkit.doubles.comfyui import ComfyUIDouble
+from services.protocol.jobs import JobState
+from services.worker.queue_client import QueueClient
+from tests.support.jobs import finished, graph, participant, sleeping, submit, until
+from tests.support.qm_api import registration
+from tests.support.queue_manager_app import POOL, POOL_TOKEN, LiveServer
+from tests.support.worker_agent import Gates, hold_of, pull_worker, worker_settings
+
+HOLDS_NEXT = "the worker holds her next job prepared"
+
+
+async def test_the_job_held_by_a_worker_whose_job_hangs_past_its_time_limit_goes_to_another_busy_worker(
+    comfy: ComfyUIDouble,
+    qm_factory: Callable[..., LiveServer],
+    tmp_path: Path,
+    gates: Gates,
+    held_by: redis.Redis,
+) -> None:
+    """Her first job hangs in a node that never checks for an interrupt and is ended at the pool's
+    maximum job time; its worker holds her next job prepared, but cannot run it while the hung
+    node holds its GPU (it waits the interrupt grace, 120 s here). Another busy worker of the pool
+    asking for its next job gets her job at once, not once the hold lapses a lease (60 s) later."""
+    qm = qm_factory(lease_seconds=60.0, pool_max_job_seconds={POOL: 2.0})
+    queue = QueueClient(qm.url, POOL_TOKEN)
+    async with participant(qm, "alice") as alice:
+        hung, following = await submit(alice, graph(color=40)), await submit(alice, graph(color=41))
+        gates.close(hung)  # the node ignores the interrupt until the test is done
+        settings = worker_settings(comfy, qm.url, tmp_path, warmup=False, interrupt_grace_seconds=120.0)
+        try:
+            async with pull_worker(settings):
+                await until(lambda: hold_of(held_by, following) == "w-test", HOLDS_NEXT, 20)
+                ended = await finished(alice, hung, timeout=30)
+                await queue.register(registration("w-busy", POOL))
+                held = await queue.claim("w-busy", wait=20, prepare=True)  # a lease is 60 s
+                assert held is not None and held.job.id == following, "still held by the hung worker"
+                started = await queue.start(following, held.token, "w-busy")
+                await queue.release(following, held.token)
+                gates.open(hung)
+        finally:
+            await queue.aclose()
+    assert ended.state == JobState.FAILED and ended.error is not None and ended.error.type == "JobTimeLimit"
+    assert started.started
+
+
+async def test_the_job_held_by_a_worker_whose_job_stops_at_its_time_limit_runs_there_at_once(
+    comfy: ComfyUIDouble, qm_factory: Callable[..., LiveServer], tmp_path: Path, held_by: redis.Redis
+) -> None:
+    """Her first job heeds the interrupt, so its worker is free the moment it is ended at the
+    pool's maximum job time: her next job, which it holds prepared, runs there at once."""
+    qm = qm_factory(lease_seconds=60.0, pool_max_job_seconds={POOL: 2.0})
+    async with participant(qm, "alice") as alice:
+        hung, following = await submit(alice, sleeping(42, 3600)), await submit(alice, graph(color=43))
+        async with pull_worker(worker_settings(comfy, qm.url, tmp_path, warmup=False)):
+            await until(lambda: hold_of(held_by, following) == "w-test", HOLDS_NEXT, 20)
+            ended = await finished(alice, hung, timeout=30)
+            done = await finished(alice, following, timeout=30)
+    assert ended.state == JobState.FAILED and ended.error is not None and ended.error.type == "JobTimeLimit"
+    assert done.state == JobState.SUCCEEDED and done.worker_id == "w-test" and done.attempts == 1
