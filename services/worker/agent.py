@@ -128,6 +128,7 @@ class Agent:
         self.published_to: set[str] = set()
         self.holding: str | None = None  # the prepared job the last heartbeat said is still held
         self.holding_heard_at = 0.0
+        self.warmup_owed = False  # skipped as ComfyUI was stuck: run once it is free (``warm_up_if_owed``)
 
     async def start(self, queue: QueueClient | None = None) -> None:
         """Models, then ComfyUI, socket and warmup; with ``queue`` the models sync shows on the admin
@@ -193,17 +194,28 @@ class Agent:
         forwarder = EventForwarder(discard)
         outcome = await self.runner.run(job, forwarder, asyncio.Event(), self.comfy_server.death, store=False)
         await forwarder.close()
-        if outcome.lost is not None and self.comfy_server.problem:
+        if outcome.lost is not None and (self.comfy_server.problem or self.warmup_owed):
             # an attached ComfyUI stuck in a prompt left before this start: the worker starts, says
-            # so (``problem``, the admin page) and takes no job until it is free, as later in life
-            log.warning("warm-up skipped: %s", self.comfy_server.problem)
+            # so (``problem``, the admin page) and takes no job until it is free, as later in life;
+            # the warm-up is owed until then (``warm_up_if_owed``), also when it is lost again
+            log.warning("warm-up skipped: %s", self.comfy_server.problem or outcome.lost)
+            self.warmup_owed = True
             return
+        self.warmup_owed = False
         if outcome.lost is not None:
             raise WarmupFailedError(f"ComfyUI went away during the warmup workflow: {outcome.lost}")
         if outcome.error is not None:
             raise WarmupFailedError(
                 f"the warmup workflow failed: {outcome.error.type}: {outcome.error.message}"
             )
+
+    async def warm_up_if_owed(self) -> None:
+        """Run the warm-up skipped at start (ComfyUI was stuck) now that ComfyUI is free, before a
+        job: else her first job would pay ComfyUI's first run (a restarted ComfyUI loads its models
+        again). Stuck or lost again, it stays owed; one whose graph fails stops the worker as at start."""
+        if self.warmup_owed and self.comfyui_up:
+            log.info("ComfyUI is free again: running the warm-up skipped at start")
+            await self.warmup()
 
     async def capabilities(self) -> WorkerCapabilities:
         stats = await self.comfy.system_stats()

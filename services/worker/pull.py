@@ -318,6 +318,10 @@ class PullWorker:
 
     async def _claim(self, reply: RegisterReply) -> Lease | None:
         await self._until_comfyui_up()
+        if not self.stopping.is_set():
+            await self.agent.warm_up_if_owed()
+        if not self.agent.comfyui_up:
+            return None  # stopping, or stuck again during the warm-up: wait for it again
         if self.first_claim_at is None:
             self.first_claim_at = time.monotonic()
         hold_next = self._wanted(after=1)  # the job after the one claimed (not launched yet) is wanted

@@ -375,7 +375,10 @@ async def test_an_attached_comfyui_running_a_prompt_that_never_ends_is_not_fed_o
         comfy.knobs.node_seconds = 0.01
         await asyncio.to_thread(comfy.restart)  # the organizer restarts it
         done = await finished(alice, job_id, timeout=30)
+        ran = sorted(comfy.state.timings, key=lambda prompt_id: comfy.state.timings[prompt_id][0])
     assert given_back.state == JobState.QUEUED and given_back.attempts == 0
+    # the restarted ComfyUI runs the warm-up skipped at start before her job, which pays no first run
+    assert ran[-1] == job_id and len(ran) == (2 if warmup else 1), ran
     assert (
         "told to stop" not in problem and "left there before this worker started" in problem
     )  # nobody stopped it
