@@ -27,6 +27,9 @@ RUNPOD_MODELS_DIR = "/runpod-volume/models"  # RunPod mounts a network volume at
 WORKER_TOKEN = "WORKER_TOKEN"  # noqa: S105 (the setting's name)
 MODELS_KEY = ("WORKER_MODELS_S3_ACCESS_KEY_ID", "WORKER_MODELS_S3_SECRET_ACCESS_KEY")
 FILES_KEY = ("S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY")
+# Where a worker stores participants' files (the workshop's bucket at its R2 account): plain settings,
+# which no other workshop's workers have, so they show whose an instance's startup script is.
+FILES_PLACE = ("WORKER_STORAGE_URL", "S3_ENDPOINT_URL")
 WORKER_SECRETS = (WORKER_TOKEN, *MODELS_KEY, *FILES_KEY)
 
 
@@ -85,8 +88,9 @@ def worker_env(
     _models_env(ctx, plain, secrets)
     if ctx.user_files is not None:
         files = ctx.user_files
-        plain["WORKER_STORAGE_URL"] = pulumi.Output.concat("s3://", files.bucket, "/files")
-        plain["S3_ENDPOINT_URL"] = files.endpoint
+        url, endpoint = FILES_PLACE
+        plain[url] = pulumi.Output.concat("s3://", files.bucket, "/files")
+        plain[endpoint] = files.endpoint
         plain["S3_REGION"] = "auto"
         secrets.update(zip(FILES_KEY, (files.access_key_id, files.secret_access_key), strict=True))
     return WorkerEnv(plain, secrets)

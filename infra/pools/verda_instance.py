@@ -10,7 +10,7 @@ import pulumi_tls as tls
 from pydantic import Field, field_validator
 
 from infra.credential_registry import REGISTRY_PASSWORD, Credential
-from infra.pools.access import SHARED_MODELS_DIR, verda_connection, worker_env
+from infra.pools.access import FILES_PLACE, SHARED_MODELS_DIR, WorkerEnv, verda_connection, worker_env
 from infra.pools.base import (
     ModelsVolume,
     PoolConfigBase,
@@ -89,7 +89,8 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
         child = pulumi.ResourceOptions(parent=pool)
         conn, prefix = verda_connection(), ctx.remote_name(config.name)
         volume = models_volume(ctx, (config.name, pool), self.shared_volume(config), conn)
-        boot = self._boot(config, ctx, volume, conn, child)
+        env = worker_env(ctx, config.name, "verda", models_dir=SHARED_MODELS_DIR)  # the volume or host disk
+        boot = self._boot(config, ctx, volume, env, conn, child)
         machine = {
             "instance_type": config.instance_type,
             "location": config.location,
@@ -97,6 +98,9 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
             "os_volume_size": config.os_volume_gb,
             "description": f"comfy-workshop {ctx.stack}/{config.name}",
             "workshop_tag": workshop_tag(ctx.workshop),
+            # What the startup script says of where its workers store files: proves an untagged
+            # leftover of a lost state ours (read at create only).
+            "worker_files": {key: env.plain[key] for key in FILES_PLACE if key in env.plain},
         }
         instances = [
             VerdaInstance(
@@ -123,6 +127,7 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
         config: VerdaInstanceConfig,
         ctx: PoolContext,
         volume: VerdaSharedVolume | None,
+        env: WorkerEnv,
         conn: dict[str, pulumi.Input[str]],
         opts: pulumi.ResourceOptions,
     ) -> dict[str, pulumi.Input[Any]]:
@@ -134,7 +139,7 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
             {"name": ctx.owned_name(config.name, SSH_KEY), "public_key": key.public_key_openssh, **conn},
             opts,
         )
-        spec = self._spec(config, ctx, volume)
+        spec = self._spec(config, ctx, volume, env)
         text = secret(spec.apply(startup_script))
         script_props = {"name": ctx.owned_name(config.name, STARTUP), "script": text, **conn}
         script = VerdaStartupScript(f"{config.name}-startup", script_props, opts)
@@ -146,12 +151,11 @@ class VerdaInstancePool(GpuPool[VerdaInstanceConfig]):
         }
 
     def _spec(
-        self, config: VerdaInstanceConfig, ctx: PoolContext, volume: VerdaSharedVolume | None
+        self, config: VerdaInstanceConfig, ctx: PoolContext, volume: VerdaSharedVolume | None, env: WorkerEnv
     ) -> pulumi.Output[StartupSpec]:
         registry = ctx.registry_for(config.name, self.kind)
         if ctx.tailnet_auth_key is None:
             raise ValueError(f"pool {config.name}: verda-instance needs the GPU tailnet key")
-        env = worker_env(ctx, config.name, "verda", models_dir=SHARED_MODELS_DIR)  # the volume or host disk
         values = pulumi.Output.all(
             image=ctx.worker_image(config.name, self.kind),
             key=ctx.tailnet_auth_key,

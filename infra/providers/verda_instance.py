@@ -64,7 +64,9 @@ class InstanceProvider(VerdaProvider):
     replace_keys = frozenset({*SPEC_KEYS, BROKEN})
     outputs = ("instance_id", "ip", "status", "os_volume_id", "price_per_hour")
     ownership = Ownership.SHOWN
-    checked_only = frozenset({"workshop_tag"})
+    # ``worker_files``: the worker env lines that say where its workers store participants' files
+    # (this workshop's bucket at its R2 account), which prove an untagged instance ours.
+    checked_only = frozenset({"workshop_tag", "worker_files"})
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         """Also, at preview: the instance type is one Verda has, and no other stack's instance has our
@@ -78,16 +80,24 @@ class InstanceProvider(VerdaProvider):
 
     def find(self, api: Any, props: dict[str, Any]) -> Any | None:
         mine = [i for i in api.instances.get() if i.hostname == props["name"] and i.status not in GONE]
-        return mine[0] if mine else None
+        if not mine:
+            return None
+        found = mine[0]
+        found.stores_our_files = _untagged(found) and _stores_our_files(api, found, props)
+        return found
 
     def foreign(self, obj: Any, props: dict[str, Any]) -> str | None:
         """Made with other SSH keys than the pool's (each stack makes its own key) and without this
         workshop's tag in its description: another workshop in the same Verda account whose stack and
         pool have the same names as this one's. With the tag it is this workshop's, left by a lost state
-        (its key pair is made anew): ``matches`` refuses it, so the create deletes it and makes anew."""
+        (its key pair is made anew): ``matches`` refuses it, so the create deletes it and makes anew.
+        So is one made before the tag (no tag at all) whose startup script stores participants' files
+        in this workshop's bucket (``find`` reads it): no other workshop writes there."""
         if rpc.UNKNOWN in _key_ids(props.get("ssh_key_ids")) or _same_keys(obj, props) or _tagged(obj, props):
             return None
-        return foreign_object(self.kind, props["name"], "it has other SSH keys")
+        if getattr(obj, "stores_our_files", False):
+            return None
+        return foreign_object(self.kind, props["name"], "it has other SSH keys") + _how_to_check(obj, props)
 
     def matches(self, obj: Any, props: dict[str, Any]) -> bool:
         """Of the machine asked for, running or on its way, and made with the pool's SSH keys: a leftover
@@ -229,6 +239,41 @@ def _tagged(obj: Any, props: dict[str, Any]) -> bool:
     """Whether ``obj`` carries this workshop's tag (``props`` without one: the last release's)."""
     tag = props.get("workshop_tag")
     return bool(tag) and tag != rpc.UNKNOWN and f"({TAG_MARK}{tag})" in str(obj.description or "")
+
+
+def _untagged(obj: Any) -> bool:
+    """Whether ``obj`` carries no workshop's tag at all (made before the tag, by the last release)."""
+    return f"({TAG_MARK}" not in str(obj.description or "")
+
+
+def _file_lines(props: dict[str, Any]) -> list[str]:
+    """The worker env lines (``KEY=value``) that say where this workshop's workers store files."""
+    files = props.get("worker_files")
+    if not isinstance(files, dict) or rpc.UNKNOWN in files.values():
+        return []
+    return [f"{key}={value}" for key, value in sorted(files.items())]
+
+
+def _stores_our_files(api: Any, obj: Any, props: dict[str, Any]) -> bool:
+    """Whether ``obj``'s startup script (still at Verda) writes every line of ``_file_lines``."""
+    wanted = _file_lines(props)
+    script = (
+        fetch_or_none(api.startup_scripts.get_by_id, obj.startup_script_id) if obj.startup_script_id else None
+    )
+    return bool(wanted) and script is not None and set(wanted) <= set(str(script.script).splitlines())
+
+
+def _how_to_check(obj: Any, props: dict[str, Any]) -> str:
+    """For an untagged instance: how the organizer tells whether it is this workshop's."""
+    if not _untagged(obj):
+        return ""
+    lines = " and ".join(_file_lines(props)) or "this workshop's files bucket"
+    return (
+        f" It carries no workshop tag (made before this release): it is this workshop's if its startup "
+        f"script (Verda console, the instance's startup script {obj.startup_script_id or '(none left)'}) "
+        f"writes {lines}; then delete it in Verda's console with its OS volume "
+        f"({os_volume_name(props['name'])}) and run `pulumi up` again."
+    )
 
 
 def _os_volume(props: dict[str, Any]) -> dict[str, Any]:

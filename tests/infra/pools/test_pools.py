@@ -67,6 +67,19 @@ def test_verda_instances_get_key_script_and_the_kept_models_volume(instances: St
     assert instances.one("docker-build:index:Image", "worker-image").inputs["push"] is True
 
 
+def test_an_instance_knows_what_its_startup_script_says_of_where_its_workers_store_files(
+    instances: StackRun,
+) -> None:
+    """What proves a lost state's instance made before the workshop's tag ours (its startup script at
+    Verda stores files where this workshop does): the instance is given those very script lines."""
+    script = dynamic(instances, "baseline-startup").inputs["script"].splitlines()
+    files = dynamic(instances, "baseline-0").inputs["worker_files"]
+
+    assert set(files) == {"WORKER_STORAGE_URL", "S3_ENDPOINT_URL"}
+    assert all(f"{key}={value}" in script for key, value in files.items()), files
+    assert files["WORKER_STORAGE_URL"].startswith("s3://") and files["WORKER_STORAGE_URL"].endswith("/files")
+
+
 def test_the_startup_script_runs_two_workers_per_gpu_and_joins_the_tailnet(instances: StackRun) -> None:
     script = dynamic(instances, "baseline-startup").inputs["script"]
 

@@ -340,3 +340,52 @@ def test_a_lost_states_instance_is_deleted_and_made_anew_with_todays_keys(
     assert instance["id"] == today.id != yesterday.id and instance["ssh_key_ids"] == ["key-1"]
     assert "1a2b3c4d" in instance["description"]
     assert verda.instances[yesterday.id]["status"] == "deleted"
+
+
+# What the pools write into an instance's startup script (the worker env file) and give the instance
+# as ``worker_files``: where its workers store participants' files.
+FILES = {"WORKER_STORAGE_URL": "s3://acme-files/files", "S3_ENDPOINT_URL": "https://acct1.r2.example.net"}
+
+
+def _last_releases_instance(verda: VerdaDouble, props: dict[str, Any], files: dict[str, str]) -> str:
+    """An instance of our name the last release made (no workshop tag in its description) with a key pair
+    and startup script a lost state made anew since; its script writes to ``files``."""
+    env = "\n".join(f"{key}={value}" for key, value in sorted(files.items()))
+    verda.scripts["script-0"] = {
+        "id": "script-0",
+        "name": "cw-workshop-h100-startup",
+        "script": f"#!/bin/sh\n{env}\n",
+    }
+    return InstanceProvider().create({**props, "ssh_key_ids": ["key-0"], "startup_script_id": "script-0"}).id
+
+
+def test_an_untagged_leftover_whose_workers_store_this_workshops_files_is_deleted_and_made_anew(
+    verda: VerdaDouble, props: dict[str, Any]
+) -> None:
+    """A lost state's instance made before the workshop's tag: its startup script (still at Verda)
+    stores participants' files in this workshop's bucket, at its R2 account, which no other workshop
+    writes: it is this workshop's, deleted and made anew as a tagged one is, not a stop of the `up`."""
+    yesterday = _last_releases_instance(verda, props, FILES)
+
+    today = InstanceProvider().create({**props, "workshop_tag": "1a2b3c4d", "worker_files": FILES})
+
+    [instance] = verda.billable_instances()
+    assert instance["id"] == today.id != yesterday and instance["ssh_key_ids"] == ["key-1"]
+    assert verda.instances[yesterday]["status"] == "deleted"
+
+
+def test_an_untagged_instance_of_our_name_storing_elsewhere_stops_the_up_saying_how_to_check_it(
+    verda: VerdaDouble, props: dict[str, Any]
+) -> None:
+    """Nothing proves it ours: the `up` stops, neither taking it over nor deleting it, and tells the
+    organizer what to look at in Verda's console to tell whether it is this workshop's."""
+    other = {**FILES, "WORKER_STORAGE_URL": "s3://their-files/files"}
+    yesterday = _last_releases_instance(verda, props, other)
+
+    with pytest.raises(ProviderError) as stopped:
+        InstanceProvider().create({**props, "workshop_tag": "1a2b3c4d", "worker_files": FILES})
+
+    message = str(stopped.value)
+    assert "WORKER_STORAGE_URL=s3://acme-files/files" in message and "startup script" in message, message
+    assert "delete it" in message and "OS volume" in message, message
+    assert [i["id"] for i in verda.billable_instances()] == [yesterday]
