@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,23 @@ FILES_KEY = ("S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY")
 # which no other workshop's workers have, so they show whose an instance's startup script is.
 FILES_PLACE = ("WORKER_STORAGE_URL", "S3_ENDPOINT_URL")
 WORKER_SECRETS = (WORKER_TOKEN, *MODELS_KEY, *FILES_KEY)
+MODELS_SOURCE = ("WORKER_MODELS_URL", "WORKER_MODELS_S3_ENDPOINT_URL", *MODELS_KEY)
+# All a GPU host's models sync (``sync-models``) is given: the manifest, the models bucket and its read
+# key, the folder it fills, and the queue manager and pool token to show its progress on the admin
+# page. Never the files' key (every participant's files, read and write), which it does not use.
+HOST_SYNC_ENV = (
+    "WORKER_QUEUE_URL", "WORKER_POOL", "WORKER_PROVIDER", WORKER_TOKEN, "WORKER_SHARED_MODELS_DIR",
+    "WORKER_MODELS_MANIFEST_JSON", *MODELS_SOURCE,
+)  # fmt: skip
+
+
+def host_sync_split(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """A GPU host's worker environment as its two kinds of container need it: the models sync's
+    (``HOST_SYNC_ENV`` only), and the workers', who only read the folder the sync filled (all but
+    the models bucket and its key)."""
+    sync = {key: value for key, value in env.items() if key in HOST_SYNC_ENV}
+    workers = {key: value for key, value in env.items() if key not in MODELS_SOURCE}
+    return sync, workers
 
 
 def connection(**props: Credential) -> dict[str, pulumi.Input[str]]:

@@ -5,8 +5,11 @@ the shared filesystem with the models (or uses the host's disk), joins the tailn
 ephemeral key, logs in to the registry, fills the models folder once (``sync-models`` with it
 writable: on a shared filesystem one host syncs under the volume's lock while the others wait),
 and runs ``workers_per_gpu`` worker containers on every GPU the host has, the models read-only. Secrets
-(tailnet key, registry token, worker env) are written to root-only files through quoted
-here-documents, never onto a command line; the whole script is a Pulumi secret.
+(tailnet key, registry token, the containers' env files) are written to root-only files through
+quoted here-documents, never onto a command line; the whole script is a Pulumi secret. Each kind of
+container reads its own env file, with only the keys its work needs (``host_sync_split``): the
+models sync has the models bucket's read key but not the files'; the workers, which only read the
+models folder, have the files' key but not the models bucket's.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from infra.pools.access import SHARED_MODELS_DIR
+from infra.pools.access import SHARED_MODELS_DIR, host_sync_split
 
 SECRETS_DIR = "/etc/comfy-workshop"
 TOOLKIT_REPO = "https://nvidia.github.io/libnvidia-container"
@@ -89,7 +92,7 @@ ln -sfn {target} {models}
 SYNC = """
 # Every file of the manifest, sha256-verified, before any worker starts (progress in this log and on
 # the admin page); a file missing from the models bucket stops here with the list of what is wrong.
-docker run --rm --env-file {secrets}/worker.env --env "WORKER_ID=$(hostname)-models" \\
+docker run --rm --env-file {secrets}/models-sync.env --env "WORKER_ID=$(hostname)-models" \\
   --volume {models}:{models} {image} sync-models
 """
 
@@ -116,13 +119,16 @@ done
 
 def startup_script(spec: StartupSpec) -> str:
     q = shlex.quote
+    sync_env, workers_env = host_sync_split(spec.worker_env)
     parts = [
         PRELUDE.format(pool=spec.pool, secrets=SECRETS_DIR),
         _heredoc(f"{SECRETS_DIR}/tailnet.key", spec.tailnet_key),
         _heredoc(f"{SECRETS_DIR}/registry.password", spec.registry_password),
-        _heredoc(f"{SECRETS_DIR}/worker.env", env_file(spec.worker_env)),
-        TOOLS.format(repo=TOOLKIT_REPO),
+        _heredoc(f"{SECRETS_DIR}/worker.env", env_file(workers_env)),
     ]
+    if spec.sync_models:
+        parts.append(_heredoc(f"{SECRETS_DIR}/models-sync.env", env_file(sync_env)))
+    parts.append(TOOLS.format(repo=TOOLKIT_REPO))
     if spec.mount_command:
         target = shlex.split(spec.mount_command)[-1]
         parts.append(MOUNT.format(target=q(target), mount=spec.mount_command, models=SHARED_MODELS_DIR))

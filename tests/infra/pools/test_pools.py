@@ -381,10 +381,22 @@ MODELS_READ = {
 }
 
 
-def env_file_of(script: str) -> dict[str, str]:
-    """The worker.env a Verda startup script writes."""
-    body = script.split("worker.env <<'COMFY_WORKSHOP_EOF'\n", 1)[1].split("\nCOMFY_WORKSHOP_EOF", 1)[0]
+def env_file_of(script: str, name: str = "worker.env") -> dict[str, str]:
+    """An env file a Verda startup script writes (the workers' ``worker.env`` unless named)."""
+    body = script.split(f"{name} <<'COMFY_WORKSHOP_EOF'\n", 1)[1].split("\nCOMFY_WORKSHOP_EOF", 1)[0]
     return dict(line.split("=", 1) for line in body.splitlines())
+
+
+def env_files_run_with(script: str, command: str) -> list[str]:
+    """The env files the script's ``docker run`` of ``command`` (``sync-models``, ``pull``) reads."""
+    found = []
+    for run in script.split("docker run")[1:]:
+        lines = run.splitlines()
+        end = next(n for n, line in enumerate(lines) if not line.endswith("\\"))  # its last line
+        if lines[end].endswith(f" {command}"):
+            found += re.findall(r"--env-file \S+/([\w.-]+)", "\n".join(lines[: end + 1]))
+    assert found, f"no docker run of {command} with an env file in the script"
+    return found
 
 
 def worker_env_of(run: StackRun, kind: str) -> dict[str, str]:
@@ -405,8 +417,13 @@ def worker_env_of(run: StackRun, kind: str) -> dict[str, str]:
 def test_every_pool_kinds_workers_get_the_manifest_the_models_bucket_and_its_read_key(
     pool: dict[str, Any],
 ) -> None:
+    """What syncs the models gets the bucket and its read key: the workers, or a Verda host's sync."""
     run = workshop({**pool, "warmupWorkflow": WARMUP})
-    env = worker_env_of(run, pool["kind"])
+    workers = worker_env_of(run, pool["kind"])
+    if pool["kind"] == "verda-instance":
+        env = env_file_of(dynamic(run, "baseline-startup").inputs["script"], "models-sync.env")
+    else:
+        env = workers
     models = stack_values("workshop", None, ())["models"]
 
     manifest = json.loads(env["WORKER_MODELS_MANIFEST_JSON"])["models"]
@@ -414,7 +431,7 @@ def test_every_pool_kinds_workers_get_the_manifest_the_models_bucket_and_its_rea
     assert env["WORKER_MODELS_URL"] == "s3://comfy-models"
     assert env["WORKER_MODELS_S3_ENDPOINT_URL"] == "https://acct.r2.cloudflarestorage.com"
     assert {key: env[key] for key in MODELS_READ} == MODELS_READ  # the read-only key, not the files' one
-    assert json.loads(env["WORKER_WARMUP_WORKFLOW"]) == WARMUP  # the pool's own warm-up, before ready
+    assert json.loads(workers["WORKER_WARMUP_WORKFLOW"]) == WARMUP  # the pool's own warm-up, before ready
 
 
 @pytest.mark.parametrize("pool", [VERDA_SERVERLESS, RUNPOD], ids=lambda p: p["kind"])
@@ -440,6 +457,27 @@ def test_a_verda_host_fills_its_models_folder_before_its_workers_read_it(instanc
     assert "--volume /mnt/models:/mnt/models ghcr.io/example/comfy-worker" in script[:sync]  # writable
     assert script.count("--volume /mnt/models:/mnt/models:ro ") == 1  # the workers only read
     assert env_file_of(script)["WORKER_SHARED_MODELS_DIR"] == "/mnt/models"
+
+
+def test_a_verda_hosts_models_sync_holds_no_files_key_and_its_workers_no_models_key(
+    instances: StackRun,
+) -> None:
+    """Each container on a Verda host holds only the keys its work needs, so a compromised one leaks
+    no more: the models sync read the workers' worker.env and so held the files key (every
+    participant's files, read and write) it never uses; the workers, which only read the volume the
+    sync filled, held the models bucket's key."""
+    script = dynamic(instances, "baseline-startup").inputs["script"]
+
+    [sync_file] = env_files_run_with(script, "sync-models")
+    [workers_file] = env_files_run_with(script, "pull")
+    sync, workers = env_file_of(script, sync_file), env_file_of(script, workers_file)
+    assert {key: sync[key] for key in MODELS_READ} == MODELS_READ
+    assert sync["WORKER_MODELS_URL"] == "s3://comfy-models" and "WORKER_MODELS_MANIFEST_JSON" in sync
+    assert sync["WORKER_SHARED_MODELS_DIR"] == "/mnt/models" and "WORKER_TOKEN" in sync  # its admin page row
+    assert not {key for key in sync if key.startswith("S3_")} | ({"WORKER_STORAGE_URL"} & set(sync))
+    assert {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "WORKER_TOKEN"} <= set(workers)
+    assert not {key for key in workers if key.startswith(("WORKER_MODELS_S3_", "WORKER_MODELS_URL"))}
+    assert workers["WORKER_MODELS_MANIFEST_JSON"] == sync["WORKER_MODELS_MANIFEST_JSON"]  # they check it
 
 
 def test_raising_one_pools_token_generation_replaces_only_that_pools_token() -> None:
