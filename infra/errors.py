@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pulumi
 
 PROJECT = "comfy-workshop"
+SHOWN = 300  # characters of a bad value shown before its reason
 
 
 class _Hidden:
@@ -35,6 +36,8 @@ class Problem:
 
     def render(self) -> str:
         shown = "(not set)" if self.value is None else repr(self.value)
+        if len(shown) > SHOWN:  # a long list: its start, so the reason and the fix stay on the screen
+            shown = f"{shown[:SHOWN]}... ({len(shown):,} characters)"
         return f"  - {self.key} = {shown}: {self.message}\n    fix: {self.fix}"
 
 

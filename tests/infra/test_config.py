@@ -515,3 +515,17 @@ def test_the_stack_config_takes_as_many_models_as_a_worker_reports_and_names_the
     text = problems("workshop", {"models": loras(MAX_MODELS + 1)})
     assert f"{MAX_MODELS + 1} model files, more than the {MAX_MODELS}" in text, text
     assert "fix: list fewer models" in text
+
+
+def test_a_refused_models_list_is_not_printed_whole_before_its_reason() -> None:
+    """`pulumi preview` printed the whole refused value before the reason: 2001 models put 190 000
+    characters of it on the organizer's screen, the reason and the fix after them."""
+    from services.protocol.workers import MAX_MODELS
+
+    models = [
+        {"path": f"loras/{n}.safetensors", "size": 1, "sha256": f"{n:064x}"} for n in range(MAX_MODELS + 1)
+    ]
+    text = problems("workshop", {"models": models})
+    assert "comfy-workshop:models = [{'path': 'loras/0.safetensors'" in text, text[:300]
+    assert "more than the" in text and "fix: list fewer models" in text
+    assert len(text) < 2000, f"{len(text)} characters"
