@@ -232,6 +232,28 @@ async def test_two_workers_on_one_volume_download_each_file_once(vault: Storage,
     assert not (tmp_path / "volume/.comfy-models.lock").exists()
 
 
+async def test_two_workers_on_one_volume_download_a_file_that_fails_its_checksum_once(
+    vault: Storage, tmp_path: Path
+) -> None:
+    """The one holding the volume's lock downloads it and finds the wrong sha256; the one waiting
+    then fails at once, with the same reason, instead of downloading it again."""
+    (tmp_path / "volume").mkdir()
+    counting = CountingVault(vault)
+    first, second = [shared_settings(tmp_path, name) for name in ("a", "b")]
+    for config in (first, second):
+        config.models_manifest = manifest(tmp_path, sha="0" * 64)
+    failed = await asyncio.gather(
+        ensure_models(first, counting),  # type: ignore[arg-type]
+        ensure_models(second, counting),  # type: ignore[arg-type]
+        return_exceptions=True,
+    )
+    assert all(isinstance(error, ModelError) for error in failed), failed
+    assert counting.reads == {"sd/model.safetensors": 1}
+    assert all(
+        "0" * 64 in str(error) and hashlib.sha256(WEIGHTS).hexdigest() in str(error) for error in failed
+    )
+
+
 async def test_a_lock_left_by_a_sync_that_died_is_taken_over(vault: Storage, tmp_path: Path) -> None:
     lock = tmp_path / "volume/.comfy-models.lock"
     lock.parent.mkdir()
