@@ -145,6 +145,36 @@ async def test_an_image_pasted_on_the_selected_load_image_node_is_the_one_the_jo
         assert (tmp_path / "files/users/alice/input" / name).read_bytes() == picture
 
 
+MASKED = "clipspace/clipspace-painted-masked-"
+
+
+async def paint_mask(page: Page, x: float, y: float, shift: float) -> str:
+    """Open the mask editor on the selected Load Image node (its title at (x, y)), draw a stroke
+    ``shift`` pixels right of the middle, save, and give the node's new image name."""
+    before = await page.evaluate(IMAGE_VALUE)
+    await page.mouse.click(x, y)  # the node's title: it is selected
+    await page.evaluate(
+        "() => window.app.extensionManager.command.execute('Comfy.MaskEditor.OpenMaskEditor')"
+    )
+    await page.locator("#maskEditor").get_by_text("64x48").wait_for(timeout=30_000)  # the image is in
+    box = await page.locator("#maskEditor canvas").first.bounding_box()
+    assert box is not None
+    middle_x, middle_y = box["x"] + box["width"] / 2 + shift, box["y"] + box["height"] / 2
+    await page.mouse.move(middle_x - 100, middle_y)
+    await page.mouse.down()
+    for step in range(1, 11):
+        await page.mouse.move(middle_x - 100 + 20 * step, middle_y + 5 * step)
+    await page.mouse.up()
+    await page.locator("#maskEditor").get_by_role("button", name="Save").click()
+    await page.wait_for_function(
+        f"before => ({IMAGE_VALUE})() !== before && ({IMAGE_VALUE})().startsWith('{MASKED}')",
+        arg=before,
+        timeout=30_000,
+    )
+    await page.locator("#maskEditor").wait_for(state="detached", timeout=30_000)
+    return str(await page.evaluate(IMAGE_VALUE)).removesuffix(" [input]")
+
+
 async def test_a_mask_drawn_in_the_mask_editor_is_saved_and_the_job_loads_the_masked_image(
     browser: Browser, server: LiveServer, tmp_path: Path, artifacts_dir: Path
 ) -> None:
@@ -165,25 +195,8 @@ async def test_a_mask_drawn_in_the_mask_editor_is_saved_and_the_job_loads_the_ma
             "() => window.app.graph.nodes.find(n => n.type === 'LoadImage').imgs?.[0]?.complete",
             timeout=10_000,
         )
-        await page.mouse.click(x - 100, y - 80)  # the node's title: it is selected
-        await page.evaluate(
-            "() => window.app.extensionManager.command.execute('Comfy.MaskEditor.OpenMaskEditor')"
-        )
-        await page.locator("#maskEditor").get_by_text("64x48").wait_for(timeout=10_000)  # the image is in
-        box = await page.locator("#maskEditor canvas").first.bounding_box()
-        assert box is not None
-        middle_x, middle_y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-        await page.mouse.move(middle_x - 100, middle_y)
-        await page.mouse.down()
-        for step in range(1, 11):
-            await page.mouse.move(middle_x - 100 + 20 * step, middle_y + 5 * step)
-        await page.mouse.up()
-        await page.screenshot(path=artifacts_dir / "mask-drawn.png")
-        await page.locator("#maskEditor").get_by_role("button", name="Save").click()
-        await page.wait_for_function(
-            f"() => ({IMAGE_VALUE})().startsWith('clipspace/clipspace-painted-masked-')", timeout=10_000
-        )
-        name = (await page.evaluate(IMAGE_VALUE)).removesuffix(" [input]")
+        name = await paint_mask(page, x - 100, y - 80, 0)
+        await page.screenshot(path=artifacts_dir / "mask-saved.png")
         assert [line for line in answered if not line.startswith("200 ")] == []
         with Image.open(tmp_path / "files/users/alice/input" / name) as masked:
             alpha = masked.getchannel("A")
@@ -195,3 +208,37 @@ async def test_a_mask_drawn_in_the_mask_editor_is_saved_and_the_job_loads_the_ma
         history = await page.request.get(f"{server.url}/w/alice/api/history/{ended['data']['prompt_id']}")
         ran = (await history.json())[ended["data"]["prompt_id"]]["prompt"][2]["1"]["inputs"]["image"]
         assert ran == f"{name} [input]", "the job did not load the masked image"
+
+
+async def test_a_masked_image_opens_again_in_the_mask_editor_with_its_mask(
+    browser: Browser, server: LiveServer, tmp_path: Path, artifacts_dir: Path
+) -> None:
+    """The editor opens a just-masked image from the layers its save stored in 'clipspace/' (the
+    mask, the paint, the painted image): every one of them must be there, as on ComfyUI."""
+    answered: list[str] = []
+
+    def watch(page: Page) -> None:
+        page.on("response", lambda r: answered.append(f"{r.status} {r.url}"))
+
+    async with working_workspace(browser, server, tmp_path, watch) as (_, _, page, log):
+        await page.evaluate("graph => window.app.loadApiJson(graph, 'mask')", LOAD_AND_SAVE)
+        await choose_file(page, "face.png", png(64, 48, (120, 60, 30)))
+        x, y = await widget_at(page, "LoadImage", "upload")
+        await page.wait_for_function(
+            "() => window.app.graph.nodes.find(n => n.type === 'LoadImage').imgs?.[0]?.complete",
+            timeout=10_000,
+        )
+        first = await paint_mask(page, x - 100, y - 80, 0)
+        second = await paint_mask(page, x - 100, y - 80, 150)
+        await page.screenshot(path=artifacts_dir / "mask-again.png")
+        assert [line for line in answered if line[0] in "45" and "none.png" not in line] == []
+        folder = tmp_path / "files/users/alice/input"
+        with Image.open(folder / first) as once, Image.open(folder / second) as twice:
+            assert twice.getpixel((0, 0)) == (120, 60, 30, 255), "the image lost its colours"
+            masked_once = {i for i, a in enumerate(once.getchannel("A").getdata()) if a < 255}
+            masked_twice = {i for i, a in enumerate(twice.getchannel("A").getdata()) if a < 255}
+        assert masked_once, "no mask in the first save"
+        assert masked_once <= masked_twice, "the editor opened without the first mask, and its save lost it"
+        assert masked_twice > masked_once, "the second stroke is not in the second save"
+        ended = await run(page, log[0])
+        assert ended["type"] == "execution_success", ended
