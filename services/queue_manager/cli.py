@@ -24,7 +24,6 @@ import typer
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from services.queue_manager.main import connect
 from services.queue_manager.queue_admin import DrainResult
 from services.queue_manager.settings import Settings
 from services.queue_manager.snapshot import (
@@ -41,7 +40,7 @@ from services.queue_manager.snapshot import (
     still_running,
     stranded_pools,
 )
-from services.queue_manager.store import Store
+from services.queue_manager.store import Store, connect
 from services.storage import Storage, StorageError, open_storage
 from services.storage.local import LocalStorage
 

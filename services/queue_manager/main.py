@@ -18,7 +18,6 @@ import re
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
-from redis.asyncio import Redis
 
 from services.queue_manager import logs
 from services.queue_manager.api.callers_first import CallersFirst
@@ -33,7 +32,7 @@ from services.queue_manager.dispatch import dispatching
 from services.queue_manager.sessions import Logins
 from services.queue_manager.settings import Settings
 from services.queue_manager.socket_slots import SocketCap, SocketSlots
-from services.queue_manager.store import Store
+from services.queue_manager.store import Store, connect
 from services.queue_manager.workspaces import UPLOAD_PATH, WORKSPACE_PATH
 from services.queue_manager.workspaces.deps import workspace_owner
 from services.storage import Storage, StorageError, open_storage
@@ -52,17 +51,6 @@ CALLER_CHECKS = (
 otherwise be spooled or parsed whole for anyone, and a lease or push call (up to QM_MAX_BODY_BYTES)
 parsed for anyone with no token. The lease and push routes, called many times a second by busy
 workers, find their holder once: the check leaves it on the request's state for the route."""
-
-
-def connect(settings: Settings) -> Redis:
-    """A Redis client for the queue; timeouts so an unreachable Redis fails requests, not hangs them."""
-    return Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_connect_timeout=5,
-        health_check_interval=15,
-        retry_on_timeout=True,
-    )
 
 
 def open_files(settings: Settings) -> Storage | None:

@@ -24,6 +24,8 @@ import secrets
 import uuid
 from typing import Any
 
+from redis.asyncio import Redis
+
 from services.protocol.jobs import Job, JobState, JobSubmit
 from services.queue_manager import notices
 from services.queue_manager.errors import JobExists, JobNotFound, QueueLimit, UnknownPool, WorkshopClosed
@@ -33,6 +35,7 @@ from services.queue_manager.queue_admin import AdminOps
 from services.queue_manager.records import job_from_hash, now_ms, pairs_to_dict, spec_json
 from services.queue_manager.registry import WorkerOps
 from services.queue_manager.scripts import CancelArgs, ForgetArgs, SubmitArgs
+from services.queue_manager.settings import Settings
 from services.queue_manager.wakeups import Ticket
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,19 @@ MAX_KEPT_JOBS = 200
 ``GET /api/jobs``) show: past it, or past ``QM_MAX_KEPT_BYTES`` of their workflows, her oldest finished
 ones are forgotten early (``lua/forget.lua``), so that nobody can fill Redis by queueing and
 cancelling in a loop. The forgotten ones are those no list showed any more."""
+
+
+def connect(settings: Settings) -> Redis:
+    """A Redis client for the queue; timeouts so an unreachable Redis fails requests, not hangs them.
+    Here, not in ``main.py``: the CLI's steps (the destroy's drain and save, the morning's load)
+    connect without building the web app, whose import cost each step seconds of CPU."""
+    return Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_connect_timeout=5,
+        health_check_interval=15,
+        retry_on_timeout=True,
+    )
 
 
 class Store(LeaseOps, WorkerOps, AdminOps):
