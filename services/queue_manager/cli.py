@@ -31,6 +31,7 @@ from services.queue_manager.snapshot import (
     Snapshot,
     SnapshotError,
     absent_owners,
+    check_carried,
     mark_started,
     open_saved_snapshot,
     open_snapshot_file,
@@ -79,11 +80,12 @@ def snapshot(out: Annotated[Path, typer.Option("--out", help="file to write the 
     round to a JSON file, streamed (never all of it in memory; never a half-written file left)."""
 
     async def run(store: Store) -> int:
+        await check_carried(store)
         return await LocalStorage(out.parent).put(out.name, snapshot_json(store, datetime.now(UTC)))
 
     try:
         size = _with_store(run)
-    except (StorageError, OSError) as exc:
+    except (StorageError, OSError, SnapshotError) as exc:
         typer.echo(f"cannot write the snapshot to {out}: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"snapshot written to {out} ({size} bytes)")

@@ -119,7 +119,10 @@ def _number(raw: bytes) -> None:
 
 
 def _json(raw: bytes) -> None:
-    json.loads(raw)
+    try:
+        json.loads(raw)
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise ValueError(f"not JSON ({exc})") from None
 
 
 def _size_and_time(raw: bytes) -> None:
@@ -363,6 +366,44 @@ async def _keys_json(store: Store) -> AsyncIterator[bytes]:
         await redis.aclose()
 
 
+async def check_carried(store: Store) -> None:
+    """Every job and key the snapshot would carry, checked as its stream checks them (and the restore
+    will), before any of it is sent or saved: ``SnapshotError`` naming the first the queue manager
+    cannot carry (a value no release writes: a hand edit in Redis, say) and how to go on. Only the
+    families whose values are checked are read (``VALUES``), never the saved files."""
+    prefix, redis = store.keys.prefix, bytes_client(store.client)
+    try:
+        for raw_key, family in await _copied_names(redis, prefix):
+            where = raw_key.decode(errors="replace")
+            try:
+                name = _copied_name(where.removeprefix(f"{prefix}:"))
+                found: Any = await redis.type(raw_key)  # bytes, from this client
+                found = found.decode()
+                if found != family.type:
+                    raise ValueError(f"{name[:80]!r} is a {found} in Redis, a {family.type} in keys.py")
+                if family.pattern in VALUES:
+                    async for _ in READERS[family.type](redis, raw_key, family, name):
+                        pass
+            except ValueError as exc:
+                raise _uncarried(where, exc) from None
+    finally:
+        await redis.aclose()
+    async for fields in _job_records(store):
+        if all(fields.get(name) for name in REQUIRED_FIELDS):
+            try:
+                _check_job(fields)
+            except ValueError as exc:
+                raise _uncarried(store.keys.job(fields["id"]), exc) from None
+
+
+def _uncarried(key: str, exc: ValueError) -> SnapshotError:
+    return SnapshotError(
+        f"no snapshot was taken: Redis key {key[:120]!r} is not one the queue manager wrote, and no "
+        f"restore would take it ({exc}). Delete it (redis-cli DEL) or write it back as the queue manager "
+        "writes it, then take the snapshot again"
+    )
+
+
 async def _job_ids(store: Store) -> list[str]:
     keys, redis = store.keys, store.redis
     scopes = await redis.smembers(keys.scopes)
@@ -378,24 +419,30 @@ async def _job_ids(store: Store) -> list[str]:
     return list(dict.fromkeys(job_id for ids in id_lists for job_id in ids))
 
 
-async def _jobs_json(store: Store, running: list[str]) -> AsyncIterator[bytes]:
-    """The ``jobs`` list's items, a few records at a time (each checked as the restore reads it);
-    each job still running goes into ``running`` as ``running_job``."""
-    ids, first = await _job_ids(store), True
+async def _job_records(store: Store) -> AsyncIterator[dict[str, str]]:
+    """Every job record the snapshot carries, read a few at a time."""
+    ids = await _job_ids(store)
     for start in range(0, len(ids), JOBS_AT_ONCE):
         async with store.redis.pipeline(transaction=False) as pipe:
             for job_id in ids[start : start + JOBS_AT_ONCE]:
                 pipe.hgetall(store.keys.job(job_id))
             records = await pipe.execute()
         for fields in records:
-            if not fields:
-                continue
-            if all(fields.get(name) for name in REQUIRED_FIELDS):
-                _check_job(fields)
-            if fields.get("state") in RUNNING:
-                running.append(running_job(fields))
-            yield (b"" if first else b",") + json.dumps(fields).encode()
-            first = False
+            if fields:
+                yield fields
+
+
+async def _jobs_json(store: Store, running: list[str]) -> AsyncIterator[bytes]:
+    """The ``jobs`` list's items, a few records at a time (each checked as the restore reads it);
+    each job still running goes into ``running`` as ``running_job``."""
+    first = True
+    async for fields in _job_records(store):
+        if all(fields.get(name) for name in REQUIRED_FIELDS):
+            _check_job(fields)
+        if fields.get("state") in RUNNING:
+            running.append(running_job(fields))
+        yield (b"" if first else b",") + json.dumps(fields).encode()
+        first = False
 
 
 def running_job(fields: dict[str, str]) -> str:
@@ -509,6 +556,24 @@ def _restore_job(pipe: Any, store: Store, fields: dict[str, str], now: int) -> b
     else:
         _restore_finished(pipe, store, fields, now)
     return waiting
+
+
+class UncarriedQueue(QueueError):
+    """The admin's download of a snapshot, refused before its 200: the queue holds a key or job no
+    snapshot can carry (``check_carried``). A stream cut midway gave her a broken file and no reason."""
+
+    status = 409
+
+
+async def snapshot_download(store: Store) -> AsyncIterator[bytes]:
+    """The admin's download: checked whole first (``check_carried``: 409 naming what stops it), then
+    streamed as the evening's save streams it. A key changed into an unreadable one between the two
+    (only a hand edit in Redis does that) still cuts the stream, which no restore takes."""
+    try:
+        await check_carried(store)
+    except SnapshotError as exc:
+        raise UncarriedQueue(str(exc)) from None
+    return snapshot_json(store, datetime.now(UTC))
 
 
 class UnreadableSnapshot(QueueError):
@@ -715,6 +780,7 @@ async def save_snapshot(store: Store, storage: Storage) -> SavedSnapshot:
     anywhere before it (a drain stopped, the vault gone midway) leaves the checksum file naming
     the last complete snapshot, never a half-written one. Older snapshots (and pieces of cut
     saves) are deleted after."""
+    await check_carried(store)
     taken_at, running = datetime.now(UTC), list[str]()
     key, digest = _body_key(taken_at), hashlib.sha256()
     body = _hashed(snapshot_json(store, taken_at, running), digest)

@@ -767,3 +767,42 @@ async def test_two_queue_managers_restoring_the_same_morning_write_each_job_once
     assert sum(result.restored for result in results) == len(ids), results
     assert sum(result.skipped for result in results) == len(ids)
     assert await first.queued_ids() == ids
+
+
+async def unreadable_settings(store: Store) -> str:
+    """A participant's settings holding a value no release of the queue manager writes (a hand edit
+    in Redis, say), among other keys and jobs; the key's name."""
+    for user in ("ada", "bob"):
+        await store.submit(user, job())
+    await store.redis.hset(store.keys.user_settings("bob"), mapping={"Comfy.Locale": '"fr"'})
+    await store.redis.hset(store.keys.user_settings("ada"), mapping={"Comfy.Locale": "{not json"})
+    return store.keys.user_settings("ada")
+
+
+async def test_a_key_no_snapshot_can_carry_is_named_before_the_download_begins(
+    live_url: str, store: Store
+) -> None:
+    """The admin's download refuses, with a reason she can read, before its 200: it was cut midway
+    after its 200 (the restore refuses the cut file, so nothing is lost, but she got a broken file and
+    no reason)."""
+    key = await unreadable_settings(store)
+    async with httpx.AsyncClient(base_url=live_url, timeout=60) as http:
+        reply = await http.get("/api/admin/snapshot", headers=ADMIN)
+    assert reply.status_code == 409, reply.text[:300]
+    assert key in reply.json()["detail"] and "not JSON" in reply.json()["detail"], reply.text
+
+
+async def test_the_cli_names_a_key_no_snapshot_can_carry(
+    store: Store, redis_url: str, tmp_path: Path
+) -> None:
+    """``cli snapshot`` and the evening's ``cli save`` say which key stops them, without a traceback,
+    and leave no file behind; the destroy stops there and the workshop goes on."""
+    key = await unreadable_settings(store)
+    out, vault = tmp_path / "queue.json", tmp_path / "vault"
+    for reply in (
+        run_cli(redis_url, "snapshot", "--out", str(out)),
+        run_cli(redis_url, "save", env={"QM_FILES_URL": vault.as_uri()}),
+    ):
+        assert reply.returncode == 2 and key in reply.stderr and "Traceback" not in reply.stderr, reply.stderr
+    assert not out.exists() and not (vault / "snapshots").exists()
+    assert not await store.redis.exists(store.keys.closed)

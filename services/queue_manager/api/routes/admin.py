@@ -3,7 +3,6 @@ cancel, dead letters, drain, snapshot and restore. Every route needs the admin l
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
@@ -19,7 +18,7 @@ from services.queue_manager.errors import UnknownUser
 from services.queue_manager.queue_admin import DrainResult, QueueOverview, UserSummary
 from services.queue_manager.registry import WorkerInfo
 from services.queue_manager.settings import USER_NAME
-from services.queue_manager.snapshot import RestoreResult, Snapshot, restore_by_organizer, snapshot_json
+from services.queue_manager.snapshot import RestoreResult, Snapshot, restore_by_organizer, snapshot_download
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 UserName = Annotated[str, Path(pattern=f"^{USER_NAME.pattern}$", description="a participant's name")]
@@ -152,8 +151,9 @@ async def drain(_: AdminUser, store: StoreDep, seconds: Annotated[float, Query(g
 @router.get("/snapshot", response_class=StreamingResponse, responses={200: {"model": Snapshot}})
 async def snapshot(_: AdminUser, store: StoreDep) -> StreamingResponse:
     """The whole queue as JSON (waiting, running, finished and dead-lettered jobs, and the saved
-    files, settings and rounds), streamed as the evening's save streams it."""
-    return StreamingResponse(snapshot_json(store, datetime.now(UTC)), media_type="application/json")
+    files, settings and rounds), streamed as the evening's save streams it; 409 naming a key or job
+    no snapshot can carry, before anything is sent (``snapshot_download``)."""
+    return StreamingResponse(await snapshot_download(store), media_type="application/json")
 
 
 SNAPSHOT_BODY = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Snapshot"}}}}
