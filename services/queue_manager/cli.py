@@ -150,7 +150,7 @@ def save() -> None:
         return (
             f"{done}\n{len(saved.running)} jobs were still running and run again tomorrow morning from the "
             "start, once the GPUs are up (their attempt not counted; what they made tonight stays in the "
-            "vault): " + ", ".join(saved.running)
+            "vault): " + ", ".join(map(str, saved.running))
         )
 
     typer.echo(_with_vault(run))

@@ -26,6 +26,7 @@
 | ``{p}:closed`` | string | ``1`` from the evening's save: participants' changes refused | until the morning |
 | ``{p}:opened`` | string | ``1`` once the morning's load ran (QM_RESTORE_FIRST: no lease before) | forever |
 | ``{p}:holds`` | string | the snapshot (``taken_at``) this Redis saved or restored: all of it | forever |
+| ``{p}:carried`` | string | JSON: the jobs the last save held as running (run again) | next save or Resume |
 | ``{p}:worker:{id}`` | hash | registration, state, job, last seen (gone: draining) | 1 day after last seen |
 | ``{p}:workers`` | zset | worker ids by last seen (ms) | pruned after 1 day |
 | ``{p}:catalogue:{hash}`` | string | a worker's ComfyUI ``/object_info`` by catalogue hash | while kept |
@@ -121,6 +122,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("seq", "string", Carried.COPIED),
     Family("paused", "string", Carried.LEFT, "the evening drain pauses dispatch; the morning resumes it"),
     Family("closed", "string", Carried.LEFT, "set by the evening's save, cleared by the morning's load"),
+    Family("carried", "string", Carried.REBUILT, "the restore writes it from the snapshot's running jobs"),
     Family("opened", "string", Carried.LEFT, "set by the morning's load, on the Redis it restored into"),
     Family(
         "holds", "string", Carried.LEFT, "names a snapshot this Redis saved or restored; a new one has none"
@@ -285,6 +287,10 @@ class Keys:
     @property
     def holds(self) -> str:
         return f"{self.prefix}:holds"
+
+    @property
+    def carried(self) -> str:
+        return f"{self.prefix}:carried"
 
     @property
     def workers(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
 from services.protocol.jobs import Job, JobLine
 from services.queue_manager.errors import JobNotFound, NotDeadLettered, NotRestoredYet, WorkshopClosed
@@ -13,6 +13,30 @@ from services.queue_manager.keys import ANY_POOL
 from services.queue_manager.records import HOLD_FIELDS, LINE_FIELDS, held_for, line_from_hash, now_ms
 from services.queue_manager.scripts import AwaitRestoreArgs, PriorityArgs, RequeueDeadArgs
 from services.queue_manager.store_base import StoreBase
+
+
+class CarriedJob(BaseModel):
+    """A job the evening's save held as running (``{p}:carried``): it runs again from the start after
+    the night, its attempt not counted. ``worker`` is the one it ran on at the save; ``state`` its
+    state now (None once the job is gone), for the admin page."""
+
+    id: str
+    user: str
+    worker: str
+    state: str | None = None
+
+    @classmethod
+    def of(cls, fields: dict[str, str]) -> CarriedJob:
+        return cls(
+            id=fields.get("id", "?"), user=fields.get("user", "?"), worker=fields.get("worker_id") or "?"
+        )
+
+    def __str__(self) -> str:
+        """As the destroy's output names it."""
+        return f"{self.id} of {self.user} on worker {self.worker}"
+
+
+CARRIED: TypeAdapter[list[CarriedJob]] = TypeAdapter(list[CarriedJob])
 
 
 class QueueOverview(BaseModel):
@@ -28,6 +52,15 @@ class QueueOverview(BaseModel):
         default_factory=dict,
         description="queued job id -> the busy worker it is held (prepared) for, to run next; the job "
         "still waits in line, and an idle worker's claim takes it",
+    )
+    closed: bool = Field(
+        default=False,
+        description="the evening's save ran: participants' changes are refused until the morning",
+    )
+    carried: list[CarriedJob] = Field(
+        default_factory=list,
+        description="the jobs the last save held as running: closed, they run again tomorrow morning; "
+        "open (the morning after), they were carried over and run again today",
     )
 
 
@@ -64,6 +97,8 @@ class AdminOps(StoreBase):
         last night's queue, or twice."""
         if self.settings.restore_first and not await self.redis.exists(self.keys.opened):
             raise NotRestoredYet()
+        if await self.redis.exists(self.keys.closed):  # the day goes on: the save's jobs run on tonight
+            await self.redis.delete(self.keys.carried)
         await self.resume()
 
     async def await_restore(self) -> bool:
@@ -150,7 +185,23 @@ class AdminOps(StoreBase):
             delayed=await self._lines(await self.redis.zrange(self.keys.delayed, 0, limit - 1)),
             dead=await self._lines(await self.redis.zrevrange(self.keys.dead, 0, limit - 1)),
             held=held,
+            closed=bool(await self.redis.exists(self.keys.closed)),
+            carried=await self.carried(),
         )
+
+    async def carried(self) -> list[CarriedJob]:
+        """The jobs the last save held as running (``{p}:carried``), each with its state now."""
+        raw = await self.redis.get(self.keys.carried)
+        jobs = CARRIED.validate_json(raw) if raw else []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                pipe.hget(self.keys.job(job.id), "state")
+            states = await pipe.execute()
+        return [job.model_copy(update={"state": state}) for job, state in zip(jobs, states, strict=True)]
+
+    async def carry(self, jobs: list[CarriedJob]) -> None:
+        """Note the jobs a save held as running, or a restore queued again as such (``carried``)."""
+        await self.redis.set(self.keys.carried, CARRIED.dump_json(jobs))
 
     async def submitted(self, user: str) -> bool:
         """Whether ``user`` ever submitted a job (``{p}:users``)."""

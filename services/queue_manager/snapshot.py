@@ -53,6 +53,7 @@ from redis.exceptions import WatchError
 from services.protocol.jobs import PROMPT_ID
 from services.queue_manager.errors import QueueError, WorkshopClosed
 from services.queue_manager.keys import ANY_POOL, Carried, Family, family_of
+from services.queue_manager.queue_admin import CarriedJob
 from services.queue_manager.records import job_from_hash, now_ms
 from services.queue_manager.scripts import OpenDayArgs, RejoinArgs
 from services.queue_manager.store import Store
@@ -432,36 +433,34 @@ async def _job_records(store: Store) -> AsyncIterator[dict[str, str]]:
                 yield fields
 
 
-async def _jobs_json(store: Store, running: list[str]) -> AsyncIterator[bytes]:
+async def _jobs_json(store: Store, running: list[CarriedJob]) -> AsyncIterator[bytes]:
     """The ``jobs`` list's items, a few records at a time (each checked as the restore reads it);
-    each job still running goes into ``running`` as ``running_job``."""
+    each job still running goes into ``running``."""
     first = True
     async for fields in _job_records(store):
         if all(fields.get(name) for name in REQUIRED_FIELDS):
             _check_job(fields)
         if fields.get("state") in RUNNING:
-            running.append(running_job(fields))
+            running.append(CarriedJob.of(fields))
         yield (b"" if first else b",") + json.dumps(fields).encode()
         first = False
 
 
-def running_job(fields: dict[str, str]) -> str:
-    """A running job as the organizer is told of it: its id, owner and worker."""
-    return f"{fields.get('id')} of {fields.get('user')} on worker {fields.get('worker_id') or '?'}"
-
-
 async def still_running(store: Store) -> list[str]:
-    """The jobs running now (``running_job``), oldest lease first."""
+    """The jobs running now as the organizer is told of them (``CarriedJob``), oldest lease first."""
     ids = await store.redis.zrange(store.keys.leases, 0, -1)
     async with store.redis.pipeline(transaction=False) as pipe:
         for job_id in ids:
             pipe.hmget(store.keys.job(job_id), ["user", "worker_id"])
         found = await pipe.execute()
-    return [running_job({"id": i, "user": u, "worker_id": w}) for i, (u, w) in zip(ids, found, strict=True)]
+    return [
+        str(CarriedJob.of({"id": i, "user": u or "?", "worker_id": w}))
+        for i, (u, w) in zip(ids, found, strict=True)
+    ]
 
 
 async def snapshot_json(
-    store: Store, taken_at: datetime, running: list[str] | None = None
+    store: Store, taken_at: datetime, running: list[CarriedJob] | None = None
 ) -> AsyncIterator[bytes]:
     """The snapshot (a ``Snapshot``'s JSON) as a stream, built a few records and saved files at a
     time: a hundred participants' saved files are GBs, which the save never holds at once. The
@@ -501,6 +500,9 @@ async def restore_snapshot(
     finally:
         await redis.aclose()
     result.keys = len(written)
+    carried = [CarriedJob.of(fields) for fields in head.jobs if fields.get("state") in RUNNING]
+    if carried:  # shown on the admin page: they run again, first in line
+        await store.carry(carried)
     await _restore_globals(store, head)
     await store.scripts.run(_rejoin(store, head))
     if resume:
@@ -677,12 +679,12 @@ def stranded_pools(snapshot: Snapshot, pools: set[str]) -> dict[str, int]:
 
 class SavedSnapshot(BaseModel):
     """What the evening's save put in the vault: its body's key, when it was taken, its size, and
-    the jobs it holds as running (``running_job``): they run again once it is restored."""
+    the jobs it holds as running: they run again once it is restored."""
 
     key: str
     taken_at: datetime
     size: int
-    running: list[str] = Field(default_factory=list)
+    running: list[CarriedJob] = Field(default_factory=list)
 
 
 def _body_key(taken_at: datetime) -> str:
@@ -762,6 +764,7 @@ async def save_for_the_night(store: Store, storage: Storage) -> SavedSnapshot:
             log.warning("merged %d jobs of a snapshot no morning restored into tonight's", merged.restored)
         saved = await save_snapshot(store, storage)
         await store.redis.set(store.keys.holds, saved.taken_at.isoformat())
+        await store.carry(saved.running)  # the admin page names them until the destroy ends
         return saved
     except BaseException:
         await store.resume()  # the destroy stops here: the workshop goes on as before its drain
@@ -781,7 +784,7 @@ async def save_snapshot(store: Store, storage: Storage) -> SavedSnapshot:
     the last complete snapshot, never a half-written one. Older snapshots (and pieces of cut
     saves) are deleted after."""
     await check_carried(store)
-    taken_at, running = datetime.now(UTC), list[str]()
+    taken_at, running = datetime.now(UTC), list[CarriedJob]()
     key, digest = _body_key(taken_at), hashlib.sha256()
     body = _hashed(snapshot_json(store, taken_at, running), digest)
     size = await storage.put(key, body, "application/json")
@@ -1011,7 +1014,7 @@ def _waiting_summary(fields: dict[str, str]) -> dict[str, str] | None:
     """What the rejoin and the strays read of a job: a waiting or interrupted job's names."""
     if fields.get("state") not in ("queued", *RUNNING):
         return None
-    return {name: fields[name] for name in ("id", "user", "pool", "state") if name in fields}
+    return {name: fields[name] for name in ("id", "user", "pool", "state", "worker_id") if name in fields}
 
 
 def _small_key(name: str) -> bool:
@@ -1051,7 +1054,7 @@ class StoredSnapshot:
     """A snapshot in the vault that passed its checksum and every check, read again from the vault
     to restore it (one job and one key in memory at a time). ``head`` holds the rest: when it was
     taken, version 1's globals, the counter and the fair scheduler's keys, and each waiting job's
-    id, owner, pool and state."""
+    id, owner, pool, state and worker."""
 
     storage: Storage
     key: str

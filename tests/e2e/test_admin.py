@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -222,3 +226,61 @@ async def test_a_dead_letters_error_shows_as_text_on_the_admin_page(
         assert await page.locator("#pwned").count() == 0
         assert await page.title() != "pwned"
         await context.close()
+
+
+def keeper(redis_url: str, files: Path, step: str) -> subprocess.CompletedProcess[str]:
+    """The destroy's save or the up's load (``cli save`` / ``cli load``), as its container runs it."""
+    env = {
+        **os.environ,
+        "QM_ENV": "development",
+        "QM_REDIS_URL": redis_url,
+        "QM_FILES_URL": files.as_uri(),
+        "QM_PARTICIPANTS": json.dumps({user: f"{user}-pw" for user in ("alice", "bob")}),
+        "QM_WORKER_TOKENS": json.dumps({POOL: f"{POOL}-token"}),
+    }
+    command = [sys.executable, "-m", "services.queue_manager.cli", step]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+async def test_the_admin_sees_the_jobs_that_run_again_after_the_night(
+    browser: Browser, redis_url: str, tmp_path: Path
+) -> None:
+    """A job still running when the evening's save is taken runs again the next morning: the
+    destroy's output names it, and so does the admin page, that evening (it will run again) and the
+    next morning (carried over, first in line), with its owner and last night's worker; its owner
+    sees it queued."""
+    files, settings = tmp_path / "files", settings_for(redis_url, lease_seconds=600)
+    with live_server(settings, files) as server:
+        with httpx.Client(base_url=server.url, timeout=20) as client:
+            register_worker(client, catalogue([]), worker_id="verda-h100-1")
+            alice = login(client, "alice")
+            night = alice.post("/w/alice/api/prompt", json={"prompt": GRAPH, "client_id": "c"}).json()[
+                "prompt_id"
+            ]
+            claimed = client.post("/api/workers/verda-h100-1/claim?wait=5", headers=WORKER_AUTH)
+            assert claimed.json()["job"]["id"] == night
+            alice.post("/w/alice/api/prompt", json={"prompt": GRAPH, "client_id": "c"}).raise_for_status()
+        assert f"{night} of alice on worker verda-h100-1" in keeper(redis_url, files, "save").stdout
+        context, page = await admin_page(browser, server)
+        evening = page.locator("#night")
+        await evening.get_by_text("runs again from the start tomorrow morning").wait_for(timeout=10_000)
+        row = evening.locator("tr", has_text=night.split("-")[0])
+        assert (await row.locator("td").all_inner_texts())[1:] == ["alice", "verda-h100-1", "leased"]
+        assert await evening.locator("tbody tr").count() == 1  # the job waiting in line is no such job
+        await context.close()
+    wiped = Redis.from_url(redis_url)
+    await wiped.flushall()  # the destroy deletes Redis and its volume
+    await wiped.aclose()
+    with live_server(settings, files) as server:
+        keeper(redis_url, files, "load")
+        context, page = await admin_page(browser, server)
+        morning = page.locator("#night")
+        await morning.get_by_text("Carried over from last night").wait_for(timeout=10_000)
+        row = morning.locator("tr", has_text=night.split("-")[0])
+        assert (await row.locator("td").all_inner_texts())[1:] == ["alice", "verda-h100-1", "queued"]
+        await context.close()
+        with httpx.Client(base_url=server.url, timeout=20) as client:
+            pending = login(client, "alice").get("/w/alice/api/queue").json()["queue_pending"]
+        assert pending[0][1] == night

@@ -2,8 +2,9 @@
 
 The page shows the live queue (a waiting job held, prepared, for a busy worker says which worker
 holds it), workers per pool and provider with state, current job and the job each holds next,
-participants, dead letters, per pool the last hour's GPU use and the jobs held for its busy workers
-now, and charts (queue depth, jobs per minute, GPU busy share, cost so far),
+participants, dead letters, the jobs the evening's save held as running (they run again after the
+night: that evening, and carried over the next day), per pool the last hour's GPU use and the jobs
+held for its busy workers now, and charts (queue depth, jobs per minute, GPU busy share, cost so far),
 and its buttons call the queue manager's admin API (``/api/admin/...``: cancel, requeue,
 priorities, pause/resume, drain). Everything needs the admin login; without it the page sends the
 browser to ``/w/login?next=/admin/``.

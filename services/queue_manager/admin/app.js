@@ -81,11 +81,34 @@ function queueActions(job) {
     `<button class="danger" data-action="cancel" data-job="${esc(job.id)}">Cancel</button>`;
 }
 
+// The jobs the evening's save held as running: closed, they run again tomorrow; the morning after,
+// they were carried over and run again first. Their owners see them queued then.
+function drawNight(overview) {
+  const carried = overview.carried ?? [];
+  const count = `${carried.length} job${carried.length === 1 ? " was" : "s were"}`;
+  const note = overview.closed
+    ? "Closed for the night: the queue, saved files and settings are saved for tomorrow. " +
+      (carried.length
+        ? `${count} still running at the save: each runs again from the start tomorrow morning, first in line (what it makes tonight stays in the vault).`
+        : "No job was running at the save.")
+    : carried.length
+      ? `Carried over from last night: ${count} still running when the workshop closed, and run${carried.length === 1 ? "s" : ""} again from the start, first in line.`
+      : "No job was carried over the night.";
+  const rows = carried.map((j) =>
+    `<td><code title="${esc(j.id)}">${short(j.id)}</code></td><td>${esc(j.user)}</td><td>${esc(j.worker)}</td>` +
+    `<td>${j.state ? state(j.state) : "gone"}</td>`);
+  put("night", `<p class="note">${esc(note)}</p>` +
+    (carried.length ? table(["job", "user", "worker at the save", "state now"], rows, "") : ""));
+}
+
 function drawQueue(overview) {
   const waiting = overview.queued.length + overview.delayed.length;
-  $("banner").textContent = overview.paused
-    ? `Dispatch is paused: ${overview.running.length} running, ${waiting} waiting`
-    : "";
+  $("banner").textContent = overview.closed
+    ? "Closed for the night"
+    : overview.paused
+      ? `Dispatch is paused: ${overview.running.length} running, ${waiting} waiting`
+      : "";
+  drawNight(overview);
   const running = overview.running.map((j) => jobRow(j, `<button class="danger" data-action="cancel" data-job="${esc(j.id)}">Cancel</button>`));
   const held = overview.held ?? {};
   const lined = [...overview.queued, ...overview.delayed].map((j) => jobRow(j, queueActions(j), held[j.id]));

@@ -806,3 +806,21 @@ async def test_the_cli_names_a_key_no_snapshot_can_carry(
         assert reply.returncode == 2 and key in reply.stderr and "Traceback" not in reply.stderr, reply.stderr
     assert not out.exists() and not (vault / "snapshots").exists()
     assert not await store.redis.exists(store.keys.closed)
+
+
+async def test_a_day_resumed_after_the_evening_save_no_longer_lists_its_jobs_as_running_again(
+    client: httpx.AsyncClient, store: Store, tmp_path: Path
+) -> None:
+    """The organizer stopped the destroy after its save and pressed Resume: the job the save held as
+    running runs on today and is saved anew tonight, so the admin page no longer says it runs again
+    tomorrow (nor, the next day, that it was carried over)."""
+    running = await store.submit("bob", job())
+    assert (await store.claim("w1", "gpu")) is not None
+    await save_for_the_night(store, LocalStorage(tmp_path / "vault"))
+    evening = (await client.get("/api/admin/queue", headers=ADMIN)).json()
+    assert evening["closed"] and [(j["id"], j["user"], j["worker"]) for j in evening["carried"]] == [
+        (running.id, "bob", "w1")
+    ]
+    assert (await client.post("/api/admin/resume", headers=ADMIN)).status_code == 204
+    day = (await client.get("/api/admin/queue", headers=ADMIN)).json()
+    assert not day["closed"] and day["carried"] == []
