@@ -354,6 +354,61 @@ def mask_editor_save() -> list[Step]:
     ]
 
 
+def clipspace(name: str, extra: str = "") -> Step:
+    return get(f"/view?filename={name}&subfolder=clipspace&type=input{extra}")
+
+
+def mask_save(stamp: int, painted_on: str, mask: bytes) -> list[Step]:
+    """One save of the stock mask editor (1.27): its four layers into 'clipspace/', in its order.
+    The masked image goes onto the image the editor opened (``painted_on``, in 'clipspace/' when
+    it opened a masked one), the painted-masked image onto the painted image it uploads first."""
+
+    def ref(filename: str, subfolder: str = "clipspace") -> str:
+        return json.dumps({"filename": filename, "subfolder": subfolder, "type": "input"})
+
+    opened = ref(painted_on, "clipspace" if painted_on.startswith("clipspace-") else "")
+    fields = {"type": "input", "subfolder": "clipspace"}
+    return [
+        upload(f"clipspace-mask-{stamp}.png", mask, "/upload/mask", original_ref=opened, **fields),
+        upload(f"clipspace-paint-{stamp}.png", no_paint(), original_ref=opened, **fields),
+        upload(f"clipspace-painted-{stamp}.png", PNG, original_ref=opened, **fields),
+        upload(
+            f"clipspace-painted-masked-{stamp}.png",
+            mask,
+            "/upload/mask",
+            original_ref=ref(f"clipspace-painted-{stamp}.png"),
+            **fields,
+        ),
+    ]
+
+
+def no_paint() -> bytes:
+    """The mask editor's paint layer when nothing was painted in colour: transparent."""
+    buffer = io.BytesIO()
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def mask_editor_reopen() -> list[Step]:
+    """A masked image opened again in the mask editor and saved with more mask: the editor reads the
+    layers of its first save back (the mask's alpha and colours apart, the paint) before the second."""
+    wider = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    wider.paste((0, 0, 0, 255), (1, 1, 7, 7))
+    buffer = io.BytesIO()
+    wider.save(buffer, format="PNG")
+    return [
+        upload("reopen-base.png", PNG, type="input", overwrite="true"),
+        *mask_save(11, "reopen-base.png", mask_only()),
+        clipspace("clipspace-mask-11.png", "&channel=a"),
+        clipspace("clipspace-mask-11.png", "&channel=rgb"),
+        clipspace("clipspace-paint-11.png"),
+        *mask_save(12, "clipspace-mask-11.png", buffer.getvalue()),
+        clipspace("clipspace-painted-masked-12.png"),
+        clipspace("clipspace-painted-masked-12.png", "&channel=a"),
+        clipspace("clipspace-mask-12.png", "&channel=rgb"),
+    ]
+
+
 def model_library() -> list[Step]:
     """What the frontend's model library and model widgets read (no model files on the recorder)."""
     return [
@@ -585,6 +640,7 @@ def cases() -> dict[str, list[Step]]:
         "two_clients": two_clients(),
         "upload_and_view": upload_and_view(),
         "mask_editor_save": mask_editor_save(),
+        "mask_editor_reopen": mask_editor_reopen(),
         "object_info_more": object_info_more(),
         "model_library": model_library(),
         "userdata_listing": userdata_listing(),
