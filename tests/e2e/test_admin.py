@@ -265,7 +265,7 @@ async def test_the_admin_sees_the_jobs_that_run_again_after_the_night(
         assert f"{night} of alice on worker verda-h100-1" in keeper(redis_url, files, "save").stdout
         context, page = await admin_page(browser, server)
         evening = page.locator("#night")
-        await evening.get_by_text("runs again from the start tomorrow morning").wait_for(timeout=10_000)
+        await evening.get_by_text("runs again from the start tomorrow morning").wait_for(timeout=30_000)
         row = evening.locator("tr", has_text=night.split("-")[0])
         assert (await row.locator("td").all_inner_texts())[1:] == ["alice", "verda-h100-1", "leased"]
         assert await evening.locator("tbody tr").count() == 1  # the job waiting in line is no such job
@@ -277,7 +277,7 @@ async def test_the_admin_sees_the_jobs_that_run_again_after_the_night(
         keeper(redis_url, files, "load")
         context, page = await admin_page(browser, server)
         morning = page.locator("#night")
-        await morning.get_by_text("Carried over from last night").wait_for(timeout=10_000)
+        await morning.get_by_text("Carried over from last night").wait_for(timeout=30_000)
         row = morning.locator("tr", has_text=night.split("-")[0])
         assert (await row.locator("td").all_inner_texts())[1:] == ["alice", "verda-h100-1", "queued"]
         await context.close()
