@@ -65,8 +65,9 @@ async def test_thirty_jobs_in_a_row_keep_one_socket_and_bounded_memory(
         figures = {f"heap_mib_after_{n}": round(heap / 2**20, 1) for n, heap in heaps.items()}
         print(json.dumps({**figures, "requests_per_job": [early, late], "sockets": len(sockets)}))
         assert len(sockets) == 1, f"the page opened {len(sockets)} sockets"
-        # The stock frontend's heap grows by itself on a real ComfyUI too (0.3.64, frontend 1.27.10:
-        # 40.9 MiB after 5 jobs, 44.0 after 30, 48.9 after 90); here 33.8, 37.5 and 45.1.
+        # The stock frontend's heap grows by itself, ~0.12 MiB a job for as long as she runs jobs
+        # (docs/comfyui-protocol.md, "A long session"): here 33.8 MiB after 5 jobs, 41.4 after 70,
+        # 44.8 after 100; a real ComfyUI 0.3.64 running a 50 ms job, 44.8, 52.5 and 56.1.
         assert grown < 8 * 2**20, f"the page's heap grew by {grown / 2**20:.1f} MiB over {JOBS - 5} jobs"
         # Per job the stock frontend asks /queue and /history on each status, /view for the image,
         # and the progress favicon's frames: the same count however long the session.
