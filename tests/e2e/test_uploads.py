@@ -148,6 +148,18 @@ async def test_an_image_pasted_on_the_selected_load_image_node_is_the_one_the_jo
 MASKED = "clipspace/clipspace-painted-masked-"
 
 
+async def face_in_load_image(page: Page) -> tuple[float, float]:
+    """A Load Image node showing a 64x48 picture chosen with its button; where its title is."""
+    await page.evaluate("graph => window.app.loadApiJson(graph, 'mask')", LOAD_AND_SAVE)
+    await choose_file(page, "face.png", png(64, 48, (120, 60, 30)))
+    x, y = await widget_at(page, "LoadImage", "upload")
+    await page.wait_for_function(
+        "() => window.app.graph.nodes.find(n => n.type === 'LoadImage').imgs?.[0]?.complete",
+        timeout=30_000,
+    )
+    return x - 100, y - 80
+
+
 async def paint_mask(page: Page, x: float, y: float, shift: float) -> str:
     """Open the mask editor on the selected Load Image node (its title at (x, y)), draw a stroke
     ``shift`` pixels right of the middle, save, and give the node's new image name."""
@@ -188,14 +200,8 @@ async def test_a_mask_drawn_in_the_mask_editor_is_saved_and_the_job_loads_the_ma
         page.on("response", heard)
 
     async with working_workspace(browser, server, tmp_path, watch) as (_, _, page, log):
-        await page.evaluate("graph => window.app.loadApiJson(graph, 'mask')", LOAD_AND_SAVE)
-        await choose_file(page, "face.png", png(64, 48, (120, 60, 30)))
-        x, y = await widget_at(page, "LoadImage", "upload")
-        await page.wait_for_function(
-            "() => window.app.graph.nodes.find(n => n.type === 'LoadImage').imgs?.[0]?.complete",
-            timeout=10_000,
-        )
-        name = await paint_mask(page, x - 100, y - 80, 0)
+        x, y = await face_in_load_image(page)
+        name = await paint_mask(page, x, y, 0)
         await page.screenshot(path=artifacts_dir / "mask-saved.png")
         assert [line for line in answered if not line.startswith("200 ")] == []
         with Image.open(tmp_path / "files/users/alice/input" / name) as masked:
@@ -221,15 +227,9 @@ async def test_a_masked_image_opens_again_in_the_mask_editor_with_its_mask(
         page.on("response", lambda r: answered.append(f"{r.status} {r.url}"))
 
     async with working_workspace(browser, server, tmp_path, watch) as (_, _, page, log):
-        await page.evaluate("graph => window.app.loadApiJson(graph, 'mask')", LOAD_AND_SAVE)
-        await choose_file(page, "face.png", png(64, 48, (120, 60, 30)))
-        x, y = await widget_at(page, "LoadImage", "upload")
-        await page.wait_for_function(
-            "() => window.app.graph.nodes.find(n => n.type === 'LoadImage').imgs?.[0]?.complete",
-            timeout=10_000,
-        )
-        first = await paint_mask(page, x - 100, y - 80, 0)
-        second = await paint_mask(page, x - 100, y - 80, 150)
+        x, y = await face_in_load_image(page)
+        first = await paint_mask(page, x, y, 0)
+        second = await paint_mask(page, x, y, 150)
         await page.screenshot(path=artifacts_dir / "mask-again.png")
         assert [line for line in answered if line[0] in "45" and "none.png" not in line] == []
         folder = tmp_path / "files/users/alice/input"
