@@ -57,6 +57,11 @@ class QueueOverview(BaseModel):
         default=False,
         description="the evening's save ran: participants' changes are refused until the morning",
     )
+    restored: bool = Field(
+        default=True,
+        description="false while the queue manager waits for the morning's restore (QM_RESTORE_FIRST): "
+        "last night's queue is not back yet, and no job is leased",
+    )
     carried: list[CarriedJob] = Field(
         default_factory=list,
         description="the jobs the last save held as running: closed, they run again tomorrow morning; "
@@ -186,6 +191,7 @@ class AdminOps(StoreBase):
             dead=await self._lines(await self.redis.zrevrange(self.keys.dead, 0, limit - 1)),
             held=held,
             closed=bool(await self.redis.exists(self.keys.closed)),
+            restored=not self.settings.restore_first or bool(await self.redis.exists(self.keys.opened)),
             carried=await self.carried(),
         )
 

@@ -250,7 +250,8 @@ async def test_the_admin_sees_the_jobs_that_run_again_after_the_night(
     """A job still running when the evening's save is taken runs again the next morning: the
     destroy's output names it, and so does the admin page, that evening (it will run again) and the
     next morning (carried over, first in line), with its owner and last night's worker; its owner
-    sees it queued."""
+    sees it queued. Before the morning's restore ran, the page says so rather than that nothing was
+    carried over."""
     files, settings = tmp_path / "files", settings_for(redis_url, lease_seconds=600)
     with live_server(settings, files) as server:
         with httpx.Client(base_url=server.url, timeout=20) as client:
@@ -273,10 +274,11 @@ async def test_the_admin_sees_the_jobs_that_run_again_after_the_night(
     wiped = Redis.from_url(redis_url)
     await wiped.flushall()  # the destroy deletes Redis and its volume
     await wiped.aclose()
-    with live_server(settings, files) as server:
-        keeper(redis_url, files, "load")
-        context, page = await admin_page(browser, server)
+    with live_server(settings_for(redis_url, lease_seconds=600, restore_first=True), files) as server:
+        context, page = await admin_page(browser, server)  # she looks before the up's restore step ran
         morning = page.locator("#night")
+        await morning.get_by_text("The morning's restore has not run yet").wait_for(timeout=30_000)
+        keeper(redis_url, files, "load")
         await morning.get_by_text("Carried over from last night").wait_for(timeout=30_000)
         row = morning.locator("tr", has_text=night.split("-")[0])
         assert (await row.locator("td").all_inner_texts())[1:] == ["alice", "verda-h100-1", "queued"]

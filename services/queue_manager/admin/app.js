@@ -86,7 +86,10 @@ function queueActions(job) {
 function drawNight(overview) {
   const carried = overview.carried ?? [];
   const count = `${carried.length} job${carried.length === 1 ? " was" : "s were"}`;
-  const note = overview.closed
+  const note = overview.restored === false
+    ? "The morning's restore has not run yet: last night's queue, and the jobs it carries over, are not back, " +
+      "and no GPU takes a job until they are. `pulumi up` runs it in its restore step (cli load)."
+    : overview.closed
     ? "Closed for the night: the queue, saved files and settings are saved for tomorrow. " +
       (carried.length
         ? `${count} still running at the save: each runs again from the start tomorrow morning, first in line (what it makes tonight stays in the vault).`
