@@ -8,12 +8,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, async_playwright
 
-from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS, QUIET_START, REPORT_CSP, watch_csp
-from tests.support.queue_manager_app import LiveServer, live_server, login, settings_for
+from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS, REPORT_CSP, browser_server, watch_csp
+from tests.support.queue_manager_app import LiveServer
 
 
 @pytest.fixture
@@ -43,8 +42,5 @@ async def browser(request: pytest.FixtureRequest) -> AsyncIterator[Browser]:
 
 @pytest.fixture
 def server(redis_url: str, tmp_path: Path) -> Iterator[LiveServer]:
-    with live_server(settings_for(redis_url, lease_seconds=5.0), tmp_path / "files") as running:
-        for user in ("alice", "bob"):
-            with httpx.Client(base_url=running.url) as client:
-                login(client, user).post(f"/w/{user}/api/settings", json=QUIET_START).raise_for_status()
+    with browser_server(redis_url, tmp_path / "files") as running:
         yield running

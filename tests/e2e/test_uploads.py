@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 from playwright.async_api import Browser, FileChooser, FilePayload, Page, Response
 
-from tests.support.browser import SocketLog, until, working_workspace
+from tests.support.browser import SocketLog, browser_server, until, working_workspace
 from tests.support.queue_manager_app import LiveServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -160,10 +161,9 @@ async def face_in_load_image(page: Page) -> tuple[float, float]:
     return x - 100, y - 80
 
 
-async def paint_mask(page: Page, x: float, y: float, shift: float) -> str:
-    """Open the mask editor on the selected Load Image node (its title at (x, y)), draw a stroke
-    ``shift`` pixels right of the middle, save, and give the node's new image name."""
-    before = await page.evaluate(IMAGE_VALUE)
+async def draw_mask(page: Page, x: float, y: float, shift: float) -> None:
+    """Open the mask editor on the Load Image node whose title is at (x, y), draw a stroke ``shift``
+    pixels right of the middle and press Save."""
     await page.mouse.click(x, y)  # the node's title: it is selected
     await page.evaluate(
         "() => window.app.extensionManager.command.execute('Comfy.MaskEditor.OpenMaskEditor')"
@@ -178,6 +178,12 @@ async def paint_mask(page: Page, x: float, y: float, shift: float) -> str:
         await page.mouse.move(middle_x - 100 + 20 * step, middle_y + 5 * step)
     await page.mouse.up()
     await page.locator("#maskEditor").get_by_role("button", name="Save").click()
+
+
+async def paint_mask(page: Page, x: float, y: float, shift: float) -> str:
+    """``draw_mask``, then the node's new image name once the editor saved and closed."""
+    before = await page.evaluate(IMAGE_VALUE)
+    await draw_mask(page, x, y, shift)
     await page.wait_for_function(
         f"before => ({IMAGE_VALUE})() !== before && ({IMAGE_VALUE})().startsWith('{MASKED}')",
         arg=before,
@@ -242,3 +248,40 @@ async def test_a_masked_image_opens_again_in_the_mask_editor_with_its_mask(
         assert masked_twice > masked_once, "the second stroke is not in the second save"
         ended = await run(page, log[0])
         assert ended["type"] == "execution_success", ended
+
+
+@pytest.fixture
+def small_quota_server(redis_url: str, tmp_path: Path) -> Iterator[LiveServer]:
+    """The browser tests' server with 64 KiB for each participant's files."""
+    with browser_server(redis_url, tmp_path / "files", max_user_files_bytes=QUOTA) as running:
+        yield running
+
+
+QUOTA = 64 * 1024
+
+
+async def test_a_mask_her_full_folder_cannot_take_is_refused_once_with_the_reason_not_sent_again_and_again(
+    browser: Browser, small_quota_server: LiveServer, tmp_path: Path
+) -> None:
+    """The stock editor sends each layer of a save until the server takes it (it counts only lost
+    connections): a refusal must end the save, tell her why, and not have her page re-send it."""
+    sent: list[str] = []
+
+    def watch(page: Page) -> None:
+        page.on("request", lambda r: sent.append(r.url) if "/upload/mask" in r.url else None)
+
+    async with working_workspace(browser, small_quota_server, tmp_path, watch) as (_, _, page, _):
+        x, y = await face_in_load_image(page)
+        folder = tmp_path / "files/users/alice"
+        used = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        (folder / "output").mkdir(exist_ok=True)
+        (folder / "output/earlier.bin").write_bytes(bytes(QUOTA - used - 16))  # her folder is full
+        await draw_mask(page, x, y, 0)
+        gone = page.locator("#maskEditor")
+        for _ in range(1200):  # bounded: the editor closes, or the page keeps re-sending
+            if len(sent) > 12 or not await gone.count():
+                break
+            await page.wait_for_timeout(50)
+        assert len(sent) <= 6, f"the page sent the refused mask {len(sent)} times"
+        await page.get_by_text("your files take").first.wait_for(timeout=30_000)
+        assert not (folder / "input/clipspace").exists(), "a layer was stored past her quota"

@@ -7,14 +7,23 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, WebSocket
 
 from devkit.doubles.comfyui import ComfyUIDouble
-from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, LiveServer, password
+from tests.support.queue_manager_app import (
+    ADMIN,
+    ADMIN_PASSWORD,
+    LiveServer,
+    live_server,
+    login,
+    password,
+    settings_for,
+)
 from tests.support.worker_agent import pull_worker, worker_settings
 
 CHROMIUM = "/usr/bin/chromium"
@@ -49,6 +58,17 @@ def watch_csp(context: BrowserContext, violations: list[str]) -> None:
             violations.append(f"{message.page.url if message.page else '?'}: {message.text}")
 
     context.on("console", seen)
+
+
+@contextlib.contextmanager
+def browser_server(redis_url: str, files: Path, **settings: Any) -> Iterator[LiveServer]:
+    """The queue manager the browser tests use (5 s leases, plus ``settings``), serving ``files``;
+    Alice's and Bob's first visits are quiet."""
+    with live_server(settings_for(redis_url, lease_seconds=5.0, **settings), files) as running:
+        for user in ("alice", "bob"):
+            with httpx.Client(base_url=running.url) as client:
+                login(client, user).post(f"/w/{user}/api/settings", json=QUIET_START).raise_for_status()
+        yield running
 
 
 async def logged_in_page(

@@ -1,6 +1,7 @@
 // comfy-workshop's one web extension: tells a participant when no GPU is up (and why nodes may be
-// missing), and adds a "My place in line" sidebar tab: the shared queue is everyone's, so ComfyUI's
-// own queue panel cannot say how many jobs run before yours.
+// missing), adds a "My place in line" sidebar tab (the shared queue is everyone's, so ComfyUI's
+// own queue panel cannot say how many jobs run before yours), and ends a mask editor save the
+// workspace refused instead of letting the editor re-send it forever.
 // Served at /w/<user>/extensions/comfy-workshop/notice.js; the frontend imports it like any custom node's JS.
 import { app } from "../../scripts/app.js";
 
@@ -48,9 +49,34 @@ function placeTab() {
   });
 }
 
+// The stock mask editor (1.27) sends each layer of a save until the server takes it: it counts
+// only lost connections, so a refusal (her folder full, an image too large) had her page re-send
+// the layer without end and the editor hang on "Saving...". Its uploads to clipspace/ that the
+// workspace refuses are shown to her, once, and fail as a lost connection does: the editor tries
+// each layer three times and closes (naming on her node the layer it could not store, as after
+// lost connections: she masks again once she has made room).
+function endRefusedEditorSaves(api) {
+  const fetchApi = api.fetchApi.bind(api);
+  let shown = { detail: "", at: 0 };
+  api.fetchApi = async (route, options) => {
+    const reply = await fetchApi(route, options);
+    const body = options?.body;
+    const editorSave = route.startsWith("/upload/") && body instanceof FormData && body.get("subfolder") === "clipspace";
+    if (reply.ok || !editorSave) return reply;
+    const said = await reply.clone().json().then((answer) => answer?.error, () => null);
+    const detail = typeof said === "string" ? said : `${reply.status} ${reply.statusText}`;
+    if (detail !== shown.detail || Date.now() - shown.at > 10000) {
+      app.extensionManager.toast.add({ severity: "error", summary: "The mask was not saved", detail, life: 20000 });
+    }
+    shown = { detail, at: Date.now() };
+    throw new Error(`${route} refused: ${detail}`);
+  };
+}
+
 app.registerExtension({
   name: "comfy-workshop.GpuNotice",
   async setup() {
+    endRefusedEditorSaves(app.api);
     placeTab();
     const reply = await app.api.fetchApi("/workshop");
     if (!reply.ok) return;
