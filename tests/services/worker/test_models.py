@@ -31,7 +31,7 @@ from services.worker.pull import run_pull
 from services.worker.push import verda_app
 from services.worker.queue_client import QueueClient
 from services.worker.settings import WorkerSettings
-from tests.support.jobs import graph, submit
+from tests.support.jobs import graph, submit, until
 from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, POOL_TOKEN, LiveServer
 from tests.support.storage_spy import record_starts
 from tests.support.worker_agent import worker_settings
@@ -343,9 +343,17 @@ async def test_a_failure_naming_many_models_still_reaches_the_admin_page(
         models_dir=tmp_path / "disk",
     )  # fmt: skip
     queue = QueueClient(qm.url, POOL_TOKEN)
+
+    async def failure_shown() -> bool:
+        return any(
+            (w["capabilities"].get("models_sync") or {}).get("state") == "failed"
+            for w in await admin_workers(qm)
+        )
+
     try:
         with pytest.raises(ModelError) as err:
             await ensure_models(config, LocalStorage(bucket), queue_reporter(config, queue))
+        await until(failure_shown, "the sync's failure on the admin page", timeout=30)  # its report sent
     finally:
         await queue.aclose()
     assert len(str(err.value)) > 2000  # the worker's own log keeps the whole reason
