@@ -62,9 +62,10 @@ A job hash holds ``spec`` (opaque JSON: prompt, inputs, client_id, extra_data, o
 and scalar fields Lua reads: id, user, scope, pool, priority, state, attempts, max_attempts, score,
 queued_at, started_at, finished_at (ms), worker_id, token (current lease), done_token (last lease
 ended by its holder: makes complete/fail repeatable), lease_expires, cancel, dead, comfyui_losses
-(ComfyUI deaths the job was running in), outputs and error (JSON); and ``number`` (the queue number,
-from ``{p}:seq`` at submit) and ``cached`` (JSON: the nodes ComfyUI reused, from the worker's
-``execution_cached``), which only the workspace reads. While a busy worker holds the queued job
+(ComfyUI deaths the job was running in), ran_at (ms: when its worker said ComfyUI was done with
+it, '' before; the maximum job time counts no further), outputs and error (JSON); and ``number``
+(the queue number, from ``{p}:seq`` at submit) and ``cached`` (JSON: the nodes ComfyUI reused, from
+the worker's ``execution_cached``), which only the workspace reads. While a busy worker holds the queued job
 prepared: hold_token, hold_worker and hold_expires (ms); that worker's hash names it in ``next_id``.
 
 Lua scripts build job, user and worker keys from the prefix they get as ``ARGV[1]``; a single

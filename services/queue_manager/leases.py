@@ -260,11 +260,19 @@ class LeaseOps(StoreBase):
         return Lease(job=job, token=token, expires_at=expires, lease_seconds=self.settings.lease_seconds)
 
     async def _touch(
-        self, job_id: str, token: str, mode: str, forwarded: Forwarded = NOTHING_FORWARDED
+        self, job_id: str, token: str, mode: str, forwarded: Forwarded = NOTHING_FORWARDED, ran: bool = False
     ) -> list[str]:
         lease_ms = int(self.settings.lease_seconds * 1000)
         args = TouchArgs(
-            self.prefix, job_id, token, now_ms(), lease_ms, mode, forwarded.cached, forwarded.payloads
+            self.prefix,
+            job_id,
+            token,
+            now_ms(),
+            lease_ms,
+            mode,
+            int(ran),
+            forwarded.cached,
+            forwarded.payloads,
         )
         reply = await self.scripts.run(args)
         if reply[0] != "ok":
@@ -272,18 +280,20 @@ class LeaseOps(StoreBase):
         return [str(part) for part in reply]
 
     async def heartbeat(
-        self, job_id: str, token: str, wait: float = 0.0, renew: bool = True
+        self, job_id: str, token: str, wait: float = 0.0, renew: bool = True, ran: bool = False
     ) -> HeartbeatReply:
         """Renew a lease; the reply tells the worker whether the job's owner asked to cancel it.
         With ``wait`` (capped at half the lease) the reply waits that long for a cancel and comes
         the moment one is made, so a worker holding its heartbeat open hears it at once.
         ``renew=False`` only checks the lease (a worker's first call, the lease being fresh).
         The end of the lease meanwhile (the reaper's, at the pool's maximum job time) answers at
-        once too, refused (``StaleLease``): the worker stops the job in ComfyUI now."""
+        once too, refused (``StaleLease``): the worker stops the job in ComfyUI now. ``ran``: the
+        worker's ComfyUI is done with the job, which holds no GPU from then on (its outputs may still
+        be on their way to storage), so the maximum job time no longer ends it (reap.lua)."""
         # watched before the flag is read: none missed
         with self.wakeups.cancels.watch(job_id) as woken, self.wakeups.ends.watch(job_id, woken):
             mode = "heartbeat" if renew else "watch"
-            _, expires, cancel, _, _, holding = await self._touch(job_id, token, mode)
+            _, expires, cancel, _, _, holding = await self._touch(job_id, token, mode, ran=ran)
             if cancel != "1" and wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), min(wait, self.settings.lease_seconds / 2))

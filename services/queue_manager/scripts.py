@@ -134,6 +134,7 @@ class TouchArgs(ScriptArgs):
     now_ms: int
     lease_ms: int
     mode: str  # 'heartbeat' | 'events' | 'watch'
+    ran: int = 0  # 1: the worker's ComfyUI is done with the job (its outputs may still be on their way)
     cached_json: str = ""  # the nodes ComfyUI reused, as the events said ('' = none said)
     events: tuple[str, ...] = ()  # UserEvent JSON payloads for the job's owner
 

@@ -293,6 +293,7 @@ class Agent:
             await queue.events(job.id, lease.token, events)
 
         confirmed = handoff.confirmed if handoff is not None else None
+        ran = handoff.gpu_free if handoff is not None else None  # then its outputs hold no GPU
         forwarder = EventForwarder(
             sink,
             self.settings.progress_per_second,
@@ -301,7 +302,7 @@ class Agent:
         )
         try:
             async with LeaseKeeper(
-                queue, job.id, lease.token, heartbeat_seconds, self._heard, confirmed
+                queue, job.id, lease.token, heartbeat_seconds, self._heard, confirmed, ran
             ) as keeper:
                 run = self.runner.run(job, forwarder, keeper.cancel, self.comfy_server.death, handoff=handoff)
                 outcome = await self._run_while_held(run, keeper)

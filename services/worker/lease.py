@@ -11,6 +11,11 @@ The first call goes ``FIRST_CALL_SECONDS`` after the lease was granted: a job do
 graph) costs the queue manager no call and no connection torn down mid-reply, and a cancel made in
 that moment is in the first reply. For a prepared job staged while the queue manager answers its
 start (``confirmed``), the first call waits for that answer, and none is made when it says no.
+
+Once ComfyUI is done with the job (``ran``: its outputs may still be on their way to storage, which
+may be slow or away) the job holds no GPU, and the next call says so (``ran=true``) at once, cutting
+short the one held open: the pool's maximum job time, which frees GPUs from hung nodes, must not end
+a job whose outputs are being stored, losing them.
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ class LeaseKeeper:
         every: float,
         heard: Callable[[HeartbeatReply, float], None] | None = None,
         confirmed: Awaitable[bool] | None = None,
+        ran: asyncio.Event | None = None,
     ) -> None:
         self.queue, self.job_id, self.token, self.every = queue, job_id, token, every
         self.confirmed = confirmed
+        self.ran = ran or asyncio.Event()  # never set: nothing to say
         # every reply and when its call was sent (time.monotonic): is the prepared job still held?
         self.heard = heard
         self.cancel = asyncio.Event()
@@ -62,12 +69,18 @@ class LeaseKeeper:
         if self.confirmed is not None and not await self.confirmed:
             return  # never this worker's lease
         await asyncio.sleep(min(FIRST_CALL_SECONDS, self.every))
+        said_ran = False
         while True:
             due = loop.time() + self.every
             hold = 0.0 if self.cancel.is_set() else self.every  # nothing more to wait for once cancelled
             sent = time.monotonic()
+            ran = self.ran.is_set()
             try:
-                reply = await self.queue.heartbeat(self.job_id, self.token, hold, renew)
+                call = self.queue.heartbeat(self.job_id, self.token, hold, renew, ran=ran)
+                reply = await (call if said_ran or ran else self._until_ran(call))
+            except _Ran:
+                renew = True
+                continue  # the call held open is cut short: say it at once
             except LeaseLostError:
                 log.warning("lease on job %s lost: stopping it", self.job_id)
                 self.lost.set()
@@ -80,5 +93,36 @@ class LeaseKeeper:
                 if reply.cancel and not self.cancel.is_set():
                     log.info("job %s: cancel requested", self.job_id)
                     self.cancel.set()
-            renew = True
-            await asyncio.sleep(max(0.0, due - loop.time()))
+            renew, said_ran = True, said_ran or ran
+            if said_ran:
+                await asyncio.sleep(max(0.0, due - loop.time()))
+            else:  # or at once when ComfyUI is done with the job
+                await self._until_ran_or(max(0.0, due - loop.time()))
+
+    async def _until_ran_or(self, seconds: float) -> None:
+        """Wait ``seconds``, or until ``ran``. asyncio.wait, not wait_for: on Python 3.11 wait_for
+        swallows the keeper's own cancel when ``ran`` is set in that moment (the run's end sets
+        both), and the keeper beat on for ever while its job waited to be reported."""
+        ran = asyncio.ensure_future(self.ran.wait())
+        try:
+            await asyncio.wait({ran}, timeout=seconds)
+        finally:
+            ran.cancel()
+
+    async def _until_ran(self, call: Awaitable[HeartbeatReply]) -> HeartbeatReply:
+        """The call's reply, or ``_Ran`` (the call cancelled) when ComfyUI is done with the job first."""
+        replied = asyncio.ensure_future(call)
+        ran = asyncio.ensure_future(self.ran.wait())
+        try:
+            await asyncio.wait({replied, ran}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ran.cancel()
+            if not replied.done():
+                replied.cancel()  # cut short (``_Ran``), or the keeper is cancelled
+        if not replied.done() or replied.cancelled():
+            raise _Ran
+        return replied.result()
+
+
+class _Ran(Exception):
+    """ComfyUI was done with the job while a heartbeat was held open: it is sent again saying so."""

@@ -156,12 +156,13 @@ class QueueClient:
         return StartReply.model_validate_json((await self._post(f"/api/leases/{job_id}/start", body)).content)
 
     async def heartbeat(
-        self, job_id: str, token: str, wait: float = 0.0, renew: bool = True
+        self, job_id: str, token: str, wait: float = 0.0, renew: bool = True, ran: bool = False
     ) -> HeartbeatReply:
         """Renew the lease (``renew=False``: only check it); with ``wait`` the reply is held open
-        until a cancel or ``wait`` seconds."""
+        until a cancel or ``wait`` seconds. ``ran``: ComfyUI is done with the job (it holds no GPU)."""
+        said = "&ran=true" if ran else ""
         reply = await self._post(
-            f"/api/leases/{job_id}/heartbeat?wait={wait:g}&renew={str(renew).lower()}",
+            f"/api/leases/{job_id}/heartbeat?wait={wait:g}&renew={str(renew).lower()}{said}",
             LeaseCall(token=token, worker_id=self.holder).model_dump_json(),
             read_seconds=wait + 15.0,
         )

@@ -356,7 +356,7 @@ local function lease_job(id, score, scope, worker_id, token, now, lease_ms)
   local expires = now + lease_ms
   local attempt = redis.call('HINCRBY', key, 'attempts', 1)
   redis.call('HSET', key, 'state', 'leased', 'token', token, 'worker_id', worker_id,
-    'started_at', now, 'lease_expires', expires)
+    'started_at', now, 'lease_expires', expires, 'ran_at', '')
   redis.call('ZADD', k('leases'), expires, id)
   redis.call('HSET', k('worker', worker_id), 'state', 'busy', 'job_id', id, 'last_seen', now)
   redis.call('ZADD', k('workers'), now, worker_id)

@@ -72,13 +72,17 @@ local function limit_of(pool)
   return tonumber(ARGV[8]), (string.gsub(ARGV[9], '{pool}', named))
 end
 
--- End a lease past its worker's pool's maximum job time as finish.lua ends an 'overrun': the
+-- End a lease past its worker's pool's maximum job time as finish.lua ends an 'overrun' (one whose
+-- ComfyUI was done with it in time, ran_at, holds no GPU: its outputs are on their way): the
 -- worker's later report of it is a repeat ('again'), its next heartbeat is refused, and the job it
 -- holds prepared is free for others at once (lapse_hold_of in lib.lua).
 local function end_overrun(id)
   local key = k('job', id)
-  local f = redis.call('HMGET', key, 'state', 'token', 'started_at', 'worker_id', 'user', 'cancel')
+  local f = redis.call('HMGET', key, 'state', 'token', 'started_at', 'worker_id', 'user', 'cancel', 'ran_at')
   if (f[1] ~= 'leased' and f[1] ~= 'running') or not f[2] or f[2] == '' or not f[3] or not f[4] or f[4] == '' then
+    return
+  end
+  if f[7] and f[7] ~= '' then
     return
   end
   local pool = redis.call('HGET', k('worker', f[4]), 'pool')

@@ -1,6 +1,8 @@
--- Check (and for heartbeats renew) a lease. ARGV: prefix, id, token, now_ms, lease_ms, mode,
+-- Check (and for heartbeats renew) a lease. ARGV: prefix, id, token, now_ms, lease_ms, mode, ran,
 -- cached_json, events...: UserEvent JSON payloads to publish to the job's owner; cached_json: the
--- nodes ComfyUI reused, as those events said ('' = none), kept on the job.
+-- nodes ComfyUI reused, as those events said ('' = none), kept on the job. ran '1': the worker's
+-- ComfyUI is done with the job, so it holds no GPU any more (its outputs may still be on their way
+-- to storage): kept as ran_at, which the maximum job time no longer counts past (reap.lua).
 -- mode 'heartbeat' renews the lease; mode 'events' only marks a leased job running, so the
 -- common case (progress of a running job) writes nothing and costs no AOF fsync; mode 'watch' (a
 -- worker's first heartbeat, held open for a cancel right after the claim) writes nothing at all.
@@ -31,9 +33,12 @@ if mode ~= 'events' then
     redis.call('HSET', k('job', holding), 'hold_expires', expires)
   end
 end
+if ARGV[7] == '1' and (redis.call('HGET', key, 'ran_at') or '') == '' then
+  redis.call('HSET', key, 'ran_at', now)
+end
 if state == 'leased' and mode ~= 'watch' then
   redis.call('HSET', key, 'state', 'running')
   became_running = 1
 end
-publish_forwarded(key, f[4], ARGV[7], 8)
+publish_forwarded(key, f[4], ARGV[8], 9)
 return {'ok', expires, f[3], f[4], became_running, holding}

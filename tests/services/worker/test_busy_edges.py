@@ -1,22 +1,30 @@
 """A busy GPU's edges: what becomes of the job a worker holds prepared when its running job ends at
-the pool's maximum job time (real queue manager, real Redis, a worker on the ComfyUI double)."""
+the pool's maximum job time, and of a job whose outputs are still being stored when that time has
+passed (real queue manager, real Redis, a worker on the ComfyUI double)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import redis
 
 from devkit.doubles.comfyui import ComfyUIDouble
-from services.protocol.jobs import JobState
+from services.protocol.jobs import Job, JobState
 from services.worker.queue_client import QueueClient
 from tests.support.jobs import finished, graph, participant, sleeping, submit, until
 from tests.support.qm_api import registration
 from tests.support.queue_manager_app import POOL, POOL_TOKEN, LiveServer
-from tests.support.worker_agent import Gates, hold_of, pull_worker, worker_settings
+from tests.support.worker_agent import GatedStorage, Gates, hold_of, pull_worker, worker_settings
 
 HOLDS_NEXT = "the worker holds her next job prepared"
+
+
+async def job_of(client: httpx.AsyncClient, job_id: str) -> Job:
+    return Job.model_validate((await client.get(f"/api/jobs/{job_id}")).json())
 
 
 async def test_the_job_held_by_a_worker_whose_job_hangs_past_its_time_limit_goes_to_another_busy_worker(
@@ -66,3 +74,27 @@ async def test_the_job_held_by_a_worker_whose_job_stops_at_its_time_limit_runs_t
             done = await finished(alice, following, timeout=30)
     assert ended.state == JobState.FAILED and ended.error is not None and ended.error.type == "JobTimeLimit"
     assert done.state == JobState.SUCCEEDED and done.worker_id == "w-test" and done.attempts == 1
+
+
+async def test_a_job_whose_outputs_are_being_stored_past_its_time_limit_succeeds_with_them(
+    comfy: ComfyUIDouble, qm_factory: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    """ComfyUI ran her job in moments, but the file store is slow (or away, retried up to five
+    minutes): her outputs are still on their way when the pool's maximum job time (5 s) has passed
+    since the job was leased. Storing them holds no GPU, so the time limit does not end the job: it
+    succeeds with the outputs the store holds, none stored for a job that failed."""
+    qm = qm_factory(lease_seconds=60.0, pool_max_job_seconds={POOL: 5.0})
+    storage = GatedStorage(tmp_path / "files")
+    settings = worker_settings(comfy, qm.url, tmp_path, warmup=False)
+    async with participant(qm, "alice") as alice, pull_worker(settings, storage):
+        job_id = await submit(alice, graph(color=44))
+        await asyncio.wait_for(storage.waiting.wait(), 30)  # ComfyUI is done: the upload waits
+        leased = await job_of(alice, job_id)
+        assert leased.started_at is not None
+        past = leased.started_at + timedelta(seconds=15)  # three time limits, the reaper ticks 0.1 s
+        await until(lambda: datetime.now(UTC) > past, "the job's time limit long past", 60)
+        storage.gate.set()
+        job = await finished(alice, job_id, timeout=30)
+    stored = sorted(p.name for p in (tmp_path / "files" / "users" / "alice" / "output").iterdir())
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert [o.filename for o in job.outputs] == stored == ["t_00001_.png"]

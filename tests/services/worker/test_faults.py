@@ -197,7 +197,9 @@ async def test_a_lease_lost_at_a_heartbeat_stops_the_job_in_comfyui_without_repo
     class StaleQueue(QueueClient):
         reported: list[str] = []
 
-        async def heartbeat(self, job_id: str, token: str, wait: float = 0.0, renew: bool = True) -> Any:
+        async def heartbeat(
+            self, job_id: str, token: str, wait: float = 0.0, renew: bool = True, ran: bool = False
+        ) -> Any:
             await until(lambda: comfy.state.running is not None, "job running")  # then the lease is gone
             raise LeaseLostError("409")
 

@@ -53,10 +53,17 @@ async def heartbeat(
         float, Query(ge=0, le=60, description="seconds to hold the reply open for a cancel (<= lease / 2)")
     ] = 0,
     renew: Annotated[bool, Query(description="false: only check the lease (it was just granted)")] = True,
+    ran: Annotated[
+        bool,
+        Query(
+            description="true: ComfyUI is done with the job (its outputs may still be on their way to "
+            "storage): it holds no GPU, so the pool's maximum job time no longer ends it"
+        ),
+    ] = False,
 ) -> HeartbeatReply:
     """Renew the lease; ``cancel`` says the owner wants the job interrupted. With ``wait`` the reply
     comes the moment the owner cancels, or after ``wait`` seconds."""
-    reply = await store.heartbeat(job_id, call.token, wait, renew)
+    reply = await store.heartbeat(job_id, call.token, wait, renew, ran)
     await store.holder_report(call.worker_id, pool, job_id, busy=True)
     return reply
 
