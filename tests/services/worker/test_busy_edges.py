@@ -98,3 +98,64 @@ async def test_a_job_whose_outputs_are_being_stored_past_its_time_limit_succeeds
     stored = sorted(p.name for p in (tmp_path / "files" / "users" / "alice" / "output").iterdir())
     assert job.state == JobState.SUCCEEDED, job.error
     assert [o.filename for o in job.outputs] == stored == ["t_00001_.png"]
+
+
+async def test_redis_away_for_seconds_while_a_worker_runs_one_job_and_holds_the_next_loses_neither(
+    comfy: ComfyUIDouble,
+    qm_factory: Callable[..., LiveServer],
+    tmp_path: Path,
+    gates: Gates,
+    held_by: redis.Redis,
+) -> None:
+    """The queue manager's Redis stops answering for 8 s (``CLIENT PAUSE``: a failover, a slow
+    disk) just as her running job ends in ComfyUI: its completion, the start of her next job (held
+    prepared, already submitted to ComfyUI) and the heartbeats all wait for it. Once Redis answers
+    again both jobs succeed on their first attempt, each output stored once."""
+    qm = qm_factory(lease_seconds=30.0)
+    async with participant(qm, "alice") as alice:
+        first = await submit(alice, graph(color=45, prefix="first"))
+        second = await submit(alice, graph(color=46, prefix="second"))
+        gates.close(first)
+        async with pull_worker(worker_settings(comfy, qm.url, tmp_path, warmup=False)):
+            await until(lambda: hold_of(held_by, second) == "w-test", HOLDS_NEXT, 20)
+            held_by.execute_command("CLIENT", "PAUSE", 8000, "ALL")
+            gates.open(first)
+            done = [await finished(alice, job_id, timeout=60) for job_id in (first, second)]
+    stored = sorted(p.name for p in (tmp_path / "files" / "users" / "alice" / "output").iterdir())
+    outcomes = [(job.state, job.attempts) for job in done]
+    assert outcomes == [(JobState.SUCCEEDED, 1)] * 2, [job.error for job in done]
+    assert stored == ["first_00001_.png", "second_00001_.png"]
+
+
+async def test_her_cancel_of_the_job_a_busy_worker_holds_runs_it_nowhere_and_the_idle_worker_takes_the_next(
+    comfy: ComfyUIDouble, qm: LiveServer, tmp_path: Path, gates: Gates, held_by: redis.Redis
+) -> None:
+    """w-a runs her first job and holds her second prepared; w-b waits idle. She cancels the second:
+    it ends cancelled, no attempt spent, nothing of it stored (w-a may still hand it to its ComfyUI
+    for a start's round trip if no heartbeat told it of the cancel yet: decision 10, stopped there);
+    her third goes to the idle w-b while w-a still runs the first, which succeeds."""
+    other = ComfyUIDouble(tmp_path / "comfy-b").start()
+    try:
+        async with participant(qm, "alice") as alice:
+            first = await submit(alice, graph(color=47, prefix="first"))
+            second = await submit(alice, graph(color=48, prefix="second"))
+            gates.close(first)
+            busy = worker_settings(comfy, qm.url, tmp_path, warmup=False, worker_id="w-a")
+            idle = worker_settings(other, qm.url, tmp_path, warmup=False, worker_id="w-b")
+            async with pull_worker(busy), pull_worker(idle):
+                await until(lambda: hold_of(held_by, second) == "w-a", "w-a holds her second job", 20)
+                assert (await alice.post(f"/api/jobs/{second}/cancel")).json()["outcome"] == "cancelled"
+                third = await submit(alice, graph(color=49, prefix="third"))
+                moved = await finished(alice, third, timeout=30)
+                gates.open(first)
+                done = [await finished(alice, job_id, timeout=30) for job_id in (first, second)]
+    finally:
+        other.stop()
+    assert [(job.state, job.worker_id) for job in (*done, moved)] == [
+        (JobState.SUCCEEDED, "w-a"),
+        (JobState.CANCELLED, None),
+        (JobState.SUCCEEDED, "w-b"),
+    ]
+    assert done[1].attempts == 0 and second not in other.state.timings
+    stored = sorted(p.name for p in (tmp_path / "files" / "users" / "alice" / "output").iterdir())
+    assert stored == ["first_00001_.png", "third_00001_.png"]
