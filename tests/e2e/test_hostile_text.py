@@ -74,7 +74,7 @@ async def run_on_a_fake_worker(
             path = f"/api/leases/{job_id}/events"
             body = EventBatch(token=lease.token, events=events).model_dump(mode="json")
         worker.post(path, json=body).raise_for_status()
-    await page.wait_for_function(SHOWN, arg=PROBE, timeout=15_000)
+    await page.wait_for_function(SHOWN, arg=PROBE, timeout=30_000)
     return context, page
 
 
@@ -133,7 +133,7 @@ async def test_a_workers_error_is_shown_as_text_to_the_participant_and_the_admin
     admin, on_admin = await admin_page(browser, server)
     on_admin.on("request", lambda r: _probe(r, probed))
     await on_admin.reload()
-    await on_admin.wait_for_function(SHOWN, arg=PROBE, timeout=15_000)
+    await on_admin.wait_for_function(SHOWN, arg=PROBE, timeout=30_000)
     for shown in (page, on_admin):
         await no_markup_built(shown)
     assert probed == []
@@ -166,9 +166,9 @@ async def test_a_node_description_a_leaked_token_adds_shows_as_text(
     await page.click(".node-library-tab-button")
     await page.locator(".side-bar-panel input").first.fill("Helper")
     found = page.locator(".side-bar-panel").get_by_text("Helper", exact=True)
-    await found.first.wait_for(timeout=15_000)
+    await found.first.wait_for(timeout=30_000)
     await found.first.hover()
-    await page.get_by_text("Session expired: log in again", exact=False).first.wait_for(timeout=10_000)
+    await page.get_by_text("Session expired: log in again", exact=False).first.wait_for(timeout=30_000)
     assert await page.evaluate("() => document.querySelector('a[href*=\"evil.example\"], #evil')") is None
     await context.close()
 
@@ -186,7 +186,7 @@ async def test_a_version_with_markup_offers_the_admin_no_approve_button(
         register_worker(client, nodes, worker_id="w2", digest="cat-marked")
     admin, on_admin = await admin_page(browser, server)
     row = on_admin.locator("#catalogues tr", has_text="cat-marked")
-    await row.get_by_text("cannot be approved").wait_for(timeout=15_000)
+    await row.get_by_text("cannot be approved").wait_for(timeout=30_000)
     assert await row.locator("button").count() == 0
     await no_markup_built(on_admin)
     await admin.close()

@@ -22,7 +22,7 @@ async def test_the_node_library_search_finds_a_gpus_node(browser: Browser, serve
     search = page.locator(".side-bar-panel input").first
     await search.fill("invert")
     found = page.locator(".side-bar-panel").get_by_text("Invert Image", exact=True)
-    await found.first.wait_for(timeout=10_000)
+    await found.first.wait_for(timeout=30_000)
     await context.close()
 
 
@@ -52,10 +52,10 @@ async def test_the_model_library_shows_the_gpus_models_in_their_subfolders(
     panel = page.locator(".side-bar-panel")
     await panel.get_by_text("checkpoints", exact=True).first.click()
     await panel.get_by_text("sdxl", exact=True).first.click()
-    await panel.get_by_text("base", exact=True).first.wait_for(timeout=10_000)
+    await panel.get_by_text("base", exact=True).first.wait_for(timeout=30_000)
     await panel.get_by_text("flux", exact=True).first.click()
     await panel.get_by_text("dev", exact=True).first.click()
-    await panel.get_by_text("flux1-dev", exact=True).first.wait_for(timeout=10_000)
+    await panel.get_by_text("flux1-dev", exact=True).first.wait_for(timeout=30_000)
     await context.close()
 
 
@@ -77,15 +77,15 @@ async def test_a_node_picked_in_the_canvas_search_box_lands_where_she_double_cli
     await page.evaluate("() => window.app.graph.clear()")
     await double_click(page, 700, 450)
     box = page.locator(".comfy-vue-node-search-container input, .p-autocomplete-input").first
-    await box.wait_for(timeout=10_000)
+    await box.wait_for(timeout=30_000)
     await page.wait_for_function(
-        "box => document.activeElement === box", arg=await box.element_handle(), timeout=10_000
+        "box => document.activeElement === box", arg=await box.element_handle(), timeout=30_000
     )
     await box.fill("invert")
-    await page.wait_for_function(f"() => ({FIRST_OPTION})().includes('Invert Image')", timeout=10_000)
+    await page.wait_for_function(f"() => ({FIRST_OPTION})().includes('Invert Image')", timeout=30_000)
     await page.locator(".p-autocomplete-option, .p-autocomplete-item").first.click()
     await page.wait_for_function(
-        "() => window.app.graph.nodes.some(node => node.type === 'ImageInvert')", timeout=10_000
+        "() => window.app.graph.nodes.some(node => node.type === 'ImageInvert')", timeout=30_000
     )
     assert await page.evaluate("() => window.app.graph.nodes.map(node => node.type)") == ["ImageInvert"]
     where = await page.evaluate(

@@ -58,5 +58,5 @@ async def test_a_socket_dropped_mid_job_reconnects_and_the_page_shows_the_jobs_r
         assert [m for m in after if m["type"] == "progress"], "no progress reached the reconnected tab"
         assert [m["type"] for m in after][-2:] == ["execution_success", "executing"]
         saved = next(m for m in after if m["type"] == "executed")["data"]["output"]["images"][0]["filename"]
-        await page.wait_for_function(f"() => ({SHOWN})().includes({saved!r})", timeout=10_000)
+        await page.wait_for_function(f"() => ({SHOWN})().includes({saved!r})", timeout=30_000)
         assert await page.evaluate("() => window.app.api.clientId") == client_id

@@ -33,14 +33,14 @@ async def test_the_templates_browser_lists_the_templates_and_opens_one_onto_the_
     await page.locator(".comfyui-logo").first.click()  # the menu (1.27.10 has Browse Templates at its top)
     await page.get_by_role("menuitem", name="Browse Templates").click()
     listed = page.locator("[data-testid=template-workflows-content] [data-testid^=template-workflow-]")
-    await listed.first.wait_for(timeout=15_000)
+    await listed.first.wait_for(timeout=30_000)
     assert await listed.count() > 1
     card = page.locator("[data-testid=template-workflow-image2image]")
-    await card.get_by_text("Image to Image").wait_for(timeout=10_000)
+    await card.get_by_text("Image to Image").wait_for(timeout=30_000)
     thumbnail = card.locator("img").first  # the package's image2image-1.webp, shown on the card
-    await thumbnail.wait_for(timeout=10_000)
+    await thumbnail.wait_for(timeout=30_000)
     await page.wait_for_function(
-        "(img) => img.complete && img.naturalWidth > 0", arg=await thumbnail.element_handle(), timeout=10_000
+        "(img) => img.complete && img.naturalWidth > 0", arg=await thumbnail.element_handle(), timeout=30_000
     )
     await page.screenshot(path=artifacts_dir / "workspace-templates-browser.png")
     template = json.loads(PACKAGE.joinpath("image2image.json").read_text())
@@ -48,7 +48,7 @@ async def test_the_templates_browser_lists_the_templates_and_opens_one_onto_the_
     assert sorted(await node_types(page)) != wanted  # the default graph, before
     await card.click()
     await page.wait_for_function(
-        "() => window.app.graph._nodes.some((node) => node.type === 'VAEEncode')", timeout=15_000
+        "() => window.app.graph._nodes.some((node) => node.type === 'VAEEncode')", timeout=30_000
     )
     assert sorted(await node_types(page)) == wanted
     await context.close()
@@ -63,7 +63,7 @@ async def test_a_new_participant_starts_on_a_blank_canvas_with_the_templates_bro
             register_worker(worker, catalogue([]))
         context, page = await logged_in_page(browser, server, "carol")
         gallery = page.locator("[data-testid=template-workflows-content]")
-        await gallery.locator("[data-testid=template-workflow-default]").wait_for(timeout=15_000)
+        await gallery.locator("[data-testid=template-workflow-default]").wait_for(timeout=30_000)
         assert await node_types(page) == []
         done = await page.request.get(f"{server.url}/w/carol/api/settings/Comfy.TutorialCompleted")
         assert await done.json() is True  # the frontend stored it: the next visit opens her last workflow

@@ -51,10 +51,10 @@ def png(width: int, height: int, color: tuple[int, int, int]) -> bytes:
 
 async def widget_at(page: Page, node_type: str, widget: str) -> tuple[float, float]:
     """The pointer on a node's widget, once the canvas has drawn it and seen the pointer there."""
-    handle = await page.wait_for_function(WIDGET_AT, arg=[node_type, widget], timeout=10_000)
+    handle = await page.wait_for_function(WIDGET_AT, arg=[node_type, widget], timeout=30_000)
     x, y = await handle.json_value()
     await page.mouse.move(x, y)
-    await page.wait_for_function(POINTER_SEEN, arg=[x, y], timeout=10_000)
+    await page.wait_for_function(POINTER_SEEN, arg=[x, y], timeout=30_000)
     return x, y
 
 
@@ -88,7 +88,7 @@ async def test_an_image_chosen_with_the_upload_button_is_the_one_the_job_loads(
     async with working_workspace(browser, server, tmp_path) as (_, _, page, log):
         await page.evaluate("graph => window.app.loadApiJson(graph, 'upload')", LOAD_AND_SAVE)
         await choose_file(page, "chosen cat.png", png(40, 30, (200, 10, 10)))
-        await page.wait_for_function(f"() => ({IMAGE_VALUE})() === 'chosen cat.png'", timeout=10_000)
+        await page.wait_for_function(f"() => ({IMAGE_VALUE})() === 'chosen cat.png'", timeout=30_000)
         ended = await run(page, log[0])
         assert ended["type"] == "execution_success", ended
         assert (tmp_path / "files/users/alice/input/chosen cat.png").read_bytes() == png(
@@ -123,7 +123,7 @@ async def test_an_image_dropped_on_the_load_image_node_is_the_one_the_job_loads(
         x, y = await widget_at(page, "LoadImage", "image")
         picture = png(24, 16, (10, 200, 10))
         await page.evaluate(DROP_AT, [x, y, "dropped.png", list(picture)])
-        await page.wait_for_function(f"() => ({IMAGE_VALUE})() === 'dropped.png'", timeout=10_000)
+        await page.wait_for_function(f"() => ({IMAGE_VALUE})() === 'dropped.png'", timeout=30_000)
         ended = await run(page, log[0])
         assert ended["type"] == "execution_success", ended
         assert (tmp_path / "files/users/alice/input/dropped.png").read_bytes() == picture
@@ -139,7 +139,7 @@ async def test_an_image_pasted_on_the_selected_load_image_node_is_the_one_the_jo
         await page.mouse.click(x - 100, y - 60)  # the node's body: it is selected
         picture = png(20, 12, (10, 10, 200))
         await page.evaluate(PASTE, ["image.png", list(picture)])
-        await page.wait_for_function(f"() => ({IMAGE_VALUE})().startsWith('pasted/image')", timeout=10_000)
+        await page.wait_for_function(f"() => ({IMAGE_VALUE})().startsWith('pasted/image')", timeout=30_000)
         name = await page.evaluate(IMAGE_VALUE)
         ended = await run(page, log[0])
         assert ended["type"] == "execution_success", ended

@@ -58,7 +58,7 @@ async def test_a_result_image_dropped_on_the_canvas_loads_the_workflow_that_made
         await blank_canvas(page)
         source = f"/w/alice/api/view?filename={image['filename']}&type=output&subfolder="
         await page.evaluate(DROP, source)
-        await page.wait_for_function(f"() => ({TITLES})().includes({TITLE!r})", timeout=10_000)
+        await page.wait_for_function(f"() => ({TITLES})().includes({TITLE!r})", timeout=30_000)
         types = await page.evaluate("() => window.app.graph.nodes.map(node => node.type)")
         assert sorted(types) == ["EmptyImage", "ImageInvert", "SaveImage"]
 
@@ -72,19 +72,19 @@ async def test_a_past_jobs_workflow_opens_from_the_queue_sidebar_and_deleting_th
         await blank_canvas(page)
         await page.click(".queue-tab-button")
         task = page.locator(".task-item").first
-        await task.locator(".task-time").wait_for(timeout=10_000)
+        await task.locator(".task-time").wait_for(timeout=30_000)
         await task.click(button="right")
         await page.get_by_role("menuitem", name="Load Workflow").click()
-        await page.wait_for_function(f"() => ({TITLES})().includes({TITLE!r})", timeout=10_000)
+        await page.wait_for_function(f"() => ({TITLES})().includes({TITLE!r})", timeout=30_000)
         await task.click(button="right")
         await page.get_by_role("menuitem", name="Delete").click()
-        await page.get_by_text("No Tasks Found").wait_for(timeout=10_000)
+        await page.get_by_text("No Tasks Found").wait_for(timeout=30_000)
         history = await page.request.get(f"{server.url}/w/alice/api/history")
         assert job_id not in await history.json()
         await page.reload()
         await page.wait_for_function("() => window.app && window.app.graph", timeout=30_000)
         await page.click(".queue-tab-button")
-        await page.get_by_text("No Tasks Found").wait_for(timeout=10_000)
+        await page.get_by_text("No Tasks Found").wait_for(timeout=30_000)
 
 
 async def test_a_page_reloaded_mid_job_hears_the_rest_of_its_progress_and_its_result(
@@ -110,7 +110,7 @@ async def test_a_page_reloaded_mid_job_hears_the_rest_of_its_progress_and_its_re
         assert [m for m in heard if m["type"] == "progress"], "no progress reached the reloaded page"
         assert [m["type"] for m in heard][-2:] == ["execution_success", "executing"]
         await page.click(".queue-tab-button")
-        await page.locator(".task-item .task-time").first.wait_for(timeout=10_000)
+        await page.locator(".task-item .task-time").first.wait_for(timeout=30_000)
 
 
 async def run_in_mode(page: Page, title: str, mode: str) -> None:
@@ -163,7 +163,7 @@ async def test_a_batch_saved_in_folders_shows_in_the_queue_sidebar_and_its_galle
         ]
         await page.click(".queue-tab-button")
         task = page.locator(".task-item").first
-        await task.locator(".task-time").wait_for(timeout=10_000)
+        await task.locator(".task-time").wait_for(timeout=30_000)
         preview = task.locator("img.task-output-image")
         await page.wait_for_function(
             "image => image.complete && image.naturalWidth > 0", arg=await preview.element_handle()
@@ -171,7 +171,7 @@ async def test_a_batch_saved_in_folders_shows_in_the_queue_sidebar_and_its_galle
         assert await task.locator(".task-item-details button").inner_text() == "3"
         await preview.click()
         shown = page.locator(".galleria-image")
-        await shown.first.wait_for(timeout=10_000)
+        await shown.first.wait_for(timeout=30_000)
         widths = await page.evaluate(
             "() => [...document.querySelectorAll('.galleria-image')].map(image => image.naturalWidth)"
         )
@@ -194,7 +194,7 @@ async def test_a_second_tab_lists_the_job_the_first_ran_but_hears_none_of_its_pr
         await page.evaluate("graph => window.app.loadApiJson(graph, 'tab')", GRAPH)
         await page.locator("button:has-text('Run')").first.click()
         await until(page, lambda: log[0].of_type("execution_success"), "the job's end")
-        await other.locator(".task-item .task-time").first.wait_for(timeout=10_000)
+        await other.locator(".task-item .task-time").first.wait_for(timeout=30_000)
         assert log[0].of_type("progress") and not log[1].of_type("progress")
         assert not log[1].of_type("execution_start")
         ids = [await tab.evaluate("() => sessionStorage.getItem('clientId')") for tab in (page, other)]

@@ -31,10 +31,10 @@ WIDTH = """() => window.app.graph.nodes.find(n => n.type === 'EmptyImage')
 async def answer_prompt(page: Page, name: str) -> None:
     """Type ``name`` into the frontend's name prompt and confirm it."""
     field = page.locator(".p-dialog input").first
-    await field.wait_for(timeout=10_000)
+    await field.wait_for(timeout=30_000)
     await field.fill(name)
     await page.keyboard.press("Enter")
-    await field.wait_for(state="detached", timeout=10_000)
+    await field.wait_for(state="detached", timeout=30_000)
 
 
 async def stored(page: Page, server: LiveServer, path: str) -> int:
@@ -67,10 +67,10 @@ async def test_a_workflow_saved_in_a_folder_saved_as_and_renamed_opens_after_a_r
     await panel.get_by_text("second.json").first.click(button="right")
     await page.get_by_role("menuitem", name="Rename").click()
     renamed = panel.locator("input").last
-    await renamed.wait_for(timeout=10_000)
+    await renamed.wait_for(timeout=30_000)
     await renamed.fill("renamed")
     await page.keyboard.press("Enter")
-    await panel.get_by_text("renamed.json").first.wait_for(timeout=10_000)
+    await panel.get_by_text("renamed.json").first.wait_for(timeout=30_000)
     assert await stored(page, server, "workflows/project/renamed.json") == 200
     assert await stored(page, server, "workflows/project/second.json") == 404
 
@@ -81,7 +81,7 @@ async def test_a_workflow_saved_in_a_folder_saved_as_and_renamed_opens_after_a_r
     panel = page.locator(".side-bar-panel")
     await panel.get_by_text("project", exact=True).first.click()
     await panel.get_by_text("renamed.json").first.click()
-    await page.wait_for_function(f"() => ({WIDTH})() === 72", timeout=10_000)
+    await page.wait_for_function(f"() => ({WIDTH})() === 72", timeout=30_000)
     assert await panel.get_by_text("second.json").count() == 0
     await context.close()
 
@@ -164,6 +164,6 @@ async def test_a_workflow_with_a_node_the_gpus_lack_names_it_in_the_missing_node
     )
     await page.evaluate("workflow => window.app.loadGraphData(workflow)", MISSING)
     dialog = page.locator(".p-dialog")
-    await dialog.get_by_text("FancyUpscalerPro").first.wait_for(timeout=10_000)
+    await dialog.get_by_text("FancyUpscalerPro").first.wait_for(timeout=30_000)
     assert [line for line in answered if int(line.split()[0]) >= 400] == []
     await context.close()

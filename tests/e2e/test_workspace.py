@@ -37,14 +37,14 @@ GRAPH: dict[str, Any] = {
 
 async def open_node_library(page: Page) -> None:
     await page.click(".node-library-tab-button")
-    await page.wait_for_selector(".node-lib-tree-explorer, .comfy-vue-side-bar-body", timeout=10_000)
+    await page.wait_for_selector(".node-lib-tree-explorer, .comfy-vue-side-bar-body", timeout=30_000)
 
 
 async def test_before_any_gpu_is_up_the_participant_is_told_why_nodes_are_missing(
     browser: Browser, server: LiveServer, artifacts_dir: Path
 ) -> None:
     context, page = await logged_in_page(browser, server, "alice")
-    await page.get_by_text("The GPUs are still starting").wait_for(timeout=15_000)
+    await page.get_by_text("The GPUs are still starting").wait_for(timeout=30_000)
     await page.screenshot(path=artifacts_dir / "workspace-no-gpu-yet.png")
     await context.close()
 
@@ -62,7 +62,7 @@ async def test_the_workspace_loads_with_the_nodes_a_worker_published(
     assert {"EmptyImage", "ImageInvert", "SaveImage", "LoadImage"} <= set(known)
     await open_node_library(page)
     await page.get_by_text("image", exact=True).first.click()
-    await page.get_by_text("Save Image", exact=True).first.wait_for(timeout=10_000)
+    await page.get_by_text("Save Image", exact=True).first.wait_for(timeout=30_000)
     await page.screenshot(path=artifacts_dir / "workspace-node-library.png")
     await context.close()
     elsewhere = [url for url in requested if not url.startswith((server.url, "data:", "blob:"))]
@@ -94,7 +94,7 @@ async def test_a_custom_node_packs_web_extension_from_the_worker_runs_in_the_wor
             context, page = await logged_in_page(
                 browser, server, "alice", lambda p: p.on("pageerror", lambda e: failed.append(str(e)))
             )
-            await page.wait_for_function("() => window.doublePackSetUp !== undefined", timeout=15_000)
+            await page.wait_for_function("() => window.doublePackSetUp !== undefined", timeout=30_000)
             assert await page.evaluate("window.doublePackSetUp") > 0, "set up before the nodes were known"
             listed = await page.request.get(f"{server.url}/w/alice/api/extensions")
             assert "/extensions/double%20pack/hello.js" in await listed.json()
@@ -130,7 +130,7 @@ async def test_a_queued_workflow_runs_on_a_worker_and_only_its_owner_sees_it(
         shown = executed[0]["output"]["images"][0]
         assert shown["filename"].startswith("e2e_") and shown["type"] == "output"
         await page.click(".queue-tab-button")
-        await page.locator(".task-item .task-time").first.wait_for(timeout=10_000)  # the finished task
+        await page.locator(".task-item .task-time").first.wait_for(timeout=30_000)  # the finished task
         source = f"/w/alice/api/view?filename={shown['filename']}&type=output&subfolder={shown['subfolder']}"
         fetched = await page.request.get(f"{server.url}{source}")
         assert fetched.status == 200 and fetched.headers["content-type"] == "image/png"
@@ -148,7 +148,7 @@ async def test_a_queued_workflow_runs_on_a_worker_and_only_its_owner_sees_it(
         stolen = source.replace("/w/alice/", "/w/bob/")
         assert (await theirs.request.get(f"{server.url}{stolen}")).status == 404
         await theirs.click(".queue-tab-button")
-        await theirs.get_by_text("No Tasks Found").wait_for(timeout=10_000)
+        await theirs.get_by_text("No Tasks Found").wait_for(timeout=30_000)
         assert await theirs.locator(".task-item").count() == 0
         await theirs.screenshot(path=artifacts_dir / "workspace-second-participant.png")
         await other.close()
@@ -181,12 +181,12 @@ async def test_my_place_in_line_shows_where_a_waiting_job_stands(
     await page.evaluate("graph => window.app.loadApiJson(graph, 'wait')", GRAPH)
     await page.locator("button:has-text('Run')").first.click()
     await page.click(".workshop-place-tab-button")
-    await page.locator(".workshop-place").get_by_text("#2").wait_for(timeout=10_000)
+    await page.locator(".workshop-place").get_by_text("#2").wait_for(timeout=30_000)
     assert "in line" in await page.locator(".workshop-place").inner_text()
     await page.screenshot(path=artifacts_dir / "workspace-place-in-line.png")
     with httpx.Client(base_url=server.url) as client:  # a GPU takes Bob's job: none of hers changed
         client.post("/api/workers/w1/claim", headers=WORKER_AUTH).raise_for_status()
-    await page.locator(".workshop-place").get_by_text("#1").wait_for(timeout=10_000)
+    await page.locator(".workshop-place").get_by_text("#1").wait_for(timeout=30_000)
     await context.close()
 
 
@@ -204,7 +204,7 @@ async def test_logging_in_and_opening_the_workspace_asks_the_platform_for_nothin
 
     context, page = await logged_in_page(browser, server, "alice", watch)
     await page.click(".queue-tab-button")
-    await page.get_by_text("No Tasks Found").wait_for(timeout=10_000)
+    await page.get_by_text("No Tasks Found").wait_for(timeout=30_000)
     await context.close()
     assert [f"{status} {what}" for status, what in answered if status >= 400] == []
 
@@ -220,16 +220,16 @@ async def test_a_workflow_saved_from_the_menu_with_a_unicode_name_is_in_the_side
     await page.mouse.click(700, 500)  # the canvas has the keyboard
     await page.keyboard.press("Control+s")
     name = page.locator(".p-dialog input").first
-    await name.wait_for(timeout=10_000)
+    await name.wait_for(timeout=30_000)
     await name.fill("ünï flow ✓")
     await page.keyboard.press("Enter")
     await page.evaluate("() => window.app.extensionManager.setting.set('Comfy.LinkRenderMode', 0)")
     await page.click(".workflows-tab-button")
-    await page.locator(".side-bar-panel").get_by_text("ünï flow ✓.json").wait_for(timeout=10_000)
+    await page.locator(".side-bar-panel").get_by_text("ünï flow ✓.json").wait_for(timeout=30_000)
     await page.reload()
     await page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=30_000)
     await page.click(".workflows-tab-button")
-    await page.locator(".side-bar-panel").get_by_text("ünï flow ✓.json").wait_for(timeout=10_000)
+    await page.locator(".side-bar-panel").get_by_text("ünï flow ✓.json").wait_for(timeout=30_000)
     kept = await page.evaluate("() => window.app.extensionManager.setting.get('Comfy.LinkRenderMode')")
     assert kept == 0, "the setting changed before the reload was lost"
     with httpx.Client(base_url=server.url) as client:
@@ -240,7 +240,7 @@ async def test_a_workflow_saved_from_the_menu_with_a_unicode_name_is_in_the_side
         login(client, "bob").post(bobs, content=await saved.body()).raise_for_status()
     other, theirs = await logged_in_page(browser, server, "bob")
     await theirs.click(".workflows-tab-button")
-    await theirs.locator(".side-bar-panel").get_by_text("bobs.json").wait_for(timeout=10_000)
+    await theirs.locator(".side-bar-panel").get_by_text("bobs.json").wait_for(timeout=30_000)
     assert await theirs.locator(".side-bar-panel").get_by_text("ünï flow").count() == 0
     await other.close()
     await context.close()

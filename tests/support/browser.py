@@ -84,7 +84,7 @@ async def logged_in_page(
     await page.fill("#username", user)
     await page.fill("#password", password(user))
     await page.click("button[type=submit]")
-    await page.wait_for_url(f"{server.url}/w/{user}/", timeout=15_000)
+    await page.wait_for_url(f"{server.url}/w/{user}/", timeout=30_000)
     # A function, not an expression: Playwright evaluates a bare expression with eval, which the CSP refuses.
     await page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=30_000)
     return context, page
