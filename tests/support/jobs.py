@@ -58,6 +58,11 @@ async def submit(client: httpx.AsyncClient, prompt: dict[str, Any], **extra: Any
     return str(reply.json()["id"])
 
 
+async def job_of(client: httpx.AsyncClient, job_id: str) -> Job:
+    """The job as its owner's API shows it now."""
+    return Job.model_validate((await client.get(f"/api/jobs/{job_id}")).json())
+
+
 async def finished(client: httpx.AsyncClient, job_id: str, timeout: float = 20.0) -> Job:
     """Wait (bounded) until the job reaches a final state and return it."""
     async with asyncio.timeout(timeout):

@@ -9,22 +9,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import redis
 
 from devkit.doubles.comfyui import ComfyUIDouble
-from services.protocol.jobs import Job, JobState
+from services.protocol.jobs import JobState
 from services.worker.queue_client import QueueClient
-from tests.support.jobs import finished, graph, participant, sleeping, submit, until
+from tests.support.jobs import finished, graph, job_of, participant, sleeping, submit, until
 from tests.support.qm_api import registration
 from tests.support.queue_manager_app import POOL, POOL_TOKEN, LiveServer
 from tests.support.worker_agent import GatedStorage, Gates, hold_of, pull_worker, worker_settings
 
 HOLDS_NEXT = "the worker holds her next job prepared"
-
-
-async def job_of(client: httpx.AsyncClient, job_id: str) -> Job:
-    return Job.model_validate((await client.get(f"/api/jobs/{job_id}")).json())
 
 
 async def test_the_job_held_by_a_worker_whose_job_hangs_past_its_time_limit_goes_to_another_busy_worker(

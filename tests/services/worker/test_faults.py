@@ -28,13 +28,9 @@ from services.worker.comfy_client import ComfyClient
 from services.worker.queue_client import LeaseLostError, QueueClient
 from services.worker.settings import WorkerSettings
 from services.worker.supervisor import ComfyProcess
-from tests.support.jobs import finished, graph, participant, sleeping, submit, submit_running, until
+from tests.support.jobs import finished, graph, job_of, participant, sleeping, submit, submit_running, until
 from tests.support.queue_manager_app import ADMIN, ADMIN_PASSWORD, POOL, POOL_TOKEN, LiveServer
 from tests.support.worker_agent import child_worker_settings, pull_worker, worker_settings
-
-
-async def job_of(client: httpx.AsyncClient, job_id: str) -> Job:
-    return Job.model_validate((await client.get(f"/api/jobs/{job_id}")).json())
 
 
 async def running_in(comfyui: ComfyClient, job_id: str) -> bool:

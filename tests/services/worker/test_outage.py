@@ -22,15 +22,11 @@ from services.worker.comfy_client import ComfyClient, ComfyUnavailableError
 from services.worker.pull import PullWorker
 from services.worker.queue_client import QueueClient
 from services.worker.supervisor import ComfyProcess
-from tests.support.jobs import finished, graph, participant, submit, submit_running, until
+from tests.support.jobs import finished, graph, job_of, participant, submit, submit_running, until
 from tests.support.queue_manager_app import LiveServer
 from tests.support.worker_agent import child_worker_settings, pull_worker, worker_settings
 
 LEASE_SECONDS = 3.0  # the ``qm`` fixture's lease term
-
-
-async def job_of(client: httpx.AsyncClient, job_id: str) -> Job:
-    return Job.model_validate((await client.get(f"/api/jobs/{job_id}")).json())
 
 
 async def until_given_back(client: httpx.AsyncClient, job_id: str) -> Job:
