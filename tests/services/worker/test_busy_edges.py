@@ -75,10 +75,10 @@ async def test_a_job_whose_outputs_are_being_stored_past_its_time_limit_succeeds
     comfy: ComfyUIDouble, qm_factory: Callable[..., LiveServer], tmp_path: Path
 ) -> None:
     """ComfyUI ran her job in moments, but the file store is slow (or away, retried up to five
-    minutes): her outputs are still on their way when the pool's maximum job time (5 s) has passed
+    minutes): her outputs are still on their way when the pool's maximum job time (10 s) has passed
     since the job was leased. Storing them holds no GPU, so the time limit does not end the job: it
     succeeds with the outputs the store holds, none stored for a job that failed."""
-    qm = qm_factory(lease_seconds=60.0, pool_max_job_seconds={POOL: 5.0})
+    qm = qm_factory(lease_seconds=60.0, pool_max_job_seconds={POOL: 10.0})
     storage = GatedStorage(tmp_path / "files")
     settings = worker_settings(comfy, qm.url, tmp_path, warmup=False)
     async with participant(qm, "alice") as alice, pull_worker(settings, storage):
@@ -86,7 +86,7 @@ async def test_a_job_whose_outputs_are_being_stored_past_its_time_limit_succeeds
         await asyncio.wait_for(storage.waiting.wait(), 30)  # ComfyUI is done: the upload waits
         leased = await job_of(alice, job_id)
         assert leased.started_at is not None
-        past = leased.started_at + timedelta(seconds=15)  # three time limits, the reaper ticks 0.1 s
+        past = leased.started_at + timedelta(seconds=20)  # twice the time limit; the reaper ticks 0.1 s
         await until(lambda: datetime.now(UTC) > past, "the job's time limit long past", 60)
         storage.gate.set()
         job = await finished(alice, job_id, timeout=30)
