@@ -68,8 +68,10 @@ def http_get(url: str, timeout: float = 2) -> httpx.Response:
     return polling_client().get(url, timeout=timeout)
 
 
-def wait_until(check, timeout: float = 15.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    """Poll ``check`` until it returns truthy; raise with ``what`` when ``timeout`` runs out."""
+def wait_until(check, timeout: float = 60.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    """Poll ``check`` until it returns truthy; raise with ``what`` when ``timeout`` runs out. The
+    default bound is generous: it only matters when something is wrong, and on a loaded two-core
+    machine a process starting (imports alone take seconds of CPU) can take well over 15 s."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:

@@ -71,7 +71,7 @@ def site(queue_manager: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     assert nginx_test(directory / "check", config).returncode == 0
     with running_nginx(directory / "run", config):
         urls = Site(f"https://127.0.0.1:{https}", f"http://127.0.0.1:{http}", f"http://127.0.0.1:{workers}")
-        wait_until(lambda: _client().get(f"{urls.https}/health").status_code == 200, 15, "nginx")
+        wait_until(lambda: _client().get(f"{urls.https}/health").status_code == 200, 60, "nginx")
         yield urls
 
 
@@ -257,7 +257,7 @@ def test_nginx_hands_the_upstream_no_forwarded_host_a_client_wrote(
     try:
         with running_nginx(directory / "run", nginx_site(spec)):
             url = f"https://127.0.0.1:{https}"
-            wait_until(lambda: _client().get(f"{url}/health").status_code == 200, 15, "nginx")
+            wait_until(lambda: _client().get(f"{url}/health").status_code == 200, 60, "nginx")
             seen = [_client().get(f"{url}{path}", headers=written).json()]
             if path.startswith("/api/workers/"):
                 seen.append(_client().get(f"http://127.0.0.1:{workers}{path}", headers=written).json())
