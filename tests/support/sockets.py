@@ -15,7 +15,7 @@ from tests.support.queue_manager_app import LiveServer, login
 def connect_with_session(server: LiveServer, session: str, path: str) -> ClientConnection:
     """A WebSocket to ``path`` (absolute, with any query) carrying the session cookie ``session``."""
     url = f"ws://127.0.0.1:{server.port}{path}"
-    return connect(url, additional_headers={"Cookie": f"qm_session={session}"}, open_timeout=5)
+    return connect(url, additional_headers={"Cookie": f"qm_session={session}"}, open_timeout=30)
 
 
 def open_socket(
@@ -34,8 +34,8 @@ def open_socket_as(server: LiveServer, user: str, path: str = "") -> ClientConne
 
 
 def next_text(socket: ClientConnection) -> dict[str, Any]:
-    """The next frame, which must be JSON text (within 5 s)."""
-    message = socket.recv(timeout=5)
+    """The next frame, which must be JSON text (within 30 s)."""
+    message = socket.recv(timeout=30)
     assert isinstance(message, str), f"expected a text frame, got {message!r}"
     parsed: dict[str, Any] = json.loads(message)
     return parsed

@@ -64,7 +64,7 @@ def test_a_socket_without_login_or_for_someone_else_is_refused(
     server: LiveServer, alice: httpx.Client
 ) -> None:
     with pytest.raises(InvalidStatus):
-        connect(f"ws://127.0.0.1:{server.port}/w/alice/ws", open_timeout=5)
+        connect(f"ws://127.0.0.1:{server.port}/w/alice/ws", open_timeout=30)
     with pytest.raises(InvalidStatus):
         open_socket(server, alice, "bob", "tab-x")
 
@@ -96,7 +96,7 @@ def test_a_job_streams_comfyui_messages_to_its_owner_only(
         assert until_type(mine, "execution_start")["data"]["prompt_id"] == job_id
         assert next_text(mine)["type"] == "executing"
         assert next_text(mine)["data"] == {"value": 1, "max": 2, "node": "3", "prompt_id": job_id}
-        assert mine.recv(timeout=5) == struct.pack(">II", 1, 2) + b"PNGDATA"
+        assert mine.recv(timeout=30) == struct.pack(">II", 1, 2) + b"PNGDATA"
         assert next_text(mine)["type"] == "executed"
         output = OutputFile(node_id="3", kind="images", filename="x.png")
         post_as_worker(

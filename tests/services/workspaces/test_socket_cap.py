@@ -27,7 +27,7 @@ def greeted(socket: ClientConnection) -> bool:
 
 def refused(socket: ClientConnection) -> str:
     with pytest.raises(ConnectionClosed) as closed:
-        socket.recv(timeout=5)
+        socket.recv(timeout=30)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
     return closed.value.rcvd.reason
 
