@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,7 +293,10 @@ async def test_a_job_whose_start_got_no_answer_is_stopped_given_back_and_runs_la
     assert rig.calls.bodies(second, "release")  # given back ...
     assert done.state == JobState.SUCCEEDED and done.worker_id == "w-a"
     assert done.attempts == 1  # ... unrun: its one attempt is the run after
-    assert rig.comfy_calls.of(second)[:3] == ["submit", "interrupt", "submit"]
+    # stopped, then run: an interrupt landing before the prompt's run begins is lost by ComfyUI and
+    # sent again at its execution_start (Runner._stop_in_comfyui), so it may come twice in a row
+    calls = [name for name, _ in itertools.groupby(rig.comfy_calls.of(second))]
+    assert calls[:3] == ["submit", "interrupt", "submit"]
     assert [o.filename for o in done.outputs] == rig.stored("second") == ["second_00001_.png"]
 
 
