@@ -160,6 +160,11 @@ def _marker(path: Path) -> Path:
     return path.with_name(f".{path.name}.sha256")
 
 
+def _part(path: Path) -> Path:
+    """Where ``path`` is downloaded to before its check and rename."""
+    return path.with_name(f"{path.name}.part")
+
+
 def _rejection_mark(path: Path) -> Path:
     return path.with_name(f".{path.name}.rejected")
 
@@ -608,7 +613,7 @@ class ModelSync:
     def _check_room(self, todo: list[ModelFile]) -> None:
         """Refuse before downloading what the disk or volume cannot hold (hours in, it would fail on
         whichever file filled it): the room left must hold what is still to come of every file."""
-        partial = {m.path: self.target / f"{m.path}.part" for m in todo}
+        partial = {m.path: _part(self.target / m.path) for m in todo}
         needed = sum(m.size - (p.stat().st_size if (p := partial[m.path]).is_file() else 0) for m in todo)
         existing = next(folder for folder in (self.target, *self.target.parents) if folder.exists())
         free = shutil.disk_usage(existing).free
@@ -634,7 +639,7 @@ class ModelSync:
         the same name since, with the manifest updated)."""
         vault = self._vault(model)
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f"{target.name}.part")
+        partial = _part(target)
         resumed = partial.is_file() and partial.stat().st_size > 0
         async for attempt in patiently(self.settings.storage_retry_seconds):
             with attempt:  # read before the bytes: a file replaced meanwhile is another version
@@ -694,7 +699,7 @@ class ModelSync:
     def _verify(model: ModelFile, target: Path, actual: str, version: str) -> None:
         """The download in ``target``'s part is the manifest's file; else it is removed and the verdict
         on that object kept beside ``target`` (``Rejection``), so no other sync downloads it again."""
-        partial = target.with_name(f"{target.name}.part")
+        partial = _part(target)
         size = partial.stat().st_size
         if size == model.size and actual == model.sha256:
             return
